@@ -1,0 +1,127 @@
+"""`pouw bench kernels`: one mining attempt against plain matmul and sgemm.
+
+Every figure is a median over repeats, and every target is a ratio to a
+baseline measured in the same run, because the machines this runs on are
+shared and noisy.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from benchmarks.sgemm_baseline import measure_sgemm
+from kernels.attempt import MiningParams, mining_attempt, verify_tile_ticket
+from kernels.backends import get_backend
+from kernels.freivalds import freivalds_check
+
+PLOT_SIZES = (256, 512, 768, 1024, 1536, 2048)
+
+
+def _median_time(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm-up: JIT compilation and caches are not what we measure
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _repeats_for(size: int) -> int:
+    return max(3, min(15, int(4 * (2048 / size) ** 2)))
+
+
+def bench_kernels(size: int, backend: str = "cpu", repeats: int | None = None) -> dict[str, Any]:
+    """Measure one square job of side ``size`` and return the JSON record."""
+    params = MiningParams()
+    if size <= 0 or size % max(params.r, params.h, params.w):
+        raise ValueError(f"--size must be a positive multiple of {max(params.r, params.h)}")
+    be = get_backend(backend)
+    reps = repeats or _repeats_for(size)
+    m = k = n = size
+    rng = np.random.default_rng(size)
+    a = rng.integers(-64, 64, (m, k), dtype=np.int8)
+    b = rng.integers(-64, 64, (k, n), dtype=np.int8)
+    bt = np.ascontiguousarray(b.T)
+    seed_a, seed_b = os.urandom(32), os.urandom(32)
+    target = 1  # nothing wins: we measure the full cost of a losing attempt
+
+    sgemm = measure_sgemm(m, k, n, reps)
+    plain_s = _median_time(lambda: be.plain_matmul(a, bt, params.r, params.h, params.w), reps)
+    result = mining_attempt(a, b, seed_a, seed_b, target, params, be)
+    attempt_s = _median_time(lambda: mining_attempt(a, b, seed_a, seed_b, target, params, be), reps)
+    ti, tj = m // params.h // 2, n // params.w // 2
+    rows = np.ascontiguousarray(a[ti * params.h : (ti + 1) * params.h])
+    cols = np.ascontiguousarray(bt[tj * params.w : (tj + 1) * params.w])
+    verify_s = _median_time(
+        lambda: verify_tile_ticket(rows, cols, ti, tj, seed_a, seed_b, 2**255, params),
+        max(50, reps),
+    )
+    c = result.c
+    freivalds_s = _median_time(lambda: freivalds_check(a, b, c), reps)
+    if not freivalds_check(a, b, c):
+        raise RuntimeError("the recovered product failed Freivalds: the kernel is wrong")
+    sgemm_s = float(sgemm["sgemm_s"])  # type: ignore[arg-type]
+    return {
+        "backend": be.name,
+        "m": m,
+        "k": k,
+        "n": n,
+        "r": params.r,
+        "h": params.h,
+        "w": params.w,
+        "repeats": reps,
+        "sgemm_s": sgemm_s,
+        "sgemm_blas": sgemm["blas"],
+        "plain_s": plain_s,
+        "attempt_s": attempt_s,
+        "verify_s": verify_s,
+        "freivalds_s": freivalds_s,
+        "attempt_vs_sgemm": attempt_s / sgemm_s,
+        "attempt_vs_plain": attempt_s / plain_s,
+        "verify_vs_attempt": verify_s / attempt_s,
+        "freivalds_vs_plain": freivalds_s / plain_s,
+        "macs_per_s": m * k * n / attempt_s,
+        "plain_macs_per_s": m * k * n / plain_s,
+        "sgemm_macs_per_s": m * k * n / sgemm_s,
+    }
+
+
+def plot_kernels(records: list[dict[str, Any]], path: str) -> None:
+    """Throughput and overhead ratios across sizes, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [r["m"] for r in records]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for key, label in (
+        ("macs_per_s", "mining attempt"),
+        ("plain_macs_per_s", "plain int8 matmul (ours)"),
+        ("sgemm_macs_per_s", "numpy sgemm (clean BLAS env)"),
+    ):
+        ax1.plot(sizes, [r[key] / 1e9 for r in records], marker="o", label=label)
+    ax1.set_xlabel("matrix side (m = k = n)")
+    ax1.set_ylabel("GMAC/s")
+    ax1.set_title(f"throughput ({records[0]['backend']})")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    for key in ("attempt_vs_plain", "attempt_vs_sgemm"):
+        ax2.plot(sizes, [r[key] for r in records], marker="o", label=key)
+    ax2.axhline(1.10, color="grey", linestyle="--", linewidth=0.8, label="1.10 target")
+    ax2.axhline(1.5, color="grey", linestyle=":", linewidth=0.8, label="1.5 target")
+    ax2.set_xlabel("matrix side (m = k = n)")
+    ax2.set_ylabel("time ratio")
+    ax2.set_title("attempt overhead")
+    ax2.legend()
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,143 @@
+"""One mining attempt and the single-tile verification (PROTOCOL §3–6).
+
+An attempt turns job operands and two seeds into the noisy product's tile
+transcripts, every tile's ticket, the winning tiles, and the useful product
+C = A·B. Verification recomputes one tile from its h rows of A and w columns
+of B through the very same tile routine the miner used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kernels.backends import Backend, get_backend
+from kernels.noise import (
+    NoiseFactors,
+    add_noise,
+    derive_factor_rows,
+    derive_noise,
+    derive_permutation,
+)
+from kernels.params import DEFAULT_RANK, DEFAULT_TILE_H, DEFAULT_TILE_W, TRANSCRIPT_WORDS
+from kernels.recover import recover_product
+from kernels.tickets import all_tickets, ticket_of, ticket_threshold, winning_tiles
+from kernels.transcript_cpu import single_tile
+from kernels.validate import check_operand, check_seed, check_shapes
+
+
+@dataclass(frozen=True)
+class MiningParams:
+    """Noise rank and hash tile; all three are consensus parameters."""
+
+    r: int = DEFAULT_RANK
+    h: int = DEFAULT_TILE_H
+    w: int = DEFAULT_TILE_W
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    c: np.ndarray  # the useful product A·B, int32 (m, n)
+    transcripts: np.ndarray  # uint32 (m/h, n/w, 16)
+    tickets: np.ndarray  # uint32 (m/h, n/w, 8), little-endian words
+    winners: list[tuple[int, int]]  # tiles with ticket ≤ target·h·w·k
+
+    def ticket(self, ti: int, tj: int) -> int:
+        return int.from_bytes(self.tickets[ti, tj].astype("<u4").tobytes(), "little")
+
+
+def check_job(a: np.ndarray, b: np.ndarray, params: MiningParams) -> tuple[int, int, int]:
+    """Validate operands A (m×k) and B (k×n) for mining; returns (m, k, n)."""
+    check_operand("A", a)
+    check_operand("B", b)
+    m, k = a.shape
+    kb, n = b.shape
+    if kb != k:
+        raise ValueError(f"A is {m}x{k} but B is {kb}x{n}: inner dimensions differ")
+    check_shapes(m, k, n, params.r, params.h, params.w)
+    return m, k, n
+
+
+def mining_attempt(
+    a: np.ndarray,
+    b: np.ndarray,
+    seed_a: bytes,
+    seed_b: bytes,
+    target: int,
+    params: MiningParams = MiningParams(),
+    backend: Backend | str = "cpu",
+) -> AttemptResult:
+    """One whole attempt: noise, noisy product with folds, all tickets, recovery of C."""
+    m, k, n = check_job(a, b, params)
+    check_seed("seed_a", seed_a)
+    check_seed("seed_b", seed_b)
+    be = get_backend(backend) if isinstance(backend, str) else backend
+    noise_a = derive_noise(seed_a, m, k, params.r)
+    noise_b = derive_noise(seed_b, n, k, params.r)
+    a_noisy = add_noise(a, noise_a)
+    bt_noisy = add_noise(np.ascontiguousarray(b.T), noise_b)
+    c_noisy, transcripts = be.noisy_product(a_noisy, bt_noisy, params.r, params.h, params.w)
+    tickets = all_tickets(transcripts, seed_a)
+    winners = winning_tiles(tickets, ticket_threshold(target, params.h, params.w, k))
+    c = recover_product(c_noisy, a, bt_noisy, noise_a, noise_b)
+    return AttemptResult(c=c, transcripts=transcripts, tickets=tickets, winners=winners)
+
+
+def tile_transcript(
+    a_rows: np.ndarray,
+    b_cols: np.ndarray,
+    ti: int,
+    tj: int,
+    seed_a: bytes,
+    seed_b: bytes,
+    params: MiningParams = MiningParams(),
+) -> np.ndarray:
+    """Recompute tile (ti, tj)'s transcript from its h rows of A and w columns of B.
+
+    ``a_rows`` is h×k (rows ti·h … of A), ``b_cols`` is w×k (columns tj·w …
+    of B, i.e. rows of Bᵀ). Only the noise those rows and columns touch is
+    derived: h + w rows of L and the k-long permutations, O((h + w)·k).
+    """
+    h, w, r = params.h, params.w, params.r
+    check_operand("A rows", a_rows)
+    check_operand("B columns", b_cols)
+    check_seed("seed_a", seed_a)
+    check_seed("seed_b", seed_b)
+    if a_rows.shape[0] != h or b_cols.shape[0] != w:
+        raise ValueError(
+            f"a tile needs {h} rows of A and {w} columns of B, "
+            f"got {a_rows.shape[0]} and {b_cols.shape[0]}"
+        )
+    k = a_rows.shape[1]
+    if b_cols.shape[1] != k:
+        raise ValueError(f"rows of A have length {k} but columns of B have {b_cols.shape[1]}")
+    check_shapes(h, k, w, r, h, w)
+    if ti < 0 or tj < 0:
+        raise ValueError(f"tile index must be non-negative, got ({ti}, {tj})")
+    pa, qa = derive_permutation(seed_a, k, r)
+    pb, qb = derive_permutation(seed_b, k, r)
+    la = derive_factor_rows(seed_a, ti * h, h, r)
+    lb = derive_factor_rows(seed_b, tj * w, w, r)
+    a_noisy = add_noise(a_rows, NoiseFactors(L=la, p=pa, q=qa))
+    bt_noisy = add_noise(b_cols, NoiseFactors(L=lb, p=pb, q=qb))
+    _, T = single_tile(a_noisy, bt_noisy, r)
+    assert T.shape == (TRANSCRIPT_WORDS,)
+    return T
+
+
+def verify_tile_ticket(
+    a_rows: np.ndarray,
+    b_cols: np.ndarray,
+    ti: int,
+    tj: int,
+    seed_a: bytes,
+    seed_b: bytes,
+    target: int,
+    params: MiningParams = MiningParams(),
+) -> int | None:
+    """The tile's ticket if it wins at ``target``, else None."""
+    T = tile_transcript(a_rows, b_cols, ti, tj, seed_a, seed_b, params)
+    ticket = ticket_of(T, seed_a, ti, tj)
+    k = a_rows.shape[1]
+    return ticket if ticket <= ticket_threshold(target, params.h, params.w, k) else None

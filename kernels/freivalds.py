@@ -1,0 +1,99 @@
+"""Freivalds' check that C = A·B, in O(mk + kn + mn) per round (PROTOCOL §8).
+
+Arithmetic is in Z/2^64 with uniformly random 64-bit vectors x: the check
+tests (C − A·B)·x ≡ 0. If C ≠ A·B some row d of D = C − A·B is non-zero, and
+since |D| < 2^32 (C is int32 and A·B is exact in int32 for k ≤ 65,536) each
+non-zero entry has 2-adic valuation ≤ 31, so d·x ≡ 0 (mod 2^64) holds with
+probability ≤ 2^-33 for one random x. Two independent rounds give a false
+accept probability ≤ 2^-66, under the 2^-60 the protocol asks for.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import get_num_threads, njit, prange
+
+from kernels.validate import check_int8_matrix
+
+FREIVALDS_ROUNDS = 2
+FALSE_ACCEPT_LOG2 = -33 * FREIVALDS_ROUNDS
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _matvec_i8(x: np.ndarray, v: np.ndarray) -> np.ndarray:
+    rows, cols = x.shape
+    out = np.empty(rows, dtype=np.int64)
+    for i in prange(rows):
+        s = np.int64(0)
+        for j in range(cols):
+            s += np.int64(x[i, j]) * v[j]
+        out[i] = s
+    return out
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _matvec_i32(x: np.ndarray, v: np.ndarray) -> np.ndarray:
+    rows, cols = x.shape
+    out = np.empty(rows, dtype=np.int64)
+    for i in prange(rows):
+        s = np.int64(0)
+        for j in range(cols):
+            s += np.int64(x[i, j]) * v[j]
+        out[i] = s
+    return out
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _matvec_i8_transposed(bt: np.ndarray, v: np.ndarray, nthreads: int) -> np.ndarray:
+    """B·v where the caller holds Bᵀ (n×k): out[c] = Σ_j Bᵀ[j, c]·v[j]."""
+    n, k = bt.shape
+    out = np.zeros(k, dtype=np.int64)
+    part = np.zeros((nthreads, k), dtype=np.int64)
+    step = (n + nthreads - 1) // nthreads
+    for t in prange(nthreads):
+        for j in range(t * step, min(n, (t + 1) * step)):
+            vj = v[j]
+            for c in range(k):
+                part[t, c] += np.int64(bt[j, c]) * vj
+    for t in range(nthreads):
+        for c in range(k):
+            out[c] += part[t, c]
+    return out
+
+
+def freivalds_check(
+    a: np.ndarray,
+    b: np.ndarray,
+    c: np.ndarray,
+    rng: np.random.Generator | None = None,
+    rounds: int = FREIVALDS_ROUNDS,
+    b_transposed: bool = False,
+) -> bool:
+    """True if C = A·B (false-accept probability ≤ 2^(-33·rounds)).
+
+    ``a`` is m×k int8, ``b`` is k×n int8 (or its transpose n×k when
+    ``b_transposed``), ``c`` is m×n int32. Uses fresh OS randomness unless an
+    ``rng`` is given: a prover must not know the vectors in advance.
+    """
+    check_int8_matrix("A", a)
+    check_int8_matrix("B", b)
+    m, k = a.shape
+    kb, n = (b.shape[1], b.shape[0]) if b_transposed else b.shape
+    if kb != k:
+        raise ValueError(f"inner dimensions differ: A is {a.shape}, B is {(kb, n)}")
+    if not isinstance(c, np.ndarray) or c.dtype != np.int32 or c.shape != (m, n):
+        raise ValueError(f"C must be int32 with shape {(m, n)}")
+    if rounds < 1:
+        raise ValueError("at least one Freivalds round is needed")
+    gen = rng if rng is not None else np.random.default_rng()
+    a = np.ascontiguousarray(a)
+    c = np.ascontiguousarray(c)
+    bb = np.ascontiguousarray(b)
+    for _ in range(rounds):
+        lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+        x = np.asarray(gen.integers(lo, hi, size=n, dtype=np.int64, endpoint=True))
+        bx = _matvec_i8_transposed(bb, x, get_num_threads()) if b_transposed else _matvec_i8(bb, x)
+        # int64 products wrap silently in Numba: that is the Z/2^64 arithmetic we want.
+        if not np.array_equal(_matvec_i8(a, bx), _matvec_i32(c, x)):
+            return False
+    return True

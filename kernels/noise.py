@@ -1,0 +1,116 @@
+"""Low-rank noise from a seed (PROTOCOL §3).
+
+E = L·R where L (rows×r) is uniform in [-32, 31] and every column c of R (r×k)
+holds one +1 at row p(c) and one −1 at a different row q(c). So
+``E[i, c] = L[i, p(c)] − L[i, q(c)]``: generating E is a gather, O(rows·k),
+and a verifier can derive any single row of E from L's row alone.
+
+Byte layout (both streams are BLAKE3 XOFs keyed by the 32-byte seed):
+
+* ``L`` stream, input ``b"pouwnet/noise/L"``: byte ``i·r + s`` gives
+  ``L[i, s] = (byte & 63) − 32``. Row i starts at offset ``i·r`` so a verifier
+  seeks straight to it.
+* ``perm`` stream, input ``b"pouwnet/noise/perm"``: four bytes per column c,
+  two little-endian u16 ``x, y``; ``p = x mod r`` and
+  ``q = (p + 1 + y mod (r − 1)) mod r`` (never equal to p).
+
+For job operands, ``E_A`` has ``rows = m`` (rows of A) and ``E_B`` is built
+with ``rows = n`` and used transposed: ``E_Bᵀ[j, c] = L_B[j, p_B(c)] − L_B[j, q_B(c)]``,
+matching B's commitment by columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import blake3
+import numpy as np
+from numba import njit, prange
+
+from kernels.validate import check_rank, check_seed
+
+L_LABEL = b"pouwnet/noise/L"
+PERM_LABEL = b"pouwnet/noise/perm"
+
+
+@dataclass(frozen=True)
+class NoiseFactors:
+    """The factors of one noise matrix: ``E[i, c] = L[i, p[c]] − L[i, q[c]]``."""
+
+    L: np.ndarray  # int8 (rows, r), values in [-32, 31]
+    p: np.ndarray  # int32 (k,), values in [0, r)
+    q: np.ndarray  # int32 (k,), values in [0, r), q != p
+
+    @property
+    def rank(self) -> int:
+        return int(self.L.shape[1])
+
+
+def _xof(seed: bytes, label: bytes, length: int, seek: int = 0) -> np.ndarray:
+    hasher = blake3.blake3(label, key=bytes(seed))
+    return np.frombuffer(hasher.digest(length=length, seek=seek), dtype=np.uint8)
+
+
+def derive_permutation(seed: bytes, k: int, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """The column structure of R: p(c), q(c) for every c < k."""
+    check_seed("seed", seed)
+    check_rank(r)
+    raw = _xof(seed, PERM_LABEL, 4 * k).view("<u2").astype(np.int32)
+    x, y = raw[0::2], raw[1::2]
+    p = x & (r - 1)
+    q = (p + 1 + y % (r - 1)) & (r - 1)
+    return p.astype(np.int32), q.astype(np.int32)
+
+
+def derive_factor_rows(seed: bytes, first_row: int, count: int, r: int) -> np.ndarray:
+    """Rows ``first_row … first_row + count − 1`` of L only (the verifier's O(h·r) path).
+
+    A tile's rows are contiguous in the L stream, so this is one seek.
+    """
+    check_seed("seed", seed)
+    check_rank(r)
+    if first_row < 0 or count <= 0:
+        raise ValueError(f"bad row range: first_row={first_row}, count={count}")
+    raw = _xof(seed, L_LABEL, count * r, seek=first_row * r).reshape(count, r)
+    return _factor_values(raw)
+
+
+def _factor_values(raw: np.ndarray) -> np.ndarray:
+    """XOF bytes → factor entries uniform in [-32, 31]."""
+    return (raw & 63).astype(np.int8) - np.int8(32)
+
+
+def derive_noise(seed: bytes, rows: int, k: int, r: int) -> NoiseFactors:
+    """All factors of a rows×k noise matrix."""
+    check_seed("seed", seed)
+    check_rank(r)
+    if rows <= 0 or k <= 0:
+        raise ValueError(f"noise shape must be positive, got {rows}x{k}")
+    L = _factor_values(_xof(seed, L_LABEL, rows * r).reshape(rows, r))
+    p, q = derive_permutation(seed, k, r)
+    return NoiseFactors(L=L, p=p, q=q)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _add_noise(x: np.ndarray, L: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    rows, k = x.shape
+    out = np.empty((rows, k), dtype=np.int8)
+    for i in prange(rows):
+        for c in range(k):
+            out[i, c] = np.int8(x[i, c] + L[i, p[c]] - L[i, q[c]])
+    return out
+
+
+def expand_noise(f: NoiseFactors) -> np.ndarray:
+    """The dense noise matrix E (rows×k int8), for tests and reference code."""
+    zeros = np.zeros((f.L.shape[0], f.p.shape[0]), dtype=np.int8)
+    return add_noise(zeros, f)
+
+
+def add_noise(x: np.ndarray, f: NoiseFactors) -> np.ndarray:
+    """x + E as int8 (x is an int7 operand, so the sum lies in [-127, 126])."""
+    if x.shape != (f.L.shape[0], f.p.shape[0]):
+        raise ValueError(
+            f"operand shape {x.shape} does not match noise shape {(f.L.shape[0], f.p.shape[0])}"
+        )
+    return _add_noise(np.ascontiguousarray(x), f.L, f.p, f.q)

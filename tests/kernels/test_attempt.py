@@ -1,0 +1,136 @@
+"""A whole mining attempt against the NumPy reference, recovery, and verification."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernels.attempt import MiningParams, mining_attempt, tile_transcript, verify_tile_ticket
+from kernels.backends import get_backend
+from kernels.reference import reference_attempt
+from kernels.tickets import ticket_of
+
+SEED_A = bytes(range(32))
+SEED_B = bytes(range(32, 64))
+EASY = 2**256 // (16 * 16 * 256)  # every ticket of a k=256 job wins
+rng = np.random.default_rng(7)
+
+
+def _operands(kind, m, k, n):
+    if kind == "random":
+        return (
+            rng.integers(-64, 64, (m, k), dtype=np.int8),
+            rng.integers(-64, 64, (k, n), dtype=np.int8),
+        )
+    if kind == "min":
+        return np.full((m, k), -64, np.int8), np.full((k, n), -64, np.int8)
+    if kind == "max":
+        return np.full((m, k), 63, np.int8), np.full((k, n), 63, np.int8)
+    if kind == "zeros":
+        return np.zeros((m, k), np.int8), np.zeros((k, n), np.int8)
+    if kind == "low_rank":  # rank-1 operands: the noise still forces full work
+        u = rng.integers(-7, 8, (m, 1))
+        v = rng.integers(-7, 8, (1, k))
+        x = rng.integers(-7, 8, (k, 1))
+        y = rng.integers(-7, 8, (1, n))
+        return (u @ v).astype(np.int8), (x @ y).astype(np.int8)
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["random", "min", "max", "zeros", "low_rank"])
+@pytest.mark.parametrize(("m", "k", "n"), [(32, 256, 32), (48, 128, 16), (16, 64, 80)])
+def test_attempt_matches_reference(kind, m, k, n):
+    a, b = _operands(kind, m, k, n)
+    res = mining_attempt(a, b, SEED_A, SEED_B, target=1)
+    c, _, transcripts = reference_attempt(a, b, SEED_A, SEED_B, 64, 16, 16)
+    assert np.array_equal(res.c, c), "recovered product differs from A·B"
+    assert np.array_equal(res.c, (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32))
+    assert np.array_equal(res.transcripts, transcripts)
+    assert res.winners == []
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    tm=st.integers(1, 3),
+    tn=st.integers(1, 3),
+    chunks=st.integers(1, 4),
+    r=st.sampled_from([16, 32, 64]),
+    seed=st.binary(min_size=32, max_size=32),
+)
+def test_attempt_matches_reference_over_shapes(tm, tn, chunks, r, seed):
+    m, n, k = 16 * tm, 16 * tn, r * chunks
+    a, b = _operands("random", m, k, n)
+    params = MiningParams(r=r)
+    res = mining_attempt(a, b, seed, SEED_B, 1, params)
+    c, _, transcripts = reference_attempt(a, b, seed, SEED_B, r, 16, 16)
+    assert np.array_equal(res.c, c) and np.array_equal(res.transcripts, transcripts)
+
+
+def test_noise_changes_the_transcript_but_not_the_product():
+    a, b = _operands("random", 32, 128, 32)
+    r1 = mining_attempt(a, b, SEED_A, SEED_B, 1)
+    r2 = mining_attempt(a, b, SEED_B, SEED_A, 1)
+    assert np.array_equal(r1.c, r2.c)
+    assert not np.array_equal(r1.transcripts, r2.transcripts)
+
+
+def test_single_tile_verification_reproduces_the_miners_transcript_and_ticket():
+    a, b = _operands("random", 64, 256, 48)
+    res = mining_attempt(a, b, SEED_A, SEED_B, EASY)
+    assert len(res.winners) == 12  # at this target every tile wins
+    for ti, tj in [(0, 0), (3, 2), (1, 1)]:
+        rows, cols = a[16 * ti : 16 * ti + 16], np.ascontiguousarray(b[:, 16 * tj : 16 * tj + 16].T)
+        T = tile_transcript(rows, cols, ti, tj, SEED_A, SEED_B)
+        assert np.array_equal(T, res.transcripts[ti, tj])
+        assert ticket_of(T, SEED_A, ti, tj) == res.ticket(ti, tj)
+        assert verify_tile_ticket(rows, cols, ti, tj, SEED_A, SEED_B, EASY) == res.ticket(ti, tj)
+
+
+def test_tampered_row_or_wrong_tile_index_fails_verification():
+    a, b = _operands("random", 32, 256, 32)
+    res = mining_attempt(a, b, SEED_A, SEED_B, 1)
+    ticket = res.ticket(1, 0)
+    rows, cols = a[16:32].copy(), np.ascontiguousarray(b[:, 0:16].T)
+    target = ticket // (16 * 16 * 256) + 1  # exactly hard enough for tile (1, 0) to win
+    assert verify_tile_ticket(rows, cols, 1, 0, SEED_A, SEED_B, target) == ticket
+    rows[3, 100] = rows[3, 100] + 1 if rows[3, 100] < 63 else rows[3, 100] - 1
+    assert not np.array_equal(
+        tile_transcript(rows, cols, 1, 0, SEED_A, SEED_B), res.transcripts[1, 0]
+    )
+    assert verify_tile_ticket(rows, cols, 1, 0, SEED_A, SEED_B, 1) is None
+    assert not np.array_equal(
+        tile_transcript(a[16:32], cols, 0, 0, SEED_A, SEED_B), res.transcripts[1, 0]
+    )
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "params", "message"),
+    [
+        (np.zeros((16, 64), np.int16), np.zeros((64, 16), np.int8), MiningParams(), "dtype int8"),
+        (np.zeros((16, 64), np.int8), np.zeros((32, 16), np.int8), MiningParams(), "inner dim"),
+        (np.full((16, 64), 64, np.int8), np.zeros((64, 16), np.int8), MiningParams(), "int7"),
+        (np.zeros((16, 64), np.int8), np.full((64, 16), -65, np.int8), MiningParams(), "int7"),
+        (np.zeros((16, 96), np.int8), np.zeros((96, 16), np.int8), MiningParams(), "multiple of"),
+        (np.zeros((16, 64), np.int8), np.zeros((64, 16), np.int8), MiningParams(r=48), "power"),
+        (np.zeros((24, 64), np.int8), np.zeros((64, 16), np.int8), MiningParams(), "tile height"),
+        (np.zeros((16, 64), np.int8), np.zeros((64, 20), np.int8), MiningParams(), "tile width"),
+        (np.zeros(64, np.int8), np.zeros((64, 16), np.int8), MiningParams(), "2-D"),
+        (
+            np.zeros((16, 65600), np.int8),
+            np.zeros((65600, 16), np.int8),
+            MiningParams(r=64),
+            "maximum inner",
+        ),
+    ],
+)
+def test_bad_input_raises_a_named_error(a, b, params, message):
+    with pytest.raises(ValueError, match=message):
+        mining_attempt(a, b, SEED_A, SEED_B, 1, params)
+
+
+def test_bad_seed_and_backend_are_named():
+    a, b = _operands("random", 16, 64, 16)
+    with pytest.raises(ValueError, match="seed_a must be 32 bytes"):
+        mining_attempt(a, b, b"x", SEED_B, 1)
+    with pytest.raises(ValueError, match="unknown backend"):
+        get_backend("tpu")

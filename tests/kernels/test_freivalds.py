@@ -1,0 +1,42 @@
+"""Freivalds accepts the right product and rejects a single entry off by one."""
+
+import numpy as np
+import pytest
+
+from kernels.freivalds import FALSE_ACCEPT_LOG2, freivalds_check
+
+rng = np.random.default_rng(11)
+A = rng.integers(-64, 64, (96, 192), dtype=np.int8)
+B = rng.integers(-64, 64, (192, 80), dtype=np.int8)
+C = (A.astype(np.int64) @ B.astype(np.int64)).astype(np.int32)
+
+
+def test_false_accept_bound_meets_the_protocol():
+    assert FALSE_ACCEPT_LOG2 <= -60
+
+
+def test_accepts_the_right_product_in_both_layouts():
+    assert freivalds_check(A, B, C)
+    assert freivalds_check(A, np.ascontiguousarray(B.T), C, b_transposed=True)
+
+
+@pytest.mark.parametrize(("i", "j", "delta"), [(0, 0, 1), (95, 79, -1), (40, 3, 2**31 - 1)])
+def test_rejects_one_wrong_entry(i, j, delta):
+    bad = C.copy()
+    bad[i, j] = np.int32((int(bad[i, j]) + delta + 2**31) % 2**32 - 2**31)
+    assert not freivalds_check(A, B, bad)
+    assert not freivalds_check(A, np.ascontiguousarray(B.T), bad, b_transposed=True)
+
+
+def test_rejects_a_power_of_two_error():
+    # The hardest errors for arithmetic mod 2^64 are high powers of two.
+    bad = C.copy()
+    bad[7, 7] ^= np.int32(-(2**31))
+    assert not freivalds_check(A, B, bad)
+
+
+def test_shape_errors_are_named():
+    with pytest.raises(ValueError, match="inner dimensions"):
+        freivalds_check(A, B[:100], C)
+    with pytest.raises(ValueError, match="int32"):
+        freivalds_check(A, B, C.astype(np.int64))

@@ -1,0 +1,72 @@
+"""Noise derivation (PROTOCOL §3): deterministic, bounded, low rank, seekable."""
+
+import numpy as np
+import pytest
+
+from kernels.noise import (
+    add_noise,
+    derive_factor_rows,
+    derive_noise,
+    derive_permutation,
+    expand_noise,
+)
+
+SEED = bytes(range(32))
+
+
+def test_same_seed_same_noise_other_seed_other_noise():
+    a = derive_noise(SEED, 32, 256, 64)
+    b = derive_noise(SEED, 32, 256, 64)
+    c = derive_noise(bytes(32), 32, 256, 64)
+    assert np.array_equal(a.L, b.L) and np.array_equal(a.p, b.p)
+    assert not np.array_equal(a.L, c.L)
+
+
+def test_factor_ranges_and_distinct_rows():
+    f = derive_noise(SEED, 64, 4096, 64)
+    assert f.L.min() == -32 and f.L.max() == 31  # 4096 draws cover the whole range
+    assert f.p.min() >= 0 and f.p.max() < 64 and f.q.min() >= 0 and f.q.max() < 64
+    assert np.all(f.p != f.q)
+    # every column of R is used roughly uniformly (a broken expansion skews this)
+    counts = np.bincount(f.p, minlength=64)
+    assert counts.min() > 20 and counts.max() < 120
+
+
+def test_dense_noise_is_the_gather_and_has_rank_r():
+    f = derive_noise(SEED, 96, 256, 16)
+    e = expand_noise(f)
+    i, c = 5, 77
+    assert e[i, c] == f.L[i, f.p[c]] - f.L[i, f.q[c]]
+    assert e.min() >= -63 and e.max() <= 63
+    assert np.linalg.matrix_rank(e.astype(np.float64)) <= 16
+
+
+def test_verifier_rows_match_the_miners_rows():
+    f = derive_noise(SEED, 128, 64, 64)
+    assert np.array_equal(derive_factor_rows(SEED, 48, 16, 64), f.L[48:64])
+    p, q = derive_permutation(SEED, 64, 64)
+    assert np.array_equal(p, f.p) and np.array_equal(q, f.q)
+
+
+def test_noisy_operand_fits_int8_at_the_extremes():
+    f = derive_noise(SEED, 16, 1024, 64)
+    lo = add_noise(np.full((16, 1024), -64, dtype=np.int8), f)
+    hi = add_noise(np.full((16, 1024), 63, dtype=np.int8), f)
+    e = expand_noise(f).astype(np.int16)
+    assert np.array_equal(lo.astype(np.int16), e - 64)
+    assert np.array_equal(hi.astype(np.int16), e + 63)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: derive_noise(b"short", 4, 64, 64), "32 bytes"),
+        (lambda: derive_noise(SEED, 4, 64, 48), "power of two"),
+        (lambda: derive_noise(SEED, 4, 64, 1), "power of two"),
+        (lambda: derive_noise(SEED, 0, 64, 64), "positive"),
+        (lambda: derive_factor_rows(SEED, -1, 4, 64), "row range"),
+    ],
+)
+def test_bad_noise_arguments_are_named(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
