@@ -1,0 +1,200 @@
+"""Blocks, headers and the PoUW proof as frozen records (PROTOCOL §4–7).
+
+Three hashes matter:
+
+* ``header_seed`` — over every header field except ``result_root`` and the
+  proof. It fixes the noise of an attempt; changing ``extra_nonce`` starts a
+  fresh one. ``result_root`` is left out because C is only known once the
+  product has been computed, i.e. after the first attempt.
+* ``seed_B = H(header_seed, root_B)``, ``seed_A = H(seed_B, root_A)`` — the
+  noise is fixed only after both operands are committed.
+* the block hash — over the whole header, proof included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import ClassVar
+
+from consensus.encoding import (
+    U32,
+    U64,
+    U256,
+    Bytes,
+    Field,
+    ListOf,
+    RecordOf,
+    Schema,
+    decode_record,
+    encode_record,
+)
+from consensus.hashing import Hash32, tagged_hash, u32_bytes
+from consensus.keys import ADDRESS_SIZE
+from consensus.transactions import MAX_TX_SIZE, Transaction
+
+TAG_JOB_ID = "job-id"
+TAG_HEADER_SEED = "header-seed"
+TAG_SEED_B = "seed-b"
+TAG_SEED_A = "seed-a"
+TAG_BLOCK = "block"
+
+MAX_K = 65_536
+MAX_TILE = 64
+MAX_TREE_DEPTH = 32
+MAX_TXS_PER_BLOCK = 100_000
+MAX_BLOCK_WIRE_BYTES = 16 * 1024 * 1024
+
+HASH = Bytes(32)
+BRANCH = ListOf(HASH, max=MAX_TREE_DEPTH)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """The matmul a block's work was done on: shapes and operand commitments."""
+
+    m: int
+    k: int
+    n: int
+    root_a: bytes
+    root_b: bytes
+    SCHEMA: ClassVar[Schema] = (
+        Field("m", U32),
+        Field("k", U32),
+        Field("n", U32),
+        Field("root_a", HASH),
+        Field("root_b", HASH),
+    )
+
+    def job_id(self, rank: int, tile_h: int, tile_w: int) -> Hash32:
+        """``H(m, k, n, root_A, root_B, mining params)`` (PROTOCOL §2)."""
+        return tagged_hash(
+            TAG_JOB_ID,
+            u32_bytes(self.m),
+            u32_bytes(self.k),
+            u32_bytes(self.n),
+            self.root_a,
+            self.root_b,
+            u32_bytes(rank),
+            u32_bytes(tile_h),
+            u32_bytes(tile_w),
+        )
+
+
+@dataclass(frozen=True)
+class PowProof:
+    """The winning tile and its h rows of A and w columns of B, with Merkle branches.
+
+    ``a_rows`` is h·k int8 bytes (rows ti·h … ti·h + h − 1 of A), ``b_cols`` is
+    w·k bytes (columns tj·w … of B, each contiguous along k).
+    """
+
+    tile_i: int
+    tile_j: int
+    a_rows: bytes
+    a_branches: tuple[tuple[bytes, ...], ...]
+    b_cols: bytes
+    b_branches: tuple[tuple[bytes, ...], ...]
+    SCHEMA: ClassVar[Schema] = (
+        Field("tile_i", U32),
+        Field("tile_j", U32),
+        Field("a_rows", Bytes(max=MAX_TILE * MAX_K)),
+        Field("a_branches", ListOf(BRANCH, max=MAX_TILE)),
+        Field("b_cols", Bytes(max=MAX_TILE * MAX_K)),
+        Field("b_branches", ListOf(BRANCH, max=MAX_TILE)),
+    )
+
+
+EMPTY_PROOF = PowProof(0, 0, b"", (), b"", ())
+
+
+@dataclass(frozen=True)
+class BlockHeader:
+    height: int
+    prev_hash: bytes
+    timestamp_ms: int
+    target: int
+    tx_root: bytes
+    state_root: bytes
+    job: JobSpec
+    miner: bytes
+    reward: int
+    extra_nonce: int
+    result_root: bytes
+    proof: PowProof
+    SCHEMA: ClassVar[Schema] = (
+        Field("height", U64),
+        Field("prev_hash", HASH),
+        Field("timestamp_ms", U64),
+        Field("target", U256),
+        Field("tx_root", HASH),
+        Field("state_root", HASH),
+        Field("job", RecordOf(JobSpec)),
+        Field("miner", Bytes(ADDRESS_SIZE)),
+        Field("reward", U64),
+        Field("extra_nonce", U64),
+        Field("result_root", HASH),
+        Field("proof", RecordOf(PowProof)),
+    )
+
+    @cached_property
+    def hash(self) -> Hash32:
+        return tagged_hash(TAG_BLOCK, encode_record(self))
+
+    @cached_property
+    def header_seed(self) -> Hash32:
+        return tagged_hash(
+            TAG_HEADER_SEED, encode_record(self, omit=frozenset({"result_root", "proof"}))
+        )
+
+
+def noise_seeds(header_seed: bytes, job: JobSpec) -> tuple[bytes, bytes]:
+    """(seed_A, seed_B): seed_B = H(header_seed, root_B), seed_A = H(seed_B, root_A)."""
+    seed_b = tagged_hash(TAG_SEED_B, header_seed, job.root_b)
+    seed_a = tagged_hash(TAG_SEED_A, seed_b, job.root_a)
+    return seed_a, seed_b
+
+
+@dataclass(frozen=True)
+class Block:
+    header: BlockHeader
+    txs: tuple[Transaction, ...]
+    SCHEMA: ClassVar[Schema] = (
+        Field("header", RecordOf(BlockHeader)),
+        Field("txs", ListOf(RecordOf(Transaction), max=MAX_TXS_PER_BLOCK)),
+    )
+
+    @property
+    def hash(self) -> Hash32:
+        return self.header.hash
+
+
+def encode_header(header: BlockHeader) -> bytes:
+    return encode_record(header)
+
+
+def decode_header(data: bytes) -> BlockHeader:
+    return decode_record(BlockHeader, data, 2 * MAX_TILE * MAX_K + 64 * 1024)
+
+
+def encode_block(block: Block) -> bytes:
+    return encode_record(block)
+
+
+def decode_block(data: bytes, max_size: int = MAX_BLOCK_WIRE_BYTES) -> Block:
+    return decode_record(Block, data, max_size)
+
+
+__all__ = [
+    "EMPTY_PROOF",
+    "MAX_TX_SIZE",
+    "Block",
+    "BlockHeader",
+    "JobSpec",
+    "PowProof",
+    "decode_block",
+    "decode_header",
+    "encode_block",
+    "encode_header",
+    "noise_seeds",
+]

@@ -1,0 +1,336 @@
+"""The block tree: cumulative work, fork choice, reorgs with exact undo, orphans.
+
+Blocks are kept as a tree of index entries. The active chain is the valid
+branch with the most cumulative work (``2^256 // target`` per block); a tie
+keeps the branch seen first. A block's header and proof are checked when it
+arrives; its body is checked when its branch becomes the best one (as in
+Bitcoin Core), and a branch whose body fails is marked invalid and the node
+returns to the previous tip. Pure data, no I/O: the node persists it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from consensus.blocks import EMPTY_PROOF, Block, BlockHeader, JobSpec
+from consensus.difficulty import block_work
+from consensus.errors import InvalidBlock, InvalidTransaction
+from consensus.params import NetworkParams
+from consensus.state import State, Undo
+from consensus.transactions import Transaction, check_tx_stateless
+from consensus.validation import (
+    Anchor,
+    apply_body,
+    apply_transaction,
+    check_header_pow,
+    expected_target,
+    genesis_state,
+    median_time_past,
+    pay_coinbase,
+    tx_root,
+    validate_header,
+)
+
+MAX_ORPHANS = 256
+
+
+class Status(Enum):
+    HEADER_VALID = "header-valid"  # header and proof checked, body not yet
+    ACTIVE = "active"  # on the active chain, body applied
+    VALID = "valid"  # body applied once, now on a side branch
+    INVALID = "invalid"
+
+
+@dataclass
+class Entry:
+    header: BlockHeader
+    work: int  # cumulative, genesis included
+    seq: int  # arrival order: ties in work go to the first seen
+    status: Status
+
+    @property
+    def hash(self) -> bytes:
+        return self.header.hash
+
+
+@dataclass(frozen=True)
+class AddResult:
+    status: str  # "connected", "side", "orphan", "duplicate"
+    reorged: int = 0  # blocks disconnected from the old active chain
+    connected: tuple[bytes, ...] = ()  # hashes that joined the active chain, in order
+    disconnected: tuple[Block, ...] = ()  # blocks that left it (their txs go back to mempool)
+
+
+def make_genesis(params: NetworkParams) -> tuple[Block, State]:
+    state = genesis_state(params)
+    header = BlockHeader(
+        height=0,
+        prev_hash=bytes(32),
+        timestamp_ms=params.genesis_timestamp_ms,
+        target=params.genesis_target,
+        tx_root=tx_root(()),
+        state_root=state.root,
+        job=JobSpec(0, 0, 0, bytes(32), bytes(32)),
+        miner=bytes(20),
+        reward=0,
+        extra_nonce=0,
+        result_root=bytes(32),
+        proof=EMPTY_PROOF,
+    )
+    return Block(header, ()), state
+
+
+class Chain:
+    """The block tree and the state at its active tip."""
+
+    def __init__(self, params: NetworkParams, clock: Callable[[], int]) -> None:
+        self.params = params
+        self.clock = clock  # milliseconds since the epoch, for the future-drift rule
+        genesis, self.state = make_genesis(params)
+        self.genesis = genesis
+        self.anchor = Anchor(genesis.header.target, genesis.header.timestamp_ms, 0)
+        self.entries: dict[bytes, Entry] = {
+            genesis.hash: Entry(genesis.header, block_work(genesis.header.target), 0, Status.ACTIVE)
+        }
+        self.blocks: dict[bytes, Block] = {genesis.hash: genesis}
+        self.undos: dict[bytes, Undo] = {}
+        self.active: list[bytes] = [genesis.hash]  # by height
+        self.orphans: OrderedDict[bytes, Block] = OrderedDict()
+        self._seq = 1
+
+    # ------------------------------------------------------------ queries
+
+    @property
+    def tip(self) -> Entry:
+        return self.entries[self.active[-1]]
+
+    @property
+    def height(self) -> int:
+        return len(self.active) - 1
+
+    def contains(self, block_hash: bytes) -> bool:
+        return block_hash in self.entries or block_hash in self.orphans
+
+    def is_active(self, block_hash: bytes) -> bool:
+        e = self.entries.get(block_hash)
+        return e is not None and e.status is Status.ACTIVE
+
+    def block_at(self, height: int) -> Block:
+        return self.blocks[self.active[height]]
+
+    def ancestor_timestamps(self, parent_hash: bytes) -> list[int]:
+        out: list[int] = []
+        h = parent_hash
+        while len(out) < self.params.median_time_span:
+            e = self.entries[h]
+            out.append(e.header.timestamp_ms)
+            if e.header.height == 0:
+                break
+            h = e.header.prev_hash
+        return out
+
+    def next_target(self) -> int:
+        return expected_target(self.tip.header, self.anchor, self.params)
+
+    def locator(self) -> list[bytes]:
+        """Hashes of the active chain, dense near the tip then exponentially sparse."""
+        out, step, i = [], 1, self.height
+        while i > 0:
+            out.append(self.active[i])
+            if len(out) >= 10:
+                step *= 2
+            i -= step
+        out.append(self.active[0])
+        return out
+
+    # ------------------------------------------------------------ adding
+
+    def add_block(self, block: Block) -> AddResult:
+        """Accept a block from anywhere; raises InvalidBlock with the rule that failed."""
+        h = block.hash
+        if h in self.entries or h in self.orphans:
+            return AddResult("duplicate")
+        header = block.header
+        parent = self.entries.get(header.prev_hash)
+        if parent is None:
+            # Check the proof against the header's own target before keeping it,
+            # so orphans cost an attacker real work.
+            check_header_pow(header, self.params)
+            self._keep_orphan(block)
+            return AddResult("orphan")
+        if parent.status is Status.INVALID:
+            raise InvalidBlock("header: builds on an invalid block")
+        validate_header(
+            header,
+            parent.header,
+            self.ancestor_timestamps(header.prev_hash),
+            self.anchor,
+            self.params,
+            self.clock(),
+        )
+        check_header_pow(header, self.params)
+        entry = Entry(
+            header, parent.work + block_work(header.target), self._seq, Status.HEADER_VALID
+        )
+        self._seq += 1
+        self.entries[h] = entry
+        self.blocks[h] = block
+        result = self._maybe_reorg(entry)
+        for child in self._take_orphans(h):
+            try:
+                r = self.add_block(child)
+            except InvalidBlock:
+                continue
+            result = AddResult(
+                result.status if r.status != "connected" else "connected",
+                result.reorged + r.reorged,
+                result.connected + r.connected,
+                result.disconnected + r.disconnected,
+            )
+        return result
+
+    def _keep_orphan(self, block: Block) -> None:
+        self.orphans[block.hash] = block
+        while len(self.orphans) > MAX_ORPHANS:
+            self.orphans.popitem(last=False)
+
+    def _take_orphans(self, parent_hash: bytes) -> list[Block]:
+        kids = [b for b in self.orphans.values() if b.header.prev_hash == parent_hash]
+        for b in kids:
+            del self.orphans[b.hash]
+        return kids
+
+    def _branch_to(self, entry: Entry) -> tuple[int, list[bytes]]:
+        """Fork height with the active chain and the new branch's hashes above it."""
+        branch: list[bytes] = []
+        h = entry.hash
+        while True:
+            e = self.entries[h]
+            if e.status is Status.ACTIVE:
+                return e.header.height, list(reversed(branch))
+            branch.append(h)
+            h = e.header.prev_hash
+
+    def _maybe_reorg(self, entry: Entry) -> AddResult:
+        if entry.work <= self.tip.work:
+            return AddResult("side")
+        fork_height, branch = self._branch_to(entry)
+        disconnected = self._disconnect_to(fork_height)
+        connected: list[bytes] = []
+        for h in branch:
+            block = self.blocks[h]
+            try:
+                self._connect(block)
+            except InvalidBlock:
+                self._mark_invalid(h)
+                # Back to the old chain exactly as it was.
+                self._disconnect_to(fork_height)
+                for old in disconnected:
+                    self._connect(old)
+                raise
+            connected.append(h)
+        return AddResult("connected", len(disconnected), tuple(connected), tuple(disconnected))
+
+    def _connect(self, block: Block) -> None:
+        undo = apply_body(self.state, block, self.params)
+        self.undos[block.hash] = undo
+        self.entries[block.hash].status = Status.ACTIVE
+        self.active.append(block.hash)
+
+    def _disconnect_to(self, height: int) -> list[Block]:
+        """Undo active blocks above ``height``; returns them oldest first."""
+        out = []
+        while self.height > height:
+            h = self.active.pop()
+            self.state.undo(self.undos.pop(h))
+            self.entries[h].status = Status.VALID
+            out.append(self.blocks[h])
+        return list(reversed(out))
+
+    def _mark_invalid(self, block_hash: bytes) -> None:
+        bad = {block_hash}
+        self.entries[block_hash].status = Status.INVALID
+        for e in sorted(self.entries.values(), key=lambda x: x.header.height):
+            if e.header.prev_hash in bad:
+                e.status = Status.INVALID
+                bad.add(e.hash)
+
+    # ------------------------------------------------------------ templates
+
+    def build_template(
+        self,
+        txs: Iterable[Transaction],
+        miner: bytes,
+        job: JobSpec,
+        timestamp_ms: int | None = None,
+    ) -> tuple[BlockHeader, tuple[Transaction, ...]]:
+        """A header to mine on the tip with as many of ``txs`` as apply cleanly, in order.
+
+        Transactions that fail (bad nonce, balance…) are skipped, not fatal.
+        """
+        parent = self.tip.header
+        mtp = median_time_past(self.ancestor_timestamps(parent.hash))
+        ts = max(timestamp_ms if timestamp_ms is not None else self.clock(), mtp + 1)
+        height = parent.height + 1
+        included: list[Transaction] = []
+        fees = 0
+        size = 0
+        st = self.state
+        st.begin()
+        try:
+            for tx in txs:
+                try:
+                    check_tx_stateless(tx, self.params.chain_id)
+                    fee = apply_transaction_checked(st, tx, height, self.params)
+                except InvalidTransaction:
+                    continue
+                included.append(tx)
+                fees += fee
+                size += 200
+                if size > self.params.max_block_bytes // 2:
+                    break
+            header = BlockHeader(
+                height=height,
+                prev_hash=parent.hash,
+                timestamp_ms=ts,
+                target=self.next_target(),
+                tx_root=tx_root(included),
+                state_root=bytes(32),
+                job=job,
+                miner=miner,
+                reward=self.params.block_reward + fees,
+                extra_nonce=0,
+                result_root=bytes(32),
+                proof=EMPTY_PROOF,
+            )
+            pay_coinbase(st, header, self.params)
+            header = dataclasses.replace(header, state_root=st.pending_root())
+        finally:
+            st.rollback()
+        return header, tuple(included)
+
+
+def apply_transaction_checked(
+    state: State, tx: Transaction, height: int, params: NetworkParams
+) -> int:
+    """apply_transaction inside an open journal, leaving the state unchanged on failure."""
+    mark = state.savepoint()
+    try:
+        return apply_transaction(state, tx, height, params)
+    except InvalidTransaction:
+        state.rollback_to(mark)
+        raise
+
+
+def headers_after(chain: Chain, locator: Sequence[bytes], limit: int = 2000) -> list[BlockHeader]:
+    """Active-chain headers after the first locator hash we share (getheaders)."""
+    start = 0
+    for h in locator:
+        if chain.is_active(h):
+            start = chain.entries[h].header.height + 1
+            break
+    return [chain.entries[h].header for h in chain.active[start : start + limit]]

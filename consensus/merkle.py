@@ -1,0 +1,209 @@
+"""Binary BLAKE3 Merkle trees and matrix commitments (PROTOCOL §2).
+
+- leaf i  = tagged_hash("merkle-leaf", u64(i), payload)
+- node    = tagged_hash("merkle-node", left, right)
+- a level with an odd number of nodes promotes its last node unchanged to
+  the next level;
+- the empty tree's root is the constant ``EMPTY_ROOT``.
+
+Why promote instead of duplicating the last node (Bitcoin's rule): with
+duplication, the lists [a, b, c] and [a, b, c, c] have the same root
+(CVE-2012-2459), so a block with a repeated transaction shares its hash with
+the valid block and a node that caches "this hash is invalid" can be split
+from the network. Promotion gives every leaf count its own tree shape; leaf
+and node hashes have different tags, so a node can never pose as a leaf (the
+second-preimage trick on unbalanced trees), and each leaf commits to its
+index, so a leaf proven at one position cannot be replayed at another.
+
+A branch lists sibling hashes bottom-up and skips levels where the node was
+promoted; a verifier needs the leaf count to know where those levels are.
+Matrices commit their rows (A, C) or columns (B, as rows of Bᵀ); a row's
+payload is its raw bytes (int8, or int32 little-endian for C).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from consensus.hashing import (
+    HASH_SIZE,
+    TAG_MERKLE_EMPTY,
+    TAG_MERKLE_LEAF,
+    TAG_MERKLE_NODE,
+    Hash32,
+    tagged_hash,
+    tagged_hasher,
+    u64_bytes,
+)
+
+EMPTY_ROOT: Hash32 = tagged_hash(TAG_MERKLE_EMPTY)
+"""Root of a tree with no leaves."""
+
+_LEN8 = (8).to_bytes(8, "little")
+_LEN32 = (HASH_SIZE).to_bytes(8, "little")
+
+
+def leaf_hash(index: int, payload: bytes) -> Hash32:
+    """Hash of the leaf at ``index`` carrying ``payload``."""
+    return tagged_hash(TAG_MERKLE_LEAF, u64_bytes(index), payload)
+
+
+def node_hash(left: Hash32, right: Hash32) -> Hash32:
+    """Hash of an inner node (same bytes as ``tagged_hash(TAG_MERKLE_NODE, left, right)``)."""
+    hasher = tagged_hasher(TAG_MERKLE_NODE)
+    hasher.update(_LEN32 + left + _LEN32 + right)
+    return hasher.digest()
+
+
+def tree_levels(leaves: Sequence[Hash32]) -> list[list[Hash32]]:
+    """All levels of the tree, leaves first and the root alone last (empty list: no leaves)."""
+    if not leaves:
+        return []
+    levels = [list(leaves)]
+    while len(levels[-1]) > 1:
+        level = levels[-1]
+        parents = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            parents.append(level[-1])  # promote the lone node
+        levels.append(parents)
+    return levels
+
+
+def root_of_leaves(leaves: Sequence[Hash32]) -> Hash32:
+    """Root over already hashed leaves."""
+    levels = tree_levels(leaves)
+    return levels[-1][0] if levels else EMPTY_ROOT
+
+
+def branch_of(levels: list[list[Hash32]], index: int) -> list[Hash32]:
+    """Sibling hashes of leaf ``index``, bottom-up, from precomputed ``tree_levels``."""
+    if not levels or not 0 <= index < len(levels[0]):
+        raise IndexError(f"leaf {index} is not in a tree of {len(levels[0]) if levels else 0}")
+    branch: list[Hash32] = []
+    for level in levels[:-1]:
+        sibling = index ^ 1
+        if sibling < len(level):
+            branch.append(level[sibling])
+        index //= 2
+    return branch
+
+
+def merkle_root(payloads: Sequence[bytes]) -> Hash32:
+    """Root of the tree whose leaf i carries ``payloads[i]``."""
+    return root_of_leaves([leaf_hash(i, p) for i, p in enumerate(payloads)])
+
+
+def merkle_branch(payloads: Sequence[bytes], index: int) -> list[Hash32]:
+    """Proof that ``payloads[index]`` is leaf ``index``: sibling hashes, bottom-up."""
+    return branch_of(tree_levels([leaf_hash(i, p) for i, p in enumerate(payloads)]), index)
+
+
+def root_from_branch(
+    index: int, count: int, leaf: Hash32, branch: Sequence[bytes]
+) -> Hash32 | None:
+    """The root ``branch`` implies for ``leaf`` at ``index`` of ``count``; None if malformed."""
+    if not 0 <= index < count:
+        return None
+    h, used = leaf, 0
+    while count > 1:
+        if index % 2 == 1 or index + 1 < count:
+            if used >= len(branch):
+                return None
+            sibling = branch[used]
+            if type(sibling) is not bytes or len(sibling) != HASH_SIZE:
+                return None
+            used += 1
+            h = node_hash(sibling, h) if index % 2 else node_hash(h, sibling)
+        index //= 2
+        count = (count + 1) // 2
+    return h if used == len(branch) else None
+
+
+def verify_branch(
+    root: Hash32, index: int, count: int, payload: bytes, branch: Sequence[bytes]
+) -> bool:
+    """True iff ``payload`` is leaf ``index`` of the ``count``-leaf tree with ``root``.
+
+    Never raises on malformed input: a wrong index, count, payload type or
+    branch length is simply False.
+    """
+    if type(payload) is not bytes or type(root) is not bytes:
+        return False
+    if type(index) is not int or type(count) is not int:
+        return False
+    if index < 0 or index >= 2**64:
+        return False
+    implied = root_from_branch(index, count, leaf_hash(index, payload), branch)
+    return implied is not None and hmac.compare_digest(implied, root)
+
+
+# --------------------------------------------------------- matrix commitments
+
+
+def _rows_of(x: np.ndarray) -> np.ndarray:
+    """A C-contiguous little-endian view of a 2-D int8 or int32 matrix, or TypeError."""
+    if not isinstance(x, np.ndarray) or x.ndim != 2:
+        raise TypeError("a matrix commitment needs a 2-D numpy array")
+    if x.dtype == np.int8:
+        return np.ascontiguousarray(x)
+    if x.dtype.kind == "i" and x.dtype.itemsize == 4:  # int32 of either byte order
+        return np.ascontiguousarray(x, dtype="<i4")
+    raise TypeError(f"a matrix commitment needs int8 or int32 entries, got {x.dtype}")
+
+
+def matrix_leaf_hashes(x: np.ndarray) -> list[Hash32]:
+    """Leaf hashes of the rows of ``x`` (int8, or int32 hashed little-endian).
+
+    The fast path: the tag's hasher state is cloned per row and the row is fed
+    straight from the array's memory, with the same framing as ``leaf_hash``.
+    """
+    rows = _rows_of(x).view(np.uint8)  # blake3 reads buffers of unsigned bytes only
+    row_len = rows.shape[1].to_bytes(8, "little")
+    template = tagged_hasher(TAG_MERKLE_LEAF)
+    leaves = []
+    for i in range(rows.shape[0]):
+        hasher = template.copy()
+        hasher.update(_LEN8 + u64_bytes(i) + row_len)
+        hasher.update(rows[i].data)
+        leaves.append(hasher.digest())
+    return leaves
+
+
+def matrix_rows_root(x: np.ndarray) -> Hash32:
+    """Commitment to a matrix by its rows (A, and C's ``result_root``)."""
+    return root_of_leaves(matrix_leaf_hashes(x))
+
+
+def matrix_cols_root(b: np.ndarray) -> Hash32:
+    """Commitment to a matrix by its columns, i.e. the rows of bᵀ (B)."""
+    return matrix_rows_root(b.T)
+
+
+@dataclass(frozen=True)
+class RowOpening:
+    """One opened row: its index, its bytes and its branch against the matrix root."""
+
+    index: int
+    row: bytes
+    branch: tuple[Hash32, ...]
+
+
+def rows_with_branches(x: np.ndarray, indices: Sequence[int]) -> list[RowOpening]:
+    """Open rows ``indices`` of ``x`` against ``matrix_rows_root(x)`` (tree built once)."""
+    rows = _rows_of(x)
+    levels = tree_levels(matrix_leaf_hashes(rows))
+    return [RowOpening(i, rows[i].tobytes(), tuple(branch_of(levels, i))) for i in indices]
+
+
+def cols_with_branches(b: np.ndarray, indices: Sequence[int]) -> list[RowOpening]:
+    """Open columns ``indices`` of ``b`` against ``matrix_cols_root(b)``."""
+    return rows_with_branches(b.T, indices)
+
+
+def verify_row_opening(root: Hash32, count: int, opening: RowOpening) -> bool:
+    """True iff ``opening`` is row ``opening.index`` of the ``count``-row matrix with ``root``."""
+    return verify_branch(root, opening.index, count, opening.row, opening.branch)

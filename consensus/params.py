@@ -1,0 +1,129 @@
+"""Network parameters: devnet, testnet and main (PROTOCOL §7, §8, §11).
+
+Each network has its own chain_id (signed into every transaction, so a
+transaction cannot be replayed on another network) and its own genesis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from consensus.difficulty import target_for_work
+
+COIN = 100_000_000
+"""Base units per token."""
+
+
+@dataclass(frozen=True)
+class NetworkParams:
+    name: str
+    chain_id: int
+    block_time_ms: int
+    asert_half_life_ms: int
+    genesis_target: int
+    genesis_timestamp_ms: int
+    # mining parameters (consensus): noise rank and hash tile
+    rank: int
+    tile_h: int
+    tile_w: int
+    # the job every idle miner falls back to, and the bounds on any job
+    null_job_shape: tuple[int, int, int]
+    max_job_dim: int
+    max_job_k: int
+    # economics
+    block_reward: int
+    coinbase_maturity: int
+    challenge_window: int
+    # limits
+    max_block_bytes: int
+    max_future_drift_ms: int
+    median_time_span: int
+    prefunded_labels: tuple[str, ...]
+    prefund_amount: int
+
+    def __post_init__(self) -> None:
+        if self.coinbase_maturity < self.challenge_window:
+            # A fraud proof must still find the miner's coinbase to forfeit (PROTOCOL §8).
+            raise ValueError("coinbase maturity must be at least the challenge window")
+
+
+def _devnet_labels(count: int) -> tuple[str, ...]:
+    return tuple(f"devnet-{i}" for i in range(count))
+
+
+DEVNET = NetworkParams(
+    name="devnet",
+    chain_id=0x70770001,
+    block_time_ms=2_000,
+    asert_half_life_ms=60_000,
+    genesis_target=target_for_work(2 * 10**9),
+    genesis_timestamp_ms=1_790_000_000_000,
+    rank=64,
+    tile_h=16,
+    tile_w=16,
+    null_job_shape=(128, 256, 128),
+    max_job_dim=4_096,
+    max_job_k=4_096,
+    block_reward=50 * COIN,
+    coinbase_maturity=10,
+    challenge_window=10,
+    max_block_bytes=8 * 1024 * 1024,
+    max_future_drift_ms=15_000,
+    median_time_span=11,
+    prefunded_labels=_devnet_labels(256),
+    prefund_amount=1_000_000 * COIN,
+)
+
+TESTNET = NetworkParams(
+    name="testnet",
+    chain_id=0x70770002,
+    block_time_ms=30_000,
+    asert_half_life_ms=3_600_000,
+    genesis_target=target_for_work(10**12),
+    genesis_timestamp_ms=1_790_000_000_000,
+    rank=64,
+    tile_h=16,
+    tile_w=16,
+    null_job_shape=(1_024, 2_048, 1_024),
+    max_job_dim=16_384,
+    max_job_k=65_536,
+    block_reward=50 * COIN,
+    coinbase_maturity=60,
+    challenge_window=60,
+    max_block_bytes=8 * 1024 * 1024,
+    max_future_drift_ms=120_000,
+    median_time_span=11,
+    prefunded_labels=_devnet_labels(16),
+    prefund_amount=1_000 * COIN,
+)
+
+MAIN = NetworkParams(
+    name="main",
+    chain_id=0x70770000,
+    block_time_ms=60_000,
+    asert_half_life_ms=2 * 86_400_000,
+    genesis_target=target_for_work(10**15),
+    genesis_timestamp_ms=1_790_000_000_000,
+    rank=64,
+    tile_h=16,
+    tile_w=16,
+    null_job_shape=(2_048, 2_048, 2_048),
+    max_job_dim=16_384,
+    max_job_k=65_536,
+    block_reward=50 * COIN,
+    coinbase_maturity=100,
+    challenge_window=100,
+    max_block_bytes=8 * 1024 * 1024,
+    max_future_drift_ms=120_000,
+    median_time_span=11,
+    prefunded_labels=(),
+    prefund_amount=0,
+)
+
+NETWORKS = {p.name: p for p in (DEVNET, TESTNET, MAIN)}
+
+
+def network(name: str) -> NetworkParams:
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}; choose one of {', '.join(NETWORKS)}")
+    return NETWORKS[name]

@@ -1,0 +1,192 @@
+"""Proof of useful work: mining a header on a job, and verifying its proof (PROTOCOL §4–6).
+
+The miner tries extra-nonces: each fixes a fresh header_seed, hence fresh
+noise, and one attempt computes every tile's ticket plus the useful product
+C. When a tile wins, the proof opens that tile's h rows of A and w columns of
+B with Merkle branches. A verifier recomputes just that tile: h·w·k MACs,
+(m·n)/(h·w) times less than the attempt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import blake3
+import numpy as np
+
+from consensus.blocks import BlockHeader, JobSpec, PowProof, noise_seeds
+from consensus.errors import InvalidBlock
+from consensus.merkle import (
+    branch_of,
+    matrix_cols_root,
+    matrix_leaf_hashes,
+    matrix_rows_root,
+    tree_levels,
+    verify_branch,
+)
+from consensus.params import NetworkParams
+from kernels.attempt import MiningParams, mining_attempt, tile_transcript
+from kernels.backends import Backend
+from kernels.params import OPERAND_MAX, OPERAND_MIN
+from kernels.tickets import ticket_of, ticket_threshold
+
+NULL_JOB_LABEL = b"pouwnet/null-job"
+
+
+def mining_params(params: NetworkParams) -> MiningParams:
+    return MiningParams(r=params.rank, h=params.tile_h, w=params.tile_w)
+
+
+@dataclass(frozen=True)
+class Job:
+    """Operands in memory with their commitments: A (m×k) and B (k×n), int7 in int8."""
+
+    a: np.ndarray
+    b: np.ndarray
+    spec: JobSpec
+
+    @classmethod
+    def from_operands(cls, a: np.ndarray, b: np.ndarray) -> Job:
+        m, k = a.shape
+        n = b.shape[1]
+        spec = JobSpec(m, k, n, matrix_rows_root(a), matrix_cols_root(b))
+        return cls(a=a, b=np.ascontiguousarray(b), spec=spec)
+
+
+def null_job(prev_hash: bytes, params: NetworkParams) -> Job:
+    """The job an idle miner works on: operands expanded from the previous block hash.
+
+    Nobody needs its product; it keeps the chain moving when no job is posted.
+    Any operands are valid PoW (the noise makes the work full-cost whatever
+    they are), so verifiers never need to regenerate these.
+    """
+    m, k, n = params.null_job_shape
+    stream = blake3.blake3(prev_hash, key=blake3.blake3(NULL_JOB_LABEL).digest())
+    raw = np.frombuffer(stream.digest(length=m * k + k * n), dtype=np.uint8)
+    vals = (raw & 127).astype(np.int16) - 64  # uniform over int7
+    a = vals[: m * k].astype(np.int8).reshape(m, k)
+    b = vals[m * k :].astype(np.int8).reshape(k, n)
+    return Job.from_operands(a, b)
+
+
+def _open_rows(
+    x: np.ndarray, first: int, count: int
+) -> tuple[bytes, tuple[tuple[bytes, ...], ...]]:
+    levels = tree_levels(matrix_leaf_hashes(x))
+    rows = np.ascontiguousarray(x[first : first + count])
+    branches = tuple(tuple(branch_of(levels, i)) for i in range(first, first + count))
+    return rows.tobytes(), branches
+
+
+def build_proof(job: Job, tile_i: int, tile_j: int, params: NetworkParams) -> PowProof:
+    """Open tile (tile_i, tile_j): its rows of A and columns of B with branches."""
+    h, w = params.tile_h, params.tile_w
+    a_rows, a_br = _open_rows(job.a, tile_i * h, h)
+    b_cols, b_br = _open_rows(np.ascontiguousarray(job.b.T), tile_j * w, w)
+    return PowProof(tile_i, tile_j, a_rows, a_br, b_cols, b_br)
+
+
+@dataclass(frozen=True)
+class MinedBlock:
+    header: BlockHeader
+    product: np.ndarray  # the useful output C = A·B (int32 m×n)
+    attempts: int
+
+
+def mine(
+    template: BlockHeader,
+    job: Job,
+    params: NetworkParams,
+    backend: Backend | str = "cpu",
+    stop: threading.Event | None = None,
+    first_nonce: int = 0,
+    max_attempts: int | None = None,
+    on_attempt: Callable[[int], None] | None = None,
+) -> MinedBlock | None:
+    """Try extra-nonces from ``first_nonce`` until a tile wins, ``stop`` is set or
+    ``max_attempts`` run out (then None).
+
+    ``template`` carries every header field but extra_nonce, result_root and
+    proof; its job must be ``job.spec``. C is the same for every attempt, so
+    its commitment is computed once, from the first attempt.
+    """
+    if template.job != job.spec:
+        raise ValueError("the template's job does not match the operands")
+    mp = mining_params(params)
+    result_root: bytes | None = None
+    nonce = first_nonce
+    attempts = 0
+    while (stop is None or not stop.is_set()) and (max_attempts is None or attempts < max_attempts):
+        header = dataclasses.replace(template, extra_nonce=nonce)
+        seed_a, seed_b = noise_seeds(header.header_seed, job.spec)
+        res = mining_attempt(job.a, job.b, seed_a, seed_b, template.target, mp, backend)
+        attempts += 1
+        if on_attempt is not None:
+            on_attempt(job.spec.m * job.spec.k * job.spec.n)
+        if res.winners:
+            if result_root is None:
+                result_root = matrix_rows_root(res.c)
+            ti, tj = res.winners[0]
+            proof = build_proof(job, ti, tj, params)
+            header = dataclasses.replace(header, result_root=result_root, proof=proof)
+            return MinedBlock(header=header, product=res.c, attempts=attempts)
+        nonce = (nonce + 1) % 2**64
+    return None
+
+
+def _operand_block(data: bytes, rows: int, k: int, what: str) -> np.ndarray:
+    if len(data) != rows * k:
+        raise InvalidBlock(f"proof: {what} has {len(data)} bytes, expected {rows}x{k}")
+    x = np.frombuffer(data, dtype=np.int8).reshape(rows, k)
+    if x.size and (int(x.min()) < OPERAND_MIN or int(x.max()) > OPERAND_MAX):
+        raise InvalidBlock(f"proof: {what} has a value outside the int7 range [-64, 63]")
+    return x
+
+
+def check_job_shape(job: JobSpec, params: NetworkParams) -> None:
+    """A block's job must fit the network's bounds and the mining parameters."""
+    r, h, w = params.rank, params.tile_h, params.tile_w
+    if not (0 < job.m <= params.max_job_dim and 0 < job.n <= params.max_job_dim):
+        raise InvalidBlock(f"job: m={job.m}, n={job.n} outside 1..{params.max_job_dim}")
+    if not 0 < job.k <= params.max_job_k:
+        raise InvalidBlock(f"job: k={job.k} outside 1..{params.max_job_k}")
+    if job.k % r or job.m % h or job.n % w:
+        raise InvalidBlock(f"job: shape {job.m}x{job.k}x{job.n} does not tile by r={r}, {h}x{w}")
+
+
+def verify_pow(header: BlockHeader, params: NetworkParams) -> int:
+    """Check the header's PoUW proof; returns the winning ticket or raises InvalidBlock.
+
+    Cost: h + w Merkle branches, h + w rows of noise and h·w·k MACs.
+    """
+    job, proof = header.job, header.proof
+    h, w = params.tile_h, params.tile_w
+    check_job_shape(job, params)
+    if proof.tile_i >= job.m // h or proof.tile_j >= job.n // w:
+        raise InvalidBlock(
+            f"proof: tile ({proof.tile_i}, {proof.tile_j}) outside the "
+            f"{job.m // h}x{job.n // w} tile grid"
+        )
+    a_rows = _operand_block(proof.a_rows, h, job.k, "rows of A")
+    b_cols = _operand_block(proof.b_cols, w, job.k, "columns of B")
+    if len(proof.a_branches) != h or len(proof.b_branches) != w:
+        raise InvalidBlock(f"proof: needs {h} branches for A and {w} for B")
+    for i in range(h):
+        row = proof.tile_i * h + i
+        if not verify_branch(job.root_a, row, job.m, a_rows[i].tobytes(), proof.a_branches[i]):
+            raise InvalidBlock(f"proof: Merkle branch of row {row} of A does not match root_a")
+    for j in range(w):
+        col = proof.tile_j * w + j
+        if not verify_branch(job.root_b, col, job.n, b_cols[j].tobytes(), proof.b_branches[j]):
+            raise InvalidBlock(f"proof: Merkle branch of column {col} of B does not match root_b")
+    seed_a, seed_b = noise_seeds(header.header_seed, job)
+    T = tile_transcript(
+        a_rows, b_cols, proof.tile_i, proof.tile_j, seed_a, seed_b, mining_params(params)
+    )
+    ticket = ticket_of(T, seed_a, proof.tile_i, proof.tile_j)
+    if ticket > ticket_threshold(header.target, h, w, job.k):
+        raise InvalidBlock("proof: ticket is above the target")
+    return ticket

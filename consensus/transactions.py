@@ -1,0 +1,400 @@
+"""Transactions: their payloads, encoding, signing and stateless rules (PROTOCOL §8–§10).
+
+A transaction on the wire is the msgpack array
+
+    [chain_id, kind, sender, nonce, fee, payload, signature]
+
+where ``payload`` is the array of the record that ``kind`` names. The
+signature covers ``tagged_hash("tx-sign", signing_bytes(tx))``: the
+canonical encoding of every field but the signature, chain_id included, so a
+transaction signed for one network is invalid on every other (replay
+protection). The txid is ``tagged_hash("txid", full encoding)``.
+
+Only rules that need nothing but the transaction live here. Balances, nonces,
+job and dataset existence, expiry against the current height and job shapes
+against a network's mining parameters belong to the state transition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import IntEnum
+from functools import cached_property
+from typing import ClassVar
+
+from consensus.encoding import (
+    U32,
+    U64,
+    U64_MAX,
+    Bytes,
+    EnumOf,
+    Field,
+    ListOf,
+    Schema,
+    Str,
+    Variant,
+    decode_record,
+    encode_record,
+)
+from consensus.errors import EncodeError, InvalidTransaction
+from consensus.hashing import TAG_TX_SIGN, TAG_TXID, Hash32, tagged_hash
+from consensus.keys import ADDRESS_SIZE, PrivateKey, address, verify_signature
+from kernels.params import MAX_K
+
+MAX_JOB_DIM = 16_384
+"""Largest m and n of a posted job (*tunable*). It bounds a fraud proof's row of C
+(4·n bytes) so that the largest fraud proof fits in MAX_TX_SIZE."""
+
+MAX_BRANCH_LEN = 32
+"""A Merkle branch of a tree with up to 2^32 leaves; matrices have at most 2^16 rows."""
+
+MAX_METADATA_BYTES = 4096
+MAX_SEALED_KEY_BYTES = 128
+SEALED_BOX_OVERHEAD = 48
+"""libsodium crypto_box_seal adds an ephemeral public key (32) and a MAC (16)."""
+MAX_DATASET_CHUNK_SIZE = 1 << 20
+"""Chunks travel in one blob_chunk message each, so they are kept to 1 MiB."""
+
+MAX_TX_SIZE = 256 * 1024
+"""Largest encoded transaction. The largest one is a fraud proof at k = 65,536 and
+n = 16,384: row of A 64 KiB + column of B 64 KiB + row of C 64 KiB + three
+branches (~3.4 KiB) ≈ 196 KiB. 256 KiB fits it with room and still caps what a
+peer can make a node buffer and hash for one transaction."""
+
+HASH = Bytes(32)
+ADDRESS = Bytes(ADDRESS_SIZE)
+BRANCH = ListOf(HASH, max=MAX_BRANCH_LEN)
+
+
+class TxKind(IntEnum):
+    """What a transaction does; its number is the wire value (u8)."""
+
+    TRANSFER = 0
+    JOB_POST = 1
+    JOB_CANCEL = 2
+    FRAUD_PROOF = 3
+    DATASET_REGISTER = 4
+    ACCESS_GRANT = 5
+    ACCESS_REVOKE = 6
+    ACCESS_LOG = 7
+
+
+@dataclass(frozen=True)
+class TransferPayload:
+    """Move ``amount`` from the sender to address ``to``."""
+
+    to: bytes
+    amount: int
+    SCHEMA: ClassVar[Schema] = (Field("to", ADDRESS), Field("amount", U64))
+
+
+@dataclass(frozen=True)
+class JobPostPayload:
+    """Ask miners to compute A·B (m×k by k×n, committed by root_a / root_b).
+
+    ``fee`` is the reward escrowed from the sender and paid to the miner after
+    the challenge window (not the transaction fee, which the block producer gets).
+    """
+
+    m: int
+    k: int
+    n: int
+    root_a: bytes
+    root_b: bytes
+    fee: int
+    expiry_height: int
+    SCHEMA: ClassVar[Schema] = (
+        Field("m", U32),
+        Field("k", U32),
+        Field("n", U32),
+        Field("root_a", HASH),
+        Field("root_b", HASH),
+        Field("fee", U64),
+        Field("expiry_height", U64),
+    )
+
+
+@dataclass(frozen=True)
+class JobCancelPayload:
+    """Withdraw an unmined posted job and release its escrow."""
+
+    job_id: bytes
+    SCHEMA: ClassVar[Schema] = (Field("job_id", HASH),)
+
+
+@dataclass(frozen=True)
+class FraudProofPayload:
+    """Show that C[i, j] ≠ row i of A · column j of B for a block's claimed result.
+
+    ``c_row`` is row i of C as int32 little-endian; each opened vector comes
+    with its branch against root_a, root_b and the block's result_root.
+    """
+
+    block_hash: bytes
+    job_id: bytes
+    i: int
+    j: int
+    a_row: bytes
+    a_branch: tuple[bytes, ...]
+    b_col: bytes
+    b_branch: tuple[bytes, ...]
+    c_row: bytes
+    c_branch: tuple[bytes, ...]
+    SCHEMA: ClassVar[Schema] = (
+        Field("block_hash", HASH),
+        Field("job_id", HASH),
+        Field("i", U32),
+        Field("j", U32),
+        Field("a_row", Bytes(max=MAX_K)),
+        Field("a_branch", BRANCH),
+        Field("b_col", Bytes(max=MAX_K)),
+        Field("b_branch", BRANCH),
+        Field("c_row", Bytes(max=4 * MAX_JOB_DIM)),
+        Field("c_branch", BRANCH),
+    )
+
+
+@dataclass(frozen=True)
+class DatasetRegisterPayload:
+    """Register an encrypted dataset: its chunk Merkle root, size and metadata."""
+
+    content_root: bytes
+    size: int
+    chunk_size: int
+    metadata: str
+    SCHEMA: ClassVar[Schema] = (
+        Field("content_root", HASH),
+        Field("size", U64),
+        Field("chunk_size", U32),
+        Field("metadata", Str(max=MAX_METADATA_BYTES)),
+    )
+
+
+@dataclass(frozen=True)
+class AccessGrantPayload:
+    """Give ``grantee`` the dataset key, sealed to its X25519 key, until ``expiry_height``."""
+
+    dataset_id: bytes
+    grantee: bytes
+    sealed_key: bytes
+    expiry_height: int
+    SCHEMA: ClassVar[Schema] = (
+        Field("dataset_id", HASH),
+        Field("grantee", ADDRESS),
+        Field("sealed_key", Bytes(max=MAX_SEALED_KEY_BYTES)),
+        Field("expiry_height", U64),
+    )
+
+
+@dataclass(frozen=True)
+class AccessRevokePayload:
+    """Stop future reads of a dataset by ``grantee``."""
+
+    dataset_id: bytes
+    grantee: bytes
+    SCHEMA: ClassVar[Schema] = (Field("dataset_id", HASH), Field("grantee", ADDRESS))
+
+
+@dataclass(frozen=True)
+class AccessLogPayload:
+    """A grantee's on-chain request to read a dataset, made before any data flows."""
+
+    dataset_id: bytes
+    request_nonce: bytes
+    SCHEMA: ClassVar[Schema] = (Field("dataset_id", HASH), Field("request_nonce", HASH))
+
+
+Payload = (
+    TransferPayload
+    | JobPostPayload
+    | JobCancelPayload
+    | FraudProofPayload
+    | DatasetRegisterPayload
+    | AccessGrantPayload
+    | AccessRevokePayload
+    | AccessLogPayload
+)
+
+PAYLOAD_TYPES: dict[TxKind, type] = {
+    TxKind.TRANSFER: TransferPayload,
+    TxKind.JOB_POST: JobPostPayload,
+    TxKind.JOB_CANCEL: JobCancelPayload,
+    TxKind.FRAUD_PROOF: FraudProofPayload,
+    TxKind.DATASET_REGISTER: DatasetRegisterPayload,
+    TxKind.ACCESS_GRANT: AccessGrantPayload,
+    TxKind.ACCESS_REVOKE: AccessRevokePayload,
+    TxKind.ACCESS_LOG: AccessLogPayload,
+}
+_KIND_OF: dict[type, TxKind] = {cls: kind for kind, cls in PAYLOAD_TYPES.items()}
+
+UNSIGNED = bytes(64)
+"""Placeholder signature of a transaction that has not been signed yet."""
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """A signed request by ``sender`` (an Ed25519 public key) to change the state."""
+
+    chain_id: int
+    kind: TxKind
+    sender: bytes
+    nonce: int
+    fee: int
+    payload: Payload
+    signature: bytes
+    SCHEMA: ClassVar[Schema] = (
+        Field("chain_id", U32),
+        Field("kind", EnumOf(TxKind)),
+        Field("sender", Bytes(32)),
+        Field("nonce", U64),
+        Field("fee", U64),
+        Field("payload", Variant("kind", PAYLOAD_TYPES)),
+        Field("signature", Bytes(64)),
+    )
+
+    @cached_property
+    def txid(self) -> Hash32:
+        """Hash of the full canonical encoding (signature included)."""
+        return tagged_hash(TAG_TXID, encode_tx(self))
+
+    @property
+    def sender_address(self) -> bytes:
+        """The 20-byte address of the sender's account."""
+        return address(self.sender)
+
+    def sign(self, key: PrivateKey) -> Transaction:
+        """A copy carrying ``key``'s signature; ValueError if ``key`` is not the sender's."""
+        if key.public_key.data != self.sender:
+            raise ValueError("signing key does not match the transaction's sender")
+        return dataclasses.replace(self, signature=key.sign(signing_digest(self)))
+
+
+def kind_of(payload: Payload) -> TxKind:
+    """The TxKind that carries this payload type."""
+    return _KIND_OF[type(payload)]
+
+
+def signed_transaction(
+    key: PrivateKey, *, chain_id: int, nonce: int, fee: int, payload: Payload
+) -> Transaction:
+    """Build and sign a transaction from ``key``; its kind follows the payload's type."""
+    unsigned = Transaction(
+        chain_id, kind_of(payload), key.public_key.data, nonce, fee, payload, UNSIGNED
+    )
+    return unsigned.sign(key)
+
+
+def signing_bytes(tx: Transaction) -> bytes:
+    """Canonical encoding of every field but the signature (chain_id included)."""
+    return encode_record(tx, omit=frozenset({"signature"}))
+
+
+def signing_digest(tx: Transaction) -> Hash32:
+    """What the signature covers: the tagged hash of ``signing_bytes``.
+
+    The tag keeps a transaction signature from ever being valid for another
+    signed message (a P2P handshake answer, for one), whatever its bytes.
+    """
+    return tagged_hash(TAG_TX_SIGN, signing_bytes(tx))
+
+
+def encode_tx(tx: Transaction) -> bytes:
+    """Canonical bytes of a transaction; EncodeError names a malformed field."""
+    return encode_record(tx)
+
+
+def decode_tx(data: bytes, max_size: int = MAX_TX_SIZE) -> Transaction:
+    """Decode canonical transaction bytes; DecodeError("<field>: <reason>") otherwise."""
+    return decode_record(Transaction, data, max_size)
+
+
+# ------------------------------------------------------------ stateless rules
+
+
+def _check_transfer(tx: Transaction, p: TransferPayload) -> None:
+    if p.amount == 0:
+        raise InvalidTransaction("payload.amount: a transfer must move a positive amount")
+    if p.amount > U64_MAX - tx.fee:
+        raise InvalidTransaction("payload.amount: amount + fee overflows u64")
+    # Self-transfers are refused: they move nothing, and a state transition
+    # that reads both balances before writing both would mint money on one.
+    if p.to == tx.sender_address:
+        raise InvalidTransaction("payload.to: a transfer to the sender itself is not allowed")
+
+
+def _check_job_post(tx: Transaction, p: JobPostPayload) -> None:
+    if not 1 <= p.m <= MAX_JOB_DIM:
+        raise InvalidTransaction(f"payload.m: {p.m} is not in [1, {MAX_JOB_DIM}]")
+    if not 1 <= p.k <= MAX_K:
+        raise InvalidTransaction(f"payload.k: {p.k} is not in [1, {MAX_K}] (int32 exactness)")
+    if not 1 <= p.n <= MAX_JOB_DIM:
+        raise InvalidTransaction(f"payload.n: {p.n} is not in [1, {MAX_JOB_DIM}]")
+    if p.fee == 0:
+        raise InvalidTransaction("payload.fee: a posted job must escrow a positive reward")
+    if p.fee > U64_MAX - tx.fee:
+        raise InvalidTransaction("payload.fee: reward + transaction fee overflows u64")
+    if p.expiry_height == 0:
+        raise InvalidTransaction("payload.expiry_height: a job cannot expire at genesis")
+
+
+def _check_fraud_proof(tx: Transaction, p: FraudProofPayload) -> None:
+    if len(p.a_row) == 0:
+        raise InvalidTransaction("payload.a_row: empty row of A")
+    if len(p.a_row) != len(p.b_col):
+        raise InvalidTransaction("payload.b_col: row of A and column of B differ in length (k)")
+    if len(p.c_row) == 0 or len(p.c_row) % 4:
+        raise InvalidTransaction("payload.c_row: must be a non-empty row of int32 values")
+    if p.j >= len(p.c_row) // 4:
+        raise InvalidTransaction(f"payload.j: column {p.j} is outside the opened row of C")
+
+
+def _check_dataset_register(tx: Transaction, p: DatasetRegisterPayload) -> None:
+    if p.size == 0:
+        raise InvalidTransaction("payload.size: a dataset cannot be empty")
+    if not 1 <= p.chunk_size <= MAX_DATASET_CHUNK_SIZE:
+        raise InvalidTransaction(
+            f"payload.chunk_size: {p.chunk_size} is not in [1, {MAX_DATASET_CHUNK_SIZE}]"
+        )
+    if -(-p.size // p.chunk_size) > 2**32:
+        raise InvalidTransaction("payload.size: more than 2^32 chunks")
+
+
+def _check_access_grant(tx: Transaction, p: AccessGrantPayload) -> None:
+    if len(p.sealed_key) <= SEALED_BOX_OVERHEAD:
+        raise InvalidTransaction("payload.sealed_key: too short to be a sealed key")
+    if p.expiry_height == 0:
+        raise InvalidTransaction("payload.expiry_height: a grant cannot expire at genesis")
+
+
+def check_tx_stateless(tx: Transaction, chain_id: int) -> None:
+    """Raise InvalidTransaction unless ``tx`` is valid on its own for network ``chain_id``.
+
+    Cheap checks come first and the signature last, so junk costs little.
+    A zero transaction fee is allowed here: the minimum fee is mempool policy.
+    """
+    if type(tx) is not Transaction:
+        raise InvalidTransaction(f"expected a Transaction, got {type(tx).__name__}")
+    if tx.chain_id != chain_id:
+        raise InvalidTransaction(
+            f"chain_id: signed for chain {tx.chain_id}, this is chain {chain_id} (replay)"
+        )
+    try:
+        size = len(encode_tx(tx))
+    except EncodeError as e:
+        raise InvalidTransaction(str(e)) from None
+    if size > MAX_TX_SIZE:
+        raise InvalidTransaction(f"{size} bytes exceeds the limit of {MAX_TX_SIZE}")
+    p = tx.payload
+    if isinstance(p, TransferPayload):
+        _check_transfer(tx, p)
+    elif isinstance(p, JobPostPayload):
+        _check_job_post(tx, p)
+    elif isinstance(p, FraudProofPayload):
+        _check_fraud_proof(tx, p)
+    elif isinstance(p, DatasetRegisterPayload):
+        _check_dataset_register(tx, p)
+    elif isinstance(p, AccessGrantPayload):
+        _check_access_grant(tx, p)
+    if not verify_signature(tx.sender, signing_digest(tx), tx.signature):
+        raise InvalidTransaction("signature: not a valid signature by the sender")

@@ -1,0 +1,198 @@
+"""The state transition function: header rules, PoUW, body rules, commitments.
+
+Shaped like ethereum/execution-specs' ``state_transition``: validate the
+header against its parent, verify the proof of work, apply the body, then
+compare the commitments. Every rule is one ``if …: raise`` with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from consensus.blocks import Block, BlockHeader, encode_block
+from consensus.difficulty import asert_target
+from consensus.errors import DecodeError, EncodeError, InvalidBlock, InvalidTransaction
+from consensus.merkle import merkle_root
+from consensus.params import NetworkParams
+from consensus.pow import verify_pow
+from consensus.state import ACCOUNTS, IMMATURE, LOCKED, State, Undo
+from consensus.transactions import Transaction, TransferPayload, check_tx_stateless
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """The ASERT anchor (the genesis block): its target, timestamp and height."""
+
+    target: int
+    timestamp_ms: int
+    height: int
+
+
+def median_time_past(timestamps: Sequence[int]) -> int:
+    """Median of the given ancestor timestamps (the last 11, newest last)."""
+    ordered = sorted(timestamps)
+    return ordered[len(ordered) // 2]
+
+
+def expected_target(parent: BlockHeader, anchor: Anchor, params: NetworkParams) -> int:
+    return asert_target(
+        anchor.target,
+        anchor.timestamp_ms,
+        anchor.height,
+        parent.timestamp_ms,
+        parent.height,
+        params.block_time_ms,
+        params.asert_half_life_ms,
+    )
+
+
+def validate_header(
+    header: BlockHeader,
+    parent: BlockHeader,
+    ancestor_timestamps: Sequence[int],
+    anchor: Anchor,
+    params: NetworkParams,
+    now_ms: int,
+) -> None:
+    """Rules that need only the header and its ancestors' headers."""
+    if header.prev_hash != parent.hash:
+        raise InvalidBlock("header: prev_hash is not the parent's hash")
+    if header.height != parent.height + 1:
+        raise InvalidBlock(f"header: height {header.height} is not parent height + 1")
+    if header.timestamp_ms <= median_time_past(ancestor_timestamps):
+        # Monotone median time stops a miner from dragging time backwards to
+        # raise its own target (and keeps ASERT's clock moving forward).
+        raise InvalidBlock("header: timestamp is not after the median of the last 11 blocks")
+    if header.timestamp_ms > now_ms + params.max_future_drift_ms:
+        raise InvalidBlock("header: timestamp is too far in the future")
+    if header.target != expected_target(parent, anchor, params):
+        raise InvalidBlock("header: target does not follow ASERT from the parent")
+
+
+def check_header_pow(header: BlockHeader, params: NetworkParams) -> int:
+    """The proof of work on its own (cheap: one tile). Returns the ticket."""
+    return verify_pow(header, params)
+
+
+# ------------------------------------------------------------------ body
+
+
+def _spendable_check(state: State, addr: bytes, needed: int) -> None:
+    balance = state.balance(addr)
+    if balance >= needed:
+        return
+    locked = state.get(LOCKED, addr, 0)
+    if balance + locked >= needed:
+        raise InvalidTransaction(
+            f"balance: needs {needed} but only {balance} is spendable; "
+            f"{locked} is an immature coinbase"
+        )
+    raise InvalidTransaction(f"balance: needs {needed} but the sender has {balance}")
+
+
+def apply_transaction(state: State, tx: Transaction, height: int, params: NetworkParams) -> int:
+    """Apply one (already stateless-checked) transaction; returns its fee."""
+    sender = tx.sender_address
+    balance, nonce = state.account(sender)
+    if tx.nonce < nonce:
+        raise InvalidTransaction(f"nonce: {tx.nonce} was already used (next is {nonce})")
+    if tx.nonce > nonce:
+        raise InvalidTransaction(f"nonce: {tx.nonce} skips ahead (next is {nonce})")
+    p = tx.payload
+    if isinstance(p, TransferPayload):
+        _spendable_check(state, sender, tx.fee + p.amount)
+        state.set_account(sender, balance - tx.fee - p.amount, nonce + 1)
+        to_balance, to_nonce = state.account(p.to)
+        state.set_account(p.to, to_balance + p.amount, to_nonce)
+        return tx.fee
+    raise InvalidTransaction(f"kind: {tx.kind.name.lower()} transactions are not enabled yet")
+
+
+def pay_coinbase(state: State, header: BlockHeader, params: NetworkParams) -> None:
+    """Lock this block's reward until maturity; release the one maturing now."""
+    matured = state.get(IMMATURE, header.height)
+    if matured is not None:
+        miner, amount = matured
+        state.set(IMMATURE, header.height, None)
+        state.set(LOCKED, miner, (state.get(LOCKED, miner, 0) - amount) or None)
+        bal, nonce = state.account(miner)
+        state.set_account(miner, bal + amount, nonce)
+    if header.reward:
+        when = header.height + params.coinbase_maturity
+        state.set(IMMATURE, when, (header.miner, header.reward))
+        state.set(LOCKED, header.miner, state.get(LOCKED, header.miner, 0) + header.reward)
+
+
+def tx_root(txs: Sequence[Transaction]) -> bytes:
+    return merkle_root([tx.txid for tx in txs])
+
+
+def apply_body(
+    state: State, block: Block, params: NetworkParams, verified_txids: set[bytes] | None = None
+) -> Undo:
+    """Apply the block's transactions and coinbase; on any failure the state is unchanged.
+
+    ``verified_txids`` lets a node skip signature checks it has already done
+    (mempool admission); the checks are the same, only not repeated.
+    """
+    header = block.header
+    try:
+        size = len(encode_block(block))
+    except EncodeError as e:
+        raise InvalidBlock(f"body: {e}") from None
+    if size > params.max_block_bytes:
+        raise InvalidBlock(f"body: block is {size} bytes, over the {params.max_block_bytes} limit")
+    if tx_root(block.txs) != header.tx_root:
+        raise InvalidBlock("body: tx_root does not commit to the transactions")
+    state.begin()
+    try:
+        fees = 0
+        for i, tx in enumerate(block.txs):
+            try:
+                if verified_txids is None or tx.txid not in verified_txids:
+                    check_tx_stateless(tx, params.chain_id)
+                fees += apply_transaction(state, tx, header.height, params)
+            except (InvalidTransaction, DecodeError) as e:
+                raise InvalidBlock(f"body: transaction {i} ({tx.txid.hex()[:16]}): {e}") from None
+        if header.reward != params.block_reward + fees:
+            raise InvalidBlock(
+                f"body: coinbase claims {header.reward}, block reward + fees is "
+                f"{params.block_reward + fees}"
+            )
+        pay_coinbase(state, header, params)
+        if state.pending_root() != header.state_root:
+            raise InvalidBlock("body: state_root does not match the state after the block")
+    except BaseException:
+        state.rollback()
+        raise
+    return state.commit()
+
+
+def state_transition(
+    state: State,
+    block: Block,
+    parent: BlockHeader,
+    ancestor_timestamps: Sequence[int],
+    anchor: Anchor,
+    params: NetworkParams,
+    now_ms: int,
+) -> Undo:
+    """Validate ``block`` on top of ``parent`` and apply it to ``state`` (which is at parent)."""
+    validate_header(block.header, parent, ancestor_timestamps, anchor, params, now_ms)
+    check_header_pow(block.header, params)
+    return apply_body(state, block, params)
+
+
+# ------------------------------------------------------------------ genesis
+
+
+def genesis_state(params: NetworkParams) -> State:
+    from consensus.keys import PrivateKey
+
+    state = State()
+    state.begin()
+    for label in params.prefunded_labels:
+        state.set(ACCOUNTS, PrivateKey.from_label(label).address, (params.prefund_amount, 0))
+    state.commit()
+    return state

@@ -1,0 +1,153 @@
+"""Merkle trees: every branch verifies, every forgery fails, matrices commit as specified."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from consensus.hashing import TAG_MERKLE_LEAF, TAG_MERKLE_NODE, tagged_hash, u64_bytes
+from consensus.merkle import (
+    EMPTY_ROOT,
+    cols_with_branches,
+    leaf_hash,
+    matrix_cols_root,
+    matrix_leaf_hashes,
+    matrix_rows_root,
+    merkle_branch,
+    merkle_root,
+    node_hash,
+    rows_with_branches,
+    verify_branch,
+    verify_row_opening,
+)
+
+
+def payloads(n: int) -> list[bytes]:
+    return [f"payload-{i}".encode() for i in range(n)]
+
+
+@pytest.mark.parametrize("n", range(1, 18))
+def test_every_branch_verifies_and_forgeries_fail(n: int) -> None:
+    items = payloads(n)
+    root = merkle_root(items)
+    for index, payload in enumerate(items):
+        branch = merkle_branch(items, index)
+        assert verify_branch(root, index, n, payload, branch)
+        assert not verify_branch(root, index, n, payload + b"!", branch)
+        if n > 1:
+            other = (index + 1) % n
+            assert not verify_branch(root, other, n, payload, branch)
+            assert not verify_branch(root, other, n, items[other], branch)
+            tampered = [bytes([branch[0][0] ^ 1]) + branch[0][1:], *branch[1:]]
+            assert not verify_branch(root, index, n, payload, tampered)
+            assert not verify_branch(root, index, n, payload, branch[:-1])
+        assert not verify_branch(root, index, n, payload, [*branch, root])
+        assert not verify_branch(leaf_hash(0, b""), index, n, payload, branch)
+
+
+def test_branch_lengths_skip_promoted_levels() -> None:
+    items = payloads(5)  # levels 5 -> 3 -> 2 -> 1; leaf 4 is promoted twice
+    assert len(merkle_branch(items, 4)) == 1
+    assert len(merkle_branch(items, 0)) == 3
+
+
+def test_tree_shape_by_hand() -> None:
+    a, b, c = payloads(3)
+    la, lb, lc = leaf_hash(0, a), leaf_hash(1, b), leaf_hash(2, c)
+    assert merkle_root([a]) == la
+    assert merkle_root([a, b, c]) == node_hash(node_hash(la, lb), lc)
+    assert leaf_hash(3, c) == tagged_hash(TAG_MERKLE_LEAF, u64_bytes(3), c)
+    assert node_hash(la, lb) == tagged_hash(TAG_MERKLE_NODE, la, lb)
+
+
+def test_duplicated_last_leaf_changes_the_root() -> None:
+    # CVE-2012-2459: with Bitcoin's duplicate-last rule these two roots are equal.
+    a, b, c = payloads(3)
+    assert merkle_root([a, b, c]) != merkle_root([a, b, c, c])
+
+
+def test_leaves_commit_to_their_position() -> None:
+    a, b = payloads(2)
+    assert merkle_root([a, b]) != merkle_root([b, a])
+    assert leaf_hash(0, a) != leaf_hash(1, a)
+
+
+def test_empty_tree() -> None:
+    assert merkle_root([]) == EMPTY_ROOT
+    assert len(EMPTY_ROOT) == 32
+    assert merkle_root([b""]) != EMPTY_ROOT
+    with pytest.raises(IndexError):
+        merkle_branch([], 0)
+
+
+@pytest.mark.parametrize(
+    ("index", "count", "branch"),
+    [(-1, 3, []), (3, 3, []), (0, 0, []), (0, 3, ["not bytes", b"x" * 32]), (0, 3, [b"short"])],
+)
+def test_verify_branch_is_false_on_garbage(index: int, count: int, branch: list) -> None:
+    items = payloads(3)
+    assert not verify_branch(merkle_root(items), index, count, items[0], branch)
+
+
+def test_verify_branch_is_false_for_a_count_that_moves_promotions() -> None:
+    items = payloads(3)
+    root, branch = merkle_root(items), merkle_branch(items, 2)
+    assert verify_branch(root, 2, 3, items[2], branch)
+    assert not verify_branch(root, 2, 4, items[2], branch)
+
+
+def test_matrix_roots_commit_rows_of_a_and_columns_of_b() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.integers(-64, 64, size=(7, 5), dtype=np.int8)
+    b = rng.integers(-64, 64, size=(5, 6), dtype=np.int8)
+    assert matrix_rows_root(a) == merkle_root([row.tobytes() for row in a])
+    assert matrix_cols_root(b) == merkle_root([b[:, j].tobytes() for j in range(6)])
+    assert matrix_cols_root(b) == matrix_rows_root(np.ascontiguousarray(b.T))
+    assert matrix_rows_root(a) != matrix_cols_root(a)
+    assert matrix_rows_root(a[::2]) == merkle_root([row.tobytes() for row in a[::2]])
+
+
+def test_int32_rows_hash_little_endian() -> None:
+    c = np.arange(12, dtype=np.int32).reshape(3, 4) - 5
+    big_endian = c.astype(">i4")
+    expected = merkle_root([row.astype("<i4").tobytes() for row in c])
+    assert matrix_rows_root(c) == expected
+    assert matrix_rows_root(big_endian) == expected
+    with pytest.raises(TypeError):
+        matrix_rows_root(c.astype(np.int64))
+    with pytest.raises(TypeError):
+        matrix_rows_root(np.zeros(4, dtype=np.int8))
+
+
+def test_fast_leaf_path_matches_leaf_hash() -> None:
+    x = np.random.default_rng(2).integers(-64, 64, size=(9, 33), dtype=np.int8)
+    assert matrix_leaf_hashes(x) == [leaf_hash(i, row.tobytes()) for i, row in enumerate(x)]
+
+
+def test_row_and_column_openings_verify() -> None:
+    rng = np.random.default_rng(3)
+    a = rng.integers(-64, 64, size=(13, 8), dtype=np.int8)
+    b = rng.integers(-64, 64, size=(8, 11), dtype=np.int8)
+    root_a, root_b = matrix_rows_root(a), matrix_cols_root(b)
+    for opening in rows_with_branches(a, [0, 5, 12]):
+        assert opening.row == a[opening.index].tobytes()
+        assert verify_row_opening(root_a, 13, opening)
+        assert not verify_row_opening(root_b, 13, opening)
+    for opening in cols_with_branches(b, [0, 10]):
+        assert opening.row == b[:, opening.index].tobytes()
+        assert verify_row_opening(root_b, 11, opening)
+
+
+def test_print_2048_square_commitment_time() -> None:
+    x = np.random.default_rng(4).integers(-64, 64, size=(2048, 2048), dtype=np.int8)
+    matrix_rows_root(x[:4])  # warm up
+    start = time.perf_counter()
+    root = matrix_rows_root(x)
+    rows_ms = (time.perf_counter() - start) * 1e3
+    start = time.perf_counter()
+    matrix_cols_root(x)
+    cols_ms = (time.perf_counter() - start) * 1e3
+    print(f"\n2048x2048 int8 commitment: rows {rows_ms:.1f} ms, columns {cols_ms:.1f} ms")
+    assert len(root) == 32
