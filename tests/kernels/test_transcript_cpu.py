@@ -1,0 +1,152 @@
+"""The Numba CPU backend against the NumPy reference, bit for bit.
+
+C' and every tile transcript T must equal :func:`reference_transcripts` exactly
+(consensus), for the miner (:func:`noisy_product`), the verifier's single-tile
+path (:func:`single_tile`) and the plain baseline (:func:`plain_matmul`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from numba import njit
+
+from kernels import transcript_cpu as tc
+from kernels.reference import reference_transcripts
+
+LO, HI = -127, 126  # A', B' entries (int8 operands plus bounded noise)
+
+
+def _rand(rng: np.random.Generator, rows: int, k: int) -> np.ndarray:
+    return rng.integers(LO, HI, size=(rows, k), endpoint=True, dtype=np.int8)
+
+
+def _check(a: np.ndarray, bt: np.ndarray, r: int, h: int, w: int) -> None:
+    """Miner, verifier and plain baseline all agree with the reference."""
+    c_ref, t_ref = reference_transcripts(a, bt, r, h, w)
+    c, t = tc.noisy_product(a, bt, r, h, w)
+    assert c.dtype == np.int32 and t.dtype == np.uint32
+    assert t.shape == t_ref.shape
+    np.testing.assert_array_equal(c, c_ref)
+    np.testing.assert_array_equal(t, t_ref)
+    plain = tc.plain_matmul(a, bt, r, h, w)
+    np.testing.assert_array_equal(
+        plain, (a.astype(np.int64) @ bt.astype(np.int64).T).astype(np.int32)
+    )
+    # The verifier's path, on the first and the last tile.
+    for ti, tj in {(0, 0), (t.shape[0] - 1, t.shape[1] - 1)}:
+        acc, t_tile = tc.single_tile(a[ti * h : (ti + 1) * h], bt[tj * w : (tj + 1) * w], r)
+        np.testing.assert_array_equal(acc, c[ti * h : (ti + 1) * h, tj * w : (tj + 1) * w])
+        np.testing.assert_array_equal(t_tile, t[ti, tj])
+
+
+@pytest.mark.parametrize(
+    ("m", "k", "n", "r", "h", "w"),
+    [
+        (32, 192, 48, 64, 16, 16),  # defaults, non-square, 3 chunks
+        (64, 128, 64, 64, 16, 16),  # square
+        (32, 256, 32, 32, 8, 16),  # h = 8 (one 6-row and one 2-row block), r = 32
+        (48, 256, 32, 128, 16, 16),  # r = 128
+        (16, 72, 16, 4, 16, 16),  # r = 4: 18 chunks, T slots 0 and 1 are folded twice
+        (16, 64, 32, 2, 16, 16),  # smallest rank: 32 chunks of one k-pair
+        (24, 128, 40, 64, 12, 8),  # w = 8 < panel: zero padding columns
+        (18, 64, 72, 64, 6, 24),  # w = 24: one full and one padded panel
+        (32, 64, 32, 64, 32, 32),  # 32 rows = 6·5 + 2, two panels
+    ],
+)
+def test_random_matches_reference(m: int, k: int, n: int, r: int, h: int, w: int) -> None:
+    rng = np.random.default_rng(m * 1_000_003 + k * 1009 + n + r)
+    _check(_rand(rng, m, k), _rand(rng, n, k), r, h, w)
+
+
+@pytest.mark.parametrize(("va", "vb"), [(LO, LO), (HI, HI), (LO, HI), (HI, LO), (0, 0), (0, HI)])
+def test_constant_extremes(va: int, vb: int) -> None:
+    m, k, n = 32, 1024, 32  # totals reach 1024·127² ≈ 2^24, chunks 64·127²
+    a = np.full((m, k), va, dtype=np.int8)
+    bt = np.full((n, k), vb, dtype=np.int8)
+    _check(a, bt, 64, 16, 16)
+
+
+def test_mixed_extremes() -> None:
+    rng = np.random.default_rng(7)
+    a = rng.choice(np.array([LO, HI], dtype=np.int8), size=(32, 512))
+    bt = rng.choice(np.array([LO, HI], dtype=np.int8), size=(48, 512))
+    _check(a, bt, 64, 16, 16)
+
+
+def test_long_k_extreme_no_overflow() -> None:
+    """Largest magnitude partial sums (≈ 2^27 at k = 8192) stay exact in int32."""
+    k = 8192
+    a = np.full((16, k), LO, dtype=np.int8)
+    bt = np.full((16, k), LO, dtype=np.int8)
+    bt[1::2] = HI
+    _check(a, bt, 64, 16, 16)
+
+
+def test_low_rank_operands() -> None:
+    rng = np.random.default_rng(11)
+    m, k, n, rank = 48, 256, 32, 2
+    small = rng.integers(-5, 5, size=(m, rank)) @ rng.integers(-5, 5, size=(rank, k))
+    a = np.clip(small, LO, HI).astype(np.int8)
+    small = rng.integers(-5, 5, size=(n, rank)) @ rng.integers(-5, 5, size=(rank, k))
+    bt = np.clip(small, LO, HI).astype(np.int8)
+    _check(a, bt, 64, 16, 16)
+
+
+def test_tile_product_accumulates_and_plain_has_no_transcript() -> None:
+    rng = np.random.default_rng(3)
+    a, bt = _rand(rng, 16, 128), _rand(rng, 16, 128)
+    acc = np.ones((16, 16), dtype=np.int32)
+    T = np.zeros(16, dtype=np.uint32)
+    tc.tile_product(a, bt, 64, acc, T, False)
+    np.testing.assert_array_equal(acc, a.astype(np.int64) @ bt.astype(np.int64).T + 1)
+    assert not T.any()
+
+
+def test_fold_tile_matches_protocol() -> None:
+    acc = np.array([[-1, 5], [7, -(2**31)]], dtype=np.int32)
+    T = np.zeros(16, dtype=np.uint32)
+    T[3] = 0x80000001
+    tc.fold_tile(acc, T, 19)  # slot 19 mod 16 = 3
+    x = np.bitwise_xor.reduce(acc.view(np.uint32).ravel())
+    assert T[3] == np.uint32(((0x80000001 << 13) | (0x80000001 >> 19)) & 0xFFFFFFFF) ^ x
+
+
+def test_microkernel_uses_pmaddwd() -> None:
+    """On AVX2 hosts the tile routine compiles to the int16 multiply-add."""
+    from llvmlite import binding
+
+    if "+avx2" not in binding.get_host_cpu_features().flatten():
+        pytest.skip("host has no AVX2")
+    fresh = njit(tc._tile_packed.py_func)  # not from the cache, so its assembly is kept
+    acc, T = np.zeros((16, 16), dtype=np.int32), np.zeros(16, dtype=np.uint32)
+    fresh(np.zeros((32, 16, 2), np.int16), np.zeros((1, 32, 32), np.int16), 64, acc, T, True)
+    asm = next(iter(fresh.inspect_asm().values()))
+    assert "vpmaddwd" in asm and "ymm" in asm
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.data(),
+    r=st.sampled_from([2, 4, 8, 16, 32, 64]),
+    h=st.sampled_from([1, 2, 4, 6, 8, 16]),
+    w=st.sampled_from([1, 4, 8, 16, 32]),
+)
+def test_hypothesis_small_shapes(data: st.DataObject, r: int, h: int, w: int) -> None:
+    m = h * data.draw(st.integers(1, 3), label="tiles down")
+    n = w * data.draw(st.integers(1, 3), label="tiles across")
+    k = r * data.draw(st.integers(1, 40 // max(1, r // 4) + 1), label="chunks")
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    rng = np.random.default_rng(seed)
+    _check(_rand(rng, m, k), _rand(rng, n, k), r, h, w)
+
+
+@pytest.mark.parametrize(("k", "r"), [(64, 1), (96, 64), (66, 3)])
+def test_rejects_chunks_the_microkernel_would_misread(k: int, r: int) -> None:
+    a = np.zeros((16, k), dtype=np.int8)
+    with pytest.raises(ValueError):
+        tc.noisy_product(a, a, r, 16, 16)
+    with pytest.raises(ValueError):
+        tc.single_tile(a, a, r)
