@@ -91,14 +91,20 @@ def derive_noise(seed: bytes, rows: int, k: int, r: int) -> NoiseFactors:
     return NoiseFactors(L=L, p=p, q=q)
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def _add_noise(x: np.ndarray, L: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
+def _add_noise_body(x: np.ndarray, L: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
     rows, k = x.shape
     out = np.empty((rows, k), dtype=np.int8)
     for i in prange(rows):
         for c in range(k):
             out[i, c] = np.int8(x[i, c] + L[i, p[c]] - L[i, q[c]])
     return out
+
+
+# One body, two compilations: waking the thread pool costs more than a
+# verifier's 32 rows of noise, so small inputs take the serial build.
+_add_noise_parallel = njit(parallel=True, nogil=True, cache=True)(_add_noise_body)
+_add_noise_serial = njit(nogil=True, cache=True)(_add_noise_body)
+_PARALLEL_MIN_ENTRIES = 1 << 18
 
 
 def expand_noise(f: NoiseFactors) -> np.ndarray:
@@ -113,4 +119,6 @@ def add_noise(x: np.ndarray, f: NoiseFactors) -> np.ndarray:
         raise ValueError(
             f"operand shape {x.shape} does not match noise shape {(f.L.shape[0], f.p.shape[0])}"
         )
-    return _add_noise(np.ascontiguousarray(x), f.L, f.p, f.q)
+    kernel = _add_noise_parallel if x.size >= _PARALLEL_MIN_ENTRIES else _add_noise_serial
+    out: np.ndarray = kernel(np.ascontiguousarray(x), f.L, f.p, f.q)
+    return out
