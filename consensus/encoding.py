@@ -27,6 +27,7 @@ Declaring a record::
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
@@ -44,10 +45,19 @@ I64_MAX = 2**63 - 1
 U256_MAX = 2**256 - 1
 
 
+_packers = threading.local()  # a Packer is reused (cheaper than packb) but not shared
+
+
 def _pack(wire: object) -> bytes:
     # strict_types: a tuple or an int subclass reaching the packer is a bug in
     # to_wire, not something to serialise silently.
-    return msgpack.packb(wire, use_bin_type=True, strict_types=True, datetime=False)
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer(
+            use_bin_type=True, strict_types=True, datetime=False
+        )
+    packed: bytes = packer.pack(wire)  # resets its buffer after success and failure alike
+    return packed
 
 
 class _ExtRefused(ValueError):
@@ -410,12 +420,118 @@ def _read_record(cls: type[T], reader: _Reader, path: str) -> T:
     return cls(**values)
 
 
+# ---------------------------------------------------------------- lean encoder
+#
+# _record_to_wire builds a field path and makes two method calls per field so
+# that an error can name its field. Valid records are by far the common case
+# (every txid, signing digest, block hash and block size), so encode_record
+# first runs a lean encoder over the same schema that gives up on anything
+# unusual; the generic encoder then runs again from scratch and either gives
+# the same wire or raises the EncodeError that names the field at fault. The
+# lean encoder only accepts what the generic one accepts, with the same wire.
+
+
+class _GiveUp(Exception):
+    """The lean encoder met a value it does not accept: the generic encoder decides."""
+
+
+_NO_OMIT: frozenset[str] = frozenset()
+
+# How the lean encoder treats a field, decided once per record type.
+_UINT, _BYTES, _BYTES_UP_TO, _RECORD, _VARIANT, _OTHER = range(6)
+_plans: dict[type, tuple[tuple[str, int, Any], ...]] = {}
+
+
+def _plan_of(cls: type) -> tuple[tuple[str, int, Any], ...]:
+    plan = _plans.get(cls)
+    if plan is None:
+        steps: list[tuple[str, int, Any]] = []
+        for field in schema_of(cls):
+            kind = field.kind
+            if type(kind) is UInt:
+                steps.append((field.name, _UINT, 1 << kind.bits))
+            elif type(kind) is Bytes and kind.size is not None:
+                steps.append((field.name, _BYTES, kind.size))
+            elif type(kind) is Bytes:
+                steps.append((field.name, _BYTES_UP_TO, kind.max))
+            elif type(kind) is RecordOf:
+                steps.append((field.name, _RECORD, kind.record))
+            elif type(kind) is Variant:
+                steps.append((field.name, _VARIANT, kind))
+            else:
+                steps.append((field.name, _OTHER, kind))
+        plan = _plans[cls] = tuple(steps)
+    return plan
+
+
+def _lean_record(obj: object, omit: frozenset[str]) -> list[object]:
+    wire: list[object] = []
+    for name, step, arg in _plan_of(type(obj)):
+        if omit and name in omit:
+            continue
+        value = getattr(obj, name)
+        if step == _UINT:
+            if type(value) is not int or not 0 <= value < arg:
+                raise _GiveUp
+        elif step == _BYTES:
+            if type(value) is not bytes or len(value) != arg:
+                raise _GiveUp
+        elif step == _BYTES_UP_TO:
+            if type(value) is not bytes or len(value) > arg:
+                raise _GiveUp
+        elif step == _RECORD:
+            if type(value) is not arg:
+                raise _GiveUp
+            value = _lean_record(value, _NO_OMIT)
+        elif step == _VARIANT:
+            if type(value) is not arg.options.get(getattr(obj, arg.selector)):
+                raise _GiveUp
+            value = _lean_record(value, _NO_OMIT)
+        else:
+            value = _lean_value(arg, value)
+        wire.append(value)
+    return wire
+
+
+def _lean_value(kind: Kind, value: Any) -> object:
+    """One value of a kind that _lean_record does not handle inline."""
+    tk = type(kind)
+    if tk is ListOf:
+        if type(value) is tuple and len(value) <= kind.max:  # type: ignore[attr-defined]
+            item = kind.item  # type: ignore[attr-defined]
+            if type(item) is Bytes and item.size is not None:
+                if all(type(v) is bytes and len(v) == item.size for v in value):
+                    return list(value)
+                raise _GiveUp
+            return [_lean_value(item, v) for v in value]
+    elif tk is RecordOf:
+        if type(value) is kind.record:  # type: ignore[attr-defined]
+            return _lean_record(value, _NO_OMIT)
+    elif tk is EnumOf:
+        if type(value) is kind.enum:  # type: ignore[attr-defined]
+            return int(value)
+    elif tk is _U256:
+        if type(value) is int and 0 <= value <= U256_MAX:
+            return value.to_bytes(32, "big")
+    elif tk is OptionalOf:
+        return None if value is None else _lean_value(kind.item, value)  # type: ignore[attr-defined]
+    elif isinstance(kind, _Primitive):
+        return kind.to_wire(value, "")  # its own check; on failure the generic path words it
+    raise _GiveUp
+
+
 def encode_record(obj: object, *, omit: frozenset[str] = frozenset()) -> bytes:
     """Canonical bytes of a record; ``omit`` drops top-level fields (e.g. a signature).
 
     Raises EncodeError naming the field if any value has the wrong type or range.
     """
-    return _pack(_record_to_wire(obj, "", omit))
+    try:
+        wire = _lean_record(obj, omit)
+    except Exception:
+        # Whatever stopped the lean encoder, the generic one gives the verdict
+        # (and the error) it always has.
+        wire = _record_to_wire(obj, "", omit)
+    return _pack(wire)
 
 
 def decode_record(cls: type[T], data: bytes, max_size: int) -> T:
@@ -443,11 +559,14 @@ def decode_record(cls: type[T], data: bytes, max_size: int) -> T:
 # ------------------------------------------------- schema-less plain values
 
 
+_ANY_STR = Str(max=U64_MAX)
+
+
 def _plain_to_wire(value: object, path: str) -> object:
     if value is None or type(value) in (bool, bytes):
         return value
     if type(value) is str:
-        return Str(max=U64_MAX).to_wire(value, path)
+        return _ANY_STR.to_wire(value, path)
     if isinstance(value, int):  # int and IntEnum members
         if not I64_MIN <= value <= U64_MAX:
             raise EncodeError(f"{path}: {value} does not fit in 64 bits (use U256 bytes)")
@@ -459,9 +578,43 @@ def _plain_to_wire(value: object, path: str) -> object:
     raise EncodeError(f"{path}: cannot encode {type(value).__name__}")
 
 
+def _lean_plain(value: Any) -> object:
+    """_plain_to_wire for valid values, without paths (the state root encodes thousands)."""
+    t = type(value)
+    if t is int:
+        if I64_MIN <= value <= U64_MAX:
+            return value
+        raise _GiveUp
+    if t is bytes or t is bool or value is None:
+        return value
+    if t is list or t is tuple:
+        out = []
+        for v in value:  # scalars inline: the state root encodes thousands of short lists
+            tv = type(v)
+            if tv is int:
+                if not I64_MIN <= v <= U64_MAX:
+                    raise _GiveUp
+            elif tv is str:
+                v.encode("utf-8")  # UnicodeEncodeError: the generic path words it
+            elif not (tv is bytes or tv is bool or v is None):
+                v = _lean_plain(v)
+            out.append(v)
+        return out
+    if t is str:
+        value.encode("utf-8")  # UnicodeEncodeError: the generic path words it
+        return value
+    if is_record(value):
+        return _lean_record(value, _NO_OMIT)
+    raise _GiveUp
+
+
 def encode(value: object) -> bytes:
     """Canonical bytes of a plain value: int (i64..u64), bytes, str, bool, None, list, record."""
-    return _pack(_plain_to_wire(value, "value"))
+    try:
+        wire = _lean_plain(value)
+    except Exception:
+        wire = _plain_to_wire(value, "value")  # the verdict and the error, as always
+    return _pack(wire)
 
 
 def _check_plain(value: object, path: str) -> None:

@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from consensus.blocks import Block, BlockHeader, encode_block
+from consensus.blocks import MAX_TXS_PER_BLOCK, Block, BlockHeader, encode_block, encode_header
 from consensus.difficulty import asert_target
 from consensus.errors import DecodeError, EncodeError, InvalidBlock, InvalidTransaction
 from consensus.merkle import merkle_root
 from consensus.params import NetworkParams
 from consensus.pow import verify_pow
 from consensus.state import ACCOUNTS, IMMATURE, LOCKED, State, Undo
-from consensus.transactions import Transaction, TransferPayload, check_tx_stateless
+from consensus.transactions import Transaction, TransferPayload, check_txs_stateless
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,34 @@ def pay_coinbase(state: State, header: BlockHeader, params: NetworkParams) -> No
         state.set(LOCKED, header.miner, state.get(LOCKED, header.miner, 0) + header.reward)
 
 
+def block_size(block: Block) -> int:
+    """``len(encode_block(block))``, counted from each transaction's cached encoding.
+
+    A msgpack array is its header followed by its items, so a block's size is
+    its header's, its transactions' and two array headers. Anything this does
+    not cover is measured by encoding the whole block, which raises the
+    EncodeError that names the field at fault.
+    """
+    txs = block.txs
+    if (
+        type(block) is Block
+        and type(block.header) is BlockHeader
+        and type(txs) is tuple
+        and len(txs) <= MAX_TXS_PER_BLOCK
+        and all(type(tx) is Transaction for tx in txs)
+    ):
+        try:
+            header = len(encode_header(block.header))
+            body = sum(len(tx.encoded) for tx in txs)
+        except EncodeError:
+            pass
+        else:
+            n = len(txs)
+            txs_array = 1 if n < 16 else 3 if n < 1 << 16 else 5
+            return 1 + header + txs_array + body  # 1: the block's own fixarray header
+    return len(encode_block(block))
+
+
 def tx_root(txs: Sequence[Transaction]) -> bytes:
     return merkle_root([tx.txid for tx in txs])
 
@@ -138,20 +166,33 @@ def apply_body(
     """
     header = block.header
     try:
-        size = len(encode_block(block))
+        size = block_size(block)
     except EncodeError as e:
         raise InvalidBlock(f"body: {e}") from None
     if size > params.max_block_bytes:
         raise InvalidBlock(f"body: block is {size} bytes, over the {params.max_block_bytes} limit")
     if tx_root(block.txs) != header.tx_root:
         raise InvalidBlock("body: tx_root does not commit to the transactions")
+    # The stateless verdicts do not depend on the state, so they are all
+    # reached first (signatures verified together, across cores) and each is
+    # raised in its transaction's turn: the same first failure as checking in
+    # order. A block gets here only with a valid proof of work.
+    txs = block.txs
+    unchecked = [
+        i for i, tx in enumerate(txs) if verified_txids is None or tx.txid not in verified_txids
+    ]
+    verdicts: list[Exception | None] = [None] * len(txs)
+    found = check_txs_stateless([txs[i] for i in unchecked], params.chain_id)
+    for i, verdict in zip(unchecked, found, strict=True):
+        verdicts[i] = verdict
     state.begin()
     try:
         fees = 0
-        for i, tx in enumerate(block.txs):
+        for i, tx in enumerate(txs):
             try:
-                if verified_txids is None or tx.txid not in verified_txids:
-                    check_tx_stateless(tx, params.chain_id)
+                verdict = verdicts[i]
+                if verdict is not None:
+                    raise verdict
                 fees += apply_transaction(state, tx, header.height, params)
             except (InvalidTransaction, DecodeError) as e:
                 raise InvalidBlock(f"body: transaction {i} ({tx.txid.hex()[:16]}): {e}") from None

@@ -79,3 +79,49 @@ def bench_kernels_cmd(
         _show(record)
         if plot_path:
             click.echo(f"plot written to {plot_path}")
+
+
+def _show_chain(record: dict[str, object]) -> None:
+    table = Table(
+        title=(
+            f"pouw bench chain — {record['blocks']} blocks × {record['txs_per_block']} transfers, "
+            f"job {record['job_m']}×{record['job_k']}×{record['job_n']}"
+        )
+    )
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in record.items():
+        text = f"{value:,.4g}" if isinstance(value, float) else str(value)
+        table.add_row(key, text)
+    Console().print(table)
+
+
+@bench.command("chain")
+@click.option("--blocks", type=int, default=20, show_default=True, help="Blocks to import.")
+@click.option(
+    "--txs-per-block",
+    type=int,
+    default=400,
+    show_default=True,
+    help="Signed transfers in each block.",
+)
+@click.option(
+    "--accounts",
+    type=int,
+    default=None,
+    help="Prefunded senders (default: 1024, or more for larger blocks).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_chain_cmd(blocks: int, txs_per_block: int, accounts: int | None, as_json: bool) -> None:
+    """Validate and apply real mined blocks in one process (signatures, PoUW, state)."""
+    from benchmarks.chain import bench_chain
+
+    with Progress(disable=as_json, transient=True) as progress:
+        task = progress.add_task("mining blocks to import", total=blocks)
+        record = bench_chain(
+            blocks, txs_per_block, accounts, on_block=lambda: progress.advance(task)
+        )
+    if as_json:
+        click.echo(json.dumps(record))
+    else:
+        _show_chain(record)

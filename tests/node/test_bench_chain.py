@@ -1,0 +1,107 @@
+"""`pouw bench chain`: real blocks built, then imported and fully validated by a fresh chain."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from benchmarks.chain import bench_chain
+from consensus.blocks import Block
+from consensus.chain import Chain
+from consensus.errors import InvalidBlock
+from consensus.keys import PARALLEL_VERIFY_MIN, PrivateKey, verify_many
+from consensus.pow import null_job
+from consensus.transactions import Transaction
+from consensus.validation import tx_root
+from node.cli import cli
+from tests.consensus.chainkit import ALICE, BOB, MID, MINER, new_chain, remine, transfer
+
+KEYS = {
+    "blocks",
+    "txs_per_block",
+    "blocks_per_s",
+    "txs_per_s",
+    "verify_ticket_ms",
+    "sig_verify_per_s",
+    "apply_ms_per_block",
+    "job_m",
+    "job_k",
+    "job_n",
+}
+
+
+def test_bench_chain_imports_every_block() -> None:
+    record = bench_chain(3, 20, accounts=64)
+    assert record.keys() >= KEYS
+    assert record["height"] == 3
+    assert (record["blocks"], record["txs_per_block"]) == (3, 20)
+    assert record["txs_per_s"] > 0
+    assert record["blocks_per_s"] > 0
+    assert record["verify_ticket_ms"] > 0
+    assert record["sig_verify_per_s"] > 0
+
+
+def test_cli_prints_one_json_object() -> None:
+    result = CliRunner().invoke(
+        cli, ["bench", "chain", "--blocks", "2", "--txs-per-block", "10", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    assert record.keys() >= KEYS
+    assert record["height"] == 2
+    assert record["txs_per_block"] == 10
+
+
+def test_cli_refuses_zero_blocks_in_one_line() -> None:
+    result = CliRunner().invoke(cli, ["bench", "chain", "--blocks", "0", "--json"])
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: ") and "--blocks" in lines[0]
+
+
+# The speed-ups this benchmark drove must not change a verdict: signatures of a
+# long block are verified together (across cores), and a block still fails on
+# its first bad transaction, with that transaction's own reason.
+
+
+def test_verify_many_keeps_each_verdict_in_order() -> None:
+    keys = [PrivateKey.from_label(f"bench-test-{i}") for i in range(4)]
+    items = []
+    for i in range(3 * PARALLEL_VERIFY_MIN):
+        key = keys[i % 4]
+        message = i.to_bytes(32, "little")
+        items.append((key.public_key.data, message, key.sign(message)))
+    bad = {3, PARALLEL_VERIFY_MIN + 1, len(items) - 1}
+    for i in bad:
+        key, message, _ = items[i]
+        items[i] = (key, message, keys[(i + 1) % 4].sign(message))  # another key's signature
+    assert verify_many(items) == [i not in bad for i in range(len(items))]
+
+
+def _block_with(txs: list[Transaction]) -> tuple[Chain, Block]:
+    chain, clock = new_chain()
+    job = null_job(chain.tip.hash, MID)
+    template, _ = chain.build_template((), MINER.address, job.spec, clock.now + MID.block_time_ms)
+    fees = sum(tx.fee for tx in txs)
+    header = dataclasses.replace(template, tx_root=tx_root(txs), reward=MID.block_reward + fees)
+    return chain, Block(remine(header, job), tuple(txs))
+
+
+def test_first_bad_transaction_names_the_block_failure() -> None:
+    txs = [transfer(ALICE, BOB, 1, nonce=i) for i in range(2 * PARALLEL_VERIFY_MIN)]
+    late = len(txs) - 3
+    txs[late] = dataclasses.replace(txs[late], signature=bytes(64))
+    chain, block = _block_with(txs)
+    with pytest.raises(InvalidBlock, match=rf"transaction {late} .*signature"):
+        chain.add_block(block)
+    assert chain.height == 0
+
+    txs[5] = transfer(ALICE, BOB, 1, nonce=500)  # skips ahead: a stateful failure, earlier
+    chain, block = _block_with(txs)
+    with pytest.raises(InvalidBlock, match=r"transaction 5 .*nonce"):
+        chain.add_block(block)
+    assert chain.height == 0
