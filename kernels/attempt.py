@@ -8,7 +8,9 @@ of B through the very same tile routine the miner used.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -36,12 +38,32 @@ class MiningParams:
     w: int = DEFAULT_TILE_W
 
 
-@dataclass(frozen=True)
 class AttemptResult:
-    c: np.ndarray  # the useful product A·B, int32 (m, n)
-    transcripts: np.ndarray  # uint32 (m/h, n/w, 16)
-    tickets: np.ndarray  # uint32 (m/h, n/w, 8), little-endian words
-    winners: list[tuple[int, int]]  # tiles with ticket ≤ target·h·w·k
+    """An attempt's transcripts, tickets and winners; the useful product on demand.
+
+    Recovering C costs 2r/k of the product (≈6% at k = 2048), and a miner
+    needs it only once per job — for the block it wins and the result it
+    serves — so :attr:`c` is computed on first use and kept.
+    """
+
+    def __init__(
+        self,
+        c_noisy: np.ndarray,
+        transcripts: np.ndarray,
+        tickets: np.ndarray,
+        winners: list[tuple[int, int]],
+        recover: Callable[[], np.ndarray],
+    ) -> None:
+        self.c_noisy = c_noisy  # C' = A'·B', int32 (m, n)
+        self.transcripts = transcripts  # uint32 (m/h, n/w, 16)
+        self.tickets = tickets  # uint32 (m/h, n/w, 8), little-endian words
+        self.winners = winners  # tiles with ticket ≤ target·h·w·k
+        self._recover = recover
+
+    @cached_property
+    def c(self) -> np.ndarray:
+        """The useful product A·B, int32 (m, n)."""
+        return self._recover()
 
     def ticket(self, ti: int, tj: int) -> int:
         return int.from_bytes(self.tickets[ti, tj].astype("<u4").tobytes(), "little")
@@ -68,7 +90,7 @@ def mining_attempt(
     params: MiningParams = MiningParams(),
     backend: Backend | str = "cpu",
 ) -> AttemptResult:
-    """One whole attempt: noise, noisy product with folds, all tickets, recovery of C."""
+    """One attempt: noise, noisy product with folds, all tickets; C = A·B via ``.c``."""
     m, k, n = check_job(a, b, params)
     check_seed("seed_a", seed_a)
     check_seed("seed_b", seed_b)
@@ -80,8 +102,13 @@ def mining_attempt(
     c_noisy, transcripts = be.noisy_product(a_noisy, bt_noisy, params.r, params.h, params.w)
     tickets = all_tickets(transcripts, seed_a)
     winners = winning_tiles(tickets, ticket_threshold(target, params.h, params.w, k))
-    c = recover_product(c_noisy, a, bt_noisy, noise_a, noise_b)
-    return AttemptResult(c=c, transcripts=transcripts, tickets=tickets, winners=winners)
+    return AttemptResult(
+        c_noisy,
+        transcripts,
+        tickets,
+        winners,
+        lambda: recover_product(c_noisy, a, bt_noisy, noise_a, noise_b),
+    )
 
 
 def tile_transcript(
