@@ -77,7 +77,7 @@ def make_genesis(params: NetworkParams) -> tuple[Block, State]:
         job=JobSpec(0, 0, 0, bytes(32), bytes(32)),
         miner=bytes(20),
         reward=0,
-        extra_nonce=0,
+        extra_nonce=params.genesis_nonce,
         result_root=bytes(32),
         proof=EMPTY_PROOF,
     )
@@ -92,7 +92,6 @@ class Chain:
         self.clock = clock  # milliseconds since the epoch, for the future-drift rule
         genesis, self.state = make_genesis(params)
         self.genesis = genesis
-        self.anchor = Anchor(genesis.header.target, genesis.header.timestamp_ms, 0)
         self.entries: dict[bytes, Entry] = {
             genesis.hash: Entry(genesis.header, block_work(genesis.header.target), 0, Status.ACTIVE)
         }
@@ -101,6 +100,45 @@ class Chain:
         self.active: list[bytes] = [genesis.hash]  # by height
         self.orphans: OrderedDict[bytes, Block] = OrderedDict()
         self._seq = 1
+        # Hashes of entries added, or whose status changed, since the node last
+        # persisted them: the store saves exactly these and clears them, so a
+        # save costs O(changes), not O(chain), whatever path add_block took.
+        self.unsaved: set[bytes] = {genesis.hash}
+
+    @classmethod
+    def restore(
+        cls,
+        params: NetworkParams,
+        clock: Callable[[], int],
+        entries: dict[bytes, Entry],
+        blocks: dict[bytes, Block],
+        active: list[bytes],
+        undos: dict[bytes, Undo],
+        state: State,
+        next_seq: int,
+    ) -> Chain:
+        """A chain rebuilt from parts saved earlier, trusted as they are (no re-validation).
+
+        Every block was validated when it was first added; the store checks that
+        its parts agree (tip root, undo records) before calling this. Orphans are
+        not kept across restarts: peers send them again.
+        """
+        chain = cls(params, clock)
+        if not active or active[0] != chain.genesis.hash:
+            raise ValueError("restored chain does not start at this network's genesis")
+        chain.entries = entries
+        chain.blocks = blocks
+        chain.active = active
+        chain.undos = undos
+        chain.state = state
+        chain._seq = next_seq
+        chain.unsaved = set()
+        return chain
+
+    @property
+    def next_seq(self) -> int:
+        """The arrival number the next new entry will get."""
+        return self._seq
 
     # ------------------------------------------------------------ queries
 
@@ -134,7 +172,19 @@ class Chain:
         return out
 
     def next_target(self) -> int:
-        return expected_target(self.tip.header, self.anchor, self.params)
+        return expected_target(self.tip.header, self.anchor_for(self.tip.hash), self.params)
+
+    def anchor_for(self, parent_hash: bytes) -> Anchor | None:
+        """ASERT anchor of the branch ending at ``parent_hash``: its block at height 1."""
+        e = self.entries[parent_hash]
+        if e.header.height == 0:
+            return None
+        h = parent_hash
+        while e.header.height > 1 and e.status is not Status.ACTIVE:
+            h = e.header.prev_hash
+            e = self.entries[h]
+        first = e if e.header.height == 1 else self.entries[self.active[1]]
+        return Anchor(self.params.genesis_target, first.header.timestamp_ms, 1)
 
     def locator(self) -> list[bytes]:
         """Hashes of the active chain, dense near the tip then exponentially sparse."""
@@ -168,7 +218,7 @@ class Chain:
             header,
             parent.header,
             self.ancestor_timestamps(header.prev_hash),
-            self.anchor,
+            self.anchor_for(header.prev_hash),
             self.params,
             self.clock(),
         )
@@ -178,6 +228,7 @@ class Chain:
         )
         self._seq += 1
         self.entries[h] = entry
+        self.unsaved.add(h)
         self.blocks[h] = block
         result = self._maybe_reorg(entry)
         for child in self._take_orphans(h):
@@ -239,6 +290,7 @@ class Chain:
         undo = apply_body(self.state, block, self.params)
         self.undos[block.hash] = undo
         self.entries[block.hash].status = Status.ACTIVE
+        self.unsaved.add(block.hash)
         self.active.append(block.hash)
 
     def _disconnect_to(self, height: int) -> list[Block]:
@@ -248,6 +300,7 @@ class Chain:
             h = self.active.pop()
             self.state.undo(self.undos.pop(h))
             self.entries[h].status = Status.VALID
+            self.unsaved.add(h)
             out.append(self.blocks[h])
         return list(reversed(out))
 
@@ -258,6 +311,7 @@ class Chain:
             if e.header.prev_hash in bad:
                 e.status = Status.INVALID
                 bad.add(e.hash)
+        self.unsaved |= bad
 
     # ------------------------------------------------------------ templates
 

@@ -6,6 +6,7 @@ transaction cannot be replayed on another network) and its own genesis.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from consensus.difficulty import target_for_work
@@ -40,6 +41,8 @@ class NetworkParams:
     median_time_span: int
     prefunded_labels: tuple[str, ...]
     prefund_amount: int
+    genesis_nonce: int = 0
+    """Distinguishes devnets run with overridden parameters: a different genesis."""
 
     def __post_init__(self) -> None:
         if self.coinbase_maturity < self.challenge_window:
@@ -121,6 +124,26 @@ MAIN = NetworkParams(
 )
 
 NETWORKS = {p.name: p for p in (DEVNET, TESTNET, MAIN)}
+
+
+def with_block_time(params: NetworkParams, block_time_ms: int) -> NetworkParams:
+    """A devnet with another block interval, and so another genesis and chain.
+
+    The genesis commits to the interval (its nonce), so nodes started with
+    different intervals refuse each other at the handshake instead of forking.
+    """
+    if params.name != "devnet":
+        raise ValueError("only the devnet's block time can be changed")
+    if block_time_ms < 200:
+        raise ValueError("block time must be at least 200 ms")
+    scale = block_time_ms / params.block_time_ms
+    return dataclasses.replace(
+        params,
+        block_time_ms=block_time_ms,
+        asert_half_life_ms=params.asert_half_life_ms * block_time_ms // params.block_time_ms,
+        genesis_target=max(1, int(params.genesis_target / scale)),
+        genesis_nonce=block_time_ms,
+    )
 
 
 def network(name: str) -> NetworkParams:

@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from consensus.encoding import encode
+from consensus.encoding import decode, encode
+from consensus.errors import DecodeError
 from consensus.hashing import Hash32, tagged_hash
 
 TAG_STATE = "state"
@@ -54,6 +55,9 @@ class State:
                 self.tables[name] = dict(rows)
         self.root = root
         self._journal: list[tuple[str, Any, Any]] | None = None
+        # pending_root() of the open journal as it is now; any write clears it.
+        # A block is checked against pending_root and then committed: one hash.
+        self._pending_root: Hash32 | None = None
 
     # ------------------------------------------------------------ reading
 
@@ -81,6 +85,7 @@ class State:
         if self._journal is not None:
             raise RuntimeError("a block is already being applied")
         self._journal = []
+        self._pending_root = None
 
     def set(self, table: str, key: Any, value: Any) -> None:
         """Write (or delete, with None) one entry, journalling the old value."""
@@ -88,6 +93,7 @@ class State:
             raise RuntimeError("state writes happen only inside begin()/commit()")
         rows = self.tables[table]
         self._journal.append((table, key, rows.get(key)))
+        self._pending_root = None
         if value is None:
             rows.pop(key, None)
         else:
@@ -108,6 +114,7 @@ class State:
             raise RuntimeError("no block is being applied")
         tail = self._journal[mark:]
         del self._journal[mark:]
+        self._pending_root = None
         self._revert(tail)
 
     def rollback(self) -> None:
@@ -116,14 +123,16 @@ class State:
             return
         self._revert(self._journal)
         self._journal = None
+        self._pending_root = None
 
     def commit(self) -> Undo:
         """Close the block: advance the rolling root and return its undo record."""
         if self._journal is None:
             raise RuntimeError("no block is being applied")
-        journal, self._journal = self._journal, None
+        root = self._pending_root or next_root(self.root, self._changes(self._journal))
+        journal, self._journal, self._pending_root = self._journal, None, None
         undo = Undo(entries=journal, prev_root=self.root)
-        self.root = next_root(self.root, self._changes(journal))
+        self.root = root
         return undo
 
     def undo(self, undo: Undo) -> None:
@@ -148,17 +157,64 @@ class State:
         """The root the open block would commit to, without closing it."""
         if self._journal is None:
             raise RuntimeError("no block is being applied")
-        return next_root(self.root, self._changes(self._journal))
+        if self._pending_root is None:
+            self._pending_root = next_root(self.root, self._changes(self._journal))
+        return self._pending_root
 
 
 def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
-        return [_plain(v) for v in value]
+        return [_plain(v) if isinstance(v, tuple) else v for v in value]
     return value
 
 
 def _sort_key(item: tuple[str, Any]) -> tuple[str, bytes]:
     return item[0], encode(_plain(item[1]))
+
+
+# ------------------------------------------------------------ serialization
+#
+# State keys and values are immutable plain values: ints, bytes and tuples of
+# them, never lists. The canonical encoding turns tuples into arrays and
+# decoding gives lists back, so decoding turns every list back into a tuple:
+# exact for every table, present and future.
+
+MAX_STORED_VALUE = 64 * 1024 * 1024
+
+
+def encode_state_value(value: Any) -> bytes:
+    """Canonical bytes of a state key or value (tuples as arrays)."""
+    return encode(_plain(value))
+
+
+def decode_state_value(data: bytes) -> Any:
+    """The key or value ``encode_state_value`` encoded, tuples restored."""
+    return _unplain(decode(data, MAX_STORED_VALUE))
+
+
+def encode_undo(undo: Undo) -> bytes:
+    """An undo record as ``[prev_root, [[table, key, previous value or nil], …]]``."""
+    return encode([undo.prev_root, [[t, _plain(k), _plain(v)] for t, k, v in undo.entries]])
+
+
+def decode_undo(data: bytes) -> Undo:
+    plain = decode(data, MAX_STORED_VALUE)
+    if not (
+        isinstance(plain, list)
+        and len(plain) == 2
+        and isinstance(plain[0], bytes)
+        and isinstance(plain[1], list)
+        and all(isinstance(e, list) and len(e) == 3 and isinstance(e[0], str) for e in plain[1])
+    ):
+        raise DecodeError("undo: not [prev_root, [[table, key, value], …]]")
+    entries = [(t, _unplain(k), _unplain(v)) for t, k, v in plain[1]]
+    return Undo(entries=entries, prev_root=plain[0])
+
+
+def _unplain(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_unplain(v) for v in value)
+    return value
 
 
 def next_root(prev_root: bytes, changes: list[list[Any]]) -> Hash32:

@@ -22,7 +22,13 @@ from consensus.transactions import Transaction, TransferPayload, check_txs_state
 
 @dataclass(frozen=True)
 class Anchor:
-    """The ASERT anchor (the genesis block): its target, timestamp and height."""
+    """The ASERT anchor of a branch: its block 1 (timestamp, height) and the genesis target.
+
+    Why block 1 and not genesis: a network's genesis time is fixed when its
+    parameters are written, so a devnet started weeks later would be weeks
+    "behind schedule" and ASERT would make its first million blocks free.
+    Block 1's miner starts the clock instead (within the usual timestamp rules).
+    """
 
     target: int
     timestamp_ms: int
@@ -35,7 +41,10 @@ def median_time_past(timestamps: Sequence[int]) -> int:
     return ordered[len(ordered) // 2]
 
 
-def expected_target(parent: BlockHeader, anchor: Anchor, params: NetworkParams) -> int:
+def expected_target(parent: BlockHeader, anchor: Anchor | None, params: NetworkParams) -> int:
+    """The target of the child of ``parent``; block 1 (no anchor yet) uses the genesis target."""
+    if anchor is None or parent.height == 0:
+        return params.genesis_target
     return asert_target(
         anchor.target,
         anchor.timestamp_ms,
@@ -51,7 +60,7 @@ def validate_header(
     header: BlockHeader,
     parent: BlockHeader,
     ancestor_timestamps: Sequence[int],
-    anchor: Anchor,
+    anchor: Anchor | None,
     params: NetworkParams,
     now_ms: int,
 ) -> None:
@@ -215,7 +224,7 @@ def state_transition(
     block: Block,
     parent: BlockHeader,
     ancestor_timestamps: Sequence[int],
-    anchor: Anchor,
+    anchor: Anchor | None,
     params: NetworkParams,
     now_ms: int,
 ) -> Undo:

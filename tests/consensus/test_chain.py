@@ -149,3 +149,15 @@ def test_apply_then_undo_restores_the_identical_state(transfers):
     assert chain.state.root == header.state_root
     chain.state.undo(undo)
     assert (chain.state.snapshot(), chain.state.root) == before
+
+
+def test_a_devnet_started_long_after_its_genesis_is_not_free():
+    # Block 1 sets the ASERT clock: weeks between genesis and block 1 must not
+    # make the following blocks trivially easy.
+    chain, clock = new_chain()
+    first = next_block(chain, clock, step_ms=60 * 86_400_000)
+    chain.add_block(first)
+    assert chain.next_target() == MID.genesis_target
+    second = next_block(chain, clock)
+    chain.add_block(second)
+    assert chain.next_target() == MID.genesis_target

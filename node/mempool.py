@@ -1,0 +1,397 @@
+"""Transactions waiting for a block: admission, fee ordering, eviction, reorgs.
+
+Every pending transaction has been checked on its own (form and signature,
+once, on admission) and against the state at the tip *as if the sender's
+earlier pending transactions had already applied*. So a sender's queue is a
+run of consecutive nonces starting at its account nonce, every one of which
+the sender can afford in order. Block templates take the best fee rate first
+while keeping each sender's nonces in order.
+
+Policy choices (not consensus): transactions are ranked by fee per encoded
+byte; replacing a pending (sender, nonce) needs a strictly higher fee; a full
+pool evicts the cheapest transaction that is last in its sender's queue (so no
+gap is left) only for a newcomer paying a higher rate; a transaction waiting
+longer than the TTL is dropped with its sender's later ones.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from consensus.blocks import Block
+from consensus.errors import InvalidTransaction
+from consensus.params import NetworkParams
+from consensus.state import State
+from consensus.transactions import Transaction, check_tx_form, check_tx_stateless
+from consensus.validation import apply_transaction
+
+DEFAULT_MAX_TXS = 50_000
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_TTL_MS = 3_600_000
+RATE_SHIFT = 32
+"""Fee rates are fee·2^32 // size: exact integers, ordered like fee per byte."""
+
+
+@dataclass
+class _Pending:
+    tx: Transaction
+    size: int
+    rate: int
+    spend: int  # how much the sender's balance drops when it applies
+    arrival_ms: int
+    order: int  # admission counter: ties in rate go to the first come
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Mempool:
+    """Pending transactions by txid and by (sender, nonce)."""
+
+    def __init__(
+        self,
+        params: NetworkParams,
+        max_txs: int = DEFAULT_MAX_TXS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        ttl_ms: int = DEFAULT_TTL_MS,
+        clock: Callable[[], int] = _now_ms,
+    ) -> None:
+        self.params = params
+        self.max_txs = max_txs
+        self.max_bytes = max_bytes
+        self.ttl_ms = ttl_ms
+        self.clock = clock  # milliseconds, for arrival times
+        self._txs: dict[bytes, _Pending] = {}
+        self._senders: dict[bytes, dict[int, _Pending]] = {}
+        self._bytes = 0
+        self._order = 0
+
+    # ------------------------------------------------------------ queries
+
+    def __len__(self) -> int:
+        return len(self._txs)
+
+    def __contains__(self, txid: object) -> bool:
+        return txid in self._txs
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def get(self, txid: bytes) -> Transaction | None:
+        p = self._txs.get(txid)
+        return None if p is None else p.tx
+
+    def txids(self) -> list[bytes]:
+        return list(self._txs)
+
+    def by_sender(self, addr: bytes) -> list[Transaction]:
+        """The sender's pending transactions, by nonce."""
+        queue = self._senders.get(addr, {})
+        return [queue[n].tx for n in sorted(queue)]
+
+    def verified_txids(self) -> set[bytes]:
+        """Txids whose form and signature were checked on admission (for apply_body)."""
+        return set(self._txs)
+
+    # ------------------------------------------------------------ admission
+
+    def add(self, tx: Transaction, state: State, height: int, now_ms: int | None = None) -> None:
+        """Admit ``tx`` for the block after ``height`` (the tip of ``state``).
+
+        Raises InvalidTransaction with the reason it is refused.
+        """
+        if tx.txid in self._txs:
+            raise InvalidTransaction("already in the mempool")
+        check_tx_form(tx, self.params.chain_id)
+        # Cheap state and policy checks before the signature, so junk costs little.
+        replaced, victims = self._check_place(tx, state)
+        check_tx_stateless(tx, self.params.chain_id)
+        spend = self._trial_apply(tx, state, height)
+        self._check_affordable(tx, state, replaced, spend)
+        for v in victims:
+            self._remove(v)
+        if replaced is not None:
+            self._remove(replaced)
+        self._insert(tx, spend, self.clock() if now_ms is None else now_ms)
+
+    def _check_place(self, tx: Transaction, state: State) -> tuple[_Pending | None, list[_Pending]]:
+        """Nonce order, replace-by-fee and room: (the tx it replaces, the txs to evict)."""
+        sender = tx.sender_address
+        account_nonce = state.nonce(sender)
+        self._drop_stale(sender, account_nonce)
+        queue = self._senders.get(sender, {})
+        next_nonce = account_nonce
+        while next_nonce in queue:
+            next_nonce += 1
+        if tx.nonce < account_nonce:
+            raise InvalidTransaction(
+                f"nonce: {tx.nonce} was already used (next is {account_nonce})"
+            )
+        replaced = queue.get(tx.nonce)
+        if replaced is None and tx.nonce != next_nonce:
+            raise InvalidTransaction(
+                f"nonce: {tx.nonce} leaves a gap (next is {next_nonce}, "
+                f"{next_nonce - account_nonce} pending from this sender)"
+            )
+        if replaced is not None and tx.fee <= replaced.tx.fee:
+            raise InvalidTransaction(
+                f"replacement: fee {tx.fee} does not exceed the pending transaction's "
+                f"fee {replaced.tx.fee} for nonce {tx.nonce}"
+            )
+        size = len(tx.encoded)
+        victims = self._victims(tx, size, _rate(tx.fee, size), replaced)
+        return replaced, victims
+
+    def _victims(
+        self, tx: Transaction, size: int, rate: int, replaced: _Pending | None
+    ) -> list[_Pending]:
+        """The cheapest queue tails to evict to make room; refuses if they pay as much."""
+        count = len(self._txs) + 1 - (replaced is not None)
+        total = self._bytes + size - (replaced.size if replaced is not None else 0)
+        if count <= self.max_txs and total <= self.max_bytes:
+            return []
+        if size > self.max_bytes:
+            raise InvalidTransaction(f"mempool full: {size} bytes exceeds its whole capacity")
+        sender = tx.sender_address
+        tails = [
+            (p.rate, -p.order, addr, n)
+            for addr, queue in self._senders.items()
+            if addr != sender
+            for n, p in [max(queue.items())]
+        ]
+        heapq.heapify(tails)  # the lowest rate (and newest) on top
+        victims: list[_Pending] = []
+        while count > self.max_txs or total > self.max_bytes:
+            if not tails:
+                raise InvalidTransaction("mempool full")
+            victim_rate, _, addr, n = heapq.heappop(tails)
+            if victim_rate >= rate:
+                raise InvalidTransaction("mempool full: the newcomer does not pay a higher rate")
+            queue = self._senders[addr]
+            victim = queue[n]
+            victims.append(victim)
+            count -= 1
+            total -= victim.size
+            if n - 1 in queue:  # its predecessor is now the sender's last
+                p = queue[n - 1]
+                heapq.heappush(tails, (p.rate, -p.order, addr, n - 1))
+        return victims
+
+    def _trial_apply(self, tx: Transaction, state: State, height: int) -> int:
+        """Apply ``tx`` to the sender as its earlier pending txs would leave it; its spend.
+
+        The consensus rule itself decides (nonce, balance, immature coinbase,
+        enabled kinds); the state is rolled back.
+        """
+        sender = tx.sender_address
+        balance, account_nonce = state.account(sender)
+        queue = self._senders.get(sender, {})
+        ahead = [queue[n] for n in range(account_nonce, tx.nonce)]
+        start = balance - sum(p.spend for p in ahead)
+        if start < 0:
+            raise InvalidTransaction(
+                f"balance: the sender's {len(ahead)} pending transactions already spend "
+                f"more than its {balance}"
+            )
+        state.begin()
+        try:
+            state.set_account(sender, start, tx.nonce)
+            try:
+                apply_transaction(state, tx, height + 1, self.params)
+            except InvalidTransaction as e:
+                if ahead:
+                    raise InvalidTransaction(
+                        f"{e} (after its {len(ahead)} pending transactions)"
+                    ) from None
+                raise
+            return start - state.balance(sender)
+        finally:
+            state.rollback()
+
+    def _check_affordable(
+        self, tx: Transaction, state: State, replaced: _Pending | None, spend: int
+    ) -> None:
+        """A replacement must leave the sender's later pending txs affordable too."""
+        if replaced is None:
+            return
+        queue = self._senders[tx.sender_address]
+        total = sum(p.spend for p in queue.values()) - replaced.spend + spend
+        balance = state.balance(tx.sender_address)
+        if total > balance:
+            raise InvalidTransaction(
+                f"balance: with this replacement the sender's pending transactions spend "
+                f"{total} but it has {balance}"
+            )
+
+    def _insert(self, tx: Transaction, spend: int, arrival_ms: int) -> None:
+        size = len(tx.encoded)
+        p = _Pending(tx, size, _rate(tx.fee, size), spend, arrival_ms, self._order)
+        self._order += 1
+        self._txs[tx.txid] = p
+        self._senders.setdefault(tx.sender_address, {})[tx.nonce] = p
+        self._bytes += size
+
+    def _remove(self, p: _Pending) -> None:
+        del self._txs[p.tx.txid]
+        sender = p.tx.sender_address
+        queue = self._senders[sender]
+        del queue[p.tx.nonce]
+        if not queue:
+            del self._senders[sender]
+        self._bytes -= p.size
+
+    def _drop_stale(self, sender: bytes, account_nonce: int) -> None:
+        queue = self._senders.get(sender)
+        if queue:
+            for n in [n for n in queue if n < account_nonce]:
+                self._remove(queue[n])
+
+    # ------------------------------------------------------------ templates
+
+    def select(self, max_count: int, max_bytes: int) -> list[Transaction]:
+        """Best fee rate first, each sender's transactions in nonce order.
+
+        A heap holds each sender's next transaction; taking one puts the
+        sender's following one in. A sender whose next transaction does not
+        fit is passed over entirely (its later nonces could not apply).
+        """
+        heap: list[tuple[int, int, bytes, int]] = []
+        for addr, queue in self._senders.items():
+            n = min(queue)
+            p = queue[n]
+            heap.append((-p.rate, p.order, addr, n))
+        heapq.heapify(heap)
+        out: list[Transaction] = []
+        used = 0
+        while heap and len(out) < max_count:
+            _, _, addr, n = heapq.heappop(heap)
+            queue = self._senders[addr]
+            p = queue[n]
+            if used + p.size > max_bytes:
+                continue
+            out.append(p.tx)
+            used += p.size
+            following = queue.get(n + 1)
+            if following is not None:
+                heapq.heappush(heap, (-following.rate, following.order, addr, n + 1))
+        return out
+
+    # ------------------------------------------------------------ chain events
+
+    def remove_for_block(self, block: Block) -> None:
+        """Drop the block's transactions and every pending one its nonces made stale."""
+        used: dict[bytes, int] = {}
+        for tx in block.txs:
+            sender = tx.sender_address
+            used[sender] = max(used.get(sender, -1), tx.nonce)
+            p = self._txs.get(tx.txid)
+            if p is not None:
+                self._remove(p)
+        for sender, last in used.items():
+            self._drop_stale(sender, last + 1)
+
+    def on_reorg(
+        self,
+        disconnected: Sequence[Block],
+        connected: Sequence[Block],
+        state: State,
+        height: int,
+    ) -> None:
+        """Follow a reorg: ``state`` and ``height`` are the new tip's.
+
+        Transactions of disconnected blocks come back unless a connected block
+        has them; every pending transaction is checked again against the new
+        state (balances and nonces may have changed anywhere) and dropped if it
+        no longer applies. Signatures are not checked again: pending ones were
+        checked on admission and block ones when their block was validated.
+        """
+        in_connected = {tx.txid for b in connected for tx in b.txs}
+        if not disconnected:
+            # The common case, the tip moved forward: only the senders of the new
+            # blocks' transactions can have less to spend than their queues assumed.
+            for block in connected:
+                self.remove_for_block(block)
+            self._recheck_senders(
+                {tx.sender_address for b in connected for tx in b.txs}, state, height
+            )
+            return
+        now = self.clock()
+        returned = [
+            (tx, now)
+            for b in disconnected
+            for tx in b.txs
+            if tx.txid not in in_connected and tx.txid not in self._txs
+        ]
+        pending = [(p.tx, p.arrival_ms) for p in sorted(self._txs.values(), key=_by_order)]
+        self._txs.clear()
+        self._senders.clear()
+        self._bytes = 0
+        self._readmit([*returned, *pending], state, height, skip=in_connected)
+
+    def _recheck_senders(self, senders: Iterable[bytes], state: State, height: int) -> None:
+        """Check these senders' queues again against ``state``, keeping what still applies."""
+        candidates: list[tuple[Transaction, int]] = []
+        for sender in senders:
+            queue = self._senders.get(sender)
+            if not queue:
+                continue
+            for n in sorted(queue):
+                p = queue[n]
+                candidates.append((p.tx, p.arrival_ms))
+                self._remove(p)
+        self._readmit(candidates, state, height, skip=set())
+
+    def _readmit(
+        self,
+        candidates: Iterable[tuple[Transaction, int]],
+        state: State,
+        height: int,
+        skip: set[bytes],
+    ) -> None:
+        by_sender: dict[bytes, list[tuple[Transaction, int]]] = {}
+        for tx, arrival in candidates:
+            if tx.txid not in skip:
+                by_sender.setdefault(tx.sender_address, []).append((tx, arrival))
+        for txs in by_sender.values():
+            # Nonce order; for one nonce the higher fee first (the other then fails RBF).
+            txs.sort(key=lambda item: (item[0].nonce, -item[0].fee))
+            for tx, arrival in txs:
+                if tx.txid in self._txs:
+                    continue
+                try:
+                    replaced, victims = self._check_place(tx, state)
+                    spend = self._trial_apply(tx, state, height)
+                    self._check_affordable(tx, state, replaced, spend)
+                except InvalidTransaction:
+                    continue
+                for v in victims:
+                    self._remove(v)
+                if replaced is not None:
+                    self._remove(replaced)
+                self._insert(tx, spend, arrival)
+
+    def expire(self, now_ms: int) -> int:
+        """Drop transactions older than the TTL, with their senders' later ones; how many."""
+        cutoff = now_ms - self.ttl_ms
+        dropped = 0
+        for p in [p for p in self._txs.values() if p.arrival_ms < cutoff]:
+            queue = self._senders.get(p.tx.sender_address)
+            if queue is None or p.tx.nonce not in queue:
+                continue  # already gone behind an earlier expired one
+            for n in sorted(n for n in queue if n >= p.tx.nonce):
+                self._remove(queue[n])
+                dropped += 1
+        return dropped
+
+
+def _rate(fee: int, size: int) -> int:
+    return (fee << RATE_SHIFT) // max(size, 1)
+
+
+def _by_order(p: _Pending) -> int:
+    return p.order

@@ -1,0 +1,405 @@
+"""The node's chain on disk: one SQLite file, every block import one transaction.
+
+The in-memory :class:`~consensus.chain.Chain` is the authority; this module
+mirrors it so a restarted node resumes where it stopped without re-validating
+anything. Each :meth:`Store.sync` writes, in a single SQLite transaction,
+everything the chain changed since the last one: new blocks, status changes,
+the active chain above the fork point, the state rows those blocks touched,
+their undo records and the tip. A process killed at any instant therefore
+leaves either the whole import on disk or none of it, and :meth:`load_chain`
+checks that what it reads agrees with itself before trusting it.
+
+Durability: WAL with ``synchronous=NORMAL``. In WAL mode NORMAL never
+corrupts the database and never exposes half a transaction, whether the
+process or the machine dies; a power loss can only forget the last few
+commits, i.e. the last few blocks, which peers send again. FULL would fsync
+on every block for a guarantee a blockchain node does not need.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from consensus.blocks import Block, BlockHeader, decode_block, encode_block
+from consensus.chain import AddResult, Chain, Entry, Status
+from consensus.errors import DecodeError
+from consensus.params import NetworkParams
+from consensus.state import (
+    State,
+    Undo,
+    decode_state_value,
+    decode_undo,
+    encode_state_value,
+    encode_undo,
+)
+
+FILENAME = "chain.sqlite"
+SCHEMA_VERSION = 1
+WORK_BYTES = 32
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blocks (
+    hash BLOB NOT NULL UNIQUE,
+    height INTEGER NOT NULL,
+    prev_hash BLOB NOT NULL,
+    seq INTEGER NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    work BLOB NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS active (
+    height INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state (
+    tbl TEXT NOT NULL,
+    key BLOB NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (tbl, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS undo (
+    hash BLOB PRIMARY KEY,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blobs (
+    root BLOB NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+"""
+
+
+class StoreError(Exception):
+    """The chain file cannot be used: another network, a newer schema, or inconsistent."""
+
+
+class Store:
+    """SQLite persistence of one network's chain, state and job blobs.
+
+    Open it, :meth:`load_chain` once, then :meth:`record` after every
+    ``chain.add_block``. Calls are serialized by a lock, so the node may use
+    it from a worker thread, but one Store serves one Chain.
+    """
+
+    def __init__(self, path: Path, params: NetworkParams) -> None:
+        """Open (or create) ``<path>/chain.sqlite``, ``path`` being the node's data
+        directory; a ``path`` ending in ``.sqlite`` names the file itself."""
+        self.params = params
+        path = Path(path)
+        self.path = path if path.suffix == ".sqlite" else path / FILENAME
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        # Autocommit mode: transactions are opened explicitly (BEGIN IMMEDIATE)
+        # so that one block import is exactly one transaction.
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._init_schema()
+        except BaseException:
+            self._db.close()
+            raise
+        # The active chain as stored, to find the fork point without a query.
+        self._active: list[bytes] | None = None
+
+    def _init_schema(self) -> None:
+        # executescript commits first: run it alone (every statement is idempotent).
+        with self._lock:
+            self._db.executescript(_SCHEMA)
+        with self._transaction() as db:
+            version = self._meta(db, "schema_version")
+            if version is None:
+                self._set_meta(db, "schema_version", SCHEMA_VERSION)
+                self._set_meta(db, "network", self.params.name)
+                self._set_meta(db, "chain_id", self.params.chain_id)
+                return
+        if version != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: schema version {version}, this node reads version {SCHEMA_VERSION}"
+            )
+        chain_id = self._meta(self._db, "chain_id")
+        if chain_id != self.params.chain_id:
+            raise StoreError(
+                f"{self.path}: holds network {self._meta(self._db, 'network')!r} "
+                f"(chain id {chain_id}), not {self.params.name!r}"
+            )
+
+    # ------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    @staticmethod
+    def _meta(db: sqlite3.Connection, key: str) -> Any:
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    @staticmethod
+    def _set_meta(db: sqlite3.Connection, key: str, value: Any) -> None:
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # ------------------------------------------------------------ loading
+
+    def load_chain(self, clock: Callable[[], int]) -> Chain:
+        """The stored chain, or a fresh one (genesis written) if the store is empty.
+
+        Nothing is re-validated: every block was checked when it was added.
+        What is checked is that the parts agree (active chain linked and
+        ACTIVE, one undo record per active block, tip and state root matching
+        the tip header); StoreError says what does not.
+        """
+        with self._lock:
+            if self._meta(self._db, "tip") is None:
+                chain = Chain(self.params, clock)
+                self._active = []
+                self.sync(chain)
+                return chain
+            try:
+                chain = self._read_chain(clock)
+            except (DecodeError, ValueError) as err:  # a row that does not decode
+                raise self._corrupt(str(err)) from None
+            self._active = list(chain.active)
+            return chain
+
+    def _corrupt(self, why: str) -> StoreError:
+        return StoreError(f"{self.path} is inconsistent: {why}")
+
+    def _read_chain(self, clock: Callable[[], int]) -> Chain:
+        db = self._db
+        entries: dict[bytes, Entry] = {}
+        blocks: dict[bytes, Block] = {}
+        rows = db.execute("SELECT hash, seq, status, work, data FROM blocks ORDER BY seq")
+        for h, seq, status, work, data in rows:
+            try:
+                block = decode_block(data)
+            except DecodeError as e:
+                raise self._corrupt(f"block {h.hex()} does not decode: {e}") from None
+            if block.hash != h:
+                raise self._corrupt(f"block stored under {h.hex()} hashes to {block.hash.hex()}")
+            entries[h] = Entry(block.header, int.from_bytes(work, "big"), seq, Status(status))
+            blocks[h] = block
+
+        active: list[bytes] = []
+        for height, h in db.execute("SELECT height, hash FROM active ORDER BY height"):
+            if height != len(active):
+                raise self._corrupt(f"active chain has no block at height {len(active)}")
+            entry = entries.get(h)
+            if entry is None or entry.status is not Status.ACTIVE or entry.header.height != height:
+                raise self._corrupt(f"active block {h.hex()} at height {height} is not stored")
+            if height and entry.header.prev_hash != active[-1]:
+                raise self._corrupt(f"active block at height {height} does not link to its parent")
+            active.append(h)
+        if not active:
+            raise self._corrupt("no active chain")
+        n_active = sum(e.status is Status.ACTIVE for e in entries.values())
+        if n_active != len(active):
+            raise self._corrupt(f"{n_active} blocks marked active, active chain has {len(active)}")
+
+        undos: dict[bytes, Undo] = {}
+        for h, data in db.execute("SELECT hash, data FROM undo"):
+            try:
+                undos[h] = decode_undo(data)
+            except DecodeError as e:
+                raise self._corrupt(f"undo record of {h.hex()} does not decode: {e}") from None
+        if set(undos) != set(active[1:]):
+            raise self._corrupt("undo records do not match the active chain")
+
+        tables: dict[str, dict[Any, Any]] = {}
+        for tbl, key, value in db.execute("SELECT tbl, key, value FROM state"):
+            tables.setdefault(tbl, {})[decode_state_value(key)] = decode_state_value(value)
+        tip, root = self._meta(db, "tip"), self._meta(db, "state_root")
+        if tip != active[-1]:
+            raise self._corrupt("meta tip is not the last active block")
+        if root != entries[tip].header.state_root:
+            raise self._corrupt("stored state root is not the tip header's state_root")
+        next_seq = self._meta(db, "next_seq")
+        if not isinstance(next_seq, int) or next_seq <= max(e.seq for e in entries.values()):
+            raise self._corrupt("next arrival number is not after every stored block")
+        try:
+            return Chain.restore(
+                self.params, clock, entries, blocks, active, undos, State(tables, root), next_seq
+            )
+        except ValueError as e:
+            raise self._corrupt(str(e)) from None
+
+    # ------------------------------------------------------------ saving
+
+    def record(
+        self, chain: Chain, block: Block | None = None, result: AddResult | None = None
+    ) -> None:
+        """Persist what ``chain.add_block(block)`` changed; call it after every add_block.
+
+        Also correct after add_block raised InvalidBlock (the blocks it marked
+        invalid are saved), and a no-op after an orphan or a duplicate.
+        ``block`` and ``result`` are accepted for the caller's convenience:
+        the chain itself records what changed (``chain.unsaved``).
+        """
+        self.sync(chain)
+
+    def record_invalid(self, chain: Chain, block_hash: bytes) -> None:
+        """Persist an INVALID marking (add_block raised for a header already in entries)."""
+        self.sync(chain)
+
+    def sync(self, chain: Chain) -> None:
+        """Write everything the chain changed since the last sync, in one transaction."""
+        with self._lock:
+            if self._active is None:
+                raise RuntimeError("Store.load_chain must be called before saving a chain")
+            old, new = self._active, chain.active
+            fork = min(len(old), len(new))
+            while fork and old[fork - 1] != new[fork - 1]:
+                fork -= 1
+            changed = set(chain.unsaved)
+            if not changed and fork == len(old) == len(new):
+                return
+            with self._transaction() as db:
+                self._write_entries(db, chain, changed)
+                touched = self._write_active(db, chain, old, fork)
+                self._write_state(db, chain, touched, full=not old)
+                self._set_meta(db, "tip", chain.active[-1])
+                self._set_meta(db, "state_root", chain.state.root)
+                self._set_meta(db, "next_seq", chain.next_seq)
+            self._active = list(new)
+            chain.unsaved -= changed
+
+    def _write_entries(self, db: sqlite3.Connection, chain: Chain, changed: set[bytes]) -> None:
+        for h in sorted(changed, key=lambda x: chain.entries[x].seq):
+            e = chain.entries[h]
+            cur = db.execute("UPDATE blocks SET status = ? WHERE hash = ?", (e.status.value, h))
+            if cur.rowcount == 0:
+                db.execute(
+                    "INSERT INTO blocks (hash, height, prev_hash, seq, status, work, data) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        h,
+                        e.header.height,
+                        e.header.prev_hash,
+                        e.seq,
+                        e.status.value,
+                        e.work.to_bytes(WORK_BYTES, "big"),
+                        encode_block(chain.blocks[h]),
+                    ),
+                )
+
+    def _write_active(
+        self, db: sqlite3.Connection, chain: Chain, old: list[bytes], fork: int
+    ) -> set[tuple[str, Any]]:
+        """Rewrite the active chain and undo rows above ``fork``; the state keys they touch."""
+        touched: set[tuple[str, Any]] = set()
+        for h in old[fork:]:
+            row = db.execute("SELECT data FROM undo WHERE hash = ?", (h,)).fetchone()
+            if row is not None:
+                touched.update((t, k) for t, k, _ in decode_undo(row[0]).entries)
+                db.execute("DELETE FROM undo WHERE hash = ?", (h,))
+        db.execute("DELETE FROM active WHERE height >= ?", (fork,))
+        for height in range(fork, len(chain.active)):
+            h = chain.active[height]
+            db.execute("INSERT INTO active (height, hash) VALUES (?, ?)", (height, h))
+            if height == 0:
+                continue  # genesis has no undo: its state is the starting point
+            undo = chain.undos[h]
+            touched.update((t, k) for t, k, _ in undo.entries)
+            db.execute(
+                "INSERT OR REPLACE INTO undo (hash, data) VALUES (?, ?)", (h, encode_undo(undo))
+            )
+        return touched
+
+    def _write_state(
+        self, db: sqlite3.Connection, chain: Chain, touched: set[tuple[str, Any]], full: bool
+    ) -> None:
+        tables = chain.state.tables
+        if full:
+            db.execute("DELETE FROM state")
+            touched = {(t, k) for t, rows in tables.items() for k in rows}
+        for t, k in touched:
+            key = encode_state_value(k)
+            value = tables.get(t, {}).get(k)
+            if value is None:
+                db.execute("DELETE FROM state WHERE tbl = ? AND key = ?", (t, key))
+            else:
+                db.execute(
+                    "INSERT OR REPLACE INTO state (tbl, key, value) VALUES (?, ?, ?)",
+                    (t, key, encode_state_value(value)),
+                )
+
+    # ------------------------------------------------------------ reading
+
+    def block_by_hash(self, block_hash: bytes) -> Block | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT data FROM blocks WHERE hash = ?", (block_hash,)
+            ).fetchone()
+        return None if row is None else decode_block(row[0])
+
+    def header_by_height(self, height: int) -> BlockHeader | None:
+        """The active chain's header at ``height`` as stored."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT b.data FROM active a JOIN blocks b ON b.hash = a.hash WHERE a.height = ?",
+                (height,),
+            ).fetchone()
+        return None if row is None else decode_block(row[0]).header
+
+    def active_hashes(self) -> list[bytes]:
+        """The stored active chain's hashes, genesis first."""
+        with self._lock:
+            rows = self._db.execute("SELECT hash FROM active ORDER BY height").fetchall()
+        return [r[0] for r in rows]
+
+    # ------------------------------------------------------------ blobs
+
+    def put_blob(self, root: bytes, data: bytes) -> None:
+        """Keep ``data`` under its content root (the caller has checked the root)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO blobs (root, size, data) VALUES (?, ?, ?)",
+                (root, len(data), data),
+            )
+
+    def get_blob(self, root: bytes) -> bytes | None:
+        with self._lock:
+            row = self._db.execute("SELECT data FROM blobs WHERE root = ?", (root,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def has_blob(self, root: bytes) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM blobs WHERE root = ?", (root,)).fetchone()
+        return row is not None
+
+    def blob_size(self, root: bytes) -> int | None:
+        with self._lock:
+            row = self._db.execute("SELECT size FROM blobs WHERE root = ?", (root,)).fetchone()
+        return None if row is None else int(row[0])

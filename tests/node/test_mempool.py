@@ -1,0 +1,262 @@
+"""The mempool: admission rules with their reasons, fee ordering with nonce order,
+replace-by-fee, eviction when full, blocks, reorgs and expiry."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from consensus.chain import Chain
+from consensus.errors import InvalidTransaction
+from consensus.keys import PrivateKey
+from consensus.state import State
+from node.mempool import Mempool
+from tests.consensus.chainkit import (
+    ALICE,
+    BOB,
+    CAROL,
+    MID,
+    MINER,
+    new_chain,
+    next_block,
+    transfer,
+)
+
+DAVE = PrivateKey.from_label("devnet-3")
+ERIN = PrivateKey.from_label("devnet-4")
+NEWCOMER = PrivateKey.from_label("not-prefunded")
+
+
+class FixedClock:
+    def __init__(self) -> None:
+        self.now = 0
+
+    def __call__(self) -> int:
+        return self.now
+
+
+@pytest.fixture
+def chain() -> Chain:
+    return new_chain()[0]
+
+
+@pytest.fixture
+def state(chain: Chain) -> State:
+    return chain.state
+
+
+def pool(**kw: object) -> Mempool:
+    return Mempool(MID, **kw)  # type: ignore[arg-type]
+
+
+def test_select_takes_the_highest_fee_first(state):
+    mp = pool()
+    cheap, rich, middle = (
+        transfer(ALICE, BOB, 5, 0, fee=5),
+        transfer(BOB, CAROL, 5, 0, fee=50),
+        transfer(CAROL, ALICE, 5, 0, fee=20),
+    )
+    for tx in (cheap, rich, middle):
+        mp.add(tx, state, 0)
+    assert mp.select(10, 1 << 20) == [rich, middle, cheap]
+    assert mp.select(2, 1 << 20) == [rich, middle]
+    assert len(mp) == 3 and rich.txid in mp and mp.get(rich.txid) == rich
+
+
+def test_nonces_must_follow_on_and_are_selected_in_order(state):
+    mp = pool()
+    second = transfer(ALICE, BOB, 5, 1, fee=100)
+    with pytest.raises(InvalidTransaction, match="nonce: 1 leaves a gap"):
+        mp.add(second, state, 0)
+    first = transfer(ALICE, BOB, 5, 0, fee=1)
+    other = transfer(BOB, CAROL, 5, 0, fee=50)
+    mp.add(first, state, 0)
+    mp.add(second, state, 0)
+    mp.add(other, state, 0)
+    # Alice's nonce 1 pays most but cannot come before her nonce 0.
+    assert mp.select(10, 1 << 20) == [other, first, second]
+    assert mp.by_sender(ALICE.address) == [first, second]
+    with pytest.raises(InvalidTransaction, match="nonce: 3 leaves a gap"):
+        mp.add(transfer(ALICE, BOB, 5, 3), state, 0)
+
+
+def test_a_used_nonce_is_refused():
+    chain, clock = new_chain()
+    chain.add_block(next_block(chain, clock, (transfer(ALICE, BOB, 5, 0),)))
+    with pytest.raises(InvalidTransaction, match="nonce: 0 was already used"):
+        pool().add(transfer(ALICE, BOB, 6, 0), chain.state, chain.height)
+
+
+def test_pending_transactions_cannot_overspend_together(state):
+    mp = pool()
+    balance = state.balance(ALICE.address)
+    mp.add(transfer(ALICE, BOB, balance - 110, 0, fee=10), state, 0)
+    with pytest.raises(InvalidTransaction, match=r"balance: needs 210 .* pending"):
+        mp.add(transfer(ALICE, BOB, 200, 1, fee=10), state, 0)
+    mp.add(transfer(ALICE, BOB, 90, 1, fee=10), state, 0)
+    assert len(mp) == 2
+    with pytest.raises(InvalidTransaction, match="balance"):
+        mp.add(transfer(NEWCOMER, BOB, 1, 0), state, 0)
+
+
+def test_a_duplicate_is_refused(state):
+    mp = pool()
+    tx = transfer(ALICE, BOB, 5, 0)
+    mp.add(tx, state, 0)
+    with pytest.raises(InvalidTransaction, match="already in the mempool"):
+        mp.add(tx, state, 0)
+    assert len(mp) == 1
+
+
+def test_replace_by_fee_needs_a_strictly_higher_fee(state):
+    mp = pool()
+    original = transfer(ALICE, BOB, 5, 0, fee=10)
+    mp.add(original, state, 0)
+    with pytest.raises(InvalidTransaction, match="replacement: fee 10 does not exceed"):
+        mp.add(transfer(ALICE, CAROL, 5, 0, fee=10), state, 0)
+    better = transfer(ALICE, CAROL, 5, 0, fee=11)
+    mp.add(better, state, 0)
+    assert len(mp) == 1 and original.txid not in mp and mp.get(better.txid) == better
+
+
+def test_a_replacement_must_keep_later_pending_txs_affordable(state):
+    mp = pool()
+    balance = state.balance(ALICE.address)
+    mp.add(transfer(ALICE, BOB, 100, 0, fee=10), state, 0)
+    mp.add(transfer(ALICE, BOB, balance - 300, 1, fee=10), state, 0)
+    with pytest.raises(InvalidTransaction, match="with this replacement"):
+        mp.add(transfer(ALICE, BOB, 500, 0, fee=20), state, 0)
+
+
+def test_a_full_pool_evicts_the_cheapest_queue_tail_for_a_better_payer(state):
+    mp = pool(max_txs=3)
+    a0 = transfer(ALICE, BOB, 5, 0, fee=1)
+    a1 = transfer(ALICE, BOB, 5, 1, fee=2)
+    b0 = transfer(BOB, CAROL, 5, 0, fee=10)
+    for tx in (a0, a1, b0):
+        mp.add(tx, state, 0)
+    with pytest.raises(InvalidTransaction, match="mempool full"):
+        mp.add(transfer(CAROL, ALICE, 5, 0, fee=2), state, 0)
+    assert set(mp.txids()) == {a0.txid, a1.txid, b0.txid}
+    c0 = transfer(CAROL, ALICE, 5, 0, fee=30)
+    mp.add(c0, state, 0)
+    # a0 pays least but evicting it would strand a1: the tail a1 goes instead.
+    assert set(mp.txids()) == {a0.txid, b0.txid, c0.txid}
+    d0 = transfer(DAVE, ALICE, 5, 0, fee=40)
+    mp.add(d0, state, 0)
+    assert set(mp.txids()) == {b0.txid, c0.txid, d0.txid}
+
+
+def test_a_pool_over_its_byte_cap_evicts_too(state):
+    size = len(transfer(ALICE, BOB, 5, 0, fee=10).encoded)
+    mp = pool(max_bytes=2 * size + size // 2)
+    a0, b0 = transfer(ALICE, BOB, 5, 0, fee=10), transfer(BOB, CAROL, 5, 0, fee=20)
+    mp.add(a0, state, 0)
+    mp.add(b0, state, 0)
+    c0 = transfer(CAROL, ALICE, 5, 0, fee=30)
+    mp.add(c0, state, 0)
+    assert set(mp.txids()) == {b0.txid, c0.txid}
+    assert mp.size_bytes <= mp.max_bytes
+
+
+def test_select_respects_the_byte_budget(state):
+    mp = pool()
+    txs = [transfer(k, ERIN, 5, 0, fee=10 * (i + 1)) for i, k in enumerate((ALICE, BOB, CAROL))]
+    for tx in txs:
+        mp.add(tx, state, 0)
+    size = len(txs[0].encoded)
+    assert mp.select(10, 2 * size + 1) == [txs[2], txs[1]]
+
+
+def test_a_bad_signature_is_refused_with_the_reason(state):
+    mp = pool()
+    tx = transfer(ALICE, BOB, 5, 0)
+    forged = dataclasses.replace(tx, signature=bytes(64))
+    with pytest.raises(InvalidTransaction, match="signature: not a valid signature"):
+        mp.add(forged, state, 0)
+    with pytest.raises(InvalidTransaction, match="chain_id"):
+        mp.add(transfer(ALICE, BOB, 5, 0, chain_id=MID.chain_id + 1), state, 0)
+    assert len(mp) == 0
+    mp.add(tx, state, 0)
+    assert mp.verified_txids() == {tx.txid}
+
+
+def test_expired_transactions_go_with_their_senders_later_ones(state):
+    clock = FixedClock()
+    mp = pool(ttl_ms=1_000, clock=clock)
+    a0 = transfer(ALICE, BOB, 5, 0)
+    mp.add(a0, state, 0)
+    clock.now = 500
+    b0 = transfer(BOB, CAROL, 5, 0)
+    mp.add(b0, state, 0)
+    clock.now = 900
+    a1 = transfer(ALICE, BOB, 5, 1)
+    mp.add(a1, state, 0)
+    assert mp.expire(1_000) == 0
+    assert mp.expire(1_200) == 2  # a0 is too old, and a1 cannot be mined without it
+    assert mp.txids() == [b0.txid]
+
+
+def test_a_block_removes_its_transactions_and_the_ones_it_made_stale():
+    chain, clock = new_chain()
+    mp = pool()
+    mine, theirs = transfer(ALICE, BOB, 5, 0, fee=10), transfer(ALICE, CAROL, 9, 0, fee=20)
+    later = transfer(ALICE, BOB, 5, 1)
+    bob = transfer(BOB, CAROL, 5, 0)
+    for tx in (mine, later, bob):
+        mp.add(tx, chain.state, chain.height)
+    block = next_block(chain, clock, (theirs, bob))  # a conflicting nonce 0 from elsewhere
+    chain.add_block(block)
+    mp.remove_for_block(block)
+    assert mp.txids() == [later.txid]
+    assert mp.select(10, 1 << 20) == [later]
+
+
+def test_a_reorg_returns_transactions_and_drops_those_that_no_longer_apply():
+    node, clock = new_chain()
+    mp = pool()
+    paid = transfer(ALICE, NEWCOMER, 1_000, 0)
+    also_on_the_new_branch = transfer(BOB, CAROL, 7, 0)
+    for tx in (paid, also_on_the_new_branch):
+        mp.add(tx, node.state, node.height)
+    block = next_block(node, clock, (paid, also_on_the_new_branch))
+    node.add_block(block)
+    mp.remove_for_block(block)
+    # Spends money that only the old branch gave it; and Alice's next one.
+    spends_it = transfer(NEWCOMER, CAROL, 500, 0)
+    alice_next = transfer(ALICE, BOB, 5, 1)
+    mp.add(spends_it, node.state, node.height)
+    mp.add(alice_next, node.state, node.height)
+
+    other, other_clock = new_chain()
+    branch = [next_block(other, other_clock, (also_on_the_new_branch,), miner=MINER)]
+    other.add_block(branch[0])
+    branch.append(next_block(other, other_clock))
+    other.add_block(branch[1])
+    clock.now = max(clock.now, other_clock.now)
+    results = [node.add_block(b) for b in branch]
+    assert results[-1].reorged == 1
+    mp.on_reorg(
+        results[-1].disconnected,
+        [node.blocks[h] for h in results[-1].connected],
+        node.state,
+        node.height,
+    )
+    assert set(mp.txids()) == {paid.txid, alice_next.txid}
+    assert mp.select(10, 1 << 20) == [paid, alice_next]
+
+
+def test_a_new_tip_drops_queued_spends_its_block_made_unaffordable():
+    chain, clock = new_chain()
+    mp = pool()
+    balance = chain.state.balance(ALICE.address)
+    a0, a1 = transfer(ALICE, BOB, 5, 0), transfer(ALICE, BOB, balance // 2, 1)
+    carol = transfer(CAROL, BOB, 5, 0)
+    for tx in (a0, a1, carol):
+        mp.add(tx, chain.state, chain.height)
+    # Alice's nonce 0 was spent elsewhere, on most of her balance.
+    block = next_block(chain, clock, (transfer(ALICE, CAROL, balance // 2 + 1, 0),))
+    result = chain.add_block(block)
+    mp.on_reorg(result.disconnected, [block], chain.state, chain.height)
+    assert mp.txids() == [carol.txid]

@@ -1,0 +1,364 @@
+"""The SQLite store: a reopened store gives back the chain that was saved, reorgs and
+invalid branches included, and a process killed mid-import leaves a consistent file."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from consensus.blocks import Block, encode_block
+from consensus.chain import Chain, Status
+from consensus.encoding import encode
+from consensus.errors import InvalidBlock
+from consensus.keys import PrivateKey
+from consensus.params import TESTNET
+from consensus.pow import null_job
+from node.store import FILENAME, Store, StoreError
+from tests.consensus.chainkit import (
+    ALICE,
+    BOB,
+    CAROL,
+    MID,
+    Clock,
+    extend,
+    new_chain,
+    next_block,
+    remine,
+    transfer,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+OTHER_MINER = PrivateKey.from_label("miner-1")
+
+
+def replay(blocks: list[Block], now: int) -> Chain:
+    chain, clock = new_chain()
+    clock.now = now
+    for b in blocks:
+        chain.add_block(b)
+    return chain
+
+
+def view(chain: Chain) -> dict[str, Any]:
+    """Everything a restarted node must get back, in comparable form."""
+    return {
+        "active": list(chain.active),
+        "entries": {
+            h: (e.header, e.work, e.seq, e.status) for h, e in sorted(chain.entries.items())
+        },
+        "blocks": set(chain.blocks),
+        "undos": {h: (u.entries, u.prev_root) for h, u in chain.undos.items()},
+        "state": chain.state.snapshot(),
+        "root": chain.state.root,
+        "next_seq": chain.next_seq,
+    }
+
+
+@pytest.fixture(scope="module")
+def two_branches():
+    """Common: 2 blocks. A: 3 blocks with transfers. B: 4 heavier blocks from the same fork."""
+    a, ca = new_chain()
+    extend(a, ca, 2)
+    common = [a.blocks[h] for h in a.active[1:]]
+    fork_clock = ca.now
+    a_tail = []
+    for i in range(3):
+        b = next_block(a, ca, (transfer(ALICE, BOB, 1_000 + i, i), transfer(BOB, CAROL, 7, i)))
+        a.add_block(b)
+        a_tail.append(b)
+    b_chain = replay(common, fork_clock)
+    cb = Clock(MID)
+    cb.now = fork_clock
+    b_tail = []
+    for i in range(4):
+        blk = next_block(b_chain, cb, (transfer(CAROL, ALICE, 3, i),), miner=OTHER_MINER)
+        b_chain.add_block(blk)
+        b_tail.append(blk)
+    return common, a_tail, b_tail, max(ca.now, cb.now) + 10_000
+
+
+def import_all(store: Store, chain: Chain, blocks: list[Block]) -> None:
+    for b in blocks:
+        try:
+            result = chain.add_block(b)
+        except InvalidBlock:
+            store.record_invalid(chain, b.hash)
+        else:
+            store.record(chain, b, result)
+
+
+def reopen(path: Path, now: int) -> Chain:
+    with Store(path, MID) as store:
+        return store.load_chain(lambda: now)
+
+
+def test_empty_store_starts_at_genesis_and_keeps_it(tmp_path):
+    with Store(tmp_path, MID) as store:
+        chain = store.load_chain(lambda: 0)
+    assert chain.height == 0
+    assert (tmp_path / FILENAME).exists()
+    again = reopen(tmp_path, 0)
+    assert view(again) == view(chain)
+    with Store(tmp_path / FILENAME, MID) as store:  # the file named directly: the same store
+        assert store.active_hashes() == [chain.genesis.hash]
+    assert again.state.root == again.tip.header.state_root
+
+
+def test_imported_blocks_reload_identically_and_the_chain_goes_on(tmp_path, two_branches):
+    common, a_tail, _, now = two_branches
+    with Store(tmp_path, MID) as store:
+        chain = store.load_chain(lambda: now)
+        import_all(store, chain, common + a_tail)
+        assert store.header_by_height(3) == a_tail[0].header
+        assert store.block_by_hash(a_tail[-1].hash) == a_tail[-1]
+    loaded = reopen(tmp_path, now)
+    assert loaded.height == 5
+    assert loaded.tip.hash == a_tail[-1].hash
+    assert view(loaded) == view(chain)
+    assert loaded.state.balance(CAROL.address) == MID.prefund_amount + 21
+
+    # The reloaded chain keeps validating and saving new blocks.
+    clock = Clock(MID)
+    clock.now = now
+    with Store(tmp_path, MID) as store:
+        chain = store.load_chain(clock)
+        more = next_block(chain, clock, (transfer(ALICE, CAROL, 5, 3),))
+        store.record(chain, more, chain.add_block(more))
+    assert view(reopen(tmp_path, clock.now)) == view(chain)
+    assert view(chain) == view(replay([*common, *a_tail, more], clock.now)) | {
+        "next_seq": chain.next_seq
+    }
+
+
+def test_a_persisted_reorg_reloads_as_the_in_memory_chain(tmp_path, two_branches):
+    common, a_tail, b_tail, now = two_branches
+    with Store(tmp_path, MID) as store:
+        chain = store.load_chain(lambda: now)
+        import_all(store, chain, common + a_tail + b_tail)
+    assert chain.tip.hash == b_tail[-1].hash
+    loaded = reopen(tmp_path, now)
+    assert view(loaded) == view(chain)
+    assert all(loaded.entries[b.hash].status is Status.VALID for b in a_tail)
+    reference = replay(common + b_tail, now)
+    assert loaded.state.snapshot() == reference.state.snapshot()
+    assert loaded.state.root == reference.state.root == loaded.tip.header.state_root
+
+    # And back: A grows heavier again, another reorg, saved and reloaded.
+    clock = Clock(MID)
+    clock.now = now
+    side = replay(common + a_tail, now)
+    a_more = []
+    for _ in range(2):
+        b = next_block(side, clock)
+        side.add_block(b)
+        a_more.append(b)
+    with Store(tmp_path, MID) as store:
+        chain = store.load_chain(clock)
+        import_all(store, chain, a_more)
+    assert chain.tip.hash == a_more[-1].hash
+    assert view(reopen(tmp_path, clock.now)) == view(chain)
+
+
+def test_an_invalid_branch_is_saved_invalid_and_the_tip_stays(tmp_path, two_branches):
+    common, a_tail, b_tail, now = two_branches
+    bad_last = b_tail[-1]
+    job = null_job(bad_last.header.prev_hash, MID)
+    bad = Block(remine(dataclasses.replace(bad_last.header, state_root=bytes(32)), job), ())
+    bad = Block(bad.header, bad_last.txs)
+    with Store(tmp_path, MID) as store:
+        chain = store.load_chain(lambda: now)
+        import_all(store, chain, common + a_tail + b_tail[:-1])
+        with pytest.raises(InvalidBlock, match="state_root"):
+            chain.add_block(bad)
+        store.record_invalid(chain, bad.hash)
+    loaded = reopen(tmp_path, now)
+    assert loaded.entries[bad.hash].status is Status.INVALID
+    assert loaded.tip.hash == a_tail[-1].hash
+    assert view(loaded) == view(chain)
+
+
+def test_orphans_connected_by_their_parent_are_all_saved(tmp_path, two_branches):
+    common, a_tail, _, now = two_branches
+    blocks = common + a_tail
+    with Store(tmp_path, MID) as store:
+        chain = store.load_chain(lambda: now)
+        import_all(store, chain, list(reversed(blocks[1:])))
+        assert store.active_hashes() == [chain.genesis.hash]
+        import_all(store, chain, blocks[:1])
+    assert chain.height == len(blocks)
+    assert view(reopen(tmp_path, now)) == view(chain)
+
+
+def test_blobs_are_kept_by_content_root(tmp_path):
+    root, data = bytes(range(32)), b"\x01\x02" * 1000
+    with Store(tmp_path, MID) as store:
+        assert not store.has_blob(root) and store.get_blob(root) is None
+        store.put_blob(root, data)
+        store.put_blob(root, data)
+    with Store(tmp_path, MID) as store:
+        assert store.has_blob(root)
+        assert store.get_blob(root) == data
+        assert store.blob_size(root) == len(data)
+
+
+def test_a_store_of_another_network_is_refused(tmp_path):
+    with Store(tmp_path, MID) as store:
+        store.load_chain(lambda: 0)
+    with pytest.raises(StoreError, match="not 'testnet'"):
+        Store(tmp_path, TESTNET)
+
+
+def test_a_tampered_state_root_is_reported(tmp_path, two_branches):
+    common, _, _, now = two_branches
+    with Store(tmp_path, MID) as store:
+        chain = store.load_chain(lambda: now)
+        import_all(store, chain, common)
+    db = sqlite3.connect(tmp_path / FILENAME)
+    with db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'state_root'", (bytes(32),))
+    db.close()
+    with pytest.raises(StoreError, match="state root"):
+        reopen(tmp_path, now)
+
+
+# ------------------------------------------------------------------ crash safety
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+
+    from consensus.blocks import decode_block
+    from consensus.encoding import decode
+    from consensus.errors import InvalidBlock
+    from node.store import Store
+    from tests.consensus.chainkit import MID
+
+    datadir, blocks_file, now = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+    blocks = [decode_block(b) for b in decode(blocks_file.read_bytes(), 1 << 30)]
+    store = Store(datadir, MID)
+    chain = store.load_chain(lambda: now)
+    print("ready", flush=True)
+    for b in blocks:
+        if chain.contains(b.hash):
+            continue  # saved by an earlier run
+        try:
+            result = chain.add_block(b)
+        except InvalidBlock:
+            store.record_invalid(chain, b.hash)
+        else:
+            print("saving", flush=True)
+            store.record(chain, b, result)
+        print(b.hash.hex(), flush=True)
+    store.close()
+    print("done", flush=True)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def crash_blocks():
+    """Common 3 blocks, branch A of 6 and a heavier branch B of 7 from the same fork,
+    each block full of transfers so that a save writes many rows."""
+    senders = [PrivateKey.from_label(f"devnet-{i}") for i in range(8)]
+
+    def branch(chain: Chain, clock: Clock, count: int, base_nonce: list[int], amount: int):
+        out = []
+        for _ in range(count):
+            txs = []
+            for s, key in enumerate(senders):
+                for _ in range(3):
+                    txs.append(transfer(key, senders[(s + 1) % 8], amount, base_nonce[s]))
+                    base_nonce[s] += 1
+            b = next_block(chain, clock, tuple(txs))
+            chain.add_block(b)
+            out.append(b)
+        return out
+
+    a, ca = new_chain()
+    nonces = [0] * 8
+    common = branch(a, ca, 3, nonces, 1)
+    fork_clock, fork_nonces = ca.now, list(nonces)
+    a_tail = branch(a, ca, 6, nonces, 2)
+    b_chain = replay(common, fork_clock)
+    cb = Clock(MID)
+    cb.now = fork_clock
+    b_tail = branch(b_chain, cb, 7, list(fork_nonces), 3)
+    return common + a_tail + b_tail, b_chain, max(ca.now, cb.now) + 10_000
+
+
+def check_consistent(datadir: Path, now: int) -> Chain:
+    """The store loads (its own checks pass) and a replay of its active blocks agrees."""
+    loaded = reopen(datadir, now)
+    assert loaded.state.root == loaded.tip.header.state_root
+    fresh = replay([loaded.blocks[h] for h in loaded.active[1:]], now)
+    assert fresh.tip.hash == loaded.tip.hash
+    assert fresh.state.snapshot() == loaded.state.snapshot()
+    assert fresh.state.root == loaded.state.root
+    return loaded
+
+
+def test_a_process_killed_mid_import_leaves_a_consistent_store(tmp_path, crash_blocks):
+    blocks, expected, now = crash_blocks
+    blocks_file = tmp_path / "blocks.bin"
+    blocks_file.write_bytes(encode([encode_block(b) for b in blocks]))
+    datadir = tmp_path / "data"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    rng = random.Random(1234)
+    kills = 0
+    for _ in range(40):
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(datadir), str(blocks_file), str(now)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        # Let it save 0, 1 or 2 new blocks, then kill it: mostly while it saves the
+        # next one (a save takes about a millisecond), sometimes anywhere after.
+        reported: list[str] = []
+        wait_for = rng.randrange(3)
+        line = ""
+        while True:
+            line = child.stdout.readline().strip()
+            if line in ("done", ""):
+                break
+            if line != "saving":
+                reported.append(line)
+            elif len(reported) >= wait_for:
+                break
+        finished = line == "done"
+        if not finished:
+            busy_wait(rng.uniform(0, 0.0015 if kills % 4 else 0.010))
+            child.send_signal(signal.SIGKILL)
+            kills += 1
+        child.wait(timeout=30)
+        child.stdout.close()
+        loaded = check_consistent(datadir, now)
+        # Whatever record() had returned for before the kill is on disk.
+        assert all(bytes.fromhex(h) in loaded.entries for h in reported)
+        if finished:
+            break
+    assert finished and kills >= 8
+    assert loaded.tip.hash == expected.tip.hash
+    assert loaded.state.snapshot() == expected.state.snapshot()
+
+
+def busy_wait(seconds: float) -> None:
+    """Sub-millisecond delays that time.sleep would round up."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
