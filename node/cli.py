@@ -12,6 +12,9 @@ from typing import Any
 import click
 
 from node.cli_bench import bench
+from node.cli_node import node_cmd, rpc_cmd, wallet
+from node.cli_testnet import testnet_cmd
+from node.rpc_client import RpcCallError
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -28,6 +31,9 @@ class PouwGroup(click.Group):
         except ValueError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(EXIT_USAGE)
+        except RpcCallError as exc:
+            click.echo(f"error: the node refused: {exc}", err=True)
+            ctx.exit(EXIT_FAILURE)
         except (OSError, RuntimeError) as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(EXIT_FAILURE)
@@ -40,6 +46,10 @@ def cli() -> None:
 
 
 cli.add_command(bench)
+cli.add_command(node_cmd)
+cli.add_command(wallet)
+cli.add_command(rpc_cmd)
+cli.add_command(testnet_cmd)
 
 
 def main() -> None:

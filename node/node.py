@@ -1,0 +1,531 @@
+"""A pouwnet node: chain, store, mempool, peers, miner and RPC, with one lifecycle.
+
+Everything that touches the chain runs on the event loop thread; the miner's
+kernels run on their own thread (Numba ``nogil``), so the loop keeps serving
+peers and RPC while it mines.
+
+Block download is headers-first: a peer with more work is asked for headers
+after our locator; their proofs are checked (one tile each, milliseconds), and
+the blocks are fetched from several peers at once in a bounded window and
+connected in height order. Requests that stall are given to another peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections import OrderedDict, deque
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from consensus.blocks import Block, BlockHeader
+from consensus.chain import AddResult, Chain
+from consensus.errors import InvalidBlock, InvalidTransaction
+from consensus.keys import PrivateKey
+from consensus.pow import Job, MinedBlock, check_job_shape, null_job
+from consensus.validation import check_header_pow
+from node.config import NodeConfig
+from node.errors import ProtocolViolation
+from node.mempool import Mempool
+from node.miner import Miner, MiningWork
+from node.p2p import PeerManager
+from node.peer import PeerSession
+from node.rpc import Metrics, RpcServer, write_cookie
+from node.rpc_methods import register_methods
+from node.store import Store
+from node.wire import (
+    MAX_HEADERS,
+    BlockMsg,
+    GetData,
+    GetHeaders,
+    Headers,
+    Inv,
+    InvItem,
+    NotFound,
+    TxMsg,
+)
+
+log = logging.getLogger("pouw.node")
+
+INV_TX = 1
+INV_BLOCK = 2
+DOWNLOAD_WINDOW = 256  # blocks requested ahead of the connected tip
+PER_PEER_INFLIGHT = 32
+STALL_SECONDS = 10.0
+SEEN_CACHE = 50_000
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Node:
+    """One node process's worth of state; ``await start()``, then ``await stop()``."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.params = config.params
+        self.datadir = config.datadir
+        self.metrics = Metrics()
+        self.started_at = time.time()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._runners: list[web.AppRunner] = []
+        self._stopping = asyncio.Event()
+        # headers-first download state
+        self._pending_headers: dict[bytes, BlockHeader] = {}
+        self._download: deque[bytes] = deque()
+        self._inflight: dict[bytes, tuple[PeerSession, float]] = {}
+        self._downloaded: dict[bytes, Block] = {}
+        self._sync_target = 0
+        self._rejected_txs: OrderedDict[bytes, None] = OrderedDict()
+        self._null_jobs: OrderedDict[bytes, Job] = OrderedDict()
+        self.miner: Miner | None = None
+        self.p2p_port = 0
+        self.rpc_port = 0
+        self.block_times: dict[bytes, float] = {}  # first seen (s), for propagation metrics
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self.datadir.mkdir(parents=True, exist_ok=True)
+        self.key = _load_node_key(self.datadir / "node_key")
+        self.store = Store(self.datadir / "chain.sqlite", self.params)
+        self.chain: Chain = self.store.load_chain(now_ms)
+        self.mempool = Mempool(self.params)
+        self.metrics.height.set(self.chain.height)
+        self.token = write_cookie(self.datadir)
+        self.rpc = RpcServer(self.token, self.metrics)
+        register_methods(self.rpc, self)
+
+        listen_host, listen_port = self.config.listen
+        p2p_app = web.Application()
+        self.p2p = PeerManager(
+            self.key,
+            self.params.chain_id,
+            self.chain.genesis.hash,
+            self,
+            listen_host=listen_host,
+            listen_port=listen_port,
+            bootstrap=list(self.config.peers),
+            max_outbound=self.config.max_outbound,
+            max_inbound=self.config.max_inbound,
+        )
+        self.p2p.add_routes(p2p_app)
+        self.p2p_port = await self._serve(p2p_app, listen_host, listen_port)
+        self.p2p.listen_port = self.p2p_port
+        rpc_app = web.Application(client_max_size=4 * 1024 * 1024)
+        self.rpc.add_routes(rpc_app)
+        self.rpc_port = await self._serve(rpc_app, *self.config.rpc)
+        self._write_info()
+        await self.p2p.start()
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        if self.config.mine:
+            self.start_mining()
+        log.info(
+            "node %s on %s: p2p %s:%d, rpc %s:%d, height %d",
+            self.key.public_key.hex()[:16],
+            self.params.name,
+            listen_host,
+            self.p2p_port,
+            self.config.rpc[0],
+            self.rpc_port,
+            self.chain.height,
+        )
+
+    async def _serve(self, app: web.Application, host: str, port: int) -> int:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self._runners.append(runner)
+        server = site._server
+        assert server is not None
+        return int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+
+    def _write_info(self) -> None:
+        info = {
+            "pid": os.getpid(),
+            "network": self.params.name,
+            "p2p": f"{self.config.listen[0]}:{self.p2p_port}",
+            "rpc": f"{self.config.rpc[0]}:{self.rpc_port}",
+            "node_id": self.key.public_key.hex(),
+        }
+        tmp = self.datadir / "node.json.tmp"
+        tmp.write_text(json.dumps(info))
+        tmp.replace(self.datadir / "node.json")
+
+    async def stop(self) -> None:
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        if self.miner is not None:
+            await self.miner.stop()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.p2p.stop()
+        await self.rpc.close_subscribers()
+        for runner in self._runners:
+            await runner.cleanup()
+        self.store.close()
+        (self.datadir / "node.json").unlink(missing_ok=True)
+        log.info("node stopped at height %d", self.chain.height)
+
+    async def wait_stopped(self) -> None:
+        await self._stopping.wait()
+
+    def request_stop(self) -> None:
+        asyncio.get_running_loop().create_task(self.stop())
+
+    # ------------------------------------------------------------ mining
+
+    def start_mining(self) -> None:
+        if self.miner is None:
+            self.miner = Miner(
+                self.params,
+                asyncio.get_running_loop(),
+                self._mining_work,
+                self._submit_mined,
+                self.config.backend,
+            )
+        self.miner.start()
+
+    async def stop_mining(self) -> None:
+        if self.miner is not None:
+            await self.miner.stop()
+
+    @property
+    def miner_address(self) -> bytes:
+        return self.config.miner_address or self.key.address
+
+    def _null_job(self, prev_hash: bytes) -> Job:
+        job = self._null_jobs.get(prev_hash)
+        if job is None:
+            job = null_job(prev_hash, self.params)
+            self._null_jobs[prev_hash] = job
+            while len(self._null_jobs) > 8:
+                self._null_jobs.popitem(last=False)
+        return job
+
+    async def _mining_work(self) -> MiningWork:
+        job = self._null_job(self.chain.tip.hash)
+        check_job_shape(job.spec, self.params)
+        candidates = self.mempool.select(5_000, self.params.max_block_bytes // 2)
+        template, included = self.chain.build_template(
+            candidates, self.miner_address, job.spec, now_ms()
+        )
+        return MiningWork(template=template, job=job, txs=included)
+
+    async def _submit_mined(self, found: MinedBlock, work: MiningWork) -> None:
+        block = Block(found.header, work.txs)
+        if block.header.prev_hash != self.chain.tip.hash:
+            return  # the tip moved while the last attempt ran: stale, drop it
+        self.metrics.mined.inc()
+        log.info("mined block %d %s", block.header.height, block.hash.hex()[:16])
+        await self.process_block(block, source=None)
+
+    # ------------------------------------------------------------ blocks
+
+    async def process_block(self, block: Block, source: PeerSession | None) -> AddResult | None:
+        """Validate and add a block from a peer (or our miner); relay it if it is good."""
+        h = block.hash
+        self.block_times.setdefault(h, time.time())
+        try:
+            result = self.chain.add_block(block)
+        except InvalidBlock as e:
+            self.metrics.blocks.labels("rejected").inc()
+            self.store.record(self.chain, block, None)
+            log.warning("rejected block %s from %s: %s", h.hex()[:16], _who(source), e)
+            if source is not None:
+                ban = "too far in the future" not in str(e)
+                raise ProtocolViolation(f"invalid block: {e}", ban=ban) from None
+            return None
+        if result.status == "duplicate":
+            return result
+        self.store.record(self.chain, block, result)
+        self.metrics.blocks.labels("accepted").inc()
+        if result.status == "orphan":
+            if source is not None:
+                await source.send(GetHeaders(tuple(self.chain.locator()), bytes(32)))
+            return result
+        self._after_chain_change(result)
+        self.p2p.announce(INV_BLOCK, h, exclude=source)
+        self.metrics.blocks.labels("relayed").inc()
+        return result
+
+    def _after_chain_change(self, result: AddResult) -> None:
+        if result.connected:
+            connected = [self.chain.blocks[h] for h in result.connected]
+            self.mempool.on_reorg(
+                list(result.disconnected), connected, self.chain.state, self.chain.height
+            )
+            if self.miner is not None:
+                self.miner.tip_changed()
+            self.metrics.height.set(self.chain.height)
+            self.metrics.mempool.set(len(self.mempool))
+            for b in connected:
+                self.rpc.notify(
+                    {
+                        "event": "block",
+                        "hash": b.hash.hex(),
+                        "height": b.header.height,
+                        "txs": len(b.txs),
+                    }
+                )
+            if result.reorged:
+                log.info("reorg: %d blocks replaced", result.reorged)
+
+    # ------------------------------------------------------------ transactions
+
+    async def submit_transaction(self, tx: Any, source: PeerSession | None = None) -> bytes:
+        """Admit a transaction to the mempool and announce it; InvalidTransaction if refused."""
+        txid = tx.txid
+        if txid in self.mempool:
+            return txid
+        try:
+            self.mempool.add(tx, self.chain.state, self.chain.height)
+        except InvalidTransaction:
+            self.metrics.txs.labels("rejected").inc()
+            self._rejected_txs[txid] = None
+            while len(self._rejected_txs) > SEEN_CACHE:
+                self._rejected_txs.popitem(last=False)
+            raise
+        self.metrics.txs.labels("accepted").inc()
+        self.metrics.mempool.set(len(self.mempool))
+        self.p2p.announce(INV_TX, txid, exclude=source)
+        self.rpc.notify({"event": "tx", "txid": txid.hex()})
+        return txid
+
+    # ------------------------------------------------------------ PeerHandler
+
+    def local_status(self) -> tuple[int, int]:
+        return self.chain.height, self.chain.tip.work
+
+    async def on_peer_ready(self, peer: PeerSession) -> None:
+        self.metrics.peers.set(len(self.p2p.peers))
+        if peer.best_work > self.chain.tip.work:
+            await peer.send(GetHeaders(tuple(self.chain.locator()), bytes(32)))
+
+    async def on_peer_closed(self, peer: PeerSession) -> None:
+        self.metrics.peers.set(len(self.p2p.peers))
+        for h, (p, _) in list(self._inflight.items()):
+            if p is peer:
+                del self._inflight[h]
+        self._schedule_downloads()
+
+    async def on_message(self, peer: PeerSession, msg: Any) -> None:
+        if isinstance(msg, Inv):
+            await self._on_inv(peer, msg)
+        elif isinstance(msg, GetData):
+            await self._on_getdata(peer, msg)
+        elif isinstance(msg, TxMsg):
+            await self._on_tx(peer, msg)
+        elif isinstance(msg, BlockMsg):
+            await self._on_block(peer, msg)
+        elif isinstance(msg, GetHeaders):
+            await self._on_getheaders(peer, msg)
+        elif isinstance(msg, Headers):
+            await self._on_headers(peer, msg)
+        elif isinstance(msg, NotFound):
+            for item in msg.items:
+                if self._inflight.get(item.hash, (None, 0))[0] is peer:
+                    del self._inflight[item.hash]
+            self._schedule_downloads()
+
+    async def _on_inv(self, peer: PeerSession, msg: Inv) -> None:
+        wanted = []
+        for item in msg.items:
+            peer.mark_known(item.kind, item.hash)
+            if item.kind == INV_TX:
+                if item.hash not in self.mempool and item.hash not in self._rejected_txs:
+                    wanted.append(item)
+            elif item.kind == INV_BLOCK:
+                known = self.chain.contains(item.hash) or item.hash in self._pending_headers
+                if not known and item.hash not in self._inflight:
+                    wanted.append(item)
+            else:
+                raise ProtocolViolation(f"inv: unknown item kind {item.kind}")
+        if wanted:
+            peer.request(wanted)
+
+    async def _on_getdata(self, peer: PeerSession, msg: GetData) -> None:
+        missing = []
+        for item in msg.items:
+            if item.kind == INV_TX and (tx := self.mempool.get(item.hash)) is not None:
+                peer.mark_known(INV_TX, item.hash)
+                await peer.send(TxMsg(tx))
+            elif item.kind == INV_BLOCK and item.hash in self.chain.blocks:
+                peer.mark_known(INV_BLOCK, item.hash)
+                await peer.send(BlockMsg(self.chain.blocks[item.hash]))
+            else:
+                missing.append(item)
+        if missing:
+            await peer.send(NotFound(tuple(missing)))
+
+    async def _on_tx(self, peer: PeerSession, msg: TxMsg) -> None:
+        tx = msg.tx
+        if not peer.take_requested(INV_TX, tx.txid):
+            raise ProtocolViolation("unrequested transaction")
+        peer.mark_known(INV_TX, tx.txid)
+        try:
+            await self.submit_transaction(tx, source=peer)
+        except InvalidTransaction as e:
+            reason = str(e)
+            # Stateful failures (nonce, balance) happen to honest peers in races;
+            # a bad signature or a wrong chain never does.
+            if reason.startswith(("signature", "chain_id", "payload", "kind")):
+                raise ProtocolViolation(f"invalid transaction: {reason}") from None
+
+    async def _on_block(self, peer: PeerSession, msg: BlockMsg) -> None:
+        block = msg.block
+        h = block.hash
+        if not peer.take_requested(INV_BLOCK, h):
+            raise ProtocolViolation("unrequested block")
+        peer.mark_known(INV_BLOCK, h)
+        if h in self._pending_headers:
+            self._inflight.pop(h, None)
+            if block.header != self._pending_headers[h]:
+                raise ProtocolViolation("block does not match its announced header")
+            self._downloaded[h] = block
+            await self._connect_downloaded(peer)
+            return
+        await self.process_block(block, source=peer)
+
+    async def _on_getheaders(self, peer: PeerSession, msg: GetHeaders) -> None:
+        from consensus.chain import headers_after
+
+        headers = headers_after(self.chain, msg.locator, MAX_HEADERS)
+        if msg.stop != bytes(32):
+            for i, hd in enumerate(headers):
+                if hd.hash == msg.stop:
+                    headers = headers[: i + 1]
+                    break
+        await peer.send(Headers(tuple(headers)))
+
+    async def _on_headers(self, peer: PeerSession, msg: Headers) -> None:
+        prev_known = True
+        added = 0
+        for header in msg.headers:
+            h = header.hash
+            if self.chain.contains(h) or h in self._pending_headers:
+                continue
+            parent_known = header.prev_hash in self.chain.entries or (
+                header.prev_hash in self._pending_headers
+            )
+            if not parent_known:
+                prev_known = False
+                break
+            try:
+                check_header_pow(header, self.params)
+            except InvalidBlock as e:
+                raise ProtocolViolation(f"headers: invalid proof of work: {e}") from None
+            self._pending_headers[h] = header
+            self._download.append(h)
+            added += 1
+            self._sync_target = max(self._sync_target, header.height)
+        if not prev_known:
+            # The peer's chain forked below our locator's resolution: ask again.
+            await peer.send(GetHeaders(tuple(self.chain.locator()), bytes(32)))
+            return
+        peer.best_height = max(peer.best_height, msg.headers[-1].height if msg.headers else 0)
+        if len(msg.headers) == MAX_HEADERS:
+            await peer.send(GetHeaders((msg.headers[-1].hash,), bytes(32)))
+        if added:
+            log.info(
+                "headers: %d new from %s, syncing to height %d",
+                added,
+                peer.address,
+                self._sync_target,
+            )
+        self._schedule_downloads()
+
+    def _schedule_downloads(self) -> None:
+        if not self._download:
+            return
+        peers = [p for p in self.p2p.peers if p.best_height > self.chain.height]
+        if not peers:
+            return
+        load = {id(p): 0 for p in peers}
+        for p, _ in self._inflight.values():
+            if id(p) in load:
+                load[id(p)] += 1
+        batches: dict[int, list[InvItem]] = {}
+        for i, h in enumerate(self._download):
+            if i >= DOWNLOAD_WINDOW:
+                break
+            if h in self._inflight or h in self._downloaded:
+                continue
+            header = self._pending_headers[h]
+            choices = [p for p in peers if p.best_height >= header.height]
+            choices = [p for p in choices if load[id(p)] < PER_PEER_INFLIGHT]
+            if not choices:
+                continue
+            peer = min(choices, key=lambda p: load[id(p)])
+            load[id(peer)] += 1
+            self._inflight[h] = (peer, time.monotonic())
+            batches.setdefault(id(peer), []).append(InvItem(INV_BLOCK, h))
+        for p in peers:
+            if batches.get(id(p)):
+                p.request(batches[id(p)])
+
+    async def _connect_downloaded(self, peer: PeerSession) -> None:
+        while self._download and self._download[0] in self._downloaded:
+            h = self._download.popleft()
+            block = self._downloaded.pop(h)
+            self._pending_headers.pop(h, None)
+            try:
+                await self.process_block(block, source=peer)
+            except ProtocolViolation:
+                self._forget_download_queue()
+                raise
+        self._schedule_downloads()
+        if not self._download and self._sync_target:
+            log.info("sync: at height %d", self.chain.height)
+            self._sync_target = 0
+
+    def _forget_download_queue(self) -> None:
+        self._download.clear()
+        self._pending_headers.clear()
+        self._downloaded.clear()
+        self._inflight.clear()
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                now = time.monotonic()
+                for h, (peer, t) in list(self._inflight.items()):
+                    if now - t > STALL_SECONDS:
+                        del self._inflight[h]
+                        log.info(
+                            "block %s stalled at %s: asking another peer",
+                            h.hex()[:16],
+                            peer.address,
+                        )
+                self._schedule_downloads()
+                self.mempool.expire(now_ms())
+                self.metrics.mempool.set(len(self.mempool))
+                if self.miner is not None:
+                    self.metrics.hashrate.set(self.miner.hashrate())
+            except Exception:
+                log.exception("housekeeping failed")
+
+
+def _who(peer: PeerSession | None) -> str:
+    return "this node" if peer is None else peer.address
+
+
+def _load_node_key(path: Path) -> PrivateKey:
+    """The node's P2P identity (not a wallet key), created on first start."""
+    if path.exists():
+        seed = bytes.fromhex(path.read_text().strip())
+        return PrivateKey.from_seed(seed)
+    key = PrivateKey.generate()
+    path.write_text(key.seed.hex())
+    path.chmod(0o600)
+    return key

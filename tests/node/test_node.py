@@ -1,0 +1,174 @@
+"""A real in-process Node against scripted wire-protocol peers and its RPC.
+
+The node runs on the "MID" devnet of the consensus tests (one attempt finds a
+block), so blocks for gossip tests are mined for real in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+import pytest
+
+from consensus.blocks import Block
+from consensus.transactions import encode_tx
+from node.config import NodeConfig
+from node.node import INV_BLOCK, INV_TX, Node
+from node.wire import BlockMsg, GetData, Inv, InvItem, TxMsg
+from tests.consensus.chainkit import ALICE, BOB, MID, new_chain, next_block, transfer
+from tests.node.p2p_testkit import TestPeer
+
+
+@pytest.fixture
+async def node(tmp_path):
+    n = Node(NodeConfig(params=MID, datadir=tmp_path / "node"))
+    await n.start()
+    try:
+        yield n
+    finally:
+        await n.stop()
+
+
+async def _peer(node: Node) -> TestPeer:
+    peer = TestPeer(node.p2p_port, chain_id=MID.chain_id, genesis_hash=node.chain.genesis.hash)
+    await peer.connect()
+    await peer.handshake()
+    await node_sees(node, peer)
+    return peer
+
+
+async def node_sees(node: Node, peer: TestPeer) -> None:
+    await peer.wait_for(lambda: any(p.node_id == peer.node_id for p in node.p2p.peers))
+
+
+def _block_for(node: Node) -> Block:
+    """A valid next block for the node's tip, mined on a private copy of its chain."""
+    chain, clock = new_chain()
+    for h in node.chain.active[1:]:
+        chain.add_block(node.chain.blocks[h])
+    clock.now = max(clock.now, node.chain.tip.header.timestamp_ms)
+    return next_block(chain, clock)
+
+
+async def test_transaction_gossip_is_requested_relayed_and_never_echoed(node):
+    a, b = await _peer(node), await _peer(node)
+    tx = transfer(ALICE, BOB, 500, 0, chain_id=MID.chain_id)
+    await a.send(Inv((InvItem(INV_TX, tx.txid),)))
+    getdata = await a.wait_for_message(GetData)
+    assert getdata.items == (InvItem(INV_TX, tx.txid),)
+    await a.send(TxMsg(tx))
+    await b.wait_for(
+        lambda: any(isinstance(m, Inv) and m.items[0].hash == tx.txid for m in b.received)
+    )
+    assert tx.txid in node.mempool
+    await a.sync()
+    assert not any(isinstance(m, Inv) for m in a.received), "the tx was echoed to its sender"
+    await a.close()
+    await b.close()
+
+
+async def test_a_valid_block_is_requested_connected_and_relayed(node):
+    a, b = await _peer(node), await _peer(node)
+    block = _block_for(node)
+    await a.send(Inv((InvItem(INV_BLOCK, block.hash),)))
+    await a.wait_for_message(GetData)
+    await a.send(BlockMsg(block))
+    await b.wait_for(
+        lambda: any(isinstance(m, Inv) and m.items[0].hash == block.hash for m in b.received)
+    )
+    assert node.chain.tip.hash == block.hash and node.chain.height == 1
+    await a.close()
+    await b.close()
+
+
+async def test_unrequested_block_gets_the_peer_banned(node):
+    a = await _peer(node)
+    await a.send(BlockMsg(_block_for(node)))
+    reason = await a.wait_for_close()
+    assert reason is not None and "unrequested block" in reason
+    assert any("unrequested block" in b["reason"] for b in node.p2p.bans())
+    assert node.chain.height == 0
+
+
+async def test_invalid_block_gets_the_peer_banned_and_changes_nothing(node):
+    a = await _peer(node)
+    good = _block_for(node)
+    bad = Block(good.header, (transfer(ALICE, BOB, 5, 0, chain_id=MID.chain_id),))  # tx_root
+    await a.send(Inv((InvItem(INV_BLOCK, bad.hash),)))
+    await a.wait_for_message(GetData)
+    await a.send(BlockMsg(bad))
+    reason = await a.wait_for_close()
+    assert reason is not None and "tx_root" in reason
+    assert node.chain.height == 0 and any("invalid block" in b["reason"] for b in node.p2p.bans())
+
+
+async def _rpc(node: Node, method: str, *params, token: bool = True, raw: bytes | None = None):
+    headers = {"Authorization": f"Bearer {node.token}"} if token else {}
+    body = (
+        raw
+        if raw is not None
+        else json.dumps(
+            {"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}
+        ).encode()
+    )
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"http://127.0.0.1:{node.rpc_port}/rpc", data=body, headers=headers) as r,
+    ):
+        return await r.json()
+
+
+async def test_rpc_methods_errors_and_auth(node):
+    info = await _rpc(node, "getinfo", token=False)
+    assert info["result"]["height"] == 0 and info["result"]["network"] == MID.name
+    tx = transfer(ALICE, BOB, 77, 0, chain_id=MID.chain_id)
+    denied = await _rpc(node, "sendtransaction", encode_tx(tx).hex(), token=False)
+    assert denied["error"]["code"] == -32001
+    ok = await _rpc(node, "sendtransaction", encode_tx(tx).hex())
+    assert ok["result"] == tx.txid.hex()
+    again = await _rpc(node, "gettransaction", tx.txid.hex())
+    assert again["result"]["confirmations"] == 0
+    account = await _rpc(node, "getaccount", "pw" + ALICE.address.hex())
+    assert account["result"]["next_nonce"] == 1
+    replay = transfer(ALICE, BOB, 77, 0, chain_id=MID.chain_id + 1)
+    refused = await _rpc(node, "sendtransaction", encode_tx(replay).hex())
+    assert refused["error"]["code"] == -32002 and "replay" in refused["error"]["message"]
+    assert (await _rpc(node, "nosuch"))["error"]["code"] == -32601
+    assert (await _rpc(node, "getblockbyheight", -1))["error"]["code"] == -32602
+    assert (await _rpc(node, "sendtransaction", "zz"))["error"]["code"] == -32602
+    assert (await _rpc(node, "", raw=b"{not json"))["error"]["code"] == -32700
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"http://127.0.0.1:{node.rpc_port}/metrics") as r,
+    ):
+        text = await r.text()
+    assert "pouw_height 0.0" in text and 'pouw_txs_total{outcome="accepted"} 1.0' in text
+
+
+async def test_websocket_subscribers_hear_about_new_blocks(node):
+    async with (
+        aiohttp.ClientSession() as s,
+        s.ws_connect(f"http://127.0.0.1:{node.rpc_port}/ws") as ws,
+    ):
+        await ws.send_str("ping")
+        assert json.loads((await ws.receive(timeout=5)).data)["event"] == "pong"
+        block = _block_for(node)
+        await node.process_block(block, source=None)
+        event = json.loads((await ws.receive(timeout=5)).data)
+        assert event == {"event": "block", "hash": block.hash.hex(), "height": 1, "txs": 0}
+
+
+async def test_restart_keeps_the_chain(tmp_path):
+    cfg = NodeConfig(params=MID, datadir=tmp_path / "n")
+    n = Node(cfg)
+    await n.start()
+    block = _block_for(n)
+    await n.process_block(block, source=None)
+    await n.stop()
+    n2 = Node(cfg)
+    await n2.start()
+    try:
+        assert n2.chain.tip.hash == block.hash
+    finally:
+        await n2.stop()
