@@ -27,7 +27,7 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 testnet: $(STAMP)
-	$(BIN)/pouw bench kernels --size 1024
+	$(BIN)/pouw testnet --nodes 4
 
 bench: $(STAMP)
 	$(BIN)/pouw bench kernels --size 2048 --json

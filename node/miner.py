@@ -42,12 +42,14 @@ class Miner:
         get_work: Callable[[], Awaitable[MiningWork]],
         submit: Callable[[MinedBlock, MiningWork], Awaitable[None]],
         backend: str = "cpu",
+        threads: int | None = None,
     ) -> None:
         self.params = params
         self.loop = loop
         self.get_work = get_work
         self.submit = submit
         self.backend = backend
+        self.threads = threads
         self._stop = threading.Event()
         self._new_tip = threading.Event()
         self._thread: threading.Thread | None = None
@@ -95,6 +97,11 @@ class Miner:
             del self._rate_window[:5_000]
 
     def _run(self) -> None:
+        if self.threads:
+            import numba
+
+            # Numba's thread count is per calling thread: set it in the miner's own.
+            numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
         while not self._stop.is_set():
             try:
                 work = asyncio.run_coroutine_threadsafe(self.get_work(), self.loop).result(30)

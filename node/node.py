@@ -192,6 +192,7 @@ class Node:
                 self._mining_work,
                 self._submit_mined,
                 self.config.backend,
+                self.config.threads,
             )
         self.miner.start()
 
