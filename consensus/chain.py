@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+from consensus import market
 from consensus.blocks import EMPTY_PROOF, Block, BlockHeader, JobSpec
 from consensus.difficulty import block_work
 from consensus.errors import InvalidBlock, InvalidTransaction
@@ -287,7 +288,8 @@ class Chain:
         return AddResult("connected", len(disconnected), tuple(connected), tuple(disconnected))
 
     def _connect(self, block: Block) -> None:
-        undo = apply_body(self.state, block, self.params)
+        parent = self.entries[block.header.prev_hash].header
+        undo = apply_body(self.state, block, self.params, parent=parent)
         self.undos[block.hash] = undo
         self.entries[block.hash].status = Status.ACTIVE
         self.unsaved.add(block.hash)
@@ -336,6 +338,7 @@ class Chain:
         st = self.state
         st.begin()
         try:
+            market.claim_parent_job(st, parent, self.params)
             for tx in txs:
                 try:
                     check_tx_stateless(tx, self.params.chain_id)
@@ -361,6 +364,7 @@ class Chain:
                 result_root=bytes(32),
                 proof=EMPTY_PROOF,
             )
+            market.pay_due_jobs(st, height)
             pay_coinbase(st, header, self.params)
             header = dataclasses.replace(header, state_root=st.pending_root())
         finally:

@@ -33,7 +33,12 @@ IMMATURE = "immature"
 LOCKED = "locked"
 """address → total of its immature coinbases (to explain a refused spend)."""
 
-TABLES = (ACCOUNTS, IMMATURE, LOCKED)
+JOBS = "jobs"
+"""job id → the posted job's record (consensus.market)."""
+JOBS_DUE = "jobs_due"
+"""height → job ids whose reward is paid at that height (consensus.market)."""
+
+TABLES = (ACCOUNTS, IMMATURE, LOCKED, JOBS, JOBS_DUE)
 _MISSING = object()
 
 

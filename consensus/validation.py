@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from consensus import market
 from consensus.blocks import MAX_TXS_PER_BLOCK, Block, BlockHeader, encode_block, encode_header
 from consensus.difficulty import asert_target
 from consensus.errors import DecodeError, EncodeError, InvalidBlock, InvalidTransaction
@@ -17,7 +18,14 @@ from consensus.merkle import merkle_root
 from consensus.params import NetworkParams
 from consensus.pow import verify_pow
 from consensus.state import ACCOUNTS, IMMATURE, LOCKED, State, Undo
-from consensus.transactions import Transaction, TransferPayload, check_txs_stateless
+from consensus.transactions import (
+    FraudProofPayload,
+    JobCancelPayload,
+    JobPostPayload,
+    Transaction,
+    TransferPayload,
+    check_txs_stateless,
+)
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,15 @@ def apply_transaction(state: State, tx: Transaction, height: int, params: Networ
         to_balance, to_nonce = state.account(p.to)
         state.set_account(p.to, to_balance + p.amount, to_nonce)
         return tx.fee
+    if isinstance(p, JobPostPayload):
+        market.apply_job_post(state, tx, p, height, params, _spendable_check)
+        return tx.fee
+    if isinstance(p, JobCancelPayload):
+        market.apply_job_cancel(state, tx, p, height, _spendable_check)
+        return tx.fee
+    if isinstance(p, FraudProofPayload):
+        market.apply_fraud_proof(state, tx, p, height, params, _spendable_check)
+        return tx.fee
     raise InvalidTransaction(f"kind: {tx.kind.name.lower()} transactions are not enabled yet")
 
 
@@ -166,9 +183,16 @@ def tx_root(txs: Sequence[Transaction]) -> bytes:
 
 
 def apply_body(
-    state: State, block: Block, params: NetworkParams, verified_txids: set[bytes] | None = None
+    state: State,
+    block: Block,
+    params: NetworkParams,
+    verified_txids: set[bytes] | None = None,
+    parent: BlockHeader | None = None,
 ) -> Undo:
     """Apply the block's transactions and coinbase; on any failure the state is unchanged.
+
+    ``parent`` is the header the block builds on: its claim on a posted job
+    takes effect now (see :func:`consensus.market.claim_parent_job`).
 
     ``verified_txids`` lets a node skip signature checks it has already done
     (mempool admission); the checks are the same, only not repeated.
@@ -196,6 +220,8 @@ def apply_body(
         verdicts[i] = verdict
     state.begin()
     try:
+        if parent is not None:
+            market.claim_parent_job(state, parent, params)
         fees = 0
         for i, tx in enumerate(txs):
             try:
@@ -210,6 +236,7 @@ def apply_body(
                 f"body: coinbase claims {header.reward}, block reward + fees is "
                 f"{params.block_reward + fees}"
             )
+        market.pay_due_jobs(state, header.height)
         pay_coinbase(state, header, params)
         if state.pending_root() != header.state_root:
             raise InvalidBlock("body: state_root does not match the state after the block")
@@ -231,7 +258,7 @@ def state_transition(
     """Validate ``block`` on top of ``parent`` and apply it to ``state`` (which is at parent)."""
     validate_header(block.header, parent, ancestor_timestamps, anchor, params, now_ms)
     check_header_pow(block.header, params)
-    return apply_body(state, block, params)
+    return apply_body(state, block, params, parent=parent)
 
 
 # ------------------------------------------------------------------ genesis

@@ -97,3 +97,27 @@ def freivalds_check(
         if not np.array_equal(_matvec_i8(a, bx), _matvec_i32(c, x)):
             return False
     return True
+
+
+def locate_error(
+    a: np.ndarray, b: np.ndarray, c: np.ndarray, rng: np.random.Generator | None = None
+) -> tuple[int, int] | None:
+    """An entry (i, j) where C ≠ A·B, or None if the product is right.
+
+    Freivalds' residual A(Bx) − Cx is non-zero exactly on rows that hold an
+    error (with the probability bound above), so only those rows of A·B are
+    recomputed: O(mk + kn + mn) plus O(kn) per wrong row, never the whole product.
+    """
+    check_int8_matrix("A", a)
+    check_int8_matrix("B", b)
+    gen = rng if rng is not None else np.random.default_rng()
+    lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+    x = np.asarray(gen.integers(lo, hi, size=b.shape[1], dtype=np.int64, endpoint=True))
+    residual = _matvec_i8(np.ascontiguousarray(a), _matvec_i8(np.ascontiguousarray(b), x))
+    residual -= _matvec_i32(np.ascontiguousarray(c), x)
+    for i in np.flatnonzero(residual):
+        row = a[i].astype(np.int64) @ b.astype(np.int64)
+        wrong = np.flatnonzero(row.astype(np.int32) != c[i])
+        if wrong.size:
+            return int(i), int(wrong[0])
+    return None

@@ -145,7 +145,7 @@ def test_apply_then_undo_restores_the_identical_state(transfers):
     job = null_job(chain.tip.hash, MID)
     header, included = chain.build_template(txs, MINER.address, job.spec, clock.now)
     before = (chain.state.snapshot(), chain.state.root)
-    undo = apply_body(chain.state, Block(header, included), MID)
+    undo = apply_body(chain.state, Block(header, included), MID, parent=chain.tip.header)
     assert chain.state.root == header.state_root
     chain.state.undo(undo)
     assert (chain.state.snapshot(), chain.state.root) == before

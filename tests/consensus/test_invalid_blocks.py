@@ -13,7 +13,7 @@ from consensus.blocks import Block, decode_block, encode_block, noise_seeds
 from consensus.chain import Chain
 from consensus.errors import DecodeError, InvalidBlock
 from consensus.pow import build_proof, mining_params, null_job
-from consensus.transactions import JobPostPayload, signed_transaction
+from consensus.transactions import DatasetRegisterPayload, signed_transaction
 from consensus.validation import tx_root
 from kernels.attempt import mining_attempt
 from tests.consensus.chainkit import (
@@ -167,7 +167,7 @@ CASES: dict[str, tuple[Case, str]] = {
                     chain_id=MID.chain_id,
                     nonce=0,
                     fee=1,
-                    payload=JobPostPayload(16, 64, 16, bytes(32), bytes(32), 5, 100),
+                    payload=DatasetRegisterPayload(bytes(32), 100, 64, "{}"),
                 )
             ],
         ),

@@ -1,0 +1,305 @@
+"""The compute market: posted jobs, escrow, payment after a challenge window,
+fraud proofs (PROTOCOL §8).
+
+A ``job_post`` escrows a reward for computing A·B. The first block whose PoUW
+ran on that job (its header's job id) claims it: the block carries
+``result_root``, the Merkle root of C's rows, and the reward is paid to that
+block's miner W blocks later. Within those W blocks anyone may send a
+``fraud_proof`` that opens row i of A, column j of B and row i of C against
+the job's and block's roots and shows C[i, j] ≠ Σ_k A[i, k]·B[k, j]. A valid
+one refunds the poster and burns the miner's coinbase of that block, which
+is still immature because coinbase maturity ≥ W. Burning, rather than paying
+the prover, keeps a miner from profiting by reporting itself.
+
+Every change goes through the state journal, so a reorg undoes it exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from consensus.blocks import BlockHeader, JobSpec
+from consensus.errors import InvalidTransaction
+from consensus.merkle import verify_branch
+from consensus.params import NetworkParams
+from consensus.state import IMMATURE, JOBS, JOBS_DUE, LOCKED, State
+from consensus.transactions import (
+    FraudProofPayload,
+    JobCancelPayload,
+    JobPostPayload,
+    Transaction,
+)
+
+# JOBS: job id → (poster, m, k, n, root_a, root_b, reward, expiry, status, miner,
+#                 block hash, block height, result root, due height)
+# DUE: height → tuple of job ids whose reward is paid when that block is applied
+DUE = JOBS_DUE
+
+OPEN, MINED, PAID, REFUNDED, CANCELLED = "open", "mined", "paid", "refunded", "cancelled"
+_EMPTY32 = bytes(32)
+
+
+def job_id_of(p: JobPostPayload, params: NetworkParams) -> bytes:
+    spec = JobSpec(p.m, p.k, p.n, p.root_a, p.root_b)
+    return spec.job_id(params.rank, params.tile_h, params.tile_w)
+
+
+def job_record(state: State, job_id: bytes) -> dict[str, Any] | None:
+    """A readable view of one job's state entry (for RPC and the client)."""
+    rec = state.get(JOBS, job_id)
+    if rec is None:
+        return None
+    keys = (
+        "poster",
+        "m",
+        "k",
+        "n",
+        "root_a",
+        "root_b",
+        "reward",
+        "expiry",
+        "status",
+        "miner",
+        "block_hash",
+        "block_height",
+        "result_root",
+        "due",
+    )
+    return dict(zip(keys, rec, strict=True))
+
+
+def _replace(rec: tuple[Any, ...], **changes: Any) -> tuple[Any, ...]:
+    keys = (
+        "poster",
+        "m",
+        "k",
+        "n",
+        "root_a",
+        "root_b",
+        "reward",
+        "expiry",
+        "status",
+        "miner",
+        "block_hash",
+        "block_height",
+        "result_root",
+        "due",
+    )
+    d = dict(zip(keys, rec, strict=True))
+    d.update(changes)
+    return tuple(d[k] for k in keys)
+
+
+def _debit(state: State, addr: bytes, amount: int, nonce_bump: bool, spendable: Any) -> None:
+    spendable(state, addr, amount)
+    balance, nonce = state.account(addr)
+    state.set_account(addr, balance - amount, nonce + 1 if nonce_bump else nonce)
+
+
+def _credit(state: State, addr: bytes, amount: int) -> None:
+    balance, nonce = state.account(addr)
+    state.set_account(addr, balance + amount, nonce)
+
+
+def apply_job_post(
+    state: State,
+    tx: Transaction,
+    p: JobPostPayload,
+    height: int,
+    params: NetworkParams,
+    spendable: Any,
+) -> None:
+    """Escrow the reward; the job becomes open until ``expiry_height``."""
+    if p.k % params.rank or p.m % params.tile_h or p.n % params.tile_w:
+        raise InvalidTransaction(
+            f"payload: job {p.m}x{p.k}x{p.n} does not tile by r={params.rank}, "
+            f"{params.tile_h}x{params.tile_w}"
+        )
+    if p.m > params.max_job_dim or p.n > params.max_job_dim or p.k > params.max_job_k:
+        raise InvalidTransaction("payload: job is larger than this network allows")
+    if p.expiry_height <= height:
+        raise InvalidTransaction(f"payload.expiry_height: {p.expiry_height} is not after {height}")
+    job_id = job_id_of(p, params)
+    if state.get(JOBS, job_id) is not None:
+        raise InvalidTransaction("payload: this job was already posted")
+    _debit(state, tx.sender_address, tx.fee + p.fee, True, spendable)
+    state.set(
+        JOBS,
+        job_id,
+        (
+            tx.sender_address,
+            p.m,
+            p.k,
+            p.n,
+            p.root_a,
+            p.root_b,
+            p.fee,
+            p.expiry_height,
+            OPEN,
+            b"",
+            _EMPTY32,
+            0,
+            _EMPTY32,
+            0,
+        ),
+    )
+
+
+def apply_job_cancel(
+    state: State, tx: Transaction, p: JobCancelPayload, height: int, spendable: Any
+) -> None:
+    """Refund an expired job that no block used."""
+    rec = state.get(JOBS, p.job_id)
+    if rec is None:
+        raise InvalidTransaction("payload.job_id: no such job")
+    job = job_record(state, p.job_id)
+    assert job is not None
+    if job["poster"] != tx.sender_address:
+        raise InvalidTransaction("payload.job_id: only the poster can cancel a job")
+    if job["status"] != OPEN:
+        raise InvalidTransaction(f"payload.job_id: the job is {job['status']}, not open")
+    if height <= job["expiry"]:
+        # Before expiry a miner may be computing it in good faith.
+        raise InvalidTransaction(f"payload.job_id: the job is open until height {job['expiry']}")
+    _debit(state, tx.sender_address, tx.fee, True, spendable)
+    _credit(state, tx.sender_address, job["reward"])
+    state.set(JOBS, p.job_id, _replace(rec, status=CANCELLED))
+
+
+def check_fraud(job: dict[str, Any], p: FraudProofPayload) -> None:
+    """The openings are genuine and C[i, j] is wrong, or InvalidTransaction."""
+    m, k, n = job["m"], job["k"], job["n"]
+    if p.i >= m or p.j >= n:
+        raise InvalidTransaction(f"payload: entry ({p.i}, {p.j}) is outside the {m}x{n} result")
+    if len(p.a_row) != k or len(p.b_col) != k:
+        raise InvalidTransaction(f"payload: the opened row and column must have k={k} entries")
+    if len(p.c_row) != 4 * n:
+        raise InvalidTransaction(f"payload.c_row: a row of C has {n} int32 entries")
+    if not verify_branch(job["root_a"], p.i, m, p.a_row, p.a_branch):
+        raise InvalidTransaction("payload.a_branch: row of A does not match the job's root_a")
+    if not verify_branch(job["root_b"], p.j, n, p.b_col, p.b_branch):
+        raise InvalidTransaction("payload.b_branch: column of B does not match the job's root_b")
+    if not verify_branch(job["result_root"], p.i, m, p.c_row, p.c_branch):
+        raise InvalidTransaction(
+            "payload.c_branch: row of C does not match the block's result_root"
+        )
+    a = np.frombuffer(p.a_row, dtype=np.int8).astype(np.int64)
+    b = np.frombuffer(p.b_col, dtype=np.int8).astype(np.int64)
+    claimed = int(np.frombuffer(p.c_row, dtype="<i4")[p.j])
+    if int(a @ b) == claimed:
+        raise InvalidTransaction(f"payload: C[{p.i}, {p.j}] = {claimed} is correct: no fraud")
+
+
+def apply_fraud_proof(
+    state: State,
+    tx: Transaction,
+    p: FraudProofPayload,
+    height: int,
+    params: NetworkParams,
+    spendable: Any,
+) -> None:
+    rec = state.get(JOBS, p.job_id)
+    if rec is None:
+        raise InvalidTransaction("payload.job_id: no such job")
+    job = job_record(state, p.job_id)
+    assert job is not None
+    if job["status"] != MINED:
+        raise InvalidTransaction(
+            f"payload.job_id: the job is {job['status']}, not awaiting payment"
+        )
+    if job["block_hash"] != p.block_hash:
+        raise InvalidTransaction("payload.block_hash: not the block that claimed this job")
+    if height >= job["due"]:
+        raise InvalidTransaction("payload: the challenge window of this job has closed")
+    check_fraud(job, p)
+    _debit(state, tx.sender_address, tx.fee, True, spendable)
+    _credit(state, job["poster"], job["reward"])
+    state.set(JOBS, p.job_id, _replace(rec, status=REFUNDED))
+    _remove_due(state, job["due"], p.job_id)
+    _burn_coinbase(state, job["block_height"] + params.coinbase_maturity, job["miner"])
+
+
+def _remove_due(state: State, due: int, job_id: bytes) -> None:
+    left = tuple(j for j in state.get(DUE, due, ()) if j != job_id)
+    state.set(DUE, due, left or None)
+
+
+def _burn_coinbase(state: State, maturity_height: int, miner: bytes) -> None:
+    entry = state.get(IMMATURE, maturity_height)
+    if entry is None or entry[0] != miner:
+        return  # already burned by an earlier fraud proof on the same block
+    amount = entry[1]
+    state.set(IMMATURE, maturity_height, None)
+    state.set(LOCKED, miner, (state.get(LOCKED, miner, 0) - amount) or None)
+
+
+def claim_parent_job(state: State, parent: BlockHeader, params: NetworkParams) -> None:
+    """The parent block claims the posted job its PoUW ran on, if it is open.
+
+    The claim is recorded when the *child* is applied: the claim stores the
+    parent's hash and result_root, and a block's own state root cannot depend
+    on its own hash, nor on its result_root, which is only known after the
+    first attempt (and is why header_seed leaves it out).
+    """
+    if parent.height == 0:
+        return
+    job_id = parent.job.job_id(params.rank, params.tile_h, params.tile_w)
+    rec = state.get(JOBS, job_id)
+    if rec is None:
+        return
+    if rec[8] != OPEN or parent.height > rec[7]:
+        return  # already claimed, cancelled, or expired: the block was own work
+    due = parent.height + params.challenge_window
+    state.set(
+        JOBS,
+        job_id,
+        _replace(
+            rec,
+            status=MINED,
+            miner=parent.miner,
+            block_hash=parent.hash,
+            block_height=parent.height,
+            result_root=parent.result_root,
+            due=due,
+        ),
+    )
+    state.set(DUE, due, (*state.get(DUE, due, ()), job_id))
+
+
+def pay_due_jobs(state: State, height: int) -> None:
+    """Pay the miners of jobs whose challenge window ends at ``height``."""
+    due = state.get(DUE, height)
+    if due is None:
+        return
+    for job_id in due:
+        rec = state.get(JOBS, job_id)
+        job = job_record(state, job_id)
+        assert job is not None and rec is not None
+        _credit(state, job["miner"], job["reward"])
+        state.set(JOBS, job_id, _replace(rec, status=PAID))
+    state.set(DUE, height, None)
+
+
+def build_fraud_proof(
+    block_hash: bytes, job_id: bytes, a: np.ndarray, b: np.ndarray, c: np.ndarray, i: int, j: int
+) -> FraudProofPayload:
+    """Open row i of A, column j of B and row i of the claimed C (int32) with branches."""
+    from consensus.merkle import cols_with_branches, rows_with_branches
+
+    (a_row,) = rows_with_branches(a, [i])
+    (b_col,) = cols_with_branches(b, [j])
+    (c_row,) = rows_with_branches(np.ascontiguousarray(c, dtype=np.int32), [i])
+    return FraudProofPayload(
+        block_hash,
+        job_id,
+        i,
+        j,
+        a_row.row,
+        a_row.branch,
+        b_col.row,
+        b_col.branch,
+        c_row.row,
+        c_row.branch,
+    )

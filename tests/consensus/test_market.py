@@ -1,0 +1,192 @@
+"""The compute market's rules with real mined blocks: escrow, claim, payment after
+the challenge window, fraud proofs, cancellation — and exact undo."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from consensus.blocks import Block
+from consensus.chain import Chain
+from consensus.errors import InvalidBlock
+from consensus.market import build_fraud_proof, job_id_of, job_record
+from consensus.merkle import matrix_rows_root
+from consensus.pow import Job, mine
+from consensus.transactions import (
+    JobCancelPayload,
+    JobPostPayload,
+    Transaction,
+    signed_transaction,
+)
+from consensus.validation import apply_body
+from kernels.freivalds import locate_error
+from tests.consensus.chainkit import ALICE, BOB, MID, MINER, Clock, extend, new_chain, next_block
+
+REWARD = 7_000
+rng = np.random.default_rng(5)
+A = rng.integers(-64, 64, (32, 128), dtype=np.int8)
+B = rng.integers(-64, 64, (128, 32), dtype=np.int8)
+JOB = Job.from_operands(A, B)
+POST = JobPostPayload(32, 128, 32, JOB.spec.root_a, JOB.spec.root_b, REWARD, 30)
+JOB_ID = job_id_of(POST, MID)
+
+
+def tx(key, nonce, payload, fee=10) -> Transaction:
+    return signed_transaction(key, chain_id=MID.chain_id, nonce=nonce, fee=fee, payload=payload)
+
+
+def add(chain: Chain, clock: Clock, txs=()) -> Block:
+    b = next_block(chain, clock, tuple(txs))
+    chain.add_block(b)
+    return b
+
+
+def mine_job(chain: Chain, clock: Clock, dishonest: bool = False) -> tuple[Block, np.ndarray]:
+    """A block whose PoUW ran on the posted job; a dishonest miner commits a wrong C."""
+    clock.now += MID.block_time_ms
+    template, _ = chain.build_template((), MINER.address, JOB.spec, clock.now)
+    mined = mine(template, JOB, MID, max_attempts=64)
+    assert mined is not None
+    c = mined.product.copy()
+    header = mined.header
+    if dishonest:
+        c[3, 5] += 1
+        header = dataclasses.replace(header, result_root=matrix_rows_root(c))
+    block = Block(header, ())
+    chain.add_block(block)
+    return block, c
+
+
+@pytest.fixture
+def posted() -> tuple[Chain, Clock]:
+    chain, clock = new_chain()
+    add(chain, clock, [tx(ALICE, 0, POST)])
+    return chain, clock
+
+
+def test_post_escrows_and_the_honest_miner_is_paid_after_the_window(posted):
+    chain, clock = posted
+    alice_after_post = chain.state.balance(ALICE.address)
+    assert alice_after_post == MID.prefund_amount - REWARD - 10
+    block, _ = mine_job(chain, clock)
+    add(chain, clock)  # the child records the claim
+    job = job_record(chain.state, JOB_ID)
+    assert job is not None and job["status"] == "mined" and job["block_hash"] == block.hash
+    assert job["due"] == block.header.height + MID.challenge_window
+    while chain.height < job["due"] - 1:
+        add(chain, clock)
+    before = chain.state.balance(MINER.address)
+    add(chain, clock)  # the block at the due height pays the reward
+    matured = MID.block_reward  # the coinbase of height due - maturity matures too
+    assert chain.state.balance(MINER.address) == before + REWARD + matured
+    assert job_record(chain.state, JOB_ID)["status"] == "paid"
+
+
+def test_fraud_proof_refunds_the_poster_and_burns_the_coinbase(posted):
+    chain, clock = posted
+    block, c_claimed = mine_job(chain, clock, dishonest=True)
+    add(chain, clock)
+    where = locate_error(A, B, c_claimed)
+    assert where == (3, 5)
+    proof = build_fraud_proof(block.hash, JOB_ID, A, B, c_claimed, *where)
+    alice_before = chain.state.balance(ALICE.address)
+    locked_before = chain.state.get("locked", MINER.address, 0)
+    add(chain, clock, [tx(BOB, 0, proof)])
+    assert chain.state.balance(ALICE.address) == alice_before + REWARD
+    assert job_record(chain.state, JOB_ID)["status"] == "refunded"
+    burned_height = block.header.height + MID.coinbase_maturity
+    assert chain.state.get("immature", burned_height) is None
+    # The fraud block's own coinbase (reward + the proof's fee) is locked; the
+    # dishonest block's is gone.
+    assert chain.state.get("locked", MINER.address, 0) == locked_before + 10
+    # At the height where that coinbase would have matured, the miner gets nothing:
+    # neither the coinbase nor the job's reward.
+    while chain.height < burned_height - 1:
+        add(chain, clock)
+    before = chain.state.balance(MINER.address)
+    add(chain, clock)
+    assert chain.state.balance(MINER.address) == before
+    assert job_record(chain.state, JOB_ID)["status"] == "refunded"
+
+
+def test_a_fraud_proof_of_a_correct_entry_is_refused(posted):
+    chain, clock = posted
+    block, c = mine_job(chain, clock)
+    add(chain, clock)
+    proof = build_fraud_proof(block.hash, JOB_ID, A, B, c, 3, 5)
+    t = tx(BOB, 0, proof)
+    with pytest.raises(InvalidBlock, match="is correct: no fraud"):
+        header, _ = chain.build_template((), MINER.address, JOB.spec)
+        apply_body(
+            chain.state,
+            Block(dataclasses.replace(header, tx_root=_root([t])), (t,)),
+            MID,
+            parent=chain.tip.header,
+        )
+
+
+def _root(txs):
+    from consensus.validation import tx_root
+
+    return tx_root(txs)
+
+
+def test_fraud_after_the_window_and_on_a_tampered_opening_are_refused(posted):
+    chain, clock = posted
+    block, c = mine_job(chain, clock, dishonest=True)
+    add(chain, clock)
+    proof = build_fraud_proof(block.hash, JOB_ID, A, B, c, 3, 5)
+    tampered = dataclasses.replace(proof, a_row=bytes([1]) + proof.a_row[1:])
+    for payload, reason in [(tampered, "row of A does not match")]:
+        t = tx(BOB, 0, payload)
+        header, _ = chain.build_template((), MINER.address, JOB.spec)
+        with pytest.raises(InvalidBlock, match=reason):
+            apply_body(
+                chain.state,
+                Block(dataclasses.replace(header, tx_root=_root([t])), (t,)),
+                MID,
+                parent=chain.tip.header,
+            )
+    extend(chain, clock, MID.challenge_window)
+    t = tx(BOB, 0, proof)
+    header, _ = chain.build_template((), MINER.address, JOB.spec)
+    with pytest.raises(InvalidBlock, match="the job is paid, not awaiting payment"):
+        apply_body(
+            chain.state,
+            Block(dataclasses.replace(header, tx_root=_root([t])), (t,)),
+            MID,
+            parent=chain.tip.header,
+        )
+
+
+def test_cancel_only_after_expiry_and_only_if_unclaimed(posted):
+    chain, clock = posted
+    cancel = tx(ALICE, 1, JobCancelPayload(JOB_ID))
+    _, included = chain.build_template((cancel,), MINER.address, JOB.spec)
+    assert included == ()  # refused while the job is open
+    while chain.height <= POST.expiry_height:
+        add(chain, clock)
+    before = chain.state.balance(ALICE.address)
+    add(chain, clock, [cancel])
+    assert chain.state.balance(ALICE.address) == before + REWARD - 10
+    assert job_record(chain.state, JOB_ID)["status"] == "cancelled"
+
+
+def test_a_job_block_and_its_fraud_proof_undo_exactly(posted):
+    chain, clock = posted
+    snap = (chain.state.snapshot(), chain.state.root)
+    block, c = mine_job(chain, clock, dishonest=True)
+    add(chain, clock)
+    add(chain, clock, [tx(BOB, 0, build_fraud_proof(block.hash, JOB_ID, A, B, c, 3, 5))])
+    fork_point = chain.height - 3
+    chain._disconnect_to(fork_point)
+    assert (chain.state.snapshot(), chain.state.root) == snap
+
+
+def test_job_post_that_does_not_tile_is_refused(posted):
+    chain, _ = posted
+    bad = dataclasses.replace(POST, k=100)
+    _, included = chain.build_template((tx(ALICE, 1, bad),), MINER.address, JOB.spec)
+    assert included == ()
