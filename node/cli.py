@@ -53,7 +53,8 @@ cli.add_command(testnet_cmd)
 
 
 def main() -> None:
-    cli.main(prog_name="pouw")
+    # POUW_<COMMAND>_<OPTION> (e.g. POUW_NODE_LOG_LEVEL) sets any option (node/config.py).
+    cli.main(prog_name="pouw", auto_envvar_prefix="POUW")
 
 
 if __name__ == "__main__":

@@ -48,10 +48,29 @@ class ConfigDefaults(click.Command):
                 path = arg.split("=", 1)[1]
             if path:
                 try:
-                    extra["default_map"] = load_config_file(Path(path))
+                    values = load_config_file(Path(path))
                 except ValueError as e:
                     raise click.UsageError(str(e)) from None
+                extra["default_map"] = self._by_param_name(path, values)
         return super().make_context(info_name, args, parent, **extra)
+
+    def _by_param_name(self, path: str, values: dict[str, Any]) -> dict[str, Any]:
+        """Config keys are long flag names (``rpc``, ``peer``); click's default_map
+        wants parameter names (``rpc_addr``, ``peers``). Unknown keys are errors,
+        so a typo is not silently ignored."""
+        names: dict[str, str] = {}
+        for param in self.params:
+            if isinstance(param, click.Option) and param.name and param.name != "config_file":
+                names[param.name] = param.name
+                for flag in param.opts:
+                    if flag.startswith("--"):
+                        names[flag[2:].replace("-", "_")] = param.name
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in names:
+                raise click.UsageError(f"config file {path}: unknown option {key!r}")
+            out[names[key]] = value
+        return out
 
 
 @click.command("node", cls=ConfigDefaults)

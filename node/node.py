@@ -29,6 +29,7 @@ from consensus.errors import InvalidBlock, InvalidTransaction
 from consensus.keys import PrivateKey
 from consensus.pow import Job, MinedBlock, check_job_shape, null_job
 from consensus.validation import check_header_pow
+from node.blobs import BlobExchange
 from node.config import NodeConfig
 from node.errors import ProtocolViolation
 from node.mempool import Mempool
@@ -40,6 +41,8 @@ from node.rpc_methods import register_methods
 from node.store import Store
 from node.wire import (
     MAX_HEADERS,
+    BlobChunk,
+    BlobGet,
     BlockMsg,
     GetData,
     GetHeaders,
@@ -76,6 +79,7 @@ class Node:
         self._tasks: list[asyncio.Task[Any]] = []
         self._runners: list[web.AppRunner] = []
         self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
         # headers-first download state
         self._pending_headers: dict[bytes, BlockHeader] = {}
         self._download: deque[bytes] = deque()
@@ -96,6 +100,7 @@ class Node:
         self.key = _load_node_key(self.datadir / "node_key")
         self.store = Store(self.datadir / "chain.sqlite", self.params)
         self.chain: Chain = self.store.load_chain(now_ms)
+        self.blobs = BlobExchange(self.store, lambda: self.p2p.peers)
         self.mempool = Mempool(self.params)
         self.metrics.height.set(self.chain.height)
         self.token = write_cookie(self.datadir)
@@ -161,20 +166,27 @@ class Node:
 
     async def stop(self) -> None:
         if self._stopping.is_set():
+            # A stop is under way (say from request_stop): return once it is done,
+            # so that `pouw node` does not end the loop under a half-finished stop.
+            await self._stopped.wait()
             return
         self._stopping.set()
-        if self.miner is not None:
-            await self.miner.stop()
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.p2p.stop()
-        await self.rpc.close_subscribers()
-        for runner in self._runners:
-            await runner.cleanup()
-        self.store.close()
-        (self.datadir / "node.json").unlink(missing_ok=True)
-        log.info("node stopped at height %d", self.chain.height)
+        try:
+            if self.miner is not None:
+                await self.miner.stop()
+            for t in self._tasks:
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self.blobs.close()
+            await self.p2p.stop()
+            await self.rpc.close_subscribers()
+            for runner in self._runners:
+                await runner.cleanup()
+            self.store.close()
+            (self.datadir / "node.json").unlink(missing_ok=True)
+            log.info("node stopped at height %d", self.chain.height)
+        finally:
+            self._stopped.set()
 
     async def wait_stopped(self) -> None:
         await self._stopping.wait()
@@ -302,6 +314,19 @@ class Node:
         self.rpc.notify({"event": "tx", "txid": txid.hex()})
         return txid
 
+    # ------------------------------------------------------------ blobs
+
+    def put_blob(self, data: bytes) -> bytes:
+        """Keep a blob (job operand, result) to serve to peers; its root (node.blobs)."""
+        return self.blobs.put(data)
+
+    async def fetch_blob(self, root: bytes, timeout: float = 60.0) -> bytes:
+        """The blob ``root`` from the store, or fetched from peers chunk by verified chunk.
+
+        Raises ``node.blobs.BlobFetchError`` (saying why) if no peer gives it in time.
+        """
+        return await self.blobs.fetch(root, timeout)
+
     # ------------------------------------------------------------ PeerHandler
 
     def local_status(self) -> tuple[int, int]:
@@ -314,6 +339,7 @@ class Node:
 
     async def on_peer_closed(self, peer: PeerSession) -> None:
         self.metrics.peers.set(len(self.p2p.peers))
+        self.blobs.peer_closed(peer)
         for h, (p, _) in list(self._inflight.items()):
             if p is peer:
                 del self._inflight[h]
@@ -332,6 +358,10 @@ class Node:
             await self._on_getheaders(peer, msg)
         elif isinstance(msg, Headers):
             await self._on_headers(peer, msg)
+        elif isinstance(msg, BlobGet):
+            await self.blobs.on_blob_get(peer, msg)
+        elif isinstance(msg, BlobChunk):
+            self.blobs.on_blob_chunk(peer, msg)
         elif isinstance(msg, NotFound):
             for item in msg.items:
                 if self._inflight.get(item.hash, (None, 0))[0] is peer:

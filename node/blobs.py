@@ -1,0 +1,468 @@
+"""Content-addressed blobs: how job operands and results travel (PROTOCOL §8, §12).
+
+A blob is a non-empty byte string of at most ``MAX_BLOB_SIZE`` bytes, cut into
+chunks of ``CHUNK_SIZE`` bytes (the last one may be shorter). Its id is the
+Merkle root over those chunks with the consensus leaf hashing
+(``consensus.merkle``: leaf i = H(i, chunk i)). So every chunk can be checked
+against the id on arrival, with its branch, before anything is kept: a peer
+that sends one wrong byte is caught at that chunk, not after the whole blob.
+
+This is a transport commitment, not the job commitment: a job commits its
+operands by matrix *rows* (``consensus.merkle.matrix_rows_root``). A node
+fetches an operand by its blob root, decodes it (``decode_matrix``) and then
+checks the row root against the job.
+
+On the wire (``BlobGet(root, index)`` → ``BlobChunk(root, index, total, data,
+branch)``), a node that does not hold the blob answers with ``total = 0``,
+empty data and an empty branch: "I don't have it". That needs no new message
+type or inventory kind, and is unambiguous because a real blob always has at
+least one chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from consensus.merkle import branch_of, leaf_hash, tree_levels, verify_branch
+from node.errors import ProtocolViolation
+from node.peer import PeerSession
+from node.wire import BlobChunk, BlobGet
+
+log = logging.getLogger("pouw.blobs")
+
+CHUNK_SIZE = 256 * 1024
+"""Bytes per chunk (the last chunk of a blob may be shorter)."""
+MAX_BLOB_SIZE = 256 * 1024 * 1024
+"""Largest blob a node stores, serves or fetches."""
+MAX_CHUNKS = -(-MAX_BLOB_SIZE // CHUNK_SIZE)
+"""Most chunks in one blob (ceil(MAX_BLOB_SIZE / CHUNK_SIZE))."""
+
+
+class BlobError(ValueError):
+    """A blob (or a matrix encoded as one) is not acceptable: empty, too big, malformed."""
+
+
+class BlobFetchError(Exception):
+    """A blob could not be fetched from any peer; the message says why."""
+
+
+def check_blob_size(size: int) -> None:
+    """BlobError unless ``0 < size <= MAX_BLOB_SIZE``."""
+    if size <= 0:
+        raise BlobError("an empty blob has no id and is refused")
+    if size > MAX_BLOB_SIZE:
+        raise BlobError(f"blob of {size} bytes exceeds the limit of {MAX_BLOB_SIZE}")
+
+
+def split(data: bytes) -> list[bytes]:
+    """The chunks of a blob, in order: CHUNK_SIZE bytes each, the last one possibly shorter."""
+    check_blob_size(len(data))
+    return [bytes(data[i : i + CHUNK_SIZE]) for i in range(0, len(data), CHUNK_SIZE)]
+
+
+def chunk_count(size: int) -> int:
+    """How many chunks a blob of ``size`` bytes has."""
+    check_blob_size(size)
+    return -(-size // CHUNK_SIZE)
+
+
+class BlobTree:
+    """A blob with its Merkle tree built once, to serve many chunks with their branches."""
+
+    def __init__(self, data: bytes) -> None:
+        self.chunks = split(data)
+        self.size = len(data)
+        self.levels = tree_levels([leaf_hash(i, c) for i, c in enumerate(self.chunks)])
+        self.root: bytes = self.levels[-1][0]
+
+    @property
+    def total(self) -> int:
+        return len(self.chunks)
+
+    def chunk(self, index: int) -> tuple[bytes, tuple[bytes, ...]]:
+        """Chunk ``index`` and its branch; IndexError if there is no such chunk."""
+        if not 0 <= index < len(self.chunks):
+            raise IndexError(f"chunk {index} is not in a blob of {len(self.chunks)} chunks")
+        return self.chunks[index], tuple(branch_of(self.levels, index))
+
+
+def blob_root(data: bytes) -> bytes:
+    """The id of a blob: the Merkle root over its chunks (BlobError if empty or too big)."""
+    return BlobTree(data).root
+
+
+def chunk_with_branch(data: bytes, index: int) -> tuple[bytes, int, tuple[bytes, ...]]:
+    """(chunk ``index``, chunk count, branch against ``blob_root(data)``)."""
+    tree = BlobTree(data)
+    chunk, branch = tree.chunk(index)
+    return chunk, tree.total, branch
+
+
+def verify_chunk(
+    root: bytes, index: int, total: int, chunk: bytes, branch: tuple[bytes, ...] | list[bytes]
+) -> bool:
+    """True iff ``chunk`` is chunk ``index`` of the ``total``-chunk blob with id ``root``.
+
+    Besides the branch, the chunk must have the length the chunking rule gives
+    it (full unless it is the last), so that a verified set of chunks always
+    reassembles into the blob whose ``blob_root`` is ``root``. Never raises.
+    """
+    if type(total) is not int or type(index) is not int or type(chunk) is not bytes:
+        return False
+    if not 1 <= total <= MAX_CHUNKS or not 0 <= index < total:
+        return False
+    if not chunk or len(chunk) > CHUNK_SIZE:
+        return False
+    if index < total - 1 and len(chunk) != CHUNK_SIZE:
+        return False
+    return verify_branch(root, index, total, chunk, list(branch))
+
+
+def assemble(root: bytes, total: int, chunks: dict[int, bytes]) -> bytes:
+    """Join verified chunks 0..total-1; BlobError unless they make the blob ``root``."""
+    missing = [i for i in range(total) if i not in chunks]
+    if missing:
+        raise BlobError(f"blob {root.hex()[:16]}… is missing {len(missing)} of {total} chunks")
+    data = b"".join(chunks[i] for i in range(total))
+    if blob_root(data) != root:
+        raise BlobError(f"chunks do not reassemble into blob {root.hex()[:16]}…")
+    return data
+
+
+# ---------------------------------------------------------------- matrices
+
+MATRIX_MAGIC = b"PWMX"
+MATRIX_VERSION = 1
+MAX_MATRIX_DIM = 65_536
+"""Largest row or column count of an encoded matrix (PROTOCOL §1: k ≤ 65,536)."""
+_HEADER = struct.Struct("<4sBBII")  # magic, version, dtype code, rows, cols
+_DTYPES: dict[int, np.dtype] = {1: np.dtype("i1"), 4: np.dtype("<i4")}
+_CODES = {np.dtype(np.int8): 1, np.dtype(np.int32): 4}
+
+
+@dataclass(frozen=True)
+class MatrixHeader:
+    dtype: np.dtype
+    rows: int
+    cols: int
+
+
+def encode_matrix(x: np.ndarray) -> bytes:
+    """A 2-D int8 or int32 matrix as blob bytes: a 14-byte header, then its entries.
+
+    Header: b"PWMX", version 1, dtype code (1 = int8, 4 = int32), rows and
+    columns as little-endian u32. Entries follow row by row (int32
+    little-endian). BlobError for anything else.
+    """
+    if not isinstance(x, np.ndarray) or x.ndim != 2:
+        raise BlobError("only a 2-D numpy array can be encoded as a matrix blob")
+    code = _CODES.get(np.dtype(x.dtype).newbyteorder("="))
+    if code is None:
+        raise BlobError(f"a matrix blob holds int8 or int32 entries, not {x.dtype}")
+    rows, cols = x.shape
+    _check_dims(rows, cols)
+    body = np.ascontiguousarray(x, dtype=_DTYPES[code]).tobytes()
+    data = _HEADER.pack(MATRIX_MAGIC, MATRIX_VERSION, code, rows, cols) + body
+    check_blob_size(len(data))
+    return data
+
+
+def decode_matrix(data: bytes) -> np.ndarray:
+    """The matrix in blob bytes made by ``encode_matrix``; BlobError naming any problem."""
+    if len(data) < _HEADER.size:
+        raise BlobError(f"matrix blob of {len(data)} bytes is shorter than its header")
+    magic, version, code, rows, cols = _HEADER.unpack_from(data)
+    if magic != MATRIX_MAGIC:
+        raise BlobError("not a matrix blob (bad magic)")
+    if version != MATRIX_VERSION:
+        raise BlobError(f"matrix blob version {version} is not supported")
+    dtype = _DTYPES.get(code)
+    if dtype is None:
+        raise BlobError(f"matrix blob has unknown dtype code {code}")
+    _check_dims(rows, cols)
+    expected = _HEADER.size + rows * cols * dtype.itemsize
+    if len(data) != expected:
+        raise BlobError(
+            f"matrix blob of {rows}x{cols} {dtype.name} needs {expected} bytes, has {len(data)}"
+        )
+    flat = np.frombuffer(data, dtype=dtype, offset=_HEADER.size)
+    native = np.int8 if code == 1 else np.int32
+    return flat.reshape(rows, cols).astype(native)  # a writable, native-order copy
+
+
+def _check_dims(rows: int, cols: int) -> None:
+    if not (1 <= rows <= MAX_MATRIX_DIM and 1 <= cols <= MAX_MATRIX_DIM):
+        raise BlobError(f"matrix of {rows}x{cols} is outside 1..{MAX_MATRIX_DIM} per side")
+
+
+# ---------------------------------------------------------------- exchange
+
+FETCH_WINDOW = 8
+"""Chunk requests in flight to one peer at once."""
+REQUEST_TIMEOUT = 10.0
+"""How long one peer gets to answer one chunk request before we ask another."""
+SERVE_CACHE_BYTES = MAX_BLOB_SIZE
+"""Blobs kept in memory with their trees to serve chunks (LRU by bytes)."""
+_DRAIN_TIMEOUT = 30.0
+_EXPIRED_MAX = 10_000
+_Key = tuple[PeerSession, bytes, int]
+
+
+class _PeerFailed(Exception):
+    """This peer will not give us the blob (lacks it, went away, too slow, lied)."""
+
+
+class BlobExchange:
+    """Serves BlobGet from the store and fetches blobs from peers, chunk by chunk.
+
+    The node owns one and forwards BLOB_GET / BLOB_CHUNK messages and peer
+    closures to it. ``peers`` returns the ready peers, in the order they
+    connected: a fetch asks them in that order, moving on from each that
+    lacks the blob, stalls, disconnects or is caught sending a bad chunk.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        peers: Callable[[], list[PeerSession]],
+        *,
+        request_timeout: float = REQUEST_TIMEOUT,
+        window: int = FETCH_WINDOW,
+    ) -> None:
+        self.store = store
+        self.peers = peers
+        self.request_timeout = request_timeout
+        self.window = window
+        self._waiting: dict[_Key, asyncio.Future[BlobChunk]] = {}
+        # Requests we gave up on: a late answer is dropped, not punished as unrequested.
+        self._expired: OrderedDict[_Key, None] = OrderedDict()
+        self._fetches: dict[bytes, asyncio.Task[bytes]] = {}
+        self._trees: OrderedDict[bytes, BlobTree] = OrderedDict()
+        self._tree_bytes = 0
+
+    # ------------------------------------------------------------ local
+
+    def put(self, data: bytes) -> bytes:
+        """Store a blob (BlobError if empty or too big); its root."""
+        tree = BlobTree(data)
+        self.store.put_blob(tree.root, bytes(data))
+        return tree.root
+
+    async def _tree(self, root: bytes) -> BlobTree | None:
+        tree = self._trees.get(root)
+        if tree is not None:
+            self._trees.move_to_end(root)
+            return tree
+        data = self.store.get_blob(root)
+        if data is None:
+            return None
+        tree = await asyncio.to_thread(BlobTree, data)  # hashing 256 MiB takes a moment
+        if tree.root != root:  # a corrupt store must not make us serve bad chunks
+            log.error("stored blob %s does not match its root: not serving it", root.hex())
+            return None
+        self._trees[root] = tree
+        self._tree_bytes += tree.size
+        while self._tree_bytes > SERVE_CACHE_BYTES and len(self._trees) > 1:
+            _, old = self._trees.popitem(last=False)
+            self._tree_bytes -= old.size
+        return tree
+
+    # ------------------------------------------------------------ serving
+
+    async def on_blob_get(self, peer: PeerSession, msg: BlobGet) -> None:
+        """Answer with the chunk and its branch, or ``total = 0`` if we lack the blob."""
+        tree = await self._tree(msg.root)
+        if tree is None:
+            await peer.send(BlobChunk(msg.root, msg.index, 0, b"", ()))
+            return
+        if msg.index >= tree.total:
+            # An honest peer learns ``total`` from chunk 0 and never asks past it.
+            raise ProtocolViolation(f"blob_get: chunk {msg.index} of a blob of {tree.total} chunks")
+        # Pace replies to how fast the peer reads instead of queueing the whole blob.
+        try:
+            await peer.drain(_DRAIN_TIMEOUT)
+        except TimeoutError:
+            raise ProtocolViolation("blob_get: peer is not reading its chunks", ban=False) from None
+        chunk, branch = tree.chunk(msg.index)
+        await peer.send(BlobChunk(msg.root, msg.index, tree.total, chunk, branch))
+
+    # ------------------------------------------------------------ receiving
+
+    def on_blob_chunk(self, peer: PeerSession, msg: BlobChunk) -> None:
+        """Hand a requested chunk to its fetch; ProtocolViolation if unrequested or bad."""
+        key = (peer, msg.root, msg.index)
+        future = self._waiting.pop(key, None)
+        if future is None:
+            if key in self._expired:
+                del self._expired[key]
+                return
+            raise ProtocolViolation(f"unrequested blob chunk {msg.index} of {msg.root.hex()[:16]}…")
+        if msg.total == 0:
+            if msg.data or msg.branch:
+                reason = "blob chunk: a 'not found' reply (total 0) must be empty"
+                _fail(future, ProtocolViolation(reason))
+                raise ProtocolViolation(reason)
+            _resolve(future, msg)
+            return
+        if not verify_chunk(msg.root, msg.index, msg.total, msg.data, msg.branch):
+            reason = f"blob chunk {msg.index}/{msg.total} fails verification against its root"
+            _fail(future, ProtocolViolation(reason))
+            raise ProtocolViolation(reason)
+        _resolve(future, msg)
+
+    def peer_closed(self, peer: PeerSession) -> None:
+        """Fail the requests that were waiting on a peer that went away."""
+        for key in [k for k in self._waiting if k[0] is peer]:
+            _fail(self._waiting.pop(key), _PeerFailed("disconnected"))
+        for key in [k for k in self._expired if k[0] is peer]:
+            del self._expired[key]
+
+    def close(self) -> None:
+        """Cancel fetches in progress (the node is stopping)."""
+        for task in list(self._fetches.values()):
+            task.cancel()
+
+    # ------------------------------------------------------------ fetching
+
+    async def fetch(self, root: bytes, timeout: float = 60.0) -> bytes:
+        """The blob ``root``, from the store or from peers; BlobFetchError if we cannot get it.
+
+        Concurrent fetches of one root share one download.
+        """
+        if type(root) is not bytes or len(root) != 32:
+            raise BlobFetchError("a blob root is 32 bytes")
+        data = self.store.get_blob(root)
+        if data is not None:
+            return data
+        task = self._fetches.get(root)
+        if task is None:
+            task = asyncio.create_task(self._fetch(root, timeout), name=f"blob {root.hex()[:16]}")
+            self._fetches[root] = task
+            task.add_done_callback(lambda t: self._fetch_done(root, t))
+        return await asyncio.shield(task)
+
+    def _fetch_done(self, root: bytes, task: asyncio.Task[bytes]) -> None:
+        self._fetches.pop(root, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here too, in case every caller went away
+
+    async def _fetch(self, root: bytes, timeout: float) -> bytes:
+        short = root.hex()[:16] + "…"
+        chunks: dict[int, bytes] = {}  # verified chunks, whichever peer sent them
+        tried: list[PeerSession] = []
+        failures: list[str] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    peer = await self._next_peer(tried)
+                    if peer is None:
+                        why = "; ".join(failures) if failures else "no peers connected"
+                        raise BlobFetchError(f"blob {short} is not available: {why}")
+                    tried.append(peer)
+                    try:
+                        data, total = await self._fetch_from(peer, root, chunks)
+                    except _PeerFailed as e:
+                        failures.append(f"{peer.address}: {e}")
+                        continue
+                    break
+        except TimeoutError:
+            why = "; ".join(failures) if failures else "no peer answered"
+            raise BlobFetchError(
+                f"timed out after {timeout:g}s fetching blob {short} ({why})"
+            ) from None
+        await asyncio.to_thread(self.store.put_blob, root, data)
+        log.info("fetched blob %s: %d bytes in %d chunks", short, len(data), total)
+        return data
+
+    async def _next_peer(self, tried: list[PeerSession]) -> PeerSession | None:
+        """The first ready peer not asked yet; waits for one while none is connected."""
+        while True:
+            peers = self.peers()
+            for p in peers:
+                if all(p is not t for t in tried):
+                    return p
+            if peers or tried:
+                return None
+            await asyncio.sleep(0.05)
+
+    async def _fetch_from(
+        self, peer: PeerSession, root: bytes, chunks: dict[int, bytes]
+    ) -> tuple[bytes, int]:
+        """Complete ``chunks`` from one peer; the blob and its chunk count.
+
+        Chunk 0 is asked of every peer, to learn *its* chunk count: a branch
+        does not always pin the count down (the left part of a tree has the
+        same shape for several counts), so a count from one peer is never used
+        to ask another for chunks it may not have. Every chunk is genuine
+        whatever count it came with (its leaf commits to its index); the final
+        root check catches a count that was a lie.
+        """
+        first = await self._request(peer, root, 0)
+        total = first.total
+        chunks[0] = first.data
+        wanted = [i for i in range(total) if i not in chunks]
+        window = asyncio.Semaphore(self.window)
+
+        async def one(index: int) -> None:
+            async with window:
+                reply = await self._request(peer, root, index)
+                if reply.total != total:
+                    raise _PeerFailed(f"says the blob has {reply.total} chunks, not {total}")
+                chunks[index] = reply.data
+
+        tasks = [asyncio.create_task(one(i)) for i in wanted]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            return await asyncio.to_thread(assemble, root, total, chunks), total
+        except BlobError as e:
+            raise _PeerFailed(str(e)) from None
+
+    async def _request(self, peer: PeerSession, root: bytes, index: int) -> BlobChunk:
+        key = (peer, root, index)
+        future: asyncio.Future[BlobChunk] = asyncio.get_running_loop().create_future()
+        self._waiting[key] = future
+        try:
+            if not peer.send_nowait(BlobGet(root, index)):
+                raise _PeerFailed("disconnected")
+            try:
+                reply = await asyncio.wait_for(future, self.request_timeout)
+            except TimeoutError:
+                raise _PeerFailed(
+                    f"no answer for chunk {index} in {self.request_timeout:g}s"
+                ) from None
+            except ProtocolViolation as e:
+                raise _PeerFailed(f"sent a bad chunk ({e.reason}); banned") from None
+        finally:
+            if self._waiting.get(key) is future:  # no answer came: forget it, forgive it
+                del self._waiting[key]
+                self._expired[key] = None
+                while len(self._expired) > _EXPIRED_MAX:
+                    self._expired.popitem(last=False)
+        if reply.total == 0:
+            raise _PeerFailed("does not have it")
+        return reply
+
+
+def _resolve(future: asyncio.Future[BlobChunk], msg: BlobChunk) -> None:
+    if not future.done():
+        future.set_result(msg)
+
+
+def _fail(future: asyncio.Future[BlobChunk], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

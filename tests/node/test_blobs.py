@@ -1,0 +1,281 @@
+"""Blobs: chunking and per-chunk verification, matrix encoding, and the exchange
+between real in-process nodes and scripted peers (PROTOCOL §8, §12)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import numpy as np
+import pytest
+
+from consensus.merkle import matrix_rows_root, merkle_root
+from node.blobs import (
+    CHUNK_SIZE,
+    MAX_CHUNKS,
+    BlobError,
+    BlobFetchError,
+    assemble,
+    blob_root,
+    chunk_with_branch,
+    decode_matrix,
+    encode_matrix,
+    split,
+    verify_chunk,
+)
+from node.config import NodeConfig
+from node.node import Node
+from node.wire import BlobChunk, BlobGet
+from tests.consensus.chainkit import MID
+from tests.node.p2p_testkit import TestPeer
+
+# ------------------------------------------------------------------ chunking
+
+
+def test_split_and_root_follow_the_consensus_merkle_tree():
+    data = os.urandom(2 * CHUNK_SIZE + 100)
+    chunks = split(data)
+    assert [len(c) for c in chunks] == [CHUNK_SIZE, CHUNK_SIZE, 100]
+    assert b"".join(chunks) == data
+    assert blob_root(data) == merkle_root(chunks)
+    assert blob_root(data) != blob_root(data[:-1])
+
+
+def test_empty_and_oversized_blobs_are_refused():
+    with pytest.raises(BlobError, match="empty"):
+        blob_root(b"")
+    with pytest.raises(BlobError, match="empty"):
+        split(b"")
+
+
+def test_every_chunk_verifies_and_any_tampering_fails():
+    data = os.urandom(3 * CHUNK_SIZE + 7)
+    root = blob_root(data)
+    total = len(split(data))
+    for i in range(total):
+        chunk, n, branch = chunk_with_branch(data, i)
+        assert n == total and verify_chunk(root, i, total, chunk, branch)
+    chunk, _, branch = chunk_with_branch(data, 1)
+    flipped = bytes([chunk[0] ^ 1]) + chunk[1:]
+    assert not verify_chunk(root, 1, total, flipped, branch), "tampered chunk"
+    assert not verify_chunk(root, 2, total, chunk, branch), "wrong index"
+    # A branch does not pin the count down for every index (the left part of
+    # the tree has the same shape for 3 and 4 leaves), but the last chunk's does,
+    # and the final root check catches whatever a wrong count leaves out.
+    assert not verify_chunk(root, 1, 2, chunk, branch), "wrong total"
+    assert not verify_chunk(root, 1, 1, chunk, branch), "index past the total"
+    chunks = {i: c for i, c in enumerate(split(data))}
+    assert assemble(root, total, chunks) == data
+    with pytest.raises(BlobError, match="do not reassemble"):
+        assemble(root, total - 1, chunks)
+    with pytest.raises(BlobError, match="missing 1 of"):
+        assemble(root, total + 1, chunks)
+    assert not verify_chunk(os.urandom(32), 1, total, chunk, branch), "wrong root"
+    assert not verify_chunk(root, 1, total, chunk, branch[:-1]), "short branch"
+    assert not verify_chunk(root, 1, total, chunk[:-1], branch), "short chunk"
+    assert not verify_chunk(root, 1, 0, chunk, branch)
+    assert not verify_chunk(root, 1, MAX_CHUNKS + 1, chunk, branch)
+    last, _, last_branch = chunk_with_branch(data, total - 1)
+    assert verify_chunk(root, total - 1, total, last, last_branch)
+    assert not verify_chunk(root, total - 1, total, last + b"\0", last_branch)
+    assert not verify_chunk(root, total - 1, total + 1, last, last_branch), "wrong total"
+    assert not verify_chunk(root, total - 1, total - 1, last, last_branch), "wrong total"
+
+
+def test_a_one_chunk_blob_has_an_empty_branch():
+    chunk, total, branch = chunk_with_branch(b"x", 0)
+    assert (chunk, total, branch) == (b"x", 1, ())
+    assert verify_chunk(blob_root(b"x"), 0, 1, b"x", ())
+    with pytest.raises(IndexError):
+        chunk_with_branch(b"x", 1)
+
+
+# ------------------------------------------------------------------ matrices
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int32, ">i4"])
+def test_matrices_round_trip_and_keep_their_row_root(dtype):
+    rng = np.random.default_rng(1)
+    x = rng.integers(-64, 64, size=(33, 70)).astype(dtype)
+    y = decode_matrix(encode_matrix(x))
+    assert y.shape == x.shape and np.array_equal(x, y)
+    assert y.dtype in (np.int8, np.int32) and y.flags.writeable
+    assert matrix_rows_root(y) == matrix_rows_root(x)
+
+
+def test_bad_matrices_are_refused_with_a_reason():
+    good = encode_matrix(np.ones((4, 5), dtype=np.int8))
+    with pytest.raises(BlobError, match="int8 or int32"):
+        encode_matrix(np.ones((2, 2), dtype=np.float32))
+    with pytest.raises(BlobError, match="2-D"):
+        encode_matrix(np.ones(3, dtype=np.int8))
+    with pytest.raises(BlobError, match="outside"):
+        encode_matrix(np.ones((0, 3), dtype=np.int8))
+    with pytest.raises(BlobError, match="needs 34 bytes"):
+        decode_matrix(good + b"\0")
+    with pytest.raises(BlobError, match="needs 34 bytes"):
+        decode_matrix(good[:-1])
+    with pytest.raises(BlobError, match="magic"):
+        decode_matrix(b"XXXX" + good[4:])
+    with pytest.raises(BlobError, match="dtype code"):
+        decode_matrix(good[:5] + b"\x02" + good[6:])
+    with pytest.raises(BlobError, match="version"):
+        decode_matrix(good[:4] + b"\x09" + good[5:])
+    with pytest.raises(BlobError, match="header"):
+        decode_matrix(good[:10])
+    huge = good[:6] + (70_000).to_bytes(4, "little") + good[10:]
+    with pytest.raises(BlobError, match="outside"):
+        decode_matrix(huge)
+
+
+# ------------------------------------------------------------------ exchange
+
+
+@pytest.fixture
+async def nodes(tmp_path):
+    started: list[Node] = []
+
+    async def make(name: str, peers: list[Node] = ()) -> Node:  # type: ignore[assignment]
+        cfg = NodeConfig(
+            params=MID,
+            datadir=tmp_path / name,
+            peers=[("127.0.0.1", p.p2p_port) for p in peers],
+        )
+        n = Node(cfg)
+        await n.start()
+        started.append(n)
+        return n
+
+    try:
+        yield make
+    finally:
+        for n in reversed(started):
+            await n.stop()
+
+
+async def wait_until(predicate, timeout: float = 10.0) -> None:
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def test_a_blob_put_on_one_node_is_fetched_by_another(nodes):
+    a = await nodes("a")
+    b = await nodes("b", peers=[a])
+    await wait_until(lambda: len(b.p2p.peers) == 1)
+    data = os.urandom(1024 * 1024 + 123)
+    root = a.put_blob(data)
+    assert root == blob_root(data) and not b.store.has_blob(root)
+    assert await b.fetch_blob(root, timeout=20) == data
+    assert b.store.get_blob(root) == data
+    assert await b.fetch_blob(root) == data  # now from its own store
+    assert not a.p2p.bans() and not b.p2p.bans()
+
+
+async def test_an_unknown_blob_fails_fast_with_a_clear_error(nodes):
+    a = await nodes("a")
+    b = await nodes("b", peers=[a])
+    await wait_until(lambda: len(b.p2p.peers) == 1)
+    missing = os.urandom(32)
+    with pytest.raises(BlobFetchError, match=r"not available.*does not have it"):
+        await asyncio.wait_for(b.fetch_blob(missing, timeout=5), 6)
+    assert not b.p2p.bans(), "saying 'I don't have it' is not misbehaviour"
+
+
+async def test_a_fetch_with_no_peers_times_out_with_a_clear_error(nodes):
+    lonely = await nodes("lonely")
+    with pytest.raises(BlobFetchError, match=r"timed out after 0.3s .*no peer answered"):
+        await lonely.fetch_blob(os.urandom(32), timeout=0.3)
+
+
+async def _evil_peer(node: Node) -> TestPeer:
+    peer = TestPeer(node.p2p_port, chain_id=MID.chain_id, genesis_hash=node.chain.genesis.hash)
+    await peer.connect()
+    await peer.handshake()
+    await wait_until(lambda: any(p.node_id == peer.node_id for p in node.p2p.peers))
+    return peer
+
+
+async def _serve_tampered(peer: TestPeer, data: bytes) -> None:
+    """Answer every BlobGet with the right branch but one flipped byte in the chunk."""
+    answered = 0
+    while True:
+        await peer.wait_for(lambda n=answered: len(peer.of_type(BlobGet)) > n, timeout=30)
+        for req in peer.of_type(BlobGet)[answered:]:
+            chunk, total, branch = chunk_with_branch(data, req.index)
+            bad = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
+            await peer.send(BlobChunk(req.root, req.index, total, bad, branch))
+            answered += 1
+
+
+async def test_a_peer_serving_a_tampered_chunk_is_banned_and_the_fetch_fails(nodes):
+    b = await nodes("b")
+    data = os.urandom(CHUNK_SIZE + 10)
+    evil = await _evil_peer(b)
+    server = asyncio.create_task(_serve_tampered(evil, data))
+    try:
+        with pytest.raises(BlobFetchError, match="fails verification"):
+            await b.fetch_blob(blob_root(data), timeout=10)
+        assert "fails verification" in (await evil.wait_for_close() or "")
+        assert any("fails verification" in ban["reason"] for ban in b.p2p.bans())
+        assert not b.store.has_blob(blob_root(data)), "nothing unverified is stored"
+    finally:
+        server.cancel()
+        await evil.close()
+
+
+async def test_after_a_tampered_chunk_the_fetch_moves_on_to_an_honest_peer(nodes):
+    a = await nodes("a")
+    b = await nodes("b")
+    data = os.urandom(2 * CHUNK_SIZE + 1)
+    root = a.put_blob(data)
+    evil = await _evil_peer(b)  # connected first, so asked first
+    server = asyncio.create_task(_serve_tampered(evil, data))
+    b.p2p.add_address("127.0.0.1", a.p2p_port)
+    await wait_until(lambda: len(b.p2p.peers) == 2)
+    try:
+        assert await b.fetch_blob(root, timeout=20) == data
+        assert evil.of_type(BlobGet), "the evil peer was asked first"
+        assert any("fails verification" in ban["reason"] for ban in b.p2p.bans())
+        assert b.store.get_blob(root) == data
+    finally:
+        server.cancel()
+        await evil.close()
+
+
+async def test_unrequested_blob_chunks_get_the_peer_banned(nodes):
+    b = await nodes("b")
+    evil = await _evil_peer(b)
+    data = b"unsolicited"
+    chunk, total, branch = chunk_with_branch(data, 0)
+    await evil.send(BlobChunk(blob_root(data), 0, total, chunk, branch))
+    reason = await evil.wait_for_close()
+    assert reason is not None and "unrequested blob chunk" in reason
+    await evil.close()
+
+
+async def test_nodes_answer_blob_gets_and_say_when_they_lack_a_blob(nodes):
+    a = await nodes("a")
+    data = os.urandom(CHUNK_SIZE + 5)
+    root = a.put_blob(data)
+    peer = await _evil_peer(a)
+    try:
+        await peer.send(BlobGet(root, 1))
+        await peer.send(BlobGet(bytes(32), 0))
+        await peer.wait_for(lambda: len(peer.of_type(BlobChunk)) == 2)
+        got, missing = peer.of_type(BlobChunk)
+        assert (got.index, got.total) == (1, 2)
+        assert verify_chunk(root, 1, 2, got.data, got.branch) and got.data == data[CHUNK_SIZE:]
+        assert (missing.root, missing.total, missing.data, missing.branch) == (
+            bytes(32),
+            0,
+            b"",
+            (),
+        )
+        await peer.send(BlobGet(root, 2))  # past the end: an honest peer never asks
+        reason = await peer.wait_for_close()
+        assert reason is not None and "chunk 2 of a blob of 2 chunks" in reason
+    finally:
+        await peer.close()

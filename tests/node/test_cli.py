@@ -1,0 +1,158 @@
+"""The `pouw` command line: help, one-line errors, wallets, config files,
+POUW_* environment variables, and payments against a real node process."""
+
+from __future__ import annotations
+
+import json
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+import kernels.backends
+from node.cli import cli
+from tests.e2e.framework import NodeProcess, wait_until
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(cli, list(args), env=env, prog_name="pouw", auto_envvar_prefix="POUW")
+
+
+def one_line_error(result: Result, *words: str) -> str:
+    """Assert a clean failure: non-zero exit, one stderr line naming the problem."""
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
+    line = lines[0]
+    assert line.startswith(("error:", "Error:")), line
+    for word in words:
+        assert word in line, f"{word!r} not in {line!r}"
+    return line
+
+
+@pytest.mark.parametrize("command", [[], ["node"], ["wallet"], ["rpc"], ["testnet"], ["bench"]])
+def test_every_command_has_help(command):
+    result = run(*command, "--help")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("Usage: pouw")
+
+
+def test_help_works_in_a_real_process():
+    out = subprocess.run(
+        [sys.executable, "-m", "node.cli", "--help"], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0 and "wallet" in out.stdout and not out.stderr
+
+
+def test_bad_node_arguments_are_one_line_errors(tmp_path, monkeypatch):
+    d = str(tmp_path / "d")
+    one_line_error(run("node", "--datadir", d, "--listen", "nonsense"), "--listen", "nonsense")
+    one_line_error(run("node", "--datadir", d, "--peer", "host:notaport"), "--peer", "port")
+    monkeypatch.setattr(kernels.backends, "cuda_available", lambda: False)
+    one_line_error(run("node", "--datadir", d, "--backend", "cuda"), "cuda", "GPU")
+    one_line_error(run("node", "--config", "/nonexistent.toml"), "/nonexistent.toml", "exist")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('listen = "127.0.0.1:0\nmine = \n')
+    one_line_error(run("node", "--config", str(bad)), str(bad), "not valid TOML")
+    assert not (tmp_path / "d").exists() or not any((tmp_path / "d").iterdir())
+
+
+def test_bad_wallet_rpc_and_bench_arguments_are_one_line_errors(tmp_path):
+    one_line_error(run("wallet", "address", "--wallet", "/nonexistent"), "/nonexistent")
+    w = str(tmp_path / "w.key")
+    assert run("wallet", "new", "--wallet", w).exit_code == 0
+    one_line_error(run("wallet", "send", "notanaddress", "5", "--wallet", w), "address")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    one_line_error(run("rpc", "getinfo", "--datadir", str(empty)), "no running node", str(empty))
+    one_line_error(run("bench", "kernels", "--size", "100"), "--size", "64")
+
+
+def test_wallet_new_and_address_agree_and_new_never_overwrites(tmp_path):
+    w = tmp_path / "wallet.key"
+    created = run("wallet", "new", "--wallet", str(w), "--json")
+    assert created.exit_code == 0, created.output
+    address = json.loads(created.stdout)["address"]
+    shown = run("wallet", "address", "--wallet", str(w), "--json")
+    assert json.loads(shown.stdout) == {"address": address}
+    assert stat.S_IMODE(w.stat().st_mode) == 0o600
+    seed = w.read_text()
+    one_line_error(run("wallet", "new", "--wallet", str(w)), "already exists", "--force")
+    assert w.read_text() == seed
+    replaced = run("wallet", "new", "--wallet", str(w), "--force", "--json")
+    assert replaced.exit_code == 0 and json.loads(replaced.stdout)["address"] != address
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _log_levels(datadir: Path) -> set[str]:
+    """The levels of the records in the node's log file."""
+    lines = (datadir / "node.log").read_text().splitlines()
+    return {line.split()[2] for line in lines if len(line.split()) > 2}
+
+
+def test_a_config_file_and_pouw_environment_variables_set_node_options(tmp_path, monkeypatch):
+    rpc_port = _free_port()
+    config = tmp_path / "pouw.toml"
+    config.write_text(f'listen = "127.0.0.1:0"\nrpc = "127.0.0.1:{rpc_port}"\nlog_level = "INFO"\n')
+    monkeypatch.setenv("POUW_NODE_LOG_LEVEL", "WARNING")  # the environment outranks the file
+    node = NodeProcess(tmp_path / "n", ["--config", str(config)], "configured").start()
+    try:
+        info = json.loads((tmp_path / "n" / "node.json").read_text())
+        assert info["rpc"] == f"127.0.0.1:{rpc_port}", "rpc from the config file was ignored"
+        assert info["p2p"].startswith("127.0.0.1:")
+        got = run("rpc", "getinfo", "--datadir", str(tmp_path / "n"))
+        assert got.exit_code == 0 and json.loads(got.stdout)["network"] == "devnet"
+        assert "INFO" not in _log_levels(tmp_path / "n"), "POUW_NODE_LOG_LEVEL was ignored"
+    finally:
+        assert node.stop() == 0, node.log_tail()
+    assert not (tmp_path / "n" / "node.json").exists(), "the node did not finish stopping"
+
+
+def test_config_file_values_are_checked_like_flags(tmp_path):
+    config = tmp_path / "pouw.toml"
+    config.write_text('log_level = "WARNING"\nlisten = "nonsense"\n')
+    one_line_error(run("node", "--config", str(config)), "--listen", "nonsense")
+    config.write_text('log_level = "WARNING"\nlisen = "127.0.0.1:0"\n')
+    one_line_error(run("node", "--config", str(config)), "unknown option", "lisen")
+    env = {"POUW_NODE_LISTEN": "nonsense"}
+    one_line_error(run("node", "--datadir", str(tmp_path / "x"), env=env), "--listen", "nonsense")
+
+
+def test_wallet_send_confirms_and_balance_shows_it(tmp_path):
+    d = tmp_path / "miner"
+    node = NodeProcess(
+        d, ["--mine", "--threads", "1", "--devnet-block-time-ms", "200"], "miner"
+    ).start()
+    try:
+        payer, payee = str(tmp_path / "payer.key"), str(tmp_path / "payee.key")
+        assert run("wallet", "new", "--from-label", "devnet-0", "--wallet", payer).exit_code == 0
+        addr = json.loads(run("wallet", "new", "--wallet", payee, "--json").stdout)["address"]
+        sent = run("wallet", "send", addr, "1000", "--wallet", payer, "--datadir", str(d), "--json")
+        assert sent.exit_code == 0, sent.output
+        txid = json.loads(sent.stdout)["txid"]
+        assert len(bytes.fromhex(txid)) == 32
+
+        def confirmations() -> int:
+            got = run("rpc", "gettransaction", txid, "--datadir", str(d))
+            assert got.exit_code == 0, got.output
+            return int(json.loads(got.stdout)["confirmations"])
+
+        wait_until(lambda: confirmations() >= 1, 45, "the transfer to confirm")
+        balance = run("wallet", "balance", "--address", addr, "--datadir", str(d), "--json")
+        assert balance.exit_code == 0, balance.output
+        assert json.loads(balance.stdout)["balance"] == 1000
+        mine = run("wallet", "address", "--wallet", payee, "--json")
+        assert json.loads(mine.stdout)["address"] == addr
+    finally:
+        assert node.stop() == 0, node.log_tail()
