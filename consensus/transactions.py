@@ -96,9 +96,6 @@ class JobPostPayload:
 
     ``fee`` is the reward escrowed from the sender and paid to the miner after
     the challenge window (not the transaction fee, which the block producer gets).
-    ``blob_a``/``blob_b`` name the P2P blobs that carry the operands (node.blobs);
-    consensus never reads them: a miner checks the fetched matrices against
-    ``root_a``/``root_b``, and a job whose blobs nobody serves is never mined.
     """
 
     m: int
@@ -108,8 +105,6 @@ class JobPostPayload:
     root_b: bytes
     fee: int
     expiry_height: int
-    blob_a: bytes
-    blob_b: bytes
     SCHEMA: ClassVar[Schema] = (
         Field("m", U32),
         Field("k", U32),
@@ -118,8 +113,6 @@ class JobPostPayload:
         Field("root_b", HASH),
         Field("fee", U64),
         Field("expiry_height", U64),
-        Field("blob_a", HASH),
-        Field("blob_b", HASH),
     )
 
 

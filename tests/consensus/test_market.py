@@ -29,9 +29,7 @@ rng = np.random.default_rng(5)
 A = rng.integers(-64, 64, (32, 128), dtype=np.int8)
 B = rng.integers(-64, 64, (128, 32), dtype=np.int8)
 JOB = Job.from_operands(A, B)
-POST = JobPostPayload(
-    32, 128, 32, JOB.spec.root_a, JOB.spec.root_b, REWARD, 30, bytes(32), bytes(32)
-)
+POST = JobPostPayload(32, 128, 32, JOB.spec.root_a, JOB.spec.root_b, REWARD, 30)
 JOB_ID = job_id_of(POST, MID)
 
 

@@ -190,8 +190,7 @@ def unsignable(payload: Any) -> Transaction:
 
 def job(**changes: Any) -> JobPostPayload:
     return dataclasses.replace(
-        JobPostPayload(64, 128, 64, b"a" * 32, b"b" * 32, 100, 50, b"c" * 32, b"d" * 32),
-        **changes,
+        JobPostPayload(64, 128, 64, b"a" * 32, b"b" * 32, 100, 50), **changes
     )
 
 
