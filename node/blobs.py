@@ -39,11 +39,13 @@ from node.wire import BlobChunk, BlobGet
 log = logging.getLogger("pouw.blobs")
 
 CHUNK_SIZE = 256 * 1024
-"""Bytes per chunk (the last chunk of a blob may be shorter)."""
+"""Bytes per chunk of a plain blob (the last chunk may be shorter)."""
+MAX_CHUNK_SIZE = 1024 * 1024
+"""Longest chunk: a matrix blob's chunk is one row (at most 65,536 int32 = 256 KiB)."""
 MAX_BLOB_SIZE = 256 * 1024 * 1024
 """Largest blob a node stores, serves or fetches."""
-MAX_CHUNKS = -(-MAX_BLOB_SIZE // CHUNK_SIZE)
-"""Most chunks in one blob (ceil(MAX_BLOB_SIZE / CHUNK_SIZE))."""
+MAX_CHUNKS = 65_536
+"""Most chunks in one blob: a matrix blob has one chunk per row (≤ 65,536 rows)."""
 
 
 class BlobError(ValueError):
@@ -62,10 +64,16 @@ def check_blob_size(size: int) -> None:
         raise BlobError(f"blob of {size} bytes exceeds the limit of {MAX_BLOB_SIZE}")
 
 
-def split(data: bytes) -> list[bytes]:
-    """The chunks of a blob, in order: CHUNK_SIZE bytes each, the last one possibly shorter."""
+def split(data: bytes, chunk_size: int = CHUNK_SIZE) -> list[bytes]:
+    """The chunks of a blob, in order: ``chunk_size`` bytes each, the last possibly shorter."""
     check_blob_size(len(data))
-    return [bytes(data[i : i + CHUNK_SIZE]) for i in range(0, len(data), CHUNK_SIZE)]
+    check_chunk_size(chunk_size)
+    return [bytes(data[i : i + chunk_size]) for i in range(0, len(data), chunk_size)]
+
+
+def check_chunk_size(chunk_size: int) -> None:
+    if not 0 < chunk_size <= MAX_CHUNK_SIZE:
+        raise BlobError(f"chunk size {chunk_size} is outside 1..{MAX_CHUNK_SIZE}")
 
 
 def chunk_count(size: int) -> int:
@@ -77,8 +85,9 @@ def chunk_count(size: int) -> int:
 class BlobTree:
     """A blob with its Merkle tree built once, to serve many chunks with their branches."""
 
-    def __init__(self, data: bytes) -> None:
-        self.chunks = split(data)
+    def __init__(self, data: bytes, chunk_size: int = CHUNK_SIZE) -> None:
+        self.chunks = split(data, chunk_size)
+        self.chunk_size = chunk_size
         self.size = len(data)
         self.levels = tree_levels([leaf_hash(i, c) for i, c in enumerate(self.chunks)])
         self.root: bytes = self.levels[-1][0]
@@ -94,9 +103,24 @@ class BlobTree:
         return self.chunks[index], tuple(branch_of(self.levels, index))
 
 
-def blob_root(data: bytes) -> bytes:
+def blob_root(data: bytes, chunk_size: int = CHUNK_SIZE) -> bytes:
     """The id of a blob: the Merkle root over its chunks (BlobError if empty or too big)."""
-    return BlobTree(data).root
+    return BlobTree(data, chunk_size).root
+
+
+def matrix_rows(x: np.ndarray) -> tuple[bytes, int]:
+    """A matrix as a row-chunked blob: (little-endian row-major bytes, bytes per row).
+
+    With one row per chunk and the consensus leaf hashing, the blob's id is the
+    matrix's row root (consensus.merkle.matrix_rows_root): a job's root_a,
+    root_b (rows of Bᵀ) and a block's result_root are directly the blob ids of
+    the operands and the result, and every chunk a peer sends is a row checked
+    against the commitment on chain.
+    """
+    if x.ndim != 2 or x.dtype not in (np.int8, np.int32):
+        raise BlobError("a matrix blob holds a 2-D int8 or int32 array")
+    rows = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<"))
+    return rows.tobytes(), rows.shape[1] * rows.itemsize
 
 
 def chunk_with_branch(data: bytes, index: int) -> tuple[bytes, int, tuple[bytes, ...]]:
@@ -111,17 +135,14 @@ def verify_chunk(
 ) -> bool:
     """True iff ``chunk`` is chunk ``index`` of the ``total``-chunk blob with id ``root``.
 
-    Besides the branch, the chunk must have the length the chunking rule gives
-    it (full unless it is the last), so that a verified set of chunks always
-    reassembles into the blob whose ``blob_root`` is ``root``. Never raises.
+    Chunk lengths are checked when the chunks are assembled (every chunk but
+    the last as long as chunk 0), and the whole blob's root once more. Never raises.
     """
     if type(total) is not int or type(index) is not int or type(chunk) is not bytes:
         return False
     if not 1 <= total <= MAX_CHUNKS or not 0 <= index < total:
         return False
-    if not chunk or len(chunk) > CHUNK_SIZE:
-        return False
-    if index < total - 1 and len(chunk) != CHUNK_SIZE:
+    if not chunk or len(chunk) > MAX_CHUNK_SIZE:
         return False
     return verify_branch(root, index, total, chunk, list(branch))
 
@@ -131,8 +152,14 @@ def assemble(root: bytes, total: int, chunks: dict[int, bytes]) -> bytes:
     missing = [i for i in range(total) if i not in chunks]
     if missing:
         raise BlobError(f"blob {root.hex()[:16]}… is missing {len(missing)} of {total} chunks")
+    chunk_size = len(chunks[0])
+    if (
+        any(len(chunks[i]) != chunk_size for i in range(total - 1))
+        or len(chunks[total - 1]) > chunk_size
+    ):
+        raise BlobError(f"chunks of blob {root.hex()[:16]}… have inconsistent lengths")
     data = b"".join(chunks[i] for i in range(total))
-    if blob_root(data) != root:
+    if blob_root(data, chunk_size) != root:
         raise BlobError(f"chunks do not reassemble into blob {root.hex()[:16]}…")
     return data
 
@@ -250,21 +277,27 @@ class BlobExchange:
 
     # ------------------------------------------------------------ local
 
-    def put(self, data: bytes) -> bytes:
+    def put(self, data: bytes, chunk_size: int = CHUNK_SIZE) -> bytes:
         """Store a blob (BlobError if empty or too big); its root."""
-        tree = BlobTree(data)
-        self.store.put_blob(tree.root, bytes(data))
+        tree = BlobTree(data, chunk_size)
+        self.store.put_blob(tree.root, bytes(data), chunk_size)
         return tree.root
+
+    def put_matrix(self, x: np.ndarray) -> bytes:
+        """Store a matrix as a row-chunked blob; its id is the matrix's row root."""
+        data, row_bytes = matrix_rows(x)
+        return self.put(data, row_bytes)
 
     async def _tree(self, root: bytes) -> BlobTree | None:
         tree = self._trees.get(root)
         if tree is not None:
             self._trees.move_to_end(root)
             return tree
-        data = self.store.get_blob(root)
-        if data is None:
+        found = self.store.get_blob_chunked(root)
+        if found is None:
             return None
-        tree = await asyncio.to_thread(BlobTree, data)  # hashing 256 MiB takes a moment
+        data, chunk_size = found
+        tree = await asyncio.to_thread(BlobTree, data, chunk_size)  # 256 MiB takes a moment
         if tree.root != root:  # a corrupt store must not make us serve bad chunks
             log.error("stored blob %s does not match its root: not serving it", root.hex())
             return None
@@ -380,7 +413,7 @@ class BlobExchange:
             raise BlobFetchError(
                 f"timed out after {timeout:g}s fetching blob {short} ({why})"
             ) from None
-        await asyncio.to_thread(self.store.put_blob, root, data)
+        await asyncio.to_thread(self.store.put_blob, root, data, len(chunks[0]))
         log.info("fetched blob %s: %d bytes in %d chunks", short, len(data), total)
         return data
 

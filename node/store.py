@@ -40,7 +40,7 @@ from consensus.state import (
 )
 
 FILENAME = "chain.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 WORK_BYTES = 32
 
 _SCHEMA = """
@@ -74,6 +74,7 @@ CREATE TABLE IF NOT EXISTS undo (
 CREATE TABLE IF NOT EXISTS blobs (
     root BLOB NOT NULL UNIQUE,
     size INTEGER NOT NULL,
+    chunk_size INTEGER NOT NULL,
     data BLOB NOT NULL
 );
 """
@@ -381,13 +382,25 @@ class Store:
 
     # ------------------------------------------------------------ blobs
 
-    def put_blob(self, root: bytes, data: bytes) -> None:
-        """Keep ``data`` under its content root (the caller has checked the root)."""
+    def put_blob(self, root: bytes, data: bytes, chunk_size: int) -> None:
+        """Keep ``data`` under its content root (the caller has checked the root).
+
+        ``chunk_size`` is how the blob is cut into chunks (node.blobs), needed
+        to serve it: its root is over those chunks.
+        """
         with self._transaction() as db:
             db.execute(
-                "INSERT OR IGNORE INTO blobs (root, size, data) VALUES (?, ?, ?)",
-                (root, len(data), data),
+                "INSERT OR IGNORE INTO blobs (root, size, chunk_size, data) VALUES (?, ?, ?, ?)",
+                (root, len(data), chunk_size, data),
             )
+
+    def get_blob_chunked(self, root: bytes) -> tuple[bytes, int] | None:
+        """(data, chunk size) of a stored blob, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT data, chunk_size FROM blobs WHERE root = ?", (root,)
+            ).fetchone()
+        return None if row is None else (bytes(row[0]), int(row[1]))
 
     def get_blob(self, root: bytes) -> bytes | None:
         with self._lock:

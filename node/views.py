@@ -55,8 +55,6 @@ def payload_json(tx: Transaction) -> dict[str, Any]:
             "root_b": p.root_b.hex(),
             "fee": p.fee,
             "expiry_height": p.expiry_height,
-            "blob_a": p.blob_a.hex(),
-            "blob_b": p.blob_b.hex(),
         }
     if isinstance(p, JobCancelPayload):
         return {"job_id": p.job_id.hex()}

@@ -279,3 +279,20 @@ async def test_nodes_answer_blob_gets_and_say_when_they_lack_a_blob(nodes):
         assert reason is not None and "chunk 2 of a blob of 2 chunks" in reason
     finally:
         await peer.close()
+
+
+async def test_a_matrix_travels_row_by_row_under_its_row_root(nodes):
+    from consensus.merkle import matrix_cols_root, matrix_rows_root
+
+    a = await nodes("a")
+    b = await nodes("b", peers=[a])
+    await wait_until(lambda: len(b.p2p.peers) == 1)
+    rng = np.random.default_rng(9)
+    c = rng.integers(-(2**31), 2**31, (48, 80), dtype=np.int64).astype(np.int32)
+    bm = rng.integers(-64, 64, (64, 32), dtype=np.int8)
+    assert a.blobs.put_matrix(c) == matrix_rows_root(c)
+    assert a.blobs.put_matrix(np.ascontiguousarray(bm.T)) == matrix_cols_root(bm)
+    raw = await b.fetch_blob(matrix_rows_root(c), timeout=20)
+    assert np.array_equal(np.frombuffer(raw, dtype="<i4").reshape(48, 80), c)
+    raw_b = await b.fetch_blob(matrix_cols_root(bm), timeout=20)
+    assert np.array_equal(np.frombuffer(raw_b, dtype=np.int8).reshape(32, 64).T, bm)

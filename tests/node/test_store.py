@@ -204,8 +204,8 @@ def test_blobs_are_kept_by_content_root(tmp_path):
     root, data = bytes(range(32)), b"\x01\x02" * 1000
     with Store(tmp_path, MID) as store:
         assert not store.has_blob(root) and store.get_blob(root) is None
-        store.put_blob(root, data)
-        store.put_blob(root, data)
+        store.put_blob(root, data, 1024)
+        store.put_blob(root, data, 1024)
     with Store(tmp_path, MID) as store:
         assert store.has_blob(root)
         assert store.get_blob(root) == data
