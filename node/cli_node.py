@@ -122,6 +122,12 @@ class ConfigDefaults(click.Command):
     help="Devnet only: another block interval (a different genesis and chain).",
 )
 @click.option(
+    "--dishonest-results",
+    is_flag=True,
+    hidden=True,
+    help="TESTS ONLY: commit a wrong product on posted jobs.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="INFO",
@@ -140,6 +146,7 @@ def node_cmd(
     max_outbound: int,
     max_inbound: int,
     devnet_block_time_ms: int | None,
+    dishonest_results: bool,
     log_level: str,
 ) -> None:
     """Run a node in the foreground until Ctrl-C or SIGTERM."""
@@ -164,6 +171,7 @@ def node_cmd(
         max_outbound=max_outbound,
         max_inbound=max_inbound,
         log_level=log_level,
+        dishonest_results=dishonest_results,
     )
     if threads:
         import numba

@@ -46,6 +46,7 @@ class NodeConfig:
     max_outbound: int = 8
     max_inbound: int = 32
     log_level: str = "INFO"
+    dishonest_results: bool = False  # tests only: commit a wrong C on posted jobs
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

@@ -32,11 +32,13 @@ from consensus.validation import check_header_pow
 from node.blobs import BlobExchange
 from node.config import NodeConfig
 from node.errors import ProtocolViolation
+from node.market import MarketService
 from node.mempool import Mempool
 from node.miner import Miner, MiningWork
 from node.p2p import PeerManager
 from node.peer import PeerSession
 from node.rpc import Metrics, RpcServer, write_cookie
+from node.rpc_market import register_market_methods
 from node.rpc_methods import register_methods
 from node.store import Store
 from node.wire import (
@@ -101,11 +103,13 @@ class Node:
         self.store = Store(self.datadir / "chain.sqlite", self.params)
         self.chain: Chain = self.store.load_chain(now_ms)
         self.blobs = BlobExchange(self.store, lambda: self.p2p.peers)
+        self.market = MarketService(self, dishonest=self.config.dishonest_results)
         self.mempool = Mempool(self.params)
         self.metrics.height.set(self.chain.height)
         self.token = write_cookie(self.datadir)
         self.rpc = RpcServer(self.token, self.metrics)
         register_methods(self.rpc, self)
+        register_market_methods(self.rpc, self)
 
         listen_host, listen_port = self.config.listen
         p2p_app = web.Application()
@@ -178,6 +182,7 @@ class Node:
                 t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self.blobs.close()
+            self.market.close()
             await self.p2p.stop()
             await self.rpc.close_subscribers()
             for runner in self._runners:
@@ -226,7 +231,7 @@ class Node:
         return job
 
     async def _mining_work(self) -> MiningWork:
-        job = self._null_job(self.chain.tip.hash)
+        job = self.market.pick_job() or self._null_job(self.chain.tip.hash)
         check_job_shape(job.spec, self.params)
         candidates = self.mempool.select(5_000, self.params.max_block_bytes // 2)
         template, included = self.chain.build_template(
@@ -235,9 +240,9 @@ class Node:
         return MiningWork(template=template, job=job, txs=included)
 
     async def _submit_mined(self, found: MinedBlock, work: MiningWork) -> None:
-        block = Block(found.header, work.txs)
-        if block.header.prev_hash != self.chain.tip.hash:
+        if found.header.prev_hash != self.chain.tip.hash:
             return  # the tip moved while the last attempt ran: stale, drop it
+        block = Block(self.market.finish(found, work.job), work.txs)
         self.metrics.mined.inc()
         log.info("mined block %d %s", block.header.height, block.hash.hex()[:16])
         await self.process_block(block, source=None)

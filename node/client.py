@@ -1,0 +1,186 @@
+"""The compute-market client library: post a matmul, follow it, fetch a verified result.
+
+    client = MarketClient.for_datadir(Path("~/.pouwnet/devnet").expanduser(), key)
+    job_id = client.submit(a, b, reward=10_000)       # operands int8 in [-64, 63]
+    client.wait(job_id, timeout=120)                  # until a block claims it
+    c = client.result(job_id)                         # Freivalds-checked A·B
+
+``result`` always checks C = A·B with Freivalds (false accept ≤ 2^-66) before
+returning it. A wrong result makes the client post a fraud proof by itself
+(the poster is refunded, the miner loses its coinbase) and raise
+:class:`WrongResult` saying so.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from consensus.blocks import JobSpec
+from consensus.keys import PrivateKey, address_to_text
+from consensus.market import build_fraud_proof
+from consensus.merkle import matrix_cols_root, matrix_rows_root
+from consensus.params import NetworkParams
+from consensus.transactions import JobPostPayload, encode_tx, signed_transaction
+from kernels.freivalds import freivalds_check, locate_error
+from kernels.params import OPERAND_MAX, OPERAND_MIN
+from node.blobs import decode_matrix, encode_matrix
+from node.rpc_client import RpcClient
+
+DEFAULT_EXPIRY_BLOCKS = 200
+
+
+class WrongResult(Exception):
+    """The network returned a wrong C; a fraud proof was sent (its txid is attached)."""
+
+    def __init__(self, message: str, fraud_txid: str | None) -> None:
+        super().__init__(message)
+        self.fraud_txid = fraud_txid
+
+
+@dataclass(frozen=True)
+class SubmittedJob:
+    job_id: bytes
+    txid: str
+    spec: JobSpec
+
+
+def check_operands(a: np.ndarray, b: np.ndarray, params: NetworkParams) -> tuple[int, int, int]:
+    """ValueError naming the problem unless A (m×k) and B (k×n) can be a job here."""
+    for name, x in (("A", a), ("B", b)):
+        if not isinstance(x, np.ndarray) or x.ndim != 2:
+            raise ValueError(f"{name} must be a 2-D array")
+        if not np.issubdtype(x.dtype, np.integer):
+            raise ValueError(f"{name} must hold integers, got {x.dtype}")
+        if x.size and (int(x.min()) < OPERAND_MIN or int(x.max()) > OPERAND_MAX):
+            raise ValueError(
+                f"{name} has values in [{int(x.min())}, {int(x.max())}], outside int7 "
+                f"[{OPERAND_MIN}, {OPERAND_MAX}]"
+            )
+    m, k = a.shape
+    kb, n = b.shape
+    if k != kb:
+        raise ValueError(f"shapes do not match: A is {m}x{k}, B is {kb}x{n}")
+    r, h, w = params.rank, params.tile_h, params.tile_w
+    if m % h or n % w or k % r:
+        raise ValueError(
+            f"job {m}x{k}x{n} must have m a multiple of {h}, n of {w} and k of {r} (pad with zeros)"
+        )
+    if max(m, n) > params.max_job_dim or k > params.max_job_k:
+        raise ValueError(f"job {m}x{k}x{n} is larger than {params.name} allows")
+    return m, k, n
+
+
+class MarketClient:
+    def __init__(self, rpc: RpcClient, key: PrivateKey, params: NetworkParams) -> None:
+        self.rpc = rpc
+        self.key = key
+        self.params = params
+
+    @classmethod
+    def for_datadir(cls, datadir: Path, key: PrivateKey, params: NetworkParams) -> MarketClient:
+        return cls(RpcClient.for_datadir(datadir), key, params)
+
+    # ------------------------------------------------------------ submit
+
+    def submit(
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        reward: int,
+        expiry_blocks: int = DEFAULT_EXPIRY_BLOCKS,
+        fee: int = 1_000,
+    ) -> SubmittedJob:
+        """Upload the operands to our node and post the job; no tx is sent on bad input."""
+        m, k, n = check_operands(a, b, self.params)
+        if reward <= 0:
+            raise ValueError("the reward must be positive")
+        a8 = np.ascontiguousarray(a, dtype=np.int8)
+        b8 = np.ascontiguousarray(b, dtype=np.int8)
+        account = self.rpc.call("getaccount", address_to_text(self.key.address))
+        if account["balance"] < reward + fee:
+            raise ValueError(
+                f"insufficient balance: {account['balance']} < reward {reward} + fee {fee}"
+            )
+        # Row-chunked blobs: their ids are the job's roots (node.blobs.matrix_rows).
+        root_a = bytes.fromhex(self.rpc.call("putoperand", encode_matrix(a8).hex(), "rows"))
+        root_b = bytes.fromhex(self.rpc.call("putoperand", encode_matrix(b8).hex(), "cols"))
+        spec = JobSpec(m, k, n, matrix_rows_root(a8), matrix_cols_root(b8))
+        if (root_a, root_b) != (spec.root_a, spec.root_b):
+            raise RuntimeError("the node stored the operands under other roots")
+        height = self.rpc.call("getinfo")["height"]
+        payload = JobPostPayload(m, k, n, spec.root_a, spec.root_b, reward, height + expiry_blocks)
+        tx = signed_transaction(
+            self.key,
+            chain_id=self.params.chain_id,
+            nonce=account["next_nonce"],
+            fee=fee,
+            payload=payload,
+        )
+        txid = self.rpc.call("sendtransaction", encode_tx(tx).hex())
+        return SubmittedJob(
+            spec.job_id(self.params.rank, self.params.tile_h, self.params.tile_w), txid, spec
+        )
+
+    # ------------------------------------------------------------ follow
+
+    def status(self, job_id: bytes) -> dict[str, Any]:
+        """The job's on-chain record (status: open, mined, paid, refunded, cancelled)."""
+        status: dict[str, Any] = self.rpc.call("getjob", job_id.hex())
+        return status
+
+    def wait(
+        self,
+        job_id: bytes,
+        timeout: float = 300.0,
+        until: tuple[str, ...] = ("mined", "paid", "refunded"),
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                st = self.status(job_id)
+                if st["status"] in until:
+                    return st
+            except Exception as e:  # not yet in a block: the node does not know the job
+                if "unknown job" not in str(e):
+                    raise
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id.hex()[:16]} not {'/'.join(until)} in {timeout}s")
+            time.sleep(0.2)
+
+    # ------------------------------------------------------------ result
+
+    def result(self, job_id: bytes, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """C = A·B from the network, checked with Freivalds; fraud proof on a wrong C."""
+        st = self.status(job_id)
+        if st["status"] not in ("mined", "paid"):
+            raise ValueError(f"job {job_id.hex()[:16]} has no result: it is {st['status']}")
+        c = decode_matrix(bytes.fromhex(self.rpc.call("getresult", job_id.hex())))
+        a8 = np.ascontiguousarray(a, dtype=np.int8)
+        b8 = np.ascontiguousarray(b, dtype=np.int8)
+        if c.dtype != np.int32 or c.shape != (a8.shape[0], b8.shape[1]):
+            raise ValueError(f"the result has shape {c.shape} and dtype {c.dtype}")
+        if freivalds_check(a8, b8, c):
+            return c
+        where = locate_error(a8, b8, c)
+        if where is None:  # Freivalds' residual was a false alarm on a right C: cannot happen
+            return c
+        if st["status"] != "mined":
+            raise WrongResult(f"C{list(where)} is wrong but the challenge window has closed", None)
+        proof = build_fraud_proof(bytes.fromhex(st["block_hash"]), job_id, a8, b8, c, *where)
+        account = self.rpc.call("getaccount", address_to_text(self.key.address))
+        tx = signed_transaction(
+            self.key,
+            chain_id=self.params.chain_id,
+            nonce=account["next_nonce"],
+            fee=1_000,
+            payload=proof,
+        )
+        txid = self.rpc.call("sendtransaction", encode_tx(tx).hex())
+        raise WrongResult(
+            f"the miner's C[{where[0]}, {where[1]}] is wrong; fraud proof sent in tx {txid}", txid
+        )

@@ -1,0 +1,91 @@
+"""JSON-RPC methods of the compute market (used by node.client and `pouw job`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from consensus.keys import address_to_text
+from consensus.market import job_record
+from kernels.params import OPERAND_MAX, OPERAND_MIN
+from node.blobs import BlobError, BlobFetchError, decode_matrix, encode_matrix
+from node.rpc import INVALID_PARAMS, REJECTED, RpcError, RpcServer
+from node.rpc_methods import _hash
+
+if TYPE_CHECKING:
+    from node.node import Node
+
+
+def _job_json(rec: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in rec.items():
+        if key in ("poster", "miner") and value:
+            out[key] = address_to_text(value)
+        elif isinstance(value, bytes):
+            out[key] = value.hex()
+        else:
+            out[key] = value
+    return out
+
+
+def register_market_methods(rpc: RpcServer, node: Node) -> None:
+    async def putoperand(matrix_hex: str, layout: str = "rows") -> str:
+        """Keep an operand to serve to miners; returns its root (root_a, or root_b for cols)."""
+        if layout not in ("rows", "cols"):
+            raise RpcError(INVALID_PARAMS, "layout must be 'rows' (A) or 'cols' (B)")
+        try:
+            x = decode_matrix(bytes.fromhex(matrix_hex))
+        except (ValueError, BlobError) as e:
+            raise RpcError(INVALID_PARAMS, f"not an encoded matrix: {e}") from None
+        if x.dtype != np.int8:
+            raise RpcError(INVALID_PARAMS, "operands are int8")
+        if x.size and (int(x.min()) < OPERAND_MIN or int(x.max()) > OPERAND_MAX):
+            raise RpcError(INVALID_PARAMS, "operand values must lie in [-64, 63]")
+        rows = x if layout == "rows" else np.ascontiguousarray(x.T)
+        return node.blobs.put_matrix(rows).hex()
+
+    async def getjob(job_id: str) -> dict[str, Any]:
+        rec = job_record(node.chain.state, _hash(job_id, "job id"))
+        if rec is None:
+            raise RpcError(REJECTED, f"unknown job {job_id}")
+        return _job_json(rec)
+
+    async def listjobs(status: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for jid in node.chain.state.tables["jobs"]:
+            rec = job_record(node.chain.state, jid)
+            assert rec is not None
+            if status is None or rec["status"] == status:
+                out.append({"job_id": jid.hex(), **_job_json(rec)})
+        return out
+
+    async def getresult(job_id: str, timeout: float = 60.0) -> str:
+        """The product C the claiming miner committed to (fetched from peers if needed)."""
+        rec = job_record(node.chain.state, _hash(job_id, "job id"))
+        if rec is None:
+            raise RpcError(REJECTED, f"unknown job {job_id}")
+        if rec["status"] not in ("mined", "paid", "refunded"):
+            raise RpcError(REJECTED, f"job {job_id[:16]} has no result yet: it is {rec['status']}")
+        try:
+            raw = await node.fetch_blob(rec["result_root"], float(timeout))
+        except BlobFetchError as e:
+            raise RpcError(REJECTED, f"the result is not available: {e}") from None
+        m, n = rec["m"], rec["n"]
+        if len(raw) != 4 * m * n:
+            raise RpcError(REJECTED, "the miner's result has the wrong size")
+        c = np.frombuffer(raw, dtype="<i4").reshape(m, n).astype(np.int32)
+        return encode_matrix(c).hex()
+
+    async def getmarketinfo() -> dict[str, Any]:
+        return {
+            "open_jobs": len(node.market.open_jobs()),
+            "jobs_ready": len(node.market.jobs),
+            "jobs_mined": node.market.jobs_mined,
+        }
+
+    rpc.method("putoperand", putoperand, mutating=True)
+    rpc.method("getjob", getjob)
+    rpc.method("listjobs", listjobs)
+    rpc.method("getresult", getresult)
+    rpc.method("getmarketinfo", getmarketinfo)

@@ -1,0 +1,119 @@
+"""The compute market end to end on real node processes: a job is posted, mined,
+its result verified and the miner paid after the window; a dishonest miner's
+wrong result is caught by the client, whose fraud proof refunds the poster and
+burns the miner's coinbase."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from consensus.keys import PrivateKey, address_to_text
+from consensus.params import DEVNET, with_block_time
+from node.client import MarketClient, WrongResult
+from node.rpc_client import RpcClient
+from tests.e2e.framework import NodeProcess, wait_until
+
+pytestmark = pytest.mark.slow
+
+BLOCK_MS = 400
+PARAMS = with_block_time(DEVNET, BLOCK_MS)
+POSTER = PrivateKey.from_label("devnet-3")
+HONEST = PrivateKey.from_label("market-honest")
+CHEAT = PrivateKey.from_label("market-cheat")
+rng = np.random.default_rng(21)
+
+
+def _operands() -> tuple[np.ndarray, np.ndarray]:
+    return (
+        rng.integers(-64, 64, (64, 128), dtype=np.int8),
+        rng.integers(-64, 64, (128, 32), dtype=np.int8),
+    )
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("market")
+    common = ["--devnet-block-time-ms", str(BLOCK_MS), "--threads", "1"]
+    nodes = []
+    try:
+        poster = NodeProcess(root / "poster", common, "poster").start()
+        nodes.append(poster)
+        honest = NodeProcess(
+            root / "honest",
+            [
+                *common,
+                "--peer",
+                poster.p2p,
+                "--mine",
+                "--miner-address",
+                address_to_text(HONEST.address),
+            ],
+            "honest",
+        )
+        nodes.append(honest.start())
+        cheat = NodeProcess(
+            root / "cheat",
+            [
+                *common,
+                "--peer",
+                poster.p2p,
+                "--dishonest-results",
+                "--miner-address",
+                address_to_text(CHEAT.address),
+            ],
+            "cheat",
+        )
+        nodes.append(cheat.start())
+        wait_until(lambda: len(poster.call("getpeers")) == 2, 30, "the poster's two peers")
+        assert poster.rpc is not None
+        client = MarketClient(RpcClient(poster.rpc.url, poster.rpc.token), POSTER, PARAMS)
+        yield client, poster, honest, cheat
+    finally:
+        for n in nodes:
+            n.kill()
+
+
+def test_honest_miner_is_paid_after_the_window_and_the_result_verifies(market):
+    client, _, _, _ = market
+    a, b = _operands()
+    job = client.submit(a, b, reward=50_000)
+    status = client.wait(job.job_id, timeout=120)
+    assert status["miner"] == address_to_text(HONEST.address)
+    c = client.result(job.job_id, a, b)
+    assert np.array_equal(c, (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32))
+    paid = client.wait(job.job_id, timeout=120, until=("paid",))
+    assert paid["status"] == "paid"
+
+
+def test_dishonest_result_is_caught_and_the_fraud_proof_lands(market):
+    client, poster, honest, cheat = market
+    honest.call("setmining", False)
+    cheat.call("setmining", True)
+    a, b = _operands()
+    before = poster.call("getaccount", address_to_text(POSTER.address))["balance"]
+    job = client.submit(a, b, reward=40_000)
+    status = client.wait(job.job_id, timeout=120)
+    assert status["miner"] == address_to_text(CHEAT.address)
+    with pytest.raises(WrongResult, match="fraud proof sent") as caught:
+        client.result(job.job_id, a, b)
+    assert caught.value.fraud_txid
+    refunded = client.wait(job.job_id, timeout=120, until=("refunded",))
+    assert refunded["status"] == "refunded"
+    after = poster.call("getaccount", address_to_text(POSTER.address))["balance"]
+    # The poster paid two transaction fees (job post, fraud proof) and got the reward back.
+    assert after == before - 2 * 1_000
+    # The cheat's coinbase for that block is burned: it never matures, while
+    # its other coinbases do. Stop mining so the chain holds still, then count.
+    block = poster.call("getblock", status["block_hash"], False)
+    burned_at = block["height"] + PARAMS.coinbase_maturity
+    wait_until(lambda: cheat.height() >= burned_at + 1, 120, "the burned coinbase's maturity")
+    cheat.call("setmining", False)
+    height = cheat.height()
+    cheat_addr = address_to_text(CHEAT.address)
+    matured = 0
+    for h in range(1, height - PARAMS.coinbase_maturity + 1):
+        blk = cheat.call("getblockbyheight", h, False)
+        if blk["miner"] == cheat_addr and h != block["height"]:
+            matured += blk["reward"]
+    assert cheat.call("getaccount", cheat_addr)["balance"] == matured
