@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from node.cli_bench import bench
+from node.cli_job import job
 from node.cli_node import node_cmd, rpc_cmd, wallet
 from node.cli_testnet import testnet_cmd
 from node.rpc_client import RpcCallError
@@ -50,6 +51,7 @@ cli.add_command(node_cmd)
 cli.add_command(wallet)
 cli.add_command(rpc_cmd)
 cli.add_command(testnet_cmd)
+cli.add_command(job)
 
 
 def main() -> None:

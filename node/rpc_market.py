@@ -77,6 +77,21 @@ def register_market_methods(rpc: RpcServer, node: Node) -> None:
         c = np.frombuffer(raw, dtype="<i4").reshape(m, n).astype(np.int32)
         return encode_matrix(c).hex()
 
+    async def getoperands(job_id: str, timeout: float = 60.0) -> dict[str, str]:
+        """A job's operands A and B (encoded matrices), fetched from peers if needed."""
+        rec = job_record(node.chain.state, _hash(job_id, "job id"))
+        if rec is None:
+            raise RpcError(REJECTED, f"unknown job {job_id}")
+        m, k, n = rec["m"], rec["k"], rec["n"]
+        try:
+            raw_a = await node.fetch_blob(rec["root_a"], float(timeout))
+            raw_bt = await node.fetch_blob(rec["root_b"], float(timeout))
+        except BlobFetchError as e:
+            raise RpcError(REJECTED, f"the operands are not available: {e}") from None
+        a = np.frombuffer(raw_a, dtype=np.int8).reshape(m, k)
+        b = np.ascontiguousarray(np.frombuffer(raw_bt, dtype=np.int8).reshape(n, k).T)
+        return {"a": encode_matrix(a).hex(), "b": encode_matrix(b).hex()}
+
     async def getmarketinfo() -> dict[str, Any]:
         return {
             "open_jobs": len(node.market.open_jobs()),
@@ -89,3 +104,4 @@ def register_market_methods(rpc: RpcServer, node: Node) -> None:
     rpc.method("listjobs", listjobs)
     rpc.method("getresult", getresult)
     rpc.method("getmarketinfo", getmarketinfo)
+    rpc.method("getoperands", getoperands)

@@ -5,6 +5,10 @@ burns the miner's coinbase."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -84,6 +88,68 @@ def test_honest_miner_is_paid_after_the_window_and_the_result_verifies(market):
     assert np.array_equal(c, (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32))
     paid = client.wait(job.job_id, timeout=120, until=("paid",))
     assert paid["status"] == "paid"
+
+
+def _pouw(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "node.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_job_cli_submits_waits_and_writes_a_verified_result(market, tmp_path):
+    _, poster, _, _ = market
+    a, b = _operands()
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    wallet = str(tmp_path / "w.key")
+    assert _pouw("wallet", "new", "--from-label", "devnet-4", "--wallet", wallet).returncode == 0
+    where = [
+        "--datadir",
+        str(poster.datadir),
+        "--wallet",
+        wallet,
+        "--devnet-block-time-ms",
+        str(BLOCK_MS),
+        "--json",
+    ]
+    addr = address_to_text(PrivateKey.from_label("devnet-4").address)
+    nonce_before = poster.call("getaccount", addr)["next_nonce"]
+    bad = np.full((64, 128), 64, dtype=np.int64)  # outside int7
+    np.save(tmp_path / "bad.npy", bad)
+    refused = _pouw(
+        "job",
+        "submit",
+        "--a",
+        str(tmp_path / "bad.npy"),
+        "--b",
+        str(tmp_path / "b.npy"),
+        "--fee",
+        "5000",
+        *where,
+    )
+    assert refused.returncode == 2 and "outside int7" in refused.stderr
+    assert poster.call("getaccount", addr)["next_nonce"] == nonce_before  # no tx sent
+    done = _pouw(
+        "job",
+        "submit",
+        "--a",
+        str(tmp_path / "a.npy"),
+        "--b",
+        str(tmp_path / "b.npy"),
+        "--fee",
+        "5000",
+        "--wait",
+        "120",
+        *where,
+    )
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)
+    assert job["status"] in ("mined", "paid")
+    result = _pouw("job", "result", job["job_id"], "--out", str(tmp_path / "c.npy"), *where)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["verified"] is True
+    c = np.load(tmp_path / "c.npy")
+    assert np.array_equal(c, (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32))
 
 
 def test_dishonest_result_is_caught_and_the_fraud_proof_lands(market):

@@ -1,0 +1,181 @@
+"""`pouw job submit|status|result`: the compute market from the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from consensus.params import NETWORKS
+from node.blobs import decode_matrix
+from node.cli_node import _client, _load_wallet, _wallet_path
+from node.client import MarketClient, WrongResult
+
+NETWORK_CHOICE = click.Choice(sorted(NETWORKS))
+
+
+def _load_npy(path: str, name: str) -> np.ndarray:
+    try:
+        x = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ValueError(f"--{name}: {path} does not exist") from None
+    except (ValueError, OSError) as e:
+        raise ValueError(f"--{name}: {path} is not a .npy array ({e})") from None
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"--{name}: {path} holds no array")
+    return x
+
+
+def _market(
+    network: str,
+    datadir: str | None,
+    wallet: str | None,
+    rpc_addr: str | None,
+    block_time_ms: int | None,
+) -> MarketClient:
+    from consensus.params import network as network_params
+    from consensus.params import with_block_time
+
+    params = network_params(network)
+    if block_time_ms:
+        params = with_block_time(params, block_time_ms)
+    key = _load_wallet(_wallet_path(network, datadir, wallet))
+    return MarketClient(_client(network, datadir, rpc_addr), key, params)
+
+
+def common(f: Any) -> Any:
+    for opt in reversed(
+        [
+            click.option("--network", type=NETWORK_CHOICE, default="devnet", show_default=True),
+            click.option("--datadir", type=click.Path(file_okay=False), default=None),
+            click.option(
+                "--wallet",
+                type=click.Path(dir_okay=False),
+                default=None,
+                help="Wallet key file [default: <datadir>/wallet.key].",
+            ),
+            click.option("--rpc", "rpc_addr", default=None, help="Node RPC host:port."),
+            click.option(
+                "--devnet-block-time-ms",
+                "block_time_ms",
+                type=int,
+                default=None,
+                help="The node's devnet block time, if it was changed.",
+            ),
+            click.option("--json", "as_json", is_flag=True),
+        ]
+    ):
+        f = opt(f)
+    return f
+
+
+@click.group("job")
+def job() -> None:
+    """Post matrix products to the network and fetch verified results."""
+
+
+@job.command("submit")
+@common
+@click.option("--a", "a_path", required=True, help="A as a .npy int array (m×k, int7).")
+@click.option("--b", "b_path", required=True, help="B as a .npy int array (k×n, int7).")
+@click.option(
+    "--fee",
+    "reward",
+    type=click.IntRange(min=1),
+    required=True,
+    help="Reward escrowed for the miner (base units).",
+)
+@click.option(
+    "--expiry",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Blocks until the job expires.",
+)
+@click.option("--wait", "wait_s", type=float, default=None, help="Wait up to S s until mined.")
+def job_submit(
+    network: str,
+    datadir: str | None,
+    wallet: str | None,
+    rpc_addr: str | None,
+    block_time_ms: int | None,
+    as_json: bool,
+    a_path: str,
+    b_path: str,
+    reward: int,
+    expiry: int,
+    wait_s: float | None,
+) -> None:
+    """Post A·B as a job (nothing is sent if the operands are invalid)."""
+    a, b = _load_npy(a_path, "a"), _load_npy(b_path, "b")
+    client = _market(network, datadir, wallet, rpc_addr, block_time_ms)
+    submitted = client.submit(a, b, reward=reward, expiry_blocks=expiry)
+    out: dict[str, Any] = {"job_id": submitted.job_id.hex(), "txid": submitted.txid}
+    if wait_s is not None:
+        out["status"] = client.wait(submitted.job_id, timeout=wait_s)["status"]
+    click.echo(json.dumps(out) if as_json else "\n".join(f"{k}: {v}" for k, v in out.items()))
+
+
+@job.command("status")
+@common
+@click.argument("job_id")
+def job_status(
+    network: str,
+    datadir: str | None,
+    wallet: str | None,
+    rpc_addr: str | None,
+    block_time_ms: int | None,
+    as_json: bool,
+    job_id: str,
+) -> None:
+    """The job's on-chain status (open, mined, paid, refunded, cancelled)."""
+    status = _client(network, datadir, rpc_addr).call("getjob", job_id)
+    click.echo(json.dumps(status) if as_json else "\n".join(f"{k}: {v}" for k, v in status.items()))
+
+
+@job.command("result")
+@common
+@click.argument("job_id")
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Where to write C as .npy (int32).",
+)
+def job_result(
+    network: str,
+    datadir: str | None,
+    wallet: str | None,
+    rpc_addr: str | None,
+    block_time_ms: int | None,
+    as_json: bool,
+    job_id: str,
+    out_path: str,
+) -> None:
+    """Fetch C, check it with Freivalds, write it; a wrong C is reported and fraud-proved."""
+    client = _market(network, datadir, wallet, rpc_addr, block_time_ms)
+    try:
+        jid = bytes.fromhex(job_id)
+    except ValueError:
+        raise ValueError(f"job id {job_id!r} is not hex") from None
+    ops = client.rpc.call("getoperands", job_id)
+    a, b = decode_matrix(bytes.fromhex(ops["a"])), decode_matrix(bytes.fromhex(ops["b"]))
+    try:
+        c = client.result(jid, a, b)
+    except WrongResult as e:
+        click.echo(
+            json.dumps({"verified": False, "error": str(e), "fraud_txid": e.fraud_txid})
+            if as_json
+            else f"WRONG RESULT: {e}"
+        )
+        raise SystemExit(3) from None
+    np.save(Path(out_path), c)
+    click.echo(
+        json.dumps({"verified": True, "shape": list(c.shape), "out": out_path})
+        if as_json
+        else f"verified {c.shape[0]}x{c.shape[1]} result written to {out_path}"
+    )
