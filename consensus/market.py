@@ -37,6 +37,24 @@ from consensus.transactions import (
 # DUE: height → tuple of job ids whose reward is paid when that block is applied
 DUE = JOBS_DUE
 
+JOB_FIELDS = (
+    "poster",
+    "m",
+    "k",
+    "n",
+    "root_a",
+    "root_b",
+    "reward",
+    "expiry",
+    "status",
+    "miner",
+    "block_hash",
+    "block_height",
+    "result_root",
+    "due",
+)
+"""The fields of a job's state entry, in order (a tuple, so it encodes canonically)."""
+
 OPEN, MINED, PAID, REFUNDED, CANCELLED = "open", "mined", "paid", "refunded", "cancelled"
 _EMPTY32 = bytes(32)
 
@@ -51,45 +69,13 @@ def job_record(state: State, job_id: bytes) -> dict[str, Any] | None:
     rec = state.get(JOBS, job_id)
     if rec is None:
         return None
-    keys = (
-        "poster",
-        "m",
-        "k",
-        "n",
-        "root_a",
-        "root_b",
-        "reward",
-        "expiry",
-        "status",
-        "miner",
-        "block_hash",
-        "block_height",
-        "result_root",
-        "due",
-    )
-    return dict(zip(keys, rec, strict=True))
+    return dict(zip(JOB_FIELDS, rec, strict=True))
 
 
 def _replace(rec: tuple[Any, ...], **changes: Any) -> tuple[Any, ...]:
-    keys = (
-        "poster",
-        "m",
-        "k",
-        "n",
-        "root_a",
-        "root_b",
-        "reward",
-        "expiry",
-        "status",
-        "miner",
-        "block_hash",
-        "block_height",
-        "result_root",
-        "due",
-    )
-    d = dict(zip(keys, rec, strict=True))
+    d = dict(zip(JOB_FIELDS, rec, strict=True))
     d.update(changes)
-    return tuple(d[k] for k in keys)
+    return tuple(d[k] for k in JOB_FIELDS)
 
 
 def _debit(state: State, addr: bytes, amount: int, nonce_bump: bool, spendable: Any) -> None:
