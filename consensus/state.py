@@ -38,7 +38,11 @@ JOBS = "jobs"
 JOBS_DUE = "jobs_due"
 """height → job ids whose reward is paid at that height (consensus.market)."""
 
-TABLES = (ACCOUNTS, IMMATURE, LOCKED, JOBS, JOBS_DUE)
+MODELS = "models"
+"""(model id, step) → (owner, job ids, weights hash, parent hash, dataset, height)
+(consensus.validation, model_record)."""
+
+TABLES = (ACCOUNTS, IMMATURE, LOCKED, JOBS, JOBS_DUE, MODELS)
 _MISSING = object()
 
 
@@ -229,3 +233,11 @@ def next_root(prev_root: bytes, changes: list[list[Any]]) -> Hash32:
 def iter_accounts(state: State) -> Iterator[tuple[bytes, int, int]]:
     for addr, (balance, nonce) in sorted(state.tables[ACCOUNTS].items()):
         yield addr, balance, nonce
+
+
+def iter_model_steps(state: State, model_id: bytes) -> Iterator[tuple[int, tuple[Any, ...]]]:
+    """(step, record) of a model's lineage in order; steps are consecutive from 0."""
+    step = 0
+    while (record := state.get(MODELS, (model_id, step))) is not None:
+        yield step, record
+        step += 1

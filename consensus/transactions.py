@@ -56,6 +56,9 @@ SEALED_BOX_OVERHEAD = 48
 """libsodium crypto_box_seal adds an ephemeral public key (32) and a MAC (16)."""
 MAX_DATASET_CHUNK_SIZE = 1 << 20
 """Chunks travel in one blob_chunk message each, so they are kept to 1 MiB."""
+MAX_RECORD_JOBS = 16
+"""Job ids one model_record may cite: a training step of the reference MLP uses 5."""
+MAX_DATASET_NAME_BYTES = 256
 
 MAX_TX_SIZE = 256 * 1024
 """Largest encoded transaction. The largest one is a fraud proof at k = 65,536 and
@@ -79,6 +82,7 @@ class TxKind(IntEnum):
     ACCESS_GRANT = 5
     ACCESS_REVOKE = 6
     ACCESS_LOG = 7
+    MODEL_RECORD = 8
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,31 @@ class AccessLogPayload:
     SCHEMA: ClassVar[Schema] = (Field("dataset_id", HASH), Field("request_nonce", HASH))
 
 
+@dataclass(frozen=True)
+class ModelRecordPayload:
+    """One training step of model ``model_id``: the jobs it used and the weights it made.
+
+    ``parent_hash`` is the previous step's ``weights_hash`` (zeros at step 0), so
+    the records of a model form a hash chain from its first step to its last,
+    and each link names the verified jobs (PROTOCOL §8) that computed it.
+    """
+
+    model_id: bytes
+    step: int
+    job_ids: tuple[bytes, ...]
+    weights_hash: bytes
+    parent_hash: bytes
+    dataset: str
+    SCHEMA: ClassVar[Schema] = (
+        Field("model_id", HASH),
+        Field("step", U32),
+        Field("job_ids", ListOf(HASH, max=MAX_RECORD_JOBS)),
+        Field("weights_hash", HASH),
+        Field("parent_hash", HASH),
+        Field("dataset", Str(max=MAX_DATASET_NAME_BYTES)),
+    )
+
+
 Payload = (
     TransferPayload
     | JobPostPayload
@@ -215,6 +244,7 @@ Payload = (
     | AccessGrantPayload
     | AccessRevokePayload
     | AccessLogPayload
+    | ModelRecordPayload
 )
 
 PAYLOAD_TYPES: dict[TxKind, type] = {
@@ -226,6 +256,7 @@ PAYLOAD_TYPES: dict[TxKind, type] = {
     TxKind.ACCESS_GRANT: AccessGrantPayload,
     TxKind.ACCESS_REVOKE: AccessRevokePayload,
     TxKind.ACCESS_LOG: AccessLogPayload,
+    TxKind.MODEL_RECORD: ModelRecordPayload,
 }
 _KIND_OF: dict[type, TxKind] = {cls: kind for kind, cls in PAYLOAD_TYPES.items()}
 
@@ -393,6 +424,26 @@ def _check_access_grant(tx: Transaction, p: AccessGrantPayload) -> None:
         raise InvalidTransaction("payload.expiry_height: a grant cannot expire at genesis")
 
 
+_ZERO_HASH = bytes(32)
+
+
+def _check_model_record(tx: Transaction, p: ModelRecordPayload) -> None:
+    if p.model_id == _ZERO_HASH:
+        raise InvalidTransaction("payload.model_id: the all-zero id is reserved")
+    if not p.job_ids:
+        raise InvalidTransaction("payload.job_ids: a step must cite the jobs that computed it")
+    if len(set(p.job_ids)) != len(p.job_ids):
+        raise InvalidTransaction("payload.job_ids: a job is cited twice")
+    if p.weights_hash == _ZERO_HASH:
+        raise InvalidTransaction("payload.weights_hash: zeros are reserved for 'no parent'")
+    # Zeros are the parent of step 0 and of no other step, so a record cannot
+    # claim to start a lineage in its middle.
+    if p.step == 0 and p.parent_hash != _ZERO_HASH:
+        raise InvalidTransaction("payload.parent_hash: step 0 has no parent (must be zeros)")
+    if p.step > 0 and p.parent_hash == _ZERO_HASH:
+        raise InvalidTransaction(f"payload.parent_hash: step {p.step} must name its parent")
+
+
 BAD_SIGNATURE = "signature: not a valid signature by the sender"
 
 
@@ -455,3 +506,5 @@ def check_tx_form(tx: Transaction, chain_id: int) -> None:
         _check_dataset_register(tx, p)
     elif isinstance(p, AccessGrantPayload):
         _check_access_grant(tx, p)
+    elif isinstance(p, ModelRecordPayload):
+        _check_model_record(tx, p)

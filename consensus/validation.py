@@ -17,11 +17,12 @@ from consensus.errors import DecodeError, EncodeError, InvalidBlock, InvalidTran
 from consensus.merkle import merkle_root
 from consensus.params import NetworkParams
 from consensus.pow import verify_pow
-from consensus.state import ACCOUNTS, IMMATURE, LOCKED, State, Undo
+from consensus.state import ACCOUNTS, IMMATURE, LOCKED, MODELS, State, Undo
 from consensus.transactions import (
     FraudProofPayload,
     JobCancelPayload,
     JobPostPayload,
+    ModelRecordPayload,
     Transaction,
     TransferPayload,
     check_txs_stateless,
@@ -132,7 +133,55 @@ def apply_transaction(state: State, tx: Transaction, height: int, params: Networ
     if isinstance(p, FraudProofPayload):
         market.apply_fraud_proof(state, tx, p, height, params, _spendable_check)
         return tx.fee
+    if isinstance(p, ModelRecordPayload):
+        apply_model_record(state, tx, p, height)
+        return tx.fee
     raise InvalidTransaction(f"kind: {tx.kind.name.lower()} transactions are not enabled yet")
+
+
+def apply_model_record(state: State, tx: Transaction, p: ModelRecordPayload, height: int) -> None:
+    """Append step ``p.step`` to model ``p.model_id``'s lineage (PROTOCOL §8, training).
+
+    A lineage is only worth auditing if nobody else can write into it, it has
+    no gaps or forks, and it points at work the chain has seen verified: so the
+    first recorder owns the model, steps are consecutive from 0, each parent
+    is the previous step's weights hash, and every cited job has been claimed
+    by a block (mined, or paid after its challenge window).
+    """
+    sender = tx.sender_address
+    if state.get(MODELS, (p.model_id, p.step)) is not None:
+        raise InvalidTransaction(f"payload.step: step {p.step} of this model is already recorded")
+    if p.step > 0:
+        first = state.get(MODELS, (p.model_id, 0))
+        if first is None:
+            raise InvalidTransaction("payload.model_id: no such model (its step 0 is not recorded)")
+        if first[0] != sender:
+            raise InvalidTransaction("payload.model_id: only the model's owner may record steps")
+        previous = state.get(MODELS, (p.model_id, p.step - 1))
+        if previous is None:
+            raise InvalidTransaction(
+                f"payload.step: step {p.step} skips ahead (step {p.step - 1} is not recorded)"
+            )
+        if previous[2] != p.parent_hash:
+            raise InvalidTransaction(
+                f"payload.parent_hash: not the weights hash of step {p.step - 1}"
+            )
+    for job_id in p.job_ids:
+        job = market.job_record(state, job_id)
+        if job is None:
+            raise InvalidTransaction(f"payload.job_ids: no such job {job_id.hex()[:16]}")
+        if job["status"] not in (market.MINED, market.PAID):
+            raise InvalidTransaction(
+                f"payload.job_ids: job {job_id.hex()[:16]} is {job['status']}, not mined or paid"
+            )
+    _spendable_check(state, sender, tx.fee)
+    balance, nonce = state.account(sender)
+    state.set_account(sender, balance - tx.fee, nonce + 1)
+    state.set(
+        MODELS,
+        (p.model_id, p.step),
+        (sender, p.job_ids, p.weights_hash, p.parent_hash, p.dataset, height),
+    )
 
 
 def pay_coinbase(state: State, header: BlockHeader, params: NetworkParams) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 
 from consensus.keys import address_to_text
 from consensus.market import job_record
+from consensus.state import iter_model_steps
 from kernels.params import OPERAND_MAX, OPERAND_MIN
 from node.blobs import BlobError, BlobFetchError, decode_matrix, encode_matrix
 from node.rpc import INVALID_PARAMS, REJECTED, RpcError, RpcServer
@@ -99,9 +100,31 @@ def register_market_methods(rpc: RpcServer, node: Node) -> None:
             "jobs_mined": node.market.jobs_mined,
         }
 
+    async def getmodel(model_id: str) -> dict[str, Any]:
+        """A model's recorded lineage (model_record txs): its owner and every step in order."""
+        steps = list(iter_model_steps(node.chain.state, _hash(model_id, "model id")))
+        if not steps:
+            raise RpcError(REJECTED, f"unknown model {model_id}")
+        return {
+            "model_id": model_id,
+            "owner": address_to_text(steps[0][1][0]),
+            "steps": [
+                {
+                    "step": step,
+                    "job_ids": [j.hex() for j in job_ids],
+                    "weights_hash": weights.hex(),
+                    "parent_hash": parent.hex(),
+                    "dataset": dataset,
+                    "height": height,
+                }
+                for step, (_, job_ids, weights, parent, dataset, height) in steps
+            ],
+        }
+
     rpc.method("putoperand", putoperand, mutating=True)
     rpc.method("getjob", getjob)
     rpc.method("listjobs", listjobs)
     rpc.method("getresult", getresult)
     rpc.method("getmarketinfo", getmarketinfo)
     rpc.method("getoperands", getoperands)
+    rpc.method("getmodel", getmodel)

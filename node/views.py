@@ -13,6 +13,7 @@ from consensus.transactions import (
     DatasetRegisterPayload,
     JobCancelPayload,
     JobPostPayload,
+    ModelRecordPayload,
     Transaction,
     TransferPayload,
 )
@@ -62,6 +63,15 @@ def payload_json(tx: Transaction) -> dict[str, Any]:
         return {"content_root": p.content_root.hex(), "size": p.size, "metadata": p.metadata}
     if isinstance(p, AccessGrantPayload | AccessRevokePayload):
         return {"dataset_id": p.dataset_id.hex(), "grantee": address_to_text(p.grantee)}
+    if isinstance(p, ModelRecordPayload):
+        return {
+            "model_id": p.model_id.hex(),
+            "step": p.step,
+            "job_ids": [j.hex() for j in p.job_ids],
+            "weights_hash": p.weights_hash.hex(),
+            "parent_hash": p.parent_hash.hex(),
+            "dataset": p.dataset,
+        }
     if isinstance(p, AccessLogPayload):
         return {"dataset_id": p.dataset_id.hex()}
     return {}

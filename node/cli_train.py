@@ -1,0 +1,199 @@
+"""`pouw train` and `pouw model lineage`: training whose every matmul is a verified job."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from consensus.keys import PrivateKey
+from consensus.params import NETWORKS
+from kernels.training import DATASETS, EpochStats, TrainConfig
+from node.cli_node import _client, _load_wallet, _wallet_path
+from node.client import MarketClient
+
+EXIT_NOT_IDENTICAL = 3
+
+
+def _market(
+    network: str,
+    datadir: str | None,
+    rpc_addr: str | None,
+    wallet: str | None,
+    from_label: str | None,
+    block_time_ms: int | None,
+) -> MarketClient:
+    from consensus.params import network as network_params
+    from consensus.params import with_block_time
+
+    if wallet and from_label:
+        raise ValueError("give --wallet or --from-label, not both")
+    params = network_params(network)
+    if block_time_ms:
+        params = with_block_time(params, block_time_ms)
+    key = (
+        PrivateKey.from_label(from_label)
+        if from_label
+        else _load_wallet(_wallet_path(network, datadir, wallet))
+    )
+    return MarketClient(_client(network, datadir, rpc_addr), key, params)
+
+
+def _where(f: Any) -> Any:
+    for opt in reversed(
+        [
+            click.option("--network", type=click.Choice(sorted(NETWORKS)), default="devnet"),
+            click.option("--datadir", type=click.Path(file_okay=False), default=None),
+            click.option("--rpc", "rpc_addr", default=None, help="Node RPC host:port."),
+            click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
+        ]
+    ):
+        f = opt(f)
+    return f
+
+
+@click.command("train")
+@click.option("--dataset", type=click.Choice(DATASETS), default="breast_cancer", show_default=True)
+@click.option("--quick", is_flag=True, help="The quick preset (default: the full one).")
+@click.option(
+    "--max-steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after this many steps (the local comparison stops there too).",
+)
+@_where
+@click.option("--wallet", type=click.Path(dir_okay=False), default=None, help="Wallet key file.")
+@click.option("--from-label", default=None, help="Use a public devnet key (e.g. devnet-3).")
+@click.option(
+    "--reward",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Reward escrowed per job.",
+)
+@click.option(
+    "--devnet-block-time-ms",
+    "block_time_ms",
+    type=int,
+    default=None,
+    help="The node's devnet block time, if it was changed.",
+)
+@click.option(
+    "--job-timeout",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait for one job to be mined.",
+)
+def train_cmd(
+    dataset: str,
+    quick: bool,
+    max_steps: int | None,
+    network: str,
+    datadir: str | None,
+    rpc_addr: str | None,
+    as_json: bool,
+    wallet: str | None,
+    from_label: str | None,
+    reward: int,
+    block_time_ms: int | None,
+    job_timeout: float,
+) -> None:
+    """Train the integer MLP with every matmul posted as a job, then check it bit for bit.
+
+    Each step's five products (forward and backward) are posted to the network,
+    mined, Freivalds-checked and used; a model_record transaction then records
+    the step's job ids and weights hash. Afterwards the same model is trained
+    locally: the final weights must be bit-identical (exit 3 if not).
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from node.train_net import JOBS_PER_STEP, total_steps, train_on_network
+
+    config = TrainConfig.quick(dataset) if quick else TrainConfig.full(dataset)
+    client = _market(network, datadir, rpc_addr, wallet, from_label, block_time_ms)
+    client.rpc.call("getinfo")  # fail early, in one line, if the node is not there
+    steps = total_steps(config, max_steps)
+    console = Console()
+
+    def show_epoch(e: EpochStats) -> None:
+        if not as_json:
+            progress.console.print(
+                f"epoch {e.epoch + 1}: loss {e.loss:.4f}  train {e.train_accuracy:.3f}  "
+                f"test {e.test_accuracy:.3f}"
+            )
+
+    progress = Progress(
+        TextColumn("[bold]training on the network"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=as_json,
+    )
+    with progress:
+        task = progress.add_task("steps", total=steps)
+        run = train_on_network(
+            client,
+            config,
+            reward,
+            max_steps,
+            on_step=lambda i, _h: progress.advance(task),
+            on_epoch=show_epoch,
+            job_timeout=job_timeout,
+        )
+    summary = {
+        "dataset": dataset,
+        "preset": "quick" if quick else "full",
+        "max_steps": max_steps,
+        "jobs_per_step": JOBS_PER_STEP,
+        **run.summary(),
+    }
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        console.print(
+            f"final test accuracy {summary['test_accuracy']:.3f} after {run.result.steps} steps; "
+            f"{summary['jobs_posted']} jobs posted ({summary['jobs_reused']} reused), "
+            f"{summary['model_records']} model records, {summary['wall_s']:.1f} s"
+        )
+        console.print(f"model {summary['model_id']}")
+        verdict = "bit-identical" if run.bit_identical else "DIFFERENT"
+        console.print(
+            f"network weights {summary['weights_hash'][:16]}… vs local "
+            f"{summary['local_weights_hash'][:16]}…: {verdict}"
+        )
+    if not run.bit_identical:
+        raise SystemExit(EXIT_NOT_IDENTICAL)
+
+
+@click.group("model")
+def model_cmd() -> None:
+    """Models trained on the network and their on-chain lineage."""
+
+
+@model_cmd.command("lineage")
+@click.argument("model_id")
+@_where
+def model_lineage(
+    model_id: str, network: str, datadir: str | None, rpc_addr: str | None, as_json: bool
+) -> None:
+    """Every recorded step of MODEL_ID: its jobs, weights hash, parent and height."""
+    try:
+        if len(bytes.fromhex(model_id)) != 32:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"model id {model_id!r} is not 64 hex digits") from None
+    model = _client(network, datadir, rpc_addr).call("getmodel", model_id)
+    if as_json:
+        click.echo(json.dumps(model))
+        return
+    click.echo(f"model {model['model_id']}  owner {model['owner']}")
+    for s in model["steps"]:
+        click.echo(
+            f"step {s['step']:>4}  height {s['height']:>6}  weights {s['weights_hash'][:16]}  "
+            f"parent {s['parent_hash'][:16]}  jobs {' '.join(j[:16] for j in s['job_ids'])}"
+        )
