@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import sys
+from typing import NoReturn
 
 import click
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+
+from node.cli_testnet import make_lab, netns_options
+from node.testnet import TOPOLOGIES
 
 BACKEND_CHOICE = click.Choice(["cpu", "cuda", "auto"])
 
@@ -125,3 +130,152 @@ def bench_chain_cmd(blocks: int, txs_per_block: int, accounts: int | None, as_js
         click.echo(json.dumps(record))
     else:
         _show_chain(record)
+
+
+def _show_record(title: str, record: dict[str, object]) -> None:
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in record.items():
+        text = f"{value:,.4g}" if isinstance(value, float) else str(value)
+        table.add_row(key, text)
+    Console().print(table)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@bench.command("consensus")
+@click.option("--nodes", type=int, default=4, show_default=True, help="Nodes in the testnet.")
+@click.option(
+    "--duration", type=click.FloatRange(min=1), default=30, show_default=True,
+    help="Seconds of load.",
+)  # fmt: skip
+@click.option(
+    "--tx-rate",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Transfers per second over all nodes [default: as fast as possible].",
+)
+@click.option(
+    "--block-time",
+    type=click.FloatRange(min=0.2),
+    default=None,
+    help="Target block interval in seconds [default: devnet's 2 s].",
+)
+@click.option("--topology", type=click.Choice(TOPOLOGIES), default="full", show_default=True)
+@click.option(
+    "--accounts", type=int, default=256, show_default=True,
+    help="Prefunded devnet-i senders to use.",
+)  # fmt: skip
+@netns_options
+@click.option(
+    "--plot", "plot_dir", type=click.Path(file_okay=False), default=None,
+    help="Write propagation_cdf.png and throughput.png here.",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_consensus_cmd(
+    nodes: int,
+    duration: float,
+    tx_rate: float | None,
+    block_time: float | None,
+    topology: str,
+    accounts: int,
+    use_netns: bool,
+    delay: str,
+    jitter: str,
+    loss: str,
+    plot_dir: str | None,
+    as_json: bool,
+) -> None:
+    """Throughput, latency, propagation and stale blocks of a real testnet under load."""
+    from benchmarks.consensus import bench_consensus
+    from node.netns import NetnsUnavailable
+
+    if not 1 <= nodes <= 64:
+        _fail(f"--nodes must be between 1 and 64, got {nodes}")
+    try:
+        lab = make_lab(nodes, use_netns, delay, jitter, loss)
+    except NetnsUnavailable as e:
+        _fail(str(e), 1)
+    except ValueError as e:
+        _fail(str(e))
+    console = Console(stderr=True)
+    try:
+        record = bench_consensus(
+            nodes, duration, tx_rate, block_time, topology, lab, accounts, plot_dir,
+            on_progress=None if as_json else console.print,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        _fail("interrupted; every node was stopped", 130)
+    except (RuntimeError, ValueError, NetnsUnavailable) as e:
+        _fail(str(e), 1)
+    if as_json:
+        click.echo(json.dumps(record))
+    else:
+        _show_record(f"pouw bench consensus — {nodes} nodes, {duration:.0f}s", record)
+
+
+@bench.command("sync")
+@click.option("--blocks", type=click.IntRange(min=1), default=2000, show_default=True)
+@click.option(
+    "--txs-per-block", type=click.IntRange(min=0), default=0, show_default=True,
+    help="Signed transfers in each block.",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_sync_cmd(blocks: int, txs_per_block: int, as_json: bool) -> None:
+    """A fresh node syncs N real blocks from a peer: blocks per second."""
+    from benchmarks.sync import bench_sync
+
+    with Progress(disable=as_json, transient=True) as progress:
+        build = progress.add_task("building blocks", total=blocks)
+        sync = progress.add_task("syncing", total=blocks, start=False)
+
+        def on_progress(phase: str, done: int) -> None:
+            if phase == "build":
+                progress.update(build, completed=done)
+            else:
+                progress.start_task(sync)
+                progress.update(sync, completed=done)
+
+        try:
+            record = bench_sync(blocks, txs_per_block, on_progress=on_progress)
+        except KeyboardInterrupt:
+            _fail("interrupted; every node was stopped", 130)
+        except RuntimeError as e:
+            _fail(str(e), 1)
+    if as_json:
+        click.echo(json.dumps(record))
+    else:
+        _show_record(f"pouw bench sync — {blocks} blocks", record)
+
+
+@bench.command("market")
+@click.option("--jobs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option(
+    "--block-time-ms", type=click.IntRange(min=200), default=300, show_default=True,
+    help="The testnet's devnet block time.",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_market_cmd(jobs: int, block_time_ms: int, as_json: bool) -> None:
+    """A fresh 3-node testnet: job latency, useful share of mined MACs, verification cost."""
+    from benchmarks.market import bench_market
+
+    with Progress(disable=as_json, transient=True) as progress:
+        task = progress.add_task("jobs verified", total=jobs)
+        try:
+            record = bench_market(
+                jobs,
+                block_time_ms=block_time_ms,
+                on_progress=lambda done: progress.update(task, completed=done),
+            )
+        except KeyboardInterrupt:
+            _fail("interrupted; every node was stopped", 130)
+        except (RuntimeError, TimeoutError) as e:
+            _fail(str(e), 1)
+    if as_json:
+        click.echo(json.dumps(record))
+    else:
+        _show_record(f"pouw bench market — {jobs} jobs", record)

@@ -175,6 +175,35 @@ def register_methods(rpc: RpcServer, node: Node) -> None:
             await node.stop_mining()
         return bool(enabled)
 
+    async def getblocktimes(count: int = 100, with_txids: bool = False) -> dict[str, Any]:
+        """First-seen times (this node's clock, seconds) of the last ``count`` active
+        blocks, and of the side blocks it knows above them: for the testnet tools'
+        propagation, latency and stale-block measurements. Read-only."""
+        count = min(_int(count, "count"), 100_000)
+        c = chain()
+        low = max(0, c.height - count + 1)
+
+        def row(h: bytes, with_txs: bool) -> dict[str, Any]:
+            b = c.blocks[h]
+            out = {
+                "hash": h.hex(),
+                "height": b.header.height,
+                "miner": address_to_text(b.header.miner),
+                "first_seen": node.block_times.get(h),
+                "txs": len(b.txs),
+            }
+            if with_txs:
+                out["txids"] = [t.txid.hex() for t in b.txs]
+            return out
+
+        active = [row(c.active[h], bool(with_txids)) for h in range(low, c.height + 1)]
+        side = [
+            row(h, False)
+            for h, b in list(c.blocks.items())
+            if b.header.height >= low and not c.is_active(h)
+        ]
+        return {"height": c.height, "active": active, "side": side}
+
     async def stop() -> str:
         node.request_stop()
         return "stopping"
@@ -191,6 +220,7 @@ def register_methods(rpc: RpcServer, node: Node) -> None:
         ("getpeers", getpeers),
         ("getbans", getbans),
         ("getmininginfo", getmininginfo),
+        ("getblocktimes", getblocktimes),
     ]:
         rpc.method(name, fn)
     rpc.method("sendtransaction", sendtransaction, mutating=True)

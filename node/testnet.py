@@ -18,10 +18,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from consensus.keys import PrivateKey, address_to_text
 from node.rpc_client import RpcClient
+
+if TYPE_CHECKING:
+    from node.netns import NetnsLab
 
 TOPOLOGIES = ("full", "ring", "random")
 
@@ -77,6 +80,7 @@ class Testnet:
         mine: bool = True,
         seed: int = 1,
         extra_args: list[str] | None = None,
+        netns: NetnsLab | None = None,
     ) -> None:
         if nodes < 1:
             raise ValueError("--nodes must be at least 1")
@@ -93,6 +97,7 @@ class Testnet:
         self.extra_args = extra_args or []
         self.nodes: list[TestnetNode] = []
         self.started_at = time.time()
+        self.netns = netns  # each node in its own network namespace (node/netns.py)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -101,6 +106,8 @@ class Testnet:
     ) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         try:
+            if self.netns is not None:
+                self.netns.setup(self.root)
             for i in range(self.count):
                 node = TestnetNode(i, self.root / f"node-{i}")
                 dial = [
@@ -119,6 +126,9 @@ class Testnet:
     def _spawn(self, node: TestnetNode, dial: list[str]) -> None:
         node.datadir.mkdir(parents=True, exist_ok=True)
         (node.datadir / "node.json").unlink(missing_ok=True)
+        # In a namespace, P2P listens on the node's own veth address; RPC stays on
+        # the namespace's loopback either way.
+        host = self.netns.address(node.index) if self.netns is not None else "127.0.0.1"
         args = [
             sys.executable,
             "-m",
@@ -127,7 +137,7 @@ class Testnet:
             "--datadir",
             str(node.datadir),
             "--listen",
-            "127.0.0.1:0",
+            f"{host}:0",
             "--rpc",
             "127.0.0.1:0",
             "--threads",
@@ -141,6 +151,8 @@ class Testnet:
         for p in dial:
             args += ["--peer", p]
         args += self.extra_args
+        if self.netns is not None:
+            args = self.netns.wrap(node.index, args)
         log = (node.datadir / "stdout.log").open("ab")
         node.proc = subprocess.Popen(
             args,
@@ -166,6 +178,10 @@ class Testnet:
                 if info.get("pid") == node.proc.pid:
                     node.p2p, node.rpc_addr = info["p2p"], info["rpc"]
                     node.rpc = RpcClient.for_datadir(node.datadir)
+                    if self.netns is not None:
+                        from node.netns import NamespacedRpc
+
+                        node.rpc = NamespacedRpc(self.netns, node.index, node.rpc)  # type: ignore[assignment]
                     return
             time.sleep(0.05)
         raise RuntimeError(f"{node.name} did not start within {timeout:.0f}s")
@@ -196,6 +212,31 @@ class Testnet:
                 node.proc.kill()
                 node.proc.wait()
                 node.crashed = True
+        if self.netns is not None:
+            self.netns.teardown()
+
+    def settle(self, timeout: float = 15.0) -> bool:
+        """Stop every miner and wait until the live nodes share one tip; whether they do.
+
+        A snapshot taken while blocks still arrive every few hundred ms often
+        catches a node one block behind: the summary should show where the
+        network converges, not a race.
+        """
+        live = [n for n in self.nodes if n.alive()]
+        try:
+            for n in live:
+                n.call("setmining", False)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if len({n.call("getinfo")["tip"] for n in live}) <= 1:
+                    return True
+                time.sleep(0.1)
+        except OSError:
+            pass
+        return False
+
+    def pids(self) -> list[int]:
+        return [n.proc.pid for n in self.nodes if n.proc is not None]
 
     # ------------------------------------------------------------ status
 

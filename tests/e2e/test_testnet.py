@@ -1,0 +1,66 @@
+"""`pouw testnet` as a user runs it: a real 4-node devnet that mines, converges
+and leaves nothing running behind it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _pouw(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "node.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _running(pid: int) -> bool:
+    """A live (not zombie) process with this pid, from /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_four_node_testnet_mines_converges_and_stops_every_node(tmp_path: Path) -> None:
+    root = tmp_path / "net"
+    run = _pouw(
+        "testnet", "--nodes", "4", "--duration", "6", "--block-time", "0.5",
+        "--datadir", str(root), "--json",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["nodes"] == 4 and len(summary["pids"]) == 4
+    assert summary["one_tip"], summary["heights"]
+    assert min(summary["heights"]) > 0
+    assert summary["crashed"] == []
+    assert not [pid for pid in summary["pids"] if _running(pid)]
+    for i in range(4):
+        assert not (root / f"node-{i}" / "node.json").exists()  # each node shut down cleanly
+
+
+def test_zero_nodes_is_a_one_line_usage_error() -> None:
+    run = _pouw("testnet", "--nodes", "0", "--json", timeout=60)
+    assert run.returncode == 2
+    assert run.stdout == ""
+    assert len(run.stderr.strip().splitlines()) == 1
+    assert "--nodes" in run.stderr
+
+
+def test_netns_without_root_or_iproute2_is_a_one_line_error() -> None:
+    if os.geteuid() == 0 and os.path.exists("/usr/sbin/ip"):
+        pytest.skip("root with iproute2 here: --netns works (tests/node/test_netns.py covers it)")
+    run = _pouw("testnet", "--nodes", "2", "--netns", "--json", timeout=60)
+    assert run.returncode == 1
+    assert len(run.stderr.strip().splitlines()) == 1
+    assert "--netns" in run.stderr
