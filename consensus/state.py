@@ -42,7 +42,14 @@ MODELS = "models"
 """(model id, step) → (owner, job ids, weights hash, parent hash, dataset, height)
 (consensus.validation, model_record)."""
 
-TABLES = (ACCOUNTS, IMMATURE, LOCKED, JOBS, JOBS_DUE, MODELS)
+DATASETS = "datasets"
+"""dataset id → (owner, content root, size, chunk size, metadata, height) (consensus.datashare)."""
+GRANTS = "grants"
+"""(dataset id, grantee) → (sealed key, expiry height, revoked height or 0, granted height)."""
+ACCESS_LOGS = "access_logs"
+"""(dataset id, request nonce) → (grantee, height): confirmed read requests."""
+
+TABLES = (ACCOUNTS, IMMATURE, LOCKED, JOBS, JOBS_DUE, MODELS, DATASETS, GRANTS, ACCESS_LOGS)
 _MISSING = object()
 
 

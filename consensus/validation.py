@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from consensus import market
+from consensus import datashare, market
 from consensus.blocks import MAX_TXS_PER_BLOCK, Block, BlockHeader, encode_block, encode_header
 from consensus.difficulty import asert_target
 from consensus.errors import DecodeError, EncodeError, InvalidBlock, InvalidTransaction
@@ -19,6 +19,10 @@ from consensus.params import NetworkParams
 from consensus.pow import verify_pow
 from consensus.state import ACCOUNTS, IMMATURE, LOCKED, MODELS, State, Undo
 from consensus.transactions import (
+    AccessGrantPayload,
+    AccessLogPayload,
+    AccessRevokePayload,
+    DatasetRegisterPayload,
     FraudProofPayload,
     JobCancelPayload,
     JobPostPayload,
@@ -135,6 +139,18 @@ def apply_transaction(state: State, tx: Transaction, height: int, params: Networ
         return tx.fee
     if isinstance(p, ModelRecordPayload):
         apply_model_record(state, tx, p, height)
+        return tx.fee
+    if isinstance(p, DatasetRegisterPayload):
+        datashare.apply_dataset_register(state, tx, p, height, _spendable_check)
+        return tx.fee
+    if isinstance(p, AccessGrantPayload):
+        datashare.apply_access_grant(state, tx, p, height, _spendable_check)
+        return tx.fee
+    if isinstance(p, AccessRevokePayload):
+        datashare.apply_access_revoke(state, tx, p, height, _spendable_check)
+        return tx.fee
+    if isinstance(p, AccessLogPayload):
+        datashare.apply_access_log(state, tx, p, height, _spendable_check)
         return tx.fee
     raise InvalidTransaction(f"kind: {tx.kind.name.lower()} transactions are not enabled yet")
 

@@ -63,6 +63,8 @@ DOWNLOAD_WINDOW = 256  # blocks requested ahead of the connected tip
 PER_PEER_INFLIGHT = 32
 STALL_SECONDS = 10.0
 SEEN_CACHE = 50_000
+TX_RELAY_S = 0.1
+BLOCK_TIMES_KEPT = 10_000
 
 
 def now_ms() -> int:
@@ -90,6 +92,7 @@ class Node:
         self._sync_target = 0
         self._rejected_txs: OrderedDict[bytes, None] = OrderedDict()
         self._null_jobs: OrderedDict[bytes, Job] = OrderedDict()
+        self._tx_relay: dict[int, tuple[PeerSession | None, list[bytes]]] = {}
         self.miner: Miner | None = None
         self.p2p_port = 0
         self.rpc_port = 0
@@ -133,6 +136,7 @@ class Node:
         self._write_info()
         await self.p2p.start()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        self._tasks.append(asyncio.create_task(self._relay_txs(), name="tx-relay"))
         if self.config.mine:
             self.start_mining()
         log.info(
@@ -235,7 +239,7 @@ class Node:
         check_job_shape(job.spec, self.params)
         candidates = self.mempool.select(5_000, self.params.max_block_bytes // 2)
         template, included = self.chain.build_template(
-            candidates, self.miner_address, job.spec, now_ms()
+            candidates, self.miner_address, job.spec, now_ms(), verified=True
         )
         return MiningWork(template=template, job=job, txs=included)
 
@@ -252,7 +256,10 @@ class Node:
     async def process_block(self, block: Block, source: PeerSession | None) -> AddResult | None:
         """Validate and add a block from a peer (or our miner); relay it if it is good."""
         h = block.hash
-        self.block_times.setdefault(h, time.time())
+        if h not in self.block_times:
+            self.block_times[h] = time.time()
+            while len(self.block_times) > BLOCK_TIMES_KEPT:
+                del self.block_times[next(iter(self.block_times))]
         try:
             result = self.chain.add_block(block)
         except InvalidBlock as e:
@@ -315,7 +322,8 @@ class Node:
             raise
         self.metrics.txs.labels("accepted").inc()
         self.metrics.mempool.set(len(self.mempool))
-        self.p2p.announce(INV_TX, txid, exclude=source)
+        # Announced in batches (one INV per peer every TX_RELAY_S), not one frame per tx.
+        self._tx_relay.setdefault(id(source), (source, []))[1].append(txid)
         self.rpc.notify({"event": "tx", "txid": txid.hex()})
         return txid
 
@@ -464,6 +472,10 @@ class Node:
             self._download.append(h)
             added += 1
             self._sync_target = max(self._sync_target, header.height)
+            if added % 100 == 0:
+                # Start downloading what is verified so far; let the loop breathe.
+                self._schedule_downloads()
+                await asyncio.sleep(0)
         if not prev_known:
             # The peer's chain forked below our locator's resolution: ask again.
             await peer.send(GetHeaders(tuple(self.chain.locator()), bytes(32)))
@@ -529,6 +541,15 @@ class Node:
         self._pending_headers.clear()
         self._downloaded.clear()
         self._inflight.clear()
+
+    async def _relay_txs(self) -> None:
+        while True:
+            await asyncio.sleep(TX_RELAY_S)
+            batches, self._tx_relay = self._tx_relay, {}
+            for source, txids in batches.values():
+                live = [t for t in txids if t in self.mempool]
+                if live:
+                    self.p2p.announce_many(INV_TX, live, exclude=source)
 
     async def _housekeeping(self) -> None:
         while True:

@@ -51,6 +51,7 @@ from node.errors import HandshakeRefused, ProtocolViolation
 from node.peer import P2PStats, PeerLimits, PeerSession, is_loopback
 from node.wire import (
     MAX_ADDRS,
+    MAX_INV,
     PROTOCOL_VERSION,
     Addr,
     Auth,
@@ -378,6 +379,24 @@ class PeerManager:
             peer.mark_known(kind, hash)
             sent += peer.send_frame(frame)
         return sent
+
+    def announce_many(self, kind: int, hashes: list[bytes], exclude: object = None) -> int:
+        """One INV per peer with the items it does not know (≤ MAX_INV each); peers told."""
+        skip = _as_set(exclude)
+        told = 0
+        for peer in self.peers:
+            if id(peer) in skip:
+                continue
+            fresh = [h for h in hashes if not peer.knows(kind, h)]
+            for start in range(0, len(fresh), MAX_INV):
+                batch = fresh[start : start + MAX_INV]
+                for h in batch:
+                    peer.mark_known(kind, h)
+                peer.send_frame(
+                    encode_message(Inv(tuple(InvItem(InvKind(kind), h) for h in batch)))
+                )
+            told += bool(fresh)
+        return told
 
     def add_address(self, host: str, port: int, source: str = "manual") -> bool:
         """Remember an address to dial; False if unusable, ours or known already."""

@@ -56,9 +56,9 @@ class PeerLimits:
     """Per-peer limits. The defaults leave room for a full block sync from one peer."""
 
     max_frame: int = MAX_FRAME
-    msg_rate: float = 500.0
-    """Messages per second allowed on average..."""
-    msg_burst: float = 2000.0
+    msg_rate: float = 5_000.0
+    """Messages per second allowed on average (a relayed transaction is ~2 messages)..."""
+    msg_burst: float = 20_000.0
     """...and in a burst."""
     byte_rate: float = 64 * MiB
     byte_burst: float = 2 * MAX_FRAME
