@@ -100,6 +100,9 @@ class Chain:
         self.undos: dict[bytes, Undo] = {}
         self.active: list[bytes] = [genesis.hash]  # by height
         self.orphans: OrderedDict[bytes, Block] = OrderedDict()
+        # Txids whose signatures the caller has already checked (a node's mempool):
+        # the same bytes give the same verdict, so block import need not redo them.
+        self.verified_txids: Callable[[], set[bytes]] | None = None
         self._seq = 1
         # Hashes of entries added, or whose status changed, since the node last
         # persisted them: the store saves exactly these and clears them, so a
@@ -289,7 +292,8 @@ class Chain:
 
     def _connect(self, block: Block) -> None:
         parent = self.entries[block.header.prev_hash].header
-        undo = apply_body(self.state, block, self.params, parent=parent)
+        known = self.verified_txids() if self.verified_txids is not None else None
+        undo = apply_body(self.state, block, self.params, known, parent=parent)
         self.undos[block.hash] = undo
         self.entries[block.hash].status = Status.ACTIVE
         self.unsaved.add(block.hash)

@@ -108,6 +108,7 @@ class Node:
         self.blobs = BlobExchange(self.store, lambda: self.p2p.peers)
         self.market = MarketService(self, dishonest=self.config.dishonest_results)
         self.mempool = Mempool(self.params)
+        self.chain.verified_txids = self.mempool.verified_txids
         self.metrics.height.set(self.chain.height)
         self.token = write_cookie(self.datadir)
         self.rpc = RpcServer(self.token, self.metrics)
