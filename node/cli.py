@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from node.cli_bench import bench
+from node.cli_data import data_cmd, demo_cmd
 from node.cli_job import job
 from node.cli_node import node_cmd, rpc_cmd, wallet
 from node.cli_testnet import testnet_cmd
@@ -55,6 +56,8 @@ cli.add_command(testnet_cmd)
 cli.add_command(job)
 cli.add_command(train_cmd)
 cli.add_command(model_cmd)
+cli.add_command(data_cmd)
+cli.add_command(demo_cmd)
 
 
 def main() -> None:

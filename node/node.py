@@ -38,6 +38,7 @@ from node.miner import Miner, MiningWork
 from node.p2p import PeerManager
 from node.peer import PeerSession
 from node.rpc import Metrics, RpcServer, write_cookie
+from node.rpc_data import DataHost, register_data_methods
 from node.rpc_market import register_market_methods
 from node.rpc_methods import register_methods
 from node.store import Store
@@ -114,6 +115,8 @@ class Node:
         self.rpc = RpcServer(self.token, self.metrics)
         register_methods(self.rpc, self)
         register_market_methods(self.rpc, self)
+        self.data_host = DataHost(self, self.datadir / "datasets")
+        register_data_methods(self.rpc, self)
 
         listen_host, listen_port = self.config.listen
         p2p_app = web.Application()
@@ -129,6 +132,7 @@ class Node:
             max_inbound=self.config.max_inbound,
         )
         self.p2p.add_routes(p2p_app)
+        self.data_host.add_routes(p2p_app)
         self.p2p_port = await self._serve(p2p_app, listen_host, listen_port)
         self.p2p.listen_port = self.p2p_port
         rpc_app = web.Application(client_max_size=4 * 1024 * 1024)

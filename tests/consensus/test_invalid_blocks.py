@@ -13,7 +13,7 @@ from consensus.blocks import Block, decode_block, encode_block, noise_seeds
 from consensus.chain import Chain
 from consensus.errors import DecodeError, InvalidBlock
 from consensus.pow import build_proof, mining_params, null_job
-from consensus.transactions import DatasetRegisterPayload, signed_transaction
+from consensus.transactions import AccessLogPayload, signed_transaction
 from consensus.validation import tx_root
 from kernels.attempt import mining_attempt
 from tests.consensus.chainkit import (
@@ -157,7 +157,7 @@ CASES: dict[str, tuple[Case, str]] = {
     ),
     # --- header rules
     "wrong height": (lambda c, k: forged(c, k, height=c.height + 2), "height"),
-    "kind not enabled yet": (
+    "access_log of an unknown dataset": (
         lambda c, k: forged(
             c,
             k,
@@ -167,11 +167,11 @@ CASES: dict[str, tuple[Case, str]] = {
                     chain_id=MID.chain_id,
                     nonce=0,
                     fee=1,
-                    payload=DatasetRegisterPayload(bytes(32), 100, 64, "{}"),
+                    payload=AccessLogPayload(bytes(32), bytes(32)),
                 )
             ],
         ),
-        "not enabled yet",
+        "no such dataset",
     ),
     "timestamp too old": (
         lambda c, k: forged(c, k, timestamp_ms=c.block_at(c.height - 8).header.timestamp_ms),
