@@ -18,6 +18,7 @@ from kernels.backends import Backend, get_backend
 from kernels.noise import (
     NoiseFactors,
     add_noise,
+    add_noise_transposed,
     derive_factor_rows,
     derive_noise,
     derive_permutation,
@@ -98,7 +99,7 @@ def mining_attempt(
     noise_a = derive_noise(seed_a, m, k, params.r)
     noise_b = derive_noise(seed_b, n, k, params.r)
     a_noisy = add_noise(a, noise_a)
-    bt_noisy = add_noise(np.ascontiguousarray(b.T), noise_b)
+    bt_noisy = add_noise_transposed(b, noise_b)
     c_noisy, transcripts = be.noisy_product(a_noisy, bt_noisy, params.r, params.h, params.w)
     tickets = all_tickets(transcripts, seed_a)
     winners = winning_tiles(tickets, ticket_threshold(target, params.h, params.w, k))

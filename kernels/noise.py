@@ -107,6 +107,37 @@ _add_noise_serial = njit(nogil=True, cache=True)(_add_noise_body)
 _PARALLEL_MIN_ENTRIES = 1 << 18
 
 
+@njit(parallel=True, nogil=True, cache=True)
+def _add_noise_transposed(b: np.ndarray, L: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """out[j, c] = b[c, j] + L[j, p(c)] − L[j, q(c)]: Bᵀ + E_Bᵀ in one blocked pass.
+
+    Transposing B with numpy first costs a strided pass as long as the
+    noise itself; 64×64 blocks keep both sides of the transpose in L1.
+    """
+    k, n = b.shape
+    out = np.empty((n, k), dtype=np.int8)
+    bs = 64
+    nbj = (n + bs - 1) // bs
+    nbc = (k + bs - 1) // bs
+    for blk in prange(nbj * nbc):
+        j0 = (blk // nbc) * bs
+        c0 = (blk % nbc) * bs
+        for j in range(j0, min(n, j0 + bs)):
+            for c in range(c0, min(k, c0 + bs)):
+                out[j, c] = np.int8(b[c, j] + L[j, p[c]] - L[j, q[c]])
+    return out
+
+
+def add_noise_transposed(b: np.ndarray, f: NoiseFactors) -> np.ndarray:
+    """Bᵀ + E_Bᵀ (n×k int8) from B (k×n) and the noise built with n rows."""
+    if b.shape != (f.p.shape[0], f.L.shape[0]):
+        raise ValueError(
+            f"operand shape {b.shape} does not match noise shape {(f.p.shape[0], f.L.shape[0])}"
+        )
+    out: np.ndarray = _add_noise_transposed(np.ascontiguousarray(b), f.L, f.p, f.q)
+    return out
+
+
 def expand_noise(f: NoiseFactors) -> np.ndarray:
     """The dense noise matrix E (rows×k int8), for tests and reference code."""
     zeros = np.zeros((f.L.shape[0], f.p.shape[0]), dtype=np.int8)

@@ -5,6 +5,7 @@ import pytest
 
 from kernels.noise import (
     add_noise,
+    add_noise_transposed,
     derive_factor_rows,
     derive_noise,
     derive_permutation,
@@ -70,3 +71,12 @@ def test_noisy_operand_fits_int8_at_the_extremes():
 def test_bad_noise_arguments_are_named(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_fused_transpose_equals_transpose_then_noise():
+    rng = np.random.default_rng(4)
+    b = rng.integers(-64, 64, (192, 80), dtype=np.int8)  # k×n, not multiples of the block
+    f = derive_noise(SEED, 80, 192, 64)
+    assert np.array_equal(add_noise_transposed(b, f), add_noise(np.ascontiguousarray(b.T), f))
+    with pytest.raises(ValueError, match="does not match"):
+        add_noise_transposed(b.T, f)
