@@ -20,19 +20,8 @@ FALSE_ACCEPT_LOG2 = -33 * FREIVALDS_ROUNDS
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _matvec_i8(x: np.ndarray, v: np.ndarray) -> np.ndarray:
-    rows, cols = x.shape
-    out = np.empty(rows, dtype=np.int64)
-    for i in prange(rows):
-        s = np.int64(0)
-        for j in range(cols):
-            s += np.int64(x[i, j]) * v[j]
-        out[i] = s
-    return out
-
-
-@njit(parallel=True, nogil=True, cache=True)
-def _matvec_i32(x: np.ndarray, v: np.ndarray) -> np.ndarray:
+def _matvec(x: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """x (int8 or int32; Numba compiles one version per dtype) · v in Z/2^64."""
     rows, cols = x.shape
     out = np.empty(rows, dtype=np.int64)
     for i in prange(rows):
@@ -92,9 +81,9 @@ def freivalds_check(
     for _ in range(rounds):
         lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
         x = np.asarray(gen.integers(lo, hi, size=n, dtype=np.int64, endpoint=True))
-        bx = _matvec_i8_transposed(bb, x, get_num_threads()) if b_transposed else _matvec_i8(bb, x)
+        bx = _matvec_i8_transposed(bb, x, get_num_threads()) if b_transposed else _matvec(bb, x)
         # int64 products wrap silently in Numba: that is the Z/2^64 arithmetic we want.
-        if not np.array_equal(_matvec_i8(a, bx), _matvec_i32(c, x)):
+        if not np.array_equal(_matvec(a, bx), _matvec(c, x)):
             return False
     return True
 
@@ -113,8 +102,8 @@ def locate_error(
     gen = rng if rng is not None else np.random.default_rng()
     lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
     x = np.asarray(gen.integers(lo, hi, size=b.shape[1], dtype=np.int64, endpoint=True))
-    residual = _matvec_i8(np.ascontiguousarray(a), _matvec_i8(np.ascontiguousarray(b), x))
-    residual -= _matvec_i32(np.ascontiguousarray(c), x)
+    residual = _matvec(np.ascontiguousarray(a), _matvec(np.ascontiguousarray(b), x))
+    residual -= _matvec(np.ascontiguousarray(c), x)
     for i in np.flatnonzero(residual):
         row = a[i].astype(np.int64) @ b.astype(np.int64)
         wrong = np.flatnonzero(row.astype(np.int32) != c[i])
