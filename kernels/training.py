@@ -418,32 +418,42 @@ def evaluate(
 def train(
     config: TrainConfig,
     matmul: MatmulFn,
-    on_step: Callable[[int, list[MatmulCall]], None] | None = None,
+    on_step: Callable[[int, list[MatmulCall], bytes], None] | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
     eval_matmul: MatmulFn = local_matmul,
+    max_steps: int | None = None,
 ) -> TrainResult:
     """Train ``config`` with every training product computed by ``matmul``.
 
     Each epoch visits the training set in a BLAKE3-derived order in full
     minibatches of ``config.batch`` (the remainder waits for the next epoch's
-    order). ``on_step(i, calls)`` gets the step's five (A, B, C) jobs after the
-    update. The per-epoch accuracies are reports, not training: they use
-    ``eval_matmul``, local by default, so they post no jobs.
+    order). ``on_step(i, calls, weights_hash)`` gets the step's five (A, B, C)
+    jobs and the weights hash after the update (what a network run records on
+    chain). ``max_steps`` stops early; a cut epoch is still reported. The
+    per-epoch accuracies are reports, not training: they use ``eval_matmul``,
+    local by default, so they post no jobs.
     """
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be positive, got {max_steps}")
     x_tr, y_tr, x_te, y_te = load_dataset(config.dataset, config.seed)
     classes = int(max(y_tr.max(), y_te.max())) + 1
     if x_tr.shape[0] < config.batch:
         raise ValueError(f"batch {config.batch} exceeds the {x_tr.shape[0]} training rows")
     weights = init_weights(x_tr.shape[1], config.hidden, classes, config.seed)
     per_epoch = x_tr.shape[0] // config.batch
+    total = config.epochs * per_epoch if max_steps is None else max_steps
     history: list[EpochStats] = []
     hashes: list[bytes] = []
     step = 0
     calls_made = 0
     for epoch in range(config.epochs):
+        if step >= total:
+            break
         order = _epoch_order(config.seed, epoch, x_tr.shape[0])
         nll: list[float] = []
         for b in range(per_epoch):
+            if step >= total:
+                break
             rows = order[b * config.batch : (b + 1) * config.batch]
             calls, probs = train_step(
                 weights, x_tr[rows], y_tr[rows], matmul, config.lr_shift, config.tiles
@@ -451,7 +461,7 @@ def train(
             hashes.append(weights_hash(weights))
             calls_made += len(calls)
             if on_step is not None:
-                on_step(step, calls)
+                on_step(step, calls, hashes[-1])
             step += 1
             p_true = np.maximum(probs[np.arange(len(rows)), y_tr[rows]], 1)
             nll.extend((PROB_BITS * math.log(2) - np.log(p_true.astype(np.float64))).tolist())

@@ -1,9 +1,8 @@
 """Training on the network: every matmul of every step is a posted job (PROTOCOL §8).
 
-:func:`train_steps` is kernels.training's loop, the same steps in the same
-order (it calls :func:`kernels.training.train_step`), with two additions the
-network needs: ``on_step`` gets the weights hash after each step (for the
-step's ``model_record``) and training can stop after ``max_steps``.
+Training is :func:`kernels.training.train` itself, given a matmul that
+posts jobs; its ``on_step`` hook gets each step's weights hash (for the step's
+``model_record``) and ``max_steps`` can stop it early.
 
 :class:`NetworkMatmul` is the ``matmul`` it is given: each product is posted
 with :class:`node.client.MarketClient`, waited on until a block claims it, and
@@ -15,7 +14,6 @@ posted with it and the two are mined side by side.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable
@@ -28,97 +26,27 @@ from consensus.hashing import tagged_hash
 from consensus.keys import address_to_text
 from consensus.transactions import ModelRecordPayload, encode_tx, signed_transaction
 from kernels.training import (
-    PROB_BITS,
     EpochStats,
     MatmulCall,
-    MatmulFn,
     TrainConfig,
     TrainResult,
-    _epoch_order,
-    evaluate,
-    init_weights,
     load_dataset,
     local_matmul,
     pad_to,
-    train_step,
-    weights_hash,
+    train,
 )
 from node.client import MarketClient
 from node.rpc_client import RpcCallError
 
 JOBS_PER_STEP = 5
 RECORD_FEE = 1_000
-StepHook = Callable[[int, list[MatmulCall], bytes], None]
 
 
 # ------------------------------------------------------------ the training loop
 
 
-def train_steps(
-    config: TrainConfig,
-    matmul: MatmulFn,
-    max_steps: int | None = None,
-    on_step: StepHook | None = None,
-    on_epoch: Callable[[EpochStats], None] | None = None,
-    eval_matmul: MatmulFn = local_matmul,
-) -> TrainResult:
-    """kernels.training.train, step for step, with a weights hash per step and a step limit.
-
-    ``on_step(i, calls, weights_hash)`` runs after step i's update. With
-    ``max_steps`` the run stops after that many steps; an epoch cut short is
-    reported (loss over the steps it ran, accuracies after the last step).
-    Accuracies are reports and use ``eval_matmul`` (local), as in train().
-    """
-    if max_steps is not None and max_steps < 1:
-        raise ValueError(f"max_steps must be positive, got {max_steps}")
-    x_tr, y_tr, x_te, y_te = load_dataset(config.dataset, config.seed)
-    classes = int(max(y_tr.max(), y_te.max())) + 1
-    if x_tr.shape[0] < config.batch:
-        raise ValueError(f"batch {config.batch} exceeds the {x_tr.shape[0]} training rows")
-    weights = init_weights(x_tr.shape[1], config.hidden, classes, config.seed)
-    per_epoch = x_tr.shape[0] // config.batch
-    total = (
-        config.epochs * per_epoch
-        if max_steps is None
-        else min(max_steps, config.epochs * per_epoch)
-    )
-    history: list[EpochStats] = []
-    hashes: list[bytes] = []
-    calls_made = 0
-    step = 0
-    for epoch in range(config.epochs):
-        if step >= total:
-            break
-        order = _epoch_order(config.seed, epoch, x_tr.shape[0])
-        nll: list[float] = []
-        for b in range(per_epoch):
-            if step >= total:
-                break
-            rows = order[b * config.batch : (b + 1) * config.batch]
-            calls, probs = train_step(
-                weights, x_tr[rows], y_tr[rows], matmul, config.lr_shift, config.tiles
-            )
-            hashes.append(weights_hash(weights))
-            calls_made += len(calls)
-            if on_step is not None:
-                on_step(step, calls, hashes[-1])
-            step += 1
-            p_true = np.maximum(probs[np.arange(len(rows)), y_tr[rows]], 1)
-            nll.extend((PROB_BITS * math.log(2) - np.log(p_true.astype(np.float64))).tolist())
-        stats = EpochStats(
-            epoch=epoch,
-            loss=float(np.mean(nll)),
-            train_accuracy=evaluate(weights, x_tr, y_tr, eval_matmul, config.tiles),
-            test_accuracy=evaluate(weights, x_te, y_te, eval_matmul, config.tiles),
-        )
-        history.append(stats)
-        if on_epoch is not None:
-            on_epoch(stats)
-    return TrainResult(weights, history, step, calls_made, hashes)
-
-
 def total_steps(config: TrainConfig, max_steps: int | None) -> int:
-    """How many steps :func:`train_steps` will run."""
+    """How many steps :func:`kernels.training.train` will run."""
     x_tr, _, _, _ = load_dataset(config.dataset, config.seed)
     full = config.epochs * (x_tr.shape[0] // config.batch)
     return full if max_steps is None else min(full, max_steps)
@@ -405,8 +333,8 @@ def train_on_network(
         if on_step is not None:
             on_step(i, weights)
 
-    result = train_steps(config, net, max_steps, step_done, on_epoch)
+    result = train(config, net, step_done, on_epoch, max_steps=max_steps)
     recorder.wait_all(result.steps)
     wall = time.monotonic() - started
-    local = train_steps(config, local_matmul, max_steps)
+    local = train(config, local_matmul, max_steps=max_steps)
     return NetworkRun(model_id, result, local, net, recorder.sent, wall)

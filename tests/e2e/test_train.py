@@ -12,23 +12,11 @@ import pytest
 
 from consensus.keys import PrivateKey, address_to_text
 from kernels.training import TrainConfig, local_matmul, train
-from node.train_net import train_steps
 from tests.e2e.framework import NodeProcess, wait_until
 
 BLOCK_MS = 200
 MAX_STEPS = 3  # the quick preset is at 0.912 test accuracy after 3 steps (measured)
 TRAINER = "devnet-5"
-
-
-def test_the_network_loop_is_kernels_training_step_for_step():
-    """train_steps (which records per-step hashes and can stop early) is train()."""
-    config = TrainConfig.quick("breast_cancer")
-    reference = train(config, local_matmul)
-    ours = train_steps(config, local_matmul)
-    assert ours.step_hashes == reference.step_hashes
-    assert ours.epochs == reference.epochs
-    cut = train_steps(config, local_matmul, max_steps=MAX_STEPS)
-    assert cut.step_hashes == reference.step_hashes[:MAX_STEPS]
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +68,7 @@ def test_train_on_the_network_is_bit_identical_and_its_lineage_is_on_chain(netwo
     )
     assert done.returncode == 0, done.stderr + poster.log_tail()
     run = json.loads(done.stdout)
-    local = train_steps(TrainConfig.quick("breast_cancer"), local_matmul, max_steps=MAX_STEPS)
+    local = train(TrainConfig.quick("breast_cancer"), local_matmul, max_steps=MAX_STEPS)
     assert run["bit_identical"] is True
     assert run["weights_hash"] == local.step_hashes[-1].hex()
     assert run["steps"] == MAX_STEPS

@@ -62,7 +62,7 @@ def quick_bc() -> tuple[TrainResult, CheckingMatmul, list]:
     result = train(
         TrainConfig.quick("breast_cancer"),
         checker,
-        on_step=lambda i, calls: steps.append((i, calls)),
+        on_step=lambda i, calls, _hash: steps.append((i, calls)),
     )
     return result, checker, steps
 
@@ -235,3 +235,13 @@ def test_exp2_table_and_integer_softmax():
     assert math.isclose(p[0, 2] / one, 4 / 7, abs_tol=1e-3)
     assert p[1, 0] == p[1, 1] == p[1, 2]
     assert p[2, 0] == one and p[2, 1] == 0
+
+
+def test_max_steps_cuts_the_same_run_short():
+    config = TrainConfig.quick("breast_cancer")
+    full = train(config, local_matmul)
+    hashes: list[bytes] = []
+    cut = train(config, local_matmul, on_step=lambda i, c, h: hashes.append(h), max_steps=3)
+    assert cut.steps == 3 and cut.step_hashes == full.step_hashes[:3] == hashes
+    with pytest.raises(ValueError, match="max_steps"):
+        train(config, local_matmul, max_steps=0)
