@@ -172,6 +172,7 @@ def node_cmd(
         max_inbound=max_inbound,
         log_level=log_level,
         dishonest_results=dishonest_results,
+        progress=sys.stderr.isatty(),
     )
     if threads:
         import numba

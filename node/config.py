@@ -46,6 +46,7 @@ class NodeConfig:
     max_outbound: int = 8
     max_inbound: int = 32
     log_level: str = "INFO"
+    progress: bool = False  # draw a sync progress bar on stderr (a terminal)
     dishonest_results: bool = False  # tests only: commit a wrong C on posted jobs
 
 

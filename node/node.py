@@ -42,6 +42,7 @@ from node.rpc_data import DataHost, register_data_methods
 from node.rpc_market import register_market_methods
 from node.rpc_methods import register_methods
 from node.store import Store
+from node.sync_progress import SyncProgress
 from node.wire import (
     MAX_HEADERS,
     BlobChunk,
@@ -91,6 +92,7 @@ class Node:
         self._inflight: dict[bytes, tuple[PeerSession, float]] = {}
         self._downloaded: dict[bytes, Block] = {}
         self._sync_target = 0
+        self.sync_progress = SyncProgress(draw=config.progress)
         self._rejected_txs: OrderedDict[bytes, None] = OrderedDict()
         self._null_jobs: OrderedDict[bytes, Job] = OrderedDict()
         self._tx_relay: dict[int, tuple[PeerSession | None, list[bytes]]] = {}
@@ -489,6 +491,7 @@ class Node:
         if len(msg.headers) == MAX_HEADERS:
             await peer.send(GetHeaders((msg.headers[-1].hash,), bytes(32)))
         if added:
+            self.sync_progress.update(self.chain.height, self._sync_target)
             log.info(
                 "headers: %d new from %s, syncing to height %d",
                 added,
@@ -537,6 +540,8 @@ class Node:
                 self._forget_download_queue()
                 raise
         self._schedule_downloads()
+        if self._sync_target:
+            self.sync_progress.update(self.chain.height, self._sync_target)
         if not self._download and self._sync_target:
             log.info("sync: at height %d", self.chain.height)
             self._sync_target = 0

@@ -61,6 +61,7 @@ def register_methods(rpc: RpcServer, node: Node) -> None:
             "node_id": node.key.public_key.hex(),
             "p2p_port": node.p2p_port,
             "uptime_s": round(time.time() - node.started_at, 1),
+            "sync": node.sync_progress.state(),
         }
 
     async def getblock(block_hash: str, verbose: bool = True) -> dict[str, Any]:

@@ -6,6 +6,7 @@ block), so blocks for gossip tests are mined for real in milliseconds.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
@@ -172,3 +173,43 @@ async def test_restart_keeps_the_chain(tmp_path):
         assert n2.chain.tip.hash == block.hash
     finally:
         await n2.stop()
+
+
+async def test_a_node_far_behind_syncs_with_a_progress_bar(tmp_path):
+    """60 blocks behind: headers first, blocks from the peer, a bar drawn, then done."""
+    chain, clock = new_chain()
+    blocks = [next_block(chain, clock) for _ in range(1)]
+    chain.add_block(blocks[0])
+    for _ in range(59):
+        b = next_block(chain, clock)
+        chain.add_block(b)
+        blocks.append(b)
+    source = Node(NodeConfig(params=MID, datadir=tmp_path / "source"))
+    await source.start()
+    try:
+        for b in blocks:
+            await source.process_block(b, source=None)
+        far = Node(
+            NodeConfig(
+                params=MID,
+                datadir=tmp_path / "far",
+                peers=[("127.0.0.1", source.p2p_port)],
+                progress=True,
+            )
+        )
+        await far.start()
+        try:
+
+            async def synced() -> None:
+                while far.chain.height < 60:
+                    await asyncio.sleep(0.02)
+
+            await asyncio.wait_for(synced(), 60)
+            assert far.chain.tip.hash == blocks[-1].hash
+            state = far.sync_progress.state()
+            assert state["syncing"] is False and state["target"] == 60
+            assert far.sync_progress.bars_drawn == 1
+        finally:
+            await far.stop()
+    finally:
+        await source.stop()
