@@ -12,6 +12,9 @@ The chain holds no data, only who may read what and who did:
   data only against a confirmed one: so every read is on the chain before any
   data flows. Its ``request_nonce`` is unique per dataset, so one logged read
   cannot be replayed as another.
+* ``model_publish`` publishes a model trained on a logged read, with its
+  provenance: weights hash, dataset, content root and the publisher's own
+  access_log. So a dataset's audit lists its reads and the models made from them.
 
 Every write goes through ``State.set``, so a reorg undoes each rule exactly,
 and a revocation reorged away and included again is simply applied again.
@@ -24,12 +27,20 @@ from typing import Any
 
 from consensus.errors import InvalidTransaction
 from consensus.hashing import Hash32, tagged_hash
-from consensus.state import ACCESS_LOGS, DATASETS, GRANTS, State
+from consensus.state import (
+    ACCESS_LOGS,
+    DATASET_MODELS,
+    DATASETS,
+    GRANTS,
+    MODELS_PUBLISHED,
+    State,
+)
 from consensus.transactions import (
     AccessGrantPayload,
     AccessLogPayload,
     AccessRevokePayload,
     DatasetRegisterPayload,
+    ModelPublishPayload,
     Transaction,
 )
 
@@ -41,6 +52,16 @@ GRANT_FIELDS = ("sealed_key", "expiry", "revoked_height", "granted_height")
 """GRANTS: (dataset id, grantee) → these fields; revoked_height is 0 while not revoked."""
 ACCESS_LOG_FIELDS = ("grantee", "height")
 """ACCESS_LOGS: (dataset id, request nonce) → these fields."""
+MODEL_FIELDS = (
+    "publisher",
+    "weights_hash",
+    "dataset_id",
+    "content_root",
+    "access_log_nonce",
+    "metadata",
+    "height",
+)
+"""MODELS_PUBLISHED: model id → these fields, in order."""
 
 Spendable = Callable[[State, bytes, int], None]
 
@@ -104,6 +125,24 @@ def iter_access_logs(state: State, dataset_id: bytes) -> Iterator[tuple[bytes, d
         if ds == dataset_id
     ]
     yield from sorted(rows, key=lambda r: (r[1]["height"], r[0]))
+
+
+def published_model_record(state: State, model_id: bytes) -> dict[str, Any] | None:
+    """A readable view of a published model, or None."""
+    rec = state.get(MODELS_PUBLISHED, model_id)
+    return None if rec is None else dict(zip(MODEL_FIELDS, rec, strict=True))
+
+
+def iter_dataset_models(state: State, dataset_id: bytes) -> Iterator[tuple[bytes, dict[str, Any]]]:
+    """(model id, published model) of every model derived from a dataset, by height."""
+    rows = []
+    for (ds, model_id), height in state.tables[DATASET_MODELS].items():
+        if ds == dataset_id:
+            rec = published_model_record(state, model_id)
+            assert rec is not None, "dataset_models and models_published disagree"
+            rows.append((height, model_id, rec))
+    for _, model_id, rec in sorted(rows, key=lambda r: (r[0], r[1])):
+        yield model_id, rec
 
 
 def _pay_fee(state: State, tx: Transaction, spendable: Spendable) -> None:
@@ -182,3 +221,38 @@ def apply_access_log(
         raise InvalidTransaction("payload.request_nonce: already used for this dataset (replay)")
     _pay_fee(state, tx, spendable)
     state.set(ACCESS_LOGS, (p.dataset_id, p.request_nonce), (tx.sender_address, height))
+
+
+def apply_model_publish(
+    state: State, tx: Transaction, p: ModelPublishPayload, height: int, spendable: Spendable
+) -> None:
+    """Record a model trained on the sender's own logged read of a dataset."""
+    dataset = dataset_record(state, p.dataset_id)
+    if dataset is None:
+        raise InvalidTransaction(f"payload.dataset_id: no such dataset {p.dataset_id.hex()[:16]}")
+    if dataset["content_root"] != p.content_root:
+        raise InvalidTransaction("payload.content_root: not the dataset's content root")
+    read = access_log_record(state, p.dataset_id, p.access_log_nonce)
+    if read is None:
+        raise InvalidTransaction("payload.access_log_nonce: no such access_log for this dataset")
+    if read["grantee"] != tx.sender_address:
+        raise InvalidTransaction(
+            "payload.access_log_nonce: that access_log was sent by someone else"
+        )
+    if state.get(MODELS_PUBLISHED, p.model_id) is not None:
+        raise InvalidTransaction("payload.model_id: this model is already published")
+    _pay_fee(state, tx, spendable)
+    state.set(
+        MODELS_PUBLISHED,
+        p.model_id,
+        (
+            tx.sender_address,
+            p.weights_hash,
+            p.dataset_id,
+            p.content_root,
+            p.access_log_nonce,
+            p.metadata,
+            height,
+        ),
+    )
+    state.set(DATASET_MODELS, (p.dataset_id, p.model_id), height)

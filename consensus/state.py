@@ -49,7 +49,25 @@ GRANTS = "grants"
 ACCESS_LOGS = "access_logs"
 """(dataset id, request nonce) → (grantee, height): confirmed read requests."""
 
-TABLES = (ACCOUNTS, IMMATURE, LOCKED, JOBS, JOBS_DUE, MODELS, DATASETS, GRANTS, ACCESS_LOGS)
+MODELS_PUBLISHED = "models_published"
+"""model id → (publisher, weights hash, dataset id, content root, access_log nonce, metadata,
+height): models published with their data provenance (consensus.datashare, model_publish)."""
+DATASET_MODELS = "dataset_models"
+"""(dataset id, model id) → height: the models published from each dataset."""
+
+TABLES = (
+    ACCOUNTS,
+    IMMATURE,
+    LOCKED,
+    JOBS,
+    JOBS_DUE,
+    MODELS,
+    DATASETS,
+    GRANTS,
+    ACCESS_LOGS,
+    MODELS_PUBLISHED,
+    DATASET_MODELS,
+)
 _MISSING = object()
 
 

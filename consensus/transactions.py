@@ -83,6 +83,7 @@ class TxKind(IntEnum):
     ACCESS_REVOKE = 6
     ACCESS_LOG = 7
     MODEL_RECORD = 8
+    MODEL_PUBLISH = 9
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,30 @@ class ModelRecordPayload:
     )
 
 
+@dataclass(frozen=True)
+class ModelPublishPayload:
+    """Publish a model trained on a dataset read locally, with its provenance (§10).
+
+    ``access_log_nonce`` is the ``request_nonce`` of the sender's own confirmed
+    access_log of ``dataset_id``: the logged read the model was trained on.
+    """
+
+    model_id: bytes
+    weights_hash: bytes
+    dataset_id: bytes
+    content_root: bytes
+    access_log_nonce: bytes
+    metadata: str
+    SCHEMA: ClassVar[Schema] = (
+        Field("model_id", HASH),
+        Field("weights_hash", HASH),
+        Field("dataset_id", HASH),
+        Field("content_root", HASH),
+        Field("access_log_nonce", HASH),
+        Field("metadata", Str(max=MAX_METADATA_BYTES)),
+    )
+
+
 Payload = (
     TransferPayload
     | JobPostPayload
@@ -245,6 +270,7 @@ Payload = (
     | AccessRevokePayload
     | AccessLogPayload
     | ModelRecordPayload
+    | ModelPublishPayload
 )
 
 PAYLOAD_TYPES: dict[TxKind, type] = {
@@ -257,6 +283,7 @@ PAYLOAD_TYPES: dict[TxKind, type] = {
     TxKind.ACCESS_REVOKE: AccessRevokePayload,
     TxKind.ACCESS_LOG: AccessLogPayload,
     TxKind.MODEL_RECORD: ModelRecordPayload,
+    TxKind.MODEL_PUBLISH: ModelPublishPayload,
 }
 _KIND_OF: dict[type, TxKind] = {cls: kind for kind, cls in PAYLOAD_TYPES.items()}
 
@@ -444,6 +471,12 @@ def _check_model_record(tx: Transaction, p: ModelRecordPayload) -> None:
         raise InvalidTransaction(f"payload.parent_hash: step {p.step} must name its parent")
 
 
+def _check_model_publish(tx: Transaction, p: ModelPublishPayload) -> None:
+    for name in ("model_id", "weights_hash", "dataset_id", "content_root", "access_log_nonce"):
+        if getattr(p, name) == _ZERO_HASH:
+            raise InvalidTransaction(f"payload.{name}: must not be all zeros")
+
+
 BAD_SIGNATURE = "signature: not a valid signature by the sender"
 
 
@@ -508,3 +541,5 @@ def check_tx_form(tx: Transaction, chain_id: int) -> None:
         _check_access_grant(tx, p)
     elif isinstance(p, ModelRecordPayload):
         _check_model_record(tx, p)
+    elif isinstance(p, ModelPublishPayload):
+        _check_model_publish(tx, p)

@@ -26,6 +26,7 @@ from consensus.transactions import (
     FraudProofPayload,
     JobCancelPayload,
     JobPostPayload,
+    ModelPublishPayload,
     ModelRecordPayload,
     Transaction,
     TransferPayload,
@@ -151,6 +152,9 @@ def apply_transaction(state: State, tx: Transaction, height: int, params: Networ
         return tx.fee
     if isinstance(p, AccessLogPayload):
         datashare.apply_access_log(state, tx, p, height, _spendable_check)
+        return tx.fee
+    if isinstance(p, ModelPublishPayload):
+        datashare.apply_model_publish(state, tx, p, height, _spendable_check)
         return tx.fee
     raise InvalidTransaction(f"kind: {tx.kind.name.lower()} transactions are not enabled yet")
 

@@ -259,21 +259,30 @@ def _init_matrix(seed: int, index: int, fan_in: int, fan_out: int) -> np.ndarray
 
 
 def load_dataset(name: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x_train, y_train, x_test, y_test) of a dataset shipped with scikit-learn."""
+    from sklearn.datasets import load_breast_cancer, load_digits
+
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
+    bunch = load_breast_cancer() if name == "breast_cancer" else load_digits()
+    return split_and_quantize(
+        np.asarray(bunch.data, dtype=np.float64), np.asarray(bunch.target, dtype=np.int64), seed
+    )
+
+
+def split_and_quantize(
+    x: np.ndarray, y: np.ndarray, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(x_train, y_train, x_test, y_test): int7 features in int8, int64 labels.
 
     The only floating point of this module, and it happens once, before any
     training: a stratified 80/20 split fixed by ``seed``, standardization with
     the training set's statistics (correctly rounded sums, so every platform
-    gets the same numbers), then ``round(z · 16)`` clipped to [-64, 63].
+    gets the same numbers), then ``round(z · 16)`` clipped to [-64, 63]. Any
+    tabular data (a dataset read from the chain, say) goes through here too.
     """
-    from sklearn.datasets import load_breast_cancer, load_digits
     from sklearn.model_selection import train_test_split
 
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
-    bunch = load_breast_cancer() if name == "breast_cancer" else load_digits()
-    x = np.asarray(bunch.data, dtype=np.float64)
-    y = np.asarray(bunch.target, dtype=np.int64)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
     n = x_tr.shape[0]
     mean = np.array([math.fsum(col) / n for col in x_tr.T])
@@ -422,6 +431,7 @@ def train(
     on_epoch: Callable[[EpochStats], None] | None = None,
     eval_matmul: MatmulFn = local_matmul,
     max_steps: int | None = None,
+    data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> TrainResult:
     """Train ``config`` with every training product computed by ``matmul``.
 
@@ -431,11 +441,12 @@ def train(
     jobs and the weights hash after the update (what a network run records on
     chain). ``max_steps`` stops early; a cut epoch is still reported. The
     per-epoch accuracies are reports, not training: they use ``eval_matmul``,
-    local by default, so they post no jobs.
+    local by default, so they post no jobs. ``data`` replaces the named
+    dataset with prepared arrays (see :func:`split_and_quantize`).
     """
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be positive, got {max_steps}")
-    x_tr, y_tr, x_te, y_te = load_dataset(config.dataset, config.seed)
+    x_tr, y_tr, x_te, y_te = data if data is not None else load_dataset(config.dataset, config.seed)
     classes = int(max(y_tr.max(), y_te.max())) + 1
     if x_tr.shape[0] < config.batch:
         raise ValueError(f"batch {config.batch} exceeds the {x_tr.shape[0]} training rows")

@@ -204,10 +204,76 @@ def data_audit(  # type: ignore[no-untyped-def]
             detail += f" until {e['expiry']}"
         if "request_nonce" in e:
             detail = f"request {e['request_nonce'][:16]}"
+        if "model_id" in e:
+            detail = f"model {e['model_id'][:16]} from {detail}"
         click.echo(f"{e['height']:>7}  {e['event']:<10}  {e['by']:<42}  {detail}")
+    _echo_models(audit.get("models", []))
     click.echo(f"reads served by this node: {len(audit['served_reads'])}")
     for r in audit["served_reads"]:
         click.echo(f"  {r['reader']}  request {r['request_nonce'][:16]}  {r['chunks']} chunks")
+
+
+def _echo_models(models: list[dict[str, Any]]) -> None:
+    click.echo(f"models derived from it: {len(models)}")
+    for m in models:
+        click.echo(
+            f"  {m['model_id'][:16]}  by {m['publisher']}  weights {m['weights_hash'][:16]}  "
+            f"from request {m['access_log_nonce'][:16]}  height {m['height']}"
+        )
+
+
+def _hex32(text: str, what: str) -> bytes:
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        value = b""
+    if len(value) != 32:
+        raise ValueError(f"{what} is 64 hex digits, got {text!r}")
+    return value
+
+
+def model_publish_command(group: click.Group) -> None:
+    """Add `publish` to the `pouw model` group (defined with the training commands)."""
+
+    @group.command("publish")
+    @common
+    @click.option("--dataset", required=True, help="The dataset id the model was trained on.")
+    @click.option("--weights-hash", required=True, help="The model's weights hash (64 hex).")
+    @click.option(
+        "--access-log",
+        "access_log",
+        required=True,
+        help="The request nonce of your access_log of the dataset (printed by 'data fetch').",
+    )
+    @click.option("--model-id", default=None, help="64 hex [default: derived from the rest].")
+    @click.option("--meta", default="{}", help="Public metadata, a JSON object.")
+    @WAIT
+    def model_publish(  # type: ignore[no-untyped-def]
+        network,
+        datadir,
+        wallet,
+        rpc_addr,
+        block_time_ms,
+        as_json,
+        dataset,
+        weights_hash,
+        access_log,
+        model_id,
+        meta,
+        wait_s,
+    ) -> None:
+        """Publish a model trained on a dataset you read, with its provenance (on chain)."""
+        json.loads(meta)  # refuse malformed metadata before paying a fee for it
+        client = _data_client(network, datadir, wallet, rpc_addr, block_time_ms)
+        out = client.publish_model(
+            _dataset_id(dataset),
+            _hex32(weights_hash, "a weights hash"),
+            _hex32(access_log, "an access_log request nonce"),
+            None if model_id is None else _hex32(model_id, "a model id"),
+            meta,
+        )
+        _wait(client, out, wait_s)
+        _emit(out, as_json)
 
 
 # ------------------------------------------------------------------ demo
@@ -226,9 +292,28 @@ def breast_cancer_csv() -> bytes:
     return ("\n".join([header, *rows]) + "\n").encode()
 
 
+def train_on_csv(data: bytes, seed: int = 0) -> tuple[bytes, float]:
+    """Train the reference int MLP locally on a CSV (header row, numeric features, integer
+    label last), as a grantee does on what it read; returns (weights hash, test accuracy).
+
+    kernels.training's quick preset with every product local: deterministic, so
+    anyone holding the same bytes can reproduce the hash.
+    """
+    import numpy as np
+
+    from kernels.training import TrainConfig, local_matmul, split_and_quantize, train, weights_hash
+
+    rows = [line.split(",") for line in data.decode().splitlines()[1:] if line.strip()]
+    x = np.array([[float(v) for v in r[:-1]] for r in rows], dtype=np.float64)
+    y = np.array([int(r[-1]) for r in rows], dtype=np.int64)
+    result = train(TrainConfig.quick(seed=seed), local_matmul, data=split_and_quantize(x, y, seed))
+    return weights_hash(result.weights), result.epochs[-1].test_accuracy
+
+
 def run_healthcare_demo(client_for: Any, host: str, say: Any, workdir: Path) -> dict[str, Any]:
-    """Hospital registers, grants a researcher, the researcher reads (logged), a stranger
-    and then the revoked researcher are refused, and the audit shows it all."""
+    """Hospital registers, grants a researcher, the researcher reads (logged), trains
+    locally and publishes the model with its provenance, a stranger and then the revoked
+    researcher are refused, and the audit shows it all."""
     hospital = client_for(PrivateKey.from_label("devnet-0"), workdir / "hospital")
     researcher = client_for(PrivateKey.from_label("devnet-1"), workdir / "researcher")
     stranger = client_for(PrivateKey.generate(), workdir / "stranger")
@@ -243,6 +328,14 @@ def run_healthcare_demo(client_for: Any, host: str, say: Any, workdir: Path) -> 
     got, info = researcher.fetch(ds, host, 120)
     ok = got == data
     say(f"researcher read it: access_log in block {info['height']}, decrypted matches: {ok}")
+    weights, accuracy = train_on_csv(got)
+    meta = json.dumps({"arch": "int-mlp quick", "test_accuracy": round(accuracy, 4)})
+    model = researcher.publish_model(ds, weights, bytes.fromhex(info["request_nonce"]), None, meta)
+    researcher.wait_confirmed(model["txid"], 120)
+    say(
+        f"researcher trained locally (accuracy {accuracy:.3f}) and published model "
+        f"{model['model_id'][:16]}, weights {weights.hex()[:16]}, from that read"
+    )
     refusals = []
     # The stranger presents the researcher's confirmed access_log to the host.
     audit = hospital.rpc.call("getaudit", ds.hex())
@@ -267,6 +360,7 @@ def run_healthcare_demo(client_for: Any, host: str, say: Any, workdir: Path) -> 
     return {
         "dataset_id": ds.hex(),
         "read_matches": ok,
+        "model": model,
         "refusals": refusals,
         "audit": hospital.rpc.call("getaudit", ds.hex()),
     }
@@ -310,7 +404,10 @@ def demo_healthcare(as_json: bool, block_time_ms: int) -> None:
     click.echo(f"{'height':>7}  {'event':<10}  {'by':<42}  detail")
     for e in result["audit"]["events"]:
         detail = e.get("grantee", "") or e.get("request_nonce", "")[:16]
+        if "model_id" in e:
+            detail = f"model {e['model_id'][:16]} from request {detail}"
         click.echo(f"{e['height']:>7}  {e['event']:<10}  {e['by']:<42}  {detail}")
+    _echo_models(result["audit"]["models"])
     click.echo(f"reads served by the host: {len(result['audit']['served_reads'])}")
     if not result["read_matches"] or any("SERVED" in r for r in result["refusals"]):
         raise RuntimeError("the demo did not behave as it should")

@@ -1,4 +1,4 @@
-"""`pouw train` and `pouw model lineage`: training whose every matmul is a verified job."""
+"""`pouw train`, `pouw model lineage|publish`: training whose every matmul is a verified job."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import click
 from consensus.keys import PrivateKey
 from consensus.params import NETWORKS
 from kernels.training import DATASETS, EpochStats, TrainConfig
+from node.cli_data import model_publish_command
 from node.cli_node import _client, _load_wallet, _wallet_path
 from node.client import MarketClient
 
@@ -173,6 +174,9 @@ def train_cmd(
 @click.group("model")
 def model_cmd() -> None:
     """Models trained on the network and their on-chain lineage."""
+
+
+model_publish_command(model_cmd)
 
 
 @model_cmd.command("lineage")

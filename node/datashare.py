@@ -45,6 +45,7 @@ from consensus.transactions import (
     AccessLogPayload,
     AccessRevokePayload,
     DatasetRegisterPayload,
+    ModelPublishPayload,
     Payload,
     encode_tx,
     signed_transaction,
@@ -225,6 +226,7 @@ async def read_dataset(
 
 
 DEFAULT_FEE = 1_000
+TAG_MODEL_ID = "published-model-id"
 
 
 class DataClient:
@@ -334,4 +336,40 @@ class DataClient:
             )
         )
         data = decrypt_dataset(chunks, secret, bytes.fromhex(info["content_root"]))
-        return data, {"access_log_txid": txid, "height": height, "bytes": len(data)}
+        return data, {
+            "access_log_txid": txid,
+            "request_nonce": request_nonce.hex(),
+            "height": height,
+            "bytes": len(data),
+        }
+
+    def publish_model(
+        self,
+        dataset_id: bytes,
+        weights_hash: bytes,
+        access_log_nonce: bytes,
+        model_id: bytes | None = None,
+        metadata: str = "{}",
+    ) -> dict[str, Any]:
+        """Publish a model trained on this wallet's logged read ``access_log_nonce``.
+
+        Without ``model_id`` the id is derived from the publisher, the weights
+        and the read, so publishing the same thing twice is refused as a duplicate.
+        """
+        info = self.rpc.call("getdataset", dataset_id.hex())
+        content_root = bytes.fromhex(info["content_root"])
+        if model_id is None:
+            model_id = tagged_hash(
+                TAG_MODEL_ID, self.key.address, weights_hash, dataset_id, access_log_nonce
+            )
+        payload = ModelPublishPayload(
+            model_id, weights_hash, dataset_id, content_root, access_log_nonce, metadata
+        )
+        return {
+            "model_id": model_id.hex(),
+            "weights_hash": weights_hash.hex(),
+            "dataset_id": dataset_id.hex(),
+            "content_root": content_root.hex(),
+            "access_log_nonce": access_log_nonce.hex(),
+            "txid": self.send(payload),
+        }

@@ -37,6 +37,7 @@ from consensus.datashare import (
     grant_record,
     grant_refusal,
     iter_access_logs,
+    iter_dataset_models,
     iter_grants,
 )
 from consensus.keys import address, address_to_text, verify_signature
@@ -47,6 +48,7 @@ from consensus.transactions import (
     AccessLogPayload,
     AccessRevokePayload,
     DatasetRegisterPayload,
+    ModelPublishPayload,
 )
 from node.datashare import read_digest
 from node.rpc import INVALID_PARAMS, REJECTED, RpcError, RpcServer
@@ -227,6 +229,7 @@ _DATA_PAYLOADS = {
     AccessGrantPayload: "grant",
     AccessRevokePayload: "revoke",
     AccessLogPayload: "access_log",
+    ModelPublishPayload: "model",
 }
 
 
@@ -272,8 +275,8 @@ def register_data_methods(rpc: RpcServer, node: Node) -> None:
         return {"grantee": address_to_text(rec["grantee"]), "height": rec["height"]}
 
     async def getaudit(dataset_id: str) -> dict[str, Any]:
-        """Every register/grant/revoke/access_log of a dataset on the active chain, in order,
-        with this host's served reads."""
+        """Every register/grant/revoke/access_log/model publish of a dataset on the active
+        chain, in order, the models derived from it, and this host's served reads."""
         ds_id, rec = _dataset(dataset_id)
         chain = node.chain
         events = []
@@ -303,6 +306,9 @@ def register_data_methods(rpc: RpcServer, node: Node) -> None:
                     event["expiry"] = p.expiry_height
                 if isinstance(p, AccessLogPayload):
                     event["request_nonce"] = p.request_nonce.hex()
+                if isinstance(p, ModelPublishPayload):
+                    event["model_id"] = p.model_id.hex()
+                    event["request_nonce"] = p.access_log_nonce.hex()
                 events.append(event)
         logs = [n.hex() for n, _ in iter_access_logs(chain.state, ds_id)]
         return {
@@ -310,6 +316,17 @@ def register_data_methods(rpc: RpcServer, node: Node) -> None:
             "owner": address_to_text(rec["owner"]),
             "events": events,
             "access_logs": logs,
+            "models": [
+                {
+                    "model_id": model_id.hex(),
+                    "publisher": address_to_text(m["publisher"]),
+                    "weights_hash": m["weights_hash"].hex(),
+                    "access_log_nonce": m["access_log_nonce"].hex(),
+                    "metadata": m["metadata"],
+                    "height": m["height"],
+                }
+                for model_id, m in iter_dataset_models(chain.state, ds_id)
+            ],
             "served_reads": node.data_host.reads(ds_id),
         }
 

@@ -13,6 +13,7 @@ from consensus.transactions import (
     DatasetRegisterPayload,
     JobCancelPayload,
     JobPostPayload,
+    ModelPublishPayload,
     ModelRecordPayload,
     Transaction,
     TransferPayload,
@@ -74,6 +75,15 @@ def payload_json(tx: Transaction) -> dict[str, Any]:
         }
     if isinstance(p, AccessLogPayload):
         return {"dataset_id": p.dataset_id.hex()}
+    if isinstance(p, ModelPublishPayload):
+        return {
+            "model_id": p.model_id.hex(),
+            "weights_hash": p.weights_hash.hex(),
+            "dataset_id": p.dataset_id.hex(),
+            "content_root": p.content_root.hex(),
+            "access_log_nonce": p.access_log_nonce.hex(),
+            "metadata": p.metadata,
+        }
     return {}
 
 

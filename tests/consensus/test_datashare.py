@@ -15,15 +15,22 @@ from consensus.datashare import (
     dataset_record,
     grant_record,
     iter_access_logs,
+    iter_dataset_models,
+    published_model_record,
 )
-from consensus.errors import InvalidBlock
+from consensus.errors import InvalidBlock, InvalidTransaction
 from consensus.pow import null_job
 from consensus.transactions import (
     AccessGrantPayload,
     AccessLogPayload,
     AccessRevokePayload,
     DatasetRegisterPayload,
+    ModelPublishPayload,
     Transaction,
+    TxKind,
+    check_tx_stateless,
+    decode_tx,
+    encode_tx,
     signed_transaction,
 )
 from consensus.validation import apply_body, tx_root
@@ -163,3 +170,77 @@ def test_a_revocation_reorged_away_and_included_again_is_applied_again(granted):
     add(chain, clock, [revoke])
     assert grant_record(chain.state, DS, BOB.address)["revoked_height"] == chain.height
     refused(chain, log(BOB, 0), "the grant was revoked")
+
+
+# ------------------------------------------------------------ model_publish
+
+MODEL = b"\x4d" * 32
+WEIGHTS = b"\x57" * 32
+READ = b"\x01" * 32
+
+
+def publish(key, nonce, model=MODEL, ds=DS, root=ROOT, read=READ) -> Transaction:
+    payload = ModelPublishPayload(model, WEIGHTS, ds, root, read, '{"epochs": 3}')
+    return tx(key, nonce, payload)
+
+
+@pytest.fixture
+def read(granted) -> tuple[Chain, Clock]:
+    """Bob's read of DS (request nonce READ) is confirmed."""
+    chain, clock = granted
+    add(chain, clock, [log(BOB, 0)])
+    return chain, clock
+
+
+def test_model_publish_is_recorded_and_listed_by_dataset(read):
+    chain, clock = read
+    bob_before = chain.state.balance(BOB.address)
+    add(chain, clock, [publish(BOB, 1)])
+    assert published_model_record(chain.state, MODEL) == {
+        "publisher": BOB.address,
+        "weights_hash": WEIGHTS,
+        "dataset_id": DS,
+        "content_root": ROOT,
+        "access_log_nonce": READ,
+        "metadata": '{"epochs": 3}',
+        "height": 4,
+    }
+    assert chain.state.balance(BOB.address) == bob_before - 10
+    assert [m for m, _ in iter_dataset_models(chain.state, DS)] == [MODEL]
+    assert list(iter_dataset_models(chain.state, bytes(32))) == []
+
+
+def test_model_publish_refusals(read):
+    chain, clock = read
+    refused(chain, publish(BOB, 1, ds=b"\x09" * 32), "no such dataset")
+    refused(chain, publish(BOB, 1, root=b"\x09" * 32), "not the dataset's content root")
+    refused(chain, publish(BOB, 1, read=b"\x09" * 32), "no such access_log")
+    # Carol cannot claim Bob's logged read as the provenance of her model.
+    refused(chain, publish(CAROL, 0), "sent by someone else")
+    add(chain, clock, [publish(BOB, 1)])
+    refused(chain, publish(BOB, 2), "already published")
+
+
+def test_model_publish_stateless_checks():
+    for field in ("model_id", "weights_hash", "dataset_id", "content_root", "access_log_nonce"):
+        p = dataclasses.replace(publish(BOB, 0).payload, **{field: bytes(32)})
+        with pytest.raises(InvalidTransaction, match=f"payload.{field}: must not be all zeros"):
+            check_tx_stateless(tx(BOB, 0, p), MID.chain_id)
+    check_tx_stateless(publish(BOB, 0), MID.chain_id)
+
+
+def test_model_publish_round_trips_on_the_wire():
+    t = publish(BOB, 3)
+    assert decode_tx(encode_tx(t)) == t
+    assert t.kind == TxKind.MODEL_PUBLISH == 9
+
+
+def test_model_publish_undoes_exactly(read):
+    chain, clock = read
+    snap = (chain.state.snapshot(), chain.state.root)
+    add(chain, clock, [publish(BOB, 1)])
+    add(chain, clock, [publish(BOB, 2, model=b"\x4e" * 32)])
+    assert len(list(iter_dataset_models(chain.state, DS))) == 2
+    chain._disconnect_to(chain.height - 2)
+    assert (chain.state.snapshot(), chain.state.root) == snap
+    assert list(iter_dataset_models(chain.state, DS)) == []

@@ -233,6 +233,16 @@ def test_the_cli_registers_grants_fetches_audits_and_revokes(tmp_path):
         got = run("data", "fetch", ds, "--out", str(out), "--wallet", reader, *at)
         assert got.exit_code == 0, got.output
         assert out.read_bytes() == PLAINTEXT
+        nonce = json.loads(got.stdout)["request_nonce"]
+        weights = "ab" * 32
+        pub = ("model", "publish", "--dataset", ds, "--weights-hash", weights)
+        # A stranger cannot claim the reader's logged read as its model's provenance.
+        stolen = run(*pub, "--access-log", nonce, "--wallet", stranger, *at)
+        assert stolen.exit_code != 0 and "sent by someone else" in stolen.output
+        published = run(*pub, "--access-log", nonce, "--meta", '{"a": 1}', "--wallet", reader, *at)
+        assert published.exit_code == 0, published.output
+        model = json.loads(published.stdout)
+        assert model["height"] > 0 and model["access_log_nonce"] == nonce
         refused = run("data", "fetch", ds, "--out", str(out), "--wallet", stranger, *at)
         assert refused.exit_code != 0 and "has no grant" in refused.stderr
         assert run("data", "revoke", ds, pk, "--wallet", owner, *at).exit_code == 0
@@ -243,11 +253,16 @@ def test_the_cli_registers_grants_fetches_audits_and_revokes(tmp_path):
             "register",
             "grant",
             "access_log",
+            "model",
             "revoke",
         ]
+        [m] = audit["models"]
+        assert m["model_id"] == model["model_id"] and m["weights_hash"] == weights
+        assert m["access_log_nonce"] == nonce and m["height"] == model["height"]
         assert len(audit["served_reads"]) == 1
         table = run("data", "audit", ds, "--datadir", str(d))
         assert table.exit_code == 0 and "access_log" in table.stdout
+        assert "models derived from it: 1" in table.stdout
     finally:
         assert node.stop() == 0, node.log_tail()
 
@@ -260,5 +275,9 @@ def test_the_healthcare_demo_reads_once_and_refuses_the_stranger_and_the_revoked
     stranger, revoked = out["refusals"]
     assert "sent by someone else" in stranger and "no longer live" in revoked
     events = [e["event"] for e in out["audit"]["events"]]
-    assert events == ["register", "grant", "access_log", "revoke"]
+    assert events == ["register", "grant", "access_log", "model", "revoke"]
+    [model] = out["audit"]["models"]
+    assert model["model_id"] == out["model"]["model_id"]
+    assert model["weights_hash"] == out["model"]["weights_hash"]
+    assert model["access_log_nonce"] == out["audit"]["access_logs"][0]
     assert len(out["audit"]["served_reads"]) == 1
