@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from consensus import market
 from consensus.blocks import EMPTY_PROOF, Block, BlockHeader, JobSpec
 from consensus.difficulty import block_work
 from consensus.errors import InvalidBlock, InvalidTransaction
@@ -28,10 +27,11 @@ from consensus.validation import (
     apply_body,
     apply_transaction,
     check_header_pow,
+    close_block,
     expected_target,
     genesis_state,
     median_time_past,
-    pay_coinbase,
+    open_block,
     tx_root,
     validate_header,
 )
@@ -293,7 +293,7 @@ class Chain:
     def _connect(self, block: Block) -> None:
         parent = self.entries[block.header.prev_hash].header
         known = self.verified_txids() if self.verified_txids is not None else None
-        undo = apply_body(self.state, block, self.params, known, parent=parent)
+        undo = apply_body(self.state, block, self.params, known, parent)
         self.undos[block.hash] = undo
         self.entries[block.hash].status = Status.ACTIVE
         self.unsaved.add(block.hash)
@@ -340,11 +340,16 @@ class Chain:
         included: list[Transaction] = []
         fees = 0
         size = 0
+        # Half the block for transactions leaves room for the header and its proof
+        # (h + w operand rows of k bytes with their branches).
+        budget = self.params.max_block_bytes // 2
         st = self.state
         st.begin()
         try:
-            market.claim_parent_job(st, parent, self.params)
+            open_block(st, parent, self.params)
             for tx in txs:
+                if size + len(tx.encoded) > budget:
+                    continue  # too big for what is left; a smaller one may still fit
                 try:
                     if not verified:  # the mempool checked signatures on admission
                         check_tx_stateless(tx, self.params.chain_id)
@@ -353,9 +358,7 @@ class Chain:
                     continue
                 included.append(tx)
                 fees += fee
-                size += 200
-                if size > self.params.max_block_bytes // 2:
-                    break
+                size += len(tx.encoded)
             header = BlockHeader(
                 height=height,
                 prev_hash=parent.hash,
@@ -370,8 +373,7 @@ class Chain:
                 result_root=bytes(32),
                 proof=EMPTY_PROOF,
             )
-            market.pay_due_jobs(st, height)
-            pay_coinbase(st, header, self.params)
+            close_block(st, header, self.params)
             header = dataclasses.replace(header, state_root=st.pending_root())
         finally:
             st.rollback()

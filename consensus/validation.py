@@ -251,12 +251,23 @@ def tx_root(txs: Sequence[Transaction]) -> bytes:
     return merkle_root([tx.txid for tx in txs])
 
 
+def open_block(state: State, parent: BlockHeader, params: NetworkParams) -> None:
+    """What happens before a block's transactions: the parent's job claim takes effect."""
+    market.claim_parent_job(state, parent, params)
+
+
+def close_block(state: State, header: BlockHeader, params: NetworkParams) -> None:
+    """What happens after them: jobs due at this height are paid, then the coinbase."""
+    market.pay_due_jobs(state, header.height)
+    pay_coinbase(state, header, params)
+
+
 def apply_body(
     state: State,
     block: Block,
     params: NetworkParams,
-    verified_txids: set[bytes] | None = None,
-    parent: BlockHeader | None = None,
+    verified_txids: set[bytes] | None,
+    parent: BlockHeader,
 ) -> Undo:
     """Apply the block's transactions and coinbase; on any failure the state is unchanged.
 
@@ -289,8 +300,7 @@ def apply_body(
         verdicts[i] = verdict
     state.begin()
     try:
-        if parent is not None:
-            market.claim_parent_job(state, parent, params)
+        open_block(state, parent, params)
         fees = 0
         for i, tx in enumerate(txs):
             try:
@@ -305,8 +315,7 @@ def apply_body(
                 f"body: coinbase claims {header.reward}, block reward + fees is "
                 f"{params.block_reward + fees}"
             )
-        market.pay_due_jobs(state, header.height)
-        pay_coinbase(state, header, params)
+        close_block(state, header, params)
         if state.pending_root() != header.state_root:
             raise InvalidBlock("body: state_root does not match the state after the block")
     except BaseException:
@@ -327,7 +336,7 @@ def state_transition(
     """Validate ``block`` on top of ``parent`` and apply it to ``state`` (which is at parent)."""
     validate_header(block.header, parent, ancestor_timestamps, anchor, params, now_ms)
     check_header_pow(block.header, params)
-    return apply_body(state, block, params, parent=parent)
+    return apply_body(state, block, params, None, parent)
 
 
 # ------------------------------------------------------------------ genesis

@@ -145,7 +145,7 @@ def test_apply_then_undo_restores_the_identical_state(transfers):
     job = null_job(chain.tip.hash, MID)
     header, included = chain.build_template(txs, MINER.address, job.spec, clock.now)
     before = (chain.state.snapshot(), chain.state.root)
-    undo = apply_body(chain.state, Block(header, included), MID, parent=chain.tip.header)
+    undo = apply_body(chain.state, Block(header, included), MID, None, chain.tip.header)
     assert chain.state.root == header.state_root
     chain.state.undo(undo)
     assert (chain.state.snapshot(), chain.state.root) == before
@@ -161,3 +161,18 @@ def test_a_devnet_started_long_after_its_genesis_is_not_free():
     second = next_block(chain, clock)
     chain.add_block(second)
     assert chain.next_target() == MID.genesis_target
+
+
+def test_a_template_fills_half_the_block_with_real_transaction_sizes():
+    params = dataclasses.replace(MID, max_block_bytes=60_000)  # room for ~150 transfers
+    chain, clock = new_chain(params)
+    offered = [transfer(ALICE, BOB, 1, n) for n in range(400)]
+    clock.now += params.block_time_ms
+    job = null_job(chain.tip.hash, params)
+    header, included = chain.build_template(offered, MINER.address, job.spec, clock.now)
+    used = sum(len(t.encoded) for t in included)
+    assert 0 < len(included) < len(offered)
+    assert used <= params.max_block_bytes // 2 < used + len(offered[len(included)].encoded)
+    block = Block(remine(header, job, params), included)
+    chain.add_block(block)  # the mined block is within the limit and valid
+    assert chain.tip.hash == block.hash

@@ -58,7 +58,7 @@ def refused(chain: Chain, t: Transaction, reason: str) -> None:
     header, _ = chain.build_template((), MINER.address, null_job(chain.tip.hash, MID).spec)
     block = Block(dataclasses.replace(header, tx_root=tx_root([t])), (t,))
     with pytest.raises(InvalidBlock, match=reason):
-        apply_body(chain.state, block, MID, parent=chain.tip.header)
+        apply_body(chain.state, block, MID, None, chain.tip.header)
     assert (chain.state.snapshot(), chain.state.root) == snap
 
 

@@ -123,7 +123,8 @@ def test_a_fraud_proof_of_a_correct_entry_is_refused(posted):
             chain.state,
             Block(dataclasses.replace(header, tx_root=_root([t])), (t,)),
             MID,
-            parent=chain.tip.header,
+            None,
+            chain.tip.header,
         )
 
 
@@ -147,7 +148,8 @@ def test_fraud_after_the_window_and_on_a_tampered_opening_are_refused(posted):
                 chain.state,
                 Block(dataclasses.replace(header, tx_root=_root([t])), (t,)),
                 MID,
-                parent=chain.tip.header,
+                None,
+                chain.tip.header,
             )
     extend(chain, clock, MID.challenge_window)
     t = tx(BOB, 0, proof)
@@ -157,7 +159,8 @@ def test_fraud_after_the_window_and_on_a_tampered_opening_are_refused(posted):
             chain.state,
             Block(dataclasses.replace(header, tx_root=_root([t])), (t,)),
             MID,
-            parent=chain.tip.header,
+            None,
+            chain.tip.header,
         )
 
 
