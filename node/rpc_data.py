@@ -52,7 +52,7 @@ from consensus.transactions import (
 )
 from node.datashare import read_digest
 from node.rpc import INVALID_PARAMS, REJECTED, RpcError, RpcServer
-from node.rpc_methods import _hash
+from node.rpc_methods import parse_hash
 
 if TYPE_CHECKING:
     from node.node import Node
@@ -235,7 +235,7 @@ _DATA_PAYLOADS = {
 
 def register_data_methods(rpc: RpcServer, node: Node) -> None:
     def _dataset(dataset_id: str) -> tuple[bytes, dict[str, Any]]:
-        ds_id = _hash(dataset_id, "dataset id")
+        ds_id = parse_hash(dataset_id, "dataset id")
         rec = dataset_record(node.chain.state, ds_id)
         if rec is None:
             raise RpcError(REJECTED, f"unknown dataset {dataset_id}")
@@ -268,7 +268,9 @@ def register_data_methods(rpc: RpcServer, node: Node) -> None:
     async def getaccesslog(dataset_id: str, request_nonce: str) -> dict[str, Any] | None:
         """A confirmed access_log, or null while it is not on the active chain."""
         rec = access_log_record(
-            node.chain.state, _hash(dataset_id, "dataset id"), _hash(request_nonce, "nonce")
+            node.chain.state,
+            parse_hash(dataset_id, "dataset id"),
+            parse_hash(request_nonce, "nonce"),
         )
         if rec is None:
             return None

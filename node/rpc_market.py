@@ -12,7 +12,7 @@ from consensus.state import iter_model_steps
 from kernels.params import OPERAND_MAX, OPERAND_MIN
 from node.blobs import BlobError, BlobFetchError, decode_matrix, encode_matrix
 from node.rpc import INVALID_PARAMS, REJECTED, RpcError, RpcServer
-from node.rpc_methods import _hash
+from node.rpc_methods import parse_hash
 
 if TYPE_CHECKING:
     from node.node import Node
@@ -47,7 +47,7 @@ def register_market_methods(rpc: RpcServer, node: Node) -> None:
         return node.blobs.put_matrix(rows).hex()
 
     async def getjob(job_id: str) -> dict[str, Any]:
-        rec = job_record(node.chain.state, _hash(job_id, "job id"))
+        rec = job_record(node.chain.state, parse_hash(job_id, "job id"))
         if rec is None:
             raise RpcError(REJECTED, f"unknown job {job_id}")
         return _job_json(rec)
@@ -63,7 +63,7 @@ def register_market_methods(rpc: RpcServer, node: Node) -> None:
 
     async def getresult(job_id: str, timeout: float = 60.0) -> str:
         """The product C the claiming miner committed to (fetched from peers if needed)."""
-        rec = job_record(node.chain.state, _hash(job_id, "job id"))
+        rec = job_record(node.chain.state, parse_hash(job_id, "job id"))
         if rec is None:
             raise RpcError(REJECTED, f"unknown job {job_id}")
         if rec["status"] not in ("mined", "paid", "refunded"):
@@ -80,7 +80,7 @@ def register_market_methods(rpc: RpcServer, node: Node) -> None:
 
     async def getoperands(job_id: str, timeout: float = 60.0) -> dict[str, str]:
         """A job's operands A and B (encoded matrices), fetched from peers if needed."""
-        rec = job_record(node.chain.state, _hash(job_id, "job id"))
+        rec = job_record(node.chain.state, parse_hash(job_id, "job id"))
         if rec is None:
             raise RpcError(REJECTED, f"unknown job {job_id}")
         m, k, n = rec["m"], rec["k"], rec["n"]
@@ -102,7 +102,7 @@ def register_market_methods(rpc: RpcServer, node: Node) -> None:
 
     async def getmodel(model_id: str) -> dict[str, Any]:
         """A model's recorded lineage (model_record txs): its owner and every step in order."""
-        steps = list(iter_model_steps(node.chain.state, _hash(model_id, "model id")))
+        steps = list(iter_model_steps(node.chain.state, parse_hash(model_id, "model id")))
         if not steps:
             raise RpcError(REJECTED, f"unknown model {model_id}")
         return {

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from node.node import Node
 
 
-def _hash(text: Any, what: str = "hash") -> bytes:
+def parse_hash(text: Any, what: str = "hash") -> bytes:
+    """A 32-byte hash from an RPC parameter, or an INVALID_PARAMS error naming it."""
     if not isinstance(text, str):
         raise RpcError(INVALID_PARAMS, f"{what} must be a hex string")
     try:
@@ -65,7 +66,7 @@ def register_methods(rpc: RpcServer, node: Node) -> None:
         }
 
     async def getblock(block_hash: str, verbose: bool = True) -> dict[str, Any]:
-        h = _hash(block_hash, "block hash")
+        h = parse_hash(block_hash, "block hash")
         block = chain().blocks.get(h)
         if block is None:
             raise RpcError(REJECTED, f"unknown block {block_hash}")
@@ -89,7 +90,7 @@ def register_methods(rpc: RpcServer, node: Node) -> None:
         ]
 
     async def gettransaction(txid: str) -> dict[str, Any]:
-        h = _hash(txid, "txid")
+        h = parse_hash(txid, "txid")
         tx = node.mempool.get(h)
         if tx is not None:
             return {**tx_json(tx), "confirmations": 0, "block": None}
