@@ -17,12 +17,22 @@ import click
 from consensus.keys import PrivateKey, address, address_to_text, parse_address
 from node.cli_job import common
 from node.cli_node import _client, _load_wallet, _wallet_path
-from node.datashare import DEFAULT_CHUNK_SIZE, DataClient, DataShareError, read_dataset
+from node.data_train import fetch_train_publish
+from node.datashare import (
+    DEFAULT_CHUNK_SIZE,
+    UPLOAD_BATCH_BYTES,
+    DataClient,
+    DataShareError,
+    check_dataset_size,
+    read_dataset,
+)
 
 
-def _data_client(
+def data_client(
     network: str, datadir: str | None, wallet: str | None, rpc_addr: str | None, bt: int | None
 ) -> DataClient:
+    """The wallet's DataClient on its node, from the common --network/--datadir/--wallet/
+    --rpc/--devnet-block-time-ms options; its data keys live beside the wallet."""
     from consensus.params import network as network_params
     from consensus.params import with_block_time
 
@@ -101,17 +111,32 @@ def data_pubkey(network, datadir, wallet, rpc_addr, block_time_ms, as_json) -> N
 def data_register(  # type: ignore[no-untyped-def]
     network, datadir, wallet, rpc_addr, block_time_ms, as_json, file, meta, chunk_size, wait_s
 ) -> None:
-    """Encrypt FILE, host its encrypted chunks on the node and register it on chain."""
+    """Encrypt FILE, host its encrypted chunks on the node and register it on chain.
+
+    A dataset holds at most 256 MiB and 4096 chunks (so smaller chunks lower the
+    limit); the chunks are uploaded in batches of about 1 MiB.
+    """
+    from rich.progress import Progress
+
     try:
         if not isinstance(json.loads(meta), dict):
             raise ValueError
     except ValueError:
         raise ValueError(f"--meta must be a JSON object, got {meta!r}") from None
-    data = Path(file).read_bytes()
-    if not data:
+    size = Path(file).stat().st_size
+    if not size:
         raise ValueError(f"{file} is empty")
-    client = _data_client(network, datadir, wallet, rpc_addr, block_time_ms)
-    out = client.register(data, meta, chunk_size)
+    check_dataset_size(size, chunk_size)  # before reading a file too large to host
+    data = Path(file).read_bytes()
+    client = data_client(network, datadir, wallet, rpc_addr, block_time_ms)
+    with Progress(disable=as_json or len(data) <= UPLOAD_BATCH_BYTES) as progress:
+        task = progress.add_task("uploading encrypted chunks", total=None)
+        out = client.register(
+            data,
+            meta,
+            chunk_size,
+            lambda done, total: progress.update(task, completed=done, total=total),
+        )
     _wait(client, out, wait_s)
     _emit(out, as_json)
 
@@ -142,7 +167,7 @@ def data_grant(  # type: ignore[no-untyped-def]
 ) -> None:
     """Grant PUBLIC_KEY's account read access to DATASET (the data key sealed to it)."""
     ds, pk = _dataset_id(dataset), _public_key(public_key)
-    client = _data_client(network, datadir, wallet, rpc_addr, block_time_ms)
+    client = data_client(network, datadir, wallet, rpc_addr, block_time_ms)
     out = client.grant(ds, pk, expires)
     _wait(client, out, wait_s)
     _emit(out, as_json)
@@ -159,7 +184,7 @@ def data_revoke(  # type: ignore[no-untyped-def]
     """Stop GRANTEE's (an address or public key) future reads of DATASET."""
     ds = _dataset_id(dataset)
     who = address(_public_key(grantee)) if len(grantee) == 64 else parse_address(grantee)
-    client = _data_client(network, datadir, wallet, rpc_addr, block_time_ms)
+    client = data_client(network, datadir, wallet, rpc_addr, block_time_ms)
     out = client.revoke(ds, who)
     _wait(client, out, wait_s)
     _emit(out, as_json)
@@ -176,7 +201,7 @@ def data_fetch(  # type: ignore[no-untyped-def]
 ) -> None:
     """Log the read on chain, then download, verify and decrypt DATASET into --out."""
     ds = _dataset_id(dataset)
-    client = _data_client(network, datadir, wallet, rpc_addr, block_time_ms)
+    client = data_client(network, datadir, wallet, rpc_addr, block_time_ms)
     data, out = client.fetch(ds, host, timeout)
     Path(out_path).write_bytes(data)
     out["out"] = out_path
@@ -264,7 +289,7 @@ def model_publish_command(group: click.Group) -> None:
     ) -> None:
         """Publish a model trained on a dataset you read, with its provenance (on chain)."""
         json.loads(meta)  # refuse malformed metadata before paying a fee for it
-        client = _data_client(network, datadir, wallet, rpc_addr, block_time_ms)
+        client = data_client(network, datadir, wallet, rpc_addr, block_time_ms)
         out = client.publish_model(
             _dataset_id(dataset),
             _hex32(weights_hash, "a weights hash"),
@@ -292,24 +317,6 @@ def breast_cancer_csv() -> bytes:
     return ("\n".join([header, *rows]) + "\n").encode()
 
 
-def train_on_csv(data: bytes, seed: int = 0) -> tuple[bytes, float]:
-    """Train the reference int MLP locally on a CSV (header row, numeric features, integer
-    label last), as a grantee does on what it read; returns (weights hash, test accuracy).
-
-    kernels.training's quick preset with every product local: deterministic, so
-    anyone holding the same bytes can reproduce the hash.
-    """
-    import numpy as np
-
-    from kernels.training import TrainConfig, local_matmul, split_and_quantize, train, weights_hash
-
-    rows = [line.split(",") for line in data.decode().splitlines()[1:] if line.strip()]
-    x = np.array([[float(v) for v in r[:-1]] for r in rows], dtype=np.float64)
-    y = np.array([int(r[-1]) for r in rows], dtype=np.int64)
-    result = train(TrainConfig.quick(seed=seed), local_matmul, data=split_and_quantize(x, y, seed))
-    return weights_hash(result.weights), result.epochs[-1].test_accuracy
-
-
 def run_healthcare_demo(client_for: Any, host: str, say: Any, workdir: Path) -> dict[str, Any]:
     """Hospital registers, grants a researcher, the researcher reads (logged), trains
     locally and publishes the model with its provenance, a stranger and then the revoked
@@ -325,16 +332,15 @@ def run_healthcare_demo(client_for: Any, host: str, say: Any, workdir: Path) -> 
     grant = hospital.grant(ds, researcher.key.public_key.data, 1000)
     hospital.wait_confirmed(grant["txid"], 120)
     say(f"hospital granted {grant['grantee']} until block {grant['expiry_height']}")
-    got, info = researcher.fetch(ds, host, 120)
+    model, got = fetch_train_publish(researcher, ds, host, 120, quick=True)
     ok = got == data
-    say(f"researcher read it: access_log in block {info['height']}, decrypted matches: {ok}")
-    weights, accuracy = train_on_csv(got)
-    meta = json.dumps({"arch": "int-mlp quick", "test_accuracy": round(accuracy, 4)})
-    model = researcher.publish_model(ds, weights, bytes.fromhex(info["request_nonce"]), None, meta)
-    researcher.wait_confirmed(model["txid"], 120)
     say(
-        f"researcher trained locally (accuracy {accuracy:.3f}) and published model "
-        f"{model['model_id'][:16]}, weights {weights.hex()[:16]}, from that read"
+        f"researcher read it: access_log in block {model['access_log_height']}, "
+        f"decrypted matches: {ok}"
+    )
+    say(
+        f"researcher trained locally (accuracy {model['test_accuracy']:.3f}) and published "
+        f"model {model['model_id'][:16]}, weights {model['weights_hash'][:16]}, from that read"
     )
     refusals = []
     # The stranger presents the researcher's confirmed access_log to the host.

@@ -6,13 +6,16 @@ import json
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from consensus.keys import PrivateKey
 from consensus.params import NETWORKS
 from kernels.training import DATASETS, EpochStats, TrainConfig
-from node.cli_data import model_publish_command
+from node.cli_data import WAIT, data_client, model_publish_command
 from node.cli_node import _client, _load_wallet, _wallet_path
 from node.client import MarketClient
+from node.data_train import fetch_train_publish
+from node.datashare import DataClient
 
 EXIT_NOT_IDENTICAL = 3
 
@@ -54,8 +57,47 @@ def _where(f: Any) -> Any:
     return f
 
 
+NETWORK_ONLY = ("reward", "job_timeout", "from_label")
+DATASET_ONLY = ("host", "fetch_timeout", "no_publish", "wait_s")
+
+
+def _parse_dataset(text: str) -> str | bytes:
+    """A built-in dataset's name, or an on-chain dataset id (32 bytes)."""
+    if text in DATASETS:
+        return text
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        value = b""
+    if len(value) != 32:
+        raise ValueError(
+            f"--dataset {text!r} is neither a built-in dataset ({', '.join(DATASETS)}) "
+            "nor an on-chain dataset id (64 hex digits)"
+        )
+    return value
+
+
+def _refuse(ctx: click.Context, names: tuple[str, ...], why: str) -> None:
+    """ValueError if any of these options was given on the command line."""
+    given = [
+        p.opts[0]
+        for p in ctx.command.params
+        if p.name in names and ctx.get_parameter_source(p.name) is ParameterSource.COMMANDLINE
+    ]
+    if given:
+        raise ValueError(f"{', '.join(given)}: {why}")
+
+
 @click.command("train")
-@click.option("--dataset", type=click.Choice(DATASETS), default="breast_cancer", show_default=True)
+@click.option(
+    "--dataset",
+    default="breast_cancer",
+    show_default=True,
+    metavar="NAME|DATASET_ID",
+    help=f"A built-in dataset ({', '.join(DATASETS)}), trained with every matmul posted as "
+    "a market job; or the 64-hex id of an on-chain dataset you were granted, read (the read "
+    "logged on chain) and trained on LOCALLY: private data is never posted as jobs.",
+)
 @click.option("--quick", is_flag=True, help="The quick preset (default: the full one).")
 @click.option(
     "--max-steps",
@@ -65,13 +107,15 @@ def _where(f: Any) -> Any:
 )
 @_where
 @click.option("--wallet", type=click.Path(dir_okay=False), default=None, help="Wallet key file.")
-@click.option("--from-label", default=None, help="Use a public devnet key (e.g. devnet-3).")
+@click.option(
+    "--from-label", default=None, help="Use a public devnet key (e.g. devnet-3). Built-in only."
+)
 @click.option(
     "--reward",
     type=click.IntRange(min=1),
     default=10_000,
     show_default=True,
-    help="Reward escrowed per job.",
+    help="Reward escrowed per job. Built-in datasets only.",
 )
 @click.option(
     "--devnet-block-time-ms",
@@ -85,9 +129,25 @@ def _where(f: Any) -> Any:
     type=click.FloatRange(min=1),
     default=300.0,
     show_default=True,
-    help="Seconds to wait for one job to be mined.",
+    help="Seconds to wait for one job to be mined. Built-in datasets only.",
 )
+@click.option(
+    "--host", default=None, help="Dataset id only: the hosting node's P2P host:port [our node]."
+)
+@click.option(
+    "--fetch-timeout",
+    type=click.FloatRange(min=1),
+    default=120.0,
+    show_default=True,
+    help="Dataset id only: seconds to wait for the access_log and for the read.",
+)
+@click.option(
+    "--no-publish", is_flag=True, help="Dataset id only: do not publish the model on chain."
+)
+@WAIT
+@click.pass_context
 def train_cmd(
+    ctx: click.Context,
     dataset: str,
     quick: bool,
     max_steps: int | None,
@@ -100,14 +160,42 @@ def train_cmd(
     reward: int,
     block_time_ms: int | None,
     job_timeout: float,
+    host: str | None,
+    fetch_timeout: float,
+    no_publish: bool,
+    wait_s: float,
 ) -> None:
-    """Train the integer MLP with every matmul posted as a job, then check it bit for bit.
+    """Train the integer MLP on a built-in dataset through the network, or locally on an
+    on-chain dataset you were granted.
 
-    Each step's five products (forward and backward) are posted to the network,
-    mined, Freivalds-checked and used; a model_record transaction then records
-    the step's job ids and weights hash. Afterwards the same model is trained
-    locally: the final weights must be bit-identical (exit 3 if not).
+    Built-in dataset: each step's five products (forward and backward) are
+    posted to the network, mined, Freivalds-checked and used; a model_record
+    transaction then records the step's job ids and weights hash. Afterwards the
+    same model is trained locally: the final weights must be bit-identical
+    (exit 3 if not).
+
+    Dataset id: the wallet sends an access_log, reads the dataset from the host
+    once it is confirmed, checks and decrypts it (a CSV: header row, numeric
+    features, integer class label last), trains on this machine only, and
+    publishes the model's weights hash with that read as its provenance
+    (model_publish), unless --no-publish.
     """
+    which = _parse_dataset(dataset)
+    if isinstance(which, bytes):
+        _refuse(ctx, NETWORK_ONLY, "only for training a built-in dataset on the network")
+        _train_on_chain_dataset(
+            data_client(network, datadir, wallet, rpc_addr, block_time_ms),
+            which,
+            host,
+            fetch_timeout,
+            quick,
+            max_steps,
+            not no_publish,
+            wait_s,
+            as_json,
+        )
+        return
+    _refuse(ctx, DATASET_ONLY, "only for training on an on-chain dataset id")
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -169,6 +257,60 @@ def train_cmd(
         )
     if not run.bit_identical:
         raise SystemExit(EXIT_NOT_IDENTICAL)
+
+
+def _train_on_chain_dataset(
+    client: DataClient,
+    dataset_id: bytes,
+    host: str | None,
+    fetch_timeout: float,
+    quick: bool,
+    max_steps: int | None,
+    publish: bool,
+    wait_s: float,
+    as_json: bool,
+) -> None:
+    say = (lambda _: None) if as_json else click.echo
+
+    def show_epoch(e: EpochStats) -> None:
+        say(
+            f"epoch {e.epoch + 1}: loss {e.loss:.4f}  train {e.train_accuracy:.3f}  "
+            f"test {e.test_accuracy:.3f}"
+        )
+
+    say(f"reading dataset {dataset_id.hex()[:16]}… (the read is logged on chain first)")
+    out, _ = fetch_train_publish(
+        client,
+        dataset_id,
+        host,
+        fetch_timeout,
+        quick=quick,
+        max_steps=max_steps,
+        publish=publish,
+        wait_s=wait_s,
+        on_epoch=show_epoch,
+    )
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    say(
+        f"read {out['bytes']} bytes ({out['rows']} rows): access_log in block "
+        f"{out['access_log_height']}, request nonce {out['request_nonce']}"
+    )
+    say(
+        f"trained locally ({out['preset']} preset, {out['steps']} steps): "
+        f"test accuracy {out['test_accuracy']:.3f}"
+    )
+    say(f"weights {out['weights_hash']}")
+    if out["model_id"] is None:
+        say(
+            "not published (--no-publish); to publish it: pouw model publish "
+            f"--dataset {out['dataset_id']} --weights-hash {out['weights_hash']} "
+            f"--access-log {out['request_nonce']}"
+        )
+        return
+    where = "" if out["publish_height"] is None else f" in block {out['publish_height']}"
+    say(f"published model {out['model_id']}{where} (txid {out['publish_txid']})")
 
 
 @click.group("model")

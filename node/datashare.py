@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,15 @@ SECRET_SIZE = KEY_SIZE + PREFIX_SIZE + HASH_SIZE  # sealed: 80 + 48 = 128 bytes
 DEFAULT_CHUNK_SIZE = 64 * 1024
 TAG_DATA_READ = "data-read"
 """Domain of the signed answer to a host's read challenge."""
-MAX_READ_BYTES = 256 * 1024 * 1024
+MAC_SIZE = 16
+MAX_DATASET_CHUNKS = 4096
+"""A hosted dataset has at most this many chunks (so 256 MiB at the default chunk size)."""
+MAX_DATASET_BYTES = 256 * 1024 * 1024
+"""A dataset's plaintext is at most 256 MiB: a read sends it all in one answer."""
+MAX_READ_BYTES = MAX_DATASET_BYTES + MAX_DATASET_CHUNKS * (MAC_SIZE + 16) + 16
+"""The largest answer to a read: every chunk's MAC and msgpack header on top of the data."""
+UPLOAD_BATCH_BYTES = 1024 * 1024
+"""Ciphertext per putdatasetchunks call: its hex stays well under the RPC's 4 MiB body limit."""
 
 
 class DataShareError(ValueError):
@@ -123,6 +132,35 @@ def encrypt_dataset(data: bytes, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Encryp
         for i, p in enumerate(plain)
     )
     return EncryptedDataset(secret, chunks, merkle_root(chunks), len(data), chunk_size)
+
+
+def check_dataset_size(size: int, chunk_size: int) -> None:
+    """ValueError, saying what to change, if a dataset of ``size`` bytes cannot be hosted."""
+    if size > MAX_DATASET_BYTES:
+        raise DataShareError(
+            f"the dataset is {size} bytes; a dataset holds at most {MAX_DATASET_BYTES} "
+            f"bytes ({MAX_DATASET_BYTES >> 20} MiB)"
+        )
+    chunks = -(-size // chunk_size)
+    if chunks > MAX_DATASET_CHUNKS:
+        least = -(-size // MAX_DATASET_CHUNKS)
+        raise DataShareError(
+            f"{size} bytes in chunks of {chunk_size} is {chunks} chunks, more than the "
+            f"{MAX_DATASET_CHUNKS} a dataset may have: use a chunk size of at least {least}"
+        )
+
+
+def upload_batches(chunks: tuple[bytes, ...] | list[bytes]) -> list[list[bytes]]:
+    """``chunks`` in order, cut into runs of at most UPLOAD_BATCH_BYTES (at least one chunk)."""
+    batches: list[list[bytes]] = []
+    size = 0
+    for c in chunks:
+        if not batches or size + len(c) > UPLOAD_BATCH_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(c)
+        size += len(c)
+    return batches
 
 
 def decrypt_dataset(
@@ -272,11 +310,20 @@ class DataClient:
     def _secret_path(self, dataset_id: bytes) -> Path:
         return self.keys_dir / f"{dataset_id.hex()}.key"
 
-    def register(self, data: bytes, metadata: str, chunk_size: int) -> dict[str, Any]:
+    def register(
+        self,
+        data: bytes,
+        metadata: str,
+        chunk_size: int,
+        on_upload: Callable[[int, int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Encrypt ``data``, upload its chunks to the node, keep the key, send the register.
+
+        ``on_upload(done, total)`` reports the chunks uploaded so far.
+        """
+        check_dataset_size(len(data), chunk_size)
         enc = encrypt_dataset(data, chunk_size)
-        root = self.rpc.call("putdataset", [c.hex() for c in enc.chunks])
-        if root != enc.content_root.hex():
-            raise RuntimeError("the node stored the chunks under another root")
+        self.upload(enc.chunks, enc.content_root, on_upload)
         dataset_id = dataset_id_of(self.key.address, enc.content_root)
         self.keys_dir.mkdir(parents=True, exist_ok=True)
         path = self._secret_path(dataset_id)
@@ -290,6 +337,32 @@ class DataClient:
             "chunks": len(enc.chunks),
             "txid": self.send(payload),
         }
+
+    def upload(
+        self,
+        chunks: tuple[bytes, ...],
+        content_root: bytes,
+        on_upload: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Have the node host ``chunks``, in calls of at most ~UPLOAD_BATCH_BYTES each; the
+        node checks the whole against ``content_root`` before it hosts anything."""
+        start = 0
+        reply: dict[str, Any] = {"complete": False}
+        for batch in upload_batches(chunks):
+            reply = self.rpc.call(
+                "putdatasetchunks",
+                content_root.hex(),
+                len(chunks),
+                start,
+                [c.hex() for c in batch],
+            )
+            start += len(batch)
+            if on_upload is not None:
+                on_upload(start, len(chunks))
+        if not reply["complete"] or reply["content_root"] != content_root.hex():
+            raise RuntimeError(
+                f"the node did not finish hosting the upload: {reply} after {start} chunks"
+            )
 
     def secret(self, dataset_id: bytes) -> DataSecret:
         try:

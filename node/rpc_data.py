@@ -15,6 +15,11 @@ and serves them on the node's public P2P HTTP server:
 Every served read is appended to ``<datadir>/datasets/reads.jsonl`` (who,
 dataset, access_log, chunk count, tip height), so the host's log and the
 chain's access_logs can be compared read for read.
+
+An owner uploads a dataset with ``putdatasetchunks`` in batches that each fit
+the RPC's body limit: they are staged on disk under ``datasets/staging/`` and
+the dataset is hosted only once every chunk is there and their Merkle root is
+the one the owner announced (``putdataset`` still takes a small set in one call).
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +57,7 @@ from consensus.transactions import (
     DatasetRegisterPayload,
     ModelPublishPayload,
 )
-from node.datashare import read_digest
+from node.datashare import MAC_SIZE, MAX_DATASET_BYTES, MAX_DATASET_CHUNKS, read_digest
 from node.rpc import INVALID_PARAMS, REJECTED, RpcError, RpcServer
 from node.rpc_methods import parse_hash
 
@@ -61,11 +68,30 @@ log = logging.getLogger("pouw.data")
 
 CHALLENGE_TTL_S = 60.0
 MAX_CHALLENGES = 10_000
-MAX_HOSTED_CHUNKS = 4096
+MAX_HOSTED_CHUNKS = MAX_DATASET_CHUNKS
+MAX_CHUNK_BYTES = MAX_DATASET_CHUNK_SIZE + MAC_SIZE
+MAX_STAGINGS = 4
+"""Uploads in progress at once: a bound on an RPC caller's mistakes, not on an attacker."""
+MAX_STAGED_BYTES = 4 * MAX_DATASET_BYTES
+STAGING_IDLE_S = 600.0
+"""An upload untouched this long gives its place to a new one."""
 
 
 class ReadRefused(Exception):
     """A read the host will not serve; the message says why."""
+
+
+@dataclass
+class Staging:
+    """An upload in progress: which chunks of ``total`` are on disk, and their sizes."""
+
+    total: int
+    sizes: dict[int, int] = field(default_factory=dict)
+    touched: float = field(default_factory=time.monotonic)
+
+    @property
+    def size(self) -> int:
+        return sum(self.sizes.values())
 
 
 class DataHost:
@@ -76,6 +102,10 @@ class DataHost:
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.log_path = directory / "reads.jsonl"
+        # An upload does not survive a restart: the owner sends it again.
+        self.staging_dir = directory / "staging"
+        shutil.rmtree(self.staging_dir, ignore_errors=True)
+        self._stagings: dict[bytes, Staging] = {}
         self._challenges: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
         self.served_nonces: set[tuple[bytes, bytes]] = set()
         for entry in self.reads():
@@ -92,8 +122,10 @@ class DataHost:
         """Host these encrypted chunks; returns their content root."""
         if not chunks or len(chunks) > MAX_HOSTED_CHUNKS:
             raise ValueError(f"a hosted dataset has 1..{MAX_HOSTED_CHUNKS} chunks")
-        if any(not c or len(c) > MAX_DATASET_CHUNK_SIZE + 16 for c in chunks):
+        if any(not c or len(c) > MAX_CHUNK_BYTES for c in chunks):
             raise ValueError("a chunk is empty or larger than 1 MiB + its MAC")
+        if sum(len(c) for c in chunks) > MAX_DATASET_BYTES + MAC_SIZE * len(chunks):
+            raise ValueError(f"a hosted dataset holds at most {MAX_DATASET_BYTES >> 20} MiB")
         root = merkle_root(chunks)
         tmp = self._path(root).with_suffix(".tmp")
         tmp.write_bytes(msgpack.packb(chunks, use_bin_type=True))
@@ -106,6 +138,84 @@ class DataHost:
     def chunks(self, content_root: bytes) -> list[bytes]:
         chunks: list[bytes] = msgpack.unpackb(self._path(content_root).read_bytes(), raw=False)
         return chunks
+
+    def stage(
+        self, content_root: bytes, total: int, start: int, chunks: list[bytes]
+    ) -> dict[str, Any]:
+        """Stage chunks ``start..`` of an upload of ``total`` chunks whose root should be
+        ``content_root``; the last one in hosts the dataset, or discards it all (ValueError)
+        if the chunks' root is another. Sending a batch again is harmless."""
+        root_hex = content_root.hex()
+        if self.hosts(content_root):
+            return {"complete": True, "content_root": root_hex, "received": total}
+        if not 1 <= total <= MAX_HOSTED_CHUNKS:
+            raise ValueError(f"total_chunks {total} is not in [1, {MAX_HOSTED_CHUNKS}]")
+        if not chunks or start < 0 or start + len(chunks) > total:
+            raise ValueError(
+                f"chunks {start}..{start + len(chunks) - 1} are not within 0..{total - 1}"
+            )
+        if any(not c or len(c) > MAX_CHUNK_BYTES for c in chunks):
+            raise ValueError("a chunk is empty or larger than 1 MiB + its MAC")
+        staging = self._stagings.get(content_root)
+        if staging is None:
+            staging = self._new_staging(content_root, total)
+        if staging.total != total:
+            raise ValueError(
+                f"the upload of {root_hex[:16]} was started with {staging.total} chunks, "
+                f"not {total}"
+            )
+        replaced = sum(staging.sizes.get(i, 0) for i in range(start, start + len(chunks)))
+        added = sum(len(c) for c in chunks) - replaced
+        if staging.size + added > MAX_DATASET_BYTES + MAC_SIZE * total:
+            self.discard(content_root)
+            raise ValueError(
+                f"the upload of {root_hex[:16]} exceeds {MAX_DATASET_BYTES >> 20} MiB; "
+                "it was discarded"
+            )
+        if self.staged_bytes() + added > MAX_STAGED_BYTES:
+            raise ValueError(
+                f"uploads in progress already hold {self.staged_bytes()} bytes "
+                f"(at most {MAX_STAGED_BYTES}); try again when they are done"
+            )
+        where = self.staging_dir / root_hex
+        for i, c in enumerate(chunks, start):
+            (where / f"{i}.chunk").write_bytes(c)
+            staging.sizes[i] = len(c)
+        staging.touched = time.monotonic()
+        if len(staging.sizes) < total:
+            return {"complete": False, "content_root": root_hex, "received": len(staging.sizes)}
+        staged = [(where / f"{i}.chunk").read_bytes() for i in range(total)]
+        self.discard(content_root)
+        got = merkle_root(staged)
+        if got != content_root:
+            raise ValueError(
+                f"the uploaded chunks' content root is {got.hex()}, not {root_hex}: "
+                "the upload was discarded and nothing is hosted"
+            )
+        self.put(staged)
+        return {"complete": True, "content_root": root_hex, "received": total}
+
+    def _new_staging(self, content_root: bytes, total: int) -> Staging:
+        now = time.monotonic()
+        for root, s in list(self._stagings.items()):
+            if now - s.touched > STAGING_IDLE_S:
+                self.discard(root)
+        if len(self._stagings) >= MAX_STAGINGS:
+            raise ValueError(
+                f"{len(self._stagings)} uploads are already in progress (at most "
+                f"{MAX_STAGINGS}); finish one or wait {STAGING_IDLE_S:.0f} s for one to lapse"
+            )
+        (self.staging_dir / content_root.hex()).mkdir(parents=True, exist_ok=True)
+        staging = self._stagings[content_root] = Staging(total)
+        return staging
+
+    def discard(self, content_root: bytes) -> None:
+        """Forget an upload in progress and delete its staged chunks."""
+        self._stagings.pop(content_root, None)
+        shutil.rmtree(self.staging_dir / content_root.hex(), ignore_errors=True)
+
+    def staged_bytes(self) -> int:
+        return sum(s.size for s in self._stagings.values())
 
     def reads(self, dataset_id: bytes | None = None) -> list[dict[str, Any]]:
         """The reads this host served (of one dataset, or all), oldest first."""
@@ -241,13 +351,43 @@ def register_data_methods(rpc: RpcServer, node: Node) -> None:
             raise RpcError(REJECTED, f"unknown dataset {dataset_id}")
         return ds_id, rec
 
-    async def putdataset(chunks_hex: list[str]) -> str:
-        """Host a dataset's encrypted chunks; returns their content root."""
+    def _chunks(chunks_hex: list[str]) -> list[bytes]:
         try:
-            chunks = [bytes.fromhex(c) for c in chunks_hex]
-            return node.data_host.put(chunks).hex()
+            return [bytes.fromhex(c) for c in chunks_hex]
         except (TypeError, ValueError) as e:
             raise RpcError(INVALID_PARAMS, f"not a list of hex chunks: {e}") from None
+
+    # Staging touches the disk off the event loop, one call at a time.
+    staging_lock = asyncio.Lock()
+
+    async def putdataset(chunks_hex: list[str]) -> str:
+        """Host a dataset's encrypted chunks, all in this call; returns their content root."""
+        chunks = _chunks(chunks_hex)
+        try:
+            root: bytes = await asyncio.to_thread(node.data_host.put, chunks)
+        except ValueError as e:
+            raise RpcError(INVALID_PARAMS, str(e)) from None
+        return root.hex()
+
+    async def putdatasetchunks(
+        content_root: str, total_chunks: int, start_index: int, chunks_hex: list[str]
+    ) -> dict[str, Any]:
+        """Stage chunks start_index.. of an upload of total_chunks encrypted chunks; once all
+        are in and their root is content_root the dataset is hosted ({"complete": true})."""
+        root = parse_hash(content_root, "content root")
+        if not isinstance(total_chunks, int) or not isinstance(start_index, int):
+            raise RpcError(INVALID_PARAMS, "total_chunks and start_index are integers")
+        chunks = _chunks(chunks_hex)
+        async with staging_lock:
+            try:
+                reply: dict[str, Any] = await asyncio.to_thread(
+                    node.data_host.stage, root, total_chunks, start_index, chunks
+                )
+            except ValueError as e:
+                raise RpcError(REJECTED, str(e)) from None
+        if reply["complete"]:
+            log.info("hosting dataset %s (%d chunks)", content_root[:16], total_chunks)
+        return reply
 
     async def getdataset(dataset_id: str) -> dict[str, Any]:
         """A dataset's on-chain record and grants, and whether this node hosts it."""
@@ -333,6 +473,7 @@ def register_data_methods(rpc: RpcServer, node: Node) -> None:
         }
 
     rpc.method("putdataset", putdataset, mutating=True)
+    rpc.method("putdatasetchunks", putdatasetchunks, mutating=True)
     rpc.method("getdataset", getdataset)
     rpc.method("getaccesslog", getaccesslog)
     rpc.method("getaudit", getaudit)

@@ -156,3 +156,27 @@ def test_wallet_send_confirms_and_balance_shows_it(tmp_path):
         assert json.loads(mine.stdout)["address"] == addr
     finally:
         assert node.stop() == 0, node.log_tail()
+
+
+def test_bad_train_and_data_arguments_are_one_line_errors(tmp_path):
+    one_line_error(run("train", "--dataset", "mnist"), "'mnist'", "breast_cancer", "64 hex")
+    dataset_id = "ab" * 32
+    one_line_error(
+        run("train", "--dataset", dataset_id, "--reward", "5", "--job-timeout", "9"),
+        "--reward, --job-timeout",
+        "built-in dataset",
+    )
+    one_line_error(
+        run("train", "--dataset", "digits", "--no-publish", "--host", "127.0.0.1:1"),
+        "--host, --no-publish",
+        "on-chain dataset id",
+    )
+    # Too many chunks is refused before anything is encrypted or sent, with the fix.
+    big = tmp_path / "table.csv"
+    big.write_bytes(b"x" * 5000)
+    one_line_error(
+        run("data", "register", str(big), "--chunk-size", "1"),
+        "5000 chunks",
+        "4096",
+        "chunk size of at least 2",
+    )

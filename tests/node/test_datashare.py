@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 
 import aiohttp
 import pytest
@@ -20,9 +21,13 @@ from consensus.transactions import (
     DatasetRegisterPayload,
     signed_transaction,
 )
+from node import rpc_data
 from node.cli import cli
+from node.cli_data import breast_cancer_csv
 from node.config import NodeConfig
+from node.data_train import parse_csv, train_on_csv
 from node.datashare import (
+    UPLOAD_BATCH_BYTES,
     DataShareError,
     decrypt_dataset,
     encrypt_dataset,
@@ -30,8 +35,10 @@ from node.datashare import (
     read_dataset,
     read_digest,
     seal_secret,
+    upload_batches,
 )
 from node.node import Node
+from node.rpc import RpcError
 from tests.consensus.chainkit import ALICE, BOB, CAROL, MID, new_chain, next_block
 from tests.e2e.framework import NodeProcess
 
@@ -281,3 +288,154 @@ def test_the_healthcare_demo_reads_once_and_refuses_the_stranger_and_the_revoked
     assert model["weights_hash"] == out["model"]["weights_hash"]
     assert model["access_log_nonce"] == out["audit"]["access_logs"][0]
     assert len(out["audit"]["served_reads"]) == 1
+
+
+async def test_a_staged_upload_is_hosted_only_when_its_root_is_the_one_announced(tmp_path):
+    """putdatasetchunks: a wrong content root discards the upload and hosts nothing; the
+    right one, batch by batch, hosts it; uploads in progress at once are bounded."""
+    node = Node(NodeConfig(params=MID, datadir=tmp_path / "node"))
+    await node.start()
+    try:
+        stage = node.rpc.methods["putdatasetchunks"][0]
+        enc = encrypt_dataset(os.urandom(2_500_000), chunk_size=65536)
+        batches = upload_batches(enc.chunks)
+        assert len(batches) == 3 and all(sum(map(len, b)) <= UPLOAD_BATCH_BYTES for b in batches)
+        other_root = encrypt_dataset(b"something else").content_root
+
+        async def send(root: bytes, total: int = len(enc.chunks)) -> list[dict]:
+            replies, start = [], 0
+            for batch in batches:
+                replies.append(await stage(root.hex(), total, start, [c.hex() for c in batch]))
+                start += len(batch)
+            return replies
+
+        with pytest.raises(RpcError, match="the upload was discarded and nothing is hosted"):
+            await send(other_root)
+        hosted_dir = node.datadir / "datasets"
+        assert not node.data_host.hosts(other_root) and not node.data_host.hosts(enc.content_root)
+        assert list(hosted_dir.glob("*.chunks")) == []
+        assert list((hosted_dir / "staging").iterdir()) == []
+        # The same chunks under their own root: staged batch by batch, then hosted.
+        replies = await send(enc.content_root)
+        assert [r["complete"] for r in replies] == [False] * (len(batches) - 1) + [True]
+        assert node.data_host.chunks(enc.content_root) == list(enc.chunks)
+        # A chunk outside the announced count is refused.
+        with pytest.raises(RpcError, match=r"chunks 2\.\.3 are not within 0\.\.2"):
+            await stage(other_root.hex(), 3, 2, ["aa", "bb"])
+        # At most MAX_STAGINGS uploads in progress.
+        for i in range(rpc_data.MAX_STAGINGS):
+            reply = await stage(bytes([i]).hex() * 32, 2, 0, ["aa"])
+            assert reply["complete"] is False
+        with pytest.raises(RpcError, match="uploads are already in progress"):
+            await stage(other_root.hex(), 2, 0, ["aa"])
+    finally:
+        await node.stop()
+
+
+def test_a_csv_that_is_not_numeric_with_an_integer_label_is_refused_clearly():
+    with pytest.raises(ValueError, match="line 3, column 2: 'x' is not a finite number"):
+        parse_csv(b"a,b,label\n1,2,0\n3,x,1\n")
+    with pytest.raises(ValueError, match=r"line 2: the label \(last column\) 'benign' is not"):
+        parse_csv(b"a,label\n1,benign\n")
+    with pytest.raises(ValueError, match="line 2 has 2 columns, the header 3"):
+        parse_csv(b"a,b,label\n1,0\n")
+    with pytest.raises(ValueError, match="not UTF-8 text"):
+        parse_csv(b"\xff\xfe\x00garbage")
+    assert parse_csv(b"a,b,label\n1.5,-2,0\n3,4e2,7\n") == ([[1.5, -2.0], [3.0, 400.0]], [0, 7])
+
+
+@pytest.fixture(scope="module")
+def data_node(tmp_path_factory):
+    """A mining node process, an owner (devnet-0) and a reader (devnet-1) wallet, and the
+    reader's public key."""
+    d = tmp_path_factory.mktemp("data-host")
+    node = NodeProcess(
+        d, ["--mine", "--threads", "1", "--devnet-block-time-ms", "200"], "data-host"
+    ).start()
+    try:
+        owner, reader = str(d / "owner.key"), str(d / "reader.key")
+        assert run("wallet", "new", "--from-label", "devnet-0", "--wallet", owner).exit_code == 0
+        assert run("wallet", "new", "--from-label", "devnet-1", "--wallet", reader).exit_code == 0
+        pk = json.loads(run("data", "pubkey", "--wallet", reader, "--json").stdout)["public_key"]
+        yield node, owner, reader, pk
+    finally:
+        assert node.stop() == 0, node.log_tail()
+
+
+def share(node: NodeProcess, owner: str, pk: str, path) -> str:
+    """Register the file at ``path`` as the owner and grant the reader; the dataset id."""
+    at = ("--datadir", str(node.datadir), "--json")
+    reg = run("data", "register", str(path), "--wallet", owner, *at)
+    assert reg.exit_code == 0, reg.output
+    ds = json.loads(reg.stdout)["dataset_id"]
+    granted = run("data", "grant", ds, pk, "--wallet", owner, *at)
+    assert granted.exit_code == 0, granted.output
+    return ds
+
+
+def test_a_6_mib_dataset_is_uploaded_in_batches_and_read_back_bit_identical(data_node, tmp_path):
+    node, owner, reader, pk = data_node
+    big = random.Random(7).randbytes(6 << 20)  # 12 MiB as hex: three times the RPC body limit
+    src = tmp_path / "scan.bin"
+    src.write_bytes(big)
+    ds = share(node, owner, pk, src)
+    info = node.call("getdataset", ds)
+    assert info["size"] == len(big) and info["hosted"] is True
+    out = tmp_path / "fetched.bin"
+    at = ("--datadir", str(node.datadir), "--json")
+    got = run("data", "fetch", ds, "--out", str(out), "--wallet", reader, *at)
+    assert got.exit_code == 0, got.output
+    assert out.read_bytes() == big
+    assert list((node.datadir / "datasets" / "staging").iterdir()) == []
+    # It is not a table: `pouw train` says so in one line (the read is logged all the same).
+    bad = run("train", "--dataset", ds, "--quick", "--wallet", reader, *at)
+    assert bad.exit_code != 0 and "Traceback" not in bad.output
+    assert bad.stderr.strip() == "error: the dataset is not UTF-8 text, so not a CSV"
+    assert len(node.call("getaudit", ds)["access_logs"]) == 2
+
+
+def test_train_on_a_granted_dataset_reads_trains_locally_and_publishes_its_provenance(
+    data_node, tmp_path
+):
+    node, owner, reader, pk = data_node
+    table = breast_cancer_csv()
+    src = tmp_path / "records.csv"
+    src.write_bytes(table)
+    ds = share(node, owner, pk, src)
+    at = ("--datadir", str(node.datadir))
+    trained = run(
+        "train", "--dataset", ds, "--quick", "--max-steps", "3", "--wallet", reader, *at, "--json"
+    )
+    assert trained.exit_code == 0, trained.output
+    out = json.loads(trained.stdout)
+    local = train_on_csv(table, quick=True, max_steps=3)  # anyone with the bytes reproduces it
+    assert out["weights_hash"] == local.weights_hash.hex()
+    assert out["rows"] == 569 and out["steps"] == 3 and out["dataset_id"] == ds
+    assert out["test_accuracy"] == local.test_accuracy
+    assert out["publish_height"] > out["access_log_height"] > 0
+    audit = node.call("getaudit", ds)
+    assert audit["access_logs"] == [out["request_nonce"]]
+    [model] = audit["models"]
+    assert model["model_id"] == out["model_id"] and model["weights_hash"] == out["weights_hash"]
+    assert model["access_log_nonce"] == out["request_nonce"]
+    assert model["height"] == out["publish_height"]
+    # --no-publish: a second logged read, the same weights, no second model.
+    plain = run(
+        "train",
+        "--dataset",
+        ds,
+        "--quick",
+        "--max-steps",
+        "3",
+        "--no-publish",
+        "--wallet",
+        reader,
+        *at,
+    )
+    assert plain.exit_code == 0, plain.output
+    assert f"weights {out['weights_hash']}" in plain.stdout
+    assert "not published (--no-publish)" in plain.stdout
+    audit = node.call("getaudit", ds)
+    assert len(audit["access_logs"]) == 2 and len(audit["models"]) == 1
+    unknown = run("train", "--dataset", "ab" * 32, "--wallet", reader, *at)
+    assert unknown.exit_code != 0 and f"unknown dataset {'ab' * 32}" in unknown.stderr
