@@ -31,6 +31,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import cached_property
 from typing import Any, TypeVar
 
 import msgpack
@@ -546,6 +547,18 @@ def decode_record(cls: type[T], data: bytes, max_size: int) -> T:
     data = bytes(data)
     if len(data) > max_size:
         raise DecodeError(f"{cls.__name__}: {len(data)} bytes exceeds the limit of {max_size}")
+    obj = _lean_decode(cls, data)
+    if obj is None:
+        obj = _careful_decode(cls, data)
+    if type(getattr(cls, "encoded", None)) is cached_property:
+        # A record that caches its canonical bytes (a transaction) has them already.
+        obj.__dict__["encoded"] = data
+    return obj
+
+
+def _careful_decode(cls: type[T], data: bytes) -> T:
+    """Value by value, each checked for type, range and shortest form as it is read,
+    so that an error names the field at fault."""
     reader = _Reader(data)
     obj = _read_record(cls, reader, "")
     reader.finish(cls.__name__)
@@ -554,6 +567,72 @@ def decode_record(cls: type[T], data: bytes, max_size: int) -> T:
     if encode_record(obj) != data:
         raise DecodeError(f"{cls.__name__}: non-canonical encoding")
     return obj
+
+
+# ---------------------------------------------------------------- lean decoder
+#
+# The careful decoder above reads one msgpack value at a time and re-packs each
+# to check its form: exact errors, but slow. Valid input is the common case
+# (every relayed transaction and block), so decode_record first unpacks the whole
+# input at C speed, builds the record with no checks of its own, and accepts it
+# only if encoding the record gives back exactly the input. That comparison is
+# the whole proof: the lean encoder refuses any value of the wrong type or range,
+# and equal bytes mean equal canonical form. Anything else (including input that
+# is merely malformed) goes to the careful decoder, which gives the verdict and
+# the error it always has.
+
+
+def _lean_decode(cls: type[T], data: bytes) -> T | None:
+    try:
+        wire = msgpack.unpackb(
+            data, raw=False, strict_map_key=True, ext_hook=_refuse_ext, use_list=True
+        )
+        obj: T = _lean_build(cls, wire)
+        if encode_record(obj) == data:
+            return obj
+    except Exception:  # whatever it was, the careful decoder decides and words it
+        pass
+    return None
+
+
+def _lean_build(cls: type[T], wire: Any) -> T:
+    plan = _plan_of(cls)
+    if type(wire) is not list or len(wire) != len(plan):
+        raise _GiveUp
+    values: dict[str, object] = {}
+    for (name, step, arg), value in zip(plan, wire, strict=True):
+        if step == _RECORD:
+            value = _lean_build(arg, value)
+        elif step == _VARIANT:
+            value = _lean_build(arg.options[values[arg.selector]], value)
+        elif step == _OTHER:
+            value = _lean_from_wire(arg, value)
+        values[name] = value
+    return cls(**values)
+
+
+def _lean_from_wire(kind: Kind, value: Any) -> object:
+    tk = type(kind)
+    if tk is ListOf:
+        if type(value) is not list:
+            raise _GiveUp
+        item = kind.item  # type: ignore[attr-defined]
+        if isinstance(item, _Primitive):
+            return tuple(value)
+        return tuple(_lean_from_wire(item, v) for v in value)
+    if tk is RecordOf:
+        return _lean_build(kind.record, value)  # type: ignore[attr-defined]
+    if tk is EnumOf:
+        return kind.enum(value)  # type: ignore[attr-defined]
+    if tk is _U256:
+        if type(value) is not bytes or len(value) != 32:
+            raise _GiveUp
+        return int.from_bytes(value, "big")
+    if tk is OptionalOf:
+        return None if value is None else _lean_from_wire(kind.item, value)  # type: ignore[attr-defined]
+    if isinstance(kind, _Primitive):
+        return value
+    raise _GiveUp
 
 
 # ------------------------------------------------- schema-less plain values

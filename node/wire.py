@@ -298,6 +298,7 @@ MESSAGE_TYPES: dict[MsgType, type] = {
 }
 _TYPE_OF: dict[type, MsgType] = {cls: t for t, cls in MESSAGE_TYPES.items()}
 _FRAME_ARRAY = 0x92  # fixarray of two elements
+_ONE_FIELD = 0x91  # a one-field record (TxMsg) is a fixarray of one element
 
 
 def message_type(msg: object) -> MsgType:
@@ -314,6 +315,9 @@ def encode_message(msg: object) -> bytes:
     Raises TypeError for a non-message and EncodeError naming a bad field.
     """
     msg_type = message_type(msg)
+    if msg_type is MsgType.TX:
+        # The most frequent frame: reuse the transaction's cached canonical bytes.
+        return bytes((_FRAME_ARRAY, msg_type, _ONE_FIELD)) + msg.tx.encoded  # type: ignore[attr-defined]
     return bytes((_FRAME_ARRAY, msg_type)) + encode_record(msg)
 
 
@@ -336,7 +340,11 @@ def decode_message(data: bytes, max_size: int = MAX_FRAME) -> Message:
         raise ProtocolViolation(f"unknown message type {raw_type}") from None
     cls = MESSAGE_TYPES[msg_type]
     try:
-        msg: Message = decode_record(cls, bytes(data[2:]), max_size)
+        if msg_type is MsgType.TX and data[2] == _ONE_FIELD:
+            # Decoded as the transaction itself, so it keeps its wire bytes (txid).
+            msg: Message = TxMsg(decode_record(Transaction, bytes(data[3:]), max_size))
+        else:
+            msg = decode_record(cls, bytes(data[2:]), max_size)
     except DecodeError as e:
         raise ProtocolViolation(f"bad {msg_type.name}: {e.reason}") from None
     except (ValueError, TypeError, EncodeError) as e:  # a record's own __post_init__ check

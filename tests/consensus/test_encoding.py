@@ -24,6 +24,7 @@ from consensus.encoding import (
     RecordOf,
     Schema,
     Str,
+    _careful_decode,
     decode,
     decode_record,
     encode,
@@ -245,3 +246,39 @@ def test_mutated_bytes_never_raise_anything_but_decode_error(data: st.DataObject
     except DecodeError:
         return
     assert encode_record(decoded) == mutated
+
+
+@given(st.data())
+def test_the_fast_decoder_agrees_with_the_field_by_field_one(data: st.DataObject) -> None:
+    """decode_record first tries a whole-buffer decode; on any input, valid or
+    mutated, it must give exactly what the checked field-by-field decoder gives
+    (the same record, or a DecodeError with the same reason)."""
+    valid = bytearray(encode_record(data.draw(samples)))
+    for _ in range(data.draw(st.integers(0, 3))):
+        position = data.draw(st.integers(0, len(valid) - 1))
+        valid[position] = data.draw(st.integers(0, 255))
+    mutated = bytes(valid[: data.draw(st.integers(0, len(valid)))])
+    try:
+        careful: object = _careful_decode(Sample, mutated)
+    except DecodeError as e:
+        careful = e.reason
+    try:
+        fast: object = decode_record(Sample, mutated, max_size=10_000)
+    except DecodeError as e:
+        fast = e.reason
+    assert fast == careful
+
+
+def test_a_decoded_transaction_keeps_its_wire_bytes() -> None:
+    from consensus.keys import PrivateKey
+    from consensus.transactions import Transaction, TransferPayload, kind_of
+
+    key = PrivateKey.from_label("devnet-0")
+    payload = TransferPayload(bytes(20), 5)
+    tx = Transaction(1, kind_of(payload), key.public_key.data, 0, 10, payload, bytes(64))
+    tx = tx.sign(key)
+    wire = encode_record(tx)
+    decoded = decode_record(Transaction, wire, max_size=10_000)
+    assert decoded == tx
+    assert decoded.__dict__["encoded"] == wire  # txid needs no re-encoding
+    assert decoded.txid == tx.txid
