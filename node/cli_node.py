@@ -113,6 +113,14 @@ class ConfigDefaults(click.Command):
     default=None,
     help="CPU threads for the mining kernels (default: all cores).",
 )
+@click.option(
+    "--miner-nice",
+    type=click.IntRange(0, 19),
+    default=10,
+    show_default=True,
+    help="Niceness of the mining threads, so validating and relaying blocks and "
+    "transactions always get the CPU first.",
+)
 @click.option("--max-outbound", type=click.IntRange(min=0), default=8, show_default=True)
 @click.option("--max-inbound", type=click.IntRange(min=0), default=32, show_default=True)
 @click.option(
@@ -143,6 +151,7 @@ def node_cmd(
     miner_address: str | None,
     backend: str,
     threads: int | None,
+    miner_nice: int,
     max_outbound: int,
     max_inbound: int,
     devnet_block_time_ms: int | None,
@@ -168,6 +177,7 @@ def node_cmd(
         miner_address=parse_address(miner_address) if miner_address else None,
         backend=backend,
         threads=threads,
+        miner_nice=miner_nice,
         max_outbound=max_outbound,
         max_inbound=max_inbound,
         log_level=log_level,

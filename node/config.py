@@ -43,6 +43,7 @@ class NodeConfig:
     miner_address: bytes | None = None
     backend: str = "cpu"
     threads: int | None = None
+    miner_nice: int = 10  # the mining thread's niceness: validation and relay come first
     max_outbound: int = 8
     max_inbound: int = 32
     log_level: str = "INFO"

@@ -82,6 +82,11 @@ class Mempool:
     def size_bytes(self) -> int:
         return self._bytes
 
+    @property
+    def revision(self) -> tuple[int, int]:
+        """Changes whenever a transaction is admitted or removed (for template reuse)."""
+        return self._order, len(self._txs)
+
     def get(self, txid: bytes) -> Transaction | None:
         p = self._txs.get(txid)
         return None if p is None else p.tx

@@ -9,7 +9,9 @@ picked up within a burst), and hands a winning block back to the loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import secrets
 import threading
 import time
@@ -43,6 +45,7 @@ class Miner:
         submit: Callable[[MinedBlock, MiningWork], Awaitable[None]],
         backend: str = "cpu",
         threads: int | None = None,
+        nice: int = 0,
     ) -> None:
         self.params = params
         self.loop = loop
@@ -50,6 +53,7 @@ class Miner:
         self.submit = submit
         self.backend = backend
         self.threads = threads
+        self.nice = nice
         self._stop = threading.Event()
         self._new_tip = threading.Event()
         self._thread: threading.Thread | None = None
@@ -97,6 +101,12 @@ class Miner:
             del self._rate_window[:5_000]
 
     def _run(self) -> None:
+        if self.nice:
+            # Linux niceness is per thread (and inherited by threads it starts): the
+            # node's event loop keeps priority over the miner, which only gets the
+            # CPU the node does not need.
+            with contextlib.suppress(OSError, AttributeError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
         if self.threads:
             import numba
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from consensus.blocks import Block, BlockHeader
+from consensus.blocks import Block, BlockHeader, JobSpec
 from consensus.chain import AddResult, Chain
 from consensus.errors import InvalidBlock, InvalidTransaction
 from consensus.keys import PrivateKey
@@ -66,6 +66,13 @@ PER_PEER_INFLIGHT = 32
 STALL_SECONDS = 10.0
 SEEN_CACHE = 50_000
 TX_RELAY_S = 0.1
+TX_INTAKE_MAX = 4_000
+"""Peer transactions queued for admission before a peer's reader waits for room."""
+TX_INTAKE_SLICE_S = 0.005
+"""Admission yields the event loop this often, so blocks are handled between transactions."""
+TEMPLATE_REFRESH_S = 1.0
+"""A template on the same tip and job is rebuilt for new transactions at most this often."""
+TEMPLATE_COST_RATIO = 10.0
 BLOCK_TIMES_KEPT = 10_000
 
 
@@ -96,6 +103,14 @@ class Node:
         self._rejected_txs: OrderedDict[bytes, None] = OrderedDict()
         self._null_jobs: OrderedDict[bytes, Job] = OrderedDict()
         self._tx_relay: dict[int, tuple[PeerSession | None, list[bytes]]] = {}
+        # Peer transactions wait here for admission (signature, mempool rules) by one
+        # task that yields every few ms: a peer's flood of transactions never holds up
+        # the blocks that arrive behind it, from it or from anyone else.
+        self._tx_intake: deque[tuple[PeerSession, Any]] = deque()
+        self._tx_intake_ready = asyncio.Event()
+        self._tx_intake_room = asyncio.Event()
+        self._work_cost = 0.0
+        self._work: tuple[bytes, JobSpec, tuple[int, int], float, MiningWork] | None = None
         self.miner: Miner | None = None
         self.p2p_port = 0
         self.rpc_port = 0
@@ -144,6 +159,7 @@ class Node:
         await self.p2p.start()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         self._tasks.append(asyncio.create_task(self._relay_txs(), name="tx-relay"))
+        self._tasks.append(asyncio.create_task(self._admit_txs(), name="tx-intake"))
         if self.config.mine:
             self.start_mining()
         log.info(
@@ -221,6 +237,7 @@ class Node:
                 self._submit_mined,
                 self.config.backend,
                 self.config.threads,
+                self.config.miner_nice,
             )
         self.miner.start()
 
@@ -242,13 +259,30 @@ class Node:
         return job
 
     async def _mining_work(self) -> MiningWork:
-        job = self.market.pick_job() or self._null_job(self.chain.tip.hash)
+        """A block template: reused while the tip and job stay the same, and rebuilt
+        for new transactions at most every TEMPLATE_REFRESH_S (building one applies
+        every transaction, which is the costliest thing a busy node does per block)."""
+        tip = self.chain.tip.hash
+        job = self.market.pick_job() or self._null_job(tip)
+        revision = self.mempool.revision
+        if self._work is not None:
+            w_tip, w_job, w_rev, built, work = self._work
+            # Refresh no sooner than TEMPLATE_COST_RATIO times the last build took:
+            # templates then use at most ~1/TEMPLATE_COST_RATIO of the event loop.
+            age = time.monotonic() - built
+            fresh = w_rev == revision or age < max(TEMPLATE_REFRESH_S, self._work_cost)
+            if w_tip == tip and w_job == job.spec and fresh:
+                return work
         check_job_shape(job.spec, self.params)
+        started = time.monotonic()
         candidates = self.mempool.select(5_000, self.params.max_block_bytes // 2)
         template, included = self.chain.build_template(
             candidates, self.miner_address, job.spec, now_ms(), verified=True
         )
-        return MiningWork(template=template, job=job, txs=included)
+        work = MiningWork(template=template, job=job, txs=included)
+        self._work = (tip, job.spec, revision, time.monotonic(), work)
+        self._work_cost = TEMPLATE_COST_RATIO * (time.monotonic() - started)
+        return work
 
     async def _submit_mined(self, found: MinedBlock, work: MiningWork) -> None:
         if found.header.prev_hash != self.chain.tip.hash:
@@ -316,6 +350,9 @@ class Node:
 
     async def submit_transaction(self, tx: Any, source: PeerSession | None = None) -> bytes:
         """Admit a transaction to the mempool and announce it; InvalidTransaction if refused."""
+        return self._admit(tx, source)
+
+    def _admit(self, tx: Any, source: PeerSession | None) -> bytes:
         txid = tx.txid
         if txid in self.mempool:
             return txid
@@ -384,6 +421,7 @@ class Node:
             self.blobs.on_blob_chunk(peer, msg)
         elif isinstance(msg, NotFound):
             for item in msg.items:
+                peer.take_requested(item.kind, item.hash)
                 if self._inflight.get(item.hash, (None, 0))[0] is peer:
                     del self._inflight[item.hash]
             self._schedule_downloads()
@@ -423,14 +461,43 @@ class Node:
         if not peer.take_requested(INV_TX, tx.txid):
             raise ProtocolViolation("unrequested transaction")
         peer.mark_known(INV_TX, tx.txid)
+        self._tx_intake.append((peer, tx))
+        self._tx_intake_ready.set()
+        while len(self._tx_intake) > TX_INTAKE_MAX and not peer.closing:
+            self._tx_intake_room.clear()  # backpressure: stop reading this peer for now
+            await self._tx_intake_room.wait()
+
+    async def _admit_txs(self) -> None:
+        """Admit queued peer transactions, yielding the loop every TX_INTAKE_SLICE_S."""
+        intake = self._tx_intake
+        while True:
+            await self._tx_intake_ready.wait()
+            self._tx_intake_ready.clear()
+            until = time.monotonic() + TX_INTAKE_SLICE_S
+            while intake:
+                peer, tx = intake.popleft()
+                if not peer.closing:  # a banned peer's queued transactions are dropped
+                    self._admit_peer_tx(peer, tx)
+                if len(intake) <= TX_INTAKE_MAX // 2:
+                    self._tx_intake_room.set()
+                if time.monotonic() >= until:
+                    await asyncio.sleep(0)
+                    until = time.monotonic() + TX_INTAKE_SLICE_S
+            self._tx_intake_room.set()
+
+    def _admit_peer_tx(self, peer: PeerSession, tx: Any) -> None:
         try:
-            await self.submit_transaction(tx, source=peer)
+            self._admit(tx, peer)
         except InvalidTransaction as e:
             reason = str(e)
             # Stateful failures (nonce, balance) happen to honest peers in races;
             # a bad signature or a wrong chain never does.
             if reason.startswith(("signature", "chain_id", "payload", "kind")):
-                raise ProtocolViolation(f"invalid transaction: {reason}") from None
+                self.p2p.stats.violations += 1
+                log.warning("%s misbehaved: invalid transaction: %s", peer, reason)
+                self.p2p.ban(peer, f"invalid transaction: {reason}")
+        except Exception:
+            log.exception("admitting transaction %s from %s failed", tx.txid.hex()[:16], peer)
 
     async def _on_block(self, peer: PeerSession, msg: BlockMsg) -> None:
         block = msg.block

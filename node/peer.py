@@ -21,7 +21,7 @@ import ipaddress
 import logging
 import random
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -32,6 +32,7 @@ from node.errors import ProtocolViolation
 from node.wire import (
     MAX_FRAME,
     MAX_INV,
+    BlobChunk,
     BlockMsg,
     Close,
     GetData,
@@ -49,6 +50,9 @@ InvKey = tuple[int, bytes]
 """(kind, hash) of an inventory item; kind 1 = tx, 2 = block."""
 
 MiB = 1024 * 1024
+MAX_REQUESTED = 50_000
+REQUEST_FORGET_S = 120.0
+"""Beyond MAX_REQUESTED outstanding requests, those older than this are forgotten."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,17 @@ def is_loopback(host: str) -> bool:
     return ip.is_loopback
 
 
+def is_bulk(msg: object) -> bool:
+    """Whether a message may wait behind blocks, headers and control messages:
+    transactions, inventory and requests that only name transactions, blob chunks."""
+    t = type(msg)
+    if t is TxMsg or t is BlobChunk:
+        return True
+    if t is Inv or t is GetData:
+        return all(item.kind == InvKind.TX for item in msg.items)  # type: ignore[attr-defined]
+    return False
+
+
 def _key(kind: int, hash_: bytes) -> InvKey:
     return (int(kind), bytes(hash_))
 
@@ -192,7 +207,14 @@ class PeerSession:
         self._ping_sent = 0.0
         self._msg_bucket = TokenBucket(self.limits.msg_rate, self.limits.msg_burst)
         self._byte_bucket = TokenBucket(self.limits.byte_rate, self.limits.byte_burst)
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        # Two lanes: blocks, headers, pings and control go ahead of bulk traffic
+        # (transactions, their inventory, blob chunks), so a block never waits
+        # behind thousands of queued transactions on its way to a peer.
+        self._urgent: deque[bytes] = deque()
+        self._bulk: deque[bytes] = deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._queued_bytes = 0
         self._overflowed = False
         self._writer: asyncio.Task[None] | None = None
@@ -235,7 +257,7 @@ class PeerSession:
         if writer is not None and not writer.done() and not self._overflowed:
             # Let the last replies (say our Hello before a refusal) reach the peer first.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queue.join(), limits.flush_timeout)
+                await asyncio.wait_for(self._idle.wait(), limits.flush_timeout)
         if writer is not None:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -255,12 +277,13 @@ class PeerSession:
         """Bytes waiting in the send queue."""
         return self._queued_bytes
 
-    def send_frame(self, frame: bytes) -> bool:
-        """Queue an encoded frame; False (and the peer is being closed) if it cannot be."""
+    def send_frame(self, frame: bytes, bulk: bool = False) -> bool:
+        """Queue an encoded frame (``bulk`` ones go after every urgent one);
+        False (and the peer is being closed) if it cannot be."""
         if self._close_task is not None:
             return False
         limits = self.limits
-        over_count = self._queue.qsize() >= limits.send_queue_msgs
+        over_count = len(self._urgent) + len(self._bulk) >= limits.send_queue_msgs
         over_bytes = self._queued_bytes > 0 and (
             self._queued_bytes + len(frame) > limits.send_queue_bytes
         )
@@ -270,13 +293,15 @@ class PeerSession:
             self.close_soon("send queue overflow (peer not reading)")
             return False
         self._queued_bytes += len(frame)
-        self._queue.put_nowait(frame)
+        (self._bulk if bulk else self._urgent).append(frame)
+        self._idle.clear()
+        self._wake.set()
         return True
 
     def send_nowait(self, msg: object) -> bool:
         """Queue a message (and remember inventory it carries as known to this peer)."""
         self.note_inventory(msg)
-        return self.send_frame(encode_message(msg))
+        return self.send_frame(encode_message(msg), is_bulk(msg))
 
     async def send(self, msg: object) -> None:
         """Queue a message for the writer task; never waits for the peer.
@@ -296,15 +321,19 @@ class PeerSession:
             await asyncio.sleep(0.01)
 
     async def _write_loop(self) -> None:
+        urgent, bulk = self._urgent, self._bulk
         try:
             while True:
-                frame = await self._queue.get()
+                while not urgent and not bulk:
+                    self._idle.set()
+                    self._wake.clear()
+                    await self._wake.wait()
+                frame = urgent.popleft() if urgent else bulk.popleft()
                 try:
                     await self.ws.send_bytes(frame)
                     self._count_out(frame)
                 finally:
                     self._queued_bytes -= len(frame)
-                    self._queue.task_done()
         except asyncio.CancelledError:
             raise
         except Exception as e:  # the connection broke under us
@@ -386,11 +415,21 @@ class PeerSession:
         return _key(kind, hash) in self.known
 
     def request(self, items: Iterable[InvItem | InvKey]) -> None:
-        """Send GETDATA for ``items`` (in batches of MAX_INV) and note when we asked."""
+        """Send GETDATA for ``items`` (in batches of MAX_INV) and note when we asked.
+
+        An item already asked of this peer is not asked again: the peer answers
+        every request, and a second copy would arrive unrequested.
+        """
         now = time.monotonic()
+        if len(self.requested) > MAX_REQUESTED:
+            # Requests that were never answered (the peer went quiet): forget them.
+            limit = now - REQUEST_FORGET_S
+            self.requested = {k: t for k, t in self.requested.items() if t >= limit}
         batch: list[InvItem] = []
         for item in items:
             inv = item if isinstance(item, InvItem) else InvItem(InvKind(item[0]), item[1])
+            if inv.key in self.requested:
+                continue
             self.requested[inv.key] = now
             batch.append(inv)
             if len(batch) == MAX_INV:

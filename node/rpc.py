@@ -33,6 +33,8 @@ UNAUTHORIZED = -32001
 REJECTED = -32002  # a valid request the node refused (invalid transaction, unknown block)
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
+BATCH_YIELD = 32
+"""A JSON-RPC batch yields the event loop after this many requests."""
 COOKIE_NAME = ".cookie"
 
 
@@ -118,7 +120,11 @@ class RpcServer:
         if isinstance(body, list):
             if not body:
                 return _json(_error(None, INVALID_REQUEST, "empty batch"))
-            replies = [await self._dispatch(item, authorized) for item in body]
+            replies = []
+            for i, item in enumerate(body):
+                replies.append(await self._dispatch(item, authorized))
+                if i % BATCH_YIELD == BATCH_YIELD - 1:
+                    await asyncio.sleep(0)  # a big batch does not hold up blocks and peers
             return _json([r for r in replies if r is not None])
         reply = await self._dispatch(body, authorized)
         return _json(reply if reply is not None else {})

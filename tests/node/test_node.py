@@ -16,7 +16,7 @@ from consensus.blocks import Block
 from consensus.transactions import encode_tx
 from node.config import NodeConfig
 from node.node import INV_BLOCK, INV_TX, Node
-from node.wire import BlockMsg, GetData, Inv, InvItem, TxMsg
+from node.wire import BlockMsg, GetData, Headers, Inv, InvItem, TxMsg
 from tests.consensus.chainkit import ALICE, BOB, MID, new_chain, next_block, transfer
 from tests.node.p2p_testkit import TestPeer
 
@@ -90,6 +90,28 @@ async def test_unrequested_block_gets_the_peer_banned(node):
     assert reason is not None and "unrequested block" in reason
     assert any("unrequested block" in b["reason"] for b in node.p2p.bans())
     assert node.chain.height == 0
+
+
+async def test_a_block_announced_twice_is_asked_for_once_and_its_sender_stays(node):
+    """An inv and then a header for the same block: one GetData, one block, no ban
+    (a second request would draw a second copy, which is unrequested)."""
+    a = await _peer(node)
+    block = _block_for(node)
+    await a.send(Inv((InvItem(INV_BLOCK, block.hash),)))
+    await a.wait_for_message(GetData)
+    await a.send(Headers((block.header,)))
+    await a.sync()
+    asks = [
+        m
+        for m in a.received
+        if isinstance(m, GetData) and any(i.hash == block.hash for i in m.items)
+    ]
+    assert len(asks) == 1
+    await a.send(BlockMsg(block))
+    await a.sync()
+    assert node.chain.height == 1
+    assert node.p2p.bans() == [] and not a.closed.is_set()
+    await a.close()
 
 
 async def test_invalid_block_gets_the_peer_banned_and_changes_nothing(node):
