@@ -7,6 +7,7 @@ compare the commitments. Every rule is one ``if …: raise`` with the reason.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -93,9 +94,33 @@ def validate_header(
         raise InvalidBlock("header: target does not follow ASERT from the parent")
 
 
+_POW_CHECKED: OrderedDict[tuple[bytes, int], int] = OrderedDict()
+_POW_CHECKED_MAX = 20_000
+
+
 def check_header_pow(header: BlockHeader, params: NetworkParams) -> int:
-    """The proof of work on its own (cheap: one tile). Returns the ticket."""
-    return verify_pow(header, params)
+    """The proof of work on its own (cheap: one tile). Returns the ticket.
+
+    A node checks a header's proof when the header arrives and again when its
+    block is connected: a proof that passed is remembered by the header's hash
+    (which covers the proof) and the network's parameters, so the second check
+    is free. Only successes are remembered.
+    """
+    key = (header.hash, id(params))
+    ticket = _POW_CHECKED.get(key)
+    if ticket is not None:
+        return ticket
+    ticket = verify_pow(header, params)
+    _PARAMS_PINNED.setdefault(id(params), params)
+    _POW_CHECKED[key] = ticket
+    while len(_POW_CHECKED) > _POW_CHECKED_MAX:
+        _POW_CHECKED.popitem(last=False)
+    return ticket
+
+
+_PARAMS_PINNED: dict[int, NetworkParams] = {}
+"""Every params object a remembered proof was checked under, kept alive: its id, part of
+the memo's key, can then never be reused by another object."""
 
 
 # ------------------------------------------------------------------ body

@@ -25,10 +25,11 @@ from aiohttp import web
 
 from consensus.blocks import Block, BlockHeader, JobSpec
 from consensus.chain import AddResult, Chain
-from consensus.errors import InvalidBlock, InvalidTransaction
+from consensus.errors import InvalidBlock
 from consensus.keys import PrivateKey
 from consensus.pow import Job, MinedBlock, check_job_shape, null_job
 from consensus.validation import check_header_pow
+from kernels.attempt import warm_up
 from node.blobs import BlobExchange
 from node.config import NodeConfig
 from node.errors import ProtocolViolation
@@ -43,6 +44,7 @@ from node.rpc_market import register_market_methods
 from node.rpc_methods import register_methods
 from node.store import Store
 from node.sync_progress import SyncProgress
+from node.txrelay import TxRelay
 from node.wire import (
     MAX_HEADERS,
     BlobChunk,
@@ -55,6 +57,7 @@ from node.wire import (
     InvItem,
     NotFound,
     TxMsg,
+    headers_reply,
 )
 
 log = logging.getLogger("pouw.node")
@@ -64,16 +67,12 @@ INV_BLOCK = 2
 DOWNLOAD_WINDOW = 256  # blocks requested ahead of the connected tip
 PER_PEER_INFLIGHT = 32
 STALL_SECONDS = 10.0
-SEEN_CACHE = 50_000
-TX_RELAY_S = 0.1
-TX_INTAKE_MAX = 4_000
-"""Peer transactions queued for admission before a peer's reader waits for room."""
-TX_INTAKE_SLICE_S = 0.005
-"""Admission yields the event loop this often, so blocks are handled between transactions."""
 TEMPLATE_REFRESH_S = 1.0
 """A template on the same tip and job is rebuilt for new transactions at most this often."""
 TEMPLATE_COST_RATIO = 10.0
 BLOCK_TIMES_KEPT = 10_000
+STORE_BATCH_S = 0.25
+"""While catching up, blocks are written to the store in one transaction this often."""
 
 
 def now_ms() -> int:
@@ -99,16 +98,11 @@ class Node:
         self._inflight: dict[bytes, tuple[PeerSession, float]] = {}
         self._downloaded: dict[bytes, Block] = {}
         self._sync_target = 0
+        self._store_dirty = False
+        self._store_synced = 0.0
         self.sync_progress = SyncProgress(draw=config.progress)
-        self._rejected_txs: OrderedDict[bytes, None] = OrderedDict()
         self._null_jobs: OrderedDict[bytes, Job] = OrderedDict()
-        self._tx_relay: dict[int, tuple[PeerSession | None, list[bytes]]] = {}
-        # Peer transactions wait here for admission (signature, mempool rules) by one
-        # task that yields every few ms: a peer's flood of transactions never holds up
-        # the blocks that arrive behind it, from it or from anyone else.
-        self._tx_intake: deque[tuple[PeerSession, Any]] = deque()
-        self._tx_intake_ready = asyncio.Event()
-        self._tx_intake_room = asyncio.Event()
+        self.txs = TxRelay(self)
         self._work_cost = 0.0
         self._work: tuple[bytes, JobSpec, tuple[int, int], float, MiningWork] | None = None
         self.miner: Miner | None = None
@@ -123,6 +117,8 @@ class Node:
         self.key = _load_node_key(self.datadir / "node_key")
         self.store = Store(self.datadir / "chain.sqlite", self.params)
         self.chain: Chain = self.store.load_chain(now_ms)
+        # Load the verifier's compiled kernels while the node starts and connects.
+        self._tasks.append(asyncio.create_task(asyncio.to_thread(warm_up), name="warm-up"))
         self.blobs = BlobExchange(self.store, lambda: self.p2p.peers)
         self.market = MarketService(self, dishonest=self.config.dishonest_results)
         self.mempool = Mempool(self.params)
@@ -158,8 +154,7 @@ class Node:
         self._write_info()
         await self.p2p.start()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
-        self._tasks.append(asyncio.create_task(self._relay_txs(), name="tx-relay"))
-        self._tasks.append(asyncio.create_task(self._admit_txs(), name="tx-intake"))
+        self._tasks += self.txs.tasks()
         if self.config.mine:
             self.start_mining()
         log.info(
@@ -214,6 +209,7 @@ class Node:
             await self.rpc.close_subscribers()
             for runner in self._runners:
                 await runner.cleanup()
+            self._flush_store()
             self.store.close()
             (self.datadir / "node.json").unlink(missing_ok=True)
             log.info("node stopped at height %d", self.chain.height)
@@ -313,7 +309,14 @@ class Node:
             return None
         if result.status == "duplicate":
             return result
-        self.store.record(self.chain, block, result)
+        if self._download and self._sync_target:
+            # Catching up: one store transaction per STORE_BATCH_S, not per block. A
+            # crash loses at most that much, which is downloaded again on restart.
+            self._store_dirty = True
+            if time.monotonic() - self._store_synced >= STORE_BATCH_S:
+                self._flush_store()
+        else:
+            self.store.record(self.chain, block, result)
         self.metrics.blocks.labels("accepted").inc()
         if result.status == "orphan":
             if source is not None:
@@ -323,6 +326,13 @@ class Node:
         self.p2p.announce(INV_BLOCK, h, exclude=source)
         self.metrics.blocks.labels("relayed").inc()
         return result
+
+    def _flush_store(self) -> None:
+        """Write what the chain changed since the last store write (see process_block)."""
+        if self._store_dirty:
+            self.store.sync(self.chain)
+            self._store_dirty = False
+        self._store_synced = time.monotonic()
 
     def _after_chain_change(self, result: AddResult) -> None:
         if result.connected:
@@ -350,25 +360,8 @@ class Node:
 
     async def submit_transaction(self, tx: Any, source: PeerSession | None = None) -> bytes:
         """Admit a transaction to the mempool and announce it; InvalidTransaction if refused."""
-        return self._admit(tx, source)
-
-    def _admit(self, tx: Any, source: PeerSession | None) -> bytes:
-        txid = tx.txid
-        if txid in self.mempool:
-            return txid
-        try:
-            self.mempool.add(tx, self.chain.state, self.chain.height)
-        except InvalidTransaction:
-            self.metrics.txs.labels("rejected").inc()
-            self._rejected_txs[txid] = None
-            while len(self._rejected_txs) > SEEN_CACHE:
-                self._rejected_txs.popitem(last=False)
-            raise
-        self.metrics.txs.labels("accepted").inc()
+        txid = self.txs.admit(tx, source)
         self.metrics.mempool.set(len(self.mempool))
-        # Announced in batches (one INV per peer every TX_RELAY_S), not one frame per tx.
-        self._tx_relay.setdefault(id(source), (source, []))[1].append(txid)
-        self.rpc.notify({"event": "tx", "txid": txid.hex()})
         return txid
 
     # ------------------------------------------------------------ blobs
@@ -397,6 +390,7 @@ class Node:
     async def on_peer_closed(self, peer: PeerSession) -> None:
         self.metrics.peers.set(len(self.p2p.peers))
         self.blobs.peer_closed(peer)
+        self.txs.peer_closed(peer)
         for h, (p, _) in list(self._inflight.items()):
             if p is peer:
                 del self._inflight[h]
@@ -422,17 +416,18 @@ class Node:
         elif isinstance(msg, NotFound):
             for item in msg.items:
                 peer.take_requested(item.kind, item.hash)
+                if item.kind == INV_TX:
+                    self.txs.not_found(peer, item.hash)
                 if self._inflight.get(item.hash, (None, 0))[0] is peer:
                     del self._inflight[item.hash]
             self._schedule_downloads()
 
     async def _on_inv(self, peer: PeerSession, msg: Inv) -> None:
-        wanted = []
+        wanted, txids = [], []
         for item in msg.items:
             peer.mark_known(item.kind, item.hash)
             if item.kind == INV_TX:
-                if item.hash not in self.mempool and item.hash not in self._rejected_txs:
-                    wanted.append(item)
+                txids.append(item.hash)
             elif item.kind == INV_BLOCK:
                 known = self.chain.contains(item.hash) or item.hash in self._pending_headers
                 if not known and item.hash not in self._inflight:
@@ -441,6 +436,8 @@ class Node:
                 raise ProtocolViolation(f"inv: unknown item kind {item.kind}")
         if wanted:
             peer.request(wanted)
+        if txids:
+            self.txs.on_inv(peer, txids)
 
     async def _on_getdata(self, peer: PeerSession, msg: GetData) -> None:
         missing = []
@@ -457,47 +454,7 @@ class Node:
             await peer.send(NotFound(tuple(missing)))
 
     async def _on_tx(self, peer: PeerSession, msg: TxMsg) -> None:
-        tx = msg.tx
-        if not peer.take_requested(INV_TX, tx.txid):
-            raise ProtocolViolation("unrequested transaction")
-        peer.mark_known(INV_TX, tx.txid)
-        self._tx_intake.append((peer, tx))
-        self._tx_intake_ready.set()
-        while len(self._tx_intake) > TX_INTAKE_MAX and not peer.closing:
-            self._tx_intake_room.clear()  # backpressure: stop reading this peer for now
-            await self._tx_intake_room.wait()
-
-    async def _admit_txs(self) -> None:
-        """Admit queued peer transactions, yielding the loop every TX_INTAKE_SLICE_S."""
-        intake = self._tx_intake
-        while True:
-            await self._tx_intake_ready.wait()
-            self._tx_intake_ready.clear()
-            until = time.monotonic() + TX_INTAKE_SLICE_S
-            while intake:
-                peer, tx = intake.popleft()
-                if not peer.closing:  # a banned peer's queued transactions are dropped
-                    self._admit_peer_tx(peer, tx)
-                if len(intake) <= TX_INTAKE_MAX // 2:
-                    self._tx_intake_room.set()
-                if time.monotonic() >= until:
-                    await asyncio.sleep(0)
-                    until = time.monotonic() + TX_INTAKE_SLICE_S
-            self._tx_intake_room.set()
-
-    def _admit_peer_tx(self, peer: PeerSession, tx: Any) -> None:
-        try:
-            self._admit(tx, peer)
-        except InvalidTransaction as e:
-            reason = str(e)
-            # Stateful failures (nonce, balance) happen to honest peers in races;
-            # a bad signature or a wrong chain never does.
-            if reason.startswith(("signature", "chain_id", "payload", "kind")):
-                self.p2p.stats.violations += 1
-                log.warning("%s misbehaved: invalid transaction: %s", peer, reason)
-                self.p2p.ban(peer, f"invalid transaction: {reason}")
-        except Exception:
-            log.exception("admitting transaction %s from %s failed", tx.txid.hex()[:16], peer)
+        self.txs.on_tx(peer, msg.tx)
 
     async def _on_block(self, peer: PeerSession, msg: BlockMsg) -> None:
         block = msg.block
@@ -523,7 +480,7 @@ class Node:
                 if hd.hash == msg.stop:
                     headers = headers[: i + 1]
                     break
-        await peer.send(Headers(tuple(headers)))
+        await peer.send(headers_reply(headers))
 
     async def _on_headers(self, peer: PeerSession, msg: Headers) -> None:
         prev_known = True
@@ -555,7 +512,8 @@ class Node:
             await peer.send(GetHeaders(tuple(self.chain.locator()), bytes(32)))
             return
         peer.best_height = max(peer.best_height, msg.headers[-1].height if msg.headers else 0)
-        if len(msg.headers) == MAX_HEADERS:
+        if msg.headers and msg.headers[-1].height < peer.best_height:
+            # A reply stops at MAX_HEADERS or MAX_HEADERS_BYTES: ask for the rest.
             await peer.send(GetHeaders((msg.headers[-1].hash,), bytes(32)))
         if added:
             self.sync_progress.update(self.chain.height, self._sync_target)
@@ -568,6 +526,8 @@ class Node:
         self._schedule_downloads()
 
     def _schedule_downloads(self) -> None:
+        """Ask peers for the next blocks of the download window, up to
+        PER_PEER_INFLIGHT each, the least loaded peer that has the block first."""
         if not self._download:
             return
         peers = [p for p in self.p2p.peers if p.best_height > self.chain.height]
@@ -577,24 +537,30 @@ class Node:
         for p, _ in self._inflight.values():
             if id(p) in load:
                 load[id(p)] += 1
-        batches: dict[int, list[InvItem]] = {}
+        free = sum(max(0, PER_PEER_INFLIGHT - n) for n in load.values())
+        inflight, downloaded, pending = self._inflight, self._downloaded, self._pending_headers
+        batches: dict[int, tuple[PeerSession, list[InvItem]]] = {}
+        now = time.monotonic()
         for i, h in enumerate(self._download):
-            if i >= DOWNLOAD_WINDOW:
-                break
-            if h in self._inflight or h in self._downloaded:
+            if i >= DOWNLOAD_WINDOW or free <= 0:
+                break  # a block arriving frees one slot: the scan stops right there
+            if h in inflight or h in downloaded:
                 continue
-            header = self._pending_headers[h]
-            choices = [p for p in peers if p.best_height >= header.height]
-            choices = [p for p in choices if load[id(p)] < PER_PEER_INFLIGHT]
-            if not choices:
+            height = pending[h].height
+            best = None
+            for p in peers:
+                n = load[id(p)]
+                fits = n < PER_PEER_INFLIGHT and p.best_height >= height
+                if fits and (best is None or n < load[id(best)]):
+                    best = p
+            if best is None:
                 continue
-            peer = min(choices, key=lambda p: load[id(p)])
-            load[id(peer)] += 1
-            self._inflight[h] = (peer, time.monotonic())
-            batches.setdefault(id(peer), []).append(InvItem(INV_BLOCK, h))
-        for p in peers:
-            if batches.get(id(p)):
-                p.request(batches[id(p)])
+            load[id(best)] += 1
+            free -= 1
+            inflight[h] = (best, now)
+            batches.setdefault(id(best), (best, []))[1].append(InvItem(INV_BLOCK, h))
+        for peer, items in batches.values():
+            peer.request(items)
 
     async def _connect_downloaded(self, peer: PeerSession) -> None:
         while self._download and self._download[0] in self._downloaded:
@@ -610,6 +576,7 @@ class Node:
         if self._sync_target:
             self.sync_progress.update(self.chain.height, self._sync_target)
         if not self._download and self._sync_target:
+            self._flush_store()
             log.info("sync: at height %d", self.chain.height)
             self._sync_target = 0
 
@@ -618,15 +585,6 @@ class Node:
         self._pending_headers.clear()
         self._downloaded.clear()
         self._inflight.clear()
-
-    async def _relay_txs(self) -> None:
-        while True:
-            await asyncio.sleep(TX_RELAY_S)
-            batches, self._tx_relay = self._tx_relay, {}
-            for source, txids in batches.values():
-                live = [t for t in txids if t in self.mempool]
-                if live:
-                    self.p2p.announce_many(INV_TX, live, exclude=source)
 
     async def _housekeeping(self) -> None:
         while True:
@@ -642,7 +600,10 @@ class Node:
                             peer.address,
                         )
                 self._schedule_downloads()
+                if time.monotonic() - self._store_synced >= STORE_BATCH_S:
+                    self._flush_store()
                 self.mempool.expire(now_ms())
+                self.txs.expire()
                 self.metrics.mempool.set(len(self.mempool))
                 if self.miner is not None:
                     self.metrics.hashrate.set(self.miner.hashrate())

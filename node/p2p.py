@@ -48,7 +48,7 @@ from aiohttp import web
 
 from consensus.keys import PrivateKey, verify_signature
 from node.errors import HandshakeRefused, ProtocolViolation
-from node.peer import P2PStats, PeerLimits, PeerSession, is_loopback
+from node.peer import P2PStats, PeerLimits, PeerSession, is_bulk, is_loopback
 from node.wire import (
     MAX_ADDRS,
     MAX_INV,
@@ -359,12 +359,12 @@ class PeerManager:
     def broadcast(self, msg: object, exclude: object = None) -> int:
         """Send ``msg`` to every ready peer but ``exclude`` (a peer or peers); how many got it."""
         skip = _as_set(exclude)
-        frame = encode_message(msg)
+        frame, bulk = encode_message(msg), is_bulk(msg)
         sent = 0
         for peer in self.peers:
             if id(peer) not in skip:
                 peer.note_inventory(msg)
-                sent += peer.send_frame(frame)
+                sent += peer.send_frame(frame, bulk)
         return sent
 
     def announce(self, kind: int, hash: bytes, exclude: object = None) -> int:
@@ -377,12 +377,13 @@ class PeerManager:
             if id(peer) in skip or peer.knows(kind, hash):
                 continue
             peer.mark_known(kind, hash)
-            sent += peer.send_frame(frame)
+            sent += peer.send_frame(frame, item.kind == InvKind.TX)
         return sent
 
     def announce_many(self, kind: int, hashes: list[bytes], exclude: object = None) -> int:
         """One INV per peer with the items it does not know (≤ MAX_INV each); peers told."""
         skip = _as_set(exclude)
+        inv_kind = InvKind(kind)
         told = 0
         for peer in self.peers:
             if id(peer) in skip:
@@ -392,9 +393,8 @@ class PeerManager:
                 batch = fresh[start : start + MAX_INV]
                 for h in batch:
                     peer.mark_known(kind, h)
-                peer.send_frame(
-                    encode_message(Inv(tuple(InvItem(InvKind(kind), h) for h in batch)))
-                )
+                items = tuple(InvItem(inv_kind, h) for h in batch)
+                peer.send_frame(encode_message(Inv(items)), bulk=inv_kind == InvKind.TX)
             told += bool(fresh)
         return told
 

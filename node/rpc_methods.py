@@ -58,6 +58,12 @@ def register_methods(rpc: RpcServer, node: Node) -> None:
             "genesis": c.genesis.hash.hex(),
             "peers": len(node.p2p.peers),
             "mempool": len(node.mempool),
+            "tx_relay": {
+                "wanted": len(node.txs.wanted),
+                "requested": len(node.txs.requested),
+                "admitting": len(node.txs.intake),
+                "dropped_announcements": node.txs.dropped,
+            },
             "mining": node.miner is not None and node.miner.running,
             "node_id": node.key.public_key.hex(),
             "p2p_port": node.p2p_port,

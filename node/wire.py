@@ -43,6 +43,9 @@ MAX_FRAME = 32 * 1024 * 1024
 MAX_INV = 1000
 """Most items in one inv, getdata or notfound."""
 MAX_HEADERS = 2000
+MAX_HEADERS_BYTES = 16 * 1024 * 1024
+"""A HEADERS reply also stops before this many bytes: a header carries its PoUW proof
+(h rows of A and w columns of B, k bytes each, with branches), up to ~130 KiB."""
 """Most headers in one headers reply."""
 MAX_LOCATOR = 64
 MAX_ADDRS = 1000
@@ -299,6 +302,24 @@ MESSAGE_TYPES: dict[MsgType, type] = {
 _TYPE_OF: dict[type, MsgType] = {cls: t for t, cls in MESSAGE_TYPES.items()}
 _FRAME_ARRAY = 0x92  # fixarray of two elements
 _ONE_FIELD = 0x91  # a one-field record (TxMsg) is a fixarray of one element
+
+
+def header_size_bound(header: BlockHeader) -> int:
+    """An upper bound on a header's encoded size, without encoding it."""
+    proof = header.proof
+    branches = sum(len(b) for b in proof.a_branches) + sum(len(b) for b in proof.b_branches)
+    return 512 + len(proof.a_rows) + len(proof.b_cols) + 34 * branches
+
+
+def headers_reply(headers: list[BlockHeader]) -> Headers:
+    """A HEADERS message with the first of ``headers`` that fit MAX_HEADERS and
+    MAX_HEADERS_BYTES (at least one)."""
+    total = 0
+    for n, header in enumerate(headers[:MAX_HEADERS]):
+        total += header_size_bound(header)
+        if total > MAX_HEADERS_BYTES and n:
+            return Headers(tuple(headers[:n]))
+    return Headers(tuple(headers[:MAX_HEADERS]))
 
 
 def message_type(msg: object) -> MsgType:

@@ -417,3 +417,44 @@ async def test_stop_closes_peers_and_leaves_no_tasks(make_peer: PeerFactory) -> 
     await asyncio.sleep(0)  # let finished callbacks run
     others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     assert others == []
+
+
+def test_a_headers_reply_fits_a_frame_even_when_proofs_are_large() -> None:
+    """A header carries its PoUW proof (h rows of A, w columns of B): 2,000 headers of a
+    k = 4,096 job would be ~260 MiB. The reply stops at MAX_HEADERS_BYTES instead, and
+    the requester asks again from the last header it got."""
+    import dataclasses
+
+    from consensus.encoding import encode_record
+    from node.wire import (
+        MAX_FRAME,
+        MAX_HEADERS_BYTES,
+        encode_message,
+        header_size_bound,
+        headers_reply,
+    )
+    from tests.consensus.chainkit import new_chain, next_block
+
+    chain, clock = new_chain()
+    header = next_block(chain, clock).header
+    k = 4096
+    proof = dataclasses.replace(
+        header.proof,
+        a_rows=bytes(16 * k),
+        b_cols=bytes(16 * k),
+        a_branches=tuple((bytes(32),) * 12 for _ in range(16)),
+        b_branches=tuple((bytes(32),) * 12 for _ in range(16)),
+    )
+    big = dataclasses.replace(header, proof=proof)
+    assert header_size_bound(big) >= len(encode_record(big))
+    reply = headers_reply([big] * 2000)
+    frame = encode_message(reply)
+    assert 0 < len(reply.headers) < 2000
+    assert len(frame) <= MAX_HEADERS_BYTES < MAX_FRAME
+    small = dataclasses.replace(
+        header,
+        proof=dataclasses.replace(
+            header.proof, a_rows=b"", b_cols=b"", a_branches=(), b_branches=()
+        ),
+    )
+    assert len(headers_reply([small] * 2500).headers) == 2000  # small ones: the count cap
