@@ -3,14 +3,14 @@
 N `pouw node` processes (node.testnet.Testnet, optionally each in its own
 network namespace behind netem) mine a devnet while one sender thread per
 node pushes signed transfers from the prefunded ``devnet-i`` accounts through
-batch JSON-RPC ``sendtransaction``. Account ``a`` always goes to node
+JSON-RPC ``sendtransactions`` batches. Account ``a`` always goes to node
 ``a % N``: a sender's nonces then arrive in order at one mempool, never as a
 gap at another. With ``--tx-rate`` the load is open-loop at that rate.
 Without it the senders go as fast as the network keeps up: each sender's pace
 grows while its node answers a getinfo probe within 30 ms and backs off when
-the answer takes over 100 ms or the mempool holds more than two blocks' worth.
-An open-loop flood past capacity measures a queue, not the chain: relay work
-piles up in the nodes' event loops and blocks wait behind it.
+the answer takes over 100 ms or the mempool holds more than 10,000 transactions.
+An open-loop flood past capacity measures a queue, not the chain: the nodes'
+relay pipelines fill and drop announcements, and latency grows with the queue.
 
 Everything is measured from the nodes' own records once the load stops and
 the nodes agree on a tip (``getblocktimes``: each block's first-seen time on
@@ -66,8 +66,8 @@ PROBE_S = 0.5
 LAG_LOW_S = 0.03
 LAG_HIGH_S = 0.1
 """A getinfo answered within LAG_LOW_S lets the pace grow; beyond LAG_HIGH_S it backs off."""
-BLOCK_CAPACITY = 5_000
-"""Transactions a node puts in one block template (node.Node._mining_work)."""
+MAX_BACKLOG = 10_000
+"""Adaptive pace: back off while the node's mempool holds more than this."""
 TRANSFER_FEE = 1_000
 TRANSFER_AMOUNT = 1
 
@@ -182,7 +182,7 @@ class _Sender(threading.Thread):
             # Without a fixed rate the pace adapts: it grows while the node answers
             # a probe quickly, and backs off when the node's event loop lags (its
             # queue of relay work is what delays blocks) or its mempool holds more
-            # than two blocks' worth.
+            # than MAX_BACKLOG transactions.
             adaptive = self.rate is None
             rate = self.rate if self.rate is not None else START_RATE
             next_due = time.monotonic()
@@ -195,7 +195,7 @@ class _Sender(threading.Thread):
                     lag = time.monotonic() - t0
                     backlog = info[0]["result"]["mempool"]
                     last_probe = time.monotonic()
-                    if lag > LAG_HIGH_S or backlog > 2 * BLOCK_CAPACITY:
+                    if lag > LAG_HIGH_S or backlog > MAX_BACKLOG:
                         rate = max(MIN_RATE, rate * 0.6)
                     elif lag < LAG_LOW_S:
                         rate *= 1.2
@@ -208,27 +208,25 @@ class _Sender(threading.Thread):
                 stale = [a for a in self.accounts if a.resync]
                 if stale:
                     await sync_nonces(stale)
-                txs, reqs = [], []
-                for i in range(batch):
+                txs = []
+                for _ in range(batch):
                     acct = self.accounts[cursor % len(self.accounts)]
                     cursor += 1
-                    tx = _sign(acct, self.chain_id)
-                    txs.append((acct, tx))
-                    reqs.append(
-                        {"jsonrpc": "2.0", "id": i, "method": "sendtransaction",
-                         "params": [encode_tx(tx).hex()]}
-                    )  # fmt: skip
+                    txs.append((acct, _sign(acct, self.chain_id)))
+                req = {"jsonrpc": "2.0", "id": 0, "method": "sendtransactions",
+                       "params": [[encode_tx(tx).hex() for _, tx in txs]]}  # fmt: skip
                 t_send = time.time()
-                replies = await call(reqs)
-                for r in replies:
-                    acct, tx = txs[r["id"]]
-                    if "result" in r:
-                        self.stats.sent[r["result"]] = t_send
+                reply = (await call([req]))[0]
+                if "error" in reply:
+                    raise RuntimeError(f"sendtransactions: {reply['error']['message']}")
+                for (acct, _tx), r in zip(txs, reply["result"], strict=True):
+                    if "txid" in r:
+                        self.stats.sent[r["txid"]] = t_send
                     else:
                         self.stats.rejected += 1
                         acct.resync = True
                         if len(self.stats.errors) < 5:
-                            self.stats.errors.append(r["error"]["message"])
+                            self.stats.errors.append(r["error"])
 
 
 def _collect(node: TestnetNode, count: int) -> dict[str, Any]:

@@ -57,6 +57,7 @@ from node.wire import (
     InvItem,
     NotFound,
     TxMsg,
+    encode_message,
     headers_reply,
 )
 
@@ -70,7 +71,11 @@ STALL_SECONDS = 10.0
 TEMPLATE_REFRESH_S = 1.0
 """A template on the same tip and job is rebuilt for new transactions at most this often."""
 TEMPLATE_COST_RATIO = 10.0
+TEMPLATE_MAX_TXS = 20_000
+"""Transactions a block template takes from the mempool, at most (half a devnet block
+holds ~27,000 transfers)."""
 BLOCK_TIMES_KEPT = 10_000
+BLOCK_FRAMES_KEPT = 8
 STORE_BATCH_S = 0.25
 """While catching up, blocks are written to the store in one transaction this often."""
 
@@ -104,6 +109,7 @@ class Node:
         self._null_jobs: OrderedDict[bytes, Job] = OrderedDict()
         self.txs = TxRelay(self)
         self._work_cost = 0.0
+        self._block_frames: OrderedDict[bytes, bytes] = OrderedDict()
         self._work: tuple[bytes, JobSpec, tuple[int, int], float, MiningWork] | None = None
         self.miner: Miner | None = None
         self.p2p_port = 0
@@ -271,7 +277,7 @@ class Node:
                 return work
         check_job_shape(job.spec, self.params)
         started = time.monotonic()
-        candidates = self.mempool.select(5_000, self.params.max_block_bytes // 2)
+        candidates = self.mempool.select(TEMPLATE_MAX_TXS, self.params.max_block_bytes // 2)
         template, included = self.chain.build_template(
             candidates, self.miner_address, job.spec, now_ms(), verified=True
         )
@@ -440,18 +446,33 @@ class Node:
             self.txs.on_inv(peer, txids)
 
     async def _on_getdata(self, peer: PeerSession, msg: GetData) -> None:
+        # Everything is queued at once: a GETDATA names up to MAX_INV items, and
+        # yielding the loop per item made one for 1,000 transactions take seconds
+        # (and held up the block request that the same peer sent right after it).
         missing = []
         for item in msg.items:
             if item.kind == INV_TX and (tx := self.mempool.get(item.hash)) is not None:
                 peer.mark_known(INV_TX, item.hash)
-                await peer.send(TxMsg(tx))
+                peer.send_nowait(TxMsg(tx))
             elif item.kind == INV_BLOCK and item.hash in self.chain.blocks:
                 peer.mark_known(INV_BLOCK, item.hash)
-                await peer.send(BlockMsg(self.chain.blocks[item.hash]))
+                peer.send_frame(self._block_frame(item.hash))
             else:
                 missing.append(item)
         if missing:
-            await peer.send(NotFound(tuple(missing)))
+            peer.send_nowait(NotFound(tuple(missing)))
+        await asyncio.sleep(0)
+
+    def _block_frame(self, h: bytes) -> bytes:
+        """The BLOCK frame of a block we have; the newest few are kept, since every
+        peer asks for a new block at about the same time."""
+        frame = self._block_frames.get(h)
+        if frame is None:
+            frame = encode_message(BlockMsg(self.chain.blocks[h]))
+            self._block_frames[h] = frame
+            while len(self._block_frames) > BLOCK_FRAMES_KEPT:
+                self._block_frames.popitem(last=False)
+        return frame
 
     async def _on_tx(self, peer: PeerSession, msg: TxMsg) -> None:
         self.txs.on_tx(peer, msg.tx)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +12,9 @@ from consensus.keys import address_to_text, parse_address
 from consensus.transactions import decode_tx
 from node.rpc import INVALID_PARAMS, REJECTED, RpcError, RpcServer
 from node.views import block_json, header_json, tx_json
+
+MAX_TX_BATCH = 1_000
+"""Transactions one sendtransactions call may carry."""
 
 if TYPE_CHECKING:
     from node.node import Node
@@ -128,6 +132,23 @@ def register_methods(rpc: RpcServer, node: Node) -> None:
             raise RpcError(REJECTED, f"transaction rejected: {e}") from None
         return txid.hex()
 
+    async def sendtransactions(txs_hex: list[str]) -> list[dict[str, str]]:
+        """Submit up to MAX_TX_BATCH transactions in one call (a wallet's or a load
+        generator's batch); per transaction, {"txid"} or {"error"} saying why not."""
+        if not isinstance(txs_hex, list) or len(txs_hex) > MAX_TX_BATCH:
+            raise RpcError(
+                INVALID_PARAMS, f"give a list of at most {MAX_TX_BATCH} hex transactions"
+            )
+        out: list[dict[str, str]] = []
+        for i, tx_hex in enumerate(txs_hex):
+            try:
+                out.append({"txid": await sendtransaction(tx_hex)})
+            except RpcError as e:
+                out.append({"error": e.message})
+            if i % 64 == 63:
+                await asyncio.sleep(0)  # a big batch does not hold up blocks and peers
+        return out
+
     async def getaccount(address: str) -> dict[str, Any]:
         addr = _address(address)
         balance, nonce = chain().state.account(addr)
@@ -232,5 +253,6 @@ def register_methods(rpc: RpcServer, node: Node) -> None:
     ]:
         rpc.method(name, fn)
     rpc.method("sendtransaction", sendtransaction, mutating=True)
+    rpc.method("sendtransactions", sendtransactions, mutating=True)
     rpc.method("setmining", setmining, mutating=True)
     rpc.method("stop", stop, mutating=True)

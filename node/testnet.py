@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from node.netns import NetnsLab
 
 TOPOLOGIES = ("full", "ring", "random")
+TIE_WAIT_S = 1.0
+"""settle(): how long equal-work tips may disagree before one more block is mined."""
 
 
 def peers_for(i: int, n: int, topology: str, rng: random.Random) -> list[int]:
@@ -227,13 +229,32 @@ class Testnet:
             for n in live:
                 n.call("setmining", False)
             deadline = time.monotonic() + timeout
+            tie_since = time.monotonic()
             while time.monotonic() < deadline:
-                if len({n.call("getinfo")["tip"] for n in live}) <= 1:
+                infos = [n.call("getinfo") for n in live]
+                if len({i["tip"] for i in infos}) <= 1:
                     return True
+                if len({i["work"] for i in infos}) > 1:
+                    tie_since = time.monotonic()  # a node is still catching up
+                elif time.monotonic() - tie_since > TIE_WAIT_S:
+                    # Two tips with equal work never resolve on their own (each node
+                    # keeps the one it saw first): one more block breaks the tie.
+                    self._mine_one_block(live[0], deadline)
+                    tie_since = time.monotonic()
                 time.sleep(0.1)
         except OSError:
             pass
         return False
+
+    @staticmethod
+    def _mine_one_block(node: TestnetNode, deadline: float) -> None:
+        height = node.call("getinfo")["height"]
+        node.call("setmining", True)
+        try:
+            while time.monotonic() < deadline and node.call("getinfo")["height"] <= height:
+                time.sleep(0.05)
+        finally:
+            node.call("setmining", False)
 
     def pids(self) -> list[int]:
         return [n.proc.pid for n in self.nodes if n.proc is not None]

@@ -235,3 +235,17 @@ async def test_a_node_far_behind_syncs_with_a_progress_bar(tmp_path):
             await far.stop()
     finally:
         await source.stop()
+
+
+async def test_sendtransactions_takes_a_batch_and_answers_each(node):
+    good = [transfer(ALICE, BOB, 5, n, chain_id=MID.chain_id) for n in range(3)]
+    gap = transfer(ALICE, BOB, 5, 9, chain_id=MID.chain_id)  # nonce 9 after 0..2
+    batch = [encode_tx(t).hex() for t in good] + ["zz", encode_tx(gap).hex()]
+    out = (await _rpc(node, "sendtransactions", batch))["result"]
+    assert [o.get("txid") for o in out[:3]] == [t.txid.hex() for t in good]
+    assert "not hex" in out[3]["error"] and "nonce" in out[4]["error"]
+    assert all(t.txid in node.mempool for t in good) and gap.txid not in node.mempool
+    too_many = await _rpc(node, "sendtransactions", ["00"] * 1001)
+    assert "at most 1000" in too_many["error"]["message"]
+    denied = await _rpc(node, "sendtransactions", batch[:1], token=False)
+    assert denied["error"]["code"] == -32001
