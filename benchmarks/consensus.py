@@ -58,6 +58,8 @@ from consensus.transactions import (
 from node.testnet import Testnet, TestnetNode, miner_key
 
 BATCH = 250
+LANES = 4
+"""Concurrent request streams per node, each with its own accounts."""
 """Transactions per JSON-RPC batch request."""
 START_RATE = 50.0
 MIN_RATE = 10.0
@@ -149,6 +151,7 @@ class _Sender(threading.Thread):
         self.enter = enter
         self.stats = _SenderStats()
         self.rates: list[tuple[float, float]] = []
+        self.pace = rate or START_RATE
 
     def run(self) -> None:
         if self.enter is not None:
@@ -178,55 +181,70 @@ class _Sender(threading.Thread):
                     a.nonce, a.resync = r["result"]["next_nonce"], False
 
             await sync_nonces(self.accounts)
-            cursor = 0
             # Without a fixed rate the pace adapts: it grows while the node answers
-            # a probe quickly, and backs off when the node's event loop lags (its
-            # queue of relay work is what delays blocks) or its mempool holds more
-            # than MAX_BACKLOG transactions.
-            adaptive = self.rate is None
-            rate = self.rate if self.rate is not None else START_RATE
-            next_due = time.monotonic()
-            last_probe = 0.0
-            while not self.stop_event.is_set():
-                now = time.monotonic()
-                if adaptive and now - last_probe > PROBE_S:
-                    t0 = time.monotonic()
-                    info = await call([{"jsonrpc": "2.0", "id": 0, "method": "getinfo"}])
-                    lag = time.monotonic() - t0
-                    backlog = info[0]["result"]["mempool"]
-                    last_probe = time.monotonic()
-                    if lag > LAG_HIGH_S or backlog > MAX_BACKLOG:
-                        rate = max(MIN_RATE, rate * 0.6)
-                    elif lag < LAG_LOW_S:
-                        rate *= 1.2
-                    self.rates.append((time.time(), rate))
-                if next_due > now:
-                    await asyncio.sleep(min(next_due - now, 0.05))
-                    continue
-                batch = max(1, min(BATCH, int(rate / 20)))
-                next_due = max(next_due, now - 0.1) + batch / rate
-                stale = [a for a in self.accounts if a.resync]
-                if stale:
-                    await sync_nonces(stale)
-                txs = []
-                for _ in range(batch):
-                    acct = self.accounts[cursor % len(self.accounts)]
-                    cursor += 1
-                    txs.append((acct, _sign(acct, self.chain_id)))
-                req = {"jsonrpc": "2.0", "id": 0, "method": "sendtransactions",
-                       "params": [[encode_tx(tx).hex() for _, tx in txs]]}  # fmt: skip
-                t_send = time.time()
-                reply = (await call([req]))[0]
-                if "error" in reply:
-                    raise RuntimeError(f"sendtransactions: {reply['error']['message']}")
-                for (acct, _tx), r in zip(txs, reply["result"], strict=True):
-                    if "txid" in r:
-                        self.stats.sent[r["txid"]] = t_send
-                    else:
-                        self.stats.rejected += 1
-                        acct.resync = True
-                        if len(self.stats.errors) < 5:
-                            self.stats.errors.append(r["error"])
+            # a probe quickly, and backs off when the node's event loop lags or its
+            # mempool holds more than MAX_BACKLOG transactions.
+            self.pace = self.rate if self.rate is not None else START_RATE
+            # Lanes own disjoint accounts, so their requests may overlap in flight
+            # (a node's answer takes a while under load) without reordering any
+            # account's nonces.
+            lanes = [a for a in (self.accounts[i::LANES] for i in range(LANES)) if a]
+            work = [self._lane(call, sync_nonces, accts, len(lanes)) for accts in lanes]
+            if self.rate is None:
+                work.append(self._probe(call))
+            await asyncio.gather(*work)
+
+    async def _probe(self, call: Callable[[list[dict[str, Any]]], Any]) -> None:
+        while not self.stop_event.is_set():
+            await asyncio.sleep(PROBE_S)
+            t0 = time.monotonic()
+            info = await call([{"jsonrpc": "2.0", "id": 0, "method": "getinfo"}])
+            lag = time.monotonic() - t0
+            if lag > LAG_HIGH_S or info[0]["result"]["mempool"] > MAX_BACKLOG:
+                self.pace = max(MIN_RATE, self.pace * 0.6)
+            elif lag < LAG_LOW_S:
+                self.pace *= 1.2
+            self.rates.append((time.time(), self.pace))
+
+    async def _lane(
+        self,
+        call: Callable[[list[dict[str, Any]]], Any],
+        sync_nonces: Callable[[list[_Account]], Any],
+        accounts: list[_Account],
+        lanes: int,
+    ) -> None:
+        cursor = 0
+        next_due = time.monotonic()
+        while not self.stop_event.is_set():
+            now = time.monotonic()
+            if next_due > now:
+                await asyncio.sleep(min(next_due - now, 0.05))
+                continue
+            rate = self.pace / lanes
+            batch = max(1, min(BATCH, int(rate / 20)))
+            next_due = max(next_due, now - 0.1) + batch / rate
+            stale = [a for a in accounts if a.resync]
+            if stale:
+                await sync_nonces(stale)
+            txs = []
+            for _ in range(batch):
+                acct = accounts[cursor % len(accounts)]
+                cursor += 1
+                txs.append((acct, _sign(acct, self.chain_id)))
+            req = {"jsonrpc": "2.0", "id": 0, "method": "sendtransactions",
+                   "params": [[encode_tx(tx).hex() for _, tx in txs]]}  # fmt: skip
+            t_send = time.time()
+            reply = (await call([req]))[0]
+            if "error" in reply:
+                raise RuntimeError(f"sendtransactions: {reply['error']['message']}")
+            for (acct, _tx), r in zip(txs, reply["result"], strict=True):
+                if "txid" in r:
+                    self.stats.sent[r["txid"]] = t_send
+                else:
+                    self.stats.rejected += 1
+                    acct.resync = True
+                    if len(self.stats.errors) < 5:
+                        self.stats.errors.append(r["error"])
 
 
 def _collect(node: TestnetNode, count: int) -> dict[str, Any]:
