@@ -66,7 +66,7 @@ class Mempool:
         self.ttl_ms = ttl_ms
         self.clock = clock  # milliseconds, for arrival times
         self._txs: dict[bytes, _Pending] = {}
-        self._senders: dict[bytes, dict[int, _Pending]] = {}
+        self._senders: dict[bytes, _Queue] = {}
         self._bytes = 0
         self._order = 0
 
@@ -129,10 +129,13 @@ class Mempool:
         sender = tx.sender_address
         account_nonce = state.nonce(sender)
         self._drop_stale(sender, account_nonce)
-        queue = self._senders.get(sender, {})
-        next_nonce = account_nonce
-        while next_nonce in queue:
-            next_nonce += 1
+        queue = self._senders.get(sender, _EMPTY)
+        if queue.is_run_from(account_nonce):
+            next_nonce = account_nonce + len(queue)
+        else:
+            next_nonce = account_nonce
+            while next_nonce in queue:
+                next_nonce += 1
         if tx.nonce < account_nonce:
             raise InvalidTransaction(
                 f"nonce: {tx.nonce} was already used (next is {account_nonce})"
@@ -195,12 +198,16 @@ class Mempool:
         """
         sender = tx.sender_address
         balance, account_nonce = state.account(sender)
-        queue = self._senders.get(sender, {})
-        ahead = [queue[n] for n in range(account_nonce, tx.nonce)]
-        start = balance - sum(p.spend for p in ahead)
+        queue = self._senders.get(sender, _EMPTY)
+        if queue.is_run_from(account_nonce) and tx.nonce == account_nonce + len(queue):
+            ahead_count, ahead_spend = len(queue), queue.spend  # appending: all are ahead
+        else:
+            ahead = [queue[n] for n in range(account_nonce, tx.nonce)]
+            ahead_count, ahead_spend = len(ahead), sum(p.spend for p in ahead)
+        start = balance - ahead_spend
         if start < 0:
             raise InvalidTransaction(
-                f"balance: the sender's {len(ahead)} pending transactions already spend "
+                f"balance: the sender's {ahead_count} pending transactions already spend "
                 f"more than its {balance}"
             )
         state.begin()
@@ -209,9 +216,9 @@ class Mempool:
             try:
                 apply_transaction(state, tx, height + 1, self.params)
             except InvalidTransaction as e:
-                if ahead:
+                if ahead_count:
                     raise InvalidTransaction(
-                        f"{e} (after its {len(ahead)} pending transactions)"
+                        f"{e} (after its {ahead_count} pending transactions)"
                     ) from None
                 raise
             return start - state.balance(sender)
@@ -238,21 +245,24 @@ class Mempool:
         p = _Pending(tx, size, _rate(tx.fee, size), spend, arrival_ms, self._order)
         self._order += 1
         self._txs[tx.txid] = p
-        self._senders.setdefault(tx.sender_address, {})[tx.nonce] = p
+        queue = self._senders.get(tx.sender_address)
+        if queue is None:
+            queue = self._senders[tx.sender_address] = _Queue()
+        queue.put(tx.nonce, p)
         self._bytes += size
 
     def _remove(self, p: _Pending) -> None:
         del self._txs[p.tx.txid]
         sender = p.tx.sender_address
         queue = self._senders[sender]
-        del queue[p.tx.nonce]
+        queue.take(p.tx.nonce)
         if not queue:
             del self._senders[sender]
         self._bytes -= p.size
 
     def _drop_stale(self, sender: bytes, account_nonce: int) -> None:
         queue = self._senders.get(sender)
-        if queue:
+        if queue and queue.low < account_nonce:
             for n in [n for n in queue if n < account_nonce]:
                 self._remove(queue[n])
 
@@ -267,7 +277,7 @@ class Mempool:
         """
         heap: list[tuple[int, int, bytes, int]] = []
         for addr, queue in self._senders.items():
-            n = min(queue)
+            n = queue.low
             p = queue[n]
             heap.append((-p.rate, p.order, addr, n))
         heapq.heapify(heap)
@@ -392,6 +402,44 @@ class Mempool:
                 self._remove(queue[n])
                 dropped += 1
         return dropped
+
+
+class _Queue(dict[int, "_Pending"]):
+    """One sender's pending transactions by nonce, with their lowest and highest
+    nonce and total spend kept up to date, so admitting the next nonce is O(1)."""
+
+    __slots__ = ("high", "low", "spend")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.low = self.high = self.spend = 0
+
+    def put(self, nonce: int, p: _Pending) -> None:
+        old = self.get(nonce)
+        if old is not None:
+            self.spend -= old.spend
+        elif not self:
+            self.low = self.high = nonce
+        else:
+            self.low, self.high = min(self.low, nonce), max(self.high, nonce)
+        self[nonce] = p
+        self.spend += p.spend
+
+    def take(self, nonce: int) -> None:
+        self.spend -= self.pop(nonce).spend
+        if not self:
+            return
+        if nonce == self.low:
+            self.low = nonce + 1 if nonce + 1 in self else min(self)
+        if nonce == self.high:
+            self.high = nonce - 1 if nonce - 1 in self else max(self)
+
+    def is_run_from(self, first: int) -> bool:
+        """Whether the nonces are exactly first, first + 1, … (or there are none)."""
+        return not self or (self.low == first and self.high - self.low + 1 == len(self))
+
+
+_EMPTY = _Queue()
 
 
 def _rate(fee: int, size: int) -> int:

@@ -260,3 +260,40 @@ def test_a_new_tip_drops_queued_spends_its_block_made_unaffordable():
     result = chain.add_block(block)
     mp.on_reorg(result.disconnected, [block], chain.state, chain.height)
     assert mp.txids() == [carol.txid]
+
+
+def test_long_queues_keep_their_bounds_and_spend_through_blocks_and_expiry():
+    """A sender's queue keeps its lowest and highest nonce and total spend so that the
+    next nonce is admitted in O(1); through appends, replacements, a mined block,
+    insufficient funds and expiry they must equal what the transactions say."""
+    from node.mempool import _Queue
+
+    chain, clock = new_chain()
+    tick = FixedClock()
+    mp = pool(ttl_ms=10_000, clock=tick)
+
+    def check() -> None:
+        for queue in mp._senders.values():
+            assert isinstance(queue, _Queue) and queue
+            assert (queue.low, queue.high) == (min(queue), max(queue))
+            assert queue.spend == sum(p.spend for p in queue.values())
+
+    for n in range(40):
+        tick.now = n * 100
+        mp.add(transfer(ALICE, BOB, 7, n, fee=10), chain.state, chain.height)
+        mp.add(transfer(BOB, CAROL, 3, n, fee=10), chain.state, chain.height)
+        check()
+    mp.add(transfer(ALICE, BOB, 9, 17, fee=50), chain.state, chain.height)  # replacement
+    check()
+    with pytest.raises(InvalidTransaction, match="gap"):
+        mp.add(transfer(ALICE, BOB, 7, 45, fee=10), chain.state, chain.height)
+    block = next_block(chain, clock, tuple(mp.select(25, 1 << 20)))
+    chain.add_block(block)
+    mp.on_reorg([], [block], chain.state, chain.height)
+    check()
+    assert mp.select(1, 1 << 20)[0].nonce >= 1
+    mp.add(transfer(ALICE, BOB, 7, 40, fee=10), chain.state, chain.height)  # next after run
+    check()
+    assert mp.expire(10_000 + 2_050) > 0  # the first ~20 nonces of each and all after
+    check()
+    assert len(mp) == 0 or all(q.low == chain.state.nonce(a) for a, q in mp._senders.items())
