@@ -63,8 +63,8 @@ def _public_key(text: str) -> bytes:
         value = b""
     if len(value) != 32:
         raise ValueError(
-            f"{text!r} is not a public key (64 hex digits): the key is sealed to it, so an "
-            "address is not enough; the grantee prints it with 'pouw data pubkey'"
+            f"{text!r} is not a public key (64 hex digits); the grantee prints it with "
+            "'pouw data pubkey'"
         )
     return value
 
@@ -144,7 +144,7 @@ def data_register(  # type: ignore[no-untyped-def]
 @data_cmd.command("grant")
 @common
 @click.argument("dataset")
-@click.argument("public_key")
+@click.argument("public_key", metavar="GRANTEE")
 @click.option(
     "--expires",
     type=click.IntRange(min=1),
@@ -165,9 +165,18 @@ def data_grant(  # type: ignore[no-untyped-def]
     expires,
     wait_s,
 ) -> None:
-    """Grant PUBLIC_KEY's account read access to DATASET (the data key sealed to it)."""
-    ds, pk = _dataset_id(dataset), _public_key(public_key)
+    """Grant GRANTEE (an address or a public key) read access to DATASET.
+
+    The data key is sealed to the grantee's public key: for an address, the node
+    finds it in a transaction the address has sent.
+    """
+    ds = _dataset_id(dataset)
     client = data_client(network, datadir, wallet, rpc_addr, block_time_ms)
+    if len(public_key) == 64:
+        pk = _public_key(public_key)
+    else:
+        who = address_to_text(parse_address(public_key))
+        pk = bytes.fromhex(client.rpc.call("getpublickey", who))
     out = client.grant(ds, pk, expires)
     _wait(client, out, wait_s)
     _emit(out, as_json)

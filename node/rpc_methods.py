@@ -149,6 +149,23 @@ def register_methods(rpc: RpcServer, node: Node) -> None:
                 await asyncio.sleep(0)  # a big batch does not hold up blocks and peers
         return out
 
+    async def getpublickey(address: str) -> str:
+        """The Ed25519 public key behind an address, from any transaction it has sent
+        (pending or on the active chain): what a data owner seals a grant to."""
+        addr = _address(address)
+        for tx in node.mempool.by_sender(addr):
+            return str(tx.sender.hex())
+        c = chain()
+        for height in range(c.height, 0, -1):
+            for t in c.block_at(height).txs:
+                if t.sender_address == addr:
+                    return str(t.sender.hex())
+        raise RpcError(
+            REJECTED,
+            f"{address} has not sent a transaction on this chain, so its public key is "
+            "unknown: ask its owner for it ('pouw data pubkey')",
+        )
+
     async def getaccount(address: str) -> dict[str, Any]:
         addr = _address(address)
         balance, nonce = chain().state.account(addr)
@@ -244,6 +261,7 @@ def register_methods(rpc: RpcServer, node: Node) -> None:
         ("getheaders", getheaders),
         ("gettransaction", gettransaction),
         ("getaccount", getaccount),
+        ("getpublickey", getpublickey),
         ("getbalance", getbalance),
         ("getmempool", getmempool),
         ("getpeers", getpeers),

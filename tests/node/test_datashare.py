@@ -233,7 +233,11 @@ def test_the_cli_registers_grants_fetches_audits_and_revokes(tmp_path):
         )
         assert reg.exit_code == 0, reg.output
         ds = json.loads(reg.stdout)["dataset_id"]
-        pk = json.loads(run("data", "pubkey", "--wallet", reader, "--json").stdout)["public_key"]
+        ident = json.loads(run("data", "pubkey", "--wallet", reader, "--json").stdout)
+        pk = ident["public_key"]
+        # By address, the node must find the key in a transaction: the reader sent none.
+        unknown = run("data", "grant", ds, ident["address"], "--wallet", owner, *at)
+        assert unknown.exit_code != 0 and "has not sent a transaction" in unknown.stderr
         granted = run("data", "grant", ds, pk, "--expires", "500", "--wallet", owner, *at)
         assert granted.exit_code == 0, granted.output
         out = tmp_path / "fetched.csv"
@@ -250,6 +254,10 @@ def test_the_cli_registers_grants_fetches_audits_and_revokes(tmp_path):
         assert published.exit_code == 0, published.output
         model = json.loads(published.stdout)
         assert model["height"] > 0 and model["access_log_nonce"] == nonce
+        # Now the reader's key is on chain: a grant by address finds it.
+        regrant = run("data", "grant", ds, ident["address"], "--wallet", owner, *at)
+        assert regrant.exit_code == 0, regrant.output
+        assert json.loads(regrant.stdout)["grantee"] == ident["address"]
         refused = run("data", "fetch", ds, "--out", str(out), "--wallet", stranger, *at)
         assert refused.exit_code != 0 and "has no grant" in refused.stderr
         assert run("data", "revoke", ds, pk, "--wallet", owner, *at).exit_code == 0
@@ -261,6 +269,7 @@ def test_the_cli_registers_grants_fetches_audits_and_revokes(tmp_path):
             "grant",
             "access_log",
             "model",
+            "grant",
             "revoke",
         ]
         [m] = audit["models"]
