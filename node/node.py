@@ -47,6 +47,7 @@ from node.sync_progress import SyncProgress
 from node.txrelay import TxRelay
 from node.wire import (
     MAX_HEADERS,
+    TXS_BATCH_BYTES,
     BlobChunk,
     BlobGet,
     BlockMsg,
@@ -57,6 +58,7 @@ from node.wire import (
     InvItem,
     NotFound,
     TxMsg,
+    TxsMsg,
     encode_message,
     headers_reply,
 )
@@ -407,6 +409,8 @@ class Node:
             await self._on_inv(peer, msg)
         elif isinstance(msg, GetData):
             await self._on_getdata(peer, msg)
+        elif isinstance(msg, TxsMsg):
+            await self._on_txs(peer, msg)
         elif isinstance(msg, TxMsg):
             await self._on_tx(peer, msg)
         elif isinstance(msg, BlockMsg):
@@ -430,8 +434,7 @@ class Node:
 
     async def _on_inv(self, peer: PeerSession, msg: Inv) -> None:
         wanted, txids = [], []
-        for item in msg.items:
-            peer.mark_known(item.kind, item.hash)
+        for item in msg.items:  # the peer knows them all (PeerSession.note_inventory)
             if item.kind == INV_TX:
                 txids.append(item.hash)
             elif item.kind == INV_BLOCK:
@@ -450,15 +453,22 @@ class Node:
         # yielding the loop per item made one for 1,000 transactions take seconds
         # (and held up the block request that the same peer sent right after it).
         missing = []
+        txs: list[Any] = []  # sent in TXS frames of up to TXS_BATCH_BYTES
+        size = 0
         for item in msg.items:
             if item.kind == INV_TX and (tx := self.mempool.get(item.hash)) is not None:
                 peer.mark_known(INV_TX, item.hash)
-                peer.send_nowait(TxMsg(tx))
+                txs.append(tx)
+                size += len(tx.encoded)
+                if size >= TXS_BATCH_BYTES:
+                    _send_txs(peer, txs)
+                    txs, size = [], 0
             elif item.kind == INV_BLOCK and item.hash in self.chain.blocks:
                 peer.mark_known(INV_BLOCK, item.hash)
                 peer.send_frame(self._block_frame(item.hash))
             else:
                 missing.append(item)
+        _send_txs(peer, txs)
         if missing:
             peer.send_nowait(NotFound(tuple(missing)))
         await asyncio.sleep(0)
@@ -476,6 +486,10 @@ class Node:
 
     async def _on_tx(self, peer: PeerSession, msg: TxMsg) -> None:
         self.txs.on_tx(peer, msg.tx)
+
+    async def _on_txs(self, peer: PeerSession, msg: TxsMsg) -> None:
+        for tx in msg.txs:
+            self.txs.on_tx(peer, tx)
 
     async def _on_block(self, peer: PeerSession, msg: BlockMsg) -> None:
         block = msg.block
@@ -630,6 +644,13 @@ class Node:
                     self.metrics.hashrate.set(self.miner.hashrate())
             except Exception:
                 log.exception("housekeeping failed")
+
+
+def _send_txs(peer: PeerSession, txs: list[Any]) -> None:
+    if len(txs) == 1:
+        peer.send_nowait(TxMsg(txs[0]))
+    elif txs:
+        peer.send_nowait(TxsMsg(tuple(txs)))
 
 
 def _who(peer: PeerSession | None) -> str:

@@ -42,6 +42,7 @@ from node.wire import (
     Message,
     Ping,
     TxMsg,
+    TxsMsg,
     decode_message,
     encode_message,
 )
@@ -151,7 +152,7 @@ def is_bulk(msg: object) -> bool:
     """Whether a message may wait behind blocks, headers and control messages:
     transactions, inventory and requests that only name transactions, blob chunks."""
     t = type(msg)
-    if t is TxMsg or t is BlobChunk:
+    if t is TxMsg or t is TxsMsg or t is BlobChunk:
         return True
     if t is Inv or t is GetData:
         return all(item.kind == InvKind.TX for item in msg.items)  # type: ignore[attr-defined]
@@ -402,6 +403,9 @@ class PeerSession:
                 self.known.add(item.key)
         elif type(msg) is TxMsg:
             self.known.add((int(InvKind.TX), msg.tx.txid))
+        elif type(msg) is TxsMsg:
+            for tx in msg.txs:
+                self.known.add((int(InvKind.TX), tx.txid))
         elif type(msg) is BlockMsg:
             self.known.add((int(InvKind.BLOCK), msg.block.hash))
 

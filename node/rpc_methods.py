@@ -62,6 +62,7 @@ def register_methods(rpc: RpcServer, node: Node) -> None:
             "genesis": c.genesis.hash.hex(),
             "peers": len(node.p2p.peers),
             "mempool": len(node.mempool),
+            "p2p": node.p2p.stats.as_dict(),
             "tx_relay": {
                 "wanted": len(node.txs.wanted),
                 "requested": len(node.txs.requested),

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar
 
+import msgpack
+
 from consensus.blocks import Block, BlockHeader
 from consensus.encoding import (
     U16,
@@ -37,12 +39,14 @@ from consensus.hashing import tagged_hash
 from consensus.transactions import MAX_DATASET_CHUNK_SIZE, Transaction
 from node.errors import ProtocolViolation
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_FRAME = 32 * 1024 * 1024
 """Largest frame a peer may send: a full block (16 MiB) fits with room."""
 MAX_INV = 1000
 """Most items in one inv, getdata or notfound."""
 MAX_HEADERS = 2000
+TXS_BATCH_BYTES = 1024 * 1024
+"""A TXS frame is closed once its transactions reach this many bytes."""
 MAX_HEADERS_BYTES = 16 * 1024 * 1024
 """A HEADERS reply also stops before this many bytes: a header carries its PoUW proof
 (h rows of A and w columns of B, k bytes each, with branches), up to ~130 KiB."""
@@ -80,6 +84,7 @@ class MsgType(IntEnum):
     GETADDR = 14
     ADDR = 15
     CLOSE = 16
+    TXS = 17
 
 
 class InvKind(IntEnum):
@@ -182,6 +187,16 @@ class TxMsg:
 
 
 @dataclass(frozen=True)
+class TxsMsg:
+    """Several requested transactions in one frame (a GETDATA's answer, in batches of
+    at most MAX_INV and about TXS_BATCH_BYTES): one frame and one socket write for
+    many transactions instead of one each."""
+
+    txs: tuple[Transaction, ...]
+    SCHEMA: ClassVar[Schema] = (Field("txs", ListOf(RecordOf(Transaction), max=MAX_INV)),)
+
+
+@dataclass(frozen=True)
 class BlockMsg:
     block: Block
     SCHEMA: ClassVar[Schema] = (Field("block", RecordOf(Block)),)
@@ -279,6 +294,7 @@ Message = (
     | GetAddr
     | Addr
     | Close
+    | TxsMsg
 )
 
 MESSAGE_TYPES: dict[MsgType, type] = {
@@ -298,6 +314,7 @@ MESSAGE_TYPES: dict[MsgType, type] = {
     MsgType.GETADDR: GetAddr,
     MsgType.ADDR: Addr,
     MsgType.CLOSE: Close,
+    MsgType.TXS: TxsMsg,
 }
 _TYPE_OF: dict[type, MsgType] = {cls: t for t, cls in MESSAGE_TYPES.items()}
 _FRAME_ARRAY = 0x92  # fixarray of two elements
@@ -337,8 +354,15 @@ def encode_message(msg: object) -> bytes:
     """
     msg_type = message_type(msg)
     if msg_type is MsgType.TX:
-        # The most frequent frame: reuse the transaction's cached canonical bytes.
+        # The most frequent frames: reuse the transactions' cached canonical bytes.
         return bytes((_FRAME_ARRAY, msg_type, _ONE_FIELD)) + msg.tx.encoded  # type: ignore[attr-defined]
+    if msg_type is MsgType.TXS and 0 < len(msg.txs) <= MAX_INV:  # type: ignore[attr-defined]
+        txs = msg.txs  # type: ignore[attr-defined]
+        n = len(txs)
+        head = bytes((0x90 | n,)) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
+        return b"".join(
+            [bytes((_FRAME_ARRAY, msg_type, _ONE_FIELD)), head, *(t.encoded for t in txs)]
+        )
     return bytes((_FRAME_ARRAY, msg_type)) + encode_record(msg)
 
 
@@ -360,6 +384,14 @@ def decode_message(data: bytes, max_size: int = MAX_FRAME) -> Message:
     except ValueError:
         raise ProtocolViolation(f"unknown message type {raw_type}") from None
     cls = MESSAGE_TYPES[msg_type]
+    if msg_type in _ITEM_MESSAGES:
+        fast = _decode_items(cls, bytes(data[2:]))
+        if fast is not None:
+            return fast
+    elif msg_type is MsgType.TXS:
+        batch = _decode_txs(bytes(data[2:]), max_size)
+        if batch is not None:
+            return batch
     try:
         if msg_type is MsgType.TX and data[2] == _ONE_FIELD:
             # Decoded as the transaction itself, so it keeps its wire bytes (txid).
@@ -371,6 +403,65 @@ def decode_message(data: bytes, max_size: int = MAX_FRAME) -> Message:
     except (ValueError, TypeError, EncodeError) as e:  # a record's own __post_init__ check
         raise ProtocolViolation(f"bad {msg_type.name}: {e}") from None
     return msg
+
+
+_ITEM_MESSAGES = frozenset({MsgType.INV, MsgType.GETDATA, MsgType.NOTFOUND})
+_INV_KINDS = {int(k): k for k in InvKind}
+
+
+def _decode_items(cls: type, body: bytes) -> Message | None:
+    """INV, GETDATA and NOTFOUND, the most numerous items on the wire, without the
+    generic decoder's per-item records: unpacked at C speed, each item checked, and
+    accepted only if packing the items again gives back exactly ``body`` (so the
+    encoding is canonical). None for anything else: the generic decoder words it."""
+    try:
+        wire = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
+    except Exception:
+        return None
+    if type(wire) is not list or len(wire) != 1:
+        return None
+    raw = wire[0]
+    if type(raw) is not list or len(raw) > MAX_INV:
+        return None
+    items = []
+    kinds = _INV_KINDS
+    for w in raw:
+        if type(w) is not list or len(w) != 2:
+            return None
+        k, h = w
+        kind = kinds.get(k) if type(k) is int else None
+        if kind is None or type(h) is not bytes or len(h) != 32:
+            return None
+        items.append(InvItem(kind, h))
+    if msgpack.packb(wire, use_bin_type=True) != body:
+        return None
+    msg: Message = cls(tuple(items))
+    return msg
+
+
+def _decode_txs(body: bytes, max_size: int) -> TxsMsg | None:
+    """A TXS frame, each transaction decoded from its own bytes (so it keeps them for
+    its txid, as a TX frame's does); None if the frame is not a plain canonical one."""
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(body), 1))
+    unpacker.feed(body)
+    try:
+        if unpacker.read_array_header() != 1:
+            return None
+        n = unpacker.read_array_header()
+        if not 0 < n <= MAX_INV or body[:1] != bytes((_ONE_FIELD,)):
+            return None
+        spans = []
+        for _ in range(n):
+            start = unpacker.tell()
+            unpacker.skip()
+            spans.append((start, unpacker.tell()))
+        if unpacker.tell() != len(body):
+            return None
+        txs = tuple(decode_record(Transaction, body[a:b], max_size) for a, b in spans)
+    except Exception:  # the generic decoder gives the verdict and the words
+        return None
+    msg = TxsMsg(txs)
+    return msg if encode_message(msg)[2:] == body else None
 
 
 def auth_digest(challenge: bytes, signer_id: bytes, verifier_id: bytes) -> bytes:

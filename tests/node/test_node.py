@@ -249,3 +249,26 @@ async def test_sendtransactions_takes_a_batch_and_answers_each(node):
     assert "at most 1000" in too_many["error"]["message"]
     denied = await _rpc(node, "sendtransactions", batch[:1], token=False)
     assert denied["error"]["code"] == -32001
+
+
+async def test_transactions_travel_in_batches_both_ways(node):
+    from consensus.encoding import encode_record
+    from node.wire import TxsMsg, encode_message
+
+    a, b = await _peer(node), await _peer(node)
+    txs = tuple(transfer(ALICE, BOB, 5, n, chain_id=MID.chain_id) for n in range(3))
+    assert encode_message(TxsMsg(txs))[3:] == encode_record(TxsMsg(txs))[1:]  # fast path
+    await a.send(Inv(tuple(InvItem(INV_TX, t.txid) for t in txs)))
+    await a.wait_for_message(GetData)
+    await a.send(TxsMsg(txs))  # one frame answers the whole GETDATA
+    await a.sync()
+    await b.wait_for(lambda: all(t.txid in node.mempool for t in txs))
+    await b.send(GetData(tuple(InvItem(INV_TX, t.txid) for t in txs)))
+    got = await b.wait_for_message(TxsMsg)
+    assert got.txs == txs
+    # A batch may not smuggle in a transaction nobody asked for.
+    extra = transfer(BOB, ALICE, 1, 0, chain_id=MID.chain_id)
+    await a.send(TxsMsg((extra,)))
+    reason = await a.wait_for_close()
+    assert reason is not None and "unrequested transaction" in reason
+    await b.close()
