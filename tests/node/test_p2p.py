@@ -463,14 +463,30 @@ def test_a_headers_reply_fits_a_frame_even_when_proofs_are_large() -> None:
     assert len(headers_reply([small] * 2500).headers) == 2000  # small ones: the count cap
 
 
+def _fast_and_generic(cls: type, frame: bytes) -> tuple[bool, Any]:
+    """Whether decode_message (with its fast paths) gives what the generic record
+    decoder gives for this frame (the same message, or a refusal), and its message."""
+    from consensus.encoding import decode_record
+    from consensus.errors import DecodeError
+    from node.wire import decode_message
+
+    try:
+        expected: object = decode_record(cls, frame[2:], 1 << 20)
+    except (DecodeError, ValueError, TypeError):
+        expected = None
+    try:
+        got: object = decode_message(frame)
+    except ProtocolViolation:
+        got = None
+    return got == expected, got
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.data())
 def test_inventory_frames_decode_fast_exactly_as_the_generic_decoder(data: Any) -> None:
     """INV/GETDATA/NOTFOUND take a fast path; on any frame, valid or mutated, it must
     give what the generic record decoder gives (the same message, or an error)."""
-    from consensus.encoding import decode_record
-    from consensus.errors import DecodeError
-    from node.wire import Inv, InvItem, MsgType, decode_message, encode_message
+    from node.wire import Inv, InvItem, MsgType, encode_message
 
     n = data.draw(st.integers(0, 20))
     items = tuple(
@@ -481,15 +497,7 @@ def test_inventory_frames_decode_fast_exactly_as_the_generic_decoder(data: Any) 
     for _ in range(data.draw(st.integers(0, 3))):
         frame[data.draw(st.integers(2, len(frame) - 1))] = data.draw(st.integers(0, 255))
     frame = frame[: data.draw(st.integers(3, len(frame)))]
-    try:
-        expected: object = decode_record(Inv, bytes(frame[2:]), 1 << 20)
-    except (DecodeError, ValueError, TypeError):
-        expected = None
-    try:
-        got: object = decode_message(bytes(frame))
-    except ProtocolViolation:
-        got = None
-    assert got == expected
+    assert _fast_and_generic(Inv, bytes(frame))[0]
     assert frame[1] == MsgType.INV
 
 
@@ -503,23 +511,14 @@ def _signed_transfers() -> tuple[Any, ...]:
 @settings(max_examples=100, deadline=None)
 @given(st.data())
 def test_transaction_batches_decode_fast_exactly_as_the_generic_decoder(data: Any) -> None:
-    from consensus.encoding import decode_record
-    from consensus.errors import DecodeError
-    from node.wire import TxsMsg, decode_message, encode_message
+    from node.wire import TxsMsg, encode_message
 
     txs = _signed_transfers()[: data.draw(st.integers(1, 20))]
     frame = bytearray(encode_message(TxsMsg(txs)))
     for _ in range(data.draw(st.integers(0, 2))):
         frame[data.draw(st.integers(2, len(frame) - 1))] = data.draw(st.integers(0, 255))
     frame = frame[: data.draw(st.integers(3, len(frame)))]
-    try:
-        expected: object = decode_record(TxsMsg, bytes(frame[2:]), 1 << 20)
-    except (DecodeError, ValueError, TypeError):
-        expected = None
-    try:
-        got: object = decode_message(bytes(frame))
-    except ProtocolViolation:
-        got = None
-    assert got == expected
+    same, got = _fast_and_generic(TxsMsg, bytes(frame))
+    assert same
     if got is not None:
         assert all(t.__dict__.get("encoded") for t in got.txs)  # txids need no re-encoding
