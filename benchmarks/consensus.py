@@ -183,8 +183,7 @@ class _Sender(threading.Thread):
             await sync_nonces(self.accounts)
             # Without a fixed rate the pace adapts: it grows while the node answers
             # a probe quickly, and backs off when the node's event loop lags or its
-            # mempool holds more than MAX_BACKLOG transactions.
-            self.pace = self.rate if self.rate is not None else START_RATE
+            # mempool holds more than MAX_BACKLOG transactions (self.pace, from START_RATE).
             # Lanes own disjoint accounts, so their requests may overlap in flight
             # (a node's answer takes a while under load) without reordering any
             # account's nonces.

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar
 
-import msgpack
-
 from consensus.blocks import Block, BlockHeader
 from consensus.encoding import (
     U16,
@@ -384,14 +382,6 @@ def decode_message(data: bytes, max_size: int = MAX_FRAME) -> Message:
     except ValueError:
         raise ProtocolViolation(f"unknown message type {raw_type}") from None
     cls = MESSAGE_TYPES[msg_type]
-    if msg_type in _ITEM_MESSAGES:
-        fast = _decode_items(cls, bytes(data[2:]))
-        if fast is not None:
-            return fast
-    elif msg_type is MsgType.TXS:
-        batch = _decode_txs(bytes(data[2:]), max_size)
-        if batch is not None:
-            return batch
     try:
         if msg_type is MsgType.TX and data[2] == _ONE_FIELD:
             # Decoded as the transaction itself, so it keeps its wire bytes (txid).
@@ -403,65 +393,6 @@ def decode_message(data: bytes, max_size: int = MAX_FRAME) -> Message:
     except (ValueError, TypeError, EncodeError) as e:  # a record's own __post_init__ check
         raise ProtocolViolation(f"bad {msg_type.name}: {e}") from None
     return msg
-
-
-_ITEM_MESSAGES = frozenset({MsgType.INV, MsgType.GETDATA, MsgType.NOTFOUND})
-_INV_KINDS = {int(k): k for k in InvKind}
-
-
-def _decode_items(cls: type, body: bytes) -> Message | None:
-    """INV, GETDATA and NOTFOUND, the most numerous items on the wire, without the
-    generic decoder's per-item records: unpacked at C speed, each item checked, and
-    accepted only if packing the items again gives back exactly ``body`` (so the
-    encoding is canonical). None for anything else: the generic decoder words it."""
-    try:
-        wire = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
-    except Exception:
-        return None
-    if type(wire) is not list or len(wire) != 1:
-        return None
-    raw = wire[0]
-    if type(raw) is not list or len(raw) > MAX_INV:
-        return None
-    items = []
-    kinds = _INV_KINDS
-    for w in raw:
-        if type(w) is not list or len(w) != 2:
-            return None
-        k, h = w
-        kind = kinds.get(k) if type(k) is int else None
-        if kind is None or type(h) is not bytes or len(h) != 32:
-            return None
-        items.append(InvItem(kind, h))
-    if msgpack.packb(wire, use_bin_type=True) != body:
-        return None
-    msg: Message = cls(tuple(items))
-    return msg
-
-
-def _decode_txs(body: bytes, max_size: int) -> TxsMsg | None:
-    """A TXS frame, each transaction decoded from its own bytes (so it keeps them for
-    its txid, as a TX frame's does); None if the frame is not a plain canonical one."""
-    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(body), 1))
-    unpacker.feed(body)
-    try:
-        if unpacker.read_array_header() != 1:
-            return None
-        n = unpacker.read_array_header()
-        if not 0 < n <= MAX_INV or body[:1] != bytes((_ONE_FIELD,)):
-            return None
-        spans = []
-        for _ in range(n):
-            start = unpacker.tell()
-            unpacker.skip()
-            spans.append((start, unpacker.tell()))
-        if unpacker.tell() != len(body):
-            return None
-        txs = tuple(decode_record(Transaction, body[a:b], max_size) for a, b in spans)
-    except Exception:  # the generic decoder gives the verdict and the words
-        return None
-    msg = TxsMsg(txs)
-    return msg if encode_message(msg)[2:] == body else None
 
 
 def auth_digest(challenge: bytes, signer_id: bytes, verifier_id: bytes) -> bytes:

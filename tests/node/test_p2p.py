@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from consensus.blocks import EMPTY_PROOF, Block, BlockHeader, JobSpec
 from consensus.keys import PrivateKey
@@ -461,64 +458,3 @@ def test_a_headers_reply_fits_a_frame_even_when_proofs_are_large() -> None:
         ),
     )
     assert len(headers_reply([small] * 2500).headers) == 2000  # small ones: the count cap
-
-
-def _fast_and_generic(cls: type, frame: bytes) -> tuple[bool, Any]:
-    """Whether decode_message (with its fast paths) gives what the generic record
-    decoder gives for this frame (the same message, or a refusal), and its message."""
-    from consensus.encoding import decode_record
-    from consensus.errors import DecodeError
-    from node.wire import decode_message
-
-    try:
-        expected: object = decode_record(cls, frame[2:], 1 << 20)
-    except (DecodeError, ValueError, TypeError):
-        expected = None
-    try:
-        got: object = decode_message(frame)
-    except ProtocolViolation:
-        got = None
-    return got == expected, got
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.data())
-def test_inventory_frames_decode_fast_exactly_as_the_generic_decoder(data: Any) -> None:
-    """INV/GETDATA/NOTFOUND take a fast path; on any frame, valid or mutated, it must
-    give what the generic record decoder gives (the same message, or an error)."""
-    from node.wire import Inv, InvItem, MsgType, encode_message
-
-    n = data.draw(st.integers(0, 20))
-    items = tuple(
-        InvItem(data.draw(st.sampled_from([1, 2])), data.draw(st.binary(min_size=32, max_size=32)))
-        for _ in range(n)
-    )
-    frame = bytearray(encode_message(Inv(items)))
-    for _ in range(data.draw(st.integers(0, 3))):
-        frame[data.draw(st.integers(2, len(frame) - 1))] = data.draw(st.integers(0, 255))
-    frame = frame[: data.draw(st.integers(3, len(frame)))]
-    assert _fast_and_generic(Inv, bytes(frame))[0]
-    assert frame[1] == MsgType.INV
-
-
-@functools.cache
-def _signed_transfers() -> tuple[Any, ...]:
-    from tests.consensus.chainkit import ALICE, BOB, MID, transfer
-
-    return tuple(transfer(ALICE, BOB, 5, n, chain_id=MID.chain_id) for n in range(20))
-
-
-@settings(max_examples=100, deadline=None)
-@given(st.data())
-def test_transaction_batches_decode_fast_exactly_as_the_generic_decoder(data: Any) -> None:
-    from node.wire import TxsMsg, encode_message
-
-    txs = _signed_transfers()[: data.draw(st.integers(1, 20))]
-    frame = bytearray(encode_message(TxsMsg(txs)))
-    for _ in range(data.draw(st.integers(0, 2))):
-        frame[data.draw(st.integers(2, len(frame) - 1))] = data.draw(st.integers(0, 255))
-    frame = frame[: data.draw(st.integers(3, len(frame)))]
-    same, got = _fast_and_generic(TxsMsg, bytes(frame))
-    assert same
-    if got is not None:
-        assert all(t.__dict__.get("encoded") for t in got.txs)  # txids need no re-encoding
