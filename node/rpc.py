@@ -34,7 +34,7 @@ REJECTED = -32002  # a valid request the node refused (invalid transaction, unkn
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 BATCH_YIELD = 32
-"""A JSON-RPC batch yields the event loop after this many requests."""
+"""A JSON-RPC batch (or a sendtransactions list) yields the event loop this often."""
 COOKIE_NAME = ".cookie"
 
 

@@ -10,7 +10,7 @@ from consensus.blocks import Block
 from consensus.errors import DecodeError, InvalidTransaction
 from consensus.keys import address_to_text, parse_address
 from consensus.transactions import decode_tx
-from node.rpc import INVALID_PARAMS, REJECTED, RpcError, RpcServer
+from node.rpc import BATCH_YIELD, INVALID_PARAMS, REJECTED, RpcError, RpcServer
 from node.views import block_json, header_json, tx_json
 
 MAX_TX_BATCH = 1_000
@@ -146,7 +146,7 @@ def register_methods(rpc: RpcServer, node: Node) -> None:
                 out.append({"txid": await sendtransaction(tx_hex)})
             except RpcError as e:
                 out.append({"error": e.message})
-            if i % 64 == 63:
+            if i % BATCH_YIELD == BATCH_YIELD - 1:
                 await asyncio.sleep(0)  # a big batch does not hold up blocks and peers
         return out
 
