@@ -15,6 +15,7 @@ import click
 from consensus.keys import PrivateKey, address_to_text, parse_address
 from consensus.params import NETWORKS
 from consensus.transactions import TransferPayload, encode_tx, signed_transaction
+from node import collector
 from node.config import NodeConfig, default_datadir, load_config_file, parse_hostport
 from node.rpc_client import RpcCallError, RpcClient
 
@@ -190,6 +191,7 @@ def node_cmd(
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     config.datadir.mkdir(parents=True, exist_ok=True)
     _setup_logging(config.datadir, log_level)
+    collector.tune()
     asyncio.run(_run_node(config))
 
 
@@ -201,6 +203,7 @@ async def _run_node(config: NodeConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, node.request_stop)
     await node.start()
+    collector.freeze()  # the loaded chain stays; the collector need not walk it again
     await node.wait_stopped()
     await node.stop()
 

@@ -22,6 +22,8 @@ from aiohttp import WSMsgType, web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from node import collector
+
 log = logging.getLogger("pouw.rpc")
 
 PARSE_ERROR = -32700
@@ -84,6 +86,10 @@ class Metrics:
         self.txs = Counter("pouw_txs", "Transactions by outcome", ["outcome"], registry=r)
         self.bans = Counter("pouw_bans", "Peers banned", registry=r)
         self.mined = Counter("pouw_blocks_mined", "Blocks mined by this node", registry=r)
+        self.gc_seconds = Gauge(
+            "pouw_gc_pause_seconds", "Seconds spent in cyclic garbage collection", registry=r
+        )
+        self.gc_seconds.set_function(collector.pause_seconds)
 
 
 class RpcServer:

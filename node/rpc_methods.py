@@ -10,6 +10,7 @@ from consensus.blocks import Block
 from consensus.errors import DecodeError, InvalidTransaction
 from consensus.keys import address_to_text, parse_address
 from consensus.transactions import decode_tx
+from node import collector
 from node.rpc import BATCH_YIELD, INVALID_PARAMS, REJECTED, RpcError, RpcServer
 from node.views import block_json, header_json, tx_json
 
@@ -74,6 +75,7 @@ def register_methods(rpc: RpcServer, node: Node) -> None:
             "p2p_port": node.p2p_port,
             "uptime_s": round(time.time() - node.started_at, 1),
             "sync": node.sync_progress.state(),
+            "gc": collector.stats(),
         }
 
     async def getblock(block_hash: str, verbose: bool = True) -> dict[str, Any]:
