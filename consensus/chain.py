@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from enum import Enum
 
@@ -102,7 +103,7 @@ class Chain:
         self.orphans: OrderedDict[bytes, Block] = OrderedDict()
         # Txids whose signatures the caller has already checked (a node's mempool):
         # the same bytes give the same verdict, so block import need not redo them.
-        self.verified_txids: Callable[[], set[bytes]] | None = None
+        self.verified_txids: Callable[[], AbstractSet[bytes]] | None = None
         self._seq = 1
         # Hashes of entries added, or whose status changed, since the node last
         # persisted them: the store saves exactly these and clears them, so a

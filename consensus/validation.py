@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from consensus import datashare, market
@@ -291,7 +292,7 @@ def apply_body(
     state: State,
     block: Block,
     params: NetworkParams,
-    verified_txids: set[bytes] | None,
+    verified_txids: AbstractSet[bytes] | None,
     parent: BlockHeader,
 ) -> Undo:
     """Apply the block's transactions and coinbase; on any failure the state is unchanged.

@@ -18,14 +18,19 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, KeysView, Sequence
 from dataclasses import dataclass
 
 from consensus.blocks import Block
 from consensus.errors import InvalidTransaction
 from consensus.params import NetworkParams
 from consensus.state import State
-from consensus.transactions import Transaction, check_tx_form, check_tx_stateless
+from consensus.transactions import (
+    Transaction,
+    TransferPayload,
+    check_tx_form,
+    check_tx_stateless,
+)
 from consensus.validation import apply_transaction
 
 DEFAULT_MAX_TXS = 50_000
@@ -43,6 +48,7 @@ class _Pending:
     spend: int  # how much the sender's balance drops when it applies
     arrival_ms: int
     order: int  # admission counter: ties in rate go to the first come
+    transfer: bool  # a plain transfer: its validity depends on nonce and balance only
 
 
 def _now_ms() -> int:
@@ -99,9 +105,10 @@ class Mempool:
         queue = self._senders.get(addr, {})
         return [queue[n].tx for n in sorted(queue)]
 
-    def verified_txids(self) -> set[bytes]:
-        """Txids whose form and signature were checked on admission (for apply_body)."""
-        return set(self._txs)
+    def verified_txids(self) -> KeysView[bytes]:
+        """Txids whose form and signature were checked on admission (for apply_body):
+        a live view, not a copy (a block is connected with tens of thousands pending)."""
+        return self._txs.keys()
 
     # ------------------------------------------------------------ admission
 
@@ -242,7 +249,8 @@ class Mempool:
 
     def _insert(self, tx: Transaction, spend: int, arrival_ms: int) -> None:
         size = len(tx.encoded)
-        p = _Pending(tx, size, _rate(tx.fee, size), spend, arrival_ms, self._order)
+        transfer = type(tx.payload) is TransferPayload
+        p = _Pending(tx, size, _rate(tx.fee, size), spend, arrival_ms, self._order, transfer)
         self._order += 1
         self._txs[tx.txid] = p
         queue = self._senders.get(tx.sender_address)
@@ -349,11 +357,22 @@ class Mempool:
         self._readmit([*returned, *pending], state, height, skip=in_connected)
 
     def _recheck_senders(self, senders: Iterable[bytes], state: State, height: int) -> None:
-        """Check these senders' queues again against ``state``, keeping what still applies."""
+        """Check these senders' queues again against ``state``, keeping what still applies.
+
+        A queue of plain transfers is kept as it is when its nonces start at the
+        account's and the account can pay its total spend: a transfer applies
+        if its nonce is next and the balance covers its fee and amount, and
+        every earlier part of the queue spends less than the whole. Re-applying
+        each one would reach the same verdicts, at a cost per pending
+        transaction on every block.
+        """
         candidates: list[tuple[Transaction, int]] = []
         for sender in senders:
             queue = self._senders.get(sender)
             if not queue:
+                continue
+            balance, nonce = state.account(sender)
+            if not queue.others and queue.is_run_from(nonce) and queue.spend <= balance:
                 continue
             for n in sorted(queue):
                 p = queue[n]
@@ -408,25 +427,31 @@ class _Queue(dict[int, "_Pending"]):
     """One sender's pending transactions by nonce, with their lowest and highest
     nonce and total spend kept up to date, so admitting the next nonce is O(1)."""
 
-    __slots__ = ("high", "low", "spend")
+    __slots__ = ("high", "low", "others", "spend")
 
     def __init__(self) -> None:
         super().__init__()
         self.low = self.high = self.spend = 0
+        self.others = 0
+        """How many are not plain transfers."""
 
     def put(self, nonce: int, p: _Pending) -> None:
         old = self.get(nonce)
         if old is not None:
             self.spend -= old.spend
+            self.others -= not old.transfer
         elif not self:
             self.low = self.high = nonce
         else:
             self.low, self.high = min(self.low, nonce), max(self.high, nonce)
         self[nonce] = p
         self.spend += p.spend
+        self.others += not p.transfer
 
     def take(self, nonce: int) -> None:
-        self.spend -= self.pop(nonce).spend
+        p = self.pop(nonce)
+        self.spend -= p.spend
+        self.others -= not p.transfer
         if not self:
             return
         if nonce == self.low:

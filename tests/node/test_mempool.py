@@ -3,6 +3,7 @@ replace-by-fee, eviction when full, blocks, reorgs and expiry."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import pytest
@@ -277,6 +278,7 @@ def test_long_queues_keep_their_bounds_and_spend_through_blocks_and_expiry():
             assert isinstance(queue, _Queue) and queue
             assert (queue.low, queue.high) == (min(queue), max(queue))
             assert queue.spend == sum(p.spend for p in queue.values())
+            assert queue.others == sum(not p.transfer for p in queue.values())
 
     for n in range(40):
         tick.now = n * 100
@@ -297,3 +299,50 @@ def test_long_queues_keep_their_bounds_and_spend_through_blocks_and_expiry():
     assert mp.expire(10_000 + 2_050) > 0  # the first ~20 nonces of each and all after
     check()
     assert len(mp) == 0 or all(q.low == chain.state.nonce(a) for a, q in mp._senders.items())
+
+
+def test_after_a_block_the_pool_keeps_exactly_what_readmission_from_scratch_would():
+    """Queues of transfers skip re-application after a block (nonce and total spend
+    decide); what stays must be what admitting every pending transaction again,
+    in nonce order, against the new tip would keep."""
+    import random
+
+    rng = random.Random(7)
+    chain, clock = new_chain()
+    mp = pool()
+    senders = [ALICE, BOB, CAROL, DAVE]
+    balances = {k.address: chain.state.balance(k.address) for k in senders}
+    pending: list = []
+    for sender in senders:
+        for n in range(12):
+            to = senders[(senders.index(sender) + 1 + n % 3) % 4]
+            amount = rng.randrange(1, balances[sender.address] // 30)
+            tx = transfer(sender, to, amount, n, fee=10 + n)
+            mp.add(tx, chain.state, chain.height)
+            pending.append(tx)
+    # The block takes some of each queue, and spends most of Bob's balance with a
+    # nonce of his that the pool holds another transaction for.
+    bob_nonce = 3
+    heavy = transfer(BOB, CAROL, balances[BOB.address] * 9 // 10, bob_nonce, fee=99)
+    included = [
+        tx
+        for tx in pending
+        if tx.nonce < 2 or (tx.sender == BOB.public_key.data and tx.nonce < bob_nonce)
+    ]
+    block = next_block(chain, clock, (*included, heavy))
+    result = chain.add_block(block)
+    assert result.status == "connected"
+    mp.on_reorg([], [block], chain.state, chain.height)
+
+    fresh = pool()
+    in_block = {tx.txid for tx in block.txs}
+    for tx in sorted(pending, key=lambda t: (t.sender, t.nonce)):
+        if tx.txid in in_block:
+            continue
+        with contextlib.suppress(InvalidTransaction):
+            fresh.add(tx, chain.state, chain.height)
+    assert set(mp.txids()) == set(fresh.txids())
+    bob_kept = [tx for tx in mp.select(100, 1 << 20) if tx.sender == BOB.public_key.data]
+    assert 0 < len(bob_kept) < 12 - bob_nonce - 1  # a prefix of what he can still pay for
+    assert sum(tx.fee + tx.payload.amount for tx in bob_kept) <= chain.state.balance(BOB.address)
+    assert len(mp) - len(bob_kept) == 3 * 10  # the other queues stayed whole
