@@ -73,7 +73,15 @@ _MISSING = object()
 
 @dataclass
 class Undo:
-    """What one block changed: (table, key, previous value or None if absent), in order."""
+    """What one block changed: each (table, key) it wrote, once, with the value it had
+    before the block (None if absent). Reverting the entries restores that state.
+
+    A block of n transfers writes 2n account entries but usually far fewer
+    distinct accounts, so only a key's first write is kept: its previous value
+    is the one from before the block, and every later write to the key is
+    undone by restoring it. The undo record is then as long as the set of keys
+    the block touched, which is what the store writes on every block.
+    """
 
     entries: list[tuple[str, Any, Any]] = field(default_factory=list)
     prev_root: bytes = GENESIS_PARENT_ROOT
@@ -165,7 +173,7 @@ class State:
             raise RuntimeError("no block is being applied")
         root = self._pending_root or next_root(self.root, self._changes(self._journal))
         journal, self._journal, self._pending_root = self._journal, None, None
-        undo = Undo(entries=journal, prev_root=self.root)
+        undo = Undo(entries=_first_writes(journal), prev_root=self.root)
         self.root = root
         return undo
 
@@ -194,6 +202,18 @@ class State:
         if self._pending_root is None:
             self._pending_root = next_root(self.root, self._changes(self._journal))
         return self._pending_root
+
+
+def _first_writes(journal: list[tuple[str, Any, Any]]) -> list[tuple[str, Any, Any]]:
+    """The journal's first entry for each (table, key), in order (see ``Undo``)."""
+    seen: set[tuple[str, Any]] = set()
+    out = []
+    for entry in journal:
+        table_key = (entry[0], entry[1])
+        if table_key not in seen:
+            seen.add(table_key)
+            out.append(entry)
+    return out
 
 
 def _plain(value: Any) -> Any:

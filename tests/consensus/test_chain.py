@@ -147,6 +147,8 @@ def test_apply_then_undo_restores_the_identical_state(transfers):
     before = (chain.state.snapshot(), chain.state.root)
     undo = apply_body(chain.state, Block(header, included), MID, None, chain.tip.header)
     assert chain.state.root == header.state_root
+    touched = [(table, key) for table, key, _ in undo.entries]
+    assert len(touched) == len(set(touched))  # one entry per key the block wrote
     chain.state.undo(undo)
     assert (chain.state.snapshot(), chain.state.root) == before
 
