@@ -521,12 +521,90 @@ def _lean_value(kind: Kind, value: Any) -> object:
     raise _GiveUp
 
 
+# ------------------------------------------- records that hold self-encoding records
+#
+# A record that caches its canonical bytes (a transaction's ``encoded``: its
+# txid, signing digest and size are all computed from them) is often held by
+# the thousand in a list (a block's transactions, a TXS message). A msgpack
+# array is its header followed by its items' encodings, so such a list is
+# assembled from the cached bytes instead of encoding every item again. It
+# also pays on decoding: the canonical check (encode the decoded record and
+# compare) encodes each transaction once and leaves its ``encoded`` set, so
+# its txid costs one hash and no second encoding.
+
+
+def _caches_encoding(cls: type) -> bool:
+    return type(getattr(cls, "encoded", None)) is cached_property
+
+
+_assemblies: dict[type, frozenset[str] | None] = {}
+
+
+def _assembly_of(cls: type) -> frozenset[str] | None:
+    """The fields of ``cls`` assembled from cached encodings (lists of records that cache
+    theirs, or records that have such fields), or None if it has none."""
+    if cls in _assemblies:
+        return _assemblies[cls]
+    names = set()
+    for name, step, arg in _plan_of(cls):
+        holder = step == _RECORD and _assembly_of(arg) is not None
+        items = (
+            step == _OTHER
+            and type(arg) is ListOf
+            and type(arg.item) is RecordOf
+            and _caches_encoding(arg.item.record)
+        )
+        if holder or items:
+            names.add(name)
+    assembled = frozenset(names) or None
+    _assemblies[cls] = assembled
+    return assembled
+
+
+def _array_head(n: int) -> bytes:
+    """The shortest msgpack array header for ``n`` items (what msgpack writes)."""
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def _assemble(obj: object, assembled: frozenset[str]) -> bytes:
+    """The lean encoding of ``obj``, its ``assembled`` fields from cached item bytes."""
+    plan = _plan_of(type(obj))
+    others = iter(_lean_record(obj, assembled))  # the other fields' wire values, in order
+    parts = [_array_head(len(plan))]
+    for name, step, arg in plan:
+        if name not in assembled:
+            parts.append(_pack(next(others)))
+            continue
+        value = getattr(obj, name)
+        if step == _RECORD:
+            if type(value) is not arg:
+                raise _GiveUp
+            parts.append(_assemble(value, _assemblies[arg]))  # type: ignore[arg-type]
+            continue
+        item = arg.item.record
+        if type(value) is not tuple or len(value) > arg.max:
+            raise _GiveUp
+        parts.append(_array_head(len(value)))
+        for v in value:
+            if type(v) is not item:
+                raise _GiveUp
+            parts.append(v.encoded)  # EncodeError for a malformed item: the generic path words it
+    return b"".join(parts)
+
+
 def encode_record(obj: object, *, omit: frozenset[str] = frozenset()) -> bytes:
     """Canonical bytes of a record; ``omit`` drops top-level fields (e.g. a signature).
 
     Raises EncodeError naming the field if any value has the wrong type or range.
     """
     try:
+        assembled = None if omit else _assembly_of(type(obj))
+        if assembled is not None:
+            return _assemble(obj, assembled)
         wire = _lean_record(obj, omit)
     except Exception:
         # Whatever stopped the lean encoder, the generic one gives the verdict

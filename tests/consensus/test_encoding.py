@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import msgpack
 import pytest
@@ -31,6 +31,9 @@ from consensus.encoding import (
     encode_record,
 )
 from consensus.errors import DecodeError, EncodeError
+from consensus.transactions import Transaction
+
+TX_RECORD = RecordOf(Transaction)
 
 
 @dataclass(frozen=True)
@@ -282,3 +285,54 @@ def test_a_decoded_transaction_keeps_its_wire_bytes() -> None:
     assert decoded == tx
     assert decoded.__dict__["encoded"] == wire  # txid needs no re-encoding
     assert decoded.txid == tx.txid
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """A record holding a list of transactions (as a block or a TXS message does)."""
+
+    note: int
+    txs: tuple[Any, ...]
+    SCHEMA: ClassVar[Schema] = (Field("note", U16), Field("txs", ListOf(TX_RECORD, max=70_000)))
+
+
+@dataclass(frozen=True)
+class _Holder:
+    batch: _Batch
+    SCHEMA: ClassVar[Schema] = (Field("batch", RecordOf(_Batch)),)
+
+
+def _unsigned_transfers(count: int) -> list[Any]:
+    from consensus.transactions import UNSIGNED, Transaction, TransferPayload, TxKind
+
+    return [
+        Transaction(1, TxKind.TRANSFER, bytes(32), n, 10, TransferPayload(bytes(20), 1), UNSIGNED)
+        for n in range(count)
+    ]
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 300, 65_535, 65_536])
+def test_lists_of_transactions_are_assembled_from_their_cached_bytes(count: int) -> None:
+    """A list of transactions is encoded from each one's cached canonical bytes;
+    the result must be exactly what the field-by-field encoder gives (every
+    array header width included), and decoding must leave each transaction
+    holding its own slice of the input."""
+    from consensus.encoding import _pack, _record_to_wire
+
+    txs = _unsigned_transfers(count)
+    holder = _Holder(_Batch(7, tuple(txs)))
+    wire = encode_record(holder)
+    assert wire == _pack(_record_to_wire(holder, ""))
+    decoded = decode_record(_Holder, wire, max_size=len(wire))
+    assert decoded == holder
+    for got, sent in zip(decoded.batch.txs, txs, strict=True):
+        assert got.__dict__["encoded"] == sent.encoded  # cached: its txid needs no encoding
+
+
+def test_a_malformed_transaction_in_a_list_is_named() -> None:
+    import dataclasses as dc
+
+    txs = _unsigned_transfers(3)
+    txs[1] = dc.replace(txs[1], fee=-1)
+    with pytest.raises(EncodeError, match=r"batch\.txs\[1\]\.fee"):
+        encode_record(_Holder(_Batch(0, tuple(txs))))
