@@ -31,6 +31,7 @@ from consensus.pow import Job, MinedBlock, check_job_shape, null_job
 from consensus.validation import check_header_pow
 from kernels.attempt import warm_up
 from node.blobs import BlobExchange
+from node.compact import CompactRelay
 from node.config import NodeConfig
 from node.errors import ProtocolViolation
 from node.market import MarketService
@@ -51,11 +52,15 @@ from node.wire import (
     BlobChunk,
     BlobGet,
     BlockMsg,
+    BlockTxn,
+    CompactBlock,
+    GetBlockTxn,
     GetData,
     GetHeaders,
     Headers,
     Inv,
     InvItem,
+    InvKind,
     NotFound,
     TxMsg,
     TxsMsg,
@@ -65,8 +70,9 @@ from node.wire import (
 
 log = logging.getLogger("pouw.node")
 
-INV_TX = 1
-INV_BLOCK = 2
+INV_TX = int(InvKind.TX)
+INV_BLOCK = int(InvKind.BLOCK)
+INV_CMPCT = int(InvKind.CMPCT_BLOCK)
 DOWNLOAD_WINDOW = 256  # blocks requested ahead of the connected tip
 PER_PEER_INFLIGHT = 32
 STALL_SECONDS = 10.0
@@ -110,6 +116,7 @@ class Node:
         self.sync_progress = SyncProgress(draw=config.progress)
         self._null_jobs: OrderedDict[bytes, Job] = OrderedDict()
         self.txs = TxRelay(self)
+        self.compact = CompactRelay(self)
         self._work_cost = 0.0
         self._block_frames: OrderedDict[bytes, bytes] = OrderedDict()
         self._work: tuple[bytes, JobSpec, tuple[int, int], float, MiningWork] | None = None
@@ -345,6 +352,8 @@ class Node:
     def _after_chain_change(self, result: AddResult) -> None:
         if result.connected:
             connected = [self.chain.blocks[h] for h in result.connected]
+            for b in connected:
+                self.compact.block_connected(b)
             self.mempool.on_reorg(
                 list(result.disconnected), connected, self.chain.state, self.chain.height
             )
@@ -399,6 +408,7 @@ class Node:
         self.metrics.peers.set(len(self.p2p.peers))
         self.blobs.peer_closed(peer)
         self.txs.peer_closed(peer)
+        self.compact.peer_closed(peer)
         for h, (p, _) in list(self._inflight.items()):
             if p is peer:
                 del self._inflight[h]
@@ -415,6 +425,12 @@ class Node:
             await self._on_tx(peer, msg)
         elif isinstance(msg, BlockMsg):
             await self._on_block(peer, msg)
+        elif isinstance(msg, CompactBlock):
+            await self.compact.on_compact_block(peer, msg)
+        elif isinstance(msg, BlockTxn):
+            await self.compact.on_block_txn(peer, msg)
+        elif isinstance(msg, GetBlockTxn):
+            self.compact.on_get_block_txn(peer, msg)
         elif isinstance(msg, GetHeaders):
             await self._on_getheaders(peer, msg)
         elif isinstance(msg, Headers):
@@ -428,6 +444,7 @@ class Node:
                 peer.take_requested(item.kind, item.hash)
                 if item.kind == INV_TX:
                     self.txs.not_found(peer, item.hash)
+                self.compact.not_found(peer, item)
                 if self._inflight.get(item.hash, (None, 0))[0] is peer:
                     del self._inflight[item.hash]
             self._schedule_downloads()
@@ -439,12 +456,15 @@ class Node:
                 txids.append(item.hash)
             elif item.kind == INV_BLOCK:
                 known = self.chain.contains(item.hash) or item.hash in self._pending_headers
-                if not known and item.hash not in self._inflight:
+                busy = item.hash in self._inflight or self.compact.pending(item.hash)
+                if not known and not busy:
                     wanted.append(item)
             else:
-                raise ProtocolViolation(f"inv: unknown item kind {item.kind}")
-        if wanted:
-            peer.request(wanted)
+                raise ProtocolViolation(f"inv: {item.kind.name} is never announced")
+        if wanted and (self._download or self._sync_target):
+            peer.request(wanted)  # catching up: we hold none of their transactions
+        elif wanted:
+            self.compact.request(peer, [item.hash for item in wanted])
         if txids:
             self.txs.on_inv(peer, txids)
 
@@ -466,6 +486,8 @@ class Node:
             elif item.kind == INV_BLOCK and item.hash in self.chain.blocks:
                 peer.mark_known(INV_BLOCK, item.hash)
                 peer.send_frame(self._block_frame(item.hash))
+            elif item.kind == INV_CMPCT and item.hash in self.chain.blocks:
+                self.compact.serve(peer, item.hash)
             else:
                 missing.append(item)
         _send_txs(peer, txs)
@@ -493,10 +515,15 @@ class Node:
 
     async def _on_block(self, peer: PeerSession, msg: BlockMsg) -> None:
         block = msg.block
-        h = block.hash
-        if not peer.take_requested(INV_BLOCK, h):
+        if not peer.take_requested(INV_BLOCK, block.hash):
             raise ProtocolViolation("unrequested block")
-        peer.mark_known(INV_BLOCK, h)
+        peer.mark_known(INV_BLOCK, block.hash)
+        await self.accept_block(block, peer)
+
+    async def accept_block(self, block: Block, peer: PeerSession) -> None:
+        """A block ``peer`` sent, whole or rebuilt from a compact block: the next one of
+        the headers-first download, or one announced at the tip."""
+        h = block.hash
         if h in self._pending_headers:
             self._inflight.pop(h, None)
             if block.header != self._pending_headers[h]:
@@ -579,7 +606,7 @@ class Node:
         for i, h in enumerate(self._download):
             if i >= DOWNLOAD_WINDOW or free <= 0:
                 break  # a block arriving frees one slot: the scan stops right there
-            if h in inflight or h in downloaded:
+            if h in inflight or h in downloaded or self.compact.pending(h):
                 continue
             height = pending[h].height
             best = None
@@ -639,6 +666,7 @@ class Node:
                     self._flush_store()
                 self.mempool.expire(now_ms())
                 self.txs.expire()
+                self.compact.expire()
                 self.metrics.mempool.set(len(self.mempool))
                 if self.miner is not None:
                     self.metrics.hashrate.set(self.miner.hashrate())

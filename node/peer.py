@@ -34,7 +34,9 @@ from node.wire import (
     MAX_INV,
     BlobChunk,
     BlockMsg,
+    BlockTxn,
     Close,
+    CompactBlock,
     GetData,
     Inv,
     InvItem,
@@ -395,7 +397,7 @@ class PeerSession:
         return msg
 
     def note_inventory(self, msg: object) -> None:
-        """Mark the items an Inv, TxMsg or BlockMsg carries as known to this peer."""
+        """Mark the items an Inv, a transaction or block message carries as known to this peer."""
         # Whatever crosses this connection either way is known to the peer: it is
         # never announced back to it.
         if type(msg) is Inv:
@@ -408,6 +410,11 @@ class PeerSession:
                 self.known.add((int(InvKind.TX), tx.txid))
         elif type(msg) is BlockMsg:
             self.known.add((int(InvKind.BLOCK), msg.block.hash))
+        elif type(msg) is CompactBlock:
+            self.known.add((int(InvKind.BLOCK), msg.header.hash))
+        elif type(msg) is BlockTxn:
+            for tx in msg.txs:
+                self.known.add((int(InvKind.TX), tx.txid))
 
     # ----------------------------------------------------------- inventory
 

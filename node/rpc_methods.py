@@ -70,6 +70,7 @@ def register_methods(rpc: RpcServer, node: Node) -> None:
                 "admitting": len(node.txs.intake),
                 "dropped_announcements": node.txs.dropped,
             },
+            "compact": node.compact.stats.as_dict(),
             "mining": node.miner is not None and node.miner.running,
             "node_id": node.key.public_key.hex(),
             "p2p_port": node.p2p_port,

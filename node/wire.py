@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar
 
-from consensus.blocks import Block, BlockHeader
+from consensus.blocks import MAX_TXS_PER_BLOCK, Block, BlockHeader
 from consensus.encoding import (
     U16,
     U32,
@@ -37,7 +37,7 @@ from consensus.hashing import tagged_hash
 from consensus.transactions import MAX_DATASET_CHUNK_SIZE, Transaction
 from node.errors import ProtocolViolation
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 MAX_FRAME = 32 * 1024 * 1024
 """Largest frame a peer may send: a full block (16 MiB) fits with room."""
 MAX_INV = 1000
@@ -83,6 +83,9 @@ class MsgType(IntEnum):
     ADDR = 15
     CLOSE = 16
     TXS = 17
+    CMPCTBLOCK = 18
+    GETBLOCKTXN = 19
+    BLOCKTXN = 20
 
 
 class InvKind(IntEnum):
@@ -90,6 +93,8 @@ class InvKind(IntEnum):
 
     TX = 1
     BLOCK = 2
+    CMPCT_BLOCK = 3
+    """Only in a GETDATA: "send me this block as a CMPCTBLOCK" (never announced)."""
 
 
 # ------------------------------------------------------------------ records
@@ -201,6 +206,49 @@ class BlockMsg:
 
 
 @dataclass(frozen=True)
+class CompactBlock:
+    """A block as its header and its transactions' ids, in order (BIP 152 in spirit).
+
+    A peer that already holds the transactions (they were relayed before the
+    block was found) rebuilds the block from them and asks with GETBLOCKTXN
+    only for those it lacks, so a block's transactions cross each link once
+    and are decoded and hashed once per node. Ids are whole txids: 32 bytes
+    each, with no short-id collisions to resolve.
+    """
+
+    header: BlockHeader
+    txids: tuple[bytes, ...]
+    SCHEMA: ClassVar[Schema] = (
+        Field("header", RecordOf(BlockHeader)),
+        Field("txids", ListOf(HASH, max=MAX_TXS_PER_BLOCK)),
+    )
+
+
+@dataclass(frozen=True)
+class GetBlockTxn:
+    """The transactions at ``indexes`` (ascending) of a block sent as a CMPCTBLOCK."""
+
+    block_hash: bytes
+    indexes: tuple[int, ...]
+    SCHEMA: ClassVar[Schema] = (
+        Field("block_hash", HASH),
+        Field("indexes", ListOf(U32, max=MAX_TXS_PER_BLOCK)),
+    )
+
+
+@dataclass(frozen=True)
+class BlockTxn:
+    """The answer to GETBLOCKTXN: the transactions asked for, in the order asked."""
+
+    block_hash: bytes
+    txs: tuple[Transaction, ...]
+    SCHEMA: ClassVar[Schema] = (
+        Field("block_hash", HASH),
+        Field("txs", ListOf(RecordOf(Transaction), max=MAX_TXS_PER_BLOCK)),
+    )
+
+
+@dataclass(frozen=True)
 class GetHeaders:
     """Headers after the first locator hash we know, up to ``stop`` (zeros = no stop)."""
 
@@ -293,6 +341,9 @@ Message = (
     | Addr
     | Close
     | TxsMsg
+    | CompactBlock
+    | GetBlockTxn
+    | BlockTxn
 )
 
 MESSAGE_TYPES: dict[MsgType, type] = {
@@ -313,6 +364,9 @@ MESSAGE_TYPES: dict[MsgType, type] = {
     MsgType.ADDR: Addr,
     MsgType.CLOSE: Close,
     MsgType.TXS: TxsMsg,
+    MsgType.CMPCTBLOCK: CompactBlock,
+    MsgType.GETBLOCKTXN: GetBlockTxn,
+    MsgType.BLOCKTXN: BlockTxn,
 }
 _TYPE_OF: dict[type, MsgType] = {cls: t for t, cls in MESSAGE_TYPES.items()}
 _FRAME_ARRAY = 0x92  # fixarray of two elements

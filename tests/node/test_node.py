@@ -7,17 +7,29 @@ block), so blocks for gossip tests are mined for real in milliseconds.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 
 import aiohttp
 import pytest
 
 from consensus.blocks import Block
-from consensus.transactions import encode_tx
+from consensus.pow import null_job
+from consensus.transactions import Transaction, encode_tx
 from node.config import NodeConfig
-from node.node import INV_BLOCK, INV_TX, Node
-from node.wire import BlockMsg, GetData, Headers, Inv, InvItem, TxMsg
-from tests.consensus.chainkit import ALICE, BOB, MID, new_chain, next_block, transfer
+from node.node import INV_BLOCK, INV_CMPCT, INV_TX, Node
+from node.wire import (
+    BlockMsg,
+    BlockTxn,
+    CompactBlock,
+    GetBlockTxn,
+    GetData,
+    Headers,
+    Inv,
+    InvItem,
+    TxMsg,
+)
+from tests.consensus.chainkit import ALICE, BOB, MID, new_chain, next_block, remine, transfer
 from tests.node.p2p_testkit import TestPeer
 
 
@@ -43,13 +55,17 @@ async def node_sees(node: Node, peer: TestPeer) -> None:
     await peer.wait_for(lambda: any(p.node_id == peer.node_id for p in node.p2p.peers))
 
 
-def _block_for(node: Node) -> Block:
+def _block_for(node: Node, txs: tuple[Transaction, ...] = ()) -> Block:
     """A valid next block for the node's tip, mined on a private copy of its chain."""
     chain, clock = new_chain()
     for h in node.chain.active[1:]:
         chain.add_block(node.chain.blocks[h])
     clock.now = max(clock.now, node.chain.tip.header.timestamp_ms)
-    return next_block(chain, clock)
+    return next_block(chain, clock, txs)
+
+
+def _compact(block: Block) -> CompactBlock:
+    return CompactBlock(block.header, tuple(tx.txid for tx in block.txs))
 
 
 async def test_transaction_gossip_is_requested_relayed_and_never_echoed(node):
@@ -69,18 +85,85 @@ async def test_transaction_gossip_is_requested_relayed_and_never_echoed(node):
     await b.close()
 
 
-async def test_a_valid_block_is_requested_connected_and_relayed(node):
+async def test_a_block_at_the_tip_is_rebuilt_from_the_mempool_and_relayed(node):
+    """An announced block is asked for as a compact block (header + txids); the node
+    takes what its mempool holds, asks only for the missing transaction, connects
+    the block and announces it."""
     a, b = await _peer(node), await _peer(node)
-    block = _block_for(node)
+    held = transfer(ALICE, BOB, 500, 0, chain_id=MID.chain_id)
+    lacked = transfer(BOB, ALICE, 700, 0, chain_id=MID.chain_id)
+    await _rpc(node, "sendtransaction", encode_tx(held).hex())
+    block = _block_for(node, (held, lacked))
     await a.send(Inv((InvItem(INV_BLOCK, block.hash),)))
-    await a.wait_for_message(GetData)
-    await a.send(BlockMsg(block))
+    getdata = await a.wait_for_message(GetData)
+    assert getdata.items == (InvItem(INV_CMPCT, block.hash),)
+    await a.send(_compact(block))
+    ask = await a.wait_for_message(GetBlockTxn)
+    assert ask == GetBlockTxn(block.hash, (block.txs.index(lacked),))
+    await a.send(BlockTxn(block.hash, (lacked,)))
     await b.wait_for(
         lambda: any(isinstance(m, Inv) and m.items[0].hash == block.hash for m in b.received)
     )
     assert node.chain.tip.hash == block.hash and node.chain.height == 1
+    assert node.compact.stats.as_dict() | {"served": 0} == {
+        "received": 1, "complete": 0, "txs_fetched": 1, "served": 0
+    }  # fmt: skip
+    # b asks for it compactly too: the node answers with the txids, then the txs.
+    await b.send(GetData((InvItem(INV_CMPCT, block.hash),)))
+    assert await b.wait_for_message(CompactBlock) == _compact(block)
+    await b.send(GetBlockTxn(block.hash, (0, 1)))
+    assert (await b.wait_for_message(BlockTxn)).txs == block.txs
     await a.close()
     await b.close()
+
+
+async def test_a_block_whose_transactions_are_all_here_needs_no_round_trip(node):
+    a = await _peer(node)
+    tx = transfer(ALICE, BOB, 500, 0, chain_id=MID.chain_id)
+    await _rpc(node, "sendtransaction", encode_tx(tx).hex())
+    block = _block_for(node, (tx,))
+    await a.send(Inv((InvItem(INV_BLOCK, block.hash),)))
+    await a.wait_for_message(GetData)
+    await a.send(_compact(block))
+    await a.sync()
+    assert node.chain.tip.hash == block.hash and tx.txid not in node.mempool
+    assert not any(isinstance(m, GetBlockTxn) for m in a.received)
+    await a.close()
+
+
+@pytest.mark.parametrize(
+    ("cheat", "reason"),
+    [
+        ("unrequested", "unrequested compact block"),
+        ("txids", "txids are not the ones tx_root commits to"),
+        ("wrong tx", "blocktxn: transaction 0 is not the one the block names"),
+        ("short answer", "blocktxn: 0 transactions for 1 asked"),
+        ("bad index", "getblocktxn: index 5 is past the block's last, 0"),
+    ],
+)
+async def test_a_peer_that_cheats_on_compact_blocks_is_banned(node, cheat, reason):
+    a = await _peer(node)
+    tx = transfer(ALICE, BOB, 500, 0, chain_id=MID.chain_id)
+    block = _block_for(node, (tx,))
+    if cheat == "bad index":
+        node.chain.add_block(block)
+        await a.send(GetBlockTxn(block.hash, (5,)))
+    elif cheat == "unrequested":
+        await a.send(_compact(block))
+    else:
+        await a.send(Inv((InvItem(INV_BLOCK, block.hash),)))
+        await a.wait_for_message(GetData)
+        if cheat == "txids":
+            await a.send(CompactBlock(block.header, (bytes(32),)))
+        else:
+            await a.send(_compact(block))
+            await a.wait_for_message(GetBlockTxn)
+            other = transfer(ALICE, BOB, 501, 0, chain_id=MID.chain_id)
+            await a.send(BlockTxn(block.hash, (other,) if cheat == "wrong tx" else ()))
+    closed = await a.wait_for_close()
+    assert closed is not None and reason in closed
+    assert node.chain.height == (1 if cheat == "bad index" else 0)
+    assert any(reason in b["reason"] for b in node.p2p.bans())
 
 
 async def test_unrequested_block_gets_the_peer_banned(node):
@@ -107,7 +190,7 @@ async def test_a_block_announced_twice_is_asked_for_once_and_its_sender_stays(no
         if isinstance(m, GetData) and any(i.hash == block.hash for i in m.items)
     ]
     assert len(asks) == 1
-    await a.send(BlockMsg(block))
+    await a.send(_compact(block))
     await a.sync()
     assert node.chain.height == 1
     assert node.p2p.bans() == [] and not a.closed.is_set()
@@ -115,15 +198,23 @@ async def test_a_block_announced_twice_is_asked_for_once_and_its_sender_stays(no
 
 
 async def test_invalid_block_gets_the_peer_banned_and_changes_nothing(node):
+    """A compact block whose rebuilt body breaks a rule (here the coinbase claims
+    one unit too many, with a valid proof of work) is refused like a whole one."""
     a = await _peer(node)
-    good = _block_for(node)
-    bad = Block(good.header, (transfer(ALICE, BOB, 5, 0, chain_id=MID.chain_id),))  # tx_root
+    tx = transfer(ALICE, BOB, 5, 0, chain_id=MID.chain_id)
+    good = _block_for(node, (tx,))
+    header = dataclasses.replace(good.header, reward=good.header.reward + 1)
+    bad = Block(remine(header, null_job(header.prev_hash, MID)), good.txs)
+    before = node.chain.state.snapshot()
     await a.send(Inv((InvItem(INV_BLOCK, bad.hash),)))
     await a.wait_for_message(GetData)
-    await a.send(BlockMsg(bad))
+    await a.send(_compact(bad))
+    await a.wait_for_message(GetBlockTxn)
+    await a.send(BlockTxn(bad.hash, bad.txs))
     reason = await a.wait_for_close()
-    assert reason is not None and "tx_root" in reason
+    assert reason is not None and "coinbase claims" in reason
     assert node.chain.height == 0 and any("invalid block" in b["reason"] for b in node.p2p.bans())
+    assert node.chain.state.snapshot() == before
 
 
 async def _rpc(node: Node, method: str, *params, token: bool = True, raw: bytes | None = None):
