@@ -31,6 +31,7 @@ _started = 0.0
 _seconds = 0.0
 _collections = [0, 0, 0]
 _installed = False
+_frozen = 0
 
 
 def _on_gc(phase: str, info: dict[str, Any]) -> None:
@@ -60,8 +61,10 @@ def tune() -> None:
 
 def freeze() -> None:
     """Exempt every object alive now (the chain loaded at start-up) from collections."""
+    global _frozen
     gc.collect()
     gc.freeze()
+    _frozen = gc.get_freeze_count()  # counting walks them all: once, here
 
 
 def pause_seconds() -> float:
@@ -77,5 +80,5 @@ def stats() -> dict[str, Any]:
             "seconds": round(_seconds, 3),
             "collections": list(_collections),
             "thresholds": list(gc.get_threshold()),
-            "frozen": gc.get_freeze_count(),
+            "frozen_at_start": _frozen,
         }
