@@ -11,7 +11,9 @@ from consensus.hashing import TAG_MERKLE_LEAF, TAG_MERKLE_NODE, tagged_hash, u64
 from consensus.merkle import (
     EMPTY_ROOT,
     cols_with_branches,
+    extend_levels,
     leaf_hash,
+    leaf_hashes,
     matrix_cols_root,
     matrix_leaf_hashes,
     matrix_rows_root,
@@ -19,6 +21,7 @@ from consensus.merkle import (
     merkle_root,
     node_hash,
     rows_with_branches,
+    tree_levels,
     verify_branch,
     verify_row_opening,
 )
@@ -151,3 +154,19 @@ def test_print_2048_square_commitment_time() -> None:
     cols_ms = (time.perf_counter() - start) * 1e3
     print(f"\n2048x2048 int8 commitment: rows {rows_ms:.1f} ms, columns {cols_ms:.1f} ms")
     assert len(root) == 32
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [(0, 1), (0, 5), (1, 1), (1, 2), (2, 1), (3, 1), (3, 4), (4, 4), (5, 11), (7, 9)],
+)
+def test_extending_a_tree_equals_building_it_whole(old: int, new: int) -> None:
+    """A template grows by appending transactions: extend_levels must give exactly the
+    tree (every level) that building it from all the leaves gives."""
+    leaves = [leaf_hash(i, p) for i, p in enumerate(payloads(old + new))]
+    assert leaf_hashes(payloads(old + new)) == leaves
+    assert leaf_hashes(payloads(old + new)[old:], first_index=old) == leaves[old:]
+    before = tree_levels(leaves[:old])
+    kept = [list(level) for level in before]
+    assert extend_levels(before, leaves[old:]) == tree_levels(leaves)
+    assert before == kept  # the earlier tree is left as it was
