@@ -31,6 +31,7 @@ from consensus.encoding import (
 )
 from consensus.hashing import Hash32, tagged_hash, u32_bytes
 from consensus.keys import ADDRESS_SIZE
+from consensus.merkle import merkle_root
 from consensus.transactions import MAX_TX_SIZE, Transaction
 
 TAG_JOB_ID = "job-id"
@@ -167,6 +168,15 @@ class Block:
     @property
     def hash(self) -> Hash32:
         return self.header.hash
+
+    @cached_property
+    def body_root(self) -> Hash32:
+        """The tx_root that these transactions give (the header's ``tx_root`` claims one).
+
+        Computed once per block object: the chain checks it when the block arrives
+        and the body rules again when it is connected.
+        """
+        return merkle_root([tx.txid for tx in self.txs])
 
 
 def encode_header(header: BlockHeader) -> bytes:

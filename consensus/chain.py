@@ -210,6 +210,7 @@ class Chain:
         if h in self.entries or h in self.orphans:
             return AddResult("duplicate")
         header = block.header
+        check_body_commitment(block)
         parent = self.entries.get(header.prev_hash)
         if parent is None:
             # Check the proof against the header's own target before keeping it,
@@ -391,6 +392,24 @@ def apply_transaction_checked(
     except InvalidTransaction:
         state.rollback_to(mark)
         raise
+
+
+def check_body_commitment(block: Block) -> None:
+    """Raise InvalidBlock unless the header's tx_root commits to the block's transactions.
+
+    Checked before a block is kept under its hash, as an orphan or in the tree.
+    A body the header does not commit to says nothing about the block the header
+    names: marking that hash invalid (or holding the copy as an orphan) would let
+    anyone who attaches a wrong body to an honest header make this node refuse
+    the honest block when it comes (Bitcoin's CVE-2012-2459 was this, through
+    duplicated transactions). Everything else in a body is committed by tx_root,
+    so any later failure is the block's own.
+    """
+    txs = block.txs
+    if type(txs) is not tuple or any(type(tx) is not Transaction for tx in txs):
+        raise InvalidBlock("body: transactions must be a tuple of Transaction records")
+    if block.body_root != block.header.tx_root:
+        raise InvalidBlock("body: tx_root does not commit to the transactions")
 
 
 def headers_after(chain: Chain, locator: Sequence[bytes], limit: int = 2000) -> list[BlockHeader]:

@@ -310,7 +310,7 @@ def apply_body(
         raise InvalidBlock(f"body: {e}") from None
     if size > params.max_block_bytes:
         raise InvalidBlock(f"body: block is {size} bytes, over the {params.max_block_bytes} limit")
-    if tx_root(block.txs) != header.tx_root:
+    if block.body_root != header.tx_root:
         raise InvalidBlock("body: tx_root does not commit to the transactions")
     # The stateless verdicts do not depend on the state, so they are all
     # reached first (signatures verified together, across cores) and each is

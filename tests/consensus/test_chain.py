@@ -178,3 +178,25 @@ def test_a_template_fills_half_the_block_with_real_transaction_sizes():
     block = Block(remine(header, job, params), included)
     chain.add_block(block)  # the mined block is within the limit and valid
     assert chain.tip.hash == block.hash
+
+
+@pytest.mark.parametrize("orphan", [False, True])
+def test_a_wrong_body_under_an_honest_header_does_not_poison_the_honest_block(orphan):
+    """Anyone can attach other transactions to a header they saw. The chain must refuse
+    that copy without remembering the header's hash as invalid (or holding the copy as
+    an orphan under it), so the honest block is still accepted when it comes."""
+    source, clock = new_chain()
+    blocks = []
+    for nonce in range(2):
+        blocks.append(next_block(source, clock, (transfer(ALICE, BOB, 5, nonce),)))
+        source.add_block(blocks[-1])
+    honest = blocks[1] if orphan else blocks[0]
+    chain, chain_clock = new_chain()
+    chain_clock.now = clock.now
+    mutated = Block(honest.header, (transfer(ALICE, CAROL, 5, honest.header.height - 1),))
+    with pytest.raises(InvalidBlock, match="tx_root does not commit"):
+        chain.add_block(mutated)
+    assert not chain.contains(honest.hash)
+    for b in blocks:
+        chain.add_block(b)
+    assert chain.tip.hash == blocks[-1].hash and chain.height == 2
