@@ -10,7 +10,6 @@ returns to the previous tip. Pure data, no I/O: the node persists it.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
@@ -19,20 +18,17 @@ from enum import Enum
 
 from consensus.blocks import EMPTY_PROOF, Block, BlockHeader, JobSpec
 from consensus.difficulty import block_work
-from consensus.errors import InvalidBlock, InvalidTransaction
+from consensus.errors import InvalidBlock
 from consensus.params import NetworkParams
 from consensus.state import State, Undo
-from consensus.transactions import Transaction, check_tx_stateless
+from consensus.template import build_template
+from consensus.transactions import Transaction
 from consensus.validation import (
     Anchor,
     apply_body,
-    apply_transaction,
     check_header_pow,
-    close_block,
     expected_target,
     genesis_state,
-    median_time_past,
-    open_block,
     tx_root,
     validate_header,
 )
@@ -331,67 +327,10 @@ class Chain:
         timestamp_ms: int | None = None,
         verified: bool = False,
     ) -> tuple[BlockHeader, tuple[Transaction, ...]]:
-        """A header to mine on the tip with as many of ``txs`` as apply cleanly, in order.
-
-        Transactions that fail (bad nonce, balance…) are skipped, not fatal.
-        """
-        parent = self.tip.header
-        mtp = median_time_past(self.ancestor_timestamps(parent.hash))
-        ts = max(timestamp_ms if timestamp_ms is not None else self.clock(), mtp + 1)
-        height = parent.height + 1
-        included: list[Transaction] = []
-        fees = 0
-        size = 0
-        # Half the block for transactions leaves room for the header and its proof
-        # (h + w operand rows of k bytes with their branches).
-        budget = self.params.max_block_bytes // 2
-        st = self.state
-        st.begin()
-        try:
-            open_block(st, parent, self.params)
-            for tx in txs:
-                if size + len(tx.encoded) > budget:
-                    continue  # too big for what is left; a smaller one may still fit
-                try:
-                    if not verified:  # the mempool checked signatures on admission
-                        check_tx_stateless(tx, self.params.chain_id)
-                    fee = apply_transaction_checked(st, tx, height, self.params)
-                except InvalidTransaction:
-                    continue
-                included.append(tx)
-                fees += fee
-                size += len(tx.encoded)
-            header = BlockHeader(
-                height=height,
-                prev_hash=parent.hash,
-                timestamp_ms=ts,
-                target=self.next_target(),
-                tx_root=tx_root(included),
-                state_root=bytes(32),
-                job=job,
-                miner=miner,
-                reward=self.params.block_reward + fees,
-                extra_nonce=0,
-                result_root=bytes(32),
-                proof=EMPTY_PROOF,
-            )
-            close_block(st, header, self.params)
-            header = dataclasses.replace(header, state_root=st.pending_root())
-        finally:
-            st.rollback()
-        return header, tuple(included)
-
-
-def apply_transaction_checked(
-    state: State, tx: Transaction, height: int, params: NetworkParams
-) -> int:
-    """apply_transaction inside an open journal, leaving the state unchanged on failure."""
-    mark = state.savepoint()
-    try:
-        return apply_transaction(state, tx, height, params)
-    except InvalidTransaction:
-        state.rollback_to(mark)
-        raise
+        """A header to mine on the tip with as many of ``txs`` as apply cleanly, in order
+        (see :func:`consensus.template.build_template`), and those transactions."""
+        header, body = build_template(self, txs, miner, job, timestamp_ms, verified)
+        return header, body.txs
 
 
 def check_body_commitment(block: Block) -> None:

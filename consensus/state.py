@@ -144,6 +144,16 @@ class State:
     def set_account(self, addr: bytes, balance: int, nonce: int) -> None:
         self.set(ACCOUNTS, addr, (balance, nonce) if balance or nonce else None)
 
+    def written(self) -> list[tuple[str, Any, Any]]:
+        """(table, key, value now or None) of every key the open block has written, in
+        the order first written: what restoring onto the block's starting state with
+        ``set`` reproduces exactly, state root included (see consensus.template)."""
+        if self._journal is None:
+            raise RuntimeError("no block is being applied")
+        tables = self.tables
+        keys = dict.fromkeys((t, k) for t, k, _ in self._journal)
+        return [(t, k, tables[t].get(k)) for t, k in keys]
+
     def savepoint(self) -> int:
         """A mark inside the open block to roll back to (one transaction's writes)."""
         if self._journal is None:

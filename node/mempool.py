@@ -75,6 +75,8 @@ class Mempool:
         self._senders: dict[bytes, _Queue] = {}
         self._bytes = 0
         self._order = 0
+        self.removals = 0
+        """Transactions that left the pool, for any reason (template reuse)."""
 
     # ------------------------------------------------------------ queries
 
@@ -260,6 +262,7 @@ class Mempool:
         self._bytes += size
 
     def _remove(self, p: _Pending) -> None:
+        self.removals += 1
         del self._txs[p.tx.txid]
         sender = p.tx.sender_address
         queue = self._senders[sender]
@@ -354,6 +357,7 @@ class Mempool:
         self._txs.clear()
         self._senders.clear()
         self._bytes = 0
+        self.removals += 1
         self._readmit([*returned, *pending], state, height, skip=in_connected)
 
     def _recheck_senders(self, senders: Iterable[bytes], state: State, height: int) -> None:

@@ -28,6 +28,7 @@ from consensus.chain import AddResult, Chain
 from consensus.errors import InvalidBlock
 from consensus.keys import PrivateKey
 from consensus.pow import Job, MinedBlock, check_job_shape, null_job
+from consensus.template import TemplateBody, build_template
 from consensus.validation import check_header_pow
 from kernels.attempt import warm_up
 from node.blobs import BlobExchange
@@ -120,6 +121,8 @@ class Node:
         self._work_cost = 0.0
         self._block_frames: OrderedDict[bytes, bytes] = OrderedDict()
         self._work: tuple[bytes, JobSpec, tuple[int, int], float, MiningWork] | None = None
+        self._template: TemplateBody | None = None
+        self._template_removals = 0
         self.miner: Miner | None = None
         self.p2p_port = 0
         self.rpc_port = 0
@@ -287,10 +290,20 @@ class Node:
         check_job_shape(job.spec, self.params)
         started = time.monotonic()
         candidates = self.mempool.select(TEMPLATE_MAX_TXS, self.params.max_block_bytes // 2)
-        template, included = self.chain.build_template(
-            candidates, self.miner_address, job.spec, now_ms(), verified=True
+        # On the same tip the last template's transactions stay and only newcomers are
+        # applied; a transaction that left the pool (replaced, evicted) means a fresh start.
+        base = self._template if self._template_removals == self.mempool.removals else None
+        template, body = build_template(
+            self.chain,
+            candidates,
+            self.miner_address,
+            job.spec,
+            now_ms(),
+            verified=True,
+            on_top_of=base,
         )
-        work = MiningWork(template=template, job=job, txs=included)
+        self._template, self._template_removals = body, self.mempool.removals
+        work = MiningWork(template=template, job=job, txs=body.txs)
         self._work = (tip, job.spec, revision, time.monotonic(), work)
         self._work_cost = TEMPLATE_COST_RATIO * (time.monotonic() - started)
         return work
