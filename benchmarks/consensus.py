@@ -58,9 +58,14 @@ from consensus.transactions import (
 from node.testnet import Testnet, TestnetNode, miner_key
 
 BATCH = 250
+"""Transactions per JSON-RPC batch request, at most."""
 LANES = 4
 """Concurrent request streams per node, each with its own accounts."""
-"""Transactions per JSON-RPC batch request."""
+REQUESTS_PER_S = 5
+"""Requests per second per lane: a lane sends what is due every 200 ms. Every
+request costs both processes a fixed ~0.5 ms of HTTP and JSON work, so at one
+transaction per request (20 a second per lane, as before) the load generator
+and the nodes' RPC took more CPU than the transactions themselves."""
 START_RATE = 50.0
 MIN_RATE = 10.0
 """Adaptive pace (no --tx-rate), per sender: tx/s to start from, and the floor."""
@@ -220,7 +225,7 @@ class _Sender(threading.Thread):
                 await asyncio.sleep(min(next_due - now, 0.05))
                 continue
             rate = self.pace / lanes
-            batch = max(1, min(BATCH, int(rate / 20)))
+            batch = max(1, min(BATCH, int(rate / REQUESTS_PER_S)))
             next_due = max(next_due, now - 0.1) + batch / rate
             stale = [a for a in accounts if a.resync]
             if stale:
