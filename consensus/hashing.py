@@ -72,6 +72,11 @@ def tagged_hasher(tag: str) -> blake3.blake3:
 
 def tagged_hash(tag: str, *parts: bytes) -> Hash32:
     """BLAKE3-256 of the length-prefixed parts under the domain ``"pouwnet v1 <tag>"``."""
-    hasher = tagged_hasher(tag)
-    _update_framed(hasher, parts)
+    hasher = _tag_template(tag).copy()
+    # One update of the framed message: the same bytes as feeding the parts one by one.
+    framed = []
+    for part in parts:
+        framed.append(len(part).to_bytes(8, "little"))
+        framed.append(part)
+    hasher.update(b"".join(framed))
     return hasher.digest()

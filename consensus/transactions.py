@@ -487,6 +487,11 @@ def check_tx_stateless(tx: Transaction, chain_id: int) -> None:
     A zero transaction fee is allowed here: the minimum fee is mempool policy.
     """
     check_tx_form(tx, chain_id)
+    check_tx_signature(tx)
+
+
+def check_tx_signature(tx: Transaction) -> None:
+    """Raise InvalidTransaction unless the sender signed ``tx`` (after ``check_tx_form``)."""
     if not verify_signature(tx.sender, signing_digest(tx), tx.signature):
         raise InvalidTransaction(BAD_SIGNATURE)
 

@@ -29,7 +29,7 @@ from consensus.transactions import (
     Transaction,
     TransferPayload,
     check_tx_form,
-    check_tx_stateless,
+    check_tx_signature,
 )
 from consensus.validation import apply_transaction
 
@@ -99,6 +99,22 @@ class Mempool:
         p = self._txs.get(txid)
         return None if p is None else p.tx
 
+    @property
+    def admissions(self) -> int:
+        """How many transactions have been admitted so far (the next one's number)."""
+        return self._order
+
+    def admitted_since(self, admissions: int, limit: int) -> list[Transaction]:
+        """Up to ``limit`` of the transactions admitted after the first ``admissions``,
+        in admission order: each sender's in nonce order, as admission demands."""
+        newer: list[Transaction] = []
+        for p in reversed(self._txs.values()):  # admission order, newest last
+            if p.order < admissions:
+                break
+            newer.append(p.tx)
+        newer.reverse()
+        return newer[:limit]
+
     def txids(self) -> list[bytes]:
         return list(self._txs)
 
@@ -124,7 +140,7 @@ class Mempool:
         check_tx_form(tx, self.params.chain_id)
         # Cheap state and policy checks before the signature, so junk costs little.
         replaced, victims = self._check_place(tx, state)
-        check_tx_stateless(tx, self.params.chain_id)
+        check_tx_signature(tx)
         spend = self._trial_apply(tx, state, height)
         self._check_affordable(tx, state, replaced, spend)
         for v in victims:

@@ -123,6 +123,7 @@ class Node:
         self._work: tuple[bytes, JobSpec, tuple[int, int], float, MiningWork] | None = None
         self._template: TemplateBody | None = None
         self._template_removals = 0
+        self._template_admissions = 0
         self.miner: Miner | None = None
         self.p2p_port = 0
         self.rpc_port = 0
@@ -289,10 +290,18 @@ class Node:
                 return work
         check_job_shape(job.spec, self.params)
         started = time.monotonic()
-        candidates = self.mempool.select(TEMPLATE_MAX_TXS, self.params.max_block_bytes // 2)
-        # On the same tip the last template's transactions stay and only newcomers are
-        # applied; a transaction that left the pool (replaced, evicted) means a fresh start.
-        base = self._template if self._template_removals == self.mempool.removals else None
+        # On the same tip the last template's transactions stay and only those admitted
+        # since are applied; one that left the pool (replaced, evicted) means a fresh,
+        # fee-ordered start.
+        mempool = self.mempool
+        base = self._template
+        if base is None or base.parent != tip or self._template_removals != mempool.removals:
+            base = None
+            candidates = mempool.select(TEMPLATE_MAX_TXS, self.params.max_block_bytes // 2)
+        else:
+            room = max(0, TEMPLATE_MAX_TXS - len(base.txs))
+            candidates = mempool.admitted_since(self._template_admissions, room)
+        self._template_admissions = mempool.admissions
         template, body = build_template(
             self.chain,
             candidates,

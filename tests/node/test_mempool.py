@@ -346,3 +346,20 @@ def test_after_a_block_the_pool_keeps_exactly_what_readmission_from_scratch_woul
     assert 0 < len(bob_kept) < 12 - bob_nonce - 1  # a prefix of what he can still pay for
     assert sum(tx.fee + tx.payload.amount for tx in bob_kept) <= chain.state.balance(BOB.address)
     assert len(mp) - len(bob_kept) == 3 * 10  # the other queues stayed whole
+
+
+def test_admitted_since_gives_the_newcomers_oldest_first(state):
+    """A template on the same tip takes only what was admitted since it was built:
+    in admission order, so each sender's nonces stay in order."""
+    mp = pool()
+    first = [transfer(ALICE, BOB, 5, 0), transfer(BOB, CAROL, 5, 0)]
+    for tx in first:
+        mp.add(tx, state, 0)
+    mark = mp.admissions
+    later = [transfer(ALICE, BOB, 5, 1), transfer(CAROL, ALICE, 5, 0), transfer(ALICE, BOB, 5, 2)]
+    for tx in later:
+        mp.add(tx, state, 0)
+    assert mp.admitted_since(mark, 10) == later
+    assert mp.admitted_since(mark, 2) == later[:2]
+    assert mp.admitted_since(mp.admissions, 10) == []
+    assert mp.admitted_since(0, 10) == first + later
