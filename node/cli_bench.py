@@ -132,6 +132,30 @@ def bench_chain_cmd(blocks: int, txs_per_block: int, accounts: int | None, as_js
         _show_chain(record)
 
 
+@bench.command("pipeline")
+@click.option(
+    "--txs",
+    type=click.IntRange(min=250),
+    default=4_000,
+    show_default=True,
+    help="Signed transfers (from 256 accounts) pushed through every stage.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_pipeline_cmd(txs: int, as_json: bool) -> None:
+    """A node's CPU per transaction, stage by stage (decode, admit, relay, template, block)."""
+    from benchmarks.pipeline import bench_pipeline
+    from node import collector
+
+    collector.tune()  # the node's collector settings: the stages are measured as it runs them
+    with Progress(disable=as_json, transient=True) as progress:
+        progress.add_task(f"timing {txs:,} transactions through every stage", total=None)
+        record = bench_pipeline(txs)
+    if as_json:
+        click.echo(json.dumps(record))
+    else:
+        _show_record(f"pouw bench pipeline — µs per transaction, {txs:,} transfers", record)
+
+
 def _show_record(title: str, record: dict[str, object]) -> None:
     table = Table(title=title)
     table.add_column("measure")

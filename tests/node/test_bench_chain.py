@@ -105,3 +105,21 @@ def test_first_bad_transaction_names_the_block_failure() -> None:
     with pytest.raises(InvalidBlock, match=r"transaction 5 .*nonce"):
         chain.add_block(block)
     assert chain.height == 0
+
+
+def test_bench_pipeline_times_every_stage_of_a_transaction() -> None:
+    """Every stage runs on real transactions (the template must take them all and the
+    block must connect, or the benchmark raises); the weighted total covers them."""
+    result = CliRunner().invoke(cli, ["bench", "pipeline", "--txs", "500", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    stages = [k for k in record if k.endswith("_us")]
+    assert {"rpc_in_us", "admit_us", "signature_us", "template_us", "connect_us"} <= set(stages)
+    assert all(record[k] > 0 for k in stages)
+    assert record["signature_us"] < record["admit_us"] < record["node_us_per_tx"]
+    assert 0 < record["signature_share"] < 1
+
+
+def test_bench_pipeline_refuses_too_few_transactions() -> None:
+    result = CliRunner().invoke(cli, ["bench", "pipeline", "--txs", "10"])
+    assert result.exit_code == 2 and "--txs" in result.output
