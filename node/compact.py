@@ -4,16 +4,22 @@ By the time a block is found, its transactions have already been relayed to
 every node, decoded, signature-checked and kept in the mempool. Sending the
 block whole would make every peer receive, decode and hash them all again:
 under load that was the largest single cost of a node besides signatures.
-So, as in Bitcoin's BIP 152 (low-bandwidth mode), a node at the tip answers
-a block announcement with ``GETDATA(CMPCT_BLOCK)``; the peer sends a
-``CMPCTBLOCK`` (header + txids); the node rebuilds the block from its mempool
-(and the transactions of the last few blocks it connected, for a competing
-block at the same height), asks ``GETBLOCKTXN`` for the ones it lacks and
-completes the block with the ``BLOCKTXN`` answer.
+So, as in Bitcoin's BIP 152, a block travels as a ``CMPCTBLOCK`` (header +
+txids): a node rebuilds it from its mempool (and the transactions of the last
+few blocks it connected, for a competing block at the same height), asks
+``GETBLOCKTXN`` for the ones it lacks and completes the block with the
+``BLOCKTXN`` answer.
 
-Checks before any work: the block must have been asked for, its txids must
-be the ones the header's tx_root commits to, and its proof of work must hold
-(one tile, a millisecond). The rebuilt block then takes the same path as a
+A node that connects a new tip *pushes* the compact block to every peer that
+does not know it yet, before writing it to disk (BIP 152's high-bandwidth
+mode): an announcement and its request would add a round trip per hop, and
+every millisecond of propagation is a chance for a stale block. Side
+branches and blocks met while catching up are announced by INV instead, and
+an INV is answered with ``GETDATA(CMPCT_BLOCK)``.
+
+Checks before any work: the proof of work must hold (one tile, a
+millisecond; a peer cannot make up headers that pass) and the txids must be
+the ones the header's tx_root commits to. The rebuilt block then takes the same path as a
 whole block (``Node.accept_block``): every rule is checked, and the
 signatures of transactions that did not come from the mempool are verified.
 
@@ -79,6 +85,8 @@ class CompactStats:
 
     received: int = 0
     """Compact blocks received."""
+    pushed: int = 0
+    """...of which a peer sent unasked (its new tip)."""
     complete: int = 0
     """...of which every transaction was already here."""
     txs_fetched: int = 0
@@ -122,13 +130,17 @@ class CompactRelay:
         header = msg.header
         h = header.hash
         if not peer.take_requested(INV_CMPCT, h):
-            raise ProtocolViolation("unrequested compact block")
+            self.stats.pushed += 1  # a peer's new tip, sent without being asked
         peer.mark_known(INV_BLOCK, h)
         if self.asked.get(h, (None, 0.0))[0] is peer:
             del self.asked[h]
         self.stats.received += 1
         if node.chain.contains(h) or h in self.partials:
             return
+        try:
+            check_header_pow(header, node.params)
+        except InvalidBlock as e:
+            raise ProtocolViolation(f"compact block: {e}") from None
         if merkle_root(list(msg.txids)) != header.tx_root:
             raise ProtocolViolation("compact block: its txids are not the ones tx_root commits to")
         if header.prev_hash not in node.chain.entries:
@@ -136,10 +148,6 @@ class CompactRelay:
             # path, which asks this peer for the headers in between.
             peer.request([InvItem(InvKind.BLOCK, h)])
             return
-        try:
-            check_header_pow(header, node.params)
-        except InvalidBlock as e:
-            raise ProtocolViolation(f"compact block: {e}") from None
         txs, missing = self._fill(msg.txids)
         if not missing:
             self.stats.complete += 1
@@ -220,6 +228,12 @@ class CompactRelay:
                 del self.partials[h]
 
     # ------------------------------------------------------------ serving
+
+    def push(self, block_hash: bytes, exclude: PeerSession | None) -> None:
+        """Send our new tip as a CMPCTBLOCK to every peer but ``exclude`` that lacks it."""
+        for peer in self.node.p2p.peers:
+            if peer is not exclude and not peer.knows(INV_BLOCK, block_hash):
+                self.serve(peer, block_hash)
 
     def serve(self, peer: PeerSession, block_hash: bytes) -> None:
         """Send a block we have as a CMPCTBLOCK."""

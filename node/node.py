@@ -346,7 +346,16 @@ class Node:
             return None
         if result.status == "duplicate":
             return result
-        if self._download and self._sync_target:
+        catching_up = bool(self._download and self._sync_target)
+        pushed = result.status == "connected" and self.chain.tip.hash == h and not catching_up
+        if pushed:
+            # A new tip goes to every peer as a compact block before we write it
+            # down: each checks it itself, and a relay waiting on our disk would
+            # only add to every stale race.
+            self.compact.push(h, exclude=source)
+        if result.connected and self.miner is not None:
+            self.miner.tip_changed()  # stop mining on the old tip now, not after the disk write
+        if catching_up:
             # Catching up: one store transaction per STORE_BATCH_S, not per block. A
             # crash loses at most that much, which is downloaded again on restart.
             self._store_dirty = True
@@ -360,7 +369,8 @@ class Node:
                 await source.send(GetHeaders(tuple(self.chain.locator()), bytes(32)))
             return result
         self._after_chain_change(result)
-        self.p2p.announce(INV_BLOCK, h, exclude=source)
+        if not pushed:
+            self.p2p.announce(INV_BLOCK, h, exclude=source)
         self.metrics.blocks.labels("relayed").inc()
         return result
 
@@ -379,8 +389,6 @@ class Node:
             self.mempool.on_reorg(
                 list(result.disconnected), connected, self.chain.state, self.chain.height
             )
-            if self.miner is not None:
-                self.miner.tip_changed()
             self.metrics.height.set(self.chain.height)
             self.metrics.mempool.set(len(self.mempool))
             for b in connected:

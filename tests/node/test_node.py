@@ -88,7 +88,7 @@ async def test_transaction_gossip_is_requested_relayed_and_never_echoed(node):
 async def test_a_block_at_the_tip_is_rebuilt_from_the_mempool_and_relayed(node):
     """An announced block is asked for as a compact block (header + txids); the node
     takes what its mempool holds, asks only for the missing transaction, connects
-    the block and announces it."""
+    the block and pushes it, compact, to its other peer."""
     a, b = await _peer(node), await _peer(node)
     held = transfer(ALICE, BOB, 500, 0, chain_id=MID.chain_id)
     lacked = transfer(BOB, ALICE, 700, 0, chain_id=MID.chain_id)
@@ -101,18 +101,18 @@ async def test_a_block_at_the_tip_is_rebuilt_from_the_mempool_and_relayed(node):
     ask = await a.wait_for_message(GetBlockTxn)
     assert ask == GetBlockTxn(block.hash, (block.txs.index(lacked),))
     await a.send(BlockTxn(block.hash, (lacked,)))
-    await b.wait_for(
-        lambda: any(isinstance(m, Inv) and m.items[0].hash == block.hash for m in b.received)
-    )
+    assert await b.wait_for_message(CompactBlock) == _compact(block)  # pushed, unasked
     assert node.chain.tip.hash == block.hash and node.chain.height == 1
-    assert node.compact.stats.as_dict() | {"served": 0} == {
-        "received": 1, "complete": 0, "txs_fetched": 1, "served": 0
+    assert node.compact.stats.as_dict() == {
+        "received": 1, "pushed": 0, "complete": 0, "txs_fetched": 1, "served": 1
     }  # fmt: skip
-    # b asks for it compactly too: the node answers with the txids, then the txs.
-    await b.send(GetData((InvItem(INV_CMPCT, block.hash),)))
-    assert await b.wait_for_message(CompactBlock) == _compact(block)
+    await a.sync()
+    assert not any(isinstance(m, CompactBlock) for m in a.received), "echoed to its sender"
+    # b asks for the transactions it lacks, and for the block again by GETDATA.
     await b.send(GetBlockTxn(block.hash, (0, 1)))
     assert (await b.wait_for_message(BlockTxn)).txs == block.txs
+    await b.send(GetData((InvItem(INV_CMPCT, block.hash),)))
+    await b.wait_for(lambda: sum(isinstance(m, CompactBlock) for m in b.received) == 2)
     await a.close()
     await b.close()
 
@@ -134,7 +134,7 @@ async def test_a_block_whose_transactions_are_all_here_needs_no_round_trip(node)
 @pytest.mark.parametrize(
     ("cheat", "reason"),
     [
-        ("unrequested", "unrequested compact block"),
+        ("bad proof", "compact block: proof: Merkle branch of row"),
         ("txids", "txids are not the ones tx_root commits to"),
         ("wrong tx", "blocktxn: transaction 0 is not the one the block names"),
         ("short answer", "blocktxn: 0 transactions for 1 asked"),
@@ -148,8 +148,11 @@ async def test_a_peer_that_cheats_on_compact_blocks_is_banned(node, cheat, reaso
     if cheat == "bad index":
         node.chain.add_block(block)
         await a.send(GetBlockTxn(block.hash, (5,)))
-    elif cheat == "unrequested":
-        await a.send(_compact(block))
+    elif cheat == "bad proof":  # pushed unasked, with a proof that does not hold
+        proof = dataclasses.replace(
+            block.header.proof, a_rows=bytes(len(block.header.proof.a_rows))
+        )
+        await a.send(_compact(Block(dataclasses.replace(block.header, proof=proof), block.txs)))
     else:
         await a.send(Inv((InvItem(INV_BLOCK, block.hash),)))
         await a.wait_for_message(GetData)
@@ -363,3 +366,16 @@ async def test_transactions_travel_in_batches_both_ways(node):
     reason = await a.wait_for_close()
     assert reason is not None and "unrequested transaction" in reason
     await b.close()
+
+
+async def test_a_new_tip_pushed_by_a_peer_connects_without_a_request(node):
+    a = await _peer(node)
+    tx = transfer(ALICE, BOB, 500, 0, chain_id=MID.chain_id)
+    await _rpc(node, "sendtransaction", encode_tx(tx).hex())
+    block = _block_for(node, (tx,))
+    await a.send(_compact(block))
+    await a.sync()
+    assert node.chain.tip.hash == block.hash
+    assert node.compact.stats.pushed == 1 and node.p2p.bans() == []
+    assert not any(isinstance(m, GetData) for m in a.received)
+    await a.close()
