@@ -178,6 +178,10 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     help="Seconds of load.",
 )  # fmt: skip
 @click.option(
+    "--warmup", type=click.FloatRange(min=0), default=0, show_default=True,
+    help="Seconds of load and mining before the measured window (lets ASERT settle).",
+)  # fmt: skip
+@click.option(
     "--tx-rate",
     type=click.FloatRange(min=1),
     default=None,
@@ -203,6 +207,7 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 def bench_consensus_cmd(
     nodes: int,
     duration: float,
+    warmup: float,
     tx_rate: float | None,
     block_time: float | None,
     topology: str,
@@ -230,7 +235,7 @@ def bench_consensus_cmd(
     try:
         record = bench_consensus(
             nodes, duration, tx_rate, block_time, topology, lab, accounts, plot_dir,
-            on_progress=None if as_json else console.print,
+            on_progress=None if as_json else console.print, warmup=warmup,
         )  # fmt: skip
     except KeyboardInterrupt:
         _fail("interrupted; every node was stopped", 130)
