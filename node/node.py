@@ -17,27 +17,25 @@ import json
 import logging
 import os
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from consensus.blocks import Block, BlockHeader, JobSpec
+from consensus.blocks import Block
 from consensus.chain import AddResult, Chain
 from consensus.errors import InvalidBlock
 from consensus.keys import PrivateKey
-from consensus.pow import Job, MinedBlock, check_job_shape, null_job
-from consensus.template import TemplateBody, build_template
-from consensus.validation import check_header_pow
 from kernels.attempt import warm_up
 from node.blobs import BlobExchange
 from node.compact import CompactRelay
 from node.config import NodeConfig
 from node.errors import ProtocolViolation
+from node.headersync import HeaderSync
 from node.market import MarketService
 from node.mempool import Mempool
-from node.miner import Miner, MiningWork
+from node.miner import Miner
 from node.p2p import PeerManager
 from node.peer import PeerSession
 from node.rpc import Metrics, RpcServer, write_cookie
@@ -48,7 +46,6 @@ from node.store import Store
 from node.sync_progress import SyncProgress
 from node.txrelay import TxRelay
 from node.wire import (
-    MAX_HEADERS,
     TXS_BATCH_BYTES,
     BlobChunk,
     BlobGet,
@@ -60,37 +57,23 @@ from node.wire import (
     GetHeaders,
     Headers,
     Inv,
-    InvItem,
     InvKind,
     NotFound,
     TxMsg,
     TxsMsg,
     encode_message,
-    headers_reply,
 )
+from node.work import WorkSource, now_ms
 
 log = logging.getLogger("pouw.node")
 
 INV_TX = int(InvKind.TX)
 INV_BLOCK = int(InvKind.BLOCK)
 INV_CMPCT = int(InvKind.CMPCT_BLOCK)
-DOWNLOAD_WINDOW = 256  # blocks requested ahead of the connected tip
-PER_PEER_INFLIGHT = 32
-STALL_SECONDS = 10.0
-TEMPLATE_REFRESH_S = 1.0
-"""A template on the same tip and job is rebuilt for new transactions at most this often."""
-TEMPLATE_COST_RATIO = 10.0
-TEMPLATE_MAX_TXS = 20_000
-"""Transactions a block template takes from the mempool, at most (half a devnet block
-holds ~27,000 transfers)."""
 BLOCK_TIMES_KEPT = 10_000
 BLOCK_FRAMES_KEPT = 8
 STORE_BATCH_S = 0.25
 """While catching up, blocks are written to the store in one transaction this often."""
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Node:
@@ -106,24 +89,14 @@ class Node:
         self._runners: list[web.AppRunner] = []
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
-        # headers-first download state
-        self._pending_headers: dict[bytes, BlockHeader] = {}
-        self._download: deque[bytes] = deque()
-        self._inflight: dict[bytes, tuple[PeerSession, float]] = {}
-        self._downloaded: dict[bytes, Block] = {}
-        self._sync_target = 0
         self._store_dirty = False
         self._store_synced = 0.0
         self.sync_progress = SyncProgress(draw=config.progress)
-        self._null_jobs: OrderedDict[bytes, Job] = OrderedDict()
+        self.sync = HeaderSync(self, self.sync_progress)
         self.txs = TxRelay(self)
         self.compact = CompactRelay(self)
-        self._work_cost = 0.0
         self._block_frames: OrderedDict[bytes, bytes] = OrderedDict()
-        self._work: tuple[bytes, JobSpec, tuple[int, int], float, MiningWork] | None = None
-        self._template: TemplateBody | None = None
-        self._template_removals = 0
-        self._template_admissions = 0
+        self.work = WorkSource(self)
         self.miner: Miner | None = None
         self.p2p_port = 0
         self.rpc_port = 0
@@ -228,7 +201,7 @@ class Node:
             await self.rpc.close_subscribers()
             for runner in self._runners:
                 await runner.cleanup()
-            self._flush_store()
+            self.flush_store()
             self.store.close()
             (self.datadir / "node.json").unlink(missing_ok=True)
             log.info("node stopped at height %d", self.chain.height)
@@ -248,8 +221,8 @@ class Node:
             self.miner = Miner(
                 self.params,
                 asyncio.get_running_loop(),
-                self._mining_work,
-                self._submit_mined,
+                self.work.work,
+                self.work.submit,
                 self.config.backend,
                 self.config.threads,
                 self.config.miner_nice,
@@ -263,67 +236,6 @@ class Node:
     @property
     def miner_address(self) -> bytes:
         return self.config.miner_address or self.key.address
-
-    def _null_job(self, prev_hash: bytes) -> Job:
-        job = self._null_jobs.get(prev_hash)
-        if job is None:
-            job = null_job(prev_hash, self.params)
-            self._null_jobs[prev_hash] = job
-            while len(self._null_jobs) > 8:
-                self._null_jobs.popitem(last=False)
-        return job
-
-    async def _mining_work(self) -> MiningWork:
-        """A block template: reused while the tip and job stay the same, and rebuilt
-        for new transactions at most every TEMPLATE_REFRESH_S (building one applies
-        every transaction, which is the costliest thing a busy node does per block)."""
-        tip = self.chain.tip.hash
-        job = self.market.pick_job() or self._null_job(tip)
-        revision = self.mempool.revision
-        if self._work is not None:
-            w_tip, w_job, w_rev, built, work = self._work
-            # Refresh no sooner than TEMPLATE_COST_RATIO times the last build took:
-            # templates then use at most ~1/TEMPLATE_COST_RATIO of the event loop.
-            age = time.monotonic() - built
-            fresh = w_rev == revision or age < max(TEMPLATE_REFRESH_S, self._work_cost)
-            if w_tip == tip and w_job == job.spec and fresh:
-                return work
-        check_job_shape(job.spec, self.params)
-        started = time.monotonic()
-        # On the same tip the last template's transactions stay and only those admitted
-        # since are applied; one that left the pool (replaced, evicted) means a fresh,
-        # fee-ordered start.
-        mempool = self.mempool
-        base = self._template
-        if base is None or base.parent != tip or self._template_removals != mempool.removals:
-            base = None
-            candidates = mempool.select(TEMPLATE_MAX_TXS, self.params.max_block_bytes // 2)
-        else:
-            room = max(0, TEMPLATE_MAX_TXS - len(base.txs))
-            candidates = mempool.admitted_since(self._template_admissions, room)
-        self._template_admissions = mempool.admissions
-        template, body = build_template(
-            self.chain,
-            candidates,
-            self.miner_address,
-            job.spec,
-            now_ms(),
-            verified=True,
-            on_top_of=base,
-        )
-        self._template, self._template_removals = body, self.mempool.removals
-        work = MiningWork(template=template, job=job, txs=body.txs)
-        self._work = (tip, job.spec, revision, time.monotonic(), work)
-        self._work_cost = TEMPLATE_COST_RATIO * (time.monotonic() - started)
-        return work
-
-    async def _submit_mined(self, found: MinedBlock, work: MiningWork) -> None:
-        if found.header.prev_hash != self.chain.tip.hash:
-            return  # the tip moved while the last attempt ran: stale, drop it
-        block = Block(self.market.finish(found, work.job), work.txs)
-        self.metrics.mined.inc()
-        log.info("mined block %d %s", block.header.height, block.hash.hex()[:16])
-        await self.process_block(block, source=None)
 
     # ------------------------------------------------------------ blocks
 
@@ -346,7 +258,7 @@ class Node:
             return None
         if result.status == "duplicate":
             return result
-        catching_up = bool(self._download and self._sync_target)
+        catching_up = self.sync.catching_up
         pushed = result.status == "connected" and self.chain.tip.hash == h and not catching_up
         if pushed:
             # A new tip goes to every peer as a compact block before we write it
@@ -360,7 +272,7 @@ class Node:
             # crash loses at most that much, which is downloaded again on restart.
             self._store_dirty = True
             if time.monotonic() - self._store_synced >= STORE_BATCH_S:
-                self._flush_store()
+                self.flush_store()
         else:
             self.store.record(self.chain, block, result)
         self.metrics.blocks.labels("accepted").inc()
@@ -374,7 +286,7 @@ class Node:
         self.metrics.blocks.labels("relayed").inc()
         return result
 
-    def _flush_store(self) -> None:
+    def flush_store(self) -> None:
         """Write what the chain changed since the last store write (see process_block)."""
         if self._store_dirty:
             self.store.sync(self.chain)
@@ -439,10 +351,7 @@ class Node:
         self.blobs.peer_closed(peer)
         self.txs.peer_closed(peer)
         self.compact.peer_closed(peer)
-        for h, (p, _) in list(self._inflight.items()):
-            if p is peer:
-                del self._inflight[h]
-        self._schedule_downloads()
+        self.sync.peer_closed(peer)
 
     async def on_message(self, peer: PeerSession, msg: Any) -> None:
         if isinstance(msg, Inv):
@@ -462,9 +371,9 @@ class Node:
         elif isinstance(msg, GetBlockTxn):
             self.compact.on_get_block_txn(peer, msg)
         elif isinstance(msg, GetHeaders):
-            await self._on_getheaders(peer, msg)
+            await self.sync.on_getheaders(peer, msg)
         elif isinstance(msg, Headers):
-            await self._on_headers(peer, msg)
+            await self.sync.on_headers(peer, msg)
         elif isinstance(msg, BlobGet):
             await self.blobs.on_blob_get(peer, msg)
         elif isinstance(msg, BlobChunk):
@@ -475,9 +384,8 @@ class Node:
                 if item.kind == INV_TX:
                     self.txs.not_found(peer, item.hash)
                 self.compact.not_found(peer, item)
-                if self._inflight.get(item.hash, (None, 0))[0] is peer:
-                    del self._inflight[item.hash]
-            self._schedule_downloads()
+                self.sync.not_found(peer, item.hash)
+            self.sync.schedule()
 
     async def _on_inv(self, peer: PeerSession, msg: Inv) -> None:
         wanted, txids = [], []
@@ -485,13 +393,12 @@ class Node:
             if item.kind == INV_TX:
                 txids.append(item.hash)
             elif item.kind == INV_BLOCK:
-                known = self.chain.contains(item.hash) or item.hash in self._pending_headers
-                busy = item.hash in self._inflight or self.compact.pending(item.hash)
-                if not known and not busy:
+                known = self.chain.contains(item.hash) or self.sync.knows(item.hash)
+                if not known and not self.compact.pending(item.hash):
                     wanted.append(item)
             else:
                 raise ProtocolViolation(f"inv: {item.kind.name} is never announced")
-        if wanted and (self._download or self._sync_target):
+        if wanted and (self.sync.queue or self.sync.target):
             peer.request(wanted)  # catching up: we hold none of their transactions
         elif wanted:
             self.compact.request(peer, [item.hash for item in wanted])
@@ -553,147 +460,16 @@ class Node:
     async def accept_block(self, block: Block, peer: PeerSession) -> None:
         """A block ``peer`` sent, whole or rebuilt from a compact block: the next one of
         the headers-first download, or one announced at the tip."""
-        h = block.hash
-        if h in self._pending_headers:
-            self._inflight.pop(h, None)
-            if block.header != self._pending_headers[h]:
-                raise ProtocolViolation("block does not match its announced header")
-            self._downloaded[h] = block
-            await self._connect_downloaded(peer)
-            return
-        await self.process_block(block, source=peer)
-
-    async def _on_getheaders(self, peer: PeerSession, msg: GetHeaders) -> None:
-        from consensus.chain import headers_after
-
-        headers = headers_after(self.chain, msg.locator, MAX_HEADERS)
-        if msg.stop != bytes(32):
-            for i, hd in enumerate(headers):
-                if hd.hash == msg.stop:
-                    headers = headers[: i + 1]
-                    break
-        await peer.send(headers_reply(headers))
-
-    async def _on_headers(self, peer: PeerSession, msg: Headers) -> None:
-        prev_known = True
-        added = 0
-        for header in msg.headers:
-            h = header.hash
-            if self.chain.contains(h) or h in self._pending_headers:
-                continue
-            parent_known = header.prev_hash in self.chain.entries or (
-                header.prev_hash in self._pending_headers
-            )
-            if not parent_known:
-                prev_known = False
-                break
-            try:
-                check_header_pow(header, self.params)
-            except InvalidBlock as e:
-                raise ProtocolViolation(f"headers: invalid proof of work: {e}") from None
-            self._pending_headers[h] = header
-            self._download.append(h)
-            added += 1
-            self._sync_target = max(self._sync_target, header.height)
-            if added % 100 == 0:
-                # Start downloading what is verified so far; let the loop breathe.
-                self._schedule_downloads()
-                await asyncio.sleep(0)
-        if not prev_known:
-            # The peer's chain forked below our locator's resolution: ask again.
-            await peer.send(GetHeaders(tuple(self.chain.locator()), bytes(32)))
-            return
-        peer.best_height = max(peer.best_height, msg.headers[-1].height if msg.headers else 0)
-        if msg.headers and msg.headers[-1].height < peer.best_height:
-            # A reply stops at MAX_HEADERS or MAX_HEADERS_BYTES: ask for the rest.
-            await peer.send(GetHeaders((msg.headers[-1].hash,), bytes(32)))
-        if added:
-            self.sync_progress.update(self.chain.height, self._sync_target)
-            log.info(
-                "headers: %d new from %s, syncing to height %d",
-                added,
-                peer.address,
-                self._sync_target,
-            )
-        self._schedule_downloads()
-
-    def _schedule_downloads(self) -> None:
-        """Ask peers for the next blocks of the download window, up to
-        PER_PEER_INFLIGHT each, the least loaded peer that has the block first."""
-        if not self._download:
-            return
-        peers = [p for p in self.p2p.peers if p.best_height > self.chain.height]
-        if not peers:
-            return
-        load = {id(p): 0 for p in peers}
-        for p, _ in self._inflight.values():
-            if id(p) in load:
-                load[id(p)] += 1
-        free = sum(max(0, PER_PEER_INFLIGHT - n) for n in load.values())
-        inflight, downloaded, pending = self._inflight, self._downloaded, self._pending_headers
-        batches: dict[int, tuple[PeerSession, list[InvItem]]] = {}
-        now = time.monotonic()
-        for i, h in enumerate(self._download):
-            if i >= DOWNLOAD_WINDOW or free <= 0:
-                break  # a block arriving frees one slot: the scan stops right there
-            if h in inflight or h in downloaded or self.compact.pending(h):
-                continue
-            height = pending[h].height
-            best = None
-            for p in peers:
-                n = load[id(p)]
-                fits = n < PER_PEER_INFLIGHT and p.best_height >= height
-                if fits and (best is None or n < load[id(best)]):
-                    best = p
-            if best is None:
-                continue
-            load[id(best)] += 1
-            free -= 1
-            inflight[h] = (best, now)
-            batches.setdefault(id(best), (best, []))[1].append(InvItem(INV_BLOCK, h))
-        for peer, items in batches.values():
-            peer.request(items)
-
-    async def _connect_downloaded(self, peer: PeerSession) -> None:
-        while self._download and self._download[0] in self._downloaded:
-            h = self._download.popleft()
-            block = self._downloaded.pop(h)
-            self._pending_headers.pop(h, None)
-            try:
-                await self.process_block(block, source=peer)
-            except ProtocolViolation:
-                self._forget_download_queue()
-                raise
-        self._schedule_downloads()
-        if self._sync_target:
-            self.sync_progress.update(self.chain.height, self._sync_target)
-        if not self._download and self._sync_target:
-            self._flush_store()
-            log.info("sync: at height %d", self.chain.height)
-            self._sync_target = 0
-
-    def _forget_download_queue(self) -> None:
-        self._download.clear()
-        self._pending_headers.clear()
-        self._downloaded.clear()
-        self._inflight.clear()
+        if not await self.sync.on_block(peer, block):
+            await self.process_block(block, source=peer)
 
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(1.0)
             try:
-                now = time.monotonic()
-                for h, (peer, t) in list(self._inflight.items()):
-                    if now - t > STALL_SECONDS:
-                        del self._inflight[h]
-                        log.info(
-                            "block %s stalled at %s: asking another peer",
-                            h.hex()[:16],
-                            peer.address,
-                        )
-                self._schedule_downloads()
+                self.sync.expire()
                 if time.monotonic() - self._store_synced >= STORE_BATCH_S:
-                    self._flush_store()
+                    self.flush_store()
                 self.mempool.expire(now_ms())
                 self.txs.expire()
                 self.compact.expire()
