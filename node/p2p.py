@@ -36,17 +36,16 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
-import re
 import time
 from collections.abc import Coroutine, Iterable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
 
 from consensus.keys import PrivateKey, verify_signature
+from node.addresses import AddressBook, dialable
+from node.bans import BanList
 from node.errors import HandshakeRefused, ProtocolViolation
 from node.peer import P2PStats, PeerLimits, PeerSession, is_bulk, is_loopback
 from node.wire import (
@@ -70,8 +69,6 @@ from node.wire import (
 )
 
 P2P_PATH = "/p2p"
-MAX_ADDRESS_BOOK = 4096
-_HOSTNAME = re.compile(r"^[A-Za-z0-9.:\-]+$")
 
 
 class PeerHandler(Protocol):
@@ -100,135 +97,6 @@ class PeerHandler(Protocol):
 
 class _RemoteClosed(Exception):
     """The peer closed the connection (or sent Close); nothing to answer."""
-
-
-# ------------------------------------------------------------------- bans
-
-
-@dataclass
-class Ban:
-    who: str
-    reason: str
-    until: float
-
-
-class BanList:
-    """Bans keyed by "node:<hex>", "ip:<host>" or "node:<hex>@<host>", expiring by themselves."""
-
-    def __init__(self) -> None:
-        self._bans: dict[str, Ban] = {}
-
-    def add(self, who: str, reason: str, seconds: float) -> None:
-        self._bans[who] = Ban(who, reason, time.time() + seconds)
-
-    def find(self, host: str | None = None, node_id: bytes | None = None) -> Ban | None:
-        """The ban that applies to this host and/or node_id, if any."""
-        now = time.time()
-        for who, ban in list(self._bans.items()):
-            if ban.until <= now:
-                del self._bans[who]
-        keys = []
-        if host is not None:
-            keys.append(f"ip:{host}")
-        if node_id is not None:
-            keys.append(f"node:{node_id.hex()}")
-            if host is not None:
-                keys.append(f"node:{node_id.hex()}@{host}")
-        for key in keys:
-            if key in self._bans:
-                return self._bans[key]
-        return None
-
-    def all(self) -> list[Ban]:
-        self.find()  # drop the expired
-        return list(self._bans.values())
-
-
-# ------------------------------------------------------------ address book
-
-
-@dataclass
-class AddrEntry:
-    host: str
-    port: int
-    source: str
-    node_id: bytes | None = None
-    failures: int = 0
-    next_try: float = 0.0
-    last_success: float = 0.0
-    is_self: bool = False
-
-
-class AddressBook:
-    """Addresses we may dial, with exponential backoff per address."""
-
-    def __init__(self, base_backoff: float = 1.0, max_backoff: float = 300.0) -> None:
-        self.base_backoff = base_backoff
-        self.max_backoff = max_backoff
-        self.entries: dict[tuple[str, int], AddrEntry] = {}
-
-    def add(self, host: str, port: int, source: str) -> bool:
-        """Remember an address; False if known already or the book is full."""
-        if (host, port) in self.entries or len(self.entries) >= MAX_ADDRESS_BOOK:
-            return False
-        self.entries[(host, port)] = AddrEntry(host, port, source)
-        return True
-
-    def _backoff(self, entry: AddrEntry) -> None:
-        delay = min(self.base_backoff * 2 ** max(entry.failures - 1, 0), self.max_backoff)
-        entry.next_try = time.monotonic() + delay * random.uniform(1.0, 1.25)
-
-    def failed(self, addr: tuple[str, int]) -> None:
-        entry = self.entries.get(addr)
-        if entry is not None:
-            entry.failures += 1
-            self._backoff(entry)
-
-    def connected(self, addr: tuple[str, int], node_id: bytes) -> None:
-        entry = self.entries.get(addr)
-        if entry is not None:
-            entry.node_id = node_id
-            entry.last_success = time.time()
-
-    def disconnected(self, addr: tuple[str, int], lasted_s: float) -> None:
-        """A ready connection ended: retry soon if it lasted, back off if it keeps dropping."""
-        entry = self.entries.get(addr)
-        if entry is not None:
-            entry.failures = 1 if lasted_s > 60 else entry.failures + 1
-            self._backoff(entry)
-
-    def mark_self(self, addr: tuple[str, int]) -> None:
-        entry = self.entries.get(addr)
-        if entry is not None:
-            entry.is_self = True
-
-    def candidates(self, busy: set[tuple[str, int]], connected: set[bytes]) -> list[AddrEntry]:
-        """Addresses worth dialing now, fewest failures first."""
-        now = time.monotonic()
-        found = [
-            e
-            for key, e in self.entries.items()
-            if not e.is_self
-            and key not in busy
-            and e.next_try <= now
-            and (e.node_id is None or e.node_id not in connected)
-        ]
-        random.shuffle(found)
-        found.sort(key=lambda e: e.failures)
-        return found
-
-    def good(self) -> list[AddrEntry]:
-        """Addresses we have completed a handshake with."""
-        return [e for e in self.entries.values() if e.last_success and not e.is_self]
-
-
-def _dialable(host: str, port: int) -> bool:
-    return (
-        0 < port < 65536
-        and bool(host)
-        and host not in ("0.0.0.0", "::", "[::]")
-        and _HOSTNAME.match(host) is not None
-    )
 
 
 # ------------------------------------------------------------ peer manager
@@ -401,7 +269,7 @@ class PeerManager:
     def add_address(self, host: str, port: int, source: str = "manual") -> bool:
         """Remember an address to dial; False if unusable, ours or known already."""
         host = host.strip("[]")  # "[::1]" and "::1" are one address
-        if not _dialable(host, port) or (host, port) in self._own_addrs:
+        if not dialable(host, port) or (host, port) in self._own_addrs:
             return False
         added = self.addresses.add(host, port, source)
         if added:
@@ -752,7 +620,7 @@ class PeerManager:
         pairs = [(p.host, p.listen_port) for p in peers]
         pairs += [(e.host, e.port) for e in self.addresses.good()]
         for pair in pairs:
-            if pair not in seen and len(found) < MAX_ADDRS and _dialable(*pair):
+            if pair not in seen and len(found) < MAX_ADDRS and dialable(*pair):
                 seen.add(pair)
                 found.append(NetAddr(*pair))
         return found
