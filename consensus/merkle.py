@@ -26,6 +26,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -193,6 +194,76 @@ def verify_branch(
         return False
     implied = root_from_branch(index, count, leaf_hash(index, payload), branch)
     return implied is not None and hmac.compare_digest(implied, root)
+
+
+def verify_branches(
+    root: Hash32, count: int, openings: Sequence[tuple[int, bytes, Sequence[bytes]]]
+) -> bool:
+    """``all(verify_branch(root, i, count, payload, branch) for i, payload, branch in
+    openings)``, hashing each node of the tree the openings share once.
+
+    A PoUW proof opens h consecutive rows of A and w columns of B: their branches
+    share every node above the tile, so checking them one by one hashed the same
+    path h (or w) times (~290 hashes a header instead of ~40). The openings are
+    walked up together, level by level: a sibling a branch names must equal the
+    node computed from the other openings (or named by another branch) at that
+    place, so every branch hashes to the root this reaches exactly when it would
+    on its own. Never raises on malformed input.
+    """
+    if type(root) is not bytes or type(count) is not int:
+        return False
+    nodes: dict[int, Hash32] = {}  # the nodes of the current level we know
+    paths: list[list[Any]] = []  # per opening: [index at this level, siblings used, branch]
+    for index, payload, branch in openings:
+        if type(payload) is not bytes or type(index) is not int or not 0 <= index < count:
+            return False
+        if index >= 2**64:
+            return False
+        leaf = leaf_hash(index, payload)
+        if nodes.setdefault(index, leaf) != leaf:
+            return False  # one leaf opened with two payloads: one of them is wrong
+        paths.append([index, 0, branch])
+    if not paths:
+        return True
+    template = _NODE
+    while count > 1:
+        if len(paths) > 1:
+            # Paths that reached the same node go on as one: from here their branches
+            # must name the same siblings, or they cannot both reach the root.
+            merged: dict[int, list[Any]] = {}
+            for path in paths:
+                first = merged.setdefault(path[0], path)
+                if first is not path and list(path[2][path[1] :]) != list(first[2][first[1] :]):
+                    return False
+            paths = list(merged.values())
+        for path in paths:  # the siblings the branches name, checked against each other
+            index, used, branch = path
+            if index % 2 == 1 or index + 1 < count:
+                if used >= len(branch):
+                    return False
+                sibling = branch[used]
+                if type(sibling) is not bytes or len(sibling) != HASH_SIZE:
+                    return False
+                if nodes.setdefault(index ^ 1, sibling) != sibling:
+                    return False
+                path[1] = used + 1
+        parents: dict[int, Hash32] = {}
+        for path in paths:
+            index = path[0]
+            parent = index // 2
+            if parent not in parents:
+                if index % 2 == 1 or index + 1 < count:
+                    hasher = template.copy()
+                    hasher.update(_LEN32 + nodes[index & ~1] + _LEN32 + nodes[index | 1])
+                    parents[parent] = hasher.digest()
+                else:
+                    parents[parent] = nodes[index]  # the lone last node is promoted
+            path[0] = parent
+        nodes, count = parents, (count + 1) // 2
+    if any(used != len(branch) for _, used, branch in paths):
+        return False  # a branch names more siblings than its leaf has
+    top = nodes.get(0)
+    return top is not None and hmac.compare_digest(top, root)
 
 
 # --------------------------------------------------------- matrix commitments

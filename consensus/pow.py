@@ -26,6 +26,7 @@ from consensus.merkle import (
     matrix_rows_root,
     tree_levels,
     verify_branch,
+    verify_branches,
 )
 from consensus.params import NetworkParams
 from kernels.attempt import MiningParams, mining_attempt, tile_transcript
@@ -174,14 +175,20 @@ def verify_pow(header: BlockHeader, params: NetworkParams) -> int:
     b_cols = _operand_block(proof.b_cols, w, job.k, "columns of B")
     if len(proof.a_branches) != h or len(proof.b_branches) != w:
         raise InvalidBlock(f"proof: needs {h} branches for A and {w} for B")
-    for i in range(h):
-        row = proof.tile_i * h + i
-        if not verify_branch(job.root_a, row, job.m, a_rows[i].tobytes(), proof.a_branches[i]):
-            raise InvalidBlock(f"proof: Merkle branch of row {row} of A does not match root_a")
-    for j in range(w):
-        col = proof.tile_j * w + j
-        if not verify_branch(job.root_b, col, job.n, b_cols[j].tobytes(), proof.b_branches[j]):
-            raise InvalidBlock(f"proof: Merkle branch of column {col} of B does not match root_b")
+    # The h rows (w columns) share their branches above the tile: checked together,
+    # and one by one only to name the first bad one.
+    rows = [(proof.tile_i * h + i, a_rows[i].tobytes(), proof.a_branches[i]) for i in range(h)]
+    if not verify_branches(job.root_a, job.m, rows):
+        bad = next(
+            r for r, data, branch in rows if not verify_branch(job.root_a, r, job.m, data, branch)
+        )
+        raise InvalidBlock(f"proof: Merkle branch of row {bad} of A does not match root_a")
+    cols = [(proof.tile_j * w + j, b_cols[j].tobytes(), proof.b_branches[j]) for j in range(w)]
+    if not verify_branches(job.root_b, job.n, cols):
+        bad = next(
+            c for c, data, branch in cols if not verify_branch(job.root_b, c, job.n, data, branch)
+        )
+        raise InvalidBlock(f"proof: Merkle branch of column {bad} of B does not match root_b")
     seed_a, seed_b = noise_seeds(header.header_seed, job)
     T = tile_transcript(
         a_rows, b_cols, proof.tile_i, proof.tile_j, seed_a, seed_b, mining_params(params)

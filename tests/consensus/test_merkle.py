@@ -6,6 +6,8 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from consensus.hashing import TAG_MERKLE_LEAF, TAG_MERKLE_NODE, tagged_hash, u64_bytes
 from consensus.merkle import (
@@ -23,6 +25,7 @@ from consensus.merkle import (
     rows_with_branches,
     tree_levels,
     verify_branch,
+    verify_branches,
     verify_row_opening,
 )
 
@@ -170,3 +173,37 @@ def test_extending_a_tree_equals_building_it_whole(old: int, new: int) -> None:
     kept = [list(level) for level in before]
     assert extend_levels(before, leaves[old:]) == tree_levels(leaves)
     assert before == kept  # the earlier tree is left as it was
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_verifying_branches_together_agrees_with_one_by_one(data: st.DataObject) -> None:
+    """verify_branches must give exactly all(verify_branch ...) for any openings:
+    honest ones (tiles of consecutive leaves, any tree size, promotions included),
+    and ones with a payload, a sibling, an index or a branch length tampered with."""
+    count = data.draw(st.integers(1, 70))
+    items = payloads(count)
+    root = merkle_root(items)
+    start = data.draw(st.integers(0, count - 1))
+    width = data.draw(st.integers(1, min(16, count - start)))
+    openings = [(i, items[i], list(merkle_branch(items, i))) for i in range(start, start + width)]
+    if data.draw(st.booleans()):
+        openings.append(openings[data.draw(st.integers(0, width - 1))])  # a leaf opened twice
+    for _ in range(data.draw(st.integers(0, 2))):
+        k = data.draw(st.integers(0, len(openings) - 1))
+        index, payload, branch = openings[k]
+        how = data.draw(st.sampled_from(["payload", "sibling", "index", "short", "long"]))
+        if how == "payload":
+            payload = payload + b"!"
+        elif how == "sibling" and branch:
+            j = data.draw(st.integers(0, len(branch) - 1))
+            branch = [*branch[:j], bytes(32), *branch[j + 1 :]]
+        elif how == "index":
+            index = data.draw(st.integers(-1, count))
+        elif how == "short" and branch:
+            branch = branch[:-1]
+        elif how == "long":
+            branch = [*branch, bytes(32)]
+        openings[k] = (index, payload, branch)
+    expected = all(verify_branch(root, i, count, p, b) for i, p, b in openings)
+    assert verify_branches(root, count, openings) == expected
