@@ -138,9 +138,17 @@ class BlockHeader:
         Field("proof", RecordOf(PowProof)),
     )
 
+    # A header is encoded for its hash, for its block's size and to check it was
+    # received in canonical form; with its ~300 proof hashes that is the costliest
+    # encoding there is, so it is done once per object (frozen: it cannot go stale).
+    @cached_property
+    def encoded(self) -> bytes:
+        """The canonical encoding (``encode_header``); EncodeError names a malformed field."""
+        return encode_record(self)
+
     @cached_property
     def hash(self) -> Hash32:
-        return tagged_hash(TAG_BLOCK, encode_record(self))
+        return tagged_hash(TAG_BLOCK, self.encoded)
 
     @cached_property
     def header_seed(self) -> Hash32:
@@ -180,6 +188,8 @@ class Block:
 
 
 def encode_header(header: BlockHeader) -> bytes:
+    if type(header) is BlockHeader:
+        return header.encoded
     return encode_record(header)
 
 

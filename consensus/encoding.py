@@ -528,8 +528,9 @@ def _lean_value(kind: Kind, value: Any) -> object:
 # ------------------------------------------- records that hold self-encoding records
 #
 # A record that caches its canonical bytes (a transaction's ``encoded``: its
-# txid, signing digest and size are all computed from them) is often held by
-# the thousand in a list (a block's transactions, a TXS message). A msgpack
+# txid, signing digest and size are all computed from them; a block header's)
+# is held by the thousand in a list (a block's transactions, a TXS message) or
+# inside another record (a block's header). A msgpack
 # array is its header followed by its items' encodings, so such a list is
 # assembled from the cached bytes instead of encoding every item again. It
 # also pays on decoding: the canonical check (encode the decoded record and
@@ -551,7 +552,7 @@ def _assembly_of(cls: type) -> frozenset[str] | None:
         return _assemblies[cls]
     names = set()
     for name, step, arg in _plan_of(cls):
-        holder = step == _RECORD and _assembly_of(arg) is not None
+        holder = step == _RECORD and (_caches_encoding(arg) or _assembly_of(arg) is not None)
         items = (
             step == _OTHER
             and type(arg) is ListOf
@@ -587,7 +588,10 @@ def _assemble(obj: object, assembled: frozenset[str]) -> bytes:
         if step == _RECORD:
             if type(value) is not arg:
                 raise _GiveUp
-            parts.append(_assemble(value, _assemblies[arg]))  # type: ignore[arg-type]
+            if _caches_encoding(arg):
+                parts.append(value.encoded)  # EncodeError if malformed: the generic path words it
+            else:
+                parts.append(_assemble(value, _assemblies[arg]))  # type: ignore[arg-type]
             continue
         item = arg.item.record
         if type(value) is not tuple or len(value) > arg.max:
