@@ -6,8 +6,10 @@ millisecond): a peer cannot make us download blocks of a chain it did not
 mine. Verified headers queue for download; their blocks are asked of several
 peers at once in a bounded window (``DOWNLOAD_WINDOW`` ahead of our tip, at
 most ``PER_PEER_INFLIGHT`` per peer, the least loaded peer that has the block
-first) and connected strictly in height order as they arrive. A request that
-stalls for ``STALL_SECONDS`` goes to another peer.
+first) and connected strictly in height order as they arrive. Only their
+bodies are asked for (``GETDATA(BODY)`` → ``BLOCKBODY``): the header, with its
+~18 KiB proof, is here already. A request that stalls for ``STALL_SECONDS``
+goes to another peer.
 
 While catching up, the node writes blocks to its store in batches (see
 ``Node.process_block``) and downloads whole blocks: it holds none of their
@@ -29,7 +31,15 @@ from consensus.validation import check_header_pow
 from node.errors import ProtocolViolation
 from node.peer import PeerSession
 from node.sync_progress import SyncProgress
-from node.wire import MAX_HEADERS, GetHeaders, Headers, InvItem, InvKind, headers_reply
+from node.wire import (
+    MAX_HEADERS,
+    BlockBody,
+    GetHeaders,
+    Headers,
+    InvItem,
+    InvKind,
+    headers_reply,
+)
 
 if TYPE_CHECKING:
     from node.node import Node
@@ -37,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pouw.node")
 
 INV_BLOCK = int(InvKind.BLOCK)
+INV_BODY = int(InvKind.BODY)
 DOWNLOAD_WINDOW = 256
 """Blocks requested ahead of the connected tip."""
 PER_PEER_INFLIGHT = 32
@@ -154,9 +165,21 @@ class HeaderSync:
             load[id(best)] += 1
             free -= 1
             inflight[h] = (best, now)
-            batches.setdefault(id(best), (best, []))[1].append(InvItem(InvKind.BLOCK, h))
+            batches.setdefault(id(best), (best, []))[1].append(InvItem(InvKind.BODY, h))
         for peer, items in batches.values():
             peer.request(items)
+
+    async def on_body(self, peer: PeerSession, msg: BlockBody) -> None:
+        """The transactions of a block whose header we hold: the block, then connect."""
+        h = msg.block_hash
+        if not peer.take_requested(INV_BODY, h):
+            raise ProtocolViolation("unrequested block body")
+        header = self.pending.get(h)
+        if header is None:
+            return  # connected meanwhile, or the download was dropped
+        self.inflight.pop(h, None)
+        self.downloaded[h] = Block(header, msg.txs)
+        await self._connect_downloaded(peer)
 
     async def on_block(self, peer: PeerSession, block: Block) -> bool:
         """Take a block of the download; False if it is not one we queued."""

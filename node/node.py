@@ -49,6 +49,7 @@ from node.wire import (
     TXS_BATCH_BYTES,
     BlobChunk,
     BlobGet,
+    BlockBody,
     BlockMsg,
     BlockTxn,
     CompactBlock,
@@ -364,6 +365,8 @@ class Node:
             await self._on_tx(peer, msg)
         elif isinstance(msg, BlockMsg):
             await self._on_block(peer, msg)
+        elif isinstance(msg, BlockBody):
+            await self.sync.on_body(peer, msg)
         elif isinstance(msg, CompactBlock):
             await self.compact.on_compact_block(peer, msg)
         elif isinstance(msg, BlockTxn):
@@ -425,6 +428,9 @@ class Node:
                 peer.send_frame(self._block_frame(item.hash))
             elif item.kind == INV_CMPCT and item.hash in self.chain.blocks:
                 self.compact.serve(peer, item.hash)
+            elif item.kind == InvKind.BODY and item.hash in self.chain.blocks:
+                peer.mark_known(INV_BLOCK, item.hash)
+                peer.send_nowait(BlockBody(item.hash, self.chain.blocks[item.hash].txs))
             else:
                 missing.append(item)
         _send_txs(peer, txs)

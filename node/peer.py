@@ -33,6 +33,7 @@ from node.wire import (
     MAX_FRAME,
     MAX_INV,
     BlobChunk,
+    BlockBody,
     BlockMsg,
     BlockTxn,
     Close,
@@ -412,9 +413,11 @@ class PeerSession:
             self.known.add((int(InvKind.BLOCK), msg.block.hash))
         elif type(msg) is CompactBlock:
             self.known.add((int(InvKind.BLOCK), msg.header.hash))
-        elif type(msg) is BlockTxn:
+        elif type(msg) is BlockTxn or type(msg) is BlockBody:
             for tx in msg.txs:
                 self.known.add((int(InvKind.TX), tx.txid))
+            if type(msg) is BlockBody:
+                self.known.add((int(InvKind.BLOCK), msg.block_hash))
 
     # ----------------------------------------------------------- inventory
 

@@ -19,6 +19,7 @@ from consensus.transactions import Transaction, encode_tx
 from node.config import NodeConfig
 from node.node import INV_BLOCK, INV_CMPCT, INV_TX, Node
 from node.wire import (
+    BlockBody,
     BlockMsg,
     BlockTxn,
     CompactBlock,
@@ -27,9 +28,10 @@ from node.wire import (
     Headers,
     Inv,
     InvItem,
+    InvKind,
     TxMsg,
 )
-from tests.consensus.chainkit import ALICE, BOB, MID, new_chain, next_block, remine, transfer
+from tests.consensus.chainkit import ALICE, BOB, CAROL, MID, new_chain, next_block, remine, transfer
 from tests.node.p2p_testkit import TestPeer
 
 
@@ -379,3 +381,39 @@ async def test_a_new_tip_pushed_by_a_peer_connects_without_a_request(node):
     assert node.compact.stats.pushed == 1 and node.p2p.bans() == []
     assert not any(isinstance(m, GetData) for m in a.received)
     await a.close()
+
+
+async def test_catching_up_fetches_block_bodies_and_refuses_one_its_header_does_not_commit(node):
+    """Headers first: the node holds the headers, so it asks only for the blocks'
+    transactions. A body the header does not commit to gets its sender banned and
+    poisons nothing: the right body, from another peer, connects the block."""
+    chain, clock = new_chain()
+    tx = transfer(ALICE, BOB, 5, 0, chain_id=MID.chain_id)
+    blocks = [next_block(chain, clock, (tx,))]
+    chain.add_block(blocks[0])
+    blocks.append(next_block(chain, clock))
+    chain.add_block(blocks[1])
+    headers = Headers(tuple(b.header for b in blocks))
+    wanted = {InvItem(InvKind.BODY, b.hash) for b in blocks}
+
+    cheat = await _peer(node)
+    await cheat.send(headers)
+    assert set((await cheat.wait_for_message(GetData)).items) == wanted
+    other = transfer(ALICE, CAROL, 5, 0, chain_id=MID.chain_id)
+    await cheat.send(BlockBody(blocks[0].hash, (other,)))
+    reason = await cheat.wait_for_close()
+    assert reason is not None and "tx_root does not commit" in reason
+    assert node.chain.height == 0
+
+    honest = await _peer(node)
+    await honest.send(headers)
+    assert set((await honest.wait_for_message(GetData)).items) == wanted
+    for b in blocks:
+        await honest.send(BlockBody(b.hash, b.txs))
+    await honest.sync()
+    assert node.chain.tip.hash == blocks[-1].hash
+    assert not any(isinstance(m, BlockMsg) for m in honest.received)
+
+    await honest.send(BlockBody(blocks[0].hash, blocks[0].txs))  # asked for once, sent twice
+    reason = await honest.wait_for_close()
+    assert reason is not None and "unrequested block body" in reason
