@@ -252,17 +252,17 @@ class PeerManager:
         """One INV per peer with the items it does not know (≤ MAX_INV each); peers told."""
         skip = _as_set(exclude)
         inv_kind = InvKind(kind)
+        items = [InvItem(inv_kind, h) for h in hashes]  # one each, shared by every peer's INV
         told = 0
         for peer in self.peers:
             if id(peer) in skip:
                 continue
-            fresh = [h for h in hashes if not peer.knows(kind, h)]
+            fresh = [item for item in items if not peer.knows_key(item.key)]
             for start in range(0, len(fresh), MAX_INV):
                 batch = fresh[start : start + MAX_INV]
-                for h in batch:
-                    peer.mark_known(kind, h)
-                items = tuple(InvItem(inv_kind, h) for h in batch)
-                peer.send_frame(encode_message(Inv(items)), bulk=inv_kind == InvKind.TX)
+                for item in batch:
+                    peer.known.add(item.key)
+                peer.send_frame(encode_message(Inv(tuple(batch))), bulk=inv_kind == InvKind.TX)
             told += bool(fresh)
         return told
 

@@ -126,10 +126,13 @@ class KnownSet:
         self._items: OrderedDict[InvKey, None] = OrderedDict()
 
     def add(self, key: InvKey) -> None:
-        self._items[key] = None
-        self._items.move_to_end(key)
-        while len(self._items) > self.maxsize:
-            self._items.popitem(last=False)
+        items = self._items
+        if key in items:
+            items.move_to_end(key)
+            return
+        items[key] = None
+        if len(items) > self.maxsize:
+            items.popitem(last=False)
 
     def __contains__(self, key: object) -> bool:
         return key in self._items
@@ -427,6 +430,10 @@ class PeerSession:
 
     def knows(self, kind: int, hash: bytes) -> bool:
         return _key(kind, hash) in self.known
+
+    def knows_key(self, key: InvKey) -> bool:
+        """``knows`` for an (int kind, hash) key already made (``InvItem.key``)."""
+        return key in self.known
 
     def request(self, items: Iterable[InvItem | InvKey]) -> None:
         """Send GETDATA for ``items`` (in batches of MAX_INV) and note when we asked.

@@ -84,6 +84,9 @@ class Metrics:
         self.hashrate = Gauge("pouw_hashrate_macs", "Miner speed in MAC/s", registry=r)
         self.blocks = Counter("pouw_blocks", "Blocks by outcome", ["outcome"], registry=r)
         self.txs = Counter("pouw_txs", "Transactions by outcome", ["outcome"], registry=r)
+        # Counted per transaction: the labelled children are looked up once.
+        self.txs_accepted = self.txs.labels("accepted")
+        self.txs_rejected = self.txs.labels("rejected")
         self.bans = Counter("pouw_bans", "Peers banned", registry=r)
         self.mined = Counter("pouw_blocks_mined", "Blocks mined by this node", registry=r)
         self.gc_seconds = Gauge(

@@ -90,14 +90,15 @@ class TxRelay:
         try:
             node.mempool.add(tx, node.chain.state, node.chain.height)
         except InvalidTransaction:
-            node.metrics.txs.labels("rejected").inc()
+            node.metrics.txs_rejected.inc()
             self.rejected[txid] = None
             while len(self.rejected) > SEEN_CACHE:
                 self.rejected.popitem(last=False)
             raise
-        node.metrics.txs.labels("accepted").inc()
+        node.metrics.txs_accepted.inc()
         self._announce.setdefault(id(source), (source, []))[1].append(txid)
-        node.rpc.notify({"event": "tx", "txid": txid.hex()})
+        if node.rpc.subscribers:
+            node.rpc.notify({"event": "tx", "txid": txid.hex()})
         return txid
 
     def _admit_from_peer(self, peer: PeerSession, tx: Any) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import cached_property
 from typing import ClassVar
 
 from consensus.blocks import MAX_TXS_PER_BLOCK, Block, BlockHeader
@@ -164,10 +165,17 @@ class InvItem:
         if type(self.kind) is not InvKind:
             object.__setattr__(self, "kind", InvKind(self.kind))  # ValueError if unknown
 
-    @property
+    # An item is announced to every peer and asked for, noted and matched several
+    # times, a thousand to a frame: its key and its bytes are made once (frozen).
+    @cached_property
     def key(self) -> tuple[int, bytes]:
         """The (kind, hash) pair used by PeerSession.known and .requested."""
         return (int(self.kind), self.hash)
+
+    @cached_property
+    def encoded(self) -> bytes:
+        """Its canonical encoding; an INV or GETDATA is assembled from these."""
+        return encode_record(self)
 
 
 INV_ITEMS = ListOf(RecordOf(InvItem), max=MAX_INV)
