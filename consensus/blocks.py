@@ -13,6 +13,7 @@ Three hashes matter:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import ClassVar
@@ -184,7 +185,12 @@ class Block:
         Computed once per block object: the chain checks it when the block arrives
         and the body rules again when it is connected.
         """
-        return merkle_root([tx.txid for tx in self.txs])
+        return tx_root(self.txs)
+
+
+def tx_root(txs: Sequence[Transaction]) -> Hash32:
+    """The Merkle root of the transactions' txids, in order: what a header's tx_root is."""
+    return merkle_root([tx.txid for tx in txs])
 
 
 def encode_header(header: BlockHeader) -> bytes:

@@ -16,7 +16,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from enum import Enum
 
-from consensus.blocks import EMPTY_PROOF, Block, BlockHeader, JobSpec
+from consensus.blocks import EMPTY_PROOF, Block, BlockHeader, JobSpec, tx_root
 from consensus.difficulty import block_work
 from consensus.errors import InvalidBlock
 from consensus.params import NetworkParams
@@ -29,7 +29,6 @@ from consensus.validation import (
     check_header_pow,
     expected_target,
     genesis_state,
-    tx_root,
     validate_header,
 )
 

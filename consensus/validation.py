@@ -13,10 +13,15 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from consensus import datashare, market
-from consensus.blocks import MAX_TXS_PER_BLOCK, Block, BlockHeader, encode_block, encode_header
+from consensus.blocks import (
+    MAX_TXS_PER_BLOCK,
+    Block,
+    BlockHeader,
+    encode_block,
+    encode_header,
+)
 from consensus.difficulty import asert_target
 from consensus.errors import DecodeError, EncodeError, InvalidBlock, InvalidTransaction
-from consensus.merkle import merkle_root
 from consensus.params import NetworkParams
 from consensus.pow import verify_pow
 from consensus.state import ACCOUNTS, IMMATURE, LOCKED, MODELS, State, Undo
@@ -271,10 +276,6 @@ def block_size(block: Block) -> int:
             txs_array = 1 if n < 16 else 3 if n < 1 << 16 else 5
             return 1 + header + txs_array + body  # 1: the block's own fixarray header
     return len(encode_block(block))
-
-
-def tx_root(txs: Sequence[Transaction]) -> bytes:
-    return merkle_root([tx.txid for tx in txs])
 
 
 def open_block(state: State, parent: BlockHeader, params: NetworkParams) -> None:

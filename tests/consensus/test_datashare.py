@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from consensus.blocks import Block
+from consensus.blocks import Block, tx_root
 from consensus.chain import Chain
 from consensus.datashare import (
     access_log_record,
@@ -33,7 +33,7 @@ from consensus.transactions import (
     encode_tx,
     signed_transaction,
 )
-from consensus.validation import apply_body, tx_root
+from consensus.validation import apply_body
 from tests.consensus.chainkit import ALICE, BOB, CAROL, MID, MINER, Clock, new_chain, next_block
 
 ROOT = bytes(range(32))

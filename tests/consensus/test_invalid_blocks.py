@@ -9,12 +9,11 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from consensus.blocks import Block, decode_block, encode_block, noise_seeds
+from consensus.blocks import Block, decode_block, encode_block, noise_seeds, tx_root
 from consensus.chain import Chain
 from consensus.errors import DecodeError, InvalidBlock
 from consensus.pow import build_proof, mining_params, null_job
 from consensus.transactions import AccessLogPayload, signed_transaction
-from consensus.validation import tx_root
 from kernels.attempt import mining_attempt
 from tests.consensus.chainkit import (
     ALICE,

@@ -129,7 +129,7 @@ def test_a_fraud_proof_of_a_correct_entry_is_refused(posted):
 
 
 def _root(txs):
-    from consensus.validation import tx_root
+    from consensus.blocks import tx_root
 
     return tx_root(txs)
 

@@ -10,7 +10,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from consensus.blocks import Block
+from consensus.blocks import Block, tx_root
 from consensus.chain import Chain
 from consensus.errors import EncodeError, InvalidBlock, InvalidTransaction
 from consensus.market import job_id_of, job_record
@@ -23,7 +23,7 @@ from consensus.transactions import (
     check_tx_stateless,
     signed_transaction,
 )
-from consensus.validation import apply_body, tx_root
+from consensus.validation import apply_body
 from tests.consensus.chainkit import ALICE, BOB, MID, MINER, Clock, new_chain, next_block
 
 rng = np.random.default_rng(8)

@@ -9,13 +9,12 @@ import pytest
 from click.testing import CliRunner
 
 from benchmarks.chain import bench_chain
-from consensus.blocks import Block
+from consensus.blocks import Block, tx_root
 from consensus.chain import Chain
 from consensus.errors import InvalidBlock
 from consensus.keys import PARALLEL_VERIFY_MIN, PrivateKey, verify_many
 from consensus.pow import null_job
 from consensus.transactions import Transaction
-from consensus.validation import tx_root
 from node.cli import cli
 from tests.consensus.chainkit import ALICE, BOB, MID, MINER, new_chain, remine, transfer
 
