@@ -151,8 +151,7 @@ class State:
         if self._journal is None:
             raise RuntimeError("no block is being applied")
         tables = self.tables
-        keys = dict.fromkeys((t, k) for t, k, _ in self._journal)
-        return [(t, k, tables[t].get(k)) for t, k in keys]
+        return [(t, k, tables[t].get(k)) for t, k, _ in _first_writes(self._journal)]
 
     def savepoint(self) -> int:
         """A mark inside the open block to roll back to (one transaction's writes)."""

@@ -55,8 +55,9 @@ class TemplateBody:
     writes: tuple[tuple[str, Any, Any], ...]
     """(table, key, value after) of every key the parent's job claim and the
     transactions wrote; None where the key ended up absent."""
-    levels: tuple[tuple[bytes, ...], ...]
-    """The Merkle tree of the txids, leaves first (``merkle.tree_levels``)."""
+    levels: list[list[bytes]]
+    """The Merkle tree of the txids, leaves first (``merkle.tree_levels``); never
+    changed once made (``extend_levels`` leaves what it extends as it is)."""
 
     @property
     def tx_root(self) -> bytes:
@@ -119,7 +120,7 @@ def build_template(
         writes = tuple(st.written())
         txids = [tx.txid for tx in added]
         levels = extend_levels(
-            [list(level) for level in base.levels] if base is not None else [],
+            base.levels if base is not None else [],
             leaf_hashes(txids, first_index=len(included)),
         )
         included += added
@@ -130,7 +131,7 @@ def build_template(
             fees=fees,
             size=size,
             writes=writes,
-            levels=tuple(tuple(level) for level in levels),
+            levels=levels,
         )
         header = BlockHeader(
             height=height,
