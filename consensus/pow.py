@@ -13,6 +13,7 @@ import dataclasses
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import blake3
 import numpy as np
@@ -158,6 +159,13 @@ def check_job_shape(job: JobSpec, params: NetworkParams) -> None:
         raise InvalidBlock(f"job: shape {job.m}x{job.k}x{job.n} does not tile by r={r}, {h}x{w}")
 
 
+def _first_bad_opening(root: bytes, count: int, openings: list[tuple[int, bytes, Any]]) -> int:
+    """The index of the first opening whose branch fails on its own (to name it)."""
+    return next(
+        i for i, data, branch in openings if not verify_branch(root, i, count, data, branch)
+    )
+
+
 def verify_pow(header: BlockHeader, params: NetworkParams) -> int:
     """Check the header's PoUW proof; returns the winning ticket or raises InvalidBlock.
 
@@ -179,15 +187,11 @@ def verify_pow(header: BlockHeader, params: NetworkParams) -> int:
     # and one by one only to name the first bad one.
     rows = [(proof.tile_i * h + i, a_rows[i].tobytes(), proof.a_branches[i]) for i in range(h)]
     if not verify_branches(job.root_a, job.m, rows):
-        bad = next(
-            r for r, data, branch in rows if not verify_branch(job.root_a, r, job.m, data, branch)
-        )
+        bad = _first_bad_opening(job.root_a, job.m, rows)
         raise InvalidBlock(f"proof: Merkle branch of row {bad} of A does not match root_a")
     cols = [(proof.tile_j * w + j, b_cols[j].tobytes(), proof.b_branches[j]) for j in range(w)]
     if not verify_branches(job.root_b, job.n, cols):
-        bad = next(
-            c for c, data, branch in cols if not verify_branch(job.root_b, c, job.n, data, branch)
-        )
+        bad = _first_bad_opening(job.root_b, job.n, cols)
         raise InvalidBlock(f"proof: Merkle branch of column {bad} of B does not match root_b")
     seed_a, seed_b = noise_seeds(header.header_seed, job)
     T = tile_transcript(
