@@ -18,10 +18,12 @@ branches and blocks met while catching up are announced by INV instead, and
 an INV is answered with ``GETDATA(CMPCT_BLOCK)``.
 
 Checks before any work: the proof of work must hold (one tile, a
-millisecond; a peer cannot make up headers that pass) and the txids must be
-the ones the header's tx_root commits to. The rebuilt block then takes the same path as a
-whole block (``Node.accept_block``): every rule is checked, and the
-signatures of transactions that did not come from the mempool are verified.
+millisecond; a peer cannot make up headers that pass), and before asking for
+missing transactions the txids must be the ones the header's tx_root commits
+to (a block rebuilt whole has that checked by the chain, once). The rebuilt
+block then takes the same path as a whole block (``Node.accept_block``):
+every rule is checked, and the signatures of transactions that did not come
+from the mempool are verified.
 
 A node that is catching up (headers-first sync) still downloads whole
 blocks: it holds none of their transactions.
@@ -141,8 +143,6 @@ class CompactRelay:
             check_header_pow(header, node.params)
         except InvalidBlock as e:
             raise ProtocolViolation(f"compact block: {e}") from None
-        if merkle_root(list(msg.txids)) != header.tx_root:
-            raise ProtocolViolation("compact block: its txids are not the ones tx_root commits to")
         if header.prev_hash not in node.chain.entries:
             # Not on top of anything we have: the whole block takes the orphan
             # path, which asks this peer for the headers in between.
@@ -150,9 +150,13 @@ class CompactRelay:
             return
         txs, missing = self._fill(msg.txids)
         if not missing:
+            # The chain checks the txids against tx_root before it keeps anything.
             self.stats.complete += 1
             await node.accept_block(Block(header, tuple(txs)), peer)  # type: ignore[arg-type]
             return
+        # Before asking the peer for what we lack: is that what the header names?
+        if merkle_root(list(msg.txids)) != header.tx_root:
+            raise ProtocolViolation("compact block: its txids are not the ones tx_root commits to")
         self.stats.txs_fetched += len(missing)
         self.partials[h] = _Partial(peer, header, msg.txids, txs, tuple(missing))
         peer.send_nowait(GetBlockTxn(h, tuple(missing)))

@@ -417,3 +417,24 @@ async def test_catching_up_fetches_block_bodies_and_refuses_one_its_header_does_
     await honest.send(BlockBody(blocks[0].hash, blocks[0].txs))  # asked for once, sent twice
     reason = await honest.wait_for_close()
     assert reason is not None and "unrequested block body" in reason
+
+
+async def test_a_compact_block_of_held_transactions_in_the_wrong_order_is_refused(node):
+    """All its transactions are in the mempool, so no GETBLOCKTXN: the chain's own
+    commitment check refuses the reordered list, bans the sender and keeps nothing,
+    and the honest compact block still connects."""
+    first = transfer(ALICE, BOB, 500, 0, chain_id=MID.chain_id)
+    second = transfer(BOB, ALICE, 700, 0, chain_id=MID.chain_id)
+    for tx in (first, second):
+        await _rpc(node, "sendtransaction", encode_tx(tx).hex())
+    block = _block_for(node, (first, second))
+    cheat = await _peer(node)
+    await cheat.send(CompactBlock(block.header, (second.txid, first.txid)))
+    reason = await cheat.wait_for_close()
+    assert reason is not None and "tx_root does not commit" in reason
+    assert node.chain.height == 0 and not node.chain.contains(block.hash)
+    honest = await _peer(node)
+    await honest.send(_compact(block))
+    await honest.sync()
+    assert node.chain.tip.hash == block.hash
+    await honest.close()
