@@ -401,7 +401,7 @@ class Node:
                     wanted.append(item)
             else:
                 raise ProtocolViolation(f"inv: {item.kind.name} is never announced")
-        if wanted and (self.sync.queue or self.sync.target):
+        if wanted and self.sync.catching_up:
             peer.request(wanted)  # catching up: we hold none of their transactions
         elif wanted:
             self.compact.request(peer, [item.hash for item in wanted])

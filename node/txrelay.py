@@ -97,8 +97,7 @@ class TxRelay:
             raise
         node.metrics.txs_accepted.inc()
         self._announce.setdefault(id(source), (source, []))[1].append(txid)
-        if node.rpc.subscribers:
-            node.rpc.notify({"event": "tx", "txid": txid.hex()})
+        node.rpc.notify({"event": "tx", "txid": txid.hex()})
         return txid
 
     def _admit_from_peer(self, peer: PeerSession, tx: Any) -> None:
