@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from numba import njit
 
 from kernels import transcript_cpu as tc
+from kernels.isa import compile_target, multiply_adds
 from kernels.reference import reference_transcripts
 
 LO, HI = -127, 126  # A', B' entries (int8 operands plus bounded noise)
@@ -114,17 +115,25 @@ def test_fold_tile_matches_protocol() -> None:
     assert T[3] == np.uint32(((0x80000001 << 13) | (0x80000001 >> 19)) & 0xFFFFFFFF) ^ x
 
 
-def test_microkernel_uses_pmaddwd() -> None:
-    """On AVX2 hosts the tile routine compiles to the int16 multiply-add."""
-    from llvmlite import binding
+def test_microkernel_multiply_add_is_vectorised_for_the_target() -> None:
+    """The tile routine's multiply-add is the vector instruction its target calls for.
 
-    if "+avx2" not in binding.get_host_cpu_features().flatten():
-        pytest.skip("host has no AVX2")
+    The expectation comes from the features Numba compiles for (the host's, or
+    NUMBA_CPU_NAME/NUMBA_CPU_FEATURES: test_codegen_targets.py reruns this file
+    for older targets): vpmaddwd on ymm for AVX2, vpdpwssd/vpdpbusd on ymm or
+    zmm for AVX-512 VNNI, pmaddwd on xmm for the x86-64 baseline, and so on.
+    """
+    target = compile_target()
+    instructions, registers = target.multiply_add
+    assert instructions, f"no multiply-add expectation for {target.isa} ({target.cpu})"
     fresh = njit(tc._tile_packed.py_func)  # not from the cache, so its assembly is kept
     acc, T = np.zeros((16, 16), dtype=np.int32), np.zeros(16, dtype=np.uint32)
     fresh(np.zeros((32, 16, 2), np.int16), np.zeros((1, 32, 32), np.int16), 64, acc, T, True)
-    asm = next(iter(fresh.inspect_asm().values()))
-    assert "vpmaddwd" in asm and "ymm" in asm
+    found = multiply_adds(next(iter(fresh.inspect_asm().values())))
+    wanted = {(i, r) for i, r in found if i in instructions and r in registers}
+    assert wanted, f"{target.isa} ({target.cpu}): expected {sorted(instructions)} on " + (
+        f"{sorted(registers)}, the microkernel has {sorted(found)}"
+    )
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
