@@ -1,0 +1,83 @@
+"""The CPU kernels are exact on every code path the fleet can compile, not just this host's.
+
+Numba compiles for the host, so an AVX-512 CI box would otherwise never run the
+AVX2 microkernel that Zen 3 machines mine with (nor the x86-64 baseline a
+generic build gets). Each case reruns the CPU kernels' exactness tests in a
+child process compiled for an older target (``NUMBA_CPU_NAME`` and
+``NUMBA_CPU_FEATURES``); the codegen test in that run also checks that the
+target's own multiply-add instruction is the one in the microkernel.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The tests that compare the Numba CPU kernels bit for bit with the NumPy
+# reference (the hypothesis search is left to the host run: it costs most).
+EXACTNESS_TESTS = [
+    "tests/kernels/test_transcript_cpu.py",
+    "tests/kernels/test_tickets.py",
+    "tests/kernels/test_attempt.py",
+    "tests/kernels/test_noise.py",
+    "tests/kernels/test_freivalds.py",
+]
+
+X86_TARGETS = {
+    # Zen 3 / Haswell-class: AVX2 and FMA, no AVX-512 (vpmaddwd on ymm).
+    "avx2": ("haswell", "+avx,+avx2,+fma,+bmi,+bmi2,+f16c,+popcnt,+sse4.2"),
+    # Portable baseline code, what a distribution build for any x86-64 gets (pmaddwd on xmm).
+    "sse2": ("generic", ""),
+}
+ARM_TARGETS = {"neon": ("generic", "")}
+
+
+def _targets() -> dict[str, tuple[str, str]]:
+    machine = platform.machine().lower()
+    if machine in ("aarch64", "arm64"):
+        return ARM_TARGETS
+    return X86_TARGETS
+
+
+@pytest.mark.parametrize("isa", sorted(_targets()))
+def test_kernels_exact_when_compiled_for_an_older_target(isa: str) -> None:
+    cpu, features = _targets()[isa]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}
+    env |= {"NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": features}
+    probe = subprocess.run(
+        [sys.executable, "-c", "from kernels.isa import compile_target as t; print(t().isa)"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert probe.stdout.strip() == isa, probe.stderr
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-k",
+            "not hypothesis",
+            *EXACTNESS_TESTS,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    tail = "\n".join(run.stdout.splitlines()[-30:])
+    assert run.returncode == 0, f"kernels compiled for {cpu} ({isa}) failed:\n{tail}\n{run.stderr}"
+    assert " passed" in tail and "failed" not in tail, tail
