@@ -19,6 +19,7 @@ from benchmarks.sgemm_baseline import measure_sgemm
 from kernels.attempt import MiningParams, mining_attempt, verify_tile_ticket
 from kernels.backends import get_backend
 from kernels.freivalds import freivalds_check
+from kernels.isa import compile_target
 
 PLOT_SIZES = (256, 512, 768, 1024, 1536, 2048)
 
@@ -71,8 +72,13 @@ def bench_kernels(size: int, backend: str = "cpu", repeats: int | None = None) -
     if not freivalds_check(a, b, c):
         raise RuntimeError("the recovered product failed Freivalds: the kernel is wrong")
     sgemm_s = float(sgemm["sgemm_s"])  # type: ignore[arg-type]
+    target = compile_target()
     return {
         "backend": be.name,
+        # The instruction set the CPU kernels were compiled for (host or NUMBA_CPU_*):
+        # figures from different machines are only comparable with it beside them.
+        "isa": target.isa if be.name == "cpu" else be.name,
+        "cpu": target.cpu,
         "m": m,
         "k": k,
         "n": n,

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 import kernels.backends
+from kernels.isa import compile_target
 from node.cli import cli
 from tests.e2e.framework import NodeProcess, wait_until
 
@@ -72,6 +73,25 @@ def test_bad_wallet_rpc_and_bench_arguments_are_one_line_errors(tmp_path):
     empty.mkdir()
     one_line_error(run("rpc", "getinfo", "--datadir", str(empty)), "no running node", str(empty))
     one_line_error(run("bench", "kernels", "--size", "100"), "--size", "64")
+
+
+BENCH_KERNELS = [sys.executable, "-m", "node.cli", "bench", "kernels"]
+
+
+def test_bench_kernels_reports_the_instruction_set_it_ran_with():
+    """Figures from different machines can be told apart: the record names the target ISA."""
+    run_ = subprocess.run(
+        [*BENCH_KERNELS, "--size", "128", "--repeats", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run_.returncode == 0, run_.stderr
+    record = json.loads(run_.stdout)
+    target = compile_target()
+    assert record["backend"] == "cpu"
+    assert record["isa"] == target.isa and record["cpu"] == target.cpu
+    assert record["attempt_s"] > 0 and record["plain_s"] > 0 and record["m"] == 128
 
 
 def test_wallet_new_and_address_agree_and_new_never_overwrites(tmp_path):
