@@ -115,8 +115,11 @@ def test_bench_pipeline_times_every_stage_of_a_transaction() -> None:
     stages = [k for k in record if k.endswith("_us")]
     assert {"rpc_in_us", "admit_us", "signature_us", "template_us", "connect_us"} <= set(stages)
     assert all(record[k] > 0 for k in stages)
-    assert record["signature_us"] < record["admit_us"] < record["node_us_per_tx"]
-    assert 0 < record["signature_share"] < 1
+    # The weighted total counts admission once, among other stages; the signature
+    # is timed on its own, so comparing it with admission would test the machine's load.
+    assert record["admit_us"] < record["node_us_per_tx"]
+    share = record["signature_us"] / record["node_us_per_tx"]
+    assert record["signature_share"] == pytest.approx(share, abs=1e-3)
 
 
 def test_bench_pipeline_refuses_too_few_transactions() -> None:
