@@ -33,6 +33,7 @@ from node.bans import BanList
 from node.blobs import BlobExchange
 from node.compact import CompactRelay
 from node.config import NodeConfig
+from node.datadir import DatadirLock
 from node.errors import ProtocolViolation
 from node.headersync import HeaderSync
 from node.market import MarketService
@@ -86,8 +87,11 @@ PEERS_SAVE_S = 900.0
 class Node:
     """One node process's worth of state; ``await start()``, then ``await stop()``."""
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, lock: DatadirLock | None = None) -> None:
+        """``lock``: the datadir's lock if the caller took it already (`pouw node` does,
+        before it opens the log); otherwise ``start`` takes it."""
         self.config = config
+        self._lock = lock if lock is not None else DatadirLock(config.datadir)
         self.params = config.params
         self.datadir = config.datadir
         self.metrics = Metrics()
@@ -113,7 +117,8 @@ class Node:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        self.datadir.mkdir(parents=True, exist_ok=True)
+        """Lock the datadir (DatadirInUse if another node has it), load, listen, connect."""
+        self._lock.acquire()
         self.key = _load_node_key(self.datadir / "node_key")
         self.store = Store(self.datadir / "chain.sqlite", self.params)
         self.chain: Chain = self.store.load_chain(now_ms)
@@ -199,6 +204,9 @@ class Node:
             await self._stopped.wait()
             return
         self._stopping.set()
+        if not self._lock.held:  # start never got the datadir: nothing here is ours
+            self._stopped.set()
+            return
         try:
             if self.miner is not None:
                 await self.miner.stop()
@@ -220,6 +228,7 @@ class Node:
             (self.datadir / "node.json").unlink(missing_ok=True)
             log.info("node stopped at height %d", self.chain.height)
         finally:
+            self._lock.release()
             self._stopped.set()
 
     async def wait_stopped(self) -> None:
