@@ -17,6 +17,7 @@ from consensus.params import NETWORKS
 from consensus.transactions import TransferPayload, encode_tx, signed_transaction
 from node import collector
 from node.config import NodeConfig, default_datadir, load_config_file, parse_hostport
+from node.datadir import DatadirInUse, DatadirLock
 from node.rpc_client import RpcCallError, RpcClient
 
 NETWORK_CHOICE = click.Choice(sorted(NETWORKS))
@@ -189,16 +190,21 @@ def node_cmd(
         import numba
 
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    config.datadir.mkdir(parents=True, exist_ok=True)
+    # The lock comes first: a second node on this datadir must not even open its log.
+    lock = DatadirLock(config.datadir)
+    try:
+        lock.acquire()
+    except DatadirInUse as e:
+        raise click.ClickException(str(e)) from None
     _setup_logging(config.datadir, log_level)
     collector.tune()
-    asyncio.run(_run_node(config))
+    asyncio.run(_run_node(config, lock))
 
 
-async def _run_node(config: NodeConfig) -> None:
+async def _run_node(config: NodeConfig, lock: DatadirLock) -> None:
     from node.node import Node
 
-    node = Node(config)
+    node = Node(config, lock)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, node.request_stop)

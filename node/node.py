@@ -28,9 +28,12 @@ from consensus.chain import AddResult, Chain
 from consensus.errors import InvalidBlock
 from consensus.keys import PrivateKey
 from kernels.attempt import warm_up
+from node.addresses import AddressBook
+from node.bans import BanList
 from node.blobs import BlobExchange
 from node.compact import CompactRelay
 from node.config import NodeConfig
+from node.datadir import DatadirLock
 from node.errors import ProtocolViolation
 from node.headersync import HeaderSync
 from node.market import MarketService
@@ -75,13 +78,20 @@ BLOCK_TIMES_KEPT = 10_000
 BLOCK_FRAMES_KEPT = 8
 STORE_BATCH_S = 0.25
 """While catching up, blocks are written to the store in one transaction this often."""
+PEERS_FILE = "peers.json"
+BANS_FILE = "bans.json"
+PEERS_SAVE_S = 900.0
+"""How often the address book and bans are written besides at stop (Bitcoin Core's 15 min)."""
 
 
 class Node:
     """One node process's worth of state; ``await start()``, then ``await stop()``."""
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, lock: DatadirLock | None = None) -> None:
+        """``lock``: the datadir's lock if the caller took it already (`pouw node` does,
+        before it opens the log); otherwise ``start`` takes it."""
         self.config = config
+        self._lock = lock if lock is not None else DatadirLock(config.datadir)
         self.params = config.params
         self.datadir = config.datadir
         self.metrics = Metrics()
@@ -92,6 +102,7 @@ class Node:
         self._stopped = asyncio.Event()
         self._store_dirty = False
         self._store_synced = 0.0
+        self._peers_saved = time.monotonic()
         self.sync_progress = SyncProgress(draw=config.progress)
         self.sync = HeaderSync(self, self.sync_progress)
         self.txs = TxRelay(self)
@@ -106,7 +117,8 @@ class Node:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        self.datadir.mkdir(parents=True, exist_ok=True)
+        """Lock the datadir (DatadirInUse if another node has it), load, listen, connect."""
+        self._lock.acquire()
         self.key = _load_node_key(self.datadir / "node_key")
         self.store = Store(self.datadir / "chain.sqlite", self.params)
         self.chain: Chain = self.store.load_chain(now_ms)
@@ -136,6 +148,8 @@ class Node:
             bootstrap=list(self.config.peers),
             max_outbound=self.config.max_outbound,
             max_inbound=self.config.max_inbound,
+            addresses=AddressBook.load(self.datadir / PEERS_FILE),
+            bans=BanList.load(self.datadir / BANS_FILE),
         )
         self.p2p.add_routes(p2p_app)
         self.data_host.add_routes(p2p_app)
@@ -190,6 +204,9 @@ class Node:
             await self._stopped.wait()
             return
         self._stopping.set()
+        if not self._lock.held:  # start never got the datadir: nothing here is ours
+            self._stopped.set()
+            return
         try:
             if self.miner is not None:
                 await self.miner.stop()
@@ -199,6 +216,10 @@ class Node:
             self.blobs.close()
             self.market.close()
             await self.p2p.stop()
+            try:
+                self.save_peers()
+            except OSError:
+                log.exception("could not save the address book and bans")
             await self.rpc.close_subscribers()
             for runner in self._runners:
                 await runner.cleanup()
@@ -207,6 +228,7 @@ class Node:
             (self.datadir / "node.json").unlink(missing_ok=True)
             log.info("node stopped at height %d", self.chain.height)
         finally:
+            self._lock.release()
             self._stopped.set()
 
     async def wait_stopped(self) -> None:
@@ -482,8 +504,16 @@ class Node:
                 self.metrics.mempool.set(len(self.mempool))
                 if self.miner is not None:
                     self.metrics.hashrate.set(self.miner.hashrate())
+                if time.monotonic() - self._peers_saved >= PEERS_SAVE_S:
+                    self.save_peers()
             except Exception:
                 log.exception("housekeeping failed")
+
+    def save_peers(self) -> None:
+        """Write the address book and the bans into the datadir (read back at start)."""
+        self._peers_saved = time.monotonic()
+        self.p2p.addresses.save(self.datadir / PEERS_FILE)
+        self.p2p.save_bans(self.datadir / BANS_FILE)
 
 
 def _send_txs(peer: PeerSession, txs: list[Any]) -> None:

@@ -23,7 +23,13 @@ Bans. A ban is keyed by what identifies the culprit:
   a peer that misbehaves there before saying who it is is just disconnected.
 
 A banned IP is refused before the WebSocket upgrade (HTTP 403); a banned
-node_id at the handshake. Bans expire after ``ban_seconds``.
+node_id at the handshake. Bans expire after ``ban_seconds``; the list is
+bounded (node.bans).
+
+Addresses. An ADDR is read only as fast as the sender's token bucket allows
+(``PeerLimits.addr_rate``, ``addr_burst``); the rest is dropped, not punished.
+The address book charges each address to the sender's source group, so one
+peer can hold only its share of it (node.addresses).
 
 Every task (connector, pinger, one per dial and per session) is owned by
 the manager and cancelled or awaited by ``stop()``; every per-peer task
@@ -38,13 +44,14 @@ import logging
 import os
 import time
 from collections.abc import Coroutine, Iterable
+from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
 
 from consensus.keys import PrivateKey, verify_signature
-from node.addresses import AddressBook, dialable
+from node.addresses import AddressBook, dialable, source_group
 from node.bans import BanList
 from node.errors import HandshakeRefused, ProtocolViolation
 from node.peer import P2PStats, PeerLimits, PeerSession, is_bulk, is_loopback
@@ -126,6 +133,8 @@ class PeerManager:
         ping_timeout: float | None = None,
         reconnect_backoff: float = 1.0,
         connect_interval: float = 1.0,
+        addresses: AddressBook | None = None,
+        bans: BanList | None = None,
     ) -> None:
         self.key = key
         self.node_id = key.public_key.data
@@ -146,8 +155,10 @@ class PeerManager:
         self.log = log or logging.getLogger("pouw.p2p")
         self.limits = limits or PeerLimits()
         self.stats = P2PStats()
-        self.addresses = AddressBook(base_backoff=reconnect_backoff)
-        self._bans = BanList()
+        if addresses is None:
+            addresses = AddressBook(base_backoff=reconnect_backoff)
+        self.addresses = addresses
+        self._bans = bans if bans is not None else BanList()
         self._ready: dict[bytes, PeerSession] = {}
         self._sessions: set[PeerSession] = set()
         self._dialing: set[tuple[str, int]] = set()
@@ -266,12 +277,15 @@ class PeerManager:
             told += bool(fresh)
         return told
 
-    def add_address(self, host: str, port: int, source: str = "manual") -> bool:
-        """Remember an address to dial; False if unusable, ours or known already."""
+    def add_address(
+        self, host: str, port: int, source: str = "manual", group: str | None = None
+    ) -> bool:
+        """Remember an address to dial; False if unusable, ours, known already or refused by
+        the address book (``group``: the source group it is charged to, see node.addresses)."""
         host = host.strip("[]")  # "[::1]" and "::1" are one address
         if not dialable(host, port) or (host, port) in self._own_addrs:
             return False
-        added = self.addresses.add(host, port, source)
+        added = self.addresses.add(host, port, source, group)
         if added:
             self._wake.set()
         return added
@@ -312,6 +326,10 @@ class PeerManager:
     def is_banned(self, host: str, node_id: bytes | None = None) -> bool:
         """True if this host (as an IP) or node_id is banned now."""
         return self._bans.find(host, node_id) is not None
+
+    def save_bans(self, path: Path) -> None:
+        """Write the bans in force to ``path`` (``BanList.load`` reads them back)."""
+        self._bans.save(path)
 
     def bans(self) -> list[dict[str, Any]]:
         """Current bans: who ("node:<hex>", "ip:<host>" or "node:<hex>@<host>"), reason, until."""
@@ -566,7 +584,8 @@ class PeerManager:
         if session.dial_addr is not None:
             self.addresses.connected(session.dial_addr, node_id)
         elif session.listen_port:
-            self.add_address(session.host, session.listen_port, source="inbound")
+            group = source_group(session.host, node_id)
+            self.add_address(session.host, session.listen_port, source="inbound", group=group)
             self.addresses.connected((session.host, session.listen_port), node_id)
 
     async def _on_ready(self, session: PeerSession) -> None:
@@ -603,14 +622,29 @@ class PeerManager:
                 session.addr_answered = True
                 session.send_nowait(Addr(tuple(self._addr_sample(session))))
         elif isinstance(msg, Addr):
-            for a in msg.addrs:
-                self.add_address(a.host, a.port, source=f"addr from {session.address}")
+            self._on_addr(session, msg)
         elif isinstance(msg, Close):
             raise _RemoteClosed(f"peer said: {msg.reason}")
         elif isinstance(msg, Hello | Auth):
             raise ProtocolViolation(f"unsolicited {type(msg).__name__} after the handshake")
         else:
             await self._deliver(self.handler.on_message(session, msg), session, "on_message")
+
+    def _on_addr(self, session: PeerSession, msg: Addr) -> None:
+        """Learn addresses as fast as the sender's token bucket allows; drop the rest.
+
+        An ADDR over MAX_ADDRS never gets here: the decoder refuses it and the
+        peer is banned. Each address costs a token whether it is new or not.
+        """
+        source = f"addr from {session.address}"
+        group = source_group(session.host, session.node_id)
+        for taken, a in enumerate(msg.addrs):
+            if not session.addr_tokens.take():
+                dropped = len(msg.addrs) - taken
+                self.stats.addrs_dropped += dropped
+                self.log.debug("%s: over its address rate, %d addresses dropped", session, dropped)
+                return
+            self.add_address(a.host, a.port, source=source, group=group)
 
     def _addr_sample(self, asker: PeerSession) -> list[NetAddr]:
         """Listening peers we know (connected ones first), never the asker itself."""

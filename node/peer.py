@@ -71,6 +71,10 @@ class PeerLimits:
     byte_rate: float = 64 * MiB
     byte_burst: float = 2 * MAX_FRAME
     """At least one frame of max_frame bytes must always fit."""
+    addr_rate: float = 0.1
+    """Addresses per second taken from a peer's ADDR messages on average (Bitcoin Core's)..."""
+    addr_burst: float = 1000.0
+    """...and in a burst (one full ADDR); beyond, the addresses are dropped, not the peer."""
     send_queue_msgs: int = 10_000
     send_queue_bytes: int = 4 * MAX_FRAME
     """Beyond either, the peer is not reading: it is disconnected (not banned)."""
@@ -90,6 +94,8 @@ class P2PStats:
     disconnects: int = 0
     bans: int = 0
     violations: int = 0
+    addrs_dropped: int = 0
+    """Addresses from ADDR messages ignored because their sender exceeded its rate."""
     messages_in: int = 0
     messages_out: int = 0
     bytes_in: int = 0
@@ -210,6 +216,7 @@ class PeerSession:
         self.requested: dict[InvKey, float] = {}
         self.close_reason: str | None = None
         self.addr_answered = False
+        self.addr_tokens = TokenBucket(self.limits.addr_rate, self.limits.addr_burst)
         self._ping_nonce: int | None = None
         self._ping_sent = 0.0
         self._msg_bucket = TokenBucket(self.limits.msg_rate, self.limits.msg_burst)

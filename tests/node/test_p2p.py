@@ -16,7 +16,9 @@ from consensus.keys import PrivateKey
 from node.errors import ProtocolViolation
 from node.peer import PeerLimits
 from node.wire import (
+    MAX_ADDRS,
     MAX_INV,
+    Addr,
     BlockMsg,
     Close,
     GetData,
@@ -24,6 +26,7 @@ from node.wire import (
     InvItem,
     InvKind,
     MsgType,
+    NetAddr,
     Ping,
     decode_message,
     encode_message,
@@ -396,6 +399,37 @@ async def test_peer_learns_addresses_and_connects(make_node: NodeFactory) -> Non
     c_to_b = c.peer(b.node_id)
     assert c_to_b is not None and c_to_b.direction == "out"
     assert ("127.0.0.1", b.port) in c.manager.addresses.entries
+
+
+async def test_an_addr_flood_is_rate_limited_and_an_oversize_addr_banned(
+    make_node: NodeFactory, make_peer: PeerFactory
+) -> None:
+    node = await make_node()
+    key = PrivateKey.generate()
+    peer = await ready_peer(node, make_peer, key=key)
+    book = node.manager.addresses
+    # One full ADDR (1,000 mentions of one address) spends the peer's whole burst...
+    await peer.send(Addr((NetAddr("198.51.100.1", 9444),) * MAX_ADDRS))
+    # ...so four more full ADDRs of fresh addresses right after teach the node nothing.
+    fresh = [NetAddr(f"{10 + i // 250}.{i % 250}.0.1", 9444) for i in range(4 * MAX_ADDRS)]
+    for start in range(0, len(fresh), MAX_ADDRS):
+        await peer.send(Addr(tuple(fresh[start : start + MAX_ADDRS])))
+    await peer.sync()
+    assert ("198.51.100.1", 9444) in book
+    learned = [a for a in fresh if (a.host, a.port) in book]
+    assert len(learned) < 5  # 0.1 address/s: only a very slow run earns a few tokens back
+    assert node.manager.stats.addrs_dropped == len(fresh) - len(learned)
+    # Sending too many addresses is not misbehaviour: they are just dropped.
+    assert node.peer(peer.node_id) is not None and node.manager.bans() == []
+
+    # An ADDR over the size limit is: the peer is disconnected and banned.
+    too_many = [["198.51.100.2", 9444]] * (MAX_ADDRS + 1)
+    await peer.send_raw(msgpack.packb([int(MsgType.ADDR), [too_many]]))
+    await peer.wait_for_close()
+    await node.wait_until(lambda: node.manager.bans())
+    (ban,) = node.manager.bans()
+    assert ban["who"] == f"node:{key.public_key.hex()}"
+    assert f"{MAX_ADDRS + 1} items exceeds the limit of {MAX_ADDRS}" in ban["reason"]
 
 
 # -------------------------------------------------------------- shutdown
