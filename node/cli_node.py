@@ -17,6 +17,7 @@ from consensus.params import NETWORKS
 from consensus.transactions import TransferPayload, encode_tx, signed_transaction
 from node import collector
 from node.config import NodeConfig, default_datadir, load_config_file, parse_hostport
+from node.httpguard import parse_allowed_host
 from node.rpc_client import RpcCallError, RpcClient
 
 NETWORK_CHOICE = click.Choice(sorted(NETWORKS))
@@ -102,6 +103,13 @@ class ConfigDefaults(click.Command):
     show_default=True,
     help="JSON-RPC address host:port.",
 )
+@click.option(
+    "--rpc-allow-host",
+    "rpc_allow_hosts",
+    multiple=True,
+    help="Another Host name the RPC answers to (repeatable), e.g. a reverse proxy's; "
+    "by default only the --rpc address (and loopback names on loopback).",
+)
 @click.option("--peer", "peers", multiple=True, help="Bootstrap peer host:port (repeatable).")
 @click.option("--mine/--no-mine", default=False, show_default=True)
 @click.option("--miner-address", default=None, help="Address that receives block rewards.")
@@ -147,6 +155,7 @@ def node_cmd(
     datadir: str | None,
     listen: str,
     rpc_addr: str,
+    rpc_allow_hosts: tuple[str, ...],
     peers: tuple[str, ...],
     mine: bool,
     miner_address: str | None,
@@ -173,6 +182,7 @@ def node_cmd(
         datadir=_datadir(network, datadir),
         listen=parse_hostport(listen, "--listen"),
         rpc=parse_hostport(rpc_addr, "--rpc"),
+        rpc_allow_hosts=tuple(parse_allowed_host(h) for h in rpc_allow_hosts),
         peers=[parse_hostport(p, "--peer") for p in peers],
         mine=mine,
         miner_address=parse_address(miner_address) if miner_address else None,
