@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from consensus.encoding import U64_MAX
 from consensus.keys import PrivateKey, address_to_text, parse_address
 from consensus.params import NETWORKS
 from consensus.transactions import TransferPayload, encode_tx, signed_transaction
@@ -336,6 +337,9 @@ def wallet_send(
     """Send AMOUNT base units to address TO."""
     from consensus.params import network as network_params
 
+    for what, value in (("amount", amount), ("--fee", fee)):
+        if value > U64_MAX:
+            raise ValueError(f"{what} {value} is more than the largest amount, {U64_MAX}")
     key = _load_wallet(_wallet_path(network, datadir, wallet))
     recipient = parse_address(to)
     client = _client(network, datadir, rpc_addr)
