@@ -432,3 +432,22 @@ def test_the_json_rpc_fuzz_target_holds_on_its_seeds_attacks_and_generated_reque
         generated()
     finally:
         fuzz_jsonrpc.close()
+
+
+async def test_a_malformed_read_request_on_the_p2p_listener_is_a_400_not_a_traceback(node, caplog):
+    url = f"http://127.0.0.1:{node.p2p_port}/data/read"
+    async with aiohttp.ClientSession() as s:
+        for body in (MALFORMED["100,000 nested arrays"], MALFORMED["an integer of 5,000 digits"]):
+            async with s.post(url, data=body) as r:
+                assert r.status == 400 and "malformed" in await r.text()
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+
+
+def test_a_bad_rpc_allow_host_is_a_one_line_error(tmp_path):
+    for bad in ("http://node.lan/", "node.lan:port", ""):
+        args = ["node", "--datadir", str(tmp_path / "d"), "--rpc-allow-host", bad]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code != 0 and "Traceback" not in result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "--rpc-allow-host" in lines[0], result.stderr
+    assert not (tmp_path / "d").exists()
