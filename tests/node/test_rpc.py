@@ -111,8 +111,9 @@ async def test_every_example_of_the_json_rpc_2_specification(node):
         assert status == 200 and _error_code(reply) == -32700 and reply["id"] is None
 
     # an invalid request object; an empty batch
-    for body in ({"jsonrpc": "2.0", "method": 1, "params": "bar"}, []):
-        reply = await _call(node, body)
+    not_requests: list[Any] = [{"jsonrpc": "2.0", "method": 1, "params": "bar"}, []]
+    for invalid in not_requests:
+        reply = await _call(node, invalid)
         assert _error_code(reply) == -32600 and reply["id"] is None
 
     # invalid batches that are not empty: one reply per element
@@ -157,19 +158,18 @@ async def test_invalid_requests_and_params_get_the_right_code_and_no_internal_na
     for request in invalid:
         assert _error_code(await _call(node, request)) == -32600, request
 
-    for params, needs in (([], "'block_hash'"), ({"verbose": True}, "'block_hash'")):
-        reply = await _call(node, _req("getblock", params, id=1))
-        message = reply["error"]["message"]
-        assert _error_code(reply) == -32602 and needs in message, message
-        assert "<locals>" not in message and "positional" not in message, message
-    for params, says in (
+    bad_params: list[tuple[Any, str]] = [
+        ([], "getblock needs 'block_hash'"),
+        ({"verbose": True}, "getblock needs 'block_hash'"),
         ([1, 2, 3], "at most 2"),
         ({"hash": "00"}, "no param 'hash'"),
         ([["not", "a", "hash"]], "hex string"),
-    ):
+    ]
+    for params, says in bad_params:
         reply = await _call(node, _req("getblock", params, id=1))
         message = reply["error"]["message"]
-        assert _error_code(reply) == -32602 and says in message and "<locals>" not in message
+        assert _error_code(reply) == -32602 and says in message, message
+        assert "<locals>" not in message and "positional" not in message, message
     reply = await _call(node, _req("getheaders", ["zero", "ten"], id=1))
     assert _error_code(reply) == -32602 and "<locals>" not in reply["error"]["message"]
 
@@ -222,7 +222,7 @@ async def test_an_infinite_id_is_an_invalid_request(node):
 
 async def _getinfo_latencies(node: Node, until: asyncio.Future[Any]) -> list[float]:
     """Call getinfo back to back until ``until`` is done; each call's seconds."""
-    out = []
+    out: list[float] = []
     while not until.done() or not out:
         t0 = time.monotonic()
         reply = await _call(node, _req("getinfo", id=1))
