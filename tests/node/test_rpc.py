@@ -23,6 +23,7 @@ from node.cli import cli
 from node.config import NodeConfig
 from node.node import Node
 from node.rpc import MAX_BATCH, MAX_BATCH_REPLY_BYTES
+from node.rpc_client import RpcCallError, RpcClient
 from tests.consensus.chainkit import BOB, MID, extend, new_chain
 
 NOT_A_KEY = "bad"
@@ -451,3 +452,10 @@ def test_a_bad_rpc_allow_host_is_a_one_line_error(tmp_path):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "--rpc-allow-host" in lines[0], result.stderr
     assert not (tmp_path / "d").exists()
+
+
+async def test_the_rpc_client_reports_an_http_refusal_as_the_node_s_reason(node):
+    client = RpcClient(f"http://127.0.0.1:{node.rpc_port}/rpc")  # no token: 256 KiB at most
+    with pytest.raises(RpcCallError) as refused:
+        await asyncio.to_thread(client.call, "getblock", "00" * 150_000)
+    assert refused.value.code == 413 and "request too large" in str(refused.value)
