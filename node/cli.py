@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from consensus.errors import ConsensusError
 from node.cli_bench import bench
 from node.cli_data import data_cmd, demo_cmd
 from node.cli_job import job
@@ -32,6 +33,9 @@ class PouwGroup(click.Group):
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except ValueError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_USAGE)
+        except ConsensusError as exc:  # e.g. a value no transaction can encode
             click.echo(f"error: {exc}", err=True)
             ctx.exit(EXIT_USAGE)
         except RpcCallError as exc:

@@ -12,12 +12,14 @@ from typing import Any
 
 import click
 
+from consensus.encoding import U64_MAX
 from consensus.keys import PrivateKey, address_to_text, parse_address
 from consensus.params import NETWORKS
 from consensus.transactions import TransferPayload, encode_tx, signed_transaction
 from node import collector
 from node.config import NodeConfig, default_datadir, load_config_file, parse_hostport
 from node.datadir import DatadirInUse, DatadirLock
+from node.httpguard import parse_allowed_host
 from node.rpc_client import RpcCallError, RpcClient
 
 NETWORK_CHOICE = click.Choice(sorted(NETWORKS))
@@ -103,6 +105,13 @@ class ConfigDefaults(click.Command):
     show_default=True,
     help="JSON-RPC address host:port.",
 )
+@click.option(
+    "--rpc-allow-host",
+    "rpc_allow_hosts",
+    multiple=True,
+    help="Another Host name the RPC answers to (repeatable), e.g. a reverse proxy's; "
+    "by default only the --rpc address (and loopback names on loopback).",
+)
 @click.option("--peer", "peers", multiple=True, help="Bootstrap peer host:port (repeatable).")
 @click.option("--mine/--no-mine", default=False, show_default=True)
 @click.option("--miner-address", default=None, help="Address that receives block rewards.")
@@ -148,6 +157,7 @@ def node_cmd(
     datadir: str | None,
     listen: str,
     rpc_addr: str,
+    rpc_allow_hosts: tuple[str, ...],
     peers: tuple[str, ...],
     mine: bool,
     miner_address: str | None,
@@ -174,6 +184,7 @@ def node_cmd(
         datadir=_datadir(network, datadir),
         listen=parse_hostport(listen, "--listen"),
         rpc=parse_hostport(rpc_addr, "--rpc"),
+        rpc_allow_hosts=tuple(parse_allowed_host(h) for h in rpc_allow_hosts),
         peers=[parse_hostport(p, "--peer") for p in peers],
         mine=mine,
         miner_address=parse_address(miner_address) if miner_address else None,
@@ -332,6 +343,9 @@ def wallet_send(
     """Send AMOUNT base units to address TO."""
     from consensus.params import network as network_params
 
+    for what, value in (("amount", amount), ("--fee", fee)):
+        if value > U64_MAX:
+            raise ValueError(f"{what} {value} is more than the largest amount, {U64_MAX}")
     key = _load_wallet(_wallet_path(network, datadir, wallet))
     recipient = parse_address(to)
     client = _client(network, datadir, rpc_addr)

@@ -38,6 +38,7 @@ class NodeConfig:
     datadir: Path
     listen: tuple[str, int] = ("127.0.0.1", 0)
     rpc: tuple[str, int] = ("127.0.0.1", 0)
+    rpc_allow_hosts: tuple[str, ...] = ()  # more Host names the RPC answers (a proxy's, a LAN name)
     peers: list[tuple[str, int]] = field(default_factory=list)
     mine: bool = False
     miner_address: bytes | None = None

@@ -36,12 +36,13 @@ from node.config import NodeConfig
 from node.datadir import DatadirLock
 from node.errors import ProtocolViolation
 from node.headersync import HeaderSync
+from node.httpguard import AllowedHosts, QuietServerLog, listener_guard
 from node.market import MarketService
 from node.mempool import Mempool
 from node.miner import Miner
 from node.p2p import PeerManager
 from node.peer import PeerSession
-from node.rpc import Metrics, RpcServer, write_cookie
+from node.rpc import MAX_REQUEST_BYTES, Metrics, RpcServer, write_cookie
 from node.rpc_data import DataHost, register_data_methods
 from node.rpc_market import register_market_methods
 from node.rpc_methods import register_methods
@@ -137,7 +138,8 @@ class Node:
         register_data_methods(self.rpc, self)
 
         listen_host, listen_port = self.config.listen
-        p2p_app = web.Application()
+        # Peers reach the P2P listener under any name; it serves no web pages.
+        p2p_app = web.Application(middlewares=[listener_guard(None)])
         self.p2p = PeerManager(
             self.key,
             self.params.chain_id,
@@ -155,7 +157,10 @@ class Node:
         self.data_host.add_routes(p2p_app)
         self.p2p_port = await self._serve(p2p_app, listen_host, listen_port)
         self.p2p.listen_port = self.p2p_port
-        rpc_app = web.Application(client_max_size=4 * 1024 * 1024)
+        rpc_hosts = AllowedHosts(self.config.rpc[0], self.config.rpc_allow_hosts)
+        rpc_app = web.Application(
+            client_max_size=MAX_REQUEST_BYTES, middlewares=[listener_guard(rpc_hosts)]
+        )
         self.rpc.add_routes(rpc_app)
         self.rpc_port = await self._serve(rpc_app, *self.config.rpc)
         self._write_info()
@@ -176,7 +181,7 @@ class Node:
         )
 
     async def _serve(self, app: web.Application, host: str, port: int) -> int:
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, logger=QuietServerLog())
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()

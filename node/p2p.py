@@ -54,6 +54,7 @@ from consensus.keys import PrivateKey, verify_signature
 from node.addresses import AddressBook, dialable, source_group
 from node.bans import BanList
 from node.errors import HandshakeRefused, ProtocolViolation
+from node.httpguard import RateLimitedLog, bad_upgrade
 from node.peer import P2PStats, PeerLimits, PeerSession, is_bulk, is_loopback
 from node.wire import (
     MAX_ADDRS,
@@ -153,6 +154,7 @@ class PeerManager:
         self.handshake_timeout = handshake_timeout
         self.connect_interval = connect_interval
         self.log = log or logging.getLogger("pouw.p2p")
+        self._bad_upgrades = RateLimitedLog(self.log)
         self.limits = limits or PeerLimits()
         self.stats = P2PStats()
         if addresses is None:
@@ -354,6 +356,9 @@ class PeerManager:
             compress=False,
             autoping=True,
         )
+        if not ws.can_prepare(request).ok:
+            self._bad_upgrades(logging.INFO, "refused a bad WebSocket upgrade from %s", host)
+            return bad_upgrade()
         await ws.prepare(request)
         session = self._new_session(ws, host, port, "in")
         task = self._spawn(self._run_session(session), f"p2p-session {session.address}")

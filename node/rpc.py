@@ -4,6 +4,12 @@ Read-only methods are open to anyone who can reach the RPC port (127.0.0.1 by
 default). Methods that change something need the token from the cookie file
 in the datadir, sent as ``Authorization: Bearer <token>`` — bitcoind's model:
 whoever can read the datadir may control the node.
+
+Every body gets a JSON-RPC 2.0 reply (a parse error included), except
+notifications, which get none (HTTP 204 when nothing is left to answer). What a
+caller can make the node do is bounded: bodies of 256 KiB without the token
+(4 MiB with it), batches of 1,000 requests whose replies stop growing at 8 MiB,
+answered with the event loop free between requests.
 """
 
 from __future__ import annotations
@@ -11,18 +17,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import inspect
 import json
 import logging
+import math
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import WSMsgType, web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from node import collector
+from node.httpguard import RateLimitedLog, bad_upgrade
 
 log = logging.getLogger("pouw.rpc")
 
@@ -34,9 +43,19 @@ INTERNAL_ERROR = -32603
 UNAUTHORIZED = -32001
 REJECTED = -32002  # a valid request the node refused (invalid transaction, unknown block)
 
+REPLY_LIMIT = -32003  # a batch's replies reached MAX_BATCH_REPLY_BYTES: this one is not answered
+
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
+"""A request body with the cookie token (dataset uploads come in ~1 MiB batches)."""
+MAX_OPEN_REQUEST_BYTES = 256 * 1024
+"""A request body without the token: read-only calls are small, and a stranger's
+body is parsed on the event loop."""
+MAX_BATCH = 1_000
+"""Requests in one JSON-RPC batch."""
+MAX_BATCH_REPLY_BYTES = 8 * 1024 * 1024
+"""A batch's replies stop growing here (one reply may be bigger alone)."""
 BATCH_YIELD = 32
-"""A JSON-RPC batch (or a sendtransactions list) yields the event loop this often."""
+"""A sendtransactions list yields the event loop this often."""
 COOKIE_NAME = ".cookie"
 
 
@@ -95,18 +114,27 @@ class Metrics:
         self.gc_seconds.set_function(collector.pause_seconds)
 
 
+class RpcMethod(NamedTuple):
+    """A registered method: its coroutine, whether it needs the token, its signature."""
+
+    handler: Handler
+    mutating: bool
+    signature: inspect.Signature
+
+
 class RpcServer:
     """Dispatches JSON-RPC requests to registered coroutine methods."""
 
     def __init__(self, token: str, metrics: Metrics) -> None:
         self.token = token
         self.metrics = metrics
-        self.methods: dict[str, tuple[Handler, bool]] = {}
+        self.methods: dict[str, RpcMethod] = {}
         self.subscribers: set[web.WebSocketResponse] = set()
         self._sends: set[asyncio.Task[None]] = set()
+        self._bad_upgrades = RateLimitedLog(log)
 
     def method(self, name: str, handler: Handler, *, mutating: bool = False) -> None:
-        self.methods[name] = (handler, mutating)
+        self.methods[name] = RpcMethod(handler, mutating, inspect.signature(handler))
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/rpc", self.handle_http)
@@ -119,56 +147,112 @@ class RpcServer:
         return scheme.lower() == "bearer" and hmac.compare_digest(token.strip(), self.token)
 
     async def handle_http(self, request: web.Request) -> web.Response:
-        if request.content_length is not None and request.content_length > MAX_REQUEST_BYTES:
-            return _json(_error(None, INVALID_REQUEST, "request too large"), status=413)
-        try:
-            body = json.loads(await request.read())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _json(_error(None, PARSE_ERROR, "parse error: body is not JSON"))
         authorized = self._authorized(request)
-        if isinstance(body, list):
-            if not body:
-                return _json(_error(None, INVALID_REQUEST, "empty batch"))
-            replies = []
-            for i, item in enumerate(body):
-                replies.append(await self._dispatch(item, authorized))
-                if i % BATCH_YIELD == BATCH_YIELD - 1:
-                    await asyncio.sleep(0)  # a big batch does not hold up blocks and peers
-            return _json([r for r in replies if r is not None])
-        reply = await self._dispatch(body, authorized)
-        return _json(reply if reply is not None else {})
+        limit = MAX_REQUEST_BYTES if authorized else MAX_OPEN_REQUEST_BYTES
+        body = await _read_body(request, limit)
+        if body is None:
+            without = "" if authorized else " without the cookie token"
+            error = _error(
+                None, INVALID_REQUEST, f"request too large: at most {limit} bytes{without}"
+            )
+            return _json(_encode(error), status=413)
+        reply = await self.answer(body, authorized=authorized)
+        if reply is None:
+            return web.Response(status=204)  # notifications only: nothing to answer
+        return _json(reply)
+
+    async def answer(self, body: bytes, *, authorized: bool) -> bytes | None:
+        """The JSON reply to one request body, or None when nothing is to be sent
+        back (a notification, or a batch of notifications). Every body gets a
+        JSON-RPC reply; nothing a caller sends makes this raise."""
+        try:
+            request = _parse(body)
+        except RpcError as e:
+            return _encode(_error(None, e.code, e.message))
+        if isinstance(request, list):
+            return await self._answer_batch(request, authorized)
+        reply = await self._dispatch(request, authorized)
+        return None if reply is None else _encode(reply)
+
+    async def _answer_batch(self, batch: list[Any], authorized: bool) -> bytes | None:
+        """Answer a batch in order, yielding to the event loop after each request. Its
+        replies stop growing at MAX_BATCH_REPLY_BYTES: the requests left then are not
+        run and get REPLY_LIMIT errors (at most one reply may be bigger alone)."""
+        if not batch:
+            return _encode(_error(None, INVALID_REQUEST, "invalid request: empty batch"))
+        if len(batch) > MAX_BATCH:
+            message = (
+                f"invalid request: a batch holds at most {MAX_BATCH} requests, not {len(batch)}"
+            )
+            return _encode(_error(None, INVALID_REQUEST, message))
+        parts: list[bytes] = []
+        size = 0
+        full = False
+        for item in batch:
+            if full and _request_problem(item) is None and "id" in item:
+                encoded = _encode(_reply_limit_error(item["id"]))
+            else:
+                reply = await self._dispatch(item, authorized)
+                await asyncio.sleep(0)  # a big batch does not hold up blocks, peers, callers
+                if reply is None:
+                    continue
+                encoded = _encode(reply)
+                if parts and size + len(encoded) > MAX_BATCH_REPLY_BYTES:
+                    full = True
+                    encoded = _encode(_reply_limit_error(reply["id"]))
+            parts.append(encoded)
+            size += len(encoded)
+        if not parts:
+            return None
+        return b"[" + b",".join(parts) + b"]"
 
     async def _dispatch(self, req: Any, authorized: bool) -> dict[str, Any] | None:
-        if not isinstance(req, dict) or req.get("jsonrpc") != "2.0" or "method" not in req:
-            return _error(None, INVALID_REQUEST, "invalid request: need jsonrpc '2.0' and method")
+        """One request's reply object, or None for a notification (whatever its outcome)."""
+        problem = _request_problem(req)
+        if problem is not None:
+            req_id = req.get("id") if isinstance(req, dict) and _valid_id(req.get("id")) else None
+            return _error(req_id, INVALID_REQUEST, f"invalid request: {problem}")
         req_id = req.get("id")
-        name = req["method"]
-        params = req.get("params", [])
-        if not isinstance(name, str) or name not in self.methods:
-            return _error(req_id, METHOD_NOT_FOUND, f"method not found: {name!r}")
-        handler, mutating = self.methods[name]
-        if mutating and not authorized:
-            return _error(req_id, UNAUTHORIZED, f"{name} needs the cookie token (Authorization)")
-        if not isinstance(params, list | dict):
-            return _error(req_id, INVALID_PARAMS, "params must be an array or an object")
         try:
-            result = await (handler(*params) if isinstance(params, list) else handler(**params))
+            result = await self._call(req["method"], req.get("params", []), authorized)
         except RpcError as e:
-            return _error(req_id, e.code, e.message, e.data)
-        except TypeError as e:
-            return _error(req_id, INVALID_PARAMS, f"invalid params for {name}: {e}")
+            reply = _error(req_id, e.code, e.message, e.data)
+        else:
+            reply = {"jsonrpc": "2.0", "id": req_id, "result": result}
+        return reply if "id" in req else None
+
+    async def _call(self, name: str, params: list[Any] | dict[str, Any], authorized: bool) -> Any:
+        method = self.methods.get(name)
+        if method is None:
+            raise RpcError(METHOD_NOT_FOUND, f"method not found: {name[:100]!r}")
+        if method.mutating and not authorized:
+            raise RpcError(UNAUTHORIZED, f"{name} needs the cookie token (Authorization)")
+        args, kwargs = _bind(name, method.signature, params)
+        try:
+            return await method.handler(*args, **kwargs)
+        except RpcError:
+            raise
+        except TypeError:
+            # A parameter of the wrong type met an operation deep inside the method:
+            # Python's message names internals, so the caller gets a plain one.
+            log.debug("RPC %s: wrong parameter type", name, exc_info=True)
+            raise RpcError(
+                INVALID_PARAMS, f"invalid params: a parameter of {name} has the wrong type"
+            ) from None
         except ValueError as e:
-            return _error(req_id, INVALID_PARAMS, str(e))
+            raise RpcError(INVALID_PARAMS, f"invalid params for {name}: {str(e)[:200]}") from None
         except Exception:
             log.exception("RPC %s failed", name)
-            return _error(req_id, INTERNAL_ERROR, f"internal error in {name}")
-        if "id" not in req:
-            return None  # a notification gets no reply
-        return {"jsonrpc": "2.0", "id": req_id, "result": result}
+            raise RpcError(INTERNAL_ERROR, f"internal error in {name}") from None
 
-    async def handle_ws(self, request: web.Request) -> web.WebSocketResponse:
+    async def handle_ws(self, request: web.Request) -> web.StreamResponse:
         """Subscribers receive {"event": "block"|"tx", ...} notifications as JSON text."""
         ws = web.WebSocketResponse(heartbeat=30)
+        if not ws.can_prepare(request).ok:
+            self._bad_upgrades(
+                logging.INFO, "refused a bad WebSocket upgrade from %s", request.remote
+            )
+            return bad_upgrade()
         await ws.prepare(request)
         self.subscribers.add(ws)
         try:
@@ -203,6 +287,102 @@ class RpcServer:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def _read_body(request: web.Request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to exceed ``limit`` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse(body: bytes) -> Any:
+    """A request body as JSON, or RpcError(PARSE_ERROR) saying why not."""
+    try:
+        return json.loads(body, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as e:
+        raise RpcError(
+            PARSE_ERROR, f"parse error: {e.msg} at line {e.lineno} column {e.colno}"
+        ) from None
+    except UnicodeDecodeError:
+        raise RpcError(PARSE_ERROR, "parse error: the body is not UTF-8") from None
+    except RecursionError:
+        raise RpcError(PARSE_ERROR, "parse error: the body is nested too deeply") from None
+    except ValueError:  # the one other refusal: an integer of more than 4,300 digits
+        raise RpcError(PARSE_ERROR, "parse error: a number has too many digits") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise json.JSONDecodeError(f"{name} is not JSON", name, 0)
+
+
+def _request_problem(req: Any) -> str | None:
+    """What makes ``req`` not a JSON-RPC 2.0 request object, or None if it is one."""
+    if not isinstance(req, dict):
+        return "a request is a JSON object"
+    if req.get("jsonrpc") != "2.0":
+        return 'jsonrpc must be "2.0"'
+    if not isinstance(req.get("method"), str):
+        return "method must be a string"
+    if not isinstance(req.get("params", []), list | dict):
+        return "params must be an array or an object"
+    if not _valid_id(req.get("id")):
+        return "id must be a string, a number or null"
+    return None
+
+
+def _valid_id(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is None or isinstance(value, str) or type(value) is int
+
+
+def _bind(
+    name: str, signature: inspect.Signature, params: list[Any] | dict[str, Any]
+) -> tuple[list[Any], dict[str, Any]]:
+    """Check ``params`` against the method's signature: an INVALID_PARAMS error in the
+    method's terms (never Python's) if they do not fit."""
+    names = list(signature.parameters)
+    required = [n for n, p in signature.parameters.items() if p.default is inspect.Parameter.empty]
+    if isinstance(params, list):
+        if len(params) > len(names):
+            problem = f"{name} takes at most {len(names)} params, not {len(params)}"
+        elif len(params) < len(required):
+            problem = f"{name} needs {required[len(params)]!r}"
+        else:
+            return params, {}
+    else:
+        unknown = [k for k in params if k not in names]
+        missing = [n for n in required if n not in params]
+        if unknown:
+            problem = f"{name} has no param {unknown[0][:40]!r}"
+        elif missing:
+            problem = f"{name} needs {missing[0]!r}"
+        else:
+            return [], params
+    raise RpcError(INVALID_PARAMS, f"invalid params: {problem}; {_usage(name, signature)}")
+
+
+def _usage(name: str, signature: inspect.Signature) -> str:
+    """``getblock(block_hash, verbose=true)``: a method's params as a caller writes them."""
+    params = [
+        n if p.default is inspect.Parameter.empty else f"{n}={json.dumps(p.default)}"
+        for n, p in signature.parameters.items()
+    ]
+    return f"{name}({', '.join(params)})"
+
+
+def _reply_limit_error(req_id: Any) -> dict[str, Any]:
+    limit_mib = MAX_BATCH_REPLY_BYTES >> 20
+    message = f"not answered: this batch's replies reached {limit_mib} MiB; send it again alone"
+    return _error(req_id, REPLY_LIMIT, message)
+
+
 async def _send_quietly(ws: web.WebSocketResponse, text: str) -> None:
     with contextlib.suppress(ConnectionError, RuntimeError):
         await ws.send_str(text)
@@ -215,5 +395,15 @@ def _error(req_id: Any, code: int, message: str, data: Any = None) -> dict[str, 
     return {"jsonrpc": "2.0", "id": req_id, "error": err}
 
 
-def _json(payload: Any, status: int = 200) -> web.Response:
-    return web.json_response(payload, status=status)
+def _encode(reply: dict[str, Any]) -> bytes:
+    """A reply object as compact JSON; a result that is not JSON becomes an internal error."""
+    try:
+        return json.dumps(reply, allow_nan=False, separators=(",", ":")).encode()
+    except (TypeError, ValueError, RecursionError):
+        log.exception("an RPC reply is not JSON")
+        error = _error(reply.get("id"), INTERNAL_ERROR, "internal error: the reply is not JSON")
+        return json.dumps(error).encode()
+
+
+def _json(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(body=body, status=status, content_type="application/json")

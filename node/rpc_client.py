@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import urllib.error
@@ -55,6 +56,11 @@ class RpcClient:
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 reply = json.loads(resp.read())
+        except urllib.error.HTTPError as e:  # refused before any method ran: say why
+            reason = e.read(300).decode(errors="replace").strip()
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                reason = json.loads(reason)["error"]["message"]
+            raise RpcCallError(e.code, f"HTTP {e.code}: {reason or e.reason}") from None
         except urllib.error.URLError as e:
             raise OSError(f"cannot reach the node's RPC at {self.url}: {e.reason}") from None
         if "error" in reply:

@@ -30,6 +30,18 @@ def _job_json(rec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+MAX_FETCH_S = 600.0
+"""The longest a caller may have the node wait for a blob from its peers."""
+
+
+def _seconds(value: Any) -> float:
+    if type(value) not in (int, float) or not 0 <= value <= MAX_FETCH_S:
+        raise RpcError(
+            INVALID_PARAMS, f"timeout must be a number of seconds in [0, {MAX_FETCH_S:g}]"
+        )
+    return float(value)
+
+
 def register_market_methods(rpc: RpcServer, node: Node) -> None:
     async def putoperand(matrix_hex: str, layout: str = "rows") -> str:
         """Keep an operand to serve to miners; returns its root (root_a, or root_b for cols)."""
@@ -63,13 +75,14 @@ def register_market_methods(rpc: RpcServer, node: Node) -> None:
 
     async def getresult(job_id: str, timeout: float = 60.0) -> str:
         """The product C the claiming miner committed to (fetched from peers if needed)."""
+        seconds = _seconds(timeout)
         rec = job_record(node.chain.state, parse_hash(job_id, "job id"))
         if rec is None:
             raise RpcError(REJECTED, f"unknown job {job_id}")
         if rec["status"] not in ("mined", "paid", "refunded"):
             raise RpcError(REJECTED, f"job {job_id[:16]} has no result yet: it is {rec['status']}")
         try:
-            raw = await node.fetch_blob(rec["result_root"], float(timeout))
+            raw = await node.fetch_blob(rec["result_root"], seconds)
         except BlobFetchError as e:
             raise RpcError(REJECTED, f"the result is not available: {e}") from None
         m, n = rec["m"], rec["n"]
@@ -80,13 +93,14 @@ def register_market_methods(rpc: RpcServer, node: Node) -> None:
 
     async def getoperands(job_id: str, timeout: float = 60.0) -> dict[str, str]:
         """A job's operands A and B (encoded matrices), fetched from peers if needed."""
+        seconds = _seconds(timeout)
         rec = job_record(node.chain.state, parse_hash(job_id, "job id"))
         if rec is None:
             raise RpcError(REJECTED, f"unknown job {job_id}")
         m, k, n = rec["m"], rec["k"], rec["n"]
         try:
-            raw_a = await node.fetch_blob(rec["root_a"], float(timeout))
-            raw_bt = await node.fetch_blob(rec["root_b"], float(timeout))
+            raw_a = await node.fetch_blob(rec["root_a"], seconds)
+            raw_bt = await node.fetch_blob(rec["root_b"], seconds)
         except BlobFetchError as e:
             raise RpcError(REJECTED, f"the operands are not available: {e}") from None
         a = np.frombuffer(raw_a, dtype=np.int8).reshape(m, k)

@@ -1,0 +1,461 @@
+"""The node's HTTP surface as a stranger meets it: JSON-RPC 2.0 conformance, malformed
+bodies, batch bounds, Host and Origin checks, and what bad requests cost in the log.
+
+Every test talks to a real in-process node over its real listeners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from consensus.keys import address_to_text
+from node.cli import cli
+from node.config import NodeConfig
+from node.node import Node
+from node.rpc import MAX_BATCH, MAX_BATCH_REPLY_BYTES
+from node.rpc_client import RpcCallError, RpcClient
+from tests.consensus.chainkit import BOB, MID, extend, new_chain
+
+NOT_A_KEY = "bad"
+
+
+async def _start(tmp_path: Any, **config: Any) -> Node:
+    node = Node(NodeConfig(params=MID, datadir=tmp_path / "node", **config))
+    await node.start()
+    return node
+
+
+@pytest.fixture
+async def node(tmp_path):
+    n = await _start(tmp_path)
+    try:
+        yield n
+    finally:
+        await n.stop()
+
+
+async def _post(
+    node: Node, body: bytes | str, *, token: bool = False, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    """POST a raw body to /rpc: (HTTP status, reply body)."""
+    sent = {"Content-Type": "application/json", **(headers or {})}
+    if token:
+        sent["Authorization"] = f"Bearer {node.token}"
+    data = body.encode() if isinstance(body, str) else body
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"http://127.0.0.1:{node.rpc_port}/rpc", data=data, headers=sent) as r,
+    ):
+        return r.status, await r.read()
+
+
+async def _call(node: Node, body: Any, **kw: Any) -> Any:
+    status, reply = await _post(node, json.dumps(body), **kw)
+    assert status == 200, (status, reply[:200])
+    return json.loads(reply)
+
+
+def _error_code(reply: dict[str, Any]) -> int:
+    assert set(reply) == {"jsonrpc", "id", "error"} and reply["jsonrpc"] == "2.0", reply
+    code: int = reply["error"]["code"]
+    return code
+
+
+# ------------------------------------------------------------------ D10: the specification
+
+
+def _req(method: Any, params: Any = None, id: Any = "absent") -> dict[str, Any]:
+    out: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        out["params"] = params
+    if id != "absent":
+        out["id"] = id
+    return out
+
+
+async def test_every_example_of_the_json_rpc_2_specification(node):
+    """Section 7 of jsonrpc.org/specification, with this node's methods standing in
+    for subtract, sum, update, notify_hello and get_data."""
+    genesis = node.chain.genesis.hash.hex()
+
+    # rpc call with positional parameters, then with named parameters (in both orders)
+    for params in ([0], [0, False], {"height": 0}, {"verbose": False, "height": 0}):
+        reply = await _call(node, _req("getblockbyheight", params, id=1))
+        assert reply["id"] == 1 and reply["result"]["hash"] == genesis, reply
+
+    # notifications: no reply at all, whether the method exists or not
+    for note in (_req("getheaders", [1, 2]), _req("foobar")):
+        assert await _post(node, json.dumps(note)) == (204, b"")
+
+    # a non-existent method
+    reply = await _call(node, _req("foobar", id="1"))
+    assert _error_code(reply) == -32601 and reply["id"] == "1"
+
+    # invalid JSON; a batch that is invalid JSON
+    for body in (
+        '{"jsonrpc": "2.0", "method": "foobar, "params": "bar", "baz]',
+        '[{"jsonrpc": "2.0", "method": "getinfo", "params": [], "id": "1"},'
+        '{"jsonrpc": "2.0", "method"]',
+    ):
+        status, raw = await _post(node, body)
+        reply = json.loads(raw)
+        assert status == 200 and _error_code(reply) == -32700 and reply["id"] is None
+
+    # an invalid request object; an empty batch
+    not_requests: list[Any] = [{"jsonrpc": "2.0", "method": 1, "params": "bar"}, []]
+    for invalid in not_requests:
+        reply = await _call(node, invalid)
+        assert _error_code(reply) == -32600 and reply["id"] is None
+
+    # invalid batches that are not empty: one reply per element
+    for batch in ([1], [1, 2, 3]):
+        replies = await _call(node, batch)
+        assert [(_error_code(r), r["id"]) for r in replies] == [(-32600, None)] * len(batch)
+
+    # a mixed batch: results, errors and notifications (which get nothing), in order
+    mixed = [
+        _req("getblockbyheight", [0], id="1"),
+        _req("getheaders", [7]),
+        _req("getheaders", [0, 1], id="2"),
+        {"foo": "boo"},
+        _req("foo.get", {"name": "myself"}, id="5"),
+        _req("getinfo", id="9"),
+    ]
+    replies = await _call(node, mixed)
+    assert [r["id"] for r in replies] == ["1", "2", None, "5", "9"]
+    assert replies[0]["result"]["hash"] == genesis
+    assert [h["hash"] for h in replies[1]["result"]] == [genesis]
+    assert _error_code(replies[2]) == -32600 and _error_code(replies[3]) == -32601
+    assert replies[4]["result"]["height"] == 0
+
+    # a batch of notifications only: no body at all
+    assert await _post(node, json.dumps([_req("getheaders", [1, 2]), _req("getinfo")])) == (
+        204,
+        b"",
+    )
+
+
+async def test_invalid_requests_and_params_get_the_right_code_and_no_internal_names(node):
+    invalid = [
+        {"method": 1},
+        {"jsonrpc": "2.0", "method": "getinfo", "id": {"an": "object"}},
+        {"jsonrpc": "2.0", "method": "getinfo", "id": [1]},
+        {"jsonrpc": "2.0", "method": "getinfo", "id": True},
+        {"jsonrpc": "2.0", "method": "getinfo", "params": "bar", "id": 1},
+        {"jsonrpc": "2.0", "method": "getinfo", "params": None, "id": 1},
+        {"jsonrpc": "1.0", "method": "getinfo", "id": 1},
+        {"jsonrpc": "2.0", "id": 1},
+    ]
+    for request in invalid:
+        assert _error_code(await _call(node, request)) == -32600, request
+
+    bad_params: list[tuple[Any, str]] = [
+        ([], "getblock needs 'block_hash'"),
+        ({"verbose": True}, "getblock needs 'block_hash'"),
+        ([1, 2, 3], "at most 2"),
+        ({"hash": "00"}, "no param 'hash'"),
+        ([["not", "a", "hash"]], "hex string"),
+    ]
+    for params, says in bad_params:
+        reply = await _call(node, _req("getblock", params, id=1))
+        message = reply["error"]["message"]
+        assert _error_code(reply) == -32602 and says in message, message
+        assert "<locals>" not in message and "positional" not in message, message
+    reply = await _call(node, _req("getheaders", ["zero", "ten"], id=1))
+    assert _error_code(reply) == -32602 and "<locals>" not in reply["error"]["message"]
+
+    # A notification to a mutating method without the token is refused quietly.
+    assert await _post(node, json.dumps(_req("stop"))) == (204, b"")
+    assert not node._stopping.is_set()
+
+
+def test_wallet_send_of_an_amount_no_transaction_can_hold_is_a_one_line_error(tmp_path):
+    wallet = str(tmp_path / "w.key")
+    runner = CliRunner()
+    assert runner.invoke(cli, ["wallet", "new", "--wallet", wallet]).exit_code == 0
+    to = address_to_text(BOB.address)
+    result = runner.invoke(cli, ["wallet", "send", to, "1" + "0" * 21, "--wallet", wallet])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: amount"), result.stderr
+
+
+# ------------------------------------------------------------------ D3: malformed bodies
+
+MALFORMED = {
+    "an integer of 5,000 digits": b"9" * 5000,
+    "100,000 nested arrays": b"[" * 100_000 + b"]" * 100_000,
+    "100,000 unclosed arrays": b"[" * 100_000,
+    "a huge integer in a batch": b"[" + b"1" * 5000 + b"]",
+    "NaN": b'{"jsonrpc": "2.0", "method": "getinfo", "id": NaN}',
+    "not UTF-8": b'{"jsonrpc": "2.0", "method": "\xff\xfe", "id": 1}',
+    "nothing": b"",
+}
+
+
+@pytest.mark.parametrize("body", list(MALFORMED.values()), ids=list(MALFORMED))
+async def test_a_malformed_body_gets_a_parse_error_and_no_traceback(node, body, caplog):
+    status, raw = await _post(node, body)
+    assert status == 200, raw[:200]
+    reply = json.loads(raw)
+    assert _error_code(reply) == -32700 and reply["id"] is None
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+
+
+async def test_an_infinite_id_is_an_invalid_request(node):
+    status, raw = await _post(node, b'{"jsonrpc": "2.0", "method": "getinfo", "id": 1e999}')
+    assert status == 200 and _error_code(json.loads(raw)) == -32600
+
+
+# ------------------------------------------------------------------ D4: batch amplification
+
+
+async def _getinfo_latencies(node: Node, until: asyncio.Future[Any]) -> list[float]:
+    """Call getinfo back to back until ``until`` is done; each call's seconds."""
+    out: list[float] = []
+    while not until.done() or not out:
+        t0 = time.monotonic()
+        reply = await _call(node, _req("getinfo", id=1))
+        assert reply["result"]["height"] >= 0
+        out.append(time.monotonic() - t0)
+    return out
+
+
+async def test_a_huge_batch_is_refused_at_once_and_others_are_answered_meanwhile(node):
+    zeros = b"[" + b"0," * (2**21 - 2) + b"0]"  # 2,097,151 zeros: just under 4 MiB
+    assert len(zeros) < 4 * 1024 * 1024
+    for token in (False, True):
+        started = time.monotonic()
+        big = asyncio.ensure_future(_post(node, zeros, token=token))
+        latencies = await _getinfo_latencies(node, big)
+        status, raw = await big
+        assert time.monotonic() - started < 5
+        assert max(latencies) < 1.0, latencies
+        assert len(raw) < 1000, len(raw)
+        reply = json.loads(raw)
+        assert _error_code(reply) == -32600 and reply["id"] is None
+        assert status == (200 if token else 413), status
+
+    too_many = [_req("getinfo", id=i) for i in range(MAX_BATCH + 1)]
+    reply = await _call(node, too_many)
+    assert _error_code(reply) == -32600 and f"at most {MAX_BATCH}" in reply["error"]["message"]
+
+    status, raw = await _post(node, json.dumps([0] * MAX_BATCH))
+    assert status == 200 and len(raw) < 120 * MAX_BATCH
+    assert [_error_code(r) for r in json.loads(raw)] == [-32600] * MAX_BATCH
+
+
+async def test_a_batch_s_replies_stop_growing_at_the_limit_while_others_are_answered(node):
+    chain, clock = new_chain()
+    clock.now = node.chain.tip.header.timestamp_ms
+    for block in extend(chain, clock, 12, step_ms=1):
+        await node.process_block(block, source=None)
+    assert node.chain.height == 12
+    one = len(json.dumps(await _call(node, _req("getheaders", [0, 2000], id=0))))
+    assert one * MAX_BATCH > MAX_BATCH_REPLY_BYTES  # so the limit is reached
+    batch = [_req("getheaders", [0, 2000], id=i) for i in range(MAX_BATCH)]
+
+    big = asyncio.ensure_future(_post(node, json.dumps(batch), token=True))
+    latencies = await _getinfo_latencies(node, big)
+    status, raw = await big
+    assert status == 200 and max(latencies) < 1.0, latencies
+    assert len(raw) <= MAX_BATCH_REPLY_BYTES + 200 * MAX_BATCH
+    replies = json.loads(raw)
+    assert [r["id"] for r in replies] == list(range(MAX_BATCH))
+    answered = [r for r in replies if "result" in r]
+    refused = [r for r in replies if "error" in r]
+    assert answered and replies[: len(answered)] == answered
+    assert {_error_code(r) for r in refused} == {-32003}
+
+
+# ------------------------------------------------------------------ D6: bad upgrades in the log
+
+BAD_UPGRADE = (
+    "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {NOT_A_KEY}\r\n\r\n"
+)
+JUNK = b"\x00junk\xff" * 50
+
+
+async def _send_raw(port: int, data: bytes) -> bytes:
+    """Send bytes on a fresh connection; everything the server answers until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+async def test_bad_websocket_upgrades_cost_at_most_a_short_rate_limited_log_line(node, caplog):
+    caplog.set_level(logging.DEBUG, logger="pouw")
+    caplog.set_level(logging.INFO, logger="aiohttp")
+    before = len(caplog.records)
+    targets = [(node.p2p_port, "/p2p"), (node.rpc_port, "/ws")]
+    replies = await asyncio.gather(
+        *(
+            _send_raw(port, BAD_UPGRADE.format(path=path).encode() + JUNK)
+            for _ in range(30)
+            for port, path in targets
+        )
+    )
+    assert all(r.startswith(b"HTTP/1.1 400 ") for r in replies), replies[0][:200]
+    # Garbage pipelined behind a good request is the same stranger's noise.
+    for port in (node.p2p_port, node.rpc_port):
+        reply = await _send_raw(port, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" + JUNK)
+        assert b" 400 " in reply or b" 404 " in reply or b" 200 " in reply
+    records = caplog.records[before:]
+    assert not [r for r in records if r.exc_info or r.levelno >= logging.WARNING], caplog.text
+    assert "Traceback" not in caplog.text
+    lines = [r.getMessage() for r in records if r.levelno >= logging.INFO]
+    assert len(lines) <= 4, lines  # one per listener and kind, not one per connection
+    assert all("\n" not in line and len(line) < 200 for line in lines), lines
+
+
+# ------------------------------------------------------------------ D7: Host and Origin
+
+
+async def test_a_foreign_host_or_origin_is_refused_everywhere(node):
+    port = node.rpc_port
+    getinfo = json.dumps(_req("getinfo", id=1))
+    for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", "[::2]"):
+        status, text = await _post(node, getinfo, headers={"Host": host})
+        assert status == 403 and b"Host" in text and len(text) < 200, (host, status, text)
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}"):
+        status, _ = await _post(node, getinfo, headers={"Host": host})
+        assert status == 200, host
+
+    foreign = (
+        "http://evil.example",
+        f"http://evil.example:{port}",
+        "null",
+        "http://localhost:3000",
+    )
+    async with aiohttp.ClientSession() as s:
+        for origin in foreign:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await s.ws_connect(f"http://127.0.0.1:{port}/ws", origin=origin)
+            assert refused.value.status == 403, origin
+            async with s.get(f"http://127.0.0.1:{port}/metrics", headers={"Origin": origin}) as r:
+                assert r.status == 403 and "Origin" in await r.text()
+            status, _ = await _post(node, getinfo, headers={"Origin": origin})
+            assert status == 403
+        # The node's own pages may call it.
+        async with s.ws_connect(
+            f"http://127.0.0.1:{port}/ws", origin=f"http://127.0.0.1:{port}"
+        ) as ws:
+            await ws.send_str("ping")
+            assert json.loads((await ws.receive(timeout=5)).data)["event"] == "pong"
+        status, _ = await _post(node, getinfo, headers={"Origin": f"http://127.0.0.1:{port}"})
+        assert status == 200
+        # The P2P listener serves no pages: a web page may not open a peer connection.
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await s.ws_connect(
+                f"http://127.0.0.1:{node.p2p_port}/p2p", origin="http://evil.example"
+            )
+        assert refused.value.status == 403
+
+
+async def test_rpc_allow_host_adds_a_name_the_node_answers_to(tmp_path):
+    node = await _start(tmp_path, rpc_allow_hosts=("node.lan",))
+    try:
+        getinfo = json.dumps(_req("getinfo", id=1))
+        for host, expected in (("node.lan:8080", 200), ("NODE.LAN", 200), ("other.lan", 403)):
+            status, _ = await _post(node, getinfo, headers={"Host": host})
+            assert status == expected, host
+        origin = {"Host": "node.lan", "Origin": "https://node.lan"}  # behind a TLS proxy
+        assert (await _post(node, getinfo, headers=origin))[0] == 200
+    finally:
+        await node.stop()
+
+
+# ------------------------------------------------------------------ the fuzz target
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=20,
+)
+method_names = st.sampled_from(
+    [
+        "getinfo",
+        "getblock",
+        "getheaders",
+        "getblockbyheight",
+        "getaccount",
+        "getresult",
+        "stop",
+        "x",
+    ]
+)
+param_names = st.sampled_from(["height", "block_hash", "start", "count", "verbose", "timeout"])
+request_objects = st.fixed_dictionaries(
+    {"jsonrpc": st.sampled_from(["2.0", "2.0", "1.0"])},
+    optional={
+        "method": method_names | json_values,
+        "params": st.lists(json_values, max_size=3)
+        | st.dictionaries(param_names, json_values)
+        | json_values,
+        "id": st.integers() | st.text(max_size=5) | json_values,
+    },
+)
+bodies = (request_objects | st.lists(request_objects | json_values, max_size=6)).map(
+    lambda value: json.dumps(value).encode()
+)
+
+
+def test_the_json_rpc_fuzz_target_holds_on_its_seeds_attacks_and_generated_requests():
+    """The fuzz target's own checks, over its seeds and hostile inputs and a few hundred
+    generated requests (the fuzz runner goes on from there)."""
+    from tests.fuzz.targets import fuzz_jsonrpc
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(bodies)
+    def generated(body: bytes) -> None:
+        fuzz_jsonrpc.test_one_input(body)
+
+    try:
+        for body in fuzz_jsonrpc.seeds() + fuzz_jsonrpc.hostile_inputs():
+            fuzz_jsonrpc.test_one_input(body)
+        generated()
+    finally:
+        fuzz_jsonrpc.close()
+
+
+async def test_a_malformed_read_request_on_the_p2p_listener_is_a_400_not_a_traceback(node, caplog):
+    url = f"http://127.0.0.1:{node.p2p_port}/data/read"
+    async with aiohttp.ClientSession() as s:
+        for body in (MALFORMED["100,000 nested arrays"], MALFORMED["an integer of 5,000 digits"]):
+            async with s.post(url, data=body) as r:
+                assert r.status == 400 and "malformed" in await r.text()
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+
+
+def test_a_bad_rpc_allow_host_is_a_one_line_error(tmp_path):
+    for bad in ("http://node.lan/", "node.lan:port", ""):
+        args = ["node", "--datadir", str(tmp_path / "d"), "--rpc-allow-host", bad]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code != 0 and "Traceback" not in result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "--rpc-allow-host" in lines[0], result.stderr
+    assert not (tmp_path / "d").exists()
+
+
+async def test_the_rpc_client_reports_an_http_refusal_as_the_node_s_reason(node):
+    client = RpcClient(f"http://127.0.0.1:{node.rpc_port}/rpc")  # no token: 256 KiB at most
+    with pytest.raises(RpcCallError) as refused:
+        await asyncio.to_thread(client.call, "getblock", "00" * 150_000)
+    assert refused.value.code == 413 and "request too large" in str(refused.value)
