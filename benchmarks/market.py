@@ -1,7 +1,8 @@
 """The compute market on a fresh local testnet: latency, useful share, verification cost.
 
 * latency: job_post sent → verified C in hand (Freivalds passed), p50/p95 over
-  N jobs of a typical training shape, posted with a few in flight at a time;
+  N jobs of a typical training shape (posted padded to the minimum job shape),
+  with a few in flight at a time;
 * useful share: during that window, the MACs of blocks whose header job is one
   of the posted jobs, over the m·k·n of every block in the window (the rest
   are null jobs: PoW that computed nothing anyone asked for);
@@ -20,12 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from consensus.blocks import JobSpec
 from consensus.keys import PrivateKey
-from consensus.params import DEVNET, with_block_time
+from consensus.params import DEVNET, NetworkParams, with_block_time
 from kernels.freivalds import freivalds_check
 from node.blobs import decode_matrix
-from node.client import MarketClient
+from node.client import MarketClient, posted_spec
 from node.rpc_client import RpcCallError, RpcClient
 from node.testnet import Testnet
 
@@ -104,7 +104,8 @@ def bench_market(
                 time.sleep(0.02)
             window_s = time.monotonic() - t_window
             end_height = node0.call("getinfo")["height"]
-            ours = {_roots(a, b) for a, b, _ in posted.values()}
+            # The jobs as posted: padded to the minimum job shape by the client.
+            ours = {_roots(a, b, params) for a, b, _ in posted.values()}
             job_macs = all_macs = job_blocks = 0
             for h in range(start_height + 1, end_height + 1):
                 blk = node0.call("getblockbyheight", h, False)
@@ -153,8 +154,6 @@ def bench_market(
             net.stop()
 
 
-def _roots(a: np.ndarray, b: np.ndarray) -> tuple[bytes, bytes]:
-    from consensus.merkle import matrix_cols_root, matrix_rows_root
-
-    spec = JobSpec(a.shape[0], a.shape[1], b.shape[1], matrix_rows_root(a), matrix_cols_root(b))
+def _roots(a: np.ndarray, b: np.ndarray, params: NetworkParams) -> tuple[bytes, bytes]:
+    spec = posted_spec(a, b, params)
     return spec.root_a, spec.root_b

@@ -105,6 +105,9 @@ def apply_job_post(
         )
     if p.m > params.max_job_dim or p.n > params.max_job_dim or p.k > params.max_job_k:
         raise InvalidTransaction("payload: job is larger than this network allows")
+    too_small = params.job_too_small(p.m, p.k, p.n)
+    if too_small:
+        raise InvalidTransaction(f"payload: {too_small}")
     if p.expiry_height <= height:
         raise InvalidTransaction(f"payload.expiry_height: {p.expiry_height} is not after {height}")
     job_id = job_id_of(p, params)

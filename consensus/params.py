@@ -29,6 +29,9 @@ class NetworkParams:
     tile_w: int
     # the job every idle miner falls back to, and the bounds on any job
     null_job_shape: tuple[int, int, int]
+    min_job_shape: tuple[int, int, int]
+    """Each of a job's m, k, n is at least this (PROTOCOL §8): below it a miner's
+    per-attempt overhead and thin-matrix kernels run it far slower than the null job."""
     max_job_dim: int
     max_job_k: int
     # economics
@@ -48,6 +51,24 @@ class NetworkParams:
         if self.coinbase_maturity < self.challenge_window:
             # A fraud proof must still find the miner's coinbase to forfeit (PROTOCOL §8).
             raise ValueError("coinbase maturity must be at least the challenge window")
+        if any(lo > d for lo, d in zip(self.min_job_shape, self.null_job_shape, strict=True)):
+            raise ValueError("the null job must meet the minimum job shape")
+
+    @property
+    def min_job_macs(self) -> int:
+        """The least work a job can ask for: the product of the minimum shape."""
+        m, k, n = self.min_job_shape
+        return m * k * n
+
+    def job_too_small(self, m: int, k: int, n: int) -> str | None:
+        """Why an m×k×n job is below this network's minimum, or None if it is not."""
+        min_m, min_k, min_n = self.min_job_shape
+        if m >= min_m and k >= min_k and n >= min_n:
+            return None
+        return (
+            f"job {m}x{k}x{n} is below the minimum {min_m}x{min_k}x{min_n} "
+            f"(m, k, n each at least that): pad it or pack small products into one job"
+        )
 
 
 def _devnet_labels(count: int) -> tuple[str, ...]:
@@ -65,6 +86,7 @@ DEVNET = NetworkParams(
     tile_h=16,
     tile_w=16,
     null_job_shape=(512, 256, 512),
+    min_job_shape=(512, 256, 512),
     max_job_dim=4_096,
     max_job_k=4_096,
     block_reward=50 * COIN,
@@ -88,6 +110,7 @@ TESTNET = NetworkParams(
     tile_h=16,
     tile_w=16,
     null_job_shape=(1_024, 2_048, 1_024),
+    min_job_shape=(1_024, 2_048, 1_024),
     max_job_dim=16_384,
     max_job_k=65_536,
     block_reward=50 * COIN,
@@ -111,6 +134,7 @@ MAIN = NetworkParams(
     tile_h=16,
     tile_w=16,
     null_job_shape=(2_048, 2_048, 2_048),
+    min_job_shape=(2_048, 2_048, 2_048),
     max_job_dim=16_384,
     max_job_k=65_536,
     block_reward=50 * COIN,

@@ -149,7 +149,8 @@ def _operand_block(data: bytes, rows: int, k: int, what: str) -> np.ndarray:
 
 
 def check_job_shape(job: JobSpec, params: NetworkParams) -> None:
-    """A block's job must fit the network's bounds and the mining parameters."""
+    """A block's job must fit the network's bounds (minimum included) and the mining
+    parameters."""
     r, h, w = params.rank, params.tile_h, params.tile_w
     if not (0 < job.m <= params.max_job_dim and 0 < job.n <= params.max_job_dim):
         raise InvalidBlock(f"job: m={job.m}, n={job.n} outside 1..{params.max_job_dim}")
@@ -157,6 +158,9 @@ def check_job_shape(job: JobSpec, params: NetworkParams) -> None:
         raise InvalidBlock(f"job: k={job.k} outside 1..{params.max_job_k}")
     if job.k % r or job.m % h or job.n % w:
         raise InvalidBlock(f"job: shape {job.m}x{job.k}x{job.n} does not tile by r={r}, {h}x{w}")
+    too_small = params.job_too_small(job.m, job.k, job.n)
+    if too_small:
+        raise InvalidBlock(f"job: {too_small}")
 
 
 def _first_bad_opening(root: bytes, count: int, openings: list[tuple[int, bytes, Any]]) -> int:

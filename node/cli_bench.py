@@ -308,3 +308,36 @@ def bench_market_cmd(jobs: int, block_time_ms: int, as_json: bool) -> None:
         click.echo(json.dumps(record))
     else:
         _show_record(f"pouw bench market — {jobs} jobs", record)
+
+
+@bench.command("job-shapes")
+@click.option(
+    "--burst-s", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
+    help="Seconds per burst of attempts (the node's miner uses 0.5).",
+)  # fmt: skip
+@click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Numba threads per attempt (more measure the machine's other load too).",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_job_shapes_cmd(burst_s: float, rounds: int, threads: int, as_json: bool) -> None:
+    """A miner's MAC/s on posted jobs of each shape over its null-job MAC/s (devnet, CPU)."""
+    from benchmarks.jobshapes import bench_job_shapes
+
+    record = bench_job_shapes(burst_s=burst_s, rounds=rounds, threads=threads)
+    if as_json:
+        click.echo(json.dumps(record))
+        return
+    table = Table(title="pouw bench job-shapes — rate on each job / rate on the null job")
+    for column in ("shape", "allowed", "rate_vs_null", "attempt_ms", "outside_kernel_ms"):
+        table.add_column(column, justify="right")
+    for row in record["shapes"]:
+        table.add_row(
+            "x".join(map(str, row["shape"])),
+            str(row["allowed"]),
+            f"{row['rate_vs_null']:.3f}",
+            f"{row['attempt_ms']:.2f}",
+            f"{row['outside_kernel_ms']:.2f}",
+        )
+    Console().print(table)

@@ -109,14 +109,38 @@ def job_submit(
     expiry: int,
     wait_s: float | None,
 ) -> None:
-    """Post A·B as a job (nothing is sent if the operands are invalid)."""
+    """Post A·B as a job (nothing is sent if the operands are invalid).
+
+    A product below the network's minimum job is posted padded with zeros; the
+    fee pays for the padded job. Pass the printed result_shape to `job result
+    --shape` to get A·B without the padding.
+    """
     a, b = _load_npy(a_path, "a"), _load_npy(b_path, "b")
     client = _market(network, datadir, wallet, rpc_addr, block_time_ms)
     submitted = client.submit(a, b, reward=reward, expiry_blocks=expiry)
-    out: dict[str, Any] = {"job_id": submitted.job_id.hex(), "txid": submitted.txid}
+    spec = submitted.spec
+    out: dict[str, Any] = {
+        "job_id": submitted.job_id.hex(),
+        "txid": submitted.txid,
+        "posted_shape": f"{spec.m}x{spec.k}x{spec.n}",
+        "result_shape": f"{a.shape[0]}x{b.shape[1]}",
+    }
     if wait_s is not None:
         out["status"] = client.wait(submitted.job_id, timeout=wait_s)["status"]
     click.echo(json.dumps(out) if as_json else "\n".join(f"{k}: {v}" for k, v in out.items()))
+
+
+def _parse_shape(text: str | None, rows: int, cols: int) -> tuple[int, int]:
+    """``MxN`` as (M, N), within the posted rows×cols; None means all of it."""
+    if text is None:
+        return rows, cols
+    try:
+        m, n = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--shape {text!r} is not MxN") from None
+    if not (0 < m <= rows and 0 < n <= cols):
+        raise ValueError(f"--shape {text}: the posted result is {rows}x{cols}")
+    return m, n
 
 
 @job.command("status")
@@ -146,6 +170,13 @@ def job_status(
     type=click.Path(dir_okay=False),
     help="Where to write C as .npy (int32).",
 )
+@click.option(
+    "--shape",
+    "result_shape",
+    default=None,
+    help="MxN: keep only C's top-left M×N block, i.e. strip the padding that "
+    "`job submit` added (it prints result_shape) [default: the whole posted C].",
+)
 def job_result(
     network: str,
     datadir: str | None,
@@ -155,6 +186,7 @@ def job_result(
     as_json: bool,
     job_id: str,
     out_path: str,
+    result_shape: str | None,
 ) -> None:
     """Fetch C, check it with Freivalds, write it; a wrong C is reported and fraud-proved."""
     client = _market(network, datadir, wallet, rpc_addr, block_time_ms)
@@ -164,8 +196,9 @@ def job_result(
         raise ValueError(f"job id {job_id!r} is not hex") from None
     ops = client.rpc.call("getoperands", job_id)
     a, b = decode_matrix(bytes.fromhex(ops["a"])), decode_matrix(bytes.fromhex(ops["b"]))
+    rows, cols = _parse_shape(result_shape, a.shape[0], b.shape[1])
     try:
-        c = client.result(jid, a, b)
+        c = client.result(jid, a, b)[:rows, :cols]
     except WrongResult as e:
         click.echo(
             json.dumps({"verified": False, "error": str(e), "fraud_txid": e.fraud_txid})

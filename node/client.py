@@ -1,9 +1,12 @@
 """The compute-market client library: post a matmul, follow it, fetch a verified result.
 
     client = MarketClient.for_datadir(Path("~/.pouwnet/devnet").expanduser(), key)
-    job_id = client.submit(a, b, reward=10_000)       # operands int8 in [-64, 63]
-    client.wait(job_id, timeout=120)                  # until a block claims it
-    c = client.result(job_id)                         # Freivalds-checked A·B
+    job = client.submit(a, b, reward=10_000)          # operands int8 in [-64, 63]
+    client.wait(job.job_id, timeout=120)              # until a block claims it
+    c = client.result(job.job_id, a, b)               # Freivalds-checked A·B
+
+A product below the network's minimum job shape is posted padded with zeros
+(the reward pays for the padded job) and ``result`` strips the padding.
 
 ``result`` always checks C = A·B with Freivalds (false accept ≤ 2^-66) before
 returning it. A wrong result makes the client post a fraud proof by itself
@@ -50,13 +53,15 @@ class SubmittedJob:
 
 
 def check_operands(a: np.ndarray, b: np.ndarray, params: NetworkParams) -> tuple[int, int, int]:
-    """ValueError naming the problem unless A (m×k) and B (k×n) can be a job here."""
+    """ValueError naming the problem unless A (m×k)·B (k×n) can be posted here, padded."""
     for name, x in (("A", a), ("B", b)):
         if not isinstance(x, np.ndarray) or x.ndim != 2:
             raise ValueError(f"{name} must be a 2-D array")
         if not np.issubdtype(x.dtype, np.integer):
             raise ValueError(f"{name} must hold integers, got {x.dtype}")
-        if x.size and (int(x.min()) < OPERAND_MIN or int(x.max()) > OPERAND_MAX):
+        if x.size == 0:
+            raise ValueError(f"{name} is empty")
+        if int(x.min()) < OPERAND_MIN or int(x.max()) > OPERAND_MAX:
             raise ValueError(
                 f"{name} has values in [{int(x.min())}, {int(x.max())}], outside int7 "
                 f"[{OPERAND_MIN}, {OPERAND_MAX}]"
@@ -65,14 +70,46 @@ def check_operands(a: np.ndarray, b: np.ndarray, params: NetworkParams) -> tuple
     kb, n = b.shape
     if k != kb:
         raise ValueError(f"shapes do not match: A is {m}x{k}, B is {kb}x{n}")
-    r, h, w = params.rank, params.tile_h, params.tile_w
-    if m % h or n % w or k % r:
-        raise ValueError(
-            f"job {m}x{k}x{n} must have m a multiple of {h}, n of {w} and k of {r} (pad with zeros)"
-        )
-    if max(m, n) > params.max_job_dim or k > params.max_job_k:
+    pm, pk, pn = posted_shape(m, k, n, params)
+    if max(pm, pn) > params.max_job_dim or pk > params.max_job_k:
         raise ValueError(f"job {m}x{k}x{n} is larger than {params.name} allows")
     return m, k, n
+
+
+def posted_shape(m: int, k: int, n: int, params: NetworkParams) -> tuple[int, int, int]:
+    """The shape an m×k×n product is posted as: each dimension rounded up to the
+    mining tile (h, r, w) and to at least the network's minimum job shape."""
+    min_m, min_k, min_n = params.min_job_shape
+    return (
+        max(-(-m // params.tile_h) * params.tile_h, min_m),
+        max(-(-k // params.rank) * params.rank, min_k),
+        max(-(-n // params.tile_w) * params.tile_w, min_n),
+    )
+
+
+def padded_operands(
+    a: np.ndarray, b: np.ndarray, params: NetworkParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """A and B (int8) with zero rows and columns up to :func:`posted_shape`.
+
+    The zeros add nothing to any sum, so the posted product's top-left m×n
+    block is exactly A·B and the rest of it is zero.
+    """
+    m, k = a.shape
+    n = b.shape[1]
+    pm, pk, pn = posted_shape(m, k, n, params)
+    a8 = np.zeros((pm, pk), dtype=np.int8)
+    a8[:m, :k] = a
+    b8 = np.zeros((pk, pn), dtype=np.int8)
+    b8[:k, :n] = b
+    return a8, b8
+
+
+def posted_spec(a: np.ndarray, b: np.ndarray, params: NetworkParams) -> JobSpec:
+    """The job that :meth:`MarketClient.submit` posts for A·B (its id names the job)."""
+    a8, b8 = padded_operands(a, b, params)
+    m, k = a8.shape
+    return JobSpec(m, k, b8.shape[1], matrix_rows_root(a8), matrix_cols_root(b8))
 
 
 class MarketClient:
@@ -95,12 +132,19 @@ class MarketClient:
         expiry_blocks: int = DEFAULT_EXPIRY_BLOCKS,
         fee: int = 1_000,
     ) -> SubmittedJob:
-        """Upload the operands to our node and post the job; no tx is sent on bad input."""
-        m, k, n = check_operands(a, b, self.params)
+        """Upload the operands to our node and post the job; no tx is sent on bad input.
+
+        A product smaller than the network's minimum job (or not a multiple of
+        the mining tile) is posted padded with zeros (:func:`padded_operands`);
+        ``reward`` pays for the padded job's MACs, and :meth:`result` strips
+        the padding again.
+        """
+        check_operands(a, b, self.params)
         if reward <= 0:
             raise ValueError("the reward must be positive")
-        a8 = np.ascontiguousarray(a, dtype=np.int8)
-        b8 = np.ascontiguousarray(b, dtype=np.int8)
+        a8, b8 = padded_operands(a, b, self.params)
+        m, k = a8.shape
+        n = b8.shape[1]
         account = self.rpc.call("getaccount", address_to_text(self.key.address))
         if account["balance"] < reward + fee:
             raise ValueError(
@@ -155,20 +199,25 @@ class MarketClient:
     # ------------------------------------------------------------ result
 
     def result(self, job_id: bytes, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """C = A·B from the network, checked with Freivalds; fraud proof on a wrong C."""
+        """C = A·B from the network, checked with Freivalds; fraud proof on a wrong C.
+
+        ``a`` and ``b`` are the operands given to :meth:`submit`: the whole
+        posted (padded) product is checked, padding included, and A·B is
+        returned without it.
+        """
         st = self.status(job_id)
         if st["status"] not in ("mined", "paid"):
             raise ValueError(f"job {job_id.hex()[:16]} has no result: it is {st['status']}")
         c = decode_matrix(bytes.fromhex(self.rpc.call("getresult", job_id.hex())))
-        a8 = np.ascontiguousarray(a, dtype=np.int8)
-        b8 = np.ascontiguousarray(b, dtype=np.int8)
+        a8, b8 = padded_operands(a, b, self.params)
         if c.dtype != np.int32 or c.shape != (a8.shape[0], b8.shape[1]):
             raise ValueError(f"the result has shape {c.shape} and dtype {c.dtype}")
+        asked = np.ascontiguousarray(c[: a.shape[0], : b.shape[1]])  # A·B, padding stripped
         if freivalds_check(a8, b8, c):
-            return c
+            return asked
         where = locate_error(a8, b8, c)
         if where is None:  # Freivalds' residual was a false alarm on a right C: cannot happen
-            return c
+            return asked
         if st["status"] != "mined":
             raise WrongResult(f"C{list(where)} is wrong but the challenge window has closed", None)
         proof = build_fraud_proof(bytes.fromhex(st["block_hash"]), job_id, a8, b8, c, *where)

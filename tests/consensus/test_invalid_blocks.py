@@ -12,7 +12,7 @@ import pytest
 from consensus.blocks import Block, decode_block, encode_block, noise_seeds, tx_root
 from consensus.chain import Chain
 from consensus.errors import DecodeError, InvalidBlock
-from consensus.pow import build_proof, mining_params, null_job
+from consensus.pow import Job, build_proof, mining_params, null_job
 from consensus.transactions import AccessLogPayload, signed_transaction
 from kernels.attempt import mining_attempt
 from tests.consensus.chainkit import (
@@ -64,6 +64,17 @@ def valid(chain: Chain, clock: Clock, txs=()) -> Block:
     b = next_block(chain, clock, tuple(txs))
     clock.now = saved
     return b
+
+
+def _on_a_tiny_job(chain: Chain, clock: Clock) -> Block:
+    """A block honestly mined on a posted-size job far below the minimum."""
+    rng = np.random.default_rng(3)
+    job = Job.from_operands(
+        rng.integers(-64, 64, (64, 128), dtype=np.int8),
+        rng.integers(-64, 64, (128, 32), dtype=np.int8),
+    )
+    template, _ = chain.build_template((), MINER.address, job.spec, clock.now + MID.block_time_ms)
+    return Block(remine(template, job), ())
 
 
 def _losing_tile(chain: Chain, clock: Clock) -> Block:
@@ -184,9 +195,10 @@ CASES: dict[str, tuple[Case, str]] = {
     "job does not tile": (lambda c, k: with_job(valid(c, k), k=200), "does not tile"),
     "job too large": (lambda c, k: with_job(valid(c, k), m=2 * MID.max_job_dim), "outside 1.."),
     "job shape differs from the proof": (
-        lambda c, k: with_job(valid(c, k), k=128),
-        "rows of A has 4096 bytes, expected 16x128",
+        lambda c, k: with_job(valid(c, k), k=512),
+        "rows of A has 4096 bytes, expected 16x512",
     ),
+    "job below the minimum": (_on_a_tiny_job, "job 64x128x32 is below the minimum 512x256x512"),
     # --- the PoUW proof
     "ticket above target": (_losing_tile, "ticket is above the target"),
     "tampered row in the proof": (lambda c, k: _flip_row_byte(valid(c, k)), "Merkle branch of row"),

@@ -8,12 +8,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from consensus.blocks import Block
+from consensus.blocks import Block, tx_root
 from consensus.chain import Chain
 from consensus.errors import InvalidBlock
 from consensus.market import build_fraud_proof, job_id_of, job_record
 from consensus.merkle import matrix_rows_root
-from consensus.pow import Job, mine
+from consensus.pow import Job, mine, null_job
 from consensus.transactions import (
     JobCancelPayload,
     JobPostPayload,
@@ -22,14 +22,25 @@ from consensus.transactions import (
 )
 from consensus.validation import apply_body
 from kernels.freivalds import locate_error
-from tests.consensus.chainkit import ALICE, BOB, MID, MINER, Clock, extend, new_chain, next_block
+from tests.consensus.chainkit import (
+    ALICE,
+    BOB,
+    MID,
+    MINER,
+    Clock,
+    extend,
+    new_chain,
+    next_block,
+    remine,
+)
 
 REWARD = 7_000
 rng = np.random.default_rng(5)
-A = rng.integers(-64, 64, (32, 128), dtype=np.int8)
-B = rng.integers(-64, 64, (128, 32), dtype=np.int8)
+M, K, N = MID.min_job_shape  # the smallest job the network accepts
+A = rng.integers(-64, 64, (M, K), dtype=np.int8)
+B = rng.integers(-64, 64, (K, N), dtype=np.int8)
 JOB = Job.from_operands(A, B)
-POST = JobPostPayload(32, 128, 32, JOB.spec.root_a, JOB.spec.root_b, REWARD, 30)
+POST = JobPostPayload(M, K, N, JOB.spec.root_a, JOB.spec.root_b, REWARD, 30)
 JOB_ID = job_id_of(POST, MID)
 
 
@@ -193,3 +204,27 @@ def test_job_post_that_does_not_tile_is_refused(posted):
     bad = dataclasses.replace(POST, k=100)
     _, included = chain.build_template((tx(ALICE, 1, bad),), MINER.address, JOB.spec)
     assert included == ()
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(64, 128, 32), (M // 2, K, N), (M, K // 2, N), (M, K, N // 2), (16, K, 8 * N)],
+    ids=["tiny", "short m", "short k", "short n", "thin m, wide n"],
+)
+def test_job_post_below_the_minimum_is_refused_with_the_reason(posted, shape):
+    """A tiny job would slow every miner that takes it far below its null-job rate."""
+    chain, clock = posted
+    m, k, n = shape
+    small = dataclasses.replace(POST, m=m, k=k, n=n)
+    before = (chain.state.snapshot(), chain.state.root)
+    with pytest.raises(InvalidBlock, match=f"job {m}x{k}x{n} is below the minimum {M}x{K}x{N}"):
+        chain.add_block(next_block_with_tx(chain, clock, tx(ALICE, 1, small)))
+    assert (chain.state.snapshot(), chain.state.root) == before
+
+
+def next_block_with_tx(chain: Chain, clock: Clock, t: Transaction) -> Block:
+    """An honestly mined block on the tip that carries ``t``, valid or not."""
+    job = null_job(chain.tip.hash, MID)
+    template, _ = chain.build_template((), MINER.address, job.spec, clock.now + MID.block_time_ms)
+    header = dataclasses.replace(template, tx_root=tx_root([t]))
+    return Block(remine(header, job), (t,))

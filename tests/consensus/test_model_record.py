@@ -34,10 +34,11 @@ ZERO = bytes(32)
 
 
 def _job() -> tuple[Job, JobPostPayload]:
-    a = rng.integers(-64, 64, (16, 64), dtype=np.int8)
-    b = rng.integers(-64, 64, (64, 16), dtype=np.int8)
+    m, k, n = MID.min_job_shape
+    a = rng.integers(-64, 64, (m, k), dtype=np.int8)
+    b = rng.integers(-64, 64, (k, n), dtype=np.int8)
     job = Job.from_operands(a, b)
-    return job, JobPostPayload(16, 64, 16, job.spec.root_a, job.spec.root_b, 500, 40)
+    return job, JobPostPayload(m, k, n, job.spec.root_a, job.spec.root_b, 500, 40)
 
 
 JOBS = [_job() for _ in range(3)]

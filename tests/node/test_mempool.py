@@ -12,6 +12,7 @@ from consensus.chain import Chain
 from consensus.errors import InvalidTransaction
 from consensus.keys import PrivateKey
 from consensus.state import State
+from consensus.transactions import JobPostPayload, signed_transaction
 from node.mempool import Mempool
 from tests.consensus.chainkit import (
     ALICE,
@@ -181,6 +182,15 @@ def test_a_bad_signature_is_refused_with_the_reason(state):
     assert len(mp) == 0
     mp.add(tx, state, 0)
     assert mp.verified_txids() == {tx.txid}
+
+
+def test_a_job_post_below_the_minimum_is_refused_with_the_reason(state):
+    mp = pool()
+    tiny = JobPostPayload(64, 128, 32, bytes(32), bytes(32), 10_000, 50)
+    post = signed_transaction(ALICE, chain_id=MID.chain_id, nonce=0, fee=10, payload=tiny)
+    with pytest.raises(InvalidTransaction, match="job 64x128x32 is below the minimum 512x256x512"):
+        mp.add(post, state, 0)
+    assert len(mp) == 0
 
 
 def test_expired_transactions_go_with_their_senders_later_ones(state):

@@ -1,0 +1,102 @@
+"""The market client posts a product below the minimum job padded with zeros, and
+returns A·B without the padding only after Freivalds accepts the whole posted C."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from consensus.keys import PrivateKey
+from consensus.market import job_id_of
+from consensus.merkle import matrix_cols_root, matrix_rows_root
+from consensus.params import DEVNET
+from consensus.transactions import FraudProofPayload, JobPostPayload, decode_tx
+from node.blobs import decode_matrix, encode_matrix
+from node.client import MarketClient, WrongResult, posted_spec
+
+POSTER = PrivateKey.from_label("devnet-5")
+rng = np.random.default_rng(13)
+
+
+class FakeNode:
+    """The RPC calls the client makes, answered like a node whose miner computes
+    the posted product (or, with ``corrupt``, gets one entry of it wrong)."""
+
+    def __init__(self, corrupt: tuple[int, int] | None = None) -> None:
+        self.corrupt = corrupt
+        self.blobs: dict[str, np.ndarray] = {}
+        self.sent: list[Any] = []
+        self.nonce = 0
+
+    def call(self, method: str, *params: Any) -> Any:
+        if method == "getaccount":
+            return {"balance": 10**12, "next_nonce": self.nonce}
+        if method == "getinfo":
+            return {"height": 5}
+        if method == "putoperand":
+            x = decode_matrix(bytes.fromhex(params[0]))
+            root = matrix_rows_root(x) if params[1] == "rows" else matrix_cols_root(x)
+            self.blobs[root.hex()] = x
+            return root.hex()
+        if method == "sendtransaction":
+            self.sent.append(decode_tx(bytes.fromhex(params[0])).payload)
+            self.nonce += 1
+            return f"tx{self.nonce}"
+        if method == "getjob":
+            return {"status": "mined", "block_hash": "ab" * 32}
+        if method == "getresult":
+            post = self.sent[0]
+            a, b = self.blobs[post.root_a.hex()], self.blobs[post.root_b.hex()]
+            c = (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
+            if self.corrupt is not None:
+                c[self.corrupt] += 1
+            return encode_matrix(c).hex()
+        raise AssertionError(f"unexpected RPC call {method}")
+
+
+def _tiny() -> tuple[np.ndarray, np.ndarray]:
+    return (
+        rng.integers(-64, 64, (64, 128), dtype=np.int8),
+        rng.integers(-64, 64, (128, 32), dtype=np.int8),
+    )
+
+
+def test_a_tiny_product_is_posted_padded_and_its_result_is_exact():
+    node = FakeNode()
+    client = MarketClient(node, POSTER, DEVNET)  # type: ignore[arg-type]
+    a, b = _tiny()
+    job = client.submit(a, b, reward=10_000)
+    (post,) = node.sent
+    assert isinstance(post, JobPostPayload)
+    assert (post.m, post.k, post.n) == DEVNET.min_job_shape
+    assert DEVNET.job_too_small(post.m, post.k, post.n) is None
+    assert job.job_id == job_id_of(post, DEVNET)
+    assert posted_spec(a, b, DEVNET) == job.spec  # what train_net looks a job up by
+    padded_a = node.blobs[post.root_a.hex()]
+    assert np.array_equal(padded_a[:64, :128], a) and not padded_a[64:].any()
+    c = client.result(job.job_id, a, b)
+    assert c.shape == (64, 32) and c.dtype == np.int32
+    assert np.array_equal(c, (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32))
+
+
+def test_a_wrong_entry_in_the_padding_is_still_caught_and_fraud_proved():
+    """The poster paid for the whole posted job: a miner may not skip the padding."""
+    node = FakeNode(corrupt=(300, 400))  # outside the 64×32 block the user asked for
+    client = MarketClient(node, POSTER, DEVNET)  # type: ignore[arg-type]
+    a, b = _tiny()
+    job = client.submit(a, b, reward=10_000)
+    with pytest.raises(WrongResult, match=r"C\[300, 400\] is wrong; fraud proof sent"):
+        client.result(job.job_id, a, b)
+    proof = node.sent[-1]
+    assert isinstance(proof, FraudProofPayload) and (proof.i, proof.j) == (300, 400)
+
+
+def test_a_product_that_would_pad_past_the_largest_job_is_refused_before_posting():
+    node = FakeNode()
+    client = MarketClient(node, POSTER, DEVNET)  # type: ignore[arg-type]
+    a = np.zeros((8, DEVNET.max_job_k + 1), dtype=np.int8)
+    with pytest.raises(ValueError, match="larger than devnet allows"):
+        client.submit(a, np.zeros((DEVNET.max_job_k + 1, 8), dtype=np.int8), reward=10)
+    assert node.sent == []
