@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -122,7 +121,6 @@ def datadir_of(command: str, home: Path) -> Path:
 
 
 def test_the_readme_second_node_commands_connect_to_the_first(shell: dict[str, Any]) -> None:
-    assert shutil.which("jq"), "the README's second-node command uses jq"
     commands = readme_commands()
     nodes = [c for c in commands if c.startswith(".venv/bin/pouw node")]
     assert len(nodes) == 2, nodes
