@@ -49,21 +49,27 @@ def bench_kernels(size: int, backend: str = "cpu", repeats: int | None = None) -
     a = rng.integers(-64, 64, (m, k), dtype=np.int8)
     b = rng.integers(-64, 64, (k, n), dtype=np.int8)
     bt = np.ascontiguousarray(b.T)
-    seed_a, seed_b = os.urandom(32), os.urandom(32)
+    seed_a, seed_b, key = os.urandom(32), os.urandom(32), os.urandom(32)
     target = 1  # nothing wins: we measure the full cost of a losing attempt
 
     sgemm = measure_sgemm(m, k, n, reps)
     plain_s = _median_time(lambda: be.plain_matmul(a, bt, params.r, params.h, params.w), reps)
-    result = mining_attempt(a, b, seed_a, seed_b, target, params, be)
-    attempt_s = _median_time(lambda: mining_attempt(a, b, seed_a, seed_b, target, params, be), reps)
+    result = mining_attempt(a, b, seed_a, seed_b, target, params, be, ticket_key=key)
+    attempt_s = _median_time(
+        lambda: mining_attempt(a, b, seed_a, seed_b, target, params, be, ticket_key=key), reps
+    )
     # What each further extra-nonce of the same job costs: C is the same for
-    # every attempt on a job, so a miner recovers it once, when a tile wins.
-    search_s = _median_time(lambda: mining_attempt(a, b, seed_a, seed_b, target, params, be), reps)
+    # every attempt on a job, so a miner recovers it and commits its rows once.
+    search_s = _median_time(
+        lambda: mining_attempt(a, b, seed_a, seed_b, target, params, be, ticket_key=key), reps
+    )
     ti, tj = m // params.h // 2, n // params.w // 2
     rows = np.ascontiguousarray(a[ti * params.h : (ti + 1) * params.h])
     cols = np.ascontiguousarray(bt[tj * params.w : (tj + 1) * params.w])
     verify_s = _median_time(
-        lambda: verify_tile_ticket(rows, cols, ti, tj, seed_a, seed_b, 2**255, params),
+        lambda: verify_tile_ticket(
+            rows, cols, ti, tj, seed_a, seed_b, 2**255, params, ticket_key=key
+        ),
         max(50, reps),
     )
     c = result.c
