@@ -96,6 +96,10 @@ class Chain:
         self.undos: dict[bytes, Undo] = {}
         self.active: list[bytes] = [genesis.hash]  # by height
         self.orphans: OrderedDict[bytes, Block] = OrderedDict()
+        # header_seed → hash of the block in the tree that holds that proof of work:
+        # one proof of work makes one block (see check_proof_unused). As large as
+        # the tree, and rebuilt with it on restore.
+        self.by_seed: dict[bytes, bytes] = {genesis.header.header_seed: genesis.hash}
         # Txids whose signatures the caller has already checked (a node's mempool):
         # the same bytes give the same verdict, so block import need not redo them.
         self.verified_txids: Callable[[], AbstractSet[bytes]] | None = None
@@ -127,6 +131,7 @@ class Chain:
         if not active or active[0] != chain.genesis.hash:
             raise ValueError("restored chain does not start at this network's genesis")
         chain.entries = entries
+        chain.by_seed = {e.header.header_seed: h for h, e in entries.items()}
         chain.blocks = blocks
         chain.active = active
         chain.undos = undos
@@ -211,6 +216,7 @@ class Chain:
             # Check the proof against the header's own target before keeping it,
             # so orphans cost an attacker real work.
             check_header_pow(header, self.params)
+            self.check_proof_unused(header)
             self._keep_orphan(block)
             return AddResult("orphan")
         if parent.status is Status.INVALID:
@@ -224,11 +230,13 @@ class Chain:
             self.clock(),
         )
         check_header_pow(header, self.params)
+        self.check_proof_unused(header)
         entry = Entry(
             header, parent.work + block_work(header.target), self._seq, Status.HEADER_VALID
         )
         self._seq += 1
         self.entries[h] = entry
+        self.by_seed[header.header_seed] = h
         self.unsaved.add(h)
         self.blocks[h] = block
         result = self._maybe_reorg(entry)
@@ -244,6 +252,26 @@ class Chain:
                 result.disconnected + r.disconnected,
             )
         return result
+
+    def check_proof_unused(self, header: BlockHeader) -> None:
+        """Raise InvalidBlock if another block, in the tree or an orphan, has this proof of work.
+
+        A proof of work is named by its header_seed (every header field but
+        result_root and the proof). A second block with it differs only there:
+        a second winning tile of the same attempt, or the miner's re-mined
+        result_root. Keeping it would let one unit of work fill the tree with
+        blocks (and race the first one), so it is refused and its sender treated
+        as misbehaving.
+        """
+        seed = header.header_seed
+        other = self.by_seed.get(seed)
+        if other is None:
+            other = next((h for h, b in self.orphans.items() if b.header.header_seed == seed), None)
+        if other is not None and other != header.hash:
+            raise InvalidBlock(
+                f"duplicate proof of work: its header_seed {seed.hex()[:16]} was already "
+                f"seen as block {other.hex()[:16]}"
+            )
 
     def _keep_orphan(self, block: Block) -> None:
         self.orphans[block.hash] = block

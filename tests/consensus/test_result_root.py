@@ -1,8 +1,10 @@
-"""result_root is bound by the proof of work.
+"""result_root is bound by the proof of work, and one proof of work makes one block.
 
 The tickets are keyed by ``H(seed_A, result_root)``: whoever replaces a block's
 result_root gets other tickets, which miss the target unless the block is
-mined again. A null-job block commits zero.
+mined again. A null-job block commits zero. A second block with the same
+header_seed (another winning tile of the same attempt, or the miner's own
+re-mined root) is refused.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from consensus.blocks import NULL_RESULT_ROOT, Block
 from consensus.errors import InvalidBlock
 from consensus.merkle import matrix_rows_root
 from consensus.pow import Job, ResultCommitment, mine, null_job, verify_pow
-from tests.consensus.chainkit import MID, MINER, K, new_chain, next_block
+from tests.consensus.chainkit import MID, MINER, K, extend, new_chain, next_block, second_winner
 
 # Each tile wins with probability 2^-10: a block is still found in about two
 # attempts, but a header whose tickets changed passes with probability 2^-10.
@@ -134,3 +136,53 @@ def test_a_null_job_block_that_commits_a_product_is_refused_even_when_mined():
     with pytest.raises(InvalidBlock, match="result_root of a null-job block must be zero"):
         chain.add_block(Block(mined.header, ()))
     assert chain.height == 0
+
+
+def test_a_second_block_with_the_same_proof_of_work_is_refused():
+    chain, clock = new_chain()
+    extend(chain, clock, 2)
+    block = next_block(chain, clock)
+    twin = second_winner(block)
+    chain.add_block(block)
+    tip = chain.tip.hash
+    with pytest.raises(InvalidBlock, match=r"duplicate proof of work: .* already seen as block"):
+        chain.add_block(twin)
+    assert chain.tip.hash == tip and not chain.contains(twin.hash)
+    assert twin.hash not in chain.blocks
+
+
+def test_a_second_orphan_with_the_same_proof_of_work_is_refused():
+    chain, clock = new_chain()
+    parent = next_block(chain, clock)
+    chain.add_block(parent)
+    block = next_block(chain, clock)
+    twin = second_winner(block)
+    fresh, _ = new_chain()  # lacks the parent: both arrive as orphans
+    assert fresh.add_block(block).status == "orphan"
+    with pytest.raises(InvalidBlock, match="duplicate proof of work"):
+        fresh.add_block(twin)
+    assert not fresh.contains(twin.hash)
+    fresh.add_block(parent)
+    assert fresh.tip.hash == block.hash
+
+
+def test_the_index_of_proofs_of_work_is_rebuilt_on_restore():
+    from consensus.chain import Chain
+
+    chain, clock = new_chain()
+    extend(chain, clock, 2)
+    block = next_block(chain, clock)
+    twin = second_winner(block)
+    chain.add_block(block)
+    restored = Chain.restore(
+        MID,
+        chain.clock,
+        dict(chain.entries),
+        dict(chain.blocks),
+        list(chain.active),
+        dict(chain.undos),
+        chain.state,
+        chain.next_seq,
+    )
+    with pytest.raises(InvalidBlock, match="duplicate proof of work"):
+        restored.add_block(twin)

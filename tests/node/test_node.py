@@ -40,6 +40,7 @@ from tests.consensus.chainkit import (
     new_chain,
     next_block,
     remine,
+    second_winner,
     transfer,
 )
 from tests.node.p2p_testkit import TestPeer
@@ -502,4 +503,38 @@ async def test_a_block_with_a_replaced_result_root_is_refused_and_its_sender_ban
     await _refused(
         node, cheat, watcher, variant, "ticket is above the target|null-job block must be zero"
     )
+    await watcher.close()
+
+
+@pytest.mark.parametrize("path", ["cmpctblock", "block"])
+async def test_a_second_block_from_the_same_proof_of_work_gets_its_sender_banned(node, path):
+    """Another winning tile of the attempt that made a block the node holds: a valid
+    proof of work, but not a second block."""
+    watcher = await _peer(node)
+    chain, clock = new_chain()
+    parent = next_block(chain, clock)
+    chain.add_block(parent)
+    block = next_block(chain, clock)
+    twin = second_winner(block)
+    cheat = await _peer(node)
+    if path == "cmpctblock":  # on the node's tip: connected, then its twin pushed
+        for b in (parent, block, twin):
+            await cheat.send(_compact(b))
+            if b is not twin:
+                await cheat.sync()
+        assert node.chain.tip.hash == block.hash
+    else:  # the parent unknown: both come whole, on the orphan path
+        for b in (block, twin):
+            await cheat.send(_compact(b))
+            await cheat.wait_for(
+                lambda b=b: any(
+                    isinstance(m, GetData) and InvItem(INV_BLOCK, b.hash) in m.items
+                    for m in cheat.received
+                )
+            )
+            await cheat.send(BlockMsg(b))
+            if b is block:
+                await cheat.sync()
+                assert node.chain.contains(block.hash)
+    await _refused(node, cheat, watcher, twin, "duplicate proof of work")
     await watcher.close()
