@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.sgemm_baseline import measure_sgemm
+from consensus.merkle import matrix_rows_root
 from kernels.attempt import MiningParams, mining_attempt, verify_tile_ticket
 from kernels.backends import get_backend
 from kernels.freivalds import freivalds_check
@@ -73,6 +74,16 @@ def bench_kernels(size: int, backend: str = "cpu", repeats: int | None = None) -
         max(50, reps),
     )
     c = result.c
+    # The ticket key is bound to result_root: on a posted job the miner recovers C
+    # and commits its rows before it hashes a ticket (once per job); the null job
+    # commits zero and pays neither, i.e. costs attempt_s.
+    result_root_s = _median_time(lambda: matrix_rows_root(c), reps)
+    with_root_s = _median_time(
+        lambda: mining_attempt(
+            a, b, seed_a, seed_b, target, params, be, ticket_key=matrix_rows_root
+        ),
+        reps,
+    )
     freivalds_s = _median_time(lambda: freivalds_check(a, b, c), reps)
     if not freivalds_check(a, b, c):
         raise RuntimeError("the recovered product failed Freivalds: the kernel is wrong")
@@ -97,6 +108,10 @@ def bench_kernels(size: int, backend: str = "cpu", repeats: int | None = None) -
         "attempt_without_recovery_s": search_s,
         "attempt_without_recovery_vs_plain": search_s / plain_s,
         "verify_vs_attempt": verify_s / attempt_s,
+        "result_root_s": result_root_s,
+        "result_root_vs_attempt": result_root_s / attempt_s,
+        "attempt_with_result_root_s": with_root_s,
+        "attempt_with_result_root_vs_attempt": with_root_s / attempt_s,
         "freivalds_vs_plain": freivalds_s / plain_s,
         "macs_per_s": m * k * n / attempt_s,
         "plain_macs_per_s": m * k * n / plain_s,
