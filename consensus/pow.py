@@ -131,7 +131,7 @@ class ResultCommitment:
         self.product: np.ndarray | None = None
         self._committed = committed
 
-    def ticket_key(self, seed_a: bytes) -> bytes | Callable[[np.ndarray], bytes]:
+    def key_for(self, seed_a: bytes) -> bytes | Callable[[np.ndarray], bytes]:
         """An attempt's ticket key, or (before C is known) how to get it from C."""
         if self.root is not None:
             return ticket_key(seed_a, self.root)
@@ -173,7 +173,7 @@ def mine(
     while (stop is None or not stop.is_set()) and (max_attempts is None or attempts < max_attempts):
         header = dataclasses.replace(template, extra_nonce=nonce)
         seed_a, seed_b = noise_seeds(header.header_seed, job.spec)
-        key = commitment.ticket_key(seed_a)
+        key = commitment.key_for(seed_a)
         res = mining_attempt(
             job.a, job.b, seed_a, seed_b, template.target, mp, backend, ticket_key=key
         )
