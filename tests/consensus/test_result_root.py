@@ -186,3 +186,45 @@ def test_the_index_of_proofs_of_work_is_rebuilt_on_restore():
     )
     with pytest.raises(InvalidBlock, match="duplicate proof of work"):
         restored.add_block(twin)
+
+
+def _split(parent_count: int = 1):
+    """A chain holding ``block``; its twin; and the twin's child, mined where the twin
+    came first (what the other half of a network that its miner split would build)."""
+    chain, clock = new_chain()
+    extend(chain, clock, parent_count)
+    other, other_clock = new_chain()
+    for h in chain.active[1:]:
+        other.add_block(chain.blocks[h])
+    other_clock.now = clock.now
+    block = next_block(chain, clock)
+    twin = second_winner(block)
+    chain.add_block(block)
+    other.add_block(twin)
+    child = next_block(other, other_clock)
+    return chain, block, twin, child
+
+
+def test_a_refused_twin_is_admitted_once_a_block_builds_on_it():
+    """Its miner sent each block to half the network: refusing the twin forever would
+    keep this half off the heavier branch for good. The child brings the twin in."""
+    chain, block, twin, child = _split()
+    with pytest.raises(InvalidBlock, match="duplicate proof of work"):
+        chain.add_block(twin)
+    assert chain.tip.hash == block.hash and not chain.contains(twin.hash)
+    chain.add_block(child)
+    assert chain.tip.hash == child.hash and chain.is_active(twin.hash)
+
+
+def test_a_twin_whose_child_is_already_held_is_admitted():
+    chain, _block, twin, child = _split()
+    assert chain.add_block(child).status == "orphan"
+    chain.add_block(twin)
+    assert chain.tip.hash == child.hash
+
+
+def test_a_twin_that_a_download_builds_on_is_admitted():
+    chain, _block, twin, child = _split()
+    assert chain.add_block(twin, built_upon=True).status == "side"
+    chain.add_block(child)
+    assert chain.tip.hash == child.hash

@@ -538,3 +538,31 @@ async def test_a_second_block_from_the_same_proof_of_work_gets_its_sender_banned
                 assert node.chain.contains(block.hash)
     await _refused(node, cheat, watcher, twin, "duplicate proof of work")
     await watcher.close()
+
+
+async def test_a_branch_built_on_a_twin_is_followed_and_its_sender_kept(node):
+    """The node holds a block; a peer whose half of the network took the block's twin
+    and built on it sends that branch, headers first: the twin is needed, so it is
+    taken (no ban) and the heavier branch becomes the tip."""
+    chain, clock = new_chain()
+    other, other_clock = new_chain()
+    block = next_block(chain, clock)
+    twin = second_winner(block)
+    other.add_block(twin)
+    other_clock.now = clock.now
+    child = next_block(other, other_clock)
+    first = await _peer(node)
+    await first.send(_compact(block))
+    await first.sync()
+    assert node.chain.tip.hash == block.hash
+    peer = await _peer(node)
+    await peer.send(Headers((twin.header, child.header)))
+    wanted = {InvItem(InvKind.BODY, b.hash) for b in (twin, child)}
+    assert set((await peer.wait_for_message(GetData)).items) == wanted
+    for b in (twin, child):
+        await peer.send(BlockBody(b.hash, b.txs))
+    await peer.sync()
+    assert node.chain.tip.hash == child.hash and node.chain.is_active(twin.hash)
+    assert node.p2p.bans() == [] and not peer.closed.is_set()
+    await first.close()
+    await peer.close()
