@@ -6,7 +6,7 @@ These hashes matter:
   proof. It fixes the noise of an attempt; changing ``extra_nonce`` starts a
   fresh one. ``result_root`` is left out because C is only known once the
   noisy product has been computed. It names the proof of work: the chain
-  keeps one block per header_seed.
+  refuses a second block with a header_seed it holds (consensus.chain).
 * ``seed_B = H(header_seed, root_B)``, ``seed_A = H(seed_B, root_A)`` — the
   noise is fixed only after both operands are committed.
 * ``ticket_key = H(seed_A, result_root)`` — the key of every ticket, so
