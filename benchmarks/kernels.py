@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.sgemm_baseline import measure_sgemm
+from consensus.merkle import matrix_rows_root
 from kernels.attempt import MiningParams, mining_attempt, verify_tile_ticket
 from kernels.backends import get_backend
 from kernels.freivalds import freivalds_check
@@ -50,24 +51,40 @@ def bench_kernels(size: int, backend: str = "cpu", repeats: int | None = None) -
     a = rng.integers(-64, 64, (m, k), dtype=np.int8)
     b = rng.integers(-64, 64, (k, n), dtype=np.int8)
     bt = np.ascontiguousarray(b.T)
-    seed_a, seed_b = os.urandom(32), os.urandom(32)
+    seed_a, seed_b, key = os.urandom(32), os.urandom(32), os.urandom(32)
     target = 1  # nothing wins: we measure the full cost of a losing attempt
 
     sgemm = measure_sgemm(m, k, n, reps)
     plain_s = _median_time(lambda: be.plain_matmul(a, bt, params.r, params.h, params.w), reps)
-    result = mining_attempt(a, b, seed_a, seed_b, target, params, be)
-    attempt_s = _median_time(lambda: mining_attempt(a, b, seed_a, seed_b, target, params, be), reps)
+    result = mining_attempt(a, b, seed_a, seed_b, target, params, be, ticket_key=key)
+    attempt_s = _median_time(
+        lambda: mining_attempt(a, b, seed_a, seed_b, target, params, be, ticket_key=key), reps
+    )
     # What each further extra-nonce of the same job costs: C is the same for
-    # every attempt on a job, so a miner recovers it once, when a tile wins.
-    search_s = _median_time(lambda: mining_attempt(a, b, seed_a, seed_b, target, params, be), reps)
+    # every attempt on a job, so a miner recovers it and commits its rows once.
+    search_s = _median_time(
+        lambda: mining_attempt(a, b, seed_a, seed_b, target, params, be, ticket_key=key), reps
+    )
     ti, tj = m // params.h // 2, n // params.w // 2
     rows = np.ascontiguousarray(a[ti * params.h : (ti + 1) * params.h])
     cols = np.ascontiguousarray(bt[tj * params.w : (tj + 1) * params.w])
     verify_s = _median_time(
-        lambda: verify_tile_ticket(rows, cols, ti, tj, seed_a, seed_b, 2**255, params),
+        lambda: verify_tile_ticket(
+            rows, cols, ti, tj, seed_a, seed_b, 2**255, params, ticket_key=key
+        ),
         max(50, reps),
     )
     c = result.c
+    # The ticket key is bound to result_root: on a posted job the miner recovers C
+    # and commits its rows before it hashes a ticket (once per job); the null job
+    # commits zero and pays neither, i.e. costs attempt_s.
+    result_root_s = _median_time(lambda: matrix_rows_root(c), reps)
+    with_root_s = _median_time(
+        lambda: mining_attempt(
+            a, b, seed_a, seed_b, target, params, be, ticket_key=matrix_rows_root
+        ),
+        reps,
+    )
     freivalds_s = _median_time(lambda: freivalds_check(a, b, c), reps)
     if not freivalds_check(a, b, c):
         raise RuntimeError("the recovered product failed Freivalds: the kernel is wrong")
@@ -97,6 +114,10 @@ def bench_kernels(size: int, backend: str = "cpu", repeats: int | None = None) -
         "attempt_without_recovery_s": search_s,
         "attempt_without_recovery_vs_plain": search_s / plain_s,
         "verify_vs_attempt": verify_s / attempt_s,
+        "result_root_s": result_root_s,
+        "result_root_vs_attempt": result_root_s / attempt_s,
+        "attempt_with_result_root_s": with_root_s,
+        "attempt_with_result_root_vs_attempt": with_root_s / attempt_s,
         "freivalds_vs_plain": freivalds_s / plain_s,
         "macs_per_s": m * k * n / attempt_s,
         "plain_macs_per_s": m * k * n / plain_s,

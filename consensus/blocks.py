@@ -1,13 +1,17 @@
 """Blocks, headers and the PoUW proof as frozen records (PROTOCOL §4–7).
 
-Three hashes matter:
+These hashes matter:
 
 * ``header_seed`` — over every header field except ``result_root`` and the
   proof. It fixes the noise of an attempt; changing ``extra_nonce`` starts a
   fresh one. ``result_root`` is left out because C is only known once the
-  product has been computed, i.e. after the first attempt.
+  noisy product has been computed. It names the proof of work: the chain
+  refuses a second block with a header_seed it holds (consensus.chain).
 * ``seed_B = H(header_seed, root_B)``, ``seed_A = H(seed_B, root_A)`` — the
   noise is fixed only after both operands are committed.
+* ``ticket_key = H(seed_A, result_root)`` — the key of every ticket, so
+  result_root is bound by the proof of work: changing it changes every ticket.
+  A null-job block commits ``NULL_RESULT_ROOT``.
 * the block hash — over the whole header, proof included.
 """
 
@@ -39,6 +43,7 @@ TAG_JOB_ID = "job-id"
 TAG_HEADER_SEED = "header-seed"
 TAG_SEED_B = "seed-b"
 TAG_SEED_A = "seed-a"
+TAG_TICKET_KEY = "ticket-key"
 TAG_BLOCK = "block"
 
 MAX_K = 65_536
@@ -48,6 +53,8 @@ MAX_TXS_PER_BLOCK = 100_000
 MAX_BLOCK_WIRE_BYTES = 16 * 1024 * 1024
 
 HASH = Bytes(32)
+NULL_RESULT_ROOT = bytes(32)
+"""The result_root of a null-job block: nobody needs its product, so none is committed."""
 BRANCH = ListOf(HASH, max=MAX_TREE_DEPTH)
 
 
@@ -165,6 +172,17 @@ def noise_seeds(header_seed: bytes, job: JobSpec) -> tuple[bytes, bytes]:
     return seed_a, seed_b
 
 
+def ticket_key(seed_a: bytes, result_root: bytes) -> Hash32:
+    """The key of a block's tickets: ``H(seed_A, result_root)`` (PROTOCOL §4).
+
+    Binding result_root here makes the proof of work cover it: a block whose
+    result_root was changed after mining has other tickets, and wins only if
+    re-mined. Verifying costs nothing more; the miner needs C's root before it
+    hashes tickets.
+    """
+    return tagged_hash(TAG_TICKET_KEY, seed_a, result_root)
+
+
 @dataclass(frozen=True)
 class Block:
     header: BlockHeader
@@ -214,6 +232,7 @@ def decode_block(data: bytes, max_size: int = MAX_BLOCK_WIRE_BYTES) -> Block:
 __all__ = [
     "EMPTY_PROOF",
     "MAX_TX_SIZE",
+    "NULL_RESULT_ROOT",
     "Block",
     "BlockHeader",
     "JobSpec",
@@ -223,4 +242,5 @@ __all__ = [
     "encode_block",
     "encode_header",
     "noise_seeds",
+    "ticket_key",
 ]

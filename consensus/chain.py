@@ -18,7 +18,7 @@ from enum import Enum
 
 from consensus.blocks import EMPTY_PROOF, Block, BlockHeader, JobSpec, tx_root
 from consensus.difficulty import block_work
-from consensus.errors import InvalidBlock
+from consensus.errors import DuplicateProofOfWork, InvalidBlock
 from consensus.params import NetworkParams
 from consensus.state import State, Undo
 from consensus.template import build_template
@@ -33,6 +33,8 @@ from consensus.validation import (
 )
 
 MAX_ORPHANS = 256
+MAX_TWINS = 16
+"""Refused second blocks of a proof of work kept aside, in case a branch is built on one."""
 
 
 class Status(Enum):
@@ -96,6 +98,13 @@ class Chain:
         self.undos: dict[bytes, Undo] = {}
         self.active: list[bytes] = [genesis.hash]  # by height
         self.orphans: OrderedDict[bytes, Block] = OrderedDict()
+        # header_seed → hash of the first block in the tree that holds that proof of
+        # work: one proof of work makes one block (see check_proof_unused). As large
+        # as the tree, and rebuilt with it on restore.
+        self.by_seed: dict[bytes, bytes] = {genesis.header.header_seed: genesis.hash}
+        # Second blocks of a proof of work, refused but kept aside (never stored nor
+        # relayed): if a block that builds on one arrives, it is admitted then.
+        self.twins: OrderedDict[bytes, Block] = OrderedDict()
         # Txids whose signatures the caller has already checked (a node's mempool):
         # the same bytes give the same verdict, so block import need not redo them.
         self.verified_txids: Callable[[], AbstractSet[bytes]] | None = None
@@ -127,6 +136,8 @@ class Chain:
         if not active or active[0] != chain.genesis.hash:
             raise ValueError("restored chain does not start at this network's genesis")
         chain.entries = entries
+        for h, e in sorted(entries.items(), key=lambda item: item[1].seq):
+            chain.by_seed.setdefault(e.header.header_seed, h)
         chain.blocks = blocks
         chain.active = active
         chain.undos = undos
@@ -199,18 +210,30 @@ class Chain:
 
     # ------------------------------------------------------------ adding
 
-    def add_block(self, block: Block) -> AddResult:
-        """Accept a block from anywhere; raises InvalidBlock with the rule that failed."""
+    def add_block(self, block: Block, built_upon: bool = False) -> AddResult:
+        """Accept a block from anywhere; raises InvalidBlock with the rule that failed.
+
+        ``built_upon``: the caller holds a valid header that builds on this block
+        (a headers-first download), which lets a second block of a proof of work
+        in (see :meth:`check_proof_unused`).
+        """
         h = block.hash
         if h in self.entries or h in self.orphans:
             return AddResult("duplicate")
         header = block.header
         check_body_commitment(block)
         parent = self.entries.get(header.prev_hash)
+        if parent is None and header.prev_hash in self.twins:
+            # Work was done on a second block of a proof of work that was refused:
+            # it is part of a branch now, which may be the heaviest.
+            check_header_pow(header, self.params)
+            self.add_block(self.twins.pop(header.prev_hash), built_upon=True)
+            parent = self.entries.get(header.prev_hash)
         if parent is None:
             # Check the proof against the header's own target before keeping it,
             # so orphans cost an attacker real work.
             check_header_pow(header, self.params)
+            self.check_proof_unused(block, built_upon)
             self._keep_orphan(block)
             return AddResult("orphan")
         if parent.status is Status.INVALID:
@@ -224,11 +247,14 @@ class Chain:
             self.clock(),
         )
         check_header_pow(header, self.params)
+        self.check_proof_unused(block, built_upon)
         entry = Entry(
             header, parent.work + block_work(header.target), self._seq, Status.HEADER_VALID
         )
         self._seq += 1
         self.entries[h] = entry
+        self.by_seed.setdefault(header.header_seed, h)
+        self.twins.pop(h, None)
         self.unsaved.add(h)
         self.blocks[h] = block
         result = self._maybe_reorg(entry)
@@ -244,6 +270,37 @@ class Chain:
                 result.disconnected + r.disconnected,
             )
         return result
+
+    def check_proof_unused(self, block: Block, built_upon: bool = False) -> None:
+        """Raise DuplicateProofOfWork if another block held (in the tree or an orphan)
+        has this block's proof of work, unless a branch builds on this one.
+
+        A proof of work is named by its header_seed (every header field but
+        result_root and the proof). A second block with it differs only there:
+        another winning tile of the same attempt, or its miner's re-mined
+        result_root. On its own it adds no work, so it is refused (not stored,
+        not relayed, its sender treated as misbehaving) and only kept aside.
+        Refusing it forever would split the network for good if its miner sent
+        each block to half of it: so once a block that builds on it is known
+        (``built_upon``, a waiting orphan, or one arriving later) it is admitted
+        like any block, and most work decides.
+        """
+        header = block.header
+        seed = header.header_seed
+        other = self.by_seed.get(seed)
+        if other is None:
+            other = next((h for h, b in self.orphans.items() if b.header.header_seed == seed), None)
+        if other is None or other == block.hash:
+            return
+        if built_upon or any(b.header.prev_hash == block.hash for b in self.orphans.values()):
+            return
+        self.twins[block.hash] = block
+        while len(self.twins) > MAX_TWINS:
+            self.twins.popitem(last=False)
+        raise DuplicateProofOfWork(
+            f"duplicate proof of work: its header_seed {seed.hex()[:16]} was already "
+            f"seen as block {other.hex()[:16]}"
+        )
 
     def _keep_orphan(self, block: Block) -> None:
         self.orphans[block.hash] = block

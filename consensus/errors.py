@@ -44,3 +44,7 @@ class InvalidTransaction(ConsensusError):
 
 class InvalidBlock(ConsensusError):
     """A well-formed block breaks a validity rule."""
+
+
+class DuplicateProofOfWork(InvalidBlock):
+    """A second block with the proof of work (header_seed) of a block already held."""

@@ -1,10 +1,12 @@
 """Proof of useful work: mining a header on a job, and verifying its proof (PROTOCOL §4–6).
 
 The miner tries extra-nonces: each fixes a fresh header_seed, hence fresh
-noise, and one attempt computes every tile's ticket plus the useful product
-C. When a tile wins, the proof opens that tile's h rows of A and w columns of
-B with Merkle branches. A verifier recomputes just that tile: h·w·k MACs,
-(m·n)/(h·w) times less than the attempt.
+noise. On a posted job one attempt computes the noisy product, recovers the
+useful product C, commits its rows (result_root) and only then hashes every
+tile's ticket under a key bound to that root; on the null job the root is
+fixed (all zero) and C is never recovered. When a tile wins, the proof opens
+that tile's h rows of A and w columns of B with Merkle branches. A verifier
+recomputes just that tile: h·w·k MACs, (m·n)/(h·w) times less than the attempt.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from typing import Any
 import blake3
 import numpy as np
 
-from consensus.blocks import BlockHeader, JobSpec, PowProof, noise_seeds
+from consensus.blocks import (
+    NULL_RESULT_ROOT,
+    BlockHeader,
+    JobSpec,
+    PowProof,
+    noise_seeds,
+    ticket_key,
+)
 from consensus.errors import InvalidBlock
 from consensus.merkle import (
     branch_of,
@@ -44,11 +53,16 @@ def mining_params(params: NetworkParams) -> MiningParams:
 
 @dataclass(frozen=True)
 class Job:
-    """Operands in memory with their commitments: A (m×k) and B (k×n), int7 in int8."""
+    """Operands in memory with their commitments: A (m×k) and B (k×n), int7 in int8.
+
+    ``null`` marks the null job: its block commits no product (result_root is
+    ``NULL_RESULT_ROOT``), so its miner never recovers C.
+    """
 
     a: np.ndarray
     b: np.ndarray
     spec: JobSpec
+    null: bool = False
 
     @classmethod
     def from_operands(cls, a: np.ndarray, b: np.ndarray) -> Job:
@@ -71,7 +85,7 @@ def null_job(prev_hash: bytes, params: NetworkParams) -> Job:
     vals = (raw & 127).astype(np.int16) - 64  # uniform over int7
     a = vals[: m * k].astype(np.int8).reshape(m, k)
     b = vals[m * k :].astype(np.int8).reshape(k, n)
-    return Job.from_operands(a, b)
+    return dataclasses.replace(Job.from_operands(a, b), null=True)
 
 
 def _open_rows(
@@ -94,8 +108,39 @@ def build_proof(job: Job, tile_i: int, tile_j: int, params: NetworkParams) -> Po
 @dataclass(frozen=True)
 class MinedBlock:
     header: BlockHeader
-    product: np.ndarray  # the useful output C = A·B (int32 m×n)
+    product: np.ndarray | None  # the useful output C = A·B (int32 m×n); None on the null job
     attempts: int
+
+
+class ResultCommitment:
+    """The result_root a miner's blocks on one job commit to, and the product behind it.
+
+    The tickets are keyed by result_root, so on a posted job the first attempt
+    recovers C and commits its rows before it hashes any ticket. C = A·B is the
+    same for every extra-nonce, so a miner keeps this object while it mines the
+    job and later attempts skip both. The null job commits ``NULL_RESULT_ROOT``
+    and never recovers C. ``committed`` maps C to the matrix committed instead
+    (tests only: a dishonest miner).
+    """
+
+    def __init__(
+        self, job: Job, committed: Callable[[np.ndarray], np.ndarray] | None = None
+    ) -> None:
+        self.spec = job.spec
+        self.root: bytes | None = NULL_RESULT_ROOT if job.null else None
+        self.product: np.ndarray | None = None
+        self._committed = committed
+
+    def key_for(self, seed_a: bytes) -> bytes | Callable[[np.ndarray], bytes]:
+        """An attempt's ticket key, or (before C is known) how to get it from C."""
+        if self.root is not None:
+            return ticket_key(seed_a, self.root)
+        return lambda c: self._commit(c, seed_a)
+
+    def _commit(self, c: np.ndarray, seed_a: bytes) -> bytes:
+        self.product = self._committed(c) if self._committed is not None else c
+        self.root = matrix_rows_root(self.product)
+        return ticket_key(seed_a, self.root)
 
 
 def mine(
@@ -107,34 +152,40 @@ def mine(
     first_nonce: int = 0,
     max_attempts: int | None = None,
     on_attempt: Callable[[int], None] | None = None,
+    commitment: ResultCommitment | None = None,
 ) -> MinedBlock | None:
     """Try extra-nonces from ``first_nonce`` until a tile wins, ``stop`` is set or
     ``max_attempts`` run out (then None).
 
     ``template`` carries every header field but extra_nonce, result_root and
-    proof; its job must be ``job.spec``. C is the same for every attempt, so
-    its commitment is computed once, from the first attempt.
+    proof; its job must be ``job.spec``. ``commitment`` carries the job's
+    result_root from earlier calls (see :class:`ResultCommitment`).
     """
     if template.job != job.spec:
         raise ValueError("the template's job does not match the operands")
+    if commitment is None:
+        commitment = ResultCommitment(job)
+    elif commitment.spec != job.spec:
+        raise ValueError("the result commitment is for another job")
     mp = mining_params(params)
-    result_root: bytes | None = None
     nonce = first_nonce
     attempts = 0
     while (stop is None or not stop.is_set()) and (max_attempts is None or attempts < max_attempts):
         header = dataclasses.replace(template, extra_nonce=nonce)
         seed_a, seed_b = noise_seeds(header.header_seed, job.spec)
-        res = mining_attempt(job.a, job.b, seed_a, seed_b, template.target, mp, backend)
+        key = commitment.key_for(seed_a)
+        res = mining_attempt(
+            job.a, job.b, seed_a, seed_b, template.target, mp, backend, ticket_key=key
+        )
         attempts += 1
         if on_attempt is not None:
             on_attempt(job.spec.m * job.spec.k * job.spec.n)
         if res.winners:
-            if result_root is None:
-                result_root = matrix_rows_root(res.c)
+            assert commitment.root is not None  # the attempt has committed it
             ti, tj = res.winners[0]
             proof = build_proof(job, ti, tj, params)
-            header = dataclasses.replace(header, result_root=result_root, proof=proof)
-            return MinedBlock(header=header, product=res.c, attempts=attempts)
+            header = dataclasses.replace(header, result_root=commitment.root, proof=proof)
+            return MinedBlock(header=header, product=commitment.product, attempts=attempts)
         nonce = (nonce + 1) % 2**64
     return None
 
@@ -201,7 +252,30 @@ def verify_pow(header: BlockHeader, params: NetworkParams) -> int:
     T = tile_transcript(
         a_rows, b_cols, proof.tile_i, proof.tile_j, seed_a, seed_b, mining_params(params)
     )
-    ticket = ticket_of(T, seed_a, proof.tile_i, proof.tile_j)
+    ticket = ticket_of(T, ticket_key(seed_a, header.result_root), proof.tile_i, proof.tile_j)
     if ticket > ticket_threshold(header.target, h, w, job.k):
         raise InvalidBlock("proof: ticket is above the target")
+    check_null_job_result(header, params)
     return ticket
+
+
+def is_null_job(job: JobSpec, prev_hash: bytes, params: NetworkParams) -> bool:
+    """Whether ``job`` is the null job on top of ``prev_hash``.
+
+    Regenerates the null job's operands (~0.2 s at main's 2048³): callers ask
+    only after the proof of work has passed, and only for a non-zero result_root.
+    """
+    if (job.m, job.k, job.n) != params.null_job_shape:
+        return False
+    return job == null_job(prev_hash, params).spec
+
+
+def check_null_job_result(header: BlockHeader, params: NetworkParams) -> None:
+    """A null-job block commits no product: its result_root must be ``NULL_RESULT_ROOT``.
+
+    Nobody needs the null job's C, so one value keeps one proof of work one
+    block. A zero root needs no check at all, so null-job blocks (almost every
+    block) pay nothing for this rule.
+    """
+    if header.result_root != NULL_RESULT_ROOT and is_null_job(header.job, header.prev_hash, params):
+        raise InvalidBlock("result_root of a null-job block must be zero")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
@@ -42,9 +41,9 @@ class MiningParams:
 class AttemptResult:
     """An attempt's transcripts, tickets and winners; the useful product on demand.
 
-    Recovering C costs 2r/k of the product (≈6% at k = 2048), and a miner
-    needs it only once per job — for the block it wins and the result it
-    serves — so :attr:`c` is computed on first use and kept.
+    Recovering C costs 2r/k of the product (≈6% at k = 2048). An attempt whose
+    ticket key is bound to C has recovered it already; otherwise :attr:`c` is
+    computed on first use and kept.
     """
 
     def __init__(
@@ -54,20 +53,28 @@ class AttemptResult:
         tickets: np.ndarray,
         winners: list[tuple[int, int]],
         recover: Callable[[], np.ndarray],
+        c: np.ndarray | None = None,
     ) -> None:
         self.c_noisy = c_noisy  # C' = A'·B', int32 (m, n)
         self.transcripts = transcripts  # uint32 (m/h, n/w, 16)
         self.tickets = tickets  # uint32 (m/h, n/w, 8), little-endian words
         self.winners = winners  # tiles with ticket ≤ target·h·w·k
         self._recover = recover
+        self._c = c
 
-    @cached_property
+    @property
     def c(self) -> np.ndarray:
         """The useful product A·B, int32 (m, n)."""
-        return self._recover()
+        if self._c is None:
+            self._c = self._recover()
+        return self._c
 
     def ticket(self, ti: int, tj: int) -> int:
         return int.from_bytes(self.tickets[ti, tj].astype("<u4").tobytes(), "little")
+
+
+TicketKey = bytes | Callable[[np.ndarray], bytes]
+"""A 32-byte ticket key, or a function of the useful product C that returns it."""
 
 
 def check_job(a: np.ndarray, b: np.ndarray, params: MiningParams) -> tuple[int, int, int]:
@@ -90,26 +97,39 @@ def mining_attempt(
     target: int,
     params: MiningParams = MiningParams(),
     backend: Backend | str = "cpu",
+    *,
+    ticket_key: TicketKey,
 ) -> AttemptResult:
-    """One attempt: noise, noisy product with folds, all tickets; C = A·B via ``.c``."""
+    """One attempt: noise, noisy product with folds, all tickets; C = A·B via ``.c``.
+
+    ``ticket_key`` is the tickets' 32-byte key, or a function of C that returns
+    it: then the order is product → recovery of C → key → tickets, and ``.c``
+    is already there.
+    """
     m, k, n = check_job(a, b, params)
     check_seed("seed_a", seed_a)
     check_seed("seed_b", seed_b)
+    if not callable(ticket_key):
+        check_seed("ticket key", ticket_key)
     be = get_backend(backend) if isinstance(backend, str) else backend
     noise_a = derive_noise(seed_a, m, k, params.r)
     noise_b = derive_noise(seed_b, n, k, params.r)
     a_noisy = add_noise(a, noise_a)
     bt_noisy = add_noise_transposed(b, noise_b)
     c_noisy, transcripts = be.noisy_product(a_noisy, bt_noisy, params.r, params.h, params.w)
-    tickets = all_tickets(transcripts, seed_a)
+
+    def recover() -> np.ndarray:
+        return recover_product(c_noisy, a, bt_noisy, noise_a, noise_b)
+
+    c: np.ndarray | None = None
+    if callable(ticket_key):
+        c = recover()
+        key = ticket_key(c)
+    else:
+        key = ticket_key
+    tickets = all_tickets(transcripts, key)
     winners = winning_tiles(tickets, ticket_threshold(target, params.h, params.w, k))
-    return AttemptResult(
-        c_noisy,
-        transcripts,
-        tickets,
-        winners,
-        lambda: recover_product(c_noisy, a, bt_noisy, noise_a, noise_b),
-    )
+    return AttemptResult(c_noisy, transcripts, tickets, winners, recover, c)
 
 
 def tile_transcript(
@@ -163,10 +183,12 @@ def verify_tile_ticket(
     seed_b: bytes,
     target: int,
     params: MiningParams = MiningParams(),
+    *,
+    ticket_key: bytes,
 ) -> int | None:
-    """The tile's ticket if it wins at ``target``, else None."""
+    """The tile's ticket under ``ticket_key`` if it wins at ``target``, else None."""
     T = tile_transcript(a_rows, b_cols, ti, tj, seed_a, seed_b, params)
-    ticket = ticket_of(T, seed_a, ti, tj)
+    ticket = ticket_of(T, ticket_key, ti, tj)
     k = a_rows.shape[1]
     return ticket if ticket <= ticket_threshold(target, params.h, params.w, k) else None
 

@@ -38,9 +38,9 @@ def reference_transcripts(
     return acc.astype(np.int32), T
 
 
-def reference_ticket(T_tile: np.ndarray, seed_a: bytes, ti: int, tj: int) -> int:
+def reference_ticket(T_tile: np.ndarray, key: bytes, ti: int, tj: int) -> int:
     msg = T_tile.astype("<u4").tobytes() + ti.to_bytes(4, "little") + tj.to_bytes(4, "little")
-    return int.from_bytes(blake3.blake3(msg, key=seed_a).digest(), "little")
+    return int.from_bytes(blake3.blake3(msg, key=key).digest(), "little")
 
 
 def reference_attempt(

@@ -1,7 +1,10 @@
 """Tickets: keyed BLAKE3 of each tile transcript, and the winning rule (PROTOCOL §4).
 
-``ticket(ti, tj) = BLAKE3(T ‖ le32(ti) ‖ le32(tj), key = seed_A)`` read as a
+``ticket(ti, tj) = BLAKE3(T ‖ le32(ti) ‖ le32(tj), key = K)`` read as a
 little-endian 256-bit integer; the tile wins if ``ticket ≤ target · h·w·k``.
+K is the 32-byte ticket key: consensus derives it from seed_A and the block's
+result_root, so that a block whose result_root was changed has other tickets
+(kernels only take the key).
 
 A miner hashes every tile of every attempt (16,384 tiles at 2048²), far too
 many for one Python call each, so the miner uses a Numba port of the BLAKE3
@@ -52,12 +55,13 @@ def ticket_message(T_tile: np.ndarray, ti: int, tj: int) -> bytes:
     )
 
 
-def ticket_of(T_tile: np.ndarray, seed_a: bytes, ti: int, tj: int) -> int:
-    """The ticket of one tile, with the blake3 library (the verifier's path)."""
-    check_seed("seed_a", seed_a)
+def ticket_of(T_tile: np.ndarray, key: bytes, ti: int, tj: int) -> int:
+    """The ticket of one tile under the 32-byte ticket ``key``, with the blake3 library
+    (the verifier's path)."""
+    check_seed("ticket key", key)
     if T_tile.shape != (TRANSCRIPT_WORDS,):
         raise ValueError(f"a tile transcript has {TRANSCRIPT_WORDS} words, got {T_tile.shape}")
-    digest = blake3.blake3(ticket_message(T_tile, ti, tj), key=bytes(seed_a)).digest()
+    digest = blake3.blake3(ticket_message(T_tile, ti, tj), key=bytes(key)).digest()
     return int.from_bytes(digest, "little")
 
 
@@ -159,13 +163,14 @@ def _all_tickets(T: np.ndarray, key: np.ndarray) -> np.ndarray:
     return out
 
 
-def all_tickets(T: np.ndarray, seed_a: bytes) -> np.ndarray:
-    """Every tile's ticket as 8 little-endian uint32 words, shape (m/h, n/w, 8)."""
-    check_seed("seed_a", seed_a)
+def all_tickets(T: np.ndarray, key: bytes) -> np.ndarray:
+    """Every tile's ticket under the ticket ``key``, as 8 little-endian uint32 words,
+    shape (m/h, n/w, 8)."""
+    check_seed("ticket key", key)
     if T.ndim != 3 or T.shape[2] != TRANSCRIPT_WORDS or T.dtype != np.uint32:
         raise ValueError(f"transcripts must be uint32 (tm, tn, 16), got {T.dtype} {T.shape}")
-    key = np.frombuffer(bytes(seed_a), dtype="<u4").astype(np.uint64)
-    return _all_tickets(np.ascontiguousarray(T), key)
+    key_words = np.frombuffer(bytes(key), dtype="<u4").astype(np.uint64)
+    return _all_tickets(np.ascontiguousarray(T), key_words)
 
 
 def tickets_to_ints(words: np.ndarray) -> list[int]:

@@ -79,6 +79,10 @@ class HeaderSync:
         """Whether the block is already verified as a header or on its way."""
         return block_hash in self.pending or block_hash in self.inflight
 
+    def builds_on(self, block_hash: bytes) -> bool:
+        """Whether a header of the download (its proof of work checked) has this parent."""
+        return any(header.prev_hash == block_hash for header in self.pending.values())
+
     # ------------------------------------------------------------ headers
 
     async def on_getheaders(self, peer: PeerSession, msg: GetHeaders) -> None:

@@ -12,8 +12,8 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -100,24 +100,32 @@ class MarketService:
         if self.node.miner is not None:
             self.node.miner.tip_changed()  # switch to it at the end of the running attempt
 
+    def wrong_result(self, job: Job) -> Callable[[np.ndarray], np.ndarray] | None:
+        """What a ``--dishonest-results`` miner commits instead of C on a posted job
+        (it is bound by the proof of work, so it must be chosen before mining)."""
+        if not self.dishonest or job.null:
+            return None
+
+        def corrupt(c: np.ndarray) -> np.ndarray:
+            wrong = c.copy()
+            wrong[c.shape[0] // 2, c.shape[1] // 3] += 1
+            return wrong
+
+        return corrupt
+
     def finish(self, found: MinedBlock, job: Job) -> BlockHeader:
         """Keep the product of a posted job and return the header to publish."""
         job_id = self._job_id(job.spec)
-        if job_id not in self.jobs:
+        if job_id not in self.jobs or found.product is None:
             return found.header  # the null job: nobody asked for C
-        c = found.product
-        header = found.header
-        if self.dishonest:
-            c = c.copy()
-            c[c.shape[0] // 2, c.shape[1] // 3] += 1
-            # result_root is outside header_seed: the proof of work stays valid.
-            header = dataclasses.replace(header, result_root=matrix_rows_root(c))
-        self.node.blobs.put_matrix(c)
+        self.node.blobs.put_matrix(found.product)
         self.jobs_mined += 1
         log.info(
-            "block on job %s: result %s kept", job_id.hex()[:16], header.result_root.hex()[:16]
+            "block on job %s: result %s kept",
+            job_id.hex()[:16],
+            found.header.result_root.hex()[:16],
         )
-        return header
+        return found.header
 
     def close(self) -> None:
         for task in list(self._fetching.values()):

@@ -18,9 +18,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from consensus.blocks import BlockHeader
 from consensus.params import NetworkParams
-from consensus.pow import Job, MinedBlock, mine
+from consensus.pow import Job, MinedBlock, ResultCommitment, mine
 
 log = logging.getLogger("pouw.miner")
 
@@ -32,6 +34,7 @@ class MiningWork:
     template: BlockHeader
     job: Job
     txs: tuple
+    committed: Callable[[np.ndarray], np.ndarray] | None = None  # tests: a wrong C to commit
 
 
 class Miner:
@@ -61,6 +64,7 @@ class Miner:
         self.blocks_found = 0
         self._rate_window: list[tuple[float, int]] = []
         self.last_error: str | None = None
+        self._commitment: ResultCommitment | None = None
 
     @property
     def running(self) -> bool:
@@ -100,6 +104,12 @@ class Miner:
         if len(self._rate_window) > 10_000:
             del self._rate_window[:5_000]
 
+    def _commitment_for(self, work: MiningWork) -> ResultCommitment:
+        """The job's result commitment, kept across bursts: C is recovered once per job."""
+        if self._commitment is None or self._commitment.spec != work.job.spec:
+            self._commitment = ResultCommitment(work.job, work.committed)
+        return self._commitment
+
     def _run(self) -> None:
         if self.nice:
             # Linux niceness is per thread (and inherited by threads it starts): the
@@ -135,6 +145,7 @@ class Miner:
                     # A random start per burst: a re-used template never repeats work.
                     first_nonce=secrets.randbits(63),
                     on_attempt=self._count,
+                    commitment=self._commitment_for(work),
                 )
             except Exception as e:
                 self.last_error = str(e)

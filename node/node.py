@@ -25,7 +25,7 @@ from aiohttp import web
 
 from consensus.blocks import Block
 from consensus.chain import AddResult, Chain
-from consensus.errors import InvalidBlock
+from consensus.errors import DuplicateProofOfWork, InvalidBlock
 from consensus.keys import PrivateKey
 from kernels.attempt import warm_up
 from node.addresses import AddressBook
@@ -275,7 +275,14 @@ class Node:
             while len(self.block_times) > BLOCK_TIMES_KEPT:
                 del self.block_times[next(iter(self.block_times))]
         try:
-            result = self.chain.add_block(block)
+            try:
+                result = self.chain.add_block(block)
+            except DuplicateProofOfWork:
+                if not self.sync.builds_on(h):
+                    raise
+                # A second block of a proof of work, but the branch we are downloading
+                # builds on it: it is needed, and most work decides (Chain docs).
+                result = self.chain.add_block(block, built_upon=True)
         except InvalidBlock as e:
             self.metrics.blocks.labels("rejected").inc()
             self.store.record(self.chain, block, None)

@@ -98,7 +98,12 @@ class WorkSource:
             on_top_of=base,
         )
         self._body, self._body_removals = body, mempool.removals
-        work = MiningWork(template=template, job=job, txs=body.txs)
+        work = MiningWork(
+            template=template,
+            job=job,
+            txs=body.txs,
+            committed=node.market.wrong_result(job),
+        )
         self._work = (tip, job.spec, revision, time.monotonic(), work)
         self._cost = TEMPLATE_COST_RATIO * (time.monotonic() - started)
         return work

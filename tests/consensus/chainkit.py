@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from consensus.blocks import Block, BlockHeader
+from consensus.blocks import Block, BlockHeader, noise_seeds, ticket_key
 from consensus.chain import Chain
 from consensus.keys import PrivateKey
 from consensus.params import DEVNET, NetworkParams
-from consensus.pow import Job, mine, null_job
+from consensus.pow import Job, build_proof, mine, mining_params, null_job, verify_pow
 from consensus.transactions import Transaction, TransferPayload, signed_transaction
+from kernels.attempt import mining_attempt
 
 K = DEVNET.null_job_shape[1]
 MID = dataclasses.replace(
@@ -84,3 +85,21 @@ def extend(chain: Chain, clock: Clock, count: int, **kw: object) -> list[Block]:
         chain.add_block(b)
         out.append(b)
     return out
+
+
+def second_winner(block: Block, params: NetworkParams = MID) -> Block:
+    """The same null-job attempt opened at another winning tile: a block with a valid
+    proof of work and the same header_seed as ``block`` (what a miner could make)."""
+    header = block.header
+    job = null_job(header.prev_hash, params)
+    seed_a, seed_b = noise_seeds(header.header_seed, job.spec)
+    key = ticket_key(seed_a, header.result_root)
+    res = mining_attempt(
+        job.a, job.b, seed_a, seed_b, header.target, mining_params(params), ticket_key=key
+    )
+    tile = (header.proof.tile_i, header.proof.tile_j)
+    ti, tj = next(t for t in res.winners if t != tile)
+    twin = Block(dataclasses.replace(header, proof=build_proof(job, ti, tj, params)), block.txs)
+    verify_pow(twin.header, params)
+    assert twin.header.header_seed == header.header_seed and twin.hash != block.hash
+    return twin

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from consensus.blocks import Block, decode_block, encode_block, noise_seeds, tx_root
+from consensus.blocks import Block, decode_block, encode_block, noise_seeds, ticket_key, tx_root
 from consensus.chain import Chain
 from consensus.errors import DecodeError, InvalidBlock
 from consensus.pow import Job, build_proof, mining_params, null_job
@@ -81,7 +81,10 @@ def _losing_tile(chain: Chain, clock: Clock) -> Block:
     b = valid(chain, clock)
     job = null_job(chain.tip.hash, MID)
     seed_a, seed_b = noise_seeds(b.header.header_seed, job.spec)
-    res = mining_attempt(job.a, job.b, seed_a, seed_b, b.header.target, mining_params(MID))
+    key = ticket_key(seed_a, b.header.result_root)
+    res = mining_attempt(
+        job.a, job.b, seed_a, seed_b, b.header.target, mining_params(MID), ticket_key=key
+    )
     grid = {(i, j) for i in range(job.spec.m // 16) for j in range(job.spec.n // 16)}
     ti, tj = sorted(grid - set(res.winners))[0]
     return dataclasses.replace(

@@ -13,7 +13,7 @@ from consensus.chain import Chain
 from consensus.errors import InvalidBlock
 from consensus.market import build_fraud_proof, job_id_of, job_record
 from consensus.merkle import matrix_rows_root
-from consensus.pow import Job, mine, null_job
+from consensus.pow import Job, ResultCommitment, mine, null_job
 from consensus.transactions import (
     JobCancelPayload,
     JobPostPayload,
@@ -58,16 +58,20 @@ def mine_job(chain: Chain, clock: Clock, dishonest: bool = False) -> tuple[Block
     """A block whose PoUW ran on the posted job; a dishonest miner commits a wrong C."""
     clock.now += MID.block_time_ms
     template, _ = chain.build_template((), MINER.address, JOB.spec, clock.now)
-    mined = mine(template, JOB, MID, max_attempts=64)
-    assert mined is not None
-    c = mined.product.copy()
-    header = mined.header
-    if dishonest:
+
+    def wrong(c: np.ndarray) -> np.ndarray:
+        c = c.copy()
         c[3, 5] += 1
-        header = dataclasses.replace(header, result_root=matrix_rows_root(c))
-    block = Block(header, ())
+        return c
+
+    # result_root is bound by the proof of work: a dishonest miner mines its wrong C.
+    commitment = ResultCommitment(JOB, wrong if dishonest else None)
+    mined = mine(template, JOB, MID, max_attempts=64, commitment=commitment)
+    assert mined is not None and mined.product is not None
+    assert mined.header.result_root == matrix_rows_root(mined.product)
+    block = Block(mined.header, ())
     chain.add_block(block)
-    return block, c
+    return block, mined.product
 
 
 @pytest.fixture

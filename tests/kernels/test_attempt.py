@@ -12,6 +12,7 @@ from kernels.tickets import ticket_of
 
 SEED_A = bytes(range(32))
 SEED_B = bytes(range(32, 64))
+KEY = bytes(range(64, 96))  # the ticket key (consensus binds it to result_root)
 EASY = 2**256 // (16 * 16 * 256)  # every ticket of a k=256 job wins
 rng = np.random.default_rng(7)
 
@@ -41,7 +42,7 @@ def _operands(kind, m, k, n):
 @pytest.mark.parametrize(("m", "k", "n"), [(32, 256, 32), (48, 128, 16), (16, 64, 80)])
 def test_attempt_matches_reference(kind, m, k, n):
     a, b = _operands(kind, m, k, n)
-    res = mining_attempt(a, b, SEED_A, SEED_B, target=1)
+    res = mining_attempt(a, b, SEED_A, SEED_B, target=1, ticket_key=KEY)
     c, _, transcripts = reference_attempt(a, b, SEED_A, SEED_B, 64, 16, 16)
     assert np.array_equal(res.c, c), "recovered product differs from A·B"
     assert np.array_equal(res.c, (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32))
@@ -61,43 +62,74 @@ def test_attempt_matches_reference_over_shapes(tm, tn, chunks, r, seed):
     m, n, k = 16 * tm, 16 * tn, r * chunks
     a, b = _operands("random", m, k, n)
     params = MiningParams(r=r)
-    res = mining_attempt(a, b, seed, SEED_B, 1, params)
+    res = mining_attempt(a, b, seed, SEED_B, 1, params, ticket_key=KEY)
     c, _, transcripts = reference_attempt(a, b, seed, SEED_B, r, 16, 16)
     assert np.array_equal(res.c, c) and np.array_equal(res.transcripts, transcripts)
 
 
 def test_noise_changes_the_transcript_but_not_the_product():
     a, b = _operands("random", 32, 128, 32)
-    r1 = mining_attempt(a, b, SEED_A, SEED_B, 1)
-    r2 = mining_attempt(a, b, SEED_B, SEED_A, 1)
+    r1 = mining_attempt(a, b, SEED_A, SEED_B, 1, ticket_key=KEY)
+    r2 = mining_attempt(a, b, SEED_B, SEED_A, 1, ticket_key=KEY)
     assert np.array_equal(r1.c, r2.c)
     assert not np.array_equal(r1.transcripts, r2.transcripts)
 
 
+def test_a_key_bound_to_the_product_is_taken_from_the_recovered_c():
+    """A key given as a function of C: C is recovered first, exactly A·B, and the
+    tickets are those of the key it returns (what a miner on a posted job does)."""
+    a, b = _operands("random", 32, 128, 48)
+    seen = []
+
+    def key_of(c):
+        seen.append(c.copy())
+        return bytes(31) + bytes([int(c[0, 0]) & 0xFF])
+
+    bound = mining_attempt(a, b, SEED_A, SEED_B, EASY, ticket_key=key_of)
+    expected_c = (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
+    assert len(seen) == 1 and np.array_equal(seen[0], expected_c)
+    assert np.array_equal(bound.c, expected_c)
+    fixed = mining_attempt(a, b, SEED_A, SEED_B, EASY, ticket_key=key_of(expected_c))
+    assert np.array_equal(bound.tickets, fixed.tickets)
+    other = mining_attempt(a, b, SEED_A, SEED_B, EASY, ticket_key=KEY)
+    assert np.array_equal(bound.transcripts, other.transcripts)
+    assert not np.any(np.all(bound.tickets == other.tickets, axis=2)), (
+        "the key changes every ticket"
+    )
+
+
+def test_bad_ticket_key_is_named():
+    a, b = _operands("random", 16, 64, 16)
+    with pytest.raises(ValueError, match="ticket key must be 32 bytes"):
+        mining_attempt(a, b, SEED_A, SEED_B, 1, ticket_key=b"short")
+
+
 def test_single_tile_verification_reproduces_the_miners_transcript_and_ticket():
     a, b = _operands("random", 64, 256, 48)
-    res = mining_attempt(a, b, SEED_A, SEED_B, EASY)
+    res = mining_attempt(a, b, SEED_A, SEED_B, EASY, ticket_key=KEY)
     assert len(res.winners) == 12  # at this target every tile wins
     for ti, tj in [(0, 0), (3, 2), (1, 1)]:
         rows, cols = a[16 * ti : 16 * ti + 16], np.ascontiguousarray(b[:, 16 * tj : 16 * tj + 16].T)
         T = tile_transcript(rows, cols, ti, tj, SEED_A, SEED_B)
         assert np.array_equal(T, res.transcripts[ti, tj])
-        assert ticket_of(T, SEED_A, ti, tj) == res.ticket(ti, tj)
-        assert verify_tile_ticket(rows, cols, ti, tj, SEED_A, SEED_B, EASY) == res.ticket(ti, tj)
+        assert ticket_of(T, KEY, ti, tj) == res.ticket(ti, tj)
+        assert verify_tile_ticket(
+            rows, cols, ti, tj, SEED_A, SEED_B, EASY, ticket_key=KEY
+        ) == res.ticket(ti, tj)
 
 
 def test_tampered_row_or_wrong_tile_index_fails_verification():
     a, b = _operands("random", 32, 256, 32)
-    res = mining_attempt(a, b, SEED_A, SEED_B, 1)
+    res = mining_attempt(a, b, SEED_A, SEED_B, 1, ticket_key=KEY)
     ticket = res.ticket(1, 0)
     rows, cols = a[16:32].copy(), np.ascontiguousarray(b[:, 0:16].T)
     target = ticket // (16 * 16 * 256) + 1  # exactly hard enough for tile (1, 0) to win
-    assert verify_tile_ticket(rows, cols, 1, 0, SEED_A, SEED_B, target) == ticket
+    assert verify_tile_ticket(rows, cols, 1, 0, SEED_A, SEED_B, target, ticket_key=KEY) == ticket
     rows[3, 100] = rows[3, 100] + 1 if rows[3, 100] < 63 else rows[3, 100] - 1
     assert not np.array_equal(
         tile_transcript(rows, cols, 1, 0, SEED_A, SEED_B), res.transcripts[1, 0]
     )
-    assert verify_tile_ticket(rows, cols, 1, 0, SEED_A, SEED_B, 1) is None
+    assert verify_tile_ticket(rows, cols, 1, 0, SEED_A, SEED_B, 1, ticket_key=KEY) is None
     assert not np.array_equal(
         tile_transcript(a[16:32], cols, 0, 0, SEED_A, SEED_B), res.transcripts[1, 0]
     )
@@ -125,12 +157,12 @@ def test_tampered_row_or_wrong_tile_index_fails_verification():
 )
 def test_bad_input_raises_a_named_error(a, b, params, message):
     with pytest.raises(ValueError, match=message):
-        mining_attempt(a, b, SEED_A, SEED_B, 1, params)
+        mining_attempt(a, b, SEED_A, SEED_B, 1, params, ticket_key=KEY)
 
 
 def test_bad_seed_and_backend_are_named():
     a, b = _operands("random", 16, 64, 16)
     with pytest.raises(ValueError, match="seed_a must be 32 bytes"):
-        mining_attempt(a, b, b"x", SEED_B, 1)
+        mining_attempt(a, b, b"x", SEED_B, 1, ticket_key=KEY)
     with pytest.raises(ValueError, match="unknown backend"):
         get_backend("tpu")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 
 import aiohttp
 import pytest
@@ -31,7 +32,17 @@ from node.wire import (
     InvKind,
     TxMsg,
 )
-from tests.consensus.chainkit import ALICE, BOB, CAROL, MID, new_chain, next_block, remine, transfer
+from tests.consensus.chainkit import (
+    ALICE,
+    BOB,
+    CAROL,
+    MID,
+    new_chain,
+    next_block,
+    remine,
+    second_winner,
+    transfer,
+)
 from tests.node.p2p_testkit import TestPeer
 
 
@@ -438,3 +449,120 @@ async def test_a_compact_block_of_held_transactions_in_the_wrong_order_is_refuse
     await honest.sync()
     assert node.chain.tip.hash == block.hash
     await honest.close()
+
+
+def _mentions(peer: TestPeer, block_hash: bytes) -> bool:
+    """Whether the node told ``peer`` about this block, by inv or compact block."""
+    for m in peer.received:
+        if isinstance(m, Inv) and any(i.hash == block_hash for i in m.items):
+            return True
+        if isinstance(m, CompactBlock) and m.header.hash == block_hash:
+            return True
+    return False
+
+
+async def _refused(node: Node, cheat: TestPeer, watcher: TestPeer, bad: Block, reason: str) -> None:
+    """``cheat`` is banned for ``bad``, which is neither kept nor relayed to ``watcher``."""
+    closed = await cheat.wait_for_close()
+    assert closed is not None and re.search(reason, closed), closed
+    assert any(re.search(reason, b["reason"]) for b in node.p2p.bans())
+    assert not node.chain.contains(bad.hash) and bad.hash not in node.chain.blocks
+    await watcher.sync()
+    assert not _mentions(watcher, bad.hash), "the refused block was relayed"
+
+
+@pytest.mark.parametrize("path", ["cmpctblock", "block", "headers"])
+async def test_a_block_with_a_replaced_result_root_is_refused_and_its_sender_banned(node, path):
+    """Someone takes a block and changes only its result_root: the tickets change with
+    it, so the proof of work fails, whichever way the copy comes."""
+    watcher = await _peer(node)
+    chain, clock = new_chain()
+    first = next_block(chain, clock)
+    chain.add_block(first)
+    second = next_block(chain, clock)
+    variant = Block(dataclasses.replace(first.header, result_root=bytes(range(32))), ())
+    cheat = await _peer(node)
+    if path == "cmpctblock":  # the tip and its variant, both pushed unasked
+        await cheat.send(_compact(first))
+        await cheat.sync()
+        assert node.chain.tip.hash == first.hash
+        await cheat.send(_compact(variant))
+    elif path == "headers":
+        await cheat.send(Headers((variant.header,)))
+    else:  # catching up, the node asks for whole blocks: the variant is one of them
+        await cheat.send(Headers((first.header, second.header)))
+        await cheat.wait_for_message(GetData)
+        await cheat.send(Inv((InvItem(INV_BLOCK, variant.hash),)))
+        await cheat.wait_for(
+            lambda: any(
+                isinstance(m, GetData) and InvItem(INV_BLOCK, variant.hash) in m.items
+                for m in cheat.received
+            )
+        )
+        await cheat.send(BlockMsg(variant))
+    await _refused(
+        node, cheat, watcher, variant, "ticket is above the target|null-job block must be zero"
+    )
+    await watcher.close()
+
+
+@pytest.mark.parametrize("path", ["cmpctblock", "block"])
+async def test_a_second_block_from_the_same_proof_of_work_gets_its_sender_banned(node, path):
+    """Another winning tile of the attempt that made a block the node holds: a valid
+    proof of work, but not a second block."""
+    watcher = await _peer(node)
+    chain, clock = new_chain()
+    parent = next_block(chain, clock)
+    chain.add_block(parent)
+    block = next_block(chain, clock)
+    twin = second_winner(block)
+    cheat = await _peer(node)
+    if path == "cmpctblock":  # on the node's tip: connected, then its twin pushed
+        for b in (parent, block, twin):
+            await cheat.send(_compact(b))
+            if b is not twin:
+                await cheat.sync()
+        assert node.chain.tip.hash == block.hash
+    else:  # the parent unknown: both come whole, on the orphan path
+        for b in (block, twin):
+            await cheat.send(_compact(b))
+            await cheat.wait_for(
+                lambda b=b: any(
+                    isinstance(m, GetData) and InvItem(INV_BLOCK, b.hash) in m.items
+                    for m in cheat.received
+                )
+            )
+            await cheat.send(BlockMsg(b))
+            if b is block:
+                await cheat.sync()
+                assert node.chain.contains(block.hash)
+    await _refused(node, cheat, watcher, twin, "duplicate proof of work")
+    await watcher.close()
+
+
+async def test_a_branch_built_on_a_twin_is_followed_and_its_sender_kept(node):
+    """The node holds a block; a peer whose half of the network took the block's twin
+    and built on it sends that branch, headers first: the twin is needed, so it is
+    taken (no ban) and the heavier branch becomes the tip."""
+    chain, clock = new_chain()
+    other, other_clock = new_chain()
+    block = next_block(chain, clock)
+    twin = second_winner(block)
+    other.add_block(twin)
+    other_clock.now = clock.now
+    child = next_block(other, other_clock)
+    first = await _peer(node)
+    await first.send(_compact(block))
+    await first.sync()
+    assert node.chain.tip.hash == block.hash
+    peer = await _peer(node)
+    await peer.send(Headers((twin.header, child.header)))
+    wanted = {InvItem(InvKind.BODY, b.hash) for b in (twin, child)}
+    assert set((await peer.wait_for_message(GetData)).items) == wanted
+    for b in (twin, child):
+        await peer.send(BlockBody(b.hash, b.txs))
+    await peer.sync()
+    assert node.chain.tip.hash == child.hash and node.chain.is_active(twin.hash)
+    assert node.p2p.bans() == [] and not peer.closed.is_set()
+    await first.close()
+    await peer.close()
