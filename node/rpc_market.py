@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 def _job_json(rec: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in rec.items():
-        if key in ("poster", "miner") and value:
+        if key in ("poster", "claimant") and value:
             out[key] = address_to_text(value)
         elif isinstance(value, bytes):
             out[key] = value.hex()
