@@ -68,8 +68,10 @@ def tx(key: PrivateKey, nonce: int, payload, fee: int = FEE) -> Transaction:
     return signed_transaction(key, chain_id=MID.chain_id, nonce=nonce, fee=fee, payload=payload)
 
 
-def claim(key: PrivateKey, nonce: int, *results: tuple[bytes, np.ndarray]) -> Transaction:
-    return tx(key, nonce, build_job_result(results))
+def claim(
+    key: PrivateKey, nonce: int, *results: tuple[bytes, np.ndarray], fee: int = FEE
+) -> Transaction:
+    return tx(key, nonce, build_job_result(results), fee)
 
 
 def add(chain: Chain, clock: Clock, txs=()) -> Block:
