@@ -195,7 +195,7 @@ def check_fraud(job: dict[str, Any], p: FraudProofPayload) -> None:
         raise InvalidTransaction("payload.b_branch: column of B does not match the job's root_b")
     if not verify_branch(job["result_root"], p.i, m, p.c_row, p.c_branch):
         raise InvalidTransaction(
-            "payload.c_branch: row of C does not match the block's result_root"
+            "payload.c_branch: row of C does not match the claim's result_root"
         )
     a = np.frombuffer(p.a_row, dtype=np.int8).astype(np.int64)
     b = np.frombuffer(p.b_col, dtype=np.int8).astype(np.int64)
