@@ -1,39 +1,53 @@
-"""The compute market: posted jobs, escrow, payment after a challenge window,
+"""The compute market: posted jobs, escrow, claims, payment after a challenge window,
 fraud proofs (PROTOCOL §8).
 
-A ``job_post`` escrows a reward for computing A·B. The first block whose PoUW
-ran on that job (its header's job id) claims it: the block carries
-``result_root``, the Merkle root of C's rows, and the reward is paid to that
-block's miner W blocks later. Within those W blocks anyone may send a
+A ``job_post`` escrows a reward for computing A·B. The job is claimed by the
+first of these, in chain order:
+
+* a block whose PoUW ran on that job (its header's job id): the block carries
+  ``result_root``, the Merkle root of C's rows. Its claim takes effect when
+  its child is applied, before the child's transactions (a block's state
+  cannot depend on its own hash);
+* a ``job_result`` transaction that names the job and a result_root, and
+  locks a bond (the reward × ``claim_bond_ratio``) from its sender's balance.
+
+A later claim of a claimed job is invalid; a block on a claimed job is still
+a valid block, it just claims nothing. W blocks after the claim the reward,
+and the bond, go to the claimant. Within those W blocks anyone may send a
 ``fraud_proof`` that opens row i of A, column j of B and row i of C against
-the job's and block's roots and shows C[i, j] ≠ Σ_k A[i, k]·B[k, j]. A valid
-one refunds the poster and burns the miner's coinbase of that block, which
-is still immature because coinbase maturity ≥ W. Burning, rather than paying
-the prover, keeps a miner from profiting by reporting itself.
+the job's and the claim's roots and shows C[i, j] ≠ Σ_k A[i, k]·B[k, j]. A
+valid one refunds the poster and burns what the claimant staked: the bond of
+a job_result, or the coinbase of a claiming block, which is still immature
+because coinbase maturity ≥ W. Burning, rather than paying the prover, keeps
+a claimant from profiting by reporting itself.
 
 Every change goes through the state journal, so a reorg undoes it exactly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 from consensus.blocks import BlockHeader, JobSpec
 from consensus.errors import InvalidTransaction
-from consensus.merkle import verify_branch
+from consensus.merkle import matrix_rows_root, verify_branch
 from consensus.params import NetworkParams
 from consensus.state import IMMATURE, JOBS, JOBS_DUE, LOCKED, State
 from consensus.transactions import (
+    MAX_RESULT_CLAIMS,
     FraudProofPayload,
     JobCancelPayload,
+    JobClaim,
     JobPostPayload,
+    JobResultPayload,
     Transaction,
 )
 
-# JOBS: job id → (poster, m, k, n, root_a, root_b, reward, expiry, status, miner,
-#                 block hash, block height, result root, due height)
+# JOBS: job id → (poster, m, k, n, root_a, root_b, reward, expiry, status, claimant,
+#                 claim kind, claim id, claim height, result root, bond, due height)
 # DUE: height → tuple of job ids whose reward is paid when that block is applied
 DUE = JOBS_DUE
 
@@ -47,15 +61,25 @@ JOB_FIELDS = (
     "reward",
     "expiry",
     "status",
-    "miner",
-    "block_hash",
-    "block_height",
+    "claimant",
+    "claim_kind",
+    "claim_id",
+    "claim_height",
     "result_root",
+    "bond",
     "due",
 )
-"""The fields of a job's state entry, in order (a tuple, so it encodes canonically)."""
+"""The fields of a job's state entry, in order (a tuple, so it encodes canonically).
+
+Until the job is claimed the claim fields are empty (empty bytes and string,
+zeros). Then ``claimant`` is the address paid at settlement, ``claim_kind`` is "block" or
+"tx", ``claim_id`` the claiming block's hash or the job_result's txid (what a
+fraud proof names), ``claim_height`` the claiming block's height or the height
+the job_result was included at, ``bond`` what the claimant locked (0 for a
+block claim) and ``due`` the height at which it is paid."""
 
 OPEN, MINED, PAID, REFUNDED, CANCELLED = "open", "mined", "paid", "refunded", "cancelled"
+CLAIM_BLOCK, CLAIM_TX = "block", "tx"
 _EMPTY32 = bytes(32)
 
 
@@ -128,9 +152,11 @@ def apply_job_post(
             p.expiry_height,
             OPEN,
             b"",
+            "",
             _EMPTY32,
             0,
             _EMPTY32,
+            0,
             0,
         ),
     )
@@ -172,7 +198,7 @@ def check_fraud(job: dict[str, Any], p: FraudProofPayload) -> None:
         raise InvalidTransaction("payload.b_branch: column of B does not match the job's root_b")
     if not verify_branch(job["result_root"], p.i, m, p.c_row, p.c_branch):
         raise InvalidTransaction(
-            "payload.c_branch: row of C does not match the block's result_root"
+            "payload.c_branch: row of C does not match the claim's result_root"
         )
     a = np.frombuffer(p.a_row, dtype=np.int8).astype(np.int64)
     b = np.frombuffer(p.b_col, dtype=np.int8).astype(np.int64)
@@ -189,6 +215,7 @@ def apply_fraud_proof(
     params: NetworkParams,
     spendable: Any,
 ) -> None:
+    """Refund the poster of a job whose claimed C is shown wrong; burn the claimant's stake."""
     rec = state.get(JOBS, p.job_id)
     if rec is None:
         raise InvalidTransaction("payload.job_id: no such job")
@@ -198,16 +225,20 @@ def apply_fraud_proof(
         raise InvalidTransaction(
             f"payload.job_id: the job is {job['status']}, not awaiting payment"
         )
-    if job["block_hash"] != p.block_hash:
-        raise InvalidTransaction("payload.block_hash: not the block that claimed this job")
+    if job["claim_id"] != p.claim_id:
+        raise InvalidTransaction(
+            "payload.claim_id: not the block or job_result that claimed this job"
+        )
     if height >= job["due"]:
         raise InvalidTransaction("payload: the challenge window of this job has closed")
     check_fraud(job, p)
     _debit(state, tx.sender_address, tx.fee, True, spendable)
     _credit(state, job["poster"], job["reward"])
+    # A job_result's bond is burned by never being paid back; the record keeps its amount.
     state.set(JOBS, p.job_id, _replace(rec, status=REFUNDED))
     _remove_due(state, job["due"], p.job_id)
-    _burn_coinbase(state, job["block_height"] + params.coinbase_maturity, job["miner"])
+    if job["claim_kind"] == CLAIM_BLOCK:
+        _burn_coinbase(state, job["claim_height"] + params.coinbase_maturity, job["claimant"])
 
 
 def _remove_due(state: State, due: int, job_id: bytes) -> None:
@@ -230,7 +261,8 @@ def claim_parent_job(state: State, parent: BlockHeader, params: NetworkParams) -
     The claim is recorded when the *child* is applied: the claim stores the
     parent's hash and result_root, and a block's own state root cannot depend
     on its own hash, nor on its result_root, which is only known after the
-    first attempt (and is why header_seed leaves it out).
+    first attempt (and is why header_seed leaves it out). So a job_result in
+    the parent block itself comes first in chain order and wins.
     """
     if parent.height == 0:
         return
@@ -238,8 +270,12 @@ def claim_parent_job(state: State, parent: BlockHeader, params: NetworkParams) -
     rec = state.get(JOBS, job_id)
     if rec is None:
         return
-    if rec[8] != OPEN or parent.height > rec[7]:
-        return  # already claimed, cancelled, or expired: the block was own work
+    job = job_record(state, job_id)
+    assert job is not None
+    if job["status"] != OPEN or parent.height > job["expiry"]:
+        # Already claimed (by a block or a job_result), cancelled, or expired:
+        # the block is valid work, it claims nothing.
+        return
     due = parent.height + params.challenge_window
     state.set(
         JOBS,
@@ -247,9 +283,10 @@ def claim_parent_job(state: State, parent: BlockHeader, params: NetworkParams) -
         _replace(
             rec,
             status=MINED,
-            miner=parent.miner,
-            block_hash=parent.hash,
-            block_height=parent.height,
+            claimant=parent.miner,
+            claim_kind=CLAIM_BLOCK,
+            claim_id=parent.hash,
+            claim_height=parent.height,
             result_root=parent.result_root,
             due=due,
         ),
@@ -257,8 +294,64 @@ def claim_parent_job(state: State, parent: BlockHeader, params: NetworkParams) -
     state.set(DUE, due, (*state.get(DUE, due, ()), job_id))
 
 
+def claim_bond(reward: int, params: NetworkParams) -> int:
+    """What a job_result claim of a job with this reward locks from its sender."""
+    return reward * params.claim_bond_ratio
+
+
+def apply_job_result(
+    state: State,
+    tx: Transaction,
+    p: JobResultPayload,
+    height: int,
+    params: NetworkParams,
+    spendable: Any,
+) -> None:
+    """Claim each named open job for the sender, locking a bond per claim.
+
+    The claims are paid, reward and bond, at ``height`` + W (``pay_due_jobs``)
+    unless a fraud proof disproves them first. Every job must be claimable, or
+    the whole transaction is invalid.
+    """
+    bonds: list[int] = []
+    for i, claim in enumerate(p.claims):
+        job = job_record(state, claim.job_id)
+        if job is None:
+            raise InvalidTransaction(f"payload.claims[{i}].job_id: no such job")
+        if job["status"] != OPEN:
+            raise InvalidTransaction(
+                f"payload.claims[{i}].job_id: the job is {job['status']}, not open "
+                "(the first claim wins)"
+            )
+        if height > job["expiry"]:
+            raise InvalidTransaction(
+                f"payload.claims[{i}].job_id: the job expired at height {job['expiry']}"
+            )
+        bonds.append(claim_bond(job["reward"], params))
+    _debit(state, tx.sender_address, tx.fee + sum(bonds), True, spendable)
+    due = height + params.challenge_window
+    for claim, bond in zip(p.claims, bonds, strict=True):
+        rec = state.get(JOBS, claim.job_id)
+        state.set(
+            JOBS,
+            claim.job_id,
+            _replace(
+                rec,
+                status=MINED,
+                claimant=tx.sender_address,
+                claim_kind=CLAIM_TX,
+                claim_id=tx.txid,
+                claim_height=height,
+                result_root=claim.result_root,
+                bond=bond,
+                due=due,
+            ),
+        )
+    state.set(DUE, due, (*state.get(DUE, due, ()), *(c.job_id for c in p.claims)))
+
+
 def pay_due_jobs(state: State, height: int) -> None:
-    """Pay the miners of jobs whose challenge window ends at ``height``."""
+    """Pay the claimants of jobs whose challenge window ends at ``height``: reward and bond."""
     due = state.get(DUE, height)
     if due is None:
         return
@@ -266,22 +359,24 @@ def pay_due_jobs(state: State, height: int) -> None:
         rec = state.get(JOBS, job_id)
         job = job_record(state, job_id)
         assert job is not None and rec is not None
-        _credit(state, job["miner"], job["reward"])
+        _credit(state, job["claimant"], job["reward"] + job["bond"])
         state.set(JOBS, job_id, _replace(rec, status=PAID))
     state.set(DUE, height, None)
 
 
 def build_fraud_proof(
-    block_hash: bytes, job_id: bytes, a: np.ndarray, b: np.ndarray, c: np.ndarray, i: int, j: int
+    claim_id: bytes, job_id: bytes, a: np.ndarray, b: np.ndarray, c: np.ndarray, i: int, j: int
 ) -> FraudProofPayload:
-    """Open row i of A, column j of B and row i of the claimed C (int32) with branches."""
+    """Open row i of A, column j of B and row i of the claimed C (int32) with branches.
+
+    ``claim_id`` is the job record's: the claiming block's hash or job_result's txid."""
     from consensus.merkle import cols_with_branches, rows_with_branches
 
     (a_row,) = rows_with_branches(a, [i])
     (b_col,) = cols_with_branches(b, [j])
     (c_row,) = rows_with_branches(np.ascontiguousarray(c, dtype=np.int32), [i])
     return FraudProofPayload(
-        block_hash,
+        claim_id,
         job_id,
         i,
         j,
@@ -292,3 +387,20 @@ def build_fraud_proof(
         c_row.row,
         c_row.branch,
     )
+
+
+def build_job_result(results: Iterable[tuple[bytes, np.ndarray]]) -> JobResultPayload:
+    """The payload claiming each (job id, its product C) with C's result_root.
+
+    C is committed as int32 rows, as a block's result_root is; ValueError if
+    there are more results than one job_result may claim.
+    """
+    claims = tuple(
+        JobClaim(job_id, matrix_rows_root(np.ascontiguousarray(c, dtype=np.int32)))
+        for job_id, c in results
+    )
+    if len(claims) > MAX_RESULT_CLAIMS:
+        raise ValueError(
+            f"{len(claims)} results; one job_result claims at most {MAX_RESULT_CLAIMS}"
+        )
+    return JobResultPayload(claims)

@@ -38,6 +38,9 @@ class NetworkParams:
     block_reward: int
     coinbase_maturity: int
     challenge_window: int
+    claim_bond_ratio: int
+    """A job_result claim locks bond = the job's reward × this, returned at settlement and
+    burned by a valid fraud proof (PROTOCOL §8)."""
     # limits
     max_block_bytes: int
     max_future_drift_ms: int
@@ -51,6 +54,9 @@ class NetworkParams:
         if self.coinbase_maturity < self.challenge_window:
             # A fraud proof must still find the miner's coinbase to forfeit (PROTOCOL §8).
             raise ValueError("coinbase maturity must be at least the challenge window")
+        if self.claim_bond_ratio < 1:
+            # A proven wrong result must cost its claimant at least what it tried to take.
+            raise ValueError("a claim's bond must be at least the job's reward (ratio >= 1)")
         if any(lo > d for lo, d in zip(self.min_job_shape, self.null_job_shape, strict=True)):
             raise ValueError("the null job must meet the minimum job shape")
 
@@ -92,6 +98,7 @@ DEVNET = NetworkParams(
     block_reward=50 * COIN,
     coinbase_maturity=10,
     challenge_window=10,
+    claim_bond_ratio=1,
     max_block_bytes=8 * 1024 * 1024,
     max_future_drift_ms=15_000,
     median_time_span=11,
@@ -116,6 +123,7 @@ TESTNET = NetworkParams(
     block_reward=50 * COIN,
     coinbase_maturity=60,
     challenge_window=60,
+    claim_bond_ratio=1,
     max_block_bytes=8 * 1024 * 1024,
     max_future_drift_ms=120_000,
     median_time_span=11,
@@ -140,6 +148,7 @@ MAIN = NetworkParams(
     block_reward=50 * COIN,
     coinbase_maturity=100,
     challenge_window=100,
+    claim_bond_ratio=1,
     max_block_bytes=8 * 1024 * 1024,
     max_future_drift_ms=120_000,
     median_time_span=11,

@@ -32,6 +32,7 @@ from consensus.encoding import (
     EnumOf,
     Field,
     ListOf,
+    RecordOf,
     Schema,
     Str,
     Variant,
@@ -59,6 +60,8 @@ MAX_DATASET_CHUNK_SIZE = 1 << 20
 MAX_RECORD_JOBS = 16
 """Job ids one model_record may cite: a training step of the reference MLP uses 5."""
 MAX_DATASET_NAME_BYTES = 256
+MAX_RESULT_CLAIMS = 64
+"""Jobs one job_result may claim: a miner batches the results of its non-winning attempts."""
 
 MAX_TX_SIZE = 256 * 1024
 """Largest encoded transaction. The largest one is a fraud proof at k = 65,536 and
@@ -84,6 +87,7 @@ class TxKind(IntEnum):
     ACCESS_LOG = 7
     MODEL_RECORD = 8
     MODEL_PUBLISH = 9
+    JOB_RESULT = 10
 
 
 @dataclass(frozen=True)
@@ -131,13 +135,15 @@ class JobCancelPayload:
 
 @dataclass(frozen=True)
 class FraudProofPayload:
-    """Show that C[i, j] ≠ row i of A · column j of B for a block's claimed result.
+    """Show that C[i, j] ≠ row i of A · column j of B for a job's claimed result.
 
-    ``c_row`` is row i of C as int32 little-endian; each opened vector comes
-    with its branch against root_a, root_b and the block's result_root.
+    ``claim_id`` names the claim it disproves: the hash of the block that
+    claimed the job, or the txid of the job_result that did. ``c_row`` is row
+    i of C as int32 little-endian; each opened vector comes with its branch
+    against root_a, root_b and the claim's result_root.
     """
 
-    block_hash: bytes
+    claim_id: bytes
     job_id: bytes
     i: int
     j: int
@@ -148,7 +154,7 @@ class FraudProofPayload:
     c_row: bytes
     c_branch: tuple[bytes, ...]
     SCHEMA: ClassVar[Schema] = (
-        Field("block_hash", HASH),
+        Field("claim_id", HASH),
         Field("job_id", HASH),
         Field("i", U32),
         Field("j", U32),
@@ -260,6 +266,28 @@ class ModelPublishPayload:
     )
 
 
+@dataclass(frozen=True)
+class JobClaim:
+    """One job a job_result claims, with the Merkle root of the rows of its C."""
+
+    job_id: bytes
+    result_root: bytes
+    SCHEMA: ClassVar[Schema] = (Field("job_id", HASH), Field("result_root", HASH))
+
+
+@dataclass(frozen=True)
+class JobResultPayload:
+    """Claim posted jobs whose product C the sender computed and serves (PROTOCOL §8).
+
+    Each claim locks a bond from the sender's balance; after the challenge
+    window the job's reward and the bond go to the sender, unless a fraud
+    proof shows an entry of C wrong, which refunds the poster and burns the bond.
+    """
+
+    claims: tuple[JobClaim, ...]
+    SCHEMA: ClassVar[Schema] = (Field("claims", ListOf(RecordOf(JobClaim), max=MAX_RESULT_CLAIMS)),)
+
+
 Payload = (
     TransferPayload
     | JobPostPayload
@@ -271,6 +299,7 @@ Payload = (
     | AccessLogPayload
     | ModelRecordPayload
     | ModelPublishPayload
+    | JobResultPayload
 )
 
 PAYLOAD_TYPES: dict[TxKind, type] = {
@@ -284,6 +313,7 @@ PAYLOAD_TYPES: dict[TxKind, type] = {
     TxKind.ACCESS_LOG: AccessLogPayload,
     TxKind.MODEL_RECORD: ModelRecordPayload,
     TxKind.MODEL_PUBLISH: ModelPublishPayload,
+    TxKind.JOB_RESULT: JobResultPayload,
 }
 _KIND_OF: dict[type, TxKind] = {cls: kind for kind, cls in PAYLOAD_TYPES.items()}
 
@@ -471,6 +501,19 @@ def _check_model_record(tx: Transaction, p: ModelRecordPayload) -> None:
         raise InvalidTransaction(f"payload.parent_hash: step {p.step} must name its parent")
 
 
+def _check_job_result(tx: Transaction, p: JobResultPayload) -> None:
+    if not p.claims:
+        raise InvalidTransaction("payload.claims: a job_result must claim at least one job")
+    seen: set[bytes] = set()
+    for i, claim in enumerate(p.claims):
+        if claim.job_id in seen:
+            raise InvalidTransaction(f"payload.claims[{i}].job_id: the job is claimed twice")
+        seen.add(claim.job_id)
+        # Zeros stand for "no result" in a job's state record and a null job's header.
+        if claim.result_root == _ZERO_HASH:
+            raise InvalidTransaction(f"payload.claims[{i}].result_root: must not be all zeros")
+
+
 def _check_model_publish(tx: Transaction, p: ModelPublishPayload) -> None:
     for name in ("model_id", "weights_hash", "dataset_id", "content_root", "access_log_nonce"):
         if getattr(p, name) == _ZERO_HASH:
@@ -548,3 +591,5 @@ def check_tx_form(tx: Transaction, chain_id: int) -> None:
         _check_model_record(tx, p)
     elif isinstance(p, ModelPublishPayload):
         _check_model_publish(tx, p)
+    elif isinstance(p, JobResultPayload):
+        _check_job_result(tx, p)

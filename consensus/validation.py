@@ -33,6 +33,7 @@ from consensus.transactions import (
     FraudProofPayload,
     JobCancelPayload,
     JobPostPayload,
+    JobResultPayload,
     ModelPublishPayload,
     ModelRecordPayload,
     Transaction,
@@ -169,6 +170,9 @@ def apply_transaction(state: State, tx: Transaction, height: int, params: Networ
     if isinstance(p, FraudProofPayload):
         market.apply_fraud_proof(state, tx, p, height, params, _spendable_check)
         return tx.fee
+    if isinstance(p, JobResultPayload):
+        market.apply_job_result(state, tx, p, height, params, _spendable_check)
+        return tx.fee
     if isinstance(p, ModelRecordPayload):
         apply_model_record(state, tx, p, height)
         return tx.fee
@@ -197,7 +201,7 @@ def apply_model_record(state: State, tx: Transaction, p: ModelRecordPayload, hei
     no gaps or forks, and it points at work the chain has seen verified: so the
     first recorder owns the model, steps are consecutive from 0, each parent
     is the previous step's weights hash, and every cited job has been claimed
-    by a block (mined, or paid after its challenge window).
+    (by a block or a job_result: mined, or paid after its challenge window).
     """
     sender = tx.sender_address
     if state.get(MODELS, (p.model_id, p.step)) is not None:

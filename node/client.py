@@ -220,7 +220,7 @@ class MarketClient:
             return asked
         if st["status"] != "mined":
             raise WrongResult(f"C{list(where)} is wrong but the challenge window has closed", None)
-        proof = build_fraud_proof(bytes.fromhex(st["block_hash"]), job_id, a8, b8, c, *where)
+        proof = build_fraud_proof(bytes.fromhex(st["claim_id"]), job_id, a8, b8, c, *where)
         account = self.rpc.call("getaccount", address_to_text(self.key.address))
         tx = signed_transaction(
             self.key,

@@ -12,6 +12,14 @@ byte; replacing a pending (sender, nonce) needs a strictly higher fee; a full
 pool evicts the cheapest transaction that is last in its sender's queue (so no
 gap is left) only for a newcomer paying a higher rate; a transaction waiting
 longer than the TTL is dropped with its sender's later ones.
+
+Job claims: a transaction is checked against the state the next block starts
+from, so after the tip's own claim on a posted job (a block's header claim
+takes effect before its child's transactions). At most one pending
+``job_result`` claims a job: the first seen wins and a later one is refused
+with the claim that holds the job. When a block claims a job, by header or by
+``job_result``, the pending claims of it are dropped with their senders' later
+transactions that no longer apply.
 """
 
 from __future__ import annotations
@@ -21,17 +29,19 @@ import time
 from collections.abc import Callable, Iterable, KeysView, Sequence
 from dataclasses import dataclass
 
-from consensus.blocks import Block
+from consensus.blocks import Block, BlockHeader
 from consensus.errors import InvalidTransaction
+from consensus.market import OPEN, job_record
 from consensus.params import NetworkParams
 from consensus.state import State
 from consensus.transactions import (
+    JobResultPayload,
     Transaction,
     TransferPayload,
     check_tx_form,
     check_tx_signature,
 )
-from consensus.validation import apply_transaction
+from consensus.validation import apply_transaction, open_block
 
 DEFAULT_MAX_TXS = 50_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -75,6 +85,11 @@ class Mempool:
         self._senders: dict[bytes, _Queue] = {}
         self._bytes = 0
         self._order = 0
+        self._claims: dict[bytes, bytes] = {}
+        """job id → txid of the pending job_result that claims it."""
+        self._tip: BlockHeader | None = None
+        """The latest tip the pool was told of: its header claim applies before the next
+        block's transactions."""
         self.removals = 0
         """Transactions that left the pool, for any reason (template reuse)."""
 
@@ -118,9 +133,13 @@ class Mempool:
     def txids(self) -> list[bytes]:
         return list(self._txs)
 
+    def claim_of(self, job_id: bytes) -> bytes | None:
+        """The txid of the pending job_result that claims ``job_id``, if any."""
+        return self._claims.get(job_id)
+
     def by_sender(self, addr: bytes) -> list[Transaction]:
         """The sender's pending transactions, by nonce."""
-        queue = self._senders.get(addr, {})
+        queue = self._senders.get(addr, _EMPTY)
         return [queue[n].tx for n in sorted(queue)]
 
     def verified_txids(self) -> KeysView[bytes]:
@@ -130,16 +149,31 @@ class Mempool:
 
     # ------------------------------------------------------------ admission
 
-    def add(self, tx: Transaction, state: State, height: int, now_ms: int | None = None) -> None:
+    def add(
+        self,
+        tx: Transaction,
+        state: State,
+        height: int,
+        now_ms: int | None = None,
+        tip: BlockHeader | None = None,
+    ) -> None:
         """Admit ``tx`` for the block after ``height`` (the tip of ``state``).
+
+        ``tip``, the header at ``height``: a node passes it so that the tip's
+        claim on a posted job, which takes effect before the next block's
+        transactions, is seen (a job_result of that job is refused). Without
+        it the pool uses the tip of its last ``on_reorg``.
 
         Raises InvalidTransaction with the reason it is refused.
         """
         if tx.txid in self._txs:
             raise InvalidTransaction("already in the mempool")
+        if tip is not None:
+            self._tip = tip
         check_tx_form(tx, self.params.chain_id)
         # Cheap state and policy checks before the signature, so junk costs little.
         replaced, victims = self._check_place(tx, state)
+        self._check_claims(tx, replaced)
         check_tx_signature(tx)
         spend = self._trial_apply(tx, state, height)
         self._check_affordable(tx, state, replaced, spend)
@@ -215,11 +249,26 @@ class Mempool:
                 heapq.heappush(tails, (p.rate, -p.order, addr, n - 1))
         return victims
 
+    def _check_claims(self, tx: Transaction, replaced: _Pending | None) -> None:
+        """A job_result may not claim a job another pending transaction claims."""
+        p = tx.payload
+        if type(p) is not JobResultPayload:
+            return
+        replaced_txid = replaced.tx.txid if replaced is not None else None
+        for i, claim in enumerate(p.claims):
+            holder = self._claims.get(claim.job_id)
+            if holder is not None and holder != replaced_txid:
+                raise InvalidTransaction(
+                    f"payload.claims[{i}].job_id: job {claim.job_id.hex()[:16]} is already "
+                    f"claimed by pending transaction {holder.hex()[:16]} (the first seen wins)"
+                )
+
     def _trial_apply(self, tx: Transaction, state: State, height: int) -> int:
         """Apply ``tx`` to the sender as its earlier pending txs would leave it; its spend.
 
         The consensus rule itself decides (nonce, balance, immature coinbase,
-        enabled kinds); the state is rolled back.
+        enabled kinds, open jobs); the state is rolled back. Market and data
+        transactions see the tip's job claim first, as the next block will.
         """
         sender = tx.sender_address
         balance, account_nonce = state.account(sender)
@@ -235,8 +284,11 @@ class Mempool:
                 f"balance: the sender's {ahead_count} pending transactions already spend "
                 f"more than its {balance}"
             )
+        tip = self._tip
         state.begin()
         try:
+            if tip is not None and tip.height == height and type(tx.payload) is not TransferPayload:
+                open_block(state, tip, self.params)
             state.set_account(sender, start, tx.nonce)
             try:
                 apply_transaction(state, tx, height + 1, self.params)
@@ -276,10 +328,17 @@ class Mempool:
             queue = self._senders[tx.sender_address] = _Queue()
         queue.put(tx.nonce, p)
         self._bytes += size
+        if type(tx.payload) is JobResultPayload:
+            for claim in tx.payload.claims:
+                self._claims[claim.job_id] = tx.txid
 
     def _remove(self, p: _Pending) -> None:
         self.removals += 1
         del self._txs[p.tx.txid]
+        if type(p.tx.payload) is JobResultPayload:
+            for claim in p.tx.payload.claims:
+                if self._claims.get(claim.job_id) == p.tx.txid:
+                    del self._claims[claim.job_id]
         sender = p.tx.sender_address
         queue = self._senders[sender]
         queue.take(p.tx.nonce)
@@ -353,14 +412,17 @@ class Mempool:
         checked on admission and block ones when their block was validated.
         """
         in_connected = {tx.txid for b in connected for tx in b.txs}
+        if connected:
+            self._tip = connected[-1].header
         if not disconnected:
             # The common case, the tip moved forward: only the senders of the new
-            # blocks' transactions can have less to spend than their queues assumed.
+            # blocks' transactions can have less to spend than their queues assumed,
+            # and only the senders of claims of jobs that are no longer open (or that
+            # the new tip claims) can hold a claim that no longer applies.
             for block in connected:
                 self.remove_for_block(block)
-            self._recheck_senders(
-                {tx.sender_address for b in connected for tx in b.txs}, state, height
-            )
+            senders = {tx.sender_address for b in connected for tx in b.txs}
+            self._recheck_senders(senders | self._stale_claimants(state, height), state, height)
             return
         now = self.clock()
         returned = [
@@ -372,9 +434,23 @@ class Mempool:
         pending = [(p.tx, p.arrival_ms) for p in sorted(self._txs.values(), key=_by_order)]
         self._txs.clear()
         self._senders.clear()
+        self._claims.clear()
         self._bytes = 0
         self.removals += 1
         self._readmit([*returned, *pending], state, height, skip=in_connected)
+
+    def _stale_claimants(self, state: State, height: int) -> set[bytes]:
+        """Senders of pending claims of jobs the next block cannot let them claim."""
+        tip = self._tip
+        p = self.params
+        tip_job = tip.job.job_id(p.rank, p.tile_h, p.tile_w) if tip is not None else None
+        out: set[bytes] = set()
+        for job_id, txid in self._claims.items():
+            job = job_record(state, job_id)
+            expired = job is not None and height + 1 > job["expiry"]
+            if job is None or job["status"] != OPEN or expired or job_id == tip_job:
+                out.add(self._txs[txid].tx.sender_address)
+        return out
 
     def _recheck_senders(self, senders: Iterable[bytes], state: State, height: int) -> None:
         """Check these senders' queues again against ``state``, keeping what still applies.
@@ -419,6 +495,7 @@ class Mempool:
                     continue
                 try:
                     replaced, victims = self._check_place(tx, state)
+                    self._check_claims(tx, replaced)
                     spend = self._trial_apply(tx, state, height)
                     self._check_affordable(tx, state, replaced, spend)
                 except InvalidTransaction:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from consensus.keys import address_to_text
-from consensus.market import job_record
+from consensus.market import OPEN, claim_bond, job_record
 from consensus.state import iter_model_steps
 from kernels.params import OPERAND_MAX, OPERAND_MIN
 from node.blobs import BlobError, BlobFetchError, decode_matrix, encode_matrix
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 def _job_json(rec: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in rec.items():
-        if key in ("poster", "miner") and value:
+        if key in ("poster", "claimant") and value:
             out[key] = address_to_text(value)
         elif isinstance(value, bytes):
             out[key] = value.hex()
@@ -59,10 +59,18 @@ def register_market_methods(rpc: RpcServer, node: Node) -> None:
         return node.blobs.put_matrix(rows).hex()
 
     async def getjob(job_id: str) -> dict[str, Any]:
-        rec = job_record(node.chain.state, parse_hash(job_id, "job id"))
+        """A job's record: its claim (claimant, claim_kind, claim_id, bond, due) once
+        claimed; while open, the bond a job_result must lock and any pending claim."""
+        jid = parse_hash(job_id, "job id")
+        rec = job_record(node.chain.state, jid)
         if rec is None:
             raise RpcError(REJECTED, f"unknown job {job_id}")
-        return _job_json(rec)
+        out = _job_json(rec)
+        if rec["status"] == OPEN:
+            pending = node.mempool.claim_of(jid)
+            out["claim_bond"] = claim_bond(rec["reward"], node.params)
+            out["pending_claim"] = pending.hex() if pending is not None else None
+        return out
 
     async def listjobs(status: str | None = None) -> list[dict[str, Any]]:
         out = []

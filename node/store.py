@@ -40,7 +40,9 @@ from consensus.state import (
 )
 
 FILENAME = "chain.sqlite"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+"""3: a job's state record carries its claim (claimant, kind, id, bond): the rows of a
+version-2 datadir no longer read as job records, so such a datadir is refused."""
 WORK_BYTES = 32
 
 _SCHEMA = """

@@ -88,7 +88,7 @@ class TxRelay:
         if txid in node.mempool:
             return txid
         try:
-            node.mempool.add(tx, node.chain.state, node.chain.height)
+            node.mempool.add(tx, node.chain.state, node.chain.height, tip=node.chain.tip.header)
         except InvalidTransaction:
             node.metrics.txs_rejected.inc()
             self.rejected[txid] = None

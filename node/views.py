@@ -11,8 +11,10 @@ from consensus.transactions import (
     AccessLogPayload,
     AccessRevokePayload,
     DatasetRegisterPayload,
+    FraudProofPayload,
     JobCancelPayload,
     JobPostPayload,
+    JobResultPayload,
     ModelPublishPayload,
     ModelRecordPayload,
     Transaction,
@@ -60,6 +62,14 @@ def payload_json(tx: Transaction) -> dict[str, Any]:
         }
     if isinstance(p, JobCancelPayload):
         return {"job_id": p.job_id.hex()}
+    if isinstance(p, JobResultPayload):
+        return {
+            "claims": [
+                {"job_id": c.job_id.hex(), "result_root": c.result_root.hex()} for c in p.claims
+            ]
+        }
+    if isinstance(p, FraudProofPayload):
+        return {"claim_id": p.claim_id.hex(), "job_id": p.job_id.hex(), "entry": [p.i, p.j]}
     if isinstance(p, DatasetRegisterPayload):
         return {"content_root": p.content_root.hex(), "size": p.size, "metadata": p.metadata}
     if isinstance(p, AccessGrantPayload | AccessRevokePayload):

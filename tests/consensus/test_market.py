@@ -88,7 +88,12 @@ def test_post_escrows_and_the_honest_miner_is_paid_after_the_window(posted):
     block, _ = mine_job(chain, clock)
     add(chain, clock)  # the child records the claim
     job = job_record(chain.state, JOB_ID)
-    assert job is not None and job["status"] == "mined" and job["block_hash"] == block.hash
+    assert (
+        job is not None
+        and job["status"] == "mined"
+        and job["claim_id"] == block.hash
+        and job["claim_kind"] == "block"
+    )
     assert job["due"] == block.header.height + MID.challenge_window
     while chain.height < job["due"] - 1:
         add(chain, clock)

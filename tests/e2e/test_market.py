@@ -84,7 +84,8 @@ def test_honest_miner_is_paid_after_the_window_and_the_result_verifies(market):
     a, b = _operands()
     job = client.submit(a, b, reward=50_000)
     status = client.wait(job.job_id, timeout=120)
-    assert status["miner"] == address_to_text(HONEST.address)
+    assert status["claimant"] == address_to_text(HONEST.address)
+    assert status["claim_kind"] == "block" and status["bond"] == 0
     c = client.result(job.job_id, a, b)
     assert np.array_equal(c, (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32))
     paid = client.wait(job.job_id, timeout=120, until=("paid",))
@@ -115,7 +116,7 @@ def test_tiny_jobs_are_delivered_while_blocks_keep_their_interval(market):
         status = client.wait(job.job_id, timeout=60)
         c = client.result(job.job_id, a, b)
         assert np.array_equal(c, (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32))
-        job_heights.append(poster.call("getblock", status["block_hash"], False)["height"])
+        job_heights.append(poster.call("getblock", status["claim_id"], False)["height"])
     window = [
         poster.call("getblockbyheight", h, False)["timestamp_ms"]
         for h in range(first, max(job_heights) + 1)
@@ -208,7 +209,7 @@ def test_dishonest_result_is_caught_and_the_fraud_proof_lands(market):
     before = poster.call("getaccount", address_to_text(POSTER.address))["balance"]
     job = client.submit(a, b, reward=40_000)
     status = client.wait(job.job_id, timeout=120)
-    assert status["miner"] == address_to_text(CHEAT.address)
+    assert status["claimant"] == address_to_text(CHEAT.address)
     with pytest.raises(WrongResult, match="fraud proof sent") as caught:
         client.result(job.job_id, a, b)
     assert caught.value.fraud_txid
@@ -219,7 +220,7 @@ def test_dishonest_result_is_caught_and_the_fraud_proof_lands(market):
     assert after == before - 2 * 1_000
     # The cheat's coinbase for that block is burned: it never matures, while
     # its other coinbases do. Stop mining so the chain holds still, then count.
-    block = poster.call("getblock", status["block_hash"], False)
+    block = poster.call("getblock", status["claim_id"], False)
     burned_at = block["height"] + PARAMS.coinbase_maturity
     wait_until(lambda: cheat.height() >= burned_at + 1, 120, "the burned coinbase's maturity")
     cheat.call("setmining", False)

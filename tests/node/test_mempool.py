@@ -14,12 +14,14 @@ from consensus.keys import PrivateKey
 from consensus.state import State
 from consensus.transactions import JobPostPayload, signed_transaction
 from node.mempool import Mempool
+from tests.consensus import test_job_result as jr
 from tests.consensus.chainkit import (
     ALICE,
     BOB,
     CAROL,
     MID,
     MINER,
+    Clock,
     new_chain,
     next_block,
     transfer,
@@ -373,3 +375,81 @@ def test_admitted_since_gives_the_newcomers_oldest_first(state):
     assert mp.admitted_since(mark, 2) == later[:2]
     assert mp.admitted_since(mp.admissions, 10) == []
     assert mp.admitted_since(0, 10) == first + later
+
+
+# ------------------------------------------------------------ job_result claims
+
+
+@pytest.fixture
+def posted_job() -> tuple[Chain, Clock]:
+    """A chain whose block 1 posts JOB and JOB2 (Alice, nonces 0 and 1)."""
+    chain, clock = new_chain()
+    block = next_block(chain, clock, (jr.tx(ALICE, 0, jr.POST), jr.tx(ALICE, 1, jr.POST2)))
+    chain.add_block(block)
+    return chain, clock
+
+
+def test_a_second_pending_claim_of_a_job_is_refused_and_the_first_seen_wins(posted_job):
+    chain, _ = posted_job
+    mp = pool()
+    first = jr.claim(BOB, 0, (jr.JOB_ID, jr.C))
+    mp.add(first, chain.state, chain.height)
+    assert mp.claim_of(jr.JOB_ID) == first.txid
+    rival = jr.claim(CAROL, 0, (jr.JOB2_ID, jr.C2), (jr.JOB_ID, jr.C))
+    with pytest.raises(
+        InvalidTransaction,
+        match=rf"claims\[1\].job_id: job {jr.JOB_ID.hex()[:16]} is already claimed by "
+        rf"pending transaction {first.txid.hex()[:16]} \(the first seen wins\)",
+    ):
+        mp.add(rival, chain.state, chain.height)
+    assert mp.claim_of(jr.JOB2_ID) is None  # the refused one claimed nothing
+    # The claimant may replace its own claim by fee.
+    better = jr.claim(BOB, 0, (jr.JOB_ID, jr.C), fee=jr.FEE + 1)
+    mp.add(better, chain.state, chain.height)
+    assert mp.txids() == [better.txid] and mp.claim_of(jr.JOB_ID) == better.txid
+    mp.add(jr.claim(CAROL, 0, (jr.JOB2_ID, jr.C2)), chain.state, chain.height)
+    assert len(mp) == 2
+
+
+def test_a_claim_of_a_job_the_tip_or_the_chain_claimed_is_refused(posted_job):
+    chain, clock = posted_job
+    jr.add_job_block(chain, clock, jr.JOB)  # its claim takes effect in the next block
+    t = jr.claim(BOB, 0, (jr.JOB_ID, jr.C))
+    with pytest.raises(InvalidTransaction, match="the job is mined, not open"):
+        pool().add(t, chain.state, chain.height, tip=chain.tip.header)
+    chain.add_block(next_block(chain, clock))
+    with pytest.raises(InvalidTransaction, match="the job is mined, not open"):
+        pool().add(t, chain.state, chain.height)
+
+
+def test_a_block_that_claims_a_job_evicts_its_pending_claims(posted_job):
+    chain, clock = posted_job
+    mp = pool()
+    bob_claim = jr.claim(BOB, 0, (jr.JOB_ID, jr.C))
+    bob_next = transfer(BOB, CAROL, 5, 1)
+    other = jr.claim(CAROL, 0, (jr.JOB2_ID, jr.C2))
+    for t in (bob_claim, bob_next, other):
+        mp.add(t, chain.state, chain.height, tip=chain.tip.header)
+    # A job_result from a miner this pool never saw claims JOB in the next block.
+    rival = jr.claim(DAVE, 0, (jr.JOB_ID, jr.C))
+    block = next_block(chain, clock, (rival,))
+    chain.add_block(block)
+    mp.on_reorg([], [block], chain.state, chain.height)
+    assert mp.txids() == [other.txid]  # Bob's claim and the transfer queued behind it
+    assert mp.claim_of(jr.JOB_ID) is None
+    # A block mined on JOB2 claims it as soon as it is the tip.
+    block = jr.add_job_block(chain, clock, jr.JOB2)
+    mp.on_reorg([], [block], chain.state, chain.height)
+    assert len(mp) == 0 and mp.claim_of(jr.JOB2_ID) is None
+
+
+def test_a_claim_of_a_disconnected_block_comes_back_to_the_pool(posted_job):
+    chain, clock = posted_job
+    t = jr.claim(BOB, 0, (jr.JOB_ID, jr.C))
+    fork = chain.height
+    block = next_block(chain, clock, (t,))
+    chain.add_block(block)
+    mp = pool()
+    chain._disconnect_to(fork)
+    mp.on_reorg([block], [chain.blocks[chain.tip.hash]], chain.state, chain.height)
+    assert mp.claim_of(jr.JOB_ID) == t.txid

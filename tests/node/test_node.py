@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from consensus.blocks import Block
+from consensus.keys import address_to_text
 from consensus.pow import null_job
 from consensus.transactions import Transaction, encode_tx
 from node.config import NodeConfig
@@ -32,6 +33,7 @@ from node.wire import (
     InvKind,
     TxMsg,
 )
+from tests.consensus import test_job_result as jr
 from tests.consensus.chainkit import (
     ALICE,
     BOB,
@@ -566,3 +568,32 @@ async def test_a_branch_built_on_a_twin_is_followed_and_its_sender_kept(node):
     assert node.p2p.bans() == [] and not peer.closed.is_set()
     await first.close()
     await peer.close()
+
+
+async def test_getjob_shows_the_bond_the_pending_claim_and_then_the_claim(node):
+    """A user sees what claiming an open job costs and who holds it, through RPC."""
+    await node.process_block(_block_for(node, (jr.tx(ALICE, 0, jr.POST),)), None)
+    job = (await _rpc(node, "getjob", jr.JOB_ID.hex()))["result"]
+    assert (job["status"], job["claim_bond"], job["pending_claim"]) == ("open", jr.BOND, None)
+    first = jr.claim(BOB, 0, (jr.JOB_ID, jr.C))
+    assert (await _rpc(node, "sendtransaction", encode_tx(first).hex()))["result"]
+    job = (await _rpc(node, "getjob", jr.JOB_ID.hex()))["result"]
+    assert job["pending_claim"] == first.txid.hex()
+    rival = jr.claim(CAROL, 0, (jr.JOB_ID, jr.C))
+    refused = await _rpc(node, "sendtransaction", encode_tx(rival).hex())
+    assert "is already claimed by pending transaction" in refused["error"]["message"]
+    block = _block_for(node, (first,))
+    await node.process_block(block, None)
+    job = (await _rpc(node, "getjob", jr.JOB_ID.hex()))["result"]
+    assert "claim_bond" not in job and "pending_claim" not in job
+    assert (job["status"], job["claimant"], job["claim_kind"], job["claim_id"]) == (
+        "mined",
+        address_to_text(BOB.address),
+        "tx",
+        first.txid.hex(),
+    )
+    assert (job["bond"], job["due"]) == (jr.BOND, block.header.height + MID.challenge_window)
+    tx = (await _rpc(node, "gettransaction", first.txid.hex()))["result"]
+    assert tx["payload"] == {
+        "claims": [{"job_id": jr.JOB_ID.hex(), "result_root": job["result_root"]}]
+    }

@@ -219,6 +219,18 @@ def test_a_store_of_another_network_is_refused(tmp_path):
         Store(tmp_path, TESTNET)
 
 
+def test_a_datadir_of_the_job_records_before_claims_is_refused(tmp_path):
+    """Version 2 stored job records without their claim fields: they cannot be read."""
+    with Store(tmp_path, MID) as store:
+        store.load_chain(lambda: 0)
+    db = sqlite3.connect(tmp_path / FILENAME)
+    with db:
+        db.execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'")
+    db.close()
+    with pytest.raises(StoreError, match="schema version 2, this node reads version 3"):
+        Store(tmp_path, MID)
+
+
 def test_a_tampered_state_root_is_reported(tmp_path, two_branches):
     common, _, _, now = two_branches
     with Store(tmp_path, MID) as store:
