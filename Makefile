@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test testnet lint typecheck pytest bench clean
+.PHONY: test testnet lint typecheck pytest bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,5 +32,12 @@ testnet: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pouw bench kernels --size 2048 --json
 
+# Every fuzz target for FUZZ_SECONDS each (make test runs them for a few thousand inputs).
+# The corpus grows under .fuzz/corpus across runs; a crash's input lands in .fuzz/crashes.
+FUZZ_SECONDS ?= 300
+fuzz: $(STAMP)
+	$(BIN)/python -m tests.fuzz.run --seconds $(FUZZ_SECONDS) --corpus .fuzz/corpus \
+		--artifacts .fuzz/crashes $(if $(FUZZ_TARGET),--target $(FUZZ_TARGET))
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .fuzz

@@ -22,6 +22,7 @@ the encrypted chunks only if the chain says so (node.rpc_data.DataHost).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import Callable
@@ -230,11 +231,10 @@ async def read_dataset(
         async with session.post(
             f"{host_url}/data/challenge", json={"dataset_id": dataset_id.hex()}
         ) as r:
-            body = await r.json()
+            body = parse_host_reply(await r.content.read(MAX_HOST_REPLY))
             if r.status != 200:
                 raise DataShareError(f"the host refused: {body.get('error', r.status)}")
-        challenge = bytes.fromhex(body["challenge"])
-        host_id = bytes.fromhex(body["host_id"])
+        challenge, host_id = parse_challenge(body)
         digest = read_digest(chain_id, host_id, challenge, dataset_id, request_nonce)
         request = {
             "dataset_id": dataset_id.hex(),
@@ -245,7 +245,7 @@ async def read_dataset(
         }
         async with session.post(f"{host_url}/data/read", json=request) as r:
             if r.status != 200:
-                body = await r.json()
+                body = parse_host_reply(await r.content.read(MAX_HOST_REPLY))
                 raise DataShareError(f"the host refused: {body.get('error', r.status)}")
             parts, received = [], 0
             async for part in r.content.iter_chunked(1 << 16):
@@ -253,7 +253,41 @@ async def read_dataset(
                 if received > MAX_READ_BYTES:
                     raise DataShareError("the host sent more than a dataset may hold")
                 parts.append(part)
-    raw = b"".join(parts)
+    return parse_chunks(b"".join(parts))
+
+
+MAX_HOST_REPLY = 64 * 1024
+"""Longest JSON answer read from a host (a challenge or a refusal is under 200 bytes)."""
+
+
+def parse_host_reply(raw: bytes) -> dict[str, Any]:
+    """A host's JSON answer (a challenge, or why it refused) as an object.
+
+    Raises DataShareError for anything else: a hostile host must not crash its client.
+    """
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested past the stack
+        raise DataShareError("the host's answer is not JSON") from None
+    if not isinstance(body, dict):
+        raise DataShareError("the host's answer is not a JSON object")
+    return body
+
+
+def parse_challenge(body: dict[str, Any]) -> tuple[bytes, bytes]:
+    """(challenge, host node id) from a host's answer; DataShareError if malformed."""
+    try:
+        challenge = bytes.fromhex(body["challenge"])
+        host_id = bytes.fromhex(body["host_id"])
+    except (KeyError, TypeError, ValueError):
+        raise DataShareError("the host's challenge is malformed") from None
+    if len(challenge) != 32 or len(host_id) != 32:
+        raise DataShareError("the host's challenge or node id is not 32 bytes")
+    return challenge, host_id
+
+
+def parse_chunks(raw: bytes) -> list[bytes]:
+    """The encrypted chunks in a host's read answer (a msgpack list of bytes)."""
     try:
         chunks = msgpack.unpackb(raw, raw=False)
     except (ValueError, msgpack.UnpackException):

@@ -305,7 +305,7 @@ class DataHost:
             req = await request.json()
             if not isinstance(req, dict):
                 raise ValueError
-        except (ValueError, RecursionError):  # not JSON, or nested too deeply
+        except (ValueError, RecursionError):  # not UTF-8 or JSON, or nested past the stack
             return web.json_response({"error": "malformed read request"}, status=400)
         try:
             dataset_id, nonce, reader, chunks = self.authorize(req)

@@ -1,0 +1,55 @@
+"""Blobs a peer serves (node/blobs.py): BLOB_CHUNK records and the matrix blobs they
+assemble into (job operands, results a client fetches).
+
+The first byte picks the decoder (even: a BlobChunk record, checked with
+``verify_chunk``, which never raises; odd: a matrix blob, ``decode_matrix``, which
+raises only ``BlobError`` and whose result re-encodes to the same bytes).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from consensus.encoding import decode_record, encode_record
+from consensus.errors import DecodeError
+from node.blobs import BlobError, decode_matrix, encode_matrix, verify_chunk
+from node.wire import MAX_FRAME, BlobChunk
+
+
+def test_one_input(data: bytes) -> None:
+    if not data:
+        return
+    body = data[1:]
+    if data[0] % 2 == 0:
+        try:
+            chunk = decode_record(BlobChunk, body, MAX_FRAME)
+        except DecodeError:
+            return
+        if encode_record(chunk) != body:
+            raise AssertionError("blob chunk accepted in a non-canonical encoding")
+        ok = verify_chunk(chunk.root, chunk.index, chunk.total, chunk.data, chunk.branch)
+        assert ok in (True, False)
+        return
+    try:
+        matrix = decode_matrix(body)
+    except BlobError:
+        return
+    if encode_matrix(matrix) != body:
+        raise AssertionError("matrix blob accepted in a non-canonical form")
+
+
+def seeds() -> list[bytes]:
+    from node.blobs import BlobTree, matrix_rows
+    from tests.fuzz.corpus import messages
+
+    a = np.arange(-64, 64, dtype=np.int8).reshape(8, 16)
+    c = (np.arange(24, dtype=np.int32) * -(2**27)).reshape(4, 6)
+    rows, row_size = matrix_rows(a)
+    tree = BlobTree(rows, row_size)
+    chunk, branch = tree.chunk(5)
+    real = BlobChunk(tree.root, 5, tree.total, chunk, branch)
+    chunks = [m for m in messages() if type(m) is BlobChunk] + [real]
+    return [b"\x00" + encode_record(m) for m in chunks] + [
+        b"\x01" + encode_matrix(a),
+        b"\x01" + encode_matrix(c),
+    ]
