@@ -49,11 +49,14 @@ POOR = PrivateKey.from_label("claims-poor")
 rng = np.random.default_rng(15)
 
 
+M, K, N = MID.min_job_shape  # the smallest job the network accepts
+
+
 def _job(expiry: int) -> tuple[np.ndarray, np.ndarray, Job, JobPostPayload, bytes, np.ndarray]:
-    a = rng.integers(-64, 64, (32, 128), dtype=np.int8)
-    b = rng.integers(-64, 64, (128, 32), dtype=np.int8)
+    a = rng.integers(-64, 64, (M, K), dtype=np.int8)
+    b = rng.integers(-64, 64, (K, N), dtype=np.int8)
     job = Job.from_operands(a, b)
-    post = JobPostPayload(32, 128, 32, job.spec.root_a, job.spec.root_b, REWARD, expiry)
+    post = JobPostPayload(M, K, N, job.spec.root_a, job.spec.root_b, REWARD, expiry)
     c = (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
     return a, b, job, post, job_id_of(post, MID), c
 
