@@ -31,7 +31,7 @@ from kernels.attempt import warm_up
 from node.blobs import BlobExchange
 from node.compact import CompactRelay
 from node.config import NodeConfig
-from node.errors import ProtocolViolation
+from node.errors import ProtocolViolation, header_violation
 from node.headersync import HeaderSync
 from node.market import MarketService
 from node.mempool import Mempool
@@ -254,8 +254,7 @@ class Node:
             self.store.record(self.chain, block, None)
             log.warning("rejected block %s from %s: %s", h.hex()[:16], _who(source), e)
             if source is not None:
-                ban = "too far in the future" not in str(e)
-                raise ProtocolViolation(f"invalid block: {e}", ban=ban) from None
+                raise header_violation("invalid block", e) from None
             return None
         if result.status == "duplicate":
             return result
