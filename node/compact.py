@@ -43,13 +43,13 @@ from consensus.blocks import Block, BlockHeader
 from consensus.errors import InvalidBlock
 from consensus.merkle import merkle_root
 from consensus.transactions import Transaction
-from consensus.validation import check_header_pow
 from node.errors import ProtocolViolation, header_violation
 from node.peer import PeerSession
 from node.wire import (
     BlockTxn,
     CompactBlock,
     GetBlockTxn,
+    GetHeaders,
     InvItem,
     InvKind,
     NotFound,
@@ -142,13 +142,11 @@ class CompactRelay:
         if node.chain.contains(h) or h in self.partials:
             return
         if header.prev_hash not in node.chain.entries:
-            try:
-                check_header_pow(header, node.params)
-            except InvalidBlock as e:
-                raise ProtocolViolation(f"compact block: {e}") from None
-            # Not on top of anything we have: the whole block takes the orphan
-            # path, which asks this peer for the headers in between.
-            peer.request([InvItem(InvKind.BLOCK, h)])
+            # Not on top of anything we have, so its header cannot be checked: keep
+            # nothing (a whole block asked for now would be held as an orphan on its
+            # proof alone, which a made-up target makes free) and ask this peer for
+            # the headers in between, which headers-first sync checks one by one.
+            await peer.send(GetHeaders(tuple(node.chain.locator()), bytes(32)))
             return
         try:
             node.chain.check_header(header)  # every header rule, before any other work

@@ -21,7 +21,7 @@ from consensus.validation import check_header_pow
 from node import headersync
 from node.config import NodeConfig
 from node.node import Node
-from node.wire import CompactBlock, GetHeaders, Headers, Inv
+from node.wire import BlockMsg, CompactBlock, GetData, GetHeaders, Headers, Inv
 from tests.consensus.chainkit import ALICE, BOB, MID, Clock, extend, new_chain, next_block, remine
 from tests.node.p2p_testkit import TestPeer
 
@@ -158,6 +158,26 @@ async def test_headers_that_connect_to_nothing_are_not_kept_and_a_peer_that_pers
     reason = await attacker.wait_for_close()
     assert reason is not None and "do not connect to any block we know" in reason
     assert _held(node) == 0 and node.chain.height == 0
+
+
+async def test_a_compact_block_on_an_unknown_parent_keeps_nothing_and_asks_for_headers(node):
+    """Its header cannot be checked without its parent, and its proof holds at a made-up
+    target of 2^256 − 1: the node keeps nothing, asks for headers (not for the whole
+    block, which would be held as an orphan), and refuses the block sent anyway."""
+    chain, clock = new_chain()
+    far = extend(chain, clock, 3)
+    forged = dataclasses.replace(far[2].header, target=MAX_TARGET)
+    check_header_pow(forged, node.params)
+    attacker = await _peer(node)
+    await attacker.send(CompactBlock(forged, ()))
+    asked = await attacker.wait_for_message(GetHeaders)
+    assert asked.locator == (node.chain.genesis.hash,)
+    assert not attacker.of_type(GetData)
+    assert not node.chain.contains(forged.hash) and _held(node) == 0
+    await attacker.send(BlockMsg(Block(forged, ())))
+    reason = await attacker.wait_for_close()
+    assert reason is not None and "unrequested block" in reason
+    assert not node.chain.contains(forged.hash) and node.chain.orphans == {}
 
 
 def _low_work_chain(chain: Chain, clock: Clock, count: int, miner: PrivateKey) -> list[BlockHeader]:
