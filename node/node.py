@@ -242,6 +242,12 @@ class Node:
 
     async def process_block(self, block: Block, source: PeerSession | None) -> AddResult | None:
         """Validate and add a block from a peer (or our miner); relay it if it is good."""
+        if source is not None and block.header.prev_hash not in self.chain.entries:
+            # Its header cannot be checked without its parent: keep nothing (an
+            # orphan would be held on its proof alone, which a made-up target
+            # makes free) and ask for the headers in between, checked one by one.
+            await source.send(GetHeaders(tuple(self.chain.locator()), bytes(32)))
+            return None
         h = block.hash
         if h not in self.block_times:
             self.block_times[h] = time.time()
@@ -277,8 +283,6 @@ class Node:
             self.store.record(self.chain, block, result)
         self.metrics.blocks.labels("accepted").inc()
         if result.status == "orphan":
-            if source is not None:
-                await source.send(GetHeaders(tuple(self.chain.locator()), bytes(32)))
             return result
         self._after_chain_change(result)
         if not pushed:

@@ -21,7 +21,7 @@ from consensus.validation import check_header_pow
 from node import headersync
 from node.config import NodeConfig
 from node.node import Node
-from node.wire import BlockMsg, CompactBlock, GetData, GetHeaders, Headers, Inv
+from node.wire import BlockMsg, CompactBlock, GetData, GetHeaders, Headers, Inv, InvItem, InvKind
 from tests.consensus.chainkit import ALICE, BOB, MID, Clock, extend, new_chain, next_block, remine
 from tests.node.p2p_testkit import TestPeer
 
@@ -178,6 +178,31 @@ async def test_a_compact_block_on_an_unknown_parent_keeps_nothing_and_asks_for_h
     reason = await attacker.wait_for_close()
     assert reason is not None and "unrequested block" in reason
     assert not node.chain.contains(forged.hash) and node.chain.orphans == {}
+
+
+async def test_a_whole_block_on_an_unknown_parent_is_not_kept_while_catching_up(node):
+    """Catching up, the node asks for announced blocks whole; one whose parent it
+    lacks (here with a free proof at a made-up target) is not held as an orphan: the
+    node asks its sender for headers instead."""
+    honest_chain, honest_clock = new_chain()
+    ahead = extend(honest_chain, honest_clock, 3)
+    honest = await _peer(node)
+    await honest.send(Headers(tuple(b.header for b in ahead)))
+    await honest.wait_for_message(GetData)  # their bodies, which it does not send
+    assert node.sync.catching_up
+    other, other_clock = new_chain()
+    forged = dataclasses.replace(
+        extend(other, other_clock, 3, miner=BOB)[2].header, target=MAX_TARGET
+    )
+    attacker = await _peer(node)
+    await attacker.send(Inv((InvItem(InvKind.BLOCK, forged.hash),)))
+    asked = await attacker.wait_for_message(GetData)
+    assert asked.items == (InvItem(InvKind.BLOCK, forged.hash),)
+    await attacker.send(BlockMsg(Block(forged, ())))
+    await attacker.wait_for_message(GetHeaders)
+    assert not node.chain.contains(forged.hash) and node.chain.orphans == {}
+    for p in (honest, attacker):
+        await p.close()
 
 
 def _low_work_chain(chain: Chain, clock: Clock, count: int, miner: PrivateKey) -> list[BlockHeader]:
