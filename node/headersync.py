@@ -17,12 +17,12 @@ the presync brings its chain past our tip's work, the held headers are queued,
 and if some were not held the peer is asked for them again. When the peer has
 no more headers and its chain never got past our tip, the presync is dropped.
 Headers that connect to nothing we know are not kept at all; a peer that sends
-``MAX_UNCONNECTING_HEADERS`` such replies in a row is banned.
+more than ``MAX_UNCONNECTING_HEADERS`` such replies in a row is banned.
 
-Queued headers' blocks are asked of several
-peers at once in a bounded window (``DOWNLOAD_WINDOW`` ahead of our tip, at
-most ``PER_PEER_INFLIGHT`` per peer, the least loaded peer that has the block
-first) and connected strictly in height order as they arrive. Only their
+Queued headers' blocks are asked of several peers at once in a bounded window
+(``DOWNLOAD_WINDOW`` ahead of our tip, at most ``PER_PEER_INFLIGHT`` per peer,
+the least loaded peer that has the block first) and connected strictly in
+height order as they arrive. Only their
 bodies are asked for (``GETDATA(BODY)`` → ``BLOCKBODY``): the header, with its
 ~18 KiB proof, is here already. A request that stalls for ``STALL_SECONDS``
 goes to another peer.
