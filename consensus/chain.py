@@ -25,11 +25,12 @@ from consensus.template import build_template
 from consensus.transactions import Transaction
 from consensus.validation import (
     Anchor,
+    HeaderContext,
     apply_body,
+    check_child_header,
     check_header_pow,
     expected_target,
     genesis_state,
-    validate_header,
 )
 
 MAX_ORPHANS = 256
@@ -197,6 +198,32 @@ class Chain:
         first = e if e.header.height == 1 else self.entries[self.active[1]]
         return Anchor(self.params.genesis_target, first.header.timestamp_ms, 1)
 
+    def header_context(self, block_hash: bytes) -> HeaderContext:
+        """The context a child of this block's header is checked against
+        (see :func:`consensus.validation.check_child_header`)."""
+        e = self.entries[block_hash]
+        return HeaderContext(
+            e.header,
+            e.work,
+            self.anchor_for(block_hash),
+            tuple(self.ancestor_timestamps(block_hash)),
+        )
+
+    def check_header(self, header: BlockHeader) -> HeaderContext:
+        """Every header rule for ``header`` on its parent in this tree; raises InvalidBlock.
+
+        For headers that arrive without their block (compact blocks, headers-first
+        sync): the same check ``add_block`` makes, so no path keeps a header the
+        block tree would refuse.
+        """
+        parent = self.entries.get(header.prev_hash)
+        if parent is None:
+            raise InvalidBlock("header: its parent is not known")
+        if parent.status is Status.INVALID:
+            raise InvalidBlock("header: builds on an invalid block")
+        context = self.header_context(header.prev_hash)
+        return check_child_header(header, context, self.params, self.clock())
+
     def locator(self) -> list[bytes]:
         """Hashes of the active chain, dense near the tip then exponentially sparse."""
         out, step, i = [], 1, self.height
@@ -236,21 +263,9 @@ class Chain:
             self.check_proof_unused(block, built_upon)
             self._keep_orphan(block)
             return AddResult("orphan")
-        if parent.status is Status.INVALID:
-            raise InvalidBlock("header: builds on an invalid block")
-        validate_header(
-            header,
-            parent.header,
-            self.ancestor_timestamps(header.prev_hash),
-            self.anchor_for(header.prev_hash),
-            self.params,
-            self.clock(),
-        )
-        check_header_pow(header, self.params)
+        checked = self.check_header(header)
         self.check_proof_unused(block, built_upon)
-        entry = Entry(
-            header, parent.work + block_work(header.target), self._seq, Status.HEADER_VALID
-        )
+        entry = Entry(header, checked.work, self._seq, Status.HEADER_VALID)
         self._seq += 1
         self.entries[h] = entry
         self.by_seed.setdefault(header.header_seed, h)

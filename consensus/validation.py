@@ -20,7 +20,7 @@ from consensus.blocks import (
     encode_block,
     encode_header,
 )
-from consensus.difficulty import asert_target
+from consensus.difficulty import asert_target, block_work
 from consensus.errors import DecodeError, EncodeError, InvalidBlock, InvalidTransaction
 from consensus.params import NetworkParams
 from consensus.pow import verify_pow
@@ -99,6 +99,44 @@ def validate_header(
         raise InvalidBlock("header: timestamp is too far in the future")
     if header.target != expected_target(parent, anchor, params):
         raise InvalidBlock("header: target does not follow ASERT from the parent")
+
+
+@dataclass(frozen=True)
+class HeaderContext:
+    """A header that passed every header rule, with what its child's rules need.
+
+    Whatever path a header comes by (a block, a compact block, a HEADERS reply),
+    it is checked by :func:`check_child_header` against its parent's context, so
+    a header kept anywhere (the block tree, a headers-first download) has passed
+    the same rules.
+    """
+
+    header: BlockHeader
+    work: int
+    """Cumulative work of its branch, genesis included."""
+    anchor: Anchor | None
+    """The ASERT anchor of its branch (None for genesis)."""
+    recent_timestamps: tuple[int, ...]
+    """Its own timestamp and its ancestors', newest first, ``median_time_span`` at most."""
+
+
+def check_child_header(
+    header: BlockHeader, parent: HeaderContext, params: NetworkParams, now_ms: int
+) -> HeaderContext:
+    """Every rule a header must pass given its parent: prev_hash, height, timestamps,
+    the ASERT target from the parent, and the proof of work. Returns its context.
+
+    Raises InvalidBlock naming the rule. The proof is checked last: it is the
+    costly rule (one tile), and a header whose target is not the one its parent
+    implies must not get that far (any proof passes a target of 2^256 − 1).
+    """
+    validate_header(header, parent.header, parent.recent_timestamps, parent.anchor, params, now_ms)
+    check_header_pow(header, params)
+    anchor = parent.anchor
+    if header.height == 1:
+        anchor = Anchor(params.genesis_target, header.timestamp_ms, 1)
+    recent = (header.timestamp_ms, *parent.recent_timestamps[: params.median_time_span - 1])
+    return HeaderContext(header, parent.work + block_work(header.target), anchor, recent)
 
 
 _POW_CHECKED: OrderedDict[tuple[bytes, int], int] = OrderedDict()

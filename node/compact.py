@@ -17,10 +17,12 @@ every millisecond of propagation is a chance for a stale block. Side
 branches and blocks met while catching up are announced by INV instead, and
 an INV is answered with ``GETDATA(CMPCT_BLOCK)``.
 
-Checks before any work: the proof of work must hold (one tile, a
-millisecond; a peer cannot make up headers that pass), and before asking for
-missing transactions the txids must be the ones the header's tx_root commits
-to (a block rebuilt whole has that checked by the chain, once). The rebuilt
+Checks before any work: the header must pass every header rule on its parent
+(``Chain.check_header``: the ASERT target, timestamps, height and the proof
+of work, one tile, a millisecond; a peer cannot make up headers that pass),
+and before asking for missing transactions the txids must be the ones the
+header's tx_root commits to (a block rebuilt whole has that checked by the
+chain, once). The rebuilt
 block then takes the same path as a whole block (``Node.accept_block``):
 every rule is checked, and the signatures of transactions that did not come
 from the mempool are verified.
@@ -41,13 +43,13 @@ from consensus.blocks import Block, BlockHeader
 from consensus.errors import InvalidBlock
 from consensus.merkle import merkle_root
 from consensus.transactions import Transaction
-from consensus.validation import check_header_pow
-from node.errors import ProtocolViolation
+from node.errors import ProtocolViolation, header_violation
 from node.peer import PeerSession
 from node.wire import (
     BlockTxn,
     CompactBlock,
     GetBlockTxn,
+    GetHeaders,
     InvItem,
     InvKind,
     NotFound,
@@ -139,15 +141,17 @@ class CompactRelay:
         self.stats.received += 1
         if node.chain.contains(h) or h in self.partials:
             return
-        try:
-            check_header_pow(header, node.params)
-        except InvalidBlock as e:
-            raise ProtocolViolation(f"compact block: {e}") from None
         if header.prev_hash not in node.chain.entries:
-            # Not on top of anything we have: the whole block takes the orphan
-            # path, which asks this peer for the headers in between.
-            peer.request([InvItem(InvKind.BLOCK, h)])
+            # Not on top of anything we have, so its header cannot be checked: keep
+            # nothing (a whole block asked for now would be held as an orphan on its
+            # proof alone, which a made-up target makes free) and ask this peer for
+            # the headers in between, which headers-first sync checks one by one.
+            await peer.send(GetHeaders(tuple(node.chain.locator()), bytes(32)))
             return
+        try:
+            node.chain.check_header(header)  # every header rule, before any other work
+        except InvalidBlock as e:
+            raise header_violation("compact block", e) from None
         txs, missing = self._fill(msg.txids)
         if not missing:
             # The chain checks the txids against tx_root before it keeps anything.

@@ -7,6 +7,8 @@ Close message, disconnects it and (if ``ban``) bans it for a while.
 
 from __future__ import annotations
 
+from consensus.errors import InvalidBlock
+
 
 class ProtocolViolation(Exception):
     """A peer sent something the protocol does not allow.
@@ -32,3 +34,10 @@ class HandshakeRefused(ProtocolViolation):
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason, ban=False, score=0)
+
+
+def header_violation(where: str, error: InvalidBlock) -> ProtocolViolation:
+    """A peer sent a block or header that breaks a rule: banned, unless the only fault
+    is a timestamp ahead of our clock (which may be the one that is behind)."""
+    ban = "too far in the future" not in str(error)
+    return ProtocolViolation(f"{where}: {error}", ban=ban)

@@ -34,7 +34,7 @@ from node.blobs import BlobExchange
 from node.compact import CompactRelay
 from node.config import NodeConfig
 from node.datadir import DatadirLock
-from node.errors import ProtocolViolation
+from node.errors import ProtocolViolation, header_violation
 from node.headersync import HeaderSync
 from node.httpguard import AllowedHosts, QuietServerLog, listener_guard
 from node.market import MarketService
@@ -269,6 +269,12 @@ class Node:
 
     async def process_block(self, block: Block, source: PeerSession | None) -> AddResult | None:
         """Validate and add a block from a peer (or our miner); relay it if it is good."""
+        if source is not None and block.header.prev_hash not in self.chain.entries:
+            # Its header cannot be checked without its parent: keep nothing (an
+            # orphan would be held on its proof alone, which a made-up target
+            # makes free) and ask for the headers in between, checked one by one.
+            await source.send(GetHeaders(tuple(self.chain.locator()), bytes(32)))
+            return None
         h = block.hash
         if h not in self.block_times:
             self.block_times[h] = time.time()
@@ -288,8 +294,7 @@ class Node:
             self.store.record(self.chain, block, None)
             log.warning("rejected block %s from %s: %s", h.hex()[:16], _who(source), e)
             if source is not None:
-                ban = "too far in the future" not in str(e)
-                raise ProtocolViolation(f"invalid block: {e}", ban=ban) from None
+                raise header_violation("invalid block", e) from None
             return None
         if result.status == "duplicate":
             return result
@@ -312,8 +317,6 @@ class Node:
             self.store.record(self.chain, block, result)
         self.metrics.blocks.labels("accepted").inc()
         if result.status == "orphan":
-            if source is not None:
-                await source.send(GetHeaders(tuple(self.chain.locator()), bytes(32)))
             return result
         self._after_chain_change(result)
         if not pushed:

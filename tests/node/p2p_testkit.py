@@ -59,6 +59,8 @@ class TestPeer:
         listen_port: int = 0,
         bad_auth: bool = False,
         answer_pings: bool = True,
+        best_height: int = 0,
+        best_work: int = 0,
     ) -> None:
         self.url = f"http://127.0.0.1:{port}/p2p"
         self.key = key or PrivateKey.generate()
@@ -69,6 +71,8 @@ class TestPeer:
         self.listen_port = listen_port
         self.bad_auth = bad_auth
         self.answer_pings = answer_pings
+        self.best_height = best_height
+        self.best_work = best_work
         self.challenge = os.urandom(32)
         self.received: list[Any] = []
         self.undecodable: list[bytes] = []
@@ -95,8 +99,8 @@ class TestPeer:
                 self.version,
                 self.chain_id,
                 self.genesis_hash,
-                0,
-                0,
+                self.best_height,
+                self.best_work,
                 self.listen_port,
                 self.node_id,
                 self.challenge,

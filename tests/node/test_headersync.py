@@ -1,0 +1,294 @@
+"""Headers-first sync against hostile peers: every header is checked on its parent, and
+headers of a chain with no more work than ours are held only up to fixed bounds.
+
+A real in-process Node on the "MID" devnet (one attempt finds a block), scripted
+peers over real sockets (tests/node/p2p_testkit.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+
+from consensus.blocks import Block, BlockHeader
+from consensus.chain import Chain
+from consensus.difficulty import MAX_TARGET
+from consensus.keys import PrivateKey
+from consensus.pow import null_job
+from consensus.validation import check_header_pow
+from node import headersync
+from node.config import NodeConfig
+from node.node import Node
+from node.wire import BlockMsg, CompactBlock, GetData, GetHeaders, Headers, Inv, InvItem, InvKind
+from tests.consensus.chainkit import ALICE, BOB, MID, Clock, extend, new_chain, next_block, remine
+from tests.node.p2p_testkit import TestPeer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+async def node(tmp_path):
+    n = Node(NodeConfig(params=MID, datadir=tmp_path / "node"))
+    await n.start()
+    try:
+        yield n
+    finally:
+        await n.stop()
+
+
+async def _peer(node: Node, **kwargs: int) -> TestPeer:
+    peer = TestPeer(
+        node.p2p_port,
+        chain_id=node.params.chain_id,
+        genesis_hash=node.chain.genesis.hash,
+        **kwargs,
+    )
+    await peer.connect()
+    await peer.handshake()
+    await peer.wait_for(lambda: any(p.node_id == peer.node_id for p in node.p2p.peers))
+    return peer
+
+
+def _private_copy(node: Node) -> tuple[Chain, Clock]:
+    """The node's active chain, rebuilt on a chain of our own to mine on."""
+    chain, clock = new_chain()
+    for h in node.chain.active[1:]:
+        chain.add_block(node.chain.blocks[h])
+    clock.now = max(clock.now, node.chain.tip.header.timestamp_ms)
+    return chain, clock
+
+
+async def _with_blocks(node: Node, count: int) -> list[Block]:
+    chain, clock = _private_copy(node)
+    blocks = extend(chain, clock, count)
+    for b in blocks:
+        await node.process_block(b, source=None)
+    assert node.chain.tip.hash == blocks[-1].hash
+    return blocks
+
+
+def _held(node: Node) -> int:
+    """Headers the node holds without their blocks: queued and in presyncs."""
+    return len(node.sync.pending) + node.sync.presync_held()
+
+
+def _banned_for(node: Node, reason: str) -> bool:
+    return any(reason in b["reason"] for b in node.p2p.bans())
+
+
+def _not_syncing(node: Node) -> bool:
+    return not node.sync.catching_up and node.sync_progress.state()["target"] == 0
+
+
+async def test_a_header_claiming_the_easiest_target_is_refused_and_its_sender_banned(node):
+    """The reported attack: a header at tip + 1 on the tip, target 2^256 − 1 and a real
+    block's proof (which holds at that target). The node refuses it, bans the peer,
+    does not start catching up, and goes on pushing new tips as compact blocks."""
+    await _with_blocks(node, 2)
+    tip = node.chain.tip.hash
+    chain, clock = _private_copy(node)
+    real = next_block(chain, clock)
+    forged = dataclasses.replace(real.header, target=MAX_TARGET)
+    check_header_pow(forged, node.params)  # the proof alone does not tell it apart
+    watcher = await _peer(node)
+    attacker = await _peer(node)
+    await attacker.send(Headers((forged,)))
+    reason = await attacker.wait_for_close()
+    assert reason is not None and "target does not follow ASERT" in reason
+    assert _banned_for(node, "target does not follow ASERT")
+    assert _not_syncing(node) and _held(node) == 0
+    assert node.chain.tip.hash == tip and not node.chain.contains(forged.hash)
+
+    # The honest block at that height is still taken, and pushed on as a compact block.
+    honest = await _peer(node)
+    await honest.send(CompactBlock(real.header, ()))
+    await watcher.wait_for(
+        lambda: any(
+            isinstance(m, CompactBlock) and m.header == real.header for m in watcher.received
+        )
+    )
+    assert node.chain.tip.hash == real.hash
+    assert not any(isinstance(m, Inv) for m in watcher.received)
+    for p in (watcher, honest):
+        await p.close()
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ("timestamp", "timestamp is not after the median of the last 11 blocks"),
+        ("height", "height 7 is not parent height + 1"),
+    ],
+)
+async def test_a_header_breaking_a_rule_with_a_valid_proof_gets_its_sender_banned(
+    node, fault, reason
+):
+    await _with_blocks(node, 2)
+    chain, clock = _private_copy(node)
+    good = next_block(chain, clock).header
+    if fault == "timestamp":
+        bad = dataclasses.replace(good, timestamp_ms=node.chain.genesis.header.timestamp_ms)
+    else:
+        bad = dataclasses.replace(good, height=7)
+    bad = remine(bad, null_job(bad.prev_hash, node.params))
+    check_header_pow(bad, node.params)  # only the rule named is broken
+    attacker = await _peer(node)
+    await attacker.send(Headers((bad,)))
+    closed = await attacker.wait_for_close()
+    assert closed is not None and reason in closed
+    assert _banned_for(node, reason)
+    assert _not_syncing(node) and _held(node) == 0 and node.chain.height == 2
+
+
+async def test_headers_that_connect_to_nothing_are_not_kept_and_a_peer_that_persists_is_banned(
+    node,
+):
+    chain, clock = new_chain()
+    far = extend(chain, clock, 6)
+    unconnected = Headers(tuple(b.header for b in far[3:]))
+    attacker = await _peer(node)
+    for n in range(headersync.MAX_UNCONNECTING_HEADERS):
+        await attacker.send(unconnected)
+        # Each is answered with our locator, and nothing is kept.
+        await attacker.wait_for(lambda n=n: len(attacker.of_type(GetHeaders)) == n + 1)
+        assert _held(node) == 0 and _not_syncing(node)
+    await attacker.send(unconnected)
+    reason = await attacker.wait_for_close()
+    assert reason is not None and "do not connect to any block we know" in reason
+    assert _held(node) == 0 and node.chain.height == 0
+
+
+async def test_a_compact_block_on_an_unknown_parent_keeps_nothing_and_asks_for_headers(node):
+    """Its header cannot be checked without its parent, and its proof holds at a made-up
+    target of 2^256 − 1: the node keeps nothing, asks for headers (not for the whole
+    block, which would be held as an orphan), and refuses the block sent anyway."""
+    chain, clock = new_chain()
+    far = extend(chain, clock, 3)
+    forged = dataclasses.replace(far[2].header, target=MAX_TARGET)
+    check_header_pow(forged, node.params)
+    attacker = await _peer(node)
+    await attacker.send(CompactBlock(forged, ()))
+    asked = await attacker.wait_for_message(GetHeaders)
+    assert asked.locator == (node.chain.genesis.hash,)
+    assert not attacker.of_type(GetData)
+    assert not node.chain.contains(forged.hash) and _held(node) == 0
+    await attacker.send(BlockMsg(Block(forged, ())))
+    reason = await attacker.wait_for_close()
+    assert reason is not None and "unrequested block" in reason
+    assert not node.chain.contains(forged.hash) and node.chain.orphans == {}
+
+
+async def test_a_whole_block_on_an_unknown_parent_is_not_kept_while_catching_up(node):
+    """Catching up, the node asks for announced blocks whole; one whose parent it
+    lacks (here with a free proof at a made-up target) is not held as an orphan: the
+    node asks its sender for headers instead."""
+    honest_chain, honest_clock = new_chain()
+    ahead = extend(honest_chain, honest_clock, 3)
+    honest = await _peer(node)
+    await honest.send(Headers(tuple(b.header for b in ahead)))
+    await honest.wait_for_message(GetData)  # their bodies, which it does not send
+    assert node.sync.catching_up
+    other, other_clock = new_chain()
+    forged = dataclasses.replace(
+        extend(other, other_clock, 3, miner=BOB)[2].header, target=MAX_TARGET
+    )
+    attacker = await _peer(node)
+    await attacker.send(Inv((InvItem(InvKind.BLOCK, forged.hash),)))
+    asked = await attacker.wait_for_message(GetData)
+    assert asked.items == (InvItem(InvKind.BLOCK, forged.hash),)
+    await attacker.send(BlockMsg(Block(forged, ())))
+    await attacker.wait_for_message(GetHeaders)
+    assert not node.chain.contains(forged.hash) and node.chain.orphans == {}
+    for p in (honest, attacker):
+        await p.close()
+
+
+def _low_work_chain(chain: Chain, clock: Clock, count: int, miner: PrivateKey) -> list[BlockHeader]:
+    """``count`` valid headers from genesis with the work of two real blocks and little
+    more: blocks 1 and 2 have the genesis target (block 1 starts ASERT's clock), then
+    every block comes ten half-lives late, so each target is (nearly) 2^256 − 1 and
+    each header (nearly) free to mine."""
+    late = 10 * chain.params.asert_half_life_ms
+    out = []
+    for i in range(count):
+        b = next_block(chain, clock, miner=miner, step_ms=None if i == 0 else late)
+        chain.add_block(b)
+        out.append(b.header)
+    return out
+
+
+async def test_long_chains_with_less_work_than_ours_are_held_only_up_to_the_bounds(
+    node, monkeypatch
+):
+    """Two peers send long chains of headers that pass every rule but never reach our
+    tip's work, claiming more to come: what the node holds stays under the per-peer
+    and global bounds, it never starts catching up, and each chain is dropped when
+    its peer says it has no more."""
+    monkeypatch.setattr(headersync, "PRESYNC_HEADERS_PER_PEER", 5)
+    monkeypatch.setattr(headersync, "PRESYNC_HEADERS_TOTAL", 8)
+    await _with_blocks(node, 3)
+    tip = node.chain.tip.hash
+    chains = []
+    for miner in (ALICE, BOB):  # each peer its own chain
+        chain, clock = new_chain()
+        chains.append(_low_work_chain(chain, clock, 30, miner))
+    assert chains[0][-1].hash != chains[1][-1].hash
+    peers = [await _peer(node, best_height=10_000) for _ in chains]
+    most = 0
+    for start in range(0, 30, 10):
+        for peer, headers in zip(peers, chains, strict=True):
+            asked = len(peer.of_type(GetHeaders))
+            await peer.send(Headers(tuple(headers[start : start + 10])))
+            await peer.wait_for(lambda p=peer, a=asked: len(p.of_type(GetHeaders)) > a)
+            most = max(most, _held(node))
+            assert node.sync.presync_held() <= 8
+            assert all(len(p.held) <= 5 for p in node.sync.presync.values())
+            assert _not_syncing(node) and len(node.sync.pending) == 0
+    assert most == 8  # both bounds were reached: the test exercised them
+    for peer in peers:
+        await peer.send(Headers(()))  # nothing more
+        await peer.sync()
+    assert _held(node) == 0 and node.sync.presync == {}
+    assert node.chain.tip.hash == tip and node.p2p.bans() == []
+    for peer in peers:
+        await peer.close()
+
+
+async def test_a_heavier_fork_deeper_than_the_presync_bound_still_syncs(tmp_path, monkeypatch):
+    """Honest headers-first sync across a fork: our chain has 4 blocks, the peer's
+    8 from genesis. Its first 4 headers have no more work than ours, more than the
+    per-peer bound holds; once its 5th proves the work, the node queues what it held,
+    asks for the rest again, downloads the blocks and reorganises onto the heavier chain."""
+    monkeypatch.setattr(headersync, "PRESYNC_HEADERS_PER_PEER", 3)
+    ours, ours_clock = new_chain()
+    our_blocks = extend(ours, ours_clock, 4)
+    theirs, their_clock = new_chain()
+    their_blocks = extend(theirs, their_clock, 8, miner=ALICE)
+    assert our_blocks[0].hash != their_blocks[0].hash  # forked at genesis
+    source = Node(NodeConfig(params=MID, datadir=tmp_path / "source"))
+    await source.start()
+    try:
+        for b in their_blocks:
+            await source.process_block(b, source=None)
+        behind = Node(NodeConfig(params=MID, datadir=tmp_path / "behind"))
+        await behind.start()
+        try:
+            for b in our_blocks:
+                await behind.process_block(b, source=None)
+            assert behind.chain.tip.hash == our_blocks[-1].hash
+            behind.p2p.add_address("127.0.0.1", source.p2p_port)
+
+            async def synced() -> None:
+                while behind.chain.tip.hash != their_blocks[-1].hash:
+                    await asyncio.sleep(0.02)
+
+            await asyncio.wait_for(synced(), 30)
+            assert not any(behind.chain.is_active(b.hash) for b in our_blocks)
+            assert behind.sync.presync == {} and behind.sync.pending == {}
+            assert behind.p2p.bans() == [] and source.p2p.bans() == []
+        finally:
+            await behind.stop()
+    finally:
+        await source.stop()
