@@ -120,7 +120,7 @@ class HeaderSync:
 
     def builds_on(self, block_hash: bytes) -> bool:
         """Whether a header of the download (its proof of work checked) has this parent."""
-        return any(header.prev_hash == block_hash for header in self.pending.values())
+        return any(c.header.prev_hash == block_hash for c in self.pending.values())
 
     # ------------------------------------------------------------ headers
 
