@@ -282,7 +282,7 @@ def invalid_attacks(real: BlockMsg, tip: bytes) -> list[Attack]:
         Attack(
             "HEADERS with a bad proof",
             message(Headers((bad_header,))),
-            "headers: invalid proof of work",
+            "headers: proof: Merkle branch",
         ),
         Attack(
             "BLOCKTXN unrequested",

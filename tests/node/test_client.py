@@ -45,7 +45,7 @@ class FakeNode:
             self.nonce += 1
             return f"tx{self.nonce}"
         if method == "getjob":
-            return {"status": "mined", "block_hash": "ab" * 32}
+            return {"status": "mined", "claim_id": "ab" * 32}
         if method == "getresult":
             post = self.sent[0]
             a, b = self.blobs[post.root_a.hex()], self.blobs[post.root_b.hex()]
