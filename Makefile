@@ -4,7 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test testnet lint typecheck pytest bench clean
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: test testnet lint typecheck pytest browser bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +23,20 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy kernels consensus
 
-pytest: $(STAMP)
+# The explorer's tests drive Debian's Chromium through Playwright (no browser download).
+browser:
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium for the explorer's browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "error: the explorer's browser tests need Chromium at $(CHROMIUM):" \
+	      "install it as root with 'apt-get install chromium' (Debian), then run make test again" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+
+pytest: $(STAMP) browser
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from consensus.blocks import Block, BlockHeader
@@ -11,6 +12,7 @@ from consensus.transactions import (
     AccessLogPayload,
     AccessRevokePayload,
     DatasetRegisterPayload,
+    FraudProofPayload,
     JobCancelPayload,
     JobPostPayload,
     ModelPublishPayload,
@@ -60,6 +62,8 @@ def payload_json(tx: Transaction) -> dict[str, Any]:
         }
     if isinstance(p, JobCancelPayload):
         return {"job_id": p.job_id.hex()}
+    if isinstance(p, FraudProofPayload):  # the opened rows and branches are for verifiers
+        return {"block_hash": p.block_hash.hex(), "job_id": p.job_id.hex(), "i": p.i, "j": p.j}
     if isinstance(p, DatasetRegisterPayload):
         return {"content_root": p.content_root.hex(), "size": p.size, "metadata": p.metadata}
     if isinstance(p, AccessGrantPayload | AccessRevokePayload):
@@ -84,7 +88,23 @@ def payload_json(tx: Transaction) -> dict[str, Any]:
             "access_log_nonce": p.access_log_nonce.hex(),
             "metadata": p.metadata,
         }
-    return {}
+    return _fields_json(p)
+
+
+def _fields_json(payload: Any) -> dict[str, Any]:
+    """A payload kind without a view of its own, field by field (bytes as hex), so a
+    new kind shows in the RPC and the explorer before anyone writes one."""
+    if not dataclasses.is_dataclass(payload):
+        return {}
+    return {f.name: _plain(getattr(payload, f.name)) for f in dataclasses.fields(payload)}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return address_to_text(value) if len(value) == 20 else value.hex()
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def tx_json(tx: Transaction) -> dict[str, Any]:

@@ -33,7 +33,6 @@ from consensus.pow import verify_pow
 from consensus.state import DATASETS, JOBS, MODELS
 from consensus.transactions import TransferPayload, TxKind
 from kernels.tickets import ticket_threshold
-from node.httpguard import WILDCARD_HOSTS
 from node.rpc import INVALID_PARAMS, REJECTED, RpcError
 from node.views import tx_json
 
@@ -73,17 +72,6 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def explorer_url(host: str, port: int) -> str:
-    """The explorer's address on an RPC listener at ``host:port`` (a wildcard host is
-    reached on loopback)."""
-    host = host.strip("[]")
-    if host in WILDCARD_HOSTS:
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}/"
 
 
 def add_routes(app: web.Application, node: Node) -> None:

@@ -20,7 +20,7 @@ import pytest
 
 from consensus.keys import PrivateKey, address_to_text
 from consensus.params import DEVNET, with_block_time
-from consensus.transactions import TransferPayload
+from consensus.transactions import JobPostPayload, ModelRecordPayload, TransferPayload
 from node.client import MarketClient
 from node.datashare import DataClient
 from tests.e2e.framework import NodeProcess, wait_until
@@ -46,6 +46,7 @@ RESEARCHER = PrivateKey.from_label("devnet-1")
 PAYER = PrivateKey.from_label("devnet-2")
 POSTER = PrivateKey.from_label("devnet-3")
 RECIPIENT = PrivateKey.from_label("explorer-recipient")
+OPEN_JOB_FEE = 6_710_886
 WAIT_S = 60.0
 UI_MS = 15_000
 
@@ -90,8 +91,23 @@ def _populate(user: NodeProcess, root: Path) -> dict[str, Any]:
     got, read = researcher.fetch(dataset_id, user.p2p, WAIT_S)
     assert got == data
     claimed = market.wait(job.job_id, timeout=WAIT_S)
+    # A training step citing the mined job, a model published from the read, and a job
+    # nobody can mine (its operands were never uploaded), which stays open.
+    poster = DataClient(rpc, POSTER, PARAMS, root / "poster")
+    model_id = bytes(range(32))
+    record = ModelRecordPayload(model_id, 0, (job.job_id,), b"\x11" * 32, bytes(32), "digits")
+    published = researcher.publish_model(
+        dataset_id, b"\x22" * 32, bytes.fromhex(read["request_nonce"])
+    )
+    m, k, n = PARAMS.null_job_shape
+    unmineable = JobPostPayload(m, k, n, b"\x33" * 32, b"\x44" * 32, OPEN_JOB_FEE, 10_000)
+    waits = [poster.send(record), poster.send(unmineable), published["txid"]]
+    for txid in waits:
+        poster.wait_confirmed(txid, WAIT_S)
     transfer_height = payer.wait_confirmed(transfers[-1], WAIT_S)
     return {
+        "model_id": model_id.hex(),
+        "published_model": published["model_id"],
         "transfers": transfers,
         "transfer_block": user.call("getblockbyheight", transfer_height, False)["hash"],
         "job_id": job.job_id.hex(),
@@ -251,7 +267,14 @@ def test_market_page_shows_the_job_and_its_claim(devnet, page):
     table = listed.evaluate("a => a.closest('table').id")
     assert table in ("jobs-mined", "jobs-paid"), table
     assert user.call("getjob", job_id)["status"] in ("mined", "paid")
-    assert page.locator("#market-activity .tag.job_post").count() >= 1
+    assert page.locator("#market-activity .tag.job_post").count() >= 2
+    assert page.locator("#market-activity .tag.model_record").count() == 1
+    m, k, n = PARAMS.null_job_shape
+    open_rows = page.locator("#jobs-open tbody tr")
+    assert open_rows.count() == 1
+    assert f"{OPEN_JOB_FEE * 1e9 / (m * k * n):,.1f}" in open_rows.inner_text()  # fee per GMAC
+    lineage = page.locator(f'.lineage:has(a[title="{devnet["model_id"]}"])')
+    assert lineage.locator(f'a[title="{job_id}"]').count() == 1  # step 0 cites the mined job
     _shot(page, "market")
     _open(page, f"job/{job_id}", '[data-field="status"]')
     assert page.inner_text('[data-field="miner"]')
@@ -269,6 +292,8 @@ def test_dataset_pages_list_the_logged_read(devnet, page):
     assert "chunks at height" in read.inner_text()  # served by this node, from its read log
     assert read.locator(f'a[title="{address_to_text(RESEARCHER.address)}"]').count() == 1
     assert page.locator(f'#dataset-grants a[title="{address_to_text(RESEARCHER.address)}"]').count()
+    published = page.locator(f'#dataset-models a[title="{devnet["published_model"]}"]')
+    assert published.count() == 1
     _shot(page, "dataset")
 
 

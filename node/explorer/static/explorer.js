@@ -400,6 +400,8 @@ async function pageAccount(token, id) {
     section("History", el("p", { class: "muted small" }, `sent, received and mined in the last ${a.history_blocks} blocks, newest first`), history));
 }
 
+const EMPTY_STATUS = { open: "no open jobs", mined: "no job in its challenge window",
+  paid: "no job paid yet" };
 const STATUS_TITLES = {
   open: "Open jobs", mined: "Claims (in the challenge window)", paid: "Payments",
   refunded: "Refunded by a fraud proof", cancelled: "Cancelled",
@@ -421,19 +423,31 @@ async function pageMarket(token) {
     cancelled: ["job_id", "shape", "reward", "poster", "expiry"],
   };
   const shape = ["shape", (j) => `${j.m}×${j.k}×${j.n}`];
-  const rate = ["fee / GMAC", (j) => j.fee_per_gmac.toFixed(1)];
+  const rate = ["fee / GMAC", (j) => j.fee_per_gmac.toLocaleString("en-US",
+    { minimumFractionDigits: 1, maximumFractionDigits: 1 })];
   const sections = [];
+  // Open jobs, claims and payments always show; other statuses (a refund, a cancel,
+  // any status added later) when a job has them, with every field of their records.
   for (const status of ["open", "mined", "paid", "refunded", "cancelled", ...byStatus.keys()]) {
     if (sections.some((s) => s.dataset.status === status)) continue;
     const jobs = byStatus.get(status) || [];
-    if (!jobs.length && status !== "open") continue;
+    if (!jobs.length && !EMPTY_STATUS[status]) continue;
     const cols = (jobCols[status] || Object.keys(jobs[0])).map((c) =>
       c === "shape" ? shape : c === "fee_per_gmac" ? rate : c);
     const s = section(STATUS_TITLES[status] || status.replaceAll("_", " "),
-      table(jobs, cols, { id: `jobs-${status}`, empty: "no open jobs" }));
+      table(jobs, cols, { id: `jobs-${status}`, empty: EMPTY_STATUS[status] }));
     s.dataset.status = status;
     sections.push(s);
   }
+  const frauds = m.activity.filter((t) => t.kind === "fraud_proof");
+  sections.push(section("Fraud proofs", table(frauds, [
+    ["height", (t) => link("block", t.block, `#${t.height}`)],
+    ["txid", (t) => link("tx", t.txid, short(t.txid, 10))],
+    "sender",
+    ["job", (t) => link("job", t.payload.job_id)],
+    ["wrong block", (t) => link("block", t.payload.block_hash)],
+    ["entry", (t) => `C[${t.payload.i}, ${t.payload.j}]`],
+  ], { id: "fraud-proofs", empty: "no fraud proofs" })));
   const activity = table(m.activity, [
     ["height", (t) => link("block", t.block, `#${t.height}`)],
     ["kind", (t) => el("span", { class: `tag ${t.kind}` }, t.kind.replaceAll("_", " "))],
