@@ -304,6 +304,7 @@ def test_peers_page(devnet, page):
     peers = user.call("getpeers")
     assert rows.count() == len(peers) >= 1
     assert "outbound" in page.inner_text("#peers tbody")  # it dialled the miner
+    assert peers[0]["address"] in page.inner_text("#peers tbody")
     assert "latency" in page.inner_text("#peers thead").lower()
     _shot(page, "peers")
 

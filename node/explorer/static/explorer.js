@@ -68,9 +68,11 @@ function fmtPercent(v) {
 function fmtTime(ms) {
   const date = new Date(ms);
   const age = (Date.now() - ms) / 1000;
-  const ago = age < 90 ? `${Math.max(0, age).toFixed(0)} s ago`
-    : age < 5400 ? `${(age / 60).toFixed(0)} min ago` : `${(age / 3600).toFixed(1)} h ago`;
-  return `${date.toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC")} (${ago})`;
+  const abs = Math.abs(age);
+  const span = abs < 90 ? `${abs.toFixed(0)} s` : abs < 5400 ? `${(abs / 60).toFixed(0)} min`
+    : `${(abs / 3600).toFixed(1)} h`;
+  const when = age >= -1 ? `${span} ago` : `in ${span}`;
+  return `${date.toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC")} (${when})`;
 }
 
 // Fields whose values are ids of something with a page of its own.
@@ -546,7 +548,7 @@ async function pagePeers(token) {
     el("h1", {}, `Peers (${p.peers.length})`),
     el("p", { class: "muted small" }, `this node: ${short(p.node_id, 12)} · P2P port ${p.p2p_port}`),
     table(p.peers, [
-      "address",
+      ["address", (x) => el("span", { class: "mono" }, x.address)],
       ["direction", (x) => el("span", { class: `tag dir-${x.direction}` },
         { out: "outbound", in: "inbound" }[x.direction] || x.direction)],
       ["node", (x) => x.node_id ? el("span", { class: "mono", title: x.node_id }, short(x.node_id, 10)) : "—"],
@@ -554,7 +556,9 @@ async function pagePeers(token) {
       ["latency", (x) => x.latency_ms === null || x.latency_ms === undefined ? "—" : `${Number(x.latency_ms).toFixed(1)} ms`],
       ["connected", (x) => fmtSeconds(x.connected_s)],
     ], { id: "peers", empty: "no peers connected" }),
-    section("Bans", table(p.bans, null, { id: "bans", empty: "nobody is banned" })),
+    section("Bans", table(p.bans, ["who", "reason",
+      ["until", (b) => typeof b.until === "number" && b.until > 1e9 ? fmtTime(b.until * 1000) : value("until", b.until)],
+    ], { id: "bans", empty: "nobody is banned" })),
     section("P2P counters", kvTable(p.p2p)));
 }
 
