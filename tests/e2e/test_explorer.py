@@ -46,6 +46,8 @@ RESEARCHER = PrivateKey.from_label("devnet-1")
 PAYER = PrivateKey.from_label("devnet-2")
 POSTER = PrivateKey.from_label("devnet-3")
 RECIPIENT = PrivateKey.from_label("explorer-recipient")
+HOSTILE_NAME = "records <img src=x onerror='window.pwned=1'>"
+"""Metadata is anyone's text: the explorer must show it, never run it."""
 OPEN_JOB_FEE = 6_710_886
 WAIT_S = 60.0
 UI_MS = 15_000
@@ -83,7 +85,7 @@ def _populate(user: NodeProcess, root: Path) -> dict[str, Any]:
     market = MarketClient(rpc, POSTER, PARAMS)
     job = market.submit(a, b, reward=50_000)
     data = b"age,label\n" + b"".join(f"{i % 90},{i % 2}\n".encode() for i in range(400))
-    reg = hospital.register(data, '{"name": "explorer test records"}', 1024)
+    reg = hospital.register(data, json.dumps({"name": HOSTILE_NAME}), 1024)
     dataset_id = bytes.fromhex(reg["dataset_id"])
     hospital.wait_confirmed(reg["txid"], WAIT_S)
     grant = hospital.grant(dataset_id, RESEARCHER.public_key.data, 1_000)
@@ -244,6 +246,7 @@ def test_transaction_and_account_pages(devnet, page):
     _open(page, f"tx/{txid}", '[data-field="txid"]')
     assert page.get_attribute('[data-field="txid"] a', "title") == txid
     assert page.inner_text('[data-field="amount"]') == "1,000"
+    assert "null" not in page.inner_text("main").split()
     _shot(page, "transaction")
     address = address_to_text(RECIPIENT.address)
     _open(page, f"account/{address}", "#account-history")
@@ -285,6 +288,9 @@ def test_dataset_pages_list_the_logged_read(devnet, page):
     dataset_id = devnet["dataset_id"]
     _open(page, "datasets", "#datasets")
     assert page.locator(f'#datasets a[title="{dataset_id}"]').count() == 1
+    assert HOSTILE_NAME in page.inner_text("#datasets")  # shown as text
+    assert page.locator("#datasets img").count() == 0
+    assert page.evaluate("window.pwned") is None
     _shot(page, "datasets")
     _open(page, f"dataset/{dataset_id}", "#dataset-reads")
     read = page.locator(f'#dataset-reads tr[data-nonce="{devnet["read_nonce"]}"]')

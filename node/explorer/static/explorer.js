@@ -132,6 +132,11 @@ function card(label, content, attrs = {}) {
     el("div", { class: "value" }, content));
 }
 
+// Replace the page's content (absent parts, null or false, are left out).
+function show(...children) {
+  view.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+}
+
 function section(title, ...children) {
   return el("section", {}, el("h2", {}, title), ...children);
 }
@@ -298,7 +303,7 @@ async function pageHome(token) {
   };
   data.series.slice(-12).forEach((r) => addBlock(r, false));
 
-  view.replaceChildren(
+  show(
     el("h1", {}, `Network ${data.info.network}`),
     cards,
     el("div", { class: "split" },
@@ -359,7 +364,7 @@ async function pageBlock(token, id) {
     ["payload", (t) => el("span", { class: "payload" }, Object.entries(t.payload).map(([k, v]) =>
       el("span", { class: "pair" }, `${k.replaceAll("_", " ")}: `, value(k, v))))],
   ], { id: "block-txs", empty: "no transactions", row: (t) => ({ "data-txid": t.txid }) });
-  view.replaceChildren(
+  show(
     el("h1", {}, `Block #${fmtInt(b.height)}`, b.active ? null : el("span", { class: "tag warn" }, "side chain")),
     el("div", { class: "split even" }, section("Header", header),
       section("Proof of useful work", proof, gauge)),
@@ -369,7 +374,7 @@ async function pageBlock(token, id) {
 async function pageTx(token, id) {
   const t = await api(`tx/${encodeURIComponent(id)}`);
   if (token !== renderToken) return;
-  view.replaceChildren(
+  show(
     el("h1", {}, `Transaction`, el("span", { class: "tag" }, t.kind.replaceAll("_", " "))),
     t.block === null ? el("p", { class: "tag warn" }, "pending in the mempool") : null,
     kvTable(t, ["txid", "kind", "sender", "nonce", "fee", "block", "height", "confirmations"]),
@@ -391,7 +396,7 @@ async function pageAccount(token, id) {
     ["counterparty", (h) => h.payload && h.payload.to ? value("to", h.direction === "in" ? h.sender : h.payload.to) : "—"],
     ["fee", (h) => h.fee === undefined ? "—" : fmtInt(h.fee)],
   ], { id: "account-history", empty: `nothing in the last ${a.history_blocks} blocks` });
-  view.replaceChildren(
+  show(
     el("h1", {}, "Account ", el("span", { class: "mono small" }, a.address)),
     el("div", { class: "cards" },
       card("Balance", el("span", { id: "balance" }, fmtInt(a.balance))),
@@ -463,7 +468,7 @@ async function pageMarket(token) {
     el("h3", {}, "Model ", link("model", model.model_id), " by ", value("owner", model.owner)),
     table(model.steps, ["step", "job_ids", "weights_hash", "parent_hash", "dataset", "height"])))
     : [el("p", { class: "muted empty" }, "no model_record yet")];
-  view.replaceChildren(
+  show(
     el("h1", {}, "Compute market"),
     el("div", { class: "cards" },
       card("Open jobs", fmtInt(m.info.open_jobs)),
@@ -477,7 +482,7 @@ async function pageMarket(token) {
 async function pageJob(token, id) {
   const j = await api(`job/${encodeURIComponent(id)}`);
   if (token !== renderToken) return;
-  view.replaceChildren(
+  show(
     el("h1", {}, "Job ", el("span", { class: "tag" }, j.status)),
     kvTable(j));
 }
@@ -485,7 +490,7 @@ async function pageJob(token, id) {
 async function pageModel(token, id) {
   const m = await api(`model/${encodeURIComponent(id)}`);
   if (token !== renderToken) return;
-  view.replaceChildren(
+  show(
     el("h1", {}, "Model ", el("span", { class: "mono small" }, m.model_id)),
     m.owner ? kvTable(m, ["model_id", "owner"]) : null,
     section("Training lineage (model_record)", table(m.steps,
@@ -497,7 +502,7 @@ async function pageModel(token, id) {
 async function pageDatasets(token) {
   const list = await api("datasets");
   if (token !== renderToken) return;
-  view.replaceChildren(
+  show(
     el("h1", {}, "Datasets"),
     table(list, [
       ["dataset", (d) => link("dataset", d.dataset_id, short(d.dataset_id, 12))],
@@ -511,7 +516,7 @@ async function pageDataset(token, id) {
   const served = new Map(d.served_reads.map((r) => [r.request_nonce, r]));
   const reads = d.events.filter((e) => e.event === "access_log");
   const revokes = d.events.filter((e) => e.event === "revoke");
-  view.replaceChildren(
+  show(
     el("h1", {}, "Dataset ", el("span", { class: "mono small" }, d.dataset_id)),
     kvTable(d, ["dataset_id", "owner", "content_root", "size", "chunk_size", "metadata", "height", "hosted"]),
     section("Grants", table(d.grants, ["grantee", "granted_height", "expiry", "revoked_height", "live"],
@@ -544,7 +549,7 @@ async function pageDataset(token, id) {
 async function pagePeers(token) {
   const p = await api("peers");
   if (token !== renderToken) return;
-  view.replaceChildren(
+  show(
     el("h1", {}, `Peers (${p.peers.length})`),
     el("p", { class: "muted small" }, `this node: ${short(p.node_id, 12)} · P2P port ${p.p2p_port}`),
     table(p.peers, [
@@ -569,7 +574,7 @@ async function pageSearch(token, query) {
 }
 
 function notFound(message, status) {
-  view.replaceChildren(el("div", { class: "notfound", id: "not-found" },
+  show(el("div", { class: "notfound", id: "not-found" },
     el("h1", {}, "Not found"),
     el("p", {}, message),
     el("p", { class: "muted small" }, status === 400 ? "That does not look like a valid id."
