@@ -12,7 +12,6 @@ from consensus.transactions import (
     AccessLogPayload,
     AccessRevokePayload,
     DatasetRegisterPayload,
-    FraudProofPayload,
     JobCancelPayload,
     JobPostPayload,
     ModelPublishPayload,
@@ -62,8 +61,6 @@ def payload_json(tx: Transaction) -> dict[str, Any]:
         }
     if isinstance(p, JobCancelPayload):
         return {"job_id": p.job_id.hex()}
-    if isinstance(p, FraudProofPayload):  # the opened rows and branches are for verifiers
-        return {"block_hash": p.block_hash.hex(), "job_id": p.job_id.hex(), "i": p.i, "j": p.j}
     if isinstance(p, DatasetRegisterPayload):
         return {"content_root": p.content_root.hex(), "size": p.size, "metadata": p.metadata}
     if isinstance(p, AccessGrantPayload | AccessRevokePayload):
@@ -100,6 +97,8 @@ def _fields_json(payload: Any) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return _fields_json(value)
     if isinstance(value, bytes):
         return address_to_text(value) if len(value) == 20 else value.hex()
     if isinstance(value, tuple | list):

@@ -280,8 +280,8 @@ class Explorer:
 
     async def market(self, request: web.Request) -> dict[str, Any]:
         jobs = [_with_rate(j) for j in await self.rpc("listjobs")]
-        # Open jobs best-paying first (as miners rank them), then the newest claims.
-        jobs.sort(key=lambda j: (j["status"] != "open", -j["fee_per_gmac"], -j["block_height"]))
+        # Open jobs best-paying first, as miners rank them; the others by status.
+        jobs.sort(key=lambda j: (j["status"] != "open", j["status"], -j["fee_per_gmac"]))
         model_ids = sorted({model_id for model_id, step in self.node.chain.state.tables[MODELS]})
         return {
             "info": await self.rpc("getmarketinfo"),

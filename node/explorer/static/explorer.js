@@ -79,7 +79,7 @@ function fmtTime(ms) {
 const LINKS = {
   hash: "block", block: "block", block_hash: "block", prev_hash: "block", next: "block",
   txid: "tx", access_log_txid: "tx",
-  miner: "account", sender: "account", to: "account", poster: "account", owner: "account",
+  miner: "account", claimant: "account", sender: "account", to: "account", poster: "account", owner: "account",
   grantee: "account", publisher: "account", by: "account", reader: "account", address: "account",
   miner_address: "account",
   job_id: "job", job_ids: "job", dataset_id: "dataset", dataset: "dataset", model_id: "model",
@@ -87,15 +87,17 @@ const LINKS = {
 const HEX64 = /^[0-9a-f]{64}$/;
 
 // Any value, rendered by its field name: ids become links, records nested tables.
-function value(key, v) {
+function value(key, v, record) {
   if (v === null || v === undefined) return el("span", { class: "muted" }, "—");
   if (Array.isArray(v)) {
     if (!v.length) return el("span", { class: "muted" }, "none");
-    return el("span", { class: "list" }, v.map((item) => value(key, item)));
+    return el("span", { class: "list" }, v.map((item) => value(key, item, record)));
   }
   if (typeof v === "object") return kvTable(v);
   if (typeof v === "boolean") return el("span", { class: v ? "yes" : "no" }, v ? "yes" : "no");
-  const kind = LINKS[key];
+  // A claim is a block, or a transaction (a job_result), as its record says.
+  const kind = key === "claim_id" ? (record && record.claim_kind === "tx" ? "tx" : "block")
+    : LINKS[key];
   if (kind && typeof v === "string" && v !== "" && !/^0+$/.test(v)) {
     if (kind !== "dataset" || HEX64.test(v)) return link(kind, v);
   }
@@ -109,7 +111,7 @@ function value(key, v) {
 
 function kvTable(obj, keys) {
   const rows = (keys || Object.keys(obj)).filter((k) => k in obj).map((k) =>
-    el("tr", {}, el("th", {}, k.replaceAll("_", " ")), el("td", { "data-field": k }, value(k, obj[k]))));
+    el("tr", {}, el("th", {}, k.replaceAll("_", " ")), el("td", { "data-field": k }, value(k, obj[k], obj))));
   return el("table", { class: "kv" }, el("tbody", {}, rows));
 }
 
@@ -121,7 +123,7 @@ function table(records, columns, attrs = {}) {
   const head = el("tr", {}, cols.map((c) => el("th", {}, (Array.isArray(c) ? c[0] : c).replaceAll("_", " "))));
   const rows = records.map((r) => el("tr", attrs.row ? attrs.row(r) : {}, cols.map((c) => {
     if (Array.isArray(c)) return el("td", {}, c[1](r));
-    return el("td", { "data-field": c }, value(c, r[c]));
+    return el("td", { "data-field": c }, value(c, r[c], r));
   })));
   return el("div", { class: "scroll" }, el("table", { class: "grid", id: attrs.id },
     el("thead", {}, head), el("tbody", {}, rows)));
@@ -361,8 +363,7 @@ async function pageBlock(token, id) {
   const txs = table(b.txs, [
     ["txid", (t) => link("tx", t.txid, short(t.txid, 12))],
     "kind", "sender", "nonce", "fee",
-    ["payload", (t) => el("span", { class: "payload" }, Object.entries(t.payload).map(([k, v]) =>
-      el("span", { class: "pair" }, `${k.replaceAll("_", " ")}: `, value(k, v))))],
+    ["payload", payloadPairs],
   ], { id: "block-txs", empty: "no transactions", row: (t) => ({ "data-txid": t.txid }) });
   show(
     el("h1", {}, `Block #${fmtInt(b.height)}`, b.active ? null : el("span", { class: "tag warn" }, "side chain")),
@@ -414,6 +415,13 @@ const STATUS_TITLES = {
   refunded: "Refunded by a fraud proof", cancelled: "Cancelled",
 };
 
+// A transaction's payload as "field: value" pairs (opened rows and branches left out).
+function payloadPairs(t) {
+  return el("span", { class: "payload" }, Object.entries(t.payload)
+    .filter(([k]) => !/(_row|_col|_branch)$/.test(k))
+    .map(([k, v]) => el("span", { class: "pair" }, `${k.replaceAll("_", " ")}: `, value(k, v, t.payload))));
+}
+
 async function pageMarket(token) {
   const m = await api("market");
   if (token !== renderToken) return;
@@ -422,13 +430,20 @@ async function pageMarket(token) {
     if (!byStatus.has(job.status)) byStatus.set(job.status, []);
     byStatus.get(job.status).push(job);
   }
+  // The columns each table prefers, of those its records have: a claim is a
+  // block's or a job_result's, and a field added later shows on the job's page.
   const jobCols = {
     open: ["job_id", "shape", "reward", "fee_per_gmac", "expiry", "poster"],
-    mined: ["job_id", "shape", "reward", "miner", "block_hash", "result_root", "due"],
-    paid: ["job_id", "shape", "reward", "miner", "block_hash", "due"],
-    refunded: ["job_id", "shape", "reward", "poster", "miner", "block_hash"],
+    mined: ["job_id", "shape", "reward", "claimant", "miner", "claim_kind", "claim_id",
+      "block_hash", "result_root", "bond", "due"],
+    paid: ["job_id", "shape", "reward", "claimant", "miner", "claim_kind", "claim_id",
+      "block_hash", "bond", "due"],
+    refunded: ["job_id", "shape", "reward", "poster", "claimant", "miner", "claim_kind",
+      "claim_id", "block_hash"],
     cancelled: ["job_id", "shape", "reward", "poster", "expiry"],
   };
+  const present = (jobs, cols) => cols.filter((c) =>
+    c === "shape" || c === "fee_per_gmac" || jobs.some((j) => c in j));
   const shape = ["shape", (j) => `${j.m}×${j.k}×${j.n}`];
   const rate = ["fee / GMAC", (j) => j.fee_per_gmac.toLocaleString("en-US",
     { minimumFractionDigits: 1, maximumFractionDigits: 1 })];
@@ -439,7 +454,7 @@ async function pageMarket(token) {
     if (sections.some((s) => s.dataset.status === status)) continue;
     const jobs = byStatus.get(status) || [];
     if (!jobs.length && !EMPTY_STATUS[status]) continue;
-    const cols = (jobCols[status] || Object.keys(jobs[0])).map((c) =>
+    const cols = present(jobs, jobCols[status] || Object.keys(jobs[0])).map((c) =>
       c === "shape" ? shape : c === "fee_per_gmac" ? rate : c);
     const s = section(STATUS_TITLES[status] || status.replaceAll("_", " "),
       table(jobs, cols, { id: `jobs-${status}`, empty: EMPTY_STATUS[status] }));
@@ -451,18 +466,14 @@ async function pageMarket(token) {
     ["height", (t) => link("block", t.block, `#${t.height}`)],
     ["txid", (t) => link("tx", t.txid, short(t.txid, 10))],
     "sender",
-    ["job", (t) => link("job", t.payload.job_id)],
-    ["wrong block", (t) => link("block", t.payload.block_hash)],
-    ["entry", (t) => `C[${t.payload.i}, ${t.payload.j}]`],
+    ["details", payloadPairs],
   ], { id: "fraud-proofs", empty: "no fraud proofs" })));
   const activity = table(m.activity, [
     ["height", (t) => link("block", t.block, `#${t.height}`)],
     ["kind", (t) => el("span", { class: `tag ${t.kind}` }, t.kind.replaceAll("_", " "))],
     ["txid", (t) => link("tx", t.txid, short(t.txid, 10))],
     "sender",
-    ["details", (t) => el("span", { class: "payload" }, Object.entries(t.payload)
-      .filter(([k]) => !/(_row|_col|_branch)$/.test(k))
-      .map(([k, v]) => el("span", { class: "pair" }, `${k.replaceAll("_", " ")}: `, value(k, v))))],
+    ["details", payloadPairs],
   ], { id: "market-activity", empty: "no market transactions yet" });
   const models = m.models.length ? m.models.map((model) => el("div", { class: "lineage" },
     el("h3", {}, "Model ", link("model", model.model_id), " by ", value("owner", model.owner)),
