@@ -4,9 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-CHROMIUM := /usr/bin/chromium
-
-.PHONY: test testnet lint typecheck pytest browser bench clean
+.PHONY: test testnet lint typecheck pytest bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +22,8 @@ typecheck: $(STAMP)
 	$(BIN)/mypy kernels consensus
 
 # The explorer's tests drive Debian's Chromium through Playwright (no browser download).
+CHROMIUM := /usr/bin/chromium
+.PHONY: browser
 browser:
 	@if [ ! -x $(CHROMIUM) ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

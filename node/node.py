@@ -28,6 +28,7 @@ from consensus.chain import AddResult, Chain
 from consensus.errors import DuplicateProofOfWork, InvalidBlock
 from consensus.keys import PrivateKey
 from kernels.attempt import warm_up
+from node import explorer
 from node.addresses import AddressBook
 from node.bans import BanList
 from node.blobs import BlobExchange
@@ -35,8 +36,6 @@ from node.compact import CompactRelay
 from node.config import NodeConfig
 from node.datadir import DatadirLock
 from node.errors import ProtocolViolation
-from node.explorer import explorer_url
-from node.explorer.routes import add_routes as add_explorer_routes
 from node.headersync import HeaderSync
 from node.httpguard import AllowedHosts, QuietServerLog, listener_guard
 from node.market import MarketService
@@ -165,9 +164,9 @@ class Node:
             client_max_size=MAX_REQUEST_BYTES, middlewares=[listener_guard(rpc_hosts)]
         )
         self.rpc.add_routes(rpc_app)
-        add_explorer_routes(rpc_app, self)
+        explorer.add_routes(rpc_app, self)
         self.rpc_port = await self._serve(rpc_app, *self.config.rpc)
-        self.explorer_url = explorer_url(self.config.rpc[0], self.rpc_port)
+        self.explorer_url = explorer.explorer_url(self.config.rpc[0], self.rpc_port)
         self._write_info()
         await self.p2p.start()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))

@@ -10,7 +10,10 @@ other route.
 
 from __future__ import annotations
 
+from node.explorer.routes import add_routes
 from node.httpguard import WILDCARD_HOSTS
+
+__all__ = ["add_routes", "explorer_url"]
 
 
 def explorer_url(host: str, port: int) -> str:
