@@ -49,7 +49,11 @@ MAX_WINDOW = 1_000
 ROLLING = 10
 """Blocks each point of the hashrate charts averages over."""
 SCAN_BLOCKS = 2_000
-"""How far back an account's history and the market's activity look."""
+"""How far back an account's history and the market's activity look…"""
+SCAN_TXS = 100_000
+"""…unless their blocks hold more transactions than this."""
+SCAN_YIELD = 50
+"""A scan lets the event loop run other work after this many blocks."""
 MAX_ROWS = 200
 """Rows of history or activity one answer holds."""
 DATA_KINDS = frozenset(
@@ -254,27 +258,46 @@ class Explorer:
             {**tx_json(tx), "height": None, "block": None}
             for tx in self.node.mempool.by_sender(addr)
         ]
-        out["history"] = pending + self._history(addr)
-        out["history_blocks"] = SCAN_BLOCKS
-        return out
 
-    def _history(self, addr: bytes) -> list[dict[str, Any]]:
-        """What ``addr`` sent, received and mined in the last SCAN_BLOCKS blocks, newest first."""
-        chain = self.node.chain
-        out: list[dict[str, Any]] = []
-        for height in range(chain.height, max(0, chain.height - SCAN_BLOCKS), -1):
-            block = chain.block_at(height)
-            where = {"height": height, "block": block.hash.hex()}
+        def involving(block: Block) -> list[dict[str, Any]]:
+            rows = []
             if block.header.miner == addr:
-                out.append({"kind": "coinbase", "amount": block.header.reward, **where})
+                rows.append({"kind": "coinbase", "amount": block.header.reward})
             for tx in block.txs:
                 p = tx.payload
                 received = isinstance(p, TransferPayload) and p.to == addr
                 if tx.sender_address == addr or received:
-                    out.append({**tx_json(tx), "direction": "in" if received else "out", **where})
-            if len(out) >= MAX_ROWS:
+                    rows.append({**tx_json(tx), "direction": "in" if received else "out"})
+            return rows
+
+        history, out["history_blocks"] = await self._scan(involving)
+        out["history"] = pending + history
+        return out
+
+    async def _scan(
+        self, rows_of: Callable[[Block], list[dict[str, Any]]]
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Rows from the active chain's blocks, newest first, until MAX_ROWS rows,
+        SCAN_BLOCKS blocks or SCAN_TXS transactions, and how many blocks were read. A
+        stranger's request must not hold the event loop: it yields every SCAN_YIELD blocks,
+        reading a copy of the active chain's hashes taken at the start."""
+        chain = self.node.chain
+        hashes = chain.active[max(1, len(chain.active) - SCAN_BLOCKS) :]
+        out: list[dict[str, Any]] = []
+        read = txs = 0
+        for block_hash in reversed(hashes):
+            block = chain.blocks.get(block_hash)
+            if block is None:
                 break
-        return out[:MAX_ROWS]
+            where = {"height": block.header.height, "block": block_hash.hex()}
+            out += [{**row, **where} for row in rows_of(block)]
+            read += 1
+            txs += len(block.txs)
+            if len(out) >= MAX_ROWS or txs >= SCAN_TXS:
+                break
+            if read % SCAN_YIELD == 0:
+                await asyncio.sleep(0)
+        return out[:MAX_ROWS], read
 
     # ------------------------------------------------------------ market
 
@@ -283,28 +306,20 @@ class Explorer:
         # Open jobs best-paying first, as miners rank them; the others by status.
         jobs.sort(key=lambda j: (j["status"] != "open", j["status"], -j["fee_per_gmac"]))
         model_ids = sorted({model_id for model_id, step in self.node.chain.state.tables[MODELS]})
+
+        def market_txs(block: Block) -> list[dict[str, Any]]:
+            # Every kind but transfers and data sharing: posts, cancels, fraud proofs,
+            # model records, claims, and any kind added later (from its payload's fields).
+            return [tx_json(tx) for tx in block.txs if tx.kind not in DATA_KINDS]
+
+        activity, scanned = await self._scan(market_txs)
         return {
             "info": await self.rpc("getmarketinfo"),
             "jobs": jobs,
-            "activity": self._activity(),
-            "activity_blocks": SCAN_BLOCKS,
+            "activity": activity,
+            "activity_blocks": scanned,
             "models": [await self.rpc("getmodel", m.hex()) for m in model_ids],
         }
-
-    def _activity(self) -> list[dict[str, Any]]:
-        """The market's transactions (every kind but transfers and data sharing) in the
-        last SCAN_BLOCKS blocks, newest first: posts, cancels, fraud proofs, model
-        records, and any kind added later, rendered from its payload's fields."""
-        chain = self.node.chain
-        out: list[dict[str, Any]] = []
-        for height in range(chain.height, max(0, chain.height - SCAN_BLOCKS), -1):
-            block = chain.block_at(height)
-            for tx in block.txs:
-                if tx.kind not in DATA_KINDS:
-                    out.append({**tx_json(tx), "height": height, "block": block.hash.hex()})
-            if len(out) >= MAX_ROWS:
-                break
-        return out[:MAX_ROWS]
 
     async def job(self, request: web.Request) -> dict[str, Any]:
         job_id = request.match_info["id"].strip()
