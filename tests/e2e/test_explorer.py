@@ -56,7 +56,8 @@ UI_MS = 15_000
 @pytest.fixture(scope="module")
 def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A mining node and a user node (whose explorer the tests browse), with three
-    transfers, a job posted and mined, and a dataset granted and read once."""
+    transfers, a job posted and mined, a model trained on it, an open job, and a dataset
+    granted, read once, a model published from the read, and the grant revoked."""
     root = tmp_path_factory.mktemp("explorer")
     common = ["--devnet-block-time-ms", str(BLOCK_MS), "--threads", "1"]
     nodes: list[NodeProcess] = []
@@ -106,6 +107,8 @@ def _populate(user: NodeProcess, root: Path) -> dict[str, Any]:
     waits = [poster.send(record), poster.send(unmineable), published["txid"]]
     for txid in waits:
         poster.wait_confirmed(txid, WAIT_S)
+    revoke = hospital.revoke(dataset_id, RESEARCHER.address)
+    hospital.wait_confirmed(revoke["txid"], WAIT_S)
     transfer_height = payer.wait_confirmed(transfers[-1], WAIT_S)
     return {
         "model_id": model_id.hex(),
@@ -288,6 +291,9 @@ def test_market_page_shows_the_job_and_its_claim(devnet, page):
     lineage = page.locator(f'.lineage:has(a[title="{devnet["model_id"]}"])')
     assert lineage.locator(f'a[title="{job_id}"]').count() == 1  # step 0 cites the mined job
     _shot(page, "market")
+    _open(page, f"model/{devnet['model_id']}", "#model-steps")
+    assert page.locator(f'#model-steps a[title="{job_id}"]').count() == 1
+    _shot(page, "model")
     _open(page, f"job/{job_id}", '[data-field="status"]')
     assert page.locator(f'a[title="{devnet["job_block"]}"]').count() == 1  # the claiming block
     _shot(page, "job")
@@ -306,10 +312,18 @@ def test_dataset_pages_list_the_logged_read(devnet, page):
     assert read.count() == 1
     assert "chunks at height" in read.inner_text()  # served by this node, from its read log
     assert read.locator(f'a[title="{address_to_text(RESEARCHER.address)}"]').count() == 1
-    assert page.locator(f'#dataset-grants a[title="{address_to_text(RESEARCHER.address)}"]').count()
+    researcher = address_to_text(RESEARCHER.address)
+    grant = page.locator(f'#dataset-grants tr:has(a[title="{researcher}"])')
+    assert grant.locator('[data-field="live"]').inner_text() == "no"  # revoked
+    assert page.locator(f'#dataset-revokes a[title="{researcher}"]').count() == 1
     published = page.locator(f'#dataset-models a[title="{devnet["published_model"]}"]')
     assert published.count() == 1
     _shot(page, "dataset")
+    published.click()  # the model's provenance: the dataset and the read it came from
+    page.wait_for_selector("#model-published")
+    assert page.locator(f'#model-published a[title="{dataset_id}"]').count() == 1
+    assert devnet["read_nonce"][:16] in page.inner_text("#model-published")
+    _shot(page, "published-model")
 
 
 def test_peers_page(devnet, page):
@@ -333,6 +347,8 @@ def test_search_box_finds_each_kind_of_id(devnet, page):
         (address_to_text(RECIPIENT.address), f"account/{address_to_text(RECIPIENT.address)}"),
         (devnet["job_id"], f"job/{devnet['job_id']}"),
         (devnet["dataset_id"], f"dataset/{devnet['dataset_id']}"),
+        (devnet["model_id"], f"model/{devnet['model_id']}"),
+        (devnet["published_model"], f"model/{devnet['published_model']}"),
     ]:
         page.fill("#search-input", query)
         page.press("#search-input", "Enter")

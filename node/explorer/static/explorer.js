@@ -505,9 +505,11 @@ async function pageModel(token, id) {
     el("h1", {}, "Model ", el("span", { class: "mono small" }, m.model_id)),
     m.owner ? kvTable(m, ["model_id", "owner"]) : null,
     section("Training lineage (model_record)", table(m.steps,
-      ["step", "job_ids", "weights_hash", "parent_hash", "dataset", "height"], { empty: "not trained through the market" })),
-    section("Published from a dataset (model_publish)",
-      m.published ? kvTable(m.published) : el("p", { class: "muted empty" }, "not published")));
+      ["step", "job_ids", "weights_hash", "parent_hash", "dataset", "height"],
+      { id: "model-steps", empty: "not trained through the market" })),
+    section("Published from a dataset (model_publish)", m.published
+      ? el("div", { id: "model-published" }, kvTable(m.published))
+      : el("p", { class: "muted empty" }, "not published")));
 }
 
 async function pageDatasets(token) {
