@@ -205,7 +205,7 @@ class Explorer:
 
     async def block(self, request: web.Request) -> dict[str, Any]:
         ident = request.match_info["id"].strip()
-        if ident.isdigit() and len(ident) <= 20:
+        if _is_height(ident):
             out: dict[str, Any] = await self.rpc("getblockbyheight", int(ident))
         else:
             out = await self.rpc("getblock", ident)
@@ -390,7 +390,7 @@ class Explorer:
         query = request.query.get("q", "").strip()
         if not query:
             raise ApiError(400, "type a height, block hash, txid, address, job or dataset id")
-        if query.isdigit() and len(query) <= 20:
+        if _is_height(query):
             if int(query) > self.node.chain.height:
                 raise ApiError(
                     404, f"no block at height {query}: the tip is at {self.node.chain.height}"
@@ -460,6 +460,11 @@ def _hexed(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _is_height(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also takes '²', which ``int`` refuses)."""
+    return text.isascii() and text.isdigit() and len(text) <= 20
+
+
 def _is_hex(text: str) -> bool:
     try:
         bytes.fromhex(text)
@@ -472,6 +477,6 @@ def _query_int(request: web.Request, name: str, default: int, low: int, high: in
     text = request.query.get(name)
     if text is None:
         return default
-    if not text.isdigit() or not low <= int(text) <= high:
+    if not _is_height(text) or not low <= int(text) <= high:
         raise ApiError(400, f"{name} must be an integer in [{low}, {high}]")
     return int(text)

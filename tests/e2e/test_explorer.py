@@ -380,6 +380,9 @@ def test_bad_ids_show_not_found_and_never_a_traceback(devnet, page):
         ("tx/abc", 400),
         (f"dataset/{'ab' * 32}", 404),
         ("summary?blocks=nine", 400),
+        ("block/%C2%B2", 400),  # '²' is a digit to Python's isdigit, not to int
+        ("search?q=%C2%B2", 400),
+        ("summary?blocks=%C2%B2", 400),
         ("nowhere", 404),
     ]:
         status, body = _get(f"{base}explorer/api/{path}")
