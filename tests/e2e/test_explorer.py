@@ -153,12 +153,19 @@ def browser() -> Iterator[Any]:
 def page(browser: Any, devnet: dict[str, Any]) -> Iterator[Any]:
     page = browser.new_page(viewport={"width": 1360, "height": 900})
     errors: list[str] = []
+    requests: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("websocket", lambda ws: requests.append(ws.url))
     page.set_default_timeout(UI_MS)
-    page.goto(_explorer(devnet["user"]))
+    base = _explorer(devnet["user"])
+    page.goto(base)
     yield page
     page.close()
     assert not errors, f"the page raised: {errors}"
+    # Works offline: everything comes from the node itself (no CDN, no fonts, no beacons).
+    own = (base, "ws" + base.removeprefix("http"), "data:")
+    assert requests and all(url.startswith(own) for url in requests), requests
 
 
 def _explorer(node: NodeProcess) -> str:
