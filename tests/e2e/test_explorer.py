@@ -407,3 +407,8 @@ def test_explorer_needs_no_token_and_refuses_foreign_host_and_origin(devnet):
         assert status == 403 and b"Host" in body, path
         status, body = _get(base + path, {"Origin": "http://evil.example"})
         assert status == 403 and b"Origin" in body, path
+    # The live feed the home page reads: a foreign page cannot subscribe to it either.
+    upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}  # fmt: skip
+    assert _get(base + "ws", {**upgrade, "Origin": "http://evil.example"})[0] == 403
+    assert _get(base + "ws", {**upgrade, "Host": "evil.example"})[0] == 403
