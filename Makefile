@@ -21,7 +21,22 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy kernels consensus
 
-pytest: $(STAMP)
+# The explorer's tests drive Debian's Chromium through Playwright (no browser download).
+CHROMIUM := /usr/bin/chromium
+.PHONY: browser
+browser:
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium for the explorer's browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "error: the explorer's browser tests need Chromium at $(CHROMIUM):" \
+	      "install it as root with 'apt-get install chromium' (Debian), then run make test again" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+
+pytest: $(STAMP) browser
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest

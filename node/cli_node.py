@@ -220,6 +220,7 @@ async def _run_node(config: NodeConfig, lock: DatadirLock) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, node.request_stop)
     await node.start()
+    click.echo(f"explorer: {node.explorer_url}")
     collector.freeze()  # the loaded chain stays; the collector need not walk it again
     await node.wait_stopped()
     await node.stop()

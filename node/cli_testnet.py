@@ -20,8 +20,9 @@ from node.testnet import TOPOLOGIES, Testnet
 
 def _table(rows: list[dict[str, Any]], elapsed: float) -> Table:
     t = Table(title=f"pouw testnet — {elapsed:.0f}s (Ctrl-C stops every node)")
-    for col in ("node", "height", "tip", "peers", "mempool", "hashrate", "mined", "last block"):
-        t.add_column(col, justify="right" if col not in ("node", "tip") else "left")
+    columns = ("node", "height", "tip", "peers", "mempool", "hashrate", "mined", "last block")
+    for col in (*columns, "explorer"):
+        t.add_column(col, justify="left" if col in ("node", "tip", "explorer") else "right")
     for r in rows:
         if "height" not in r:
             t.add_row(
@@ -33,6 +34,7 @@ def _table(rows: list[dict[str, Any]], elapsed: float) -> Table:
                 "-",
                 "-",
                 "-",
+                _link(r["explorer"]),
             )
             continue
         t.add_row(
@@ -44,8 +46,14 @@ def _table(rows: list[dict[str, Any]], elapsed: float) -> Table:
             f"{r['hashrate'] / 1e9:.2f} GMAC/s",
             str(r["blocks_found"]),
             f"{r['last_block_age_s']:.1f}s",
+            _link(r["explorer"]),
         )
     return t
+
+
+def _link(url: str) -> str:
+    """A URL the terminal shows as a link (where it can)."""
+    return f"[link={url}]{url}[/link]" if url else "-"
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:

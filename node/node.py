@@ -28,6 +28,7 @@ from consensus.chain import AddResult, Chain
 from consensus.errors import DuplicateProofOfWork, InvalidBlock
 from consensus.keys import PrivateKey
 from kernels.attempt import warm_up
+from node import explorer
 from node.addresses import AddressBook
 from node.bans import BanList
 from node.blobs import BlobExchange
@@ -113,6 +114,7 @@ class Node:
         self.miner: Miner | None = None
         self.p2p_port = 0
         self.rpc_port = 0
+        self.explorer_url = ""
         self.block_times: dict[bytes, float] = {}  # first seen (s), for propagation metrics
 
     # ------------------------------------------------------------ lifecycle
@@ -162,7 +164,9 @@ class Node:
             client_max_size=MAX_REQUEST_BYTES, middlewares=[listener_guard(rpc_hosts)]
         )
         self.rpc.add_routes(rpc_app)
+        explorer.add_routes(rpc_app, self)
         self.rpc_port = await self._serve(rpc_app, *self.config.rpc)
+        self.explorer_url = explorer.explorer_url(self.config.rpc[0], self.rpc_port)
         self._write_info()
         await self.p2p.start()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
@@ -170,13 +174,14 @@ class Node:
         if self.config.mine:
             self.start_mining()
         log.info(
-            "node %s on %s: p2p %s:%d, rpc %s:%d, height %d",
+            "node %s on %s: p2p %s:%d, rpc %s:%d, explorer %s, height %d",
             self.key.public_key.hex()[:16],
             self.params.name,
             listen_host,
             self.p2p_port,
             self.config.rpc[0],
             self.rpc_port,
+            self.explorer_url,
             self.chain.height,
         )
 
@@ -196,6 +201,7 @@ class Node:
             "network": self.params.name,
             "p2p": f"{self.config.listen[0]}:{self.p2p_port}",
             "rpc": f"{self.config.rpc[0]}:{self.rpc_port}",
+            "explorer": self.explorer_url,
             "node_id": self.key.public_key.hex(),
         }
         tmp = self.datadir / "node.json.tmp"

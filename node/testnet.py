@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from consensus.keys import PrivateKey, address_to_text
+from node.config import parse_hostport
+from node.explorer import explorer_url
 from node.rpc_client import RpcClient
 
 if TYPE_CHECKING:
@@ -63,6 +65,11 @@ class TestnetNode:
     @property
     def name(self) -> str:
         return f"node-{self.index}"
+
+    @property
+    def explorer(self) -> str:
+        """The block explorer this node serves on its RPC listener."""
+        return explorer_url(*parse_hostport(self.rpc_addr, "rpc")) if self.rpc_addr else ""
 
     def call(self, method: str, *params: Any) -> Any:
         assert self.rpc is not None
@@ -119,7 +126,10 @@ class Testnet:
                 self.nodes.append(node)
                 self._wait_started(node, timeout)
                 if on_progress:
-                    on_progress(f"{node.name} up: p2p {node.p2p}, rpc {node.rpc_addr}")
+                    on_progress(
+                        f"{node.name} up: p2p {node.p2p}, rpc {node.rpc_addr}, "
+                        f"explorer {node.explorer}"
+                    )
             self._wait_connected(timeout)
         except BaseException:
             self.stop()
@@ -264,7 +274,11 @@ class Testnet:
     def status(self) -> list[dict[str, Any]]:
         rows = []
         for node in self.nodes:
-            row: dict[str, Any] = {"node": node.name, "alive": node.alive()}
+            row: dict[str, Any] = {
+                "node": node.name,
+                "alive": node.alive(),
+                "explorer": node.explorer,
+            }
             if not node.alive():
                 node.crashed = True
                 rows.append(row)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from consensus.blocks import Block, BlockHeader
@@ -94,7 +95,25 @@ def payload_json(tx: Transaction) -> dict[str, Any]:
             "access_log_nonce": p.access_log_nonce.hex(),
             "metadata": p.metadata,
         }
-    return {}
+    return _fields_json(p)
+
+
+def _fields_json(payload: Any) -> dict[str, Any]:
+    """A payload kind without a view of its own, field by field (bytes as hex), so a
+    new kind shows in the RPC and the explorer before anyone writes one."""
+    if not dataclasses.is_dataclass(payload):
+        return {}
+    return {f.name: _plain(getattr(payload, f.name)) for f in dataclasses.fields(payload)}
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return _fields_json(value)
+    if isinstance(value, bytes):
+        return address_to_text(value) if len(value) == 20 else value.hex()
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def tx_json(tx: Transaction) -> dict[str, Any]:

@@ -64,3 +64,24 @@ def test_netns_without_root_or_iproute2_is_a_one_line_error() -> None:
     assert run.returncode == 1
     assert len(run.stderr.strip().splitlines()) == 1
     assert "--netns" in run.stderr
+
+
+def test_the_live_table_links_each_nodes_explorer(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from node.cli_testnet import _table
+    from node.testnet import TestnetNode
+
+    node = TestnetNode(0, tmp_path, rpc_addr="127.0.0.1:18444")
+    assert node.explorer == "http://127.0.0.1:18444/"
+    assert TestnetNode(1, tmp_path, rpc_addr="0.0.0.0:18445").explorer == "http://127.0.0.1:18445/"
+    row = {
+        "node": node.name, "alive": True, "explorer": node.explorer, "height": 3,
+        "tip": "ab" * 32, "peers": 1, "mempool": 0, "hashrate": 1e9, "blocks_found": 1,
+        "last_block_age_s": 0.5,
+    }  # fmt: skip
+    console = Console(record=True, width=200)
+    console.print(_table([row, {"node": "node-1", "alive": False, "explorer": ""}], 1.0))
+    text = console.export_text()
+    assert "http://127.0.0.1:18444/" in text
+    assert "explorer" in text
