@@ -699,3 +699,36 @@ async def test_getmarket_and_pouw_market_show_open_jobs_claims_payments_and_frau
     assert text.exit_code == 0, text.output
     assert "fraud caught (1)" in text.stdout and "recent payments (1)" in text.stdout
     assert address_to_text(CAROL.address) in text.stdout and "bond" in text.stdout
+
+
+async def test_pouw_job_cancel_refunds_an_expired_job_and_refuses_before_expiry(node, tmp_path):
+    """The poster gets the escrow back with one command, once the chain allows it."""
+    from click.testing import CliRunner
+
+    from node.cli import cli
+
+    wallet = tmp_path / "alice.key"
+    wallet.write_text("label:devnet-0")
+    post, job_id, *_ = _min_shape_job()
+    expiry = node.chain.height + 3
+    post = dataclasses.replace(post, expiry_height=expiry)
+    job_id = job_id_of(post, MID)
+    await node.process_block(_block_for(node, (jr.tx(ALICE, 0, post),)), None)
+    balance = node.chain.state.balance(ALICE.address)
+    args = ["job", "cancel", job_id.hex(), "--datadir", str(node.config.datadir)]
+    args += ["--wallet", str(wallet), "--json"]
+
+    early = await asyncio.to_thread(CliRunner().invoke, cli, args)
+    assert early.exit_code == 2 and f"open until height {expiry}" in early.stderr
+    assert len(node.mempool) == 0
+    while node.chain.height < expiry:
+        await node.process_block(_block_for(node), None)
+    done = await asyncio.to_thread(CliRunner().invoke, cli, args)
+    assert done.exit_code == 0, done.output
+    cancel = node.mempool.get(bytes.fromhex(json.loads(done.stdout)["cancel_txid"]))
+    assert cancel is not None
+    await node.process_block(_block_for(node, (cancel,)), None)
+    assert (await _rpc(node, "getjob", job_id.hex()))["result"]["status"] == "cancelled"
+    assert node.chain.state.balance(ALICE.address) == balance + jr.REWARD - cancel.fee
+    again = await asyncio.to_thread(CliRunner().invoke, cli, args)
+    assert again.exit_code == 2 and "is cancelled" in again.stderr
