@@ -351,7 +351,7 @@ def _record(
         "nodes": len(net.nodes),
         "block_time_ms": params.block_time_ms,
         "shape": list(shape),
-        "job_macs": job_macs,
+        "macs_per_job": job_macs,
         "window_s": round(window_s, 2),
         "warmup_macs_per_s": round(warmup_rate),
         "offered_macs_per_s": round(len(jobs) * job_macs / window_s),
@@ -384,6 +384,8 @@ def _record(
         "fetch_c_s": round(statistics.median(fetch_s), 6) if fetch_s else None,
         **_verification_cost(shape),
     }
+    if fetch_s:
+        record["freivalds_over_fetch"] = round(record["freivalds_s"] / record["fetch_c_s"], 4)
     if plot_path is not None:
         plot_market(samples, plot_path)
         record["plot"] = plot_path

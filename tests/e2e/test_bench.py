@@ -49,7 +49,7 @@ def test_bench_consensus_refuses_a_negative_warmup_in_one_line() -> None:
 MARKET_KEYS = {
     "useful_mac_share", "duplicate_mac_share", "useful_macs_per_s", "network_macs_per_s",
     "jobs_per_s", "latency_p50_s", "latency_p95_s", "block_interval_s", "fraud_caught",
-    "offered_over_network", "jobs_posted", "jobs_verified", "job_macs", "nodes",
+    "offered_over_network", "jobs_posted", "jobs_verified", "macs_per_job", "nodes",
 }  # fmt: skip
 
 
@@ -67,11 +67,11 @@ def test_bench_market_measures_the_share_of_useful_work_and_plots_it(tmp_path) -
     assert run.returncode == 0, run.stderr
     record = json.loads(run.stdout)
     assert record.keys() >= MARKET_KEYS
-    assert record["nodes"] == 3 and record["job_macs"] >= 512 * 256 * 512  # the defaults
+    assert record["nodes"] == 3 and record["macs_per_job"] >= 512 * 256 * 512  # the defaults
     assert record["jobs_posted"] > 0 and record["network_macs_per_s"] > 0
     assert 0 <= record["jobs_verified"] <= record["jobs_posted"]
     assert 0 <= record["useful_mac_share"] <= 1
-    useful = record["jobs_verified"] * record["job_macs"]
+    useful = record["jobs_verified"] * record["macs_per_job"]
     assert record["useful_macs"] == useful
     if record["duplicate_mac_share"] is not None:  # miners that report their attempts
         assert 0 <= record["duplicate_mac_share"] <= 1 - record["useful_mac_share"]
