@@ -98,7 +98,9 @@ def _total_macs(nodes: list[TestnetNode]) -> int:
 
 
 @dataclass
-class _Job:
+class PostedJob:
+    """A job the bench posted: its operands, when, and what became of it."""
+
     a: np.ndarray
     b: np.ndarray
     sent: float
@@ -117,7 +119,7 @@ class _Poster:
     shape: tuple[int, int, int]
     jobs_per_s: float
     expiry_blocks: int
-    jobs: dict[bytes, _Job] = field(default_factory=dict)
+    jobs: dict[bytes, PostedJob] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
@@ -150,7 +152,7 @@ class _Poster:
                 sent = time.monotonic()
                 job = client.submit(a, b, REWARD, expiry_blocks=self.expiry_blocks)
                 with self.lock:
-                    self.jobs[job.job_id] = _Job(a, b, sent)
+                    self.jobs[job.job_id] = PostedJob(a, b, sent)
                 due += interval
         except BaseException as e:  # reported by the main thread, which stops the testnet
             self.error = e
@@ -342,7 +344,7 @@ def _record(
     verified = [j for j in jobs.values() if j.verified is not None]
     useful = job_macs * len(verified)
     latencies = [j.verified - j.sent for j in verified if j.verified is not None]
-    duplicate = _duplicate_macs(node0, jobs, start, end)
+    duplicate = duplicate_macs(node0, jobs, start, end)
     blocks = end_height - start_height
     job_blocks = _job_blocks(node0, params, set(jobs), start_height, end_height)
     kinds = Counter(j.claim_kind for j in jobs.values() if j.claim_seen is not None)
@@ -401,9 +403,9 @@ def _share(
     return round(sum(b - a for a, b in deltas) / mined, 4)
 
 
-def _duplicate_macs(
+def duplicate_macs(
     node0: TestnetNode,
-    jobs: dict[bytes, _Job],
+    jobs: dict[bytes, PostedJob],
     start: list[MinerSnapshot],
     end: list[MinerSnapshot],
 ) -> int | None:
