@@ -264,7 +264,8 @@ def cancel_jobs(
     if height < last_expiry:
         say(
             f"cancelling {len(records)} open jobs once they expire at height {last_expiry} "
-            f"(now {height}); Ctrl-C again leaves them open (later: pouw job cancel JOB_ID)"
+            f"(now {height}): {' '.join(j.hex() for j in records)}; Ctrl-C again leaves "
+            "them open (later: pouw job cancel JOB_ID)"
         )
     sent = []
     for job_id, rec in sorted(records.items(), key=lambda kv: kv[1]["expiry"]):
