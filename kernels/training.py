@@ -24,6 +24,11 @@ One step on a minibatch X (B×F, plus a constant bias input) — five jobs:
 4. ``D = δ2·W2ᵀ``                 (B×C)·(C×H)
 5. ``gW1 = Xᵀ·(D ⊙ [P > 0])``     (F×B)·(B×H)
 
+They form four dependency rounds, {1}, {2}, {3, 4}, {5} (:data:`STEP_ROUNDS`):
+3 and 4 both need only δ2 and W2. A ``matmul`` with a ``many(pairs)`` method
+(:class:`BatchMatmul`) is handed each round's products at once, so on the
+network they are posted together and mined side by side.
+
 δ2 is the cross-entropy gradient of a base-2 softmax, computed in integers:
 the logits are taken in log2 units with ``LOGIT_FRAC_BITS`` fractional bits,
 ``2^-d`` comes from a 16-entry table and a shift, and the probabilities are an
@@ -49,8 +54,9 @@ fraud proofs), not the hash's.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import blake3
 import numpy as np
@@ -62,6 +68,19 @@ MatmulFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """``matmul(a, b)``: exact A·B of int8 operands (m×k, k×n) as an int32 m×n array."""
 MatmulCall = tuple[np.ndarray, np.ndarray, np.ndarray]
 """One job as sent and answered: (A, B, C), padded to the tiling."""
+STEP_ROUNDS = (1, 1, 2, 1)
+"""How many of a step's five products each dependency round holds, in order."""
+
+
+class BatchMatmul(Protocol):
+    """A matmul that can also compute several independent products at once."""
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray: ...
+
+    def many(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """A·B for every (A, B), in order; none of them depends on another."""
+        ...
+
 
 DATASETS = ("breast_cancer", "digits")
 INPUT_FRAC_BITS = 4
@@ -220,19 +239,40 @@ def tiled_matmul(
     matmul: MatmulFn, a: np.ndarray, b: np.ndarray, tiles: Tiles, calls: list[MatmulCall]
 ) -> np.ndarray:
     """A·B as one tile-aligned job; returns the cropped product in int64 and logs the call."""
-    m, n = a.shape[0], b.shape[1]
-    a_p = pad_to(a, tiles.m_mult, tiles.k_mult)
-    b_p = pad_to(b, tiles.k_mult, tiles.n_mult)
-    if a_p.shape[1] > MAX_K:
-        raise ValueError(f"k={a_p.shape[1]} exceeds the maximum inner dimension {MAX_K}")
-    check_operand("a", a_p)
-    check_operand("b", b_p)
-    c = np.asarray(matmul(a_p, b_p))
-    expected = (a_p.shape[0], b_p.shape[1])
-    if c.shape != expected or c.dtype != np.int32:
-        raise ValueError(f"matmul returned {c.dtype} {c.shape}, expected int32 {expected}")
-    calls.append((a_p, b_p, c))
-    return c[:m, :n].astype(np.int64)
+    (c,) = tiled_round(matmul, [(a, b)], tiles, calls)
+    return c
+
+
+def tiled_round(
+    matmul: MatmulFn | BatchMatmul,
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    tiles: Tiles,
+    calls: list[MatmulCall],
+) -> list[np.ndarray]:
+    """Independent products as tile-aligned jobs, handed over together when ``matmul``
+    has ``many``; returns the cropped products in int64 and logs the calls in order."""
+    padded = []
+    for a, b in pairs:
+        a_p = pad_to(a, tiles.m_mult, tiles.k_mult)
+        b_p = pad_to(b, tiles.k_mult, tiles.n_mult)
+        if a_p.shape[1] > MAX_K:
+            raise ValueError(f"k={a_p.shape[1]} exceeds the maximum inner dimension {MAX_K}")
+        check_operand("a", a_p)
+        check_operand("b", b_p)
+        padded.append((a_p, b_p))
+    many = getattr(matmul, "many", None)
+    results = many(padded) if many is not None else [matmul(a_p, b_p) for a_p, b_p in padded]
+    if len(results) != len(padded):
+        raise ValueError(f"matmul returned {len(results)} products for {len(padded)}")
+    out = []
+    for (a, b), (a_p, b_p), result in zip(pairs, padded, results, strict=True):
+        c = np.asarray(result)
+        expected = (a_p.shape[0], b_p.shape[1])
+        if c.shape != expected or c.dtype != np.int32:
+            raise ValueError(f"matmul returned {c.dtype} {c.shape}, expected int32 {expected}")
+        calls.append((a_p, b_p, c))
+        out.append(c[: a.shape[0], : b.shape[1]].astype(np.int64))
+    return out
 
 
 def _blake3_ints(tag: bytes, seed: int, count: int) -> np.ndarray:
@@ -356,11 +396,14 @@ def train_step(
     weights: MLPWeights,
     x: np.ndarray,
     y: np.ndarray,
-    matmul: MatmulFn,
+    matmul: MatmulFn | BatchMatmul,
     lr_shift: int,
     tiles: Tiles = Tiles(),
 ) -> tuple[list[MatmulCall], np.ndarray]:
-    """One SGD step in place on ``weights``; returns the five calls and the Q15 probabilities."""
+    """One SGD step in place on ``weights``; returns the five calls and the Q15 probabilities.
+
+    The products go to ``matmul`` round by round (:data:`STEP_ROUNDS`), each
+    round's together through ``matmul.many`` when it has one."""
     calls: list[MatmulCall] = []
     batch = x.shape[0]
     fwd = _forward(weights, x, matmul, tiles, calls)
@@ -369,8 +412,16 @@ def train_step(
     delta2[np.arange(batch), y] -= 1 << PROB_BITS
     d2_q, e_d2 = quantize_int7(delta2, -PROB_BITS)
 
-    g_w2 = tiled_matmul(matmul, np.ascontiguousarray(fwd.h_q.T), d2_q, tiles, calls)
-    back = tiled_matmul(matmul, d2_q, np.ascontiguousarray(fwd.w2_q.T), tiles, calls)
+    # Jobs 3 and 4 need only δ2 and W2: one round.
+    g_w2, back = tiled_round(
+        matmul,
+        [
+            (np.ascontiguousarray(fwd.h_q.T), d2_q),
+            (d2_q, np.ascontiguousarray(fwd.w2_q.T)),
+        ],
+        tiles,
+        calls,
+    )
     delta1 = np.where(fwd.pre1 > 0, back, 0)
     d1_q, e_d1 = quantize_int7(delta1, e_d2 + fwd.e_w2)
     g_w1 = tiled_matmul(matmul, np.ascontiguousarray(fwd.x_q.T), d1_q, tiles, calls)
@@ -426,7 +477,7 @@ def evaluate(
 
 def train(
     config: TrainConfig,
-    matmul: MatmulFn,
+    matmul: MatmulFn | BatchMatmul,
     on_step: Callable[[int, list[MatmulCall], bytes], None] | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
     eval_matmul: MatmulFn = local_matmul,

@@ -15,6 +15,7 @@ from consensus.errors import ConsensusError
 from node.cli_bench import bench
 from node.cli_data import data_cmd, demo_cmd
 from node.cli_job import job
+from node.cli_market import market_cmd
 from node.cli_node import node_cmd, rpc_cmd, wallet
 from node.cli_testnet import testnet_cmd
 from node.cli_train import model_cmd, train_cmd
@@ -58,6 +59,7 @@ cli.add_command(wallet)
 cli.add_command(rpc_cmd)
 cli.add_command(testnet_cmd)
 cli.add_command(job)
+cli.add_command(market_cmd)
 cli.add_command(train_cmd)
 cli.add_command(model_cmd)
 cli.add_command(data_cmd)

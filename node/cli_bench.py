@@ -282,32 +282,72 @@ def bench_sync_cmd(blocks: int, txs_per_block: int, as_json: bool) -> None:
 
 
 @bench.command("market")
-@click.option("--jobs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option(
+    "--nodes", type=click.IntRange(min=1, max=16), default=3, show_default=True,
+    help="Mining nodes in the testnet.",
+)  # fmt: skip
+@click.option(
+    "--duration", type=click.FloatRange(min=1), default=30, show_default=True,
+    help="Seconds of the measured window (jobs are posted throughout).",
+)  # fmt: skip
+@click.option(
+    "--warmup", type=click.FloatRange(min=1), default=10, show_default=True,
+    help="Seconds of null-job mining that measure the network's MAC rate first.",
+)  # fmt: skip
+@click.option(
+    "--offered-ratio", type=click.FloatRange(min=0.01), default=2.0, show_default=True,
+    help="Job work posted per second, as a multiple of the network's MAC rate.",
+)  # fmt: skip
+@click.option(
+    "--shape", default=None,
+    help="MxKxN of every job [default: the network's minimum job shape].",
+)  # fmt: skip
 @click.option(
     "--block-time-ms", type=click.IntRange(min=200), default=300, show_default=True,
     help="The testnet's devnet block time.",
 )  # fmt: skip
+@click.option(
+    "--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+    help="Draw useful and total MAC/s over the window to this PNG.",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench_market_cmd(jobs: int, block_time_ms: int, as_json: bool) -> None:
-    """A fresh 3-node testnet: job latency, useful share of mined MACs, verification cost."""
+def bench_market_cmd(
+    nodes: int,
+    duration: float,
+    warmup: float,
+    offered_ratio: float,
+    shape: str | None,
+    block_time_ms: int,
+    plot_path: str | None,
+    as_json: bool,
+) -> None:
+    """A fresh testnet under a stream of posted jobs: the share of mined MACs that is
+    useful (verified results) or duplicate, job latency, block interval."""
     from benchmarks.market import bench_market
 
-    with Progress(disable=as_json, transient=True) as progress:
-        task = progress.add_task("jobs verified", total=jobs)
-        try:
-            record = bench_market(
-                jobs,
-                block_time_ms=block_time_ms,
-                on_progress=lambda done: progress.update(task, completed=done),
-            )
-        except KeyboardInterrupt:
-            _fail("interrupted; every node was stopped", 130)
-        except (RuntimeError, TimeoutError) as e:
-            _fail(str(e), 1)
+    dims = _parse_shape(shape) if shape is not None else None
+    console = Console(stderr=True)
+    try:
+        record = bench_market(
+            nodes, duration, warmup, offered_ratio, dims, block_time_ms, plot_path,
+            on_progress=None if as_json else console.print,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        _fail("interrupted; every node was stopped", 130)
+    except (RuntimeError, TimeoutError, OSError) as e:
+        _fail(str(e), 1)
     if as_json:
         click.echo(json.dumps(record))
     else:
-        _show_record(f"pouw bench market — {jobs} jobs", record)
+        _show_record(f"pouw bench market — {nodes} nodes, {duration:g} s", record)
+
+
+def _parse_shape(text: str) -> tuple[int, int, int]:
+    try:
+        m, k, n = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--shape {text!r} is not MxKxN") from None
+    return m, k, n
 
 
 @bench.command("job-shapes")

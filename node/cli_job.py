@@ -1,8 +1,9 @@
-"""`pouw job submit|status|result`: the compute market from the command line."""
+"""`pouw job submit|status|result|cancel`: the compute market from the command line."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -212,3 +213,46 @@ def job_result(
         if as_json
         else f"verified {c.shape[0]}x{c.shape[1]} result written to {out_path}"
     )
+
+
+@job.command("cancel")
+@common
+@click.argument("job_id")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    help="Wait up to S seconds for the job's expiry height (the chain refuses a cancel before).",
+)
+def job_cancel(
+    network: str,
+    datadir: str | None,
+    wallet: str | None,
+    rpc_addr: str | None,
+    block_time_ms: int | None,
+    as_json: bool,
+    job_id: str,
+    wait_s: float,
+) -> None:
+    """Refund the reward of your open job once it has expired unclaimed (job_cancel)."""
+    client = _market(network, datadir, wallet, rpc_addr, block_time_ms)
+    try:
+        jid = bytes.fromhex(job_id)
+    except ValueError:
+        raise ValueError(f"job id {job_id!r} is not hex") from None
+    status = client.status(jid)
+    if status["status"] != "open":
+        raise ValueError(f"job {job_id[:16]} is {status['status']}: only an open job is cancelled")
+    deadline = time.monotonic() + wait_s
+    while (height := client.rpc.call("getinfo")["height"]) < status["expiry"]:
+        if time.monotonic() >= deadline:
+            raise ValueError(
+                f"job {job_id[:16]} is open until height {status['expiry']} (now {height}): "
+                "cancel it after that, or pass --wait SECONDS"
+            )
+        time.sleep(0.5)
+    txid = client.cancel(jid)
+    out = {"job_id": job_id, "cancel_txid": txid}
+    click.echo(json.dumps(out) if as_json else f"job {job_id[:16]} cancelled in tx {txid}")

@@ -199,20 +199,33 @@ def train_cmd(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from node.train_net import JOBS_PER_STEP, total_steps, train_on_network
+    from node.train_net import JOBS_PER_STEP, RoundReport, total_steps, train_on_network
 
     config = TrainConfig.quick(dataset) if quick else TrainConfig.full(dataset)
     client = _market(network, datadir, rpc_addr, wallet, from_label, block_time_ms)
     client.rpc.call("getinfo")  # fail early, in one line, if the node is not there
     steps = total_steps(config, max_steps)
-    console = Console()
+    progress_console = Console(stderr=True)
+
+    def say(line: str) -> None:
+        # Progress goes to stderr, also with --json: stdout holds only the result.
+        if as_json:
+            click.echo(line, err=True)
+        else:
+            progress.console.print(line, highlight=False)
+
+    def show_round(r: RoundReport) -> None:
+        say(
+            f"step {r.step + 1}/{steps} round {r.round + 1}: {r.jobs} job(s) "
+            f"({r.posted} posted) claimed in {r.claimed_s:.2f} s, verified in "
+            f"{r.verified_s:.2f} s"
+        )
 
     def show_epoch(e: EpochStats) -> None:
-        if not as_json:
-            progress.console.print(
-                f"epoch {e.epoch + 1}: loss {e.loss:.4f}  train {e.train_accuracy:.3f}  "
-                f"test {e.test_accuracy:.3f}"
-            )
+        say(
+            f"epoch {e.epoch + 1}: loss {e.loss:.4f}  train {e.train_accuracy:.3f}  "
+            f"test {e.test_accuracy:.3f}"
+        )
 
     progress = Progress(
         TextColumn("[bold]training on the network"),
@@ -220,20 +233,26 @@ def train_cmd(
         MofNCompleteColumn(),
         TextColumn("steps"),
         TimeElapsedColumn(),
-        console=console,
+        console=progress_console,
         disable=as_json,
     )
-    with progress:
-        task = progress.add_task("steps", total=steps)
-        run = train_on_network(
-            client,
-            config,
-            reward,
-            max_steps,
-            on_step=lambda i, _h: progress.advance(task),
-            on_epoch=show_epoch,
-            job_timeout=job_timeout,
-        )
+    try:
+        with progress:
+            task = progress.add_task("steps", total=steps)
+            run = train_on_network(
+                client,
+                config,
+                reward,
+                max_steps,
+                on_step=lambda i, _h: progress.advance(task),
+                on_epoch=show_epoch,
+                job_timeout=job_timeout,
+                on_round=show_round,
+                say=say,
+            )
+    except KeyboardInterrupt:
+        click.echo("error: training interrupted", err=True)
+        raise SystemExit(130) from None
     summary = {
         "dataset": dataset,
         "preset": "quick" if quick else "full",
@@ -244,6 +263,7 @@ def train_cmd(
     if as_json:
         click.echo(json.dumps(summary))
     else:
+        console = Console()
         console.print(
             f"final test accuracy {summary['test_accuracy']:.3f} after {run.result.steps} steps; "
             f"{summary['jobs_posted']} jobs posted ({summary['jobs_reused']} reused), "

@@ -28,7 +28,12 @@ from consensus.keys import PrivateKey, address_to_text
 from consensus.market import build_fraud_proof
 from consensus.merkle import matrix_cols_root, matrix_rows_root
 from consensus.params import NetworkParams
-from consensus.transactions import JobPostPayload, encode_tx, signed_transaction
+from consensus.transactions import (
+    JobCancelPayload,
+    JobPostPayload,
+    encode_tx,
+    signed_transaction,
+)
 from kernels.freivalds import freivalds_check, locate_error
 from kernels.params import OPERAND_MAX, OPERAND_MIN
 from node.blobs import decode_matrix, encode_matrix
@@ -195,6 +200,23 @@ class MarketClient:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id.hex()[:16]} not {'/'.join(until)} in {timeout}s")
             time.sleep(0.2)
+
+    def cancel(self, job_id: bytes, fee: int = 1_000) -> str:
+        """Send a job_cancel refunding our open job's reward; its txid.
+
+        The chain takes it only after the job's expiry height (until then a miner
+        may be computing it in good faith): the node refuses it before.
+        """
+        account = self.rpc.call("getaccount", address_to_text(self.key.address))
+        tx = signed_transaction(
+            self.key,
+            chain_id=self.params.chain_id,
+            nonce=account["next_nonce"],
+            fee=fee,
+            payload=JobCancelPayload(job_id),
+        )
+        txid: str = self.rpc.call("sendtransaction", encode_tx(tx).hex())
+        return txid
 
     # ------------------------------------------------------------ result
 

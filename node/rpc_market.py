@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import heapq
+import statistics
+from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from consensus.keys import address_to_text
-from consensus.market import OPEN, claim_bond, job_record
-from consensus.state import iter_model_steps
+from consensus.market import MINED, OPEN, PAID, REFUNDED, claim_bond, job_record
+from consensus.state import JOBS, State, iter_model_steps
 from kernels.params import OPERAND_MAX, OPERAND_MIN
 from node.blobs import BlobError, BlobFetchError, decode_matrix, encode_matrix
 from node.rpc import INVALID_PARAMS, REJECTED, RpcError, RpcServer
@@ -28,6 +32,96 @@ def _job_json(rec: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+MAX_MARKET_ROWS = 1_000
+"""The most rows ``getmarket`` lists per section (its ``limit``)."""
+
+
+def fee_per_gmac(reward: int, m: int, k: int, n: int) -> float:
+    """What a job pays per 10^9 multiply-accumulates (display only: the chain is integer)."""
+    return round(reward * 1e9 / (m * k * n), 3)
+
+
+def _address(value: bytes) -> str | None:
+    return address_to_text(value) if value else None
+
+
+def market_view(
+    state: State, height: int, pending_claim: Callable[[bytes], bytes | None], limit: int
+) -> dict[str, Any]:
+    """The market at ``height`` from the chain state's job records, ``limit`` rows a section.
+
+    * ``open_jobs``: open jobs, those still claimable first, best fee per GMAC first,
+      with the pending job_result claiming each (from the mempool), if any;
+    * ``recent_claims``: the latest claims (mined, paid or refunded), newest first, and
+      ``claim_fee_per_gmac``: min / median / max fee per GMAC over them;
+    * ``pending_payment``: claims waiting out their challenge window, soonest due first;
+    * ``recent_payments``: settled claims (reward and bond paid at ``due``), newest first;
+    * ``fraud_caught``: claims a fraud proof disproved (poster refunded, stake burned).
+    """
+    counts: Counter[str] = Counter()
+    open_rows: list[tuple[tuple[bool, float, str], dict[str, Any]]] = []
+    claimed: list[tuple[int, str, dict[str, Any]]] = []
+    for job_id in state.tables[JOBS]:
+        rec = job_record(state, job_id)
+        assert rec is not None
+        counts[rec["status"]] += 1
+        m, k, n = rec["m"], rec["k"], rec["n"]
+        row: dict[str, Any] = {
+            "job_id": job_id.hex(),
+            "shape": [m, k, n],
+            "fee": rec["reward"],
+            "fee_per_gmac": fee_per_gmac(rec["reward"], m, k, n),
+        }
+        if rec["status"] == OPEN:
+            expired = rec["expiry"] <= height  # a claim must be in a block ≤ expiry
+            pending = pending_claim(job_id)
+            row |= {
+                "poster": address_to_text(rec["poster"]),
+                "expiry": rec["expiry"],
+                "expired": expired,
+                "pending_claim": pending.hex() if pending is not None else None,
+            }
+            open_rows.append(((expired, -row["fee_per_gmac"], row["job_id"]), row))
+        elif rec["status"] in (MINED, PAID, REFUNDED):
+            row |= {
+                "status": rec["status"],
+                "claimant": _address(rec["claimant"]),
+                "claim_kind": rec["claim_kind"],
+                "claim_id": rec["claim_id"].hex(),
+                "claim_height": rec["claim_height"],
+                "bond": rec["bond"],
+                "due": rec["due"],
+            }
+            claimed.append((rec["claim_height"], row["job_id"], row))
+
+    def newest(rows: list[tuple[int, str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        return [r for _, _, r in heapq.nlargest(limit, rows, key=lambda t: (t[0], t[1]))]
+
+    recent = newest(claimed)
+    fees = [r["fee_per_gmac"] for r in recent]
+    awaiting = heapq.nsmallest(
+        limit, (r for _, _, r in claimed if r["status"] == MINED), key=lambda r: r["due"]
+    )
+    return {
+        "height": height,
+        "jobs": {s: counts[s] for s in ("open", "mined", "paid", "refunded", "cancelled")},
+        "open_jobs": [r for _, r in heapq.nsmallest(limit, open_rows, key=lambda t: t[0])],
+        "recent_claims": recent,
+        "claim_fee_per_gmac": {
+            "count": len(fees),
+            "min": min(fees) if fees else None,
+            "median": statistics.median(fees) if fees else None,
+            "max": max(fees) if fees else None,
+        },
+        "pending_payment": awaiting,
+        "recent_payments": newest(
+            [(r["due"], r["job_id"], r) for _, _, r in claimed if r["status"] == PAID]
+        ),
+        "fraud_caught": newest([t for t in claimed if t[2]["status"] == REFUNDED]),
+        "limit": limit,
+    }
 
 
 MAX_FETCH_S = 600.0
@@ -122,6 +216,13 @@ def register_market_methods(rpc: RpcServer, node: Node) -> None:
             "jobs_mined": node.market.jobs_mined,
         }
 
+    async def getmarket(limit: int = 100) -> dict[str, Any]:
+        """Open jobs, recent claims and their fee per GMAC, claims pending payment,
+        recent payments and fraud caught (``limit`` rows a section, at most 1,000)."""
+        if type(limit) is not int or not 1 <= limit <= MAX_MARKET_ROWS:
+            raise RpcError(INVALID_PARAMS, f"limit must be an integer in [1, {MAX_MARKET_ROWS}]")
+        return market_view(node.chain.state, node.chain.height, node.mempool.claim_of, limit)
+
     async def getmodel(model_id: str) -> dict[str, Any]:
         """A model's recorded lineage (model_record txs): its owner and every step in order."""
         steps = list(iter_model_steps(node.chain.state, parse_hash(model_id, "model id")))
@@ -150,3 +251,4 @@ def register_market_methods(rpc: RpcServer, node: Node) -> None:
     rpc.method("getmarketinfo", getmarketinfo)
     rpc.method("getoperands", getoperands)
     rpc.method("getmodel", getmodel)
+    rpc.method("getmarket", getmarket)

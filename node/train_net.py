@@ -4,19 +4,24 @@ Training is :func:`kernels.training.train` itself, given a matmul that
 posts jobs; its ``on_step`` hook gets each step's weights hash (for the step's
 ``model_record``) and ``max_steps`` can stop it early.
 
-:class:`NetworkMatmul` is the ``matmul`` it is given: each product is posted
-with :class:`node.client.MarketClient`, waited on until a block claims it, and
-its C is used only after Freivalds accepts it. A step's five products are
-mostly a chain (1 → 2 → 3, 4 → 5), but 3 (gW2 = relu(P)ᵀ·δ2) and 4
-(D = δ2·W2ᵀ) both only need δ2 and W2, so when job 3 is asked for, job 4 is
-posted with it and the two are mined side by side.
+:class:`NetworkMatmul` is the ``matmul`` it is given. A step's five products
+come in four dependency rounds ({X·W1}, {H·W2}, {Hᵀ·δ2, δ2·W2ᵀ}, {Xᵀ·δ1}:
+:data:`kernels.training.STEP_ROUNDS`); each round's products are posted
+together with :class:`node.client.MarketClient`, waited on together until
+claimed, and used only after Freivalds accepts each C. So a round costs about
+one block interval plus a job's compute, not one lottery win per product.
+
+Ctrl-C (KeyboardInterrupt) while a round's jobs are open sends a job_cancel
+for each once the chain takes it (after the job's expiry height, which
+training sets just past its job timeout), so the escrow comes back.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +37,6 @@ from kernels.training import (
     TrainResult,
     load_dataset,
     local_matmul,
-    pad_to,
     train,
 )
 from node.client import MarketClient, posted_spec
@@ -40,6 +44,9 @@ from node.rpc_client import RpcCallError
 
 JOBS_PER_STEP = 5
 RECORD_FEE = 1_000
+POLL_S = 0.1
+"""How often a round's open jobs are looked up while waiting for their claims."""
+CLAIMED = ("mined", "paid")
 
 
 # ------------------------------------------------------------ the training loop
@@ -50,6 +57,15 @@ def total_steps(config: TrainConfig, max_steps: int | None) -> int:
     x_tr, _, _, _ = load_dataset(config.dataset, config.seed)
     full = config.epochs * (x_tr.shape[0] // config.batch)
     return full if max_steps is None else min(full, max_steps)
+
+
+def expiry_blocks_for(job_timeout: float, block_time_ms: int) -> int:
+    """A job's expiry, in blocks: just past the time training waits for it.
+
+    Long enough that a job waited on is still claimable, short enough that a
+    job left open by Ctrl-C can soon be cancelled (the chain refuses a
+    job_cancel before expiry)."""
+    return math.ceil(job_timeout * 1000 / block_time_ms) + 2
 
 
 # ------------------------------------------------------------ matmuls as jobs
@@ -68,110 +84,198 @@ class _Posted:
 class JobTiming:
     job_id: bytes
     shape: tuple[int, int, int]
-    wait_s: float  # post → claimed by a block
+    wait_s: float  # post → claimed on chain
     result_s: float  # fetch C and Freivalds
 
 
 @dataclass
-class NetworkMatmul:
-    """``matmul(a, b)`` by posting a job, waiting for a block to claim it and checking C.
+class RoundReport:
+    """One dependency round of a step, for progress lines."""
 
-    ``step_shape`` = (batch, hidden, classes) lets job 4 of a step be posted
-    together with job 3 (see the module docstring); a job is only ever used
-    for exactly the operands it was posted with (compared byte for byte).
+    step: int
+    round: int
+    jobs: int
+    posted: int
+    claimed_s: float  # post → every job of the round claimed
+    verified_s: float  # then: every C fetched and Freivalds-checked
+
+
+@dataclass
+class NetworkMatmul:
+    """``matmul(a, b)`` and ``matmul.many(pairs)`` by posting jobs, waiting for their
+    claims and checking every C; a round's jobs are posted and waited on together.
+
+    A job is only ever used for exactly the operands it was posted with (its
+    id commits to them); a product posted before is reused, not reposted.
     """
 
     client: MarketClient
     reward: int
-    step_shape: tuple[int, int, int]
-    tiles_mn_k: tuple[int, int, int]
     timeout: float = 300.0
+    expiry_blocks: int = 200
+    on_round: Callable[[RoundReport], None] | None = None
     jobs_posted: int = 0
     jobs_reused: int = 0
+    step: int = 0
     timings: list[JobTiming] = field(default_factory=list)
     _step_jobs: list[bytes] = field(default_factory=list)
-    _calls: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
-    _ahead: _Posted | None = None
+    _round: int = 0
+    _open: dict[bytes, _Posted] = field(default_factory=dict)
 
-    def begin_step(self) -> None:
+    def begin_step(self, step: int) -> None:
+        self.step = step
         self._step_jobs = []
-        self._calls = []
+        self._round = 0
 
     def step_job_ids(self) -> tuple[bytes, ...]:
         return tuple(self._step_jobs)
 
+    def open_job_ids(self) -> list[bytes]:
+        """Jobs we posted whose results we have not collected yet."""
+        return [p.job_id for p in self._open.values() if not p.reused]
+
     def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        index = len(self._calls)
-        self._calls.append((a, b))
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None and _same(ahead, a, b):
-            posted = ahead
-        else:
-            posted = self._post(a, b)
-            if index == 2:  # job 3: post job 4 beside it
-                nxt = self._job4_operands()
-                if nxt is not None:
-                    self._ahead = self._post(*nxt)
-        return self._collect(posted)
+        (c,) = self.many([(a, b)])
+        return c
 
-    def _job4_operands(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """D = δ2·W2ᵀ from job 3's B (δ2, padded) and job 2's B (W2, padded)."""
-        batch, hidden, classes = self.step_shape
-        m_mult, n_mult, k_mult = self.tiles_mn_k
-        d2 = self._calls[2][1][:batch, :classes]
-        w2 = self._calls[1][1][:hidden, :classes]
-        return pad_to(d2, m_mult, k_mult), pad_to(np.ascontiguousarray(w2.T), k_mult, n_mult)
+    def many(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """Post every product of a round, then wait for all of them together."""
+        started = time.monotonic()
+        posted: list[_Posted] = []
+        for a, b in pairs:
+            a = np.ascontiguousarray(a, dtype=np.int8)
+            b = np.ascontiguousarray(b, dtype=np.int8)
+            p = self._open.get(self._job_id(a, b))
+            posted.append(p if p is not None else self._post(a, b))
+        claimed_at = self._wait_claimed(posted)
+        claimed = time.monotonic()
+        out = [self._collect(p, claimed_at[p.job_id]) for p in posted]
+        if self.on_round is not None:
+            self.on_round(
+                RoundReport(
+                    self.step,
+                    self._round,
+                    len(posted),
+                    sum(not p.reused for p in posted),
+                    claimed - started,
+                    time.monotonic() - claimed,
+                )
+            )
+        self._round += 1
+        return out
 
-    def _post(self, a: np.ndarray, b: np.ndarray) -> _Posted:
-        a = np.ascontiguousarray(a, dtype=np.int8)
-        b = np.ascontiguousarray(b, dtype=np.int8)
+    def _job_id(self, a: np.ndarray, b: np.ndarray) -> bytes:
         p = self.client.params
         # A step's matmuls are far below the minimum job: the client posts them
         # padded with zeros, and that padded job is the one to look up.
-        job_id = posted_spec(a, b, p).job_id(p.rank, p.tile_h, p.tile_w)
+        return posted_spec(a, b, p).job_id(p.rank, p.tile_h, p.tile_w)
+
+    def _post(self, a: np.ndarray, b: np.ndarray) -> _Posted:
+        job_id = self._job_id(a, b)
         # A job's id is its operands': the same product posted before cannot be
         # posted again, but its verified result serves as well.
-        try:
-            existing = self.client.status(job_id)["status"]
-        except RpcCallError as e:
-            if "unknown job" not in str(e):
-                raise
-            existing = None
-        if existing in ("open", "mined", "paid"):
+        existing = self._status(job_id)
+        if existing in ("open", *CLAIMED):
             self.jobs_reused += 1
-            return _Posted(job_id, a, b, time.monotonic(), reused=True)
-        if existing is not None:
+            posted = _Posted(job_id, a, b, time.monotonic(), reused=True)
+        elif existing is not None:
             raise RuntimeError(
                 f"job {job_id.hex()[:16]} was {existing}: its operands cannot be reposted"
             )
-        submitted = self.client.submit(a, b, reward=self.reward)
-        self.jobs_posted += 1
-        return _Posted(submitted.job_id, a, b, time.monotonic())
+        else:
+            submitted = self.client.submit(
+                a, b, reward=self.reward, expiry_blocks=self.expiry_blocks
+            )
+            self.jobs_posted += 1
+            posted = _Posted(submitted.job_id, a, b, time.monotonic())
+        self._open[job_id] = posted
+        return posted
 
-    def _collect(self, posted: _Posted) -> np.ndarray:
-        self.client.wait(posted.job_id, timeout=self.timeout)
-        claimed = time.monotonic()
+    def _status(self, job_id: bytes) -> str | None:
+        """The job's status on chain, None while no block holds its post."""
+        try:
+            status: str = self.client.status(job_id)["status"]
+        except RpcCallError as e:
+            if "unknown job" not in str(e):
+                raise
+            return None
+        return status
+
+    def _wait_claimed(self, posted: list[_Posted]) -> dict[bytes, float]:
+        """When each job was seen claimed; all are polled together."""
+        waiting = {p.job_id: p for p in posted}
+        seen: dict[bytes, float] = {}
+        while True:
+            for job_id in list(waiting):
+                if self._status(job_id) in CLAIMED:
+                    seen[job_id] = time.monotonic()
+                    del waiting[job_id]
+            if not waiting:
+                return seen
+            oldest = min(p.posted_at for p in waiting.values())
+            if time.monotonic() - oldest > self.timeout:
+                names = ", ".join(j.hex()[:16] for j in waiting)
+                raise TimeoutError(f"jobs {names} not claimed in {self.timeout:g}s")
+            time.sleep(POLL_S)
+
+    def _collect(self, posted: _Posted, claimed_at: float) -> np.ndarray:
         c = self.client.result(posted.job_id, posted.a, posted.b)
+        self._open.pop(posted.job_id, None)
         self._step_jobs.append(posted.job_id)
         m, k = posted.a.shape
         self.timings.append(
             JobTiming(
                 posted.job_id,
                 (m, k, posted.b.shape[1]),
-                claimed - posted.posted_at,
-                time.monotonic() - claimed,
+                claimed_at - posted.posted_at,
+                time.monotonic() - claimed_at,
             )
         )
         return c
 
 
-def _same(p: _Posted, a: np.ndarray, b: np.ndarray) -> bool:
-    return (
-        p.a.shape == a.shape
-        and p.b.shape == b.shape
-        and np.array_equal(p.a, a)
-        and np.array_equal(p.b, b)
-    )
+def cancel_jobs(
+    client: MarketClient,
+    job_ids: list[bytes],
+    say: Callable[[str], None],
+    poll_s: float = 0.5,
+) -> list[str]:
+    """Cancel our still-open jobs, waiting for their expiry if needed; the txids sent.
+
+    The chain refuses a job_cancel until the job has expired, so this waits
+    for that height (announced through ``say``); a KeyboardInterrupt while it
+    waits leaves the jobs open. Jobs already claimed are left to their claim.
+    """
+    records = {}
+    for job_id in job_ids:
+        try:
+            rec = client.status(job_id)
+        except RpcCallError as e:
+            if "unknown job" not in str(e):
+                raise
+            say(f"job {job_id.hex()[:16]} is not in a block yet: it cannot be cancelled")
+            continue
+        if rec["status"] == "open":
+            records[job_id] = rec
+    if not records:
+        return []
+    last_expiry = max(rec["expiry"] for rec in records.values())
+    height = client.rpc.call("getinfo")["height"]
+    if height < last_expiry:
+        say(
+            f"cancelling {len(records)} open jobs once they expire at height {last_expiry} "
+            f"(now {height}): {' '.join(j.hex() for j in records)}; Ctrl-C again leaves "
+            "them open (later: pouw job cancel JOB_ID)"
+        )
+    sent = []
+    for job_id, rec in sorted(records.items(), key=lambda kv: kv[1]["expiry"]):
+        while client.rpc.call("getinfo")["height"] < rec["expiry"]:
+            time.sleep(poll_s)
+        if client.status(job_id)["status"] != "open":
+            continue  # claimed in the meantime: its result is paid for, not refunded
+        sent.append(client.cancel(job_id))
+        say(f"job {job_id.hex()[:16]} cancelled: its reward comes back")
+    return sent
 
 
 # ------------------------------------------------------------ lineage records
@@ -308,30 +412,36 @@ def train_on_network(
     on_step: Callable[[int, bytes], None] | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
     job_timeout: float = 300.0,
+    on_round: Callable[[RoundReport], None] | None = None,
+    say: Callable[[str], None] = lambda _: None,
 ) -> NetworkRun:
-    """Train with every product a verified job, record each step, then retrain locally."""
+    """Train with every product a verified job, record each step, then retrain locally.
+
+    On KeyboardInterrupt the jobs still open are cancelled (:func:`cancel_jobs`)
+    before it propagates."""
     started = time.monotonic()
-    _, y_tr, _, y_te = load_dataset(config.dataset, config.seed)
-    classes = int(max(y_tr.max(), y_te.max())) + 1
-    t = config.tiles
     net = NetworkMatmul(
         client,
         reward,
-        (config.batch, config.hidden, classes),
-        (t.m_mult, t.n_mult, t.k_mult),
         job_timeout,
+        expiry_blocks_for(job_timeout, client.params.block_time_ms),
+        on_round,
     )
     model_id = new_model_id(client.key.address, config)
     recorder = LineageRecorder(client, model_id, config.dataset, timeout=job_timeout)
-    net.begin_step()
+    net.begin_step(0)
 
     def step_done(i: int, calls: list[MatmulCall], weights: bytes) -> None:
         recorder.record(i, net.step_job_ids(), weights)
-        net.begin_step()
+        net.begin_step(i + 1)
         if on_step is not None:
             on_step(i, weights)
 
-    result = train(config, net, step_done, on_epoch, max_steps=max_steps)
+    try:
+        result = train(config, net, step_done, on_epoch, max_steps=max_steps)
+    except KeyboardInterrupt:
+        cancel_jobs(client, net.open_job_ids(), say)
+        raise
     recorder.wait_all(result.steps)
     wall = time.monotonic() - started
     local = train(config, local_matmul, max_steps=max_steps)

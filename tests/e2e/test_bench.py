@@ -44,3 +44,50 @@ def test_bench_consensus_refuses_a_negative_warmup_in_one_line() -> None:
     )
     assert run.returncode == 2 and "--warmup" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+MARKET_KEYS = {
+    "useful_mac_share", "duplicate_mac_share", "useful_macs_per_s", "network_macs_per_s",
+    "jobs_per_s", "latency_p50_s", "latency_p95_s", "block_interval_s", "fraud_caught",
+    "offered_over_network", "jobs_posted", "jobs_verified", "macs_per_job", "nodes",
+}  # fmt: skip
+
+
+def test_bench_market_measures_the_share_of_useful_work_and_plots_it(tmp_path) -> None:
+    plot = tmp_path / "market.png"
+    run = subprocess.run(
+        [
+            sys.executable, "-m", "node.cli", "bench", "market", "--warmup", "2",
+            "--duration", "4", "--plot", str(plot), "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    record = json.loads(run.stdout)
+    assert record.keys() >= MARKET_KEYS
+    assert record["nodes"] == 3 and record["macs_per_job"] >= 512 * 256 * 512  # the defaults
+    assert record["jobs_posted"] > 0 and record["network_macs_per_s"] > 0
+    assert 0 <= record["jobs_verified"] <= record["jobs_posted"]
+    assert 0 <= record["useful_mac_share"] <= 1
+    useful = record["jobs_verified"] * record["macs_per_job"]
+    assert record["useful_macs"] == useful
+    if record["duplicate_mac_share"] is not None:  # miners that report their attempts
+        assert 0 <= record["duplicate_mac_share"] <= 1 - record["useful_mac_share"]
+    if record["jobs_verified"]:
+        assert 0 < record["latency_p50_s"] <= record["latency_p95_s"]
+    assert record["fraud_caught"] == 0  # honest miners
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_bench_market_refuses_a_job_below_the_minimum_in_one_line() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "node.cli", "bench", "market", "--shape", "64x64x64"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines() == [run.stderr.strip()]
+    assert "--shape" in run.stderr and "below the minimum" in run.stderr

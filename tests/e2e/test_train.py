@@ -75,6 +75,10 @@ def test_train_on_the_network_is_bit_identical_and_its_lineage_is_on_chain(netwo
     assert run["jobs_used"] == 5 * MAX_STEPS
     assert run["jobs_posted"] + run["jobs_reused"] == 5 * MAX_STEPS
     assert run["test_accuracy"] >= 0.90
+    # Progress on stderr, also with --json: a line per dependency round of each step.
+    rounds = [line for line in done.stderr.splitlines() if " round " in line]
+    assert len(rounds) == 4 * MAX_STEPS, done.stderr
+    assert rounds[2].startswith(f"step 1/{MAX_STEPS} round 3: 2 job(s)")
 
     shown = _pouw("model", "lineage", run["model_id"], "--json", *where)
     assert shown.returncode == 0, shown.stderr

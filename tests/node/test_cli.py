@@ -37,7 +37,9 @@ def one_line_error(result: Result, *words: str) -> str:
     return line
 
 
-@pytest.mark.parametrize("command", [[], ["node"], ["wallet"], ["rpc"], ["testnet"], ["bench"]])
+@pytest.mark.parametrize(
+    "command", [[], ["node"], ["wallet"], ["rpc"], ["testnet"], ["bench"], ["market"]]
+)
 def test_every_command_has_help(command):
     result = run(*command, "--help")
     assert result.exit_code == 0, result.output
@@ -72,6 +74,7 @@ def test_bad_wallet_rpc_and_bench_arguments_are_one_line_errors(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     one_line_error(run("rpc", "getinfo", "--datadir", str(empty)), "no running node", str(empty))
+    one_line_error(run("market", "--datadir", str(empty)), "no running node", str(empty))
     one_line_error(run("bench", "kernels", "--size", "100"), "--size", "64")
 
 

@@ -12,12 +12,14 @@ import json
 import re
 
 import aiohttp
+import numpy as np
 import pytest
 
 from consensus.blocks import Block
 from consensus.keys import address_to_text
-from consensus.pow import null_job
-from consensus.transactions import Transaction, encode_tx
+from consensus.market import job_id_of
+from consensus.pow import Job, null_job
+from consensus.transactions import JobPostPayload, Transaction, encode_tx
 from node.config import NodeConfig
 from node.node import INV_BLOCK, INV_CMPCT, INV_TX, Node
 from node.wire import (
@@ -47,6 +49,8 @@ from tests.consensus.chainkit import (
 )
 from tests.node.p2p_testkit import TestPeer
 
+_rng = np.random.default_rng(1515)
+
 
 @pytest.fixture
 async def node(tmp_path):
@@ -73,9 +77,10 @@ async def node_sees(node: Node, peer: TestPeer) -> None:
 def _block_for(node: Node, txs: tuple[Transaction, ...] = ()) -> Block:
     """A valid next block for the node's tip, mined on a private copy of its chain."""
     chain, clock = new_chain()
+    # The copy's clock starts at the tip's time, so a long chain is not "in the future".
+    clock.now = max(clock.now, node.chain.tip.header.timestamp_ms)
     for h in node.chain.active[1:]:
         chain.add_block(node.chain.blocks[h])
-    clock.now = max(clock.now, node.chain.tip.header.timestamp_ms)
     return next_block(chain, clock, txs)
 
 
@@ -584,3 +589,133 @@ async def test_getjob_shows_the_bond_the_pending_claim_and_then_the_claim(node):
     assert tx["payload"] == {
         "claims": [{"job_id": jr.JOB_ID.hex(), "result_root": job["result_root"]}]
     }
+
+
+def _min_shape_job() -> tuple[JobPostPayload, bytes, np.ndarray, np.ndarray, np.ndarray]:
+    """A job of the network's minimum shape posted with jr.REWARD: (post, id, A, B, C)."""
+    m, k, n = MID.min_job_shape
+    a = _rng.integers(-64, 64, (m, k), dtype=np.int8)
+    b = _rng.integers(-64, 64, (k, n), dtype=np.int8)
+    spec = Job.from_operands(a, b).spec
+    post = JobPostPayload(m, k, n, spec.root_a, spec.root_b, jr.REWARD, 40)
+    c = (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
+    return post, job_id_of(post, MID), a, b, c
+
+
+async def test_getmarket_and_pouw_market_show_open_jobs_claims_payments_and_fraud(node):
+    """What `pouw market` answers, from a real node: which jobs are open and what they
+    pay per GMAC, who claimed what and is due when, who was paid and whose fraud was caught."""
+    from click.testing import CliRunner
+
+    from consensus.market import build_fraud_proof
+    from node.cli import cli
+
+    (post1, job1, _, _, c1), (post2, job2, a2, b2, c2) = _min_shape_job(), _min_shape_job()
+
+    async def market(limit: int = 100) -> dict:
+        return (await _rpc(node, "getmarket", limit))["result"]
+
+    await node.process_block(
+        _block_for(node, (jr.tx(ALICE, 0, post1), jr.tx(ALICE, 1, post2))), None
+    )
+    view = await market()
+    assert view["jobs"]["open"] == 2 and view["recent_claims"] == []
+    per_gmac = round(jr.REWARD * 1e9 / (512 * 256 * 512), 3)
+    assert {
+        (r["job_id"], r["fee"], r["fee_per_gmac"], r["expiry"], r["pending_claim"])
+        for r in view["open_jobs"]
+    } == {
+        (job1.hex(), jr.REWARD, per_gmac, 40, None),
+        (job2.hex(), jr.REWARD, per_gmac, 40, None),
+    }
+    honest = jr.claim(BOB, 0, (job1, c1))
+    wrong_c2 = c2.copy()
+    wrong_c2[1, 2] += 1
+    cheat = jr.claim(CAROL, 0, (job2, wrong_c2))
+    for t in (honest, cheat):
+        assert (await _rpc(node, "sendtransaction", encode_tx(t).hex()))["result"]
+    pending = {r["job_id"]: r["pending_claim"] for r in (await market())["open_jobs"]}
+    assert pending == {job1.hex(): honest.txid.hex(), job2.hex(): cheat.txid.hex()}
+
+    claimed_at = node.chain.height + 1
+    await node.process_block(_block_for(node, (honest, cheat)), None)
+    view = await market()
+    assert view["open_jobs"] == [] and view["jobs"]["mined"] == 2
+    due = claimed_at + MID.challenge_window
+    assert {
+        (r["job_id"], r["claimant"], r["claim_kind"], r["bond"], r["due"])
+        for r in view["pending_payment"]
+    } == {
+        (job1.hex(), address_to_text(BOB.address), "tx", jr.BOND, due),
+        (job2.hex(), address_to_text(CAROL.address), "tx", jr.BOND, due),
+    }
+    assert view["claim_fee_per_gmac"] == {
+        "count": 2,
+        "min": per_gmac,
+        "median": per_gmac,
+        "max": per_gmac,
+    }
+
+    proof = build_fraud_proof(cheat.txid, job2, a2, b2, wrong_c2, 1, 2)
+    await node.process_block(_block_for(node, (jr.tx(ALICE, 2, proof),)), None)
+    while node.chain.height < due:
+        await node.process_block(_block_for(node), None)
+    view = await market()
+    assert view["pending_payment"] == []
+    [caught] = view["fraud_caught"]
+    assert (caught["job_id"], caught["claimant"], caught["bond"]) == (
+        job2.hex(),
+        address_to_text(CAROL.address),
+        jr.BOND,
+    )
+    [paid] = view["recent_payments"]
+    assert (paid["job_id"], paid["claimant"], paid["due"]) == (
+        job1.hex(),
+        address_to_text(BOB.address),
+        due,
+    )
+    assert len((await market(1))["recent_claims"]) == 1
+    for bad in (0, 1001, "5"):
+        assert (await _rpc(node, "getmarket", bad))["error"]["code"] == -32602
+
+    where = ["--datadir", str(node.config.datadir)]
+    shown = await asyncio.to_thread(CliRunner().invoke, cli, ["market", *where, "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["fraud_caught"] == view["fraud_caught"]
+    text = await asyncio.to_thread(CliRunner().invoke, cli, ["market", *where])
+    assert text.exit_code == 0, text.output
+    assert "fraud caught (1)" in text.stdout and "recent payments (1)" in text.stdout
+    assert address_to_text(CAROL.address) in text.stdout and "bond" in text.stdout
+
+
+async def test_pouw_job_cancel_refunds_an_expired_job_and_refuses_before_expiry(node, tmp_path):
+    """The poster gets the escrow back with one command, once the chain allows it."""
+    from click.testing import CliRunner
+
+    from node.cli import cli
+
+    wallet = tmp_path / "alice.key"
+    wallet.write_text("label:devnet-0")
+    post, job_id, *_ = _min_shape_job()
+    expiry = node.chain.height + 3
+    post = dataclasses.replace(post, expiry_height=expiry)
+    job_id = job_id_of(post, MID)
+    await node.process_block(_block_for(node, (jr.tx(ALICE, 0, post),)), None)
+    balance = node.chain.state.balance(ALICE.address)
+    args = ["job", "cancel", job_id.hex(), "--datadir", str(node.config.datadir)]
+    args += ["--wallet", str(wallet), "--json"]
+
+    early = await asyncio.to_thread(CliRunner().invoke, cli, args)
+    assert early.exit_code == 2 and f"open until height {expiry}" in early.stderr
+    assert len(node.mempool) == 0
+    while node.chain.height < expiry:
+        await node.process_block(_block_for(node), None)
+    done = await asyncio.to_thread(CliRunner().invoke, cli, args)
+    assert done.exit_code == 0, done.output
+    cancel = node.mempool.get(bytes.fromhex(json.loads(done.stdout)["cancel_txid"]))
+    assert cancel is not None
+    await node.process_block(_block_for(node, (cancel,)), None)
+    assert (await _rpc(node, "getjob", job_id.hex()))["result"]["status"] == "cancelled"
+    assert node.chain.state.balance(ALICE.address) == balance + jr.REWARD - cancel.fee
+    again = await asyncio.to_thread(CliRunner().invoke, cli, args)
+    assert again.exit_code == 2 and "is cancelled" in again.stderr
