@@ -213,6 +213,12 @@ def register_methods(rpc: RpcServer, node: Node) -> None:
             "hashrate_macs": m.hashrate() if m else 0.0,
             "blocks_found": m.blocks_found if m else 0,
             "macs_done": m.macs_done if m else 0,
+            "macs_null": m.macs_null if m else 0,
+            "macs_jobs": m.macs_jobs if m else 0,
+            "jobs_attempted": m.jobs_attempted if m else 0,
+            "claims_sent": node.market.claims_sent,
+            # A copy in one C call: the miner thread appends while the RPC runs.
+            "attempted_jobs": [[j.hex(), n] for j, n in m.attempted_jobs.copy()] if m else [],
             "target": hex(chain().next_target()),
             "miner_address": address_to_text(node.miner_address),
             "null_job_shape": list(node.params.null_job_shape),
