@@ -21,8 +21,9 @@ from node.blobs import decode_matrix
 from node.config import NodeConfig
 from node.miner import MiningWork
 from node.node import Node
+from node.wire import GetData, Inv, InvItem, TxMsg
 from tests.consensus.chainkit import ALICE, BOB, CAROL, MID
-from tests.node.test_node import _block_for, _rpc
+from tests.node.test_node import INV_TX, _block_for, _peer, _rpc
 
 MINER_KEY = PrivateKey.from_label("devnet-6")
 REWARD = 9_000
@@ -204,3 +205,42 @@ async def test_a_result_that_won_no_block_is_claimed_served_and_paid(node, monke
     # block. Coinbases count once mature.
     matured = coinbases - after["immature"]
     assert after["balance"] == before + matured - market_module.CLAIM_FEE + REWARD
+
+
+async def _relay(peer, tx: Transaction) -> None:
+    """Announce ``tx`` and send it when the node asks, as a peer relaying it would."""
+    await peer.send(Inv((InvItem(INV_TX, tx.txid),)))
+    await peer.wait_for_message(GetData)
+    await peer.send(TxMsg(tx))
+
+
+async def test_a_peer_relaying_a_claim_that_lost_its_race_is_not_banned(node):
+    """Two miners claim one job by transaction at about the same time; a node that
+    heard the other claim first refuses the second, but the peer that relayed it in
+    good faith is no cheat. A forged transaction still gets its sender banned."""
+    ((job, _, job_id),) = jobs = _jobs(1)
+    await _post(node, jobs)
+    first = signed_transaction(
+        BOB,
+        chain_id=MID.chain_id,
+        nonce=0,
+        fee=10,
+        payload=build_job_result([(job_id, _product(job))]),
+    )
+    await node.submit_transaction(first)
+    rival = signed_transaction(
+        CAROL,
+        chain_id=MID.chain_id,
+        nonce=0,
+        fee=10,
+        payload=build_job_result([(job_id, _product(job))]),
+    )
+    peer = await _peer(node)
+    await _relay(peer, rival)
+    await _until(lambda: rival.txid in node.txs.rejected, 10, "the rival claim to be refused")
+    await peer.sync()
+    assert node.p2p.bans() == [] and not peer.closed.is_set()
+    forged = dataclasses.replace(rival, fee=11)  # the signature no longer matches
+    await _relay(peer, forged)
+    await _until(lambda: node.p2p.bans(), 10, "the forger's ban")
+    await peer.close()
