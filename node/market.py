@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from blake3 import blake3
 
 from consensus.blocks import BlockHeader, JobSpec
 from consensus.errors import InvalidTransaction
@@ -57,8 +57,14 @@ MAX_KEPT_BYTES = 256 * 1024 * 1024
 """Operands held in memory for jobs to mine, at most (devnet jobs are 256 KiB, main's 8 MiB)."""
 MAX_FETCHES = 4
 """Operand downloads under way at once."""
-PICK_POOL = 16
+PICK_POOL = 64
 """A miner picks among this many of the best-paying waiting jobs."""
+RIVALS_BLOCKS = 64
+"""Miners of this many recent blocks (and their job_result senders) split the jobs."""
+HELP_AFTER_S = 1.5
+"""A miner with no job of its own helps with another's once it has waited this long
+(longer than an attempt and a claim's way to us: its owner is slow or gone)."""
+"""Miners of this many recent blocks (and their job_result senders) split the jobs."""
 RETRY_AFTER_S = 10.0
 """With nothing else to mine, a job attempted this long ago and still unclaimed is tried
 again (a miner that could not claim it by transaction may still win a block on it)."""
@@ -74,6 +80,41 @@ CLAIM_FEE = 1_000
 rule; a fee keeps the claim ahead of zero-fee transactions in a full mempool."""
 
 
+def pick_job(
+    pool: list[tuple[float, bytes]],
+    me: bytes,
+    rivals: frozenset[bytes],
+    may_help: Callable[[bytes], bool],
+) -> bytes | None:
+    """The job of ``pool`` ((reward per MAC, job id), best-paying first) that ``me``
+    takes, if any.
+
+    Rendezvous hashing: each job ranks the miners by a hash of (miner, job), and
+    a miner takes the jobs it ranks first on (its share), best-paying first, ties
+    in the order of its hashes. With its share done it helps with the jobs that
+    ``may_help`` allows (those their owner has left waiting a while), taking the
+    job the owner would reach last. So miners race for one job only when its
+    owner is slow or gone.
+    """
+    best: tuple[int, float, bytes, bytes] | None = None
+    for rate, job_id in pool:
+        mine = blake3(me + job_id).digest()
+        theirs = [blake3(rival + job_id).digest() for rival in rivals]
+        rank = sum(h > mine for h in theirs)
+        if rank and not may_help(job_id):
+            continue
+        # Our share in our order; else the owner's last job first.
+        key = (0, -rate, mine, job_id) if rank == 0 else (rank, rate, _invert(max(theirs)), job_id)
+        if best is None or key < best:
+            best = key
+    return None if best is None else best[3]
+
+
+def _invert(digest: bytes) -> bytes:
+    """A key that sorts the other way round."""
+    return bytes(255 - b for b in digest)
+
+
 class MarketService:
     def __init__(self, node: Node, dishonest: bool = False) -> None:
         self.node = node
@@ -82,6 +123,8 @@ class MarketService:
         self._fetching: dict[bytes, asyncio.Task[None]] = {}
         self._unavailable: set[bytes] = set()
         self._open: tuple[bytes, list[tuple[float, bytes, dict[str, Any]]]] | None = None
+        self._rivals_of: tuple[bytes, frozenset[bytes]] | None = None
+        self._ready_at: dict[bytes, float] = {}  # job id → when its operands were ready
         self._attempted: OrderedDict[bytes, float] = OrderedDict()  # job id → last attempt
         self._delivered: OrderedDict[bytes, bytes] = OrderedDict()  # job id → result_root
         self._new_results = asyncio.Event()
@@ -89,7 +132,6 @@ class MarketService:
         self._cannot_claim: str | None = None  # why the last claim was skipped (logged once)
         self.jobs_mined = 0
         self.claims_sent = 0
-        self.rng = random.Random()
 
     def _job_id(self, spec: JobSpec) -> bytes:
         p = self.node.params
@@ -120,6 +162,8 @@ class MarketService:
         """Drop the operands and bookkeeping of jobs that are no longer open."""
         for job_id in [j for j in self.jobs if j not in still_open]:
             del self.jobs[job_id]
+        for job_id in [j for j in self._ready_at if j not in self.jobs]:
+            del self._ready_at[job_id]
         self._unavailable &= still_open
 
     def _claimed(self, job_id: bytes) -> bool:
@@ -129,10 +173,11 @@ class MarketService:
         """The posted job to attempt next, or None (mine the null job).
 
         Each job is handed out once: a job whose operands we hold, not claimed
-        by a pending job_result and not attempted yet, picked at random among the
-        ``PICK_POOL`` best-paying ones, weighted by reward per MAC. Only when no
-        such job is left does an earlier one come back (``RETRY_AFTER_S``).
-        Starts fetching the operands of the jobs that come next.
+        by a pending job_result and not attempted yet, among the ``PICK_POOL``
+        best-paying ones. Miners split that pool without talking (``pick_job``)
+        among the miners seen lately. Only when no job waits does an earlier one
+        come back (``RETRY_AFTER_S``). Starts fetching the operands of the jobs
+        that come next.
         """
         open_jobs = self.open_jobs()
         self._prefetch(open_jobs)
@@ -142,9 +187,18 @@ class MarketService:
             if job_id in self.jobs and job_id not in self._attempted and not self._claimed(job_id)
         ]
         now = time.monotonic()
+        picked = None
         if waiting:
-            pool = waiting[:PICK_POOL]
-            ((_, job_id),) = self.rng.choices(pool, weights=[rate for rate, _ in pool])
+            picked = pick_job(
+                waiting[:PICK_POOL],
+                self.node.miner_address,
+                self._rivals(),
+                lambda job_id: now - self._ready_at.get(job_id, now) >= HELP_AFTER_S,
+            )
+        if picked is not None:
+            job_id = picked
+        elif waiting:
+            return None  # others' jobs, not waiting long enough to help with
         else:
             retry = [
                 (self._attempted[job_id], job_id)
@@ -161,6 +215,25 @@ class MarketService:
         while len(self._attempted) > MAX_ATTEMPTED:
             self._attempted.popitem(last=False)
         return self.jobs[job_id]
+
+    def _rivals(self) -> frozenset[bytes]:
+        """The other miners seen lately: those of the last ``RIVALS_BLOCKS`` blocks and
+        the senders of the job_results they hold (computed once per tip)."""
+        chain = self.node.chain
+        if self._rivals_of is not None and self._rivals_of[0] == chain.tip.hash:
+            return self._rivals_of[1]
+        seen: set[bytes] = set()
+        for h in chain.active[-RIVALS_BLOCKS:]:
+            block = chain.blocks[h]
+            if block.header.height:
+                seen.add(block.header.miner)
+            seen.update(
+                tx.sender_address for tx in block.txs if type(tx.payload) is JobResultPayload
+            )
+        seen.discard(self.node.miner_address)
+        rivals = frozenset(seen)
+        self._rivals_of = (chain.tip.hash, rivals)
+        return rivals
 
     def _held_bytes(self) -> int:
         return sum(j.a.nbytes + j.b.nbytes for j in self.jobs.values())
@@ -224,6 +297,7 @@ class MarketService:
             self._unavailable.add(job_id)
             return
         self.jobs[job_id] = Job(a=a, b=b, spec=JobSpec(m, k, n, rec["root_a"], rec["root_b"]))
+        self._ready_at[job_id] = time.monotonic()
         log.info("job %s: operands %dx%d·%dx%d ready to mine", job_id.hex()[:16], m, k, k, n)
         if self.node.miner is not None:
             self.node.miner.tip_changed()  # leave the null job at the end of its burst

@@ -19,6 +19,7 @@ from consensus.transactions import JobPostPayload, Transaction, signed_transacti
 from node import market as market_module
 from node.blobs import decode_matrix
 from node.config import NodeConfig
+from node.market import pick_job
 from node.miner import MiningWork
 from node.node import Node
 from node.wire import GetData, Inv, InvItem, TxMsg
@@ -56,6 +57,12 @@ def _id(work: MiningWork) -> bytes:
 
 
 @pytest.fixture
+def eager(monkeypatch):
+    """Help with the jobs the chain's other miner ranks first on at once (``pick_job``)."""
+    monkeypatch.setattr(market_module, "HELP_AFTER_S", 0.0)
+
+
+@pytest.fixture
 async def node(tmp_path):
     n = Node(NodeConfig(params=MID, datadir=tmp_path / "node", miner_key=MINER_KEY))
     await n.start()
@@ -88,7 +95,7 @@ async def _operands_ready(node: Node, count: int) -> None:
     await _until(lambda: len(node.market.jobs) == count, 30, f"operands of {count} jobs")
 
 
-async def test_each_queued_job_is_handed_out_once_then_the_null_job(node, monkeypatch):
+async def test_each_queued_job_is_handed_out_once_then_the_null_job(node, eager, monkeypatch):
     jobs = _jobs(4)
     await _post(node, jobs)
     await _operands_ready(node, 4)
@@ -105,7 +112,7 @@ async def test_each_queued_job_is_handed_out_once_then_the_null_job(node, monkey
     assert _id(again) == _id(handed[0])  # still unclaimed: the oldest attempt comes back
 
 
-async def test_no_job_is_re_attempted_while_another_waits(node, monkeypatch):
+async def test_no_job_is_re_attempted_while_another_waits(node, eager, monkeypatch):
     monkeypatch.setattr(market_module, "RETRY_AFTER_S", 0.0)
     jobs = _jobs(6)
     await _post(node, jobs)
@@ -114,7 +121,7 @@ async def test_no_job_is_re_attempted_while_another_waits(node, monkeypatch):
     assert len(set(seen)) == 6  # retries are allowed at once, yet none came before the last
 
 
-async def test_jobs_claimed_on_chain_or_in_the_mempool_are_skipped(node):
+async def test_jobs_claimed_on_chain_or_in_the_mempool_are_skipped(node, eager):
     jobs = _jobs(4)
     (job0, _, id0), (job1, _, id1), (_, _, id2), (_, _, id3) = jobs
     await _post(node, jobs)
@@ -142,7 +149,7 @@ async def test_jobs_claimed_on_chain_or_in_the_mempool_are_skipped(node):
     assert (await node.work.work()).job.null
 
 
-async def test_a_result_that_won_no_block_is_claimed_served_and_paid(node, monkeypatch):
+async def test_a_result_that_won_no_block_is_claimed_served_and_paid(node, eager, monkeypatch):
     """The miner's attempt on a posted job loses (its template's target is 1: no ticket
     wins); the node keeps C, claims the job by a job_result signed with the miner key,
     serves C under the claimed root, and the claim settles after W blocks, paying
@@ -205,6 +212,53 @@ async def test_a_result_that_won_no_block_is_claimed_served_and_paid(node, monke
     # block. Coinbases count once mature.
     matured = coinbases - after["immature"]
     assert after["balance"] == before + matured - market_module.CLAIM_FEE + REWARD
+
+
+def test_miners_split_the_queue_and_help_the_owner_from_its_last_job():
+    """Three miners that see each other take disjoint shares of 30 equal jobs; one
+    that has finished its share helps another from the end of that one's order."""
+    miners = [PrivateKey.from_label(f"split-{i}").address for i in range(3)]
+    pool = [(1.0, bytes([i]) * 32) for i in range(30)]
+
+    def share(me: bytes) -> list[bytes]:
+        rivals = frozenset(miners) - {me}
+        left, taken = list(pool), []
+        while (job_id := pick_job(left, me, rivals, lambda _: False)) is not None:
+            taken.append(job_id)
+            left = [c for c in left if c[1] != job_id]
+        return taken
+
+    shares = [share(me) for me in miners]
+    assert sorted(j for s in shares for j in s) == sorted(j for _, j in pool)  # disjoint, all
+    assert all(len(s) >= 3 for s in shares)  # each gets a share (30 jobs, 3 miners)
+    # Miner 0 has done its share; what is left of miner 1's share is all it may help with.
+    left = [c for c in pool if c[1] in shares[1]]
+    helper = pick_job(left, miners[0], frozenset(miners[1:]), lambda _: True)
+    assert helper == shares[1][-1]  # the job miner 1 would reach last
+    # A better-paying job comes first in the share of exactly one miner.
+    rich = bytes([99]) * 32
+    firsts = [
+        pick_job([(2.0, rich), *pool], me, frozenset(miners) - {me}, lambda _: False)
+        for me in miners
+    ]
+    assert firsts.count(rich) == 1
+    assert all(f in (rich, s[0]) for f, s in zip(firsts, shares, strict=True))
+
+
+async def test_a_job_another_miner_ranks_first_on_is_left_to_it_for_a_while(node, monkeypatch):
+    """The chain's blocks come from another miner (chainkit's): the node takes its own
+    share of the queue, then mines the null job rather than race that miner, and helps
+    with the rest only once it has waited HELP_AFTER_S."""
+    jobs = _jobs(8)
+    await _post(node, jobs)
+    await _operands_ready(node, 8)
+    own = []
+    while not (work := await node.work.work()).job.null:
+        own.append(_id(work))
+    assert 0 < len(own) < 8  # (8 jobs: both miners get some, but for 1 chance in 128)
+    monkeypatch.setattr(market_module, "HELP_AFTER_S", 0.0)
+    rest = {_id(await node.work.work()) for _ in range(8 - len(own))}
+    assert rest | set(own) == {job_id for _, _, job_id in jobs} and not rest & set(own)
 
 
 async def _relay(peer, tx: Transaction) -> None:
