@@ -65,9 +65,10 @@ HELP_AFTER_S = 1.5
 """A miner with no job of its own helps with another's once it has waited this long
 (longer than an attempt and a claim's way to us: its owner is slow or gone)."""
 """Miners of this many recent blocks (and their job_result senders) split the jobs."""
-RETRY_AFTER_S = 10.0
+RETRY_AFTER_S = 2.0
 """With nothing else to mine, a job attempted this long ago and still unclaimed is tried
-again (a miner that could not claim it by transaction may still win a block on it)."""
+again (a miner that could not claim it by transaction may still win a block on it): long
+enough for another miner's claim of it to reach us."""
 MAX_ATTEMPTED = 10_000
 """Jobs remembered as attempted (and results remembered as delivered), at most."""
 CLAIM_FLUSH_S = 0.2
@@ -200,11 +201,14 @@ class MarketService:
         elif waiting:
             return None  # others' jobs, not waiting long enough to help with
         else:
+            # A node that cannot claim by transaction delivers only by winning a block:
+            # it tries again at once, as another miner's claim is not on its way.
+            wait = RETRY_AFTER_S if self.node.claim_key is not None else 0.0
             retry = [
                 (self._attempted[job_id], job_id)
                 for _, job_id, _ in open_jobs
                 if job_id in self.jobs
-                and now - self._attempted.get(job_id, now) >= RETRY_AFTER_S
+                and now - self._attempted.get(job_id, now) >= wait
                 and not self._claimed(job_id)
             ]
             if not retry:
@@ -331,12 +335,13 @@ class MarketService:
         )
         return found.header
 
-    def deliver(self, job: Job, result_root: bytes, product: np.ndarray) -> None:
+    async def deliver(self, job: Job, result_root: bytes, product: np.ndarray) -> None:
         """An attempt on ``job`` that made no block: keep C (its blob id is
         ``result_root``) and claim the job by transaction at the next flush."""
         if job.null:
             return
-        self.node.blobs.put_matrix(product)
+        # Off the loop: a 2048² C is 16 MiB to hash into chunks and write.
+        await asyncio.to_thread(self.node.blobs.put_matrix, product)
         job_id = self._job_id(job.spec)
         self._delivered[job_id] = result_root
         self._delivered.move_to_end(job_id)

@@ -133,7 +133,7 @@ class WorkSource:
         if found.header.prev_hash != node.chain.tip.hash:
             # The tip moved while the attempt ran: the block is stale, the result is not.
             if found.product is not None:
-                node.market.deliver(work.job, found.header.result_root, found.product)
+                await node.market.deliver(work.job, found.header.result_root, found.product)
             return
         block = Block(node.market.finish(found, work.job), work.txs)
         node.metrics.mined.inc()
@@ -142,4 +142,4 @@ class WorkSource:
 
     async def deliver(self, work: MiningWork, result_root: bytes, product: np.ndarray) -> None:
         """An attempt on a posted job that made no block: its result is kept and claimed."""
-        self.node.market.deliver(work.job, result_root, product)
+        await self.node.market.deliver(work.job, result_root, product)
