@@ -56,7 +56,10 @@ FETCH_TIMEOUT = 60.0
 MAX_KEPT_BYTES = 256 * 1024 * 1024
 """Operands held in memory for jobs to mine, at most (devnet jobs are 256 KiB, main's 8 MiB)."""
 MAX_FETCHES = 4
-"""Operand downloads under way at once."""
+"""Operand downloads under way at once. The peers serving them set the pace (a
+row-chunked blob comes one row per chunk): more at once only delays the first."""
+HELP_FETCHES = 2
+"""Downloads at once of jobs other miners rank first on, once our own share runs out."""
 PICK_POOL = 64
 """A miner picks among this many of the best-paying waiting jobs."""
 RIVALS_BLOCKS = 64
@@ -99,16 +102,22 @@ def pick_job(
     """
     best: tuple[int, float, bytes, bytes] | None = None
     for rate, job_id in pool:
-        mine = blake3(me + job_id).digest()
-        theirs = [blake3(rival + job_id).digest() for rival in rivals]
-        rank = sum(h > mine for h in theirs)
+        rank, mine, owner = standing(me, rivals, job_id)
         if rank and not may_help(job_id):
             continue
         # Our share in our order; else the owner's last job first.
-        key = (0, -rate, mine, job_id) if rank == 0 else (rank, rate, _invert(max(theirs)), job_id)
+        key = (0, -rate, mine, job_id) if rank == 0 else (rank, rate, _invert(owner), job_id)
         if best is None or key < best:
             best = key
     return None if best is None else best[3]
+
+
+def standing(me: bytes, rivals: frozenset[bytes], job_id: bytes) -> tuple[int, bytes, bytes]:
+    """Where ``me`` stands on ``job_id`` among ``rivals``: (how many rank before it,
+    its hash, the hash of the miner ranking first)."""
+    mine = blake3(me + job_id).digest()
+    theirs = [blake3(rival + job_id).digest() for rival in rivals]
+    return sum(h > mine for h in theirs), mine, max([mine, *theirs])
 
 
 def _invert(digest: bytes) -> bytes:
@@ -125,6 +134,7 @@ class MarketService:
         self._unavailable: set[bytes] = set()
         self._open: tuple[bytes, list[tuple[float, bytes, dict[str, Any]]]] | None = None
         self._rivals_of: tuple[bytes, frozenset[bytes]] | None = None
+        self._order_of: tuple[bytes, list[tuple[bool, bytes, dict[str, Any]]]] | None = None
         self._ready_at: dict[bytes, float] = {}  # job id → when its operands were ready
         self._attempted: OrderedDict[bytes, float] = OrderedDict()  # job id → last attempt
         self._delivered: OrderedDict[bytes, bytes] = OrderedDict()  # job id → result_root
@@ -243,15 +253,24 @@ class MarketService:
         return sum(j.a.nbytes + j.b.nbytes for j in self.jobs.values())
 
     def _prefetch(self, open_jobs: list[tuple[float, bytes, dict[str, Any]]]) -> None:
-        """Fetch the operands of the best-paying jobs not attempted yet, within the bounds."""
+        """Fetch the operands of jobs not attempted yet, within the bounds: our own share
+        first (see ``pick_job``), best-paying first."""
         held = self._held_bytes()
-        for _, job_id, rec in open_jobs:
+        own_ahead = 0  # jobs of our share held or on their way, not attempted yet
+        for own, job_id, rec in self._fetch_order(open_jobs):
             if len(self._fetching) >= MAX_FETCHES:
                 return
-            if job_id in self.jobs or job_id in self._fetching or job_id in self._unavailable:
-                continue
             if job_id in self._attempted or self._claimed(job_id):
                 continue
+            if job_id in self.jobs or job_id in self._fetching:
+                own_ahead += own
+                continue
+            if job_id in self._unavailable:
+                continue
+            if not own and (own_ahead or len(self._fetching) >= HELP_FETCHES):
+                # Others' jobs only as our share runs out, a few at a time: their
+                # owners fetch them, and every download loads the peers serving it.
+                return
             size = rec["m"] * rec["k"] + rec["k"] * rec["n"]
             if held + size > MAX_KEPT_BYTES:
                 if not self._make_room(size):
@@ -261,6 +280,23 @@ class MarketService:
             task = asyncio.create_task(self._fetch(job_id, rec), name="fetch-operands")
             self._fetching[job_id] = task
             task.add_done_callback(self._fetched)
+
+    def _fetch_order(
+        self, open_jobs: list[tuple[float, bytes, dict[str, Any]]]
+    ) -> list[tuple[bool, bytes, dict[str, Any]]]:
+        """``open_jobs`` with our share first, each marked whether it is ours (computed
+        once per tip)."""
+        tip = self.node.chain.tip.hash
+        if self._order_of is not None and self._order_of[0] == tip:
+            return self._order_of[1]
+        me, rivals = self.node.miner_address, self._rivals()
+        ranked = sorted(
+            (standing(me, rivals, job_id)[0], i, job_id, rec)
+            for i, (_, job_id, rec) in enumerate(open_jobs)
+        )
+        order = [(rank == 0, job_id, rec) for rank, _, job_id, rec in ranked]
+        self._order_of = (tip, order)
+        return order
 
     def _fetched(self, task: asyncio.Task[None]) -> None:
         for job_id, t in list(self._fetching.items()):

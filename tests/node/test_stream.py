@@ -11,6 +11,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from consensus.blocks import Block
 from consensus.keys import PrivateKey, address_to_text
 from consensus.market import build_job_result, claim_bond, job_id_of, job_record
 from consensus.merkle import matrix_rows_root
@@ -23,8 +24,8 @@ from node.market import pick_job
 from node.miner import MiningWork
 from node.node import Node
 from node.wire import GetData, Inv, InvItem, TxMsg
-from tests.consensus.chainkit import ALICE, BOB, CAROL, MID
-from tests.node.test_node import INV_TX, _block_for, _peer, _rpc
+from tests.consensus.chainkit import ALICE, BOB, CAROL, MID, MINER, new_chain, next_block
+from tests.node.test_node import INV_TX, _peer, _rpc
 
 MINER_KEY = PrivateKey.from_label("devnet-6")
 REWARD = 9_000
@@ -57,12 +58,6 @@ def _id(work: MiningWork) -> bytes:
 
 
 @pytest.fixture
-def eager(monkeypatch):
-    """Help with the jobs the chain's other miner ranks first on at once (``pick_job``)."""
-    monkeypatch.setattr(market_module, "HELP_AFTER_S", 0.0)
-
-
-@pytest.fixture
 async def node(tmp_path):
     n = Node(NodeConfig(params=MID, datadir=tmp_path / "node", miner_key=MINER_KEY))
     await n.start()
@@ -80,12 +75,22 @@ async def _until(predicate: Callable[[], object], timeout: float, what: str) -> 
         await asyncio.sleep(0.02)
 
 
-async def _post(node: Node, jobs, claims: tuple[Transaction, ...] = ()) -> None:
+def _block_for(node: Node, txs: tuple[Transaction, ...] = (), miner=MINER_KEY) -> Block:
+    """A valid next block for the node's tip, mined on a private copy of its chain; by
+    default by the node's own miner, so that no other miner shares the queue."""
+    chain, clock = new_chain()
+    for h in node.chain.active[1:]:
+        chain.add_block(node.chain.blocks[h])
+    clock.now = max(clock.now, node.chain.tip.header.timestamp_ms)
+    return next_block(chain, clock, txs, miner=miner)
+
+
+async def _post(node: Node, jobs, claims: tuple[Transaction, ...] = (), miner=MINER_KEY) -> None:
     """Post ``jobs`` in one block (with ``claims``), their operands served by the node."""
     for job, _, _ in jobs:
         node.blobs.put_matrix(job.a)
         node.blobs.put_matrix(np.ascontiguousarray(job.b.T))
-    block = _block_for(node, (*(tx for _, tx, _ in jobs), *claims))
+    block = _block_for(node, (*(tx for _, tx, _ in jobs), *claims), miner)
     assert (await node.process_block(block, None)) is not None
 
 
@@ -95,7 +100,7 @@ async def _operands_ready(node: Node, count: int) -> None:
     await _until(lambda: len(node.market.jobs) == count, 30, f"operands of {count} jobs")
 
 
-async def test_each_queued_job_is_handed_out_once_then_the_null_job(node, eager, monkeypatch):
+async def test_each_queued_job_is_handed_out_once_then_the_null_job(node, monkeypatch):
     jobs = _jobs(4)
     await _post(node, jobs)
     await _operands_ready(node, 4)
@@ -112,7 +117,7 @@ async def test_each_queued_job_is_handed_out_once_then_the_null_job(node, eager,
     assert _id(again) == _id(handed[0])  # still unclaimed: the oldest attempt comes back
 
 
-async def test_no_job_is_re_attempted_while_another_waits(node, eager, monkeypatch):
+async def test_no_job_is_re_attempted_while_another_waits(node, monkeypatch):
     monkeypatch.setattr(market_module, "RETRY_AFTER_S", 0.0)
     jobs = _jobs(6)
     await _post(node, jobs)
@@ -121,7 +126,9 @@ async def test_no_job_is_re_attempted_while_another_waits(node, eager, monkeypat
     assert len(set(seen)) == 6  # retries are allowed at once, yet none came before the last
 
 
-async def test_jobs_claimed_on_chain_or_in_the_mempool_are_skipped(node, eager):
+async def test_jobs_claimed_on_chain_or_in_the_mempool_are_skipped(node, monkeypatch):
+    # CAROL's job_result makes her a miner that shares the queue: help her at once.
+    monkeypatch.setattr(market_module, "HELP_AFTER_S", 0.0)
     jobs = _jobs(4)
     (job0, _, id0), (job1, _, id1), (_, _, id2), (_, _, id3) = jobs
     await _post(node, jobs)
@@ -143,13 +150,24 @@ async def test_jobs_claimed_on_chain_or_in_the_mempool_are_skipped(node, eager):
     await node.submit_transaction(pending)
     assert node.mempool.claim_of(id0) == pending.txid
     assert job_record(node.chain.state, id1)["status"] == "mined"
-    await _operands_ready(node, 2)  # the claimed jobs' operands are not even fetched
-    handed = {_id(await node.work.work()) for _ in range(2)}
-    assert handed == {id2, id3}
+    handed: list[bytes] = []
+
+    async def two_handed_out() -> bool:
+        work = await node.work.work()
+        if not work.job.null:
+            handed.append(_id(work))
+        return len(handed) == 2
+
+    deadline = asyncio.get_running_loop().time() + 30
+    while not await two_handed_out():
+        assert asyncio.get_running_loop().time() < deadline, f"only {len(handed)} handed out"
+        await asyncio.sleep(0.02)
+    assert sorted(handed) == sorted([id2, id3])
     assert (await node.work.work()).job.null
+    assert id0 not in node.market.jobs and id1 not in node.market.jobs  # never even fetched
 
 
-async def test_a_result_that_won_no_block_is_claimed_served_and_paid(node, eager, monkeypatch):
+async def test_a_result_that_won_no_block_is_claimed_served_and_paid(node, monkeypatch):
     """The miner's attempt on a posted job loses (its template's target is 1: no ticket
     wins); the node keeps C, claims the job by a job_result signed with the miner key,
     serves C under the claimed root, and the claim settles after W blocks, paying
@@ -246,19 +264,36 @@ def test_miners_split_the_queue_and_help_the_owner_from_its_last_job():
 
 
 async def test_a_job_another_miner_ranks_first_on_is_left_to_it_for_a_while(node, monkeypatch):
-    """The chain's blocks come from another miner (chainkit's): the node takes its own
-    share of the queue, then mines the null job rather than race that miner, and helps
-    with the rest only once it has waited HELP_AFTER_S."""
+    """The chain's blocks come from another miner too: the node fetches and takes its
+    own share of the queue, then mines the null job rather than race that miner, and
+    helps with the rest only once it has waited HELP_AFTER_S."""
     jobs = _jobs(8)
-    await _post(node, jobs)
-    await _operands_ready(node, 8)
-    own = []
-    while not (work := await node.work.work()).job.null:
+    await _post(node, jobs, miner=MINER)
+    assert (await node.work.work()).job.null  # nothing held yet: the fetches start
+    own: list[bytes] = []
+    while len(own) < 8:
+        await asyncio.sleep(0.2)  # time for the fetches
+        work = await node.work.work()
+        if work.job.null:
+            break
         own.append(_id(work))
     assert 0 < len(own) < 8  # (8 jobs: both miners get some, but for 1 chance in 128)
+    assert (await node.work.work()).job.null
     monkeypatch.setattr(market_module, "HELP_AFTER_S", 0.0)
-    rest = {_id(await node.work.work()) for _ in range(8 - len(own))}
-    assert rest | set(own) == {job_id for _, _, job_id in jobs} and not rest & set(own)
+    rest: list[bytes] = []
+
+    async def helped() -> bool:
+        work = await node.work.work()
+        if not work.job.null:
+            rest.append(_id(work))
+        return len(own) + len(rest) == 8
+
+    deadline = asyncio.get_running_loop().time() + 30
+    while not await helped():
+        assert asyncio.get_running_loop().time() < deadline, "the other share never came"
+        await asyncio.sleep(0.02)
+    assert set(rest) | set(own) == {job_id for _, _, job_id in jobs}
+    assert len(set(rest) | set(own)) == 8
 
 
 async def _relay(peer, tx: Transaction) -> None:
