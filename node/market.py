@@ -2,13 +2,14 @@
 
 * A stream of attempts, one per job: ``next_job`` hands the miner an open
   posted job whose operands it holds, each job once. It skips jobs claimed on
-  chain or by a pending ``job_result``, and picks at random among the
-  best-paying ones (weighted by reward per MAC), so that miners rarely race
-  each other for one job. With none left it returns None and the miner mines
-  the null job; a job attempted before is handed out again only then, and
-  only if it is still unclaimed ``RETRY_AFTER_S`` after its last attempt.
-* Operands are fetched ahead in the background (row-chunked blobs, every row
-  checked against root_a/root_b), so the kernel never waits between attempts.
+  chain or by a pending ``job_result``, and miners split the best-paying ones
+  by rendezvous hashing (``pick_job``), so that they rarely race each other
+  for one job. With none left it returns None and the miner mines the null
+  job; a job attempted before is handed out again only then, and only if it
+  is still unclaimed ``RETRY_AFTER_S`` after its last attempt.
+* Operands are fetched ahead in the background, our own share first
+  (row-chunked blobs, every row checked against root_a/root_b), so the kernel
+  does not wait between attempts.
 * A block on a posted job: C is kept as a row-chunked blob whose id is the
   block's result_root, so requesters (and fraud provers) can fetch it.
 * An attempt that did not win is delivered all the same: C is kept the same
@@ -215,10 +216,11 @@ class MarketService:
             # it tries again at once, as another miner's claim is not on its way.
             wait = RETRY_AFTER_S if self.node.claim_key is not None else 0.0
             retry = [
-                (self._attempted[job_id], job_id)
+                (when, job_id)
                 for _, job_id, _ in open_jobs
-                if job_id in self.jobs
-                and now - self._attempted.get(job_id, now) >= wait
+                if (when := self._attempted.get(job_id)) is not None
+                and now - when >= wait
+                and job_id in self.jobs
                 and not self._claimed(job_id)
             ]
             if not retry:
