@@ -193,11 +193,9 @@ def node_cmd(
         try:
             key = _load_wallet(Path(miner_key).expanduser())
         except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="--miner-key") from None
+            raise click.ClickException(f"--miner-key: {e}") from None
         if miner_address and parse_address(miner_address) != key.address:
-            raise click.BadParameter(
-                "names another address than --miner-key's", param_hint="--miner-address"
-            )
+            raise click.ClickException("--miner-address names another address than --miner-key's")
     config = NodeConfig(
         params=params,
         datadir=_datadir(network, datadir),
