@@ -116,6 +116,14 @@ class ConfigDefaults(click.Command):
 @click.option("--mine/--no-mine", default=False, show_default=True)
 @click.option("--miner-address", default=None, help="Address that receives block rewards.")
 @click.option(
+    "--miner-key",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Wallet key file of the miner: its address receives block rewards and it signs "
+    "the job_result claims of results that won no block [default: the node key, unless "
+    "--miner-address names another address; then results are not claimed by transaction].",
+)
+@click.option(
     "--backend", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True
 )
 @click.option(
@@ -161,6 +169,7 @@ def node_cmd(
     peers: tuple[str, ...],
     mine: bool,
     miner_address: str | None,
+    miner_key: str | None,
     backend: str,
     threads: int | None,
     miner_nice: int,
@@ -179,6 +188,14 @@ def node_cmd(
     if devnet_block_time_ms is not None:
         params = with_block_time(params, devnet_block_time_ms)
     get_backend(backend)  # a missing GPU is a clear error now, not in the miner thread
+    key = None
+    if miner_key is not None:
+        try:
+            key = _load_wallet(Path(miner_key).expanduser())
+        except ValueError as e:
+            raise click.ClickException(f"--miner-key: {e}") from None
+        if miner_address and parse_address(miner_address) != key.address:
+            raise click.ClickException("--miner-address names another address than --miner-key's")
     config = NodeConfig(
         params=params,
         datadir=_datadir(network, datadir),
@@ -188,6 +205,7 @@ def node_cmd(
         peers=[parse_hostport(p, "--peer") for p in peers],
         mine=mine,
         miner_address=parse_address(miner_address) if miner_address else None,
+        miner_key=key,
         backend=backend,
         threads=threads,
         miner_nice=miner_nice,

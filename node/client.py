@@ -2,7 +2,7 @@
 
     client = MarketClient.for_datadir(Path("~/.pouwnet/devnet").expanduser(), key)
     job = client.submit(a, b, reward=10_000)          # operands int8 in [-64, 63]
-    client.wait(job.job_id, timeout=120)              # until a block claims it
+    client.wait(job.job_id, timeout=120)              # until a block or job_result claims it
     c = client.result(job.job_id, a, b)               # Freivalds-checked A·B
 
 A product below the network's minimum job shape is posted padded with zeros
@@ -10,8 +10,9 @@ A product below the network's minimum job shape is posted padded with zeros
 
 ``result`` always checks C = A·B with Freivalds (false accept ≤ 2^-66) before
 returning it. A wrong result makes the client post a fraud proof by itself
-(the poster is refunded, the miner loses its coinbase) and raise
-:class:`WrongResult` saying so.
+(the poster is refunded, the claimant loses its coinbase or its job_result's
+bond) and raise :class:`WrongResult` saying so. A job claimed by a job_result
+is fetched and checked the same way as one claimed by a block.
 """
 
 from __future__ import annotations

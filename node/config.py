@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from consensus.keys import PrivateKey
 from consensus.params import NetworkParams, network
 
 
@@ -42,6 +43,7 @@ class NodeConfig:
     peers: list[tuple[str, int]] = field(default_factory=list)
     mine: bool = False
     miner_address: bytes | None = None
+    miner_key: PrivateKey | None = None  # receives block rewards and signs job_result claims
     backend: str = "cpu"
     threads: int | None = None
     miner_nice: int = 10  # the mining thread's niceness: validation and relay come first

@@ -137,6 +137,10 @@ class Mempool:
         """The txid of the pending job_result that claims ``job_id``, if any."""
         return self._claims.get(job_id)
 
+    def pending_spend(self, addr: bytes) -> int:
+        """What the sender's pending transactions take from its balance, all together."""
+        return self._senders.get(addr, _EMPTY).spend
+
     def by_sender(self, addr: bytes) -> list[Transaction]:
         """The sender's pending transactions, by nonce."""
         queue = self._senders.get(addr, _EMPTY)

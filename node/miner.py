@@ -1,9 +1,13 @@
 """The miner: PoUW attempts on a worker thread, off the event loop.
 
 The kernels are Numba ``nogil`` functions, so while a product runs the event
-loop keeps serving peers and RPC. The thread asks the loop for a block
-template, mines it in short bursts (so a new tip or new transactions are
-picked up within a burst), and hands a winning block back to the loop.
+loop keeps serving peers and RPC. The thread asks the loop for work before
+each attempt: a posted job gets exactly one attempt (every attempt is a
+distinct job, PROTOCOL §8), whose result goes back to the loop either as a
+block (``submit``) or, when no tile won, as a delivered result to claim by
+transaction (``deliver``). The null job, mined when no posted job waits, is
+tried in short bursts of extra-nonces (so a new tip, job or transactions are
+picked up within a burst).
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +33,8 @@ from consensus.pow import Job, MinedBlock, ResultCommitment, mine
 log = logging.getLogger("pouw.miner")
 
 BURST_SECONDS = 0.5
+ATTEMPTS_KEPT = 10_000
+"""Posted-job attempts listed by ``getmininginfo`` (the newest)."""
 
 
 @dataclass
@@ -44,8 +52,9 @@ class Miner:
         self,
         params: NetworkParams,
         loop: asyncio.AbstractEventLoop,
-        get_work: Callable[[], Awaitable[MiningWork]],
-        submit: Callable[[MinedBlock, MiningWork], Awaitable[None]],
+        get_work: Callable[[], Coroutine[Any, Any, MiningWork]],
+        submit: Callable[[MinedBlock, MiningWork], Coroutine[Any, Any, None]],
+        deliver: Callable[[MiningWork, bytes, np.ndarray], Coroutine[Any, Any, None]],
         backend: str = "cpu",
         threads: int | None = None,
         nice: int = 0,
@@ -54,6 +63,7 @@ class Miner:
         self.loop = loop
         self.get_work = get_work
         self.submit = submit
+        self.deliver = deliver
         self.backend = backend
         self.threads = threads
         self.nice = nice
@@ -61,10 +71,14 @@ class Miner:
         self._new_tip = threading.Event()
         self._thread: threading.Thread | None = None
         self.macs_done = 0
+        self.macs_null = 0
+        self.macs_jobs = 0
+        self.jobs_attempted = 0
+        self.attempted_jobs: deque[tuple[bytes, int]] = deque(maxlen=ATTEMPTS_KEPT)
+        """(job id, MACs) of the newest posted-job attempts."""
         self.blocks_found = 0
         self._rate_window: list[tuple[float, int]] = []
         self.last_error: str | None = None
-        self._commitment: ResultCommitment | None = None
 
     @property
     def running(self) -> bool:
@@ -98,17 +112,18 @@ class Miner:
         span = window[-1][0] - window[0][0]
         return sum(n for _, n in window[1:]) / span if span > 0 else 0.0
 
-    def _count(self, macs: int) -> None:
+    def _count(self, macs: int, work: MiningWork) -> None:
         self.macs_done += macs
+        if work.job.null:
+            self.macs_null += macs
+        else:
+            self.macs_jobs += macs
+            self.jobs_attempted += 1
+            p = self.params
+            self.attempted_jobs.append((work.job.spec.job_id(p.rank, p.tile_h, p.tile_w), macs))
         self._rate_window.append((time.monotonic(), macs))
         if len(self._rate_window) > 10_000:
             del self._rate_window[:5_000]
-
-    def _commitment_for(self, work: MiningWork) -> ResultCommitment:
-        """The job's result commitment, kept across bursts: C is recovered once per job."""
-        if self._commitment is None or self._commitment.spec != work.job.spec:
-            self._commitment = ResultCommitment(work.job, work.committed)
-        return self._commitment
 
     def _run(self) -> None:
         if self.nice:
@@ -133,34 +148,51 @@ class Miner:
                 self._stop.wait(1.0)
                 continue
             self._new_tip.clear()
-            deadline = time.monotonic() + BURST_SECONDS
-            stop_burst = _DeadlineEvent(deadline, self._stop, self._new_tip)
             try:
-                found = mine(
-                    work.template,
-                    work.job,
-                    self.params,
-                    self.backend,
-                    stop=stop_burst,  # type: ignore[arg-type]
-                    # A random start per burst: a re-used template never repeats work.
-                    first_nonce=secrets.randbits(63),
-                    on_attempt=self._count,
-                    commitment=self._commitment_for(work),
-                )
+                found, commitment = self._attempt(work)
             except Exception as e:
                 self.last_error = str(e)
                 log.exception("mining failed")
                 self._stop.wait(1.0)
                 continue
-            if found is None:
-                continue
-            self.blocks_found += 1
             try:
-                asyncio.run_coroutine_threadsafe(self.submit(found, work), self.loop).result(60)
+                if found is not None:
+                    self.blocks_found += 1
+                    outcome = self.submit(found, work)
+                elif commitment.product is not None and commitment.root is not None:
+                    outcome = self.deliver(work, commitment.root, commitment.product)
+                else:
+                    continue  # the null job, or stopped before the attempt
+                asyncio.run_coroutine_threadsafe(outcome, self.loop).result(60)
             except Exception as e:
                 if self._stop.is_set():
                     return
-                log.warning("submitting a mined block failed: %s", e)
+                log.warning("handing a mining result to the node failed: %s", e)
+
+    def _attempt(self, work: MiningWork) -> tuple[MinedBlock | None, ResultCommitment]:
+        """One attempt on a posted job; a burst of attempts on the null job."""
+        # A random start: a template reused for another attempt never repeats work.
+        first_nonce = secrets.randbits(63)
+        commitment = ResultCommitment(work.job, work.committed)
+        if work.job.null:
+            stop: object = _DeadlineEvent(
+                time.monotonic() + BURST_SECONDS, self._stop, self._new_tip
+            )
+            max_attempts = None
+        else:
+            stop, max_attempts = self._stop, 1
+        found = mine(
+            work.template,
+            work.job,
+            self.params,
+            self.backend,
+            stop=stop,  # type: ignore[arg-type]
+            first_nonce=first_nonce,
+            max_attempts=max_attempts,
+            on_attempt=lambda macs: self._count(macs, work),
+            commitment=commitment,
+        )
+        return found, commitment
 
 
 class _DeadlineEvent:

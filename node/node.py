@@ -257,6 +257,7 @@ class Node:
                 asyncio.get_running_loop(),
                 self.work.work,
                 self.work.submit,
+                self.work.deliver,
                 self.config.backend,
                 self.config.threads,
                 self.config.miner_nice,
@@ -269,7 +270,17 @@ class Node:
 
     @property
     def miner_address(self) -> bytes:
+        if self.config.miner_key is not None:
+            return self.config.miner_key.address
         return self.config.miner_address or self.key.address
+
+    @property
+    def claim_key(self) -> PrivateKey | None:
+        """The key that signs this miner's job_result claims: ``--miner-key``, else the
+        node key when it is the miner address; None when the node holds no such key."""
+        if self.config.miner_key is not None:
+            return self.config.miner_key
+        return self.key if self.miner_address == self.key.address else None
 
     # ------------------------------------------------------------ blocks
 

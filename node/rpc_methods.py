@@ -206,6 +206,9 @@ def register_methods(rpc: RpcServer, node: Node) -> None:
         return node.p2p.bans()
 
     async def getmininginfo() -> dict[str, Any]:
+        """The miner's figures: MACs in all (``macs_done``), on null and on posted jobs,
+        posted-job attempts (``jobs_attempted``; the newest 10,000 as [job id, MACs] in
+        ``attempted_jobs``) and the job_result claims this node sent (``claims_sent``)."""
         m = node.miner
         return {
             "mining": m is not None and m.running,
@@ -213,6 +216,12 @@ def register_methods(rpc: RpcServer, node: Node) -> None:
             "hashrate_macs": m.hashrate() if m else 0.0,
             "blocks_found": m.blocks_found if m else 0,
             "macs_done": m.macs_done if m else 0,
+            "macs_null": m.macs_null if m else 0,
+            "macs_jobs": m.macs_jobs if m else 0,
+            "jobs_attempted": m.jobs_attempted if m else 0,
+            "claims_sent": node.market.claims_sent,
+            # A copy in one C call: the miner thread appends while the RPC runs.
+            "attempted_jobs": [[j.hex(), n] for j, n in m.attempted_jobs.copy()] if m else [],
             "target": hex(chain().next_target()),
             "miner_address": address_to_text(node.miner_address),
             "null_job_shape": list(node.params.null_job_shape),

@@ -47,8 +47,11 @@ def peers_for(i: int, n: int, topology: str, rng: random.Random) -> list[int]:
     raise ValueError(f"unknown topology {topology!r}; choose one of {', '.join(TOPOLOGIES)}")
 
 
+MINER_LABEL = "testnet-miner-"
+
+
 def miner_key(i: int) -> PrivateKey:
-    return PrivateKey.from_label(f"testnet-miner-{i}")
+    return PrivateKey.from_label(f"{MINER_LABEL}{i}")
 
 
 @dataclass
@@ -141,6 +144,9 @@ class Testnet:
         # In a namespace, P2P listens on the node's own veth address; RPC stays on
         # the namespace's loopback either way.
         host = self.netns.address(node.index) if self.netns is not None else "127.0.0.1"
+        # The node holds its miner key, so it can claim the results of losing attempts.
+        key_file = node.datadir / "miner.key"
+        key_file.write_text(f"label:{MINER_LABEL}{node.index}\n")
         args = [
             sys.executable,
             "-m",
@@ -154,8 +160,8 @@ class Testnet:
             "127.0.0.1:0",
             "--threads",
             "1",
-            "--miner-address",
-            address_to_text(miner_key(node.index).address),
+            "--miner-key",
+            str(key_file),
         ]
         args.append("--mine" if self.mine else "--no-mine")
         if self.block_time_ms is not None:

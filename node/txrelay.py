@@ -28,6 +28,7 @@ from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any
 
 from consensus.errors import InvalidTransaction
+from consensus.transactions import check_tx_stateless
 from node.errors import ProtocolViolation
 from node.peer import PeerSession
 from node.wire import InvItem, InvKind
@@ -54,9 +55,25 @@ SEEN_CACHE = 50_000
 """Recently refused txids, not asked for again."""
 
 # A transaction refused for one of these reasons is the sender's fault, whatever
-# the state: a bad signature or a wrong chain never happens to an honest peer.
-# Stateful failures (nonce, balance) do, in races.
+# the state, if it is invalid on its own (_valid_on_its_own): a bad signature or
+# a wrong chain never happens to an honest peer. Stateful failures (nonce,
+# balance, a job claimed meanwhile) do, in races.
 _MALICIOUS = ("signature", "chain_id", "payload", "kind")
+
+
+def _valid_on_its_own(tx: Any, node: Node) -> bool:
+    """Whether ``tx`` passes every check that does not depend on the state.
+
+    A stateful rule can name the payload too ("payload.claims[0].job_id: the job
+    is mined, not open"): a job_result that lost a race for its job, relayed in
+    good faith, fails so. Only a transaction that is invalid on its own proves
+    that the peer that sent it misbehaves.
+    """
+    try:
+        check_tx_stateless(tx, node.params.chain_id)
+    except InvalidTransaction:
+        return False
+    return True
 
 
 class TxRelay:
@@ -105,7 +122,7 @@ class TxRelay:
             self.admit(tx, peer)
         except InvalidTransaction as e:
             reason = str(e)
-            if reason.startswith(_MALICIOUS):
+            if reason.startswith(_MALICIOUS) and not _valid_on_its_own(tx, self.node):
                 p2p = self.node.p2p
                 p2p.stats.violations += 1
                 log.warning("%s misbehaved: invalid transaction: %s", peer, reason)

@@ -1,24 +1,31 @@
-"""What the miner works on next: block templates, kept fresh and cheap to refresh.
+"""What the miner works on next: one posted job per attempt, or the null job, on
+block templates kept fresh and cheap to refresh.
 
-The miner thread asks for work at the start of every burst (half a second of
-attempts). A template is reused while the tip, the job and the mempool stay
-the same; when transactions arrive it is refreshed at most every
-``TEMPLATE_REFRESH_S`` or ``TEMPLATE_COST_RATIO`` times its last build time,
-whichever is longer, so templates never take more than ~1/10 of the event
-loop. On the same tip a refresh grows the last template
-(``consensus.template``): it applies only the transactions admitted since.
+The miner thread asks for work before every attempt on a posted job and at the
+start of every burst (half a second of attempts) on the null job. A template
+is reused across jobs while the tip and the mempool stay the same (the job is
+a header field that the state root does not depend on); when transactions
+arrive it is refreshed at most every ``TEMPLATE_REFRESH_S`` or
+``TEMPLATE_COST_RATIO`` times its last build time, whichever is longer, so
+templates never take more than ~1/10 of the event loop. On the same tip a
+refresh grows the last template (``consensus.template``): it applies only the
+transactions admitted since.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
-from consensus.blocks import Block, JobSpec
+import numpy as np
+
+from consensus.blocks import Block, BlockHeader, JobSpec
 from consensus.pow import Job, MinedBlock, check_job_shape, null_job
 from consensus.template import TemplateBody, build_template
+from consensus.transactions import Transaction
 from node.miner import MiningWork
 
 if TYPE_CHECKING:
@@ -45,7 +52,9 @@ class WorkSource:
     def __init__(self, node: Node) -> None:
         self.node = node
         self._null_jobs: OrderedDict[bytes, Job] = OrderedDict()
-        self._work: tuple[bytes, JobSpec, tuple[int, int], float, MiningWork] | None = None
+        self._template_of: (
+            tuple[bytes, tuple[int, int], float, BlockHeader, tuple[Transaction, ...]] | None
+        ) = None
         self._cost = 0.0
         self._body: TemplateBody | None = None
         self._body_removals = 0
@@ -62,20 +71,36 @@ class WorkSource:
         return job
 
     async def work(self) -> MiningWork:
-        """A block template: reused while the tip, job and mempool stay, refreshed
-        for new transactions no more often than the module docstring says."""
+        """What the miner attempts next: the next posted job of the market's queue
+        (one attempt each), else the null job on the tip.
+
+        The header commits the job, so each job gets its own header: the tip's
+        template (same transactions, same state root) with its job field set.
+        The template is reused while the tip and mempool stay, and refreshed for
+        new transactions no more often than the module docstring says.
+        """
         node = self.node
         tip = node.chain.tip.hash
-        job = node.market.pick_job() or self.null_job(tip)
+        job = node.market.next_job() or self.null_job(tip)
+        check_job_shape(job.spec, node.params)
+        template, txs = self._template(tip, job.spec)
+        return MiningWork(
+            template=dataclasses.replace(template, job=job.spec),
+            job=job,
+            txs=txs,
+            committed=node.market.wrong_result(job),
+        )
+
+    def _template(self, tip: bytes, job: JobSpec) -> tuple[BlockHeader, tuple[Transaction, ...]]:
+        node = self.node
         mempool = node.mempool
         revision = mempool.revision
-        if self._work is not None:
-            w_tip, w_job, w_rev, built, work = self._work
+        if self._template_of is not None:
+            t_tip, t_rev, built, template, txs = self._template_of
             age = time.monotonic() - built
-            fresh = w_rev == revision or age < max(TEMPLATE_REFRESH_S, self._cost)
-            if w_tip == tip and w_job == job.spec and fresh:
-                return work
-        check_job_shape(job.spec, node.params)
+            fresh = t_rev == revision or age < max(TEMPLATE_REFRESH_S, self._cost)
+            if t_tip == tip and fresh:
+                return template, txs
         started = time.monotonic()
         # On the same tip the last template's transactions stay and only those admitted
         # since are applied; one that left the pool (replaced, evicted) means a fresh,
@@ -92,28 +117,29 @@ class WorkSource:
             node.chain,
             candidates,
             node.miner_address,
-            job.spec,
+            job,
             now_ms(),
             verified=True,
             on_top_of=base,
         )
         self._body, self._body_removals = body, mempool.removals
-        work = MiningWork(
-            template=template,
-            job=job,
-            txs=body.txs,
-            committed=node.market.wrong_result(job),
-        )
-        self._work = (tip, job.spec, revision, time.monotonic(), work)
+        self._template_of = (tip, revision, time.monotonic(), template, body.txs)
         self._cost = TEMPLATE_COST_RATIO * (time.monotonic() - started)
-        return work
+        return template, body.txs
 
     async def submit(self, found: MinedBlock, work: MiningWork) -> None:
         """A block the miner found: processed (and pushed to peers) unless the tip moved."""
         node = self.node
         if found.header.prev_hash != node.chain.tip.hash:
-            return  # the tip moved while the last attempt ran: stale, drop it
+            # The tip moved while the attempt ran: the block is stale, the result is not.
+            if found.product is not None:
+                await node.market.deliver(work.job, found.header.result_root, found.product)
+            return
         block = Block(node.market.finish(found, work.job), work.txs)
         node.metrics.mined.inc()
         log.info("mined block %d %s", block.header.height, block.hash.hex()[:16])
         await node.process_block(block, source=None)
+
+    async def deliver(self, work: MiningWork, result_root: bytes, product: np.ndarray) -> None:
+        """An attempt on a posted job that made no block: its result is kept and claimed."""
+        await self.node.market.deliver(work.job, result_root, product)

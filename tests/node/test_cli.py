@@ -63,6 +63,15 @@ def test_bad_node_arguments_are_one_line_errors(tmp_path, monkeypatch):
     bad = tmp_path / "bad.toml"
     bad.write_text('listen = "127.0.0.1:0\nmine = \n')
     one_line_error(run("node", "--config", str(bad)), str(bad), "not valid TOML")
+    one_line_error(run("node", "--datadir", d, "--miner-key", "/nonexistent"), "--miner-key")
+    key = tmp_path / "miner.key"
+    key.write_text("label:devnet-1\n")
+    other = "pw" + "00" * 20
+    one_line_error(
+        run("node", "--datadir", d, "--miner-key", str(key), "--miner-address", other),
+        "--miner-address",
+        "another address",
+    )
     assert not (tmp_path / "d").exists() or not any((tmp_path / "d").iterdir())
 
 

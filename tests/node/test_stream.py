@@ -1,0 +1,335 @@
+"""Issue 15, the miner's side, on a real in-process node: a stream of attempts,
+one per posted job, and the results of attempts that won no block delivered
+and claimed by a job_result from the miner's key (PROTOCOL §8)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from consensus.blocks import Block
+from consensus.keys import PrivateKey, address_to_text
+from consensus.market import build_job_result, claim_bond, job_id_of, job_record
+from consensus.merkle import matrix_rows_root
+from consensus.pow import Job
+from consensus.transactions import JobPostPayload, Transaction, signed_transaction
+from node import market as market_module
+from node.blobs import decode_matrix
+from node.config import NodeConfig
+from node.market import pick_job
+from node.miner import MiningWork
+from node.node import Node
+from node.wire import GetData, Inv, InvItem, TxMsg
+from tests.consensus.chainkit import ALICE, BOB, CAROL, MID, MINER, new_chain, next_block
+from tests.node.test_node import INV_TX, _peer, _rpc
+
+MINER_KEY = PrivateKey.from_label("devnet-6")
+REWARD = 9_000
+M, K, N = MID.min_job_shape
+rng = np.random.default_rng(1515)
+
+
+def _jobs(count: int, first_nonce: int = 0) -> list[tuple[Job, Transaction, bytes]]:
+    """``count`` minimum-shape jobs and the job_post transactions (by ALICE) posting them."""
+    out = []
+    for i in range(count):
+        job = Job.from_operands(
+            rng.integers(-64, 64, (M, K), dtype=np.int8),
+            rng.integers(-64, 64, (K, N), dtype=np.int8),
+        )
+        post = JobPostPayload(M, K, N, job.spec.root_a, job.spec.root_b, REWARD, 1_000)
+        tx = signed_transaction(
+            ALICE, chain_id=MID.chain_id, nonce=first_nonce + i, fee=10, payload=post
+        )
+        out.append((job, tx, job_id_of(post, MID)))
+    return out
+
+
+def _product(job: Job) -> np.ndarray:
+    return (job.a.astype(np.int64) @ job.b.astype(np.int64)).astype(np.int32)
+
+
+def _id(work: MiningWork) -> bytes:
+    return work.job.spec.job_id(MID.rank, MID.tile_h, MID.tile_w)
+
+
+@pytest.fixture
+async def node(tmp_path):
+    n = Node(NodeConfig(params=MID, datadir=tmp_path / "node", miner_key=MINER_KEY))
+    await n.start()
+    try:
+        yield n
+    finally:
+        await n.stop()
+
+
+async def _until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def _block_for(node: Node, txs: tuple[Transaction, ...] = (), miner=MINER_KEY) -> Block:
+    """A valid next block for the node's tip, mined on a private copy of its chain; by
+    default by the node's own miner, so that no other miner shares the queue."""
+    chain, clock = new_chain()
+    for h in node.chain.active[1:]:
+        chain.add_block(node.chain.blocks[h])
+    clock.now = max(clock.now, node.chain.tip.header.timestamp_ms)
+    return next_block(chain, clock, txs, miner=miner)
+
+
+async def _post(node: Node, jobs, claims: tuple[Transaction, ...] = (), miner=MINER_KEY) -> None:
+    """Post ``jobs`` in one block (with ``claims``), their operands served by the node."""
+    for job, _, _ in jobs:
+        node.blobs.put_matrix(job.a)
+        node.blobs.put_matrix(np.ascontiguousarray(job.b.T))
+    block = _block_for(node, (*(tx for _, tx, _ in jobs), *claims), miner)
+    assert (await node.process_block(block, None)) is not None
+
+
+async def _operands_ready(node: Node, count: int) -> None:
+    """Ask for work once (the null job: nothing is held yet), which starts the fetches."""
+    assert (await node.work.work()).job.null
+    await _until(lambda: len(node.market.jobs) == count, 30, f"operands of {count} jobs")
+
+
+async def test_each_queued_job_is_handed_out_once_then_the_null_job(node, monkeypatch):
+    jobs = _jobs(4)
+    await _post(node, jobs)
+    await _operands_ready(node, 4)
+    handed = [await node.work.work() for _ in range(4)]
+    assert sorted(_id(w) for w in handed) == sorted(job_id for _, _, job_id in jobs)
+    for w in handed:  # each attempt's header commits its own job, on one shared template
+        assert w.template.job == w.job.spec and not w.job.null
+        assert dataclasses.replace(w.template, job=handed[0].template.job) == handed[0].template
+    # Every queued job was attempted once: nothing waits, so the null job comes next,
+    # however often the miner asks, until an attempted job has waited RETRY_AFTER_S.
+    assert [(await node.work.work()).job.null for _ in range(3)] == [True] * 3
+    monkeypatch.setattr(market_module, "RETRY_AFTER_S", 0.0)
+    again = await node.work.work()
+    assert _id(again) == _id(handed[0])  # still unclaimed: the oldest attempt comes back
+
+
+async def test_no_job_is_re_attempted_while_another_waits(node, monkeypatch):
+    monkeypatch.setattr(market_module, "RETRY_AFTER_S", 0.0)
+    jobs = _jobs(6)
+    await _post(node, jobs)
+    await _operands_ready(node, 6)
+    seen = [_id(await node.work.work()) for _ in range(6)]
+    assert len(set(seen)) == 6  # retries are allowed at once, yet none came before the last
+
+
+async def test_jobs_claimed_on_chain_or_in_the_mempool_are_skipped(node, monkeypatch):
+    # CAROL's job_result makes her a miner that shares the queue: help her at once.
+    monkeypatch.setattr(market_module, "HELP_AFTER_S", 0.0)
+    jobs = _jobs(4)
+    (job0, _, id0), (job1, _, id1), (_, _, id2), (_, _, id3) = jobs
+    await _post(node, jobs)
+    on_chain = signed_transaction(
+        CAROL,
+        chain_id=MID.chain_id,
+        nonce=0,
+        fee=10,
+        payload=build_job_result([(id1, _product(job1))]),
+    )
+    await node.process_block(_block_for(node, (on_chain,)), None)
+    pending = signed_transaction(
+        BOB,
+        chain_id=MID.chain_id,
+        nonce=0,
+        fee=10,
+        payload=build_job_result([(id0, _product(job0))]),
+    )
+    await node.submit_transaction(pending)
+    assert node.mempool.claim_of(id0) == pending.txid
+    assert job_record(node.chain.state, id1)["status"] == "mined"
+    handed: list[bytes] = []
+
+    async def two_handed_out() -> bool:
+        work = await node.work.work()
+        if not work.job.null:
+            handed.append(_id(work))
+        return len(handed) == 2
+
+    deadline = asyncio.get_running_loop().time() + 30
+    while not await two_handed_out():
+        assert asyncio.get_running_loop().time() < deadline, f"only {len(handed)} handed out"
+        await asyncio.sleep(0.02)
+    assert sorted(handed) == sorted([id2, id3])
+    assert (await node.work.work()).job.null
+    assert id0 not in node.market.jobs and id1 not in node.market.jobs  # never even fetched
+
+
+async def test_a_result_that_won_no_block_is_claimed_served_and_paid(node, monkeypatch):
+    """The miner's attempt on a posted job loses (its template's target is 1: no ticket
+    wins); the node keeps C, claims the job by a job_result signed with the miner key,
+    serves C under the claimed root, and the claim settles after W blocks, paying
+    the reward and returning the bond."""
+    ((job, _, job_id),) = jobs = _jobs(1)
+    await _post(node, jobs)
+    real_work = node.work.work
+    losing = True
+
+    async def work() -> MiningWork:
+        w = await real_work()
+        return (
+            dataclasses.replace(w, template=dataclasses.replace(w.template, target=1))
+            if losing
+            else w
+        )
+
+    monkeypatch.setattr(node.work, "work", work)
+    miner_addr = address_to_text(MINER_KEY.address)
+    before = (await _rpc(node, "getaccount", miner_addr))["result"]["balance"]
+    node.start_mining()
+    await _until(lambda: node.market.claims_sent == 1, 60, "the job_result claim")
+    await node.stop_mining()
+    info = (await _rpc(node, "getmininginfo"))["result"]
+    assert info["claims_sent"] == 1 and info["jobs_attempted"] == 1 and info["blocks_found"] == 0
+    assert info["attempted_jobs"] == [[job_id.hex(), M * K * N]]
+    assert info["macs_jobs"] == M * K * N and info["macs_done"] == info["macs_null"] + M * K * N
+    c = _product(job)
+    claim = node.mempool.get(node.mempool.claim_of(job_id))
+    assert claim is not None and claim.sender_address == MINER_KEY.address
+    assert [(cl.job_id, cl.result_root) for cl in claim.payload.claims] == [
+        (job_id, matrix_rows_root(c))
+    ]
+    # Kept under the claimed root, before any block holds the claim.
+    assert await node.fetch_blob(matrix_rows_root(c), 1.0) == c.astype("<i4").tobytes()
+
+    losing = False  # now every attempt wins (MID): the node mines the claim, then W blocks
+    node.start_mining()
+    await _until(
+        lambda: job_record(node.chain.state, job_id)["status"] == "paid", 120, "settlement"
+    )
+    await node.stop_mining()
+    served = decode_matrix(bytes.fromhex((await _rpc(node, "getresult", job_id.hex()))["result"]))
+    assert np.array_equal(served, c)
+    rec = (await _rpc(node, "getjob", job_id.hex()))["result"]
+    assert (rec["claim_kind"], rec["claim_id"], rec["claimant"]) == (
+        "tx",
+        claim.txid.hex(),
+        miner_addr,
+    )
+    assert rec["bond"] == claim_bond(REWARD, MID)
+    chain = node.chain
+    coinbases = sum(
+        chain.blocks[h].header.reward
+        for h in chain.active[1:]
+        if chain.blocks[h].header.miner == MINER_KEY.address
+    )
+    after = (await _rpc(node, "getaccount", miner_addr))["result"]
+    # Paid: the reward, and the bond back; the claim's fee went to this miner's own
+    # block. Coinbases count once mature.
+    matured = coinbases - after["immature"]
+    assert after["balance"] == before + matured - market_module.CLAIM_FEE + REWARD
+
+
+def test_miners_split_the_queue_and_help_the_owner_from_its_last_job():
+    """Three miners that see each other take disjoint shares of 30 equal jobs; one
+    that has finished its share helps another from the end of that one's order."""
+    miners = [PrivateKey.from_label(f"split-{i}").address for i in range(3)]
+    pool = [(1.0, bytes([i]) * 32) for i in range(30)]
+
+    def share(me: bytes) -> list[bytes]:
+        rivals = frozenset(miners) - {me}
+        left, taken = list(pool), []
+        while (job_id := pick_job(left, me, rivals, lambda _: False)) is not None:
+            taken.append(job_id)
+            left = [c for c in left if c[1] != job_id]
+        return taken
+
+    shares = [share(me) for me in miners]
+    assert sorted(j for s in shares for j in s) == sorted(j for _, j in pool)  # disjoint, all
+    assert all(len(s) >= 3 for s in shares)  # each gets a share (30 jobs, 3 miners)
+    # Miner 0 has done its share; what is left of miner 1's share is all it may help with.
+    left = [c for c in pool if c[1] in shares[1]]
+    helper = pick_job(left, miners[0], frozenset(miners[1:]), lambda _: True)
+    assert helper == shares[1][-1]  # the job miner 1 would reach last
+    # A better-paying job comes first in the share of exactly one miner.
+    rich = bytes([99]) * 32
+    firsts = [
+        pick_job([(2.0, rich), *pool], me, frozenset(miners) - {me}, lambda _: False)
+        for me in miners
+    ]
+    assert firsts.count(rich) == 1
+    assert all(f in (rich, s[0]) for f, s in zip(firsts, shares, strict=True))
+
+
+async def test_a_job_another_miner_ranks_first_on_is_left_to_it_for_a_while(node, monkeypatch):
+    """The chain's blocks come from another miner too: the node fetches and takes its
+    own share of the queue, then mines the null job rather than race that miner, and
+    helps with the rest only once it has waited HELP_AFTER_S."""
+    jobs = _jobs(8)
+    await _post(node, jobs, miner=MINER)
+    assert (await node.work.work()).job.null  # nothing held yet: the fetches start
+    own: list[bytes] = []
+    while len(own) < 8:
+        await asyncio.sleep(0.2)  # time for the fetches
+        work = await node.work.work()
+        if work.job.null:
+            break
+        own.append(_id(work))
+    assert 0 < len(own) < 8  # (8 jobs: both miners get some, but for 1 chance in 128)
+    assert (await node.work.work()).job.null
+    monkeypatch.setattr(market_module, "HELP_AFTER_S", 0.0)
+    rest: list[bytes] = []
+
+    async def helped() -> bool:
+        work = await node.work.work()
+        if not work.job.null:
+            rest.append(_id(work))
+        return len(own) + len(rest) == 8
+
+    deadline = asyncio.get_running_loop().time() + 30
+    while not await helped():
+        assert asyncio.get_running_loop().time() < deadline, "the other share never came"
+        await asyncio.sleep(0.02)
+    assert set(rest) | set(own) == {job_id for _, _, job_id in jobs}
+    assert len(set(rest) | set(own)) == 8
+
+
+async def _relay(peer, tx: Transaction) -> None:
+    """Announce ``tx`` and send it when the node asks, as a peer relaying it would."""
+    await peer.send(Inv((InvItem(INV_TX, tx.txid),)))
+    await peer.wait_for_message(GetData)
+    await peer.send(TxMsg(tx))
+
+
+async def test_a_peer_relaying_a_claim_that_lost_its_race_is_not_banned(node):
+    """Two miners claim one job by transaction at about the same time; a node that
+    heard the other claim first refuses the second, but the peer that relayed it in
+    good faith is no cheat. A forged transaction still gets its sender banned."""
+    ((job, _, job_id),) = jobs = _jobs(1)
+    await _post(node, jobs)
+    first = signed_transaction(
+        BOB,
+        chain_id=MID.chain_id,
+        nonce=0,
+        fee=10,
+        payload=build_job_result([(job_id, _product(job))]),
+    )
+    await node.submit_transaction(first)
+    rival = signed_transaction(
+        CAROL,
+        chain_id=MID.chain_id,
+        nonce=0,
+        fee=10,
+        payload=build_job_result([(job_id, _product(job))]),
+    )
+    peer = await _peer(node)
+    await _relay(peer, rival)
+    await _until(lambda: rival.txid in node.txs.rejected, 10, "the rival claim to be refused")
+    await peer.sync()
+    assert node.p2p.bans() == [] and not peer.closed.is_set()
+    forged = dataclasses.replace(rival, fee=11)  # the signature no longer matches
+    await _relay(peer, forged)
+    await _until(lambda: node.p2p.bans(), 10, "the forger's ban")
+    await peer.close()
