@@ -130,10 +130,14 @@ def test_a_dishonest_job_result_is_caught_and_its_bond_burned(network):
         acct = poster.call("getaccount", cheat_addr)
         return int(acct["balance"] + acct["immature"])
 
+    # Hold the chain while the client checks: on a loaded machine the challenge
+    # windows (W blocks) could otherwise close before its fraud proofs are sent.
+    miners[0].call("setmining", False)
     before = wealth()
     for job, a, b in posted:
         with pytest.raises(WrongResult, match="fraud proof sent"):
             client.result(job.job_id, a, b)
+    miners[0].call("setmining", True)
     for job, _, _ in posted:
         assert client.wait(job.job_id, timeout=60, until=("refunded", "paid"))["status"] == (
             "refunded"
