@@ -41,7 +41,14 @@ from consensus.encoding import (
 )
 from consensus.errors import EncodeError, InvalidTransaction
 from consensus.hashing import TAG_TX_SIGN, TAG_TXID, Hash32, tagged_hash
-from consensus.keys import ADDRESS_SIZE, PrivateKey, address, verify_many, verify_signature
+from consensus.keys import (
+    ADDRESS_SIZE,
+    PrivateKey,
+    VerifyBatch,
+    address,
+    verify_many,
+    verify_signature,
+)
 from kernels.params import MAX_K
 
 MAX_JOB_DIM = 16_384
@@ -539,11 +546,14 @@ def check_tx_signature(tx: Transaction) -> None:
         raise InvalidTransaction(BAD_SIGNATURE)
 
 
-def check_txs_stateless(txs: Sequence[Transaction], chain_id: int) -> list[Exception | None]:
+def check_txs_stateless(
+    txs: Sequence[Transaction], chain_id: int, verify_batch: VerifyBatch = verify_many
+) -> list[Exception | None]:
     """``check_tx_stateless`` of each transaction: None, or the exception it raises.
 
     The same verdicts, but the signatures of the transactions that pass the
-    cheap checks are verified together (``verify_many``, across cores).
+    cheap checks are verified together, by ``verify_batch`` (a node's spreads
+    them across cores).
     """
     verdicts: list[Exception | None] = []
     signed: list[int] = []
@@ -555,7 +565,9 @@ def check_txs_stateless(txs: Sequence[Transaction], chain_id: int) -> list[Excep
         else:
             verdicts.append(None)
             signed.append(i)
-    valid = verify_many([(txs[i].sender, signing_digest(txs[i]), txs[i].signature) for i in signed])
+    valid = verify_batch(
+        [(txs[i].sender, signing_digest(txs[i]), txs[i].signature) for i in signed]
+    )
     for i, ok in zip(signed, valid, strict=True):
         if not ok:
             verdicts[i] = InvalidTransaction(BAD_SIGNATURE)

@@ -7,8 +7,7 @@ compare the commitments. Every rule is one ``if …: raise`` with the reason.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ from consensus.blocks import (
 )
 from consensus.difficulty import asert_target, block_work
 from consensus.errors import DecodeError, EncodeError, InvalidBlock, InvalidTransaction
+from consensus.keys import VerifyBatch, verify_many
 from consensus.params import NetworkParams
 from consensus.pow import verify_pow
 from consensus.state import ACCOUNTS, IMMATURE, LOCKED, MODELS, State, Undo
@@ -120,8 +120,16 @@ class HeaderContext:
     """Its own timestamp and its ancestors', newest first, ``median_time_span`` at most."""
 
 
+CheckPow = Callable[[BlockHeader], object]
+"""``verify_pow`` under a network's parameters, or a caller's memo of it."""
+
+
 def check_child_header(
-    header: BlockHeader, parent: HeaderContext, params: NetworkParams, now_ms: int
+    header: BlockHeader,
+    parent: HeaderContext,
+    params: NetworkParams,
+    now_ms: int,
+    check_pow: CheckPow | None = None,
 ) -> HeaderContext:
     """Every rule a header must pass given its parent: prev_hash, height, timestamps,
     the ASERT target from the parent, and the proof of work. Returns its context.
@@ -129,43 +137,19 @@ def check_child_header(
     Raises InvalidBlock naming the rule. The proof is checked last: it is the
     costly rule (one tile), and a header whose target is not the one its parent
     implies must not get that far (any proof passes a target of 2^256 − 1).
+    ``check_pow`` checks the proof (default: ``verify_pow`` under ``params``);
+    a node passes its memo, which gives the same verdicts.
     """
     validate_header(header, parent.header, parent.recent_timestamps, parent.anchor, params, now_ms)
-    check_header_pow(header, params)
+    if check_pow is None:
+        verify_pow(header, params)
+    else:
+        check_pow(header)
     anchor = parent.anchor
     if header.height == 1:
         anchor = Anchor(params.genesis_target, header.timestamp_ms, 1)
     recent = (header.timestamp_ms, *parent.recent_timestamps[: params.median_time_span - 1])
     return HeaderContext(header, parent.work + block_work(header.target), anchor, recent)
-
-
-_POW_CHECKED: OrderedDict[tuple[bytes, int], int] = OrderedDict()
-_POW_CHECKED_MAX = 20_000
-
-
-def check_header_pow(header: BlockHeader, params: NetworkParams) -> int:
-    """The proof of work on its own (cheap: one tile). Returns the ticket.
-
-    A node checks a header's proof when the header arrives and again when its
-    block is connected: a proof that passed is remembered by the header's hash
-    (which covers the proof) and the network's parameters, so the second check
-    is free. Only successes are remembered.
-    """
-    key = (header.hash, id(params))
-    ticket = _POW_CHECKED.get(key)
-    if ticket is not None:
-        return ticket
-    ticket = verify_pow(header, params)
-    _PARAMS_PINNED.setdefault(id(params), params)
-    _POW_CHECKED[key] = ticket
-    while len(_POW_CHECKED) > _POW_CHECKED_MAX:
-        _POW_CHECKED.popitem(last=False)
-    return ticket
-
-
-_PARAMS_PINNED: dict[int, NetworkParams] = {}
-"""Every params object a remembered proof was checked under, kept alive: its id, part of
-the memo's key, can then never be reused by another object."""
 
 
 # ------------------------------------------------------------------ body
@@ -337,6 +321,7 @@ def apply_body(
     params: NetworkParams,
     verified_txids: AbstractSet[bytes] | None,
     parent: BlockHeader,
+    verify_batch: VerifyBatch = verify_many,
 ) -> Undo:
     """Apply the block's transactions and coinbase; on any failure the state is unchanged.
 
@@ -345,6 +330,7 @@ def apply_body(
 
     ``verified_txids`` lets a node skip signature checks it has already done
     (mempool admission); the checks are the same, only not repeated.
+    ``verify_batch`` verifies the others' signatures (a node's uses its cores).
     """
     header = block.header
     try:
@@ -364,7 +350,7 @@ def apply_body(
         i for i, tx in enumerate(txs) if verified_txids is None or tx.txid not in verified_txids
     ]
     verdicts: list[Exception | None] = [None] * len(txs)
-    found = check_txs_stateless([txs[i] for i in unchecked], params.chain_id)
+    found = check_txs_stateless([txs[i] for i in unchecked], params.chain_id, verify_batch)
     for i, verdict in zip(unchecked, found, strict=True):
         verdicts[i] = verdict
     state.begin()
@@ -404,7 +390,7 @@ def state_transition(
 ) -> Undo:
     """Validate ``block`` on top of ``parent`` and apply it to ``state`` (which is at parent)."""
     validate_header(block.header, parent, ancestor_timestamps, anchor, params, now_ms)
-    check_header_pow(block.header, params)
+    verify_pow(block.header, params)
     return apply_body(state, block, params, None, parent)
 
 
