@@ -29,10 +29,10 @@ from consensus.transactions import Transaction
 from consensus.validation import (
     Anchor,
     HeaderContext,
-    apply_body,
     check_child_header,
     expected_target,
     genesis_state,
+    state_transition,
 )
 
 MAX_ORPHANS = 256
@@ -367,9 +367,25 @@ class Chain:
         return AddResult("connected", len(disconnected), tuple(connected), tuple(disconnected))
 
     def _connect(self, block: Block) -> None:
-        parent = self.entries[block.header.prev_hash].header
+        """Apply a block of the tree on the tip, through ``state_transition``.
+
+        Its header passed every rule when it arrived (``add_block``), so two
+        facts of that arrival are passed on rather than recomputed: its proof
+        of work was verified then, and it was not too far in the future then
+        (a clock set back since must not turn a block accepted into one refused).
+        """
+        header = block.header
         known = self.verified_txids() if self.verified_txids is not None else None
-        undo = apply_body(self.state, block, self.params, known, parent, self.verify_signatures)
+        undo = state_transition(
+            self.state,
+            block,
+            self.header_context(header.prev_hash),
+            self.params,
+            max(self.clock(), header.timestamp_ms),
+            _proven_on_arrival,
+            known,
+            self.verify_signatures,
+        )
         self.undos[block.hash] = undo
         self.entries[block.hash].status = Status.ACTIVE
         self.unsaved.add(block.hash)
@@ -409,6 +425,10 @@ class Chain:
         (see :func:`consensus.template.build_template`), and those transactions."""
         header, body = build_template(self, txs, miner, job, timestamp_ms, verified)
         return header, body.txs
+
+
+def _proven_on_arrival(header: BlockHeader) -> None:
+    """The proof check of a header already in the tree: ``add_block`` verified it."""
 
 
 def check_body_commitment(block: Block) -> None:

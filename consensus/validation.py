@@ -382,16 +382,22 @@ def apply_body(
 def state_transition(
     state: State,
     block: Block,
-    parent: BlockHeader,
-    ancestor_timestamps: Sequence[int],
-    anchor: Anchor | None,
+    parent: HeaderContext,
     params: NetworkParams,
     now_ms: int,
+    check_pow: CheckPow | None = None,
+    verified_txids: AbstractSet[bytes] | None = None,
+    verify_batch: VerifyBatch = verify_many,
 ) -> Undo:
-    """Validate ``block`` on top of ``parent`` and apply it to ``state`` (which is at parent)."""
-    validate_header(block.header, parent, ancestor_timestamps, anchor, params, now_ms)
-    verify_pow(block.header, params)
-    return apply_body(state, block, params, None, parent)
+    """Validate ``block`` on top of ``parent`` and apply it to ``state`` (which is at parent).
+
+    Every header rule (:func:`check_child_header`), then the body and the
+    commitments (:func:`apply_body`): the one path by which a block changes the
+    state (``Chain`` connects every block through it). Raises InvalidBlock naming
+    the rule; the state is then unchanged. Returns the record that undoes it.
+    """
+    check_child_header(block.header, parent, params, now_ms, check_pow)
+    return apply_body(state, block, params, verified_txids, parent.header, verify_batch)
 
 
 # ------------------------------------------------------------------ genesis
