@@ -232,7 +232,7 @@ def bench_pipeline(count: int = 4_000) -> dict[str, Any]:
         store = Store(Path(tmp), params)
         store.load_chain(clock)
         t0 = time.perf_counter()
-        store.record(chain, rebuilt, result)
+        store.record(chain)
         us["store"] = (time.perf_counter() - t0) / count * 1e6
         store.close()
     t0 = time.perf_counter()

@@ -94,11 +94,6 @@ def access_log_record(state: State, dataset_id: bytes, nonce: bytes) -> dict[str
     return None if rec is None else dict(zip(ACCESS_LOG_FIELDS, rec, strict=True))
 
 
-def grant_is_live(grant: dict[str, Any] | None, height: int) -> bool:
-    """Whether a grant allows a read in the block at ``height``: not revoked, not expired."""
-    return grant is not None and grant["revoked_height"] == 0 and height < grant["expiry"]
-
-
 def grant_refusal(grant: dict[str, Any] | None, height: int) -> str | None:
     """Why a grant does not allow a read at ``height`` (None if it does)."""
     if grant is None:

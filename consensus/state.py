@@ -284,11 +284,6 @@ def next_root(prev_root: bytes, changes: list[list[Any]]) -> Hash32:
     return tagged_hash(TAG_STATE, prev_root, encode(changes))
 
 
-def iter_accounts(state: State) -> Iterator[tuple[bytes, int, int]]:
-    for addr, (balance, nonce) in sorted(state.tables[ACCOUNTS].items()):
-        yield addr, balance, nonce
-
-
 def iter_model_steps(state: State, model_id: bytes) -> Iterator[tuple[int, tuple[Any, ...]]]:
     """(step, record) of a model's lineage in order; steps are consecutive from 0."""
     step = 0

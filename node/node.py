@@ -303,7 +303,7 @@ class Node:
                 result = self.chain.add_block(block, built_upon=True)
         except InvalidBlock as e:
             self.metrics.blocks.labels("rejected").inc()
-            self.store.record(self.chain, block, None)
+            self.store.record(self.chain)
             log.warning("rejected block %s from %s: %s", h.hex()[:16], _who(source), e)
             if source is not None:
                 raise header_violation("invalid block", e) from None
@@ -326,7 +326,7 @@ class Node:
             if time.monotonic() - self._store_synced >= STORE_BATCH_S:
                 self.flush_store()
         else:
-            self.store.record(self.chain, block, result)
+            self.store.record(self.chain)
         self.metrics.blocks.labels("accepted").inc()
         if result.status == "orphan":
             return result
