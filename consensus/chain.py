@@ -422,8 +422,18 @@ class Chain:
         verified: bool = False,
     ) -> tuple[BlockHeader, tuple[Transaction, ...]]:
         """A header to mine on the tip with as many of ``txs`` as apply cleanly, in order
-        (see :func:`consensus.template.build_template`), and those transactions."""
-        header, body = build_template(self, txs, miner, job, timestamp_ms, verified)
+        (see :func:`consensus.template.build_template`), and those transactions.
+        ``timestamp_ms`` defaults to the chain's clock."""
+        header, body = build_template(
+            self.state,
+            self.header_context(self.tip.hash),
+            self.params,
+            txs,
+            miner,
+            job,
+            timestamp_ms if timestamp_ms is not None else self.clock(),
+            verified,
+        )
         return header, body.txs
 
 
