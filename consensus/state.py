@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from consensus.encoding import decode, encode
-from consensus.errors import DecodeError
+from consensus.errors import DecodeError, InvalidTransaction
 from consensus.hashing import Hash32, tagged_hash
 
 TAG_STATE = "state"
@@ -278,6 +278,24 @@ def _unplain(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(_unplain(v) for v in value)
     return value
+
+
+def check_spendable(state: State, addr: bytes, needed: int) -> None:
+    """Raise InvalidTransaction unless ``addr`` can spend ``needed`` now.
+
+    Its balance is what it can spend: a coinbase it mined stays LOCKED (counted
+    apart) until it matures, and the refusal says so when that is the reason.
+    """
+    balance = state.balance(addr)
+    if balance >= needed:
+        return
+    locked = state.get(LOCKED, addr, 0)
+    if balance + locked >= needed:
+        raise InvalidTransaction(
+            f"balance: needs {needed} but only {balance} is spendable; "
+            f"{locked} is an immature coinbase"
+        )
+    raise InvalidTransaction(f"balance: needs {needed} but the sender has {balance}")
 
 
 def next_root(prev_root: bytes, changes: list[list[Any]]) -> Hash32:

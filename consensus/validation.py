@@ -24,7 +24,7 @@ from consensus.errors import DecodeError, EncodeError, InvalidBlock, InvalidTran
 from consensus.keys import VerifyBatch, verify_many
 from consensus.params import NetworkParams
 from consensus.pow import verify_pow
-from consensus.state import ACCOUNTS, IMMATURE, LOCKED, MODELS, State, Undo
+from consensus.state import ACCOUNTS, IMMATURE, LOCKED, MODELS, State, Undo, check_spendable
 from consensus.transactions import (
     AccessGrantPayload,
     AccessLogPayload,
@@ -155,19 +155,6 @@ def check_child_header(
 # ------------------------------------------------------------------ body
 
 
-def _spendable_check(state: State, addr: bytes, needed: int) -> None:
-    balance = state.balance(addr)
-    if balance >= needed:
-        return
-    locked = state.get(LOCKED, addr, 0)
-    if balance + locked >= needed:
-        raise InvalidTransaction(
-            f"balance: needs {needed} but only {balance} is spendable; "
-            f"{locked} is an immature coinbase"
-        )
-    raise InvalidTransaction(f"balance: needs {needed} but the sender has {balance}")
-
-
 def apply_transaction(state: State, tx: Transaction, height: int, params: NetworkParams) -> int:
     """Apply one (already stateless-checked) transaction; returns its fee."""
     sender = tx.sender_address
@@ -178,40 +165,40 @@ def apply_transaction(state: State, tx: Transaction, height: int, params: Networ
         raise InvalidTransaction(f"nonce: {tx.nonce} skips ahead (next is {nonce})")
     p = tx.payload
     if isinstance(p, TransferPayload):
-        _spendable_check(state, sender, tx.fee + p.amount)
+        check_spendable(state, sender, tx.fee + p.amount)
         state.set_account(sender, balance - tx.fee - p.amount, nonce + 1)
         to_balance, to_nonce = state.account(p.to)
         state.set_account(p.to, to_balance + p.amount, to_nonce)
         return tx.fee
     if isinstance(p, JobPostPayload):
-        market.apply_job_post(state, tx, p, height, params, _spendable_check)
+        market.apply_job_post(state, tx, p, height, params)
         return tx.fee
     if isinstance(p, JobCancelPayload):
-        market.apply_job_cancel(state, tx, p, height, _spendable_check)
+        market.apply_job_cancel(state, tx, p, height)
         return tx.fee
     if isinstance(p, FraudProofPayload):
-        market.apply_fraud_proof(state, tx, p, height, params, _spendable_check)
+        market.apply_fraud_proof(state, tx, p, height, params)
         return tx.fee
     if isinstance(p, JobResultPayload):
-        market.apply_job_result(state, tx, p, height, params, _spendable_check)
+        market.apply_job_result(state, tx, p, height, params)
         return tx.fee
     if isinstance(p, ModelRecordPayload):
         apply_model_record(state, tx, p, height)
         return tx.fee
     if isinstance(p, DatasetRegisterPayload):
-        datashare.apply_dataset_register(state, tx, p, height, _spendable_check)
+        datashare.apply_dataset_register(state, tx, p, height)
         return tx.fee
     if isinstance(p, AccessGrantPayload):
-        datashare.apply_access_grant(state, tx, p, height, _spendable_check)
+        datashare.apply_access_grant(state, tx, p, height)
         return tx.fee
     if isinstance(p, AccessRevokePayload):
-        datashare.apply_access_revoke(state, tx, p, height, _spendable_check)
+        datashare.apply_access_revoke(state, tx, p, height)
         return tx.fee
     if isinstance(p, AccessLogPayload):
-        datashare.apply_access_log(state, tx, p, height, _spendable_check)
+        datashare.apply_access_log(state, tx, p, height)
         return tx.fee
     if isinstance(p, ModelPublishPayload):
-        datashare.apply_model_publish(state, tx, p, height, _spendable_check)
+        datashare.apply_model_publish(state, tx, p, height)
         return tx.fee
     raise InvalidTransaction(f"kind: {tx.kind.name.lower()} transactions are not enabled yet")
 
@@ -251,7 +238,7 @@ def apply_model_record(state: State, tx: Transaction, p: ModelRecordPayload, hei
             raise InvalidTransaction(
                 f"payload.job_ids: job {job_id.hex()[:16]} is {job['status']}, not mined or paid"
             )
-    _spendable_check(state, sender, tx.fee)
+    check_spendable(state, sender, tx.fee)
     balance, nonce = state.account(sender)
     state.set_account(sender, balance - tx.fee, nonce + 1)
     state.set(
