@@ -18,11 +18,11 @@ against a network's mining parameters belong to the state transition.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from functools import cached_property
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from consensus.encoding import (
     U32,
@@ -527,6 +527,20 @@ def _check_model_publish(tx: Transaction, p: ModelPublishPayload) -> None:
             raise InvalidTransaction(f"payload.{name}: must not be all zeros")
 
 
+FORM_RULES: dict[type, Callable[[Transaction, Any], None]] = {
+    TransferPayload: _check_transfer,
+    JobPostPayload: _check_job_post,
+    FraudProofPayload: _check_fraud_proof,
+    DatasetRegisterPayload: _check_dataset_register,
+    AccessGrantPayload: _check_access_grant,
+    ModelRecordPayload: _check_model_record,
+    ModelPublishPayload: _check_model_publish,
+    JobResultPayload: _check_job_result,
+}
+"""The stateless rules of a payload, by its type (kinds not here have none beyond
+the encoding's); each raises InvalidTransaction naming the field at fault."""
+
+
 BAD_SIGNATURE = "signature: not a valid signature by the sender"
 
 
@@ -588,20 +602,6 @@ def check_tx_form(tx: Transaction, chain_id: int) -> None:
         raise InvalidTransaction(str(e)) from None
     if size > MAX_TX_SIZE:
         raise InvalidTransaction(f"{size} bytes exceeds the limit of {MAX_TX_SIZE}")
-    p = tx.payload
-    if isinstance(p, TransferPayload):
-        _check_transfer(tx, p)
-    elif isinstance(p, JobPostPayload):
-        _check_job_post(tx, p)
-    elif isinstance(p, FraudProofPayload):
-        _check_fraud_proof(tx, p)
-    elif isinstance(p, DatasetRegisterPayload):
-        _check_dataset_register(tx, p)
-    elif isinstance(p, AccessGrantPayload):
-        _check_access_grant(tx, p)
-    elif isinstance(p, ModelRecordPayload):
-        _check_model_record(tx, p)
-    elif isinstance(p, ModelPublishPayload):
-        _check_model_publish(tx, p)
-    elif isinstance(p, JobResultPayload):
-        _check_job_result(tx, p)
+    rule = FORM_RULES.get(type(tx.payload))
+    if rule is not None:
+        rule(tx, tx.payload)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from typing import Any
 
 from consensus import datashare, market
 from consensus.blocks import (
@@ -157,50 +158,26 @@ def check_child_header(
 
 def apply_transaction(state: State, tx: Transaction, height: int, params: NetworkParams) -> int:
     """Apply one (already stateless-checked) transaction; returns its fee."""
-    sender = tx.sender_address
-    balance, nonce = state.account(sender)
+    nonce = state.nonce(tx.sender_address)
     if tx.nonce < nonce:
         raise InvalidTransaction(f"nonce: {tx.nonce} was already used (next is {nonce})")
     if tx.nonce > nonce:
         raise InvalidTransaction(f"nonce: {tx.nonce} skips ahead (next is {nonce})")
-    p = tx.payload
-    if isinstance(p, TransferPayload):
-        check_spendable(state, sender, tx.fee + p.amount)
-        state.set_account(sender, balance - tx.fee - p.amount, nonce + 1)
-        to_balance, to_nonce = state.account(p.to)
-        state.set_account(p.to, to_balance + p.amount, to_nonce)
-        return tx.fee
-    if isinstance(p, JobPostPayload):
-        market.apply_job_post(state, tx, p, height, params)
-        return tx.fee
-    if isinstance(p, JobCancelPayload):
-        market.apply_job_cancel(state, tx, p, height)
-        return tx.fee
-    if isinstance(p, FraudProofPayload):
-        market.apply_fraud_proof(state, tx, p, height, params)
-        return tx.fee
-    if isinstance(p, JobResultPayload):
-        market.apply_job_result(state, tx, p, height, params)
-        return tx.fee
-    if isinstance(p, ModelRecordPayload):
-        apply_model_record(state, tx, p, height)
-        return tx.fee
-    if isinstance(p, DatasetRegisterPayload):
-        datashare.apply_dataset_register(state, tx, p, height)
-        return tx.fee
-    if isinstance(p, AccessGrantPayload):
-        datashare.apply_access_grant(state, tx, p, height)
-        return tx.fee
-    if isinstance(p, AccessRevokePayload):
-        datashare.apply_access_revoke(state, tx, p, height)
-        return tx.fee
-    if isinstance(p, AccessLogPayload):
-        datashare.apply_access_log(state, tx, p, height)
-        return tx.fee
-    if isinstance(p, ModelPublishPayload):
-        datashare.apply_model_publish(state, tx, p, height)
-        return tx.fee
-    raise InvalidTransaction(f"kind: {tx.kind.name.lower()} transactions are not enabled yet")
+    rule = PAYLOAD_RULES.get(type(tx.payload))
+    if rule is None:
+        raise InvalidTransaction(f"kind: {tx.kind.name.lower()} transactions are not enabled yet")
+    rule(state, tx, tx.payload, height, params)
+    return tx.fee
+
+
+def apply_transfer(state: State, tx: Transaction, p: TransferPayload) -> None:
+    """Move ``p.amount`` from the sender to ``p.to``; the sender pays the fee."""
+    sender = tx.sender_address
+    check_spendable(state, sender, tx.fee + p.amount)
+    balance, nonce = state.account(sender)
+    state.set_account(sender, balance - tx.fee - p.amount, nonce + 1)
+    to_balance, to_nonce = state.account(p.to)
+    state.set_account(p.to, to_balance + p.amount, to_nonce)
 
 
 def apply_model_record(state: State, tx: Transaction, p: ModelRecordPayload, height: int) -> None:
@@ -246,6 +223,32 @@ def apply_model_record(state: State, tx: Transaction, p: ModelRecordPayload, hei
         (p.model_id, p.step),
         (sender, p.job_ids, p.weights_hash, p.parent_hash, p.dataset, height),
     )
+
+
+PayloadRule = Callable[[State, Transaction, Any, int, NetworkParams], None]
+"""How a payload changes the state: (state, transaction, payload, height, params).
+Raises InvalidTransaction naming the rule it breaks; the nonce is checked before."""
+
+
+def _at_height(rule: Callable[[State, Transaction, Any, int], None]) -> PayloadRule:
+    """A rule that needs no network parameters, in the table's shape."""
+    return lambda state, tx, p, height, params: rule(state, tx, p, height)
+
+
+PAYLOAD_RULES: dict[type, PayloadRule] = {
+    TransferPayload: lambda state, tx, p, height, params: apply_transfer(state, tx, p),
+    JobPostPayload: market.apply_job_post,
+    JobCancelPayload: _at_height(market.apply_job_cancel),
+    FraudProofPayload: market.apply_fraud_proof,
+    JobResultPayload: market.apply_job_result,
+    ModelRecordPayload: _at_height(apply_model_record),
+    DatasetRegisterPayload: _at_height(datashare.apply_dataset_register),
+    AccessGrantPayload: _at_height(datashare.apply_access_grant),
+    AccessRevokePayload: _at_height(datashare.apply_access_revoke),
+    AccessLogPayload: _at_height(datashare.apply_access_log),
+    ModelPublishPayload: _at_height(datashare.apply_model_publish),
+}
+"""Every enabled transaction kind, by payload type, and its state rule."""
 
 
 def pay_coinbase(state: State, header: BlockHeader, params: NetworkParams) -> None:
