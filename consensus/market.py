@@ -35,7 +35,15 @@ from consensus.blocks import BlockHeader, JobSpec
 from consensus.errors import InvalidTransaction
 from consensus.merkle import matrix_rows_root, verify_branch
 from consensus.params import NetworkParams
-from consensus.state import IMMATURE, JOBS, JOBS_DUE, LOCKED, State, check_spendable
+from consensus.state import (
+    IMMATURE,
+    JOBS,
+    JOBS_DUE,
+    LOCKED,
+    State,
+    check_spendable,
+    immature_coinbase,
+)
 from consensus.transactions import (
     MAX_RESULT_CLAIMS,
     FraudProofPayload,
@@ -243,10 +251,10 @@ def _remove_due(state: State, due: int, job_id: bytes) -> None:
 
 
 def _burn_coinbase(state: State, maturity_height: int, miner: bytes) -> None:
-    entry = state.get(IMMATURE, maturity_height)
-    if entry is None or entry[0] != miner:
+    entry = immature_coinbase(state, maturity_height)
+    if entry is None or entry.miner != miner:
         return  # already burned by an earlier fraud proof on the same block
-    amount = entry[1]
+    amount = entry.amount
     state.set(IMMATURE, maturity_height, None)
     state.set(LOCKED, miner, (state.get(LOCKED, miner, 0) - amount) or None)
 

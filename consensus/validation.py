@@ -25,7 +25,19 @@ from consensus.errors import DecodeError, EncodeError, InvalidBlock, InvalidTran
 from consensus.keys import VerifyBatch, verify_many
 from consensus.params import NetworkParams
 from consensus.pow import verify_pow
-from consensus.state import ACCOUNTS, IMMATURE, LOCKED, MODELS, State, Undo, check_spendable
+from consensus.state import (
+    ACCOUNTS,
+    IMMATURE,
+    LOCKED,
+    MODELS,
+    ImmatureCoinbase,
+    ModelStep,
+    State,
+    Undo,
+    check_spendable,
+    immature_coinbase,
+    model_step,
+)
 from consensus.transactions import (
     AccessGrantPayload,
     AccessLogPayload,
@@ -190,20 +202,20 @@ def apply_model_record(state: State, tx: Transaction, p: ModelRecordPayload, hei
     (by a block or a job_result: mined, or paid after its challenge window).
     """
     sender = tx.sender_address
-    if state.get(MODELS, (p.model_id, p.step)) is not None:
+    if model_step(state, p.model_id, p.step) is not None:
         raise InvalidTransaction(f"payload.step: step {p.step} of this model is already recorded")
     if p.step > 0:
-        first = state.get(MODELS, (p.model_id, 0))
+        first = model_step(state, p.model_id, 0)
         if first is None:
             raise InvalidTransaction("payload.model_id: no such model (its step 0 is not recorded)")
-        if first[0] != sender:
+        if first.owner != sender:
             raise InvalidTransaction("payload.model_id: only the model's owner may record steps")
-        previous = state.get(MODELS, (p.model_id, p.step - 1))
+        previous = model_step(state, p.model_id, p.step - 1)
         if previous is None:
             raise InvalidTransaction(
                 f"payload.step: step {p.step} skips ahead (step {p.step - 1} is not recorded)"
             )
-        if previous[2] != p.parent_hash:
+        if previous.weights_hash != p.parent_hash:
             raise InvalidTransaction(
                 f"payload.parent_hash: not the weights hash of step {p.step - 1}"
             )
@@ -221,7 +233,7 @@ def apply_model_record(state: State, tx: Transaction, p: ModelRecordPayload, hei
     state.set(
         MODELS,
         (p.model_id, p.step),
-        (sender, p.job_ids, p.weights_hash, p.parent_hash, p.dataset, height),
+        tuple(ModelStep(sender, p.job_ids, p.weights_hash, p.parent_hash, p.dataset, height)),
     )
 
 
@@ -253,7 +265,7 @@ PAYLOAD_RULES: dict[type, PayloadRule] = {
 
 def pay_coinbase(state: State, header: BlockHeader, params: NetworkParams) -> None:
     """Lock this block's reward until maturity; release the one maturing now."""
-    matured = state.get(IMMATURE, header.height)
+    matured = immature_coinbase(state, header.height)
     if matured is not None:
         miner, amount = matured
         state.set(IMMATURE, header.height, None)
@@ -262,7 +274,7 @@ def pay_coinbase(state: State, header: BlockHeader, params: NetworkParams) -> No
         state.set_account(miner, bal + amount, nonce)
     if header.reward:
         when = header.height + params.coinbase_maturity
-        state.set(IMMATURE, when, (header.miner, header.reward))
+        state.set(IMMATURE, when, tuple(ImmatureCoinbase(header.miner, header.reward)))
         state.set(LOCKED, header.miner, state.get(LOCKED, header.miner, 0) + header.reward)
 
 
