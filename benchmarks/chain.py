@@ -28,7 +28,7 @@ import nacl.signing
 
 from consensus.blocks import Block, decode_block, encode_block
 from consensus.chain import Chain
-from consensus.keys import PrivateKey, verify_threads
+from consensus.keys import PrivateKey
 from consensus.params import DEVNET, NetworkParams
 from consensus.pow import mine, null_job, verify_pow
 from consensus.transactions import (
@@ -38,6 +38,7 @@ from consensus.transactions import (
     kind_of,
     signing_digest,
 )
+from node.verifier import SignatureVerifier
 
 MIN_ACCOUNTS = 1_024
 """Prefunded senders: many, so one block's transfers come from many accounts."""
@@ -189,6 +190,8 @@ def bench_chain(
     # Far enough ahead that no block is "too far in the future".
     clock = _Clock(params.genesis_timestamp_ms + (blocks + 1) * params.block_time_ms)
     chain = Chain(params, clock)
+    verifier = SignatureVerifier()
+    chain.verify_signatures = verifier.verify_many  # a node's, across cores
     # Warm-up: loading the compiled verification kernels is not what we measure.
     verify_pow(dataclasses.replace(received[0].header), params)
     block_times = []
@@ -200,6 +203,7 @@ def bench_chain(
         if result.status != "connected":
             raise RuntimeError(f"block {block.header.height} did not connect: {result.status}")
     total_s = time.perf_counter() - t_start
+    verifier.close()
     if chain.height != blocks:
         raise RuntimeError(f"the fresh chain reached height {chain.height}, expected {blocks}")
 
@@ -232,5 +236,5 @@ def bench_chain(
         "rank": params.rank,
         "tile_h": params.tile_h,
         "tile_w": params.tile_w,
-        "verify_threads": verify_threads(),
+        "verify_threads": verifier.threads,
     }

@@ -205,7 +205,15 @@ def bench_pipeline(count: int = 4_000) -> dict[str, Any]:
         else:
             candidates = mempool.admitted_since(start, step)
         template, body = build_template(
-            chain, candidates, miner, job.spec, clock.now, verified=True, on_top_of=body
+            chain.state,
+            chain.header_context(chain.tip.hash),
+            params,
+            candidates,
+            miner,
+            job.spec,
+            clock.now,
+            verified=True,
+            on_top_of=body,
         )
     us["template"] = (time.perf_counter() - t0) / count * 1e6
     assert body is not None and len(body.txs) == count
@@ -232,7 +240,7 @@ def bench_pipeline(count: int = 4_000) -> dict[str, Any]:
         store = Store(Path(tmp), params)
         store.load_chain(clock)
         t0 = time.perf_counter()
-        store.record(chain, rebuilt, result)
+        store.record(chain)
         us["store"] = (time.perf_counter() - t0) / count * 1e6
         store.close()
     t0 = time.perf_counter()

@@ -15,22 +15,24 @@ from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from enum import Enum
+from functools import partial
 
 from consensus.blocks import EMPTY_PROOF, Block, BlockHeader, JobSpec, tx_root
 from consensus.difficulty import block_work
 from consensus.errors import DuplicateProofOfWork, InvalidBlock
+from consensus.keys import VerifyBatch, verify_many
 from consensus.params import NetworkParams
+from consensus.pow import verify_pow
 from consensus.state import State, Undo
 from consensus.template import build_template
 from consensus.transactions import Transaction
 from consensus.validation import (
     Anchor,
     HeaderContext,
-    apply_body,
     check_child_header,
-    check_header_pow,
     expected_target,
     genesis_state,
+    state_transition,
 )
 
 MAX_ORPHANS = 256
@@ -109,6 +111,11 @@ class Chain:
         # Txids whose signatures the caller has already checked (a node's mempool):
         # the same bytes give the same verdict, so block import need not redo them.
         self.verified_txids: Callable[[], AbstractSet[bytes]] | None = None
+        # How a header's proof of work is checked, and a block's signatures: plain
+        # functions here; a node puts in its memo of proofs (a header is checked when
+        # it arrives and again with its block) and its threads. Same verdicts.
+        self.check_pow: Callable[[BlockHeader], object] = partial(verify_pow, params=params)
+        self.verify_signatures: VerifyBatch = verify_many
         self._seq = 1
         # Hashes of entries added, or whose status changed, since the node last
         # persisted them: the store saves exactly these and clears them, so a
@@ -222,7 +229,7 @@ class Chain:
         if parent.status is Status.INVALID:
             raise InvalidBlock("header: builds on an invalid block")
         context = self.header_context(header.prev_hash)
-        return check_child_header(header, context, self.params, self.clock())
+        return check_child_header(header, context, self.params, self.clock(), self.check_pow)
 
     def locator(self) -> list[bytes]:
         """Hashes of the active chain, dense near the tip then exponentially sparse."""
@@ -253,13 +260,13 @@ class Chain:
         if parent is None and header.prev_hash in self.twins:
             # Work was done on a second block of a proof of work that was refused:
             # it is part of a branch now, which may be the heaviest.
-            check_header_pow(header, self.params)
+            self.check_pow(header)
             self.add_block(self.twins.pop(header.prev_hash), built_upon=True)
             parent = self.entries.get(header.prev_hash)
         if parent is None:
             # Check the proof against the header's own target before keeping it,
             # so orphans cost an attacker real work.
-            check_header_pow(header, self.params)
+            self.check_pow(header)
             self.check_proof_unused(block, built_upon)
             self._keep_orphan(block)
             return AddResult("orphan")
@@ -360,9 +367,25 @@ class Chain:
         return AddResult("connected", len(disconnected), tuple(connected), tuple(disconnected))
 
     def _connect(self, block: Block) -> None:
-        parent = self.entries[block.header.prev_hash].header
+        """Apply a block of the tree on the tip, through ``state_transition``.
+
+        Its header passed every rule when it arrived (``add_block``), so two
+        facts of that arrival are passed on rather than recomputed: its proof
+        of work was verified then, and it was not too far in the future then
+        (a clock set back since must not turn a block accepted into one refused).
+        """
+        header = block.header
         known = self.verified_txids() if self.verified_txids is not None else None
-        undo = apply_body(self.state, block, self.params, known, parent)
+        undo = state_transition(
+            self.state,
+            block,
+            self.header_context(header.prev_hash),
+            self.params,
+            max(self.clock(), header.timestamp_ms),
+            _proven_on_arrival,
+            known,
+            self.verify_signatures,
+        )
         self.undos[block.hash] = undo
         self.entries[block.hash].status = Status.ACTIVE
         self.unsaved.add(block.hash)
@@ -399,9 +422,23 @@ class Chain:
         verified: bool = False,
     ) -> tuple[BlockHeader, tuple[Transaction, ...]]:
         """A header to mine on the tip with as many of ``txs`` as apply cleanly, in order
-        (see :func:`consensus.template.build_template`), and those transactions."""
-        header, body = build_template(self, txs, miner, job, timestamp_ms, verified)
+        (see :func:`consensus.template.build_template`), and those transactions.
+        ``timestamp_ms`` defaults to the chain's clock."""
+        header, body = build_template(
+            self.state,
+            self.header_context(self.tip.hash),
+            self.params,
+            txs,
+            miner,
+            job,
+            timestamp_ms if timestamp_ms is not None else self.clock(),
+            verified,
+        )
         return header, body.txs
+
+
+def _proven_on_arrival(header: BlockHeader) -> None:
+    """The proof check of a header already in the tree: ``add_block`` verified it."""
 
 
 def check_body_commitment(block: Block) -> None:

@@ -22,7 +22,7 @@ and a revocation reorged away and included again is simply applied again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from consensus.errors import InvalidTransaction
@@ -34,6 +34,7 @@ from consensus.state import (
     GRANTS,
     MODELS_PUBLISHED,
     State,
+    check_spendable,
 )
 from consensus.transactions import (
     AccessGrantPayload,
@@ -63,8 +64,6 @@ MODEL_FIELDS = (
 )
 """MODELS_PUBLISHED: model id → these fields, in order."""
 
-Spendable = Callable[[State, bytes, int], None]
-
 
 def dataset_id_of(owner: bytes, content_root: bytes) -> Hash32:
     """A dataset's id: its owner's address and the root of its encrypted chunks.
@@ -92,11 +91,6 @@ def access_log_record(state: State, dataset_id: bytes, nonce: bytes) -> dict[str
     """A readable view of a confirmed access_log, or None."""
     rec = state.get(ACCESS_LOGS, (dataset_id, nonce))
     return None if rec is None else dict(zip(ACCESS_LOG_FIELDS, rec, strict=True))
-
-
-def grant_is_live(grant: dict[str, Any] | None, height: int) -> bool:
-    """Whether a grant allows a read in the block at ``height``: not revoked, not expired."""
-    return grant is not None and grant["revoked_height"] == 0 and height < grant["expiry"]
 
 
 def grant_refusal(grant: dict[str, Any] | None, height: int) -> str | None:
@@ -145,9 +139,9 @@ def iter_dataset_models(state: State, dataset_id: bytes) -> Iterator[tuple[bytes
         yield model_id, rec
 
 
-def _pay_fee(state: State, tx: Transaction, spendable: Spendable) -> None:
+def _pay_fee(state: State, tx: Transaction) -> None:
     sender = tx.sender_address
-    spendable(state, sender, tx.fee)
+    check_spendable(state, sender, tx.fee)
     balance, nonce = state.account(sender)
     state.set_account(sender, balance - tx.fee, nonce + 1)
 
@@ -162,13 +156,13 @@ def _owned_dataset(state: State, tx: Transaction, dataset_id: bytes) -> dict[str
 
 
 def apply_dataset_register(
-    state: State, tx: Transaction, p: DatasetRegisterPayload, height: int, spendable: Spendable
+    state: State, tx: Transaction, p: DatasetRegisterPayload, height: int
 ) -> None:
     """Record a new dataset owned by the sender."""
     dataset_id = dataset_id_of(tx.sender_address, p.content_root)
     if state.get(DATASETS, dataset_id) is not None:
         raise InvalidTransaction("payload.content_root: this dataset is already registered")
-    _pay_fee(state, tx, spendable)
+    _pay_fee(state, tx)
     state.set(
         DATASETS,
         dataset_id,
@@ -176,9 +170,7 @@ def apply_dataset_register(
     )
 
 
-def apply_access_grant(
-    state: State, tx: Transaction, p: AccessGrantPayload, height: int, spendable: Spendable
-) -> None:
+def apply_access_grant(state: State, tx: Transaction, p: AccessGrantPayload, height: int) -> None:
     """Give (or give again, replacing the earlier grant) the grantee the sealed key."""
     _owned_dataset(state, tx, p.dataset_id)
     if p.expiry_height <= height:
@@ -186,13 +178,11 @@ def apply_access_grant(
         raise InvalidTransaction(f"payload.expiry_height: {p.expiry_height} is not after {height}")
     if p.grantee == tx.sender_address:
         raise InvalidTransaction("payload.grantee: the owner needs no grant")
-    _pay_fee(state, tx, spendable)
+    _pay_fee(state, tx)
     state.set(GRANTS, (p.dataset_id, p.grantee), (p.sealed_key, p.expiry_height, 0, height))
 
 
-def apply_access_revoke(
-    state: State, tx: Transaction, p: AccessRevokePayload, height: int, spendable: Spendable
-) -> None:
+def apply_access_revoke(state: State, tx: Transaction, p: AccessRevokePayload, height: int) -> None:
     """End a live grant from this block on."""
     _owned_dataset(state, tx, p.dataset_id)
     grant = grant_record(state, p.dataset_id, p.grantee)
@@ -200,7 +190,7 @@ def apply_access_revoke(
     if why is not None:
         raise InvalidTransaction(f"payload.grantee: nothing to revoke: {why}")
     assert grant is not None
-    _pay_fee(state, tx, spendable)
+    _pay_fee(state, tx)
     state.set(
         GRANTS,
         (p.dataset_id, p.grantee),
@@ -208,9 +198,7 @@ def apply_access_revoke(
     )
 
 
-def apply_access_log(
-    state: State, tx: Transaction, p: AccessLogPayload, height: int, spendable: Spendable
-) -> None:
+def apply_access_log(state: State, tx: Transaction, p: AccessLogPayload, height: int) -> None:
     """Record the grantee's request to read, if its grant is live in this block."""
     if state.get(DATASETS, p.dataset_id) is None:
         raise InvalidTransaction(f"payload.dataset_id: no such dataset {p.dataset_id.hex()[:16]}")
@@ -219,13 +207,11 @@ def apply_access_log(
         raise InvalidTransaction(f"payload.dataset_id: the sender may not read: {why}")
     if state.get(ACCESS_LOGS, (p.dataset_id, p.request_nonce)) is not None:
         raise InvalidTransaction("payload.request_nonce: already used for this dataset (replay)")
-    _pay_fee(state, tx, spendable)
+    _pay_fee(state, tx)
     state.set(ACCESS_LOGS, (p.dataset_id, p.request_nonce), (tx.sender_address, height))
 
 
-def apply_model_publish(
-    state: State, tx: Transaction, p: ModelPublishPayload, height: int, spendable: Spendable
-) -> None:
+def apply_model_publish(state: State, tx: Transaction, p: ModelPublishPayload, height: int) -> None:
     """Record a model trained on the sender's own logged read of a dataset."""
     dataset = dataset_record(state, p.dataset_id)
     if dataset is None:
@@ -241,7 +227,7 @@ def apply_model_publish(
         )
     if state.get(MODELS_PUBLISHED, p.model_id) is not None:
         raise InvalidTransaction("payload.model_id: this model is already published")
-    _pay_fee(state, tx, spendable)
+    _pay_fee(state, tx)
     state.set(
         MODELS_PUBLISHED,
         p.model_id,

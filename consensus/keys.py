@@ -14,10 +14,7 @@ rewritten into another valid one: txids that cover the signature stay unique.
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import blake3
@@ -150,63 +147,16 @@ def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> boo
     return _verify(public_key, message, signature)
 
 
-PARALLEL_VERIFY_MIN = 64
-"""Below this many signatures verify_many stays on the calling thread: handing work
-to the pool would cost more than it saves."""
+SignedItem = tuple[PublicKey | bytes, bytes, bytes]
+"""(public key, message, signature)."""
 
-_pool: ThreadPoolExecutor | None = None
-_pool_pid = 0
-_pool_lock = threading.Lock()
+VerifyBatch = Callable[[Sequence[SignedItem]], list[bool]]
+"""A function with ``verify_many``'s verdicts (a node's may use several threads)."""
 
 
-def verify_threads() -> int:
-    """How many threads verify_many uses for a long list (the caller's included)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _verifier_pool() -> ThreadPoolExecutor:
-    """Threads for verify_many, one per core beside the caller's, made on first use.
-
-    Re-made in a forked child, whose copy of the parent's pool has no threads.
-    """
-    global _pool, _pool_pid
-    with _pool_lock:
-        if _pool is None or _pool_pid != os.getpid():
-            _pool = ThreadPoolExecutor(
-                max_workers=max(1, verify_threads() - 1), thread_name_prefix="verify"
-            )
-            _pool_pid = os.getpid()
-        return _pool
-
-
-def _verify_all(items: list[tuple[bytes, bytes, bytes]]) -> list[bool]:
-    return [verify_signature(key, message, signature) for key, message, signature in items]
-
-
-def verify_many(items: Iterable[tuple[PublicKey | bytes, bytes, bytes]]) -> list[bool]:
-    """Verify (public key, message, signature) triples; one result each, in order.
-
-    PyNaCl has no batch verification, but libsodium runs without the GIL, so
-    a long list is split across the machine's cores: each verdict is the one
-    ``verify_signature`` gives, only several are computed at once.
-    """
-    triples = [
-        (key.data if isinstance(key, PublicKey) else key, message, signature)
+def verify_many(items: Iterable[SignedItem]) -> list[bool]:
+    """Verify (public key, message, signature) triples; one result each, in order."""
+    return [
+        verify_signature(key.data if isinstance(key, PublicKey) else key, message, signature)
         for key, message, signature in items
     ]
-    workers = verify_threads()
-    if workers < 2 or len(triples) < PARALLEL_VERIFY_MIN:
-        return _verify_all(triples)
-    size = -(-len(triples) // workers)
-    chunks = [triples[i : i + size] for i in range(0, len(triples), size)]
-    try:
-        futures = [_verifier_pool().submit(_verify_all, chunk) for chunk in chunks[1:]]
-    except RuntimeError:  # the interpreter is shutting down: no new threads
-        return _verify_all(triples)
-    results = _verify_all(chunks[0])  # the caller takes the first share itself
-    for future in futures:
-        results.extend(future.result())
-    return results

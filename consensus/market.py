@@ -35,7 +35,15 @@ from consensus.blocks import BlockHeader, JobSpec
 from consensus.errors import InvalidTransaction
 from consensus.merkle import matrix_rows_root, verify_branch
 from consensus.params import NetworkParams
-from consensus.state import IMMATURE, JOBS, JOBS_DUE, LOCKED, State
+from consensus.state import (
+    IMMATURE,
+    JOBS,
+    JOBS_DUE,
+    LOCKED,
+    State,
+    check_spendable,
+    immature_coinbase,
+)
 from consensus.transactions import (
     MAX_RESULT_CLAIMS,
     FraudProofPayload,
@@ -102,8 +110,8 @@ def _replace(rec: tuple[Any, ...], **changes: Any) -> tuple[Any, ...]:
     return tuple(d[k] for k in JOB_FIELDS)
 
 
-def _debit(state: State, addr: bytes, amount: int, nonce_bump: bool, spendable: Any) -> None:
-    spendable(state, addr, amount)
+def _debit(state: State, addr: bytes, amount: int, nonce_bump: bool) -> None:
+    check_spendable(state, addr, amount)
     balance, nonce = state.account(addr)
     state.set_account(addr, balance - amount, nonce + 1 if nonce_bump else nonce)
 
@@ -119,7 +127,6 @@ def apply_job_post(
     p: JobPostPayload,
     height: int,
     params: NetworkParams,
-    spendable: Any,
 ) -> None:
     """Escrow the reward; the job becomes open until ``expiry_height``."""
     if p.k % params.rank or p.m % params.tile_h or p.n % params.tile_w:
@@ -137,7 +144,7 @@ def apply_job_post(
     job_id = job_id_of(p, params)
     if state.get(JOBS, job_id) is not None:
         raise InvalidTransaction("payload: this job was already posted")
-    _debit(state, tx.sender_address, tx.fee + p.fee, True, spendable)
+    _debit(state, tx.sender_address, tx.fee + p.fee, True)
     state.set(
         JOBS,
         job_id,
@@ -162,9 +169,7 @@ def apply_job_post(
     )
 
 
-def apply_job_cancel(
-    state: State, tx: Transaction, p: JobCancelPayload, height: int, spendable: Any
-) -> None:
+def apply_job_cancel(state: State, tx: Transaction, p: JobCancelPayload, height: int) -> None:
     """Refund an expired job that no block used."""
     rec = state.get(JOBS, p.job_id)
     if rec is None:
@@ -178,7 +183,7 @@ def apply_job_cancel(
     if height <= job["expiry"]:
         # Before expiry a miner may be computing it in good faith.
         raise InvalidTransaction(f"payload.job_id: the job is open until height {job['expiry']}")
-    _debit(state, tx.sender_address, tx.fee, True, spendable)
+    _debit(state, tx.sender_address, tx.fee, True)
     _credit(state, tx.sender_address, job["reward"])
     state.set(JOBS, p.job_id, _replace(rec, status=CANCELLED))
 
@@ -213,7 +218,6 @@ def apply_fraud_proof(
     p: FraudProofPayload,
     height: int,
     params: NetworkParams,
-    spendable: Any,
 ) -> None:
     """Refund the poster of a job whose claimed C is shown wrong; burn the claimant's stake."""
     rec = state.get(JOBS, p.job_id)
@@ -232,7 +236,7 @@ def apply_fraud_proof(
     if height >= job["due"]:
         raise InvalidTransaction("payload: the challenge window of this job has closed")
     check_fraud(job, p)
-    _debit(state, tx.sender_address, tx.fee, True, spendable)
+    _debit(state, tx.sender_address, tx.fee, True)
     _credit(state, job["poster"], job["reward"])
     # A job_result's bond is burned by never being paid back; the record keeps its amount.
     state.set(JOBS, p.job_id, _replace(rec, status=REFUNDED))
@@ -247,10 +251,10 @@ def _remove_due(state: State, due: int, job_id: bytes) -> None:
 
 
 def _burn_coinbase(state: State, maturity_height: int, miner: bytes) -> None:
-    entry = state.get(IMMATURE, maturity_height)
-    if entry is None or entry[0] != miner:
+    entry = immature_coinbase(state, maturity_height)
+    if entry is None or entry.miner != miner:
         return  # already burned by an earlier fraud proof on the same block
-    amount = entry[1]
+    amount = entry.amount
     state.set(IMMATURE, maturity_height, None)
     state.set(LOCKED, miner, (state.get(LOCKED, miner, 0) - amount) or None)
 
@@ -305,7 +309,6 @@ def apply_job_result(
     p: JobResultPayload,
     height: int,
     params: NetworkParams,
-    spendable: Any,
 ) -> None:
     """Claim each named open job for the sender, locking a bond per claim.
 
@@ -328,7 +331,7 @@ def apply_job_result(
                 f"payload.claims[{i}].job_id: the job expired at height {job['expiry']}"
             )
         bonds.append(claim_bond(job["reward"], params))
-    _debit(state, tx.sender_address, tx.fee + sum(bonds), True, spendable)
+    _debit(state, tx.sender_address, tx.fee + sum(bonds), True)
     due = height + params.challenge_window
     for claim, bond in zip(p.claims, bonds, strict=True):
         rec = state.get(JOBS, claim.job_id)

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from consensus.encoding import decode, encode
-from consensus.errors import DecodeError
+from consensus.errors import DecodeError, InvalidTransaction
 from consensus.hashing import Hash32, tagged_hash
 
 TAG_STATE = "state"
@@ -29,7 +29,7 @@ GENESIS_PARENT_ROOT = bytes(32)
 ACCOUNTS = "accounts"
 """address → (balance, nonce)."""
 IMMATURE = "immature"
-"""maturity height → (miner address, amount): coinbases not yet spendable."""
+"""maturity height → ImmatureCoinbase: coinbases not yet spendable."""
 LOCKED = "locked"
 """address → total of its immature coinbases (to explain a refused spend)."""
 
@@ -39,8 +39,7 @@ JOBS_DUE = "jobs_due"
 """height → job ids whose reward is paid at that height (consensus.market)."""
 
 MODELS = "models"
-"""(model id, step) → (owner, job ids, weights hash, parent hash, dataset, height)
-(consensus.validation, model_record)."""
+"""(model id, step) → ModelStep (consensus.validation, model_record)."""
 
 DATASETS = "datasets"
 """dataset id → (owner, content root, size, chunk size, metadata, height) (consensus.datashare)."""
@@ -69,6 +68,26 @@ TABLES = (
     DATASET_MODELS,
 )
 _MISSING = object()
+
+
+class ImmatureCoinbase(NamedTuple):
+    """An IMMATURE value. Values are stored as plain tuples, in this order (the
+    state's encoding); read them through :func:`immature_coinbase`."""
+
+    miner: bytes
+    amount: int
+
+
+class ModelStep(NamedTuple):
+    """A MODELS value: one recorded training step. Stored as a plain tuple, in this
+    order; read through :func:`model_step` or :func:`iter_model_steps`."""
+
+    owner: bytes
+    job_ids: tuple[bytes, ...]
+    weights_hash: bytes
+    parent_hash: bytes
+    dataset: str
+    height: int
 
 
 @dataclass
@@ -280,18 +299,43 @@ def _unplain(value: Any) -> Any:
     return value
 
 
+def check_spendable(state: State, addr: bytes, needed: int) -> None:
+    """Raise InvalidTransaction unless ``addr`` can spend ``needed`` now.
+
+    Its balance is what it can spend: a coinbase it mined stays LOCKED (counted
+    apart) until it matures, and the refusal says so when that is the reason.
+    """
+    balance = state.balance(addr)
+    if balance >= needed:
+        return
+    locked = state.get(LOCKED, addr, 0)
+    if balance + locked >= needed:
+        raise InvalidTransaction(
+            f"balance: needs {needed} but only {balance} is spendable; "
+            f"{locked} is an immature coinbase"
+        )
+    raise InvalidTransaction(f"balance: needs {needed} but the sender has {balance}")
+
+
 def next_root(prev_root: bytes, changes: list[list[Any]]) -> Hash32:
     return tagged_hash(TAG_STATE, prev_root, encode(changes))
 
 
-def iter_accounts(state: State) -> Iterator[tuple[bytes, int, int]]:
-    for addr, (balance, nonce) in sorted(state.tables[ACCOUNTS].items()):
-        yield addr, balance, nonce
+def immature_coinbase(state: State, maturity_height: int) -> ImmatureCoinbase | None:
+    """The coinbase that matures at ``maturity_height``, if any is still locked."""
+    value = state.get(IMMATURE, maturity_height)
+    return None if value is None else ImmatureCoinbase(*value)
 
 
-def iter_model_steps(state: State, model_id: bytes) -> Iterator[tuple[int, tuple[Any, ...]]]:
+def model_step(state: State, model_id: bytes, step: int) -> ModelStep | None:
+    """Step ``step`` of model ``model_id``, if recorded."""
+    value = state.get(MODELS, (model_id, step))
+    return None if value is None else ModelStep(*value)
+
+
+def iter_model_steps(state: State, model_id: bytes) -> Iterator[tuple[int, ModelStep]]:
     """(step, record) of a model's lineage in order; steps are consecutive from 0."""
     step = 0
-    while (record := state.get(MODELS, (model_id, step))) is not None:
+    while (record := model_step(state, model_id, step)) is not None:
         yield step, record
         step += 1

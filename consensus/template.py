@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from consensus.blocks import EMPTY_PROOF, BlockHeader, JobSpec
 from consensus.errors import InvalidTransaction
@@ -32,14 +32,13 @@ from consensus.params import NetworkParams
 from consensus.state import State
 from consensus.transactions import Transaction, check_tx_stateless
 from consensus.validation import (
+    HeaderContext,
     apply_transaction,
     close_block,
+    expected_target,
     median_time_past,
     open_block,
 )
-
-if TYPE_CHECKING:
-    from consensus.chain import Chain
 
 
 @dataclass(frozen=True)
@@ -65,27 +64,31 @@ class TemplateBody:
 
 
 def build_template(
-    chain: Chain,
+    state: State,
+    tip: HeaderContext,
+    params: NetworkParams,
     txs: Iterable[Transaction],
     miner: bytes,
     job: JobSpec,
-    timestamp_ms: int | None = None,
+    timestamp_ms: int,
     verified: bool = False,
     on_top_of: TemplateBody | None = None,
 ) -> tuple[BlockHeader, TemplateBody]:
-    """A header to mine on ``chain``'s tip with as many of ``txs`` as apply cleanly, in order.
+    """A header to mine on ``tip`` with as many of ``txs`` as apply cleanly, in order.
 
+    ``state`` is the state at ``tip`` (left as it is); ``tip`` is the tip's
+    context (``Chain.header_context``). The timestamp is ``timestamp_ms``, or
+    just after the median time past if that is earlier.
     Transactions that fail (bad nonce, balance…) are skipped, not fatal.
     ``verified`` skips signature checks the caller has made (a mempool's).
     ``on_top_of``: an earlier body on the same tip; its transactions stay first,
     in their order, and those of ``txs`` it does not hold follow. On another tip
     it is ignored and the template is built from scratch.
     """
-    params = chain.params
-    parent = chain.tip.header
+    parent = tip.header
     base = on_top_of if on_top_of is not None and on_top_of.parent == parent.hash else None
-    mtp = median_time_past(chain.ancestor_timestamps(parent.hash))
-    ts = max(timestamp_ms if timestamp_ms is not None else chain.clock(), mtp + 1)
+    mtp = median_time_past(tip.recent_timestamps)
+    ts = max(timestamp_ms, mtp + 1)
     height = parent.height + 1
     # Half the block for transactions leaves room for the header and its proof
     # (h + w operand rows of k bytes with their branches).
@@ -95,7 +98,7 @@ def build_template(
     fees = base.fees if base is not None else 0
     size = base.size if base is not None else 0
     added: list[Transaction] = []
-    st = chain.state
+    st = state
     st.begin()
     try:
         if base is None:
@@ -137,7 +140,7 @@ def build_template(
             height=height,
             prev_hash=parent.hash,
             timestamp_ms=ts,
-            target=chain.next_target(),
+            target=expected_target(parent, tip.anchor, params),
             tx_root=body.tx_root,
             state_root=bytes(32),
             job=job,

@@ -18,11 +18,11 @@ against a network's mining parameters belong to the state transition.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from functools import cached_property
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from consensus.encoding import (
     U32,
@@ -41,7 +41,14 @@ from consensus.encoding import (
 )
 from consensus.errors import EncodeError, InvalidTransaction
 from consensus.hashing import TAG_TX_SIGN, TAG_TXID, Hash32, tagged_hash
-from consensus.keys import ADDRESS_SIZE, PrivateKey, address, verify_many, verify_signature
+from consensus.keys import (
+    ADDRESS_SIZE,
+    PrivateKey,
+    VerifyBatch,
+    address,
+    verify_many,
+    verify_signature,
+)
 from kernels.params import MAX_K
 
 MAX_JOB_DIM = 16_384
@@ -520,6 +527,20 @@ def _check_model_publish(tx: Transaction, p: ModelPublishPayload) -> None:
             raise InvalidTransaction(f"payload.{name}: must not be all zeros")
 
 
+FORM_RULES: dict[type, Callable[[Transaction, Any], None]] = {
+    TransferPayload: _check_transfer,
+    JobPostPayload: _check_job_post,
+    FraudProofPayload: _check_fraud_proof,
+    DatasetRegisterPayload: _check_dataset_register,
+    AccessGrantPayload: _check_access_grant,
+    ModelRecordPayload: _check_model_record,
+    ModelPublishPayload: _check_model_publish,
+    JobResultPayload: _check_job_result,
+}
+"""The stateless rules of a payload, by its type (kinds not here have none beyond
+the encoding's); each raises InvalidTransaction naming the field at fault."""
+
+
 BAD_SIGNATURE = "signature: not a valid signature by the sender"
 
 
@@ -539,11 +560,14 @@ def check_tx_signature(tx: Transaction) -> None:
         raise InvalidTransaction(BAD_SIGNATURE)
 
 
-def check_txs_stateless(txs: Sequence[Transaction], chain_id: int) -> list[Exception | None]:
+def check_txs_stateless(
+    txs: Sequence[Transaction], chain_id: int, verify_batch: VerifyBatch = verify_many
+) -> list[Exception | None]:
     """``check_tx_stateless`` of each transaction: None, or the exception it raises.
 
     The same verdicts, but the signatures of the transactions that pass the
-    cheap checks are verified together (``verify_many``, across cores).
+    cheap checks are verified together, by ``verify_batch`` (a node's spreads
+    them across cores).
     """
     verdicts: list[Exception | None] = []
     signed: list[int] = []
@@ -555,7 +579,9 @@ def check_txs_stateless(txs: Sequence[Transaction], chain_id: int) -> list[Excep
         else:
             verdicts.append(None)
             signed.append(i)
-    valid = verify_many([(txs[i].sender, signing_digest(txs[i]), txs[i].signature) for i in signed])
+    valid = verify_batch(
+        [(txs[i].sender, signing_digest(txs[i]), txs[i].signature) for i in signed]
+    )
     for i, ok in zip(signed, valid, strict=True):
         if not ok:
             verdicts[i] = InvalidTransaction(BAD_SIGNATURE)
@@ -576,20 +602,6 @@ def check_tx_form(tx: Transaction, chain_id: int) -> None:
         raise InvalidTransaction(str(e)) from None
     if size > MAX_TX_SIZE:
         raise InvalidTransaction(f"{size} bytes exceeds the limit of {MAX_TX_SIZE}")
-    p = tx.payload
-    if isinstance(p, TransferPayload):
-        _check_transfer(tx, p)
-    elif isinstance(p, JobPostPayload):
-        _check_job_post(tx, p)
-    elif isinstance(p, FraudProofPayload):
-        _check_fraud_proof(tx, p)
-    elif isinstance(p, DatasetRegisterPayload):
-        _check_dataset_register(tx, p)
-    elif isinstance(p, AccessGrantPayload):
-        _check_access_grant(tx, p)
-    elif isinstance(p, ModelRecordPayload):
-        _check_model_record(tx, p)
-    elif isinstance(p, ModelPublishPayload):
-        _check_model_publish(tx, p)
-    elif isinstance(p, JobResultPayload):
-        _check_job_result(tx, p)
+    rule = FORM_RULES.get(type(tx.payload))
+    if rule is not None:
+        rule(tx, tx.payload)

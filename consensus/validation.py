@@ -7,10 +7,10 @@ compare the commitments. Every rule is one ``if …: raise`` with the reason.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from typing import Any
 
 from consensus import datashare, market
 from consensus.blocks import (
@@ -22,9 +22,22 @@ from consensus.blocks import (
 )
 from consensus.difficulty import asert_target, block_work
 from consensus.errors import DecodeError, EncodeError, InvalidBlock, InvalidTransaction
+from consensus.keys import VerifyBatch, verify_many
 from consensus.params import NetworkParams
 from consensus.pow import verify_pow
-from consensus.state import ACCOUNTS, IMMATURE, LOCKED, MODELS, State, Undo
+from consensus.state import (
+    ACCOUNTS,
+    IMMATURE,
+    LOCKED,
+    MODELS,
+    ImmatureCoinbase,
+    ModelStep,
+    State,
+    Undo,
+    check_spendable,
+    immature_coinbase,
+    model_step,
+)
 from consensus.transactions import (
     AccessGrantPayload,
     AccessLogPayload,
@@ -120,8 +133,16 @@ class HeaderContext:
     """Its own timestamp and its ancestors', newest first, ``median_time_span`` at most."""
 
 
+CheckPow = Callable[[BlockHeader], object]
+"""``verify_pow`` under a network's parameters, or a caller's memo of it."""
+
+
 def check_child_header(
-    header: BlockHeader, parent: HeaderContext, params: NetworkParams, now_ms: int
+    header: BlockHeader,
+    parent: HeaderContext,
+    params: NetworkParams,
+    now_ms: int,
+    check_pow: CheckPow | None = None,
 ) -> HeaderContext:
     """Every rule a header must pass given its parent: prev_hash, height, timestamps,
     the ASERT target from the parent, and the proof of work. Returns its context.
@@ -129,9 +150,14 @@ def check_child_header(
     Raises InvalidBlock naming the rule. The proof is checked last: it is the
     costly rule (one tile), and a header whose target is not the one its parent
     implies must not get that far (any proof passes a target of 2^256 − 1).
+    ``check_pow`` checks the proof (default: ``verify_pow`` under ``params``);
+    a node passes its memo, which gives the same verdicts.
     """
     validate_header(header, parent.header, parent.recent_timestamps, parent.anchor, params, now_ms)
-    check_header_pow(header, params)
+    if check_pow is None:
+        verify_pow(header, params)
+    else:
+        check_pow(header)
     anchor = parent.anchor
     if header.height == 1:
         anchor = Anchor(params.genesis_target, header.timestamp_ms, 1)
@@ -139,97 +165,31 @@ def check_child_header(
     return HeaderContext(header, parent.work + block_work(header.target), anchor, recent)
 
 
-_POW_CHECKED: OrderedDict[tuple[bytes, int], int] = OrderedDict()
-_POW_CHECKED_MAX = 20_000
-
-
-def check_header_pow(header: BlockHeader, params: NetworkParams) -> int:
-    """The proof of work on its own (cheap: one tile). Returns the ticket.
-
-    A node checks a header's proof when the header arrives and again when its
-    block is connected: a proof that passed is remembered by the header's hash
-    (which covers the proof) and the network's parameters, so the second check
-    is free. Only successes are remembered.
-    """
-    key = (header.hash, id(params))
-    ticket = _POW_CHECKED.get(key)
-    if ticket is not None:
-        return ticket
-    ticket = verify_pow(header, params)
-    _PARAMS_PINNED.setdefault(id(params), params)
-    _POW_CHECKED[key] = ticket
-    while len(_POW_CHECKED) > _POW_CHECKED_MAX:
-        _POW_CHECKED.popitem(last=False)
-    return ticket
-
-
-_PARAMS_PINNED: dict[int, NetworkParams] = {}
-"""Every params object a remembered proof was checked under, kept alive: its id, part of
-the memo's key, can then never be reused by another object."""
-
-
 # ------------------------------------------------------------------ body
-
-
-def _spendable_check(state: State, addr: bytes, needed: int) -> None:
-    balance = state.balance(addr)
-    if balance >= needed:
-        return
-    locked = state.get(LOCKED, addr, 0)
-    if balance + locked >= needed:
-        raise InvalidTransaction(
-            f"balance: needs {needed} but only {balance} is spendable; "
-            f"{locked} is an immature coinbase"
-        )
-    raise InvalidTransaction(f"balance: needs {needed} but the sender has {balance}")
 
 
 def apply_transaction(state: State, tx: Transaction, height: int, params: NetworkParams) -> int:
     """Apply one (already stateless-checked) transaction; returns its fee."""
-    sender = tx.sender_address
-    balance, nonce = state.account(sender)
+    nonce = state.nonce(tx.sender_address)
     if tx.nonce < nonce:
         raise InvalidTransaction(f"nonce: {tx.nonce} was already used (next is {nonce})")
     if tx.nonce > nonce:
         raise InvalidTransaction(f"nonce: {tx.nonce} skips ahead (next is {nonce})")
-    p = tx.payload
-    if isinstance(p, TransferPayload):
-        _spendable_check(state, sender, tx.fee + p.amount)
-        state.set_account(sender, balance - tx.fee - p.amount, nonce + 1)
-        to_balance, to_nonce = state.account(p.to)
-        state.set_account(p.to, to_balance + p.amount, to_nonce)
-        return tx.fee
-    if isinstance(p, JobPostPayload):
-        market.apply_job_post(state, tx, p, height, params, _spendable_check)
-        return tx.fee
-    if isinstance(p, JobCancelPayload):
-        market.apply_job_cancel(state, tx, p, height, _spendable_check)
-        return tx.fee
-    if isinstance(p, FraudProofPayload):
-        market.apply_fraud_proof(state, tx, p, height, params, _spendable_check)
-        return tx.fee
-    if isinstance(p, JobResultPayload):
-        market.apply_job_result(state, tx, p, height, params, _spendable_check)
-        return tx.fee
-    if isinstance(p, ModelRecordPayload):
-        apply_model_record(state, tx, p, height)
-        return tx.fee
-    if isinstance(p, DatasetRegisterPayload):
-        datashare.apply_dataset_register(state, tx, p, height, _spendable_check)
-        return tx.fee
-    if isinstance(p, AccessGrantPayload):
-        datashare.apply_access_grant(state, tx, p, height, _spendable_check)
-        return tx.fee
-    if isinstance(p, AccessRevokePayload):
-        datashare.apply_access_revoke(state, tx, p, height, _spendable_check)
-        return tx.fee
-    if isinstance(p, AccessLogPayload):
-        datashare.apply_access_log(state, tx, p, height, _spendable_check)
-        return tx.fee
-    if isinstance(p, ModelPublishPayload):
-        datashare.apply_model_publish(state, tx, p, height, _spendable_check)
-        return tx.fee
-    raise InvalidTransaction(f"kind: {tx.kind.name.lower()} transactions are not enabled yet")
+    rule = PAYLOAD_RULES.get(type(tx.payload))
+    if rule is None:
+        raise InvalidTransaction(f"kind: {tx.kind.name.lower()} transactions are not enabled yet")
+    rule(state, tx, tx.payload, height, params)
+    return tx.fee
+
+
+def apply_transfer(state: State, tx: Transaction, p: TransferPayload) -> None:
+    """Move ``p.amount`` from the sender to ``p.to``; the sender pays the fee."""
+    sender = tx.sender_address
+    check_spendable(state, sender, tx.fee + p.amount)
+    balance, nonce = state.account(sender)
+    state.set_account(sender, balance - tx.fee - p.amount, nonce + 1)
+    to_balance, to_nonce = state.account(p.to)
+    state.set_account(p.to, to_balance + p.amount, to_nonce)
 
 
 def apply_model_record(state: State, tx: Transaction, p: ModelRecordPayload, height: int) -> None:
@@ -242,20 +202,20 @@ def apply_model_record(state: State, tx: Transaction, p: ModelRecordPayload, hei
     (by a block or a job_result: mined, or paid after its challenge window).
     """
     sender = tx.sender_address
-    if state.get(MODELS, (p.model_id, p.step)) is not None:
+    if model_step(state, p.model_id, p.step) is not None:
         raise InvalidTransaction(f"payload.step: step {p.step} of this model is already recorded")
     if p.step > 0:
-        first = state.get(MODELS, (p.model_id, 0))
+        first = model_step(state, p.model_id, 0)
         if first is None:
             raise InvalidTransaction("payload.model_id: no such model (its step 0 is not recorded)")
-        if first[0] != sender:
+        if first.owner != sender:
             raise InvalidTransaction("payload.model_id: only the model's owner may record steps")
-        previous = state.get(MODELS, (p.model_id, p.step - 1))
+        previous = model_step(state, p.model_id, p.step - 1)
         if previous is None:
             raise InvalidTransaction(
                 f"payload.step: step {p.step} skips ahead (step {p.step - 1} is not recorded)"
             )
-        if previous[2] != p.parent_hash:
+        if previous.weights_hash != p.parent_hash:
             raise InvalidTransaction(
                 f"payload.parent_hash: not the weights hash of step {p.step - 1}"
             )
@@ -267,19 +227,45 @@ def apply_model_record(state: State, tx: Transaction, p: ModelRecordPayload, hei
             raise InvalidTransaction(
                 f"payload.job_ids: job {job_id.hex()[:16]} is {job['status']}, not mined or paid"
             )
-    _spendable_check(state, sender, tx.fee)
+    check_spendable(state, sender, tx.fee)
     balance, nonce = state.account(sender)
     state.set_account(sender, balance - tx.fee, nonce + 1)
     state.set(
         MODELS,
         (p.model_id, p.step),
-        (sender, p.job_ids, p.weights_hash, p.parent_hash, p.dataset, height),
+        tuple(ModelStep(sender, p.job_ids, p.weights_hash, p.parent_hash, p.dataset, height)),
     )
+
+
+PayloadRule = Callable[[State, Transaction, Any, int, NetworkParams], None]
+"""How a payload changes the state: (state, transaction, payload, height, params).
+Raises InvalidTransaction naming the rule it breaks; the nonce is checked before."""
+
+
+def _at_height(rule: Callable[[State, Transaction, Any, int], None]) -> PayloadRule:
+    """A rule that needs no network parameters, in the table's shape."""
+    return lambda state, tx, p, height, params: rule(state, tx, p, height)
+
+
+PAYLOAD_RULES: dict[type, PayloadRule] = {
+    TransferPayload: lambda state, tx, p, height, params: apply_transfer(state, tx, p),
+    JobPostPayload: market.apply_job_post,
+    JobCancelPayload: _at_height(market.apply_job_cancel),
+    FraudProofPayload: market.apply_fraud_proof,
+    JobResultPayload: market.apply_job_result,
+    ModelRecordPayload: _at_height(apply_model_record),
+    DatasetRegisterPayload: _at_height(datashare.apply_dataset_register),
+    AccessGrantPayload: _at_height(datashare.apply_access_grant),
+    AccessRevokePayload: _at_height(datashare.apply_access_revoke),
+    AccessLogPayload: _at_height(datashare.apply_access_log),
+    ModelPublishPayload: _at_height(datashare.apply_model_publish),
+}
+"""Every enabled transaction kind, by payload type, and its state rule."""
 
 
 def pay_coinbase(state: State, header: BlockHeader, params: NetworkParams) -> None:
     """Lock this block's reward until maturity; release the one maturing now."""
-    matured = state.get(IMMATURE, header.height)
+    matured = immature_coinbase(state, header.height)
     if matured is not None:
         miner, amount = matured
         state.set(IMMATURE, header.height, None)
@@ -288,7 +274,7 @@ def pay_coinbase(state: State, header: BlockHeader, params: NetworkParams) -> No
         state.set_account(miner, bal + amount, nonce)
     if header.reward:
         when = header.height + params.coinbase_maturity
-        state.set(IMMATURE, when, (header.miner, header.reward))
+        state.set(IMMATURE, when, tuple(ImmatureCoinbase(header.miner, header.reward)))
         state.set(LOCKED, header.miner, state.get(LOCKED, header.miner, 0) + header.reward)
 
 
@@ -337,6 +323,7 @@ def apply_body(
     params: NetworkParams,
     verified_txids: AbstractSet[bytes] | None,
     parent: BlockHeader,
+    verify_batch: VerifyBatch = verify_many,
 ) -> Undo:
     """Apply the block's transactions and coinbase; on any failure the state is unchanged.
 
@@ -345,6 +332,7 @@ def apply_body(
 
     ``verified_txids`` lets a node skip signature checks it has already done
     (mempool admission); the checks are the same, only not repeated.
+    ``verify_batch`` verifies the others' signatures (a node's uses its cores).
     """
     header = block.header
     try:
@@ -364,7 +352,7 @@ def apply_body(
         i for i, tx in enumerate(txs) if verified_txids is None or tx.txid not in verified_txids
     ]
     verdicts: list[Exception | None] = [None] * len(txs)
-    found = check_txs_stateless([txs[i] for i in unchecked], params.chain_id)
+    found = check_txs_stateless([txs[i] for i in unchecked], params.chain_id, verify_batch)
     for i, verdict in zip(unchecked, found, strict=True):
         verdicts[i] = verdict
     state.begin()
@@ -396,16 +384,22 @@ def apply_body(
 def state_transition(
     state: State,
     block: Block,
-    parent: BlockHeader,
-    ancestor_timestamps: Sequence[int],
-    anchor: Anchor | None,
+    parent: HeaderContext,
     params: NetworkParams,
     now_ms: int,
+    check_pow: CheckPow | None = None,
+    verified_txids: AbstractSet[bytes] | None = None,
+    verify_batch: VerifyBatch = verify_many,
 ) -> Undo:
-    """Validate ``block`` on top of ``parent`` and apply it to ``state`` (which is at parent)."""
-    validate_header(block.header, parent, ancestor_timestamps, anchor, params, now_ms)
-    check_header_pow(block.header, params)
-    return apply_body(state, block, params, None, parent)
+    """Validate ``block`` on top of ``parent`` and apply it to ``state`` (which is at parent).
+
+    Every header rule (:func:`check_child_header`), then the body and the
+    commitments (:func:`apply_body`): the one path by which a block changes the
+    state (``Chain`` connects every block through it). Raises InvalidBlock naming
+    the rule; the state is then unchanged. Returns the record that undoes it.
+    """
+    check_child_header(block.header, parent, params, now_ms, check_pow)
+    return apply_body(state, block, params, verified_txids, parent.header, verify_batch)
 
 
 # ------------------------------------------------------------------ genesis

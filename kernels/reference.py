@@ -6,7 +6,6 @@ that every fast backend can be checked against it bit for bit.
 
 from __future__ import annotations
 
-import blake3
 import numpy as np
 
 from kernels.noise import derive_noise, expand_noise
@@ -36,11 +35,6 @@ def reference_transcripts(
         slot = c % TRANSCRIPT_WORDS
         T[:, :, slot] = rotl32(T[:, :, slot], TRANSCRIPT_ROTATION) ^ x
     return acc.astype(np.int32), T
-
-
-def reference_ticket(T_tile: np.ndarray, key: bytes, ti: int, tj: int) -> int:
-    msg = T_tile.astype("<u4").tobytes() + ti.to_bytes(4, "little") + tj.to_bytes(4, "little")
-    return int.from_bytes(blake3.blake3(msg, key=key).digest(), "little")
 
 
 def reference_attempt(

@@ -26,7 +26,6 @@ import logging
 import struct
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -74,12 +73,6 @@ def split(data: bytes, chunk_size: int = CHUNK_SIZE) -> list[bytes]:
 def check_chunk_size(chunk_size: int) -> None:
     if not 0 < chunk_size <= MAX_CHUNK_SIZE:
         raise BlobError(f"chunk size {chunk_size} is outside 1..{MAX_CHUNK_SIZE}")
-
-
-def chunk_count(size: int) -> int:
-    """How many chunks a blob of ``size`` bytes has."""
-    check_blob_size(size)
-    return -(-size // CHUNK_SIZE)
 
 
 class BlobTree:
@@ -173,13 +166,6 @@ MAX_MATRIX_DIM = 65_536
 _HEADER = struct.Struct("<4sBBII")  # magic, version, dtype code, rows, cols
 _DTYPES: dict[int, np.dtype] = {1: np.dtype("i1"), 4: np.dtype("<i4")}
 _CODES = {np.dtype(np.int8): 1, np.dtype(np.int32): 4}
-
-
-@dataclass(frozen=True)
-class MatrixHeader:
-    dtype: np.dtype
-    rows: int
-    cols: int
 
 
 def encode_matrix(x: np.ndarray) -> bytes:

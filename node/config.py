@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from consensus.keys import PrivateKey
-from consensus.params import NetworkParams, network
+from consensus.params import NetworkParams
 
 
 def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
@@ -67,7 +67,3 @@ def load_config_file(path: Path) -> dict[str, Any]:
     if not isinstance(node, dict):
         raise ValueError(f"config file {path}: [node] must be a table")
     return {str(k).replace("-", "_"): v for k, v in node.items()}
-
-
-def resolve_network(name: str) -> NetworkParams:
-    return network(name)

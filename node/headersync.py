@@ -206,7 +206,7 @@ class HeaderSync:
                 continue
             assert parent is not None
             try:
-                checked = check_child_header(header, parent, params, chain.clock())
+                checked = check_child_header(header, parent, params, chain.clock(), chain.check_pow)
             except InvalidBlock as e:
                 raise header_violation("headers", e) from None
             if presync is not None and presync.last is not parent:

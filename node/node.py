@@ -50,6 +50,7 @@ from node.rpc_methods import register_methods
 from node.store import Store
 from node.sync_progress import SyncProgress
 from node.txrelay import TxRelay
+from node.verifier import ProofOfWorkMemo, SignatureVerifier
 from node.wire import (
     TXS_BATCH_BYTES,
     BlobChunk,
@@ -116,6 +117,8 @@ class Node:
         self.rpc_port = 0
         self.explorer_url = ""
         self.block_times: dict[bytes, float] = {}  # first seen (s), for propagation metrics
+        self.pow_memo = ProofOfWorkMemo(self.params)
+        self.verifier = SignatureVerifier()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -131,6 +134,8 @@ class Node:
         self.market = MarketService(self, dishonest=self.config.dishonest_results)
         self.mempool = Mempool(self.params)
         self.chain.verified_txids = self.mempool.verified_txids
+        self.chain.check_pow = self.pow_memo.check
+        self.chain.verify_signatures = self.verifier.verify_many
         self.metrics.height.set(self.chain.height)
         self.token = write_cookie(self.datadir)
         self.rpc = RpcServer(self.token, self.metrics)
@@ -236,6 +241,7 @@ class Node:
                 await runner.cleanup()
             self.flush_store()
             self.store.close()
+            self.verifier.close()
             (self.datadir / "node.json").unlink(missing_ok=True)
             log.info("node stopped at height %d", self.chain.height)
         finally:
@@ -308,7 +314,7 @@ class Node:
                 result = self.chain.add_block(block, built_upon=True)
         except InvalidBlock as e:
             self.metrics.blocks.labels("rejected").inc()
-            self.store.record(self.chain, block, None)
+            self.store.record(self.chain)
             log.warning("rejected block %s from %s: %s", h.hex()[:16], _who(source), e)
             if source is not None:
                 raise header_violation("invalid block", e) from None
@@ -331,7 +337,7 @@ class Node:
             if time.monotonic() - self._store_synced >= STORE_BATCH_S:
                 self.flush_store()
         else:
-            self.store.record(self.chain, block, result)
+            self.store.record(self.chain)
         self.metrics.blocks.labels("accepted").inc()
         if result.status == "orphan":
             return result

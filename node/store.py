@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import Any
 
 from consensus.blocks import Block, BlockHeader, decode_block, encode_block
-from consensus.chain import AddResult, Chain, Entry, Status
+from consensus.chain import Chain, Entry, Status
 from consensus.errors import DecodeError
 from consensus.params import NetworkParams
 from consensus.state import (
@@ -260,20 +260,13 @@ class Store:
 
     # ------------------------------------------------------------ saving
 
-    def record(
-        self, chain: Chain, block: Block | None = None, result: AddResult | None = None
-    ) -> None:
-        """Persist what ``chain.add_block(block)`` changed; call it after every add_block.
+    def record(self, chain: Chain) -> None:
+        """Persist what ``chain.add_block`` changed; call it after every add_block.
 
         Also correct after add_block raised InvalidBlock (the blocks it marked
-        invalid are saved), and a no-op after an orphan or a duplicate.
-        ``block`` and ``result`` are accepted for the caller's convenience:
-        the chain itself records what changed (``chain.unsaved``).
+        invalid are saved), and a no-op after an orphan or a duplicate: the
+        chain itself records what changed (``chain.unsaved``).
         """
-        self.sync(chain)
-
-    def record_invalid(self, chain: Chain, block_hash: bytes) -> None:
-        """Persist an INVALID marking (add_block raised for a header already in entries)."""
         self.sync(chain)
 
     def sync(self, chain: Chain) -> None:

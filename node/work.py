@@ -113,8 +113,11 @@ class WorkSource:
             room = max(0, TEMPLATE_MAX_TXS - len(base.txs))
             candidates = mempool.admitted_since(self._body_admissions, room)
         self._body_admissions = mempool.admissions
+        chain = node.chain
         template, body = build_template(
-            node.chain,
+            chain.state,
+            chain.header_context(tip),
+            node.params,
             candidates,
             node.miner_address,
             job,

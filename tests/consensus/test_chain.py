@@ -13,7 +13,7 @@ from consensus.chain import Chain
 from consensus.errors import InvalidBlock
 from consensus.keys import PrivateKey
 from consensus.pow import null_job
-from consensus.validation import apply_body
+from consensus.validation import apply_body, genesis_state, state_transition
 from tests.consensus.chainkit import (
     ALICE,
     BOB,
@@ -71,6 +71,24 @@ def test_mined_chain_revalidates_from_scratch(two_branches):
     assert chain.state.balance(CAROL.address) == MID.prefund_amount + 14
     again = replay(common + a_tail, now)
     assert again.state.root == chain.state.root == chain.tip.header.state_root
+
+
+def test_state_transition_alone_takes_genesis_to_the_chain_tip(two_branches):
+    # Chain connects every block through state_transition: on its own, from the
+    # genesis state, it reaches the same state, and refuses a header rule's breach
+    # (a block from too far in the future) without touching the state.
+    common, a_tail, _, now = two_branches
+    blocks = common + a_tail
+    chain = replay(blocks, now)
+    state = genesis_state(MID)
+    early = blocks[0].header.timestamp_ms - MID.max_future_drift_ms - 1
+    with pytest.raises(InvalidBlock, match="too far in the future"):
+        state_transition(state, blocks[0], chain.header_context(chain.active[0]), MID, early)
+    assert state.root == chain.genesis.header.state_root
+    for parent_hash, block in zip(chain.active, blocks, strict=False):
+        state_transition(state, block, chain.header_context(parent_hash), MID, now)
+        assert state.root == block.header.state_root
+    assert state.snapshot() == chain.state.snapshot()
 
 
 def test_reorg_to_heavier_branch_equals_applying_it_from_genesis(two_branches):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consensus.blocks import Block
+from consensus.blocks import Block, BlockHeader
+from consensus.chain import Chain
 from consensus.pow import null_job
-from consensus.template import build_template
+from consensus.template import TemplateBody, build_template
 from tests.consensus.chainkit import (
     ALICE,
     BOB,
@@ -19,6 +22,12 @@ from tests.consensus.chainkit import (
     remine,
     transfer,
 )
+
+
+def on_tip(chain: Chain, *args: Any, **kw: Any) -> tuple[BlockHeader, TemplateBody]:
+    """``build_template`` on the chain's tip and state."""
+    return build_template(chain.state, chain.header_context(chain.tip.hash), MID, *args, **kw)
+
 
 KEYS = [ALICE, BOB, CAROL, MINER]
 
@@ -52,14 +61,12 @@ def test_a_template_on_top_of_an_earlier_one_equals_one_built_from_scratch(first
     early, late = _transfers(first, nonces), _transfers(second, nonces)
     job = null_job(chain.tip.hash, MID).spec
     clock.now += MID.block_time_ms
-    _, base = build_template(chain, early, MINER.address, job, clock.now)
-    header, body = build_template(
-        chain, early + late, MINER.address, job, clock.now, on_top_of=base
-    )
+    _, base = on_tip(chain, early, MINER.address, job, clock.now)
+    header, body = on_tip(chain, early + late, MINER.address, job, clock.now, on_top_of=base)
     assert body.txs[: len(base.txs)] == base.txs  # the earlier ones stay first, in order
     # From scratch, the same transactions in the same order give the same template
     # (a transaction skipped by the earlier one may apply on top of it: nonce order).
-    scratch_header, scratch = build_template(chain, body.txs, MINER.address, job, clock.now)
+    scratch_header, scratch = on_tip(chain, body.txs, MINER.address, job, clock.now)
     assert body.txs == scratch.txs
     assert header == scratch_header  # tx_root, state_root and reward included
     assert (body.writes, body.levels) == (scratch.writes, scratch.levels)
@@ -72,10 +79,10 @@ def test_a_body_from_another_tip_is_not_built_on():
     chain, clock = new_chain()
     job = null_job(chain.tip.hash, MID).spec
     spent = transfer(ALICE, BOB, 5, 0)
-    _, stale = build_template(chain, [spent], MINER.address, job, clock.now)
+    _, stale = on_tip(chain, [spent], MINER.address, job, clock.now)
     extend(chain, clock, 1, txs=(spent,))
     fresh = transfer(ALICE, BOB, 5, 1)
     job = null_job(chain.tip.hash, MID).spec
-    header, body = build_template(chain, [fresh], MINER.address, job, clock.now, on_top_of=stale)
+    header, body = on_tip(chain, [fresh], MINER.address, job, clock.now, on_top_of=stale)
     assert body.txs == (fresh,) and body.parent == chain.tip.hash
-    assert header == build_template(chain, [fresh], MINER.address, job, clock.now)[0]
+    assert header == on_tip(chain, [fresh], MINER.address, job, clock.now)[0]

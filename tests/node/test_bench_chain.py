@@ -12,10 +12,11 @@ from benchmarks.chain import bench_chain
 from consensus.blocks import Block, tx_root
 from consensus.chain import Chain
 from consensus.errors import InvalidBlock
-from consensus.keys import PARALLEL_VERIFY_MIN, PrivateKey, verify_many
+from consensus.keys import PrivateKey
 from consensus.pow import null_job
 from consensus.transactions import Transaction
 from node.cli import cli
+from node.verifier import PARALLEL_VERIFY_MIN, SignatureVerifier
 from tests.consensus.chainkit import ALICE, BOB, MID, MINER, new_chain, remine, transfer
 
 KEYS = {
@@ -78,11 +79,19 @@ def test_verify_many_keeps_each_verdict_in_order() -> None:
     for i in bad:
         key, message, _ = items[i]
         items[i] = (key, message, keys[(i + 1) % 4].sign(message))  # another key's signature
-    assert verify_many(items) == [i not in bad for i in range(len(items))]
+    verifier = SignatureVerifier(threads=4)
+    try:
+        assert verifier.verify_many(items) == [i not in bad for i in range(len(items))]
+    finally:
+        verifier.close()
+
+
+VERIFIER = SignatureVerifier(threads=4)
 
 
 def _block_with(txs: list[Transaction]) -> tuple[Chain, Block]:
     chain, clock = new_chain()
+    chain.verify_signatures = VERIFIER.verify_many  # a node's: across threads
     job = null_job(chain.tip.hash, MID)
     template, _ = chain.build_template((), MINER.address, job.spec, clock.now + MID.block_time_ms)
     fees = sum(tx.fee for tx in txs)

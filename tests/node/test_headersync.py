@@ -16,8 +16,7 @@ from consensus.blocks import Block, BlockHeader
 from consensus.chain import Chain
 from consensus.difficulty import MAX_TARGET
 from consensus.keys import PrivateKey
-from consensus.pow import null_job
-from consensus.validation import check_header_pow
+from consensus.pow import null_job, verify_pow
 from node import headersync
 from node.config import NodeConfig
 from node.node import Node
@@ -91,7 +90,7 @@ async def test_a_header_claiming_the_easiest_target_is_refused_and_its_sender_ba
     chain, clock = _private_copy(node)
     real = next_block(chain, clock)
     forged = dataclasses.replace(real.header, target=MAX_TARGET)
-    check_header_pow(forged, node.params)  # the proof alone does not tell it apart
+    verify_pow(forged, node.params)  # the proof alone does not tell it apart
     watcher = await _peer(node)
     attacker = await _peer(node)
     await attacker.send(Headers((forged,)))
@@ -133,7 +132,7 @@ async def test_a_header_breaking_a_rule_with_a_valid_proof_gets_its_sender_banne
     else:
         bad = dataclasses.replace(good, height=7)
     bad = remine(bad, null_job(bad.prev_hash, node.params))
-    check_header_pow(bad, node.params)  # only the rule named is broken
+    verify_pow(bad, node.params)  # only the rule named is broken
     attacker = await _peer(node)
     await attacker.send(Headers((bad,)))
     closed = await attacker.wait_for_close()
@@ -167,7 +166,7 @@ async def test_a_compact_block_on_an_unknown_parent_keeps_nothing_and_asks_for_h
     chain, clock = new_chain()
     far = extend(chain, clock, 3)
     forged = dataclasses.replace(far[2].header, target=MAX_TARGET)
-    check_header_pow(forged, node.params)
+    verify_pow(forged, node.params)
     attacker = await _peer(node)
     await attacker.send(CompactBlock(forged, ()))
     asked = await attacker.wait_for_message(GetHeaders)
