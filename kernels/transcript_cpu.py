@@ -28,12 +28,15 @@ vpmaddwd on AVX2 (and into correct, slower code on any other target).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from kernels.isa import compile_target
 from kernels.params import TRANSCRIPT_ROTATION, TRANSCRIPT_WORDS
 
 _MASK32 = np.uint64(0xFFFFFFFF)
@@ -327,6 +330,52 @@ def _tiled_product(
     return out, T
 
 
+# ---------------------------------------------------------------- paths
+
+GENERIC = "generic"
+VNNI = "avx512_vnni"
+
+
+def available_paths() -> tuple[str, ...]:
+    """The microkernel paths this process's compile target can run, fastest first.
+
+    ``avx512_vnni`` (int8 vpdpbusd on zmm, :mod:`kernels.transcript_vnni`) where
+    the target has AVX-512 VNNI and BW; ``generic`` (this module's portable IR)
+    everywhere. Every path gives the same C' and T, bit for bit.
+    """
+    return (VNNI, GENERIC) if compile_target().isa == VNNI else (GENERIC,)
+
+
+_active = available_paths()[0]
+
+
+def active_path() -> str:
+    """The path :func:`noisy_product`, :func:`plain_matmul` and :func:`single_tile` run."""
+    return _active
+
+
+def select_path(name: str) -> str:
+    """Run ``name`` from now on in this process (benchmarks compare paths); returns the previous."""
+    global _active
+    if name not in available_paths():
+        raise ValueError(
+            f"CPU kernel path {name!r} cannot run on this compile target "
+            f"({compile_target().isa}); available: {', '.join(available_paths())}"
+        )
+    previous, _active = _active, name
+    return previous
+
+
+def _kernels() -> tuple[Any, Any]:
+    """(tiled product, single-tile product) of the active path."""
+    if _active == VNNI:
+        # Imported on first use: only targets with VNNI may compile its intrinsic.
+        from kernels import transcript_vnni
+
+        return transcript_vnni.tiled_product, transcript_vnni.tile_product
+    return _tiled_product, tile_product
+
+
 def noisy_product(
     a_noisy: np.ndarray, bt_noisy: np.ndarray, r: int, h: int, w: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -335,18 +384,22 @@ def noisy_product(
     ``a_noisy`` is A' (m×k int8) and ``bt_noisy`` is B'ᵀ (n×k int8), both
     C-contiguous; shapes are validated by the caller (:mod:`kernels.attempt`).
     """
-    return _tiled_product(a_noisy, bt_noisy, r, h, w, True)
+    tiled, _ = _kernels()
+    c, t = tiled(a_noisy, bt_noisy, r, h, w, True)
+    return c, t
 
 
 def plain_matmul(a: np.ndarray, bt: np.ndarray, r: int, h: int, w: int) -> np.ndarray:
     """A·B with the same loop nest, packing and microkernel and no folds: the baseline."""
-    out, _ = _tiled_product(a, bt, r, h, w, False)
+    tiled, _ = _kernels()
+    out: np.ndarray = tiled(a, bt, r, h, w, False)[0]
     return out
 
 
 def single_tile(a_strip: np.ndarray, bt_strip: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
-    """One tile's (C' block, transcript) — the verifier's path through :func:`tile_product`."""
+    """One tile's (C' block, transcript) — the verifier's path, the miner's tile routine."""
+    _, tile = _kernels()
     acc = np.zeros((a_strip.shape[0], bt_strip.shape[0]), dtype=np.int32)
     T = np.zeros(TRANSCRIPT_WORDS, dtype=np.uint32)
-    tile_product(a_strip, bt_strip, r, acc, T, True)
+    tile(a_strip, bt_strip, r, acc, T, True)
     return acc, T
