@@ -108,11 +108,14 @@ _PARALLEL_MIN_ENTRIES = 1 << 18
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _add_noise_transposed(b: np.ndarray, L: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
+def _add_noise_transposed(
+    b: np.ndarray, lt: np.ndarray, p: np.ndarray, q: np.ndarray
+) -> np.ndarray:
     """out[j, c] = b[c, j] + L[j, p(c)] − L[j, q(c)]: Bᵀ + E_Bᵀ in one blocked pass.
 
-    Transposing B with numpy first costs a strided pass as long as the
-    noise itself; 64×64 blocks keep both sides of the transpose in L1.
+    ``lt`` is Lᵀ (r×n): along a row c of B both noise terms are then rows of
+    Lᵀ, so a block is computed with contiguous, vectorised loads into an
+    L1-resident scratch (c, j) and only the final copy transposes it.
     """
     k, n = b.shape
     out = np.empty((n, k), dtype=np.int8)
@@ -122,9 +125,18 @@ def _add_noise_transposed(b: np.ndarray, L: np.ndarray, p: np.ndarray, q: np.nda
     for blk in prange(nbj * nbc):
         j0 = (blk // nbc) * bs
         c0 = (blk % nbc) * bs
-        for j in range(j0, min(n, j0 + bs)):
-            for c in range(c0, min(k, c0 + bs)):
-                out[j, c] = np.int8(b[c, j] + L[j, p[c]] - L[j, q[c]])
+        nj = min(n, j0 + bs) - j0
+        nc = min(k, c0 + bs) - c0
+        block = np.empty((bs, bs), dtype=np.int8)
+        for cc in range(nc):
+            c = c0 + cc
+            plus = lt[p[c]]
+            minus = lt[q[c]]
+            for jj in range(nj):
+                block[cc, jj] = b[c, j0 + jj] + plus[j0 + jj] - minus[j0 + jj]
+        for jj in range(nj):
+            for cc in range(nc):
+                out[j0 + jj, c0 + cc] = block[cc, jj]
     return out
 
 
@@ -134,7 +146,8 @@ def add_noise_transposed(b: np.ndarray, f: NoiseFactors) -> np.ndarray:
         raise ValueError(
             f"operand shape {b.shape} does not match noise shape {(f.p.shape[0], f.L.shape[0])}"
         )
-    out: np.ndarray = _add_noise_transposed(np.ascontiguousarray(b), f.L, f.p, f.q)
+    lt = np.ascontiguousarray(f.L.T)
+    out: np.ndarray = _add_noise_transposed(np.ascontiguousarray(b), lt, f.p, f.q)
     return out
 
 
