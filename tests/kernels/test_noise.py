@@ -73,10 +73,20 @@ def test_bad_noise_arguments_are_named(call, message):
         call()
 
 
-def test_fused_transpose_equals_transpose_then_noise():
+@pytest.mark.parametrize(
+    ("k", "n"),
+    [
+        (192, 80),  # not multiples of the 64 block: partial blocks, 8-row words
+        (136, 8),  # k = 64·2 + 8: a last block of one word per column
+        (100, 24),  # 8 ∤ k: the byte-wise build
+    ],
+)
+def test_fused_transpose_equals_transpose_then_noise(k, n):
     rng = np.random.default_rng(4)
-    b = rng.integers(-64, 64, (192, 80), dtype=np.int8)  # k×n, not multiples of the block
-    f = derive_noise(SEED, 80, 192, 64)
+    b = rng.integers(-64, 64, (k, n), dtype=np.int8)  # k×n
+    b[0] = -64
+    b[-1] = 63
+    f = derive_noise(SEED, n, k, 64)
     assert np.array_equal(add_noise_transposed(b, f), add_noise(np.ascontiguousarray(b.T), f))
     with pytest.raises(ValueError, match="does not match"):
         add_noise_transposed(b.T, f)
