@@ -176,14 +176,21 @@ def _pack_a_strip(a_strip: np.ndarray, r: int, ap: np.ndarray, rs: np.ndarray) -
     """
     h, k = a_strip.shape
     cq = _quads(r)
-    ap.fill(0)
+    if r % 4:
+        ap.fill(0)
+    for c in range(k // r):  # ap is written in order; each row is read along k
+        for t4 in range(cq):
+            p = c * cq + t4
+            for i in range(h):
+                row = a_strip[i]
+                for e in range(min(4, r - 4 * t4)):
+                    ap[p, i, e] = row[c * r + 4 * t4 + e]
     for i in range(h):
+        row = a_strip[i]
         for c in range(k // r):
             s = np.int32(0)
             for t in range(r):
-                v = a_strip[i, c * r + t]
-                ap[c * cq + t // 4, i, t % 4] = v
-                s += np.int32(v)
+                s += np.int32(row[c * r + t])
             rs[c, i] = s * np.int32(128)
 
 
