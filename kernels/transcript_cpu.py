@@ -24,6 +24,11 @@ Numba cannot express that loop so that LLVM keeps 12 vector accumulators in
 registers, so the microkernel is a small LLVM-IR intrinsic. It uses only
 generic IR (sext, mul, shuffle, add), which LLVM's x86 backend turns into
 vpmaddwd on AVX2 (and into correct, slower code on any other target).
+
+That is the portable path. Targets with AVX-512 VNNI get their own at import
+(:func:`available_paths`): int8 vpdpbusd on zmm in :mod:`kernels.transcript_vnni`,
+the same transcript bit for bit. :func:`noisy_product`, :func:`plain_matmul` and
+:func:`single_tile` run the active path; :func:`select_path` changes it.
 """
 
 from __future__ import annotations
