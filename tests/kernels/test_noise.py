@@ -95,3 +95,17 @@ def test_noisy_operands_equal_the_numpy_gather(k, n):
     assert np.array_equal(add_noise_transposed(b, f), expected)
     with pytest.raises(ValueError, match="does not match"):
         add_noise_transposed(b.T, f)
+
+
+@pytest.mark.parametrize("r", [2, 64, 256])
+def test_permutation_follows_the_stream_layout(r):
+    """p = x mod r, q = (p + 1 + y mod (r − 1)) mod r from the perm stream's u16 pairs."""
+    import blake3
+
+    k = 4096
+    raw = np.frombuffer(blake3.blake3(b"pouwnet/noise/perm", key=SEED).digest(length=4 * k), "<u2")
+    x, y = raw[0::2].astype(np.int64), raw[1::2].astype(np.int64)
+    p, q = derive_permutation(SEED, k, r)
+    assert p.dtype == np.int32 and q.dtype == np.int32
+    assert np.array_equal(p, x % r)
+    assert np.array_equal(q, (x % r + 1 + y % (r - 1)) % r)
