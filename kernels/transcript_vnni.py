@@ -176,15 +176,19 @@ def _pack_a_strip(a_strip: np.ndarray, r: int, ap: np.ndarray, rs: np.ndarray) -
     """
     h, k = a_strip.shape
     cq = _quads(r)
-    if r % 4:
-        ap.fill(0)
-    for c in range(k // r):  # ap is written in order; each row is read along k
-        for t4 in range(cq):
-            p = c * cq + t4
+    if r % 4 == 0:  # quads tile k exactly: ap[p, i, :] = A'[i, 4p : 4p + 4]
+        for p in range(k // 4):
+            dst = ap[p]
             for i in range(h):
                 row = a_strip[i]
-                for e in range(min(4, r - 4 * t4)):
-                    ap[p, i, e] = row[c * r + 4 * t4 + e]
+                for e in range(4):
+                    dst[i, e] = row[4 * p + e]
+    else:
+        ap.fill(0)
+        for c in range(k // r):
+            for t in range(r):
+                for i in range(h):
+                    ap[c * cq + t // 4, i, t % 4] = a_strip[i, c * r + t]
     for i in range(h):
         row = a_strip[i]
         for c in range(k // r):
