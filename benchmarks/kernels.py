@@ -26,13 +26,15 @@ from kernels.transcript_cpu import GENERIC, active_path, available_paths, select
 PLOT_SIZES = (256, 512, 768, 1024, 1536, 2048)
 
 
-def _median_time(fn: Callable[[], Any], repeats: int) -> float:
+def _median_time(
+    fn: Callable[[], Any], repeats: int, clock: Callable[[], float] = time.perf_counter
+) -> float:
     fn()  # warm-up: JIT compilation and caches are not what we measure
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times)
 
 
@@ -94,6 +96,16 @@ def _bench_kernels(size: int, backend: str, repeats: int | None) -> dict[str, An
     search_s = _median_time(
         lambda: mining_attempt(a, b, seed_a, seed_b, target, params, be, ticket_key=key), reps
     )
+    # CPU seconds of this process (all threads): on a shared machine, time spent waiting
+    # for a core inflates wall-clock ratios but not these.
+    plain_cpu_s = _median_time(
+        lambda: be.plain_matmul(a, bt, params.r, params.h, params.w), reps, time.process_time
+    )
+    attempt_cpu_s = _median_time(
+        lambda: mining_attempt(a, b, seed_a, seed_b, target, params, be, ticket_key=key),
+        reps,
+        time.process_time,
+    )
     ti, tj = m // params.h // 2, n // params.w // 2
     rows = np.ascontiguousarray(a[ti * params.h : (ti + 1) * params.h])
     cols = np.ascontiguousarray(bt[tj * params.w : (tj + 1) * params.w])
@@ -139,6 +151,9 @@ def _bench_kernels(size: int, backend: str, repeats: int | None) -> dict[str, An
         "freivalds_s": freivalds_s,
         "attempt_vs_sgemm": attempt_s / sgemm_s,
         "attempt_vs_plain": attempt_s / plain_s,
+        "plain_cpu_s": plain_cpu_s,
+        "attempt_cpu_s": attempt_cpu_s,
+        "attempt_vs_plain_cpu": attempt_cpu_s / plain_cpu_s,
         "attempt_without_recovery_s": search_s,
         "attempt_without_recovery_vs_plain": search_s / plain_s,
         "verify_vs_attempt": verify_s / attempt_s,

@@ -29,6 +29,7 @@ def test_isa_all_measures_every_path_the_host_can_run() -> None:
         assert records[-1]["isa"] == "generic"
     for r in records:
         assert r["plain_s"] > 0 and r["attempt_s"] > 0 and r["attempt_vs_plain"] > 0
+        assert r["attempt_vs_plain_cpu"] == r["attempt_cpu_s"] / r["plain_cpu_s"] > 0
 
 
 def test_isa_the_host_cannot_run_is_a_one_line_error() -> None:
