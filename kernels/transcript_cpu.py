@@ -42,6 +42,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from kernels.isa import compile_target
+from kernels.noise import NoiseFactors, add_noise_transposed
 from kernels.params import TRANSCRIPT_ROTATION, TRANSCRIPT_WORDS
 
 _MASK32 = np.uint64(0xFFFFFFFF)
@@ -392,6 +393,28 @@ def noisy_product(
     tiled, _ = _kernels()
     c, t = tiled(a_noisy, bt_noisy, r, h, w, True)
     return c, t
+
+
+def noisy_product_from_b(
+    a_noisy: np.ndarray, b: np.ndarray, noise_b: NoiseFactors, r: int, h: int, w: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(C', T, B'ᵀ or None): :func:`noisy_product` of A' and B' = B + E_B, given the
+    clean B (k×n) and its noise.
+
+    The VNNI path packs B' straight from B and L_Bᵀ (when 4 | r): B'ᵀ, a transpose
+    that costs ~6 % of the VNNI product, is never built (None). Other paths build
+    it and return it, for the recovery of C.
+    """
+    if _active == VNNI and r % 4 == 0:
+        from kernels import transcript_vnni
+
+        lt = np.ascontiguousarray(noise_b.L.T)
+        bb = np.ascontiguousarray(b)
+        c, t = transcript_vnni.tiled_product_noisy_b(a_noisy, bb, lt, noise_b.p, noise_b.q, r, h, w)
+        return c, t, None
+    bt_noisy = add_noise_transposed(b, noise_b)
+    c, t = noisy_product(a_noisy, bt_noisy, r, h, w)
+    return c, t, bt_noisy
 
 
 def plain_matmul(a: np.ndarray, bt: np.ndarray, r: int, h: int, w: int) -> np.ndarray:

@@ -299,15 +299,11 @@ def tile_product(
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def tiled_product(
-    a: np.ndarray, bt: np.ndarray, r: int, h: int, w: int, fold: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """(C' m×n int32, T (m/h, n/w, 16)) over every tile in parallel; T stays 0 without ``fold``."""
+def _pack_a_all(a: np.ndarray, r: int, h: int, fold: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Every tile row's packed A' strip and its shift corrections (their totals without fold)."""
     m, k = a.shape
     _check_chunks(k, r)
-    n = bt.shape[0]
-    tm, tn = m // h, n // w
-    wp = _padded_width(w)
+    tm = m // h
     nq = k // r * _quads(r)
     ap = np.empty((tm, nq, h, 4), dtype=np.int8)
     rs = np.empty((tm, k // r, h), dtype=np.int32)
@@ -318,10 +314,68 @@ def tiled_product(
     if not fold:
         for ti in prange(tm):
             shifts[ti] = _shift_totals(rs[ti])
-    bp = np.empty((tn, wp // PANEL, nq, 4 * PANEL), dtype=np.uint8)
+    return ap, shifts
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _pack_b_all(bt: np.ndarray, r: int, w: int) -> np.ndarray:
+    """Every tile column's packed B' panels, from B'ᵀ (n×k)."""
+    n, k = bt.shape
+    tn = n // w
+    nq = k // r * _quads(r)
+    bp = np.empty((tn, _padded_width(w) // PANEL, nq, 4 * PANEL), dtype=np.uint8)
     for tj in prange(tn):
         _pack_b_strip(bt[tj * w : (tj + 1) * w], r, bp[tj])
-    out = np.empty((m, n), dtype=np.int32)
+    return bp
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _pack_b_noisy_all(
+    b: np.ndarray, lt: np.ndarray, pn: np.ndarray, qn: np.ndarray, w: int
+) -> np.ndarray:
+    """Every tile column's packed B' panels (as :func:`_pack_b_all`) from the clean B (k×n).
+
+    B'[c, j] = B[c, j] + L_B[j, p(c)] − L_B[j, q(c)] with ``lt`` = L_Bᵀ (r×n): each
+    k-quad reads four whole rows of B and eight of Lᵀ, and writes every panel's
+    quad as words of 4 bytes, so B'ᵀ is never built (needs 4 | r).
+    """
+    k, n = b.shape
+    tn = n // w
+    npanels = _padded_width(w) // PANEL
+    bp = np.empty((tn, npanels, k // 4, 4 * PANEL), dtype=np.uint8)
+    words = bp.view(np.uint32)  # [tj, q, p, jj]: the 4 k-slots of column jj of quad p
+    if w % PANEL:
+        bp.fill(128)  # padding columns: B' = 0
+    for p in prange(k // 4):
+        b0, b1, b2, b3 = b[4 * p], b[4 * p + 1], b[4 * p + 2], b[4 * p + 3]
+        u0, u1, u2, u3 = lt[pn[4 * p]], lt[pn[4 * p + 1]], lt[pn[4 * p + 2]], lt[pn[4 * p + 3]]
+        v0, v1, v2, v3 = lt[qn[4 * p]], lt[qn[4 * p + 1]], lt[qn[4 * p + 2]], lt[qn[4 * p + 3]]
+        row = np.empty(n, dtype=np.uint32)
+        for j in range(n):
+            x0 = np.uint32(np.uint8(b0[j] + u0[j] - v0[j]) ^ np.uint8(0x80))
+            x1 = np.uint32(np.uint8(b1[j] + u1[j] - v1[j]) ^ np.uint8(0x80))
+            x2 = np.uint32(np.uint8(b2[j] + u2[j] - v2[j]) ^ np.uint8(0x80))
+            x3 = np.uint32(np.uint8(b3[j] + u3[j] - v3[j]) ^ np.uint8(0x80))
+            row[j] = x0 | (x1 << np.uint32(8)) | (x2 << np.uint32(16)) | (x3 << np.uint32(24))
+        for tj in range(tn):
+            for q in range(npanels):
+                dst = words[tj, q, p]
+                j0 = tj * w + q * PANEL
+                for jj in range(min(PANEL, w - q * PANEL)):
+                    dst[jj] = row[j0 + jj]
+    return bp
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _all_tiles(
+    ap: np.ndarray, shifts: np.ndarray, bp: np.ndarray, r: int, w: int, n: int, fold: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """(C' m×n int32, T (m/h, n/w, 16)) from the packed operands, every tile in parallel."""
+    tm, nq, h, _ = ap.shape
+    tn = bp.shape[0]
+    k = nq // _quads(r) * r
+    wp = _padded_width(w)
+    out = np.empty((tm * h, n), dtype=np.int32)
     T = np.zeros((tm, tn, TRANSCRIPT_WORDS), dtype=np.uint32)
     # A task is one B' panel strip against a group of tile rows whose A' strips stay in
     # L2 together: each B' strip then comes from L3 once per group, not once per tile.
@@ -337,3 +391,30 @@ def tiled_product(
             _tile_packed(ap[ti], bp[tj], shifts[ti], acc, T[ti, tj], fold, xs)
             _copy_block(acc, out, ti * h, tj * w, h, w)
     return out, T
+
+
+def tiled_product(
+    a: np.ndarray, bt: np.ndarray, r: int, h: int, w: int, fold: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """(C' m×n int32, T (m/h, n/w, 16)) over every tile in parallel; T stays 0 without ``fold``."""
+    ap, shifts = _pack_a_all(a, r, h, fold)
+    out, t = _all_tiles(ap, shifts, _pack_b_all(bt, r, w), r, w, bt.shape[0], fold)
+    return out, t
+
+
+def tiled_product_noisy_b(
+    a_noisy: np.ndarray,
+    b: np.ndarray,
+    lt: np.ndarray,
+    pn: np.ndarray,
+    qn: np.ndarray,
+    r: int,
+    h: int,
+    w: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`tiled_product` with folds where B' = B + E_B is packed from B (k×n) and
+    L_Bᵀ, p_B, q_B as it goes (4 | r): the miner skips building B'ᵀ."""
+    ap, shifts = _pack_a_all(a_noisy, r, h, True)
+    bp = _pack_b_noisy_all(b, lt, pn, qn, w)
+    out, t = _all_tiles(ap, shifts, bp, r, w, b.shape[1], True)
+    return out, t

@@ -18,6 +18,7 @@ from numba import njit
 
 from kernels import transcript_cpu as tc
 from kernels.isa import compile_target, multiply_adds
+from kernels.noise import add_noise, add_noise_transposed, derive_noise
 from kernels.params import MAX_K
 from kernels.reference import reference_transcripts
 
@@ -220,3 +221,33 @@ def test_rejects_chunks_the_microkernel_would_misread(k: int, r: int) -> None:
         tc.noisy_product(a, a, r, 16, 16)
     with pytest.raises(ValueError):
         tc.single_tile(a, a, r)
+
+
+@pytest.mark.parametrize(
+    ("m", "k", "n", "r", "h", "w"),
+    [
+        (32, 192, 48, 64, 16, 16),
+        (24, 128, 40, 64, 12, 8),  # padded panel
+        (18, 64, 72, 64, 6, 24),  # one full and one padded panel
+        (16, 64, 32, 2, 16, 16),  # 4 ∤ r: B'ᵀ is built
+    ],
+)
+def test_noisy_product_from_clean_b_matches_the_reference(
+    m: int, k: int, n: int, r: int, h: int, w: int
+) -> None:
+    """The miner's path that packs B' = B + E_B from B itself gives the reference's C', T."""
+    rng = np.random.default_rng(m + k + n + r)
+    a = rng.integers(-64, 64, (m, k), dtype=np.int8)
+    b = rng.integers(-64, 64, (k, n), dtype=np.int8)
+    b[0] = -64
+    b[-1] = 63
+    noise_a = derive_noise(bytes(range(32)), m, k, r)
+    noise_b = derive_noise(bytes(range(1, 33)), n, k, r)
+    a_noisy = add_noise(a, noise_a)
+    bt_noisy = add_noise_transposed(b, noise_b)
+    c_ref, t_ref = reference_transcripts(a_noisy, bt_noisy, r, h, w)
+    c, t, bt = tc.noisy_product_from_b(a_noisy, b, noise_b, r, h, w)
+    np.testing.assert_array_equal(c, c_ref)
+    np.testing.assert_array_equal(t, t_ref)
+    if bt is not None:
+        np.testing.assert_array_equal(bt, bt_noisy)
