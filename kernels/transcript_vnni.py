@@ -20,8 +20,11 @@ load of B' per k-quad and 16 broadcast multiply-adds. Chunks of a width r
 that is not a multiple of 4 are padded with zero k-columns of A' (B' padding
 is 0x80, i.e. zero): zero products, zero row sums.
 
-Only hosts whose compile target has AVX-512 VNNI and BW compile this module's
-kernels (:func:`kernels.transcript_cpu.available_paths`); others never import it.
+The miner (:func:`tiled_product_noisy_b`) packs B' = B + E_B straight from the
+clean B and the noise factors, so B'ᵀ is never built. Only hosts whose compile
+target has AVX-512 VNNI and BW compile this module's kernels
+(:func:`kernels.transcript_cpu.available_paths`): LLVM aborts the process on
+others, so they never import it.
 """
 
 from __future__ import annotations
@@ -37,8 +40,6 @@ from kernels.transcript_cpu import _check_chunks, _copy_block, _padded_width, fo
 
 PANEL = 16
 """Columns per packed B' panel: one zmm of 16 int32 lanes."""
-MAX_MR = 16
-"""Rows per microkernel call: 16 zmm accumulators of the 32."""
 LANES = 16
 STRIPS_IN_L2 = 256 * 1024
 """Bytes of packed A' strips a task keeps in L2 while one B' strip streams past them."""
@@ -135,7 +136,8 @@ _mk16, _mk8, _mk4, _mk2, _mk1 = (_make_microkernel(mr) for mr in (16, 8, 4, 2, 1
 
 @njit(nogil=True, cache=True, inline="always")
 def _block_rows(left: int) -> int:
-    """Rows of the next block: 16, else the largest power of two that fits."""
+    """Rows of the next block: 16 (16 zmm accumulators of the 32), else the largest
+    power of two that fits."""
     for mr in (16, 8, 4, 2):
         if left >= mr:
             return mr
