@@ -340,16 +340,27 @@ def _tiled_product(
 
 GENERIC = "generic"
 VNNI = "avx512_vnni"
+AMX = "amx_int8"
 
 
 def available_paths() -> tuple[str, ...]:
-    """The microkernel paths this process's compile target can run, fastest first.
+    """The microkernel paths this process's compile target can run; the first is the default.
 
     ``avx512_vnni`` (int8 vpdpbusd on zmm, :mod:`kernels.transcript_vnni`) where
     the target has AVX-512 VNNI and BW; ``generic`` (this module's portable IR)
-    everywhere. Every path gives the same C' and T, bit for bit.
+    everywhere. Every path gives the same C' and T, bit for bit. ``amx_int8``
+    (:mod:`kernels.transcript_amx`) is listed where the target has AMX-INT8 and
+    the OS grants tiles, but never first: it has not run on real hardware yet.
     """
-    return (VNNI, GENERIC) if compile_target().isa == VNNI else (GENERIC,)
+    target = compile_target()
+    if target.isa != VNNI:
+        return (GENERIC,)
+    if {"amx-int8", "amx-tile"} <= target.features:
+        from kernels.transcript_amx import amx_usable
+
+        if amx_usable():
+            return (VNNI, GENERIC, AMX)
+    return (VNNI, GENERIC)
 
 
 _active = available_paths()[0]
@@ -372,10 +383,14 @@ def select_path(name: str) -> str:
     return previous
 
 
-def _kernels() -> tuple[Any, Any]:
-    """(tiled product, single-tile product) of the active path."""
-    if _active == VNNI:
-        # Imported on first use: only targets with VNNI may compile its intrinsic.
+def _kernels(r: int) -> tuple[Any, Any]:
+    """(tiled product, single-tile product) of the active path for chunk width r."""
+    # Imported on first use: only targets with the instructions may compile them.
+    if _active == AMX and r % 64 == 0:
+        from kernels import transcript_amx
+
+        return transcript_amx.tiled_product, transcript_amx.tile_product
+    if _active in (VNNI, AMX):  # AMX tiles take k in steps of 64; VNNI takes any r
         from kernels import transcript_vnni
 
         return transcript_vnni.tiled_product, transcript_vnni.tile_product
@@ -390,7 +405,7 @@ def noisy_product(
     ``a_noisy`` is A' (m×k int8) and ``bt_noisy`` is B'ᵀ (n×k int8), both
     C-contiguous; shapes are validated by the caller (:mod:`kernels.attempt`).
     """
-    tiled, _ = _kernels()
+    tiled, _ = _kernels(r)
     c, t = tiled(a_noisy, bt_noisy, r, h, w, True)
     return c, t
 
@@ -419,14 +434,14 @@ def noisy_product_from_b(
 
 def plain_matmul(a: np.ndarray, bt: np.ndarray, r: int, h: int, w: int) -> np.ndarray:
     """A·B with the same loop nest, packing and microkernel and no folds: the baseline."""
-    tiled, _ = _kernels()
+    tiled, _ = _kernels(r)
     out: np.ndarray = tiled(a, bt, r, h, w, False)[0]
     return out
 
 
 def single_tile(a_strip: np.ndarray, bt_strip: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
     """One tile's (C' block, transcript) — the verifier's path, the miner's tile routine."""
-    _, tile = _kernels()
+    _, tile = _kernels(r)
     acc = np.zeros((a_strip.shape[0], bt_strip.shape[0]), dtype=np.int32)
     T = np.zeros(TRANSCRIPT_WORDS, dtype=np.uint32)
     tile(a_strip, bt_strip, r, acc, T, True)
