@@ -62,8 +62,8 @@ def _show(record: dict[str, object]) -> None:
 @click.option(
     "--isa",
     default=None,
-    help="CPU kernel path to run (avx512_vnni, generic; 'all': every one this host can run, "
-    "one record each). Default: the compile target's own.",
+    help="CPU kernel path to run (avx512_vnni, generic, amx_int8 where offered; 'all': every "
+    "one this host can run, one record each). Default: the compile target's own.",
 )
 @click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object (a list for --isa all)."
