@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from kernels.noise import NoiseFactors, add_noise_transposed
+
 BACKEND_NAMES = ("cpu", "cuda", "auto")
 
 
@@ -46,6 +48,19 @@ class ModuleBackend:
     def plain_matmul(self, a: np.ndarray, bt: np.ndarray, r: int, h: int, w: int) -> np.ndarray:
         out: np.ndarray = self._mod().plain_matmul(a, bt, r, h, w)
         return out
+
+    def noisy_product_from_b(
+        self, a_noisy: np.ndarray, b: np.ndarray, noise_b: NoiseFactors, r: int, h: int, w: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(C', T, B'ᵀ or None) from A' and the clean B (k×n) with its noise: modules that
+        can pack B' from B directly never build B'ᵀ (None)."""
+        mod = self._mod()
+        if hasattr(mod, "noisy_product_from_b"):
+            c, t, bt = mod.noisy_product_from_b(a_noisy, b, noise_b, r, h, w)
+            return c, t, bt
+        bt_noisy = add_noise_transposed(b, noise_b)
+        c, t = mod.noisy_product(a_noisy, bt_noisy, r, h, w)
+        return c, t, bt_noisy
 
 
 CPU = ModuleBackend("cpu", "kernels.transcript_cpu")

@@ -33,20 +33,46 @@ def _matvec(x: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _matvec_i8_transposed(bt: np.ndarray, v: np.ndarray, nthreads: int) -> np.ndarray:
-    """B·v where the caller holds Bᵀ (n×k): out[c] = Σ_j Bᵀ[j, c]·v[j]."""
+def _matvecs(x: np.ndarray, vs: np.ndarray) -> np.ndarray:
+    """out[t, i] = x[i] · vs[t] in Z/2^64 for every round's vector at once.
+
+    Row i is read from memory once for all rounds (then from L1): C, the
+    largest operand, streams through once instead of once per round.
+    """
+    rows, cols = x.shape
+    rounds = vs.shape[0]
+    out = np.empty((rounds, rows), dtype=np.int64)
+    for i in prange(rows):
+        row = x[i]
+        for t in range(rounds):
+            v = vs[t]
+            s = np.int64(0)
+            for j in range(cols):
+                s += np.int64(row[j]) * v[j]
+            out[t, i] = s
+    return out
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _matvecs_i8_transposed(bt: np.ndarray, vs: np.ndarray, nthreads: int) -> np.ndarray:
+    """out[t] = B·vs[t] where the caller holds Bᵀ (n×k): out[t, c] = Σ_j Bᵀ[j, c]·vs[t, j]."""
     n, k = bt.shape
-    out = np.zeros(k, dtype=np.int64)
-    part = np.zeros((nthreads, k), dtype=np.int64)
+    rounds = vs.shape[0]
+    part = np.zeros((nthreads, rounds, k), dtype=np.int64)
     step = (n + nthreads - 1) // nthreads
-    for t in prange(nthreads):
-        for j in range(t * step, min(n, (t + 1) * step)):
-            vj = v[j]
+    for th in prange(nthreads):
+        for j in range(th * step, min(n, (th + 1) * step)):
+            row = bt[j]
+            for t in range(rounds):
+                vj = vs[t, j]
+                acc = part[th, t]
+                for c in range(k):
+                    acc[c] += np.int64(row[c]) * vj
+    out = np.zeros((rounds, k), dtype=np.int64)
+    for th in range(nthreads):
+        for t in range(rounds):
             for c in range(k):
-                part[t, c] += np.int64(bt[j, c]) * vj
-    for t in range(nthreads):
-        for c in range(k):
-            out[c] += part[t, c]
+                out[t, c] += part[th, t, c]
     return out
 
 
@@ -78,14 +104,14 @@ def freivalds_check(
     a = np.ascontiguousarray(a)
     c = np.ascontiguousarray(c)
     bb = np.ascontiguousarray(b)
-    for _ in range(rounds):
-        lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
-        x = np.asarray(gen.integers(lo, hi, size=n, dtype=np.int64, endpoint=True))
-        bx = _matvec_i8_transposed(bb, x, get_num_threads()) if b_transposed else _matvec(bb, x)
-        # int64 products wrap silently in Numba: that is the Z/2^64 arithmetic we want.
-        if not np.array_equal(_matvec(a, bx), _matvec(c, x)):
-            return False
-    return True
+    lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+    # One independent vector per round, all checked in one pass over each operand.
+    xs = np.stack(
+        [gen.integers(lo, hi, size=n, dtype=np.int64, endpoint=True) for _ in range(rounds)]
+    )
+    bx = _matvecs_i8_transposed(bb, xs, get_num_threads()) if b_transposed else _matvecs(bb, xs)
+    # int64 products wrap silently in Numba: that is the Z/2^64 arithmetic we want.
+    return bool(np.array_equal(_matvecs(a, bx), _matvecs(c, xs)))
 
 
 def locate_error(

@@ -34,7 +34,7 @@ class CompileTarget:
     def isa(self) -> str:
         """The widest integer multiply-add family the target has, as a short name.
 
-        ``avx512_vnni`` (vpdpwssd/vpdpbusd on zmm or ymm), ``avx512`` (vpmaddwd on
+        ``avx512_vnni`` (int8 vpdpbusd on zmm), ``avx512`` (vpmaddwd on
         zmm), ``avx_vnni`` (VEX vpdpwssd on ymm), ``avx2`` (vpmaddwd on ymm),
         ``sse2`` (pmaddwd on xmm: the x86-64 baseline), ``neon_dotprod`` / ``neon``
         on 64-bit ARM, else the machine's name.
@@ -67,7 +67,7 @@ class CompileTarget:
         """
         isa = self.isa
         table = {
-            "avx512_vnni": ({"vpdpwssd", "vpdpwssds", "vpdpbusd", "vpdpbusds"}, {"ymm", "zmm"}),
+            "avx512_vnni": ({"vpdpbusd"}, {"zmm"}),
             "avx512": ({"vpmaddwd"}, {"ymm", "zmm"}),
             "avx_vnni": ({"vpdpwssd", "vpmaddwd"}, {"ymm"}),
             "avx2": ({"vpmaddwd"}, {"ymm"}),

@@ -55,11 +55,23 @@ def derive_permutation(seed: bytes, k: int, r: int) -> tuple[np.ndarray, np.ndar
     """The column structure of R: p(c), q(c) for every c < k."""
     check_seed("seed", seed)
     check_rank(r)
-    raw = _xof(seed, PERM_LABEL, 4 * k).view("<u2").astype(np.int32)
-    x, y = raw[0::2], raw[1::2]
-    p = x & (r - 1)
-    q = (p + 1 + y % (r - 1)) & (r - 1)
-    return p.astype(np.int32), q.astype(np.int32)
+    return _permutation_from_stream(_xof(seed, PERM_LABEL, 4 * k), r)
+
+
+@njit(nogil=True, cache=True)
+def _permutation_from_stream(raw: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """p, q from the stream's little-endian u16 pairs (x, y): p = x mod r,
+    q = (p + 1 + y mod (r − 1)) mod r. One compiled loop: a verifier derives two of
+    these per tile, and a chain of NumPy calls cost it ~15 µs each."""
+    k = raw.shape[0] // 4
+    p = np.empty(k, dtype=np.int32)
+    q = np.empty(k, dtype=np.int32)
+    for c in range(k):
+        x = np.int32(raw[4 * c]) | (np.int32(raw[4 * c + 1]) << 8)
+        y = np.int32(raw[4 * c + 2]) | (np.int32(raw[4 * c + 3]) << 8)
+        p[c] = x & (r - 1)
+        q[c] = (p[c] + 1 + y % (r - 1)) & (r - 1)
+    return p, q
 
 
 def derive_factor_rows(seed: bytes, first_row: int, count: int, r: int) -> np.ndarray:
@@ -91,7 +103,130 @@ def derive_noise(seed: bytes, rows: int, k: int, r: int) -> NoiseFactors:
     return NoiseFactors(L=L, p=p, q=q)
 
 
-def _add_noise_body(x: np.ndarray, L: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
+_BLOCK = 64
+"""Side of the blocks the noise is built in: two 64×64 int8 scratch blocks stay in L1."""
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _noise_rows(
+    block: np.ndarray,
+    src: np.ndarray,
+    lt: np.ndarray,
+    p: np.ndarray,
+    q: np.ndarray,
+    c0: int,
+    nc: int,
+    j0: int,
+    nj: int,
+    add_src: bool,
+) -> None:
+    """block[cc, jj] = (src[c0+cc, j0+jj] if add_src) + Lᵀ[p(c0+cc), j0+jj] − Lᵀ[q(c0+cc), j0+jj].
+
+    Along c both noise terms are rows of Lᵀ: contiguous loops that vectorise.
+    """
+    for cc in range(nc):
+        row = block[cc]
+        plus = lt[p[c0 + cc], j0 : j0 + nj]
+        minus = lt[q[c0 + cc], j0 : j0 + nj]
+        if add_src:
+            s_row = src[c0 + cc, j0 : j0 + nj]
+            for jj in range(nj):
+                row[jj] = s_row[jj] + plus[jj] - minus[jj]
+        else:
+            for jj in range(nj):
+                row[jj] = plus[jj] - minus[jj]
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _transpose_words(
+    block: np.ndarray, nc: int, nj: int, dst: np.ndarray, r0: int, w0: int
+) -> None:
+    """dst[r0 + jj, w0 + c8] = bytes block[8·c8 … 8·c8 + 7, jj] as one little-endian word.
+
+    8×8 bytes at a time in eight 64-bit words, by three rounds of masked swaps
+    (4×4, 2×2, 1×1 byte blocks): ~1 operation per byte, where a byte-wise
+    transpose costs ~4 ns per entry. Columns of ``block`` past ``nj`` must be
+    there (zero padding) but are not stored.
+    """
+    words = block.view(np.uint64)  # word [cc, j8] holds bytes 8·j8 … 8·j8 + 7 of row cc
+    m4 = np.uint64(0x00000000FFFFFFFF)
+    m2 = np.uint64(0x0000FFFF0000FFFF)
+    m1 = np.uint64(0x00FF00FF00FF00FF)
+    for j8 in range((nj + 7) // 8):
+        for c8 in range(nc // 8):
+            w = words[8 * c8 : 8 * c8 + 8, j8]
+            x0, x1, x2, x3, x4, x5, x6, x7 = w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]
+            t = ((x0 >> np.uint64(32)) ^ x4) & m4
+            x0, x4 = x0 ^ (t << np.uint64(32)), x4 ^ t
+            t = ((x1 >> np.uint64(32)) ^ x5) & m4
+            x1, x5 = x1 ^ (t << np.uint64(32)), x5 ^ t
+            t = ((x2 >> np.uint64(32)) ^ x6) & m4
+            x2, x6 = x2 ^ (t << np.uint64(32)), x6 ^ t
+            t = ((x3 >> np.uint64(32)) ^ x7) & m4
+            x3, x7 = x3 ^ (t << np.uint64(32)), x7 ^ t
+            t = ((x0 >> np.uint64(16)) ^ x2) & m2
+            x0, x2 = x0 ^ (t << np.uint64(16)), x2 ^ t
+            t = ((x1 >> np.uint64(16)) ^ x3) & m2
+            x1, x3 = x1 ^ (t << np.uint64(16)), x3 ^ t
+            t = ((x4 >> np.uint64(16)) ^ x6) & m2
+            x4, x6 = x4 ^ (t << np.uint64(16)), x6 ^ t
+            t = ((x5 >> np.uint64(16)) ^ x7) & m2
+            x5, x7 = x5 ^ (t << np.uint64(16)), x7 ^ t
+            t = ((x0 >> np.uint64(8)) ^ x1) & m1
+            x0, x1 = x0 ^ (t << np.uint64(8)), x1 ^ t
+            t = ((x2 >> np.uint64(8)) ^ x3) & m1
+            x2, x3 = x2 ^ (t << np.uint64(8)), x3 ^ t
+            t = ((x4 >> np.uint64(8)) ^ x5) & m1
+            x4, x5 = x4 ^ (t << np.uint64(8)), x5 ^ t
+            t = ((x6 >> np.uint64(8)) ^ x7) & m1
+            x6, x7 = x6 ^ (t << np.uint64(8)), x7 ^ t
+            r = r0 + 8 * j8
+            col = w0 + c8
+            left = nj - 8 * j8
+            dst[r, col] = x0
+            if left > 1:
+                dst[r + 1, col] = x1
+            if left > 2:
+                dst[r + 2, col] = x2
+            if left > 3:
+                dst[r + 3, col] = x3
+            if left > 4:
+                dst[r + 4, col] = x4
+            if left > 5:
+                dst[r + 5, col] = x5
+            if left > 6:
+                dst[r + 6, col] = x6
+            if left > 7:
+                dst[r + 7, col] = x7
+
+
+def _add_noise_body(x: np.ndarray, lt: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """x + E (8 | k): noise built along c in 64×64 blocks, transposed word-wise, added by rows."""
+    rows, k = x.shape
+    out = np.empty((rows, k), dtype=np.int8)
+    bs = _BLOCK
+    nbi = (rows + bs - 1) // bs
+    nbc = (k + bs - 1) // bs
+    for blk in prange(nbi * nbc):
+        i0 = (blk // nbc) * bs
+        c0 = (blk % nbc) * bs
+        ni = min(rows, i0 + bs) - i0
+        nc = min(k, c0 + bs) - c0
+        noise = np.zeros((bs, bs), dtype=np.int8)  # [c, i]
+        _noise_rows(noise, x, lt, p, q, c0, nc, i0, ni, False)
+        noise_t = np.empty((bs, bs), dtype=np.int8)  # [i, c]
+        _transpose_words(noise, nc, ni, noise_t.view(np.uint64), 0, 0)
+        for ii in range(ni):
+            o_row = out[i0 + ii, c0 : c0 + nc]
+            x_row = x[i0 + ii, c0 : c0 + nc]
+            e_row = noise_t[ii]
+            for cc in range(nc):
+                o_row[cc] = x_row[cc] + e_row[cc]
+    return out
+
+
+def _add_noise_bytes_body(x: np.ndarray, L: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """x + E one entry at a time, for any k (shapes whose k is not a multiple of 8)."""
     rows, k = x.shape
     out = np.empty((rows, k), dtype=np.int8)
     for i in prange(rows):
@@ -104,27 +239,49 @@ def _add_noise_body(x: np.ndarray, L: np.ndarray, p: np.ndarray, q: np.ndarray) 
 # verifier's 32 rows of noise, so small inputs take the serial build.
 _add_noise_parallel = njit(parallel=True, nogil=True, cache=True)(_add_noise_body)
 _add_noise_serial = njit(nogil=True, cache=True)(_add_noise_body)
+_add_noise_bytes = njit(parallel=True, nogil=True, cache=True)(_add_noise_bytes_body)
 _PARALLEL_MIN_ENTRIES = 1 << 18
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _add_noise_transposed(b: np.ndarray, L: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """out[j, c] = b[c, j] + L[j, p(c)] − L[j, q(c)]: Bᵀ + E_Bᵀ in one blocked pass.
+def _add_noise_transposed(
+    b: np.ndarray, lt: np.ndarray, p: np.ndarray, q: np.ndarray
+) -> np.ndarray:
+    """out[j, c] = b[c, j] + L[j, p(c)] − L[j, q(c)]: Bᵀ + E_Bᵀ in one blocked pass (8 | k).
 
-    Transposing B with numpy first costs a strided pass as long as the
-    noise itself; 64×64 blocks keep both sides of the transpose in L1.
+    ``lt`` is Lᵀ (r×n): along a row c of B both noise terms are rows of Lᵀ, so
+    a 64×64 block is computed with contiguous, vectorised loops into an L1
+    scratch, then transposed 8 rows at a time: one 64-bit store gathers the 8
+    bytes of 8 consecutive c for one j. (A byte-wise gather or transpose costs
+    ~4 ns per entry, as much as the VNNI product's share of it.)
     """
     k, n = b.shape
     out = np.empty((n, k), dtype=np.int8)
-    bs = 64
+    out_words = out.view(np.uint64)  # (n, k/8)
+    bs = _BLOCK
     nbj = (n + bs - 1) // bs
     nbc = (k + bs - 1) // bs
     for blk in prange(nbj * nbc):
         j0 = (blk // nbc) * bs
         c0 = (blk % nbc) * bs
-        for j in range(j0, min(n, j0 + bs)):
-            for c in range(c0, min(k, c0 + bs)):
-                out[j, c] = np.int8(b[c, j] + L[j, p[c]] - L[j, q[c]])
+        nj = min(n, j0 + bs) - j0
+        nc = min(k, c0 + bs) - c0
+        block = np.zeros((bs, bs), dtype=np.int8)  # [c, j]
+        _noise_rows(block, b, lt, p, q, c0, nc, j0, nj, True)
+        _transpose_words(block, nc, nj, out_words, j0, c0 // 8)
+    return out
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _add_noise_transposed_bytes(
+    b: np.ndarray, L: np.ndarray, p: np.ndarray, q: np.ndarray
+) -> np.ndarray:
+    """The same for any k, one byte at a time (shapes whose k is not a multiple of 8)."""
+    k, n = b.shape
+    out = np.empty((n, k), dtype=np.int8)
+    for j in prange(n):
+        for c in range(k):
+            out[j, c] = np.int8(b[c, j] + L[j, p[c]] - L[j, q[c]])
     return out
 
 
@@ -134,7 +291,12 @@ def add_noise_transposed(b: np.ndarray, f: NoiseFactors) -> np.ndarray:
         raise ValueError(
             f"operand shape {b.shape} does not match noise shape {(f.p.shape[0], f.L.shape[0])}"
         )
-    out: np.ndarray = _add_noise_transposed(np.ascontiguousarray(b), f.L, f.p, f.q)
+    b = np.ascontiguousarray(b)
+    if b.shape[0] % 8:
+        slow: np.ndarray = _add_noise_transposed_bytes(b, f.L, f.p, f.q)
+        return slow
+    lt = np.ascontiguousarray(f.L.T)
+    out: np.ndarray = _add_noise_transposed(b, lt, f.p, f.q)
     return out
 
 
@@ -150,6 +312,10 @@ def add_noise(x: np.ndarray, f: NoiseFactors) -> np.ndarray:
         raise ValueError(
             f"operand shape {x.shape} does not match noise shape {(f.L.shape[0], f.p.shape[0])}"
         )
+    x = np.ascontiguousarray(x)
+    if x.shape[1] % 8:
+        slow: np.ndarray = _add_noise_bytes(x, f.L, f.p, f.q)
+        return slow
     kernel = _add_noise_parallel if x.size >= _PARALLEL_MIN_ENTRIES else _add_noise_serial
-    out: np.ndarray = kernel(np.ascontiguousarray(x), f.L, f.p, f.q)
+    out: np.ndarray = kernel(x, np.ascontiguousarray(f.L.T), f.p, f.q)
     return out

@@ -8,7 +8,8 @@ result_root, so that a block whose result_root was changed has other tickets
 
 A miner hashes every tile of every attempt (16,384 tiles at 2048²), far too
 many for one Python call each, so the miner uses a Numba port of the BLAKE3
-compression function for exactly this 72-byte, single-chunk message. The
+compression function for exactly this 72-byte, single-chunk message, one tile
+per vector lane (a row of tiles at a time: 0.7 ms instead of 4.5 at 2048²). The
 verifier and the tests use the ``blake3`` library, and the tests prove the two
 agree bit for bit.
 """
@@ -43,7 +44,6 @@ _CHUNK_START = 1
 _CHUNK_END = 2
 _ROOT = 8
 _KEYED_HASH = 16
-_M32 = np.uint64(0xFFFFFFFF)
 
 
 def ticket_message(T_tile: np.ndarray, ti: int, tj: int) -> bytes:
@@ -89,77 +89,86 @@ _SCHEDULE = _message_schedule()
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _rotr(x: np.uint64, n: int) -> np.uint64:
-    return ((x >> np.uint64(n)) | (x << np.uint64(32 - n))) & _M32
+def _g(st: np.ndarray, a: int, b: int, c: int, d: int, mx: np.ndarray, my: np.ndarray) -> None:
+    """The BLAKE3 G function on state words a, b, c, d of every lane (one tile per lane).
 
-
-@njit(nogil=True, cache=True, inline="always")
-def _g(
-    a: np.uint64, b: np.uint64, c: np.uint64, d: np.uint64, mx: np.uint64, my: np.uint64
-) -> tuple[np.uint64, np.uint64, np.uint64, np.uint64]:
-    a = (a + b + mx) & _M32
-    d = _rotr(d ^ a, 16)
-    c = (c + d) & _M32
-    b = _rotr(b ^ c, 12)
-    a = (a + b + my) & _M32
-    d = _rotr(d ^ a, 8)
-    c = (c + d) & _M32
-    b = _rotr(b ^ c, 7)
-    return a, b, c, d
+    Each lane's arithmetic is independent and 32-bit, so LLVM runs 16 tiles per
+    zmm (8 per ymm) instead of one tile per scalar register.
+    """
+    sa, sb, sc, sd = st[a], st[b], st[c], st[d]
+    for lane in range(sa.shape[0]):
+        va, vb, vc, vd = sa[lane], sb[lane], sc[lane], sd[lane]
+        va = np.uint32(va + vb + mx[lane])
+        x = np.uint32(vd ^ va)
+        vd = np.uint32((x >> np.uint32(16)) | (x << np.uint32(16)))
+        vc = np.uint32(vc + vd)
+        x = np.uint32(vb ^ vc)
+        vb = np.uint32((x >> np.uint32(12)) | (x << np.uint32(20)))
+        va = np.uint32(va + vb + my[lane])
+        x = np.uint32(vd ^ va)
+        vd = np.uint32((x >> np.uint32(8)) | (x << np.uint32(24)))
+        vc = np.uint32(vc + vd)
+        x = np.uint32(vb ^ vc)
+        vb = np.uint32((x >> np.uint32(7)) | (x << np.uint32(25)))
+        sa[lane], sb[lane], sc[lane], sd[lane] = va, vb, vc, vd
 
 
 @njit(nogil=True, cache=True)
-def _compress(cv: np.ndarray, m: np.ndarray, block_len: int, flags: int, out: np.ndarray) -> None:
-    """BLAKE3 compression with counter 0, writing the 8-word chaining value to ``out``.
-
-    State words live in scalars (registers), not an array, so the 7 rounds
-    compile to straight-line integer code with no memory traffic.
+def _compress(
+    cv: np.ndarray, m: np.ndarray, block_len: int, flags: int, st: np.ndarray, out: np.ndarray
+) -> None:
+    """BLAKE3 compression with counter 0, lane by lane: out (8, lanes) ← cv (8, lanes),
+    m (16, lanes). ``st`` (16, lanes) uint32 is scratch for the state.
     """
-    s0, s1, s2, s3, s4, s5, s6, s7 = cv[0], cv[1], cv[2], cv[3], cv[4], cv[5], cv[6], cv[7]
-    s8, s9, s10, s11 = _IV[0], _IV[1], _IV[2], _IV[3]
-    s12 = np.uint64(0)
-    s13 = np.uint64(0)
-    s14 = np.uint64(block_len)
-    s15 = np.uint64(flags)
+    for i in range(8):
+        st[i] = cv[i]
+    for i in range(4):
+        st[8 + i] = np.uint32(_IV[i])
+    st[12] = 0
+    st[13] = 0
+    st[14] = block_len
+    st[15] = flags
     for rnd in range(7):
         o = _SCHEDULE[rnd]
-        s0, s4, s8, s12 = _g(s0, s4, s8, s12, m[o[0]], m[o[1]])
-        s1, s5, s9, s13 = _g(s1, s5, s9, s13, m[o[2]], m[o[3]])
-        s2, s6, s10, s14 = _g(s2, s6, s10, s14, m[o[4]], m[o[5]])
-        s3, s7, s11, s15 = _g(s3, s7, s11, s15, m[o[6]], m[o[7]])
-        s0, s5, s10, s15 = _g(s0, s5, s10, s15, m[o[8]], m[o[9]])
-        s1, s6, s11, s12 = _g(s1, s6, s11, s12, m[o[10]], m[o[11]])
-        s2, s7, s8, s13 = _g(s2, s7, s8, s13, m[o[12]], m[o[13]])
-        s3, s4, s9, s14 = _g(s3, s4, s9, s14, m[o[14]], m[o[15]])
-    out[0] = s0 ^ s8
-    out[1] = s1 ^ s9
-    out[2] = s2 ^ s10
-    out[3] = s3 ^ s11
-    out[4] = s4 ^ s12
-    out[5] = s5 ^ s13
-    out[6] = s6 ^ s14
-    out[7] = s7 ^ s15
+        _g(st, 0, 4, 8, 12, m[o[0]], m[o[1]])
+        _g(st, 1, 5, 9, 13, m[o[2]], m[o[3]])
+        _g(st, 2, 6, 10, 14, m[o[4]], m[o[5]])
+        _g(st, 3, 7, 11, 15, m[o[6]], m[o[7]])
+        _g(st, 0, 5, 10, 15, m[o[8]], m[o[9]])
+        _g(st, 1, 6, 11, 12, m[o[10]], m[o[11]])
+        _g(st, 2, 7, 8, 13, m[o[12]], m[o[13]])
+        _g(st, 3, 4, 9, 14, m[o[14]], m[o[15]])
+    for i in range(8):
+        row, lo, hi = out[i], st[i], st[i + 8]
+        for lane in range(row.shape[0]):
+            row[lane] = lo[lane] ^ hi[lane]
 
 
 @njit(parallel=True, nogil=True, cache=True)
 def _all_tickets(T: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """Every tile's ticket; the lanes of one compression are one row of tiles."""
     tm, tn, _ = T.shape
     out = np.empty((tm, tn, 8), dtype=np.uint32)
     for ti in prange(tm):
         # Scratch buffers are per row of tiles, not per tile: allocation is not free.
-        block0 = np.empty(16, dtype=np.uint64)
-        block1 = np.zeros(16, dtype=np.uint64)
-        cv = np.empty(8, dtype=np.uint64)
-        res = np.empty(8, dtype=np.uint64)
+        block0 = np.empty((16, tn), dtype=np.uint32)
+        block1 = np.zeros((16, tn), dtype=np.uint32)
+        key_cv = np.empty((8, tn), dtype=np.uint32)
+        cv = np.empty((8, tn), dtype=np.uint32)
+        res = np.empty((8, tn), dtype=np.uint32)
+        st = np.empty((16, tn), dtype=np.uint32)
         for tj in range(tn):
             for i in range(16):
-                block0[i] = T[ti, tj, i]
-            block1[0] = ti
-            block1[1] = tj
-            _compress(key, block0, 64, _KEYED_HASH | _CHUNK_START, cv)
-            _compress(cv, block1, 8, _KEYED_HASH | _CHUNK_END | _ROOT, res)
+                block0[i, tj] = T[ti, tj, i]
             for i in range(8):
-                out[ti, tj, i] = np.uint32(res[i])
+                key_cv[i, tj] = key[i]
+            block1[0, tj] = ti
+            block1[1, tj] = tj
+        _compress(key_cv, block0, 64, _KEYED_HASH | _CHUNK_START, st, cv)
+        _compress(cv, block1, 8, _KEYED_HASH | _CHUNK_END | _ROOT, st, res)
+        for tj in range(tn):
+            for i in range(8):
+                out[ti, tj, i] = res[i, tj]
     return out
 
 
@@ -169,7 +178,7 @@ def all_tickets(T: np.ndarray, key: bytes) -> np.ndarray:
     check_seed("ticket key", key)
     if T.ndim != 3 or T.shape[2] != TRANSCRIPT_WORDS or T.dtype != np.uint32:
         raise ValueError(f"transcripts must be uint32 (tm, tn, 16), got {T.dtype} {T.shape}")
-    key_words = np.frombuffer(bytes(key), dtype="<u4").astype(np.uint64)
+    key_words = np.frombuffer(bytes(key), dtype="<u4").astype(np.uint32)
     return _all_tickets(np.ascontiguousarray(T), key_words)
 
 

@@ -24,9 +24,16 @@ Numba cannot express that loop so that LLVM keeps 12 vector accumulators in
 registers, so the microkernel is a small LLVM-IR intrinsic. It uses only
 generic IR (sext, mul, shuffle, add), which LLVM's x86 backend turns into
 vpmaddwd on AVX2 (and into correct, slower code on any other target).
+
+That is the portable path. Targets with AVX-512 VNNI get their own at import
+(:func:`available_paths`): int8 vpdpbusd on zmm in :mod:`kernels.transcript_vnni`,
+the same transcript bit for bit. :func:`noisy_product`, :func:`plain_matmul` and
+:func:`single_tile` run the active path; :func:`select_path` changes it.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from llvmlite import ir
@@ -34,6 +41,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from kernels.isa import compile_target
+from kernels.noise import NoiseFactors, add_noise_transposed
 from kernels.params import TRANSCRIPT_ROTATION, TRANSCRIPT_WORDS
 
 _MASK32 = np.uint64(0xFFFFFFFF)
@@ -327,6 +336,67 @@ def _tiled_product(
     return out, T
 
 
+# ---------------------------------------------------------------- paths
+
+GENERIC = "generic"
+VNNI = "avx512_vnni"
+AMX = "amx_int8"
+
+
+def available_paths() -> tuple[str, ...]:
+    """The microkernel paths this process's compile target can run; the first is the default.
+
+    ``avx512_vnni`` (int8 vpdpbusd on zmm, :mod:`kernels.transcript_vnni`) where
+    the target has AVX-512 VNNI and BW; ``generic`` (this module's portable IR)
+    everywhere. Every path gives the same C' and T, bit for bit. ``amx_int8``
+    (:mod:`kernels.transcript_amx`) is listed where the target has AMX-INT8 and
+    the OS grants tiles, but never first: it has not run on real hardware yet.
+    """
+    target = compile_target()
+    if target.isa != VNNI:
+        return (GENERIC,)
+    if {"amx-int8", "amx-tile"} <= target.features:
+        from kernels.transcript_amx import amx_usable
+
+        if amx_usable():
+            return (VNNI, GENERIC, AMX)
+    return (VNNI, GENERIC)
+
+
+_active = available_paths()[0]
+
+
+def active_path() -> str:
+    """The path :func:`noisy_product`, :func:`plain_matmul` and :func:`single_tile` run."""
+    return _active
+
+
+def select_path(name: str) -> str:
+    """Run ``name`` from now on in this process (benchmarks compare paths); returns the previous."""
+    global _active
+    if name not in available_paths():
+        raise ValueError(
+            f"CPU kernel path {name!r} cannot run on this compile target "
+            f"({compile_target().isa}); available: {', '.join(available_paths())}"
+        )
+    previous, _active = _active, name
+    return previous
+
+
+def _kernels(r: int) -> tuple[Any, Any]:
+    """(tiled product, single-tile product) of the active path for chunk width r."""
+    # Imported on first use: only targets with the instructions may compile them.
+    if _active == AMX and r % 64 == 0:
+        from kernels import transcript_amx
+
+        return transcript_amx.tiled_product, transcript_amx.tile_product
+    if _active in (VNNI, AMX):  # AMX tiles take k in steps of 64; VNNI takes any r
+        from kernels import transcript_vnni
+
+        return transcript_vnni.tiled_product, transcript_vnni.tile_product
+    return _tiled_product, tile_product
+
+
 def noisy_product(
     a_noisy: np.ndarray, bt_noisy: np.ndarray, r: int, h: int, w: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -335,18 +405,44 @@ def noisy_product(
     ``a_noisy`` is A' (m×k int8) and ``bt_noisy`` is B'ᵀ (n×k int8), both
     C-contiguous; shapes are validated by the caller (:mod:`kernels.attempt`).
     """
-    return _tiled_product(a_noisy, bt_noisy, r, h, w, True)
+    tiled, _ = _kernels(r)
+    c, t = tiled(a_noisy, bt_noisy, r, h, w, True)
+    return c, t
+
+
+def noisy_product_from_b(
+    a_noisy: np.ndarray, b: np.ndarray, noise_b: NoiseFactors, r: int, h: int, w: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(C', T, B'ᵀ or None): :func:`noisy_product` of A' and B' = B + E_B, given the
+    clean B (k×n) and its noise.
+
+    The VNNI path packs B' straight from B and L_Bᵀ (when 4 | r): B'ᵀ, a transpose
+    that costs ~6 % of the VNNI product, is never built (None). Other paths build
+    it and return it, for the recovery of C.
+    """
+    if _active == VNNI and r % 4 == 0:
+        from kernels import transcript_vnni
+
+        lt = np.ascontiguousarray(noise_b.L.T)
+        bb = np.ascontiguousarray(b)
+        c, t = transcript_vnni.tiled_product_noisy_b(a_noisy, bb, lt, noise_b.p, noise_b.q, r, h, w)
+        return c, t, None
+    bt_noisy = add_noise_transposed(b, noise_b)
+    c, t = noisy_product(a_noisy, bt_noisy, r, h, w)
+    return c, t, bt_noisy
 
 
 def plain_matmul(a: np.ndarray, bt: np.ndarray, r: int, h: int, w: int) -> np.ndarray:
     """A·B with the same loop nest, packing and microkernel and no folds: the baseline."""
-    out, _ = _tiled_product(a, bt, r, h, w, False)
+    tiled, _ = _kernels(r)
+    out: np.ndarray = tiled(a, bt, r, h, w, False)[0]
     return out
 
 
 def single_tile(a_strip: np.ndarray, bt_strip: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
-    """One tile's (C' block, transcript) — the verifier's path through :func:`tile_product`."""
+    """One tile's (C' block, transcript) — the verifier's path, the miner's tile routine."""
+    _, tile = _kernels(r)
     acc = np.zeros((a_strip.shape[0], bt_strip.shape[0]), dtype=np.int32)
     T = np.zeros(TRANSCRIPT_WORDS, dtype=np.uint32)
-    tile_product(a_strip, bt_strip, r, acc, T, True)
+    tile(a_strip, bt_strip, r, acc, T, True)
     return acc, T

@@ -59,29 +59,51 @@ def _show(record: dict[str, object]) -> None:
     default=None,
     help="Also measure sizes 256…2048 and draw them to this PNG.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--isa",
+    default=None,
+    help="CPU kernel path to run (avx512_vnni, generic, amx_int8 where offered; 'all': every "
+    "one this host can run, one record each). Default: the compile target's own.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object (a list for --isa all)."
+)
 def bench_kernels_cmd(
-    size: int, backend: str, repeats: int | None, plot_path: str | None, as_json: bool
+    size: int,
+    backend: str,
+    repeats: int | None,
+    plot_path: str | None,
+    isa: str | None,
+    as_json: bool,
 ) -> None:
     """Time one mining attempt against plain int8 matmul and numpy sgemm."""
     from benchmarks.kernels import PLOT_SIZES, bench_kernels, plot_kernels
+    from kernels.transcript_cpu import available_paths
 
-    if plot_path is None:
-        record = bench_kernels(size, backend, repeats)
-    else:
-        sizes = sorted({s for s in PLOT_SIZES if s != size} | {size})
-        records = []
-        with Progress(disable=as_json, transient=True) as progress:
-            task = progress.add_task("measuring sizes", total=len(sizes))
-            for s in sizes:
-                records.append(bench_kernels(s, backend, repeats))
+    paths: list[str | None] = [isa]
+    if isa == "all":
+        paths = list(available_paths())
+    elif isa is not None and isa not in available_paths():
+        raise click.BadParameter(
+            f"{isa!r} cannot run here; choose one of {', '.join(available_paths())} or all",
+            param_hint="--isa",
+        )
+    sizes = [size] if plot_path is None else sorted({*PLOT_SIZES, size})
+    records = []
+    with Progress(disable=as_json or plot_path is None, transient=True) as progress:
+        task = progress.add_task("measuring", total=len(sizes) * len(paths))
+        for s in sizes:
+            for path in paths:  # paths side by side per size: the same machine state
+                records.append(bench_kernels(s, backend, repeats, path))
                 progress.advance(task)
+    if plot_path is not None:
         plot_kernels(records, plot_path)
-        record = next(r for r in records if r["m"] == size)
+    chosen = [r for r in records if r["m"] == size]
     if as_json:
-        click.echo(json.dumps(record))
+        click.echo(json.dumps(chosen if isa == "all" else chosen[0]))
     else:
-        _show(record)
+        for record in chosen:
+            _show(record)
         if plot_path:
             click.echo(f"plot written to {plot_path}")
 

@@ -81,3 +81,86 @@ def test_kernels_exact_when_compiled_for_an_older_target(isa: str) -> None:
     tail = "\n".join(run.stdout.splitlines()[-30:])
     assert run.returncode == 0, f"kernels compiled for {cpu} ({isa}) failed:\n{tail}\n{run.stderr}"
     assert " passed" in tail and "failed" not in tail, tail
+
+
+VNNI_PROBE = """
+from numba import njit, types
+from kernels import transcript_vnni as tv
+from kernels.isa import multiply_adds
+
+fresh = njit(tv._tile_packed.py_func)
+sig = (types.int8[:, :, ::1], types.uint8[:, :, ::1], types.int32[:, ::1], types.int32[:, ::1],
+       types.uint32[::1], types.boolean, types.int32[:, :, ::1])
+fresh.compile(sig)  # compiled, never run: the host may lack the instructions
+print(sorted(multiply_adds(fresh.inspect_asm(sig))))
+"""
+
+
+def test_vnni_kernel_compiles_to_int8_dot_products_on_zmm() -> None:
+    """Hosts without AVX-512 VNNI (Zen 3 CI) cannot run the VNNI path, but still prove that
+    it compiles to vpdpbusd on zmm for a VNNI CPU (its exactness runs on VNNI hosts)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("an x86-64 code path")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}
+    env |= {"NUMBA_CPU_NAME": "icelake-server", "NUMBA_CPU_FEATURES": ""}
+    run = subprocess.run(
+        [sys.executable, "-c", VNNI_PROBE],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "('vpdpbusd', 'zmm')" in run.stdout, run.stdout
+
+
+AMX_PROBE = """
+import numpy as np
+from numba import njit, types
+from kernels import transcript_amx as tx
+
+fresh = njit(tx._tile_packed.py_func)
+sig = (types.int8[:, ::1], types.intp, types.int8[:, :, ::1], types.intp, types.int32[:, ::1],
+       types.uint32[::1], types.boolean, types.int32[:, :, ::1])
+fresh.compile(sig)  # compiled, never run: no machine this was written on has AMX
+asm = fresh.inspect_asm(sig)
+print(sorted({w for w in ("ldtilecfg", "tileloadd", "tdpbssd", "tilestored", "tilerelease")
+              if w in asm}))
+"""
+
+
+def test_amx_kernel_compiles_to_tile_dot_products() -> None:
+    """The AMX-INT8 path (never executed: see kernels/transcript_amx.py) compiles, for a
+    Sapphire Rapids target, to a configured tdpbssd loop that stores C for the fold."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("an x86-64 code path")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}
+    env |= {"NUMBA_CPU_NAME": "sapphirerapids", "NUMBA_CPU_FEATURES": ""}
+    run = subprocess.run(
+        [sys.executable, "-c", AMX_PROBE],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[0] == str(
+        sorted(["ldtilecfg", "tileloadd", "tdpbssd", "tilestored", "tilerelease"])
+    ), run.stdout
+
+
+def test_amx_is_offered_only_where_the_os_grants_tiles() -> None:
+    """arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA) succeeds exactly on CPUs with AMX tiles;
+    elsewhere the refusal is a clean False and the path is not offered."""
+    if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("AMX permission is a Linux x86-64 system call")
+    from kernels.transcript_amx import request_amx_permission
+    from kernels.transcript_cpu import available_paths
+
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    has_tiles = any("amx_tile" in line.split() for line in cpuinfo.splitlines())
+    assert request_amx_permission() is has_tiles
+    if not has_tiles:
+        assert "amx_int8" not in available_paths()

@@ -1,5 +1,8 @@
 """Freivalds accepts the right product and rejects a single entry off by one."""
 
+import platform
+import re
+
 import numpy as np
 import pytest
 
@@ -40,3 +43,27 @@ def test_shape_errors_are_named():
         freivalds_check(A, B[:100], C)
     with pytest.raises(ValueError, match="int32"):
         freivalds_check(A, B, C.astype(np.int64))
+
+
+def test_int64_products_are_vectorised_for_the_target():
+    """Freivalds' Z/2^64 products are vpmullq on zmm where the target has AVX-512DQ, the
+    32-bit vpmuludq 64-bit lanes are built from on AVX2, scalar imul on baseline x86-64.
+    test_codegen_targets.py reruns this for AVX2 and baseline targets."""
+    from numba import njit
+
+    from kernels import freivalds
+    from kernels.isa import compile_target
+
+    target = compile_target()
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the expectation is written for x86-64 targets")
+    fresh = njit(parallel=True)(freivalds._matvecs.py_func)  # uncached: its assembly is kept
+    fresh(np.zeros((4, 64), np.int8), np.zeros((2, 64), np.int64))
+    asm = "\n".join(fresh.inspect_asm().values())
+    if "avx512dq" in target.features:
+        wanted = re.compile(r"\bvpmullq\b[^\n]*zmm")
+    elif "avx2" in target.features:
+        wanted = re.compile(r"\bvpmuludq\b[^\n]*ymm")
+    else:
+        wanted = re.compile(r"\bimulq\b")
+    assert wanted.search(asm), f"{target.isa}: no {wanted.pattern} in Freivalds' matvec"

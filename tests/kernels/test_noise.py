@@ -73,10 +73,39 @@ def test_bad_noise_arguments_are_named(call, message):
         call()
 
 
-def test_fused_transpose_equals_transpose_then_noise():
+@pytest.mark.parametrize(
+    ("k", "n"),
+    [
+        (192, 80),  # not multiples of the 64 block: partial blocks, 8-row words
+        (136, 8),  # k = 64·2 + 8: a last block of one word per column
+        (100, 24),  # 8 ∤ k: the byte-wise build
+        (512, 520),  # n×k ≥ 2^18: the multi-threaded build of x + E
+    ],
+)
+def test_noisy_operands_equal_the_numpy_gather(k, n):
+    """x + E and the fused Bᵀ + E_Bᵀ both equal x + L[:, p] − L[:, q] computed by NumPy."""
     rng = np.random.default_rng(4)
-    b = rng.integers(-64, 64, (192, 80), dtype=np.int8)  # k×n, not multiples of the block
-    f = derive_noise(SEED, 80, 192, 64)
-    assert np.array_equal(add_noise_transposed(b, f), add_noise(np.ascontiguousarray(b.T), f))
+    b = rng.integers(-64, 64, (k, n), dtype=np.int8)  # k×n
+    b[0] = -64
+    b[-1] = 63
+    f = derive_noise(SEED, n, k, 64)
+    gather = f.L[:, f.p].astype(np.int16) - f.L[:, f.q]
+    expected = (b.T.astype(np.int16) + gather).astype(np.int8)
+    assert np.array_equal(add_noise(np.ascontiguousarray(b.T), f), expected)
+    assert np.array_equal(add_noise_transposed(b, f), expected)
     with pytest.raises(ValueError, match="does not match"):
         add_noise_transposed(b.T, f)
+
+
+@pytest.mark.parametrize("r", [2, 64, 256])
+def test_permutation_follows_the_stream_layout(r):
+    """p = x mod r, q = (p + 1 + y mod (r − 1)) mod r from the perm stream's u16 pairs."""
+    import blake3
+
+    k = 4096
+    raw = np.frombuffer(blake3.blake3(b"pouwnet/noise/perm", key=SEED).digest(length=4 * k), "<u2")
+    x, y = raw[0::2].astype(np.int64), raw[1::2].astype(np.int64)
+    p, q = derive_permutation(SEED, k, r)
+    assert p.dtype == np.int32 and q.dtype == np.int32
+    assert np.array_equal(p, x % r)
+    assert np.array_equal(q, (x % r + 1 + y % (r - 1)) % r)

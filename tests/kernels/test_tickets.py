@@ -61,3 +61,15 @@ def test_bad_transcript_shape_is_rejected():
         all_tickets(np.zeros((2, 2, 8), dtype=np.uint32), SEED)
     with pytest.raises(ValueError, match="16 words"):
         ticket_of(np.zeros(8, dtype=np.uint32), SEED, 0, 0)
+
+
+def test_every_tile_of_a_wide_grid_matches_the_library():
+    """Tiles are hashed a row at a time, one per vector lane: a row longer than a vector
+    and not a multiple of it, far coordinates and all-ones words still give the library's."""
+    rng = np.random.default_rng(9)
+    T = rng.integers(0, 2**32, size=(3, 37, 16), dtype=np.uint32)
+    T[1, 36] = 0xFFFFFFFF
+    tickets = tickets_to_ints(all_tickets(T, SEED))
+    for ti in range(3):
+        for tj in range(37):
+            assert tickets[ti * 37 + tj] == ticket_of(T[ti, tj], SEED, ti, tj), (ti, tj)

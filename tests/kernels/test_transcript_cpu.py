@@ -2,7 +2,10 @@
 
 C' and every tile transcript T must equal :func:`reference_transcripts` exactly
 (consensus), for the miner (:func:`noisy_product`), the verifier's single-tile
-path (:func:`single_tile`) and the plain baseline (:func:`plain_matmul`).
+path (:func:`single_tile`) and the plain baseline (:func:`plain_matmul`). They
+run through the microkernel path the compile target selects (int8 vpdpbusd on
+AVX-512 VNNI, the portable IR elsewhere); test_codegen_targets.py reruns this
+file compiled for older targets, so every path is proven on a VNNI host.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from numba import njit
 
 from kernels import transcript_cpu as tc
 from kernels.isa import compile_target, multiply_adds
+from kernels.noise import add_noise, add_noise_transposed, derive_noise
+from kernels.params import MAX_K
 from kernels.reference import reference_transcripts
 
 LO, HI = -127, 126  # A', B' entries (int8 operands plus bounded noise)
@@ -55,6 +60,10 @@ def _check(a: np.ndarray, bt: np.ndarray, r: int, h: int, w: int) -> None:
         (24, 128, 40, 64, 12, 8),  # w = 8 < panel: zero padding columns
         (18, 64, 72, 64, 6, 24),  # w = 24: one full and one padded panel
         (32, 64, 32, 64, 32, 32),  # 32 rows = 6·5 + 2, two panels
+        (48, 128, 32, 64, 24, 16),  # 24 rows = 16 + 8 (VNNI blocks)
+        (21, 96, 16, 32, 7, 16),  # 7 rows = 4 + 2 + 1 (VNNI), 6 + 1 (generic)
+        (16, 60, 16, 6, 16, 16),  # r = 6: each chunk ends in a half-empty k-quad
+        (16, 100, 32, 10, 16, 16),  # r = 10, two panels
     ],
 )
 def test_random_matches_reference(m: int, k: int, n: int, r: int, h: int, w: int) -> None:
@@ -75,6 +84,51 @@ def test_mixed_extremes() -> None:
     a = rng.choice(np.array([LO, HI], dtype=np.int8), size=(32, 512))
     bt = rng.choice(np.array([LO, HI], dtype=np.int8), size=(48, 512))
     _check(a, bt, 64, 16, 16)
+
+
+@pytest.mark.parametrize(("va", "vb"), [(127, 127), (-127, 127), (127, -127), (-128, -128)])
+def test_full_int8_range_extremes(va: int, vb: int) -> None:
+    """B' = 127 is shifted to 255 (the largest unsigned byte), -128 to 0: still exact."""
+    a = np.full((16, 256), va, dtype=np.int8)
+    bt = np.full((32, 256), vb, dtype=np.int8)
+    bt[::3] = 0
+    _check(a, bt, 64, 16, 16)
+
+
+def test_largest_shift_corrections_are_exact() -> None:
+    """At the largest k the VNNI kernel's +128-shifted sums reach 65,536·255·127 ≈ 2^31 and
+    the plain product's one correction 128·Σ A' ≈ 2^30; the fold's chunk-end corrections
+    must come before each fold. Product and transcript must still be exact."""
+    k = MAX_K
+    a = np.full((16, k), 127, dtype=np.int8)
+    a[3] = -127
+    bt = np.full((16, k), 127, dtype=np.int8)
+    bt[5] = -127
+    bt[9, : k // 2] = 0
+    _check(a, bt, 64, 16, 16)
+
+
+def test_every_available_path_gives_the_same_transcript() -> None:
+    rng = np.random.default_rng(5)
+    a, bt = _rand(rng, 32, 384), _rand(rng, 48, 384)
+    c_ref, t_ref = reference_transcripts(a, bt, 64, 16, 16)
+    previous = tc.active_path()
+    try:
+        for path in tc.available_paths():
+            tc.select_path(path)
+            c, t = tc.noisy_product(a, bt, 64, 16, 16)
+            np.testing.assert_array_equal(c, c_ref, err_msg=path)
+            np.testing.assert_array_equal(t, t_ref, err_msg=path)
+    finally:
+        tc.select_path(previous)
+
+
+def test_active_path_follows_the_compile_target() -> None:
+    vnni = compile_target().isa == "avx512_vnni"
+    assert tc.active_path() == ("avx512_vnni" if vnni else "generic")
+    assert "generic" in tc.available_paths()
+    with pytest.raises(ValueError, match="cannot run"):
+        tc.select_path("amx_int8" if vnni else "avx512_vnni")
 
 
 def test_long_k_extreme_no_overflow() -> None:
@@ -120,15 +174,23 @@ def test_microkernel_multiply_add_is_vectorised_for_the_target() -> None:
 
     The expectation comes from the features Numba compiles for (the host's, or
     NUMBA_CPU_NAME/NUMBA_CPU_FEATURES: test_codegen_targets.py reruns this file
-    for older targets): vpmaddwd on ymm for AVX2, vpdpwssd/vpdpbusd on ymm or
-    zmm for AVX-512 VNNI, pmaddwd on xmm for the x86-64 baseline, and so on.
+    for older targets): vpmaddwd on ymm for AVX2, int8 vpdpbusd on zmm for
+    AVX-512 VNNI, pmaddwd on xmm for the x86-64 baseline, and so on.
     """
     target = compile_target()
     instructions, registers = target.multiply_add
     assert instructions, f"no multiply-add expectation for {target.isa} ({target.cpu})"
-    fresh = njit(tc._tile_packed.py_func)  # not from the cache, so its assembly is kept
     acc, T = np.zeros((16, 16), dtype=np.int32), np.zeros(16, dtype=np.uint32)
-    fresh(np.zeros((32, 16, 2), np.int16), np.zeros((1, 32, 32), np.int16), 64, acc, T, True)
+    if tc.active_path() == "avx512_vnni":
+        from kernels import transcript_vnni as tv
+
+        fresh = njit(tv._tile_packed.py_func)  # not from the cache, so its assembly is kept
+        ap, bp = np.zeros((16, 16, 4), np.int8), np.zeros((1, 16, 64), np.uint8)
+        xs = np.zeros((1, 1, 16), np.int32)
+        fresh(ap, bp, np.zeros((1, 16), np.int32), acc, T, True, xs)
+    else:
+        fresh = njit(tc._tile_packed.py_func)
+        fresh(np.zeros((32, 16, 2), np.int16), np.zeros((1, 32, 32), np.int16), 64, acc, T, True)
     found = multiply_adds(next(iter(fresh.inspect_asm().values())))
     wanted = {(i, r) for i, r in found if i in instructions and r in registers}
     assert wanted, f"{target.isa} ({target.cpu}): expected {sorted(instructions)} on " + (
@@ -159,3 +221,33 @@ def test_rejects_chunks_the_microkernel_would_misread(k: int, r: int) -> None:
         tc.noisy_product(a, a, r, 16, 16)
     with pytest.raises(ValueError):
         tc.single_tile(a, a, r)
+
+
+@pytest.mark.parametrize(
+    ("m", "k", "n", "r", "h", "w"),
+    [
+        (32, 192, 48, 64, 16, 16),
+        (24, 128, 40, 64, 12, 8),  # padded panel
+        (18, 64, 72, 64, 6, 24),  # one full and one padded panel
+        (16, 64, 32, 2, 16, 16),  # 4 ∤ r: B'ᵀ is built
+    ],
+)
+def test_noisy_product_from_clean_b_matches_the_reference(
+    m: int, k: int, n: int, r: int, h: int, w: int
+) -> None:
+    """The miner's path that packs B' = B + E_B from B itself gives the reference's C', T."""
+    rng = np.random.default_rng(m + k + n + r)
+    a = rng.integers(-64, 64, (m, k), dtype=np.int8)
+    b = rng.integers(-64, 64, (k, n), dtype=np.int8)
+    b[0] = -64
+    b[-1] = 63
+    noise_a = derive_noise(bytes(range(32)), m, k, r)
+    noise_b = derive_noise(bytes(range(1, 33)), n, k, r)
+    a_noisy = add_noise(a, noise_a)
+    bt_noisy = add_noise_transposed(b, noise_b)
+    c_ref, t_ref = reference_transcripts(a_noisy, bt_noisy, r, h, w)
+    c, t, bt = tc.noisy_product_from_b(a_noisy, b, noise_b, r, h, w)
+    np.testing.assert_array_equal(c, c_ref)
+    np.testing.assert_array_equal(t, t_ref)
+    if bt is not None:
+        np.testing.assert_array_equal(bt, bt_noisy)

@@ -1,0 +1,422 @@
+"""The AVX-512 VNNI path of the CPU transcript kernels (int8 ``vpdpbusd`` on zmm).
+
+Same tile routine, same transcript, bit for bit, as the portable path in
+:mod:`kernels.transcript_cpu`; only the microkernel and the packing differ.
+``vpdpbusd`` multiplies 4 unsigned bytes by 4 signed bytes and adds the four
+products into one int32 lane: 64 MACs per zmm instruction, twice what
+``vpdpwssd`` on int16 k-pairs does. Its first operand must be unsigned, so B'
+(entries in [-127, 127]) is packed shifted by +128 (a XOR 0x80 of the byte)
+into [1, 255], and A', the signed operand, is the one broadcast — a 4-byte
+broadcast the instruction takes straight from memory (``{1to16}``), so each
+row's k-quad costs no extra instruction. The shift adds 128·Σ A'[i, k] over
+the chunk to every entry of row i; the microkernel subtracts that row sum
+(precomputed per r-chunk while packing) from row i's accumulator at every
+chunk end, before the fold reads it. All of it is int32 arithmetic modulo
+2^32 whose true result fits int32, so the partial sums the fold sees are the
+reference's exactly.
+
+A block is up to 16 rows × 16 columns: 16 zmm accumulators, one 64-byte
+load of B' per k-quad and 16 broadcast multiply-adds. Chunks of a width r
+that is not a multiple of 4 are padded with zero k-columns of A' (B' padding
+is 0x80, i.e. zero): zero products, zero row sums.
+
+The miner (:func:`tiled_product_noisy_b`) packs B' = B + E_B straight from the
+clean B and the noise factors, so B'ᵀ is never built. Only hosts whose compile
+target has AVX-512 VNNI and BW compile this module's kernels
+(:func:`kernels.transcript_cpu.available_paths`): LLVM aborts the process on
+others, so they never import it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from kernels.params import TRANSCRIPT_WORDS
+from kernels.transcript_cpu import _check_chunks, _copy_block, _padded_width, fold_tile
+
+PANEL = 16
+"""Columns per packed B' panel: one zmm of 16 int32 lanes."""
+LANES = 16
+STRIPS_IN_L2 = 256 * 1024
+"""Bytes of packed A' strips a task keeps in L2 while one B' strip streams past them."""
+
+_I8 = ir.IntType(8)
+_I32 = ir.IntType(32)
+_V64I8 = ir.VectorType(_I8, 64)
+_V16I32 = ir.VectorType(_I32, 16)
+_SPLAT0 = ir.Constant(_V16I32, [0] * 16)
+_VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
+
+
+def _make_microkernel(mr: int):
+    """Intrinsic ``mk(acc, acc_off, ldc, ap, a_off, lda, bp, b_off, rs, rs_off, nchunks, cquads,
+    xs, fold)``.
+
+    For each of ``nchunks`` chunks c of ``cquads`` k-quads p, for i < mr, j < 16:
+    acc[acc_off + i·ldc + j] += Σ_e (bp[b_off + 64p + 4j + e] as u8) · ap[a_off + 4(p·lda + i) + e]
+    (int32 lanes, wrapping), then acc[… i …] −= rs[rs_off + c·lda + i] (the shift's
+    128·row sum of the chunk) and, if ``fold``, xs[c, 0, :] ^= the mr accumulators
+    XORed lane-wise. Offsets count elements; lda counts k-quads (i.e. rows).
+    """
+
+    @intrinsic
+    def mk(
+        tctx, acc, acc_off, ldc, ap, a_off, lda, bp, b_off, rs, rs_off, nchunks, cquads, xs, fold
+    ):
+        ip = types.intp
+        sig = types.void(acc, ip, ip, ap, ip, ip, bp, ip, rs, ip, ip, ip, xs, types.boolean)
+
+        def codegen(context, builder, signature, args):
+            acc_off, ldc, a_off, lda, b_off, rs_off, nchunks, cquads, fold = (
+                args[i] for i in (1, 2, 4, 5, 7, 9, 10, 11, 13)
+            )
+            dot = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_V16I32, [_V16I32, _V64I8, _V64I8]), _VPDPBUSD
+            )
+
+            def ptr(n: int, *offsets: ir.Value, to: ir.Type) -> ir.Value:
+                """Pointer of type ``to`` at args[n]'s data + Σ offsets (in its elements)."""
+                p = context.make_array(signature.args[n])(context, builder, args[n]).data
+                for off in offsets:
+                    p = builder.gep(p, [off])
+                return builder.bitcast(p, to.as_pointer())
+
+            def c(v: int) -> ir.Constant:
+                return ir.Constant(ldc.type, v)
+
+            def splat(x: ir.Value) -> ir.Value:
+                vec = builder.insert_element(ir.Constant(_V16I32, None), x, _I32(0))
+                return builder.shuffle_vector(vec, vec, _SPLAT0)
+
+            a_p = ptr(3, a_off, to=_I32)  # a k-quad of one row is one int32
+            b_p = ptr(6, b_off, to=_V64I8)
+            rs_p = ptr(8, rs_off, to=_I32)
+            xs_p = ptr(12, to=_V16I32)
+            # numpy buffers are only element-aligned: every vector access says so.
+            acc_ptrs = [ptr(0, acc_off, builder.mul(ldc, c(i)), to=_V16I32) for i in range(mr)]
+            acc_vars = [
+                cgutils.alloca_once_value(builder, builder.load(p, align=4)) for p in acc_ptrs
+            ]
+            with cgutils.for_range(builder, nchunks) as chunk:
+                p0 = builder.mul(chunk.index, cquads)
+                with cgutils.for_range(builder, cquads) as loop:
+                    p = builder.add(p0, loop.index)
+                    a_row = builder.gep(a_p, [builder.mul(p, lda)])  # the mr rows' quads follow
+                    b = builder.load(builder.gep(b_p, [p]), align=1)
+                    for i, var in enumerate(acc_vars):
+                        quad = builder.load(builder.gep(a_row, [c(i)]), align=1)
+                        a = builder.bitcast(splat(quad), _V64I8)
+                        builder.store(builder.call(dot, [builder.load(var), b, a]), var)
+                # Chunk end: undo the +128 shift of B', then XOR the block into xs[c].
+                rs_row = builder.gep(rs_p, [builder.mul(chunk.index, lda)])
+                for i, var in enumerate(acc_vars):
+                    shift = splat(builder.load(builder.gep(rs_row, [c(i)]), align=4))
+                    builder.store(builder.sub(builder.load(var), shift), var)
+                with builder.if_then(fold):
+                    x_ptr = builder.gep(xs_p, [chunk.index])
+                    x = builder.load(x_ptr, align=4)
+                    for var in acc_vars:
+                        x = builder.xor(x, builder.load(var))
+                    builder.store(x, x_ptr, align=4)
+            for p, var in zip(acc_ptrs, acc_vars, strict=True):
+                builder.store(builder.load(var), p, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return mk
+
+
+_mk16, _mk8, _mk4, _mk2, _mk1 = (_make_microkernel(mr) for mr in (16, 8, 4, 2, 1))
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _block_rows(left: int) -> int:
+    """Rows of the next block: 16 (16 zmm accumulators of the 32), else the largest
+    power of two that fits."""
+    for mr in (16, 8, 4, 2):
+        if left >= mr:
+            return mr
+    return 1
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _microkernel(
+    mr, acc, acc_off, ldc, ap, a_off, lda, bp, b_off, rs, rs_off, nchunks, cquads, xs, fold
+):
+    if mr == 16:
+        _mk16(acc, acc_off, ldc, ap, a_off, lda, bp, b_off, rs, rs_off, nchunks, cquads, xs, fold)
+    elif mr == 8:
+        _mk8(acc, acc_off, ldc, ap, a_off, lda, bp, b_off, rs, rs_off, nchunks, cquads, xs, fold)
+    elif mr == 4:
+        _mk4(acc, acc_off, ldc, ap, a_off, lda, bp, b_off, rs, rs_off, nchunks, cquads, xs, fold)
+    elif mr == 2:
+        _mk2(acc, acc_off, ldc, ap, a_off, lda, bp, b_off, rs, rs_off, nchunks, cquads, xs, fold)
+    else:
+        _mk1(acc, acc_off, ldc, ap, a_off, lda, bp, b_off, rs, rs_off, nchunks, cquads, xs, fold)
+
+
+# ---------------------------------------------------------------- packing
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _quads(r: int) -> int:
+    """k-quads per r-chunk (the last one zero-padded when 4 ∤ r)."""
+    return (r + 3) // 4
+
+
+@njit(nogil=True, cache=True)
+def _pack_a_strip(a_strip: np.ndarray, r: int, ap: np.ndarray, rs: np.ndarray) -> None:
+    """ap (k/r·⌈r/4⌉, h, 4) int8 ← one tile row's A' strip (h×k), rs (k/r, h) ← 128·row sums.
+
+    ap[p, i, e] = A'[i, kk] for the k-column kk of slot e of quad p (0 in padding), so a
+    k-quad of all h rows is contiguous; rs[c, i] = 128·Σ A'[i, c·r : (c+1)·r].
+    """
+    h, k = a_strip.shape
+    cq = _quads(r)
+    if r % 4 == 0:  # quads tile k exactly: ap[p, i, :] = A'[i, 4p : 4p + 4]
+        for p in range(k // 4):
+            dst = ap[p]
+            for i in range(h):
+                row = a_strip[i]
+                for e in range(4):
+                    dst[i, e] = row[4 * p + e]
+    else:
+        ap.fill(0)
+        for c in range(k // r):
+            for t in range(r):
+                for i in range(h):
+                    ap[c * cq + t // 4, i, t % 4] = a_strip[i, c * r + t]
+    for i in range(h):
+        row = a_strip[i]
+        for c in range(k // r):
+            s = np.int32(0)
+            for t in range(r):
+                s += np.int32(row[c * r + t])
+            rs[c, i] = s * np.int32(128)
+
+
+@njit(nogil=True, cache=True)
+def _pack_b_strip(bt_strip: np.ndarray, r: int, bp: np.ndarray) -> None:
+    """bp (wp/16, k/r·⌈r/4⌉, 64) uint8 ← one tile column's B'ᵀ strip (w×k), shifted by +128.
+
+    bp[q, p, 4j + e] = B'ᵀ[16q + j, kk] + 128 for slot e of quad p; padding (columns past
+    w, k-slots past r) is 128, i.e. B' = 0.
+    """
+    w, k = bt_strip.shape
+    cq = _quads(r)
+    bp.fill(128)
+    for q in range(bp.shape[0]):
+        for jj in range(min(PANEL, w - q * PANEL)):
+            for c in range(k // r):
+                for t in range(r):
+                    v = np.uint8(bt_strip[q * PANEL + jj, c * r + t]) ^ np.uint8(0x80)
+                    bp[q, c * cq + t // 4, 4 * jj + t % 4] = v
+
+
+# ---------------------------------------------------------------- transcript
+
+
+@njit(nogil=True, cache=True)
+def _tile_packed(
+    ap: np.ndarray,
+    bp: np.ndarray,
+    rs: np.ndarray,
+    acc: np.ndarray,
+    T: np.ndarray,
+    fold: bool,
+    xs: np.ndarray,
+) -> None:
+    """acc (h×wp int32) += A'·B' from the packed strip and panels, folding T after every r-chunk.
+
+    ``rs`` holds the per-chunk shift corrections (k/r × h), or for the plain
+    product (no ``fold``) their total (1 × h): then the whole k is one run.
+    ``xs`` (≥ chunks × 1 × 16 int32) is scratch for the chunk-end XORs.
+    """
+    h, wp = acc.shape
+    nq = ap.shape[0]
+    nchunks = rs.shape[0]
+    xs[:nchunks] = 0
+    for q in range(wp // PANEL):
+        i = 0
+        while i < h:
+            mr = _block_rows(h - i)
+            _microkernel(
+                mr,
+                acc,
+                i * wp + q * PANEL,
+                wp,
+                ap,
+                4 * i,
+                h,
+                bp,
+                q * nq * 4 * PANEL,
+                rs,
+                i,
+                nchunks,
+                nq // nchunks,
+                xs,
+                fold,
+            )
+            i += mr
+    if fold:
+        for c in range(nchunks):
+            fold_tile(xs[c], T, c)
+
+
+@njit(nogil=True, cache=True)
+def _shift_totals(rs: np.ndarray) -> np.ndarray:
+    """(1 × h) the sum over all chunks of rs: the plain product's one correction."""
+    out = np.zeros((1, rs.shape[1]), dtype=np.int32)
+    for c in range(rs.shape[0]):
+        for i in range(rs.shape[1]):
+            out[0, i] += rs[c, i]
+    return out
+
+
+@njit(nogil=True, cache=True)
+def tile_product(
+    a_strip: np.ndarray, bt_strip: np.ndarray, r: int, acc: np.ndarray, T: np.ndarray, fold: bool
+) -> None:
+    """acc (h×w int32) += a_strip (h×k) · bt_stripᵀ (k×w), folding into T after every r-chunk."""
+    h, k = a_strip.shape
+    _check_chunks(k, r)
+    w = bt_strip.shape[0]
+    wp = _padded_width(w)
+    nq = k // r * _quads(r)
+    ap = np.empty((nq, h, 4), dtype=np.int8)
+    rs = np.empty((k // r, h), dtype=np.int32)
+    _pack_a_strip(a_strip, r, ap, rs)
+    bp = np.empty((wp // PANEL, nq, 4 * PANEL), dtype=np.uint8)
+    _pack_b_strip(bt_strip, r, bp)
+    acc_p = np.zeros((h, wp), dtype=np.int32)
+    _copy_block(acc, acc_p, 0, 0, h, w)
+    xs = np.empty((k // r, 1, LANES), dtype=np.int32)
+    _tile_packed(ap, bp, rs if fold else _shift_totals(rs), acc_p, T, fold, xs)
+    _copy_block(acc_p, acc, 0, 0, h, w)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _pack_a_all(a: np.ndarray, r: int, h: int, fold: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Every tile row's packed A' strip and its shift corrections (their totals without fold)."""
+    m, k = a.shape
+    _check_chunks(k, r)
+    tm = m // h
+    nq = k // r * _quads(r)
+    ap = np.empty((tm, nq, h, 4), dtype=np.int8)
+    rs = np.empty((tm, k // r, h), dtype=np.int32)
+    for ti in prange(tm):
+        _pack_a_strip(a[ti * h : (ti + 1) * h], r, ap[ti], rs[ti])
+    # The plain product is one run over the whole k: one correction per row, the total.
+    shifts = rs if fold else np.empty((tm, 1, h), dtype=np.int32)
+    if not fold:
+        for ti in prange(tm):
+            shifts[ti] = _shift_totals(rs[ti])
+    return ap, shifts
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _pack_b_all(bt: np.ndarray, r: int, w: int) -> np.ndarray:
+    """Every tile column's packed B' panels, from B'ᵀ (n×k)."""
+    n, k = bt.shape
+    tn = n // w
+    nq = k // r * _quads(r)
+    bp = np.empty((tn, _padded_width(w) // PANEL, nq, 4 * PANEL), dtype=np.uint8)
+    for tj in prange(tn):
+        _pack_b_strip(bt[tj * w : (tj + 1) * w], r, bp[tj])
+    return bp
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _pack_b_noisy_all(
+    b: np.ndarray, lt: np.ndarray, pn: np.ndarray, qn: np.ndarray, w: int
+) -> np.ndarray:
+    """Every tile column's packed B' panels (as :func:`_pack_b_all`) from the clean B (k×n).
+
+    B'[c, j] = B[c, j] + L_B[j, p(c)] − L_B[j, q(c)] with ``lt`` = L_Bᵀ (r×n): each
+    k-quad reads four whole rows of B and eight of Lᵀ, and writes every panel's
+    quad as words of 4 bytes, so B'ᵀ is never built (needs 4 | r).
+    """
+    k, n = b.shape
+    tn = n // w
+    npanels = _padded_width(w) // PANEL
+    bp = np.empty((tn, npanels, k // 4, 4 * PANEL), dtype=np.uint8)
+    words = bp.view(np.uint32)  # [tj, q, p, jj]: the 4 k-slots of column jj of quad p
+    if w % PANEL:
+        bp.fill(128)  # padding columns: B' = 0
+    for p in prange(k // 4):
+        b0, b1, b2, b3 = b[4 * p], b[4 * p + 1], b[4 * p + 2], b[4 * p + 3]
+        u0, u1, u2, u3 = lt[pn[4 * p]], lt[pn[4 * p + 1]], lt[pn[4 * p + 2]], lt[pn[4 * p + 3]]
+        v0, v1, v2, v3 = lt[qn[4 * p]], lt[qn[4 * p + 1]], lt[qn[4 * p + 2]], lt[qn[4 * p + 3]]
+        row = np.empty(n, dtype=np.uint32)
+        for j in range(n):
+            x0 = np.uint32(np.uint8(b0[j] + u0[j] - v0[j]) ^ np.uint8(0x80))
+            x1 = np.uint32(np.uint8(b1[j] + u1[j] - v1[j]) ^ np.uint8(0x80))
+            x2 = np.uint32(np.uint8(b2[j] + u2[j] - v2[j]) ^ np.uint8(0x80))
+            x3 = np.uint32(np.uint8(b3[j] + u3[j] - v3[j]) ^ np.uint8(0x80))
+            row[j] = x0 | (x1 << np.uint32(8)) | (x2 << np.uint32(16)) | (x3 << np.uint32(24))
+        for tj in range(tn):
+            for q in range(npanels):
+                dst = words[tj, q, p]
+                j0 = tj * w + q * PANEL
+                for jj in range(min(PANEL, w - q * PANEL)):
+                    dst[jj] = row[j0 + jj]
+    return bp
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _all_tiles(
+    ap: np.ndarray, shifts: np.ndarray, bp: np.ndarray, r: int, w: int, n: int, fold: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """(C' m×n int32, T (m/h, n/w, 16)) from the packed operands, every tile in parallel."""
+    tm, nq, h, _ = ap.shape
+    tn = bp.shape[0]
+    k = nq // _quads(r) * r
+    wp = _padded_width(w)
+    out = np.empty((tm * h, n), dtype=np.int32)
+    T = np.zeros((tm, tn, TRANSCRIPT_WORDS), dtype=np.uint32)
+    # A task is one B' panel strip against a group of tile rows whose A' strips stay in
+    # L2 together: each B' strip then comes from L3 once per group, not once per tile.
+    group = max(1, min(tm, STRIPS_IN_L2 // max(1, k * h)))
+    groups = (tm + group - 1) // group
+    for task in prange(groups * tn):
+        g = task // tn
+        tj = task % tn
+        acc = np.empty((h, wp), dtype=np.int32)
+        xs = np.empty((k // r, 1, LANES), dtype=np.int32)
+        for ti in range(g * group, min(tm, (g + 1) * group)):
+            acc[:] = 0
+            _tile_packed(ap[ti], bp[tj], shifts[ti], acc, T[ti, tj], fold, xs)
+            _copy_block(acc, out, ti * h, tj * w, h, w)
+    return out, T
+
+
+def tiled_product(
+    a: np.ndarray, bt: np.ndarray, r: int, h: int, w: int, fold: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """(C' m×n int32, T (m/h, n/w, 16)) over every tile in parallel; T stays 0 without ``fold``."""
+    ap, shifts = _pack_a_all(a, r, h, fold)
+    out, t = _all_tiles(ap, shifts, _pack_b_all(bt, r, w), r, w, bt.shape[0], fold)
+    return out, t
+
+
+def tiled_product_noisy_b(
+    a_noisy: np.ndarray,
+    b: np.ndarray,
+    lt: np.ndarray,
+    pn: np.ndarray,
+    qn: np.ndarray,
+    r: int,
+    h: int,
+    w: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`tiled_product` with folds where B' = B + E_B is packed from B (k×n) and
+    L_Bᵀ, p_B, q_B as it goes (4 | r): the miner skips building B'ᵀ."""
+    ap, shifts = _pack_a_all(a_noisy, r, h, True)
+    bp = _pack_b_noisy_all(b, lt, pn, qn, w)
+    out, t = _all_tiles(ap, shifts, bp, r, w, b.shape[1], True)
+    return out, t

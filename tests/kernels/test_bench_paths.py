@@ -1,0 +1,39 @@
+"""`pouw bench kernels --isa`: every CPU kernel path the host runs, measured side by side."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.kernels import path_label
+from kernels.transcript_cpu import available_paths
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = [sys.executable, "-m", "node.cli", "bench", "kernels", "--size", "128", "--repeats", "1"]
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*BENCH, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def test_isa_all_measures_every_path_the_host_can_run() -> None:
+    run = _bench("--isa", "all", "--json")
+    assert run.returncode == 0, run.stderr
+    records = json.loads(run.stdout)
+    assert [r["isa"] for r in records] == [path_label(p) for p in available_paths()]
+    if len(available_paths()) > 1:  # the portable kernel, forced on a host with its own
+        assert records[-1]["isa"] == "generic"
+    for r in records:
+        assert r["plain_s"] > 0 and r["attempt_s"] > 0 and r["attempt_vs_plain"] > 0
+        assert r["attempt_vs_plain_cpu"] == r["attempt_cpu_s"] / r["plain_cpu_s"] > 0
+
+
+def test_isa_the_host_cannot_run_is_a_one_line_error() -> None:
+    run = _bench("--isa", "amx_int8", "--json")
+    assert run.returncode != 0 and not run.stdout
+    assert "amx_int8" in run.stderr and "generic" in run.stderr
+    assert "Traceback" not in run.stderr
