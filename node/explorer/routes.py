@@ -29,9 +29,10 @@ from consensus.datashare import (
 from consensus.difficulty import block_work
 from consensus.errors import InvalidBlock
 from consensus.keys import address_to_text, parse_address
+from consensus.market import job_record
 from consensus.pow import verify_pow
 from consensus.state import DATASETS, JOBS, MODELS
-from consensus.transactions import TransferPayload, TxKind
+from consensus.transactions import JobResultPayload, TransferPayload, TxKind
 from kernels.tickets import ticket_threshold
 from node.rpc import INVALID_PARAMS, REJECTED, RpcError
 from node.views import tx_json
@@ -166,10 +167,28 @@ class Explorer:
             "series": series,
         }
 
+    def _claimed_macs(self, block: Block) -> int:
+        """MACs of the posted jobs this block's results were delivered for: its own job
+        when the header claimed it, and every job a ``job_result`` in it claims.
+
+        A job is computed once (one attempt each), so what a block delivers is the
+        jobs' m·k·n, not its expected work; a block on a job someone else had
+        already claimed delivers nothing new.
+        """
+        state = self.node.chain.state
+        own = job_record(state, self._job_id(block))
+        claimed = own is not None and own["claim_kind"] == "block" and own["claim_id"] == block.hash
+        recs = [own] if claimed else []
+        for tx in block.txs:
+            if isinstance(tx.payload, JobResultPayload):
+                recs += [job_record(state, claim.job_id) for claim in tx.payload.claims]
+        return sum(r["m"] * r["k"] * r["n"] for r in recs if r is not None)
+
     def _series(self, count: int) -> list[dict[str, Any]]:
         """One row per active block of the last ``count``: its interval, expected MACs
-        (block work) and whether that work was useful (a posted job), and the network's
-        MAC/s over the ROLLING blocks up to it."""
+        (block work), the MACs of the posted jobs whose results it delivered (its own
+        job's, claimed by its header, and those its job_result transactions claim),
+        and the network's MAC/s over the ROLLING blocks up to it."""
         chain = self.node.chain
         jobs = chain.state.tables[JOBS]
         rows: list[dict[str, Any]] = []
@@ -189,6 +208,7 @@ class Explorer:
                     "interval_s": interval,
                     "work": block_work(h.target),
                     "useful": self._job_id(block) in jobs,
+                    "useful_macs": self._claimed_macs(block),
                     "txs": len(block.txs),
                     "miner": address_to_text(h.miner),
                 }
@@ -197,7 +217,7 @@ class Explorer:
             recent = [r for r in rows[max(0, i - ROLLING + 1) : i + 1] if r["interval_s"]]
             span = sum(r["interval_s"] for r in recent)
             row["hashrate_macs"] = sum(r["work"] for r in recent) / span if span else None
-            useful = sum(r["work"] for r in recent if r["useful"])
+            useful = sum(r["useful_macs"] for r in recent)
             row["useful_macs_per_s"] = useful / span if span else None
         return rows
 
@@ -425,13 +445,15 @@ class Explorer:
 
 def _window_stats(series: list[dict[str, Any]]) -> dict[str, Any]:
     """The home page's figures over the window: mean block interval, the network's
-    MAC/s (block work over time), and the share of that work done on posted jobs."""
+    MAC/s (block work over time), and the share of that work that delivered posted
+    jobs' results (claimed by a block or a job_result; at most 1: block work is the
+    expected work, the network may have been luckier)."""
     timed = [r for r in series if r["interval_s"]]
     span = sum(r["interval_s"] for r in timed)
     work = sum(r["work"] for r in series)
-    useful = sum(r["work"] for r in series if r["useful"])
+    useful = sum(r["useful_macs"] for r in series)
     hashrate = sum(r["work"] for r in timed) / span if span else None
-    share = useful / work if work else None
+    share = min(1.0, useful / work) if work else None
     return {
         "blocks": len(series),
         "interval_s": span / len(timed) if timed else None,

@@ -117,6 +117,8 @@ def _populate(user: NodeProcess, root: Path) -> dict[str, Any]:
         "transfer_block": user.call("getblockbyheight", transfer_height, False)["hash"],
         "job_id": job.job_id.hex(),
         "job_block": _block_on(user, claimed),
+        "claim_kind": claimed["claim_kind"],
+        "claim_id": claimed["claim_id"],
         "dataset_id": reg["dataset_id"],
         "read_nonce": read["request_nonce"],
         "read_txid": read["access_log_txid"],
@@ -124,12 +126,11 @@ def _populate(user: NodeProcess, root: Path) -> dict[str, Any]:
 
 
 def _block_on(node: NodeProcess, job: dict[str, Any]) -> str:
-    """The first block whose proof of work ran on ``job`` (by its operands' roots)."""
-    for height in range(1, node.height() + 1):
-        header = node.call("getblockbyheight", height, False)
-        if (header["job"]["root_a"], header["job"]["root_b"]) == (job["root_a"], job["root_b"]):
-            return str(header["hash"])
-    raise AssertionError("no block ran on the job")
+    """The block that delivered ``job``'s result: the block mined on it when its header
+    claimed it, else the block holding the job_result that claimed it."""
+    if job["claim_kind"] == "block":
+        return str(job["claim_id"])
+    return str(node.call("getblockbyheight", job["claim_height"], False)["hash"])
 
 
 @pytest.fixture(scope="module")
@@ -235,9 +236,12 @@ def test_the_mined_job_counts_as_useful_work(devnet):
     status, body = _get(f"{_explorer(user)}explorer/api/summary?blocks=1000")
     assert status == 200
     summary = json.loads(body)
-    useful = [r["hash"] for r in summary["series"] if r["useful"]]
-    assert devnet["job_block"] in useful
-    assert len(useful) < len(summary["series"])  # null-job blocks are not useful
+    # The block that delivered the job's result (by its header or a job_result)
+    # counts the job's m·k·n as useful MACs; null-job blocks deliver nothing.
+    delivered = {r["hash"]: r["useful_macs"] for r in summary["series"] if r["useful_macs"]}
+    m, k, n = PARAMS.null_job_shape  # the posted job was padded to the minimum shape
+    assert delivered.get(devnet["job_block"]) == m * k * n
+    assert len(delivered) < len(summary["series"])
     assert 0 < summary["window"]["useful_share"] < 1
 
 
@@ -254,8 +258,12 @@ def test_block_page_shows_getblocks_transactions_and_the_proof(devnet, page):
     assert "of the threshold" in page.inner_text(".gauge-box")
     _shot(page, "block")
     _open(page, f"block/{devnet['job_block']}", "#proof")
-    assert "posted job" in page.inner_text('#proof [data-field="job"]')
-    assert page.locator(f'#proof a[title="{devnet["job_id"]}"]').count() == 1
+    if devnet["claim_kind"] == "block":  # the job won this block: its proof ran on it
+        assert "posted job" in page.inner_text('#proof [data-field="job"]')
+        assert page.locator(f'#proof a[title="{devnet["job_id"]}"]').count() == 1
+    else:  # the attempt won nothing: a job_result in this block delivered it
+        claim_row = page.locator(f'#block-txs tbody tr[data-txid="{devnet["claim_id"]}"]')
+        assert "job_result" in claim_row.inner_text()
     _shot(page, "block-on-job")
 
 
@@ -302,7 +310,8 @@ def test_market_page_shows_the_job_and_its_claim(devnet, page):
     assert page.locator(f'#model-steps a[title="{job_id}"]').count() == 1
     _shot(page, "model")
     _open(page, f"job/{job_id}", '[data-field="status"]')
-    assert page.locator(f'a[title="{devnet["job_block"]}"]').count() == 1  # the claiming block
+    # The claim links to what made it: the job's block, or its job_result transaction.
+    assert page.locator(f'a[title="{devnet["claim_id"]}"]').count() == 1
     _shot(page, "job")
 
 
