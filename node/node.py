@@ -54,6 +54,8 @@ from node.wire import (
     TXS_BATCH_BYTES,
     BlobChunk,
     BlobGet,
+    BlobGetRange,
+    BlobRange,
     BlockBody,
     BlockMsg,
     BlockTxn,
@@ -435,6 +437,10 @@ class Node:
             await self.blobs.on_blob_get(peer, msg)
         elif isinstance(msg, BlobChunk):
             self.blobs.on_blob_chunk(peer, msg)
+        elif isinstance(msg, BlobGetRange):
+            await self.blobs.on_blob_get_range(peer, msg)
+        elif isinstance(msg, BlobRange):
+            self.blobs.on_blob_range(peer, msg)
         elif isinstance(msg, NotFound):
             for item in msg.items:
                 peer.take_requested(item.kind, item.hash)
