@@ -387,7 +387,7 @@ class Node:
         return self.blobs.put(data)
 
     async def fetch_blob(self, root: bytes, timeout: float = 60.0) -> bytes:
-        """The blob ``root`` from the store, or fetched from peers chunk by verified chunk.
+        """The blob ``root`` from the store, or fetched from peers by verified ranges of chunks.
 
         Raises ``node.blobs.BlobFetchError`` (saying why) if no peer gives it in time.
         """
