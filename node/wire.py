@@ -63,9 +63,10 @@ MAX_BLOB_CHUNK = MAX_DATASET_CHUNK_SIZE
 MAX_BRANCH = 32
 MAX_RANGE_CHUNKS = 4096
 """Most chunks in one blob_range reply (and counted against a blob_get_range's ``count``)."""
-RANGE_BYTES = 4 * 1024 * 1024
+RANGE_BYTES = 1024 * 1024
 """A blob_range reply holds chunks of at most this many bytes together (unless it holds one
-chunk): an eighth of MAX_FRAME."""
+chunk): with two requests in flight, a peer has as long to send 2 MiB as it had with eight
+256 KiB blob_chunks, and checking a reply holds the node up for milliseconds."""
 MAX_RANGE_PROOF = 32
 """A range proof names at most two siblings per tree level: 16 levels below the root of a
 65,536-chunk blob."""

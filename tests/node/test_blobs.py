@@ -118,9 +118,9 @@ def test_every_range_of_every_small_tree_verifies_and_tampering_fails():
 
 
 def test_a_range_is_cut_to_the_byte_budget_and_the_count_cap():
-    big = BlobTree(os.urandom(5 * 1024 * 1024 + 1), 1024 * 1024)
+    big = BlobTree(os.urandom(5 * RANGE_BYTES // 4 + 1), RANGE_BYTES // 4)
     chunks, proof = big.range(0, 10)
-    assert len(chunks) == 4 and sum(map(len, chunks)) == RANGE_BYTES, "4 MiB exactly"
+    assert len(chunks) == 4 and sum(map(len, chunks)) == RANGE_BYTES, "the budget exactly"
     chunks, proof = big.range(3, 1)
     assert chunks == (big.chunks[3],) and verify_range(big.root, 3, 6, chunks, proof)
     many = BlobTree(os.urandom(MAX_RANGE_CHUNKS + 5), 1)
@@ -417,7 +417,8 @@ async def test_a_many_row_blob_crosses_in_a_few_range_messages(nodes):
     raw = await b.fetch_blob(root, timeout=20)
     assert raw == x.tobytes()
     asked = a.p2p.stats.messages_in - seen
-    assert asked <= 3, f"the serving node saw {asked} messages for a 3,000-row blob"
+    replies = -(-x.nbytes // (RANGE_BYTES // 1500 * 1500))  # full replies of whole rows
+    assert asked <= replies + 1, f"the serving node saw {asked} messages for a 3,000-row blob"
     assert not a.p2p.bans() and not b.p2p.bans()
 
 
