@@ -12,16 +12,21 @@ operands by matrix *rows* (``consensus.merkle.matrix_rows_root``). A node
 fetches an operand by its blob root, decodes it (``decode_matrix``) and then
 checks the row root against the job.
 
-On the wire (``BlobGet(root, index)`` → ``BlobChunk(root, index, total, data,
-branch)``), a node that does not hold the blob answers with ``total = 0``,
-empty data and an empty branch: "I don't have it". That needs no new message
-type or inventory kind, and is unambiguous because a real blob always has at
-least one chunk.
+On the wire a node fetches ranges of chunks: ``BlobGetRange(root, first,
+count)`` → ``BlobRange(root, first, total, chunks, proof)``, at most
+``MAX_RANGE_CHUNKS`` chunks and ``RANGE_BYTES`` of them per reply, with a range
+proof (``range_proof``) that every chunk is checked against before any is kept.
+A matrix operand of 512 rows crosses in one round trip instead of 512. The
+older ``BlobGet(root, index)`` → ``BlobChunk(root, index, total, data, branch)``
+is still served. A node that does not hold the blob answers with ``total = 0``
+and nothing else: "I don't have it". That is unambiguous because a real blob
+always has at least one chunk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import struct
 from collections import OrderedDict
@@ -30,10 +35,26 @@ from typing import Any
 
 import numpy as np
 
-from consensus.merkle import branch_of, leaf_hash, tree_levels, verify_branch
+from consensus.hashing import HASH_SIZE
+from consensus.merkle import (
+    branch_of,
+    leaf_hash,
+    leaf_hashes,
+    node_hash,
+    tree_levels,
+    verify_branch,
+)
 from node.errors import ProtocolViolation
 from node.peer import PeerSession
-from node.wire import BlobChunk, BlobGet
+from node.wire import (
+    MAX_RANGE_CHUNKS,
+    MAX_RANGE_PROOF,
+    RANGE_BYTES,
+    BlobChunk,
+    BlobGet,
+    BlobGetRange,
+    BlobRange,
+)
 
 log = logging.getLogger("pouw.blobs")
 
@@ -95,6 +116,19 @@ class BlobTree:
             raise IndexError(f"chunk {index} is not in a blob of {len(self.chunks)} chunks")
         return self.chunks[index], tuple(branch_of(self.levels, index))
 
+    def range(self, first: int, count: int) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+        """Up to ``count`` chunks from ``first`` on, cut to ``RANGE_BYTES`` (at least one
+        chunk) and ``MAX_RANGE_CHUNKS``, with their range proof; IndexError if there is
+        no chunk ``first`` or ``count`` is not positive."""
+        if not 0 <= first < len(self.chunks) or count < 1:
+            raise IndexError(f"no range of {count} from chunk {first} in {len(self.chunks)}")
+        end, size = first, 0
+        stop = min(len(self.chunks), first + min(count, MAX_RANGE_CHUNKS))
+        while end < stop and (end == first or size + len(self.chunks[end]) <= RANGE_BYTES):
+            size += len(self.chunks[end])
+            end += 1
+        return tuple(self.chunks[first:end]), tuple(range_proof(self.levels, first, end - first))
+
 
 def blob_root(data: bytes, chunk_size: int = CHUNK_SIZE) -> bytes:
     """The id of a blob: the Merkle root over its chunks (BlobError if empty or too big)."""
@@ -138,6 +172,75 @@ def verify_chunk(
     if not chunk or len(chunk) > MAX_CHUNK_SIZE:
         return False
     return verify_branch(root, index, total, chunk, list(branch))
+
+
+def range_proof(levels: list[list[bytes]], first: int, count: int) -> list[bytes]:
+    """The siblings that rebuild the root from leaves ``first .. first + count - 1``.
+
+    Bottom-up, per level: the left neighbour of the range's first node if that
+    node is a right child, then the right neighbour of its last node if that node
+    is a left child with a sibling (a lone last node is promoted and needs none).
+    At most two hashes a level, however long the range.
+    """
+    proof: list[bytes] = []
+    lo, hi = first, first + count - 1
+    for level in levels[:-1]:
+        if lo % 2 == 1:
+            proof.append(level[lo - 1])
+        if hi % 2 == 0 and hi + 1 < len(level):
+            proof.append(level[hi + 1])
+        lo, hi = lo // 2, hi // 2
+    return proof
+
+
+def root_from_range(
+    first: int, total: int, chunks: tuple[bytes, ...] | list[bytes], proof: tuple[bytes, ...]
+) -> bytes | None:
+    """The root that ``chunks`` at ``first ..`` of a ``total``-chunk blob and ``proof``
+    (``range_proof``) imply; None if malformed (a proof too short or too long)."""
+    if not chunks or first < 0 or first + len(chunks) > total:
+        return None
+    nodes = leaf_hashes(chunks, first)
+    lo, count, used = first, total, 0
+    while count > 1:
+        hi = lo + len(nodes) - 1
+        if lo % 2 == 1:
+            if used >= len(proof):
+                return None
+            nodes.insert(0, proof[used])
+            used, lo = used + 1, lo - 1
+        if hi % 2 == 0 and hi + 1 < count:
+            if used >= len(proof):
+                return None
+            nodes.append(proof[used])
+            used += 1
+        # The span now starts on a left child and ends on a right child or on the
+        # level's lone last node, which is promoted unchanged.
+        parents = [node_hash(nodes[i], nodes[i + 1]) for i in range(0, len(nodes) - 1, 2)]
+        if len(nodes) % 2:
+            parents.append(nodes[-1])
+        nodes, lo, count = parents, lo // 2, (count + 1) // 2
+    return nodes[0] if used == len(proof) else None
+
+
+def verify_range(
+    root: bytes, first: int, total: int, chunks: tuple[bytes, ...], proof: tuple[bytes, ...]
+) -> bool:
+    """True iff ``chunks`` are chunks ``first ..`` of the ``total``-chunk blob ``root``.
+
+    Every chunk is checked: each leaf commits to its index and payload, so a
+    proof that rebuilds the root proves them all. Never raises.
+    """
+    if type(total) is not int or type(first) is not int or type(root) is not bytes:
+        return False
+    if not 1 <= total <= MAX_CHUNKS or len(proof) > MAX_RANGE_PROOF:
+        return False
+    if any(type(c) is not bytes or not 0 < len(c) <= MAX_CHUNK_SIZE for c in chunks):
+        return False
+    if any(type(h) is not bytes or len(h) != HASH_SIZE for h in proof):
+        return False
+    implied = root_from_range(first, total, chunks, proof)
+    return implied is not None and hmac.compare_digest(implied, root)
 
 
 def assemble(root: bytes, total: int, chunks: dict[int, bytes]) -> bytes:
@@ -218,15 +321,16 @@ def _check_dims(rows: int, cols: int) -> None:
 
 # ---------------------------------------------------------------- exchange
 
-FETCH_WINDOW = 8
-"""Chunk requests in flight to one peer at once."""
+RANGES_IN_FLIGHT = 2
+"""Range requests in flight to one peer at once: one is served while the other travels."""
 REQUEST_TIMEOUT = 10.0
-"""How long one peer gets to answer one chunk request before we ask another."""
+"""How long one peer gets to answer one range request before we ask another."""
 SERVE_CACHE_BYTES = MAX_BLOB_SIZE
 """Blobs kept in memory with their trees to serve chunks (LRU by bytes)."""
 _DRAIN_TIMEOUT = 30.0
 _EXPIRED_MAX = 10_000
 _Key = tuple[PeerSession, bytes, int]
+"""(peer, blob root, first chunk) of a range request."""
 
 
 class _PeerFailed(Exception):
@@ -234,12 +338,12 @@ class _PeerFailed(Exception):
 
 
 class BlobExchange:
-    """Serves BlobGet from the store and fetches blobs from peers, chunk by chunk.
+    """Serves BlobGet and BlobGetRange from the store and fetches blobs from peers by ranges.
 
-    The node owns one and forwards BLOB_GET / BLOB_CHUNK messages and peer
-    closures to it. ``peers`` returns the ready peers, in the order they
-    connected: a fetch asks them in that order, moving on from each that
-    lacks the blob, stalls, disconnects or is caught sending a bad chunk.
+    The node owns one and forwards the BLOB_* messages and peer closures to
+    it. ``peers`` returns the ready peers, in the order they connected: a
+    fetch asks them in that order, moving on from each that lacks the blob,
+    stalls, disconnects or is caught sending a bad chunk.
     """
 
     def __init__(
@@ -248,13 +352,14 @@ class BlobExchange:
         peers: Callable[[], list[PeerSession]],
         *,
         request_timeout: float = REQUEST_TIMEOUT,
-        window: int = FETCH_WINDOW,
+        window: int = RANGES_IN_FLIGHT,
     ) -> None:
         self.store = store
         self.peers = peers
         self.request_timeout = request_timeout
         self.window = window
-        self._waiting: dict[_Key, asyncio.Future[BlobChunk]] = {}
+        # Each request with the most chunks its reply may hold.
+        self._waiting: dict[_Key, tuple[asyncio.Future[BlobRange], int]] = {}
         # Requests we gave up on: a late answer is dropped, not punished as unrequested.
         self._expired: OrderedDict[_Key, None] = OrderedDict()
         self._fetches: dict[bytes, asyncio.Task[bytes]] = {}
@@ -296,6 +401,13 @@ class BlobExchange:
 
     # ------------------------------------------------------------ serving
 
+    async def _drain(self, peer: PeerSession, what: str) -> None:
+        # Pace replies to how fast the peer reads instead of queueing the whole blob.
+        try:
+            await peer.drain(_DRAIN_TIMEOUT)
+        except TimeoutError:
+            raise ProtocolViolation(f"{what}: peer is not reading its chunks", ban=False) from None
+
     async def on_blob_get(self, peer: PeerSession, msg: BlobGet) -> None:
         """Answer with the chunk and its branch, or ``total = 0`` if we lack the blob."""
         tree = await self._tree(msg.root)
@@ -305,42 +417,57 @@ class BlobExchange:
         if msg.index >= tree.total:
             # An honest peer learns ``total`` from chunk 0 and never asks past it.
             raise ProtocolViolation(f"blob_get: chunk {msg.index} of a blob of {tree.total} chunks")
-        # Pace replies to how fast the peer reads instead of queueing the whole blob.
-        try:
-            await peer.drain(_DRAIN_TIMEOUT)
-        except TimeoutError:
-            raise ProtocolViolation("blob_get: peer is not reading its chunks", ban=False) from None
+        await self._drain(peer, "blob_get")
         chunk, branch = tree.chunk(msg.index)
         await peer.send(BlobChunk(msg.root, msg.index, tree.total, chunk, branch))
+
+    async def on_blob_get_range(self, peer: PeerSession, msg: BlobGetRange) -> None:
+        """Answer with the chunks asked for (cut to the reply limits) and their range
+        proof, or ``total = 0`` if we lack the blob."""
+        if msg.count == 0:
+            raise ProtocolViolation("blob_get_range: asks for no chunks")
+        tree = await self._tree(msg.root)
+        if tree is None:
+            await peer.send(BlobRange(msg.root, msg.first, 0, (), ()))
+            return
+        if msg.first >= tree.total:
+            raise ProtocolViolation(
+                f"blob_get_range: chunk {msg.first} of a blob of {tree.total} chunks"
+            )
+        await self._drain(peer, "blob_get_range")
+        chunks, proof = tree.range(msg.first, msg.count)
+        await peer.send(BlobRange(msg.root, msg.first, tree.total, chunks, proof))
 
     # ------------------------------------------------------------ receiving
 
     def on_blob_chunk(self, peer: PeerSession, msg: BlobChunk) -> None:
-        """Hand a requested chunk to its fetch; ProtocolViolation if unrequested or bad."""
-        key = (peer, msg.root, msg.index)
-        future = self._waiting.pop(key, None)
-        if future is None:
+        """ProtocolViolation: this node fetches by ranges, so no chunk is ever requested."""
+        raise ProtocolViolation(f"unrequested blob chunk {msg.index} of {msg.root.hex()[:16]}…")
+
+    def on_blob_range(self, peer: PeerSession, msg: BlobRange) -> None:
+        """Hand a requested range to its fetch once every chunk in it is verified;
+        ProtocolViolation (and nothing kept) if it is unrequested or any of it is bad."""
+        key = (peer, msg.root, msg.first)
+        entry = self._waiting.pop(key, None)
+        if entry is None:
             if key in self._expired:
                 del self._expired[key]
                 return
-            raise ProtocolViolation(f"unrequested blob chunk {msg.index} of {msg.root.hex()[:16]}…")
-        if msg.total == 0:
-            if msg.data or msg.branch:
-                reason = "blob chunk: a 'not found' reply (total 0) must be empty"
-                _fail(future, ProtocolViolation(reason))
-                raise ProtocolViolation(reason)
-            _resolve(future, msg)
-            return
-        if not verify_chunk(msg.root, msg.index, msg.total, msg.data, msg.branch):
-            reason = f"blob chunk {msg.index}/{msg.total} fails verification against its root"
+            raise ProtocolViolation(
+                f"unrequested blob range from chunk {msg.first} of {msg.root.hex()[:16]}…"
+            )
+        future, asked = entry
+        reason = _range_fault(msg, asked)
+        if reason is not None:
             _fail(future, ProtocolViolation(reason))
             raise ProtocolViolation(reason)
-        _resolve(future, msg)
+        if not future.done():
+            future.set_result(msg)
 
     def peer_closed(self, peer: PeerSession) -> None:
         """Fail the requests that were waiting on a peer that went away."""
         for key in [k for k in self._waiting if k[0] is peer]:
-            _fail(self._waiting.pop(key), _PeerFailed("disconnected"))
+            _fail(self._waiting.pop(key)[0], _PeerFailed("disconnected"))
         for key in [k for k in self._expired if k[0] is peer]:
             del self._expired[key]
 
@@ -419,55 +546,63 @@ class BlobExchange:
     ) -> tuple[bytes, int]:
         """Complete ``chunks`` from one peer; the blob and its chunk count.
 
-        Chunk 0 is asked of every peer, to learn *its* chunk count: a branch
-        does not always pin the count down (the left part of a tree has the
-        same shape for several counts), so a count from one peer is never used
-        to ask another for chunks it may not have. Every chunk is genuine
-        whatever count it came with (its leaf commits to its index); the final
-        root check catches a count that was a lie.
+        The range from chunk 0 is asked of every peer, to learn *its* chunk
+        count: a proof does not always pin the count down (the left part of a
+        tree has the same shape for several counts), so a count from one peer
+        is never used to ask another for chunks it may not have. Every chunk
+        is genuine whatever count it came with (its leaf commits to its
+        index); the final root check catches a count that was a lie. The
+        missing chunks are then asked in ranges sized to fill a reply,
+        ``window`` of them in flight.
         """
-        first = await self._request(peer, root, 0)
-        total = first.total
-        chunks[0] = first.data
-        wanted = [i for i in range(total) if i not in chunks]
+        head = await self._request_range(peer, root, 0, MAX_RANGE_CHUNKS)
+        total = head.total
+        chunks.update(enumerate(head.chunks))
+        per_reply = max(1, min(MAX_RANGE_CHUNKS, RANGE_BYTES // len(head.chunks[0])))
         window = asyncio.Semaphore(self.window)
 
-        async def one(index: int) -> None:
+        async def one(first: int, count: int) -> None:
             async with window:
-                reply = await self._request(peer, root, index)
+                reply = await self._request_range(peer, root, first, count)
                 if reply.total != total:
                     raise _PeerFailed(f"says the blob has {reply.total} chunks, not {total}")
-                chunks[index] = reply.data
+                chunks.update(enumerate(reply.chunks, first))
 
-        tasks = [asyncio.create_task(one(i)) for i in wanted]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        # Every reply holds at least the first chunk it was asked for, so each
+        # round leaves fewer chunks missing (a reply may be cut short by its byte budget).
+        while runs := _missing_runs(total, chunks, per_reply):
+            tasks = [asyncio.create_task(one(first, count)) for first, count in runs]
+            try:
+                await asyncio.gather(*tasks)
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
         try:
             return await asyncio.to_thread(assemble, root, total, chunks), total
         except BlobError as e:
             raise _PeerFailed(str(e)) from None
 
-    async def _request(self, peer: PeerSession, root: bytes, index: int) -> BlobChunk:
-        key = (peer, root, index)
-        future: asyncio.Future[BlobChunk] = asyncio.get_running_loop().create_future()
-        self._waiting[key] = future
+    async def _request_range(
+        self, peer: PeerSession, root: bytes, first: int, count: int
+    ) -> BlobRange:
+        key = (peer, root, first)
+        future: asyncio.Future[BlobRange] = asyncio.get_running_loop().create_future()
+        self._waiting[key] = (future, count)
         try:
-            if not peer.send_nowait(BlobGet(root, index)):
+            if not peer.send_nowait(BlobGetRange(root, first, count)):
                 raise _PeerFailed("disconnected")
             try:
                 reply = await asyncio.wait_for(future, self.request_timeout)
             except TimeoutError:
                 raise _PeerFailed(
-                    f"no answer for chunk {index} in {self.request_timeout:g}s"
+                    f"no answer for chunks from {first} in {self.request_timeout:g}s"
                 ) from None
             except ProtocolViolation as e:
-                raise _PeerFailed(f"sent a bad chunk ({e.reason}); banned") from None
+                raise _PeerFailed(f"sent a bad range ({e.reason}); banned") from None
         finally:
-            if self._waiting.get(key) is future:  # no answer came: forget it, forgive it
+            entry = self._waiting.get(key)
+            if entry is not None and entry[0] is future:  # no answer came: forget, forgive it
                 del self._waiting[key]
                 self._expired[key] = None
                 while len(self._expired) > _EXPIRED_MAX:
@@ -477,11 +612,43 @@ class BlobExchange:
         return reply
 
 
-def _resolve(future: asyncio.Future[BlobChunk], msg: BlobChunk) -> None:
-    if not future.done():
-        future.set_result(msg)
+def _range_fault(msg: BlobRange, asked: int) -> str | None:
+    """Why a reply to a request for ``asked`` chunks is not acceptable, or None."""
+    n = len(msg.chunks)
+    if msg.total == 0:
+        if n or msg.proof:
+            return "blob range: a 'not found' reply (total 0) must be empty"
+        return None
+    if n == 0:
+        return f"blob range from chunk {msg.first} holds no chunks"
+    if n > asked:
+        return f"blob range holds {n} chunks where at most {asked} were asked for"
+    if n > 1 and sum(len(c) for c in msg.chunks) > RANGE_BYTES:
+        return f"blob range of {n} chunks exceeds {RANGE_BYTES} bytes"
+    if not verify_range(msg.root, msg.first, msg.total, msg.chunks, msg.proof):
+        last = msg.first + n - 1
+        return f"blob chunks {msg.first}..{last}/{msg.total} fail verification against the root"
+    return None
 
 
-def _fail(future: asyncio.Future[BlobChunk], exc: BaseException) -> None:
+def _missing_runs(total: int, chunks: dict[int, bytes], longest: int) -> list[tuple[int, int]]:
+    """(first, count) of the runs of chunks below ``total`` not in ``chunks``, each at
+    most ``longest`` long."""
+    runs: list[tuple[int, int]] = []
+    start = None
+    for i in range(total + 1):
+        if i < total and i not in chunks:
+            if start is None:
+                start = i
+            if i - start + 1 == longest:
+                runs.append((start, longest))
+                start = None
+        elif start is not None:
+            runs.append((start, i - start))
+            start = None
+    return runs
+
+
+def _fail(future: asyncio.Future[BlobRange], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)

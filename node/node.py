@@ -55,6 +55,8 @@ from node.wire import (
     TXS_BATCH_BYTES,
     BlobChunk,
     BlobGet,
+    BlobGetRange,
+    BlobRange,
     BlockBody,
     BlockMsg,
     BlockTxn,
@@ -391,7 +393,7 @@ class Node:
         return self.blobs.put(data)
 
     async def fetch_blob(self, root: bytes, timeout: float = 60.0) -> bytes:
-        """The blob ``root`` from the store, or fetched from peers chunk by verified chunk.
+        """The blob ``root`` from the store, or fetched from peers by verified ranges of chunks.
 
         Raises ``node.blobs.BlobFetchError`` (saying why) if no peer gives it in time.
         """
@@ -441,6 +443,10 @@ class Node:
             await self.blobs.on_blob_get(peer, msg)
         elif isinstance(msg, BlobChunk):
             self.blobs.on_blob_chunk(peer, msg)
+        elif isinstance(msg, BlobGetRange):
+            await self.blobs.on_blob_get_range(peer, msg)
+        elif isinstance(msg, BlobRange):
+            self.blobs.on_blob_range(peer, msg)
         elif isinstance(msg, NotFound):
             for item in msg.items:
                 peer.take_requested(item.kind, item.hash)

@@ -33,6 +33,7 @@ from node.wire import (
     MAX_FRAME,
     MAX_INV,
     BlobChunk,
+    BlobRange,
     BlockBody,
     BlockMsg,
     BlockTxn,
@@ -162,9 +163,10 @@ def is_loopback(host: str) -> bool:
 
 def is_bulk(msg: object) -> bool:
     """Whether a message may wait behind blocks, headers and control messages:
-    transactions, inventory and requests that only name transactions, blob chunks."""
+    transactions, inventory and requests that only name transactions, blob chunks
+    and ranges."""
     t = type(msg)
-    if t is TxMsg or t is TxsMsg or t is BlobChunk:
+    if t is TxMsg or t is TxsMsg or t is BlobChunk or t is BlobRange:
         return True
     if t is Inv or t is GetData:
         return all(item.kind == InvKind.TX for item in msg.items)  # type: ignore[attr-defined]

@@ -38,7 +38,9 @@ from consensus.hashing import tagged_hash
 from consensus.transactions import MAX_DATASET_CHUNK_SIZE, Transaction
 from node.errors import ProtocolViolation
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
+"""Peers must speak exactly this version (the handshake refuses any other): version 4
+added BLOB_GET_RANGE / BLOB_RANGE, so no peer is ever sent a message it cannot read."""
 MAX_FRAME = 32 * 1024 * 1024
 """Largest frame a peer may send: a full block (16 MiB) fits with room."""
 MAX_INV = 1000
@@ -59,6 +61,15 @@ MAX_ADDRS = 1000
 MAX_BLOB_CHUNK = MAX_DATASET_CHUNK_SIZE
 """A dataset chunk travels in one blob_chunk (transactions.MAX_DATASET_CHUNK_SIZE, 1 MiB)."""
 MAX_BRANCH = 32
+MAX_RANGE_CHUNKS = 4096
+"""Most chunks in one blob_range reply (and counted against a blob_get_range's ``count``)."""
+RANGE_BYTES = 1024 * 1024
+"""A blob_range reply holds chunks of at most this many bytes together (unless it holds one
+chunk): with two requests in flight, a peer has as long to send 2 MiB as it had with eight
+256 KiB blob_chunks, and checking a reply holds the node up for milliseconds."""
+MAX_RANGE_PROOF = 32
+"""A range proof names at most two siblings per tree level: 16 levels below the root of a
+65,536-chunk blob."""
 MAX_HOST = 255
 MAX_CLOSE_REASON = 256
 
@@ -92,6 +103,8 @@ class MsgType(IntEnum):
     GETBLOCKTXN = 19
     BLOCKTXN = 20
     BLOCKBODY = 21
+    BLOB_GET_RANGE = 22
+    BLOB_RANGE = 23
 
 
 class InvKind(IntEnum):
@@ -325,6 +338,35 @@ class BlobChunk:
 
 
 @dataclass(frozen=True)
+class BlobGetRange:
+    """Ask for up to ``count`` consecutive chunks of a blob, from chunk ``first`` on."""
+
+    root: bytes
+    first: int
+    count: int
+    SCHEMA: ClassVar[Schema] = (Field("root", HASH), Field("first", U32), Field("count", U32))
+
+
+@dataclass(frozen=True)
+class BlobRange:
+    """Chunks ``first``, ``first + 1``, … of the ``total``-chunk blob ``root``, with a range
+    proof: the sibling hashes that rebuild the root from the chunks' leaves (node.blobs)."""
+
+    root: bytes
+    first: int
+    total: int
+    chunks: tuple[bytes, ...]
+    proof: tuple[bytes, ...]
+    SCHEMA: ClassVar[Schema] = (
+        Field("root", HASH),
+        Field("first", U32),
+        Field("total", U32),
+        Field("chunks", ListOf(Bytes(max=MAX_BLOB_CHUNK), max=MAX_RANGE_CHUNKS)),
+        Field("proof", ListOf(HASH, max=MAX_RANGE_PROOF)),
+    )
+
+
+@dataclass(frozen=True)
 class GetAddr:
     SCHEMA: ClassVar[Schema] = ()
 
@@ -378,6 +420,8 @@ Message = (
     | GetBlockTxn
     | BlockTxn
     | BlockBody
+    | BlobGetRange
+    | BlobRange
 )
 
 MESSAGE_TYPES: dict[MsgType, type] = {
@@ -402,6 +446,8 @@ MESSAGE_TYPES: dict[MsgType, type] = {
     MsgType.GETBLOCKTXN: GetBlockTxn,
     MsgType.BLOCKTXN: BlockTxn,
     MsgType.BLOCKBODY: BlockBody,
+    MsgType.BLOB_GET_RANGE: BlobGetRange,
+    MsgType.BLOB_RANGE: BlobRange,
 }
 _TYPE_OF: dict[type, MsgType] = {cls: t for t, cls in MESSAGE_TYPES.items()}
 _FRAME_ARRAY = 0x92  # fixarray of two elements

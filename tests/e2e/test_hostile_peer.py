@@ -35,8 +35,11 @@ from node.wire import (
     MAX_HEADERS,
     MAX_INV,
     MAX_LOCATOR,
+    MAX_RANGE_CHUNKS,
     Auth,
     BlobChunk,
+    BlobGetRange,
+    BlobRange,
     BlockBody,
     BlockMsg,
     BlockTxn,
@@ -104,6 +107,8 @@ def oversize_frames() -> dict[MsgType, bytes]:
         t.GETBLOCKTXN: _frame(t.GETBLOCKTXN, [bytes(32), [0] * (MAX_TXS_PER_BLOCK + 1)]),
         t.BLOCKTXN: _frame(t.BLOCKTXN, [bytes(32), _nils(MAX_TXS_PER_BLOCK + 1)]),
         t.BLOCKBODY: _frame(t.BLOCKBODY, [bytes(32), _nils(MAX_TXS_PER_BLOCK + 1)]),
+        t.BLOB_GET_RANGE: _frame(t.BLOB_GET_RANGE, [bytes(33), 0, 1]),
+        t.BLOB_RANGE: _frame(t.BLOB_RANGE, [bytes(32), 0, 1, _nils(MAX_RANGE_CHUNKS + 1), []]),
     }
 
 
@@ -298,6 +303,16 @@ def invalid_attacks(real: BlockMsg, tip: bytes) -> list[Attack]:
             "BLOB_CHUNK unrequested",
             message(BlobChunk(bytes(32), 0, 1, b"x", ())),
             "unrequested blob chunk",
+        ),
+        Attack(
+            "BLOB_RANGE unrequested",
+            message(BlobRange(bytes(32), 0, 1, (b"x",), ())),
+            "unrequested blob range",
+        ),
+        Attack(
+            "BLOB_GET_RANGE of no chunks",
+            message(BlobGetRange(bytes(32), 0, 0)),
+            "asks for no chunks",
         ),
         Attack(
             "GETBLOCKTXN not ascending",

@@ -15,17 +15,20 @@ from node.blobs import (
     MAX_CHUNKS,
     BlobError,
     BlobFetchError,
+    BlobTree,
     assemble,
     blob_root,
     chunk_with_branch,
     decode_matrix,
     encode_matrix,
+    range_proof,
     split,
     verify_chunk,
+    verify_range,
 )
 from node.config import NodeConfig
 from node.node import Node
-from node.wire import BlobChunk, BlobGet
+from node.wire import MAX_RANGE_CHUNKS, RANGE_BYTES, BlobChunk, BlobGet, BlobGetRange, BlobRange
 from tests.consensus.chainkit import MID
 from tests.node.p2p_testkit import TestPeer
 
@@ -88,6 +91,42 @@ def test_a_one_chunk_blob_has_an_empty_branch():
     assert verify_chunk(blob_root(b"x"), 0, 1, b"x", ())
     with pytest.raises(IndexError):
         chunk_with_branch(b"x", 1)
+
+
+def test_every_range_of_every_small_tree_verifies_and_tampering_fails():
+    # Every shape of the odd-node rule: ranges starting and ending on left and
+    # right children and on promoted last nodes, for every count up to 17.
+    for total in range(1, 18):
+        data = bytes(range(total))
+        tree = BlobTree(data, 1)
+        for first in range(total):
+            for count in range(1, total - first + 1):
+                chunks, proof = tree.range(first, count)
+                assert chunks == tuple(tree.chunks[first : first + count])
+                assert verify_range(tree.root, first, total, chunks, proof), (total, first)
+                assert len(proof) <= 2 * total.bit_length()
+                flipped = (bytes([chunks[0][0] ^ 1]), *chunks[1:])
+                assert not verify_range(tree.root, first, total, flipped, proof)
+                if proof:
+                    bad = (bytes([proof[0][0] ^ 1]) + proof[0][1:], *proof[1:])
+                    assert not verify_range(tree.root, first, total, chunks, bad)
+                    assert not verify_range(tree.root, first, total, chunks, proof[:-1])
+                assert not verify_range(tree.root, first, total, chunks, (*proof, bytes(32)))
+                if first + count < total:
+                    assert not verify_range(tree.root, first + 1, total, chunks, proof)
+                    assert not verify_range(tree.root, first, total, chunks[:-1], proof)
+
+
+def test_a_range_is_cut_to_the_byte_budget_and_the_count_cap():
+    big = BlobTree(os.urandom(5 * RANGE_BYTES // 4 + 1), RANGE_BYTES // 4)
+    chunks, proof = big.range(0, 10)
+    assert len(chunks) == 4 and sum(map(len, chunks)) == RANGE_BYTES, "the budget exactly"
+    chunks, proof = big.range(3, 1)
+    assert chunks == (big.chunks[3],) and verify_range(big.root, 3, 6, chunks, proof)
+    many = BlobTree(os.urandom(MAX_RANGE_CHUNKS + 5), 1)
+    chunks, proof = many.range(2, MAX_RANGE_CHUNKS + 3)
+    assert len(chunks) == MAX_RANGE_CHUNKS
+    assert verify_range(many.root, 2, many.total, chunks, proof)
 
 
 # ------------------------------------------------------------------ matrices
@@ -198,16 +237,29 @@ async def _evil_peer(node: Node) -> TestPeer:
     return peer
 
 
-async def _serve_tampered(peer: TestPeer, data: bytes) -> None:
-    """Answer every BlobGet with the right branch but one flipped byte in the chunk."""
+async def _serve_ranges(peer: TestPeer, data: bytes, chunk_size: int, reply) -> None:
+    """Answer every BlobGetRange with ``reply(request, honest BlobRange)``."""
+    tree = BlobTree(data, chunk_size)
     answered = 0
     while True:
-        await peer.wait_for(lambda n=answered: len(peer.of_type(BlobGet)) > n, timeout=30)
-        for req in peer.of_type(BlobGet)[answered:]:
-            chunk, total, branch = chunk_with_branch(data, req.index)
-            bad = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
-            await peer.send(BlobChunk(req.root, req.index, total, bad, branch))
+        await peer.wait_for(lambda n=answered: len(peer.of_type(BlobGetRange)) > n, timeout=30)
+        for req in peer.of_type(BlobGetRange)[answered:]:
+            chunks, proof = tree.range(req.first, req.count)
+            await peer.send(reply(req, BlobRange(req.root, req.first, tree.total, chunks, proof)))
             answered += 1
+
+
+def _flip_last_byte(req: BlobGetRange, honest: BlobRange) -> BlobRange:
+    last = honest.chunks[-1]
+    bad = last[:-1] + bytes([last[-1] ^ 1])
+    return BlobRange(
+        honest.root, honest.first, honest.total, (*honest.chunks[:-1], bad), honest.proof
+    )
+
+
+async def _serve_tampered(peer: TestPeer, data: bytes) -> None:
+    """Answer every range with the right proof but one flipped byte in its last chunk."""
+    await _serve_ranges(peer, data, CHUNK_SIZE, _flip_last_byte)
 
 
 async def test_a_peer_serving_a_tampered_chunk_is_banned_and_the_fetch_fails(nodes):
@@ -216,10 +268,10 @@ async def test_a_peer_serving_a_tampered_chunk_is_banned_and_the_fetch_fails(nod
     evil = await _evil_peer(b)
     server = asyncio.create_task(_serve_tampered(evil, data))
     try:
-        with pytest.raises(BlobFetchError, match="fails verification"):
+        with pytest.raises(BlobFetchError, match="fail verification"):
             await b.fetch_blob(blob_root(data), timeout=10)
-        assert "fails verification" in (await evil.wait_for_close() or "")
-        assert any("fails verification" in ban["reason"] for ban in b.p2p.bans())
+        assert "fail verification" in (await evil.wait_for_close() or "")
+        assert any("fail verification" in ban["reason"] for ban in b.p2p.bans())
         assert not b.store.has_blob(blob_root(data)), "nothing unverified is stored"
     finally:
         server.cancel()
@@ -237,8 +289,8 @@ async def test_after_a_tampered_chunk_the_fetch_moves_on_to_an_honest_peer(nodes
     await wait_until(lambda: len(b.p2p.peers) == 2)
     try:
         assert await b.fetch_blob(root, timeout=20) == data
-        assert evil.of_type(BlobGet), "the evil peer was asked first"
-        assert any("fails verification" in ban["reason"] for ban in b.p2p.bans())
+        assert evil.of_type(BlobGetRange), "the evil peer was asked first"
+        assert any("fail verification" in ban["reason"] for ban in b.p2p.bans())
         assert b.store.get_blob(root) == data
     finally:
         server.cancel()
@@ -296,3 +348,110 @@ async def test_a_matrix_travels_row_by_row_under_its_row_root(nodes):
     assert np.array_equal(np.frombuffer(raw, dtype="<i4").reshape(48, 80), c)
     raw_b = await b.fetch_blob(matrix_cols_root(bm), timeout=20)
     assert np.array_equal(np.frombuffer(raw_b, dtype=np.int8).reshape(32, 64).T, bm)
+
+
+# Over two replies' byte budget, so every reply has a proof and the fetcher asks for
+# full ranges after the first (3,813 chunks of 1,100 bytes fill RANGE_BYTES).
+_CHUNK = 1100
+_ROWS = os.urandom(_CHUNK * (2 * (RANGE_BYTES // _CHUNK) + 10))
+_TREE = BlobTree(_ROWS, _CHUNK)
+
+
+def _wrong_proof(req: BlobGetRange, honest: BlobRange) -> BlobRange:
+    proof = (bytes([honest.proof[0][0] ^ 1]) + honest.proof[0][1:], *honest.proof[1:])
+    return BlobRange(honest.root, honest.first, honest.total, honest.chunks, proof)
+
+
+def _one_chunk_too_many(req: BlobGetRange, honest: BlobRange) -> BlobRange:
+    # Genuine chunks with a valid proof, one more than were asked for (after the first
+    # reply, which sets the fetcher's range size).
+    if req.first == 0:
+        return honest
+    end = req.first + req.count + 1
+    proof = tuple(range_proof(_TREE.levels, req.first, end - req.first))
+    return BlobRange(
+        honest.root, req.first, honest.total, tuple(_TREE.chunks[req.first : end]), proof
+    )
+
+
+def _unrequested_range(req: BlobGetRange, honest: BlobRange) -> BlobRange:
+    # A genuine range, but from a chunk nobody asked for.
+    chunks, proof = _TREE.range(req.first + 1, 1)
+    return BlobRange(honest.root, req.first + 1, honest.total, chunks, proof)
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        (_flip_last_byte, "fail verification against the root"),
+        (_wrong_proof, "fail verification against the root"),
+        (_one_chunk_too_many, "at most"),
+        (_unrequested_range, "unrequested blob range from chunk 1"),
+    ],
+)
+async def test_a_hostile_range_gets_the_peer_banned_and_nothing_kept(nodes, reply, reason):
+    b = await nodes("b")
+    root = _TREE.root
+    evil = await _evil_peer(b)
+    server = asyncio.create_task(_serve_ranges(evil, _ROWS, _CHUNK, reply))
+    try:
+        with pytest.raises(BlobFetchError):
+            await b.fetch_blob(root, timeout=10)
+        assert reason in (await evil.wait_for_close() or "")
+        assert any(reason in ban["reason"] for ban in b.p2p.bans())
+        assert not b.store.has_blob(root), "nothing unverified is stored"
+    finally:
+        server.cancel()
+        await evil.close()
+
+
+async def test_a_many_row_blob_crosses_in_a_few_range_messages(nodes):
+    a = await nodes("a")
+    b = await nodes("b", peers=[a])
+    await wait_until(lambda: len(b.p2p.peers) == 1)
+    rng = np.random.default_rng(3)
+    # 3,000 rows of 1,500 bytes: more than one reply's byte budget, not a multiple of it.
+    x = rng.integers(-128, 128, (3000, 1500), dtype=np.int8)
+    root = a.blobs.put_matrix(x)
+    seen = a.p2p.stats.messages_in
+    raw = await b.fetch_blob(root, timeout=20)
+    assert raw == x.tobytes()
+    asked = a.p2p.stats.messages_in - seen
+    replies = -(-x.nbytes // (RANGE_BYTES // 1500 * 1500))  # full replies of whole rows
+    assert asked <= replies + 1, f"the serving node saw {asked} messages for a 3,000-row blob"
+    assert not a.p2p.bans() and not b.p2p.bans()
+
+
+async def test_nodes_answer_ranges_and_say_when_they_lack_a_blob(nodes):
+    a = await nodes("a")
+    data = os.urandom(5000)
+    root = a.blobs.put(data, 100)
+    peer = await _evil_peer(a)
+    try:
+        await peer.send(BlobGetRange(root, 7, 20))
+        await peer.send(BlobGetRange(bytes(32), 0, 5))
+        await peer.wait_for(lambda: len(peer.of_type(BlobRange)) == 2)
+        got, missing = peer.of_type(BlobRange)
+        assert (got.first, got.total, len(got.chunks)) == (7, 50, 20)
+        assert b"".join(got.chunks) == data[700:2700]
+        assert verify_range(root, 7, 50, got.chunks, got.proof)
+        assert (missing.total, missing.chunks, missing.proof) == (0, (), ())
+        await peer.send(BlobGetRange(root, 45, 99))  # cut at the blob's end
+        await peer.wait_for(lambda: len(peer.of_type(BlobRange)) == 3)
+        assert b"".join(peer.of_type(BlobRange)[2].chunks) == data[4500:]
+        await peer.send(BlobGetRange(root, 50, 1))  # past the end: an honest peer never asks
+        reason = await peer.wait_for_close()
+        assert reason is not None and "chunk 50 of a blob of 50 chunks" in reason
+    finally:
+        await peer.close()
+
+
+async def test_a_range_asking_for_no_chunks_gets_the_peer_banned(nodes):
+    a = await nodes("a")
+    peer = await _evil_peer(a)
+    try:
+        await peer.send(BlobGetRange(a.blobs.put(b"x"), 0, 0))
+        reason = await peer.wait_for_close()
+        assert reason is not None and "asks for no chunks" in reason
+    finally:
+        await peer.close()

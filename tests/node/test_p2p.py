@@ -138,6 +138,8 @@ async def test_two_managers_connect_both_ways_and_measure_latency(make_node: Nod
         ({"chain_id": CHAIN_ID + 1}, "wrong chain_id 8"),
         ({"genesis_hash": bytes(32)}, "wrong genesis"),
         ({"version": 99}, "protocol version 99"),
+        # Version 3 has no blob ranges: such a peer must never become one we send them to.
+        ({"version": 3}, "protocol version 3 is not supported"),
     ],
 )
 async def test_other_network_is_refused_politely(

@@ -1,9 +1,10 @@
-"""Blobs a peer serves (node/blobs.py): BLOB_CHUNK records and the matrix blobs they
-assemble into (job operands, results a client fetches).
+"""Blobs a peer serves (node/blobs.py): BLOB_CHUNK and BLOB_RANGE records and the
+matrix blobs they assemble into (job operands, results a client fetches).
 
-The first byte picks the decoder (even: a BlobChunk record, checked with
-``verify_chunk``, which never raises; odd: a matrix blob, ``decode_matrix``, which
-raises only ``BlobError`` and whose result re-encodes to the same bytes).
+The first byte picks the decoder (0 mod 3: a BlobChunk record, checked with
+``verify_chunk``; 2 mod 3: a BlobRange record, checked with ``verify_range``; both
+never raise; 1 mod 3: a matrix blob, ``decode_matrix``, which raises only
+``BlobError`` and whose result re-encodes to the same bytes).
 """
 
 from __future__ import annotations
@@ -12,15 +13,25 @@ import numpy as np
 
 from consensus.encoding import decode_record, encode_record
 from consensus.errors import DecodeError
-from node.blobs import BlobError, decode_matrix, encode_matrix, verify_chunk
-from node.wire import MAX_FRAME, BlobChunk
+from node.blobs import BlobError, decode_matrix, encode_matrix, verify_chunk, verify_range
+from node.wire import MAX_FRAME, BlobChunk, BlobRange
 
 
 def test_one_input(data: bytes) -> None:
     if not data:
         return
     body = data[1:]
-    if data[0] % 2 == 0:
+    if data[0] % 3 == 2:
+        try:
+            reply = decode_record(BlobRange, body, MAX_FRAME)
+        except DecodeError:
+            return
+        if encode_record(reply) != body:
+            raise AssertionError("blob range accepted in a non-canonical encoding")
+        ok = verify_range(reply.root, reply.first, reply.total, reply.chunks, reply.proof)
+        assert ok in (True, False)
+        return
+    if data[0] % 3 == 0:
         try:
             chunk = decode_record(BlobChunk, body, MAX_FRAME)
         except DecodeError:
@@ -49,7 +60,13 @@ def seeds() -> list[bytes]:
     chunk, branch = tree.chunk(5)
     real = BlobChunk(tree.root, 5, tree.total, chunk, branch)
     chunks = [m for m in messages() if type(m) is BlobChunk] + [real]
-    return [b"\x00" + encode_record(m) for m in chunks] + [
+    range_chunks, proof = tree.range(3, 4)
+    ranges = [m for m in messages() if type(m) is BlobRange] + [
+        BlobRange(tree.root, 3, tree.total, range_chunks, proof)
+    ]
+    return [
+        *(b"\x00" + encode_record(m) for m in chunks),
+        *(b"\x02" + encode_record(m) for m in ranges),
         b"\x01" + encode_matrix(a),
         b"\x01" + encode_matrix(c),
     ]
