@@ -132,6 +132,22 @@ class RpcServer:
         self.subscribers: set[web.WebSocketResponse] = set()
         self._sends: set[asyncio.Task[None]] = set()
         self._bad_upgrades = RateLimitedLog(log)
+        self.method("help", self.help)
+
+    async def help(self) -> list[dict[str, Any]]:
+        """Every method the node answers, with its parameters ([name] when optional) and
+        whether it needs the cookie token."""
+        return [
+            {
+                "method": name,
+                "params": [
+                    p.name if p.default is inspect.Parameter.empty else f"[{p.name}]"
+                    for p in m.signature.parameters.values()
+                ],
+                "needs_token": m.mutating,
+            }
+            for name, m in sorted(self.methods.items())
+        ]
 
     def method(self, name: str, handler: Handler, *, mutating: bool = False) -> None:
         self.methods[name] = RpcMethod(handler, mutating, inspect.signature(handler))
@@ -224,7 +240,9 @@ class RpcServer:
     async def _call(self, name: str, params: list[Any] | dict[str, Any], authorized: bool) -> Any:
         method = self.methods.get(name)
         if method is None:
-            raise RpcError(METHOD_NOT_FOUND, f"method not found: {name[:100]!r}")
+            raise RpcError(
+                METHOD_NOT_FOUND, f"method not found: {name[:100]!r} (the method help lists them)"
+            )
         if method.mutating and not authorized:
             raise RpcError(UNAUTHORIZED, f"{name} needs the cookie token (Authorization)")
         args, kwargs = _bind(name, method.signature, params)
