@@ -13,6 +13,7 @@ connected in height order. Requests that stall are given to another peer.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -152,17 +153,18 @@ class Node:
             max_inbound=self.config.max_inbound,
             addresses=AddressBook.load(self.datadir / PEERS_FILE),
             bans=BanList.load(self.datadir / BANS_FILE),
+            connect_only=self.config.connect_only,
         )
         self.p2p.add_routes(p2p_app)
         self.data_host.add_routes(p2p_app)
-        self.p2p_port = await self._serve(p2p_app, listen_host, listen_port)
+        self.p2p_port = await self._serve(p2p_app, listen_host, listen_port, "--listen")
         self.p2p.listen_port = self.p2p_port
         rpc_hosts = AllowedHosts(self.config.rpc[0], self.config.rpc_allow_hosts)
         rpc_app = web.Application(
             client_max_size=MAX_REQUEST_BYTES, middlewares=[listener_guard(rpc_hosts)]
         )
         self.rpc.add_routes(rpc_app)
-        self.rpc_port = await self._serve(rpc_app, *self.config.rpc)
+        self.rpc_port = await self._serve(rpc_app, *self.config.rpc, "--rpc")
         self._write_info()
         await self.p2p.start()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
@@ -180,12 +182,19 @@ class Node:
             self.chain.height,
         )
 
-    async def _serve(self, app: web.Application, host: str, port: int) -> int:
+    async def _serve(self, app: web.Application, host: str, port: int, option: str) -> int:
+        """Listen on host:port; an OSError naming ``option`` if the address is taken."""
         runner = web.AppRunner(app, access_log=None, logger=QuietServerLog())
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
         self._runners.append(runner)
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as e:
+            why = "is in use" if e.errno == errno.EADDRINUSE else f"cannot be listened on ({e})"
+            raise OSError(
+                f"{option} {host}:{port}: the address {why} (port 0 picks a free one)"
+            ) from None
         server = site._server
         assert server is not None
         return int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
