@@ -96,6 +96,8 @@ class P2PStats:
     violations: int = 0
     addrs_dropped: int = 0
     """Addresses from ADDR messages ignored because their sender exceeded its rate."""
+    addrs_received: int = 0
+    """Addresses from ADDR messages taken in (known ones included)."""
     messages_in: int = 0
     messages_out: int = 0
     bytes_in: int = 0

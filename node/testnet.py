@@ -148,6 +148,7 @@ class Testnet:
             address_to_text(miner_key(node.index).address),
         ]
         args.append("--mine" if self.mine else "--no-mine")
+        args.append("--connect-only")  # address exchange must not add links to the topology
         if self.block_time_ms is not None:
             args += ["--devnet-block-time-ms", str(self.block_time_ms)]
         for p in dial:
