@@ -40,6 +40,7 @@ from node.headersync import HeaderSync
 from node.httpguard import AllowedHosts, QuietServerLog, listener_guard
 from node.market import MarketService
 from node.mempool import Mempool
+from node.metrics import NodeCollector
 from node.miner import Miner
 from node.p2p import PeerManager
 from node.peer import PeerSession
@@ -132,6 +133,7 @@ class Node:
         self.chain.verified_txids = self.mempool.verified_txids
         self.metrics.height.set(self.chain.height)
         self.token = write_cookie(self.datadir)
+        self.metrics.registry.register(NodeCollector(self))
         self.rpc = RpcServer(self.token, self.metrics)
         register_methods(self.rpc, self)
         register_market_methods(self.rpc, self)
@@ -283,6 +285,7 @@ class Node:
             self.block_times[h] = time.time()
             while len(self.block_times) > BLOCK_TIMES_KEPT:
                 del self.block_times[next(iter(self.block_times))]
+        started = time.perf_counter()
         try:
             try:
                 result = self.chain.add_block(block)
@@ -302,13 +305,15 @@ class Node:
             return None
         if result.status == "duplicate":
             return result
+        self.metrics.block_import.observe(time.perf_counter() - started)
         catching_up = self.sync.catching_up
         pushed = result.status == "connected" and self.chain.tip.hash == h and not catching_up
+        relayed_to = 0
         if pushed:
             # A new tip goes to every peer as a compact block before we write it
             # down: each checks it itself, and a relay waiting on our disk would
             # only add to every stale race.
-            self.compact.push(h, exclude=source)
+            relayed_to = self.compact.push(h, exclude=source)
         if result.connected and self.miner is not None:
             self.miner.tip_changed()  # stop mining on the old tip now, not after the disk write
         if catching_up:
@@ -318,7 +323,9 @@ class Node:
             if time.monotonic() - self._store_synced >= STORE_BATCH_S:
                 self.flush_store()
         else:
+            stored = time.perf_counter()
             self.store.record(self.chain, block, result)
+            self.metrics.block_store.observe(time.perf_counter() - stored)
         self.metrics.blocks.labels("accepted").inc()
         if result.status == "orphan":
             if source is not None:
@@ -326,8 +333,9 @@ class Node:
             return result
         self._after_chain_change(result)
         if not pushed:
-            self.p2p.announce(INV_BLOCK, h, exclude=source)
-        self.metrics.blocks.labels("relayed").inc()
+            relayed_to = self.p2p.announce(INV_BLOCK, h, exclude=source)
+        if relayed_to:  # announced to at least one peer: a node alone relays nothing
+            self.metrics.blocks.labels("relayed").inc()
         return result
 
     def flush_store(self) -> None:
@@ -358,6 +366,8 @@ class Node:
                 )
             if result.reorged:
                 log.info("reorg: %d blocks replaced", result.reorged)
+                self.metrics.reorgs.inc()
+                self.metrics.reorg_blocks.inc(result.reorged)
 
     # ------------------------------------------------------------ transactions
 
