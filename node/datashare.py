@@ -52,6 +52,7 @@ from consensus.transactions import (
     encode_tx,
     signed_transaction,
 )
+from node.amounts import format_amount
 from node.rpc_client import RpcClient
 
 KEY_SIZE = 32
@@ -313,7 +314,16 @@ class DataClient:
         self.keys_dir = keys_dir
 
     def send(self, payload: Payload, fee: int = DEFAULT_FEE) -> str:
-        account = self.rpc.call("getaccount", address_to_text(self.key.address))
+        """Sign and send one transaction of ours; ValueError, nothing sent, if this wallet
+        cannot pay its fee (a grantee pays for its access_log too)."""
+        me = address_to_text(self.key.address)
+        account = self.rpc.call("getaccount", me)
+        if account["balance"] < fee:
+            raise ValueError(
+                f"this wallet ({me}) holds {format_amount(account['balance'])} coins and a "
+                f"transaction's fee is {format_amount(fee)}: every party to data sharing, a "
+                "grantee too, needs coins (`pouw wallet send` them from a funded wallet)"
+            )
         tx = signed_transaction(
             self.key,
             chain_id=self.params.chain_id,

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from consensus.keys import PrivateKey
+from tests.e2e.framework import NodeProcess
 from tests.node.test_cli import one_line_error, run
 
 
@@ -102,3 +103,22 @@ def test_a_plot_to_a_bad_path_fails_before_measuring(tmp_path: Path) -> None:
         run("bench", "consensus", "--plot", str(blocker / "out")), "--plot", "cannot create"
     )
     assert time.monotonic() - started < 5
+
+
+def test_a_wallet_without_coins_is_told_it_needs_some_before_anything_is_sent(
+    tmp_path: Path,
+) -> None:
+    node = NodeProcess(tmp_path / "n", [], "n").start()
+    try:
+        fresh = str(tmp_path / "fresh.key")
+        assert run("wallet", "new", "--wallet", fresh).exit_code == 0
+        data = tmp_path / "records.csv"
+        data.write_text("x,label\n1,0\n2,1\n")
+        line = one_line_error(
+            run("data", "register", str(data), "--wallet", fresh, "--datadir", str(node.datadir)),
+            "holds 0.00000000 coins", "a grantee too, needs coins", "pouw wallet send",
+        )  # fmt: skip
+        assert "refused" not in line
+        assert node.call("getmempool")["size"] == 0
+    finally:
+        assert node.stop() == 0
