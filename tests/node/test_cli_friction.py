@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -120,5 +121,8 @@ def test_a_wallet_without_coins_is_told_it_needs_some_before_anything_is_sent(
         )  # fmt: skip
         assert "refused" not in line
         assert node.call("getmempool")["size"] == 0
+        assert node.rpc is not None
+        metrics = urllib.request.urlopen(node.rpc.url.rsplit("/", 1)[0] + "/metrics").read()
+        assert b'method="putdatasetchunks"' not in metrics  # nothing was uploaded
     finally:
         assert node.stop() == 0
