@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 from consensus.difficulty import target_for_work
 
-COIN = 100_000_000
-"""Base units per token."""
+COIN_DECIMALS = 8
+"""Amounts are shown and typed in coins with this many decimals."""
+COIN = 10**COIN_DECIMALS
+"""Base units per coin."""
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 import click
@@ -80,6 +82,8 @@ def bench_kernels_cmd(
     from benchmarks.kernels import PLOT_SIZES, bench_kernels, plot_kernels
     from kernels.transcript_cpu import available_paths
 
+    if plot_path is not None:
+        check_writable_file(plot_path, "--plot")  # now, not after minutes of measuring
     paths: list[str | None] = [isa]
     if isa == "all":
         paths = list(available_paths())
@@ -106,6 +110,15 @@ def bench_kernels_cmd(
             _show(record)
         if plot_path:
             click.echo(f"plot written to {plot_path}")
+
+
+def check_writable_file(path: str, option: str) -> None:
+    """ValueError naming ``option`` unless a file can be written at ``path``."""
+    parent = Path(path).expanduser().absolute().parent
+    if not parent.is_dir():
+        raise ValueError(f"{option} {path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"{option} {path}: the folder {parent} is not writable")
 
 
 def _show_chain(record: dict[str, object]) -> None:
@@ -247,6 +260,11 @@ def bench_consensus_cmd(
 
     if not 1 <= nodes <= 64:
         _fail(f"--nodes must be between 1 and 64, got {nodes}")
+    if plot_dir is not None:
+        try:  # now, not after minutes of measuring
+            Path(plot_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            _fail(f"--plot {plot_dir}: cannot create it ({e.strerror})")
     try:
         lab = make_lab(nodes, use_netns, delay, jitter, loss)
     except NetnsUnavailable as e:

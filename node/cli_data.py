@@ -15,9 +15,9 @@ from typing import Any
 import click
 
 from consensus.keys import PrivateKey, address, address_to_text, parse_address
-from node.cli_job import common
+from node.cli_job import common, renamed_option
 from node.cli_node import _client, _load_wallet, _wallet_path
-from node.data_train import fetch_train_publish
+from node.data_train import fetch_train_publish, parse_csv
 from node.datashare import (
     DEFAULT_CHUNK_SIZE,
     UPLOAD_BATCH_BYTES,
@@ -96,10 +96,13 @@ def data_cmd() -> None:
 @data_cmd.command("pubkey")
 @common
 def data_pubkey(network, datadir, wallet, rpc_addr, block_time_ms, as_json) -> None:  # type: ignore[no-untyped-def]
-    """Print this wallet's public key (an owner needs it to grant you access)."""
+    """Print this wallet's public key, one line (an owner needs it to grant you access:
+    `pouw data grant DATASET $(pouw data pubkey)`); --json adds the address."""
     key = _load_wallet(_wallet_path(network, datadir, wallet))
-    out = {"public_key": key.public_key.hex(), "address": address_to_text(key.address)}
-    _emit(out, as_json)
+    if as_json:
+        _emit({"public_key": key.public_key.hex(), "address": address_to_text(key.address)}, True)
+    else:
+        click.echo(key.public_key.hex())
 
 
 @data_cmd.command("register")
@@ -107,9 +110,25 @@ def data_pubkey(network, datadir, wallet, rpc_addr, block_time_ms, as_json) -> N
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--meta", default="{}", help="Public metadata, a JSON object (schema, name…).")
 @click.option("--chunk-size", type=click.IntRange(1, 1 << 20), default=DEFAULT_CHUNK_SIZE)
+@click.option(
+    "--no-check",
+    is_flag=True,
+    help="Register a .csv as it is, without checking that `pouw train --dataset` can read "
+    "it (header row, numeric features, integer class label last).",
+)
 @WAIT
 def data_register(  # type: ignore[no-untyped-def]
-    network, datadir, wallet, rpc_addr, block_time_ms, as_json, file, meta, chunk_size, wait_s
+    network,
+    datadir,
+    wallet,
+    rpc_addr,
+    block_time_ms,
+    as_json,
+    file,
+    meta,
+    chunk_size,
+    no_check,
+    wait_s,
 ) -> None:
     """Encrypt FILE, host its encrypted chunks on the node and register it on chain.
 
@@ -128,6 +147,15 @@ def data_register(  # type: ignore[no-untyped-def]
         raise ValueError(f"{file} is empty")
     check_dataset_size(size, chunk_size)  # before reading a file too large to host
     data = Path(file).read_bytes()
+    if Path(file).suffix.lower() == ".csv" and not no_check:
+        # What `pouw train --dataset` will need, checked before anything is paid for.
+        try:
+            parse_csv(data)
+        except ValueError as e:
+            raise ValueError(
+                f"{file}: {e} (training needs a header row, numeric features and an integer "
+                "class label last; --no-check registers it as it is)"
+            ) from None
     client = data_client(network, datadir, wallet, rpc_addr, block_time_ms)
     with Progress(disable=as_json or len(data) <= UPLOAD_BATCH_BYTES) as progress:
         task = progress.add_task("uploading encrypted chunks", total=None)
@@ -204,11 +232,28 @@ def data_revoke(  # type: ignore[no-untyped-def]
 @click.argument("dataset")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--host", default=None, help="Hosting node's P2P host:port [default: our node].")
-@click.option("--timeout", type=float, default=120.0, show_default=True)
+@click.option(
+    "--fetch-timeout",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Seconds to wait for the access_log and for the read [default: 120].",
+)
+@click.option("--timeout", "old_timeout", type=click.FloatRange(min=1), default=None, hidden=True)
 def data_fetch(  # type: ignore[no-untyped-def]
-    network, datadir, wallet, rpc_addr, block_time_ms, as_json, dataset, out_path, host, timeout
+    network,
+    datadir,
+    wallet,
+    rpc_addr,
+    block_time_ms,
+    as_json,
+    dataset,
+    out_path,
+    host,
+    fetch_timeout,
+    old_timeout,
 ) -> None:
     """Log the read on chain, then download, verify and decrypt DATASET into --out."""
+    timeout = renamed_option(fetch_timeout, old_timeout, "--fetch-timeout", "--timeout") or 120.0
     ds = _dataset_id(dataset)
     client = data_client(network, datadir, wallet, rpc_addr, block_time_ms)
     data, out = client.fetch(ds, host, timeout)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import numpy as np
@@ -14,15 +14,28 @@ from consensus.params import NETWORKS
 from node.blobs import decode_matrix
 from node.cli_node import _client, _load_wallet, _wallet_path
 from node.client import MarketClient, WrongResult
+from node.rpc_client import RpcClient
 
 NETWORK_CHOICE = click.Choice(sorted(NETWORKS))
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
 def _load_npy(path: str, name: str) -> np.ndarray:
     try:
-        x = np.load(path, allow_pickle=False)
+        with open(path, "rb") as f:
+            magic = f.read(len(NPY_MAGIC))
     except FileNotFoundError:
         raise ValueError(f"--{name}: {path} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"--{name}: {path} is a directory, not a .npy file") from None
+    if magic != NPY_MAGIC:
+        raise ValueError(
+            f"--{name}: {path} is not a .npy file (write one with numpy.save(path, array))"
+        )
+    try:
+        x = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as e:
         raise ValueError(f"--{name}: {path} is not a .npy array ({e})") from None
     if not isinstance(x, np.ndarray):
@@ -45,6 +58,20 @@ def _market(
         params = with_block_time(params, block_time_ms)
     key = _load_wallet(_wallet_path(network, datadir, wallet))
     return MarketClient(_client(network, datadir, rpc_addr), key, params)
+
+
+T = TypeVar("T")
+
+
+def renamed_option(new: T | None, old: T | None, new_name: str, old_name: str) -> T | None:
+    """The value of an option that had another name: the old name still works (a hidden,
+    deprecated alias, with a warning on stderr); both at once is a usage error."""
+    if old is None:
+        return new
+    if new is not None:
+        raise click.UsageError(f"{old_name} is the old name of {new_name}: give only {new_name}")
+    click.echo(f"warning: {old_name} is deprecated, use {new_name}", err=True)
+    return old
 
 
 def common(f: Any) -> Any:
@@ -83,12 +110,12 @@ def job() -> None:
 @click.option("--a", "a_path", required=True, help="A as a .npy int array (m×k, int7).")
 @click.option("--b", "b_path", required=True, help="B as a .npy int array (k×n, int7).")
 @click.option(
-    "--fee",
-    "reward",
+    "--reward",
     type=click.IntRange(min=1),
-    required=True,
-    help="Reward escrowed for the miner (base units).",
+    default=None,
+    help="Reward escrowed for the miner (base units) [required].",
 )
+@click.option("--fee", "old_fee", type=click.IntRange(min=1), default=None, hidden=True)
 @click.option(
     "--expiry",
     type=click.IntRange(min=1),
@@ -106,7 +133,8 @@ def job_submit(
     as_json: bool,
     a_path: str,
     b_path: str,
-    reward: int,
+    reward: int | None,
+    old_fee: int | None,
     expiry: int,
     wait_s: float | None,
 ) -> None:
@@ -116,6 +144,9 @@ def job_submit(
     fee pays for the padded job. Pass the printed result_shape to `job result
     --shape` to get A·B without the padding.
     """
+    reward = renamed_option(reward, old_fee, "--reward", "--fee")
+    if reward is None:
+        raise click.UsageError("Missing option '--reward'.")
     a, b = _load_npy(a_path, "a"), _load_npy(b_path, "b")
     client = _market(network, datadir, wallet, rpc_addr, block_time_ms)
     submitted = client.submit(a, b, reward=reward, expiry_blocks=expiry)
@@ -127,8 +158,45 @@ def job_submit(
         "result_shape": f"{a.shape[0]}x{b.shape[1]}",
     }
     if wait_s is not None:
-        out["status"] = client.wait(submitted.job_id, timeout=wait_s)["status"]
+        # The job_post is sent: whatever ends the wait, the user gets the whole job id.
+        try:
+            out["status"] = client.wait(submitted.job_id, timeout=wait_s)["status"]
+        except TimeoutError:
+            out["status"] = "open"
+            _emit(out, as_json)
+            raise click.ClickException(
+                f"job {out['job_id']} was posted but not mined within {wait_s:g} s; "
+                f"follow it with `pouw job status {out['job_id']}`"
+            ) from None
+        except KeyboardInterrupt:
+            out["status"] = "interrupted"
+            _emit(out, as_json)
+            click.echo(
+                f"interrupted: job {out['job_id']} was posted; `pouw job status "
+                f"{out['job_id']}` follows it, `pouw job cancel {out['job_id']}` withdraws it",
+                err=True,
+            )
+            raise SystemExit(130) from None
+    _emit(out, as_json)
+
+
+def _emit(out: dict[str, Any], as_json: bool) -> None:
     click.echo(json.dumps(out) if as_json else "\n".join(f"{k}: {v}" for k, v in out.items()))
+
+
+def resolve_job_id(rpc: RpcClient, text: str) -> str:
+    """A full job id, or the one on-chain job whose id starts with ``text``."""
+    prefix = text.lower()
+    if not prefix or any(c not in "0123456789abcdef" for c in prefix) or len(prefix) > 64:
+        raise ValueError(f"job id {text!r} is not hex (64 digits, or a unique prefix)")
+    if len(prefix) == 64:
+        return prefix
+    matches = [j["job_id"] for j in rpc.call("listjobs") if j["job_id"].startswith(prefix)]
+    if not matches:
+        raise ValueError(f"no job on chain has an id starting with {text}")
+    if len(matches) > 1:
+        raise ValueError(f"{len(matches)} jobs have ids starting with {text}: give more digits")
+    return str(matches[0])
 
 
 def _parse_shape(text: str | None, rows: int, cols: int) -> tuple[int, int]:
@@ -156,8 +224,11 @@ def job_status(
     as_json: bool,
     job_id: str,
 ) -> None:
-    """The job's on-chain status (open, mined, paid, refunded, cancelled)."""
-    status = _client(network, datadir, rpc_addr).call("getjob", job_id)
+    """The job's on-chain status (open, mined, paid, refunded, cancelled).
+
+    JOB_ID is the job's id or a prefix of it that only one job has."""
+    rpc = _client(network, datadir, rpc_addr)
+    status = rpc.call("getjob", resolve_job_id(rpc, job_id))
     click.echo(json.dumps(status) if as_json else "\n".join(f"{k}: {v}" for k, v in status.items()))
 
 
@@ -191,10 +262,8 @@ def job_result(
 ) -> None:
     """Fetch C, check it with Freivalds, write it; a wrong C is reported and fraud-proved."""
     client = _market(network, datadir, wallet, rpc_addr, block_time_ms)
-    try:
-        jid = bytes.fromhex(job_id)
-    except ValueError:
-        raise ValueError(f"job id {job_id!r} is not hex") from None
+    job_id = resolve_job_id(client.rpc, job_id)
+    jid = bytes.fromhex(job_id)
     ops = client.rpc.call("getoperands", job_id)
     a, b = decode_matrix(bytes.fromhex(ops["a"])), decode_matrix(bytes.fromhex(ops["b"]))
     rows, cols = _parse_shape(result_shape, a.shape[0], b.shape[1])
@@ -224,7 +293,8 @@ def job_result(
     type=click.FloatRange(min=0),
     default=0,
     show_default=True,
-    help="Wait up to S seconds for the job's expiry height (the chain refuses a cancel before).",
+    help="Wait up to S seconds for the job's expiry height (the chain refuses a cancel "
+    "before), then for the cancel to be mined.",
 )
 def job_cancel(
     network: str,
@@ -236,12 +306,12 @@ def job_cancel(
     job_id: str,
     wait_s: float,
 ) -> None:
-    """Refund the reward of your open job once it has expired unclaimed (job_cancel)."""
+    """Refund the reward of your open job once it has expired unclaimed (job_cancel).
+
+    JOB_ID is the job's id or a prefix of it that only one job has."""
     client = _market(network, datadir, wallet, rpc_addr, block_time_ms)
-    try:
-        jid = bytes.fromhex(job_id)
-    except ValueError:
-        raise ValueError(f"job id {job_id!r} is not hex") from None
+    job_id = resolve_job_id(client.rpc, job_id)
+    jid = bytes.fromhex(job_id)
     status = client.status(jid)
     if status["status"] != "open":
         raise ValueError(f"job {job_id[:16]} is {status['status']}: only an open job is cancelled")
@@ -253,6 +323,13 @@ def job_cancel(
                 "cancel it after that, or pass --wait SECONDS"
             )
         time.sleep(0.5)
-    txid = client.cancel(jid)
-    out = {"job_id": job_id, "cancel_txid": txid}
-    click.echo(json.dumps(out) if as_json else f"job {job_id[:16]} cancelled in tx {txid}")
+    out: dict[str, Any] = {"job_id": job_id, "cancel_txid": client.cancel(jid)}
+    if wait_s > 0:
+        left = max(1.0, deadline - time.monotonic())
+        out["status"] = client.wait(jid, timeout=left, until=("cancelled",))["status"]
+    click.echo(
+        json.dumps(out)
+        if as_json
+        else f"job {job_id[:16]} cancelled in tx {out['cancel_txid']}"
+        + ("" if "status" not in out else f" ({out['status']})")
+    )

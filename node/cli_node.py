@@ -12,17 +12,19 @@ from typing import Any
 
 import click
 
-from consensus.encoding import U64_MAX
 from consensus.keys import PrivateKey, address_to_text, parse_address
-from consensus.params import NETWORKS
+from consensus.params import COIN, NETWORKS
 from consensus.transactions import TransferPayload, encode_tx, signed_transaction
 from node import collector
+from node.amounts import format_amount, parse_amount
 from node.config import NodeConfig, default_datadir, load_config_file, parse_hostport
 from node.datadir import DatadirInUse, DatadirLock
 from node.httpguard import parse_allowed_host
+from node.onboarding import banner, prefunded_accounts
 from node.rpc_client import RpcCallError, RpcClient
 
 NETWORK_CHOICE = click.Choice(sorted(NETWORKS))
+DEFAULT_FEE = 1_000  # base units: well above the relay minimum for a transfer
 
 
 def _datadir(network: str, datadir: str | None) -> Path:
@@ -113,6 +115,12 @@ class ConfigDefaults(click.Command):
     "by default only the --rpc address (and loopback names on loopback).",
 )
 @click.option("--peer", "peers", multiple=True, help="Bootstrap peer host:port (repeatable).")
+@click.option(
+    "--connect-only",
+    is_flag=True,
+    help="Dial only the --peer addresses, never addresses learned from peers "
+    "(inbound connections are still accepted).",
+)
 @click.option("--mine/--no-mine", default=False, show_default=True)
 @click.option("--miner-address", default=None, help="Address that receives block rewards.")
 @click.option(
@@ -167,6 +175,7 @@ def node_cmd(
     rpc_addr: str,
     rpc_allow_hosts: tuple[str, ...],
     peers: tuple[str, ...],
+    connect_only: bool,
     mine: bool,
     miner_address: str | None,
     miner_key: str | None,
@@ -203,6 +212,7 @@ def node_cmd(
         rpc=parse_hostport(rpc_addr, "--rpc"),
         rpc_allow_hosts=tuple(parse_allowed_host(h) for h in rpc_allow_hosts),
         peers=[parse_hostport(p, "--peer") for p in peers],
+        connect_only=connect_only,
         mine=mine,
         miner_address=parse_address(miner_address) if miner_address else None,
         miner_key=key,
@@ -238,6 +248,9 @@ async def _run_node(config: NodeConfig, lock: DatadirLock) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, node.request_stop)
     await node.start()
+    rpc_url = f"http://{config.rpc[0]}:{node.rpc_port}/rpc"
+    # Mining rewards go to --miner-address, else to the node key's (<datadir>/node_key) address.
+    click.echo(banner(config.params, node.chain.state.balance, [("", rpc_url, node.miner_address)]))
     click.echo(f"explorer: {node.explorer_url}")
     collector.freeze()  # the loaded chain stays; the collector need not walk it again
     await node.wait_stopped()
@@ -284,7 +297,12 @@ def wallet() -> None:
 @wallet.command("new")
 @wallet_options
 @click.option("--force", is_flag=True, help="Overwrite an existing wallet file.")
-@click.option("--from-label", default=None, help="Derive a public devnet key (e.g. devnet-0).")
+@click.option(
+    "--from-label",
+    default=None,
+    help="Derive a public devnet key: devnet-0 … devnet-255 are prefunded "
+    "(`pouw wallet accounts` lists them).",
+)
 @click.option("--json", "as_json", is_flag=True)
 def wallet_new(
     network: str,
@@ -298,6 +316,16 @@ def wallet_new(
     path = _wallet_path(network, datadir, wallet)
     if path.exists() and not force:
         raise ValueError(f"{path} already exists (use --force to replace it)")
+    from consensus.params import network as network_params
+
+    labels = network_params(network).prefunded_labels
+    if from_label and from_label not in labels:
+        funded = f"{labels[0]} … {labels[-1]}" if labels else "none"
+        click.echo(
+            f"warning: {from_label!r} is not a prefunded label on {network} ({funded}): "
+            "this key holds no coins until someone sends it some",
+            err=True,
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     key = PrivateKey.from_label(from_label) if from_label else PrivateKey.generate()
     path.write_text(f"label:{from_label}" if from_label else key.seed.hex())
@@ -319,10 +347,33 @@ def wallet_address(network: str, datadir: str | None, wallet: str | None, as_jso
     _out({"address": text}, as_json, text)
 
 
+BASE_UNITS = click.option(
+    "--base-units",
+    is_flag=True,
+    help=f"Amounts in base units (1 coin = {COIN:,} base units) instead of coins.",
+)
+
+
+@wallet.command("accounts")
+@click.option("--network", type=NETWORK_CHOICE, default="devnet", show_default=True)
+@BASE_UNITS
+@click.option("--json", "as_json", is_flag=True)
+def wallet_accounts(network: str, base_units: bool, as_json: bool) -> None:
+    """The network's prefunded accounts (public test keys) and their genesis balances."""
+    from consensus.params import network as network_params
+
+    rows = prefunded_accounts(network_params(network), None, base_units)
+    if as_json:
+        click.echo(json.dumps(rows))
+    for row in rows if not as_json else []:
+        click.echo(f"{row['label']:<12} {row['address']}  {row['balance']}")
+
+
 @wallet.command("balance")
 @wallet_options
 @click.option("--rpc", "rpc_addr", default=None, help="Node RPC host:port [default: from datadir].")
 @click.option("--address", default=None, help="Any address instead of the wallet's.")
+@BASE_UNITS
 @click.option("--json", "as_json", is_flag=True)
 def wallet_balance(
     network: str,
@@ -330,23 +381,34 @@ def wallet_balance(
     wallet: str | None,
     rpc_addr: str | None,
     address: str | None,
+    base_units: bool,
     as_json: bool,
 ) -> None:
-    """Balance, nonce and immature coinbase of an account, from a running node."""
+    """Balance, nonce and immature coinbase of an account, in coins, from a running node."""
     addr = address or address_to_text(_load_wallet(_wallet_path(network, datadir, wallet)).address)
     account = _client(network, datadir, rpc_addr).call("getaccount", addr)
+    for field in ("balance", "immature"):
+        account[field] = format_amount(account[field], base_units)
+    unit = "base units" if base_units else "coins"
     _out(
         account,
         as_json,
-        f"{account['balance']} (nonce {account['nonce']}, immature {account['immature']})",
+        f"{account['balance']} {unit} (nonce {account['nonce']}, immature {account['immature']})",
     )
 
 
 @wallet.command("send")
 @wallet_options
 @click.argument("to")
-@click.argument("amount", type=click.IntRange(min=1))
-@click.option("--fee", type=click.IntRange(min=0), default=1_000, show_default=True)
+@click.argument("amount_text", metavar="AMOUNT")
+@click.option(
+    "--fee",
+    "fee_text",
+    default=format_amount(DEFAULT_FEE),
+    show_default=True,
+    help="Fee in coins (base units with --base-units).",
+)
+@BASE_UNITS
 @click.option("--rpc", "rpc_addr", default=None, help="Node RPC host:port [default: from datadir].")
 @click.option("--json", "as_json", is_flag=True)
 def wallet_send(
@@ -354,17 +416,23 @@ def wallet_send(
     datadir: str | None,
     wallet: str | None,
     to: str,
-    amount: int,
-    fee: int,
+    amount_text: str,
+    fee_text: str,
+    base_units: bool,
     rpc_addr: str | None,
     as_json: bool,
 ) -> None:
-    """Send AMOUNT base units to address TO."""
+    """Send AMOUNT coins (e.g. 12.5; base units with --base-units) to address TO."""
     from consensus.params import network as network_params
 
-    for what, value in (("amount", amount), ("--fee", fee)):
-        if value > U64_MAX:
-            raise ValueError(f"{what} {value} is more than the largest amount, {U64_MAX}")
+    amount = parse_amount(amount_text, "amount", base_units)
+    if amount == 0:
+        raise ValueError("amount must be more than 0")
+    fee = parse_amount(
+        str(DEFAULT_FEE) if base_units and fee_text == format_amount(DEFAULT_FEE) else fee_text,
+        "--fee",
+        base_units,
+    )
     key = _load_wallet(_wallet_path(network, datadir, wallet))
     recipient = parse_address(to)
     client = _client(network, datadir, rpc_addr)

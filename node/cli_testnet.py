@@ -14,8 +14,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from consensus.params import DEVNET, with_block_time
 from node.netns import NetnsLab, NetnsUnavailable, check_available, parse_groups
-from node.testnet import TOPOLOGIES, Testnet
+from node.onboarding import banner
+from node.testnet import TOPOLOGIES, Testnet, miner_key
 
 
 def _table(rows: list[dict[str, Any]], elapsed: float) -> Table:
@@ -206,6 +208,14 @@ def testnet_cmd(
         _fail("interrupted while starting; every node was stopped", 130)
     except (RuntimeError, NetnsUnavailable) as e:
         _fail(str(e), 1)
+    if not as_json:
+        net_params = with_block_time(DEVNET, net.block_time_ms) if net.block_time_ms else DEVNET
+        nodes_info = [
+            (n.name, f"http://{n.rpc_addr}/rpc", miner_key(n.index).address) for n in net.nodes
+        ]
+        console.print(
+            banner(net_params, None, nodes_info), markup=False, highlight=False, soft_wrap=True
+        )
     started = time.monotonic()
     try:
         try:

@@ -199,15 +199,24 @@ class MarketClient:
                 if "unknown job" not in str(e):
                     raise
             if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id.hex()[:16]} not {'/'.join(until)} in {timeout}s")
+                raise TimeoutError(f"job {job_id.hex()} not {'/'.join(until)} in {timeout}s")
             time.sleep(0.2)
 
     def cancel(self, job_id: bytes, fee: int = 1_000) -> str:
-        """Send a job_cancel refunding our open job's reward; its txid.
-
-        The chain takes it only after the job's expiry height (until then a miner
-        may be computing it in good faith): the node refuses it before.
-        """
+        """Send a job_cancel for our expired, unmined job (its escrow comes back); returns
+        the txid. ValueError, and nothing sent, when it is not ours, not open, or not
+        expired yet (until then a miner may be computing it in good faith)."""
+        st = self.status(job_id)
+        if st["poster"] != address_to_text(self.key.address):
+            raise ValueError(f"job {job_id.hex()} was posted by {st['poster']}, not this wallet")
+        if st["status"] != "open":
+            raise ValueError(f"job {job_id.hex()} is {st['status']}: only an open job is cancelled")
+        height = self.rpc.call("getinfo")["height"]
+        if height < st["expiry"]:
+            raise ValueError(
+                f"job {job_id.hex()} is open until height {st['expiry']} (now {height}): "
+                "it can be cancelled once a block above that height is mined"
+            )
         account = self.rpc.call("getaccount", address_to_text(self.key.address))
         tx = signed_transaction(
             self.key,

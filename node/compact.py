@@ -237,11 +237,15 @@ class CompactRelay:
 
     # ------------------------------------------------------------ serving
 
-    def push(self, block_hash: bytes, exclude: PeerSession | None) -> None:
-        """Send our new tip as a CMPCTBLOCK to every peer but ``exclude`` that lacks it."""
+    def push(self, block_hash: bytes, exclude: PeerSession | None) -> int:
+        """Send our new tip as a CMPCTBLOCK to every peer but ``exclude`` that lacks it;
+        how many peers it went to."""
+        sent = 0
         for peer in self.node.p2p.peers:
             if peer is not exclude and not peer.knows(INV_BLOCK, block_hash):
                 self.serve(peer, block_hash)
+                sent += 1
+        return sent
 
     def serve(self, peer: PeerSession, block_hash: bytes) -> None:
         """Send a block we have as a CMPCTBLOCK."""

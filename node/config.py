@@ -41,6 +41,7 @@ class NodeConfig:
     rpc: tuple[str, int] = ("127.0.0.1", 0)
     rpc_allow_hosts: tuple[str, ...] = ()  # more Host names the RPC answers (a proxy's, a LAN name)
     peers: list[tuple[str, int]] = field(default_factory=list)
+    connect_only: bool = False  # dial only `peers`, never addresses learned from them
     mine: bool = False
     miner_address: bytes | None = None
     miner_key: PrivateKey | None = None  # receives block rewards and signs job_result claims

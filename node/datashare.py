@@ -52,6 +52,7 @@ from consensus.transactions import (
     encode_tx,
     signed_transaction,
 )
+from node.amounts import format_amount
 from node.rpc_client import RpcClient
 
 KEY_SIZE = 32
@@ -312,8 +313,23 @@ class DataClient:
         self.params = params
         self.keys_dir = keys_dir
 
+    def check_can_pay(self, fee: int = DEFAULT_FEE) -> dict[str, Any]:
+        """This wallet's account; ValueError if it cannot pay ``fee`` (a grantee pays for
+        its access_log too)."""
+        me = address_to_text(self.key.address)
+        account: dict[str, Any] = self.rpc.call("getaccount", me)
+        if account["balance"] < fee:
+            raise ValueError(
+                f"this wallet ({me}) holds {format_amount(account['balance'])} coins and a "
+                f"transaction's fee is {format_amount(fee)}: every party to data sharing, a "
+                "grantee too, needs coins (`pouw wallet send` them from a funded wallet)"
+            )
+        return account
+
     def send(self, payload: Payload, fee: int = DEFAULT_FEE) -> str:
-        account = self.rpc.call("getaccount", address_to_text(self.key.address))
+        """Sign and send one transaction of ours; ValueError, nothing sent, if this wallet
+        cannot pay its fee."""
+        account = self.check_can_pay(fee)
         tx = signed_transaction(
             self.key,
             chain_id=self.params.chain_id,
@@ -356,6 +372,7 @@ class DataClient:
         ``on_upload(done, total)`` reports the chunks uploaded so far.
         """
         check_dataset_size(len(data), chunk_size)
+        self.check_can_pay()  # before the upload, not after it
         enc = encrypt_dataset(data, chunk_size)
         self.upload(enc.chunks, enc.content_root, on_upload)
         dataset_id = dataset_id_of(self.key.address, enc.content_root)

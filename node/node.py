@@ -13,6 +13,7 @@ connected in height order. Requests that stall are given to another peer.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ from node.headersync import HeaderSync
 from node.httpguard import AllowedHosts, QuietServerLog, listener_guard
 from node.market import MarketService
 from node.mempool import Mempool
+from node.metrics import NodeCollector
 from node.miner import Miner
 from node.p2p import PeerManager
 from node.peer import PeerSession
@@ -140,6 +142,7 @@ class Node:
         self.chain.verify_signatures = self.verifier.verify_many
         self.metrics.height.set(self.chain.height)
         self.token = write_cookie(self.datadir)
+        self.metrics.registry.register(NodeCollector(self))
         self.rpc = RpcServer(self.token, self.metrics)
         register_methods(self.rpc, self)
         register_market_methods(self.rpc, self)
@@ -161,10 +164,11 @@ class Node:
             max_inbound=self.config.max_inbound,
             addresses=AddressBook.load(self.datadir / PEERS_FILE),
             bans=BanList.load(self.datadir / BANS_FILE),
+            connect_only=self.config.connect_only,
         )
         self.p2p.add_routes(p2p_app)
         self.data_host.add_routes(p2p_app)
-        self.p2p_port = await self._serve(p2p_app, listen_host, listen_port)
+        self.p2p_port = await self._serve(p2p_app, listen_host, listen_port, "--listen")
         self.p2p.listen_port = self.p2p_port
         rpc_hosts = AllowedHosts(self.config.rpc[0], self.config.rpc_allow_hosts)
         rpc_app = web.Application(
@@ -172,7 +176,7 @@ class Node:
         )
         self.rpc.add_routes(rpc_app)
         explorer.add_routes(rpc_app, self)
-        self.rpc_port = await self._serve(rpc_app, *self.config.rpc)
+        self.rpc_port = await self._serve(rpc_app, *self.config.rpc, "--rpc")
         self.explorer_url = explorer.explorer_url(self.config.rpc[0], self.rpc_port)
         self._write_info()
         await self.p2p.start()
@@ -192,12 +196,19 @@ class Node:
             self.chain.height,
         )
 
-    async def _serve(self, app: web.Application, host: str, port: int) -> int:
+    async def _serve(self, app: web.Application, host: str, port: int, option: str) -> int:
+        """Listen on host:port; an OSError naming ``option`` if the address is taken."""
         runner = web.AppRunner(app, access_log=None, logger=QuietServerLog())
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
         self._runners.append(runner)
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as e:
+            why = "is in use" if e.errno == errno.EADDRINUSE else f"cannot be listened on ({e})"
+            raise OSError(
+                f"{option} {host}:{port}: the address {why} (port 0 picks a free one)"
+            ) from None
         server = site._server
         assert server is not None
         return int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
@@ -305,6 +316,7 @@ class Node:
             self.block_times[h] = time.time()
             while len(self.block_times) > BLOCK_TIMES_KEPT:
                 del self.block_times[next(iter(self.block_times))]
+        started = time.perf_counter()
         try:
             try:
                 result = self.chain.add_block(block)
@@ -323,13 +335,15 @@ class Node:
             return None
         if result.status == "duplicate":
             return result
+        self.metrics.block_import.observe(time.perf_counter() - started)
         catching_up = self.sync.catching_up
         pushed = result.status == "connected" and self.chain.tip.hash == h and not catching_up
+        relayed_to = 0
         if pushed:
             # A new tip goes to every peer as a compact block before we write it
             # down: each checks it itself, and a relay waiting on our disk would
             # only add to every stale race.
-            self.compact.push(h, exclude=source)
+            relayed_to = self.compact.push(h, exclude=source)
         if result.connected and self.miner is not None:
             self.miner.tip_changed()  # stop mining on the old tip now, not after the disk write
         if catching_up:
@@ -339,14 +353,17 @@ class Node:
             if time.monotonic() - self._store_synced >= STORE_BATCH_S:
                 self.flush_store()
         else:
+            stored = time.perf_counter()
             self.store.record(self.chain)
+            self.metrics.block_store.observe(time.perf_counter() - stored)
         self.metrics.blocks.labels("accepted").inc()
         if result.status == "orphan":
             return result
         self._after_chain_change(result)
         if not pushed:
-            self.p2p.announce(INV_BLOCK, h, exclude=source)
-        self.metrics.blocks.labels("relayed").inc()
+            relayed_to = self.p2p.announce(INV_BLOCK, h, exclude=source)
+        if relayed_to:  # announced to at least one peer: a node alone relays nothing
+            self.metrics.blocks.labels("relayed").inc()
         return result
 
     def flush_store(self) -> None:
@@ -377,6 +394,8 @@ class Node:
                 )
             if result.reorged:
                 log.info("reorg: %d blocks replaced", result.reorged)
+                self.metrics.reorgs.inc()
+                self.metrics.reorg_blocks.inc(result.reorged)
 
     # ------------------------------------------------------------ transactions
 

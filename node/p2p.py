@@ -136,6 +136,7 @@ class PeerManager:
         connect_interval: float = 1.0,
         addresses: AddressBook | None = None,
         bans: BanList | None = None,
+        connect_only: bool = False,
     ) -> None:
         self.key = key
         self.node_id = key.public_key.data
@@ -145,6 +146,9 @@ class PeerManager:
         self.listen_host = listen_host
         self.listen_port = listen_port
         self.bootstrap = list(bootstrap)
+        # bitcoind's -connect: dial only the bootstrap peers, never learned addresses, so
+        # a testnet's topology stays the one it was started with.
+        self.connect_only = connect_only
         self.max_outbound = max_outbound
         self.max_inbound = max_inbound
         self.max_per_ip = max_per_ip
@@ -403,6 +407,8 @@ class PeerManager:
         for entry in self.addresses.candidates(busy, set(self._ready)):
             if need <= 0:
                 break
+            if self.connect_only and (entry.host, entry.port) not in self.bootstrap:
+                continue
             if self.is_banned(entry.host, entry.node_id):
                 continue
             need -= 1
@@ -649,6 +655,7 @@ class PeerManager:
                 self.stats.addrs_dropped += dropped
                 self.log.debug("%s: over its address rate, %d addresses dropped", session, dropped)
                 return
+            self.stats.addrs_received += 1
             self.add_address(a.host, a.port, source=source, group=group)
 
     def _addr_sample(self, asker: PeerSession) -> list[NetAddr]:

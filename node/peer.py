@@ -23,7 +23,7 @@ import random
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType
@@ -97,13 +97,26 @@ class P2PStats:
     violations: int = 0
     addrs_dropped: int = 0
     """Addresses from ADDR messages ignored because their sender exceeded its rate."""
+    addrs_received: int = 0
+    """Addresses from ADDR messages taken in (known ones included)."""
     messages_in: int = 0
     messages_out: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    by_type: dict[tuple[str, int], list[int]] = field(default_factory=dict, repr=False)
+    """(direction "in"/"out", message type byte) → [messages, bytes], for the metrics."""
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if isinstance(v, int)}
+
+    def count(self, direction: str, frame: bytes) -> None:
+        """One frame sent or received, by its message type (frame = msgpack [type, record])."""
+        msg_type = frame[1] if len(frame) > 1 and frame[1] < 0x80 else -1
+        entry = self.by_type.get((direction, msg_type))
+        if entry is None:
+            entry = self.by_type[(direction, msg_type)] = [0, 0]
+        entry[0] += 1
+        entry[1] += len(frame)
 
 
 class TokenBucket:
@@ -359,6 +372,7 @@ class PeerSession:
     def _count_out(self, frame: bytes) -> None:
         self.stats.messages_out += 1
         self.stats.bytes_out += len(frame)
+        self.stats.count("out", frame)
 
     # ----------------------------------------------------------- receiving
 
@@ -395,6 +409,7 @@ class PeerSession:
     def _accept(self, data: bytes) -> Message:
         self.stats.messages_in += 1
         self.stats.bytes_in += len(data)
+        self.stats.count("in", data)
         if not self._msg_bucket.take(1):
             raise ProtocolViolation(
                 f"rate limit: more than {self.limits.msg_rate:g} messages/s "

@@ -17,20 +17,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import importlib.metadata
 import inspect
 import json
 import logging
 import math
+import platform
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from aiohttp import WSMsgType, web
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from node import collector
 from node.httpguard import RateLimitedLog, bad_upgrade
 
 log = logging.getLogger("pouw.rpc")
@@ -91,10 +102,24 @@ def read_cookie(datadir: Path) -> str:
         ) from None
 
 
+SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("pouwnet")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 class Metrics:
-    """Prometheus metrics of one node (its own registry: several nodes may share a process)."""
+    """Prometheus metrics of one node (its own registry: several nodes may share a process).
+
+    Event counters live here; what is read from the node's state at scrape time is in
+    node/metrics.py."""
 
     def __init__(self) -> None:
+        disable_created_metrics()  # no *_created series beside every counter: clutter
         self.registry = CollectorRegistry()
         r = self.registry
         self.height = Gauge("pouw_height", "Height of the active chain tip", registry=r)
@@ -108,10 +133,41 @@ class Metrics:
         self.txs_rejected = self.txs.labels("rejected")
         self.bans = Counter("pouw_bans", "Peers banned", registry=r)
         self.mined = Counter("pouw_blocks_mined", "Blocks mined by this node", registry=r)
-        self.gc_seconds = Gauge(
-            "pouw_gc_pause_seconds", "Seconds spent in cyclic garbage collection", registry=r
+        self.block_import = Histogram(
+            "pouw_block_import_seconds",
+            "Time to validate and connect (or keep) a block",
+            buckets=SECONDS_BUCKETS,
+            registry=r,
         )
-        self.gc_seconds.set_function(collector.pause_seconds)
+        self.block_store = Histogram(
+            "pouw_block_store_seconds",
+            "Time to write a block's changes to the store",
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.reorgs = Counter("pouw_reorgs", "Chain reorganisations", registry=r)
+        self.reorg_blocks = Counter("pouw_reorg_blocks", "Blocks replaced by reorgs", registry=r)
+        self.rpc_requests = Counter(
+            "pouw_rpc_requests",
+            "RPC calls by method and outcome",
+            ["method", "outcome"],
+            registry=r,
+        )
+        self.rpc_seconds = Histogram(
+            "pouw_rpc_request_seconds",
+            "RPC call latency by method",
+            ["method"],
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.reads_served = Counter("pouw_data_reads_served", "Dataset reads served", registry=r)
+        self.chunks_served = Counter(
+            "pouw_data_chunks_served", "Encrypted dataset chunks served", registry=r
+        )
+        Info("pouw_build", "The node's version", registry=r).info(
+            {"version": _version(), "python": platform.python_version()}
+        )
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, memory, open fds
 
 
 class RpcMethod(NamedTuple):
@@ -132,6 +188,22 @@ class RpcServer:
         self.subscribers: set[web.WebSocketResponse] = set()
         self._sends: set[asyncio.Task[None]] = set()
         self._bad_upgrades = RateLimitedLog(log)
+        self.method("help", self.help)
+
+    async def help(self) -> list[dict[str, Any]]:
+        """Every method the node answers, with its parameters ([name] when optional) and
+        whether it needs the cookie token."""
+        return [
+            {
+                "method": name,
+                "params": [
+                    p.name if p.default is inspect.Parameter.empty else f"[{p.name}]"
+                    for p in m.signature.parameters.values()
+                ],
+                "needs_token": m.mutating,
+            }
+            for name, m in sorted(self.methods.items())
+        ]
 
     def method(self, name: str, handler: Handler, *, mutating: bool = False) -> None:
         self.methods[name] = RpcMethod(handler, mutating, inspect.signature(handler))
@@ -227,9 +299,26 @@ class RpcServer:
         return reply if "id" in req else None
 
     async def _call(self, name: str, params: list[Any] | dict[str, Any], authorized: bool) -> Any:
+        # Only registered names become label values: a caller cannot grow the series.
+        label = name if name in self.methods else "unknown"
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            result = await self._call_method(name, params, authorized)
+            outcome = "ok"
+            return result
+        finally:
+            self.metrics.rpc_requests.labels(label, outcome).inc()
+            self.metrics.rpc_seconds.labels(label).observe(time.perf_counter() - started)
+
+    async def _call_method(
+        self, name: str, params: list[Any] | dict[str, Any], authorized: bool
+    ) -> Any:
         method = self.methods.get(name)
         if method is None:
-            raise RpcError(METHOD_NOT_FOUND, f"method not found: {name[:100]!r}")
+            raise RpcError(
+                METHOD_NOT_FOUND, f"method not found: {name[:100]!r} (the method help lists them)"
+            )
         if method.mutating and not authorized:
             raise RpcError(UNAUTHORIZED, f"{name} needs the cookie token (Authorization)")
         args, kwargs = _bind(name, method.signature, params)

@@ -293,6 +293,8 @@ class DataHost:
         }
         with self.log_path.open("a") as f:
             f.write(json.dumps(entry) + "\n")
+        self.node.metrics.reads_served.inc()
+        self.node.metrics.chunks_served.inc(count)
         log.info("served %d chunks of %s to %s", count, dataset_id.hex()[:16], entry["reader"])
 
     async def handle_challenge(self, request: web.Request) -> web.Response:

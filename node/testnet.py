@@ -164,6 +164,7 @@ class Testnet:
             str(key_file),
         ]
         args.append("--mine" if self.mine else "--no-mine")
+        args.append("--connect-only")  # address exchange must not add links to the topology
         if self.block_time_ms is not None:
             args += ["--devnet-block-time-ms", str(self.block_time_ms)]
         for p in dial:

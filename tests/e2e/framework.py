@@ -122,3 +122,126 @@ def sync_tips(nodes: list[NodeProcess], timeout: float, min_height: int = 0) -> 
         return None
 
     return str(wait_until(same, timeout, f"{len(nodes)} nodes to share a tip at >= {min_height}"))
+
+
+# ------------------------------------------------ the docs' shell commands, as written
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def doc_blocks(path: Path, lang: str) -> list[tuple[str, str]]:
+    """(section heading, text) of every ```lang block of a markdown file, in order."""
+    blocks: list[tuple[str, str]] = []
+    heading, block, in_block = "", "", False
+    for line in path.read_text().splitlines(keepends=True):
+        if line.startswith("```"):
+            if in_block:
+                blocks.append((heading, block))
+                in_block = False
+            elif line.strip() == "```" + lang:
+                block, in_block = "", True
+        elif in_block:
+            block += line
+        elif line.startswith("#"):
+            heading = line.lstrip("#").strip()
+    return blocks
+
+
+def doc_commands(path: Path) -> list[tuple[str, str]]:
+    """(section heading, command) for every command in a markdown file's ```sh blocks:
+    continuation lines joined, blank and comment-only lines dropped."""
+    return [
+        (heading, line.strip())
+        for heading, block in doc_blocks(path, "sh")
+        for line in block.replace("\\\n", " ").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+def parse_output(text: str) -> dict[str, Any]:
+    """A command's output as a dict: one JSON object, or ``key: value`` lines."""
+    text = text.strip()
+    if text.startswith("{"):
+        value: dict[str, Any] = json.loads(text)
+        return value
+    out: dict[str, Any] = {}
+    for line in text.splitlines():
+        key, sep, value_text = line.partition(": ")
+        if sep:
+            out[key.strip()] = value_text.strip()
+    return out
+
+
+class DocShell:
+    """A working directory whose ``.venv/bin/pouw`` is this checkout and a fresh HOME,
+    so that the README's commands run there exactly as a user types them."""
+
+    def __init__(self, root: Path) -> None:
+        self.cwd, self.home = root / "work", root / "home"
+        (self.cwd / ".venv" / "bin").mkdir(parents=True)
+        self.home.mkdir()
+        pouw = self.cwd / ".venv" / "bin" / "pouw"
+        pouw.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m node.cli "$@"\n')
+        pouw.chmod(0o755)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("POUW_")}
+        env.update(HOME=str(self.home), PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+        self.env = env
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def path(self, text: str) -> Path:
+        """A path as the shell would read it: ``~`` is HOME, relative is under the cwd."""
+        if text.startswith("~/"):
+            return self.home / text[2:]
+        return self.cwd / text
+
+    def run(self, command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run one command line in bash; AssertionError with its output if it fails."""
+        done = subprocess.run(
+            ["bash", "-c", command],
+            cwd=self.cwd,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if done.returncode != 0:
+            raise AssertionError(
+                f"{command!r} exited with {done.returncode}:\n{done.stdout}\n{done.stderr}"
+            )
+        return done
+
+    def start_node(self, command: str, datadir: Path, name: str) -> RpcClient:
+        """Start a `pouw node` command line (``exec``: the node is the shell's own pid) and
+        wait until its RPC answers."""
+        log_path = self.home / f"{name}.log"
+        proc = subprocess.Popen(
+            ["bash", "-c", "exec " + command],
+            cwd=self.cwd,
+            env=self.env,
+            stdout=log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        self.procs.append(proc)
+
+        def started() -> bool:
+            if proc.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-3000:]
+                raise AssertionError(f"{name} exited with {proc.returncode}:\n{tail}")
+            return json.loads((datadir / "node.json").read_text())["pid"] == proc.pid
+
+        wait_until(started, 60, f"{name} to start")
+        rpc = RpcClient.for_datadir(datadir)
+        wait_until(lambda: rpc.call("getinfo"), 30, f"{name} RPC")
+        return rpc
+
+    def close(self) -> None:
+        """SIGTERM every process it started; SIGKILL those still running after 30 s."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

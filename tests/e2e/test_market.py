@@ -161,7 +161,7 @@ def test_job_cli_submits_waits_and_writes_a_verified_result(market, tmp_path):
         str(tmp_path / "bad.npy"),
         "--b",
         str(tmp_path / "b.npy"),
-        "--fee",
+        "--reward",
         "5000",
         *where,
     )
@@ -174,7 +174,7 @@ def test_job_cli_submits_waits_and_writes_a_verified_result(market, tmp_path):
         str(tmp_path / "a.npy"),
         "--b",
         str(tmp_path / "b.npy"),
-        "--fee",
+        "--reward",
         "5000",
         "--wait",
         "120",

@@ -170,7 +170,7 @@ def test_wallet_send_confirms_and_balance_shows_it(tmp_path):
         payer, payee = str(tmp_path / "payer.key"), str(tmp_path / "payee.key")
         assert run("wallet", "new", "--from-label", "devnet-0", "--wallet", payer).exit_code == 0
         addr = json.loads(run("wallet", "new", "--wallet", payee, "--json").stdout)["address"]
-        sent = run("wallet", "send", addr, "1000", "--wallet", payer, "--datadir", str(d), "--json")
+        sent = run("wallet", "send", addr, "12.5", "--wallet", payer, "--datadir", str(d), "--json")
         assert sent.exit_code == 0, sent.output
         txid = json.loads(sent.stdout)["txid"]
         assert len(bytes.fromhex(txid)) == 32
@@ -183,7 +183,9 @@ def test_wallet_send_confirms_and_balance_shows_it(tmp_path):
         wait_until(lambda: confirmations() >= 1, 45, "the transfer to confirm")
         balance = run("wallet", "balance", "--address", addr, "--datadir", str(d), "--json")
         assert balance.exit_code == 0, balance.output
-        assert json.loads(balance.stdout)["balance"] == 1000
+        assert json.loads(balance.stdout)["balance"] == "12.50000000"  # coins, 8 decimals
+        base = run("wallet", "balance", "--address", addr, "--datadir", str(d), "--base-units")
+        assert base.stdout.startswith("1250000000 base units (nonce 0"), base.stdout
         mine = run("wallet", "address", "--wallet", payee, "--json")
         assert json.loads(mine.stdout)["address"] == addr
     finally:
