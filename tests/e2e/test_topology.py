@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from node.testnet import Testnet
+from node import testnet
 from tests.e2e.framework import wait_until
 
 pytestmark = pytest.mark.slow
@@ -19,7 +19,7 @@ the nodes' 1 s connect interval, in which they would dial them."""
 
 
 def test_a_ring_of_five_keeps_exactly_two_peers_per_node(tmp_path: Path) -> None:
-    net = Testnet(tmp_path / "ring", NODES, topology="ring", mine=False)
+    net = testnet.Testnet(tmp_path / "ring", NODES, topology="ring", mine=False)
     net.start(timeout=120)
     try:
 

@@ -224,7 +224,8 @@ def test_the_cli_registers_grants_fetches_audits_and_revokes(tmp_path):
         owner, reader, stranger = (str(tmp_path / f"{n}.key") for n in ("o", "r", "s"))
         assert run("wallet", "new", "--from-label", "devnet-0", "--wallet", owner).exit_code == 0
         assert run("wallet", "new", "--from-label", "devnet-1", "--wallet", reader).exit_code == 0
-        assert run("wallet", "new", "--wallet", stranger).exit_code == 0
+        # A funded stranger: what stops it is the provenance rule, not an empty wallet.
+        assert run("wallet", "new", "--from-label", "devnet-2", "--wallet", stranger).exit_code == 0
         src = tmp_path / "data.csv"
         src.write_bytes(PLAINTEXT)
         at = ("--datadir", str(d), "--json")

@@ -338,10 +338,10 @@ def test_a_process_killed_mid_import_leaves_a_consistent_store(tmp_path, crash_b
         )
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "ready"
-        # Let it save 0, 1 or 2 new blocks, then kill it: mostly while it saves the
+        # Let it save 0 or 1 new block, then kill it: mostly while it saves the
         # next one (a save takes about a millisecond), sometimes anywhere after.
         reported: list[str] = []
-        wait_for = rng.randrange(3)
+        wait_for = rng.randrange(2)
         line = ""
         while True:
             line = child.stdout.readline().strip()
@@ -363,7 +363,8 @@ def test_a_process_killed_mid_import_leaves_a_consistent_store(tmp_path, crash_b
         assert all(bytes.fromhex(h) in loaded.entries for h in reported)
         if finished:
             break
-    assert finished and kills >= 8
+    # 16 blocks at one or two a round: the import is cut many times before it ends.
+    assert finished and kills >= 6
     assert loaded.tip.hash == expected.tip.hash
     assert loaded.state.snapshot() == expected.state.snapshot()
 
