@@ -8,6 +8,8 @@ always stops what it started: SIGTERM first, SIGKILL if a node hangs.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import random
@@ -179,6 +181,7 @@ class Testnet:
             stderr=subprocess.STDOUT,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
             start_new_session=True,  # Ctrl-C reaches the launcher, which stops nodes in order
+            preexec_fn=_die_with_launcher,
         )
         node.started_at = time.time()
 
@@ -350,3 +353,15 @@ class Testnet:
             "per_node": per_node,
             "datadir": str(self.root),
         }
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_launcher() -> None:
+    """In the node's process, before it runs: on Linux, SIGTERM it when the launcher
+    dies. A launcher that is killed (SIGKILL, a test's timeout) cannot stop its
+    nodes in order, and they must not go on mining behind it."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.framework import wait_until
+
 pytestmark = pytest.mark.slow
 
 
@@ -85,3 +87,33 @@ def test_the_live_table_links_each_nodes_explorer(tmp_path: Path) -> None:
     text = console.export_text()
     assert "http://127.0.0.1:18444/" in text
     assert "explorer" in text
+
+
+POUW = [sys.executable, "-m", "node.cli"]
+
+
+def test_a_killed_launcher_leaves_no_node_running(tmp_path: Path) -> None:
+    """SIGKILL gives `pouw testnet` no chance to stop its nodes: they stop themselves."""
+    root = tmp_path / "net"
+    launcher = subprocess.Popen(
+        [*POUW, "testnet", "--nodes", "2", "--duration", "120", "--datadir", str(root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def node_pids() -> list[int] | None:
+            infos = [root / f"node-{i}" / "node.json" for i in range(2)]
+            if not all(p.exists() for p in infos):
+                return None
+            return [int(json.loads(p.read_text())["pid"]) for p in infos]
+
+        pids = wait_until(node_pids, 120, "both nodes to start")
+        assert all(_running(pid) for pid in pids)
+        launcher.kill()
+        launcher.wait(timeout=30)
+        wait_until(lambda: not any(_running(pid) for pid in pids), 60, "the nodes to stop")
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait(timeout=30)
