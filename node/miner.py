@@ -79,6 +79,9 @@ class Miner:
         self.blocks_found = 0
         self._rate_window: list[tuple[float, int]] = []
         self.last_error: str | None = None
+        self._commitment: ResultCommitment | None = None
+        """The last posted job's C and root: a job attempted again (its result not
+        claimed yet) needs neither recovered a second time (C = A·B whatever the noise)."""
 
     @property
     def running(self) -> bool:
@@ -173,7 +176,13 @@ class Miner:
         """One attempt on a posted job; a burst of attempts on the null job."""
         # A random start: a template reused for another attempt never repeats work.
         first_nonce = secrets.randbits(63)
-        commitment = ResultCommitment(work.job, work.committed)
+        last = self._commitment
+        if work.job.null or last is None or last.spec != work.job.spec or last.root is None:
+            commitment = ResultCommitment(work.job, work.committed)
+        else:
+            commitment = last
+        if not work.job.null:
+            self._commitment = commitment
         if work.job.null:
             stop: object = _DeadlineEvent(
                 time.monotonic() + BURST_SECONDS, self._stop, self._new_tip

