@@ -32,10 +32,8 @@ from numba.extending import intrinsic
 
 from kernels.isa import compile_target
 from kernels.params import TRANSCRIPT_WORDS
-from kernels.transcript_cpu import _check_chunks, _copy_block, _padded_width, fold_tile
+from kernels.tiles import PANEL, check_chunks, copy_block, fold_tile, padded_width
 
-PANEL = 16
-"""Columns per packed B' panel and per C tile."""
 TILE_K = 64
 """k per tdpbssd: one 64-byte row of the A tile; r must be a multiple."""
 LANES = 16
@@ -220,16 +218,16 @@ def tile_product(
 ) -> None:
     """acc (h×w int32) += a_strip (h×k) · bt_stripᵀ, folding into T after every r-chunk."""
     h, k = a_strip.shape
-    _check_chunks(k, r)
+    check_chunks(k, r)
     w = bt_strip.shape[0]
-    wp = _padded_width(w)
+    wp = padded_width(w)
     bp = np.empty((wp // PANEL, k // 4, 4 * PANEL), dtype=np.int8)
     _pack_b_strip(bt_strip, bp)
     acc_p = np.zeros((h, wp), dtype=np.int32)
-    _copy_block(acc, acc_p, 0, 0, h, w)
+    copy_block(acc, acc_p, 0, 0, h, w)
     xs = np.empty((k // r, 1, LANES), dtype=np.int32)
     _tile_packed(np.ascontiguousarray(a_strip), 0, bp, r, acc_p, T, fold, xs)
-    _copy_block(acc_p, acc, 0, 0, h, w)
+    copy_block(acc_p, acc, 0, 0, h, w)
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -238,10 +236,10 @@ def tiled_product(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(C' m×n int32, T (m/h, n/w, 16)) over every tile in parallel (r a multiple of 64)."""
     m, k = a.shape
-    _check_chunks(k, r)
+    check_chunks(k, r)
     n = bt.shape[0]
     tm, tn = m // h, n // w
-    wp = _padded_width(w)
+    wp = padded_width(w)
     bp = np.empty((tn, wp // PANEL, k // 4, 4 * PANEL), dtype=np.int8)
     for tj in prange(tn):
         _pack_b_strip(bt[tj * w : (tj + 1) * w], bp[tj])
@@ -253,5 +251,5 @@ def tiled_product(
         acc = np.zeros((h, wp), dtype=np.int32)
         xs = np.empty((k // r, 1, LANES), dtype=np.int32)
         _tile_packed(a, ti * h, bp[tj], r, acc, T[ti, tj], fold, xs)
-        _copy_block(acc, out, ti * h, tj * w, h, w)
+        copy_block(acc, out, ti * h, tj * w, h, w)
     return out, T

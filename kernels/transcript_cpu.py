@@ -43,14 +43,9 @@ from numba.extending import intrinsic
 
 from kernels.isa import compile_target
 from kernels.noise import NoiseFactors, add_noise_transposed
-from kernels.params import TRANSCRIPT_ROTATION, TRANSCRIPT_WORDS
+from kernels.params import TRANSCRIPT_WORDS
+from kernels.tiles import PANEL, check_chunks, copy_block, fold_tile, padded_width
 
-_MASK32 = np.uint64(0xFFFFFFFF)
-_ROT_L = np.uint64(TRANSCRIPT_ROTATION)
-_ROT_R = np.uint64(32 - TRANSCRIPT_ROTATION)
-
-PANEL = 16
-"""Columns per packed B' panel (= microkernel width: two 8×int32 registers)."""
 MAX_MR = 6
 """Rows per microkernel call: 6 rows × 2 registers = 12 accumulators of the 16 ymm."""
 
@@ -176,11 +171,6 @@ def _microkernel(mr, acc, acc_off, ldc, ap, a_off, lda, bp, b_off, nchunks, chun
 
 
 @njit(nogil=True, cache=True)
-def _padded_width(w: int) -> int:
-    return (w + PANEL - 1) // PANEL * PANEL
-
-
-@njit(nogil=True, cache=True)
 def _pack_a_strip(a_strip: np.ndarray, ap: np.ndarray) -> None:
     """ap (k/2, h, 2) int16 ← one tile row's A' strip (h×k): ap[p, i, e] = A'[i, 2p + e].
 
@@ -211,31 +201,6 @@ def _pack_b_strip(bt_strip: np.ndarray, bp: np.ndarray) -> None:
 
 
 # ---------------------------------------------------------------- transcript
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _check_chunks(k: int, r: int) -> None:
-    # The microkernel reads raw pointers in k-pairs: refuse shapes it would misread.
-    if r < 2 or r % 2 or k % r:
-        raise ValueError("k must be a multiple of the chunk width r, an even number")
-
-
-@njit(nogil=True, cache=True, inline="always")
-def fold_tile(acc: np.ndarray, T: np.ndarray, chunk: int) -> None:
-    """T[c mod 16] = rotl32(T[c mod 16], 13) XOR (XOR of the tile's int32 partial sums).
-
-    The fold is deliberately non-linear (XOR + rotate): a linear projection
-    of the partial sums could be computed from (uᵀA')(B'v) without doing
-    the product (PROTOCOL §4). Zero padding columns of ``acc`` do not change it.
-    """
-    x = np.int32(0)
-    for i in range(acc.shape[0]):
-        for j in range(acc.shape[1]):
-            x ^= acc[i, j]
-    slot = chunk % TRANSCRIPT_WORDS
-    t = np.uint64(T[slot])
-    rot = ((t << _ROT_L) | (t >> _ROT_R)) & _MASK32
-    T[slot] = np.uint32(rot ^ (np.uint64(np.uint32(x)) & _MASK32))
 
 
 @njit(nogil=True, cache=True)
@@ -280,14 +245,6 @@ def _tile_packed(
 
 
 @njit(nogil=True, cache=True)
-def _copy_block(src: np.ndarray, dst: np.ndarray, i0: int, j0: int, rows: int, cols: int) -> None:
-    """dst[i0:i0+rows, j0:j0+cols] = src[:rows, :cols] (loops: slice assignment compiles slowly)."""
-    for i in range(rows):
-        for j in range(cols):
-            dst[i0 + i, j0 + j] = src[i, j]
-
-
-@njit(nogil=True, cache=True)
 def tile_product(
     a_strip: np.ndarray, bt_strip: np.ndarray, r: int, acc: np.ndarray, T: np.ndarray, fold: bool
 ) -> None:
@@ -296,17 +253,17 @@ def tile_product(
     Packs the two strips and runs :func:`_tile_packed`, the miner's tile routine.
     """
     h, k = a_strip.shape
-    _check_chunks(k, r)
+    check_chunks(k, r)
     w = bt_strip.shape[0]
-    wp = _padded_width(w)
+    wp = padded_width(w)
     ap = np.empty((k // 2, h, 2), dtype=np.int16)
     _pack_a_strip(a_strip, ap)
     bp = np.empty((wp // PANEL, k // 2, 2 * PANEL), dtype=np.int16)
     _pack_b_strip(bt_strip, bp)
     acc_p = np.zeros((h, wp), dtype=np.int32)
-    _copy_block(acc, acc_p, 0, 0, h, w)
+    copy_block(acc, acc_p, 0, 0, h, w)
     _tile_packed(ap, bp, r, acc_p, T, fold)
-    _copy_block(acc_p, acc, 0, 0, h, w)
+    copy_block(acc_p, acc, 0, 0, h, w)
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -314,10 +271,10 @@ def _tiled_product(
     a: np.ndarray, bt: np.ndarray, r: int, h: int, w: int, fold: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     m, k = a.shape
-    _check_chunks(k, r)
+    check_chunks(k, r)
     n = bt.shape[0]
     tm, tn = m // h, n // w
-    wp = _padded_width(w)
+    wp = padded_width(w)
     ap = np.empty((tm, k // 2, h, 2), dtype=np.int16)
     for ti in prange(tm):
         _pack_a_strip(a[ti * h : (ti + 1) * h], ap[ti])
@@ -332,7 +289,7 @@ def _tiled_product(
         tj = t % tn
         acc = np.zeros((h, wp), dtype=np.int32)
         _tile_packed(ap[ti], bp[tj], r, acc, T[ti, tj], fold)
-        _copy_block(acc, out, ti * h, tj * w, h, w)
+        copy_block(acc, out, ti * h, tj * w, h, w)
     return out, T
 
 

@@ -36,10 +36,9 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from kernels.params import TRANSCRIPT_WORDS
-from kernels.transcript_cpu import _check_chunks, _copy_block, _padded_width, fold_tile
+from kernels.tiles import PANEL, check_chunks, copy_block, fold_tile, padded_width
 
-PANEL = 16
-"""Columns per packed B' panel: one zmm of 16 int32 lanes."""
+# A packed B' panel (kernels.tiles.PANEL = 16 columns) is one zmm of 16 int32 lanes.
 LANES = 16
 STRIPS_IN_L2 = 256 * 1024
 """Bytes of packed A' strips a task keeps in L2 while one B' strip streams past them."""
@@ -284,9 +283,9 @@ def tile_product(
 ) -> None:
     """acc (h×w int32) += a_strip (h×k) · bt_stripᵀ (k×w), folding into T after every r-chunk."""
     h, k = a_strip.shape
-    _check_chunks(k, r)
+    check_chunks(k, r)
     w = bt_strip.shape[0]
-    wp = _padded_width(w)
+    wp = padded_width(w)
     nq = k // r * _quads(r)
     ap = np.empty((nq, h, 4), dtype=np.int8)
     rs = np.empty((k // r, h), dtype=np.int32)
@@ -294,17 +293,17 @@ def tile_product(
     bp = np.empty((wp // PANEL, nq, 4 * PANEL), dtype=np.uint8)
     _pack_b_strip(bt_strip, r, bp)
     acc_p = np.zeros((h, wp), dtype=np.int32)
-    _copy_block(acc, acc_p, 0, 0, h, w)
+    copy_block(acc, acc_p, 0, 0, h, w)
     xs = np.empty((k // r, 1, LANES), dtype=np.int32)
     _tile_packed(ap, bp, rs if fold else _shift_totals(rs), acc_p, T, fold, xs)
-    _copy_block(acc_p, acc, 0, 0, h, w)
+    copy_block(acc_p, acc, 0, 0, h, w)
 
 
 @njit(parallel=True, nogil=True, cache=True)
 def _pack_a_all(a: np.ndarray, r: int, h: int, fold: bool) -> tuple[np.ndarray, np.ndarray]:
     """Every tile row's packed A' strip and its shift corrections (their totals without fold)."""
     m, k = a.shape
-    _check_chunks(k, r)
+    check_chunks(k, r)
     tm = m // h
     nq = k // r * _quads(r)
     ap = np.empty((tm, nq, h, 4), dtype=np.int8)
@@ -325,7 +324,7 @@ def _pack_b_all(bt: np.ndarray, r: int, w: int) -> np.ndarray:
     n, k = bt.shape
     tn = n // w
     nq = k // r * _quads(r)
-    bp = np.empty((tn, _padded_width(w) // PANEL, nq, 4 * PANEL), dtype=np.uint8)
+    bp = np.empty((tn, padded_width(w) // PANEL, nq, 4 * PANEL), dtype=np.uint8)
     for tj in prange(tn):
         _pack_b_strip(bt[tj * w : (tj + 1) * w], r, bp[tj])
     return bp
@@ -343,7 +342,7 @@ def _pack_b_noisy_all(
     """
     k, n = b.shape
     tn = n // w
-    npanels = _padded_width(w) // PANEL
+    npanels = padded_width(w) // PANEL
     bp = np.empty((tn, npanels, k // 4, 4 * PANEL), dtype=np.uint8)
     words = bp.view(np.uint32)  # [tj, q, p, jj]: the 4 k-slots of column jj of quad p
     if w % PANEL:
@@ -376,7 +375,7 @@ def _all_tiles(
     tm, nq, h, _ = ap.shape
     tn = bp.shape[0]
     k = nq // _quads(r) * r
-    wp = _padded_width(w)
+    wp = padded_width(w)
     out = np.empty((tm * h, n), dtype=np.int32)
     T = np.zeros((tm, tn, TRANSCRIPT_WORDS), dtype=np.uint32)
     # A task is one B' panel strip against a group of tile rows whose A' strips stay in
@@ -391,7 +390,7 @@ def _all_tiles(
         for ti in range(g * group, min(tm, (g + 1) * group)):
             acc[:] = 0
             _tile_packed(ap[ti], bp[tj], shifts[ti], acc, T[ti, tj], fold, xs)
-            _copy_block(acc, out, ti * h, tj * w, h, w)
+            copy_block(acc, out, ti * h, tj * w, h, w)
     return out, T
 
 
