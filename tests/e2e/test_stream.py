@@ -136,9 +136,17 @@ def test_a_dishonest_job_result_is_caught_and_its_bond_burned(network):
     # windows (W blocks) could otherwise close before its fraud proofs are sent.
     miners[0].call("setmining", False)
     before = wealth()
+    proofs = []
     for job, a, b in posted:
-        with pytest.raises(WrongResult, match="fraud proof sent"):
+        with pytest.raises(WrongResult, match="fraud proof sent") as caught:
             client.result(job.job_id, a, b)
+        proofs.append(caught.value.fraud_txid)
+    # The miner takes them in its next block: it must hold them before it mines again.
+    wait_until(
+        lambda: set(proofs) <= set(miners[0].call("getmempool")["txids"]),
+        30,
+        "the fraud proofs at the miner",
+    )
     miners[0].call("setmining", True)
     for job, _, _ in posted:
         assert client.wait(job.job_id, timeout=60, until=("refunded", "paid"))["status"] == (
