@@ -121,7 +121,17 @@ def test_a_dishonest_job_result_is_caught_and_its_bond_burned(network):
 
     wait_until(claimed_everywhere, 60, "the cheat's claims of the six jobs")
     cheat.call("setmining", False)
-    miners[0].call("setmining", True)  # an honest miner mines the claims and the window
+    miners[0].call("setmining", True)  # an honest miner mines the claims
+    wait_until(
+        lambda: all(
+            poster.call("getjob", j.job_id.hex())["status"] == "mined" for j, _, _ in posted
+        ),
+        60,
+        "the six claims in blocks",
+    )
+    # Hold the chain at once: the challenge windows (W blocks) must stay open while the
+    # client checks, which a loaded machine can make slower than W fast devnet blocks.
+    miners[0].call("setmining", False)
     records = {job.job_id: client.wait(job.job_id, timeout=60) for job, _, _ in posted}
     assert {r["claimant"] for r in records.values()} == {address_to_text(CHEAT.address)}
     by_tx = [j for j, r in records.items() if r["claim_kind"] == "tx"]
@@ -132,9 +142,6 @@ def test_a_dishonest_job_result_is_caught_and_its_bond_burned(network):
         acct = poster.call("getaccount", cheat_addr)
         return int(acct["balance"] + acct["immature"])
 
-    # Hold the chain while the client checks: on a loaded machine the challenge
-    # windows (W blocks) could otherwise close before its fraud proofs are sent.
-    miners[0].call("setmining", False)
     before = wealth()
     proofs = []
     for job, a, b in posted:
