@@ -166,15 +166,25 @@ def with_block_time(params: NetworkParams, block_time_ms: int) -> NetworkParams:
 
     The genesis commits to the interval (its nonce), so nodes started with
     different intervals refuse each other at the handshake instead of forking.
+    The challenge window (and the coinbase maturity with it) keeps its length in
+    time: ceil(10 × 2000 / block_time_ms) blocks, at least 10.
     """
     if params.name != "devnet":
         raise ValueError("only the devnet's block time can be changed")
     if block_time_ms < 200:
         raise ValueError("block time must be at least 200 ms")
     scale = block_time_ms / params.block_time_ms
+    # The challenge window is the client's time to check a claim: it keeps its length
+    # in time, so on faster blocks it spans more of them (never fewer), and the coinbase
+    # maturity stays at least the window.
+    window = max(
+        params.challenge_window, -(-params.challenge_window * params.block_time_ms // block_time_ms)
+    )
     return dataclasses.replace(
         params,
         block_time_ms=block_time_ms,
+        challenge_window=window,
+        coinbase_maturity=max(params.coinbase_maturity, window),
         asert_half_life_ms=params.asert_half_life_ms * block_time_ms // params.block_time_ms,
         genesis_target=max(1, int(params.genesis_target / scale)),
         genesis_nonce=block_time_ms,

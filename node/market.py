@@ -68,7 +68,6 @@ RIVALS_BLOCKS = 64
 HELP_AFTER_S = 1.5
 """A miner with no job of its own helps with another's once it has waited this long
 (longer than an attempt and a claim's way to us: its owner is slow or gone)."""
-"""Miners of this many recent blocks (and their job_result senders) split the jobs."""
 RETRY_AFTER_S = 2.0
 """With nothing else to mine, a job attempted this long ago and still unclaimed is tried
 again (a miner that could not claim it by transaction may still win a block on it): long
@@ -204,7 +203,7 @@ class MarketService:
             picked = pick_job(
                 waiting[:PICK_POOL],
                 self.node.miner_address,
-                self._rivals(),
+                self.rivals(),
                 lambda job_id: now - self._ready_at.get(job_id, now) >= HELP_AFTER_S,
             )
         if picked is not None:
@@ -232,7 +231,7 @@ class MarketService:
             self._attempted.popitem(last=False)
         return self.jobs[job_id]
 
-    def _rivals(self) -> frozenset[bytes]:
+    def rivals(self) -> frozenset[bytes]:
         """The other miners seen lately: those of the last ``RIVALS_BLOCKS`` blocks and
         the senders of the job_results they hold (computed once per tip)."""
         chain = self.node.chain
@@ -291,7 +290,7 @@ class MarketService:
         tip = self.node.chain.tip.hash
         if self._order_of is not None and self._order_of[0] == tip:
             return self._order_of[1]
-        me, rivals = self.node.miner_address, self._rivals()
+        me, rivals = self.node.miner_address, self.rivals()
         ranked = sorted(
             (standing(me, rivals, job_id)[0], i, job_id, rec)
             for i, (_, job_id, rec) in enumerate(open_jobs)
@@ -381,6 +380,11 @@ class MarketService:
         # Off the loop: a 2048² C is 16 MiB to hash into chunks and write.
         await asyncio.to_thread(self.node.blobs.put_matrix, product)
         job_id = self._job_id(job.spec)
+        if job_id in self._attempted:
+            # A retry waits from here, not from the hand-out: on a loaded machine the
+            # attempt and the store can take longer than RETRY_AFTER_S, and our own
+            # claim is still to come (at the next flush).
+            self._attempted[job_id] = time.monotonic()
         self._delivered[job_id] = result_root
         self._delivered.move_to_end(job_id)
         while len(self._delivered) > MAX_ATTEMPTED:

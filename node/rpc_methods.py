@@ -208,7 +208,8 @@ def register_methods(rpc: RpcServer, node: Node) -> None:
     async def getmininginfo() -> dict[str, Any]:
         """The miner's figures: MACs in all (``macs_done``), on null and on posted jobs,
         posted-job attempts (``jobs_attempted``; the newest 10,000 as [job id, MACs] in
-        ``attempted_jobs``) and the job_result claims this node sent (``claims_sent``)."""
+        ``attempted_jobs``), the job_result claims this node sent (``claims_sent``) and
+        how many other miners it splits the posted jobs with (``miners_seen``)."""
         m = node.miner
         return {
             "mining": m is not None and m.running,
@@ -220,6 +221,7 @@ def register_methods(rpc: RpcServer, node: Node) -> None:
             "macs_jobs": m.macs_jobs if m else 0,
             "jobs_attempted": m.jobs_attempted if m else 0,
             "claims_sent": node.market.claims_sent,
+            "miners_seen": len(node.market.rivals()),
             # A copy in one C call: the miner thread appends while the RPC runs.
             "attempted_jobs": [[j.hex(), n] for j, n in m.attempted_jobs.copy()] if m else [],
             "target": hex(chain().next_target()),

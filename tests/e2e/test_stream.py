@@ -59,6 +59,13 @@ def network(tmp_path_factory: pytest.TempPathFactory):
         miners = [miner(f"miner{i}", label, "--mine") for i, label in enumerate(MINER_LABELS)]
         cheat = miner("cheat", CHEAT_LABEL, "--dishonest-results")
         wait_until(lambda: len(poster.call("getpeers")) == 4, 30, "the poster's four peers")
+        # The miners split posted jobs among the miners of recent blocks: a miner that has
+        # not seen the others' blocks yet would take every job as its own.
+        wait_until(
+            lambda: all(m.call("getmininginfo")["miners_seen"] == 2 for m in miners),
+            90,
+            "each miner seeing the other two in recent blocks",
+        )
         assert poster.rpc is not None
         client = MarketClient(RpcClient(poster.rpc.url, poster.rpc.token), POSTER, PARAMS)
         yield client, poster, miners, cheat
