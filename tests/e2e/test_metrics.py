@@ -1,5 +1,5 @@
 """`GET /metrics` of a real node: the families an operator looks for, their types, and
-counters that move when blocks, transactions, jobs and RPC calls happen."""
+counters that move when blocks, transactions, jobs, dataset reads and RPC calls happen."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from consensus.keys import PrivateKey, address_to_text
 from consensus.params import DEVNET, with_block_time
 from consensus.transactions import TransferPayload, encode_tx, signed_transaction
 from node.client import MarketClient
+from node.datashare import DataClient
 from node.rpc_client import RpcClient
 from tests.e2e.framework import NodeProcess, wait_until
 
@@ -23,6 +24,8 @@ pytestmark = pytest.mark.slow
 BLOCK_MS = 300
 PARAMS = with_block_time(DEVNET, BLOCK_MS)
 PAYER = PrivateKey.from_label("devnet-5")
+OWNER = PrivateKey.from_label("devnet-6")
+READER = PrivateKey.from_label("devnet-7")
 
 TYPES = {
     "pouw_height": "gauge",
@@ -49,6 +52,7 @@ TYPES = {
     "pouw_build_info": "gauge",
     "pouw_jobs": "gauge",
     "pouw_data_reads_served": "counter",
+    "pouw_data_chunks_served": "counter",
     "pouw_blocks_mined": "counter",
     "process_cpu_seconds": "counter",
     "process_resident_memory_bytes": "gauge",
@@ -73,7 +77,7 @@ def value(metrics: dict[str, Any], name: str, sample: str | None = None, **label
     return float(metrics[name][1].get((sample or name, tuple(sorted(labels.items()))), 0.0))
 
 
-def test_metrics_have_their_types_and_move_with_blocks_txs_jobs_and_calls(
+def test_metrics_have_their_types_and_move_with_blocks_txs_jobs_reads_and_calls(
     tmp_path: Path,
 ) -> None:
     common = ["--devnet-block-time-ms", str(BLOCK_MS), "--threads", "1"]
@@ -91,6 +95,7 @@ def test_metrics_have_their_types_and_move_with_blocks_txs_jobs_and_calls(
         assert value(first, "pouw_blocks", "pouw_blocks_total", outcome="relayed") == 0
         assert value(first, "pouw_block_import_seconds", "pouw_block_import_seconds_count") >= 2
         assert value(first, "pouw_db_bytes") > 0
+        assert value(first, "pouw_data_reads_served", "pouw_data_reads_served_total") == 0
 
         # A transfer, a job and RPC calls, then a peer.
         assert miner.rpc is not None
@@ -107,6 +112,21 @@ def test_metrics_have_their_types_and_move_with_blocks_txs_jobs_and_calls(
             rng.integers(-64, 64, (64, 64), dtype=np.int8),
             reward=50_000,
         )
+        # A dataset read the chain authorized: registered, granted, logged, then served.
+        rpc = RpcClient(miner.rpc.url, miner.rpc.token)
+        owner = DataClient(rpc, OWNER, PARAMS, tmp_path / "owner_keys")
+        reader = DataClient(rpc, READER, PARAMS, tmp_path / "reader_keys")
+        registered = owner.register(b"x,label\n" * 5000, "{}", 4096)
+        owner.wait_confirmed(registered["txid"], 60)
+        dataset = bytes.fromhex(registered["dataset_id"])
+        owner.wait_confirmed(owner.grant(dataset, READER.public_key.data, 100)["txid"], 60)
+        data, _ = reader.fetch(dataset, miner.p2p, 60)
+        assert data == b"x,label\n" * 5000
+        read = scrape(miner)
+        assert value(read, "pouw_data_reads_served", "pouw_data_reads_served_total") == 1
+        chunks = value(read, "pouw_data_chunks_served", "pouw_data_chunks_served_total")
+        assert chunks == registered["chunks"] > 1
+
         other = NodeProcess(tmp_path / "other", [*common, "--peer", miner.p2p], "other").start()
         wait_until(lambda: miner.call("getpeers"), 30, "the peer")
 
