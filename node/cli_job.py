@@ -11,6 +11,7 @@ import click
 import numpy as np
 
 from consensus.params import NETWORKS
+from node.amounts import BASE_UNITS, AmountType, amount_option, format_amount, with_amounts
 from node.blobs import decode_matrix
 from node.cli_node import _client, _load_wallet, _wallet_path
 from node.client import MarketClient, WrongResult
@@ -109,13 +110,11 @@ def job() -> None:
 @common
 @click.option("--a", "a_path", required=True, help="A as a .npy int array (m×k, int7).")
 @click.option("--b", "b_path", required=True, help="B as a .npy int array (k×n, int7).")
-@click.option(
-    "--reward",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Reward escrowed for the miner (base units) [required].",
+@amount_option(
+    "--reward", default=None, minimum=1, help="Reward escrowed for the miner [required]."
 )
-@click.option("--fee", "old_fee", type=click.IntRange(min=1), default=None, hidden=True)
+@click.option("--fee", "old_fee", type=AmountType(minimum=1), default=None, hidden=True)
+@BASE_UNITS
 @click.option(
     "--expiry",
     type=click.IntRange(min=1),
@@ -135,13 +134,14 @@ def job_submit(
     b_path: str,
     reward: int | None,
     old_fee: int | None,
+    base_units: bool,
     expiry: int,
     wait_s: float | None,
 ) -> None:
     """Post A·B as a job (nothing is sent if the operands are invalid).
 
     A product below the network's minimum job is posted padded with zeros; the
-    fee pays for the padded job. Pass the printed result_shape to `job result
+    reward pays for the padded job. Pass the printed result_shape to `job result
     --shape` to get A·B without the padding.
     """
     reward = renamed_option(reward, old_fee, "--reward", "--fee")
@@ -156,6 +156,7 @@ def job_submit(
         "txid": submitted.txid,
         "posted_shape": f"{spec.m}x{spec.k}x{spec.n}",
         "result_shape": f"{a.shape[0]}x{b.shape[1]}",
+        "reward": format_amount(reward, base_units),
     }
     if wait_s is not None:
         # The job_post is sent: whatever ends the wait, the user gets the whole job id.
@@ -212,9 +213,14 @@ def _parse_shape(text: str | None, rows: int, cols: int) -> tuple[int, int]:
     return m, n
 
 
+JOB_AMOUNTS = ("reward", "bond", "claim_bond")
+"""The fields of a job's record (RPC getjob) that are amounts."""
+
+
 @job.command("status")
 @common
 @click.argument("job_id")
+@BASE_UNITS
 def job_status(
     network: str,
     datadir: str | None,
@@ -223,12 +229,15 @@ def job_status(
     block_time_ms: int | None,
     as_json: bool,
     job_id: str,
+    base_units: bool,
 ) -> None:
-    """The job's on-chain status (open, mined, paid, refunded, cancelled).
+    """The job's on-chain status (open, mined, paid, refunded, cancelled); its reward,
+    and the claim's bond, in coins.
 
     JOB_ID is the job's id or a prefix of it that only one job has."""
     rpc = _client(network, datadir, rpc_addr)
-    status = rpc.call("getjob", resolve_job_id(rpc, job_id))
+    record = rpc.call("getjob", resolve_job_id(rpc, job_id))
+    status = with_amounts(record, JOB_AMOUNTS, base_units)
     click.echo(json.dumps(status) if as_json else "\n".join(f"{k}: {v}" for k, v in status.items()))
 
 

@@ -13,10 +13,10 @@ from typing import Any
 import click
 
 from consensus.keys import PrivateKey, address_to_text, parse_address
-from consensus.params import COIN, NETWORKS
+from consensus.params import NETWORKS
 from consensus.transactions import TransferPayload, encode_tx, signed_transaction
 from node import collector
-from node.amounts import format_amount, parse_amount
+from node.amounts import BASE_UNITS, AmountType, amount_option, with_amounts
 from node.config import NodeConfig, default_datadir, load_config_file, parse_hostport
 from node.datadir import DatadirInUse, DatadirLock
 from node.httpguard import parse_allowed_host
@@ -347,13 +347,6 @@ def wallet_address(network: str, datadir: str | None, wallet: str | None, as_jso
     _out({"address": text}, as_json, text)
 
 
-BASE_UNITS = click.option(
-    "--base-units",
-    is_flag=True,
-    help=f"Amounts in base units (1 coin = {COIN:,} base units) instead of coins.",
-)
-
-
 @wallet.command("accounts")
 @click.option("--network", type=NETWORK_CHOICE, default="devnet", show_default=True)
 @BASE_UNITS
@@ -386,9 +379,8 @@ def wallet_balance(
 ) -> None:
     """Balance, nonce and immature coinbase of an account, in coins, from a running node."""
     addr = address or address_to_text(_load_wallet(_wallet_path(network, datadir, wallet)).address)
-    account = _client(network, datadir, rpc_addr).call("getaccount", addr)
-    for field in ("balance", "immature"):
-        account[field] = format_amount(account[field], base_units)
+    found = _client(network, datadir, rpc_addr).call("getaccount", addr)
+    account = with_amounts(found, ("balance", "immature"), base_units)
     unit = "base units" if base_units else "coins"
     _out(
         account,
@@ -400,14 +392,8 @@ def wallet_balance(
 @wallet.command("send")
 @wallet_options
 @click.argument("to")
-@click.argument("amount_text", metavar="AMOUNT")
-@click.option(
-    "--fee",
-    "fee_text",
-    default=format_amount(DEFAULT_FEE),
-    show_default=True,
-    help="Fee in coins (base units with --base-units).",
-)
+@click.argument("amount", type=AmountType(minimum=1))
+@amount_option("--fee", default=DEFAULT_FEE, help="The transaction's fee.")
 @BASE_UNITS
 @click.option("--rpc", "rpc_addr", default=None, help="Node RPC host:port [default: from datadir].")
 @click.option("--json", "as_json", is_flag=True)
@@ -416,8 +402,8 @@ def wallet_send(
     datadir: str | None,
     wallet: str | None,
     to: str,
-    amount_text: str,
-    fee_text: str,
+    amount: int,
+    fee: int,
     base_units: bool,
     rpc_addr: str | None,
     as_json: bool,
@@ -425,14 +411,6 @@ def wallet_send(
     """Send AMOUNT coins (e.g. 12.5; base units with --base-units) to address TO."""
     from consensus.params import network as network_params
 
-    amount = parse_amount(amount_text, "amount", base_units)
-    if amount == 0:
-        raise ValueError("amount must be more than 0")
-    fee = parse_amount(
-        str(DEFAULT_FEE) if base_units and fee_text == format_amount(DEFAULT_FEE) else fee_text,
-        "--fee",
-        base_units,
-    )
     key = _load_wallet(_wallet_path(network, datadir, wallet))
     recipient = parse_address(to)
     client = _client(network, datadir, rpc_addr)

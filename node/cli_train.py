@@ -11,6 +11,7 @@ from click.core import ParameterSource
 from consensus.keys import PrivateKey
 from consensus.params import NETWORKS
 from kernels.training import DATASETS, EpochStats, TrainConfig
+from node.amounts import BASE_UNITS, BASE_UNITS_PARAM, amount_option
 from node.cli_data import WAIT, data_client, model_publish_command
 from node.cli_node import _client, _load_wallet, _wallet_path
 from node.client import MarketClient
@@ -57,7 +58,7 @@ def _where(f: Any) -> Any:
     return f
 
 
-NETWORK_ONLY = ("reward", "job_timeout", "from_label")
+NETWORK_ONLY = ("reward", BASE_UNITS_PARAM, "job_timeout", "from_label")
 DATASET_ONLY = ("host", "fetch_timeout", "no_publish", "wait_s")
 
 
@@ -110,13 +111,10 @@ def _refuse(ctx: click.Context, names: tuple[str, ...], why: str) -> None:
 @click.option(
     "--from-label", default=None, help="Use a public devnet key (e.g. devnet-3). Built-in only."
 )
-@click.option(
-    "--reward",
-    type=click.IntRange(min=1),
-    default=10_000,
-    show_default=True,
-    help="Reward escrowed per job. Built-in datasets only.",
+@amount_option(
+    "--reward", default=10_000, minimum=1, help="Reward escrowed per job. Built-in datasets only."
 )
+@BASE_UNITS
 @click.option(
     "--devnet-block-time-ms",
     "block_time_ms",
@@ -158,6 +156,7 @@ def train_cmd(
     wallet: str | None,
     from_label: str | None,
     reward: int,
+    base_units: bool,
     block_time_ms: int | None,
     job_timeout: float,
     host: str | None,

@@ -37,6 +37,7 @@ from consensus.transactions import (
 )
 from kernels.freivalds import freivalds_check, locate_error
 from kernels.params import OPERAND_MAX, OPERAND_MIN
+from node.amounts import format_amount
 from node.blobs import decode_matrix, encode_matrix
 from node.rpc_client import RpcClient
 
@@ -154,7 +155,8 @@ class MarketClient:
         account = self.rpc.call("getaccount", address_to_text(self.key.address))
         if account["balance"] < reward + fee:
             raise ValueError(
-                f"insufficient balance: {account['balance']} < reward {reward} + fee {fee}"
+                f"insufficient balance: {format_amount(account['balance'])} coins < reward "
+                f"{format_amount(reward)} + fee {format_amount(fee)}"
             )
         # Row-chunked blobs: their ids are the job's roots (node.blobs.matrix_rows).
         root_a = bytes.fromhex(self.rpc.call("putoperand", encode_matrix(a8).hex(), "rows"))

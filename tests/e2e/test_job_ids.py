@@ -48,7 +48,7 @@ def test_a_job_id_survives_a_timeout_and_ctrl_c_and_the_job_can_be_cancelled(
             np.save(tmp_path / f"{name}.npy", rng.integers(-64, 64, shape, dtype=np.int8))
         submit = [
             "job", "submit", "--a", str(tmp_path / "a.npy"), "--b", str(tmp_path / "b.npy"),
-            "--reward", "50000", "--devnet-block-time-ms", "400",
+            "--reward", "0.0005", "--devnet-block-time-ms", "400",
         ]  # fmt: skip
 
         # Not mining: the wait times out, the whole id is printed, on stdout and stderr.

@@ -168,7 +168,7 @@ def test_job_cli_submits_waits_and_writes_a_verified_result(market, tmp_path):
         "--b",
         str(tmp_path / "b.npy"),
         "--reward",
-        "5000",
+        "0.00005",
         *where,
     )
     assert refused.returncode == 2 and "outside int7" in refused.stderr
@@ -181,7 +181,7 @@ def test_job_cli_submits_waits_and_writes_a_verified_result(market, tmp_path):
         "--b",
         str(tmp_path / "b.npy"),
         "--reward",
-        "5000",
+        "0.00005",
         "--wait",
         "120",
         *where,
@@ -189,6 +189,8 @@ def test_job_cli_submits_waits_and_writes_a_verified_result(market, tmp_path):
     assert done.returncode == 0, done.stderr
     job = json.loads(done.stdout)
     assert job["status"] in ("mined", "paid")
+    assert job["reward"] == "0.00005000"  # coins, as typed
+    assert poster.call("getjob", job["job_id"])["reward"] == 5_000  # base units on chain
     assert job["result_shape"] == "64x32"
     assert job["posted_shape"] == "x".join(map(str, PARAMS.min_job_shape))  # padded
     result = _pouw(

@@ -72,3 +72,47 @@ def test_an_unfunded_label_is_named_as_such(tmp_path) -> None:
     assert typo.exit_code == 0
     assert "'devnet3' is not a prefunded label on devnet (devnet-0 … devnet-255)" in typo.stderr
     assert "holds no coins" in typo.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "error"),
+    [
+        (["job", "submit", "--a", "a.npy", "--b", "b.npy", "--reward", "1e5"], {},
+         "--reward '1e5' is not an amount in coins (like 12.5)"),
+        (["job", "submit", "--reward", "2.5", "--a", "a.npy", "--b", "b.npy", "--base-units"], {},
+         "--reward '2.5' is not a whole number of base units"),
+        (["train", "--reward", "0.000000001"], {}, "--reward '0.000000001' has more than 8"),
+        (["train", "--reward", "0"], {}, "--reward must be at least 0.00000001"),
+        (["train", "--base-units", "--reward", "0"], {}, "--reward must be at least 1"),
+        (["wallet", "send", "pw" + "00" * 20, "1.5", "--base-units"], {},
+         "amount '1.5' is not a whole number of base units"),
+        (["wallet", "send", "pw" + "00" * 20, "15", "--base-units"],
+         {"POUW_WALLET_SEND_FEE": "0.5"}, "--fee '0.5' is not a whole number of base units"),
+    ],
+)  # fmt: skip
+def test_every_command_takes_amounts_in_coins_or_after_base_units_anywhere(
+    args: list[str], env: dict[str, str], error: str
+) -> None:
+    """One amount type for every command: the same checks and one-line errors, in the unit
+    that --base-units chooses wherever it stands, from the command line or the
+    environment; nothing runs."""
+    got = CliRunner().invoke(cli, args, env=env, auto_envvar_prefix="POUW")
+    assert got.exit_code == 2
+    [line] = got.stderr.splitlines()
+    assert line.startswith(f"error: {error}")
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [
+        (["train"], "--reward AMOUNT Reward escrowed per job. Built-in datasets only. In coins "
+         "(base units with --base-units). [default: 0.00010000]"),
+        (["wallet", "send"], "--fee AMOUNT The transaction's fee. In coins "
+         "(base units with --base-units). [default: 0.00001000]"),
+    ],
+)  # fmt: skip
+def test_an_amount_option_shows_its_unit_and_its_default_in_coins(
+    command: list[str], option: str
+) -> None:
+    shown = " ".join(CliRunner().invoke(cli, [*command, "--help"]).stdout.split())
+    assert option in shown

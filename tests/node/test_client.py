@@ -24,15 +24,16 @@ class FakeNode:
     """The RPC calls the client makes, answered like a node whose miner computes
     the posted product (or, with ``corrupt``, gets one entry of it wrong)."""
 
-    def __init__(self, corrupt: tuple[int, int] | None = None) -> None:
+    def __init__(self, corrupt: tuple[int, int] | None = None, balance: int = 10**12) -> None:
         self.corrupt = corrupt
+        self.balance = balance
         self.blobs: dict[str, np.ndarray] = {}
         self.sent: list[Any] = []
         self.nonce = 0
 
     def call(self, method: str, *params: Any) -> Any:
         if method == "getaccount":
-            return {"balance": 10**12, "next_nonce": self.nonce}
+            return {"balance": self.balance, "next_nonce": self.nonce}
         if method == "getinfo":
             return {"height": 5}
         if method == "putoperand":
@@ -100,3 +101,14 @@ def test_a_product_that_would_pad_past_the_largest_job_is_refused_before_posting
     with pytest.raises(ValueError, match="larger than devnet allows"):
         client.submit(a, np.zeros((DEVNET.max_job_k + 1, 8), dtype=np.int8), reward=10)
     assert node.sent == []
+
+
+def test_a_reward_the_balance_cannot_cover_is_refused_in_coins_before_posting():
+    node = FakeNode(balance=150_000)
+    client = MarketClient(node, POSTER, DEVNET)  # type: ignore[arg-type]
+    with pytest.raises(ValueError) as refused:
+        client.submit(*_tiny(), reward=200_000)
+    assert str(refused.value) == (
+        "insufficient balance: 0.00150000 coins < reward 0.00200000 + fee 0.00001000"
+    )
+    assert node.sent == [] and node.blobs == {}

@@ -678,14 +678,29 @@ async def test_getmarket_and_pouw_market_show_open_jobs_claims_payments_and_frau
     for bad in (0, 1001, "5"):
         assert (await _rpc(node, "getmarket", bad))["error"]["code"] == -32602
 
+    # The CLI shows the amounts in coins (8 decimals), as the wallet does; --base-units
+    # shows base units, in its JSON too. The fee per GMAC is 7000 / 0.067108864.
+    assert jr.REWARD == jr.BOND == 7_000
     where = ["--datadir", str(node.config.datadir)]
     shown = await asyncio.to_thread(CliRunner().invoke, cli, ["market", *where, "--json"])
     assert shown.exit_code == 0, shown.output
-    assert json.loads(shown.stdout)["fraud_caught"] == view["fraud_caught"]
+    [caught] = json.loads(shown.stdout)["fraud_caught"]
+    amounts = ("fee", "bond", "fee_per_gmac")
+    assert {k: caught.pop(k) for k in amounts} == dict(
+        zip(amounts, ("0.00007000", "0.00007000", "0.00104308"), strict=True)
+    )
+    assert caught == {k: v for k, v in view["fraud_caught"][0].items() if k not in amounts}
+    assert json.loads(shown.stdout)["claim_fee_per_gmac"]["median"] == "0.00104308"
+    base = await asyncio.to_thread(
+        CliRunner().invoke, cli, ["market", *where, "--json", "--base-units"]
+    )
+    [caught] = json.loads(base.stdout)["fraud_caught"]
+    assert (caught["fee"], caught["bond"], caught["fee_per_gmac"]) == ("7000", "7000", "104308")
     text = await asyncio.to_thread(CliRunner().invoke, cli, ["market", *where])
     assert text.exit_code == 0, text.output
     assert "fraud caught (1)" in text.stdout and "recent payments (1)" in text.stdout
-    assert address_to_text(CAROL.address) in text.stdout and "bond" in text.stdout
+    assert address_to_text(CAROL.address) in text.stdout and "bond 0.00007000" in text.stdout
+    assert "(amounts in coins)" in text.stdout
 
 
 async def test_pouw_job_cancel_refunds_an_expired_job_and_refuses_before_expiry(node, tmp_path):
@@ -719,3 +734,47 @@ async def test_pouw_job_cancel_refunds_an_expired_job_and_refuses_before_expiry(
     assert node.chain.state.balance(ALICE.address) == balance + jr.REWARD - cancel.fee
     again = await asyncio.to_thread(CliRunner().invoke, cli, args)
     assert again.exit_code == 2 and "is cancelled" in again.stderr
+
+
+async def test_pouw_job_submit_takes_and_job_status_shows_the_reward_in_coins(node, tmp_path):
+    """`--reward 0.0005` escrows 50,000 base units, as `wallet send` reads coins; `job
+    status` shows the reward and the bond in coins, or in base units with --base-units."""
+    from click.testing import CliRunner
+
+    from node.cli import cli
+
+    def pouw(*args: str):
+        return CliRunner().invoke(cli, [*args, "--datadir", str(node.config.datadir)])
+
+    wallet = tmp_path / "alice.key"
+    wallet.write_text("label:devnet-0")
+    a, b = tmp_path / "a.npy", tmp_path / "b.npy"
+    np.save(a, _rng.integers(-64, 64, (64, 128), dtype=np.int8))
+    np.save(b, _rng.integers(-64, 64, (128, 32), dtype=np.int8))
+    submit = ["job", "submit", "--a", str(a), "--b", str(b), "--wallet", str(wallet), "--json"]
+
+    too_fine = await asyncio.to_thread(pouw, *submit, "--reward", "0.000000001")
+    assert too_fine.exit_code == 2 and "--reward '0.000000001' has more than 8 decimals" in (
+        too_fine.stderr
+    )
+    not_whole = await asyncio.to_thread(pouw, *submit, "--reward", "0.5", "--base-units")
+    assert not_whole.exit_code == 2
+    assert "--reward '0.5' is not a whole number of base units" in not_whole.stderr
+    assert len(node.mempool) == 0  # nothing was sent
+
+    done = await asyncio.to_thread(pouw, *submit, "--reward", "0.0005")
+    assert done.exit_code == 0, done.output
+    posted = json.loads(done.stdout)
+    assert posted["reward"] == "0.00050000"
+    post = node.mempool.get(bytes.fromhex(posted["txid"]))
+    assert post is not None and post.payload.fee == 50_000  # the escrowed reward
+    await node.process_block(_block_for(node, (post,)), None)
+
+    text = await asyncio.to_thread(pouw, "job", "status", posted["job_id"][:12])
+    assert text.exit_code == 0, text.output
+    assert {"reward: 0.00050000", "claim_bond: 0.00050000"} <= set(text.stdout.splitlines())
+    base = await asyncio.to_thread(
+        pouw, "job", "status", posted["job_id"], "--base-units", "--json"
+    )
+    status = json.loads(base.stdout)
+    assert (status["reward"], status["claim_bond"], status["status"]) == ("50000", "50000", "open")
