@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from consensus.keys import PrivateKey, address_to_text
-from consensus.params import DEVNET, with_block_time
+from consensus.params import COIN, DEVNET, with_block_time
 from consensus.transactions import JobPostPayload, ModelRecordPayload, TransferPayload
 from node.client import MarketClient
 from node.datashare import DataClient
@@ -272,15 +272,13 @@ def test_transaction_and_account_pages(devnet, page):
     txid = devnet["transfers"][0]
     _open(page, f"tx/{txid}", '[data-field="txid"]')
     assert page.get_attribute('[data-field="txid"] a', "title") == txid
-    assert page.inner_text('[data-field="amount"]') == "1,000"
+    assert page.inner_text('[data-field="amount"]') == "0.00001000"  # 1,000 base units
     assert "null" not in page.inner_text("main").split()
     _shot(page, "transaction")
     address = address_to_text(RECIPIENT.address)
     _open(page, f"account/{address}", "#account-history")
-    assert (
-        int(page.inner_text("#balance").replace(",", ""))
-        == user.call("getaccount", address)["balance"]
-    )
+    balance = user.call("getaccount", address)["balance"]
+    assert page.inner_text("#balance") == f"{balance // COIN:,}.{balance % COIN:08d}"  # coins
     history = page.eval_on_selector_all(
         "#account-history td a[title]", "links => links.map(a => a.title)"
     )
@@ -296,13 +294,16 @@ def test_market_page_shows_the_job_and_its_claim(devnet, page):
     assert listed.count() == 1
     table = listed.evaluate("a => a.closest('table').id")
     assert table in ("jobs-mined", "jobs-paid"), table
+    row = page.locator(f'#{table} tbody tr:has(a[title="{job_id}"])')
+    assert row.locator('[data-field="reward"]').inner_text() == "0.00050000"  # 50,000 units
     assert user.call("getjob", job_id)["status"] in ("mined", "paid")
     assert page.locator("#market-activity .tag.job_post").count() >= 2
     assert page.locator("#market-activity .tag.model_record").count() == 1
     m, k, n = PARAMS.null_job_shape
     open_rows = page.locator("#jobs-open tbody tr")
     assert open_rows.count() == 1
-    assert f"{OPEN_JOB_FEE * 1e9 / (m * k * n):,.1f}" in open_rows.inner_text()  # fee per GMAC
+    per_gmac = round(OPEN_JOB_FEE * 1e9 / (m * k * n))  # base units per GMAC, in coins:
+    assert f"{per_gmac // COIN}.{per_gmac % COIN:08d}" in open_rows.inner_text()
     lineage = page.locator(f'.lineage:has(a[title="{devnet["model_id"]}"])')
     assert lineage.locator(f'a[title="{job_id}"]').count() == 1  # step 0 cites the mined job
     _shot(page, "market")

@@ -48,6 +48,21 @@ function fmtInt(v) {
   return typeof v === "number" ? v.toLocaleString("en-US") : String(v);
 }
 
+// On chain an amount is an integer of base units; people read coins with a fixed
+// number of decimals, as the pouw CLI shows them (COIN_DECIMALS in consensus/params.py).
+const COIN_DECIMALS = 8;
+const COIN = 10 ** COIN_DECIMALS;
+// Fields that hold amounts (the fee per GMAC, a rate of them), wherever they appear.
+const AMOUNTS = new Set(["amount", "balance", "bond", "claim_bond", "fee", "fee_per_gmac",
+  "immature", "reward"]);
+
+function fmtCoins(v) {
+  if (typeof v !== "number") return String(v);
+  const units = Math.round(Math.abs(v));
+  const frac = String(units % COIN).padStart(COIN_DECIMALS, "0");
+  return `${v < 0 ? "-" : ""}${Math.floor(units / COIN).toLocaleString("en-US")}.${frac}`;
+}
+
 function fmtRate(v, unit = "MAC/s") {
   if (v === null || v === undefined) return "—";
   const units = ["", "k", "M", "G", "T", "P"];
@@ -102,7 +117,7 @@ function value(key, v, record) {
     if (kind !== "dataset" || HEX64.test(v)) return link(kind, v);
   }
   if (key.endsWith("_ms") && typeof v === "number" && v > 1e12) return fmtTime(v);
-  if (typeof v === "number") return fmtInt(v);
+  if (typeof v === "number") return AMOUNTS.has(key) ? fmtCoins(v) : fmtInt(v);
   if (typeof v === "string" && (HEX64.test(v) || /^0x[0-9a-f]{20,}$/.test(v))) {
     return el("span", { class: "mono", title: v }, short(v, 16));
   }
@@ -392,19 +407,19 @@ async function pageAccount(token, id) {
     ["direction", (h) => h.kind === "coinbase" ? "in" : h.direction || "out"],
     ["amount", (h) => {
       const amount = h.amount !== undefined ? h.amount : h.payload && (h.payload.amount ?? h.payload.fee);
-      return amount === undefined ? "—" : fmtInt(amount);
+      return amount === undefined ? "—" : fmtCoins(amount);
     }],
     ["counterparty", (h) => h.payload && h.payload.to ? value("to", h.direction === "in" ? h.sender : h.payload.to) : "—"],
-    ["fee", (h) => h.fee === undefined ? "—" : fmtInt(h.fee)],
+    ["fee", (h) => h.fee === undefined ? "—" : fmtCoins(h.fee)],
   ], { id: "account-history", empty: `nothing in the last ${a.history_blocks} blocks` });
   show(
     el("h1", {}, "Account ", el("span", { class: "mono small" }, a.address)),
     el("div", { class: "cards" },
-      card("Balance", el("span", { id: "balance" }, fmtInt(a.balance))),
+      card("Balance", el("span", { id: "balance" }, fmtCoins(a.balance))),
       card("Nonce", fmtInt(a.nonce)),
       card("Next nonce", fmtInt(a.next_nonce)),
       card("Pending", fmtInt(a.pending)),
-      card("Immature", fmtInt(a.immature))),
+      card("Immature", fmtCoins(a.immature))),
     section("History", el("p", { class: "muted small" }, `sent, received and mined in the last ${a.history_blocks} blocks, newest first`), history));
 }
 
@@ -445,8 +460,7 @@ async function pageMarket(token) {
   const present = (jobs, cols) => cols.filter((c) =>
     c === "shape" || c === "fee_per_gmac" || jobs.some((j) => c in j));
   const shape = ["shape", (j) => `${j.m}×${j.k}×${j.n}`];
-  const rate = ["fee / GMAC", (j) => j.fee_per_gmac.toLocaleString("en-US",
-    { minimumFractionDigits: 1, maximumFractionDigits: 1 })];
+  const rate = ["fee / GMAC", (j) => fmtCoins(j.fee_per_gmac)];
   const sections = [];
   // Open jobs, claims and payments always show; other statuses (a refund, a cancel,
   // any status added later) when a job has them, with every field of their records.
