@@ -29,7 +29,7 @@ from consensus.transactions import (
     signed_transaction,
 )
 from consensus.validation import apply_body
-from tests.consensus.chainkit import (
+from tests.support.chainkit import (
     ALICE,
     BOB,
     CAROL,

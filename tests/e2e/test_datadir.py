@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.framework import REPO, DocShell, NodeProcess, doc_commands, wait_until
+from tests.support.framework import REPO, DocShell, NodeProcess, doc_commands, wait_until
 
 pytestmark = pytest.mark.slow
 

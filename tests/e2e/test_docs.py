@@ -36,7 +36,7 @@ import pytest
 from consensus.keys import PrivateKey, address_to_text
 from node.cli import cli
 from node.rpc_client import RpcClient
-from tests.e2e.framework import REPO, DocShell, doc_blocks, doc_commands, parse_output
+from tests.support.framework import REPO, DocShell, doc_blocks, doc_commands, parse_output
 
 pytestmark = pytest.mark.slow
 

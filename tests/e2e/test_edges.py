@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.framework import REPO, NodeProcess
+from tests.support.framework import REPO, NodeProcess
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ from consensus.params import DEVNET, with_block_time
 from consensus.transactions import TransferPayload, encode_tx, signed_transaction
 from node.client import MarketClient
 from node.rpc_client import RpcClient
-from tests.e2e.framework import NodeProcess, wait_until
+from tests.support.framework import NodeProcess, wait_until
 
 pytestmark = pytest.mark.slow
 

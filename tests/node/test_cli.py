@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 import kernels.backends
 from kernels.isa import compile_target
 from node.cli import cli
-from tests.e2e.framework import NodeProcess, wait_until
+from tests.support.framework import NodeProcess, wait_until
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> Result:

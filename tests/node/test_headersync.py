@@ -2,7 +2,7 @@
 headers of a chain with no more work than ours are held only up to fixed bounds.
 
 A real in-process Node on the "MID" devnet (one attempt finds a block), scripted
-peers over real sockets (tests/node/p2p_testkit.py).
+peers over real sockets (tests/support/p2p_testkit.py).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from node import headersync
 from node.config import NodeConfig
 from node.node import Node
 from node.wire import BlockMsg, CompactBlock, GetData, GetHeaders, Headers, Inv, InvItem, InvKind
-from tests.consensus.chainkit import ALICE, BOB, MID, Clock, extend, new_chain, next_block, remine
-from tests.node.p2p_testkit import TestPeer
+from tests.support.chainkit import ALICE, BOB, MID, Clock, extend, new_chain, next_block, remine
+from tests.support.p2p_testkit import TestPeer
 
 pytestmark = pytest.mark.timeout(60)
 

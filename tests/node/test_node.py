@@ -36,7 +36,7 @@ from node.wire import (
     TxMsg,
 )
 from tests.consensus import test_job_result as jr
-from tests.consensus.chainkit import (
+from tests.support.chainkit import (
     ALICE,
     BOB,
     CAROL,
@@ -47,7 +47,7 @@ from tests.consensus.chainkit import (
     second_winner,
     transfer,
 )
-from tests.node.p2p_testkit import TestPeer
+from tests.support.p2p_testkit import TestPeer
 
 _rng = np.random.default_rng(1515)
 

@@ -24,8 +24,8 @@ from node.market import pick_job
 from node.miner import MiningWork
 from node.node import Node
 from node.wire import GetData, Inv, InvItem, TxMsg
-from tests.consensus.chainkit import ALICE, BOB, CAROL, MID, MINER, new_chain, next_block
 from tests.node.test_node import INV_TX, _peer, _rpc
+from tests.support.chainkit import ALICE, BOB, CAROL, MID, MINER, new_chain, next_block
 
 MINER_KEY = PrivateKey.from_label("devnet-6")
 REWARD = 9_000
