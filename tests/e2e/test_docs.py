@@ -25,7 +25,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,13 +104,6 @@ class Placeholders:
         unknown = [u for u in unknown if not command.startswith(f"{u}=")]
         assert not unknown, f"{command!r}: the test cannot fill {unknown}"
         return command
-
-
-@pytest.fixture
-def shell(tmp_path: Path) -> Iterator[DocShell]:
-    sh = DocShell(tmp_path)
-    yield sh
-    sh.close()
 
 
 def test_every_documented_command_is_known_to_this_test() -> None:

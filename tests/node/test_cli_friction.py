@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from consensus.keys import PrivateKey
-from tests.node.test_cli import one_line_error, run
+from tests.support.clikit import one_line_error, run
 from tests.support.framework import NodeProcess
 
 
