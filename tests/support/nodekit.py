@@ -13,14 +13,15 @@ if TYPE_CHECKING:
     from node.node import Node
 
 
-async def connected_peer(node: Node, **knobs: int) -> TestPeer:
-    """A TestPeer that completed its handshake, returned once the node lists it as a peer
-    (``knobs`` go to TestPeer, e.g. its advertised height)."""
+async def connected_peer(node: Node, best_height: int = 0, best_work: int = 0) -> TestPeer:
+    """A TestPeer that completed its handshake, advertising ``best_height`` and
+    ``best_work``, returned once the node lists it as a peer."""
     peer = TestPeer(
         node.p2p_port,
         chain_id=node.params.chain_id,
         genesis_hash=node.chain.genesis.hash,
-        **knobs,
+        best_height=best_height,
+        best_work=best_work,
     )
     await peer.connect()
     await peer.handshake()
