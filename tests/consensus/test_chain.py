@@ -14,7 +14,7 @@ from consensus.errors import InvalidBlock
 from consensus.keys import PrivateKey
 from consensus.pow import null_job
 from consensus.validation import apply_body, genesis_state, state_transition
-from tests.consensus.chainkit import (
+from tests.support.chainkit import (
     ALICE,
     BOB,
     CAROL,

@@ -34,7 +34,7 @@ from consensus.transactions import (
     signed_transaction,
 )
 from consensus.validation import apply_body
-from tests.consensus.chainkit import ALICE, BOB, CAROL, MID, MINER, Clock, new_chain, next_block
+from tests.support.chainkit import ALICE, BOB, CAROL, MID, MINER, Clock, new_chain, next_block
 
 ROOT = bytes(range(32))
 REGISTER = DatasetRegisterPayload(ROOT, 1000, 256, '{"name": "cancer"}')

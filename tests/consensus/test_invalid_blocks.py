@@ -15,7 +15,7 @@ from consensus.errors import DecodeError, InvalidBlock
 from consensus.pow import Job, build_proof, mining_params, null_job
 from consensus.transactions import AccessLogPayload, signed_transaction
 from kernels.attempt import mining_attempt
-from tests.consensus.chainkit import (
+from tests.support.chainkit import (
     ALICE,
     BOB,
     MID,

@@ -6,30 +6,26 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
 
 from consensus.blocks import Block, tx_root
 from consensus.chain import Chain
 from consensus.errors import EncodeError, InvalidBlock, InvalidTransaction
 from consensus.keys import PrivateKey
-from consensus.market import build_fraud_proof, build_job_result, job_id_of, job_record
+from consensus.market import build_fraud_proof, build_job_result, job_record
 from consensus.merkle import matrix_rows_root
-from consensus.pow import Job, mine
 from consensus.transactions import (
     MAX_RESULT_CLAIMS,
     JobCancelPayload,
     JobClaim,
-    JobPostPayload,
     JobResultPayload,
     Transaction,
     TransferPayload,
     check_tx_stateless,
     encode_tx,
-    signed_transaction,
 )
 from consensus.validation import apply_body
-from tests.consensus.chainkit import (
+from tests.support.chainkit import (
     ALICE,
     BOB,
     CAROL,
@@ -38,61 +34,31 @@ from tests.consensus.chainkit import (
     Clock,
     extend,
     new_chain,
-    next_block,
+)
+from tests.support.claimkit import (
+    BOND,
+    C2,
+    FEE,
+    JOB,
+    JOB2,
+    JOB2_ID,
+    JOB_ID,
+    POST,
+    POST2,
+    REWARD,
+    WRONG_C,
+    A,
+    B,
+    C,
+    W,
+    add,
+    add_job_block,
+    claim,
+    new_job,
+    tx,
 )
 
-REWARD = 7_000
-FEE = 10
-W = MID.challenge_window
-BOND = REWARD * MID.claim_bond_ratio
 POOR = PrivateKey.from_label("claims-poor")
-rng = np.random.default_rng(15)
-
-
-M, K, N = MID.min_job_shape  # the smallest job the network accepts
-
-
-def _job(expiry: int) -> tuple[np.ndarray, np.ndarray, Job, JobPostPayload, bytes, np.ndarray]:
-    a = rng.integers(-64, 64, (M, K), dtype=np.int8)
-    b = rng.integers(-64, 64, (K, N), dtype=np.int8)
-    job = Job.from_operands(a, b)
-    post = JobPostPayload(M, K, N, job.spec.root_a, job.spec.root_b, REWARD, expiry)
-    c = (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
-    return a, b, job, post, job_id_of(post, MID), c
-
-
-A, B, JOB, POST, JOB_ID, C = _job(expiry=40)
-_, _, JOB2, POST2, JOB2_ID, C2 = _job(expiry=40)
-WRONG_C = C.copy()
-WRONG_C[3, 5] += 1
-
-
-def tx(key: PrivateKey, nonce: int, payload, fee: int = FEE) -> Transaction:
-    return signed_transaction(key, chain_id=MID.chain_id, nonce=nonce, fee=fee, payload=payload)
-
-
-def claim(
-    key: PrivateKey, nonce: int, *results: tuple[bytes, np.ndarray], fee: int = FEE
-) -> Transaction:
-    return tx(key, nonce, build_job_result(results), fee)
-
-
-def add(chain: Chain, clock: Clock, txs=()) -> Block:
-    b = next_block(chain, clock, tuple(txs))
-    chain.add_block(b)
-    return b
-
-
-def add_job_block(chain: Chain, clock: Clock, job: Job, txs=()) -> Block:
-    """A block whose PoUW ran on ``job`` (its header claims the job), with ``txs``."""
-    clock.now += MID.block_time_ms
-    template, included = chain.build_template(tuple(txs), MINER.address, job.spec, clock.now)
-    assert len(included) == len(txs)
-    mined = mine(template, job, MID, max_attempts=64)
-    assert mined is not None
-    block = Block(mined.header, included)
-    chain.add_block(block)
-    return block
 
 
 def refusal(chain: Chain, txs: list[Transaction]) -> str:
@@ -292,7 +258,7 @@ def test_a_fraud_proof_of_a_correct_or_settled_claim_is_refused(posted):
 
 def test_claims_of_unknown_expired_or_cancelled_jobs_are_refused():
     chain, clock = new_chain()
-    _, _, _, short, short_id, short_c = _job(expiry=3)
+    _, _, _, short, short_id, short_c = new_job(expiry=3)
     add(chain, clock, [tx(ALICE, 0, short)])
     unknown = claim(BOB, 0, (JOB_ID, C))
     assert "claims[0].job_id: no such job" in refusal(chain, [unknown])

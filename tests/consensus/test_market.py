@@ -22,7 +22,7 @@ from consensus.transactions import (
 )
 from consensus.validation import apply_body
 from kernels.freivalds import locate_error
-from tests.consensus.chainkit import (
+from tests.support.chainkit import (
     ALICE,
     BOB,
     MID,

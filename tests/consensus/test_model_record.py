@@ -24,7 +24,7 @@ from consensus.transactions import (
     signed_transaction,
 )
 from consensus.validation import apply_body
-from tests.consensus.chainkit import ALICE, BOB, MID, MINER, Clock, new_chain, next_block
+from tests.support.chainkit import ALICE, BOB, MID, MINER, Clock, new_chain, next_block
 
 rng = np.random.default_rng(8)
 FEE = 10

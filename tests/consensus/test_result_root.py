@@ -18,7 +18,7 @@ from consensus.blocks import NULL_RESULT_ROOT, Block
 from consensus.errors import InvalidBlock
 from consensus.merkle import matrix_rows_root
 from consensus.pow import Job, ResultCommitment, mine, null_job, verify_pow
-from tests.consensus.chainkit import MID, MINER, K, extend, new_chain, next_block, second_winner
+from tests.support.chainkit import MID, MINER, K, extend, new_chain, next_block, second_winner
 
 # Each tile wins with probability 2^-10: a block is still found in about two
 # attempts, but a header whose tickets changed passes with probability 2^-10.

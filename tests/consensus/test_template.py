@@ -11,7 +11,7 @@ from consensus.blocks import Block, BlockHeader
 from consensus.chain import Chain
 from consensus.pow import null_job
 from consensus.template import TemplateBody, build_template
-from tests.consensus.chainkit import (
+from tests.support.chainkit import (
     ALICE,
     BOB,
     CAROL,

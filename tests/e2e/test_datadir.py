@@ -7,12 +7,11 @@ import os
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.framework import REPO, DocShell, NodeProcess, doc_commands, wait_until
+from tests.support.framework import REPO, DocShell, NodeProcess, doc_commands, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -43,13 +42,6 @@ def test_a_second_node_on_a_datadir_exits_with_one_line_and_the_first_runs_on(
 
 
 # ------------------------------------------------------ the README recipe
-
-
-@pytest.fixture
-def shell(tmp_path: Path) -> Iterator[DocShell]:
-    sh = DocShell(tmp_path)
-    yield sh
-    sh.close()
 
 
 def datadir_of(command: str, shell: DocShell) -> Path:

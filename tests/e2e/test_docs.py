@@ -25,7 +25,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ import pytest
 from consensus.keys import PrivateKey, address_to_text
 from node.cli import cli
 from node.rpc_client import RpcClient
-from tests.e2e.framework import REPO, DocShell, doc_blocks, doc_commands, parse_output
+from tests.support.framework import REPO, DocShell, doc_blocks, doc_commands, parse_output
 
 pytestmark = pytest.mark.slow
 
@@ -104,13 +104,6 @@ class Placeholders:
         unknown = [u for u in unknown if not command.startswith(f"{u}=")]
         assert not unknown, f"{command!r}: the test cannot fill {unknown}"
         return command
-
-
-@pytest.fixture
-def shell(tmp_path: Path) -> Iterator[DocShell]:
-    sh = DocShell(tmp_path)
-    yield sh
-    sh.close()
 
 
 def test_every_documented_command_is_known_to_this_test() -> None:
@@ -188,14 +181,26 @@ def test_every_shell_command_in_the_docs_runs_as_written(shell: DocShell) -> Non
             shell.run(f"{shlex.quote(sys.executable)} snippet.py", timeout=240)
 
 
-def test_the_readme_rpc_method_list_is_what_the_node_answers(shell: DocShell) -> None:
-    text = (REPO / "README.md").read_text()
-    para = text.split("- **RPC**", 1)[1].split("mutating methods need", 1)[0]
-    documented = set(re.findall(r"`([a-z]+)`", para))
+def documented_methods() -> dict[str, tuple[list[str], bool]]:
+    """docs/operations.md's table of RPC methods: name → (params, needs the token)."""
+    text = (REPO / "docs" / "operations.md").read_text()
+    table = text.split("### Methods", 1)[1].split("\n\n", 2)[1]
+    methods: dict[str, tuple[list[str], bool]] = {}
+    for row in table.splitlines()[2:]:
+        name, params, token = (cell.strip() for cell in row.strip("|").split("|"))
+        methods[name.strip("`")] = (
+            [p.strip() for p in params.split(",") if p.strip()],
+            token == "yes",
+        )
+    return methods
+
+
+def test_the_documented_rpc_methods_are_what_the_node_answers(shell: DocShell) -> None:
+    documented = documented_methods()
     command = next(c for _, c in doc_commands(REPO / "README.md") if " node " in f"{c} ")
     rpc: RpcClient = shell.start_node(command, shell.home / ".pouwnet" / "devnet", "node")
     listed = rpc.call("help")
-    assert documented == {m["method"] for m in listed}
+    assert documented == {m["method"]: (m["params"], m["needs_token"]) for m in listed}
     by_name = {m["method"]: m for m in listed}
     assert by_name["getblock"]["params"] == ["block_hash", "[verbose]"]
     assert by_name["sendtransaction"]["needs_token"] and not by_name["getinfo"]["needs_token"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.framework import REPO, NodeProcess
+from tests.support.framework import REPO, NodeProcess
 
 pytestmark = pytest.mark.slow
 
@@ -29,8 +29,8 @@ def test_the_example_config_starts_a_node_with_its_values(tmp_path: Path) -> Non
         assert node.stop() == 0
 
 
-def test_shell_completion_is_what_the_readme_says() -> None:
-    assert "_POUW_COMPLETE=bash_source" in (REPO / "README.md").read_text()
+def test_shell_completion_is_what_the_docs_say() -> None:
+    assert "_POUW_COMPLETE=bash_source" in (REPO / "docs" / "operations.md").read_text()
     env = dict(os.environ, PYTHONPATH=str(REPO), COMP_WORDS="pouw wal", COMP_CWORD="1")
     done = subprocess.run(
         [sys.executable, "-m", "node.cli"],

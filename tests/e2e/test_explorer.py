@@ -23,7 +23,7 @@ from consensus.params import COIN, DEVNET, with_block_time
 from consensus.transactions import JobPostPayload, ModelRecordPayload, TransferPayload
 from node.client import MarketClient
 from node.datashare import DataClient
-from tests.e2e.framework import NodeProcess, wait_until
+from tests.support.framework import NodeProcess, wait_until
 
 pytestmark = pytest.mark.slow
 

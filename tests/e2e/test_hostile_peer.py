@@ -58,9 +58,9 @@ from node.wire import (
     auth_digest,
     encode_message,
 )
-from tests.e2e.framework import NodeProcess, sync_tips, wait_until
-from tests.fuzz.corpus import blocks, messages, pack, pack_wide, pack_with
-from tests.node.p2p_testkit import TestPeer
+from tests.support.corpus import blocks, messages, pack, pack_wide, pack_with
+from tests.support.framework import NodeProcess, sync_tips, wait_until
+from tests.support.p2p_testkit import TestPeer
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from consensus.keys import PrivateKey, address_to_text
 from consensus.market import job_id_of
 from consensus.params import DEVNET, with_block_time
 from consensus.transactions import JobPostPayload, encode_tx, signed_transaction
-from tests.e2e.framework import REPO, NodeProcess, wait_until
+from tests.support.framework import REPO, NodeProcess, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from consensus.transactions import TransferPayload, encode_tx, signed_transactio
 from node.client import MarketClient
 from node.datashare import DataClient
 from node.rpc_client import RpcClient
-from tests.e2e.framework import NodeProcess, wait_until
+from tests.support.framework import NodeProcess, wait_until
 
 pytestmark = pytest.mark.slow
 

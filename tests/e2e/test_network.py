@@ -10,7 +10,7 @@ import pytest
 from consensus.keys import PrivateKey, address_to_text
 from consensus.params import DEVNET
 from consensus.transactions import TransferPayload, encode_tx, signed_transaction
-from tests.e2e.framework import NodeProcess, sync_tips, wait_until
+from tests.support.framework import NodeProcess, sync_tips, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ import pytest
 
 from consensus.keys import PrivateKey, address, address_to_text
 from node.testnet import miner_key
-from tests.e2e.framework import NodeProcess, wait_until
+from tests.support.framework import NodeProcess, wait_until
 
 pytestmark = pytest.mark.slow
 

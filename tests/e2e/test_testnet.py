@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.framework import wait_until
+from tests.support.framework import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from node import testnet
-from tests.e2e.framework import wait_until
+from tests.support.framework import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import pytest
 
 from consensus.keys import PrivateKey, address_to_text
 from kernels.training import TrainConfig, local_matmul, train
-from tests.e2e.framework import NodeProcess, wait_until
+from tests.support.framework import NodeProcess, wait_until
 
 BLOCK_MS = 200
 MAX_STEPS = 3  # the quick preset is at 0.912 test accuracy after 3 steps (measured)

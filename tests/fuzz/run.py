@@ -66,7 +66,7 @@ def seeds_of(module: ModuleType) -> list[bytes]:
 
 def hostile_of(module: ModuleType) -> list[bytes]:
     """The target's hand-made attacks plus the mutations of each of its seeds."""
-    from tests.fuzz.corpus import hostile
+    from tests.support.corpus import hostile
 
     keep = getattr(module, "SELECTOR_BYTES", 0)
     found = list(getattr(module, "hostile_inputs", list)())

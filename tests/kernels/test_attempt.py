@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 
 from kernels.attempt import MiningParams, mining_attempt, tile_transcript, verify_tile_ticket
 from kernels.backends import get_backend
-from kernels.reference import reference_attempt
 from kernels.tickets import ticket_of
+from tests.support.reference import reference_attempt
 
 SEED_A = bytes(range(32))
 SEED_B = bytes(range(32, 64))

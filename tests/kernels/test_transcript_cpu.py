@@ -20,7 +20,7 @@ from kernels import transcript_cpu as tc
 from kernels.isa import compile_target, multiply_adds
 from kernels.noise import add_noise, add_noise_transposed, derive_noise
 from kernels.params import MAX_K
-from kernels.reference import reference_transcripts
+from tests.support.reference import reference_transcripts
 
 LO, HI = -127, 126  # A', B' entries (int8 operands plus bounded noise)
 

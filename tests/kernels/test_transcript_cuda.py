@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from kernels import transcript_cuda
-from kernels.reference import reference_transcripts
+from tests.support.reference import reference_transcripts
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -17,7 +17,7 @@ from consensus.pow import null_job
 from consensus.transactions import Transaction
 from node.cli import cli
 from node.verifier import PARALLEL_VERIFY_MIN, SignatureVerifier
-from tests.consensus.chainkit import ALICE, BOB, MID, MINER, new_chain, remine, transfer
+from tests.support.chainkit import ALICE, BOB, MID, MINER, new_chain, remine, transfer
 
 KEYS = {
     "blocks",

@@ -29,8 +29,8 @@ from node.blobs import (
 from node.config import NodeConfig
 from node.node import Node
 from node.wire import MAX_RANGE_CHUNKS, RANGE_BYTES, BlobChunk, BlobGet, BlobGetRange, BlobRange
-from tests.consensus.chainkit import MID
-from tests.node.p2p_testkit import TestPeer
+from tests.support.chainkit import MID
+from tests.support.p2p_testkit import TestPeer
 
 # ------------------------------------------------------------------ chunking
 

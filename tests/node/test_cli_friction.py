@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from consensus.keys import PrivateKey
-from tests.e2e.framework import NodeProcess
-from tests.node.test_cli import one_line_error, run
+from tests.support.clikit import one_line_error, run
+from tests.support.framework import NodeProcess
 
 
 def _wallet(tmp_path: Path) -> str:

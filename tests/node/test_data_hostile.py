@@ -13,7 +13,7 @@ from aiohttp import web
 from consensus.keys import PrivateKey
 from node.config import NodeConfig
 from node.datashare import DataShareError, read_dataset
-from tests.consensus.chainkit import MID
+from tests.support.chainkit import MID
 
 NESTED_JSON = b"[" * 100_000
 GOOD_CHALLENGE = {"challenge": "11" * 32, "host_id": "22" * 32}

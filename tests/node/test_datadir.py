@@ -11,7 +11,7 @@ import pytest
 from node.config import NodeConfig
 from node.datadir import DatadirInUse
 from node.node import Node
-from tests.consensus.chainkit import MID
+from tests.support.chainkit import MID
 
 
 async def test_a_second_node_on_a_datadir_is_refused_and_touches_nothing(tmp_path: Path) -> None:

@@ -39,8 +39,8 @@ from node.datashare import (
 )
 from node.node import Node
 from node.rpc import RpcError
-from tests.consensus.chainkit import ALICE, BOB, CAROL, MID, new_chain, next_block
-from tests.e2e.framework import NodeProcess
+from tests.support.chainkit import ALICE, BOB, CAROL, MID, new_chain, next_block
+from tests.support.framework import NodeProcess
 
 DAVE = PrivateKey.from_label("devnet-3")
 PLAINTEXT = b"patient_id,age,diagnosis\n" + b"".join(

@@ -2,7 +2,7 @@
 headers of a chain with no more work than ours are held only up to fixed bounds.
 
 A real in-process Node on the "MID" devnet (one attempt finds a block), scripted
-peers over real sockets (tests/node/p2p_testkit.py).
+peers over real sockets (tests/support/p2p_testkit.py).
 """
 
 from __future__ import annotations
@@ -21,33 +21,10 @@ from node import headersync
 from node.config import NodeConfig
 from node.node import Node
 from node.wire import BlockMsg, CompactBlock, GetData, GetHeaders, Headers, Inv, InvItem, InvKind
-from tests.consensus.chainkit import ALICE, BOB, MID, Clock, extend, new_chain, next_block, remine
-from tests.node.p2p_testkit import TestPeer
+from tests.support.chainkit import ALICE, BOB, MID, Clock, extend, new_chain, next_block, remine
+from tests.support.nodekit import connected_peer
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-async def node(tmp_path):
-    n = Node(NodeConfig(params=MID, datadir=tmp_path / "node"))
-    await n.start()
-    try:
-        yield n
-    finally:
-        await n.stop()
-
-
-async def _peer(node: Node, **kwargs: int) -> TestPeer:
-    peer = TestPeer(
-        node.p2p_port,
-        chain_id=node.params.chain_id,
-        genesis_hash=node.chain.genesis.hash,
-        **kwargs,
-    )
-    await peer.connect()
-    await peer.handshake()
-    await peer.wait_for(lambda: any(p.node_id == peer.node_id for p in node.p2p.peers))
-    return peer
 
 
 def _private_copy(node: Node) -> tuple[Chain, Clock]:
@@ -91,8 +68,8 @@ async def test_a_header_claiming_the_easiest_target_is_refused_and_its_sender_ba
     real = next_block(chain, clock)
     forged = dataclasses.replace(real.header, target=MAX_TARGET)
     verify_pow(forged, node.params)  # the proof alone does not tell it apart
-    watcher = await _peer(node)
-    attacker = await _peer(node)
+    watcher = await connected_peer(node)
+    attacker = await connected_peer(node)
     await attacker.send(Headers((forged,)))
     reason = await attacker.wait_for_close()
     assert reason is not None and "target does not follow ASERT" in reason
@@ -101,7 +78,7 @@ async def test_a_header_claiming_the_easiest_target_is_refused_and_its_sender_ba
     assert node.chain.tip.hash == tip and not node.chain.contains(forged.hash)
 
     # The honest block at that height is still taken, and pushed on as a compact block.
-    honest = await _peer(node)
+    honest = await connected_peer(node)
     await honest.send(CompactBlock(real.header, ()))
     await watcher.wait_for(
         lambda: any(
@@ -133,7 +110,7 @@ async def test_a_header_breaking_a_rule_with_a_valid_proof_gets_its_sender_banne
         bad = dataclasses.replace(good, height=7)
     bad = remine(bad, null_job(bad.prev_hash, node.params))
     verify_pow(bad, node.params)  # only the rule named is broken
-    attacker = await _peer(node)
+    attacker = await connected_peer(node)
     await attacker.send(Headers((bad,)))
     closed = await attacker.wait_for_close()
     assert closed is not None and reason in closed
@@ -147,7 +124,7 @@ async def test_headers_that_connect_to_nothing_are_not_kept_and_a_peer_that_pers
     chain, clock = new_chain()
     far = extend(chain, clock, 6)
     unconnected = Headers(tuple(b.header for b in far[3:]))
-    attacker = await _peer(node)
+    attacker = await connected_peer(node)
     for n in range(headersync.MAX_UNCONNECTING_HEADERS):
         await attacker.send(unconnected)
         # Each is answered with our locator, and nothing is kept.
@@ -167,7 +144,7 @@ async def test_a_compact_block_on_an_unknown_parent_keeps_nothing_and_asks_for_h
     far = extend(chain, clock, 3)
     forged = dataclasses.replace(far[2].header, target=MAX_TARGET)
     verify_pow(forged, node.params)
-    attacker = await _peer(node)
+    attacker = await connected_peer(node)
     await attacker.send(CompactBlock(forged, ()))
     asked = await attacker.wait_for_message(GetHeaders)
     assert asked.locator == (node.chain.genesis.hash,)
@@ -185,7 +162,7 @@ async def test_a_whole_block_on_an_unknown_parent_is_not_kept_while_catching_up(
     node asks its sender for headers instead."""
     honest_chain, honest_clock = new_chain()
     ahead = extend(honest_chain, honest_clock, 3)
-    honest = await _peer(node)
+    honest = await connected_peer(node)
     await honest.send(Headers(tuple(b.header for b in ahead)))
     await honest.wait_for_message(GetData)  # their bodies, which it does not send
     assert node.sync.catching_up
@@ -193,7 +170,7 @@ async def test_a_whole_block_on_an_unknown_parent_is_not_kept_while_catching_up(
     forged = dataclasses.replace(
         extend(other, other_clock, 3, miner=BOB)[2].header, target=MAX_TARGET
     )
-    attacker = await _peer(node)
+    attacker = await connected_peer(node)
     await attacker.send(Inv((InvItem(InvKind.BLOCK, forged.hash),)))
     asked = await attacker.wait_for_message(GetData)
     assert asked.items == (InvItem(InvKind.BLOCK, forged.hash),)
@@ -234,7 +211,7 @@ async def test_long_chains_with_less_work_than_ours_are_held_only_up_to_the_boun
         chain, clock = new_chain()
         chains.append(_low_work_chain(chain, clock, 30, miner))
     assert chains[0][-1].hash != chains[1][-1].hash
-    peers = [await _peer(node, best_height=10_000) for _ in chains]
+    peers = [await connected_peer(node, best_height=10_000) for _ in chains]
     most = 0
     for start in range(0, 30, 10):
         for peer, headers in zip(peers, chains, strict=True):

@@ -14,8 +14,8 @@ from consensus.keys import PrivateKey
 from consensus.state import State
 from consensus.transactions import JobPostPayload, signed_transaction
 from node.mempool import Mempool
-from tests.consensus import test_job_result as jr
-from tests.consensus.chainkit import (
+from tests.support import claimkit as jr
+from tests.support.chainkit import (
     ALICE,
     BOB,
     CAROL,

@@ -20,7 +20,7 @@ from consensus.params import DEVNET, with_block_time
 from consensus.transactions import TransferPayload, encode_tx, signed_transaction
 from node import testnet as local_testnet
 from node.netns import NetnsLab, NetnsUnavailable, check_available, parse_groups
-from tests.e2e.framework import wait_until
+from tests.support.framework import wait_until
 
 BLOCK_TIME_MS = 500
 

@@ -35,8 +35,8 @@ from node.wire import (
     InvKind,
     TxMsg,
 )
-from tests.consensus import test_job_result as jr
-from tests.consensus.chainkit import (
+from tests.support import claimkit as jr
+from tests.support.chainkit import (
     ALICE,
     BOB,
     CAROL,
@@ -47,31 +47,10 @@ from tests.consensus.chainkit import (
     second_winner,
     transfer,
 )
-from tests.node.p2p_testkit import TestPeer
+from tests.support.nodekit import connected_peer, rpc_call
+from tests.support.p2p_testkit import TestPeer
 
 _rng = np.random.default_rng(1515)
-
-
-@pytest.fixture
-async def node(tmp_path):
-    n = Node(NodeConfig(params=MID, datadir=tmp_path / "node"))
-    await n.start()
-    try:
-        yield n
-    finally:
-        await n.stop()
-
-
-async def _peer(node: Node) -> TestPeer:
-    peer = TestPeer(node.p2p_port, chain_id=MID.chain_id, genesis_hash=node.chain.genesis.hash)
-    await peer.connect()
-    await peer.handshake()
-    await node_sees(node, peer)
-    return peer
-
-
-async def node_sees(node: Node, peer: TestPeer) -> None:
-    await peer.wait_for(lambda: any(p.node_id == peer.node_id for p in node.p2p.peers))
 
 
 def _block_for(node: Node, txs: tuple[Transaction, ...] = ()) -> Block:
@@ -89,7 +68,7 @@ def _compact(block: Block) -> CompactBlock:
 
 
 async def test_transaction_gossip_is_requested_relayed_and_never_echoed(node):
-    a, b = await _peer(node), await _peer(node)
+    a, b = await connected_peer(node), await connected_peer(node)
     tx = transfer(ALICE, BOB, 500, 0, chain_id=MID.chain_id)
     await a.send(Inv((InvItem(INV_TX, tx.txid),)))
     getdata = await a.wait_for_message(GetData)
@@ -109,10 +88,10 @@ async def test_a_block_at_the_tip_is_rebuilt_from_the_mempool_and_relayed(node):
     """An announced block is asked for as a compact block (header + txids); the node
     takes what its mempool holds, asks only for the missing transaction, connects
     the block and pushes it, compact, to its other peer."""
-    a, b = await _peer(node), await _peer(node)
+    a, b = await connected_peer(node), await connected_peer(node)
     held = transfer(ALICE, BOB, 500, 0, chain_id=MID.chain_id)
     lacked = transfer(BOB, ALICE, 700, 0, chain_id=MID.chain_id)
-    await _rpc(node, "sendtransaction", encode_tx(held).hex())
+    await rpc_call(node, "sendtransaction", encode_tx(held).hex())
     block = _block_for(node, (held, lacked))
     await a.send(Inv((InvItem(INV_BLOCK, block.hash),)))
     getdata = await a.wait_for_message(GetData)
@@ -138,9 +117,9 @@ async def test_a_block_at_the_tip_is_rebuilt_from_the_mempool_and_relayed(node):
 
 
 async def test_a_block_whose_transactions_are_all_here_needs_no_round_trip(node):
-    a = await _peer(node)
+    a = await connected_peer(node)
     tx = transfer(ALICE, BOB, 500, 0, chain_id=MID.chain_id)
-    await _rpc(node, "sendtransaction", encode_tx(tx).hex())
+    await rpc_call(node, "sendtransaction", encode_tx(tx).hex())
     block = _block_for(node, (tx,))
     await a.send(Inv((InvItem(INV_BLOCK, block.hash),)))
     await a.wait_for_message(GetData)
@@ -162,7 +141,7 @@ async def test_a_block_whose_transactions_are_all_here_needs_no_round_trip(node)
     ],
 )
 async def test_a_peer_that_cheats_on_compact_blocks_is_banned(node, cheat, reason):
-    a = await _peer(node)
+    a = await connected_peer(node)
     tx = transfer(ALICE, BOB, 500, 0, chain_id=MID.chain_id)
     block = _block_for(node, (tx,))
     if cheat == "bad index":
@@ -190,7 +169,7 @@ async def test_a_peer_that_cheats_on_compact_blocks_is_banned(node, cheat, reaso
 
 
 async def test_unrequested_block_gets_the_peer_banned(node):
-    a = await _peer(node)
+    a = await connected_peer(node)
     await a.send(BlockMsg(_block_for(node)))
     reason = await a.wait_for_close()
     assert reason is not None and "unrequested block" in reason
@@ -201,7 +180,7 @@ async def test_unrequested_block_gets_the_peer_banned(node):
 async def test_a_block_announced_twice_is_asked_for_once_and_its_sender_stays(node):
     """An inv and then a header for the same block: one GetData, one block, no ban
     (a second request would draw a second copy, which is unrequested)."""
-    a = await _peer(node)
+    a = await connected_peer(node)
     block = _block_for(node)
     await a.send(Inv((InvItem(INV_BLOCK, block.hash),)))
     await a.wait_for_message(GetData)
@@ -223,7 +202,7 @@ async def test_a_block_announced_twice_is_asked_for_once_and_its_sender_stays(no
 async def test_invalid_block_gets_the_peer_banned_and_changes_nothing(node):
     """A compact block whose rebuilt body breaks a rule (here the coinbase claims
     one unit too many, with a valid proof of work) is refused like a whole one."""
-    a = await _peer(node)
+    a = await connected_peer(node)
     tx = transfer(ALICE, BOB, 5, 0, chain_id=MID.chain_id)
     good = _block_for(node, (tx,))
     header = dataclasses.replace(good.header, reward=good.header.reward + 1)
@@ -240,41 +219,25 @@ async def test_invalid_block_gets_the_peer_banned_and_changes_nothing(node):
     assert node.chain.state.snapshot() == before
 
 
-async def _rpc(node: Node, method: str, *params, token: bool = True, raw: bytes | None = None):
-    headers = {"Authorization": f"Bearer {node.token}"} if token else {}
-    body = (
-        raw
-        if raw is not None
-        else json.dumps(
-            {"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}
-        ).encode()
-    )
-    async with (
-        aiohttp.ClientSession() as s,
-        s.post(f"http://127.0.0.1:{node.rpc_port}/rpc", data=body, headers=headers) as r,
-    ):
-        return await r.json()
-
-
 async def test_rpc_methods_errors_and_auth(node):
-    info = await _rpc(node, "getinfo", token=False)
+    info = await rpc_call(node, "getinfo", token=False)
     assert info["result"]["height"] == 0 and info["result"]["network"] == MID.name
     tx = transfer(ALICE, BOB, 77, 0, chain_id=MID.chain_id)
-    denied = await _rpc(node, "sendtransaction", encode_tx(tx).hex(), token=False)
+    denied = await rpc_call(node, "sendtransaction", encode_tx(tx).hex(), token=False)
     assert denied["error"]["code"] == -32001
-    ok = await _rpc(node, "sendtransaction", encode_tx(tx).hex())
+    ok = await rpc_call(node, "sendtransaction", encode_tx(tx).hex())
     assert ok["result"] == tx.txid.hex()
-    again = await _rpc(node, "gettransaction", tx.txid.hex())
+    again = await rpc_call(node, "gettransaction", tx.txid.hex())
     assert again["result"]["confirmations"] == 0
-    account = await _rpc(node, "getaccount", "pw" + ALICE.address.hex())
+    account = await rpc_call(node, "getaccount", "pw" + ALICE.address.hex())
     assert account["result"]["next_nonce"] == 1
     replay = transfer(ALICE, BOB, 77, 0, chain_id=MID.chain_id + 1)
-    refused = await _rpc(node, "sendtransaction", encode_tx(replay).hex())
+    refused = await rpc_call(node, "sendtransaction", encode_tx(replay).hex())
     assert refused["error"]["code"] == -32002 and "replay" in refused["error"]["message"]
-    assert (await _rpc(node, "nosuch"))["error"]["code"] == -32601
-    assert (await _rpc(node, "getblockbyheight", -1))["error"]["code"] == -32602
-    assert (await _rpc(node, "sendtransaction", "zz"))["error"]["code"] == -32602
-    assert (await _rpc(node, "", raw=b"{not json"))["error"]["code"] == -32700
+    assert (await rpc_call(node, "nosuch"))["error"]["code"] == -32601
+    assert (await rpc_call(node, "getblockbyheight", -1))["error"]["code"] == -32602
+    assert (await rpc_call(node, "sendtransaction", "zz"))["error"]["code"] == -32602
+    assert (await rpc_call(node, "", raw=b"{not json"))["error"]["code"] == -32700
     async with (
         aiohttp.ClientSession() as s,
         s.get(f"http://127.0.0.1:{node.rpc_port}/metrics") as r,
@@ -355,13 +318,13 @@ async def test_sendtransactions_takes_a_batch_and_answers_each(node):
     good = [transfer(ALICE, BOB, 5, n, chain_id=MID.chain_id) for n in range(3)]
     gap = transfer(ALICE, BOB, 5, 9, chain_id=MID.chain_id)  # nonce 9 after 0..2
     batch = [encode_tx(t).hex() for t in good] + ["zz", encode_tx(gap).hex()]
-    out = (await _rpc(node, "sendtransactions", batch))["result"]
+    out = (await rpc_call(node, "sendtransactions", batch))["result"]
     assert [o.get("txid") for o in out[:3]] == [t.txid.hex() for t in good]
     assert "not hex" in out[3]["error"] and "nonce" in out[4]["error"]
     assert all(t.txid in node.mempool for t in good) and gap.txid not in node.mempool
-    too_many = await _rpc(node, "sendtransactions", ["00"] * 1001)
+    too_many = await rpc_call(node, "sendtransactions", ["00"] * 1001)
     assert "at most 1000" in too_many["error"]["message"]
-    denied = await _rpc(node, "sendtransactions", batch[:1], token=False)
+    denied = await rpc_call(node, "sendtransactions", batch[:1], token=False)
     assert denied["error"]["code"] == -32001
 
 
@@ -369,7 +332,7 @@ async def test_transactions_travel_in_batches_both_ways(node):
     from consensus.encoding import encode_record
     from node.wire import TxsMsg, encode_message
 
-    a, b = await _peer(node), await _peer(node)
+    a, b = await connected_peer(node), await connected_peer(node)
     txs = tuple(transfer(ALICE, BOB, 5, n, chain_id=MID.chain_id) for n in range(3))
     assert encode_message(TxsMsg(txs))[3:] == encode_record(TxsMsg(txs))[1:]  # fast path
     await a.send(Inv(tuple(InvItem(INV_TX, t.txid) for t in txs)))
@@ -389,9 +352,9 @@ async def test_transactions_travel_in_batches_both_ways(node):
 
 
 async def test_a_new_tip_pushed_by_a_peer_connects_without_a_request(node):
-    a = await _peer(node)
+    a = await connected_peer(node)
     tx = transfer(ALICE, BOB, 500, 0, chain_id=MID.chain_id)
-    await _rpc(node, "sendtransaction", encode_tx(tx).hex())
+    await rpc_call(node, "sendtransaction", encode_tx(tx).hex())
     block = _block_for(node, (tx,))
     await a.send(_compact(block))
     await a.sync()
@@ -414,7 +377,7 @@ async def test_catching_up_fetches_block_bodies_and_refuses_one_its_header_does_
     headers = Headers(tuple(b.header for b in blocks))
     wanted = {InvItem(InvKind.BODY, b.hash) for b in blocks}
 
-    cheat = await _peer(node)
+    cheat = await connected_peer(node)
     await cheat.send(headers)
     assert set((await cheat.wait_for_message(GetData)).items) == wanted
     other = transfer(ALICE, CAROL, 5, 0, chain_id=MID.chain_id)
@@ -423,7 +386,7 @@ async def test_catching_up_fetches_block_bodies_and_refuses_one_its_header_does_
     assert reason is not None and "tx_root does not commit" in reason
     assert node.chain.height == 0
 
-    honest = await _peer(node)
+    honest = await connected_peer(node)
     await honest.send(headers)
     assert set((await honest.wait_for_message(GetData)).items) == wanted
     for b in blocks:
@@ -444,14 +407,14 @@ async def test_a_compact_block_of_held_transactions_in_the_wrong_order_is_refuse
     first = transfer(ALICE, BOB, 500, 0, chain_id=MID.chain_id)
     second = transfer(BOB, ALICE, 700, 0, chain_id=MID.chain_id)
     for tx in (first, second):
-        await _rpc(node, "sendtransaction", encode_tx(tx).hex())
+        await rpc_call(node, "sendtransaction", encode_tx(tx).hex())
     block = _block_for(node, (first, second))
-    cheat = await _peer(node)
+    cheat = await connected_peer(node)
     await cheat.send(CompactBlock(block.header, (second.txid, first.txid)))
     reason = await cheat.wait_for_close()
     assert reason is not None and "tx_root does not commit" in reason
     assert node.chain.height == 0 and not node.chain.contains(block.hash)
-    honest = await _peer(node)
+    honest = await connected_peer(node)
     await honest.send(_compact(block))
     await honest.sync()
     assert node.chain.tip.hash == block.hash
@@ -482,13 +445,13 @@ async def _refused(node: Node, cheat: TestPeer, watcher: TestPeer, bad: Block, r
 async def test_a_block_with_a_replaced_result_root_is_refused_and_its_sender_banned(node, path):
     """Someone takes a block and changes only its result_root: the tickets change with
     it, so the proof of work fails, whichever way the copy comes."""
-    watcher = await _peer(node)
+    watcher = await connected_peer(node)
     chain, clock = new_chain()
     first = next_block(chain, clock)
     chain.add_block(first)
     second = next_block(chain, clock)
     variant = Block(dataclasses.replace(first.header, result_root=bytes(range(32))), ())
-    cheat = await _peer(node)
+    cheat = await connected_peer(node)
     if path == "cmpctblock":  # the tip and its variant, both pushed unasked
         await cheat.send(_compact(first))
         await cheat.sync()
@@ -518,13 +481,13 @@ async def test_a_second_block_from_the_same_proof_of_work_gets_its_sender_banned
     proof of work, but not a second block. (Every path a peer's block takes ends in
     ``process_block``; a block on an unknown parent is no longer kept as an orphan,
     see tests/node/test_headersync.py, so the compact path is the one to attack.)"""
-    watcher = await _peer(node)
+    watcher = await connected_peer(node)
     chain, clock = new_chain()
     parent = next_block(chain, clock)
     chain.add_block(parent)
     block = next_block(chain, clock)
     twin = second_winner(block)
-    cheat = await _peer(node)
+    cheat = await connected_peer(node)
     for b in (parent, block, twin):  # on the node's tip: connected, then its twin pushed
         await cheat.send(_compact(b))
         if b is not twin:
@@ -545,11 +508,11 @@ async def test_a_branch_built_on_a_twin_is_followed_and_its_sender_kept(node):
     other.add_block(twin)
     other_clock.now = clock.now
     child = next_block(other, other_clock)
-    first = await _peer(node)
+    first = await connected_peer(node)
     await first.send(_compact(block))
     await first.sync()
     assert node.chain.tip.hash == block.hash
-    peer = await _peer(node)
+    peer = await connected_peer(node)
     await peer.send(Headers((twin.header, child.header)))
     wanted = {InvItem(InvKind.BODY, b.hash) for b in (twin, child)}
     assert set((await peer.wait_for_message(GetData)).items) == wanted
@@ -565,18 +528,18 @@ async def test_a_branch_built_on_a_twin_is_followed_and_its_sender_kept(node):
 async def test_getjob_shows_the_bond_the_pending_claim_and_then_the_claim(node):
     """A user sees what claiming an open job costs and who holds it, through RPC."""
     await node.process_block(_block_for(node, (jr.tx(ALICE, 0, jr.POST),)), None)
-    job = (await _rpc(node, "getjob", jr.JOB_ID.hex()))["result"]
+    job = (await rpc_call(node, "getjob", jr.JOB_ID.hex()))["result"]
     assert (job["status"], job["claim_bond"], job["pending_claim"]) == ("open", jr.BOND, None)
     first = jr.claim(BOB, 0, (jr.JOB_ID, jr.C))
-    assert (await _rpc(node, "sendtransaction", encode_tx(first).hex()))["result"]
-    job = (await _rpc(node, "getjob", jr.JOB_ID.hex()))["result"]
+    assert (await rpc_call(node, "sendtransaction", encode_tx(first).hex()))["result"]
+    job = (await rpc_call(node, "getjob", jr.JOB_ID.hex()))["result"]
     assert job["pending_claim"] == first.txid.hex()
     rival = jr.claim(CAROL, 0, (jr.JOB_ID, jr.C))
-    refused = await _rpc(node, "sendtransaction", encode_tx(rival).hex())
+    refused = await rpc_call(node, "sendtransaction", encode_tx(rival).hex())
     assert "is already claimed by pending transaction" in refused["error"]["message"]
     block = _block_for(node, (first,))
     await node.process_block(block, None)
-    job = (await _rpc(node, "getjob", jr.JOB_ID.hex()))["result"]
+    job = (await rpc_call(node, "getjob", jr.JOB_ID.hex()))["result"]
     assert "claim_bond" not in job and "pending_claim" not in job
     assert (job["status"], job["claimant"], job["claim_kind"], job["claim_id"]) == (
         "mined",
@@ -585,7 +548,7 @@ async def test_getjob_shows_the_bond_the_pending_claim_and_then_the_claim(node):
         first.txid.hex(),
     )
     assert (job["bond"], job["due"]) == (jr.BOND, block.header.height + MID.challenge_window)
-    tx = (await _rpc(node, "gettransaction", first.txid.hex()))["result"]
+    tx = (await rpc_call(node, "gettransaction", first.txid.hex()))["result"]
     assert tx["payload"] == {
         "claims": [{"job_id": jr.JOB_ID.hex(), "result_root": job["result_root"]}]
     }
@@ -613,7 +576,7 @@ async def test_getmarket_and_pouw_market_show_open_jobs_claims_payments_and_frau
     (post1, job1, _, _, c1), (post2, job2, a2, b2, c2) = _min_shape_job(), _min_shape_job()
 
     async def market(limit: int = 100) -> dict:
-        return (await _rpc(node, "getmarket", limit))["result"]
+        return (await rpc_call(node, "getmarket", limit))["result"]
 
     await node.process_block(
         _block_for(node, (jr.tx(ALICE, 0, post1), jr.tx(ALICE, 1, post2))), None
@@ -633,7 +596,7 @@ async def test_getmarket_and_pouw_market_show_open_jobs_claims_payments_and_frau
     wrong_c2[1, 2] += 1
     cheat = jr.claim(CAROL, 0, (job2, wrong_c2))
     for t in (honest, cheat):
-        assert (await _rpc(node, "sendtransaction", encode_tx(t).hex()))["result"]
+        assert (await rpc_call(node, "sendtransaction", encode_tx(t).hex()))["result"]
     pending = {r["job_id"]: r["pending_claim"] for r in (await market())["open_jobs"]}
     assert pending == {job1.hex(): honest.txid.hex(), job2.hex(): cheat.txid.hex()}
 
@@ -676,7 +639,7 @@ async def test_getmarket_and_pouw_market_show_open_jobs_claims_payments_and_frau
     )
     assert len((await market(1))["recent_claims"]) == 1
     for bad in (0, 1001, "5"):
-        assert (await _rpc(node, "getmarket", bad))["error"]["code"] == -32602
+        assert (await rpc_call(node, "getmarket", bad))["error"]["code"] == -32602
 
     # The CLI shows the amounts in coins (8 decimals), as the wallet does; --base-units
     # shows base units, in its JSON too. The fee per GMAC is 7000 / 0.067108864.
@@ -730,7 +693,7 @@ async def test_pouw_job_cancel_refunds_an_expired_job_and_refuses_before_expiry(
     cancel = node.mempool.get(bytes.fromhex(json.loads(done.stdout)["cancel_txid"]))
     assert cancel is not None
     await node.process_block(_block_for(node, (cancel,)), None)
-    assert (await _rpc(node, "getjob", job_id.hex()))["result"]["status"] == "cancelled"
+    assert (await rpc_call(node, "getjob", job_id.hex()))["result"]["status"] == "cancelled"
     assert node.chain.state.balance(ALICE.address) == balance + jr.REWARD - cancel.fee
     again = await asyncio.to_thread(CliRunner().invoke, cli, args)
     assert again.exit_code == 2 and "is cancelled" in again.stderr

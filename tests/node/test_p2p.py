@@ -31,7 +31,7 @@ from node.wire import (
     decode_message,
     encode_message,
 )
-from tests.node.p2p_testkit import CHAIN_ID, GENESIS, RunningNode, TestPeer
+from tests.support.p2p_testkit import CHAIN_ID, GENESIS, RunningNode, TestPeer
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -469,7 +469,7 @@ def test_a_headers_reply_fits_a_frame_even_when_proofs_are_large() -> None:
         header_size_bound,
         headers_reply,
     )
-    from tests.consensus.chainkit import new_chain, next_block
+    from tests.support.chainkit import new_chain, next_block
 
     chain, clock = new_chain()
     header = next_block(chain, clock).header

@@ -24,7 +24,7 @@ from node.config import NodeConfig
 from node.node import Node
 from node.rpc import MAX_BATCH, MAX_BATCH_REPLY_BYTES
 from node.rpc_client import RpcCallError, RpcClient
-from tests.consensus.chainkit import BOB, MID, extend, new_chain
+from tests.support.chainkit import BOB, MID, extend, new_chain
 
 NOT_A_KEY = "bad"
 

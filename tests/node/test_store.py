@@ -26,7 +26,7 @@ from consensus.keys import PrivateKey
 from consensus.params import TESTNET
 from consensus.pow import null_job
 from node.store import FILENAME, Store, StoreError
-from tests.consensus.chainkit import (
+from tests.support.chainkit import (
     ALICE,
     BOB,
     CAROL,
@@ -254,7 +254,7 @@ CHILD = textwrap.dedent(
     from consensus.encoding import decode
     from consensus.errors import InvalidBlock
     from node.store import Store
-    from tests.consensus.chainkit import MID
+    from tests.support.chainkit import MID
 
     datadir, blocks_file, now = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
     blocks = [decode_block(b) for b in decode(blocks_file.read_bytes(), 1 << 30)]

@@ -22,10 +22,10 @@ from node.blobs import decode_matrix
 from node.config import NodeConfig
 from node.market import pick_job
 from node.miner import MiningWork
-from node.node import Node
+from node.node import INV_TX, Node
 from node.wire import GetData, Inv, InvItem, TxMsg
-from tests.consensus.chainkit import ALICE, BOB, CAROL, MID, MINER, new_chain, next_block
-from tests.node.test_node import INV_TX, _peer, _rpc
+from tests.support.chainkit import ALICE, BOB, CAROL, MID, MINER, new_chain, next_block
+from tests.support.nodekit import connected_peer, rpc_call
 
 MINER_KEY = PrivateKey.from_label("devnet-6")
 REWARD = 9_000
@@ -187,11 +187,11 @@ async def test_a_result_that_won_no_block_is_claimed_served_and_paid(node, monke
 
     monkeypatch.setattr(node.work, "work", work)
     miner_addr = address_to_text(MINER_KEY.address)
-    before = (await _rpc(node, "getaccount", miner_addr))["result"]["balance"]
+    before = (await rpc_call(node, "getaccount", miner_addr))["result"]["balance"]
     node.start_mining()
     await _until(lambda: node.market.claims_sent == 1, 60, "the job_result claim")
     await node.stop_mining()
-    info = (await _rpc(node, "getmininginfo"))["result"]
+    info = (await rpc_call(node, "getmininginfo"))["result"]
     assert info["claims_sent"] == 1 and info["jobs_attempted"] == 1 and info["blocks_found"] == 0
     assert info["attempted_jobs"] == [[job_id.hex(), M * K * N]]
     assert info["macs_jobs"] == M * K * N and info["macs_done"] == info["macs_null"] + M * K * N
@@ -210,9 +210,11 @@ async def test_a_result_that_won_no_block_is_claimed_served_and_paid(node, monke
         lambda: job_record(node.chain.state, job_id)["status"] == "paid", 120, "settlement"
     )
     await node.stop_mining()
-    served = decode_matrix(bytes.fromhex((await _rpc(node, "getresult", job_id.hex()))["result"]))
+    served = decode_matrix(
+        bytes.fromhex((await rpc_call(node, "getresult", job_id.hex()))["result"])
+    )
     assert np.array_equal(served, c)
-    rec = (await _rpc(node, "getjob", job_id.hex()))["result"]
+    rec = (await rpc_call(node, "getjob", job_id.hex()))["result"]
     assert (rec["claim_kind"], rec["claim_id"], rec["claimant"]) == (
         "tx",
         claim.txid.hex(),
@@ -225,7 +227,7 @@ async def test_a_result_that_won_no_block_is_claimed_served_and_paid(node, monke
         for h in chain.active[1:]
         if chain.blocks[h].header.miner == MINER_KEY.address
     )
-    after = (await _rpc(node, "getaccount", miner_addr))["result"]
+    after = (await rpc_call(node, "getaccount", miner_addr))["result"]
     # Paid: the reward, and the bond back; the claim's fee went to this miner's own
     # block. Coinbases count once mature.
     matured = coinbases - after["immature"]
@@ -324,7 +326,7 @@ async def test_a_peer_relaying_a_claim_that_lost_its_race_is_not_banned(node):
         fee=10,
         payload=build_job_result([(job_id, _product(job))]),
     )
-    peer = await _peer(node)
+    peer = await connected_peer(node)
     await _relay(peer, rival)
     await _until(lambda: rival.txid in node.txs.rejected, 10, "the rival claim to be refused")
     await peer.sync()

@@ -12,7 +12,7 @@ from consensus.keys import PrivateKey, verify_many
 from consensus.pow import verify_pow
 from node import verifier
 from node.verifier import PARALLEL_VERIFY_MIN, ProofOfWorkMemo, SignatureVerifier
-from tests.consensus.chainkit import MID, extend, new_chain
+from tests.support.chainkit import MID, extend, new_chain
 
 
 def test_the_memo_checks_a_proof_once_and_never_remembers_a_failure(monkeypatch):

@@ -51,7 +51,7 @@ def test_one_input(data: bytes) -> None:
 
 def seeds() -> list[bytes]:
     from node.blobs import BlobTree, matrix_rows
-    from tests.fuzz.corpus import messages
+    from tests.support.corpus import messages
 
     a = np.arange(-64, 64, dtype=np.int8).reshape(8, 16)
     c = (np.arange(24, dtype=np.int32) * -(2**27)).reshape(4, 6)

@@ -21,6 +21,6 @@ def test_one_input(data: bytes) -> None:
 
 
 def seeds() -> list[bytes]:
-    from tests.fuzz.corpus import blocks
+    from tests.support.corpus import blocks
 
     return [encode_block(b) for b in blocks()]

@@ -21,14 +21,14 @@ def test_one_input(data: bytes) -> None:
 
 
 def seeds() -> list[bytes]:
-    from tests.fuzz.corpus import messages
+    from tests.support.corpus import messages
 
     return [encode_message(m) for m in messages()]
 
 
 def hostile_inputs() -> list[bytes]:
     """Besides the mutations of every seed: frames that break the framing itself."""
-    from tests.fuzz.corpus import transactions
+    from tests.support.corpus import transactions
 
     tx = transactions()[0].encoded
     return [

@@ -14,7 +14,7 @@ from consensus.encoding import decode_record, encode_record
 from consensus.errors import DecodeError, InvalidTransaction
 from consensus.market import check_fraud
 from consensus.transactions import MAX_TX_SIZE, FraudProofPayload
-from tests.fuzz.corpus import fraud_case
+from tests.support.corpus import fraud_case
 
 
 def test_one_input(data: bytes) -> None:

@@ -36,7 +36,7 @@ def test_one_input(data: bytes) -> None:
 
 
 def seeds() -> list[bytes]:
-    from tests.fuzz.corpus import messages
+    from tests.support.corpus import messages
 
     return [
         (b"\x00" if type(m) is Hello else b"\x01") + encode_record(m)

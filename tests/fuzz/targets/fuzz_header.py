@@ -21,6 +21,6 @@ def test_one_input(data: bytes) -> None:
 
 
 def seeds() -> list[bytes]:
-    from tests.fuzz.corpus import headers
+    from tests.support.corpus import headers
 
     return [h.encoded for h in headers()]

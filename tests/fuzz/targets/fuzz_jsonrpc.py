@@ -24,7 +24,7 @@ from typing import Any
 from node.config import NodeConfig
 from node.node import Node
 from node.rpc import MAX_BATCH
-from tests.consensus.chainkit import MID
+from tests.support.chainkit import MID
 
 INTERNAL_ERROR = -32603
 LEAKS = ("<locals>", "Traceback", "object at 0x", "positional argument", "NoneType")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from consensus.blocks import decode_header
 from consensus.errors import DecodeError, InvalidBlock
 from consensus.pow import verify_pow
-from tests.consensus.chainkit import MID
+from tests.support.chainkit import MID
 
 
 def test_one_input(data: bytes) -> None:
@@ -26,6 +26,6 @@ def test_one_input(data: bytes) -> None:
 
 
 def seeds() -> list[bytes]:
-    from tests.fuzz.corpus import headers
+    from tests.support.corpus import headers
 
     return [h.encoded for h in headers()]

@@ -28,6 +28,6 @@ def test_one_input(data: bytes) -> None:
 
 
 def seeds() -> list[bytes]:
-    from tests.fuzz.corpus import blocks, transactions
+    from tests.support.corpus import blocks, transactions
 
     return [tx.encoded for tx in transactions()] + [tx.encoded for tx in blocks()[1].txs]

@@ -67,7 +67,7 @@ from node.wire import (
     TxMsg,
     TxsMsg,
 )
-from tests.consensus.chainkit import ALICE, BOB, CAROL, MID, extend, new_chain, next_block
+from tests.support.chainkit import ALICE, BOB, CAROL, MID, extend, new_chain, next_block
 
 MAX_TRUNCATIONS = 48
 """Truncation points tried per seed (all of them on short seeds, spread out on long ones)."""
