@@ -55,7 +55,7 @@ from consensus.transactions import (
     kind_of,
     signing_digest,
 )
-from node.testnet import Testnet, TestnetNode, miner_key
+from node.devtools.testnet import Testnet, TestnetNode, miner_key
 
 BATCH = 250
 """Transactions per JSON-RPC batch request, at most."""
@@ -295,7 +295,7 @@ def bench_consensus(
         for node in net.nodes:
             enter = None
             if netns is not None:
-                from node.netns import enter_netns
+                from node.devtools.netns import enter_netns
 
                 ns = netns.node_ns(node.index)
                 enter = lambda ns=ns: enter_netns(ns)  # noqa: E731

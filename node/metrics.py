@@ -19,10 +19,10 @@ from prometheus_client.registry import Collector
 
 from consensus.market import job_record
 from node import collector
-from node.wire import MsgType
+from node.net.wire import MsgType
 
 if TYPE_CHECKING:
-    from node.node import Node
+    from node.app import Node
 
 
 def _type_name(msg_type: int) -> str:

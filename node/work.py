@@ -29,7 +29,7 @@ from consensus.transactions import Transaction
 from node.miner import MiningWork
 
 if TYPE_CHECKING:
-    from node.node import Node
+    from node.app import Node
 
 log = logging.getLogger("pouw.node")
 

@@ -4,7 +4,7 @@ Single objects come from the node's read-only RPC methods (``RpcServer.read``),
 so the explorer shows exactly what ``pouw rpc`` shows and can do no more than a
 caller without the token. What the RPC has no method for (chain statistics,
 an account's history, lists of jobs' activity and datasets, search) is
-computed here from the chain and ``node.views``. A bad id is a JSON error with
+computed here from the chain and ``node.rpc.views``. A bad id is a JSON error with
 HTTP 400 (malformed) or 404 (unknown), never a traceback.
 """
 
@@ -34,11 +34,11 @@ from consensus.pow import verify_pow
 from consensus.state import DATASETS, JOBS, MODELS
 from consensus.transactions import JobResultPayload, TransferPayload, TxKind
 from kernels.tickets import ticket_threshold
-from node.rpc import INVALID_PARAMS, REJECTED, RpcError
-from node.views import tx_json
+from node.rpc.server import INVALID_PARAMS, REJECTED, RpcError
+from node.rpc.views import tx_json
 
 if TYPE_CHECKING:
-    from node.node import Node
+    from node.app import Node
 
 log = logging.getLogger("pouw.explorer")
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner, Result
 
 import kernels.backends
 from kernels.isa import compile_target
-from node.cli import cli
+from node.cli.main import cli
 from tests.e2e.framework import NodeProcess, wait_until
 
 

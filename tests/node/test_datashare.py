@@ -21,12 +21,11 @@ from consensus.transactions import (
     DatasetRegisterPayload,
     signed_transaction,
 )
-from node import rpc_data
-from node.cli import cli
-from node.cli_data import breast_cancer_csv
-from node.config import NodeConfig
-from node.data_train import parse_csv, train_on_csv
-from node.datashare import (
+from node.app import Node
+from node.apps.data_train import parse_csv, train_on_csv
+from node.cli.data import breast_cancer_csv
+from node.cli.main import cli
+from node.client.datashare import (
     UPLOAD_BATCH_BYTES,
     DataShareError,
     decrypt_dataset,
@@ -37,8 +36,9 @@ from node.datashare import (
     seal_secret,
     upload_batches,
 )
-from node.node import Node
-from node.rpc import RpcError
+from node.config import NodeConfig
+from node.rpc import data as rpc_data
+from node.rpc.server import RpcError
 from tests.consensus.chainkit import ALICE, BOB, CAROL, MID, new_chain, next_block
 from tests.e2e.framework import NodeProcess
 
