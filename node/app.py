@@ -94,6 +94,19 @@ PEERS_SAVE_S = 900.0
 class Node:
     """One node process's worth of state; ``await start()``, then ``await stop()``."""
 
+    # Made in start(), once the datadir is locked: declared here so that every
+    # component's view of the node (a Protocol in its module) is checked against them.
+    key: PrivateKey
+    store: Store
+    chain: Chain
+    blobs: BlobExchange
+    market: MarketService
+    mempool: Mempool
+    token: str
+    rpc: RpcServer
+    data_host: DataHost
+    p2p: PeerManager
+
     def __init__(self, config: NodeConfig, lock: DatadirLock | None = None) -> None:
         """``lock``: the datadir's lock if the caller took it already (`pouw node` does,
         before it opens the log); otherwise ``start`` takes it."""
@@ -131,7 +144,7 @@ class Node:
         self._lock.acquire()
         self.key = _load_node_key(self.datadir / "node_key")
         self.store = Store(self.datadir / "chain.sqlite", self.params)
-        self.chain: Chain = self.store.load_chain(now_ms)
+        self.chain = self.store.load_chain(now_ms)
         # Load the verifier's compiled kernels while the node starts and connects.
         self._tasks.append(asyncio.create_task(asyncio.to_thread(warm_up), name="warm-up"))
         self.blobs = BlobExchange(self.store, lambda: self.p2p.peers)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections import Counter as Tally
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -22,7 +22,12 @@ from node import collector
 from node.net.wire import MsgType
 
 if TYPE_CHECKING:
-    from node.app import Node
+    from pathlib import Path
+
+    from consensus.chain import Chain
+    from node.mempool import Mempool
+    from node.net.p2p import PeerManager
+    from node.relay.sync_progress import SyncProgress
 
 
 def _type_name(msg_type: int) -> str:
@@ -32,10 +37,29 @@ def _type_name(msg_type: int) -> str:
         return "malformed"
 
 
+class MetricsSource(Protocol):
+    """What the collector reads off the node."""
+
+    @property
+    def chain(self) -> Chain: ...
+
+    @property
+    def mempool(self) -> Mempool: ...
+
+    @property
+    def p2p(self) -> PeerManager: ...
+
+    @property
+    def sync_progress(self) -> SyncProgress: ...
+
+    @property
+    def datadir(self) -> Path: ...
+
+
 class NodeCollector(Collector):
     """Reads the node's state when /metrics is scraped."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: MetricsSource) -> None:
         self.node = node
 
     def describe(self) -> list[Metric]:

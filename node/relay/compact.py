@@ -37,7 +37,7 @@ import itertools
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from consensus.blocks import Block, BlockHeader
 from consensus.errors import InvalidBlock
@@ -57,7 +57,9 @@ from node.net.wire import (
 )
 
 if TYPE_CHECKING:
-    from node.app import Node
+    from consensus.chain import Chain
+    from node.mempool import Mempool
+    from node.net.p2p import PeerManager
 
 INV_BLOCK = int(InvKind.BLOCK)
 INV_CMPCT = int(InvKind.CMPCT_BLOCK)
@@ -102,10 +104,27 @@ class CompactStats:
         return dict(self.__dict__)
 
 
+class CompactHost(Protocol):
+    """What compact relay needs of the node: its chain, mempool, peers and block intake."""
+
+    @property
+    def chain(self) -> Chain: ...
+
+    @property
+    def mempool(self) -> Mempool: ...
+
+    @property
+    def p2p(self) -> PeerManager: ...
+
+    async def accept_block(self, block: Block, peer: PeerSession) -> None:
+        """A block a peer sent (whole or rebuilt): process it, punish the peer if bad."""
+        ...
+
+
 class CompactRelay:
     """The compact-block side of one node's gossip (see the module docstring)."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: CompactHost) -> None:
         self.node = node
         self.asked: dict[bytes, tuple[PeerSession, float]] = {}
         self.partials: dict[bytes, _Partial] = {}

@@ -39,7 +39,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from consensus.blocks import Block, BlockHeader
 from consensus.chain import Status, headers_after
@@ -59,7 +59,10 @@ from node.net.wire import (
 from node.relay.sync_progress import SyncProgress
 
 if TYPE_CHECKING:
-    from node.app import Node
+    from consensus.chain import AddResult, Chain
+    from consensus.params import NetworkParams
+    from node.net.p2p import PeerManager
+    from node.relay.compact import CompactRelay
 
 log = logging.getLogger("pouw.node")
 
@@ -91,10 +94,34 @@ class _Presync:
     skipped: int = 0
 
 
+class SyncHost(Protocol):
+    """What headers-first sync needs of the node."""
+
+    @property
+    def chain(self) -> Chain: ...
+
+    @property
+    def params(self) -> NetworkParams: ...
+
+    @property
+    def p2p(self) -> PeerManager: ...
+
+    @property
+    def compact(self) -> CompactRelay: ...
+
+    async def process_block(self, block: Block, source: PeerSession | None) -> AddResult | None:
+        """Validate a block and add it to the chain; relay it if it is good."""
+        ...
+
+    def flush_store(self) -> None:
+        """Commit the batched store writes."""
+        ...
+
+
 class HeaderSync:
     """The headers-first download of one node (see the module docstring)."""
 
-    def __init__(self, node: Node, progress: SyncProgress) -> None:
+    def __init__(self, node: SyncHost, progress: SyncProgress) -> None:
         self.node = node
         self.progress = progress
         self.pending: dict[bytes, HeaderContext] = {}

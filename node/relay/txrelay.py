@@ -25,7 +25,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from consensus.errors import InvalidTransaction
 from consensus.transactions import check_tx_stateless
@@ -34,7 +34,11 @@ from node.net.peer import PeerSession
 from node.net.wire import InvItem, InvKind
 
 if TYPE_CHECKING:
-    from node.app import Node
+    from consensus.chain import Chain
+    from consensus.params import NetworkParams
+    from node.mempool import Mempool
+    from node.net.p2p import PeerManager
+    from node.rpc.server import Metrics, RpcServer
 
 log = logging.getLogger("pouw.node")
 
@@ -61,7 +65,29 @@ SEEN_CACHE = 50_000
 _MALICIOUS = ("signature", "chain_id", "payload", "kind")
 
 
-def _valid_on_its_own(tx: Any, node: Node) -> bool:
+class TxRelayHost(Protocol):
+    """What transaction relay needs of the node."""
+
+    @property
+    def chain(self) -> Chain: ...
+
+    @property
+    def params(self) -> NetworkParams: ...
+
+    @property
+    def mempool(self) -> Mempool: ...
+
+    @property
+    def p2p(self) -> PeerManager: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def rpc(self) -> RpcServer: ...
+
+
+def _valid_on_its_own(tx: Any, node: TxRelayHost) -> bool:
     """Whether ``tx`` passes every check that does not depend on the state.
 
     A stateful rule can name the payload too ("payload.claims[0].job_id: the job
@@ -79,7 +105,7 @@ def _valid_on_its_own(tx: Any, node: Node) -> bool:
 class TxRelay:
     """The transaction side of one node's gossip (see the module docstring)."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: TxRelayHost) -> None:
         self.node = node
         self.wanted: OrderedDict[bytes, PeerSession] = OrderedDict()
         self.requested: dict[bytes, tuple[PeerSession, float]] = {}

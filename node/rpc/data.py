@@ -33,7 +33,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 from aiohttp import web
@@ -62,7 +62,10 @@ from node.rpc.methods import parse_hash
 from node.rpc.server import INVALID_PARAMS, REJECTED, RpcError, RpcServer
 
 if TYPE_CHECKING:
-    from node.app import Node
+    from consensus.chain import Chain
+    from consensus.keys import PrivateKey
+    from consensus.params import NetworkParams
+    from node.rpc.server import Metrics
 
 log = logging.getLogger("pouw.data")
 
@@ -94,10 +97,29 @@ class Staging:
         return sum(self.sizes.values())
 
 
+class DataApi(Protocol):
+    """What the data host and the data RPC methods use of the node."""
+
+    @property
+    def chain(self) -> Chain: ...
+
+    @property
+    def params(self) -> NetworkParams: ...
+
+    @property
+    def key(self) -> PrivateKey: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def data_host(self) -> DataHost: ...
+
+
 class DataHost:
     """One node's hosted datasets and the rules for serving them."""
 
-    def __init__(self, node: Node, directory: Path) -> None:
+    def __init__(self, node: DataApi, directory: Path) -> None:
         self.node = node
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -345,7 +367,7 @@ _DATA_PAYLOADS = {
 }
 
 
-def register_data_methods(rpc: RpcServer, node: Node) -> None:
+def register_data_methods(rpc: RpcServer, node: DataApi) -> None:
     def _dataset(dataset_id: str) -> tuple[bytes, dict[str, Any]]:
         ds_id = parse_hash(dataset_id, "dataset id")
         rec = dataset_record(node.chain.state, ds_id)

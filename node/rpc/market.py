@@ -6,7 +6,7 @@ import heapq
 import statistics
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -19,7 +19,11 @@ from node.rpc.methods import parse_hash
 from node.rpc.server import INVALID_PARAMS, REJECTED, RpcError, RpcServer
 
 if TYPE_CHECKING:
-    from node.app import Node
+    from consensus.chain import Chain
+    from consensus.params import NetworkParams
+    from node.mempool import Mempool
+    from node.relay.blobs import BlobExchange
+    from node.services.market import MarketService
 
 
 def _job_json(rec: dict[str, Any]) -> dict[str, Any]:
@@ -136,7 +140,30 @@ def _seconds(value: Any) -> float:
     return float(value)
 
 
-def register_market_methods(rpc: RpcServer, node: Node) -> None:
+class MarketApi(Protocol):
+    """What the market RPC methods use of the node."""
+
+    @property
+    def chain(self) -> Chain: ...
+
+    @property
+    def params(self) -> NetworkParams: ...
+
+    @property
+    def mempool(self) -> Mempool: ...
+
+    @property
+    def blobs(self) -> BlobExchange: ...
+
+    @property
+    def market(self) -> MarketService: ...
+
+    async def fetch_blob(self, root: bytes, timeout: float = 60.0) -> bytes:
+        """A blob by its root, from the store or from peers."""
+        ...
+
+
+def register_market_methods(rpc: RpcServer, node: MarketApi) -> None:
     async def putoperand(matrix_hex: str, layout: str = "rows") -> str:
         """Keep an operand to serve to miners; returns its root (root_a, or root_b for cols)."""
         if layout not in ("rows", "cols"):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from consensus.blocks import Block
 from consensus.errors import DecodeError, InvalidTransaction
@@ -18,7 +19,18 @@ MAX_TX_BATCH = 1_000
 """Transactions one sendtransactions call may carry."""
 
 if TYPE_CHECKING:
-    from node.app import Node
+    from consensus.chain import Chain
+    from consensus.keys import PrivateKey
+    from consensus.params import NetworkParams
+    from node.config import NodeConfig
+    from node.mempool import Mempool
+    from node.miner import Miner
+    from node.net.p2p import PeerManager
+    from node.net.peer import PeerSession
+    from node.relay.compact import CompactRelay
+    from node.relay.sync_progress import SyncProgress
+    from node.relay.txrelay import TxRelay
+    from node.services.market import MarketService
 
 
 def parse_hash(text: Any, what: str = "hash") -> bytes:
@@ -49,7 +61,72 @@ def _int(value: Any, what: str) -> int:
     return value
 
 
-def register_methods(rpc: RpcServer, node: Node) -> None:
+class NodeApi(Protocol):
+    """What the core RPC methods read and drive on the node."""
+
+    @property
+    def config(self) -> NodeConfig: ...
+
+    @property
+    def params(self) -> NetworkParams: ...
+
+    @property
+    def key(self) -> PrivateKey: ...
+
+    @property
+    def chain(self) -> Chain: ...
+
+    @property
+    def mempool(self) -> Mempool: ...
+
+    @property
+    def p2p(self) -> PeerManager: ...
+
+    @property
+    def p2p_port(self) -> int: ...
+
+    @property
+    def compact(self) -> CompactRelay: ...
+
+    @property
+    def txs(self) -> TxRelay: ...
+
+    @property
+    def market(self) -> MarketService: ...
+
+    @property
+    def miner(self) -> Miner | None: ...
+
+    @property
+    def miner_address(self) -> bytes: ...
+
+    @property
+    def sync_progress(self) -> SyncProgress: ...
+
+    @property
+    def block_times(self) -> dict[bytes, float]: ...
+
+    @property
+    def started_at(self) -> float: ...
+
+    def start_mining(self) -> None:
+        """Start the miner (if not running)."""
+        ...
+
+    async def stop_mining(self) -> None:
+        """Stop the miner."""
+        ...
+
+    def request_stop(self) -> None:
+        """Ask the node to stop."""
+        ...
+
+    async def submit_transaction(self, tx: Any, source: PeerSession | None = None) -> bytes:
+        """Admit a transaction to the mempool and relay it; its txid."""
+        ...
+
+
+def register_methods(rpc: RpcServer, node: NodeApi) -> None:
     chain = lambda: node.chain  # noqa: E731 - the chain object is replaced on restart only
 
     async def getinfo() -> dict[str, Any]:
@@ -269,7 +346,7 @@ def register_methods(rpc: RpcServer, node: Node) -> None:
         node.request_stop()
         return "stopping"
 
-    for name, fn in [
+    handlers: list[tuple[str, Callable[..., Awaitable[Any]]]] = [
         ("getinfo", getinfo),
         ("getblock", getblock),
         ("getblockbyheight", getblockbyheight),
@@ -283,7 +360,8 @@ def register_methods(rpc: RpcServer, node: Node) -> None:
         ("getbans", getbans),
         ("getmininginfo", getmininginfo),
         ("getblocktimes", getblocktimes),
-    ]:
+    ]
+    for name, fn in handlers:
         rpc.method(name, fn)
     rpc.method("sendtransaction", sendtransaction, mutating=True)
     rpc.method("sendtransactions", sendtransactions, mutating=True)

@@ -29,7 +29,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from blake3 import blake3
@@ -49,7 +49,13 @@ from consensus.transactions import (
 from node.relay.blobs import BlobFetchError
 
 if TYPE_CHECKING:
-    from node.app import Node
+    from consensus.chain import Chain
+    from consensus.keys import PrivateKey
+    from consensus.params import NetworkParams
+    from node.mempool import Mempool
+    from node.miner import Miner
+    from node.relay.blobs import BlobExchange
+    from node.relay.txrelay import TxRelay
 
 log = logging.getLogger("pouw.market")
 
@@ -125,8 +131,40 @@ def _invert(digest: bytes) -> bytes:
     return bytes(255 - b for b in digest)
 
 
+class MarketHost(Protocol):
+    """What the market service needs of the node."""
+
+    @property
+    def chain(self) -> Chain: ...
+
+    @property
+    def params(self) -> NetworkParams: ...
+
+    @property
+    def mempool(self) -> Mempool: ...
+
+    @property
+    def txs(self) -> TxRelay: ...
+
+    @property
+    def blobs(self) -> BlobExchange: ...
+
+    @property
+    def miner(self) -> Miner | None: ...
+
+    @property
+    def miner_address(self) -> bytes: ...
+
+    @property
+    def claim_key(self) -> PrivateKey | None: ...
+
+    async def fetch_blob(self, root: bytes, timeout: float = 60.0) -> bytes:
+        """A blob by its root, from the store or from peers."""
+        ...
+
+
 class MarketService:
-    def __init__(self, node: Node, dishonest: bool = False) -> None:
+    def __init__(self, node: MarketHost, dishonest: bool = False) -> None:
         self.node = node
         self.dishonest = dishonest
         self.jobs: dict[bytes, Job] = {}  # job id → verified operands
