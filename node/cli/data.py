@@ -95,7 +95,7 @@ def data_cmd() -> None:
 
 @data_cmd.command("pubkey")
 @common
-def data_pubkey(network, datadir, wallet, rpc_addr, block_time_ms, as_json) -> None:  # type: ignore[no-untyped-def]
+def data_pubkey(network, datadir, wallet, rpc_addr, block_time_ms, as_json) -> None:
     """Print this wallet's public key, one line (an owner needs it to grant you access:
     `pouw data grant DATASET $(pouw data pubkey)`); --json adds the address."""
     key = _load_wallet(_wallet_path(network, datadir, wallet))
@@ -117,7 +117,7 @@ def data_pubkey(network, datadir, wallet, rpc_addr, block_time_ms, as_json) -> N
     "it (header row, numeric features, integer class label last).",
 )
 @WAIT
-def data_register(  # type: ignore[no-untyped-def]
+def data_register(
     network,
     datadir,
     wallet,
@@ -181,7 +181,7 @@ def data_register(  # type: ignore[no-untyped-def]
     help="Blocks until the grant expires.",
 )
 @WAIT
-def data_grant(  # type: ignore[no-untyped-def]
+def data_grant(
     network,
     datadir,
     wallet,
@@ -215,7 +215,7 @@ def data_grant(  # type: ignore[no-untyped-def]
 @click.argument("dataset")
 @click.argument("grantee")
 @WAIT
-def data_revoke(  # type: ignore[no-untyped-def]
+def data_revoke(
     network, datadir, wallet, rpc_addr, block_time_ms, as_json, dataset, grantee, wait_s
 ) -> None:
     """Stop GRANTEE's (an address or public key) future reads of DATASET."""
@@ -239,7 +239,7 @@ def data_revoke(  # type: ignore[no-untyped-def]
     help="Seconds to wait for the access_log and for the read [default: 120].",
 )
 @click.option("--timeout", "old_timeout", type=click.FloatRange(min=1), default=None, hidden=True)
-def data_fetch(  # type: ignore[no-untyped-def]
+def data_fetch(
     network,
     datadir,
     wallet,
@@ -265,9 +265,7 @@ def data_fetch(  # type: ignore[no-untyped-def]
 @data_cmd.command("audit")
 @common
 @click.argument("dataset")
-def data_audit(  # type: ignore[no-untyped-def]
-    network, datadir, wallet, rpc_addr, block_time_ms, as_json, dataset
-) -> None:
+def data_audit(network, datadir, wallet, rpc_addr, block_time_ms, as_json, dataset) -> None:
     """Who was granted, revoked and read DATASET, block by block."""
     audit = _client(network, datadir, rpc_addr).call("getaudit", _dataset_id(dataset).hex())
     if as_json:
@@ -327,7 +325,7 @@ def model_publish_command(group: click.Group) -> None:
     @click.option("--model-id", default=None, help="64 hex [default: derived from the rest].")
     @click.option("--meta", default="{}", help="Public metadata, a JSON object.")
     @WAIT
-    def model_publish(  # type: ignore[no-untyped-def]
+    def model_publish(
         network,
         datadir,
         wallet,

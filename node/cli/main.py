@@ -6,7 +6,6 @@ file, a missing GPU) print one line and exit non-zero, never a traceback.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
@@ -69,7 +68,3 @@ cli.add_command(demo_cmd)
 def main() -> None:
     # POUW_<COMMAND>_<OPTION> (e.g. POUW_NODE_LOG_LEVEL) sets any option (node/config.py).
     cli.main(prog_name="pouw", auto_envvar_prefix="POUW")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -228,7 +228,7 @@ def node_cmd(
     if threads:
         import numba
 
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     # The lock comes first: a second node on this datadir must not even open its log.
     lock = DatadirLock(config.datadir)
     try:
