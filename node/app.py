@@ -31,9 +31,9 @@ from consensus.keys import PrivateKey
 from kernels.attempt import warm_up
 from node import explorer
 from node.config import NodeConfig
-from node.datadir import DatadirLock
+from node.datadir import DatadirLock, write_cookie
 from node.mempool import Mempool
-from node.metrics import NodeCollector
+from node.metrics import Metrics, NodeCollector
 from node.miner import Miner
 from node.net.addresses import AddressBook
 from node.net.bans import BanList
@@ -70,7 +70,7 @@ from node.relay.txrelay import TxRelay
 from node.rpc.data import DataHost, register_data_methods
 from node.rpc.market import register_market_methods
 from node.rpc.methods import register_methods
-from node.rpc.server import MAX_REQUEST_BYTES, Metrics, RpcServer, write_cookie
+from node.rpc.server import MAX_REQUEST_BYTES, RpcServer
 from node.services.market import MarketService
 from node.store import Store
 from node.verifier import ProofOfWorkMemo, SignatureVerifier

@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from consensus.chain import AddResult, Chain
     from consensus.params import NetworkParams
     from node.mempool import Mempool
+    from node.metrics import Metrics
     from node.net.peer import PeerSession
-    from node.rpc.server import Metrics
     from node.services.market import MarketService
 
 log = logging.getLogger("pouw.node")

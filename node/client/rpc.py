@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from node.rpc.server import read_cookie
+from node.datadir import read_cookie
 
 _ids = itertools.count(1)
 

@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from consensus.chain import Chain
     from consensus.params import NetworkParams
     from node.mempool import Mempool
+    from node.metrics import Metrics
     from node.net.p2p import PeerManager
-    from node.rpc.server import Metrics, RpcServer
 
 log = logging.getLogger("pouw.node")
 
@@ -65,6 +65,14 @@ SEEN_CACHE = 50_000
 _MALICIOUS = ("signature", "chain_id", "payload", "kind")
 
 
+class EventFeed(Protocol):
+    """Where the node tells its subscribers what happened (the RPC's WebSocket feed)."""
+
+    def notify(self, event: dict[str, Any]) -> None:
+        """Send ``event`` to every subscriber."""
+        ...
+
+
 class TxRelayHost(Protocol):
     """What transaction relay needs of the node."""
 
@@ -84,7 +92,7 @@ class TxRelayHost(Protocol):
     def metrics(self) -> Metrics: ...
 
     @property
-    def rpc(self) -> RpcServer: ...
+    def rpc(self) -> EventFeed: ...
 
 
 def _valid_on_its_own(tx: Any, node: TxRelayHost) -> bool:

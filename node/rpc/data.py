@@ -65,7 +65,7 @@ if TYPE_CHECKING:
     from consensus.chain import Chain
     from consensus.keys import PrivateKey
     from consensus.params import NetworkParams
-    from node.rpc.server import Metrics
+    from node.metrics import Metrics
 
 log = logging.getLogger("pouw.data")
 

@@ -17,31 +17,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import importlib.metadata
 import inspect
 import json
 import logging
 import math
-import platform
-import secrets
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from aiohttp import WSMsgType, web
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    Info,
-    ProcessCollector,
-    disable_created_metrics,
-    generate_latest,
-)
+from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from node.metrics import Metrics
 from node.net.httpguard import RateLimitedLog, bad_upgrade
 
 log = logging.getLogger("pouw.rpc")
@@ -67,7 +55,6 @@ MAX_BATCH_REPLY_BYTES = 8 * 1024 * 1024
 """A batch's replies stop growing here (one reply may be bigger alone)."""
 BATCH_YIELD = 32
 """A sendtransactions list yields the event loop this often."""
-COOKIE_NAME = ".cookie"
 
 
 class RpcError(Exception):
@@ -81,93 +68,6 @@ class RpcError(Exception):
 
 
 Handler = Callable[..., Awaitable[Any]]
-
-
-def write_cookie(datadir: Path) -> str:
-    """A fresh random token in ``<datadir>/.cookie``, readable by the owner only."""
-    token = secrets.token_hex(32)
-    path = datadir / COOKIE_NAME
-    path.write_text(token)
-    path.chmod(0o600)
-    return token
-
-
-def read_cookie(datadir: Path) -> str:
-    path = datadir / COOKIE_NAME
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        raise ValueError(
-            f"no RPC cookie at {path}: is the node running with that datadir?"
-        ) from None
-
-
-SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("pouwnet")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-class Metrics:
-    """Prometheus metrics of one node (its own registry: several nodes may share a process).
-
-    Event counters live here; what is read from the node's state at scrape time is in
-    node/metrics.py."""
-
-    def __init__(self) -> None:
-        disable_created_metrics()  # no *_created series beside every counter: clutter
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.height = Gauge("pouw_height", "Height of the active chain tip", registry=r)
-        self.peers = Gauge("pouw_peers", "Connected peers", registry=r)
-        self.mempool = Gauge("pouw_mempool_txs", "Transactions in the mempool", registry=r)
-        self.hashrate = Gauge("pouw_hashrate_macs", "Miner speed in MAC/s", registry=r)
-        self.blocks = Counter("pouw_blocks", "Blocks by outcome", ["outcome"], registry=r)
-        self.txs = Counter("pouw_txs", "Transactions by outcome", ["outcome"], registry=r)
-        # Counted per transaction: the labelled children are looked up once.
-        self.txs_accepted = self.txs.labels("accepted")
-        self.txs_rejected = self.txs.labels("rejected")
-        self.bans = Counter("pouw_bans", "Peers banned", registry=r)
-        self.mined = Counter("pouw_blocks_mined", "Blocks mined by this node", registry=r)
-        self.block_import = Histogram(
-            "pouw_block_import_seconds",
-            "Time to validate and connect (or keep) a block",
-            buckets=SECONDS_BUCKETS,
-            registry=r,
-        )
-        self.block_store = Histogram(
-            "pouw_block_store_seconds",
-            "Time to write a block's changes to the store",
-            buckets=SECONDS_BUCKETS,
-            registry=r,
-        )
-        self.reorgs = Counter("pouw_reorgs", "Chain reorganisations", registry=r)
-        self.reorg_blocks = Counter("pouw_reorg_blocks", "Blocks replaced by reorgs", registry=r)
-        self.rpc_requests = Counter(
-            "pouw_rpc_requests",
-            "RPC calls by method and outcome",
-            ["method", "outcome"],
-            registry=r,
-        )
-        self.rpc_seconds = Histogram(
-            "pouw_rpc_request_seconds",
-            "RPC call latency by method",
-            ["method"],
-            buckets=SECONDS_BUCKETS,
-            registry=r,
-        )
-        self.reads_served = Counter("pouw_data_reads_served", "Dataset reads served", registry=r)
-        self.chunks_served = Counter(
-            "pouw_data_chunks_served", "Encrypted dataset chunks served", registry=r
-        )
-        Info("pouw_build", "The node's version", registry=r).info(
-            {"version": _version(), "python": platform.python_version()}
-        )
-        ProcessCollector(registry=r)  # process_cpu_seconds_total, memory, open fds
 
 
 class RpcMethod(NamedTuple):
