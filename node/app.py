@@ -67,10 +67,11 @@ from node.relay.compact import CompactRelay
 from node.relay.headersync import HeaderSync
 from node.relay.sync_progress import SyncProgress
 from node.relay.txrelay import TxRelay
-from node.rpc.data import DataHost, register_data_methods
+from node.rpc.data import register_data_methods
 from node.rpc.market import register_market_methods
 from node.rpc.methods import register_methods
 from node.rpc.server import MAX_REQUEST_BYTES, RpcServer
+from node.services.data_host import DataHost
 from node.services.market import MarketService
 from node.store import Store
 from node.verifier import ProofOfWorkMemo, SignatureVerifier

@@ -16,7 +16,7 @@ without a grant can test a guess of a low-entropy dataset against it.
 A read (``read_dataset``): the grantee asks the host for a fresh challenge,
 signs (challenge, dataset, request nonce, host) with its account key and
 sends it with the nonce of its confirmed access_log; the host answers with
-the encrypted chunks only if the chain says so (node.rpc.data.DataHost).
+the encrypted chunks only if the chain says so (node.services.data_host.DataHost).
 """
 
 from __future__ import annotations

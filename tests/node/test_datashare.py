@@ -37,8 +37,8 @@ from node.client.datashare import (
     upload_batches,
 )
 from node.config import NodeConfig
-from node.rpc import data as rpc_data
 from node.rpc.server import RpcError
+from node.services import data_host
 from tests.consensus.chainkit import ALICE, BOB, CAROL, MID, new_chain, next_block
 from tests.e2e.framework import NodeProcess
 
@@ -341,7 +341,7 @@ async def test_a_staged_upload_is_hosted_only_when_its_root_is_the_one_announced
         with pytest.raises(RpcError, match=r"chunks 2\.\.3 are not within 0\.\.2"):
             await stage(other_root.hex(), 3, 2, ["aa", "bb"])
         # At most MAX_STAGINGS uploads in progress.
-        for i in range(rpc_data.MAX_STAGINGS):
+        for i in range(data_host.MAX_STAGINGS):
             reply = await stage(bytes([i]).hex() * 32, 2, 0, ["aa"])
             assert reply["complete"] is False
         with pytest.raises(RpcError, match="uploads are already in progress"):
