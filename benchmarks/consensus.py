@@ -1,6 +1,6 @@
 """`pouw bench consensus`: a real multi-node testnet under a transaction load.
 
-N `pouw node` processes (node.testnet.Testnet, optionally each in its own
+N `pouw node` processes (node.devtools.testnet.Testnet, optionally each in its own
 network namespace behind netem) mine a devnet while one sender thread per
 node pushes signed transfers from the prefunded ``devnet-i`` accounts through
 JSON-RPC ``sendtransactions`` batches. Account ``a`` always goes to node

@@ -428,7 +428,7 @@ class Node:
     async def fetch_blob(self, root: bytes, timeout: float = 60.0) -> bytes:
         """The blob ``root`` from the store, or fetched from peers by verified ranges of chunks.
 
-        Raises ``node.blobs.BlobFetchError`` (saying why) if no peer gives it in time.
+        Raises ``node.relay.blobs.BlobFetchError`` (saying why) if no peer gives it in time.
         """
         return await self.blobs.fetch(root, timeout)
 

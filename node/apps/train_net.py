@@ -7,7 +7,7 @@ posts jobs; its ``on_step`` hook gets each step's weights hash (for the step's
 :class:`NetworkMatmul` is the ``matmul`` it is given. A step's five products
 come in four dependency rounds ({X·W1}, {H·W2}, {Hᵀ·δ2, δ2·W2ᵀ}, {Xᵀ·δ1}:
 :data:`kernels.training.STEP_ROUNDS`); each round's products are posted
-together with :class:`node.client.MarketClient`, waited on together until
+together with :class:`node.client.market.MarketClient`, waited on together until
 claimed, and used only after Freivalds accepts each C. So a round costs about
 one block interval plus a job's compute, not one lottery win per product.
 

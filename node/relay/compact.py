@@ -117,7 +117,7 @@ class CompactHost(Protocol):
     def p2p(self) -> PeerManager: ...
 
     async def accept_block(self, block: Block, peer: PeerSession) -> None:
-        """A block a peer sent (whole or rebuilt): process it, punish the peer if bad."""
+        """A block ``peer`` sent, whole or rebuilt from a compact block."""
         ...
 
 
