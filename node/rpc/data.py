@@ -23,8 +23,7 @@ from consensus.transactions import (
     DatasetRegisterPayload,
     ModelPublishPayload,
 )
-from node.rpc.methods import parse_hash
-from node.rpc.server import INVALID_PARAMS, REJECTED, RpcError, RpcServer
+from node.rpc.server import INVALID_PARAMS, REJECTED, RpcError, RpcServer, parse_hash
 
 if TYPE_CHECKING:
     from consensus.chain import Chain

@@ -15,8 +15,7 @@ from consensus.market import MINED, OPEN, PAID, REFUNDED, claim_bond, job_record
 from consensus.state import JOBS, State, iter_model_steps
 from kernels.params import OPERAND_MAX, OPERAND_MIN
 from node.relay.blobs import BlobError, BlobFetchError, decode_matrix, encode_matrix
-from node.rpc.methods import parse_hash
-from node.rpc.server import INVALID_PARAMS, REJECTED, RpcError, RpcServer
+from node.rpc.server import INVALID_PARAMS, REJECTED, RpcError, RpcServer, parse_hash
 
 if TYPE_CHECKING:
     from consensus.chain import Chain

@@ -12,7 +12,7 @@ from consensus.errors import DecodeError, InvalidTransaction
 from consensus.keys import address_to_text, parse_address
 from consensus.transactions import decode_tx
 from node import collector
-from node.rpc.server import BATCH_YIELD, INVALID_PARAMS, REJECTED, RpcError, RpcServer
+from node.rpc.server import BATCH_YIELD, INVALID_PARAMS, REJECTED, RpcError, RpcServer, parse_hash
 from node.rpc.views import block_json, header_json, tx_json
 
 MAX_TX_BATCH = 1_000
@@ -31,19 +31,6 @@ if TYPE_CHECKING:
     from node.relay.sync_progress import SyncProgress
     from node.relay.txrelay import TxRelay
     from node.services.market import MarketService
-
-
-def parse_hash(text: Any, what: str = "hash") -> bytes:
-    """A 32-byte hash from an RPC parameter, or an INVALID_PARAMS error naming it."""
-    if not isinstance(text, str):
-        raise RpcError(INVALID_PARAMS, f"{what} must be a hex string")
-    try:
-        raw = bytes.fromhex(text)
-    except ValueError:
-        raise RpcError(INVALID_PARAMS, f"{what} is not hex") from None
-    if len(raw) != 32:
-        raise RpcError(INVALID_PARAMS, f"{what} must be 32 bytes")
-    return raw
 
 
 def _address(text: Any) -> bytes:

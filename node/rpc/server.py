@@ -70,6 +70,19 @@ class RpcError(Exception):
 Handler = Callable[..., Awaitable[Any]]
 
 
+def parse_hash(text: Any, what: str = "hash") -> bytes:
+    """A 32-byte hash from an RPC parameter, or an INVALID_PARAMS error naming it."""
+    if not isinstance(text, str):
+        raise RpcError(INVALID_PARAMS, f"{what} must be a hex string")
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raise RpcError(INVALID_PARAMS, f"{what} is not hex") from None
+    if len(raw) != 32:
+        raise RpcError(INVALID_PARAMS, f"{what} must be 32 bytes")
+    return raw
+
+
 class RpcMethod(NamedTuple):
     """A registered method: its coroutine, whether it needs the token, its signature."""
 
