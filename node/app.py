@@ -19,6 +19,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,7 @@ class Node:
         # Load the verifier's compiled kernels while the node starts and connects.
         self._tasks.append(asyncio.create_task(asyncio.to_thread(warm_up), name="warm-up"))
         self.blobs = BlobExchange(self.store, lambda: self.p2p.peers)
+        self._handlers = self._message_handlers()
         self.market = MarketService(self, dishonest=self.config.dishonest_results)
         self.mempool = Mempool(self.params)
         self.chain.verified_txids = self.mempool.verified_txids
@@ -449,45 +451,42 @@ class Node:
         self.compact.peer_closed(peer)
         self.sync.peer_closed(peer)
 
+    def _message_handlers(self) -> dict[type, Callable[[PeerSession, Any], Awaitable[None] | None]]:
+        """Which component handles each message type after the handshake."""
+        return {
+            Inv: self._on_inv,
+            GetData: self._on_getdata,
+            TxsMsg: self._on_txs,
+            TxMsg: self._on_tx,
+            BlockMsg: self._on_block,
+            BlockBody: self.sync.on_body,
+            CompactBlock: self.compact.on_compact_block,
+            BlockTxn: self.compact.on_block_txn,
+            GetBlockTxn: self.compact.on_get_block_txn,
+            GetHeaders: self.sync.on_getheaders,
+            Headers: self.sync.on_headers,
+            BlobGet: self.blobs.on_blob_get,
+            BlobChunk: self.blobs.on_blob_chunk,
+            BlobGetRange: self.blobs.on_blob_get_range,
+            BlobRange: self.blobs.on_blob_range,
+            NotFound: self._on_not_found,
+        }
+
     async def on_message(self, peer: PeerSession, msg: Any) -> None:
-        if isinstance(msg, Inv):
-            await self._on_inv(peer, msg)
-        elif isinstance(msg, GetData):
-            await self._on_getdata(peer, msg)
-        elif isinstance(msg, TxsMsg):
-            await self._on_txs(peer, msg)
-        elif isinstance(msg, TxMsg):
-            await self._on_tx(peer, msg)
-        elif isinstance(msg, BlockMsg):
-            await self._on_block(peer, msg)
-        elif isinstance(msg, BlockBody):
-            await self.sync.on_body(peer, msg)
-        elif isinstance(msg, CompactBlock):
-            await self.compact.on_compact_block(peer, msg)
-        elif isinstance(msg, BlockTxn):
-            await self.compact.on_block_txn(peer, msg)
-        elif isinstance(msg, GetBlockTxn):
-            self.compact.on_get_block_txn(peer, msg)
-        elif isinstance(msg, GetHeaders):
-            await self.sync.on_getheaders(peer, msg)
-        elif isinstance(msg, Headers):
-            await self.sync.on_headers(peer, msg)
-        elif isinstance(msg, BlobGet):
-            await self.blobs.on_blob_get(peer, msg)
-        elif isinstance(msg, BlobChunk):
-            self.blobs.on_blob_chunk(peer, msg)
-        elif isinstance(msg, BlobGetRange):
-            await self.blobs.on_blob_get_range(peer, msg)
-        elif isinstance(msg, BlobRange):
-            self.blobs.on_blob_range(peer, msg)
-        elif isinstance(msg, NotFound):
-            for item in msg.items:
-                peer.take_requested(item.kind, item.hash)
-                if item.kind == INV_TX:
-                    self.txs.not_found(peer, item.hash)
-                self.compact.not_found(peer, item)
-                self.sync.not_found(peer, item.hash)
-            self.sync.schedule()
+        handler = self._handlers.get(type(msg))
+        if handler is not None:
+            handled = handler(peer, msg)
+            if handled is not None:  # the handlers that send or wait are coroutines
+                await handled
+
+    async def _on_not_found(self, peer: PeerSession, msg: NotFound) -> None:
+        for item in msg.items:
+            peer.take_requested(item.kind, item.hash)
+            if item.kind == INV_TX:
+                self.txs.not_found(peer, item.hash)
+            self.compact.not_found(peer, item)
+            self.sync.not_found(peer, item.hash)
+        self.sync.schedule()
 
     async def _on_inv(self, peer: PeerSession, msg: Inv) -> None:
         wanted, txids = [], []
