@@ -62,7 +62,6 @@ if TYPE_CHECKING:
     from consensus.chain import AddResult, Chain
     from consensus.params import NetworkParams
     from node.net.p2p import PeerManager
-    from node.relay.compact import CompactRelay
 
 log = logging.getLogger("pouw.node")
 
@@ -94,6 +93,14 @@ class _Presync:
     skipped: int = 0
 
 
+class CompactBlocksInFlight(Protocol):
+    """Compact relay, as the block download sees it."""
+
+    def pending(self, block_hash: bytes) -> bool:
+        """Whether this block is on its way as a compact block."""
+        ...
+
+
 class SyncHost(Protocol):
     """What headers-first sync needs of the node."""
 
@@ -107,7 +114,7 @@ class SyncHost(Protocol):
     def p2p(self) -> PeerManager: ...
 
     @property
-    def compact(self) -> CompactRelay: ...
+    def compact(self) -> CompactBlocksInFlight: ...
 
     async def process_block(self, block: Block, source: PeerSession | None) -> AddResult | None:
         """Validate a block and add it to the chain; relay it if it is good."""

@@ -53,7 +53,6 @@ if TYPE_CHECKING:
     from consensus.keys import PrivateKey
     from consensus.params import NetworkParams
     from node.mempool import Mempool
-    from node.miner import Miner
     from node.relay.blobs import BlobExchange
     from node.relay.txrelay import TxRelay
 
@@ -131,6 +130,14 @@ def _invert(digest: bytes) -> bytes:
     return bytes(255 - b for b in digest)
 
 
+class TipListener(Protocol):
+    """The miner, as the market sees it."""
+
+    def tip_changed(self) -> None:
+        """Abandon the current template at the end of the running attempt."""
+        ...
+
+
 class MarketHost(Protocol):
     """What the market service needs of the node."""
 
@@ -150,7 +157,7 @@ class MarketHost(Protocol):
     def blobs(self) -> BlobExchange: ...
 
     @property
-    def miner(self) -> Miner | None: ...
+    def miner(self) -> TipListener | None: ...
 
     @property
     def miner_address(self) -> bytes: ...
