@@ -19,7 +19,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check kernels consensus node benchmarks tests
 
 typecheck: $(STAMP)
-	$(BIN)/mypy kernels consensus
+	$(BIN)/mypy kernels consensus node
 
 # The explorer's tests drive Debian's Chromium through Playwright (no browser download).
 CHROMIUM := /usr/bin/chromium

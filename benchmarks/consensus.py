@@ -1,6 +1,6 @@
 """`pouw bench consensus`: a real multi-node testnet under a transaction load.
 
-N `pouw node` processes (node.testnet.Testnet, optionally each in its own
+N `pouw node` processes (node.devtools.testnet.Testnet, optionally each in its own
 network namespace behind netem) mine a devnet while one sender thread per
 node pushes signed transfers from the prefunded ``devnet-i`` accounts through
 JSON-RPC ``sendtransactions`` batches. Account ``a`` always goes to node
@@ -55,7 +55,7 @@ from consensus.transactions import (
     kind_of,
     signing_digest,
 )
-from node.testnet import Testnet, TestnetNode, miner_key
+from node.devtools.testnet import Testnet, TestnetNode, miner_key
 
 BATCH = 250
 """Transactions per JSON-RPC batch request, at most."""
@@ -295,7 +295,7 @@ def bench_consensus(
         for node in net.nodes:
             enter = None
             if netns is not None:
-                from node.netns import enter_netns
+                from node.devtools.netns import enter_netns
 
                 ns = netns.node_ns(node.index)
                 enter = lambda ns=ns: enter_netns(ns)  # noqa: E731

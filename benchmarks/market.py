@@ -40,9 +40,9 @@ import numpy as np
 from consensus.keys import PrivateKey
 from consensus.params import DEVNET, NetworkParams, with_block_time
 from kernels.freivalds import freivalds_check
-from node.client import MarketClient, WrongResult
-from node.rpc_client import RpcClient
-from node.testnet import Testnet, TestnetNode
+from node.client.market import MarketClient, WrongResult
+from node.client.rpc import RpcClient
+from node.devtools.testnet import Testnet, TestnetNode
 
 POSTER_LABELS = ("devnet-11", "devnet-12", "devnet-13", "devnet-14")
 """One posting thread per key: one poster's RPC round trips cannot keep up with miners."""

@@ -44,9 +44,8 @@ from consensus.pow import mine, null_job
 from consensus.template import build_template
 from consensus.transactions import Transaction, decode_tx, encode_tx, signing_digest
 from node.mempool import Mempool
-from node.peer import PeerSession
-from node.store import Store
-from node.wire import (
+from node.net.peer import PeerSession
+from node.net.wire import (
     CompactBlock,
     GetData,
     Inv,
@@ -56,6 +55,7 @@ from node.wire import (
     decode_message,
     encode_message,
 )
+from node.store import Store
 
 ACCOUNTS = 256
 PEERS = 3

@@ -33,7 +33,7 @@ from consensus.blocks import Block
 from consensus.keys import PrivateKey
 from consensus.params import DEVNET, NetworkParams
 from consensus.pow import mine, null_job
-from node.rpc_client import RpcClient
+from node.client.rpc import RpcClient
 from node.store import Store
 
 SPACING_MS = 600_000

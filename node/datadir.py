@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import secrets
 from pathlib import Path
 
 LOCK_NAME = ".lock"
+COOKIE_NAME = ".cookie"
 
 
 class DatadirInUse(Exception):
@@ -64,3 +66,22 @@ class DatadirLock:
                 os.ftruncate(self._fd, 0)
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
+
+
+def write_cookie(datadir: Path) -> str:
+    """A fresh random token in ``<datadir>/.cookie``, readable by the owner only."""
+    token = secrets.token_hex(32)
+    path = datadir / COOKIE_NAME
+    path.write_text(token)
+    path.chmod(0o600)
+    return token
+
+
+def read_cookie(datadir: Path) -> str:
+    path = datadir / COOKIE_NAME
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        raise ValueError(
+            f"no RPC cookie at {path}: is the node running with that datadir?"
+        ) from None

@@ -9,20 +9,103 @@ pay nothing for them.
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
 import time
 from collections import Counter as Tally
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from consensus.market import job_record
 from node import collector
-from node.wire import MsgType
+from node.net.wire import MsgType
 
 if TYPE_CHECKING:
-    from node.node import Node
+    from pathlib import Path
+
+    from consensus.chain import Chain
+    from node.mempool import Mempool
+    from node.net.p2p import PeerManager
+
+
+SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("pouwnet")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class Metrics:
+    """Prometheus metrics of one node (its own registry: several nodes may share a process).
+
+    Event counters live here; what is read from the node's state at scrape time is
+    ``NodeCollector``'s."""
+
+    def __init__(self) -> None:
+        disable_created_metrics()  # no *_created series beside every counter: clutter
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.height = Gauge("pouw_height", "Height of the active chain tip", registry=r)
+        self.peers = Gauge("pouw_peers", "Connected peers", registry=r)
+        self.mempool = Gauge("pouw_mempool_txs", "Transactions in the mempool", registry=r)
+        self.hashrate = Gauge("pouw_hashrate_macs", "Miner speed in MAC/s", registry=r)
+        self.blocks = Counter("pouw_blocks", "Blocks by outcome", ["outcome"], registry=r)
+        self.txs = Counter("pouw_txs", "Transactions by outcome", ["outcome"], registry=r)
+        # Counted per transaction: the labelled children are looked up once.
+        self.txs_accepted = self.txs.labels("accepted")
+        self.txs_rejected = self.txs.labels("rejected")
+        self.bans = Counter("pouw_bans", "Peers banned", registry=r)
+        self.mined = Counter("pouw_blocks_mined", "Blocks mined by this node", registry=r)
+        self.block_import = Histogram(
+            "pouw_block_import_seconds",
+            "Time to validate and connect (or keep) a block",
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.block_store = Histogram(
+            "pouw_block_store_seconds",
+            "Time to write a block's changes to the store",
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.reorgs = Counter("pouw_reorgs", "Chain reorganisations", registry=r)
+        self.reorg_blocks = Counter("pouw_reorg_blocks", "Blocks replaced by reorgs", registry=r)
+        self.rpc_requests = Counter(
+            "pouw_rpc_requests",
+            "RPC calls by method and outcome",
+            ["method", "outcome"],
+            registry=r,
+        )
+        self.rpc_seconds = Histogram(
+            "pouw_rpc_request_seconds",
+            "RPC call latency by method",
+            ["method"],
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.reads_served = Counter("pouw_data_reads_served", "Dataset reads served", registry=r)
+        self.chunks_served = Counter(
+            "pouw_data_chunks_served", "Encrypted dataset chunks served", registry=r
+        )
+        Info("pouw_build", "The node's version", registry=r).info(
+            {"version": _version(), "python": platform.python_version()}
+        )
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, memory, open fds
 
 
 def _type_name(msg_type: int) -> str:
@@ -32,10 +115,37 @@ def _type_name(msg_type: int) -> str:
         return "malformed"
 
 
+class SyncState(Protocol):
+    """How far a sync has come (the node's ``SyncProgress``)."""
+
+    def state(self) -> dict[str, Any]:
+        """Whether it is syncing, its height and target, and blocks per second."""
+        ...
+
+
+class MetricsSource(Protocol):
+    """What the collector reads off the node."""
+
+    @property
+    def chain(self) -> Chain: ...
+
+    @property
+    def mempool(self) -> Mempool: ...
+
+    @property
+    def p2p(self) -> PeerManager: ...
+
+    @property
+    def sync_progress(self) -> SyncState: ...
+
+    @property
+    def datadir(self) -> Path: ...
+
+
 class NodeCollector(Collector):
     """Reads the node's state when /metrics is scraped."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: MetricsSource) -> None:
         self.node = node
 
     def describe(self) -> list[Metric]:

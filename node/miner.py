@@ -139,7 +139,7 @@ class Miner:
             import numba
 
             # Numba's thread count is per calling thread: set it in the miner's own.
-            numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+            numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
         while not self._stop.is_set():
             try:
                 work = asyncio.run_coroutine_threadsafe(self.get_work(), self.loop).result(30)

@@ -380,7 +380,7 @@ class Store:
     def put_blob(self, root: bytes, data: bytes, chunk_size: int) -> None:
         """Keep ``data`` under its content root (the caller has checked the root).
 
-        ``chunk_size`` is how the blob is cut into chunks (node.blobs), needed
+        ``chunk_size`` is how the blob is cut into chunks (node.relay.blobs), needed
         to serve it: its root is over those chunks.
         """
         with self._transaction() as db:

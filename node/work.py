@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -29,7 +29,12 @@ from consensus.transactions import Transaction
 from node.miner import MiningWork
 
 if TYPE_CHECKING:
-    from node.node import Node
+    from consensus.chain import AddResult, Chain
+    from consensus.params import NetworkParams
+    from node.mempool import Mempool
+    from node.metrics import Metrics
+    from node.net.peer import PeerSession
+    from node.services.market import MarketService
 
 log = logging.getLogger("pouw.node")
 
@@ -46,10 +51,36 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class WorkHost(Protocol):
+    """What the work source needs of the node."""
+
+    @property
+    def chain(self) -> Chain: ...
+
+    @property
+    def params(self) -> NetworkParams: ...
+
+    @property
+    def mempool(self) -> Mempool: ...
+
+    @property
+    def market(self) -> MarketService: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def miner_address(self) -> bytes: ...
+
+    async def process_block(self, block: Block, source: PeerSession | None) -> AddResult | None:
+        """Validate a block and add it to the chain; relay it if it is good."""
+        ...
+
+
 class WorkSource:
     """Block templates for one node's miner (see the module docstring)."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: WorkHost) -> None:
         self.node = node
         self._null_jobs: OrderedDict[bytes, Job] = OrderedDict()
         self._template_of: (

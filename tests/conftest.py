@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from node.app import Node
 from node.config import NodeConfig
-from node.node import Node
 from tests.support.chainkit import MID
 from tests.support.framework import DocShell
 

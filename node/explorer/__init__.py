@@ -11,7 +11,7 @@ other route.
 from __future__ import annotations
 
 from node.explorer.routes import add_routes
-from node.httpguard import WILDCARD_HOSTS
+from node.net.httpguard import WILDCARD_HOSTS
 
 __all__ = ["add_routes", "explorer_url"]
 

@@ -4,7 +4,7 @@ Single objects come from the node's read-only RPC methods (``RpcServer.read``),
 so the explorer shows exactly what ``pouw rpc`` shows and can do no more than a
 caller without the token. What the RPC has no method for (chain statistics,
 an account's history, lists of jobs' activity and datasets, search) is
-computed here from the chain and ``node.views``. A bad id is a JSON error with
+computed here from the chain and ``node.rpc.views``. A bad id is a JSON error with
 HTTP 400 (malformed) or 404 (unknown), never a traceback.
 """
 
@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
@@ -34,11 +34,14 @@ from consensus.pow import verify_pow
 from consensus.state import DATASETS, JOBS, MODELS
 from consensus.transactions import JobResultPayload, TransferPayload, TxKind
 from kernels.tickets import ticket_threshold
-from node.rpc import INVALID_PARAMS, REJECTED, RpcError
-from node.views import tx_json
+from node.rpc.server import INVALID_PARAMS, REJECTED, RpcError
+from node.rpc.views import tx_json
 
 if TYPE_CHECKING:
-    from node.node import Node
+    from consensus.chain import Chain
+    from consensus.params import NetworkParams
+    from node.mempool import Mempool
+    from node.rpc.server import RpcServer
 
 log = logging.getLogger("pouw.explorer")
 
@@ -79,7 +82,23 @@ class ApiError(Exception):
         self.message = message
 
 
-def add_routes(app: web.Application, node: Node) -> None:
+class ExplorerHost(Protocol):
+    """What the explorer reads off the node."""
+
+    @property
+    def chain(self) -> Chain: ...
+
+    @property
+    def params(self) -> NetworkParams: ...
+
+    @property
+    def mempool(self) -> Mempool: ...
+
+    @property
+    def rpc(self) -> RpcServer: ...
+
+
+def add_routes(app: web.Application, node: ExplorerHost) -> None:
     """Serve the explorer on ``app`` (the node's RPC listener)."""
     explorer = Explorer(node)
     index = STATIC_DIR / "index.html"
@@ -131,7 +150,7 @@ async def _no_such_endpoint(request: web.Request) -> Any:
 class Explorer:
     """The JSON the explorer's pages read, from one node."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: ExplorerHost) -> None:
         self.node = node
 
     async def rpc(self, name: str, *params: Any) -> Any:

@@ -34,8 +34,8 @@ import numpy as np
 import pytest
 
 from consensus.keys import PrivateKey, address_to_text
-from node.cli import cli
-from node.rpc_client import RpcClient
+from node.cli.main import cli
+from node.client.rpc import RpcClient
 from tests.support.framework import REPO, DocShell, doc_blocks, doc_commands, parse_output
 
 pytestmark = pytest.mark.slow

@@ -21,8 +21,8 @@ import pytest
 from consensus.keys import PrivateKey, address_to_text
 from consensus.params import COIN, DEVNET, with_block_time
 from consensus.transactions import JobPostPayload, ModelRecordPayload, TransferPayload
-from node.client import MarketClient
-from node.datashare import DataClient
+from node.client.datashare import DataClient
+from node.client.market import MarketClient
 from tests.support.framework import NodeProcess, wait_until
 
 pytestmark = pytest.mark.slow

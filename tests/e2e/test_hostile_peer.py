@@ -27,7 +27,7 @@ from consensus.blocks import MAX_TXS_PER_BLOCK
 from consensus.keys import PrivateKey
 from consensus.params import DEVNET
 from consensus.transactions import TransferPayload, signed_transaction
-from node.wire import (
+from node.net.wire import (
     MAX_ADDRS,
     MAX_BLOB_CHUNK,
     MAX_CLOSE_REASON,

@@ -15,8 +15,8 @@ import pytest
 
 from consensus.keys import PrivateKey, address_to_text
 from consensus.params import DEVNET, with_block_time
-from node.client import MarketClient, WrongResult
-from node.rpc_client import RpcClient
+from node.client.market import MarketClient, WrongResult
+from node.client.rpc import RpcClient
 from tests.support.framework import NodeProcess, wait_until
 
 pytestmark = pytest.mark.slow

@@ -14,9 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from consensus.keys import PrivateKey, address_to_text
 from consensus.params import DEVNET, with_block_time
 from consensus.transactions import TransferPayload, encode_tx, signed_transaction
-from node.client import MarketClient
-from node.datashare import DataClient
-from node.rpc_client import RpcClient
+from node.client.datashare import DataClient
+from node.client.market import MarketClient
+from node.client.rpc import RpcClient
 from tests.support.framework import NodeProcess, wait_until
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from consensus.keys import PrivateKey, address, address_to_text
-from node.testnet import miner_key
+from node.devtools.testnet import miner_key
 from tests.support.framework import NodeProcess, wait_until
 
 pytestmark = pytest.mark.slow

@@ -71,8 +71,8 @@ def test_netns_without_root_or_iproute2_is_a_one_line_error() -> None:
 def test_the_live_table_links_each_nodes_explorer(tmp_path: Path) -> None:
     from rich.console import Console
 
-    from node.cli_testnet import _table
-    from node.testnet import TestnetNode
+    from node.cli.testnet import _table
+    from node.devtools.testnet import TestnetNode
 
     node = TestnetNode(0, tmp_path, rpc_addr="127.0.0.1:18444")
     assert node.explorer == "http://127.0.0.1:18444/"

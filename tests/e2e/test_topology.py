@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from node import testnet
+from node.devtools import testnet
 from tests.support.framework import wait_until
 
 pytestmark = pytest.mark.slow

@@ -3,7 +3,7 @@ reports a crash and keeps the input that caused it."""
 
 from __future__ import annotations
 
-from node.wire import MsgType
+from node.net.wire import MsgType
 
 
 def test_one_input(data: bytes) -> None:

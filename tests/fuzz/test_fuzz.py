@@ -10,7 +10,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from node.wire import Ping
+from node.net.wire import Ping
 from tests.fuzz.run import fuzz_target, hostile_of, load, seeds_of, target_names
 
 FUZZ_RUNS = int(os.environ.get("FUZZ_RUNS", "3000"))

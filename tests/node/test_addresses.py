@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from node.addresses import (
+from node.net.addresses import (
     MAX_ADDRESS_BOOK,
     MAX_PER_SOURCE,
     TERRIBLE_FAILURES,

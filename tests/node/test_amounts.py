@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from consensus.keys import PrivateKey, address_to_text
 from consensus.params import COIN, DEVNET
 from node.amounts import format_amount, parse_amount
-from node.cli import cli
+from node.cli.main import cli
 
 
 def test_coins_are_shown_with_a_fixed_number_of_decimals() -> None:

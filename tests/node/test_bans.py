@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from node import bans as bans_module
-from node.bans import MAX_BANS, BanList
+from node.net import bans as bans_module
+from node.net.bans import MAX_BANS, BanList
 
 
 class Clock:

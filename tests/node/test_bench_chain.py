@@ -15,7 +15,7 @@ from consensus.errors import InvalidBlock
 from consensus.keys import PrivateKey
 from consensus.pow import null_job
 from consensus.transactions import Transaction
-from node.cli import cli
+from node.cli.main import cli
 from node.verifier import PARALLEL_VERIFY_MIN, SignatureVerifier
 from tests.support.chainkit import ALICE, BOB, MID, MINER, new_chain, remine, transfer
 

@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 
 from consensus.merkle import matrix_rows_root, merkle_root
-from node.blobs import (
+from node.app import Node
+from node.config import NodeConfig
+from node.net.wire import MAX_RANGE_CHUNKS, RANGE_BYTES, BlobChunk, BlobGet, BlobGetRange, BlobRange
+from node.relay.blobs import (
     CHUNK_SIZE,
     MAX_CHUNKS,
     BlobError,
@@ -26,9 +29,6 @@ from node.blobs import (
     verify_chunk,
     verify_range,
 )
-from node.config import NodeConfig
-from node.node import Node
-from node.wire import MAX_RANGE_CHUNKS, RANGE_BYTES, BlobChunk, BlobGet, BlobGetRange, BlobRange
 from tests.support.chainkit import MID
 from tests.support.p2p_testkit import TestPeer
 

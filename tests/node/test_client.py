@@ -13,8 +13,8 @@ from consensus.market import job_id_of
 from consensus.merkle import matrix_cols_root, matrix_rows_root
 from consensus.params import DEVNET
 from consensus.transactions import FraudProofPayload, JobPostPayload, decode_tx
-from node.blobs import decode_matrix, encode_matrix
-from node.client import MarketClient, WrongResult, posted_spec
+from node.client.market import MarketClient, WrongResult, posted_spec
+from node.relay.blobs import decode_matrix, encode_matrix
 
 POSTER = PrivateKey.from_label("devnet-5")
 rng = np.random.default_rng(13)

@@ -11,8 +11,8 @@ import pytest
 from aiohttp import web
 
 from consensus.keys import PrivateKey
+from node.client.datashare import DataShareError, read_dataset
 from node.config import NodeConfig
-from node.datashare import DataShareError, read_dataset
 from tests.support.chainkit import MID
 
 NESTED_JSON = b"[" * 100_000
@@ -80,7 +80,7 @@ async def test_a_host_answering_the_read_with_junk_is_a_data_share_error(read):
 
 
 async def test_a_read_request_nested_past_the_stack_is_refused_as_malformed(tmp_path, caplog):
-    from node.node import Node
+    from node.app import Node
 
     node = Node(NodeConfig(params=MID, datadir=tmp_path / "node"))
     await node.start()

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from node.app import Node
 from node.config import NodeConfig
 from node.datadir import DatadirInUse
-from node.node import Node
 from tests.support.chainkit import MID
 
 

@@ -21,12 +21,11 @@ from consensus.transactions import (
     DatasetRegisterPayload,
     signed_transaction,
 )
-from node import rpc_data
-from node.cli import cli
-from node.cli_data import breast_cancer_csv
-from node.config import NodeConfig
-from node.data_train import parse_csv, train_on_csv
-from node.datashare import (
+from node.app import Node
+from node.apps.data_train import parse_csv, train_on_csv
+from node.cli.data import breast_cancer_csv
+from node.cli.main import cli
+from node.client.datashare import (
     UPLOAD_BATCH_BYTES,
     DataShareError,
     decrypt_dataset,
@@ -37,8 +36,9 @@ from node.datashare import (
     seal_secret,
     upload_batches,
 )
-from node.node import Node
-from node.rpc import RpcError
+from node.config import NodeConfig
+from node.rpc.server import RpcError
+from node.services import data_host
 from tests.support.chainkit import ALICE, BOB, CAROL, MID, new_chain, next_block
 from tests.support.framework import NodeProcess
 
@@ -341,7 +341,7 @@ async def test_a_staged_upload_is_hosted_only_when_its_root_is_the_one_announced
         with pytest.raises(RpcError, match=r"chunks 2\.\.3 are not within 0\.\.2"):
             await stage(other_root.hex(), 3, 2, ["aa", "bb"])
         # At most MAX_STAGINGS uploads in progress.
-        for i in range(rpc_data.MAX_STAGINGS):
+        for i in range(data_host.MAX_STAGINGS):
             reply = await stage(bytes([i]).hex() * 32, 2, 0, ["aa"])
             assert reply["complete"] is False
         with pytest.raises(RpcError, match="uploads are already in progress"):

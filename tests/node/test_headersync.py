@@ -17,10 +17,19 @@ from consensus.chain import Chain
 from consensus.difficulty import MAX_TARGET
 from consensus.keys import PrivateKey
 from consensus.pow import null_job, verify_pow
-from node import headersync
+from node.app import Node
 from node.config import NodeConfig
-from node.node import Node
-from node.wire import BlockMsg, CompactBlock, GetData, GetHeaders, Headers, Inv, InvItem, InvKind
+from node.net.wire import (
+    BlockMsg,
+    CompactBlock,
+    GetData,
+    GetHeaders,
+    Headers,
+    Inv,
+    InvItem,
+    InvKind,
+)
+from node.relay import headersync
 from tests.support.chainkit import ALICE, BOB, MID, Clock, extend, new_chain, next_block, remine
 from tests.support.nodekit import connected_peer
 

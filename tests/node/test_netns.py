@@ -1,4 +1,4 @@
-"""Network faults with Linux network namespaces (node/netns.py).
+"""Network faults with Linux network namespaces (node/devtools/netns.py).
 
 The partition test runs real nodes, each in its own namespace: two groups
 mine two different chains while split, converge on one after the heal, and no
@@ -18,8 +18,8 @@ import pytest
 from consensus.keys import PrivateKey, address_to_text
 from consensus.params import DEVNET, with_block_time
 from consensus.transactions import TransferPayload, encode_tx, signed_transaction
-from node import testnet as local_testnet
-from node.netns import NetnsLab, NetnsUnavailable, check_available, parse_groups
+from node.devtools import testnet as local_testnet
+from node.devtools.netns import NetnsLab, NetnsUnavailable, check_available, parse_groups
 from tests.support.framework import wait_until
 
 BLOCK_TIME_MS = 500

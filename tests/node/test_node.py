@@ -20,9 +20,9 @@ from consensus.keys import address_to_text
 from consensus.market import job_id_of
 from consensus.pow import Job, null_job
 from consensus.transactions import JobPostPayload, Transaction, encode_tx
+from node.app import INV_BLOCK, INV_CMPCT, INV_TX, Node
 from node.config import NodeConfig
-from node.node import INV_BLOCK, INV_CMPCT, INV_TX, Node
-from node.wire import (
+from node.net.wire import (
     BlockBody,
     BlockMsg,
     BlockTxn,
@@ -330,7 +330,7 @@ async def test_sendtransactions_takes_a_batch_and_answers_each(node):
 
 async def test_transactions_travel_in_batches_both_ways(node):
     from consensus.encoding import encode_record
-    from node.wire import TxsMsg, encode_message
+    from node.net.wire import TxsMsg, encode_message
 
     a, b = await connected_peer(node), await connected_peer(node)
     txs = tuple(transfer(ALICE, BOB, 5, n, chain_id=MID.chain_id) for n in range(3))
@@ -571,7 +571,7 @@ async def test_getmarket_and_pouw_market_show_open_jobs_claims_payments_and_frau
     from click.testing import CliRunner
 
     from consensus.market import build_fraud_proof
-    from node.cli import cli
+    from node.cli.main import cli
 
     (post1, job1, _, _, c1), (post2, job2, a2, b2, c2) = _min_shape_job(), _min_shape_job()
 
@@ -670,7 +670,7 @@ async def test_pouw_job_cancel_refunds_an_expired_job_and_refuses_before_expiry(
     """The poster gets the escrow back with one command, once the chain allows it."""
     from click.testing import CliRunner
 
-    from node.cli import cli
+    from node.cli.main import cli
 
     wallet = tmp_path / "alice.key"
     wallet.write_text("label:devnet-0")
@@ -704,7 +704,7 @@ async def test_pouw_job_submit_takes_and_job_status_shows_the_reward_in_coins(no
     status` shows the reward and the bond in coins, or in base units with --base-units."""
     from click.testing import CliRunner
 
-    from node.cli import cli
+    from node.cli.main import cli
 
     def pouw(*args: str):
         return CliRunner().invoke(cli, [*args, "--datadir", str(node.config.datadir)])

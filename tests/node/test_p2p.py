@@ -13,9 +13,9 @@ import pytest
 
 from consensus.blocks import EMPTY_PROOF, Block, BlockHeader, JobSpec
 from consensus.keys import PrivateKey
-from node.errors import ProtocolViolation
-from node.peer import PeerLimits
-from node.wire import (
+from node.net.errors import ProtocolViolation
+from node.net.peer import PeerLimits
+from node.net.wire import (
     MAX_ADDRS,
     MAX_INV,
     Addr,
@@ -462,7 +462,7 @@ def test_a_headers_reply_fits_a_frame_even_when_proofs_are_large() -> None:
     import dataclasses
 
     from consensus.encoding import encode_record
-    from node.wire import (
+    from node.net.wire import (
         MAX_FRAME,
         MAX_HEADERS_BYTES,
         encode_message,

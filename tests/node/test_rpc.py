@@ -19,11 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consensus.keys import address_to_text
-from node.cli import cli
+from node.app import Node
+from node.cli.main import cli
+from node.client.rpc import RpcCallError, RpcClient
 from node.config import NodeConfig
-from node.node import Node
-from node.rpc import MAX_BATCH, MAX_BATCH_REPLY_BYTES
-from node.rpc_client import RpcCallError, RpcClient
+from node.rpc.server import MAX_BATCH, MAX_BATCH_REPLY_BYTES
 from tests.support.chainkit import BOB, MID, extend, new_chain
 
 NOT_A_KEY = "bad"

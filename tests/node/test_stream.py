@@ -17,13 +17,13 @@ from consensus.market import build_job_result, claim_bond, job_id_of, job_record
 from consensus.merkle import matrix_rows_root
 from consensus.pow import Job
 from consensus.transactions import JobPostPayload, Transaction, signed_transaction
-from node import market as market_module
-from node.blobs import decode_matrix
+from node.app import INV_TX, Node
 from node.config import NodeConfig
-from node.market import pick_job
 from node.miner import MiningWork
-from node.node import INV_TX, Node
-from node.wire import GetData, Inv, InvItem, TxMsg
+from node.net.wire import GetData, Inv, InvItem, TxMsg
+from node.relay.blobs import decode_matrix
+from node.services import market as market_module
+from node.services.market import pick_job
 from tests.support.chainkit import ALICE, BOB, CAROL, MID, MINER, new_chain, next_block
 from tests.support.nodekit import connected_peer, rpc_call
 

@@ -12,9 +12,9 @@ import pytest
 from consensus.keys import PrivateKey
 from consensus.params import DEVNET
 from kernels.training import STEP_ROUNDS, TrainConfig, local_matmul, train
-from node.client import SubmittedJob, posted_spec
-from node.rpc_client import RpcCallError
-from node.train_net import NetworkMatmul, RoundReport, train_on_network
+from node.apps.train_net import NetworkMatmul, RoundReport, train_on_network
+from node.client.market import SubmittedJob, posted_spec
+from node.client.rpc import RpcCallError
 
 CONFIG = TrainConfig.quick("breast_cancer")
 POLLS_TO_CLAIM = 3
@@ -81,7 +81,7 @@ class ScriptedClient:
 
 
 def test_a_steps_independent_products_are_posted_and_awaited_together(monkeypatch):
-    monkeypatch.setattr("node.train_net.POLL_S", 0.0)
+    monkeypatch.setattr("node.apps.train_net.POLL_S", 0.0)
     client = ScriptedClient()
     rounds: list[RoundReport] = []
     net = NetworkMatmul(client, reward=10_000, on_round=rounds.append)  # type: ignore[arg-type]
@@ -104,7 +104,7 @@ def test_a_steps_independent_products_are_posted_and_awaited_together(monkeypatc
 
 
 def test_ctrl_c_cancels_the_open_jobs_once_they_expire_and_keeps_the_claimed(monkeypatch):
-    monkeypatch.setattr("node.train_net.POLL_S", 0.0)
+    monkeypatch.setattr("node.apps.train_net.POLL_S", 0.0)
     client = ScriptedClient(interrupt_on_open=3)
     said: list[str] = []
     with pytest.raises(KeyboardInterrupt):

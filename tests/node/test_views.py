@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from consensus.keys import address_to_text
-from node.views import payload_json
+from node.rpc.views import payload_json
 
 
 def _tx(payload: Any) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from click.testing import CliRunner, Result
 
-from node.cli import cli
+from node.cli.main import cli
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> Result:

@@ -38,7 +38,7 @@ from consensus.transactions import (
     TransferPayload,
     signed_transaction,
 )
-from node.wire import (
+from node.net.wire import (
     PROTOCOL_VERSION,
     Addr,
     Auth,

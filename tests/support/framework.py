@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from node.rpc_client import RpcCallError, RpcClient
+from node.client.rpc import RpcCallError, RpcClient
 
 POLL_S = 0.05
 

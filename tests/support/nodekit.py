@@ -10,7 +10,7 @@ import aiohttp
 from tests.support.p2p_testkit import TestPeer
 
 if TYPE_CHECKING:
-    from node.node import Node
+    from node.app import Node
 
 
 async def connected_peer(node: Node, best_height: int = 0, best_work: int = 0) -> TestPeer:

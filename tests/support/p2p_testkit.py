@@ -23,10 +23,10 @@ import aiohttp
 from aiohttp import web
 
 from consensus.keys import PrivateKey, verify_signature
-from node.errors import ProtocolViolation
-from node.p2p import PeerManager
-from node.peer import PeerSession
-from node.wire import (
+from node.net.errors import ProtocolViolation
+from node.net.p2p import PeerManager
+from node.net.peer import PeerSession
+from node.net.wire import (
     PROTOCOL_VERSION,
     Auth,
     Close,

@@ -1,4 +1,4 @@
-"""Blobs a peer serves (node/blobs.py): BLOB_CHUNK and BLOB_RANGE records and the
+"""Blobs a peer serves (node/relay/blobs.py): BLOB_CHUNK and BLOB_RANGE records and the
 matrix blobs they assemble into (job operands, results a client fetches).
 
 The first byte picks the decoder (0 mod 3: a BlobChunk record, checked with
@@ -13,8 +13,8 @@ import numpy as np
 
 from consensus.encoding import decode_record, encode_record
 from consensus.errors import DecodeError
-from node.blobs import BlobError, decode_matrix, encode_matrix, verify_chunk, verify_range
-from node.wire import MAX_FRAME, BlobChunk, BlobRange
+from node.net.wire import MAX_FRAME, BlobChunk, BlobRange
+from node.relay.blobs import BlobError, decode_matrix, encode_matrix, verify_chunk, verify_range
 
 
 def test_one_input(data: bytes) -> None:
@@ -50,7 +50,7 @@ def test_one_input(data: bytes) -> None:
 
 
 def seeds() -> list[bytes]:
-    from node.blobs import BlobTree, matrix_rows
+    from node.relay.blobs import BlobTree, matrix_rows
     from tests.support.corpus import messages
 
     a = np.arange(-64, 64, dtype=np.int8).reshape(8, 16)

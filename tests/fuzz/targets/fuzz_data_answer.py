@@ -1,4 +1,4 @@
-"""What a data host answers a grantee's client (node/datashare.py ``read_dataset``).
+"""What a data host answers a grantee's client (node/client/datashare.py ``read_dataset``).
 
 The first byte picks the answer (even: the JSON challenge, or a refusal; odd: the
 msgpack list of encrypted chunks). A hostile host may answer anything: the client
@@ -11,7 +11,7 @@ import json
 
 import msgpack
 
-from node.datashare import DataShareError, parse_challenge, parse_chunks, parse_host_reply
+from node.client.datashare import DataShareError, parse_challenge, parse_chunks, parse_host_reply
 
 SELECTOR_BYTES = 1
 

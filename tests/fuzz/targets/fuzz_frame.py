@@ -1,4 +1,4 @@
-"""Every P2P frame a peer can send, through the one frame decoder (node/wire.py).
+"""Every P2P frame a peer can send, through the one frame decoder (node/net/wire.py).
 
 A frame either decodes to a message whose encoding is exactly the frame (the
 encoding is canonical: one message, one frame), or is refused with
@@ -7,8 +7,8 @@ encoding is canonical: one message, one frame), or is refused with
 
 from __future__ import annotations
 
-from node.errors import ProtocolViolation
-from node.wire import MAX_FRAME, decode_message, encode_message
+from node.net.errors import ProtocolViolation
+from node.net.wire import MAX_FRAME, decode_message, encode_message
 
 
 def test_one_input(data: bytes) -> None:

@@ -1,4 +1,4 @@
-"""The handshake records (node/wire.py Hello and Auth) and the checks made on them.
+"""The handshake records (node/net/wire.py Hello and Auth) and the checks made on them.
 
 The first byte picks the record (even: Hello, odd: Auth); the rest is its encoding.
 A Hello that decodes is then taken through what the handshake does with a peer's
@@ -11,7 +11,7 @@ from __future__ import annotations
 from consensus.encoding import decode_record, encode_record
 from consensus.errors import DecodeError
 from consensus.keys import verify_signature
-from node.wire import MAX_FRAME, Auth, Hello, auth_digest
+from node.net.wire import MAX_FRAME, Auth, Hello, auth_digest
 
 _OUR_ID = bytes(range(32))
 

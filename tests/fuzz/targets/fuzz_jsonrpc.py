@@ -1,5 +1,5 @@
 """JSON-RPC request bodies, as a caller without the cookie token sends them to a real
-node (node/rpc.py ``RpcServer.answer``: parsing, validation, batches, dispatch to
+node (node/rpc/server.py ``RpcServer.answer``: parsing, validation, batches, dispatch to
 the node's registered methods, encoding the reply).
 
 The node starts once per process, on a loop of its own. A bug is: an exception out
@@ -21,9 +21,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from node.app import Node
 from node.config import NodeConfig
-from node.node import Node
-from node.rpc import MAX_BATCH
+from node.rpc.server import MAX_BATCH
 from tests.support.chainkit import MID
 
 INTERNAL_ERROR = -32603
@@ -121,7 +121,7 @@ def _valid_id(value: Any) -> bool:
 
 
 def _problem(item: Any) -> str | None:
-    """The specification's Request object, checked independently of node/rpc.py."""
+    """The specification's Request object, checked independently of node/rpc/server.py."""
     if not isinstance(item, dict) or item.get("jsonrpc") != "2.0":
         return "not a request"
     if not isinstance(item.get("method"), str):

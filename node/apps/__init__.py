@@ -1,0 +1,1 @@
+"""Applications built on the client libraries: network and dataset training."""

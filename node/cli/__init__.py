@@ -1,0 +1,1 @@
+"""The `pouw` command line, one module per command group."""

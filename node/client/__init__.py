@@ -1,0 +1,1 @@
+"""Client-side libraries: the JSON-RPC client, the compute-market client and the dataset client."""

@@ -1,0 +1,269 @@
+"""The compute-market client library: post a matmul, follow it, fetch a verified result.
+
+    client = MarketClient.for_datadir(Path("~/.pouwnet/devnet").expanduser(), key)
+    job = client.submit(a, b, reward=10_000)          # operands int8 in [-64, 63]
+    client.wait(job.job_id, timeout=120)              # until a block or job_result claims it
+    c = client.result(job.job_id, a, b)               # Freivalds-checked A·B
+
+A product below the network's minimum job shape is posted padded with zeros
+(the reward pays for the padded job) and ``result`` strips the padding.
+
+``result`` always checks C = A·B with Freivalds (false accept ≤ 2^-66) before
+returning it. A wrong result makes the client post a fraud proof by itself
+(the poster is refunded, the claimant loses its coinbase or its job_result's
+bond) and raise :class:`WrongResult` saying so. A job claimed by a job_result
+is fetched and checked the same way as one claimed by a block.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from consensus.blocks import JobSpec
+from consensus.keys import PrivateKey, address_to_text
+from consensus.market import build_fraud_proof
+from consensus.merkle import matrix_cols_root, matrix_rows_root
+from consensus.params import NetworkParams
+from consensus.transactions import (
+    JobCancelPayload,
+    JobPostPayload,
+    encode_tx,
+    signed_transaction,
+)
+from kernels.freivalds import freivalds_check, locate_error
+from kernels.params import OPERAND_MAX, OPERAND_MIN
+from node.amounts import format_amount
+from node.client.rpc import RpcClient
+from node.relay.blobs import decode_matrix, encode_matrix
+
+DEFAULT_EXPIRY_BLOCKS = 200
+
+
+class WrongResult(Exception):
+    """The network returned a wrong C; a fraud proof was sent (its txid is attached)."""
+
+    def __init__(self, message: str, fraud_txid: str | None) -> None:
+        super().__init__(message)
+        self.fraud_txid = fraud_txid
+
+
+@dataclass(frozen=True)
+class SubmittedJob:
+    job_id: bytes
+    txid: str
+    spec: JobSpec
+
+
+def check_operands(a: np.ndarray, b: np.ndarray, params: NetworkParams) -> tuple[int, int, int]:
+    """ValueError naming the problem unless A (m×k)·B (k×n) can be posted here, padded."""
+    for name, x in (("A", a), ("B", b)):
+        if not isinstance(x, np.ndarray) or x.ndim != 2:
+            raise ValueError(f"{name} must be a 2-D array")
+        if not np.issubdtype(x.dtype, np.integer):
+            raise ValueError(f"{name} must hold integers, got {x.dtype}")
+        if x.size == 0:
+            raise ValueError(f"{name} is empty")
+        if int(x.min()) < OPERAND_MIN or int(x.max()) > OPERAND_MAX:
+            raise ValueError(
+                f"{name} has values in [{int(x.min())}, {int(x.max())}], outside int7 "
+                f"[{OPERAND_MIN}, {OPERAND_MAX}]"
+            )
+    m, k = a.shape
+    kb, n = b.shape
+    if k != kb:
+        raise ValueError(f"shapes do not match: A is {m}x{k}, B is {kb}x{n}")
+    pm, pk, pn = posted_shape(m, k, n, params)
+    if max(pm, pn) > params.max_job_dim or pk > params.max_job_k:
+        raise ValueError(f"job {m}x{k}x{n} is larger than {params.name} allows")
+    return m, k, n
+
+
+def posted_shape(m: int, k: int, n: int, params: NetworkParams) -> tuple[int, int, int]:
+    """The shape an m×k×n product is posted as: each dimension rounded up to the
+    mining tile (h, r, w) and to at least the network's minimum job shape."""
+    min_m, min_k, min_n = params.min_job_shape
+    return (
+        max(-(-m // params.tile_h) * params.tile_h, min_m),
+        max(-(-k // params.rank) * params.rank, min_k),
+        max(-(-n // params.tile_w) * params.tile_w, min_n),
+    )
+
+
+def padded_operands(
+    a: np.ndarray, b: np.ndarray, params: NetworkParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """A and B (int8) with zero rows and columns up to :func:`posted_shape`.
+
+    The zeros add nothing to any sum, so the posted product's top-left m×n
+    block is exactly A·B and the rest of it is zero.
+    """
+    m, k = a.shape
+    n = b.shape[1]
+    pm, pk, pn = posted_shape(m, k, n, params)
+    a8 = np.zeros((pm, pk), dtype=np.int8)
+    a8[:m, :k] = a
+    b8 = np.zeros((pk, pn), dtype=np.int8)
+    b8[:k, :n] = b
+    return a8, b8
+
+
+def posted_spec(a: np.ndarray, b: np.ndarray, params: NetworkParams) -> JobSpec:
+    """The job that :meth:`MarketClient.submit` posts for A·B (its id names the job)."""
+    a8, b8 = padded_operands(a, b, params)
+    m, k = a8.shape
+    return JobSpec(m, k, b8.shape[1], matrix_rows_root(a8), matrix_cols_root(b8))
+
+
+class MarketClient:
+    def __init__(self, rpc: RpcClient, key: PrivateKey, params: NetworkParams) -> None:
+        self.rpc = rpc
+        self.key = key
+        self.params = params
+
+    @classmethod
+    def for_datadir(cls, datadir: Path, key: PrivateKey, params: NetworkParams) -> MarketClient:
+        return cls(RpcClient.for_datadir(datadir), key, params)
+
+    # ------------------------------------------------------------ submit
+
+    def submit(
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        reward: int,
+        expiry_blocks: int = DEFAULT_EXPIRY_BLOCKS,
+        fee: int = 1_000,
+    ) -> SubmittedJob:
+        """Upload the operands to our node and post the job; no tx is sent on bad input.
+
+        A product smaller than the network's minimum job (or not a multiple of
+        the mining tile) is posted padded with zeros (:func:`padded_operands`);
+        ``reward`` pays for the padded job's MACs, and :meth:`result` strips
+        the padding again.
+        """
+        check_operands(a, b, self.params)
+        if reward <= 0:
+            raise ValueError("the reward must be positive")
+        a8, b8 = padded_operands(a, b, self.params)
+        m, k = a8.shape
+        n = b8.shape[1]
+        account = self.rpc.call("getaccount", address_to_text(self.key.address))
+        if account["balance"] < reward + fee:
+            raise ValueError(
+                f"insufficient balance: {format_amount(account['balance'])} coins < reward "
+                f"{format_amount(reward)} + fee {format_amount(fee)}"
+            )
+        # Row-chunked blobs: their ids are the job's roots (node.blobs.matrix_rows).
+        root_a = bytes.fromhex(self.rpc.call("putoperand", encode_matrix(a8).hex(), "rows"))
+        root_b = bytes.fromhex(self.rpc.call("putoperand", encode_matrix(b8).hex(), "cols"))
+        spec = JobSpec(m, k, n, matrix_rows_root(a8), matrix_cols_root(b8))
+        if (root_a, root_b) != (spec.root_a, spec.root_b):
+            raise RuntimeError("the node stored the operands under other roots")
+        height = self.rpc.call("getinfo")["height"]
+        payload = JobPostPayload(m, k, n, spec.root_a, spec.root_b, reward, height + expiry_blocks)
+        tx = signed_transaction(
+            self.key,
+            chain_id=self.params.chain_id,
+            nonce=account["next_nonce"],
+            fee=fee,
+            payload=payload,
+        )
+        txid = self.rpc.call("sendtransaction", encode_tx(tx).hex())
+        return SubmittedJob(
+            spec.job_id(self.params.rank, self.params.tile_h, self.params.tile_w), txid, spec
+        )
+
+    # ------------------------------------------------------------ follow
+
+    def status(self, job_id: bytes) -> dict[str, Any]:
+        """The job's on-chain record (status: open, mined, paid, refunded, cancelled)."""
+        status: dict[str, Any] = self.rpc.call("getjob", job_id.hex())
+        return status
+
+    def wait(
+        self,
+        job_id: bytes,
+        timeout: float = 300.0,
+        until: tuple[str, ...] = ("mined", "paid", "refunded"),
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                st = self.status(job_id)
+                if st["status"] in until:
+                    return st
+            except Exception as e:  # not yet in a block: the node does not know the job
+                if "unknown job" not in str(e):
+                    raise
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id.hex()} not {'/'.join(until)} in {timeout}s")
+            time.sleep(0.2)
+
+    def cancel(self, job_id: bytes, fee: int = 1_000) -> str:
+        """Send a job_cancel for our expired, unmined job (its escrow comes back); returns
+        the txid. ValueError, and nothing sent, when it is not ours, not open, or not
+        expired yet (until then a miner may be computing it in good faith)."""
+        st = self.status(job_id)
+        if st["poster"] != address_to_text(self.key.address):
+            raise ValueError(f"job {job_id.hex()} was posted by {st['poster']}, not this wallet")
+        if st["status"] != "open":
+            raise ValueError(f"job {job_id.hex()} is {st['status']}: only an open job is cancelled")
+        height = self.rpc.call("getinfo")["height"]
+        if height < st["expiry"]:
+            raise ValueError(
+                f"job {job_id.hex()} is open until height {st['expiry']} (now {height}): "
+                "it can be cancelled once a block above that height is mined"
+            )
+        account = self.rpc.call("getaccount", address_to_text(self.key.address))
+        tx = signed_transaction(
+            self.key,
+            chain_id=self.params.chain_id,
+            nonce=account["next_nonce"],
+            fee=fee,
+            payload=JobCancelPayload(job_id),
+        )
+        txid: str = self.rpc.call("sendtransaction", encode_tx(tx).hex())
+        return txid
+
+    # ------------------------------------------------------------ result
+
+    def result(self, job_id: bytes, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """C = A·B from the network, checked with Freivalds; fraud proof on a wrong C.
+
+        ``a`` and ``b`` are the operands given to :meth:`submit`: the whole
+        posted (padded) product is checked, padding included, and A·B is
+        returned without it.
+        """
+        st = self.status(job_id)
+        if st["status"] not in ("mined", "paid"):
+            raise ValueError(f"job {job_id.hex()[:16]} has no result: it is {st['status']}")
+        c = decode_matrix(bytes.fromhex(self.rpc.call("getresult", job_id.hex())))
+        a8, b8 = padded_operands(a, b, self.params)
+        if c.dtype != np.int32 or c.shape != (a8.shape[0], b8.shape[1]):
+            raise ValueError(f"the result has shape {c.shape} and dtype {c.dtype}")
+        asked = np.ascontiguousarray(c[: a.shape[0], : b.shape[1]])  # A·B, padding stripped
+        if freivalds_check(a8, b8, c):
+            return asked
+        where = locate_error(a8, b8, c)
+        if where is None:  # Freivalds' residual was a false alarm on a right C: cannot happen
+            return asked
+        if st["status"] != "mined":
+            raise WrongResult(f"C{list(where)} is wrong but the challenge window has closed", None)
+        proof = build_fraud_proof(bytes.fromhex(st["claim_id"]), job_id, a8, b8, c, *where)
+        account = self.rpc.call("getaccount", address_to_text(self.key.address))
+        tx = signed_transaction(
+            self.key,
+            chain_id=self.params.chain_id,
+            nonce=account["next_nonce"],
+            fee=1_000,
+            payload=proof,
+        )
+        txid = self.rpc.call("sendtransaction", encode_tx(tx).hex())
+        raise WrongResult(
+            f"the miner's C[{where[0]}, {where[1]}] is wrong; fraud proof sent in tx {txid}", txid
+        )

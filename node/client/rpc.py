@@ -1,0 +1,68 @@
+"""A small synchronous JSON-RPC client for the CLI and tools."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from node.datadir import read_cookie
+
+_ids = itertools.count(1)
+
+
+class RpcCallError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def node_info(datadir: Path) -> dict[str, Any]:
+    path = datadir / "node.json"
+    try:
+        info: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"no running node found in {datadir} (no node.json)") from None
+    return info
+
+
+class RpcClient:
+    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0) -> None:
+        self.url = url
+        self.token = token
+        self.timeout = timeout
+
+    @classmethod
+    def for_datadir(cls, datadir: Path, rpc: str | None = None) -> RpcClient:
+        address = rpc or node_info(datadir)["rpc"]
+        try:
+            token: str | None = read_cookie(datadir)
+        except ValueError:
+            token = None
+        return cls(f"http://{address}/rpc", token)
+
+    def call(self, method: str, *params: Any) -> Any:
+        body = json.dumps(
+            {"jsonrpc": "2.0", "id": next(_ids), "method": method, "params": list(params)}
+        ).encode()
+        req = urllib.request.Request(self.url, data=body, method="POST")
+        req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                reply = json.loads(resp.read())
+        except urllib.error.HTTPError as e:  # refused before any method ran: say why
+            reason = e.read(300).decode(errors="replace").strip()
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                reason = json.loads(reason)["error"]["message"]
+            raise RpcCallError(e.code, f"HTTP {e.code}: {reason or e.reason}") from None
+        except urllib.error.URLError as e:
+            raise OSError(f"cannot reach the node's RPC at {self.url}: {e.reason}") from None
+        if "error" in reply:
+            raise RpcCallError(reply["error"]["code"], reply["error"]["message"])
+        return reply["result"]

@@ -1,0 +1,1 @@
+"""Developer tooling: the local testnet launcher and network namespaces."""

@@ -1,0 +1,654 @@
+"""Content-addressed blobs: how job operands and results travel (PROTOCOL §8, §12).
+
+A blob is a non-empty byte string of at most ``MAX_BLOB_SIZE`` bytes, cut into
+chunks of ``CHUNK_SIZE`` bytes (the last one may be shorter). Its id is the
+Merkle root over those chunks with the consensus leaf hashing
+(``consensus.merkle``: leaf i = H(i, chunk i)). So every chunk can be checked
+against the id on arrival, with its branch, before anything is kept: a peer
+that sends one wrong byte is caught at that chunk, not after the whole blob.
+
+This is a transport commitment, not the job commitment: a job commits its
+operands by matrix *rows* (``consensus.merkle.matrix_rows_root``). A node
+fetches an operand by its blob root, decodes it (``decode_matrix``) and then
+checks the row root against the job.
+
+On the wire a node fetches ranges of chunks: ``BlobGetRange(root, first,
+count)`` → ``BlobRange(root, first, total, chunks, proof)``, at most
+``MAX_RANGE_CHUNKS`` chunks and ``RANGE_BYTES`` of them per reply, with a range
+proof (``range_proof``) that every chunk is checked against before any is kept.
+A matrix operand of 512 rows crosses in one round trip instead of 512. The
+older ``BlobGet(root, index)`` → ``BlobChunk(root, index, total, data, branch)``
+is still served. A node that does not hold the blob answers with ``total = 0``
+and nothing else: "I don't have it". That is unambiguous because a real blob
+always has at least one chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import struct
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from consensus.hashing import HASH_SIZE
+from consensus.merkle import (
+    branch_of,
+    leaf_hash,
+    leaf_hashes,
+    node_hash,
+    tree_levels,
+    verify_branch,
+)
+from node.net.errors import ProtocolViolation
+from node.net.peer import PeerSession
+from node.net.wire import (
+    MAX_RANGE_CHUNKS,
+    MAX_RANGE_PROOF,
+    RANGE_BYTES,
+    BlobChunk,
+    BlobGet,
+    BlobGetRange,
+    BlobRange,
+)
+
+log = logging.getLogger("pouw.blobs")
+
+CHUNK_SIZE = 256 * 1024
+"""Bytes per chunk of a plain blob (the last chunk may be shorter)."""
+MAX_CHUNK_SIZE = 1024 * 1024
+"""Longest chunk: a matrix blob's chunk is one row (at most 65,536 int32 = 256 KiB)."""
+MAX_BLOB_SIZE = 256 * 1024 * 1024
+"""Largest blob a node stores, serves or fetches."""
+MAX_CHUNKS = 65_536
+"""Most chunks in one blob: a matrix blob has one chunk per row (≤ 65,536 rows)."""
+
+
+class BlobError(ValueError):
+    """A blob (or a matrix encoded as one) is not acceptable: empty, too big, malformed."""
+
+
+class BlobFetchError(Exception):
+    """A blob could not be fetched from any peer; the message says why."""
+
+
+def check_blob_size(size: int) -> None:
+    """BlobError unless ``0 < size <= MAX_BLOB_SIZE``."""
+    if size <= 0:
+        raise BlobError("an empty blob has no id and is refused")
+    if size > MAX_BLOB_SIZE:
+        raise BlobError(f"blob of {size} bytes exceeds the limit of {MAX_BLOB_SIZE}")
+
+
+def split(data: bytes, chunk_size: int = CHUNK_SIZE) -> list[bytes]:
+    """The chunks of a blob, in order: ``chunk_size`` bytes each, the last possibly shorter."""
+    check_blob_size(len(data))
+    check_chunk_size(chunk_size)
+    return [bytes(data[i : i + chunk_size]) for i in range(0, len(data), chunk_size)]
+
+
+def check_chunk_size(chunk_size: int) -> None:
+    if not 0 < chunk_size <= MAX_CHUNK_SIZE:
+        raise BlobError(f"chunk size {chunk_size} is outside 1..{MAX_CHUNK_SIZE}")
+
+
+class BlobTree:
+    """A blob with its Merkle tree built once, to serve many chunks with their branches."""
+
+    def __init__(self, data: bytes, chunk_size: int = CHUNK_SIZE) -> None:
+        self.chunks = split(data, chunk_size)
+        self.chunk_size = chunk_size
+        self.size = len(data)
+        self.levels = tree_levels([leaf_hash(i, c) for i, c in enumerate(self.chunks)])
+        self.root: bytes = self.levels[-1][0]
+
+    @property
+    def total(self) -> int:
+        return len(self.chunks)
+
+    def chunk(self, index: int) -> tuple[bytes, tuple[bytes, ...]]:
+        """Chunk ``index`` and its branch; IndexError if there is no such chunk."""
+        if not 0 <= index < len(self.chunks):
+            raise IndexError(f"chunk {index} is not in a blob of {len(self.chunks)} chunks")
+        return self.chunks[index], tuple(branch_of(self.levels, index))
+
+    def range(self, first: int, count: int) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+        """Up to ``count`` chunks from ``first`` on, cut to ``RANGE_BYTES`` (at least one
+        chunk) and ``MAX_RANGE_CHUNKS``, with their range proof; IndexError if there is
+        no chunk ``first`` or ``count`` is not positive."""
+        if not 0 <= first < len(self.chunks) or count < 1:
+            raise IndexError(f"no range of {count} from chunk {first} in {len(self.chunks)}")
+        end, size = first, 0
+        stop = min(len(self.chunks), first + min(count, MAX_RANGE_CHUNKS))
+        while end < stop and (end == first or size + len(self.chunks[end]) <= RANGE_BYTES):
+            size += len(self.chunks[end])
+            end += 1
+        return tuple(self.chunks[first:end]), tuple(range_proof(self.levels, first, end - first))
+
+
+def blob_root(data: bytes, chunk_size: int = CHUNK_SIZE) -> bytes:
+    """The id of a blob: the Merkle root over its chunks (BlobError if empty or too big)."""
+    return BlobTree(data, chunk_size).root
+
+
+def matrix_rows(x: np.ndarray) -> tuple[bytes, int]:
+    """A matrix as a row-chunked blob: (little-endian row-major bytes, bytes per row).
+
+    With one row per chunk and the consensus leaf hashing, the blob's id is the
+    matrix's row root (consensus.merkle.matrix_rows_root): a job's root_a,
+    root_b (rows of Bᵀ) and a block's result_root are directly the blob ids of
+    the operands and the result, and every chunk a peer sends is a row checked
+    against the commitment on chain.
+    """
+    if x.ndim != 2 or x.dtype not in (np.int8, np.int32):
+        raise BlobError("a matrix blob holds a 2-D int8 or int32 array")
+    rows = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<"))
+    return rows.tobytes(), rows.shape[1] * rows.itemsize
+
+
+def chunk_with_branch(data: bytes, index: int) -> tuple[bytes, int, tuple[bytes, ...]]:
+    """(chunk ``index``, chunk count, branch against ``blob_root(data)``)."""
+    tree = BlobTree(data)
+    chunk, branch = tree.chunk(index)
+    return chunk, tree.total, branch
+
+
+def verify_chunk(
+    root: bytes, index: int, total: int, chunk: bytes, branch: tuple[bytes, ...] | list[bytes]
+) -> bool:
+    """True iff ``chunk`` is chunk ``index`` of the ``total``-chunk blob with id ``root``.
+
+    Chunk lengths are checked when the chunks are assembled (every chunk but
+    the last as long as chunk 0), and the whole blob's root once more. Never raises.
+    """
+    if type(total) is not int or type(index) is not int or type(chunk) is not bytes:
+        return False
+    if not 1 <= total <= MAX_CHUNKS or not 0 <= index < total:
+        return False
+    if not chunk or len(chunk) > MAX_CHUNK_SIZE:
+        return False
+    return verify_branch(root, index, total, chunk, list(branch))
+
+
+def range_proof(levels: list[list[bytes]], first: int, count: int) -> list[bytes]:
+    """The siblings that rebuild the root from leaves ``first .. first + count - 1``.
+
+    Bottom-up, per level: the left neighbour of the range's first node if that
+    node is a right child, then the right neighbour of its last node if that node
+    is a left child with a sibling (a lone last node is promoted and needs none).
+    At most two hashes a level, however long the range.
+    """
+    proof: list[bytes] = []
+    lo, hi = first, first + count - 1
+    for level in levels[:-1]:
+        if lo % 2 == 1:
+            proof.append(level[lo - 1])
+        if hi % 2 == 0 and hi + 1 < len(level):
+            proof.append(level[hi + 1])
+        lo, hi = lo // 2, hi // 2
+    return proof
+
+
+def root_from_range(
+    first: int, total: int, chunks: tuple[bytes, ...] | list[bytes], proof: tuple[bytes, ...]
+) -> bytes | None:
+    """The root that ``chunks`` at ``first ..`` of a ``total``-chunk blob and ``proof``
+    (``range_proof``) imply; None if malformed (a proof too short or too long)."""
+    if not chunks or first < 0 or first + len(chunks) > total:
+        return None
+    nodes = leaf_hashes(chunks, first)
+    lo, count, used = first, total, 0
+    while count > 1:
+        hi = lo + len(nodes) - 1
+        if lo % 2 == 1:
+            if used >= len(proof):
+                return None
+            nodes.insert(0, proof[used])
+            used, lo = used + 1, lo - 1
+        if hi % 2 == 0 and hi + 1 < count:
+            if used >= len(proof):
+                return None
+            nodes.append(proof[used])
+            used += 1
+        # The span now starts on a left child and ends on a right child or on the
+        # level's lone last node, which is promoted unchanged.
+        parents = [node_hash(nodes[i], nodes[i + 1]) for i in range(0, len(nodes) - 1, 2)]
+        if len(nodes) % 2:
+            parents.append(nodes[-1])
+        nodes, lo, count = parents, lo // 2, (count + 1) // 2
+    return nodes[0] if used == len(proof) else None
+
+
+def verify_range(
+    root: bytes, first: int, total: int, chunks: tuple[bytes, ...], proof: tuple[bytes, ...]
+) -> bool:
+    """True iff ``chunks`` are chunks ``first ..`` of the ``total``-chunk blob ``root``.
+
+    Every chunk is checked: each leaf commits to its index and payload, so a
+    proof that rebuilds the root proves them all. Never raises.
+    """
+    if type(total) is not int or type(first) is not int or type(root) is not bytes:
+        return False
+    if not 1 <= total <= MAX_CHUNKS or len(proof) > MAX_RANGE_PROOF:
+        return False
+    if any(type(c) is not bytes or not 0 < len(c) <= MAX_CHUNK_SIZE for c in chunks):
+        return False
+    if any(type(h) is not bytes or len(h) != HASH_SIZE for h in proof):
+        return False
+    implied = root_from_range(first, total, chunks, proof)
+    return implied is not None and hmac.compare_digest(implied, root)
+
+
+def assemble(root: bytes, total: int, chunks: dict[int, bytes]) -> bytes:
+    """Join verified chunks 0..total-1; BlobError unless they make the blob ``root``."""
+    missing = [i for i in range(total) if i not in chunks]
+    if missing:
+        raise BlobError(f"blob {root.hex()[:16]}… is missing {len(missing)} of {total} chunks")
+    chunk_size = len(chunks[0])
+    if (
+        any(len(chunks[i]) != chunk_size for i in range(total - 1))
+        or len(chunks[total - 1]) > chunk_size
+    ):
+        raise BlobError(f"chunks of blob {root.hex()[:16]}… have inconsistent lengths")
+    data = b"".join(chunks[i] for i in range(total))
+    if blob_root(data, chunk_size) != root:
+        raise BlobError(f"chunks do not reassemble into blob {root.hex()[:16]}…")
+    return data
+
+
+# ---------------------------------------------------------------- matrices
+
+MATRIX_MAGIC = b"PWMX"
+MATRIX_VERSION = 1
+MAX_MATRIX_DIM = 65_536
+"""Largest row or column count of an encoded matrix (PROTOCOL §1: k ≤ 65,536)."""
+_HEADER = struct.Struct("<4sBBII")  # magic, version, dtype code, rows, cols
+_DTYPES: dict[int, np.dtype] = {1: np.dtype("i1"), 4: np.dtype("<i4")}
+_CODES = {np.dtype(np.int8): 1, np.dtype(np.int32): 4}
+
+
+def encode_matrix(x: np.ndarray) -> bytes:
+    """A 2-D int8 or int32 matrix as blob bytes: a 14-byte header, then its entries.
+
+    Header: b"PWMX", version 1, dtype code (1 = int8, 4 = int32), rows and
+    columns as little-endian u32. Entries follow row by row (int32
+    little-endian). BlobError for anything else.
+    """
+    if not isinstance(x, np.ndarray) or x.ndim != 2:
+        raise BlobError("only a 2-D numpy array can be encoded as a matrix blob")
+    code = _CODES.get(np.dtype(x.dtype).newbyteorder("="))
+    if code is None:
+        raise BlobError(f"a matrix blob holds int8 or int32 entries, not {x.dtype}")
+    rows, cols = x.shape
+    _check_dims(rows, cols)
+    body = np.ascontiguousarray(x, dtype=_DTYPES[code]).tobytes()
+    data = _HEADER.pack(MATRIX_MAGIC, MATRIX_VERSION, code, rows, cols) + body
+    check_blob_size(len(data))
+    return data
+
+
+def decode_matrix(data: bytes) -> np.ndarray:
+    """The matrix in blob bytes made by ``encode_matrix``; BlobError naming any problem."""
+    if len(data) < _HEADER.size:
+        raise BlobError(f"matrix blob of {len(data)} bytes is shorter than its header")
+    magic, version, code, rows, cols = _HEADER.unpack_from(data)
+    if magic != MATRIX_MAGIC:
+        raise BlobError("not a matrix blob (bad magic)")
+    if version != MATRIX_VERSION:
+        raise BlobError(f"matrix blob version {version} is not supported")
+    dtype = _DTYPES.get(code)
+    if dtype is None:
+        raise BlobError(f"matrix blob has unknown dtype code {code}")
+    _check_dims(rows, cols)
+    expected = _HEADER.size + rows * cols * dtype.itemsize
+    if len(data) != expected:
+        raise BlobError(
+            f"matrix blob of {rows}x{cols} {dtype.name} needs {expected} bytes, has {len(data)}"
+        )
+    flat = np.frombuffer(data, dtype=dtype, offset=_HEADER.size)
+    native = np.int8 if code == 1 else np.int32
+    return flat.reshape(rows, cols).astype(native)  # a writable, native-order copy
+
+
+def _check_dims(rows: int, cols: int) -> None:
+    if not (1 <= rows <= MAX_MATRIX_DIM and 1 <= cols <= MAX_MATRIX_DIM):
+        raise BlobError(f"matrix of {rows}x{cols} is outside 1..{MAX_MATRIX_DIM} per side")
+
+
+# ---------------------------------------------------------------- exchange
+
+RANGES_IN_FLIGHT = 2
+"""Range requests in flight to one peer at once: one is served while the other travels."""
+REQUEST_TIMEOUT = 10.0
+"""How long one peer gets to answer one range request before we ask another."""
+SERVE_CACHE_BYTES = MAX_BLOB_SIZE
+"""Blobs kept in memory with their trees to serve chunks (LRU by bytes)."""
+_DRAIN_TIMEOUT = 30.0
+_EXPIRED_MAX = 10_000
+_Key = tuple[PeerSession, bytes, int]
+"""(peer, blob root, first chunk) of a range request."""
+
+
+class _PeerFailed(Exception):
+    """This peer will not give us the blob (lacks it, went away, too slow, lied)."""
+
+
+class BlobExchange:
+    """Serves BlobGet and BlobGetRange from the store and fetches blobs from peers by ranges.
+
+    The node owns one and forwards the BLOB_* messages and peer closures to
+    it. ``peers`` returns the ready peers, in the order they connected: a
+    fetch asks them in that order, moving on from each that lacks the blob,
+    stalls, disconnects or is caught sending a bad chunk.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        peers: Callable[[], list[PeerSession]],
+        *,
+        request_timeout: float = REQUEST_TIMEOUT,
+        window: int = RANGES_IN_FLIGHT,
+    ) -> None:
+        self.store = store
+        self.peers = peers
+        self.request_timeout = request_timeout
+        self.window = window
+        # Each request with the most chunks its reply may hold.
+        self._waiting: dict[_Key, tuple[asyncio.Future[BlobRange], int]] = {}
+        # Requests we gave up on: a late answer is dropped, not punished as unrequested.
+        self._expired: OrderedDict[_Key, None] = OrderedDict()
+        self._fetches: dict[bytes, asyncio.Task[bytes]] = {}
+        self._trees: OrderedDict[bytes, BlobTree] = OrderedDict()
+        self._tree_bytes = 0
+
+    # ------------------------------------------------------------ local
+
+    def put(self, data: bytes, chunk_size: int = CHUNK_SIZE) -> bytes:
+        """Store a blob (BlobError if empty or too big); its root."""
+        tree = BlobTree(data, chunk_size)
+        self.store.put_blob(tree.root, bytes(data), chunk_size)
+        return tree.root
+
+    def put_matrix(self, x: np.ndarray) -> bytes:
+        """Store a matrix as a row-chunked blob; its id is the matrix's row root."""
+        data, row_bytes = matrix_rows(x)
+        return self.put(data, row_bytes)
+
+    async def _tree(self, root: bytes) -> BlobTree | None:
+        tree = self._trees.get(root)
+        if tree is not None:
+            self._trees.move_to_end(root)
+            return tree
+        found = self.store.get_blob_chunked(root)
+        if found is None:
+            return None
+        data, chunk_size = found
+        tree = await asyncio.to_thread(BlobTree, data, chunk_size)  # 256 MiB takes a moment
+        if tree.root != root:  # a corrupt store must not make us serve bad chunks
+            log.error("stored blob %s does not match its root: not serving it", root.hex())
+            return None
+        self._trees[root] = tree
+        self._tree_bytes += tree.size
+        while self._tree_bytes > SERVE_CACHE_BYTES and len(self._trees) > 1:
+            _, old = self._trees.popitem(last=False)
+            self._tree_bytes -= old.size
+        return tree
+
+    # ------------------------------------------------------------ serving
+
+    async def _drain(self, peer: PeerSession, what: str) -> None:
+        # Pace replies to how fast the peer reads instead of queueing the whole blob.
+        try:
+            await peer.drain(_DRAIN_TIMEOUT)
+        except TimeoutError:
+            raise ProtocolViolation(f"{what}: peer is not reading its chunks", ban=False) from None
+
+    async def on_blob_get(self, peer: PeerSession, msg: BlobGet) -> None:
+        """Answer with the chunk and its branch, or ``total = 0`` if we lack the blob."""
+        tree = await self._tree(msg.root)
+        if tree is None:
+            await peer.send(BlobChunk(msg.root, msg.index, 0, b"", ()))
+            return
+        if msg.index >= tree.total:
+            # An honest peer learns ``total`` from chunk 0 and never asks past it.
+            raise ProtocolViolation(f"blob_get: chunk {msg.index} of a blob of {tree.total} chunks")
+        await self._drain(peer, "blob_get")
+        chunk, branch = tree.chunk(msg.index)
+        await peer.send(BlobChunk(msg.root, msg.index, tree.total, chunk, branch))
+
+    async def on_blob_get_range(self, peer: PeerSession, msg: BlobGetRange) -> None:
+        """Answer with the chunks asked for (cut to the reply limits) and their range
+        proof, or ``total = 0`` if we lack the blob."""
+        if msg.count == 0:
+            raise ProtocolViolation("blob_get_range: asks for no chunks")
+        tree = await self._tree(msg.root)
+        if tree is None:
+            await peer.send(BlobRange(msg.root, msg.first, 0, (), ()))
+            return
+        if msg.first >= tree.total:
+            raise ProtocolViolation(
+                f"blob_get_range: chunk {msg.first} of a blob of {tree.total} chunks"
+            )
+        await self._drain(peer, "blob_get_range")
+        chunks, proof = tree.range(msg.first, msg.count)
+        await peer.send(BlobRange(msg.root, msg.first, tree.total, chunks, proof))
+
+    # ------------------------------------------------------------ receiving
+
+    def on_blob_chunk(self, peer: PeerSession, msg: BlobChunk) -> None:
+        """ProtocolViolation: this node fetches by ranges, so no chunk is ever requested."""
+        raise ProtocolViolation(f"unrequested blob chunk {msg.index} of {msg.root.hex()[:16]}…")
+
+    def on_blob_range(self, peer: PeerSession, msg: BlobRange) -> None:
+        """Hand a requested range to its fetch once every chunk in it is verified;
+        ProtocolViolation (and nothing kept) if it is unrequested or any of it is bad."""
+        key = (peer, msg.root, msg.first)
+        entry = self._waiting.pop(key, None)
+        if entry is None:
+            if key in self._expired:
+                del self._expired[key]
+                return
+            raise ProtocolViolation(
+                f"unrequested blob range from chunk {msg.first} of {msg.root.hex()[:16]}…"
+            )
+        future, asked = entry
+        reason = _range_fault(msg, asked)
+        if reason is not None:
+            _fail(future, ProtocolViolation(reason))
+            raise ProtocolViolation(reason)
+        if not future.done():
+            future.set_result(msg)
+
+    def peer_closed(self, peer: PeerSession) -> None:
+        """Fail the requests that were waiting on a peer that went away."""
+        for key in [k for k in self._waiting if k[0] is peer]:
+            _fail(self._waiting.pop(key)[0], _PeerFailed("disconnected"))
+        for key in [k for k in self._expired if k[0] is peer]:
+            del self._expired[key]
+
+    def close(self) -> None:
+        """Cancel fetches in progress (the node is stopping)."""
+        for task in list(self._fetches.values()):
+            task.cancel()
+
+    # ------------------------------------------------------------ fetching
+
+    async def fetch(self, root: bytes, timeout: float = 60.0) -> bytes:
+        """The blob ``root``, from the store or from peers; BlobFetchError if we cannot get it.
+
+        Concurrent fetches of one root share one download.
+        """
+        if type(root) is not bytes or len(root) != 32:
+            raise BlobFetchError("a blob root is 32 bytes")
+        data = self.store.get_blob(root)
+        if data is not None:
+            return data
+        task = self._fetches.get(root)
+        if task is None:
+            task = asyncio.create_task(self._fetch(root, timeout), name=f"blob {root.hex()[:16]}")
+            self._fetches[root] = task
+            task.add_done_callback(lambda t: self._fetch_done(root, t))
+        return await asyncio.shield(task)
+
+    def _fetch_done(self, root: bytes, task: asyncio.Task[bytes]) -> None:
+        self._fetches.pop(root, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here too, in case every caller went away
+
+    async def _fetch(self, root: bytes, timeout: float) -> bytes:
+        short = root.hex()[:16] + "…"
+        chunks: dict[int, bytes] = {}  # verified chunks, whichever peer sent them
+        tried: list[PeerSession] = []
+        failures: list[str] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    peer = await self._next_peer(tried)
+                    if peer is None:
+                        why = "; ".join(failures) if failures else "no peers connected"
+                        raise BlobFetchError(f"blob {short} is not available: {why}")
+                    tried.append(peer)
+                    try:
+                        data, total = await self._fetch_from(peer, root, chunks)
+                    except _PeerFailed as e:
+                        failures.append(f"{peer.address}: {e}")
+                        continue
+                    break
+        except TimeoutError:
+            why = "; ".join(failures) if failures else "no peer answered"
+            raise BlobFetchError(
+                f"timed out after {timeout:g}s fetching blob {short} ({why})"
+            ) from None
+        await asyncio.to_thread(self.store.put_blob, root, data, len(chunks[0]))
+        log.info("fetched blob %s: %d bytes in %d chunks", short, len(data), total)
+        return data
+
+    async def _next_peer(self, tried: list[PeerSession]) -> PeerSession | None:
+        """The first ready peer not asked yet; waits for one while none is connected."""
+        while True:
+            peers = self.peers()
+            for p in peers:
+                if all(p is not t for t in tried):
+                    return p
+            if peers or tried:
+                return None
+            await asyncio.sleep(0.05)
+
+    async def _fetch_from(
+        self, peer: PeerSession, root: bytes, chunks: dict[int, bytes]
+    ) -> tuple[bytes, int]:
+        """Complete ``chunks`` from one peer; the blob and its chunk count.
+
+        The range from chunk 0 is asked of every peer, to learn *its* chunk
+        count: a proof does not always pin the count down (the left part of a
+        tree has the same shape for several counts), so a count from one peer
+        is never used to ask another for chunks it may not have. Every chunk
+        is genuine whatever count it came with (its leaf commits to its
+        index); the final root check catches a count that was a lie. The
+        missing chunks are then asked in ranges sized to fill a reply,
+        ``window`` of them in flight.
+        """
+        head = await self._request_range(peer, root, 0, MAX_RANGE_CHUNKS)
+        total = head.total
+        chunks.update(enumerate(head.chunks))
+        per_reply = max(1, min(MAX_RANGE_CHUNKS, RANGE_BYTES // len(head.chunks[0])))
+        window = asyncio.Semaphore(self.window)
+
+        async def one(first: int, count: int) -> None:
+            async with window:
+                reply = await self._request_range(peer, root, first, count)
+                if reply.total != total:
+                    raise _PeerFailed(f"says the blob has {reply.total} chunks, not {total}")
+                chunks.update(enumerate(reply.chunks, first))
+
+        # Every reply holds at least the first chunk it was asked for, so each
+        # round leaves fewer chunks missing (a reply may be cut short by its byte budget).
+        while runs := _missing_runs(total, chunks, per_reply):
+            tasks = [asyncio.create_task(one(first, count)) for first, count in runs]
+            try:
+                await asyncio.gather(*tasks)
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            return await asyncio.to_thread(assemble, root, total, chunks), total
+        except BlobError as e:
+            raise _PeerFailed(str(e)) from None
+
+    async def _request_range(
+        self, peer: PeerSession, root: bytes, first: int, count: int
+    ) -> BlobRange:
+        key = (peer, root, first)
+        future: asyncio.Future[BlobRange] = asyncio.get_running_loop().create_future()
+        self._waiting[key] = (future, count)
+        try:
+            if not peer.send_nowait(BlobGetRange(root, first, count)):
+                raise _PeerFailed("disconnected")
+            try:
+                reply = await asyncio.wait_for(future, self.request_timeout)
+            except TimeoutError:
+                raise _PeerFailed(
+                    f"no answer for chunks from {first} in {self.request_timeout:g}s"
+                ) from None
+            except ProtocolViolation as e:
+                raise _PeerFailed(f"sent a bad range ({e.reason}); banned") from None
+        finally:
+            entry = self._waiting.get(key)
+            if entry is not None and entry[0] is future:  # no answer came: forget, forgive it
+                del self._waiting[key]
+                self._expired[key] = None
+                while len(self._expired) > _EXPIRED_MAX:
+                    self._expired.popitem(last=False)
+        if reply.total == 0:
+            raise _PeerFailed("does not have it")
+        return reply
+
+
+def _range_fault(msg: BlobRange, asked: int) -> str | None:
+    """Why a reply to a request for ``asked`` chunks is not acceptable, or None."""
+    n = len(msg.chunks)
+    if msg.total == 0:
+        if n or msg.proof:
+            return "blob range: a 'not found' reply (total 0) must be empty"
+        return None
+    if n == 0:
+        return f"blob range from chunk {msg.first} holds no chunks"
+    if n > asked:
+        return f"blob range holds {n} chunks where at most {asked} were asked for"
+    if n > 1 and sum(len(c) for c in msg.chunks) > RANGE_BYTES:
+        return f"blob range of {n} chunks exceeds {RANGE_BYTES} bytes"
+    if not verify_range(msg.root, msg.first, msg.total, msg.chunks, msg.proof):
+        last = msg.first + n - 1
+        return f"blob chunks {msg.first}..{last}/{msg.total} fail verification against the root"
+    return None
+
+
+def _missing_runs(total: int, chunks: dict[int, bytes], longest: int) -> list[tuple[int, int]]:
+    """(first, count) of the runs of chunks below ``total`` not in ``chunks``, each at
+    most ``longest`` long."""
+    runs: list[tuple[int, int]] = []
+    start = None
+    for i in range(total + 1):
+        if i < total and i not in chunks:
+            if start is None:
+                start = i
+            if i - start + 1 == longest:
+                runs.append((start, longest))
+                start = None
+        elif start is not None:
+            runs.append((start, i - start))
+            start = None
+    return runs
+
+
+def _fail(future: asyncio.Future[BlobRange], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

@@ -1,0 +1,296 @@
+"""Compact block relay: a new block crosses each link as its header and txids.
+
+By the time a block is found, its transactions have already been relayed to
+every node, decoded, signature-checked and kept in the mempool. Sending the
+block whole would make every peer receive, decode and hash them all again:
+under load that was the largest single cost of a node besides signatures.
+So, as in Bitcoin's BIP 152, a block travels as a ``CMPCTBLOCK`` (header +
+txids): a node rebuilds it from its mempool (and the transactions of the last
+few blocks it connected, for a competing block at the same height), asks
+``GETBLOCKTXN`` for the ones it lacks and completes the block with the
+``BLOCKTXN`` answer.
+
+A node that connects a new tip *pushes* the compact block to every peer that
+does not know it yet, before writing it to disk (BIP 152's high-bandwidth
+mode): an announcement and its request would add a round trip per hop, and
+every millisecond of propagation is a chance for a stale block. Side
+branches and blocks met while catching up are announced by INV instead, and
+an INV is answered with ``GETDATA(CMPCT_BLOCK)``.
+
+Checks before any work: the header must pass every header rule on its parent
+(``Chain.check_header``: the ASERT target, timestamps, height and the proof
+of work, one tile, a millisecond; a peer cannot make up headers that pass),
+and before asking for missing transactions the txids must be the ones the
+header's tx_root commits to (a block rebuilt whole has that checked by the
+chain, once). The rebuilt
+block then takes the same path as a whole block (``Node.accept_block``):
+every rule is checked, and the signatures of transactions that did not come
+from the mempool are verified.
+
+A node that is catching up (headers-first sync) still downloads whole
+blocks: it holds none of their transactions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from consensus.blocks import Block, BlockHeader
+from consensus.errors import InvalidBlock
+from consensus.merkle import merkle_root
+from consensus.transactions import Transaction
+from node.net.errors import ProtocolViolation, header_violation
+from node.net.peer import PeerSession
+from node.net.wire import (
+    BlockTxn,
+    CompactBlock,
+    GetBlockTxn,
+    GetHeaders,
+    InvItem,
+    InvKind,
+    NotFound,
+    encode_message,
+)
+
+if TYPE_CHECKING:
+    from consensus.chain import Chain
+    from node.mempool import Mempool
+    from node.net.p2p import PeerManager
+
+INV_BLOCK = int(InvKind.BLOCK)
+INV_CMPCT = int(InvKind.CMPCT_BLOCK)
+RECENT_BLOCKS = 8
+"""Connected blocks whose transactions may rebuild a competing block."""
+FRAMES_KEPT = 8
+"""CMPCTBLOCK frames kept: every peer asks for a new block at about the same time."""
+REQUEST_TIMEOUT_S = 10.0
+"""A CMPCTBLOCK or BLOCKTXN not delivered this long is given up. The block is
+not lost: the next block's announcement finds its parent missing and the node
+catches up through headers."""
+
+
+@dataclass
+class _Partial:
+    """A compact block waiting for the transactions asked with GETBLOCKTXN."""
+
+    peer: PeerSession
+    header: BlockHeader
+    txids: tuple[bytes, ...]
+    txs: list[Transaction | None]
+    missing: tuple[int, ...]
+    asked: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class CompactStats:
+    """What compact relay did (getinfo's ``compact``)."""
+
+    received: int = 0
+    """Compact blocks received."""
+    pushed: int = 0
+    """...of which a peer sent unasked (its new tip)."""
+    complete: int = 0
+    """...of which every transaction was already here."""
+    txs_fetched: int = 0
+    """Transactions asked for with GETBLOCKTXN."""
+    served: int = 0
+    """Compact blocks sent to peers."""
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class CompactHost(Protocol):
+    """What compact relay needs of the node: its chain, mempool, peers and block intake."""
+
+    @property
+    def chain(self) -> Chain: ...
+
+    @property
+    def mempool(self) -> Mempool: ...
+
+    @property
+    def p2p(self) -> PeerManager: ...
+
+    async def accept_block(self, block: Block, peer: PeerSession) -> None:
+        """A block ``peer`` sent, whole or rebuilt from a compact block."""
+        ...
+
+
+class CompactRelay:
+    """The compact-block side of one node's gossip (see the module docstring)."""
+
+    def __init__(self, node: CompactHost) -> None:
+        self.node = node
+        self.asked: dict[bytes, tuple[PeerSession, float]] = {}
+        self.partials: dict[bytes, _Partial] = {}
+        self.stats = CompactStats()
+        self._frames: OrderedDict[bytes, bytes] = OrderedDict()
+        self._recent: OrderedDict[bytes, dict[bytes, Transaction]] = OrderedDict()
+
+    # ------------------------------------------------------------ asking
+
+    def pending(self, block_hash: bytes) -> bool:
+        """Whether this block is on its way as a compact block."""
+        return block_hash in self.asked or block_hash in self.partials
+
+    def request(self, peer: PeerSession, hashes: list[bytes]) -> None:
+        """Ask ``peer`` for these announced blocks as compact blocks."""
+        now = time.monotonic()
+        for h in hashes:
+            self.asked[h] = (peer, now)
+        peer.request(InvItem(InvKind.CMPCT_BLOCK, h) for h in hashes)
+
+    # ------------------------------------------------------------ receiving
+
+    async def on_compact_block(self, peer: PeerSession, msg: CompactBlock) -> None:
+        """Rebuild the block from what we hold, or ask for what we lack."""
+        node = self.node
+        header = msg.header
+        h = header.hash
+        if not peer.take_requested(INV_CMPCT, h):
+            self.stats.pushed += 1  # a peer's new tip, sent without being asked
+        peer.mark_known(INV_BLOCK, h)
+        if self.asked.get(h, (None, 0.0))[0] is peer:
+            del self.asked[h]
+        self.stats.received += 1
+        if node.chain.contains(h) or h in self.partials:
+            return
+        if header.prev_hash not in node.chain.entries:
+            # Not on top of anything we have, so its header cannot be checked: keep
+            # nothing (a whole block asked for now would be held as an orphan on its
+            # proof alone, which a made-up target makes free) and ask this peer for
+            # the headers in between, which headers-first sync checks one by one.
+            await peer.send(GetHeaders(tuple(node.chain.locator()), bytes(32)))
+            return
+        try:
+            node.chain.check_header(header)  # every header rule, before any other work
+        except InvalidBlock as e:
+            raise header_violation("compact block", e) from None
+        txs, missing = self._fill(msg.txids)
+        if not missing:
+            # The chain checks the txids against tx_root before it keeps anything.
+            self.stats.complete += 1
+            await node.accept_block(Block(header, tuple(txs)), peer)  # type: ignore[arg-type]
+            return
+        # Before asking the peer for what we lack: is that what the header names?
+        if merkle_root(list(msg.txids)) != header.tx_root:
+            raise ProtocolViolation("compact block: its txids are not the ones tx_root commits to")
+        self.stats.txs_fetched += len(missing)
+        self.partials[h] = _Partial(peer, header, msg.txids, txs, tuple(missing))
+        peer.send_nowait(GetBlockTxn(h, tuple(missing)))
+
+    async def on_block_txn(self, peer: PeerSession, msg: BlockTxn) -> None:
+        """The transactions a compact block lacked: complete it and process it."""
+        h = msg.block_hash
+        partial = self.partials.get(h)
+        if partial is None or partial.peer is not peer:
+            raise ProtocolViolation("unrequested blocktxn")
+        del self.partials[h]
+        if len(msg.txs) != len(partial.missing):
+            raise ProtocolViolation(
+                f"blocktxn: {len(msg.txs)} transactions for {len(partial.missing)} asked"
+            )
+        for i, tx in zip(partial.missing, msg.txs, strict=True):
+            if tx.txid != partial.txids[i]:
+                raise ProtocolViolation(f"blocktxn: transaction {i} is not the one the block names")
+            partial.txs[i] = tx
+        block = Block(partial.header, tuple(partial.txs))  # type: ignore[arg-type]
+        await self.node.accept_block(block, peer)
+
+    def _fill(self, txids: tuple[bytes, ...]) -> tuple[list[Transaction | None], list[int]]:
+        """The block's transactions we hold (None where we do not), and where they lack."""
+        mempool_get = self.node.mempool.get
+        recent = list(self._recent.values())
+        txs: list[Transaction | None] = []
+        missing: list[int] = []
+        for i, txid in enumerate(txids):
+            tx = mempool_get(txid)
+            if tx is None:
+                for known in recent:
+                    tx = known.get(txid)
+                    if tx is not None:
+                        break
+                else:
+                    missing.append(i)
+            txs.append(tx)
+        return txs, missing
+
+    def block_connected(self, block: Block) -> None:
+        """Keep a connected block's transactions for rebuilding a competitor of it."""
+        if block.txs:
+            self._recent[block.hash] = {tx.txid: tx for tx in block.txs}
+            while len(self._recent) > RECENT_BLOCKS:
+                self._recent.popitem(last=False)
+
+    def not_found(self, peer: PeerSession, item: InvItem) -> None:
+        """The peer no longer has a block we asked for (compact, or its transactions)."""
+        if item.kind == InvKind.CMPCT_BLOCK and self.asked.get(item.hash, (None, 0.0))[0] is peer:
+            del self.asked[item.hash]
+        if item.kind == InvKind.BLOCK:
+            partial = self.partials.get(item.hash)
+            if partial is not None and partial.peer is peer:
+                del self.partials[item.hash]
+
+    def peer_closed(self, peer: PeerSession) -> None:
+        for h, (p, _) in list(self.asked.items()):
+            if p is peer:
+                del self.asked[h]
+        for h, partial in list(self.partials.items()):
+            if partial.peer is peer:
+                del self.partials[h]
+
+    def expire(self) -> None:
+        """Give up requests that were never answered (housekeeping, once a second)."""
+        limit = time.monotonic() - REQUEST_TIMEOUT_S
+        for h, (_, asked) in list(self.asked.items()):
+            if asked < limit:
+                del self.asked[h]
+        for h, partial in list(self.partials.items()):
+            if partial.asked < limit:
+                del self.partials[h]
+
+    # ------------------------------------------------------------ serving
+
+    def push(self, block_hash: bytes, exclude: PeerSession | None) -> int:
+        """Send our new tip as a CMPCTBLOCK to every peer but ``exclude`` that lacks it;
+        how many peers it went to."""
+        sent = 0
+        for peer in self.node.p2p.peers:
+            if peer is not exclude and not peer.knows(INV_BLOCK, block_hash):
+                self.serve(peer, block_hash)
+                sent += 1
+        return sent
+
+    def serve(self, peer: PeerSession, block_hash: bytes) -> None:
+        """Send a block we have as a CMPCTBLOCK."""
+        frame = self._frames.get(block_hash)
+        if frame is None:
+            block = self.node.chain.blocks[block_hash]
+            frame = encode_message(CompactBlock(block.header, tuple(tx.txid for tx in block.txs)))
+            self._frames[block_hash] = frame
+            while len(self._frames) > FRAMES_KEPT:
+                self._frames.popitem(last=False)
+        peer.mark_known(INV_BLOCK, block_hash)
+        peer.send_frame(frame)
+        self.stats.served += 1
+
+    def on_get_block_txn(self, peer: PeerSession, msg: GetBlockTxn) -> None:
+        """Answer with the transactions at the asked indexes of a block we have."""
+        block = self.node.chain.blocks.get(msg.block_hash)
+        if block is None:
+            peer.send_nowait(NotFound((InvItem(InvKind.BLOCK, msg.block_hash),)))
+            return
+        indexes = msg.indexes
+        if any(b <= a for a, b in itertools.pairwise(indexes)):
+            raise ProtocolViolation("getblocktxn: indexes are not ascending")
+        if indexes and indexes[-1] >= len(block.txs):
+            raise ProtocolViolation(
+                f"getblocktxn: index {indexes[-1]} is past the block's last, {len(block.txs) - 1}"
+            )
+        txs: tuple[Any, ...] = tuple(block.txs[i] for i in indexes)
+        peer.send_nowait(BlockTxn(msg.block_hash, txs))

@@ -1,0 +1,429 @@
+"""Headers-first download: how a node that is behind catches up.
+
+A peer with more work is asked for headers after our block locator. Each
+header is checked against its parent as it arrives, by the same rules as a
+block's header (``Chain.check_header``: height, timestamps, the ASERT target
+its parent implies, and the proof of work, one tile, under a millisecond), and
+a peer that sends one that fails is banned: a peer cannot make us download
+blocks of a chain it did not mine.
+
+Only headers of a chain with more work than our active tip are queued for
+download; that alone puts the node in its catching-up state. A peer's headers
+that have not (yet) shown that much work are its *presync* (after Bitcoin
+Core's headers pre-sync): checked one by one against the previous, but held
+only up to ``PRESYNC_HEADERS_PER_PEER`` per peer and ``PRESYNC_HEADERS_TOTAL``
+in all; past that only the newest header's context is kept. When a header of
+the presync brings its chain past our tip's work, the held headers are queued,
+and if some were not held the peer is asked for them again. When the peer has
+no more headers and its chain never got past our tip, the presync is dropped.
+Headers that connect to nothing we know are not kept at all; a peer that sends
+more than ``MAX_UNCONNECTING_HEADERS`` such replies in a row is banned.
+
+Queued headers' blocks are asked of several peers at once in a bounded window
+(``DOWNLOAD_WINDOW`` ahead of our tip, at most ``PER_PEER_INFLIGHT`` per peer,
+the least loaded peer that has the block first) and connected strictly in
+height order as they arrive. Only their
+bodies are asked for (``GETDATA(BODY)`` → ``BLOCKBODY``): the header, with its
+~18 KiB proof, is here already. A request that stalls for ``STALL_SECONDS``
+goes to another peer.
+
+While catching up, the node writes blocks to its store in batches (see
+``Node.process_block``) and downloads whole blocks: it holds none of their
+transactions, so compact blocks would only add a round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from consensus.blocks import Block, BlockHeader
+from consensus.chain import Status, headers_after
+from consensus.errors import InvalidBlock
+from consensus.validation import HeaderContext, check_child_header
+from node.net.errors import ProtocolViolation, header_violation
+from node.net.peer import PeerSession
+from node.net.wire import (
+    MAX_HEADERS,
+    BlockBody,
+    GetHeaders,
+    Headers,
+    InvItem,
+    InvKind,
+    headers_reply,
+)
+from node.relay.sync_progress import SyncProgress
+
+if TYPE_CHECKING:
+    from consensus.chain import AddResult, Chain
+    from consensus.params import NetworkParams
+    from node.net.p2p import PeerManager
+
+log = logging.getLogger("pouw.node")
+
+INV_BLOCK = int(InvKind.BLOCK)
+INV_BODY = int(InvKind.BODY)
+DOWNLOAD_WINDOW = 256
+"""Blocks requested ahead of the connected tip."""
+PER_PEER_INFLIGHT = 32
+STALL_SECONDS = 10.0
+HEADERS_PER_BREATH = 100
+"""Downloads start (and the event loop runs) after every this many verified headers."""
+PRESYNC_HEADERS_PER_PEER = 250
+"""Headers held per peer that are not (yet) on a chain with more work than ours."""
+PRESYNC_HEADERS_TOTAL = 1000
+"""...and across all peers. A header carries its proof (h·k + w·k bytes and their
+branches): ~18 KiB on devnet, ~70 KiB at k = 2048, so 18 to 70 MB at most."""
+MAX_UNCONNECTING_HEADERS = 10
+"""HEADERS replies in a row that connect to nothing we know before the peer is banned."""
+
+
+@dataclass
+class _Presync:
+    """A peer's headers that passed every rule but are not on a chain with more work
+    than our tip (yet): the first ``held`` ones, then ``skipped`` checked, not held."""
+
+    last: HeaderContext
+    """The newest header checked: the next one must build on it."""
+    held: list[HeaderContext] = field(default_factory=list)
+    skipped: int = 0
+
+
+class CompactBlocksInFlight(Protocol):
+    """Compact relay, as the block download sees it."""
+
+    def pending(self, block_hash: bytes) -> bool:
+        """Whether this block is on its way as a compact block."""
+        ...
+
+
+class SyncHost(Protocol):
+    """What headers-first sync needs of the node."""
+
+    @property
+    def chain(self) -> Chain: ...
+
+    @property
+    def params(self) -> NetworkParams: ...
+
+    @property
+    def p2p(self) -> PeerManager: ...
+
+    @property
+    def compact(self) -> CompactBlocksInFlight: ...
+
+    async def process_block(self, block: Block, source: PeerSession | None) -> AddResult | None:
+        """Validate a block and add it to the chain; relay it if it is good."""
+        ...
+
+    def flush_store(self) -> None:
+        """Commit the batched store writes."""
+        ...
+
+
+class HeaderSync:
+    """The headers-first download of one node (see the module docstring)."""
+
+    def __init__(self, node: SyncHost, progress: SyncProgress) -> None:
+        self.node = node
+        self.progress = progress
+        self.pending: dict[bytes, HeaderContext] = {}
+        """Checked headers of a chain with more work than ours whose blocks are not
+        connected yet."""
+        self.queue: deque[bytes] = deque()
+        """Their hashes, in height order: the order blocks are connected in."""
+        self.inflight: dict[bytes, tuple[PeerSession, float]] = {}
+        self.downloaded: dict[bytes, Block] = {}
+        self.target = 0
+        """The height we are catching up to (0 when not catching up)."""
+        self.presync: dict[PeerSession, _Presync] = {}
+        self.unconnecting: dict[PeerSession, int] = {}
+        """Per peer: HEADERS replies in a row that connected to nothing we know."""
+
+    @property
+    def catching_up(self) -> bool:
+        return bool(self.queue and self.target)
+
+    def knows(self, block_hash: bytes) -> bool:
+        """Whether the block is already verified as a header or on its way."""
+        return block_hash in self.pending or block_hash in self.inflight
+
+    def builds_on(self, block_hash: bytes) -> bool:
+        """Whether a header of the download (its proof of work checked) has this parent."""
+        return any(c.header.prev_hash == block_hash for c in self.pending.values())
+
+    # ------------------------------------------------------------ headers
+
+    async def on_getheaders(self, peer: PeerSession, msg: GetHeaders) -> None:
+        """Answer with the active chain's headers after the locator (up to ``stop``)."""
+        headers = headers_after(self.node.chain, msg.locator, MAX_HEADERS)
+        if msg.stop != bytes(32):
+            for i, hd in enumerate(headers):
+                if hd.hash == msg.stop:
+                    headers = headers[: i + 1]
+                    break
+        await peer.send(headers_reply(headers))
+
+    async def on_headers(self, peer: PeerSession, msg: Headers) -> None:
+        """Check new headers against their parents, queue the blocks of a chain with
+        more work than ours, and ask for the rest (see the module docstring)."""
+        chain = self.node.chain
+        headers = msg.headers
+        for i in range(1, len(headers)):
+            if headers[i].prev_hash != headers[i - 1].hash:
+                raise ProtocolViolation(f"headers: header {i} does not build on the one before it")
+        parent = self._context(peer, headers[0].prev_hash) if headers else None
+        if headers and parent is None:
+            count = self.unconnecting.get(peer, 0) + 1
+            if count > MAX_UNCONNECTING_HEADERS:
+                raise ProtocolViolation(
+                    f"headers: {count} replies in a row do not connect to any block we know"
+                )
+            self.unconnecting[peer] = count
+            # The peer's chain forked below our locator's resolution: ask again.
+            await peer.send(GetHeaders(tuple(chain.locator()), bytes(32)))
+            return
+        self.unconnecting.pop(peer, None)
+        promoted, ask_from, stop = await self._check_headers(peer, headers, parent)
+        if headers:
+            peer.best_height = max(peer.best_height, headers[-1].height)
+        more = bool(headers) and headers[-1].height < peer.best_height and not stop
+        presync = self.presync.get(peer)
+        if presync is not None and not more:
+            # The peer has nothing more, and its chain has no more work than ours.
+            del self.presync[peer]
+            log.info(
+                "headers: dropped %d from %s, a chain with less work than ours",
+                len(presync.held) + presync.skipped,
+                peer.address,
+            )
+        if ask_from is not None:
+            await peer.send(GetHeaders((ask_from,), bytes(32)))
+        elif more:
+            # A reply stops at MAX_HEADERS or MAX_HEADERS_BYTES: ask for the rest.
+            await peer.send(GetHeaders((headers[-1].hash,), bytes(32)))
+        if promoted:
+            self.progress.update(chain.height, self.target)
+            log.info(
+                "headers: %d new from %s, syncing to height %d",
+                promoted,
+                peer.address,
+                self.target,
+            )
+        self.schedule()
+
+    async def _check_headers(
+        self, peer: PeerSession, headers: tuple[BlockHeader, ...], parent: HeaderContext | None
+    ) -> tuple[int, bytes | None, bool]:
+        """Check each header on its parent; queue those of a chain with more work than
+        our tip, hold the others (up to the bounds) in the peer's presync.
+
+        Returns how many headers were queued, the hash to ask the peer for the
+        headers after, and whether to stop asking along this reply. The last two
+        are set when the presync proved its work past headers it could not hold:
+        the peer is asked again from the last one held (from nothing if it held
+        none: then the peer is asked again when it sends a new tip, rather than
+        in a loop that makes no progress).
+        """
+        chain, params = self.node.chain, self.node.params
+        presync = self.presync.get(peer)
+        held_total = self.presync_held()
+        promoted = checked_count = 0
+        for header in headers:
+            known = self._known_context(header.hash)
+            if known is not None:
+                parent = known
+                continue
+            assert parent is not None
+            try:
+                checked = check_child_header(header, parent, params, chain.clock(), chain.check_pow)
+            except InvalidBlock as e:
+                raise header_violation("headers", e) from None
+            if presync is not None and presync.last is not parent:
+                held_total -= len(presync.held)
+                self.presync.pop(peer, None)  # the peer moved to another branch: start over
+                presync = None
+            if checked.work > chain.tip.work:
+                if presync is not None:
+                    self.presync.pop(peer, None)
+                    held_total -= len(presync.held)
+                    self._queue(presync.held)
+                    promoted += len(presync.held)
+                    if presync.skipped:
+                        # Proven, but past headers we did not hold: the rest again.
+                        held = presync.held
+                        return promoted, held[-1].header.hash if held else None, True
+                    presync = None
+                self._queue([checked])
+                promoted += 1
+            else:
+                if presync is None:
+                    presync = self.presync[peer] = _Presync(checked)
+                presync.last = checked
+                if len(presync.held) < PRESYNC_HEADERS_PER_PEER and (
+                    held_total < PRESYNC_HEADERS_TOTAL
+                ):
+                    presync.held.append(checked)
+                    held_total += 1
+                else:
+                    presync.skipped += 1
+            parent = checked
+            checked_count += 1
+            if checked_count % HEADERS_PER_BREATH == 0:
+                self.schedule()
+                await asyncio.sleep(0)
+                if peer.closing or self.presync.get(peer) is not presync:
+                    # The peer left, or the download was dropped (forget) meanwhile.
+                    self.presync.pop(peer, None)
+                    return promoted, None, True
+                held_total = self.presync_held()  # other peers' replies ran meanwhile
+        return promoted, None, False
+
+    def _queue(self, checked: list[HeaderContext]) -> None:
+        """Queue the blocks of headers on a chain with more work than ours: sync state."""
+        for context in checked:
+            h = context.header.hash
+            self.pending[h] = context
+            self.queue.append(h)
+            self.target = max(self.target, context.header.height)
+
+    def _known_context(self, block_hash: bytes) -> HeaderContext | None:
+        """The context of a header already in the block tree or queued for download."""
+        context = self.pending.get(block_hash)
+        if context is not None:
+            return context
+        entry = self.node.chain.entries.get(block_hash)
+        if entry is None:
+            return None
+        if entry.status is Status.INVALID:
+            raise ProtocolViolation(f"headers: block {block_hash.hex()[:16]} is invalid")
+        return self.node.chain.header_context(block_hash)
+
+    def _context(self, peer: PeerSession, block_hash: bytes) -> HeaderContext | None:
+        """The context of a header a peer's reply builds on: known, or its presync's last."""
+        presync = self.presync.get(peer)
+        if presync is not None and presync.last.header.hash == block_hash:
+            return presync.last
+        return self._known_context(block_hash)
+
+    def presync_held(self) -> int:
+        """Headers held in presyncs: checked, but not (yet) on a chain with more work."""
+        return sum(len(p.held) for p in self.presync.values())
+
+    # ------------------------------------------------------------ blocks
+
+    def schedule(self) -> None:
+        """Ask peers for the next blocks of the download window, up to
+        PER_PEER_INFLIGHT each, the least loaded peer that has the block first."""
+        if not self.queue:
+            return
+        node = self.node
+        peers = [p for p in node.p2p.peers if p.best_height > node.chain.height]
+        if not peers:
+            return
+        load = {id(p): 0 for p in peers}
+        for p, _ in self.inflight.values():
+            if id(p) in load:
+                load[id(p)] += 1
+        free = sum(max(0, PER_PEER_INFLIGHT - n) for n in load.values())
+        inflight, downloaded, pending = self.inflight, self.downloaded, self.pending
+        batches: dict[int, tuple[PeerSession, list[InvItem]]] = {}
+        now = time.monotonic()
+        for i, h in enumerate(self.queue):
+            if i >= DOWNLOAD_WINDOW or free <= 0:
+                break  # a block arriving frees one slot: the scan stops right there
+            if h in inflight or h in downloaded or node.compact.pending(h):
+                continue
+            height = pending[h].header.height
+            best = None
+            for p in peers:
+                n = load[id(p)]
+                fits = n < PER_PEER_INFLIGHT and p.best_height >= height
+                if fits and (best is None or n < load[id(best)]):
+                    best = p
+            if best is None:
+                continue
+            load[id(best)] += 1
+            free -= 1
+            inflight[h] = (best, now)
+            batches.setdefault(id(best), (best, []))[1].append(InvItem(InvKind.BODY, h))
+        for peer, items in batches.values():
+            peer.request(items)
+
+    async def on_body(self, peer: PeerSession, msg: BlockBody) -> None:
+        """The transactions of a block whose header we hold: the block, then connect."""
+        h = msg.block_hash
+        if not peer.take_requested(INV_BODY, h):
+            raise ProtocolViolation("unrequested block body")
+        context = self.pending.get(h)
+        if context is None:
+            return  # connected meanwhile, or the download was dropped
+        self.inflight.pop(h, None)
+        self.downloaded[h] = Block(context.header, msg.txs)
+        await self._connect_downloaded(peer)
+
+    async def on_block(self, peer: PeerSession, block: Block) -> bool:
+        """Take a block of the download; False if it is not one we queued."""
+        h = block.hash
+        if h not in self.pending:
+            return False
+        self.inflight.pop(h, None)
+        if block.header != self.pending[h].header:
+            raise ProtocolViolation("block does not match its announced header")
+        self.downloaded[h] = block
+        await self._connect_downloaded(peer)
+        return True
+
+    async def _connect_downloaded(self, peer: PeerSession) -> None:
+        node = self.node
+        while self.queue and self.queue[0] in self.downloaded:
+            h = self.queue.popleft()
+            block = self.downloaded.pop(h)
+            self.pending.pop(h, None)
+            try:
+                await node.process_block(block, source=peer)
+            except ProtocolViolation:
+                self.forget()
+                raise
+        self.schedule()
+        if self.target:
+            self.progress.update(node.chain.height, self.target)
+        if not self.queue and self.target:
+            node.flush_store()
+            log.info("sync: at height %d", node.chain.height)
+            self.target = 0
+
+    def forget(self) -> None:
+        """Drop the whole download (its peer sent a block that failed)."""
+        self.queue.clear()
+        self.pending.clear()
+        self.downloaded.clear()
+        self.inflight.clear()
+        self.presync.clear()
+
+    # ------------------------------------------------------------ peers
+
+    def not_found(self, peer: PeerSession, block_hash: bytes) -> None:
+        if self.inflight.get(block_hash, (None, 0.0))[0] is peer:
+            del self.inflight[block_hash]
+
+    def peer_closed(self, peer: PeerSession) -> None:
+        self.presync.pop(peer, None)
+        self.unconnecting.pop(peer, None)
+        for h, (p, _) in list(self.inflight.items()):
+            if p is peer:
+                del self.inflight[h]
+        self.schedule()
+
+    def expire(self) -> None:
+        """Give stalled requests to another peer (housekeeping, once a second)."""
+        now = time.monotonic()
+        for h, (peer, t) in list(self.inflight.items()):
+            if now - t > STALL_SECONDS:
+                del self.inflight[h]
+                log.info("block %s stalled at %s: asking another peer", h.hex()[:16], peer.address)
+        self.schedule()

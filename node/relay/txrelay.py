@@ -1,0 +1,257 @@
+"""Transaction relay: what to ask peers for, admitting what they send, and announcing.
+
+A node under load must keep blocks moving, so transactions flow through a
+bounded pipeline instead of whatever queues peers fill:
+
+- An INV's unknown txids go to ``wanted`` (each remembers the first peer that
+  announced it). Only ``REQUEST_WINDOW`` transactions are asked for at once,
+  and none while ``PIPELINE`` are already requested or waiting for admission:
+  a peer's socket then never holds more than a window of transactions in front
+  of the block that follows them, and the reader never stops to wait. When
+  ``wanted`` overflows, the oldest announcements are dropped: those
+  transactions reach this node in blocks instead (Bitcoin Core bounds
+  announcements and requests per peer in the same spirit).
+- Transactions that arrive are admitted (signature, mempool rules) by one task
+  that yields the event loop every ``SLICE_S``, so blocks are handled between
+  them.
+- Admitted transactions are announced to every other peer in one INV each
+  ``RELAY_S`` (not one frame per transaction), and INVs of transactions travel
+  behind blocks in the peers' send queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from typing import TYPE_CHECKING, Any, Protocol
+
+from consensus.errors import InvalidTransaction
+from consensus.transactions import check_tx_stateless
+from node.net.errors import ProtocolViolation
+from node.net.peer import PeerSession
+from node.net.wire import InvItem, InvKind
+
+if TYPE_CHECKING:
+    from consensus.chain import Chain
+    from consensus.params import NetworkParams
+    from node.mempool import Mempool
+    from node.metrics import Metrics
+    from node.net.p2p import PeerManager
+
+log = logging.getLogger("pouw.node")
+
+INV_TX = int(InvKind.TX)
+RELAY_S = 0.1
+"""Admitted transactions are announced in one INV per peer this often."""
+REQUEST_WINDOW = 1_000
+"""Transactions asked of peers and not yet delivered, at most."""
+PIPELINE = 2_000
+"""No new requests while this many are requested or waiting for admission."""
+MAX_WANTED = 50_000
+"""Announced transactions waiting to be asked for; beyond, the oldest are dropped."""
+REQUEST_TIMEOUT_S = 30.0
+"""A request unanswered this long is given up (another announcement may ask again)."""
+SLICE_S = 0.005
+"""Admission yields the event loop this often."""
+SEEN_CACHE = 50_000
+"""Recently refused txids, not asked for again."""
+
+# A transaction refused for one of these reasons is the sender's fault, whatever
+# the state, if it is invalid on its own (_valid_on_its_own): a bad signature or
+# a wrong chain never happens to an honest peer. Stateful failures (nonce,
+# balance, a job claimed meanwhile) do, in races.
+_MALICIOUS = ("signature", "chain_id", "payload", "kind")
+
+
+class EventFeed(Protocol):
+    """Where the node tells its subscribers what happened (the RPC's WebSocket feed)."""
+
+    def notify(self, event: dict[str, Any]) -> None:
+        """Send ``event`` to every subscriber."""
+        ...
+
+
+class TxRelayHost(Protocol):
+    """What transaction relay needs of the node."""
+
+    @property
+    def chain(self) -> Chain: ...
+
+    @property
+    def params(self) -> NetworkParams: ...
+
+    @property
+    def mempool(self) -> Mempool: ...
+
+    @property
+    def p2p(self) -> PeerManager: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def rpc(self) -> EventFeed: ...
+
+
+def _valid_on_its_own(tx: Any, node: TxRelayHost) -> bool:
+    """Whether ``tx`` passes every check that does not depend on the state.
+
+    A stateful rule can name the payload too ("payload.claims[0].job_id: the job
+    is mined, not open"): a job_result that lost a race for its job, relayed in
+    good faith, fails so. Only a transaction that is invalid on its own proves
+    that the peer that sent it misbehaves.
+    """
+    try:
+        check_tx_stateless(tx, node.params.chain_id)
+    except InvalidTransaction:
+        return False
+    return True
+
+
+class TxRelay:
+    """The transaction side of one node's gossip (see the module docstring)."""
+
+    def __init__(self, node: TxRelayHost) -> None:
+        self.node = node
+        self.wanted: OrderedDict[bytes, PeerSession] = OrderedDict()
+        self.requested: dict[bytes, tuple[PeerSession, float]] = {}
+        self.intake: deque[tuple[PeerSession, Any]] = deque()
+        self.rejected: OrderedDict[bytes, None] = OrderedDict()
+        self.dropped = 0
+        """Announcements dropped because ``wanted`` was full (shown in getinfo)."""
+        self._announce: dict[int, tuple[PeerSession | None, list[bytes]]] = {}
+        self._ready = asyncio.Event()
+
+    def tasks(self) -> list[asyncio.Task[Any]]:
+        return [
+            asyncio.create_task(self._admit_loop(), name="tx-admit"),
+            asyncio.create_task(self._announce_loop(), name="tx-announce"),
+        ]
+
+    # ------------------------------------------------------------ admission
+
+    def admit(self, tx: Any, source: PeerSession | None) -> bytes:
+        """Admit to the mempool and queue the announcement; InvalidTransaction if refused."""
+        node = self.node
+        txid: bytes = tx.txid
+        if txid in node.mempool:
+            return txid
+        try:
+            node.mempool.add(tx, node.chain.state, node.chain.height, tip=node.chain.tip.header)
+        except InvalidTransaction:
+            node.metrics.txs_rejected.inc()
+            self.rejected[txid] = None
+            while len(self.rejected) > SEEN_CACHE:
+                self.rejected.popitem(last=False)
+            raise
+        node.metrics.txs_accepted.inc()
+        self._announce.setdefault(id(source), (source, []))[1].append(txid)
+        node.rpc.notify({"event": "tx", "txid": txid.hex()})
+        return txid
+
+    def _admit_from_peer(self, peer: PeerSession, tx: Any) -> None:
+        try:
+            self.admit(tx, peer)
+        except InvalidTransaction as e:
+            reason = str(e)
+            if reason.startswith(_MALICIOUS) and not _valid_on_its_own(tx, self.node):
+                p2p = self.node.p2p
+                p2p.stats.violations += 1
+                log.warning("%s misbehaved: invalid transaction: %s", peer, reason)
+                p2p.ban(peer, f"invalid transaction: {reason}")
+        except Exception:
+            log.exception("admitting transaction %s from %s failed", tx.txid.hex()[:16], peer)
+
+    async def _admit_loop(self) -> None:
+        intake = self.intake
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            until = time.monotonic() + SLICE_S
+            while intake:
+                peer, tx = intake.popleft()
+                if not peer.closing:  # a banned peer's queued transactions are dropped
+                    self._admit_from_peer(peer, tx)
+                if time.monotonic() >= until:
+                    self.node.metrics.mempool.set(len(self.node.mempool))
+                    self.request_more()
+                    await asyncio.sleep(0)
+                    until = time.monotonic() + SLICE_S
+            self.node.metrics.mempool.set(len(self.node.mempool))
+            self.request_more()
+
+    async def _announce_loop(self) -> None:
+        node = self.node
+        while True:
+            await asyncio.sleep(RELAY_S)
+            batches, self._announce = self._announce, {}
+            for source, txids in batches.values():
+                live = [t for t in txids if t in node.mempool]
+                if live:
+                    node.p2p.announce_many(INV_TX, live, exclude=source)
+
+    # ------------------------------------------------------------ requests
+
+    def on_inv(self, peer: PeerSession, txids: list[bytes]) -> None:
+        """A peer announced these transactions: want the ones we lack."""
+        mempool, wanted = self.node.mempool, self.wanted
+        for txid in txids:
+            if txid in mempool or txid in wanted or txid in self.requested or txid in self.rejected:
+                continue
+            wanted[txid] = peer
+        while len(wanted) > MAX_WANTED:
+            wanted.popitem(last=False)
+            self.dropped += 1
+        self.request_more()
+
+    def request_more(self) -> None:
+        """Ask for wanted transactions while the pipeline has room."""
+        room = min(
+            REQUEST_WINDOW - len(self.requested),
+            PIPELINE - len(self.requested) - len(self.intake),
+        )
+        if room <= 0 or not self.wanted:
+            return
+        now = time.monotonic()
+        batches: dict[int, tuple[PeerSession, list[bytes]]] = {}
+        mempool = self.node.mempool
+        while room > 0 and self.wanted:
+            txid, peer = self.wanted.popitem(last=False)
+            if peer.closing or txid in mempool:
+                continue
+            self.requested[txid] = (peer, now)
+            batches.setdefault(id(peer), (peer, []))[1].append(txid)
+            room -= 1
+        for peer, txids in batches.values():
+            peer.request(InvItem(InvKind.TX, t) for t in txids)
+
+    def on_tx(self, peer: PeerSession, tx: Any) -> None:
+        """A transaction we asked ``peer`` for: queue it for admission."""
+        txid = tx.txid
+        if not peer.take_requested(INV_TX, txid):
+            raise ProtocolViolation("unrequested transaction")
+        peer.mark_known(INV_TX, txid)
+        self.requested.pop(txid, None)
+        self.intake.append((peer, tx))
+        self._ready.set()
+
+    def not_found(self, peer: PeerSession, txid: bytes) -> None:
+        if self.requested.get(txid, (None, 0.0))[0] is peer:
+            del self.requested[txid]
+            self.request_more()
+
+    def peer_closed(self, peer: PeerSession) -> None:
+        for txid, (p, _) in list(self.requested.items()):
+            if p is peer:
+                del self.requested[txid]
+        self.request_more()
+
+    def expire(self) -> None:
+        """Give up requests that were never answered (housekeeping, once a second)."""
+        limit = time.monotonic() - REQUEST_TIMEOUT_S
+        for txid, (_, asked) in list(self.requested.items()):
+            if asked < limit:
+                del self.requested[txid]
+        self.request_more()

@@ -1,0 +1,280 @@
+"""JSON-RPC methods of the compute market (used by node.client.market and `pouw job`)."""
+
+from __future__ import annotations
+
+import heapq
+import statistics
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from consensus.keys import address_to_text
+from consensus.market import MINED, OPEN, PAID, REFUNDED, claim_bond, job_record
+from consensus.state import JOBS, State, iter_model_steps
+from kernels.params import OPERAND_MAX, OPERAND_MIN
+from node.relay.blobs import BlobError, BlobFetchError, decode_matrix, encode_matrix
+from node.rpc.server import INVALID_PARAMS, REJECTED, RpcError, RpcServer, parse_hash
+
+if TYPE_CHECKING:
+    from consensus.chain import Chain
+    from consensus.params import NetworkParams
+    from node.mempool import Mempool
+    from node.relay.blobs import BlobExchange
+    from node.services.market import MarketService
+
+
+def _job_json(rec: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in rec.items():
+        if key in ("poster", "claimant") and value:
+            out[key] = address_to_text(value)
+        elif isinstance(value, bytes):
+            out[key] = value.hex()
+        else:
+            out[key] = value
+    return out
+
+
+MAX_MARKET_ROWS = 1_000
+"""The most rows ``getmarket`` lists per section (its ``limit``)."""
+
+
+def fee_per_gmac(reward: int, m: int, k: int, n: int) -> float:
+    """What a job pays per 10^9 multiply-accumulates (display only: the chain is integer)."""
+    return round(reward * 1e9 / (m * k * n), 3)
+
+
+def _address(value: bytes) -> str | None:
+    return address_to_text(value) if value else None
+
+
+def market_view(
+    state: State, height: int, pending_claim: Callable[[bytes], bytes | None], limit: int
+) -> dict[str, Any]:
+    """The market at ``height`` from the chain state's job records, ``limit`` rows a section.
+
+    * ``open_jobs``: open jobs, those still claimable first, best fee per GMAC first,
+      with the pending job_result claiming each (from the mempool), if any;
+    * ``recent_claims``: the latest claims (mined, paid or refunded), newest first, and
+      ``claim_fee_per_gmac``: min / median / max fee per GMAC over them;
+    * ``pending_payment``: claims waiting out their challenge window, soonest due first;
+    * ``recent_payments``: settled claims (reward and bond paid at ``due``), newest first;
+    * ``fraud_caught``: claims a fraud proof disproved (poster refunded, stake burned).
+    """
+    counts: Counter[str] = Counter()
+    open_rows: list[tuple[tuple[bool, float, str], dict[str, Any]]] = []
+    claimed: list[tuple[int, str, dict[str, Any]]] = []
+    for job_id in state.tables[JOBS]:
+        rec = job_record(state, job_id)
+        assert rec is not None
+        counts[rec["status"]] += 1
+        m, k, n = rec["m"], rec["k"], rec["n"]
+        row: dict[str, Any] = {
+            "job_id": job_id.hex(),
+            "shape": [m, k, n],
+            "fee": rec["reward"],
+            "fee_per_gmac": fee_per_gmac(rec["reward"], m, k, n),
+        }
+        if rec["status"] == OPEN:
+            expired = rec["expiry"] <= height  # a claim must be in a block ≤ expiry
+            pending = pending_claim(job_id)
+            row |= {
+                "poster": address_to_text(rec["poster"]),
+                "expiry": rec["expiry"],
+                "expired": expired,
+                "pending_claim": pending.hex() if pending is not None else None,
+            }
+            open_rows.append(((expired, -row["fee_per_gmac"], row["job_id"]), row))
+        elif rec["status"] in (MINED, PAID, REFUNDED):
+            row |= {
+                "status": rec["status"],
+                "claimant": _address(rec["claimant"]),
+                "claim_kind": rec["claim_kind"],
+                "claim_id": rec["claim_id"].hex(),
+                "claim_height": rec["claim_height"],
+                "bond": rec["bond"],
+                "due": rec["due"],
+            }
+            claimed.append((rec["claim_height"], row["job_id"], row))
+
+    def newest(rows: list[tuple[int, str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        return [r for _, _, r in heapq.nlargest(limit, rows, key=lambda t: (t[0], t[1]))]
+
+    recent = newest(claimed)
+    fees = [r["fee_per_gmac"] for r in recent]
+    awaiting = heapq.nsmallest(
+        limit, (r for _, _, r in claimed if r["status"] == MINED), key=lambda r: r["due"]
+    )
+    return {
+        "height": height,
+        "jobs": {s: counts[s] for s in ("open", "mined", "paid", "refunded", "cancelled")},
+        "open_jobs": [r for _, r in heapq.nsmallest(limit, open_rows, key=lambda t: t[0])],
+        "recent_claims": recent,
+        "claim_fee_per_gmac": {
+            "count": len(fees),
+            "min": min(fees) if fees else None,
+            "median": statistics.median(fees) if fees else None,
+            "max": max(fees) if fees else None,
+        },
+        "pending_payment": awaiting,
+        "recent_payments": newest(
+            [(r["due"], r["job_id"], r) for _, _, r in claimed if r["status"] == PAID]
+        ),
+        "fraud_caught": newest([t for t in claimed if t[2]["status"] == REFUNDED]),
+        "limit": limit,
+    }
+
+
+MAX_FETCH_S = 600.0
+"""The longest a caller may have the node wait for a blob from its peers."""
+
+
+def _seconds(value: Any) -> float:
+    if type(value) not in (int, float) or not 0 <= value <= MAX_FETCH_S:
+        raise RpcError(
+            INVALID_PARAMS, f"timeout must be a number of seconds in [0, {MAX_FETCH_S:g}]"
+        )
+    return float(value)
+
+
+class MarketApi(Protocol):
+    """What the market RPC methods use of the node."""
+
+    @property
+    def chain(self) -> Chain: ...
+
+    @property
+    def params(self) -> NetworkParams: ...
+
+    @property
+    def mempool(self) -> Mempool: ...
+
+    @property
+    def blobs(self) -> BlobExchange: ...
+
+    @property
+    def market(self) -> MarketService: ...
+
+    async def fetch_blob(self, root: bytes, timeout: float = 60.0) -> bytes:
+        """A blob by its root, from the store or from peers."""
+        ...
+
+
+def register_market_methods(rpc: RpcServer, node: MarketApi) -> None:
+    async def putoperand(matrix_hex: str, layout: str = "rows") -> str:
+        """Keep an operand to serve to miners; returns its root (root_a, or root_b for cols)."""
+        if layout not in ("rows", "cols"):
+            raise RpcError(INVALID_PARAMS, "layout must be 'rows' (A) or 'cols' (B)")
+        try:
+            x = decode_matrix(bytes.fromhex(matrix_hex))
+        except (ValueError, BlobError) as e:
+            raise RpcError(INVALID_PARAMS, f"not an encoded matrix: {e}") from None
+        if x.dtype != np.int8:
+            raise RpcError(INVALID_PARAMS, "operands are int8")
+        if x.size and (int(x.min()) < OPERAND_MIN or int(x.max()) > OPERAND_MAX):
+            raise RpcError(INVALID_PARAMS, "operand values must lie in [-64, 63]")
+        rows = x if layout == "rows" else np.ascontiguousarray(x.T)
+        return node.blobs.put_matrix(rows).hex()
+
+    async def getjob(job_id: str) -> dict[str, Any]:
+        """A job's record: its claim (claimant, claim_kind, claim_id, bond, due) once
+        claimed; while open, the bond a job_result must lock and any pending claim."""
+        jid = parse_hash(job_id, "job id")
+        rec = job_record(node.chain.state, jid)
+        if rec is None:
+            raise RpcError(REJECTED, f"unknown job {job_id}")
+        out = _job_json(rec)
+        if rec["status"] == OPEN:
+            pending = node.mempool.claim_of(jid)
+            out["claim_bond"] = claim_bond(rec["reward"], node.params)
+            out["pending_claim"] = pending.hex() if pending is not None else None
+        return out
+
+    async def listjobs(status: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for jid in node.chain.state.tables["jobs"]:
+            rec = job_record(node.chain.state, jid)
+            assert rec is not None
+            if status is None or rec["status"] == status:
+                out.append({"job_id": jid.hex(), **_job_json(rec)})
+        return out
+
+    async def getresult(job_id: str, timeout: float = 60.0) -> str:
+        """The product C the claiming miner committed to (fetched from peers if needed)."""
+        seconds = _seconds(timeout)
+        rec = job_record(node.chain.state, parse_hash(job_id, "job id"))
+        if rec is None:
+            raise RpcError(REJECTED, f"unknown job {job_id}")
+        if rec["status"] not in ("mined", "paid", "refunded"):
+            raise RpcError(REJECTED, f"job {job_id[:16]} has no result yet: it is {rec['status']}")
+        try:
+            raw = await node.fetch_blob(rec["result_root"], seconds)
+        except BlobFetchError as e:
+            raise RpcError(REJECTED, f"the result is not available: {e}") from None
+        m, n = rec["m"], rec["n"]
+        if len(raw) != 4 * m * n:
+            raise RpcError(REJECTED, "the miner's result has the wrong size")
+        c = np.frombuffer(raw, dtype="<i4").reshape(m, n).astype(np.int32)
+        return encode_matrix(c).hex()
+
+    async def getoperands(job_id: str, timeout: float = 60.0) -> dict[str, str]:
+        """A job's operands A and B (encoded matrices), fetched from peers if needed."""
+        seconds = _seconds(timeout)
+        rec = job_record(node.chain.state, parse_hash(job_id, "job id"))
+        if rec is None:
+            raise RpcError(REJECTED, f"unknown job {job_id}")
+        m, k, n = rec["m"], rec["k"], rec["n"]
+        try:
+            raw_a = await node.fetch_blob(rec["root_a"], seconds)
+            raw_bt = await node.fetch_blob(rec["root_b"], seconds)
+        except BlobFetchError as e:
+            raise RpcError(REJECTED, f"the operands are not available: {e}") from None
+        a = np.frombuffer(raw_a, dtype=np.int8).reshape(m, k)
+        b = np.ascontiguousarray(np.frombuffer(raw_bt, dtype=np.int8).reshape(n, k).T)
+        return {"a": encode_matrix(a).hex(), "b": encode_matrix(b).hex()}
+
+    async def getmarketinfo() -> dict[str, Any]:
+        return {
+            "open_jobs": len(node.market.open_jobs()),
+            "jobs_ready": len(node.market.jobs),
+            "jobs_mined": node.market.jobs_mined,
+        }
+
+    async def getmarket(limit: int = 100) -> dict[str, Any]:
+        """Open jobs, recent claims and their fee per GMAC, claims pending payment,
+        recent payments and fraud caught (``limit`` rows a section, at most 1,000)."""
+        if type(limit) is not int or not 1 <= limit <= MAX_MARKET_ROWS:
+            raise RpcError(INVALID_PARAMS, f"limit must be an integer in [1, {MAX_MARKET_ROWS}]")
+        return market_view(node.chain.state, node.chain.height, node.mempool.claim_of, limit)
+
+    async def getmodel(model_id: str) -> dict[str, Any]:
+        """A model's recorded lineage (model_record txs): its owner and every step in order."""
+        steps = list(iter_model_steps(node.chain.state, parse_hash(model_id, "model id")))
+        if not steps:
+            raise RpcError(REJECTED, f"unknown model {model_id}")
+        return {
+            "model_id": model_id,
+            "owner": address_to_text(steps[0][1][0]),
+            "steps": [
+                {
+                    "step": step,
+                    "job_ids": [j.hex() for j in job_ids],
+                    "weights_hash": weights.hex(),
+                    "parent_hash": parent.hex(),
+                    "dataset": dataset,
+                    "height": height,
+                }
+                for step, (_, job_ids, weights, parent, dataset, height) in steps
+            ],
+        }
+
+    rpc.method("putoperand", putoperand, mutating=True)
+    rpc.method("getjob", getjob)
+    rpc.method("listjobs", listjobs)
+    rpc.method("getresult", getresult)
+    rpc.method("getmarketinfo", getmarketinfo)
+    rpc.method("getoperands", getoperands)
+    rpc.method("getmodel", getmodel)
+    rpc.method("getmarket", getmarket)

@@ -1,0 +1,356 @@
+"""The node's JSON-RPC methods (what a wallet, an explorer and the testnet tools need)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from consensus.blocks import Block
+from consensus.errors import DecodeError, InvalidTransaction
+from consensus.keys import address_to_text, parse_address
+from consensus.transactions import decode_tx
+from node import collector
+from node.rpc.server import BATCH_YIELD, INVALID_PARAMS, REJECTED, RpcError, RpcServer, parse_hash
+from node.rpc.views import block_json, header_json, tx_json
+
+MAX_TX_BATCH = 1_000
+"""Transactions one sendtransactions call may carry."""
+
+if TYPE_CHECKING:
+    from consensus.chain import Chain
+    from consensus.keys import PrivateKey
+    from consensus.params import NetworkParams
+    from node.config import NodeConfig
+    from node.mempool import Mempool
+    from node.miner import Miner
+    from node.net.p2p import PeerManager
+    from node.net.peer import PeerSession
+    from node.relay.compact import CompactRelay
+    from node.relay.sync_progress import SyncProgress
+    from node.relay.txrelay import TxRelay
+    from node.services.market import MarketService
+
+
+def _address(text: Any) -> bytes:
+    if not isinstance(text, str):
+        raise RpcError(INVALID_PARAMS, "address must be a string")
+    try:
+        return parse_address(text)
+    except ValueError as e:
+        raise RpcError(INVALID_PARAMS, str(e)) from None
+
+
+def _int(value: Any, what: str) -> int:
+    if type(value) is not int or value < 0:
+        raise RpcError(INVALID_PARAMS, f"{what} must be a non-negative integer")
+    return value
+
+
+class NodeApi(Protocol):
+    """What the core RPC methods read and drive on the node."""
+
+    @property
+    def config(self) -> NodeConfig: ...
+
+    @property
+    def params(self) -> NetworkParams: ...
+
+    @property
+    def key(self) -> PrivateKey: ...
+
+    @property
+    def chain(self) -> Chain: ...
+
+    @property
+    def mempool(self) -> Mempool: ...
+
+    @property
+    def p2p(self) -> PeerManager: ...
+
+    @property
+    def p2p_port(self) -> int: ...
+
+    @property
+    def compact(self) -> CompactRelay: ...
+
+    @property
+    def txs(self) -> TxRelay: ...
+
+    @property
+    def market(self) -> MarketService: ...
+
+    @property
+    def miner(self) -> Miner | None: ...
+
+    @property
+    def miner_address(self) -> bytes: ...
+
+    @property
+    def sync_progress(self) -> SyncProgress: ...
+
+    @property
+    def block_times(self) -> dict[bytes, float]: ...
+
+    @property
+    def started_at(self) -> float: ...
+
+    def start_mining(self) -> None:
+        """Start the miner (if not running)."""
+        ...
+
+    async def stop_mining(self) -> None:
+        """Stop the miner."""
+        ...
+
+    def request_stop(self) -> None:
+        """Ask the node to stop."""
+        ...
+
+    async def submit_transaction(self, tx: Any, source: PeerSession | None = None) -> bytes:
+        """Admit a transaction to the mempool and relay it; its txid."""
+        ...
+
+
+def register_methods(rpc: RpcServer, node: NodeApi) -> None:
+    chain = lambda: node.chain  # noqa: E731 - the chain object is replaced on restart only
+
+    async def getinfo() -> dict[str, Any]:
+        c = chain()
+        return {
+            "network": node.params.name,
+            "chain_id": node.params.chain_id,
+            "height": c.height,
+            "tip": c.tip.hash.hex(),
+            "work": hex(c.tip.work),
+            "genesis": c.genesis.hash.hex(),
+            "peers": len(node.p2p.peers),
+            "mempool": len(node.mempool),
+            "p2p": node.p2p.stats.as_dict(),
+            "tx_relay": {
+                "wanted": len(node.txs.wanted),
+                "requested": len(node.txs.requested),
+                "admitting": len(node.txs.intake),
+                "dropped_announcements": node.txs.dropped,
+            },
+            "compact": node.compact.stats.as_dict(),
+            "mining": node.miner is not None and node.miner.running,
+            "node_id": node.key.public_key.hex(),
+            "p2p_port": node.p2p_port,
+            "uptime_s": round(time.time() - node.started_at, 1),
+            "sync": node.sync_progress.state(),
+            "gc": collector.stats(),
+        }
+
+    async def getblock(block_hash: str, verbose: bool = True) -> dict[str, Any]:
+        h = parse_hash(block_hash, "block hash")
+        block = chain().blocks.get(h)
+        if block is None:
+            raise RpcError(REJECTED, f"unknown block {block_hash}")
+        out = block_json(block, with_txs=verbose)
+        out["active"] = chain().is_active(h)
+        return out
+
+    async def getblockbyheight(height: int, verbose: bool = True) -> dict[str, Any]:
+        height = _int(height, "height")
+        c = chain()
+        if height > c.height:
+            raise RpcError(REJECTED, f"height {height} is above the tip ({c.height})")
+        return block_json(c.block_at(height), with_txs=verbose)
+
+    async def getheaders(start: int, count: int = 100) -> list[dict[str, Any]]:
+        start, count = _int(start, "start"), min(_int(count, "count"), 2000)
+        c = chain()
+        return [
+            header_json(c.block_at(h).header)
+            for h in range(start, min(c.height + 1, start + count))
+        ]
+
+    async def gettransaction(txid: str) -> dict[str, Any]:
+        h = parse_hash(txid, "txid")
+        tx = node.mempool.get(h)
+        if tx is not None:
+            return {**tx_json(tx), "confirmations": 0, "block": None}
+        c = chain()
+        for height in range(c.height, 0, -1):
+            block: Block = c.block_at(height)
+            for t in block.txs:
+                if t.txid == h:
+                    return {
+                        **tx_json(t),
+                        "confirmations": c.height - height + 1,
+                        "block": block.hash.hex(),
+                        "height": height,
+                    }
+        raise RpcError(REJECTED, f"unknown transaction {txid}")
+
+    async def sendtransaction(tx_hex: str) -> str:
+        if not isinstance(tx_hex, str):
+            raise RpcError(INVALID_PARAMS, "transaction must be hex")
+        try:
+            tx = decode_tx(bytes.fromhex(tx_hex))
+        except ValueError:
+            raise RpcError(INVALID_PARAMS, "transaction is not hex") from None
+        except DecodeError as e:
+            raise RpcError(INVALID_PARAMS, f"malformed transaction: {e}") from None
+        try:
+            txid = await node.submit_transaction(tx)
+        except InvalidTransaction as e:
+            raise RpcError(REJECTED, f"transaction rejected: {e}") from None
+        return txid.hex()
+
+    async def sendtransactions(txs_hex: list[str]) -> list[dict[str, str]]:
+        """Submit up to MAX_TX_BATCH transactions in one call (a wallet's or a load
+        generator's batch); per transaction, {"txid"} or {"error"} saying why not."""
+        if not isinstance(txs_hex, list) or len(txs_hex) > MAX_TX_BATCH:
+            raise RpcError(
+                INVALID_PARAMS, f"give a list of at most {MAX_TX_BATCH} hex transactions"
+            )
+        out: list[dict[str, str]] = []
+        for i, tx_hex in enumerate(txs_hex):
+            try:
+                out.append({"txid": await sendtransaction(tx_hex)})
+            except RpcError as e:
+                out.append({"error": e.message})
+            if i % BATCH_YIELD == BATCH_YIELD - 1:
+                await asyncio.sleep(0)  # a big batch does not hold up blocks and peers
+        return out
+
+    async def getpublickey(address: str) -> str:
+        """The Ed25519 public key behind an address, from any transaction it has sent
+        (pending or on the active chain): what a data owner seals a grant to."""
+        addr = _address(address)
+        for tx in node.mempool.by_sender(addr):
+            return str(tx.sender.hex())
+        c = chain()
+        for height in range(c.height, 0, -1):
+            for t in c.block_at(height).txs:
+                if t.sender_address == addr:
+                    return str(t.sender.hex())
+        raise RpcError(
+            REJECTED,
+            f"{address} has not sent a transaction on this chain, so its public key is "
+            "unknown: ask its owner for it ('pouw data pubkey')",
+        )
+
+    async def getaccount(address: str) -> dict[str, Any]:
+        addr = _address(address)
+        balance, nonce = chain().state.account(addr)
+        pending = node.mempool.by_sender(addr)
+        return {
+            "address": address_to_text(addr),
+            "balance": balance,
+            "nonce": nonce,
+            "next_nonce": nonce + len(pending),
+            "pending": len(pending),
+            "immature": chain().state.get("locked", addr, 0),
+        }
+
+    async def getbalance(address: str) -> int:
+        return chain().state.balance(_address(address))
+
+    async def getmempool() -> dict[str, Any]:
+        return {"size": len(node.mempool), "txids": [t.hex() for t in node.mempool.txids()][:1000]}
+
+    async def getpeers() -> list[dict[str, Any]]:
+        return [
+            {
+                "address": p.address,
+                "direction": p.direction,
+                "node_id": p.node_id.hex() if p.node_id else None,
+                "best_height": p.best_height,
+                "latency_ms": p.latency_ms,
+                "connected_s": round(time.time() - p.connected_at, 1),
+            }
+            for p in node.p2p.peers
+        ]
+
+    async def getbans() -> list[dict[str, Any]]:
+        return node.p2p.bans()
+
+    async def getmininginfo() -> dict[str, Any]:
+        """The miner's figures: MACs in all (``macs_done``), on null and on posted jobs,
+        posted-job attempts (``jobs_attempted``; the newest 10,000 as [job id, MACs] in
+        ``attempted_jobs``), the job_result claims this node sent (``claims_sent``) and
+        how many other miners it splits the posted jobs with (``miners_seen``)."""
+        m = node.miner
+        return {
+            "mining": m is not None and m.running,
+            "backend": node.config.backend,
+            "hashrate_macs": m.hashrate() if m else 0.0,
+            "blocks_found": m.blocks_found if m else 0,
+            "macs_done": m.macs_done if m else 0,
+            "macs_null": m.macs_null if m else 0,
+            "macs_jobs": m.macs_jobs if m else 0,
+            "jobs_attempted": m.jobs_attempted if m else 0,
+            "claims_sent": node.market.claims_sent,
+            "miners_seen": len(node.market.rivals()),
+            # A copy in one C call: the miner thread appends while the RPC runs.
+            "attempted_jobs": [[j.hex(), n] for j, n in m.attempted_jobs.copy()] if m else [],
+            "target": hex(chain().next_target()),
+            "miner_address": address_to_text(node.miner_address),
+            "null_job_shape": list(node.params.null_job_shape),
+        }
+
+    async def setmining(enabled: bool) -> bool:
+        if enabled:
+            node.start_mining()
+        else:
+            await node.stop_mining()
+        return bool(enabled)
+
+    async def getblocktimes(count: int = 100, with_txids: bool = False) -> dict[str, Any]:
+        """First-seen times (this node's clock, seconds) of the last ``count`` active
+        blocks, and of the side blocks it knows above them: for the testnet tools'
+        propagation, latency and stale-block measurements. Read-only."""
+        count = min(_int(count, "count"), 100_000)
+        c = chain()
+        low = max(0, c.height - count + 1)
+
+        def row(h: bytes, with_txs: bool) -> dict[str, Any]:
+            b = c.blocks[h]
+            out = {
+                "hash": h.hex(),
+                "height": b.header.height,
+                "miner": address_to_text(b.header.miner),
+                "first_seen": node.block_times.get(h),
+                "txs": len(b.txs),
+            }
+            if with_txs:
+                out["txids"] = [t.txid.hex() for t in b.txs]
+            return out
+
+        active = [row(c.active[h], bool(with_txids)) for h in range(low, c.height + 1)]
+        side = [
+            row(h, False)
+            for h, b in list(c.blocks.items())
+            if b.header.height >= low and not c.is_active(h)
+        ]
+        return {"height": c.height, "active": active, "side": side}
+
+    async def stop() -> str:
+        node.request_stop()
+        return "stopping"
+
+    handlers: list[tuple[str, Callable[..., Awaitable[Any]]]] = [
+        ("getinfo", getinfo),
+        ("getblock", getblock),
+        ("getblockbyheight", getblockbyheight),
+        ("getheaders", getheaders),
+        ("gettransaction", gettransaction),
+        ("getaccount", getaccount),
+        ("getpublickey", getpublickey),
+        ("getbalance", getbalance),
+        ("getmempool", getmempool),
+        ("getpeers", getpeers),
+        ("getbans", getbans),
+        ("getmininginfo", getmininginfo),
+        ("getblocktimes", getblocktimes),
+    ]
+    for name, fn in handlers:
+        rpc.method(name, fn)
+    rpc.method("sendtransaction", sendtransaction, mutating=True)
+    rpc.method("sendtransactions", sendtransactions, mutating=True)
+    rpc.method("setmining", setmining, mutating=True)
+    rpc.method("stop", stop, mutating=True)

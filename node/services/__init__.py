@@ -1,0 +1,1 @@
+"""Services a node runs besides the chain: the compute market."""

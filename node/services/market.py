@@ -1,0 +1,525 @@
+"""What a node does for the compute market (PROTOCOL §8).
+
+* A stream of attempts, one per job: ``next_job`` hands the miner an open
+  posted job whose operands it holds, each job once. It skips jobs claimed on
+  chain or by a pending ``job_result``, and miners split the best-paying ones
+  by rendezvous hashing (``pick_job``), so that they rarely race each other
+  for one job. With none left it returns None and the miner mines the null
+  job; a job attempted before is handed out again only then, and only if it
+  is still unclaimed ``RETRY_AFTER_S`` after its last attempt.
+* Operands are fetched ahead in the background, our own share first
+  (row-chunked blobs, every row checked against root_a/root_b), so the kernel
+  does not wait between attempts.
+* A block on a posted job: C is kept as a row-chunked blob whose id is the
+  block's result_root, so requesters (and fraud provers) can fetch it.
+* An attempt that did not win is delivered all the same: C is kept the same
+  way and the job is claimed by a ``job_result`` transaction signed by the
+  miner's key, several claims to one transaction (``CLAIM_FLUSH_S``, at most
+  ``MAX_RESULT_CLAIMS``), each locking its bond. A miner whose spendable
+  balance cannot cover the bonds and the fee skips claiming and keeps mining.
+* ``--dishonest-results`` (tests only) commits a wrong C, in blocks and in
+  job_result claims alike, to show that the client catches it and that the
+  fraud proof takes the miner's coinbase or bond.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+from blake3 import blake3
+
+from consensus.blocks import BlockHeader, JobSpec
+from consensus.errors import InvalidTransaction
+from consensus.market import OPEN, claim_bond, job_record
+from consensus.merkle import matrix_cols_root, matrix_rows_root
+from consensus.pow import Job, MinedBlock
+from consensus.state import JOBS, LOCKED
+from consensus.transactions import (
+    MAX_RESULT_CLAIMS,
+    JobClaim,
+    JobResultPayload,
+    signed_transaction,
+)
+from node.relay.blobs import BlobFetchError
+
+if TYPE_CHECKING:
+    from consensus.chain import Chain
+    from consensus.keys import PrivateKey
+    from consensus.params import NetworkParams
+    from node.mempool import Mempool
+    from node.relay.blobs import BlobExchange
+    from node.relay.txrelay import TxRelay
+
+log = logging.getLogger("pouw.market")
+
+FETCH_TIMEOUT = 60.0
+MAX_KEPT_BYTES = 256 * 1024 * 1024
+"""Operands held in memory for jobs to mine, at most (devnet jobs are 256 KiB, main's 8 MiB)."""
+MAX_FETCHES = 4
+"""Operand downloads under way at once. The peers serving them set the pace (a
+row-chunked blob comes one row per chunk): more at once only delays the first."""
+HELP_FETCHES = 2
+"""Downloads at once of jobs other miners rank first on, once our own share runs out."""
+PICK_POOL = 64
+"""A miner picks among this many of the best-paying waiting jobs."""
+RIVALS_BLOCKS = 64
+"""Miners of this many recent blocks (and their job_result senders) split the jobs."""
+HELP_AFTER_S = 1.5
+"""A miner with no job of its own helps with another's once it has waited this long
+(longer than an attempt and a claim's way to us: its owner is slow or gone)."""
+RETRY_AFTER_S = 2.0
+"""With nothing else to mine, a job attempted this long ago and still unclaimed is tried
+again (a miner that could not claim it by transaction may still win a block on it): long
+enough for another miner's claim of it to reach us."""
+MAX_ATTEMPTED = 10_000
+"""Jobs remembered as attempted (and results remembered as delivered), at most."""
+CLAIM_FLUSH_S = 0.2
+"""Delivered results are claimed in one job_result this often (or at MAX_RESULT_CLAIMS)."""
+CLAIM_RECHECK_S = 2.0
+"""How often results not yet claimed are looked at again (a claim dropped from the
+mempool, a balance that matured)."""
+CLAIM_FEE = 1_000
+"""The job_result's transaction fee: the wallet's default. There is no minimum fee
+rule; a fee keeps the claim ahead of zero-fee transactions in a full mempool."""
+
+
+def pick_job(
+    pool: list[tuple[float, bytes]],
+    me: bytes,
+    rivals: frozenset[bytes],
+    may_help: Callable[[bytes], bool],
+) -> bytes | None:
+    """The job of ``pool`` ((reward per MAC, job id), best-paying first) that ``me``
+    takes, if any.
+
+    Rendezvous hashing: each job ranks the miners by a hash of (miner, job), and
+    a miner takes the jobs it ranks first on (its share), best-paying first, ties
+    in the order of its hashes. With its share done it helps with the jobs that
+    ``may_help`` allows (those their owner has left waiting a while), taking the
+    job the owner would reach last. So miners race for one job only when its
+    owner is slow or gone.
+    """
+    best: tuple[int, float, bytes, bytes] | None = None
+    for rate, job_id in pool:
+        rank, mine, owner = standing(me, rivals, job_id)
+        if rank and not may_help(job_id):
+            continue
+        # Our share in our order; else the owner's last job first.
+        key = (0, -rate, mine, job_id) if rank == 0 else (rank, rate, _invert(owner), job_id)
+        if best is None or key < best:
+            best = key
+    return None if best is None else best[3]
+
+
+def standing(me: bytes, rivals: frozenset[bytes], job_id: bytes) -> tuple[int, bytes, bytes]:
+    """Where ``me`` stands on ``job_id`` among ``rivals``: (how many rank before it,
+    its hash, the hash of the miner ranking first)."""
+    mine = blake3(me + job_id).digest()
+    theirs = [blake3(rival + job_id).digest() for rival in rivals]
+    return sum(h > mine for h in theirs), mine, max([mine, *theirs])
+
+
+def _invert(digest: bytes) -> bytes:
+    """A key that sorts the other way round."""
+    return bytes(255 - b for b in digest)
+
+
+class TipListener(Protocol):
+    """The miner, as the market sees it."""
+
+    def tip_changed(self) -> None:
+        """Abandon the current template at the end of the running attempt."""
+        ...
+
+
+class MarketHost(Protocol):
+    """What the market service needs of the node."""
+
+    @property
+    def chain(self) -> Chain: ...
+
+    @property
+    def params(self) -> NetworkParams: ...
+
+    @property
+    def mempool(self) -> Mempool: ...
+
+    @property
+    def txs(self) -> TxRelay: ...
+
+    @property
+    def blobs(self) -> BlobExchange: ...
+
+    @property
+    def miner(self) -> TipListener | None: ...
+
+    @property
+    def miner_address(self) -> bytes: ...
+
+    @property
+    def claim_key(self) -> PrivateKey | None: ...
+
+    async def fetch_blob(self, root: bytes, timeout: float = 60.0) -> bytes:
+        """A blob by its root, from the store or from peers."""
+        ...
+
+
+class MarketService:
+    def __init__(self, node: MarketHost, dishonest: bool = False) -> None:
+        self.node = node
+        self.dishonest = dishonest
+        self.jobs: dict[bytes, Job] = {}  # job id → verified operands
+        self._fetching: dict[bytes, asyncio.Task[None]] = {}
+        self._unavailable: set[bytes] = set()
+        self._open: tuple[bytes, list[tuple[float, bytes, dict[str, Any]]]] | None = None
+        self._rivals_of: tuple[bytes, frozenset[bytes]] | None = None
+        self._order_of: tuple[bytes, list[tuple[bool, bytes, dict[str, Any]]]] | None = None
+        self._ready_at: dict[bytes, float] = {}  # job id → when its operands were ready
+        self._attempted: OrderedDict[bytes, float] = OrderedDict()  # job id → last attempt
+        self._delivered: OrderedDict[bytes, bytes] = OrderedDict()  # job id → result_root
+        self._new_results = asyncio.Event()
+        self._claim_task: asyncio.Task[None] | None = None
+        self._cannot_claim: str | None = None  # why the last claim was skipped (logged once)
+        self.jobs_mined = 0
+        self.claims_sent = 0
+
+    def _job_id(self, spec: JobSpec) -> bytes:
+        p = self.node.params
+        return spec.job_id(p.rank, p.tile_h, p.tile_w)
+
+    # ------------------------------------------------------------ choosing jobs
+
+    def open_jobs(self) -> list[tuple[float, bytes, dict[str, Any]]]:
+        """Open, unexpired jobs, best reward per MAC first (computed once per tip)."""
+        chain = self.node.chain
+        if self._open is not None and self._open[0] == chain.tip.hash:
+            return self._open[1]
+        next_height = chain.height + 1
+        tip_job = self._job_id(chain.tip.header.job) if chain.height else None
+        out = []
+        for job_id in chain.state.tables[JOBS]:
+            rec = job_record(chain.state, job_id)
+            assert rec is not None
+            if rec["status"] != OPEN or rec["expiry"] < next_height or job_id == tip_job:
+                continue  # the tip's own job is claimed as soon as a child lands
+            out.append((rec["reward"] / (rec["m"] * rec["k"] * rec["n"]), job_id, rec))
+        out.sort(key=lambda t: (-t[0], t[1]))
+        self._open = (chain.tip.hash, out)
+        self._forget_closed({job_id for _, job_id, _ in out})
+        return out
+
+    def _forget_closed(self, still_open: set[bytes]) -> None:
+        """Drop the operands and bookkeeping of jobs that are no longer open."""
+        for job_id in [j for j in self.jobs if j not in still_open]:
+            del self.jobs[job_id]
+        for job_id in [j for j in self._ready_at if j not in self.jobs]:
+            del self._ready_at[job_id]
+        self._unavailable &= still_open
+
+    def _claimed(self, job_id: bytes) -> bool:
+        return self.node.mempool.claim_of(job_id) is not None
+
+    def next_job(self) -> Job | None:
+        """The posted job to attempt next, or None (mine the null job).
+
+        Each job is handed out once: a job whose operands we hold, not claimed
+        by a pending job_result and not attempted yet, among the ``PICK_POOL``
+        best-paying ones. Miners split that pool without talking (``pick_job``)
+        among the miners seen lately. Only when no job waits does an earlier one
+        come back (``RETRY_AFTER_S``). Starts fetching the operands of the jobs
+        that come next.
+        """
+        open_jobs = self.open_jobs()
+        self._prefetch(open_jobs)
+        waiting = [
+            (rate, job_id)
+            for rate, job_id, _ in open_jobs
+            if job_id in self.jobs and job_id not in self._attempted and not self._claimed(job_id)
+        ]
+        now = time.monotonic()
+        picked = None
+        if waiting:
+            picked = pick_job(
+                waiting[:PICK_POOL],
+                self.node.miner_address,
+                self.rivals(),
+                lambda job_id: now - self._ready_at.get(job_id, now) >= HELP_AFTER_S,
+            )
+        if picked is not None:
+            job_id = picked
+        elif waiting:
+            return None  # others' jobs, not waiting long enough to help with
+        else:
+            # A node that cannot claim by transaction delivers only by winning a block:
+            # it tries again at once, as another miner's claim is not on its way.
+            wait = RETRY_AFTER_S if self.node.claim_key is not None else 0.0
+            retry = [
+                (when, job_id)
+                for _, job_id, _ in open_jobs
+                if (when := self._attempted.get(job_id)) is not None
+                and now - when >= wait
+                and job_id in self.jobs
+                and not self._claimed(job_id)
+            ]
+            if not retry:
+                return None
+            _, job_id = min(retry)
+        self._attempted[job_id] = now
+        self._attempted.move_to_end(job_id)
+        while len(self._attempted) > MAX_ATTEMPTED:
+            self._attempted.popitem(last=False)
+        return self.jobs[job_id]
+
+    def rivals(self) -> frozenset[bytes]:
+        """The other miners seen lately: those of the last ``RIVALS_BLOCKS`` blocks and
+        the senders of the job_results they hold (computed once per tip)."""
+        chain = self.node.chain
+        if self._rivals_of is not None and self._rivals_of[0] == chain.tip.hash:
+            return self._rivals_of[1]
+        seen: set[bytes] = set()
+        for h in chain.active[-RIVALS_BLOCKS:]:
+            block = chain.blocks[h]
+            if block.header.height:
+                seen.add(block.header.miner)
+            seen.update(
+                tx.sender_address for tx in block.txs if type(tx.payload) is JobResultPayload
+            )
+        seen.discard(self.node.miner_address)
+        rivals = frozenset(seen)
+        self._rivals_of = (chain.tip.hash, rivals)
+        return rivals
+
+    def _held_bytes(self) -> int:
+        return sum(j.a.nbytes + j.b.nbytes for j in self.jobs.values())
+
+    def _prefetch(self, open_jobs: list[tuple[float, bytes, dict[str, Any]]]) -> None:
+        """Fetch the operands of jobs not attempted yet, within the bounds: our own share
+        first (see ``pick_job``), best-paying first."""
+        held = self._held_bytes()
+        own_ahead = 0  # jobs of our share held or on their way, not attempted yet
+        for own, job_id, rec in self._fetch_order(open_jobs):
+            if len(self._fetching) >= MAX_FETCHES:
+                return
+            if job_id in self._attempted or self._claimed(job_id):
+                continue
+            if job_id in self.jobs or job_id in self._fetching:
+                own_ahead += own
+                continue
+            if job_id in self._unavailable:
+                continue
+            if not own and (own_ahead or len(self._fetching) >= HELP_FETCHES):
+                # Others' jobs only as our share runs out, a few at a time: their
+                # owners fetch them, and every download loads the peers serving it.
+                return
+            size = rec["m"] * rec["k"] + rec["k"] * rec["n"]
+            if held + size > MAX_KEPT_BYTES:
+                if not self._make_room(size):
+                    return
+                held = self._held_bytes()
+            held += size
+            task = asyncio.create_task(self._fetch(job_id, rec), name="fetch-operands")
+            self._fetching[job_id] = task
+            task.add_done_callback(self._fetched)
+
+    def _fetch_order(
+        self, open_jobs: list[tuple[float, bytes, dict[str, Any]]]
+    ) -> list[tuple[bool, bytes, dict[str, Any]]]:
+        """``open_jobs`` with our share first, each marked whether it is ours (computed
+        once per tip)."""
+        tip = self.node.chain.tip.hash
+        if self._order_of is not None and self._order_of[0] == tip:
+            return self._order_of[1]
+        me, rivals = self.node.miner_address, self.rivals()
+        ranked = sorted(
+            (standing(me, rivals, job_id)[0], i, job_id, rec)
+            for i, (_, job_id, rec) in enumerate(open_jobs)
+        )
+        order = [(rank == 0, job_id, rec) for rank, _, job_id, rec in ranked]
+        self._order_of = (tip, order)
+        return order
+
+    def _fetched(self, task: asyncio.Task[None]) -> None:
+        for job_id, t in list(self._fetching.items()):
+            if t is task:
+                del self._fetching[job_id]
+        if not task.cancelled():
+            self._prefetch(self.open_jobs())  # the next download takes the freed place
+
+    def _make_room(self, size: int) -> bool:
+        """Drop operands of attempted jobs, oldest attempt first, until ``size`` more
+        bytes fit; whether they do."""
+        held = self._held_bytes()
+        for job_id in list(self._attempted):
+            if held + size <= MAX_KEPT_BYTES:
+                break
+            job = self.jobs.pop(job_id, None)
+            if job is not None:
+                held -= job.a.nbytes + job.b.nbytes
+        return held + size <= MAX_KEPT_BYTES
+
+    async def _fetch(self, job_id: bytes, rec: dict[str, Any]) -> None:
+        m, k, n = rec["m"], rec["k"], rec["n"]
+        try:
+            raw_a = await self.node.fetch_blob(rec["root_a"], FETCH_TIMEOUT)
+            raw_bt = await self.node.fetch_blob(rec["root_b"], FETCH_TIMEOUT)
+        except BlobFetchError as e:
+            log.info("operands of job %s unavailable: %s", job_id.hex()[:16], e)
+            self._unavailable.add(job_id)
+            return
+        if len(raw_a) != m * k or len(raw_bt) != k * n:
+            log.warning("operands of job %s have the wrong size", job_id.hex()[:16])
+            self._unavailable.add(job_id)
+            return
+        a = np.frombuffer(raw_a, dtype=np.int8).reshape(m, k).copy()
+        b = np.ascontiguousarray(np.frombuffer(raw_bt, dtype=np.int8).reshape(n, k).T)
+        if matrix_rows_root(a) != rec["root_a"] or matrix_cols_root(b) != rec["root_b"]:
+            log.warning("operands of job %s do not match its roots", job_id.hex()[:16])
+            self._unavailable.add(job_id)
+            return
+        self.jobs[job_id] = Job(a=a, b=b, spec=JobSpec(m, k, n, rec["root_a"], rec["root_b"]))
+        self._ready_at[job_id] = time.monotonic()
+        log.info("job %s: operands %dx%d·%dx%d ready to mine", job_id.hex()[:16], m, k, k, n)
+        if self.node.miner is not None:
+            self.node.miner.tip_changed()  # leave the null job at the end of its burst
+
+    def wrong_result(self, job: Job) -> Callable[[np.ndarray], np.ndarray] | None:
+        """What a ``--dishonest-results`` miner commits instead of C on a posted job
+        (it is bound by the proof of work, so it must be chosen before mining)."""
+        if not self.dishonest or job.null:
+            return None
+
+        def corrupt(c: np.ndarray) -> np.ndarray:
+            wrong = c.copy()
+            wrong[c.shape[0] // 2, c.shape[1] // 3] += 1
+            return wrong
+
+        return corrupt
+
+    # ------------------------------------------------------------ results
+
+    def finish(self, found: MinedBlock, job: Job) -> BlockHeader:
+        """Keep the product of a posted job and return the header to publish."""
+        job_id = self._job_id(job.spec)
+        if job.null or found.product is None:
+            return found.header  # the null job: nobody asked for C
+        self.node.blobs.put_matrix(found.product)
+        self.jobs_mined += 1
+        log.info(
+            "block on job %s: result %s kept",
+            job_id.hex()[:16],
+            found.header.result_root.hex()[:16],
+        )
+        return found.header
+
+    async def deliver(self, job: Job, result_root: bytes, product: np.ndarray) -> None:
+        """An attempt on ``job`` that made no block: keep C (its blob id is
+        ``result_root``) and claim the job by transaction at the next flush."""
+        if job.null:
+            return
+        # Off the loop: a 2048² C is 16 MiB to hash into chunks and write.
+        await asyncio.to_thread(self.node.blobs.put_matrix, product)
+        job_id = self._job_id(job.spec)
+        if job_id in self._attempted:
+            # A retry waits from here, not from the hand-out: on a loaded machine the
+            # attempt and the store can take longer than RETRY_AFTER_S, and our own
+            # claim is still to come (at the next flush).
+            self._attempted[job_id] = time.monotonic()
+        self._delivered[job_id] = result_root
+        self._delivered.move_to_end(job_id)
+        while len(self._delivered) > MAX_ATTEMPTED:
+            self._delivered.popitem(last=False)
+        self._new_results.set()
+        if self._claim_task is None:
+            self._claim_task = asyncio.create_task(self._claim_loop(), name="claim-results")
+
+    async def _claim_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._new_results.wait(), CLAIM_RECHECK_S)
+                # Let results that finish close together share one transaction.
+                await asyncio.sleep(CLAIM_FLUSH_S)
+            except TimeoutError:
+                pass
+            self._new_results.clear()
+            try:
+                while self.claim_delivered() == MAX_RESULT_CLAIMS:
+                    pass
+            except Exception:
+                log.exception("claiming results failed")
+
+    def claim_delivered(self) -> int:
+        """Claim delivered results whose jobs are open and unclaimed, in one job_result
+        (as many as the miner's spendable balance covers); how many were claimed."""
+        node = self.node
+        chain = node.chain
+        key = node.claim_key
+        open_ids = {job_id: rec for _, job_id, rec in self.open_jobs()}
+        for job_id in [j for j in self._delivered if j not in open_ids]:
+            del self._delivered[job_id]  # claimed (by us or another), paid, expired
+        wanted = [
+            (job_id, root, open_ids[job_id]["reward"])
+            for job_id, root in self._delivered.items()
+            if not self._claimed(job_id)
+        ]
+        if not wanted:
+            return 0
+        if key is None:
+            return self._skip(
+                "this node does not hold the miner address's key (see --miner-key): "
+                "results are kept but not claimed by transaction"
+            )
+        sender = key.address
+        balance, nonce = chain.state.account(sender)
+        spendable = (
+            balance - chain.state.get(LOCKED, sender, 0) - node.mempool.pending_spend(sender)
+        )
+        claims: list[JobClaim] = []
+        cost = CLAIM_FEE
+        for job_id, root, reward in wanted[:MAX_RESULT_CLAIMS]:
+            bond = claim_bond(reward, node.params)
+            if cost + bond <= spendable:
+                claims.append(JobClaim(job_id, root))
+                cost += bond
+        if not claims:
+            return self._skip(
+                f"spendable balance {spendable} cannot cover a claim's bond and fee: "
+                "results are kept but not claimed by transaction"
+            )
+        tx = signed_transaction(
+            key,
+            chain_id=node.params.chain_id,
+            nonce=nonce + len(node.mempool.by_sender(sender)),
+            fee=CLAIM_FEE,
+            payload=JobResultPayload(tuple(claims)),
+        )
+        try:
+            node.txs.admit(tx, None)
+        except InvalidTransaction as e:
+            return self._skip(f"the job_result was refused: {e}")
+        self._cannot_claim = None
+        self.claims_sent += len(claims)
+        log.info(
+            "claimed %d job(s) by transaction %s (bonds and fee %d)",
+            len(claims),
+            tx.txid.hex()[:16],
+            cost,
+        )
+        return len(claims)
+
+    def _skip(self, why: str) -> int:
+        if why != self._cannot_claim:
+            log.warning("%s", why)
+            self._cannot_claim = why
+        return 0
+
+    def close(self) -> None:
+        for task in list(self._fetching.values()):
+            task.cancel()
+        if self._claim_task is not None:
+            self._claim_task.cancel()
