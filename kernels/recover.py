@@ -34,17 +34,39 @@ def _scatter_columns(x: np.ndarray, p: np.ndarray, q: np.ndarray, r: int) -> np.
 
 @njit(parallel=True, nogil=True, cache=True)
 def _subtract_low_rank(c_noisy: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """C' − U·Vᵀ in wrapping int32, U (m×2r), V (n×2r)."""
+    """C' − U·Vᵀ in wrapping int32, U (m×2r), V (n×2r), both int32 or both int16.
+
+    Each product is taken in int32 and the sum wraps in int32: the ring C' lives in,
+    whatever the factors' type. Int16 factors (:func:`_narrowed`) let LLVM pair the
+    products into ``vpmaddwd``: half the time of int32's ``vpmulld``.
+    """
     m, n = c_noisy.shape
     rr = u.shape[1]
     out = np.empty((m, n), dtype=np.int32)
     for i in prange(m):
+        ui = u[i]
         for j in range(n):
+            vj = v[j]
             s = np.int32(0)
             for t in range(rr):
-                s = np.int32(s + u[i, t] * v[j, t])
+                s = np.int32(s + np.int32(ui[t]) * np.int32(vj[t]))
             out[i, j] = np.int32(c_noisy[i, j] - s)
     return out
+
+
+_INT16 = np.iinfo(np.int16)
+
+
+def _narrowed(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """U and V as int16 where every entry fits (exact: the same values), else unchanged.
+
+    L's entries always fit; G and H are sums of up to ~2k/r int7 (int8) entries, a few
+    thousand at k = 2048, so they fit unless k is huge or the operands conspire.
+    """
+    for x in (u, v):
+        if x.size and (x.min() < _INT16.min or x.max() > _INT16.max):
+            return u, v
+    return u.astype(np.int16), v.astype(np.int16)
 
 
 def correction_factors(
@@ -67,5 +89,5 @@ def recover_product(
     noise_b: NoiseFactors,
 ) -> np.ndarray:
     """C = A·B (int32 m×n) from C' = A'·B', the clean A, B'ᵀ and both noise factors."""
-    u, v = correction_factors(a, bt_noisy, noise_a, noise_b)
+    u, v = _narrowed(*correction_factors(a, bt_noisy, noise_a, noise_b))
     return _subtract_low_rank(c_noisy, u, v)

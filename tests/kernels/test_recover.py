@@ -1,0 +1,28 @@
+"""The low-rank correction of the recovery, exact on both of its factor widths."""
+
+import numpy as np
+import pytest
+
+from kernels.recover import _narrowed, _subtract_low_rank
+
+rng = np.random.default_rng(5)
+
+
+def _expected(c: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """C' − U·Vᵀ in int64, wrapped to int32 (the ring C' lives in)."""
+    exact = c.astype(np.int64) - u.astype(np.int64) @ v.astype(np.int64).T
+    return ((exact + 2**31) % 2**32 - 2**31).astype(np.int32)
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "narrow"),
+    [(-32768, 32768, True), (-32769, 0, False), (0, 32769, False), (-(2**22), 2**22, False)],
+)
+def test_correction_is_exact_whichever_width_the_factors_take(low, high, narrow):
+    c = rng.integers(-(2**31), 2**31, (48, 40), dtype=np.int32)
+    u = rng.integers(low, high, (48, 128)).astype(np.int32)
+    v = rng.integers(-32768, 32768, (40, 128)).astype(np.int32)
+    u[0, 0], u[1, 1] = low, high - 1  # the bounds themselves
+    nu, nv = _narrowed(u, v)
+    assert (nu.dtype == np.int16) is narrow and nu.dtype == nv.dtype
+    assert np.array_equal(_subtract_low_rank(c, nu, nv), _expected(c, u, v))
