@@ -173,8 +173,6 @@ def tile_transcript(
     check_shapes(h, k, w, r, h, w)
     if ti < 0 or tj < 0:
         raise ValueError(f"tile index must be non-negative, got ({ti}, {tj})")
-    a_rows = np.ascontiguousarray(a_rows)
-    b_cols = np.ascontiguousarray(b_cols)
     perm_a, perm_b = permutation_stream(seed_a, k), permutation_stream(seed_b, k)
     la_raw = factor_stream(seed_a, ti * h, h, r)
     lb_raw = factor_stream(seed_b, tj * w, w, r)

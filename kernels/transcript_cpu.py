@@ -425,8 +425,9 @@ def noisy_tile_transcript(
     from kernels import transcript_vnni
 
     T = np.zeros(TRANSCRIPT_WORDS, dtype=np.uint32)
+    rows, cols = np.ascontiguousarray(a_rows), np.ascontiguousarray(b_cols)  # read as words
     if not transcript_vnni.noisy_tile_transcript(
-        a_rows, b_cols, la_raw, perm_a_raw, lb_raw, perm_b_raw, r, T
+        rows, cols, la_raw, perm_a_raw, lb_raw, perm_b_raw, r, T
     ):
         raise ValueError("an operand entry lies outside the int7 range [-64, 63]")
     return T

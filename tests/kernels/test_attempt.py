@@ -157,7 +157,7 @@ def test_one_call_verifier_equals_the_noisy_strips(kind, w, k, r):
 
 def test_verifier_reads_rows_at_any_alignment():
     """Proof rows arrive as bytes at any address: the one-call verifier reads them as
-    32-bit words, and must give the same transcript from a misaligned buffer."""
+    32-bit words, and must give the same transcript from a misaligned buffer or a view."""
     a, b = _operands("random", 16, 256, 16)
     cols = np.ascontiguousarray(b.T)
     buf = bytearray(1) + a.tobytes() + cols.tobytes()
@@ -166,6 +166,7 @@ def test_verifier_reads_rows_at_any_alignment():
     assert rows.ctypes.data % 4 and moved.ctypes.data % 4
     expected = tile_transcript(a, cols, 1, 2, SEED_A, SEED_B)
     assert np.array_equal(tile_transcript(rows, moved, 1, 2, SEED_A, SEED_B), expected)
+    assert np.array_equal(tile_transcript(a, b.T, 1, 2, SEED_A, SEED_B), expected)  # strided
 
 
 def test_verifier_names_an_operand_outside_int7():
