@@ -117,18 +117,16 @@ def mining_attempt(
     noise_a = derive_noise(seed_a, m, k, params.r)
     noise_b = derive_noise(seed_b, n, k, params.r)
     a_noisy = add_noise(a, noise_a)
-    bt_noisy: np.ndarray | None
-    if isinstance(be, ModuleBackend):  # packs B' from B where it can (B'ᵀ then None)
-        c_noisy, transcripts, bt_noisy = be.noisy_product_from_b(
+    if isinstance(be, ModuleBackend):  # packs B' from B where it can
+        c_noisy, transcripts, _ = be.noisy_product_from_b(
             a_noisy, b, noise_b, params.r, params.h, params.w
         )
     else:
         bt_noisy = add_noise_transposed(b, noise_b)
         c_noisy, transcripts = be.noisy_product(a_noisy, bt_noisy, params.r, params.h, params.w)
 
-    def recover() -> np.ndarray:
-        bt = bt_noisy if bt_noisy is not None else add_noise_transposed(b, noise_b)
-        return recover_product(c_noisy, a, bt, noise_a, noise_b)
+    def recover() -> np.ndarray:  # from the clean B: B'ᵀ is not needed
+        return recover_product(c_noisy, a, b, noise_a, noise_b)
 
     c: np.ndarray | None = None
     if callable(ticket_key):

@@ -26,3 +26,19 @@ def test_correction_is_exact_whichever_width_the_factors_take(low, high, narrow)
     nu, nv = _narrowed(u, v)
     assert (nu.dtype == np.int16) is narrow and nu.dtype == nv.dtype
     assert np.array_equal(_subtract_low_rank(c, nu, nv), _expected(c, u, v))
+
+
+@pytest.mark.parametrize(("m", "k", "n", "r"), [(24, 32, 40, 2), (8, 64, 16, 8), (48, 128, 8, 64)])
+def test_recovery_is_exact_on_odd_shapes_and_ranks(m, k, n, r):
+    """G = A·R_Bᵀ runs on the plain int8 kernel tiled by gcd(m, 16) × gcd(r, 16), and H is
+    built from B's rows: C comes out exact whatever m, n and r are."""
+    from kernels.noise import add_noise, add_noise_transposed, derive_noise
+    from kernels.recover import recover_product
+
+    a = rng.integers(-64, 64, (m, k), dtype=np.int8)
+    b = rng.integers(-64, 64, (k, n), dtype=np.int8)
+    noise_a, noise_b = derive_noise(bytes(32), m, k, r), derive_noise(bytes(range(32)), n, k, r)
+    a_noisy = add_noise(a, noise_a).astype(np.int64)
+    c_noisy = (a_noisy @ add_noise_transposed(b, noise_b).astype(np.int64).T).astype(np.int32)
+    expected = (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
+    assert np.array_equal(recover_product(c_noisy, a, b, noise_a, noise_b), expected)
