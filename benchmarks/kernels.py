@@ -115,6 +115,13 @@ def _bench_kernels(size: int, backend: str, repeats: int | None) -> dict[str, An
         ),
         max(50, reps),
     )
+    verify_cpu_s = _median_time(
+        lambda: verify_tile_ticket(
+            rows, cols, ti, tj, seed_a, seed_b, 2**255, params, ticket_key=key
+        ),
+        max(50, reps),
+        time.process_time,
+    )
     c = result.c
     # The ticket key is bound to result_root: on a posted job the miner recovers C
     # and commits its rows before it hashes a ticket (once per job); the null job
@@ -126,7 +133,12 @@ def _bench_kernels(size: int, backend: str, repeats: int | None) -> dict[str, An
         ),
         reps,
     )
-    freivalds_s = _median_time(lambda: freivalds_check(a, b, c), reps)
+    # A few ms each: more repeats than the product gets, or one preempted run moves the median.
+    freivalds_reps = max(30, reps)
+    freivalds_s = _median_time(lambda: freivalds_check(a, b, c), freivalds_reps)
+    freivalds_cpu_s = _median_time(
+        lambda: freivalds_check(a, b, c), freivalds_reps, time.process_time
+    )
     if not freivalds_check(a, b, c):
         raise RuntimeError("the recovered product failed Freivalds: the kernel is wrong")
     sgemm_s = float(sgemm["sgemm_s"])  # type: ignore[arg-type]
@@ -157,11 +169,15 @@ def _bench_kernels(size: int, backend: str, repeats: int | None) -> dict[str, An
         "attempt_without_recovery_s": search_s,
         "attempt_without_recovery_vs_plain": search_s / plain_s,
         "verify_vs_attempt": verify_s / attempt_s,
+        "verify_cpu_s": verify_cpu_s,
+        "verify_vs_attempt_cpu": verify_cpu_s / attempt_cpu_s,
         "result_root_s": result_root_s,
         "result_root_vs_attempt": result_root_s / attempt_s,
         "attempt_with_result_root_s": with_root_s,
         "attempt_with_result_root_vs_attempt": with_root_s / attempt_s,
         "freivalds_vs_plain": freivalds_s / plain_s,
+        "freivalds_cpu_s": freivalds_cpu_s,
+        "freivalds_vs_plain_cpu": freivalds_cpu_s / plain_cpu_s,
         "macs_per_s": m * k * n / attempt_s,
         "plain_macs_per_s": m * k * n / plain_s,
         "sgemm_macs_per_s": m * k * n / sgemm_s,

@@ -280,21 +280,36 @@ def _rows_of(x: np.ndarray) -> np.ndarray:
     raise TypeError(f"a matrix commitment needs int8 or int32 entries, got {x.dtype}")
 
 
+_FRAME_BATCH_BYTES = 1 << 19
+"""Framed rows hashed per batch (512 KiB): the batch buffer stays in L2."""
+
+
 def matrix_leaf_hashes(x: np.ndarray) -> list[Hash32]:
     """Leaf hashes of the rows of ``x`` (int8, or int32 hashed little-endian).
 
-    The fast path: the tag's hasher state is cloned per row and the row is fed
-    straight from the array's memory, with the same framing as ``leaf_hash``.
+    The fast path: the tag's hasher state is cloned per row and fed the row's whole
+    framed message (``leaf_hash``'s bytes) in one update. The frames are written for a
+    batch of rows at a time into one buffer: fed as frame then row, BLAKE3 hashed
+    each row's chunks one by one instead of side by side, twice the time.
     """
     rows = _rows_of(x).view(np.uint8)  # blake3 reads buffers of unsigned bytes only
-    row_len = rows.shape[1].to_bytes(8, "little")
-    template = tagged_hasher(TAG_MERKLE_LEAF)
+    count, width = rows.shape
+    head = len(_LEN8) + 8 + 8  # len(index) ‖ index ‖ len(row)
+    batch = max(1, min(count, _FRAME_BATCH_BYTES // (head + width)))
+    framed = np.empty((batch, head + width), dtype=np.uint8)
+    framed[:, :8] = np.frombuffer(_LEN8, dtype=np.uint8)
+    framed[:, 16:head] = np.frombuffer(width.to_bytes(8, "little"), dtype=np.uint8)
+    clone = tagged_hasher(TAG_MERKLE_LEAF).copy
     leaves = []
-    for i in range(rows.shape[0]):
-        hasher = template.copy()
-        hasher.update(_LEN8 + u64_bytes(i) + row_len)
-        hasher.update(rows[i].data)
-        leaves.append(hasher.digest())
+    for start in range(0, count, batch):
+        n = min(batch, count - start)
+        indices = np.arange(start, start + n, dtype="<u8")
+        framed[:n, 8:16] = indices.view(np.uint8).reshape(n, 8)
+        framed[:n, head:] = rows[start : start + n]
+        for i in range(n):
+            hasher = clone()
+            hasher.update(framed[i])
+            leaves.append(hasher.digest())
     return leaves
 
 

@@ -18,15 +18,17 @@ from kernels.noise import (
     NoiseFactors,
     add_noise,
     add_noise_transposed,
-    derive_factor_rows,
     derive_noise,
-    derive_permutation,
+    factor_stream,
+    factor_values,
+    permutation_from_stream,
+    permutation_stream,
 )
 from kernels.params import DEFAULT_RANK, DEFAULT_TILE_H, DEFAULT_TILE_W, TRANSCRIPT_WORDS
 from kernels.recover import recover_product
 from kernels.tickets import all_tickets, ticket_of, ticket_threshold, winning_tiles
-from kernels.transcript_cpu import single_tile
-from kernels.validate import check_operand, check_seed, check_shapes
+from kernels.transcript_cpu import noisy_tile_transcript, single_tile
+from kernels.validate import check_int8_matrix, check_operand, check_seed, check_shapes
 
 
 @dataclass(frozen=True)
@@ -115,18 +117,16 @@ def mining_attempt(
     noise_a = derive_noise(seed_a, m, k, params.r)
     noise_b = derive_noise(seed_b, n, k, params.r)
     a_noisy = add_noise(a, noise_a)
-    bt_noisy: np.ndarray | None
-    if isinstance(be, ModuleBackend):  # packs B' from B where it can (B'ᵀ then None)
-        c_noisy, transcripts, bt_noisy = be.noisy_product_from_b(
+    if isinstance(be, ModuleBackend):  # packs B' from B where it can
+        c_noisy, transcripts, _ = be.noisy_product_from_b(
             a_noisy, b, noise_b, params.r, params.h, params.w
         )
     else:
         bt_noisy = add_noise_transposed(b, noise_b)
         c_noisy, transcripts = be.noisy_product(a_noisy, bt_noisy, params.r, params.h, params.w)
 
-    def recover() -> np.ndarray:
-        bt = bt_noisy if bt_noisy is not None else add_noise_transposed(b, noise_b)
-        return recover_product(c_noisy, a, bt, noise_a, noise_b)
+    def recover() -> np.ndarray:  # from the clean B: B'ᵀ is not needed
+        return recover_product(c_noisy, a, b, noise_a, noise_b)
 
     c: np.ndarray | None = None
     if callable(ticket_key):
@@ -152,11 +152,12 @@ def tile_transcript(
 
     ``a_rows`` is h×k (rows ti·h … of A), ``b_cols`` is w×k (columns tj·w …
     of B, i.e. rows of Bᵀ). Only the noise those rows and columns touch is
-    derived: h + w rows of L and the k-long permutations, O((h + w)·k).
+    derived: h + w rows of L and the k-long permutations, O((h + w)·k). Where the
+    kernel path has one, everything after the four XOF reads is one compiled call.
     """
     h, w, r = params.h, params.w, params.r
-    check_operand("A rows", a_rows)
-    check_operand("B columns", b_cols)
+    check_int8_matrix("A rows", a_rows)
+    check_int8_matrix("B columns", b_cols)
     check_seed("seed_a", seed_a)
     check_seed("seed_b", seed_b)
     if a_rows.shape[0] != h or b_cols.shape[0] != w:
@@ -170,13 +171,23 @@ def tile_transcript(
     check_shapes(h, k, w, r, h, w)
     if ti < 0 or tj < 0:
         raise ValueError(f"tile index must be non-negative, got ({ti}, {tj})")
-    pa, qa = derive_permutation(seed_a, k, r)
-    pb, qb = derive_permutation(seed_b, k, r)
-    la = derive_factor_rows(seed_a, ti * h, h, r)
-    lb = derive_factor_rows(seed_b, tj * w, w, r)
-    a_noisy = add_noise(a_rows, NoiseFactors(L=la, p=pa, q=qa))
-    bt_noisy = add_noise(b_cols, NoiseFactors(L=lb, p=pb, q=qb))
-    _, T = single_tile(a_noisy, bt_noisy, r)
+    perm_a, perm_b = permutation_stream(seed_a, k), permutation_stream(seed_b, k)
+    la_raw = factor_stream(seed_a, ti * h, h, r)
+    lb_raw = factor_stream(seed_b, tj * w, w, r)
+    try:
+        T = noisy_tile_transcript(a_rows, b_cols, la_raw, perm_a, lb_raw, perm_b, r)
+    except ValueError:
+        check_operand("A rows", a_rows)  # names the operand and its range
+        check_operand("B columns", b_cols)
+        raise
+    if T is None:  # no one-call verifier on this path: build the noisy strips
+        check_operand("A rows", a_rows)
+        check_operand("B columns", b_cols)
+        pa, qa = permutation_from_stream(perm_a, r)
+        pb, qb = permutation_from_stream(perm_b, r)
+        a_noisy = add_noise(a_rows, NoiseFactors(L=factor_values(la_raw, h, r), p=pa, q=qa))
+        bt_noisy = add_noise(b_cols, NoiseFactors(L=factor_values(lb_raw, w, r), p=pb, q=qb))
+        _, T = single_tile(a_noisy, bt_noisy, r)
     assert T.shape == (TRANSCRIPT_WORDS,)
     return T
 

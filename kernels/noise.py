@@ -51,27 +51,52 @@ def _xof(seed: bytes, label: bytes, length: int, seek: int = 0) -> np.ndarray:
     return np.frombuffer(hasher.digest(length=length, seek=seek), dtype=np.uint8)
 
 
+def permutation_stream(seed: bytes, k: int) -> np.ndarray:
+    """The raw permutation stream of a k-column noise (4 bytes per column)."""
+    check_seed("seed", seed)
+    return _xof(seed, PERM_LABEL, 4 * k)
+
+
 def derive_permutation(seed: bytes, k: int, r: int) -> tuple[np.ndarray, np.ndarray]:
     """The column structure of R: p(c), q(c) for every c < k."""
-    check_seed("seed", seed)
     check_rank(r)
-    return _permutation_from_stream(_xof(seed, PERM_LABEL, 4 * k), r)
+    return permutation_from_stream(permutation_stream(seed, k), r)
 
 
 @njit(nogil=True, cache=True)
-def _permutation_from_stream(raw: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
+def permutation_from_stream(raw: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
     """p, q from the stream's little-endian u16 pairs (x, y): p = x mod r,
     q = (p + 1 + y mod (r − 1)) mod r. One compiled loop: a verifier derives two of
-    these per tile, and a chain of NumPy calls cost it ~15 µs each."""
+    these per tile. y mod (r − 1) is a multiply by ⌈2^32 / (r − 1)⌉, exact for 16-bit y
+    and r ≤ 2^16: no division in the loop."""
     k = raw.shape[0] // 4
+    words = raw.view(np.uint16)
+    d = np.uint64(r - 1)
+    magic = (np.uint64(1) << np.uint64(32)) // d + np.uint64(1)
+    mask = np.uint32(r - 1)
     p = np.empty(k, dtype=np.int32)
     q = np.empty(k, dtype=np.int32)
     for c in range(k):
-        x = np.int32(raw[4 * c]) | (np.int32(raw[4 * c + 1]) << 8)
-        y = np.int32(raw[4 * c + 2]) | (np.int32(raw[4 * c + 3]) << 8)
-        p[c] = x & (r - 1)
-        q[c] = (p[c] + 1 + y % (r - 1)) & (r - 1)
+        y = np.uint64(words[2 * c + 1])
+        y_mod = np.uint32(y - ((y * magic) >> np.uint64(32)) * d)
+        pc = np.uint32(words[2 * c]) & mask
+        p[c] = pc
+        q[c] = (pc + np.uint32(1) + y_mod) & mask
     return p, q
+
+
+def factor_stream(seed: bytes, first_row: int, count: int, r: int) -> np.ndarray:
+    """The raw L stream of rows ``first_row … first_row + count − 1`` (r bytes each): one seek."""
+    check_seed("seed", seed)
+    check_rank(r)
+    if first_row < 0 or count <= 0:
+        raise ValueError(f"bad row range: first_row={first_row}, count={count}")
+    return _xof(seed, L_LABEL, count * r, seek=first_row * r)
+
+
+def factor_values(raw: np.ndarray, count: int, r: int) -> np.ndarray:
+    """L's rows (count × r int8) from their raw stream (:func:`factor_stream`)."""
+    return _factor_values(raw.reshape(count, r))
 
 
 def derive_factor_rows(seed: bytes, first_row: int, count: int, r: int) -> np.ndarray:
@@ -79,12 +104,7 @@ def derive_factor_rows(seed: bytes, first_row: int, count: int, r: int) -> np.nd
 
     A tile's rows are contiguous in the L stream, so this is one seek.
     """
-    check_seed("seed", seed)
-    check_rank(r)
-    if first_row < 0 or count <= 0:
-        raise ValueError(f"bad row range: first_row={first_row}, count={count}")
-    raw = _xof(seed, L_LABEL, count * r, seek=first_row * r).reshape(count, r)
-    return _factor_values(raw)
+    return factor_values(factor_stream(seed, first_row, count, r), count, r)
 
 
 def _factor_values(raw: np.ndarray) -> np.ndarray:

@@ -403,3 +403,31 @@ def single_tile(a_strip: np.ndarray, bt_strip: np.ndarray, r: int) -> tuple[np.n
     T = np.zeros(TRANSCRIPT_WORDS, dtype=np.uint32)
     tile(a_strip, bt_strip, r, acc, T, True)
     return acc, T
+
+
+def noisy_tile_transcript(
+    a_rows: np.ndarray,
+    b_cols: np.ndarray,
+    la_raw: np.ndarray,
+    perm_a_raw: np.ndarray,
+    lb_raw: np.ndarray,
+    perm_b_raw: np.ndarray,
+    r: int,
+) -> np.ndarray | None:
+    """The tile's transcript from its clean rows and columns and the raw noise streams
+    in one compiled call, where the active path has one (VNNI or AMX, h = 16, 4 | r);
+    None elsewhere (the caller then builds the noisy strips for :func:`single_tile`).
+
+    Raises ValueError if an operand entry lies outside the int7 range.
+    """
+    if _active not in (VNNI, AMX) or a_rows.shape[0] != 16 or r % 4:
+        return None
+    from kernels import transcript_vnni
+
+    T = np.zeros(TRANSCRIPT_WORDS, dtype=np.uint32)
+    rows, cols = np.ascontiguousarray(a_rows), np.ascontiguousarray(b_cols)  # read as words
+    if not transcript_vnni.noisy_tile_transcript(
+        rows, cols, la_raw, perm_a_raw, lb_raw, perm_b_raw, r, T
+    ):
+        raise ValueError("an operand entry lies outside the int7 range [-64, 63]")
+    return T

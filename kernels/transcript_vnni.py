@@ -35,6 +35,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from kernels.noise import permutation_from_stream
 from kernels.params import TRANSCRIPT_WORDS
 from kernels.tiles import PANEL, check_chunks, copy_block, fold_tile, padded_width
 
@@ -419,3 +420,209 @@ def tiled_product_noisy_b(
     bp = _pack_b_noisy_all(b, lt, pn, qn, w)
     out, t = _all_tiles(ap, shifts, bp, r, w, b.shape[1], True)
     return out, t
+
+
+# ---------------------------------------------------------------- verifier
+
+
+@njit(nogil=True, cache=True)
+def _factor_lanes(l_raw: np.ndarray, r: int, rows: int, lanes: int) -> np.ndarray:
+    """tab[s, i] = L[i, s] as a byte (uint32), L[i, s] = (l_raw[i·r + s] & 63) − 32
+    (PROTOCOL §3); lanes past ``rows`` are 0, i.e. no noise."""
+    tab = np.zeros((r, lanes), dtype=np.uint32)
+    for i in range(rows):
+        for s in range(r):
+            tab[s, i] = np.uint32(np.uint8((l_raw[i * r + s] & 63) - 32))
+    return tab
+
+
+@intrinsic
+def _noisy_words16(tctx, x, x_off, ldx, rows, tab, tab_off, plus, minus, out, out_off, flip, sums):
+    """One k-quad of 16 lanes of x' = x + E, packed as words: for lane i < 16,
+    out[out_off + i] = (x[x_off + i·ldx] + E_i bytewise) XOR ``flip`` (x = 0 past ``rows``),
+    where E_i's byte e is tab[tab_off + plus[e] + i] − tab[tab_off + minus[e] + i], and
+    sums[0:16] += the sum of lane i's four signed bytes of x'.
+
+    Bytes are added inside 32-bit words (SWAR: no carry crosses a byte), a whole quad
+    of 16 lanes in one zmm: LLVM does not vectorise this from Numba loops (their arrays
+    may alias), and byte-wise gathers cost ~1 ns an entry. The lane sums are one
+    ``vpdpbusd`` of x' against bytes of 1.
+    """
+    ip = types.intp
+    offs = types.UniTuple(ip, 4)
+    sig = types.void(x, ip, ip, ip, tab, ip, offs, offs, out, ip, types.uint32, sums)
+
+    def codegen(context, builder, signature, args):
+        x_v, x_off, ldx, rows, tab_v, tab_off, plus_v, minus_v, out_v, out_off, flip_v, sums_v = (
+            args
+        )
+
+        def data(n: int, value: ir.Value) -> ir.Value:
+            return context.make_array(signature.args[n])(context, builder, value).data
+
+        x_p, out_p, sums_p = data(0, x_v), data(8, out_v), data(11, sums_v)
+        tab_p = builder.gep(data(4, tab_v), [tab_off])
+
+        def vec(base: ir.Value, off: ir.Value) -> ir.Value:
+            return builder.bitcast(builder.gep(base, [off]), _V16I32.as_pointer())
+
+        def splat(v: ir.Value) -> ir.Value:
+            one = builder.insert_element(ir.Constant(_V16I32, None), v, _I32(0))
+            return builder.shuffle_vector(one, one, _SPLAT0)
+
+        def const(v: int) -> ir.Constant:
+            return ir.Constant(_V16I32, [v] * 16)
+
+        def bytes_of(offsets: ir.Value) -> ir.Value:
+            word = None
+            for e in range(4):
+                b = builder.load(vec(tab_p, builder.extract_value(offsets, e)), align=4)
+                b = builder.shl(b, const(8 * e)) if e else b
+                word = b if word is None else builder.or_(word, b)
+            return word
+
+        # The clean words, lane by lane (a strided gather); lanes past ``rows`` read
+        # the last row (always in bounds) and are then zeroed.
+        xw = ir.Constant(_V16I32, None)
+        last = builder.sub(rows, ir.Constant(rows.type, 1))
+        for i in range(16):
+            lane = ir.Constant(rows.type, i)
+            inside = builder.icmp_signed("<", lane, rows)
+            row = builder.select(inside, lane, last)
+            word = builder.load(builder.gep(x_p, [builder.add(x_off, builder.mul(row, ldx))]))
+            word = builder.select(inside, word, _I32(0))
+            xw = builder.insert_element(xw, word, _I32(i))
+        low7, high = const(0x7F7F7F7F), const(0x80808080)
+        pv, mv = bytes_of(plus_v), bytes_of(minus_v)
+        # bytewise pv − mv: ((p | H) − (m & L)) ^ ((p ^ ~m) & H)
+        e = builder.xor(
+            builder.sub(builder.or_(pv, high), builder.and_(mv, low7)),
+            builder.and_(builder.xor(pv, builder.not_(mv)), high),
+        )
+        # bytewise x + e: ((x & L) + (e & L)) ^ ((x ^ e) & H)
+        total = builder.xor(
+            builder.add(builder.and_(xw, low7), builder.and_(e, low7)),
+            builder.and_(builder.xor(xw, e), high),
+        )
+        builder.store(builder.xor(total, splat(flip_v)), vec(out_p, out_off), align=4)
+        dot = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_V16I32, [_V16I32, _V64I8, _V64I8]), _VPDPBUSD
+        )
+        sums_ptr = vec(sums_p, _I32(0))
+        ones = ir.Constant(_V64I8, [1] * 64)
+        acc = builder.call(
+            dot, [builder.load(sums_ptr, align=4), ones, builder.bitcast(total, _V64I8)]
+        )
+        builder.store(acc, sums_ptr, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(nogil=True, cache=True)
+def _pack_noisy_quads(
+    x: np.ndarray,
+    row0: int,
+    tab: np.ndarray,
+    p: np.ndarray,
+    q: np.ndarray,
+    r: int,
+    out: np.ndarray,
+    flip: np.uint32,
+    rs: np.ndarray,
+) -> None:
+    """out[quad, i] = the 4 bytes x'[row0 + i, 4·quad …] of x' = x + E XOR ``flip`` for the
+    16 lanes (x' = 0 past the rows of ``x``), and rs[c, i] = 128·Σ x'[row0 + i, chunk c].
+
+    ``x`` is the clean strip as uint32 words (4 k-columns each) and ``tab`` is
+    :func:`_factor_lanes` of its rows' noise (4 | r).
+    """
+    nq = out.shape[0]
+    rows = min(LANES, x.shape[0] - row0)
+    ldx = x.shape[1]
+    x_flat = x.reshape(-1)
+    tab_flat = tab.reshape(-1)
+    out_flat = out.reshape(-1)
+    t1 = tab.shape[1]
+    sums = np.zeros(LANES, dtype=np.int32)
+    cq = r // 4
+    for chunk in range(nq // cq):
+        for quad in range(chunk * cq, (chunk + 1) * cq):
+            c = 4 * quad
+            plus = (t1 * p[c], t1 * p[c + 1], t1 * p[c + 2], t1 * p[c + 3])
+            minus = (t1 * q[c], t1 * q[c + 1], t1 * q[c + 2], t1 * q[c + 3])
+            _noisy_words16(  # type: ignore[call-arg]  # an intrinsic: typing context is implicit
+                x_flat,
+                row0 * ldx + quad,
+                ldx,
+                rows,
+                tab_flat,
+                row0,
+                plus,
+                minus,
+                out_flat,
+                LANES * quad,
+                flip,
+                sums,
+            )
+        for i in range(LANES):
+            rs[chunk, i] = sums[i] * np.int32(128)
+            sums[i] = 0
+
+
+@njit(nogil=True, cache=True)
+def noisy_tile_transcript(
+    a_rows: np.ndarray,
+    b_cols: np.ndarray,
+    la_raw: np.ndarray,
+    perm_a_raw: np.ndarray,
+    lb_raw: np.ndarray,
+    perm_b_raw: np.ndarray,
+    r: int,
+    T: np.ndarray,
+) -> bool:
+    """T ← the transcript of the tile A'·B'ᵀ, A' = a_rows + E_A (16×k), B'ᵀ = b_cols + E_Bᵀ,
+    from the raw XOF bytes of their noise (L rows and permutation streams, PROTOCOL §3):
+    the verifier's whole tile in one call (16 rows, 4 | r). False, with T untouched,
+    if an operand entry lies outside the int7 range.
+
+    A' and B' are packed straight from the clean rows and the noise (:func:`_noisy_words16`),
+    never built as strips.
+    """
+    h, k = a_rows.shape
+    w = b_cols.shape[0]
+    check_chunks(k, r)
+    if h != LANES or r % 4:
+        raise ValueError("the one-call verifier packs 16 rows of A and 4 | r")
+    if not (_int7(a_rows) and _int7(b_cols)):
+        return False
+    nq = k // 4
+    wp = padded_width(w)
+    pa, qa = permutation_from_stream(perm_a_raw, r)
+    pb, qb = permutation_from_stream(perm_b_raw, r)
+    ap = np.empty((nq, h, 4), dtype=np.int8)
+    rs = np.empty((k // r, h), dtype=np.int32)
+    a32 = a_rows.view(np.uint32)
+    tab_a = _factor_lanes(la_raw, r, h, LANES)
+    _pack_noisy_quads(a32, 0, tab_a, pa, qa, r, ap.view(np.uint32).reshape(nq, h), np.uint32(0), rs)
+    bp = np.empty((wp // PANEL, nq, 4 * PANEL), dtype=np.uint8)
+    b32 = b_cols.view(np.uint32)
+    tab_b = _factor_lanes(lb_raw, r, w, wp)
+    rs_b = np.empty((k // r, LANES), dtype=np.int32)  # B' needs no shift sums
+    for panel in range(wp // PANEL):
+        out = bp[panel].view(np.uint32).reshape(nq, PANEL)
+        _pack_noisy_quads(b32, panel * PANEL, tab_b, pb, qb, r, out, np.uint32(0x80808080), rs_b)
+    acc = np.zeros((h, wp), dtype=np.int32)
+    xs = np.empty((k // r, 1, LANES), dtype=np.int32)
+    _tile_packed(ap, bp, rs, acc, T, True, xs)
+    return True
+
+
+@njit(nogil=True, cache=True)
+def _int7(x: np.ndarray) -> bool:
+    """Every entry in [-64, 63]: bit 7 of (entry + 64) as a byte is clear."""
+    flat = x.reshape(-1).view(np.uint8)
+    out = np.uint8(0)
+    for v in flat:
+        out |= np.uint8(v + np.uint8(64))
+    return not (out & np.uint8(0x80))

@@ -132,6 +132,14 @@ def test_fast_leaf_path_matches_leaf_hash() -> None:
     assert matrix_leaf_hashes(x) == [leaf_hash(i, row.tobytes()) for i, row in enumerate(x)]
 
 
+def test_fast_leaf_path_matches_leaf_hash_across_batches() -> None:
+    """C's rows are framed and hashed in batches of ~512 KiB: 130 rows of 8 KiB span three."""
+    c = np.random.default_rng(4).integers(-(2**31), 2**31, size=(130, 2048), dtype=np.int32)
+    expected = [leaf_hash(i, row.astype("<i4").tobytes()) for i, row in enumerate(c)]
+    assert matrix_leaf_hashes(c) == expected
+    assert matrix_leaf_hashes(c[:0]) == []
+
+
 def test_row_and_column_openings_verify() -> None:
     rng = np.random.default_rng(3)
     a = rng.integers(-64, 64, size=(13, 8), dtype=np.int8)

@@ -118,6 +118,66 @@ def test_single_tile_verification_reproduces_the_miners_transcript_and_ticket():
         ) == res.ticket(ti, tj)
 
 
+@pytest.mark.parametrize("kind", ["random", "min", "max", "zeros", "low_rank"])
+@pytest.mark.parametrize(("w", "k", "r"), [(16, 2048, 64), (8, 256, 64), (24, 128, 4), (32, 64, 8)])
+def test_one_call_verifier_equals_the_noisy_strips(kind, w, k, r):
+    """The verifier's one compiled call (clean rows + raw noise streams, VNNI paths) gives
+    the transcript of the noisy strips through the miner's tile routine, bit for bit."""
+    from kernels.noise import (
+        NoiseFactors,
+        add_noise,
+        derive_factor_rows,
+        derive_permutation,
+        factor_stream,
+        permutation_stream,
+    )
+    from kernels.transcript_cpu import AMX, VNNI, active_path, noisy_tile_transcript, single_tile
+
+    a, b = _operands(kind, 16, k, w)
+    cols = np.ascontiguousarray(b.T)
+    ti, tj = 5, 3
+    T = noisy_tile_transcript(
+        a,
+        cols,
+        factor_stream(SEED_A, 16 * ti, 16, r),
+        permutation_stream(SEED_A, k),
+        factor_stream(SEED_B, w * tj, w, r),
+        permutation_stream(SEED_B, k),
+        r,
+    )
+    if active_path() not in (VNNI, AMX):
+        assert T is None  # the caller builds the strips itself
+        return
+    pa, qa = derive_permutation(SEED_A, k, r)
+    pb, qb = derive_permutation(SEED_B, k, r)
+    a_noisy = add_noise(a, NoiseFactors(derive_factor_rows(SEED_A, 16 * ti, 16, r), pa, qa))
+    b_noisy = add_noise(cols, NoiseFactors(derive_factor_rows(SEED_B, w * tj, w, r), pb, qb))
+    assert np.array_equal(T, single_tile(a_noisy, b_noisy, r)[1])
+
+
+def test_verifier_reads_rows_at_any_alignment():
+    """Proof rows arrive as bytes at any address: the one-call verifier reads them as
+    32-bit words, and must give the same transcript from a misaligned buffer or a view."""
+    a, b = _operands("random", 16, 256, 16)
+    cols = np.ascontiguousarray(b.T)
+    buf = bytearray(1) + a.tobytes() + cols.tobytes()
+    rows = np.frombuffer(buf, np.int8, count=a.size, offset=1).reshape(a.shape)
+    moved = np.frombuffer(buf, np.int8, count=cols.size, offset=1 + a.size).reshape(cols.shape)
+    assert rows.ctypes.data % 4 and moved.ctypes.data % 4
+    expected = tile_transcript(a, cols, 1, 2, SEED_A, SEED_B)
+    assert np.array_equal(tile_transcript(rows, moved, 1, 2, SEED_A, SEED_B), expected)
+    assert np.array_equal(tile_transcript(a, b.T, 1, 2, SEED_A, SEED_B), expected)  # strided
+
+
+def test_verifier_names_an_operand_outside_int7():
+    a, b = _operands("random", 16, 256, 16)
+    cols = np.ascontiguousarray(b.T)
+    for rows, bad_cols, name in ((a.copy(), cols, "A rows"), (a, cols.copy(), "B columns")):
+        (rows if name == "A rows" else bad_cols)[7, 200] = -65
+        with pytest.raises(ValueError, match=f"{name} has values in .*int7"):
+            tile_transcript(rows, bad_cols, 0, 0, SEED_A, SEED_B)
+
+
 def test_tampered_row_or_wrong_tile_index_fails_verification():
     a, b = _operands("random", 32, 256, 32)
     res = mining_attempt(a, b, SEED_A, SEED_B, 1, ticket_key=KEY)

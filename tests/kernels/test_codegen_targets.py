@@ -28,6 +28,7 @@ EXACTNESS_TESTS = [
     "tests/kernels/test_attempt.py",
     "tests/kernels/test_noise.py",
     "tests/kernels/test_freivalds.py",
+    "tests/kernels/test_recover.py",
 ]
 
 X86_TARGETS = {

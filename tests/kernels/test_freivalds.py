@@ -31,6 +31,20 @@ def test_rejects_one_wrong_entry(i, j, delta):
     assert not freivalds_check(A, np.ascontiguousarray(B.T), bad, b_transposed=True)
 
 
+@pytest.mark.parametrize("rounds", [1, 2, 3])
+def test_any_round_count_and_more_rows_than_columns(rounds):
+    """Two rounds take the fused two-accumulator loop, others a loop per round; m > k
+    and m < k split the B·x and C·x rows of one parallel region differently."""
+    a = rng.integers(-64, 64, (200, 48), dtype=np.int8)
+    b = rng.integers(-64, 64, (48, 30), dtype=np.int8)
+    c = (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
+    for x, y, z in ((a, b, c), (A, B, C)):
+        assert freivalds_check(x, y, z, rounds=rounds)
+        bad = z.copy()
+        bad[-1, -1] ^= np.int32(1 << 30)
+        assert not freivalds_check(x, y, bad, rounds=rounds)
+
+
 def test_rejects_a_power_of_two_error():
     # The hardest errors for arithmetic mod 2^64 are high powers of two.
     bad = C.copy()
@@ -57,8 +71,8 @@ def test_int64_products_are_vectorised_for_the_target():
     target = compile_target()
     if platform.machine().lower() not in ("x86_64", "amd64"):
         pytest.skip("the expectation is written for x86-64 targets")
-    fresh = njit(parallel=True)(freivalds._matvecs.py_func)  # uncached: its assembly is kept
-    fresh(np.zeros((4, 64), np.int8), np.zeros((2, 64), np.int64))
+    fresh = njit(parallel=True)(freivalds._bx_and_cx.py_func)  # uncached: its assembly is kept
+    fresh(np.zeros((64, 64), np.int8), np.zeros((4, 64), np.int32), np.zeros((2, 64), np.int64))
     asm = "\n".join(fresh.inspect_asm().values())
     if "avx512dq" in target.features:
         wanted = re.compile(r"\bvpmullq\b[^\n]*zmm")

@@ -97,7 +97,7 @@ def test_noisy_operands_equal_the_numpy_gather(k, n):
         add_noise_transposed(b.T, f)
 
 
-@pytest.mark.parametrize("r", [2, 64, 256])
+@pytest.mark.parametrize("r", [2, 64, 256, 1024, 65536])
 def test_permutation_follows_the_stream_layout(r):
     """p = x mod r, q = (p + 1 + y mod (r − 1)) mod r from the perm stream's u16 pairs."""
     import blake3
@@ -107,5 +107,19 @@ def test_permutation_follows_the_stream_layout(r):
     x, y = raw[0::2].astype(np.int64), raw[1::2].astype(np.int64)
     p, q = derive_permutation(SEED, k, r)
     assert p.dtype == np.int32 and q.dtype == np.int32
+    assert np.array_equal(p, x % r)
+    assert np.array_equal(q, (x % r + 1 + y % (r - 1)) % r)
+
+
+@pytest.mark.parametrize("r", [2, 4, 64, 128, 4096, 65536])
+def test_permutation_is_exact_for_every_16_bit_word(r):
+    """y mod (r − 1) is a multiply by a magic constant: exact for every u16 y and x."""
+    from kernels.noise import permutation_from_stream
+
+    every = np.arange(65536, dtype="<u2")
+    raw = np.empty(2 * every.size, dtype="<u2")
+    raw[0::2], raw[1::2] = every, every[::-1]
+    p, q = permutation_from_stream(raw.view(np.uint8), r)
+    x, y = every.astype(np.int64), every[::-1].astype(np.int64)
     assert np.array_equal(p, x % r)
     assert np.array_equal(q, (x % r + 1 + y % (r - 1)) % r)
