@@ -59,6 +59,10 @@ MAX_KEPT_BYTES = 256 * 1024 * 1024
 MAX_FETCHES = 4
 """Operand downloads under way at once. The peers serving them set the pace (a
 row-chunked blob comes one row per chunk): more at once only delays the first."""
+PREFETCH_AHEAD = 8
+"""Jobs of our share held or on their way, not attempted yet, at most: the kernel never
+waits for a download, and a long queue is not fetched (loading the peers serving it)
+long before its jobs come up, by which time others may have taken them."""
 HELP_FETCHES = 2
 """Downloads at once of jobs other miners rank first on, once our own share runs out."""
 PICK_POOL = 64
@@ -90,23 +94,23 @@ def pick_job(
     rivals: frozenset[bytes],
     may_help: Callable[[bytes], bool],
 ) -> bytes | None:
-    """The job of ``pool`` ((reward per MAC, job id), best-paying first) that ``me``
-    takes, if any.
+    """The job of ``pool`` ((reward per MAC, job id), best-paying first, oldest first
+    among equal pay) that ``me`` takes, if any.
 
     Rendezvous hashing: each job ranks the miners by a hash of (miner, job), and
-    a miner takes the jobs it ranks first on (its share), best-paying first, ties
-    in the order of its hashes. With its share done it helps with the jobs that
-    ``may_help`` allows (those their owner has left waiting a while), taking the
-    job the owner would reach last. So miners race for one job only when its
-    owner is slow or gone.
+    a miner takes the jobs it ranks first on (its share), best-paying first, then
+    in ``pool``'s order, so that a job waits behind no newer one of its pay. With
+    its share done it helps with the jobs that ``may_help`` allows (those their
+    owner has left waiting a while), taking the job the owner would reach last.
+    So miners race for one job only when its owner is slow or gone.
     """
-    best: tuple[int, float, bytes, bytes] | None = None
-    for rate, job_id in pool:
-        rank, mine, owner = standing(me, rivals, job_id)
+    best: tuple[int, float, int, bytes] | None = None
+    for place, (rate, job_id) in enumerate(pool):
+        rank = standing(me, rivals, job_id)[0]
         if rank and not may_help(job_id):
             continue
-        # Our share in our order; else the owner's last job first.
-        key = (0, -rate, mine, job_id) if rank == 0 else (rank, rate, _invert(owner), job_id)
+        # Our share in the pool's order; else the owner's last job first.
+        key = (0, -rate, place, job_id) if rank == 0 else (rank, rate, -place, job_id)
         if best is None or key < best:
             best = key
     return None if best is None else best[3]
@@ -120,11 +124,6 @@ def standing(me: bytes, rivals: frozenset[bytes], job_id: bytes) -> tuple[int, b
     return sum(h > mine for h in theirs), mine, max([mine, *theirs])
 
 
-def _invert(digest: bytes) -> bytes:
-    """A key that sorts the other way round."""
-    return bytes(255 - b for b in digest)
-
-
 class MarketService:
     def __init__(self, node: Node, dishonest: bool = False) -> None:
         self.node = node
@@ -136,6 +135,7 @@ class MarketService:
         self._rivals_of: tuple[bytes, frozenset[bytes]] | None = None
         self._order_of: tuple[bytes, list[tuple[bool, bytes, dict[str, Any]]]] | None = None
         self._ready_at: dict[bytes, float] = {}  # job id → when its operands were ready
+        self._seen_at: dict[bytes, int] = {}  # open job id → the height it was first open at
         self._attempted: OrderedDict[bytes, float] = OrderedDict()  # job id → last attempt
         self._delivered: OrderedDict[bytes, bytes] = OrderedDict()  # job id → result_root
         self._new_results = asyncio.Event()
@@ -151,7 +151,8 @@ class MarketService:
     # ------------------------------------------------------------ choosing jobs
 
     def open_jobs(self) -> list[tuple[float, bytes, dict[str, Any]]]:
-        """Open, unexpired jobs, best reward per MAC first (computed once per tip)."""
+        """Open, unexpired jobs, best reward per MAC first, then oldest first (by the
+        height this node first saw them open at, then id), computed once per tip."""
         chain = self.node.chain
         if self._open is not None and self._open[0] == chain.tip.hash:
             return self._open[1]
@@ -164,7 +165,8 @@ class MarketService:
             if rec["status"] != OPEN or rec["expiry"] < next_height or job_id == tip_job:
                 continue  # the tip's own job is claimed as soon as a child lands
             out.append((rec["reward"] / (rec["m"] * rec["k"] * rec["n"]), job_id, rec))
-        out.sort(key=lambda t: (-t[0], t[1]))
+            self._seen_at.setdefault(job_id, next_height)
+        out.sort(key=lambda t: (-t[0], self._seen_at[t[1]], t[1]))
         self._open = (chain.tip.hash, out)
         self._forget_closed({job_id for _, job_id, _ in out})
         return out
@@ -175,6 +177,8 @@ class MarketService:
             del self.jobs[job_id]
         for job_id in [j for j in self._ready_at if j not in self.jobs]:
             del self._ready_at[job_id]
+        for job_id in [j for j in self._seen_at if j not in still_open]:
+            del self._seen_at[job_id]
         self._unavailable &= still_open
 
     def _claimed(self, job_id: bytes) -> bool:
@@ -268,6 +272,8 @@ class MarketService:
                 continue
             if job_id in self._unavailable:
                 continue
+            if own_ahead >= PREFETCH_AHEAD:
+                return  # enough to mine on while these come; the rest may be gone by then
             if not own and (own_ahead or len(self._fetching) >= HELP_FETCHES):
                 # Others' jobs only as our share runs out, a few at a time: their
                 # owners fetch them, and every download loads the peers serving it.

@@ -117,6 +117,32 @@ async def test_each_queued_job_is_handed_out_once_then_the_null_job(node, monkey
     assert _id(again) == _id(handed[0])  # still unclaimed: the oldest attempt comes back
 
 
+async def test_equal_paying_jobs_are_attempted_oldest_first(node):
+    """Jobs posted a block later wait behind the earlier ones of the same pay, whatever
+    their ids' hashes: a job's wait is bounded by the work posted before it."""
+    jobs = _jobs(6)
+    me = node.miner_address
+    # The later block gets the jobs a hash order would hand out first.
+    by_hash = sorted(jobs, key=lambda j: market_module.standing(me, frozenset(), j[2])[1])
+    late, early = by_hash[:3], by_hash[3:]
+    posts = [_repost(job, nonce) for nonce, job in enumerate(early + late)]
+    await _post(node, posts[:3])
+    assert (await node.work.work()).job.null  # the miner asks while only the early ones are open
+    await _post(node, posts[3:])
+    await _until(lambda: len(node.market.jobs) == 6, 30, "operands of 6 jobs")
+    handed = [_id(await node.work.work()) for _ in range(6)]
+    assert set(handed[:3]) == {job_id for _, _, job_id in early}
+    assert set(handed[3:]) == {job_id for _, _, job_id in late}
+
+
+def _repost(job: tuple[Job, Transaction, bytes], nonce: int) -> tuple[Job, Transaction, bytes]:
+    """``job`` posted by a job_post with ``nonce``."""
+    tx = signed_transaction(
+        ALICE, chain_id=MID.chain_id, nonce=nonce, fee=10, payload=job[1].payload
+    )
+    return job[0], tx, job[2]
+
+
 async def test_no_job_is_re_attempted_while_another_waits(node, monkeypatch):
     monkeypatch.setattr(market_module, "RETRY_AFTER_S", 0.0)
     jobs = _jobs(6)
