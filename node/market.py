@@ -78,6 +78,8 @@ again (a miner that could not claim it by transaction may still win a block on i
 enough for another miner's claim of it to reach us."""
 MAX_ATTEMPTED = 10_000
 """Jobs remembered as attempted (and results remembered as delivered), at most."""
+PRUNE_EVERY_BLOCKS = 10
+"""How often the blobs kept for jobs are looked at for pruning."""
 CLAIM_FLUSH_S = 0.2
 """Delivered results are claimed in one job_result this often (or at MAX_RESULT_CLAIMS)."""
 CLAIM_RECHECK_S = 2.0
@@ -138,6 +140,10 @@ class MarketService:
         self._seen_at: dict[bytes, int] = {}  # open job id → the height it was first open at
         self._attempted: OrderedDict[bytes, float] = OrderedDict()  # job id → last attempt
         self._delivered: OrderedDict[bytes, bytes] = OrderedDict()  # job id → result_root
+        # Blobs this node keeps for a job only because it mined it (the C it computed, the
+        # operands it fetched): blob root → job id, dropped once nobody needs them.
+        self._kept: dict[bytes, bytes] = {}
+        self._pruned_at = 0  # the height of the last look
         self._new_results = asyncio.Event()
         self._claim_task: asyncio.Task[None] | None = None
         self._cannot_claim: str | None = None  # why the last claim was skipped (logged once)
@@ -169,7 +175,40 @@ class MarketService:
         out.sort(key=lambda t: (-t[0], self._seen_at[t[1]], t[1]))
         self._open = (chain.tip.hash, out)
         self._forget_closed({job_id for _, job_id, _ in out})
+        if abs(chain.height - self._pruned_at) >= PRUNE_EVERY_BLOCKS:
+            self._pruned_at = chain.height
+            self.prune_blobs()
         return out
+
+    def prune_blobs(self) -> int:
+        """Delete the blobs kept for jobs (see ``_kept``) that nobody will ask for again;
+        how many. A result is kept until its job was paid or refunded a challenge window
+        ago (the requester's time to fetch it), or, if another claim took the job, a
+        window after that claim; operands until the job is claimed, cancelled or expired,
+        a window after that. So a miner's disk holds the work of the last few windows."""
+        chain = self.node.chain
+        grace = self.node.params.challenge_window
+        pruned = 0
+        for root, job_id in list(self._kept.items()):
+            rec = job_record(chain.state, job_id)
+            if rec is not None and not self._done_with(root, rec, chain.height, grace):
+                continue  # (a job no longer on the chain, after a reorg, is done with)
+            self.node.blobs.delete(root)
+            del self._kept[root]
+            pruned += 1
+        if pruned:
+            log.info("pruned %d blob(s) of finished jobs", pruned)
+        return pruned
+
+    @staticmethod
+    def _done_with(root: bytes, rec: dict[str, Any], height: int, grace: int) -> bool:
+        if rec["status"] == OPEN:
+            return rec["expiry"] + grace < height
+        if rec["status"] == "cancelled":
+            return True
+        if root != rec["result_root"]:  # an operand, or a result that lost the race
+            return rec["claim_height"] + grace < height
+        return rec["status"] in ("paid", "refunded") and rec["due"] + grace < height
 
     def _forget_closed(self, still_open: set[bytes]) -> None:
         """Drop the operands and bookkeeping of jobs that are no longer open."""
@@ -326,6 +365,9 @@ class MarketService:
 
     async def _fetch(self, job_id: bytes, rec: dict[str, Any]) -> None:
         m, k, n = rec["m"], rec["k"], rec["n"]
+        store = self.node.blobs.store
+        # Operands this node held already (its client posted them) are not ours to prune.
+        fetched = [root for root in (rec["root_a"], rec["root_b"]) if not store.has_blob(root)]
         try:
             raw_a = await self.node.fetch_blob(rec["root_a"], FETCH_TIMEOUT)
             raw_bt = await self.node.fetch_blob(rec["root_b"], FETCH_TIMEOUT)
@@ -337,6 +379,8 @@ class MarketService:
             log.warning("operands of job %s have the wrong size", job_id.hex()[:16])
             self._unavailable.add(job_id)
             return
+        for root in fetched:
+            self._kept.setdefault(root, job_id)
         a = np.frombuffer(raw_a, dtype=np.int8).reshape(m, k).copy()
         b = np.ascontiguousarray(np.frombuffer(raw_bt, dtype=np.int8).reshape(n, k).T)
         if matrix_rows_root(a) != rec["root_a"] or matrix_cols_root(b) != rec["root_b"]:
@@ -369,7 +413,7 @@ class MarketService:
         job_id = self._job_id(job.spec)
         if job.null or found.product is None:
             return found.header  # the null job: nobody asked for C
-        self.node.blobs.put_matrix(found.product)
+        self._kept[self.node.blobs.put_matrix(found.product)] = job_id
         self.jobs_mined += 1
         log.info(
             "block on job %s: result %s kept",
@@ -384,8 +428,9 @@ class MarketService:
         if job.null:
             return
         # Off the loop: a 2048² C is 16 MiB to hash into chunks and write.
-        await asyncio.to_thread(self.node.blobs.put_matrix, product)
+        stored = await asyncio.to_thread(self.node.blobs.put_matrix, product)
         job_id = self._job_id(job.spec)
+        self._kept[stored] = job_id
         if job_id in self._attempted:
             # A retry waits from here, not from the hand-out: on a loaded machine the
             # attempt and the store can take longer than RETRY_AFTER_S, and our own

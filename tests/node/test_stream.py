@@ -256,6 +256,14 @@ async def test_a_result_that_won_no_block_is_claimed_served_and_paid(node, monke
     # block. Coinbases count once mature.
     matured = coinbases - after["immature"]
     assert after["balance"] == before + matured - market_module.CLAIM_FEE + REWARD
+    # A challenge window after the payment nobody asks for C any more: the miner's disk
+    # lets it go (the poster's operands, which this node was given, stay).
+    root = matrix_rows_root(c)
+    node.start_mining()
+    await _until(lambda: not node.blobs.store.has_blob(root), 60, "the result pruned")
+    await node.stop_mining()
+    assert node.chain.height > rec["due"] + MID.challenge_window
+    assert node.blobs.store.has_blob(job.spec.root_a)
 
 
 def test_miners_split_the_queue_and_help_the_owner_from_its_last_job():
