@@ -39,7 +39,7 @@ from consensus.errors import InvalidTransaction
 from consensus.market import OPEN, claim_bond, job_record
 from consensus.merkle import matrix_cols_root, matrix_rows_root
 from consensus.pow import Job, MinedBlock
-from consensus.state import JOBS, LOCKED
+from consensus.state import JOBS
 from consensus.transactions import (
     MAX_RESULT_CLAIMS,
     JobClaim,
@@ -481,10 +481,9 @@ class MarketService:
                 "results are kept but not claimed by transaction"
             )
         sender = key.address
+        # The balance is what the sender can spend: immature coinbases are LOCKED apart.
         balance, nonce = chain.state.account(sender)
-        spendable = (
-            balance - chain.state.get(LOCKED, sender, 0) - node.mempool.pending_spend(sender)
-        )
+        spendable = balance - node.mempool.pending_spend(sender)
         claims: list[JobClaim] = []
         cost = CLAIM_FEE
         for job_id, root, reward in wanted[:MAX_RESULT_CLAIMS]:

@@ -16,7 +16,13 @@ from consensus.keys import PrivateKey, address_to_text
 from consensus.market import build_job_result, claim_bond, job_id_of, job_record
 from consensus.merkle import matrix_rows_root
 from consensus.pow import Job
-from consensus.transactions import JobPostPayload, Transaction, signed_transaction
+from consensus.state import LOCKED
+from consensus.transactions import (
+    JobPostPayload,
+    Transaction,
+    TransferPayload,
+    signed_transaction,
+)
 from node import market as market_module
 from node.blobs import decode_matrix
 from node.config import NodeConfig
@@ -264,6 +270,30 @@ async def test_a_result_that_won_no_block_is_claimed_served_and_paid(node, monke
     await node.stop_mining()
     assert node.chain.height > rec["due"] + MID.challenge_window
     assert node.blobs.store.has_blob(job.spec.root_a)
+
+
+async def test_a_miner_with_immature_coinbases_claims_from_its_spendable_balance(tmp_path):
+    """A miner's immature coinbases are counted apart from its balance: they do not make
+    the balance it can bond look negative (every young miner's case)."""
+    key = PrivateKey.from_label("young-miner")
+    n = Node(NodeConfig(params=MID, datadir=tmp_path / "node", miner_key=key))
+    await n.start()
+    try:
+        fund = TransferPayload(key.address, 50_000)
+        funding = signed_transaction(ALICE, chain_id=MID.chain_id, nonce=0, fee=10, payload=fund)
+        await _post(n, [], claims=(funding,), miner=key)
+        jobs = _jobs(1, first_nonce=1)
+        await _post(n, jobs, miner=key)
+        state = n.chain.state
+        assert state.get(LOCKED, key.address, 0) > state.balance(key.address) == 50_000
+        job, _, job_id = jobs[0]
+        c = _product(job)
+        await n.market.deliver(job, matrix_rows_root(c), c)
+        assert n.market.claim_delivered() == 1
+        claim = n.mempool.get(n.mempool.claim_of(job_id))
+        assert claim is not None and claim.sender_address == key.address
+    finally:
+        await n.stop()
 
 
 def test_miners_split_the_queue_and_help_the_owner_from_its_last_job():
