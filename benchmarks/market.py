@@ -3,22 +3,26 @@
 1. Warmup, on a first testnet of ``nodes`` mining nodes: for ``warmup`` seconds of
    null-job mining, measure the network's rate (Σ Δ``macs_done`` of getmininginfo).
 2. A second, fresh testnet of as many nodes, its miners still off: the demand
-   that stands when the window opens. A backlog of jobs is posted through node-0
-   (``offered_ratio`` − ``STREAM_RATIO``) × that rate × ``duration`` MACs of them,
-   at ``REWARD``. Posting a job costs its poster far more CPU than mining it
-   (operands travel hex-encoded over JSON-RPC: ~0.3 s per 2 GMAC job on one core,
-   against ~0.2 s of a miner's kernel), so on a small machine posters that start
+   that stands when the window opens. A backlog of jobs is posted through node-0,
+   ``offered_ratio`` × that rate × ``duration`` MACs of them, at ``REWARD``, and
+   each miner is given ``MINER_STAKE`` to bond its job_result claims with.
+   Posting a job costs its poster more CPU than mining it (operands travel
+   hex-encoded over JSON-RPC: ~0.3 s per 2 GMAC job on one core, against ~0.2 s
+   of a miner's kernel), so on a small machine posters that start
    with the window reach only a few percent of the miners' rate and the
    miners mine null jobs: a real market's queue stands before the miners
    arrive. The miners start only now, so the posting is not charged to them and
    the chain's difficulty anchor (block 1) is not set before a pause.
-3. The miners start; once every one of them has attempted a posted job, the
-   window opens: for ``duration`` seconds a stream of jobs is posted at
+3. The miners start; once every one of them has attempted a posted job and sees
+   the others (they split the queue), and ``LEAD_IN_S`` more, the window opens:
+   for ``duration`` seconds a stream of jobs is posted at
    ``STREAM_RATIO`` × the warmup rate, paying ``STREAM_REWARD`` (more per MAC, so
    miners take it before the backlog: its latency is a job's that pays to be
    served at once), while the chain is followed: a claim seen in ``getmarket``
-   is fetched and checked with Freivalds at once, which is when the client has
-   its result (latency = post → verified).
+   is fetched and checked with Freivalds at once (the stream's client apart from
+   the backlog's), which is when the client has its result (latency = post →
+   verified). When the window closes the miners stop, and the client has
+   ``GRACE_S`` to check the claims seen in it.
 4. The shares, over all the MACs the nodes mined in the window:
 
    * ``useful_mac_share``: the m·k·n of every job claimed in the window whose
@@ -51,12 +55,13 @@ from typing import Any
 
 import numpy as np
 
-from consensus.keys import PrivateKey
-from consensus.params import DEVNET, NetworkParams, with_block_time
+from consensus.keys import PrivateKey, address_to_text
+from consensus.params import COIN, DEVNET, NetworkParams, with_block_time
+from consensus.transactions import TransferPayload, encode_tx, signed_transaction
 from kernels.freivalds import freivalds_check
 from node.client import MarketClient, WrongResult
 from node.rpc_client import RpcClient
-from node.testnet import Testnet, TestnetNode
+from node.testnet import Testnet, TestnetNode, miner_key
 
 POSTER_LABELS = ("devnet-11", "devnet-12", "devnet-13", "devnet-14")
 """One posting thread per key: one poster's RPC round trips cannot keep up with miners."""
@@ -71,10 +76,16 @@ STREAM_RATIO = 0.1
 STREAM_REWARD = 2 * REWARD
 VERIFIERS = 2
 """Client threads fetching and checking results."""
+CLAIMS_SEEN = 200
+"""Claims read at each new tip (newest first)."""
 SAMPLE_S = 1.0
 """How often the nodes' MAC counters are sampled for the plot."""
-GRACE_S = 20.0
+GRACE_S = 60.0
 """After the window, how long the client may take to verify the claims seen in it."""
+LEAD_IN_S = 5.0
+"""Mining on the queue before the window opens, once every miner works on it."""
+MINER_STAKE = 100 * COIN
+"""Given to each miner before its start, to bond its claims (a job's bond is its reward)."""
 CLAIMED = ("mined", "paid")
 MINING_START_S = 300.0
 """How long the nodes may take to start mining (the kernels compile on first use)."""
@@ -119,12 +130,12 @@ class MinerSnapshot:
         )
 
 
-def _wait_for(nodes: list[TestnetNode], counter: str, timeout: float) -> None:
-    """Until every node's getmininginfo ``counter`` is above 0."""
+def _wait_for(nodes: list[TestnetNode], counter: str, timeout: float, at_least: int = 1) -> None:
+    """Until every node's getmininginfo ``counter`` is at least ``at_least``."""
     deadline = time.monotonic() + timeout
-    while not all(int(n.call("getmininginfo").get(counter) or 0) > 0 for n in nodes):
+    while not all(int(n.call("getmininginfo").get(counter) or 0) >= at_least for n in nodes):
         if time.monotonic() > deadline:
-            raise RuntimeError(f"a node's {counter} stayed 0 for {timeout:g} s")
+            raise RuntimeError(f"a node's {counter} stayed below {at_least} for {timeout:g} s")
         time.sleep(0.2)
 
 
@@ -315,9 +326,9 @@ def _measure(
         assert node0.rpc is not None
         return MarketClient(RpcClient(node0.rpc.url, node0.rpc.token), key, params)
 
-    stream_ratio = min(offered_ratio, STREAM_RATIO)
-    backlog_jobs = math.ceil((offered_ratio - stream_ratio) * warmup_rate * duration / job_macs)
-    jobs_per_s = stream_ratio * warmup_rate / job_macs
+    # The backlog alone offers the ratio: what the stream adds is on top.
+    backlog_jobs = math.ceil(offered_ratio * warmup_rate * duration / job_macs)
+    jobs_per_s = min(offered_ratio, STREAM_RATIO) * warmup_rate / job_macs
     expiry = math.ceil((duration + GRACE_S + MINING_START_S) * 1000 / params.block_time_ms)
     poster = _Poster([client(PrivateKey.from_label(label)) for label in POSTER_LABELS],
                      shape, expiry)  # fmt: skip
@@ -325,12 +336,16 @@ def _measure(
         f"network {warmup_rate / 1e9:.2f} GMAC/s; posting a backlog of {backlog_jobs} jobs of "
         f"{'x'.join(map(str, shape))}"
     )
+    _fund_miners(node0, params, PrivateKey.from_label(POSTER_LABELS[0]), len(net.nodes))
     posting = time.monotonic()
     poster.post_backlog(backlog_jobs)
     backlog_s = time.monotonic() - posting
     for n in net.nodes:
         n.call("setmining", True)
-    _wait_for(net.nodes, "macs_jobs", MINING_START_S)  # every miner at work on the queue
+    # Every miner at work on the queue, splitting it with all the others.
+    _wait_for(net.nodes, "macs_jobs", MINING_START_S)
+    _wait_for(net.nodes, "miners_seen", MINING_START_S, at_least=len(net.nodes) - 1)
+    time.sleep(LEAD_IN_S)  # their downloads under way: the window measures the steady state
     lead_in_s = time.monotonic() - posting - backlog_s
     say(
         f"backlog posted in {backlog_s:.0f} s; streaming {jobs_per_s:.2f} jobs/s for {duration:g} s"
@@ -352,9 +367,11 @@ def _measure(
     end: list[MinerSnapshot] | None = None
     window_s = duration
     end_height = start_height
+    # The stream's client checks its results apart: it does not queue behind the backlog's.
     followers = [client(PrivateKey.from_label(POSTER_LABELS[0])) for _ in range(VERIFIERS)]
+    stream_follower = client(PrivateKey.from_label(POSTER_LABELS[1]))
     checking: dict[bytes, Future[float | None]] = {}
-    with ThreadPoolExecutor(VERIFIERS) as verifiers:
+    with ThreadPoolExecutor(VERIFIERS) as verifiers, ThreadPoolExecutor(1) as stream_verifier:
         try:
             while True:
                 now = time.monotonic()
@@ -366,20 +383,32 @@ def _measure(
                     end_height = node0.call("getinfo")["height"]
                     poster.join()
                     sampler.stop.set()
+                    # The window's MACs are counted: the client's checks need not share
+                    # the machine with the miners any more.
+                    for n in net.nodes:
+                        n.call("setmining", False)
                     say("window over; verifying the claims seen in it")
                 tip = node0.call("getinfo")["height"]
                 if tip != height:
                     height = tip
                     _see_claims(node0, poster, now if end is None else None)
                 with poster.lock:
-                    todo = [
-                        (job_id, j)
-                        for job_id, j in poster.jobs.items()
-                        if j.claim_seen is not None and job_id not in checking
-                    ]
+                    todo = sorted(
+                        (
+                            (job_id, j)
+                            for job_id, j in poster.jobs.items()
+                            if j.claim_seen is not None and job_id not in checking
+                        ),
+                        key=lambda item: item[1].claim_seen or 0.0,
+                    )
                 for job_id, job in todo:
-                    follower = followers[len(checking) % VERIFIERS]
-                    checking[job_id] = verifiers.submit(_verify, follower, job_id, job)
+                    if job.backlog:
+                        follower = followers[len(checking) % VERIFIERS]
+                        checking[job_id] = verifiers.submit(_verify, follower, job_id, job)
+                    else:
+                        checking[job_id] = stream_verifier.submit(
+                            _verify, stream_follower, job_id, job
+                        )
                 for job_id, done in list(checking.items()):
                     if done.done() and (took := done.result()) is not None:
                         fetch_s.append(took)
@@ -400,6 +429,22 @@ def _measure(
         window_s, warmup_rate, sampler.samples, fetch_s, plot_path,
     ) | {"backlog_jobs": backlog_jobs, "backlog_post_s": round(backlog_s, 1),
          "lead_in_s": round(lead_in_s, 1)}  # fmt: skip
+
+
+def _fund_miners(node0: TestnetNode, params: NetworkParams, payer: PrivateKey, count: int) -> None:
+    """Give each testnet miner a balance to bond its job_result claims with: a fresh
+    miner's coinbases mature only after the challenge window, and a real market's
+    miners hold a stake."""
+    nonce = node0.call("getaccount", address_to_text(payer.address))["next_nonce"]
+    for i in range(count):
+        tx = signed_transaction(
+            payer,
+            chain_id=params.chain_id,
+            nonce=nonce + i,
+            fee=1_000,
+            payload=TransferPayload(miner_key(i).address, MINER_STAKE),
+        )
+        node0.call("sendtransaction", encode_tx(tx).hex())
 
 
 def _verify(follower: MarketClient, job_id: bytes, job: PostedJob) -> float | None:
@@ -433,7 +478,9 @@ def _claimed_before(node0: TestnetNode, poster: _Poster) -> None:
 def _see_claims(node0: TestnetNode, poster: _Poster, now: float | None) -> None:
     """Mark our jobs the chain shows claimed at ``now``; ``now`` None (after the window):
     none new."""
-    claims = node0.call("getmarket", 1000)["recent_claims"]
+    # Newest first: more than a few blocks' claims since the last look (node-0 builds
+    # every row of every section, a load on the node the miners fetch from).
+    claims = node0.call("getmarket", CLAIMS_SEEN)["recent_claims"]
     with poster.lock:
         for c in claims:
             job = poster.jobs.get(bytes.fromhex(c["job_id"]))
