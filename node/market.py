@@ -369,8 +369,10 @@ class MarketService:
         # Operands this node held already (its client posted them) are not ours to prune.
         fetched = [root for root in (rec["root_a"], rec["root_b"]) if not store.has_blob(root)]
         try:
-            raw_a = await self.node.fetch_blob(rec["root_a"], FETCH_TIMEOUT)
-            raw_bt = await self.node.fetch_blob(rec["root_b"], FETCH_TIMEOUT)
+            raw_a, raw_bt = await asyncio.gather(  # both at once: half the wait for a job
+                self.node.fetch_blob(rec["root_a"], FETCH_TIMEOUT),
+                self.node.fetch_blob(rec["root_b"], FETCH_TIMEOUT),
+            )
         except BlobFetchError as e:
             log.info("operands of job %s unavailable: %s", job_id.hex()[:16], e)
             self._unavailable.add(job_id)
