@@ -15,6 +15,7 @@ from consensus.blocks import Block
 from consensus.keys import PrivateKey, address_to_text
 from consensus.market import build_job_result, claim_bond, job_id_of, job_record
 from consensus.merkle import matrix_rows_root
+from consensus.params import with_block_time
 from consensus.pow import Job
 from consensus.state import LOCKED
 from consensus.transactions import (
@@ -292,6 +293,24 @@ async def test_a_miner_with_immature_coinbases_claims_from_its_spendable_balance
         assert n.market.claim_delivered() == 1
         claim = n.mempool.get(n.mempool.claim_of(job_id))
         assert claim is not None and claim.sender_address == key.address
+    finally:
+        await n.stop()
+
+
+async def test_at_fast_blocks_a_new_transaction_waits_half_a_block_for_a_template(tmp_path):
+    """With 300 ms blocks a job or a claim admitted 0.2 s after the template was built
+    is in the next attempt's template: it is not left out for seconds of blocks."""
+    fast = with_block_time(MID, 300)
+    n = Node(NodeConfig(params=fast, datadir=tmp_path / "node", miner_key=MINER_KEY))
+    await n.start()
+    try:
+        assert (await n.work.work()).txs == ()
+        pay = TransferPayload(BOB.address, 1_000)
+        tx = signed_transaction(ALICE, chain_id=fast.chain_id, nonce=0, fee=10, payload=pay)
+        n.txs.admit(tx, None)
+        tip, revision, built, template, txs = n.work._template_of
+        n.work._template_of = (tip, revision, built - 0.2, template, txs)  # built 0.2 s ago
+        assert [t.txid for t in (await n.work.work()).txs] == [tx.txid]
     finally:
         await n.stop()
 
