@@ -322,12 +322,13 @@ def _measure(
     node0 = net.nodes[0]
     assert node0.rpc is not None
 
-    def client(key: PrivateKey) -> MarketClient:
-        assert node0.rpc is not None
-        return MarketClient(RpcClient(node0.rpc.url, node0.rpc.token), key, params)
+    def client(key: PrivateKey, node: TestnetNode = node0) -> MarketClient:
+        assert node.rpc is not None
+        return MarketClient(RpcClient(node.rpc.url, node.rpc.token), key, params)
 
-    # The backlog alone offers the ratio: what the stream adds is on top.
-    backlog_jobs = math.ceil(offered_ratio * warmup_rate * duration / job_macs)
+    # The backlog alone offers the ratio, and what the lead-in takes of it (at most its
+    # length of work at the warmup rate, twice over): what the stream adds is on top.
+    backlog_jobs = math.ceil(offered_ratio * warmup_rate * (duration + LEAD_IN_S) / job_macs)
     jobs_per_s = min(offered_ratio, STREAM_RATIO) * warmup_rate / job_macs
     expiry = math.ceil((duration + GRACE_S + MINING_START_S) * 1000 / params.block_time_ms)
     poster = _Poster([client(PrivateKey.from_label(label)) for label in POSTER_LABELS],
@@ -367,9 +368,14 @@ def _measure(
     end: list[MinerSnapshot] | None = None
     window_s = duration
     end_height = start_height
-    # The stream's client checks its results apart: it does not queue behind the backlog's.
-    followers = [client(PrivateKey.from_label(POSTER_LABELS[0])) for _ in range(VERIFIERS)]
-    stream_follower = client(PrivateKey.from_label(POSTER_LABELS[1]))
+    # A client fetches C from the node of the miner that claimed it, which holds it: on
+    # this one machine, fetching it through node-0 would load the node that serves every
+    # miner its operands with work a real client's own node does elsewhere.
+    checker = client(PrivateKey.from_label(POSTER_LABELS[0]))
+    checkers = {
+        address_to_text(miner_key(i).address): client(checker.key, n)
+        for i, n in enumerate(net.nodes)
+    }
     checking: dict[bytes, Future[float | None]] = {}
     with ThreadPoolExecutor(VERIFIERS) as verifiers, ThreadPoolExecutor(1) as stream_verifier:
         try:
@@ -402,13 +408,10 @@ def _measure(
                         key=lambda item: item[1].claim_seen or 0.0,
                     )
                 for job_id, job in todo:
-                    if job.backlog:
-                        follower = followers[len(checking) % VERIFIERS]
-                        checking[job_id] = verifiers.submit(_verify, follower, job_id, job)
-                    else:
-                        checking[job_id] = stream_verifier.submit(
-                            _verify, stream_follower, job_id, job
-                        )
+                    # The stream's client checks its results apart from the backlog's.
+                    pool = verifiers if job.backlog else stream_verifier
+                    near = checkers.get(job.claimant or "", checker)
+                    checking[job_id] = pool.submit(_verify, near, checker, job_id, job)
                 for job_id, done in list(checking.items()):
                     if done.done() and (took := done.result()) is not None:
                         fetch_s.append(took)
@@ -447,11 +450,16 @@ def _fund_miners(node0: TestnetNode, params: NetworkParams, payer: PrivateKey, c
         node0.call("sendtransaction", encode_tx(tx).hex())
 
 
-def _verify(follower: MarketClient, job_id: bytes, job: PostedJob) -> float | None:
-    """Fetch and check one claimed job's C; the time it took, or None if it was wrong."""
+def _verify(near: MarketClient, far: MarketClient, job_id: bytes, job: PostedJob) -> float | None:
+    """Fetch and check one claimed job's C, from ``near`` (the claimant's node) or, while
+    that node has not seen the block with the claim yet, ``far`` (node-0, which has); the
+    time it took, or None if it was wrong."""
     t = time.perf_counter()
     try:
-        follower.result(job_id, job.a, job.b)  # Freivalds inside
+        try:
+            near.result(job_id, job.a, job.b)  # Freivalds inside
+        except ValueError:  # "has no result": the claim's block has not reached it yet
+            far.result(job_id, job.a, job.b)
     except WrongResult:
         job.wrong = True
         return None
