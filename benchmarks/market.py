@@ -413,7 +413,10 @@ def _measure(
                     near = checkers.get(job.claimant or "", checker)
                     checking[job_id] = pool.submit(_verify, near, checker, job_id, job)
                 for job_id, done in list(checking.items()):
-                    if done.done() and (took := done.result()) is not None:
+                    if done.done() and isinstance(done.exception(), ClaimUndone):
+                        del checking[job_id]  # seen again when claimed again
+                        poster.jobs[job_id].claim_seen = None
+                    elif done.done() and (took := done.result()) is not None:
                         fetch_s.append(took)
                         useful[0] += job_macs
                         checking[job_id] = _DONE
@@ -460,12 +463,18 @@ def _verify(near: MarketClient, far: MarketClient, job_id: bytes, job: PostedJob
             near.result(job_id, job.a, job.b)  # Freivalds inside
         except ValueError:  # "has no result": the claim's block has not reached it yet
             far.result(job_id, job.a, job.b)
+    except ValueError as e:  # node-0 too: a reorg took the claim back
+        raise ClaimUndone(str(e)) from None
     except WrongResult:
         job.wrong = True
         return None
     took = time.perf_counter() - t
     job.verified = time.monotonic()
     return took
+
+
+class ClaimUndone(Exception):
+    """The block holding a job's claim left the chain before the client fetched C."""
 
 
 _DONE: Future[float | None] = Future()
