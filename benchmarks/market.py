@@ -1,21 +1,38 @@
 """The compute market under load on a fresh local testnet: how much of the mining is useful.
 
-1. Start ``nodes`` mining nodes; during ``warmup`` seconds of null-job mining,
-   measure the network's rate (Σ Δ``macs_done`` of getmininginfo over all nodes).
-2. For ``duration`` seconds (the measured window) post jobs through node-0 at
-   ``offered_ratio`` × that rate, in MACs/s, each of ``shape`` (default: the
-   network's minimum job, so a claim transaction is a negligible part of a
-   job's work), while following the chain: a claim seen in ``getmarket`` is
-   fetched and checked with Freivalds at once, which is when the client has
-   its result (latency = post → verified).
-3. The shares, over all the MACs the nodes mined in the window:
+1. Warmup, on a first testnet of ``nodes`` mining nodes: for ``warmup`` seconds of
+   null-job mining, measure the network's rate (Σ Δ``macs_done`` of getmininginfo).
+2. A second, fresh testnet of as many nodes, its miners still off: the demand
+   that stands when the window opens. A backlog of jobs is posted through node-0,
+   ``offered_ratio`` × that rate × ``duration`` MACs of them, at ``REWARD``, and
+   each miner is given ``MINER_STAKE`` to bond its job_result claims with.
+   Posting a job costs its poster more CPU than mining it (operands travel
+   hex-encoded over JSON-RPC: ~0.3 s per 2 GMAC job on one core, against ~0.2 s
+   of a miner's kernel), so on a small machine posters that start
+   with the window reach only a few percent of the miners' rate and the
+   miners mine null jobs: a real market's queue stands before the miners
+   arrive. The miners start only now, so the posting is not charged to them and
+   the chain's difficulty anchor (block 1) is not set before a pause.
+3. The miners start; once every one of them has attempted a posted job and sees
+   the others (they split the queue), and ``LEAD_IN_S`` more, the window opens:
+   for ``duration`` seconds a stream of jobs is posted at
+   ``STREAM_RATIO`` × the warmup rate, paying ``STREAM_REWARD`` (more per MAC, so
+   miners take it before the backlog: its latency is a job's that pays to be
+   served at once), while the chain is followed: a claim seen in ``getmarket``
+   is fetched and checked with Freivalds at once (the stream's client apart from
+   the backlog's), which is when the client has its result (latency = post →
+   verified). When the window closes the miners stop, and the client has
+   ``GRACE_S`` to check the claims seen in it.
+4. The shares, over all the MACs the nodes mined in the window:
 
    * ``useful_mac_share``: the m·k·n of every job claimed in the window whose
      result the client verified;
    * ``duplicate_mac_share``: attempts on a job that another node claimed
      first (a node's getmininginfo ``attempted_jobs`` against the job's
-     claimant); null when the nodes' miners do not report their attempts.
+     claimant); null when the nodes' miners do not report them.
 
+``offered_over_network`` is the job work open at the window's start (the
+backlog) plus that posted in it, over the window's length × the warmup rate.
 The record keeps ``job_block_share`` (blocks whose PoUW ran on a posted job)
 and the client's verification cost (Freivalds against the int64 matmul it
 replaces, and against fetching C).
@@ -30,6 +47,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -37,21 +55,40 @@ from typing import Any
 
 import numpy as np
 
-from consensus.keys import PrivateKey
-from consensus.params import DEVNET, NetworkParams, with_block_time
+from consensus.keys import PrivateKey, address_to_text
+from consensus.params import COIN, DEVNET, NetworkParams, with_block_time
+from consensus.transactions import TransferPayload, encode_tx, signed_transaction
 from kernels.freivalds import freivalds_check
 from node.client.market import MarketClient, WrongResult
 from node.client.rpc import RpcClient
-from node.devtools.testnet import Testnet, TestnetNode
+from node.devtools.testnet import Testnet, TestnetNode, miner_key
 
 POSTER_LABELS = ("devnet-11", "devnet-12", "devnet-13", "devnet-14")
 """One posting thread per key: one poster's RPC round trips cannot keep up with miners."""
+DEFAULT_SHAPE = (1024, 1920, 1024)
+"""2 GMAC jobs, each operand (1.9 MiB) within one putoperand request (4 MiB of hex): the
+fewest bytes posted and returned per MAC (operands ∝ 1/m + 1/n, C ∝ 4/k) that the
+JSON-RPC upload allows; a claim (one 64-byte entry of a job_result) is nothing beside
+a job's work, and an attempt takes a fraction of a second."""
 REWARD = 10_000
+STREAM_RATIO = 0.1
+"""The jobs posted during the window, as a multiple of the warmup rate."""
+STREAM_REWARD = 2 * REWARD
+VERIFIERS = 2
+"""Client threads fetching and checking results."""
+CLAIMS_SEEN = 200
+"""Claims read at each new tip (newest first)."""
 SAMPLE_S = 1.0
 """How often the nodes' MAC counters are sampled for the plot."""
-GRACE_S = 20.0
+GRACE_S = 60.0
 """After the window, how long the client may take to verify the claims seen in it."""
+LEAD_IN_S = 5.0
+"""Mining on the queue before the window opens, once every miner works on it."""
+MINER_STAKE = 100 * COIN
+"""Given to each miner before its start, to bond its claims (a job's bond is its reward)."""
 CLAIMED = ("mined", "paid")
+MINING_START_S = 300.0
+"""How long the nodes may take to start mining (the kernels compile on first use)."""
 
 
 def _quantile(values: list[float], q: float) -> float | None:
@@ -93,6 +130,15 @@ class MinerSnapshot:
         )
 
 
+def _wait_for(nodes: list[TestnetNode], counter: str, timeout: float, at_least: int = 1) -> None:
+    """Until every node's getmininginfo ``counter`` is at least ``at_least``."""
+    deadline = time.monotonic() + timeout
+    while not all(int(n.call("getmininginfo").get(counter) or 0) >= at_least for n in nodes):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"a node's {counter} stayed below {at_least} for {timeout:g} s")
+        time.sleep(0.2)
+
+
 def _total_macs(nodes: list[TestnetNode]) -> int:
     return sum(int(n.call("getmininginfo")["macs_done"]) for n in nodes)
 
@@ -104,20 +150,22 @@ class PostedJob:
     a: np.ndarray
     b: np.ndarray
     sent: float
+    backlog: bool = False
     claim_seen: float | None = None
     claimant: str | None = None
     claim_kind: str | None = None
     verified: float | None = None
     wrong: bool = False
+    before_window: bool = False
 
 
 @dataclass
 class _Poster:
-    """Posts jobs at a steady MAC rate, from ``threads`` keys at once, until told to stop."""
+    """Posts jobs from ``len(clients)`` keys at once: a backlog as fast as they can, then a
+    stream at a steady rate until told to stop."""
 
     clients: list[MarketClient]
     shape: tuple[int, int, int]
-    jobs_per_s: float
     expiry_blocks: int
     jobs: dict[bytes, PostedJob] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -125,9 +173,26 @@ class _Poster:
     error: BaseException | None = None
     _threads: list[threading.Thread] = field(default_factory=list)
 
-    def start(self) -> None:
+    def post_backlog(self, count: int) -> None:
+        """Post ``count`` jobs at ``REWARD``, spread over the keys; returns when all are sent."""
+        threads = [
+            threading.Thread(
+                target=self._backlog, args=(i, client, count), name=f"backlog-{i}", daemon=True
+            )
+            for i, client in enumerate(self.clients)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if self.error is not None:
+            raise RuntimeError(f"posting the backlog failed: {self.error}")
+
+    def start_stream(self, jobs_per_s: float) -> None:
         for i, client in enumerate(self.clients):
-            t = threading.Thread(target=self._run, args=(i, client), name=f"poster-{i}")
+            t = threading.Thread(
+                target=self._stream, args=(i, client, jobs_per_s), name=f"poster-{i}"
+            )
             t.daemon = True
             t.start()
             self._threads.append(t)
@@ -137,22 +202,35 @@ class _Poster:
         for t in self._threads:
             t.join(timeout=60)
 
-    def _run(self, index: int, client: MarketClient) -> None:
-        rng = np.random.default_rng(7 + index)
+    def _post(
+        self, client: MarketClient, rng: np.random.Generator, reward: int, backlog: bool
+    ) -> None:
         m, k, n = self.shape
-        interval = len(self.clients) / self.jobs_per_s  # each thread its share of the rate
+        a = rng.integers(-64, 64, (m, k), dtype=np.int8)
+        b = rng.integers(-64, 64, (k, n), dtype=np.int8)
+        sent = time.monotonic()
+        job = client.submit(a, b, reward, expiry_blocks=self.expiry_blocks)
+        with self.lock:
+            self.jobs[job.job_id] = PostedJob(a, b, sent, backlog)
+
+    def _backlog(self, index: int, client: MarketClient, count: int) -> None:
+        rng = np.random.default_rng(1_000 + index)
+        try:
+            for _ in range(index, count, len(self.clients)):
+                self._post(client, rng, REWARD, backlog=True)
+        except BaseException as e:  # reported by post_backlog
+            self.error = e
+
+    def _stream(self, index: int, client: MarketClient, jobs_per_s: float) -> None:
+        rng = np.random.default_rng(7 + index)
+        interval = len(self.clients) / jobs_per_s  # each thread its share of the rate
         due = time.monotonic() + index * interval / len(self.clients)
         try:
             while not self.stop.is_set():
                 wait = due - time.monotonic()
                 if wait > 0 and self.stop.wait(wait):
                     return
-                a = rng.integers(-64, 64, (m, k), dtype=np.int8)
-                b = rng.integers(-64, 64, (k, n), dtype=np.int8)
-                sent = time.monotonic()
-                job = client.submit(a, b, REWARD, expiry_blocks=self.expiry_blocks)
-                with self.lock:
-                    self.jobs[job.job_id] = PostedJob(a, b, sent)
+                self._post(client, rng, STREAM_REWARD, backlog=False)
                 due += interval
         except BaseException as e:  # reported by the main thread, which stops the testnet
             self.error = e
@@ -188,25 +266,46 @@ def bench_market(
     plot_path: str | None = None,
     on_progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Start a testnet, measure it as the module docstring says; the testnet always stops."""
+    """Start the testnets, measure as the module docstring says; every node always stops."""
     params = with_block_time(DEVNET, block_time_ms)
-    shape = shape or params.min_job_shape
+    shape = shape or DEFAULT_SHAPE
     too_small = params.job_too_small(*shape)
     if too_small:
         raise ValueError(f"--shape: {too_small}")
     say = on_progress or (lambda _line: None)
     job_macs = math.prod(shape)
     with tempfile.TemporaryDirectory(prefix="pouw-bench-market-") as tmp:
-        net = Testnet(Path(tmp), nodes, block_time_ms=block_time_ms)
+        warmup_rate = _warmup(Path(tmp) / "warmup", nodes, block_time_ms, warmup, say)
+        net = Testnet(Path(tmp) / "market", nodes, block_time_ms=block_time_ms, mine=False)
         try:
             started = time.monotonic()
             net.start()
             startup_s = time.monotonic() - started
-            say(f"{nodes} nodes up in {startup_s:.1f} s; warming up for {warmup:g} s")
-            return _measure(net, params, shape, job_macs, duration, warmup, offered_ratio,
+            return _measure(net, params, shape, job_macs, duration, warmup_rate, offered_ratio,
                             plot_path, say) | {"startup_s": round(startup_s, 2)}  # fmt: skip
         finally:
             net.stop()
+
+
+def _warmup(
+    root: Path, nodes: int, block_time_ms: int, seconds: float, say: Callable[[str], None]
+) -> float:
+    """The network's MAC rate on null jobs, on a testnet of its own (stopped after)."""
+    net = Testnet(root, nodes, block_time_ms=block_time_ms)
+    try:
+        net.start()
+        say(f"{nodes} nodes up; warming up for {seconds:g} s")
+        # Every miner under way first: its first attempt may wait for the kernels to compile.
+        _wait_for(net.nodes, "macs_done", MINING_START_S)
+        w0, tw0 = _total_macs(net.nodes), time.monotonic()
+        time.sleep(seconds)
+        w1, tw1 = _total_macs(net.nodes), time.monotonic()
+    finally:
+        net.stop()
+    rate = (w1 - w0) / (tw1 - tw0)
+    if rate <= 0:
+        raise RuntimeError(f"the nodes mined nothing in the {seconds:g} s warmup")
+    return rate
 
 
 def _measure(
@@ -215,7 +314,7 @@ def _measure(
     shape: tuple[int, int, int],
     job_macs: int,
     duration: float,
-    warmup: float,
+    warmup_rate: float,
     offered_ratio: float,
     plot_path: str | None,
     say: Callable[[str], None],
@@ -223,96 +322,188 @@ def _measure(
     node0 = net.nodes[0]
     assert node0.rpc is not None
 
-    def client(key: PrivateKey) -> MarketClient:
-        assert node0.rpc is not None
-        return MarketClient(RpcClient(node0.rpc.url, node0.rpc.token), key, params)
+    def client(key: PrivateKey, node: TestnetNode = node0) -> MarketClient:
+        assert node.rpc is not None
+        return MarketClient(RpcClient(node.rpc.url, node.rpc.token), key, params)
 
-    # -- warmup: the network's own rate on null jobs
-    w0, tw0 = _total_macs(net.nodes), time.monotonic()
-    time.sleep(warmup)
-    w1, tw1 = _total_macs(net.nodes), time.monotonic()
-    warmup_rate = (w1 - w0) / (tw1 - tw0)
-    if warmup_rate <= 0:
-        raise RuntimeError(f"the nodes mined nothing in the {warmup:g} s warmup")
-    jobs_per_s = offered_ratio * warmup_rate / job_macs
+    # The backlog alone offers the ratio, and what the lead-in takes of it (at most its
+    # length of work at the warmup rate, twice over): what the stream adds is on top.
+    backlog_jobs = math.ceil(offered_ratio * warmup_rate * (duration + LEAD_IN_S) / job_macs)
+    jobs_per_s = min(offered_ratio, STREAM_RATIO) * warmup_rate / job_macs
+    expiry = math.ceil((duration + GRACE_S + MINING_START_S) * 1000 / params.block_time_ms)
+    poster = _Poster([client(PrivateKey.from_label(label)) for label in POSTER_LABELS],
+                     shape, expiry)  # fmt: skip
     say(
-        f"network {warmup_rate / 1e9:.2f} GMAC/s; posting {jobs_per_s:.2f} jobs/s of "
-        f"{'x'.join(map(str, shape))} for {duration:g} s"
+        f"network {warmup_rate / 1e9:.2f} GMAC/s; posting a backlog of {backlog_jobs} jobs of "
+        f"{'x'.join(map(str, shape))}"
+    )
+    _fund_miners(node0, params, PrivateKey.from_label(POSTER_LABELS[0]), len(net.nodes))
+    posting = time.monotonic()
+    poster.post_backlog(backlog_jobs)
+    backlog_s = time.monotonic() - posting
+    for n in net.nodes:
+        n.call("setmining", True)
+    # Every miner at work on the queue, splitting it with all the others.
+    _wait_for(net.nodes, "macs_jobs", MINING_START_S)
+    _wait_for(net.nodes, "miners_seen", MINING_START_S, at_least=len(net.nodes) - 1)
+    time.sleep(LEAD_IN_S)  # their downloads under way: the window measures the steady state
+    lead_in_s = time.monotonic() - posting - backlog_s
+    say(
+        f"backlog posted in {backlog_s:.0f} s; streaming {jobs_per_s:.2f} jobs/s for {duration:g} s"
     )
 
     # -- the measured window
-    expiry = math.ceil((duration + GRACE_S + 60) * 1000 / params.block_time_ms)
-    poster = _Poster([client(PrivateKey.from_label(label)) for label in POSTER_LABELS],
-                     shape, jobs_per_s, expiry)  # fmt: skip
-    follower = client(PrivateKey.from_label(POSTER_LABELS[0]))
     start = [MinerSnapshot.of(n) for n in net.nodes]
     start_height = node0.call("getinfo")["height"]
     t0 = time.monotonic()
+    _claimed_before(node0, poster)
     t1 = t0 + duration
     useful = [0]
     sampler = _Sampler(net.nodes, t0, lambda: useful[0])
     sampling = threading.Thread(target=sampler.run, name="bench-sampler", daemon=True)
-    poster.start()
+    poster.start_stream(jobs_per_s)
     sampling.start()
     fetch_s: list[float] = []
     height = -1
     end: list[MinerSnapshot] | None = None
     window_s = duration
     end_height = start_height
-    try:
-        while True:
-            now = time.monotonic()
-            if poster.error is not None:
-                raise RuntimeError(f"posting a job failed: {poster.error}")
-            if end is None and now >= t1:
-                poster.join()
-                sampler.stop.set()
-                end = [MinerSnapshot.of(n) for n in net.nodes]
-                window_s = time.monotonic() - t0
-                end_height = node0.call("getinfo")["height"]
-                say("window over; verifying the claims seen in it")
-            tip = node0.call("getinfo")["height"]
-            if tip != height:
-                height = tip
-                _see_claims(node0, poster, now if end is None else None)
-            with poster.lock:
-                todo = [
-                    (job_id, j)
-                    for job_id, j in poster.jobs.items()
-                    if j.claim_seen is not None and j.verified is None and not j.wrong
-                ]
-            for job_id, job in todo:
-                t = time.perf_counter()
-                try:
-                    follower.result(job_id, job.a, job.b)  # Freivalds inside
-                except WrongResult:
-                    job.wrong = True
-                    continue
-                fetch_s.append(time.perf_counter() - t)
-                job.verified = time.monotonic()
-                useful[0] += job_macs
-                if end is None and time.monotonic() >= t1:
-                    break  # take the window's end snapshot on time
-            if end is not None and (not todo or time.monotonic() > t1 + GRACE_S):
-                break
-            time.sleep(0.05)
-    finally:
-        poster.join()
-        sampler.stop.set()
-        sampling.join(timeout=10)
+    # A client fetches C from the node of the miner that claimed it, which holds it: on
+    # this one machine, fetching it through node-0 would load the node that serves every
+    # miner its operands with work a real client's own node does elsewhere.
+    checker = client(PrivateKey.from_label(POSTER_LABELS[0]))
+    checkers = {
+        address_to_text(miner_key(i).address): client(checker.key, n)
+        for i, n in enumerate(net.nodes)
+    }
+    checking: dict[bytes, Future[float | None]] = {}
+    with ThreadPoolExecutor(VERIFIERS) as verifiers, ThreadPoolExecutor(1) as stream_verifier:
+        try:
+            while True:
+                now = time.monotonic()
+                if poster.error is not None:
+                    raise RuntimeError(f"posting a job failed: {poster.error}")
+                if end is None and now >= t1:
+                    end = [MinerSnapshot.of(n) for n in net.nodes]
+                    window_s = time.monotonic() - t0
+                    end_height = node0.call("getinfo")["height"]
+                    poster.join()
+                    sampler.stop.set()
+                    # The window's MACs are counted: the client's checks need not share
+                    # the machine with the miners any more.
+                    for n in net.nodes:
+                        n.call("setmining", False)
+                    say("window over; verifying the claims seen in it")
+                tip = node0.call("getinfo")["height"]
+                if tip != height:
+                    height = tip
+                    _see_claims(node0, poster, now if end is None else None)
+                with poster.lock:
+                    todo = sorted(
+                        (
+                            (job_id, j)
+                            for job_id, j in poster.jobs.items()
+                            if j.claim_seen is not None and job_id not in checking
+                        ),
+                        key=lambda item: item[1].claim_seen or 0.0,
+                    )
+                for job_id, job in todo:
+                    # The stream's client checks its results apart from the backlog's.
+                    pool = verifiers if job.backlog else stream_verifier
+                    near = checkers.get(job.claimant or "", checker)
+                    checking[job_id] = pool.submit(_verify, near, checker, job_id, job)
+                for job_id, done in list(checking.items()):
+                    if done.done() and isinstance(done.exception(), ClaimUndone):
+                        del checking[job_id]  # seen again when claimed again
+                        poster.jobs[job_id].claim_seen = None
+                    elif done.done() and (took := done.result()) is not None:
+                        fetch_s.append(took)
+                        useful[0] += job_macs
+                        checking[job_id] = _DONE
+                pending = any(not f.done() for f in checking.values())
+                if end is not None and (not pending or time.monotonic() > t1 + GRACE_S):
+                    break
+                time.sleep(0.05)
+        finally:
+            poster.join()
+            sampler.stop.set()
+            sampling.join(timeout=10)
+            for f in checking.values():
+                f.cancel()
     return _record(
         net, node0, params, shape, job_macs, poster, start, end, start_height, end_height,
         window_s, warmup_rate, sampler.samples, fetch_s, plot_path,
-    )  # fmt: skip
+    ) | {"backlog_jobs": backlog_jobs, "backlog_post_s": round(backlog_s, 1),
+         "lead_in_s": round(lead_in_s, 1)}  # fmt: skip
 
 
-def _see_claims(node0: TestnetNode, poster: _Poster, now: float | None) -> None:
-    """Mark our jobs the chain shows claimed; ``now`` None (after the window): none new."""
+def _fund_miners(node0: TestnetNode, params: NetworkParams, payer: PrivateKey, count: int) -> None:
+    """Give each testnet miner a balance to bond its job_result claims with: a fresh
+    miner's coinbases mature only after the challenge window, and a real market's
+    miners hold a stake."""
+    nonce = node0.call("getaccount", address_to_text(payer.address))["next_nonce"]
+    for i in range(count):
+        tx = signed_transaction(
+            payer,
+            chain_id=params.chain_id,
+            nonce=nonce + i,
+            fee=1_000,
+            payload=TransferPayload(miner_key(i).address, MINER_STAKE),
+        )
+        node0.call("sendtransaction", encode_tx(tx).hex())
+
+
+def _verify(near: MarketClient, far: MarketClient, job_id: bytes, job: PostedJob) -> float | None:
+    """Fetch and check one claimed job's C, from ``near`` (the claimant's node) or, while
+    that node has not seen the block with the claim yet, ``far`` (node-0, which has); the
+    time it took, or None if it was wrong."""
+    t = time.perf_counter()
+    try:
+        try:
+            near.result(job_id, job.a, job.b)  # Freivalds inside
+        except ValueError:  # "has no result": the claim's block has not reached it yet
+            far.result(job_id, job.a, job.b)
+    except ValueError as e:  # node-0 too: a reorg took the claim back
+        raise ClaimUndone(str(e)) from None
+    except WrongResult:
+        job.wrong = True
+        return None
+    took = time.perf_counter() - t
+    job.verified = time.monotonic()
+    return took
+
+
+class ClaimUndone(Exception):
+    """The block holding a job's claim left the chain before the client fetched C."""
+
+
+_DONE: Future[float | None] = Future()
+_DONE.set_result(None)
+"""Stands for a check already counted."""
+
+
+def _claimed_before(node0: TestnetNode, poster: _Poster) -> None:
+    """Mark our jobs claimed before the window opens (in the lead-in): not the window's."""
     claims = node0.call("getmarket", 1000)["recent_claims"]
     with poster.lock:
         for c in claims:
             job = poster.jobs.get(bytes.fromhex(c["job_id"]))
-            if job is None or job.claim_seen is not None or c["status"] not in CLAIMED:
+            if job is not None and c["status"] in CLAIMED:
+                job.before_window = True
+
+
+def _see_claims(node0: TestnetNode, poster: _Poster, now: float | None) -> None:
+    """Mark our jobs the chain shows claimed at ``now``; ``now`` None (after the window):
+    none new."""
+    # Newest first: more than a few blocks' claims since the last look (node-0 builds
+    # every row of every section, a load on the node the miners fetch from).
+    claims = node0.call("getmarket", CLAIMS_SEEN)["recent_claims"]
+    with poster.lock:
+        for c in claims:
+            job = poster.jobs.get(bytes.fromhex(c["job_id"]))
+            if job is None or job.claim_seen is not None or job.before_window:
+                continue
+            if c["status"] not in CLAIMED:
                 continue
             if now is None:
                 continue  # claimed after the window: neither counted nor verified
@@ -341,9 +532,12 @@ def _record(
     assert end is not None
     jobs = poster.jobs
     mined = sum(e.macs_done - s.macs_done for s, e in zip(start, end, strict=True))
-    verified = [j for j in jobs.values() if j.verified is not None]
+    verified = [j for j in jobs.values() if j.verified is not None and not j.before_window]
     useful = job_macs * len(verified)
-    latencies = [j.verified - j.sent for j in verified if j.verified is not None]
+    # Latency is the stream's: a backlog job's is how long the bench queued it before.
+    latencies = [j.verified - j.sent for j in verified if j.verified is not None and not j.backlog]
+    waited = [j.verified - j.sent for j in verified if j.verified is not None and j.backlog]
+    offered = sum(not j.before_window for j in jobs.values()) * job_macs
     duplicate = duplicate_macs(node0, jobs, start, end)
     blocks = end_height - start_height
     job_blocks = _job_blocks(node0, params, set(jobs), start_height, end_height)
@@ -356,9 +550,11 @@ def _record(
         "macs_per_job": job_macs,
         "window_s": round(window_s, 2),
         "warmup_macs_per_s": round(warmup_rate),
-        "offered_macs_per_s": round(len(jobs) * job_macs / window_s),
-        "offered_over_network": round(len(jobs) * job_macs / window_s / warmup_rate, 3),
+        "offered_macs_per_s": round(offered / window_s),
+        "offered_over_network": round(offered / window_s / warmup_rate, 3),
         "jobs_posted": len(jobs),
+        "jobs_streamed": sum(not j.backlog for j in jobs.values()),
+        "jobs_claimed_before_window": sum(j.before_window for j in jobs.values()),
         "jobs_claimed": sum(kinds.values()),
         "claims_by_block": kinds.get("block", 0),
         "claims_by_tx": kinds.get("tx", 0),
@@ -378,6 +574,9 @@ def _record(
         "latency_p50_s": _quantile(latencies, 0.5),
         "latency_p95_s": _quantile(latencies, 0.95),
         "latency_max_s": round(max(latencies), 3) if latencies else None,
+        "stream_jobs_verified": len(latencies),
+        "backlog_jobs_verified": len(waited),
+        "backlog_wait_p50_s": _quantile(waited, 0.5),
         "blocks_in_window": blocks,
         "block_interval_s": round(window_s / blocks, 3) if blocks else None,
         "job_blocks": job_blocks,

@@ -389,6 +389,11 @@ class Store:
                 (root, len(data), chunk_size, data),
             )
 
+    def delete_blob(self, root: bytes) -> None:
+        """Forget the blob ``root`` (nothing happens if it is not stored)."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM blobs WHERE root = ?", (root,))
+
     def get_blob_chunked(self, root: bytes) -> tuple[bytes, int] | None:
         """(data, chunk size) of a stored blob, or None."""
         with self._lock:

@@ -5,9 +5,10 @@ The miner thread asks for work before every attempt on a posted job and at the
 start of every burst (half a second of attempts) on the null job. A template
 is reused across jobs while the tip and the mempool stay the same (the job is
 a header field that the state root does not depend on); when transactions
-arrive it is refreshed at most every ``TEMPLATE_REFRESH_S`` or
-``TEMPLATE_COST_RATIO`` times its last build time, whichever is longer, so
-templates never take more than ~1/10 of the event loop. On the same tip a
+arrive it is refreshed at most every ``TEMPLATE_REFRESH_S`` (half a block
+interval at faster blocks) or ``TEMPLATE_COST_RATIO`` times its last build
+time, whichever is longer, so templates never take more than ~1/10 of the
+event loop. On the same tip a
 refresh grows the last template (``consensus.template``): it applies only the
 transactions admitted since.
 """
@@ -39,7 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("pouw.node")
 
 TEMPLATE_REFRESH_S = 1.0
-"""A template on the same tip and job is rebuilt for new transactions at most this often."""
+"""A template on the same tip is rebuilt for new transactions at most this often (or every
+half block interval, if shorter)."""
 TEMPLATE_COST_RATIO = 10.0
 TEMPLATE_MAX_TXS = 20_000
 """Transactions a block template takes from the mempool, at most (half a devnet block
@@ -90,6 +92,8 @@ class WorkSource:
         self._body: TemplateBody | None = None
         self._body_removals = 0
         self._body_admissions = 0
+        # At fast blocks a new transaction (a job, a claim) waits at most half a block.
+        self._refresh_s = min(TEMPLATE_REFRESH_S, node.params.block_time_ms / 2000)
 
     def null_job(self, prev_hash: bytes) -> Job:
         """The null job on top of ``prev_hash`` (its operands are derived, then kept)."""
@@ -129,7 +133,7 @@ class WorkSource:
         if self._template_of is not None:
             t_tip, t_rev, built, template, txs = self._template_of
             age = time.monotonic() - built
-            fresh = t_rev == revision or age < max(TEMPLATE_REFRESH_S, self._cost)
+            fresh = t_rev == revision or age < max(self._refresh_s, self._cost)
             if t_tip == tip and fresh:
                 return template, txs
         started = time.monotonic()

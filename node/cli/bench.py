@@ -328,7 +328,7 @@ def bench_sync_cmd(blocks: int, txs_per_block: int, as_json: bool) -> None:
 )  # fmt: skip
 @click.option(
     "--duration", type=click.FloatRange(min=1), default=30, show_default=True,
-    help="Seconds of the measured window (jobs are posted throughout).",
+    help="Seconds of the measured window (a stream of jobs is posted throughout).",
 )  # fmt: skip
 @click.option(
     "--warmup", type=click.FloatRange(min=1), default=10, show_default=True,
@@ -336,11 +336,12 @@ def bench_sync_cmd(blocks: int, txs_per_block: int, as_json: bool) -> None:
 )  # fmt: skip
 @click.option(
     "--offered-ratio", type=click.FloatRange(min=0.01), default=2.0, show_default=True,
-    help="Job work posted per second, as a multiple of the network's MAC rate.",
+    help="Job work offered in the window (a backlog posted before it, and the stream), "
+    "as a multiple of the network's MAC rate.",
 )  # fmt: skip
 @click.option(
     "--shape", default=None,
-    help="MxKxN of every job [default: the network's minimum job shape].",
+    help="MxKxN of every job [default: 1024x1920x1024].",
 )  # fmt: skip
 @click.option(
     "--block-time-ms", type=click.IntRange(min=200), default=300, show_default=True,

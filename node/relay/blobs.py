@@ -379,6 +379,13 @@ class BlobExchange:
         data, row_bytes = matrix_rows(x)
         return self.put(data, row_bytes)
 
+    def delete(self, root: bytes) -> None:
+        """Stop keeping and serving the blob ``root``."""
+        tree = self._trees.pop(root, None)
+        if tree is not None:
+            self._tree_bytes -= tree.size
+        self.store.delete_blob(root)
+
     async def _tree(self, root: bytes) -> BlobTree | None:
         tree = self._trees.get(root)
         if tree is not None:

@@ -39,7 +39,7 @@ from consensus.errors import InvalidTransaction
 from consensus.market import OPEN, claim_bond, job_record
 from consensus.merkle import matrix_cols_root, matrix_rows_root
 from consensus.pow import Job, MinedBlock
-from consensus.state import JOBS, LOCKED
+from consensus.state import JOBS
 from consensus.transactions import (
     MAX_RESULT_CLAIMS,
     JobClaim,
@@ -64,6 +64,10 @@ MAX_KEPT_BYTES = 256 * 1024 * 1024
 MAX_FETCHES = 4
 """Operand downloads under way at once. The peers serving them set the pace (a
 row-chunked blob comes one row per chunk): more at once only delays the first."""
+PREFETCH_AHEAD = 8
+"""Jobs of our share held or on their way, not attempted yet, at most: the kernel never
+waits for a download, and a long queue is not fetched (loading the peers serving it)
+long before its jobs come up, by which time others may have taken them."""
 HELP_FETCHES = 2
 """Downloads at once of jobs other miners rank first on, once our own share runs out."""
 PICK_POOL = 64
@@ -79,6 +83,8 @@ again (a miner that could not claim it by transaction may still win a block on i
 enough for another miner's claim of it to reach us."""
 MAX_ATTEMPTED = 10_000
 """Jobs remembered as attempted (and results remembered as delivered), at most."""
+PRUNE_EVERY_BLOCKS = 10
+"""How often the blobs kept for jobs are looked at for pruning."""
 CLAIM_FLUSH_S = 0.2
 """Delivered results are claimed in one job_result this often (or at MAX_RESULT_CLAIMS)."""
 CLAIM_RECHECK_S = 2.0
@@ -95,23 +101,23 @@ def pick_job(
     rivals: frozenset[bytes],
     may_help: Callable[[bytes], bool],
 ) -> bytes | None:
-    """The job of ``pool`` ((reward per MAC, job id), best-paying first) that ``me``
-    takes, if any.
+    """The job of ``pool`` ((reward per MAC, job id), best-paying first, oldest first
+    among equal pay) that ``me`` takes, if any.
 
     Rendezvous hashing: each job ranks the miners by a hash of (miner, job), and
-    a miner takes the jobs it ranks first on (its share), best-paying first, ties
-    in the order of its hashes. With its share done it helps with the jobs that
-    ``may_help`` allows (those their owner has left waiting a while), taking the
-    job the owner would reach last. So miners race for one job only when its
-    owner is slow or gone.
+    a miner takes the jobs it ranks first on (its share), best-paying first, then
+    in ``pool``'s order, so that a job waits behind no newer one of its pay. With
+    its share done it helps with the jobs that ``may_help`` allows (those their
+    owner has left waiting a while), taking the job the owner would reach last.
+    So miners race for one job only when its owner is slow or gone.
     """
-    best: tuple[int, float, bytes, bytes] | None = None
-    for rate, job_id in pool:
-        rank, mine, owner = standing(me, rivals, job_id)
+    best: tuple[int, float, int, bytes] | None = None
+    for place, (rate, job_id) in enumerate(pool):
+        rank = standing(me, rivals, job_id)[0]
         if rank and not may_help(job_id):
             continue
-        # Our share in our order; else the owner's last job first.
-        key = (0, -rate, mine, job_id) if rank == 0 else (rank, rate, _invert(owner), job_id)
+        # Our share in the pool's order; else the owner's last job first.
+        key = (0, -rate, place, job_id) if rank == 0 else (rank, rate, -place, job_id)
         if best is None or key < best:
             best = key
     return None if best is None else best[3]
@@ -123,11 +129,6 @@ def standing(me: bytes, rivals: frozenset[bytes], job_id: bytes) -> tuple[int, b
     mine = blake3(me + job_id).digest()
     theirs = [blake3(rival + job_id).digest() for rival in rivals]
     return sum(h > mine for h in theirs), mine, max([mine, *theirs])
-
-
-def _invert(digest: bytes) -> bytes:
-    """A key that sorts the other way round."""
-    return bytes(255 - b for b in digest)
 
 
 class TipListener(Protocol):
@@ -181,8 +182,13 @@ class MarketService:
         self._rivals_of: tuple[bytes, frozenset[bytes]] | None = None
         self._order_of: tuple[bytes, list[tuple[bool, bytes, dict[str, Any]]]] | None = None
         self._ready_at: dict[bytes, float] = {}  # job id → when its operands were ready
+        self._seen_at: dict[bytes, int] = {}  # open job id → the height it was first open at
         self._attempted: OrderedDict[bytes, float] = OrderedDict()  # job id → last attempt
         self._delivered: OrderedDict[bytes, bytes] = OrderedDict()  # job id → result_root
+        # Blobs this node keeps for a job only because it mined it (the C it computed, the
+        # operands it fetched): blob root → job id, dropped once nobody needs them.
+        self._kept: dict[bytes, bytes] = {}
+        self._pruned_at = 0  # the height of the last look
         self._new_results = asyncio.Event()
         self._claim_task: asyncio.Task[None] | None = None
         self._cannot_claim: str | None = None  # why the last claim was skipped (logged once)
@@ -196,7 +202,8 @@ class MarketService:
     # ------------------------------------------------------------ choosing jobs
 
     def open_jobs(self) -> list[tuple[float, bytes, dict[str, Any]]]:
-        """Open, unexpired jobs, best reward per MAC first (computed once per tip)."""
+        """Open, unexpired jobs, best reward per MAC first, then oldest first (by the
+        height this node first saw them open at, then id), computed once per tip."""
         chain = self.node.chain
         if self._open is not None and self._open[0] == chain.tip.hash:
             return self._open[1]
@@ -209,10 +216,44 @@ class MarketService:
             if rec["status"] != OPEN or rec["expiry"] < next_height or job_id == tip_job:
                 continue  # the tip's own job is claimed as soon as a child lands
             out.append((rec["reward"] / (rec["m"] * rec["k"] * rec["n"]), job_id, rec))
-        out.sort(key=lambda t: (-t[0], t[1]))
+            self._seen_at.setdefault(job_id, next_height)
+        out.sort(key=lambda t: (-t[0], self._seen_at[t[1]], t[1]))
         self._open = (chain.tip.hash, out)
         self._forget_closed({job_id for _, job_id, _ in out})
+        if abs(chain.height - self._pruned_at) >= PRUNE_EVERY_BLOCKS:
+            self._pruned_at = chain.height
+            self.prune_blobs()
         return out
+
+    def prune_blobs(self) -> int:
+        """Delete the blobs kept for jobs (see ``_kept``) that nobody will ask for again;
+        how many. A result is kept until its job was paid or refunded a challenge window
+        ago (the requester's time to fetch it), or, if another claim took the job, a
+        window after that claim; operands until the job is claimed, cancelled or expired,
+        a window after that. So a miner's disk holds the work of the last few windows."""
+        chain = self.node.chain
+        grace = self.node.params.challenge_window
+        pruned = 0
+        for root, job_id in list(self._kept.items()):
+            rec = job_record(chain.state, job_id)
+            if rec is not None and not self._done_with(root, rec, chain.height, grace):
+                continue  # (a job no longer on the chain, after a reorg, is done with)
+            self.node.blobs.delete(root)
+            del self._kept[root]
+            pruned += 1
+        if pruned:
+            log.info("pruned %d blob(s) of finished jobs", pruned)
+        return pruned
+
+    @staticmethod
+    def _done_with(root: bytes, rec: dict[str, Any], height: int, grace: int) -> bool:
+        if rec["status"] == OPEN:
+            return rec["expiry"] + grace < height
+        if rec["status"] == "cancelled":
+            return True
+        if root != rec["result_root"]:  # an operand, or a result that lost the race
+            return rec["claim_height"] + grace < height
+        return rec["status"] in ("paid", "refunded") and rec["due"] + grace < height
 
     def _forget_closed(self, still_open: set[bytes]) -> None:
         """Drop the operands and bookkeeping of jobs that are no longer open."""
@@ -220,6 +261,8 @@ class MarketService:
             del self.jobs[job_id]
         for job_id in [j for j in self._ready_at if j not in self.jobs]:
             del self._ready_at[job_id]
+        for job_id in [j for j in self._seen_at if j not in still_open]:
+            del self._seen_at[job_id]
         self._unavailable &= still_open
 
     def _claimed(self, job_id: bytes) -> bool:
@@ -313,6 +356,8 @@ class MarketService:
                 continue
             if job_id in self._unavailable:
                 continue
+            if own_ahead >= PREFETCH_AHEAD:
+                return  # enough to mine on while these come; the rest may be gone by then
             if not own and (own_ahead or len(self._fetching) >= HELP_FETCHES):
                 # Others' jobs only as our share runs out, a few at a time: their
                 # owners fetch them, and every download loads the peers serving it.
@@ -365,9 +410,14 @@ class MarketService:
 
     async def _fetch(self, job_id: bytes, rec: dict[str, Any]) -> None:
         m, k, n = rec["m"], rec["k"], rec["n"]
+        store = self.node.blobs.store
+        # Operands this node held already (its client posted them) are not ours to prune.
+        fetched = [root for root in (rec["root_a"], rec["root_b"]) if not store.has_blob(root)]
         try:
-            raw_a = await self.node.fetch_blob(rec["root_a"], FETCH_TIMEOUT)
-            raw_bt = await self.node.fetch_blob(rec["root_b"], FETCH_TIMEOUT)
+            raw_a, raw_bt = await asyncio.gather(  # both at once: half the wait for a job
+                self.node.fetch_blob(rec["root_a"], FETCH_TIMEOUT),
+                self.node.fetch_blob(rec["root_b"], FETCH_TIMEOUT),
+            )
         except BlobFetchError as e:
             log.info("operands of job %s unavailable: %s", job_id.hex()[:16], e)
             self._unavailable.add(job_id)
@@ -376,6 +426,8 @@ class MarketService:
             log.warning("operands of job %s have the wrong size", job_id.hex()[:16])
             self._unavailable.add(job_id)
             return
+        for root in fetched:
+            self._kept.setdefault(root, job_id)
         a = np.frombuffer(raw_a, dtype=np.int8).reshape(m, k).copy()
         b = np.ascontiguousarray(np.frombuffer(raw_bt, dtype=np.int8).reshape(n, k).T)
         if matrix_rows_root(a) != rec["root_a"] or matrix_cols_root(b) != rec["root_b"]:
@@ -408,7 +460,7 @@ class MarketService:
         job_id = self._job_id(job.spec)
         if job.null or found.product is None:
             return found.header  # the null job: nobody asked for C
-        self.node.blobs.put_matrix(found.product)
+        self._kept[self.node.blobs.put_matrix(found.product)] = job_id
         self.jobs_mined += 1
         log.info(
             "block on job %s: result %s kept",
@@ -423,8 +475,9 @@ class MarketService:
         if job.null:
             return
         # Off the loop: a 2048² C is 16 MiB to hash into chunks and write.
-        await asyncio.to_thread(self.node.blobs.put_matrix, product)
+        stored = await asyncio.to_thread(self.node.blobs.put_matrix, product)
         job_id = self._job_id(job.spec)
+        self._kept[stored] = job_id
         if job_id in self._attempted:
             # A retry waits from here, not from the hand-out: on a loaded machine the
             # attempt and the store can take longer than RETRY_AFTER_S, and our own
@@ -475,10 +528,9 @@ class MarketService:
                 "results are kept but not claimed by transaction"
             )
         sender = key.address
+        # The balance is what the sender can spend: immature coinbases are LOCKED apart.
         balance, nonce = chain.state.account(sender)
-        spendable = (
-            balance - chain.state.get(LOCKED, sender, 0) - node.mempool.pending_spend(sender)
-        )
+        spendable = balance - node.mempool.pending_spend(sender)
         claims: list[JobClaim] = []
         cost = CLAIM_FEE
         for job_id, root, reward in wanted[:MAX_RESULT_CLAIMS]:

@@ -15,8 +15,15 @@ from consensus.blocks import Block
 from consensus.keys import PrivateKey, address_to_text
 from consensus.market import build_job_result, claim_bond, job_id_of, job_record
 from consensus.merkle import matrix_rows_root
+from consensus.params import with_block_time
 from consensus.pow import Job
-from consensus.transactions import JobPostPayload, Transaction, signed_transaction
+from consensus.state import LOCKED
+from consensus.transactions import (
+    JobPostPayload,
+    Transaction,
+    TransferPayload,
+    signed_transaction,
+)
 from node.app import INV_TX, Node
 from node.config import NodeConfig
 from node.miner import MiningWork
@@ -115,6 +122,32 @@ async def test_each_queued_job_is_handed_out_once_then_the_null_job(node, monkey
     monkeypatch.setattr(market_module, "RETRY_AFTER_S", 0.0)
     again = await node.work.work()
     assert _id(again) == _id(handed[0])  # still unclaimed: the oldest attempt comes back
+
+
+async def test_equal_paying_jobs_are_attempted_oldest_first(node):
+    """Jobs posted a block later wait behind the earlier ones of the same pay, whatever
+    their ids' hashes: a job's wait is bounded by the work posted before it."""
+    jobs = _jobs(6)
+    me = node.miner_address
+    # The later block gets the jobs a hash order would hand out first.
+    by_hash = sorted(jobs, key=lambda j: market_module.standing(me, frozenset(), j[2])[1])
+    late, early = by_hash[:3], by_hash[3:]
+    posts = [_repost(job, nonce) for nonce, job in enumerate(early + late)]
+    await _post(node, posts[:3])
+    assert (await node.work.work()).job.null  # the miner asks while only the early ones are open
+    await _post(node, posts[3:])
+    await _until(lambda: len(node.market.jobs) == 6, 30, "operands of 6 jobs")
+    handed = [_id(await node.work.work()) for _ in range(6)]
+    assert set(handed[:3]) == {job_id for _, _, job_id in early}
+    assert set(handed[3:]) == {job_id for _, _, job_id in late}
+
+
+def _repost(job: tuple[Job, Transaction, bytes], nonce: int) -> tuple[Job, Transaction, bytes]:
+    """``job`` posted by a job_post with ``nonce``."""
+    tx = signed_transaction(
+        ALICE, chain_id=MID.chain_id, nonce=nonce, fee=10, payload=job[1].payload
+    )
+    return job[0], tx, job[2]
 
 
 async def test_no_job_is_re_attempted_while_another_waits(node, monkeypatch):
@@ -232,6 +265,56 @@ async def test_a_result_that_won_no_block_is_claimed_served_and_paid(node, monke
     # block. Coinbases count once mature.
     matured = coinbases - after["immature"]
     assert after["balance"] == before + matured - market_module.CLAIM_FEE + REWARD
+    # A challenge window after the payment nobody asks for C any more: the miner's disk
+    # lets it go (the poster's operands, which this node was given, stay).
+    root = matrix_rows_root(c)
+    node.start_mining()
+    await _until(lambda: not node.blobs.store.has_blob(root), 60, "the result pruned")
+    await node.stop_mining()
+    assert node.chain.height > rec["due"] + MID.challenge_window
+    assert node.blobs.store.has_blob(job.spec.root_a)
+
+
+async def test_a_miner_with_immature_coinbases_claims_from_its_spendable_balance(tmp_path):
+    """A miner's immature coinbases are counted apart from its balance: they do not make
+    the balance it can bond look negative (every young miner's case)."""
+    key = PrivateKey.from_label("young-miner")
+    n = Node(NodeConfig(params=MID, datadir=tmp_path / "node", miner_key=key))
+    await n.start()
+    try:
+        fund = TransferPayload(key.address, 50_000)
+        funding = signed_transaction(ALICE, chain_id=MID.chain_id, nonce=0, fee=10, payload=fund)
+        await _post(n, [], claims=(funding,), miner=key)
+        jobs = _jobs(1, first_nonce=1)
+        await _post(n, jobs, miner=key)
+        state = n.chain.state
+        assert state.get(LOCKED, key.address, 0) > state.balance(key.address) == 50_000
+        job, _, job_id = jobs[0]
+        c = _product(job)
+        await n.market.deliver(job, matrix_rows_root(c), c)
+        assert n.market.claim_delivered() == 1
+        claim = n.mempool.get(n.mempool.claim_of(job_id))
+        assert claim is not None and claim.sender_address == key.address
+    finally:
+        await n.stop()
+
+
+async def test_at_fast_blocks_a_new_transaction_waits_half_a_block_for_a_template(tmp_path):
+    """With 300 ms blocks a job or a claim admitted 0.2 s after the template was built
+    is in the next attempt's template: it is not left out for seconds of blocks."""
+    fast = with_block_time(MID, 300)
+    n = Node(NodeConfig(params=fast, datadir=tmp_path / "node", miner_key=MINER_KEY))
+    await n.start()
+    try:
+        assert (await n.work.work()).txs == ()
+        pay = TransferPayload(BOB.address, 1_000)
+        tx = signed_transaction(ALICE, chain_id=fast.chain_id, nonce=0, fee=10, payload=pay)
+        n.txs.admit(tx, None)
+        tip, revision, built, template, txs = n.work._template_of
+        n.work._template_of = (tip, revision, built - 0.2, template, txs)  # built 0.2 s ago
+        assert [t.txid for t in (await n.work.work()).txs] == [tx.txid]
+    finally:
+        await n.stop()
 
 
 def test_miners_split_the_queue_and_help_the_owner_from_its_last_job():
