@@ -58,6 +58,7 @@ from node.net.wire import (
 
 if TYPE_CHECKING:
     from consensus.chain import Chain
+    from node.chain_service import ChainChange
     from node.mempool import Mempool
     from node.net.p2p import PeerManager
 
@@ -220,12 +221,13 @@ class CompactRelay:
             txs.append(tx)
         return txs, missing
 
-    def block_connected(self, block: Block) -> None:
-        """Keep a connected block's transactions for rebuilding a competitor of it."""
-        if block.txs:
-            self._recent[block.hash] = {tx.txid: tx for tx in block.txs}
-            while len(self._recent) > RECENT_BLOCKS:
-                self._recent.popitem(last=False)
+    def chain_changed(self, change: ChainChange) -> None:
+        """Keep connected blocks' transactions for rebuilding a competitor of them."""
+        for block in change.connected:
+            if block.txs:
+                self._recent[block.hash] = {tx.txid: tx for tx in block.txs}
+                while len(self._recent) > RECENT_BLOCKS:
+                    self._recent.popitem(last=False)
 
     def not_found(self, peer: PeerSession, item: InvItem) -> None:
         """The peer no longer has a block we asked for (compact, or its transactions)."""
