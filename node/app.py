@@ -99,6 +99,7 @@ class Node:
     store: Store
     chain: Chain
     chain_service: ChainService
+    work: WorkSource
     blobs: BlobExchange
     market: MarketService
     mempool: Mempool
@@ -126,7 +127,6 @@ class Node:
         self.txs = TxRelay(self)
         self.compact = CompactRelay(self)
         self._block_frames: OrderedDict[bytes, bytes] = OrderedDict()
-        self.work = WorkSource(self)
         self.miner: Miner | None = None
         self.p2p_port = 0
         self.rpc_port = 0
@@ -143,6 +143,7 @@ class Node:
         self.store = Store(self.datadir / "chain.sqlite", self.params)
         self.chain = self.store.load_chain(now_ms)
         self.chain_service = ChainService(self.chain, self.store, self.metrics, self.sync)
+        self.work = WorkSource(self, self.chain_service.process_block)
         # Load the verifier's compiled kernels while the node starts and connects.
         self._tasks.append(asyncio.create_task(asyncio.to_thread(warm_up), name="warm-up"))
         self.blobs = BlobExchange(self.store, lambda: self.p2p.peers)
@@ -178,7 +179,7 @@ class Node:
             bans=BanList.load(self.datadir / BANS_FILE),
             connect_only=self.config.connect_only,
         )
-        self._listen_to_chain()
+        self._wire_listeners()
         self.p2p.add_routes(p2p_app)
         self.data_host.add_routes(p2p_app)
         self.p2p_port = await self._serve(p2p_app, listen_host, listen_port, "--listen")
@@ -330,15 +331,17 @@ class Node:
         """When each recent block was first seen (s), for propagation metrics."""
         return self.chain_service.block_times
 
-    def _listen_to_chain(self) -> None:
+    def _wire_listeners(self) -> None:
         """Who hears of the chain's changes, in the order of the block flow
-        (docs/architecture.md); the miner's tip listener is added with the miner."""
+        (docs/architecture.md), and of admitted transactions; the miner's tip
+        listener is added with the miner."""
         chain = self.chain_service
         chain.push_new_tips_with(self.compact.push)
         chain.announce_blocks_with(self._announce_block)
         chain.on_chain_changed(self.compact.chain_changed)
         chain.on_chain_changed(self._mempool_follows)
         chain.on_chain_changed(self._publish_blocks)
+        self.txs.on_admitted(self._publish_tx)
 
     def _announce_block(self, block_hash: bytes, source: PeerSession | None) -> int:
         return self.p2p.announce(INV_BLOCK, block_hash, exclude=source)
@@ -361,6 +364,10 @@ class Node:
                     "txs": len(b.txs),
                 }
             )
+
+    def _publish_tx(self, txid: bytes) -> None:
+        """Tell the RPC's ``/ws`` subscribers of an admitted transaction."""
+        self.rpc.notify({"event": "tx", "txid": txid.hex()})
 
     # ------------------------------------------------------------ transactions
 
