@@ -58,7 +58,6 @@ from node.net.wire import (
 
 if TYPE_CHECKING:
     from consensus.chain import Chain
-    from node.chain_service import ChainChange
     from node.mempool import Mempool
     from node.net.p2p import PeerManager
 
@@ -103,6 +102,14 @@ class CompactStats:
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
+
+
+class ConnectedBlocks(Protocol):
+    """A change of the active chain (``node.chain_service.ChainChange``), as compact
+    relay reads it."""
+
+    @property
+    def connected(self) -> tuple[Block, ...]: ...
 
 
 class CompactHost(Protocol):
@@ -221,7 +228,7 @@ class CompactRelay:
             txs.append(tx)
         return txs, missing
 
-    def chain_changed(self, change: ChainChange) -> None:
+    def chain_changed(self, change: ConnectedBlocks) -> None:
         """Keep connected blocks' transactions for rebuilding a competitor of them."""
         for block in change.connected:
             if block.txs:
