@@ -335,12 +335,12 @@ class Node:
         """Who hears of the chain's changes, in the order of the block flow
         (docs/architecture.md), and of admitted transactions; the miner's tip
         listener is added with the miner."""
-        chain = self.chain_service
-        chain.push_new_tips_with(self.compact.push)
-        chain.announce_blocks_with(self._announce_block)
-        chain.on_chain_changed(self.compact.chain_changed)
-        chain.on_chain_changed(self._mempool_follows)
-        chain.on_chain_changed(self._publish_blocks)
+        service = self.chain_service
+        service.push_new_tips_with(self.compact.push)
+        service.announce_blocks_with(self._announce_block)
+        service.on_chain_changed(self.compact.chain_changed)
+        service.on_chain_changed(self._mempool_follows)
+        service.on_chain_changed(self._publish_blocks)
         self.txs.on_admitted(self._publish_tx)
 
     def _announce_block(self, block_hash: bytes, source: PeerSession | None) -> int:
