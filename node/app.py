@@ -27,10 +27,10 @@ from aiohttp import web
 
 from consensus.blocks import Block
 from consensus.chain import AddResult, Chain
-from consensus.errors import DuplicateProofOfWork, InvalidBlock
 from consensus.keys import PrivateKey
 from kernels.attempt import warm_up
 from node import explorer
+from node.chain_service import ChainChange, ChainService
 from node.config import NodeConfig
 from node.datadir import DatadirLock, write_cookie
 from node.mempool import Mempool
@@ -38,7 +38,7 @@ from node.metrics import Metrics, NodeCollector
 from node.miner import Miner
 from node.net.addresses import AddressBook
 from node.net.bans import BanList
-from node.net.errors import ProtocolViolation, header_violation
+from node.net.errors import ProtocolViolation
 from node.net.httpguard import AllowedHosts, QuietServerLog, listener_guard
 from node.net.p2p import PeerManager
 from node.net.peer import PeerSession
@@ -83,10 +83,7 @@ log = logging.getLogger("pouw.node")
 INV_TX = int(InvKind.TX)
 INV_BLOCK = int(InvKind.BLOCK)
 INV_CMPCT = int(InvKind.CMPCT_BLOCK)
-BLOCK_TIMES_KEPT = 10_000
 BLOCK_FRAMES_KEPT = 8
-STORE_BATCH_S = 0.25
-"""While catching up, blocks are written to the store in one transaction this often."""
 PEERS_FILE = "peers.json"
 BANS_FILE = "bans.json"
 PEERS_SAVE_S = 900.0
@@ -101,6 +98,8 @@ class Node:
     key: PrivateKey
     store: Store
     chain: Chain
+    chain_service: ChainService
+    work: WorkSource
     blobs: BlobExchange
     market: MarketService
     mempool: Mempool
@@ -122,20 +121,16 @@ class Node:
         self._runners: list[web.AppRunner] = []
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
-        self._store_dirty = False
-        self._store_synced = 0.0
         self._peers_saved = time.monotonic()
         self.sync_progress = SyncProgress(draw=config.progress)
         self.sync = HeaderSync(self, self.sync_progress)
         self.txs = TxRelay(self)
         self.compact = CompactRelay(self)
         self._block_frames: OrderedDict[bytes, bytes] = OrderedDict()
-        self.work = WorkSource(self)
         self.miner: Miner | None = None
         self.p2p_port = 0
         self.rpc_port = 0
         self.explorer_url = ""
-        self.block_times: dict[bytes, float] = {}  # first seen (s), for propagation metrics
         self.pow_memo = ProofOfWorkMemo(self.params)
         self.verifier = SignatureVerifier()
 
@@ -147,6 +142,8 @@ class Node:
         self.key = _load_node_key(self.datadir / "node_key")
         self.store = Store(self.datadir / "chain.sqlite", self.params)
         self.chain = self.store.load_chain(now_ms)
+        self.chain_service = ChainService(self.chain, self.store, self.metrics, self.sync)
+        self.work = WorkSource(self, self.chain_service.process_block)
         # Load the verifier's compiled kernels while the node starts and connects.
         self._tasks.append(asyncio.create_task(asyncio.to_thread(warm_up), name="warm-up"))
         self.blobs = BlobExchange(self.store, lambda: self.p2p.peers)
@@ -182,6 +179,7 @@ class Node:
             bans=BanList.load(self.datadir / BANS_FILE),
             connect_only=self.config.connect_only,
         )
+        self._wire_listeners()
         self.p2p.add_routes(p2p_app)
         self.data_host.add_routes(p2p_app)
         self.p2p_port = await self._serve(p2p_app, listen_host, listen_port, "--listen")
@@ -297,6 +295,7 @@ class Node:
                 self.config.threads,
                 self.config.miner_nice,
             )
+            self.chain_service.on_tip_changed(self.miner.tip_changed)
         self.miner.start()
 
     async def stop_mining(self) -> None:
@@ -320,98 +319,55 @@ class Node:
     # ------------------------------------------------------------ blocks
 
     async def process_block(self, block: Block, source: PeerSession | None) -> AddResult | None:
-        """Validate and add a block from a peer (or our miner); relay it if it is good."""
-        if source is not None and block.header.prev_hash not in self.chain.entries:
-            # Its header cannot be checked without its parent: keep nothing (an
-            # orphan would be held on its proof alone, which a made-up target
-            # makes free) and ask for the headers in between, checked one by one.
-            await source.send(GetHeaders(tuple(self.chain.locator()), bytes(32)))
-            return None
-        h = block.hash
-        if h not in self.block_times:
-            self.block_times[h] = time.time()
-            while len(self.block_times) > BLOCK_TIMES_KEPT:
-                del self.block_times[next(iter(self.block_times))]
-        started = time.perf_counter()
-        try:
-            try:
-                result = self.chain.add_block(block)
-            except DuplicateProofOfWork:
-                if not self.sync.builds_on(h):
-                    raise
-                # A second block of a proof of work, but the branch we are downloading
-                # builds on it: it is needed, and most work decides (Chain docs).
-                result = self.chain.add_block(block, built_upon=True)
-        except InvalidBlock as e:
-            self.metrics.blocks.labels("rejected").inc()
-            self.store.record(self.chain)
-            log.warning("rejected block %s from %s: %s", h.hex()[:16], _who(source), e)
-            if source is not None:
-                raise header_violation("invalid block", e) from None
-            return None
-        if result.status == "duplicate":
-            return result
-        self.metrics.block_import.observe(time.perf_counter() - started)
-        catching_up = self.sync.catching_up
-        pushed = result.status == "connected" and self.chain.tip.hash == h and not catching_up
-        relayed_to = 0
-        if pushed:
-            # A new tip goes to every peer as a compact block before we write it
-            # down: each checks it itself, and a relay waiting on our disk would
-            # only add to every stale race.
-            relayed_to = self.compact.push(h, exclude=source)
-        if result.connected and self.miner is not None:
-            self.miner.tip_changed()  # stop mining on the old tip now, not after the disk write
-        if catching_up:
-            # Catching up: one store transaction per STORE_BATCH_S, not per block. A
-            # crash loses at most that much, which is downloaded again on restart.
-            self._store_dirty = True
-            if time.monotonic() - self._store_synced >= STORE_BATCH_S:
-                self.flush_store()
-        else:
-            stored = time.perf_counter()
-            self.store.record(self.chain)
-            self.metrics.block_store.observe(time.perf_counter() - stored)
-        self.metrics.blocks.labels("accepted").inc()
-        if result.status == "orphan":
-            return result
-        self._after_chain_change(result)
-        if not pushed:
-            relayed_to = self.p2p.announce(INV_BLOCK, h, exclude=source)
-        if relayed_to:  # announced to at least one peer: a node alone relays nothing
-            self.metrics.blocks.labels("relayed").inc()
-        return result
+        """Validate and add a block from a peer (or our miner) (``ChainService``)."""
+        return await self.chain_service.process_block(block, source)
 
     def flush_store(self) -> None:
-        """Write what the chain changed since the last store write (see process_block)."""
-        if self._store_dirty:
-            self.store.sync(self.chain)
-            self._store_dirty = False
-        self._store_synced = time.monotonic()
+        """Write the batched store writes (``ChainService.flush_store``)."""
+        self.chain_service.flush_store()
 
-    def _after_chain_change(self, result: AddResult) -> None:
-        if result.connected:
-            connected = [self.chain.blocks[h] for h in result.connected]
-            for b in connected:
-                self.compact.block_connected(b)
-            self.mempool.on_reorg(
-                list(result.disconnected), connected, self.chain.state, self.chain.height
+    @property
+    def block_times(self) -> dict[bytes, float]:
+        """When each recent block was first seen (s), for propagation metrics."""
+        return self.chain_service.block_times
+
+    def _wire_listeners(self) -> None:
+        """Who hears of the chain's changes, in the order of the block flow
+        (docs/architecture.md), and of admitted transactions; the miner's tip
+        listener is added with the miner."""
+        service = self.chain_service
+        service.push_new_tips_with(self.compact.push)
+        service.announce_blocks_with(self._announce_block)
+        service.on_chain_changed(self.compact.chain_changed)
+        service.on_chain_changed(self._mempool_follows)
+        service.on_chain_changed(self._publish_blocks)
+        self.txs.on_admitted(self._publish_tx)
+
+    def _announce_block(self, block_hash: bytes, source: PeerSession | None) -> int:
+        return self.p2p.announce(INV_BLOCK, block_hash, exclude=source)
+
+    def _mempool_follows(self, change: ChainChange) -> None:
+        """Drop what was mined, take back what a reorg disconnected."""
+        self.mempool.on_reorg(
+            list(change.disconnected), list(change.connected), self.chain.state, self.chain.height
+        )
+        self.metrics.mempool.set(len(self.mempool))
+
+    def _publish_blocks(self, change: ChainChange) -> None:
+        """Tell the RPC's ``/ws`` subscribers of each connected block."""
+        for b in change.connected:
+            self.rpc.notify(
+                {
+                    "event": "block",
+                    "hash": b.hash.hex(),
+                    "height": b.header.height,
+                    "txs": len(b.txs),
+                }
             )
-            self.metrics.height.set(self.chain.height)
-            self.metrics.mempool.set(len(self.mempool))
-            for b in connected:
-                self.rpc.notify(
-                    {
-                        "event": "block",
-                        "hash": b.hash.hex(),
-                        "height": b.header.height,
-                        "txs": len(b.txs),
-                    }
-                )
-            if result.reorged:
-                log.info("reorg: %d blocks replaced", result.reorged)
-                self.metrics.reorgs.inc()
-                self.metrics.reorg_blocks.inc(result.reorged)
+
+    def _publish_tx(self, txid: bytes) -> None:
+        """Tell the RPC's ``/ws`` subscribers of an admitted transaction."""
+        self.rpc.notify({"event": "tx", "txid": txid.hex()})
 
     # ------------------------------------------------------------ transactions
 
@@ -572,8 +528,7 @@ class Node:
             await asyncio.sleep(1.0)
             try:
                 self.sync.expire()
-                if time.monotonic() - self._store_synced >= STORE_BATCH_S:
-                    self.flush_store()
+                self.chain_service.flush_store_when_due()
                 self.mempool.expire(now_ms())
                 self.txs.expire()
                 self.compact.expire()
@@ -597,10 +552,6 @@ def _send_txs(peer: PeerSession, txs: list[Any]) -> None:
         peer.send_nowait(TxMsg(txs[0]))
     elif txs:
         peer.send_nowait(TxsMsg(tuple(txs)))
-
-
-def _who(peer: PeerSession | None) -> str:
-    return "this node" if peer is None else peer.address
 
 
 def _load_node_key(path: Path) -> PrivateKey:

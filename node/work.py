@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -74,16 +75,18 @@ class WorkHost(Protocol):
     @property
     def miner_address(self) -> bytes: ...
 
-    async def process_block(self, block: Block, source: PeerSession | None) -> AddResult | None:
-        """Validate a block and add it to the chain; relay it if it is good."""
-        ...
-
 
 class WorkSource:
     """Block templates for one node's miner (see the module docstring)."""
 
-    def __init__(self, node: WorkHost) -> None:
+    def __init__(
+        self,
+        node: WorkHost,
+        process_block: Callable[[Block, PeerSession | None], Awaitable[AddResult | None]],
+    ) -> None:
+        """``process_block``: where a mined block goes (``ChainService.process_block``)."""
         self.node = node
+        self._process_block = process_block
         self._null_jobs: OrderedDict[bytes, Job] = OrderedDict()
         self._template_of: (
             tuple[bytes, tuple[int, int], float, BlockHeader, tuple[Transaction, ...]] | None
@@ -176,7 +179,7 @@ class WorkSource:
         block = Block(node.market.finish(found, work.job), work.txs)
         node.metrics.mined.inc()
         log.info("mined block %d %s", block.header.height, block.hash.hex()[:16])
-        await node.process_block(block, source=None)
+        await self._process_block(block, None)
 
     async def deliver(self, work: MiningWork, result_root: bytes, product: np.ndarray) -> None:
         """An attempt on a posted job that made no block: its result is kept and claimed."""

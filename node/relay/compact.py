@@ -104,6 +104,14 @@ class CompactStats:
         return dict(self.__dict__)
 
 
+class ConnectedBlocks(Protocol):
+    """A change of the active chain (``node.chain_service.ChainChange``), as compact
+    relay reads it."""
+
+    @property
+    def connected(self) -> tuple[Block, ...]: ...
+
+
 class CompactHost(Protocol):
     """What compact relay needs of the node: its chain, mempool, peers and block intake."""
 
@@ -220,12 +228,13 @@ class CompactRelay:
             txs.append(tx)
         return txs, missing
 
-    def block_connected(self, block: Block) -> None:
-        """Keep a connected block's transactions for rebuilding a competitor of it."""
-        if block.txs:
-            self._recent[block.hash] = {tx.txid: tx for tx in block.txs}
-            while len(self._recent) > RECENT_BLOCKS:
-                self._recent.popitem(last=False)
+    def chain_changed(self, change: ConnectedBlocks) -> None:
+        """Keep connected blocks' transactions for rebuilding a competitor of them."""
+        for block in change.connected:
+            if block.txs:
+                self._recent[block.hash] = {tx.txid: tx for tx in block.txs}
+                while len(self._recent) > RECENT_BLOCKS:
+                    self._recent.popitem(last=False)
 
     def not_found(self, peer: PeerSession, item: InvItem) -> None:
         """The peer no longer has a block we asked for (compact, or its transactions)."""

@@ -28,7 +28,7 @@ bodies are asked for (``GETDATA(BODY)`` → ``BLOCKBODY``): the header, with its
 goes to another peer.
 
 While catching up, the node writes blocks to its store in batches (see
-``Node.process_block``) and downloads whole blocks: it holds none of their
+``ChainService.process_block``) and downloads whole blocks: it holds none of their
 transactions, so compact blocks would only add a round trip.
 """
 

@@ -25,6 +25,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from consensus.errors import InvalidTransaction
@@ -65,12 +66,8 @@ SEEN_CACHE = 50_000
 _MALICIOUS = ("signature", "chain_id", "payload", "kind")
 
 
-class EventFeed(Protocol):
-    """Where the node tells its subscribers what happened (the RPC's WebSocket feed)."""
-
-    def notify(self, event: dict[str, Any]) -> None:
-        """Send ``event`` to every subscriber."""
-        ...
+AdmittedListener = Callable[[bytes], None]
+"""Hears the txid of each transaction admitted to the mempool (the RPC's event stream)."""
 
 
 class TxRelayHost(Protocol):
@@ -90,9 +87,6 @@ class TxRelayHost(Protocol):
 
     @property
     def metrics(self) -> Metrics: ...
-
-    @property
-    def rpc(self) -> EventFeed: ...
 
 
 def _valid_on_its_own(tx: Any, node: TxRelayHost) -> bool:
@@ -123,6 +117,11 @@ class TxRelay:
         """Announcements dropped because ``wanted`` was full (shown in getinfo)."""
         self._announce: dict[int, tuple[PeerSession | None, list[bytes]]] = {}
         self._ready = asyncio.Event()
+        self._admitted_listeners: list[AdmittedListener] = []
+
+    def on_admitted(self, listener: AdmittedListener) -> None:
+        """``listener`` hears of each transaction admitted to the mempool, as it is."""
+        self._admitted_listeners.append(listener)
 
     def tasks(self) -> list[asyncio.Task[Any]]:
         return [
@@ -148,7 +147,8 @@ class TxRelay:
             raise
         node.metrics.txs_accepted.inc()
         self._announce.setdefault(id(source), (source, []))[1].append(txid)
-        node.rpc.notify({"event": "tx", "txid": txid.hex()})
+        for listener in self._admitted_listeners:
+            listener(txid)
         return txid
 
     def _admit_from_peer(self, peer: PeerSession, tx: Any) -> None:
