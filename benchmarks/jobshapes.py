@@ -39,7 +39,7 @@ from consensus.blocks import noise_seeds
 from consensus.chain import Chain
 from consensus.merkle import matrix_rows_root
 from consensus.params import DEVNET, NetworkParams
-from consensus.pow import Job, build_proof, mine, mining_params, null_job
+from consensus.pow import Job, ResultCommitment, build_proof, mine, mining_params, null_job
 from kernels.attempt import mining_attempt
 from kernels.backends import get_backend
 from kernels.noise import add_noise, add_noise_transposed, derive_noise
@@ -105,7 +105,9 @@ def _overheads(job: Job, params: NetworkParams, attempt_s: float) -> dict[str, f
     load_s = _best(lambda: Job.from_operands(job.a, job.b), 3)
 
     def win() -> None:
-        res = mining_attempt(job.a, job.b, seed_a, seed_b, 1, mp)
+        # A fresh commitment: the first attempt on a job computes its result_root.
+        key = ResultCommitment(job).key_for(seed_a)
+        res = mining_attempt(job.a, job.b, seed_a, seed_b, 1, mp, ticket_key=key)
         matrix_rows_root(res.c)
         build_proof(job, 0, 0, params)
 

@@ -34,7 +34,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from benchmarks.chain import MINER_LABEL, _Clock, _senders, _transfer, bench_params
 from consensus.blocks import Block
@@ -145,9 +145,9 @@ def bench_pipeline(count: int = 4_000) -> dict[str, Any]:
         peer = _peer()
         out: list[Transaction] = []
         for frame in txs_frames:
-            msg = decode_message(frame)
+            msg = cast(TxsMsg, decode_message(frame))
             peer.note_inventory(msg)
-            out += msg.txs  # type: ignore[attr-defined]
+            out += msg.txs
         return out
 
     us["txs_in"], received = _per_tx(txs_in, count)
@@ -186,9 +186,9 @@ def bench_pipeline(count: int = 4_000) -> dict[str, Any]:
 
     def getdata_in() -> None:
         for frame in getdata_frames:
-            msg = decode_message(frame)
-            found = tuple(mempool.get(item.hash) for item in msg.items)  # type: ignore[attr-defined]
-            encode_message(TxsMsg(found))  # type: ignore[arg-type]
+            msg = cast(GetData, decode_message(frame))
+            found = tuple(mempool.get(item.hash) for item in msg.items)
+            encode_message(TxsMsg(found))
 
     us["getdata_in"], _ = _per_tx(getdata_in, count)
 
@@ -226,9 +226,9 @@ def bench_pipeline(count: int = 4_000) -> dict[str, Any]:
     compact = encode_message(CompactBlock(block.header, tuple(t.txid for t in block.txs)))
 
     def compact_in() -> Block:
-        msg = decode_message(compact)
-        found = tuple(mempool.get(h) for h in msg.txids)  # type: ignore[attr-defined]
-        return Block(msg.header, found)  # type: ignore[arg-type, attr-defined]
+        msg = cast(CompactBlock, decode_message(compact))
+        found = tuple(mempool.get(h) for h in msg.txids)
+        return Block(msg.header, found)
 
     us["compact_in"], rebuilt = _per_tx(compact_in, count)
     t0 = time.perf_counter()
