@@ -110,6 +110,20 @@ async def _operands_ready(node: Node, count: int) -> None:
     await _until(lambda: len(node.market.jobs) == count, 30, f"operands of {count} jobs")
 
 
+async def test_a_job_is_fetched_while_its_post_waits_and_attempted_as_its_block_lands(node):
+    """The operands of a job whose job_post is still in the mempool are fetched
+    meanwhile: once its block lands the job is attempted at the first ask, not after
+    a download."""
+    [(job, tx, job_id)] = _jobs(1)
+    node.blobs.put_matrix(job.a)
+    node.blobs.put_matrix(np.ascontiguousarray(job.b.T))
+    node.txs.admit(tx, None)
+    assert (await node.work.work()).job.null  # not open yet: nothing to attempt
+    await _until(lambda: job_id in node.market.jobs, 10, "the operands, fetched ahead")
+    assert (await node.process_block(_block_for(node, (tx,)), None)) is not None
+    assert _id(await node.work.work()) == job_id
+
+
 async def test_each_queued_job_is_handed_out_once_then_the_null_job(node, monkeypatch):
     jobs = _jobs(4)
     await _post(node, jobs)
