@@ -630,7 +630,10 @@ def latency_parts(
     tx_height = {txid: b["height"] for b in blocks for txid in b["txids"]}
     parts: dict[str, list[float]] = {name: [] for name in LATENCY_PARTS}
     for job_id, j in stream.items():
-        claim_height = node0.call("getjob", job_id.hex())["claim_height"]
+        try:
+            claim_height = node0.call("getjob", job_id.hex())["claim_height"]
+        except RpcCallError:  # "unknown job": a reorg took its post back since
+            continue
         posted_at = seen_at.get(tx_height.get(j.txid, -1))
         claimed_at = seen_at.get(claim_height)
         if posted_at is None or claimed_at is None or j.claim_seen is None:
@@ -667,7 +670,10 @@ def duplicate_macs(
             if bytes.fromhex(job_hex) not in jobs:
                 continue
             if job_hex not in claimant:
-                rec = node0.call("getjob", job_hex)
+                try:
+                    rec = node0.call("getjob", job_hex)
+                except RpcCallError:  # "unknown job": its post is on a branch node-0 left
+                    rec = {}
                 claimant[job_hex] = rec.get("claimant") or None
             winner = claimant[job_hex]
             if winner is not None and winner != e.address:

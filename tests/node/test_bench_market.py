@@ -34,6 +34,8 @@ class FakeNode:
         if method == "getmininginfo":
             return self.info
         assert method == "getjob"
+        if params[0] not in self.claimants:
+            raise RpcCallError(-32000, f"unknown job {params[0]}")
         claimant = self.claimants[params[0]]
         return {"status": "open"} if claimant is None else {"claimant": claimant}
 
@@ -132,3 +134,13 @@ def test_a_result_the_claimants_node_lost_in_a_reorg_is_fetched_through_node0():
     assert (near.asked, far.asked) == (1, 1)
     with pytest.raises(ClaimUndone):
         _verify(near, near, bytes.fromhex(ONE), job)  # type: ignore[arg-type]
+
+
+def test_work_on_a_job_that_node0_lost_in_a_reorg_is_not_counted_duplicate():
+    """A miner attempted a job whose post is on a branch node-0 has left (the window
+    closed on a fork): node-0 says "unknown job", which ends nothing."""
+    jobs = {bytes.fromhex(ONE): PostedJob(np.zeros(1), np.zeros(1), 0.0)}
+    node0 = FakeNode({}, {})
+    start = [_snapshot("pw-a", [])]
+    end = [_snapshot("pw-a", [[ONE, 7]])]
+    assert duplicate_macs(node0, jobs, start, end) == 0  # type: ignore[arg-type]
