@@ -384,8 +384,12 @@ class MarketService:
         first (see ``pick_job``), best-paying first."""
         held = self._held_bytes()
         own_ahead = 0  # jobs of our share held or on their way, not attempted yet
+        # Those whose post waits for its block count apart: they cannot be mined yet.
+        posts_ahead = 0
         order = self._fetch_order(open_jobs)
-        if pending := self.pending_posts():
+        pending = self.pending_posts()
+        waiting_posts = {job_id for _, job_id, _ in pending}
+        if pending:
             # Each among the open jobs by pay, ours first (a stable sort: the open jobs'
             # order stays among equal pay, and they come before the posts)
             me, rivals = self.node.miner_address, self.rivals()
@@ -398,10 +402,16 @@ class MarketService:
                 return
             if job_id in self._attempted or self._claimed(job_id):
                 continue
+            post_waits = job_id in waiting_posts
             if job_id in self.jobs or job_id in self._fetching:
-                own_ahead += own
+                if post_waits:
+                    posts_ahead += own
+                else:
+                    own_ahead += own
                 continue
             if job_id in self._unavailable:
+                continue
+            if post_waits and posts_ahead >= PREFETCH_AHEAD:
                 continue
             if own_ahead >= PREFETCH_AHEAD:
                 return  # enough to mine on while these come; the rest may be gone by then

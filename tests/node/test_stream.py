@@ -124,6 +124,29 @@ async def test_a_job_is_fetched_while_its_post_waits_and_attempted_as_its_block_
     assert _id(await node.work.work()) == job_id
 
 
+async def test_jobs_fetched_ahead_of_their_block_do_not_stand_in_for_minable_ones(
+    node, monkeypatch
+):
+    """A better-paying job whose post still waits for its block is fetched ahead, but
+    it is no work to mine yet: an open job coming after it is fetched all the same and
+    mined next, where the miner would fall back to the null job."""
+    monkeypatch.setattr(market_module, "PREFETCH_AHEAD", 1)
+    [(waiting, _, waiting_id)] = _jobs(1)
+    post = JobPostPayload(M, K, N, waiting.spec.root_a, waiting.spec.root_b, 2 * REWARD, 1_000)
+    node.blobs.put_matrix(waiting.a)
+    node.blobs.put_matrix(np.ascontiguousarray(waiting.b.T))
+    node.txs.admit(
+        signed_transaction(CAROL, chain_id=MID.chain_id, nonce=0, fee=10, payload=post), None
+    )
+    assert (await node.work.work()).job.null  # nothing open: only the fetch starts
+    await _until(lambda: waiting_id in node.market.jobs, 10, "the waiting job's operands")
+    [(_, _, open_id)] = jobs = _jobs(1)
+    await _post(node, jobs)
+    assert (await node.work.work()).job.null  # its operands are not held yet
+    await _until(lambda: open_id in node.market.jobs, 10, "the open job's operands")
+    assert _id(await node.work.work()) == open_id
+
+
 async def test_each_queued_job_is_handed_out_once_then_the_null_job(node, monkeypatch):
     jobs = _jobs(4)
     await _post(node, jobs)
