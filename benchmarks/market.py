@@ -21,8 +21,9 @@
    served at once), while the chain is followed: a claim seen in ``getmarket``
    is fetched and checked with Freivalds at once (the stream's client apart from
    the backlog's), which is when the client has its result (latency = post →
-   verified). When the window closes the miners stop, and the client has
-   ``GRACE_S`` to check the claims seen in it.
+   verified; ``latency_parts_p50_s`` says where it went, see ``latency_parts``).
+   When the window closes the miners stop, and the client has ``GRACE_S`` to
+   check the claims seen in it.
 4. The shares, over all the MACs the nodes mined in the window:
 
    * ``useful_mac_share``: the m·k·n of every job claimed in the window whose
@@ -60,7 +61,7 @@ from consensus.params import COIN, DEVNET, NetworkParams, with_block_time
 from consensus.transactions import TransferPayload, encode_tx, signed_transaction
 from kernels.freivalds import freivalds_check
 from node.client.market import MarketClient, WrongResult
-from node.client.rpc import RpcClient
+from node.client.rpc import RpcCallError, RpcClient
 from node.devtools.testnet import Testnet, TestnetNode, miner_key
 
 POSTER_LABELS = ("devnet-11", "devnet-12", "devnet-13", "devnet-14")
@@ -75,7 +76,9 @@ STREAM_RATIO = 0.1
 """The jobs posted during the window, as a multiple of the warmup rate."""
 STREAM_REWARD = 2 * REWARD
 VERIFIERS = 2
-"""Client threads fetching and checking results."""
+"""Client threads fetching and checking results, the backlog's and the stream's each:
+one thread cannot fetch (hex over JSON-RPC) and check the stream's results as fast
+as they come, and a queue of them would be counted as the network's latency."""
 CLAIMS_SEEN = 200
 """Claims read at each new tip (newest first)."""
 SAMPLE_S = 1.0
@@ -150,6 +153,9 @@ class PostedJob:
     a: np.ndarray
     b: np.ndarray
     sent: float
+    posted: float = 0.0
+    """When the node admitted its job_post (``sent``: when its upload began)."""
+    txid: str = ""
     backlog: bool = False
     claim_seen: float | None = None
     claimant: str | None = None
@@ -211,7 +217,9 @@ class _Poster:
         sent = time.monotonic()
         job = client.submit(a, b, reward, expiry_blocks=self.expiry_blocks)
         with self.lock:
-            self.jobs[job.job_id] = PostedJob(a, b, sent, backlog)
+            self.jobs[job.job_id] = PostedJob(
+                a, b, sent, time.monotonic(), job.txid, backlog=backlog
+            )
 
     def _backlog(self, index: int, client: MarketClient, count: int) -> None:
         rng = np.random.default_rng(1_000 + index)
@@ -377,7 +385,10 @@ def _measure(
         for i, n in enumerate(net.nodes)
     }
     checking: dict[bytes, Future[float | None]] = {}
-    with ThreadPoolExecutor(VERIFIERS) as verifiers, ThreadPoolExecutor(1) as stream_verifier:
+    with (
+        ThreadPoolExecutor(VERIFIERS) as verifiers,
+        ThreadPoolExecutor(VERIFIERS) as stream_verifier,
+    ):
         try:
             while True:
                 now = time.monotonic()
@@ -397,7 +408,7 @@ def _measure(
                 tip = node0.call("getinfo")["height"]
                 if tip != height:
                     height = tip
-                    _see_claims(node0, poster, now if end is None else None)
+                    _see_claims(node0, poster, end is None)
                 with poster.lock:
                     todo = sorted(
                         (
@@ -461,9 +472,11 @@ def _verify(near: MarketClient, far: MarketClient, job_id: bytes, job: PostedJob
     try:
         try:
             near.result(job_id, job.a, job.b)  # Freivalds inside
-        except ValueError:  # "has no result": the claim's block has not reached it yet
+        except (ValueError, RpcCallError):
+            # "has no result": the claim's block has not reached it yet, or a reorg on
+            # it took the claim back between the status and the fetch
             far.result(job_id, job.a, job.b)
-    except ValueError as e:  # node-0 too: a reorg took the claim back
+    except (ValueError, RpcCallError) as e:  # node-0 too: a reorg took the claim back
         raise ClaimUndone(str(e)) from None
     except WrongResult:
         job.wrong = True
@@ -492,12 +505,12 @@ def _claimed_before(node0: TestnetNode, poster: _Poster) -> None:
                 job.before_window = True
 
 
-def _see_claims(node0: TestnetNode, poster: _Poster, now: float | None) -> None:
-    """Mark our jobs the chain shows claimed at ``now``; ``now`` None (after the window):
-    none new."""
+def _see_claims(node0: TestnetNode, poster: _Poster, in_window: bool) -> None:
+    """Mark our jobs the chain shows claimed now; after the window, none new."""
     # Newest first: more than a few blocks' claims since the last look (node-0 builds
     # every row of every section, a load on the node the miners fetch from).
     claims = node0.call("getmarket", CLAIMS_SEEN)["recent_claims"]
+    now = time.monotonic()
     with poster.lock:
         for c in claims:
             job = poster.jobs.get(bytes.fromhex(c["job_id"]))
@@ -505,7 +518,7 @@ def _see_claims(node0: TestnetNode, poster: _Poster, now: float | None) -> None:
                 continue
             if c["status"] not in CLAIMED:
                 continue
-            if now is None:
+            if not in_window:
                 continue  # claimed after the window: neither counted nor verified
             job.claim_seen = now
             job.claimant = c["claimant"]
@@ -574,6 +587,7 @@ def _record(
         "latency_p50_s": _quantile(latencies, 0.5),
         "latency_p95_s": _quantile(latencies, 0.95),
         "latency_max_s": round(max(latencies), 3) if latencies else None,
+        "latency_parts_p50_s": latency_parts(node0, jobs, start_height),
         "stream_jobs_verified": len(latencies),
         "backlog_jobs_verified": len(waited),
         "backlog_wait_p50_s": _quantile(waited, 0.5),
@@ -591,6 +605,44 @@ def _record(
         plot_market(samples, plot_path)
         record["plot"] = plot_path
     return record
+
+
+LATENCY_PARTS = ("upload", "post_in_block", "mined_and_claimed", "claim_seen", "fetch_verify")
+
+
+def latency_parts(
+    node0: TestnetNode, jobs: dict[bytes, PostedJob], start_height: int
+) -> dict[str, float | None]:
+    """Where a streamed job's latency goes, the median of each step over the verified
+    stream: ``upload`` (its operands and job_post sent to node-0), ``post_in_block``
+    (→ node-0 has the block with the job_post), ``mined_and_claimed`` (→ node-0 has the
+    block with its claim: operands fetched, the attempt, C stored, the claim sent and
+    mined), ``claim_seen`` (→ the client sees the claim) and ``fetch_verify`` (→ C
+    fetched and checked). Blocks are timed by node-0's first sight of them. The medians
+    of the steps need not add up to the median latency."""
+    stream = {job_id: j for job_id, j in jobs.items() if not j.backlog and j.verified is not None}
+    if not stream:
+        return dict.fromkeys(LATENCY_PARTS)
+    height = node0.call("getinfo")["height"]
+    blocks = node0.call("getblocktimes", height - start_height + 1, True)["active"]
+    clock = time.time() - time.monotonic()  # node-0's first_seen is wall-clock time
+    seen_at = {b["height"]: b["first_seen"] - clock for b in blocks if b["first_seen"]}
+    tx_height = {txid: b["height"] for b in blocks for txid in b["txids"]}
+    parts: dict[str, list[float]] = {name: [] for name in LATENCY_PARTS}
+    for job_id, j in stream.items():
+        try:
+            claim_height = node0.call("getjob", job_id.hex())["claim_height"]
+        except RpcCallError:  # "unknown job": a reorg took its post back since
+            continue
+        posted_at = seen_at.get(tx_height.get(j.txid, -1))
+        claimed_at = seen_at.get(claim_height)
+        if posted_at is None or claimed_at is None or j.claim_seen is None:
+            continue  # a block node-0 keeps no first-seen time for any more
+        assert j.verified is not None
+        steps = (j.sent, j.posted, posted_at, claimed_at, j.claim_seen, j.verified)
+        for name, (a, b) in zip(LATENCY_PARTS, pairwise(steps), strict=True):
+            parts[name].append(b - a)
+    return {name: _quantile(values, 0.5) for name, values in parts.items()}
 
 
 def _share(
@@ -618,7 +670,10 @@ def duplicate_macs(
             if bytes.fromhex(job_hex) not in jobs:
                 continue
             if job_hex not in claimant:
-                rec = node0.call("getjob", job_hex)
+                try:
+                    rec = node0.call("getjob", job_hex)
+                except RpcCallError:  # "unknown job": its post is on a branch node-0 left
+                    rec = {}
                 claimant[job_hex] = rec.get("claimant") or None
             winner = claimant[job_hex]
             if winner is not None and winner != e.address:

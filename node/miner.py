@@ -4,10 +4,11 @@ The kernels are Numba ``nogil`` functions, so while a product runs the event
 loop keeps serving peers and RPC. The thread asks the loop for work before
 each attempt: a posted job gets exactly one attempt (every attempt is a
 distinct job, PROTOCOL §8), whose result goes back to the loop either as a
-block (``submit``) or, when no tile won, as a delivered result to claim by
-transaction (``deliver``). The null job, mined when no posted job waits, is
-tried in short bursts of extra-nonces (so a new tip, job or transactions are
-picked up within a burst).
+block (``submit``, awaited: the next attempt builds on it) or, when no tile
+won, as a delivered result to claim by transaction (``deliver``, not awaited:
+the next attempt runs while the node stores C, one C in flight at most). The
+null job, mined when no posted job waits, is tried in short bursts of
+extra-nonces (so a new tip, job or transactions are picked up within a burst).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,6 +142,10 @@ class Miner:
 
             # Numba's thread count is per calling thread: set it in the miner's own.
             numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
+        # The last result handed to ``deliver``: the kernel goes on with the next job while
+        # the node stores C and claims it, but waits for it before handing over another
+        # (one C at a time in flight: memory stays bounded if stores fall behind).
+        delivering: Future[None] | None = None
         while not self._stop.is_set():
             try:
                 work = asyncio.run_coroutine_threadsafe(self.get_work(), self.loop).result(30)
@@ -161,12 +167,15 @@ class Miner:
             try:
                 if found is not None:
                     self.blocks_found += 1
+                    # Waited for: the next work must be on the block's tip.
                     outcome = self.submit(found, work)
+                    asyncio.run_coroutine_threadsafe(outcome, self.loop).result(60)
                 elif commitment.product is not None and commitment.root is not None:
+                    last, delivering = delivering, None
+                    if last is not None:
+                        last.result(60)  # (its failure is logged once, below)
                     outcome = self.deliver(work, commitment.root, commitment.product)
-                else:
-                    continue  # the null job, or stopped before the attempt
-                asyncio.run_coroutine_threadsafe(outcome, self.loop).result(60)
+                    delivering = asyncio.run_coroutine_threadsafe(outcome, self.loop)
             except Exception as e:
                 if self._stop.is_set():
                     return

@@ -6,11 +6,13 @@ start of every burst (half a second of attempts) on the null job. A template
 is reused across jobs while the tip and the mempool stay the same (the job is
 a header field that the state root does not depend on); when transactions
 arrive it is refreshed at most every ``TEMPLATE_REFRESH_S`` (half a block
-interval at faster blocks) or ``TEMPLATE_COST_RATIO`` times its last build
-time, whichever is longer, so templates never take more than ~1/10 of the
-event loop. On the same tip a
-refresh grows the last template (``consensus.template``): it applies only the
-transactions admitted since.
+interval at faster blocks) or ``TEMPLATE_COST_RATIO`` times the last build of
+the same kind, whichever is longer, so templates never take more than ~1/10 of
+the event loop. On the same tip a refresh grows the last template
+(``consensus.template``): it applies only the transactions admitted since, so
+its pace is set by the last such growth, not by the full build a new tip costs
+(timed by that, a refresh would wait past the next block and a new job or
+claim would miss a block or two).
 """
 
 from __future__ import annotations
@@ -91,7 +93,8 @@ class WorkSource:
         self._template_of: (
             tuple[bytes, tuple[int, int], float, BlockHeader, tuple[Transaction, ...]] | None
         ) = None
-        self._cost = 0.0
+        self._cost = 0.0  # TEMPLATE_COST_RATIO × the last full build's time
+        self._grow_cost = 0.0  # … × the last growth's time (a refresh on the same tip)
         self._body: TemplateBody | None = None
         self._body_removals = 0
         self._body_admissions = 0
@@ -133,18 +136,20 @@ class WorkSource:
         node = self.node
         mempool = node.mempool
         revision = mempool.revision
-        if self._template_of is not None:
-            t_tip, t_rev, built, template, txs = self._template_of
-            age = time.monotonic() - built
-            fresh = t_rev == revision or age < max(self._refresh_s, self._cost)
-            if t_tip == tip and fresh:
-                return template, txs
-        started = time.monotonic()
         # On the same tip the last template's transactions stay and only those admitted
         # since are applied; one that left the pool (replaced, evicted) means a fresh,
         # fee-ordered start.
         base = self._body
-        if base is None or base.parent != tip or self._body_removals != mempool.removals:
+        grows = base is not None and base.parent == tip and self._body_removals == mempool.removals
+        if self._template_of is not None:
+            t_tip, t_rev, built, template, txs = self._template_of
+            age = time.monotonic() - built
+            cost = self._grow_cost if grows else self._cost
+            fresh = t_rev == revision or age < max(self._refresh_s, cost)
+            if t_tip == tip and fresh:
+                return template, txs
+        started = time.monotonic()
+        if not grows or base is None:
             base = None
             candidates = mempool.select(TEMPLATE_MAX_TXS, node.params.max_block_bytes // 2)
         else:
@@ -165,7 +170,11 @@ class WorkSource:
         )
         self._body, self._body_removals = body, mempool.removals
         self._template_of = (tip, revision, time.monotonic(), template, body.txs)
-        self._cost = TEMPLATE_COST_RATIO * (time.monotonic() - started)
+        cost = TEMPLATE_COST_RATIO * (time.monotonic() - started)
+        if base is None:
+            self._cost = cost
+        else:
+            self._grow_cost = cost
         return template, body.txs
 
     async def submit(self, found: MinedBlock, work: MiningWork) -> None:

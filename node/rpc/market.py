@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import statistics
 from collections import Counter
@@ -163,10 +164,7 @@ class MarketApi(Protocol):
 
 
 def register_market_methods(rpc: RpcServer, node: MarketApi) -> None:
-    async def putoperand(matrix_hex: str, layout: str = "rows") -> str:
-        """Keep an operand to serve to miners; returns its root (root_a, or root_b for cols)."""
-        if layout not in ("rows", "cols"):
-            raise RpcError(INVALID_PARAMS, "layout must be 'rows' (A) or 'cols' (B)")
+    def store_operand(matrix_hex: str, layout: str) -> str:
         try:
             x = decode_matrix(bytes.fromhex(matrix_hex))
         except (ValueError, BlobError) as e:
@@ -177,6 +175,14 @@ def register_market_methods(rpc: RpcServer, node: MarketApi) -> None:
             raise RpcError(INVALID_PARAMS, "operand values must lie in [-64, 63]")
         rows = x if layout == "rows" else np.ascontiguousarray(x.T)
         return node.blobs.put_matrix(rows).hex()
+
+    async def putoperand(matrix_hex: str, layout: str = "rows") -> str:
+        """Keep an operand to serve to miners; returns its root (root_a, or root_b for cols)."""
+        if layout not in ("rows", "cols"):
+            raise RpcError(INVALID_PARAMS, "layout must be 'rows' (A) or 'cols' (B)")
+        # Off the loop: a job's operand is megabytes to decode, hash into chunks and write,
+        # and the node meanwhile relays blocks and serves the miners their operands.
+        return await asyncio.to_thread(store_operand, matrix_hex, layout)
 
     async def getjob(job_id: str) -> dict[str, Any]:
         """A job's record: its claim (claimant, claim_kind, claim_id, bond, due) once
@@ -216,8 +222,12 @@ def register_market_methods(rpc: RpcServer, node: MarketApi) -> None:
         m, n = rec["m"], rec["n"]
         if len(raw) != 4 * m * n:
             raise RpcError(REJECTED, "the miner's result has the wrong size")
-        c = np.frombuffer(raw, dtype="<i4").reshape(m, n).astype(np.int32)
-        return encode_matrix(c).hex()
+
+        def encoded() -> str:
+            c = np.frombuffer(raw, dtype="<i4").reshape(m, n).astype(np.int32)
+            return encode_matrix(c).hex()
+
+        return await asyncio.to_thread(encoded)  # megabytes of hex: off the loop
 
     async def getoperands(job_id: str, timeout: float = 60.0) -> dict[str, str]:
         """A job's operands A and B (encoded matrices), fetched from peers if needed."""

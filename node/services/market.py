@@ -9,7 +9,8 @@
   is still unclaimed ``RETRY_AFTER_S`` after its last attempt.
 * Operands are fetched ahead in the background, our own share first
   (row-chunked blobs, every row checked against root_a/root_b), so the kernel
-  does not wait between attempts.
+  does not wait between attempts; those of a job whose job_post is still in
+  the mempool too, so that it can be attempted as soon as its block lands.
 * A block on a posted job: C is kept as a row-chunked blob whose id is the
   block's result_root, so requesters (and fraud provers) can fetch it.
 * An attempt that did not win is delivered all the same: C is kept the same
@@ -36,13 +37,14 @@ from blake3 import blake3
 
 from consensus.blocks import BlockHeader, JobSpec
 from consensus.errors import InvalidTransaction
-from consensus.market import OPEN, claim_bond, job_record
+from consensus.market import OPEN, claim_bond, job_id_of, job_record
 from consensus.merkle import matrix_cols_root, matrix_rows_root
 from consensus.pow import Job, MinedBlock
 from consensus.state import JOBS
 from consensus.transactions import (
     MAX_RESULT_CLAIMS,
     JobClaim,
+    JobPostPayload,
     JobResultPayload,
     signed_transaction,
 )
@@ -68,6 +70,8 @@ PREFETCH_AHEAD = 8
 """Jobs of our share held or on their way, not attempted yet, at most: the kernel never
 waits for a download, and a long queue is not fetched (loading the peers serving it)
 long before its jobs come up, by which time others may have taken them."""
+MAX_PENDING_POSTS = 256
+"""job_posts still in the mempool whose operands may be fetched ahead, at most."""
 HELP_FETCHES = 2
 """Downloads at once of jobs other miners rank first on, once our own share runs out."""
 PICK_POOL = 64
@@ -182,6 +186,9 @@ class MarketService:
         self._rivals_of: tuple[bytes, frozenset[bytes]] | None = None
         self._order_of: tuple[bytes, list[tuple[bool, bytes, dict[str, Any]]]] | None = None
         self._ready_at: dict[bytes, float] = {}  # job id → when its operands were ready
+        # Jobs whose job_post is still in the mempool: job id → (its txid, its record).
+        self._pending_posts: OrderedDict[bytes, tuple[bytes, dict[str, Any]]] = OrderedDict()
+        self._posts_read = 0  # mempool admissions looked at for job_posts
         self._seen_at: dict[bytes, int] = {}  # open job id → the height it was first open at
         self._attempted: OrderedDict[bytes, float] = OrderedDict()  # job id → last attempt
         self._delivered: OrderedDict[bytes, bytes] = OrderedDict()  # job id → result_root
@@ -219,7 +226,7 @@ class MarketService:
             self._seen_at.setdefault(job_id, next_height)
         out.sort(key=lambda t: (-t[0], self._seen_at[t[1]], t[1]))
         self._open = (chain.tip.hash, out)
-        self._forget_closed({job_id for _, job_id, _ in out})
+        self._forget_closed({job_id for _, job_id, _ in out} | self._pending_posts.keys())
         if abs(chain.height - self._pruned_at) >= PRUNE_EVERY_BLOCKS:
             self._pruned_at = chain.height
             self.prune_blobs()
@@ -235,6 +242,8 @@ class MarketService:
         grace = self.node.params.challenge_window
         pruned = 0
         for root, job_id in list(self._kept.items()):
+            if job_id in self._pending_posts:
+                continue  # fetched ahead of its block
             rec = job_record(chain.state, job_id)
             if rec is not None and not self._done_with(root, rec, chain.height, grace):
                 continue  # (a job no longer on the chain, after a reorg, is done with)
@@ -338,6 +347,35 @@ class MarketService:
         self._rivals_of = (chain.tip.hash, rivals)
         return rivals
 
+    def pending_posts(self) -> list[tuple[float, bytes, dict[str, Any]]]:
+        """Jobs whose job_post is in the mempool, not in a block yet, best-paying first,
+        as ``open_jobs`` lists them: their operands are fetched while the post waits."""
+        mempool = self.node.mempool
+        for tx in mempool.admitted_since(self._posts_read, len(mempool)):
+            p = tx.payload
+            if type(p) is JobPostPayload:
+                rec = {
+                    "m": p.m,
+                    "k": p.k,
+                    "n": p.n,
+                    "root_a": p.root_a,
+                    "root_b": p.root_b,
+                    "reward": p.fee,  # a job_post's fee is the job's reward
+                }
+                self._pending_posts[job_id_of(p, self.node.params)] = (tx.txid, rec)
+        self._posts_read = mempool.admissions
+        for job_id, (txid, _) in list(self._pending_posts.items()):
+            if txid not in mempool:  # in a block now (then open), or dropped
+                del self._pending_posts[job_id]
+        while len(self._pending_posts) > MAX_PENDING_POSTS:
+            self._pending_posts.popitem(last=False)
+        out = [
+            (rec["reward"] / (rec["m"] * rec["k"] * rec["n"]), job_id, rec)
+            for job_id, (_, rec) in self._pending_posts.items()
+        ]
+        out.sort(key=lambda t: -t[0])
+        return out
+
     def _held_bytes(self) -> int:
         return sum(j.a.nbytes + j.b.nbytes for j in self.jobs.values())
 
@@ -346,15 +384,34 @@ class MarketService:
         first (see ``pick_job``), best-paying first."""
         held = self._held_bytes()
         own_ahead = 0  # jobs of our share held or on their way, not attempted yet
-        for own, job_id, rec in self._fetch_order(open_jobs):
+        # Those whose post waits for its block count apart: they cannot be mined yet.
+        posts_ahead = 0
+        order = self._fetch_order(open_jobs)
+        pending = self.pending_posts()
+        waiting_posts = {job_id for _, job_id, _ in pending}
+        if pending:
+            # Each among the open jobs by pay, ours first (a stable sort: the open jobs'
+            # order stays among equal pay, and they come before the posts)
+            me, rivals = self.node.miner_address, self.rivals()
+            order = sorted(
+                [*order, *((standing(me, rivals, j)[0] == 0, j, rec) for _, j, rec in pending)],
+                key=lambda t: (not t[0], -t[2]["reward"] / (t[2]["m"] * t[2]["k"] * t[2]["n"])),
+            )
+        for own, job_id, rec in order:
             if len(self._fetching) >= MAX_FETCHES:
                 return
             if job_id in self._attempted or self._claimed(job_id):
                 continue
+            post_waits = job_id in waiting_posts
             if job_id in self.jobs or job_id in self._fetching:
-                own_ahead += own
+                if post_waits:
+                    posts_ahead += own
+                else:
+                    own_ahead += own
                 continue
             if job_id in self._unavailable:
+                continue
+            if post_waits and posts_ahead >= PREFETCH_AHEAD:
                 continue
             if own_ahead >= PREFETCH_AHEAD:
                 return  # enough to mine on while these come; the rest may be gone by then

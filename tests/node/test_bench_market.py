@@ -3,12 +3,22 @@ with the attempt reports of a one-attempt-per-job miner, and without them."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Any
 
 import numpy as np
+import pytest
 
-from benchmarks.market import MinerSnapshot, PostedJob, duplicate_macs
+from benchmarks.market import (
+    ClaimUndone,
+    MinerSnapshot,
+    PostedJob,
+    _verify,
+    duplicate_macs,
+    latency_parts,
+)
+from node.client.rpc import RpcCallError
 
 ONE = "11" * 32
 TWO = "22" * 32
@@ -24,6 +34,8 @@ class FakeNode:
         if method == "getmininginfo":
             return self.info
         assert method == "getjob"
+        if params[0] not in self.claimants:
+            raise RpcCallError(-32000, f"unknown job {params[0]}")
         claimant = self.claimants[params[0]]
         return {"status": "open"} if claimant is None else {"claimant": claimant}
 
@@ -54,3 +66,81 @@ def test_miners_that_do_not_report_attempts_give_no_duplicate_figure():
     assert new.attempts == Counter({(ONE, 3): 1}) and new.macs_null == 0
     node0 = FakeNode({}, {})
     assert duplicate_macs(node0, {}, [old], [old]) is None  # type: ignore[arg-type]
+
+
+class ChainNode:
+    """node-0 as latency_parts reads it: blocks first seen at wall-clock times."""
+
+    def __init__(self, blocks: list[tuple[int, float, list[str]]], claims: dict[str, int]):
+        self.blocks = blocks
+        self.claims = claims
+
+    def call(self, method: str, *params: Any) -> Any:
+        if method == "getinfo":
+            return {"height": self.blocks[-1][0]}
+        if method == "getblocktimes":
+            rows = [{"height": h, "first_seen": t, "txids": txids} for h, t, txids in self.blocks]
+            return {"active": rows[-params[0] :]}
+        assert method == "getjob"
+        return {"claim_height": self.claims[params[0]]}
+
+
+def test_a_streamed_jobs_latency_is_split_into_the_steps_it_waited_on():
+    wall = time.time() - time.monotonic()  # node-0's clock against the bench's
+    t = time.monotonic()
+    stream = PostedJob(np.zeros(1), np.zeros(1), t, posted=t + 1.0, txid="aa")
+    stream.claim_seen, stream.verified = t + 6.5, t + 7.0
+    backlog = PostedJob(np.zeros(1), np.zeros(1), t - 9, posted=t - 8, txid="bb", backlog=True)
+    backlog.claim_seen, backlog.verified = t + 6.5, t + 7.0
+    node0 = ChainNode(
+        [(10, wall + t - 5, ["bb"]), (11, wall + t + 2.5, ["aa"]), (12, wall + t + 6.0, [])],
+        {ONE: 12, TWO: 12},
+    )
+    jobs = {bytes.fromhex(ONE): stream, bytes.fromhex(TWO): backlog}
+    parts = latency_parts(node0, jobs, start_height=10)  # type: ignore[arg-type]
+    assert parts == pytest.approx(
+        {
+            "upload": 1.0,
+            "post_in_block": 1.5,
+            "mined_and_claimed": 3.5,
+            "claim_seen": 0.5,
+            "fetch_verify": 0.5,
+        },
+        abs=0.01,
+    )
+    assert latency_parts(node0, {}, 10) == dict.fromkeys(parts)  # type: ignore[arg-type]
+
+
+class FakeClient:
+    def __init__(self, error: Exception | None) -> None:
+        self.error = error
+        self.asked = 0
+
+    def result(self, job_id: bytes, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        self.asked += 1
+        if self.error is not None:
+            raise self.error
+        return a @ b
+
+
+def test_a_result_the_claimants_node_lost_in_a_reorg_is_fetched_through_node0():
+    """The claimant's node said "mined", then (a reorg between the two calls) "open":
+    the client asks node-0 instead of giving up on the job."""
+    job = PostedJob(np.ones((1, 1)), np.ones((1, 1)), time.monotonic())
+    near = FakeClient(RpcCallError(-1, "job 11 has no result yet: it is open"))
+    far = FakeClient(None)
+    took = _verify(near, far, bytes.fromhex(ONE), job)  # type: ignore[arg-type]
+    assert took is not None and job.verified is not None
+    assert (near.asked, far.asked) == (1, 1)
+    with pytest.raises(ClaimUndone):
+        _verify(near, near, bytes.fromhex(ONE), job)  # type: ignore[arg-type]
+
+
+def test_work_on_a_job_that_node0_lost_in_a_reorg_is_not_counted_duplicate():
+    """A miner attempted a job whose post is on a branch node-0 has left (the window
+    closed on a fork): node-0 says "unknown job", which ends nothing."""
+    jobs = {bytes.fromhex(ONE): PostedJob(np.zeros(1), np.zeros(1), 0.0)}
+    node0 = FakeNode({}, {})
+    start = [_snapshot("pw-a", [])]
+    end = [_snapshot("pw-a", [[ONE, 7]])]
+    assert duplicate_macs(node0, jobs, start, end) == 0  # type: ignore[arg-type]

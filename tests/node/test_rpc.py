@@ -9,20 +9,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consensus.keys import address_to_text
+from consensus.merkle import matrix_rows_root
 from node.app import Node
 from node.cli.main import cli
 from node.client.rpc import RpcCallError, RpcClient
 from node.config import NodeConfig
+from node.relay.blobs import encode_matrix
 from node.rpc.server import MAX_BATCH, MAX_BATCH_REPLY_BYTES
 from tests.support.chainkit import BOB, MID, extend, new_chain
 
@@ -459,3 +463,27 @@ async def test_the_rpc_client_reports_an_http_refusal_as_the_node_s_reason(node)
     with pytest.raises(RpcCallError) as refused:
         await asyncio.to_thread(client.call, "getblock", "00" * 150_000)
     assert refused.value.code == 413 and "request too large" in str(refused.value)
+
+
+async def test_the_node_answers_while_an_uploaded_operand_is_stored(node, monkeypatch):
+    """Storing a job's operand (megabytes to decode, hash and write) does not hold up
+    the node: another caller is answered meanwhile."""
+    answered = threading.Event()
+    answered_while_storing: list[bool] = []
+    real_put = node.blobs.put_matrix
+
+    def slow_put(rows: Any) -> bytes:
+        answered_while_storing.append(answered.wait(5))
+        return real_put(rows)
+
+    monkeypatch.setattr(node.blobs, "put_matrix", slow_put)
+    a = np.random.default_rng(3).integers(-64, 64, (64, 32), dtype=np.int8)
+    upload = asyncio.create_task(
+        _call(node, _req("putoperand", [encode_matrix(a).hex(), "rows"], id=1), token=True)
+    )
+    info = await asyncio.wait_for(_call(node, _req("getinfo", id=2)), 10)
+    assert info["result"]["height"] == 0
+    answered.set()
+    reply = await asyncio.wait_for(upload, 10)
+    assert reply["result"] == matrix_rows_root(a).hex()
+    assert answered_while_storing == [True]

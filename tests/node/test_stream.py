@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,6 +26,7 @@ from consensus.transactions import (
     TransferPayload,
     signed_transaction,
 )
+from node import work as work_module
 from node.app import INV_TX, Node
 from node.config import NodeConfig
 from node.miner import MiningWork
@@ -105,6 +108,43 @@ async def _operands_ready(node: Node, count: int) -> None:
     """Ask for work once (the null job: nothing is held yet), which starts the fetches."""
     assert (await node.work.work()).job.null
     await _until(lambda: len(node.market.jobs) == count, 30, f"operands of {count} jobs")
+
+
+async def test_a_job_is_fetched_while_its_post_waits_and_attempted_as_its_block_lands(node):
+    """The operands of a job whose job_post is still in the mempool are fetched
+    meanwhile: once its block lands the job is attempted at the first ask, not after
+    a download."""
+    [(job, tx, job_id)] = _jobs(1)
+    node.blobs.put_matrix(job.a)
+    node.blobs.put_matrix(np.ascontiguousarray(job.b.T))
+    node.txs.admit(tx, None)
+    assert (await node.work.work()).job.null  # not open yet: nothing to attempt
+    await _until(lambda: job_id in node.market.jobs, 10, "the operands, fetched ahead")
+    assert (await node.process_block(_block_for(node, (tx,)), None)) is not None
+    assert _id(await node.work.work()) == job_id
+
+
+async def test_jobs_fetched_ahead_of_their_block_do_not_stand_in_for_minable_ones(
+    node, monkeypatch
+):
+    """A better-paying job whose post still waits for its block is fetched ahead, but
+    it is no work to mine yet: an open job coming after it is fetched all the same and
+    mined next, where the miner would fall back to the null job."""
+    monkeypatch.setattr(market_module, "PREFETCH_AHEAD", 1)
+    [(waiting, _, waiting_id)] = _jobs(1)
+    post = JobPostPayload(M, K, N, waiting.spec.root_a, waiting.spec.root_b, 2 * REWARD, 1_000)
+    node.blobs.put_matrix(waiting.a)
+    node.blobs.put_matrix(np.ascontiguousarray(waiting.b.T))
+    node.txs.admit(
+        signed_transaction(CAROL, chain_id=MID.chain_id, nonce=0, fee=10, payload=post), None
+    )
+    assert (await node.work.work()).job.null  # nothing open: only the fetch starts
+    await _until(lambda: waiting_id in node.market.jobs, 10, "the waiting job's operands")
+    [(_, _, open_id)] = jobs = _jobs(1)
+    await _post(node, jobs)
+    assert (await node.work.work()).job.null  # its operands are not held yet
+    await _until(lambda: open_id in node.market.jobs, 10, "the open job's operands")
+    assert _id(await node.work.work()) == open_id
 
 
 async def test_each_queued_job_is_handed_out_once_then_the_null_job(node, monkeypatch):
@@ -312,6 +352,36 @@ async def test_at_fast_blocks_a_new_transaction_waits_half_a_block_for_a_templat
         n.txs.admit(tx, None)
         tip, revision, built, template, txs = n.work._template_of
         n.work._template_of = (tip, revision, built - 0.2, template, txs)  # built 0.2 s ago
+        assert [t.txid for t in (await n.work.work()).txs] == [tx.txid]
+    finally:
+        await n.stop()
+
+
+async def test_a_slow_template_on_a_new_tip_does_not_hold_back_the_next_transactions(
+    tmp_path, monkeypatch
+):
+    """A new tip's template is built from scratch, which on a loaded machine takes a
+    while; a job or claim arriving after it still joins the template half a block
+    later (the refresh only grows the template), not after ten times that build."""
+    fast = with_block_time(MID, 300)
+    n = Node(NodeConfig(params=fast, datadir=tmp_path / "node", miner_key=MINER_KEY))
+    await n.start()
+    clock = [1_000.0]
+    real_build = work_module.build_template
+
+    def slow_build(*args, **kwargs):
+        clock[0] += 0.5 if kwargs["on_top_of"] is None else 0.001  # from scratch: 0.5 s
+        return real_build(*args, **kwargs)
+
+    fake_time = SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
+    monkeypatch.setattr(work_module, "time", fake_time)
+    monkeypatch.setattr(work_module, "build_template", slow_build)
+    try:
+        assert (await n.work.work()).txs == ()  # the tip's template, from scratch
+        pay = TransferPayload(BOB.address, 1_000)
+        tx = signed_transaction(ALICE, chain_id=fast.chain_id, nonce=0, fee=10, payload=pay)
+        n.txs.admit(tx, None)
+        clock[0] += 0.2  # more than half a 300 ms block
         assert [t.txid for t in (await n.work.work()).txs] == [tx.txid]
     finally:
         await n.stop()
