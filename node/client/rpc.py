@@ -1,4 +1,5 @@
-"""A small synchronous JSON-RPC client for the CLI and tools."""
+"""A small synchronous JSON-RPC client for the CLI and tools, with the node's binary routes
+for a job's operands and result (no hex, no JSON around megabytes)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urljoin
 
 from node.datadir import read_cookie
 
@@ -51,18 +53,38 @@ class RpcClient:
         ).encode()
         req = urllib.request.Request(self.url, data=body, method="POST")
         req.add_header("Content-Type", "application/json")
+        reply = json.loads(self._send(req, self.timeout))
+        if "error" in reply:
+            raise RpcCallError(reply["error"]["code"], reply["error"]["message"])
+        return reply["result"]
+
+    def put_operand(self, blob: bytes, layout: str = "rows") -> bytes:
+        """Upload an encoded matrix (``encode_matrix``) as it is, ``POST /operand``: the
+        node keeps it for the miners. Its root: root_a for ``rows``, root_b for ``cols``."""
+        url = urljoin(self.url, "operand?" + urlencode({"layout": layout}))
+        req = urllib.request.Request(url, data=blob, method="POST")
+        req.add_header("Content-Type", "application/octet-stream")
+        return bytes.fromhex(json.loads(self._send(req, self.timeout))["root"])
+
+    def get_result(self, job_id: bytes, timeout: float = 60.0) -> bytes:
+        """A claimed job's C as an encoded int32 matrix, ``GET /result/<job_id>``; the node
+        waits up to ``timeout`` seconds to fetch it from its peers."""
+        query = urlencode({"timeout": f"{timeout:g}"})
+        req = urllib.request.Request(urljoin(self.url, f"result/{job_id.hex()}?{query}"))
+        return self._send(req, self.timeout + timeout)
+
+    def _send(self, req: urllib.request.Request, timeout: float) -> bytes:
+        """The reply body; RpcCallError with the node's reason when it refused the request."""
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                reply = json.loads(resp.read())
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                body: bytes = resp.read()
+                return body
         except urllib.error.HTTPError as e:  # refused before any method ran: say why
             reason = e.read(300).decode(errors="replace").strip()
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 reason = json.loads(reason)["error"]["message"]
             raise RpcCallError(e.code, f"HTTP {e.code}: {reason or e.reason}") from None
         except urllib.error.URLError as e:
-            raise OSError(f"cannot reach the node's RPC at {self.url}: {e.reason}") from None
-        if "error" in reply:
-            raise RpcCallError(reply["error"]["code"], reply["error"]["message"])
-        return reply["result"]
+            raise OSError(f"cannot reach the node's RPC at {req.full_url}: {e.reason}") from None

@@ -267,6 +267,8 @@ MATRIX_VERSION = 1
 MAX_MATRIX_DIM = 65_536
 """Largest row or column count of an encoded matrix (PROTOCOL §1: k ≤ 65,536)."""
 _HEADER = struct.Struct("<4sBBII")  # magic, version, dtype code, rows, cols
+MATRIX_HEADER_SIZE = _HEADER.size
+"""The bytes an encoded matrix has before its entries (:func:`encode_matrix`)."""
 _DTYPES: dict[int, np.dtype] = {1: np.dtype("i1"), 4: np.dtype("<i4")}
 _CODES = {np.dtype(np.int8): 1, np.dtype(np.int32): 4}
 

@@ -1,4 +1,7 @@
-"""JSON-RPC methods of the compute market (used by node.client.market and `pouw job`)."""
+"""JSON-RPC methods of the compute market (used by node.client.market and `pouw job`), and
+its binary routes on the RPC listener: ``POST /operand`` (putoperand's upload, the
+encoded matrix as the body) and ``GET /result/<job_id>`` (getresult's C as bytes), so
+megabytes of operands and results cross without hex and JSON around them."""
 
 from __future__ import annotations
 
@@ -10,13 +13,30 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+from aiohttp import web
 
 from consensus.keys import address_to_text
 from consensus.market import MINED, OPEN, PAID, REFUNDED, claim_bond, job_record
 from consensus.state import JOBS, State, iter_model_steps
 from kernels.params import OPERAND_MAX, OPERAND_MIN
-from node.relay.blobs import BlobError, BlobFetchError, decode_matrix, encode_matrix
-from node.rpc.server import INVALID_PARAMS, REJECTED, RpcError, RpcServer, parse_hash
+from node.relay.blobs import (
+    MATRIX_HEADER_SIZE,
+    MAX_BLOB_SIZE,
+    BlobError,
+    BlobFetchError,
+    decode_matrix,
+    encode_matrix,
+)
+from node.rpc.server import (
+    INVALID_PARAMS,
+    REJECTED,
+    UNAUTHORIZED,
+    RpcError,
+    RpcServer,
+    parse_hash,
+    read_body,
+    route_error,
+)
 
 if TYPE_CHECKING:
     from consensus.chain import Chain
@@ -140,6 +160,27 @@ def _seconds(value: Any) -> float:
     return float(value)
 
 
+def _query_seconds(text: str) -> float:
+    """A ``timeout`` query parameter as seconds, with :func:`_seconds`' checks."""
+    try:
+        value: Any = float(text)
+    except ValueError:
+        value = text
+    return _seconds(value)
+
+
+LAYOUTS = ("rows", "cols")
+
+
+def max_operand_body(params: NetworkParams) -> int:
+    """The largest body ``POST /operand`` takes on a network: the encoded matrix of the
+    largest operand a job may have (max_job_dim × max_job_k int8 entries, A's m×k or
+    B's k×n) after its header, and never more entries than one blob holds
+    (MAX_BLOB_SIZE): devnet 16 MiB (4096×4096), testnet and main 256 MiB (16,384×16,384,
+    or 4,096×65,536)."""
+    return MATRIX_HEADER_SIZE + min(params.max_job_dim * params.max_job_k, MAX_BLOB_SIZE)
+
+
 class MarketApi(Protocol):
     """What the market RPC methods use of the node."""
 
@@ -164,10 +205,11 @@ class MarketApi(Protocol):
 
 
 def register_market_methods(rpc: RpcServer, node: MarketApi) -> None:
-    def store_operand(matrix_hex: str, layout: str) -> str:
+    def store_operand(blob: bytes, layout: str) -> str:
+        """Decode, check and store an operand (runs off the event loop); its root as hex."""
         try:
-            x = decode_matrix(bytes.fromhex(matrix_hex))
-        except (ValueError, BlobError) as e:
+            x = decode_matrix(blob)
+        except BlobError as e:
             raise RpcError(INVALID_PARAMS, f"not an encoded matrix: {e}") from None
         if x.dtype != np.int8:
             raise RpcError(INVALID_PARAMS, "operands are int8")
@@ -176,13 +218,47 @@ def register_market_methods(rpc: RpcServer, node: MarketApi) -> None:
         rows = x if layout == "rows" else np.ascontiguousarray(x.T)
         return node.blobs.put_matrix(rows).hex()
 
+    def store_hex_operand(matrix_hex: str, layout: str) -> str:
+        try:
+            blob = bytes.fromhex(matrix_hex)
+        except ValueError as e:
+            raise RpcError(INVALID_PARAMS, f"not an encoded matrix: {e}") from None
+        return store_operand(blob, layout)
+
+    def check_layout(layout: str) -> None:
+        if layout not in LAYOUTS:
+            raise RpcError(INVALID_PARAMS, "layout must be 'rows' (A) or 'cols' (B)")
+
     async def putoperand(matrix_hex: str, layout: str = "rows") -> str:
         """Keep an operand to serve to miners; returns its root (root_a, or root_b for cols)."""
-        if layout not in ("rows", "cols"):
-            raise RpcError(INVALID_PARAMS, "layout must be 'rows' (A) or 'cols' (B)")
+        check_layout(layout)
         # Off the loop: a job's operand is megabytes to decode, hash into chunks and write,
         # and the node meanwhile relays blocks and serves the miners their operands.
-        return await asyncio.to_thread(store_operand, matrix_hex, layout)
+        return await asyncio.to_thread(store_hex_operand, matrix_hex, layout)
+
+    async def post_operand(request: web.Request) -> web.Response:
+        """``POST /operand?layout=rows|cols``: putoperand with the encoded matrix as the
+        body; answers ``{"root": hex}``."""
+        if not rpc.authorized(request):
+            message = "POST /operand needs the cookie token (Authorization: Bearer)"
+            refusal = route_error(401, UNAUTHORIZED, message)
+            refusal.headers["WWW-Authenticate"] = "Bearer"
+            return refusal
+        limit = max_operand_body(node.params)
+        layout = request.query.get("layout", "rows")
+        try:
+            check_layout(layout)
+            body = await read_body(request, limit)
+            if body is None:
+                message = (
+                    f"operand too large: at most {limit} bytes on {node.params.name}, "
+                    f"an encoded matrix of the largest operand a job may have"
+                )
+                return route_error(413, INVALID_PARAMS, message)
+            root = await asyncio.to_thread(store_operand, body, layout)
+        except RpcError as e:
+            return route_error(e.status or 400, e.code, e.message)
+        return web.json_response({"root": root})
 
     async def getjob(job_id: str) -> dict[str, Any]:
         """A job's record: its claim (claimant, claim_kind, claim_id, bond, due) once
@@ -207,27 +283,41 @@ def register_market_methods(rpc: RpcServer, node: MarketApi) -> None:
                 out.append({"job_id": jid.hex(), **_job_json(rec)})
         return out
 
-    async def getresult(job_id: str, timeout: float = 60.0) -> str:
-        """The product C the claiming miner committed to (fetched from peers if needed)."""
-        seconds = _seconds(timeout)
+    async def result_blob(job_id: str, seconds: float) -> bytes:
+        """C of a claimed job as an encoded int32 matrix; RpcErrors with the HTTP status
+        ``GET /result`` answers them with."""
         rec = job_record(node.chain.state, parse_hash(job_id, "job id"))
         if rec is None:
-            raise RpcError(REJECTED, f"unknown job {job_id}")
+            raise RpcError(REJECTED, f"unknown job {job_id}", status=404)
         if rec["status"] not in ("mined", "paid", "refunded"):
-            raise RpcError(REJECTED, f"job {job_id[:16]} has no result yet: it is {rec['status']}")
+            message = f"job {job_id[:16]} has no result yet: it is {rec['status']}"
+            raise RpcError(REJECTED, message, status=409)
         try:
             raw = await node.fetch_blob(rec["result_root"], seconds)
         except BlobFetchError as e:
-            raise RpcError(REJECTED, f"the result is not available: {e}") from None
+            raise RpcError(REJECTED, f"the result is not available: {e}", status=503) from None
         m, n = rec["m"], rec["n"]
         if len(raw) != 4 * m * n:
-            raise RpcError(REJECTED, "the miner's result has the wrong size")
+            raise RpcError(REJECTED, "the miner's result has the wrong size", status=502)
 
-        def encoded() -> str:
-            c = np.frombuffer(raw, dtype="<i4").reshape(m, n).astype(np.int32)
-            return encode_matrix(c).hex()
+        def encoded() -> bytes:
+            return encode_matrix(np.frombuffer(raw, dtype="<i4").reshape(m, n))
 
-        return await asyncio.to_thread(encoded)  # megabytes of hex: off the loop
+        return await asyncio.to_thread(encoded)  # megabytes to copy: off the loop
+
+    async def getresult(job_id: str, timeout: float = 60.0) -> str:
+        """The product C the claiming miner committed to (fetched from peers if needed)."""
+        blob = await result_blob(job_id, _seconds(timeout))
+        return await asyncio.to_thread(blob.hex)  # megabytes of hex: off the loop
+
+    async def get_result(request: web.Request) -> web.Response:
+        """``GET /result/<job_id>[?timeout=S]``: getresult's C as the encoded matrix bytes."""
+        try:
+            seconds = _query_seconds(request.query.get("timeout", "60"))
+            blob = await result_blob(request.match_info["job_id"], seconds)
+        except RpcError as e:
+            return route_error(e.status or 400, e.code, e.message)
+        return web.Response(body=blob, content_type="application/octet-stream")
 
     async def getoperands(job_id: str, timeout: float = 60.0) -> dict[str, str]:
         """A job's operands A and B (encoded matrices), fetched from peers if needed."""
@@ -288,3 +378,5 @@ def register_market_methods(rpc: RpcServer, node: MarketApi) -> None:
     rpc.method("getoperands", getoperands)
     rpc.method("getmodel", getmodel)
     rpc.method("getmarket", getmarket)
+    rpc.route("POST", "/operand", post_operand)
+    rpc.route("GET", "/result/{job_id}", get_result)

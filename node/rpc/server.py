@@ -1,4 +1,5 @@
-"""JSON-RPC 2.0 over HTTP (``POST /rpc``), a WebSocket feed (``/ws``) and ``/metrics``.
+"""JSON-RPC 2.0 over HTTP (``POST /rpc``), a WebSocket feed (``/ws``), ``/metrics``, and
+the binary routes other modules register (:meth:`RpcServer.route`).
 
 Read-only methods are open to anyone who can reach the RPC port (127.0.0.1 by
 default). Methods that change something need the token from the cookie file
@@ -58,16 +59,24 @@ BATCH_YIELD = 32
 
 
 class RpcError(Exception):
-    """An error to return to the caller as a JSON-RPC error object."""
+    """An error to return to the caller as a JSON-RPC error object.
 
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
+    ``status`` is the HTTP status a binary route answers it with (400, bad
+    params, when None).
+    """
+
+    def __init__(
+        self, code: int, message: str, data: Any = None, status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.data = data
+        self.status = status
 
 
 Handler = Callable[..., Awaitable[Any]]
+RouteHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def parse_hash(text: Any, what: str = "hash") -> bytes:
@@ -101,6 +110,7 @@ class RpcServer:
         self.subscribers: set[web.WebSocketResponse] = set()
         self._sends: set[asyncio.Task[None]] = set()
         self._bad_upgrades = RateLimitedLog(log)
+        self.routes: list[web.RouteDef] = []
         self.method("help", self.help)
 
     async def help(self) -> list[dict[str, Any]]:
@@ -121,6 +131,26 @@ class RpcServer:
     def method(self, name: str, handler: Handler, *, mutating: bool = False) -> None:
         self.methods[name] = RpcMethod(handler, mutating, inspect.signature(handler))
 
+    def route(self, method: str, path: str, handler: RouteHandler) -> None:
+        """Serve ``handler`` at ``path`` on the RPC listener, beside ``/rpc``: behind the
+        same Host and Origin guard, counted in the same metrics (as ``METHOD path``). A
+        handler that changes something checks the token itself (:meth:`authorized`)."""
+        label = f"{method} {path}"
+
+        async def counted(request: web.Request) -> web.StreamResponse:
+            started = time.perf_counter()
+            outcome = "error"
+            try:
+                response = await handler(request)
+                if response.status < 400:
+                    outcome = "ok"
+                return response
+            finally:
+                self.metrics.rpc_requests.labels(label, outcome).inc()
+                self.metrics.rpc_seconds.labels(label).observe(time.perf_counter() - started)
+
+        self.routes.append(web.route(method, path, counted))
+
     async def read(self, name: str, *params: Any) -> Any:
         """Call ``name`` as a caller without the token would (the explorer's way in):
         the same checks and RpcErrors as over HTTP, UNAUTHORIZED for a mutating method."""
@@ -130,16 +160,18 @@ class RpcServer:
         app.router.add_post("/rpc", self.handle_http)
         app.router.add_get("/ws", self.handle_ws)
         app.router.add_get("/metrics", self.handle_metrics)
+        app.router.add_routes(self.routes)
 
-    def _authorized(self, request: web.Request) -> bool:
+    def authorized(self, request: web.Request) -> bool:
+        """Whether ``request`` carries the cookie token (``Authorization: Bearer``)."""
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(token.strip(), self.token)
 
     async def handle_http(self, request: web.Request) -> web.Response:
-        authorized = self._authorized(request)
+        authorized = self.authorized(request)
         limit = MAX_REQUEST_BYTES if authorized else MAX_OPEN_REQUEST_BYTES
-        body = await _read_body(request, limit)
+        body = await read_body(request, limit)
         if body is None:
             without = "" if authorized else " without the cookie token"
             error = _error(
@@ -294,8 +326,9 @@ class RpcServer:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes | None:
-    """The request body, or None as soon as it is known to exceed ``limit`` bytes."""
+async def read_body(request: web.Request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to exceed ``limit`` bytes (from
+    its Content-Length, before reading any of it, or once more than that has come)."""
     if request.content_length is not None and request.content_length > limit:
         return None
     chunks: list[bytes] = []
@@ -410,6 +443,12 @@ def _encode(reply: dict[str, Any]) -> bytes:
         log.exception("an RPC reply is not JSON")
         error = _error(reply.get("id"), INTERNAL_ERROR, "internal error: the reply is not JSON")
         return json.dumps(error).encode()
+
+
+def route_error(status: int, code: int, message: str) -> web.Response:
+    """A binary route's refusal: HTTP ``status`` with ``{"error": {"code", "message"}}``,
+    the JSON-RPC error object (so a client reads both kinds of refusal alike)."""
+    return _json(_encode({"error": {"code": code, "message": message}}), status=status)
 
 
 def _json(body: bytes, status: int = 200) -> web.Response:

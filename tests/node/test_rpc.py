@@ -21,14 +21,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consensus.keys import address_to_text
-from consensus.merkle import matrix_rows_root
+from consensus.merkle import matrix_cols_root, matrix_rows_root
 from node.app import Node
 from node.cli.main import cli
 from node.client.rpc import RpcCallError, RpcClient
 from node.config import NodeConfig
-from node.relay.blobs import encode_matrix
+from node.relay.blobs import BlobError, decode_matrix, encode_matrix
+from node.rpc.market import max_operand_body
 from node.rpc.server import MAX_BATCH, MAX_BATCH_REPLY_BYTES
-from tests.support.chainkit import BOB, MID, extend, new_chain
+from tests.support import claimkit
+from tests.support.chainkit import ALICE, BOB, MID, extend, new_chain
 
 NOT_A_KEY = "bad"
 
@@ -487,3 +489,259 @@ async def test_the_node_answers_while_an_uploaded_operand_is_stored(node, monkey
     reply = await asyncio.wait_for(upload, 10)
     assert reply["result"] == matrix_rows_root(a).hex()
     assert answered_while_storing == [True]
+
+
+# ------------------------------------------------------------------ binary operand and result
+
+
+def _operand(rows: int = 64, cols: int = 32, seed: int = 4) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-64, 64, (rows, cols), dtype=np.int8)
+
+
+async def _request(
+    node: Node,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    *,
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes]:
+    """An HTTP request to the RPC listener: (status, reply body)."""
+    sent = {"Content-Type": "application/octet-stream", **(headers or {})}
+    if token is not None:
+        sent["Authorization"] = f"Bearer {token}"
+    url = f"http://127.0.0.1:{node.rpc_port}{path}"
+    async with aiohttp.ClientSession() as s, s.request(method, url, data=body, headers=sent) as r:
+        return r.status, await r.read()
+
+
+def _refusal(status: int, reply: bytes) -> tuple[int, str]:
+    """(HTTP status, message) of a binary route's JSON refusal."""
+    error = json.loads(reply)["error"]
+    assert set(error) == {"code", "message"} and len(error["message"]) < 300, error
+    return status, error["message"]
+
+
+@pytest.fixture
+def stored_blobs(node, monkeypatch) -> list[bytes]:
+    """The roots of the blobs the node stores from now on."""
+    roots: list[bytes] = []
+    real_put = node.store.put_blob
+
+    def put_blob(root: bytes, data: bytes, chunk_size: int) -> None:
+        roots.append(root)
+        real_put(root, data, chunk_size)
+
+    monkeypatch.setattr(node.store, "put_blob", put_blob)
+    return roots
+
+
+async def test_an_operand_uploaded_as_bytes_gets_the_root_putoperand_gives(node, stored_blobs):
+    a = _operand()
+    for layout, root_of in (("rows", matrix_rows_root), ("cols", matrix_cols_root)):
+        status, reply = await _request(
+            node, "POST", f"/operand?layout={layout}", encode_matrix(a), token=node.token
+        )
+        assert status == 200, reply
+        root = json.loads(reply)["root"]
+        rpc = await _call(
+            node, _req("putoperand", [encode_matrix(a).hex(), layout], id=1), token=True
+        )
+        assert root == rpc["result"] == root_of(a).hex()
+        assert node.store.has_blob(bytes.fromhex(root))
+    client = RpcClient(f"http://127.0.0.1:{node.rpc_port}/rpc", node.token)
+    b = _operand(seed=5)
+    assert await asyncio.to_thread(client.put_operand, encode_matrix(b), "cols") == (
+        matrix_cols_root(b)
+    )
+    assert matrix_cols_root(b) in stored_blobs
+
+
+async def test_a_hostile_operand_upload_is_refused_clearly_and_stores_nothing(node, stored_blobs):
+    blob = encode_matrix(_operand())
+    token = node.token
+    wide = encode_matrix(np.full((4, 4), 64, dtype=np.int8))
+    refused = {
+        "no token": (401, "/operand", blob, None, {}),
+        "a wrong token": (401, "/operand", blob, "x" + token[1:], {}),
+        "a foreign Host": (403, "/operand", blob, token, {"Host": "evil.example"}),
+        "a foreign Origin": (403, "/operand", blob, token, {"Origin": "http://evil.example"}),
+        "a bad layout": (400, "/operand?layout=diag", blob, token, {}),
+        "an empty body": (400, "/operand", b"", token, {}),
+        "a truncated blob": (400, "/operand", blob[:-1], token, {}),
+        "a blob with a byte more": (400, "/operand", blob + b"\0", token, {}),
+        "garbage": (400, "/operand", b"\x00junk\xff" * 50, token, {}),
+        "hex": (400, "/operand", blob.hex().encode(), token, {}),
+        "int32 entries": (400, "/operand", encode_matrix(np.ones((4, 4), np.int32)), token, {}),
+        "values outside int7": (400, "/operand", wide, token, {}),
+    }
+    for what, (expected, path, body, sent_token, headers) in refused.items():
+        status, reply = await _request(node, "POST", path, body, token=sent_token, headers=headers)
+        assert status == expected, (what, status, reply[:200])
+        if status != 403:  # the listener's guard answers in one short line of text
+            _, message = _refusal(status, reply)
+            if status == 400:
+                assert any(
+                    word in message for word in ("layout", "encoded matrix", "int8", "[-64, 63]")
+                ), (what, message)
+            else:
+                assert "needs the cookie token" in message, (what, message)
+    assert stored_blobs == []
+
+
+async def _raw_status(node: Node, data: bytes) -> bytes:
+    """Send ``data`` on a fresh connection to the RPC listener: the status line it gets."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.rpc_port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.readline(), 10)
+    finally:
+        writer.close()
+
+
+def _upload_head(node: Node, length_header: str) -> bytes:
+    return (
+        f"POST /operand HTTP/1.1\r\nHost: 127.0.0.1:{node.rpc_port}\r\n"
+        f"Authorization: Bearer {node.token}\r\n{length_header}\r\n\r\n"
+    ).encode()
+
+
+async def test_an_operand_over_the_cap_is_refused_and_never_read_whole(node, stored_blobs):
+    """The cap is the largest operand a job may have (devnet 4096x4096 int8): one byte
+    more is a 413 saying so; a body declared bigger is answered before it comes, and
+    one sent in chunks without a length is cut off at the cap."""
+    limit = max_operand_body(node.params)
+    assert limit == 14 + 4096 * 4096
+    client = RpcClient(f"http://127.0.0.1:{node.rpc_port}/rpc", node.token)
+    with pytest.raises(RpcCallError) as refused:
+        await asyncio.to_thread(client.put_operand, bytes(limit + 1), "cols")
+    assert refused.value.code == 413
+    assert f"operand too large: at most {limit} bytes" in str(refused.value)
+
+    declared = _upload_head(node, f"Content-Length: {1 << 30}") + b"PWMX"
+    assert (await _raw_status(node, declared)).split()[1] == b"413"
+
+    chunk = bytes(1 << 20)
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(limit // len(chunk) + 1))
+    streamed = _upload_head(node, "Transfer-Encoding: chunked") + chunks  # no end: it never ends
+    assert (await _raw_status(node, streamed)).split()[1] == b"413"
+    assert stored_blobs == []
+
+
+async def _claimed_job(node: Node) -> None:
+    """Blocks on the node: JOB posted and claimed (its C stored here), JOB2 posted and
+    claimed (its C nowhere), and a third job posted and left open."""
+    chain, clock = new_chain()
+    _, _, _, open_post, _, _ = claimkit.new_job(expiry=40)
+    blocks = [
+        claimkit.add(
+            chain,
+            clock,
+            [claimkit.tx(ALICE, 0, claimkit.POST), claimkit.tx(ALICE, 1, claimkit.POST2)],
+        ),
+        claimkit.add(chain, clock, [claimkit.tx(ALICE, 2, open_post)]),
+        claimkit.add(
+            chain,
+            clock,
+            [
+                claimkit.claim(
+                    BOB, 0, (claimkit.JOB_ID, claimkit.C), (claimkit.JOB2_ID, claimkit.C2)
+                )
+            ],
+        ),
+    ]
+    for block in blocks:
+        await node.process_block(block, source=None)
+    node.blobs.put_matrix(claimkit.C)
+
+
+async def test_a_result_fetched_as_bytes_is_what_getresult_gives(node):
+    await _claimed_job(node)
+    job = claimkit.JOB_ID.hex()
+    status, blob = await _request(node, "GET", f"/result/{job}?timeout=1")
+    assert status == 200, blob[:200]
+    rpc = await _call(node, _req("getresult", [job], id=1))
+    assert blob == bytes.fromhex(rpc["result"])
+    assert np.array_equal(decode_matrix(blob), claimkit.C)
+    client = RpcClient(f"http://127.0.0.1:{node.rpc_port}/rpc")  # read-only: no token
+    assert await asyncio.to_thread(client.get_result, claimkit.JOB_ID, 1) == blob
+
+
+async def test_a_bad_result_request_gets_a_clear_error(node):
+    await _claimed_job(node)
+    open_job = next(
+        j for j in node.chain.state.tables["jobs"] if j not in (claimkit.JOB_ID, claimkit.JOB2_ID)
+    )
+    job = claimkit.JOB_ID.hex()
+    refused = {
+        "an id not hex": (400, "/result/zz", "job id is not hex"),
+        "a short id": (400, f"/result/{job[:-2]}", "job id must be 32 bytes"),
+        "an unknown job": (404, f"/result/{'ab' * 32}", "unknown job"),
+        "an open job": (409, f"/result/{open_job.hex()}", "has no result yet: it is open"),
+        "a result no peer has": (
+            503,
+            f"/result/{claimkit.JOB2_ID.hex()}?timeout=0",
+            "the result is not available",
+        ),
+        "a negative timeout": (400, f"/result/{job}?timeout=-1", "timeout must be"),
+        "a timeout too long": (400, f"/result/{job}?timeout=601", "timeout must be"),
+        "a timeout not a number": (400, f"/result/{job}?timeout=nan", "timeout must be"),
+    }
+    for what, (expected, path, reason) in refused.items():
+        status, message = _refusal(*await _request(node, "GET", path))
+        assert status == expected and reason in message, (what, status, message)
+    status, _ = await _request(node, "GET", f"/result/{job}", headers={"Host": "evil.example"})
+    assert status == 403
+    client = RpcClient(f"http://127.0.0.1:{node.rpc_port}/rpc")
+    with pytest.raises(RpcCallError) as unknown:
+        await asyncio.to_thread(client.get_result, bytes(32), 1)
+    assert unknown.value.code == 404 and "unknown job" in str(unknown.value)
+
+
+operand_bodies = st.one_of(
+    st.binary(max_size=200),
+    st.builds(
+        lambda blob, cut, extra: blob[:cut] + extra,
+        st.builds(
+            lambda rows, cols, fill: encode_matrix(np.full((rows, cols), fill, dtype=np.int8)),
+            st.integers(1, 8),
+            st.integers(1, 8),
+            st.integers(-128, 127),
+        ),
+        st.integers(0, 80),
+        st.binary(max_size=4),
+    ),
+)
+
+
+async def test_any_operand_body_is_stored_whole_or_refused_with_a_400(node, stored_blobs):
+    """Generated bodies (random bytes, cut or padded matrix blobs): a well-formed int7
+    matrix is stored under its root, anything else is a 400 and stores nothing."""
+    bodies: list[bytes] = []
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(operand_bodies)
+    def collect(body: bytes) -> None:
+        bodies.append(body)
+
+    collect()
+    async with aiohttp.ClientSession() as s:
+        for body in bodies:
+            del stored_blobs[:]
+            url = f"http://127.0.0.1:{node.rpc_port}/operand"
+            auth = {"Authorization": f"Bearer {node.token}"}
+            async with s.post(url, data=body, headers=auth) as r:
+                status, reply = r.status, await r.read()
+            try:
+                x = decode_matrix(body)
+                valid = x.dtype == np.int8 and int(x.min()) >= -64 and int(x.max()) <= 63
+            except BlobError:
+                valid = False
+            if valid:
+                assert status == 200 and json.loads(reply)["root"] == matrix_rows_root(x).hex()
+                assert stored_blobs == [matrix_rows_root(x)]
+            else:
+                assert status == 400, (body, status, reply)
+                assert "error" in json.loads(reply) and stored_blobs == []
