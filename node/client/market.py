@@ -159,8 +159,8 @@ class MarketClient:
                 f"{format_amount(reward)} + fee {format_amount(fee)}"
             )
         # Row-chunked blobs: their ids are the job's roots (node.blobs.matrix_rows).
-        root_a = bytes.fromhex(self.rpc.call("putoperand", encode_matrix(a8).hex(), "rows"))
-        root_b = bytes.fromhex(self.rpc.call("putoperand", encode_matrix(b8).hex(), "cols"))
+        root_a = self.rpc.put_operand(encode_matrix(a8), "rows")
+        root_b = self.rpc.put_operand(encode_matrix(b8), "cols")
         spec = JobSpec(m, k, n, matrix_rows_root(a8), matrix_cols_root(b8))
         if (root_a, root_b) != (spec.root_a, spec.root_b):
             raise RuntimeError("the node stored the operands under other roots")
@@ -242,7 +242,7 @@ class MarketClient:
         st = self.status(job_id)
         if st["status"] not in ("mined", "paid"):
             raise ValueError(f"job {job_id.hex()[:16]} has no result: it is {st['status']}")
-        c = decode_matrix(bytes.fromhex(self.rpc.call("getresult", job_id.hex())))
+        c = decode_matrix(self.rpc.get_result(job_id))
         a8, b8 = padded_operands(a, b, self.params)
         if c.dtype != np.int32 or c.shape != (a8.shape[0], b8.shape[1]):
             raise ValueError(f"the result has shape {c.shape} and dtype {c.dtype}")

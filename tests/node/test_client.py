@@ -36,25 +36,27 @@ class FakeNode:
             return {"balance": self.balance, "next_nonce": self.nonce}
         if method == "getinfo":
             return {"height": 5}
-        if method == "putoperand":
-            x = decode_matrix(bytes.fromhex(params[0]))
-            root = matrix_rows_root(x) if params[1] == "rows" else matrix_cols_root(x)
-            self.blobs[root.hex()] = x
-            return root.hex()
         if method == "sendtransaction":
             self.sent.append(decode_tx(bytes.fromhex(params[0])).payload)
             self.nonce += 1
             return f"tx{self.nonce}"
         if method == "getjob":
             return {"status": "mined", "claim_id": "ab" * 32}
-        if method == "getresult":
-            post = self.sent[0]
-            a, b = self.blobs[post.root_a.hex()], self.blobs[post.root_b.hex()]
-            c = (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
-            if self.corrupt is not None:
-                c[self.corrupt] += 1
-            return encode_matrix(c).hex()
         raise AssertionError(f"unexpected RPC call {method}")
+
+    def put_operand(self, blob: bytes, layout: str) -> bytes:
+        x = decode_matrix(blob)
+        root = matrix_rows_root(x) if layout == "rows" else matrix_cols_root(x)
+        self.blobs[root.hex()] = x
+        return root
+
+    def get_result(self, job_id: bytes) -> bytes:
+        post = self.sent[0]
+        a, b = self.blobs[post.root_a.hex()], self.blobs[post.root_b.hex()]
+        c = (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
+        if self.corrupt is not None:
+            c[self.corrupt] += 1
+        return encode_matrix(c)
 
 
 def _tiny() -> tuple[np.ndarray, np.ndarray]:
