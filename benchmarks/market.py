@@ -6,10 +6,11 @@
    that stands when the window opens. A backlog of jobs is posted through node-0,
    ``offered_ratio`` × that rate × ``duration`` MACs of them, at ``REWARD``, and
    each miner is given ``MINER_STAKE`` to bond its job_result claims with.
-   Posting a job costs its poster more CPU than mining it (operands travel
-   hex-encoded over JSON-RPC: ~0.3 s per 2 GMAC job on one core, against ~0.2 s
-   of a miner's kernel), so on a small machine posters that start
-   with the window reach only a few percent of the miners' rate and the
+   Posting a job costs its poster CPU of the order of mining it (random operands,
+   their roots, the upload and the node storing them: ~0.1 s per 2 GMAC job on one
+   core with the binary upload, ~0.2 s when operands travelled as hex over
+   JSON-RPC, against ~0.2 s of a miner's kernel), so on a small machine posters
+   that start with the window reach only a fraction of the miners' rate and the
    miners mine null jobs: a real market's queue stands before the miners
    arrive. The miners start only now, so the posting is not charged to them and
    the chain's difficulty anchor (block 1) is not set before a pause.
@@ -67,18 +68,19 @@ from node.devtools.testnet import Testnet, TestnetNode, miner_key
 POSTER_LABELS = ("devnet-11", "devnet-12", "devnet-13", "devnet-14")
 """One posting thread per key: one poster's RPC round trips cannot keep up with miners."""
 DEFAULT_SHAPE = (1024, 1920, 1024)
-"""2 GMAC jobs, each operand (1.9 MiB) within one putoperand request (4 MiB of hex): the
-fewest bytes posted and returned per MAC (operands ∝ 1/m + 1/n, C ∝ 4/k) that the
-JSON-RPC upload allows; a claim (one 64-byte entry of a job_result) is nothing beside
+"""2 GMAC jobs, each operand 1.9 MiB: the fewest bytes posted and returned per MAC
+(operands ∝ 1/m + 1/n, C ∝ 4/k) that one putoperand request (4 MiB of hex) allowed,
+kept so figures compare across runs (POST /operand takes up to the largest job's
+operands: --shape); a claim (one 64-byte entry of a job_result) is nothing beside
 a job's work, and an attempt takes a fraction of a second."""
 REWARD = 10_000
 STREAM_RATIO = 0.1
 """The jobs posted during the window, as a multiple of the warmup rate."""
 STREAM_REWARD = 2 * REWARD
 VERIFIERS = 2
-"""Client threads fetching and checking results, the backlog's and the stream's each:
-one thread cannot fetch (hex over JSON-RPC) and check the stream's results as fast
-as they come, and a queue of them would be counted as the network's latency."""
+"""Client threads fetching and checking results, the backlog's and the stream's each: a
+queue of results waiting to be checked would be counted as the network's latency (one
+thread fell behind the stream when C came as hex over JSON-RPC)."""
 CLAIMS_SEEN = 200
 """Claims read at each new tip (newest first)."""
 SAMPLE_S = 1.0
