@@ -556,6 +556,8 @@ async def test_an_operand_uploaded_as_bytes_gets_the_root_putoperand_gives(node,
         matrix_cols_root(b)
     )
     assert matrix_cols_root(b) in stored_blobs
+    _, metrics = await _request(node, "GET", "/metrics")
+    assert 'pouw_rpc_requests_total{method="POST /operand",outcome="ok"} 3.0' in metrics.decode()
 
 
 async def test_a_hostile_operand_upload_is_refused_clearly_and_stores_nothing(node, stored_blobs):
@@ -588,6 +590,10 @@ async def test_a_hostile_operand_upload_is_refused_clearly_and_stores_nothing(no
             else:
                 assert "needs the cookie token" in message, (what, message)
     assert stored_blobs == []
+    _, metrics = await _request(node, "GET", "/metrics")
+    assert 'pouw_rpc_requests_total{method="POST /operand",outcome="error"} 10.0' in (
+        metrics.decode()
+    )
 
 
 async def _raw_status(node: Node, data: bytes) -> bytes:
