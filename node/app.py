@@ -93,8 +93,8 @@ PEERS_SAVE_S = 900.0
 class Node:
     """One node process's worth of state; ``await start()``, then ``await stop()``."""
 
-    # Made in start(), once the datadir is locked: declared here so that every
-    # component's view of the node (a Protocol in its module) is checked against them.
+    # Made in start(), once the datadir is locked: declared here so that the RPC's view
+    # of the node (NodeApi in node/rpc/methods.py) is checked against them.
     key: PrivateKey
     store: Store
     chain: Chain
@@ -189,16 +189,41 @@ class Node:
         service.follow_download(self.sync)
         self.txs = TxRelay(chain, self.params.chain_id, mempool, p2p, self.metrics)
         self.blobs = BlobExchange(self.store, connected)
-        self.work = WorkSource(self, service.process_block)
-        self.market = MarketService(self, dishonest=self.config.dishonest_results)
+        self.market = MarketService(
+            chain,
+            self.params,
+            mempool,
+            self.blobs,
+            admit_tx=self.txs.admit,
+            miner_address=self.miner_address,
+            claim_key=self.claim_key,
+            dishonest=self.config.dishonest_results,
+        )
+        self.work = WorkSource(
+            chain,
+            self.params,
+            mempool,
+            self.market,
+            self.metrics,
+            miner_address=self.miner_address,
+            process_block=service.process_block,
+        )
         self._handlers = self._message_handlers()
         self.token = write_cookie(self.datadir)
-        self.metrics.registry.register(NodeCollector(self))
+        self.metrics.registry.register(
+            NodeCollector(chain, mempool, p2p, self.sync_progress, self.datadir)
+        )
         self.rpc = RpcServer(self.token, self.metrics)
         register_methods(self.rpc, self)
-        register_market_methods(self.rpc, self)
-        self.data_host = DataHost(self, self.datadir / "datasets")
-        register_data_methods(self.rpc, self)
+        register_market_methods(self.rpc, chain, self.params, mempool, self.market, self.blobs)
+        self.data_host = DataHost(
+            chain,
+            self.params.chain_id,
+            self.key.public_key,
+            self.metrics,
+            self.datadir / "datasets",
+        )
+        register_data_methods(self.rpc, chain, self.data_host)
         self._wire_listeners()
 
         # Peers reach the P2P listener under any name; it serves no web pages.
@@ -212,7 +237,7 @@ class Node:
             client_max_size=MAX_REQUEST_BYTES, middlewares=[listener_guard(rpc_hosts)]
         )
         self.rpc.add_routes(rpc_app)
-        explorer.add_routes(rpc_app, self)
+        explorer.add_routes(rpc_app, self.chain, self.params, self.mempool, self.rpc)
         self.rpc_port = await self._serve(rpc_app, *self.config.rpc, "--rpc")
         self.explorer_url = explorer.explorer_url(self.config.rpc[0], self.rpc_port)
         self._write_info()
@@ -319,6 +344,7 @@ class Node:
                 self.config.miner_nice,
             )
             self.chain_service.on_tip_changed(self.miner.tip_changed)
+            self.market.on_job_ready(self.miner.tip_changed)
         self.miner.start()
 
     async def stop_mining(self) -> None:
