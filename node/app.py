@@ -93,12 +93,15 @@ PEERS_SAVE_S = 900.0
 class Node:
     """One node process's worth of state; ``await start()``, then ``await stop()``."""
 
-    # Made in start(), once the datadir is locked: declared here so that every
-    # component's view of the node (a Protocol in its module) is checked against them.
+    # Made in start(), once the datadir is locked: declared here so that the RPC's view
+    # of the node (NodeApi in node/rpc/methods.py) is checked against them.
     key: PrivateKey
     store: Store
     chain: Chain
     chain_service: ChainService
+    compact: CompactRelay
+    sync: HeaderSync
+    txs: TxRelay
     work: WorkSource
     blobs: BlobExchange
     market: MarketService
@@ -123,9 +126,6 @@ class Node:
         self._stopped = asyncio.Event()
         self._peers_saved = time.monotonic()
         self.sync_progress = SyncProgress(draw=config.progress)
-        self.sync = HeaderSync(self, self.sync_progress)
-        self.txs = TxRelay(self)
-        self.compact = CompactRelay(self)
         self._block_frames: OrderedDict[bytes, bytes] = OrderedDict()
         self.miner: Miner | None = None
         self.p2p_port = 0
@@ -137,38 +137,30 @@ class Node:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Lock the datadir (DatadirInUse if another node has it), load, listen, connect."""
+        """Lock the datadir (DatadirInUse if another node has it), load, listen, connect.
+
+        Components are built in the order they depend on each other, each given only
+        what it uses; the chain and store exist once the datadir is locked, so
+        everything that reads them is built here.
+        """
         self._lock.acquire()
         self.key = _load_node_key(self.datadir / "node_key")
         self.store = Store(self.datadir / "chain.sqlite", self.params)
-        self.chain = self.store.load_chain(now_ms)
-        self.chain_service = ChainService(self.chain, self.store, self.metrics, self.sync)
-        self.work = WorkSource(self, self.chain_service.process_block)
+        self.chain = chain = self.store.load_chain(now_ms)
+        self.mempool = mempool = Mempool(self.params)
+        chain.verified_txids = mempool.verified_txids
+        chain.check_pow = self.pow_memo.check
+        chain.verify_signatures = self.verifier.verify_many
+        self.metrics.height.set(chain.height)
         # Load the verifier's compiled kernels while the node starts and connects.
         self._tasks.append(asyncio.create_task(asyncio.to_thread(warm_up), name="warm-up"))
-        self.blobs = BlobExchange(self.store, lambda: self.p2p.peers)
-        self._handlers = self._message_handlers()
-        self.market = MarketService(self, dishonest=self.config.dishonest_results)
-        self.mempool = Mempool(self.params)
-        self.chain.verified_txids = self.mempool.verified_txids
-        self.chain.check_pow = self.pow_memo.check
-        self.chain.verify_signatures = self.verifier.verify_many
-        self.metrics.height.set(self.chain.height)
-        self.token = write_cookie(self.datadir)
-        self.metrics.registry.register(NodeCollector(self))
-        self.rpc = RpcServer(self.token, self.metrics)
-        register_methods(self.rpc, self)
-        register_market_methods(self.rpc, self)
-        self.data_host = DataHost(self, self.datadir / "datasets")
-        register_data_methods(self.rpc, self)
 
         listen_host, listen_port = self.config.listen
-        # Peers reach the P2P listener under any name; it serves no web pages.
-        p2p_app = web.Application(middlewares=[listener_guard(None)])
-        self.p2p = PeerManager(
+        # The node dispatches the peers' messages (PeerHandler): on_message below.
+        self.p2p = p2p = PeerManager(
             self.key,
             self.params.chain_id,
-            self.chain.genesis.hash,
+            chain.genesis.hash,
             self,
             listen_host=listen_host,
             listen_port=listen_port,
@@ -179,7 +171,63 @@ class Node:
             bans=BanList.load(self.datadir / BANS_FILE),
             connect_only=self.config.connect_only,
         )
+
+        def connected() -> list[PeerSession]:
+            return p2p.peers
+
+        self.chain_service = service = ChainService(chain, self.store, self.metrics)
+        self.compact = CompactRelay(chain, mempool.get, connected)
+        self.sync = HeaderSync(
+            chain,
+            self.params,
+            self.sync_progress,
+            peers=connected,
+            compact_pending=self.compact.pending,
+            process_block=service.process_block,
+            flush_store=service.flush_store,
+        )
+        service.follow_download(self.sync)
+        self.txs = TxRelay(chain, self.params.chain_id, mempool, p2p, self.metrics)
+        self.blobs = BlobExchange(self.store, connected)
+        self.market = MarketService(
+            chain,
+            self.params,
+            mempool,
+            self.blobs,
+            admit_tx=self.txs.admit,
+            miner_address=self.miner_address,
+            claim_key=self.claim_key,
+            dishonest=self.config.dishonest_results,
+        )
+        self.work = WorkSource(
+            chain,
+            self.params,
+            mempool,
+            self.market,
+            self.metrics,
+            miner_address=self.miner_address,
+            process_block=service.process_block,
+        )
+        self._handlers = self._message_handlers()
+        self.token = write_cookie(self.datadir)
+        self.metrics.registry.register(
+            NodeCollector(chain, mempool, p2p, self.sync_progress, self.datadir)
+        )
+        self.rpc = RpcServer(self.token, self.metrics)
+        register_methods(self.rpc, self)
+        register_market_methods(self.rpc, chain, self.params, mempool, self.market, self.blobs)
+        self.data_host = DataHost(
+            chain,
+            self.params.chain_id,
+            self.key.public_key,
+            self.metrics,
+            self.datadir / "datasets",
+        )
+        register_data_methods(self.rpc, chain, self.data_host)
         self._wire_listeners()
+
+        # Peers reach the P2P listener under any name; it serves no web pages.
+        p2p_app = web.Application(middlewares=[listener_guard(None)])
         self.p2p.add_routes(p2p_app)
         self.data_host.add_routes(p2p_app)
         self.p2p_port = await self._serve(p2p_app, listen_host, listen_port, "--listen")
@@ -189,7 +237,7 @@ class Node:
             client_max_size=MAX_REQUEST_BYTES, middlewares=[listener_guard(rpc_hosts)]
         )
         self.rpc.add_routes(rpc_app)
-        explorer.add_routes(rpc_app, self)
+        explorer.add_routes(rpc_app, self.chain, self.params, self.mempool, self.rpc)
         self.rpc_port = await self._serve(rpc_app, *self.config.rpc, "--rpc")
         self.explorer_url = explorer.explorer_url(self.config.rpc[0], self.rpc_port)
         self._write_info()
@@ -296,6 +344,7 @@ class Node:
                 self.config.miner_nice,
             )
             self.chain_service.on_tip_changed(self.miner.tip_changed)
+            self.market.on_job_ready(self.miner.tip_changed)
         self.miner.start()
 
     async def stop_mining(self) -> None:
@@ -416,8 +465,8 @@ class Node:
             TxMsg: self._on_tx,
             BlockMsg: self._on_block,
             BlockBody: self.sync.on_body,
-            CompactBlock: self.compact.on_compact_block,
-            BlockTxn: self.compact.on_block_txn,
+            CompactBlock: self._on_compact_block,
+            BlockTxn: self._on_block_txn,
             GetBlockTxn: self.compact.on_get_block_txn,
             GetHeaders: self.sync.on_getheaders,
             Headers: self.sync.on_headers,
@@ -516,6 +565,14 @@ class Node:
             raise ProtocolViolation("unrequested block")
         peer.mark_known(INV_BLOCK, block.hash)
         await self.accept_block(block, peer)
+
+    async def _on_compact_block(self, peer: PeerSession, msg: CompactBlock) -> None:
+        block = await self.compact.on_compact_block(peer, msg)
+        if block is not None:
+            await self.accept_block(block, peer)
+
+    async def _on_block_txn(self, peer: PeerSession, msg: BlockTxn) -> None:
+        await self.accept_block(self.compact.on_block_txn(peer, msg), peer)
 
     async def accept_block(self, block: Block, peer: PeerSession) -> None:
         """A block ``peer`` sent, whole or rebuilt from a compact block: the next one of

@@ -57,7 +57,7 @@ ChangeListener = Callable[[ChainChange], None]
 
 
 class SyncView(Protocol):
-    """Headers-first sync, as the chain service sees it."""
+    """Headers-first sync, as the chain service sees it (``follow_download``)."""
 
     @property
     def catching_up(self) -> bool:
@@ -69,14 +69,23 @@ class SyncView(Protocol):
         ...
 
 
+class _NoDownload:
+    """No headers-first download: nothing is being caught up, no branch built on."""
+
+    catching_up = False
+
+    def builds_on(self, block_hash: bytes) -> bool:
+        return False
+
+
 class ChainService:
     """The chain, its store writes and its listeners (see the module docstring)."""
 
-    def __init__(self, chain: Chain, store: Store, metrics: Metrics, sync: SyncView) -> None:
+    def __init__(self, chain: Chain, store: Store, metrics: Metrics) -> None:
         self.chain = chain
         self.store = store
         self.metrics = metrics
-        self.sync = sync
+        self.sync: SyncView = _NoDownload()
         self.block_times: dict[bytes, float] = {}  # first seen (s), for propagation metrics
         self._store_dirty = False
         self._store_synced = 0.0
@@ -86,6 +95,16 @@ class ChainService:
         self._change_listeners: list[ChangeListener] = []
 
     # ------------------------------------------------------------ listeners
+
+    def follow_download(self, sync: SyncView) -> None:
+        """Ask ``sync`` whether the node is catching up (store writes are batched, a new
+        tip is announced, not pushed) and whether its branch needs a block.
+
+        The download feeds this service its blocks (``process_block``), so it is built
+        after the service and registered here, as the listeners are; until then no
+        download is under way.
+        """
+        self.sync = sync
 
     def push_new_tips_with(self, push: Relay) -> None:
         """``push`` sends a new tip to peers at once, before it is written down."""

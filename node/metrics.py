@@ -123,51 +123,37 @@ class SyncState(Protocol):
         ...
 
 
-class MetricsSource(Protocol):
-    """What the collector reads off the node."""
-
-    @property
-    def chain(self) -> Chain: ...
-
-    @property
-    def mempool(self) -> Mempool: ...
-
-    @property
-    def p2p(self) -> PeerManager: ...
-
-    @property
-    def sync_progress(self) -> SyncState: ...
-
-    @property
-    def datadir(self) -> Path: ...
-
-
 class NodeCollector(Collector):
     """Reads the node's state when /metrics is scraped."""
 
-    def __init__(self, node: MetricsSource) -> None:
-        self.node = node
+    def __init__(
+        self, chain: Chain, mempool: Mempool, p2p: PeerManager, sync: SyncState, datadir: Path
+    ) -> None:
+        self.chain = chain
+        self.mempool = mempool
+        self.p2p = p2p
+        self.sync = sync
+        self.datadir = datadir
 
     def describe(self) -> list[Metric]:
-        """Nothing up front: the node is not fully built when this is registered."""
+        """Nothing up front: registering the collector reads no state."""
         return []
 
     def collect(self) -> Iterator[Metric]:
-        node = self.node
-        chain = node.chain
+        chain = self.chain
         peers = GaugeMetricFamily(
             "pouw_peers_by_direction", "Connected peers", labels=["direction"]
         )
-        directions = Tally(p.direction for p in node.p2p.peers)
+        directions = Tally(p.direction for p in self.p2p.peers)
         for direction in ("in", "out"):
             peers.add_metric([direction], directions[direction])
         yield peers
         yield GaugeMetricFamily(
             "pouw_mempool_bytes",
             "Encoded size of the mempool's transactions",
-            node.mempool.size_bytes,
+            self.mempool.size_bytes,
         )
-        sync = node.sync_progress.state()
+        sync = self.sync.state()
         yield GaugeMetricFamily(
             "pouw_sync_header_height",
             "Best header height known (from peers)",
@@ -201,7 +187,7 @@ class NodeCollector(Collector):
         sizes = CounterMetricFamily(
             "pouw_p2p_bytes", "P2P frame bytes by direction and type", labels=["direction", "type"]
         )
-        for (direction, msg_type), (count, size) in sorted(node.p2p.stats.by_type.items()):
+        for (direction, msg_type), (count, size) in sorted(self.p2p.stats.by_type.items()):
             msgs.add_metric([direction, _type_name(msg_type)], count)
             sizes.add_metric([direction, _type_name(msg_type)], size)
         yield msgs
@@ -213,7 +199,7 @@ class NodeCollector(Collector):
         )
         db = 0
         for suffix in ("", "-wal"):
-            path = node.datadir / f"chain.sqlite{suffix}"
+            path = self.datadir / f"chain.sqlite{suffix}"
             db += path.stat().st_size if path.exists() else 0
         yield GaugeMetricFamily("pouw_db_bytes", "Size of chain.sqlite and its WAL", db)
         jobs = GaugeMetricFamily(

@@ -22,7 +22,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -56,38 +56,28 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class WorkHost(Protocol):
-    """What the work source needs of the node."""
-
-    @property
-    def chain(self) -> Chain: ...
-
-    @property
-    def params(self) -> NetworkParams: ...
-
-    @property
-    def mempool(self) -> Mempool: ...
-
-    @property
-    def market(self) -> MarketService: ...
-
-    @property
-    def metrics(self) -> Metrics: ...
-
-    @property
-    def miner_address(self) -> bytes: ...
-
-
 class WorkSource:
     """Block templates for one node's miner (see the module docstring)."""
 
     def __init__(
         self,
-        node: WorkHost,
+        chain: Chain,
+        params: NetworkParams,
+        mempool: Mempool,
+        market: MarketService,
+        metrics: Metrics,
+        *,
+        miner_address: bytes,
         process_block: Callable[[Block, PeerSession | None], Awaitable[AddResult | None]],
     ) -> None:
-        """``process_block``: where a mined block goes (``ChainService.process_block``)."""
-        self.node = node
+        """``market``: the posted jobs to attempt and where their results go;
+        ``process_block``: where a mined block goes (``ChainService.process_block``)."""
+        self.chain = chain
+        self.params = params
+        self.mempool = mempool
+        self.market = market
+        self.metrics = metrics
+        self.miner_address = miner_address
         self._process_block = process_block
         self._null_jobs: OrderedDict[bytes, Job] = OrderedDict()
         self._template_of: (
@@ -99,13 +89,13 @@ class WorkSource:
         self._body_removals = 0
         self._body_admissions = 0
         # At fast blocks a new transaction (a job, a claim) waits at most half a block.
-        self._refresh_s = min(TEMPLATE_REFRESH_S, node.params.block_time_ms / 2000)
+        self._refresh_s = min(TEMPLATE_REFRESH_S, params.block_time_ms / 2000)
 
     def null_job(self, prev_hash: bytes) -> Job:
         """The null job on top of ``prev_hash`` (its operands are derived, then kept)."""
         job = self._null_jobs.get(prev_hash)
         if job is None:
-            job = null_job(prev_hash, self.node.params)
+            job = null_job(prev_hash, self.params)
             self._null_jobs[prev_hash] = job
             while len(self._null_jobs) > NULL_JOBS_KEPT:
                 self._null_jobs.popitem(last=False)
@@ -120,21 +110,19 @@ class WorkSource:
         The template is reused while the tip and mempool stay, and refreshed for
         new transactions no more often than the module docstring says.
         """
-        node = self.node
-        tip = node.chain.tip.hash
-        job = node.market.next_job() or self.null_job(tip)
-        check_job_shape(job.spec, node.params)
+        tip = self.chain.tip.hash
+        job = self.market.next_job() or self.null_job(tip)
+        check_job_shape(job.spec, self.params)
         template, txs = self._template(tip, job.spec)
         return MiningWork(
             template=dataclasses.replace(template, job=job.spec),
             job=job,
             txs=txs,
-            committed=node.market.wrong_result(job),
+            committed=self.market.wrong_result(job),
         )
 
     def _template(self, tip: bytes, job: JobSpec) -> tuple[BlockHeader, tuple[Transaction, ...]]:
-        node = self.node
-        mempool = node.mempool
+        mempool = self.mempool
         revision = mempool.revision
         # On the same tip the last template's transactions stay and only those admitted
         # since are applied; one that left the pool (replaced, evicted) means a fresh,
@@ -151,18 +139,18 @@ class WorkSource:
         started = time.monotonic()
         if not grows or base is None:
             base = None
-            candidates = mempool.select(TEMPLATE_MAX_TXS, node.params.max_block_bytes // 2)
+            candidates = mempool.select(TEMPLATE_MAX_TXS, self.params.max_block_bytes // 2)
         else:
             room = max(0, TEMPLATE_MAX_TXS - len(base.txs))
             candidates = mempool.admitted_since(self._body_admissions, room)
         self._body_admissions = mempool.admissions
-        chain = node.chain
+        chain = self.chain
         template, body = build_template(
             chain.state,
             chain.header_context(tip),
-            node.params,
+            self.params,
             candidates,
-            node.miner_address,
+            self.miner_address,
             job,
             now_ms(),
             verified=True,
@@ -179,17 +167,17 @@ class WorkSource:
 
     async def submit(self, found: MinedBlock, work: MiningWork) -> None:
         """A block the miner found: processed (and pushed to peers) unless the tip moved."""
-        node = self.node
-        if found.header.prev_hash != node.chain.tip.hash:
+        market = self.market
+        if found.header.prev_hash != self.chain.tip.hash:
             # The tip moved while the attempt ran: the block is stale, the result is not.
             if found.product is not None:
-                await node.market.deliver(work.job, found.header.result_root, found.product)
+                await market.deliver(work.job, found.header.result_root, found.product)
             return
-        block = Block(node.market.finish(found, work.job), work.txs)
-        node.metrics.mined.inc()
+        block = Block(market.finish(found, work.job), work.txs)
+        self.metrics.mined.inc()
         log.info("mined block %d %s", block.header.height, block.hash.hex()[:16])
         await self._process_block(block, None)
 
     async def deliver(self, work: MiningWork, result_root: bytes, product: np.ndarray) -> None:
         """An attempt on a posted job that made no block: its result is kept and claimed."""
-        await self.node.market.deliver(work.job, result_root, product)
+        await self.market.deliver(work.job, result_root, product)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -121,21 +122,6 @@ def check_writable_file(path: str, option: str) -> None:
         raise ValueError(f"{option} {path}: the folder {parent} is not writable")
 
 
-def _show_chain(record: dict[str, object]) -> None:
-    table = Table(
-        title=(
-            f"pouw bench chain — {record['blocks']} blocks × {record['txs_per_block']} transfers, "
-            f"job {record['job_m']}×{record['job_k']}×{record['job_n']}"
-        )
-    )
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for key, value in record.items():
-        text = f"{value:,.4g}" if isinstance(value, float) else str(value)
-        table.add_row(key, text)
-    Console().print(table)
-
-
 @bench.command("chain")
 @click.option("--blocks", type=int, default=20, show_default=True, help="Blocks to import.")
 @click.option(
@@ -161,10 +147,12 @@ def bench_chain_cmd(blocks: int, txs_per_block: int, accounts: int | None, as_js
         record = bench_chain(
             blocks, txs_per_block, accounts, on_block=lambda: progress.advance(task)
         )
-    if as_json:
-        click.echo(json.dumps(record))
-    else:
-        _show_chain(record)
+    _print_record(
+        record,
+        as_json,
+        f"pouw bench chain — {record['blocks']} blocks × {record['txs_per_block']} transfers, "
+        f"job {record['job_m']}×{record['job_k']}×{record['job_n']}",
+    )
 
 
 @bench.command("pipeline")
@@ -185,13 +173,14 @@ def bench_pipeline_cmd(txs: int, as_json: bool) -> None:
     with Progress(disable=as_json, transient=True) as progress:
         progress.add_task(f"timing {txs:,} transactions through every stage", total=None)
         record = bench_pipeline(txs)
+    _print_record(record, as_json, f"pouw bench pipeline — µs per transaction, {txs:,} transfers")
+
+
+def _print_record(record: dict[str, Any], as_json: bool, title: str) -> None:
+    """The record as one JSON object, or as a table under ``title``."""
     if as_json:
         click.echo(json.dumps(record))
-    else:
-        _show_record(f"pouw bench pipeline — µs per transaction, {txs:,} transfers", record)
-
-
-def _show_record(title: str, record: dict[str, object]) -> None:
+        return
     table = Table(title=title)
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -204,6 +193,17 @@ def _show_record(title: str, record: dict[str, object]) -> None:
 def _fail(message: str, code: int = 2) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+def _measure(run: Callable[[], dict[str, Any]], *errors: type[Exception]) -> dict[str, Any]:
+    """What ``run`` measured. Ctrl-C ends the command with exit code 130, one of
+    ``errors`` with 1, each saying why on stderr (the benchmark has stopped its nodes)."""
+    try:
+        return run()
+    except KeyboardInterrupt:
+        _fail("interrupted; every node was stopped", 130)
+    except errors as e:
+        _fail(str(e), 1)
 
 
 @bench.command("consensus")
@@ -272,19 +272,24 @@ def bench_consensus_cmd(
     except ValueError as e:
         _fail(str(e))
     console = Console(stderr=True)
-    try:
-        record = bench_consensus(
-            nodes, duration, tx_rate, block_time, topology, lab, accounts, plot_dir,
-            on_progress=None if as_json else console.print, warmup=warmup,
-        )  # fmt: skip
-    except KeyboardInterrupt:
-        _fail("interrupted; every node was stopped", 130)
-    except (RuntimeError, ValueError, NetnsUnavailable) as e:
-        _fail(str(e), 1)
-    if as_json:
-        click.echo(json.dumps(record))
-    else:
-        _show_record(f"pouw bench consensus — {nodes} nodes, {duration:.0f}s", record)
+    record = _measure(
+        lambda: bench_consensus(
+            nodes,
+            duration,
+            tx_rate,
+            block_time,
+            topology,
+            lab,
+            accounts,
+            plot_dir,
+            on_progress=None if as_json else console.print,
+            warmup=warmup,
+        ),
+        RuntimeError,
+        ValueError,
+        NetnsUnavailable,
+    )
+    _print_record(record, as_json, f"pouw bench consensus — {nodes} nodes, {duration:.0f}s")
 
 
 @bench.command("sync")
@@ -309,16 +314,10 @@ def bench_sync_cmd(blocks: int, txs_per_block: int, as_json: bool) -> None:
                 progress.start_task(sync)
                 progress.update(sync, completed=done)
 
-        try:
-            record = bench_sync(blocks, txs_per_block, on_progress=on_progress)
-        except KeyboardInterrupt:
-            _fail("interrupted; every node was stopped", 130)
-        except RuntimeError as e:
-            _fail(str(e), 1)
-    if as_json:
-        click.echo(json.dumps(record))
-    else:
-        _show_record(f"pouw bench sync — {blocks} blocks", record)
+        record = _measure(
+            lambda: bench_sync(blocks, txs_per_block, on_progress=on_progress), RuntimeError
+        )
+    _print_record(record, as_json, f"pouw bench sync — {blocks} blocks")
 
 
 @bench.command("market")
@@ -368,19 +367,22 @@ def bench_market_cmd(
 
     dims = _parse_shape(shape) if shape is not None else None
     console = Console(stderr=True)
-    try:
-        record = bench_market(
-            nodes, duration, warmup, offered_ratio, dims, block_time_ms, plot_path,
+    record = _measure(
+        lambda: bench_market(
+            nodes,
+            duration,
+            warmup,
+            offered_ratio,
+            dims,
+            block_time_ms,
+            plot_path,
             on_progress=None if as_json else console.print,
-        )  # fmt: skip
-    except KeyboardInterrupt:
-        _fail("interrupted; every node was stopped", 130)
-    except (RuntimeError, TimeoutError, OSError) as e:
-        _fail(str(e), 1)
-    if as_json:
-        click.echo(json.dumps(record))
-    else:
-        _show_record(f"pouw bench market — {nodes} nodes, {duration:g} s", record)
+        ),
+        RuntimeError,
+        TimeoutError,
+        OSError,
+    )
+    _print_record(record, as_json, f"pouw bench market — {nodes} nodes, {duration:g} s")
 
 
 def _parse_shape(text: str) -> tuple[int, int, int]:

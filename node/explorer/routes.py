@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -82,25 +82,12 @@ class ApiError(Exception):
         self.message = message
 
 
-class ExplorerHost(Protocol):
-    """What the explorer reads off the node."""
-
-    @property
-    def chain(self) -> Chain: ...
-
-    @property
-    def params(self) -> NetworkParams: ...
-
-    @property
-    def mempool(self) -> Mempool: ...
-
-    @property
-    def rpc(self) -> RpcServer: ...
-
-
-def add_routes(app: web.Application, node: ExplorerHost) -> None:
-    """Serve the explorer on ``app`` (the node's RPC listener)."""
-    explorer = Explorer(node)
+def add_routes(
+    app: web.Application, chain: Chain, params: NetworkParams, mempool: Mempool, rpc: RpcServer
+) -> None:
+    """Serve the explorer on ``app`` (the node's RPC listener): it reads ``chain`` and
+    ``mempool`` and answers through ``rpc``'s read-only methods."""
+    explorer = Explorer(chain, params, mempool, rpc)
     index = STATIC_DIR / "index.html"
 
     async def page(request: web.Request) -> web.FileResponse:
@@ -150,13 +137,18 @@ async def _no_such_endpoint(request: web.Request) -> Any:
 class Explorer:
     """The JSON the explorer's pages read, from one node."""
 
-    def __init__(self, node: ExplorerHost) -> None:
-        self.node = node
+    def __init__(
+        self, chain: Chain, params: NetworkParams, mempool: Mempool, rpc: RpcServer
+    ) -> None:
+        self.chain = chain
+        self.params = params
+        self.mempool = mempool
+        self._rpc = rpc
 
     async def rpc(self, name: str, *params: Any) -> Any:
         """A read-only RPC method's answer; its refusal as a 400 (bad input) or 404."""
         try:
-            return await self.node.rpc.read(name, *params)
+            return await self._rpc.read(name, *params)
         except RpcError as e:
             if e.code == INVALID_PARAMS:
                 raise ApiError(400, e.message.removeprefix("invalid params: ")) from None
@@ -165,7 +157,7 @@ class Explorer:
             raise
 
     def _job_id(self, block: Block) -> bytes:
-        p = self.node.params
+        p = self.params
         return block.header.job.job_id(p.rank, p.tile_h, p.tile_w)
 
     # ------------------------------------------------------------ home
@@ -194,7 +186,7 @@ class Explorer:
         jobs' m·k·n, not its expected work; a block on a job someone else had
         already claimed delivers nothing new.
         """
-        state = self.node.chain.state
+        state = self.chain.state
         own = job_record(state, self._job_id(block))
         claimed = own is not None and own["claim_kind"] == "block" and own["claim_id"] == block.hash
         recs = [own] if claimed else []
@@ -208,7 +200,7 @@ class Explorer:
         (block work), the MACs of the posted jobs whose results it delivered (its own
         job's, claimed by its header, and those its job_result transactions claim),
         and the network's MAC/s over the ROLLING blocks up to it."""
-        chain = self.node.chain
+        chain = self.chain
         jobs = chain.state.tables[JOBS]
         rows: list[dict[str, Any]] = []
         low = max(1, chain.height - count + 1)
@@ -248,7 +240,7 @@ class Explorer:
             out: dict[str, Any] = await self.rpc("getblockbyheight", int(ident))
         else:
             out = await self.rpc("getblock", ident)
-        chain = self.node.chain
+        chain = self.chain
         block = chain.blocks[bytes.fromhex(out["hash"])]
         active = chain.is_active(block.hash)
         out["active"] = active
@@ -261,9 +253,9 @@ class Explorer:
     async def _proof(self, block: Block) -> dict[str, Any]:
         """The PoUW proof as a reader checks it: which job, which tile, its ticket
         against the threshold (recomputed from the header, as a verifier does)."""
-        h, p = block.header, self.node.params
+        h, p = block.header, self.params
         job_id = self._job_id(block)
-        posted = job_id in self.node.chain.state.tables[JOBS]
+        posted = job_id in self.chain.state.tables[JOBS]
         threshold = ticket_threshold(h.target, p.tile_h, p.tile_w, max(h.job.k, 1))
         out: dict[str, Any] = {
             "job_id": job_id.hex(),
@@ -294,8 +286,7 @@ class Explorer:
         out: dict[str, Any] = await self.rpc("getaccount", request.match_info["id"].strip())
         addr = parse_address(out["address"])
         pending = [
-            {**tx_json(tx), "height": None, "block": None}
-            for tx in self.node.mempool.by_sender(addr)
+            {**tx_json(tx), "height": None, "block": None} for tx in self.mempool.by_sender(addr)
         ]
 
         def involving(block: Block) -> list[dict[str, Any]]:
@@ -320,7 +311,7 @@ class Explorer:
         SCAN_BLOCKS blocks or SCAN_TXS transactions, and how many blocks were read. A
         stranger's request must not hold the event loop: it yields every SCAN_YIELD blocks,
         reading a copy of the active chain's hashes taken at the start."""
-        chain = self.node.chain
+        chain = self.chain
         hashes = chain.active[max(1, len(chain.active) - SCAN_BLOCKS) :]
         out: list[dict[str, Any]] = []
         read = txs = 0
@@ -344,7 +335,7 @@ class Explorer:
         jobs = [_with_rate(j) for j in await self.rpc("listjobs")]
         # Open jobs best-paying first, as miners rank them; the others by status.
         jobs.sort(key=lambda j: (j["status"] != "open", j["status"], -j["fee_per_gmac"]))
-        model_ids = sorted({model_id for model_id, step in self.node.chain.state.tables[MODELS]})
+        model_ids = sorted({model_id for model_id, step in self.chain.state.tables[MODELS]})
 
         def market_txs(block: Block) -> list[dict[str, Any]]:
             # Every kind but transfers and data sharing: posts, cancels, fraud proofs,
@@ -374,7 +365,7 @@ class Explorer:
             if e.status != 404:
                 raise
             out = {"model_id": ident.lower(), "steps": []}
-        published = published_model_record(self.node.chain.state, bytes.fromhex(ident))
+        published = published_model_record(self.chain.state, bytes.fromhex(ident))
         if published is None and not out["steps"]:
             raise ApiError(404, f"unknown model {ident[:100]}")
         out["published"] = None if published is None else _hexed(published)
@@ -383,7 +374,7 @@ class Explorer:
     # ------------------------------------------------------------ data
 
     async def datasets(self, request: web.Request) -> list[dict[str, Any]]:
-        state = self.node.chain.state
+        state = self.chain.state
         out = []
         for ds_id in state.tables[DATASETS]:
             rec = dataset_record(state, ds_id)
@@ -430,9 +421,9 @@ class Explorer:
         if not query:
             raise ApiError(400, "type a height, block hash, txid, address, job or dataset id")
         if _is_height(query):
-            if int(query) > self.node.chain.height:
+            if int(query) > self.chain.height:
                 raise ApiError(
-                    404, f"no block at height {query}: the tip is at {self.node.chain.height}"
+                    404, f"no block at height {query}: the tip is at {self.chain.height}"
                 )
             return {"kind": "block", "id": query}
         text = query.lower().removeprefix("pw")
@@ -445,9 +436,9 @@ class Explorer:
                 "(pw + 40 hex digits)",
             )
         raw = bytes.fromhex(query)
-        state = self.node.chain.state
+        state = self.chain.state
         found = [
-            ("block", raw in self.node.chain.blocks),
+            ("block", raw in self.chain.blocks),
             ("job", state.get(JOBS, raw) is not None),
             ("dataset", state.get(DATASETS, raw) is not None),
             ("model", (raw, 0) in state.tables[MODELS] or published_model_record(state, raw)),

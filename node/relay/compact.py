@@ -23,7 +23,7 @@ of work, one tile, a millisecond; a peer cannot make up headers that pass),
 and before asking for missing transactions the txids must be the ones the
 header's tx_root commits to (a block rebuilt whole has that checked by the
 chain, once). The rebuilt
-block then takes the same path as a whole block (``Node.accept_block``):
+block then takes the same path as a whole block (the node's block intake):
 every rule is checked, and the signatures of transactions that did not come
 from the mempool are verified.
 
@@ -36,6 +36,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -58,8 +59,6 @@ from node.net.wire import (
 
 if TYPE_CHECKING:
     from consensus.chain import Chain
-    from node.mempool import Mempool
-    from node.net.p2p import PeerManager
 
 INV_BLOCK = int(InvKind.BLOCK)
 INV_CMPCT = int(InvKind.CMPCT_BLOCK)
@@ -112,28 +111,20 @@ class ConnectedBlocks(Protocol):
     def connected(self) -> tuple[Block, ...]: ...
 
 
-class CompactHost(Protocol):
-    """What compact relay needs of the node: its chain, mempool, peers and block intake."""
-
-    @property
-    def chain(self) -> Chain: ...
-
-    @property
-    def mempool(self) -> Mempool: ...
-
-    @property
-    def p2p(self) -> PeerManager: ...
-
-    async def accept_block(self, block: Block, peer: PeerSession) -> None:
-        """A block ``peer`` sent, whole or rebuilt from a compact block."""
-        ...
-
-
 class CompactRelay:
     """The compact-block side of one node's gossip (see the module docstring)."""
 
-    def __init__(self, node: CompactHost) -> None:
-        self.node = node
+    def __init__(
+        self,
+        chain: Chain,
+        mempool_get: Callable[[bytes], Transaction | None],
+        peers: Callable[[], list[PeerSession]],
+    ) -> None:
+        """``mempool_get``: a pooled transaction by txid (``Mempool.get``); ``peers``:
+        the connected peers, to push a new tip to."""
+        self.chain = chain
+        self._mempool_get = mempool_get
+        self._peers = peers
         self.asked: dict[bytes, tuple[PeerSession, float]] = {}
         self.partials: dict[bytes, _Partial] = {}
         self.stats = CompactStats()
@@ -155,9 +146,10 @@ class CompactRelay:
 
     # ------------------------------------------------------------ receiving
 
-    async def on_compact_block(self, peer: PeerSession, msg: CompactBlock) -> None:
-        """Rebuild the block from what we hold, or ask for what we lack."""
-        node = self.node
+    async def on_compact_block(self, peer: PeerSession, msg: CompactBlock) -> Block | None:
+        """The block rebuilt from what we hold, for the block intake; None if we lack
+        transactions (asked for) or have nothing to do with it."""
+        chain = self.chain
         header = msg.header
         h = header.hash
         if not peer.take_requested(INV_CMPCT, h):
@@ -166,34 +158,34 @@ class CompactRelay:
         if self.asked.get(h, (None, 0.0))[0] is peer:
             del self.asked[h]
         self.stats.received += 1
-        if node.chain.contains(h) or h in self.partials:
-            return
-        if header.prev_hash not in node.chain.entries:
+        if chain.contains(h) or h in self.partials:
+            return None
+        if header.prev_hash not in chain.entries:
             # Not on top of anything we have, so its header cannot be checked: keep
             # nothing (a whole block asked for now would be held as an orphan on its
             # proof alone, which a made-up target makes free) and ask this peer for
             # the headers in between, which headers-first sync checks one by one.
-            await peer.send(GetHeaders(tuple(node.chain.locator()), bytes(32)))
-            return
+            await peer.send(GetHeaders(tuple(chain.locator()), bytes(32)))
+            return None
         try:
-            node.chain.check_header(header)  # every header rule, before any other work
+            chain.check_header(header)  # every header rule, before any other work
         except InvalidBlock as e:
             raise header_violation("compact block", e) from None
         txs, missing = self._fill(msg.txids)
         if not missing:
             # The chain checks the txids against tx_root before it keeps anything.
             self.stats.complete += 1
-            await node.accept_block(Block(header, tuple(txs)), peer)  # type: ignore[arg-type]
-            return
+            return Block(header, tuple(txs))  # type: ignore[arg-type]
         # Before asking the peer for what we lack: is that what the header names?
         if merkle_root(list(msg.txids)) != header.tx_root:
             raise ProtocolViolation("compact block: its txids are not the ones tx_root commits to")
         self.stats.txs_fetched += len(missing)
         self.partials[h] = _Partial(peer, header, msg.txids, txs, tuple(missing))
         peer.send_nowait(GetBlockTxn(h, tuple(missing)))
+        return None
 
-    async def on_block_txn(self, peer: PeerSession, msg: BlockTxn) -> None:
-        """The transactions a compact block lacked: complete it and process it."""
+    def on_block_txn(self, peer: PeerSession, msg: BlockTxn) -> Block:
+        """The transactions a compact block lacked: the completed block, for the intake."""
         h = msg.block_hash
         partial = self.partials.get(h)
         if partial is None or partial.peer is not peer:
@@ -207,12 +199,11 @@ class CompactRelay:
             if tx.txid != partial.txids[i]:
                 raise ProtocolViolation(f"blocktxn: transaction {i} is not the one the block names")
             partial.txs[i] = tx
-        block = Block(partial.header, tuple(partial.txs))  # type: ignore[arg-type]
-        await self.node.accept_block(block, peer)
+        return Block(partial.header, tuple(partial.txs))  # type: ignore[arg-type]
 
     def _fill(self, txids: tuple[bytes, ...]) -> tuple[list[Transaction | None], list[int]]:
         """The block's transactions we hold (None where we do not), and where they lack."""
-        mempool_get = self.node.mempool.get
+        mempool_get = self._mempool_get
         recent = list(self._recent.values())
         txs: list[Transaction | None] = []
         missing: list[int] = []
@@ -269,7 +260,7 @@ class CompactRelay:
         """Send our new tip as a CMPCTBLOCK to every peer but ``exclude`` that lacks it;
         how many peers it went to."""
         sent = 0
-        for peer in self.node.p2p.peers:
+        for peer in self._peers():
             if peer is not exclude and not peer.knows(INV_BLOCK, block_hash):
                 self.serve(peer, block_hash)
                 sent += 1
@@ -279,7 +270,7 @@ class CompactRelay:
         """Send a block we have as a CMPCTBLOCK."""
         frame = self._frames.get(block_hash)
         if frame is None:
-            block = self.node.chain.blocks[block_hash]
+            block = self.chain.blocks[block_hash]
             frame = encode_message(CompactBlock(block.header, tuple(tx.txid for tx in block.txs)))
             self._frames[block_hash] = frame
             while len(self._frames) > FRAMES_KEPT:
@@ -290,7 +281,7 @@ class CompactRelay:
 
     def on_get_block_txn(self, peer: PeerSession, msg: GetBlockTxn) -> None:
         """Answer with the transactions at the asked indexes of a block we have."""
-        block = self.node.chain.blocks.get(msg.block_hash)
+        block = self.chain.blocks.get(msg.block_hash)
         if block is None:
             peer.send_nowait(NotFound((InvItem(InvKind.BLOCK, msg.block_hash),)))
             return

@@ -38,8 +38,9 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from consensus.blocks import Block, BlockHeader
 from consensus.chain import Status, headers_after
@@ -61,7 +62,6 @@ from node.relay.sync_progress import SyncProgress
 if TYPE_CHECKING:
     from consensus.chain import AddResult, Chain
     from consensus.params import NetworkParams
-    from node.net.p2p import PeerManager
 
 log = logging.getLogger("pouw.node")
 
@@ -93,44 +93,36 @@ class _Presync:
     skipped: int = 0
 
 
-class CompactBlocksInFlight(Protocol):
-    """Compact relay, as the block download sees it."""
-
-    def pending(self, block_hash: bytes) -> bool:
-        """Whether this block is on its way as a compact block."""
-        ...
-
-
-class SyncHost(Protocol):
-    """What headers-first sync needs of the node."""
-
-    @property
-    def chain(self) -> Chain: ...
-
-    @property
-    def params(self) -> NetworkParams: ...
-
-    @property
-    def p2p(self) -> PeerManager: ...
-
-    @property
-    def compact(self) -> CompactBlocksInFlight: ...
-
-    async def process_block(self, block: Block, source: PeerSession | None) -> AddResult | None:
-        """Validate a block and add it to the chain; relay it if it is good."""
-        ...
-
-    def flush_store(self) -> None:
-        """Commit the batched store writes."""
-        ...
+BlockIntake = Callable[[Block, "PeerSession | None"], Awaitable["AddResult | None"]]
+"""Validates a block and adds it to the chain, relaying it if it is good
+(``ChainService.process_block``)."""
 
 
 class HeaderSync:
     """The headers-first download of one node (see the module docstring)."""
 
-    def __init__(self, node: SyncHost, progress: SyncProgress) -> None:
-        self.node = node
+    def __init__(
+        self,
+        chain: Chain,
+        params: NetworkParams,
+        progress: SyncProgress,
+        *,
+        peers: Callable[[], list[PeerSession]],
+        compact_pending: Callable[[bytes], bool],
+        process_block: BlockIntake,
+        flush_store: Callable[[], None],
+    ) -> None:
+        """``peers``: the connected peers; ``compact_pending``: whether a block is on its
+        way as a compact block (``CompactRelay.pending``), so it is not asked for twice;
+        ``process_block``: where downloaded blocks go, in height order; ``flush_store``:
+        commits the store writes batched while catching up."""
+        self.chain = chain
+        self.params = params
         self.progress = progress
+        self._peers = peers
+        self._compact_pending = compact_pending
+        self._process_block = process_block
+        self._flush_store = flush_store
         self.pending: dict[bytes, HeaderContext] = {}
         """Checked headers of a chain with more work than ours whose blocks are not
         connected yet."""
@@ -160,7 +152,7 @@ class HeaderSync:
 
     async def on_getheaders(self, peer: PeerSession, msg: GetHeaders) -> None:
         """Answer with the active chain's headers after the locator (up to ``stop``)."""
-        headers = headers_after(self.node.chain, msg.locator, MAX_HEADERS)
+        headers = headers_after(self.chain, msg.locator, MAX_HEADERS)
         if msg.stop != bytes(32):
             for i, hd in enumerate(headers):
                 if hd.hash == msg.stop:
@@ -171,7 +163,7 @@ class HeaderSync:
     async def on_headers(self, peer: PeerSession, msg: Headers) -> None:
         """Check new headers against their parents, queue the blocks of a chain with
         more work than ours, and ask for the rest (see the module docstring)."""
-        chain = self.node.chain
+        chain = self.chain
         headers = msg.headers
         for i in range(1, len(headers)):
             if headers[i].prev_hash != headers[i - 1].hash:
@@ -229,7 +221,7 @@ class HeaderSync:
         none: then the peer is asked again when it sends a new tip, rather than
         in a loop that makes no progress).
         """
-        chain, params = self.node.chain, self.node.params
+        chain, params = self.chain, self.params
         presync = self.presync.get(peer)
         held_total = self.presync_held()
         promoted = checked_count = 0
@@ -296,12 +288,12 @@ class HeaderSync:
         context = self.pending.get(block_hash)
         if context is not None:
             return context
-        entry = self.node.chain.entries.get(block_hash)
+        entry = self.chain.entries.get(block_hash)
         if entry is None:
             return None
         if entry.status is Status.INVALID:
             raise ProtocolViolation(f"headers: block {block_hash.hex()[:16]} is invalid")
-        return self.node.chain.header_context(block_hash)
+        return self.chain.header_context(block_hash)
 
     def _context(self, peer: PeerSession, block_hash: bytes) -> HeaderContext | None:
         """The context of a header a peer's reply builds on: known, or its presync's last."""
@@ -321,8 +313,8 @@ class HeaderSync:
         PER_PEER_INFLIGHT each, the least loaded peer that has the block first."""
         if not self.queue:
             return
-        node = self.node
-        peers = [p for p in node.p2p.peers if p.best_height > node.chain.height]
+        height = self.chain.height
+        peers = [p for p in self._peers() if p.best_height > height]
         if not peers:
             return
         load = {id(p): 0 for p in peers}
@@ -336,7 +328,7 @@ class HeaderSync:
         for i, h in enumerate(self.queue):
             if i >= DOWNLOAD_WINDOW or free <= 0:
                 break  # a block arriving frees one slot: the scan stops right there
-            if h in inflight or h in downloaded or node.compact.pending(h):
+            if h in inflight or h in downloaded or self._compact_pending(h):
                 continue
             height = pending[h].header.height
             best = None
@@ -379,22 +371,21 @@ class HeaderSync:
         return True
 
     async def _connect_downloaded(self, peer: PeerSession) -> None:
-        node = self.node
         while self.queue and self.queue[0] in self.downloaded:
             h = self.queue.popleft()
             block = self.downloaded.pop(h)
             self.pending.pop(h, None)
             try:
-                await node.process_block(block, source=peer)
+                await self._process_block(block, peer)
             except ProtocolViolation:
                 self.forget()
                 raise
         self.schedule()
         if self.target:
-            self.progress.update(node.chain.height, self.target)
+            self.progress.update(self.chain.height, self.target)
         if not self.queue and self.target:
-            node.flush_store()
-            log.info("sync: at height %d", node.chain.height)
+            self._flush_store()
+            log.info("sync: at height %d", self.chain.height)
             self.target = 0
 
     def forget(self) -> None:

@@ -26,7 +26,7 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from consensus.errors import InvalidTransaction
 from consensus.transactions import check_tx_stateless
@@ -36,7 +36,6 @@ from node.net.wire import InvItem, InvKind
 
 if TYPE_CHECKING:
     from consensus.chain import Chain
-    from consensus.params import NetworkParams
     from node.mempool import Mempool
     from node.metrics import Metrics
     from node.net.p2p import PeerManager
@@ -70,26 +69,7 @@ AdmittedListener = Callable[[bytes], None]
 """Hears the txid of each transaction admitted to the mempool (the RPC's event stream)."""
 
 
-class TxRelayHost(Protocol):
-    """What transaction relay needs of the node."""
-
-    @property
-    def chain(self) -> Chain: ...
-
-    @property
-    def params(self) -> NetworkParams: ...
-
-    @property
-    def mempool(self) -> Mempool: ...
-
-    @property
-    def p2p(self) -> PeerManager: ...
-
-    @property
-    def metrics(self) -> Metrics: ...
-
-
-def _valid_on_its_own(tx: Any, node: TxRelayHost) -> bool:
+def _valid_on_its_own(tx: Any, chain_id: int) -> bool:
     """Whether ``tx`` passes every check that does not depend on the state.
 
     A stateful rule can name the payload too ("payload.claims[0].job_id: the job
@@ -98,7 +78,7 @@ def _valid_on_its_own(tx: Any, node: TxRelayHost) -> bool:
     that the peer that sent it misbehaves.
     """
     try:
-        check_tx_stateless(tx, node.params.chain_id)
+        check_tx_stateless(tx, chain_id)
     except InvalidTransaction:
         return False
     return True
@@ -107,8 +87,16 @@ def _valid_on_its_own(tx: Any, node: TxRelayHost) -> bool:
 class TxRelay:
     """The transaction side of one node's gossip (see the module docstring)."""
 
-    def __init__(self, node: TxRelayHost) -> None:
-        self.node = node
+    def __init__(
+        self, chain: Chain, chain_id: int, mempool: Mempool, p2p: PeerManager, metrics: Metrics
+    ) -> None:
+        """``p2p``: the peers to announce to and to ban a peer that sends an invalid
+        transaction from."""
+        self.chain = chain
+        self.chain_id = chain_id
+        self.mempool = mempool
+        self.p2p = p2p
+        self.metrics = metrics
         self.wanted: OrderedDict[bytes, PeerSession] = OrderedDict()
         self.requested: dict[bytes, tuple[PeerSession, float]] = {}
         self.intake: deque[tuple[PeerSession, Any]] = deque()
@@ -131,21 +119,22 @@ class TxRelay:
 
     # ------------------------------------------------------------ admission
 
-    def admit(self, tx: Any, source: PeerSession | None) -> bytes:
-        """Admit to the mempool and queue the announcement; InvalidTransaction if refused."""
-        node = self.node
+    def admit(self, tx: Any, source: PeerSession | None = None) -> bytes:
+        """Admit to the mempool and queue the announcement (to every peer but ``source``,
+        None for our own); InvalidTransaction if refused."""
         txid: bytes = tx.txid
-        if txid in node.mempool:
+        if txid in self.mempool:
             return txid
+        chain = self.chain
         try:
-            node.mempool.add(tx, node.chain.state, node.chain.height, tip=node.chain.tip.header)
+            self.mempool.add(tx, chain.state, chain.height, tip=chain.tip.header)
         except InvalidTransaction:
-            node.metrics.txs_rejected.inc()
+            self.metrics.txs_rejected.inc()
             self.rejected[txid] = None
             while len(self.rejected) > SEEN_CACHE:
                 self.rejected.popitem(last=False)
             raise
-        node.metrics.txs_accepted.inc()
+        self.metrics.txs_accepted.inc()
         self._announce.setdefault(id(source), (source, []))[1].append(txid)
         for listener in self._admitted_listeners:
             listener(txid)
@@ -156,8 +145,8 @@ class TxRelay:
             self.admit(tx, peer)
         except InvalidTransaction as e:
             reason = str(e)
-            if reason.startswith(_MALICIOUS) and not _valid_on_its_own(tx, self.node):
-                p2p = self.node.p2p
+            if reason.startswith(_MALICIOUS) and not _valid_on_its_own(tx, self.chain_id):
+                p2p = self.p2p
                 p2p.stats.violations += 1
                 log.warning("%s misbehaved: invalid transaction: %s", peer, reason)
                 p2p.ban(peer, f"invalid transaction: {reason}")
@@ -175,28 +164,27 @@ class TxRelay:
                 if not peer.closing:  # a banned peer's queued transactions are dropped
                     self._admit_from_peer(peer, tx)
                 if time.monotonic() >= until:
-                    self.node.metrics.mempool.set(len(self.node.mempool))
+                    self.metrics.mempool.set(len(self.mempool))
                     self.request_more()
                     await asyncio.sleep(0)
                     until = time.monotonic() + SLICE_S
-            self.node.metrics.mempool.set(len(self.node.mempool))
+            self.metrics.mempool.set(len(self.mempool))
             self.request_more()
 
     async def _announce_loop(self) -> None:
-        node = self.node
         while True:
             await asyncio.sleep(RELAY_S)
             batches, self._announce = self._announce, {}
             for source, txids in batches.values():
-                live = [t for t in txids if t in node.mempool]
+                live = [t for t in txids if t in self.mempool]
                 if live:
-                    node.p2p.announce_many(INV_TX, live, exclude=source)
+                    self.p2p.announce_many(INV_TX, live, exclude=source)
 
     # ------------------------------------------------------------ requests
 
     def on_inv(self, peer: PeerSession, txids: list[bytes]) -> None:
         """A peer announced these transactions: want the ones we lack."""
-        mempool, wanted = self.node.mempool, self.wanted
+        mempool, wanted = self.mempool, self.wanted
         for txid in txids:
             if txid in mempool or txid in wanted or txid in self.requested or txid in self.rejected:
                 continue
@@ -216,7 +204,7 @@ class TxRelay:
             return
         now = time.monotonic()
         batches: dict[int, tuple[PeerSession, list[bytes]]] = {}
-        mempool = self.node.mempool
+        mempool = self.mempool
         while room > 0 and self.wanted:
             txid, peer = self.wanted.popitem(last=False)
             if peer.closing or txid in mempool:

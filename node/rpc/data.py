@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from consensus.datashare import (
     access_log_record,
@@ -32,16 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("pouw.data")
 
 
-class DataApi(Protocol):
-    """What the data RPC methods use of the node."""
-
-    @property
-    def chain(self) -> Chain: ...
-
-    @property
-    def data_host(self) -> DataHost: ...
-
-
 def _grant_json(grantee: bytes, g: dict[str, Any], height: int) -> dict[str, Any]:
     return {
         "grantee": address_to_text(grantee),
@@ -62,10 +52,13 @@ _DATA_PAYLOADS = {
 }
 
 
-def register_data_methods(rpc: RpcServer, node: DataApi) -> None:
+def register_data_methods(rpc: RpcServer, chain: Chain, data_host: DataHost) -> None:
+    """The data-sharing methods: on-chain records read off ``chain``, uploads kept and
+    reads counted by ``data_host``."""
+
     def _dataset(dataset_id: str) -> tuple[bytes, dict[str, Any]]:
         ds_id = parse_hash(dataset_id, "dataset id")
-        rec = dataset_record(node.chain.state, ds_id)
+        rec = dataset_record(chain.state, ds_id)
         if rec is None:
             raise RpcError(REJECTED, f"unknown dataset {dataset_id}")
         return ds_id, rec
@@ -83,7 +76,7 @@ def register_data_methods(rpc: RpcServer, node: DataApi) -> None:
         """Host a dataset's encrypted chunks, all in this call; returns their content root."""
         chunks = _chunks(chunks_hex)
         try:
-            root: bytes = await asyncio.to_thread(node.data_host.put, chunks)
+            root: bytes = await asyncio.to_thread(data_host.put, chunks)
         except ValueError as e:
             raise RpcError(INVALID_PARAMS, str(e)) from None
         return root.hex()
@@ -100,7 +93,7 @@ def register_data_methods(rpc: RpcServer, node: DataApi) -> None:
         async with staging_lock:
             try:
                 reply: dict[str, Any] = await asyncio.to_thread(
-                    node.data_host.stage, root, total_chunks, start_index, chunks
+                    data_host.stage, root, total_chunks, start_index, chunks
                 )
             except ValueError as e:
                 raise RpcError(REJECTED, str(e)) from None
@@ -111,7 +104,7 @@ def register_data_methods(rpc: RpcServer, node: DataApi) -> None:
     async def getdataset(dataset_id: str) -> dict[str, Any]:
         """A dataset's on-chain record and grants, and whether this node hosts it."""
         ds_id, rec = _dataset(dataset_id)
-        height = node.chain.height
+        height = chain.height
         return {
             "dataset_id": ds_id.hex(),
             "owner": address_to_text(rec["owner"]),
@@ -120,14 +113,14 @@ def register_data_methods(rpc: RpcServer, node: DataApi) -> None:
             "chunk_size": rec["chunk_size"],
             "metadata": rec["metadata"],
             "height": rec["height"],
-            "hosted": node.data_host.hosts(rec["content_root"]),
-            "grants": [_grant_json(g, v, height) for g, v in iter_grants(node.chain.state, ds_id)],
+            "hosted": data_host.hosts(rec["content_root"]),
+            "grants": [_grant_json(g, v, height) for g, v in iter_grants(chain.state, ds_id)],
         }
 
     async def getaccesslog(dataset_id: str, request_nonce: str) -> dict[str, Any] | None:
         """A confirmed access_log, or null while it is not on the active chain."""
         rec = access_log_record(
-            node.chain.state,
+            chain.state,
             parse_hash(dataset_id, "dataset id"),
             parse_hash(request_nonce, "nonce"),
         )
@@ -139,7 +132,6 @@ def register_data_methods(rpc: RpcServer, node: DataApi) -> None:
         """Every register/grant/revoke/access_log/model publish of a dataset on the active
         chain, in order, the models derived from it, and this host's served reads."""
         ds_id, rec = _dataset(dataset_id)
-        chain = node.chain
         events = []
         for height in range(rec["height"], chain.height + 1):
             block = chain.block_at(height)
@@ -188,7 +180,7 @@ def register_data_methods(rpc: RpcServer, node: DataApi) -> None:
                 }
                 for model_id, m in iter_dataset_models(chain.state, ds_id)
             ],
-            "served_reads": node.data_host.reads(ds_id),
+            "served_reads": data_host.reads(ds_id),
         }
 
     rpc.method("putdataset", putdataset, mutating=True)

@@ -10,7 +10,7 @@ import heapq
 import statistics
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from aiohttp import web
@@ -181,30 +181,17 @@ def max_operand_body(params: NetworkParams) -> int:
     return MATRIX_HEADER_SIZE + min(params.max_job_dim * params.max_job_k, MAX_BLOB_SIZE)
 
 
-class MarketApi(Protocol):
-    """What the market RPC methods use of the node."""
+def register_market_methods(
+    rpc: RpcServer,
+    chain: Chain,
+    params: NetworkParams,
+    mempool: Mempool,
+    market: MarketService,
+    blobs: BlobExchange,
+) -> None:
+    """The compute market's methods: jobs read off ``chain`` and ``mempool``, operands
+    and results kept in and fetched through ``blobs``, the miner's side from ``market``."""
 
-    @property
-    def chain(self) -> Chain: ...
-
-    @property
-    def params(self) -> NetworkParams: ...
-
-    @property
-    def mempool(self) -> Mempool: ...
-
-    @property
-    def blobs(self) -> BlobExchange: ...
-
-    @property
-    def market(self) -> MarketService: ...
-
-    async def fetch_blob(self, root: bytes, timeout: float = 60.0) -> bytes:
-        """A blob by its root, from the store or from peers."""
-        ...
-
-
-def register_market_methods(rpc: RpcServer, node: MarketApi) -> None:
     def store_operand(blob: bytes, layout: str) -> str:
         """Decode, check and store an operand (runs off the event loop); its root as hex."""
         try:
@@ -216,7 +203,7 @@ def register_market_methods(rpc: RpcServer, node: MarketApi) -> None:
         if x.size and (int(x.min()) < OPERAND_MIN or int(x.max()) > OPERAND_MAX):
             raise RpcError(INVALID_PARAMS, "operand values must lie in [-64, 63]")
         rows = x if layout == "rows" else np.ascontiguousarray(x.T)
-        return node.blobs.put_matrix(rows).hex()
+        return blobs.put_matrix(rows).hex()
 
     def store_hex_operand(matrix_hex: str, layout: str) -> str:
         try:
@@ -244,14 +231,14 @@ def register_market_methods(rpc: RpcServer, node: MarketApi) -> None:
             refusal = route_error(401, UNAUTHORIZED, message)
             refusal.headers["WWW-Authenticate"] = "Bearer"
             return refusal
-        limit = max_operand_body(node.params)
+        limit = max_operand_body(params)
         layout = request.query.get("layout", "rows")
         try:
             check_layout(layout)
             body = await read_body(request, limit)
             if body is None:
                 message = (
-                    f"operand too large: at most {limit} bytes on {node.params.name}, "
+                    f"operand too large: at most {limit} bytes on {params.name}, "
                     f"an encoded matrix of the largest operand a job may have"
                 )
                 return route_error(413, INVALID_PARAMS, message)
@@ -264,20 +251,20 @@ def register_market_methods(rpc: RpcServer, node: MarketApi) -> None:
         """A job's record: its claim (claimant, claim_kind, claim_id, bond, due) once
         claimed; while open, the bond a job_result must lock and any pending claim."""
         jid = parse_hash(job_id, "job id")
-        rec = job_record(node.chain.state, jid)
+        rec = job_record(chain.state, jid)
         if rec is None:
             raise RpcError(REJECTED, f"unknown job {job_id}")
         out = _job_json(rec)
         if rec["status"] == OPEN:
-            pending = node.mempool.claim_of(jid)
-            out["claim_bond"] = claim_bond(rec["reward"], node.params)
+            pending = mempool.claim_of(jid)
+            out["claim_bond"] = claim_bond(rec["reward"], params)
             out["pending_claim"] = pending.hex() if pending is not None else None
         return out
 
     async def listjobs(status: str | None = None) -> list[dict[str, Any]]:
         out = []
-        for jid in node.chain.state.tables["jobs"]:
-            rec = job_record(node.chain.state, jid)
+        for jid in chain.state.tables["jobs"]:
+            rec = job_record(chain.state, jid)
             assert rec is not None
             if status is None or rec["status"] == status:
                 out.append({"job_id": jid.hex(), **_job_json(rec)})
@@ -286,14 +273,14 @@ def register_market_methods(rpc: RpcServer, node: MarketApi) -> None:
     async def result_blob(job_id: str, seconds: float) -> bytes:
         """C of a claimed job as an encoded int32 matrix; RpcErrors with the HTTP status
         ``GET /result`` answers them with."""
-        rec = job_record(node.chain.state, parse_hash(job_id, "job id"))
+        rec = job_record(chain.state, parse_hash(job_id, "job id"))
         if rec is None:
             raise RpcError(REJECTED, f"unknown job {job_id}", status=404)
         if rec["status"] not in ("mined", "paid", "refunded"):
             message = f"job {job_id[:16]} has no result yet: it is {rec['status']}"
             raise RpcError(REJECTED, message, status=409)
         try:
-            raw = await node.fetch_blob(rec["result_root"], seconds)
+            raw = await blobs.fetch(rec["result_root"], seconds)
         except BlobFetchError as e:
             raise RpcError(REJECTED, f"the result is not available: {e}", status=503) from None
         m, n = rec["m"], rec["n"]
@@ -322,13 +309,13 @@ def register_market_methods(rpc: RpcServer, node: MarketApi) -> None:
     async def getoperands(job_id: str, timeout: float = 60.0) -> dict[str, str]:
         """A job's operands A and B (encoded matrices), fetched from peers if needed."""
         seconds = _seconds(timeout)
-        rec = job_record(node.chain.state, parse_hash(job_id, "job id"))
+        rec = job_record(chain.state, parse_hash(job_id, "job id"))
         if rec is None:
             raise RpcError(REJECTED, f"unknown job {job_id}")
         m, k, n = rec["m"], rec["k"], rec["n"]
         try:
-            raw_a = await node.fetch_blob(rec["root_a"], seconds)
-            raw_bt = await node.fetch_blob(rec["root_b"], seconds)
+            raw_a = await blobs.fetch(rec["root_a"], seconds)
+            raw_bt = await blobs.fetch(rec["root_b"], seconds)
         except BlobFetchError as e:
             raise RpcError(REJECTED, f"the operands are not available: {e}") from None
         a = np.frombuffer(raw_a, dtype=np.int8).reshape(m, k)
@@ -337,9 +324,9 @@ def register_market_methods(rpc: RpcServer, node: MarketApi) -> None:
 
     async def getmarketinfo() -> dict[str, Any]:
         return {
-            "open_jobs": len(node.market.open_jobs()),
-            "jobs_ready": len(node.market.jobs),
-            "jobs_mined": node.market.jobs_mined,
+            "open_jobs": len(market.open_jobs()),
+            "jobs_ready": len(market.jobs),
+            "jobs_mined": market.jobs_mined,
         }
 
     async def getmarket(limit: int = 100) -> dict[str, Any]:
@@ -347,11 +334,11 @@ def register_market_methods(rpc: RpcServer, node: MarketApi) -> None:
         recent payments and fraud caught (``limit`` rows a section, at most 1,000)."""
         if type(limit) is not int or not 1 <= limit <= MAX_MARKET_ROWS:
             raise RpcError(INVALID_PARAMS, f"limit must be an integer in [1, {MAX_MARKET_ROWS}]")
-        return market_view(node.chain.state, node.chain.height, node.mempool.claim_of, limit)
+        return market_view(chain.state, chain.height, mempool.claim_of, limit)
 
     async def getmodel(model_id: str) -> dict[str, Any]:
         """A model's recorded lineage (model_record txs): its owner and every step in order."""
-        steps = list(iter_model_steps(node.chain.state, parse_hash(model_id, "model id")))
+        steps = list(iter_model_steps(chain.state, parse_hash(model_id, "model id")))
         if not steps:
             raise RpcError(REJECTED, f"unknown model {model_id}")
         return {

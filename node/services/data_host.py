@@ -34,7 +34,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 from aiohttp import web
@@ -52,8 +52,7 @@ from node.client.datashare import MAC_SIZE, MAX_DATASET_BYTES, MAX_DATASET_CHUNK
 
 if TYPE_CHECKING:
     from consensus.chain import Chain
-    from consensus.keys import PrivateKey
-    from consensus.params import NetworkParams
+    from consensus.keys import PublicKey
     from node.metrics import Metrics
 
 log = logging.getLogger("pouw.data")
@@ -86,27 +85,18 @@ class Staging:
         return sum(self.sizes.values())
 
 
-class DataHostNode(Protocol):
-    """What the data host reads off the node."""
-
-    @property
-    def chain(self) -> Chain: ...
-
-    @property
-    def params(self) -> NetworkParams: ...
-
-    @property
-    def key(self) -> PrivateKey: ...
-
-    @property
-    def metrics(self) -> Metrics: ...
-
-
 class DataHost:
     """One node's hosted datasets and the rules for serving them."""
 
-    def __init__(self, node: DataHostNode, directory: Path) -> None:
-        self.node = node
+    def __init__(
+        self, chain: Chain, chain_id: int, host_id: PublicKey, metrics: Metrics, directory: Path
+    ) -> None:
+        """``host_id``: the node's P2P key, which a reader's signature covers with the
+        challenge (so an answer is good at this host only)."""
+        self.chain = chain
+        self.chain_id = chain_id
+        self.host_id = host_id
+        self.metrics = metrics
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.log_path = directory / "reads.jsonl"
@@ -265,13 +255,11 @@ class DataHost:
         entry = self._challenges.pop(challenge, None)
         if entry is None or entry[1] < time.monotonic():
             raise ReadRefused("unknown, expired or already used challenge")
-        digest = read_digest(
-            self.node.params.chain_id, self.node.key.public_key.data, challenge, dataset_id, nonce
-        )
+        digest = read_digest(self.chain_id, self.host_id.data, challenge, dataset_id, nonce)
         if not verify_signature(public_key, digest, signature):
             raise ReadRefused("the signature does not prove the named key")
         reader = address(public_key)
-        state = self.node.chain.state
+        state = self.chain.state
         dataset = dataset_record(state, dataset_id)
         if dataset is None:
             raise ReadRefused("no such dataset on the chain")
@@ -284,7 +272,7 @@ class DataHost:
             raise ReadRefused("that access_log was sent by someone else")
         if (dataset_id, nonce) in self.served_nonces:
             raise ReadRefused("that access_log was already used for a read (replay)")
-        why = grant_refusal(grant_record(state, dataset_id, reader), self.node.chain.height)
+        why = grant_refusal(grant_record(state, dataset_id, reader), self.chain.height)
         if why is not None:
             raise ReadRefused(f"no live grant: {why}")
         return dataset_id, nonce, reader, self.chunks(dataset["content_root"])
@@ -297,17 +285,17 @@ class DataHost:
             "dataset_id": dataset_id.hex(),
             "request_nonce": nonce.hex(),
             "chunks": count,
-            "tip_height": self.node.chain.height,
+            "tip_height": self.chain.height,
         }
         with self.log_path.open("a") as f:
             f.write(json.dumps(entry) + "\n")
-        self.node.metrics.reads_served.inc()
-        self.node.metrics.chunks_served.inc(count)
+        self.metrics.reads_served.inc()
+        self.metrics.chunks_served.inc(count)
         log.info("served %d chunks of %s to %s", count, dataset_id.hex()[:16], entry["reader"])
 
     async def handle_challenge(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {"challenge": self.new_challenge().hex(), "host_id": self.node.key.public_key.hex()}
+            {"challenge": self.new_challenge().hex(), "host_id": self.host_id.hex()}
         )
 
     async def handle_read(self, request: web.Request) -> web.Response:

@@ -30,7 +30,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from blake3 import blake3
@@ -46,6 +46,7 @@ from consensus.transactions import (
     JobClaim,
     JobPostPayload,
     JobResultPayload,
+    Transaction,
     signed_transaction,
 )
 from node.relay.blobs import BlobFetchError
@@ -56,7 +57,6 @@ if TYPE_CHECKING:
     from consensus.params import NetworkParams
     from node.mempool import Mempool
     from node.relay.blobs import BlobExchange
-    from node.relay.txrelay import TxRelay
 
 log = logging.getLogger("pouw.market")
 
@@ -135,49 +135,31 @@ def standing(me: bytes, rivals: frozenset[bytes], job_id: bytes) -> tuple[int, b
     return sum(h > mine for h in theirs), mine, max([mine, *theirs])
 
 
-class TipListener(Protocol):
-    """The miner, as the market sees it."""
-
-    def tip_changed(self) -> None:
-        """Abandon the current template at the end of the running attempt."""
-        ...
-
-
-class MarketHost(Protocol):
-    """What the market service needs of the node."""
-
-    @property
-    def chain(self) -> Chain: ...
-
-    @property
-    def params(self) -> NetworkParams: ...
-
-    @property
-    def mempool(self) -> Mempool: ...
-
-    @property
-    def txs(self) -> TxRelay: ...
-
-    @property
-    def blobs(self) -> BlobExchange: ...
-
-    @property
-    def miner(self) -> TipListener | None: ...
-
-    @property
-    def miner_address(self) -> bytes: ...
-
-    @property
-    def claim_key(self) -> PrivateKey | None: ...
-
-    async def fetch_blob(self, root: bytes, timeout: float = 60.0) -> bytes:
-        """A blob by its root, from the store or from peers."""
-        ...
-
-
 class MarketService:
-    def __init__(self, node: MarketHost, dishonest: bool = False) -> None:
-        self.node = node
+    def __init__(
+        self,
+        chain: Chain,
+        params: NetworkParams,
+        mempool: Mempool,
+        blobs: BlobExchange,
+        *,
+        admit_tx: Callable[[Transaction], bytes],
+        miner_address: bytes,
+        claim_key: PrivateKey | None,
+        dishonest: bool = False,
+    ) -> None:
+        """``blobs``: where operands are fetched from and results kept; ``admit_tx``:
+        admits our own job_result claims to the mempool (and relays them), raising
+        InvalidTransaction if refused; ``claim_key``: signs those claims (None: results
+        are kept but not claimed by transaction)."""
+        self.chain = chain
+        self.params = params
+        self.mempool = mempool
+        self.blobs = blobs
+        self._admit_tx = admit_tx
+        self.miner_address = miner_address
+        self.claim_key = claim_key
+        self._job_ready_listeners: list[Callable[[], None]] = []
         self.dishonest = dishonest
         self.jobs: dict[bytes, Job] = {}  # job id → verified operands
         self._fetching: dict[bytes, asyncio.Task[None]] = {}
@@ -202,8 +184,13 @@ class MarketService:
         self.jobs_mined = 0
         self.claims_sent = 0
 
+    def on_job_ready(self, listener: Callable[[], None]) -> None:
+        """``listener`` hears that a job's operands are ready to mine (the miner: leave
+        the null job at the end of its burst)."""
+        self._job_ready_listeners.append(listener)
+
     def _job_id(self, spec: JobSpec) -> bytes:
-        p = self.node.params
+        p = self.params
         return spec.job_id(p.rank, p.tile_h, p.tile_w)
 
     # ------------------------------------------------------------ choosing jobs
@@ -211,7 +198,7 @@ class MarketService:
     def open_jobs(self) -> list[tuple[float, bytes, dict[str, Any]]]:
         """Open, unexpired jobs, best reward per MAC first, then oldest first (by the
         height this node first saw them open at, then id), computed once per tip."""
-        chain = self.node.chain
+        chain = self.chain
         if self._open is not None and self._open[0] == chain.tip.hash:
             return self._open[1]
         next_height = chain.height + 1
@@ -238,8 +225,8 @@ class MarketService:
         ago (the requester's time to fetch it), or, if another claim took the job, a
         window after that claim; operands until the job is claimed, cancelled or expired,
         a window after that. So a miner's disk holds the work of the last few windows."""
-        chain = self.node.chain
-        grace = self.node.params.challenge_window
+        chain = self.chain
+        grace = self.params.challenge_window
         pruned = 0
         for root, job_id in list(self._kept.items()):
             if job_id in self._pending_posts:
@@ -247,7 +234,7 @@ class MarketService:
             rec = job_record(chain.state, job_id)
             if rec is not None and not self._done_with(root, rec, chain.height, grace):
                 continue  # (a job no longer on the chain, after a reorg, is done with)
-            self.node.blobs.delete(root)
+            self.blobs.delete(root)
             del self._kept[root]
             pruned += 1
         if pruned:
@@ -275,7 +262,7 @@ class MarketService:
         self._unavailable &= still_open
 
     def _claimed(self, job_id: bytes) -> bool:
-        return self.node.mempool.claim_of(job_id) is not None
+        return self.mempool.claim_of(job_id) is not None
 
     def next_job(self) -> Job | None:
         """The posted job to attempt next, or None (mine the null job).
@@ -299,7 +286,7 @@ class MarketService:
         if waiting:
             picked = pick_job(
                 waiting[:PICK_POOL],
-                self.node.miner_address,
+                self.miner_address,
                 self.rivals(),
                 lambda job_id: now - self._ready_at.get(job_id, now) >= HELP_AFTER_S,
             )
@@ -310,7 +297,7 @@ class MarketService:
         else:
             # A node that cannot claim by transaction delivers only by winning a block:
             # it tries again at once, as another miner's claim is not on its way.
-            wait = RETRY_AFTER_S if self.node.claim_key is not None else 0.0
+            wait = RETRY_AFTER_S if self.claim_key is not None else 0.0
             retry = [
                 (when, job_id)
                 for _, job_id, _ in open_jobs
@@ -331,7 +318,7 @@ class MarketService:
     def rivals(self) -> frozenset[bytes]:
         """The other miners seen lately: those of the last ``RIVALS_BLOCKS`` blocks and
         the senders of the job_results they hold (computed once per tip)."""
-        chain = self.node.chain
+        chain = self.chain
         if self._rivals_of is not None and self._rivals_of[0] == chain.tip.hash:
             return self._rivals_of[1]
         seen: set[bytes] = set()
@@ -342,7 +329,7 @@ class MarketService:
             seen.update(
                 tx.sender_address for tx in block.txs if type(tx.payload) is JobResultPayload
             )
-        seen.discard(self.node.miner_address)
+        seen.discard(self.miner_address)
         rivals = frozenset(seen)
         self._rivals_of = (chain.tip.hash, rivals)
         return rivals
@@ -350,7 +337,7 @@ class MarketService:
     def pending_posts(self) -> list[tuple[float, bytes, dict[str, Any]]]:
         """Jobs whose job_post is in the mempool, not in a block yet, best-paying first,
         as ``open_jobs`` lists them: their operands are fetched while the post waits."""
-        mempool = self.node.mempool
+        mempool = self.mempool
         for tx in mempool.admitted_since(self._posts_read, len(mempool)):
             p = tx.payload
             if type(p) is JobPostPayload:
@@ -362,7 +349,7 @@ class MarketService:
                     "root_b": p.root_b,
                     "reward": p.fee,  # a job_post's fee is the job's reward
                 }
-                self._pending_posts[job_id_of(p, self.node.params)] = (tx.txid, rec)
+                self._pending_posts[job_id_of(p, self.params)] = (tx.txid, rec)
         self._posts_read = mempool.admissions
         for job_id, (txid, _) in list(self._pending_posts.items()):
             if txid not in mempool:  # in a block now (then open), or dropped
@@ -392,7 +379,7 @@ class MarketService:
         if pending:
             # Each among the open jobs by pay, ours first (a stable sort: the open jobs'
             # order stays among equal pay, and they come before the posts)
-            me, rivals = self.node.miner_address, self.rivals()
+            me, rivals = self.miner_address, self.rivals()
             order = sorted(
                 [*order, *((standing(me, rivals, j)[0] == 0, j, rec) for _, j, rec in pending)],
                 key=lambda t: (not t[0], -t[2]["reward"] / (t[2]["m"] * t[2]["k"] * t[2]["n"])),
@@ -434,10 +421,10 @@ class MarketService:
     ) -> list[tuple[bool, bytes, dict[str, Any]]]:
         """``open_jobs`` with our share first, each marked whether it is ours (computed
         once per tip)."""
-        tip = self.node.chain.tip.hash
+        tip = self.chain.tip.hash
         if self._order_of is not None and self._order_of[0] == tip:
             return self._order_of[1]
-        me, rivals = self.node.miner_address, self.rivals()
+        me, rivals = self.miner_address, self.rivals()
         ranked = sorted(
             (standing(me, rivals, job_id)[0], i, job_id, rec)
             for i, (_, job_id, rec) in enumerate(open_jobs)
@@ -467,13 +454,13 @@ class MarketService:
 
     async def _fetch(self, job_id: bytes, rec: dict[str, Any]) -> None:
         m, k, n = rec["m"], rec["k"], rec["n"]
-        store = self.node.blobs.store
+        store = self.blobs.store
         # Operands this node held already (its client posted them) are not ours to prune.
         fetched = [root for root in (rec["root_a"], rec["root_b"]) if not store.has_blob(root)]
         try:
             raw_a, raw_bt = await asyncio.gather(  # both at once: half the wait for a job
-                self.node.fetch_blob(rec["root_a"], FETCH_TIMEOUT),
-                self.node.fetch_blob(rec["root_b"], FETCH_TIMEOUT),
+                self.blobs.fetch(rec["root_a"], FETCH_TIMEOUT),
+                self.blobs.fetch(rec["root_b"], FETCH_TIMEOUT),
             )
         except BlobFetchError as e:
             log.info("operands of job %s unavailable: %s", job_id.hex()[:16], e)
@@ -494,8 +481,8 @@ class MarketService:
         self.jobs[job_id] = Job(a=a, b=b, spec=JobSpec(m, k, n, rec["root_a"], rec["root_b"]))
         self._ready_at[job_id] = time.monotonic()
         log.info("job %s: operands %dx%d·%dx%d ready to mine", job_id.hex()[:16], m, k, k, n)
-        if self.node.miner is not None:
-            self.node.miner.tip_changed()  # leave the null job at the end of its burst
+        for listener in self._job_ready_listeners:
+            listener()
 
     def wrong_result(self, job: Job) -> Callable[[np.ndarray], np.ndarray] | None:
         """What a ``--dishonest-results`` miner commits instead of C on a posted job
@@ -517,7 +504,7 @@ class MarketService:
         job_id = self._job_id(job.spec)
         if job.null or found.product is None:
             return found.header  # the null job: nobody asked for C
-        self._kept[self.node.blobs.put_matrix(found.product)] = job_id
+        self._kept[self.blobs.put_matrix(found.product)] = job_id
         self.jobs_mined += 1
         log.info(
             "block on job %s: result %s kept",
@@ -532,7 +519,7 @@ class MarketService:
         if job.null:
             return
         # Off the loop: a 2048² C is 16 MiB to hash into chunks and write.
-        stored = await asyncio.to_thread(self.node.blobs.put_matrix, product)
+        stored = await asyncio.to_thread(self.blobs.put_matrix, product)
         job_id = self._job_id(job.spec)
         self._kept[stored] = job_id
         if job_id in self._attempted:
@@ -566,9 +553,8 @@ class MarketService:
     def claim_delivered(self) -> int:
         """Claim delivered results whose jobs are open and unclaimed, in one job_result
         (as many as the miner's spendable balance covers); how many were claimed."""
-        node = self.node
-        chain = node.chain
-        key = node.claim_key
+        chain = self.chain
+        key = self.claim_key
         open_ids = {job_id: rec for _, job_id, rec in self.open_jobs()}
         for job_id in [j for j in self._delivered if j not in open_ids]:
             del self._delivered[job_id]  # claimed (by us or another), paid, expired
@@ -587,11 +573,11 @@ class MarketService:
         sender = key.address
         # The balance is what the sender can spend: immature coinbases are LOCKED apart.
         balance, nonce = chain.state.account(sender)
-        spendable = balance - node.mempool.pending_spend(sender)
+        spendable = balance - self.mempool.pending_spend(sender)
         claims: list[JobClaim] = []
         cost = CLAIM_FEE
         for job_id, root, reward in wanted[:MAX_RESULT_CLAIMS]:
-            bond = claim_bond(reward, node.params)
+            bond = claim_bond(reward, self.params)
             if cost + bond <= spendable:
                 claims.append(JobClaim(job_id, root))
                 cost += bond
@@ -602,13 +588,13 @@ class MarketService:
             )
         tx = signed_transaction(
             key,
-            chain_id=node.params.chain_id,
-            nonce=nonce + len(node.mempool.by_sender(sender)),
+            chain_id=self.params.chain_id,
+            nonce=nonce + len(self.mempool.by_sender(sender)),
             fee=CLAIM_FEE,
             payload=JobResultPayload(tuple(claims)),
         )
         try:
-            node.txs.admit(tx, None)
+            self._admit_tx(tx)
         except InvalidTransaction as e:
             return self._skip(f"the job_result was refused: {e}")
         self._cannot_claim = None

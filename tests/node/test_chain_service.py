@@ -40,8 +40,9 @@ class _Recorder:
         self.sync = _Sync()
         self.metrics = Metrics()
         self.service = ChainService(
-            self.store.load_chain(_an_hour_after_genesis), self.store, self.metrics, self.sync
+            self.store.load_chain(_an_hour_after_genesis), self.store, self.metrics
         )
+        self.service.follow_download(self.sync)
         for name in ("record", "sync"):
             write = getattr(self.store, name)
             monkeypatch.setattr(self.store, name, self._logged(name, write))

@@ -1,0 +1,74 @@
+"""Compact relay on its own: a chain, a mempool lookup and a peer list are all it needs.
+
+It rebuilds a block from what the lookup holds, asks the sender for the rest, and
+hands the completed block back to its caller (the node's block intake), connecting
+nothing itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from consensus.blocks import Block
+from node.net.errors import ProtocolViolation
+from node.net.wire import BlockTxn, CompactBlock, GetBlockTxn
+from node.relay.compact import CompactRelay
+from tests.support.chainkit import ALICE, BOB, MID, new_chain, next_block, transfer
+
+
+class _Peer:
+    """The sender of a compact block: every block it sends was asked for."""
+
+    address = "test-peer"
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    def take_requested(self, kind: int, block_hash: bytes) -> bool:
+        return True
+
+    def mark_known(self, kind: int, block_hash: bytes) -> None:
+        pass
+
+    def send_nowait(self, msg: Any) -> None:
+        self.sent.append(msg)
+
+    async def send(self, msg: Any) -> None:
+        self.sent.append(msg)
+
+
+def _block_and_relay(pooled: int) -> tuple[Block, CompactRelay]:
+    """A block of two transfers on a fresh chain, and a relay over that chain whose
+    mempool lookup holds the block's first ``pooled`` transactions."""
+    chain, clock = new_chain()
+    txs = (
+        transfer(ALICE, BOB, 500, 0, chain_id=MID.chain_id),
+        transfer(BOB, ALICE, 700, 0, chain_id=MID.chain_id),
+    )
+    block = next_block(chain, clock, txs)
+    pool = {tx.txid: tx for tx in block.txs[:pooled]}
+    return block, CompactRelay(chain, pool.get, lambda: [])
+
+
+def _compact(block: Block) -> CompactBlock:
+    return CompactBlock(block.header, tuple(tx.txid for tx in block.txs))
+
+
+async def test_a_block_whose_transactions_are_pooled_is_handed_back_whole():
+    block, relay = _block_and_relay(pooled=2)
+    peer = _Peer()
+    assert await relay.on_compact_block(peer, _compact(block)) == block
+    assert peer.sent == []
+    assert not relay.chain.contains(block.hash), "the relay connected the block itself"
+
+
+async def test_a_missing_transaction_is_asked_for_and_the_completed_block_handed_back():
+    block, relay = _block_and_relay(pooled=1)
+    peer = _Peer()
+    assert await relay.on_compact_block(peer, _compact(block)) is None
+    assert peer.sent == [GetBlockTxn(block.hash, (1,))]
+    assert relay.on_block_txn(peer, BlockTxn(block.hash, (block.txs[1],))) == block
+    with pytest.raises(ProtocolViolation, match="unrequested blocktxn"):
+        relay.on_block_txn(peer, BlockTxn(block.hash, (block.txs[1],)))
