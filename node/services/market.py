@@ -518,15 +518,17 @@ class MarketService:
         ``result_root``) and claim the job by transaction at the next flush."""
         if job.null:
             return
+        job_id = self._job_id(job.spec)
+        # A retry waits from the attempt's end and again from the store's, not from the
+        # hand-out: on a loaded machine the attempt and the store can each take longer than
+        # RETRY_AFTER_S, and our own claim is still to come (at the next flush). The first
+        # mark is made before this coroutine yields: the miner asks for its next job
+        # right after handing this result over, and must not be given this job again.
+        self._retry_from_now(job_id)
         # Off the loop: a 2048² C is 16 MiB to hash into chunks and write.
         stored = await asyncio.to_thread(self.blobs.put_matrix, product)
-        job_id = self._job_id(job.spec)
         self._kept[stored] = job_id
-        if job_id in self._attempted:
-            # A retry waits from here, not from the hand-out: on a loaded machine the
-            # attempt and the store can take longer than RETRY_AFTER_S, and our own
-            # claim is still to come (at the next flush).
-            self._attempted[job_id] = time.monotonic()
+        self._retry_from_now(job_id)
         self._delivered[job_id] = result_root
         self._delivered.move_to_end(job_id)
         while len(self._delivered) > MAX_ATTEMPTED:
@@ -534,6 +536,10 @@ class MarketService:
         self._new_results.set()
         if self._claim_task is None:
             self._claim_task = asyncio.create_task(self._claim_loop(), name="claim-results")
+
+    def _retry_from_now(self, job_id: bytes) -> None:
+        if job_id in self._attempted:
+            self._attempted[job_id] = time.monotonic()
 
     async def _claim_loop(self) -> None:
         while True:

@@ -488,3 +488,22 @@ async def test_a_peer_relaying_a_claim_that_lost_its_race_is_not_banned(node):
     await _relay(peer, forged)
     await _until(lambda: node.p2p.bans(), 10, "the forger's ban")
     await peer.close()
+
+
+async def test_a_job_whose_result_is_being_delivered_is_not_handed_out_again(node, monkeypatch):
+    """An attempt slower than RETRY_AFTER_S (a loaded machine) must not make the job come
+    straight back: the miner asks for its next job right after handing the result to
+    ``deliver``, before C is stored and claimed, and recomputing it would be waste."""
+    monkeypatch.setattr(market_module, "RETRY_AFTER_S", 0.2)
+    ((job, _, job_id),) = jobs = _jobs(1)
+    await _post(node, jobs)
+    await _operands_ready(node, 1)
+    first = await node.work.work()
+    assert _id(first) == job_id
+    await asyncio.sleep(0.3)  # the attempt outlasts the retry delay
+    c = _product(job)
+    delivering = asyncio.create_task(node.market.deliver(first.job, matrix_rows_root(c), c))
+    await asyncio.sleep(0)  # the miner's next ask follows the hand-over on the loop
+    again = await node.work.work()
+    assert again.job.null, "the job being delivered was handed out again"
+    await delivering
