@@ -19,10 +19,14 @@
    for ``duration`` seconds a stream of jobs is posted at
    ``STREAM_RATIO`` × the warmup rate, paying ``STREAM_REWARD`` (more per MAC, so
    miners take it before the backlog: its latency is a job's that pays to be
-   served at once), while the chain is followed: a claim seen in ``getmarket``
-   is fetched and checked with Freivalds at once (the stream's client apart from
-   the backlog's), which is when the client has its result (latency = post →
-   verified; ``latency_parts_p50_s`` says where it went, see ``latency_parts``).
+   served at once), while the chain is followed: a claim seen is fetched and
+   checked with Freivalds at once (the stream's client apart from the backlog's),
+   which is when the client has its result (latency = post → verified;
+   ``latency_parts_p50_s`` says where it went, see ``latency_parts``). The stream's
+   client looks its waiting jobs up (``getjob``, one batch every ``STREAM_POLL_S``)
+   and takes a claim as soon as its job_result is pending in node-0's mempool (its
+   claimant already serves C); the backlog's claims are read from ``getmarket`` at
+   each new tip.
    When the window closes the miners stop, and the client has ``GRACE_S`` to
    check the claims seen in it.
 4. The shares, over all the MACs the nodes mined in the window:
@@ -83,6 +87,8 @@ queue of results waiting to be checked would be counted as the network's latency
 thread fell behind the stream when C came as hex over JSON-RPC)."""
 CLAIMS_SEEN = 200
 """Claims read at each new tip (newest first)."""
+STREAM_POLL_S = 0.1
+"""How often the stream's waiting jobs are looked up (getjob) for a claim, pending or mined."""
 SAMPLE_S = 1.0
 """How often the nodes' MAC counters are sampled for the plot."""
 GRACE_S = 60.0
@@ -162,6 +168,8 @@ class PostedJob:
     claim_seen: float | None = None
     claimant: str | None = None
     claim_kind: str | None = None
+    claim_pending: bool = False
+    """Its claim was seen while a job_result still waited in node-0's mempool."""
     verified: float | None = None
     wrong: bool = False
     before_window: bool = False
@@ -375,6 +383,7 @@ def _measure(
     sampling.start()
     fetch_s: list[float] = []
     height = -1
+    stream_polled = 0.0
     end: list[MinerSnapshot] | None = None
     window_s = duration
     end_height = start_height
@@ -411,6 +420,9 @@ def _measure(
                 if tip != height:
                     height = tip
                     _see_claims(node0, poster, end is None)
+                if end is None and now >= stream_polled + STREAM_POLL_S:
+                    stream_polled = now
+                    _see_stream_claims(node0, poster)
                 with poster.lock:
                     todo = sorted(
                         (
@@ -429,6 +441,7 @@ def _measure(
                     if done.done() and isinstance(done.exception(), ClaimUndone):
                         del checking[job_id]  # seen again when claimed again
                         poster.jobs[job_id].claim_seen = None
+                        poster.jobs[job_id].claim_pending = False
                     elif done.done() and (took := done.result()) is not None:
                         fetch_s.append(took)
                         useful[0] += job_macs
@@ -527,6 +540,34 @@ def _see_claims(node0: TestnetNode, poster: _Poster, in_window: bool) -> None:
             job.claim_kind = c["claim_kind"]
 
 
+def _see_stream_claims(node0: TestnetNode, poster: _Poster) -> None:
+    """Mark the stream's jobs claimed now, in a block or by a job_result pending in
+    node-0's mempool (its claimant already serves C): ``getjob`` for each one still
+    waiting, in one batch."""
+    with poster.lock:
+        waiting = [
+            job_id
+            for job_id, j in poster.jobs.items()
+            if not j.backlog and j.claim_seen is None and not j.before_window
+        ]
+    assert node0.rpc is not None
+    records = node0.rpc.call_many("getjob", [[job_id.hex()] for job_id in waiting])
+    now = time.monotonic()
+    with poster.lock:
+        for job_id, rec in zip(waiting, records, strict=True):
+            job = poster.jobs[job_id]
+            if isinstance(rec, RpcCallError) or job.claim_seen is not None:
+                continue  # "unknown job": its post is not in a block yet
+            if rec["status"] in CLAIMED:
+                job.claimant, job.claim_kind = rec["claimant"], rec["claim_kind"]
+            elif rec.get("pending_claim"):
+                job.claimant, job.claim_kind = rec["pending_claimant"], "tx"
+                job.claim_pending = True
+            else:
+                continue
+            job.claim_seen = now
+
+
 def _record(
     net: Testnet,
     node0: TestnetNode,
@@ -617,11 +658,13 @@ def latency_parts(
 ) -> dict[str, float | None]:
     """Where a streamed job's latency goes, the median of each step over the verified
     stream: ``upload`` (its operands and job_post sent to node-0), ``post_in_block``
-    (→ node-0 has the block with the job_post), ``mined_and_claimed`` (→ node-0 has the
-    block with its claim: operands fetched, the attempt, C stored, the claim sent and
-    mined), ``claim_seen`` (→ the client sees the claim) and ``fetch_verify`` (→ C
-    fetched and checked). Blocks are timed by node-0's first sight of them. The medians
-    of the steps need not add up to the median latency."""
+    (→ node-0 has the block with the job_post), ``mined_and_claimed`` (→ the claim is
+    sent: operands fetched, the attempt, C stored, and the job_result seen pending in
+    node-0's mempool, within the client's STREAM_POLL_S; or, for a claim first seen in a
+    block, → node-0 has that block), ``claim_seen`` (→ the client sees a claim first
+    seen in a block; a pending one it sees as it polls: no step of its own) and
+    ``fetch_verify`` (→ C fetched and checked). Blocks are timed by node-0's first
+    sight of them. The medians of the steps need not add up to the median latency."""
     stream = {job_id: j for job_id, j in jobs.items() if not j.backlog and j.verified is not None}
     if not stream:
         return dict.fromkeys(LATENCY_PARTS)
@@ -633,17 +676,18 @@ def latency_parts(
     parts: dict[str, list[float]] = {name: [] for name in LATENCY_PARTS}
     for job_id, j in stream.items():
         try:
-            claim_height = node0.call("getjob", job_id.hex())["claim_height"]
+            claim_height = node0.call("getjob", job_id.hex()).get("claim_height")
         except RpcCallError:  # "unknown job": a reorg took its post back since
             continue
         posted_at = seen_at.get(tx_height.get(j.txid, -1))
-        claimed_at = seen_at.get(claim_height)
+        claimed_at = j.claim_seen if j.claim_pending else seen_at.get(claim_height or -1)
         if posted_at is None or claimed_at is None or j.claim_seen is None:
             continue  # a block node-0 keeps no first-seen time for any more
         assert j.verified is not None
         steps = (j.sent, j.posted, posted_at, claimed_at, j.claim_seen, j.verified)
         for name, (a, b) in zip(LATENCY_PARTS, pairwise(steps), strict=True):
-            parts[name].append(b - a)
+            if not (name == "claim_seen" and j.claim_pending):
+                parts[name].append(b - a)
     return {name: _quantile(values, 0.5) for name, values in parts.items()}
 
 

@@ -8,8 +8,9 @@ posts jobs; its ``on_step`` hook gets each step's weights hash (for the step's
 come in four dependency rounds ({X·W1}, {H·W2}, {Hᵀ·δ2, δ2·W2ᵀ}, {Xᵀ·δ1}:
 :data:`kernels.training.STEP_ROUNDS`); each round's products are posted
 together with :class:`node.client.market.MarketClient`, waited on together until
-claimed, and used only after Freivalds accepts each C. So a round costs about
-one block interval plus a job's compute, not one lottery win per product.
+claimed (a job_result pending in the mempool will do: its claimant serves C), and
+used only after Freivalds accepts each C. So a round costs about one block
+interval (the posts' block) plus a job's compute, not one lottery win per product.
 
 Ctrl-C (KeyboardInterrupt) while a round's jobs are open sends a job_cancel
 for each once the chain takes it (after the job's expiry height, which
@@ -201,13 +202,25 @@ class NetworkMatmul:
             return None
         return status
 
+    def _result_available(self, job_id: bytes) -> bool:
+        """Whether a claim on chain, or a job_result pending in the mempool, claims the job
+        (its C can be fetched and checked either way)."""
+        try:
+            record = self.client.status(job_id)
+        except RpcCallError as e:
+            if "unknown job" not in str(e):
+                raise
+            return False
+        return record["status"] in CLAIMED or bool(record.get("pending_claim"))
+
     def _wait_claimed(self, posted: list[_Posted]) -> dict[bytes, float]:
-        """When each job was seen claimed; all are polled together."""
+        """When each job was seen claimed, in a block or by a pending job_result; all are
+        polled together."""
         waiting = {p.job_id: p for p in posted}
         seen: dict[bytes, float] = {}
         while True:
             for job_id in list(waiting):
-                if self._status(job_id) in CLAIMED:
+                if self._result_available(job_id):
                     seen[job_id] = time.monotonic()
                     del waiting[job_id]
             if not waiting:

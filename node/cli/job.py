@@ -269,7 +269,10 @@ def job_result(
     out_path: str,
     result_shape: str | None,
 ) -> None:
-    """Fetch C, check it with Freivalds, write it; a wrong C is reported and fraud-proved."""
+    """Fetch C, check it with Freivalds, write it; a wrong C is reported and fraud-proved.
+
+    C is there once a claim is in a block or, earlier, pending in the node's mempool; a
+    wrong C under a pending claim is proved once a block holds the claim (up to 2 min)."""
     client = _market(network, datadir, wallet, rpc_addr, block_time_ms)
     job_id = resolve_job_id(client.rpc, job_id)
     jid = bytes.fromhex(job_id)

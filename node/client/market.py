@@ -2,7 +2,7 @@
 
     client = MarketClient.for_datadir(Path("~/.pouwnet/devnet").expanduser(), key)
     job = client.submit(a, b, reward=10_000)          # operands int8 in [-64, 63]
-    client.wait(job.job_id, timeout=120)              # until a block or job_result claims it
+    client.wait(job.job_id, until=RESULT_AVAILABLE)   # a claim in a block or in the mempool
     c = client.result(job.job_id, a, b)               # Freivalds-checked A·B
 
 A product below the network's minimum job shape is posted padded with zeros
@@ -13,6 +13,12 @@ returning it. A wrong result makes the client post a fraud proof by itself
 (the poster is refunded, the claimant loses its coinbase or its job_result's
 bond) and raise :class:`WrongResult` saying so. A job claimed by a job_result
 is fetched and checked the same way as one claimed by a block.
+
+The result is there as soon as a job_result claiming the job is in the node's
+mempool (its claimant stored C before sending it): Freivalds makes the chain
+unnecessary for the client's answer, which saves about a block interval; the
+chain is for payment and fraud. A wrong C under a claim still pending is proved
+once a block holds the claim (``result`` waits for it).
 """
 
 from __future__ import annotations
@@ -42,6 +48,11 @@ from node.client.rpc import RpcClient
 from node.relay.blobs import decode_matrix, encode_matrix
 
 DEFAULT_EXPIRY_BLOCKS = 200
+PENDING_CLAIM = "pending_claim"
+"""A state :meth:`MarketClient.wait` can wait for: the job is open and a job_result
+claiming it waits in the node's mempool, so its claimant already serves C."""
+RESULT_AVAILABLE = (PENDING_CLAIM, "mined", "paid")
+"""The states in which :meth:`MarketClient.result` can fetch and check C."""
 
 
 class WrongResult(Exception):
@@ -181,7 +192,8 @@ class MarketClient:
     # ------------------------------------------------------------ follow
 
     def status(self, job_id: bytes) -> dict[str, Any]:
-        """The job's on-chain record (status: open, mined, paid, refunded, cancelled)."""
+        """The job's on-chain record (status: open, mined, paid, refunded, cancelled); while
+        open, ``pending_claim``: the txid of a job_result in the node's mempool claiming it."""
         status: dict[str, Any] = self.rpc.call("getjob", job_id.hex())
         return status
 
@@ -190,19 +202,24 @@ class MarketClient:
         job_id: bytes,
         timeout: float = 300.0,
         until: tuple[str, ...] = ("mined", "paid", "refunded"),
+        poll_s: float = 0.1,
     ) -> dict[str, Any]:
+        """The job's record once its status is one of ``until``, polling ``getjob`` every
+        ``poll_s``; TimeoutError after ``timeout`` seconds. ``until`` may name
+        :data:`PENDING_CLAIM`, an open job a pending job_result claims:
+        ``until=RESULT_AVAILABLE`` returns as soon as :meth:`result` can fetch C."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 st = self.status(job_id)
-                if st["status"] in until:
+                if st["status"] in until or (PENDING_CLAIM in until and _pending(st)):
                     return st
             except Exception as e:  # not yet in a block: the node does not know the job
                 if "unknown job" not in str(e):
                     raise
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id.hex()} not {'/'.join(until)} in {timeout}s")
-            time.sleep(0.2)
+            time.sleep(poll_s)
 
     def cancel(self, job_id: bytes, fee: int = 1_000) -> str:
         """Send a job_cancel for our expired, unmined job (its escrow comes back); returns
@@ -232,26 +249,41 @@ class MarketClient:
 
     # ------------------------------------------------------------ result
 
-    def result(self, job_id: bytes, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def result(
+        self, job_id: bytes, a: np.ndarray, b: np.ndarray, fraud_wait_s: float = 120.0
+    ) -> np.ndarray:
         """C = A·B from the network, checked with Freivalds; fraud proof on a wrong C.
 
         ``a`` and ``b`` are the operands given to :meth:`submit`: the whole
         posted (padded) product is checked, padding included, and A·B is
-        returned without it.
+        returned without it. A job claimed on chain or by a job_result still
+        pending in the mempool has a result. A wrong C under a pending claim
+        cannot be proved until the claim is in a block: this waits up to
+        ``fraud_wait_s`` for that, checks the C the chain's claim committed to
+        and proves it wrong (or returns it if that claim is another, right one);
+        WrongResult without a fraud proof if no block takes the claim in time.
         """
         st = self.status(job_id)
-        if st["status"] not in ("mined", "paid"):
+        if st["status"] not in ("mined", "paid") and not _pending(st):
             raise ValueError(f"job {job_id.hex()[:16]} has no result: it is {st['status']}")
-        c = decode_matrix(self.rpc.get_result(job_id))
         a8, b8 = padded_operands(a, b, self.params)
-        if c.dtype != np.int32 or c.shape != (a8.shape[0], b8.shape[1]):
-            raise ValueError(f"the result has shape {c.shape} and dtype {c.dtype}")
-        asked = np.ascontiguousarray(c[: a.shape[0], : b.shape[1]])  # A·B, padding stripped
-        if freivalds_check(a8, b8, c):
-            return asked
-        where = locate_error(a8, b8, c)
-        if where is None:  # Freivalds' residual was a false alarm on a right C: cannot happen
-            return asked
+        c, where = self._fetch_checked(job_id, a8, b8)
+        if where is not None and _pending(st):
+            try:
+                st = self.wait(job_id, fraud_wait_s)
+            except TimeoutError:
+                raise WrongResult(
+                    f"the miner's C[{where[0]}, {where[1]}] is wrong; its claim (job_result "
+                    f"{st['pending_claim'][:16]}) is not in a block after {fraud_wait_s:g} s, "
+                    "so no fraud proof can be sent yet: call result again once the job is "
+                    "mined (wait) to send one",
+                    None,
+                ) from None
+            c, where = self._fetch_checked(job_id, a8, b8)  # the chain's claim may be another
+        if where is None:
+            return np.ascontiguousarray(c[: a.shape[0], : b.shape[1]])  # padding stripped
+        if st["status"] == "refunded":  # while we waited for the claim's block
+            raise WrongResult(f"C{list(where)} is wrong; a fraud proof already refunded it", None)
         if st["status"] != "mined":
             raise WrongResult(f"C{list(where)} is wrong but the challenge window has closed", None)
         proof = build_fraud_proof(bytes.fromhex(st["claim_id"]), job_id, a8, b8, c, *where)
@@ -267,3 +299,20 @@ class MarketClient:
         raise WrongResult(
             f"the miner's C[{where[0]}, {where[1]}] is wrong; fraud proof sent in tx {txid}", txid
         )
+
+    def _fetch_checked(
+        self, job_id: bytes, a8: np.ndarray, b8: np.ndarray
+    ) -> tuple[np.ndarray, tuple[int, int] | None]:
+        """The node's C for the posted product A8·B8 and a wrong entry of it, None if
+        Freivalds accepts C (or its alarm was false: no entry is wrong)."""
+        c = decode_matrix(self.rpc.get_result(job_id))
+        if c.dtype != np.int32 or c.shape != (a8.shape[0], b8.shape[1]):
+            raise ValueError(f"the result has shape {c.shape} and dtype {c.dtype}")
+        if freivalds_check(a8, b8, c):
+            return c, None
+        return c, locate_error(a8, b8, c)
+
+
+def _pending(status: dict[str, Any]) -> bool:
+    """Whether a job's record (getjob) is open with a job_result claiming it pending."""
+    return status["status"] == "open" and bool(status.get("pending_claim"))

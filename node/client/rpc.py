@@ -58,6 +58,28 @@ class RpcClient:
             raise RpcCallError(reply["error"]["code"], reply["error"]["message"])
         return reply["result"]
 
+    def call_many(self, method: str, params: list[list[Any]]) -> list[Any]:
+        """``method`` once for each of ``params`` in one JSON-RPC batch (at most 1,000):
+        each call's result, or the RpcCallError the node answered it with, in order."""
+        if not params:
+            return []
+        ids = [next(_ids) for _ in params]
+        batch = [
+            {"jsonrpc": "2.0", "id": i, "method": method, "params": p}
+            for i, p in zip(ids, params, strict=True)
+        ]
+        req = urllib.request.Request(self.url, data=json.dumps(batch).encode(), method="POST")
+        req.add_header("Content-Type", "application/json")
+        replies = {r.get("id"): r for r in json.loads(self._send(req, self.timeout))}
+        out: list[Any] = []
+        for i in ids:
+            reply = replies.get(i) or {"error": {"code": -32003, "message": "no reply"}}
+            if "error" in reply:
+                out.append(RpcCallError(reply["error"]["code"], reply["error"]["message"]))
+            else:
+                out.append(reply["result"])
+        return out
+
     def put_operand(self, blob: bytes, layout: str = "rows") -> bytes:
         """Upload an encoded matrix (``encode_matrix``) as it is, ``POST /operand``: the
         node keeps it for the miners. Its root: root_a for ``rows``, root_b for ``cols``."""

@@ -18,6 +18,7 @@ from aiohttp import web
 from consensus.keys import address_to_text
 from consensus.market import MINED, OPEN, PAID, REFUNDED, claim_bond, job_record
 from consensus.state import JOBS, State, iter_model_steps
+from consensus.transactions import JobResultPayload, Transaction
 from kernels.params import OPERAND_MAX, OPERAND_MIN
 from node.relay.blobs import (
     MATRIX_HEADER_SIZE,
@@ -256,10 +257,34 @@ def register_market_methods(
             raise RpcError(REJECTED, f"unknown job {job_id}")
         out = _job_json(rec)
         if rec["status"] == OPEN:
-            pending = mempool.claim_of(jid)
+            pending = pending_claim(jid)
             out["claim_bond"] = claim_bond(rec["reward"], params)
-            out["pending_claim"] = pending.hex() if pending is not None else None
+            out["pending_claim"] = pending.txid.hex() if pending is not None else None
+            out["pending_claimant"] = (
+                address_to_text(pending.sender_address) if pending is not None else None
+            )
         return out
+
+    def pending_claim(job_id: bytes) -> Transaction | None:
+        """The job_result in the mempool that claims ``job_id``, if any."""
+        txid = mempool.claim_of(job_id)
+        return None if txid is None else mempool.get(txid)
+
+    def result_root(job_id: bytes, rec: dict[str, Any]) -> bytes:
+        """The root of C a job's claim committed to: its claim on chain, or else the
+        job_result pending in the mempool (its claimant stored C before sending it, and
+        the client checks C itself); 409 when neither claims the job."""
+        if rec["status"] in (MINED, PAID, REFUNDED):
+            root: bytes = rec["result_root"]
+            return root
+        pending = pending_claim(job_id) if rec["status"] == OPEN else None
+        if pending is not None:
+            assert type(pending.payload) is JobResultPayload  # claim_of indexes only these
+            for claim in pending.payload.claims:
+                if claim.job_id == job_id:
+                    return claim.result_root
+        message = f"job {job_id.hex()[:16]} has no result yet: it is {rec['status']}"
+        raise RpcError(REJECTED, message, status=409)
 
     async def listjobs(status: str | None = None) -> list[dict[str, Any]]:
         out = []
@@ -271,16 +296,15 @@ def register_market_methods(
         return out
 
     async def result_blob(job_id: str, seconds: float) -> bytes:
-        """C of a claimed job as an encoded int32 matrix; RpcErrors with the HTTP status
-        ``GET /result`` answers them with."""
-        rec = job_record(chain.state, parse_hash(job_id, "job id"))
+        """C of a claimed job, or of one a pending job_result claims, as an encoded int32
+        matrix; RpcErrors with the HTTP status ``GET /result`` answers them with."""
+        jid = parse_hash(job_id, "job id")
+        rec = job_record(chain.state, jid)
         if rec is None:
             raise RpcError(REJECTED, f"unknown job {job_id}", status=404)
-        if rec["status"] not in ("mined", "paid", "refunded"):
-            message = f"job {job_id[:16]} has no result yet: it is {rec['status']}"
-            raise RpcError(REJECTED, message, status=409)
+        root = result_root(jid, rec)
         try:
-            raw = await blobs.fetch(rec["result_root"], seconds)
+            raw = await blobs.fetch(root, seconds)
         except BlobFetchError as e:
             raise RpcError(REJECTED, f"the result is not available: {e}", status=503) from None
         m, n = rec["m"], rec["n"]
@@ -293,7 +317,8 @@ def register_market_methods(
         return await asyncio.to_thread(encoded)  # megabytes to copy: off the loop
 
     async def getresult(job_id: str, timeout: float = 60.0) -> str:
-        """The product C the claiming miner committed to (fetched from peers if needed)."""
+        """The product C the claiming miner committed to (fetched from peers if needed),
+        in a block or in a job_result still pending in the mempool."""
         blob = await result_blob(job_id, _seconds(timeout))
         return await asyncio.to_thread(blob.hex)  # megabytes of hex: off the loop
 

@@ -14,6 +14,8 @@ from benchmarks.market import (
     ClaimUndone,
     MinerSnapshot,
     PostedJob,
+    _Poster,
+    _see_stream_claims,
     _verify,
     duplicate_macs,
     latency_parts,
@@ -22,6 +24,8 @@ from node.client.rpc import RpcCallError
 
 ONE = "11" * 32
 TWO = "22" * 32
+THREE = "44" * 32
+FOUR = "55" * 32
 OTHERS = "33" * 32  # a job somebody else posted: not ours to account for
 
 
@@ -109,6 +113,62 @@ def test_a_streamed_jobs_latency_is_split_into_the_steps_it_waited_on():
         abs=0.01,
     )
     assert latency_parts(node0, {}, 10) == dict.fromkeys(parts)  # type: ignore[arg-type]
+
+
+def test_a_streamed_job_seen_claimed_by_a_pending_job_result_skips_the_claim_seen_step():
+    """Its claim is taken as sent when the client saw it pending: mined_and_claimed runs
+    from the post's block to that sight, and no claim_seen step is counted for it."""
+    wall = time.time() - time.monotonic()
+    t = time.monotonic()
+    pending = PostedJob(np.zeros(1), np.zeros(1), t, posted=t + 1.0, txid="aa")
+    pending.claim_seen, pending.verified, pending.claim_pending = t + 4.0, t + 4.5, True
+    node0 = ChainNode([(10, wall + t - 5, []), (11, wall + t + 2.5, ["aa"])], {ONE: 0})
+    parts = latency_parts(node0, {bytes.fromhex(ONE): pending}, 10)  # type: ignore[arg-type]
+    assert parts.pop("claim_seen") is None
+    assert parts == pytest.approx(
+        {"upload": 1.0, "post_in_block": 1.5, "mined_and_claimed": 1.5, "fetch_verify": 0.5},
+        abs=0.01,
+    )
+
+
+class BatchNode:
+    """node-0 answering a batch of getjob: each job's record, or "unknown job"."""
+
+    def __init__(self, records: dict[str, dict[str, Any]]) -> None:
+        self.records = records
+        self.rpc = self
+        self.asked: list[str] = []
+
+    def call_many(self, method: str, params: list[list[Any]]) -> list[Any]:
+        assert method == "getjob"
+        self.asked += [p[0] for p in params]
+        return [self.records.get(p[0], RpcCallError(-32002, f"unknown job {p[0]}")) for p in params]
+
+
+def test_the_streams_claims_are_seen_pending_or_mined_and_the_backlogs_left_alone():
+    def job(backlog: bool = False) -> PostedJob:
+        return PostedJob(np.zeros(1), np.zeros(1), 0.0, backlog=backlog)
+
+    poster = _Poster([], (1, 1, 1), 10)
+    poster.jobs = {bytes.fromhex(j): job() for j in (ONE, TWO, THREE)}
+    poster.jobs[bytes.fromhex(FOUR)] = job(backlog=True)
+    node0 = BatchNode(
+        {
+            ONE: {"status": "open", "pending_claim": "ab", "pending_claimant": "pw-a"},
+            TWO: {"status": "mined", "claimant": "pw-b", "claim_kind": "block"},
+            FOUR: {"status": "open", "pending_claim": "cd", "pending_claimant": "pw-a"},
+        }
+    )  # THREE: its post is not in a block yet
+    _see_stream_claims(node0, poster)  # type: ignore[arg-type]
+    one, two, three, four = (poster.jobs[bytes.fromhex(j)] for j in (ONE, TWO, THREE, FOUR))
+    assert (one.claimant, one.claim_kind, one.claim_pending) == ("pw-a", "tx", True)
+    assert (two.claimant, two.claim_kind, two.claim_pending) == ("pw-b", "block", False)
+    assert one.claim_seen is not None and two.claim_seen is not None
+    assert three.claim_seen is None and four.claim_seen is None
+    assert FOUR not in node0.asked
+    node0.asked.clear()
+    _see_stream_claims(node0, poster)  # type: ignore[arg-type]
+    assert node0.asked == [THREE]  # only the jobs still waiting are looked up
 
 
 class FakeClient:

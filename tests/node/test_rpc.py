@@ -751,3 +751,14 @@ async def test_any_operand_body_is_stored_whole_or_refused_with_a_400(node, stor
             else:
                 assert status == 400, (body, status, reply)
                 assert "error" in json.loads(reply) and stored_blobs == []
+
+
+async def test_call_many_answers_each_call_of_one_batch_in_order(node):
+    await _claimed_job(node)
+    client = RpcClient(f"http://127.0.0.1:{node.rpc_port}/rpc")
+    ids = [claimkit.JOB2_ID.hex(), "ab" * 32, claimkit.JOB_ID.hex()]
+    two, unknown, one = await asyncio.to_thread(client.call_many, "getjob", [[j] for j in ids])
+    assert (one["status"], two["status"]) == ("mined", "mined")
+    assert one["result_root"] == matrix_rows_root(claimkit.C).hex()
+    assert isinstance(unknown, RpcCallError) and "unknown job" in str(unknown)
+    assert await asyncio.to_thread(client.call_many, "getjob", []) == []

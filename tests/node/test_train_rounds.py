@@ -120,3 +120,33 @@ def test_ctrl_c_cancels_the_open_jobs_once_they_expire_and_keeps_the_claimed(mon
     assert sorted(cancelled) == [3, 4]
     assert [client.jobs[j]["status"] for j in client.order] == ["mined"] * 2 + ["cancelled"] * 2
     assert any("once they expire at height" in line for line in said)
+
+
+class PendingClaimClient(ScriptedClient):
+    """A chain whose miners' job_results stay in the mempool: no block ever holds a claim."""
+
+    def status(self, job_id: bytes) -> dict[str, Any]:
+        record = super().status(job_id)
+        job = self.jobs[job_id]
+        if job["status"] == "mined":  # the script's claim, only pending here
+            job["status"] = "open"
+            job["pending"] = True
+        pending = "claim-txid" if job.get("pending") else None
+        return {"status": job["status"], "expiry": record["expiry"], "pending_claim": pending}
+
+    def result(self, job_id: bytes, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        assert self.jobs[job_id].get("pending"), "result asked before any claim"
+        self.events.append(("result", self.number(job_id)))
+        return local_matmul(a, b)
+
+
+def test_a_round_goes_on_once_its_jobs_claims_are_pending_without_a_block(monkeypatch):
+    """A job_result in the mempool already serves C: training fetches and checks it
+    without waiting for a block to hold the claim."""
+    monkeypatch.setattr("node.apps.train_net.POLL_S", 0.0)
+    client = PendingClaimClient()
+    net = NetworkMatmul(client, reward=10_000, timeout=5.0)  # type: ignore[arg-type]
+    net.begin_step(0)
+    result = train(CONFIG, net, max_steps=1)
+    assert [n for what, n in client.events if what == "result"] == [1, 2, 3, 4, 5]
+    assert result.step_hashes == train(CONFIG, local_matmul, max_steps=1).step_hashes
