@@ -58,12 +58,12 @@ def _paired_per_call_times(
     A ratio of two medians from one run compares like with like only if both saw the same
     load for the same stretches of time. Sampled alternately, a change in the machine's
     load hits both; and each sample of ``short_fn`` is a batch of back-to-back calls as long
-    as one ``long_fn`` call (per-call time = batch / calls, operands hot in cache for both,
-    as they are for each repeated call of ``long_fn``). Timed alone, a call of a few ms on a
-    shared 2-core box that loses a core to another process for one scheduler slice (several
-    ms) takes several times as long, while the long one loses a few percent: the median of
-    single short calls then measures the other processes, not the code. Batches also make
-    CPU time honest: Linux adds another thread's CPU time to the process's only at a
+    as one ``long_fn`` call (per-call time = batch / calls; operands hot in cache for both,
+    as they are for each repeated call of ``long_fn``), so one scheduler slice lost to
+    another process costs a sample of either about the same, instead of several times a
+    1 ms call and a few percent of a 25 ms one. (A busy box still costs the short one more:
+    each of its parallel regions waits for all its threads to get a core.) Batches also
+    make CPU time honest: Linux adds another thread's CPU time to the process's only at a
     scheduler tick or switch (``thread_group_cputime``), so ``process_time`` over a call of
     a millisecond or two counts the calling thread and a lottery of the workers' ticks.
     """
