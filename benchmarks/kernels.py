@@ -38,6 +38,51 @@ def _median_time(
     return statistics.median(times)
 
 
+def _best_of(fn: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def _paired_per_call_times(
+    long_fn: Callable[[], Any],
+    short_fn: Callable[[], Any],
+    samples: int,
+    clock: Callable[[], float],
+) -> tuple[list[float], list[float]]:
+    """Per-call times of two operations, sampled alternately and in samples of equal length.
+
+    A ratio of two medians from one run compares like with like only if both saw the same
+    load for the same stretches of time. Sampled alternately, a change in the machine's
+    load hits both; and each sample of ``short_fn`` is a batch of back-to-back calls as long
+    as one ``long_fn`` call (per-call time = batch / calls; operands hot in cache for both,
+    as they are for each repeated call of ``long_fn``), so one scheduler slice lost to
+    another process costs a sample of either about the same, instead of several times a
+    1 ms call and a few percent of a 25 ms one. (A busy box still costs the short one more:
+    each of its parallel regions waits for all its threads to get a core.) Batches also
+    make CPU time honest: Linux adds another thread's CPU time to the process's only at a
+    scheduler tick or switch (``thread_group_cputime``), so ``process_time`` over a call of
+    a millisecond or two counts the calling thread and a lottery of the workers' ticks.
+    """
+    long_fn()  # warm-up: JIT compilation and caches are not what we measure
+    short_fn()
+    # Batch size from wall-clock bests (CPU time of a short call is what cannot be trusted).
+    calls = max(1, round(_best_of(long_fn, 3) / max(_best_of(short_fn, 3), 1e-6)))
+    long_times, short_times = [], []
+    for _ in range(samples):
+        t0 = clock()
+        long_fn()
+        long_times.append(clock() - t0)
+        t0 = clock()
+        for _ in range(calls):
+            short_fn()
+        short_times.append((clock() - t0) / calls)
+    return long_times, short_times
+
+
 def _repeats_for(size: int) -> int:
     return max(3, min(15, int(4 * (2048 / size) ** 2)))
 
@@ -86,8 +131,29 @@ def _bench_kernels(size: int, backend: str, repeats: int | None) -> dict[str, An
     target = 1  # nothing wins: we measure the full cost of a losing attempt
 
     sgemm = measure_sgemm(m, k, n, reps)
-    plain_s = _median_time(lambda: be.plain_matmul(a, bt, params.r, params.h, params.w), reps)
     result = mining_attempt(a, b, seed_a, seed_b, target, params, be, ticket_key=key)
+    c = result.c
+    if not freivalds_check(a, b, c):
+        raise RuntimeError("the recovered product failed Freivalds: the kernel is wrong")
+
+    def plain() -> Any:
+        return be.plain_matmul(a, bt, params.r, params.h, params.w)
+
+    def freivalds() -> Any:
+        return freivalds_check(a, b, c)
+
+    # The plain product and Freivalds in alternate samples of the same length, the same
+    # number of each (see _paired_per_call_times): freivalds_vs_plain compares the two
+    # under the same load. More samples than the other measures get: Freivalds' batches
+    # are short enough that a few preempted ones would otherwise move the median.
+    pair_reps = max(30, reps)
+    plain_times, freivalds_times = _paired_per_call_times(
+        plain, freivalds, pair_reps, time.perf_counter
+    )
+    plain_cpu_times, freivalds_cpu_times = _paired_per_call_times(
+        plain, freivalds, pair_reps, time.process_time
+    )
+    plain_s, freivalds_s = statistics.median(plain_times), statistics.median(freivalds_times)
     attempt_s = _median_time(
         lambda: mining_attempt(a, b, seed_a, seed_b, target, params, be, ticket_key=key), reps
     )
@@ -98,9 +164,7 @@ def _bench_kernels(size: int, backend: str, repeats: int | None) -> dict[str, An
     )
     # CPU seconds of this process (all threads): on a shared machine, time spent waiting
     # for a core inflates wall-clock ratios but not these.
-    plain_cpu_s = _median_time(
-        lambda: be.plain_matmul(a, bt, params.r, params.h, params.w), reps, time.process_time
-    )
+    plain_cpu_s = statistics.median(plain_cpu_times)
     attempt_cpu_s = _median_time(
         lambda: mining_attempt(a, b, seed_a, seed_b, target, params, be, ticket_key=key),
         reps,
@@ -122,7 +186,6 @@ def _bench_kernels(size: int, backend: str, repeats: int | None) -> dict[str, An
         max(50, reps),
         time.process_time,
     )
-    c = result.c
     # The ticket key is bound to result_root: on a posted job the miner recovers C
     # and commits its rows before it hashes a ticket (once per job); the null job
     # commits zero and pays neither, i.e. costs attempt_s.
@@ -133,14 +196,6 @@ def _bench_kernels(size: int, backend: str, repeats: int | None) -> dict[str, An
         ),
         reps,
     )
-    # A few ms each: more repeats than the product gets, or one preempted run moves the median.
-    freivalds_reps = max(30, reps)
-    freivalds_s = _median_time(lambda: freivalds_check(a, b, c), freivalds_reps)
-    freivalds_cpu_s = _median_time(
-        lambda: freivalds_check(a, b, c), freivalds_reps, time.process_time
-    )
-    if not freivalds_check(a, b, c):
-        raise RuntimeError("the recovered product failed Freivalds: the kernel is wrong")
     sgemm_s = float(sgemm["sgemm_s"])  # type: ignore[arg-type]
     return {
         "backend": be.name,
@@ -176,8 +231,13 @@ def _bench_kernels(size: int, backend: str, repeats: int | None) -> dict[str, An
         "attempt_with_result_root_s": with_root_s,
         "attempt_with_result_root_vs_attempt": with_root_s / attempt_s,
         "freivalds_vs_plain": freivalds_s / plain_s,
-        "freivalds_cpu_s": freivalds_cpu_s,
-        "freivalds_vs_plain_cpu": freivalds_cpu_s / plain_cpu_s,
+        "freivalds_cpu_s": statistics.median(freivalds_cpu_times),
+        "freivalds_vs_plain_cpu": statistics.median(freivalds_cpu_times) / plain_cpu_s,
+        # Best samples, beside the medians (not instead): what the two reach undisturbed.
+        "plain_min_s": min(plain_times),
+        "freivalds_min_s": min(freivalds_times),
+        "freivalds_vs_plain_min": min(freivalds_times) / min(plain_times),
+        "freivalds_vs_plain_cpu_min": min(freivalds_cpu_times) / min(plain_cpu_times),
         "macs_per_s": m * k * n / attempt_s,
         "plain_macs_per_s": m * k * n / plain_s,
         "sgemm_macs_per_s": m * k * n / sgemm_s,

@@ -33,6 +33,10 @@ def test_isa_all_measures_every_path_the_host_can_run() -> None:
         # verification and Freivalds as CPU time too: wall clock on a shared box is noise
         assert r["verify_vs_attempt_cpu"] == r["verify_cpu_s"] / r["attempt_cpu_s"] > 0
         assert r["freivalds_vs_plain_cpu"] == r["freivalds_cpu_s"] / r["plain_cpu_s"] > 0
+        # the best samples beside the medians, never in their place
+        assert r["freivalds_vs_plain_min"] == r["freivalds_min_s"] / r["plain_min_s"] > 0
+        assert r["freivalds_min_s"] <= r["freivalds_s"] and r["plain_min_s"] <= r["plain_s"]
+        assert r["freivalds_vs_plain_cpu_min"] > 0
 
 
 def test_isa_the_host_cannot_run_is_a_one_line_error() -> None:

@@ -1,5 +1,6 @@
 """Freivalds accepts the right product and rejects a single entry off by one."""
 
+import functools
 import platform
 import re
 
@@ -45,6 +46,76 @@ def test_any_round_count_and_more_rows_than_columns(rounds):
         assert not freivalds_check(x, y, bad, rounds=rounds)
 
 
+# Shapes around the kernels' blocks of eight rows: fewer rows than a block, exact blocks,
+# blocks plus a tail, with k (B's rows, the first kernel's blocks) odd too.
+ODD_SHAPES = [(1, 1, 1), (7, 9, 5), (8, 8, 8), (9, 17, 3), (15, 8, 16), (17, 33, 31)]
+
+
+def _job(m, k, n, lo=-64, hi=64, seed=0):
+    g = np.random.default_rng(seed)
+    a = g.integers(lo, hi, (m, k), dtype=np.int8)
+    b = g.integers(lo, hi, (k, n), dtype=np.int8)
+    return a, b, (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
+
+
+@pytest.mark.parametrize(("m", "k", "n"), ODD_SHAPES)
+def test_odd_shapes_accept_the_product_and_reject_any_wrong_corner(m, k, n):
+    """Off by one in the first or last row or column, in a block of eight or in the tail
+    rows after the last block, is caught in both layouts of B."""
+    a, b, c = _job(m, k, n)
+    bt = np.ascontiguousarray(b.T)
+    assert freivalds_check(a, b, c)
+    assert freivalds_check(a, bt, c, b_transposed=True)
+    rows = sorted({0, min(7, m - 1), m - 1, m // 2})
+    for i in rows:
+        for j in sorted({0, n - 1, n // 2}):
+            for delta in (1, -1):
+                bad = c.copy()
+                bad[i, j] += np.int32(delta)
+                assert not freivalds_check(a, b, bad), (i, j, delta)
+                assert not freivalds_check(a, bt, bad, b_transposed=True), (i, j, delta)
+
+
+@pytest.mark.parametrize("value", [-128, 127])
+def test_extreme_operands_and_extreme_errors(value):
+    """All-−128 or all-127 operands (|A·B| = 2^14·k, up to 2^30 at k = 65,536 is exact in
+    int32) with C wrong by ±2^31 (the error of highest 2-adic valuation, the hardest in
+    Z/2^64) or set to int32's extremes: the right C passes, every wrong one fails."""
+    m, k, n = 11, 4096, 13
+    a = np.full((m, k), value, dtype=np.int8)
+    b = np.full((k, n), value, dtype=np.int8)
+    b[::2] = -128  # mixed signs: entries of A·B are ±2^14·k/2 apart
+    c = (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
+    assert freivalds_check(a, b, c)
+    info = np.iinfo(np.int32)
+    for i, j in ((0, 0), (m - 1, n - 1), (8, 5), (10, 0)):
+        for wrong in (int(c[i, j]) ^ (1 << 31), info.min, info.max):
+            if wrong == c[i, j]:
+                continue
+            bad = c.copy()
+            bad[i, j] = np.int32(np.int64(wrong).astype(np.int32))
+            assert not freivalds_check(a, b, bad), (i, j, wrong)
+
+
+@pytest.mark.parametrize(("m", "k", "n"), ODD_SHAPES)
+def test_kernels_compute_z_mod_2_64_exactly(m, k, n):
+    """B·x matches unsigned 64-bit NumPy arithmetic for int8 operands at their extremes
+    and four rounds (two pairs of vectors); the residual is zero for the right C and
+    non-zero for an error of 2^31 in any row, tail rows included."""
+    from kernels.freivalds import _any_residual, _times_vectors
+
+    a, b, c = _job(m, k, n, -128, 128, seed=k)
+    xs = np.random.default_rng(m).integers(-(2**63), 2**63, (4, n), dtype=np.int64)
+    u64 = np.uint64
+    bx = _times_vectors(b, xs)
+    assert np.array_equal(bx, (xs.astype(u64) @ b.T.astype(np.int64).astype(u64)).astype(np.int64))
+    assert not _any_residual(a, bx, c, xs)
+    for i in range(m):
+        bad = c.copy()
+        bad[i, n - 1] ^= np.int32(-(2**31))
+        assert _any_residual(a, bx, bad, xs), i
+
+
 def test_rejects_a_power_of_two_error():
     # The hardest errors for arithmetic mod 2^64 are high powers of two.
     bad = C.copy()
@@ -59,21 +130,47 @@ def test_shape_errors_are_named():
         freivalds_check(A, B, C.astype(np.int64))
 
 
+def _hottest_loop(asm: str) -> list[str]:
+    """The instructions of the loop in ``asm`` with the most vpmullq (label to back-jump)."""
+    best: list[str] = []
+    body: list[str] = []
+    for line in asm.splitlines():
+        if re.match(r"^\.LBB\d+_\d+:", line):
+            body = []
+        body.append(line)
+        if re.search(r"\bj(ne|nz|b|l)\b", line):
+            if sum("vpmullq" in x for x in body) > sum("vpmullq" in x for x in best):
+                best = body
+            body = []
+    return best
+
+
+@functools.cache
+def _compiled_asm() -> str:
+    """Both kernels compiled afresh (uncached, so the assembly is kept) for int8 and int32."""
+    from numba import njit
+
+    from kernels import freivalds
+
+    times = njit(parallel=True)(freivalds._times_vectors.py_func)
+    residual = njit(parallel=True)(freivalds._any_residual.py_func)
+    xs = np.zeros((2, 64), np.int64)
+    times(np.zeros((64, 64), np.int8), xs)
+    times(np.zeros((64, 64), np.int32), xs)
+    residual(np.zeros((64, 64), np.int8), xs, np.zeros((64, 64), np.int32), xs)
+    return "\n".join([*times.inspect_asm().values(), *residual.inspect_asm().values()])
+
+
 def test_int64_products_are_vectorised_for_the_target():
     """Freivalds' Z/2^64 products are vpmullq on zmm where the target has AVX-512DQ, the
     32-bit vpmuludq 64-bit lanes are built from on AVX2, scalar imul on baseline x86-64.
     test_codegen_targets.py reruns this for AVX2 and baseline targets."""
-    from numba import njit
-
-    from kernels import freivalds
     from kernels.isa import compile_target
 
     target = compile_target()
     if platform.machine().lower() not in ("x86_64", "amd64"):
         pytest.skip("the expectation is written for x86-64 targets")
-    fresh = njit(parallel=True)(freivalds._bx_and_cx.py_func)  # uncached: its assembly is kept
-    fresh(np.zeros((64, 64), np.int8), np.zeros((4, 64), np.int32), np.zeros((2, 64), np.int64))
-    asm = "\n".join(fresh.inspect_asm().values())
+    asm = _compiled_asm()
     if "avx512dq" in target.features:
         wanted = re.compile(r"\bvpmullq\b[^\n]*zmm")
     elif "avx2" in target.features:
@@ -81,3 +178,19 @@ def test_int64_products_are_vectorised_for_the_target():
     else:
         wanted = re.compile(r"\bimulq\b")
     assert wanted.search(asm), f"{target.isa}: no {wanted.pattern} in Freivalds' matvec"
+
+
+def test_each_vector_load_feeds_eight_rows():
+    """The check is bound by its multiplies, not its loads: the hot loop loads each zmm of
+    the two rounds' vectors once for eight rows of the matrix (16 vpmullq per 2 loads).
+    A row at a time it took one 64-bit vector load per product, 1.4-2x slower."""
+    from kernels.isa import compile_target
+
+    if "avx512dq" not in compile_target().features:
+        pytest.skip("the loop shape is written for AVX-512DQ's vpmullq")
+    loop = _hottest_loop(_compiled_asm())
+    products = [x for x in loop if "vpmullq" in x]
+    vector_loads = [x for x in loop if re.search(r"\bvmovdqu64\b\s+-?\d*\(", x)]
+    vector_loads += [x for x in products if "(" in x]  # a load folded into the multiply
+    assert len(products) >= 16, loop
+    assert len(products) >= 8 * len(vector_loads), loop
