@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from consensus.chain import Chain
     from consensus.keys import PrivateKey
     from consensus.params import NetworkParams
+    from node.chain_service import ChainChange
     from node.mempool import Mempool
     from node.relay.blobs import BlobExchange
     from node.relay.txrelay import TxRelay
@@ -193,8 +194,9 @@ class MarketService:
         self._attempted: OrderedDict[bytes, float] = OrderedDict()  # job id → last attempt
         self._delivered: OrderedDict[bytes, bytes] = OrderedDict()  # job id → result_root
         # Blobs this node keeps for a job only because it mined it (the C it computed, the
-        # operands it fetched): blob root → job id, dropped once nobody needs them.
-        self._kept: dict[bytes, bytes] = {}
+        # operands it fetched): blob root → job id, dropped once nobody needs them. The
+        # store records them too, so that those of a run before a restart are pruned.
+        self._kept: dict[bytes, bytes] = node.blobs.store.kept_blobs()
         self._pruned_at = 0  # the height of the last look
         self._new_results = asyncio.Event()
         self._claim_task: asyncio.Task[None] | None = None
@@ -227,10 +229,15 @@ class MarketService:
         out.sort(key=lambda t: (-t[0], self._seen_at[t[1]], t[1]))
         self._open = (chain.tip.hash, out)
         self._forget_closed({job_id for _, job_id, _ in out} | self._pending_posts.keys())
-        if abs(chain.height - self._pruned_at) >= PRUNE_EVERY_BLOCKS:
-            self._pruned_at = chain.height
-            self.prune_blobs()
         return out
+
+    def chain_changed(self, _change: ChainChange) -> None:
+        """Prune the blobs kept for jobs every ``PRUNE_EVERY_BLOCKS`` of height, whether
+        or not this node mines now (those of an earlier run too)."""
+        height = self.node.chain.height
+        if abs(height - self._pruned_at) >= PRUNE_EVERY_BLOCKS:
+            self._pruned_at = height
+            self.prune_blobs()
 
     def prune_blobs(self) -> int:
         """Delete the blobs kept for jobs (see ``_kept``) that nobody will ask for again;
@@ -470,6 +477,12 @@ class MarketService:
         store = self.node.blobs.store
         # Operands this node held already (its client posted them) are not ours to prune.
         fetched = [root for root in (rec["root_a"], rec["root_b"]) if not store.has_blob(root)]
+        if fetched:
+            # Recorded before they are stored: a restart in between leaks nothing (pruning
+            # a blob never stored deletes nothing).
+            for root in fetched:
+                self._kept.setdefault(root, job_id)
+            await asyncio.to_thread(store.keep_blobs, fetched, job_id)
         try:
             raw_a, raw_bt = await asyncio.gather(  # both at once: half the wait for a job
                 self.node.fetch_blob(rec["root_a"], FETCH_TIMEOUT),
@@ -483,8 +496,6 @@ class MarketService:
             log.warning("operands of job %s have the wrong size", job_id.hex()[:16])
             self._unavailable.add(job_id)
             return
-        for root in fetched:
-            self._kept.setdefault(root, job_id)
         a = np.frombuffer(raw_a, dtype=np.int8).reshape(m, k).copy()
         b = np.ascontiguousarray(np.frombuffer(raw_bt, dtype=np.int8).reshape(n, k).T)
         if matrix_rows_root(a) != rec["root_a"] or matrix_cols_root(b) != rec["root_b"]:
@@ -517,7 +528,7 @@ class MarketService:
         job_id = self._job_id(job.spec)
         if job.null or found.product is None:
             return found.header  # the null job: nobody asked for C
-        self._kept[self.node.blobs.put_matrix(found.product)] = job_id
+        self._kept[self.node.blobs.put_matrix(found.product, kept_for=job_id)] = job_id
         self.jobs_mined += 1
         log.info(
             "block on job %s: result %s kept",
@@ -532,8 +543,8 @@ class MarketService:
         if job.null:
             return
         # Off the loop: a 2048² C is 16 MiB to hash into chunks and write.
-        stored = await asyncio.to_thread(self.node.blobs.put_matrix, product)
         job_id = self._job_id(job.spec)
+        stored = await asyncio.to_thread(self.node.blobs.put_matrix, product, job_id)
         self._kept[stored] = job_id
         if job_id in self._attempted:
             # A retry waits from here, not from the hand-out: on a loaded machine the

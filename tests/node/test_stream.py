@@ -315,6 +315,52 @@ async def test_a_result_that_won_no_block_is_claimed_served_and_paid(node, monke
     assert node.blobs.store.has_blob(job.spec.root_a)
 
 
+async def test_a_result_kept_before_a_restart_is_pruned_after_it(tmp_path, monkeypatch):
+    """The miner claims a job by transaction and its claim is mined; the node restarts
+    (what it keeps for the jobs it mined was in memory only): a challenge window after
+    the payment the C it kept is deleted all the same, not left on its disk for good."""
+    config = NodeConfig(params=MID, datadir=tmp_path / "node", miner_key=MINER_KEY)
+    node = Node(config)
+    await node.start()
+    try:
+        ((job, _, job_id),) = jobs = _jobs(1)
+        await _post(node, jobs)
+        real_work = node.work.work
+        losing = True
+
+        async def work() -> MiningWork:
+            w = await real_work()
+            if not losing:
+                return w
+            return dataclasses.replace(w, template=dataclasses.replace(w.template, target=1))
+
+        monkeypatch.setattr(node.work, "work", work)
+        node.start_mining()
+        await _until(lambda: node.market.claims_sent == 1, 60, "the job_result claim")
+        losing = False  # every attempt wins now (MID): a block takes the claim
+        await _until(
+            lambda: job_record(node.chain.state, job_id)["status"] == "mined", 60, "the claim"
+        )
+        await node.stop_mining()
+    finally:
+        await node.stop()
+    root = matrix_rows_root(_product(job))
+
+    node = Node(config)
+    await node.start()
+    try:
+        assert node.blobs.store.has_blob(root)
+        node.start_mining()
+        await _until(lambda: not node.blobs.store.has_blob(root), 60, "the result pruned")
+        await node.stop_mining()
+        rec = job_record(node.chain.state, job_id)
+        assert rec["status"] == "paid" and node.chain.height > rec["due"] + MID.challenge_window
+        assert node.blobs.store.has_blob(job.spec.root_a)  # the poster's, given to the node
+        assert node.blobs.store.kept_blobs() == {}
+    finally:
+        await node.stop()
+
+
 async def test_a_miner_with_immature_coinbases_claims_from_its_spendable_balance(tmp_path):
     """A miner's immature coinbases are counted apart from its balance: they do not make
     the balance it can bond look negative (every young miner's case)."""
