@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sys
+import threading
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -18,7 +20,7 @@ from consensus.keys import PrivateKey, address_to_text
 from consensus.market import build_job_result, claim_bond, job_id_of, job_record
 from consensus.merkle import matrix_rows_root
 from consensus.params import with_block_time
-from consensus.pow import Job
+from consensus.pow import Job, null_job
 from consensus.state import LOCKED
 from consensus.transactions import (
     JobPostPayload,
@@ -29,7 +31,7 @@ from consensus.transactions import (
 from node import work as work_module
 from node.app import INV_TX, Node
 from node.config import NodeConfig
-from node.miner import MiningWork
+from node.miner import Miner, MiningWork
 from node.net.wire import GetData, Inv, InvItem, TxMsg
 from node.relay.blobs import decode_matrix
 from node.services import market as market_module
@@ -534,3 +536,34 @@ async def test_a_peer_relaying_a_claim_that_lost_its_race_is_not_banned(node):
     await _relay(peer, forged)
     await _until(lambda: node.p2p.bans(), 10, "the forger's ban")
     await peer.close()
+
+
+async def test_getmininginfo_reads_the_attempt_counters_as_of_one_moment(node):
+    """getmininginfo is answered while the miner thread counts attempts: every attempt
+    is in all of its counters or in none (the bench's accounting of MACs adds up)."""
+    node.miner = Miner(MID, asyncio.get_running_loop(), node.work.work, None, None)  # type: ignore[arg-type]
+    ((job, _, _),) = _jobs(1)
+    posted = MiningWork(None, job, ())  # type: ignore[arg-type]
+    null = MiningWork(None, null_job(bytes(32), MID), ())  # type: ignore[arg-type]
+
+    def count() -> None:
+        for _ in range(3_000):  # fewer than the attempts a miner lists
+            node.miner._count(M * K * N, posted)
+            node.miner._count(M * K * N, null)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # the threads interleave as often as they can
+    counting = threading.Thread(target=count)
+    counting.start()
+    try:
+        reads = 0
+        while counting.is_alive() or not reads:
+            info = await node.rpc.read("getmininginfo")
+            reads += 1
+            assert info["macs_done"] == info["macs_null"] + info["macs_jobs"]
+            assert info["jobs_attempted"] == len(info["attempted_jobs"])
+            assert sum(macs for _, macs in info["attempted_jobs"]) == info["macs_jobs"]
+    finally:
+        counting.join()
+        sys.setswitchinterval(switch)
+        node.miner = None
