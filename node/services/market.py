@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from blake3 import blake3
 
-from consensus.blocks import BlockHeader, JobSpec
+from consensus.blocks import NULL_RESULT_ROOT, BlockHeader, JobSpec
 from consensus.errors import InvalidTransaction
 from consensus.market import OPEN, claim_bond, job_id_of, job_record
 from consensus.merkle import matrix_cols_root, matrix_rows_root
@@ -231,9 +231,20 @@ class MarketService:
         self._forget_closed({job_id for _, job_id, _ in out} | self._pending_posts.keys())
         return out
 
-    def chain_changed(self, _change: ChainChange) -> None:
-        """Prune the blobs kept for jobs every ``PRUNE_EVERY_BLOCKS`` of height, whether
-        or not this node mines now (those of an earlier run too)."""
+    def chain_changed(self, change: ChainChange) -> None:
+        """Claim by transaction the jobs of our blocks that left the active chain (a
+        block that lost a race to another miner's took its header's claim with it, and
+        the job, attempted already, would wait for a retry behind every other); prune
+        the blobs kept for jobs every ``PRUNE_EVERY_BLOCKS`` of height, whether or not
+        this node mines now (those of an earlier run too)."""
+        for block in change.disconnected:
+            h = block.header
+            if (
+                h.miner == self.node.miner_address
+                and h.result_root != NULL_RESULT_ROOT
+                and h.result_root in self._kept  # its C: finish() kept it
+            ):
+                self._to_claim(self._job_id(h.job), h.result_root)
         height = self.node.chain.height
         if abs(height - self._pruned_at) >= PRUNE_EVERY_BLOCKS:
             self._pruned_at = height
@@ -551,6 +562,11 @@ class MarketService:
             # attempt and the store can take longer than RETRY_AFTER_S, and our own
             # claim is still to come (at the next flush).
             self._attempted[job_id] = time.monotonic()
+        self._to_claim(job_id, result_root)
+
+    def _to_claim(self, job_id: bytes, result_root: bytes) -> None:
+        """Claim ``job_id`` with ``result_root`` (its C kept) by transaction, at the next
+        flush, if it is still open and unclaimed then."""
         self._delivered[job_id] = result_root
         self._delivered.move_to_end(job_id)
         while len(self._delivered) > MAX_ATTEMPTED:

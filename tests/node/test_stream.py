@@ -36,7 +36,7 @@ from node.net.wire import GetData, Inv, InvItem, TxMsg
 from node.relay.blobs import decode_matrix
 from node.services import market as market_module
 from node.services.market import pick_job
-from tests.support.chainkit import ALICE, BOB, CAROL, MID, MINER, new_chain, next_block
+from tests.support.chainkit import ALICE, BOB, CAROL, MID, MINER, extend, new_chain, next_block
 from tests.support.nodekit import connected_peer, rpc_call
 
 MINER_KEY = PrivateKey.from_label("devnet-6")
@@ -567,3 +567,39 @@ async def test_getmininginfo_reads_the_attempt_counters_as_of_one_moment(node):
         counting.join()
         sys.setswitchinterval(switch)
         node.miner = None
+
+
+async def test_a_job_whose_block_left_the_chain_is_claimed_by_transaction(node):
+    """The miner's block on a posted job loses to another miner's branch: the claim its
+    header made goes with it, so the node claims the job by a job_result with the C
+    it kept, instead of leaving it for a retry behind every other job."""
+    ((job, _, job_id),) = jobs = _jobs(1)
+    await _post(node, jobs)
+    await _operands_ready(node, 1)
+    node.start_mining()  # every attempt wins (MID): its first posted-job attempt is a block
+    await _until(
+        lambda: any(node.chain.blocks[h].header.job == job.spec for h in node.chain.active),
+        60,
+        "a block on the job",
+    )
+    await node.stop_mining()
+    won = next(h for h in node.chain.active if node.chain.blocks[h].header.job == job.spec)
+    at = node.chain.blocks[won].header.height
+    assert node.mempool.claim_of(job_id) is None
+
+    # Another miner's branch from below that block, longer than ours: a reorg.
+    chain, clock = new_chain()
+    for h in node.chain.active[1:at]:
+        chain.add_block(node.chain.blocks[h])
+    clock.now = chain.tip.header.timestamp_ms
+    for block in extend(chain, clock, node.chain.height - at + 3, miner=BOB):
+        assert (await node.process_block(block, None)) is not None
+    assert not node.chain.is_active(won)
+    assert job_record(node.chain.state, job_id)["status"] == "open"
+
+    await _until(lambda: node.mempool.claim_of(job_id) is not None, 10, "the job_result claim")
+    claim = node.mempool.get(node.mempool.claim_of(job_id))
+    assert claim.sender_address == MINER_KEY.address
+    assert [(c.job_id, c.result_root) for c in claim.payload.claims] == [
+        (job_id, matrix_rows_root(_product(job)))
+    ]
