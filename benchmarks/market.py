@@ -15,27 +15,40 @@
    arrive. The miners start only now, so the posting is not charged to them and
    the chain's difficulty anchor (block 1) is not set before a pause.
 3. The miners start; once every one of them has attempted a posted job and sees
-   the others (they split the queue), and ``LEAD_IN_S`` more, the window opens:
-   for ``duration`` seconds a stream of jobs is posted at
-   ``STREAM_RATIO`` × the warmup rate, paying ``STREAM_REWARD`` (more per MAC, so
-   miners take it before the backlog: its latency is a job's that pays to be
-   served at once), while the chain is followed: a claim seen is fetched and
-   checked with Freivalds at once (the stream's client apart from the backlog's),
-   which is when the client has its result (latency = post → verified;
-   ``latency_parts_p50_s`` says where it went, see ``latency_parts``). The stream's
-   client looks its waiting jobs up (``getjob``, one batch every ``STREAM_POLL_S``)
-   and takes a claim as soon as its job_result is pending in node-0's mempool (its
-   claimant already serves C); the backlog's claims are read from ``getmarket`` at
-   each new tip.
-   When the window closes the miners stop, and the client has ``GRACE_S`` to
-   check the claims seen in it.
-4. The shares, over all the MACs the nodes mined in the window:
+   the others (they split the queue), the lead-in measures their rate for
+   ``LEAD_IN_S`` (now that they download operands, store C and claim, a fraction
+   of the warmup's), then the window opens: for ``duration`` seconds a stream of
+   jobs is posted at ``STREAM_RATIO`` × the lead-in's rate, paying
+   ``STREAM_REWARD`` (more per MAC, so miners take it before the backlog: its
+   latency is a job's that pays to be served at once), while the chain is
+   followed: a claim seen is fetched and checked with Freivalds at once (the
+   stream's client apart from the backlog's), which is when the client has its
+   result (latency = post → verified; ``latency_parts_p50_s`` says where it went,
+   see ``latency_parts``). The stream's client looks its waiting jobs up
+   (``getjob``, one batch every ``STREAM_POLL_S``) and takes a claim as soon as its
+   job_result is pending in node-0's mempool (its claimant already serves C); the
+   backlog's claims are read from ``getmarket`` at each new tip. When the window
+   closes the stream stops but the miners go on (their blocks carry the claims still
+   on their way) until the claims of the jobs attempted in the window are in, or
+   ``CLAIM_WAIT_S``; the client checks those of them whose claimant attempted them
+   in the window, and has ``GRACE_S`` in all.
+4. The window's MACs, from each node's getmininginfo: ``macs_done``, ``macs_null``
+   and ``attempted_jobs`` (job → MACs, one entry per attempt, counted when the
+   attempt ends) at its opening and its close; ``mac_breakdown`` sorts every MAC
+   mined into one fate (``mac_breakdown``, the function):
 
-   * ``useful_mac_share``: the m·k·n of every job claimed in the window whose
-     result the client verified;
-   * ``duplicate_mac_share``: attempts on a job that another node claimed
-     first (a node's getmininginfo ``attempted_jobs`` against the job's
-     claimant); null when the nodes' miners do not report them.
+   * ``useful``: a job's m·k·n, once, for each job the client verified whose
+     claimant attempted it in the window (``useful_mac_share``), whenever the
+     claim landed;
+   * ``duplicate``: attempts on a job that another node claimed
+     (``duplicate_mac_share``); null when the nodes' miners do not report them;
+   * ``repeated``: the claimant's own attempts beyond its first;
+   * ``unverified``: claimed by the node that attempted it, its result not
+     verified (wrong, or not checked within the grace);
+   * ``unclaimed``: attempts on jobs nobody had claimed by the end of the grace
+     (``unclaimed_jobs`` says why: a claim pending, a block that left the chain...);
+   * ``null``: null-job mining;
+   * ``unattributed``: MACs the attempt lists miss (0 unless a list overflowed).
 
 ``offered_over_network`` is the job work open at the window's start (the
 backlog) plus that posted in it, over the window's length × the warmup rate.
@@ -52,7 +65,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -79,7 +92,8 @@ operands: --shape); a claim (one 64-byte entry of a job_result) is nothing besid
 a job's work, and an attempt takes a fraction of a second."""
 REWARD = 10_000
 STREAM_RATIO = 0.1
-"""The jobs posted during the window, as a multiple of the warmup rate."""
+"""The jobs posted during the window, as a multiple of the lead-in's rate (the miners'
+rate on the queue: a fraction of the null-job warmup's on a small machine)."""
 STREAM_REWARD = 2 * REWARD
 VERIFIERS = 2
 """Client threads fetching and checking results, the backlog's and the stream's each: a
@@ -92,9 +106,13 @@ STREAM_POLL_S = 0.1
 SAMPLE_S = 1.0
 """How often the nodes' MAC counters are sampled for the plot."""
 GRACE_S = 60.0
-"""After the window, how long the client may take to verify the claims seen in it."""
+"""After the window, how long the client may take to verify the claims of its work."""
+CLAIM_WAIT_S = 20.0
+"""After the window, how long the claims of the attempts made in it may take to land
+(an attempt's C is stored, claimed by a job_result and mined: seconds)."""
 LEAD_IN_S = 5.0
-"""Mining on the queue before the window opens, once every miner works on it."""
+"""Mining on the queue before the window opens, once every miner works on it: the rate
+that sizes the stream is measured over it."""
 MINER_STAKE = 100 * COIN
 """Given to each miner before its start, to bond its claims (a job's bond is its reward)."""
 CLAIMED = ("mined", "paid")
@@ -173,6 +191,8 @@ class PostedJob:
     verified: float | None = None
     wrong: bool = False
     before_window: bool = False
+    after_window: bool = False
+    """Its claim was first seen after the window closed."""
 
 
 @dataclass
@@ -347,7 +367,6 @@ def _measure(
     # The backlog alone offers the ratio, and what the lead-in takes of it (at most its
     # length of work at the warmup rate, twice over): what the stream adds is on top.
     backlog_jobs = math.ceil(offered_ratio * warmup_rate * (duration + LEAD_IN_S) / job_macs)
-    jobs_per_s = min(offered_ratio, STREAM_RATIO) * warmup_rate / job_macs
     expiry = math.ceil((duration + GRACE_S + MINING_START_S) * 1000 / params.block_time_ms)
     poster = _Poster([client(PrivateKey.from_label(label)) for label in POSTER_LABELS],
                      shape, expiry)  # fmt: skip
@@ -364,7 +383,15 @@ def _measure(
     # Every miner at work on the queue, splitting it with all the others.
     _wait_for(net.nodes, "macs_jobs", MINING_START_S)
     _wait_for(net.nodes, "miners_seen", MINING_START_S, at_least=len(net.nodes) - 1)
-    time.sleep(LEAD_IN_S)  # their downloads under way: the window measures the steady state
+    # Their downloads under way: the window measures the steady state, and the stream is
+    # sized from the rate they mine the queue at (operand downloads, C stores and claims
+    # share the machine with the kernels, as in the window), not the null job's.
+    lead0, tl0 = _total_macs(net.nodes), time.monotonic()
+    time.sleep(LEAD_IN_S)
+    lead_rate = (_total_macs(net.nodes) - lead0) / (time.monotonic() - tl0)
+    if lead_rate <= 0:
+        raise RuntimeError(f"the miners mined nothing in the {LEAD_IN_S:g} s lead-in")
+    jobs_per_s = min(offered_ratio, STREAM_RATIO) * lead_rate / job_macs
     lead_in_s = time.monotonic() - posting - backlog_s
     say(
         f"backlog posted in {backlog_s:.0f} s; streaming {jobs_per_s:.2f} jobs/s for {duration:g} s"
@@ -385,6 +412,9 @@ def _measure(
     height = -1
     stream_polled = 0.0
     end: list[MinerSnapshot] | None = None
+    # Once the window closed: the jobs attempted in it, and by which nodes.
+    attempters: dict[bytes, set[str]] = {}
+    mining = True
     window_s = duration
     end_height = start_height
     # A client fetches C from the node of the miner that claimed it, which holds it: on
@@ -411,24 +441,34 @@ def _measure(
                     end_height = node0.call("getinfo")["height"]
                     poster.join()
                     sampler.stop.set()
-                    # The window's MACs are counted: the client's checks need not share
-                    # the machine with the miners any more.
-                    for n in net.nodes:
-                        n.call("setmining", False)
-                    say("window over; verifying the claims seen in it")
+                    attempters = window_attempters(start, end)
+                    say("window over; following the claims of the work done in it")
                 tip = node0.call("getinfo")["height"]
                 if tip != height:
                     height = tip
-                    _see_claims(node0, poster, end is None)
+                    _see_claims(node0, poster, None if end is None else attempters.keys())
                 if end is None and now >= stream_polled + STREAM_POLL_S:
                     stream_polled = now
                     _see_stream_claims(node0, poster)
+                if (
+                    mining
+                    and end is not None
+                    and (_claims_in(poster, attempters) or now > t1 + CLAIM_WAIT_S)
+                ):
+                    # The window's claims are in: the client's checks need not share the
+                    # machine with the miners any more.
+                    for n in net.nodes:
+                        n.call("setmining", False)
+                    mining = False
                 with poster.lock:
                     todo = sorted(
                         (
                             (job_id, j)
                             for job_id, j in poster.jobs.items()
-                            if j.claim_seen is not None and job_id not in checking
+                            if j.claim_seen is not None
+                            and job_id not in checking
+                            # after the window, only a result of the window's work
+                            and (not j.after_window or j.claimant in attempters[job_id])
                         ),
                         key=lambda item: item[1].claim_seen or 0.0,
                     )
@@ -447,7 +487,7 @@ def _measure(
                         useful[0] += job_macs
                         checking[job_id] = _DONE
                 pending = any(not f.done() for f in checking.values())
-                if end is not None and (not pending or time.monotonic() > t1 + GRACE_S):
+                if end is not None and (not (pending or mining) or now > t1 + GRACE_S):
                     break
                 time.sleep(0.05)
         finally:
@@ -460,7 +500,8 @@ def _measure(
         net, node0, params, shape, job_macs, poster, start, end, start_height, end_height,
         window_s, warmup_rate, sampler.samples, fetch_s, plot_path,
     ) | {"backlog_jobs": backlog_jobs, "backlog_post_s": round(backlog_s, 1),
-         "lead_in_s": round(lead_in_s, 1)}  # fmt: skip
+         "lead_in_s": round(lead_in_s, 1), "lead_in_macs_per_s": round(lead_rate),
+         "stream_jobs_per_s": round(jobs_per_s, 3)}  # fmt: skip
 
 
 def _fund_miners(node0: TestnetNode, params: NetworkParams, payer: PrivateKey, count: int) -> None:
@@ -520,21 +561,34 @@ def _claimed_before(node0: TestnetNode, poster: _Poster) -> None:
                 job.before_window = True
 
 
-def _see_claims(node0: TestnetNode, poster: _Poster, in_window: bool) -> None:
-    """Mark our jobs the chain shows claimed now; after the window, none new."""
+def _claims_in(poster: _Poster, attempters: dict[bytes, set[str]]) -> bool:
+    """Whether every job attempted in the window has a claim seen (or had one before)."""
+    with poster.lock:
+        return all(
+            (j := poster.jobs.get(job_id)) is None or j.claim_seen is not None or j.before_window
+            for job_id in attempters
+        )
+
+
+def _see_claims(node0: TestnetNode, poster: _Poster, follow: Collection[bytes] | None) -> None:
+    """Mark our jobs the chain shows claimed now; after the window (``follow`` given),
+    only those in ``follow``."""
     # Newest first: more than a few blocks' claims since the last look (node-0 builds
     # every row of every section, a load on the node the miners fetch from).
     claims = node0.call("getmarket", CLAIMS_SEEN)["recent_claims"]
     now = time.monotonic()
     with poster.lock:
         for c in claims:
-            job = poster.jobs.get(bytes.fromhex(c["job_id"]))
+            job_id = bytes.fromhex(c["job_id"])
+            job = poster.jobs.get(job_id)
             if job is None or job.claim_seen is not None or job.before_window:
                 continue
             if c["status"] not in CLAIMED:
                 continue
-            if not in_window:
-                continue  # claimed after the window: neither counted nor verified
+            if follow is not None:
+                if job_id not in follow:
+                    continue  # neither attempted in the window nor claimed in it
+                job.after_window = True
             job.claim_seen = now
             job.claimant = c["claimant"]
             job.claim_kind = c["claim_kind"]
@@ -588,13 +642,25 @@ def _record(
     assert end is not None
     jobs = poster.jobs
     mined = sum(e.macs_done - s.macs_done for s, e in zip(start, end, strict=True))
-    verified = [j for j in jobs.values() if j.verified is not None and not j.before_window]
+    tip = node0.call("getblockbyheight", node0.call("getinfo")["height"], False)
+    outcomes = job_outcomes(
+        node0,
+        jobs,
+        window_attempters(start, end),
+        jobs_of_blocks_left(net.nodes, params, start_height),
+        _block_job(tip, params),
+    )
+    breakdown = mac_breakdown(start, end, outcomes)
+    if breakdown is None:  # miners that do not report attempts: the claims seen in the window
+        verified = [j for j in jobs.values() if j.verified is not None and not j.before_window]
+    else:
+        verified = [jobs[bytes.fromhex(job_hex)] for job_hex in breakdown.useful_jobs]
     useful = job_macs * len(verified)
     # Latency is the stream's: a backlog job's is how long the bench queued it before.
     latencies = [j.verified - j.sent for j in verified if j.verified is not None and not j.backlog]
     waited = [j.verified - j.sent for j in verified if j.verified is not None and j.backlog]
     offered = sum(not j.before_window for j in jobs.values()) * job_macs
-    duplicate = duplicate_macs(node0, jobs, start, end)
+    duplicate = None if breakdown is None else breakdown.macs["duplicate"]
     blocks = end_height - start_height
     job_blocks = _job_blocks(node0, params, set(jobs), start_height, end_height)
     kinds = Counter(j.claim_kind for j in jobs.values() if j.claim_seen is not None)
@@ -615,6 +681,7 @@ def _record(
         "claims_by_block": kinds.get("block", 0),
         "claims_by_tx": kinds.get("tx", 0),
         "jobs_verified": len(verified),
+        "jobs_claimed_after_window": sum(j.after_window for j in verified),
         "wrong_results": sum(j.wrong for j in jobs.values()),
         "fraud_caught": node0.call("getmarket", 1)["jobs"]["refunded"],
         "network_macs": mined,
@@ -624,6 +691,8 @@ def _record(
             None if duplicate is None else round(min(1.0, duplicate / mined), 4) if mined else 0.0
         ),
         "null_mac_share": _share(start, end, "macs_null", mined),
+        "mac_breakdown": None if breakdown is None else breakdown.macs,
+        "unclaimed_jobs": None if breakdown is None else breakdown.unclaimed_jobs,
         "network_macs_per_s": round(mined / window_s),
         "useful_macs_per_s": round(useful / window_s),
         "jobs_per_s": round(len(verified) / window_s, 3),
@@ -700,46 +769,142 @@ def _share(
     return round(sum(b - a for a, b in deltas) / mined, 4)
 
 
-def duplicate_macs(
+def window_attempters(
+    start: list[MinerSnapshot], end: list[MinerSnapshot]
+) -> dict[bytes, set[str]]:
+    """The posted jobs attempted between two snapshots, and the nodes that attempted each."""
+    out: dict[bytes, set[str]] = {}
+    for s, e in zip(start, end, strict=True):
+        if s.attempts is not None and e.attempts is not None:
+            for job_hex, _ in e.attempts - s.attempts:
+                out.setdefault(bytes.fromhex(job_hex), set()).add(e.address)
+    return out
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """What became of a job by the end of the grace, as the breakdown needs it."""
+
+    claimant: str | None
+    """The node whose claim holds on node-0's chain; None while nobody's does."""
+    claimed_before: bool = False
+    """Claimed before the window opened."""
+    verified: bool = False
+    """The client fetched the claimed result and Freivalds accepted it."""
+    claim_pending: bool = False
+    """Unclaimed on chain, with a job_result claiming it in node-0's mempool."""
+    block_left: bool = False
+    """Unclaimed on chain, the job of a block some node holds off its active chain (a
+    block that lost a race or left in a reorg: its header's claim went with it)."""
+    tip_job: bool = False
+    """Unclaimed yet as the job of node-0's tip (claimed once a child lands)."""
+
+
+MAC_FATES = ("useful", "duplicate", "repeated", "unverified", "unclaimed", "null", "unattributed")
+
+
+@dataclass
+class MacBreakdown:
+    """Every MAC mined in the window in one fate (``macs``, summing to the MACs mined), the
+    jobs whose work counts useful, and why the unclaimed jobs were."""
+
+    macs: dict[str, int]
+    useful_jobs: list[str]
+    unclaimed_jobs: dict[str, int]
+
+
+def mac_breakdown(
+    start: list[MinerSnapshot], end: list[MinerSnapshot], outcomes: dict[str, JobOutcome]
+) -> MacBreakdown | None:
+    """Sort the MACs the nodes mined between ``start`` and ``end`` by what became of them
+    (see the module docstring, 4.): each node's attempts in between, against what became
+    of their jobs (``outcomes``, by job id in hex; a job missing is one nobody claimed).
+    None when a node's miner does not report its attempts."""
+    macs = dict.fromkeys(MAC_FATES, 0)
+    useful: list[str] = []
+    reasons = ("claim_pending", "block_left", "tip_job", "no_claim")
+    unclaimed: dict[str, set[str]] = {why: set() for why in reasons}
+    for s, e in zip(start, end, strict=True):
+        if s.attempts is None or e.attempts is None or s.macs_null is None or e.macs_null is None:
+            return None
+        macs["null"] += e.macs_null - s.macs_null
+        for (job_hex, job_macs), count in sorted((e.attempts - s.attempts).items()):
+            fate = outcomes.get(job_hex, JobOutcome(None))
+            if fate.claimant is None:
+                macs["unclaimed"] += job_macs * count
+                why = [fate.claim_pending, fate.block_left, fate.tip_job, True].index(True)
+                unclaimed[reasons[why]].add(job_hex)
+            elif fate.claimant != e.address:
+                macs["duplicate"] += job_macs * count
+            elif fate.claimed_before:  # claimed by its work before the window
+                macs["repeated"] += job_macs * count
+            else:
+                macs["useful" if fate.verified else "unverified"] += job_macs
+                macs["repeated"] += job_macs * (count - 1)
+                if fate.verified:
+                    useful.append(job_hex)
+    mined = sum(e.macs_done - s.macs_done for s, e in zip(start, end, strict=True))
+    macs["unattributed"] = mined - sum(macs.values())
+    return MacBreakdown(macs, useful, {why: len(jobs) for why, jobs in unclaimed.items()})
+
+
+def job_outcomes(
     node0: TestnetNode,
     jobs: dict[bytes, PostedJob],
-    start: list[MinerSnapshot],
-    end: list[MinerSnapshot],
-) -> int | None:
-    """MACs the nodes spent in the window on jobs another node claimed first."""
-    claimant: dict[str, str | None] = {}
-    total = 0
-    for s, e in zip(start, end, strict=True):
-        if s.attempts is None or e.attempts is None:
-            return None
-        for (job_hex, macs), count in (e.attempts - s.attempts).items():
-            if bytes.fromhex(job_hex) not in jobs:
-                continue
-            if job_hex not in claimant:
-                try:
-                    rec = node0.call("getjob", job_hex)
-                except RpcCallError:  # "unknown job": its post is on a branch node-0 left
-                    rec = {}
-                claimant[job_hex] = rec.get("claimant") or None
-            winner = claimant[job_hex]
-            if winner is not None and winner != e.address:
-                total += macs * count
-    return total
+    attempted: Collection[bytes],
+    blocks_left: Collection[bytes] = (),
+    tip_job: bytes | None = None,
+) -> dict[str, JobOutcome]:
+    """What became of each job in ``attempted``, from node-0's chain and the client's
+    checks (``blocks_left``: the jobs of blocks off the nodes' active chains;
+    ``tip_job``: node-0's tip's); jobs we did not post, or that node-0 does not know
+    (their post is on a branch it left), are left out: nobody's claim of them holds."""
+    out: dict[str, JobOutcome] = {}
+    for job_id in attempted:
+        job = jobs.get(job_id)
+        if job is None:
+            continue
+        try:
+            rec = node0.call("getjob", job_id.hex())
+        except RpcCallError:  # "unknown job"
+            continue
+        out[job_id.hex()] = JobOutcome(
+            rec.get("claimant") or None,
+            claimed_before=job.before_window,
+            verified=job.verified is not None,
+            claim_pending=rec.get("pending_claim") is not None,
+            block_left=job_id in blocks_left,
+            tip_job=job_id == tip_job,
+        )
+    return out
+
+
+def _block_job(block: dict[str, Any], params: NetworkParams) -> bytes:
+    from consensus.blocks import JobSpec
+
+    j = block["job"]
+    spec = JobSpec(j["m"], j["k"], j["n"], bytes.fromhex(j["root_a"]), bytes.fromhex(j["root_b"]))
+    return spec.job_id(params.rank, params.tile_h, params.tile_w)
+
+
+def jobs_of_blocks_left(nodes: list[TestnetNode], params: NetworkParams, since: int) -> set[bytes]:
+    """The jobs of the blocks above height ``since`` that some node holds off its active
+    chain."""
+    out = set()
+    for n in nodes:
+        height = n.call("getinfo")["height"]
+        for row in n.call("getblocktimes", max(1, height - since + 1))["side"]:
+            out.add(_block_job(n.call("getblock", row["hash"], False), params))
+    return out
 
 
 def _job_blocks(
     node0: TestnetNode, params: NetworkParams, ours: set[bytes], low: int, high: int
 ) -> int:
-    from consensus.blocks import JobSpec
-
-    count = 0
-    for h in range(low + 1, high + 1):
-        j = node0.call("getblockbyheight", h, False)["job"]
-        spec = JobSpec(
-            j["m"], j["k"], j["n"], bytes.fromhex(j["root_a"]), bytes.fromhex(j["root_b"])
-        )
-        count += spec.job_id(params.rank, params.tile_h, params.tile_w) in ours
-    return count
+    return sum(
+        _block_job(node0.call("getblockbyheight", h, False), params) in ours
+        for h in range(low + 1, high + 1)
+    )
 
 
 def _verification_cost(shape: tuple[int, int, int]) -> dict[str, float]:

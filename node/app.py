@@ -390,6 +390,7 @@ class Node:
         service.on_chain_changed(self.compact.chain_changed)
         service.on_chain_changed(self._mempool_follows)
         service.on_chain_changed(self._publish_blocks)
+        service.on_chain_changed(self.market.chain_changed)
         self.txs.on_admitted(self._publish_tx)
 
     def _announce_block(self, block_hash: bytes, source: PeerSession | None) -> int:

@@ -47,6 +47,18 @@ class MiningWork:
     committed: Callable[[np.ndarray], np.ndarray] | None = None  # tests: a wrong C to commit
 
 
+@dataclass(frozen=True)
+class MinerCounters:
+    """A miner's attempt counters at one moment: every attempt is in all of them or none."""
+
+    macs_done: int
+    macs_null: int
+    macs_jobs: int
+    jobs_attempted: int
+    attempted_jobs: list[tuple[bytes, int]]
+    """(job id, MACs) of the newest posted-job attempts (``ATTEMPTS_KEPT``), oldest first."""
+
+
 class Miner:
     """Owns one mining thread; ``start``/``stop`` from the event loop."""
 
@@ -72,6 +84,9 @@ class Miner:
         self._stop = threading.Event()
         self._new_tip = threading.Event()
         self._thread: threading.Thread | None = None
+        # The counters below change together, on the miner thread: ``counters`` reads them
+        # under this lock, so a reader never sees an attempt in one and not in another.
+        self._counting = threading.Lock()
         self.macs_done = 0
         self.macs_null = 0
         self.macs_jobs = 0
@@ -117,15 +132,28 @@ class Miner:
         span = window[-1][0] - window[0][0]
         return sum(n for _, n in window[1:]) / span if span > 0 else 0.0
 
+    def counters(self) -> MinerCounters:
+        """The attempt counters as of one moment (the miner thread updates them)."""
+        with self._counting:
+            return MinerCounters(
+                self.macs_done,
+                self.macs_null,
+                self.macs_jobs,
+                self.jobs_attempted,
+                list(self.attempted_jobs),
+            )
+
     def _count(self, macs: int, work: MiningWork) -> None:
-        self.macs_done += macs
-        if work.job.null:
-            self.macs_null += macs
-        else:
-            self.macs_jobs += macs
-            self.jobs_attempted += 1
-            p = self.params
-            self.attempted_jobs.append((work.job.spec.job_id(p.rank, p.tile_h, p.tile_w), macs))
+        p = self.params
+        job_id = None if work.job.null else work.job.spec.job_id(p.rank, p.tile_h, p.tile_w)
+        with self._counting:
+            self.macs_done += macs
+            if job_id is None:
+                self.macs_null += macs
+            else:
+                self.macs_jobs += macs
+                self.jobs_attempted += 1
+                self.attempted_jobs.append((job_id, macs))
         self._rate_window.append((time.monotonic(), macs))
         if len(self._rate_window) > 10_000:
             del self._rate_window[:5_000]

@@ -79,6 +79,10 @@ CREATE TABLE IF NOT EXISTS blobs (
     chunk_size INTEGER NOT NULL,
     data BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS kept_blobs (
+    root BLOB PRIMARY KEY,
+    job_id BLOB NOT NULL
+) WITHOUT ROWID;
 """
 
 
@@ -377,22 +381,50 @@ class Store:
 
     # ------------------------------------------------------------ blobs
 
-    def put_blob(self, root: bytes, data: bytes, chunk_size: int) -> None:
+    def put_blob(
+        self, root: bytes, data: bytes, chunk_size: int, kept_for: bytes | None = None
+    ) -> None:
         """Keep ``data`` under its content root (the caller has checked the root).
 
         ``chunk_size`` is how the blob is cut into chunks (node.relay.blobs), needed
-        to serve it: its root is over those chunks.
+        to serve it: its root is over those chunks. ``kept_for``: the job the blob is
+        kept for only (see :meth:`keep_blobs`), recorded in the same transaction.
         """
         with self._transaction() as db:
             db.execute(
                 "INSERT OR IGNORE INTO blobs (root, size, chunk_size, data) VALUES (?, ?, ?, ?)",
                 (root, len(data), chunk_size, data),
             )
+            if kept_for is not None:
+                self._keep(db, [root], kept_for)
+
+    def keep_blobs(self, roots: list[bytes], job_id: bytes) -> None:
+        """Record that the blobs ``roots`` (stored or on their way) are kept only for
+        ``job_id``, to be pruned once it is done with: the record outlives a restart.
+        A blob recorded already keeps its first job."""
+        with self._transaction() as db:
+            self._keep(db, roots, job_id)
+
+    @staticmethod
+    def _keep(db: sqlite3.Connection, roots: list[bytes], job_id: bytes) -> None:
+        db.executemany(
+            "INSERT OR IGNORE INTO kept_blobs (root, job_id) VALUES (?, ?)",
+            [(root, job_id) for root in roots],
+        )
+
+    def kept_blobs(self) -> dict[bytes, bytes]:
+        """Blob root → the job it is kept for, of every blob recorded by :meth:`keep_blobs`
+        (or ``put_blob``'s ``kept_for``) and not deleted since."""
+        with self._lock:
+            rows = self._db.execute("SELECT root, job_id FROM kept_blobs").fetchall()
+        return {bytes(root): bytes(job_id) for root, job_id in rows}
 
     def delete_blob(self, root: bytes) -> None:
-        """Forget the blob ``root`` (nothing happens if it is not stored)."""
+        """Forget the blob ``root`` and why it was kept (nothing happens if it is not
+        stored)."""
         with self._transaction() as db:
             db.execute("DELETE FROM blobs WHERE root = ?", (root,))
+            db.execute("DELETE FROM kept_blobs WHERE root = ?", (root,))
 
     def get_blob_chunked(self, root: bytes) -> tuple[bytes, int] | None:
         """(data, chunk size) of a stored blob, or None."""

@@ -370,16 +370,19 @@ class BlobExchange:
 
     # ------------------------------------------------------------ local
 
-    def put(self, data: bytes, chunk_size: int = CHUNK_SIZE) -> bytes:
-        """Store a blob (BlobError if empty or too big); its root."""
+    def put(
+        self, data: bytes, chunk_size: int = CHUNK_SIZE, kept_for: bytes | None = None
+    ) -> bytes:
+        """Store a blob (BlobError if empty or too big); its root. ``kept_for``: the job
+        it is kept for only, to prune once that job is done with (the store records it)."""
         tree = BlobTree(data, chunk_size)
-        self.store.put_blob(tree.root, bytes(data), chunk_size)
+        self.store.put_blob(tree.root, bytes(data), chunk_size, kept_for)
         return tree.root
 
-    def put_matrix(self, x: np.ndarray) -> bytes:
+    def put_matrix(self, x: np.ndarray, kept_for: bytes | None = None) -> bytes:
         """Store a matrix as a row-chunked blob; its id is the matrix's row root."""
         data, row_bytes = matrix_rows(x)
-        return self.put(data, row_bytes)
+        return self.put(data, row_bytes, kept_for)
 
     def delete(self, root: bytes) -> None:
         """Stop keeping and serving the blob ``root``."""

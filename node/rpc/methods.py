@@ -12,6 +12,7 @@ from consensus.errors import DecodeError, InvalidTransaction
 from consensus.keys import address_to_text, parse_address
 from consensus.transactions import decode_tx
 from node import collector
+from node.miner import MinerCounters
 from node.rpc.server import BATCH_YIELD, INVALID_PARAMS, REJECTED, RpcError, RpcServer, parse_hash
 from node.rpc.views import block_json, header_json, tx_json
 
@@ -275,19 +276,20 @@ def register_methods(rpc: RpcServer, node: NodeApi) -> None:
         ``attempted_jobs``), the job_result claims this node sent (``claims_sent``) and
         how many other miners it splits the posted jobs with (``miners_seen``)."""
         m = node.miner
+        # One consistent read: the miner thread counts while the RPC runs.
+        counted = m.counters() if m else MinerCounters(0, 0, 0, 0, [])
         return {
             "mining": m is not None and m.running,
             "backend": node.config.backend,
             "hashrate_macs": m.hashrate() if m else 0.0,
             "blocks_found": m.blocks_found if m else 0,
-            "macs_done": m.macs_done if m else 0,
-            "macs_null": m.macs_null if m else 0,
-            "macs_jobs": m.macs_jobs if m else 0,
-            "jobs_attempted": m.jobs_attempted if m else 0,
+            "macs_done": counted.macs_done,
+            "macs_null": counted.macs_null,
+            "macs_jobs": counted.macs_jobs,
+            "jobs_attempted": counted.jobs_attempted,
             "claims_sent": node.market.claims_sent,
             "miners_seen": len(node.market.rivals()),
-            # A copy in one C call: the miner thread appends while the RPC runs.
-            "attempted_jobs": [[j.hex(), n] for j, n in m.attempted_jobs.copy()] if m else [],
+            "attempted_jobs": [[j.hex(), n] for j, n in counted.attempted_jobs],
             "target": hex(chain().next_target()),
             "miner_address": address_to_text(node.miner_address),
             "null_job_shape": list(node.params.null_job_shape),

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from blake3 import blake3
 
-from consensus.blocks import BlockHeader, JobSpec
+from consensus.blocks import NULL_RESULT_ROOT, BlockHeader, JobSpec
 from consensus.errors import InvalidTransaction
 from consensus.market import OPEN, claim_bond, job_id_of, job_record
 from consensus.merkle import matrix_cols_root, matrix_rows_root
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from consensus.chain import Chain
     from consensus.keys import PrivateKey
     from consensus.params import NetworkParams
+    from node.chain_service import ChainChange
     from node.mempool import Mempool
     from node.relay.blobs import BlobExchange
 
@@ -175,8 +176,9 @@ class MarketService:
         self._attempted: OrderedDict[bytes, float] = OrderedDict()  # job id → last attempt
         self._delivered: OrderedDict[bytes, bytes] = OrderedDict()  # job id → result_root
         # Blobs this node keeps for a job only because it mined it (the C it computed, the
-        # operands it fetched): blob root → job id, dropped once nobody needs them.
-        self._kept: dict[bytes, bytes] = {}
+        # operands it fetched): blob root → job id, dropped once nobody needs them. The
+        # store records them too, so that those of a run before a restart are pruned.
+        self._kept: dict[bytes, bytes] = blobs.store.kept_blobs()
         self._pruned_at = 0  # the height of the last look
         self._new_results = asyncio.Event()
         self._claim_task: asyncio.Task[None] | None = None
@@ -214,10 +216,26 @@ class MarketService:
         out.sort(key=lambda t: (-t[0], self._seen_at[t[1]], t[1]))
         self._open = (chain.tip.hash, out)
         self._forget_closed({job_id for _, job_id, _ in out} | self._pending_posts.keys())
-        if abs(chain.height - self._pruned_at) >= PRUNE_EVERY_BLOCKS:
-            self._pruned_at = chain.height
-            self.prune_blobs()
         return out
+
+    def chain_changed(self, change: ChainChange) -> None:
+        """Claim by transaction the jobs of our blocks that left the active chain (a
+        block that lost a race to another miner's took its header's claim with it, and
+        the job, attempted already, would wait for a retry behind every other); prune
+        the blobs kept for jobs every ``PRUNE_EVERY_BLOCKS`` of height, whether or not
+        this node mines now (those of an earlier run too)."""
+        for block in change.disconnected:
+            h = block.header
+            if (
+                h.miner == self.miner_address
+                and h.result_root != NULL_RESULT_ROOT
+                and h.result_root in self._kept  # its C: finish() kept it
+            ):
+                self._to_claim(self._job_id(h.job), h.result_root)
+        height = self.chain.height
+        if abs(height - self._pruned_at) >= PRUNE_EVERY_BLOCKS:
+            self._pruned_at = height
+            self.prune_blobs()
 
     def prune_blobs(self) -> int:
         """Delete the blobs kept for jobs (see ``_kept``) that nobody will ask for again;
@@ -457,6 +475,12 @@ class MarketService:
         store = self.blobs.store
         # Operands this node held already (its client posted them) are not ours to prune.
         fetched = [root for root in (rec["root_a"], rec["root_b"]) if not store.has_blob(root)]
+        if fetched:
+            # Recorded before they are stored: a restart in between leaks nothing (pruning
+            # a blob never stored deletes nothing).
+            for root in fetched:
+                self._kept.setdefault(root, job_id)
+            await asyncio.to_thread(store.keep_blobs, fetched, job_id)
         try:
             raw_a, raw_bt = await asyncio.gather(  # both at once: half the wait for a job
                 self.blobs.fetch(rec["root_a"], FETCH_TIMEOUT),
@@ -470,8 +494,6 @@ class MarketService:
             log.warning("operands of job %s have the wrong size", job_id.hex()[:16])
             self._unavailable.add(job_id)
             return
-        for root in fetched:
-            self._kept.setdefault(root, job_id)
         a = np.frombuffer(raw_a, dtype=np.int8).reshape(m, k).copy()
         b = np.ascontiguousarray(np.frombuffer(raw_bt, dtype=np.int8).reshape(n, k).T)
         if matrix_rows_root(a) != rec["root_a"] or matrix_cols_root(b) != rec["root_b"]:
@@ -504,7 +526,7 @@ class MarketService:
         job_id = self._job_id(job.spec)
         if job.null or found.product is None:
             return found.header  # the null job: nobody asked for C
-        self._kept[self.blobs.put_matrix(found.product)] = job_id
+        self._kept[self.blobs.put_matrix(found.product, kept_for=job_id)] = job_id
         self.jobs_mined += 1
         log.info(
             "block on job %s: result %s kept",
@@ -526,9 +548,14 @@ class MarketService:
         # right after handing this result over, and must not be given this job again.
         self._retry_from_now(job_id)
         # Off the loop: a 2048² C is 16 MiB to hash into chunks and write.
-        stored = await asyncio.to_thread(self.blobs.put_matrix, product)
+        stored = await asyncio.to_thread(self.blobs.put_matrix, product, job_id)
         self._kept[stored] = job_id
         self._retry_from_now(job_id)
+        self._to_claim(job_id, result_root)
+
+    def _to_claim(self, job_id: bytes, result_root: bytes) -> None:
+        """Claim ``job_id`` with ``result_root`` (its C kept) by transaction, at the next
+        flush, if it is still open and unclaimed then."""
         self._delivered[job_id] = result_root
         self._delivered.move_to_end(job_id)
         while len(self._delivered) > MAX_ATTEMPTED:

@@ -50,6 +50,7 @@ MARKET_KEYS = {
     "useful_mac_share", "duplicate_mac_share", "useful_macs_per_s", "network_macs_per_s",
     "jobs_per_s", "latency_p50_s", "latency_p95_s", "block_interval_s", "fraud_caught",
     "offered_over_network", "jobs_posted", "jobs_verified", "macs_per_job", "nodes",
+    "mac_breakdown",
 }  # fmt: skip
 
 
@@ -75,8 +76,17 @@ def test_bench_market_measures_the_share_of_useful_work_and_plots_it(tmp_path) -
     assert 0 <= record["useful_mac_share"] <= 1
     useful = record["jobs_verified"] * record["macs_per_job"]
     assert record["useful_macs"] == useful
-    if record["duplicate_mac_share"] is not None:  # miners that report their attempts
-        assert 0 <= record["duplicate_mac_share"] <= 1 - record["useful_mac_share"]
+    # Every MAC the nodes mined in the window has one fate, the useful ones among them.
+    breakdown = record["mac_breakdown"]
+    assert breakdown.keys() == {
+        "useful", "duplicate", "repeated", "unverified", "unclaimed", "null", "unattributed",
+    }  # fmt: skip
+    assert sum(breakdown.values()) == record["network_macs"] > 0
+    assert breakdown["unattributed"] == 0 and min(breakdown.values()) >= 0
+    assert breakdown["useful"] == useful and breakdown["useful"] % record["macs_per_job"] == 0
+    assert record["duplicate_mac_share"] == round(
+        breakdown["duplicate"] / record["network_macs"], 4
+    )
     # Latency is the stream's (post → verified while the window runs); the backlog's
     # jobs, posted before it, report how long they waited instead.
     verified = record["stream_jobs_verified"] + record["backlog_jobs_verified"]

@@ -1,4 +1,4 @@
-"""`pouw bench market`'s accounting of duplicate work, from the miners' getmininginfo:
+"""`pouw bench market`'s accounting of the window's MACs, from the miners' getmininginfo:
 with the attempt reports of a one-attempt-per-job miner, and without them."""
 
 from __future__ import annotations
@@ -12,27 +12,35 @@ import pytest
 
 from benchmarks.market import (
     ClaimUndone,
+    JobOutcome,
     MinerSnapshot,
     PostedJob,
     _Poster,
     _see_stream_claims,
     _verify,
-    duplicate_macs,
+    job_outcomes,
     latency_parts,
+    mac_breakdown,
+    window_attempters,
 )
 from node.client.rpc import RpcCallError
 
 ONE = "11" * 32
 TWO = "22" * 32
-THREE = "44" * 32
-FOUR = "55" * 32
-OTHERS = "33" * 32  # a job somebody else posted: not ours to account for
+THREE, FOUR, FIVE, SIX, SEVEN = ("33" * 32, "44" * 32, "55" * 32, "66" * 32, "77" * 32)
+OTHERS = "99" * 32  # a job somebody else posted: not ours to account for
 
 
 class FakeNode:
-    def __init__(self, info: dict[str, Any], claimants: dict[str, str | None]) -> None:
+    def __init__(
+        self,
+        info: dict[str, Any],
+        claimants: dict[str, str | None],
+        pending: set[str] = frozenset(),  # type: ignore[assignment]
+    ) -> None:
         self.info = info
         self.claimants = claimants
+        self.pending = pending
 
     def call(self, method: str, *params: Any) -> Any:
         if method == "getmininginfo":
@@ -41,7 +49,9 @@ class FakeNode:
         if params[0] not in self.claimants:
             raise RpcCallError(-32000, f"unknown job {params[0]}")
         claimant = self.claimants[params[0]]
-        return {"status": "open"} if claimant is None else {"claimant": claimant}
+        if claimant is None:
+            return {"status": "open", "pending_claim": "ab" if params[0] in self.pending else None}
+        return {"claimant": claimant}
 
 
 def _snapshot(address: str, attempts: list[list[Any]] | None) -> MinerSnapshot:
@@ -51,25 +61,100 @@ def _snapshot(address: str, attempts: list[list[Any]] | None) -> MinerSnapshot:
     return MinerSnapshot.of(FakeNode(info, {}))  # type: ignore[arg-type]
 
 
-def test_duplicate_work_is_the_attempts_on_jobs_another_node_claimed_in_the_window():
-    jobs = {bytes.fromhex(j): PostedJob(np.zeros(1), np.zeros(1), 0.0) for j in (ONE, TWO)}
-    node0 = FakeNode({}, {ONE: "pw-a", TWO: None, OTHERS: "pw-b"})
-    before_a = [[ONE, 5]]  # attempted before the window: not counted
-    start = [_snapshot("pw-a", before_a), _snapshot("pw-b", [])]
+def _snap(address: str, null: int, attempts: list[tuple[str, int]]) -> MinerSnapshot:
+    """A node's counters: every MAC on the null job or in an attempt it lists."""
+    done = null + sum(macs for _, macs in attempts)
+    return MinerSnapshot(
+        address, done, null, done - null, Counter((job, macs) for job, macs in attempts)
+    )
+
+
+def test_every_mac_mined_in_the_window_is_given_exactly_one_fate():
+    """Three nodes' attempts in the window against what became of their jobs: useful
+    once per verified job of its claimant, duplicate for the losers, the claimant's
+    retries repeated, a wrong result unverified, nobody's claim unclaimed."""
+    lead_in = [(ONE, 5)]  # pw-a's, before the window: its claim lands in it, not its MACs
+    start = [_snap("pw-a", 10, lead_in), _snap("pw-b", 20, []), _snap("pw-c", 0, [])]
     end = [
-        _snapshot("pw-a", [*before_a, [ONE, 7], [TWO, 9]]),  # its own claim; an open job
-        _snapshot("pw-b", [[ONE, 100], [ONE, 100], [OTHERS, 50]]),  # lost ONE to pw-a, twice
+        _snap("pw-a", 13, [*lead_in, (TWO, 7), (TWO, 7), (THREE, 9)]),
+        _snap("pw-b", 20, [(TWO, 7), (FOUR, 11), (SEVEN, 2)]),
+        _snap("pw-c", 1, [(FIVE, 13), (SIX, 3)]),
     ]
-    assert duplicate_macs(node0, jobs, start, end) == 200  # type: ignore[arg-type]
+    outcomes = {
+        ONE: JobOutcome("pw-a", verified=True),
+        TWO: JobOutcome("pw-a", verified=True),  # pw-a attempted it twice, pw-b lost it
+        THREE: JobOutcome("pw-a", verified=False),  # a wrong result, or not checked in time
+        FOUR: JobOutcome(None, claim_pending=True),  # its job_result still in the mempool
+        SIX: JobOutcome("pw-c", claimed_before=True),  # a retry of a job claimed already
+        SEVEN: JobOutcome(None, block_left=True),  # pw-b's block on it lost a race
+    }  # FIVE: node-0 does not know it (a reorg took its post back)
+    got = mac_breakdown(start, end, outcomes)
+    assert got is not None
+    assert got.macs == {
+        "useful": 7,
+        "duplicate": 7,
+        "repeated": 7 + 3,
+        "unverified": 9,
+        "unclaimed": 11 + 13 + 2,
+        "null": 3 + 0 + 1,
+        "unattributed": 0,
+    }
+    mined = sum(e.macs_done - s.macs_done for s, e in zip(start, end, strict=True))
+    assert sum(got.macs.values()) == mined
+    assert got.useful_jobs == [TWO]
+    assert got.unclaimed_jobs == {"claim_pending": 1, "block_left": 1, "tip_job": 0, "no_claim": 1}
 
 
-def test_miners_that_do_not_report_attempts_give_no_duplicate_figure():
+def test_work_of_the_window_claimed_after_it_is_useful_and_the_lead_ins_is_not():
+    """The edges of the window: a job attempted before it opened and claimed in it adds
+    nothing (its MACs were mined before); one attempted at its close whose claim lands
+    after it counts in full once the client verified it."""
+    start = [_snap("pw-a", 0, [(ONE, 5)])]
+    end = [_snap("pw-a", 0, [(ONE, 5), (TWO, 5)])]
+    verified_later = {
+        ONE: JobOutcome("pw-a", verified=True),
+        TWO: JobOutcome("pw-a", verified=True),
+    }
+    got = mac_breakdown(start, end, verified_later)
+    assert got is not None and got.macs["useful"] == 5 and got.useful_jobs == [TWO]
+    not_yet = mac_breakdown(start, end, {ONE: verified_later[ONE]})
+    assert not_yet is not None and not_yet.macs["useful"] == 0
+    assert not_yet.macs["unclaimed"] == 5
+
+
+def test_mining_the_attempt_lists_miss_is_unattributed_not_lost():
+    """A list that dropped attempts (more than a node keeps): the MACs still add up."""
+    start = [_snap("pw-a", 0, [])]
+    end = [_snap("pw-a", 0, [(ONE, 5)])]
+    end[0].macs_done += 8  # mined, but no longer listed
+    got = mac_breakdown(start, end, {ONE: JobOutcome("pw-a", verified=True)})
+    assert got is not None and got.macs["unattributed"] == 8
+    assert sum(got.macs.values()) == end[0].macs_done
+
+
+def test_miners_that_do_not_report_attempts_give_no_breakdown():
     old = _snapshot("pw-a", None)
     assert (old.attempts, old.macs_null, old.macs_jobs) == (None, None, None)
     new = _snapshot("pw-a", [[ONE, 3]])
     assert new.attempts == Counter({(ONE, 3): 1}) and new.macs_null == 0
-    node0 = FakeNode({}, {})
-    assert duplicate_macs(node0, {}, [old], [old]) is None  # type: ignore[arg-type]
+    assert mac_breakdown([old], [old], {}) is None
+    assert window_attempters([old], [old]) == {}
+
+
+def test_outcomes_come_from_node0s_chain_and_the_clients_checks():
+    """node-0's claimant and pending claim; the client's verdict; a job node-0 lost in
+    a reorg (unknown) or that the bench did not post is left out (nobody's claim holds)."""
+    jobs = {bytes.fromhex(j): PostedJob(np.zeros(1), np.zeros(1), 0.0) for j in (ONE, TWO, SIX)}
+    jobs[bytes.fromhex(ONE)].verified = 1.0
+    node0 = FakeNode({}, {ONE: "pw-a", TWO: None, OTHERS: "pw-b"}, pending={TWO})
+    attempted = [bytes.fromhex(j) for j in (ONE, TWO, SIX, OTHERS)]
+    assert job_outcomes(node0, jobs, attempted) == {  # type: ignore[arg-type]
+        ONE: JobOutcome("pw-a", verified=True),
+        TWO: JobOutcome(None, claim_pending=True),
+    }
+    two = bytes.fromhex(TWO)
+    left = job_outcomes(node0, jobs, attempted, blocks_left={two}, tip_job=two)  # type: ignore[arg-type]
+    assert left[TWO] == JobOutcome(None, claim_pending=True, block_left=True, tip_job=True)
 
 
 class ChainNode:
@@ -194,13 +279,3 @@ def test_a_result_the_claimants_node_lost_in_a_reorg_is_fetched_through_node0():
     assert (near.asked, far.asked) == (1, 1)
     with pytest.raises(ClaimUndone):
         _verify(near, near, bytes.fromhex(ONE), job)  # type: ignore[arg-type]
-
-
-def test_work_on_a_job_that_node0_lost_in_a_reorg_is_not_counted_duplicate():
-    """A miner attempted a job whose post is on a branch node-0 has left (the window
-    closed on a fork): node-0 says "unknown job", which ends nothing."""
-    jobs = {bytes.fromhex(ONE): PostedJob(np.zeros(1), np.zeros(1), 0.0)}
-    node0 = FakeNode({}, {})
-    start = [_snapshot("pw-a", [])]
-    end = [_snapshot("pw-a", [[ONE, 7]])]
-    assert duplicate_macs(node0, jobs, start, end) == 0  # type: ignore[arg-type]

@@ -211,6 +211,23 @@ def test_blobs_are_kept_by_content_root(tmp_path):
         assert store.blob_size(root) == len(data)
 
 
+def test_why_a_blob_is_kept_outlives_a_restart_and_goes_with_the_blob(tmp_path):
+    """A miner's record of the blobs it keeps only for a job (to prune them later) is
+    read back after a reopen, keeps a blob's first job, and leaves with the blob."""
+    c_root, a_root, b_root = bytes([1] * 32), bytes([2] * 32), bytes([3] * 32)
+    job, other = bytes([7] * 32), bytes([8] * 32)
+    with Store(tmp_path, MID) as store:
+        store.put_blob(c_root, b"c" * 64, 16, kept_for=job)
+        store.keep_blobs([a_root, b_root], job)  # operands on their way
+        store.keep_blobs([a_root], other)  # recorded already: stays with its job
+        store.put_blob(bytes([4] * 32), b"d" * 64, 16)  # the node's own: not recorded
+    with Store(tmp_path, MID) as store:
+        assert store.kept_blobs() == {c_root: job, a_root: job, b_root: job}
+        store.delete_blob(c_root)
+        store.delete_blob(b_root)  # never stored: its record goes all the same
+        assert store.kept_blobs() == {a_root: job} and not store.has_blob(c_root)
+
+
 def test_a_store_of_another_network_is_refused(tmp_path):
     with Store(tmp_path, MID) as store:
         store.load_chain(lambda: 0)

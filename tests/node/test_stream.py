@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sys
+import threading
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -18,7 +20,7 @@ from consensus.keys import PrivateKey, address_to_text
 from consensus.market import build_job_result, claim_bond, job_id_of, job_record
 from consensus.merkle import matrix_rows_root
 from consensus.params import with_block_time
-from consensus.pow import Job
+from consensus.pow import Job, null_job
 from consensus.state import LOCKED
 from consensus.transactions import (
     JobPostPayload,
@@ -29,12 +31,12 @@ from consensus.transactions import (
 from node import work as work_module
 from node.app import INV_TX, Node
 from node.config import NodeConfig
-from node.miner import MiningWork
+from node.miner import Miner, MiningWork
 from node.net.wire import GetData, Inv, InvItem, TxMsg
 from node.relay.blobs import decode_matrix
 from node.services import market as market_module
 from node.services.market import pick_job
-from tests.support.chainkit import ALICE, BOB, CAROL, MID, MINER, new_chain, next_block
+from tests.support.chainkit import ALICE, BOB, CAROL, MID, MINER, extend, new_chain, next_block
 from tests.support.nodekit import connected_peer, rpc_call
 
 MINER_KEY = PrivateKey.from_label("devnet-6")
@@ -315,6 +317,52 @@ async def test_a_result_that_won_no_block_is_claimed_served_and_paid(node, monke
     assert node.blobs.store.has_blob(job.spec.root_a)
 
 
+async def test_a_result_kept_before_a_restart_is_pruned_after_it(tmp_path, monkeypatch):
+    """The miner claims a job by transaction and its claim is mined; the node restarts
+    (what it keeps for the jobs it mined was in memory only): a challenge window after
+    the payment the C it kept is deleted all the same, not left on its disk for good."""
+    config = NodeConfig(params=MID, datadir=tmp_path / "node", miner_key=MINER_KEY)
+    node = Node(config)
+    await node.start()
+    try:
+        ((job, _, job_id),) = jobs = _jobs(1)
+        await _post(node, jobs)
+        real_work = node.work.work
+        losing = True
+
+        async def work() -> MiningWork:
+            w = await real_work()
+            if not losing:
+                return w
+            return dataclasses.replace(w, template=dataclasses.replace(w.template, target=1))
+
+        monkeypatch.setattr(node.work, "work", work)
+        node.start_mining()
+        await _until(lambda: node.market.claims_sent == 1, 60, "the job_result claim")
+        losing = False  # every attempt wins now (MID): a block takes the claim
+        await _until(
+            lambda: job_record(node.chain.state, job_id)["status"] == "mined", 60, "the claim"
+        )
+        await node.stop_mining()
+    finally:
+        await node.stop()
+    root = matrix_rows_root(_product(job))
+
+    node = Node(config)
+    await node.start()
+    try:
+        assert node.blobs.store.has_blob(root)
+        node.start_mining()
+        await _until(lambda: not node.blobs.store.has_blob(root), 60, "the result pruned")
+        await node.stop_mining()
+        rec = job_record(node.chain.state, job_id)
+        assert rec["status"] == "paid" and node.chain.height > rec["due"] + MID.challenge_window
+        assert node.blobs.store.has_blob(job.spec.root_a)  # the poster's, given to the node
+        assert node.blobs.store.kept_blobs() == {}
+    finally:
+        await node.stop()
+
+
 async def test_a_miner_with_immature_coinbases_claims_from_its_spendable_balance(tmp_path):
     """A miner's immature coinbases are counted apart from its balance: they do not make
     the balance it can bond look negative (every young miner's case)."""
@@ -507,3 +555,70 @@ async def test_a_job_whose_result_is_being_delivered_is_not_handed_out_again(nod
     again = await node.work.work()
     assert again.job.null, "the job being delivered was handed out again"
     await delivering
+
+
+async def test_getmininginfo_reads_the_attempt_counters_as_of_one_moment(node):
+    """getmininginfo is answered while the miner thread counts attempts: every attempt
+    is in all of its counters or in none (the bench's accounting of MACs adds up)."""
+    node.miner = Miner(MID, asyncio.get_running_loop(), node.work.work, None, None)  # type: ignore[arg-type]
+    ((job, _, _),) = _jobs(1)
+    posted = MiningWork(None, job, ())  # type: ignore[arg-type]
+    null = MiningWork(None, null_job(bytes(32), MID), ())  # type: ignore[arg-type]
+
+    def count() -> None:
+        for _ in range(3_000):  # fewer than the attempts a miner lists
+            node.miner._count(M * K * N, posted)
+            node.miner._count(M * K * N, null)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # the threads interleave as often as they can
+    counting = threading.Thread(target=count)
+    counting.start()
+    try:
+        reads = 0
+        while counting.is_alive() or not reads:
+            info = await node.rpc.read("getmininginfo")
+            reads += 1
+            assert info["macs_done"] == info["macs_null"] + info["macs_jobs"]
+            assert info["jobs_attempted"] == len(info["attempted_jobs"])
+            assert sum(macs for _, macs in info["attempted_jobs"]) == info["macs_jobs"]
+    finally:
+        counting.join()
+        sys.setswitchinterval(switch)
+        node.miner = None
+
+
+async def test_a_job_whose_block_left_the_chain_is_claimed_by_transaction(node):
+    """The miner's block on a posted job loses to another miner's branch: the claim its
+    header made goes with it, so the node claims the job by a job_result with the C
+    it kept, instead of leaving it for a retry behind every other job."""
+    ((job, _, job_id),) = jobs = _jobs(1)
+    await _post(node, jobs)
+    await _operands_ready(node, 1)
+    node.start_mining()  # every attempt wins (MID): its first posted-job attempt is a block
+    await _until(
+        lambda: any(node.chain.blocks[h].header.job == job.spec for h in node.chain.active),
+        60,
+        "a block on the job",
+    )
+    await node.stop_mining()
+    won = next(h for h in node.chain.active if node.chain.blocks[h].header.job == job.spec)
+    at = node.chain.blocks[won].header.height
+    assert node.mempool.claim_of(job_id) is None
+
+    # Another miner's branch from below that block, longer than ours: a reorg.
+    chain, clock = new_chain()
+    for h in node.chain.active[1:at]:
+        chain.add_block(node.chain.blocks[h])
+    clock.now = chain.tip.header.timestamp_ms
+    for block in extend(chain, clock, node.chain.height - at + 3, miner=BOB):
+        assert (await node.process_block(block, None)) is not None
+    assert not node.chain.is_active(won)
+    assert job_record(node.chain.state, job_id)["status"] == "open"
+
+    await _until(lambda: node.mempool.claim_of(job_id) is not None, 10, "the job_result claim")
+    claim = node.mempool.get(node.mempool.claim_of(job_id))
+    assert claim.sender_address == MINER_KEY.address
+    assert [(c.job_id, c.result_root) for c in claim.payload.claims] == [
+        (job_id, matrix_rows_root(_product(job)))
+    ]
