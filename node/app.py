@@ -389,6 +389,7 @@ class Node:
         service.announce_blocks_with(self._announce_block)
         service.on_chain_changed(self.compact.chain_changed)
         service.on_chain_changed(self._mempool_follows)
+        service.on_chain_changed(self.market.chain_changed)
         service.on_chain_changed(self._publish_blocks)
         self.txs.on_admitted(self._publish_tx)
 

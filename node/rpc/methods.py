@@ -272,7 +272,8 @@ def register_methods(rpc: RpcServer, node: NodeApi) -> None:
     async def getmininginfo() -> dict[str, Any]:
         """The miner's figures: MACs in all (``macs_done``), on null and on posted jobs,
         posted-job attempts (``jobs_attempted``; the newest 10,000 as [job id, MACs] in
-        ``attempted_jobs``), the job_result claims this node sent (``claims_sent``) and
+        ``attempted_jobs``; ``attempts_before_post`` of them made while the job's post
+        waited for its block), the job_result claims this node sent (``claims_sent``) and
         how many other miners it splits the posted jobs with (``miners_seen``)."""
         m = node.miner
         return {
@@ -284,6 +285,7 @@ def register_methods(rpc: RpcServer, node: NodeApi) -> None:
             "macs_null": m.macs_null if m else 0,
             "macs_jobs": m.macs_jobs if m else 0,
             "jobs_attempted": m.jobs_attempted if m else 0,
+            "attempts_before_post": m.attempts_before_post if m else 0,
             "claims_sent": node.market.claims_sent,
             "miners_seen": len(node.market.rivals()),
             # A copy in one C call: the miner thread appends while the RPC runs.
