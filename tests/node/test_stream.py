@@ -128,9 +128,10 @@ async def test_a_job_is_fetched_while_its_post_waits_and_attempted_as_its_block_
 async def test_jobs_fetched_ahead_of_their_block_do_not_stand_in_for_minable_ones(
     node, monkeypatch
 ):
-    """A better-paying job whose post still waits for its block is fetched ahead, but
-    it is no work to mine yet: an open job coming after it is fetched all the same and
-    mined next, where the miner would fall back to the null job."""
+    """A better-paying job whose post still waits for its block is fetched ahead (and
+    attempted once, for a claim only), but it does not stand in for the jobs that can
+    make blocks: an open job coming after it is fetched all the same and mined next,
+    where the miner would fall back to the null job."""
     monkeypatch.setattr(market_module, "PREFETCH_AHEAD", 1)
     [(waiting, _, waiting_id)] = _jobs(1)
     post = JobPostPayload(M, K, N, waiting.spec.root_a, waiting.spec.root_b, 2 * REWARD, 1_000)
@@ -143,7 +144,9 @@ async def test_jobs_fetched_ahead_of_their_block_do_not_stand_in_for_minable_one
     await _until(lambda: waiting_id in node.market.jobs, 10, "the waiting job's operands")
     [(_, _, open_id)] = jobs = _jobs(1)
     await _post(node, jobs)
-    assert (await node.work.work()).job.null  # its operands are not held yet
+    early = await node.work.work()  # the better-paying job, while its post waits
+    assert early.claim_only and _id(early) == waiting_id
+    assert (await node.work.work()).job.null  # the open job's operands are not held yet
     await _until(lambda: open_id in node.market.jobs, 10, "the open job's operands")
     assert _id(await node.work.work()) == open_id
 
