@@ -634,3 +634,28 @@ async def test_a_result_computed_before_a_post_that_never_lands_is_not_kept(node
     assert (await node.process_block(_block_for(node), None)) is not None
     node.market.open_jobs()
     assert not node.blobs.store.has_blob(root)
+
+
+async def test_a_job_fetched_while_its_post_waited_is_left_to_its_owner_once_it_lands(
+    node, monkeypatch
+):
+    """Another miner's job whose operands came long before its block is neither computed
+    early nor helped with as its block lands: its owner computes it (maybe while the
+    post waited) and can claim it only now, so helping at once would race it. The
+    helper's wait runs from the landing."""
+    await _post(node, [], miner=MINER)  # MINER mines here too: it owns some jobs
+    rivals = frozenset({MINER.address})
+    job, job_id = next(
+        (job, job_id)
+        for job, _, job_id in _jobs(32)
+        if market_module.standing(node.miner_address, rivals, job_id)[0] == 1
+    )
+    _admit_post(node, job, 2 * REWARD)
+    await _operands_ready(node, 1)
+    assert (await node.work.work()).job.null  # not ours to compute before its block
+    node.market._ready_at[job_id] -= 60  # fetched a minute ago, the post still waiting
+    post = next(t for t in node.mempool.select(100, 1 << 20) if t.sender_address == CAROL.address)
+    assert (await node.process_block(_block_for(node, (post,), miner=MINER), None)) is not None
+    assert (await node.work.work()).job.null  # its owner's claim has not had time to come
+    monkeypatch.setattr(market_module, "HELP_AFTER_S", 0.0)
+    assert _id(await node.work.work()) == job_id  # still unclaimed: now we help
