@@ -52,9 +52,10 @@
 
 ``offered_over_network`` is the job work open at the window's start (the
 backlog) plus that posted in it, over the window's length × the warmup rate.
-The record keeps ``job_block_share`` (blocks whose PoUW ran on a posted job)
-and the client's verification cost (Freivalds against the int64 matmul it
-replaces, and against fetching C).
+The record keeps ``job_block_share`` (blocks whose PoUW ran on a posted job),
+``attempts_before_post`` (attempts the miners made on a job whose job_post still
+waited for its block: the stream, which pays more) and the client's verification
+cost (Freivalds against the int64 matmul it replaces, and against fetching C).
 """
 
 from __future__ import annotations
@@ -145,6 +146,7 @@ class MinerSnapshot:
     macs_null: int | None
     macs_jobs: int | None
     attempts: Counter[tuple[str, int]] | None
+    attempts_before_post: int | None
 
     @classmethod
     def of(cls, node: TestnetNode) -> MinerSnapshot:
@@ -156,6 +158,7 @@ class MinerSnapshot:
             info.get("macs_null"),
             info.get("macs_jobs"),
             None if attempted is None else Counter((j, int(m)) for j, m in attempted),
+            info.get("attempts_before_post"),
         )
 
 
@@ -708,6 +711,7 @@ def _record(
         "job_blocks": job_blocks,
         "job_block_share": round(job_blocks / blocks, 4) if blocks else 0.0,
         "miners_report_attempts": all(s.attempts is not None for s in end),
+        "attempts_before_post": _delta(start, end, "attempts_before_post"),
         "fetch_c_s": round(statistics.median(fetch_s), 6) if fetch_s else None,
         **_verification_cost(shape),
     }
@@ -730,8 +734,10 @@ def latency_parts(
     (→ node-0 has the block with the job_post), ``mined_and_claimed`` (→ the claim is
     sent: operands fetched, the attempt, C stored, and the job_result seen pending in
     node-0's mempool, within the client's STREAM_POLL_S; or, for a claim first seen in a
-    block, → node-0 has that block), ``claim_seen`` (→ the client sees a claim first
-    seen in a block; a pending one it sees as it polls: no step of its own) and
+    block, → node-0 has that block; a job attempted while its post waited has only the
+    claim's flush and relay left here, its compute is within ``post_in_block``),
+    ``claim_seen`` (→ the client sees a claim first seen in a block; a pending one it
+    sees as it polls: no step of its own) and
     ``fetch_verify`` (→ C fetched and checked). Blocks are timed by node-0's first
     sight of them. The medians of the steps need not add up to the median latency."""
     stream = {job_id: j for job_id, j in jobs.items() if not j.backlog and j.verified is not None}
@@ -758,6 +764,14 @@ def latency_parts(
             if not (name == "claim_seen" and j.claim_pending):
                 parts[name].append(b - a)
     return {name: _quantile(values, 0.5) for name, values in parts.items()}
+
+
+def _delta(start: list[MinerSnapshot], end: list[MinerSnapshot], key: str) -> int | None:
+    """How much the nodes' counter ``key`` grew; None where a miner does not report it."""
+    deltas = [(getattr(s, key), getattr(e, key)) for s, e in zip(start, end, strict=True)]
+    if any(a is None or b is None for a, b in deltas):
+        return None
+    return sum(b - a for a, b in deltas)
 
 
 def _share(

@@ -6,9 +6,12 @@ each attempt: a posted job gets exactly one attempt (every attempt is a
 distinct job, PROTOCOL §8), whose result goes back to the loop either as a
 block (``submit``, awaited: the next attempt builds on it) or, when no tile
 won, as a delivered result to claim by transaction (``deliver``, not awaited:
-the next attempt runs while the node stores C, one C in flight at most). The
-null job, mined when no posted job waits, is tried in short bursts of
-extra-nonces (so a new tip, job or transactions are picked up within a burst).
+the next attempt runs while the node stores C, one C in flight at most). An
+attempt on a job whose job_post is still in the mempool (``claim_only``) makes
+no block, its header's job not being on chain yet (such a block would claim
+nothing): even a winning ticket only delivers C. The null job, mined when no
+posted job waits, is tried in short bursts of extra-nonces (so a new tip, job or
+transactions are picked up within a burst).
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ class MiningWork:
     job: Job
     txs: tuple
     committed: Callable[[np.ndarray], np.ndarray] | None = None  # tests: a wrong C to commit
+    claim_only: bool = False
+    """The job's post is not in a block yet: the result is claimed by job_result once it
+    is, and a winning ticket is not published (a block on a job not on chain would claim
+    nothing)."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ class MinerCounters:
     macs_null: int
     macs_jobs: int
     jobs_attempted: int
+    attempts_before_post: int
     attempted_jobs: list[tuple[bytes, int]]
     """(job id, MACs) of the newest posted-job attempts (``ATTEMPTS_KEPT``), oldest first."""
 
@@ -91,6 +99,8 @@ class Miner:
         self.macs_null = 0
         self.macs_jobs = 0
         self.jobs_attempted = 0
+        self.attempts_before_post = 0
+        """Posted-job attempts made while the job's post waited for its block."""
         self.attempted_jobs: deque[tuple[bytes, int]] = deque(maxlen=ATTEMPTS_KEPT)
         """(job id, MACs) of the newest posted-job attempts."""
         self.blocks_found = 0
@@ -140,6 +150,7 @@ class Miner:
                 self.macs_null,
                 self.macs_jobs,
                 self.jobs_attempted,
+                self.attempts_before_post,
                 list(self.attempted_jobs),
             )
 
@@ -153,6 +164,7 @@ class Miner:
             else:
                 self.macs_jobs += macs
                 self.jobs_attempted += 1
+                self.attempts_before_post += work.claim_only
                 self.attempted_jobs.append((job_id, macs))
         self._rate_window.append((time.monotonic(), macs))
         if len(self._rate_window) > 10_000:
@@ -193,7 +205,7 @@ class Miner:
                 self._stop.wait(1.0)
                 continue
             try:
-                if found is not None:
+                if found is not None and not work.claim_only:
                     self.blocks_found += 1
                     # Waited for: the next work must be on the block's tip.
                     outcome = self.submit(found, work)

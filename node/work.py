@@ -103,7 +103,9 @@ class WorkSource:
 
     async def work(self) -> MiningWork:
         """What the miner attempts next: the next posted job of the market's queue
-        (one attempt each), else the null job on the tip.
+        (one attempt each), else the null job on the tip. A job whose job_post has
+        not reached a block yet is handed out ``claim_only``: no block is made on its
+        header, its result is delivered and claimed once the post lands.
 
         The header commits the job, so each job gets its own header: the tip's
         template (same transactions, same state root) with its job field set.
@@ -119,6 +121,7 @@ class WorkSource:
             job=job,
             txs=txs,
             committed=self.market.wrong_result(job),
+            claim_only=self.market.before_post(job),
         )
 
     def _template(self, tip: bytes, job: JobSpec) -> tuple[BlockHeader, tuple[Transaction, ...]]:

@@ -11,6 +11,12 @@
   (row-chunked blobs, every row checked against root_a/root_b), so the kernel
   does not wait between attempts; those of a job whose job_post is still in
   the mempool too, so that it can be attempted as soon as its block lands.
+* A job whose job_post is still in the mempool is attempted before its block
+  (``claim_only``: no block is made from it, one would claim nothing) when it
+  pays strictly more per MAC than the open job the miner would otherwise take
+  (the null job pays nothing), at most ``EARLY_PER_TIP`` per tip: C is ready
+  when the post lands, and the claim goes out at the first flush after that
+  block. A job paying what the open ones pay waits for its block, as they do.
 * A block on a posted job: C is kept as a row-chunked blob whose id is the
   block's result_root, so requesters (and fraud provers) can fetch it.
 * An attempt that did not win is delivered all the same: C is kept the same
@@ -98,6 +104,13 @@ mempool, a balance that matured)."""
 CLAIM_FEE = 1_000
 """The job_result's transaction fee: the wallet's default. There is no minimum fee
 rule; a fee keeps the claim ahead of zero-fee transactions in a full mempool."""
+EARLY_PER_TIP = 2
+"""Jobs attempted before their job_post's block, per tip, at most: such an attempt makes
+no block, so posts that keep coming (or never land) cannot hold the miner off the
+attempts that make the blocks which land them."""
+EARLY_RESULT_BLOCKS = 20
+"""A result computed before its job_post's block is kept this many blocks, at most,
+while the post waits: a post that never lands leaves no blob behind."""
 
 
 def pick_job(
@@ -175,6 +188,9 @@ class MarketService:
         self._seen_at: dict[bytes, int] = {}  # open job id → the height it was first open at
         self._attempted: OrderedDict[bytes, float] = OrderedDict()  # job id → last attempt
         self._delivered: OrderedDict[bytes, bytes] = OrderedDict()  # job id → result_root
+        # Results computed before their job_post's block: blob root → the height stored at.
+        self._early_results: dict[bytes, int] = {}
+        self._early_of: tuple[bytes, int] = (b"", 0)  # (tip, jobs attempted early on it)
         # Blobs this node keeps for a job only because it mined it (the C it computed, the
         # operands it fetched): blob root → job id, dropped once nobody needs them. The
         # store records them too, so that those of a run before a restart are pruned.
@@ -206,13 +222,21 @@ class MarketService:
         next_height = chain.height + 1
         tip_job = self._job_id(chain.tip.header.job) if chain.height else None
         out = []
+        now = time.monotonic()
         for job_id in chain.state.tables[JOBS]:
             rec = job_record(chain.state, job_id)
             assert rec is not None
             if rec["status"] != OPEN or rec["expiry"] < next_height or job_id == tip_job:
                 continue  # the tip's own job is claimed as soon as a child lands
             out.append((rec["reward"] / (rec["m"] * rec["k"] * rec["n"]), job_id, rec))
-            self._seen_at.setdefault(job_id, next_height)
+            if job_id not in self._seen_at:
+                self._seen_at[job_id] = next_height
+                # Fetched or attempted while its post waited: a helper and a retry wait
+                # from now on, as the owner's claim of it can only go out now.
+                if job_id in self._ready_at:
+                    self._ready_at[job_id] = now
+                if job_id in self._attempted:
+                    self._attempted[job_id] = now
         out.sort(key=lambda t: (-t[0], self._seen_at[t[1]], t[1]))
         self._open = (chain.tip.hash, out)
         self._forget_closed({job_id for _, job_id, _ in out} | self._pending_posts.keys())
@@ -223,7 +247,9 @@ class MarketService:
         block that lost a race to another miner's took its header's claim with it, and
         the job, attempted already, would wait for a retry behind every other); prune
         the blobs kept for jobs every ``PRUNE_EVERY_BLOCKS`` of height, whether or not
-        this node mines now (those of an earlier run too)."""
+        this node mines now (those of an earlier run too). A block may also open jobs
+        whose results we hold (computed while their post waited): they are claimed at
+        the next flush, not at the next recheck."""
         for block in change.disconnected:
             h = block.header
             if (
@@ -236,6 +262,8 @@ class MarketService:
         if abs(height - self._pruned_at) >= PRUNE_EVERY_BLOCKS:
             self._pruned_at = height
             self.prune_blobs()
+        if self._delivered and self._claim_task is not None:
+            self._new_results.set()
 
     def prune_blobs(self) -> int:
         """Delete the blobs kept for jobs (see ``_kept``) that nobody will ask for again;
@@ -248,12 +276,18 @@ class MarketService:
         pruned = 0
         for root, job_id in list(self._kept.items()):
             if job_id in self._pending_posts:
-                continue  # fetched ahead of its block
-            rec = job_record(chain.state, job_id)
-            if rec is not None and not self._done_with(root, rec, chain.height, grace):
-                continue  # (a job no longer on the chain, after a reorg, is done with)
+                stored_at = self._early_results.get(root)
+                if stored_at is None or chain.height - stored_at <= EARLY_RESULT_BLOCKS:
+                    continue  # fetched or computed ahead of its block, which may land yet
+                self._delivered.pop(job_id, None)
+            else:
+                self._early_results.pop(root, None)  # landed (or dropped): the rules below
+                rec = job_record(chain.state, job_id)
+                if rec is not None and not self._done_with(root, rec, chain.height, grace):
+                    continue  # (a job no longer on the chain, after a reorg, is done with)
             self.blobs.delete(root)
             del self._kept[root]
+            self._early_results.pop(root, None)
             pruned += 1
         if pruned:
             log.info("pruned %d blob(s) of finished jobs", pruned)
@@ -289,49 +323,78 @@ class MarketService:
         by a pending job_result and not attempted yet, among the ``PICK_POOL``
         best-paying ones. Miners split that pool without talking (``pick_job``)
         among the miners seen lately. Only when no job waits does an earlier one
-        come back (``RETRY_AFTER_S``). Starts fetching the operands of the jobs
-        that come next.
+        come back (``RETRY_AFTER_S``). A job whose post still waits for its block
+        comes first if it pays more (``before_post``; see the module docstring).
+        Starts fetching the operands of the jobs that come next.
         """
         open_jobs = self.open_jobs()
         self._prefetch(open_jobs)
-        waiting = [
-            (rate, job_id)
-            for rate, job_id, _ in open_jobs
-            if job_id in self.jobs and job_id not in self._attempted and not self._claimed(job_id)
-        ]
         now = time.monotonic()
-        picked = None
-        if waiting:
-            picked = pick_job(
-                waiting[:PICK_POOL],
-                self.miner_address,
-                self.rivals(),
-                lambda job_id: now - self._ready_at.get(job_id, now) >= HELP_AFTER_S,
-            )
-        if picked is not None:
-            job_id = picked
-        elif waiting:
-            return None  # others' jobs, not waiting long enough to help with
-        else:
-            # A node that cannot claim by transaction delivers only by winning a block:
-            # it tries again at once, as another miner's claim is not on its way.
-            wait = RETRY_AFTER_S if self.claim_key is not None else 0.0
-            retry = [
-                (when, job_id)
-                for _, job_id, _ in open_jobs
-                if (when := self._attempted.get(job_id)) is not None
-                and now - when >= wait
-                and job_id in self.jobs
-                and not self._claimed(job_id)
-            ]
-            if not retry:
-                return None
-            _, job_id = min(retry)
+        picked = self._pick_open(open_jobs, now)
+        rate = next((r for r, job_id, _ in open_jobs if job_id == picked), 0.0)
+        job_id = self._pick_before_post(rate) or picked
+        if job_id is None:
+            return None
         self._attempted[job_id] = now
         self._attempted.move_to_end(job_id)
         while len(self._attempted) > MAX_ATTEMPTED:
             self._attempted.popitem(last=False)
         return self.jobs[job_id]
+
+    def _pick_open(
+        self, open_jobs: list[tuple[float, bytes, dict[str, Any]]], now: float
+    ) -> bytes | None:
+        """The open job ``next_job`` takes, if any."""
+        waiting = [
+            (rate, job_id)
+            for rate, job_id, _ in open_jobs
+            if job_id in self.jobs and job_id not in self._attempted and not self._claimed(job_id)
+        ]
+        if waiting:
+            # None: others' jobs, not waiting long enough to help with
+            return pick_job(
+                waiting[:PICK_POOL],
+                self.miner_address,
+                self.rivals(),
+                lambda job_id: now - self._ready_at.get(job_id, now) >= HELP_AFTER_S,
+            )
+        # A node that cannot claim by transaction delivers only by winning a block:
+        # it tries again at once, as another miner's claim is not on its way.
+        wait = RETRY_AFTER_S if self.claim_key is not None else 0.0
+        retry = [
+            (when, job_id)
+            for _, job_id, _ in open_jobs
+            if (when := self._attempted.get(job_id)) is not None
+            and now - when >= wait
+            and job_id in self.jobs
+            and not self._claimed(job_id)
+        ]
+        return min(retry)[1] if retry else None
+
+    def _pick_before_post(self, rate: float) -> bytes | None:
+        """A job of our share whose job_post is still in the mempool, paying more per MAC
+        than ``rate`` (the open job we would take; 0 for the null job), its operands held
+        and not attempted yet; at most ``EARLY_PER_TIP`` per tip. Never another miner's
+        share: its owner's claim cannot show before the block, so a helper would race."""
+        tip, count = self._early_of
+        if tip != self.chain.tip.hash:
+            tip, count = self.chain.tip.hash, 0
+        if count >= EARLY_PER_TIP:
+            return None
+        pool = [
+            (r, job_id)
+            for r, job_id, _ in self.pending_posts()
+            if r > rate and job_id in self.jobs and job_id not in self._attempted
+        ]
+        picked = pick_job(pool[:PICK_POOL], self.miner_address, self.rivals(), lambda _: False)
+        self._early_of = (tip, count + (picked is not None))
+        return picked
+
+    def before_post(self, job: Job) -> bool:
+        """Whether ``job``'s job_post is still in the mempool: an attempt on it can make
+        no block (one would claim nothing, its job not being on chain), only a result to
+        claim."""
+        return not job.null and self._job_id(job.spec) in self._pending_posts
 
     def rivals(self) -> frozenset[bytes]:
         """The other miners seen lately: those of the last ``RIVALS_BLOCKS`` blocks and
@@ -550,6 +613,8 @@ class MarketService:
         # Off the loop: a 2048² C is 16 MiB to hash into chunks and write.
         stored = await asyncio.to_thread(self.blobs.put_matrix, product, job_id)
         self._kept[stored] = job_id
+        if job_id in self._pending_posts:
+            self._early_results[stored] = self.chain.height
         self._retry_from_now(job_id)
         self._to_claim(job_id, result_root)
 
@@ -589,12 +654,13 @@ class MarketService:
         chain = self.chain
         key = self.claim_key
         open_ids = {job_id: rec for _, job_id, rec in self.open_jobs()}
-        for job_id in [j for j in self._delivered if j not in open_ids]:
+        waiting = {job_id for _, job_id, _ in self.pending_posts()}  # claimed once it lands
+        for job_id in [j for j in self._delivered if j not in open_ids and j not in waiting]:
             del self._delivered[job_id]  # claimed (by us or another), paid, expired
         wanted = [
             (job_id, root, open_ids[job_id]["reward"])
             for job_id, root in self._delivered.items()
-            if not self._claimed(job_id)
+            if job_id in open_ids and not self._claimed(job_id)
         ]
         if not wanted:
             return 0

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from consensus.blocks import Block
+from consensus.difficulty import MAX_TARGET
 from consensus.keys import PrivateKey, address_to_text
 from consensus.market import build_job_result, claim_bond, job_id_of, job_record
 from consensus.merkle import matrix_rows_root
@@ -129,9 +130,10 @@ async def test_a_job_is_fetched_while_its_post_waits_and_attempted_as_its_block_
 async def test_jobs_fetched_ahead_of_their_block_do_not_stand_in_for_minable_ones(
     node, monkeypatch
 ):
-    """A better-paying job whose post still waits for its block is fetched ahead, but
-    it is no work to mine yet: an open job coming after it is fetched all the same and
-    mined next, where the miner would fall back to the null job."""
+    """A better-paying job whose post still waits for its block is fetched ahead (and
+    attempted once, for a claim only), but it does not stand in for the jobs that can
+    make blocks: an open job coming after it is fetched all the same and mined next,
+    where the miner would fall back to the null job."""
     monkeypatch.setattr(market_module, "PREFETCH_AHEAD", 1)
     [(waiting, _, waiting_id)] = _jobs(1)
     post = JobPostPayload(M, K, N, waiting.spec.root_a, waiting.spec.root_b, 2 * REWARD, 1_000)
@@ -144,7 +146,9 @@ async def test_jobs_fetched_ahead_of_their_block_do_not_stand_in_for_minable_one
     await _until(lambda: waiting_id in node.market.jobs, 10, "the waiting job's operands")
     [(_, _, open_id)] = jobs = _jobs(1)
     await _post(node, jobs)
-    assert (await node.work.work()).job.null  # its operands are not held yet
+    early = await node.work.work()  # the better-paying job, while its post waits
+    assert early.claim_only and _id(early) == waiting_id
+    assert (await node.work.work()).job.null  # the open job's operands are not held yet
     await _until(lambda: open_id in node.market.jobs, 10, "the open job's operands")
     assert _id(await node.work.work()) == open_id
 
@@ -622,3 +626,151 @@ async def test_a_job_whose_block_left_the_chain_is_claimed_by_transaction(node):
     assert [(c.job_id, c.result_root) for c in claim.payload.claims] == [
         (job_id, matrix_rows_root(_product(job)))
     ]
+
+
+def _pending_post(job: Job, reward: int, key: PrivateKey = CAROL) -> Transaction:
+    """A job_post of ``job`` paying ``reward`` (by ``key``, nonce 0)."""
+    post = JobPostPayload(M, K, N, job.spec.root_a, job.spec.root_b, reward, 1_000)
+    return signed_transaction(key, chain_id=MID.chain_id, nonce=0, fee=10, payload=post)
+
+
+def _admit_post(node: Node, job: Job, reward: int, key: PrivateKey = CAROL) -> bytes:
+    """``job`` posted to the node's mempool only (its operands served by the node);
+    its job id."""
+    node.blobs.put_matrix(job.a)
+    node.blobs.put_matrix(np.ascontiguousarray(job.b.T))
+    tx = _pending_post(job, reward, key)
+    node.txs.admit(tx, None)
+    return job_id_of(tx.payload, MID)
+
+
+async def test_a_better_paying_job_is_computed_while_its_post_waits_and_claimed_as_it_lands(
+    node, monkeypatch
+):
+    """A job paying twice the open one is attempted while its job_post is still in the
+    mempool. Its attempt "wins" (the target is the largest), yet no block comes of it: a
+    block on a job not on chain would claim nothing. C is kept, and the claim is pending as
+    soon as the post's block is processed, not at the next recheck of the results."""
+    monkeypatch.setattr(market_module, "CLAIM_RECHECK_S", 60.0)
+    ((_, _, backlog_id),) = jobs = _jobs(1)
+    await _post(node, jobs)
+    [(rich, _, _)] = _jobs(1)
+    rich_id = _admit_post(node, rich, 2 * REWARD)
+    await _operands_ready(node, 2)
+    real_work = node.work.work
+
+    async def work() -> MiningWork:
+        # Attempts before the post would all win; others all lose: no block comes from here.
+        w = await real_work()
+        target = MAX_TARGET if w.claim_only else 1
+        return dataclasses.replace(w, template=dataclasses.replace(w.template, target=target))
+
+    monkeypatch.setattr(node.work, "work", work)
+    height = node.chain.height
+    node.start_mining()
+    await _until(lambda: node.miner.jobs_attempted == 2, 60, "both jobs attempted")
+    c = _product(rich)
+    root = matrix_rows_root(c)
+    await _until(lambda: node.blobs.store.has_blob(root), 30, "C of the waiting job kept")
+    await node.stop_mining()
+    info = (await rpc_call(node, "getmininginfo"))["result"]
+    assert [j for j, _ in info["attempted_jobs"]] == [rich_id.hex(), backlog_id.hex()]
+    assert info["attempts_before_post"] == 1 and info["macs_jobs"] == 2 * M * K * N
+    assert info["blocks_found"] == 0 and node.chain.height == height
+    assert node.mempool.claim_of(rich_id) is None  # its job is not open yet
+    await _until(lambda: node.mempool.claim_of(backlog_id) is not None, 10, "the open claim")
+
+    post = next(
+        tx for tx in node.mempool.select(100, 1 << 20) if tx.sender_address == CAROL.address
+    )
+    assert (await node.process_block(_block_for(node, (post,)), None)) is not None
+    assert job_record(node.chain.state, rich_id)["status"] == "open"
+    await _until(lambda: node.mempool.claim_of(rich_id) is not None, 3, "the claim, at once")
+    claim = node.mempool.get(node.mempool.claim_of(rich_id))
+    assert claim.sender_address == MINER_KEY.address
+    assert (rich_id, root) in [(cl.job_id, cl.result_root) for cl in claim.payload.claims]
+    assert await node.fetch_blob(root, 1.0) == c.astype("<i4").tobytes()
+    # Once open, the job is not handed out again: its result is on its way.
+    assert all(_id(w) != rich_id for w in [await real_work() for _ in range(3)])
+
+
+async def test_a_post_paying_what_the_open_jobs_pay_waits_behind_them(node):
+    """A job_post paying what the open jobs pay waits for its block behind them, as
+    they did; with nothing open left it goes before the null job, which pays nothing."""
+    jobs = _jobs(2)
+    await _post(node, jobs)
+    [(same, _, _)] = _jobs(1)
+    same_id = _admit_post(node, same, REWARD)
+    await _operands_ready(node, 3)
+    handed = [await node.work.work() for _ in range(2)]
+    assert sorted(_id(w) for w in handed) == sorted(job_id for _, _, job_id in jobs)
+    assert not any(w.claim_only for w in handed)
+    early = await node.work.work()
+    assert _id(early) == same_id and early.claim_only
+    assert (await node.work.work()).job.null  # each job once, this one included
+
+
+async def test_attempts_before_their_post_are_bounded_per_tip(node, monkeypatch):
+    """Posts that keep coming cannot hold the miner off the attempts that make blocks:
+    at most EARLY_PER_TIP jobs per tip are attempted before their post lands."""
+    monkeypatch.setattr(market_module, "EARLY_PER_TIP", 1)
+    waiting = [j for j, _, _ in _jobs(2)]
+    ids = {
+        _admit_post(node, job, REWARD, key) for job, key in zip(waiting, (CAROL, BOB), strict=True)
+    }
+    await _operands_ready(node, 2)
+    first = await node.work.work()
+    assert first.claim_only and _id(first) in ids
+    assert (await node.work.work()).job.null  # the tip's allowance is spent
+    assert (await node.process_block(_block_for(node), None)) is not None
+    second = await node.work.work()
+    assert second.claim_only and {_id(first), _id(second)} == ids
+
+
+async def test_a_result_computed_before_a_post_that_never_lands_is_not_kept(node, monkeypatch):
+    """C of a job attempted while its post waited is kept for the claim, but a post that
+    never reaches a block does not leave it on disk for good."""
+    monkeypatch.setattr(market_module, "PRUNE_EVERY_BLOCKS", 1)
+    monkeypatch.setattr(market_module, "EARLY_RESULT_BLOCKS", 2)
+    [(job, _, _)] = _jobs(1)
+    job_id = _admit_post(node, job, 2 * REWARD)
+    await _operands_ready(node, 1)
+    work = await node.work.work()
+    assert _id(work) == job_id and work.claim_only
+    c = _product(job)
+    root = matrix_rows_root(c)
+    await node.market.deliver(work.job, root, c)
+    assert node.blobs.store.has_blob(root)
+    for _ in range(2):  # blocks without the post: it still waits, and so does C
+        assert (await node.process_block(_block_for(node), None)) is not None
+        node.market.open_jobs()
+    assert node.blobs.store.has_blob(root)
+    assert node.mempool.get(_pending_post(job, 2 * REWARD).txid) is not None
+    assert (await node.process_block(_block_for(node), None)) is not None
+    node.market.open_jobs()
+    assert not node.blobs.store.has_blob(root)
+
+
+async def test_a_job_fetched_while_its_post_waited_is_left_to_its_owner_once_it_lands(
+    node, monkeypatch
+):
+    """Another miner's job whose operands came long before its block is neither computed
+    early nor helped with as its block lands: its owner computes it (maybe while the
+    post waited) and can claim it only now, so helping at once would race it. The
+    helper's wait runs from the landing."""
+    await _post(node, [], miner=MINER)  # MINER mines here too: it owns some jobs
+    rivals = frozenset({MINER.address})
+    job, job_id = next(
+        (job, job_id)
+        for job, _, job_id in _jobs(32)
+        if market_module.standing(node.miner_address, rivals, job_id)[0] == 1
+    )
+    _admit_post(node, job, 2 * REWARD)
+    await _operands_ready(node, 1)
+    assert (await node.work.work()).job.null  # not ours to compute before its block
+    node.market._ready_at[job_id] -= 60  # fetched a minute ago, the post still waiting
+    post = next(t for t in node.mempool.select(100, 1 << 20) if t.sender_address == CAROL.address)
+    assert (await node.process_block(_block_for(node, (post,), miner=MINER), None)) is not None
+    assert (await node.work.work()).job.null  # its owner's claim has not had time to come
+    monkeypatch.setattr(market_module, "HELP_AFTER_S", 0.0)
+    assert _id(await node.work.work()) == job_id  # still unclaimed: now we help
