@@ -146,7 +146,7 @@ class MinerSnapshot:
     macs_null: int | None
     macs_jobs: int | None
     attempts: Counter[tuple[str, int]] | None
-    attempts_before_post: int | None
+    attempts_before_post: int | None = None
 
     @classmethod
     def of(cls, node: TestnetNode) -> MinerSnapshot:

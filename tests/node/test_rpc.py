@@ -529,9 +529,9 @@ def stored_blobs(node, monkeypatch) -> list[bytes]:
     roots: list[bytes] = []
     real_put = node.store.put_blob
 
-    def put_blob(root: bytes, data: bytes, chunk_size: int) -> None:
+    def put_blob(root: bytes, data: bytes, chunk_size: int, *kept_for: bytes | None) -> None:
         roots.append(root)
-        real_put(root, data, chunk_size)
+        real_put(root, data, chunk_size, *kept_for)
 
     monkeypatch.setattr(node.store, "put_blob", put_blob)
     return roots
