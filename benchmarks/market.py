@@ -7,8 +7,8 @@
    ``offered_ratio`` × that rate × ``duration`` MACs of them, at ``REWARD``, and
    each miner is given ``MINER_STAKE`` to bond its job_result claims with.
    Posting a job costs its poster CPU of the order of mining it (random operands,
-   their roots, the upload and the node storing them: ~0.1 s per 2 GMAC job on one
-   core with the binary upload, ~0.2 s when operands travelled as hex over
+   their roots, the upload and the node storing them: ~0.1 s per 2 GMAC of a job on
+   one core with the binary upload, ~0.2 s when operands travelled as hex over
    JSON-RPC, against ~0.2 s of a miner's kernel), so on a small machine posters
    that start with the window reach only a fraction of the miners' rate and the
    miners mine null jobs: a real market's queue stands before the miners
@@ -55,7 +55,8 @@ backlog) plus that posted in it, over the window's length × the warmup rate.
 The record keeps ``job_block_share`` (blocks whose PoUW ran on a posted job),
 ``attempts_before_post`` (attempts the miners made on a job whose job_post still
 waited for its block: the stream, which pays more) and the client's verification
-cost (Freivalds against the int64 matmul it replaces, and against fetching C).
+cost (Freivalds against the exact float32 BLAS matmul it replaces, and against
+fetching C).
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.sgemm_baseline import measure_sgemm
 from consensus.keys import PrivateKey, address_to_text
 from consensus.params import COIN, DEVNET, NetworkParams, with_block_time
 from consensus.transactions import TransferPayload, encode_tx, signed_transaction
@@ -85,12 +87,15 @@ from node.devtools.testnet import Testnet, TestnetNode, miner_key
 
 POSTER_LABELS = ("devnet-11", "devnet-12", "devnet-13", "devnet-14")
 """One posting thread per key: one poster's RPC round trips cannot keep up with miners."""
-DEFAULT_SHAPE = (1024, 1920, 1024)
-"""2 GMAC jobs, each operand 1.9 MiB: the fewest bytes posted and returned per MAC
-(operands ∝ 1/m + 1/n, C ∝ 4/k) that one putoperand request (4 MiB of hex) allowed,
-kept so figures compare across runs (POST /operand takes up to the largest job's
-operands: --shape); a claim (one 64-byte entry of a job_result) is nothing beside
-a job's work, and an attempt takes a fraction of a second."""
+DEFAULT_SHAPE = (2048, 4096, 2048)
+"""17 GMAC jobs, operands of 8 MiB and C of 16 MiB: half the bytes posted, fetched,
+stored and returned per MAC of the 1024×1920×1024 jobs that one putoperand request
+(4 MiB of hex) allowed before the binary upload (operands ∝ 1/m + 1/n, C ∝ 4/k), and
+still within devnet's largest operand (16 MiB). On one small machine those bytes, not
+the kernel, bound the window's rate: with 2 GMAC jobs the three miners there mined
+the null job 15 % of the window for want of operands, with these none. A claim (one
+64-byte entry of a job_result) is nothing beside a job's work, and an attempt takes
+about a second."""
 REWARD = 10_000
 STREAM_RATIO = 0.1
 """The jobs posted during the window, as a multiple of the lead-in's rate (the miners'
@@ -922,14 +927,16 @@ def _job_blocks(
 
 
 def _verification_cost(shape: tuple[int, int, int]) -> dict[str, float]:
-    """Freivalds on one job of this shape against the int64 matmul it saves the client."""
+    """Freivalds on one job of this shape against the product it saves the client: numpy's
+    float32 matmul (BLAS, timed in a child with a clean BLAS environment), exact for
+    int8 operands in [-64, 63] up to k = 4,096 (every sum stays within ±2^24)."""
     m, k, n = shape
     rng = np.random.default_rng(11)
     a = rng.integers(-64, 64, (m, k), dtype=np.int8)
     b = rng.integers(-64, 64, (k, n), dtype=np.int8)
-    c = (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
+    c = (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int32)  # exact: |sums| < 2^53
     freivalds_s = _timed(lambda: freivalds_check(a, b, c), 5)
-    matmul_s = _timed(lambda: a.astype(np.int64) @ b.astype(np.int64), 1)  # slow: no BLAS
+    matmul_s = float(measure_sgemm(m, k, n, 3)["sgemm_s"])  # type: ignore[arg-type]
     return {
         "freivalds_s": round(freivalds_s, 6),
         "local_matmul_s": round(matmul_s, 6),

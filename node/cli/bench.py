@@ -340,7 +340,7 @@ def bench_sync_cmd(blocks: int, txs_per_block: int, as_json: bool) -> None:
 )  # fmt: skip
 @click.option(
     "--shape", default=None,
-    help="MxKxN of every job [default: 1024x1920x1024].",
+    help="MxKxN of every job [default: 2048x4096x2048].",
 )  # fmt: skip
 @click.option(
     "--block-time-ms", type=click.IntRange(min=200), default=300, show_default=True,

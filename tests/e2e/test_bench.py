@@ -59,7 +59,7 @@ def test_bench_market_measures_the_share_of_useful_work_and_plots_it(tmp_path) -
     run = subprocess.run(
         [
             # A small backlog (0.25x the network's rate): this checks the measurement,
-            # not the target, and posting 2x over JSON-RPC takes minutes on 2 cores.
+            # not the target, and posting 2x takes minutes on 2 cores.
             sys.executable, "-m", "node.cli", "bench", "market", "--warmup", "2",
             "--duration", "4", "--offered-ratio", "0.25", "--plot", str(plot), "--json",
         ],
