@@ -116,12 +116,12 @@ def mining_attempt(
     be = get_backend(backend) if isinstance(backend, str) else backend
     noise_a = derive_noise(seed_a, m, k, params.r)
     noise_b = derive_noise(seed_b, n, k, params.r)
-    a_noisy = add_noise(a, noise_a)
-    if isinstance(be, ModuleBackend):  # packs B' from B where it can
-        c_noisy, transcripts, _ = be.noisy_product_from_b(
-            a_noisy, b, noise_b, params.r, params.h, params.w
+    if isinstance(be, ModuleBackend):  # packs A' and B' from A and B where it can
+        c_noisy, transcripts = be.noisy_product_from_clean(
+            a, noise_a, b, noise_b, params.r, params.h, params.w
         )
     else:
+        a_noisy = add_noise(a, noise_a)
         bt_noisy = add_noise_transposed(b, noise_b)
         c_noisy, transcripts = be.noisy_product(a_noisy, bt_noisy, params.r, params.h, params.w)
 

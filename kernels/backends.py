@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from kernels.noise import NoiseFactors, add_noise_transposed
+from kernels.noise import NoiseFactors, add_noise, add_noise_transposed
 
 BACKEND_NAMES = ("cpu", "cuda", "auto")
 
@@ -61,6 +61,25 @@ class ModuleBackend:
         bt_noisy = add_noise_transposed(b, noise_b)
         c, t = mod.noisy_product(a_noisy, bt_noisy, r, h, w)
         return c, t, bt_noisy
+
+    def noisy_product_from_clean(
+        self,
+        a: np.ndarray,
+        noise_a: NoiseFactors,
+        b: np.ndarray,
+        noise_b: NoiseFactors,
+        r: int,
+        h: int,
+        w: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(C', T) from the clean A (m×k) and B (k×n) with their noise: modules that can
+        pack A' from A directly never build it."""
+        mod = self._mod()
+        if hasattr(mod, "noisy_product_from_clean"):
+            c, t = mod.noisy_product_from_clean(a, noise_a, b, noise_b, r, h, w)
+            return c, t
+        c, t, _ = self.noisy_product_from_b(add_noise(a, noise_a), b, noise_b, r, h, w)
+        return c, t
 
 
 CPU = ModuleBackend("cpu", "kernels.transcript_cpu")

@@ -42,7 +42,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from kernels.isa import compile_target
-from kernels.noise import NoiseFactors, add_noise_transposed
+from kernels.noise import NoiseFactors, add_noise, add_noise_transposed
 from kernels.params import TRANSCRIPT_WORDS
 from kernels.tiles import PANEL, check_chunks, copy_block, fold_tile, padded_width
 
@@ -387,6 +387,43 @@ def noisy_product_from_b(
     bt_noisy = add_noise_transposed(b, noise_b)
     c, t = noisy_product(a_noisy, bt_noisy, r, h, w)
     return c, t, bt_noisy
+
+
+def noisy_product_from_clean(
+    a: np.ndarray,
+    noise_a: NoiseFactors,
+    b: np.ndarray,
+    noise_b: NoiseFactors,
+    r: int,
+    h: int,
+    w: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(C', T) of A' = A + E_A and B' = B + E_B from the clean A (m×k), B (k×n) and their
+    noise: :func:`noisy_product_from_b` without A' as an argument.
+
+    The VNNI path packs A' straight from A as well (when h = 16 and 4 | r), so neither
+    noisy operand is ever built: the A' pass costs ~5 % of the product. Other paths
+    build A' and call :func:`noisy_product_from_b`.
+    """
+    if _active == VNNI and r % 4 == 0 and h == 16:
+        from kernels import transcript_vnni
+
+        c, t = transcript_vnni.tiled_product_noisy(
+            np.ascontiguousarray(a),
+            transcript_vnni.factor_tables(noise_a.L),
+            noise_a.p,
+            noise_a.q,
+            np.ascontiguousarray(b),
+            np.ascontiguousarray(noise_b.L.T),
+            noise_b.p,
+            noise_b.q,
+            r,
+            h,
+            w,
+        )
+        return c, t
+    c, t, _ = noisy_product_from_b(add_noise(a, noise_a), b, noise_b, r, h, w)
+    return c, t
 
 
 def plain_matmul(a: np.ndarray, bt: np.ndarray, r: int, h: int, w: int) -> np.ndarray:

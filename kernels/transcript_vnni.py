@@ -20,8 +20,9 @@ load of B' per k-quad and 16 broadcast multiply-adds. Chunks of a width r
 that is not a multiple of 4 are padded with zero k-columns of A' (B' padding
 is 0x80, i.e. zero): zero products, zero row sums.
 
-The miner (:func:`tiled_product_noisy_b`) packs B' = B + E_B straight from the
-clean B and the noise factors, so B'ᵀ is never built. Only hosts whose compile
+The miner (:func:`tiled_product_noisy`) packs B' = B + E_B straight from the
+clean B and the noise factors, so B'ᵀ is never built, and A' = A + E_A into the
+packed A strips (h = 16), so A' is never built either. Only hosts whose compile
 target has AVX-512 VNNI and BW compile this module's kernels
 (:func:`kernels.transcript_cpu.available_paths`): LLVM aborts the process on
 others, so they never import it.
@@ -422,6 +423,60 @@ def tiled_product_noisy_b(
     return out, t
 
 
+def factor_tables(L: np.ndarray) -> np.ndarray:
+    """tab[t, s, i] = L[16t + i, s] as a byte (uint32, rows/16 × r × 16): the noise table
+    of each strip of 16 rows, contiguous (4 KiB at r = 64). One table for all rows would
+    put a strip's r lines 4·rows bytes apart, in the same L1 sets: 4× slower."""
+    rows, r = L.shape
+    lt = np.ascontiguousarray(L.reshape(rows // LANES, LANES, r).transpose(0, 2, 1))
+    return lt.view(np.uint8).astype(np.uint32)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _pack_a_noisy_all(
+    a: np.ndarray, tab: np.ndarray, pn: np.ndarray, qn: np.ndarray, r: int, h: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_pack_a_all` with folds of A' = A + E_A, packed straight from the clean A
+    (m×k) and :func:`factor_tables` of L_A: A' is never built (h = 16, 4 | r)."""
+    m, k = a.shape
+    check_chunks(k, r)
+    tm = m // h
+    nq = k // 4
+    ap = np.empty((tm, nq, h, 4), dtype=np.int8)
+    rs = np.empty((tm, k // r, h), dtype=np.int32)
+    a32 = a.view(np.uint32)
+    for ti in prange(tm):
+        words = ap[ti].view(np.uint32).reshape(nq, h)
+        row0 = ti * h
+        for i in range(h):  # pack the clean strip (a word transpose), then add E in place
+            src = a32[row0 + i]
+            for quad in range(nq):
+                words[quad, i] = src[quad]
+        _add_noise_packed(words, tab[ti], pn, qn, r, rs[ti])
+    return ap, rs
+
+
+def tiled_product_noisy(
+    a: np.ndarray,
+    tab_a: np.ndarray,
+    pa: np.ndarray,
+    qa: np.ndarray,
+    b: np.ndarray,
+    lt_b: np.ndarray,
+    pb: np.ndarray,
+    qb: np.ndarray,
+    r: int,
+    h: int,
+    w: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`tiled_product_noisy_b` where A' = A + E_A is packed from the clean A too
+    (h = 16, 4 | r): the miner builds neither A' nor B'ᵀ."""
+    ap, shifts = _pack_a_noisy_all(a, tab_a, pa, qa, r, h)
+    bp = _pack_b_noisy_all(b, lt_b, pb, qb, w)
+    out, t = _all_tiles(ap, shifts, bp, r, w, b.shape[1], True)
+    return out, t
+
+
 # ---------------------------------------------------------------- verifier
 
 
@@ -436,12 +491,24 @@ def _factor_lanes(l_raw: np.ndarray, r: int, rows: int, lanes: int) -> np.ndarra
     return tab
 
 
-@intrinsic
-def _noisy_words16(tctx, x, x_off, ldx, rows, tab, tab_off, plus, minus, out, out_off, flip, sums):
+def _make_noisy_words16(gather: bool):
+    """:func:`_noisy_words16` (``gather``) or its variant for 16 consecutive words."""
+
+    @intrinsic
+    def noisy_words16(
+        tctx, x, x_off, ldx, rows, tab, tab_off, plus, minus, out, out_off, flip, sums
+    ):
+        return _noisy_words16_signature(gather, x, tab, out, sums)
+
+    return noisy_words16
+
+
+def _noisy_words16_signature(gather: bool, x, tab, out, sums):
     """One k-quad of 16 lanes of x' = x + E, packed as words: for lane i < 16,
     out[out_off + i] = (x[x_off + i·ldx] + E_i bytewise) XOR ``flip`` (x = 0 past ``rows``),
     where E_i's byte e is tab[tab_off + plus[e] + i] − tab[tab_off + minus[e] + i], and
-    sums[0:16] += the sum of lane i's four signed bytes of x'.
+    sums[0:16] += the sum of lane i's four signed bytes of x'. Without ``gather`` lane i
+    is x[x_off + i], one vector load (``ldx`` and ``rows`` are ignored: 16 lanes).
 
     Bytes are added inside 32-bit words (SWAR: no carry crosses a byte), a whole quad
     of 16 lanes in one zmm: LLVM does not vectorise this from Numba loops (their arrays
@@ -481,17 +548,20 @@ def _noisy_words16(tctx, x, x_off, ldx, rows, tab, tab_off, plus, minus, out, ou
                 word = b if word is None else builder.or_(word, b)
             return word
 
-        # The clean words, lane by lane (a strided gather); lanes past ``rows`` read
-        # the last row (always in bounds) and are then zeroed.
-        xw = ir.Constant(_V16I32, None)
-        last = builder.sub(rows, ir.Constant(rows.type, 1))
-        for i in range(16):
-            lane = ir.Constant(rows.type, i)
-            inside = builder.icmp_signed("<", lane, rows)
-            row = builder.select(inside, lane, last)
-            word = builder.load(builder.gep(x_p, [builder.add(x_off, builder.mul(row, ldx))]))
-            word = builder.select(inside, word, _I32(0))
-            xw = builder.insert_element(xw, word, _I32(i))
+        if gather:
+            # The clean words, lane by lane (a strided gather); lanes past ``rows`` read
+            # the last row (always in bounds) and are then zeroed.
+            xw = ir.Constant(_V16I32, None)
+            last = builder.sub(rows, ir.Constant(rows.type, 1))
+            for i in range(16):
+                lane = ir.Constant(rows.type, i)
+                inside = builder.icmp_signed("<", lane, rows)
+                row = builder.select(inside, lane, last)
+                word = builder.load(builder.gep(x_p, [builder.add(x_off, builder.mul(row, ldx))]))
+                word = builder.select(inside, word, _I32(0))
+                xw = builder.insert_element(xw, word, _I32(i))
+        else:
+            xw = builder.load(vec(x_p, x_off), align=4)
         low7, high = const(0x7F7F7F7F), const(0x80808080)
         pv, mv = bytes_of(plus_v), bytes_of(minus_v)
         # bytewise pv − mv: ((p | H) − (m & L)) ^ ((p ^ ~m) & H)
@@ -517,6 +587,53 @@ def _noisy_words16(tctx, x, x_off, ldx, rows, tab, tab_off, plus, minus, out, ou
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+_noisy_words16 = _make_noisy_words16(gather=True)
+_noisy_words16_packed = _make_noisy_words16(gather=False)
+
+
+@njit(nogil=True, cache=True)
+def _add_noise_packed(
+    words: np.ndarray,
+    tab: np.ndarray,
+    p: np.ndarray,
+    q: np.ndarray,
+    r: int,
+    rs: np.ndarray,
+) -> None:
+    """words (k/4 × 16 uint32), a packed clean strip of 16 rows (word [quad, i] =
+    x[i, 4·quad …]), += E bytewise in place, and rs[c, i] = 128·Σ x'[i, chunk c]:
+    :func:`_pack_noisy_quads` on words already packed; ``tab`` (r × 16) is the strip's
+    :func:`factor_tables` entry."""
+    nq = words.shape[0]
+    flat = words.reshape(-1)
+    tab_flat = tab.reshape(-1)
+    t1 = tab.shape[1]
+    sums = np.zeros(LANES, dtype=np.int32)
+    cq = r // 4
+    for chunk in range(nq // cq):
+        for quad in range(chunk * cq, (chunk + 1) * cq):
+            c = 4 * quad
+            plus = (t1 * p[c], t1 * p[c + 1], t1 * p[c + 2], t1 * p[c + 3])
+            minus = (t1 * q[c], t1 * q[c + 1], t1 * q[c + 2], t1 * q[c + 3])
+            _noisy_words16_packed(  # an intrinsic: typing context is implicit
+                flat,
+                LANES * quad,
+                1,
+                LANES,
+                tab_flat,
+                0,
+                plus,
+                minus,
+                flat,
+                LANES * quad,
+                np.uint32(0),
+                sums,
+            )
+        for i in range(LANES):
+            rs[chunk, i] = sums[i] * np.int32(128)
+            sums[i] = 0
 
 
 @njit(nogil=True, cache=True)
@@ -551,7 +668,7 @@ def _pack_noisy_quads(
             c = 4 * quad
             plus = (t1 * p[c], t1 * p[c + 1], t1 * p[c + 2], t1 * p[c + 3])
             minus = (t1 * q[c], t1 * q[c + 1], t1 * q[c + 2], t1 * q[c + 3])
-            _noisy_words16(  # type: ignore[call-arg]  # an intrinsic: typing context is implicit
+            _noisy_words16(  # an intrinsic: typing context is implicit
                 x_flat,
                 row0 * ldx + quad,
                 ldx,

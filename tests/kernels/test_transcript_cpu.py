@@ -18,7 +18,7 @@ from numba import njit
 
 from kernels import transcript_cpu as tc
 from kernels.isa import compile_target, multiply_adds
-from kernels.noise import add_noise, add_noise_transposed, derive_noise
+from kernels.noise import NoiseFactors, add_noise, add_noise_transposed, derive_noise
 from kernels.params import MAX_K
 from tests.support.reference import reference_transcripts
 
@@ -251,3 +251,46 @@ def test_noisy_product_from_clean_b_matches_the_reference(
     np.testing.assert_array_equal(t, t_ref)
     if bt is not None:
         np.testing.assert_array_equal(bt, bt_noisy)
+
+
+def _noisy(x: np.ndarray, noise: NoiseFactors) -> np.ndarray:
+    """x + E in plain NumPy, E[i, c] = L[i, p(c)] − L[i, q(c)] (PROTOCOL §3)."""
+    lf = noise.L.astype(np.int16)
+    return (x + lf[:, noise.p] - lf[:, noise.q]).astype(np.int8)
+
+
+@pytest.mark.parametrize(
+    ("m", "k", "n", "r", "h", "w", "fill"),
+    [
+        (32, 192, 48, 64, 16, 16, None),  # defaults, 3 chunks
+        (48, 128, 32, 4, 16, 16, None),  # r = 4: one quad per chunk
+        (16, 256, 72, 128, 16, 24, None),  # one full and one padded panel
+        (32, 64, 32, 64, 16, 16, -64),  # extreme operands: A' and B' reach -127
+        (32, 64, 32, 64, 16, 16, 63),  # and 126
+        (32, 64, 32, 64, 16, 16, 0),  # zero operands: A' = E_A, B' = E_B
+        (24, 128, 40, 64, 12, 8, None),  # h ≠ 16: A' is built
+        (16, 64, 32, 2, 16, 16, None),  # 4 ∤ r: A' and B'ᵀ are built
+    ],
+)
+def test_noisy_product_from_clean_operands_matches_the_reference(
+    m: int, k: int, n: int, r: int, h: int, w: int, fill: int | None
+) -> None:
+    """The miner's path that packs A' and B' from the clean A and B (never building A')
+    gives the reference's C' and T, for random, extreme and zero operands."""
+    rng = np.random.default_rng(m + k + n + r + h)
+    if fill is None:
+        a = rng.integers(-64, 64, (m, k), dtype=np.int8)
+        b = rng.integers(-64, 64, (k, n), dtype=np.int8)
+        a[1] = -64
+        a[-1] = 63
+    else:
+        a = np.full((m, k), fill, dtype=np.int8)
+        b = np.full((k, n), fill, dtype=np.int8)
+    noise_a = derive_noise(bytes(range(32)), m, k, r)
+    noise_b = derive_noise(bytes(range(1, 33)), n, k, r)
+    a_noisy = _noisy(a, noise_a)
+    bt_noisy = _noisy(np.ascontiguousarray(b.T), noise_b)
+    c_ref, t_ref = reference_transcripts(a_noisy, bt_noisy, r, h, w)
+    c, t = tc.noisy_product_from_clean(a, noise_a, b, noise_b, r, h, w)
+    np.testing.assert_array_equal(c, c_ref)
+    np.testing.assert_array_equal(t, t_ref)
