@@ -220,6 +220,20 @@ def test_bad_input_raises_a_named_error(a, b, params, message):
         mining_attempt(a, b, SEED_A, SEED_B, 1, params, ticket_key=KEY)
 
 
+@pytest.mark.parametrize("bad", [64, 127, -65, -128])
+@pytest.mark.parametrize("where", ["A", "B"])
+def test_a_large_operand_with_one_entry_outside_int7_is_named(where: str, bad: int) -> None:
+    """Operands of 2^18 entries and more are range-checked in one parallel pass: a single
+    entry out of range, in the last row, is still found and named with its value."""
+    a = np.full((512, 512), 63, np.int8)
+    b = np.full((512, 512), -64, np.int8)
+    (a if where == "A" else b)[511, 509] = bad
+    rest = 63 if where == "A" else -64
+    lo, hi = min(bad, rest), max(bad, rest)
+    with pytest.raises(ValueError, match=rf"^{where} has values in \[{lo}, {hi}\]"):
+        mining_attempt(a, b, SEED_A, SEED_B, 1, ticket_key=KEY)
+
+
 def test_bad_seed_and_backend_are_named():
     a, b = _operands("random", 16, 64, 16)
     with pytest.raises(ValueError, match="seed_a must be 32 bytes"):
