@@ -1,12 +1,16 @@
 """A whole mining attempt against the NumPy reference, recovery, and verification."""
 
+import sys
+import types
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kernels import transcript_cpu
 from kernels.attempt import MiningParams, mining_attempt, tile_transcript, verify_tile_ticket
-from kernels.backends import get_backend
+from kernels.backends import ModuleBackend, get_backend
 from kernels.tickets import ticket_of
 from tests.support.reference import reference_attempt
 
@@ -65,6 +69,20 @@ def test_attempt_matches_reference_over_shapes(tm, tn, chunks, r, seed):
     res = mining_attempt(a, b, seed, SEED_B, 1, params, ticket_key=KEY)
     c, _, transcripts = reference_attempt(a, b, seed, SEED_B, r, 16, 16)
     assert np.array_equal(res.c, c) and np.array_equal(res.transcripts, transcripts)
+
+
+def test_a_backend_module_with_only_noisy_product_matches_the_reference(monkeypatch):
+    """A kernel module with only ``noisy_product`` (the CUDA one's API) still gets the
+    reference's transcripts: the backend builds A' and B'ᵀ for it."""
+    shim = types.ModuleType("shim_kernels")
+    shim.noisy_product = transcript_cpu.noisy_product
+    monkeypatch.setitem(sys.modules, "shim_kernels", shim)
+    a, b = _operands("random", 32, 128, 48)
+    res = mining_attempt(
+        a, b, SEED_A, SEED_B, 1, backend=ModuleBackend("shim", "shim_kernels"), ticket_key=KEY
+    )
+    c, _, transcripts = reference_attempt(a, b, SEED_A, SEED_B, 64, 16, 16)
+    assert np.array_equal(res.transcripts, transcripts) and np.array_equal(res.c, c)
 
 
 def test_noise_changes_the_transcript_but_not_the_product():
