@@ -85,6 +85,19 @@ def test_a_backend_module_with_only_noisy_product_matches_the_reference(monkeypa
     assert np.array_equal(res.transcripts, transcripts) and np.array_equal(res.c, c)
 
 
+def test_attempt_on_a_misaligned_or_fortran_a_matches_the_reference():
+    """The miner reads A as 32-bit words while it packs A' from it: a buffer off by
+    one byte, or a Fortran-ordered A, gives the reference's transcripts all the same."""
+    a, b = _operands("random", 48, 256, 32)
+    buf = bytearray(1) + a.tobytes()
+    moved = np.frombuffer(buf, np.int8, count=a.size, offset=1).reshape(a.shape)
+    assert moved.ctypes.data % 4
+    c, _, transcripts = reference_attempt(a, b, SEED_A, SEED_B, 64, 16, 16)
+    for operand in (moved, np.asfortranarray(a)):
+        res = mining_attempt(operand, b, SEED_A, SEED_B, 1, ticket_key=KEY)
+        assert np.array_equal(res.transcripts, transcripts) and np.array_equal(res.c, c)
+
+
 def test_noise_changes_the_transcript_but_not_the_product():
     a, b = _operands("random", 32, 128, 32)
     r1 = mining_attempt(a, b, SEED_A, SEED_B, 1, ticket_key=KEY)
