@@ -49,19 +49,6 @@ class ModuleBackend:
         out: np.ndarray = self._mod().plain_matmul(a, bt, r, h, w)
         return out
 
-    def noisy_product_from_b(
-        self, a_noisy: np.ndarray, b: np.ndarray, noise_b: NoiseFactors, r: int, h: int, w: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(C', T, B'ᵀ or None) from A' and the clean B (k×n) with its noise: modules that
-        can pack B' from B directly never build B'ᵀ (None)."""
-        mod = self._mod()
-        if hasattr(mod, "noisy_product_from_b"):
-            c, t, bt = mod.noisy_product_from_b(a_noisy, b, noise_b, r, h, w)
-            return c, t, bt
-        bt_noisy = add_noise_transposed(b, noise_b)
-        c, t = mod.noisy_product(a_noisy, bt_noisy, r, h, w)
-        return c, t, bt_noisy
-
     def noisy_product_from_clean(
         self,
         a: np.ndarray,
@@ -73,13 +60,12 @@ class ModuleBackend:
         w: int,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(C', T) from the clean A (m×k) and B (k×n) with their noise: modules that can
-        pack A' from A directly never build it."""
+        pack A' from A directly never build it; for the others A' and B'ᵀ are built here."""
         mod = self._mod()
         if hasattr(mod, "noisy_product_from_clean"):
             c, t = mod.noisy_product_from_clean(a, noise_a, b, noise_b, r, h, w)
             return c, t
-        c, t, _ = self.noisy_product_from_b(add_noise(a, noise_a), b, noise_b, r, h, w)
-        return c, t
+        return self.noisy_product(add_noise(a, noise_a), add_noise_transposed(b, noise_b), r, h, w)
 
 
 CPU = ModuleBackend("cpu", "kernels.transcript_cpu")
