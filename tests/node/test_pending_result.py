@@ -18,7 +18,6 @@ from consensus.transactions import Transaction, encode_tx
 from node.app import Node
 from node.client.market import RESULT_AVAILABLE, MarketClient, WrongResult
 from node.client.rpc import RpcClient
-from node.config import NodeConfig
 from node.relay.blobs import decode_matrix
 from tests.support import claimkit
 from tests.support.chainkit import ALICE, BOB, MID, Clock, new_chain
@@ -26,16 +25,6 @@ from tests.support.nodekit import rpc_call
 
 WRONG_C2 = claimkit.C2.copy()
 WRONG_C2[7, 2] -= 1
-
-
-@pytest.fixture
-async def node(tmp_path):
-    n = Node(NodeConfig(params=MID, datadir=tmp_path / "node"))
-    await n.start()
-    try:
-        yield n
-    finally:
-        await n.stop()
 
 
 async def _posted(node: Node) -> tuple[Any, Clock, bytes]:
