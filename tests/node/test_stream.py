@@ -88,6 +88,23 @@ async def _until(predicate: Callable[[], object], timeout: float, what: str) -> 
         await asyncio.sleep(0.02)
 
 
+def _set_targets(
+    node: Node, monkeypatch: pytest.MonkeyPatch, target_of: Callable[[MiningWork], int | None]
+) -> None:
+    """The miner's templates get the target ``target_of`` gives for each work (1: no ticket
+    wins; MAX_TARGET: every one does), or keep theirs where it gives None."""
+    real_work = node.work.work
+
+    async def work() -> MiningWork:
+        w = await real_work()
+        target = target_of(w)
+        if target is None:
+            return w
+        return dataclasses.replace(w, template=dataclasses.replace(w.template, target=target))
+
+    monkeypatch.setattr(node.work, "work", work)
+
+
 def _block_for(node: Node, txs: tuple[Transaction, ...] = (), miner=MINER_KEY) -> Block:
     """A valid next block for the node's tip, mined on a private copy of its chain; by
     default by the node's own miner, so that no other miner shares the queue."""
@@ -253,18 +270,8 @@ async def test_a_result_that_won_no_block_is_claimed_served_and_paid(node, monke
     the reward and returning the bond."""
     ((job, _, job_id),) = jobs = _jobs(1)
     await _post(node, jobs)
-    real_work = node.work.work
     losing = True
-
-    async def work() -> MiningWork:
-        w = await real_work()
-        return (
-            dataclasses.replace(w, template=dataclasses.replace(w.template, target=1))
-            if losing
-            else w
-        )
-
-    monkeypatch.setattr(node.work, "work", work)
+    _set_targets(node, monkeypatch, lambda _: 1 if losing else None)
     miner_addr = address_to_text(MINER_KEY.address)
     before = (await rpc_call(node, "getaccount", miner_addr))["result"]["balance"]
     node.start_mining()
@@ -331,16 +338,8 @@ async def test_a_result_kept_before_a_restart_is_pruned_after_it(tmp_path, monke
     try:
         ((job, _, job_id),) = jobs = _jobs(1)
         await _post(node, jobs)
-        real_work = node.work.work
         losing = True
-
-        async def work() -> MiningWork:
-            w = await real_work()
-            if not losing:
-                return w
-            return dataclasses.replace(w, template=dataclasses.replace(w.template, target=1))
-
-        monkeypatch.setattr(node.work, "work", work)
+        _set_targets(node, monkeypatch, lambda _: 1 if losing else None)
         node.start_mining()
         await _until(lambda: node.market.claims_sent == 1, 60, "the job_result claim")
         losing = False  # every attempt wins now (MID): a block takes the claim
@@ -658,14 +657,8 @@ async def test_a_better_paying_job_is_computed_while_its_post_waits_and_claimed_
     rich_id = _admit_post(node, rich, 2 * REWARD)
     await _operands_ready(node, 2)
     real_work = node.work.work
-
-    async def work() -> MiningWork:
-        # Attempts before the post would all win; others all lose: no block comes from here.
-        w = await real_work()
-        target = MAX_TARGET if w.claim_only else 1
-        return dataclasses.replace(w, template=dataclasses.replace(w.template, target=target))
-
-    monkeypatch.setattr(node.work, "work", work)
+    # Attempts before the post would all win; others all lose: no block comes from here.
+    _set_targets(node, monkeypatch, lambda w: MAX_TARGET if w.claim_only else 1)
     height = node.chain.height
     node.start_mining()
     await _until(lambda: node.miner.jobs_attempted == 2, 60, "both jobs attempted")
