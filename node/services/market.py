@@ -191,10 +191,6 @@ class MarketService:
         # Results computed before their job_post's block: blob root → the height stored at.
         self._early_results: dict[bytes, int] = {}
         self._early_of: tuple[bytes, int] = (b"", 0)  # (tip, jobs attempted early on it)
-        # Blobs this node keeps for a job only because it mined it (the C it computed, the
-        # operands it fetched): blob root → job id, dropped once nobody needs them. The
-        # store records them too, so that those of a run before a restart are pruned.
-        self._kept: dict[bytes, bytes] = blobs.store.kept_blobs()
         self._pruned_at = 0  # the height of the last look
         self._new_results = asyncio.Event()
         self._claim_task: asyncio.Task[None] | None = None
@@ -250,12 +246,13 @@ class MarketService:
         this node mines now (those of an earlier run too). A block may also open jobs
         whose results we hold (computed while their post waited): they are claimed at
         the next flush, not at the next recheck."""
+        kept = self.blobs.store.kept_blobs() if change.disconnected else {}
         for block in change.disconnected:
             h = block.header
             if (
                 h.miner == self.miner_address
                 and h.result_root != NULL_RESULT_ROOT
-                and h.result_root in self._kept  # its C: finish() kept it
+                and h.result_root in kept  # its C: finish() kept it
             ):
                 self._to_claim(self._job_id(h.job), h.result_root)
         height = self.chain.height
@@ -266,7 +263,9 @@ class MarketService:
             self._new_results.set()
 
     def prune_blobs(self) -> int:
-        """Delete the blobs kept for jobs (see ``_kept``) that nobody will ask for again;
+        """Delete the blobs kept for jobs that nobody will ask for again (those this node
+        keeps only because it mined the job: the C it computed, the operands it fetched,
+        each recorded in the store with its job, so those of a run before a restart too);
         how many. A result is kept until its job was paid or refunded a challenge window
         ago (the requester's time to fetch it), or, if another claim took the job, a
         window after that claim; operands until the job is claimed, cancelled or expired,
@@ -274,7 +273,7 @@ class MarketService:
         chain = self.chain
         grace = self.params.challenge_window
         pruned = 0
-        for root, job_id in list(self._kept.items()):
+        for root, job_id in self.blobs.store.kept_blobs().items():
             if job_id in self._pending_posts:
                 stored_at = self._early_results.get(root)
                 if stored_at is None or chain.height - stored_at <= EARLY_RESULT_BLOCKS:
@@ -285,8 +284,7 @@ class MarketService:
                 rec = job_record(chain.state, job_id)
                 if rec is not None and not self._done_with(root, rec, chain.height, grace):
                     continue  # (a job no longer on the chain, after a reorg, is done with)
-            self.blobs.delete(root)
-            del self._kept[root]
+            self.blobs.delete(root)  # and its record
             self._early_results.pop(root, None)
             pruned += 1
         if pruned:
@@ -541,8 +539,6 @@ class MarketService:
         if fetched:
             # Recorded before they are stored: a restart in between leaks nothing (pruning
             # a blob never stored deletes nothing).
-            for root in fetched:
-                self._kept.setdefault(root, job_id)
             await asyncio.to_thread(store.keep_blobs, fetched, job_id)
         try:
             raw_a, raw_bt = await asyncio.gather(  # both at once: half the wait for a job
@@ -589,7 +585,7 @@ class MarketService:
         job_id = self._job_id(job.spec)
         if job.null or found.product is None:
             return found.header  # the null job: nobody asked for C
-        self._kept[self.blobs.put_matrix(found.product, kept_for=job_id)] = job_id
+        self.blobs.put_matrix(found.product, kept_for=job_id)
         self.jobs_mined += 1
         log.info(
             "block on job %s: result %s kept",
@@ -612,7 +608,6 @@ class MarketService:
         self._retry_from_now(job_id)
         # Off the loop: a 2048² C is 16 MiB to hash into chunks and write.
         stored = await asyncio.to_thread(self.blobs.put_matrix, product, job_id)
-        self._kept[stored] = job_id
         if job_id in self._pending_posts:
             self._early_results[stored] = self.chain.height
         self._retry_from_now(job_id)
