@@ -24,6 +24,7 @@ once a block holds the claim (``result`` waits for it).
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,10 +170,17 @@ class MarketClient:
                 f"insufficient balance: {format_amount(account['balance'])} coins < reward "
                 f"{format_amount(reward)} + fee {format_amount(fee)}"
             )
-        # Row-chunked blobs: their ids are the job's roots (node.blobs.matrix_rows).
-        root_a = self.rpc.put_operand(encode_matrix(a8), "rows")
-        root_b = self.rpc.put_operand(encode_matrix(b8), "cols")
-        spec = JobSpec(m, k, n, matrix_rows_root(a8), matrix_cols_root(b8))
+        # Row-chunked blobs: their ids are the job's roots (node.blobs.matrix_rows). B goes
+        # as Bᵀ, whose rows are the columns the node keeps: transposed once, here, for
+        # its root and the upload both, instead of here and again on the node.
+        # Both uploads at once, and the roots to check them by computed meanwhile: the node
+        # stores one operand while the other travels.
+        bt = np.ascontiguousarray(b8.T)
+        with ThreadPoolExecutor(1, thread_name_prefix="upload") as uploads:
+            upload_b = uploads.submit(self.rpc.put_operand, encode_matrix(bt), "rows")
+            root_a = self.rpc.put_operand(encode_matrix(a8), "rows")
+            spec = JobSpec(m, k, n, matrix_rows_root(a8), matrix_rows_root(bt))
+            root_b = upload_b.result()
         if (root_a, root_b) != (spec.root_a, spec.root_b):
             raise RuntimeError("the node stored the operands under other roots")
         height = self.rpc.call("getinfo")["height"]

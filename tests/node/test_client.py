@@ -10,7 +10,7 @@ import pytest
 
 from consensus.keys import PrivateKey
 from consensus.market import job_id_of
-from consensus.merkle import matrix_cols_root, matrix_rows_root
+from consensus.merkle import matrix_rows_root
 from consensus.params import DEVNET
 from consensus.transactions import FraudProofPayload, JobPostPayload, decode_tx
 from node.client.market import MarketClient, WrongResult, posted_spec
@@ -46,14 +46,15 @@ class FakeNode:
 
     def put_operand(self, blob: bytes, layout: str) -> bytes:
         x = decode_matrix(blob)
-        root = matrix_rows_root(x) if layout == "rows" else matrix_cols_root(x)
-        self.blobs[root.hex()] = x
+        rows = x if layout == "rows" else np.ascontiguousarray(x.T)  # what a node keeps
+        root = matrix_rows_root(rows)
+        self.blobs[root.hex()] = rows
         return root
 
     def get_result(self, job_id: bytes) -> bytes:
         post = self.sent[0]
-        a, b = self.blobs[post.root_a.hex()], self.blobs[post.root_b.hex()]
-        c = (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
+        a, bt = self.blobs[post.root_a.hex()], self.blobs[post.root_b.hex()]
+        c = (a.astype(np.int64) @ bt.T.astype(np.int64)).astype(np.int32)
         if self.corrupt is not None:
             c[self.corrupt] += 1
         return encode_matrix(c)
