@@ -418,8 +418,12 @@ def _measure(
     sampling.start()
     fetch_s: list[float] = []
     height = -1
-    stream_polled = 0.0
     end: list[MinerSnapshot] | None = None
+    # The stream's client follows its jobs on a thread of its own, as a real one would:
+    # the main loop's getmarket reads (the backlog's claims) must not delay it.
+    watcher = _StreamWatcher(node0, poster)
+    watching = threading.Thread(target=watcher.run, name="stream-watcher", daemon=True)
+    watching.start()
     # Once the window closed: the jobs attempted in it, and by which nodes.
     attempters: dict[bytes, set[str]] = {}
     mining = True
@@ -443,21 +447,21 @@ def _measure(
                 now = time.monotonic()
                 if poster.error is not None:
                     raise RuntimeError(f"posting a job failed: {poster.error}")
+                if watcher.error is not None:
+                    raise RuntimeError(f"following the stream failed: {watcher.error}")
                 if end is None and now >= t1:
                     end = [MinerSnapshot.of(n) for n in net.nodes]
                     window_s = time.monotonic() - t0
                     end_height = node0.call("getinfo")["height"]
                     poster.join()
                     sampler.stop.set()
+                    watcher.stop.set()
                     attempters = window_attempters(start, end)
                     say("window over; following the claims of the work done in it")
                 tip = node0.call("getinfo")["height"]
                 if tip != height:
                     height = tip
                     _see_claims(node0, poster, None if end is None else attempters.keys())
-                if end is None and now >= stream_polled + STREAM_POLL_S:
-                    stream_polled = now
-                    _see_stream_claims(node0, poster)
                 if (
                     mining
                     and end is not None
@@ -501,7 +505,9 @@ def _measure(
         finally:
             poster.join()
             sampler.stop.set()
+            watcher.stop.set()
             sampling.join(timeout=10)
+            watching.join(timeout=10)
             for f in checking.values():
                 f.cancel()
     return _record(
@@ -602,6 +608,23 @@ def _see_claims(node0: TestnetNode, poster: _Poster, follow: Collection[bytes] |
             job.claim_kind = c["claim_kind"]
 
 
+@dataclass
+class _StreamWatcher:
+    """Every STREAM_POLL_S until told to stop: :func:`_see_stream_claims`."""
+
+    node0: TestnetNode
+    poster: _Poster
+    stop: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.stop.wait(STREAM_POLL_S):
+                _see_stream_claims(self.node0, self.poster)
+        except BaseException as e:  # reported by the main thread, which stops the testnet
+            self.error = e
+
+
 def _see_stream_claims(node0: TestnetNode, poster: _Poster) -> None:
     """Mark the stream's jobs claimed now, in a block or by a job_result pending in
     node-0's mempool (its claimant already serves C): ``getjob`` for each one still
@@ -670,6 +693,12 @@ def _record(
     offered = sum(not j.before_window for j in jobs.values()) * job_macs
     duplicate = None if breakdown is None else breakdown.macs["duplicate"]
     blocks = end_height - start_height
+    # The issue's bound on the median latency: two block intervals and one job's compute
+    # (a job's MACs at one node's share of the window's rate: the nodes share the box).
+    job_compute_s = job_macs * len(net.nodes) * window_s / mined if mined else None
+    latency_target = (
+        round(2 * window_s / blocks + job_compute_s, 3) if blocks and job_compute_s else None
+    )
     job_blocks = _job_blocks(node0, params, set(jobs), start_height, end_height)
     kinds = Counter(j.claim_kind for j in jobs.values() if j.claim_seen is not None)
     record: dict[str, Any] = {
@@ -713,6 +742,8 @@ def _record(
         "backlog_wait_p50_s": _quantile(waited, 0.5),
         "blocks_in_window": blocks,
         "block_interval_s": round(window_s / blocks, 3) if blocks else None,
+        "job_compute_s": round(job_compute_s, 3) if job_compute_s else None,
+        "latency_target_s": latency_target,
         "job_blocks": job_blocks,
         "job_block_share": round(job_blocks / blocks, 4) if blocks else 0.0,
         "miners_report_attempts": all(s.attempts is not None for s in end),
