@@ -31,7 +31,6 @@ from consensus.blocks import (
 from consensus.errors import InvalidBlock
 from consensus.merkle import (
     branch_of,
-    matrix_cols_root,
     matrix_leaf_hashes,
     matrix_rows_root,
     tree_levels,
@@ -63,13 +62,18 @@ class Job:
     b: np.ndarray
     spec: JobSpec
     null: bool = False
+    bt: np.ndarray | None = None
+    """Bᵀ (n×k, C-contiguous) where the holder has it: the columns of B that a proof opens
+    are its rows, and transposing megabytes of B for each block found costs more than the
+    rest of the proof."""
 
     @classmethod
     def from_operands(cls, a: np.ndarray, b: np.ndarray) -> Job:
         m, k = a.shape
         n = b.shape[1]
-        spec = JobSpec(m, k, n, matrix_rows_root(a), matrix_cols_root(b))
-        return cls(a=a, b=np.ascontiguousarray(b), spec=spec)
+        bt = np.ascontiguousarray(b.T)
+        spec = JobSpec(m, k, n, matrix_rows_root(a), matrix_rows_root(bt))  # B's column root
+        return cls(a=a, b=np.ascontiguousarray(b), spec=spec, bt=bt)
 
 
 def null_job(prev_hash: bytes, params: NetworkParams) -> Job:
@@ -101,7 +105,8 @@ def build_proof(job: Job, tile_i: int, tile_j: int, params: NetworkParams) -> Po
     """Open tile (tile_i, tile_j): its rows of A and columns of B with branches."""
     h, w = params.tile_h, params.tile_w
     a_rows, a_br = _open_rows(job.a, tile_i * h, h)
-    b_cols, b_br = _open_rows(np.ascontiguousarray(job.b.T), tile_j * w, w)
+    bt = job.bt if job.bt is not None else np.ascontiguousarray(job.b.T)
+    b_cols, b_br = _open_rows(bt, tile_j * w, w)
     return PowProof(tile_i, tile_j, a_rows, a_br, b_cols, b_br)
 
 

@@ -345,7 +345,12 @@ class Node:
             )
             self.chain_service.on_tip_changed(self.miner.tip_changed)
             self.market.on_job_ready(self.miner.tip_changed)
+            self.txs.on_admitted(self._post_admitted)
         self.miner.start()
+
+    def _post_admitted(self, txid: bytes) -> None:
+        if self.miner is not None and self.miner.running:
+            self.market.post_admitted(txid)
 
     async def stop_mining(self) -> None:
         if self.miner is not None:

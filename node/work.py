@@ -17,6 +17,7 @@ claim would miss a block or two).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -176,7 +177,14 @@ class WorkSource:
             if found.product is not None:
                 await market.deliver(work.job, found.header.result_root, found.product)
             return
-        block = Block(market.finish(found, work.job), work.txs)
+        # C is stored off the event loop (megabytes, behind the store's lock); if the tip
+        # moved meanwhile, the block is stale after all and its result is claimed instead.
+        header = await asyncio.to_thread(market.finish, found, work.job)
+        if found.header.prev_hash != self.chain.tip.hash:
+            if found.product is not None:
+                await market.deliver(work.job, found.header.result_root, found.product)
+            return
+        block = Block(header, work.txs)
         self.metrics.mined.inc()
         log.info("mined block %d %s", block.header.height, block.hash.hex()[:16])
         await self._process_block(block, None)

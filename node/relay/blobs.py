@@ -367,6 +367,10 @@ class BlobExchange:
         self._fetches: dict[bytes, asyncio.Task[bytes]] = {}
         self._trees: OrderedDict[bytes, BlobTree] = OrderedDict()
         self._tree_bytes = 0
+        # Urgent fetches under way; while there are any, the others ask for no new range.
+        self._urgent = 0
+        self._no_urgent = asyncio.Event()
+        self._no_urgent.set()
 
     # ------------------------------------------------------------ local
 
@@ -396,7 +400,7 @@ class BlobExchange:
         if tree is not None:
             self._trees.move_to_end(root)
             return tree
-        found = self.store.get_blob_chunked(root)
+        found = await asyncio.to_thread(self.store.get_blob_chunked, root)  # as in fetch
         if found is None:
             return None
         data, chunk_size = found
@@ -404,6 +408,8 @@ class BlobExchange:
         if tree.root != root:  # a corrupt store must not make us serve bad chunks
             log.error("stored blob %s does not match its root: not serving it", root.hex())
             return None
+        if root in self._trees:  # another request loaded it meanwhile: count it once
+            return self._trees[root]
         self._trees[root] = tree
         self._tree_bytes += tree.size
         while self._tree_bytes > SERVE_CACHE_BYTES and len(self._trees) > 1:
@@ -490,19 +496,27 @@ class BlobExchange:
 
     # ------------------------------------------------------------ fetching
 
-    async def fetch(self, root: bytes, timeout: float = 60.0) -> bytes:
+    async def fetch(self, root: bytes, timeout: float = 60.0, urgent: bool = False) -> bytes:
         """The blob ``root``, from the store or from peers; BlobFetchError if we cannot get it.
 
-        Concurrent fetches of one root share one download.
+        Concurrent fetches of one root share one download. While an ``urgent`` download is
+        under way the others send no new range request: the peers serving them share their
+        bandwidth among the requests in flight, so a download started behind a few others
+        would take as long as all of them (a job that pays to be served first). Their
+        ranges in flight still arrive; their timeouts count the wait.
         """
         if type(root) is not bytes or len(root) != 32:
             raise BlobFetchError("a blob root is 32 bytes")
-        data = self.store.get_blob(root)
+        # Off the event loop: megabytes to read, behind the store's lock, which a worker
+        # thread storing another blob may hold for as long again.
+        data = await asyncio.to_thread(self.store.get_blob, root)
         if data is not None:
             return data
         task = self._fetches.get(root)
         if task is None:
-            task = asyncio.create_task(self._fetch(root, timeout), name=f"blob {root.hex()[:16]}")
+            task = asyncio.create_task(
+                self._fetch(root, timeout, urgent), name=f"blob {root.hex()[:16]}"
+            )
             self._fetches[root] = task
             task.add_done_callback(lambda t: self._fetch_done(root, t))
         return await asyncio.shield(task)
@@ -512,7 +526,19 @@ class BlobExchange:
         if not task.cancelled():
             task.exception()  # retrieved here too, in case every caller went away
 
-    async def _fetch(self, root: bytes, timeout: float) -> bytes:
+    async def _fetch(self, root: bytes, timeout: float, urgent: bool) -> bytes:
+        if not urgent:
+            return await self._download(root, timeout, urgent)
+        self._urgent += 1
+        self._no_urgent.clear()
+        try:
+            return await self._download(root, timeout, urgent)
+        finally:
+            self._urgent -= 1
+            if not self._urgent:
+                self._no_urgent.set()
+
+    async def _download(self, root: bytes, timeout: float, urgent: bool) -> bytes:
         short = root.hex()[:16] + "…"
         chunks: dict[int, bytes] = {}  # verified chunks, whichever peer sent them
         tried: list[PeerSession] = []
@@ -528,7 +554,7 @@ class BlobExchange:
                         raise BlobFetchError(f"blob {short} is not available: {why}")
                     tried.append(peer)
                     try:
-                        data, total = await self._fetch_from(peer, root, chunks)
+                        data, total = await self._fetch_from(peer, root, chunks, urgent)
                     except _PeerFailed as e:
                         failures.append(f"{peer.address}: {e}")
                         continue
@@ -554,7 +580,7 @@ class BlobExchange:
             await asyncio.sleep(0.05)
 
     async def _fetch_from(
-        self, peer: PeerSession, root: bytes, chunks: dict[int, bytes]
+        self, peer: PeerSession, root: bytes, chunks: dict[int, bytes], urgent: bool = False
     ) -> tuple[bytes, int]:
         """Complete ``chunks`` from one peer; the blob and its chunk count.
 
@@ -565,8 +591,11 @@ class BlobExchange:
         is genuine whatever count it came with (its leaf commits to its
         index); the final root check catches a count that was a lie. The
         missing chunks are then asked in ranges sized to fill a reply,
-        ``window`` of them in flight.
+        ``window`` of them in flight (none asked while an urgent fetch runs, unless
+        ``urgent``: see :meth:`fetch`).
         """
+        if not urgent:
+            await self._no_urgent.wait()
         head = await self._request_range(peer, root, 0, MAX_RANGE_CHUNKS)
         total = head.total
         chunks.update(enumerate(head.chunks))
@@ -575,6 +604,8 @@ class BlobExchange:
 
         async def one(first: int, count: int) -> None:
             async with window:
+                if not urgent:
+                    await self._no_urgent.wait()
                 reply = await self._request_range(peer, root, first, count)
                 if reply.total != total:
                     raise _PeerFailed(f"says the blob has {reply.total} chunks, not {total}")

@@ -44,7 +44,7 @@ from blake3 import blake3
 from consensus.blocks import NULL_RESULT_ROOT, BlockHeader, JobSpec
 from consensus.errors import InvalidTransaction
 from consensus.market import OPEN, claim_bond, job_id_of, job_record
-from consensus.merkle import matrix_cols_root, matrix_rows_root
+from consensus.merkle import matrix_rows_root
 from consensus.pow import Job, MinedBlock
 from consensus.state import JOBS
 from consensus.transactions import (
@@ -68,11 +68,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("pouw.market")
 
 FETCH_TIMEOUT = 60.0
-MAX_KEPT_BYTES = 256 * 1024 * 1024
-"""Operands held in memory for jobs to mine, at most (devnet jobs are 256 KiB, main's 8 MiB)."""
+MAX_KEPT_BYTES = 384 * 1024 * 1024
+"""Operands held in memory for jobs to mine, at most: A, B and Bᵀ (for proofs), 24 MiB
+for a 2048×4096×2048 job, so our share ahead and the posts waiting for their block
+(``PREFETCH_AHEAD`` each) fit."""
 MAX_FETCHES = 4
 """Operand downloads under way at once. The peers serving them set the pace (a
 row-chunked blob comes one row per chunk): more at once only delays the first."""
+URGENT_FETCHES = 1
+"""Downloads beyond ``MAX_FETCHES`` for posts that pay more than every open job: they
+jump the queue (``BlobExchange.fetch``'s ``urgent``) instead of waiting behind it."""
 PREFETCH_AHEAD = 8
 """Jobs of our share held or on their way, not attempted yet, at most: the kernel never
 waits for a download, and a long queue is not fetched (loading the peers serving it)
@@ -141,6 +146,25 @@ def pick_job(
     return None if best is None else best[3]
 
 
+def _job_of(spec: JobSpec, raw_a: bytes, raw_bt: bytes) -> Job | None:
+    """The job of fetched operands (A's rows, B's columns), or None if they do not match
+    ``spec``'s roots. Bᵀ, as it came, is the root's matrix and is kept for proofs."""
+    a = np.frombuffer(raw_a, dtype=np.int8).reshape(spec.m, spec.k).copy()
+    bt = np.frombuffer(raw_bt, dtype=np.int8).reshape(spec.n, spec.k).copy()
+    if matrix_rows_root(a) != spec.root_a or matrix_rows_root(bt) != spec.root_b:
+        return None
+    return Job(a=a, b=np.ascontiguousarray(bt.T), spec=spec, bt=bt)
+
+
+def _rate(rec: dict[str, Any]) -> float:
+    """A job's reward per MAC."""
+    return float(rec["reward"]) / (rec["m"] * rec["k"] * rec["n"])
+
+
+def _job_bytes(job: Job) -> int:
+    return job.a.nbytes + job.b.nbytes + (0 if job.bt is None else job.bt.nbytes)
+
+
 def standing(me: bytes, rivals: frozenset[bytes], job_id: bytes) -> tuple[int, bytes, bytes]:
     """Where ``me`` stands on ``job_id`` among ``rivals``: (how many rank before it,
     its hash, the hash of the miner ranking first)."""
@@ -177,6 +201,7 @@ class MarketService:
         self.dishonest = dishonest
         self.jobs: dict[bytes, Job] = {}  # job id → verified operands
         self._fetching: dict[bytes, asyncio.Task[None]] = {}
+        self._fetching_bytes: dict[bytes, int] = {}  # job id → what its operands will hold
         self._unavailable: set[bytes] = set()
         self._open: tuple[bytes, list[tuple[float, bytes, dict[str, Any]]]] | None = None
         self._rivals_of: tuple[bytes, frozenset[bytes]] | None = None
@@ -224,7 +249,7 @@ class MarketService:
             assert rec is not None
             if rec["status"] != OPEN or rec["expiry"] < next_height or job_id == tip_job:
                 continue  # the tip's own job is claimed as soon as a child lands
-            out.append((rec["reward"] / (rec["m"] * rec["k"] * rec["n"]), job_id, rec))
+            out.append((_rate(rec), job_id, rec))
             if job_id not in self._seen_at:
                 self._seen_at[job_id] = next_height
                 # Fetched or attempted while its post waited: a helper and a retry wait
@@ -388,6 +413,15 @@ class MarketService:
         self._early_of = (tip, count + (picked is not None))
         return picked
 
+    def post_admitted(self, txid: bytes) -> None:
+        """A transaction entered the mempool (the miner's listener): if it posts a job,
+        its operands are fetched now, not when the running attempt ends and asks for the
+        next job. A job paying more than those open can then be attempted at that attempt's
+        end, before its post's block, and its claim goes out as that block lands."""
+        tx = self.mempool.get(txid)
+        if tx is not None and type(tx.payload) is JobPostPayload:
+            self._prefetch(self.open_jobs())
+
     def before_post(self, job: Job) -> bool:
         """Whether ``job``'s job_post is still in the mempool: an attempt on it can make
         no block (one would claim nothing, its job not being on chain), only a result to
@@ -435,15 +469,16 @@ class MarketService:
                 del self._pending_posts[job_id]
         while len(self._pending_posts) > MAX_PENDING_POSTS:
             self._pending_posts.popitem(last=False)
-        out = [
-            (rec["reward"] / (rec["m"] * rec["k"] * rec["n"]), job_id, rec)
-            for job_id, (_, rec) in self._pending_posts.items()
-        ]
+        out = [(_rate(rec), job_id, rec) for job_id, (_, rec) in self._pending_posts.items()]
         out.sort(key=lambda t: -t[0])
         return out
 
     def _held_bytes(self) -> int:
-        return sum(j.a.nbytes + j.b.nbytes for j in self.jobs.values())
+        """Operand bytes held, and on their way (a download counts from its start)."""
+        held = sum(_job_bytes(j) for j in self.jobs.values())
+        return held + sum(
+            b for job_id, b in self._fetching_bytes.items() if job_id not in self.jobs
+        )
 
     def _prefetch(self, open_jobs: list[tuple[float, bytes, dict[str, Any]]]) -> None:
         """Fetch the operands of jobs not attempted yet, within the bounds: our own share
@@ -455,20 +490,26 @@ class MarketService:
         order = self._fetch_order(open_jobs)
         pending = self.pending_posts()
         waiting_posts = {job_id for _, job_id, _ in pending}
+        # With no job open there is no queue to jump (a backlog of posts waiting for
+        # their first block): nothing is urgent.
+        best_open = open_jobs[0][0] if open_jobs else float("inf")
         if pending:
             # Each among the open jobs by pay, ours first (a stable sort: the open jobs'
             # order stays among equal pay, and they come before the posts)
             me, rivals = self.miner_address, self.rivals()
             order = sorted(
                 [*order, *((standing(me, rivals, j)[0] == 0, j, rec) for _, j, rec in pending)],
-                key=lambda t: (not t[0], -t[2]["reward"] / (t[2]["m"] * t[2]["k"] * t[2]["n"])),
+                key=lambda t: (not t[0], -_rate(t[2])),
             )
         for own, job_id, rec in order:
-            if len(self._fetching) >= MAX_FETCHES:
+            post_waits = job_id in waiting_posts
+            urgent = post_waits and _rate(rec) > best_open
+            if len(self._fetching) >= MAX_FETCHES + (URGENT_FETCHES if urgent else 0):
+                if urgent:
+                    continue  # (the urgent come first: the rest wait as before)
                 return
             if job_id in self._attempted or self._claimed(job_id):
                 continue
-            post_waits = job_id in waiting_posts
             if job_id in self.jobs or job_id in self._fetching:
                 if post_waits:
                     posts_ahead += own
@@ -485,14 +526,17 @@ class MarketService:
                 # Others' jobs only as our share runs out, a few at a time: their
                 # owners fetch them, and every download loads the peers serving it.
                 return
-            size = rec["m"] * rec["k"] + rec["k"] * rec["n"]
+            size = rec["m"] * rec["k"] + 2 * rec["k"] * rec["n"]  # A, B and Bᵀ
             if held + size > MAX_KEPT_BYTES:
-                if not self._make_room(size):
+                if not self._make_room(size, _rate(rec) if urgent else None):
                     return
                 held = self._held_bytes()
             held += size
-            task = asyncio.create_task(self._fetch(job_id, rec), name="fetch-operands")
+            # A post that pays more than every open job jumps the download queue: it is
+            # to be attempted as soon as it is here, before its block if it can.
+            task = asyncio.create_task(self._fetch(job_id, rec, urgent), name="fetch-operands")
             self._fetching[job_id] = task
+            self._fetching_bytes[job_id] = size
             task.add_done_callback(self._fetched)
 
     def _fetch_order(
@@ -516,34 +560,52 @@ class MarketService:
         for job_id, t in list(self._fetching.items()):
             if t is task:
                 del self._fetching[job_id]
+                self._fetching_bytes.pop(job_id, None)
         if not task.cancelled():
             self._prefetch(self.open_jobs())  # the next download takes the freed place
 
-    def _make_room(self, size: int) -> bool:
+    def _make_room(self, size: int, paying: float | None = None) -> bool:
         """Drop operands of attempted jobs, oldest attempt first, until ``size`` more
-        bytes fit; whether they do."""
+        bytes fit; then, for a job ``paying`` that much per MAC, of jobs not attempted yet
+        that pay less, the lowest-paying first (fetched again if their turn comes);
+        whether they fit."""
         held = self._held_bytes()
         for job_id in list(self._attempted):
             if held + size <= MAX_KEPT_BYTES:
                 break
             job = self.jobs.pop(job_id, None)
             if job is not None:
-                held -= job.a.nbytes + job.b.nbytes
+                held -= _job_bytes(job)
+        if held + size > MAX_KEPT_BYTES and paying is not None:
+            known = {job_id: rec for _, job_id, rec in [*self.open_jobs(), *self.pending_posts()]}
+            cheaper = sorted(
+                (_rate(rec), job_id)
+                for job_id, rec in known.items()
+                if job_id in self.jobs and _rate(rec) < paying
+            )
+            for _, job_id in cheaper:
+                if held + size <= MAX_KEPT_BYTES:
+                    break
+                held -= _job_bytes(self.jobs.pop(job_id))
         return held + size <= MAX_KEPT_BYTES
 
-    async def _fetch(self, job_id: bytes, rec: dict[str, Any]) -> None:
-        m, k, n = rec["m"], rec["k"], rec["n"]
+    def _keep_fetched(self, job_id: bytes, roots: tuple[bytes, ...]) -> None:
         store = self.blobs.store
-        # Operands this node held already (its client posted them) are not ours to prune.
-        fetched = [root for root in (rec["root_a"], rec["root_b"]) if not store.has_blob(root)]
+        fetched = [root for root in roots if not store.has_blob(root)]
         if fetched:
-            # Recorded before they are stored: a restart in between leaks nothing (pruning
-            # a blob never stored deletes nothing).
-            await asyncio.to_thread(store.keep_blobs, fetched, job_id)
+            store.keep_blobs(fetched, job_id)
+
+    async def _fetch(self, job_id: bytes, rec: dict[str, Any], urgent: bool = False) -> None:
+        m, k, n = rec["m"], rec["k"], rec["n"]
+        # Operands this node held already (its client posted them) are not ours to prune.
+        # Recorded before they are stored: a restart in between leaks nothing (pruning a
+        # blob never stored deletes nothing). Off the loop: a worker storing a blob holds
+        # the store's lock for tens of milliseconds.
+        await asyncio.to_thread(self._keep_fetched, job_id, (rec["root_a"], rec["root_b"]))
         try:
             raw_a, raw_bt = await asyncio.gather(  # both at once: half the wait for a job
-                self.blobs.fetch(rec["root_a"], FETCH_TIMEOUT),
-                self.blobs.fetch(rec["root_b"], FETCH_TIMEOUT),
+                self.blobs.fetch(rec["root_a"], FETCH_TIMEOUT, urgent),
+                self.blobs.fetch(rec["root_b"], FETCH_TIMEOUT, urgent),
             )
         except BlobFetchError as e:
             log.info("operands of job %s unavailable: %s", job_id.hex()[:16], e)
@@ -553,13 +615,15 @@ class MarketService:
             log.warning("operands of job %s have the wrong size", job_id.hex()[:16])
             self._unavailable.add(job_id)
             return
-        a = np.frombuffer(raw_a, dtype=np.int8).reshape(m, k).copy()
-        b = np.ascontiguousarray(np.frombuffer(raw_bt, dtype=np.int8).reshape(n, k).T)
-        if matrix_rows_root(a) != rec["root_a"] or matrix_cols_root(b) != rec["root_b"]:
+        spec = JobSpec(m, k, n, rec["root_a"], rec["root_b"])
+        # Off the event loop: hashing and transposing megabytes of operands held it for
+        # a tenth of a second per job, while it relays blocks and serves operands.
+        job = await asyncio.to_thread(_job_of, spec, raw_a, raw_bt)
+        if job is None:
             log.warning("operands of job %s do not match its roots", job_id.hex()[:16])
             self._unavailable.add(job_id)
             return
-        self.jobs[job_id] = Job(a=a, b=b, spec=JobSpec(m, k, n, rec["root_a"], rec["root_b"]))
+        self.jobs[job_id] = job
         self._ready_at[job_id] = time.monotonic()
         log.info("job %s: operands %dx%d·%dx%d ready to mine", job_id.hex()[:16], m, k, k, n)
         for listener in self._job_ready_listeners:

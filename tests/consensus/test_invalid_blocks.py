@@ -313,3 +313,17 @@ def test_valid_block_bytes_round_trip(base):
 
 def test_the_table_is_at_least_thirty_distinct_rules():
     assert len(CASES) + len(WIRE_CASES) + 2 >= 30
+
+
+def test_a_proof_opens_the_same_columns_whether_or_not_the_job_holds_b_transposed():
+    """A miner keeps Bᵀ with the job (fetched as such) so that a proof does not transpose
+    B for each block found; the proof is the same bytes and branches either way."""
+    rng = np.random.default_rng(7)
+    m, k, n = MID.min_job_shape
+    job = Job.from_operands(
+        rng.integers(-64, 64, (m, k), dtype=np.int8), rng.integers(-64, 64, (k, n), dtype=np.int8)
+    )
+    assert job.bt is not None and np.array_equal(job.bt, job.b.T)
+    bare = dataclasses.replace(job, bt=None)
+    for ti, tj in ((0, 0), (m // MID.tile_h - 1, n // MID.tile_w - 1)):
+        assert build_proof(job, ti, tj, MID) == build_proof(bare, ti, tj, MID)

@@ -455,3 +455,46 @@ async def test_a_range_asking_for_no_chunks_gets_the_peer_banned(nodes):
         assert reason is not None and "asks for no chunks" in reason
     finally:
         await peer.close()
+
+
+async def test_an_urgent_fetch_holds_back_the_ranges_of_the_others(nodes):
+    """A download started behind others would share the serving peer with them: while an
+    urgent one runs, the others ask for no new range, and they finish after it."""
+    b = await nodes("b")
+    peer = await _evil_peer(b)
+    background = os.urandom(6 * CHUNK_SIZE)  # more than one reply: follow-up ranges
+    hurry = os.urandom(CHUNK_SIZE + 5)
+    trees = {blob_root(d): BlobTree(d, CHUNK_SIZE) for d in (background, hurry)}
+    bg_root, hurry_root = blob_root(background), blob_root(hurry)
+
+    def asked(root: bytes) -> list[BlobGetRange]:
+        return [r for r in peer.of_type(BlobGetRange) if r.root == root]
+
+    async def answer(req: BlobGetRange) -> None:
+        tree = trees[req.root]
+        chunks, proof = tree.range(req.first, req.count)
+        await peer.send(BlobRange(req.root, req.first, tree.total, chunks, proof))
+
+    try:
+        slow = asyncio.create_task(b.blobs.fetch(bg_root, 30))
+        await peer.wait_for(lambda: asked(bg_root))
+        fast = asyncio.create_task(b.blobs.fetch(hurry_root, 30, urgent=True))
+        await peer.wait_for(lambda: asked(hurry_root))
+        await answer(asked(bg_root)[0])  # the background's first range arrives...
+        with pytest.raises(TimeoutError):  # ...and it asks for no more while the other runs
+            await peer.wait_for(lambda: len(asked(bg_root)) > 1, timeout=1.0)
+        await answer(asked(hurry_root)[0])
+        assert await asyncio.wait_for(fast, 10) == hurry
+        assert not slow.done()
+        answered = 1
+        while not slow.done():  # the rest of the background, as it asks for it
+            arrival = asyncio.create_task(peer.wait_for(lambda n=answered: len(asked(bg_root)) > n))
+            await asyncio.wait({arrival, slow}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+            arrival.cancel()
+            for req in asked(bg_root)[answered:]:
+                await answer(req)
+                answered += 1
+        assert await slow == background
+        assert not b.p2p.bans()
+    finally:
+        await peer.close()

@@ -33,7 +33,7 @@ from node import work as work_module
 from node.app import INV_TX, Node
 from node.config import NodeConfig
 from node.miner import Miner, MiningWork
-from node.net.wire import GetData, Inv, InvItem, TxMsg
+from node.net.wire import BlobGetRange, GetData, Inv, InvItem, TxMsg
 from node.relay.blobs import decode_matrix
 from node.services import market as market_module
 from node.services.market import pick_job
@@ -767,3 +767,110 @@ async def test_a_job_fetched_while_its_post_waited_is_left_to_its_owner_once_it_
     assert (await node.work.work()).job.null  # its owner's claim has not had time to come
     monkeypatch.setattr(market_module, "HELP_AFTER_S", 0.0)
     assert _id(await node.work.work()) == job_id  # still unclaimed: now we help
+
+
+async def test_a_post_paying_more_than_the_open_jobs_is_fetched_as_it_arrives(node, monkeypatch):
+    """The operands of a job_post paying more than every open job are fetched as the post
+    enters the mempool, while the miner is busy (here: waiting for work that does not
+    come), and past the downloads already under way (``MAX_FETCHES`` of the open jobs',
+    stuck on a peer that never answers): the job can be attempted at the next ask."""
+    monkeypatch.setattr(market_module, "MAX_FETCHES", 1)
+    silent = await connected_peer(node)  # asked for the open jobs' operands; never answers
+    cheap = _jobs(2)
+    block = _block_for(node, tuple(tx for _, tx, _ in cheap))
+    assert (await node.process_block(block, None)) is not None
+    released = asyncio.Event()
+
+    async def no_work() -> MiningWork:
+        await released.wait()
+        raise RuntimeError("no work in this test")
+
+    monkeypatch.setattr(node.work, "work", no_work)
+    node.start_mining()
+    try:
+        node.market.next_job()  # the open jobs' download starts: one, the most at once
+        await silent.wait_for(lambda: silent.of_type(BlobGetRange))
+        assert len(node.market._fetching) == 1 and not node.market.jobs
+        [(rich, _, _)] = _jobs(1)
+        rich_id = _admit_post(node, rich, 2 * REWARD)
+        # (well before the stuck download times out and frees its place: REQUEST_TIMEOUT)
+        await _until(lambda: rich_id in node.market.jobs, 3, "the better-paying operands")
+        assert not any(job_id in node.market.jobs for _, _, job_id in cheap)
+    finally:
+        released.set()
+        await node.stop_mining()
+        await silent.close()
+
+
+async def test_a_better_paying_post_makes_room_by_dropping_cheaper_operands(node, monkeypatch):
+    """Memory for operands stays bounded: when it is full of cheaper jobs not attempted
+    yet, a post paying more than all of them drops the cheapest to fit (it is fetched
+    again if its turn comes), and nothing else grows."""
+    job_bytes = M * K + 2 * K * N  # A, B and Bᵀ
+    monkeypatch.setattr(market_module, "MAX_KEPT_BYTES", 2 * job_bytes)
+    cheap = _jobs(2)
+    await _post(node, cheap)
+    await _operands_ready(node, 2)
+    [(rich, _, _)] = _jobs(1)
+    rich_id = _admit_post(node, rich, 2 * REWARD)
+    node.market.post_admitted(_txid_of_post(node, rich_id))
+    await _until(lambda: rich_id in node.market.jobs, 10, "the better-paying operands")
+    assert len(node.market.jobs) == 2
+    assert sum(j.a.nbytes + j.b.nbytes + j.bt.nbytes for j in node.market.jobs.values()) <= (
+        2 * job_bytes
+    )
+
+
+def _txid_of_post(node: Node, job_id: bytes) -> bytes:
+    return next(
+        tx.txid
+        for tx in node.mempool.select(100, 1 << 20)
+        if isinstance(tx.payload, JobPostPayload) and job_id_of(tx.payload, MID) == job_id
+    )
+
+
+async def test_a_block_whose_tip_moved_while_its_result_was_stored_is_claimed_instead(
+    node, monkeypatch
+):
+    """C is stored off the event loop; a block that arrives meanwhile makes the miner's
+    block stale. It is not published (it would lose the race at best), and the job is
+    claimed by a job_result with the C that was kept."""
+    ((job, _, job_id),) = jobs = _jobs(1)
+    await _post(node, jobs)
+    await _operands_ready(node, 1)
+    storing, release = threading.Event(), threading.Event()
+    real_finish = node.market.finish
+
+    def slow_finish(found, job):  # on the worker thread: stores C, then waits
+        header = real_finish(found, job)
+        storing.set()
+        release.wait(30)
+        return header
+
+    monkeypatch.setattr(node.market, "finish", slow_finish)
+    height = node.chain.height
+    node.start_mining()  # every attempt wins (MID): its posted-job attempt makes a block
+    await _until(storing.is_set, 60, "the block's C being stored")
+    rival = _block_for(node, miner=BOB)  # another miner's block lands meanwhile
+    assert (await node.process_block(rival, None)) is not None
+    release.set()
+
+    def claimed_by_tx() -> bool:  # pending, or already in a block the miner went on to make
+        rec = job_record(node.chain.state, job_id)
+        return node.mempool.claim_of(job_id) is not None or rec["claim_kind"] == "tx"
+
+    await _until(claimed_by_tx, 10, "the job_result claim")
+    await node.stop_mining()
+    assert node.chain.blocks[node.chain.active[height + 1]].header.miner == BOB.address
+    assert all(node.chain.blocks[h].header.job != job.spec for h in node.chain.active)
+    rec = job_record(node.chain.state, job_id)
+    if rec["claim_kind"] == "tx":
+        assert (rec["claimant"], rec["result_root"]) == (
+            MINER_KEY.address,
+            matrix_rows_root(_product(job)),
+        )
+    else:
+        claim = node.mempool.get(node.mempool.claim_of(job_id))
+        assert [(c.job_id, c.result_root) for c in claim.payload.claims] == [
+            (job_id, matrix_rows_root(_product(job)))
+        ]
