@@ -83,6 +83,20 @@ def _paired_per_call_times(
     return long_times, short_times
 
 
+def paired_ratio(
+    long_fn: Callable[[], Any],
+    short_fn: Callable[[], Any],
+    samples: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[float, list[float], list[float]]:
+    """(median over pairs of long/short, long's per-call times, short's) from alternate samples
+    (:func:`_paired_per_call_times`): each ratio compares two calls made under the same load,
+    so a change in the machine's load between pairs moves neither the ratio nor its median."""
+    long_times, short_times = _paired_per_call_times(long_fn, short_fn, samples, clock)
+    ratios = [x / y for x, y in zip(long_times, short_times, strict=True)]
+    return statistics.median(ratios), long_times, short_times
+
+
 def _repeats_for(size: int) -> int:
     return max(3, min(15, int(4 * (2048 / size) ** 2)))
 
@@ -154,22 +168,25 @@ def _bench_kernels(size: int, backend: str, repeats: int | None) -> dict[str, An
         plain, freivalds, pair_reps, time.process_time
     )
     plain_s, freivalds_s = statistics.median(plain_times), statistics.median(freivalds_times)
-    attempt_s = _median_time(
-        lambda: mining_attempt(a, b, seed_a, seed_b, target, params, be, ticket_key=key), reps
+
+    def attempt() -> Any:
+        return mining_attempt(a, b, seed_a, seed_b, target, params, be, ticket_key=key)
+
+    # The attempt and the plain product alternately too, and their ratio the median of the
+    # pairs' ratios: measured minutes apart, a load change on a shared box moved it by ±0.1.
+    pairs = max(15, reps)
+    attempt_vs_plain, attempt_times, _ = paired_ratio(attempt, plain, pairs)
+    attempt_vs_plain_cpu, attempt_cpu_times, _ = paired_ratio(
+        attempt, plain, pairs, time.process_time
     )
+    attempt_s = statistics.median(attempt_times)
     # What each further extra-nonce of the same job costs: C is the same for
     # every attempt on a job, so a miner recovers it and commits its rows once.
-    search_s = _median_time(
-        lambda: mining_attempt(a, b, seed_a, seed_b, target, params, be, ticket_key=key), reps
-    )
+    search_s = _median_time(attempt, reps)
     # CPU seconds of this process (all threads): on a shared machine, time spent waiting
     # for a core inflates wall-clock ratios but not these.
     plain_cpu_s = statistics.median(plain_cpu_times)
-    attempt_cpu_s = _median_time(
-        lambda: mining_attempt(a, b, seed_a, seed_b, target, params, be, ticket_key=key),
-        reps,
-        time.process_time,
-    )
+    attempt_cpu_s = statistics.median(attempt_cpu_times)
     ti, tj = m // params.h // 2, n // params.w // 2
     rows = np.ascontiguousarray(a[ti * params.h : (ti + 1) * params.h])
     cols = np.ascontiguousarray(bt[tj * params.w : (tj + 1) * params.w])
@@ -217,10 +234,10 @@ def _bench_kernels(size: int, backend: str, repeats: int | None) -> dict[str, An
         "verify_s": verify_s,
         "freivalds_s": freivalds_s,
         "attempt_vs_sgemm": attempt_s / sgemm_s,
-        "attempt_vs_plain": attempt_s / plain_s,
+        "attempt_vs_plain": attempt_vs_plain,
         "plain_cpu_s": plain_cpu_s,
         "attempt_cpu_s": attempt_cpu_s,
-        "attempt_vs_plain_cpu": attempt_cpu_s / plain_cpu_s,
+        "attempt_vs_plain_cpu": attempt_vs_plain_cpu,
         "attempt_without_recovery_s": search_s,
         "attempt_without_recovery_vs_plain": search_s / plain_s,
         "verify_vs_attempt": verify_s / attempt_s,

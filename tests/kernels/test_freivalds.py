@@ -194,3 +194,40 @@ def test_each_vector_load_feeds_eight_rows():
     vector_loads += [x for x in products if "(" in x]  # a load folded into the multiply
     assert len(products) >= 16, loop
     assert len(products) >= 8 * len(vector_loads), loop
+
+
+def _z64(matrix, vector):
+    """matrix · vector in Z/2^64 with Python integers, as signed int64 (the oracle)."""
+    out = []
+    for row in matrix.tolist():
+        s = sum(e * v for e, v in zip(row, vector.tolist(), strict=True)) % 2**64
+        out.append(s - 2**64 if s >= 2**63 else s)
+    return np.array(out, dtype=np.int64)
+
+
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 1, 1), (9, 65, 7), (17, 130, 66)])
+@pytest.mark.parametrize("fill", ["random", "low", "high", "zero"])
+def test_a_times_bx_and_c_times_x_match_python_integers(m, k, n, fill):
+    """A·(B·x) and C·x, the two sides Freivalds compares, each equal the Python-integer value
+    modulo 2^64 for int8 operands at random, −128, 127 or 0, C at int32's extremes, and
+    shapes past whole blocks of 8 rows and 64 columns."""
+    from kernels.freivalds import _times_vectors
+
+    g = np.random.default_rng(m * k * n)
+    if fill == "random":
+        a = g.integers(-128, 128, (m, k), dtype=np.int8)
+        b = g.integers(-128, 128, (k, n), dtype=np.int8)
+        c = g.integers(-(2**31), 2**31, (m, n), dtype=np.int32)
+    else:
+        value = {"low": -128, "high": 127, "zero": 0}[fill]
+        a = np.full((m, k), value, dtype=np.int8)
+        b = np.full((k, n), value, dtype=np.int8)
+        c = np.full((m, n), {"low": -(2**31), "high": 2**31 - 1, "zero": 0}[fill], np.int32)
+    xs = g.integers(-(2**63), 2**63, (2, n), dtype=np.int64)
+    bx = _times_vectors(b, xs)
+    abx = _times_vectors(a, bx)
+    cx = _times_vectors(c, xs)
+    for t in range(2):
+        assert np.array_equal(bx[t], _z64(b, xs[t]))
+        assert np.array_equal(abx[t], _z64(a, bx[t]))
+        assert np.array_equal(cx[t], _z64(c, xs[t]))
