@@ -1,4 +1,5 @@
-"""The node's chain on disk: one SQLite file, every block import one transaction.
+"""The node's chain on disk: one SQLite file, every block import one transaction (and
+the job blobs in a second file, see ``_BLOB_SCHEMA``).
 
 The in-memory :class:`~consensus.chain.Chain` is the authority; this module
 mirrors it so a restarted node resumes where it stopped without re-validating
@@ -73,6 +74,10 @@ CREATE TABLE IF NOT EXISTS undo (
     hash BLOB PRIMARY KEY,
     data BLOB NOT NULL
 );
+"""
+
+
+_BLOB_SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
     root BLOB NOT NULL UNIQUE,
     size INTEGER NOT NULL,
@@ -84,6 +89,10 @@ CREATE TABLE IF NOT EXISTS kept_blobs (
     job_id BLOB NOT NULL
 ) WITHOUT ROWID;
 """
+"""The blobs (job operands and results) and why each is kept: in a file of their own
+(``<chain file stem>.blobs.sqlite``), with its own connection and lock. Writing a job's
+16 MiB C took the lock a block's import needs for up to a second (on the event loop);
+in one SQLite file the two writers would queue for the one write lock all the same."""
 
 
 class StoreError(Exception):
@@ -106,15 +115,22 @@ class Store:
         self.path = path if path.suffix == ".sqlite" else path / FILENAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        # Autocommit mode: transactions are opened explicitly (BEGIN IMMEDIATE)
-        # so that one block import is exactly one transaction.
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._blob_lock = threading.RLock()
+        self.blob_path = self.path.with_name(self.path.stem + ".blobs.sqlite")
+        self._db = _connect(self.path)
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._init_schema()
+            self._init_schema()  # a datadir refused here gets no blob file
+            self._blob_db = _connect(self.blob_path)
         except BaseException:
             self._db.close()
+            raise
+        try:
+            with self._blob_lock:
+                self._blob_db.executescript(_BLOB_SCHEMA)
+            self._move_blobs_out()
+        except BaseException:
+            self._db.close()
+            self._blob_db.close()
             raise
         # The active chain as stored, to find the fork point without a query.
         self._active: list[bytes] | None = None
@@ -141,11 +157,41 @@ class Store:
                 f"(chain id {chain_id}), not {self.params.name!r}"
             )
 
+    def _move_blobs_out(self) -> None:
+        """A datadir of an earlier release keeps its blobs in the chain file: move them to
+        the blob file (idempotent: a move cut short is finished at the next open)."""
+        with self._lock:
+            tables = {
+                name
+                for (name,) in self._db.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'"
+                ).fetchall()
+            }
+        old = [t for t in ("blobs", "kept_blobs") if t in tables]
+        if not old:
+            return
+        with self._blob_lock:
+            self._blob_db.execute("ATTACH DATABASE ? AS chain", (str(self.path),))
+            try:
+                self._blob_db.execute("BEGIN IMMEDIATE")
+                for table in old:
+                    self._blob_db.execute(
+                        f"INSERT OR IGNORE INTO main.{table} SELECT * FROM chain.{table}"
+                    )
+                self._blob_db.execute("COMMIT")
+            finally:
+                self._blob_db.execute("DETACH DATABASE chain")
+        with self._transaction() as db:
+            for table in old:
+                db.execute(f"DROP TABLE {table}")
+
     # ------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        with self._blob_lock:
+            self._blob_db.close()
 
     def __enter__(self) -> Store:
         return self
@@ -168,6 +214,17 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    @contextmanager
+    def _blob_transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._blob_lock:
+            self._blob_db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._blob_db
+            except BaseException:
+                self._blob_db.execute("ROLLBACK")
+                raise
+            self._blob_db.execute("COMMIT")
 
     @staticmethod
     def _meta(db: sqlite3.Connection, key: str) -> Any:
@@ -390,7 +447,7 @@ class Store:
         to serve it: its root is over those chunks. ``kept_for``: the job the blob is
         kept for only (see :meth:`keep_blobs`), recorded in the same transaction.
         """
-        with self._transaction() as db:
+        with self._blob_transaction() as db:
             db.execute(
                 "INSERT OR IGNORE INTO blobs (root, size, chunk_size, data) VALUES (?, ?, ?, ?)",
                 (root, len(data), chunk_size, data),
@@ -402,7 +459,7 @@ class Store:
         """Record that the blobs ``roots`` (stored or on their way) are kept only for
         ``job_id``, to be pruned once it is done with: the record outlives a restart.
         A blob recorded already keeps its first job."""
-        with self._transaction() as db:
+        with self._blob_transaction() as db:
             self._keep(db, roots, job_id)
 
     @staticmethod
@@ -415,36 +472,49 @@ class Store:
     def kept_blobs(self) -> dict[bytes, bytes]:
         """Blob root → the job it is kept for, of every blob recorded by :meth:`keep_blobs`
         (or ``put_blob``'s ``kept_for``) and not deleted since."""
-        with self._lock:
-            rows = self._db.execute("SELECT root, job_id FROM kept_blobs").fetchall()
+        with self._blob_lock:
+            rows = self._blob_db.execute("SELECT root, job_id FROM kept_blobs").fetchall()
         return {bytes(root): bytes(job_id) for root, job_id in rows}
 
     def delete_blob(self, root: bytes) -> None:
         """Forget the blob ``root`` and why it was kept (nothing happens if it is not
         stored)."""
-        with self._transaction() as db:
+        with self._blob_transaction() as db:
             db.execute("DELETE FROM blobs WHERE root = ?", (root,))
             db.execute("DELETE FROM kept_blobs WHERE root = ?", (root,))
 
     def get_blob_chunked(self, root: bytes) -> tuple[bytes, int] | None:
         """(data, chunk size) of a stored blob, or None."""
-        with self._lock:
-            row = self._db.execute(
+        with self._blob_lock:
+            row = self._blob_db.execute(
                 "SELECT data, chunk_size FROM blobs WHERE root = ?", (root,)
             ).fetchone()
         return None if row is None else (bytes(row[0]), int(row[1]))
 
     def get_blob(self, root: bytes) -> bytes | None:
-        with self._lock:
-            row = self._db.execute("SELECT data FROM blobs WHERE root = ?", (root,)).fetchone()
+        with self._blob_lock:
+            row = self._blob_db.execute("SELECT data FROM blobs WHERE root = ?", (root,)).fetchone()
         return None if row is None else bytes(row[0])
 
     def has_blob(self, root: bytes) -> bool:
-        with self._lock:
-            row = self._db.execute("SELECT 1 FROM blobs WHERE root = ?", (root,)).fetchone()
+        with self._blob_lock:
+            row = self._blob_db.execute("SELECT 1 FROM blobs WHERE root = ?", (root,)).fetchone()
         return row is not None
 
     def blob_size(self, root: bytes) -> int | None:
-        with self._lock:
-            row = self._db.execute("SELECT size FROM blobs WHERE root = ?", (root,)).fetchone()
+        with self._blob_lock:
+            row = self._blob_db.execute("SELECT size FROM blobs WHERE root = ?", (root,)).fetchone()
         return None if row is None else int(row[0])
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # Autocommit mode: transactions are opened explicitly (BEGIN IMMEDIATE) so that one
+    # block import is exactly one transaction.
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+    except BaseException:
+        db.close()
+        raise
+    return db

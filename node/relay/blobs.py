@@ -383,10 +383,18 @@ class BlobExchange:
         self.store.put_blob(tree.root, bytes(data), chunk_size, kept_for)
         return tree.root
 
-    def put_matrix(self, x: np.ndarray, kept_for: bytes | None = None) -> bytes:
-        """Store a matrix as a row-chunked blob; its id is the matrix's row root."""
+    def put_matrix(
+        self, x: np.ndarray, kept_for: bytes | None = None, root: bytes | None = None
+    ) -> bytes:
+        """Store a matrix as a row-chunked blob; its id is the matrix's row root. ``root``:
+        that root, where the caller computed it from ``x`` already (a miner's result_root),
+        so that megabytes are not hashed twice; a wrong one is caught when the blob is
+        served (``_tree``), never served."""
         data, row_bytes = matrix_rows(x)
-        return self.put(data, row_bytes, kept_for)
+        if root is None:
+            return self.put(data, row_bytes, kept_for)
+        self.store.put_blob(root, data, row_bytes, kept_for)
+        return root
 
     def delete(self, root: bytes) -> None:
         """Stop keeping and serving the blob ``root``."""

@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,61 @@ def test_why_a_blob_is_kept_outlives_a_restart_and_goes_with_the_blob(tmp_path):
         store.delete_blob(c_root)
         store.delete_blob(b_root)  # never stored: its record goes all the same
         assert store.kept_blobs() == {a_root: job} and not store.has_blob(c_root)
+
+
+def test_blobs_of_an_earlier_datadir_move_to_the_blob_file(tmp_path):
+    """A datadir of an earlier release kept its blobs in the chain file: they are moved
+    to the blob file when it is opened (their kept-for records too), and the chain file
+    keeps none."""
+    with Store(tmp_path, MID) as store:
+        store.load_chain(lambda: 0)
+    root, job = bytes([7] * 32), bytes([8] * 32)
+    db = sqlite3.connect(tmp_path / FILENAME)
+    with db:  # the layout before: both tables in the chain file
+        db.execute(
+            "CREATE TABLE blobs (root BLOB NOT NULL UNIQUE, size INTEGER NOT NULL, "
+            "chunk_size INTEGER NOT NULL, data BLOB NOT NULL)"
+        )
+        db.execute("CREATE TABLE kept_blobs (root BLOB PRIMARY KEY, job_id BLOB NOT NULL)")
+        db.execute("INSERT INTO blobs VALUES (?, 5, 16, ?)", (root, b"hello"))
+        db.execute("INSERT INTO kept_blobs VALUES (?, ?)", (root, job))
+    db.close()
+    (tmp_path / "chain.blobs.sqlite").unlink()
+    with Store(tmp_path, MID) as store:
+        assert store.get_blob(root) == b"hello" and store.kept_blobs() == {root: job}
+        assert store.load_chain(lambda: 0).height == 0
+    db = sqlite3.connect(tmp_path / FILENAME)
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    db.close()
+    assert not tables & {"blobs", "kept_blobs"}
+
+
+def test_a_block_import_does_not_wait_for_a_blob_being_written(tmp_path, two_branches):
+    """Storing a job's C (megabytes, on a worker thread) holds the blob file's write lock;
+    a block import, on the event loop, writes the chain file and does not wait for it."""
+    common, _, _, now = two_branches
+    with Store(tmp_path, MID) as store:
+        chain = store.load_chain(lambda: now)
+        writing, done = threading.Event(), threading.Event()
+
+        def slow_blob_write() -> None:
+            with store._blob_transaction() as db:
+                db.execute("INSERT INTO blobs VALUES (?, 1, 1, ?)", (bytes(32), b"x"))
+                writing.set()
+                done.wait(30)
+
+        writer = threading.Thread(target=slow_blob_write)
+        writer.start()
+        try:
+            assert writing.wait(10)
+            started = time.monotonic()
+            import_all(store, chain, common)
+            assert time.monotonic() - started < 5, "the import waited for the blob write"
+        finally:
+            done.set()
+            writer.join(10)
+        assert store.has_blob(bytes(32))
+    assert reopen(tmp_path, now).tip.hash == chain.tip.hash
 
 
 def test_a_store_of_another_network_is_refused(tmp_path):
