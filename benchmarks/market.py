@@ -645,8 +645,8 @@ def _see_stream_claims(node0: TestnetNode, poster: _Poster) -> None:
                 continue  # "unknown job": its post is not in a block yet
             if rec["status"] in CLAIMED:
                 job.claimant, job.claim_kind = rec["claimant"], rec["claim_kind"]
-            elif rec.get("pending_claim"):
-                job.claimant, job.claim_kind = rec["pending_claimant"], "tx"
+            elif rec.get("pending_claim"):  # the tip's header, or a job_result in the mempool
+                job.claimant, job.claim_kind = rec["pending_claimant"], rec["pending_claim_kind"]
                 job.claim_pending = True
             else:
                 continue

@@ -281,10 +281,11 @@ class MarketClient:
                 st = self.wait(job_id, fraud_wait_s)
             except TimeoutError:
                 raise WrongResult(
-                    f"the miner's C[{where[0]}, {where[1]}] is wrong; its claim (job_result "
-                    f"{st['pending_claim'][:16]}) is not in a block after {fraud_wait_s:g} s, "
-                    "so no fraud proof can be sent yet: call result again once the job is "
-                    "mined (wait) to send one",
+                    f"the miner's C[{where[0]}, {where[1]}] is wrong; its claim "
+                    f"({_CLAIM_NAMES.get(st.get('pending_claim_kind'), 'job_result')} "
+                    f"{st['pending_claim'][:16]}) is not recorded on chain after "
+                    f"{fraud_wait_s:g} s, so no fraud proof can be sent yet: call result "
+                    "again once the job is mined (wait) to send one",
                     None,
                 ) from None
             c, where = self._fetch_checked(job_id, a8, b8)  # the chain's claim may be another
@@ -321,6 +322,10 @@ class MarketClient:
         return c, locate_error(a8, b8, c)
 
 
+_CLAIM_NAMES = {"block": "the tip block", "tx": "job_result"}
+
+
 def _pending(status: dict[str, Any]) -> bool:
-    """Whether a job's record (getjob) is open with a job_result claiming it pending."""
+    """Whether a job's record (getjob) is open with a claim pending: the tip's header (the
+    chain records it with the next block) or a job_result in the mempool."""
     return status["status"] == "open" and bool(status.get("pending_claim"))

@@ -16,7 +16,16 @@ import numpy as np
 from aiohttp import web
 
 from consensus.keys import address_to_text
-from consensus.market import MINED, OPEN, PAID, REFUNDED, claim_bond, job_record
+from consensus.market import (
+    CLAIM_BLOCK,
+    CLAIM_TX,
+    MINED,
+    OPEN,
+    PAID,
+    REFUNDED,
+    claim_bond,
+    job_record,
+)
 from consensus.state import JOBS, State, iter_model_steps
 from consensus.transactions import JobResultPayload, Transaction
 from kernels.params import OPERAND_MAX, OPERAND_MIN
@@ -40,6 +49,7 @@ from node.rpc.server import (
 )
 
 if TYPE_CHECKING:
+    from consensus.blocks import BlockHeader
     from consensus.chain import Chain
     from consensus.params import NetworkParams
     from node.mempool import Mempool
@@ -257,13 +267,29 @@ def register_market_methods(
             raise RpcError(REJECTED, f"unknown job {job_id}")
         out = _job_json(rec)
         if rec["status"] == OPEN:
-            pending = pending_claim(jid)
             out["claim_bond"] = claim_bond(rec["reward"], params)
-            out["pending_claim"] = pending.txid.hex() if pending is not None else None
-            out["pending_claimant"] = (
-                address_to_text(pending.sender_address) if pending is not None else None
-            )
+            tip = tip_claim(jid, rec)
+            pending = None if tip is not None else pending_claim(jid)
+            if tip is not None:
+                claim_id, claimant, kind = tip.hash, tip.miner, CLAIM_BLOCK
+            elif pending is not None:
+                claim_id, claimant, kind = pending.txid, pending.sender_address, CLAIM_TX
+            out["pending_claim"] = claim_id.hex() if tip or pending else None
+            out["pending_claimant"] = address_to_text(claimant) if tip or pending else None
+            out["pending_claim_kind"] = kind if tip or pending else None
         return out
+
+    def tip_claim(job_id: bytes, rec: dict[str, Any]) -> BlockHeader | None:
+        """The tip's header, if its PoUW ran on the open job ``job_id``: it claims the job,
+        which the chain records when the tip's child is applied (a block's state cannot
+        hold its own hash); its miner stored C under its result_root before publishing
+        it. A job_result in the mempool comes after it in chain order."""
+        header = chain.tip.header
+        if header.height == 0 or header.height > rec["expiry"]:
+            return None
+        if header.job.job_id(params.rank, params.tile_h, params.tile_w) != job_id:
+            return None
+        return header
 
     def pending_claim(job_id: bytes) -> Transaction | None:
         """The job_result in the mempool that claims ``job_id``, if any."""
@@ -271,12 +297,16 @@ def register_market_methods(
         return None if txid is None else mempool.get(txid)
 
     def result_root(job_id: bytes, rec: dict[str, Any]) -> bytes:
-        """The root of C a job's claim committed to: its claim on chain, or else the
-        job_result pending in the mempool (its claimant stored C before sending it, and
-        the client checks C itself); 409 when neither claims the job."""
+        """The root of C a job's claim committed to: its claim on chain, or else the tip's
+        header claiming it, or else the job_result pending in the mempool (their claimants
+        stored C before sending them, and the client checks C itself); 409 when none
+        claims the job."""
         if rec["status"] in (MINED, PAID, REFUNDED):
             root: bytes = rec["result_root"]
             return root
+        tip = tip_claim(job_id, rec) if rec["status"] == OPEN else None
+        if tip is not None:
+            return tip.result_root
         pending = pending_claim(job_id) if rec["status"] == OPEN else None
         if pending is not None:
             assert type(pending.payload) is JobResultPayload  # claim_of indexes only these

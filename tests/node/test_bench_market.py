@@ -239,9 +239,19 @@ def test_the_streams_claims_are_seen_pending_or_mined_and_the_backlogs_left_alon
     poster.jobs[bytes.fromhex(FOUR)] = job(backlog=True)
     node0 = BatchNode(
         {
-            ONE: {"status": "open", "pending_claim": "ab", "pending_claimant": "pw-a"},
+            ONE: {
+                "status": "open",
+                "pending_claim": "ab",
+                "pending_claimant": "pw-a",
+                "pending_claim_kind": "tx",
+            },
             TWO: {"status": "mined", "claimant": "pw-b", "claim_kind": "block"},
-            FOUR: {"status": "open", "pending_claim": "cd", "pending_claimant": "pw-a"},
+            FOUR: {
+                "status": "open",
+                "pending_claim": "cd",
+                "pending_claimant": "pw-a",
+                "pending_claim_kind": "block",
+            },
         }
     )  # THREE: its post is not in a block yet
     _see_stream_claims(node0, poster)  # type: ignore[arg-type]

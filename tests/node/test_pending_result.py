@@ -110,7 +110,9 @@ async def test_a_wrong_result_under_a_pending_claim_is_refused_then_proved_once_
     alice = address_to_text(ALICE.address)
     before = (await rpc_call(node, "getaccount", alice))["result"]
 
-    with pytest.raises(WrongResult, match=r"C\[7, 2\] is wrong; its claim .* not in a block") as e:
+    with pytest.raises(
+        WrongResult, match=r"C\[7, 2\] is wrong; its claim .* not recorded on chain"
+    ) as e:
         await asyncio.to_thread(client.result, claimkit.JOB2_ID, a, b, 0.3)
     assert e.value.fraud_txid is None
     assert node.mempool.txids() == [claim.txid]  # no fraud proof sent
@@ -132,3 +134,32 @@ async def test_a_wrong_result_under_a_pending_claim_is_refused_then_proved_once_
         await asyncio.wait_for(proving, 30)
     assert proved.value.fraud_txid is not None
     assert bytes.fromhex(proved.value.fraud_txid) in node.mempool
+
+
+async def test_a_result_is_served_while_the_tip_block_claims_it(node):
+    """A block whose PoUW ran on JOB claims it, but the chain records the claim only when
+    the block's child is applied: while that block is the tip, getjob shows it as the
+    pending claim (kind "block", its miner the claimant), and GET /result and the
+    client serve and check the C its header committed to, a block before the record."""
+    chain, clock, _ = await _posted(node)
+    client = _client(node)
+    tip = claimkit.add_job_block(chain, clock, claimkit.JOB)
+    node.blobs.put_matrix(claimkit.C)  # its miner's C, under the header's result_root
+    assert tip.header.result_root == node.blobs.put_matrix(claimkit.C)
+    await node.process_block(tip, source=None)
+    job = claimkit.JOB_ID.hex()
+    record = (await rpc_call(node, "getjob", job))["result"]
+    assert record["status"] == "open" and record["pending_claim"] == tip.hash.hex()
+    assert record["pending_claim_kind"] == "block"
+    assert record["pending_claimant"] == address_to_text(tip.header.miner)
+    status, blob = await _get(node, f"/result/{job}?timeout=1")
+    assert status == 200 and np.array_equal(decode_matrix(blob), claimkit.C)
+    c = await asyncio.to_thread(client.result, claimkit.JOB_ID, claimkit.A, claimkit.B)
+    assert np.array_equal(c, claimkit.C)
+    other = (await rpc_call(node, "getjob", claimkit.JOB2_ID.hex()))["result"]
+    assert other["pending_claim"] is None and other["pending_claim_kind"] is None
+
+    await node.process_block(claimkit.add(chain, clock), source=None)  # the child
+    record = (await rpc_call(node, "getjob", job))["result"]
+    assert record["status"] == "mined" and record["claim_id"] == tip.hash.hex()
+    assert "pending_claim" not in record
