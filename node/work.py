@@ -177,9 +177,12 @@ class WorkSource:
             if found.product is not None:
                 await market.deliver(work.job, found.header.result_root, found.product)
             return
-        # C is stored off the event loop (megabytes, behind the store's lock); if the tip
-        # moved meanwhile, the block is stale after all and its result is claimed instead.
-        header = await asyncio.to_thread(market.finish, found, work.job)
+        if found.product is None:  # the null job: nothing to keep
+            header = market.finish(found, work.job)
+        else:
+            # C is stored off the event loop (megabytes); if the tip moved meanwhile, the
+            # block is stale after all and its result is claimed instead.
+            header = await asyncio.to_thread(market.finish, found, work.job)
         if found.header.prev_hash != self.chain.tip.hash:
             if found.product is not None:
                 await market.deliver(work.job, found.header.result_root, found.product)
