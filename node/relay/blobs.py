@@ -26,6 +26,7 @@ always has at least one chunk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import struct
@@ -327,6 +328,10 @@ RANGES_IN_FLIGHT = 2
 """Range requests in flight to one peer at once: one is served while the other travels."""
 REQUEST_TIMEOUT = 10.0
 """How long one peer gets to answer one range request before we ask another."""
+URGENT_HOLD_S = 2.0
+"""How long an urgent fetch holds the others' new range requests, at most: a willing
+peer serves a job's operands in well under a second, and a peer that stalls an urgent
+fetch (or a stream of urgent ones) must not stall every other download with it."""
 SERVE_CACHE_BYTES = MAX_BLOB_SIZE
 """Blobs kept in memory with their trees to serve chunks (LRU by bytes)."""
 _DRAIN_TIMEOUT = 30.0
@@ -371,6 +376,7 @@ class BlobExchange:
         self._urgent = 0
         self._no_urgent = asyncio.Event()
         self._no_urgent.set()
+        self._urgent_since = 0.0  # loop time the current run of urgent fetches began
 
     # ------------------------------------------------------------ local
 
@@ -511,7 +517,8 @@ class BlobExchange:
         under way the others send no new range request: the peers serving them share their
         bandwidth among the requests in flight, so a download started behind a few others
         would take as long as all of them (a job that pays to be served first). Their
-        ranges in flight still arrive; their timeouts count the wait.
+        ranges in flight still arrive; their timeouts count the wait, which lasts
+        ``URGENT_HOLD_S`` at most.
         """
         if type(root) is not bytes or len(root) != 32:
             raise BlobFetchError("a blob root is 32 bytes")
@@ -537,6 +544,8 @@ class BlobExchange:
     async def _fetch(self, root: bytes, timeout: float, urgent: bool) -> bytes:
         if not urgent:
             return await self._download(root, timeout, urgent)
+        if not self._urgent:
+            self._urgent_since = asyncio.get_running_loop().time()
         self._urgent += 1
         self._no_urgent.clear()
         try:
@@ -603,7 +612,7 @@ class BlobExchange:
         ``urgent``: see :meth:`fetch`).
         """
         if not urgent:
-            await self._no_urgent.wait()
+            await self._yield_to_urgent()
         head = await self._request_range(peer, root, 0, MAX_RANGE_CHUNKS)
         total = head.total
         chunks.update(enumerate(head.chunks))
@@ -613,7 +622,7 @@ class BlobExchange:
         async def one(first: int, count: int) -> None:
             async with window:
                 if not urgent:
-                    await self._no_urgent.wait()
+                    await self._yield_to_urgent()
                 reply = await self._request_range(peer, root, first, count)
                 if reply.total != total:
                     raise _PeerFailed(f"says the blob has {reply.total} chunks, not {total}")
@@ -633,6 +642,15 @@ class BlobExchange:
             return await asyncio.to_thread(assemble, root, total, chunks), total
         except BlobError as e:
             raise _PeerFailed(str(e)) from None
+
+    async def _yield_to_urgent(self) -> None:
+        """Wait while urgent fetches run, ``URGENT_HOLD_S`` from the first at most."""
+        if self._no_urgent.is_set():
+            return
+        left = self._urgent_since + URGENT_HOLD_S - asyncio.get_running_loop().time()
+        if left > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._no_urgent.wait(), left)
 
     async def _request_range(
         self, peer: PeerSession, root: bytes, first: int, count: int

@@ -13,6 +13,7 @@ from consensus.merkle import matrix_rows_root, merkle_root
 from node.app import Node
 from node.config import NodeConfig
 from node.net.wire import MAX_RANGE_CHUNKS, RANGE_BYTES, BlobChunk, BlobGet, BlobGetRange, BlobRange
+from node.relay import blobs as blobs_module
 from node.relay.blobs import (
     CHUNK_SIZE,
     MAX_CHUNKS,
@@ -497,4 +498,41 @@ async def test_an_urgent_fetch_holds_back_the_ranges_of_the_others(nodes):
         assert await slow == background
         assert not b.p2p.bans()
     finally:
+        await peer.close()
+
+
+async def test_a_stalled_urgent_fetch_holds_the_others_back_only_briefly(nodes, monkeypatch):
+    """A peer that never answers an urgent fetch (or a stream of urgent posts) must not
+    stall every other download: they ask for their ranges again after URGENT_HOLD_S."""
+    monkeypatch.setattr(blobs_module, "URGENT_HOLD_S", 0.3)
+    b = await nodes("b")
+    peer = await _evil_peer(b)
+    background = os.urandom(6 * CHUNK_SIZE)
+    tree = BlobTree(background, CHUNK_SIZE)
+    bg_root = blob_root(background)
+
+    def asked() -> list[BlobGetRange]:
+        return [r for r in peer.of_type(BlobGetRange) if r.root == bg_root]
+
+    async def answer(req: BlobGetRange) -> None:
+        chunks, proof = tree.range(req.first, req.count)
+        await peer.send(BlobRange(req.root, req.first, tree.total, chunks, proof))
+
+    stalled = asyncio.create_task(b.blobs.fetch(os.urandom(32), 30, urgent=True))
+    try:
+        await peer.wait_for(lambda: any(r.root != bg_root for r in peer.of_type(BlobGetRange)))
+        slow = asyncio.create_task(b.blobs.fetch(bg_root, 30))
+        await peer.wait_for(asked)  # after the hold, with the urgent one still unanswered
+        answered = 0
+        while not slow.done():
+            for req in asked()[answered:]:
+                await answer(req)
+                answered += 1
+            arrival = asyncio.create_task(peer.wait_for(lambda n=answered: len(asked()) > n))
+            await asyncio.wait({arrival, slow}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+            arrival.cancel()
+        assert await slow == background
+        assert not stalled.done()
+    finally:
+        stalled.cancel()
         await peer.close()
