@@ -282,7 +282,7 @@ class MarketClient:
             except TimeoutError:
                 raise WrongResult(
                     f"the miner's C[{where[0]}, {where[1]}] is wrong; its claim "
-                    f"({_CLAIM_NAMES.get(st.get('pending_claim_kind'), 'job_result')} "
+                    f"({_CLAIM_NAMES.get(str(st.get('pending_claim_kind')), 'job_result')} "
                     f"{st['pending_claim'][:16]}) is not recorded on chain after "
                     f"{fraud_wait_s:g} s, so no fraud proof can be sent yet: call result "
                     "again once the job is mined (wait) to send one",
