@@ -197,11 +197,19 @@ class NodeCollector(Collector):
             "Seconds spent in cyclic garbage collection",
             collector.pause_seconds(),
         )
-        db = 0
-        for suffix in ("", "-wal"):
-            path = self.datadir / f"chain.sqlite{suffix}"
-            db += path.stat().st_size if path.exists() else 0
-        yield GaugeMetricFamily("pouw_db_bytes", "Size of chain.sqlite and its WAL", db)
+        for name, file, what in (
+            ("pouw_db_bytes", "chain.sqlite", "chain.sqlite"),
+            (
+                "pouw_blob_db_bytes",
+                "chain.blobs.sqlite",
+                "chain.blobs.sqlite (job operands, results)",
+            ),
+        ):
+            size = 0
+            for suffix in ("", "-wal"):
+                path = self.datadir / f"{file}{suffix}"
+                size += path.stat().st_size if path.exists() else 0
+            yield GaugeMetricFamily(name, f"Size of {what} and its WAL", size)
         jobs = GaugeMetricFamily(
             "pouw_jobs",
             "Market jobs on chain by status (mined: claimed, paid, refunded…)",

@@ -49,6 +49,7 @@ TYPES = {
     "pouw_rpc_request_seconds": "histogram",
     "pouw_gc_pause_seconds": "counter",
     "pouw_db_bytes": "gauge",
+    "pouw_blob_db_bytes": "gauge",
     "pouw_build_info": "gauge",
     "pouw_jobs": "gauge",
     "pouw_data_reads_served": "counter",
@@ -123,6 +124,7 @@ def test_metrics_have_their_types_and_move_with_blocks_txs_jobs_reads_and_calls(
         data, _ = reader.fetch(dataset, miner.p2p, 60)
         assert data == b"x,label\n" * 5000
         read = scrape(miner)
+        assert value(read, "pouw_blob_db_bytes") > value(first, "pouw_blob_db_bytes")  # operands
         assert value(read, "pouw_data_reads_served", "pouw_data_reads_served_total") == 1
         chunks = value(read, "pouw_data_chunks_served", "pouw_data_chunks_served_total")
         assert chunks == registered["chunks"] > 1
