@@ -416,13 +416,20 @@ class MarketService:
         return picked
 
     def post_admitted(self, txid: bytes) -> None:
-        """A transaction entered the mempool (the miner's listener): if it posts a job,
-        its operands are fetched now, not when the running attempt ends and asks for the
-        next job. A job paying more than those open can then be attempted at that attempt's
-        end, before its post's block, and its claim goes out as that block lands."""
+        """A transaction entered the mempool (the miner's listener): if it posts a job
+        paying more per MAC than every open job, its operands are fetched now (urgently),
+        not when the running attempt ends and asks for the next job. The job can then be
+        attempted at that attempt's end, before its post's block, and its claim goes out
+        as that block lands."""
         tx = self.mempool.get(txid)
-        if tx is not None and type(tx.payload) is JobPostPayload:
-            self._prefetch(self.open_jobs())
+        if tx is None or type(tx.payload) is not JobPostPayload:
+            return
+        p = tx.payload
+        open_jobs = self.open_jobs()  # (once per tip)
+        # Only one that would be urgent: the others wait for the next ask, as before, and
+        # a flood of posts costs the event loop a comparison each.
+        if open_jobs and p.fee / (p.m * p.k * p.n) > open_jobs[0][0]:
+            self._prefetch(open_jobs)
 
     def before_post(self, job: Job) -> bool:
         """Whether ``job``'s job_post is still in the mempool: an attempt on it can make
