@@ -74,7 +74,7 @@ from node.rpc.methods import register_methods
 from node.rpc.server import MAX_REQUEST_BYTES, RpcServer
 from node.services.data_host import DataHost
 from node.services.market import MarketService
-from node.store import Store
+from node.store import FILENAME, Store
 from node.verifier import ProofOfWorkMemo, SignatureVerifier
 from node.work import WorkSource, now_ms
 
@@ -145,7 +145,7 @@ class Node:
         """
         self._lock.acquire()
         self.key = _load_node_key(self.datadir / "node_key")
-        self.store = Store(self.datadir / "chain.sqlite", self.params)
+        self.store = Store(self.datadir / FILENAME, self.params)
         self.chain = chain = self.store.load_chain(now_ms)
         self.mempool = mempool = Mempool(self.params)
         chain.verified_txids = mempool.verified_txids

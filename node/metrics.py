@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector
 from consensus.market import job_record
 from node import collector
 from node.net.wire import MsgType
+from node.store import FILENAME, blob_file
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -197,19 +198,15 @@ class NodeCollector(Collector):
             "Seconds spent in cyclic garbage collection",
             collector.pause_seconds(),
         )
+        chain_file = self.datadir / FILENAME
         for name, file, what in (
-            ("pouw_db_bytes", "chain.sqlite", "chain.sqlite"),
-            (
-                "pouw_blob_db_bytes",
-                "chain.blobs.sqlite",
-                "chain.blobs.sqlite (job operands, results)",
-            ),
+            ("pouw_db_bytes", chain_file, ""),
+            ("pouw_blob_db_bytes", blob_file(chain_file), " (job operands, results)"),
         ):
             size = 0
-            for suffix in ("", "-wal"):
-                path = self.datadir / f"{file}{suffix}"
+            for path in (file, file.with_name(file.name + "-wal")):
                 size += path.stat().st_size if path.exists() else 0
-            yield GaugeMetricFamily(name, f"Size of {what} and its WAL", size)
+            yield GaugeMetricFamily(name, f"Size of {file.name}{what} and its WAL", size)
         jobs = GaugeMetricFamily(
             "pouw_jobs",
             "Market jobs on chain by status (mined: claimed, paid, refunded…)",

@@ -22,7 +22,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -116,7 +116,7 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._blob_lock = threading.RLock()
-        self.blob_path = self.path.with_name(self.path.stem + ".blobs.sqlite")
+        self.blob_path = blob_file(self.path)
         self._db = _connect(self.path)
         try:
             self._init_schema()  # a datadir refused here gets no blob file
@@ -204,27 +204,11 @@ class Store:
     ) -> None:
         self.close()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return _immediate(self._db, self._lock)
 
-    @contextmanager
-    def _blob_transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._blob_lock:
-            self._blob_db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._blob_db
-            except BaseException:
-                self._blob_db.execute("ROLLBACK")
-                raise
-            self._blob_db.execute("COMMIT")
+    def _blob_transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return _immediate(self._blob_db, self._blob_lock)
 
     @staticmethod
     def _meta(db: sqlite3.Connection, key: str) -> Any:
@@ -518,3 +502,22 @@ def _connect(path: Path) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+@contextmanager
+def _immediate(db: sqlite3.Connection, lock: threading.RLock) -> Iterator[sqlite3.Connection]:
+    """One write transaction on ``db`` (BEGIN IMMEDIATE … COMMIT, ROLLBACK on error), under
+    ``lock``, the lock every use of that connection takes."""
+    with lock:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+
+def blob_file(chain_file: Path) -> Path:
+    """The blob file beside a chain file: ``chain.sqlite`` → ``chain.blobs.sqlite``."""
+    return chain_file.with_name(chain_file.stem + ".blobs.sqlite")
