@@ -259,6 +259,21 @@ def _burn_coinbase(state: State, maturity_height: int, miner: bytes) -> None:
     state.set(LOCKED, miner, (state.get(LOCKED, miner, 0) - amount) or None)
 
 
+def header_claim(state: State, header: BlockHeader, params: NetworkParams) -> bytes | None:
+    """The job a block's header claims in ``state``: the posted job its PoUW ran on, if
+    that job is open and the block is within its expiry; else None. Already claimed (by a
+    block or a job_result), cancelled or expired, the block is valid work that claims
+    nothing. The claim is recorded when the block's child is applied
+    (:func:`claim_parent_job`); until then ``state`` is the one to ask."""
+    if header.height == 0:
+        return None
+    job_id = header.job.job_id(params.rank, params.tile_h, params.tile_w)
+    job = job_record(state, job_id)
+    if job is None or job["status"] != OPEN or header.height > job["expiry"]:
+        return None
+    return job_id
+
+
 def claim_parent_job(state: State, parent: BlockHeader, params: NetworkParams) -> None:
     """The parent block claims the posted job its PoUW ran on, if it is open.
 
@@ -268,18 +283,10 @@ def claim_parent_job(state: State, parent: BlockHeader, params: NetworkParams) -
     first attempt (and is why header_seed leaves it out). So a job_result in
     the parent block itself comes first in chain order and wins.
     """
-    if parent.height == 0:
+    job_id = header_claim(state, parent, params)
+    if job_id is None:
         return
-    job_id = parent.job.job_id(params.rank, params.tile_h, params.tile_w)
     rec = state.get(JOBS, job_id)
-    if rec is None:
-        return
-    job = job_record(state, job_id)
-    assert job is not None
-    if job["status"] != OPEN or parent.height > job["expiry"]:
-        # Already claimed (by a block or a job_result), cancelled, or expired:
-        # the block is valid work, it claims nothing.
-        return
     due = parent.height + params.challenge_window
     state.set(
         JOBS,

@@ -24,6 +24,7 @@ from consensus.market import (
     PAID,
     REFUNDED,
     claim_bond,
+    header_claim,
     job_record,
 )
 from consensus.state import JOBS, State, iter_model_steps
@@ -268,7 +269,7 @@ def register_market_methods(
         out = _job_json(rec)
         if rec["status"] == OPEN:
             out["claim_bond"] = claim_bond(rec["reward"], params)
-            tip = tip_claim(jid, rec)
+            tip = tip_claim(jid)
             pending = None if tip is not None else pending_claim(jid)
             if tip is not None:
                 claim_id, claimant, kind = tip.hash, tip.miner, CLAIM_BLOCK
@@ -279,17 +280,13 @@ def register_market_methods(
             out["pending_claim_kind"] = kind if tip or pending else None
         return out
 
-    def tip_claim(job_id: bytes, rec: dict[str, Any]) -> BlockHeader | None:
-        """The tip's header, if its PoUW ran on the open job ``job_id``: it claims the job,
-        which the chain records when the tip's child is applied (a block's state cannot
+    def tip_claim(job_id: bytes) -> BlockHeader | None:
+        """The tip's header, if it claims ``job_id`` (consensus ``header_claim``): the
+        chain records that claim when the tip's child is applied (a block's state cannot
         hold its own hash); its miner stored C under its result_root before publishing
         it. A job_result in the mempool comes after it in chain order."""
         header = chain.tip.header
-        if header.height == 0 or header.height > rec["expiry"]:
-            return None
-        if header.job.job_id(params.rank, params.tile_h, params.tile_w) != job_id:
-            return None
-        return header
+        return header if header_claim(chain.state, header, params) == job_id else None
 
     def pending_claim(job_id: bytes) -> Transaction | None:
         """The job_result in the mempool that claims ``job_id``, if any."""
@@ -304,7 +301,7 @@ def register_market_methods(
         if rec["status"] in (MINED, PAID, REFUNDED):
             root: bytes = rec["result_root"]
             return root
-        tip = tip_claim(job_id, rec) if rec["status"] == OPEN else None
+        tip = tip_claim(job_id) if rec["status"] == OPEN else None
         if tip is not None:
             return tip.result_root
         pending = pending_claim(job_id) if rec["status"] == OPEN else None
