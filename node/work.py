@@ -172,25 +172,21 @@ class WorkSource:
     async def submit(self, found: MinedBlock, work: MiningWork) -> None:
         """A block the miner found: processed (and pushed to peers) unless the tip moved."""
         market = self.market
-        if found.header.prev_hash != self.chain.tip.hash:
-            # The tip moved while the attempt ran: the block is stale, the result is not.
-            if found.product is not None:
-                await market.deliver(work.job, found.header.result_root, found.product)
-            return
-        if found.product is None:  # the null job: nothing to keep
-            header = market.finish(found, work.job)
-        else:
-            # C is stored off the event loop (megabytes); if the tip moved meanwhile, the
-            # block is stale after all and its result is claimed instead.
-            header = await asyncio.to_thread(market.finish, found, work.job)
-        if found.header.prev_hash != self.chain.tip.hash:
-            if found.product is not None:
-                await market.deliver(work.job, found.header.result_root, found.product)
-            return
-        block = Block(header, work.txs)
-        self.metrics.mined.inc()
-        log.info("mined block %d %s", block.header.height, block.hash.hex()[:16])
-        await self._process_block(block, None)
+        if found.header.prev_hash == self.chain.tip.hash:
+            if found.product is None:  # the null job: nothing to keep
+                header = market.finish(found, work.job)
+            else:  # C is stored off the event loop (megabytes)
+                header = await asyncio.to_thread(market.finish, found, work.job)
+            if found.header.prev_hash == self.chain.tip.hash:
+                block = Block(header, work.txs)
+                self.metrics.mined.inc()
+                log.info("mined block %d %s", block.header.height, block.hash.hex()[:16])
+                await self._process_block(block, None)
+                return
+        # The tip moved while the attempt ran or C was stored: the block is stale, the
+        # result is not.
+        if found.product is not None:
+            await market.deliver(work.job, found.header.result_root, found.product)
 
     async def deliver(self, work: MiningWork, result_root: bytes, product: np.ndarray) -> None:
         """An attempt on a posted job that made no block: its result is kept and claimed."""
