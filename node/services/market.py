@@ -202,8 +202,8 @@ class MarketService:
         self._job_ready_listeners: list[Callable[[], None]] = []
         self.dishonest = dishonest
         self.jobs: dict[bytes, Job] = {}  # job id → verified operands
-        self._fetching: dict[bytes, asyncio.Task[None]] = {}
-        self._fetching_bytes: dict[bytes, int] = {}  # job id → what its operands will hold
+        # Downloads under way: job id → (its task, the bytes its operands will hold).
+        self._fetching: dict[bytes, tuple[asyncio.Task[None], int]] = {}
         self._unavailable: set[bytes] = set()
         self._open: tuple[bytes, list[tuple[float, bytes, dict[str, Any]]]] | None = None
         self._rivals_of: tuple[bytes, frozenset[bytes]] | None = None
@@ -428,7 +428,7 @@ class MarketService:
         open_jobs = self.open_jobs()  # (once per tip)
         # Only one that would be urgent: the others wait for the next ask, as before, and
         # a flood of posts costs the event loop a comparison each.
-        if open_jobs and p.fee / (p.m * p.k * p.n) > open_jobs[0][0]:
+        if open_jobs and _rate({"reward": p.fee, "m": p.m, "k": p.k, "n": p.n}) > open_jobs[0][0]:
             self._prefetch(open_jobs)
 
     def before_post(self, job: Job) -> bool:
@@ -486,7 +486,7 @@ class MarketService:
         """Operand bytes held, and on their way (a download counts from its start)."""
         held = sum(_job_bytes(j) for j in self.jobs.values())
         return held + sum(
-            b for job_id, b in self._fetching_bytes.items() if job_id not in self.jobs
+            size for job_id, (_, size) in self._fetching.items() if job_id not in self.jobs
         )
 
     def _prefetch(self, open_jobs: list[tuple[float, bytes, dict[str, Any]]]) -> None:
@@ -544,8 +544,7 @@ class MarketService:
             # A post that pays more than every open job jumps the download queue: it is
             # to be attempted as soon as it is here, before its block if it can.
             task = asyncio.create_task(self._fetch(job_id, rec, urgent), name="fetch-operands")
-            self._fetching[job_id] = task
-            self._fetching_bytes[job_id] = size
+            self._fetching[job_id] = (task, size)
             task.add_done_callback(self._fetched)
 
     def _fetch_order(
@@ -566,10 +565,9 @@ class MarketService:
         return order
 
     def _fetched(self, task: asyncio.Task[None]) -> None:
-        for job_id, t in list(self._fetching.items()):
+        for job_id, (t, _) in list(self._fetching.items()):
             if t is task:
                 del self._fetching[job_id]
-                self._fetching_bytes.pop(job_id, None)
         if not task.cancelled():
             self._prefetch(self.open_jobs())  # the next download takes the freed place
 
@@ -781,7 +779,7 @@ class MarketService:
         return 0
 
     def close(self) -> None:
-        for task in list(self._fetching.values()):
+        for task, _ in list(self._fetching.values()):
             task.cancel()
         if self._claim_task is not None:
             self._claim_task.cancel()
