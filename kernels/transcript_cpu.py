@@ -369,13 +369,12 @@ def noisy_product(
 
 def noisy_product_from_b(
     a_noisy: np.ndarray, b: np.ndarray, noise_b: NoiseFactors, r: int, h: int, w: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(C', T, B'ᵀ or None): :func:`noisy_product` of A' and B' = B + E_B, given the
-    clean B (k×n) and its noise.
+) -> tuple[np.ndarray, np.ndarray]:
+    """(C', T): :func:`noisy_product` of A' and B' = B + E_B, given the clean B (k×n) and
+    its noise.
 
     The VNNI path packs B' straight from B and L_Bᵀ (when 4 | r): B'ᵀ, a transpose
-    that costs ~6 % of the VNNI product, is never built (None). Other paths build
-    it and return it, for the recovery of C.
+    that costs ~6 % of the VNNI product, is never built. Other paths build it.
     """
     if _active == VNNI and r % 4 == 0:
         from kernels import transcript_vnni
@@ -383,10 +382,8 @@ def noisy_product_from_b(
         lt = np.ascontiguousarray(noise_b.L.T)
         bb = np.ascontiguousarray(b)
         c, t = transcript_vnni.tiled_product_noisy_b(a_noisy, bb, lt, noise_b.p, noise_b.q, r, h, w)
-        return c, t, None
-    bt_noisy = add_noise_transposed(b, noise_b)
-    c, t = noisy_product(a_noisy, bt_noisy, r, h, w)
-    return c, t, bt_noisy
+        return c, t
+    return noisy_product(a_noisy, add_noise_transposed(b, noise_b), r, h, w)
 
 
 def noisy_product_from_clean(
@@ -422,8 +419,7 @@ def noisy_product_from_clean(
             w,
         )
         return c, t
-    c, t, _ = noisy_product_from_b(add_noise(a, noise_a), b, noise_b, r, h, w)
-    return c, t
+    return noisy_product_from_b(add_noise(a, noise_a), b, noise_b, r, h, w)
 
 
 def plain_matmul(a: np.ndarray, bt: np.ndarray, r: int, h: int, w: int) -> np.ndarray:

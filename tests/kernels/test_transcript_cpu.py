@@ -246,11 +246,9 @@ def test_noisy_product_from_clean_b_matches_the_reference(
     a_noisy = add_noise(a, noise_a)
     bt_noisy = add_noise_transposed(b, noise_b)
     c_ref, t_ref = reference_transcripts(a_noisy, bt_noisy, r, h, w)
-    c, t, bt = tc.noisy_product_from_b(a_noisy, b, noise_b, r, h, w)
+    c, t = tc.noisy_product_from_b(a_noisy, b, noise_b, r, h, w)
     np.testing.assert_array_equal(c, c_ref)
     np.testing.assert_array_equal(t, t_ref)
-    if bt is not None:
-        np.testing.assert_array_equal(bt, bt_noisy)
 
 
 def _noisy(x: np.ndarray, noise: NoiseFactors) -> np.ndarray:
