@@ -54,7 +54,9 @@
 backlog) plus that posted in it, over the window's length × the warmup rate.
 The record keeps ``job_block_share`` (blocks whose PoUW ran on a posted job),
 ``attempts_before_post`` (attempts the miners made on a job whose job_post still
-waited for its block: the stream, which pays more) and the client's verification
+waited for its block: the stream, which pays more), ``attempts_interrupted`` (attempts
+that a better-paying job, the stream's, ran inside between their strips) and the
+client's verification
 cost (Freivalds against the exact float32 BLAS matmul it replaces, and against
 fetching C).
 """
@@ -152,6 +154,7 @@ class MinerSnapshot:
     macs_jobs: int | None
     attempts: Counter[tuple[str, int]] | None
     attempts_before_post: int | None = None
+    attempts_interrupted: int | None = None
 
     @classmethod
     def of(cls, node: TestnetNode) -> MinerSnapshot:
@@ -164,6 +167,7 @@ class MinerSnapshot:
             info.get("macs_jobs"),
             None if attempted is None else Counter((j, int(m)) for j, m in attempted),
             info.get("attempts_before_post"),
+            info.get("attempts_interrupted"),
         )
 
 
@@ -748,6 +752,7 @@ def _record(
         "job_block_share": round(job_blocks / blocks, 4) if blocks else 0.0,
         "miners_report_attempts": all(s.attempts is not None for s in end),
         "attempts_before_post": _delta(start, end, "attempts_before_post"),
+        "attempts_interrupted": _delta(start, end, "attempts_interrupted"),
         "fetch_c_s": round(statistics.median(fetch_s), 6) if fetch_s else None,
         **_verification_cost(shape),
     }

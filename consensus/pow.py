@@ -158,6 +158,7 @@ def mine(
     max_attempts: int | None = None,
     on_attempt: Callable[[int], None] | None = None,
     commitment: ResultCommitment | None = None,
+    between_strips: Callable[[], None] | None = None,
 ) -> MinedBlock | None:
     """Try extra-nonces from ``first_nonce`` until a tile wins, ``stop`` is set or
     ``max_attempts`` run out (then None).
@@ -165,6 +166,8 @@ def mine(
     ``template`` carries every header field but extra_nonce, result_root and
     proof; its job must be ``job.spec``. ``commitment`` carries the job's
     result_root from earlier calls (see :class:`ResultCommitment`).
+    ``between_strips``: each attempt computes its product by row strips and calls
+    it between them (``kernels.attempt.mining_attempt``).
     """
     if template.job != job.spec:
         raise ValueError("the template's job does not match the operands")
@@ -180,7 +183,15 @@ def mine(
         seed_a, seed_b = noise_seeds(header.header_seed, job.spec)
         key = commitment.key_for(seed_a)
         res = mining_attempt(
-            job.a, job.b, seed_a, seed_b, template.target, mp, backend, ticket_key=key
+            job.a,
+            job.b,
+            seed_a,
+            seed_b,
+            template.target,
+            mp,
+            backend,
+            ticket_key=key,
+            between_strips=between_strips,
         )
         attempts += 1
         if on_attempt is not None:

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.backends import Backend, ModuleBackend, get_backend
+from kernels.backends import Backend, ModuleBackend, built_noisy_product, get_backend
 from kernels.noise import (
     NoiseFactors,
     add_noise,
-    add_noise_transposed,
     derive_noise,
     factor_stream,
     factor_values,
@@ -101,12 +100,19 @@ def mining_attempt(
     backend: Backend | str = "cpu",
     *,
     ticket_key: TicketKey,
+    between_strips: Callable[[], None] | None = None,
 ) -> AttemptResult:
     """One attempt: noise, noisy product with folds, all tickets; C = A·B via ``.c``.
 
     ``ticket_key`` is the tickets' 32-byte key, or a function of C that returns
     it: then the order is product → recovery of C → key → tickets, and ``.c``
     is already there.
+
+    ``between_strips``, if given, is called between the ``ATTEMPT_STRIPS`` row strips the
+    noisy product is then computed in (a tile's transcript depends on its own rows
+    and columns only, so the strips give the same C' and transcripts bit for bit):
+    the caller may run other work there (a miner, a better-paying job) and this
+    attempt goes on where it stopped.
     """
     m, k, n = check_job(a, b, params)
     check_seed("seed_a", seed_a)
@@ -116,14 +122,7 @@ def mining_attempt(
     be = get_backend(backend) if isinstance(backend, str) else backend
     noise_a = derive_noise(seed_a, m, k, params.r)
     noise_b = derive_noise(seed_b, n, k, params.r)
-    if isinstance(be, ModuleBackend):  # packs A' and B' from A and B where it can
-        c_noisy, transcripts = be.noisy_product_from_clean(
-            a, noise_a, b, noise_b, params.r, params.h, params.w
-        )
-    else:
-        a_noisy = add_noise(a, noise_a)
-        bt_noisy = add_noise_transposed(b, noise_b)
-        c_noisy, transcripts = be.noisy_product(a_noisy, bt_noisy, params.r, params.h, params.w)
+    c_noisy, transcripts = _noisy_product(be, a, noise_a, b, noise_b, params, between_strips)
 
     def recover() -> np.ndarray:  # from the clean B: B'ᵀ is not needed
         return recover_product(c_noisy, a, b, noise_a, noise_b)
@@ -137,6 +136,22 @@ def mining_attempt(
     tickets = all_tickets(transcripts, key)
     winners = winning_tiles(tickets, ticket_threshold(target, params.h, params.w, k))
     return AttemptResult(c_noisy, transcripts, tickets, winners, recover, c)
+
+
+def _noisy_product(
+    be: Backend,
+    a: np.ndarray,
+    noise_a: NoiseFactors,
+    b: np.ndarray,
+    noise_b: NoiseFactors,
+    params: MiningParams,
+    between_strips: Callable[[], None] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(C', transcripts) of A' = A + E_A and B' = B + E_B."""
+    r, h, w = params.r, params.h, params.w
+    if isinstance(be, ModuleBackend):  # packs A' and B' from A and B where it can
+        return be.noisy_product_from_clean(a, noise_a, b, noise_b, r, h, w, between_strips)
+    return built_noisy_product(be, a, noise_a, b, noise_b, r, h, w, between_strips)
 
 
 def tile_transcript(

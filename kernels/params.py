@@ -28,3 +28,8 @@ TRANSCRIPT_WORDS = 16
 """A tile transcript T is 16 uint32 words (64 bytes)."""
 TRANSCRIPT_ROTATION = 13
 """T[c mod 16] = rotl32(T[c mod 16], 13) XOR fold(chunk c)."""
+
+ATTEMPT_STRIPS = 4
+"""Strips of tile rows an interruptible attempt computes its noisy product in: between
+them its caller may run other work (a miner, a better-paying job), ~1/8 of an attempt's
+time on average to wait for that, against one more pass of the strip loop each."""

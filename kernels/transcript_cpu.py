@@ -33,6 +33,7 @@ the same transcript bit for bit. :func:`noisy_product`, :func:`plain_matmul` and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from kernels.backends import in_strips
 from kernels.isa import compile_target
 from kernels.noise import NoiseFactors, add_noise, add_noise_transposed
 from kernels.params import TRANSCRIPT_WORDS
@@ -394,13 +396,16 @@ def noisy_product_from_clean(
     r: int,
     h: int,
     w: int,
+    between_strips: Callable[[], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(C', T) of A' = A + E_A and B' = B + E_B from the clean A (m×k), B (k×n) and their
     noise: :func:`noisy_product_from_b` without A' as an argument.
 
     The VNNI path packs A' straight from A as well (when h = 16 and 4 | r), so neither
     noisy operand is ever built: the A' pass costs ~5 % of the product. Other paths
-    build A' and call :func:`noisy_product_from_b`.
+    build A' and call :func:`noisy_product_from_b`. ``between_strips``: computed by
+    row strips, that function called between them (the VNNI path packs both operands
+    once for all strips).
     """
     if _active == VNNI and r % 4 == 0 and h == 16:
         from kernels import transcript_vnni
@@ -417,9 +422,21 @@ def noisy_product_from_clean(
             r,
             h,
             w,
+            between_strips,
         )
         return c, t
-    return noisy_product_from_b(add_noise(a, noise_a), b, noise_b, r, h, w)
+    a_noisy = add_noise(a, noise_a)
+    if between_strips is None:
+        return noisy_product_from_b(a_noisy, b, noise_b, r, h, w)
+    bt_noisy = add_noise_transposed(b, noise_b)
+    return in_strips(
+        lambda i0, i1: noisy_product(a_noisy[i0:i1], bt_noisy, r, h, w),
+        a.shape[0],
+        b.shape[1],
+        h,
+        w,
+        between_strips,
+    )
 
 
 def plain_matmul(a: np.ndarray, bt: np.ndarray, r: int, h: int, w: int) -> np.ndarray:

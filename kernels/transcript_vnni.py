@@ -30,6 +30,8 @@ others, so they never import it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -37,7 +39,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from kernels.noise import permutation_from_stream
-from kernels.params import TRANSCRIPT_WORDS
+from kernels.params import ATTEMPT_STRIPS, TRANSCRIPT_WORDS
 from kernels.tiles import PANEL, check_chunks, copy_block, fold_tile, padded_width
 
 # A packed B' panel (kernels.tiles.PANEL = 16 columns) is one zmm of 16 int32 lanes.
@@ -370,29 +372,60 @@ def _pack_b_noisy_all(
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _all_tiles(
-    ap: np.ndarray, shifts: np.ndarray, bp: np.ndarray, r: int, w: int, n: int, fold: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """(C' m×n int32, T (m/h, n/w, 16)) from the packed operands, every tile in parallel."""
-    tm, nq, h, _ = ap.shape
+def _tiles_into(
+    ap: np.ndarray,
+    shifts: np.ndarray,
+    bp: np.ndarray,
+    r: int,
+    w: int,
+    fold: bool,
+    t0: int,
+    t1: int,
+    out: np.ndarray,
+    T: np.ndarray,
+) -> None:
+    """Tile rows ``t0 … t1`` of C' into ``out`` (m×n int32) and of T into ``T`` (m/h,
+    n/w, 16, zeroed), from the packed operands, every tile in parallel."""
+    _, nq, h, _ = ap.shape
     tn = bp.shape[0]
     k = nq // _quads(r) * r
     wp = padded_width(w)
-    out = np.empty((tm * h, n), dtype=np.int32)
-    T = np.zeros((tm, tn, TRANSCRIPT_WORDS), dtype=np.uint32)
     # A task is one B' panel strip against a group of tile rows whose A' strips stay in
     # L2 together: each B' strip then comes from L3 once per group, not once per tile.
-    group = max(1, min(tm, STRIPS_IN_L2 // max(1, k * h)))
-    groups = (tm + group - 1) // group
+    group = max(1, min(t1 - t0, STRIPS_IN_L2 // max(1, k * h)))
+    groups = (t1 - t0 + group - 1) // group
     for task in prange(groups * tn):
         g = task // tn
         tj = task % tn
         acc = np.empty((h, wp), dtype=np.int32)
         xs = np.empty((k // r, 1, LANES), dtype=np.int32)
-        for ti in range(g * group, min(tm, (g + 1) * group)):
+        for ti in range(t0 + g * group, min(t1, t0 + (g + 1) * group)):
             acc[:] = 0
             _tile_packed(ap[ti], bp[tj], shifts[ti], acc, T[ti, tj], fold, xs)
             copy_block(acc, out, ti * h, tj * w, h, w)
+
+
+def _all_tiles(
+    ap: np.ndarray,
+    shifts: np.ndarray,
+    bp: np.ndarray,
+    r: int,
+    w: int,
+    n: int,
+    fold: bool,
+    between_strips: Callable[[], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(C' m×n int32, T (m/h, n/w, 16)) from the packed operands, every tile in parallel;
+    with ``between_strips``, in ``ATTEMPT_STRIPS`` strips of tile rows, that function
+    called between them (the operands are packed once for all)."""
+    tm, _, h, _ = ap.shape
+    out = np.empty((tm * h, n), dtype=np.int32)
+    T = np.zeros((tm, bp.shape[0], TRANSCRIPT_WORDS), dtype=np.uint32)
+    step = tm if between_strips is None else max(1, -(-tm // ATTEMPT_STRIPS))
+    for t0 in range(0, tm, step):
+        if t0 and between_strips is not None:
+            between_strips()
+        _tiles_into(ap, shifts, bp, r, w, fold, t0, min(tm, t0 + step), out, T)
     return out, T
 
 
@@ -468,12 +501,14 @@ def tiled_product_noisy(
     r: int,
     h: int,
     w: int,
+    between_strips: Callable[[], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`tiled_product_noisy_b` where A' = A + E_A is packed from the clean A too
-    (h = 16, 4 | r): the miner builds neither A' nor B'ᵀ."""
+    (h = 16, 4 | r): the miner builds neither A' nor B'ᵀ. ``between_strips``: see
+    :func:`_all_tiles`."""
     ap, shifts = _pack_a_noisy_all(a, tab_a, pa, qa, r, h)
     bp = _pack_b_noisy_all(b, lt_b, pb, qb, w)
-    out, t = _all_tiles(ap, shifts, bp, r, w, b.shape[1], True)
+    out, t = _all_tiles(ap, shifts, bp, r, w, b.shape[1], True, between_strips)
     return out, t
 
 

@@ -342,9 +342,10 @@ class Node:
                 self.config.backend,
                 self.config.threads,
                 self.config.miner_nice,
+                better_work=self.work.better_work,
             )
             self.chain_service.on_tip_changed(self.miner.tip_changed)
-            self.market.on_job_ready(self.miner.tip_changed)
+            self.market.on_job_ready(self.miner.job_ready)
             self.txs.on_admitted(self._post_admitted)
         self.miner.start()
 

@@ -7,11 +7,13 @@ distinct job, PROTOCOL §8), whose result goes back to the loop either as a
 block (``submit``, awaited: the next attempt builds on it) or, when no tile
 won, as a delivered result to claim by transaction (``deliver``, not awaited:
 the next attempt runs while the node stores C, one C in flight at most). An
-attempt on a job whose job_post is still in the mempool (``claim_only``) makes
-no block, its header's job not being on chain yet (such a block would claim
-nothing): even a winning ticket only delivers C. The null job, mined when no
-posted job waits, is tried in short bursts of extra-nonces (so a new tip, job or
-transactions are picked up within a burst).
+attempt on a job whose job_post is neither on chain nor in its template
+(``claim_only``) makes no block (it would claim nothing): even a winning ticket
+only delivers C. An attempt on a posted job runs by row strips; between them, a
+job paying more that became ready (``job_ready``) is attempted first
+(``better_work``), so it waits a strip, not a whole attempt. The null job, mined
+when no posted job waits, is tried in short bursts of extra-nonces (so a new
+tip, job or transactions are picked up within a burst).
 """
 
 from __future__ import annotations
@@ -48,10 +50,16 @@ class MiningWork:
     job: Job
     txs: tuple
     committed: Callable[[np.ndarray], np.ndarray] | None = None  # tests: a wrong C to commit
+    post_pending: bool = False
+    """The job's post is still in the mempool, not in a block yet."""
     claim_only: bool = False
-    """The job's post is not in a block yet: the result is claimed by job_result once it
-    is, and a winning ticket is not published (a block on a job not on chain would claim
-    nothing)."""
+    """The job's post is neither in a block yet nor in ``txs``: the result is claimed by
+    job_result once it is, and a winning ticket is not published (the block would claim
+    nothing). With the post in ``txs`` a winning ticket makes a block that posts the job
+    and claims it."""
+    rate: float = 0.0
+    """What the job pays per MAC (0: the null job): a job ready that pays more interrupts
+    an attempt on this one between its row strips."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,8 @@ class MinerCounters:
     attempts_before_post: int
     attempted_jobs: list[tuple[bytes, int]]
     """(job id, MACs) of the newest posted-job attempts (``ATTEMPTS_KEPT``), oldest first."""
+    interruptions: int = 0
+    """Attempts that a better-paying job ran inside, between their strips."""
 
 
 class Miner:
@@ -80,17 +90,30 @@ class Miner:
         backend: str = "cpu",
         threads: int | None = None,
         nice: int = 0,
+        better_work: Callable[[MiningWork], Coroutine[Any, Any, MiningWork | None]] | None = None,
     ) -> None:
+        """``better_work``: asked, between the row strips of an attempt on a posted job,
+        once a job paying more is ready (``job_ready``), for work on such a job (None:
+        none is ours to take); the attempt waits while it runs."""
         self.params = params
         self.loop = loop
         self.get_work = get_work
         self.submit = submit
         self.deliver = deliver
+        self.better_work = better_work
         self.backend = backend
         self.threads = threads
         self.nice = nice
         self._stop = threading.Event()
         self._new_tip = threading.Event()
+        self._ready_rate = 0.0
+        """The best pay per MAC of the jobs made ready since the last look (``job_ready``)."""
+        self._delivering: Future[None] | None = None
+        """The last result handed to ``deliver``: the kernel goes on with the next job while
+        the node stores C and claims it, but waits for it before handing over another (one C
+        at a time in flight: memory stays bounded if stores fall behind)."""
+        self.interruptions = 0
+        """Attempts interrupted by a better-paying job (run between their strips)."""
         self._thread: threading.Thread | None = None
         # The counters below change together, on the miner thread: ``counters`` reads them
         # under this lock, so a reader never sees an attempt in one and not in another.
@@ -132,6 +155,12 @@ class Miner:
         """Abandon the current template at the end of the running attempt."""
         self._new_tip.set()
 
+    def job_ready(self, rate: float) -> None:
+        """A job's operands are ready, paying ``rate`` per MAC: the null job's burst ends,
+        and a running attempt on a job paying less asks for it between its strips."""
+        self._ready_rate = max(self._ready_rate, rate)
+        self._new_tip.set()
+
     def hashrate(self) -> float:
         """Multiply-accumulates per second over the last ~10 s."""
         now = time.monotonic()
@@ -152,6 +181,7 @@ class Miner:
                 self.jobs_attempted,
                 self.attempts_before_post,
                 list(self.attempted_jobs),
+                self.interruptions,
             )
 
     def _count(self, macs: int, work: MiningWork) -> None:
@@ -164,7 +194,7 @@ class Miner:
             else:
                 self.macs_jobs += macs
                 self.jobs_attempted += 1
-                self.attempts_before_post += work.claim_only
+                self.attempts_before_post += work.post_pending
                 self.attempted_jobs.append((job_id, macs))
         self._rate_window.append((time.monotonic(), macs))
         if len(self._rate_window) > 10_000:
@@ -182,10 +212,6 @@ class Miner:
 
             # Numba's thread count is per calling thread: set it in the miner's own.
             numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
-        # The last result handed to ``deliver``: the kernel goes on with the next job while
-        # the node stores C and claims it, but waits for it before handing over another
-        # (one C at a time in flight: memory stays bounded if stores fall behind).
-        delivering: Future[None] | None = None
         while not self._stop.is_set():
             try:
                 work = asyncio.run_coroutine_threadsafe(self.get_work(), self.loop).result(30)
@@ -198,31 +224,65 @@ class Miner:
                 continue
             self._new_tip.clear()
             try:
-                found, commitment = self._attempt(work)
+                found, commitment = self._attempt(work, interruptible=True)
             except Exception as e:
                 self.last_error = str(e)
                 log.exception("mining failed")
                 self._stop.wait(1.0)
                 continue
-            try:
-                if found is not None and not work.claim_only:
-                    self.blocks_found += 1
-                    # Waited for: the next work must be on the block's tip.
-                    outcome = self.submit(found, work)
-                    asyncio.run_coroutine_threadsafe(outcome, self.loop).result(60)
-                elif commitment.product is not None and commitment.root is not None:
-                    last, delivering = delivering, None
-                    if last is not None:
-                        last.result(60)  # (its failure is logged once, below)
-                    outcome = self.deliver(work, commitment.root, commitment.product)
-                    delivering = asyncio.run_coroutine_threadsafe(outcome, self.loop)
-            except Exception as e:
-                if self._stop.is_set():
-                    return
+            self._hand_over(work, found, commitment)
+
+    def _hand_over(
+        self, work: MiningWork, found: MinedBlock | None, commitment: ResultCommitment
+    ) -> None:
+        """An attempt's outcome to the node: a block (waited for: the next work must be on
+        its tip), else a posted job's result to deliver (not waited for)."""
+        try:
+            if found is not None and not work.claim_only:
+                self.blocks_found += 1
+                outcome = self.submit(found, work)
+                asyncio.run_coroutine_threadsafe(outcome, self.loop).result(60)
+            elif commitment.product is not None and commitment.root is not None:
+                last, self._delivering = self._delivering, None
+                if last is not None:
+                    last.result(60)  # (its failure is logged once, below)
+                outcome = self.deliver(work, commitment.root, commitment.product)
+                self._delivering = asyncio.run_coroutine_threadsafe(outcome, self.loop)
+        except Exception as e:
+            if not self._stop.is_set():
                 log.warning("handing a mining result to the node failed: %s", e)
 
-    def _attempt(self, work: MiningWork) -> tuple[MinedBlock | None, ResultCommitment]:
-        """One attempt on a posted job; a burst of attempts on the null job."""
+    def _between_strips(self, work: MiningWork) -> None:
+        """Between two strips of an attempt on ``work``: if a job paying more became
+        ready, attempt it now (whole, not interruptible) and hand its outcome over; the
+        attempt on ``work`` then goes on. Its template may be stale by then: a winning
+        ticket of it makes a stale block, whose C is delivered all the same."""
+        if self.better_work is None or self._ready_rate <= work.rate or self._stop.is_set():
+            return
+        self._ready_rate = 0.0
+        try:
+            asked = self.better_work(work)
+            better = asyncio.run_coroutine_threadsafe(asked, self.loop).result(30)
+        except Exception as e:
+            log.warning("could not get better-paying work: %s", e)
+            return
+        if better is None:
+            return
+        with self._counting:
+            self.interruptions += 1
+        try:
+            found, commitment = self._attempt(better, interruptible=False)
+        except Exception as e:  # that job's failure is not this attempt's
+            self.last_error = str(e)
+            log.exception("mining a better-paying job failed")
+            return
+        self._hand_over(better, found, commitment)
+
+    def _attempt(
+        self, work: MiningWork, interruptible: bool = False
+    ) -> tuple[MinedBlock | None, ResultCommitment]:
+        """One attempt on a posted job (``interruptible``: by a better-paying one, between
+        its strips); a burst of attempts on the null job."""
         # A random start: a template reused for another attempt never repeats work.
         first_nonce = secrets.randbits(63)
         last = self._commitment
@@ -239,6 +299,9 @@ class Miner:
             max_attempts = None
         else:
             stop, max_attempts = self._stop, 1
+        between = None
+        if interruptible and not work.job.null and self.better_work is not None:
+            between = lambda: self._between_strips(work)  # noqa: E731
         found = mine(
             work.template,
             work.job,
@@ -249,6 +312,7 @@ class Miner:
             max_attempts=max_attempts,
             on_attempt=lambda macs: self._count(macs, work),
             commitment=commitment,
+            between_strips=between,
         )
         return found, commitment
 

@@ -104,25 +104,39 @@ class WorkSource:
 
     async def work(self) -> MiningWork:
         """What the miner attempts next: the next posted job of the market's queue
-        (one attempt each), else the null job on the tip. A job whose job_post has
-        not reached a block yet is handed out ``claim_only``: no block is made on its
-        header, its result is delivered and claimed once the post lands.
+        (one attempt each), else the null job on the tip.
 
         The header commits the job, so each job gets its own header: the tip's
         template (same transactions, same state root) with its job field set.
         The template is reused while the tip and mempool stay, and refreshed for
         new transactions no more often than the module docstring says.
         """
+        return self._work_on(self.market.next_job() or self.null_job(self.chain.tip.hash))
+
+    async def better_work(self, current: MiningWork) -> MiningWork | None:
+        """Work on a job paying more per MAC than ``current``'s, ready and ours to take
+        (the miner runs it between the strips of its attempt on ``current``), or None."""
+        job = self.market.next_job(above=current.rate)
+        return None if job is None else self._work_on(job)
+
+    def _work_on(self, job: Job) -> MiningWork:
+        """``job`` on the tip's template. A job whose job_post has not reached a block is
+        handed out ``claim_only`` unless the template carries the post (then a winning
+        ticket makes a block that posts the job and claims it at once): no block is made
+        on its header, its result is delivered and claimed once the post lands."""
         tip = self.chain.tip.hash
-        job = self.market.next_job() or self.null_job(tip)
         check_job_shape(job.spec, self.params)
         template, txs = self._template(tip, job.spec)
+        post = self.market.post_of(job)
+        body = self._body
         return MiningWork(
             template=dataclasses.replace(template, job=job.spec),
             job=job,
             txs=txs,
             committed=self.market.wrong_result(job),
-            claim_only=self.market.before_post(job),
+            post_pending=post is not None,
+            claim_only=post is not None and (body is None or post not in body.txids),
+            rate=self.market.rate_of(job),
         )
 
     def _template(self, tip: bytes, job: JobSpec) -> tuple[BlockHeader, tuple[Transaction, ...]]:

@@ -274,7 +274,9 @@ def register_methods(rpc: RpcServer, node: NodeApi) -> None:
         """The miner's figures: MACs in all (``macs_done``), on null and on posted jobs,
         posted-job attempts (``jobs_attempted``; the newest 10,000 as [job id, MACs] in
         ``attempted_jobs``; ``attempts_before_post`` of them made while the job's post
-        waited for its block), the job_result claims this node sent (``claims_sent``) and
+        waited for its block; ``attempts_interrupted``: attempts that a better-paying job
+        ran inside, between their row strips), the job_result claims this node sent
+        (``claims_sent``) and
         how many other miners it splits the posted jobs with (``miners_seen``)."""
         m = node.miner
         # One consistent read: the miner thread counts while the RPC runs.
@@ -289,6 +291,7 @@ def register_methods(rpc: RpcServer, node: NodeApi) -> None:
             "macs_jobs": counted.macs_jobs,
             "jobs_attempted": counted.jobs_attempted,
             "attempts_before_post": counted.attempts_before_post,
+            "attempts_interrupted": counted.interruptions,
             "claims_sent": node.market.claims_sent,
             "miners_seen": len(node.market.rivals()),
             "attempted_jobs": [[j.hex(), n] for j, n in counted.attempted_jobs],

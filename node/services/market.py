@@ -12,11 +12,15 @@
   does not wait between attempts; those of a job whose job_post is still in
   the mempool too, so that it can be attempted as soon as its block lands.
 * A job whose job_post is still in the mempool is attempted before its block
-  (``claim_only``: no block is made from it, one would claim nothing) when it
-  pays strictly more per MAC than the open job the miner would otherwise take
-  (the null job pays nothing), at most ``EARLY_PER_TIP`` per tip: C is ready
-  when the post lands, and the claim goes out at the first flush after that
-  block. A job paying what the open ones pay waits for its block, as they do.
+  when it pays strictly more per MAC than the open job the miner would otherwise
+  take (the null job pays nothing), at most ``EARLY_PER_TIP`` per tip: on a
+  template that carries the post a winning ticket makes a block that posts and
+  claims the job; otherwise (``claim_only``: a block would claim nothing) C is
+  ready when the post lands, and the claim goes out at the first flush after
+  that block. A job paying what the open ones pay waits for its block, as they do.
+* A job paying more than the one being mined is offered inside the running
+  attempt, between its strips (``next_job(above=)``, asked once its operands are
+  ready: the ``on_job_ready`` listeners hear its pay).
 * A block on a posted job: C is kept as a row-chunked blob whose id is the
   block's result_root, so requesters (and fraud provers) can fetch it.
 * An attempt that did not win is delivered all the same: C is kept the same
@@ -112,9 +116,9 @@ CLAIM_FEE = 1_000
 """The job_result's transaction fee: the wallet's default. There is no minimum fee
 rule; a fee keeps the claim ahead of zero-fee transactions in a full mempool."""
 EARLY_PER_TIP = 2
-"""Jobs attempted before their job_post's block, per tip, at most: such an attempt makes
-no block, so posts that keep coming (or never land) cannot hold the miner off the
-attempts that make the blocks which land them."""
+"""Jobs attempted before their job_post's block, per tip, at most: most such attempts make
+no block (those on a template without the post), so posts that keep coming (or never
+land) cannot hold the miner off the attempts that make the blocks which land them."""
 EARLY_RESULT_BLOCKS = 20
 """A result computed before its job_post's block is kept this many blocks, at most,
 while the post waits: a post that never lands leaves no blob behind."""
@@ -199,7 +203,7 @@ class MarketService:
         self._admit_tx = admit_tx
         self.miner_address = miner_address
         self.claim_key = claim_key
-        self._job_ready_listeners: list[Callable[[], None]] = []
+        self._job_ready_listeners: list[Callable[[float], None]] = []
         self.dishonest = dishonest
         self.jobs: dict[bytes, Job] = {}  # job id → verified operands
         # Downloads under way: job id → (its task, the bytes its operands will hold).
@@ -209,6 +213,7 @@ class MarketService:
         self._rivals_of: tuple[bytes, frozenset[bytes]] | None = None
         self._order_of: tuple[bytes, list[tuple[bool, bytes, dict[str, Any]]]] | None = None
         self._ready_at: dict[bytes, float] = {}  # job id → when its operands were ready
+        self._pay: dict[bytes, float] = {}  # job id → its reward per MAC (operands held)
         # Jobs whose job_post is still in the mempool: job id → (its txid, its record).
         self._pending_posts: OrderedDict[bytes, tuple[bytes, dict[str, Any]]] = OrderedDict()
         self._posts_read = 0  # mempool admissions looked at for job_posts
@@ -225,9 +230,10 @@ class MarketService:
         self.jobs_mined = 0
         self.claims_sent = 0
 
-    def on_job_ready(self, listener: Callable[[], None]) -> None:
-        """``listener`` hears that a job's operands are ready to mine (the miner: leave
-        the null job at the end of its burst)."""
+    def on_job_ready(self, listener: Callable[[float], None]) -> None:
+        """``listener`` hears that a job's operands are ready to mine, and what it pays
+        per MAC (the miner: leave the null job at the end of its burst, and look for a
+        better-paying job between the strips of its attempt)."""
         self._job_ready_listeners.append(listener)
 
     def _job_id(self, spec: JobSpec) -> bytes:
@@ -334,6 +340,8 @@ class MarketService:
             del self.jobs[job_id]
         for job_id in [j for j in self._ready_at if j not in self.jobs]:
             del self._ready_at[job_id]
+        for job_id in [j for j in self._pay if j not in self.jobs]:
+            del self._pay[job_id]
         for job_id in [j for j in self._seen_at if j not in still_open]:
             del self._seen_at[job_id]
         self._unavailable &= still_open
@@ -341,7 +349,7 @@ class MarketService:
     def _claimed(self, job_id: bytes) -> bool:
         return self.mempool.claim_of(job_id) is not None
 
-    def next_job(self) -> Job | None:
+    def next_job(self, above: float | None = None) -> Job | None:
         """The posted job to attempt next, or None (mine the null job).
 
         Each job is handed out once: a job whose operands we hold, not claimed
@@ -349,14 +357,19 @@ class MarketService:
         best-paying ones. Miners split that pool without talking (``pick_job``)
         among the miners seen lately. Only when no job waits does an earlier one
         come back (``RETRY_AFTER_S``). A job whose post still waits for its block
-        comes first if it pays more (``before_post``; see the module docstring).
+        comes first if it pays more (``post_of``; see the module docstring).
         Starts fetching the operands of the jobs that come next.
+
+        ``above``: only a job paying more than that per MAC, and none again (the miner
+        runs it inside a running attempt on a job paying ``above``).
         """
         open_jobs = self.open_jobs()
         self._prefetch(open_jobs)
         now = time.monotonic()
-        picked = self._pick_open(open_jobs, now)
-        rate = next((r for r, job_id, _ in open_jobs if job_id == picked), 0.0)
+        if above is not None:
+            open_jobs = [t for t in open_jobs if t[0] > above]
+        picked = self._pick_open(open_jobs, now, retry=above is None)
+        rate = next((r for r, job_id, _ in open_jobs if job_id == picked), above or 0.0)
         job_id = self._pick_before_post(rate) or picked
         if job_id is None:
             return None
@@ -367,9 +380,10 @@ class MarketService:
         return self.jobs[job_id]
 
     def _pick_open(
-        self, open_jobs: list[tuple[float, bytes, dict[str, Any]]], now: float
+        self, open_jobs: list[tuple[float, bytes, dict[str, Any]]], now: float, retry: bool
     ) -> bytes | None:
-        """The open job ``next_job`` takes, if any."""
+        """The open job ``next_job`` takes, if any (``retry``: one attempted before, when
+        none waits)."""
         waiting = [
             (rate, job_id)
             for rate, job_id, _ in open_jobs
@@ -383,10 +397,12 @@ class MarketService:
                 self.rivals(),
                 lambda job_id: now - self._ready_at.get(job_id, now) >= HELP_AFTER_S,
             )
+        if not retry:
+            return None
         # A node that cannot claim by transaction delivers only by winning a block:
         # it tries again at once, as another miner's claim is not on its way.
         wait = RETRY_AFTER_S if self.claim_key is not None else 0.0
-        retry = [
+        again = [
             (when, job_id)
             for _, job_id, _ in open_jobs
             if (when := self._attempted.get(job_id)) is not None
@@ -394,7 +410,7 @@ class MarketService:
             and job_id in self.jobs
             and not self._claimed(job_id)
         ]
-        return min(retry)[1] if retry else None
+        return min(again)[1] if again else None
 
     def _pick_before_post(self, rate: float) -> bytes | None:
         """A job of our share whose job_post is still in the mempool, paying more per MAC
@@ -431,11 +447,18 @@ class MarketService:
         if open_jobs and _rate({"reward": p.fee, "m": p.m, "k": p.k, "n": p.n}) > open_jobs[0][0]:
             self._prefetch(open_jobs)
 
-    def before_post(self, job: Job) -> bool:
-        """Whether ``job``'s job_post is still in the mempool: an attempt on it can make
-        no block (one would claim nothing, its job not being on chain), only a result to
-        claim."""
-        return not job.null and self._job_id(job.spec) in self._pending_posts
+    def post_of(self, job: Job) -> bytes | None:
+        """The txid of ``job``'s job_post if it is still in the mempool: only a block that
+        carries it claims the job (an attempt on a template without it delivers a result
+        to claim), else None."""
+        if job.null:
+            return None
+        pending = self._pending_posts.get(self._job_id(job.spec))
+        return None if pending is None else pending[0]
+
+    def rate_of(self, job: Job) -> float:
+        """What ``job`` pays per MAC (its reward over m·k·n; 0 for the null job)."""
+        return 0.0 if job.null else self._pay.get(self._job_id(job.spec), 0.0)
 
     def rivals(self) -> frozenset[bytes]:
         """The other miners seen lately: those of the last ``RIVALS_BLOCKS`` blocks and
@@ -632,9 +655,10 @@ class MarketService:
             return
         self.jobs[job_id] = job
         self._ready_at[job_id] = time.monotonic()
+        self._pay[job_id] = _rate(rec)
         log.info("job %s: operands %dx%d·%dx%d ready to mine", job_id.hex()[:16], m, k, k, n)
         for listener in self._job_ready_listeners:
-            listener()
+            listener(self._pay[job_id])
 
     def wrong_result(self, job: Job) -> Callable[[np.ndarray], np.ndarray] | None:
         """What a ``--dishonest-results`` miner commits instead of C on a posted job

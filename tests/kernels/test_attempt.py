@@ -85,6 +85,57 @@ def test_a_backend_module_with_only_noisy_product_matches_the_reference(monkeypa
     assert np.array_equal(res.transcripts, transcripts) and np.array_equal(res.c, c)
 
 
+class _PlainBackend:
+    """A backend that is not a kernel module: only the Backend protocol's two products."""
+
+    name = "plain"
+
+    def noisy_product(self, a_noisy, bt_noisy, r, h, w):
+        return transcript_cpu.noisy_product(a_noisy, bt_noisy, r, h, w)
+
+    def plain_matmul(self, a, bt, r, h, w):
+        return transcript_cpu.plain_matmul(a, bt, r, h, w)
+
+
+def _only_noisy_product(monkeypatch):
+    shim = types.ModuleType("strip_shim")
+    shim.noisy_product = transcript_cpu.noisy_product
+    monkeypatch.setitem(sys.modules, "strip_shim", shim)
+    return ModuleBackend("shim", "strip_shim")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "module with only noisy_product", "not a module"])
+@pytest.mark.parametrize(("m", "between"), [(16, 0), (48, 2), (80, 2), (128, 3)])
+def test_an_attempt_by_strips_with_other_work_between_them_matches_the_reference(
+    monkeypatch, backend, m, between
+):
+    """An attempt computed by row strips, with another whole attempt run between every
+    two of them (what a miner does when a better-paying job arrives), gives the reference's
+    C' transcripts and C, and so does the attempt run in between; the strips are whole
+    tiles, one call between each two (none for a single tile row)."""
+    be = {
+        "cpu": "cpu",
+        "module with only noisy_product": _only_noisy_product(monkeypatch),
+        "not a module": _PlainBackend(),
+    }[backend]
+    a, b = _operands("random", m, 128, 48)
+    other_a, other_b = _operands("random", 32, 192, 32)
+    inner: list = []
+
+    def between_strips():
+        inner.append(mining_attempt(other_a, other_b, SEED_B, SEED_A, 1, ticket_key=KEY))
+
+    res = mining_attempt(
+        a, b, SEED_A, SEED_B, 1, backend=be, ticket_key=KEY, between_strips=between_strips
+    )
+    c, _, transcripts = reference_attempt(a, b, SEED_A, SEED_B, 64, 16, 16)
+    assert np.array_equal(res.transcripts, transcripts) and np.array_equal(res.c, c)
+    assert len(inner) == between
+    other_c, _, other_t = reference_attempt(other_a, other_b, SEED_B, SEED_A, 64, 16, 16)
+    for r in inner:
+        assert np.array_equal(r.transcripts, other_t) and np.array_equal(r.c, other_c)
+
+
 def test_attempt_on_a_misaligned_or_fortran_a_matches_the_reference():
     """The miner reads A as 32-bit words while it packs A' from it: a buffer off by
     one byte, or a Fortran-ordered A, gives the reference's transcripts all the same."""

@@ -26,7 +26,7 @@ async def test_the_next_job_is_attempted_while_the_last_result_is_stored():
         job = SimpleNamespace(null=False, spec=None)
         return MiningWork(template=None, job=job, txs=())  # type: ignore[arg-type]
 
-    def attempt(work: MiningWork) -> tuple[None, SimpleNamespace]:
+    def attempt(work: MiningWork, interruptible: bool = False) -> tuple[None, SimpleNamespace]:
         seen_in_flight.append(in_flight[0])
         if len(seen_in_flight) == 2:
             next_attempt_started.set()
@@ -52,3 +52,85 @@ async def test_the_next_job_is_attempted_while_the_last_result_is_stored():
     assert next_attempt_started.is_set(), "the kernel waited for C to be stored"
     assert seen_in_flight[:2] == [0, 1]
     assert max(seen_in_flight) <= 1
+
+
+def _interrupting_miner(loop, ready_rate: float, events: list[str], delivered: list[str]):
+    """A miner whose kernel is faked: an attempt on job "outer" (paying 1 per MAC) hears,
+    before its second strip, that a job paying ``ready_rate`` is ready; ``better_work``
+    offers job "inner" (paying 2) then. ``events`` and ``delivered`` record the order."""
+    miner: Miner
+    strips_seen: dict[str, bool] = {}
+
+    def work_on(name: str, rate: float) -> MiningWork:
+        job = SimpleNamespace(null=False, spec=name, name=name)
+        return MiningWork(template=None, job=job, txs=(), rate=rate)  # type: ignore[arg-type]
+
+    async def get_work() -> MiningWork:
+        if "start outer" in events:
+            miner._stop.set()
+        return work_on("outer", 1.0)
+
+    async def better_work(current: MiningWork) -> MiningWork | None:
+        events.append(f"asked above {current.rate:g}")
+        return work_on("inner", 2.0) if current.rate < 2.0 else None
+
+    def fake_mine(template, job, params, backend, *, stop, commitment, between_strips, **_):
+        strips_seen[job.name] = between_strips is not None
+        events.append(f"start {job.name}")
+        if job.name == "outer":
+            miner.job_ready(ready_rate)  # the market: operands of a job paying that are here
+            for _ in range(3):
+                between_strips()
+        events.append(f"end {job.name}")
+        commitment.product, commitment.root = np.zeros((2, 2), np.int32), job.name.encode()
+        return None
+
+    async def deliver(work: MiningWork, root: bytes, product: np.ndarray) -> None:
+        delivered.append(root.decode())
+
+    async def submit(*_: object) -> None:
+        raise AssertionError("no block is found here")
+
+    miner = Miner(MID, loop, get_work, submit, deliver, better_work=better_work)
+    return miner, fake_mine, strips_seen
+
+
+async def test_a_better_paying_job_ready_mid_attempt_runs_between_its_strips(monkeypatch):
+    """A job paying more whose operands arrive while the miner is computing a cheaper
+    one does not wait for that attempt's end: the attempt stops after its running strip,
+    the better-paying job is attempted whole and its result delivered first, then the
+    interrupted attempt goes on and delivers its own. Only one job is asked for."""
+    from node import miner as miner_module
+
+    events: list[str] = []
+    delivered: list[str] = []
+    miner, fake_mine, strips_seen = _interrupting_miner(
+        asyncio.get_running_loop(), 2.0, events, delivered
+    )
+    monkeypatch.setattr(miner_module, "mine", fake_mine)
+    miner.start()
+    await asyncio.wait_for(asyncio.to_thread(miner._thread.join, 10), 15)
+    await miner.stop()
+    await asyncio.sleep(0)  # the last delivery's coroutine
+    assert events[:5] == ["start outer", "asked above 1", "start inner", "end inner", "end outer"]
+    assert events.count("asked above 1") == 1  # asked once per job made ready
+    assert delivered[:2] == ["inner", "outer"]
+    assert strips_seen == {"outer": True, "inner": False}  # one level deep
+    assert miner.counters().interruptions == 1
+
+
+async def test_a_job_ready_that_pays_no_more_does_not_interrupt(monkeypatch):
+    """A job made ready that pays what the running attempt's job pays (or less) waits for
+    that attempt's end: the miner does not even ask for it."""
+    from node import miner as miner_module
+
+    events: list[str] = []
+    delivered: list[str] = []
+    miner, fake_mine, _ = _interrupting_miner(asyncio.get_running_loop(), 1.0, events, delivered)
+    monkeypatch.setattr(miner_module, "mine", fake_mine)
+    miner.start()
+    await asyncio.wait_for(asyncio.to_thread(miner._thread.join, 10), 15)
+    await miner.stop()
+    assert events[:2] == ["start outer", "end outer"]
+    assert not any(e.startswith("asked") for e in events)
+    assert miner.counters().interruptions == 0

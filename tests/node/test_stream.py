@@ -109,9 +109,9 @@ def _block_for(node: Node, txs: tuple[Transaction, ...] = (), miner=MINER_KEY) -
     """A valid next block for the node's tip, mined on a private copy of its chain; by
     default by the node's own miner, so that no other miner shares the queue."""
     chain, clock = new_chain()
+    clock.now = max(clock.now, node.chain.tip.header.timestamp_ms)  # (blocks the node mined)
     for h in node.chain.active[1:]:
         chain.add_block(node.chain.blocks[h])
-    clock.now = max(clock.now, node.chain.tip.header.timestamp_ms)
     return next_block(chain, clock, txs, miner=miner)
 
 
@@ -164,7 +164,7 @@ async def test_jobs_fetched_ahead_of_their_block_do_not_stand_in_for_minable_one
     [(_, _, open_id)] = jobs = _jobs(1)
     await _post(node, jobs)
     early = await node.work.work()  # the better-paying job, while its post waits
-    assert early.claim_only and _id(early) == waiting_id
+    assert early.post_pending and _id(early) == waiting_id
     assert (await node.work.work()).job.null  # the open job's operands are not held yet
     await _until(lambda: open_id in node.market.jobs, 10, "the open job's operands")
     assert _id(await node.work.work()) == open_id
@@ -647,18 +647,25 @@ async def test_a_better_paying_job_is_computed_while_its_post_waits_and_claimed_
     node, monkeypatch
 ):
     """A job paying twice the open one is attempted while its job_post is still in the
-    mempool. Its attempt "wins" (the target is the largest), yet no block comes of it: a
-    block on a job not on chain would claim nothing. C is kept, and the claim is pending as
-    soon as the post's block is processed, not at the next recheck of the results."""
+    mempool, on a template from before the post came (templates are reused a while). Its
+    attempt "wins" (the target is the largest), yet no block comes of it: a block without
+    the post would claim nothing. C is kept, and the claim is pending as soon as the post's
+    block is processed, not at the next recheck of the results."""
     monkeypatch.setattr(market_module, "CLAIM_RECHECK_S", 60.0)
     ((_, _, backlog_id),) = jobs = _jobs(1)
     await _post(node, jobs)
+    monkeypatch.setattr(node.work, "_refresh_s", 3600.0)  # this tip's template stays
+    assert (await node.work.work()).job.null  # the template, before the post
     [(rich, _, _)] = _jobs(1)
     rich_id = _admit_post(node, rich, 2 * REWARD)
-    await _operands_ready(node, 2)
+    node.market.post_admitted(_pending_post(rich, 2 * REWARD).txid)  # fetched at once
+    await _until(lambda: len(node.market.jobs) == 2, 30, "operands of both jobs")
     real_work = node.work.work
+    handed: list[MiningWork] = []
     # Attempts before the post would all win; others all lose: no block comes from here.
-    _set_targets(node, monkeypatch, lambda w: MAX_TARGET if w.claim_only else 1)
+    _set_targets(
+        node, monkeypatch, lambda w: handed.append(w) or (MAX_TARGET if w.post_pending else 1)
+    )
     height = node.chain.height
     node.start_mining()
     await _until(lambda: node.miner.jobs_attempted == 2, 60, "both jobs attempted")
@@ -670,6 +677,7 @@ async def test_a_better_paying_job_is_computed_while_its_post_waits_and_claimed_
     assert [j for j, _ in info["attempted_jobs"]] == [rich_id.hex(), backlog_id.hex()]
     assert info["attempts_before_post"] == 1 and info["macs_jobs"] == 2 * M * K * N
     assert info["blocks_found"] == 0 and node.chain.height == height
+    assert [w.claim_only for w in handed if _id(w) == rich_id] == [True]
     assert node.mempool.claim_of(rich_id) is None  # its job is not open yet
     await _until(lambda: node.mempool.claim_of(backlog_id) is not None, 10, "the open claim")
 
@@ -687,6 +695,65 @@ async def test_a_better_paying_job_is_computed_while_its_post_waits_and_claimed_
     assert all(_id(w) != rich_id for w in [await real_work() for _ in range(3)])
 
 
+async def test_a_job_attempted_on_a_template_carrying_its_post_posts_and_claims_it_at_once(
+    node, monkeypatch
+):
+    """A better-paying job attempted while its job_post waits, on a template that carries
+    that post: a winning ticket makes a block that posts the job and claims it, so its
+    result is there one block earlier. The tip's claim shows as pending (kind "block"),
+    and is recorded as the block's child lands."""
+    [(rich, _, _)] = _jobs(1)
+    rich_id = _admit_post(node, rich, 2 * REWARD)
+    await _operands_ready(node, 1)
+    # Every attempt wins on MID; all but the one before the post lose here.
+    _set_targets(node, monkeypatch, lambda w: None if w.post_pending else 1)
+    height = node.chain.height
+    node.start_mining()
+    await _until(lambda: node.chain.height == height + 1, 60, "the job's block")
+    await node.stop_mining()
+    tip = node.chain.tip
+    assert tip.header.job.job_id(MID.rank, MID.tile_h, MID.tile_w) == rich_id
+    block = node.chain.blocks[tip.hash]
+    assert [tx.txid for tx in block.txs] == [_pending_post(rich, 2 * REWARD).txid]
+    c = _product(rich)
+    assert tip.header.result_root == matrix_rows_root(c)
+    assert await node.fetch_blob(tip.header.result_root, 1.0) == c.astype("<i4").tobytes()
+    info = (await rpc_call(node, "getmininginfo"))["result"]
+    assert info["attempts_before_post"] == 1 and info["blocks_found"] == 1
+    job = (await rpc_call(node, "getjob", rich_id.hex()))["result"]
+    assert job["status"] == "open" and job["pending_claim_kind"] == "block"
+    assert (await node.process_block(_block_for(node), None)) is not None
+    rec = job_record(node.chain.state, rich_id)
+    assert rec["status"] == "mined" and rec["claim_kind"] == "block"
+    assert rec["claimant"] == MINER_KEY.address and rec["claim_height"] == height + 1
+
+
+async def test_a_miner_interrupted_for_a_better_paying_job_is_offered_only_such_a_job(
+    node, monkeypatch
+):
+    """What the miner may run inside an attempt (``next_job(above=)``): a job paying more
+    per MAC than the one it is computing, held and not attempted; never a retry of one
+    attempted before, which the miner gets only when it asks for its next job."""
+    monkeypatch.setattr(market_module, "RETRY_AFTER_S", 0.0)
+    (cheap, _, cheap_id), (dear, _, _) = _jobs(2)
+    posts = []
+    for nonce, (job, reward) in enumerate(((cheap, REWARD), (dear, 3 * REWARD))):
+        post = JobPostPayload(M, K, N, job.spec.root_a, job.spec.root_b, reward, 1_000)
+        tx = signed_transaction(ALICE, chain_id=MID.chain_id, nonce=nonce, fee=10, payload=post)
+        posts.append((job, tx, job_id_of(post, MID)))
+    dear_id = posts[1][2]
+    await _post(node, posts)
+    await _operands_ready(node, 2)
+    cheap_rate = node.market.rate_of(cheap)
+    assert cheap_rate == REWARD / (M * K * N) and node.market.rate_of(dear) == 3 * cheap_rate
+    assert node.market.next_job(above=3 * cheap_rate) is None  # nothing pays more than that
+    assert node.market._job_id(node.market.next_job(above=cheap_rate).spec) == dear_id
+    assert node.market.next_job(above=cheap_rate) is None  # dear is attempted: no retry
+    assert node.market._job_id(node.market.next_job().spec) == cheap_id
+    assert node.market.next_job(above=0.0) is None  # both attempted: still no retry
+    assert node.market.next_job() is not None  # the miner's own ask retries one
+
+
 async def test_a_post_paying_what_the_open_jobs_pay_waits_behind_them(node):
     """A job_post paying what the open jobs pay waits for its block behind them, as
     they did; with nothing open left it goes before the null job, which pays nothing."""
@@ -697,9 +764,9 @@ async def test_a_post_paying_what_the_open_jobs_pay_waits_behind_them(node):
     await _operands_ready(node, 3)
     handed = [await node.work.work() for _ in range(2)]
     assert sorted(_id(w) for w in handed) == sorted(job_id for _, _, job_id in jobs)
-    assert not any(w.claim_only for w in handed)
+    assert not any(w.post_pending for w in handed)
     early = await node.work.work()
-    assert _id(early) == same_id and early.claim_only
+    assert _id(early) == same_id and early.post_pending
     assert (await node.work.work()).job.null  # each job once, this one included
 
 
@@ -713,11 +780,11 @@ async def test_attempts_before_their_post_are_bounded_per_tip(node, monkeypatch)
     }
     await _operands_ready(node, 2)
     first = await node.work.work()
-    assert first.claim_only and _id(first) in ids
+    assert first.post_pending and _id(first) in ids
     assert (await node.work.work()).job.null  # the tip's allowance is spent
     assert (await node.process_block(_block_for(node), None)) is not None
     second = await node.work.work()
-    assert second.claim_only and {_id(first), _id(second)} == ids
+    assert second.post_pending and {_id(first), _id(second)} == ids
 
 
 async def test_a_result_computed_before_a_post_that_never_lands_is_not_kept(node, monkeypatch):
@@ -729,7 +796,7 @@ async def test_a_result_computed_before_a_post_that_never_lands_is_not_kept(node
     job_id = _admit_post(node, job, 2 * REWARD)
     await _operands_ready(node, 1)
     work = await node.work.work()
-    assert _id(work) == job_id and work.claim_only
+    assert _id(work) == job_id and work.post_pending
     c = _product(job)
     root = matrix_rows_root(c)
     await node.market.deliver(work.job, root, c)
