@@ -30,6 +30,7 @@ import contextlib
 import hmac
 import logging
 import struct
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -372,6 +373,8 @@ class BlobExchange:
         self._fetches: dict[bytes, asyncio.Task[bytes]] = {}
         self._trees: OrderedDict[bytes, BlobTree] = OrderedDict()
         self._tree_bytes = 0
+        # ``put`` runs on worker threads (an operand upload) and caches the tree it built.
+        self._trees_lock = threading.Lock()
         # Urgent fetches under way; while there are any, the others ask for no new range.
         self._urgent = 0
         self._no_urgent = asyncio.Event()
@@ -384,9 +387,13 @@ class BlobExchange:
         self, data: bytes, chunk_size: int = CHUNK_SIZE, kept_for: bytes | None = None
     ) -> bytes:
         """Store a blob (BlobError if empty or too big); its root. ``kept_for``: the job
-        it is kept for only, to prune once that job is done with (the store records it)."""
+        it is kept for only, to prune once that job is done with (the store records it).
+        The tree built for its root is kept to serve it (an operand just uploaded is what
+        miners ask for next: the first of them need not wait for it to be read back and
+        hashed again)."""
         tree = BlobTree(data, chunk_size)
         self.store.put_blob(tree.root, bytes(data), chunk_size, kept_for)
+        self._cache(tree)
         return tree.root
 
     def put_matrix(
@@ -404,16 +411,32 @@ class BlobExchange:
 
     def delete(self, root: bytes) -> None:
         """Stop keeping and serving the blob ``root``."""
-        tree = self._trees.pop(root, None)
-        if tree is not None:
-            self._tree_bytes -= tree.size
+        with self._trees_lock:
+            tree = self._trees.pop(root, None)
+            if tree is not None:
+                self._tree_bytes -= tree.size
         self.store.delete_blob(root)
 
-    async def _tree(self, root: bytes) -> BlobTree | None:
-        tree = self._trees.get(root)
-        if tree is not None:
-            self._trees.move_to_end(root)
+    def _cache(self, tree: BlobTree) -> BlobTree:
+        """Keep ``tree`` to serve its blob (LRU by bytes); the one kept already, if any."""
+        with self._trees_lock:
+            kept = self._trees.get(tree.root)
+            if kept is not None:  # another request loaded it meanwhile: count it once
+                self._trees.move_to_end(tree.root)
+                return kept
+            self._trees[tree.root] = tree
+            self._tree_bytes += tree.size
+            while self._tree_bytes > SERVE_CACHE_BYTES and len(self._trees) > 1:
+                _, old = self._trees.popitem(last=False)
+                self._tree_bytes -= old.size
             return tree
+
+    async def _tree(self, root: bytes) -> BlobTree | None:
+        with self._trees_lock:
+            tree = self._trees.get(root)
+            if tree is not None:
+                self._trees.move_to_end(root)
+                return tree
         found = await asyncio.to_thread(self.store.get_blob_chunked, root)  # as in fetch
         if found is None:
             return None
@@ -422,14 +445,7 @@ class BlobExchange:
         if tree.root != root:  # a corrupt store must not make us serve bad chunks
             log.error("stored blob %s does not match its root: not serving it", root.hex())
             return None
-        if root in self._trees:  # another request loaded it meanwhile: count it once
-            return self._trees[root]
-        self._trees[root] = tree
-        self._tree_bytes += tree.size
-        while self._tree_bytes > SERVE_CACHE_BYTES and len(self._trees) > 1:
-            _, old = self._trees.popitem(last=False)
-            self._tree_bytes -= old.size
-        return tree
+        return self._cache(tree)
 
     # ------------------------------------------------------------ serving
 

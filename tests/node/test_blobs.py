@@ -214,6 +214,25 @@ async def test_a_blob_put_on_one_node_is_fetched_by_another(nodes):
     assert not a.p2p.bans() and not b.p2p.bans()
 
 
+async def test_a_blob_just_put_is_served_without_reading_it_back(nodes, monkeypatch):
+    """An operand a client just uploaded is what miners ask for next: the node serves it
+    from the tree it built to store it, not from the store, read back and hashed again."""
+    a = await nodes("a")
+    b = await nodes("b", peers=[a])
+    await wait_until(lambda: len(b.p2p.peers) == 1)
+    data = os.urandom(300_000)
+    root = await asyncio.to_thread(a.blobs.put, data)  # as the upload route does
+    reads: list[bytes] = []
+    real_read = a.store.get_blob_chunked
+    monkeypatch.setattr(a.store, "get_blob_chunked", lambda r: reads.append(r) or real_read(r))
+    assert await b.fetch_blob(root, timeout=20) == data
+    assert reads == []
+    a.blobs.delete(root)  # no longer kept, so no longer served either
+    b.store.delete_blob(root)
+    with pytest.raises(BlobFetchError, match="does not have it"):
+        await asyncio.wait_for(b.fetch_blob(root, timeout=5), 6)
+
+
 async def test_an_unknown_blob_fails_fast_with_a_clear_error(nodes):
     a = await nodes("a")
     b = await nodes("b", peers=[a])
