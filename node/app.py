@@ -351,7 +351,9 @@ class Node:
 
     def _post_admitted(self, txid: bytes) -> None:
         if self.miner is not None and self.miner.running:
-            self.market.post_admitted(txid)
+            rate = self.market.post_admitted(txid)
+            if rate is not None:
+                self.miner.post_arrived(rate)
 
     async def stop_mining(self) -> None:
         if self.miner is not None:

@@ -90,11 +90,14 @@ class Miner:
         backend: str = "cpu",
         threads: int | None = None,
         nice: int = 0,
-        better_work: Callable[[MiningWork], Coroutine[Any, Any, MiningWork | None]] | None = None,
+        better_work: Callable[[MiningWork, bool], Coroutine[Any, Any, MiningWork | None]]
+        | None = None,
     ) -> None:
-        """``better_work``: asked, between the row strips of an attempt on a posted job,
-        once a job paying more is ready (``job_ready``), for work on such a job (None:
-        none is ours to take); the attempt waits while it runs."""
+        """``better_work(current, refresh)``: asked, between the row strips of an attempt
+        on a posted job, once a job paying more is ready (``job_ready``), for work on such
+        a job, or, with ``refresh`` (a post paying more came: ``post_arrived``), else for
+        the next job on a template made afresh (None: no such work); the attempt waits
+        while it runs."""
         self.params = params
         self.loop = loop
         self.get_work = get_work
@@ -108,6 +111,9 @@ class Miner:
         self._new_tip = threading.Event()
         self._ready_rate = 0.0
         """The best pay per MAC of the jobs made ready since the last look (``job_ready``)."""
+        self._post_rate = 0.0
+        """The best pay per MAC of the others' posts come since the last look
+        (``post_arrived``)."""
         self._delivering: Future[None] | None = None
         """The last result handed to ``deliver``: the kernel goes on with the next job while
         the node stores C and claims it, but waits for it before handing over another (one C
@@ -159,6 +165,15 @@ class Miner:
         """A job's operands are ready, paying ``rate`` per MAC: the null job's burst ends,
         and a running attempt on a job paying less asks for it between its strips."""
         self._ready_rate = max(self._ready_rate, rate)
+        self._new_tip.set()
+
+    def post_arrived(self, rate: float) -> None:
+        """Another miner's job_post paying ``rate`` per MAC, more than every open job,
+        entered the mempool: the running attempt's template lacks it, and the job's owner
+        can claim it only once a block carries it. The null job's burst ends, and a
+        running attempt on a job paying less runs the next job between its strips, on a
+        template that carries the post (``better_work(…, refresh=True)``), then goes on."""
+        self._post_rate = max(self._post_rate, rate)
         self._new_tip.set()
 
     def hashrate(self) -> float:
@@ -254,14 +269,16 @@ class Miner:
 
     def _between_strips(self, work: MiningWork) -> None:
         """Between two strips of an attempt on ``work``: if a job paying more became
-        ready, attempt it now (whole, not interruptible) and hand its outcome over; the
+        ready, attempt it now (whole, not interruptible) and hand its outcome over; if a
+        post paying more came, likewise the next job, on a template that carries it. The
         attempt on ``work`` then goes on. Its template may be stale by then: a winning
         ticket of it makes a stale block, whose C is delivered all the same."""
-        if self.better_work is None or self._ready_rate <= work.rate or self._stop.is_set():
+        ready, posted = self._ready_rate > work.rate, self._post_rate > work.rate
+        if self.better_work is None or not (ready or posted) or self._stop.is_set():
             return
-        self._ready_rate = 0.0
+        self._ready_rate = self._post_rate = 0.0
         try:
-            asked = self.better_work(work)
+            asked = self.better_work(work, posted)
             better = asyncio.run_coroutine_threadsafe(asked, self.loop).result(30)
         except Exception as e:
             log.warning("could not get better-paying work: %s", e)

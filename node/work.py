@@ -113,20 +113,26 @@ class WorkSource:
         """
         return self._work_on(self.market.next_job() or self.null_job(self.chain.tip.hash))
 
-    async def better_work(self, current: MiningWork) -> MiningWork | None:
+    async def better_work(self, current: MiningWork, refresh: bool = False) -> MiningWork | None:
         """Work on a job paying more per MAC than ``current``'s, ready and ours to take
-        (the miner runs it between the strips of its attempt on ``current``), or None."""
+        (the miner runs it between the strips of its attempt on ``current``), or None.
+        ``refresh``: a post paying more than the open jobs came (``Miner.post_arrived``);
+        then, with no such job, the next posted job, and either way on a template rebuilt
+        for the transactions come since, whatever its age: the post's owner can claim the
+        job only once a block carries its post."""
         job = self.market.next_job(above=current.rate)
-        return None if job is None else self._work_on(job)
+        if job is None and refresh:
+            job = self.market.next_job()
+        return None if job is None else self._work_on(job, refresh)
 
-    def _work_on(self, job: Job) -> MiningWork:
+    def _work_on(self, job: Job, refresh: bool = False) -> MiningWork:
         """``job`` on the tip's template. A job whose job_post has not reached a block is
         handed out ``claim_only`` unless the template carries the post (then a winning
         ticket makes a block that posts the job and claims it at once): no block is made
         on its header, its result is delivered and claimed once the post lands."""
         tip = self.chain.tip.hash
         check_job_shape(job.spec, self.params)
-        template, txs = self._template(tip, job.spec)
+        template, txs = self._template(tip, job.spec, refresh)
         post = self.market.post_of(job)
         body = self._body
         return MiningWork(
@@ -139,7 +145,9 @@ class WorkSource:
             rate=self.market.rate_of(job),
         )
 
-    def _template(self, tip: bytes, job: JobSpec) -> tuple[BlockHeader, tuple[Transaction, ...]]:
+    def _template(
+        self, tip: bytes, job: JobSpec, refresh: bool = False
+    ) -> tuple[BlockHeader, tuple[Transaction, ...]]:
         mempool = self.mempool
         revision = mempool.revision
         # On the same tip the last template's transactions stay and only those admitted
@@ -151,7 +159,7 @@ class WorkSource:
             t_tip, t_rev, built, template, txs = self._template_of
             age = time.monotonic() - built
             cost = self._grow_cost if grows else self._cost
-            fresh = t_rev == revision or age < max(self._refresh_s, cost)
+            fresh = t_rev == revision or (not refresh and age < max(self._refresh_s, cost))
             if t_tip == tip and fresh:
                 return template, txs
         started = time.monotonic()

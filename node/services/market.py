@@ -20,7 +20,9 @@
   that block. A job paying what the open ones pay waits for its block, as they do.
 * A job paying more than the one being mined is offered inside the running
   attempt, between its strips (``next_job(above=)``, asked once its operands are
-  ready: the ``on_job_ready`` listeners hear its pay).
+  ready: the ``on_job_ready`` listeners hear its pay). Another miner's post that
+  pays more than the open jobs makes the miner start its next job there on a
+  fresh template that carries the post (``post_admitted`` gives its pay).
 * A block on a posted job: C is kept as a row-chunked blob whose id is the
   block's result_root, so requesters (and fraud provers) can fetch it.
 * An attempt that did not win is delivered all the same: C is kept the same
@@ -431,21 +433,30 @@ class MarketService:
         self._early_of = (tip, count + (picked is not None))
         return picked
 
-    def post_admitted(self, txid: bytes) -> None:
+    def post_admitted(self, txid: bytes) -> float | None:
         """A transaction entered the mempool (the miner's listener): if it posts a job
         paying more per MAC than every open job, its operands are fetched now (urgently),
         not when the running attempt ends and asks for the next job. The job can then be
         attempted at that attempt's end, before its post's block, and its claim goes out
-        as that block lands."""
+        as that block lands. Such a post of another miner's share gives its pay: this
+        miner's next block should carry it (``Miner.post_arrived``), so that the post's
+        owner can claim the job one block sooner; None otherwise (ours is attempted on a
+        template that carries it as soon as its operands are here)."""
         tx = self.mempool.get(txid)
         if tx is None or type(tx.payload) is not JobPostPayload:
-            return
+            return None
         p = tx.payload
+        rate = _rate({"reward": p.fee, "m": p.m, "k": p.k, "n": p.n})
         open_jobs = self.open_jobs()  # (once per tip)
         # Only one that would be urgent: the others wait for the next ask, as before, and
         # a flood of posts costs the event loop a comparison each.
-        if open_jobs and _rate({"reward": p.fee, "m": p.m, "k": p.k, "n": p.n}) > open_jobs[0][0]:
+        if open_jobs and rate <= open_jobs[0][0]:
+            return None
+        if open_jobs:
             self._prefetch(open_jobs)
+        if standing(self.miner_address, self.rivals(), job_id_of(p, self.params))[0] == 0:
+            return None
+        return rate
 
     def post_of(self, job: Job) -> bytes | None:
         """The txid of ``job``'s job_post if it is still in the mempool: only a block that

@@ -54,10 +54,13 @@ async def test_the_next_job_is_attempted_while_the_last_result_is_stored():
     assert max(seen_in_flight) <= 1
 
 
-def _interrupting_miner(loop, ready_rate: float, events: list[str], delivered: list[str]):
+def _interrupting_miner(
+    loop, ready_rate: float, events: list[str], delivered: list[str], signal: str = "job_ready"
+):
     """A miner whose kernel is faked: an attempt on job "outer" (paying 1 per MAC) hears,
-    before its second strip, that a job paying ``ready_rate`` is ready; ``better_work``
-    offers job "inner" (paying 2) then. ``events`` and ``delivered`` record the order."""
+    before its second strip, ``signal`` (a job paying ``ready_rate`` is ready, or another
+    miner's post paying that came); ``better_work`` offers job "inner" (paying 2) then.
+    ``events`` and ``delivered`` record the order."""
     miner: Miner
     strips_seen: dict[str, bool] = {}
 
@@ -70,15 +73,15 @@ def _interrupting_miner(loop, ready_rate: float, events: list[str], delivered: l
             miner._stop.set()
         return work_on("outer", 1.0)
 
-    async def better_work(current: MiningWork) -> MiningWork | None:
-        events.append(f"asked above {current.rate:g}")
+    async def better_work(current: MiningWork, refresh: bool) -> MiningWork | None:
+        events.append(f"asked above {current.rate:g}" + (", fresh" if refresh else ""))
         return work_on("inner", 2.0) if current.rate < 2.0 else None
 
     def fake_mine(template, job, params, backend, *, stop, commitment, between_strips, **_):
         strips_seen[job.name] = between_strips is not None
         events.append(f"start {job.name}")
         if job.name == "outer":
-            miner.job_ready(ready_rate)  # the market: operands of a job paying that are here
+            getattr(miner, signal)(ready_rate)  # the market: a job paying that is ready/posted
             for _ in range(3):
                 between_strips()
         events.append(f"end {job.name}")
@@ -134,3 +137,26 @@ async def test_a_job_ready_that_pays_no_more_does_not_interrupt(monkeypatch):
     assert events[:2] == ["start outer", "end outer"]
     assert not any(e.startswith("asked") for e in events)
     assert miner.counters().interruptions == 0
+
+
+async def test_another_miners_better_paying_post_starts_a_fresh_template_between_strips(
+    monkeypatch,
+):
+    """Another miner's post paying more than the running attempt's job: the attempt's
+    template lacks it, and its owner can claim the job only once a block carries it. The
+    miner runs its next job between two strips on a template made afresh (``refresh``),
+    then goes on with the interrupted attempt; a post paying no more does nothing."""
+    from node import miner as miner_module
+
+    for rate, expected in ((2.0, ["start outer", "asked above 1, fresh", "start inner"]),
+                           (1.0, ["start outer", "end outer"])):  # fmt: skip
+        events: list[str] = []
+        delivered: list[str] = []
+        miner, fake_mine, _ = _interrupting_miner(
+            asyncio.get_running_loop(), rate, events, delivered, "post_arrived"
+        )
+        monkeypatch.setattr(miner_module, "mine", fake_mine)
+        miner.start()
+        await asyncio.wait_for(asyncio.to_thread(miner._thread.join, 10), 15)
+        await miner.stop()
+        assert events[: len(expected)] == expected

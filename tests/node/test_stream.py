@@ -811,6 +811,50 @@ async def test_a_result_computed_before_a_post_that_never_lands_is_not_kept(node
     assert not node.blobs.store.has_blob(root)
 
 
+async def test_another_miners_better_paying_post_is_carried_by_the_next_job_at_once(
+    node, monkeypatch
+):
+    """Another miner's post paying more than the open jobs cannot be computed here, but
+    its owner can claim it only once a block carries it: the market tells the miner its
+    pay (``post_admitted``), and the work the miner then runs inside its attempt is its
+    next job on a template rebuilt for the post, however young the last one was. Our own
+    such post, or one paying what the open jobs pay, does not call for that."""
+    monkeypatch.setattr(node.work, "_refresh_s", 3600.0)  # a template stays for the tip
+    await _post(node, [], miner=MINER)  # MINER mines here too: it owns some posts
+    rivals = node.market.rivals()
+    assert MINER.address in rivals
+
+    def share(mine: bool, count: int) -> list[tuple[Job, Transaction, bytes]]:
+        ranked = (
+            (market_module.standing(node.miner_address, rivals, j[2])[0], j) for j in _jobs(64)
+        )
+        return [j for rank, j in ranked if (rank == 0) == mine][:count]
+
+    backlog = [_repost(job, nonce) for nonce, job in enumerate(share(True, 2))]
+    await _post(node, backlog)
+    await _operands_ready(node, 2)
+    current = await node.work.work()  # a backlog job, on this tip's template
+    assert current.rate == node.market.rate_of(current.job) == REWARD / (M * K * N)
+    (theirs, _, _), (ours, _, _) = share(False, 1)[0], share(True, 3)[2]
+    posts = {  # (their operands are nowhere: none of them can be computed here)
+        "theirs": _pending_post(theirs, 2 * REWARD, CAROL),
+        "ours": _pending_post(ours, 2 * REWARD, BOB),
+        "same pay": _pending_post(_jobs(1)[0][0], REWARD, PrivateKey.from_label("devnet-5")),
+    }
+    rates = {}
+    for name, tx in posts.items():
+        node.txs.admit(tx, None)
+        rates[name] = node.market.post_admitted(tx.txid)
+    assert rates == {"theirs": 2 * current.rate, "ours": None, "same pay": None}
+    node.work._template(node.chain.tip.hash, current.job.spec)  # as a plain ask would
+    assert posts["theirs"].txid not in node.work._body.txids  # the template stayed
+    assert await node.work.better_work(current, False) is None  # nothing better is ready
+    fresh = await node.work.better_work(current, True)
+    assert fresh is not None and _id(fresh) != _id(current)
+    assert _id(fresh) in {job_id for _, _, job_id in backlog}
+    assert posts["theirs"].txid in {tx.txid for tx in fresh.txs}
+
+
 async def test_a_job_fetched_while_its_post_waited_is_left_to_its_owner_once_it_lands(
     node, monkeypatch
 ):
