@@ -370,7 +370,7 @@ class BlobExchange:
         self._waiting: dict[_Key, tuple[asyncio.Future[BlobRange], int]] = {}
         # Requests we gave up on: a late answer is dropped, not punished as unrequested.
         self._expired: OrderedDict[_Key, None] = OrderedDict()
-        self._fetches: dict[bytes, asyncio.Task[bytes]] = {}
+        self._fetches: dict[bytes, asyncio.Task[tuple[bytes, int]]] = {}
         self._trees: OrderedDict[bytes, BlobTree] = OrderedDict()
         self._tree_bytes = 0
         # ``put`` runs on worker threads (an operand upload) and caches the tree it built.
@@ -526,8 +526,18 @@ class BlobExchange:
 
     # ------------------------------------------------------------ fetching
 
-    async def fetch(self, root: bytes, timeout: float = 60.0, urgent: bool = False) -> bytes:
+    async def fetch(
+        self,
+        root: bytes,
+        timeout: float = 60.0,
+        urgent: bool = False,
+        chunk_size: int | None = None,
+    ) -> bytes:
         """The blob ``root``, from the store or from peers; BlobFetchError if we cannot get it.
+
+        ``chunk_size``: the blob must be cut into chunks of that size (a matrix's rows:
+        then ``root``, the Merkle root over them, is the matrix's row root, checked as the
+        blob came, and the caller need not hash the rows again); BlobFetchError if not.
 
         Concurrent fetches of one root share one download. While an ``urgent`` download is
         under way the others send no new range request: the peers serving them share their
@@ -540,24 +550,29 @@ class BlobExchange:
             raise BlobFetchError("a blob root is 32 bytes")
         # Off the event loop: megabytes to read, behind the store's lock, which a worker
         # thread storing another blob may hold for as long again.
-        data = await asyncio.to_thread(self.store.get_blob, root)
-        if data is not None:
-            return data
-        task = self._fetches.get(root)
-        if task is None:
-            task = asyncio.create_task(
-                self._fetch(root, timeout, urgent), name=f"blob {root.hex()[:16]}"
+        found = await asyncio.to_thread(self.store.get_blob_chunked, root)
+        if found is None:
+            task = self._fetches.get(root)
+            if task is None:
+                task = asyncio.create_task(
+                    self._fetch(root, timeout, urgent), name=f"blob {root.hex()[:16]}"
+                )
+                self._fetches[root] = task
+                task.add_done_callback(lambda t: self._fetch_done(root, t))
+            found = await asyncio.shield(task)
+        data, cut = found
+        if chunk_size is not None and cut != chunk_size:
+            raise BlobFetchError(
+                f"blob {root.hex()[:16]}… is cut into chunks of {cut} bytes, not {chunk_size}"
             )
-            self._fetches[root] = task
-            task.add_done_callback(lambda t: self._fetch_done(root, t))
-        return await asyncio.shield(task)
+        return data
 
-    def _fetch_done(self, root: bytes, task: asyncio.Task[bytes]) -> None:
+    def _fetch_done(self, root: bytes, task: asyncio.Task[tuple[bytes, int]]) -> None:
         self._fetches.pop(root, None)
         if not task.cancelled():
             task.exception()  # retrieved here too, in case every caller went away
 
-    async def _fetch(self, root: bytes, timeout: float, urgent: bool) -> bytes:
+    async def _fetch(self, root: bytes, timeout: float, urgent: bool) -> tuple[bytes, int]:
         if not urgent:
             return await self._download(root, timeout, urgent)
         if not self._urgent:
@@ -571,7 +586,8 @@ class BlobExchange:
             if not self._urgent:
                 self._no_urgent.set()
 
-    async def _download(self, root: bytes, timeout: float, urgent: bool) -> bytes:
+    async def _download(self, root: bytes, timeout: float, urgent: bool) -> tuple[bytes, int]:
+        """The blob and its chunk size, from peers, every chunk checked against ``root``."""
         short = root.hex()[:16] + "…"
         chunks: dict[int, bytes] = {}  # verified chunks, whichever peer sent them
         tried: list[PeerSession] = []
@@ -599,7 +615,7 @@ class BlobExchange:
             ) from None
         await asyncio.to_thread(self.store.put_blob, root, data, len(chunks[0]))
         log.info("fetched blob %s: %d bytes in %d chunks", short, len(data), total)
-        return data
+        return data, len(chunks[0])
 
     async def _next_peer(self, tried: list[PeerSession]) -> PeerSession | None:
         """The first ready peer not asked yet; waits for one while none is connected."""

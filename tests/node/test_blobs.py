@@ -233,6 +233,26 @@ async def test_a_blob_just_put_is_served_without_reading_it_back(nodes, monkeypa
         await asyncio.wait_for(b.fetch_blob(root, timeout=5), 6)
 
 
+async def test_a_blob_cut_otherwise_than_asked_is_refused_here_and_from_a_peer(nodes):
+    """A job's operand is fetched as a blob cut into its rows, whose root is then the
+    matrix's row root, so the miner need not hash the rows again: the same bytes stored
+    under the root of another cut (a poster naming some other blob as its operand) are
+    refused with a clear error, whether they come from a peer or from the store."""
+    a = await nodes("a")
+    b = await nodes("b", peers=[a])
+    await wait_until(lambda: len(b.p2p.peers) == 1)
+    rows = np.arange(64 * 128, dtype=np.int64).astype(np.int8).reshape(64, 128)
+    by_rows = a.blobs.put_matrix(rows)
+    assert by_rows == matrix_rows_root(rows)
+    otherwise = a.blobs.put(rows.tobytes(), chunk_size=256)  # two rows a chunk
+    assert await b.blobs.fetch(by_rows, 20, chunk_size=128) == rows.tobytes()
+    for where in ("from a peer", "from the store"):
+        with pytest.raises(BlobFetchError, match="chunks of 256 bytes, not 128"):
+            await b.blobs.fetch(otherwise, 20, chunk_size=128)
+        assert b.store.has_blob(otherwise), where  # a blob all the same, kept as it came
+    assert not b.p2p.bans()
+
+
 async def test_an_unknown_blob_fails_fast_with_a_clear_error(nodes):
     a = await nodes("a")
     b = await nodes("b", peers=[a])
