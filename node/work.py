@@ -204,6 +204,8 @@ class WorkSource:
                 self.metrics.mined.inc()
                 log.info("mined block %d %s", block.header.height, block.hash.hex()[:16])
                 await self._process_block(block, None)
+                if found.product is not None:
+                    market.serve_soon(found.product, header.result_root)
                 return
         # The tip moved while the attempt ran or C was stored: the block is stale, the
         # result is not.

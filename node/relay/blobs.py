@@ -409,6 +409,19 @@ class BlobExchange:
         self.store.put_blob(root, data, row_bytes, kept_for)
         return root
 
+    def warm(self, x: np.ndarray, root: bytes) -> bool:
+        """Build the tree of matrix ``x``, stored under ``root`` by ``put_matrix`` (a
+        miner's C, whose root it computed), to serve it without reading it back: its
+        client asks for it next. Off the event loop (megabytes to hash); whether ``root``
+        is ``x``'s (a wrong one is logged and never served)."""
+        data, row_bytes = matrix_rows(x)
+        tree = BlobTree(data, row_bytes)
+        if tree.root != root:
+            log.error("result %s does not match its root: not serving it", root.hex())
+            return False
+        self._cache(tree)
+        return True
+
     def delete(self, root: bytes) -> None:
         """Stop keeping and serving the blob ``root``."""
         with self._trees_lock:

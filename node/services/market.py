@@ -225,6 +225,7 @@ class MarketService:
         self._early_of: tuple[bytes, int] = (b"", 0)  # (tip, jobs attempted early on it)
         self._pruned_at = 0  # the height of the last look
         self._new_results = asyncio.Event()
+        self._warming: set[asyncio.Task[bool]] = set()  # results being readied to serve
         self._claim_task: asyncio.Task[None] | None = None
         self._cannot_claim: str | None = None  # why the last claim was skipped (logged once)
         self.jobs_mined = 0
@@ -713,6 +714,15 @@ class MarketService:
             self._early_results[stored] = self.chain.height
         self._retry_from_now(job_id)
         self._to_claim(job_id, result_root)
+        self.serve_soon(product, result_root)
+
+    def serve_soon(self, product: np.ndarray, result_root: bytes) -> None:
+        """Ready C to be served (``BlobExchange.warm``), in the background: its client asks
+        for it as soon as it sees the claim, and the first ask would otherwise wait for
+        16 MiB to be read back and hashed."""
+        task = asyncio.create_task(asyncio.to_thread(self.blobs.warm, product, result_root))
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
 
     def _to_claim(self, job_id: bytes, result_root: bytes) -> None:
         """Claim ``job_id`` with ``result_root`` (its C kept) by transaction, at the next

@@ -253,6 +253,29 @@ async def test_a_blob_cut_otherwise_than_asked_is_refused_here_and_from_a_peer(n
     assert not b.p2p.bans()
 
 
+async def test_a_result_readied_to_serve_is_served_without_reading_it_back(nodes, monkeypatch):
+    """A miner's C, stored under the root it computed, is readied to serve from the
+    matrix in memory (``warm``): its client asks for it next, and is served without the
+    store being read. One stored under a root that is not its own is never served."""
+    a = await nodes("a")
+    b = await nodes("b", peers=[a])
+    await wait_until(lambda: len(b.p2p.peers) == 1)
+    c = np.arange(32 * 48, dtype=np.int32).reshape(32, 48) * 7919
+    root = matrix_rows_root(c)
+    assert a.blobs.put_matrix(c, None, root) == root
+    assert await asyncio.to_thread(a.blobs.warm, c, root)
+    reads: list[bytes] = []
+    real_read = a.store.get_blob_chunked
+    monkeypatch.setattr(a.store, "get_blob_chunked", lambda r: reads.append(r) or real_read(r))
+    assert await b.fetch_blob(root, timeout=20) == c.astype("<i4").tobytes()
+    assert reads == []
+    wrong = bytes(32)
+    a.blobs.put_matrix(c + 1, None, wrong)
+    assert not await asyncio.to_thread(a.blobs.warm, c + 1, wrong)
+    with pytest.raises(BlobFetchError, match="does not have it"):
+        await asyncio.wait_for(b.fetch_blob(wrong, timeout=5), 6)
+
+
 async def test_an_unknown_blob_fails_fast_with_a_clear_error(nodes):
     a = await nodes("a")
     b = await nodes("b", peers=[a])

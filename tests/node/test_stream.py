@@ -801,6 +801,8 @@ async def test_a_result_computed_before_a_post_that_never_lands_is_not_kept(node
     root = matrix_rows_root(c)
     await node.market.deliver(work.job, root, c)
     assert node.blobs.store.has_blob(root)
+    await asyncio.gather(*node.market._warming)  # readied to serve, in the background
+    assert root in node.blobs._trees
     for _ in range(2):  # blocks without the post: it still waits, and so does C
         assert (await node.process_block(_block_for(node), None)) is not None
         node.market.open_jobs()
