@@ -151,7 +151,7 @@ def _noisy_product(
     r, h, w = params.r, params.h, params.w
     if isinstance(be, ModuleBackend):  # packs A' and B' from A and B where it can
         return be.noisy_product_from_clean(a, noise_a, b, noise_b, r, h, w, between_strips)
-    return built_noisy_product(be, a, noise_a, b, noise_b, r, h, w, between_strips)
+    return built_noisy_product(be.noisy_product, a, noise_a, b, noise_b, r, h, w, between_strips)
 
 
 def tile_transcript(

@@ -15,7 +15,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from kernels.noise import NoiseFactors, add_noise, add_noise_transposed
-from kernels.params import ATTEMPT_STRIPS, TRANSCRIPT_WORDS
+from kernels.params import TRANSCRIPT_WORDS
+from kernels.tiles import tile_strips
 
 BACKEND_NAMES = ("cpu", "cuda", "auto")
 
@@ -65,16 +66,22 @@ class ModuleBackend:
         """(C', T) from the clean A (m×k) and B (k×n) with their noise: modules that can
         pack A' from A directly never build it; for the others A' and B'ᵀ are built here.
         ``between_strips``: computed by row strips, that function called between them
-        (:func:`in_strips`)."""
+        (:func:`built_noisy_product`)."""
         mod = self._mod()
         if hasattr(mod, "noisy_product_from_clean"):
             c, t = mod.noisy_product_from_clean(a, noise_a, b, noise_b, r, h, w, between_strips)
             return c, t
-        return built_noisy_product(self, a, noise_a, b, noise_b, r, h, w, between_strips)
+        return built_noisy_product(
+            self.noisy_product, a, noise_a, b, noise_b, r, h, w, between_strips
+        )
+
+
+NoisyProduct = Callable[[np.ndarray, np.ndarray, int, int, int], tuple[np.ndarray, np.ndarray]]
+"""``noisy_product(a_noisy, bt_noisy, r, h, w) -> (C', T)``: a backend's, or a module's."""
 
 
 def built_noisy_product(
-    be: Backend,
+    noisy_product: NoisyProduct,
     a: np.ndarray,
     noise_a: NoiseFactors,
     b: np.ndarray,
@@ -84,42 +91,22 @@ def built_noisy_product(
     w: int,
     between_strips: Callable[[], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(C', T) on ``be`` from A' and B'ᵀ built here from the clean operands and their
-    noise; by row strips with ``between_strips`` (:func:`in_strips`)."""
+    """(C', T) by ``noisy_product`` of A' and B'ᵀ, built here from the clean operands and
+    their noise. With ``between_strips``, by the row strips of whole tiles ``tile_strips``
+    gives (a tile's transcript depends on its own rows and columns only, so the strips
+    give the same bits), that function called between them."""
     a_noisy, bt_noisy = add_noise(a, noise_a), add_noise_transposed(b, noise_b)
     if between_strips is None:
-        return be.noisy_product(a_noisy, bt_noisy, r, h, w)
-    return in_strips(
-        lambda i0, i1: be.noisy_product(a_noisy[i0:i1], bt_noisy, r, h, w),
-        a.shape[0],
-        b.shape[1],
-        h,
-        w,
-        between_strips,
-    )
-
-
-def in_strips(
-    product: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
-    m: int,
-    n: int,
-    h: int,
-    w: int,
-    between_strips: Callable[[], None],
-) -> tuple[np.ndarray, np.ndarray]:
-    """(C' m×n, T) assembled from ``product(i0, i1)``, the (C', T) of rows i0 … i1 of A'
-    (whole tiles: a tile's transcript depends on its own rows and columns only, so the
-    strips give the same bits), in ``ATTEMPT_STRIPS`` strips with ``between_strips()``
-    called between them."""
-    tiles = m // h
-    step = max(1, -(-tiles // ATTEMPT_STRIPS)) * h
+        return noisy_product(a_noisy, bt_noisy, r, h, w)
+    m, n = a.shape[0], b.shape[1]
     c_noisy = np.empty((m, n), dtype=np.int32)
-    transcripts = np.empty((tiles, n // w, TRANSCRIPT_WORDS), dtype=np.uint32)
-    for i0 in range(0, m, step):
-        if i0:
+    transcripts = np.empty((m // h, n // w, TRANSCRIPT_WORDS), dtype=np.uint32)
+    for t0, t1 in tile_strips(m // h):
+        if t0:
             between_strips()
-        i1 = min(m, i0 + step)
-        c_noisy[i0:i1], transcripts[i0 // h : i1 // h] = product(i0, i1)
+        c_noisy[t0 * h : t1 * h], transcripts[t0:t1] = noisy_product(
+            a_noisy[t0 * h : t1 * h], bt_noisy, r, h, w
+        )
     return c_noisy, transcripts
 
 

@@ -42,7 +42,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from kernels.backends import in_strips
+from kernels.backends import built_noisy_product
 from kernels.isa import compile_target
 from kernels.noise import NoiseFactors, add_noise, add_noise_transposed
 from kernels.params import TRANSCRIPT_WORDS
@@ -425,18 +425,9 @@ def noisy_product_from_clean(
             between_strips,
         )
         return c, t
-    a_noisy = add_noise(a, noise_a)
     if between_strips is None:
-        return noisy_product_from_b(a_noisy, b, noise_b, r, h, w)
-    bt_noisy = add_noise_transposed(b, noise_b)
-    return in_strips(
-        lambda i0, i1: noisy_product(a_noisy[i0:i1], bt_noisy, r, h, w),
-        a.shape[0],
-        b.shape[1],
-        h,
-        w,
-        between_strips,
-    )
+        return noisy_product_from_b(add_noise(a, noise_a), b, noise_b, r, h, w)
+    return built_noisy_product(noisy_product, a, noise_a, b, noise_b, r, h, w, between_strips)
 
 
 def plain_matmul(a: np.ndarray, bt: np.ndarray, r: int, h: int, w: int) -> np.ndarray:

@@ -39,8 +39,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from kernels.noise import permutation_from_stream
-from kernels.params import ATTEMPT_STRIPS, TRANSCRIPT_WORDS
-from kernels.tiles import PANEL, check_chunks, copy_block, fold_tile, padded_width
+from kernels.params import TRANSCRIPT_WORDS
+from kernels.tiles import PANEL, check_chunks, copy_block, fold_tile, padded_width, tile_strips
 
 # A packed B' panel (kernels.tiles.PANEL = 16 columns) is one zmm of 16 int32 lanes.
 LANES = 16
@@ -416,16 +416,16 @@ def _all_tiles(
     between_strips: Callable[[], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(C' m×n int32, T (m/h, n/w, 16)) from the packed operands, every tile in parallel;
-    with ``between_strips``, in ``ATTEMPT_STRIPS`` strips of tile rows, that function
-    called between them (the operands are packed once for all)."""
+    with ``between_strips``, in the strips of tile rows ``tile_strips`` gives, that
+    function called between them (the operands are packed once for all)."""
     tm, _, h, _ = ap.shape
     out = np.empty((tm * h, n), dtype=np.int32)
     T = np.zeros((tm, bp.shape[0], TRANSCRIPT_WORDS), dtype=np.uint32)
-    step = tm if between_strips is None else max(1, -(-tm // ATTEMPT_STRIPS))
-    for t0 in range(0, tm, step):
+    strips = [(0, tm)] if between_strips is None else tile_strips(tm)
+    for t0, t1 in strips:
         if t0 and between_strips is not None:
             between_strips()
-        _tiles_into(ap, shifts, bp, r, w, fold, t0, min(tm, t0 + step), out, T)
+        _tiles_into(ap, shifts, bp, r, w, fold, t0, t1, out, T)
     return out, T
 
 
