@@ -30,7 +30,6 @@ import numpy as np
 from consensus.blocks import Block, BlockHeader, JobSpec
 from consensus.pow import Job, MinedBlock, check_job_shape, null_job
 from consensus.template import TemplateBody, build_template
-from consensus.transactions import Transaction
 from node.miner import MiningWork
 
 if TYPE_CHECKING:
@@ -81,9 +80,9 @@ class WorkSource:
         self.miner_address = miner_address
         self._process_block = process_block
         self._null_jobs: OrderedDict[bytes, Job] = OrderedDict()
-        self._template_of: (
-            tuple[bytes, tuple[int, int], float, BlockHeader, tuple[Transaction, ...]] | None
-        ) = None
+        # (tip, mempool revision, when built, header) of the last template; its body is
+        # ``_body``.
+        self._template_of: tuple[bytes, tuple[int, int], float, BlockHeader] | None = None
         self._cost = 0.0  # TEMPLATE_COST_RATIO × the last full build's time
         self._grow_cost = 0.0  # … × the last growth's time (a refresh on the same tip)
         self._body: TemplateBody | None = None
@@ -132,22 +131,23 @@ class WorkSource:
         on its header, its result is delivered and claimed once the post lands."""
         tip = self.chain.tip.hash
         check_job_shape(job.spec, self.params)
-        template, txs = self._template(tip, job.spec, refresh)
+        template, body = self._template(tip, job.spec, refresh)
         post = self.market.post_of(job)
-        body = self._body
         return MiningWork(
             template=dataclasses.replace(template, job=job.spec),
             job=job,
-            txs=txs,
+            txs=body.txs,
             committed=self.market.wrong_result(job),
             post_pending=post is not None,
-            claim_only=post is not None and (body is None or post not in body.txids),
+            claim_only=post is not None and post not in body.txids,
             rate=self.market.rate_of(job),
         )
 
     def _template(
         self, tip: bytes, job: JobSpec, refresh: bool = False
-    ) -> tuple[BlockHeader, tuple[Transaction, ...]]:
+    ) -> tuple[BlockHeader, TemplateBody]:
+        """The tip's template for ``job`` and its body (its transactions), reused as the
+        module docstring says unless ``refresh`` (then rebuilt if transactions came)."""
         mempool = self.mempool
         revision = mempool.revision
         # On the same tip the last template's transactions stay and only those admitted
@@ -155,13 +155,13 @@ class WorkSource:
         # fee-ordered start.
         base = self._body
         grows = base is not None and base.parent == tip and self._body_removals == mempool.removals
-        if self._template_of is not None:
-            t_tip, t_rev, built, template, txs = self._template_of
+        if self._template_of is not None and base is not None:
+            t_tip, t_rev, built, template = self._template_of
             age = time.monotonic() - built
             cost = self._grow_cost if grows else self._cost
             fresh = t_rev == revision or (not refresh and age < max(self._refresh_s, cost))
             if t_tip == tip and fresh:
-                return template, txs
+                return template, base
         started = time.monotonic()
         if not grows or base is None:
             base = None
@@ -183,13 +183,13 @@ class WorkSource:
             on_top_of=base,
         )
         self._body, self._body_removals = body, mempool.removals
-        self._template_of = (tip, revision, time.monotonic(), template, body.txs)
+        self._template_of = (tip, revision, time.monotonic(), template)
         cost = TEMPLATE_COST_RATIO * (time.monotonic() - started)
         if base is None:
             self._cost = cost
         else:
             self._grow_cost = cost
-        return template, body.txs
+        return template, body
 
     async def submit(self, found: MinedBlock, work: MiningWork) -> None:
         """A block the miner found: processed (and pushed to peers) unless the tip moved."""

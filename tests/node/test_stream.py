@@ -401,8 +401,8 @@ async def test_at_fast_blocks_a_new_transaction_waits_half_a_block_for_a_templat
         pay = TransferPayload(BOB.address, 1_000)
         tx = signed_transaction(ALICE, chain_id=fast.chain_id, nonce=0, fee=10, payload=pay)
         n.txs.admit(tx, None)
-        tip, revision, built, template, txs = n.work._template_of
-        n.work._template_of = (tip, revision, built - 0.2, template, txs)  # built 0.2 s ago
+        tip, revision, built, template = n.work._template_of
+        n.work._template_of = (tip, revision, built - 0.2, template)  # built 0.2 s ago
         assert [t.txid for t in (await n.work.work()).txs] == [tx.txid]
     finally:
         await n.stop()
@@ -848,8 +848,8 @@ async def test_another_miners_better_paying_post_is_carried_by_the_next_job_at_o
         node.txs.admit(tx, None)
         rates[name] = node.market.post_admitted(tx.txid)
     assert rates == {"theirs": 2 * current.rate, "ours": None, "same pay": None}
-    node.work._template(node.chain.tip.hash, current.job.spec)  # as a plain ask would
-    assert posts["theirs"].txid not in node.work._body.txids  # the template stayed
+    _, body = node.work._template(node.chain.tip.hash, current.job.spec)  # as a plain ask
+    assert posts["theirs"].txid not in body.txids  # the template stayed
     assert await node.work.better_work(current, False) is None  # nothing better is ready
     fresh = await node.work.better_work(current, True)
     assert fresh is not None and _id(fresh) != _id(current)
