@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.backends import Backend, ModuleBackend, built_noisy_product, get_backend
+from kernels.backends import Backend, ModuleBackend, get_backend
 from kernels.noise import (
     NoiseFactors,
     add_noise,
@@ -25,6 +25,7 @@ from kernels.noise import (
 )
 from kernels.params import DEFAULT_RANK, DEFAULT_TILE_H, DEFAULT_TILE_W, TRANSCRIPT_WORDS
 from kernels.recover import recover_product
+from kernels.strips import built_noisy_product
 from kernels.tickets import all_tickets, ticket_of, ticket_threshold, winning_tiles
 from kernels.transcript_cpu import noisy_tile_transcript, single_tile
 from kernels.validate import check_int8_matrix, check_operand, check_seed, check_shapes

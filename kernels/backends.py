@@ -14,9 +14,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from kernels.noise import NoiseFactors, add_noise, add_noise_transposed
-from kernels.params import TRANSCRIPT_WORDS
-from kernels.tiles import tile_strips
+from kernels.noise import NoiseFactors
+from kernels.strips import built_noisy_product
 
 BACKEND_NAMES = ("cpu", "cuda", "auto")
 
@@ -74,40 +73,6 @@ class ModuleBackend:
         return built_noisy_product(
             self.noisy_product, a, noise_a, b, noise_b, r, h, w, between_strips
         )
-
-
-NoisyProduct = Callable[[np.ndarray, np.ndarray, int, int, int], tuple[np.ndarray, np.ndarray]]
-"""``noisy_product(a_noisy, bt_noisy, r, h, w) -> (C', T)``: a backend's, or a module's."""
-
-
-def built_noisy_product(
-    noisy_product: NoisyProduct,
-    a: np.ndarray,
-    noise_a: NoiseFactors,
-    b: np.ndarray,
-    noise_b: NoiseFactors,
-    r: int,
-    h: int,
-    w: int,
-    between_strips: Callable[[], None] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(C', T) by ``noisy_product`` of A' and B'ᵀ, built here from the clean operands and
-    their noise. With ``between_strips``, by the row strips of whole tiles ``tile_strips``
-    gives (a tile's transcript depends on its own rows and columns only, so the strips
-    give the same bits), that function called between them."""
-    a_noisy, bt_noisy = add_noise(a, noise_a), add_noise_transposed(b, noise_b)
-    if between_strips is None:
-        return noisy_product(a_noisy, bt_noisy, r, h, w)
-    m, n = a.shape[0], b.shape[1]
-    c_noisy = np.empty((m, n), dtype=np.int32)
-    transcripts = np.empty((m // h, n // w, TRANSCRIPT_WORDS), dtype=np.uint32)
-    for t0, t1 in tile_strips(m // h):
-        if t0:
-            between_strips()
-        c_noisy[t0 * h : t1 * h], transcripts[t0:t1] = noisy_product(
-            a_noisy[t0 * h : t1 * h], bt_noisy, r, h, w
-        )
-    return c_noisy, transcripts
 
 
 CPU = ModuleBackend("cpu", "kernels.transcript_cpu")

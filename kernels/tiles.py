@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from kernels.params import ATTEMPT_STRIPS, TRANSCRIPT_ROTATION, TRANSCRIPT_WORDS
+from kernels.params import TRANSCRIPT_ROTATION, TRANSCRIPT_WORDS
 
 _MASK32 = np.uint64(0xFFFFFFFF)
 _ROT_L = np.uint64(TRANSCRIPT_ROTATION)
@@ -18,13 +18,6 @@ _ROT_R = np.uint64(32 - TRANSCRIPT_ROTATION)
 
 PANEL = 16
 """Columns per packed B' panel (= microkernel width: two 8×int32 registers)."""
-
-
-def tile_strips(tiles: int) -> list[tuple[int, int]]:
-    """(first, end) tile rows of the ``ATTEMPT_STRIPS`` strips, of whole tile rows, that an
-    interruptible attempt on ``tiles`` tile rows is computed in (fewer if ``tiles`` is)."""
-    step = max(1, -(-tiles // ATTEMPT_STRIPS))
-    return [(t0, min(tiles, t0 + step)) for t0 in range(0, tiles, step)]
 
 
 @njit(nogil=True, cache=True)

@@ -42,10 +42,10 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from kernels.backends import built_noisy_product
 from kernels.isa import compile_target
 from kernels.noise import NoiseFactors, add_noise, add_noise_transposed
 from kernels.params import TRANSCRIPT_WORDS
+from kernels.strips import built_noisy_product
 from kernels.tiles import PANEL, check_chunks, copy_block, fold_tile, padded_width
 
 MAX_MR = 6

@@ -40,7 +40,8 @@ from numba.extending import intrinsic
 
 from kernels.noise import permutation_from_stream
 from kernels.params import TRANSCRIPT_WORDS
-from kernels.tiles import PANEL, check_chunks, copy_block, fold_tile, padded_width, tile_strips
+from kernels.strips import tile_strips
+from kernels.tiles import PANEL, check_chunks, copy_block, fold_tile, padded_width
 
 # A packed B' panel (kernels.tiles.PANEL = 16 columns) is one zmm of 16 int32 lanes.
 LANES = 16
