@@ -415,12 +415,7 @@ class BlobExchange:
         client asks for it next. Off the event loop (megabytes to hash); whether ``root``
         is ``x``'s (a wrong one is logged and never served)."""
         data, row_bytes = matrix_rows(x)
-        tree = BlobTree(data, row_bytes)
-        if tree.root != root:
-            log.error("result %s does not match its root: not serving it", root.hex())
-            return False
-        self._cache(tree)
-        return True
+        return self._serve(BlobTree(data, row_bytes), root) is not None
 
     def delete(self, root: bytes) -> None:
         """Stop keeping and serving the blob ``root``."""
@@ -455,7 +450,12 @@ class BlobExchange:
             return None
         data, chunk_size = found
         tree = await asyncio.to_thread(BlobTree, data, chunk_size)  # 256 MiB takes a moment
-        if tree.root != root:  # a corrupt store must not make us serve bad chunks
+        return self._serve(tree, root)
+
+    def _serve(self, tree: BlobTree, root: bytes) -> BlobTree | None:
+        """Keep ``tree`` to serve as the blob ``root`` if it is that blob's (a corrupt store,
+        or a wrong root given to ``put_matrix``, must not make us serve bad chunks)."""
+        if tree.root != root:
             log.error("stored blob %s does not match its root: not serving it", root.hex())
             return None
         return self._cache(tree)
