@@ -162,6 +162,18 @@ def _job_of(spec: JobSpec, raw_a: bytes, raw_bt: bytes) -> Job:
     return Job(a=a, b=np.ascontiguousarray(bt.T), spec=spec, bt=bt)
 
 
+def _post_record(p: JobPostPayload) -> dict[str, Any]:
+    """A job_post's job as ``open_jobs`` lists an open one (the fields the miner uses)."""
+    return {
+        "m": p.m,
+        "k": p.k,
+        "n": p.n,
+        "root_a": p.root_a,
+        "root_b": p.root_b,
+        "reward": p.fee,  # a job_post's fee is the job's reward
+    }
+
+
 def _rate(rec: dict[str, Any]) -> float:
     """A job's reward per MAC."""
     return float(rec["reward"]) / (rec["m"] * rec["k"] * rec["n"])
@@ -445,7 +457,7 @@ class MarketService:
         if tx is None or type(tx.payload) is not JobPostPayload:
             return None
         p = tx.payload
-        rate = _rate({"reward": p.fee, "m": p.m, "k": p.k, "n": p.n})
+        rate = _rate(_post_record(p))
         open_jobs = self.open_jobs()  # (once per tip)
         # Only one that would be urgent: the others wait for the next ask, as before, and
         # a flood of posts costs the event loop a comparison each.
@@ -496,15 +508,7 @@ class MarketService:
         for tx in mempool.admitted_since(self._posts_read, len(mempool)):
             p = tx.payload
             if type(p) is JobPostPayload:
-                rec = {
-                    "m": p.m,
-                    "k": p.k,
-                    "n": p.n,
-                    "root_a": p.root_a,
-                    "root_b": p.root_b,
-                    "reward": p.fee,  # a job_post's fee is the job's reward
-                }
-                self._pending_posts[job_id_of(p, self.params)] = (tx.txid, rec)
+                self._pending_posts[job_id_of(p, self.params)] = (tx.txid, _post_record(p))
         self._posts_read = mempool.admissions
         for job_id, (txid, _) in list(self._pending_posts.items()):
             if txid not in mempool:  # in a block now (then open), or dropped
