@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -318,7 +319,7 @@ class Miner:
             stop, max_attempts = self._stop, 1
         between = None
         if interruptible and not work.job.null and self.better_work is not None:
-            between = lambda: self._between_strips(work)  # noqa: E731
+            between = functools.partial(self._between_strips, work)
         found = mine(
             work.template,
             work.job,
