@@ -26,7 +26,7 @@ from consensus.errors import InvalidBlock
 from consensus.keys import PrivateKey
 from consensus.params import TESTNET
 from consensus.pow import null_job
-from node.store import FILENAME, Store, StoreError
+from node.store import BLOB_PAGE_SIZE, FILENAME, Store, StoreError
 from tests.support.chainkit import (
     ALICE,
     BOB,
@@ -254,6 +254,41 @@ def test_blobs_of_an_earlier_datadir_move_to_the_blob_file(tmp_path):
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     db.close()
     assert not tables & {"blobs", "kept_blobs"}
+
+
+def test_a_blob_file_of_small_pages_keeps_working_and_a_new_one_has_large_pages(tmp_path):
+    """A new blob file is made with BLOB_PAGE_SIZE pages (megabyte blobs: a fraction of the
+    overflow pages and WAL checkpoints of SQLite's 4 KiB default); a blob file an earlier
+    release made with 4 KiB pages keeps its page size and still reads and writes."""
+    old_dir, new_dir = tmp_path / "old", tmp_path / "new"
+    with Store(old_dir, MID) as store:
+        blob_path = store.blob_path
+    blob_path.unlink()
+    db = sqlite3.connect(blob_path)  # as an earlier release made it
+    db.execute("PRAGMA page_size=4096")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(
+        "CREATE TABLE blobs (root BLOB NOT NULL UNIQUE, size INTEGER NOT NULL, "
+        "chunk_size INTEGER NOT NULL, data BLOB NOT NULL)"
+    )
+    old_root, old_data = bytes([5] * 32), os.urandom(100_000)
+    with db:
+        db.execute("INSERT INTO blobs VALUES (?, ?, 4096, ?)", (old_root, len(old_data), old_data))
+    db.close()
+    big_root, big_data = bytes([6] * 32), os.urandom(1 << 20)
+    for path in (old_dir, new_dir):
+        with Store(path, MID) as store:
+            store.put_blob(big_root, big_data, 4096)
+        with Store(path, MID) as store:
+            assert store.get_blob(big_root) == big_data
+    with Store(old_dir, MID) as store:
+        assert store.get_blob(old_root) == old_data
+    sizes = {}
+    for path in (old_dir, new_dir):
+        db = sqlite3.connect(path / "chain.blobs.sqlite")
+        sizes[path] = db.execute("PRAGMA page_size").fetchone()[0]
+        db.close()
+    assert sizes == {old_dir: 4096, new_dir: BLOB_PAGE_SIZE}
 
 
 def test_a_block_import_does_not_wait_for_a_blob_being_written(tmp_path, two_branches):
