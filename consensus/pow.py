@@ -40,6 +40,7 @@ from consensus.merkle import (
 from consensus.params import NetworkParams
 from kernels.attempt import MiningParams, mining_attempt, tile_transcript
 from kernels.backends import Backend
+from kernels.layout import transposed
 from kernels.params import OPERAND_MAX, OPERAND_MIN
 from kernels.tickets import ticket_of, ticket_threshold
 
@@ -71,7 +72,7 @@ class Job:
     def from_operands(cls, a: np.ndarray, b: np.ndarray) -> Job:
         m, k = a.shape
         n = b.shape[1]
-        bt = np.ascontiguousarray(b.T)
+        bt = transposed(b)
         spec = JobSpec(m, k, n, matrix_rows_root(a), matrix_rows_root(bt))  # B's column root
         return cls(a=a, b=np.ascontiguousarray(b), spec=spec, bt=bt)
 
@@ -105,7 +106,7 @@ def build_proof(job: Job, tile_i: int, tile_j: int, params: NetworkParams) -> Po
     """Open tile (tile_i, tile_j): its rows of A and columns of B with branches."""
     h, w = params.tile_h, params.tile_w
     a_rows, a_br = _open_rows(job.a, tile_i * h, h)
-    bt = job.bt if job.bt is not None else np.ascontiguousarray(job.b.T)
+    bt = job.bt if job.bt is not None else transposed(job.b)
     b_cols, b_br = _open_rows(bt, tile_j * w, w)
     return PowProof(tile_i, tile_j, a_rows, a_br, b_cols, b_br)
 

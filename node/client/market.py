@@ -43,6 +43,7 @@ from consensus.transactions import (
     signed_transaction,
 )
 from kernels.freivalds import freivalds_check, locate_error
+from kernels.layout import transposed
 from kernels.params import OPERAND_MAX, OPERAND_MIN
 from node.amounts import format_amount
 from node.client.rpc import RpcClient
@@ -175,7 +176,7 @@ class MarketClient:
         # its root and the upload both, instead of here and again on the node.
         # Both uploads at once, and the roots to check them by computed meanwhile: the node
         # stores one operand while the other travels.
-        bt = np.ascontiguousarray(b8.T)
+        bt = transposed(b8)
         with ThreadPoolExecutor(1, thread_name_prefix="upload") as uploads:
             upload_b = uploads.submit(self.rpc.put_operand, encode_matrix(bt), "rows")
             root_a = self.rpc.put_operand(encode_matrix(a8), "rows")

@@ -29,6 +29,7 @@ from consensus.market import (
 )
 from consensus.state import JOBS, State, iter_model_steps
 from consensus.transactions import JobResultPayload, Transaction
+from kernels.layout import transposed
 from kernels.params import OPERAND_MAX, OPERAND_MIN
 from node.relay.blobs import (
     MATRIX_HEADER_SIZE,
@@ -214,7 +215,7 @@ def register_market_methods(
             raise RpcError(INVALID_PARAMS, "operands are int8")
         if x.size and (int(x.min()) < OPERAND_MIN or int(x.max()) > OPERAND_MAX):
             raise RpcError(INVALID_PARAMS, "operand values must lie in [-64, 63]")
-        rows = x if layout == "rows" else np.ascontiguousarray(x.T)
+        rows = x if layout == "rows" else transposed(x)
         return blobs.put_matrix(rows).hex()
 
     def store_hex_operand(matrix_hex: str, layout: str) -> str:
@@ -371,7 +372,7 @@ def register_market_methods(
         except BlobFetchError as e:
             raise RpcError(REJECTED, f"the operands are not available: {e}") from None
         a = np.frombuffer(raw_a, dtype=np.int8).reshape(m, k)
-        b = np.ascontiguousarray(np.frombuffer(raw_bt, dtype=np.int8).reshape(n, k).T)
+        b = transposed(np.frombuffer(raw_bt, dtype=np.int8).reshape(n, k))
         return {"a": encode_matrix(a).hex(), "b": encode_matrix(b).hex()}
 
     async def getmarketinfo() -> dict[str, Any]:

@@ -60,6 +60,7 @@ from consensus.transactions import (
     Transaction,
     signed_transaction,
 )
+from kernels.layout import transposed
 from node.relay.blobs import BlobFetchError
 
 if TYPE_CHECKING:
@@ -159,7 +160,7 @@ def _job_of(spec: JobSpec, raw_a: bytes, raw_bt: bytes) -> Job:
     Bᵀ, as it came, is the root's matrix and is kept for proofs."""
     a = np.frombuffer(raw_a, dtype=np.int8).reshape(spec.m, spec.k).copy()
     bt = np.frombuffer(raw_bt, dtype=np.int8).reshape(spec.n, spec.k).copy()
-    return Job(a=a, b=np.ascontiguousarray(bt.T), spec=spec, bt=bt)
+    return Job(a=a, b=transposed(bt), spec=spec, bt=bt)
 
 
 def _post_record(p: JobPostPayload) -> dict[str, Any]:
