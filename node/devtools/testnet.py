@@ -180,7 +180,12 @@ class Testnet:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
-            start_new_session=True,  # Ctrl-C reaches the launcher, which stops nodes in order
+            stdin=subprocess.DEVNULL,
+            # A process group of its own: Ctrl-C reaches the launcher, which stops nodes in
+            # order. Not a session of its own: Linux's autogroup scheduler shares the CPU
+            # equally between sessions first, so each node's miner (niced) would yield the
+            # CPU only to its own node and take it from the others' and the launcher's.
+            process_group=0,
             preexec_fn=_die_with_launcher,
         )
         node.started_at = time.time()

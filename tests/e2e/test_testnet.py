@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -113,6 +114,43 @@ def test_a_killed_launcher_leaves_no_node_running(tmp_path: Path) -> None:
         launcher.kill()
         launcher.wait(timeout=30)
         wait_until(lambda: not any(_running(pid) for pid in pids), 60, "the nodes to stop")
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait(timeout=30)
+
+
+def test_ctrl_c_stops_the_nodes_in_order_and_they_share_the_launchers_session(
+    tmp_path: Path,
+) -> None:
+    """A terminal's Ctrl-C (SIGINT to the launcher's process group) reaches the launcher
+    alone, which stops every node cleanly. The nodes are in the launcher's session: Linux's
+    autogroup scheduler shares the CPU between sessions first, so a node in a session of
+    its own would take an equal share whatever its miner's niceness."""
+    root = tmp_path / "net"
+    launcher = subprocess.Popen(
+        [*POUW, "testnet", "--nodes", "2", "--duration", "120", "--datadir", str(root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # as a terminal's foreground job: its own group to signal
+    )
+    try:
+
+        def node_pids() -> list[int] | None:
+            infos = [root / f"node-{i}" / "node.json" for i in range(2)]
+            if not all(p.exists() for p in infos):
+                return None
+            return [int(json.loads(p.read_text())["pid"]) for p in infos]
+
+        pids = wait_until(node_pids, 120, "both nodes to start")
+        for pid in pids:
+            assert os.getsid(pid) == os.getsid(launcher.pid)
+            assert os.getpgid(pid) != os.getpgid(launcher.pid)
+        os.killpg(launcher.pid, signal.SIGINT)
+        launcher.wait(timeout=60)
+        assert not any(_running(pid) for pid in pids)
+        for i in range(2):  # each node shut down cleanly, not killed
+            assert not (root / f"node-{i}" / "node.json").exists()
     finally:
         if launcher.poll() is None:
             launcher.kill()
