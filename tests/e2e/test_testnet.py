@@ -35,6 +35,14 @@ def _running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _node_pids(root: Path, count: int) -> list[int] | None:
+    """The pids of a testnet's nodes under ``root`` once each has written its node.json."""
+    infos = [root / f"node-{i}" / "node.json" for i in range(count)]
+    if not all(p.exists() for p in infos):
+        return None
+    return [int(json.loads(p.read_text())["pid"]) for p in infos]
+
+
 def test_four_node_testnet_mines_converges_and_stops_every_node(tmp_path: Path) -> None:
     root = tmp_path / "net"
     run = _pouw(
@@ -102,14 +110,7 @@ def test_a_killed_launcher_leaves_no_node_running(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-
-        def node_pids() -> list[int] | None:
-            infos = [root / f"node-{i}" / "node.json" for i in range(2)]
-            if not all(p.exists() for p in infos):
-                return None
-            return [int(json.loads(p.read_text())["pid"]) for p in infos]
-
-        pids = wait_until(node_pids, 120, "both nodes to start")
+        pids = wait_until(lambda: _node_pids(root, 2), 120, "both nodes to start")
         assert all(_running(pid) for pid in pids)
         launcher.kill()
         launcher.wait(timeout=30)
@@ -135,14 +136,7 @@ def test_ctrl_c_stops_the_nodes_in_order_and_they_share_the_launchers_session(
         start_new_session=True,  # as a terminal's foreground job: its own group to signal
     )
     try:
-
-        def node_pids() -> list[int] | None:
-            infos = [root / f"node-{i}" / "node.json" for i in range(2)]
-            if not all(p.exists() for p in infos):
-                return None
-            return [int(json.loads(p.read_text())["pid"]) for p in infos]
-
-        pids = wait_until(node_pids, 120, "both nodes to start")
+        pids = wait_until(lambda: _node_pids(root, 2), 120, "both nodes to start")
         for pid in pids:
             assert os.getsid(pid) == os.getsid(launcher.pid)
             assert os.getpgid(pid) != os.getpgid(launcher.pid)
