@@ -111,6 +111,38 @@ def fuzz_target(
     return TargetResult(name, executed, crashes, round(elapsed, 1), found, proc.returncode)
 
 
+_on_c_exit: list[object] = []
+"""The C exit handler below, kept alive for as long as the process runs."""
+
+
+def _run_python_exit_handlers_at_c_exit() -> None:
+    """Have the C library's ``exit`` run Python's ``atexit`` functions first.
+
+    libFuzzer ends a finished run with C ``exit(0)``, which never returns to Python,
+    so Python's ``atexit`` functions (a target's teardown: the jsonrpc target stops
+    its node and joins its threads) were skipped, and the libraries' C exit handlers
+    ran with the target's threads still at work: LLVM's static objects were
+    destroyed under the node's kernel warm-up thread, a crash libFuzzer reported as
+    a "deadly signal" after "Done N runs". C exit handlers run last registered
+    first, so this is registered once the target and its libraries are loaded, and
+    before libFuzzer's own. A library can still register a handler later (C++
+    registers a function's static object when the function first runs), so a
+    target must not leave a thread working when an input returns. A crash or
+    timeout leaves by ``_Exit`` and skips this.
+    """
+    import atexit
+    import ctypes
+
+    def run(_: object) -> None:
+        atexit._run_exitfuncs()
+
+    handler = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(run)
+    _on_c_exit.append(handler)
+    # glibc's atexit() is __cxa_atexit(handler, argument, owning shared object).
+    if ctypes.CDLL(None).__cxa_atexit(handler, None, None) != 0:
+        raise OSError("the C library refused the fuzz target's exit handler")
+
+
 def _child(argv: list[str]) -> None:
     """In the child: instrument the decoders, load the target and hand over to libFuzzer."""
     import atheris
@@ -118,6 +150,7 @@ def _child(argv: list[str]) -> None:
     name, libfuzzer_args = argv[0], argv[1:]
     with atheris.instrument_imports(include=INSTRUMENTED):
         module = load(name)
+    _run_python_exit_handlers_at_c_exit()
     atheris.Setup([sys.argv[0], *libfuzzer_args], module.test_one_input)
     atheris.Fuzz()
 

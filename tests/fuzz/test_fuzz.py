@@ -55,6 +55,18 @@ def test_the_harness_reports_a_crash_and_keeps_its_input(tmp_path: Path) -> None
     assert Path(artifact).read_bytes()[:2] == b"\x92\x03"
 
 
+def test_a_finished_run_stops_what_its_target_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libFuzzer ends a run with C exit(); the jsonrpc target's node (its kernel
+    warm-up thread, its store, its temporary datadir) must still be stopped first."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    result = fuzz_target("jsonrpc", 50, None, tmp_path / "corpus", tmp_path / "crashes")
+    assert result.crashes == 0, f"crashed at exit: {result}"
+    assert result.runs >= 50, result
+    assert not list(tmp_path.glob("fuzz-jsonrpc-*")), "the node's datadir was left behind"
+
+
 def test_the_frame_target_flags_a_decoder_that_accepts_a_non_canonical_frame(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

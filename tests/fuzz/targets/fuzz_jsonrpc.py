@@ -2,12 +2,15 @@
 node (node/rpc/server.py ``RpcServer.answer``: parsing, validation, batches, dispatch to
 the node's registered methods, encoding the reply).
 
-The node starts once per process, on a loop of its own. A bug is: an exception out
-of ``answer``; a reply that is not JSON-RPC 2.0 (not strict JSON, not one object or
-a non-empty array of response objects, ids not those of the requests, in order); an
-internal error (-32603: some input reached a method's code unchecked); an error
-message naming Python internals; a reply to nothing but notifications, or silence
-to anything else.
+The node starts once per process, on a loop of its own, with its kernels already
+loaded: the node's start loads them on a worker thread, which must not still be in
+LLVM when libFuzzer ends the process (LLVM's static objects are destroyed under it).
+
+A bug is: an exception out of ``answer``; a reply that is not JSON-RPC 2.0 (not strict
+JSON, not one object or a non-empty array of response objects, ids not those of the
+requests, in order); an internal error (-32603: some input reached a method's code
+unchecked); an error message naming Python internals; a reply to nothing but
+notifications, or silence to anything else.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from kernels.attempt import warm_up
 from node.app import Node
 from node.config import NodeConfig
 from node.rpc.server import MAX_BATCH
@@ -35,6 +39,7 @@ _running: tuple[asyncio.AbstractEventLoop, Node, Path] | None = None
 def _node() -> tuple[asyncio.AbstractEventLoop, Node]:
     global _running
     if _running is None:
+        warm_up()
         loop = asyncio.new_event_loop()
         datadir = Path(tempfile.mkdtemp(prefix="fuzz-jsonrpc-"))
         node = Node(NodeConfig(params=MID, datadir=datadir / "node"))
