@@ -18,10 +18,10 @@ from kernels.noise import (
     NoiseFactors,
     add_noise,
     derive_noise,
-    factor_stream,
     factor_values,
     permutation_from_stream,
-    permutation_stream,
+    unchecked_factor_stream,
+    unchecked_permutation_stream,
 )
 from kernels.params import DEFAULT_RANK, DEFAULT_TILE_H, DEFAULT_TILE_W, TRANSCRIPT_WORDS
 from kernels.recover import recover_product
@@ -187,9 +187,11 @@ def tile_transcript(
     check_shapes(h, k, w, r, h, w)
     if ti < 0 or tj < 0:
         raise ValueError(f"tile index must be non-negative, got ({ti}, {tj})")
-    perm_a, perm_b = permutation_stream(seed_a, k), permutation_stream(seed_b, k)
-    la_raw = factor_stream(seed_a, ti * h, h, r)
-    lb_raw = factor_stream(seed_b, tj * w, w, r)
+    # Seeds, rank and tile index are checked above.
+    perm_a = unchecked_permutation_stream(seed_a, k)
+    perm_b = unchecked_permutation_stream(seed_b, k)
+    la_raw = unchecked_factor_stream(seed_a, ti * h, h, r)
+    lb_raw = unchecked_factor_stream(seed_b, tj * w, w, r)
     try:
         T = noisy_tile_transcript(a_rows, b_cols, la_raw, perm_a, lb_raw, perm_b, r)
     except ValueError:

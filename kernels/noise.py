@@ -54,6 +54,12 @@ def _xof(seed: bytes, label: bytes, length: int, seek: int = 0) -> np.ndarray:
 def permutation_stream(seed: bytes, k: int) -> np.ndarray:
     """The raw permutation stream of a k-column noise (4 bytes per column)."""
     check_seed("seed", seed)
+    return unchecked_permutation_stream(seed, k)
+
+
+def unchecked_permutation_stream(seed: bytes, k: int) -> np.ndarray:
+    """:func:`permutation_stream` for a caller that has checked the seed (a verifier's
+    per-tile path, where each check costs a few percent)."""
     return _xof(seed, PERM_LABEL, 4 * k)
 
 
@@ -91,6 +97,11 @@ def factor_stream(seed: bytes, first_row: int, count: int, r: int) -> np.ndarray
     check_rank(r)
     if first_row < 0 or count <= 0:
         raise ValueError(f"bad row range: first_row={first_row}, count={count}")
+    return unchecked_factor_stream(seed, first_row, count, r)
+
+
+def unchecked_factor_stream(seed: bytes, first_row: int, count: int, r: int) -> np.ndarray:
+    """:func:`factor_stream` for a caller that has checked the seed, the rank and the rows."""
     return _xof(seed, L_LABEL, count * r, seek=first_row * r)
 
 

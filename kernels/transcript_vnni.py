@@ -629,6 +629,89 @@ _noisy_words16 = _make_noisy_words16(gather=True)
 _noisy_words16_packed = _make_noisy_words16(gather=False)
 
 
+def _transpose_masks(b: int) -> tuple[list[int], list[int]]:
+    """The shufflevector masks that swap the off-diagonal b×b blocks of rows i and i + b
+    (over the 32 words of row i then row i + b)."""
+    low = [j if j & b == 0 else 16 + j - b for j in range(16)]
+    high = [j + b if j & b == 0 else 16 + j for j in range(16)]
+    return low, high
+
+
+@intrinsic
+def _transpose_words16(tctx, x, x_off, ldx, out, out_off, bad):
+    """out[out_off + 16·j + i] = x[x_off + i·ldx + j] for i, j < 16: a 16×16 block of
+    words transposed in registers (4 rounds of 2-source shuffles, 64 in all), where a
+    lane-by-lane gather costs a scalar load and an insert per word. bad[0:16] |= bit 7
+    of every byte whose bit 6 differs from it: 0 iff every byte read is in the int7
+    range [-64, 63] (its top two bits equal)."""
+    ip = types.intp
+    sig = types.void(x, ip, ip, out, ip, bad)
+
+    def codegen(context, builder, signature, args):
+        x_v, x_off, ldx, out_v, out_off, bad_v = args
+
+        def data(n: int, value: ir.Value) -> ir.Value:
+            return context.make_array(signature.args[n])(context, builder, value).data
+
+        x_p, out_p, bad_p = data(0, x_v), data(3, out_v), data(5, bad_v)
+
+        def vec(base: ir.Value, off: ir.Value) -> ir.Value:
+            return builder.bitcast(builder.gep(base, [off]), _V16I32.as_pointer())
+
+        rows = []
+        flagged = None
+        for i in range(16):
+            off = builder.add(x_off, builder.mul(ldx, ir.Constant(ldx.type, i)))
+            row = builder.load(vec(x_p, off), align=4)
+            moved = builder.xor(row, builder.shl(row, ir.Constant(_V16I32, [1] * 16)))
+            flagged = moved if flagged is None else builder.or_(flagged, moved)
+            rows.append(row)
+        for b in (8, 4, 2, 1):
+            low, high = _transpose_masks(b)
+            for i in range(16):
+                if i & b:
+                    continue
+                lo = builder.shuffle_vector(rows[i], rows[i + b], ir.Constant(_V16I32, low))
+                hi = builder.shuffle_vector(rows[i], rows[i + b], ir.Constant(_V16I32, high))
+                rows[i], rows[i + b] = lo, hi
+        for j in range(16):
+            off = builder.add(out_off, ir.Constant(out_off.type, 16 * j))
+            builder.store(rows[j], vec(out_p, off), align=4)
+        bad_ptr = vec(bad_p, _I32(0))
+        mask = ir.Constant(_V16I32, [0x80808080] * 16)
+        builder.store(
+            builder.or_(builder.load(bad_ptr, align=4), builder.and_(flagged, mask)),
+            bad_ptr,
+            align=4,
+        )
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+SUM_WAYS = 4
+"""Lane-sum accumulators the verifier's noise loop rotates through: each quad's sum is a load, a
+``vpdpbusd`` and a store, and one accumulator would chain them quad after quad."""
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _offsets(t1: int, p: np.ndarray, quad: int) -> tuple[int, int, int, int]:
+    """The ``tab`` offsets (t1·p[c]) of the 4 k-columns c of ``quad``."""
+    c = 4 * quad
+    return (t1 * p[c], t1 * p[c + 1], t1 * p[c + 2], t1 * p[c + 3])
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _close_chunk(sums: np.ndarray, rs: np.ndarray, chunk: int) -> None:
+    """rs[chunk, i] ← 128 · the lane sums of the chunk just packed; the sums ← 0."""
+    for i in range(LANES):
+        total = np.int32(0)
+        for way in range(SUM_WAYS):
+            total += sums[way, i]
+            sums[way, i] = 0
+        rs[chunk, i] = total * np.int32(128)
+
+
 @njit(nogil=True, cache=True)
 def _add_noise_packed(
     words: np.ndarray,
@@ -683,12 +766,16 @@ def _pack_noisy_quads(
     out: np.ndarray,
     flip: np.uint32,
     rs: np.ndarray,
+    bad: np.ndarray,
 ) -> None:
     """out[quad, i] = the 4 bytes x'[row0 + i, 4·quad …] of x' = x + E XOR ``flip`` for the
     16 lanes (x' = 0 past the rows of ``x``), and rs[c, i] = 128·Σ x'[row0 + i, chunk c].
+    bad[0:16] is left nonzero if an entry of those rows of x lies outside the int7 range.
 
     ``x`` is the clean strip as uint32 words (4 k-columns each) and ``tab`` is
-    :func:`_factor_lanes` of its rows' noise (4 | r).
+    :func:`_factor_lanes` of its rows' noise (4 | r). With 16 rows and 16 | k/4 the clean
+    words are transposed 16 quads at a time (:func:`_transpose_words16`) and the noise
+    added in place; otherwise each quad's 16 lanes are gathered one by one.
     """
     nq = out.shape[0]
     rows = min(LANES, x.shape[0] - row0)
@@ -697,30 +784,39 @@ def _pack_noisy_quads(
     tab_flat = tab.reshape(-1)
     out_flat = out.reshape(-1)
     t1 = tab.shape[1]
-    sums = np.zeros(LANES, dtype=np.int32)
+    sums = np.zeros((SUM_WAYS, LANES), dtype=np.int32)
+    blocks = rows == LANES and nq % LANES == 0
+    if not blocks and not _int7(x[row0 : row0 + rows]):
+        bad[0] |= np.uint32(0x80)
     cq = r // 4
     for chunk in range(nq // cq):
         for quad in range(chunk * cq, (chunk + 1) * cq):
-            c = 4 * quad
-            plus = (t1 * p[c], t1 * p[c + 1], t1 * p[c + 2], t1 * p[c + 3])
-            minus = (t1 * q[c], t1 * q[c + 1], t1 * q[c + 2], t1 * q[c + 3])
-            _noisy_words16(  # an intrinsic: typing context is implicit
-                x_flat,
-                row0 * ldx + quad,
-                ldx,
-                rows,
-                tab_flat,
-                row0,
-                plus,
-                minus,
-                out_flat,
-                LANES * quad,
-                flip,
-                sums,
-            )
-        for i in range(LANES):
-            rs[chunk, i] = sums[i] * np.int32(128)
-            sums[i] = 0
+            plus, minus = _offsets(t1, p, quad), _offsets(t1, q, quad)
+            at, way = LANES * quad, sums[quad % SUM_WAYS]
+            if blocks:  # intrinsics: the typing context is implicit
+                if quad % LANES == 0:
+                    _transpose_words16(  # type: ignore[call-arg]
+                        x_flat, row0 * ldx + quad, ldx, out_flat, at, bad
+                    )
+                _noisy_words16_packed(
+                    out_flat, at, 1, LANES, tab_flat, row0, plus, minus, out_flat, at, flip, way
+                )
+            else:
+                _noisy_words16(
+                    x_flat,
+                    row0 * ldx + quad,
+                    ldx,
+                    rows,
+                    tab_flat,
+                    row0,
+                    plus,
+                    minus,
+                    out_flat,
+                    at,
+                    flip,
+                    way,
+                )
+        _close_chunk(sums, rs, chunk)
 
 
 @njit(nogil=True, cache=True)
@@ -747,8 +843,6 @@ def noisy_tile_transcript(
     check_chunks(k, r)
     if h != LANES or r % 4:
         raise ValueError("the one-call verifier packs 16 rows of A and 4 | r")
-    if not (_int7(a_rows) and _int7(b_cols)):
-        return False
     nq = k // 4
     wp = padded_width(w)
     pa, qa = permutation_from_stream(perm_a_raw, r)
@@ -757,14 +851,19 @@ def noisy_tile_transcript(
     rs = np.empty((k // r, h), dtype=np.int32)
     a32 = a_rows.view(np.uint32)
     tab_a = _factor_lanes(la_raw, r, h, LANES)
-    _pack_noisy_quads(a32, 0, tab_a, pa, qa, r, ap.view(np.uint32).reshape(nq, h), np.uint32(0), rs)
+    bad = np.zeros(LANES, dtype=np.uint32)
+    apw = ap.view(np.uint32).reshape(nq, h)
+    _pack_noisy_quads(a32, 0, tab_a, pa, qa, r, apw, np.uint32(0), rs, bad)
     bp = np.empty((wp // PANEL, nq, 4 * PANEL), dtype=np.uint8)
     b32 = b_cols.view(np.uint32)
     tab_b = _factor_lanes(lb_raw, r, w, wp)
     rs_b = np.empty((k // r, LANES), dtype=np.int32)  # B' needs no shift sums
     for panel in range(wp // PANEL):
         out = bp[panel].view(np.uint32).reshape(nq, PANEL)
-        _pack_noisy_quads(b32, panel * PANEL, tab_b, pb, qb, r, out, np.uint32(0x80808080), rs_b)
+        flip = np.uint32(0x80808080)
+        _pack_noisy_quads(b32, panel * PANEL, tab_b, pb, qb, r, out, flip, rs_b, bad)
+    if bad.any():
+        return False
     acc = np.zeros((h, wp), dtype=np.int32)
     xs = np.empty((k // r, 1, LANES), dtype=np.int32)
     _tile_packed(ap, bp, rs, acc, T, True, xs)

@@ -201,7 +201,9 @@ def test_single_tile_verification_reproduces_the_miners_transcript_and_ticket():
 
 
 @pytest.mark.parametrize("kind", ["random", "min", "max", "zeros", "low_rank"])
-@pytest.mark.parametrize(("w", "k", "r"), [(16, 2048, 64), (8, 256, 64), (24, 128, 4), (32, 64, 8)])
+@pytest.mark.parametrize(
+    ("w", "k", "r"), [(16, 2048, 64), (8, 256, 64), (24, 128, 4), (32, 64, 8), (16, 96, 8)]
+)
 def test_one_call_verifier_equals_the_noisy_strips(kind, w, k, r):
     """The verifier's one compiled call (clean rows + raw noise streams, VNNI paths) gives
     the transcript of the noisy strips through the miner's tile routine, bit for bit."""
@@ -251,13 +253,23 @@ def test_verifier_reads_rows_at_any_alignment():
     assert np.array_equal(tile_transcript(a, b.T, 1, 2, SEED_A, SEED_B), expected)  # strided
 
 
-def test_verifier_names_an_operand_outside_int7():
-    a, b = _operands("random", 16, 256, 16)
+@pytest.mark.parametrize(("w", "k", "r"), [(16, 256, 64), (8, 256, 64), (16, 96, 8), (24, 128, 4)])
+@pytest.mark.parametrize("value", [-65, 64, -128, 127])
+def test_verifier_names_an_operand_outside_int7(w, k, r, value):
+    """Whether the verifier reads a tile's rows in 16×16 blocks (16 rows, 16 | k/4) or
+    lane by lane, one entry outside [-64, 63] anywhere is named, never hashed."""
+    params = MiningParams(r=r, w=w)
+    a, b = _operands("random", 16, k, w)
     cols = np.ascontiguousarray(b.T)
+    rng = np.random.default_rng(value + 1000 * w + k)
     for rows, bad_cols, name in ((a.copy(), cols, "A rows"), (a, cols.copy(), "B columns")):
-        (rows if name == "A rows" else bad_cols)[7, 200] = -65
+        target = rows if name == "A rows" else bad_cols
+        i, j = rng.integers(target.shape[0]), rng.integers(k)
+        target[i, j] = value
         with pytest.raises(ValueError, match=f"{name} has values in .*int7"):
-            tile_transcript(rows, bad_cols, 0, 0, SEED_A, SEED_B)
+            tile_transcript(rows, bad_cols, 0, 0, SEED_A, SEED_B, params)
+        target[i, j] = 63 if value > 0 else -64  # the range's own ends pass
+        tile_transcript(rows, bad_cols, 0, 0, SEED_A, SEED_B, params)
 
 
 def test_tampered_row_or_wrong_tile_index_fails_verification():
