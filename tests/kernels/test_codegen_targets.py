@@ -47,40 +47,73 @@ def _targets() -> dict[str, tuple[str, str]]:
     return X86_TARGETS
 
 
-@pytest.mark.parametrize("isa", sorted(_targets()))
-def test_kernels_exact_when_compiled_for_an_older_target(isa: str) -> None:
+def _env_for(isa: str, cache: Path) -> dict[str, str]:
     cpu, features = _targets()[isa]
     env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}
-    env |= {"NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": features}
+    # A cache of its own: the run compiles everything for its target anyway, and runs
+    # side by side must not rewrite each other's (or the host's) cache index.
+    return env | {
+        "NUMBA_CPU_NAME": cpu,
+        "NUMBA_CPU_FEATURES": features,
+        "NUMBA_CACHE_DIR": str(cache),
+    }
+
+
+@pytest.fixture(scope="module")
+def older_target_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str, str]]:
+    """Every older target's exactness run, started side by side (each is mostly one
+    thread compiling the kernels: ~1.5 min apiece here); (return code, stdout, stderr)."""
+    runs = {
+        isa: subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "-k",
+                "not hypothesis",
+                *EXACTNESS_TESTS,
+            ],
+            cwd=ROOT,
+            env=_env_for(isa, tmp_path_factory.mktemp(f"numba-{isa}")),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for isa in sorted(_targets())
+    }
+    done: dict[str, tuple[int, str, str]] = {}
+    try:
+        for isa, proc in runs.items():
+            out, err = proc.communicate(timeout=900)
+            done[isa] = (proc.returncode, out, err)
+    finally:
+        for proc in runs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    return done
+
+
+@pytest.mark.parametrize("isa", sorted(_targets()))
+def test_kernels_exact_when_compiled_for_an_older_target(
+    isa: str, older_target_runs: dict[str, tuple[int, str, str]], tmp_path: Path
+) -> None:
+    cpu, _ = _targets()[isa]
     probe = subprocess.run(
         [sys.executable, "-c", "from kernels.isa import compile_target as t; print(t().isa)"],
         cwd=ROOT,
-        env=env,
+        env=_env_for(isa, tmp_path),
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert probe.stdout.strip() == isa, probe.stderr
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-k",
-            "not hypothesis",
-            *EXACTNESS_TESTS,
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    tail = "\n".join(run.stdout.splitlines()[-30:])
-    assert run.returncode == 0, f"kernels compiled for {cpu} ({isa}) failed:\n{tail}\n{run.stderr}"
+    returncode, stdout, stderr = older_target_runs[isa]
+    tail = "\n".join(stdout.splitlines()[-30:])
+    assert returncode == 0, f"kernels compiled for {cpu} ({isa}) failed:\n{tail}\n{stderr}"
     assert " passed" in tail and "failed" not in tail, tail
 
 
