@@ -397,6 +397,7 @@ class Node:
         service.announce_blocks_with(self._announce_block)
         service.on_chain_changed(self.compact.chain_changed)
         service.on_chain_changed(self._mempool_follows)
+        service.on_chain_changed(self.txs.chain_changed)
         service.on_chain_changed(self._publish_blocks)
         service.on_chain_changed(self.market.chain_changed)
         self.txs.on_admitted(self._publish_tx)

@@ -50,6 +50,17 @@ RATE_SHIFT = 32
 """Fee rates are fee·2^32 // size: exact integers, ordered like fee per byte."""
 
 
+class NonceGap(InvalidTransaction):
+    """Refused only because the sender's earlier nonces are missing here: a transaction
+    that may apply once they arrive (the relay holds it, ``node.relay.txrelay``)."""
+
+    def __init__(self, message: str, sender: bytes, nonce: int, next_nonce: int) -> None:
+        super().__init__(message)
+        self.sender = sender
+        self.nonce = nonce
+        self.next_nonce = next_nonce
+
+
 @dataclass
 class _Pending:
     tx: Transaction
@@ -205,9 +216,12 @@ class Mempool:
             )
         replaced = queue.get(tx.nonce)
         if replaced is None and tx.nonce != next_nonce:
-            raise InvalidTransaction(
+            raise NonceGap(
                 f"nonce: {tx.nonce} leaves a gap (next is {next_nonce}, "
-                f"{next_nonce - account_nonce} pending from this sender)"
+                f"{next_nonce - account_nonce} pending from this sender)",
+                sender,
+                tx.nonce,
+                next_nonce,
             )
         if replaced is not None and tx.fee <= replaced.tx.fee:
             raise InvalidTransaction(

@@ -17,6 +17,13 @@ bounded pipeline instead of whatever queues peers fill:
 - Admitted transactions are announced to every other peer in one INV each
   ``RELAY_S`` (not one frame per transaction), and INVs of transactions travel
   behind blocks in the peers' send queues.
+- A transaction refused only because the sender's earlier nonces are missing
+  here is held (``HeldTxs``), not forgotten: a sender's transactions travel by
+  separate announcements, and one of them refused here in a race (a job_result
+  whose job another claim took first) leaves every later one a gap. Forgotten,
+  those would reach the chain only in the sender's own blocks; held, they are
+  admitted and relayed as soon as the earlier nonces arrive or a block confirms
+  them (Ethereum's queued transactions, Bitcoin Core's orphan pool), bounded.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from consensus.errors import InvalidTransaction
 from consensus.transactions import check_tx_stateless
+from node.mempool import NonceGap
 from node.net.errors import ProtocolViolation
 from node.net.peer import PeerSession
 from node.net.wire import InvItem, InvKind
@@ -56,6 +64,14 @@ REQUEST_TIMEOUT_S = 30.0
 SLICE_S = 0.005
 """Admission yields the event loop this often."""
 SEEN_CACHE = 50_000
+HELD_MAX = 1_000
+"""Transactions held for a nonce gap, at most; beyond, the longest held go first."""
+HELD_PER_SENDER = 64
+"""Held transactions of one sender, at most."""
+HELD_AHEAD = 64
+"""A transaction more than this many nonces past the sender's next one is not held."""
+HELD_TTL_S = 600.0
+"""A held transaction whose gap has not filled after this long is dropped."""
 """Recently refused txids, not asked for again."""
 
 # A transaction refused for one of these reasons is the sender's fault, whatever
@@ -84,6 +100,67 @@ def _valid_on_its_own(tx: Any, chain_id: int) -> bool:
     return True
 
 
+class HeldTxs:
+    """Transactions refused only for a nonce gap, by sender and nonce, until the gap
+    fills (see the module docstring): at most ``HELD_PER_SENDER`` a sender and
+    ``HELD_MAX`` in all (the longest held dropped first), none past ``HELD_TTL_S``."""
+
+    def __init__(self) -> None:
+        self._by_sender: dict[bytes, dict[int, tuple[Any, PeerSession, float]]] = {}
+        self._order: OrderedDict[bytes, tuple[bytes, int]] = OrderedDict()  # oldest first
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __contains__(self, txid: object) -> bool:
+        return txid in self._order
+
+    def senders(self) -> list[bytes]:
+        return list(self._by_sender)
+
+    def holds_for(self, sender: bytes) -> bool:
+        return sender in self._by_sender
+
+    def hold(self, tx: Any, peer: PeerSession, sender: bytes, nonce: int, since: float) -> bool:
+        """Hold ``tx`` (sent by ``peer``); False if the sender's share is full or
+        another transaction holds that nonce already (the first one stays)."""
+        held = self._by_sender.setdefault(sender, {})
+        if nonce in held or len(held) >= HELD_PER_SENDER:
+            if not held:
+                del self._by_sender[sender]
+            return False
+        held[nonce] = (tx, peer, since)
+        self._order[tx.txid] = (sender, nonce)
+        while len(self._order) > HELD_MAX:
+            self._drop(next(iter(self._order)))
+        return True
+
+    def take(self, sender: bytes) -> list[tuple[Any, PeerSession, float]]:
+        """Every transaction held for ``sender``, in nonce order, no longer held."""
+        held = self._by_sender.pop(sender, {})
+        for tx, _, _ in held.values():
+            del self._order[tx.txid]
+        return [held[n] for n in sorted(held)]
+
+    def expire(self, now: float) -> int:
+        """Drop what was held longer than ``HELD_TTL_S``; how many."""
+        old = [
+            txid
+            for txid, (sender, nonce) in self._order.items()
+            if now - self._by_sender[sender][nonce][2] > HELD_TTL_S
+        ]
+        for txid in old:
+            self._drop(txid)
+        return len(old)
+
+    def _drop(self, txid: bytes) -> None:
+        sender, nonce = self._order.pop(txid)
+        held = self._by_sender[sender]
+        del held[nonce]
+        if not held:
+            del self._by_sender[sender]
+
+
 class TxRelay:
     """The transaction side of one node's gossip (see the module docstring)."""
 
@@ -101,6 +178,7 @@ class TxRelay:
         self.requested: dict[bytes, tuple[PeerSession, float]] = {}
         self.intake: deque[tuple[PeerSession, Any]] = deque()
         self.rejected: OrderedDict[bytes, None] = OrderedDict()
+        self.held = HeldTxs()
         self.dropped = 0
         """Announcements dropped because ``wanted`` was full (shown in getinfo)."""
         self._announce: dict[int, tuple[PeerSession | None, list[bytes]]] = {}
@@ -121,18 +199,26 @@ class TxRelay:
 
     def admit(self, tx: Any, source: PeerSession | None = None) -> bytes:
         """Admit to the mempool and queue the announcement (to every peer but ``source``,
-        None for our own); InvalidTransaction if refused."""
+        None for our own), then what was held for this nonce; InvalidTransaction if
+        refused (NonceGap if only the sender's earlier nonces are missing)."""
+        txid = self._admit(tx, source)
+        if self.held.holds_for(tx.sender_address):
+            self._release(tx.sender_address)
+        return txid
+
+    def _admit(self, tx: Any, source: PeerSession | None) -> bytes:
         txid: bytes = tx.txid
         if txid in self.mempool:
             return txid
         chain = self.chain
         try:
             self.mempool.add(tx, chain.state, chain.height, tip=chain.tip.header)
+        except NonceGap:
+            self.metrics.txs_rejected.inc()
+            raise  # may be held (_admit_from_peer): not remembered as refused
         except InvalidTransaction:
             self.metrics.txs_rejected.inc()
-            self.rejected[txid] = None
-            while len(self.rejected) > SEEN_CACHE:
-                self.rejected.popitem(last=False)
+            self._remember_refused(txid)
             raise
         self.metrics.txs_accepted.inc()
         self._announce.setdefault(id(source), (source, []))[1].append(txid)
@@ -140,9 +226,42 @@ class TxRelay:
             listener(txid)
         return txid
 
+    def _remember_refused(self, txid: bytes) -> None:
+        self.rejected[txid] = None
+        while len(self.rejected) > SEEN_CACHE:
+            self.rejected.popitem(last=False)
+
+    def _release(self, sender: bytes) -> None:
+        """Admit the sender's held transactions that apply now, in nonce order; hold
+        again those still behind a gap, drop those refused otherwise."""
+        held = self.held.take(sender)
+        for i, (tx, peer, _) in enumerate(held):
+            try:
+                self._admit(tx, None if peer.closing else peer)
+            except NonceGap:
+                for tx_, peer_, since_ in held[i:]:
+                    self.held.hold(tx_, peer_, sender, tx_.nonce, since_)
+                return
+            except InvalidTransaction:
+                continue  # remembered as refused by _admit
+
+    def chain_changed(self, change: object) -> None:
+        """A new tip (after the mempool followed it): its blocks may have confirmed the
+        nonces that held transactions wait for."""
+        for sender in self.held.senders():
+            self._release(sender)
+
     def _admit_from_peer(self, peer: PeerSession, tx: Any) -> None:
         try:
             self.admit(tx, peer)
+        except NonceGap as e:
+            ahead = e.nonce - e.next_nonce
+            if not (
+                ahead <= HELD_AHEAD
+                and _valid_on_its_own(tx, self.chain_id)
+                and self.held.hold(tx, peer, e.sender, e.nonce, time.monotonic())
+            ):
+                self._remember_refused(tx.txid)
         except InvalidTransaction as e:
             reason = str(e)
             if reason.startswith(_MALICIOUS) and not _valid_on_its_own(tx, self.chain_id):
@@ -186,7 +305,13 @@ class TxRelay:
         """A peer announced these transactions: want the ones we lack."""
         mempool, wanted = self.mempool, self.wanted
         for txid in txids:
-            if txid in mempool or txid in wanted or txid in self.requested or txid in self.rejected:
+            if (
+                txid in mempool
+                or txid in wanted
+                or txid in self.requested
+                or txid in self.rejected
+                or txid in self.held
+            ):
                 continue
             wanted[txid] = peer
         while len(wanted) > MAX_WANTED:
@@ -237,7 +362,9 @@ class TxRelay:
         self.request_more()
 
     def expire(self) -> None:
-        """Give up requests that were never answered (housekeeping, once a second)."""
+        """Give up requests that were never answered and transactions held too long
+        (housekeeping, once a second)."""
+        self.held.expire(time.monotonic())
         limit = time.monotonic() - REQUEST_TIMEOUT_S
         for txid, (_, asked) in list(self.requested.items()):
             if asked < limit:

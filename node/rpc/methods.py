@@ -134,6 +134,7 @@ def register_methods(rpc: RpcServer, node: NodeApi) -> None:
                 "requested": len(node.txs.requested),
                 "admitting": len(node.txs.intake),
                 "dropped_announcements": node.txs.dropped,
+                "held_for_nonce_gaps": len(node.txs.held),
             },
             "compact": node.compact.stats.as_dict(),
             "mining": node.miner is not None and node.miner.running,

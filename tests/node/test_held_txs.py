@@ -1,0 +1,155 @@
+"""A transaction refused only because its sender's earlier nonces are missing is held,
+not forgotten (node/relay/txrelay.py ``HeldTxs``): a real node, peers on real sockets.
+
+What it fixes, measured: at 2 s blocks a miner's job_result claims go out one nonce
+after another; one refused by a peer in a race (another claim took its job there
+first) made that peer refuse every later claim of the miner as a nonce gap and never
+ask for it again, so those claims reached the chain only in the miner's own blocks
+(10-15 s for a job in `pouw bench market --block-time-ms 2000`)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from consensus.transactions import Transaction
+from node.app import INV_BLOCK, INV_CMPCT, INV_TX, Node
+from node.net.wire import (
+    BlockTxn,
+    CompactBlock,
+    GetBlockTxn,
+    GetData,
+    Inv,
+    InvItem,
+    TxMsg,
+)
+from node.relay.txrelay import HELD_AHEAD, HELD_PER_SENDER, HELD_TTL_S, HeldTxs
+from tests.support.chainkit import ALICE, BOB, CAROL, MID, new_chain, next_block, transfer
+from tests.support.nodekit import connected_peer, rpc_call
+from tests.support.p2p_testkit import TestPeer
+
+
+async def _until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    """Wait until ``predicate()`` holds (node-side state: re-checked every few ms)."""
+
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def _send_tx(peer: TestPeer, tx: Transaction) -> None:
+    """Announce ``tx``, wait for the node to ask for it, and send it."""
+    asked = len(peer.of_type(GetData))
+    await peer.send(Inv((InvItem(INV_TX, tx.txid),)))
+    await peer.wait_for(lambda: len(peer.of_type(GetData)) > asked)
+    assert peer.of_type(GetData)[-1].items == (InvItem(INV_TX, tx.txid),)
+    await peer.send(TxMsg(tx))
+
+
+def _announced(peer: TestPeer) -> set[bytes]:
+    return {item.hash for m in peer.of_type(Inv) for item in m.items if item.kind == INV_TX}
+
+
+async def _held(node: Node) -> Any:
+    return (await rpc_call(node, "getinfo"))["result"]["tx_relay"]["held_for_nonce_gaps"]
+
+
+async def test_later_nonces_are_held_until_the_earlier_one_comes_then_relayed_in_order(node):
+    a, b, watcher = [await connected_peer(node) for _ in range(3)]
+    first, second, third = (
+        transfer(ALICE, BOB, 500 + n, n, chain_id=MID.chain_id) for n in range(3)
+    )
+    admitted: list[bytes] = []
+    node.txs.on_admitted(admitted.append)
+    await _send_tx(a, third)  # the later nonces first
+    await _send_tx(a, second)
+    await _until(lambda: len(node.txs.held) == 2)
+    assert await _held(node) == 2
+    assert not admitted and second.txid not in node.mempool
+    # Announced again by another peer: not asked for, it is here already.
+    await b.send(Inv((InvItem(INV_TX, second.txid),)))
+    await b.sync()
+    assert not b.of_type(GetData)
+    await _send_tx(a, first)
+    await watcher.wait_for(lambda: {first.txid, second.txid, third.txid} <= _announced(watcher))
+    assert admitted == [first.txid, second.txid, third.txid]
+    assert await _held(node) == 0
+    assert any(p.node_id == a.node_id for p in node.p2p.peers), "the sender's peer was dropped"
+    for peer in (a, b, watcher):
+        await peer.close()
+
+
+async def test_a_held_transaction_is_admitted_when_a_block_confirms_its_predecessor(node):
+    """The earlier nonce never reaches the mempool here (refused in a race, say): the
+    block that confirms it releases what was held behind it."""
+    a, b = await connected_peer(node), await connected_peer(node)
+    first, second = (transfer(ALICE, BOB, 500 + n, n, chain_id=MID.chain_id) for n in range(2))
+    await _send_tx(a, second)
+    await _until(lambda: second.txid in node.txs.held)
+    chain, clock = new_chain()
+    clock.now = max(clock.now, node.chain.tip.header.timestamp_ms)
+    block = next_block(chain, clock, (first,))
+    await a.send(Inv((InvItem(INV_BLOCK, block.hash),)))
+    await a.wait_for(
+        lambda: any(InvItem(INV_CMPCT, block.hash) in m.items for m in a.of_type(GetData))
+    )
+    await a.send(CompactBlock(block.header, tuple(tx.txid for tx in block.txs)))
+    await a.wait_for_message(GetBlockTxn)
+    await a.send(BlockTxn(block.hash, (first,)))
+    await _until(lambda: node.chain.tip.hash == block.hash)
+    await _until(lambda: second.txid in node.mempool)
+    await b.wait_for(lambda: second.txid in _announced(b))
+    assert len(node.txs.held) == 0
+    await a.close()
+    await b.close()
+
+
+async def test_a_transaction_far_ahead_or_badly_signed_is_refused_and_not_asked_for_again(node):
+    a, b = await connected_peer(node), await connected_peer(node)
+    far = transfer(ALICE, BOB, 5, HELD_AHEAD + 2, chain_id=MID.chain_id)
+    forged = dataclasses.replace(transfer(CAROL, BOB, 5, 1, chain_id=MID.chain_id), fee=6)
+    for tx in (far, forged):
+        await _send_tx(a, tx)
+    await _until(lambda: far.txid in node.txs.rejected and forged.txid in node.txs.rejected)
+    assert len(node.txs.held) == 0
+    await b.send(Inv((InvItem(INV_TX, far.txid), InvItem(INV_TX, forged.txid))))
+    await b.sync()
+    assert not b.of_type(GetData)
+    await a.close()
+    await b.close()
+
+
+def _fake(sender: bytes, nonce: int) -> Any:
+    class Tx:
+        txid = sender + nonce.to_bytes(8, "big")
+
+    return Tx()
+
+
+class _Peer:
+    closing = False
+
+
+def test_held_transactions_are_bounded_per_sender_in_all_and_in_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    held, peer, now = HeldTxs(), _Peer(), time.monotonic()
+    s1, s2 = b"\x01" * 20, b"\x02" * 20
+    assert all(held.hold(_fake(s1, n), peer, s1, n, now) for n in range(1, HELD_PER_SENDER + 1))
+    assert not held.hold(_fake(s1, 999), peer, s1, 999, now), "a sender's share is bounded"
+    assert not held.hold(_fake(s2, 5), peer, s1, 5, now), "the first one for a nonce stays"
+    assert [tx.txid for tx, _, _ in held.take(s1)] == [_fake(s1, n).txid for n in range(1, 65)]
+    assert len(held) == 0 and not held.holds_for(s1)
+    monkeypatch.setattr("node.relay.txrelay.HELD_MAX", 3)
+    for n in range(1, 5):
+        held.hold(_fake(s2, n), peer, s2, n, now + n)
+    assert len(held) == 3 and _fake(s2, 1).txid not in held, "the longest held goes first"
+    assert held.expire(now + 3.5 + HELD_TTL_S) == 2  # held at now + 2 and now + 3
+    assert [tx.txid for tx, _, _ in held.take(s2)] == [_fake(s2, 4).txid]
