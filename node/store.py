@@ -106,6 +106,11 @@ class StoreError(Exception):
     """The chain file cannot be used: another network, a newer schema, or inconsistent."""
 
 
+class DiskFull(OSError):
+    """A write found the store's disk full (SQLite's SQLITE_FULL); nothing of it was
+    written. An operator frees space; the node answers its clients with this."""
+
+
 class Store:
     """SQLite persistence of one network's chain, state and job blobs.
 
@@ -522,10 +527,15 @@ def _immediate(db: sqlite3.Connection, lock: threading.RLock) -> Iterator[sqlite
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
-        except BaseException:
-            db.execute("ROLLBACK")
+            db.execute("COMMIT")
+        except BaseException as e:
+            if db.in_transaction:  # SQLite rolls back by itself after some errors
+                db.execute("ROLLBACK")
+            if isinstance(e, sqlite3.Error) and e.sqlite_errorcode == sqlite3.SQLITE_FULL:
+                raise DiskFull(
+                    f"the node's disk is full (SQLite: {e}): free space where its datadir is"
+                ) from e
             raise
-        db.execute("COMMIT")
 
 
 def blob_file(chain_file: Path) -> Path:

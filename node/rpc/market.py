@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 import statistics
 from collections import Counter
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from node.relay.blobs import (
     encode_matrix,
 )
 from node.rpc.server import (
+    DISK_FULL,
     INVALID_PARAMS,
     REJECTED,
     UNAUTHORIZED,
@@ -49,6 +51,7 @@ from node.rpc.server import (
     read_body,
     route_error,
 )
+from node.store import DiskFull
 
 if TYPE_CHECKING:
     from consensus.blocks import BlockHeader
@@ -57,6 +60,8 @@ if TYPE_CHECKING:
     from node.mempool import Mempool
     from node.relay.blobs import BlobExchange
     from node.services.market import MarketService
+
+log = logging.getLogger("pouw.rpc")
 
 
 def _job_json(rec: dict[str, Any]) -> dict[str, Any]:
@@ -258,6 +263,9 @@ def register_market_methods(
             root = await asyncio.to_thread(store_operand, body, layout)
         except RpcError as e:
             return route_error(e.status or 400, e.code, e.message)
+        except DiskFull as e:
+            log.error("POST /operand: %s", e)
+            return route_error(507, DISK_FULL, str(e))  # Insufficient Storage
         return web.json_response({"root": root})
 
     async def getjob(job_id: str) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from node.metrics import Metrics
 from node.net.httpguard import RateLimitedLog, bad_upgrade
+from node.store import DiskFull
 
 log = logging.getLogger("pouw.rpc")
 
@@ -44,6 +45,7 @@ UNAUTHORIZED = -32001
 REJECTED = -32002  # a valid request the node refused (invalid transaction, unknown block)
 
 REPLY_LIMIT = -32003  # a batch's replies reached MAX_BATCH_REPLY_BYTES: this one is not answered
+DISK_FULL = -32004  # the node could not store what the call asked it to (node.store.DiskFull)
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 """A request body with the cookie token (dataset uploads come in ~1 MiB batches)."""
@@ -280,6 +282,9 @@ class RpcServer:
             ) from None
         except ValueError as e:
             raise RpcError(INVALID_PARAMS, f"invalid params for {name}: {str(e)[:200]}") from None
+        except DiskFull as e:
+            log.error("RPC %s: %s", name, e)
+            raise RpcError(DISK_FULL, str(e)) from None
         except Exception:
             log.exception("RPC %s failed", name)
             raise RpcError(INTERNAL_ERROR, f"internal error in {name}") from None

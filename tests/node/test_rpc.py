@@ -537,6 +537,31 @@ def stored_blobs(node, monkeypatch) -> list[bytes]:
     return roots
 
 
+async def test_a_full_disk_gets_a_clear_answer_stores_nothing_and_passes(node):
+    """SQLite's SQLITE_FULL (here the blob file capped at its size, as a full disk would
+    leave it): POST /operand answers 507 and putoperand a JSON-RPC error, each naming
+    the full disk; nothing is stored, the node keeps answering, and uploads work again
+    once there is room."""
+    a = _operand(rows=256, cols=256)
+    store = node.store
+    with store._blob_lock:
+        pages = store._blob_db.execute("PRAGMA page_count").fetchone()[0]
+        store._blob_db.execute(f"PRAGMA max_page_count = {pages}")
+    status, reply = await _request(node, "POST", "/operand", encode_matrix(a), token=node.token)
+    assert status == 507, reply
+    error = json.loads(reply)["error"]
+    assert error["code"] == -32004 and "disk is full" in error["message"], error
+    rpc = await _call(node, _req("putoperand", [encode_matrix(a).hex()], id=1), token=True)
+    assert rpc["error"]["code"] == -32004 and "disk is full" in rpc["error"]["message"], rpc
+    assert not store.has_blob(matrix_rows_root(a))
+    assert (await _call(node, _req("getinfo", id=2)))["result"]["height"] == 0
+    with store._blob_lock:
+        store._blob_db.execute("PRAGMA max_page_count = 1073741823")
+    status, reply = await _request(node, "POST", "/operand", encode_matrix(a), token=node.token)
+    assert status == 200 and json.loads(reply)["root"] == matrix_rows_root(a).hex(), reply
+    assert store.has_blob(matrix_rows_root(a))
+
+
 async def test_an_operand_uploaded_as_bytes_gets_the_root_putoperand_gives(node, stored_blobs):
     a = _operand()
     for layout, root_of in (("rows", matrix_rows_root), ("cols", matrix_cols_root)):
