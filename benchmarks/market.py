@@ -741,6 +741,7 @@ def _record(
         "latency_p95_s": _quantile(latencies, 0.95),
         "latency_max_s": round(max(latencies), 3) if latencies else None,
         "latency_parts_p50_s": latency_parts(node0, jobs, start_height),
+        "latency_parts_p95_s": latency_parts(node0, jobs, start_height, 0.95),
         "stream_jobs_verified": len(latencies),
         "backlog_jobs_verified": len(waited),
         "backlog_wait_p50_s": _quantile(waited, 0.5),
@@ -768,19 +769,19 @@ LATENCY_PARTS = ("upload", "post_in_block", "mined_and_claimed", "claim_seen", "
 
 
 def latency_parts(
-    node0: TestnetNode, jobs: dict[bytes, PostedJob], start_height: int
+    node0: TestnetNode, jobs: dict[bytes, PostedJob], start_height: int, q: float = 0.5
 ) -> dict[str, float | None]:
-    """Where a streamed job's latency goes, the median of each step over the verified
-    stream: ``upload`` (its operands and job_post sent to node-0), ``post_in_block``
-    (→ node-0 has the block with the job_post), ``mined_and_claimed`` (→ the claim is
-    sent: operands fetched, the attempt, C stored, and the job_result seen pending in
-    node-0's mempool, within the client's STREAM_POLL_S; or, for a claim first seen in a
-    block, → node-0 has that block; a job attempted while its post waited has only the
-    claim's flush and relay left here, its compute is within ``post_in_block``),
-    ``claim_seen`` (→ the client sees a claim first seen in a block; a pending one it
-    sees as it polls: no step of its own) and
-    ``fetch_verify`` (→ C fetched and checked). Blocks are timed by node-0's first
-    sight of them. The medians of the steps need not add up to the median latency."""
+    """Where a streamed job's latency goes, the ``q`` quantile (the median unless told)
+    of each step over the verified stream: ``upload`` (its operands and job_post sent
+    to node-0), ``post_in_block`` (→ node-0 has the block with the job_post),
+    ``mined_and_claimed`` (→ the claim is sent: operands fetched, the attempt, C
+    stored, and the job_result seen pending in node-0's mempool, within the client's
+    STREAM_POLL_S; or, for a claim first seen in a block, → node-0 has that block; a
+    job attempted while its post waited has only the claim's flush and relay left
+    here, its compute is within ``post_in_block``), ``claim_seen`` (→ the client sees
+    a claim first seen in a block; a pending one it sees as it polls: no step of its
+    own) and ``fetch_verify`` (→ C fetched and checked). Blocks are timed by node-0's
+    first sight of them. The quantiles of the steps need not add up to the latency's."""
     stream = {job_id: j for job_id, j in jobs.items() if not j.backlog and j.verified is not None}
     if not stream:
         return dict.fromkeys(LATENCY_PARTS)
@@ -804,7 +805,7 @@ def latency_parts(
         for name, (a, b) in zip(LATENCY_PARTS, pairwise(steps), strict=True):
             if not (name == "claim_seen" and j.claim_pending):
                 parts[name].append(b - a)
-    return {name: _quantile(values, 0.5) for name, values in parts.items()}
+    return {name: _quantile(values, q) for name, values in parts.items()}
 
 
 def _delta(start: list[MinerSnapshot], end: list[MinerSnapshot], key: str) -> int | None:

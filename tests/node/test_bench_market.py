@@ -181,11 +181,19 @@ def test_a_streamed_jobs_latency_is_split_into_the_steps_it_waited_on():
     stream.claim_seen, stream.verified = t + 6.5, t + 7.0
     backlog = PostedJob(np.zeros(1), np.zeros(1), t - 9, posted=t - 8, txid="bb", backlog=True)
     backlog.claim_seen, backlog.verified = t + 6.5, t + 7.0
+    # A second streamed job whose claim waited five blocks more: the tail's quantile
+    # shows where, the median does not move.
+    slow = PostedJob(np.zeros(1), np.zeros(1), t, posted=t + 1.0, txid="aa")
+    slow.claim_seen, slow.verified = t + 16.5, t + 17.0
     node0 = ChainNode(
-        [(10, wall + t - 5, ["bb"]), (11, wall + t + 2.5, ["aa"]), (12, wall + t + 6.0, [])],
-        {ONE: 12, TWO: 12},
-    )
+        [(10, wall + t - 5, ["bb"]), (11, wall + t + 2.5, ["aa"]), (12, wall + t + 6.0, []),
+         (13, wall + t + 16.0, [])],
+        {ONE: 12, TWO: 12, THREE: 13},
+    )  # fmt: skip
     jobs = {bytes.fromhex(ONE): stream, bytes.fromhex(TWO): backlog}
+    tail = latency_parts(node0, jobs | {bytes.fromhex(THREE): slow}, 10, q=0.95)  # type: ignore[arg-type]
+    assert tail["mined_and_claimed"] == pytest.approx(13.5, abs=0.01)
+    assert tail["post_in_block"] == pytest.approx(1.5, abs=0.01)
     parts = latency_parts(node0, jobs, start_height=10)  # type: ignore[arg-type]
     assert parts == pytest.approx(
         {
