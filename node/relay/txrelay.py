@@ -66,6 +66,8 @@ SLICE_S = 0.005
 SEEN_CACHE = 50_000
 HELD_MAX = 1_000
 """Transactions held for a nonce gap, at most; beyond, the longest held go first."""
+HELD_MAX_BYTES = 4 * 1024 * 1024
+"""Their encoded bytes, at most (a transaction may be 256 KiB), the same way."""
 HELD_PER_SENDER = 64
 """Held transactions of one sender, at most."""
 HELD_AHEAD = 64
@@ -103,11 +105,13 @@ def _valid_on_its_own(tx: Any, chain_id: int) -> bool:
 class HeldTxs:
     """Transactions refused only for a nonce gap, by sender and nonce, until the gap
     fills (see the module docstring): at most ``HELD_PER_SENDER`` a sender and
-    ``HELD_MAX`` in all (the longest held dropped first), none past ``HELD_TTL_S``."""
+    ``HELD_MAX`` and ``HELD_MAX_BYTES`` in all (the longest held dropped first), none
+    past ``HELD_TTL_S``."""
 
     def __init__(self) -> None:
         self._by_sender: dict[bytes, dict[int, tuple[Any, PeerSession, float]]] = {}
         self._order: OrderedDict[bytes, tuple[bytes, int]] = OrderedDict()  # oldest first
+        self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._order)
@@ -124,6 +128,8 @@ class HeldTxs:
     def hold(self, tx: Any, peer: PeerSession, sender: bytes, nonce: int, since: float) -> bool:
         """Hold ``tx`` (sent by ``peer``); False if the sender's share is full or
         another transaction holds that nonce already (the first one stays)."""
+        if len(tx.encoded) > HELD_MAX_BYTES:
+            return False
         held = self._by_sender.setdefault(sender, {})
         if nonce in held or len(held) >= HELD_PER_SENDER:
             if not held:
@@ -131,15 +137,17 @@ class HeldTxs:
             return False
         held[nonce] = (tx, peer, since)
         self._order[tx.txid] = (sender, nonce)
-        while len(self._order) > HELD_MAX:
+        self.bytes += len(tx.encoded)
+        while len(self._order) > HELD_MAX or self.bytes > HELD_MAX_BYTES:
             self._drop(next(iter(self._order)))
-        return True
+        return tx.txid in self._order
 
     def take(self, sender: bytes) -> list[tuple[Any, PeerSession, float]]:
         """Every transaction held for ``sender``, in nonce order, no longer held."""
         held = self._by_sender.pop(sender, {})
         for tx, _, _ in held.values():
             del self._order[tx.txid]
+            self.bytes -= len(tx.encoded)
         return [held[n] for n in sorted(held)]
 
     def expire(self, now: float) -> int:
@@ -156,7 +164,7 @@ class HeldTxs:
     def _drop(self, txid: bytes) -> None:
         sender, nonce = self._order.pop(txid)
         held = self._by_sender[sender]
-        del held[nonce]
+        self.bytes -= len(held.pop(nonce)[0].encoded)
         if not held:
             del self._by_sender[sender]
 

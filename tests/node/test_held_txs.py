@@ -126,9 +126,10 @@ async def test_a_transaction_far_ahead_or_badly_signed_is_refused_and_not_asked_
     await b.close()
 
 
-def _fake(sender: bytes, nonce: int) -> Any:
+def _fake(sender: bytes, nonce: int, size: int = 200) -> Any:
     class Tx:
         txid = sender + nonce.to_bytes(8, "big")
+        encoded = bytes(size)
 
     return Tx()
 
@@ -153,3 +154,12 @@ def test_held_transactions_are_bounded_per_sender_in_all_and_in_time(
     assert len(held) == 3 and _fake(s2, 1).txid not in held, "the longest held goes first"
     assert held.expire(now + 3.5 + HELD_TTL_S) == 2  # held at now + 2 and now + 3
     assert [tx.txid for tx, _, _ in held.take(s2)] == [_fake(s2, 4).txid]
+    assert held.bytes == 0
+    # Bytes are bounded too: three 256 KiB transactions where two fit.
+    monkeypatch.setattr("node.relay.txrelay.HELD_MAX_BYTES", 600 * 1024)
+    big = [_fake(s1, n, 256 * 1024) for n in (1, 2, 3)]
+    assert [held.hold(tx, peer, s1, n, now) for n, tx in enumerate(big, 1)] == [True] * 3
+    assert len(held) == 2 and big[0].txid not in held and held.bytes == 512 * 1024
+    too_big = _fake(s2, 1, 700 * 1024)
+    assert not held.hold(too_big, peer, s2, 1, now), "one alone over the bound is not held"
+    assert len(held) == 2 and held.bytes == 512 * 1024, "nor does it push the others out"
