@@ -109,7 +109,7 @@ class HeldTxs:
     past ``HELD_TTL_S``."""
 
     def __init__(self) -> None:
-        self._by_sender: dict[bytes, dict[int, tuple[Any, PeerSession, float]]] = {}
+        self._by_sender: dict[bytes, dict[int, tuple[Any, PeerSession | None, float]]] = {}
         self._order: OrderedDict[bytes, tuple[bytes, int]] = OrderedDict()  # oldest first
         self.bytes = 0
 
@@ -125,7 +125,9 @@ class HeldTxs:
     def holds_for(self, sender: bytes) -> bool:
         return sender in self._by_sender
 
-    def hold(self, tx: Any, peer: PeerSession, sender: bytes, nonce: int, since: float) -> bool:
+    def hold(
+        self, tx: Any, peer: PeerSession | None, sender: bytes, nonce: int, since: float
+    ) -> bool:
         """Hold ``tx`` (sent by ``peer``); False if the sender's share is full or
         another transaction holds that nonce already (the first one stays)."""
         if len(tx.encoded) > HELD_MAX_BYTES:
@@ -142,7 +144,7 @@ class HeldTxs:
             self._drop(next(iter(self._order)))
         return tx.txid in self._order
 
-    def take(self, sender: bytes) -> list[tuple[Any, PeerSession, float]]:
+    def take(self, sender: bytes) -> list[tuple[Any, PeerSession | None, float]]:
         """Every transaction held for ``sender``, in nonce order, no longer held."""
         held = self._by_sender.pop(sender, {})
         for tx, _, _ in held.values():
@@ -160,6 +162,13 @@ class HeldTxs:
         for txid in old:
             self._drop(txid)
         return len(old)
+
+    def forget_peer(self, peer: PeerSession) -> None:
+        """``peer`` closed: what it sent stays held, without a hold on its session."""
+        for held in self._by_sender.values():
+            for nonce, (tx, source, since) in list(held.items()):
+                if source is peer:
+                    held[nonce] = (tx, None, since)
 
     def _drop(self, txid: bytes) -> None:
         sender, nonce = self._order.pop(txid)
@@ -245,7 +254,7 @@ class TxRelay:
         held = self.held.take(sender)
         for i, (tx, peer, _) in enumerate(held):
             try:
-                self._admit(tx, None if peer.closing else peer)
+                self._admit(tx, None if peer is None or peer.closing else peer)
             except NonceGap:
                 for tx_, peer_, since_ in held[i:]:
                     self.held.hold(tx_, peer_, sender, tx_.nonce, since_)
@@ -364,6 +373,7 @@ class TxRelay:
             self.request_more()
 
     def peer_closed(self, peer: PeerSession) -> None:
+        self.held.forget_peer(peer)
         for txid, (p, _) in list(self.requested.items()):
             if p is peer:
                 del self.requested[txid]

@@ -155,6 +155,10 @@ def test_held_transactions_are_bounded_per_sender_in_all_and_in_time(
     assert held.expire(now + 3.5 + HELD_TTL_S) == 2  # held at now + 2 and now + 3
     assert [tx.txid for tx, _, _ in held.take(s2)] == [_fake(s2, 4).txid]
     assert held.bytes == 0
+    # A closed peer's session is not kept alive by what it sent.
+    held.hold(_fake(s1, 7), peer, s1, 7, now)
+    held.forget_peer(peer)  # type: ignore[arg-type]
+    assert held.take(s1)[0][1] is None
     # Bytes are bounded too: three 256 KiB transactions where two fit.
     monkeypatch.setattr("node.relay.txrelay.HELD_MAX_BYTES", 600 * 1024)
     big = [_fake(s1, n, 256 * 1024) for n in (1, 2, 3)]
