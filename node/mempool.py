@@ -152,6 +152,18 @@ class Mempool:
         """What the sender's pending transactions take from its balance, all together."""
         return self._senders.get(addr, _EMPTY).spend
 
+    def next_nonce(self, addr: bytes, state: State) -> int:
+        """The nonce the sender's next transaction must carry here: the account's at
+        ``state``, past the run of its pending ones."""
+        account_nonce = state.nonce(addr)
+        queue = self._senders.get(addr, _EMPTY)
+        if queue.is_run_from(account_nonce):
+            return account_nonce + len(queue)
+        next_nonce = account_nonce
+        while next_nonce in queue:
+            next_nonce += 1
+        return next_nonce
+
     def by_sender(self, addr: bytes) -> list[Transaction]:
         """The sender's pending transactions, by nonce."""
         queue = self._senders.get(addr, _EMPTY)
@@ -204,12 +216,7 @@ class Mempool:
         account_nonce = state.nonce(sender)
         self._drop_stale(sender, account_nonce)
         queue = self._senders.get(sender, _EMPTY)
-        if queue.is_run_from(account_nonce):
-            next_nonce = account_nonce + len(queue)
-        else:
-            next_nonce = account_nonce
-            while next_nonce in queue:
-                next_nonce += 1
+        next_nonce = self.next_nonce(sender, state)
         if tx.nonce < account_nonce:
             raise InvalidTransaction(
                 f"nonce: {tx.nonce} was already used (next is {account_nonce})"

@@ -29,6 +29,7 @@ bounded pipeline instead of whatever queues peers fill:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
@@ -64,6 +65,7 @@ REQUEST_TIMEOUT_S = 30.0
 SLICE_S = 0.005
 """Admission yields the event loop this often."""
 SEEN_CACHE = 50_000
+"""Recently refused txids, not asked for again."""
 HELD_MAX = 1_000
 """Transactions held for a nonce gap, at most; beyond, the longest held go first."""
 HELD_MAX_BYTES = 4 * 1024 * 1024
@@ -74,7 +76,6 @@ HELD_AHEAD = 64
 """A transaction more than this many nonces past the sender's next one is not held."""
 HELD_TTL_S = 600.0
 """A held transaction whose gap has not filled after this long is dropped."""
-"""Recently refused txids, not asked for again."""
 
 # A transaction refused for one of these reasons is the sender's fault, whatever
 # the state, if it is invalid on its own (_valid_on_its_own): a bad signature or
@@ -144,13 +145,16 @@ class HeldTxs:
             self._drop(next(iter(self._order)))
         return tx.txid in self._order
 
-    def take(self, sender: bytes) -> list[tuple[Any, PeerSession | None, float]]:
-        """Every transaction held for ``sender``, in nonce order, no longer held."""
-        held = self._by_sender.pop(sender, {})
-        for tx, _, _ in held.values():
-            del self._order[tx.txid]
-            self.bytes -= len(tx.encoded)
-        return [held[n] for n in sorted(held)]
+    def lowest(self, sender: bytes) -> int | None:
+        """The lowest nonce held for ``sender`` (None if none is)."""
+        held = self._by_sender.get(sender)
+        return min(held) if held else None
+
+    def pop(self, sender: bytes, nonce: int) -> tuple[Any, PeerSession | None, float]:
+        """The transaction held for ``sender`` at ``nonce``, no longer held."""
+        entry = self._by_sender[sender][nonce]
+        self._drop(entry[0].txid)
+        return entry
 
     def expire(self, now: float) -> int:
         """Drop what was held longer than ``HELD_TTL_S``; how many."""
@@ -249,18 +253,16 @@ class TxRelay:
             self.rejected.popitem(last=False)
 
     def _release(self, sender: bytes) -> None:
-        """Admit the sender's held transactions that apply now, in nonce order; hold
-        again those still behind a gap, drop those refused otherwise."""
-        held = self.held.take(sender)
-        for i, (tx, peer, _) in enumerate(held):
-            try:
-                self._admit(tx, None if peer is None or peer.closing else peer)
-            except NonceGap:
-                for tx_, peer_, since_ in held[i:]:
-                    self.held.hold(tx_, peer_, sender, tx_.nonce, since_)
+        """Admit the sender's held transactions that its next nonce here reaches, in
+        nonce order; those still behind a gap stay as they are held. One refused
+        otherwise (its nonce used meanwhile) is dropped, remembered as refused."""
+        state = self.chain.state
+        while (nonce := self.held.lowest(sender)) is not None:
+            if nonce > self.mempool.next_nonce(sender, state):
                 return
-            except InvalidTransaction:
-                continue  # remembered as refused by _admit
+            tx, peer, _ = self.held.pop(sender, nonce)
+            with contextlib.suppress(InvalidTransaction):
+                self._admit(tx, None if peer is None or peer.closing else peer)
 
     def chain_changed(self, change: object) -> None:
         """A new tip (after the mempool followed it): its blocks may have confirmed the

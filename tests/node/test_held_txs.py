@@ -63,8 +63,8 @@ async def _held(node: Node) -> Any:
 
 async def test_later_nonces_are_held_until_the_earlier_one_comes_then_relayed_in_order(node):
     a, b, watcher = [await connected_peer(node) for _ in range(3)]
-    first, second, third = (
-        transfer(ALICE, BOB, 500 + n, n, chain_id=MID.chain_id) for n in range(3)
+    zeroth, first, second, third = (
+        transfer(ALICE, BOB, 500 + n, n, chain_id=MID.chain_id) for n in range(4)
     )
     admitted: list[bytes] = []
     node.txs.on_admitted(admitted.append)
@@ -77,9 +77,13 @@ async def test_later_nonces_are_held_until_the_earlier_one_comes_then_relayed_in
     await b.send(Inv((InvItem(INV_TX, second.txid),)))
     await b.sync()
     assert not b.of_type(GetData)
+    # Nonce 0 comes: admitted, while 2 and 3 still wait for 1, held as they were.
+    await _send_tx(a, zeroth)
+    await watcher.wait_for(lambda: zeroth.txid in _announced(watcher))
+    assert admitted == [zeroth.txid] and len(node.txs.held) == 2
     await _send_tx(a, first)
     await watcher.wait_for(lambda: {first.txid, second.txid, third.txid} <= _announced(watcher))
-    assert admitted == [first.txid, second.txid, third.txid]
+    assert admitted == [zeroth.txid, first.txid, second.txid, third.txid]
     assert await _held(node) == 0
     assert any(p.node_id == a.node_id for p in node.p2p.peers), "the sender's peer was dropped"
     for peer in (a, b, watcher):
@@ -146,19 +150,22 @@ def test_held_transactions_are_bounded_per_sender_in_all_and_in_time(
     assert all(held.hold(_fake(s1, n), peer, s1, n, now) for n in range(1, HELD_PER_SENDER + 1))
     assert not held.hold(_fake(s1, 999), peer, s1, 999, now), "a sender's share is bounded"
     assert not held.hold(_fake(s2, 5), peer, s1, 5, now), "the first one for a nonce stays"
-    assert [tx.txid for tx, _, _ in held.take(s1)] == [_fake(s1, n).txid for n in range(1, 65)]
+    assert held.lowest(s1) == 1 and len(held) == HELD_PER_SENDER
+    popped = [held.pop(s1, n)[0].txid for n in range(1, HELD_PER_SENDER + 1)]
+    assert popped == [_fake(s1, n).txid for n in range(1, HELD_PER_SENDER + 1)]
     assert len(held) == 0 and not held.holds_for(s1)
     monkeypatch.setattr("node.relay.txrelay.HELD_MAX", 3)
     for n in range(1, 5):
         held.hold(_fake(s2, n), peer, s2, n, now + n)
     assert len(held) == 3 and _fake(s2, 1).txid not in held, "the longest held goes first"
     assert held.expire(now + 3.5 + HELD_TTL_S) == 2  # held at now + 2 and now + 3
-    assert [tx.txid for tx, _, _ in held.take(s2)] == [_fake(s2, 4).txid]
+    assert len(held) == 1 and held.lowest(s2) == 4
+    assert held.pop(s2, 4)[0].txid == _fake(s2, 4).txid
     assert held.bytes == 0
     # A closed peer's session is not kept alive by what it sent.
     held.hold(_fake(s1, 7), peer, s1, 7, now)
     held.forget_peer(peer)  # type: ignore[arg-type]
-    assert held.take(s1)[0][1] is None
+    assert held.pop(s1, 7)[1] is None
     # Bytes are bounded too: three 256 KiB transactions where two fit.
     monkeypatch.setattr("node.relay.txrelay.HELD_MAX_BYTES", 600 * 1024)
     big = [_fake(s1, n, 256 * 1024) for n in (1, 2, 3)]
