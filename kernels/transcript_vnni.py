@@ -733,9 +733,6 @@ def _add_noise_packed(
     cq = r // 4
     for chunk in range(nq // cq):
         for quad in range(chunk * cq, (chunk + 1) * cq):
-            c = 4 * quad
-            plus = (t1 * p[c], t1 * p[c + 1], t1 * p[c + 2], t1 * p[c + 3])
-            minus = (t1 * q[c], t1 * q[c + 1], t1 * q[c + 2], t1 * q[c + 3])
             _noisy_words16_packed(  # an intrinsic: typing context is implicit
                 flat,
                 LANES * quad,
@@ -743,8 +740,8 @@ def _add_noise_packed(
                 LANES,
                 tab_flat,
                 0,
-                plus,
-                minus,
+                _offsets(t1, p, quad),
+                _offsets(t1, q, quad),
                 flat,
                 LANES * quad,
                 np.uint32(0),
