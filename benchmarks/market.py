@@ -24,7 +24,7 @@
    followed: a claim seen is fetched and checked with Freivalds at once (the
    stream's client apart from the backlog's), which is when the client has its
    result (latency = post → verified; ``latency_parts_p50_s`` says where it went,
-   see ``latency_parts``). The stream's client looks its waiting jobs up
+   see ``latency_steps``). The stream's client looks its waiting jobs up
    (``getjob``, one batch every ``STREAM_POLL_S``) and takes a claim as soon as its
    job_result is pending in node-0's mempool (its claimant already serves C); the
    backlog's claims are read from ``getmarket`` at each new tip. When the window
@@ -704,6 +704,7 @@ def _record(
         round(2 * window_s / blocks + job_compute_s, 3) if blocks and job_compute_s else None
     )
     job_blocks = _job_blocks(node0, params, set(jobs), start_height, end_height)
+    steps = latency_steps(node0, jobs, start_height)
     kinds = Counter(j.claim_kind for j in jobs.values() if j.claim_seen is not None)
     record: dict[str, Any] = {
         "bench": "market",
@@ -740,8 +741,8 @@ def _record(
         "latency_p50_s": _quantile(latencies, 0.5),
         "latency_p95_s": _quantile(latencies, 0.95),
         "latency_max_s": round(max(latencies), 3) if latencies else None,
-        "latency_parts_p50_s": latency_parts(node0, jobs, start_height),
-        "latency_parts_p95_s": latency_parts(node0, jobs, start_height, 0.95),
+        "latency_parts_p50_s": step_quantiles(steps, 0.5),
+        "latency_parts_p95_s": step_quantiles(steps, 0.95),
         "stream_jobs_verified": len(latencies),
         "backlog_jobs_verified": len(waited),
         "backlog_wait_p50_s": _quantile(waited, 0.5),
@@ -768,11 +769,11 @@ def _record(
 LATENCY_PARTS = ("upload", "post_in_block", "mined_and_claimed", "claim_seen", "fetch_verify")
 
 
-def latency_parts(
-    node0: TestnetNode, jobs: dict[bytes, PostedJob], start_height: int, q: float = 0.5
-) -> dict[str, float | None]:
-    """Where a streamed job's latency goes, the ``q`` quantile (the median unless told)
-    of each step over the verified stream: ``upload`` (its operands and job_post sent
+def latency_steps(
+    node0: TestnetNode, jobs: dict[bytes, PostedJob], start_height: int
+) -> dict[str, list[float]]:
+    """Where each streamed job's latency went, step by step, over the verified stream
+    (:func:`step_quantiles` sums them up): ``upload`` (its operands and job_post sent
     to node-0), ``post_in_block`` (→ node-0 has the block with the job_post),
     ``mined_and_claimed`` (→ the claim is sent: operands fetched, the attempt, C
     stored, and the job_result seen pending in node-0's mempool, within the client's
@@ -781,16 +782,16 @@ def latency_parts(
     here, its compute is within ``post_in_block``), ``claim_seen`` (→ the client sees
     a claim first seen in a block; a pending one it sees as it polls: no step of its
     own) and ``fetch_verify`` (→ C fetched and checked). Blocks are timed by node-0's
-    first sight of them. The quantiles of the steps need not add up to the latency's."""
+    first sight of them."""
+    parts: dict[str, list[float]] = {name: [] for name in LATENCY_PARTS}
     stream = {job_id: j for job_id, j in jobs.items() if not j.backlog and j.verified is not None}
     if not stream:
-        return dict.fromkeys(LATENCY_PARTS)
+        return parts
     height = node0.call("getinfo")["height"]
     blocks = node0.call("getblocktimes", height - start_height + 1, True)["active"]
     clock = time.time() - time.monotonic()  # node-0's first_seen is wall-clock time
     seen_at = {b["height"]: b["first_seen"] - clock for b in blocks if b["first_seen"]}
     tx_height = {txid: b["height"] for b in blocks for txid in b["txids"]}
-    parts: dict[str, list[float]] = {name: [] for name in LATENCY_PARTS}
     for job_id, j in stream.items():
         try:
             claim_height = node0.call("getjob", job_id.hex()).get("claim_height")
@@ -805,7 +806,13 @@ def latency_parts(
         for name, (a, b) in zip(LATENCY_PARTS, pairwise(steps), strict=True):
             if not (name == "claim_seen" and j.claim_pending):
                 parts[name].append(b - a)
-    return {name: _quantile(values, q) for name, values in parts.items()}
+    return parts
+
+
+def step_quantiles(steps: dict[str, list[float]], q: float) -> dict[str, float | None]:
+    """The ``q`` quantile of each step of :func:`latency_steps` (None for a step no job
+    took). The quantiles of the steps need not add up to the latency's."""
+    return {name: _quantile(values, q) for name, values in steps.items()}
 
 
 def _delta(start: list[MinerSnapshot], end: list[MinerSnapshot], key: str) -> int | None:

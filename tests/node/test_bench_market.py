@@ -19,8 +19,9 @@ from benchmarks.market import (
     _see_stream_claims,
     _verify,
     job_outcomes,
-    latency_parts,
+    latency_steps,
     mac_breakdown,
+    step_quantiles,
     window_attempters,
 )
 from node.client.rpc import RpcCallError
@@ -158,7 +159,7 @@ def test_outcomes_come_from_node0s_chain_and_the_clients_checks():
 
 
 class ChainNode:
-    """node-0 as latency_parts reads it: blocks first seen at wall-clock times."""
+    """node-0 as latency_steps reads it: blocks first seen at wall-clock times."""
 
     def __init__(self, blocks: list[tuple[int, float, list[str]]], claims: dict[str, int]):
         self.blocks = blocks
@@ -191,10 +192,10 @@ def test_a_streamed_jobs_latency_is_split_into_the_steps_it_waited_on():
         {ONE: 12, TWO: 12, THREE: 13},
     )  # fmt: skip
     jobs = {bytes.fromhex(ONE): stream, bytes.fromhex(TWO): backlog}
-    tail = latency_parts(node0, jobs | {bytes.fromhex(THREE): slow}, 10, q=0.95)  # type: ignore[arg-type]
+    tail = step_quantiles(latency_steps(node0, jobs | {bytes.fromhex(THREE): slow}, 10), 0.95)  # type: ignore[arg-type]
     assert tail["mined_and_claimed"] == pytest.approx(13.5, abs=0.01)
     assert tail["post_in_block"] == pytest.approx(1.5, abs=0.01)
-    parts = latency_parts(node0, jobs, start_height=10)  # type: ignore[arg-type]
+    parts = step_quantiles(latency_steps(node0, jobs, start_height=10), 0.5)  # type: ignore[arg-type]
     assert parts == pytest.approx(
         {
             "upload": 1.0,
@@ -205,7 +206,7 @@ def test_a_streamed_jobs_latency_is_split_into_the_steps_it_waited_on():
         },
         abs=0.01,
     )
-    assert latency_parts(node0, {}, 10) == dict.fromkeys(parts)  # type: ignore[arg-type]
+    assert step_quantiles(latency_steps(node0, {}, 10), 0.5) == dict.fromkeys(parts)  # type: ignore[arg-type]
 
 
 def test_a_streamed_job_seen_claimed_by_a_pending_job_result_skips_the_claim_seen_step():
@@ -216,7 +217,7 @@ def test_a_streamed_job_seen_claimed_by_a_pending_job_result_skips_the_claim_see
     pending = PostedJob(np.zeros(1), np.zeros(1), t, posted=t + 1.0, txid="aa")
     pending.claim_seen, pending.verified, pending.claim_pending = t + 4.0, t + 4.5, True
     node0 = ChainNode([(10, wall + t - 5, []), (11, wall + t + 2.5, ["aa"])], {ONE: 0})
-    parts = latency_parts(node0, {bytes.fromhex(ONE): pending}, 10)  # type: ignore[arg-type]
+    parts = step_quantiles(latency_steps(node0, {bytes.fromhex(ONE): pending}, 10), 0.5)  # type: ignore[arg-type]
     assert parts.pop("claim_seen") is None
     assert parts == pytest.approx(
         {"upload": 1.0, "post_in_block": 1.5, "mined_and_claimed": 1.5, "fetch_verify": 0.5},
