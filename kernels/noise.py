@@ -69,25 +69,54 @@ def derive_permutation(seed: bytes, k: int, r: int) -> tuple[np.ndarray, np.ndar
     return permutation_from_stream(permutation_stream(seed, k), r)
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _magic(r: int) -> tuple[np.uint64, np.uint64]:
+    """(r − 1, ⌊2^32 / (r − 1)⌋ + 1): y mod (r − 1) = y − ((y·magic) >> 32)·(r − 1), exact for
+    16-bit y and r ≤ 2^16, so the loops below divide nothing."""
+    d = np.uint64(r - 1)
+    return d, (np.uint64(1) << np.uint64(32)) // d + np.uint64(1)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _column(
+    words: np.ndarray, c: int, d: np.uint64, magic: np.uint64, mask: np.uint32
+) -> tuple[np.uint32, np.uint32]:
+    """p(c), q(c) from column c's little-endian u16 pair (x, y) in ``words``."""
+    y = np.uint64(words[2 * c + 1])
+    y_mod = np.uint32(y - ((y * magic) >> np.uint64(32)) * d)
+    pc = np.uint32(words[2 * c]) & mask
+    return pc, (pc + np.uint32(1) + y_mod) & mask
+
+
 @njit(nogil=True, cache=True)
 def permutation_from_stream(raw: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
-    """p, q from the stream's little-endian u16 pairs (x, y): p = x mod r,
+    """p, q (int32) from the stream's little-endian u16 pairs (x, y): p = x mod r,
     q = (p + 1 + y mod (r − 1)) mod r. One compiled loop: a verifier derives two of
-    these per tile. y mod (r − 1) is a multiply by ⌈2^32 / (r − 1)⌉, exact for 16-bit y
-    and r ≤ 2^16: no division in the loop."""
+    these per tile."""
     k = raw.shape[0] // 4
     words = raw.view(np.uint16)
-    d = np.uint64(r - 1)
-    magic = (np.uint64(1) << np.uint64(32)) // d + np.uint64(1)
+    d, magic = _magic(r)
     mask = np.uint32(r - 1)
     p = np.empty(k, dtype=np.int32)
     q = np.empty(k, dtype=np.int32)
     for c in range(k):
-        y = np.uint64(words[2 * c + 1])
-        y_mod = np.uint32(y - ((y * magic) >> np.uint64(32)) * d)
-        pc = np.uint32(words[2 * c]) & mask
-        p[c] = pc
-        q[c] = (pc + np.uint32(1) + y_mod) & mask
+        p[c], q[c] = _column(words, c, d, magic, mask)
+    return p, q
+
+
+@njit(nogil=True, cache=True)
+def permutation_bytes(raw: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`permutation_from_stream` as bytes (uint8, r ≤ 256): the index vectors of a
+    byte permute (64 columns' p or q in one zmm)."""
+    k = raw.shape[0] // 4
+    words = raw.view(np.uint16)
+    d, magic = _magic(r)
+    mask = np.uint32(r - 1)
+    p = np.empty(k, dtype=np.uint8)
+    q = np.empty(k, dtype=np.uint8)
+    for c in range(k):
+        pc, qc = _column(words, c, d, magic, mask)
+        p[c], q[c] = np.uint8(pc), np.uint8(qc)
     return p, q
 
 

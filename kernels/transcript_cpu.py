@@ -473,6 +473,12 @@ def noisy_tile_transcript(
         vnni = transcript_vnni
     T = np.zeros(TRANSCRIPT_WORDS, dtype=np.uint32)
     rows, cols = np.ascontiguousarray(a_rows), np.ascontiguousarray(b_cols)  # read as words
-    if not vnni.noisy_tile_transcript(rows, cols, la_raw, perm_a_raw, lb_raw, perm_b_raw, r, T):
+    k, w = rows.shape[1], cols.shape[0]
+    one_call = (
+        vnni.noisy_tile_transcript_permuted
+        if vnni.VBMI and r <= 64 and k % 64 == 0 and w % 16 == 0
+        else vnni.noisy_tile_transcript
+    )
+    if not one_call(rows, cols, la_raw, perm_a_raw, lb_raw, perm_b_raw, r, T):
         raise ValueError("an operand entry lies outside the int7 range [-64, 63]")
     return T

@@ -38,7 +38,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from kernels.noise import permutation_from_stream
+from kernels.isa import compile_target
+from kernels.noise import permutation_bytes, permutation_from_stream
 from kernels.params import TRANSCRIPT_WORDS
 from kernels.strips import tile_strips
 from kernels.tiles import PANEL, check_chunks, copy_block, fold_tile, padded_width
@@ -637,6 +638,27 @@ def _transpose_masks(b: int) -> tuple[list[int], list[int]]:
     return low, high
 
 
+def _transposed16(builder: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
+    """The 16 <16 x i32> rows transposed: word j of row i becomes word i of row j
+    (4 rounds of 2-source shuffles, 64 in all, every value in registers)."""
+    rows = list(rows)
+    for b in (8, 4, 2, 1):
+        low, high = _transpose_masks(b)
+        for i in range(16):
+            if i & b:
+                continue
+            lo = builder.shuffle_vector(rows[i], rows[i + b], ir.Constant(_V16I32, low))
+            hi = builder.shuffle_vector(rows[i], rows[i + b], ir.Constant(_V16I32, high))
+            rows[i], rows[i + b] = lo, hi
+    return rows
+
+
+def _int7_flags(builder: ir.IRBuilder, word: ir.Value) -> ir.Value:
+    """Bit 7 of each byte of ``word`` (<16 x i32>) XOR its bit 6: 0x80 marks a byte
+    outside the int7 range [-64, 63] once masked with 0x80808080."""
+    return builder.xor(word, builder.shl(word, ir.Constant(_V16I32, [1] * 16)))
+
+
 @intrinsic
 def _transpose_words16(tctx, x, x_off, ldx, out, out_off, bad):
     """out[out_off + 16·j + i] = x[x_off + i·ldx + j] for i, j < 16: a 16×16 block of
@@ -663,17 +685,10 @@ def _transpose_words16(tctx, x, x_off, ldx, out, out_off, bad):
         for i in range(16):
             off = builder.add(x_off, builder.mul(ldx, ir.Constant(ldx.type, i)))
             row = builder.load(vec(x_p, off), align=4)
-            moved = builder.xor(row, builder.shl(row, ir.Constant(_V16I32, [1] * 16)))
+            moved = _int7_flags(builder, row)
             flagged = moved if flagged is None else builder.or_(flagged, moved)
             rows.append(row)
-        for b in (8, 4, 2, 1):
-            low, high = _transpose_masks(b)
-            for i in range(16):
-                if i & b:
-                    continue
-                lo = builder.shuffle_vector(rows[i], rows[i + b], ir.Constant(_V16I32, low))
-                hi = builder.shuffle_vector(rows[i], rows[i + b], ir.Constant(_V16I32, high))
-                rows[i], rows[i + b] = lo, hi
+        rows = _transposed16(builder, rows)
         for j in range(16):
             off = builder.add(out_off, ir.Constant(out_off.type, 16 * j))
             builder.store(rows[j], vec(out_p, off), align=4)
@@ -816,6 +831,221 @@ def _pack_noisy_quads(
         _close_chunk(sums, rs, chunk)
 
 
+_VPERMB = "llvm.x86.avx512.permvar.qi.512"
+VBMI = "avx512vbmi" in compile_target().features
+"""Whether the target has AVX-512 VBMI's byte permute (``vpermb``): the verifier then
+adds a tile's noise 64 k-columns of a row at a time (:func:`noisy_tile_transcript_permuted`).
+Ice Lake, Sapphire Rapids and Zen 4 have it; Cascade Lake, with VNNI, does not."""
+
+
+def _make_permuted_block(cq: int):
+    """Intrinsic ``blk(x, x_off, ldx, lt, lt_off, p8, q8, c0, out, out_off, rs, rs_off, bad)``:
+    one block of 16 rows × 64 k-columns of x' = x + E, packed as 16 k-quads.
+
+    Row i of the block (i < 16) is the 16 words x[x_off + i·ldx …] (64 int8 entries); its
+    noise is E[i, c0 + t] = L_i[p8[c0 + t]] − L_i[q8[c0 + t]], two byte permutes of its L
+    row lt[lt_off + 64·i …] (r ≤ 64 bytes). The rows are transposed in registers and
+    quad j of all 16 lanes stored at out[out_off + 16·j …]. With ``cq`` (k-quads per
+    r-chunk, a power of two ≤ 16) the block's 16/cq chunks' lane sums go to
+    rs[rs_off + 16·g + i] = 128·Σ x'[i, chunk g]; with cq = 0 (B') nothing is summed
+    and the quads are stored XOR 0x80 (the +128 shift). bad[0:16] |= 0x80 per byte of x
+    outside the int7 range, as in :func:`_transpose_words16`.
+    """
+
+    @intrinsic
+    def blk(tctx, x, x_off, ldx, lt, lt_off, p8, q8, c0, out, out_off, rs, rs_off, bad):
+        ip = types.intp
+        sig = types.void(x, ip, ip, lt, ip, p8, q8, ip, out, ip, rs, ip, bad)
+
+        def codegen(context, builder, signature, args):
+            x_v, x_off, ldx, lt_v, lt_off, p_v, q_v, c0, out_v, out_off, rs_v, rs_off, bad_v = args
+
+            def data(n: int, value: ir.Value) -> ir.Value:
+                return context.make_array(signature.args[n])(context, builder, value).data
+
+            def at(base: ir.Value, off: ir.Value, to: ir.Type) -> ir.Value:
+                return builder.bitcast(builder.gep(base, [off]), to.as_pointer())
+
+            def n(v: int) -> ir.Constant:
+                return ir.Constant(ip_type, v)
+
+            ip_type = x_off.type
+            x_p, lt_p, out_p, bad_p = data(0, x_v), data(3, lt_v), data(8, out_v), data(12, bad_v)
+            permute = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_V64I8, [_V64I8, _V64I8]), _VPERMB
+            )
+            # numpy buffers are only element-aligned (proof rows: not even that).
+            pv = builder.load(at(data(5, p_v), c0, _V64I8), align=1)
+            qv = builder.load(at(data(6, q_v), c0, _V64I8), align=1)
+            rows, flagged = [], None
+            for i in range(16):
+                word = builder.load(
+                    at(x_p, builder.add(x_off, builder.mul(ldx, n(i))), _V16I32), align=1
+                )
+                moved = _int7_flags(builder, word)
+                flagged = moved if flagged is None else builder.or_(flagged, moved)
+                ln = builder.load(at(lt_p, builder.add(lt_off, n(64 * i)), _V64I8), align=1)
+                e = builder.sub(builder.call(permute, [ln, pv]), builder.call(permute, [ln, qv]))
+                rows.append(builder.bitcast(builder.add(builder.bitcast(word, _V64I8), e), _V16I32))
+            quads = _transposed16(builder, rows)
+            if cq:
+                dot = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(_V16I32, [_V16I32, _V64I8, _V64I8]), _VPDPBUSD
+                )
+                ones = ir.Constant(_V64I8, [1] * 64)
+                rs_p = data(10, rs_v)
+                ways = min(SUM_WAYS, cq)
+                for g in range(16 // cq):
+                    sums = [_SPLAT0] * ways
+                    for j in range(cq):
+                        t = builder.bitcast(quads[g * cq + j], _V64I8)
+                        sums[j % ways] = builder.call(dot, [sums[j % ways], ones, t])
+                    total = sums[0]
+                    for more in sums[1:]:
+                        total = builder.add(total, more)
+                    shifted = builder.shl(total, ir.Constant(_V16I32, [7] * 16))
+                    builder.store(
+                        shifted, at(rs_p, builder.add(rs_off, n(16 * g)), _V16I32), align=4
+                    )
+            flip = ir.Constant(_V16I32, [0 if cq else 0x80808080] * 16)
+            for j, quad in enumerate(quads):
+                word = builder.xor(quad, flip) if not cq else quad
+                builder.store(word, at(out_p, builder.add(out_off, n(16 * j)), _V16I32), align=4)
+            bad_ptr = at(bad_p, n(0), _V16I32)
+            mask = ir.Constant(_V16I32, [0x80808080] * 16)
+            builder.store(
+                builder.or_(builder.load(bad_ptr, align=4), builder.and_(flagged, mask)),
+                bad_ptr,
+                align=4,
+            )
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return blk
+
+
+_pb16, _pb8, _pb4, _pb2, _pb1, _pb_flipped = (
+    _make_permuted_block(cq) for cq in (16, 8, 4, 2, 1, 0)
+)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _permuted_block(cq, x, x_off, ldx, lt, lt_off, p8, q8, c0, out, out_off, rs, rs_off, bad):
+    """The block intrinsic for ``cq`` k-quads per chunk (0: B', flipped, no sums)."""
+    if cq == 16:  # intrinsics: the typing context is implicit
+        _pb16(x, x_off, ldx, lt, lt_off, p8, q8, c0, out, out_off, rs, rs_off, bad)
+    elif cq == 8:
+        _pb8(x, x_off, ldx, lt, lt_off, p8, q8, c0, out, out_off, rs, rs_off, bad)
+    elif cq == 4:
+        _pb4(x, x_off, ldx, lt, lt_off, p8, q8, c0, out, out_off, rs, rs_off, bad)
+    elif cq == 2:
+        _pb2(x, x_off, ldx, lt, lt_off, p8, q8, c0, out, out_off, rs, rs_off, bad)
+    elif cq == 1:
+        _pb1(x, x_off, ldx, lt, lt_off, p8, q8, c0, out, out_off, rs, rs_off, bad)
+    else:
+        _pb_flipped(x, x_off, ldx, lt, lt_off, p8, q8, c0, out, out_off, rs, rs_off, bad)
+
+
+@njit(nogil=True, cache=True)
+def _factor_rows64(l_raw: np.ndarray, r: int, rows: int) -> np.ndarray:
+    """lt[64·i + s] = L[i, s] as a byte, L[i, s] = (l_raw[i·r + s] & 63) − 32 (PROTOCOL §3),
+    for r ≤ 64: each row's factors are one zmm, the table of its byte permutes."""
+    lt = np.zeros(64 * rows, dtype=np.uint8)
+    for i in range(rows):
+        for s in range(r):
+            lt[64 * i + s] = np.uint8((l_raw[i * r + s] & 63) - 32)
+    return lt
+
+
+@njit(nogil=True, cache=True)
+def _pack_permuted(
+    x: np.ndarray,
+    row0: int,
+    lt: np.ndarray,
+    p8: np.ndarray,
+    q8: np.ndarray,
+    cq: int,
+    out: np.ndarray,
+    rs: np.ndarray,
+    bad: np.ndarray,
+) -> None:
+    """:func:`_pack_noisy_quads` for 16 rows of x from row0 and 64 | k by byte permutes
+    (:func:`_make_permuted_block`): ``lt`` holds the rows' L (:func:`_factor_rows64`),
+    ``p8``/``q8`` the permutation as bytes; cq = 0 packs B' (flipped, no sums)."""
+    ldx = x.shape[1]
+    x_flat = x.reshape(-1)
+    out_flat = out.reshape(-1)
+    rs_flat = rs.reshape(-1)
+    step = max(cq, 1)
+    for q0 in range(0, out.shape[0], LANES):
+        _permuted_block(
+            cq,
+            x_flat,
+            row0 * ldx + q0,
+            ldx,
+            lt,
+            64 * row0,
+            p8,
+            q8,
+            4 * q0,
+            out_flat,
+            LANES * q0,
+            rs_flat,
+            LANES * (q0 // step),
+            bad,
+        )
+
+
+@njit(nogil=True, cache=True)
+def _noisy_tile_tail(ap, bp, rs, bad, T) -> bool:
+    """The tile's product and transcript from the packed A' and B' (False if ``bad``)."""
+    if bad.any():
+        return False
+    acc = np.zeros((ap.shape[1], bp.shape[0] * PANEL), dtype=np.int32)
+    xs = np.empty((rs.shape[0], 1, LANES), dtype=np.int32)
+    _tile_packed(ap, bp, rs, acc, T, True, xs)
+    return True
+
+
+@njit(nogil=True, cache=True)
+def noisy_tile_transcript_permuted(
+    a_rows: np.ndarray,
+    b_cols: np.ndarray,
+    la_raw: np.ndarray,
+    perm_a_raw: np.ndarray,
+    lb_raw: np.ndarray,
+    perm_b_raw: np.ndarray,
+    r: int,
+    T: np.ndarray,
+) -> bool:
+    """:func:`noisy_tile_transcript` where the target has VBMI (:data:`VBMI`), r ≤ 64,
+    64 | k and 16 | w: the noise of each row is added 64 k-columns at a time by two byte
+    permutes of its L row, then the rows transposed in registers."""
+    h, k = a_rows.shape
+    w = b_cols.shape[0]
+    check_chunks(k, r)
+    if h != LANES or r % 4 or r > 64 or k % 64 or w % PANEL:
+        raise ValueError("the permuted verifier packs 16 rows, 4 | r ≤ 64, 64 | k, 16 | w")
+    nq = k // 4
+    pa, qa = permutation_bytes(perm_a_raw, r)
+    pb, qb = permutation_bytes(perm_b_raw, r)
+    bad = np.zeros(LANES, dtype=np.uint32)
+    ap = np.empty((nq, h, 4), dtype=np.int8)
+    rs = np.empty((k // r, h), dtype=np.int32)
+    lt_a = _factor_rows64(la_raw, r, h)
+    _pack_permuted(
+        a_rows.view(np.uint32), 0, lt_a, pa, qa, r // 4, ap.view(np.uint32).reshape(nq, h), rs, bad
+    )
+    bp = np.empty((w // PANEL, nq, 4 * PANEL), dtype=np.uint8)
+    lt_b = _factor_rows64(lb_raw, r, w)
+    b32 = b_cols.view(np.uint32)
+    for panel in range(w // PANEL):
+        out = bp[panel].view(np.uint32).reshape(nq, PANEL)
+        _pack_permuted(b32, panel * PANEL, lt_b, pb, qb, 0, out, rs, bad)
+    return _noisy_tile_tail(ap, bp, rs, bad, T)
+
+
 @njit(nogil=True, cache=True)
 def noisy_tile_transcript(
     a_rows: np.ndarray,
@@ -859,12 +1089,7 @@ def noisy_tile_transcript(
         out = bp[panel].view(np.uint32).reshape(nq, PANEL)
         flip = np.uint32(0x80808080)
         _pack_noisy_quads(b32, panel * PANEL, tab_b, pb, qb, r, out, flip, rs_b, bad)
-    if bad.any():
-        return False
-    acc = np.zeros((h, wp), dtype=np.int32)
-    xs = np.empty((k // r, 1, LANES), dtype=np.int32)
-    _tile_packed(ap, bp, rs, acc, T, True, xs)
-    return True
+    return _noisy_tile_tail(ap, bp, rs, bad, T)
 
 
 @njit(nogil=True, cache=True)

@@ -200,9 +200,45 @@ def test_single_tile_verification_reproduces_the_miners_transcript_and_ticket():
         ) == res.ticket(ti, tj)
 
 
+def _one_calls(w, k, r):
+    """The one-call verifiers (VNNI paths) the target can run on this shape: the noise
+    added by the transposed table, and (VBMI: Ice Lake, Zen 4) by byte permutes."""
+    from kernels.transcript_cpu import AMX, VNNI, active_path
+
+    if active_path() not in (VNNI, AMX):
+        return []
+    from kernels import transcript_vnni as vnni
+
+    found = [vnni.noisy_tile_transcript]
+    if vnni.VBMI and r <= 64 and k % 64 == 0 and w % 16 == 0:
+        found.append(vnni.noisy_tile_transcript_permuted)
+    return found
+
+
+def _streams(ti, tj, w, k, r):
+    from kernels.noise import factor_stream, permutation_stream
+
+    return (
+        factor_stream(SEED_A, 16 * ti, 16, r),
+        permutation_stream(SEED_A, k),
+        factor_stream(SEED_B, w * tj, w, r),
+        permutation_stream(SEED_B, k),
+    )
+
+
 @pytest.mark.parametrize("kind", ["random", "min", "max", "zeros", "low_rank"])
 @pytest.mark.parametrize(
-    ("w", "k", "r"), [(16, 2048, 64), (8, 256, 64), (24, 128, 4), (32, 64, 8), (16, 96, 8)]
+    ("w", "k", "r"),
+    [
+        (16, 2048, 64),
+        (8, 256, 64),
+        (24, 128, 4),
+        (32, 64, 8),
+        (16, 96, 8),
+        (16, 256, 4),
+        (16, 192, 16),
+        (48, 128, 32),
+    ],
 )
 def test_one_call_verifier_equals_the_noisy_strips(kind, w, k, r):
     """The verifier's one compiled call (clean rows + raw noise streams, VNNI paths) gives
@@ -236,7 +272,14 @@ def test_one_call_verifier_equals_the_noisy_strips(kind, w, k, r):
     pb, qb = derive_permutation(SEED_B, k, r)
     a_noisy = add_noise(a, NoiseFactors(derive_factor_rows(SEED_A, 16 * ti, 16, r), pa, qa))
     b_noisy = add_noise(cols, NoiseFactors(derive_factor_rows(SEED_B, w * tj, w, r), pb, qb))
-    assert np.array_equal(T, single_tile(a_noisy, b_noisy, r)[1])
+    expected = single_tile(a_noisy, b_noisy, r)[1]
+    assert np.array_equal(T, expected)
+    # Both one-call verifiers the target can run, whichever the wrapper picked.
+    streams = _streams(ti, tj, w, k, r)
+    for one_call in _one_calls(w, k, r):
+        T = np.zeros(16, np.uint32)
+        assert one_call(a, cols, *streams, r, T)
+        assert np.array_equal(T, expected), one_call.__name__
 
 
 def test_verifier_reads_rows_at_any_alignment():
@@ -253,11 +296,14 @@ def test_verifier_reads_rows_at_any_alignment():
     assert np.array_equal(tile_transcript(a, b.T, 1, 2, SEED_A, SEED_B), expected)  # strided
 
 
-@pytest.mark.parametrize(("w", "k", "r"), [(16, 256, 64), (8, 256, 64), (16, 96, 8), (24, 128, 4)])
+@pytest.mark.parametrize(
+    ("w", "k", "r"), [(16, 256, 64), (8, 256, 64), (16, 96, 8), (24, 128, 4), (32, 128, 4)]
+)
 @pytest.mark.parametrize("value", [-65, 64, -128, 127])
 def test_verifier_names_an_operand_outside_int7(w, k, r, value):
-    """Whether the verifier reads a tile's rows in 16×16 blocks (16 rows, 16 | k/4) or
-    lane by lane, one entry outside [-64, 63] anywhere is named, never hashed."""
+    """Whether the verifier reads a tile's rows in 16×16 blocks (16 rows, 16 | k/4), by
+    byte permutes or lane by lane, one entry outside [-64, 63] anywhere is named, never
+    hashed."""
     params = MiningParams(r=r, w=w)
     a, b = _operands("random", 16, k, w)
     cols = np.ascontiguousarray(b.T)
@@ -268,6 +314,10 @@ def test_verifier_names_an_operand_outside_int7(w, k, r, value):
         target[i, j] = value
         with pytest.raises(ValueError, match=f"{name} has values in .*int7"):
             tile_transcript(rows, bad_cols, 0, 0, SEED_A, SEED_B, params)
+        for one_call in _one_calls(w, k, r):  # each one the target can run refuses it
+            assert not one_call(
+                rows, bad_cols, *_streams(0, 0, w, k, r), r, np.zeros(16, np.uint32)
+            )
         target[i, j] = 63 if value > 0 else -64  # the range's own ends pass
         tile_transcript(rows, bad_cols, 0, 0, SEED_A, SEED_B, params)
 

@@ -127,12 +127,18 @@ sig = (types.int8[:, :, ::1], types.uint8[:, :, ::1], types.int32[:, ::1], types
        types.uint32[::1], types.boolean, types.int32[:, :, ::1])
 fresh.compile(sig)  # compiled, never run: the host may lack the instructions
 print(sorted(multiply_adds(fresh.inspect_asm(sig))))
+pack = njit(tv._pack_permuted.py_func)  # the verifier's noise by byte permutes (VBMI)
+sig = (types.uint32[:, ::1], types.intp, types.uint8[::1], types.uint8[::1], types.uint8[::1],
+       types.intp, types.uint32[:, ::1], types.int32[:, ::1], types.uint32[::1])
+pack.compile(sig)
+print("permutes:", sorted({w for w in ("vpermb", "vpdpbusd") if w in pack.inspect_asm(sig)}))
 """
 
 
 def test_vnni_kernel_compiles_to_int8_dot_products_on_zmm() -> None:
     """Hosts without AVX-512 VNNI (Zen 3 CI) cannot run the VNNI path, but still prove that
-    it compiles to vpdpbusd on zmm for a VNNI CPU (its exactness runs on VNNI hosts)."""
+    it compiles to vpdpbusd on zmm for a VNNI CPU, and the verifier's noise to vpermb
+    for one with VBMI (their exactness runs on such hosts)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         pytest.skip("an x86-64 code path")
     env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}
@@ -147,6 +153,7 @@ def test_vnni_kernel_compiles_to_int8_dot_products_on_zmm() -> None:
     )
     assert run.returncode == 0, run.stderr
     assert "('vpdpbusd', 'zmm')" in run.stdout, run.stdout
+    assert "permutes: ['vpdpbusd', 'vpermb']" in run.stdout, run.stdout
 
 
 AMX_PROBE = """

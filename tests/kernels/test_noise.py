@@ -123,3 +123,19 @@ def test_permutation_is_exact_for_every_16_bit_word(r):
     x, y = every.astype(np.int64), every[::-1].astype(np.int64)
     assert np.array_equal(p, x % r)
     assert np.array_equal(q, (x % r + 1 + y % (r - 1)) % r)
+
+
+@pytest.mark.parametrize("r", [2, 4, 64, 128, 256])
+def test_permutation_as_bytes_is_the_same_permutation(r):
+    """The byte form (the verifier's permute indices) holds the same p and q for every
+    u16 x and y, up to r = 256."""
+    from kernels.noise import permutation_bytes
+
+    every = np.arange(65536, dtype="<u2")
+    raw = np.empty(2 * every.size, dtype="<u2")
+    raw[0::2], raw[1::2] = every[::-1], every
+    p, q = permutation_bytes(raw.view(np.uint8), r)
+    x, y = every[::-1].astype(np.int64), every.astype(np.int64)
+    assert p.dtype == np.uint8 and q.dtype == np.uint8
+    assert np.array_equal(p, x % r)
+    assert np.array_equal(q, (x % r + 1 + y % (r - 1)) % r)
