@@ -38,6 +38,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from kernels.irvec import lane_xors16, splat16, transposed16
 from kernels.isa import compile_target
 from kernels.noise import permutation_bytes, permutation_from_stream
 from kernels.params import TRANSCRIPT_ROTATION, TRANSCRIPT_WORDS
@@ -264,7 +265,7 @@ def _fold_chunks(tctx, xs, nchunks, T):
                 c = builder.add(base, ir.Constant(base.type, i))
                 c = builder.select(builder.icmp_signed("<", c, nchunks), c, last)
                 rows.append(builder.load(vec(xs_p, builder.mul(c, sixteen)), align=4))
-            y = _lane_xors16(builder, rows)
+            y = lane_xors16(builder, rows)
             t = builder.load(t_var)
             rotated = builder.or_(
                 builder.shl(t, splat(TRANSCRIPT_ROTATION)),
@@ -272,39 +273,12 @@ def _fold_chunks(tctx, xs, nchunks, T):
             )
             base32 = builder.trunc(base, _I32) if base.type.width > 32 else base
             left = builder.sub(lanes, base32)  # chunks in this group: lanes < left update
-            live = builder.icmp_signed("<", lane_ids, _splat_value(builder, left))
+            live = builder.icmp_signed("<", lane_ids, splat16(builder, left))
             builder.store(builder.select(live, builder.xor(rotated, y), t), t_var)
         builder.store(builder.load(t_var), t_ptr, align=4)
         return context.get_dummy_value()
 
     return sig, codegen
-
-
-def _lane_xors16(builder: ir.IRBuilder, rows: list[ir.Value]) -> ir.Value:
-    """The <16 x i32> whose lane i is the XOR of the 16 lanes of rows[i]: four rounds
-    that each XOR two halves of every row's lanes and pack two rows' halves into one
-    vector (30 two-source shuffles and 15 XORs in all)."""
-    width = 16  # lanes each row still has in play
-    while len(rows) > 1:
-        half = width // 2
-        # Of each source's 16 lanes, the rows' first (lo) or second (hi) halves, in order.
-        lo = [b + j for b in range(0, 32, width) for j in range(half)]
-        hi = [b + half + j for b in range(0, 32, width) for j in range(half)]
-        rows = [
-            builder.xor(
-                builder.shuffle_vector(rows[i], rows[i + 1], ir.Constant(_V16I32, lo)),
-                builder.shuffle_vector(rows[i], rows[i + 1], ir.Constant(_V16I32, hi)),
-            )
-            for i in range(0, len(rows), 2)
-        ]
-        width = half
-    return rows[0]
-
-
-def _splat_value(builder: ir.IRBuilder, v: ir.Value) -> ir.Value:
-    """<16 x i32> of the i32 ``v`` in every lane."""
-    one = builder.insert_element(ir.Constant(_V16I32, None), v, _I32(0))
-    return builder.shuffle_vector(one, one, _SPLAT0)
 
 
 @njit(nogil=True, cache=True)
@@ -710,29 +684,6 @@ _noisy_words16 = _make_noisy_words16(gather=True)
 _noisy_words16_packed = _make_noisy_words16(gather=False)
 
 
-def _transpose_masks(b: int) -> tuple[list[int], list[int]]:
-    """The shufflevector masks that swap the off-diagonal b×b blocks of rows i and i + b
-    (over the 32 words of row i then row i + b)."""
-    low = [j if j & b == 0 else 16 + j - b for j in range(16)]
-    high = [j + b if j & b == 0 else 16 + j for j in range(16)]
-    return low, high
-
-
-def _transposed16(builder: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
-    """The 16 <16 x i32> rows transposed: word j of row i becomes word i of row j
-    (4 rounds of 2-source shuffles, 64 in all, every value in registers)."""
-    rows = list(rows)
-    for b in (8, 4, 2, 1):
-        low, high = _transpose_masks(b)
-        for i in range(16):
-            if i & b:
-                continue
-            lo = builder.shuffle_vector(rows[i], rows[i + b], ir.Constant(_V16I32, low))
-            hi = builder.shuffle_vector(rows[i], rows[i + b], ir.Constant(_V16I32, high))
-            rows[i], rows[i + b] = lo, hi
-    return rows
-
-
 def _int7_flags(builder: ir.IRBuilder, word: ir.Value) -> ir.Value:
     """Bit 7 of each byte of ``word`` (<16 x i32>) XOR its bit 6: 0x80 marks a byte
     outside the int7 range [-64, 63] once masked with 0x80808080."""
@@ -768,7 +719,7 @@ def _transpose_words16(tctx, x, x_off, ldx, out, out_off, bad):
             moved = _int7_flags(builder, row)
             flagged = moved if flagged is None else builder.or_(flagged, moved)
             rows.append(row)
-        rows = _transposed16(builder, rows)
+        rows = transposed16(builder, rows)
         for j in range(16):
             off = builder.add(out_off, ir.Constant(out_off.type, 16 * j))
             builder.store(rows[j], vec(out_p, off), align=4)
@@ -967,7 +918,7 @@ def _make_permuted_block(cq: int):
                 ln = builder.load(at(lt_p, builder.add(lt_off, n(64 * i)), _V64I8), align=1)
                 e = builder.sub(builder.call(permute, [ln, pv]), builder.call(permute, [ln, qv]))
                 rows.append(builder.bitcast(builder.add(builder.bitcast(word, _V64I8), e), _V16I32))
-            quads = _transposed16(builder, rows)
+            quads = transposed16(builder, rows)
             if cq:
                 dot = cgutils.get_or_insert_function(
                     builder.module, ir.FunctionType(_V16I32, [_V16I32, _V64I8, _V64I8]), _VPDPBUSD
