@@ -27,7 +27,7 @@ from kernels.params import DEFAULT_RANK, DEFAULT_TILE_H, DEFAULT_TILE_W, TRANSCR
 from kernels.recover import recover_product
 from kernels.strips import built_noisy_product
 from kernels.tickets import all_tickets, ticket_of, ticket_threshold, winning_tiles
-from kernels.transcript_cpu import noisy_tile_transcript, single_tile
+from kernels.transcript_cpu import noisy_tile_transcript, noisy_tile_transcript_seeded, single_tile
 from kernels.validate import check_int8_matrix, check_operand, check_seed, check_shapes
 
 
@@ -169,7 +169,8 @@ def tile_transcript(
     ``a_rows`` is h×k (rows ti·h … of A), ``b_cols`` is w×k (columns tj·w …
     of B, i.e. rows of Bᵀ). Only the noise those rows and columns touch is
     derived: h + w rows of L and the k-long permutations, O((h + w)·k). Where the
-    kernel path has one, everything after the four XOF reads is one compiled call.
+    kernel path has one, everything after the checks is one compiled call (VBMI
+    targets), or everything after the four XOF reads (other VNNI targets).
     """
     h, w, r = params.h, params.w, params.r
     check_int8_matrix("A rows", a_rows)
@@ -188,11 +189,14 @@ def tile_transcript(
     if ti < 0 or tj < 0:
         raise ValueError(f"tile index must be non-negative, got ({ti}, {tj})")
     # Seeds, rank and tile index are checked above.
-    perm_a = unchecked_permutation_stream(seed_a, k)
-    perm_b = unchecked_permutation_stream(seed_b, k)
-    la_raw = unchecked_factor_stream(seed_a, ti * h, h, r)
-    lb_raw = unchecked_factor_stream(seed_b, tj * w, w, r)
     try:
+        T = noisy_tile_transcript_seeded(a_rows, b_cols, seed_a, seed_b, ti, tj, r)
+        if T is not None:
+            return T
+        perm_a = unchecked_permutation_stream(seed_a, k)
+        perm_b = unchecked_permutation_stream(seed_b, k)
+        la_raw = unchecked_factor_stream(seed_a, ti * h, h, r)
+        lb_raw = unchecked_factor_stream(seed_b, tj * w, w, r)
         T = noisy_tile_transcript(a_rows, b_cols, la_raw, perm_a, lb_raw, perm_b, r)
     except ValueError:
         check_operand("A rows", a_rows)  # names the operand and its range

@@ -27,10 +27,15 @@ import blake3
 import numpy as np
 from numba import njit, prange
 
+from kernels.blake3_lanes import message_block
 from kernels.validate import check_rank, check_seed
 
 L_LABEL = b"pouwnet/noise/L"
 PERM_LABEL = b"pouwnet/noise/perm"
+L_BLOCK = message_block(L_LABEL)
+PERM_BLOCK = message_block(PERM_LABEL)
+"""The labels as message words, for :func:`kernels.blake3_lanes.keyed_xof` (compiled
+callers that read the streams themselves)."""
 
 
 @dataclass(frozen=True)

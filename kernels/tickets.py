@@ -23,28 +23,13 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from kernels.irvec import I32, V16I32, const16, rotr16, splat16, transposed16
+from kernels.blake3_lanes import CHUNK_END, CHUNK_START, KEYED_HASH, ROOT, compress16
+from kernels.irvec import I32, V16I32, const16, splat16, transposed16
 from kernels.params import TRANSCRIPT_WORDS
 from kernels.validate import check_seed
 
 TICKET_BITS = 256
 _MAX_TICKET = (1 << TICKET_BITS) - 1
-
-_IV = (
-    0x6A09E667,
-    0xBB67AE85,
-    0x3C6EF372,
-    0xA54FF53A,
-    0x510E527F,
-    0x9B05688C,
-    0x1F83D9AB,
-    0x5BE0CD19,
-)
-_MSG_PERMUTATION = np.array([2, 6, 3, 10, 7, 0, 4, 13, 1, 11, 12, 5, 9, 14, 15, 8], dtype=np.int64)
-_CHUNK_START = 1
-_CHUNK_END = 2
-_ROOT = 8
-_KEYED_HASH = 16
 
 
 def ticket_message(T_tile: np.ndarray, ti: int, tj: int) -> bytes:
@@ -75,49 +60,6 @@ def ticket_threshold(target: int, h: int, w: int, k: int) -> int:
 
 def ticket_wins(ticket: int, target: int, h: int, w: int, k: int) -> bool:
     return ticket <= ticket_threshold(target, h, w, k)
-
-
-def _message_schedule() -> tuple[tuple[int, ...], ...]:
-    """Word order of the message in each of the 7 rounds (the permutation applied cumulatively)."""
-    rounds = [tuple(range(16))]
-    for _ in range(6):
-        prev = rounds[-1]
-        rounds.append(tuple(prev[int(i)] for i in _MSG_PERMUTATION))
-    return tuple(rounds)
-
-
-_SCHEDULE = _message_schedule()
-
-
-def _g16(builder: ir.IRBuilder, st: list[ir.Value], a: int, b: int, c: int, d: int, mx, my) -> None:
-    """The BLAKE3 G function on state words a, b, c, d, 16 tiles at a time (one per lane)."""
-    st[a] = builder.add(builder.add(st[a], st[b]), mx)
-    st[d] = rotr16(builder, builder.xor(st[d], st[a]), 16)
-    st[c] = builder.add(st[c], st[d])
-    st[b] = rotr16(builder, builder.xor(st[b], st[c]), 12)
-    st[a] = builder.add(builder.add(st[a], st[b]), my)
-    st[d] = rotr16(builder, builder.xor(st[d], st[a]), 8)
-    st[c] = builder.add(st[c], st[d])
-    st[b] = rotr16(builder, builder.xor(st[b], st[c]), 7)
-
-
-def _compress16(
-    builder: ir.IRBuilder, cv: list[ir.Value], m: list[ir.Value], block_len: int, flags: int
-) -> list[ir.Value]:
-    """BLAKE3 compression with counter 0 of 16 lanes at once: the 8 output chaining words
-    from the 8 words of ``cv`` and the 16 of the block ``m`` (each a <16 x i32>)."""
-    st = list(cv) + [const16(v) for v in _IV[:4]] + [const16(0), const16(0)]
-    st += [const16(block_len), const16(flags)]
-    for o in _SCHEDULE:
-        _g16(builder, st, 0, 4, 8, 12, m[o[0]], m[o[1]])
-        _g16(builder, st, 1, 5, 9, 13, m[o[2]], m[o[3]])
-        _g16(builder, st, 2, 6, 10, 14, m[o[4]], m[o[5]])
-        _g16(builder, st, 3, 7, 11, 15, m[o[6]], m[o[7]])
-        _g16(builder, st, 0, 5, 10, 15, m[o[8]], m[o[9]])
-        _g16(builder, st, 1, 6, 11, 12, m[o[10]], m[o[11]])
-        _g16(builder, st, 2, 7, 8, 13, m[o[12]], m[o[13]])
-        _g16(builder, st, 3, 4, 9, 14, m[o[14]], m[o[15]])
-    return [builder.xor(st[i], st[i + 8]) for i in range(8)]
 
 
 @intrinsic
@@ -151,12 +93,12 @@ def _tickets16(tctx, t_flat, t_off, key, ti, tj0, count, out, out_off):
             rows.append(builder.load(builder.bitcast(at, V16I32.as_pointer()), align=4))
         m = transposed16(builder, rows)
         key_cv = [splat16(builder, builder.load(builder.gep(key_p, [n(i)]))) for i in range(8)]
-        cv = _compress16(builder, key_cv, m, 64, _KEYED_HASH | _CHUNK_START)
+        cv = compress16(builder, key_cv, m, 64, KEYED_HASH | CHUNK_START)
         tj = builder.add(
             splat16(builder, builder.trunc(tj0, I32)), ir.Constant(V16I32, list(range(16)))
         )
         m2 = [splat16(builder, builder.trunc(ti_v, I32)), tj] + [const16(0)] * 14
-        words = _compress16(builder, cv, m2, 8, _KEYED_HASH | _CHUNK_END | _ROOT)
+        words = compress16(builder, cv, m2, 8, KEYED_HASH | CHUNK_END | ROOT)
         tickets = transposed16(builder, words + [const16(0)] * 8)
         low8 = ir.Constant(ir.VectorType(I32, 8), None)
         for lane in range(16):

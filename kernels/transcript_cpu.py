@@ -447,6 +447,47 @@ def single_tile(a_strip: np.ndarray, bt_strip: np.ndarray, r: int) -> tuple[np.n
     return acc, T
 
 
+def _one_call_module() -> Any:
+    """:mod:`kernels.transcript_vnni`, imported on first use as in _kernels; after that a
+    dictionary lookup (an import statement costs a verifier ~0.5 µs of its ~20 µs)."""
+    vnni: Any = sys.modules.get("kernels.transcript_vnni")
+    if vnni is None:
+        from kernels import transcript_vnni
+
+        vnni = transcript_vnni
+    return vnni
+
+
+def noisy_tile_transcript_seeded(
+    a_rows: np.ndarray,
+    b_cols: np.ndarray,
+    seed_a: bytes,
+    seed_b: bytes,
+    ti: int,
+    tj: int,
+    r: int,
+) -> np.ndarray | None:
+    """The tile's transcript from its clean rows and columns and the two noise seeds,
+    the noise streams read in the same compiled call, where the active path has it
+    (VNNI or AMX, and a target with VBMI; h = 16, 4 | r ≤ 64, 64 | k, 16 | w); None
+    elsewhere (the caller then reads the streams: :func:`noisy_tile_transcript`).
+
+    Raises ValueError if an operand entry lies outside the int7 range.
+    """
+    if _active not in (VNNI, AMX) or a_rows.shape[0] != 16 or r % 4 or r > 64:
+        return None
+    vnni = _one_call_module()
+    k, w = a_rows.shape[1], b_cols.shape[0]
+    if not vnni.VBMI or k % 64 or w % 16:
+        return None
+    T = np.zeros(TRANSCRIPT_WORDS, dtype=np.uint32)
+    rows, cols = np.ascontiguousarray(a_rows), np.ascontiguousarray(b_cols)  # read as words
+    seeds = np.frombuffer(bytes(seed_a) + bytes(seed_b), dtype=np.uint32)  # little-endian hosts
+    if not vnni.noisy_tile_transcript_seeded(rows, cols, seeds, ti, tj, r, T):
+        raise ValueError("an operand entry lies outside the int7 range [-64, 63]")
+    return T
+
+
 def noisy_tile_transcript(
     a_rows: np.ndarray,
     b_cols: np.ndarray,
@@ -464,13 +505,7 @@ def noisy_tile_transcript(
     """
     if _active not in (VNNI, AMX) or a_rows.shape[0] != 16 or r % 4:
         return None
-    # Imported on first use, as in _kernels; after that a dictionary lookup (an import
-    # statement costs a verifier ~0.5 µs of its ~30 µs per tile).
-    vnni: Any = sys.modules.get("kernels.transcript_vnni")
-    if vnni is None:
-        from kernels import transcript_vnni
-
-        vnni = transcript_vnni
+    vnni = _one_call_module()
     T = np.zeros(TRANSCRIPT_WORDS, dtype=np.uint32)
     rows, cols = np.ascontiguousarray(a_rows), np.ascontiguousarray(b_cols)  # read as words
     k, w = rows.shape[1], cols.shape[0]

@@ -38,9 +38,17 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from kernels.blake3_lanes import keyed_xof
 from kernels.irvec import lane_xors16, splat16, transposed16
 from kernels.isa import compile_target
-from kernels.noise import permutation_bytes, permutation_from_stream
+from kernels.noise import (
+    L_BLOCK,
+    L_LABEL,
+    PERM_BLOCK,
+    PERM_LABEL,
+    permutation_bytes,
+    permutation_from_stream,
+)
 from kernels.params import TRANSCRIPT_ROTATION, TRANSCRIPT_WORDS
 from kernels.strips import tile_strips
 from kernels.tiles import PANEL, check_chunks, copy_block, padded_width
@@ -1075,6 +1083,36 @@ def noisy_tile_transcript_permuted(
         out = bp[panel].view(np.uint32).reshape(nq, PANEL)
         _pack_permuted(b32, panel * PANEL, lt_b, pb, qb, 0, out, rs, bad)
     return _noisy_tile_tail(ap, bp, rs, bad, T)
+
+
+_PERM_LEN, _L_LEN = len(PERM_LABEL), len(L_LABEL)
+
+
+@njit(nogil=True, cache=True)
+def noisy_tile_transcript_seeded(
+    a_rows: np.ndarray,
+    b_cols: np.ndarray,
+    seeds: np.ndarray,
+    ti: int,
+    tj: int,
+    r: int,
+    T: np.ndarray,
+) -> bool:
+    """:func:`noisy_tile_transcript_permuted` that reads the tile's noise streams itself:
+    ``seeds`` holds seed_A's 8 little-endian words, then seed_B's. The two permutation
+    streams (4·k bytes each) and the tile's rows of L_A and L_B (h·r and w·r bytes, at
+    offsets ti·h·r and tj·w·r: whole 64-byte blocks, since 16 | h, w and 4 | r) are
+    BLAKE3 XOF output blocks computed 16 at a time (:func:`keyed_xof`), not four
+    library calls from Python."""
+    h, k = a_rows.shape
+    w = b_cols.shape[0]
+    if h != LANES or r % 4 or r > 64 or k % 64 or w % PANEL:
+        raise ValueError("the permuted verifier packs 16 rows, 4 | r ≤ 64, 64 | k, 16 | w")
+    perm_a = keyed_xof(seeds, 0, PERM_BLOCK, _PERM_LEN, 0, 4 * k)
+    perm_b = keyed_xof(seeds, 8, PERM_BLOCK, _PERM_LEN, 0, 4 * k)
+    la = keyed_xof(seeds, 0, L_BLOCK, _L_LEN, ti * h * r // 64, h * r)
+    lb = keyed_xof(seeds, 8, L_BLOCK, _L_LEN, tj * w * r // 64, w * r)
+    return noisy_tile_transcript_permuted(a_rows, b_cols, la, perm_a, lb, perm_b, r, T)
 
 
 @njit(nogil=True, cache=True)

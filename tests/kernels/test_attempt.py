@@ -280,6 +280,13 @@ def test_one_call_verifier_equals_the_noisy_strips(kind, w, k, r):
         T = np.zeros(16, np.uint32)
         assert one_call(a, cols, *streams, r, T)
         assert np.array_equal(T, expected), one_call.__name__
+        if one_call.__name__ == "noisy_tile_transcript_permuted":  # also from the seeds
+            from kernels import transcript_vnni as vnni
+
+            T = np.zeros(16, np.uint32)
+            seeds = np.frombuffer(SEED_A + SEED_B, dtype=np.uint32)
+            assert vnni.noisy_tile_transcript_seeded(a, cols, seeds, ti, tj, r, T)
+            assert np.array_equal(T, expected)
 
 
 def test_verifier_reads_rows_at_any_alignment():

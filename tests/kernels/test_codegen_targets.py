@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXACTNESS_TESTS = [
     "tests/kernels/test_transcript_cpu.py",
     "tests/kernels/test_tickets.py",
+    "tests/kernels/test_blake3_lanes.py",
     "tests/kernels/test_attempt.py",
     "tests/kernels/test_noise.py",
     "tests/kernels/test_freivalds.py",

@@ -1,0 +1,168 @@
+"""BLAKE3's compression function on 16 lanes at once, as LLVM IR, and the keyed XOF
+of a one-block message built on it (the BLAKE3 paper, §2; the ``blake3`` library is
+the reference the tests hold both to, bit for bit).
+
+Two kernels hash too often for one library call each: the miner hashes every tile's
+transcript into its ticket (16,384 per attempt at 2048², :mod:`kernels.tickets`),
+and the one-call verifier reads ~18 KiB of noise XOF per tile, where four library
+calls from Python cost ~7 µs of its ~22. Each lane here is one independent message
+(a tile) or one output block (a position of the XOF), and the 16 state words stay
+in registers (16 zmm, or 32 ymm that spill on AVX2).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+from kernels.irvec import I32, V16I32, const16, rotr16, splat16, transposed16
+
+IV = (
+    0x6A09E667,
+    0xBB67AE85,
+    0x3C6EF372,
+    0xA54FF53A,
+    0x510E527F,
+    0x9B05688C,
+    0x1F83D9AB,
+    0x5BE0CD19,
+)
+_MSG_PERMUTATION = (2, 6, 3, 10, 7, 0, 4, 13, 1, 11, 12, 5, 9, 14, 15, 8)
+CHUNK_START = 1
+CHUNK_END = 2
+ROOT = 8
+KEYED_HASH = 16
+ONE_BLOCK_ROOT = KEYED_HASH | CHUNK_START | CHUNK_END | ROOT
+"""Flags of a keyed hash's only block: its chunk's start and end, and the root."""
+
+
+def _message_schedule() -> tuple[tuple[int, ...], ...]:
+    """Word order of the message in each of the 7 rounds (the permutation applied cumulatively)."""
+    rounds = [tuple(range(16))]
+    for _ in range(6):
+        prev = rounds[-1]
+        rounds.append(tuple(prev[i] for i in _MSG_PERMUTATION))
+    return tuple(rounds)
+
+
+_SCHEDULE = _message_schedule()
+
+
+def _g16(builder: ir.IRBuilder, st: list[ir.Value], a: int, b: int, c: int, d: int, mx, my) -> None:
+    """The G function on state words a, b, c, d of every lane."""
+    st[a] = builder.add(builder.add(st[a], st[b]), mx)
+    st[d] = rotr16(builder, builder.xor(st[d], st[a]), 16)
+    st[c] = builder.add(st[c], st[d])
+    st[b] = rotr16(builder, builder.xor(st[b], st[c]), 12)
+    st[a] = builder.add(builder.add(st[a], st[b]), my)
+    st[d] = rotr16(builder, builder.xor(st[d], st[a]), 8)
+    st[c] = builder.add(st[c], st[d])
+    st[b] = rotr16(builder, builder.xor(st[b], st[c]), 7)
+
+
+def _rounds16(
+    builder: ir.IRBuilder,
+    cv: list[ir.Value],
+    m: list[ir.Value],
+    counter: tuple[ir.Value, ir.Value],
+    block_len: ir.Value,
+    flags: ir.Value,
+) -> list[ir.Value]:
+    """The 16 state words after the 7 rounds, from the chaining value ``cv`` (8 words),
+    the block ``m`` (16 words), the counter's (low, high) words, the block length and
+    the flags: every argument a <16 x i32>, one lane per compression."""
+    st = list(cv) + [const16(v) for v in IV[:4]] + [counter[0], counter[1], block_len, flags]
+    for o in _SCHEDULE:
+        _g16(builder, st, 0, 4, 8, 12, m[o[0]], m[o[1]])
+        _g16(builder, st, 1, 5, 9, 13, m[o[2]], m[o[3]])
+        _g16(builder, st, 2, 6, 10, 14, m[o[4]], m[o[5]])
+        _g16(builder, st, 3, 7, 11, 15, m[o[6]], m[o[7]])
+        _g16(builder, st, 0, 5, 10, 15, m[o[8]], m[o[9]])
+        _g16(builder, st, 1, 6, 11, 12, m[o[10]], m[o[11]])
+        _g16(builder, st, 2, 7, 8, 13, m[o[12]], m[o[13]])
+        _g16(builder, st, 3, 4, 9, 14, m[o[14]], m[o[15]])
+    return st
+
+
+def compress16(
+    builder: ir.IRBuilder, cv: list[ir.Value], m: list[ir.Value], block_len: int, flags: int
+) -> list[ir.Value]:
+    """The compression with counter 0 of 16 lanes: its 8 output chaining words."""
+    zero = const16(0)
+    st = _rounds16(builder, cv, m, (zero, zero), const16(block_len), const16(flags))
+    return [builder.xor(st[i], st[i + 8]) for i in range(8)]
+
+
+@intrinsic
+def _xof_blocks16(tctx, key, key_off, msg, block_len, counter0, out, out_off):
+    """out[out_off + 16·l …] (16 words) ← output block ``counter0 + l`` of the keyed hash
+    of the one-block message ``msg`` (16 words, ``block_len`` bytes of it used), l < 16.
+
+    The root node's output block t is a compression of the same inputs with counter t,
+    all 16 words kept: st[i] ^ st[i + 8] and st[i + 8] ^ key[i] for i < 8. The 16 blocks
+    come out as word-major vectors and are transposed into block-major stores.
+    """
+    ip = types.intp
+    sig = types.void(key, ip, msg, ip, ip, out, ip)
+
+    def codegen(context, builder, signature, args):
+        key_v, key_off, msg_v, block_len, counter0, out_v, out_off = args
+
+        def data(n: int, value: ir.Value) -> ir.Value:
+            return context.make_array(signature.args[n])(context, builder, value).data
+
+        def n(v: int) -> ir.Constant:
+            return ir.Constant(key_off.type, v)
+
+        key_p, msg_p, out_p = data(0, key_v), data(2, msg_v), data(5, out_v)
+        key_p = builder.gep(key_p, [key_off])
+        cv = [splat16(builder, builder.load(builder.gep(key_p, [n(i)]))) for i in range(8)]
+        m = [splat16(builder, builder.load(builder.gep(msg_p, [n(i)]))) for i in range(16)]
+        i64 = ir.IntType(64)
+        v16i64 = ir.VectorType(i64, 16)
+        first = builder.insert_element(
+            ir.Constant(v16i64, None),
+            builder.sext(counter0, i64) if counter0.type.width < 64 else counter0,
+            I32(0),
+        )
+        counters = builder.add(
+            builder.shuffle_vector(first, first, ir.Constant(V16I32, [0] * 16)),
+            ir.Constant(v16i64, list(range(16))),
+        )
+        low = builder.trunc(counters, V16I32)
+        high = builder.trunc(builder.lshr(counters, ir.Constant(v16i64, [32] * 16)), V16I32)
+        length = splat16(builder, builder.trunc(block_len, I32))
+        st = _rounds16(builder, cv, m, (low, high), length, const16(ONE_BLOCK_ROOT))
+        words = [builder.xor(st[i], st[i + 8]) for i in range(8)]
+        words += [builder.xor(st[i + 8], cv[i]) for i in range(8)]
+        for lane, block in enumerate(transposed16(builder, words)):
+            at = builder.gep(out_p, [builder.add(out_off, n(16 * lane))])
+            builder.store(block, builder.bitcast(at, V16I32.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(nogil=True, cache=True)
+def keyed_xof(
+    key: np.ndarray, key_off: int, msg: np.ndarray, block_len: int, first_block: int, nbytes: int
+) -> np.ndarray:
+    """Bytes ``64·first_block …`` (``nbytes`` of them) of the BLAKE3 XOF of the keyed
+    hash of a message of one block: ``key[key_off : key_off + 8]`` are the key's
+    little-endian words, ``msg`` the message's 16 (zero past ``block_len`` ≤ 64 bytes).
+    Equals ``blake3.blake3(message, key=key).digest(nbytes, seek=64·first_block)``."""
+    blocks = (nbytes + 63) // 64
+    out = np.empty(16 * ((blocks + 15) // 16 * 16), dtype=np.uint32)
+    for g in range(0, blocks, 16):
+        # An intrinsic: the typing context is implicit.
+        _xof_blocks16(key, key_off, msg, block_len, first_block + g, out, 16 * g)  # type: ignore[call-arg]
+    return out.view(np.uint8)[:nbytes]
+
+
+def message_block(message: bytes) -> np.ndarray:
+    """The 16 little-endian words of a message of at most 64 bytes, zero-padded."""
+    if len(message) > 64:
+        raise ValueError(f"a one-block message has at most 64 bytes, got {len(message)}")
+    return np.frombuffer(message.ljust(64, b"\0"), dtype="<u4").astype(np.uint32)
