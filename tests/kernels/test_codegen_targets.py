@@ -2,7 +2,8 @@
 
 Numba compiles for the host, so an AVX-512 CI box would otherwise never run the
 AVX2 microkernel that Zen 3 machines mine with (nor the x86-64 baseline a
-generic build gets). Each case reruns the CPU kernels' exactness tests in a
+generic build gets, nor, on a host with VBMI, the VNNI kernels as Cascade Lake
+compiles them). Each case reruns the CPU kernels' exactness tests in a
 child process compiled for an older target (``NUMBA_CPU_NAME`` and
 ``NUMBA_CPU_FEATURES``); the codegen test in that run also checks that the
 target's own multiply-add instruction is the one in the microkernel.
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from llvmlite import binding
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,12 +34,19 @@ EXACTNESS_TESTS = [
     "tests/kernels/test_recover.py",
 ]
 
+_AVX2 = "+avx,+avx2,+fma,+bmi,+bmi2,+f16c,+popcnt,+sse4.2"
 X86_TARGETS = {
     # Zen 3 / Haswell-class: AVX2 and FMA, no AVX-512 (vpmaddwd on ymm).
-    "avx2": ("haswell", "+avx,+avx2,+fma,+bmi,+bmi2,+f16c,+popcnt,+sse4.2"),
+    "avx2": ("haswell", _AVX2),
     # Portable baseline code, what a distribution build for any x86-64 gets (pmaddwd on xmm).
     "sse2": ("generic", ""),
 }
+CASCADE_LAKE = (
+    "cascadelake",
+    _AVX2 + ",+avx512f,+avx512bw,+avx512dq,+avx512vl,+avx512cd,+avx512vnni",
+)
+"""AVX-512 VNNI without VBMI's byte permute (Cascade Lake Xeons): the VNNI kernels with
+the verifier's table packing. Run only on hosts that have those features."""
 ARM_TARGETS = {"neon": ("generic", "")}
 
 
@@ -45,7 +54,12 @@ def _targets() -> dict[str, tuple[str, str]]:
     machine = platform.machine().lower()
     if machine in ("aarch64", "arm64"):
         return ARM_TARGETS
-    return X86_TARGETS
+    targets = dict(X86_TARGETS)
+    host = set(CASCADE_LAKE[1].replace("+", "").split(","))
+    features = binding.get_host_cpu_features()
+    if all(features.get(f, False) for f in host):
+        targets["avx512_vnni"] = CASCADE_LAKE
+    return targets
 
 
 def _env_for(isa: str, cache: Path) -> dict[str, str]:
