@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from kernels.recover import _narrowed, _subtract_low_rank
+from kernels.recover import (
+    _narrowed,
+    _subtract_low_rank,
+    _subtract_low_rank_blocked,
+    subtract_low_rank,
+)
 
 rng = np.random.default_rng(5)
 
@@ -28,7 +33,24 @@ def test_correction_is_exact_whichever_width_the_factors_take(low, high, narrow)
     assert np.array_equal(_subtract_low_rank(c, nu, nv), _expected(c, u, v))
 
 
-@pytest.mark.parametrize(("m", "k", "n", "r"), [(24, 32, 40, 2), (8, 64, 16, 8), (48, 128, 8, 64)])
+@pytest.mark.parametrize(("m", "n", "width"), [(48, 64, 128), (16, 16, 2), (32, 80, 6)])
+def test_register_blocked_correction_is_exact_at_the_int16_extremes(m, n, width):
+    """Job shapes (16 | m, n) with int16 factors take 16×16 register blocks of pairwise
+    int16 multiply-adds; a pair of (−32768)² products sums to 2^31, which wraps in int32
+    exactly as the ring does."""
+    c = rng.integers(-(2**31), 2**31, (m, n), dtype=np.int32)
+    u = rng.integers(-32768, 32768, (m, width)).astype(np.int16)
+    v = rng.integers(-32768, 32768, (n, width)).astype(np.int16)
+    u[0, :2], v[0, :2] = -32768, -32768
+    u[1, :2], v[1, :2] = 32767, -32768
+    expected = _expected(c, u, v)
+    assert np.array_equal(_subtract_low_rank_blocked(c, u, v), expected)
+    assert np.array_equal(subtract_low_rank(c, u, v), expected)
+
+
+@pytest.mark.parametrize(
+    ("m", "k", "n", "r"), [(24, 32, 40, 2), (8, 64, 16, 8), (48, 128, 8, 64), (32, 128, 48, 8)]
+)
 def test_recovery_is_exact_on_odd_shapes_and_ranks(m, k, n, r):
     """G = A·R_Bᵀ runs on the plain int8 kernel tiled by gcd(m, 16) × gcd(r, 16), and H is
     built from B's rows: C comes out exact whatever m, n and r are."""
