@@ -26,11 +26,13 @@ from __future__ import annotations
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
 
 from consensus.hashing import (
+    CONTEXT_PREFIX,
     HASH_SIZE,
     TAG_MERKLE_EMPTY,
     TAG_MERKLE_LEAF,
@@ -40,6 +42,7 @@ from consensus.hashing import (
     tagged_hasher,
     u64_bytes,
 )
+from kernels.blake3_lanes import DERIVE_KEY_MATERIAL, derive_key_words, prefixed_row_hashes
 
 EMPTY_ROOT: Hash32 = tagged_hash(TAG_MERKLE_EMPTY)
 """Root of a tree with no leaves."""
@@ -53,6 +56,12 @@ _LEN32 = (HASH_SIZE).to_bytes(8, "little")
 # bytes as tagged_hash's framing, a third of its calls.
 _LEAF = tagged_hasher(TAG_MERKLE_LEAF)
 _NODE = tagged_hasher(TAG_MERKLE_NODE)
+
+
+@cache
+def _leaf_key() -> np.ndarray:
+    """BLAKE3's context key of the leaf tag (``_LEAF``'s), for the compiled leaf path."""
+    return derive_key_words((CONTEXT_PREFIX + TAG_MERKLE_LEAF).encode())
 
 
 def leaf_hash(index: int, payload: bytes) -> Hash32:
@@ -280,37 +289,26 @@ def _rows_of(x: np.ndarray) -> np.ndarray:
     raise TypeError(f"a matrix commitment needs int8 or int32 entries, got {x.dtype}")
 
 
-_FRAME_BATCH_BYTES = 1 << 19
-"""Framed rows hashed per batch (512 KiB): the batch buffer stays in L2."""
-
-
 def matrix_leaf_hashes(x: np.ndarray) -> list[Hash32]:
     """Leaf hashes of the rows of ``x`` (int8, or int32 hashed little-endian).
 
-    The fast path: the tag's hasher state is cloned per row and fed the row's whole
-    framed message (``leaf_hash``'s bytes) in one update. The frames are written for a
-    batch of rows at a time into one buffer: fed as frame then row, BLAKE3 hashed
-    each row's chunks one by one instead of side by side, twice the time.
+    The fast path: each row's framed message (``leaf_hash``'s bytes: len(index) ‖ index ‖
+    len(row) ‖ row) is hashed by the compiled BLAKE3 in :mod:`kernels.blake3_lanes`, 16
+    rows per vector (one row per lane) and the batches on every core: 2.2 ms for C's
+    2048 rows of 8 KiB on two cores, where one library call per row took 6.2 ms (the
+    library hashes a row's 8 chunks side by side, half a zmm's lanes, and each call
+    costs ~1.5 µs from Python). ``leaf_hash`` stays the reference; tests hold the two
+    equal.
     """
-    rows = _rows_of(x).view(np.uint8)  # blake3 reads buffers of unsigned bytes only
+    rows = _rows_of(x).view(np.uint8)
     count, width = rows.shape
-    head = len(_LEN8) + 8 + 8  # len(index) ‖ index ‖ len(row)
-    batch = max(1, min(count, _FRAME_BATCH_BYTES // (head + width)))
-    framed = np.empty((batch, head + width), dtype=np.uint8)
-    framed[:, :8] = np.frombuffer(_LEN8, dtype=np.uint8)
-    framed[:, 16:head] = np.frombuffer(width.to_bytes(8, "little"), dtype=np.uint8)
-    clone = tagged_hasher(TAG_MERKLE_LEAF).copy
-    leaves = []
-    for start in range(0, count, batch):
-        n = min(batch, count - start)
-        indices = np.arange(start, start + n, dtype="<u8")
-        framed[:n, 8:16] = indices.view(np.uint8).reshape(n, 8)
-        framed[:n, head:] = rows[start : start + n]
-        for i in range(n):
-            hasher = clone()
-            hasher.update(framed[i])
-            leaves.append(hasher.digest())
-    return leaves
+    heads = np.empty((count, 24), dtype=np.uint8)
+    heads[:, :8] = np.frombuffer(_LEN8, dtype=np.uint8)
+    heads[:, 8:16] = np.arange(count, dtype="<u8").view(np.uint8).reshape(count, 8)
+    heads[:, 16:] = np.frombuffer(width.to_bytes(8, "little"), dtype=np.uint8)
+    words = prefixed_row_hashes(heads, rows, _leaf_key(), DERIVE_KEY_MATERIAL)
+    digests = words.astype("<u4", copy=False).tobytes()
+    return [digests[32 * i : 32 * i + 32] for i in range(count)]
 
 
 def matrix_rows_root(x: np.ndarray) -> Hash32:

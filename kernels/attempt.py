@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kernels.backends import Backend, ModuleBackend, get_backend
+from kernels.blake3_lanes import derive_key_words
 from kernels.noise import (
     NoiseFactors,
     add_noise,
@@ -234,10 +235,12 @@ def verify_tile_ticket(
 
 
 def warm_up(params: MiningParams = MiningParams()) -> None:
-    """Load the verifier's compiled kernels (Numba's on-disk cache) with one tiny tile.
+    """Load the verifier's compiled kernels (Numba's on-disk cache) with one tiny tile,
+    and the row hashing of matrix commitments (a header's null-job check and every
+    result root).
 
     The first call of each Numba function in a process loads its machine code,
-    ~0.7 s in all: a node does it on a worker thread while it starts, instead of
+    ~1 s in all: a node does it on a worker thread while it starts, instead of
     on the first header a peer sends.
     """
     k = params.r
@@ -245,3 +248,4 @@ def warm_up(params: MiningParams = MiningParams()) -> None:
     cols = np.zeros((params.w, k), dtype=np.int8)
     seed = bytes(32)
     ticket_of(tile_transcript(rows, cols, 0, 0, seed, seed, params), seed, 0, 0)
+    derive_key_words(b"pouwnet warm-up")

@@ -1,20 +1,23 @@
-"""BLAKE3's compression function on 16 lanes at once, as LLVM IR, and the keyed XOF
-of a one-block message built on it (the BLAKE3 paper, §2; the ``blake3`` library is
-the reference the tests hold both to, bit for bit).
+"""BLAKE3's compression function on 16 lanes at once, as LLVM IR, and what is built
+on it: the keyed XOF of a one-block message, and whole messages of any length hashed
+16 at a time (the BLAKE3 paper, §2 and §5; the ``blake3`` library is the reference the
+tests hold all of it to, bit for bit).
 
-Two kernels hash too often for one library call each: the miner hashes every tile's
-transcript into its ticket (16,384 per attempt at 2048², :mod:`kernels.tickets`),
-and the one-call verifier reads ~18 KiB of noise XOF per tile, where four library
-calls from Python cost ~7 µs of its ~22. Each lane here is one independent message
-(a tile) or one output block (a position of the XOF), and the 16 state words stay
-in registers (16 zmm, or 32 ymm that spill on AVX2).
+Three callers hash too often for one library call each: the miner hashes every tile's
+transcript into its ticket (16,384 per attempt at 2048², :mod:`kernels.tickets`), the
+one-call verifier reads ~18 KiB of noise XOF per tile, where four library calls from
+Python cost ~7 µs of its ~22, and a matrix commitment hashes every row as a leaf
+(2,048 rows of 8 KiB for C's result root, :mod:`consensus.merkle`). Each lane is one
+independent message (a tile, a row) or one output block (a position of the XOF), and
+the 16 state words stay in registers (16 zmm, or 32 ymm that spill on AVX2).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from kernels.irvec import I32, V16I32, const16, rotr16, splat16, transposed16
@@ -166,3 +169,204 @@ def message_block(message: bytes) -> np.ndarray:
     if len(message) > 64:
         raise ValueError(f"a one-block message has at most 64 bytes, got {len(message)}")
     return np.frombuffer(message.ljust(64, b"\0"), dtype="<u4").astype(np.uint32)
+
+
+# ------------------------------------------------------------- whole messages, 16 at once
+
+PARENT = 4
+DERIVE_KEY_CONTEXT = 32
+DERIVE_KEY_MATERIAL = 64
+CHUNK_BYTES = 1024
+MAX_DEPTH = 54
+"""Chaining values a message of fewer than 2^64 bytes can have waiting to merge."""
+
+
+@intrinsic
+def _chunk16(tctx, buf, base, stride, blocks, last_len, key, counter, mode, root, cv):
+    """cv (8 × 16 words, word-major) ← the chaining value of one chunk of 16 messages:
+    lane l's chunk is ``blocks`` (1 … 16) blocks of 16 words at buf[base + l·stride …],
+    the last one holding ``last_len`` bytes (zero-padded to 64); ``counter`` is the
+    chunk's index, ``mode`` the hash's mode flags (KEYED_HASH, DERIVE_KEY_*), and a
+    ``root`` chunk (the message's only one) sets ROOT on its last block."""
+    ip = types.intp
+    sig = types.void(buf, ip, ip, ip, ip, key, ip, ip, types.boolean, cv)
+
+    def codegen(context, builder, signature, args):
+        buf_v, base, stride, blocks, last_len, key_v, counter, mode, root, cv_v = args
+
+        def data(n: int, value: ir.Value) -> ir.Value:
+            return context.make_array(signature.args[n])(context, builder, value).data
+
+        def n(v: int) -> ir.Constant:
+            return ir.Constant(base.type, v)
+
+        def i32(v: ir.Value) -> ir.Value:
+            return builder.trunc(v, I32)
+
+        buf_p, key_p, cv_p = data(0, buf_v), data(5, key_v), data(9, cv_v)
+        state = [
+            cgutils.alloca_once_value(
+                builder, splat16(builder, builder.load(builder.gep(key_p, [n(i)])))
+            )
+            for i in range(8)
+        ]
+        low = splat16(builder, i32(counter))
+        high = splat16(builder, i32(builder.lshr(counter, n(32))))
+        last = builder.sub(blocks, n(1))
+        end_flags = builder.or_(
+            ir.Constant(I32, CHUNK_END),
+            builder.select(root, ir.Constant(I32, ROOT), ir.Constant(I32, 0)),
+        )
+        with cgutils.for_range(builder, blocks) as loop:
+            b = loop.index
+            rows = []
+            for lane in range(16):
+                at = builder.add(
+                    base, builder.add(builder.mul(stride, n(lane)), builder.mul(b, n(16)))
+                )
+                rows.append(
+                    builder.load(
+                        builder.bitcast(builder.gep(buf_p, [at]), V16I32.as_pointer()), align=4
+                    )
+                )
+            m = transposed16(builder, rows)
+            is_last = builder.icmp_signed("==", b, last)
+            flags = builder.or_(
+                i32(mode),
+                builder.or_(
+                    builder.select(
+                        builder.icmp_signed("==", b, n(0)),
+                        ir.Constant(I32, CHUNK_START),
+                        ir.Constant(I32, 0),
+                    ),
+                    builder.select(is_last, end_flags, ir.Constant(I32, 0)),
+                ),
+            )
+            length = builder.select(is_last, i32(last_len), ir.Constant(I32, 64))
+            cv = [builder.load(v) for v in state]
+            st = _rounds16(
+                builder, cv, m, (low, high), splat16(builder, length), splat16(builder, flags)
+            )
+            for i in range(8):
+                builder.store(builder.xor(st[i], st[i + 8]), state[i])
+        for i in range(8):
+            out = builder.bitcast(builder.gep(cv_p, [n(16 * i)]), V16I32.as_pointer())
+            builder.store(builder.load(state[i]), out, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _parent16(tctx, left, right, key, mode, root, out):
+    """out (8 × 16 words) ← the parent chaining value of ``left`` and ``right`` (each
+    8 × 16 words, word-major: one parent node per lane); ``root`` sets ROOT."""
+    sig = types.void(left, right, key, types.intp, types.boolean, out)
+
+    def codegen(context, builder, signature, args):
+        left_v, right_v, key_v, mode, root, out_v = args
+
+        def data(n: int, value: ir.Value) -> ir.Value:
+            return context.make_array(signature.args[n])(context, builder, value).data
+
+        def words(p: ir.Value) -> list[ir.Value]:
+            return [
+                builder.load(
+                    builder.bitcast(builder.gep(p, [I32(16 * i)]), V16I32.as_pointer()), align=4
+                )
+                for i in range(8)
+            ]
+
+        key_p = data(2, key_v)
+        cv = [splat16(builder, builder.load(builder.gep(key_p, [I32(i)]))) for i in range(8)]
+        m = words(data(0, left_v)) + words(data(1, right_v))
+        flags = builder.or_(
+            builder.trunc(mode, I32),
+            builder.select(root, ir.Constant(I32, PARENT | ROOT), ir.Constant(I32, PARENT)),
+        )
+        zero = const16(0)
+        st = _rounds16(builder, cv, m, (zero, zero), const16(64), splat16(builder, flags))
+        out_p = data(5, out_v)
+        for i in range(8):
+            at = builder.bitcast(builder.gep(out_p, [I32(16 * i)]), V16I32.as_pointer())
+            builder.store(builder.xor(st[i], st[i + 8]), at, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(nogil=True, cache=True)
+def hash16(
+    buf: np.ndarray, base: int, stride: int, length: int, key: np.ndarray, mode: int
+) -> np.ndarray:
+    """The BLAKE3 hashes (8 × 16 words, word-major: word i of lane l at [i, l]) of 16
+    messages of ``length`` bytes each: lane l's bytes are the words buf[base + l·stride …],
+    zero from byte ``length`` to the next multiple of 64 (at least one block of them).
+    ``key`` is the 8 key words (the IV for a plain hash, the context key when deriving a
+    key), ``mode`` the flags.
+
+    Chunks are compressed in order and their chaining values merged as BLAKE3's
+    incremental hasher does: after chunk c (not the last), merge while c + 1 is even;
+    at the end the last chunk merges with every value still waiting, the final
+    merge being the root."""
+    chunks = max(1, (length + CHUNK_BYTES - 1) // CHUNK_BYTES)
+    stack = np.empty((MAX_DEPTH, 8, 16), dtype=np.uint32)
+    depth = 0
+    cv = np.empty((8, 16), dtype=np.uint32)
+    for c in range(chunks):
+        nbytes = min(CHUNK_BYTES, length - c * CHUNK_BYTES)
+        blocks = max(1, (nbytes + 63) // 64)
+        last_len = nbytes - 64 * (blocks - 1)
+        first = base + c * (CHUNK_BYTES // 4)
+        # Intrinsics: the typing context is implicit.
+        _chunk16(buf, first, stride, blocks, last_len, key, c, mode, chunks == 1, cv)  # type: ignore[call-arg]
+        if c == chunks - 1:
+            break
+        stack[depth] = cv
+        depth += 1
+        total = c + 1
+        while total & 1 == 0:
+            _parent16(stack[depth - 2], stack[depth - 1], key, mode, False, stack[depth - 2])
+            depth -= 1
+            total >>= 1
+    while depth > 0:
+        _parent16(stack[depth - 1], cv, key, mode, depth == 1, cv)  # type: ignore[call-arg]
+        depth -= 1
+    return cv
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def prefixed_row_hashes(
+    heads: np.ndarray, rows: np.ndarray, key: np.ndarray, mode: int
+) -> np.ndarray:
+    """out[i] (8 words) = the BLAKE3 hash of heads[i] ‖ rows[i] (uint8 arrays of ``count``
+    rows each, the heads a multiple of 4 bytes wide), under ``key`` and ``mode`` as in
+    :func:`hash16`: 16 messages per task, each task framing its rows in a buffer of its
+    own (zero-padded to whole blocks) that stays in L2 while it is hashed."""
+    count, width = rows.shape
+    head = heads.shape[1]
+    length = head + width
+    stride = max(1, (length + 63) // 64) * 16  # words per lane: at least one block
+    out = np.empty((count, 8), dtype=np.uint32)
+    for batch in prange((count + 15) // 16):
+        buf = np.zeros(16 * 4 * stride, dtype=np.uint8)
+        for lane in range(16):
+            i = min(16 * batch + lane, count - 1)  # lanes past the end repeat the last row
+            at = 4 * stride * lane
+            buf[at : at + head] = heads[i]
+            buf[at + head : at + length] = rows[i]
+        h = hash16(buf.view(np.uint32), 0, stride, length, key, mode)
+        for lane in range(min(16, count - 16 * batch)):
+            for w in range(8):
+                out[16 * batch + lane, w] = h[w, lane]
+    return out
+
+
+def derive_key_words(context: bytes) -> np.ndarray:
+    """The 8 words of BLAKE3's context key for ``context`` (its derive_key mode: the
+    context string hashed with DERIVE_KEY_CONTEXT; the material is then hashed under it
+    with DERIVE_KEY_MATERIAL)."""
+    heads = np.zeros((1, 0), dtype=np.uint8)
+    rows = np.frombuffer(context, dtype=np.uint8).reshape(1, -1)
+    iv = np.array(IV, dtype=np.uint32)
+    return prefixed_row_hashes(heads, rows, iv, DERIVE_KEY_CONTEXT)[0].copy()
