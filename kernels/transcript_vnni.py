@@ -698,6 +698,18 @@ def _int7_flags(builder: ir.IRBuilder, word: ir.Value) -> ir.Value:
     return builder.xor(word, builder.shl(word, ir.Constant(_V16I32, [1] * 16)))
 
 
+def _flag_bad(builder: ir.IRBuilder, bad_p: ir.Value, flagged: ir.Value) -> None:
+    """bad[0:16] |= the int7 flags (:func:`_int7_flags`, ORed over the rows read) masked
+    to each byte's bit 7."""
+    bad_ptr = builder.bitcast(bad_p, _V16I32.as_pointer())
+    mask = ir.Constant(_V16I32, [0x80808080] * 16)
+    builder.store(
+        builder.or_(builder.load(bad_ptr, align=4), builder.and_(flagged, mask)),
+        bad_ptr,
+        align=4,
+    )
+
+
 @intrinsic
 def _transpose_words16(tctx, x, x_off, ldx, out, out_off, bad):
     """out[out_off + 16·j + i] = x[x_off + i·ldx + j] for i, j < 16: a 16×16 block of
@@ -731,13 +743,7 @@ def _transpose_words16(tctx, x, x_off, ldx, out, out_off, bad):
         for j in range(16):
             off = builder.add(out_off, ir.Constant(out_off.type, 16 * j))
             builder.store(rows[j], vec(out_p, off), align=4)
-        bad_ptr = vec(bad_p, _I32(0))
-        mask = ir.Constant(_V16I32, [0x80808080] * 16)
-        builder.store(
-            builder.or_(builder.load(bad_ptr, align=4), builder.and_(flagged, mask)),
-            bad_ptr,
-            align=4,
-        )
+        _flag_bad(builder, bad_p, flagged)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -950,13 +956,7 @@ def _make_permuted_block(cq: int):
             for j, quad in enumerate(quads):
                 word = builder.xor(quad, flip) if not cq else quad
                 builder.store(word, at(out_p, builder.add(out_off, n(16 * j)), _V16I32), align=4)
-            bad_ptr = at(bad_p, n(0), _V16I32)
-            mask = ir.Constant(_V16I32, [0x80808080] * 16)
-            builder.store(
-                builder.or_(builder.load(bad_ptr, align=4), builder.and_(flagged, mask)),
-                bad_ptr,
-                align=4,
-            )
+            _flag_bad(builder, bad_p, flagged)
             return context.get_dummy_value()
 
         return sig, codegen
