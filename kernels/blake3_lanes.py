@@ -14,6 +14,8 @@ the 16 state words stay in registers (16 zmm, or 32 ymm that spill on AVX2).
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -21,6 +23,9 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from kernels.irvec import I32, V16I32, const16, rotr16, splat16, transposed16
+
+if sys.byteorder != "little":  # Numba itself runs on little-endian CPUs only
+    raise ImportError("kernels.blake3_lanes reads bytes as little-endian words")
 
 IV = (
     0x6A09E667,
