@@ -469,16 +469,15 @@ def noisy_tile_transcript_seeded(
 ) -> np.ndarray | None:
     """The tile's transcript from its clean rows and columns and the two noise seeds,
     the noise streams read in the same compiled call, where the active path has it
-    (VNNI or AMX, and a target with VBMI; h = 16, 4 | r ≤ 64, 64 | k, 16 | w); None
+    (VNNI or AMX, and a tile :func:`kernels.transcript_vnni.permutable` admits); None
     elsewhere (the caller then reads the streams: :func:`noisy_tile_transcript`).
 
     Raises ValueError if an operand entry lies outside the int7 range.
     """
-    if _active not in (VNNI, AMX) or a_rows.shape[0] != 16 or r % 4 or r > 64:
+    if _active not in (VNNI, AMX):
         return None
     vnni = _one_call_module()
-    k, w = a_rows.shape[1], b_cols.shape[0]
-    if not vnni.VBMI or k % 64 or w % 16:
+    if not vnni.permutable(a_rows.shape[0], r, a_rows.shape[1], b_cols.shape[0]):
         return None
     T = np.zeros(TRANSCRIPT_WORDS, dtype=np.uint32)
     rows, cols = np.ascontiguousarray(a_rows), np.ascontiguousarray(b_cols)  # read as words
@@ -500,6 +499,8 @@ def noisy_tile_transcript(
     """The tile's transcript from its clean rows and columns and the raw noise streams
     in one compiled call, where the active path has one (VNNI or AMX, h = 16, 4 | r);
     None elsewhere (the caller then builds the noisy strips for :func:`single_tile`).
+    The noise is added by the transposed table: the tiles a VBMI target permutes go
+    through :func:`noisy_tile_transcript_seeded` first.
 
     Raises ValueError if an operand entry lies outside the int7 range.
     """
@@ -508,12 +509,6 @@ def noisy_tile_transcript(
     vnni = _one_call_module()
     T = np.zeros(TRANSCRIPT_WORDS, dtype=np.uint32)
     rows, cols = np.ascontiguousarray(a_rows), np.ascontiguousarray(b_cols)  # read as words
-    k, w = rows.shape[1], cols.shape[0]
-    one_call = (
-        vnni.noisy_tile_transcript_permuted
-        if vnni.VBMI and r <= 64 and k % 64 == 0 and w % 16 == 0
-        else vnni.noisy_tile_transcript
-    )
-    if not one_call(rows, cols, la_raw, perm_a_raw, lb_raw, perm_b_raw, r, T):
+    if not vnni.noisy_tile_transcript(rows, cols, la_raw, perm_a_raw, lb_raw, perm_b_raw, r, T):
         raise ValueError("an operand entry lies outside the int7 range [-64, 63]")
     return T

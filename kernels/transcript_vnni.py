@@ -883,6 +883,15 @@ adds a tile's noise 64 k-columns of a row at a time (:func:`noisy_tile_transcrip
 Ice Lake, Sapphire Rapids and Zen 4 have it; Cascade Lake, with VNNI, does not."""
 
 
+def permutable(h: int, r: int, k: int, w: int) -> bool:
+    """Whether :func:`noisy_tile_transcript_permuted` takes an h×k by w×k tile at rank r:
+    a VBMI target, 16 rows, 4 | r ≤ 64 (an L row is one zmm), 64 | k and 16 | w."""
+    return VBMI and h == LANES and r % 4 == 0 and r <= 64 and k % 64 == 0 and w % PANEL == 0
+
+
+_permutable = njit(nogil=True, cache=True, inline="always")(permutable)
+
+
 def _make_permuted_block(cq: int):
     """Intrinsic ``blk(x, x_off, ldx, lt, lt_off, p8, q8, c0, out, out_off, rs, rs_off, bad)``:
     one block of 16 rows × 64 k-columns of x' = x + E, packed as 16 k-quads.
@@ -1058,13 +1067,13 @@ def noisy_tile_transcript_permuted(
     r: int,
     T: np.ndarray,
 ) -> bool:
-    """:func:`noisy_tile_transcript` where the target has VBMI (:data:`VBMI`), r ≤ 64,
-    64 | k and 16 | w: the noise of each row is added 64 k-columns at a time by two byte
-    permutes of its L row, then the rows transposed in registers."""
+    """:func:`noisy_tile_transcript` for the tiles :func:`permutable` admits: the noise of
+    each row is added 64 k-columns at a time by two byte permutes of its L row, then the
+    rows transposed in registers."""
     h, k = a_rows.shape
     w = b_cols.shape[0]
     check_chunks(k, r)
-    if h != LANES or r % 4 or r > 64 or k % 64 or w % PANEL:
+    if not _permutable(h, r, k, w):
         raise ValueError("the permuted verifier packs 16 rows, 4 | r ≤ 64, 64 | k, 16 | w")
     nq = k // 4
     pa, qa = permutation_bytes(perm_a_raw, r)
@@ -1103,11 +1112,9 @@ def noisy_tile_transcript_seeded(
     streams (4·k bytes each) and the tile's rows of L_A and L_B (h·r and w·r bytes, at
     offsets ti·h·r and tj·w·r: whole 64-byte blocks, since 16 | h, w and 4 | r) are
     BLAKE3 XOF output blocks computed 16 at a time (:func:`keyed_xof`), not four
-    library calls from Python."""
+    library calls from Python. A tile :func:`permutable` refuses raises ValueError there."""
     h, k = a_rows.shape
     w = b_cols.shape[0]
-    if h != LANES or r % 4 or r > 64 or k % 64 or w % PANEL:
-        raise ValueError("the permuted verifier packs 16 rows, 4 | r ≤ 64, 64 | k, 16 | w")
     perm_a = keyed_xof(seeds, 0, PERM_BLOCK, _PERM_LEN, 0, 4 * k)
     perm_b = keyed_xof(seeds, 8, PERM_BLOCK, _PERM_LEN, 0, 4 * k)
     la = keyed_xof(seeds, 0, L_BLOCK, _L_LEN, ti * h * r // 64, h * r)

@@ -210,7 +210,7 @@ def _one_calls(w, k, r):
     from kernels import transcript_vnni as vnni
 
     found = [vnni.noisy_tile_transcript]
-    if vnni.VBMI and r <= 64 and k % 64 == 0 and w % 16 == 0:
+    if vnni.permutable(16, r, k, w):
         found.append(vnni.noisy_tile_transcript_permuted)
     return found
 
