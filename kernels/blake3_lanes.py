@@ -22,7 +22,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from kernels.irvec import I32, V16I32, const16, rotr16, splat16, transposed16
+from kernels.irvec import I32, V16I32, array_data, const16, rotr16, splat16, transposed16
 
 if sys.byteorder != "little":  # Numba itself runs on little-endian CPUs only
     raise ImportError("kernels.blake3_lanes reads bytes as little-endian words")
@@ -116,15 +116,14 @@ def _xof_blocks16(tctx, key, key_off, msg, block_len, counter0, out, out_off):
     sig = types.void(key, ip, msg, ip, ip, out, ip)
 
     def codegen(context, builder, signature, args):
-        key_v, key_off, msg_v, block_len, counter0, out_v, out_off = args
+        _, key_off, _, block_len, counter0, _, out_off = args
 
-        def data(n: int, value: ir.Value) -> ir.Value:
-            return context.make_array(signature.args[n])(context, builder, value).data
+        data = array_data(context, builder, signature, args)
 
         def n(v: int) -> ir.Constant:
             return ir.Constant(key_off.type, v)
 
-        key_p, msg_p, out_p = data(0, key_v), data(2, msg_v), data(5, out_v)
+        key_p, msg_p, out_p = data(0), data(2), data(5)
         key_p = builder.gep(key_p, [key_off])
         cv = [splat16(builder, builder.load(builder.gep(key_p, [n(i)]))) for i in range(8)]
         m = [splat16(builder, builder.load(builder.gep(msg_p, [n(i)]))) for i in range(16)]
@@ -197,10 +196,9 @@ def _chunk16(tctx, buf, base, stride, blocks, last_len, key, counter, mode, root
     sig = types.void(buf, ip, ip, ip, ip, key, ip, ip, types.boolean, cv)
 
     def codegen(context, builder, signature, args):
-        buf_v, base, stride, blocks, last_len, key_v, counter, mode, root, cv_v = args
+        _, base, stride, blocks, last_len, _, counter, mode, root, _ = args
 
-        def data(n: int, value: ir.Value) -> ir.Value:
-            return context.make_array(signature.args[n])(context, builder, value).data
+        data = array_data(context, builder, signature, args)
 
         def n(v: int) -> ir.Constant:
             return ir.Constant(base.type, v)
@@ -208,7 +206,7 @@ def _chunk16(tctx, buf, base, stride, blocks, last_len, key, counter, mode, root
         def i32(v: ir.Value) -> ir.Value:
             return builder.trunc(v, I32)
 
-        buf_p, key_p, cv_p = data(0, buf_v), data(5, key_v), data(9, cv_v)
+        buf_p, key_p, cv_p = data(0), data(5), data(9)
         state = [
             cgutils.alloca_once_value(
                 builder, splat16(builder, builder.load(builder.gep(key_p, [n(i)])))
@@ -269,10 +267,9 @@ def _parent16(tctx, left, right, key, mode, root, out):
     sig = types.void(left, right, key, types.intp, types.boolean, out)
 
     def codegen(context, builder, signature, args):
-        left_v, right_v, key_v, mode, root, out_v = args
+        _, _, _, mode, root, _ = args
 
-        def data(n: int, value: ir.Value) -> ir.Value:
-            return context.make_array(signature.args[n])(context, builder, value).data
+        data = array_data(context, builder, signature, args)
 
         def words(p: ir.Value) -> list[ir.Value]:
             return [
@@ -282,16 +279,16 @@ def _parent16(tctx, left, right, key, mode, root, out):
                 for i in range(8)
             ]
 
-        key_p = data(2, key_v)
+        key_p = data(2)
         cv = [splat16(builder, builder.load(builder.gep(key_p, [I32(i)]))) for i in range(8)]
-        m = words(data(0, left_v)) + words(data(1, right_v))
+        m = words(data(0)) + words(data(1))
         flags = builder.or_(
             builder.trunc(mode, I32),
             builder.select(root, ir.Constant(I32, PARENT | ROOT), ir.Constant(I32, PARENT)),
         )
         zero = const16(0)
         st = _rounds16(builder, cv, m, (zero, zero), const16(64), splat16(builder, flags))
-        out_p = data(5, out_v)
+        out_p = data(5)
         for i in range(8):
             at = builder.bitcast(builder.gep(out_p, [I32(16 * i)]), V16I32.as_pointer())
             builder.store(builder.xor(st[i], st[i + 8]), at, align=4)

@@ -7,11 +7,22 @@ or four xmm elsewhere, so a module that is not AVX-512-only may use it too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from llvmlite import ir
 
 I32 = ir.IntType(32)
 V16I32 = ir.VectorType(I32, 16)
 _SPLAT0 = ir.Constant(V16I32, [0] * 16)
+
+
+def array_data(context, builder: ir.IRBuilder, signature, args) -> Callable[[int], ir.Value]:
+    """In an intrinsic's codegen: n ↦ the data pointer of its array argument n."""
+
+    def data(n: int) -> ir.Value:
+        return context.make_array(signature.args[n])(context, builder, args[n]).data
+
+    return data
 
 
 def const16(v: int) -> ir.Constant:

@@ -25,7 +25,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from kernels.irvec import I32, V16I32, const16, splat16
+from kernels.irvec import I32, V16I32, array_data, const16, splat16
 from kernels.noise import NoiseFactors
 from kernels.tiles import PANEL
 from kernels.transcript_cpu import plain_matmul
@@ -113,10 +113,9 @@ def _correction_block(tctx, out, c, uw, i0, ldu, vp, v_off, pairs, j0, ldc):
     sig = types.void(out, c, uw, ip, ip, vp, ip, ip, ip, ip)
 
     def codegen(context, builder, signature, args):
-        out_v, c_v, u_v, i0, ldu, vp_v, v_off, pairs, j0, ldc = args
+        _, _, _, i0, ldu, _, v_off, pairs, j0, ldc = args
 
-        def data(n: int, value: ir.Value) -> ir.Value:
-            return context.make_array(signature.args[n])(context, builder, value).data
+        data = array_data(context, builder, signature, args)
 
         def n(v: int) -> ir.Constant:
             return ir.Constant(i0.type, v)
@@ -124,7 +123,7 @@ def _correction_block(tctx, out, c, uw, i0, ldu, vp, v_off, pairs, j0, ldc):
         def vec(base: ir.Value, off: ir.Value, to: ir.Type) -> ir.Value:
             return builder.bitcast(builder.gep(base, [off]), to.as_pointer())
 
-        out_p, c_p, u_p, vp_p = data(0, out_v), data(1, c_v), data(2, u_v), data(5, vp_v)
+        out_p, c_p, u_p, vp_p = data(0), data(1), data(2), data(5)
         accs = [cgutils.alloca_once_value(builder, const16(0)) for _ in range(ROWS)]
         rows = [builder.mul(builder.add(i0, n(ii)), ldu) for ii in range(ROWS)]
         with cgutils.for_range(builder, pairs) as loop:

@@ -24,7 +24,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from kernels.blake3_lanes import CHUNK_END, CHUNK_START, KEYED_HASH, ROOT, compress16
-from kernels.irvec import I32, V16I32, const16, splat16, transposed16
+from kernels.irvec import I32, V16I32, array_data, const16, splat16, transposed16
 from kernels.params import TRANSCRIPT_WORDS
 from kernels.validate import check_seed
 
@@ -76,15 +76,14 @@ def _tickets16(tctx, t_flat, t_off, key, ti, tj0, count, out, out_off):
     sig = types.void(t_flat, ip, key, ip, ip, ip, out, ip)
 
     def codegen(context, builder, signature, args):
-        t_v, t_off, key_v, ti_v, tj0, count_v, out_v, out_off = args
+        _, t_off, _, ti_v, tj0, count_v, _, out_off = args
 
-        def data(n: int, value: ir.Value) -> ir.Value:
-            return context.make_array(signature.args[n])(context, builder, value).data
+        data = array_data(context, builder, signature, args)
 
         def n(v: int) -> ir.Constant:
             return ir.Constant(t_off.type, v)
 
-        t_p, key_p, out_p = data(0, t_v), data(2, key_v), data(6, out_v)
+        t_p, key_p, out_p = data(0), data(2), data(6)
         last = builder.sub(count_v, n(1))
         rows = []
         for lane in range(16):  # lanes past ``count`` read the last tile; never stored

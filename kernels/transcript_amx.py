@@ -32,7 +32,7 @@ from numba.extending import intrinsic
 
 from kernels.isa import compile_target
 from kernels.params import TRANSCRIPT_WORDS
-from kernels.tiles import PANEL, check_chunks, copy_block, fold_tile, padded_width
+from kernels.tiles import PANEL, check_chunks, copy_block, fold_chunks16, padded_width
 
 TILE_K = 64
 """k per tdpbssd: one 64-byte row of the A tile; r must be a multiple."""
@@ -208,8 +208,7 @@ def _tile_packed(
             )
             i += rows
     if fold:
-        for c in range(nchunks):
-            fold_tile(xs[c], T, c)
+        fold_chunks16(xs, nchunks, T)  # type: ignore[call-arg]  # an intrinsic
 
 
 @njit(nogil=True, cache=True)

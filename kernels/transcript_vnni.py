@@ -39,7 +39,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from kernels.blake3_lanes import keyed_xof
-from kernels.irvec import lane_xors16, splat16, transposed16
+from kernels.irvec import I32, V16I32, array_data, const16, splat16, transposed16
 from kernels.isa import compile_target
 from kernels.noise import (
     L_BLOCK,
@@ -49,9 +49,9 @@ from kernels.noise import (
     permutation_bytes,
     permutation_from_stream,
 )
-from kernels.params import TRANSCRIPT_ROTATION, TRANSCRIPT_WORDS
+from kernels.params import TRANSCRIPT_WORDS
 from kernels.strips import tile_strips
-from kernels.tiles import PANEL, check_chunks, copy_block, padded_width
+from kernels.tiles import PANEL, check_chunks, copy_block, fold_chunks16, padded_width
 
 # A packed B' panel (kernels.tiles.PANEL = 16 columns) is one zmm of 16 int32 lanes.
 LANES = 16
@@ -59,10 +59,7 @@ STRIPS_IN_L2 = 256 * 1024
 """Bytes of packed A' strips a task keeps in L2 while one B' strip streams past them."""
 
 _I8 = ir.IntType(8)
-_I32 = ir.IntType(32)
 _V64I8 = ir.VectorType(_I8, 64)
-_V16I32 = ir.VectorType(_I32, 16)
-_SPLAT0 = ir.Constant(_V16I32, [0] * 16)
 _VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
 
 
@@ -89,7 +86,7 @@ def _make_microkernel(mr: int):
                 args[i] for i in (1, 2, 4, 5, 7, 9, 10, 11, 13)
             )
             dot = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_V16I32, [_V16I32, _V64I8, _V64I8]), _VPDPBUSD
+                builder.module, ir.FunctionType(V16I32, [V16I32, _V64I8, _V64I8]), _VPDPBUSD
             )
 
             def ptr(n: int, *offsets: ir.Value, to: ir.Type) -> ir.Value:
@@ -102,16 +99,12 @@ def _make_microkernel(mr: int):
             def c(v: int) -> ir.Constant:
                 return ir.Constant(ldc.type, v)
 
-            def splat(x: ir.Value) -> ir.Value:
-                vec = builder.insert_element(ir.Constant(_V16I32, None), x, _I32(0))
-                return builder.shuffle_vector(vec, vec, _SPLAT0)
-
-            a_p = ptr(3, a_off, to=_I32)  # a k-quad of one row is one int32
+            a_p = ptr(3, a_off, to=I32)  # a k-quad of one row is one int32
             b_p = ptr(6, b_off, to=_V64I8)
-            rs_p = ptr(8, rs_off, to=_I32)
-            xs_p = ptr(12, to=_V16I32)
+            rs_p = ptr(8, rs_off, to=I32)
+            xs_p = ptr(12, to=V16I32)
             # numpy buffers are only element-aligned: every vector access says so.
-            acc_ptrs = [ptr(0, acc_off, builder.mul(ldc, c(i)), to=_V16I32) for i in range(mr)]
+            acc_ptrs = [ptr(0, acc_off, builder.mul(ldc, c(i)), to=V16I32) for i in range(mr)]
             acc_vars = [
                 cgutils.alloca_once_value(builder, builder.load(p, align=4)) for p in acc_ptrs
             ]
@@ -123,12 +116,12 @@ def _make_microkernel(mr: int):
                     b = builder.load(builder.gep(b_p, [p]), align=1)
                     for i, var in enumerate(acc_vars):
                         quad = builder.load(builder.gep(a_row, [c(i)]), align=1)
-                        a = builder.bitcast(splat(quad), _V64I8)
+                        a = builder.bitcast(splat16(builder, quad), _V64I8)
                         builder.store(builder.call(dot, [builder.load(var), b, a]), var)
                 # Chunk end: undo the +128 shift of B', then XOR the block into xs[c].
                 rs_row = builder.gep(rs_p, [builder.mul(chunk.index, lda)])
                 for i, var in enumerate(acc_vars):
-                    shift = splat(builder.load(builder.gep(rs_row, [c(i)]), align=4))
+                    shift = splat16(builder, builder.load(builder.gep(rs_row, [c(i)]), align=4))
                     builder.store(builder.sub(builder.load(var), shift), var)
                 with builder.if_then(fold):
                     x_ptr = builder.gep(xs_p, [chunk.index])
@@ -235,60 +228,6 @@ def _pack_b_strip(bt_strip: np.ndarray, r: int, bp: np.ndarray) -> None:
 # ---------------------------------------------------------------- transcript
 
 
-@intrinsic
-def _fold_chunks(tctx, xs, nchunks, T):
-    """:func:`kernels.tiles.fold_tile` of xs[c, 0, :] for every chunk c < nchunks, in
-    order: T[c mod 16] = rotl32(T[c mod 16], 13) XOR (XOR of the 16 lanes of xs[c]).
-
-    Sixteen chunks at a time: their rows transposed in registers and XORed give the 16
-    lane-XORs in one vector, and the 16 words of T are rotated and updated at once
-    (lanes past the last chunk keep their word), where a chunk at a time is ~30 scalar
-    steps: 32 of those per 16×16 tile were ~2 % of an attempt.
-    """
-    sig = types.void(xs, types.intp, T)
-
-    def codegen(context, builder, signature, args):
-        xs_v, nchunks, t_v = args
-
-        def data(n: int, value: ir.Value) -> ir.Value:
-            return context.make_array(signature.args[n])(context, builder, value).data
-
-        def vec(base: ir.Value, off: ir.Value) -> ir.Value:
-            return builder.bitcast(builder.gep(base, [off]), _V16I32.as_pointer())
-
-        def splat(v: int) -> ir.Constant:
-            return ir.Constant(_V16I32, [v] * 16)
-
-        xs_p, t_ptr = data(0, xs_v), vec(data(2, t_v), _I32(0))
-        one, sixteen = ir.Constant(nchunks.type, 1), ir.Constant(nchunks.type, 16)
-        lanes = builder.trunc(nchunks, _I32) if nchunks.type.width > 32 else nchunks
-        lane_ids = ir.Constant(_V16I32, list(range(16)))
-        last = builder.sub(nchunks, one)
-        groups = builder.udiv(builder.add(nchunks, ir.Constant(nchunks.type, 15)), sixteen)
-        t_var = cgutils.alloca_once_value(builder, builder.load(t_ptr, align=4))
-        with cgutils.for_range(builder, groups) as loop:
-            base = builder.mul(loop.index, sixteen)
-            rows = []
-            for i in range(16):  # rows past the last chunk repeat it: masked off below
-                c = builder.add(base, ir.Constant(base.type, i))
-                c = builder.select(builder.icmp_signed("<", c, nchunks), c, last)
-                rows.append(builder.load(vec(xs_p, builder.mul(c, sixteen)), align=4))
-            y = lane_xors16(builder, rows)
-            t = builder.load(t_var)
-            rotated = builder.or_(
-                builder.shl(t, splat(TRANSCRIPT_ROTATION)),
-                builder.lshr(t, splat(32 - TRANSCRIPT_ROTATION)),
-            )
-            base32 = builder.trunc(base, _I32) if base.type.width > 32 else base
-            left = builder.sub(lanes, base32)  # chunks in this group: lanes < left update
-            live = builder.icmp_signed("<", lane_ids, splat16(builder, left))
-            builder.store(builder.select(live, builder.xor(rotated, y), t), t_var)
-        builder.store(builder.load(t_var), t_ptr, align=4)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
 @njit(nogil=True, cache=True)
 def _tile_packed(
     ap: np.ndarray,
@@ -332,7 +271,7 @@ def _tile_packed(
             )
             i += mr
     if fold:
-        _fold_chunks(xs, nchunks, T)  # type: ignore[call-arg]  # an intrinsic
+        fold_chunks16(xs, nchunks, T)  # type: ignore[call-arg]  # an intrinsic
 
 
 @njit(nogil=True, cache=True)
@@ -619,49 +558,39 @@ def _noisy_words16_signature(gather: bool, x, tab, out, sums):
     sig = types.void(x, ip, ip, ip, tab, ip, offs, offs, out, ip, types.uint32, sums)
 
     def codegen(context, builder, signature, args):
-        x_v, x_off, ldx, rows, tab_v, tab_off, plus_v, minus_v, out_v, out_off, flip_v, sums_v = (
-            args
-        )
+        _, x_off, ldx, rows, _, tab_off, plus_v, minus_v, _, out_off, flip_v, _ = args
 
-        def data(n: int, value: ir.Value) -> ir.Value:
-            return context.make_array(signature.args[n])(context, builder, value).data
+        data = array_data(context, builder, signature, args)
 
-        x_p, out_p, sums_p = data(0, x_v), data(8, out_v), data(11, sums_v)
-        tab_p = builder.gep(data(4, tab_v), [tab_off])
+        x_p, out_p, sums_p = data(0), data(8), data(11)
+        tab_p = builder.gep(data(4), [tab_off])
 
         def vec(base: ir.Value, off: ir.Value) -> ir.Value:
-            return builder.bitcast(builder.gep(base, [off]), _V16I32.as_pointer())
-
-        def splat(v: ir.Value) -> ir.Value:
-            one = builder.insert_element(ir.Constant(_V16I32, None), v, _I32(0))
-            return builder.shuffle_vector(one, one, _SPLAT0)
-
-        def const(v: int) -> ir.Constant:
-            return ir.Constant(_V16I32, [v] * 16)
+            return builder.bitcast(builder.gep(base, [off]), V16I32.as_pointer())
 
         def bytes_of(offsets: ir.Value) -> ir.Value:
             word = None
             for e in range(4):
                 b = builder.load(vec(tab_p, builder.extract_value(offsets, e)), align=4)
-                b = builder.shl(b, const(8 * e)) if e else b
+                b = builder.shl(b, const16(8 * e)) if e else b
                 word = b if word is None else builder.or_(word, b)
             return word
 
         if gather:
             # The clean words, lane by lane (a strided gather); lanes past ``rows`` read
             # the last row (always in bounds) and are then zeroed.
-            xw = ir.Constant(_V16I32, None)
+            xw = ir.Constant(V16I32, None)
             last = builder.sub(rows, ir.Constant(rows.type, 1))
             for i in range(16):
                 lane = ir.Constant(rows.type, i)
                 inside = builder.icmp_signed("<", lane, rows)
                 row = builder.select(inside, lane, last)
                 word = builder.load(builder.gep(x_p, [builder.add(x_off, builder.mul(row, ldx))]))
-                word = builder.select(inside, word, _I32(0))
-                xw = builder.insert_element(xw, word, _I32(i))
+                word = builder.select(inside, word, I32(0))
+                xw = builder.insert_element(xw, word, I32(i))
         else:
             xw = builder.load(vec(x_p, x_off), align=4)
-        low7, high = const(0x7F7F7F7F), const(0x80808080)
+        low7, high = const16(0x7F7F7F7F), const16(0x80808080)
         pv, mv = bytes_of(plus_v), bytes_of(minus_v)
         # bytewise pv − mv: ((p | H) − (m & L)) ^ ((p ^ ~m) & H)
         e = builder.xor(
@@ -673,11 +602,11 @@ def _noisy_words16_signature(gather: bool, x, tab, out, sums):
             builder.add(builder.and_(xw, low7), builder.and_(e, low7)),
             builder.and_(builder.xor(xw, e), high),
         )
-        builder.store(builder.xor(total, splat(flip_v)), vec(out_p, out_off), align=4)
+        builder.store(builder.xor(total, splat16(builder, flip_v)), vec(out_p, out_off), align=4)
         dot = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(_V16I32, [_V16I32, _V64I8, _V64I8]), _VPDPBUSD
+            builder.module, ir.FunctionType(V16I32, [V16I32, _V64I8, _V64I8]), _VPDPBUSD
         )
-        sums_ptr = vec(sums_p, _I32(0))
+        sums_ptr = vec(sums_p, I32(0))
         ones = ir.Constant(_V64I8, [1] * 64)
         acc = builder.call(
             dot, [builder.load(sums_ptr, align=4), ones, builder.bitcast(total, _V64I8)]
@@ -695,14 +624,14 @@ _noisy_words16_packed = _make_noisy_words16(gather=False)
 def _int7_flags(builder: ir.IRBuilder, word: ir.Value) -> ir.Value:
     """Bit 7 of each byte of ``word`` (<16 x i32>) XOR its bit 6: 0x80 marks a byte
     outside the int7 range [-64, 63] once masked with 0x80808080."""
-    return builder.xor(word, builder.shl(word, ir.Constant(_V16I32, [1] * 16)))
+    return builder.xor(word, builder.shl(word, const16(1)))
 
 
 def _flag_bad(builder: ir.IRBuilder, bad_p: ir.Value, flagged: ir.Value) -> None:
     """bad[0:16] |= the int7 flags (:func:`_int7_flags`, ORed over the rows read) masked
     to each byte's bit 7."""
-    bad_ptr = builder.bitcast(bad_p, _V16I32.as_pointer())
-    mask = ir.Constant(_V16I32, [0x80808080] * 16)
+    bad_ptr = builder.bitcast(bad_p, V16I32.as_pointer())
+    mask = const16(0x80808080)
     builder.store(
         builder.or_(builder.load(bad_ptr, align=4), builder.and_(flagged, mask)),
         bad_ptr,
@@ -721,15 +650,14 @@ def _transpose_words16(tctx, x, x_off, ldx, out, out_off, bad):
     sig = types.void(x, ip, ip, out, ip, bad)
 
     def codegen(context, builder, signature, args):
-        x_v, x_off, ldx, out_v, out_off, bad_v = args
+        _, x_off, ldx, _, out_off, _ = args
 
-        def data(n: int, value: ir.Value) -> ir.Value:
-            return context.make_array(signature.args[n])(context, builder, value).data
+        data = array_data(context, builder, signature, args)
 
-        x_p, out_p, bad_p = data(0, x_v), data(3, out_v), data(5, bad_v)
+        x_p, out_p, bad_p = data(0), data(3), data(5)
 
         def vec(base: ir.Value, off: ir.Value) -> ir.Value:
-            return builder.bitcast(builder.gep(base, [off]), _V16I32.as_pointer())
+            return builder.bitcast(builder.gep(base, [off]), V16I32.as_pointer())
 
         rows = []
         flagged = None
@@ -912,10 +840,9 @@ def _make_permuted_block(cq: int):
         sig = types.void(x, ip, ip, lt, ip, p8, q8, ip, out, ip, rs, ip, bad)
 
         def codegen(context, builder, signature, args):
-            x_v, x_off, ldx, lt_v, lt_off, p_v, q_v, c0, out_v, out_off, rs_v, rs_off, bad_v = args
+            _, x_off, ldx, _, lt_off, _, _, c0, _, out_off, _, rs_off, _ = args
 
-            def data(n: int, value: ir.Value) -> ir.Value:
-                return context.make_array(signature.args[n])(context, builder, value).data
+            data = array_data(context, builder, signature, args)
 
             def at(base: ir.Value, off: ir.Value, to: ir.Type) -> ir.Value:
                 return builder.bitcast(builder.gep(base, [off]), to.as_pointer())
@@ -924,47 +851,46 @@ def _make_permuted_block(cq: int):
                 return ir.Constant(ip_type, v)
 
             ip_type = x_off.type
-            x_p, lt_p, out_p, bad_p = data(0, x_v), data(3, lt_v), data(8, out_v), data(12, bad_v)
+            x_p, lt_p, out_p, bad_p = data(0), data(3), data(8), data(12)
             permute = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(_V64I8, [_V64I8, _V64I8]), _VPERMB
             )
             # numpy buffers are only element-aligned (proof rows: not even that).
-            pv = builder.load(at(data(5, p_v), c0, _V64I8), align=1)
-            qv = builder.load(at(data(6, q_v), c0, _V64I8), align=1)
+            pv = builder.load(at(data(5), c0, _V64I8), align=1)
+            qv = builder.load(at(data(6), c0, _V64I8), align=1)
             rows, flagged = [], None
             for i in range(16):
                 word = builder.load(
-                    at(x_p, builder.add(x_off, builder.mul(ldx, n(i))), _V16I32), align=1
+                    at(x_p, builder.add(x_off, builder.mul(ldx, n(i))), V16I32), align=1
                 )
                 moved = _int7_flags(builder, word)
                 flagged = moved if flagged is None else builder.or_(flagged, moved)
                 ln = builder.load(at(lt_p, builder.add(lt_off, n(64 * i)), _V64I8), align=1)
                 e = builder.sub(builder.call(permute, [ln, pv]), builder.call(permute, [ln, qv]))
-                rows.append(builder.bitcast(builder.add(builder.bitcast(word, _V64I8), e), _V16I32))
+                rows.append(builder.bitcast(builder.add(builder.bitcast(word, _V64I8), e), V16I32))
             quads = transposed16(builder, rows)
             if cq:
                 dot = cgutils.get_or_insert_function(
-                    builder.module, ir.FunctionType(_V16I32, [_V16I32, _V64I8, _V64I8]), _VPDPBUSD
+                    builder.module, ir.FunctionType(V16I32, [V16I32, _V64I8, _V64I8]), _VPDPBUSD
                 )
                 ones = ir.Constant(_V64I8, [1] * 64)
-                rs_p = data(10, rs_v)
+                rs_p = data(10)
                 ways = min(SUM_WAYS, cq)
                 for g in range(16 // cq):
-                    sums = [_SPLAT0] * ways
+                    sums = [const16(0)] * ways
                     for j in range(cq):
                         t = builder.bitcast(quads[g * cq + j], _V64I8)
                         sums[j % ways] = builder.call(dot, [sums[j % ways], ones, t])
                     total = sums[0]
                     for more in sums[1:]:
                         total = builder.add(total, more)
-                    shifted = builder.shl(total, ir.Constant(_V16I32, [7] * 16))
+                    shifted = builder.shl(total, const16(7))
                     builder.store(
-                        shifted, at(rs_p, builder.add(rs_off, n(16 * g)), _V16I32), align=4
+                        shifted, at(rs_p, builder.add(rs_off, n(16 * g)), V16I32), align=4
                     )
-            flip = ir.Constant(_V16I32, [0 if cq else 0x80808080] * 16)
             for j, quad in enumerate(quads):
-                word = builder.xor(quad, flip) if not cq else quad
-                builder.store(word, at(out_p, builder.add(out_off, n(16 * j)), _V16I32), align=4)
+                word = quad if cq else builder.xor(quad, const16(0x80808080))  # B': +128
+                builder.store(word, at(out_p, builder.add(out_off, n(16 * j)), V16I32), align=4)
             _flag_bad(builder, bad_p, flagged)
             return context.get_dummy_value()
 
