@@ -93,19 +93,25 @@ def _column(
     return pc, (pc + np.uint32(1) + y_mod) & mask
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _permutation_into(raw: np.ndarray, r: int, p: np.ndarray, q: np.ndarray) -> None:
+    """p[c], q[c] for every column c from the stream's little-endian u16 pairs (x, y)."""
+    words = raw.view(np.uint16)
+    d, magic = _magic(r)
+    mask = np.uint32(r - 1)
+    for c in range(p.shape[0]):
+        p[c], q[c] = _column(words, c, d, magic, mask)
+
+
 @njit(nogil=True, cache=True)
 def permutation_from_stream(raw: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
     """p, q (int32) from the stream's little-endian u16 pairs (x, y): p = x mod r,
     q = (p + 1 + y mod (r − 1)) mod r. One compiled loop: a verifier derives two of
     these per tile."""
     k = raw.shape[0] // 4
-    words = raw.view(np.uint16)
-    d, magic = _magic(r)
-    mask = np.uint32(r - 1)
     p = np.empty(k, dtype=np.int32)
     q = np.empty(k, dtype=np.int32)
-    for c in range(k):
-        p[c], q[c] = _column(words, c, d, magic, mask)
+    _permutation_into(raw, r, p, q)
     return p, q
 
 
@@ -114,14 +120,9 @@ def permutation_bytes(raw: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
     """:func:`permutation_from_stream` as bytes (uint8, r ≤ 256): the index vectors of a
     byte permute (64 columns' p or q in one zmm)."""
     k = raw.shape[0] // 4
-    words = raw.view(np.uint16)
-    d, magic = _magic(r)
-    mask = np.uint32(r - 1)
     p = np.empty(k, dtype=np.uint8)
     q = np.empty(k, dtype=np.uint8)
-    for c in range(k):
-        pc, qc = _column(words, c, d, magic, mask)
-        p[c], q[c] = np.uint8(pc), np.uint8(qc)
+    _permutation_into(raw, r, p, q)
     return p, q
 
 
