@@ -351,12 +351,13 @@ def prefixed_row_hashes(
     stride = max(1, (length + 63) // 64) * 16  # words per lane: at least one block
     out = np.empty((count, 8), dtype=np.uint32)
     for batch in prange((count + 15) // 16):
-        buf = np.zeros(16 * 4 * stride, dtype=np.uint8)
+        buf = np.empty(16 * 4 * stride, dtype=np.uint8)
         for lane in range(16):
             i = min(16 * batch + lane, count - 1)  # lanes past the end repeat the last row
             at = 4 * stride * lane
             buf[at : at + head] = heads[i]
             buf[at + head : at + length] = rows[i]
+            buf[at + length : at + 4 * stride] = 0  # the last block's padding only
         h = hash16(buf.view(np.uint32), 0, stride, length, key, mode)
         for lane in range(min(16, count - 16 * batch)):
             for w in range(8):
