@@ -236,12 +236,13 @@ def verify_tile_ticket(
 
 def warm_up(params: MiningParams = MiningParams()) -> None:
     """Load the verifier's compiled kernels (Numba's on-disk cache) with one tiny tile,
-    and the row hashing of matrix commitments (a header's null-job check and every
-    result root).
+    the row hashing of matrix commitments (a header's null-job check and every result
+    root) and a posted job's recovery of C.
 
     The first call of each Numba function in a process loads its machine code,
-    ~1 s in all: a node does it on a worker thread while it starts, instead of
-    on the first header a peer sends.
+    ~1 s in all, and compiles it where nothing is cached yet (a fresh install: tens of
+    seconds): a node does it on a worker thread while it starts, instead of on the
+    first header a peer sends or in its miner's first posted job.
     """
     k = params.r
     rows = np.zeros((params.h, k), dtype=np.int8)
@@ -249,3 +250,6 @@ def warm_up(params: MiningParams = MiningParams()) -> None:
     seed = bytes(32)
     ticket_of(tile_transcript(rows, cols, 0, 0, seed, seed, params), seed, 0, 0)
     derive_key_words(b"pouwnet warm-up")
+    noise_a, noise_b = derive_noise(seed, params.h, k, k), derive_noise(seed, params.w, k, k)
+    c_noisy = np.zeros((params.h, params.w), dtype=np.int32)
+    recover_product(c_noisy, rows, np.ascontiguousarray(cols.T), noise_a, noise_b)

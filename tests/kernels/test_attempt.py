@@ -391,3 +391,38 @@ def test_bad_seed_and_backend_are_named():
         mining_attempt(a, b, b"x", SEED_B, 1, ticket_key=KEY)
     with pytest.raises(ValueError, match="unknown backend"):
         get_backend("tpu")
+
+
+WARM_UP_PROBE = """
+from kernels import blake3_lanes, recover, transcript_cpu
+from kernels.attempt import warm_up
+
+warm_up()
+loaded = {
+    "leaf hashing": blake3_lanes.prefixed_row_hashes,
+    "recovery": recover._subtract_low_rank_blocked,
+    "recovery rows": recover._noisy_row_sums,
+}
+if transcript_cpu.active_path() != transcript_cpu.GENERIC:
+    from kernels import transcript_vnni
+    loaded["one-call verifier"] = (
+        transcript_vnni.noisy_tile_transcript_seeded  # byte permutes, streams in the call
+        if transcript_vnni.VBMI
+        else transcript_vnni.noisy_tile_transcript
+    )
+print(sorted(name for name, f in loaded.items() if not f.signatures))
+"""
+
+
+def test_warm_up_loads_what_a_node_runs_first():
+    """A node's warm-up thread loads (or, on a fresh install, compiles) the kernels of its
+    first header, its first result root and its miner's first posted job, so none of
+    them is compiled on the event loop or in the middle of a block interval."""
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-c", WARM_UP_PROBE], capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]", run.stdout
