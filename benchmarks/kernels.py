@@ -21,6 +21,7 @@ from kernels.attempt import MiningParams, mining_attempt, verify_tile_ticket
 from kernels.backends import get_backend
 from kernels.freivalds import freivalds_check
 from kernels.isa import compile_target
+from kernels.threads import threading_layer
 from kernels.transcript_cpu import GENERIC, active_path, available_paths, select_path
 
 PLOT_SIZES = (256, 512, 768, 1024, 1536, 2048)
@@ -220,6 +221,8 @@ def _bench_kernels(size: int, backend: str, repeats: int | None) -> dict[str, An
         # figures from different machines are only comparable with it beside them.
         "isa": path_label(active_path()) if be.name == "cpu" else be.name,
         "cpu": compile_target().cpu,
+        # Numba's threading layer: on workqueue, parallel kernels run one at a time.
+        "threading_layer": threading_layer(),
         "m": m,
         "k": k,
         "n": n,

@@ -23,6 +23,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from kernels.irvec import I32, V16I32, array_data, const16, rotr16, splat16, transposed16
+from kernels.threads import exclusive
 
 if sys.byteorder != "little":  # Numba itself runs on little-endian CPUs only
     raise ImportError("kernels.blake3_lanes reads bytes as little-endian words")
@@ -337,6 +338,7 @@ def hash16(
     return cv
 
 
+@exclusive
 @njit(parallel=True, nogil=True, cache=True)
 def prefixed_row_hashes(
     heads: np.ndarray, rows: np.ndarray, key: np.ndarray, mode: int

@@ -13,12 +13,14 @@ from __future__ import annotations
 import numpy as np
 from numba import get_num_threads, njit, prange
 
+from kernels.threads import exclusive
 from kernels.validate import check_int8_matrix
 
 FREIVALDS_ROUNDS = 2
 FALSE_ACCEPT_LOG2 = -33 * FREIVALDS_ROUNDS
 
 
+@exclusive
 @njit(parallel=True, nogil=True, cache=True)
 def _matvec(x: np.ndarray, v: np.ndarray) -> np.ndarray:
     """x (int8 or int32; Numba compiles one version per dtype) · v in Z/2^64."""
@@ -87,6 +89,7 @@ def _one_row(row: np.ndarray, v0: np.ndarray, v1: np.ndarray) -> tuple[np.int64,
     return p, q
 
 
+@exclusive
 @njit(parallel=True, nogil=True, cache=True)
 def _times_vectors(x: np.ndarray, vs: np.ndarray) -> np.ndarray:
     """out[t] = x·vs[t] in Z/2^64, as (rounds, rows); rounds is even (vectors go in pairs)."""
@@ -107,6 +110,7 @@ def _times_vectors(x: np.ndarray, vs: np.ndarray) -> np.ndarray:
     return out
 
 
+@exclusive
 @njit(parallel=True, nogil=True, cache=True)
 def _any_residual(a: np.ndarray, bx: np.ndarray, c: np.ndarray, xs: np.ndarray) -> bool:
     """Whether A·bx[t] ≠ C·xs[t] in some row and round: (C − A·B)·x ≢ 0 (mod 2^64).
@@ -131,6 +135,7 @@ def _any_residual(a: np.ndarray, bx: np.ndarray, c: np.ndarray, xs: np.ndarray) 
     return bool(bad.any())
 
 
+@exclusive
 @njit(parallel=True, nogil=True, cache=True)
 def _matvecs_i8_transposed(bt: np.ndarray, vs: np.ndarray, nthreads: int) -> np.ndarray:
     """out[t] = B·vs[t] where the caller holds Bᵀ (n×k): out[t, c] = Σ_j Bᵀ[j, c]·vs[t, j]."""

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from kernels.threads import exclusive
+
 _HALVES = np.uint64(0x00000000FFFFFFFF)
 _QUARTERS = np.uint64(0x0000FFFF0000FFFF)
 _BYTES = np.uint64(0x00FF00FF00FF00FF)
@@ -26,6 +28,7 @@ def _swap(lo: np.uint64, hi: np.uint64, shift: np.uint64, mask: np.uint64) -> tu
     return lo ^ (t << shift), hi ^ t
 
 
+@exclusive
 @njit(parallel=True, nogil=True, cache=True)
 def _transposed_words(x: np.ndarray, out: np.ndarray) -> None:
     """out ← xᵀ for C-contiguous int8 x (r×c) and out (c×r), both dimensions multiples

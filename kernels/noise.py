@@ -28,6 +28,7 @@ import numpy as np
 from numba import njit, prange
 
 from kernels.blake3_lanes import message_block
+from kernels.threads import exclusive
 from kernels.validate import check_rank, check_seed
 
 L_LABEL = b"pouwnet/noise/L"
@@ -303,12 +304,13 @@ def _add_noise_bytes_body(x: np.ndarray, L: np.ndarray, p: np.ndarray, q: np.nda
 
 # One body, two compilations: waking the thread pool costs more than a
 # verifier's 32 rows of noise, so small inputs take the serial build.
-_add_noise_parallel = njit(parallel=True, nogil=True, cache=True)(_add_noise_body)
+_add_noise_parallel = exclusive(njit(parallel=True, nogil=True, cache=True)(_add_noise_body))
 _add_noise_serial = njit(nogil=True, cache=True)(_add_noise_body)
-_add_noise_bytes = njit(parallel=True, nogil=True, cache=True)(_add_noise_bytes_body)
+_add_noise_bytes = exclusive(njit(parallel=True, nogil=True, cache=True)(_add_noise_bytes_body))
 _PARALLEL_MIN_ENTRIES = 1 << 18
 
 
+@exclusive
 @njit(parallel=True, nogil=True, cache=True)
 def _add_noise_transposed(
     b: np.ndarray, lt: np.ndarray, p: np.ndarray, q: np.ndarray
@@ -338,6 +340,7 @@ def _add_noise_transposed(
     return out
 
 
+@exclusive
 @njit(parallel=True, nogil=True, cache=True)
 def _add_noise_transposed_bytes(
     b: np.ndarray, L: np.ndarray, p: np.ndarray, q: np.ndarray

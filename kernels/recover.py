@@ -27,6 +27,7 @@ from numba.extending import intrinsic
 
 from kernels.irvec import I32, V16I32, array_data, const16, splat16
 from kernels.noise import NoiseFactors
+from kernels.threads import exclusive
 from kernels.tiles import PANEL
 from kernels.transcript_cpu import plain_matmul
 
@@ -34,6 +35,7 @@ _COLUMN_BLOCK = 256
 """Columns of H a task owns: its 64 rows of them (64 KiB) stay in L2 while B streams past."""
 
 
+@exclusive
 @njit(parallel=True, nogil=True, cache=True)
 def _noisy_row_sums(
     b: np.ndarray, lt_b: np.ndarray, pb: np.ndarray, qb: np.ndarray, pa: np.ndarray, qa: np.ndarray
@@ -66,6 +68,7 @@ def _dense_r(f: NoiseFactors) -> np.ndarray:
     return dense
 
 
+@exclusive
 @njit(parallel=True, nogil=True, cache=True)
 def _subtract_low_rank(c_noisy: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """C' − U·Vᵀ in wrapping int32, U (m×2r), V (n×2r), both int32 or both int16.
@@ -164,6 +167,7 @@ def _panels(vw: np.ndarray) -> np.ndarray:
     return vp
 
 
+@exclusive
 @njit(parallel=True, nogil=True, cache=True)
 def _subtract_low_rank_blocked(c_noisy: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """:func:`_subtract_low_rank` for int16 factors of even width when 16 | m and 16 | n,

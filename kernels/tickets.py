@@ -26,6 +26,7 @@ from numba.extending import intrinsic
 from kernels.blake3_lanes import CHUNK_END, CHUNK_START, KEYED_HASH, ROOT, compress16
 from kernels.irvec import I32, V16I32, array_data, const16, splat16, transposed16
 from kernels.params import TRANSCRIPT_WORDS
+from kernels.threads import exclusive
 from kernels.validate import check_seed
 
 TICKET_BITS = 256
@@ -112,6 +113,7 @@ def _tickets16(tctx, t_flat, t_off, key, ti, tj0, count, out, out_off):
     return sig, codegen
 
 
+@exclusive
 @njit(parallel=True, nogil=True, cache=True)
 def _all_tickets(T: np.ndarray, key: np.ndarray) -> np.ndarray:
     """Every tile's ticket, 16 tiles of a row of tiles per task (the last group of a row

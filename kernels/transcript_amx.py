@@ -32,6 +32,7 @@ from numba.extending import intrinsic
 
 from kernels.isa import compile_target
 from kernels.params import TRANSCRIPT_WORDS
+from kernels.threads import exclusive
 from kernels.tiles import PANEL, check_chunks, copy_block, fold_chunks16, padded_width
 
 TILE_K = 64
@@ -229,6 +230,7 @@ def tile_product(
     copy_block(acc_p, acc, 0, 0, h, w)
 
 
+@exclusive
 @njit(parallel=True, nogil=True, cache=True)
 def tiled_product(
     a: np.ndarray, bt: np.ndarray, r: int, h: int, w: int, fold: bool

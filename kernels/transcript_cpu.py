@@ -47,6 +47,7 @@ from kernels.isa import compile_target
 from kernels.noise import NoiseFactors, add_noise, add_noise_transposed
 from kernels.params import TRANSCRIPT_WORDS
 from kernels.strips import built_noisy_product
+from kernels.threads import exclusive
 from kernels.tiles import PANEL, check_chunks, copy_block, fold_tile, padded_width
 
 MAX_MR = 6
@@ -269,6 +270,7 @@ def tile_product(
     copy_block(acc_p, acc, 0, 0, h, w)
 
 
+@exclusive
 @njit(parallel=True, nogil=True, cache=True)
 def _tiled_product(
     a: np.ndarray, bt: np.ndarray, r: int, h: int, w: int, fold: bool

@@ -51,6 +51,7 @@ from kernels.noise import (
 )
 from kernels.params import TRANSCRIPT_WORDS
 from kernels.strips import tile_strips
+from kernels.threads import exclusive
 from kernels.tiles import PANEL, check_chunks, copy_block, fold_chunks16, padded_width
 
 # A packed B' panel (kernels.tiles.PANEL = 16 columns) is one zmm of 16 int32 lanes.
@@ -306,6 +307,7 @@ def tile_product(
     copy_block(acc_p, acc, 0, 0, h, w)
 
 
+@exclusive
 @njit(parallel=True, nogil=True, cache=True)
 def _pack_a_all(a: np.ndarray, r: int, h: int, fold: bool) -> tuple[np.ndarray, np.ndarray]:
     """Every tile row's packed A' strip and its shift corrections (their totals without fold)."""
@@ -325,6 +327,7 @@ def _pack_a_all(a: np.ndarray, r: int, h: int, fold: bool) -> tuple[np.ndarray, 
     return ap, shifts
 
 
+@exclusive
 @njit(parallel=True, nogil=True, cache=True)
 def _pack_b_all(bt: np.ndarray, r: int, w: int) -> np.ndarray:
     """Every tile column's packed B' panels, from B'ᵀ (n×k)."""
@@ -337,6 +340,7 @@ def _pack_b_all(bt: np.ndarray, r: int, w: int) -> np.ndarray:
     return bp
 
 
+@exclusive
 @njit(parallel=True, nogil=True, cache=True)
 def _pack_b_noisy_all(
     b: np.ndarray, lt: np.ndarray, pn: np.ndarray, qn: np.ndarray, w: int
@@ -374,6 +378,7 @@ def _pack_b_noisy_all(
     return bp
 
 
+@exclusive
 @njit(parallel=True, nogil=True, cache=True)
 def _tiles_into(
     ap: np.ndarray,
@@ -468,6 +473,7 @@ def factor_tables(L: np.ndarray) -> np.ndarray:
     return lt.view(np.uint8).astype(np.uint32)
 
 
+@exclusive
 @njit(parallel=True, nogil=True, cache=True)
 def _pack_a_noisy_all(
     a: np.ndarray, tab: np.ndarray, pn: np.ndarray, qn: np.ndarray, r: int, h: int

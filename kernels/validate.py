@@ -10,11 +10,13 @@ import numpy as np
 from numba import njit, prange
 
 from kernels.params import MAX_K, OPERAND_MAX, OPERAND_MIN
+from kernels.threads import exclusive
 
 _PARALLEL_MIN_ENTRIES = 1 << 18
 """Below this, NumPy's min and max beat waking Numba's thread pool."""
 
 
+@exclusive
 @njit(parallel=True, nogil=True, cache=True)
 def _outside_int7(x: np.ndarray) -> bool:
     """Some entry of the C-contiguous 2-D int8 x lies outside [-64, 63]: bit 7 of

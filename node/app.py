@@ -29,6 +29,7 @@ from consensus.blocks import Block
 from consensus.chain import AddResult, Chain
 from consensus.keys import PrivateKey
 from kernels.attempt import warm_up
+from kernels.threads import layer_is_threadsafe, threading_layer
 from node import explorer
 from node.chain_service import ChainChange, ChainService
 from node.config import NodeConfig
@@ -79,6 +80,19 @@ from node.verifier import ProofOfWorkMemo, SignatureVerifier
 from node.work import WorkSource, now_ms
 
 log = logging.getLogger("pouw.node")
+
+
+def _warm_up() -> None:
+    """Load the kernels a node runs first; say so if they must run one at a time."""
+    warm_up()
+    if not layer_is_threadsafe():
+        log.warning(
+            "Numba's %s threading layer is not thread-safe (no OpenMP or TBB runtime "
+            "loaded): parallel kernels run one at a time. Install libgomp (Debian: "
+            "libgomp1; macOS: brew install libomp) or `pip install tbb` to let them overlap",
+            threading_layer(),
+        )
+
 
 INV_TX = int(InvKind.TX)
 INV_BLOCK = int(InvKind.BLOCK)
@@ -153,7 +167,7 @@ class Node:
         chain.verify_signatures = self.verifier.verify_many
         self.metrics.height.set(chain.height)
         # Load the verifier's compiled kernels while the node starts and connects.
-        self._tasks.append(asyncio.create_task(asyncio.to_thread(warm_up), name="warm-up"))
+        self._tasks.append(asyncio.create_task(asyncio.to_thread(_warm_up), name="warm-up"))
 
         listen_host, listen_port = self.config.listen
         # The node dispatches the peers' messages (PeerHandler): on_message below.
