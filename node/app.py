@@ -320,6 +320,12 @@ class Node:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self.blobs.close()
             self.market.close()
+            # Stop listening first: a peer that redials when we close its session is then
+            # refused at once, instead of connecting to a server that is draining and
+            # holding both nodes until its handshake times out.
+            for runner in self._runners:
+                for site in list(runner.sites):
+                    await site.stop()
             await self.p2p.stop()
             try:
                 self.save_peers()

@@ -385,14 +385,18 @@ class PeerManager:
         )
 
     async def _connect_loop(self) -> None:
-        while True:
+        while self._running:
             try:
                 self._fill_outbound()
             except Exception:
                 self.log.exception("connector failed")
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that
+            # lands as the event is set (a peer closing as the node stops), and stop()
+            # then waited out its whole grace period for this loop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.connect_interval)
+                async with asyncio.timeout(self.connect_interval):
+                    await self._wake.wait()
 
     def _fill_outbound(self) -> None:
         if not self._running:
@@ -421,15 +425,13 @@ class PeerManager:
         assert self._client is not None
         try:
             url_host = f"[{host}]" if ":" in host else host
-            ws = await asyncio.wait_for(
-                self._client.ws_connect(
+            async with asyncio.timeout(self.handshake_timeout):
+                ws = await self._client.ws_connect(
                     f"http://{url_host}:{port}{P2P_PATH}",
                     max_msg_size=self.limits.max_frame,
                     timeout=aiohttp.ClientWSTimeout(ws_close=self.limits.close_timeout),
                     autoping=True,
-                ),
-                self.handshake_timeout,
-            )
+                )
         except Exception as e:
             self.log.debug("dial %s:%s failed: %r", host, port, e)
             self.addresses.failed(addr)
@@ -450,7 +452,8 @@ class PeerManager:
         try:
             self._check_room(session)
             try:
-                await asyncio.wait_for(self._handshake(session), self.handshake_timeout)
+                async with asyncio.timeout(self.handshake_timeout):
+                    await self._handshake(session)
             except TimeoutError:
                 raise HandshakeRefused("handshake timed out") from None
             self._register(session)

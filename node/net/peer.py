@@ -286,7 +286,8 @@ class PeerSession:
         if writer is not None and not writer.done() and not self._overflowed:
             # Let the last replies (say our Hello before a refusal) reach the peer first.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), limits.flush_timeout)
+                async with asyncio.timeout(limits.flush_timeout):
+                    await self._idle.wait()
         if writer is not None:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -294,10 +295,12 @@ class PeerSession:
         if reason and not self.ws.closed:
             frame = encode_message(Close.because(reason))
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.ws.send_bytes(frame), limits.flush_timeout)
+                async with asyncio.timeout(limits.flush_timeout):
+                    await self.ws.send_bytes(frame)
                 self._count_out(frame)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ws.close(), limits.close_timeout)
+            async with asyncio.timeout(limits.close_timeout):
+                await self.ws.close()
 
     # ------------------------------------------------------------- sending
 

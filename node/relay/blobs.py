@@ -695,7 +695,8 @@ class BlobExchange:
         left = self._urgent_since + URGENT_HOLD_S - asyncio.get_running_loop().time()
         if left > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._no_urgent.wait(), left)
+                async with asyncio.timeout(left):
+                    await self._no_urgent.wait()
 
     async def _request_range(
         self, peer: PeerSession, root: bytes, first: int, count: int
@@ -707,7 +708,8 @@ class BlobExchange:
             if not peer.send_nowait(BlobGetRange(root, first, count)):
                 raise _PeerFailed("disconnected")
             try:
-                reply = await asyncio.wait_for(future, self.request_timeout)
+                async with asyncio.timeout(self.request_timeout):
+                    reply = await future
             except TimeoutError:
                 raise _PeerFailed(
                     f"no answer for chunks from {first} in {self.request_timeout:g}s"

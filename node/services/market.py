@@ -747,7 +747,8 @@ class MarketService:
     async def _claim_loop(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._new_results.wait(), CLAIM_RECHECK_S)
+                async with asyncio.timeout(CLAIM_RECHECK_S):
+                    await self._new_results.wait()
                 # Let results that finish close together share one transaction.
                 await asyncio.sleep(CLAIM_FLUSH_S)
             except TimeoutError:

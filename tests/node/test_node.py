@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import json
 import re
+import time
 
 import aiohttp
 import numpy as np
@@ -219,6 +220,28 @@ async def test_invalid_block_gets_the_peer_banned_and_changes_nothing(node):
     assert node.chain.state.snapshot() == before
 
 
+async def test_a_node_that_just_banned_a_peer_stops_at_once(tmp_path):
+    """Stopping must not wait out its grace period for its own connector: on Python 3.11
+    ``asyncio.wait_for`` dropped the cancel that landed as the ban woke the connector, and
+    every stop after a ban took 3 s."""
+    n = Node(NodeConfig(params=MID, datadir=tmp_path / "node"))
+    await n.start()
+    try:
+        a = await connected_peer(n)
+        good = _block_for(n)
+        header = dataclasses.replace(good.header, reward=good.header.reward + 1)
+        bad = Block(remine(header, null_job(header.prev_hash, MID)), good.txs)
+        await a.send(Inv((InvItem(INV_BLOCK, bad.hash),)))
+        await a.wait_for_message(GetData)
+        await a.send(_compact(bad))
+        reason = await a.wait_for_close()
+        assert reason is not None and "coinbase claims" in reason
+    finally:
+        started = time.monotonic()
+        await n.stop()
+    assert time.monotonic() - started < n.p2p.limits.close_timeout
+
+
 async def test_rpc_methods_errors_and_auth(node):
     info = await rpc_call(node, "getinfo", token=False)
     assert info["result"]["height"] == 0 and info["result"]["network"] == MID.name
@@ -312,6 +335,38 @@ async def test_a_node_far_behind_syncs_with_a_progress_bar(tmp_path):
             await far.stop()
     finally:
         await source.stop()
+
+
+async def test_two_connected_nodes_each_stop_at_once(tmp_path):
+    """When one node stops, its peer redials it at once: a node must stop listening before
+    it closes its sessions, or that dial reaches a server that is draining and holds both
+    nodes until the handshake times out (10 s)."""
+    first = Node(NodeConfig(params=MID, datadir=tmp_path / "first"))
+    await first.start()
+    try:
+        second = Node(
+            NodeConfig(
+                params=MID, datadir=tmp_path / "second", peers=[("127.0.0.1", first.p2p_port)]
+            )
+        )
+        await second.start()
+        try:
+
+            async def connected() -> None:
+                while not (first.p2p.peers and second.p2p.peers):
+                    await asyncio.sleep(0.02)
+
+            await asyncio.wait_for(connected(), 30)
+        finally:
+            started = time.monotonic()
+            await second.stop()
+            second_took = time.monotonic() - started
+    finally:
+        started = time.monotonic()
+        await first.stop()
+        first_took = time.monotonic() - started
+    limit = first.p2p.limits.close_timeout
+    assert second_took < limit and first_took < limit, (second_took, first_took)
 
 
 async def test_sendtransactions_takes_a_batch_and_answers_each(node):

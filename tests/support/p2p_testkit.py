@@ -278,6 +278,9 @@ class RunningNode:
         return self
 
     async def stop(self) -> None:
+        if self.runner is not None:  # stop listening first, as Node.stop does
+            for site in list(self.runner.sites):
+                await site.stop()
         await self.manager.stop()
         if self.runner is not None:
             await self.runner.cleanup()
