@@ -72,7 +72,7 @@ def leaf_hash(index: int, payload: bytes) -> Hash32:
     return hasher.digest()
 
 
-def leaf_hashes(payloads: Sequence[bytes], first_index: int = 0) -> list[Hash32]:
+def leaf_hashes(payloads: Sequence[bytes | memoryview], first_index: int = 0) -> list[Hash32]:
     """``leaf_hash(first_index + i, payloads[i])`` for every i."""
     template = _LEAF
     out = []
@@ -300,7 +300,11 @@ def matrix_leaf_hashes(x: np.ndarray) -> list[Hash32]:
     costs ~1.5 µs from Python). ``leaf_hash`` stays the reference; tests hold the two
     equal.
     """
-    rows = _rows_of(x).view(np.uint8)
+    return _row_leaf_hashes(_rows_of(x).view(np.uint8))
+
+
+def _row_leaf_hashes(rows: np.ndarray) -> list[Hash32]:
+    """``leaf_hash(i, rows[i])`` for the rows of a C-contiguous 2-D uint8 array, compiled."""
     count, width = rows.shape
     heads = np.empty((count, 24), dtype=np.uint8)
     heads[:, :8] = np.frombuffer(_LEN8, dtype=np.uint8)
@@ -309,6 +313,31 @@ def matrix_leaf_hashes(x: np.ndarray) -> list[Hash32]:
     words = prefixed_row_hashes(heads, rows, _leaf_key(), DERIVE_KEY_MATERIAL)
     digests = words.astype("<u4", copy=False).tobytes()
     return [digests[32 * i : 32 * i + 32] for i in range(count)]
+
+
+LANE_MIN_CHUNKS = 32
+"""Fewer whole chunks than this are hashed by the library: the compiled path's parallel
+region costs more than it saves on a few."""
+LANE_MAX_CHUNK = 64 * 1024
+"""Larger chunks are hashed by the library, which already hashes a chunk's 1 KiB BLAKE3
+chunks side by side; the compiled path frames 16 of them in a buffer meant for L2."""
+
+
+def chunk_leaf_hashes(data: bytes | memoryview, chunk_size: int) -> list[Hash32]:
+    """``leaf_hash(i, chunk i)`` for ``data`` cut into ``chunk_size``-byte chunks, the last
+    possibly shorter: the leaves of a blob. A matrix blob's chunks are its rows (8 KiB
+    for C's at 2048), hashed as :func:`matrix_leaf_hashes` hashes them."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk size must be positive, got {chunk_size}")
+    view = memoryview(data).cast("B")
+    whole = len(view) // chunk_size
+    if whole < LANE_MIN_CHUNKS or chunk_size > LANE_MAX_CHUNK:
+        return leaf_hashes([view[i : i + chunk_size] for i in range(0, len(view), chunk_size)])
+    rows = np.frombuffer(view, dtype=np.uint8, count=whole * chunk_size)
+    leaves = _row_leaf_hashes(rows.reshape(whole, chunk_size))
+    if len(view) > whole * chunk_size:
+        leaves.append(leaf_hash(whole, bytes(view[whole * chunk_size :])))
+    return leaves
 
 
 def matrix_rows_root(x: np.ndarray) -> Hash32:

@@ -40,7 +40,7 @@ import numpy as np
 from consensus.hashing import HASH_SIZE
 from consensus.merkle import (
     branch_of,
-    leaf_hash,
+    chunk_leaf_hashes,
     leaf_hashes,
     node_hash,
     tree_levels,
@@ -105,7 +105,7 @@ class BlobTree:
         self.chunks = split(data, chunk_size)
         self.chunk_size = chunk_size
         self.size = len(data)
-        self.levels = tree_levels([leaf_hash(i, c) for i, c in enumerate(self.chunks)])
+        self.levels = tree_levels(chunk_leaf_hashes(data, chunk_size))
         self.root: bytes = self.levels[-1][0]
 
     @property

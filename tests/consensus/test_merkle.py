@@ -12,6 +12,9 @@ from hypothesis import strategies as st
 from consensus.hashing import TAG_MERKLE_LEAF, TAG_MERKLE_NODE, tagged_hash, u64_bytes
 from consensus.merkle import (
     EMPTY_ROOT,
+    LANE_MAX_CHUNK,
+    LANE_MIN_CHUNKS,
+    chunk_leaf_hashes,
     cols_with_branches,
     extend_levels,
     leaf_hash,
@@ -138,6 +141,33 @@ def test_fast_leaf_path_matches_leaf_hash_across_batches() -> None:
     expected = [leaf_hash(i, row.astype("<i4").tobytes()) for i, row in enumerate(c)]
     assert matrix_leaf_hashes(c) == expected
     assert matrix_leaf_hashes(c[:0]) == []
+
+
+@pytest.mark.parametrize(
+    ("size", "chunk"),
+    [
+        (0, 8),  # no chunks
+        (5, 8),  # one short chunk
+        (LANE_MIN_CHUNKS * 8 - 1, 8),  # under the compiled path's threshold: the library
+        (LANE_MIN_CHUNKS * 8, 8),  # exactly enough whole chunks: compiled
+        (LANE_MIN_CHUNKS * 8 + 3, 8),  # compiled, and a short last chunk by the library
+        (100 * 1, 1),  # one-byte chunks
+        (2048 * 8192 + 17, 8192),  # C's rows at 2048, plus a tail
+        (40 * (LANE_MAX_CHUNK + 1), LANE_MAX_CHUNK + 1),  # chunks too big for the lanes
+    ],
+)
+def test_a_blobs_leaves_are_its_chunks_leaf_hashes(size: int, chunk: int) -> None:
+    """Both paths of chunk_leaf_hashes give leaf_hash of each chunk, at every chunk count
+    and with or without a short last chunk, from bytes or a memoryview."""
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    expected = [leaf_hash(i, data[o : o + chunk]) for i, o in enumerate(range(0, size, chunk))]
+    assert chunk_leaf_hashes(data, chunk) == expected
+    assert chunk_leaf_hashes(memoryview(data), chunk) == expected
+
+
+def test_a_blobs_leaves_need_a_positive_chunk_size() -> None:
+    with pytest.raises(ValueError, match="chunk size"):
+        chunk_leaf_hashes(b"abc", 0)
 
 
 def test_row_and_column_openings_verify() -> None:
