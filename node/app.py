@@ -17,6 +17,7 @@ import errno
 import json
 import logging
 import os
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -88,9 +89,11 @@ def _warm_up() -> None:
     if not layer_is_threadsafe():
         log.warning(
             "Numba's %s threading layer is not thread-safe (no OpenMP or TBB runtime "
-            "loaded): parallel kernels run one at a time. Install libgomp (Debian: "
-            "libgomp1; macOS: brew install libomp) or `pip install tbb` to let them overlap",
+            "loaded): parallel kernels run one at a time. An OpenMP runtime (Debian/Ubuntu: "
+            "apt install libgomp1), or `pip install tbb` with LD_LIBRARY_PATH=%s/lib, lets "
+            "them overlap",
             threading_layer(),
+            sys.prefix,
         )
 
 

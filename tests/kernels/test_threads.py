@@ -122,7 +122,8 @@ def test_a_node_on_an_unsafe_layer_says_what_to_install(monkeypatch, caplog):
     with caplog.at_level("WARNING", logger="pouw.node"):
         app._warm_up()
     assert "workqueue threading layer is not thread-safe" in caplog.text
-    assert "libgomp" in caplog.text and "tbb" in caplog.text
+    assert "libgomp1" in caplog.text and "pip install tbb" in caplog.text
+    assert f"LD_LIBRARY_PATH={sys.prefix}/lib" in caplog.text
 
     caplog.clear()
     monkeypatch.setattr(app, "layer_is_threadsafe", lambda: True)
