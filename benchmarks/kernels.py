@@ -21,6 +21,7 @@ from kernels.attempt import MiningParams, mining_attempt, verify_tile_ticket
 from kernels.backends import get_backend
 from kernels.freivalds import freivalds_check
 from kernels.isa import compile_target
+from kernels.memory import kept
 from kernels.threads import threading_layer
 from kernels.transcript_cpu import GENERIC, active_path, available_paths, select_path
 
@@ -223,6 +224,8 @@ def _bench_kernels(size: int, backend: str, repeats: int | None) -> dict[str, An
         "cpu": compile_target().cpu,
         # Numba's threading layer: on workqueue, parallel kernels run one at a time.
         "threading_layer": threading_layer(),
+        # Whether freed blocks stay mapped for the next call (kernels/memory.py; `pouw` sets it).
+        "freed_memory_kept": kept(),
         "m": m,
         "k": k,
         "n": n,

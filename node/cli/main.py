@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from consensus.errors import ConsensusError
+from kernels.memory import keep_freed_memory
 from node.cli.bench import bench
 from node.cli.data import data_cmd, demo_cmd
 from node.cli.job import job
@@ -66,5 +67,8 @@ cli.add_command(demo_cmd)
 
 
 def main() -> None:
+    # Attempts reuse the pages of the last one instead of faulting in new ones
+    # (kernels/memory.py): before anything allocates, so nodes and benchmarks run alike.
+    keep_freed_memory()
     # POUW_<COMMAND>_<OPTION> (e.g. POUW_NODE_LOG_LEVEL) sets any option (node/config.py).
     cli.main(prog_name="pouw", auto_envvar_prefix="POUW")

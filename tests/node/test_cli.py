@@ -4,6 +4,7 @@ POUW_* environment variables, and payments against a real node process."""
 from __future__ import annotations
 
 import json
+import platform
 import socket
 import stat
 import subprocess
@@ -85,6 +86,9 @@ def test_bench_kernels_reports_the_instruction_set_it_ran_with():
     assert record["backend"] == "cpu"
     assert record["isa"] == target.isa and record["cpu"] == target.cpu
     assert record["attempt_s"] > 0 and record["plain_s"] > 0 and record["m"] == 128
+    # `pouw` keeps freed memory mapped where the C library is glibc (kernels/memory.py).
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert record["freed_memory_kept"] is glibc
 
 
 def test_wallet_new_and_address_agree_and_new_never_overwrites(tmp_path):
