@@ -3,10 +3,11 @@
 Numba compiles for the host, so an AVX-512 CI box would otherwise never run the
 AVX2 microkernel that Zen 3 machines mine with (nor the x86-64 baseline a
 generic build gets, nor, on a host with VBMI, the VNNI kernels as Cascade Lake
-compiles them). Each case reruns the CPU kernels' exactness tests in a
+compiles them). Each case reads a rerun of the CPU kernels' exactness tests in a
 child process compiled for an older target (``NUMBA_CPU_NAME`` and
-``NUMBA_CPU_FEATURES``); the codegen test in that run also checks that the
-target's own multiply-add instruction is the one in the microkernel.
+``NUMBA_CPU_FEATURES``; tests/support/older_targets.py); the codegen test in that run
+also checks that the target's own multiply-add instruction is the one in the
+microkernel.
 """
 
 from __future__ import annotations
@@ -18,117 +19,26 @@ import sys
 from pathlib import Path
 
 import pytest
-from llvmlite import binding
 
-ROOT = Path(__file__).resolve().parents[2]
-
-# The tests that compare the Numba CPU kernels bit for bit with the NumPy
-# reference (the hypothesis search is left to the host run: it costs most).
-EXACTNESS_TESTS = [
-    "tests/kernels/test_transcript_cpu.py",
-    "tests/kernels/test_tickets.py",
-    "tests/kernels/test_blake3_lanes.py",
-    "tests/kernels/test_attempt.py",
-    "tests/kernels/test_noise.py",
-    "tests/kernels/test_freivalds.py",
-    "tests/kernels/test_recover.py",
-]
-
-_AVX2 = "+avx,+avx2,+fma,+bmi,+bmi2,+f16c,+popcnt,+sse4.2"
-X86_TARGETS = {
-    # Zen 3 / Haswell-class: AVX2 and FMA, no AVX-512 (vpmaddwd on ymm).
-    "avx2": ("haswell", _AVX2),
-    # Portable baseline code, what a distribution build for any x86-64 gets (pmaddwd on xmm).
-    "sse2": ("generic", ""),
-}
-CASCADE_LAKE = (
-    "cascadelake",
-    _AVX2 + ",+avx512f,+avx512bw,+avx512dq,+avx512vl,+avx512cd,+avx512vnni",
-)
-"""AVX-512 VNNI without VBMI's byte permute (Cascade Lake Xeons): the VNNI kernels with
-the verifier's table packing. Run only on hosts that have those features."""
-ARM_TARGETS = {"neon": ("generic", "")}
+from tests.support import older_targets
+from tests.support.older_targets import ROOT, env_for, targets
 
 
-def _targets() -> dict[str, tuple[str, str]]:
-    machine = platform.machine().lower()
-    if machine in ("aarch64", "arm64"):
-        return ARM_TARGETS
-    targets = dict(X86_TARGETS)
-    host = set(CASCADE_LAKE[1].replace("+", "").split(","))
-    features = binding.get_host_cpu_features()
-    if all(features.get(f, False) for f in host):
-        targets["avx512_vnni"] = CASCADE_LAKE
-    return targets
-
-
-def _env_for(isa: str, cache: Path) -> dict[str, str]:
-    cpu, features = _targets()[isa]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}
-    # A cache of its own: the run compiles everything for its target anyway, and runs
-    # side by side must not rewrite each other's (or the host's) cache index.
-    return env | {
-        "NUMBA_CPU_NAME": cpu,
-        "NUMBA_CPU_FEATURES": features,
-        "NUMBA_CACHE_DIR": str(cache),
-    }
-
-
-@pytest.fixture(scope="module")
-def older_target_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str, str]]:
-    """Every older target's exactness run, started side by side (each is mostly one
-    thread compiling the kernels: ~1.5 min apiece here); (return code, stdout, stderr)."""
-    runs = {
-        isa: subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pytest",
-                "-q",
-                "-p",
-                "no:cacheprovider",
-                "-k",
-                "not hypothesis",
-                *EXACTNESS_TESTS,
-            ],
-            cwd=ROOT,
-            env=_env_for(isa, tmp_path_factory.mktemp(f"numba-{isa}")),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for isa in sorted(_targets())
-    }
-    done: dict[str, tuple[int, str, str]] = {}
-    try:
-        for isa, proc in runs.items():
-            out, err = proc.communicate(timeout=900)
-            done[isa] = (proc.returncode, out, err)
-    finally:
-        for proc in runs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-    return done
-
-
-@pytest.mark.parametrize("isa", sorted(_targets()))
-def test_kernels_exact_when_compiled_for_an_older_target(
-    isa: str, older_target_runs: dict[str, tuple[int, str, str]], tmp_path: Path
-) -> None:
-    cpu, _ = _targets()[isa]
+@pytest.mark.parametrize("isa", sorted(targets()))
+def test_kernels_exact_when_compiled_for_an_older_target(isa: str, tmp_path: Path) -> None:
+    cpu, _ = targets()[isa]
     probe = subprocess.run(
         [sys.executable, "-c", "from kernels.isa import compile_target as t; print(t().isa)"],
         cwd=ROOT,
-        env=_env_for(isa, tmp_path),
+        env=env_for(isa, tmp_path),
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert probe.stdout.strip() == isa, probe.stderr
-    returncode, stdout, stderr = older_target_runs[isa]
-    tail = "\n".join(stdout.splitlines()[-30:])
-    assert returncode == 0, f"kernels compiled for {cpu} ({isa}) failed:\n{tail}\n{stderr}"
+    run = older_targets.start().result(isa)
+    tail = "\n".join(run.stdout.splitlines()[-30:])
+    assert run.returncode == 0, f"kernels compiled for {cpu} ({isa}) failed:\n{tail}\n{run.stderr}"
     assert " passed" in tail and "failed" not in tail, tail
 
 
