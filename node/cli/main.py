@@ -6,27 +6,51 @@ file, a missing GPU) print one line and exit non-zero, never a traceback.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import click
 
 from consensus.errors import ConsensusError
 from kernels.memory import keep_freed_memory
-from node.cli.bench import bench
-from node.cli.data import data_cmd, demo_cmd
-from node.cli.job import job
-from node.cli.market import market_cmd
-from node.cli.node import node_cmd, rpc_cmd, wallet
-from node.cli.testnet import testnet_cmd
-from node.cli.train import model_cmd, train_cmd
 from node.client.rpc import RpcCallError
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
+COMMANDS = {
+    "bench": "node.cli.bench:bench",
+    "node": "node.cli.node:node_cmd",
+    "wallet": "node.cli.node:wallet",
+    "rpc": "node.cli.node:rpc_cmd",
+    "testnet": "node.cli.testnet:testnet_cmd",
+    "job": "node.cli.job:job",
+    "market": "node.cli.market:market_cmd",
+    "train": "node.cli.train:train_cmd",
+    "model": "node.cli.train:model_cmd",
+    "data": "node.cli.data:data_cmd",
+    "demo": "node.cli.data:demo_cmd",
+}
+"""Each command of ``pouw`` and where it lives, imported only when it runs (or --help
+lists it): ``pouw wallet address`` need not load Numba, the kernels and aiohttp's
+server to print a line."""
+
 
 class PouwGroup(click.Group):
-    """A click group that turns expected errors into a one-line message."""
+    """A click group that loads its commands on first use (``COMMANDS``) and turns
+    expected errors into a one-line message."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module, attr = COMMANDS[cmd_name].split(":")
+            command = getattr(importlib.import_module(module), attr)
+            if not isinstance(command, click.Command) or command.name != cmd_name:
+                raise RuntimeError(f"{COMMANDS[cmd_name]} is not the command {cmd_name!r}")
+            self.add_command(command)
+        return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -51,19 +75,6 @@ class PouwGroup(click.Group):
 @click.version_option(package_name="pouwnet", prog_name="pouw")
 def cli() -> None:
     """pouwnet: a blockchain whose proof of work is useful matrix multiplication."""
-
-
-cli.add_command(bench)
-cli.add_command(node_cmd)
-cli.add_command(wallet)
-cli.add_command(rpc_cmd)
-cli.add_command(testnet_cmd)
-cli.add_command(job)
-cli.add_command(market_cmd)
-cli.add_command(train_cmd)
-cli.add_command(model_cmd)
-cli.add_command(data_cmd)
-cli.add_command(demo_cmd)
 
 
 def main() -> None:

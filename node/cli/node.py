@@ -20,7 +20,6 @@ from node.amounts import BASE_UNITS, AmountType, amount_option, with_amounts
 from node.client.rpc import RpcCallError, RpcClient
 from node.config import NodeConfig, default_datadir, load_config_file, parse_hostport
 from node.datadir import DatadirInUse, DatadirLock
-from node.net.httpguard import parse_allowed_host
 from node.onboarding import banner, prefunded_accounts
 
 NETWORK_CHOICE = click.Choice(sorted(NETWORKS))
@@ -192,6 +191,7 @@ def node_cmd(
     from consensus.params import network as network_params
     from consensus.params import with_block_time
     from kernels.backends import get_backend
+    from node.net.httpguard import parse_allowed_host  # aiohttp: the node's own import
 
     params = network_params(network)
     if devnet_block_time_ms is not None:
