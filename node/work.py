@@ -91,11 +91,14 @@ class WorkSource:
         # At fast blocks a new transaction (a job, a claim) waits at most half a block.
         self._refresh_s = min(TEMPLATE_REFRESH_S, params.block_time_ms / 2000)
 
-    def null_job(self, prev_hash: bytes) -> Job:
+    async def null_job(self, prev_hash: bytes) -> Job:
         """The null job on top of ``prev_hash`` (its operands are derived, then kept)."""
         job = self._null_jobs.get(prev_hash)
         if job is None:
-            job = null_job(prev_hash, self.params)
+            # Off the loop: committing to its operands runs compiled kernels, and a call
+            # into Numba waits while any other thread compiles (a node's first start on
+            # a machine: tens of seconds), which would stall the loop, RPC and peers alike.
+            job = await asyncio.to_thread(null_job, prev_hash, self.params)
             self._null_jobs[prev_hash] = job
             while len(self._null_jobs) > NULL_JOBS_KEPT:
                 self._null_jobs.popitem(last=False)
@@ -110,7 +113,14 @@ class WorkSource:
         The template is reused while the tip and mempool stay, and refreshed for
         new transactions no more often than the module docstring says.
         """
-        return self._work_on(self.market.next_job() or self.null_job(self.chain.tip.hash))
+        while True:
+            posted = self.market.next_job()
+            if posted is not None:
+                return self._work_on(posted)
+            tip = self.chain.tip.hash
+            job = await self.null_job(tip)
+            if self.chain.tip.hash == tip:  # else a block came while it was derived
+                return self._work_on(job)
 
     async def better_work(self, current: MiningWork, refresh: bool = False) -> MiningWork | None:
         """Work on a job paying more per MAC than ``current``'s, ready and ours to take

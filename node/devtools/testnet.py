@@ -49,6 +49,25 @@ def peers_for(i: int, n: int, topology: str, rng: random.Random) -> list[int]:
     raise ValueError(f"unknown topology {topology!r}; choose one of {', '.join(TOPOLOGIES)}")
 
 
+LOAD_KERNELS_TIMEOUT_S = 900.0
+"""How long the kernels may take to compile (a fresh machine with two slow cores)."""
+
+
+def load_kernels() -> None:
+    """Compile, or load from Numba's on-disk cache, what a devnet node runs first: the
+    verifier's and the row hashing's kernels (``kernels.attempt.warm_up``) and a miner's
+    losing attempt on the devnet null job."""
+    from consensus.params import DEVNET
+    from consensus.pow import mining_params, null_job
+    from kernels.attempt import mining_attempt, warm_up
+
+    warm_up()
+    job = null_job(bytes(32), DEVNET)
+    mining_attempt(
+        job.a, job.b, bytes(32), bytes(32), 1, mining_params(DEVNET), ticket_key=bytes(32)
+    )
+
+
 MINER_LABEL = "testnet-miner-"
 
 
@@ -119,6 +138,8 @@ class Testnet:
         self, timeout: float = 120.0, on_progress: Callable[[str], None] | None = None
     ) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.mine:
+            self._load_kernels(on_progress)
         try:
             if self.netns is not None:
                 self.netns.setup(self.root)
@@ -139,6 +160,27 @@ class Testnet:
         except BaseException:
             self.stop()
             raise
+
+    def _load_kernels(self, on_progress: Callable[[str], None] | None) -> None:
+        """Fill Numba's cache before any node starts. On a fresh machine every node would
+        otherwise compile the same kernels at once (minutes on two cores), and while a
+        node compiles, its calls into Numba on the event loop wait: RPC and peers stall
+        for tens of seconds. Where the cache is filled this takes a second or two."""
+        if on_progress:
+            on_progress("loading the mining kernels (a machine's first run compiles them: 1-2 min)")
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-c", "from node.devtools.testnet import load_kernels as f; f()"],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=LOAD_KERNELS_TIMEOUT_S,
+        )
+        if done.returncode != 0:
+            tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+            raise RuntimeError(f"loading the mining kernels failed:\n{tail}")
+        if on_progress:
+            on_progress(f"kernels ready in {time.monotonic() - started:.1f}s")
 
     def _spawn(self, node: TestnetNode, dial: list[str]) -> None:
         node.datadir.mkdir(parents=True, exist_ok=True)

@@ -60,6 +60,20 @@ def test_four_node_testnet_mines_converges_and_stops_every_node(tmp_path: Path) 
         assert not (root / f"node-{i}" / "node.json").exists()  # each node shut down cleanly
 
 
+def test_a_mining_testnet_loads_the_kernels_once_before_any_node_starts(tmp_path: Path) -> None:
+    """On a fresh machine four nodes compiling the same kernels at once took minutes, and
+    a node compiling stalls its RPC: the launcher fills Numba's cache first, once."""
+    run = _pouw("testnet", "--nodes", "2", "--duration", "1", "--datadir", str(tmp_path / "t"))
+    assert run.returncode == 0, run.stderr
+    log = run.stderr
+    loading, ready = log.find("loading the mining kernels"), log.find("kernels ready in")
+    assert 0 <= loading < ready < log.find("node-0 up"), log
+    assert log.count("loading the mining kernels") == 1
+    idle = _pouw("testnet", "--nodes", "1", "--duration", "1", "--no-mine")
+    assert idle.returncode == 0 and "node-0 up" in idle.stderr, idle.stderr
+    assert "mining kernels" not in idle.stderr  # nodes that do not mine need none
+
+
 def test_zero_nodes_is_a_one_line_usage_error() -> None:
     run = _pouw("testnet", "--nodes", "0", "--json", timeout=60)
     assert run.returncode == 2

@@ -10,11 +10,13 @@ import asyncio
 import dataclasses
 import json
 import re
+import threading
 import time
 
 import aiohttp
 import numpy as np
 import pytest
+from numba.core.compiler_lock import global_compiler_lock
 
 from consensus.blocks import Block
 from consensus.keys import address_to_text
@@ -796,3 +798,39 @@ async def test_pouw_job_submit_takes_and_job_status_shows_the_reward_in_coins(no
     )
     status = json.loads(base.stdout)
     assert (status["reward"], status["claim_bond"], status["status"]) == ("50000", "50000", "open")
+
+
+async def test_the_loop_keeps_turning_while_the_null_job_waits_for_numba(node, monkeypatch):
+    """Deriving the null job runs compiled kernels, and a call into Numba waits while any
+    other thread compiles (a node's first start on a machine: its warm-up compiles for
+    tens of seconds). The miner's work is made off the loop, so RPC and peers go on."""
+    import node.work as work_module
+
+    hold_s = 2.0
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_compiler() -> None:
+        with global_compiler_lock:
+            held.set()
+            release.wait(hold_s)
+
+    def null_job_compiling(prev_hash: bytes, params: object) -> Job:
+        with global_compiler_lock:  # as a first call does, to compile or load its kernels
+            return null_job(prev_hash, params)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(work_module, "null_job", null_job_compiling)
+    holder = threading.Thread(target=hold_the_compiler)
+    holder.start()
+    try:
+        assert held.wait(5)
+        started = time.monotonic()
+        work = asyncio.create_task(node.work.work())
+        await asyncio.sleep(0.05)  # the work starts and waits for the compiler
+        assert time.monotonic() - started < hold_s / 2, "the loop stalled on Numba's lock"
+        assert not work.done()
+    finally:
+        release.set()
+        holder.join()
+    async with asyncio.timeout(30):
+        got = await work
+    assert got.job.null and got.template.prev_hash == node.chain.tip.hash
