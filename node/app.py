@@ -13,6 +13,7 @@ connected in height order. Requests that stall are given to another peer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
@@ -97,6 +98,26 @@ def _warm_up() -> None:
         )
 
 
+COMPILING_NOTICE_S = 5.0
+"""A warm-up still running after this long is compiling (loading takes about a second)."""
+
+
+async def _say_if_compiling(warm: asyncio.Task[None]) -> None:
+    """Tell the user why the node is slow to answer on its first start on a machine."""
+    done, _ = await asyncio.wait({warm}, timeout=COMPILING_NOTICE_S)
+    if done:
+        return
+    started = time.monotonic() - COMPILING_NOTICE_S
+    log.warning(
+        "compiling the kernels for this CPU (the first start on this machine: a minute or "
+        "more; later starts load them in about a second). Mining and the checks of peers' "
+        "blocks wait for it"
+    )
+    with contextlib.suppress(Exception):
+        await asyncio.shield(warm)
+    log.info("kernels compiled in %.0f s", time.monotonic() - started)
+
+
 INV_TX = int(InvKind.TX)
 INV_BLOCK = int(InvKind.BLOCK)
 INV_CMPCT = int(InvKind.CMPCT_BLOCK)
@@ -170,7 +191,8 @@ class Node:
         chain.verify_signatures = self.verifier.verify_many
         self.metrics.height.set(chain.height)
         # Load the verifier's compiled kernels while the node starts and connects.
-        self._tasks.append(asyncio.create_task(asyncio.to_thread(_warm_up), name="warm-up"))
+        warm = asyncio.create_task(asyncio.to_thread(_warm_up), name="warm-up")
+        self._tasks += [warm, asyncio.create_task(_say_if_compiling(warm), name="warm-up-notice")]
 
         listen_host, listen_port = self.config.listen
         # The node dispatches the peers' messages (PeerHandler): on_message below.

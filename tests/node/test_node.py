@@ -834,3 +834,44 @@ async def test_the_loop_keeps_turning_while_the_null_job_waits_for_numba(node, m
     async with asyncio.timeout(30):
         got = await work
     assert got.job.null and got.template.prev_hash == node.chain.tip.hash
+
+
+async def _notice(node: Node) -> None:
+    """Wait for the node's warm-up notice to finish (it ends with the warm-up)."""
+    (task,) = [t for t in node._tasks if t.get_name() == "warm-up-notice"]
+    async with asyncio.timeout(30):
+        await task
+
+
+async def test_a_first_start_that_compiles_the_kernels_says_so(tmp_path, monkeypatch, caplog):
+    """A warm-up that outlasts loading is compiling: the node says why it is slow, and
+    when it is done; one that only loads says nothing."""
+    from node import app
+
+    release = threading.Event()
+    monkeypatch.setattr(app, "warm_up", lambda: release.wait(30))  # compiling until released
+    monkeypatch.setattr(app, "COMPILING_NOTICE_S", 0.2)
+    caplog.set_level("INFO", logger="pouw.node")
+    n = Node(NodeConfig(params=MID, datadir=tmp_path / "slow"))
+    await n.start()
+    try:
+        async with asyncio.timeout(10):
+            while "compiling the kernels for this CPU" not in caplog.text:
+                await asyncio.sleep(0.02)
+        assert "kernels compiled in" not in caplog.text
+        release.set()
+        await _notice(n)
+        assert "kernels compiled in" in caplog.text
+    finally:
+        release.set()
+        await n.stop()
+
+    caplog.clear()
+    monkeypatch.setattr(app, "warm_up", lambda: None)
+    n = Node(NodeConfig(params=MID, datadir=tmp_path / "quick"))
+    await n.start()
+    try:
+        await _notice(n)
+        assert "compiling" not in caplog.text and "kernels compiled" not in caplog.text
+    finally:
+        await n.stop()
