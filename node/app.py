@@ -86,7 +86,10 @@ log = logging.getLogger("pouw.node")
 
 def _warm_up() -> None:
     """Load the kernels a node runs first; say so if they must run one at a time."""
-    warm_up()
+    try:
+        warm_up()
+    except Exception:  # then each first call compiles what it needs, as without it
+        log.exception("loading the kernels failed")
     if not layer_is_threadsafe():
         log.warning(
             "Numba's %s threading layer is not thread-safe (no OpenMP or TBB runtime "
@@ -119,6 +122,8 @@ async def _say_if_compiling(warm: asyncio.Task[None]) -> None:
 
 
 INV_TX = int(InvKind.TX)
+_CHECKED_ON_THE_LOOP = (BlockMsg, BlockBody, CompactBlock, BlockTxn, Headers)
+"""Messages whose handling checks a proof of work (kernels) on the event loop."""
 INV_BLOCK = int(InvKind.BLOCK)
 INV_CMPCT = int(InvKind.CMPCT_BLOCK)
 BLOCK_FRAMES_KEPT = 8
@@ -191,7 +196,7 @@ class Node:
         chain.verify_signatures = self.verifier.verify_many
         self.metrics.height.set(chain.height)
         # Load the verifier's compiled kernels while the node starts and connects.
-        warm = asyncio.create_task(asyncio.to_thread(_warm_up), name="warm-up")
+        self._warm = warm = asyncio.create_task(asyncio.to_thread(_warm_up), name="warm-up")
         self._tasks += [warm, asyncio.create_task(_say_if_compiling(warm), name="warm-up-notice")]
 
         listen_host, listen_port = self.config.listen
@@ -534,6 +539,12 @@ class Node:
 
     async def on_message(self, peer: PeerSession, msg: Any) -> None:
         handler = self._handlers.get(type(msg))
+        if type(msg) in _CHECKED_ON_THE_LOOP and not self._warm.done():
+            # Checking a header's proof runs the verifier's kernels on the loop. While the
+            # warm-up still compiles them (a machine's first start: a minute), that call
+            # would wait on Numba's compiler lock and stall RPC and every peer with it:
+            # this peer's headers and blocks wait for the warm-up instead.
+            await asyncio.wait({self._warm})
         if handler is not None:
             handled = handler(peer, msg)
             if handled is not None:  # the handlers that send or wait are coroutines

@@ -12,6 +12,7 @@ import json
 import re
 import threading
 import time
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -874,4 +875,58 @@ async def test_a_first_start_that_compiles_the_kernels_says_so(tmp_path, monkeyp
         await _notice(n)
         assert "compiling" not in caplog.text and "kernels compiled" not in caplog.text
     finally:
+        await n.stop()
+
+
+async def test_a_block_that_comes_while_the_kernels_compile_waits_off_the_loop(
+    tmp_path, monkeypatch
+):
+    """On a machine's first start the warm-up compiles the verifier's kernels for about a
+    minute, and checking a proof meanwhile would wait on Numba's compiler lock: a peer's
+    block waits for the warm-up instead of stalling the loop, then is taken."""
+    from node import app
+    from node.verifier import ProofOfWorkMemo
+
+    compile_now, compiling, release = threading.Event(), threading.Event(), threading.Event()
+
+    def compiling_warm_up() -> None:
+        compile_now.wait(10)  # once the test has mined its block (that loads kernels too)
+        with global_compiler_lock:
+            compiling.set()
+            release.wait(5)
+
+    real_check = ProofOfWorkMemo.check
+
+    def check_compiling(self: ProofOfWorkMemo, header: Any) -> int:
+        with global_compiler_lock:  # as a first call does, to compile or load its kernels
+            return real_check(self, header)
+
+    monkeypatch.setattr(app, "warm_up", compiling_warm_up)
+    monkeypatch.setattr(ProofOfWorkMemo, "check", check_compiling)
+    n = Node(NodeConfig(params=MID, datadir=tmp_path / "node"))
+    await n.start()
+    try:
+        a = await connected_peer(n)
+        block = _block_for(n)
+        compile_now.set()
+        assert await asyncio.to_thread(compiling.wait, 5)
+        await a.send(Inv((InvItem(INV_BLOCK, block.hash),)))
+        await a.wait_for_message(GetData)
+        await a.send(_compact(block))  # no transaction to fetch: checked on arrival
+        gaps = []
+        for _ in range(20):  # a second of the loop's life, the block arriving in it
+            started = time.monotonic()
+            await asyncio.sleep(0.05)
+            gaps.append(time.monotonic() - started)
+        assert max(gaps) < 0.5, f"the loop stalled {max(gaps):.1f} s on Numba's lock"
+        assert n.chain.height == 0  # the block waits for the kernels
+        release.set()
+        async with asyncio.timeout(10):
+            while n.chain.height != 1:
+                await asyncio.sleep(0.02)
+        assert n.chain.tip.hash == block.hash and n.p2p.bans() == []
+        await a.close()
+    finally:
+        compile_now.set()
+        release.set()
         await n.stop()
