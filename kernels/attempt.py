@@ -248,7 +248,11 @@ def warm_up(params: MiningParams = MiningParams()) -> None:
     rows = np.zeros((params.h, k), dtype=np.int8)
     cols = np.zeros((params.w, k), dtype=np.int8)
     seed = bytes(32)
-    ticket_of(tile_transcript(rows, cols, 0, 0, seed, seed, params), seed, 0, 0)
+    # Read-only, as a verifier's operands are (views of the proof's bytes): Numba compiles
+    # one version per array type, and a writable tile would load a version no header uses.
+    proof_rows = np.frombuffer(rows.tobytes(), dtype=np.int8).reshape(rows.shape)
+    proof_cols = np.frombuffer(cols.tobytes(), dtype=np.int8).reshape(cols.shape)
+    ticket_of(tile_transcript(proof_rows, proof_cols, 0, 0, seed, seed, params), seed, 0, 0)
     derive_key_words(b"pouwnet warm-up")
     noise_a, noise_b = derive_noise(seed, params.h, k, k), derive_noise(seed, params.w, k, k)
     c_noisy = np.zeros((params.h, params.w), dtype=np.int32)

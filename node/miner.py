@@ -41,6 +41,8 @@ from consensus.pow import Job, MinedBlock, ResultCommitment, mine
 log = logging.getLogger("pouw.miner")
 
 BURST_SECONDS = 0.5
+WORK_TIMEOUT_S = 30
+"""How long the miner thread waits for the node to hand it work before asking again."""
 ATTEMPTS_KEPT = 10_000
 """Posted-job attempts listed by ``getmininginfo`` (the newest)."""
 
@@ -230,12 +232,16 @@ class Miner:
             numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
         while not self._stop.is_set():
             try:
-                work = asyncio.run_coroutine_threadsafe(self.get_work(), self.loop).result(30)
+                asked = asyncio.run_coroutine_threadsafe(self.get_work(), self.loop)
+                work = asked.result(WORK_TIMEOUT_S)
             except Exception as e:  # the loop is shutting down, or a template failed
                 if self._stop.is_set():
                     return
-                self.last_error = str(e)
-                log.warning("could not get mining work: %s", e)
+                self.last_error = str(e) or type(e).__name__
+                if isinstance(e, TimeoutError):  # a first start's compile holds the kernels
+                    log.warning("no mining work after %d s; asking again", WORK_TIMEOUT_S)
+                else:
+                    log.warning("could not get mining work: %s", self.last_error)
                 self._stop.wait(1.0)
                 continue
             self._new_tip.clear()
