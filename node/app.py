@@ -13,7 +13,6 @@ connected in height order. Requests that stall are given to another peer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import json
 import logging
@@ -116,16 +115,15 @@ async def _say_if_compiling(warm: asyncio.Task[None]) -> None:
         "more; later starts load them in about a second). Mining and the checks of peers' "
         "blocks wait for it"
     )
-    with contextlib.suppress(Exception):
-        await asyncio.shield(warm)
+    await asyncio.wait({warm})  # _warm_up logs its own failure: the task never raises
     log.info("kernels compiled in %.0f s", time.monotonic() - started)
 
 
 INV_TX = int(InvKind.TX)
-_CHECKED_ON_THE_LOOP = (BlockMsg, BlockBody, CompactBlock, BlockTxn, Headers)
-"""Messages whose handling checks a proof of work (kernels) on the event loop."""
 INV_BLOCK = int(InvKind.BLOCK)
 INV_CMPCT = int(InvKind.CMPCT_BLOCK)
+_CHECKED_ON_THE_LOOP = (BlockMsg, BlockBody, CompactBlock, BlockTxn, Headers)
+"""Messages whose handling checks a proof of work (kernels) on the event loop."""
 BLOCK_FRAMES_KEPT = 8
 PEERS_FILE = "peers.json"
 BANS_FILE = "bans.json"
@@ -539,7 +537,7 @@ class Node:
 
     async def on_message(self, peer: PeerSession, msg: Any) -> None:
         handler = self._handlers.get(type(msg))
-        if type(msg) in _CHECKED_ON_THE_LOOP and not self._warm.done():
+        if not self._warm.done() and type(msg) in _CHECKED_ON_THE_LOOP:
             # Checking a header's proof runs the verifier's kernels on the loop. While the
             # warm-up still compiles them (a machine's first start: a minute), that call
             # would wait on Numba's compiler lock and stall RPC and every peer with it:

@@ -804,8 +804,11 @@ async def test_pouw_job_submit_takes_and_job_status_shows_the_reward_in_coins(no
 async def test_the_loop_keeps_turning_while_the_null_job_waits_for_numba(node, monkeypatch):
     """Deriving the null job runs compiled kernels, and a call into Numba waits while any
     other thread compiles (a node's first start on a machine: its warm-up compiles for
-    tens of seconds). The miner's work is made off the loop, so RPC and peers go on."""
+    tens of seconds). The miner's work is made off the loop, so RPC and peers go on; a
+    block that comes meanwhile moves the work to the new tip's null job."""
     import node.work as work_module
+
+    block = _block_for(node)  # mined before the lock is held: mining loads kernels too
 
     hold_s = 2.0
     held, release = threading.Event(), threading.Event()
@@ -829,12 +832,15 @@ async def test_the_loop_keeps_turning_while_the_null_job_waits_for_numba(node, m
         await asyncio.sleep(0.05)  # the work starts and waits for the compiler
         assert time.monotonic() - started < hold_s / 2, "the loop stalled on Numba's lock"
         assert not work.done()
+        await node.chain_service.process_block(block, None)  # the tip moves meanwhile
     finally:
         release.set()
         holder.join()
     async with asyncio.timeout(30):
         got = await work
-    assert got.job.null and got.template.prev_hash == node.chain.tip.hash
+    assert node.chain.tip.hash == block.hash
+    assert got.template.prev_hash == block.hash
+    assert got.job.null and got.job.spec == null_job(block.hash, MID).spec
 
 
 async def _notice(node: Node) -> None:
