@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import numpy as np
@@ -13,9 +13,10 @@ import numpy as np
 from consensus.params import NETWORKS
 from node.amounts import BASE_UNITS, AmountType, amount_option, format_amount, with_amounts
 from node.cli.node import _client, _load_wallet, _wallet_path
-from node.client.market import MarketClient, WrongResult
 from node.client.rpc import RpcClient
-from node.relay.blobs import decode_matrix
+
+if TYPE_CHECKING:  # the market client brings Numba and aiohttp: imported where it runs
+    from node.client.market import MarketClient
 
 NETWORK_CHOICE = click.Choice(sorted(NETWORKS))
 
@@ -53,6 +54,7 @@ def _market(
 ) -> MarketClient:
     from consensus.params import network as network_params
     from consensus.params import with_block_time
+    from node.client.market import MarketClient
 
     params = network_params(network)
     if block_time_ms:
@@ -273,6 +275,9 @@ def job_result(
 
     C is there once a claim is in a block or, earlier, pending in the node's mempool; a
     wrong C under a pending claim is proved once a block holds the claim (up to 2 min)."""
+    from node.client.market import WrongResult
+    from node.relay.blobs import decode_matrix
+
     client = _market(network, datadir, wallet, rpc_addr, block_time_ms)
     job_id = resolve_job_id(client.rpc, job_id)
     jid = bytes.fromhex(job_id)

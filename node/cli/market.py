@@ -10,7 +10,7 @@ import click
 from consensus.params import NETWORKS
 from node.amounts import BASE_UNITS, with_amounts
 from node.cli.node import _client
-from node.rpc.market import MAX_MARKET_ROWS
+from node.rpc.limits import MAX_MARKET_ROWS
 
 
 def _short(text: str | None, width: int = 16) -> str:

@@ -40,6 +40,7 @@ from node.relay.blobs import (
     decode_matrix,
     encode_matrix,
 )
+from node.rpc.limits import MAX_MARKET_ROWS
 from node.rpc.server import (
     DISK_FULL,
     INVALID_PARAMS,
@@ -74,10 +75,6 @@ def _job_json(rec: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
-MAX_MARKET_ROWS = 1_000
-"""The most rows ``getmarket`` lists per section (its ``limit``)."""
 
 
 def fee_per_gmac(reward: int, m: int, k: int, n: int) -> float:

@@ -27,9 +27,10 @@ def test_every_command_has_help(command):
     assert result.stdout.startswith(f"Usage: pouw {' '.join(command)}".rstrip())
 
 
-def test_wallet_and_rpc_commands_start_without_the_node_s_heavy_modules(tmp_path):
-    """`pouw wallet …` and `pouw rpc …` load their own command only: not Numba, the
-    kernels or aiohttp (about a second on every call before commands were lazy)."""
+def test_wallet_rpc_job_and_market_commands_start_without_the_node_s_heavy_modules(tmp_path):
+    """`pouw wallet …`, `pouw rpc …`, `pouw job …` and `pouw market …` load their own
+    command only: not Numba, the kernels or aiohttp (about a second on every call before
+    commands were lazy; `job` and `market` import the market client where it runs)."""
     probe = (
         "import sys\n"
         "from node.cli.main import cli\n"
@@ -53,6 +54,10 @@ def test_wallet_and_rpc_commands_start_without_the_node_s_heavy_modules(tmp_path
             f"wallet address --wallet {wallet}",
             "rpc --help",
             "node --help",
+            "job --help",
+            "job status --help",
+            "job result --help",
+            "market --help",
         ],
         capture_output=True,
         text=True,
@@ -60,6 +65,7 @@ def test_wallet_and_rpc_commands_start_without_the_node_s_heavy_modules(tmp_path
     )
     assert out.returncode == 0, out.stderr
     assert "pw" in out.stdout and "Usage: pouw rpc" in out.stdout, out.stdout
+    assert "Usage: pouw job result" in out.stdout and "Usage: pouw market" in out.stdout
     assert out.stdout.splitlines()[-1] == "[]", out.stdout
 
 
