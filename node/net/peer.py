@@ -31,6 +31,7 @@ from aiohttp import WebSocketError, WSCloseCode, WSMsgType
 from node.net.errors import ProtocolViolation
 from node.net.wire import (
     MAX_FRAME,
+    MAX_HANDSHAKE_FRAME,
     MAX_INV,
     BlobChunk,
     BlobRange,
@@ -422,6 +423,11 @@ class PeerSession:
             raise ProtocolViolation(
                 f"rate limit: more than {self.limits.byte_rate:g} bytes/s "
                 f"(burst {self.limits.byte_burst:g})"
+            )
+        if not self.authenticated and len(data) > MAX_HANDSHAKE_FRAME:
+            raise ProtocolViolation(
+                f"frame of {len(data)} bytes during the handshake "
+                f"(the limit before AUTH is {MAX_HANDSHAKE_FRAME})"
             )
         msg = decode_message(data, self.limits.max_frame)
         self.note_inventory(msg)

@@ -43,6 +43,11 @@ PROTOCOL_VERSION = 4
 added BLOB_GET_RANGE / BLOB_RANGE, so no peer is ever sent a message it cannot read."""
 MAX_FRAME = 32 * 1024 * 1024
 """Largest frame a peer may send: a full block (16 MiB) fits with room."""
+MAX_HANDSHAKE_FRAME = 1024
+"""Largest frame before the peer has proved its node id: HELLO, AUTH and CLOSE are
+at most ~300 bytes. A bigger one is refused before it is decoded: decoding 32 MiB of
+nested empty arrays took ~5 s on the event loop and ~2.6 GB, from a peer that
+(on loopback, without a node id) cannot even be banned."""
 MAX_INV = 1000
 """Most items in one inv, getdata or notfound."""
 MAX_HEADERS = 2000

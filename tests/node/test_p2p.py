@@ -155,6 +155,27 @@ async def test_other_network_is_refused_politely(
     assert node.manager.stats.refused == 1
 
 
+async def test_a_big_frame_before_auth_is_refused_undecoded(
+    make_node: NodeFactory, make_peer: PeerFactory
+) -> None:
+    """Before AUTH a frame can only be HELLO, AUTH or CLOSE (~300 bytes at most): a
+    peer sending 4 MiB of nested empty arrays as its HELLO is cut off without the
+    frame being decoded (decoding 32 MiB of them took ~5 s of the event loop and
+    ~2.6 GB), and an honest peer connects right after."""
+    node = await make_node()
+    bomb = bytes((0x92, MsgType.HELLO)) + b"\xdd" + (4 << 20).to_bytes(4, "big")
+    bomb += b"\x90" * (4 << 20)
+    peer = await make_peer(node).connect()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await peer.send_raw(bomb)
+    reason = await peer.wait_for_close()
+    assert reason is not None and "during the handshake" in reason, reason
+    assert loop.time() - started < 2.0  # refused, not decoded
+    assert node.handler.ready == []
+    await ready_peer(node, make_peer)
+
+
 async def test_bad_auth_is_banned_and_reconnect_refused(
     make_node: NodeFactory, make_peer: PeerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
