@@ -41,7 +41,7 @@ from node.miner import Miner
 from node.net.addresses import AddressBook
 from node.net.bans import BanList
 from node.net.errors import ProtocolViolation
-from node.net.httpguard import AllowedHosts, QuietServerLog, listener_guard
+from node.net.httpguard import AllowedHosts, ConnectionGuard, QuietServerLog, listener_guard
 from node.net.p2p import PeerManager
 from node.net.peer import PeerSession
 from node.net.wire import (
@@ -163,6 +163,8 @@ class Node:
         self.started_at = time.time()
         self._tasks: list[asyncio.Task[Any]] = []
         self._runners: list[web.AppRunner] = []
+        self.connection_guards: tuple[ConnectionGuard, ...] = ()
+        """The P2P and RPC listeners' connection caps and header deadlines (start sets them)."""
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._peers_saved = time.monotonic()
@@ -269,18 +271,22 @@ class Node:
         self._wire_listeners()
 
         # Peers reach the P2P listener under any name; it serves no web pages.
-        p2p_app = web.Application(middlewares=[listener_guard(None)])
+        p2p_guard = ConnectionGuard("p2p listener")
+        p2p_app = web.Application(middlewares=[p2p_guard.middleware, listener_guard(None)])
         self.p2p.add_routes(p2p_app)
         self.data_host.add_routes(p2p_app)
-        self.p2p_port = await self._serve(p2p_app, listen_host, listen_port, "--listen")
+        self.p2p_port = await self._serve(p2p_app, p2p_guard, listen_host, listen_port, "--listen")
         self.p2p.listen_port = self.p2p_port
         rpc_hosts = AllowedHosts(self.config.rpc[0], self.config.rpc_allow_hosts)
+        rpc_guard = ConnectionGuard("rpc listener")
         rpc_app = web.Application(
-            client_max_size=MAX_REQUEST_BYTES, middlewares=[listener_guard(rpc_hosts)]
+            client_max_size=MAX_REQUEST_BYTES,
+            middlewares=[rpc_guard.middleware, listener_guard(rpc_hosts)],
         )
         self.rpc.add_routes(rpc_app)
         explorer.add_routes(rpc_app, self.chain, self.params, self.mempool, self.rpc)
-        self.rpc_port = await self._serve(rpc_app, *self.config.rpc, "--rpc")
+        self.rpc_port = await self._serve(rpc_app, rpc_guard, *self.config.rpc, "--rpc")
+        self.connection_guards = (p2p_guard, rpc_guard)
         self.explorer_url = explorer.explorer_url(self.config.rpc[0], self.rpc_port)
         self._write_info()
         await self.p2p.start()
@@ -300,12 +306,15 @@ class Node:
             self.chain.height,
         )
 
-    async def _serve(self, app: web.Application, host: str, port: int, option: str) -> int:
-        """Listen on host:port; an OSError naming ``option`` if the address is taken."""
+    async def _serve(
+        self, app: web.Application, guard: ConnectionGuard, host: str, port: int, option: str
+    ) -> int:
+        """Listen on host:port behind ``guard``; an OSError naming ``option`` if the
+        address is taken."""
         runner = web.AppRunner(app, access_log=None, logger=QuietServerLog())
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, host, port)
+        site = guard.site(runner, host, port)
         try:
             await site.start()
         except OSError as e:

@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import sys
+from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,19 @@ def _datadir(network: str, datadir: str | None) -> Path:
     return Path(datadir).expanduser() if datadir else default_datadir(network)
 
 
+LOG_FILE_BYTES = 16 * 1024 * 1024
+"""node.log rolls over to node.log.1 … node.log.3 at this size: at most 64 MiB of logs."""
+LOG_FILE_BACKUPS = 3
+
+
 def _setup_logging(datadir: Path, level: str) -> None:
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
     root.setLevel(level.upper())
-    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(datadir / "node.log")):
+    to_file = RotatingFileHandler(
+        datadir / "node.log", maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS
+    )
+    for handler in (logging.StreamHandler(sys.stderr), to_file):
         handler.setFormatter(fmt)
         root.addHandler(handler)
 

@@ -12,6 +12,7 @@ every request that comes from a web page.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import sys
@@ -214,3 +215,186 @@ def _is_loopback(hostname: str) -> bool:
         return ipaddress.ip_address(hostname).is_loopback
     except ValueError:
         return False
+
+
+# ------------------------------------------------------------ connections
+
+HEADER_TIMEOUT_S = 10.0
+"""A new connection must have sent its first request's headers within this: a peer's
+upgrade to /p2p or an RPC call takes milliseconds, a slow-loris client forever."""
+MAX_PER_IP = 16
+"""Open connections one address may hold on a listener (loopback is exempt: every
+node of a local testnet, and every local RPC client, is 127.0.0.1)."""
+
+
+def default_max_open() -> int:
+    """Open connections one listener admits: a quarter of the process's file
+    descriptors (two listeners then leave half for the store, peers we dial and
+    clients), between 64 and 4,096."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            soft = 16384
+    except (ImportError, OSError, ValueError):  # no such limit here (Windows)
+        soft = 1024
+    return max(64, min(4096, soft // 4))
+
+
+class ConnectionGuard:
+    """Bounds a listener's TCP connections before aiohttp reads a byte of them.
+
+    aiohttp's server has no deadline for a request's headers and no cap on
+    connections: a client that sends ``GET /p2p HTTP/1.1`` and then one header byte
+    every few seconds holds a file descriptor for as long as it likes, and a few
+    thousand such clients exhaust the process's descriptors (the node then can
+    accept nothing, peers and RPC alike, and asyncio logs every failed accept).
+    Here each connection is refused at once (closed, nothing read) when the
+    listener already holds ``max_open`` or its address ``max_per_ip`` (loopback
+    exempt), and closed when its first request has not reached a handler within
+    ``header_timeout`` seconds. Later requests on a kept-alive connection fall
+    under aiohttp's own keep-alive timeout.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        max_open: int | None = None,
+        max_per_ip: int = MAX_PER_IP,
+        header_timeout: float = HEADER_TIMEOUT_S,
+    ) -> None:
+        self.name = name
+        self.max_open = max_open if max_open is not None else default_max_open()
+        self.max_per_ip = max_per_ip
+        self.header_timeout = header_timeout
+        self.open = 0
+        self.refused = 0
+        self.timed_out = 0
+        self._per_ip: dict[str, int] = {}
+        self._waiting: dict[object, asyncio.TimerHandle] = {}
+        self._log = RateLimitedLog(log)
+
+    def site(self, runner: web.AppRunner, host: str, port: int) -> web.TCPSite:
+        """A TCPSite for ``runner`` whose connections pass this guard."""
+        return _GuardedSite(runner, host, port, self)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Marks the connection's first request as arrived (its deadline is lifted)."""
+        timer = self._waiting.pop(request.transport, None)
+        if timer is not None:
+            timer.cancel()
+        return await handler(request)
+
+    def _admit(self, transport: asyncio.BaseTransport) -> str | None:
+        """Registers a new connection, or says why it is refused."""
+        peer = transport.get_extra_info("peername")
+        ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        if self.open >= self.max_open:
+            return f"{self.open} connections open (the limit is {self.max_open})"
+        if not _is_loopback(ip) and self._per_ip.get(ip, 0) >= self.max_per_ip:
+            return f"{self.max_per_ip} connections open from {ip}"
+        self.open += 1
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        loop = asyncio.get_running_loop()
+        self._waiting[transport] = loop.call_later(self.header_timeout, self._expire, transport)
+        return None
+
+    def _release(self, transport: asyncio.BaseTransport, ip: str) -> None:
+        timer = self._waiting.pop(transport, None)
+        if timer is not None:
+            timer.cancel()
+        self.open -= 1
+        left = self._per_ip.get(ip, 1) - 1
+        if left > 0:
+            self._per_ip[ip] = left
+        else:
+            self._per_ip.pop(ip, None)
+
+    def _expire(self, transport: asyncio.BaseTransport) -> None:
+        if self._waiting.pop(transport, None) is None:
+            return
+        self.timed_out += 1
+        peer = transport.get_extra_info("peername")
+        self._log(
+            logging.INFO,
+            "%s: closed a connection from %s that sent no request within %g s",
+            self.name,
+            peer[0] if isinstance(peer, tuple) and peer else "?",
+            self.header_timeout,
+        )
+        transport.abort()  # type: ignore[attr-defined]
+
+
+class _GuardedProtocol(asyncio.Protocol):
+    """aiohttp's protocol for one connection, behind :class:`ConnectionGuard`."""
+
+    def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
+        self._guard = guard
+        self._inner = inner
+        self._transport: asyncio.BaseTransport | None = None
+        self._ip = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        why = self._guard._admit(transport)
+        if why is not None:
+            self._guard.refused += 1
+            peer = transport.get_extra_info("peername")
+            self._guard._log(
+                logging.INFO,
+                "%s: refused a connection from %s: %s",
+                self._guard.name,
+                peer[0] if isinstance(peer, tuple) and peer else "?",
+                why,
+            )
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        peer = transport.get_extra_info("peername")
+        self._ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        self._transport = transport
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is None:
+            return  # refused: aiohttp never saw it
+        self._guard._release(self._transport, self._ip)
+        self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._transport is not None:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._transport is not None else None
+
+    def pause_writing(self) -> None:
+        if self._transport is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None:
+            self._inner.resume_writing()
+
+
+class _GuardedSite(web.TCPSite):
+    """TCPSite.start with each connection's protocol wrapped by a guard."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, guard: ConnectionGuard):
+        super().__init__(runner, host, port)
+        self._guard = guard
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        guard = self._guard
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _GuardedProtocol(guard, server()),
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+        )

@@ -240,3 +240,29 @@ def test_bad_train_and_data_arguments_are_one_line_errors(tmp_path):
         "4096",
         "chunk size of at least 2",
     )
+
+
+def test_node_log_rolls_over_instead_of_growing_without_bound(tmp_path, monkeypatch):
+    """node.log is cut at LOG_FILE_BYTES into node.log.1 … node.log.3: a flood of log
+    lines (a hostile client's, say) fills at most four files."""
+    import logging
+
+    from node.cli import node as node_cli
+
+    monkeypatch.setattr(node_cli, "LOG_FILE_BYTES", 4096)
+    root = logging.getLogger()
+    before = list(root.handlers)
+    level = root.level
+    try:
+        node_cli._setup_logging(tmp_path, "info")
+        for i in range(2000):
+            logging.getLogger("pouw.test").info("line %d of a flood", i)
+    finally:
+        for handler in root.handlers[len(before) :]:
+            handler.close()
+        root.handlers[:] = before
+        root.setLevel(level)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["node.log", "node.log.1", "node.log.2", "node.log.3"], files
+    assert all((tmp_path / f).stat().st_size <= 4096 for f in files)
+    assert "line 1999 of a flood" in (tmp_path / "node.log").read_text()
