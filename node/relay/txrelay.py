@@ -3,14 +3,19 @@
 A node under load must keep blocks moving, so transactions flow through a
 bounded pipeline instead of whatever queues peers fill:
 
-- An INV's unknown txids go to ``wanted`` (each remembers the first peer that
-  announced it). Only ``REQUEST_WINDOW`` transactions are asked for at once,
-  and none while ``PIPELINE`` are already requested or waiting for admission:
-  a peer's socket then never holds more than a window of transactions in front
-  of the block that follows them, and the reader never stops to wait. When
-  ``wanted`` overflows, the oldest announcements are dropped: those
-  transactions reach this node in blocks instead (Bitcoin Core bounds
-  announcements and requests per peer in the same spirit).
+- An INV's unknown txids go to ``wanted``, each with up to ``ANNOUNCERS`` peers
+  that announced it, queued under the first. Only ``REQUEST_WINDOW`` transactions
+  are asked for at once, and none while ``PIPELINE`` are already requested or
+  waiting for admission: a peer's socket then never holds more than a window of
+  transactions in front of the block that follows them, and the reader never
+  stops to wait. Every peer has its own share, after Bitcoin Core's per-peer
+  announcement and request limits: at most ``PEER_WANTED`` of its announcements
+  wait (more are dropped, counted in ``dropped``) and at most ``PEER_IN_FLIGHT``
+  of its requests are unanswered, and the window is filled from the peers in
+  turn. So a peer that announces without end and answers nothing holds only its
+  own share, never the transactions honest peers announce. A request that is
+  not answered in ``REQUEST_TIMEOUT_S`` (or answered NOTFOUND, or whose peer
+  leaves) goes to the next peer that announced the transaction.
 - Transactions that arrive are admitted (signature, mempool rules) by one task
   that yields the event loop every ``SLICE_S``, so blocks are handled between
   them.
@@ -59,9 +64,15 @@ REQUEST_WINDOW = 1_000
 PIPELINE = 2_000
 """No new requests while this many are requested or waiting for admission."""
 MAX_WANTED = 50_000
-"""Announced transactions waiting to be asked for; beyond, the oldest are dropped."""
+"""Announced transactions waiting to be asked for; beyond, new announcements are dropped."""
+PEER_WANTED = 5_000
+"""One peer's announcements waiting to be asked for; beyond, its new ones are dropped."""
+PEER_IN_FLIGHT = 250
+"""One peer's requests not yet answered, at most (a quarter of the window)."""
+ANNOUNCERS = 4
+"""Peers remembered per wanted transaction: the first is asked, the others after it fails."""
 REQUEST_TIMEOUT_S = 30.0
-"""A request unanswered this long is given up (another announcement may ask again)."""
+"""A request unanswered this long is given up and asked of the next announcer."""
 SLICE_S = 0.005
 """Admission yields the event loop this often."""
 SEEN_CACHE = 50_000
@@ -195,8 +206,14 @@ class TxRelay:
         self.mempool = mempool
         self.p2p = p2p
         self.metrics = metrics
-        self.wanted: OrderedDict[bytes, PeerSession] = OrderedDict()
+        self.wanted: dict[bytes, list[PeerSession]] = {}
+        """Txids waiting to be asked for, with the peers that announced them (≤ ANNOUNCERS);
+        each waits in the queue of its first."""
         self.requested: dict[bytes, tuple[PeerSession, float]] = {}
+        self._spares: dict[bytes, list[PeerSession]] = {}
+        """For each requested txid, the other peers that announced it."""
+        self._queues: dict[PeerSession, OrderedDict[bytes, None]] = {}
+        self._in_flight: dict[PeerSession, int] = {}
         self.intake: deque[tuple[PeerSession, Any]] = deque()
         self.rejected: OrderedDict[bytes, None] = OrderedDict()
         self.held = HeldTxs()
@@ -323,23 +340,33 @@ class TxRelay:
     def on_inv(self, peer: PeerSession, txids: list[bytes]) -> None:
         """A peer announced these transactions: want the ones we lack."""
         mempool, wanted = self.mempool, self.wanted
+        queue = self._queues.get(peer)
         for txid in txids:
-            if (
-                txid in mempool
-                or txid in wanted
-                or txid in self.requested
-                or txid in self.rejected
-                or txid in self.held
-            ):
+            if txid in mempool or txid in self.rejected or txid in self.held:
                 continue
-            wanted[txid] = peer
-        while len(wanted) > MAX_WANTED:
-            wanted.popitem(last=False)
-            self.dropped += 1
+            asked = self.requested.get(txid)
+            if asked is not None:  # a spare, asked if this request fails
+                spares = self._spares.setdefault(txid, [])
+                if peer is not asked[0] and peer not in spares and len(spares) < ANNOUNCERS - 1:
+                    spares.append(peer)
+                continue
+            others = wanted.get(txid)
+            if others is not None:
+                if peer not in others and len(others) < ANNOUNCERS:
+                    others.append(peer)
+                continue
+            if queue is None:
+                queue = self._queues.setdefault(peer, OrderedDict())
+            if len(queue) >= PEER_WANTED or len(wanted) >= MAX_WANTED:
+                self.dropped += 1
+                continue
+            wanted[txid] = [peer]
+            queue[txid] = None
         self.request_more()
 
     def request_more(self) -> None:
-        """Ask for wanted transactions while the pipeline has room."""
+        """Ask for wanted transactions while the pipeline has room, from the peers in
+        turn, none beyond its PEER_IN_FLIGHT."""
         room = min(
             REQUEST_WINDOW - len(self.requested),
             PIPELINE - len(self.requested) - len(self.intake),
@@ -347,17 +374,55 @@ class TxRelay:
         if room <= 0 or not self.wanted:
             return
         now = time.monotonic()
-        batches: dict[int, tuple[PeerSession, list[bytes]]] = {}
-        mempool = self.mempool
-        while room > 0 and self.wanted:
-            txid, peer = self.wanted.popitem(last=False)
-            if peer.closing or txid in mempool:
-                continue
-            self.requested[txid] = (peer, now)
-            batches.setdefault(id(peer), (peer, []))[1].append(txid)
-            room -= 1
-        for peer, txids in batches.values():
+        batches: dict[PeerSession, list[bytes]] = {}
+        mempool, wanted, in_flight = self.mempool, self.wanted, self._in_flight
+        while room > 0:
+            ready = [
+                (peer, queue)
+                for peer, queue in self._queues.items()
+                if queue and not peer.closing and in_flight.get(peer, 0) < PEER_IN_FLIGHT
+            ]
+            if not ready:
+                break
+            share = max(1, room // len(ready))
+            for peer, queue in ready:
+                take = min(share, room, PEER_IN_FLIGHT - in_flight.get(peer, 0))
+                while take > 0 and queue:
+                    txid, _ = queue.popitem(last=False)
+                    announcers = wanted.pop(txid)
+                    if txid in mempool:
+                        continue
+                    self.requested[txid] = (peer, now)
+                    if len(announcers) > 1:
+                        self._spares[txid] = announcers[1:]
+                    in_flight[peer] = in_flight.get(peer, 0) + 1
+                    batches.setdefault(peer, []).append(txid)
+                    take -= 1
+                    room -= 1
+                if room <= 0:
+                    break
+        for peer, txids in batches.items():
             peer.request(InvItem(InvKind.TX, t) for t in txids)
+
+    def _answered(self, txid: bytes, peer: PeerSession) -> bool:
+        """Forget ``peer``'s request for ``txid``; False if it was not that peer's."""
+        asked = self.requested.get(txid)
+        if asked is None or asked[0] is not peer:
+            return False
+        del self.requested[txid]
+        left = self._in_flight.get(peer, 1) - 1
+        if left > 0:
+            self._in_flight[peer] = left
+        else:
+            self._in_flight.pop(peer, None)
+        return True
+
+    def _ask_another(self, txid: bytes) -> None:
+        """Queue ``txid`` under the next peer that announced it, if one is left."""
+        spares = [p for p in self._spares.pop(txid, ()) if not p.closing]
+        if spares and txid not in self.mempool and txid not in self.wanted:
+            self.wanted[txid] = spares
+            self._queues.setdefault(spares[0], OrderedDict())[txid] = None
 
     def on_tx(self, peer: PeerSession, tx: Any) -> None:
         """A transaction we asked ``peer`` for: queue it for admission."""
@@ -365,20 +430,27 @@ class TxRelay:
         if not peer.take_requested(INV_TX, txid):
             raise ProtocolViolation("unrequested transaction")
         peer.mark_known(INV_TX, txid)
-        self.requested.pop(txid, None)
+        self._answered(txid, peer)
+        self._spares.pop(txid, None)
         self.intake.append((peer, tx))
         self._ready.set()
 
     def not_found(self, peer: PeerSession, txid: bytes) -> None:
-        if self.requested.get(txid, (None, 0.0))[0] is peer:
-            del self.requested[txid]
+        if self._answered(txid, peer):
+            self._ask_another(txid)
             self.request_more()
 
     def peer_closed(self, peer: PeerSession) -> None:
         self.held.forget_peer(peer)
+        for txid in self._queues.pop(peer, {}):
+            announcers = [p for p in self.wanted.pop(txid, ()) if p is not peer]
+            self._spares[txid] = announcers
+            self._ask_another(txid)
         for txid, (p, _) in list(self.requested.items()):
             if p is peer:
-                del self.requested[txid]
+                self._answered(txid, peer)
+                self._ask_another(txid)
+        self._in_flight.pop(peer, None)
         self.request_more()
 
     def expire(self) -> None:
@@ -386,7 +458,8 @@ class TxRelay:
         (housekeeping, once a second)."""
         self.held.expire(time.monotonic())
         limit = time.monotonic() - REQUEST_TIMEOUT_S
-        for txid, (_, asked) in list(self.requested.items()):
+        for txid, (peer, asked) in list(self.requested.items()):
             if asked < limit:
-                del self.requested[txid]
+                self._answered(txid, peer)
+                self._ask_another(txid)
         self.request_more()
