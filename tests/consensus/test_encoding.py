@@ -336,3 +336,39 @@ def test_a_malformed_transaction_in_a_list_is_named() -> None:
     txs[1] = dc.replace(txs[1], fee=-1)
     with pytest.raises(EncodeError, match=r"batch\.txs\[1\]\.fee"):
         encode_record(_Holder(_Batch(0, tuple(txs))))
+
+
+def _nested_empty_arrays(n: int) -> bytes:
+    """One msgpack array of ``n`` empty arrays: n + 5 bytes that unpack to n lists."""
+    return b"\xdd" + n.to_bytes(4, "big") + b"\x90" * n
+
+
+@pytest.mark.parametrize("where", ["a scalar field", "the record itself, over the lean limit"])
+def test_nested_empty_arrays_are_refused_without_being_built(where):
+    """An attacker's frame of millions of empty arrays (1 byte each, ~70 bytes each as
+    Python lists) is refused in milliseconds with little memory: where a scalar is
+    expected the array is skipped, not built, and input over LEAN_DECODE_MAX never
+    takes the unpack-everything-first path."""
+    import time
+    import tracemalloc
+
+    from consensus.encoding import LEAN_DECODE_MAX
+
+    n = 4 * LEAN_DECODE_MAX
+    fields = [_nested_empty_arrays(n), msgpack.packb(7)]
+    if where == "a scalar field":
+        data = b"\x92" + b"".join(fields)  # Inner(tag=<the bomb>, data=7)
+    else:
+        data = _nested_empty_arrays(n)  # a record of n fields instead of 2
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(DecodeError) as refused:
+            decode_record(Inner, data, 64 << 20)
+        elapsed = time.perf_counter() - started
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert ("got array" if where == "a scalar field" else "fields") in str(refused.value)
+    assert elapsed < 2.0
+    assert peak < 4 * len(data), f"{peak / 2**20:.0f} MiB for {len(data) / 2**20:.0f} MiB"
