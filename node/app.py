@@ -220,7 +220,12 @@ class Node:
             return p2p.peers
 
         self.chain_service = service = ChainService(chain, self.store, self.metrics)
-        self.compact = CompactRelay(chain, mempool.get, connected)
+
+        def unconnecting(peer: PeerSession, prev_hash: bytes) -> None:
+            if self.sync.builds_on_nothing_known(peer, prev_hash):
+                self.sync.note_unconnecting(peer, "compact blocks")
+
+        self.compact = CompactRelay(chain, mempool.get, connected, unconnecting)
         self.sync = HeaderSync(
             chain,
             self.params,

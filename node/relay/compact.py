@@ -119,12 +119,16 @@ class CompactRelay:
         chain: Chain,
         mempool_get: Callable[[bytes], Transaction | None],
         peers: Callable[[], list[PeerSession]],
+        unconnecting: Callable[[PeerSession, bytes], None] | None = None,
     ) -> None:
         """``mempool_get``: a pooled transaction by txid (``Mempool.get``); ``peers``:
-        the connected peers, to push a new tip to."""
+        the connected peers, to push a new tip to; ``unconnecting``: told of a compact
+        block whose parent is not in the chain (the header sync counts those on no
+        header it knows, and raises ProtocolViolation past its limit)."""
         self.chain = chain
         self._mempool_get = mempool_get
         self._peers = peers
+        self._unconnecting = unconnecting
         self.asked: dict[bytes, tuple[PeerSession, float]] = {}
         self.partials: dict[bytes, _Partial] = {}
         self.stats = CompactStats()
@@ -165,6 +169,10 @@ class CompactRelay:
             # nothing (a whole block asked for now would be held as an orphan on its
             # proof alone, which a made-up target makes free) and ask this peer for
             # the headers in between, which headers-first sync checks one by one.
+            # Counted with unconnecting headers replies: answering costs a GETHEADERS
+            # and a decode, so a peer cannot make it free to repeat.
+            if self._unconnecting is not None:
+                self._unconnecting(peer, header.prev_hash)
             await peer.send(GetHeaders(tuple(chain.locator()), bytes(32)))
             return None
         try:

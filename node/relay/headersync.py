@@ -17,7 +17,9 @@ the presync brings its chain past our tip's work, the held headers are queued,
 and if some were not held the peer is asked for them again. When the peer has
 no more headers and its chain never got past our tip, the presync is dropped.
 Headers that connect to nothing we know are not kept at all; a peer that sends
-more than ``MAX_UNCONNECTING_HEADERS`` such replies in a row is banned.
+more than ``MAX_UNCONNECTING_HEADERS`` such replies (or compact blocks on an unknown
+parent) in a row is banned; only a reply with new headers that connect clears the
+count, not an empty one or one of headers we hold.
 
 Queued headers' blocks are asked of several peers at once in a bounded window
 (``DOWNLOAD_WINDOW`` ahead of our tip, at most ``PER_PEER_INFLIGHT`` per peer,
@@ -170,16 +172,14 @@ class HeaderSync:
                 raise ProtocolViolation(f"headers: header {i} does not build on the one before it")
         parent = self._context(peer, headers[0].prev_hash) if headers else None
         if headers and parent is None:
-            count = self.unconnecting.get(peer, 0) + 1
-            if count > MAX_UNCONNECTING_HEADERS:
-                raise ProtocolViolation(
-                    f"headers: {count} replies in a row do not connect to any block we know"
-                )
-            self.unconnecting[peer] = count
+            self.note_unconnecting(peer, "headers: replies")
             # The peer's chain forked below our locator's resolution: ask again.
             await peer.send(GetHeaders(tuple(chain.locator()), bytes(32)))
             return
-        self.unconnecting.pop(peer, None)
+        if headers and self._known_context(headers[-1].hash) is None:
+            # Only a reply that brings new headers clears the count: an empty one, or
+            # one of headers we hold, costs nothing to send between unconnecting ones.
+            self.unconnecting.pop(peer, None)
         promoted, ask_from, stop = await self._check_headers(peer, headers, parent)
         if headers:
             peer.best_height = max(peer.best_height, headers[-1].height)
@@ -294,6 +294,20 @@ class HeaderSync:
         if entry.status is Status.INVALID:
             raise ProtocolViolation(f"headers: block {block_hash.hex()[:16]} is invalid")
         return self.chain.header_context(block_hash)
+
+    def note_unconnecting(self, peer: PeerSession, what: str) -> None:
+        """Count one message from ``peer`` that builds on no block or header we know (a
+        headers reply, a compact block); ProtocolViolation past MAX_UNCONNECTING_HEADERS
+        in a row (a headers reply with new headers that connect clears the count)."""
+        count = self.unconnecting.get(peer, 0) + 1
+        if count > MAX_UNCONNECTING_HEADERS:
+            raise ProtocolViolation(f"{what}: {count} in a row do not connect to any block we know")
+        self.unconnecting[peer] = count
+
+    def builds_on_nothing_known(self, peer: PeerSession, prev_hash: bytes) -> bool:
+        """Whether a block from ``peer`` on ``prev_hash`` connects to no header we know
+        (one whose parent is queued for download, or in the peer's presync, does)."""
+        return self._context(peer, prev_hash) is None
 
     def _context(self, peer: PeerSession, block_hash: bytes) -> HeaderContext | None:
         """The context of a header a peer's reply builds on: known, or its presync's last."""

@@ -145,6 +145,43 @@ async def test_headers_that_connect_to_nothing_are_not_kept_and_a_peer_that_pers
     assert _held(node) == 0 and node.chain.height == 0
 
 
+async def test_empty_or_known_headers_between_unconnecting_ones_do_not_clear_the_count(node):
+    """An empty HEADERS (or one of headers the node holds) after every few unconnecting
+    replies used to reset the count, so a peer could send 2,000-header replies that
+    connect to nothing forever (96 % of a core, never banned); only new headers that
+    connect clear it."""
+    await _with_blocks(node, 2)
+    chain, clock = new_chain()
+    far = extend(chain, clock, 6)
+    unconnected = Headers(tuple(b.header for b in far[3:]))
+    known = Headers((node.chain.blocks[node.chain.active[1]].header,))
+    attacker = await connected_peer(node)
+    for n in range(headersync.MAX_UNCONNECTING_HEADERS):
+        await attacker.send(unconnected)
+        await attacker.wait_for(lambda n=n: len(attacker.of_type(GetHeaders)) == n + 1)
+        await attacker.send(Headers(()) if n % 2 else known)
+        await attacker.sync()
+    await attacker.send(unconnected)
+    reason = await attacker.wait_for_close()
+    assert reason is not None and "do not connect to any block we know" in reason
+
+
+async def test_compact_blocks_on_unknown_parents_count_as_unconnecting(node):
+    """Each costs the node a decode and a GETHEADERS; a peer that keeps sending them on
+    parents nobody knows is banned like one sending unconnecting headers."""
+    chain, clock = new_chain()
+    far = extend(chain, clock, 3)
+    forged = dataclasses.replace(far[2].header, target=MAX_TARGET)
+    attacker = await connected_peer(node)
+    for n in range(headersync.MAX_UNCONNECTING_HEADERS):
+        await attacker.send(CompactBlock(dataclasses.replace(forged, timestamp_ms=n + 1), ()))
+        await attacker.wait_for(lambda n=n: len(attacker.of_type(GetHeaders)) == n + 1)
+    await attacker.send(CompactBlock(forged, ()))
+    reason = await attacker.wait_for_close()
+    assert reason is not None and "compact blocks" in reason and "do not connect" in reason
+    assert _held(node) == 0 and node.chain.height == 0
+
+
 async def test_a_compact_block_on_an_unknown_parent_keeps_nothing_and_asks_for_headers(node):
     """Its header cannot be checked without its parent, and its proof holds at a made-up
     target of 2^256 − 1: the node keeps nothing, asks for headers (not for the whole
