@@ -355,11 +355,9 @@ def test_nested_empty_arrays_are_refused_without_being_built(where):
     from consensus.encoding import LEAN_DECODE_MAX
 
     n = 4 * LEAN_DECODE_MAX
-    fields = [_nested_empty_arrays(n), msgpack.packb(7)]
-    if where == "a scalar field":
-        data = b"\x92" + b"".join(fields)  # Inner(tag=<the bomb>, data=7)
-    else:
-        data = _nested_empty_arrays(n)  # a record of n fields instead of 2
+    # Inner(tag=<the bomb>, data=7), or a record of n fields instead of 2.
+    bomb = _nested_empty_arrays(n)
+    data = b"\x92" + bomb + msgpack.packb(7) if where == "a scalar field" else bomb
     tracemalloc.start()
     started = time.perf_counter()
     try:
