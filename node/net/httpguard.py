@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from node.net.peer import is_loopback
+
 log = logging.getLogger("pouw.http")
 
 LOG_INTERVAL_S = 10.0
@@ -288,13 +290,12 @@ class ConnectionGuard:
             timer.cancel()
         return await handler(request)
 
-    def _admit(self, transport: asyncio.BaseTransport) -> str | None:
-        """Registers a new connection, or says why it is refused."""
-        peer = transport.get_extra_info("peername")
-        ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+    def _admit(self, transport: asyncio.BaseTransport, ip: str) -> str | None:
+        """Registers a new connection from ``ip``, or says why it is refused."""
         if self.open >= self.max_open:
             return f"{self.open} connections open (the limit is {self.max_open})"
-        if not _is_loopback(ip) and self._per_ip.get(ip, 0) >= self.max_per_ip:
+        # The exemption p2p's per-IP cap makes too (IPv4-mapped loopback included).
+        if not is_loopback(ip) and self._per_ip.get(ip, 0) >= self.max_per_ip:
             return f"{self.max_per_ip} connections open from {ip}"
         self.open += 1
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
@@ -317,15 +318,20 @@ class ConnectionGuard:
         if self._waiting.pop(transport, None) is None:
             return
         self.timed_out += 1
-        peer = transport.get_extra_info("peername")
         self._log(
             logging.INFO,
             "%s: closed a connection from %s that sent no request within %g s",
             self.name,
-            peer[0] if isinstance(peer, tuple) and peer else "?",
+            _peer_ip(transport) or "?",
             self.header_timeout,
         )
         transport.abort()  # type: ignore[attr-defined]
+
+
+def _peer_ip(transport: asyncio.BaseTransport) -> str:
+    """The remote address of a TCP connection ("" if the transport cannot say)."""
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else ""
 
 
 class _GuardedProtocol(asyncio.Protocol):
@@ -338,21 +344,16 @@ class _GuardedProtocol(asyncio.Protocol):
         self._ip = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        why = self._guard._admit(transport)
+        ip = _peer_ip(transport)
+        why = self._guard._admit(transport, ip)
         if why is not None:
             self._guard.refused += 1
-            peer = transport.get_extra_info("peername")
             self._guard._log(
-                logging.INFO,
-                "%s: refused a connection from %s: %s",
-                self._guard.name,
-                peer[0] if isinstance(peer, tuple) and peer else "?",
-                why,
+                logging.INFO, "%s: refused a connection from %s: %s", self._guard.name, ip, why
             )
             transport.abort()  # type: ignore[attr-defined]
             return
-        peer = transport.get_extra_info("peername")
-        self._ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        self._ip = ip
         self._transport = transport
         self._inner.connection_made(transport)
 

@@ -118,13 +118,14 @@ class _Transport:
 async def test_one_address_holds_at_most_max_per_ip_but_loopback_is_exempt():
     guard = ConnectionGuard("test", max_open=100, max_per_ip=3, header_timeout=60)
     remote = [_Transport("203.0.113.9") for _ in range(4)]
-    assert [guard._admit(t) for t in remote[:3]] == [None, None, None]
-    why = guard._admit(remote[3])
+    assert [guard._admit(t, t.ip) for t in remote[:3]] == [None, None, None]
+    why = guard._admit(remote[3], remote[3].ip)
     assert why is not None and "203.0.113.9" in why
-    assert guard._admit(_Transport("198.51.100.1")) is None
-    assert all(guard._admit(_Transport("127.0.0.1")) is None for _ in range(5))
+    assert guard._admit(_Transport("198.51.100.1"), "198.51.100.1") is None
+    for ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1"):
+        assert all(guard._admit(_Transport(ip), ip) is None for _ in range(5))
     guard._release(remote[0], "203.0.113.9")
-    assert guard._admit(remote[3]) is None
+    assert guard._admit(remote[3], remote[3].ip) is None
     for timer in guard._waiting.values():
         timer.cancel()
 
