@@ -222,8 +222,7 @@ class Node:
         self.chain_service = service = ChainService(chain, self.store, self.metrics)
 
         def unconnecting(peer: PeerSession, prev_hash: bytes) -> None:
-            if self.sync.builds_on_nothing_known(peer, prev_hash):
-                self.sync.note_unconnecting(peer, "compact blocks")
+            self.sync.block_on_missing_parent(peer, prev_hash)  # built just below
 
         self.compact = CompactRelay(chain, mempool.get, connected, unconnecting)
         self.sync = HeaderSync(

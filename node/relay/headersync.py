@@ -304,10 +304,12 @@ class HeaderSync:
             raise ProtocolViolation(f"{what}: {count} in a row do not connect to any block we know")
         self.unconnecting[peer] = count
 
-    def builds_on_nothing_known(self, peer: PeerSession, prev_hash: bytes) -> bool:
-        """Whether a block from ``peer`` on ``prev_hash`` connects to no header we know
-        (one whose parent is queued for download, or in the peer's presync, does)."""
-        return self._context(peer, prev_hash) is None
+    def block_on_missing_parent(self, peer: PeerSession, prev_hash: bytes) -> None:
+        """A compact block from ``peer`` on ``prev_hash``, not in the chain: counted with
+        unconnecting headers unless that parent is a header we know (queued for
+        download while catching up, or the last of the peer's presync)."""
+        if self._context(peer, prev_hash) is None:
+            self.note_unconnecting(peer, "compact blocks")
 
     def _context(self, peer: PeerSession, block_hash: bytes) -> HeaderContext | None:
         """The context of a header a peer's reply builds on: known, or its presync's last."""
