@@ -525,7 +525,7 @@ class Node:
         self.blobs.peer_closed(peer)
         self.txs.peer_closed(peer)
         self.compact.peer_closed(peer)
-        self.sync.peer_closed(peer)
+        await self.sync.peer_closed(peer)
 
     def _message_handlers(self) -> dict[type, Callable[[PeerSession, Any], Awaitable[None] | None]]:
         """Which component handles each message type after the handshake."""
@@ -567,7 +567,7 @@ class Node:
             if item.kind == INV_TX:
                 self.txs.not_found(peer, item.hash)
             self.compact.not_found(peer, item)
-            self.sync.not_found(peer, item.hash)
+        self.sync.not_found(peer, [item.hash for item in msg.items])
         self.sync.schedule()
 
     async def _on_inv(self, peer: PeerSession, msg: Inv) -> None:

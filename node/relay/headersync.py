@@ -21,6 +21,16 @@ more than ``MAX_UNCONNECTING_HEADERS`` such replies (or compact blocks on an unk
 parent) in a row is banned; only a reply with new headers that connect clears the
 count, not an empty one or one of headers we hold.
 
+The queue itself is bounded: headers are queued up to ``QUEUE_AHEAD_BYTES`` ahead
+of the connected tip, and a peer is asked for more headers only while a whole
+reply (``MAX_HEADERS_BYTES``) still fits; otherwise the request waits and is sent
+as blocks connect. Each queued header remembers the peers that sent it; when the
+last of them disconnects, it and every header queued after it are dropped and
+the peers that claim more work are asked again from our locator. A peer whose
+block requests stall ``MAX_STALLS`` times in a row, with no block delivered in
+between, is disconnected: a peer cannot hold the download (or the memory of its
+queue) by announcing headers whose blocks it never sends.
+
 Queued headers' blocks are asked of several peers at once in a bounded window
 (``DOWNLOAD_WINDOW`` ahead of our tip, at most ``PER_PEER_INFLIGHT`` per peer,
 the least loaded peer that has the block first) and connected strictly in
@@ -52,11 +62,13 @@ from node.net.errors import ProtocolViolation, header_violation
 from node.net.peer import PeerSession
 from node.net.wire import (
     MAX_HEADERS,
+    MAX_HEADERS_BYTES,
     BlockBody,
     GetHeaders,
     Headers,
     InvItem,
     InvKind,
+    header_size_bound,
     headers_reply,
 )
 from node.relay.sync_progress import SyncProgress
@@ -73,6 +85,16 @@ DOWNLOAD_WINDOW = 256
 """Blocks requested ahead of the connected tip."""
 PER_PEER_INFLIGHT = 32
 STALL_SECONDS = 10.0
+MAX_STALLS = 3
+"""Housekeeping passes in a row that found a peer's block requests stalled (or
+NOTFOUND replies for blocks whose headers it sent us), with no block delivered in
+between, before it is disconnected (not banned: a slow link is no offence)."""
+QUEUE_AHEAD_BYTES = 16 * 1024 * 1024
+"""Headers queued for download ahead of the connected tip, by their encoded size
+(``header_size_bound``): 8 full replies, ~900 headers on devnet, ~240 at
+k = 2048. A peer is asked for more only while a whole reply still fits."""
+SOURCES_PER_HEADER = 4
+"""Peers remembered per queued header as having sent it."""
 HEADERS_PER_BREATH = 100
 """Downloads start (and the event loop runs) after every this many verified headers."""
 PRESYNC_HEADERS_PER_PEER = 250
@@ -137,6 +159,15 @@ class HeaderSync:
         self.presync: dict[PeerSession, _Presync] = {}
         self.unconnecting: dict[PeerSession, int] = {}
         """Per peer: HEADERS replies in a row that connected to nothing we know."""
+        self.sources: dict[bytes, list[PeerSession]] = {}
+        """Per queued header: the peers that sent it (up to SOURCES_PER_HEADER)."""
+        self.queued_bytes = 0
+        """``header_size_bound`` of the queued headers, bounded by QUEUE_AHEAD_BYTES."""
+        self.paused: dict[PeerSession, bytes] = {}
+        """Peers not asked for their next headers while the queue is full: the hash
+        to ask after, in the order they were paused."""
+        self.stalls: dict[PeerSession, int] = {}
+        """Per peer: block requests in a row that stalled (see MAX_STALLS)."""
 
     @property
     def catching_up(self) -> bool:
@@ -193,11 +224,10 @@ class HeaderSync:
                 len(presync.held) + presync.skipped,
                 peer.address,
             )
-        if ask_from is not None:
-            await peer.send(GetHeaders((ask_from,), bytes(32)))
-        elif more:
-            # A reply stops at MAX_HEADERS or MAX_HEADERS_BYTES: ask for the rest.
-            await peer.send(GetHeaders((headers[-1].hash,), bytes(32)))
+        # A reply stops at MAX_HEADERS or MAX_HEADERS_BYTES: ask for the rest.
+        after = ask_from if ask_from is not None else headers[-1].hash if more else None
+        if after is not None:
+            await self._ask_after(peer, after)
         if promoted:
             self.progress.update(chain.height, self.target)
             log.info(
@@ -228,6 +258,7 @@ class HeaderSync:
         for header in headers:
             known = self._known_context(header.hash)
             if known is not None:
+                self._add_source(header.hash, peer)
                 parent = known
                 continue
             assert parent is not None
@@ -240,18 +271,24 @@ class HeaderSync:
                 self.presync.pop(peer, None)  # the peer moved to another branch: start over
                 presync = None
             if checked.work > chain.tip.work:
+                batch = [checked]
+                skipped = False
                 if presync is not None:
                     self.presync.pop(peer, None)
                     held_total -= len(presync.held)
-                    self._queue(presync.held)
-                    promoted += len(presync.held)
-                    if presync.skipped:
-                        # Proven, but past headers we did not hold: the rest again.
-                        held = presync.held
-                        return promoted, held[-1].header.hash if held else None, True
+                    skipped = presync.skipped > 0
+                    # Proven, but past headers we did not hold: those, then the rest again.
+                    batch = presync.held if skipped else [*presync.held, checked]
                     presync = None
-                self._queue([checked])
-                promoted += 1
+                queued = self._queue(peer, batch)
+                promoted += queued
+                if queued < len(batch):
+                    # The queue is full: ask again after the last one queued as blocks connect.
+                    last = batch[queued - 1].header.hash if queued else batch[0].header.prev_hash
+                    self.paused[peer] = last
+                    return promoted, None, True
+                if skipped:
+                    return promoted, batch[-1].header.hash if batch else None, True
             else:
                 if presync is None:
                     presync = self.presync[peer] = _Presync(checked)
@@ -275,13 +312,56 @@ class HeaderSync:
                 held_total = self.presync_held()  # other peers' replies ran meanwhile
         return promoted, None, False
 
-    def _queue(self, checked: list[HeaderContext]) -> None:
-        """Queue the blocks of headers on a chain with more work than ours: sync state."""
-        for context in checked:
+    def _queue(self, peer: PeerSession, checked: list[HeaderContext]) -> int:
+        """Queue the blocks of headers on a chain with more work than ours, sent by
+        ``peer``, while the queue is under QUEUE_AHEAD_BYTES: how many were queued."""
+        for n, context in enumerate(checked):
             h = context.header.hash
+            if h in self.pending:
+                # Queued meanwhile from another peer's reply (a presync held it).
+                self._add_source(h, peer)
+                continue
+            if self.queued_bytes >= QUEUE_AHEAD_BYTES:
+                return n
             self.pending[h] = context
+            self.sources[h] = [peer]
+            self.queued_bytes += header_size_bound(context.header)
             self.queue.append(h)
             self.target = max(self.target, context.header.height)
+        return len(checked)
+
+    def _add_source(self, block_hash: bytes, peer: PeerSession) -> None:
+        """``peer`` sent the header ``block_hash`` too: remember it if it is queued."""
+        sources = self.sources.get(block_hash)
+        if sources is not None and len(sources) < SOURCES_PER_HEADER and peer not in sources:
+            sources.append(peer)
+
+    def has_room(self) -> bool:
+        """Whether a whole headers reply still fits in the queue."""
+        return self.queued_bytes + MAX_HEADERS_BYTES <= QUEUE_AHEAD_BYTES
+
+    async def _ask_after(self, peer: PeerSession, block_hash: bytes) -> None:
+        """Ask ``peer`` for the headers after ``block_hash`` now if a reply fits the
+        queue, or once enough blocks have connected (``_resume``)."""
+        if self.has_room():
+            self.paused.pop(peer, None)
+            await peer.send(GetHeaders((block_hash,), bytes(32)))
+        else:
+            self.paused[peer] = block_hash
+
+    async def _resume(self) -> None:
+        """Send the first paused headers request, if a reply now fits the queue."""
+        while self.paused and self.has_room():
+            peer = next(iter(self.paused))
+            block_hash = self.paused.pop(peer)
+            try:
+                gone = peer.closing or self._context(peer, block_hash) is None
+            except ProtocolViolation:
+                gone = True  # its block was found invalid meanwhile
+            if gone:
+                continue  # the peer left, or what it built on was dropped meanwhile
+            await peer.send(GetHeaders((block_hash,), bytes(32)))
+            return
 
     def _known_context(self, block_hash: bytes) -> HeaderContext | None:
         """The context of a header already in the block tree or queued for download."""
@@ -371,6 +451,7 @@ class HeaderSync:
         if context is None:
             return  # connected meanwhile, or the download was dropped
         self.inflight.pop(h, None)
+        self.stalls.pop(peer, None)
         self.downloaded[h] = Block(context.header, msg.txs)
         await self._connect_downloaded(peer)
 
@@ -382,6 +463,7 @@ class HeaderSync:
         self.inflight.pop(h, None)
         if block.header != self.pending[h].header:
             raise ProtocolViolation("block does not match its announced header")
+        self.stalls.pop(peer, None)
         self.downloaded[h] = block
         await self._connect_downloaded(peer)
         return True
@@ -391,6 +473,8 @@ class HeaderSync:
             h = self.queue.popleft()
             block = self.downloaded.pop(h)
             self.pending.pop(h, None)
+            self.sources.pop(h, None)
+            self.queued_bytes -= header_size_bound(block.header)
             try:
                 await self._process_block(block, peer)
             except ProtocolViolation:
@@ -403,34 +487,98 @@ class HeaderSync:
             self._flush_store()
             log.info("sync: at height %d", self.chain.height)
             self.target = 0
+        await self._resume()
 
     def forget(self) -> None:
         """Drop the whole download (its peer sent a block that failed)."""
         self.queue.clear()
         self.pending.clear()
+        self.sources.clear()
+        self.queued_bytes = 0
         self.downloaded.clear()
         self.inflight.clear()
         self.presync.clear()
+        self.paused.clear()
+        self._retarget()
+
+    def _drop_from(self, index: int) -> int:
+        """Drop the queued headers from ``index`` on (and their blocks): how many."""
+        dropped = 0
+        while len(self.queue) > index:
+            h = self.queue.pop()
+            context = self.pending.pop(h)
+            self.sources.pop(h, None)
+            self.queued_bytes -= header_size_bound(context.header)
+            self.downloaded.pop(h, None)
+            self.inflight.pop(h, None)
+            dropped += 1
+        self._retarget()
+        return dropped
+
+    def _retarget(self) -> None:
+        """The sync target after headers were dropped: the last one still queued."""
+        self.target = self.pending[self.queue[-1]].header.height if self.queue else 0
+        self.progress.retarget(self.chain.height, self.target)
 
     # ------------------------------------------------------------ peers
 
-    def not_found(self, peer: PeerSession, block_hash: bytes) -> None:
-        if self.inflight.get(block_hash, (None, 0.0))[0] is peer:
-            del self.inflight[block_hash]
+    def not_found(self, peer: PeerSession, hashes: list[bytes]) -> None:
+        """The peer does not have these blocks we asked it for. From a peer that sent
+        us a block's header, one such reply counts as a stall (see MAX_STALLS)."""
+        lied = False
+        for block_hash in hashes:
+            if self.inflight.get(block_hash, (None, 0.0))[0] is peer:
+                del self.inflight[block_hash]
+                lied = lied or peer in self.sources.get(block_hash, ())
+        if lied:
+            self._stalled(peer)
 
-    def peer_closed(self, peer: PeerSession) -> None:
+    async def peer_closed(self, peer: PeerSession) -> None:
+        """Forget the peer; drop the queued headers only it sent (and those queued
+        after them), then ask the peers that claim more work again."""
         self.presync.pop(peer, None)
         self.unconnecting.pop(peer, None)
+        self.paused.pop(peer, None)
+        self.stalls.pop(peer, None)
         for h, (p, _) in list(self.inflight.items()):
             if p is peer:
                 del self.inflight[h]
+        first = None
+        for i, h in enumerate(self.queue):
+            sources = self.sources[h]
+            if peer in sources:
+                sources.remove(peer)
+                if not sources and first is None:
+                    first = i
+        if first is not None:
+            dropped = self._drop_from(first)
+            log.info("headers: dropped %d queued from %s, which left", dropped, peer.address)
+            locator = GetHeaders(tuple(self.chain.locator()), bytes(32))
+            for p in self._peers():
+                if p is not peer and not p.closing and p.best_work > self.chain.tip.work:
+                    await p.send(locator)
         self.schedule()
 
     def expire(self) -> None:
-        """Give stalled requests to another peer (housekeeping, once a second)."""
+        """Give stalled requests to another peer, and disconnect a peer whose requests
+        stalled MAX_STALLS times in a row (housekeeping, once a second)."""
         now = time.monotonic()
+        stalled: dict[PeerSession, int] = {}
         for h, (peer, t) in list(self.inflight.items()):
             if now - t > STALL_SECONDS:
                 del self.inflight[h]
-                log.info("block %s stalled at %s: asking another peer", h.hex()[:16], peer.address)
+                stalled[peer] = stalled.get(peer, 0) + 1
+        for peer, n in stalled.items():
+            # Requests sent together stall together: one count per peer per pass.
+            if not self._stalled(peer):
+                log.info("%d block requests stalled at %s: asking another peer", n, peer.address)
         self.schedule()
+
+    def _stalled(self, peer: PeerSession) -> bool:
+        """Count a stall of ``peer``; past MAX_STALLS in a row, disconnect it (True)."""
+        stalls = self.stalls[peer] = self.stalls.get(peer, 0) + 1
+        if stalls < MAX_STALLS:
+            return False
+        log.info("%s stalled block requests %d times: disconnecting", peer.address, stalls)
+        peer.close_soon(f"stalled block requests {stalls} times in a row")
+        return True

@@ -59,6 +59,13 @@ class SyncProgress:
         if height >= self.target:
             self.finish()
 
+    def retarget(self, height: int, target: int) -> None:
+        """The headers past ``target`` were dropped (their peer left, or a block failed)."""
+        self.height = height
+        self.target = target
+        if height >= target:
+            self.finish()
+
     def rate(self) -> float:
         if self.started_at is None:
             return 0.0

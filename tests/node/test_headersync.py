@@ -8,7 +8,12 @@ peers over real sockets (tests/support/p2p_testkit.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +24,7 @@ from consensus.keys import PrivateKey
 from consensus.pow import null_job, verify_pow
 from node.app import Node
 from node.config import NodeConfig
+from node.net import wire
 from node.net.wire import (
     BlockMsg,
     CompactBlock,
@@ -28,6 +34,8 @@ from node.net.wire import (
     Inv,
     InvItem,
     InvKind,
+    NotFound,
+    header_size_bound,
 )
 from node.relay import headersync
 from tests.support.chainkit import ALICE, BOB, MID, Clock, extend, new_chain, next_block, remine
@@ -61,6 +69,16 @@ def _held(node: Node) -> int:
 
 def _banned_for(node: Node, reason: str) -> bool:
     return any(reason in b["reason"] for b in node.p2p.bans())
+
+
+async def _until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    """Wait until ``predicate()`` holds on the node's side (polled on the loop)."""
+
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)
 
 
 def _not_syncing(node: Node) -> bool:
@@ -289,28 +307,155 @@ async def test_a_heavier_fork_deeper_than_the_presync_bound_still_syncs(tmp_path
     theirs, their_clock = new_chain()
     their_blocks = extend(theirs, their_clock, 8, miner=ALICE)
     assert our_blocks[0].hash != their_blocks[0].hash  # forked at genesis
+    async with _synced_from(tmp_path, their_blocks, our_blocks) as (source, behind):
+        assert not any(behind.chain.is_active(b.hash) for b in our_blocks)
+        assert behind.sync.presync == {} and behind.sync.pending == {}
+        assert behind.p2p.bans() == [] and source.p2p.bans() == []
+
+
+@contextlib.asynccontextmanager
+async def _synced_from(
+    tmp_path: Path, theirs: list[Block], ours: list[Block]
+) -> AsyncIterator[tuple[Node, Node]]:
+    """A source node holding ``theirs`` and a node holding ``ours`` that dials it,
+    yielded once the second has synced to the source's tip (30 s at most)."""
     source = Node(NodeConfig(params=MID, datadir=tmp_path / "source"))
     await source.start()
     try:
-        for b in their_blocks:
+        for b in theirs:
             await source.process_block(b, source=None)
         behind = Node(NodeConfig(params=MID, datadir=tmp_path / "behind"))
         await behind.start()
         try:
-            for b in our_blocks:
+            for b in ours:
                 await behind.process_block(b, source=None)
-            assert behind.chain.tip.hash == our_blocks[-1].hash
             behind.p2p.add_address("127.0.0.1", source.p2p_port)
-
-            async def synced() -> None:
-                while behind.chain.tip.hash != their_blocks[-1].hash:
-                    await asyncio.sleep(0.02)
-
-            await asyncio.wait_for(synced(), 30)
-            assert not any(behind.chain.is_active(b.hash) for b in our_blocks)
-            assert behind.sync.presync == {} and behind.sync.pending == {}
-            assert behind.p2p.bans() == [] and source.p2p.bans() == []
+            await _until(lambda: behind.chain.tip.hash == theirs[-1].hash, 30)
+            yield source, behind
         finally:
             await behind.stop()
     finally:
         await source.stop()
+
+
+def _cap_queue(monkeypatch, header: BlockHeader, queued: int, reply: int) -> int:
+    """Shrink the queue to ``queued`` headers like ``header`` and a whole reply to
+    ``reply`` of them: the queue's byte bound."""
+    size = header_size_bound(header)
+    monkeypatch.setattr(headersync, "QUEUE_AHEAD_BYTES", queued * size)
+    monkeypatch.setattr(headersync, "MAX_HEADERS_BYTES", reply * size)
+    return queued * size
+
+
+async def test_a_cheap_chain_is_queued_only_up_to_the_bound_and_dropped_when_its_peer_leaves(
+    node, monkeypatch
+):
+    """The reported attack on a fresh node: a peer sends a long chain of valid headers
+    that cost nearly nothing to mine (ASERT eases the target after genesis's age) and
+    more work than the genesis tip. The node queues them only up to its bound, asks
+    the peer for no more, and when the peer leaves drops them all, stops catching up
+    and asks its other peers again."""
+    chain, clock = new_chain()
+    cheap = _low_work_chain(chain, clock, 30, ALICE)
+    bound = _cap_queue(monkeypatch, cheap[-1], queued=8, reply=3)
+    other = await connected_peer(node, best_height=5, best_work=node.chain.tip.work + 1)
+    await other.wait_for(lambda: len(other.of_type(GetHeaders)) == 1)
+    attacker = await connected_peer(node, best_height=10_000, best_work=2**200)
+    await attacker.wait_for(lambda: len(attacker.of_type(GetHeaders)) == 1)
+    await attacker.send(Headers(tuple(cheap[:20])))
+    await attacker.wait_for(lambda: attacker.of_type(GetData))  # it asks for the blocks
+    await attacker.sync()
+    assert node.sync.catching_up
+    assert 0 < node.sync.queued_bytes <= bound and len(node.sync.pending) < 20
+    assert len(attacker.of_type(GetHeaders)) == 1  # no more asked for: the queue is full
+    assert list(node.sync.paused.values()) == [node.sync.queue[-1]]  # to resume from
+
+    await attacker.close()
+    await other.wait_for(lambda: len(other.of_type(GetHeaders)) == 2)  # asked again
+    assert node.sync.pending == {} and node.sync.queue == deque()
+    assert node.sync.queued_bytes == 0 and node.sync.sources == {}
+    assert _not_syncing(node) and not node.sync_progress.state()["syncing"]
+    assert node.chain.height == 0 and node.p2p.bans() == []
+    await other.close()
+
+
+async def test_a_peer_that_never_sends_the_blocks_of_its_headers_is_disconnected(node, monkeypatch):
+    """A peer queues headers and lets every block request stall: after MAX_STALLS
+    stalled housekeeping passes it is disconnected (not banned), and its headers
+    are dropped."""
+    monkeypatch.setattr(headersync, "STALL_SECONDS", 0.05)
+    chain, clock = new_chain()
+    cheap = _low_work_chain(chain, clock, 6, ALICE)
+    staller = await connected_peer(node, best_height=10_000, best_work=2**200)
+    await staller.send(Headers(tuple(cheap)))
+    reason = await staller.wait_for_close(timeout=headersync.MAX_STALLS * 1.0 + 10)
+    assert reason is not None and "stalled block requests" in reason
+    await _until(lambda: node.sync.pending == {})
+    assert staller.of_type(GetData)  # the blocks were asked for
+    assert _not_syncing(node) and node.chain.height == 0 and node.p2p.bans() == []
+
+
+async def test_a_sync_longer_than_the_queue_asks_for_headers_again_as_blocks_connect(
+    tmp_path, monkeypatch
+):
+    """Honest headers-first sync of 24 blocks through a queue that holds 3 headers and
+    replies of 2, so that the node must wait for blocks to connect before it asks for
+    more each time: it never queues past its bound, is sent no header twice, and
+    still reaches the tip."""
+    source_chain, clock = new_chain()
+    blocks = extend(source_chain, clock, 24)
+    bound = _cap_queue(monkeypatch, blocks[-1].header, queued=3, reply=2)
+    monkeypatch.setattr(wire, "MAX_HEADERS_BYTES", 2 * header_size_bound(blocks[-1].header))
+    most = paused = 0
+    queue = headersync.HeaderSync._queue
+
+    def measured(self: headersync.HeaderSync, *args: Any) -> int:
+        nonlocal most, paused
+        n = queue(self, *args)
+        most = max(most, self.queued_bytes)
+        paused += not self.has_room()
+        return n
+
+    monkeypatch.setattr(headersync.HeaderSync, "_queue", measured)
+    received = 0
+    on_headers = headersync.HeaderSync.on_headers
+
+    async def counted(self: headersync.HeaderSync, peer: Any, msg: Headers) -> None:
+        nonlocal received
+        received += len(msg.headers)
+        await on_headers(self, peer, msg)
+
+    monkeypatch.setattr(headersync.HeaderSync, "on_headers", counted)
+    async with _synced_from(tmp_path, blocks, []) as (source, behind):
+        assert 0 < most <= bound and paused > 0  # the bound held up the download
+        assert received == len(blocks)  # none was sent twice: asked only when it fit
+        assert behind.sync.pending == {} and behind.sync.queued_bytes == 0
+        assert behind.sync.paused == {} and not behind.sync.catching_up
+        assert not behind.sync_progress.state()["syncing"]
+        assert behind.p2p.bans() == [] and source.p2p.bans() == []
+
+
+async def test_a_peer_that_lacks_the_blocks_of_its_own_headers_is_disconnected(node):
+    """A peer queues headers and answers every request for their blocks with NOTFOUND:
+    each reply counts as a stall, and after MAX_STALLS it is disconnected (not
+    banned) and its headers dropped, instead of being asked again without end."""
+    chain, clock = new_chain()
+    cheap = _low_work_chain(chain, clock, 4, ALICE)
+    liar = await connected_peer(node, best_height=10_000, best_work=2**200)
+    await liar.send(Headers(tuple(cheap)))
+    answered = 0
+
+    def asked_again_or_closed(seen: int) -> Callable[[], bool]:
+        return lambda: len(liar.of_type(GetData)) > seen or liar.closed.is_set()
+
+    while True:
+        await liar.wait_for(asked_again_or_closed(answered))
+        if liar.closed.is_set():
+            break
+        for msg in liar.of_type(GetData)[answered:]:
+            answered += 1
+            await liar.send(NotFound(msg.items))
+    assert "stalled block requests" in (liar.close_reason or "")
+    assert answered == headersync.MAX_STALLS  # one stall per NOTFOUND reply
+    await _until(lambda: node.sync.pending == {})
+    assert _not_syncing(node) and node.p2p.bans() == []
