@@ -61,6 +61,11 @@ and up to ~130 KiB. A peer's messages are handled one at a time, so while a repl
 proofs are checked its blocks wait behind it: ~110 devnet headers per reply let
 blocks flow from the start of a sync (16 MiB replies held the first block back by
 1.3 s, the time to check 907 proofs)."""
+MAX_HEADERS_FRAME = MAX_HEADERS_BYTES + 64 * 1024
+"""Largest HEADERS frame: a reply's headers add up to at most MAX_HEADERS_BYTES of
+``header_size_bound``, which bounds each one's encoding. A bigger frame is refused
+before it is decoded: 28 MiB HEADERS frames of valid form cost a core to decode and
+left the node ~200 MB bigger."""
 MAX_LOCATOR = 64
 MAX_ADDRS = 1000
 MAX_BLOB_CHUNK = MAX_DATASET_CHUNK_SIZE
@@ -521,6 +526,10 @@ def decode_message(data: bytes, max_size: int = MAX_FRAME) -> Message:
         msg_type = MsgType(raw_type)
     except ValueError:
         raise ProtocolViolation(f"unknown message type {raw_type}") from None
+    if msg_type is MsgType.HEADERS and len(data) > MAX_HEADERS_FRAME:
+        raise ProtocolViolation(
+            f"HEADERS frame of {len(data)} bytes exceeds its limit of {MAX_HEADERS_FRAME}"
+        )
     cls = MESSAGE_TYPES[msg_type]
     try:
         if msg_type is MsgType.TX and data[2] == _ONE_FIELD:

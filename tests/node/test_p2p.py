@@ -176,6 +176,31 @@ async def test_a_big_frame_before_auth_is_refused_undecoded(
     await ready_peer(node, make_peer)
 
 
+async def test_a_headers_frame_over_its_limit_is_refused_undecoded_and_its_sender_banned(
+    make_node: NodeFactory, make_peer: PeerFactory
+) -> None:
+    """A HEADERS reply stops at MAX_HEADERS_BYTES, so a HEADERS frame past
+    MAX_HEADERS_FRAME is refused before it is decoded (28 MiB ones of valid form
+    kept a core decoding and left the node ~200 MB bigger), and the peer banned."""
+    from node.net.wire import MAX_HEADERS_FRAME
+
+    node = await make_node()
+    peer = await ready_peer(node, make_peer)
+    size = MAX_HEADERS_FRAME  # nested empty arrays: slow to decode, 1 byte each
+    bomb = bytes((0x92, MsgType.HEADERS, 0x91, 0xDD)) + size.to_bytes(4, "big") + b"\x90" * size
+    await peer.send_raw(bomb)
+    reason = await peer.wait_for_close()
+    assert reason is not None and "HEADERS frame of" in reason, reason
+    assert "exceeds its limit" in reason
+    (ban,) = node.manager.bans()
+    assert "HEADERS frame of" in ban["reason"]
+    assert node.handler.messages == []  # nothing reached the node's handler
+    with pytest.raises(ProtocolViolation, match="exceeds its limit"):
+        decode_message(bomb)
+    with pytest.raises(ProtocolViolation, match="bad HEADERS"):
+        decode_message(bomb[: MAX_HEADERS_FRAME - 64])  # under the limit: decoded, refused
+
+
 async def test_bad_auth_is_banned_and_reconnect_refused(
     make_node: NodeFactory, make_peer: PeerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -508,6 +533,7 @@ def test_a_headers_reply_fits_a_frame_even_when_proofs_are_large() -> None:
     frame = encode_message(reply)
     assert 0 < len(reply.headers) < 2000
     assert len(frame) <= MAX_HEADERS_BYTES < MAX_FRAME
+    assert decode_message(frame) == reply  # within the HEADERS frame limit
     small = dataclasses.replace(
         header,
         proof=dataclasses.replace(
