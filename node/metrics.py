@@ -157,7 +157,7 @@ class NodeCollector(Collector):
         sync = self.sync.state()
         yield GaugeMetricFamily(
             "pouw_sync_header_height",
-            "Best header height known (from peers)",
+            "Highest verified header queued for download (or the chain height)",
             max(sync["target"], chain.height),
         )
         yield GaugeMetricFamily(
