@@ -57,6 +57,8 @@ InvKey = tuple[int, bytes]
 
 MiB = 1024 * 1024
 MAX_REQUESTED = 50_000
+MAX_GRANTED_BYTES = 4 * MAX_FRAME
+"""Most reply bytes granted to a peer at once (``PeerSession.grant``)."""
 REQUEST_FORGET_S = 120.0
 """Beyond MAX_REQUESTED outstanding requests, those older than this are forgotten."""
 
@@ -237,6 +239,8 @@ class PeerSession:
         self._ping_sent = 0.0
         self._msg_bucket = TokenBucket(self.limits.msg_rate, self.limits.msg_burst)
         self._byte_bucket = TokenBucket(self.limits.byte_rate, self.limits.byte_burst)
+        self._granted = 0
+        """Bytes of replies we asked this peer for (``grant``): not charged to its rate."""
         # Two lanes: blocks, headers, pings and control go ahead of bulk traffic
         # (transactions, their inventory, blob chunks), so a block never waits
         # behind thousands of queued transactions on its way to a peer.
@@ -419,7 +423,9 @@ class PeerSession:
                 f"rate limit: more than {self.limits.msg_rate:g} messages/s "
                 f"(burst {self.limits.msg_burst:g})"
             )
-        if not self._byte_bucket.take(len(data)):
+        granted = min(self._granted, len(data))
+        self._granted -= granted
+        if not self._byte_bucket.take(len(data) - granted):
             raise ProtocolViolation(
                 f"rate limit: more than {self.limits.byte_rate:g} bytes/s "
                 f"(burst {self.limits.byte_burst:g})"
@@ -432,6 +438,13 @@ class PeerSession:
         msg = decode_message(data, self.limits.max_frame)
         self.note_inventory(msg)
         return msg
+
+    def grant(self, nbytes: int) -> None:
+        """We asked the peer for a reply of up to ``nbytes``: the bytes it sends next are
+        not charged to its byte rate, up to that (and MAX_GRANTED_BYTES outstanding).
+        A fetch that asks a fast peer for more than the rate allows must not get it
+        banned for answering."""
+        self._granted = min(self._granted + nbytes, MAX_GRANTED_BYTES)
 
     def note_inventory(self, msg: object) -> None:
         """Mark the items an Inv, a transaction or block message carries as known to this peer."""

@@ -333,16 +333,31 @@ URGENT_HOLD_S = 2.0
 """How long an urgent fetch holds the others' new range requests, at most: a willing
 peer serves a job's operands in well under a second, and a peer that stalls an urgent
 fetch (or a stream of urgent ones) must not stall every other download with it."""
+MIN_PEER_RATE = 1024 * 1024
+"""Bytes a second a peer must deliver, on average after its first REQUEST_TIMEOUT, while
+it serves a fetch: a slower one (say one that sends a valid chunk every 9 s, in time
+for each request) is left for the next peer, the chunks it sent kept. While the fetch
+has time and a round of peers brought chunks, the peers are asked again in order."""
+GRANT_BYTES = RANGE_BYTES + 64 * 1024
+"""Reply bytes granted per range request (``PeerSession.grant``): chunk data and proof."""
+TREE_BUILDS = 2
+"""Blob trees built at once to serve (a 256 MiB blob is read and hashed: ~0.5 GB)."""
 SERVE_CACHE_BYTES = MAX_BLOB_SIZE
 """Blobs kept in memory with their trees to serve chunks (LRU by bytes)."""
 _DRAIN_TIMEOUT = 30.0
 _EXPIRED_MAX = 10_000
 _Key = tuple[PeerSession, bytes, int]
 """(peer, blob root, first chunk) of a range request."""
+_Shape = tuple[bytes, int | None, int | None]
+"""(root, chunk size, chunk count) a fetch expects (None: any)."""
 
 
 class _PeerFailed(Exception):
     """This peer will not give us the blob (lacks it, went away, too slow, lied)."""
+
+
+class _WrongBlob(Exception):
+    """The blob is not the one the caller expects (its chunks are genuine): no peer will do."""
 
 
 class BlobExchange:
@@ -370,7 +385,10 @@ class BlobExchange:
         self._waiting: dict[_Key, tuple[asyncio.Future[BlobRange], int]] = {}
         # Requests we gave up on: a late answer is dropped, not punished as unrequested.
         self._expired: OrderedDict[_Key, None] = OrderedDict()
-        self._fetches: dict[bytes, asyncio.Task[tuple[bytes, int]]] = {}
+        self._fetches: dict[_Shape, asyncio.Task[tuple[bytes, int]]] = {}
+        # Trees being built to serve, one per root, however many peers ask meanwhile.
+        self._building: dict[bytes, asyncio.Task[BlobTree | None]] = {}
+        self._builds = asyncio.Semaphore(TREE_BUILDS)
         self._trees: OrderedDict[bytes, BlobTree] = OrderedDict()
         self._tree_bytes = 0
         # ``put`` runs on worker threads (an operand upload) and caches the tree it built.
@@ -440,17 +458,29 @@ class BlobExchange:
             return tree
 
     async def _tree(self, root: bytes) -> BlobTree | None:
+        """The tree of the stored blob ``root`` to serve (None if we lack it): cached, or
+        read and built once however many peers ask meanwhile, TREE_BUILDS at a time."""
         with self._trees_lock:
             tree = self._trees.get(root)
             if tree is not None:
                 self._trees.move_to_end(root)
                 return tree
-        found = await asyncio.to_thread(self.store.get_blob_chunked, root)  # as in fetch
-        if found is None:
-            return None
-        data, chunk_size = found
-        tree = await asyncio.to_thread(BlobTree, data, chunk_size)  # 256 MiB takes a moment
-        return self._serve(tree, root)
+        task = self._building.get(root)
+        if task is None:
+            task = asyncio.create_task(self._build(root), name=f"blob tree {root.hex()[:16]}")
+            self._building[root] = task
+            task.add_done_callback(lambda _: self._building.pop(root, None))
+        return await asyncio.shield(task)
+
+    async def _build(self, root: bytes) -> BlobTree | None:
+        async with self._builds:
+            found = await asyncio.to_thread(self.store.get_blob_chunked, root)  # as in fetch
+            if found is None:
+                return None
+            data, chunk_size = found
+            tree = await asyncio.to_thread(BlobTree, data, chunk_size)  # 256 MiB: a moment
+            del data, found
+            return self._serve(tree, root)
 
     def _serve(self, tree: BlobTree, root: bytes) -> BlobTree | None:
         """Keep ``tree`` to serve as the blob ``root`` if it is that blob's (a corrupt store,
@@ -545,12 +575,16 @@ class BlobExchange:
         timeout: float = 60.0,
         urgent: bool = False,
         chunk_size: int | None = None,
+        chunk_count: int | None = None,
     ) -> bytes:
         """The blob ``root``, from the store or from peers; BlobFetchError if we cannot get it.
 
         ``chunk_size``: the blob must be cut into chunks of that size (a matrix's rows:
         then ``root``, the Merkle root over them, is the matrix's row root, checked as the
-        blob came, and the caller need not hash the rows again); BlobFetchError if not.
+        blob came, and the caller need not hash the rows again); ``chunk_count``: into
+        that many (a matrix's row count). BlobFetchError if not, found from the first
+        reply, before the rest is fetched (a job could name a 256 MiB blob as an
+        operand it says is a few KiB).
 
         Concurrent fetches of one root share one download. While an ``urgent`` download is
         under way the others send no new range request: the peers serving them share their
@@ -563,66 +597,73 @@ class BlobExchange:
             raise BlobFetchError("a blob root is 32 bytes")
         # Off the event loop: megabytes to read, behind the store's lock, which a worker
         # thread storing another blob may hold for as long again.
+        shape: _Shape = (root, chunk_size, chunk_count)
         found = await asyncio.to_thread(self.store.get_blob_chunked, root)
         if found is None:
-            task = self._fetches.get(root)
+            task = self._fetches.get(shape)
             if task is None:
                 task = asyncio.create_task(
-                    self._fetch(root, timeout, urgent), name=f"blob {root.hex()[:16]}"
+                    self._fetch(shape, timeout, urgent), name=f"blob {root.hex()[:16]}"
                 )
-                self._fetches[root] = task
-                task.add_done_callback(lambda t: self._fetch_done(root, t))
+                self._fetches[shape] = task
+                task.add_done_callback(lambda t: self._fetch_done(shape, t))
             found = await asyncio.shield(task)
         data, cut = found
-        if chunk_size is not None and cut != chunk_size:
-            raise BlobFetchError(
-                f"blob {root.hex()[:16]}… is cut into chunks of {cut} bytes, not {chunk_size}"
-            )
+        fault = _shape_fault(shape, cut, -(-len(data) // cut))
+        if fault is not None:
+            raise BlobFetchError(fault)
         return data
 
-    def _fetch_done(self, root: bytes, task: asyncio.Task[tuple[bytes, int]]) -> None:
-        self._fetches.pop(root, None)
+    def _fetch_done(self, shape: _Shape, task: asyncio.Task[tuple[bytes, int]]) -> None:
+        self._fetches.pop(shape, None)
         if not task.cancelled():
             task.exception()  # retrieved here too, in case every caller went away
 
-    async def _fetch(self, root: bytes, timeout: float, urgent: bool) -> tuple[bytes, int]:
+    async def _fetch(self, shape: _Shape, timeout: float, urgent: bool) -> tuple[bytes, int]:
         if not urgent:
-            return await self._download(root, timeout, urgent)
+            return await self._download(shape, timeout, urgent)
         if not self._urgent:
             self._urgent_since = asyncio.get_running_loop().time()
         self._urgent += 1
         self._no_urgent.clear()
         try:
-            return await self._download(root, timeout, urgent)
+            return await self._download(shape, timeout, urgent)
         finally:
             self._urgent -= 1
             if not self._urgent:
                 self._no_urgent.set()
 
-    async def _download(self, root: bytes, timeout: float, urgent: bool) -> tuple[bytes, int]:
-        """The blob and its chunk size, from peers, every chunk checked against ``root``."""
+    async def _download(self, shape: _Shape, timeout: float, urgent: bool) -> tuple[bytes, int]:
+        """The blob and its chunk size, from peers, every chunk checked against its root."""
+        root = shape[0]
         short = root.hex()[:16] + "…"
         chunks: dict[int, bytes] = {}  # verified chunks, whichever peer sent them
         tried: list[PeerSession] = []
         failures: list[str] = []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        had = 0  # chunks held when the round of peers began
         try:
             async with asyncio.timeout_at(deadline):
                 while True:
                     peer = await self._next_peer(tried)
+                    if peer is None and len(chunks) > had:
+                        had, tried = len(chunks), []  # the round brought chunks: again
+                        continue
                     if peer is None:
-                        why = "; ".join(failures) if failures else "no peers connected"
+                        why = "; ".join(failures[-8:]) if failures else "no peers connected"
                         raise BlobFetchError(f"blob {short} is not available: {why}")
                     tried.append(peer)
                     try:
-                        data, total = await self._fetch_from(peer, root, chunks, urgent)
+                        data, total = await self._fetch_from(peer, shape, chunks, urgent)
                     except _PeerFailed as e:
                         failures.append(f"{peer.address}: {e}")
                         continue
+                    except _WrongBlob as e:
+                        raise BlobFetchError(str(e)) from None
                     break
         except TimeoutError:
-            why = "; ".join(failures) if failures else "no peer answered"
+            why = "; ".join(failures[-8:]) if failures else "no peer answered"
             raise BlobFetchError(
                 f"timed out after {timeout:g}s fetching blob {short} ({why})"
             ) from None
@@ -642,7 +683,7 @@ class BlobExchange:
             await asyncio.sleep(0.05)
 
     async def _fetch_from(
-        self, peer: PeerSession, root: bytes, chunks: dict[int, bytes], urgent: bool = False
+        self, peer: PeerSession, shape: _Shape, chunks: dict[int, bytes], urgent: bool = False
     ) -> tuple[bytes, int]:
         """Complete ``chunks`` from one peer; the blob and its chunk count.
 
@@ -654,17 +695,32 @@ class BlobExchange:
         index); the final root check catches a count that was a lie. The
         missing chunks are then asked in ranges sized to fill a reply,
         ``window`` of them in flight (none asked while an urgent fetch runs, unless
-        ``urgent``: see :meth:`fetch`).
+        ``urgent``: see :meth:`fetch`), as long as the peer keeps up MIN_PEER_RATE.
+        _WrongBlob if the first reply shows a blob of another ``shape``.
         """
+        root = shape[0]
         if not urgent:
             await self._yield_to_urgent()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
         head = await self._request_range(peer, root, 0, MAX_RANGE_CHUNKS)
         total = head.total
+        cut = _shape_fault((root, shape[1], None), len(head.chunks[0]), total)
+        if cut is not None:
+            raise _WrongBlob(cut)  # chunk 0 is genuine: the blob is not the one expected
+        count = _shape_fault((root, None, shape[2]), len(head.chunks[0]), total)
+        if count is not None:
+            raise _PeerFailed(count)  # a proof may not pin the count down: ask the next
         chunks.update(enumerate(head.chunks))
         per_reply = max(1, min(MAX_RANGE_CHUNKS, RANGE_BYTES // len(head.chunks[0])))
         window = asyncio.Semaphore(self.window)
+        delivered = sum(len(c) for c in head.chunks)
+
+        def pace_deadline() -> float:
+            return start + self.request_timeout + delivered / MIN_PEER_RATE
 
         async def one(first: int, count: int) -> None:
+            nonlocal delivered
             async with window:
                 if not urgent:
                     await self._yield_to_urgent()
@@ -672,17 +728,26 @@ class BlobExchange:
                 if reply.total != total:
                     raise _PeerFailed(f"says the blob has {reply.total} chunks, not {total}")
                 chunks.update(enumerate(reply.chunks, first))
+                delivered += sum(len(c) for c in reply.chunks)
+                pace.reschedule(pace_deadline())
 
         # Every reply holds at least the first chunk it was asked for, so each
         # round leaves fewer chunks missing (a reply may be cut short by its byte budget).
-        while runs := _missing_runs(total, chunks, per_reply):
-            tasks = [asyncio.create_task(one(first, count)) for first, count in runs]
-            try:
-                await asyncio.gather(*tasks)
-            finally:
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            async with asyncio.timeout_at(pace_deadline()) as pace:
+                while runs := _missing_runs(total, chunks, per_reply):
+                    tasks = [asyncio.create_task(one(first, count)) for first, count in runs]
+                    try:
+                        await asyncio.gather(*tasks)
+                    finally:
+                        for t in tasks:
+                            t.cancel()
+                        await asyncio.gather(*tasks, return_exceptions=True)
+        except TimeoutError:
+            raise _PeerFailed(
+                f"too slow: {delivered} bytes in {loop.time() - start:.1f}s "
+                f"(at least {MIN_PEER_RATE} bytes/s after {self.request_timeout:g}s)"
+            ) from None
         try:
             return await asyncio.to_thread(assemble, root, total, chunks), total
         except BlobError as e:
@@ -705,6 +770,7 @@ class BlobExchange:
         future: asyncio.Future[BlobRange] = asyncio.get_running_loop().create_future()
         self._waiting[key] = (future, count)
         try:
+            peer.grant(GRANT_BYTES)
             if not peer.send_nowait(BlobGetRange(root, first, count)):
                 raise _PeerFailed("disconnected")
             try:
@@ -737,13 +803,33 @@ def _range_fault(msg: BlobRange, asked: int) -> str | None:
         return None
     if n == 0:
         return f"blob range from chunk {msg.first} holds no chunks"
+    if not all(msg.chunks):
+        return f"blob range from chunk {msg.first} holds an empty chunk"
     if n > asked:
         return f"blob range holds {n} chunks where at most {asked} were asked for"
-    if n > 1 and sum(len(c) for c in msg.chunks) > RANGE_BYTES:
+    size = sum(len(c) for c in msg.chunks)
+    if n > 1 and size > RANGE_BYTES:
         return f"blob range of {n} chunks exceeds {RANGE_BYTES} bytes"
+    # Every chunk but a blob's last has the size of the reply's first (or the first is the
+    # last): an honest reply holds at least this many (BlobTree.range).
+    fit = max(1, RANGE_BYTES // len(msg.chunks[0]))
+    full = min(asked, MAX_RANGE_CHUNKS, msg.total - msg.first, fit)
+    if n < full:
+        return f"blob range holds {n} chunks where {full} were asked for and fit"
     if not verify_range(msg.root, msg.first, msg.total, msg.chunks, msg.proof):
         last = msg.first + n - 1
         return f"blob chunks {msg.first}..{last}/{msg.total} fail verification against the root"
+    return None
+
+
+def _shape_fault(shape: _Shape, cut: int, total: int) -> str | None:
+    """Why a blob cut into ``total`` chunks of ``cut`` bytes is not of ``shape``, or None."""
+    root, chunk_size, chunk_count = shape
+    short = root.hex()[:16] + "…"
+    if chunk_size is not None and cut != chunk_size:
+        return f"blob {short} is cut into chunks of {cut} bytes, not {chunk_size}"
+    if chunk_count is not None and total != chunk_count:
+        return f"blob {short} has {total} chunks, not {chunk_count}"
     return None
 
 

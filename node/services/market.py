@@ -649,8 +649,8 @@ class MarketService:
         await asyncio.to_thread(self._keep_fetched, job_id, (rec["root_a"], rec["root_b"]))
         try:
             raw_a, raw_bt = await asyncio.gather(  # both at once: half the wait for a job
-                self.blobs.fetch(rec["root_a"], FETCH_TIMEOUT, urgent, chunk_size=k),
-                self.blobs.fetch(rec["root_b"], FETCH_TIMEOUT, urgent, chunk_size=k),
+                self.blobs.fetch(rec["root_a"], FETCH_TIMEOUT, urgent, chunk_size=k, chunk_count=m),
+                self.blobs.fetch(rec["root_b"], FETCH_TIMEOUT, urgent, chunk_size=k, chunk_count=n),
             )
         except BlobFetchError as e:
             log.info("operands of job %s unavailable: %s", job_id.hex()[:16], e)

@@ -4,6 +4,7 @@ between real in-process nodes and scripted peers (PROTOCOL §8, §12)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 
 import numpy as np
@@ -32,6 +33,8 @@ from node.relay.blobs import (
 )
 from tests.support.chainkit import MID
 from tests.support.p2p_testkit import TestPeer
+
+MiB = 1024 * 1024
 
 # ------------------------------------------------------------------ chunking
 
@@ -214,6 +217,23 @@ async def test_a_blob_put_on_one_node_is_fetched_by_another(nodes):
     assert not a.p2p.bans() and not b.p2p.bans()
 
 
+async def test_a_fetch_faster_than_the_peer_byte_rate_does_not_get_its_server_banned(nodes):
+    """The per-peer byte rate guards against floods, but the bytes of blob ranges the
+    node asked for are granted, not charged: a fetch that pulls faster than the rate
+    (a 128 MiB operand over a fast link against 64 MiB/s) must not ban the honest
+    server. Here the rate is 1 MiB/s and 8 MiB are fetched at once."""
+    a = await nodes("a")
+    b = await nodes("b")
+    b.p2p.limits = dataclasses.replace(b.p2p.limits, byte_rate=MiB, byte_burst=2 * MiB)
+    b.p2p.add_address("127.0.0.1", a.p2p_port)
+    await wait_until(lambda: len(b.p2p.peers) == 1)
+    data = os.urandom(8 * MiB)
+    root = a.put_blob(data)
+    assert await b.fetch_blob(root, timeout=20) == data
+    assert b.p2p.bans() == [] and a.p2p.bans() == []
+    assert len(b.p2p.peers) == 1
+
+
 async def test_a_blob_just_put_is_served_without_reading_it_back(nodes, monkeypatch):
     """An operand a client just uploaded is what miners ask for next: the node serves it
     from the tree it built to store it, not from the store, read back and hashed again."""
@@ -236,8 +256,9 @@ async def test_a_blob_just_put_is_served_without_reading_it_back(nodes, monkeypa
 async def test_a_blob_cut_otherwise_than_asked_is_refused_here_and_from_a_peer(nodes):
     """A job's operand is fetched as a blob cut into its rows, whose root is then the
     matrix's row root, so the miner need not hash the rows again: the same bytes stored
-    under the root of another cut (a poster naming some other blob as its operand) are
-    refused with a clear error, whether they come from a peer or from the store."""
+    under the root of another cut (a poster naming some other blob as its operand), or
+    with another row count, are refused with a clear error from the first reply of a
+    peer, before the rest is fetched (nothing is stored), and from the store."""
     a = await nodes("a")
     b = await nodes("b", peers=[a])
     await wait_until(lambda: len(b.p2p.peers) == 1)
@@ -245,12 +266,46 @@ async def test_a_blob_cut_otherwise_than_asked_is_refused_here_and_from_a_peer(n
     by_rows = a.blobs.put_matrix(rows)
     assert by_rows == matrix_rows_root(rows)
     otherwise = a.blobs.put(rows.tobytes(), chunk_size=256)  # two rows a chunk
-    assert await b.blobs.fetch(by_rows, 20, chunk_size=128) == rows.tobytes()
-    for where in ("from a peer", "from the store"):
-        with pytest.raises(BlobFetchError, match="chunks of 256 bytes, not 128"):
-            await b.blobs.fetch(otherwise, 20, chunk_size=128)
-        assert b.store.has_blob(otherwise), where  # a blob all the same, kept as it came
+    assert await b.blobs.fetch(by_rows, 20, chunk_size=128, chunk_count=64) == rows.tobytes()
+    b.store.delete_blob(by_rows)
+    served: list[BlobGetRange] = []
+    real = a.blobs.on_blob_get_range
+    a._handlers[BlobGetRange] = lambda peer, msg: served.append(msg) or real(peer, msg)
+    with pytest.raises(BlobFetchError, match="chunks of 256 bytes, not 128"):
+        await b.blobs.fetch(otherwise, 20, chunk_size=128)
+    with pytest.raises(BlobFetchError, match="has 64 chunks, not 32"):
+        await b.blobs.fetch(by_rows, 20, chunk_size=128, chunk_count=32)
+    assert [m.first for m in served] == [0, 0]  # one reply each: nothing more was asked
+    assert not b.store.has_blob(otherwise) and not b.store.has_blob(by_rows)
+    b.store.put_blob(otherwise, rows.tobytes(), 256)
+    with pytest.raises(BlobFetchError, match="chunks of 256 bytes, not 128"):
+        await b.blobs.fetch(otherwise, 20, chunk_size=128)
+    with pytest.raises(BlobFetchError, match="has 32 chunks, not 64"):
+        await b.blobs.fetch(otherwise, 20, chunk_count=64)
     assert not b.p2p.bans()
+
+
+async def test_peers_asking_at_once_for_an_uncached_blob_share_one_read(nodes, monkeypatch):
+    """A blob not in the serve cache (after a restart) is read and its tree built once
+    however many peers ask for it meanwhile: each build of a 256 MiB blob holds ~0.5 GB,
+    and 16 peers asking at once took a node from 0.3 to 2.4 GB."""
+    a = await nodes("a")
+    data = os.urandom(3 * CHUNK_SIZE)
+    root = blob_root(data)
+    a.store.put_blob(root, data, CHUNK_SIZE)  # stored, not cached
+    reads: list[bytes] = []
+    real_read = a.store.get_blob_chunked
+    monkeypatch.setattr(a.store, "get_blob_chunked", lambda r: reads.append(r) or real_read(r))
+    peers = [await _evil_peer(a) for _ in range(6)]
+    try:
+        await asyncio.gather(*(p.send(BlobGetRange(root, 0, 1)) for p in peers))
+        for p in peers:
+            reply = await p.wait_for_message(BlobRange)
+            assert reply.total == 3 and reply.chunks == (data[:CHUNK_SIZE],)
+        assert reads == [root]
+    finally:
+        for p in peers:
+            await p.close()
 
 
 async def test_a_result_readied_to_serve_is_served_without_reading_it_back(nodes, monkeypatch):
@@ -300,13 +355,17 @@ async def _evil_peer(node: Node) -> TestPeer:
     return peer
 
 
-async def _serve_ranges(peer: TestPeer, data: bytes, chunk_size: int, reply) -> None:
-    """Answer every BlobGetRange with ``reply(request, honest BlobRange)``."""
+async def _serve_ranges(
+    peer: TestPeer, data: bytes, chunk_size: int, reply, delay: float = 0.0
+) -> None:
+    """Answer every BlobGetRange with ``reply(request, honest BlobRange)``, ``delay``
+    seconds after it came (a slow or dripping peer)."""
     tree = BlobTree(data, chunk_size)
     answered = 0
     while True:
         await peer.wait_for(lambda n=answered: len(peer.of_type(BlobGetRange)) > n, timeout=30)
         for req in peer.of_type(BlobGetRange)[answered:]:
+            await asyncio.sleep(delay)
             chunks, proof = tree.range(req.first, req.count)
             await peer.send(reply(req, BlobRange(req.root, req.first, tree.total, chunks, proof)))
             answered += 1
@@ -358,6 +417,56 @@ async def test_after_a_tampered_chunk_the_fetch_moves_on_to_an_honest_peer(nodes
     finally:
         server.cancel()
         await evil.close()
+
+
+def _honest(req: BlobGetRange, honest: BlobRange) -> BlobRange:
+    return honest
+
+
+async def test_a_peer_slower_than_the_floor_is_left_for_the_next_its_chunks_kept(
+    nodes, monkeypatch
+):
+    """A peer connected first answers every range in full and in time for each request,
+    but slowly (a drip that would outlast the fetch): once it falls below MIN_PEER_RATE
+    the fetch moves on to the honest peer, keeping the chunks it got, and nobody is
+    banned."""
+    monkeypatch.setattr(blobs_module, "MIN_PEER_RATE", 64 * 1024 * 1024)
+    a = await nodes("a")
+    b = await nodes("b")
+    b.blobs.request_timeout = 1.0
+    data = os.urandom(12 * RANGE_BYTES)
+    root = a.put_blob(data)
+    slow = await _evil_peer(b)  # connected first, so asked first
+    server = asyncio.create_task(_serve_ranges(slow, data, CHUNK_SIZE, _honest, delay=0.5))
+    b.p2p.add_address("127.0.0.1", a.p2p_port)
+    await wait_until(lambda: len(b.p2p.peers) == 2)
+    try:
+        # 12 replies at 0.5 s each (2 in flight) would take 3 s: past the fetch's 2.5 s.
+        assert await b.fetch_blob(root, timeout=2.5) == data
+        assert 1 <= len(slow.of_type(BlobGetRange)) < 12, "the slow peer was asked first"
+        assert b.p2p.bans() == [] and not slow.closed.is_set()
+    finally:
+        server.cancel()
+        await slow.close()
+
+
+async def test_a_lone_slow_peer_is_asked_again_while_each_round_brings_chunks(nodes, monkeypatch):
+    """The only peer with the blob is slower than the floor: it is left after each
+    round, but asked again while it brings chunks, so the fetch completes."""
+    monkeypatch.setattr(blobs_module, "MIN_PEER_RATE", 64 * 1024 * 1024)
+    b = await nodes("b")
+    b.blobs.request_timeout = 1.0
+    data = os.urandom(8 * RANGE_BYTES)
+    slow = await _evil_peer(b)
+    server = asyncio.create_task(_serve_ranges(slow, data, CHUNK_SIZE, _honest, delay=0.2))
+    try:
+        assert await b.fetch_blob(blob_root(data), timeout=20) == data
+        heads = [m for m in slow.of_type(BlobGetRange) if m.first == 0]
+        assert len(heads) > 1, "it was left and asked again"
+        assert b.p2p.bans() == []
+    finally:
+        server.cancel()
+        await slow.close()
 
 
 async def test_unrequested_blob_chunks_get_the_peer_banned(nodes):
@@ -437,6 +546,17 @@ def _one_chunk_too_many(req: BlobGetRange, honest: BlobRange) -> BlobRange:
     )
 
 
+def _one_chunk_at_a_time(req: BlobGetRange, honest: BlobRange) -> BlobRange:
+    # Genuine, but only the first chunk of the ~950 asked for that fit a reply: a peer
+    # that drips one valid chunk per request, each in time, would hold a fetch for hours.
+    chunks, proof = _TREE.range(req.first, 1)
+    return BlobRange(honest.root, req.first, honest.total, chunks, proof)
+
+
+def _an_empty_chunk(req: BlobGetRange, honest: BlobRange) -> BlobRange:
+    return BlobRange(honest.root, req.first, honest.total, (b"", *honest.chunks[1:]), honest.proof)
+
+
 def _unrequested_range(req: BlobGetRange, honest: BlobRange) -> BlobRange:
     # A genuine range, but from a chunk nobody asked for.
     chunks, proof = _TREE.range(req.first + 1, 1)
@@ -449,6 +569,8 @@ def _unrequested_range(req: BlobGetRange, honest: BlobRange) -> BlobRange:
         (_flip_last_byte, "fail verification against the root"),
         (_wrong_proof, "fail verification against the root"),
         (_one_chunk_too_many, "at most"),
+        (_one_chunk_at_a_time, "holds 1 chunks where 953 were asked for and fit"),
+        (_an_empty_chunk, "holds an empty chunk"),
         (_unrequested_range, "unrequested blob range from chunk 1"),
     ],
 )
