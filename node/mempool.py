@@ -7,11 +7,16 @@ run of consecutive nonces starting at its account nonce, every one of which
 the sender can afford in order. Block templates take the best fee rate first
 while keeping each sender's nonces in order.
 
-Policy choices (not consensus): transactions are ranked by fee per encoded
-byte; replacing a pending (sender, nonce) needs a strictly higher fee; a full
-pool evicts the cheapest transaction that is last in its sender's queue (so no
-gap is left) only for a newcomer paying a higher rate; a transaction waiting
-longer than the TTL is dropped with its sender's later ones.
+Policy choices (not consensus): a transaction pays at least ``MIN_FEE_PER_KB``
+for each started 1,000 encoded bytes (consensus allows a zero fee: without the
+floor, keys that were never funded filled blocks and state for nothing); a
+sender has at most ``MAX_PER_SENDER`` pending; transactions are ranked by fee
+per encoded byte; replacing a pending (sender, nonce) needs a strictly higher
+fee; a full pool evicts the cheapest transaction that is last in its sender's
+queue (so no gap is left) only for a newcomer paying a higher rate, found
+through a heap of the queues' last transactions kept as the pool changes (a
+newcomer that pays no more than the cheapest is refused in O(log n)); a
+transaction waiting longer than the TTL is dropped with its sender's later ones.
 
 Job claims: a transaction is checked against the state the next block starts
 from, so after the tip's own claim on a posted job (a block's header claim
@@ -46,8 +51,17 @@ from consensus.validation import apply_transaction, open_block
 DEFAULT_MAX_TXS = 50_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_TTL_MS = 3_600_000
+MIN_FEE_PER_KB = 1
+"""Relay floor: base units of fee per started 1,000 encoded bytes (``min_fee``)."""
+MAX_PER_SENDER = 1_000
+"""Pending transactions one sender may have (a replacement within them costs O(queue))."""
 RATE_SHIFT = 32
 """Fee rates are fee·2^32 // size: exact integers, ordered like fee per byte."""
+
+
+def min_fee(size: int) -> int:
+    """The least fee the pool takes for a transaction of ``size`` encoded bytes."""
+    return MIN_FEE_PER_KB * -(-size // 1000)
 
 
 class NonceGap(InvalidTransaction):
@@ -98,6 +112,9 @@ class Mempool:
         self._order = 0
         self._claims: dict[bytes, bytes] = {}
         """job id → txid of the pending job_result that claims it."""
+        self._tails: list[tuple[int, int, bytes, int]] = []
+        """(rate, -order, sender, nonce) of each sender's last pending transaction, a heap
+        with stale entries dropped lazily (``_cheapest_tail``)."""
         self._tip: BlockHeader | None = None
         """The latest tip the pool was told of: its header claim applies before the next
         block's transactions."""
@@ -198,10 +215,18 @@ class Mempool:
         if tip is not None:
             self._tip = tip
         check_tx_form(tx, self.params.chain_id)
-        # Cheap state and policy checks before the signature, so junk costs little.
-        replaced, victims = self._check_place(tx, state)
+        size = len(tx.encoded)
+        if tx.fee < min_fee(size):
+            raise InvalidTransaction(
+                f"fee: {tx.fee} is below the relay minimum of {min_fee(size)} "
+                f"for {size} bytes ({MIN_FEE_PER_KB} per started 1,000)"
+            )
+        # Cheap state and policy checks before the signature, so junk costs little;
+        # making room in a full pool (more work) only for a signed transaction.
+        replaced = self._check_place(tx, state)
         self._check_claims(tx, replaced)
         check_tx_signature(tx)
+        victims = self._victims(tx, size, _rate(tx.fee, size), replaced)
         spend = self._trial_apply(tx, state, height)
         self._check_affordable(tx, state, replaced, spend)
         for v in victims:
@@ -210,8 +235,9 @@ class Mempool:
             self._remove(replaced)
         self._insert(tx, spend, self.clock() if now_ms is None else now_ms)
 
-    def _check_place(self, tx: Transaction, state: State) -> tuple[_Pending | None, list[_Pending]]:
-        """Nonce order, replace-by-fee and room: (the tx it replaces, the txs to evict)."""
+    def _check_place(self, tx: Transaction, state: State) -> _Pending | None:
+        """Nonce order, replace-by-fee, the sender's share and a first look at its
+        balance: the pending transaction it replaces, if any."""
         sender = tx.sender_address
         account_nonce = state.nonce(sender)
         self._drop_stale(sender, account_nonce)
@@ -222,6 +248,16 @@ class Mempool:
                 f"nonce: {tx.nonce} was already used (next is {account_nonce})"
             )
         replaced = queue.get(tx.nonce)
+        if replaced is None and len(queue) >= MAX_PER_SENDER:
+            raise InvalidTransaction(
+                f"sender: {len(queue)} pending transactions, the most a sender may have"
+            )
+        if replaced is None and state.balance(sender) - queue.spend < tx.fee:
+            # Not held for a gap either: a key that cannot pay must not fill the relay.
+            raise InvalidTransaction(
+                f"balance: the sender cannot pay the fee {tx.fee} after its "
+                f"{len(queue)} pending transactions"
+            )
         if replaced is None and tx.nonce != next_nonce:
             raise NonceGap(
                 f"nonce: {tx.nonce} leaves a gap (next is {next_nonce}, "
@@ -235,9 +271,7 @@ class Mempool:
                 f"replacement: fee {tx.fee} does not exceed the pending transaction's "
                 f"fee {replaced.tx.fee} for nonce {tx.nonce}"
             )
-        size = len(tx.encoded)
-        victims = self._victims(tx, size, _rate(tx.fee, size), replaced)
-        return replaced, victims
+        return replaced
 
     def _victims(
         self, tx: Transaction, size: int, rate: int, replaced: _Pending | None
@@ -250,6 +284,9 @@ class Mempool:
         if size > self.max_bytes:
             raise InvalidTransaction(f"mempool full: {size} bytes exceeds its whole capacity")
         sender = tx.sender_address
+        cheapest = self._cheapest_tail()
+        if cheapest is not None and cheapest[2] != sender and cheapest[0] >= rate:
+            raise InvalidTransaction("mempool full: the newcomer does not pay a higher rate")
         tails = [
             (p.rate, -p.order, addr, n)
             for addr, queue in self._senders.items()
@@ -334,7 +371,7 @@ class Mempool:
         if replaced is None:
             return
         queue = self._senders[tx.sender_address]
-        total = sum(p.spend for p in queue.values()) - replaced.spend + spend
+        total = queue.spend - replaced.spend + spend
         balance = state.balance(tx.sender_address)
         if total > balance:
             raise InvalidTransaction(
@@ -352,6 +389,8 @@ class Mempool:
         if queue is None:
             queue = self._senders[tx.sender_address] = _Queue()
         queue.put(tx.nonce, p)
+        if tx.nonce == queue.high:
+            self._push_tail(tx.sender_address, tx.nonce, p)
         self._bytes += size
         if type(tx.payload) is JobResultPayload:
             for claim in tx.payload.claims:
@@ -369,7 +408,32 @@ class Mempool:
         queue.take(p.tx.nonce)
         if not queue:
             del self._senders[sender]
+        elif p.tx.nonce > queue.high:  # it was the last: the one before it is now
+            self._push_tail(sender, queue.high, queue[queue.high])
         self._bytes -= p.size
+
+    def _push_tail(self, sender: bytes, nonce: int, p: _Pending) -> None:
+        tails = self._tails
+        heapq.heappush(tails, (p.rate, -p.order, sender, nonce))
+        if len(tails) > 2 * len(self._senders) + 1024:  # mostly stale: rebuild
+            live = [t for t in tails if self._is_tail(t)]
+            heapq.heapify(live)
+            self._tails = live
+
+    def _is_tail(self, entry: tuple[int, int, bytes, int]) -> bool:
+        _, neg_order, sender, nonce = entry
+        queue = self._senders.get(sender)
+        if queue is None or queue.high != nonce:
+            return False
+        p = queue.get(nonce)
+        return p is not None and p.order == -neg_order
+
+    def _cheapest_tail(self) -> tuple[int, int, bytes, int] | None:
+        """The (rate, -order, sender, nonce) of the cheapest last pending transaction."""
+        tails = self._tails
+        while tails and not self._is_tail(tails[0]):
+            heapq.heappop(tails)
+        return tails[0] if tails else None
 
     def _drop_stale(self, sender: bytes, account_nonce: int) -> None:
         queue = self._senders.get(sender)
@@ -460,6 +524,7 @@ class Mempool:
         self._txs.clear()
         self._senders.clear()
         self._claims.clear()
+        self._tails.clear()
         self._bytes = 0
         self.removals += 1
         self._readmit([*returned, *pending], state, height, skip=in_connected)
@@ -519,8 +584,10 @@ class Mempool:
                 if tx.txid in self._txs:
                     continue
                 try:
-                    replaced, victims = self._check_place(tx, state)
+                    replaced = self._check_place(tx, state)
                     self._check_claims(tx, replaced)
+                    size = len(tx.encoded)
+                    victims = self._victims(tx, size, _rate(tx.fee, size), replaced)
                     spend = self._trial_apply(tx, state, height)
                     self._check_affordable(tx, state, replaced, spend)
                 except InvalidTransaction:

@@ -115,8 +115,9 @@ CLAIM_RECHECK_S = 2.0
 """How often results not yet claimed are looked at again (a claim dropped from the
 mempool, a balance that matured)."""
 CLAIM_FEE = 1_000
-"""The job_result's transaction fee: the wallet's default. There is no minimum fee
-rule; a fee keeps the claim ahead of zero-fee transactions in a full mempool."""
+"""The job_result's transaction fee: the wallet's default, far above the relay's
+minimum (``node.mempool.min_fee``), which keeps the claim ahead of cheap transactions
+in a full mempool."""
 EARLY_PER_TIP = 2
 """Jobs attempted before their job_post's block, per tip, at most: most such attempts make
 no block (those on a template without the post), so posts that keep coming (or never

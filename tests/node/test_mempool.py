@@ -13,7 +13,8 @@ from consensus.errors import InvalidTransaction
 from consensus.keys import PrivateKey
 from consensus.state import State
 from consensus.transactions import JobPostPayload, signed_transaction
-from node.mempool import Mempool
+from node import mempool as mempool_module
+from node.mempool import Mempool, min_fee
 from tests.support import claimkit as jr
 from tests.support.chainkit import (
     ALICE,
@@ -453,3 +454,87 @@ def test_a_claim_of_a_disconnected_block_comes_back_to_the_pool(posted_job):
     chain._disconnect_to(fork)
     mp.on_reorg([block], [chain.blocks[chain.tip.hash]], chain.state, chain.height)
     assert mp.claim_of(jr.JOB_ID) == t.txid
+
+
+def test_a_fee_below_the_relay_minimum_is_refused_with_the_reason(state):
+    """Consensus allows a zero fee; the pool takes at least MIN_FEE_PER_KB per started
+    1,000 bytes, so keys that were never funded cannot fill blocks and state for free."""
+    mp = pool()
+    free = transfer(ALICE, BOB, 5, 0, fee=0)
+    with pytest.raises(InvalidTransaction, match=r"fee: 0 is below the relay minimum of 1 for"):
+        mp.add(free, state, 0)
+    assert min_fee(1) == 1 and min_fee(1000) == 1 and min_fee(1001) == 2
+    assert len(mp) == 0
+    mp.add(transfer(ALICE, BOB, 5, 0, fee=min_fee(len(free.encoded))), state, 0)
+    assert len(mp) == 1
+
+
+def test_a_sender_that_cannot_pay_the_fee_is_refused_before_its_signature_or_a_gap(state):
+    """A key with no funds is refused for its balance at once, even for a nonce ahead
+    (so the relay does not hold it for a gap)."""
+    mp = pool()
+    for nonce in (0, 5):
+        with pytest.raises(InvalidTransaction, match="balance: the sender cannot pay the fee"):
+            mp.add(transfer(NEWCOMER, BOB, 1, nonce, fee=10), state, 0)
+    assert len(mp) == 0
+
+
+def test_a_sender_has_at_most_max_per_sender_pending(state, monkeypatch):
+    monkeypatch.setattr(mempool_module, "MAX_PER_SENDER", 3)
+    mp = pool()
+    for nonce in range(3):
+        mp.add(transfer(ALICE, BOB, 5, nonce), state, 0)
+    with pytest.raises(InvalidTransaction, match="sender: 3 pending transactions, the most"):
+        mp.add(transfer(ALICE, BOB, 5, 3), state, 0)
+    mp.add(transfer(ALICE, BOB, 5, 2, fee=11), state, 0)  # a replacement is not one more
+    mp.add(transfer(BOB, ALICE, 5, 0), state, 0)  # other senders are not held back
+    assert len(mp) == 4
+
+
+def test_a_full_pool_checks_a_newcomers_signature_before_making_room(state):
+    """In a full pool, a newcomer with a forged signature is refused for its signature
+    (its peer is banned), not as 'mempool full' after the work of finding room."""
+    mp = pool(max_txs=2)
+    mp.add(transfer(ALICE, BOB, 5, 0, fee=10), state, 0)
+    mp.add(transfer(BOB, CAROL, 5, 0, fee=10), state, 0)
+    for fee in (5, 50):
+        forged = dataclasses.replace(transfer(CAROL, ALICE, 5, 0, fee=fee), signature=bytes(64))
+        with pytest.raises(InvalidTransaction, match="signature"):
+            mp.add(forged, state, 0)
+    assert len(mp) == 2
+
+
+def test_the_cheapest_queue_tail_is_tracked_through_every_change():
+    """The heap of queue tails that lets a full pool refuse a cheap newcomer at once
+    agrees with a scan of every queue after random admissions, replacements, evictions,
+    blocks and expiry."""
+    import random
+
+    rng = random.Random(7)
+    chain, clock = new_chain()
+    keys = [ALICE, BOB, CAROL, DAVE, ERIN]
+    fake = FixedClock()
+    mp = pool(max_txs=12, ttl_ms=50, clock=fake)
+    for step in range(400):
+        fake.now += 1
+        key = rng.choice(keys)
+        sender = key.address
+        base = chain.state.nonce(sender)
+        pending = len(mp.by_sender(sender))
+        nonce = base + rng.randrange(pending + 1)  # next, or replace one pending
+        fee = rng.randrange(1, 200)
+        with contextlib.suppress(InvalidTransaction):
+            mp.add(
+                transfer(key, BOB if key is not BOB else ALICE, 1, nonce, fee=fee),
+                chain.state,
+                chain.height,
+            )
+        if step % 97 == 96:
+            block = next_block(chain, clock, tuple(mp.select(5, 1 << 20)))
+            chain.add_block(block)
+            mp.remove_for_block(block)
+        if step % 53 == 52:
+            mp.expire(fake.now)
+        tails = [(p.rate, -p.order) for q in mp._senders.values() for p in [q[q.high]]]
+        cheapest = mp._cheapest_tail()
+        assert (cheapest[:2] if cheapest else None) == (min(tails) if tails else None), step
