@@ -77,6 +77,7 @@ from node.rpc.server import MAX_REQUEST_BYTES, RpcServer
 from node.services.data_host import DataHost
 from node.services.market import MarketService
 from node.store import FILENAME, Store
+from node.txindex import TxIndex
 from node.verifier import ProofOfWorkMemo, SignatureVerifier
 from node.work import WorkSource, now_ms
 
@@ -220,6 +221,7 @@ class Node:
             return p2p.peers
 
         self.chain_service = service = ChainService(chain, self.store, self.metrics)
+        self.txindex = TxIndex(chain)
 
         def unconnecting(peer: PeerSession, prev_hash: bytes) -> None:
             self.sync.block_on_missing_parent(peer, prev_hash)  # built just below
@@ -456,6 +458,7 @@ class Node:
         service = self.chain_service
         service.push_new_tips_with(self.compact.push)
         service.announce_blocks_with(self._announce_block)
+        service.on_chain_changed(self.txindex.chain_changed)
         service.on_chain_changed(self.compact.chain_changed)
         service.on_chain_changed(self._mempool_follows)
         service.on_chain_changed(self.txs.chain_changed)

@@ -17,6 +17,8 @@ from node.rpc.server import BATCH_YIELD, INVALID_PARAMS, REJECTED, RpcError, Rpc
 from node.rpc.views import block_json, header_json, tx_json
 
 MAX_TX_BATCH = 1_000
+MAX_REPLY_TXIDS = 100_000
+"""The most txids ``getblocktimes`` lists (whole blocks, the newest first)."""
 """Transactions one sendtransactions call may carry."""
 
 if TYPE_CHECKING:
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from node.relay.sync_progress import SyncProgress
     from node.relay.txrelay import TxRelay
     from node.services.market import MarketService
+    from node.txindex import TxIndex
 
 
 def _address(text: Any) -> bytes:
@@ -90,6 +93,9 @@ class NodeApi(Protocol):
 
     @property
     def sync_progress(self) -> SyncProgress: ...
+
+    @property
+    def txindex(self) -> TxIndex: ...
 
     @property
     def block_times(self) -> dict[bytes, float]: ...
@@ -175,7 +181,8 @@ def register_methods(rpc: RpcServer, node: NodeApi) -> None:
         if tx is not None:
             return {**tx_json(tx), "confirmations": 0, "block": None}
         c = chain()
-        for height in range(c.height, 0, -1):
+        height = node.txindex.height_of(h)
+        if height is not None:
             block: Block = c.block_at(height)
             for t in block.txs:
                 if t.txid == h:
@@ -225,11 +232,9 @@ def register_methods(rpc: RpcServer, node: NodeApi) -> None:
         addr = _address(address)
         for tx in node.mempool.by_sender(addr):
             return str(tx.sender.hex())
-        c = chain()
-        for height in range(c.height, 0, -1):
-            for t in c.block_at(height).txs:
-                if t.sender_address == addr:
-                    return str(t.sender.hex())
+        key = node.txindex.public_key(addr)
+        if key is not None:
+            return key.hex()
         raise RpcError(
             REJECTED,
             f"{address} has not sent a transaction on this chain, so its public key is "
@@ -311,10 +316,20 @@ def register_methods(rpc: RpcServer, node: NodeApi) -> None:
     async def getblocktimes(count: int = 100, with_txids: bool = False) -> dict[str, Any]:
         """First-seen times (this node's clock, seconds) of the last ``count`` active
         blocks, and of the side blocks it knows above them: for the testnet tools'
-        propagation, latency and stale-block measurements. Read-only."""
+        propagation, latency and stale-block measurements. Read-only. With
+        ``with_txids``, only as many of the newest blocks as hold MAX_REPLY_TXIDS
+        transactions (a reply of every txid in a long chain was 47 MB, built on the
+        event loop)."""
         count = min(_int(count, "count"), 100_000)
         c = chain()
         low = max(0, c.height - count + 1)
+        if with_txids:
+            listed = 0
+            for h in range(c.height, low - 1, -1):
+                listed += len(c.blocks[c.active[h]].txs)
+                if listed > MAX_REPLY_TXIDS:
+                    low = h + 1
+                    break
 
         def row(h: bytes, with_txs: bool) -> dict[str, Any]:
             b = c.blocks[h]

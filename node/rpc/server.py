@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
@@ -102,6 +103,62 @@ class RpcMethod(NamedTuple):
     signature: inspect.Signature
 
 
+WS_SUBSCRIBERS = 128
+"""Event-stream subscribers at once; one more is refused (503)."""
+WS_QUEUE_BYTES = 1024 * 1024
+"""Events waiting for one subscriber, by size; past it (a subscriber that does not read
+as fast as events come) it is closed: a stalled one held ~15 MB a minute, unbounded."""
+WS_SEND_TIMEOUT = 10.0
+"""One event's send to a subscriber may wait this long for its socket to drain."""
+
+
+class _Subscriber:
+    """One /ws client: a bounded queue of events and the task that writes them."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self.queue: deque[str] = deque()
+        self.queued_bytes = 0
+        self.ready = asyncio.Event()
+        self.writer = asyncio.create_task(self._write(), name="ws-subscriber")
+        self.closing: asyncio.Future[None] | None = None
+
+    def offer(self, text: str) -> bool:
+        """Queue an event; False if the subscriber is too far behind (closed then)."""
+        if self.closing is not None:
+            return False
+        if self.queued_bytes + len(text) > WS_QUEUE_BYTES:
+            self.close("not reading its events")
+            return False
+        self.queue.append(text)
+        self.queued_bytes += len(text)
+        self.ready.set()
+        return True
+
+    def close(self, why: str) -> None:
+        log.info("closing an event-stream subscriber: %s", why)
+        self.writer.cancel()
+        self.queue.clear()
+        self.queued_bytes = 0
+        self.closing = asyncio.ensure_future(_close_quietly(self.ws))
+
+    async def _write(self) -> None:
+        while True:
+            await self.ready.wait()
+            self.ready.clear()
+            while self.queue:
+                text = self.queue.popleft()
+                self.queued_bytes -= len(text)
+                try:
+                    async with asyncio.timeout(WS_SEND_TIMEOUT):
+                        await self.ws.send_str(text)
+                except TimeoutError:
+                    self.close(f"an event waited {WS_SEND_TIMEOUT:g}s to be sent")
+                    return
+                except (ConnectionError, RuntimeError):
+                    return
+
+
 class RpcServer:
     """Dispatches JSON-RPC requests to registered coroutine methods."""
 
@@ -109,8 +166,7 @@ class RpcServer:
         self.token = token
         self.metrics = metrics
         self.methods: dict[str, RpcMethod] = {}
-        self.subscribers: set[web.WebSocketResponse] = set()
-        self._sends: set[asyncio.Task[None]] = set()
+        self.subscribers: dict[web.WebSocketResponse, _Subscriber] = {}
         self._bad_upgrades = RateLimitedLog(log)
         self.routes: list[web.RouteDef] = []
         self.method("help", self.help)
@@ -297,32 +353,35 @@ class RpcServer:
                 logging.INFO, "refused a bad WebSocket upgrade from %s", request.remote
             )
             return bad_upgrade()
+        if len(self.subscribers) >= WS_SUBSCRIBERS:
+            return web.json_response(
+                {"error": f"the event stream has {WS_SUBSCRIBERS} subscribers, the most"},
+                status=503,
+            )
         await ws.prepare(request)
-        self.subscribers.add(ws)
+        sub = self.subscribers[ws] = _Subscriber(ws)
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT and msg.data.strip() == "ping":
-                    await ws.send_str('{"event": "pong"}')
+                    sub.offer('{"event": "pong"}')
                 elif msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
                     break
         finally:
-            self.subscribers.discard(ws)
+            del self.subscribers[ws]
+            sub.writer.cancel()
         return ws
 
     def notify(self, event: dict[str, Any]) -> None:
         if not self.subscribers:
             return
         text = json.dumps(event)
-        for ws in list(self.subscribers):
-            if ws.closed:
-                self.subscribers.discard(ws)
-                continue
-            task = asyncio.ensure_future(_send_quietly(ws, text))
-            self._sends.add(task)  # keep a reference until it is done
-            task.add_done_callback(self._sends.discard)
+        for ws, sub in list(self.subscribers.items()):
+            if not ws.closed:
+                sub.offer(text)
 
     async def close_subscribers(self) -> None:
-        for ws in list(self.subscribers):
+        for ws, sub in list(self.subscribers.items()):
+            sub.writer.cancel()
             await ws.close()
         self.subscribers.clear()
 
@@ -428,9 +487,9 @@ def _reply_limit_error(req_id: Any) -> dict[str, Any]:
     return _error(req_id, REPLY_LIMIT, message)
 
 
-async def _send_quietly(ws: web.WebSocketResponse, text: str) -> None:
+async def _close_quietly(ws: web.WebSocketResponse) -> None:
     with contextlib.suppress(ConnectionError, RuntimeError):
-        await ws.send_str(text)
+        await ws.close()
 
 
 def _error(req_id: Any, code: int, message: str, data: Any = None) -> dict[str, Any]:

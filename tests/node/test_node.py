@@ -25,6 +25,7 @@ from consensus.market import job_id_of
 from consensus.pow import Job, null_job
 from consensus.transactions import JobPostPayload, Transaction, encode_tx
 from node.app import INV_BLOCK, INV_CMPCT, INV_TX, Node
+from node.chain_service import ChainChange
 from node.config import NodeConfig
 from node.net.wire import (
     BlockBody,
@@ -283,6 +284,103 @@ async def test_websocket_subscribers_hear_about_new_blocks(node):
         await node.process_block(block, source=None)
         event = json.loads((await ws.receive(timeout=5)).data)
         assert event == {"event": "block", "hash": block.hash.hex(), "height": 1, "txs": 0}
+
+
+async def test_a_websocket_subscriber_that_does_not_read_is_dropped_not_buffered(node, monkeypatch):
+    """Events for a /ws subscriber wait in a queue of at most WS_QUEUE_BYTES; one that
+    stops reading while events keep coming is closed instead of being buffered without
+    bound (a stalled one held ~15 MB a minute), and a reading one is not disturbed."""
+    from node.rpc import server
+
+    monkeypatch.setattr(server, "WS_QUEUE_BYTES", 256 * 1024)
+    url = f"http://127.0.0.1:{node.rpc_port}/ws"
+    async with aiohttp.ClientSession() as s, s.ws_connect(url) as stalled:
+        await stalled.send_str("ping")
+        assert json.loads((await stalled.receive(timeout=5)).data)["event"] == "pong"
+        (sub,) = node.rpc.subscribers.values()
+        most = 0
+        for i in range(400):  # 50 MB of events, far past every socket buffer
+            node.rpc.notify({"event": "test", "i": i, "pad": "x" * 128 * 1024})
+            most = max(most, sub.queued_bytes)
+            await asyncio.sleep(0)
+            if not node.rpc.subscribers:
+                break
+        assert node.rpc.subscribers == {}, "the stalled subscriber was dropped"
+        assert most <= 256 * 1024
+    async with aiohttp.ClientSession() as s, s.ws_connect(url) as reader:
+        await reader.send_str("ping")
+        assert json.loads((await reader.receive(timeout=5)).data)["event"] == "pong"
+        node.rpc.notify({"event": "test", "i": 0})
+        assert json.loads((await reader.receive(timeout=5)).data) == {"event": "test", "i": 0}
+
+
+async def test_getblocktimes_with_txids_lists_only_the_newest_blocks_up_to_the_cap(
+    node, monkeypatch
+):
+    """``getblocktimes(count, true)`` lists every txid of the blocks it returns: on a long
+    chain one call built a 47 MB reply on the event loop. It returns only as many of
+    the newest blocks as hold MAX_REPLY_TXIDS transactions (whole blocks)."""
+    from node.rpc import methods
+
+    monkeypatch.setattr(methods, "MAX_REPLY_TXIDS", 3)
+    blocks = []
+    for nonce in range(3):  # blocks of 2 transfers each
+        txs = (transfer(ALICE, BOB, 1, 2 * nonce), transfer(ALICE, BOB, 1, 2 * nonce + 1))
+        blocks.append(_block_for(node, txs))
+        await node.process_block(blocks[-1], source=None)
+    reply = (await rpc_call(node, "getblocktimes", 10, True))["result"]
+    assert [b["height"] for b in reply["active"]] == [3]  # 2 txids; one more block: 4 > 3
+    assert reply["active"][0]["txids"] == [t.txid.hex() for t in blocks[-1].txs]
+    without = (await rpc_call(node, "getblocktimes", 10, False))["result"]
+    assert [b["height"] for b in without["active"]] == [0, 1, 2, 3]
+
+
+async def test_transactions_and_public_keys_are_found_by_index_across_restarts(
+    tmp_path, monkeypatch
+):
+    """``gettransaction`` and ``getpublickey`` scanned every block from the tip on the
+    event loop (~0.2 s a call with ~690k transactions on chain). They use an index
+    built at start and kept by every chain change, a reorg included."""
+    cfg = NodeConfig(params=MID, datadir=tmp_path / "n")
+    n = Node(cfg)
+    await n.start()
+    tx = transfer(ALICE, BOB, 5, 0)
+    try:
+        first = _block_for(n, (tx,))
+        await n.process_block(first, source=None)
+        await n.process_block(_block_for(n), source=None)
+    finally:
+        await n.stop()
+    n = Node(cfg)
+    await n.start()
+    try:
+        found = (await rpc_call(n, "gettransaction", tx.txid.hex()))["result"]
+        assert (found["height"], found["confirmations"], found["block"]) == (
+            1,
+            2,
+            first.hash.hex(),
+        )
+        key = (await rpc_call(n, "getpublickey", address_to_text(ALICE.address)))["result"]
+        assert key == ALICE.public_key.hex()
+
+        def no_scan(height: int) -> Block:
+            raise AssertionError(f"block {height} was read for an unknown id")
+
+        monkeypatch.setattr(n.chain, "block_at", no_scan)
+        unknown = await rpc_call(n, "gettransaction", "ab" * 32)
+        assert "unknown transaction" in unknown["error"]["message"]
+        nokey = await rpc_call(n, "getpublickey", address_to_text(CAROL.address))
+        assert "has not sent a transaction" in nokey["error"]["message"]
+        monkeypatch.undo()
+
+        # A reorg that takes the block away takes its transaction and key with it.
+        n.txindex.chain_changed(ChainChange(connected=(), disconnected=(first,)))
+        assert n.txindex.height_of(tx.txid) is None
+        assert n.txindex.public_key(ALICE.address) is None
+        n.txindex.chain_changed(ChainChange(connected=(first,), disconnected=()))
+        assert n.txindex.height_of(tx.txid) == 1
+    finally:
+        await n.stop()
 
 
 async def test_restart_keeps_the_chain(tmp_path):
