@@ -26,6 +26,8 @@ the one the owner announced (``putdataset`` still takes a small set in one call)
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -104,7 +106,11 @@ class DataHost:
         self.staging_dir = directory / "staging"
         shutil.rmtree(self.staging_dir, ignore_errors=True)
         self._stagings: dict[bytes, Staging] = {}
-        self._challenges: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
+        # Challenges carry their expiry under a MAC of this process's secret, so issuing
+        # one keeps nothing: a flood of requests for them cannot push out a reader's
+        # (10,000 in 3 s did, when they were kept). Only the answered ones are.
+        self._secret = os.urandom(32)
+        self._spent: OrderedDict[bytes, float] = OrderedDict()
         self.served_nonces: set[tuple[bytes, bytes]] = set()
         for entry in self.reads():
             self.served_nonces.add(
@@ -229,15 +235,32 @@ class DataHost:
     # ------------------------------------------------------------ serving
 
     def new_challenge(self) -> bytes:
+        """32 bytes: an expiry (ms of the monotonic clock), 8 random bytes and a MAC of
+        both under this host's secret (good here, until then, once)."""
+        expiry = int((time.monotonic() + CHALLENGE_TTL_S) * 1000).to_bytes(8, "big")
+        body = expiry + os.urandom(8)
+        return body + self._challenge_mac(body)
+
+    def _challenge_mac(self, body: bytes) -> bytes:
+        return hmac.new(self._secret, body, hashlib.sha256).digest()[:16]
+
+    def _live_challenge(self, challenge: bytes) -> float | None:
+        """The expiry (s) of a challenge this host issued that has not expired, or None."""
+        if len(challenge) != 32:
+            return None
+        body, mac = challenge[:16], challenge[16:]
+        if not hmac.compare_digest(mac, self._challenge_mac(body)):
+            return None
+        expiry = int.from_bytes(body[:8], "big") / 1000
+        return expiry if expiry >= time.monotonic() else None
+
+    def _spend(self, challenge: bytes, expiry: float) -> None:
+        """Remember an answered challenge until it expires (MAX_CHALLENGES at most)."""
         now = time.monotonic()
-        while self._challenges and (
-            len(self._challenges) >= MAX_CHALLENGES
-            or next(iter(self._challenges.values()))[1] < now
-        ):
-            self._challenges.popitem(last=False)
-        challenge = os.urandom(32)
-        self._challenges[challenge] = (challenge, now + CHALLENGE_TTL_S)
-        return challenge
+        spent = self._spent
+        while spent and (len(spent) >= MAX_CHALLENGES or next(iter(spent.values())) < now):
+            spent.popitem(last=False)
+        spent[challenge] = expiry
 
     def authorize(self, req: dict[str, Any]) -> tuple[bytes, bytes, bytes, list[bytes]]:
         """(dataset id, request nonce, reader address, chunks) or ReadRefused with the reason."""
@@ -251,13 +274,14 @@ class DataHost:
             raise ReadRefused("malformed read request") from None
         if len(public_key) != 32 or len(dataset_id) != 32 or len(nonce) != 32:
             raise ReadRefused("malformed read request")
-        # The challenge is spent by any attempt, so an answer is good once.
-        entry = self._challenges.pop(challenge, None)
-        if entry is None or entry[1] < time.monotonic():
+        expiry = self._live_challenge(challenge)
+        if expiry is None or challenge in self._spent:
             raise ReadRefused("unknown, expired or already used challenge")
         digest = read_digest(self.chain_id, self.host_id.data, challenge, dataset_id, nonce)
         if not verify_signature(public_key, digest, signature):
             raise ReadRefused("the signature does not prove the named key")
+        # Spent by any signed answer, so an answer is good once, even a refused one.
+        self._spend(challenge, expiry)
         reader = address(public_key)
         state = self.chain.state
         dataset = dataset_record(state, dataset_id)

@@ -457,3 +457,35 @@ def test_train_on_a_granted_dataset_reads_trains_locally_and_publishes_its_prove
     assert len(audit["access_logs"]) == 2 and len(audit["models"]) == 1
     unknown = run("train", "--dataset", "ab" * 32, "--wallet", reader, *at)
     assert unknown.exit_code != 0 and f"unknown dataset {'ab' * 32}" in unknown.stderr
+
+
+async def test_a_flood_of_challenges_does_not_push_out_a_readers_challenge(hosted, monkeypatch):
+    """Challenges cost the host nothing to issue (their expiry travels under its MAC):
+    more than MAX_CHALLENGES requested after a reader's leave the reader's good, and a
+    made-up or expired one is refused."""
+    node, owner = hosted
+    monkeypatch.setattr(data_host, "MAX_CHALLENGES", 50)
+    request = os.urandom(32)
+    await mine(node, owner.log(BOB, request))
+    host = node.data_host
+    early = host.new_challenge()
+    for _ in range(200):
+        host.new_challenge()
+    digest = read_digest(MID.chain_id, node.key.public_key.data, early, owner.ds, request)
+    answer = {
+        "dataset_id": owner.ds.hex(),
+        "request_nonce": request.hex(),
+        "public_key": BOB.public_key.hex(),
+        "challenge": early.hex(),
+        "signature": BOB.sign(digest).hex(),
+    }
+    assert host.authorize(answer)[2] == BOB.address
+    with pytest.raises(data_host.ReadRefused, match="already used challenge"):
+        host.authorize(answer)
+    for bad in (os.urandom(32), early[:16] + bytes(16), early[:31]):
+        with pytest.raises(data_host.ReadRefused, match="unknown, expired"):
+            host.authorize({**answer, "challenge": bad.hex()})
+    monkeypatch.setattr(data_host, "CHALLENGE_TTL_S", -1.0)
+    stale = host.new_challenge()
+    with pytest.raises(data_host.ReadRefused, match="unknown, expired"):
+        host.authorize({**answer, "challenge": stale.hex()})
