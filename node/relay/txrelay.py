@@ -83,6 +83,9 @@ HELD_MAX_BYTES = 4 * 1024 * 1024
 """Their encoded bytes, at most (a transaction may be 256 KiB), the same way."""
 HELD_PER_SENDER = 64
 """Held transactions of one sender, at most."""
+HELD_PER_PEER = 250
+"""Held transactions one peer sent, at most (a quarter of HELD_MAX): past the bounds the
+peer holding the most loses its longest held, so one peer cannot push out the others'."""
 HELD_AHEAD = 64
 """A transaction more than this many nonces past the sender's next one is not held."""
 HELD_TTL_S = 600.0
@@ -117,12 +120,14 @@ def _valid_on_its_own(tx: Any, chain_id: int) -> bool:
 class HeldTxs:
     """Transactions refused only for a nonce gap, by sender and nonce, until the gap
     fills (see the module docstring): at most ``HELD_PER_SENDER`` a sender and
-    ``HELD_MAX`` and ``HELD_MAX_BYTES`` in all (the longest held dropped first), none
-    past ``HELD_TTL_S``."""
+    ``HELD_MAX`` and ``HELD_MAX_BYTES`` in all, ``HELD_PER_PEER`` from one peer (past
+    the bounds, the longest held of the peer that holds the most goes first), none past
+    ``HELD_TTL_S``."""
 
     def __init__(self) -> None:
         self._by_sender: dict[bytes, dict[int, tuple[Any, PeerSession | None, float]]] = {}
         self._order: OrderedDict[bytes, tuple[bytes, int]] = OrderedDict()  # oldest first
+        self._per_peer: dict[PeerSession | None, int] = {}
         self.bytes = 0
 
     def __len__(self) -> int:
@@ -144,6 +149,8 @@ class HeldTxs:
         another transaction holds that nonce already (the first one stays)."""
         if len(tx.encoded) > HELD_MAX_BYTES:
             return False
+        if peer is not None and self._per_peer.get(peer, 0) >= HELD_PER_PEER:
+            return False
         held = self._by_sender.setdefault(sender, {})
         if nonce in held or len(held) >= HELD_PER_SENDER:
             if not held:
@@ -151,10 +158,15 @@ class HeldTxs:
             return False
         held[nonce] = (tx, peer, since)
         self._order[tx.txid] = (sender, nonce)
+        self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
         self.bytes += len(tx.encoded)
         while len(self._order) > HELD_MAX or self.bytes > HELD_MAX_BYTES:
-            self._drop(next(iter(self._order)))
+            most = max(self._per_peer, key=lambda p: self._per_peer[p])
+            self._drop(next(t for t, (s, n) in self._order.items() if self._peer_of(s, n) is most))
         return tx.txid in self._order
+
+    def _peer_of(self, sender: bytes, nonce: int) -> PeerSession | None:
+        return self._by_sender[sender][nonce][1]
 
     def lowest(self, sender: bytes) -> int | None:
         """The lowest nonce held for ``sender`` (None if none is)."""
@@ -184,11 +196,20 @@ class HeldTxs:
             for nonce, (tx, source, since) in list(held.items()):
                 if source is peer:
                     held[nonce] = (tx, None, since)
+        moved = self._per_peer.pop(peer, 0)
+        if moved:
+            self._per_peer[None] = self._per_peer.get(None, 0) + moved
 
     def _drop(self, txid: bytes) -> None:
         sender, nonce = self._order.pop(txid)
         held = self._by_sender[sender]
-        self.bytes -= len(held.pop(nonce)[0].encoded)
+        tx, peer, _ = held.pop(nonce)
+        self.bytes -= len(tx.encoded)
+        left = self._per_peer[peer] - 1
+        if left:
+            self._per_peer[peer] = left
+        else:
+            del self._per_peer[peer]
         if not held:
             del self._by_sender[sender]
 

@@ -174,3 +174,27 @@ def test_held_transactions_are_bounded_per_sender_in_all_and_in_time(
     too_big = _fake(s2, 1, 700 * 1024)
     assert not held.hold(too_big, peer, s2, 1, now), "one alone over the bound is not held"
     assert len(held) == 2 and held.bytes == 512 * 1024, "nor does it push the others out"
+
+
+def test_one_peer_holds_at_most_its_share_and_loses_its_own_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A peer sending gapped transactions from many funded keys filled every held slot
+    and pushed out an honest peer's (the longest held went first, whoever sent it).
+    Each peer now holds at most HELD_PER_PEER, and past the bounds the peer that holds
+    the most loses its longest held."""
+    monkeypatch.setattr("node.relay.txrelay.HELD_PER_PEER", 3)
+    monkeypatch.setattr("node.relay.txrelay.HELD_MAX", 5)
+    held, honest, flooder, now = HeldTxs(), _Peer(), _Peer(), time.monotonic()
+    mine = _fake(b"\x09" * 20, 1)
+    assert held.hold(mine, honest, b"\x09" * 20, 1, now)
+    senders = [bytes([i]) * 20 for i in range(1, 7)]
+    took = [held.hold(_fake(s, 1), flooder, s, 1, now + i) for i, s in enumerate(senders, 1)]
+    assert took == [True, True, True, False, False, False], "the flooder's share is 3"
+    assert mine.txid in held
+    other = _Peer()
+    for i, s in enumerate(senders[3:5], 10):
+        assert held.hold(_fake(s, 2), other, s, 2, now + i)
+    # 6 held over a bound of 5: the flooder (3, the most) lost its longest held.
+    assert len(held) == 5 and _fake(senders[0], 1).txid not in held
+    assert mine.txid in held
