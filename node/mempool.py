@@ -11,8 +11,8 @@ Policy choices (not consensus): a transaction pays at least ``MIN_FEE_PER_KB``
 for each started 1,000 encoded bytes (consensus allows a zero fee: without the
 floor, keys that were never funded filled blocks and state for nothing); a
 sender has at most ``MAX_PER_SENDER`` pending; transactions are ranked by fee
-per encoded byte; replacing a pending (sender, nonce) needs a strictly higher
-fee; a full pool evicts the cheapest transaction that is last in its sender's
+per encoded byte; replacing a pending (sender, nonce) needs a tenth more fee
+(``replacement_fee``); a full pool evicts the cheapest transaction that is last in its sender's
 queue (so no gap is left) only for a newcomer paying a higher rate, found
 through a heap of the queues' last transactions kept as the pool changes (a
 newcomer that pays no more than the cheapest is refused in O(log n)); a
@@ -57,6 +57,13 @@ MAX_PER_SENDER = 1_000
 """Pending transactions one sender may have (a replacement within them costs O(queue))."""
 RATE_SHIFT = 32
 """Fee rates are fee·2^32 // size: exact integers, ordered like fee per byte."""
+
+
+def replacement_fee(fee: int) -> int:
+    """The least fee that replaces a pending transaction paying ``fee``: a tenth more
+    (at least 1), so that bumping one without end costs more each time (a 1-unit bump
+    each time let one sender make the pool re-check its queue for nothing)."""
+    return fee + max(1, fee // 10)
 
 
 def min_fee(size: int) -> int:
@@ -266,10 +273,11 @@ class Mempool:
                 tx.nonce,
                 next_nonce,
             )
-        if replaced is not None and tx.fee <= replaced.tx.fee:
+        if replaced is not None and tx.fee < replacement_fee(replaced.tx.fee):
             raise InvalidTransaction(
                 f"replacement: fee {tx.fee} does not exceed the pending transaction's "
-                f"fee {replaced.tx.fee} for nonce {tx.nonce}"
+                f"fee {replaced.tx.fee} for nonce {tx.nonce} by a tenth "
+                f"(at least {replacement_fee(replaced.tx.fee)})"
             )
         return replaced
 

@@ -14,7 +14,7 @@ from consensus.keys import PrivateKey
 from consensus.state import State
 from consensus.transactions import JobPostPayload, signed_transaction
 from node import mempool as mempool_module
-from node.mempool import Mempool, min_fee
+from node.mempool import Mempool, min_fee, replacement_fee
 from tests.support import claimkit as jr
 from tests.support.chainkit import (
     ALICE,
@@ -123,6 +123,16 @@ def test_replace_by_fee_needs_a_strictly_higher_fee(state):
     better = transfer(ALICE, CAROL, 5, 0, fee=11)
     mp.add(better, state, 0)
     assert len(mp) == 1 and original.txid not in mp and mp.get(better.txid) == better
+
+
+def test_a_replacement_pays_a_tenth_more_so_endless_bumps_grow_costly(state):
+    mp = pool()
+    mp.add(transfer(ALICE, BOB, 5, 0, fee=1000), state, 0)
+    with pytest.raises(InvalidTransaction, match=r"by a tenth \(at least 1100\)"):
+        mp.add(transfer(ALICE, CAROL, 5, 0, fee=1099), state, 0)
+    mp.add(transfer(ALICE, CAROL, 5, 0, fee=1100), state, 0)
+    assert [t.fee for t in mp.by_sender(ALICE.address)] == [1100]
+    assert replacement_fee(9) == 10 and replacement_fee(0) == 1
 
 
 def test_a_replacement_must_keep_later_pending_txs_affordable(state):
