@@ -47,7 +47,7 @@ from consensus.merkle import (
     verify_branch,
 )
 from node.net.errors import ProtocolViolation
-from node.net.peer import PeerSession
+from node.net.peer import PeerSession, TokenBucket
 from node.net.wire import (
     MAX_RANGE_CHUNKS,
     MAX_RANGE_PROOF,
@@ -342,6 +342,12 @@ GRANT_BYTES = RANGE_BYTES + 64 * 1024
 """Reply bytes granted per range request (``PeerSession.grant``): chunk data and proof."""
 TREE_BUILDS = 2
 """Blob trees built at once to serve (a 256 MiB blob is read and hashed: ~0.5 GB)."""
+MISS_RATE = 0.5
+"""Trees a peer's requests may have built per second on average (a stored blob not in
+the serve cache is read and hashed whole: asking in turn for blobs that together
+exceed the cache cost ~0.09 CPU-s a request, ~390 times a cached one)..."""
+MISS_BURST = 4.0
+"""...and in a burst. A request past them waits for its turn; other peers' do not."""
 SERVE_CACHE_BYTES = MAX_BLOB_SIZE
 """Blobs kept in memory with their trees to serve chunks (LRU by bytes)."""
 _DRAIN_TIMEOUT = 30.0
@@ -389,6 +395,7 @@ class BlobExchange:
         # Trees being built to serve, one per root, however many peers ask meanwhile.
         self._building: dict[bytes, asyncio.Task[BlobTree | None]] = {}
         self._builds = asyncio.Semaphore(TREE_BUILDS)
+        self._misses: dict[PeerSession, TokenBucket] = {}
         self._trees: OrderedDict[bytes, BlobTree] = OrderedDict()
         self._tree_bytes = 0
         # ``put`` runs on worker threads (an operand upload) and caches the tree it built.
@@ -457,20 +464,34 @@ class BlobExchange:
                 self._tree_bytes -= old.size
             return tree
 
-    async def _tree(self, root: bytes) -> BlobTree | None:
+    async def _tree(self, root: bytes, peer: PeerSession | None = None) -> BlobTree | None:
         """The tree of the stored blob ``root`` to serve (None if we lack it): cached, or
-        read and built once however many peers ask meanwhile, TREE_BUILDS at a time."""
+        read and built once however many peers ask meanwhile, TREE_BUILDS at a time, and
+        for ``peer`` at MISS_RATE."""
         with self._trees_lock:
             tree = self._trees.get(root)
             if tree is not None:
                 self._trees.move_to_end(root)
                 return tree
         task = self._building.get(root)
+        if task is None and peer is not None:
+            if not await asyncio.to_thread(self.store.has_blob, root):
+                return None  # a blob we lack costs nothing to say so
+            await self._pace_miss(peer)
+            task = self._building.get(root)  # another request may have started it
         if task is None:
             task = asyncio.create_task(self._build(root), name=f"blob tree {root.hex()[:16]}")
             self._building[root] = task
             task.add_done_callback(lambda _: self._building.pop(root, None))
         return await asyncio.shield(task)
+
+    async def _pace_miss(self, peer: PeerSession) -> None:
+        """Wait until ``peer`` may have another tree built (MISS_RATE, MISS_BURST)."""
+        bucket = self._misses.get(peer)
+        if bucket is None:
+            bucket = self._misses[peer] = TokenBucket(MISS_RATE, MISS_BURST)
+        while not bucket.take():
+            await asyncio.sleep((1.0 - bucket.tokens) / bucket.rate)
 
     async def _build(self, root: bytes) -> BlobTree | None:
         async with self._builds:
@@ -501,7 +522,7 @@ class BlobExchange:
 
     async def on_blob_get(self, peer: PeerSession, msg: BlobGet) -> None:
         """Answer with the chunk and its branch, or ``total = 0`` if we lack the blob."""
-        tree = await self._tree(msg.root)
+        tree = await self._tree(msg.root, peer)
         if tree is None:
             await peer.send(BlobChunk(msg.root, msg.index, 0, b"", ()))
             return
@@ -517,7 +538,7 @@ class BlobExchange:
         proof, or ``total = 0`` if we lack the blob."""
         if msg.count == 0:
             raise ProtocolViolation("blob_get_range: asks for no chunks")
-        tree = await self._tree(msg.root)
+        tree = await self._tree(msg.root, peer)
         if tree is None:
             await peer.send(BlobRange(msg.root, msg.first, 0, (), ()))
             return
@@ -561,6 +582,7 @@ class BlobExchange:
             _fail(self._waiting.pop(key)[0], _PeerFailed("disconnected"))
         for key in [k for k in self._expired if k[0] is peer]:
             del self._expired[key]
+        self._misses.pop(peer, None)
 
     def close(self) -> None:
         """Cancel fetches in progress (the node is stopping)."""

@@ -308,6 +308,33 @@ async def test_peers_asking_at_once_for_an_uncached_blob_share_one_read(nodes, m
             await p.close()
 
 
+async def test_a_peer_that_keeps_missing_the_serve_cache_waits_for_its_turn(nodes, monkeypatch):
+    """A blob not in the serve cache is read and hashed whole to serve one chunk: a peer
+    asking in turn for blobs that together exceed the cache cost ~390 times a cached
+    request each. Each peer may have MISS_RATE such builds a second (MISS_BURST at
+    once); past that its request waits, and other peers' do not."""
+    monkeypatch.setattr(blobs_module, "MISS_RATE", 0.25)  # the next in 4 s
+    monkeypatch.setattr(blobs_module, "MISS_BURST", 1.0)
+    a = await nodes("a")
+    blobs = [os.urandom(CHUNK_SIZE + i) for i in range(3)]
+    for data in blobs:
+        a.store.put_blob(blob_root(data), data, CHUNK_SIZE)  # stored, not cached
+    thrasher, other = await _evil_peer(a), await _evil_peer(a)
+    try:
+        await thrasher.send(BlobGetRange(blob_root(blobs[0]), 0, 1))
+        await thrasher.wait_for(lambda: thrasher.of_type(BlobRange))
+        await thrasher.send(BlobGetRange(blob_root(blobs[1]), 0, 1))  # past its budget
+        await other.send(BlobGetRange(blob_root(blobs[2]), 0, 1))
+        reply = await other.wait_for_message(BlobRange)
+        assert reply.chunks == (blobs[2][:CHUNK_SIZE],), "another peer is served at once"
+        # Its own waits (4 s at this rate): still one reply, and no ban.
+        assert [m.root for m in thrasher.of_type(BlobRange)] == [blob_root(blobs[0])]
+        assert a.p2p.bans() == [] and not thrasher.closed.is_set()
+    finally:
+        for p in (thrasher, other):
+            await p.close()
+
+
 async def test_a_result_readied_to_serve_is_served_without_reading_it_back(nodes, monkeypatch):
     """A miner's C, stored under the root it computed, is readied to serve from the
     matrix in memory (``warm``): its client asks for it next, and is served without the
