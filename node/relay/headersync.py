@@ -48,10 +48,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from time import monotonic
 from typing import TYPE_CHECKING
 
 from consensus.blocks import Block, BlockHeader
@@ -86,9 +86,11 @@ DOWNLOAD_WINDOW = 256
 PER_PEER_INFLIGHT = 32
 STALL_SECONDS = 10.0
 MAX_STALLS = 3
-"""Housekeeping passes in a row that found a peer's block requests stalled (or
-NOTFOUND replies for blocks whose headers it sent us), with no block delivered in
-between, before it is disconnected (not banned: a slow link is no offence)."""
+"""Housekeeping passes in a row that found a peer's block requests stalled while it
+had delivered no block for STALL_SECONDS (or NOTFOUND replies for blocks whose
+headers it sent us), before it is disconnected (not banned). A peer that delivers,
+however slowly (big blocks on a slow link), is not a staller: its late requests
+only go to another peer."""
 QUEUE_AHEAD_BYTES = 16 * 1024 * 1024
 """Headers queued for download ahead of the connected tip, by their encoded size
 (``header_size_bound``): 8 full replies, ~900 headers on devnet, ~240 at
@@ -168,6 +170,8 @@ class HeaderSync:
         to ask after, in the order they were paused."""
         self.stalls: dict[PeerSession, int] = {}
         """Per peer: block requests in a row that stalled (see MAX_STALLS)."""
+        self.last_block: dict[PeerSession, float] = {}
+        """Per peer: when it last delivered a block of the download."""
 
     @property
     def catching_up(self) -> bool:
@@ -420,7 +424,7 @@ class HeaderSync:
         free = sum(max(0, PER_PEER_INFLIGHT - n) for n in load.values())
         inflight, downloaded, pending = self.inflight, self.downloaded, self.pending
         batches: dict[int, tuple[PeerSession, list[InvItem]]] = {}
-        now = time.monotonic()
+        now = monotonic()
         for i, h in enumerate(self.queue):
             if i >= DOWNLOAD_WINDOW or free <= 0:
                 break  # a block arriving frees one slot: the scan stops right there
@@ -451,7 +455,7 @@ class HeaderSync:
         if context is None:
             return  # connected meanwhile, or the download was dropped
         self.inflight.pop(h, None)
-        self.stalls.pop(peer, None)
+        self._delivered(peer)
         self.downloaded[h] = Block(context.header, msg.txs)
         await self._connect_downloaded(peer)
 
@@ -463,7 +467,7 @@ class HeaderSync:
         self.inflight.pop(h, None)
         if block.header != self.pending[h].header:
             raise ProtocolViolation("block does not match its announced header")
-        self.stalls.pop(peer, None)
+        self._delivered(peer)
         self.downloaded[h] = block
         await self._connect_downloaded(peer)
         return True
@@ -540,6 +544,7 @@ class HeaderSync:
         self.unconnecting.pop(peer, None)
         self.paused.pop(peer, None)
         self.stalls.pop(peer, None)
+        self.last_block.pop(peer, None)
         for h, (p, _) in list(self.inflight.items()):
             if p is peer:
                 del self.inflight[h]
@@ -562,17 +567,23 @@ class HeaderSync:
     def expire(self) -> None:
         """Give stalled requests to another peer, and disconnect a peer whose requests
         stalled MAX_STALLS times in a row (housekeeping, once a second)."""
-        now = time.monotonic()
+        now = monotonic()
         stalled: dict[PeerSession, int] = {}
         for h, (peer, t) in list(self.inflight.items()):
             if now - t > STALL_SECONDS:
                 del self.inflight[h]
                 stalled[peer] = stalled.get(peer, 0) + 1
         for peer, n in stalled.items():
-            # Requests sent together stall together: one count per peer per pass.
-            if not self._stalled(peer):
+            # Requests sent together stall together: one count per peer per pass, and
+            # none for a peer still delivering (slowly: its late requests move on).
+            delivering = now - self.last_block.get(peer, float("-inf")) < STALL_SECONDS
+            if delivering or not self._stalled(peer):
                 log.info("%d block requests stalled at %s: asking another peer", n, peer.address)
         self.schedule()
+
+    def _delivered(self, peer: PeerSession) -> None:
+        self.stalls.pop(peer, None)
+        self.last_block[peer] = monotonic()
 
     def _stalled(self, peer: PeerSession) -> bool:
         """Count a stall of ``peer``; past MAX_STALLS in a row, disconnect it (True)."""

@@ -459,3 +459,37 @@ async def test_a_peer_that_lacks_the_blocks_of_its_own_headers_is_disconnected(n
     assert answered == headersync.MAX_STALLS  # one stall per NOTFOUND reply
     await _until(lambda: node.sync.pending == {})
     assert _not_syncing(node) and node.p2p.bans() == []
+
+
+async def test_a_peer_that_delivers_slowly_is_not_taken_for_a_staller(node, monkeypatch):
+    """Big blocks on a slow link: requests of a peer that keeps delivering (one block
+    every few seconds) still pass STALL_SECONDS and go to another peer, but the peer is
+    not disconnected; only one that has delivered nothing for STALL_SECONDS, found so in
+    MAX_STALLS housekeeping passes in a row, is."""
+    clock = [1_000.0]
+    monkeypatch.setattr(headersync, "monotonic", lambda: clock[0])
+    sync = node.sync
+
+    class Slow:
+        address = "slow-peer"
+        closing = False
+        reason: str | None = None
+
+        def close_soon(self, reason: str = "") -> None:
+            self.reason = reason
+
+    slow = Slow()
+    late = clock[0] - headersync.STALL_SECONDS - 1
+    for i in range(headersync.MAX_STALLS + 2):
+        sync.last_block[slow] = clock[0] - 4.0  # a block came 4 s ago
+        sync.inflight[bytes([i]) * 32] = (slow, late)
+        sync.expire()
+        assert bytes([i]) * 32 not in sync.inflight  # its late request moved on
+        clock[0] += 1.0
+    assert slow.reason is None
+    sync.last_block[slow] = clock[0] - headersync.STALL_SECONDS - 1  # nothing since
+    for i in range(headersync.MAX_STALLS):
+        sync.inflight[bytes([100 + i]) * 32] = (slow, clock[0] - headersync.STALL_SECONDS - 1)
+        sync.expire()
+        clock[0] += 1.0
+    assert slow.reason is not None and "stalled block requests 3 times" in slow.reason
