@@ -309,8 +309,11 @@ class HeaderSync:
             if checked_count % HEADERS_PER_BREATH == 0:
                 self.schedule()
                 await asyncio.sleep(0)
-                if peer.closing or self.presync.get(peer) is not presync:
-                    # The peer left, or the download was dropped (forget) meanwhile.
+                h = checked.header.hash
+                dropped = presync is None and h not in self.pending and h not in chain.entries
+                if peer.closing or self.presync.get(peer) is not presync or dropped:
+                    # The peer left, or the download was dropped (forget, or the headers
+                    # only a peer that left had sent) meanwhile: what follows has no parent.
                     self.presync.pop(peer, None)
                     return promoted, None, True
                 held_total = self.presync_held()  # other peers' replies ran meanwhile
@@ -451,11 +454,11 @@ class HeaderSync:
         h = msg.block_hash
         if not peer.take_requested(INV_BODY, h):
             raise ProtocolViolation("unrequested block body")
+        self._delivered(peer)  # even one another peer delivered first: it is not stalling
         context = self.pending.get(h)
         if context is None:
             return  # connected meanwhile, or the download was dropped
         self.inflight.pop(h, None)
-        self._delivered(peer)
         self.downloaded[h] = Block(context.header, msg.txs)
         await self._connect_downloaded(peer)
 

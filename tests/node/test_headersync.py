@@ -26,6 +26,7 @@ from node.app import Node
 from node.config import NodeConfig
 from node.net import wire
 from node.net.wire import (
+    BlockBody,
     BlockMsg,
     CompactBlock,
     GetData,
@@ -463,9 +464,10 @@ async def test_a_peer_that_lacks_the_blocks_of_its_own_headers_is_disconnected(n
 
 async def test_a_peer_that_delivers_slowly_is_not_taken_for_a_staller(node, monkeypatch):
     """Big blocks on a slow link: requests of a peer that keeps delivering (one block
-    every few seconds) still pass STALL_SECONDS and go to another peer, but the peer is
-    not disconnected; only one that has delivered nothing for STALL_SECONDS, found so in
-    MAX_STALLS housekeeping passes in a row, is."""
+    every few seconds, even blocks a faster peer delivered first) still pass
+    STALL_SECONDS and go to another peer, but the peer is not disconnected; only one
+    that has delivered nothing for STALL_SECONDS, found so in MAX_STALLS housekeeping
+    passes in a row, is."""
     clock = [1_000.0]
     monkeypatch.setattr(headersync, "monotonic", lambda: clock[0])
     sync = node.sync
@@ -478,14 +480,18 @@ async def test_a_peer_that_delivers_slowly_is_not_taken_for_a_staller(node, monk
         def close_soon(self, reason: str = "") -> None:
             self.reason = reason
 
+        def take_requested(self, kind: int, block_hash: bytes) -> bool:
+            return True  # we asked it for every body it sends
+
     slow = Slow()
     late = clock[0] - headersync.STALL_SECONDS - 1
     for i in range(headersync.MAX_STALLS + 2):
-        sync.last_block[slow] = clock[0] - 4.0  # a block came 4 s ago
+        # A body we asked it for, of a block another peer delivered first.
+        await sync.on_body(slow, BlockBody(bytes([200 + i]) * 32, ()))  # type: ignore[arg-type]
+        clock[0] += 3.0
         sync.inflight[bytes([i]) * 32] = (slow, late)
         sync.expire()
         assert bytes([i]) * 32 not in sync.inflight  # its late request moved on
-        clock[0] += 1.0
     assert slow.reason is None
     sync.last_block[slow] = clock[0] - headersync.STALL_SECONDS - 1  # nothing since
     for i in range(headersync.MAX_STALLS):
