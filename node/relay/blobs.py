@@ -75,7 +75,12 @@ class BlobError(ValueError):
 
 
 class BlobFetchError(Exception):
-    """A blob could not be fetched from any peer; the message says why."""
+    """A blob could not be fetched from any peer; the message says why. ``wrong``: the
+    blob is not of the shape asked for (trying again will not help)."""
+
+    def __init__(self, message: str, wrong: bool = False) -> None:
+        super().__init__(message)
+        self.wrong = wrong
 
 
 def check_blob_size(size: int) -> None:
@@ -633,7 +638,7 @@ class BlobExchange:
         data, cut = found
         fault = _shape_fault(shape, cut, -(-len(data) // cut))
         if fault is not None:
-            raise BlobFetchError(fault)
+            raise BlobFetchError(fault, wrong=True)
         return data
 
     def _fetch_done(self, shape: _Shape, task: asyncio.Task[tuple[bytes, int]]) -> None:
@@ -682,7 +687,7 @@ class BlobExchange:
                         failures.append(f"{peer.address}: {e}")
                         continue
                     except _WrongBlob as e:
-                        raise BlobFetchError(str(e)) from None
+                        raise BlobFetchError(str(e), wrong=True) from None
                     break
         except TimeoutError:
             why = "; ".join(failures[-8:]) if failures else "no peer answered"

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -74,6 +75,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("pouw.market")
 
 FETCH_TIMEOUT = 60.0
+UNAVAILABLE_RETRY_S = 60.0
+"""A job whose operands could not be fetched (no peer had them, or none served them in
+time) is tried again after this long, while it is open; one whose operands are of the
+wrong shape is not."""
 MAX_KEPT_BYTES = 384 * 1024 * 1024
 """Operands held in memory for jobs to mine, at most: A, B and Bᵀ (for proofs), 24 MiB
 for a 2048×4096×2048 job, so our share ahead and the posts waiting for their block
@@ -222,7 +227,8 @@ class MarketService:
         self.jobs: dict[bytes, Job] = {}  # job id → verified operands
         # Downloads under way: job id → (its task, the bytes its operands will hold).
         self._fetching: dict[bytes, tuple[asyncio.Task[None], int]] = {}
-        self._unavailable: set[bytes] = set()
+        self._unavailable: dict[bytes, float] = {}
+        """Job id → when its operands may be fetched again (inf: never, wrong shape)."""
         self._open: tuple[bytes, list[tuple[float, bytes, dict[str, Any]]]] | None = None
         self._rivals_of: tuple[bytes, frozenset[bytes]] | None = None
         self._order_of: tuple[bytes, list[tuple[bool, bytes, dict[str, Any]]]] | None = None
@@ -359,7 +365,8 @@ class MarketService:
             del self._pay[job_id]
         for job_id in [j for j in self._seen_at if j not in still_open]:
             del self._seen_at[job_id]
-        self._unavailable &= still_open
+        for job_id in [j for j in self._unavailable if j not in still_open]:
+            del self._unavailable[job_id]
 
     def _claimed(self, job_id: bytes) -> bool:
         return self.mempool.claim_of(job_id) is not None
@@ -564,7 +571,7 @@ class MarketService:
                 else:
                     own_ahead += own
                 continue
-            if job_id in self._unavailable:
+            if self._unavailable.get(job_id, 0.0) > time.monotonic():
                 continue
             if post_waits and posts_ahead >= PREFETCH_AHEAD:
                 continue
@@ -655,11 +662,12 @@ class MarketService:
             )
         except BlobFetchError as e:
             log.info("operands of job %s unavailable: %s", job_id.hex()[:16], e)
-            self._unavailable.add(job_id)
+            retry = math.inf if e.wrong else time.monotonic() + UNAVAILABLE_RETRY_S
+            self._unavailable[job_id] = retry
             return
         if len(raw_a) != m * k or len(raw_bt) != k * n:
             log.warning("operands of job %s have the wrong size", job_id.hex()[:16])
-            self._unavailable.add(job_id)
+            self._unavailable[job_id] = math.inf
             return
         spec = JobSpec(m, k, n, rec["root_a"], rec["root_b"])
         # Off the event loop: copying and transposing megabytes of operands held it for
@@ -667,6 +675,7 @@ class MarketService:
         # rows were checked against the roots as they came: no need to hash them again.)
         job = await asyncio.to_thread(_job_of, spec, raw_a, raw_bt)
         self.jobs[job_id] = job
+        self._unavailable.pop(job_id, None)
         self._ready_at[job_id] = time.monotonic()
         self._pay[job_id] = _rate(rec)
         log.info("job %s: operands %dx%d·%dx%d ready to mine", job_id.hex()[:16], m, k, k, n)

@@ -991,3 +991,34 @@ async def test_a_block_whose_tip_moved_while_its_result_was_stored_is_claimed_in
         assert [(c.job_id, c.result_root) for c in claim.payload.claims] == [
             (job_id, matrix_rows_root(_product(job)))
         ]
+
+
+async def test_operands_no_peer_served_are_fetched_again_later_wrong_ones_never(node, monkeypatch):
+    """A job whose operands could not be fetched (no peer had them, or none served them in
+    time) was skipped for as long as it stayed open. It is tried again after
+    UNAVAILABLE_RETRY_S; one whose operands are of another shape is not."""
+    monkeypatch.setattr(market_module, "FETCH_TIMEOUT", 0.3)
+    monkeypatch.setattr(market_module, "UNAVAILABLE_RETRY_S", 0.5)
+    (job, tx, job_id), (bad, _, _) = _jobs(2)
+    cut_otherwise = node.blobs.put(bad.a.tobytes(), chunk_size=2 * K)  # two rows a chunk
+    node.blobs.put_matrix(np.ascontiguousarray(bad.b.T))
+    post = JobPostPayload(M, K, N, cut_otherwise, bad.spec.root_b, REWARD, 1_000)
+    bad_tx = signed_transaction(ALICE, chain_id=MID.chain_id, nonce=1, fee=10, payload=post)
+    bad_id = job_id_of(post, MID)
+    assert (await node.process_block(_block_for(node, (tx, bad_tx)), None)) is not None
+    market = node.market
+
+    assert (await node.work.work()).job.null  # starts both fetches
+    await _until(lambda: job_id in market._unavailable, 10, "the first fetch to fail")
+    await _until(lambda: bad_id in market._unavailable, 10, "the wrong shape to be found")
+    node.blobs.put_matrix(job.a)  # a peer would serve them now
+    node.blobs.put_matrix(np.ascontiguousarray(job.b.T))
+    assert (await node.work.work()).job.null and job_id not in market._fetching  # not yet
+
+    async def asked_until_ready() -> None:
+        while job_id not in market.jobs:
+            await node.work.work()
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(asked_until_ready(), 10)
+    assert bad_id not in market.jobs and market._unavailable[bad_id] == float("inf")
