@@ -520,8 +520,7 @@ class Node:
 
     async def on_peer_ready(self, peer: PeerSession) -> None:
         self.metrics.peers.set(len(self.p2p.peers))
-        if peer.best_work > self.chain.tip.work:
-            await peer.send(GetHeaders(tuple(self.chain.locator()), bytes(32)))
+        await self.sync.ask_if_ahead(peer)
 
     async def on_peer_closed(self, peer: PeerSession) -> None:
         self.metrics.peers.set(len(self.p2p.peers))

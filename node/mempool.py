@@ -12,8 +12,8 @@ for each started 1,000 encoded bytes (consensus allows a zero fee: without the
 floor, keys that were never funded filled blocks and state for nothing); a
 sender has at most ``MAX_PER_SENDER`` pending; transactions are ranked by fee
 per encoded byte; replacing a pending (sender, nonce) needs a tenth more fee
-(``replacement_fee``); a full pool evicts the cheapest transaction that is last in its sender's
-queue (so no gap is left) only for a newcomer paying a higher rate, found
+(``replacement_fee``); a full pool evicts the cheapest transaction that is last
+in its sender's queue (so no gap is left) only for a newcomer paying a higher rate, found
 through a heap of the queues' last transactions kept as the pool changes (a
 newcomer that pays no more than the cheapest is refused in O(log n)); a
 transaction waiting longer than the TTL is dropped with its sender's later ones.

@@ -636,7 +636,7 @@ class BlobExchange:
                 task.add_done_callback(lambda t: self._fetch_done(shape, t))
             found = await asyncio.shield(task)
         data, cut = found
-        fault = _shape_fault(shape, cut, -(-len(data) // cut))
+        fault = _cut_fault(shape, cut) or _count_fault(shape, -(-len(data) // cut))
         if fault is not None:
             raise BlobFetchError(fault, wrong=True)
         return data
@@ -732,10 +732,10 @@ class BlobExchange:
         start = loop.time()
         head = await self._request_range(peer, root, 0, MAX_RANGE_CHUNKS)
         total = head.total
-        cut = _shape_fault((root, shape[1], None), len(head.chunks[0]), total)
+        cut = _cut_fault(shape, len(head.chunks[0]))
         if cut is not None:
             raise _WrongBlob(cut)  # chunk 0 is genuine: the blob is not the one expected
-        count = _shape_fault((root, None, shape[2]), len(head.chunks[0]), total)
+        count = _count_fault(shape, total)
         if count is not None:
             raise _PeerFailed(count)  # a proof may not pin the count down: ask the next
         chunks.update(enumerate(head.chunks))
@@ -849,14 +849,19 @@ def _range_fault(msg: BlobRange, asked: int) -> str | None:
     return None
 
 
-def _shape_fault(shape: _Shape, cut: int, total: int) -> str | None:
-    """Why a blob cut into ``total`` chunks of ``cut`` bytes is not of ``shape``, or None."""
-    root, chunk_size, chunk_count = shape
-    short = root.hex()[:16] + "…"
+def _cut_fault(shape: _Shape, cut: int) -> str | None:
+    """Why a blob whose first chunk has ``cut`` bytes is not of ``shape``, or None."""
+    root, chunk_size, _ = shape
     if chunk_size is not None and cut != chunk_size:
-        return f"blob {short} is cut into chunks of {cut} bytes, not {chunk_size}"
+        return f"blob {root.hex()[:16]}… is cut into chunks of {cut} bytes, not {chunk_size}"
+    return None
+
+
+def _count_fault(shape: _Shape, total: int) -> str | None:
+    """Why a blob of ``total`` chunks is not of ``shape``, or None."""
+    root, _, chunk_count = shape
     if chunk_count is not None and total != chunk_count:
-        return f"blob {short} has {total} chunks, not {chunk_count}"
+        return f"blob {root.hex()[:16]}… has {total} chunks, not {chunk_count}"
     return None
 
 

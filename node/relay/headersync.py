@@ -529,6 +529,13 @@ class HeaderSync:
 
     # ------------------------------------------------------------ peers
 
+    async def ask_if_ahead(self, peer: PeerSession) -> None:
+        """Ask ``peer`` for headers after our locator if its handshake claimed more work
+        than our tip (a new peer; the others, when headers only a departed peer sent
+        were dropped)."""
+        if peer.best_work > self.chain.tip.work:
+            await peer.send(GetHeaders(tuple(self.chain.locator()), bytes(32)))
+
     def not_found(self, peer: PeerSession, hashes: list[bytes]) -> None:
         """The peer does not have these blocks we asked it for. From a peer that sent
         us a block's header, one such reply counts as a stall (see MAX_STALLS)."""
@@ -561,10 +568,9 @@ class HeaderSync:
         if first is not None:
             dropped = self._drop_from(first)
             log.info("headers: dropped %d queued from %s, which left", dropped, peer.address)
-            locator = GetHeaders(tuple(self.chain.locator()), bytes(32))
             for p in self._peers():
-                if p is not peer and not p.closing and p.best_work > self.chain.tip.work:
-                    await p.send(locator)
+                if p is not peer and not p.closing:
+                    await self.ask_if_ahead(p)
         self.schedule()
 
     def expire(self) -> None:
