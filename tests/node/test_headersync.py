@@ -7,7 +7,6 @@ peers over real sockets (tests/support/p2p_testkit.py).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 from collections import deque
@@ -41,6 +40,7 @@ from node.net.wire import (
 from node.relay import headersync
 from tests.support.chainkit import ALICE, BOB, MID, Clock, extend, new_chain, next_block, remine
 from tests.support.nodekit import connected_peer
+from tests.support.nodekit import until as _until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -70,16 +70,6 @@ def _held(node: Node) -> int:
 
 def _banned_for(node: Node, reason: str) -> bool:
     return any(reason in b["reason"] for b in node.p2p.bans())
-
-
-async def _until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
-    """Wait until ``predicate()`` holds on the node's side (polled on the loop)."""
-
-    async def poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), timeout)
 
 
 def _not_syncing(node: Node) -> bool:

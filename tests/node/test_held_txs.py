@@ -9,10 +9,8 @@ ask for it again, so those claims reached the chain only in the miner's own bloc
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -31,17 +29,8 @@ from node.net.wire import (
 from node.relay.txrelay import HELD_AHEAD, HELD_PER_SENDER, HELD_TTL_S, HeldTxs
 from tests.support.chainkit import ALICE, BOB, CAROL, MID, new_chain, next_block, transfer
 from tests.support.nodekit import connected_peer, rpc_call
+from tests.support.nodekit import until as _until
 from tests.support.p2p_testkit import TestPeer
-
-
-async def _until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
-    """Wait until ``predicate()`` holds (node-side state: re-checked every few ms)."""
-
-    async def poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0.005)
-
-    await asyncio.wait_for(poll(), timeout)
 
 
 async def _send_tx(peer: TestPeer, tx: Transaction) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -11,6 +13,16 @@ from tests.support.p2p_testkit import TestPeer
 
 if TYPE_CHECKING:
     from node.app import Node
+
+
+async def until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    """Wait until ``predicate()`` holds (node-side state: re-checked every few ms)."""
+
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(poll(), timeout)
 
 
 async def connected_peer(node: Node, best_height: int = 0, best_work: int = 0) -> TestPeer:
