@@ -15,7 +15,7 @@ touching the rules, since only this module computes it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -68,6 +68,8 @@ TABLES = (
     DATASET_MODELS,
 )
 _MISSING = object()
+_GONE = object()
+"""A fork's mark for a row it deleted that its base still holds."""
 
 
 class ImmatureCoinbase(NamedTuple):
@@ -106,11 +108,69 @@ class Undo:
     prev_root: bytes = GENESIS_PARENT_ROOT
 
 
+class _ForkTable(MutableMapping[Any, Any]):
+    """One table of a fork (:meth:`State.fork`): the rows it wrote, over its base's rows.
+
+    The base is only read, one ``get`` at a time (each atomic under the GIL), so a fork
+    may be read and written in another thread while the base's owner goes on.
+    """
+
+    __slots__ = ("_base", "_own")
+
+    def __init__(self, base: MutableMapping[Any, Any]) -> None:
+        self._base = base
+        self._own: dict[Any, Any] = {}
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        value = self._own.get(key, _MISSING)
+        if value is _MISSING:
+            return self._base.get(key, default)
+        return default if value is _GONE else value
+
+    def __getitem__(self, key: Any) -> Any:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return self.get(key, _MISSING) is not _MISSING
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._own[key] = value
+
+    def __delitem__(self, key: Any) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self._own[key] = _GONE
+
+    def pop(self, key: Any, default: Any = _MISSING) -> Any:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            if default is _MISSING:
+                raise KeyError(key)
+            return default
+        self._own[key] = _GONE
+        return value
+
+    def __iter__(self) -> Iterator[Any]:
+        own = self._own
+        for key in list(self._base):
+            if key not in own:
+                yield key
+        for key, value in list(own.items()):
+            if value is not _GONE:
+                yield key
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 class State:
     """Tables of plain values with a journal. Pure data: no I/O."""
 
     def __init__(self, tables: dict[str, dict[Any, Any]] | None = None, root: bytes = bytes(32)):
-        self.tables: dict[str, dict[Any, Any]] = {t: {} for t in TABLES}
+        self.tables: dict[str, MutableMapping[Any, Any]] = {t: {} for t in TABLES}
         if tables:
             for name, rows in tables.items():
                 self.tables[name] = dict(rows)
@@ -119,6 +179,28 @@ class State:
         # pending_root() of the open journal as it is now; any write clears it.
         # A block is checked against pending_root and then committed: one hash.
         self._pending_root: Hash32 | None = None
+        self.generation = 0
+        """Counts the blocks begun (applied, tried or undone) on this state: a fork made
+        at one generation reads the same rows as long as its base stays there."""
+
+    def fork(self) -> State:
+        """A state that reads this one and keeps its own writes: what a block template
+        or a mempool check applies transactions to, leaving this state untouched (its
+        readers never see their writes, even for a moment) and free to go on.
+
+        The fork starts at this state's root with no open block. It reads what this
+        state holds at each moment: while ``generation`` is unchanged, that is the
+        state it forked from.
+        """
+        if self._journal is not None:
+            raise RuntimeError("cannot fork a state inside an open block")
+        fork = State.__new__(State)
+        fork.tables = {name: _ForkTable(rows) for name, rows in self.tables.items()}
+        fork.root = self.root
+        fork._journal = None
+        fork._pending_root = None
+        fork.generation = 0
+        return fork
 
     # ------------------------------------------------------------ reading
 
@@ -145,6 +227,7 @@ class State:
     def begin(self) -> None:
         if self._journal is not None:
             raise RuntimeError("a block is already being applied")
+        self.generation += 1
         self._journal = []
         self._pending_root = None
 
@@ -209,6 +292,7 @@ class State:
         """Revert a committed block exactly."""
         if self._journal is not None:
             raise RuntimeError("cannot undo while a block is being applied")
+        self.generation += 1
         self._revert(undo.entries)
         self.root = undo.prev_root
 

@@ -337,8 +337,10 @@ class Mempool:
         """Apply ``tx`` to the sender as its earlier pending txs would leave it; its spend.
 
         The consensus rule itself decides (nonce, balance, immature coinbase,
-        enabled kinds, open jobs); the state is rolled back. Market and data
-        transactions see the tip's job claim first, as the next block will.
+        enabled kinds, open jobs), on a fork of the state: the tip's state is
+        never written, so a template built from it in another thread never reads
+        a trial's writes. Market and data transactions see the tip's job claim
+        first, as the next block will.
         """
         sender = tx.sender_address
         balance, account_nonce = state.account(sender)
@@ -355,22 +357,20 @@ class Mempool:
                 f"more than its {balance}"
             )
         tip = self._tip
-        state.begin()
+        trial = state.fork()
+        trial.begin()
+        if tip is not None and tip.height == height and type(tx.payload) is not TransferPayload:
+            open_block(trial, tip, self.params)
+        trial.set_account(sender, start, tx.nonce)
         try:
-            if tip is not None and tip.height == height and type(tx.payload) is not TransferPayload:
-                open_block(state, tip, self.params)
-            state.set_account(sender, start, tx.nonce)
-            try:
-                apply_transaction(state, tx, height + 1, self.params)
-            except InvalidTransaction as e:
-                if ahead_count:
-                    raise InvalidTransaction(
-                        f"{e} (after its {ahead_count} pending transactions)"
-                    ) from None
-                raise
-            return start - state.balance(sender)
-        finally:
-            state.rollback()
+            apply_transaction(trial, tx, height + 1, self.params)
+        except InvalidTransaction as e:
+            if ahead_count:
+                raise InvalidTransaction(
+                    f"{e} (after its {ahead_count} pending transactions)"
+                ) from None
+            raise
+        return start - trial.balance(sender)
 
     def _check_affordable(
         self, tx: Transaction, state: State, replaced: _Pending | None, spend: int

@@ -548,3 +548,22 @@ def test_the_cheapest_queue_tail_is_tracked_through_every_change():
         tails = [(p.rate, -p.order) for q in mp._senders.values() for p in [q[q.high]]]
         cheapest = mp._cheapest_tail()
         assert (cheapest[:2] if cheapest else None) == (min(tails) if tails else None), step
+
+
+def test_admission_never_writes_the_tip_state(state, monkeypatch):
+    """A trial application runs on a fork: the tip's state is never written, not even for
+    a moment, so a block template built from it in another thread cannot read a trial's
+    writes. Refused transactions leave it alone too."""
+    mp = pool()
+    before = state.snapshot()
+
+    def no_writes(*args: object) -> None:
+        raise AssertionError("the mempool wrote the tip's state")
+
+    monkeypatch.setattr(state, "begin", no_writes)
+    monkeypatch.setattr(state, "set", no_writes)
+    mp.add(transfer(ALICE, BOB, 1_000, nonce=0, fee=10), state, 0)
+    mp.add(transfer(ALICE, BOB, 1_000, nonce=1, fee=10), state, 0)
+    with pytest.raises(InvalidTransaction, match="balance"):
+        mp.add(transfer(NEWCOMER, ALICE, 1, nonce=0, fee=10), state, 0)
+    assert len(mp) == 2 and state.snapshot() == before
