@@ -7,8 +7,10 @@ is reused across jobs while the tip and the mempool stay the same (the job is
 a header field that the state root does not depend on); when transactions
 arrive it is refreshed at most every ``TEMPLATE_REFRESH_S`` (half a block
 interval at faster blocks) or ``TEMPLATE_COST_RATIO`` times the last build of
-the same kind, whichever is longer, so templates never take more than ~1/10 of
-the event loop. On the same tip a refresh grows the last template
+the same kind, whichever is longer. A build runs in a thread on a fork of the
+tip's state, so the event loop (peers, RPC, block relay) goes on while it runs; only
+the fee-ordered selection of candidates stays on the loop. On the same tip a refresh
+grows the last template
 (``consensus.template``): it applies only the transactions admitted since, so
 its pace is set by the last such growth, not by the full build a new tip costs
 (timed by that, a refresh would wait past the next block and a new job or
@@ -50,6 +52,9 @@ TEMPLATE_MAX_TXS = 20_000
 """Transactions a block template takes from the mempool, at most (half a devnet block
 holds ~27,000 transfers)."""
 NULL_JOBS_KEPT = 8
+_ANY_JOB = JobSpec(0, 0, 0, bytes(32), bytes(32))
+"""The job a template is built with: no rule after the header reads it (the state root
+does not depend on it), and every piece of work sets its own (``_work_on``)."""
 
 
 def now_ms() -> int:
@@ -88,6 +93,7 @@ class WorkSource:
         self._body: TemplateBody | None = None
         self._body_removals = 0
         self._body_admissions = 0
+        self._building = asyncio.Lock()
         # At fast blocks a new transaction (a job, a claim) waits at most half a block.
         self._refresh_s = min(TEMPLATE_REFRESH_S, params.block_time_ms / 2000)
 
@@ -114,12 +120,14 @@ class WorkSource:
         new transactions no more often than the module docstring says.
         """
         while True:
+            tip = self.chain.tip.hash
+            if not await self._ready(tip):
+                continue  # a block came while the template was built
             posted = self.market.next_job()
             if posted is not None:
                 return self._work_on(posted)
-            tip = self.chain.tip.hash
             job = await self.null_job(tip)
-            if self.chain.tip.hash == tip:  # else a block came while it was derived
+            if self.chain.tip.hash == tip and self._fresh(tip, False):  # else a block came
                 return self._work_on(job)
 
     async def better_work(self, current: MiningWork, refresh: bool = False) -> MiningWork | None:
@@ -132,16 +140,20 @@ class WorkSource:
         job = self.market.next_job(above=current.rate)
         if job is None and refresh:
             job = self.market.next_job()
-        return None if job is None else self._work_on(job, refresh)
+        if job is None or not await self._ready(self.chain.tip.hash, refresh):
+            return None  # (a block came while the template was built: the miner asks anew)
+        return self._work_on(job)
 
-    def _work_on(self, job: Job, refresh: bool = False) -> MiningWork:
-        """``job`` on the tip's template. A job whose job_post has not reached a block is
-        handed out ``claim_only`` unless the template carries the post (then a winning
-        ticket makes a block that posts the job and claims it at once): no block is made
-        on its header, its result is delivered and claimed once the post lands."""
-        tip = self.chain.tip.hash
+    def _work_on(self, job: Job) -> MiningWork:
+        """``job`` on the tip's template (``_ready`` made it). A job whose job_post has not
+        reached a block is handed out ``claim_only`` unless the template carries the post
+        (then a winning ticket makes a block that posts the job and claims it at once): no
+        block is made on its header, its result is delivered and claimed once the post
+        lands."""
         check_job_shape(job.spec, self.params)
-        template, body = self._template(tip, job.spec, refresh)
+        assert self._template_of is not None and self._body is not None
+        template, body = self._template_of[3], self._body
+        assert template.prev_hash == self.chain.tip.hash, "work asked on a template not ready"
         post = self.market.post_of(job)
         return MiningWork(
             template=dataclasses.replace(template, job=job.spec),
@@ -153,53 +165,76 @@ class WorkSource:
             rate=self.market.rate_of(job),
         )
 
-    def _template(
-        self, tip: bytes, job: JobSpec, refresh: bool = False
-    ) -> tuple[BlockHeader, TemplateBody]:
-        """The tip's template for ``job`` and its body (its transactions), reused as the
-        module docstring says unless ``refresh`` (then rebuilt if transactions came)."""
+    def _fresh(self, tip: bytes, refresh: bool) -> bool:
+        """Whether the last template serves ``tip`` as the module docstring says (with
+        ``refresh``: only if no transaction came since it was built)."""
+        if self._template_of is None or self._body is None:
+            return False
+        t_tip, t_rev, built, _ = self._template_of
+        if t_tip != tip:
+            return False
         mempool = self.mempool
-        revision = mempool.revision
-        # On the same tip the last template's transactions stay and only those admitted
-        # since are applied; one that left the pool (replaced, evicted) means a fresh,
-        # fee-ordered start.
+        if t_rev == mempool.revision:
+            return True
+        grows = self._body.parent == tip and self._body_removals == mempool.removals
+        cost = self._grow_cost if grows else self._cost
+        return not refresh and time.monotonic() - built < max(self._refresh_s, cost)
+
+    async def _ready(self, tip: bytes, refresh: bool = False) -> bool:
+        """Make the template on ``tip`` fresh (see ``_fresh``), building it if need be;
+        False if the chain moved on while it was built (then nothing is kept).
+
+        The build runs in a thread on a fork of the tip's state (``State.fork``), so the
+        event loop, and with it peers, RPC and block relay, goes on meanwhile: from a
+        full pool a fresh template takes a few hundred milliseconds. One build runs at a
+        time; an ask that waited for it finds it made.
+        """
+        async with self._building:
+            if self._fresh(tip, refresh):
+                return True
+            if self.chain.tip.hash != tip:
+                return False
+            return await self._build(tip)
+
+    async def _build(self, tip: bytes) -> bool:
+        """Build the template on ``tip`` (the current tip): on top of the last one if on
+        the same tip no transaction left the pool since, from a fresh fee-ordered
+        selection otherwise (see ``_ready``)."""
+        mempool, chain = self.mempool, self.chain
+        revision, removals = mempool.revision, mempool.removals
         base = self._body
-        grows = base is not None and base.parent == tip and self._body_removals == mempool.removals
-        if self._template_of is not None and base is not None:
-            t_tip, t_rev, built, template = self._template_of
-            age = time.monotonic() - built
-            cost = self._grow_cost if grows else self._cost
-            fresh = t_rev == revision or (not refresh and age < max(self._refresh_s, cost))
-            if t_tip == tip and fresh:
-                return template, base
-        started = time.monotonic()
-        if not grows or base is None:
+        if base is None or base.parent != tip or self._body_removals != removals:
             base = None
             candidates = mempool.select(TEMPLATE_MAX_TXS, self.params.max_block_bytes // 2)
         else:
             room = max(0, TEMPLATE_MAX_TXS - len(base.txs))
             candidates = mempool.admitted_since(self._body_admissions, room)
-        self._body_admissions = mempool.admissions
-        chain = self.chain
-        template, body = build_template(
-            chain.state,
+        admissions = mempool.admissions
+        state = chain.state
+        generation = state.generation
+        started = time.monotonic()
+        template, body = await asyncio.to_thread(
+            build_template,
+            state.fork(),
             chain.header_context(tip),
             self.params,
             candidates,
             self.miner_address,
-            job,
+            _ANY_JOB,
             now_ms(),
             verified=True,
             on_top_of=base,
         )
-        self._body, self._body_removals = body, mempool.removals
-        self._template_of = (tip, revision, time.monotonic(), template)
+        if chain.tip.hash != tip or state.generation != generation:
+            return False  # the state moved under the fork: what it read may be mixed
         cost = TEMPLATE_COST_RATIO * (time.monotonic() - started)
         if base is None:
             self._cost = cost
         else:
             self._grow_cost = cost
-        return template, body
+        self._body, self._body_removals, self._body_admissions = body, removals, admissions
+        self._template_of = (tip, revision, time.monotonic(), template)
+        return True
 
     async def submit(self, found: MinedBlock, work: MiningWork) -> None:
         """A block the miner found: processed (and pushed to peers) unless the tip moved."""

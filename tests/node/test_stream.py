@@ -442,6 +442,62 @@ async def test_a_slow_template_on_a_new_tip_does_not_hold_back_the_next_transact
         await n.stop()
 
 
+def _held_build(monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """Make the node's template builds wait for the test: (entered, release)."""
+    entered, release = threading.Event(), threading.Event()
+    real_build = work_module.build_template
+
+    def held_build(*args, **kwargs):
+        entered.set()
+        assert release.wait(10), "the test never let the template build go on"
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(work_module, "build_template", held_build)
+    return entered, release
+
+
+async def test_the_event_loop_serves_rpc_while_a_template_is_built(node, monkeypatch):
+    """A template from a full pool takes hundreds of milliseconds; it is built off the
+    event loop, so RPC (and peers, and block relay) are answered meanwhile."""
+    entered, release = _held_build(monkeypatch)
+    asked = asyncio.create_task(node.work.work())
+    try:
+        assert await asyncio.to_thread(entered.wait, 10)  # the build is under way
+        reply = await asyncio.wait_for(rpc_call(node, "getinfo"), 5)
+        assert reply["result"]["height"] == node.chain.height
+        assert not asked.done()  # the build still waits for us: the loop answered anyway
+    finally:
+        release.set()
+    work = await asyncio.wait_for(asked, 10)
+    assert work.template.prev_hash == node.chain.tip.hash
+
+
+async def test_a_template_built_while_a_block_came_is_dropped_for_one_on_the_new_tip(
+    node, monkeypatch
+):
+    """The build reads the tip's state from another thread; a block connected meanwhile
+    changes that state, so what was built is dropped and the work asked for is on the new
+    tip, with the block's transactions left out."""
+    pay = TransferPayload(BOB.address, 1_000)
+    tx = signed_transaction(ALICE, chain_id=node.params.chain_id, nonce=0, fee=10, payload=pay)
+    node.txs.admit(tx, None)
+    block = _block_for(node, (tx,))
+    entered, release = _held_build(monkeypatch)
+    old_tip = node.chain.tip.hash
+    asked = asyncio.create_task(node.work._ready(old_tip))
+    try:
+        assert await asyncio.to_thread(entered.wait, 10)
+        assert (await node.process_block(block, None)) is not None  # meanwhile, a block
+    finally:
+        release.set()
+    assert await asyncio.wait_for(asked, 10) is False  # what was built is not kept
+    assert node.work._template_of is None or node.work._template_of[0] != old_tip
+    work = await asyncio.wait_for(node.work.work(), 10)
+    assert work.template.prev_hash == block.hash == node.chain.tip.hash
+    assert work.template.height == block.header.height + 1
+    assert tx.txid not in {t.txid for t in work.txs}
+
+
 def test_miners_split_the_queue_and_help_the_owner_from_its_last_job():
     """Three miners that see each other take disjoint shares of 30 equal jobs; one
     that has finished its share helps another from the end of that one's order."""
@@ -852,8 +908,9 @@ async def test_another_miners_better_paying_post_is_carried_by_the_next_job_at_o
         node.txs.admit(tx, None)
         rates[name] = node.market.post_admitted(tx.txid)
     assert rates == {"theirs": 2 * current.rate, "ours": None, "same pay": None}
-    _, body = node.work._template(node.chain.tip.hash, current.job.spec)  # as a plain ask
-    assert posts["theirs"].txid not in body.txids  # the template stayed
+    assert await node.work._ready(node.chain.tip.hash)  # as a plain ask
+    assert node.work._body is not None
+    assert posts["theirs"].txid not in node.work._body.txids  # the template stayed
     assert await node.work.better_work(current, False) is None  # nothing better is ready
     fresh = await node.work.better_work(current, True)
     assert fresh is not None and _id(fresh) != _id(current)
