@@ -176,6 +176,32 @@ def bench_pipeline_cmd(txs: int, as_json: bool) -> None:
     _print_record(record, as_json, f"pouw bench pipeline — µs per transaction, {txs:,} transfers")
 
 
+@bench.command("template")
+@click.option(
+    "--txs",
+    type=click.IntRange(min=1, max=20_000),
+    default=17_000,
+    show_default=True,
+    help="Transfers in the node's pool, one per prefunded sender (at most a template's 20,000).",
+)
+@click.option(
+    "--builds", type=click.IntRange(min=1), default=5, show_default=True,
+    help="Fresh templates built, one after another.",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_template_cmd(txs: int, builds: int, as_json: bool) -> None:
+    """How long the event loop is held while a node builds a template from a full pool."""
+    from benchmarks.template import bench_template
+
+    with Progress(disable=as_json, transient=True) as progress:
+        progress.add_task(f"filling a pool with {txs:,} transfers, building {builds}", total=None)
+        record = _measure(lambda: bench_template(txs, builds), RuntimeError)
+    shown = {k: v for k, v in record.items() if k != "per_build"}
+    _print_record(
+        record if as_json else shown, as_json, f"pouw bench template — {txs:,} pending transfers"
+    )
+
+
 def _print_record(record: dict[str, Any], as_json: bool, title: str) -> None:
     """The record as one JSON object, or as a table under ``title``."""
     if as_json:

@@ -134,3 +134,21 @@ def test_bench_pipeline_times_every_stage_of_a_transaction() -> None:
 def test_bench_pipeline_refuses_too_few_transactions() -> None:
     result = CliRunner().invoke(cli, ["bench", "pipeline", "--txs", "10"])
     assert result.exit_code == 2 and "--txs" in result.output
+
+
+def test_bench_template_builds_templates_of_the_whole_pool_on_a_real_node() -> None:
+    """Each fresh template takes every pending transfer (the benchmark raises otherwise),
+    and the record says how long the ask took and how long the loop was held."""
+    result = CliRunner().invoke(
+        cli, ["bench", "template", "--txs", "300", "--builds", "2", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    assert record["txs"] == 300 and record["builds"] == 2 and len(record["per_build"]) == 2
+    assert all(b["work_s"] > 0 and b["loop_lag_max_ms"] >= 0 for b in record["per_build"])
+    assert record["work_max_s"] == max(b["work_s"] for b in record["per_build"])
+
+
+def test_bench_template_refuses_more_transactions_than_a_template_takes() -> None:
+    result = CliRunner().invoke(cli, ["bench", "template", "--txs", "20001"])
+    assert result.exit_code == 2 and "--txs" in result.output
