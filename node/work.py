@@ -137,12 +137,14 @@ class WorkSource:
         then, with no such job, the next posted job, and either way on a template rebuilt
         for the transactions come since, whatever its age: the post's owner can claim the
         job only once a block carries its post."""
+        # The template first: a job taken is marked attempted, and one taken while a
+        # block came during the build would wait for its retry instead of running now.
+        if not await self._ready(self.chain.tip.hash, refresh):
+            return None  # a block came while the template was built: the miner asks anew
         job = self.market.next_job(above=current.rate)
         if job is None and refresh:
             job = self.market.next_job()
-        if job is None or not await self._ready(self.chain.tip.hash, refresh):
-            return None  # (a block came while the template was built: the miner asks anew)
-        return self._work_on(job)
+        return None if job is None else self._work_on(job)
 
     def _work_on(self, job: Job) -> MiningWork:
         """``job`` on the tip's template (``_ready`` made it). A job whose job_post has not

@@ -498,6 +498,28 @@ async def test_a_template_built_while_a_block_came_is_dropped_for_one_on_the_new
     assert tx.txid not in {t.txid for t in work.txs}
 
 
+async def test_a_better_job_is_not_used_up_by_a_template_build_a_block_overtook(node, monkeypatch):
+    """Between strips the miner asks for better work; if a block lands while that
+    template is built, the answer is None and the job stays untaken: the next ask
+    gets it, it does not wait out a retry as if it had been attempted."""
+    jobs = _jobs(1)
+    await _post(node, jobs)
+    current = await node.work.work()  # the null job; the operands are fetched meanwhile
+    assert current.job.null
+    await _until(lambda: len(node.market.jobs) == 1, 30, "the job's operands")
+    assert (await node.process_block(_block_for(node), None)) is not None  # template stale
+    entered, release = _held_build(monkeypatch)
+    asked = asyncio.create_task(node.work.better_work(current, False))
+    try:
+        assert await asyncio.to_thread(entered.wait, 10)
+        assert (await node.process_block(_block_for(node), None)) is not None
+    finally:
+        release.set()
+    assert await asyncio.wait_for(asked, 10) is None
+    work = await asyncio.wait_for(node.work.work(), 10)
+    assert _id(work) == jobs[0][2] and work.template.prev_hash == node.chain.tip.hash
+
+
 def test_miners_split_the_queue_and_help_the_owner_from_its_last_job():
     """Three miners that see each other take disjoint shares of 30 equal jobs; one
     that has finished its share helps another from the end of that one's order."""
