@@ -37,6 +37,9 @@ from node.miner import MiningWork
 if TYPE_CHECKING:
     from consensus.chain import AddResult, Chain
     from consensus.params import NetworkParams
+    from consensus.state import State
+    from consensus.transactions import Transaction
+    from consensus.validation import HeaderContext
     from node.mempool import Mempool
     from node.metrics import Metrics
     from node.net.peer import PeerSession
@@ -52,6 +55,9 @@ TEMPLATE_MAX_TXS = 20_000
 """Transactions a block template takes from the mempool, at most (half a devnet block
 holds ~27,000 transfers)."""
 NULL_JOBS_KEPT = 8
+THREAD_BUILDS_OVERTAKEN = 2
+"""Template builds in a thread that blocks may overtake in a row; the next is built on
+the event loop (see ``WorkSource._ready``)."""
 _ANY_JOB = JobSpec(0, 0, 0, bytes(32), bytes(32))
 """The job a template is built with: no rule after the header reads it (the state root
 does not depend on it), and every piece of work sets its own (``_work_on``)."""
@@ -120,9 +126,7 @@ class WorkSource:
         new transactions no more often than the module docstring says.
         """
         while True:
-            tip = self.chain.tip.hash
-            if not await self._ready(tip):
-                continue  # a block came while the template was built
+            tip = await self._ready()
             posted = self.market.next_job()
             if posted is not None:
                 return self._work_on(posted)
@@ -137,10 +141,9 @@ class WorkSource:
         then, with no such job, the next posted job, and either way on a template rebuilt
         for the transactions come since, whatever its age: the post's owner can claim the
         job only once a block carries its post."""
-        # The template first: a job taken is marked attempted, and one taken while a
-        # block came during the build would wait for its retry instead of running now.
-        if not await self._ready(self.chain.tip.hash, refresh):
-            return None  # a block came while the template was built: the miner asks anew
+        # The template first: a job taken is marked attempted, so nothing may come between
+        # taking it and handing it out.
+        await self._ready(refresh)
         job = self.market.next_job(above=current.rate)
         if job is None and refresh:
             job = self.market.next_job()
@@ -182,26 +185,33 @@ class WorkSource:
         cost = self._grow_cost if grows else self._cost
         return not refresh and time.monotonic() - built < max(self._refresh_s, cost)
 
-    async def _ready(self, tip: bytes, refresh: bool = False) -> bool:
-        """Make the template on ``tip`` fresh (see ``_fresh``), building it if need be;
-        False if the chain moved on while it was built (then nothing is kept).
+    async def _ready(self, refresh: bool = False) -> bytes:
+        """Make the template on the current tip fresh (see ``_fresh``), building it if need
+        be; the tip it is on.
 
-        The build runs in a thread on a fork of the tip's state (``State.fork``), so the
-        event loop, and with it peers, RPC and block relay, goes on meanwhile: from a
-        full pool a fresh template takes a few hundred milliseconds. One build runs at a
-        time; an ask that waited for it finds it made.
+        A build runs in a thread on a fork of the tip's state (``State.fork``), so the
+        event loop, and with it peers, RPC and block relay, goes on meanwhile: from a full
+        pool a fresh template takes a few hundred milliseconds. A block applied or undone
+        meanwhile voids it (what it read may be half the old state, half the new); it is
+        built again on the new tip, and after ``THREAD_BUILDS_OVERTAKEN`` such in a row on
+        the loop, where no block can overtake it, so that a miner gets work while blocks
+        come faster than templates (a catch-up). One build runs at a time; an ask that
+        waited for it finds it made.
         """
         async with self._building:
-            if self._fresh(tip, refresh):
-                return True
-            if self.chain.tip.hash != tip:
-                return False
-            return await self._build(tip)
+            overtaken = 0
+            while True:
+                tip = self.chain.tip.hash
+                if self._fresh(tip, refresh):
+                    return tip
+                if await self._build(tip, in_thread=overtaken < THREAD_BUILDS_OVERTAKEN):
+                    return tip
+                overtaken += 1
 
-    async def _build(self, tip: bytes) -> bool:
+    async def _build(self, tip: bytes, in_thread: bool) -> bool:
         """Build the template on ``tip`` (the current tip): on top of the last one if on
         the same tip no transaction left the pool since, from a fresh fee-ordered
-        selection otherwise (see ``_ready``)."""
+        selection otherwise; False if a block overtook a build ``in_thread``."""
         mempool, chain = self.mempool, self.chain
         revision, removals = mempool.revision, mempool.removals
         base = self._body
@@ -214,22 +224,26 @@ class WorkSource:
         admissions = mempool.admissions
         state = chain.state
         generation = state.generation
-        started = time.monotonic()
-        template, body = await asyncio.to_thread(
-            build_template,
+        args = (
             state.fork(),
             chain.header_context(tip),
             self.params,
             candidates,
             self.miner_address,
-            _ANY_JOB,
-            now_ms(),
-            verified=True,
-            on_top_of=base,
+            base,
         )
-        if chain.tip.hash != tip or state.generation != generation:
-            return False  # the state moved under the fork: what it read may be mixed
-        cost = TEMPLATE_COST_RATIO * (time.monotonic() - started)
+        if not in_thread:
+            template, body, seconds = _timed_build(*args)
+        else:
+            try:
+                template, body, seconds = await asyncio.to_thread(_timed_build, *args)
+            except Exception:
+                if chain.tip.hash != tip or state.generation != generation:
+                    return False  # it read a state a block was changing: its error is moot
+                raise
+            if chain.tip.hash != tip or state.generation != generation:
+                return False
+        cost = TEMPLATE_COST_RATIO * seconds
         if base is None:
             self._cost = cost
         else:
@@ -262,3 +276,22 @@ class WorkSource:
     async def deliver(self, work: MiningWork, result_root: bytes, product: np.ndarray) -> None:
         """An attempt on a posted job that made no block: its result is kept and claimed."""
         await self.market.deliver(work.job, result_root, product)
+
+
+def _timed_build(
+    state: State,
+    context: HeaderContext,
+    params: NetworkParams,
+    candidates: list[Transaction],
+    miner: bytes,
+    on_top_of: TemplateBody | None,
+) -> tuple[BlockHeader, TemplateBody, float]:
+    """``build_template`` and the CPU seconds its thread spent on it: the cost that paces
+    refreshes (a wall-clock time would also count the wait for a worker thread and for
+    the GIL while the loop is busy)."""
+    started = time.thread_time()
+    template, body = build_template(
+        state, context, params, candidates, miner, _ANY_JOB, now_ms(), verified=True,
+        on_top_of=on_top_of,
+    )  # fmt: skip
+    return template, body, time.thread_time() - started

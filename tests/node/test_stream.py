@@ -428,7 +428,9 @@ async def test_a_slow_template_on_a_new_tip_does_not_hold_back_the_next_transact
         clock[0] += 0.5 if kwargs["on_top_of"] is None else 0.001  # from scratch: 0.5 s
         return real_build(*args, **kwargs)
 
-    fake_time = SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
+    fake_time = SimpleNamespace(
+        monotonic=lambda: clock[0], thread_time=lambda: clock[0], time=time.time
+    )
     monkeypatch.setattr(work_module, "time", fake_time)
     monkeypatch.setattr(work_module, "build_template", slow_build)
     try:
@@ -442,82 +444,154 @@ async def test_a_slow_template_on_a_new_tip_does_not_hold_back_the_next_transact
         await n.stop()
 
 
-def _held_build(monkeypatch) -> tuple[threading.Event, threading.Event]:
-    """Make the node's template builds wait for the test: (entered, release)."""
-    entered, release = threading.Event(), threading.Event()
-    real_build = work_module.build_template
+class _HeldBuilds:
+    """The node's template builds, counted; those in a worker thread wait for the test
+    (``started`` once each, then ``let_go``); ``fail_first``: the first threaded build
+    raises once let go, as one that read a block's half-applied state could."""
 
-    def held_build(*args, **kwargs):
-        entered.set()
-        assert release.wait(10), "the test never let the template build go on"
-        return real_build(*args, **kwargs)
+    def __init__(self, monkeypatch, fail_first: bool = False) -> None:
+        self.threaded = self.on_loop = 0
+        self._started, self._go = threading.Semaphore(0), threading.Semaphore(0)
+        real_build = work_module.build_template
 
-    monkeypatch.setattr(work_module, "build_template", held_build)
-    return entered, release
+        def held_build(*args, **kwargs):
+            if threading.current_thread() is threading.main_thread():
+                self.on_loop += 1
+                return real_build(*args, **kwargs)
+            self.threaded += 1
+            self._started.release()
+            assert self._go.acquire(timeout=10), "the test never let the template build go on"
+            if fail_first and self.threaded == 1:
+                raise AssertionError("the state changed between two reads of one rule")
+            return real_build(*args, **kwargs)
+
+        monkeypatch.setattr(work_module, "build_template", held_build)
+
+    async def started(self) -> None:
+        assert await asyncio.to_thread(self._started.acquire, True, 10), "no build started"
+
+    def let_go(self) -> None:
+        self._go.release()
 
 
 async def test_the_event_loop_serves_rpc_while_a_template_is_built(node, monkeypatch):
     """A template from a full pool takes hundreds of milliseconds; it is built off the
     event loop, so RPC (and peers, and block relay) are answered meanwhile."""
-    entered, release = _held_build(monkeypatch)
+    builds = _HeldBuilds(monkeypatch)
     asked = asyncio.create_task(node.work.work())
     try:
-        assert await asyncio.to_thread(entered.wait, 10)  # the build is under way
+        await builds.started()
         reply = await asyncio.wait_for(rpc_call(node, "getinfo"), 5)
         assert reply["result"]["height"] == node.chain.height
         assert not asked.done()  # the build still waits for us: the loop answered anyway
     finally:
-        release.set()
+        builds.let_go()
     work = await asyncio.wait_for(asked, 10)
     assert work.template.prev_hash == node.chain.tip.hash
+    assert (builds.threaded, builds.on_loop) == (1, 0)
 
 
-async def test_a_template_built_while_a_block_came_is_dropped_for_one_on_the_new_tip(
-    node, monkeypatch
-):
+async def test_a_template_a_block_overtook_is_built_again_on_the_new_tip(node, monkeypatch):
     """The build reads the tip's state from another thread; a block connected meanwhile
-    changes that state, so what was built is dropped and the work asked for is on the new
-    tip, with the block's transactions left out."""
+    changes that state, so what was built is dropped and built again on the new tip,
+    without the block's transactions."""
     pay = TransferPayload(BOB.address, 1_000)
     tx = signed_transaction(ALICE, chain_id=node.params.chain_id, nonce=0, fee=10, payload=pay)
     node.txs.admit(tx, None)
     block = _block_for(node, (tx,))
-    entered, release = _held_build(monkeypatch)
-    old_tip = node.chain.tip.hash
-    asked = asyncio.create_task(node.work._ready(old_tip))
-    try:
-        assert await asyncio.to_thread(entered.wait, 10)
-        assert (await node.process_block(block, None)) is not None  # meanwhile, a block
-    finally:
-        release.set()
-    assert await asyncio.wait_for(asked, 10) is False  # what was built is not kept
-    assert node.work._template_of is None or node.work._template_of[0] != old_tip
-    work = await asyncio.wait_for(node.work.work(), 10)
+    builds = _HeldBuilds(monkeypatch)
+    asked = asyncio.create_task(node.work.work())
+    await builds.started()
+    assert (await node.process_block(block, None)) is not None  # meanwhile, a block
+    builds.let_go()
+    await builds.started()  # again, on the new tip
+    builds.let_go()
+    work = await asyncio.wait_for(asked, 10)
     assert work.template.prev_hash == block.hash == node.chain.tip.hash
     assert work.template.height == block.header.height + 1
     assert tx.txid not in {t.txid for t in work.txs}
+    assert (builds.threaded, builds.on_loop) == (2, 0)
 
 
-async def test_a_better_job_is_not_used_up_by_a_template_build_a_block_overtook(node, monkeypatch):
-    """Between strips the miner asks for better work; if a block lands while that
-    template is built, the answer is None and the job stays untaken: the next ask
-    gets it, it does not wait out a retry as if it had been attempted."""
+async def test_a_build_that_failed_on_a_changing_state_is_built_again(node, monkeypatch):
+    """A build racing a block may read two rows the block's rules keep in step, one
+    before and one after, and trip a consensus assertion: that build is dropped like
+    one that returned, and the work comes from the next."""
+    block = _block_for(node)
+    builds = _HeldBuilds(monkeypatch, fail_first=True)
+    asked = asyncio.create_task(node.work.work())
+    await builds.started()
+    assert (await node.process_block(block, None)) is not None
+    builds.let_go()  # it raises
+    await builds.started()
+    builds.let_go()
+    work = await asyncio.wait_for(asked, 10)
+    assert work.template.prev_hash == block.hash
+
+
+async def test_a_build_that_fails_with_nothing_changing_is_an_error(node, monkeypatch):
+    """With no block meanwhile a build's error is the node's own fault: it is raised (the
+    miner logs it and asks again), not taken for a race."""
+    builds = _HeldBuilds(monkeypatch, fail_first=True)
+    asked = asyncio.create_task(node.work.work())
+    await builds.started()
+    builds.let_go()
+    with pytest.raises(AssertionError, match="two reads of one rule"):
+        await asyncio.wait_for(asked, 10)
+    builds.let_go()  # the next build goes through
+    work = await asyncio.wait_for(node.work.work(), 10)
+    assert work.template.prev_hash == node.chain.tip.hash
+
+
+async def test_work_comes_while_blocks_overtake_every_build_in_a_thread(node, monkeypatch):
+    """In a catch-up blocks may come faster than templates are built: after
+    THREAD_BUILDS_OVERTAKEN builds in a thread are overtaken, the next is built on the
+    loop, where no block can overtake it, and the miner gets work on the tip."""
+    builds = _HeldBuilds(monkeypatch)
+    asked = asyncio.create_task(node.work.work())
+    for _ in range(work_module.THREAD_BUILDS_OVERTAKEN):
+        await builds.started()
+        assert (await node.process_block(_block_for(node), None)) is not None
+        builds.let_go()
+    work = await asyncio.wait_for(asked, 10)
+    assert work.template.prev_hash == node.chain.tip.hash
+    assert (builds.threaded, builds.on_loop) == (work_module.THREAD_BUILDS_OVERTAKEN, 1)
+
+
+async def test_a_better_job_is_handed_out_though_a_block_overtook_its_template(node, monkeypatch):
+    """Between strips the miner asks for better work; a block landing while that
+    template is built does not cost the answer (the miner would not ask again before
+    its attempt ends): the job comes on a template on the new tip."""
     jobs = _jobs(1)
     await _post(node, jobs)
     current = await node.work.work()  # the null job; the operands are fetched meanwhile
     assert current.job.null
     await _until(lambda: len(node.market.jobs) == 1, 30, "the job's operands")
     assert (await node.process_block(_block_for(node), None)) is not None  # template stale
-    entered, release = _held_build(monkeypatch)
+    builds = _HeldBuilds(monkeypatch)
     asked = asyncio.create_task(node.work.better_work(current, False))
-    try:
-        assert await asyncio.to_thread(entered.wait, 10)
-        assert (await node.process_block(_block_for(node), None)) is not None
-    finally:
-        release.set()
-    assert await asyncio.wait_for(asked, 10) is None
-    work = await asyncio.wait_for(node.work.work(), 10)
-    assert _id(work) == jobs[0][2] and work.template.prev_hash == node.chain.tip.hash
+    await builds.started()
+    assert (await node.process_block(_block_for(node), None)) is not None
+    builds.let_go()
+    await builds.started()
+    builds.let_go()
+    better = await asyncio.wait_for(asked, 10)
+    assert better is not None and _id(better) == jobs[0][2]
+    assert better.template.prev_hash == node.chain.tip.hash
+
+
+async def test_refreshes_are_paced_by_a_builds_cpu_time_not_its_waits(node, monkeypatch):
+    """A build in a thread may wait for a worker or for the GIL while the loop is busy;
+    that wait is no cost of the template's, so it does not hold back refreshes."""
+    real_build = work_module.build_template
+
+    def waiting_build(*args, **kwargs):
+        time.sleep(0.3)  # stands for a wait: no CPU spent
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(work_module, "build_template", waiting_build)
+    await node.work.work()
+    assert node.work._cost < work_module.TEMPLATE_COST_RATIO * 0.3 / 2
 
 
 def test_miners_split_the_queue_and_help_the_owner_from_its_last_job():
@@ -930,7 +1004,7 @@ async def test_another_miners_better_paying_post_is_carried_by_the_next_job_at_o
         node.txs.admit(tx, None)
         rates[name] = node.market.post_admitted(tx.txid)
     assert rates == {"theirs": 2 * current.rate, "ours": None, "same pay": None}
-    assert await node.work._ready(node.chain.tip.hash)  # as a plain ask
+    await node.work._ready()  # as a plain ask
     assert node.work._body is not None
     assert posts["theirs"].txid not in node.work._body.txids  # the template stayed
     assert await node.work.better_work(current, False) is None  # nothing better is ready
