@@ -19,6 +19,7 @@ tip, job or transactions are picked up within a burst).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -231,6 +232,7 @@ class Miner:
             # Numba's thread count is per calling thread: set it in the miner's own.
             numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
         while not self._stop.is_set():
+            asked: concurrent.futures.Future[MiningWork] | None = None
             try:
                 asked = asyncio.run_coroutine_threadsafe(self.get_work(), self.loop)
                 work = asked.result(WORK_TIMEOUT_S)
@@ -239,6 +241,9 @@ class Miner:
                     return
                 self.last_error = str(e) or type(e).__name__
                 if isinstance(e, TimeoutError):  # a first start's compile holds the kernels
+                    # Given up on: cancelled, so that it cannot take a job later for nobody.
+                    if asked is not None:
+                        asked.cancel()
                     log.warning("no mining work after %d s; asking again", WORK_TIMEOUT_S)
                 else:
                     log.warning("could not get mining work: %s", self.last_error)
@@ -284,10 +289,13 @@ class Miner:
         if self.better_work is None or not (ready or posted) or self._stop.is_set():
             return
         self._ready_rate = self._post_rate = 0.0
+        future: concurrent.futures.Future[MiningWork | None] | None = None
         try:
-            asked = self.better_work(work, posted)
-            better = asyncio.run_coroutine_threadsafe(asked, self.loop).result(30)
+            future = asyncio.run_coroutine_threadsafe(self.better_work(work, posted), self.loop)
+            better = future.result(WORK_TIMEOUT_S)
         except Exception as e:
+            if future is not None:
+                future.cancel()  # (it cannot take a job later for nobody)
             log.warning("could not get better-paying work: %s", e)
             return
         if better is None:

@@ -160,3 +160,34 @@ async def test_another_miners_better_paying_post_starts_a_fresh_template_between
         await asyncio.wait_for(asyncio.to_thread(miner._thread.join, 10), 15)
         await miner.stop()
         assert events[: len(expected)] == expected
+
+
+async def test_an_ask_for_work_given_up_on_is_cancelled(monkeypatch):
+    """When the node takes longer than WORK_TIMEOUT_S to hand out work, the miner asks
+    again; the ask it gave up on is cancelled, not left to take a job for nobody later."""
+    from node import miner as miner_module
+
+    monkeypatch.setattr(miner_module, "WORK_TIMEOUT_S", 0.2)
+    loop = asyncio.get_running_loop()
+    asks: list[asyncio.Task[object]] = []
+    cancelled = asyncio.Event()
+
+    async def get_work() -> MiningWork:
+        asks.append(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            await asyncio.Event().wait()  # never answers
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        raise AssertionError("unreachable")
+
+    async def unused(*_: object) -> None:
+        raise AssertionError("nothing is mined here")
+
+    miner = Miner(MID, loop, get_work, unused, unused)
+    miner.start()
+    try:
+        await asyncio.wait_for(cancelled.wait(), 10)
+    finally:
+        await miner.stop()
+    assert asks and asks[0].cancelled()
