@@ -15,7 +15,7 @@ touching the rules, since only this module computes it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -166,14 +166,36 @@ class _ForkTable(MutableMapping[Any, Any]):
         return sum(1 for _ in self)
 
 
+class _ForkTables(Mapping[str, MutableMapping[Any, Any]]):
+    """A fork's tables, each made on first use (a mempool trial touches one or two)."""
+
+    __slots__ = ("_base", "_made")
+
+    def __init__(self, base: Mapping[str, MutableMapping[Any, Any]]) -> None:
+        self._base = base
+        self._made: dict[str, _ForkTable] = {}
+
+    def __getitem__(self, name: str) -> MutableMapping[Any, Any]:
+        table = self._made.get(name)
+        if table is None:
+            table = self._made[name] = _ForkTable(self._base[name])
+        return table
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._base)
+
+    def __len__(self) -> int:
+        return len(self._base)
+
+
 class State:
     """Tables of plain values with a journal. Pure data: no I/O."""
 
     def __init__(self, tables: dict[str, dict[Any, Any]] | None = None, root: bytes = bytes(32)):
-        self.tables: dict[str, MutableMapping[Any, Any]] = {t: {} for t in TABLES}
-        if tables:
-            for name, rows in tables.items():
-                self.tables[name] = dict(rows)
+        own: dict[str, MutableMapping[Any, Any]] = {t: {} for t in TABLES}
+        for name, rows in (tables or {}).items():
+            own[name] = dict(rows)
+        self.tables: Mapping[str, MutableMapping[Any, Any]] = own
         self.root = root
         self._journal: list[tuple[str, Any, Any]] | None = None
         # pending_root() of the open journal as it is now; any write clears it.
@@ -195,7 +217,7 @@ class State:
         if self._journal is not None:
             raise RuntimeError("cannot fork a state inside an open block")
         fork = State.__new__(State)
-        fork.tables = {name: _ForkTable(rows) for name, rows in self.tables.items()}
+        fork.tables = _ForkTables(self.tables)
         fork.root = self.root
         fork._journal = None
         fork._pending_root = None
