@@ -361,6 +361,7 @@ class Node:
             for t in self._tasks:
                 t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            self.work.close()
             self.blobs.close()
             self.market.close()
             # Stop listening first: a peer that redials when we close its session is then

@@ -20,6 +20,7 @@ claim would miss a block or two).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import logging
 import time
@@ -100,6 +101,9 @@ class WorkSource:
         self._body_removals = 0
         self._body_admissions = 0
         self._building = asyncio.Lock()
+        # A thread of its own: a build does not queue behind blob reads in the loop's
+        # default executor (one at a time anyway, under _building).
+        self._builder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="template")
         # At fast blocks a new transaction (a job, a claim) waits at most half a block.
         self._refresh_s = min(TEMPLATE_REFRESH_S, params.block_time_ms / 2000)
 
@@ -236,7 +240,9 @@ class WorkSource:
             template, body, seconds = _timed_build(*args)
         else:
             try:
-                template, body, seconds = await asyncio.to_thread(_timed_build, *args)
+                template, body, seconds = await asyncio.get_running_loop().run_in_executor(
+                    self._builder, _timed_build, *args
+                )
             except Exception:
                 if chain.tip.hash != tip or state.generation != generation:
                     return False  # it read a state a block was changing: its error is moot
@@ -251,6 +257,10 @@ class WorkSource:
         self._body, self._body_removals, self._body_admissions = body, removals, admissions
         self._template_of = (tip, revision, time.monotonic(), template)
         return True
+
+    def close(self) -> None:
+        """Let the build thread go (a build under way is left to finish, unread)."""
+        self._builder.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, found: MinedBlock, work: MiningWork) -> None:
         """A block the miner found: processed (and pushed to peers) unless the tip moved."""
