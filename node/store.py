@@ -88,6 +88,10 @@ CREATE TABLE IF NOT EXISTS kept_blobs (
     root BLOB PRIMARY KEY,
     job_id BLOB NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blob_leaves (
+    root BLOB PRIMARY KEY,
+    leaves BLOB NOT NULL
+) WITHOUT ROWID;
 """
 """The blobs (job operands and results) and why each is kept: in a file of their own
 (``<chain file stem>.blobs.sqlite``), with its own connection and lock. Writing a job's
@@ -478,6 +482,41 @@ class Store:
         with self._blob_transaction() as db:
             db.execute("DELETE FROM blobs WHERE root = ?", (root,))
             db.execute("DELETE FROM kept_blobs WHERE root = ?", (root,))
+            db.execute("DELETE FROM blob_leaves WHERE root = ?", (root,))
+
+    def put_blob_leaves(self, root: bytes, leaves: bytes) -> None:
+        """Keep the leaf hashes of the stored blob ``root`` (32 bytes a chunk), to serve
+        it without reading it whole (node.relay.blobs.StoredBlobTree); nothing if the
+        blob is not stored."""
+        with self._blob_transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO blob_leaves (root, leaves) "
+                "SELECT ?, ? WHERE EXISTS (SELECT 1 FROM blobs WHERE root = ?)",
+                (root, leaves, root),
+            )
+
+    def get_blob_leaves(self, root: bytes) -> tuple[int, int, bytes] | None:
+        """(size, chunk size, leaf hashes) of a stored blob whose leaves are kept, or None."""
+        with self._blob_lock:
+            row = self._blob_db.execute(
+                "SELECT b.size, b.chunk_size, l.leaves FROM blobs b "
+                "JOIN blob_leaves l ON l.root = b.root WHERE b.root = ?",
+                (root,),
+            ).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]), bytes(row[2]))
+
+    def read_blob(self, root: bytes, offset: int, length: int) -> bytes | None:
+        """``length`` bytes of the stored blob ``root`` from ``offset`` (fewer past its
+        end), read without loading the rest of it; None if it is not stored."""
+        with self._blob_lock:
+            row = self._blob_db.execute(
+                "SELECT rowid FROM blobs WHERE root = ?", (root,)
+            ).fetchone()
+            if row is None:
+                return None
+            with self._blob_db.blobopen("blobs", "data", row[0], readonly=True) as blob:
+                blob.seek(offset)
+                return blob.read(length)
 
     def get_blob_chunked(self, root: bytes) -> tuple[bytes, int] | None:
         """(data, chunk size) of a stored blob, or None."""

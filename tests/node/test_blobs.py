@@ -335,6 +335,63 @@ async def test_a_peer_that_keeps_missing_the_serve_cache_waits_for_its_turn(node
             await p.close()
 
 
+async def test_a_blob_out_of_the_cache_is_served_from_its_leaves_not_read_whole(nodes, monkeypatch):
+    """The first miss of a stored blob reads and hashes it whole and keeps its leaf
+    hashes beside it; once the blob has left the serve cache, a range is served from
+    those leaves and the chunks it holds, not by reading the blob again."""
+    monkeypatch.setattr(blobs_module, "SERVE_CACHE_BYTES", 1)  # one tree kept at a time
+    a = await nodes("a")
+    first, second = os.urandom(50 * 100 + 37), os.urandom(3 * 100)
+    roots = [blob_root(first, 100), blob_root(second, 100)]
+    for root, data in zip(roots, (first, second), strict=True):
+        a.store.put_blob(root, data, 100)  # stored, not cached
+    reads: list[bytes] = []
+    real_read = a.store.get_blob_chunked
+    monkeypatch.setattr(a.store, "get_blob_chunked", lambda r: reads.append(r) or real_read(r))
+    peer = await _evil_peer(a)
+    try:
+        for n, root in enumerate(roots, 1):  # the second pushes the first out of the cache
+            await peer.send(BlobGetRange(root, 0, 1))
+            await peer.wait_for(lambda n=n: len(peer.of_type(BlobRange)) == n)
+        assert reads == roots and a.store.get_blob_leaves(roots[0]) is not None
+        await peer.send(BlobGetRange(roots[0], 7, 44))  # to the end, the short last chunk
+        await peer.wait_for(lambda: len(peer.of_type(BlobRange)) == 3)
+        got = peer.of_type(BlobRange)[2]
+        assert (got.first, got.total) == (7, 51) and b"".join(got.chunks) == first[700:]
+        assert verify_range(roots[0], 7, 51, got.chunks, got.proof)
+        assert reads == roots  # not read whole again
+    finally:
+        await peer.close()
+
+
+async def test_a_stored_blob_damaged_on_disk_is_not_served(nodes, monkeypatch):
+    """Chunks read for a range are checked against the stored leaves: a blob damaged on
+    disk is answered as one we lack (serving it would get us banned), and logged."""
+    monkeypatch.setattr(blobs_module, "SERVE_CACHE_BYTES", 1)
+    a = await nodes("a")
+    data, other = os.urandom(10 * 100), os.urandom(100)
+    root = blob_root(data, 100)
+    a.store.put_blob(root, data, 100)
+    a.store.put_blob(blob_root(other, 100), other, 100)
+    peer = await _evil_peer(a)
+    try:
+        await peer.send(BlobGetRange(root, 0, 1))  # read whole: its leaves are kept
+        await peer.wait_for(lambda: len(peer.of_type(BlobRange)) == 1)
+        await peer.send(BlobGetRange(blob_root(other, 100), 0, 1))  # pushes it out
+        await peer.wait_for(lambda: len(peer.of_type(BlobRange)) == 2)
+        damaged = data[:450] + bytes([data[450] ^ 1]) + data[451:]
+        with a.store._blob_transaction() as db:
+            db.execute("UPDATE blobs SET data = ? WHERE root = ?", (damaged, root))
+        await peer.send(BlobGetRange(root, 2, 5))
+        await peer.wait_for(lambda: len(peer.of_type(BlobRange)) == 3)
+        reply = peer.of_type(BlobRange)[2]
+        assert (reply.total, reply.chunks, reply.proof) == (0, (), ())
+        assert not peer.closed.is_set() and a.p2p.bans() == []
+        assert root not in a.blobs._trees
+    finally:
+        await peer.close()
+
+
 async def test_a_result_readied_to_serve_is_served_without_reading_it_back(nodes, monkeypatch):
     """A miner's C, stored under the root it computed, is readied to serve from the
     matrix in memory (``warm``): its client asks for it next, and is served without the

@@ -482,3 +482,27 @@ def busy_wait(seconds: float) -> None:
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         pass
+
+
+def test_a_blob_is_read_in_part_and_its_leaves_live_and_die_with_it(tmp_path):
+    """``read_blob`` reads a byte range of a stored blob (what a range served from its
+    leaves needs) and stops at its end; leaf hashes are kept only for a stored blob and
+    go when it is deleted."""
+    store = Store(tmp_path / FILENAME, MID)
+    try:
+        data = os.urandom(300_000)
+        root = b"r" * 32
+        store.put_blob_leaves(root, b"x" * 32)  # no such blob: nothing kept
+        assert store.get_blob_leaves(root) is None
+        assert store.read_blob(root, 0, 10) is None
+        store.put_blob(root, data, 100_000)
+        assert store.read_blob(root, 123_456, 1_000) == data[123_456:124_456]
+        assert store.read_blob(root, 299_990, 1_000) == data[299_990:]
+        store.put_blob_leaves(root, b"l" * 96)
+        assert store.get_blob_leaves(root) == (300_000, 100_000, b"l" * 96)
+        store.delete_blob(root)
+        assert store.get_blob_leaves(root) is None and store.read_blob(root, 0, 1) is None
+        store.put_blob(root, data, 100_000)  # stored again: its old leaves are not back
+        assert store.get_blob_leaves(root) is None
+    finally:
+        store.close()
