@@ -515,6 +515,8 @@ class Store:
             if row is None:
                 return None
             with self._blob_db.blobopen("blobs", "data", row[0], readonly=True) as blob:
+                if offset >= len(blob):  # (seek past the end raises)
+                    return b""
                 blob.seek(offset)
                 return blob.read(length)
 

@@ -74,6 +74,10 @@ class BlobError(ValueError):
     """A blob (or a matrix encoded as one) is not acceptable: empty, too big, malformed."""
 
 
+class BlobGone(BlobError):
+    """A stored blob deleted while a request for it was being served."""
+
+
 class BlobFetchError(Exception):
     """A blob could not be fetched from any peer; the message says why. ``wrong``: the
     blob is not of the shape asked for (trying again will not help)."""
@@ -194,7 +198,9 @@ class StoredBlobTree:
         start = first * self.chunk_size
         length = sum(self._length(i) for i in range(first, end))
         data = self._read(start, length)
-        if data is None or len(data) != length:
+        if data is None:
+            raise BlobGone(f"blob {self.root.hex()[:16]}… is no longer stored")
+        if len(data) != length:
             raise BlobError(f"stored blob {self.root.hex()[:16]}… is shorter than its leaves")
         cut, chunks = 0, []
         for i in range(first, end):
@@ -512,7 +518,7 @@ class BlobExchange:
         hashed again)."""
         tree = BlobTree(data, chunk_size)
         self.store.put_blob(tree.root, bytes(data), chunk_size, kept_for)
-        self.store.put_blob_leaves(tree.root, tree.leaves)
+        self._keep_leaves(tree.root, tree.leaves)
         self._cache(tree)
         return tree.root
 
@@ -538,7 +544,7 @@ class BlobExchange:
         tree = BlobTree(data, row_bytes)
         if self._serve(tree, root) is None:
             return False
-        self.store.put_blob_leaves(root, tree.leaves)
+        self._keep_leaves(root, tree.leaves)
         return True
 
     def delete(self, root: bytes) -> None:
@@ -605,7 +611,7 @@ class BlobExchange:
             del data, found
             served = self._serve(tree, root)
             if served is not None:  # its next miss reads the leaves, not the whole blob
-                await asyncio.to_thread(self.store.put_blob_leaves, root, tree.leaves)
+                await asyncio.to_thread(self._keep_leaves, root, tree.leaves)
             return served
 
     def _stored_tree(self, root: bytes) -> StoredBlobTree | None:
@@ -615,12 +621,25 @@ class BlobExchange:
             return None
         size, chunk_size, leaves = found
         try:
-            return StoredBlobTree(
+            tree = StoredBlobTree(
                 size, chunk_size, leaves, lambda at, n: self.store.read_blob(root, at, n)
             )
         except BlobError as e:
-            log.error("stored leaves of blob %s are damaged (%s): read whole", root.hex(), e)
+            tree, why = None, str(e)
+        else:
+            why = "they make another root"
+        if tree is None or tree.root != root:  # read whole; its leaves are written again
+            log.error("stored leaves of blob %s are damaged (%s): read whole", root.hex(), why)
             return None
+        return tree
+
+    def _keep_leaves(self, root: bytes, leaves: bytes) -> None:
+        """Store the blob's leaf hashes if the store can: without them a later miss only
+        reads it whole, as before (a full disk must not fail a put or a reply)."""
+        try:
+            self.store.put_blob_leaves(root, leaves)
+        except Exception as e:
+            log.warning("could not keep the leaves of blob %s: %s", root.hex()[:16], e)
 
     def _serve(self, tree: AnyBlobTree, root: bytes) -> AnyBlobTree | None:
         """Keep ``tree`` to serve as the blob ``root`` if it is that blob's (a corrupt store,
@@ -687,7 +706,10 @@ class BlobExchange:
         try:
             return await asyncio.to_thread(read, *args)
         except BlobError as e:
-            log.error("not serving blob %s: %s", tree.root.hex(), e)
+            if isinstance(e, BlobGone):  # deleted since it was looked up: pruned, say
+                log.debug("not serving blob %s: %s", tree.root.hex(), e)
+            else:
+                log.error("not serving blob %s: %s", tree.root.hex(), e)
             with self._trees_lock:
                 if self._trees.get(tree.root) is tree:
                     del self._trees[tree.root]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from consensus.merkle import matrix_rows_root, merkle_root
+from node import store as store_module
 from node.app import Node
 from node.config import NodeConfig
 from node.net.wire import MAX_RANGE_CHUNKS, RANGE_BYTES, BlobChunk, BlobGet, BlobGetRange, BlobRange
@@ -354,17 +355,25 @@ async def test_a_blob_out_of_the_cache_is_served_from_its_leaves_not_read_whole(
             await peer.send(BlobGetRange(root, 0, 1))
             await peer.wait_for(lambda n=n: len(peer.of_type(BlobRange)) == n)
         assert reads == roots and a.store.get_blob_leaves(roots[0]) is not None
+        bytes_read: list[int] = []
+        real_part = a.store.read_blob
+        monkeypatch.setattr(
+            a.store,
+            "read_blob",
+            lambda r, at, n: bytes_read.append(n) or real_part(r, at, n),
+        )
         await peer.send(BlobGetRange(roots[0], 7, 44))  # to the end, the short last chunk
         await peer.wait_for(lambda: len(peer.of_type(BlobRange)) == 3)
         got = peer.of_type(BlobRange)[2]
         assert (got.first, got.total) == (7, 51) and b"".join(got.chunks) == first[700:]
         assert verify_range(roots[0], 7, 51, got.chunks, got.proof)
-        assert reads == roots  # not read whole again
+        assert reads == roots  # not read whole again: only the chunks asked for
+        assert sum(bytes_read) == len(first) - 700
     finally:
         await peer.close()
 
 
-async def test_a_stored_blob_damaged_on_disk_is_not_served(nodes, monkeypatch):
+async def test_a_stored_blob_damaged_on_disk_is_not_served(nodes, monkeypatch, caplog):
     """Chunks read for a range are checked against the stored leaves: a blob damaged on
     disk is answered as one we lack (serving it would get us banned), and logged."""
     monkeypatch.setattr(blobs_module, "SERVE_CACHE_BYTES", 1)
@@ -382,12 +391,55 @@ async def test_a_stored_blob_damaged_on_disk_is_not_served(nodes, monkeypatch):
         damaged = data[:450] + bytes([data[450] ^ 1]) + data[451:]
         with a.store._blob_transaction() as db:
             db.execute("UPDATE blobs SET data = ? WHERE root = ?", (damaged, root))
+        monkeypatch.setattr(a.store, "get_blob_chunked", lambda r: pytest.fail("read whole"))
         await peer.send(BlobGetRange(root, 2, 5))
         await peer.wait_for(lambda: len(peer.of_type(BlobRange)) == 3)
         reply = peer.of_type(BlobRange)[2]
         assert (reply.total, reply.chunks, reply.proof) == (0, (), ())
         assert not peer.closed.is_set() and a.p2p.bans() == []
         assert root not in a.blobs._trees
+        assert "does not match its leaves" in caplog.text
+        # Cut short on disk (shorter than its size says): the same answer, no crash.
+        with a.store._blob_transaction() as db:
+            db.execute("UPDATE blobs SET data = ? WHERE root = ?", (data[:300], root))
+        await peer.send(BlobGetRange(root, 7, 3))
+        await peer.wait_for(lambda: len(peer.of_type(BlobRange)) == 4)
+        assert peer.of_type(BlobRange)[3].total == 0 and not peer.closed.is_set()
+    finally:
+        await peer.close()
+
+
+async def test_damaged_leaves_are_rebuilt_from_the_blob_and_a_full_disk_fails_no_put(
+    nodes, monkeypatch
+):
+    """Leaves that make another root are not trusted: the blob is read whole, served,
+    and its leaves written again. Leaves are an aid: a store that cannot take them (a
+    full disk) fails neither the put nor the reply."""
+    monkeypatch.setattr(blobs_module, "SERVE_CACHE_BYTES", 1)
+    a = await nodes("a")
+    data, other = os.urandom(10 * 100), os.urandom(100)
+    root = a.blobs.put(data, 100)  # its leaves kept at once
+    a.blobs.put(other, 100)  # pushes it out of the cache
+    good = a.store.get_blob_leaves(root)
+    assert good is not None
+    a.store.put_blob_leaves(root, bytes(len(good[2])))  # the right length, wrong hashes
+    peer = await _evil_peer(a)
+    try:
+        await peer.send(BlobGetRange(root, 0, 10))
+        await peer.wait_for(lambda: len(peer.of_type(BlobRange)) == 1)
+        got = peer.of_type(BlobRange)[0]
+        assert got.total == 10 and b"".join(got.chunks) == data
+        assert a.store.get_blob_leaves(root) == good
+
+        def full(*_):
+            raise store_module.DiskFull("disk full")
+
+        monkeypatch.setattr(a.store, "put_blob_leaves", full)
+        third = os.urandom(300)
+        assert a.blobs.put(third, 100) == blob_root(third, 100)
+        await peer.send(BlobGetRange(blob_root(third, 100), 0, 3))
+        await peer.wait_for(lambda: len(peer.of_type(BlobRange)) == 2)
+        assert b"".join(peer.of_type(BlobRange)[1].chunks) == third
     finally:
         await peer.close()
 
