@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 import numpy as np
@@ -16,7 +16,7 @@ from node.cli.node import _client, _load_wallet, _wallet_path
 from node.client.rpc import RpcClient
 
 if TYPE_CHECKING:  # the market client brings Numba and aiohttp: imported where it runs
-    from node.client.market import MarketClient
+    from node.client.market import MarketClient, SubmittedJob
 
 NETWORK_CHOICE = click.Choice(sorted(NETWORKS))
 
@@ -151,36 +151,50 @@ def job_submit(
         raise click.UsageError("Missing option '--reward'.")
     a, b = _load_npy(a_path, "a"), _load_npy(b_path, "b")
     client = _market(network, datadir, wallet, rpc_addr, block_time_ms)
-    submitted = client.submit(a, b, reward=reward, expiry_blocks=expiry)
-    spec = submitted.spec
-    out: dict[str, Any] = {
-        "job_id": submitted.job_id.hex(),
-        "txid": submitted.txid,
-        "posted_shape": f"{spec.m}x{spec.k}x{spec.n}",
-        "result_shape": f"{a.shape[0]}x{b.shape[1]}",
-        "reward": format_amount(reward, base_units),
-    }
-    if wait_s is not None:
-        # The job_post is sent: whatever ends the wait, the user gets the whole job id.
-        try:
+    from node.client.market import PostInterrupted
+
+    def summary(submitted: SubmittedJob) -> dict[str, Any]:
+        spec = submitted.spec
+        return {
+            "job_id": submitted.job_id.hex(),
+            "txid": submitted.txid,
+            "posted_shape": f"{spec.m}x{spec.k}x{spec.n}",
+            "result_shape": f"{a.shape[0]}x{b.shape[1]}",
+            "reward": format_amount(reward, base_units),
+        }
+
+    try:
+        submitted = client.submit(a, b, reward=reward, expiry_blocks=expiry)
+    except PostInterrupted as e:  # Ctrl-C while it was sent: it was, and here is its id
+        _interrupted(summary(e.submitted), as_json)
+    # The job_post is sent: whatever ends the wait, the user gets the whole job id.
+    try:
+        out = summary(submitted)
+        if wait_s is not None:
             out["status"] = client.wait(submitted.job_id, timeout=wait_s)["status"]
-        except TimeoutError:
-            out["status"] = "open"
-            _emit(out, as_json)
-            raise click.ClickException(
-                f"job {out['job_id']} was posted but not mined within {wait_s:g} s; "
-                f"follow it with `pouw job status {out['job_id']}`"
-            ) from None
-        except KeyboardInterrupt:
-            out["status"] = "interrupted"
-            _emit(out, as_json)
-            click.echo(
-                f"interrupted: job {out['job_id']} was posted; `pouw job status "
-                f"{out['job_id']}` follows it, `pouw job cancel {out['job_id']}` withdraws it",
-                err=True,
-            )
-            raise SystemExit(130) from None
+    except TimeoutError:
+        out["status"] = "open"
+        _emit(out, as_json)
+        raise click.ClickException(
+            f"job {out['job_id']} was posted but not mined within {wait_s:g} s; "
+            f"follow it with `pouw job status {out['job_id']}`"
+        ) from None
+    except KeyboardInterrupt:
+        _interrupted(summary(submitted), as_json)
     _emit(out, as_json)
+
+
+def _interrupted(out: dict[str, Any], as_json: bool) -> NoReturn:
+    """Ctrl-C once the job_post was sent: its whole id on stdout, how to follow or
+    withdraw it on stderr, exit code 130."""
+    out["status"] = "interrupted"
+    _emit(out, as_json)
+    click.echo(
+        f"interrupted: job {out['job_id']} was posted; `pouw job status "
+        f"{out['job_id']}` follows it, `pouw job cancel {out['job_id']}` withdraws it",
+        err=True,
+    )
+    raise SystemExit(130) from None
 
 
 def _emit(out: dict[str, Any], as_json: bool) -> None:

@@ -23,7 +23,11 @@ once a block holds the claim (``result`` waits for it).
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +74,34 @@ class SubmittedJob:
     job_id: bytes
     txid: str
     spec: JobSpec
+
+
+class PostInterrupted(KeyboardInterrupt):
+    """Ctrl-C came while the job_post was being sent: it was sent all the same, and this
+    says which job it posted (``submitted``), so that the caller can tell the user."""
+
+    def __init__(self, submitted: SubmittedJob) -> None:
+        super().__init__(f"interrupted once job {submitted.job_id.hex()} was posted")
+        self.submitted = submitted
+
+
+@contextlib.contextmanager
+def _interrupt_held() -> Iterator[list[bool]]:
+    """Hold Ctrl-C back until the block ends (in the main thread, with Python's own
+    handler in place): ``held[0]`` says whether one came. Without it a Ctrl-C while the
+    node admits the job_post leaves a posted job whose id nobody printed."""
+    held = [False]
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield held
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: held.__setitem__(0, True))
+    try:
+        yield held
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def check_operands(a: np.ndarray, b: np.ndarray, params: NetworkParams) -> tuple[int, int, int]:
@@ -193,10 +225,13 @@ class MarketClient:
             fee=fee,
             payload=payload,
         )
-        txid = self.rpc.call("sendtransaction", encode_tx(tx).hex())
-        return SubmittedJob(
-            spec.job_id(self.params.rank, self.params.tile_h, self.params.tile_w), txid, spec
-        )
+        job_id = spec.job_id(self.params.rank, self.params.tile_h, self.params.tile_w)
+        with _interrupt_held() as interrupted:
+            txid = self.rpc.call("sendtransaction", encode_tx(tx).hex())
+        submitted = SubmittedJob(job_id, txid, spec)
+        if interrupted[0]:
+            raise PostInterrupted(submitted)
+        return submitted
 
     # ------------------------------------------------------------ follow
 

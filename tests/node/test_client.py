@@ -115,3 +115,36 @@ def test_a_reward_the_balance_cannot_cover_is_refused_in_coins_before_posting():
         "insufficient balance: 0.00150000 coins < reward 0.00200000 + fee 0.00001000"
     )
     assert node.sent == [] and node.blobs == {}
+
+
+def test_ctrl_c_while_the_post_is_sent_still_reports_the_job_it_posted():
+    """Ctrl-C that lands while the node admits the job_post cannot unsend it: the client
+    finishes sending and raises PostInterrupted with the posted job, so that its id is
+    printed (``pouw job submit`` exits 130 with it), instead of a bare KeyboardInterrupt
+    that leaves a posted job nobody knows the id of."""
+    import os
+    import signal
+
+    from node.client.market import PostInterrupted
+
+    node = FakeNode()
+    real_call = node.call
+
+    def call(method: str, *params: Any) -> Any:
+        if method == "sendtransaction":
+            os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C, mid-send
+        return real_call(method, *params)
+
+    node.call = call  # type: ignore[method-assign]
+    client = MarketClient(node, POSTER, DEVNET)  # type: ignore[arg-type]
+    try:
+        client.submit(*_tiny(), reward=10_000)
+    except PostInterrupted as e:
+        posted = e.submitted
+    except KeyboardInterrupt:  # caught here, or it would end the test session
+        pytest.fail("a bare KeyboardInterrupt: the posted job's id is lost")
+    else:
+        pytest.fail("the Ctrl-C was swallowed")
+    (post,) = node.sent
+    assert posted.job_id == job_id_of(post, DEVNET)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
