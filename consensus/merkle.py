@@ -303,12 +303,14 @@ def matrix_leaf_hashes(x: np.ndarray) -> list[Hash32]:
     return _row_leaf_hashes(_rows_of(x).view(np.uint8))
 
 
-def _row_leaf_hashes(rows: np.ndarray) -> list[Hash32]:
-    """``leaf_hash(i, rows[i])`` for the rows of a C-contiguous 2-D uint8 array, compiled."""
+def _row_leaf_hashes(rows: np.ndarray, first_index: int = 0) -> list[Hash32]:
+    """``leaf_hash(first_index + i, rows[i])`` for the rows of a C-contiguous 2-D uint8
+    array, compiled."""
     count, width = rows.shape
     heads = np.empty((count, 24), dtype=np.uint8)
     heads[:, :8] = np.frombuffer(_LEN8, dtype=np.uint8)
-    heads[:, 8:16] = np.arange(count, dtype="<u8").view(np.uint8).reshape(count, 8)
+    indices = np.arange(first_index, first_index + count, dtype="<u8")
+    heads[:, 8:16] = indices.view(np.uint8).reshape(count, 8)
     heads[:, 16:] = np.frombuffer(width.to_bytes(8, "little"), dtype=np.uint8)
     words = prefixed_row_hashes(heads, rows, _leaf_key(), DERIVE_KEY_MATERIAL)
     digests = words.astype("<u4", copy=False).tobytes()
@@ -323,20 +325,26 @@ LANE_MAX_CHUNK = 64 * 1024
 chunks side by side; the compiled path frames 16 of them in a buffer meant for L2."""
 
 
-def chunk_leaf_hashes(data: bytes | memoryview, chunk_size: int) -> list[Hash32]:
-    """``leaf_hash(i, chunk i)`` for ``data`` cut into ``chunk_size``-byte chunks, the last
-    possibly shorter: the leaves of a blob. A matrix blob's chunks are its rows (8 KiB
-    for C's at 2048), hashed as :func:`matrix_leaf_hashes` hashes them."""
+def chunk_leaf_hashes(
+    data: bytes | memoryview, chunk_size: int, first_index: int = 0
+) -> list[Hash32]:
+    """``leaf_hash(first_index + i, chunk i)`` for ``data`` cut into ``chunk_size``-byte
+    chunks, the last possibly shorter: the leaves of a blob (``first_index`` 0) or of a
+    run of its chunks. A matrix blob's chunks are its rows (8 KiB for C's at 2048),
+    hashed as :func:`matrix_leaf_hashes` hashes them."""
     if chunk_size < 1:
         raise ValueError(f"chunk size must be positive, got {chunk_size}")
+    if first_index < 0:
+        raise ValueError(f"first chunk index must be non-negative, got {first_index}")
     view = memoryview(data).cast("B")
     whole = len(view) // chunk_size
     if whole < LANE_MIN_CHUNKS or chunk_size > LANE_MAX_CHUNK:
-        return leaf_hashes([view[i : i + chunk_size] for i in range(0, len(view), chunk_size)])
+        cuts = range(0, len(view), chunk_size)
+        return leaf_hashes([view[i : i + chunk_size] for i in cuts], first_index)
     rows = np.frombuffer(view, dtype=np.uint8, count=whole * chunk_size)
-    leaves = _row_leaf_hashes(rows.reshape(whole, chunk_size))
+    leaves = _row_leaf_hashes(rows.reshape(whole, chunk_size), first_index)
     if len(view) > whole * chunk_size:
-        leaves.append(leaf_hash(whole, bytes(view[whole * chunk_size :])))
+        leaves.append(leaf_hash(first_index + whole, bytes(view[whole * chunk_size :])))
     return leaves
 
 

@@ -30,6 +30,7 @@ import contextlib
 import hmac
 import logging
 import struct
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -39,6 +40,7 @@ import numpy as np
 
 from consensus.hashing import HASH_SIZE
 from consensus.merkle import (
+    LANE_MIN_CHUNKS,
     branch_of,
     chunk_leaf_hashes,
     leaf_hashes,
@@ -107,6 +109,16 @@ def check_chunk_size(chunk_size: int) -> None:
         raise BlobError(f"chunk size {chunk_size} is outside 1..{MAX_CHUNK_SIZE}")
 
 
+_OBJECT_BYTES = sys.getsizeof(b"") + 8
+"""A bytes object's own bytes beyond its payload, and its slot in a list."""
+
+
+def levels_held(levels: list[list[bytes]]) -> int:
+    """Bytes a Merkle tree's levels hold in memory: each 32-byte hash is a bytes object
+    (~2.3 times its payload with its header and list slot)."""
+    return sum(len(level) for level in levels) * (HASH_SIZE + _OBJECT_BYTES)
+
+
 class BlobTree:
     """A blob with its Merkle tree built once, to serve many chunks with their branches."""
 
@@ -122,8 +134,8 @@ class BlobTree:
 
     @property
     def held(self) -> int:
-        """Bytes it holds in memory (its chunks; the tree is small beside them)."""
-        return self.size
+        """Bytes it holds in memory: its chunks (each a bytes object in a list) and tree."""
+        return self.size + len(self.chunks) * _OBJECT_BYTES + levels_held(self.levels)
 
     @property
     def leaves(self) -> bytes:
@@ -146,11 +158,7 @@ class BlobTree:
         no chunk ``first`` or ``count`` is not positive."""
         if not 0 <= first < len(self.chunks) or count < 1:
             raise IndexError(f"no range of {count} from chunk {first} in {len(self.chunks)}")
-        end, size = first, 0
-        stop = min(len(self.chunks), first + min(count, MAX_RANGE_CHUNKS))
-        while end < stop and (end == first or size + len(self.chunks[end]) <= RANGE_BYTES):
-            size += len(self.chunks[end])
-            end += 1
+        end = range_end(first, count, len(self.chunks), self.chunk_size, len(self.chunks[-1]))
         return tuple(self.chunks[first:end]), tuple(range_proof(self.levels, first, end - first))
 
 
@@ -189,26 +197,26 @@ class StoredBlobTree:
 
     @property
     def held(self) -> int:
-        return 2 * len(self.levels[0]) * HASH_SIZE
+        """Bytes it holds in memory: its tree (the chunks stay on disk)."""
+        return levels_held(self.levels)
 
     def _length(self, index: int) -> int:
         return min(self.chunk_size, self.size - index * self.chunk_size)
 
     def _chunks(self, first: int, end: int) -> tuple[bytes, ...]:
         start = first * self.chunk_size
-        length = sum(self._length(i) for i in range(first, end))
+        length = min(self.size, end * self.chunk_size) - start
         data = self._read(start, length)
         if data is None:
             raise BlobGone(f"blob {self.root.hex()[:16]}… is no longer stored")
         if len(data) != length:
             raise BlobError(f"stored blob {self.root.hex()[:16]}… is shorter than its leaves")
-        cut, chunks = 0, []
-        for i in range(first, end):
-            chunks.append(data[cut : cut + self._length(i)])
-            cut += self._length(i)
-        if leaf_hashes(chunks, first) != self.levels[0][first:end]:
+        # Every chunk but a blob's last is chunk_size long: the run is hashed as one
+        # buffer (16 chunks side by side where they are small), not chunk by chunk.
+        if chunk_leaf_hashes(data, self.chunk_size, first) != self.levels[0][first:end]:
             raise BlobError(f"stored blob {self.root.hex()[:16]}… does not match its leaves")
-        return tuple(chunks)
+        size = self.chunk_size
+        return tuple(data[cut : cut + size] for cut in range(0, length, size))
 
     def chunk(self, index: int) -> tuple[bytes, tuple[bytes, ...]]:
         """As BlobTree.chunk, the chunk read from the store."""
@@ -218,13 +226,10 @@ class StoredBlobTree:
 
     def range(self, first: int, count: int) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
         """As BlobTree.range (the same cut), the chunks read from the store."""
-        if not 0 <= first < self.total or count < 1:
-            raise IndexError(f"no range of {count} from chunk {first} in {self.total}")
-        end, size = first, 0
-        stop = min(self.total, first + min(count, MAX_RANGE_CHUNKS))
-        while end < stop and (end == first or size + self._length(end) <= RANGE_BYTES):
-            size += self._length(end)
-            end += 1
+        total = self.total
+        if not 0 <= first < total or count < 1:
+            raise IndexError(f"no range of {count} from chunk {first} in {total}")
+        end = range_end(first, count, total, self.chunk_size, self._length(total - 1))
         return self._chunks(first, end), tuple(range_proof(self.levels, first, end - first))
 
 
@@ -276,6 +281,27 @@ def verify_chunk(
     return verify_branch(root, index, total, chunk, list(branch))
 
 
+def range_end(
+    first: int,
+    count: int,
+    total: int,
+    chunk_size: int,
+    last_size: int,
+    range_bytes: int = RANGE_BYTES,
+    max_chunks: int = MAX_RANGE_CHUNKS,
+) -> int:
+    """The end (exclusive) of the range a reply to ``BlobGetRange(first, count)`` holds, of
+    a ``total``-chunk blob whose chunks are ``chunk_size`` bytes but its last
+    (``last_size``): from ``first`` on, at most ``count`` and ``max_chunks`` chunks, as
+    many as fit in ``range_bytes`` and at least one. Arithmetic, not a walk over chunks:
+    every chunk before the last has the same size."""
+    stop = min(total, first + min(count, max_chunks))
+    end = min(stop, first + max(1, range_bytes // chunk_size))
+    if end < stop and end == total - 1 and (end - first) * chunk_size + last_size <= range_bytes:
+        end += 1  # the short last chunk fits where a whole one would not
+    return end
+
+
 def range_proof(levels: list[list[bytes]], first: int, count: int) -> list[bytes]:
     """The siblings that rebuild the root from leaves ``first .. first + count - 1``.
 
@@ -295,6 +321,20 @@ def range_proof(levels: list[list[bytes]], first: int, count: int) -> list[bytes
     return proof
 
 
+def _range_leaves(chunks: tuple[bytes, ...] | list[bytes], first: int) -> list[bytes]:
+    """``leaf_hashes(chunks, first)``; where the chunks are cut as a blob's are (all as
+    long as the first, the last no longer and not empty), hashed as one buffer."""
+    size = len(chunks[0])
+    last = len(chunks[-1])
+    if (
+        len(chunks) >= LANE_MIN_CHUNKS
+        and 0 < last <= size
+        and all(len(c) == size for c in chunks[:-1])
+    ):
+        return chunk_leaf_hashes(b"".join(chunks), size, first)
+    return leaf_hashes(chunks, first)
+
+
 def root_from_range(
     first: int, total: int, chunks: tuple[bytes, ...] | list[bytes], proof: tuple[bytes, ...]
 ) -> bytes | None:
@@ -302,7 +342,7 @@ def root_from_range(
     (``range_proof``) imply; None if malformed (a proof too short or too long)."""
     if not chunks or first < 0 or first + len(chunks) > total:
         return None
-    nodes = leaf_hashes(chunks, first)
+    nodes = _range_leaves(chunks, first)
     lo, count, used = first, total, 0
     while count > 1:
         hi = lo + len(nodes) - 1

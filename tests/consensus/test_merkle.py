@@ -165,6 +165,20 @@ def test_a_blobs_leaves_are_its_chunks_leaf_hashes(size: int, chunk: int) -> Non
     assert chunk_leaf_hashes(memoryview(data), chunk) == expected
 
 
+@pytest.mark.parametrize("count", [LANE_MIN_CHUNKS - 1, LANE_MIN_CHUNKS + 5])
+@pytest.mark.parametrize("first", [1, 4095])
+def test_a_run_of_chunks_hashes_at_its_own_indices(count: int, first: int) -> None:
+    """Chunks ``first …`` of a blob hash as those leaves (each commits to its index), on
+    the library path and the compiled one, a short last chunk included."""
+    data = np.random.default_rng(count).integers(0, 256, count * 64 - 9, dtype=np.uint8)
+    run = data.tobytes()
+    expected = [leaf_hash(first + i, run[o : o + 64]) for i, o in enumerate(range(0, len(run), 64))]
+    assert chunk_leaf_hashes(run, 64, first) == expected
+    assert chunk_leaf_hashes(run, 64, first) != chunk_leaf_hashes(run, 64)
+    with pytest.raises(ValueError, match="non-negative"):
+        chunk_leaf_hashes(run, 64, -1)
+
+
 def test_a_blobs_leaves_need_a_positive_chunk_size() -> None:
     with pytest.raises(ValueError, match="chunk size"):
         chunk_leaf_hashes(b"abc", 0)

@@ -22,11 +22,13 @@ from node.relay.blobs import (
     BlobError,
     BlobFetchError,
     BlobTree,
+    StoredBlobTree,
     assemble,
     blob_root,
     chunk_with_branch,
     decode_matrix,
     encode_matrix,
+    range_end,
     range_proof,
     split,
     verify_chunk,
@@ -132,6 +134,104 @@ def test_a_range_is_cut_to_the_byte_budget_and_the_count_cap():
     chunks, proof = many.range(2, MAX_RANGE_CHUNKS + 3)
     assert len(chunks) == MAX_RANGE_CHUNKS
     assert verify_range(many.root, 2, many.total, chunks, proof)
+
+
+def test_the_range_cut_is_the_walk_over_the_chunks():
+    """range_end's arithmetic cuts every range where adding the chunks one by one to
+    the byte budget would, the short last chunk and the count caps included."""
+
+    def walked(first, count, lengths, budget, cap):
+        end, size = first, 0
+        stop = min(len(lengths), first + min(count, cap))
+        while end < stop and (end == first or size + lengths[end] <= budget):
+            size += lengths[end]
+            end += 1
+        return end
+
+    for chunk in range(1, 6):
+        for last in range(1, chunk + 1):
+            for total in range(1, 9):
+                lengths = [chunk] * (total - 1) + [last]
+                for budget in range(1, 14):
+                    for cap in (1, 2, 3, 100):
+                        for first in range(total):
+                            for count in range(1, total - first + 2):
+                                got = range_end(first, count, total, chunk, last, budget, cap)
+                                want = walked(first, count, lengths, budget, cap)
+                                assert got == want, (chunk, last, total, budget, cap, first, count)
+
+
+def _tampered_runs(chunks):
+    """Replies that put the same bytes (or one byte more) under other chunk boundaries."""
+    joined = b"".join(chunks)
+    size = len(chunks[0])
+    yield (*chunks[:-2], chunks[-2] + chunks[-1])  # the last two as one
+    yield (chunks[0] + chunks[1][:1], chunks[1][1:], *chunks[2:])  # a boundary moved
+    yield tuple(joined[i : i + size + 1] for i in range(0, len(joined), size + 1))  # recut
+    yield (*chunks[:-1], chunks[-1] + b"\0")  # a byte more at the end
+    middle = len(chunks) // 2
+    flipped = bytes([chunks[middle][0] ^ 1]) + chunks[middle][1:]
+    yield (*chunks[:middle], flipped, *chunks[middle + 1 :])
+
+
+@pytest.mark.parametrize("size", [40 * 64, 40 * 64 - 5])
+def test_long_ranges_verify_as_one_buffer_and_recut_ones_fail(size):
+    """A range of many equal chunks is hashed as one buffer: it verifies exactly as chunk
+    by chunk would, and a reply that cuts the same bytes otherwise, or changes one, fails."""
+    data = os.urandom(size)
+    tree = BlobTree(data, 64)
+    for first, count in ((0, tree.total), (3, 33), (5, tree.total - 5)):
+        chunks, proof = tree.range(first, count)
+        assert verify_range(tree.root, first, tree.total, chunks, proof)
+        for bad in _tampered_runs(chunks):
+            assert not verify_range(tree.root, first, tree.total, bad, proof)
+
+
+def test_a_stored_tree_serves_what_the_whole_tree_does_and_catches_damage_anywhere():
+    """Ranges served from the leaves and the stored bytes are the in-memory tree's, chunk
+    for chunk and proof for proof, at every cut; one flipped byte anywhere in a range is
+    caught (BlobError), on the compiled and the library path alike."""
+    data = bytearray(os.urandom(300 * 64 + 17))
+    tree = BlobTree(bytes(data), 64)
+    stored = StoredBlobTree(len(data), 64, tree.leaves, lambda at, n: bytes(data[at : at + n]))
+    assert stored.root == tree.root
+    for first, count in ((0, 1), (0, 301), (7, 40), (250, 100), (300, 1), (299, 2), (31, 5)):
+        assert stored.range(first, count) == tree.range(first, count), (first, count)
+    for at in (0, 64 * 40 + 3, len(data) - 1):
+        data[at] ^= 1
+        with pytest.raises(BlobError, match="does not match its leaves"):
+            stored.range(0, 301)
+        with pytest.raises(BlobError, match="does not match its leaves"):
+            stored.range(at // 64, 1)
+        data[at] ^= 1
+    assert stored.range(0, 301) == tree.range(0, 301)
+
+
+@pytest.mark.parametrize("chunk", [64, 8192])
+def test_a_trees_held_bytes_are_what_it_holds(chunk):
+    """The serve cache is bounded by the trees' ``held``: it must count what they really
+    hold (a tree of 32-byte hashes holds ~2.3 times their bytes), within 10 %."""
+    import gc
+    import tracemalloc
+
+    data = os.urandom(2 * MiB + 5)
+    BlobTree(data, chunk)  # the compiled hashing loaded before we count
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tree = BlobTree(data, chunk)
+        gc.collect()
+        in_memory = tracemalloc.get_traced_memory()[0] - before
+        leaves = tree.leaves
+        before = tracemalloc.get_traced_memory()[0]
+        stored = StoredBlobTree(len(data), chunk, leaves, lambda at, n: data[at : at + n])
+        gc.collect()
+        from_leaves = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert abs(tree.held - in_memory) <= 0.1 * in_memory, (tree.held, in_memory)
+    assert abs(stored.held - from_leaves) <= 0.1 * from_leaves, (stored.held, from_leaves)
 
 
 # ------------------------------------------------------------------ matrices
