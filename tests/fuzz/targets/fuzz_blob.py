@@ -61,8 +61,12 @@ def seeds() -> list[bytes]:
     real = BlobChunk(tree.root, 5, tree.total, chunk, branch)
     chunks = [m for m in messages() if type(m) is BlobChunk] + [real]
     range_chunks, proof = tree.range(3, 4)
+    # A long range of small chunks too: such a reply is hashed as one buffer.
+    long_tree = BlobTree(bytes(range(256)) * 3, 16)
+    long_chunks, long_proof = long_tree.range(2, 40)
     ranges = [m for m in messages() if type(m) is BlobRange] + [
-        BlobRange(tree.root, 3, tree.total, range_chunks, proof)
+        BlobRange(tree.root, 3, tree.total, range_chunks, proof),
+        BlobRange(long_tree.root, 2, long_tree.total, long_chunks, long_proof),
     ]
     return [
         *(b"\x00" + encode_record(m) for m in chunks),
