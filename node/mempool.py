@@ -454,29 +454,37 @@ class Mempool:
     def select(self, max_count: int, max_bytes: int) -> list[Transaction]:
         """Best fee rate first, each sender's transactions in nonce order.
 
-        A heap holds each sender's next transaction; taking one puts the
-        sender's following one in. A sender whose next transaction does not
-        fit is passed over entirely (its later nonces could not apply).
+        Each sender's next transaction is a candidate; taking one makes the sender's
+        following one a candidate. A sender whose next transaction does not fit is
+        passed over entirely (its later nonces could not apply). The first candidates
+        are sorted once and the followers kept in a heap: from a pool of one
+        transaction per sender the selection is a sort and a walk, not a heap pop each.
         """
-        heap: list[tuple[int, int, bytes, int]] = []
-        for addr, queue in self._senders.items():
-            n = queue.low
-            p = queue[n]
-            heap.append((-p.rate, p.order, addr, n))
-        heapq.heapify(heap)
+        heads = [
+            (-p.rate, p.order, addr, queue.low, p, queue)
+            for addr, queue in self._senders.items()
+            for p in (queue[queue.low],)
+        ]  # (rate, order) is unique: p and queue are carried, never compared
+        heads.sort()
+        followers: list[tuple[int, int, bytes, int, _Pending, _Queue]] = []
         out: list[Transaction] = []
-        used = 0
-        while heap and len(out) < max_count:
-            _, _, addr, n = heapq.heappop(heap)
-            queue = self._senders[addr]
-            p = queue[n]
+        used, taken, count = 0, 0, len(heads)
+        while len(out) < max_count:
+            if followers and (taken == count or followers[0] < heads[taken]):
+                _, _, addr, n, p, queue = heapq.heappop(followers)
+            elif taken < count:
+                _, _, addr, n, p, queue = heads[taken]
+                taken += 1
+            else:
+                break
             if used + p.size > max_bytes:
                 continue
             out.append(p.tx)
             used += p.size
             following = queue.get(n + 1)
             if following is not None:
-                heapq.heappush(heap, (-following.rate, following.order, addr, n + 1))
+                item = (-following.rate, following.order, addr, n + 1, following, queue)
+                heapq.heappush(followers, item)
         return out
 
     # ------------------------------------------------------------ chain events

@@ -86,6 +86,47 @@ def test_nonces_must_follow_on_and_are_selected_in_order(state):
         mp.add(transfer(ALICE, BOB, 5, 3), state, 0)
 
 
+def _best_next_first(mp: Mempool, senders, max_count: int, max_bytes: int) -> list:
+    """The selection rule spelled out: take the best-paying of the senders' next
+    transactions (the earlier admitted on a tie) while it fits; a sender whose next one
+    does not fit is passed over for good."""
+    queues = {k.address: list(mp.by_sender(k.address)) for k in senders}
+    rate = {tx.txid: mp._txs[tx.txid].rate for q in queues.values() for tx in q}
+    order = {tx.txid: mp._txs[tx.txid].order for q in queues.values() for tx in q}
+    out, used = [], 0
+    while len(out) < max_count and any(queues.values()):
+        addr = min((a for a in queues if queues[a]), key=lambda a: (-rate[queues[a][0].txid], order[queues[a][0].txid]))
+        tx = queues[addr].pop(0)
+        size = mp._txs[tx.txid].size
+        if used + size > max_bytes:
+            queues[addr] = []
+            continue
+        out.append(tx)
+        used += size
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_select_is_best_next_first_across_senders_with_long_queues(state, seed):
+    """Senders with queues of several nonces and mixed fees (later nonces paying more or
+    less than others' first), under count and byte limits: select takes exactly what the
+    rule spelled out takes, in the same order."""
+    import random
+
+    rng = random.Random(seed)
+    mp = pool()
+    senders = [ALICE, BOB, CAROL, DAVE, ERIN]
+    for key in senders:
+        for nonce in range(rng.randrange(1, 6)):
+            fee = rng.choice([5, 20, 20, 50, 100, 300])  # equal fees: admission order decides
+            mp.add(transfer(key, BOB if key is not BOB else ALICE, 1, nonce, fee=fee), state, 0)
+    size = mp._txs[next(iter(mp._txs))].size
+    for max_count, max_bytes in ((100, 1 << 20), (7, 1 << 20), (100, 9 * size + 5), (3, 2 * size)):
+        want = _best_next_first(mp, senders, max_count, max_bytes)
+        assert mp.select(max_count, max_bytes) == want, (max_count, max_bytes)
+    assert len(mp.select(100, 1 << 20)) == len(mp)
+
+
 def test_a_used_nonce_is_refused():
     chain, clock = new_chain()
     chain.add_block(next_block(chain, clock, (transfer(ALICE, BOB, 5, 0),)))
