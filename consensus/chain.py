@@ -29,6 +29,7 @@ from consensus.transactions import Transaction
 from consensus.validation import (
     Anchor,
     HeaderContext,
+    check_block_size,
     check_child_header,
     expected_target,
     genesis_state,
@@ -256,6 +257,10 @@ class Chain:
             return AddResult("duplicate")
         header = block.header
         check_body_commitment(block)
+        # Then its size: a side block or an orphan is stored without being applied,
+        # and one over the limit would be kept (and read back at every start) though
+        # it can never connect.
+        check_block_size(block, self.params)
         parent = self.entries.get(header.prev_hash)
         if parent is None and header.prev_hash in self.twins:
             # Work was done on a second block of a proof of work that was refused:

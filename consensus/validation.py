@@ -278,6 +278,17 @@ def pay_coinbase(state: State, header: BlockHeader, params: NetworkParams) -> No
         state.set(LOCKED, header.miner, state.get(LOCKED, header.miner, 0) + header.reward)
 
 
+def check_block_size(block: Block, params: NetworkParams) -> None:
+    """Raise InvalidBlock if the block's encoding is over ``max_block_bytes``: checked
+    before a block is kept anywhere (side branch, orphan, store) and again when applied."""
+    try:
+        size = block_size(block)
+    except EncodeError as e:
+        raise InvalidBlock(f"body: {e}") from None
+    if size > params.max_block_bytes:
+        raise InvalidBlock(f"body: block is {size} bytes, over the {params.max_block_bytes} limit")
+
+
 def block_size(block: Block) -> int:
     """``len(encode_block(block))``, counted from each transaction's cached encoding.
 
@@ -335,12 +346,7 @@ def apply_body(
     ``verify_batch`` verifies the others' signatures (a node's uses its cores).
     """
     header = block.header
-    try:
-        size = block_size(block)
-    except EncodeError as e:
-        raise InvalidBlock(f"body: {e}") from None
-    if size > params.max_block_bytes:
-        raise InvalidBlock(f"body: block is {size} bytes, over the {params.max_block_bytes} limit")
+    check_block_size(block, params)
     if block.body_root != header.tx_root:
         raise InvalidBlock("body: tx_root does not commit to the transactions")
     # The stateless verdicts do not depend on the state, so they are all

@@ -652,7 +652,9 @@ class Node:
             await self.accept_block(block, peer)
 
     async def _on_block_txn(self, peer: PeerSession, msg: BlockTxn) -> None:
-        await self.accept_block(self.compact.on_block_txn(peer, msg), peer)
+        block = self.compact.on_block_txn(peer, msg)
+        if block is not None:
+            await self.accept_block(block, peer)
 
     async def accept_block(self, block: Block, peer: PeerSession) -> None:
         """A block ``peer`` sent, whole or rebuilt from a compact block: the next one of

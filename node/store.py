@@ -19,6 +19,7 @@ on every block for a guarantee a blockchain node does not need.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -39,6 +40,8 @@ from consensus.state import (
     encode_state_value,
     encode_undo,
 )
+
+log = logging.getLogger("pouw.store")
 
 FILENAME = "chain.sqlite"
 SCHEMA_VERSION = 3
@@ -261,20 +264,50 @@ class Store:
     def _corrupt(self, why: str) -> StoreError:
         return StoreError(f"{self.path} is inconsistent: {why}")
 
+    def _drop_side_blocks(
+        self, unusable: dict[bytes, str], entries: dict[bytes, Entry], blocks: dict[bytes, Block]
+    ) -> None:
+        """Delete stored side blocks that can never connect (an earlier release stored
+        side blocks over the size limit unchecked, and one that does not decode would
+        stop every start) with the side blocks built on them: logged, the rest kept."""
+        for h, why in unusable.items():
+            log.warning("dropping stored side block %s: %s", h.hex(), why)
+        dropped = set(unusable)
+        while True:
+            children = {h for h, e in entries.items() if e.header.prev_hash in dropped}
+            if not children:
+                break
+            for h in children:
+                log.warning("dropping stored side block %s: its parent was dropped", h.hex())
+                del entries[h], blocks[h]
+            dropped |= children
+        with self._transaction() as db:
+            db.executemany("DELETE FROM blocks WHERE hash = ?", [(h,) for h in dropped])
+
     def _read_chain(self, clock: Callable[[], int]) -> Chain:
         db = self._db
         entries: dict[bytes, Entry] = {}
         blocks: dict[bytes, Block] = {}
         rows = db.execute("SELECT hash, seq, status, work, data FROM blocks ORDER BY seq")
+        unusable: dict[bytes, str] = {}  # side blocks that can never connect, and why
         for h, seq, status, work, data in rows:
+            side = Status(status) is not Status.ACTIVE
+            if side and len(data) > self.params.max_block_bytes:
+                unusable[h] = f"{len(data)} bytes, over the {self.params.max_block_bytes} limit"
+                continue
             try:
                 block = decode_block(data)
             except DecodeError as e:
+                if side:
+                    unusable[h] = f"does not decode: {e}"
+                    continue
                 raise self._corrupt(f"block {h.hex()} does not decode: {e}") from None
             if block.hash != h:
                 raise self._corrupt(f"block stored under {h.hex()} hashes to {block.hash.hex()}")
             entries[h] = Entry(block.header, int.from_bytes(work, "big"), seq, Status(status))
             blocks[h] = block
+        if unusable:
+            self._drop_side_blocks(unusable, entries, blocks)
 
         active: list[bytes] = []
         for height, h in db.execute("SELECT height, hash FROM active ORDER BY height"):

@@ -66,6 +66,8 @@ RECENT_BLOCKS = 8
 """Connected blocks whose transactions may rebuild a competing block."""
 FRAMES_KEPT = 8
 """CMPCTBLOCK frames kept: every peer asks for a new block at about the same time."""
+GIVEN_UP_KEPT = 64
+"""Compact blocks given up on whose late BLOCKTXN is still forgiven (the newest)."""
 REQUEST_TIMEOUT_S = 10.0
 """A CMPCTBLOCK or BLOCKTXN not delivered this long is given up. The block is
 not lost: the next block's announcement finds its parent missing and the node
@@ -94,8 +96,12 @@ class CompactStats:
     """...of which a peer sent unasked (its new tip)."""
     complete: int = 0
     """...of which every transaction was already here."""
+    behind: int = 0
+    """...of which were dropped: their branch had less work than our tip."""
     txs_fetched: int = 0
     """Transactions asked for with GETBLOCKTXN."""
+    late: int = 0
+    """BLOCKTXN answers that came after we gave up their request (ignored)."""
     served: int = 0
     """Compact blocks sent to peers."""
 
@@ -131,6 +137,9 @@ class CompactRelay:
         self._unconnecting = unconnecting
         self.asked: dict[bytes, tuple[PeerSession, float]] = {}
         self.partials: dict[bytes, _Partial] = {}
+        # Blocks whose transactions we stopped waiting for, by the peer asked: its late
+        # answer is dropped, not punished as unrequested.
+        self._given_up: OrderedDict[bytes, PeerSession] = OrderedDict()
         self.stats = CompactStats()
         self._frames: OrderedDict[bytes, bytes] = OrderedDict()
         self._recent: OrderedDict[bytes, dict[bytes, Transaction]] = OrderedDict()
@@ -176,9 +185,18 @@ class CompactRelay:
             await peer.send(GetHeaders(tuple(chain.locator()), bytes(32)))
             return None
         try:
-            chain.check_header(header)  # every header rule, before any other work
+            checked = chain.check_header(header)  # every header rule, before any other work
         except InvalidBlock as e:
             raise header_violation("compact block", e) from None
+        if checked.work < chain.tip.work:
+            # A branch lighter than ours cannot become the tip with this block: keeping
+            # it would let any peer store side blocks without end, forked from an old
+            # block whose difficulty ASERT has since made cheap (Bitcoin keeps an
+            # unrequested block only with as much work as its tip). Not misbehaviour:
+            # a race's loser arrives like this. If its branch ever grows heavier, the
+            # child's compact block finds no parent and headers-first sync fetches it.
+            self.stats.behind += 1
+            return None
         txs, missing = self._fill(msg.txids)
         if not missing:
             # The chain checks the txids against tx_root before it keeps anything.
@@ -192,10 +210,15 @@ class CompactRelay:
         peer.send_nowait(GetBlockTxn(h, tuple(missing)))
         return None
 
-    def on_block_txn(self, peer: PeerSession, msg: BlockTxn) -> Block:
-        """The transactions a compact block lacked: the completed block, for the intake."""
+    def on_block_txn(self, peer: PeerSession, msg: BlockTxn) -> Block | None:
+        """The transactions a compact block lacked: the completed block, for the intake;
+        None for an answer to a request we gave up on (a slow link, not a lie)."""
         h = msg.block_hash
         partial = self.partials.get(h)
+        if partial is None and self._given_up.get(h) is peer:
+            del self._given_up[h]
+            self.stats.late += 1
+            return None
         if partial is None or partial.peer is not peer:
             raise ProtocolViolation("unrequested blocktxn")
         del self.partials[h]
@@ -251,6 +274,9 @@ class CompactRelay:
         for h, partial in list(self.partials.items()):
             if partial.peer is peer:
                 del self.partials[h]
+        for h, p in list(self._given_up.items()):
+            if p is peer:
+                del self._given_up[h]
 
     def expire(self) -> None:
         """Give up requests that were never answered (housekeeping, once a second)."""
@@ -261,6 +287,9 @@ class CompactRelay:
         for h, partial in list(self.partials.items()):
             if partial.asked < limit:
                 del self.partials[h]
+                self._given_up[h] = partial.peer
+                while len(self._given_up) > GIVEN_UP_KEPT:
+                    self._given_up.popitem(last=False)
 
     # ------------------------------------------------------------ serving
 

@@ -248,6 +248,27 @@ def test_oversized_block(base):
         fresh.add_block(block)
 
 
+def test_an_oversized_side_block_or_orphan_is_refused_before_it_is_kept(base):
+    """A block over the size limit is refused on arrival, not only when applied: as a
+    side block (lighter than the tip, never applied) or an orphan it would otherwise be
+    stored whole, without bound, though it can never connect."""
+    chain, clock = base
+    empty = max(len(encode_block(chain.blocks[h])) for h in chain.active)
+    small = dataclasses.replace(MID, max_block_bytes=empty + 64)
+    big = valid(chain, clock, [transfer(ALICE, BOB, 5, 0)])  # on the tip: one over the limit
+    fresh = Chain(small, chain.clock)
+    for h in chain.active[1:]:
+        fresh.add_block(chain.blocks[h])
+    fresh.add_block(valid(fresh, clock))  # fresh's tip is now heavier: big would be a side block
+    with pytest.raises(InvalidBlock, match=f"over the {empty + 64} limit"):
+        fresh.add_block(big)
+    orphan_home = Chain(small, chain.clock)  # big's parent unknown there: it would be an orphan
+    with pytest.raises(InvalidBlock, match=f"over the {empty + 64} limit"):
+        orphan_home.add_block(big)
+    for c in (fresh, orphan_home):
+        assert big.hash not in c.entries and big.hash not in c.orphans and big.hash not in c.blocks
+
+
 def test_block_on_an_invalid_parent_is_refused(base):
     chain, clock = base
     side, side_clock = new_chain()

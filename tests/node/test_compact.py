@@ -14,8 +14,9 @@ import pytest
 from consensus.blocks import Block
 from node.net.errors import ProtocolViolation
 from node.net.wire import BlockTxn, CompactBlock, GetBlockTxn
+from node.relay import compact as compact_module
 from node.relay.compact import CompactRelay
-from tests.support.chainkit import ALICE, BOB, MID, new_chain, next_block, transfer
+from tests.support.chainkit import ALICE, BOB, MID, extend, new_chain, next_block, transfer
 
 
 class _Peer:
@@ -72,3 +73,47 @@ async def test_a_missing_transaction_is_asked_for_and_the_completed_block_handed
     assert relay.on_block_txn(peer, BlockTxn(block.hash, (block.txs[1],))) == block
     with pytest.raises(ProtocolViolation, match="unrequested blocktxn"):
         relay.on_block_txn(peer, BlockTxn(block.hash, (block.txs[1],)))
+
+
+def _chain_with_rival(own_blocks: int):
+    """A chain ``own_blocks`` long and a rival block on its genesis, mined elsewhere
+    (the same network, another time): a side block of one block's work."""
+    chain, clock = new_chain()
+    extend(chain, clock, own_blocks)
+    rival_chain, rival_clock = new_chain()
+    rival_clock.now = clock.now + 7
+    rival = next_block(rival_chain, rival_clock, ())
+    return chain, rival
+
+
+async def test_a_compact_block_lighter_than_our_tip_is_dropped_unasked_and_unpunished():
+    """A compact block whose branch has less work than our tip (one forked from an old
+    block, where ASERT made the difficulty cheap) is neither rebuilt, asked for, nor
+    handed to the chain: nothing is stored. One with as much work as our tip is."""
+    chain, rival = _chain_with_rival(own_blocks=2)
+    relay = CompactRelay(chain, {}.get, lambda: [])
+    peer = _Peer()
+    assert await relay.on_compact_block(peer, _compact(rival)) is None
+    assert peer.sent == [] and relay.partials == {} and not chain.contains(rival.hash)
+    assert relay.stats.behind == 1
+    level, rival = _chain_with_rival(own_blocks=1)  # the same work as the tip: a race
+    relay = CompactRelay(level, {}.get, lambda: [])
+    assert await relay.on_compact_block(_Peer(), _compact(rival)) == rival
+    assert relay.stats.behind == 0
+
+
+async def test_a_blocktxn_after_we_gave_up_is_ignored_not_punished(monkeypatch):
+    """A peer on a slow link answers GETBLOCKTXN after the request expired: its answer
+    is dropped quietly. Another peer's, or a second, answer is still unrequested."""
+    block, relay = _block_and_relay(pooled=1)
+    peer, other = _Peer(), _Peer()
+    assert await relay.on_compact_block(peer, _compact(block)) is None
+    monkeypatch.setattr(compact_module, "REQUEST_TIMEOUT_S", -1.0)
+    relay.expire()
+    assert relay.partials == {}
+    answer = BlockTxn(block.hash, (block.txs[1],))
+    with pytest.raises(ProtocolViolation, match="unrequested blocktxn"):
+        relay.on_block_txn(other, answer)
+    assert relay.on_block_txn(peer, answer) is None and relay.stats.late == 1
+    with pytest.raises(ProtocolViolation, match="unrequested blocktxn"):
+        relay.on_block_txn(peer, answer)

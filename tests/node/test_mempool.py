@@ -95,7 +95,10 @@ def _best_next_first(mp: Mempool, senders, max_count: int, max_bytes: int) -> li
     order = {tx.txid: mp._txs[tx.txid].order for q in queues.values() for tx in q}
     out, used = [], 0
     while len(out) < max_count and any(queues.values()):
-        addr = min((a for a in queues if queues[a]), key=lambda a: (-rate[queues[a][0].txid], order[queues[a][0].txid]))
+        addr = min(
+            (a for a in queues if queues[a]),
+            key=lambda a: (-rate[queues[a][0].txid], order[queues[a][0].txid]),
+        )
         tx = queues[addr].pop(0)
         size = mp._txs[tx.txid].size
         if used + size > max_bytes:

@@ -188,6 +188,43 @@ def test_an_invalid_branch_is_saved_invalid_and_the_tip_stays(tmp_path, two_bran
     assert view(loaded) == view(chain)
 
 
+@pytest.mark.parametrize("damage", ["does not decode", "over the"])
+def test_a_stored_side_block_that_can_never_connect_is_dropped_not_fatal(
+    tmp_path, two_branches, caplog, damage
+):
+    """A side block that does not decode, or is over the size limit (an earlier release
+    stored such blocks unchecked), stopped every start. It is dropped with the side
+    blocks built on it, each logged; the active chain and other side blocks load."""
+    common, a_tail, b_tail, now = two_branches
+    with Store(tmp_path, MID) as store:
+        chain = store.load_chain(lambda: now)
+        import_all(store, chain, common + a_tail + b_tail[:2])  # B: a lighter side branch
+    data = b"\xc1" * 100 if damage == "does not decode" else b"\x00" * (MID.max_block_bytes + 1)
+    with sqlite3.connect(tmp_path / FILENAME) as db:
+        db.execute("UPDATE blocks SET data = ? WHERE hash = ?", (data, b_tail[0].hash))
+    caplog.set_level("WARNING", logger="pouw.store")
+    loaded = reopen(tmp_path, now)
+    assert loaded.tip.hash == a_tail[-1].hash and loaded.height == chain.height
+    assert b_tail[0].hash not in loaded.entries and b_tail[1].hash not in loaded.entries
+    assert set(loaded.entries) == set(chain.entries) - {b_tail[0].hash, b_tail[1].hash}
+    assert damage in caplog.text and "its parent was dropped" in caplog.text
+    with sqlite3.connect(tmp_path / FILENAME) as db:  # gone from the file: the next start is clean
+        left = {h for (h,) in db.execute("SELECT hash FROM blocks")}
+    assert b_tail[0].hash not in left and b_tail[1].hash not in left
+    caplog.clear()
+    assert view(reopen(tmp_path, now)) == view(loaded) and "dropping" not in caplog.text
+
+
+def test_an_active_block_that_does_not_decode_is_still_a_corrupt_store(tmp_path, two_branches):
+    common, a_tail, _, now = two_branches
+    with Store(tmp_path, MID) as store:
+        import_all(store, store.load_chain(lambda: now), common + a_tail)
+    with sqlite3.connect(tmp_path / FILENAME) as db:
+        db.execute("UPDATE blocks SET data = ? WHERE hash = ?", (b"\xc1", a_tail[0].hash))
+    with pytest.raises(StoreError, match="does not decode"):
+        reopen(tmp_path, now)
+
+
 def test_orphans_connected_by_their_parent_are_all_saved(tmp_path, two_branches):
     common, a_tail, _, now = two_branches
     blocks = common + a_tail
