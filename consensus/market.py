@@ -37,6 +37,7 @@ from consensus.merkle import matrix_rows_root, verify_branch
 from consensus.params import NetworkParams
 from consensus.state import (
     IMMATURE,
+    JOB_CHALLENGES,
     JOBS,
     JOBS_DUE,
     LOCKED,
@@ -51,6 +52,9 @@ from consensus.transactions import (
     JobClaim,
     JobPostPayload,
     JobResultPayload,
+    ResultChallengePayload,
+    ResultRowsPayload,
+    RevealedRow,
     Transaction,
 )
 
@@ -237,12 +241,103 @@ def apply_fraud_proof(
         raise InvalidTransaction("payload: the challenge window of this job has closed")
     check_fraud(job, p)
     _debit(state, tx.sender_address, tx.fee, True)
-    _credit(state, job["poster"], job["reward"])
-    # A job_result's bond is burned by never being paid back; the record keeps its amount.
-    state.set(JOBS, p.job_id, _replace(rec, status=REFUNDED))
     _remove_due(state, job["due"], p.job_id)
+    _refund_claim(state, p.job_id, params)
+
+
+def _refund_claim(state: State, job_id: bytes, params: NetworkParams) -> None:
+    """A claim shown wrong (fraud proof) or that kept its C from the poster (a challenge
+    left unanswered): the poster gets the reward back, the claimant's stake is burned (a
+    job_result's bond by never being paid back, the record keeping its amount; a block's
+    still immature coinbase)."""
+    rec = state.get(JOBS, job_id)
+    job = job_record(state, job_id)
+    assert rec is not None and job is not None
+    _credit(state, job["poster"], job["reward"])
+    state.set(JOBS, job_id, _replace(rec, status=REFUNDED))
+    state.set(JOB_CHALLENGES, job_id, None)
     if job["claim_kind"] == CLAIM_BLOCK:
         _burn_coinbase(state, job["claim_height"] + params.coinbase_maturity, job["claimant"])
+
+
+def reveal_blocks(params: NetworkParams) -> int:
+    """Blocks a challenged claim has, at least, to reveal the rows asked for: half the
+    challenge window (a challenge late in the window pushes the job's due height)."""
+    return max(1, params.challenge_window // 2)
+
+
+def _claimed_job(state: State, job_id: bytes, claim_id: bytes, height: int) -> dict[str, Any]:
+    """The job record of an open claim ``claim_id`` on ``job_id``, or InvalidTransaction."""
+    job = job_record(state, job_id)
+    if job is None:
+        raise InvalidTransaction("payload.job_id: no such job")
+    if job["status"] != MINED:
+        raise InvalidTransaction(
+            f"payload.job_id: the job is {job['status']}, not awaiting payment"
+        )
+    if job["claim_id"] != claim_id:
+        raise InvalidTransaction(
+            "payload.claim_id: not the block or job_result that claimed this job"
+        )
+    if height >= job["due"]:
+        raise InvalidTransaction("payload: the challenge window of this job has closed")
+    return job
+
+
+def apply_result_challenge(
+    state: State,
+    tx: Transaction,
+    p: ResultChallengePayload,
+    height: int,
+    params: NetworkParams,
+) -> None:
+    """The poster asks the claim to reveal rows of C: once per claim, while it is open;
+    the job is due no sooner than ``reveal_blocks`` after."""
+    job = _claimed_job(state, p.job_id, p.claim_id, height)
+    if tx.sender_address != job["poster"]:
+        raise InvalidTransaction("payload.job_id: only the job's poster may challenge its claim")
+    if state.get(JOB_CHALLENGES, p.job_id) is not None:
+        raise InvalidTransaction("payload.job_id: this claim was challenged already")
+    for i in p.rows:
+        if i >= job["m"]:
+            raise InvalidTransaction(f"payload.rows: row {i} is outside the {job['m']}-row result")
+    _debit(state, tx.sender_address, tx.fee, True)
+    state.set(JOB_CHALLENGES, p.job_id, (p.claim_id, tuple(sorted(p.rows))))
+    due = max(job["due"], height + reveal_blocks(params))
+    if due != job["due"]:
+        _remove_due(state, job["due"], p.job_id)
+        state.set(JOBS, p.job_id, _replace(state.get(JOBS, p.job_id), due=due))
+        state.set(DUE, due, (*state.get(DUE, due, ()), p.job_id))
+
+
+def apply_result_rows(
+    state: State,
+    tx: Transaction,
+    p: ResultRowsPayload,
+    height: int,
+    params: NetworkParams,
+) -> None:
+    """Rows of C a challenge asked for, each opened against the claim's result_root."""
+    job = _claimed_job(state, p.job_id, p.claim_id, height)
+    challenge = state.get(JOB_CHALLENGES, p.job_id)
+    if challenge is None:
+        raise InvalidTransaction("payload.job_id: no challenge asks this claim for rows")
+    _, left = challenge
+    m, n = job["m"], job["n"]
+    for i, r in enumerate(p.rows):
+        if r.index not in left:
+            raise InvalidTransaction(
+                f"payload.rows[{i}]: row {r.index} is not one the challenge still asks for"
+            )
+        if len(r.row) != 4 * n:
+            raise InvalidTransaction(f"payload.rows[{i}].row: a row of C has {n} int32 entries")
+        if not verify_branch(job["result_root"], r.index, m, r.row, r.branch):
+            raise InvalidTransaction(
+                f"payload.rows[{i}].branch: row {r.index} does not match the claim's result_root"
+            )
+    _debit(state, tx.sender_address, tx.fee, True)
+    revealed = {r.index for r in p.rows}
+    state.set(JOB_CHALLENGES, p.job_id, (p.claim_id, tuple(i for i in left if i not in revealed)))
 
 
 def _remove_due(state: State, due: int, job_id: bytes) -> None:
@@ -265,7 +360,10 @@ def header_claim(state: State, header: BlockHeader, params: NetworkParams) -> by
     block or a job_result), cancelled or expired, the block is valid work that claims
     nothing. The claim is recorded when the block's child is applied
     (:func:`claim_parent_job`); until then ``state`` is the one to ask."""
-    if header.height == 0:
+    if header.height == 0 or header.result_root == _EMPTY32:
+        # A result_root of zeros opens no row: no fraud proof or challenge could ever
+        # answer it, so a block that commits none claims nothing (its miner kept C to
+        # itself, or never recovered it).
         return None
     job_id = header.job.job_id(params.rank, params.tile_h, params.tile_w)
     job = job_record(state, job_id)
@@ -360,17 +458,23 @@ def apply_job_result(
     state.set(DUE, due, (*state.get(DUE, due, ()), *(c.job_id for c in p.claims)))
 
 
-def pay_due_jobs(state: State, height: int) -> None:
-    """Pay the claimants of jobs whose challenge window ends at ``height``: reward and bond."""
+def pay_due_jobs(state: State, height: int, params: NetworkParams) -> None:
+    """Settle the claims of jobs whose challenge window ends at ``height``: reward and bond
+    to the claimant, unless a challenge's rows are still unrevealed (then refunded)."""
     due = state.get(DUE, height)
     if due is None:
         return
     for job_id in due:
+        challenge = state.get(JOB_CHALLENGES, job_id)
+        if challenge is not None and challenge[1]:
+            _refund_claim(state, job_id, params)
+            continue
         rec = state.get(JOBS, job_id)
         job = job_record(state, job_id)
         assert job is not None and rec is not None
         _credit(state, job["claimant"], job["reward"] + job["bond"])
         state.set(JOBS, job_id, _replace(rec, status=PAID))
+        state.set(JOB_CHALLENGES, job_id, None)
     state.set(DUE, height, None)
 
 
@@ -396,6 +500,18 @@ def build_fraud_proof(
         b_col.branch,
         c_row.row,
         c_row.branch,
+    )
+
+
+def build_result_rows(
+    claim_id: bytes, job_id: bytes, c: np.ndarray, rows: Iterable[int]
+) -> ResultRowsPayload:
+    """The payload revealing ``rows`` of the claimed C (int32) with their branches."""
+    from consensus.merkle import rows_with_branches
+
+    opened = rows_with_branches(np.ascontiguousarray(c, dtype=np.int32), sorted(rows))
+    return ResultRowsPayload(
+        claim_id, job_id, tuple(RevealedRow(o.index, o.row, o.branch) for o in opened)
     )
 
 

@@ -38,6 +38,9 @@ JOBS = "jobs"
 JOBS_DUE = "jobs_due"
 """height → job ids whose reward is paid at that height (consensus.market)."""
 
+JOB_CHALLENGES = "job_challenges"
+"""job id → (claim id, rows of C still to reveal): the result_challenge of its claim."""
+
 MODELS = "models"
 """(model id, step) → ModelStep (consensus.validation, model_record)."""
 
@@ -60,6 +63,7 @@ TABLES = (
     LOCKED,
     JOBS,
     JOBS_DUE,
+    JOB_CHALLENGES,
     MODELS,
     DATASETS,
     GRANTS,

@@ -70,6 +70,9 @@ MAX_DATASET_NAME_BYTES = 256
 MAX_RESULT_CLAIMS = 64
 """Jobs one job_result may claim: a miner batches the results of its non-winning attempts."""
 
+MAX_CHALLENGE_ROWS = 8
+"""Rows of C one result_challenge may ask a claim to reveal on chain (PROTOCOL §8)."""
+
 MAX_TX_SIZE = 256 * 1024
 """Largest encoded transaction. The largest one is a fraud proof at k = 65,536 and
 n = 16,384: row of A 64 KiB + column of B 64 KiB + row of C 64 KiB + three
@@ -95,6 +98,8 @@ class TxKind(IntEnum):
     MODEL_RECORD = 8
     MODEL_PUBLISH = 9
     JOB_RESULT = 10
+    RESULT_CHALLENGE = 11
+    RESULT_ROWS = 12
 
 
 @dataclass(frozen=True)
@@ -295,6 +300,53 @@ class JobResultPayload:
     SCHEMA: ClassVar[Schema] = (Field("claims", ListOf(RecordOf(JobClaim), max=MAX_RESULT_CLAIMS)),)
 
 
+@dataclass(frozen=True)
+class ResultChallengePayload:
+    """The poster of a claimed job could not get its C: the claim (``claim_id``) must
+    reveal these rows of C on chain, opened against its result_root, before the job is
+    due, or the job is refunded as if a fraud proof had been sent (PROTOCOL §8)."""
+
+    claim_id: bytes
+    job_id: bytes
+    rows: tuple[int, ...]
+    SCHEMA: ClassVar[Schema] = (
+        Field("claim_id", HASH),
+        Field("job_id", HASH),
+        Field("rows", ListOf(U32, max=MAX_CHALLENGE_ROWS)),
+    )
+
+
+@dataclass(frozen=True)
+class RevealedRow:
+    """Row ``index`` of a claimed C (int32 little-endian) and its branch against the
+    claim's result_root."""
+
+    index: int
+    row: bytes
+    branch: tuple[bytes, ...]
+    SCHEMA: ClassVar[Schema] = (
+        Field("index", U32),
+        Field("row", Bytes(max=4 * MAX_JOB_DIM)),
+        Field("branch", BRANCH),
+    )
+
+
+@dataclass(frozen=True)
+class ResultRowsPayload:
+    """Rows of a claimed C that a result_challenge asked for (some or all of those not
+    revealed yet), each opened against the claim's result_root. Anyone holding C may
+    send it; the claim is then paid as usual unless a fraud proof shows an entry wrong."""
+
+    claim_id: bytes
+    job_id: bytes
+    rows: tuple[RevealedRow, ...]
+    SCHEMA: ClassVar[Schema] = (
+        Field("claim_id", HASH),
+        Field("job_id", HASH),
+        Field("rows", ListOf(RecordOf(RevealedRow), max=MAX_CHALLENGE_ROWS)),
+    )
+
+
 Payload = (
     TransferPayload
     | JobPostPayload
@@ -307,6 +359,8 @@ Payload = (
     | ModelRecordPayload
     | ModelPublishPayload
     | JobResultPayload
+    | ResultChallengePayload
+    | ResultRowsPayload
 )
 
 PAYLOAD_TYPES: dict[TxKind, type] = {
@@ -321,6 +375,8 @@ PAYLOAD_TYPES: dict[TxKind, type] = {
     TxKind.MODEL_RECORD: ModelRecordPayload,
     TxKind.MODEL_PUBLISH: ModelPublishPayload,
     TxKind.JOB_RESULT: JobResultPayload,
+    TxKind.RESULT_CHALLENGE: ResultChallengePayload,
+    TxKind.RESULT_ROWS: ResultRowsPayload,
 }
 _KIND_OF: dict[type, TxKind] = {cls: kind for kind, cls in PAYLOAD_TYPES.items()}
 
@@ -521,6 +577,23 @@ def _check_job_result(tx: Transaction, p: JobResultPayload) -> None:
             raise InvalidTransaction(f"payload.claims[{i}].result_root: must not be all zeros")
 
 
+def _check_result_challenge(tx: Transaction, p: ResultChallengePayload) -> None:
+    if not p.rows:
+        raise InvalidTransaction("payload.rows: a result_challenge must name at least one row")
+    if len(set(p.rows)) != len(p.rows):
+        raise InvalidTransaction("payload.rows: a row is named twice")
+
+
+def _check_result_rows(tx: Transaction, p: ResultRowsPayload) -> None:
+    if not p.rows:
+        raise InvalidTransaction("payload.rows: a result_rows must reveal at least one row")
+    if len({r.index for r in p.rows}) != len(p.rows):
+        raise InvalidTransaction("payload.rows: a row is revealed twice")
+    for i, r in enumerate(p.rows):
+        if len(r.row) == 0 or len(r.row) % 4:
+            raise InvalidTransaction(f"payload.rows[{i}].row: must be a non-empty row of int32")
+
+
 def _check_model_publish(tx: Transaction, p: ModelPublishPayload) -> None:
     for name in ("model_id", "weights_hash", "dataset_id", "content_root", "access_log_nonce"):
         if getattr(p, name) == _ZERO_HASH:
@@ -536,6 +609,8 @@ FORM_RULES: dict[type, Callable[[Transaction, Any], None]] = {
     ModelRecordPayload: _check_model_record,
     ModelPublishPayload: _check_model_publish,
     JobResultPayload: _check_job_result,
+    ResultChallengePayload: _check_result_challenge,
+    ResultRowsPayload: _check_result_rows,
 }
 """The stateless rules of a payload, by its type (kinds not here have none beyond
 the encoding's); each raises InvalidTransaction naming the field at fault."""

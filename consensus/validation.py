@@ -49,6 +49,8 @@ from consensus.transactions import (
     JobResultPayload,
     ModelPublishPayload,
     ModelRecordPayload,
+    ResultChallengePayload,
+    ResultRowsPayload,
     Transaction,
     TransferPayload,
     check_txs_stateless,
@@ -253,6 +255,8 @@ PAYLOAD_RULES: dict[type, PayloadRule] = {
     JobCancelPayload: _at_height(market.apply_job_cancel),
     FraudProofPayload: market.apply_fraud_proof,
     JobResultPayload: market.apply_job_result,
+    ResultChallengePayload: market.apply_result_challenge,
+    ResultRowsPayload: market.apply_result_rows,
     ModelRecordPayload: _at_height(apply_model_record),
     DatasetRegisterPayload: _at_height(datashare.apply_dataset_register),
     AccessGrantPayload: _at_height(datashare.apply_access_grant),
@@ -324,7 +328,7 @@ def open_block(state: State, parent: BlockHeader, params: NetworkParams) -> None
 
 def close_block(state: State, header: BlockHeader, params: NetworkParams) -> None:
     """What happens after them: jobs due at this height are paid, then the coinbase."""
-    market.pay_due_jobs(state, header.height)
+    market.pay_due_jobs(state, header.height, params)
     pay_coinbase(state, header, params)
 
 

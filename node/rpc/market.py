@@ -28,7 +28,7 @@ from consensus.market import (
     header_claim,
     job_record,
 )
-from consensus.state import JOBS, State, iter_model_steps
+from consensus.state import JOB_CHALLENGES, JOBS, State, iter_model_steps
 from consensus.transactions import JobResultPayload, Transaction
 from kernels.layout import transposed
 from kernels.params import OPERAND_MAX, OPERAND_MIN
@@ -284,6 +284,12 @@ def register_market_methods(
             out["pending_claim"] = claim_id.hex() if tip or pending else None
             out["pending_claimant"] = address_to_text(claimant) if tip or pending else None
             out["pending_claim_kind"] = kind if tip or pending else None
+        challenge = chain.state.get(JOB_CHALLENGES, jid)
+        if challenge is not None:  # the poster asked the claim for rows of C
+            out["challenge"] = {
+                "claim_id": challenge[0].hex(),
+                "rows_unrevealed": list(challenge[1]),
+            }
         return out
 
     def tip_claim(job_id: bytes) -> BlockHeader | None:

@@ -50,14 +50,18 @@ from blake3 import blake3
 
 from consensus.blocks import NULL_RESULT_ROOT, BlockHeader, JobSpec
 from consensus.errors import InvalidTransaction
-from consensus.market import OPEN, claim_bond, job_id_of, job_record
+from consensus.hashing import HASH_SIZE
+from consensus.market import OPEN, build_result_rows, claim_bond, job_id_of, job_record
 from consensus.pow import Job, MinedBlock
-from consensus.state import JOBS
+from consensus.state import JOB_CHALLENGES, JOBS
 from consensus.transactions import (
     MAX_RESULT_CLAIMS,
+    MAX_TX_SIZE,
     JobClaim,
     JobPostPayload,
     JobResultPayload,
+    ResultChallengePayload,
+    ResultRowsPayload,
     Transaction,
     signed_transaction,
 )
@@ -246,6 +250,7 @@ class MarketService:
         self._pruned_at = 0  # the height of the last look
         self._new_results = asyncio.Event()
         self._warming: set[asyncio.Task[bool]] = set()  # results being readied to serve
+        self._revealing: set[asyncio.Task[None]] = set()  # answers to result challenges
         self._claim_task: asyncio.Task[None] | None = None
         self._cannot_claim: str | None = None  # why the last claim was skipped (logged once)
         self.jobs_mined = 0
@@ -300,6 +305,10 @@ class MarketService:
         this node mines now (those of an earlier run too). A block may also open jobs
         whose results we hold (computed while their post waited): they are claimed at
         the next flush, not at the next recheck."""
+        for block in change.connected:
+            for tx in block.txs:
+                if type(tx.payload) is ResultChallengePayload:
+                    self._answer_soon(tx.payload)
         kept = self.blobs.store.kept_blobs() if change.disconnected else {}
         for block in change.disconnected:
             h = block.header
@@ -750,6 +759,70 @@ class MarketService:
         if self._claim_task is None:
             self._claim_task = asyncio.create_task(self._claim_loop(), name="claim-results")
 
+    def _answer_soon(self, challenge: ResultChallengePayload) -> None:
+        """Reveal the rows a poster's result_challenge asks of one of our claims (its C
+        read back from the store off the event loop), or the claim is refunded."""
+        task = asyncio.create_task(self._answer(challenge), name="answer result challenge")
+        self._revealing.add(task)
+        task.add_done_callback(self._revealing.discard)
+
+    async def _answer(self, challenge: ResultChallengePayload) -> None:
+        key, state = self.claim_key, self.chain.state
+        rec = job_record(state, challenge.job_id)
+        asked = state.get(JOB_CHALLENGES, challenge.job_id)
+        if rec is None or asked is None or not asked[1] or rec["claim_id"] != challenge.claim_id:
+            return  # answered, settled or reorganised away meanwhile
+        if rec["claimant"] not in (self.miner_address, key.address if key else None):
+            return  # another's claim
+        job = challenge.job_id.hex()[:16]
+        if key is None:
+            log.warning("job %s: our claim is challenged but no key can sign the answer", job)
+            return
+        m, n, root = rec["m"], rec["n"], rec["result_root"]
+        try:
+            payloads = await asyncio.to_thread(
+                self._reveal_payloads, challenge.claim_id, challenge.job_id, root, m, n, asked[1]
+            )
+        except Exception:
+            log.exception("job %s: could not read the challenged rows of our C", job)
+            return
+        if payloads is None:
+            log.warning("job %s: our claim is challenged but its C is no longer stored", job)
+            return
+        sender = key.address
+        for payload in payloads:
+            _, nonce = self.chain.state.account(sender)
+            tx = signed_transaction(
+                key,
+                chain_id=self.params.chain_id,
+                nonce=nonce + len(self.mempool.by_sender(sender)),
+                fee=CLAIM_FEE,
+                payload=payload,
+            )
+            try:
+                self._admit_tx(tx)
+            except InvalidTransaction as e:
+                log.warning("job %s: the answer to its result challenge was refused: %s", job, e)
+                return
+        log.info("job %s: revealed rows %s of our C, as its poster asked", job, list(asked[1]))
+
+    def _reveal_payloads(
+        self, claim_id: bytes, job_id: bytes, root: bytes, m: int, n: int, rows: tuple[int, ...]
+    ) -> list[ResultRowsPayload] | None:
+        """The result_rows transactions' payloads opening ``rows`` of the stored C
+        (``root``), as many rows a transaction as fit; None if C is not stored."""
+        found = self.blobs.store.get_blob_chunked(root)
+        if found is None:
+            return None
+        data, _ = found
+        c = np.frombuffer(data, dtype="<i4").reshape(m, n)
+        per_tx = max(1, (MAX_TX_SIZE - 4096) // (4 * n + HASH_SIZE * (m.bit_length() + 2) + 16))
+        full = build_result_rows(claim_id, job_id, c, rows)
+        return [
+            ResultRowsPayload(claim_id, job_id, full.rows[i : i + per_tx])
+            for i in range(0, len(full.rows), per_tx)
+        ]
+
     def _retry_from_now(self, job_id: bytes) -> None:
         if job_id in self._attempted:
             self._attempted[job_id] = time.monotonic()
@@ -839,3 +912,5 @@ class MarketService:
             task.cancel()
         if self._claim_task is not None:
             self._claim_task.cancel()
+        for task in list(self._revealing):
+            task.cancel()
