@@ -66,6 +66,9 @@ RECENT_BLOCKS = 8
 """Connected blocks whose transactions may rebuild a competing block."""
 FRAMES_KEPT = 8
 """CMPCTBLOCK frames kept: every peer asks for a new block at about the same time."""
+SIDE_DEPTH = 6
+"""A compact block lighter than our tip is still kept if it is at most this many blocks
+below the tip's height (a race, where timestamps alone make the work differ)."""
 GIVEN_UP_KEPT = 64
 """Compact blocks given up on whose late BLOCKTXN is still forgiven (the newest)."""
 REQUEST_TIMEOUT_S = 10.0
@@ -188,13 +191,15 @@ class CompactRelay:
             checked = chain.check_header(header)  # every header rule, before any other work
         except InvalidBlock as e:
             raise header_violation("compact block", e) from None
-        if checked.work < chain.tip.work:
-            # A branch lighter than ours cannot become the tip with this block: keeping
-            # it would let any peer store side blocks without end, forked from an old
-            # block whose difficulty ASERT has since made cheap (Bitcoin keeps an
-            # unrequested block only with as much work as its tip). Not misbehaviour:
-            # a race's loser arrives like this. If its branch ever grows heavier, the
-            # child's compact block finds no parent and headers-first sync fetches it.
+        if checked.work < chain.tip.work and header.height + SIDE_DEPTH < chain.height:
+            # A branch lighter than ours, forked deeper than a race's: keeping it would
+            # let any peer store side blocks without end, forked from an old block
+            # whose difficulty ASERT has since made cheap (Bitcoin keeps an unrequested
+            # block only with as much work as its tip). A recent fork costs about a
+            # whole block's work (ASERT eases little over a few blocks), and its blocks
+            # may differ in work from ours only by their timestamps: kept. Not
+            # misbehaviour; if the branch ever grows heavier, the child's compact block
+            # finds no parent and headers-first sync fetches it.
             self.stats.behind += 1
             return None
         txs, missing = self._fill(msg.txids)

@@ -90,7 +90,7 @@ async def test_a_compact_block_lighter_than_our_tip_is_dropped_unasked_and_unpun
     """A compact block whose branch has less work than our tip (one forked from an old
     block, where ASERT made the difficulty cheap) is neither rebuilt, asked for, nor
     handed to the chain: nothing is stored. One with as much work as our tip is."""
-    chain, rival = _chain_with_rival(own_blocks=2)
+    chain, rival = _chain_with_rival(own_blocks=compact_module.SIDE_DEPTH + 2)
     relay = CompactRelay(chain, {}.get, lambda: [])
     peer = _Peer()
     assert await relay.on_compact_block(peer, _compact(rival)) is None
@@ -98,6 +98,10 @@ async def test_a_compact_block_lighter_than_our_tip_is_dropped_unasked_and_unpun
     assert relay.stats.behind == 1
     level, rival = _chain_with_rival(own_blocks=1)  # the same work as the tip: a race
     relay = CompactRelay(level, {}.get, lambda: [])
+    assert await relay.on_compact_block(_Peer(), _compact(rival)) == rival
+    recent, rival = _chain_with_rival(own_blocks=2)  # lighter, but a recent fork: kept
+    relay = CompactRelay(recent, {}.get, lambda: [])
+    assert rival.hash and recent.tip.work > recent.entries[recent.active[1]].work
     assert await relay.on_compact_block(_Peer(), _compact(rival)) == rival
     assert relay.stats.behind == 0
 

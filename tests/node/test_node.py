@@ -108,7 +108,8 @@ async def test_a_block_at_the_tip_is_rebuilt_from_the_mempool_and_relayed(node):
     assert await b.wait_for_message(CompactBlock) == _compact(block)  # pushed, unasked
     assert node.chain.tip.hash == block.hash and node.chain.height == 1
     assert node.compact.stats.as_dict() == {
-        "received": 1, "pushed": 0, "complete": 0, "txs_fetched": 1, "served": 1
+        "received": 1, "pushed": 0, "complete": 0, "behind": 0, "txs_fetched": 1,
+        "late": 0, "served": 1,
     }  # fmt: skip
     await a.sync()
     assert not any(isinstance(m, CompactBlock) for m in a.received), "echoed to its sender"
