@@ -224,21 +224,7 @@ def apply_fraud_proof(
     params: NetworkParams,
 ) -> None:
     """Refund the poster of a job whose claimed C is shown wrong; burn the claimant's stake."""
-    rec = state.get(JOBS, p.job_id)
-    if rec is None:
-        raise InvalidTransaction("payload.job_id: no such job")
-    job = job_record(state, p.job_id)
-    assert job is not None
-    if job["status"] != MINED:
-        raise InvalidTransaction(
-            f"payload.job_id: the job is {job['status']}, not awaiting payment"
-        )
-    if job["claim_id"] != p.claim_id:
-        raise InvalidTransaction(
-            "payload.claim_id: not the block or job_result that claimed this job"
-        )
-    if height >= job["due"]:
-        raise InvalidTransaction("payload: the challenge window of this job has closed")
+    job = _claimed_job(state, p.job_id, p.claim_id, height)
     check_fraud(job, p)
     _debit(state, tx.sender_address, tx.fee, True)
     _remove_due(state, job["due"], p.job_id)
