@@ -248,6 +248,7 @@ class Node:
             miner_address=self.miner_address,
             claim_key=self.claim_key,
             dishonest=self.config.dishonest_results,
+            withhold=self.config.withhold_results,
         )
         self.work = WorkSource(
             chain,

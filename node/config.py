@@ -53,6 +53,7 @@ class NodeConfig:
     log_level: str = "INFO"
     progress: bool = False  # draw a sync progress bar on stderr (a terminal)
     dishonest_results: bool = False  # tests only: commit a wrong C on posted jobs
+    withhold_results: bool = False  # tests only: claim posted jobs but never serve C
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

@@ -288,8 +288,10 @@ def job_result(
     """Fetch C, check it with Freivalds, write it; a wrong C is reported and fraud-proved.
 
     C is there once a claim is in a block or, earlier, pending in the node's mempool; a
-    wrong C under a pending claim is proved once a block holds the claim (up to 2 min)."""
-    from node.client.market import WrongResult
+    wrong C under a pending claim is proved once a block holds the claim (up to 2 min).
+    A C the network keeps back (exit code 4) is challenged: the claim must reveal random
+    rows of it on chain or the job is refunded."""
+    from node.client.market import ResultWithheld, WrongResult
     from node.relay.blobs import decode_matrix
 
     client = _market(network, datadir, wallet, rpc_addr, block_time_ms)
@@ -307,6 +309,21 @@ def job_result(
             else f"WRONG RESULT: {e}"
         )
         raise SystemExit(3) from None
+    except ResultWithheld as e:
+        click.echo(
+            json.dumps(
+                {
+                    "verified": False,
+                    "error": str(e),
+                    "challenge_txid": e.challenge_txid,
+                    "rows_unrevealed": list(e.rows),
+                    "due": e.due,
+                }
+            )
+            if as_json
+            else f"NO RESULT: {e}"
+        )
+        raise SystemExit(4) from None
     np.save(Path(out_path), c)
     click.echo(
         json.dumps({"verified": True, "shape": list(c.shape), "out": out_path})

@@ -171,6 +171,12 @@ class ConfigDefaults(click.Command):
     help="TESTS ONLY: commit a wrong product on posted jobs.",
 )
 @click.option(
+    "--withhold-results",
+    is_flag=True,
+    hidden=True,
+    help="TESTS ONLY: claim posted jobs but never serve their product nor answer challenges.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="INFO",
@@ -194,6 +200,7 @@ def node_cmd(
     max_inbound: int,
     devnet_block_time_ms: int | None,
     dishonest_results: bool,
+    withhold_results: bool,
     log_level: str,
 ) -> None:
     """Run a node in the foreground until Ctrl-C or SIGTERM."""
@@ -232,6 +239,7 @@ def node_cmd(
         max_inbound=max_inbound,
         log_level=log_level,
         dishonest_results=dishonest_results,
+        withhold_results=withhold_results,
         progress=sys.stderr.isatty(),
     )
     if threads:

@@ -19,11 +19,18 @@ mempool (its claimant stored C before sending it): Freivalds makes the chain
 unnecessary for the client's answer, which saves about a block interval; the
 chain is for payment and fraud. A wrong C under a claim still pending is proved
 once a block holds the claim (``result`` waits for it).
+
+A C that cannot be fetched (its claimant keeps it from the network) cannot be proved
+wrong: ``result`` then sends a result_challenge for random rows of it (once per claim,
+:meth:`MarketClient.challenge`) and raises :class:`ResultWithheld`; the claim must
+reveal those rows on chain or the job is refunded. Asked again, ``result`` says which
+rows are still unrevealed and the height at which the job is settled.
 """
 
 from __future__ import annotations
 
 import contextlib
+import secrets
 import signal
 import threading
 import time
@@ -37,12 +44,14 @@ import numpy as np
 
 from consensus.blocks import JobSpec
 from consensus.keys import PrivateKey, address_to_text
-from consensus.market import build_fraud_proof
+from consensus.market import build_fraud_proof, reveal_blocks
 from consensus.merkle import matrix_cols_root, matrix_rows_root
 from consensus.params import NetworkParams
 from consensus.transactions import (
+    MAX_CHALLENGE_ROWS,
     JobCancelPayload,
     JobPostPayload,
+    ResultChallengePayload,
     encode_tx,
     signed_transaction,
 )
@@ -50,7 +59,7 @@ from kernels.freivalds import freivalds_check, locate_error
 from kernels.layout import transposed
 from kernels.params import OPERAND_MAX, OPERAND_MIN
 from node.amounts import format_amount
-from node.client.rpc import RpcClient
+from node.client.rpc import RpcCallError, RpcClient
 from node.relay.blobs import decode_matrix, encode_matrix
 
 DEFAULT_EXPIRY_BLOCKS = 200
@@ -67,6 +76,33 @@ class WrongResult(Exception):
     def __init__(self, message: str, fraud_txid: str | None) -> None:
         super().__init__(message)
         self.fraud_txid = fraud_txid
+
+
+class ResultWithheld(Exception):
+    """The claim's C could not be had from the network; what the client did about it.
+
+    ``challenge_txid`` is the result_challenge this call sent (None if it sent none: the
+    claim was challenged already, or is not on chain yet); ``rows`` the rows of C the
+    claim must still reveal; ``due`` the height at which the job is refunded if they are
+    still unrevealed then (or paid, if they were all revealed).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        challenge_txid: str | None = None,
+        rows: tuple[int, ...] = (),
+        due: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.challenge_txid = challenge_txid
+        self.rows = rows
+        self.due = due
+
+
+UNAVAILABLE_STATUSES = (502, 503)
+"""GET /result's answers when the node could not get a C matching the claim: its peers
+did not serve it (503) or the matrix under the claim's root has the wrong size (502)."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +205,9 @@ class MarketClient:
         self.rpc = rpc
         self.key = key
         self.params = params
+        # Challenges this client sent (job id → txid, rows): shown, not resent, until a
+        # block holds them.
+        self._challenged: dict[bytes, tuple[str, tuple[int, ...]]] = {}
 
     @classmethod
     def for_datadir(cls, datadir: Path, key: PrivateKey, params: NetworkParams) -> MarketClient:
@@ -294,7 +333,12 @@ class MarketClient:
     # ------------------------------------------------------------ result
 
     def result(
-        self, job_id: bytes, a: np.ndarray, b: np.ndarray, fraud_wait_s: float = 120.0
+        self,
+        job_id: bytes,
+        a: np.ndarray,
+        b: np.ndarray,
+        fraud_wait_s: float = 120.0,
+        fetch_timeout_s: float = 60.0,
     ) -> np.ndarray:
         """C = A·B from the network, checked with Freivalds; fraud proof on a wrong C.
 
@@ -306,12 +350,18 @@ class MarketClient:
         ``fraud_wait_s`` for that, checks the C the chain's claim committed to
         and proves it wrong (or returns it if that claim is another, right one);
         WrongResult without a fraud proof if no block takes the claim in time.
+
+        A C the node cannot get within ``fetch_timeout_s`` (its claimant keeps it from
+        the network) raises :class:`ResultWithheld`; if the claim is on chain and not yet
+        challenged, this first sends a result_challenge for up to eight random rows of
+        the product (:meth:`challenge`): the claim must then reveal them, opened against
+        its result_root, or the job is refunded as if a fraud proof had been sent.
         """
         st = self.status(job_id)
         if st["status"] not in ("mined", "paid") and not _pending(st):
             raise ValueError(f"job {job_id.hex()[:16]} has no result: it is {st['status']}")
         a8, b8 = padded_operands(a, b, self.params)
-        c, where = self._fetch_checked(job_id, a8, b8)
+        c, where = self._fetch_checked(job_id, a8, b8, fetch_timeout_s, a.shape[0])
         if where is not None and _pending(st):
             try:
                 st = self.wait(job_id, fraud_wait_s)
@@ -324,7 +374,8 @@ class MarketClient:
                     "again once the job is mined (wait) to send one",
                     None,
                 ) from None
-            c, where = self._fetch_checked(job_id, a8, b8)  # the chain's claim may be another
+            # the chain's claim may be another
+            c, where = self._fetch_checked(job_id, a8, b8, fetch_timeout_s, a.shape[0])
         if where is None:
             return np.ascontiguousarray(c[: a.shape[0], : b.shape[1]])  # padding stripped
         if st["status"] == "refunded":  # while we waited for the claim's block
@@ -345,12 +396,134 @@ class MarketClient:
             f"the miner's C[{where[0]}, {where[1]}] is wrong; fraud proof sent in tx {txid}", txid
         )
 
+    def challenge(
+        self,
+        job_id: bytes,
+        rows: tuple[int, ...] | None = None,
+        fee: int = 1_000,
+        rows_used: int | None = None,
+    ) -> tuple[str, tuple[int, ...]]:
+        """Send a result_challenge: the claim on our job must reveal ``rows`` of C on chain
+        (default: ``MAX_CHALLENGE_ROWS`` rows drawn with OS randomness among the first
+        ``rows_used``, all rows by default) within ``reveal_blocks`` blocks, or the job is
+        refunded. Returns (txid, rows). ValueError, and nothing sent, when the job is not
+        ours, has no claim on chain, was challenged already, or a row is out of range."""
+        st = self.status(job_id)
+        name = job_id.hex()[:16]
+        if st["status"] != "mined":
+            raise ValueError(
+                f"job {name} is {st['status']}: only a claim recorded on chain (the job "
+                "mined, its challenge window open) can be challenged"
+            )
+        if st["poster"] != address_to_text(self.key.address):
+            raise ValueError(
+                f"job {name} was posted by {st['poster']}: only its poster may challenge"
+            )
+        if st.get("challenge"):
+            raise ValueError(
+                f"job {name}: its claim was challenged already (rows still unrevealed: "
+                f"{st['challenge']['rows_unrevealed']})"
+            )
+        m = int(st["m"])
+        if rows is None:
+            pool = range(m if rows_used is None else max(1, min(rows_used, m)))
+            rows = tuple(
+                sorted(secrets.SystemRandom().sample(pool, min(MAX_CHALLENGE_ROWS, len(pool))))
+            )
+        rows = tuple(int(i) for i in rows)
+        if not 1 <= len(rows) <= MAX_CHALLENGE_ROWS or len(set(rows)) != len(rows):
+            raise ValueError(
+                f"a challenge names 1 to {MAX_CHALLENGE_ROWS} distinct rows, got {rows}"
+            )
+        if any(not 0 <= i < m for i in rows):
+            raise ValueError(f"rows {rows}: the product has rows 0 to {m - 1}")
+        payload = ResultChallengePayload(bytes.fromhex(st["claim_id"]), job_id, rows)
+        account = self.rpc.call("getaccount", address_to_text(self.key.address))
+        tx = signed_transaction(
+            self.key,
+            chain_id=self.params.chain_id,
+            nonce=account["next_nonce"],
+            fee=fee,
+            payload=payload,
+        )
+        txid: str = self.rpc.call("sendtransaction", encode_tx(tx).hex())
+        self._challenged[job_id] = (txid, rows)
+        return txid, rows
+
+    def _withheld(self, job_id: bytes, reason: str, rows_used: int | None) -> ResultWithheld:
+        """What to raise when C cannot be fetched: a challenge is sent first where the
+        claim is on chain and neither we nor anyone has challenged it yet."""
+        st = self.status(job_id)
+        name = job_id.hex()[:16]
+        head = f"the result of job {name} cannot be had ({reason})"
+        if st["status"] == "open":
+            return ResultWithheld(
+                f"{head}; its claim is not recorded on chain yet, so it cannot be challenged: "
+                "call result again once the job is mined"
+            )
+        if st["status"] != "mined":
+            return ResultWithheld(f"{head}; the job is {st['status']}")
+        due = int(st["due"])
+        asked = st.get("challenge")
+        if asked is not None:
+            left = tuple(asked["rows_unrevealed"])
+            if left:
+                return ResultWithheld(
+                    f"{head}; its claim was challenged and has not revealed rows {list(left)} "
+                    f"yet: unless it does, the job is refunded at height {due}",
+                    None,
+                    left,
+                    due,
+                )
+            return ResultWithheld(
+                f"{head}; its claim revealed the rows it was challenged for, so it is paid at "
+                f"height {due}, but its C is still not served",
+                None,
+                (),
+                due,
+            )
+        sent = self._challenged.get(job_id)
+        if sent is not None:  # ours waits in the mempool: a second one would be refused
+            txid, rows = sent
+            return ResultWithheld(
+                f"{head}; our result_challenge {txid[:16]} for rows {list(rows)} is not in a "
+                "block yet",
+                None,
+                rows,
+                due,
+            )
+        try:
+            txid, rows = self.challenge(job_id, rows_used=rows_used)
+        except (ValueError, RpcCallError) as e:
+            return ResultWithheld(f"{head}; no challenge could be sent: {e}", None, (), due)
+        return ResultWithheld(
+            f"{head}; result_challenge {txid} sent for rows {list(rows)}: once it is in a "
+            f"block the claim has {reveal_blocks(self.params)} blocks (until height {due} at "
+            "least) to reveal them, or the job is refunded",
+            txid,
+            rows,
+            due,
+        )
+
     def _fetch_checked(
-        self, job_id: bytes, a8: np.ndarray, b8: np.ndarray
+        self,
+        job_id: bytes,
+        a8: np.ndarray,
+        b8: np.ndarray,
+        timeout_s: float = 60.0,
+        rows_used: int | None = None,
     ) -> tuple[np.ndarray, tuple[int, int] | None]:
         """The node's C for the posted product A8·B8 and a wrong entry of it, None if
-        Freivalds accepts C (or its alarm was false: no entry is wrong)."""
-        c = decode_matrix(self.rpc.get_result(job_id))
+        Freivalds accepts C (or its alarm was false: no entry is wrong). ResultWithheld
+        (a challenge sent where one can be) when the node cannot get C in ``timeout_s``;
+        ``rows_used``: the rows of C the poster asked for (the rest is padding)."""
+        try:
+            blob = self.rpc.get_result(job_id, timeout_s)
+        except RpcCallError as e:
+            if e.code not in UNAVAILABLE_STATUSES:
+                raise
+            raise self._withheld(job_id, str(e), rows_used) from None
+        c = decode_matrix(blob)
         if c.dtype != np.int32 or c.shape != (a8.shape[0], b8.shape[1]):
             raise ValueError(f"the result has shape {c.shape} and dtype {c.dtype}")
         if freivalds_check(a8, b8, c):

@@ -33,6 +33,9 @@
 * ``--dishonest-results`` (tests only) commits a wrong C, in blocks and in
   job_result claims alike, to show that the client catches it and that the
   fraud proof takes the miner's coinbase or bond.
+* ``--withhold-results`` (tests only) claims posted jobs with the right C but never
+  keeps it to serve, nor answers a result_challenge: its poster's challenge refunds
+  the job.
 """
 
 from __future__ import annotations
@@ -214,6 +217,7 @@ class MarketService:
         miner_address: bytes,
         claim_key: PrivateKey | None,
         dishonest: bool = False,
+        withhold: bool = False,
     ) -> None:
         """``blobs``: where operands are fetched from and results kept; ``admit_tx``:
         admits our own job_result claims to the mempool (and relays them), raising
@@ -228,6 +232,7 @@ class MarketService:
         self.claim_key = claim_key
         self._job_ready_listeners: list[Callable[[float], None]] = []
         self.dishonest = dishonest
+        self.withhold = withhold
         self.jobs: dict[bytes, Job] = {}  # job id → verified operands
         # Downloads under way: job id → (its task, the bytes its operands will hold).
         self._fetching: dict[bytes, tuple[asyncio.Task[None], int]] = {}
@@ -711,7 +716,8 @@ class MarketService:
         job_id = self._job_id(job.spec)
         if job.null or found.product is None:
             return found.header  # the null job: nobody asked for C
-        self.blobs.put_matrix(found.product, job_id, found.header.result_root)
+        if not self.withhold:
+            self.blobs.put_matrix(found.product, job_id, found.header.result_root)
         self.jobs_mined += 1
         log.info(
             "block on job %s: result %s kept",
@@ -733,6 +739,10 @@ class MarketService:
         # right after handing this result over, and must not be given this job again.
         self._retry_from_now(job_id)
         # Off the loop: a 2048² C is 16 MiB to hash into chunks and write.
+        if self.withhold:  # --withhold-results: claimed, never kept to serve
+            self._retry_from_now(job_id)
+            self._to_claim(job_id, result_root)
+            return
         stored = await asyncio.to_thread(self.blobs.put_matrix, product, job_id, result_root)
         if job_id in self._pending_posts:
             self._early_results[stored] = self.chain.height
@@ -744,6 +754,8 @@ class MarketService:
         """Ready C to be served (``BlobExchange.warm``), in the background: its client asks
         for it as soon as it sees the claim, and the first ask would otherwise wait for
         16 MiB to be read back and hashed."""
+        if self.withhold:  # --withhold-results: never served
+            return
         task = asyncio.create_task(asyncio.to_thread(self.blobs.warm, product, result_root))
         self._warming.add(task)
         task.add_done_callback(self._warming.discard)

@@ -15,7 +15,7 @@ import pytest
 
 from consensus.keys import PrivateKey, address_to_text
 from consensus.params import DEVNET, with_block_time
-from node.client.market import MarketClient, WrongResult
+from node.client.market import MarketClient, ResultWithheld, WrongResult
 from node.client.rpc import RpcClient
 from tests.support.framework import NodeProcess, wait_until
 
@@ -240,3 +240,91 @@ def test_dishonest_result_is_caught_and_the_fraud_proof_lands(market):
         if blk["miner"] == cheat_addr and h != block["height"]:
             matured += blk["reward"]
     assert cheat.call("getaccount", cheat_addr)["balance"] == matured
+
+
+WITHHOLDER = PrivateKey.from_label("market-withholder")
+
+
+@pytest.fixture
+def withholder(market, tmp_path):
+    """A fifth node, peered to the poster's, that claims posted jobs with the right C but
+    never serves it nor answers a challenge (``--withhold-results``); not mining at first."""
+    _, poster, _, _ = market
+    node = NodeProcess(
+        tmp_path / "withholder",
+        [
+            "--devnet-block-time-ms",
+            str(BLOCK_MS),
+            "--threads",
+            "1",
+            "--peer",
+            poster.p2p,
+            "--withhold-results",
+            "--miner-address",
+            address_to_text(WITHHOLDER.address),
+        ],
+        "withholder",
+    ).start()
+    try:
+        wait_until(lambda: len(poster.call("getpeers")) == 3, 30, "the withholder's peering")
+        yield node
+    finally:
+        node.kill()
+
+
+def test_a_withheld_result_is_challenged_and_the_job_refunded(market, withholder, tmp_path):
+    """The only miner claims the job but keeps C to itself: the client cannot fetch C, so
+    it challenges the claim for random rows and says so; `pouw job result` then names the
+    rows still unrevealed and the due height (exit code 4); the claim never reveals them,
+    and at the due height the poster gets the reward back (two fees spent: post and
+    challenge)."""
+    client, poster, honest, cheat = market
+    honest.call("setmining", False)
+    cheat.call("setmining", False)
+    withholder.call("setmining", True)
+    a, b = _operands()
+    poster_addr = address_to_text(POSTER.address)
+    before = poster.call("getaccount", poster_addr)["balance"]
+    job = client.submit(a, b, reward=40_000)
+    status = client.wait(job.job_id, timeout=120)
+    assert status["status"] == "mined"
+    assert status["claimant"] == address_to_text(WITHHOLDER.address)
+    with pytest.raises(ResultWithheld, match=r"result_challenge .* sent for rows") as withheld:
+        client.result(job.job_id, a, b, fetch_timeout_s=1.0)
+    txid, rows = withheld.value.challenge_txid, withheld.value.rows
+    assert txid is not None and 1 <= len(rows) <= 8 and all(0 <= i < 64 for i in rows)
+
+    def challenged() -> bool:
+        return "challenge" in poster.call("getjob", job.job_id.hex())
+
+    wait_until(challenged, 60, "the challenge in a block")
+    withholder.call("setmining", False)  # the chain holds still while the CLI asks
+    wallet = str(tmp_path / "poster.key")
+    assert _pouw("wallet", "new", "--from-label", "devnet-3", "--wallet", wallet).returncode == 0
+    asked = _pouw(
+        "job",
+        "result",
+        job.job_id.hex(),
+        "--out",
+        str(tmp_path / "c.npy"),
+        "--datadir",
+        str(poster.datadir),
+        "--wallet",
+        wallet,
+        "--devnet-block-time-ms",
+        str(BLOCK_MS),
+        "--json",
+    )
+    assert asked.returncode == 4, asked.stderr
+    said = json.loads(asked.stdout)
+    record = poster.call("getjob", job.job_id.hex())
+    assert said["verified"] is False and said["challenge_txid"] is None
+    assert said["rows_unrevealed"] == sorted(rows) == record["challenge"]["rows_unrevealed"]
+    assert said["due"] == record["due"] and "has not revealed rows" in said["error"]
+    assert not (tmp_path / "c.npy").exists()
+
+    withholder.call("setmining", True)
+    refunded = client.wait(job.job_id, timeout=120, until=("refunded",))
+    withholder.call("setmining", False)
+    assert refunded["status"] == "refunded"
+    assert poster.call("getaccount", poster_addr)["balance"] == before - 2 * 1_000

@@ -51,7 +51,7 @@ class FakeNode:
         self.blobs[root.hex()] = rows
         return root
 
-    def get_result(self, job_id: bytes) -> bytes:
+    def get_result(self, job_id: bytes, timeout: float = 60.0) -> bytes:
         post = self.sent[0]
         a, bt = self.blobs[post.root_a.hex()], self.blobs[post.root_b.hex()]
         c = (a.astype(np.int64) @ bt.T.astype(np.int64)).astype(np.int32)

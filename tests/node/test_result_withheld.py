@@ -1,0 +1,114 @@
+"""A claimant that keeps C from the network: the client cannot fetch it, so it challenges
+the claim (result_challenge, random rows) once, says so, and later says whether the rows
+were revealed. A real in-process node, its real RPC listener, and the synchronous client
+library in a thread; the claimant (BOB) never gives the node its C."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from consensus.market import build_result_rows, job_record, reveal_blocks
+from consensus.transactions import MAX_CHALLENGE_ROWS, ResultChallengePayload
+from node.app import Node
+from node.client.market import MarketClient, ResultWithheld
+from node.client.rpc import RpcClient
+from tests.support import claimkit
+from tests.support.chainkit import ALICE, BOB, MID, new_chain
+from tests.support.nodekit import rpc_call
+
+
+def _client(node: Node, key=ALICE) -> MarketClient:
+    return MarketClient(RpcClient(f"http://127.0.0.1:{node.rpc_port}/rpc", node.token), key, MID)
+
+
+async def _claimed_without_c(node: Node):
+    """JOB posted by ALICE and claimed by BOB's job_result in the next block; the node
+    never had BOB's C. Returns the private chain and clock the blocks came from."""
+    chain, clock = new_chain()
+    post = claimkit.add(chain, clock, [claimkit.tx(ALICE, 0, claimkit.POST)])
+    await node.process_block(post, source=None)
+    claim = claimkit.claim(BOB, 0, (claimkit.JOB_ID, claimkit.C))
+    await node.process_block(claimkit.add(chain, clock, [claim]), source=None)
+    assert job_record(node.chain.state, claimkit.JOB_ID)["status"] == "mined"
+    return chain, clock
+
+
+async def _result(client: MarketClient) -> ResultWithheld:
+    with pytest.raises(ResultWithheld) as e:
+        await asyncio.to_thread(client.result, claimkit.JOB_ID, claimkit.A, claimkit.B, 1.0, 0.3)
+    return e.value
+
+
+async def test_a_withheld_result_is_challenged_once_and_followed_until_revealed(node):
+    """result() cannot fetch C: it sends one result_challenge for 8 distinct random rows
+    of the product and says so; called again before a block holds it, it sends nothing
+    more. Once mined, the challenge shows on the job and result() names the unrevealed
+    rows and the due height (moved to reveal_blocks after the challenge); once BOB
+    reveals them, result() says the claim will be paid but C is still not served."""
+    chain, clock = await _claimed_without_c(node)
+    client = _client(node)
+
+    first = await _result(client)
+    assert first.challenge_txid is not None
+    assert "result_challenge" in str(first) and "cannot be had" in str(first)
+    rows = first.rows
+    assert len(rows) == MAX_CHALLENGE_ROWS == len(set(rows))
+    assert all(0 <= i < claimkit.M for i in rows)
+    sent = node.mempool.get(bytes.fromhex(first.challenge_txid))
+    assert sent is not None and sent.sender_address == ALICE.address
+    assert isinstance(sent.payload, ResultChallengePayload)
+    assert sent.payload.job_id == claimkit.JOB_ID and sent.payload.rows == rows
+    record = (await rpc_call(node, "getjob", claimkit.JOB_ID.hex()))["result"]
+    assert sent.payload.claim_id.hex() == record["claim_id"]
+
+    again = await _result(client)
+    assert again.challenge_txid is None and again.rows == rows
+    assert "not in a block yet" in str(again)
+    assert len(node.mempool) == 1  # no second challenge
+
+    block = claimkit.add(chain, clock, [sent])
+    await node.process_block(block, source=None)
+    record = (await rpc_call(node, "getjob", claimkit.JOB_ID.hex()))["result"]
+    assert record["challenge"]["rows_unrevealed"] == sorted(rows)
+    assert record["due"] >= node.chain.height + reveal_blocks(MID)
+    waiting = await _result(client)
+    assert waiting.challenge_txid is None and waiting.rows == tuple(sorted(rows))
+    assert waiting.due == record["due"]
+    assert f"has not revealed rows {sorted(rows)}" in str(waiting)
+    assert f"refunded at height {record['due']}" in str(waiting)
+    assert len(node.mempool) == 0
+
+    payload = build_result_rows(sent.payload.claim_id, claimkit.JOB_ID, claimkit.C, rows)
+    reveal = claimkit.tx(BOB, 1, payload)
+    await node.process_block(claimkit.add(chain, clock, [reveal]), source=None)
+    answered = await _result(client)
+    assert answered.rows == () and answered.challenge_txid is None
+    assert "revealed the rows" in str(answered) and "still not served" in str(answered)
+    assert len(node.mempool) == 0
+
+
+async def test_a_challenge_is_refused_before_sending_when_it_cannot_apply(node):
+    """challenge() sends nothing for a job whose claim is not on chain, for a job that is
+    not ours, or for rows outside the product or too many: a ValueError says which."""
+    chain, clock = new_chain()
+    await node.process_block(
+        claimkit.add(chain, clock, [claimkit.tx(ALICE, 0, claimkit.POST)]), source=None
+    )
+    alice, bob = _client(node), _client(node, BOB)
+    with pytest.raises(ValueError, match="is open: only a claim recorded on chain"):
+        await asyncio.to_thread(alice.challenge, claimkit.JOB_ID)
+    claim = claimkit.claim(BOB, 0, (claimkit.JOB_ID, claimkit.C))
+    await node.process_block(claimkit.add(chain, clock, [claim]), source=None)
+    with pytest.raises(ValueError, match="only its poster may challenge"):
+        await asyncio.to_thread(bob.challenge, claimkit.JOB_ID)
+    with pytest.raises(ValueError, match=f"rows 0 to {claimkit.M - 1}"):
+        await asyncio.to_thread(alice.challenge, claimkit.JOB_ID, (0, claimkit.M))
+    with pytest.raises(ValueError, match="1 to 8 distinct rows"):
+        await asyncio.to_thread(alice.challenge, claimkit.JOB_ID, tuple(range(9)))
+    with pytest.raises(ValueError, match="1 to 8 distinct rows"):
+        await asyncio.to_thread(alice.challenge, claimkit.JOB_ID, (3, 3))
+    assert len(node.mempool) == 0
+    txid, rows = await asyncio.to_thread(alice.challenge, claimkit.JOB_ID, (5, 1))
+    assert rows == (5, 1) and bytes.fromhex(txid) in node.mempool
