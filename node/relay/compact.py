@@ -8,7 +8,9 @@ So, as in Bitcoin's BIP 152, a block travels as a ``CMPCTBLOCK`` (header +
 txids): a node rebuilds it from its mempool (and the transactions of the last
 few blocks it connected, for a competing block at the same height), asks
 ``GETBLOCKTXN`` for the ones it lacks and completes the block with the
-``BLOCKTXN`` answer.
+``BLOCKTXN`` answer. Each peer that sends the block while it is incomplete is asked
+(up to ``PEERS_PER_BLOCK``), and the first answer wins: a peer that is first with a
+block and then never answers cannot hold it back until its request expires.
 
 A node that connects a new tip *pushes* the compact block to every peer that
 does not know it yet, before writing it to disk (BIP 152's high-bandwidth
@@ -70,7 +72,11 @@ SIDE_DEPTH = 6
 """A compact block lighter than our tip is still kept if it is at most this many blocks
 below the tip's height (a race, where timestamps alone make the work differ)."""
 GIVEN_UP_KEPT = 64
-"""Compact blocks given up on whose late BLOCKTXN is still forgiven (the newest)."""
+"""Requests given up on (block, peer) whose late BLOCKTXN is still forgiven (the newest)."""
+PEERS_PER_BLOCK = 3
+"""Peers a block's missing transactions may be asked of at once (BIP 152's three): a
+peer that sends the compact block first and never answers GETBLOCKTXN would otherwise
+hold the block back from us until the request expires, whoever else sends it."""
 REQUEST_TIMEOUT_S = 10.0
 """A CMPCTBLOCK or BLOCKTXN not delivered this long is given up. The block is
 not lost: the next block's announcement finds its parent missing and the node
@@ -139,10 +145,12 @@ class CompactRelay:
         self._peers = peers
         self._unconnecting = unconnecting
         self.asked: dict[bytes, tuple[PeerSession, float]] = {}
-        self.partials: dict[bytes, _Partial] = {}
-        # Blocks whose transactions we stopped waiting for, by the peer asked: its late
-        # answer is dropped, not punished as unrequested.
-        self._given_up: OrderedDict[bytes, PeerSession] = OrderedDict()
+        self.partials: dict[bytes, list[_Partial]] = {}
+        """Blocks waiting for transactions, each asked of up to PEERS_PER_BLOCK peers."""
+        # Requests for a block's transactions we stopped waiting for (it expired, or
+        # another peer completed the block): the peer's late answer is dropped, not
+        # punished as unrequested.
+        self._given_up: OrderedDict[tuple[bytes, PeerSession], None] = OrderedDict()
         self.stats = CompactStats()
         self._frames: OrderedDict[bytes, bytes] = OrderedDict()
         self._recent: OrderedDict[bytes, dict[bytes, Transaction]] = OrderedDict()
@@ -174,8 +182,11 @@ class CompactRelay:
         if self.asked.get(h, (None, 0.0))[0] is peer:
             del self.asked[h]
         self.stats.received += 1
-        if chain.contains(h) or h in self.partials:
+        if chain.contains(h):
             return None
+        waiting = self.partials.get(h, ())
+        if len(waiting) >= PEERS_PER_BLOCK or any(w.peer is peer for w in waiting):
+            return None  # asked of enough peers already, or of this one
         if header.prev_hash not in chain.entries:
             # Not on top of anything we have, so its header cannot be checked: keep
             # nothing (a whole block asked for now would be held as an orphan on its
@@ -206,12 +217,16 @@ class CompactRelay:
         if not missing:
             # The chain checks the txids against tx_root before it keeps anything.
             self.stats.complete += 1
+            for other in self.partials.pop(h, ()):  # their answers are now late
+                self._give_up(h, other.peer)
             return Block(header, tuple(txs))  # type: ignore[arg-type]
         # Before asking the peer for what we lack: is that what the header names?
         if merkle_root(list(msg.txids)) != header.tx_root:
             raise ProtocolViolation("compact block: its txids are not the ones tx_root commits to")
         self.stats.txs_fetched += len(missing)
-        self.partials[h] = _Partial(peer, header, msg.txids, txs, tuple(missing))
+        self.partials.setdefault(h, []).append(
+            _Partial(peer, header, msg.txids, txs, tuple(missing))
+        )
         peer.send_nowait(GetBlockTxn(h, tuple(missing)))
         return None
 
@@ -219,14 +234,17 @@ class CompactRelay:
         """The transactions a compact block lacked: the completed block, for the intake;
         None for an answer to a request we gave up on (a slow link, not a lie)."""
         h = msg.block_hash
-        partial = self.partials.get(h)
-        if partial is None and self._given_up.get(h) is peer:
-            del self._given_up[h]
+        waiting = self.partials.get(h, [])
+        partial = next((w for w in waiting if w.peer is peer), None)
+        if partial is None and (h, peer) in self._given_up:
+            del self._given_up[(h, peer)]
             self.stats.late += 1
             return None
-        if partial is None or partial.peer is not peer:
+        if partial is None:
             raise ProtocolViolation("unrequested blocktxn")
-        del self.partials[h]
+        waiting.remove(partial)
+        if not waiting:
+            del self.partials[h]
         if len(msg.txs) != len(partial.missing):
             raise ProtocolViolation(
                 f"blocktxn: {len(msg.txs)} transactions for {len(partial.missing)} asked"
@@ -235,6 +253,8 @@ class CompactRelay:
             if tx.txid != partial.txids[i]:
                 raise ProtocolViolation(f"blocktxn: transaction {i} is not the one the block names")
             partial.txs[i] = tx
+        for other in self.partials.pop(h, ()):  # the others' answers are now late
+            self._give_up(h, other.peer)
         return Block(partial.header, tuple(partial.txs))  # type: ignore[arg-type]
 
     def _fill(self, txids: tuple[bytes, ...]) -> tuple[list[Transaction | None], list[int]]:
@@ -258,6 +278,8 @@ class CompactRelay:
     def chain_changed(self, change: ConnectedBlocks) -> None:
         """Keep connected blocks' transactions for rebuilding a competitor of them."""
         for block in change.connected:
+            for waiting in self.partials.pop(block.hash, ()):  # it came another way
+                self._give_up(block.hash, waiting.peer)
             if block.txs:
                 self._recent[block.hash] = {tx.txid: tx for tx in block.txs}
                 while len(self._recent) > RECENT_BLOCKS:
@@ -268,20 +290,15 @@ class CompactRelay:
         if item.kind == InvKind.CMPCT_BLOCK and self.asked.get(item.hash, (None, 0.0))[0] is peer:
             del self.asked[item.hash]
         if item.kind == InvKind.BLOCK:
-            partial = self.partials.get(item.hash)
-            if partial is not None and partial.peer is peer:
-                del self.partials[item.hash]
+            self._drop_partials(lambda w: w.peer is peer and w.header.hash == item.hash)
 
     def peer_closed(self, peer: PeerSession) -> None:
         for h, (p, _) in list(self.asked.items()):
             if p is peer:
                 del self.asked[h]
-        for h, partial in list(self.partials.items()):
-            if partial.peer is peer:
-                del self.partials[h]
-        for h, p in list(self._given_up.items()):
-            if p is peer:
-                del self._given_up[h]
+        self._drop_partials(lambda w: w.peer is peer)
+        for key in [key for key in self._given_up if key[1] is peer]:
+            del self._given_up[key]
 
     def expire(self) -> None:
         """Give up requests that were never answered (housekeeping, once a second)."""
@@ -289,12 +306,25 @@ class CompactRelay:
         for h, (_, asked) in list(self.asked.items()):
             if asked < limit:
                 del self.asked[h]
-        for h, partial in list(self.partials.items()):
-            if partial.asked < limit:
+        for w in self._drop_partials(lambda w: w.asked < limit):
+            self._give_up(w.header.hash, w.peer)
+
+    def _drop_partials(self, which: Callable[[_Partial], bool]) -> list[_Partial]:
+        """Forget the partial blocks ``which`` selects; those forgotten."""
+        dropped = []
+        for h, waiting in list(self.partials.items()):
+            keep = [w for w in waiting if not which(w)]
+            dropped += [w for w in waiting if which(w)]
+            if keep:
+                self.partials[h] = keep
+            else:
                 del self.partials[h]
-                self._given_up[h] = partial.peer
-                while len(self._given_up) > GIVEN_UP_KEPT:
-                    self._given_up.popitem(last=False)
+        return dropped
+
+    def _give_up(self, block_hash: bytes, peer: PeerSession) -> None:
+        self._given_up[(block_hash, peer)] = None
+        while len(self._given_up) > GIVEN_UP_KEPT:
+            self._given_up.popitem(last=False)
 
     # ------------------------------------------------------------ serving
 

@@ -121,3 +121,42 @@ async def test_a_blocktxn_after_we_gave_up_is_ignored_not_punished(monkeypatch):
     assert relay.on_block_txn(peer, answer) is None and relay.stats.late == 1
     with pytest.raises(ProtocolViolation, match="unrequested blocktxn"):
         relay.on_block_txn(peer, answer)
+
+
+async def test_missing_transactions_are_asked_of_up_to_three_peers_and_the_first_answer_wins():
+    """Each peer that sends the compact block while its transactions are missing is
+    asked for them, up to PEERS_PER_BLOCK peers, each once; the first answer completes
+    the block, and the others' answers, now late, are dropped unpunished."""
+    block, relay = _block_and_relay(pooled=1)
+    peers = [_Peer() for _ in range(compact_module.PEERS_PER_BLOCK + 1)]
+    for peer in peers:
+        assert await relay.on_compact_block(peer, _compact(block)) is None
+    assert await relay.on_compact_block(peers[0], _compact(block)) is None  # again
+    asked = GetBlockTxn(block.hash, (1,))
+    assert [p.sent for p in peers] == [[asked]] * compact_module.PEERS_PER_BLOCK + [[]]
+    answer = BlockTxn(block.hash, (block.txs[1],))
+    assert relay.on_block_txn(peers[1], answer) == block
+    assert relay.partials == {}
+    assert relay.on_block_txn(peers[0], answer) is None
+    assert relay.on_block_txn(peers[2], answer) is None and relay.stats.late == 2
+    with pytest.raises(ProtocolViolation, match="unrequested blocktxn"):
+        relay.on_block_txn(peers[3], answer)  # never asked
+
+
+async def test_a_block_connected_another_way_forgets_its_pending_requests():
+    """The block arrives whole (headers-first sync, or a complete compact block) while
+    a peer is still asked for its transactions: the request is dropped, and its late
+    answer forgiven."""
+    block, relay = _block_and_relay(pooled=1)
+    peer = _Peer()
+    assert await relay.on_compact_block(peer, _compact(block)) is None
+    relay.chain.add_block(block)
+    relay.chain_changed(_Connected((block,)))
+    assert relay.partials == {}
+    assert relay.on_block_txn(peer, BlockTxn(block.hash, (block.txs[1],))) is None
+    assert relay.stats.late == 1
+
+
+class _Connected:
+    def __init__(self, blocks: tuple[Block, ...]) -> None:
+        self.connected = blocks

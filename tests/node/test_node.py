@@ -40,6 +40,7 @@ from node.net.wire import (
     InvKind,
     TxMsg,
 )
+from node.relay import compact as compact_module
 from tests.support import claimkit as jr
 from tests.support.chainkit import (
     ALICE,
@@ -120,6 +121,30 @@ async def test_a_block_at_the_tip_is_rebuilt_from_the_mempool_and_relayed(node):
     await b.wait_for(lambda: sum(isinstance(m, CompactBlock) for m in b.received) == 2)
     await a.close()
     await b.close()
+
+
+async def test_a_peer_that_never_answers_getblocktxn_does_not_hold_the_block_back(node):
+    """Peer a pushes a compact block first and never sends the transaction it lacks;
+    peer b pushes the same block: b is asked too and its answer connects the block at
+    once, not when a's request expires (10 s). a's late answer is forgiven, not banned."""
+    a, b, c = [await connected_peer(node) for _ in range(3)]
+    lacked = transfer(BOB, ALICE, 700, 0, chain_id=MID.chain_id)
+    block = _block_for(node, (lacked,))
+    await a.send(_compact(block))
+    assert await a.wait_for_message(GetBlockTxn) == GetBlockTxn(block.hash, (0,))
+    started = time.monotonic()
+    await b.send(_compact(block))
+    assert await b.wait_for_message(GetBlockTxn) == GetBlockTxn(block.hash, (0,))
+    await b.send(BlockTxn(block.hash, (lacked,)))
+    assert await c.wait_for_message(CompactBlock) == _compact(block)  # connected, pushed
+    assert time.monotonic() - started < compact_module.REQUEST_TIMEOUT_S
+    assert node.chain.tip.hash == block.hash
+    await a.send(BlockTxn(block.hash, (lacked,)))  # late: the block came through b
+    await a.sync()
+    assert node.compact.stats.late == 1 and node.compact.partials == {}
+    assert node.p2p.bans() == [] and node.chain.height == 1
+    for peer in (a, b, c):
+        await peer.close()
 
 
 async def test_a_block_whose_transactions_are_all_here_needs_no_round_trip(node):
