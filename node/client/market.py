@@ -319,13 +319,17 @@ class MarketClient:
                 f"job {job_id.hex()} is open until height {st['expiry']} (now {height}): "
                 "it can be cancelled once a block above that height is mined"
             )
+        return self._send(JobCancelPayload(job_id), fee)
+
+    def _send(self, payload: Any, fee: int) -> str:
+        """Sign ``payload`` with our key at our account's next nonce and send it; its txid."""
         account = self.rpc.call("getaccount", address_to_text(self.key.address))
         tx = signed_transaction(
             self.key,
             chain_id=self.params.chain_id,
             nonce=account["next_nonce"],
             fee=fee,
-            payload=JobCancelPayload(job_id),
+            payload=payload,
         )
         txid: str = self.rpc.call("sendtransaction", encode_tx(tx).hex())
         return txid
@@ -383,15 +387,7 @@ class MarketClient:
         if st["status"] != "mined":
             raise WrongResult(f"C{list(where)} is wrong but the challenge window has closed", None)
         proof = build_fraud_proof(bytes.fromhex(st["claim_id"]), job_id, a8, b8, c, *where)
-        account = self.rpc.call("getaccount", address_to_text(self.key.address))
-        tx = signed_transaction(
-            self.key,
-            chain_id=self.params.chain_id,
-            nonce=account["next_nonce"],
-            fee=1_000,
-            payload=proof,
-        )
-        txid = self.rpc.call("sendtransaction", encode_tx(tx).hex())
+        txid = self._send(proof, 1_000)
         raise WrongResult(
             f"the miner's C[{where[0]}, {where[1]}] is wrong; fraud proof sent in tx {txid}", txid
         )
@@ -438,15 +434,7 @@ class MarketClient:
         if any(not 0 <= i < m for i in rows):
             raise ValueError(f"rows {rows}: the product has rows 0 to {m - 1}")
         payload = ResultChallengePayload(bytes.fromhex(st["claim_id"]), job_id, rows)
-        account = self.rpc.call("getaccount", address_to_text(self.key.address))
-        tx = signed_transaction(
-            self.key,
-            chain_id=self.params.chain_id,
-            nonce=account["next_nonce"],
-            fee=fee,
-            payload=payload,
-        )
-        txid: str = self.rpc.call("sendtransaction", encode_tx(tx).hex())
+        txid = self._send(payload, fee)
         self._challenged[job_id] = (txid, rows)
         return txid, rows
 

@@ -140,22 +140,27 @@ def _pouw(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _cli_wallet(poster: NodeProcess, label: str, path: str) -> list[str]:
+    """A wallet file of ``label`` at ``path`` and the options that make `pouw job` use it
+    with the poster's node, in JSON."""
+    assert _pouw("wallet", "new", "--from-label", label, "--wallet", path).returncode == 0
+    return [
+        "--datadir",
+        str(poster.datadir),
+        "--wallet",
+        path,
+        "--devnet-block-time-ms",
+        str(BLOCK_MS),
+        "--json",
+    ]
+
+
 def test_job_cli_submits_waits_and_writes_a_verified_result(market, tmp_path):
     _, poster, _, _ = market
     a, b = _operands()
     np.save(tmp_path / "a.npy", a)
     np.save(tmp_path / "b.npy", b)
-    wallet = str(tmp_path / "w.key")
-    assert _pouw("wallet", "new", "--from-label", "devnet-4", "--wallet", wallet).returncode == 0
-    where = [
-        "--datadir",
-        str(poster.datadir),
-        "--wallet",
-        wallet,
-        "--devnet-block-time-ms",
-        str(BLOCK_MS),
-        "--json",
-    ]
+    where = _cli_wallet(poster, "devnet-4", str(tmp_path / "w.key"))
     addr = address_to_text(PrivateKey.from_label("devnet-4").address)
     nonce_before = poster.call("getaccount", addr)["next_nonce"]
     bad = np.full((64, 128), 64, dtype=np.int64)  # outside int7
@@ -299,22 +304,8 @@ def test_a_withheld_result_is_challenged_and_the_job_refunded(market, withholder
 
     wait_until(challenged, 60, "the challenge in a block")
     withholder.call("setmining", False)  # the chain holds still while the CLI asks
-    wallet = str(tmp_path / "poster.key")
-    assert _pouw("wallet", "new", "--from-label", "devnet-3", "--wallet", wallet).returncode == 0
-    asked = _pouw(
-        "job",
-        "result",
-        job.job_id.hex(),
-        "--out",
-        str(tmp_path / "c.npy"),
-        "--datadir",
-        str(poster.datadir),
-        "--wallet",
-        wallet,
-        "--devnet-block-time-ms",
-        str(BLOCK_MS),
-        "--json",
-    )
+    where = _cli_wallet(poster, "devnet-3", str(tmp_path / "poster.key"))  # POSTER's
+    asked = _pouw("job", "result", job.job_id.hex(), "--out", str(tmp_path / "c.npy"), *where)
     assert asked.returncode == 4, asked.stderr
     said = json.loads(asked.stdout)
     record = poster.call("getjob", job.job_id.hex())
