@@ -454,6 +454,7 @@ class MarketClient:
         due = int(st["due"])
         asked = st.get("challenge")
         if asked is not None:
+            self._challenged.pop(job_id, None)  # on chain now: the chain says the rest
             left = tuple(asked["rows_unrevealed"])
             if left:
                 return ResultWithheld(
