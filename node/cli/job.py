@@ -1,4 +1,4 @@
-"""`pouw job submit|status|result|cancel`: the compute market from the command line."""
+"""`pouw job submit|status|result|challenge|cancel`: the compute market from the command line."""
 
 from __future__ import annotations
 
@@ -329,6 +329,54 @@ def job_result(
         json.dumps({"verified": True, "shape": list(c.shape), "out": out_path})
         if as_json
         else f"verified {c.shape[0]}x{c.shape[1]} result written to {out_path}"
+    )
+
+
+def _parse_rows(text: str | None) -> tuple[int, ...] | None:
+    """--rows "3,17,40": the rows of C a challenge names; None draws them at random."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not a comma-separated list of row numbers", param_hint="--rows"
+        ) from None
+
+
+@job.command("challenge")
+@common
+@click.argument("job_id")
+@click.option(
+    "--rows",
+    "rows_text",
+    default=None,
+    help="Rows of C the claim must reveal, comma-separated (1 to 8) [default: 8 drawn at "
+    "random with OS randomness].",
+)
+def job_challenge(
+    network: str,
+    datadir: str | None,
+    wallet: str | None,
+    rpc_addr: str | None,
+    block_time_ms: int | None,
+    as_json: bool,
+    job_id: str,
+    rows_text: str | None,
+) -> None:
+    """Ask the claim on your mined job to reveal rows of C on chain (result_challenge):
+    unrevealed when the job falls due, the job is refunded. `job result` sends one by
+    itself when it cannot fetch C.
+
+    JOB_ID is the job's id or a prefix of it that only one job has."""
+    rows = _parse_rows(rows_text)
+    client = _market(network, datadir, wallet, rpc_addr, block_time_ms)
+    job_id = resolve_job_id(client.rpc, job_id)
+    txid, sent = client.challenge(bytes.fromhex(job_id), rows)
+    click.echo(
+        json.dumps({"job_id": job_id, "challenge_txid": txid, "rows": list(sent)})
+        if as_json
+        else f"job {job_id[:16]}: rows {list(sent)} challenged in tx {txid}"
     )
 
 

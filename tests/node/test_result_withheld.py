@@ -6,6 +6,7 @@ library in a thread; the claimant (BOB) never gives the node its C."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -16,6 +17,7 @@ from node.client.market import MarketClient, ResultWithheld
 from node.client.rpc import RpcClient
 from tests.support import claimkit
 from tests.support.chainkit import ALICE, BOB, MID, new_chain
+from tests.support.clikit import one_line_error, run
 from tests.support.nodekit import rpc_call
 
 
@@ -112,3 +114,29 @@ async def test_a_challenge_is_refused_before_sending_when_it_cannot_apply(node):
     assert len(node.mempool) == 0
     txid, rows = await asyncio.to_thread(alice.challenge, claimkit.JOB_ID, (5, 1))
     assert rows == (5, 1) and bytes.fromhex(txid) in node.mempool
+
+
+async def test_job_challenge_cli_sends_the_rows_asked_and_refuses_bad_ones_cleanly(node, tmp_path):
+    """`pouw job challenge JOB --rows 5,1` against the node sends that challenge and
+    prints it; rows named twice, or not numbers, are a one-line error and nothing is sent."""
+    await _claimed_without_c(node)
+    wallet = str(tmp_path / "alice.key")
+    assert run("wallet", "new", "--from-label", "devnet-0", "--wallet", wallet).exit_code == 0
+    where = ["--datadir", str(node.config.datadir), "--wallet", wallet]
+    twice = await asyncio.to_thread(
+        run, "job", "challenge", claimkit.JOB_ID.hex(), "--rows", "1,1", *where
+    )
+    one_line_error(twice, "1 to 8 distinct rows")
+    words = await asyncio.to_thread(
+        run, "job", "challenge", claimkit.JOB_ID.hex(), "--rows", "one", *where
+    )
+    assert words.exit_code == 2 and "--rows" in words.stderr
+    assert len(node.mempool) == 0
+    sent = await asyncio.to_thread(
+        run, "job", "challenge", claimkit.JOB_ID.hex()[:12], "--rows", "5,1", *where, "--json"
+    )
+    assert sent.exit_code == 0, sent.output
+    said = json.loads(sent.stdout)
+    assert said["job_id"] == claimkit.JOB_ID.hex() and said["rows"] == [5, 1]
+    tx = node.mempool.get(bytes.fromhex(said["challenge_txid"]))
+    assert tx is not None and tx.payload.rows == (5, 1)
