@@ -80,3 +80,11 @@ def test_the_frame_target_flags_a_decoder_that_accepts_a_non_canonical_frame(
     monkeypatch.setattr(frame, "decode_message", lenient)
     with pytest.raises(AssertionError, match="non-canonical"):
         frame.test_one_input(widened)
+
+
+def test_the_seed_transactions_cover_every_payload_kind() -> None:
+    """A transaction kind added without a seed would reach the fuzzers only by chance."""
+    from consensus.transactions import PAYLOAD_TYPES
+    from tests.support.corpus import payload_examples
+
+    assert {type(p) for p in payload_examples()} == set(PAYLOAD_TYPES.values())

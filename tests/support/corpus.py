@@ -21,7 +21,7 @@ import numpy as np
 
 from consensus.blocks import Block, BlockHeader
 from consensus.keys import PrivateKey
-from consensus.market import build_fraud_proof
+from consensus.market import build_fraud_proof, build_result_rows
 from consensus.merkle import matrix_cols_root, matrix_rows_root
 from consensus.transactions import (
     AccessGrantPayload,
@@ -30,10 +30,13 @@ from consensus.transactions import (
     DatasetRegisterPayload,
     FraudProofPayload,
     JobCancelPayload,
+    JobClaim,
     JobPostPayload,
+    JobResultPayload,
     ModelPublishPayload,
     ModelRecordPayload,
     Payload,
+    ResultChallengePayload,
     Transaction,
     TransferPayload,
     signed_transaction,
@@ -95,7 +98,15 @@ def payload_examples() -> list[Payload]:
         AccessLogPayload(_h("dataset"), _h("nonce")),
         ModelRecordPayload(_h("model"), 1, (_h("j1"), _h("j2")), _h("w1"), _h("w0"), "digits"),
         ModelPublishPayload(_h("m"), _h("w"), _h("d"), _h("c"), _h("n"), "éü 模型"),
+        JobResultPayload((JobClaim(_h("job"), _h("result")), JobClaim(_h("job 2"), _h("r2")))),
+        ResultChallengePayload(_h("claim"), _h("job"), (0, 3, 9)),
+        build_result_rows(_h("claim"), _h("job"), _result_rows_matrix(), (1, 6)),
     ]
+
+
+def _result_rows_matrix() -> np.ndarray:
+    """A small claimed C whose rows a result_rows payload opens."""
+    return np.arange(8 * 5, dtype=np.int32).reshape(8, 5) * np.int32(-977)
 
 
 @cache
