@@ -88,3 +88,10 @@ def test_the_seed_transactions_cover_every_payload_kind() -> None:
     from tests.support.corpus import payload_examples
 
     assert {type(p) for p in payload_examples()} == set(PAYLOAD_TYPES.values())
+
+
+def test_the_seed_messages_cover_every_message_type() -> None:
+    from node.net.wire import MESSAGE_TYPES
+    from tests.support.corpus import messages
+
+    assert {type(m) for m in messages()} == set(MESSAGE_TYPES.values())
