@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -34,6 +35,15 @@ def shell(tmp_path: Path) -> Iterator[DocShell]:
     sh = DocShell(tmp_path)
     yield sh
     sh.close()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C as a terminal delivers it, even where the suite was started in the
+    background (`make test &`, nohup): there SIGINT arrives ignored, every process the
+    tests start inherits that, and the tests of what Ctrl-C does would see nothing.
+    Python's own handler is not inherited: the processes started get SIGINT's default."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
