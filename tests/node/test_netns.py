@@ -70,6 +70,29 @@ def _confirmed(node: local_testnet.TestnetNode, txid: str) -> bool:
     return int(node.call("gettransaction", txid)["confirmations"]) >= 1
 
 
+def _where_they_stand(nodes: list[local_testnet.TestnetNode], txids: tuple[str, ...]) -> str:
+    """Each node's height, tip, peers and which of ``txids`` it holds confirmed."""
+    lines = []
+    for i, node in enumerate(nodes):
+        try:
+            info = node.call("getinfo")
+            peers = len(node.call("getpeers"))
+        except Exception as e:  # a node that cannot answer is news too
+            lines.append(f"node {i}: {e!r}")
+            continue
+        held = []
+        for t in txids:
+            try:
+                held.append(str(node.call("gettransaction", t)["confirmations"]))
+            except Exception as e:  # unknown to this node
+                held.append(type(e).__name__)
+        lines.append(
+            f"node {i}: height {info['height']} tip {info['tip'][:16]} peers {peers} "
+            f"confirmations {', '.join(held)}"
+        )
+    return "\n".join(lines)
+
+
 @pytest.mark.slow
 def test_partition_makes_two_tips_and_heal_converges_without_losing_txs(tmp_path: Path) -> None:
     reason = _netns_reason()
@@ -103,13 +126,17 @@ def test_partition_makes_two_tips_and_heal_converges_without_losing_txs(tmp_path
 
         lab.heal()
         heal_time = time.monotonic()
-        wait_until(
-            lambda: (
-                len(tips()) == 1 and all(_confirmed(x, t) for x in n for t in (before, left, right))
-            ),
-            60,
-            "one tip with every confirmed transaction after the heal",
-        )
+        try:
+            wait_until(
+                lambda: (
+                    len(tips()) == 1
+                    and all(_confirmed(x, t) for x in n for t in (before, left, right))
+                ),
+                60,
+                "one tip with every confirmed transaction after the heal",
+            )
+        except AssertionError as e:  # say where each node stands: a stall is rare here
+            raise AssertionError(f"{e}\n{_where_they_stand(n, (before, left, right))}") from None
         print(f"converged {time.monotonic() - heal_time:.1f}s after the heal")
     finally:
         net.stop()
