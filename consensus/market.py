@@ -33,7 +33,12 @@ import numpy as np
 
 from consensus.blocks import BlockHeader, JobSpec
 from consensus.errors import InvalidTransaction
-from consensus.merkle import matrix_rows_root, verify_branch
+from consensus.merkle import (
+    cols_with_branches,
+    matrix_rows_root,
+    rows_with_branches,
+    verify_branch,
+)
 from consensus.params import NetworkParams
 from consensus.state import (
     IMMATURE,
@@ -288,12 +293,12 @@ def apply_result_challenge(
         if i >= job["m"]:
             raise InvalidTransaction(f"payload.rows: row {i} is outside the {job['m']}-row result")
     _debit(state, tx.sender_address, tx.fee, True)
-    state.set(JOB_CHALLENGES, p.job_id, (p.claim_id, tuple(sorted(p.rows))))
+    state.set(JOB_CHALLENGES, p.job_id, tuple(sorted(p.rows)))  # of the job's claim
     due = max(job["due"], height + reveal_blocks(params))
     if due != job["due"]:
         _remove_due(state, job["due"], p.job_id)
         state.set(JOBS, p.job_id, _replace(state.get(JOBS, p.job_id), due=due))
-        state.set(DUE, due, (*state.get(DUE, due, ()), p.job_id))
+        _add_due(state, due, p.job_id)
 
 
 def apply_result_rows(
@@ -305,10 +310,9 @@ def apply_result_rows(
 ) -> None:
     """Rows of C a challenge asked for, each opened against the claim's result_root."""
     job = _claimed_job(state, p.job_id, p.claim_id, height)
-    challenge = state.get(JOB_CHALLENGES, p.job_id)
-    if challenge is None:
+    left = state.get(JOB_CHALLENGES, p.job_id)
+    if left is None:
         raise InvalidTransaction("payload.job_id: no challenge asks this claim for rows")
-    _, left = challenge
     m, n = job["m"], job["n"]
     for i, r in enumerate(p.rows):
         if r.index not in left:
@@ -323,7 +327,11 @@ def apply_result_rows(
             )
     _debit(state, tx.sender_address, tx.fee, True)
     revealed = {r.index for r in p.rows}
-    state.set(JOB_CHALLENGES, p.job_id, (p.claim_id, tuple(i for i in left if i not in revealed)))
+    state.set(JOB_CHALLENGES, p.job_id, tuple(i for i in left if i not in revealed))
+
+
+def _add_due(state: State, due: int, *job_ids: bytes) -> None:
+    state.set(DUE, due, (*state.get(DUE, due, ()), *job_ids))
 
 
 def _remove_due(state: State, due: int, job_id: bytes) -> None:
@@ -386,7 +394,7 @@ def claim_parent_job(state: State, parent: BlockHeader, params: NetworkParams) -
             due=due,
         ),
     )
-    state.set(DUE, due, (*state.get(DUE, due, ()), job_id))
+    _add_due(state, due, job_id)
 
 
 def claim_bond(reward: int, params: NetworkParams) -> int:
@@ -441,7 +449,7 @@ def apply_job_result(
                 due=due,
             ),
         )
-    state.set(DUE, due, (*state.get(DUE, due, ()), *(c.job_id for c in p.claims)))
+    _add_due(state, due, *(c.job_id for c in p.claims))
 
 
 def pay_due_jobs(state: State, height: int, params: NetworkParams) -> None:
@@ -451,8 +459,7 @@ def pay_due_jobs(state: State, height: int, params: NetworkParams) -> None:
     if due is None:
         return
     for job_id in due:
-        challenge = state.get(JOB_CHALLENGES, job_id)
-        if challenge is not None and challenge[1]:
+        if state.get(JOB_CHALLENGES, job_id):  # rows still unrevealed
             _refund_claim(state, job_id, params)
             continue
         rec = state.get(JOBS, job_id)
@@ -470,8 +477,6 @@ def build_fraud_proof(
     """Open row i of A, column j of B and row i of the claimed C (int32) with branches.
 
     ``claim_id`` is the job record's: the claiming block's hash or job_result's txid."""
-    from consensus.merkle import cols_with_branches, rows_with_branches
-
     (a_row,) = rows_with_branches(a, [i])
     (b_col,) = cols_with_branches(b, [j])
     (c_row,) = rows_with_branches(np.ascontiguousarray(c, dtype=np.int32), [i])
@@ -493,8 +498,6 @@ def build_result_rows(
     claim_id: bytes, job_id: bytes, c: np.ndarray, rows: Iterable[int]
 ) -> ResultRowsPayload:
     """The payload revealing ``rows`` of the claimed C (int32) with their branches."""
-    from consensus.merkle import rows_with_branches
-
     opened = rows_with_branches(np.ascontiguousarray(c, dtype=np.int32), sorted(rows))
     return ResultRowsPayload(
         claim_id, job_id, tuple(RevealedRow(o.index, o.row, o.branch) for o in opened)

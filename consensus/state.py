@@ -39,7 +39,7 @@ JOBS_DUE = "jobs_due"
 """height → job ids whose reward is paid at that height (consensus.market)."""
 
 JOB_CHALLENGES = "job_challenges"
-"""job id → (claim id, rows of C still to reveal): the result_challenge of its claim."""
+"""job id → rows of C its claim (the job record's) has still to reveal: its result_challenge."""
 
 MODELS = "models"
 """(model id, step) → ModelStep (consensus.validation, model_record)."""

@@ -284,11 +284,11 @@ def register_market_methods(
             out["pending_claim"] = claim_id.hex() if tip or pending else None
             out["pending_claimant"] = address_to_text(claimant) if tip or pending else None
             out["pending_claim_kind"] = kind if tip or pending else None
-        challenge = chain.state.get(JOB_CHALLENGES, jid)
-        if challenge is not None:  # the poster asked the claim for rows of C
+        unrevealed = chain.state.get(JOB_CHALLENGES, jid)
+        if unrevealed is not None:  # the poster asked the claim for rows of C
             out["challenge"] = {
-                "claim_id": challenge[0].hex(),
-                "rows_unrevealed": list(challenge[1]),
+                "claim_id": rec["claim_id"].hex(),
+                "rows_unrevealed": list(unrevealed),
             }
         return out
 

@@ -782,7 +782,7 @@ class MarketService:
         key, state = self.claim_key, self.chain.state
         rec = job_record(state, challenge.job_id)
         asked = state.get(JOB_CHALLENGES, challenge.job_id)
-        if rec is None or asked is None or not asked[1] or rec["claim_id"] != challenge.claim_id:
+        if rec is None or not asked or rec["claim_id"] != challenge.claim_id:
             return  # answered, settled or reorganised away meanwhile
         if rec["claimant"] not in (self.miner_address, key.address if key else None):
             return  # another's claim
@@ -793,7 +793,7 @@ class MarketService:
         m, n, root = rec["m"], rec["n"], rec["result_root"]
         try:
             payloads = await asyncio.to_thread(
-                self._reveal_payloads, challenge.claim_id, challenge.job_id, root, m, n, asked[1]
+                self._reveal_payloads, challenge.claim_id, challenge.job_id, root, m, n, asked
             )
         except Exception:
             log.exception("job %s: could not read the challenged rows of our C", job)
@@ -816,7 +816,7 @@ class MarketService:
             except InvalidTransaction as e:
                 log.warning("job %s: the answer to its result challenge was refused: %s", job, e)
                 return
-        log.info("job %s: revealed rows %s of our C, as its poster asked", job, list(asked[1]))
+        log.info("job %s: revealed rows %s of our C, as its poster asked", job, list(asked))
 
     def _reveal_payloads(
         self, claim_id: bytes, job_id: bytes, root: bytes, m: int, n: int, rows: tuple[int, ...]

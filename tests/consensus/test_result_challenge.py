@@ -92,7 +92,8 @@ def test_a_made_up_result_root_is_refunded_once_challenged_and_the_bond_burned(p
     fraud = tx(ALICE, 1, build_fraud_proof(t.txid, JOB_ID, A, B, C, 0, 0))
     assert "does not match the claim's result_root" in refusal(chain, [fraud])
     add(chain, clock, [_challenge(t.txid)])
-    assert chain.state.get(JOB_CHALLENGES, JOB_ID) == (t.txid, (0, 5))
+    assert chain.state.get(JOB_CHALLENGES, JOB_ID) == (0, 5)
+    assert job_record(chain.state, JOB_ID)["claim_id"] == t.txid  # the claim challenged
     due = job_record(chain.state, JOB_ID)["due"]
     while chain.height < due:
         add(chain, clock)
@@ -111,7 +112,8 @@ def test_an_honest_claim_reveals_the_rows_and_is_paid(posted):
     add(chain, clock, [_challenge(t.txid, rows=(3, 1, 7))])
     # Carol, who fetched C, reveals two rows; Bob the last.
     add(chain, clock, [tx(CAROL, 0, build_result_rows(t.txid, JOB_ID, C, [1, 7]))])
-    assert chain.state.get(JOB_CHALLENGES, JOB_ID) == (t.txid, (3,))
+    assert chain.state.get(JOB_CHALLENGES, JOB_ID) == (3,)
+    assert job_record(chain.state, JOB_ID)["claim_id"] == t.txid
     again = tx(BOB, 1, build_result_rows(t.txid, JOB_ID, C, [1]))
     assert "not one the challenge still asks for" in refusal(chain, [again])
     add(chain, clock, [tx(BOB, 1, build_result_rows(t.txid, JOB_ID, C, [3]))])
