@@ -217,8 +217,7 @@ class CompactRelay:
         if not missing:
             # The chain checks the txids against tx_root before it keeps anything.
             self.stats.complete += 1
-            for other in self.partials.pop(h, ()):  # their answers are now late
-                self._give_up(h, other.peer)
+            self._forget_requests(h)
             return Block(header, tuple(txs))  # type: ignore[arg-type]
         # Before asking the peer for what we lack: is that what the header names?
         if merkle_root(list(msg.txids)) != header.tx_root:
@@ -253,8 +252,7 @@ class CompactRelay:
             if tx.txid != partial.txids[i]:
                 raise ProtocolViolation(f"blocktxn: transaction {i} is not the one the block names")
             partial.txs[i] = tx
-        for other in self.partials.pop(h, ()):  # the others' answers are now late
-            self._give_up(h, other.peer)
+        self._forget_requests(h)
         return Block(partial.header, tuple(partial.txs))  # type: ignore[arg-type]
 
     def _fill(self, txids: tuple[bytes, ...]) -> tuple[list[Transaction | None], list[int]]:
@@ -278,8 +276,7 @@ class CompactRelay:
     def chain_changed(self, change: ConnectedBlocks) -> None:
         """Keep connected blocks' transactions for rebuilding a competitor of them."""
         for block in change.connected:
-            for waiting in self.partials.pop(block.hash, ()):  # it came another way
-                self._give_up(block.hash, waiting.peer)
+            self._forget_requests(block.hash)  # it may have come another way
             if block.txs:
                 self._recent[block.hash] = {tx.txid: tx for tx in block.txs}
                 while len(self._recent) > RECENT_BLOCKS:
@@ -320,6 +317,12 @@ class CompactRelay:
             else:
                 del self.partials[h]
         return dropped
+
+    def _forget_requests(self, block_hash: bytes) -> None:
+        """The block is here: stop waiting for its transactions, and forgive the late
+        answers of the peers still asked."""
+        for waiting in self.partials.pop(block_hash, ()):
+            self._give_up(block_hash, waiting.peer)
 
     def _give_up(self, block_hash: bytes, peer: PeerSession) -> None:
         self._given_up[(block_hash, peer)] = None

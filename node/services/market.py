@@ -739,14 +739,11 @@ class MarketService:
         # right after handing this result over, and must not be given this job again.
         self._retry_from_now(job_id)
         # Off the loop: a 2048² C is 16 MiB to hash into chunks and write.
-        if self.withhold:  # --withhold-results: claimed, never kept to serve
+        if not self.withhold:  # --withhold-results: claimed, never kept to serve
+            stored = await asyncio.to_thread(self.blobs.put_matrix, product, job_id, result_root)
+            if job_id in self._pending_posts:
+                self._early_results[stored] = self.chain.height
             self._retry_from_now(job_id)
-            self._to_claim(job_id, result_root)
-            return
-        stored = await asyncio.to_thread(self.blobs.put_matrix, product, job_id, result_root)
-        if job_id in self._pending_posts:
-            self._early_results[stored] = self.chain.height
-        self._retry_from_now(job_id)
         self._to_claim(job_id, result_root)
         self.serve_soon(product, result_root)
 
