@@ -223,8 +223,8 @@ class Node:
         self.chain_service = service = ChainService(chain, self.store, self.metrics)
         self.txindex = TxIndex(chain)
 
-        def unconnecting(peer: PeerSession, prev_hash: bytes) -> None:
-            self.sync.block_on_missing_parent(peer, prev_hash)  # built just below
+        def unconnecting(peer: PeerSession, prev_hash: bytes) -> bool:
+            return self.sync.block_on_missing_parent(peer, prev_hash)  # built just below
 
         self.compact = CompactRelay(chain, mempool.get, connected, unconnecting)
         self.sync = HeaderSync(

@@ -134,12 +134,13 @@ class CompactRelay:
         chain: Chain,
         mempool_get: Callable[[bytes], Transaction | None],
         peers: Callable[[], list[PeerSession]],
-        unconnecting: Callable[[PeerSession, bytes], None] | None = None,
+        unconnecting: Callable[[PeerSession, bytes], bool] | None = None,
     ) -> None:
         """``mempool_get``: a pooled transaction by txid (``Mempool.get``); ``peers``:
         the connected peers, to push a new tip to; ``unconnecting``: told of a compact
-        block whose parent is not in the chain (the header sync counts those on no
-        header it knows, and raises ProtocolViolation past its limit)."""
+        block whose parent is not in the chain, says whether to ask its peer for the
+        headers in between (the header sync counts those on no header it knows, and
+        raises ProtocolViolation past its limit)."""
         self.chain = chain
         self._mempool_get = mempool_get
         self._peers = peers
@@ -192,11 +193,11 @@ class CompactRelay:
             # nothing (a whole block asked for now would be held as an orphan on its
             # proof alone, which a made-up target makes free) and ask this peer for
             # the headers in between, which headers-first sync checks one by one.
-            # Counted with unconnecting headers replies: answering costs a GETHEADERS
-            # and a decode, so a peer cannot make it free to repeat.
-            if self._unconnecting is not None:
-                self._unconnecting(peer, header.prev_hash)
-            await peer.send(GetHeaders(tuple(chain.locator()), bytes(32)))
+            # Counted with unconnecting headers replies when it asks (not while the
+            # peer's answer to an earlier ask is on its way): answering costs a
+            # GETHEADERS and a decode, so a peer cannot make it free to repeat.
+            if self._unconnecting is None or self._unconnecting(peer, header.prev_hash):
+                await peer.send(GetHeaders(tuple(chain.locator()), bytes(32)))
             return None
         try:
             checked = chain.check_header(header)  # every header rule, before any other work

@@ -19,7 +19,11 @@ no more headers and its chain never got past our tip, the presync is dropped.
 Headers that connect to nothing we know are not kept at all; a peer that sends
 more than ``MAX_UNCONNECTING_HEADERS`` such replies (or compact blocks on an unknown
 parent) in a row is banned; only a reply with new headers that connect clears the
-count, not an empty one or one of headers we hold.
+count, not an empty one or one of headers we hold. A compact block on an unknown
+parent asks its peer for the headers in between, and is counted, only while no
+GETHEADERS to that peer waits for its answer (for ``HEADERS_RESPONSE_S``): an honest
+peer that announces the new tips of a branch faster than its headers reach us (a
+reorg after a partition heals pushes them in a burst) is not banned for it.
 
 The queue itself is bounded: headers are queued up to ``QUEUE_AHEAD_BYTES`` ahead
 of the connected tip, and a peer is asked for more headers only while a whole
@@ -106,6 +110,9 @@ PRESYNC_HEADERS_TOTAL = 1000
 branches): ~18 KiB on devnet, ~70 KiB at k = 2048, so 18 to 70 MB at most."""
 MAX_UNCONNECTING_HEADERS = 10
 """HEADERS replies in a row that connect to nothing we know before the peer is banned."""
+HEADERS_RESPONSE_S = 10.0
+"""A GETHEADERS unanswered this long no longer holds back the next one (nor keeps a
+compact block on an unknown parent from being counted)."""
 
 
 @dataclass
@@ -161,6 +168,8 @@ class HeaderSync:
         self.presync: dict[PeerSession, _Presync] = {}
         self.unconnecting: dict[PeerSession, int] = {}
         """Per peer: HEADERS replies in a row that connected to nothing we know."""
+        self.headers_asked: dict[PeerSession, float] = {}
+        """Per peer: when we sent it the GETHEADERS it has not answered yet."""
         self.sources: dict[bytes, list[PeerSession]] = {}
         """Per queued header: the peers that sent it (up to SOURCES_PER_HEADER)."""
         self.queued_bytes = 0
@@ -202,6 +211,7 @@ class HeaderSync:
         more work than ours, and ask for the rest (see the module docstring)."""
         chain = self.chain
         headers = msg.headers
+        self.headers_asked.pop(peer, None)
         for i in range(1, len(headers)):
             if headers[i].prev_hash != headers[i - 1].hash:
                 raise ProtocolViolation(f"headers: header {i} does not build on the one before it")
@@ -209,7 +219,7 @@ class HeaderSync:
         if headers and parent is None:
             self.note_unconnecting(peer, "headers: replies")
             # The peer's chain forked below our locator's resolution: ask again.
-            await peer.send(GetHeaders(tuple(chain.locator()), bytes(32)))
+            await self._get_headers(peer, tuple(chain.locator()))
             return
         if headers and self._known_context(headers[-1].hash) is None:
             # Only a reply that brings new headers clears the count: an empty one, or
@@ -352,7 +362,7 @@ class HeaderSync:
         queue, or once enough blocks have connected (``_resume``)."""
         if self.has_room():
             self.paused.pop(peer, None)
-            await peer.send(GetHeaders((block_hash,), bytes(32)))
+            await self._get_headers(peer, (block_hash,))
         else:
             self.paused[peer] = block_hash
 
@@ -367,8 +377,13 @@ class HeaderSync:
                 gone = True  # its block was found invalid meanwhile
             if gone:
                 continue  # the peer left, or what it built on was dropped meanwhile
-            await peer.send(GetHeaders((block_hash,), bytes(32)))
+            await self._get_headers(peer, (block_hash,))
             return
+
+    async def _get_headers(self, peer: PeerSession, locator: tuple[bytes, ...]) -> None:
+        """Ask ``peer`` for the headers after ``locator``, noting that we wait for them."""
+        self.headers_asked[peer] = monotonic()
+        await peer.send(GetHeaders(locator, bytes(32)))
 
     def _known_context(self, block_hash: bytes) -> HeaderContext | None:
         """The context of a header already in the block tree or queued for download."""
@@ -391,12 +406,24 @@ class HeaderSync:
             raise ProtocolViolation(f"{what}: {count} in a row do not connect to any block we know")
         self.unconnecting[peer] = count
 
-    def block_on_missing_parent(self, peer: PeerSession, prev_hash: bytes) -> None:
-        """A compact block from ``peer`` on ``prev_hash``, not in the chain: counted with
-        unconnecting headers unless that parent is a header we know (queued for
-        download while catching up, or the last of the peer's presync)."""
+    def block_on_missing_parent(self, peer: PeerSession, prev_hash: bytes) -> bool:
+        """A compact block from ``peer`` on ``prev_hash``, not in the chain: whether to ask
+        the peer for the headers in between (the caller sends the GETHEADERS).
+
+        Not while a GETHEADERS to the peer is unanswered (``HEADERS_RESPONSE_S``) or its
+        next one waits for room in the queue: the headers on their way bring the parent,
+        and an honest peer that announces a branch's tips faster than they come must not
+        be counted for each. Otherwise the block is counted with unconnecting headers
+        unless its parent is a header we know (queued for download while catching up,
+        or the last of the peer's presync): each one counted costs its peer a round
+        trip, so repeating them is never free."""
+        asked = self.headers_asked.get(peer)
+        if peer in self.paused or (asked is not None and monotonic() - asked < HEADERS_RESPONSE_S):
+            return False
         if self._context(peer, prev_hash) is None:
             self.note_unconnecting(peer, "compact blocks")
+        self.headers_asked[peer] = monotonic()
+        return True
 
     def _context(self, peer: PeerSession, block_hash: bytes) -> HeaderContext | None:
         """The context of a header a peer's reply builds on: known, or its presync's last."""
@@ -534,7 +561,7 @@ class HeaderSync:
         than our tip (a new peer; the others, when headers only a departed peer sent
         were dropped)."""
         if peer.best_work > self.chain.tip.work:
-            await peer.send(GetHeaders(tuple(self.chain.locator()), bytes(32)))
+            await self._get_headers(peer, tuple(self.chain.locator()))
 
     def not_found(self, peer: PeerSession, hashes: list[bytes]) -> None:
         """The peer does not have these blocks we asked it for. From a peer that sent
@@ -552,6 +579,7 @@ class HeaderSync:
         after them), then ask the peers that claim more work again."""
         self.presync.pop(peer, None)
         self.unconnecting.pop(peer, None)
+        self.headers_asked.pop(peer, None)
         self.paused.pop(peer, None)
         self.stalls.pop(peer, None)
         self.last_block.pop(peer, None)

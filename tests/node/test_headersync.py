@@ -175,9 +175,14 @@ async def test_empty_or_known_headers_between_unconnecting_ones_do_not_clear_the
     assert reason is not None and "do not connect to any block we know" in reason
 
 
-async def test_compact_blocks_on_unknown_parents_count_as_unconnecting(node):
+@pytest.mark.parametrize("answers", [True, False], ids=["answers-empty", "never-answers"])
+async def test_compact_blocks_on_unknown_parents_count_as_unconnecting(node, monkeypatch, answers):
     """Each costs the node a decode and a GETHEADERS; a peer that keeps sending them on
-    parents nobody knows is banned like one sending unconnecting headers."""
+    parents nobody knows is banned like one sending unconnecting headers, whether it
+    answers each GETHEADERS with nothing or never answers (then each ask waits out
+    HEADERS_RESPONSE_S, shortened here, before the next compact block counts)."""
+    if not answers:
+        monkeypatch.setattr(headersync, "HEADERS_RESPONSE_S", 0.05)
     chain, clock = new_chain()
     far = extend(chain, clock, 3)
     forged = dataclasses.replace(far[2].header, target=MAX_TARGET)
@@ -185,10 +190,38 @@ async def test_compact_blocks_on_unknown_parents_count_as_unconnecting(node):
     for n in range(headersync.MAX_UNCONNECTING_HEADERS):
         await attacker.send(CompactBlock(dataclasses.replace(forged, timestamp_ms=n + 1), ()))
         await attacker.wait_for(lambda n=n: len(attacker.of_type(GetHeaders)) == n + 1)
+        if answers:
+            await attacker.send(Headers(()))
+            await _until(lambda: node.sync.headers_asked == {})
+        else:
+            (asked_at,) = node.sync.headers_asked.values()
+            await _until(lambda at=asked_at: headersync.monotonic() - at > 0.05)
     await attacker.send(CompactBlock(forged, ()))
     reason = await attacker.wait_for_close()
     assert reason is not None and "compact blocks" in reason and "do not connect" in reason
     assert _held(node) == 0 and node.chain.height == 0
+
+
+async def test_a_branch_announced_faster_than_its_headers_come_does_not_ban_its_peer(node):
+    """After a partition heals, a peer that reorganised pushes the new tips of its
+    branch as compact blocks, more of them than MAX_UNCONNECTING_HEADERS, before our
+    GETHEADERS reaches it: it is asked once (the headers on their way bring every
+    parent), not banned, and the node syncs onto its heavier branch."""
+    await _with_blocks(node, 2)
+    chain, clock = new_chain()
+    branch = extend(chain, clock, headersync.MAX_UNCONNECTING_HEADERS + 6, miner=ALICE)
+    peer = await connected_peer(node)
+    for block in branch[1:]:  # each on a parent the node has not seen
+        await peer.send(CompactBlock(block.header, tuple(tx.txid for tx in block.txs)))
+    await peer.sync()
+    assert len(peer.of_type(GetHeaders)) == 1 and not peer.closed.is_set()
+    await peer.send(Headers(tuple(b.header for b in branch)))
+    asked = await peer.wait_for_message(GetData)
+    assert {item.hash for item in asked.items} == {b.hash for b in branch}
+    for block in branch:
+        await peer.send(BlockBody(block.hash, block.txs))
+    await _until(lambda: node.chain.tip.hash == branch[-1].hash)
+    assert node.p2p.bans() == [] and not peer.closed.is_set()
 
 
 async def test_a_compact_block_on_an_unknown_parent_keeps_nothing_and_asks_for_headers(node):
