@@ -12,6 +12,14 @@ claimed (a job_result pending in the mempool will do: its claimant serves C), an
 used only after Freivalds accepts each C. So a round costs about one block
 interval (the posts' block) plus a job's compute, not one lottery win per product.
 
+A transaction of ours that our node lets go before a block holds it is sent again,
+as a wallet rebroadcasts: a step's ``model_record`` is valid only while its jobs are
+claimed, so a reorg that puts one back to open drops it from the mempool, and with it
+every later transaction of ours (the next step's job posts), which then wait on a
+nonce nobody will fill. A job whose post is gone is posted again (same operands,
+same job id, the next nonce); a record that is gone is sent again once its jobs are
+claimed again.
+
 Ctrl-C (KeyboardInterrupt) while a round's jobs are open sends a job_cancel
 for each once the chain takes it (after the job's expiry height, which
 training sets just past its job timeout), so the escrow comes back.
@@ -79,6 +87,21 @@ class _Posted:
     b: np.ndarray
     posted_at: float
     reused: bool = False
+    txid: str | None = None
+    """The job_post we sent (None for a job reused from before)."""
+
+
+def dropped(client: MarketClient, txid: str) -> bool:
+    """Whether our node no longer knows our transaction: in no block of its chain and
+    not in its mempool, which let it go (it no longer applied after a reorg, or an
+    earlier transaction of ours went so and left a gap in the nonces)."""
+    try:
+        client.rpc.call("gettransaction", txid)
+    except RpcCallError as e:
+        if "unknown transaction" in str(e):
+            return True
+        raise
+    return False
 
 
 @dataclass
@@ -117,6 +140,7 @@ class NetworkMatmul:
     on_round: Callable[[RoundReport], None] | None = None
     jobs_posted: int = 0
     jobs_reused: int = 0
+    posts_resent: int = 0
     step: int = 0
     timings: list[JobTiming] = field(default_factory=list)
     _step_jobs: list[bytes] = field(default_factory=list)
@@ -188,39 +212,37 @@ class NetworkMatmul:
                 a, b, reward=self.reward, expiry_blocks=self.expiry_blocks
             )
             self.jobs_posted += 1
-            posted = _Posted(submitted.job_id, a, b, time.monotonic())
+            posted = _Posted(submitted.job_id, a, b, time.monotonic(), txid=submitted.txid)
         self._open[job_id] = posted
         return posted
 
-    def _status(self, job_id: bytes) -> str | None:
-        """The job's status on chain, None while no block holds its post."""
+    def _record(self, job_id: bytes) -> dict[str, Any] | None:
+        """The job's record on chain, None while no block holds its post."""
         try:
-            status: str = self.client.status(job_id)["status"]
+            record: dict[str, Any] = self.client.status(job_id)
         except RpcCallError as e:
             if "unknown job" not in str(e):
                 raise
             return None
-        return status
+        return record
 
-    def _result_available(self, job_id: bytes) -> bool:
-        """Whether a claim on chain, or a job_result pending in the mempool, claims the job
-        (its C can be fetched and checked either way)."""
-        try:
-            record = self.client.status(job_id)
-        except RpcCallError as e:
-            if "unknown job" not in str(e):
-                raise
-            return False
-        return record["status"] in CLAIMED or bool(record.get("pending_claim"))
+    def _status(self, job_id: bytes) -> str | None:
+        """The job's status on chain, None while no block holds its post."""
+        record = self._record(job_id)
+        return None if record is None else str(record["status"])
 
     def _wait_claimed(self, posted: list[_Posted]) -> dict[bytes, float]:
-        """When each job was seen claimed, in a block or by a pending job_result; all are
-        polled together."""
+        """When each job was seen claimed, in a block or by a pending job_result (its C
+        can be fetched and checked either way); all are polled together, and a post our
+        node let go is sent again."""
         waiting = {p.job_id: p for p in posted}
         seen: dict[bytes, float] = {}
         while True:
             for job_id in list(waiting):
-                if self._result_available(job_id):
+                record = self._record(job_id)
+                if record is None:
+                    self._post_again_if_dropped(waiting[job_id])
+                elif record["status"] in CLAIMED or record.get("pending_claim"):
                     seen[job_id] = time.monotonic()
                     del waiting[job_id]
             if not waiting:
@@ -230,6 +252,19 @@ class NetworkMatmul:
                 names = ", ".join(j.hex()[:16] for j in waiting)
                 raise TimeoutError(f"jobs {names} not claimed in {self.timeout:g}s")
             time.sleep(POLL_S)
+
+    def _post_again_if_dropped(self, posted: _Posted) -> None:
+        """Post the job again if our node let its job_post go before a block held it
+        (see the module docstring); the wait for its claim still counts from the first."""
+        if posted.txid is None or not dropped(self.client, posted.txid):
+            return
+        if self._record(posted.job_id) is not None:
+            return  # a block took the post meanwhile
+        submitted = self.client.submit(
+            posted.a, posted.b, reward=self.reward, expiry_blocks=self.expiry_blocks
+        )
+        posted.txid = submitted.txid
+        self.posts_resent += 1
 
     def _collect(self, posted: _Posted, claimed_at: float) -> np.ndarray:
         c = self.client.result(posted.job_id, posted.a, posted.b)
@@ -320,6 +355,8 @@ class LineageRecorder:
     fee: int = RECORD_FEE
     parent: bytes = bytes(32)
     sent: list[str] = field(default_factory=list)
+    resent: int = 0
+    _last: ModelRecordPayload | None = None
 
     def record(self, step: int, job_ids: tuple[bytes, ...], weights: bytes) -> str:
         payload = ModelRecordPayload(
@@ -328,6 +365,13 @@ class LineageRecorder:
         deadline = time.monotonic() + self.timeout
         if step > 0:
             self._wait_steps(step, deadline)
+        txid = self._send(payload, deadline)
+        self.parent = weights
+        self._last = payload
+        self.sent.append(txid)
+        return txid
+
+    def _send(self, payload: ModelRecordPayload, deadline: float) -> str:
         while True:
             account = self.client.rpc.call("getaccount", address_to_text(self.client.key.address))
             tx = signed_transaction(
@@ -347,14 +391,20 @@ class LineageRecorder:
                 if not any(t in str(e) for t in transient) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-        self.parent = weights
-        self.sent.append(txid)
         return txid
 
     def _wait_steps(self, count: int, deadline: float) -> None:
+        """Until ``count`` steps are recorded on chain; our last record is sent again if
+        our node let it go (see the module docstring)."""
         while self.recorded() < count:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"step {count - 1}'s model_record is not on chain yet")
+            last = self._last
+            if last is not None and dropped(self.client, self.sent[-1]):
+                if self.recorded() < count:  # (a block may have taken it meanwhile)
+                    self.sent[-1] = self._send(last, deadline)
+                    self.resent += 1
+                continue
             time.sleep(0.05)
 
     def recorded(self) -> int:
@@ -378,8 +428,13 @@ class NetworkRun:
     result: TrainResult
     local: TrainResult
     matmul: NetworkMatmul
-    records: list[str]
+    recorder: LineageRecorder
     wall_s: float
+
+    @property
+    def records(self) -> list[str]:
+        """The model_records' txids, one per step (the last sent of each)."""
+        return self.recorder.sent
 
     @property
     def bit_identical(self) -> bool:
@@ -398,7 +453,9 @@ class NetworkRun:
             "jobs_posted": self.matmul.jobs_posted,
             "jobs_reused": self.matmul.jobs_reused,
             "jobs_used": len(self.matmul.timings),
+            "posts_resent": self.matmul.posts_resent,
             "model_records": len(self.records),
+            "records_resent": self.recorder.resent,
             "epochs": [
                 {
                     "epoch": e.epoch,
@@ -458,4 +515,4 @@ def train_on_network(
     recorder.wait_all(result.steps)
     wall = time.monotonic() - started
     local = train(config, local_matmul, max_steps=max_steps)
-    return NetworkRun(model_id, result, local, net, recorder.sent, wall)
+    return NetworkRun(model_id, result, local, net, recorder, wall)

@@ -268,6 +268,11 @@ def train_cmd(
             f"{summary['jobs_posted']} jobs posted ({summary['jobs_reused']} reused), "
             f"{summary['model_records']} model records, {summary['wall_s']:.1f} s"
         )
+        if summary["posts_resent"] or summary["records_resent"]:
+            console.print(
+                f"sent again after the node let them go (a reorg): {summary['posts_resent']} "
+                f"job posts, {summary['records_resent']} model records"
+            )
         console.print(f"model {summary['model_id']}")
         verdict = "bit-identical" if run.bit_identical else "DIFFERENT"
         console.print(

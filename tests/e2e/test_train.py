@@ -34,10 +34,15 @@ def network(tmp_path_factory: pytest.TempPathFactory):
             args += ["--miner-address", address_to_text(miner.address)]
             nodes.append(NodeProcess(root / f"miner-{i}", args, f"miner-{i}").start())
         wait_until(lambda: len(poster.call("getpeers")) == 2, 30, "the poster's two peers")
-        yield poster
+        yield nodes
     finally:
         for n in nodes:
             n.kill()
+
+
+def _logs(nodes: list[NodeProcess]) -> str:
+    """Each node's last log lines: where a job that was never claimed got stuck."""
+    return "".join(f"\n--- {n.name}:\n{n.log_tail(80)}" for n in nodes)
 
 
 def _pouw(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -48,7 +53,7 @@ def _pouw(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 def test_train_on_the_network_is_bit_identical_and_its_lineage_is_on_chain(network):
-    poster = network
+    poster = network[0]
     where = ["--datadir", str(poster.datadir)]
     done = _pouw(
         "train",
@@ -66,7 +71,7 @@ def test_train_on_the_network_is_bit_identical_and_its_lineage_is_on_chain(netwo
         "--json",
         *where,
     )
-    assert done.returncode == 0, done.stderr + poster.log_tail()
+    assert done.returncode == 0, done.stderr + _logs(network)
     run = json.loads(done.stdout)
     local = train(TrainConfig.quick("breast_cancer"), local_matmul, max_steps=MAX_STEPS)
     assert run["bit_identical"] is True
