@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from consensus.blocks import Block
+from consensus.blocks import Block, BlockHeader
 from consensus.chain import AddResult, Chain
 from consensus.keys import PrivateKey
 from kernels.attempt import warm_up
@@ -223,8 +223,8 @@ class Node:
         self.chain_service = service = ChainService(chain, self.store, self.metrics)
         self.txindex = TxIndex(chain)
 
-        def unconnecting(peer: PeerSession, prev_hash: bytes) -> bool:
-            return self.sync.block_on_missing_parent(peer, prev_hash)  # built just below
+        def unconnecting(peer: PeerSession, header: BlockHeader) -> bool:
+            return self.sync.block_on_missing_parent(peer, header)  # built just below
 
         self.compact = CompactRelay(chain, mempool.get, connected, unconnecting)
         self.sync = HeaderSync(

@@ -134,7 +134,7 @@ class CompactRelay:
         chain: Chain,
         mempool_get: Callable[[bytes], Transaction | None],
         peers: Callable[[], list[PeerSession]],
-        unconnecting: Callable[[PeerSession, bytes], bool] | None = None,
+        unconnecting: Callable[[PeerSession, BlockHeader], bool] | None = None,
     ) -> None:
         """``mempool_get``: a pooled transaction by txid (``Mempool.get``); ``peers``:
         the connected peers, to push a new tip to; ``unconnecting``: told of a compact
@@ -196,7 +196,7 @@ class CompactRelay:
             # Counted with unconnecting headers replies when it asks (not while the
             # peer's answer to an earlier ask is on its way): answering costs a
             # GETHEADERS and a decode, so a peer cannot make it free to repeat.
-            if self._unconnecting is None or self._unconnecting(peer, header.prev_hash):
+            if self._unconnecting is None or self._unconnecting(peer, header):
                 await peer.send(GetHeaders(tuple(chain.locator()), bytes(32)))
             return None
         try:

@@ -23,7 +23,9 @@ count, not an empty one or one of headers we hold. A compact block on an unknown
 parent asks its peer for the headers in between, and is counted, only while no
 GETHEADERS to that peer waits for its answer (for ``HEADERS_RESPONSE_S``): an honest
 peer that announces the new tips of a branch faster than its headers reach us (a
-reorg after a partition heals pushes them in a burst) is not banned for it.
+reorg after a partition heals pushes them in a burst) is not banned for it. The
+newest block it pushed meanwhile is asked for again (and counted, if its parent is
+still unknown) once the answer is in, if that answer did not bring it.
 
 The queue itself is bounded: headers are queued up to ``QUEUE_AHEAD_BYTES`` ahead
 of the connected tip, and a peer is asked for more headers only while a whole
@@ -170,6 +172,9 @@ class HeaderSync:
         """Per peer: HEADERS replies in a row that connected to nothing we know."""
         self.headers_asked: dict[PeerSession, float] = {}
         """Per peer: when we sent it the GETHEADERS it has not answered yet."""
+        self.missed: dict[PeerSession, BlockHeader] = {}
+        """Per peer: the newest block it pushed on an unknown parent while that
+        GETHEADERS was unanswered (or its next one paused), asked for after the answer."""
         self.sources: dict[bytes, list[PeerSession]] = {}
         """Per queued header: the peers that sent it (up to SOURCES_PER_HEADER)."""
         self.queued_bytes = 0
@@ -242,6 +247,7 @@ class HeaderSync:
         after = ask_from if ask_from is not None else headers[-1].hash if more else None
         if after is not None:
             await self._ask_after(peer, after)
+        await self._ask_for_missed(peer)
         if promoted:
             self.progress.update(chain.height, self.target)
             log.info(
@@ -406,24 +412,38 @@ class HeaderSync:
             raise ProtocolViolation(f"{what}: {count} in a row do not connect to any block we know")
         self.unconnecting[peer] = count
 
-    def block_on_missing_parent(self, peer: PeerSession, prev_hash: bytes) -> bool:
-        """A compact block from ``peer`` on ``prev_hash``, not in the chain: whether to ask
+    def block_on_missing_parent(self, peer: PeerSession, header: BlockHeader) -> bool:
+        """A compact block from ``peer`` whose parent is not in the chain: whether to ask
         the peer for the headers in between (the caller sends the GETHEADERS).
 
         Not while a GETHEADERS to the peer is unanswered (``HEADERS_RESPONSE_S``) or its
         next one waits for room in the queue: the headers on their way bring the parent,
         and an honest peer that announces a branch's tips faster than they come must not
-        be counted for each. Otherwise the block is counted with unconnecting headers
-        unless its parent is a header we know (queued for download while catching up,
-        or the last of the peer's presync): each one counted costs its peer a round
-        trip, so repeating them is never free."""
+        be counted for each (the newest is asked for after the answer, if it did not
+        bring it: ``_ask_for_missed``). Otherwise the block is counted with unconnecting
+        headers unless its parent is a header we know (queued for download while
+        catching up, or the last of the peer's presync): each one counted costs its
+        peer a round trip, so repeating them is never free."""
         asked = self.headers_asked.get(peer)
         if peer in self.paused or (asked is not None and monotonic() - asked < HEADERS_RESPONSE_S):
+            self.missed[peer] = header
             return False
-        if self._context(peer, prev_hash) is None:
+        if self._context(peer, header.prev_hash) is None:
             self.note_unconnecting(peer, "compact blocks")
         self.headers_asked[peer] = monotonic()
         return True
+
+    async def _ask_for_missed(self, peer: PeerSession) -> None:
+        """After ``peer`` answered: ask for the block it pushed while the answer was on its
+        way, if the answer did not bring it and no other ask is under way."""
+        header = self.missed.get(peer)
+        if header is None or peer in self.headers_asked or peer in self.paused:
+            return
+        del self.missed[peer]
+        if header.hash in self.chain.entries or self.knows(header.hash):
+            return
+        if self.block_on_missing_parent(peer, header):
+            await self._get_headers(peer, tuple(self.chain.locator()))
 
     def _context(self, peer: PeerSession, block_hash: bytes) -> HeaderContext | None:
         """The context of a header a peer's reply builds on: known, or its presync's last."""
@@ -580,6 +600,7 @@ class HeaderSync:
         self.presync.pop(peer, None)
         self.unconnecting.pop(peer, None)
         self.headers_asked.pop(peer, None)
+        self.missed.pop(peer, None)
         self.paused.pop(peer, None)
         self.stalls.pop(peer, None)
         self.last_block.pop(peer, None)

@@ -224,6 +224,33 @@ async def test_a_branch_announced_faster_than_its_headers_come_does_not_ban_its_
     assert node.p2p.bans() == [] and not peer.closed.is_set()
 
 
+async def test_a_tip_pushed_while_its_headers_were_on_their_way_is_asked_for_after_them(node):
+    """A peer pushes a block on a parent we lack (we ask for headers), then its child
+    before our ask reaches it: the answer ends at the first block, so the node asks
+    again once it is in, and reaches the child instead of mining on a stale tip."""
+    await _with_blocks(node, 2)
+    chain, clock = new_chain()
+    branch = extend(chain, clock, 5, miner=ALICE)
+    by_hash = {b.hash: b for b in branch}
+    peer = await connected_peer(node)
+    for block in branch[3:]:
+        await peer.send(CompactBlock(block.header, tuple(tx.txid for tx in block.txs)))
+    await peer.sync()
+    assert len(peer.of_type(GetHeaders)) == 1  # the second was pushed while we waited
+    await peer.send(Headers(tuple(b.header for b in branch[:4])))  # as it stood when asked
+    await peer.wait_for(lambda: len(peer.of_type(GetHeaders)) == 2)
+    await peer.send(Headers((branch[4].header,)))
+    served: set[bytes] = set()
+    while len(served) < len(branch):
+        asked = await peer.wait_for_message(GetData)
+        peer.received.remove(asked)
+        for item in asked.items:
+            served.add(item.hash)
+            await peer.send(BlockBody(item.hash, by_hash[item.hash].txs))
+    await _until(lambda: node.chain.tip.hash == branch[-1].hash)
+    assert node.p2p.bans() == [] and not peer.closed.is_set()
+
+
 async def test_a_compact_block_on_an_unknown_parent_keeps_nothing_and_asks_for_headers(node):
     """Its header cannot be checked without its parent, and its proof holds at a made-up
     target of 2^256 − 1: the node keeps nothing, asks for headers (not for the whole
