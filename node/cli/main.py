@@ -7,6 +7,9 @@ file, a missing GPU) print one line and exit non-zero, never a traceback.
 from __future__ import annotations
 
 import importlib
+import signal
+import sys
+import threading
 from typing import Any
 
 import click
@@ -77,7 +80,36 @@ def cli() -> None:
     """pouwnet: a blockchain whose proof of work is useful matrix multiplication."""
 
 
+REDELIVER_S = 0.02
+"""How long after a Ctrl-C dropped in a finalizer it is delivered again."""
+
+
+def keep_interrupts() -> None:
+    """Never lose a Ctrl-C in a finalizer.
+
+    Python raises KeyboardInterrupt wherever the main thread is when SIGINT comes. Raised
+    inside a weakref callback or a ``__del__`` (a thread pool's cleanup, run by the
+    garbage collector at any moment), it is printed as "Exception ignored" and dropped:
+    ``pouw job submit --wait 60`` then went on waiting. This hook delivers it again,
+    to the code the finalizer interrupted; other unraisable exceptions go to the hook
+    there was before. The signal is raised again from another thread, a moment later:
+    raised here, its handler would run at once, inside the hook, and be dropped the
+    same way."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            again = threading.Timer(REDELIVER_S, signal.raise_signal, (signal.SIGINT,))
+            again.daemon = True
+            again.start()
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def main() -> None:
+    keep_interrupts()
     # Attempts reuse the pages of the last one instead of faulting in new ones
     # (kernels/memory.py): before anything allocates, so nodes and benchmarks run alike.
     keep_freed_memory()
