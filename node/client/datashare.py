@@ -53,7 +53,7 @@ from consensus.transactions import (
     signed_transaction,
 )
 from node.amounts import format_amount
-from node.client.rpc import RpcClient
+from node.client.rpc import RpcCallError, RpcClient
 
 KEY_SIZE = 32
 PREFIX_SIZE = 16  # + 8 bytes of chunk index = the 24-byte XChaCha20 nonce
@@ -75,6 +75,10 @@ UPLOAD_BATCH_BYTES = 1024 * 1024
 
 class DataShareError(ValueError):
     """A dataset cannot be sealed, opened or read; the message says why."""
+
+
+class TransactionDropped(RuntimeError):
+    """Our transaction left the node's mempool without a block holding it."""
 
 
 @dataclass(frozen=True)
@@ -341,16 +345,24 @@ class DataClient:
         return txid
 
     def wait_confirmed(self, txid: str, timeout: float) -> int:
-        """The height of the block that holds ``txid``; TimeoutError after ``timeout`` s."""
+        """The height of the block that holds ``txid``, a transaction our node admitted
+        (``send``); TimeoutError after ``timeout`` s, TransactionDropped as soon as the
+        node no longer knows it (neither in a block nor in its mempool)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 info = self.rpc.call("gettransaction", txid)
-                if info.get("height") is not None:
-                    return int(info["height"])
-            except Exception as e:  # the node does not know it yet
-                if "unknown" not in str(e) and "not found" not in str(e):
+            except RpcCallError as e:
+                if "unknown transaction" not in str(e):
                     raise
+                raise TransactionDropped(
+                    f"transaction {txid[:16]} left the node's mempool before a block held "
+                    "it: it no longer applies (a reorg undid what it relies on, or an "
+                    "earlier transaction of this wallet was dropped) or it expired; nothing "
+                    "was confirmed: send it again"
+                ) from None
+            if info.get("height") is not None:
+                return int(info["height"])
             if time.monotonic() > deadline:
                 raise TimeoutError(f"transaction {txid[:16]} not confirmed in {timeout:.0f} s")
             time.sleep(0.2)

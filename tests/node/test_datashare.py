@@ -3,6 +3,7 @@ Node: the one good read decrypts to the original bytes; every other read is refu
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -27,7 +28,9 @@ from node.cli.data import breast_cancer_csv
 from node.cli.main import cli
 from node.client.datashare import (
     UPLOAD_BATCH_BYTES,
+    DataClient,
     DataShareError,
+    TransactionDropped,
     decrypt_dataset,
     encrypt_dataset,
     open_secret,
@@ -36,6 +39,7 @@ from node.client.datashare import (
     seal_secret,
     upload_batches,
 )
+from node.client.rpc import RpcClient
 from node.config import NodeConfig
 from node.rpc.server import RpcError
 from node.services import data_host
@@ -153,6 +157,28 @@ async def test_a_grantee_with_a_confirmed_access_log_reads_the_original_bytes(ho
     # Someone else's key cannot open the sealed key.
     with pytest.raises(DataShareError, match="not sealed to this wallet"):
         open_secret(grant[0], CAROL)
+
+
+async def test_an_access_log_a_reorg_makes_invalid_is_reported_dropped_at_once(hosted, tmp_path):
+    """A reorg takes the block holding Bob's grant away: his pending access_log no longer
+    applies and the node drops it. Waiting for it says so at once (nothing was read),
+    instead of waiting out its timeout."""
+    node, owner = hosted
+    rpc = RpcClient(f"http://127.0.0.1:{node.rpc_port}/rpc", node.token)
+    client = DataClient(rpc, BOB, MID, tmp_path / "keys")
+    txid = await asyncio.to_thread(client.send, AccessLogPayload(owner.ds, os.urandom(32)))
+    chain, clock = new_chain()  # the node's chain without its last block (the grant)
+    for h in node.chain.active[1:-1]:
+        chain.add_block(node.chain.blocks[h])
+    clock.now = max(clock.now, node.chain.tip.header.timestamp_ms)
+    for _ in range(2):
+        block = next_block(chain, clock)
+        chain.add_block(block)
+        await node.process_block(block, None)
+    assert node.chain.tip.hash == block.hash
+    assert node.chain.state.get("grants", (owner.ds, BOB.address)) is None
+    with pytest.raises(TransactionDropped, match="left the node's mempool before a block"):
+        await asyncio.to_thread(client.wait_confirmed, txid, 20)
 
 
 async def test_reads_the_chain_does_not_authorize_are_refused(hosted):
