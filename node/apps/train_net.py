@@ -37,8 +37,7 @@ from typing import Any
 import numpy as np
 
 from consensus.hashing import tagged_hash
-from consensus.keys import address_to_text
-from consensus.transactions import ModelRecordPayload, encode_tx, signed_transaction
+from consensus.transactions import ModelRecordPayload
 from kernels.training import (
     EpochStats,
     MatmulCall,
@@ -92,16 +91,9 @@ class _Posted:
 
 
 def dropped(client: MarketClient, txid: str) -> bool:
-    """Whether our node no longer knows our transaction: in no block of its chain and
-    not in its mempool, which let it go (it no longer applied after a reorg, or an
-    earlier transaction of ours went so and left a gap in the nonces)."""
-    try:
-        client.rpc.call("gettransaction", txid)
-    except RpcCallError as e:
-        if "unknown transaction" in str(e):
-            return True
-        raise
-    return False
+    """Whether our node let our transaction go: in no block of its chain and not in its
+    mempool (``RpcClient.transaction``)."""
+    return client.rpc.transaction(txid) is None
 
 
 @dataclass
@@ -373,17 +365,8 @@ class LineageRecorder:
 
     def _send(self, payload: ModelRecordPayload, deadline: float) -> str:
         while True:
-            account = self.client.rpc.call("getaccount", address_to_text(self.client.key.address))
-            tx = signed_transaction(
-                self.client.key,
-                chain_id=self.client.params.chain_id,
-                nonce=account["next_nonce"],
-                fee=self.fee,
-                payload=payload,
-            )
             try:
-                txid: str = self.client.rpc.call("sendtransaction", encode_tx(tx).hex())
-                break
+                return self.client.send(payload, self.fee)
             except RpcCallError as e:
                 # A reorg can put a job back to open, or the previous record
                 # back in the mempool, for a block or two: wait, then retry.
@@ -391,7 +374,6 @@ class LineageRecorder:
                 if not any(t in str(e) for t in transient) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-        return txid
 
     def _wait_steps(self, count: int, deadline: float) -> None:
         """Until ``count`` steps are recorded on chain; our last record is sent again if

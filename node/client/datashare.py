@@ -53,7 +53,7 @@ from consensus.transactions import (
     signed_transaction,
 )
 from node.amounts import format_amount
-from node.client.rpc import RpcCallError, RpcClient
+from node.client.rpc import RpcClient
 
 KEY_SIZE = 32
 PREFIX_SIZE = 16  # + 8 bytes of chunk index = the 24-byte XChaCha20 nonce
@@ -350,17 +350,14 @@ class DataClient:
         node no longer knows it (neither in a block nor in its mempool)."""
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                info = self.rpc.call("gettransaction", txid)
-            except RpcCallError as e:
-                if "unknown transaction" not in str(e):
-                    raise
+            info = self.rpc.transaction(txid)
+            if info is None:
                 raise TransactionDropped(
                     f"transaction {txid[:16]} left the node's mempool before a block held "
                     "it: it no longer applies (a reorg undid what it relies on, or an "
                     "earlier transaction of this wallet was dropped) or it expired; nothing "
                     "was confirmed: send it again"
-                ) from None
+                )
             if info.get("height") is not None:
                 return int(info["height"])
             if time.monotonic() > deadline:

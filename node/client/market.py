@@ -319,9 +319,9 @@ class MarketClient:
                 f"job {job_id.hex()} is open until height {st['expiry']} (now {height}): "
                 "it can be cancelled once a block above that height is mined"
             )
-        return self._send(JobCancelPayload(job_id), fee)
+        return self.send(JobCancelPayload(job_id), fee)
 
-    def _send(self, payload: Any, fee: int) -> str:
+    def send(self, payload: Any, fee: int) -> str:
         """Sign ``payload`` with our key at our account's next nonce and send it; its txid."""
         account = self.rpc.call("getaccount", address_to_text(self.key.address))
         tx = signed_transaction(
@@ -387,7 +387,7 @@ class MarketClient:
         if st["status"] != "mined":
             raise WrongResult(f"C{list(where)} is wrong but the challenge window has closed", None)
         proof = build_fraud_proof(bytes.fromhex(st["claim_id"]), job_id, a8, b8, c, *where)
-        txid = self._send(proof, 1_000)
+        txid = self.send(proof, 1_000)
         raise WrongResult(
             f"the miner's C[{where[0]}, {where[1]}] is wrong; fraud proof sent in tx {txid}", txid
         )
@@ -434,7 +434,7 @@ class MarketClient:
         if any(not 0 <= i < m for i in rows):
             raise ValueError(f"rows {rows}: the product has rows 0 to {m - 1}")
         payload = ResultChallengePayload(bytes.fromhex(st["claim_id"]), job_id, rows)
-        txid = self._send(payload, fee)
+        txid = self.send(payload, fee)
         self._challenged[job_id] = (txid, rows)
         return txid, rows
 

@@ -58,6 +58,19 @@ class RpcClient:
             raise RpcCallError(reply["error"]["code"], reply["error"]["message"])
         return reply["result"]
 
+    def transaction(self, txid: str) -> dict[str, Any] | None:
+        """``gettransaction``: our node's record of ``txid`` (its block height, none while
+        in the mempool), or None when the node knows it nowhere. For a transaction the
+        node admitted, None means it was dropped: a reorg undid what it relies on (or
+        an earlier transaction of its sender was dropped), or it expired."""
+        try:
+            info: dict[str, Any] = self.call("gettransaction", txid)
+        except RpcCallError as e:
+            if "unknown transaction" not in str(e):
+                raise
+            return None
+        return info
+
     def call_many(self, method: str, params: list[list[Any]]) -> list[Any]:
         """``method`` once for each of ``params`` in one JSON-RPC batch (at most 1,000):
         each call's result, or the RpcCallError the node answered it with, in order."""

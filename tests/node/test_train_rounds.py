@@ -74,9 +74,10 @@ class ScriptedClient:
         self.events.append(("cancel", self.number(job_id)))
         return "cancel-txid"
 
+    def transaction(self, txid: str) -> dict[str, Any]:
+        return {"txid": txid, "confirmations": 0}  # the scripted node never lets a post go
+
     def call(self, method: str, *params: Any) -> Any:
-        if method == "gettransaction":  # the scripted node never lets a post go
-            return {"txid": params[0], "confirmations": 0}
         assert method == "getinfo", method
         self.height += 2  # blocks go by while the user waits
         return {"height": self.height}
