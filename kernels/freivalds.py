@@ -1,14 +1,25 @@
 """Freivalds' check that C = A·B, in O(mk + kn + mn) per round (PROTOCOL §8).
 
-Arithmetic is in Z/2^64 with uniformly random 64-bit vectors x: the check
-tests (C − A·B)·x ≡ 0. If C ≠ A·B some row d of D = C − A·B is non-zero, and
-since |D| < 2^32 (C is int32 and A·B is exact in int32 for k ≤ 65,536) each
-non-zero entry has 2-adic valuation ≤ 31, so d·x ≡ 0 (mod 2^64) holds with
-probability ≤ 2^-33 for one random x. Two independent rounds give a false
-accept probability ≤ 2^-66, under the 2^-60 the protocol asks for.
+Arithmetic is in Z/2^64 with vectors x of uniformly random int32 entries: the
+check tests (C − A·B)·x ≡ 0. If C ≠ A·B some row d of D = C − A·B is non-zero,
+and since |D| < 2^32 (C is int32 and A·B is exact in int32 for k ≤ 65,536) one of
+its entries d_j has 2-adic valuation v ≤ 31. Fix the other entries of x: the x_j
+that make d·x ≡ 0 (mod 2^64) form at most one class modulo 2^(64−v) ≥ 2^33, so at
+most one of int32's 2^32 consecutive values is among them, and one round falsely
+accepts with probability ≤ 2^-32. Two independent rounds give ≤ 2^-64, under the
+2^-60 the protocol asks for.
+
+32-bit entries, not 64-bit ones, because every product with x is then a 32×32→64
+multiply (``vpmuldq``, one µop on every x86 with AVX2) for B·x and C·x; only
+A·(B·x) needs full 64-bit products (``vpmullq`` on AVX-512DQ, three 32-bit
+multiplies on AVX2). The vectors come from one generator per process, seeded from
+the OS (and again in a forked child): they never leave the process, so a prover
+cannot know them in advance, and drawing them is one call for raw words.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 from numba import get_num_threads, njit, prange
@@ -17,13 +28,37 @@ from kernels.threads import exclusive
 from kernels.validate import check_int8_matrix
 
 FREIVALDS_ROUNDS = 2
-FALSE_ACCEPT_LOG2 = -33 * FREIVALDS_ROUNDS
+FALSE_ACCEPT_LOG2 = -32 * FREIVALDS_ROUNDS
+
+_generator: np.random.Generator | None = None
+
+
+def _reseed() -> None:
+    """Forget the process's generator: the next check seeds a new one from the OS."""
+    global _generator
+    _generator = None
+
+
+os.register_at_fork(after_in_child=_reseed)  # a forked child never repeats its parent's x
+
+
+def random_vectors(rounds: int, n: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """(rounds, n) int32, every entry uniform over all of int32: the raw words of ``rng``,
+    or of this process's OS-seeded generator."""
+    global _generator
+    gen = rng
+    if gen is None:
+        gen = _generator
+        if gen is None:
+            gen = _generator = np.random.default_rng()
+    words = gen.bit_generator.random_raw((rounds * n + 1) // 2)
+    return words.view(np.int32)[: rounds * n].reshape(rounds, n)
 
 
 @exclusive
 @njit(parallel=True, nogil=True, cache=True)
 def _matvec(x: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """x (int8 or int32; Numba compiles one version per dtype) · v in Z/2^64."""
+    """x (int8 or int32; Numba compiles one version per dtype) · v (int32 or int64) in Z/2^64."""
     rows, cols = x.shape
     out = np.empty(rows, dtype=np.int64)
     for i in prange(rows):
@@ -44,7 +79,8 @@ ROW_BLOCK = 8
 @njit(nogil=True, cache=True, inline="always")
 def _eight_rows(x: np.ndarray, i: int, v0: np.ndarray, v1: np.ndarray) -> tuple[np.int64, ...]:
     """Rows i…i+7 of x (int8 or int32) · v0, then · v1, in Z/2^64 (int64 products wrap:
-    that is the ring's arithmetic); vpmullq on zmm where the target has AVX-512DQ."""
+    that is the ring's arithmetic). For int32 vectors each product is one vpmuldq; for
+    int64 ones (B·x) vpmullq on zmm where the target has AVX-512DQ."""
     r0, r1, r2, r3 = x[i], x[i + 1], x[i + 2], x[i + 3]
     r4, r5, r6, r7 = x[i + 4], x[i + 5], x[i + 6], x[i + 7]
     p0 = p1 = p2 = p3 = p4 = p5 = p6 = p7 = np.int64(0)
@@ -92,7 +128,8 @@ def _one_row(row: np.ndarray, v0: np.ndarray, v1: np.ndarray) -> tuple[np.int64,
 @exclusive
 @njit(parallel=True, nogil=True, cache=True)
 def _times_vectors(x: np.ndarray, vs: np.ndarray) -> np.ndarray:
-    """out[t] = x·vs[t] in Z/2^64, as (rounds, rows); rounds is even (vectors go in pairs)."""
+    """out[t] = x·vs[t] in Z/2^64, as (rounds, rows) int64; rounds is even (vectors go in
+    pairs), vs int32 or int64."""
     rows = x.shape[0]
     rounds = vs.shape[0]
     out = np.empty((rounds, rows), dtype=np.int64)
@@ -170,8 +207,9 @@ def freivalds_check(
     """True if C = A·B (false-accept probability ≤ 2^(-33·rounds)).
 
     ``a`` is m×k int8, ``b`` is k×n int8 (or its transpose n×k when
-    ``b_transposed``), ``c`` is m×n int32. Uses fresh OS randomness unless an
-    ``rng`` is given: a prover must not know the vectors in advance.
+    ``b_transposed``), ``c`` is m×n int32. The vectors come from the process's
+    OS-seeded generator unless an ``rng`` is given: a prover must not know them in
+    advance.
     """
     check_int8_matrix("A", a)
     check_int8_matrix("B", b)
@@ -183,14 +221,11 @@ def freivalds_check(
         raise ValueError(f"C must be int32 with shape {(m, n)}")
     if rounds < 1:
         raise ValueError("at least one Freivalds round is needed")
-    gen = rng if rng is not None else np.random.default_rng()
     a = np.ascontiguousarray(a)
     c = np.ascontiguousarray(c)
     bb = np.ascontiguousarray(b)
-    lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
-    # One independent vector per round, all checked in one pass over each operand (one
-    # draw of the same values as one per round, a third of the time: ~15 µs, not ~50).
-    xs = gen.integers(lo, hi, size=(rounds, n), dtype=np.int64, endpoint=True)
+    # One independent vector per round, all checked in one pass over each operand.
+    xs = random_vectors(rounds, n, rng)
     if rounds % 2:  # the kernels take vectors in pairs: an odd last round is checked twice
         xs = np.concatenate([xs, xs[-1:]])
     if b_transposed:
@@ -213,9 +248,7 @@ def locate_error(
     """
     check_int8_matrix("A", a)
     check_int8_matrix("B", b)
-    gen = rng if rng is not None else np.random.default_rng()
-    lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
-    x = np.asarray(gen.integers(lo, hi, size=b.shape[1], dtype=np.int64, endpoint=True))
+    x = random_vectors(1, b.shape[1], rng)[0]
     residual = _matvec(np.ascontiguousarray(a), _matvec(np.ascontiguousarray(b), x))
     residual -= _matvec(np.ascontiguousarray(c), x)
     for i in np.flatnonzero(residual):

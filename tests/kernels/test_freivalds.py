@@ -99,17 +99,21 @@ def test_extreme_operands_and_extreme_errors(value):
 
 @pytest.mark.parametrize(("m", "k", "n"), ODD_SHAPES)
 def test_kernels_compute_z_mod_2_64_exactly(m, k, n):
-    """B·x matches unsigned 64-bit NumPy arithmetic for int8 operands at their extremes
-    and four rounds (two pairs of vectors); the residual is zero for the right C and
-    non-zero for an error of 2^31 in any row, tail rows included."""
+    """B·x matches unsigned 64-bit NumPy arithmetic for int8 operands at their extremes,
+    int32 vectors (the check's) and int64 ones, and four rounds (two pairs of vectors);
+    the residual is zero for the right C and non-zero for an error of 2^31 in any row,
+    tail rows included."""
     from kernels.freivalds import _any_residual, _times_vectors
 
     a, b, c = _job(m, k, n, -128, 128, seed=k)
-    xs = np.random.default_rng(m).integers(-(2**63), 2**63, (4, n), dtype=np.int64)
-    u64 = np.uint64
-    bx = _times_vectors(b, xs)
-    assert np.array_equal(bx, (xs.astype(u64) @ b.T.astype(np.int64).astype(u64)).astype(np.int64))
-    assert not _any_residual(a, bx, c, xs)
+    for dtype in (np.int32, np.int64):
+        info = np.iinfo(dtype)
+        xs = np.random.default_rng(m).integers(info.min, info.max, (4, n), dtype, endpoint=True)
+        u64 = np.uint64
+        bx = _times_vectors(b, xs)
+        wanted = xs.astype(np.int64).astype(u64) @ b.T.astype(np.int64).astype(u64)
+        assert np.array_equal(bx, wanted.astype(np.int64))
+        assert not _any_residual(a, bx, c, xs)
     for i in range(m):
         bad = c.copy()
         bad[i, n - 1] ^= np.int32(-(2**31))
@@ -130,8 +134,8 @@ def test_shape_errors_are_named():
         freivalds_check(A, B, C.astype(np.int64))
 
 
-def _hottest_loop(asm: str) -> list[str]:
-    """The instructions of the loop in ``asm`` with the most vpmullq (label to back-jump)."""
+def _hottest_loop(asm: str, product: str = "vpmullq") -> list[str]:
+    """The instructions of the loop in ``asm`` with the most ``product`` (label to back-jump)."""
     best: list[str] = []
     body: list[str] = []
     for line in asm.splitlines():
@@ -139,57 +143,81 @@ def _hottest_loop(asm: str) -> list[str]:
             body = []
         body.append(line)
         if re.search(r"\bj(ne|nz|b|l)\b", line):
-            if sum("vpmullq" in x for x in body) > sum("vpmullq" in x for x in best):
+            if sum(product in x for x in body) > sum(product in x for x in best):
                 best = body
             body = []
     return best
 
 
 @functools.cache
-def _compiled_asm() -> str:
-    """Both kernels compiled afresh (uncached, so the assembly is kept) for int8 and int32."""
+def _compiled_asm() -> dict[str, str]:
+    """The kernels compiled afresh (uncached, so the assembly is kept) for what the check
+    passes them: B·x (int8 B, int32 x) and A·(B·x) with C·x (int8 A, int64 B·x, int32 C
+    and x)."""
     from numba import njit
 
     from kernels import freivalds
 
     times = njit(parallel=True)(freivalds._times_vectors.py_func)
     residual = njit(parallel=True)(freivalds._any_residual.py_func)
-    xs = np.zeros((2, 64), np.int64)
-    times(np.zeros((64, 64), np.int8), xs)
-    times(np.zeros((64, 64), np.int32), xs)
-    residual(np.zeros((64, 64), np.int8), xs, np.zeros((64, 64), np.int32), xs)
-    return "\n".join([*times.inspect_asm().values(), *residual.inspect_asm().values()])
+    xs = np.zeros((2, 64), np.int32)
+    bx = times(np.zeros((64, 64), np.int8), xs)
+    residual(np.zeros((64, 64), np.int8), bx, np.zeros((64, 64), np.int32), xs)
+    return {
+        "bx": "\n".join(times.inspect_asm().values()),
+        "residual": "\n".join(residual.inspect_asm().values()),
+    }
+
+
+def _x86_only() -> None:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the expectation is written for x86-64 targets")
 
 
 def test_int64_products_are_vectorised_for_the_target():
-    """Freivalds' Z/2^64 products are vpmullq where the target has AVX-512DQ (on zmm, or
+    """A·(B·x)'s Z/2^64 products are vpmullq where the target has AVX-512DQ (on zmm, or
     ymm where LLVM tunes the CPU for 256-bit vectors: Skylake-SP, Cascade Lake), the
     32-bit vpmuludq 64-bit lanes are built from on AVX2, scalar imul on baseline x86-64.
     test_codegen_targets.py reruns this for older targets."""
     from kernels.isa import compile_target
 
+    _x86_only()
     target = compile_target()
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        pytest.skip("the expectation is written for x86-64 targets")
-    asm = _compiled_asm()
     if "avx512dq" in target.features:
         wanted = re.compile(r"\bvpmullq\b[^\n]*[yz]mm")
     elif "avx2" in target.features:
         wanted = re.compile(r"\bvpmuludq\b[^\n]*ymm")
     else:
         wanted = re.compile(r"\bimulq\b")
-    assert wanted.search(asm), f"{target.isa}: no {wanted.pattern} in Freivalds' matvec"
+    asm = _compiled_asm()["residual"]
+    assert wanted.search(asm), f"{target.isa}: no {wanted.pattern} in A·(B·x)"
+
+
+def test_products_with_x_are_one_32_bit_multiply_each():
+    """x's entries are int32, so B·x and C·x multiply 32 by 32 bits into 64 (vpmuldq, one
+    µop on every x86 with AVX2) instead of building 64-bit products: on AVX2 that is one
+    multiply where a 64-bit product takes three vpmuludq and their shifts and adds."""
+    from kernels.isa import compile_target
+
+    _x86_only()
+    if "avx2" not in compile_target().features:
+        pytest.skip("vpmuldq on ymm needs AVX2 (baseline x86-64 builds it from pmuludq)")
+    for name in ("bx", "residual"):
+        loop = _hottest_loop(_compiled_asm()[name], "vpmuldq")
+        products = [x for x in loop if re.search(r"\bvpmuldq\b[^\n]*[yz]mm", x)]
+        assert len(products) >= 16, (name, loop)
+        assert not [x for x in loop if re.search(r"\bvpmul(lq|udq)\b", x)], (name, loop)
 
 
 def test_each_vector_load_feeds_eight_rows():
-    """The check is bound by its multiplies, not its loads: the hot loop loads each zmm of
-    the two rounds' vectors once for eight rows of the matrix (16 vpmullq per 2 loads).
-    A row at a time it took one 64-bit vector load per product, 1.4-2x slower."""
+    """The check is bound by its multiplies, not its loads: the hot loop of A·(B·x) loads
+    each zmm of the two rounds' vectors once for eight rows of the matrix (16 vpmullq per
+    2 loads). A row at a time it took one 64-bit vector load per product, 1.4-2x slower."""
     from kernels.isa import compile_target
 
     if "avx512dq" not in compile_target().features:
         pytest.skip("the loop shape is written for AVX-512DQ's vpmullq")
-    loop = _hottest_loop(_compiled_asm())
+    loop = _hottest_loop(_compiled_asm()["residual"])
     products = [x for x in loop if "vpmullq" in x]
     vector_loads = [x for x in loop if re.search(r"\bvmovdqu64\b\s+-?\d*\(", x)]
     vector_loads += [x for x in products if "(" in x]  # a load folded into the multiply
@@ -210,9 +238,9 @@ def _z64(matrix, vector):
 @pytest.mark.parametrize("fill", ["random", "low", "high", "zero"])
 def test_a_times_bx_and_c_times_x_match_python_integers(m, k, n, fill):
     """A·(B·x) and C·x, the two sides Freivalds compares, each equal the Python-integer value
-    modulo 2^64 for int8 operands at random, −128, 127 or 0, C at int32's extremes, and
-    shapes past whole blocks of 8 rows and 64 columns."""
-    from kernels.freivalds import _times_vectors
+    modulo 2^64 for int8 operands at random, −128, 127 or 0, C at int32's extremes, the
+    check's own int32 vectors, and shapes past whole blocks of 8 rows and 64 columns."""
+    from kernels.freivalds import _times_vectors, random_vectors
 
     g = np.random.default_rng(m * k * n)
     if fill == "random":
@@ -224,7 +252,7 @@ def test_a_times_bx_and_c_times_x_match_python_integers(m, k, n, fill):
         a = np.full((m, k), value, dtype=np.int8)
         b = np.full((k, n), value, dtype=np.int8)
         c = np.full((m, n), {"low": -(2**31), "high": 2**31 - 1, "zero": 0}[fill], np.int32)
-    xs = g.integers(-(2**63), 2**63, (2, n), dtype=np.int64)
+    xs = random_vectors(2, n, g)
     bx = _times_vectors(b, xs)
     abx = _times_vectors(a, bx)
     cx = _times_vectors(c, xs)
@@ -232,3 +260,28 @@ def test_a_times_bx_and_c_times_x_match_python_integers(m, k, n, fill):
         assert np.array_equal(bx[t], _z64(b, xs[t]))
         assert np.array_equal(abx[t], _z64(a, bx[t]))
         assert np.array_equal(cx[t], _z64(c, xs[t]))
+
+
+def test_vectors_cover_int32_and_a_forked_child_draws_its_own():
+    """The check's vectors are int32 over the whole range (the 2^-32 a round rests on
+    2^32 consecutive values), differ call to call, and a child forked from a verifier
+    does not draw its parent's next vectors (the generator is reseeded in the child)."""
+    import os
+
+    from kernels.freivalds import random_vectors
+
+    x = random_vectors(2, 4096)
+    assert x.dtype == np.int32 and x.shape == (2, 4096)
+    assert x.min() < -(2**31) + 2**26 and x.max() > 2**31 - 2**26
+    assert not np.array_equal(random_vectors(2, 4096), random_vectors(2, 4096))
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first draw to the parent, then out without cleanup
+        os.write(write, random_vectors(1, 64).tobytes())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        child = pipe.read()
+    os.waitpid(pid, 0)
+    assert len(child) == 256
+    assert random_vectors(1, 64).tobytes() != child
