@@ -230,6 +230,7 @@ def test_rejects_chunks_the_microkernel_would_misread(k: int, r: int) -> None:
         (24, 128, 40, 64, 12, 8),  # padded panel
         (18, 64, 72, 64, 6, 24),  # one full and one padded panel
         (16, 64, 32, 2, 16, 16),  # 4 ∤ r: B'ᵀ is built
+        (16, 96, 32, 32, 16, 16),  # 24 k-quads: a whole packing group of B' and a part
     ],
 )
 def test_noisy_product_from_clean_b_matches_the_reference(
@@ -268,6 +269,8 @@ def _noisy(x: np.ndarray, noise: NoiseFactors) -> np.ndarray:
         (32, 64, 32, 64, 16, 16, 0),  # zero operands: A' = E_A, B' = E_B
         (24, 128, 40, 64, 12, 8, None),  # h ≠ 16: A' is built
         (16, 64, 32, 2, 16, 16, None),  # 4 ∤ r: A' and B'ᵀ are built
+        (16, 40, 48, 8, 16, 16, None),  # 10 k-quads: fewer than a packing group of B'
+        (16, 104, 40, 8, 16, 8, None),  # 26 k-quads, padded panels
     ],
 )
 def test_noisy_product_from_clean_operands_matches_the_reference(
