@@ -1,20 +1,22 @@
 """Freivalds' check that C = A·B, in O(mk + kn + mn) per round (PROTOCOL §8).
 
-Arithmetic is in Z/2^64 with vectors x of uniformly random int32 entries: the
-check tests (C − A·B)·x ≡ 0. If C ≠ A·B some row d of D = C − A·B is non-zero,
+Arithmetic is in Z/2^64 with vectors x of entries drawn uniformly from [0, 2^31):
+the check tests (C − A·B)·x ≡ 0. If C ≠ A·B some row d of D = C − A·B is non-zero,
 and since |D| < 2^32 (C is int32 and A·B is exact in int32 for k ≤ 65,536) one of
 its entries d_j has 2-adic valuation v ≤ 31. Fix the other entries of x: the x_j
 that make d·x ≡ 0 (mod 2^64) form at most one class modulo 2^(64−v) ≥ 2^33, so at
-most one of int32's 2^32 consecutive values is among them, and one round falsely
-accepts with probability ≤ 2^-32. Two independent rounds give ≤ 2^-64, under the
+most one of the 2^31 values x_j may take is among them, and one round falsely
+accepts with probability ≤ 2^-31. Two independent rounds give ≤ 2^-62, under the
 2^-60 the protocol asks for.
 
-32-bit entries, not 64-bit ones, because every product with x is then a 32×32→64
-multiply (``vpmuldq``, one µop on every x86 with AVX2) for B·x and C·x; only
-A·(B·x) needs full 64-bit products (``vpmullq`` on AVX-512DQ, three 32-bit
-multiplies on AVX2). The vectors come from one generator per process, seeded from
-the OS (and again in a forked child): they never leave the process, so a prover
-cannot know them in advance, and drawing them is one call for raw words.
+31-bit entries, not 64-bit ones, because every product with x is then a 32×32→64
+multiply (``vpmuldq``, one µop on every x86 with AVX2) for B·x and C·x, and on
+AVX-512 VNNI (:mod:`kernels.freivalds_vnni`) x's four bytes are unsigned planes
+for int8 dot products; only A·(B·x) needs full 64-bit products (``vpmullq`` on
+AVX-512DQ, three 32-bit multiplies on AVX2, or the 8 byte planes of B·x on VNNI).
+The vectors come from one generator per process, seeded from the OS (and again in
+a forked child): they never leave the process, so a prover cannot know them in
+advance, and drawing them is one call for raw words.
 """
 
 from __future__ import annotations
@@ -24,11 +26,16 @@ import os
 import numpy as np
 from numba import get_num_threads, njit, prange
 
+from kernels.isa import compile_target
 from kernels.threads import exclusive
 from kernels.validate import check_int8_matrix
+from kernels.zmod64 import ROW_BLOCK, eight_rows, one_row
 
 FREIVALDS_ROUNDS = 2
-FALSE_ACCEPT_LOG2 = -32 * FREIVALDS_ROUNDS
+MAX_VNNI_WIDTH = 65_536
+"""The widest k and n the VNNI kernels take: their byte-plane dot products stay exact in
+int32 (255·128·65,536 < 2^31)."""
+FALSE_ACCEPT_LOG2 = -31 * FREIVALDS_ROUNDS
 
 _generator: np.random.Generator | None = None
 
@@ -43,8 +50,8 @@ os.register_at_fork(after_in_child=_reseed)  # a forked child never repeats its 
 
 
 def random_vectors(rounds: int, n: int, rng: np.random.Generator | None = None) -> np.ndarray:
-    """(rounds, n) int32, every entry uniform over all of int32: the raw words of ``rng``,
-    or of this process's OS-seeded generator."""
+    """(rounds, n) int32, every entry uniform over [0, 2^31): 31 bits of each raw word
+    of ``rng``, or of this process's OS-seeded generator."""
     global _generator
     gen = rng
     if gen is None:
@@ -52,7 +59,7 @@ def random_vectors(rounds: int, n: int, rng: np.random.Generator | None = None) 
         if gen is None:
             gen = _generator = np.random.default_rng()
     words = gen.bit_generator.random_raw((rounds * n + 1) // 2)
-    return words.view(np.int32)[: rounds * n].reshape(rounds, n)
+    return (words.view(np.int32)[: rounds * n] & np.int32(0x7FFFFFFF)).reshape(rounds, n)
 
 
 @exclusive
@@ -69,62 +76,6 @@ def _matvec(x: np.ndarray, v: np.ndarray) -> np.ndarray:
     return out
 
 
-# Rows per inner loop. Each product is one vpmullq, each vector element a 64-bit load: a
-# row at a time the loop waits on loads (16 bytes of vectors per element for two rounds),
-# eight rows share every load and run at the multiplier's rate (16 zmm accumulators:
-# twelve rows already spill, four are 1.4x slower).
-ROW_BLOCK = 8
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _eight_rows(x: np.ndarray, i: int, v0: np.ndarray, v1: np.ndarray) -> tuple[np.int64, ...]:
-    """Rows i…i+7 of x (int8 or int32) · v0, then · v1, in Z/2^64 (int64 products wrap:
-    that is the ring's arithmetic). For int32 vectors each product is one vpmuldq; for
-    int64 ones (B·x) vpmullq on zmm where the target has AVX-512DQ."""
-    r0, r1, r2, r3 = x[i], x[i + 1], x[i + 2], x[i + 3]
-    r4, r5, r6, r7 = x[i + 4], x[i + 5], x[i + 6], x[i + 7]
-    p0 = p1 = p2 = p3 = p4 = p5 = p6 = p7 = np.int64(0)
-    q0 = q1 = q2 = q3 = q4 = q5 = q6 = q7 = np.int64(0)
-    for j in range(x.shape[1]):
-        y, z = v0[j], v1[j]
-        e = np.int64(r0[j])
-        p0 += e * y
-        q0 += e * z
-        e = np.int64(r1[j])
-        p1 += e * y
-        q1 += e * z
-        e = np.int64(r2[j])
-        p2 += e * y
-        q2 += e * z
-        e = np.int64(r3[j])
-        p3 += e * y
-        q3 += e * z
-        e = np.int64(r4[j])
-        p4 += e * y
-        q4 += e * z
-        e = np.int64(r5[j])
-        p5 += e * y
-        q5 += e * z
-        e = np.int64(r6[j])
-        p6 += e * y
-        q6 += e * z
-        e = np.int64(r7[j])
-        p7 += e * y
-        q7 += e * z
-    return p0, p1, p2, p3, p4, p5, p6, p7, q0, q1, q2, q3, q4, q5, q6, q7
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _one_row(row: np.ndarray, v0: np.ndarray, v1: np.ndarray) -> tuple[np.int64, np.int64]:
-    """row · v0 and row · v1 in Z/2^64: the rows after the last whole block of eight."""
-    p = q = np.int64(0)
-    for j in range(row.shape[0]):
-        e = np.int64(row[j])
-        p += e * v0[j]
-        q += e * v1[j]
-    return p, q
-
-
 @exclusive
 @njit(parallel=True, nogil=True, cache=True)
 def _times_vectors(x: np.ndarray, vs: np.ndarray) -> np.ndarray:
@@ -137,13 +88,13 @@ def _times_vectors(x: np.ndarray, vs: np.ndarray) -> np.ndarray:
         i = blk * ROW_BLOCK
         for t in range(0, rounds, 2):
             if i + ROW_BLOCK <= rows:
-                s = _eight_rows(x, i, vs[t], vs[t + 1])
+                s = eight_rows(x, i, vs[t], vs[t + 1])
                 for r in range(ROW_BLOCK):
                     out[t, i + r] = s[r]
                     out[t + 1, i + r] = s[ROW_BLOCK + r]
             else:
                 for r in range(i, rows):
-                    out[t, r], out[t + 1, r] = _one_row(x[r], vs[t], vs[t + 1])
+                    out[t, r], out[t + 1, r] = one_row(x[r], vs[t], vs[t + 1])
     return out
 
 
@@ -163,11 +114,11 @@ def _any_residual(a: np.ndarray, bx: np.ndarray, c: np.ndarray, xs: np.ndarray) 
         i = blk * ROW_BLOCK
         for t in range(0, rounds, 2):
             if i + ROW_BLOCK <= m:
-                if _eight_rows(a, i, bx[t], bx[t + 1]) != _eight_rows(c, i, xs[t], xs[t + 1]):
+                if eight_rows(a, i, bx[t], bx[t + 1]) != eight_rows(c, i, xs[t], xs[t + 1]):
                     bad[blk] = True
             else:
                 for r in range(i, m):
-                    if _one_row(a[r], bx[t], bx[t + 1]) != _one_row(c[r], xs[t], xs[t + 1]):
+                    if one_row(a[r], bx[t], bx[t + 1]) != one_row(c[r], xs[t], xs[t + 1]):
                         bad[blk] = True
     return bool(bad.any())
 
@@ -196,6 +147,21 @@ def _matvecs_i8_transposed(bt: np.ndarray, vs: np.ndarray, nthreads: int) -> np.
     return out
 
 
+def _vnni_fits(m: int, k: int, n: int) -> bool:
+    """Whether this check runs on :mod:`kernels.freivalds_vnni`: the target has AVX-512
+    VNNI, BW and VL, the CPU kernels' VNNI path is the active one (``pouw bench kernels
+    --isa generic`` measures the portable kernels), and the shape keeps its dot products
+    exact."""
+    from kernels.transcript_cpu import AMX, VNNI, active_path
+
+    return (
+        active_path() in (VNNI, AMX)
+        and "avx512vl" in compile_target().features
+        and min(m, k, n) >= 1
+        and max(k, n) <= MAX_VNNI_WIDTH
+    )
+
+
 def freivalds_check(
     a: np.ndarray,
     b: np.ndarray,
@@ -204,7 +170,7 @@ def freivalds_check(
     rounds: int = FREIVALDS_ROUNDS,
     b_transposed: bool = False,
 ) -> bool:
-    """True if C = A·B (false-accept probability ≤ 2^(-33·rounds)).
+    """True if C = A·B (false-accept probability ≤ 2^(-31·rounds)).
 
     ``a`` is m×k int8, ``b`` is k×n int8 (or its transpose n×k when
     ``b_transposed``), ``c`` is m×n int32. The vectors come from the process's
@@ -226,6 +192,11 @@ def freivalds_check(
     bb = np.ascontiguousarray(b)
     # One independent vector per round, all checked in one pass over each operand.
     xs = random_vectors(rounds, n, rng)
+    if rounds == 2 and not b_transposed and _vnni_fits(m, k, n):
+        from kernels import freivalds_vnni as fv
+
+        y, y_planes = fv.times_x(bb, xs)
+        return not fv.any_residual(a, y, y_planes, c, xs)
     if rounds % 2:  # the kernels take vectors in pairs: an odd last round is checked twice
         xs = np.concatenate([xs, xs[-1:]])
     if b_transposed:

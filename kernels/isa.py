@@ -9,6 +9,7 @@ test checks the multiply-add the target's features call for, on every host.
 
 from __future__ import annotations
 
+import functools
 import platform
 import re
 from dataclasses import dataclass
@@ -79,8 +80,13 @@ class CompileTarget:
         return frozenset(instructions), frozenset(registers)
 
 
+@functools.cache
 def compile_target() -> CompileTarget:
-    """The target Numba compiles for in this process (host, or the NUMBA_CPU_* override)."""
+    """The target Numba compiles for in this process (host, or the NUMBA_CPU_* override).
+
+    Found once per process (asking LLVM for the host's features takes ~0.4 ms, and
+    Freivalds' check asks on every call): Numba reads the override at import.
+    """
     # Numba sets these attributes at import from the environment (mypy cannot see them).
     cpu_name: str | None = getattr(config, "CPU_NAME", None)
     cpu_features: str | None = getattr(config, "CPU_FEATURES", None)

@@ -8,7 +8,7 @@
 A product below the network's minimum job shape is posted padded with zeros
 (the reward pays for the padded job) and ``result`` strips the padding.
 
-``result`` always checks C = A·B with Freivalds (false accept ≤ 2^-64) before
+``result`` always checks C = A·B with Freivalds (false accept ≤ 2^-62) before
 returning it. A wrong result makes the client post a fraud proof by itself
 (the poster is refunded, the claimant loses its coinbase or its job_result's
 bond) and raise :class:`WrongResult` saying so. A job claimed by a job_result

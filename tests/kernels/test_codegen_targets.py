@@ -57,13 +57,24 @@ sig = (types.uint32[:, ::1], types.intp, types.uint8[::1], types.uint8[::1], typ
        types.intp, types.uint32[:, ::1], types.int32[:, ::1], types.uint32[::1])
 pack.compile(sig)
 print("permutes:", sorted({w for w in ("vpermb", "vpdpbusd") if w in pack.inspect_asm(sig)}))
+from kernels import freivalds_vnni as fv  # Freivalds' products with x and with y = B·x
+bx = njit(fv.times_x.py_func)
+sig = (types.int8[:, ::1], types.int32[:, ::1])
+bx.compile(sig)
+print("freivalds x:", sorted(multiply_adds(bx.inspect_asm(sig))))
+res = njit(fv.any_residual.py_func)
+sig = (types.int8[:, ::1], types.int64[:, ::1], types.uint8[:, :, ::1], types.int32[:, ::1],
+       types.int32[:, ::1])
+res.compile(sig)
+print("freivalds y:", sorted(multiply_adds(res.inspect_asm(sig))))
 """
 
 
 def test_vnni_kernel_compiles_to_int8_dot_products_on_zmm() -> None:
     """Hosts without AVX-512 VNNI (Zen 3 CI) cannot run the VNNI path, but still prove that
-    it compiles to vpdpbusd on zmm for a VNNI CPU, and the verifier's noise to vpermb
-    for one with VBMI (their exactness runs on such hosts)."""
+    it compiles to vpdpbusd on zmm for a VNNI CPU, the verifier's noise to vpermb for
+    one with VBMI, and Freivalds' byte-plane products to vpdpbusd on ymm (x) and zmm
+    (y = B·x) (their exactness runs on such hosts)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         pytest.skip("an x86-64 code path")
     env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}
@@ -79,6 +90,8 @@ def test_vnni_kernel_compiles_to_int8_dot_products_on_zmm() -> None:
     assert run.returncode == 0, run.stderr
     assert "('vpdpbusd', 'zmm')" in run.stdout, run.stdout
     assert "permutes: ['vpdpbusd', 'vpermb']" in run.stdout, run.stdout
+    assert "freivalds x: [('vpdpbusd', 'ymm')]" in run.stdout, run.stdout
+    assert "freivalds y: [('vpdpbusd', 'zmm')]" in run.stdout, run.stdout
 
 
 AMX_PROBE = """

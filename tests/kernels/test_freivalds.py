@@ -262,9 +262,9 @@ def test_a_times_bx_and_c_times_x_match_python_integers(m, k, n, fill):
         assert np.array_equal(cx[t], _z64(c, xs[t]))
 
 
-def test_vectors_cover_int32_and_a_forked_child_draws_its_own():
-    """The check's vectors are int32 over the whole range (the 2^-32 a round rests on
-    2^32 consecutive values), differ call to call, and a child forked from a verifier
+def test_vectors_cover_31_bits_and_a_forked_child_draws_its_own():
+    """The check's vectors are int32 over all of [0, 2^31) (the 2^-31 a round rests on
+    2^31 consecutive values), differ call to call, and a child forked from a verifier
     does not draw its parent's next vectors (the generator is reseeded in the child)."""
     import os
 
@@ -272,7 +272,7 @@ def test_vectors_cover_int32_and_a_forked_child_draws_its_own():
 
     x = random_vectors(2, 4096)
     assert x.dtype == np.int32 and x.shape == (2, 4096)
-    assert x.min() < -(2**31) + 2**26 and x.max() > 2**31 - 2**26
+    assert x.min() >= 0 and x.min() < 2**26 and x.max() > 2**31 - 2**26
     assert not np.array_equal(random_vectors(2, 4096), random_vectors(2, 4096))
     read, write = os.pipe()
     pid = os.fork()
@@ -285,3 +285,67 @@ def test_vectors_cover_int32_and_a_forked_child_draws_its_own():
     os.waitpid(pid, 0)
     assert len(child) == 256
     assert random_vectors(1, 64).tobytes() != child
+
+
+def _vnni_or_skip():
+    from kernels.isa import compile_target
+    from kernels.transcript_cpu import VNNI, available_paths
+
+    if VNNI not in available_paths() or "avx512vl" not in compile_target().features:
+        pytest.skip("the target has no AVX-512 VNNI (test_codegen_targets.py compiles it)")
+    from kernels import freivalds_vnni
+
+    return freivalds_vnni
+
+
+@pytest.mark.parametrize(("m", "k", "n"), [*ODD_SHAPES, (40, 64, 48), (33, 130, 66), (64, 4, 4)])
+@pytest.mark.parametrize("fill", ["random", "low", "high"])
+def test_vnni_kernels_give_the_portable_values(m, k, n, fill):
+    """The VNNI kernels' B·x equals the portable kernel's for x's whole range, and their
+    residual is zero for the right C and caught in every row for an error of 2^31 (the
+    hardest in Z/2^64), with k and n past whole k-quads and m past whole blocks of 16."""
+    from kernels.freivalds import _times_vectors, random_vectors
+
+    fv = _vnni_or_skip()
+    g = np.random.default_rng(m * 1000 + k * 10 + n)
+    lo, hi = {"random": (-128, 128), "low": (-128, -127), "high": (127, 128)}[fill]
+    a = g.integers(lo, hi, (m, k), dtype=np.int8)
+    b = g.integers(lo, hi, (k, n), dtype=np.int8)
+    c = (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
+    xs = random_vectors(2, n, g)
+    xs[:, 0] = 2**31 - 1  # every byte plane at its largest
+    y, planes = fv.times_x(b, xs)
+    assert np.array_equal(y, _times_vectors(b, xs))
+    assert not fv.any_residual(a, y, planes, c, xs)
+    for i in range(m):
+        bad = c.copy()
+        bad[i, (7 * i) % n] ^= np.int32(-(2**31))
+        assert fv.any_residual(a, y, planes, bad, xs), i
+
+
+def test_vnni_path_is_the_one_the_check_takes(monkeypatch):
+    """On a VNNI target the default check runs the VNNI kernels (a right product passes,
+    one entry off by one fails); ``--isa generic`` (select_path) takes the portable ones."""
+    from kernels import transcript_cpu as tc
+
+    fv = _vnni_or_skip()
+    calls = []
+    residual = fv.any_residual
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return residual(*args)
+
+    monkeypatch.setattr(fv, "any_residual", counted)
+    a, b, c = _job(48, 72, 40, seed=5)
+    bad = c.copy()
+    bad[47, 39] += np.int32(1)
+    assert freivalds_check(a, b, c)
+    assert not freivalds_check(a, b, bad)
+    assert calls == [(48, 72), (48, 72)]
+    previous = tc.select_path(tc.GENERIC)
+    try:
+        assert freivalds_check(a, b, c) and not freivalds_check(a, b, bad)
+    finally:
+        tc.select_path(previous)
+    assert len(calls) == 2
