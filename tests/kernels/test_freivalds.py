@@ -349,3 +349,18 @@ def test_vnni_path_is_the_one_the_check_takes(monkeypatch):
     finally:
         tc.select_path(previous)
     assert len(calls) == 2
+
+
+def test_read_only_operands_as_a_client_receives_them():
+    """Operands decoded from downloaded bytes are read-only views: the check takes them on
+    every path as it takes its own arrays, right product and wrong alike."""
+    a, b, c = _job(40, 72, 36, seed=9)
+
+    def received(x):
+        return np.frombuffer(x.tobytes(), dtype=x.dtype).reshape(x.shape)
+
+    bad = c.copy()
+    bad[39, 0] -= np.int32(1)
+    assert not received(a).flags.writeable
+    assert freivalds_check(received(a), received(b), received(c))
+    assert not freivalds_check(received(a), received(b), received(bad))
