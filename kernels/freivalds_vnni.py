@@ -27,9 +27,9 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from kernels.irvec import I32
+from kernels.irvec import I32, array_data, splat
 from kernels.threads import exclusive
-from kernels.zmod64 import eight_rows
+from kernels.zmod64 import eight_rows, one_row
 
 ROWS = 16
 """Rows of the matrix a kernel call takes, each with its own accumulator."""
@@ -47,7 +47,6 @@ def _make_rows_dot(lanes: int, mr: int):
     p < nquads, in int32 lanes (``vpdpbusd``); ldx is x's row length in bytes."""
     vec = ir.VectorType(I32, lanes)
     bytes_vec = ir.VectorType(_I8, 4 * lanes)
-    splat0 = ir.Constant(vec, [0] * lanes)
     name = f"llvm.x86.avx512.vpdpbusd.{32 * lanes}"
 
     @intrinsic
@@ -56,10 +55,7 @@ def _make_rows_dot(lanes: int, mr: int):
 
         def codegen(context, builder, signature, args):
             _, _, row0, ldx, _, nquads = args
-
-            def data(n: int) -> ir.Value:
-                return context.make_array(signature.args[n])(context, builder, args[n]).data
-
+            data = array_data(context, builder, signature, args)
             fn = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(vec, [vec, bytes_vec, bytes_vec]), name
             )
@@ -76,8 +72,7 @@ def _make_rows_dot(lanes: int, mr: int):
                 planes = builder.load(builder.gep(panel_p, [loop.index]), align=1)
                 for row, acc in zip(rows, accs, strict=True):
                     quad = builder.load(builder.gep(row, [loop.index]), align=1)
-                    one = builder.insert_element(ir.Constant(vec, None), quad, I32(0))
-                    signed = builder.bitcast(builder.shuffle_vector(one, one, splat0), bytes_vec)
+                    signed = builder.bitcast(splat(builder, quad, lanes), bytes_vec)
                     builder.store(builder.call(fn, [builder.load(acc), planes, signed]), acc)
             for r, acc in enumerate(accs):
                 i = builder.add(row0, ir.Constant(row0.type, r))
@@ -184,10 +179,8 @@ def any_residual(
         else:
             for i in range(i0, m):
                 _y_row(acc, a, i, k, y_planes, nq)
+                cx = one_row(c[i], xs[0], xs[1])
                 for t in range(2):
-                    s = np.int64(0)
-                    for j in range(c.shape[1]):
-                        s += np.int64(c[i, j]) * np.int64(xs[t, j])
-                    if _a_times_y(acc, a, y, i, t) != s:
+                    if _a_times_y(acc, a, y, i, t) != cx[t]:
                         bad[blk] = True
     return bool(bad.any())

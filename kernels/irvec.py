@@ -13,7 +13,6 @@ from llvmlite import ir
 
 I32 = ir.IntType(32)
 V16I32 = ir.VectorType(I32, 16)
-_SPLAT0 = ir.Constant(V16I32, [0] * 16)
 
 
 def array_data(context, builder: ir.IRBuilder, signature, args) -> Callable[[int], ir.Value]:
@@ -30,10 +29,16 @@ def const16(v: int) -> ir.Constant:
     return ir.Constant(V16I32, [v] * 16)
 
 
+def splat(builder: ir.IRBuilder, v: ir.Value, lanes: int) -> ir.Value:
+    """<lanes x i32> of the i32 ``v`` in every lane."""
+    vec = ir.VectorType(I32, lanes)
+    one = builder.insert_element(ir.Constant(vec, None), v, I32(0))
+    return builder.shuffle_vector(one, one, ir.Constant(vec, [0] * lanes))
+
+
 def splat16(builder: ir.IRBuilder, v: ir.Value) -> ir.Value:
     """<16 x i32> of the i32 ``v`` in every lane."""
-    one = builder.insert_element(ir.Constant(V16I32, None), v, I32(0))
-    return builder.shuffle_vector(one, one, _SPLAT0)
+    return splat(builder, v, 16)
 
 
 def rotr16(builder: ir.IRBuilder, x: ir.Value, n: int) -> ir.Value:
