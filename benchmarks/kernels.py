@@ -244,10 +244,6 @@ def _bench_kernels(size: int, backend: str, repeats: int | None) -> dict[str, An
         "plain_cpu_s": plain_cpu_s,
         "attempt_cpu_s": attempt_cpu_s,
         "attempt_vs_plain_cpu": attempt_vs_plain_cpu,
-        # The same attempt as attempt_s, under the name it had when timed apart from plain
-        # (4 samples, ±0.1 between runs): the paired figures are the ones to read.
-        "attempt_without_recovery_s": attempt_s,
-        "attempt_without_recovery_vs_plain": attempt_vs_plain,
         "verify_vs_attempt": verify_s / attempt_s,
         "verify_cpu_s": verify_cpu_s,
         "verify_vs_attempt_cpu": verify_cpu_s / attempt_cpu_s,
