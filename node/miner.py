@@ -13,7 +13,10 @@ only delivers C. An attempt on a posted job runs by row strips; between them, a
 job paying more that became ready (``job_ready``) is attempted first
 (``better_work``), so it waits a strip, not a whole attempt. The null job, mined
 when no posted job waits, is tried in short bursts of extra-nonces (so a new
-tip, job or transactions are picked up within a burst).
+tip, job or transactions are picked up within a burst); so is a posted job whose
+result only a block can deliver (``MiningWork.repeat``: the node has no key to claim
+it by transaction). A posted job's C and root are computed once and kept for its next
+attempts (``_commitment_for``).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import os
 import secrets
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -35,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from consensus.blocks import BlockHeader
+from consensus.blocks import BlockHeader, JobSpec
 from consensus.params import NetworkParams
 from consensus.pow import Job, MinedBlock, ResultCommitment, mine
 
@@ -46,6 +49,9 @@ WORK_TIMEOUT_S = 30
 """How long the miner thread waits for the node to hand it work before asking again."""
 ATTEMPTS_KEPT = 10_000
 """Posted-job attempts listed by ``getmininginfo`` (the newest)."""
+RESULTS_KEPT_BYTES = 64 << 20
+"""C of the newest posted jobs the miner keeps for their next attempts, in bytes at most
+(four of the mainnet's minimum job; the newest is kept whatever its size)."""
 
 
 @dataclass
@@ -64,6 +70,11 @@ class MiningWork:
     rate: float = 0.0
     """What the job pays per MAC (0: the null job): a job ready that pays more interrupts
     an attempt on this one between its row strips."""
+    repeat: bool = False
+    """Attempt the posted job in a burst of extra-nonces, as the null job, not once: only a
+    block that it wins delivers its result (the node has no key to claim it by
+    transaction), so every further attempt is another chance at that block, and costs
+    what a null-job attempt does (C is recovered and hashed once, ``_commitment_for``)."""
 
 
 @dataclass(frozen=True)
@@ -139,9 +150,12 @@ class Miner:
         self.blocks_found = 0
         self._rate_window: list[tuple[float, int]] = []
         self.last_error: str | None = None
-        self._commitment: ResultCommitment | None = None
-        """The last posted job's C and root: a job attempted again (its result not
-        claimed yet) needs neither recovered a second time (C = A·B whatever the noise)."""
+        self._commitments: OrderedDict[JobSpec, ResultCommitment] = OrderedDict()
+        """The newest posted jobs' C and root (``RESULTS_KEPT_BYTES`` of C at most, the
+        newest always): a job attempted again (its result not claimed yet: a node without
+        the miner key's retries until a block of its wins it, often alternating between
+        open jobs) needs neither recovered nor hashed a second time (C = A·B whatever the
+        noise). Recovery and the row root cost twice a devnet attempt's product."""
 
     @property
     def running(self) -> bool:
@@ -314,17 +328,13 @@ class Miner:
         self, work: MiningWork, interruptible: bool = False
     ) -> tuple[MinedBlock | None, ResultCommitment]:
         """One attempt on a posted job (``interruptible``: by a better-paying one, between
-        its strips); a burst of attempts on the null job."""
+        its strips); a burst of attempts on the null job or a job to ``repeat`` (a job
+        ready, a post paying more or a new tip ends it after the running attempt)."""
         # A random start: a template reused for another attempt never repeats work.
         first_nonce = secrets.randbits(63)
-        last = self._commitment
-        if work.job.null or last is None or last.spec != work.job.spec or last.root is None:
-            commitment = ResultCommitment(work.job, work.committed)
-        else:
-            commitment = last
-        if not work.job.null:
-            self._commitment = commitment
-        if work.job.null:
+        commitment = self._commitment_for(work)
+        burst = work.job.null or work.repeat
+        if burst:
             stop: object = _DeadlineEvent(
                 time.monotonic() + BURST_SECONDS, self._stop, self._new_tip
             )
@@ -332,7 +342,7 @@ class Miner:
         else:
             stop, max_attempts = self._stop, 1
         between = None
-        if interruptible and not work.job.null and self.better_work is not None:
+        if interruptible and not burst and self.better_work is not None:
             between = functools.partial(self._between_strips, work)
         found = mine(
             work.template,
@@ -347,6 +357,24 @@ class Miner:
             between_strips=between,
         )
         return found, commitment
+
+    def _commitment_for(self, work: MiningWork) -> ResultCommitment:
+        """The result commitment an attempt on ``work`` uses: a posted job's kept one if C
+        is known already (an attempt that ran to its tickets), else a new one, kept."""
+        if work.job.null:
+            return ResultCommitment(work.job)
+        kept = self._commitments
+        spec = work.job.spec
+        commitment = kept.get(spec)
+        if commitment is None or commitment.root is None:
+            commitment = ResultCommitment(work.job, work.committed)
+        kept[spec] = commitment
+        kept.move_to_end(spec)
+        held = sum(c.product.nbytes for c in kept.values() if c.product is not None)
+        while len(kept) > 1 and held > RESULTS_KEPT_BYTES:
+            _, dropped = kept.popitem(last=False)
+            held -= 0 if dropped.product is None else dropped.product.nbytes
+        return commitment
 
 
 class _DeadlineEvent:

@@ -164,14 +164,17 @@ class WorkSource:
         template, body = self._template_of[3], self._body
         assert template.prev_hash == self.chain.tip.hash, "work asked on a template not ready"
         post = self.market.post_of(job)
+        claim_only = post is not None and post not in body.txids
         return MiningWork(
             template=dataclasses.replace(template, job=job.spec),
             job=job,
             txs=body.txs,
             committed=self.market.wrong_result(job),
             post_pending=post is not None,
-            claim_only=post is not None and post not in body.txids,
+            claim_only=claim_only,
             rate=self.market.rate_of(job),
+            # Without a key to claim by transaction only a block delivers the result.
+            repeat=self.market.claim_key is None and not claim_only,
         )
 
     def _fresh(self, tip: bytes, refresh: bool) -> bool:

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from consensus import pow as pow_module
 from consensus.blocks import Block
 from consensus.difficulty import MAX_TARGET
 from consensus.keys import PrivateKey, address_to_text
@@ -1175,3 +1176,77 @@ async def test_operands_no_peer_served_are_fetched_again_later_wrong_ones_never(
 
     await asyncio.wait_for(asked_until_ready(), 10)
     assert bad_id not in market.jobs and market._unavailable[bad_id] == float("inf")
+
+
+async def test_a_miner_without_its_key_mines_open_jobs_in_bursts_computing_c_once(
+    tmp_path, monkeypatch
+):
+    """A node whose miner address's key it does not hold delivers a job's result only
+    by a block that wins it, so it mines the job, as the null job, in bursts of
+    extra-nonces until one does. Each further attempt must cost what a null-job attempt
+    does: C recovered and hashed once per job and kept once, even while the miner
+    alternates between two open jobs. Then its winning attempts make the blocks that
+    claim both jobs."""
+    monkeypatch.setattr(pow_module.ResultCommitment, "_commit", _counted(recovered := []))
+    n = Node(NodeConfig(params=MID, datadir=tmp_path / "keyless", miner_address=MINER.address))
+    await n.start()
+    try:
+        assert n.claim_key is None
+        jobs = _jobs(2)
+        await _post(n, jobs, miner=MINER)  # (no other miner seen: both jobs are its share)
+        await _operands_ready(n, 2)
+        stored: list[bytes] = []
+        put_matrix = n.blobs.put_matrix
+        n.blobs.put_matrix = lambda x, kept_for=None, root=None: (  # type: ignore[method-assign]
+            stored.append(kept_for),
+            put_matrix(x, kept_for, root),
+        )[1]
+        losing = True
+        _set_targets(n, monkeypatch, lambda _: 1 if losing else None)
+        handed: list[bytes] = []
+        targeted = n.work.work
+
+        async def work() -> MiningWork:
+            w = await targeted()
+            if not w.job.null:
+                handed.append(_id(w))
+            return w
+
+        monkeypatch.setattr(n.work, "work", work)
+        n.start_mining()
+        ids = {job_id for _, _, job_id in jobs}
+        await _until(lambda: all(handed.count(i) >= 2 for i in ids), 60, "two turns each")
+        await n.stop_mining()
+        attempted = n.miner.counters().jobs_attempted if n.miner else 0
+        assert attempted >= 5 * len(handed), f"{attempted} attempts in {len(handed)} turns"
+        assert len(recovered) == 2, f"C computed {len(recovered)} times for 2 jobs"
+        assert sorted(stored) == sorted(ids), "a job's result was stored more than once"
+
+        losing = False  # every attempt wins on MID: blocks claim the jobs
+        n.start_mining()
+        await _until(
+            lambda: all(
+                (rec := job_record(n.chain.state, i)) is not None and rec["status"] == "mined"
+                for i in ids
+            ),
+            60,
+            "both jobs claimed by the miner's blocks",
+        )
+        await n.stop_mining()
+        for job, _, job_id in jobs:
+            rec = job_record(n.chain.state, job_id)
+            assert (rec["claim_kind"], rec["claimant"]) == ("block", MINER.address)
+            assert rec["result_root"] == matrix_rows_root(_product(job))
+    finally:
+        await n.stop()
+
+
+def _counted(calls: list[bytes]):
+    """``ResultCommitment._commit`` that records each C it commits to (a recovery)."""
+    commit = pow_module.ResultCommitment._commit
+
+    def counted(self, c: np.ndarray, seed_a: bytes) -> bytes:
+        calls.append(seed_a)
+        return commit(self, c, seed_a)
+
+    return counted
