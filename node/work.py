@@ -158,7 +158,8 @@ class WorkSource:
         reached a block is handed out ``claim_only`` unless the template carries the post
         (then a winning ticket makes a block that posts the job and claims it at once): no
         block is made on its header, its result is delivered and claimed once the post
-        lands."""
+        lands. A node without the key to claim by transaction mines any other job to
+        ``repeat`` (in bursts): only a block that wins it delivers its result."""
         check_job_shape(job.spec, self.params)
         assert self._template_of is not None and self._body is not None
         template, body = self._template_of[3], self._body
@@ -173,7 +174,6 @@ class WorkSource:
             post_pending=post is not None,
             claim_only=claim_only,
             rate=self.market.rate_of(job),
-            # Without a key to claim by transaction only a block delivers the result.
             repeat=self.market.claim_key is None and not claim_only,
         )
 
