@@ -28,7 +28,7 @@ import numpy as np
 from numba import njit, prange
 
 from kernels.blake3_lanes import message_block
-from kernels.threads import exclusive
+from kernels.threads import exclusive, own_build
 from kernels.validate import check_rank, check_seed
 
 L_LABEL = b"pouwnet/noise/L"
@@ -303,9 +303,10 @@ def _add_noise_bytes_body(x: np.ndarray, L: np.ndarray, p: np.ndarray, q: np.nda
 
 
 # One body, two compilations: waking the thread pool costs more than a
-# verifier's 32 rows of noise, so small inputs take the serial build.
+# verifier's 32 rows of noise, so small inputs take the serial build (a function of
+# its own name, else Numba's cache hands either build to both: ``own_build``).
 _add_noise_parallel = exclusive(njit(parallel=True, nogil=True, cache=True)(_add_noise_body))
-_add_noise_serial = njit(nogil=True, cache=True)(_add_noise_body)
+_add_noise_serial = njit(nogil=True, cache=True)(own_build(_add_noise_body, "_add_noise_serial"))
 _add_noise_bytes = exclusive(njit(parallel=True, nogil=True, cache=True)(_add_noise_bytes_body))
 _PARALLEL_MIN_ENTRIES = 1 << 18
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import types
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -75,3 +76,23 @@ def exclusive(dispatcher: F) -> F:
     """Decorate a ``parallel=True`` kernel (above its ``@njit``) so that concurrent Python
     calls from several threads cannot crash the process (module docstring)."""
     return cast(F, _Exclusive(dispatcher))
+
+
+def own_build(body: F, name: str) -> F:
+    """A copy of the plain function ``body`` under ``name``, for a second compiled build
+    of one body (serial beside parallel: ``njit(...)(own_build(body, "…"))``).
+
+    Numba's on-disk cache files a function by its qualified name and first line, and
+    keys its entries by signature, target and bytecode, not by the compile flags: two
+    builds of one function object share an entry, so a process loads whichever build
+    was cached first for both (a "parallel" kernel that runs on one thread). A copy
+    under its own name gets its own cache file."""
+    code = cast(types.FunctionType, body)
+    copy = types.FunctionType(
+        code.__code__, code.__globals__, name, code.__defaults__, code.__closure__
+    )
+    copy.__qualname__ = name
+    copy.__doc__ = code.__doc__
+    copy.__module__ = code.__module__
+    copy.__annotations__ = dict(code.__annotations__)
+    return cast(F, copy)

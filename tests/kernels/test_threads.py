@@ -126,3 +126,65 @@ def test_a_node_on_an_unsafe_layer_says_what_to_install(monkeypatch, caplog):
     with caplog.at_level("WARNING", logger="pouw.node"):
         app._warm_up()
     assert caplog.text == ""
+
+
+def _builds(mod) -> list[tuple[str, numba.core.registry.CPUDispatcher]]:
+    """(name, dispatcher) of every module-level compiled build, unwrapped from the guard."""
+    out = []
+    for name, obj in vars(mod).items():
+        disp = obj._dispatcher if isinstance(obj, threads._Exclusive) else obj
+        if isinstance(disp, numba.core.registry.CPUDispatcher):
+            out.append((name, disp))
+    return out
+
+
+@pytest.mark.parametrize("module", _kernel_modules())
+def test_every_build_has_a_cache_file_of_its_own(module):
+    """Numba's on-disk cache files a function by name and line and keys it by signature
+    and bytecode, not by its compile flags: two builds of one function (serial beside
+    parallel) would share an entry, and a process would run whichever was cached first
+    for both. Each build's function must be its own (``kernels.threads.own_build``)."""
+    mod = importlib.import_module(f"kernels.{module}")
+    seen: dict[tuple[str, str, int], tuple[str, dict]] = {}
+    shared = []
+    for name, disp in _builds(mod):
+        f = disp.py_func
+        where = (f.__module__, f.__qualname__, f.__code__.co_firstlineno)
+        if where in seen and seen[where][1] != disp.targetoptions:
+            shared.append((seen[where][0], name))
+        seen.setdefault(where, (name, disp.targetoptions))
+    assert shared == [], f"builds that share one cache entry: {shared}"
+
+
+SERIAL_THEN_PARALLEL = """
+import sys
+import numpy as np
+from kernels import noise
+f = noise.derive_noise(bytes(32), 64, 64, 64)
+x = np.zeros((64, 64), np.int8)
+build = noise._add_noise_serial if sys.argv[1] == "serial" else noise._add_noise_parallel
+out = build(x, np.ascontiguousarray(f.L.T), f.p, f.q)
+assert np.array_equal(out, f.L[:, f.p] - f.L[:, f.q])
+stats = build.stats
+print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
+"""
+
+
+def test_the_parallel_noise_build_is_not_the_serial_one_from_the_cache(tmp_path):
+    """The case that was wrong: with the serial noise build cached first (a node's
+    verifier warm-up), a fresh process's parallel build loaded it from the cache and
+    ran on one thread. Now it finds no entry of its own and compiles itself."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CACHE")}
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "cache")
+
+    def run(which: str) -> list[int]:
+        done = subprocess.run(
+            [sys.executable, "-c", SERIAL_THEN_PARALLEL, which],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        return [int(v) for v in done.stdout.split()]
+
+    assert run("serial") == [0, 1]  # compiled and cached
+    assert run("parallel") == [0, 1], "the parallel build was loaded from the serial's entry"
+    assert run("parallel") == [1, 0]  # its own entry, cached in turn
