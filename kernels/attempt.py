@@ -14,7 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from kernels.backends import Backend, ModuleBackend, get_backend
-from kernels.blake3_lanes import derive_key_words
+from kernels.blake3_lanes import (
+    DERIVE_KEY_MATERIAL,
+    derive_key_words,
+    prefixed_row_hashes_serial,
+)
 from kernels.noise import (
     NoiseFactors,
     add_noise,
@@ -237,7 +241,7 @@ def verify_tile_ticket(
 def warm_up(params: MiningParams = MiningParams()) -> None:
     """Load the verifier's compiled kernels (Numba's on-disk cache) with one tiny tile,
     the row hashing of matrix commitments (a header's null-job check and every result
-    root) and a posted job's recovery of C.
+    root), the inner nodes of Merkle trees and a posted job's recovery of C.
 
     The first call of each Numba function in a process loads its machine code,
     ~1 s in all, and compiles it where nothing is cached yet (a fresh install: tens of
@@ -253,7 +257,12 @@ def warm_up(params: MiningParams = MiningParams()) -> None:
     proof_rows = np.frombuffer(rows.tobytes(), dtype=np.int8).reshape(rows.shape)
     proof_cols = np.frombuffer(cols.tobytes(), dtype=np.int8).reshape(cols.shape)
     ticket_of(tile_transcript(proof_rows, proof_cols, 0, 0, seed, seed, params), seed, 0, 0)
-    derive_key_words(b"pouwnet warm-up")
+    key = derive_key_words(b"pouwnet warm-up")
+    # A Merkle tree's inner nodes (``consensus.merkle``: a length head, 72-byte rows).
+    prefixed_row_hashes_serial(
+        np.zeros((16, 8), dtype=np.uint8), np.zeros((16, 72), dtype=np.uint8), key,
+        DERIVE_KEY_MATERIAL,
+    )  # fmt: skip
     noise_a, noise_b = derive_noise(seed, params.h, k, k), derive_noise(seed, params.w, k, k)
     c_noisy = np.zeros((params.h, params.w), dtype=np.int32)
     recover_product(c_noisy, rows, np.ascontiguousarray(cols.T), noise_a, noise_b)

@@ -23,7 +23,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from kernels.irvec import I32, V16I32, array_data, const16, rotr16, splat16, transposed16
-from kernels.threads import exclusive
+from kernels.threads import exclusive, own_build
 
 if sys.byteorder != "little":  # Numba itself runs on little-endian CPUs only
     raise ImportError("kernels.blake3_lanes reads bytes as little-endian words")
@@ -338,11 +338,7 @@ def hash16(
     return cv
 
 
-@exclusive
-@njit(parallel=True, nogil=True, cache=True)
-def prefixed_row_hashes(
-    heads: np.ndarray, rows: np.ndarray, key: np.ndarray, mode: int
-) -> np.ndarray:
+def _prefixed_rows(heads: np.ndarray, rows: np.ndarray, key: np.ndarray, mode: int) -> np.ndarray:
     """out[i] (8 words) = the BLAKE3 hash of heads[i] ‖ rows[i] (uint8 arrays of ``count``
     rows each, the heads a multiple of 4 bytes wide), under ``key`` and ``mode`` as in
     :func:`hash16`: 16 messages per task, each task framing its rows in a buffer of its
@@ -365,6 +361,15 @@ def prefixed_row_hashes(
             for w in range(8):
                 out[16 * batch + lane, w] = h[w, lane]
     return out
+
+
+prefixed_row_hashes = exclusive(njit(parallel=True, nogil=True, cache=True)(_prefixed_rows))
+prefixed_row_hashes_serial = njit(nogil=True, cache=True)(
+    own_build(_prefixed_rows, "prefixed_row_hashes_serial")
+)
+"""The same hashes on the calling thread: many short messages (a Merkle tree's inner
+nodes, 80 bytes each) from any thread, the event loop's too, with no thread pool to wake
+and no lock to wait for on a thread-unsafe layer (``kernels.threads``)."""
 
 
 def derive_key_words(context: bytes) -> np.ndarray:

@@ -14,6 +14,7 @@ from consensus.merkle import (
     EMPTY_ROOT,
     LANE_MAX_CHUNK,
     LANE_MIN_CHUNKS,
+    PARENTS_MIN,
     chunk_leaf_hashes,
     cols_with_branches,
     extend_levels,
@@ -25,6 +26,7 @@ from consensus.merkle import (
     merkle_branch,
     merkle_root,
     node_hash,
+    root_of_leaves,
     rows_with_branches,
     tree_levels,
     verify_branch,
@@ -259,3 +261,39 @@ def test_verifying_branches_together_agrees_with_one_by_one(data: st.DataObject)
         openings[k] = (index, payload, branch)
     expected = all(verify_branch(root, i, count, p, b) for i, p, b in openings)
     assert verify_branches(root, count, openings) == expected
+
+
+def _reference_levels(leaves: list[bytes], pair=None) -> list[list[bytes]]:
+    """Every level by hashing each pair on its own (``tagged_hash``: the specification)."""
+    pair = pair or (lambda left, right: tagged_hash(TAG_MERKLE_NODE, left, right))
+    levels = [list(leaves)]
+    while len(levels[-1]) > 1:
+        level = levels[-1]
+        up = [pair(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        levels.append(up + level[len(level) - 1 :] if len(level) % 2 else up)
+    return levels
+
+
+@pytest.mark.parametrize(
+    "n",
+    [2 * PARENTS_MIN - 1, 2 * PARENTS_MIN, 2 * PARENTS_MIN + 1, 4 * PARENTS_MIN + 3, 1000, 2049],
+)
+def test_levels_hashed_side_by_side_are_the_specified_tree(n: int) -> None:
+    """Levels of PARENTS_MIN pairs or more are hashed by the compiled BLAKE3, 16 at a
+    time: every level, promoted last nodes included, is the one ``tagged_hash`` gives."""
+    leaves = [leaf_hash(i, p) for i, p in enumerate(payloads(n))]
+    want = _reference_levels(leaves)
+    assert tree_levels(leaves) == want
+    assert root_of_leaves(leaves) == want[-1][0]
+    # Grown from a tree of most of them: the parents from an offset on.
+    old = n - 7
+    assert extend_levels(tree_levels(leaves[:old]), leaves[old:]) == want
+
+
+def test_nodes_that_are_not_hashes_are_hashed_one_by_one() -> None:
+    """A level with a node of another length (no caller makes one) is hashed pair by
+    pair as ``node_hash`` hashes it, never cut into 32-byte pieces."""
+    leaves = [leaf_hash(i, p) for i, p in enumerate(payloads(4 * PARENTS_MIN))]
+    leaves[5] = leaves[5][:31]
+    leaves[6] = leaves[6] + b"!"
+    assert tree_levels(leaves) == _reference_levels(leaves, node_hash)
