@@ -17,7 +17,7 @@ from kernels.backends import Backend, ModuleBackend, get_backend
 from kernels.blake3_lanes import (
     DERIVE_KEY_MATERIAL,
     derive_key_words,
-    prefixed_row_hashes_serial,
+    prefixed_row_hashes,
 )
 from kernels.noise import (
     NoiseFactors,
@@ -257,10 +257,10 @@ def warm_up(params: MiningParams = MiningParams()) -> None:
     proof_rows = np.frombuffer(rows.tobytes(), dtype=np.int8).reshape(rows.shape)
     proof_cols = np.frombuffer(cols.tobytes(), dtype=np.int8).reshape(cols.shape)
     ticket_of(tile_transcript(proof_rows, proof_cols, 0, 0, seed, seed, params), seed, 0, 0)
-    key = derive_key_words(b"pouwnet warm-up")
-    # A Merkle tree's inner nodes (``consensus.merkle``: a length head, 72-byte rows).
-    prefixed_row_hashes_serial(
-        np.zeros((16, 8), dtype=np.uint8), np.zeros((16, 72), dtype=np.uint8), key,
+    key = derive_key_words(b"pouwnet warm-up")  # (and a Merkle tree's inner nodes)
+    # The leaves of a matrix commitment (``consensus.merkle``: a 24-byte head, a row).
+    prefixed_row_hashes(
+        np.zeros((16, 24), dtype=np.uint8), np.zeros((16, 64), dtype=np.uint8), key,
         DERIVE_KEY_MATERIAL,
     )  # fmt: skip
     noise_a, noise_b = derive_noise(seed, params.h, k, k), derive_noise(seed, params.w, k, k)
