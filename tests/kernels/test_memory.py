@@ -11,14 +11,20 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Six 2048² attempts in a worker thread, as the miner runs them, posted jobs (recovery of
 # C and its root) and null jobs alternating; prints whether the settings took and each
-# attempt's minor page faults.
+# attempt's minor page faults. As in a node, the kernels are loaded first, on a thread of
+# their own (``kernels.attempt.warm_up``; mining waits for it): code loaded on the miner's
+# thread would sit in its glibc arena for good, and its 16 MiB blocks would then go to a
+# heap of their own, which glibc unmaps whenever it is all free, whatever the settings.
 PROBE = """
 import os, resource, sys, threading
 import numpy as np
 from kernels.memory import keep_freed_memory
 applied = keep_freed_memory()
 from consensus.merkle import matrix_rows_root
-from kernels.attempt import MiningParams, mining_attempt
+from kernels.attempt import MiningParams, mining_attempt, warm_up
+warming = threading.Thread(target=warm_up)
+warming.start()
+warming.join()
 
 g = np.random.default_rng(1)
 a = g.integers(-64, 64, (2048, 2048), dtype=np.int8)
