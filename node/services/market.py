@@ -738,20 +738,22 @@ class MarketService:
         # mark is made before this coroutine yields: the miner asks for its next job
         # right after handing this result over, and must not be given this job again.
         self._retry_from_now(job_id)
-        again = self._delivered.get(job_id) == result_root
         # Off the loop: a 2048² C is 16 MiB to hash into chunks and write. A result
         # delivered before and still kept (a miner retrying the job: one without the miner
         # key's retries until its block wins) is neither written nor hashed again.
-        if not self.withhold:  # --withhold-results: claimed, never kept to serve
-            if again and await asyncio.to_thread(self.blobs.store.has_blob, result_root):
-                self._to_claim(job_id, result_root)
-                return
+        # --withhold-results: claimed, never kept to serve.
+        store = not self.withhold and not (
+            self._delivered.get(job_id) == result_root
+            and await asyncio.to_thread(self.blobs.store.has_blob, result_root)
+        )
+        if store:
             stored = await asyncio.to_thread(self.blobs.put_matrix, product, job_id, result_root)
             if job_id in self._pending_posts:
                 self._early_results[stored] = self.chain.height
             self._retry_from_now(job_id)
         self._to_claim(job_id, result_root)
-        self.serve_soon(product, result_root)
+        if store:
+            self.serve_soon(product, result_root)
 
     def serve_soon(self, product: np.ndarray, result_root: bytes) -> None:
         """Ready C to be served (``BlobExchange.warm``), in the background: its client asks
