@@ -141,9 +141,13 @@ def _compiled_parents(level: Sequence[Hash32], start: int, pairs: int) -> list[H
     rows[:, :32] = children[:, :32]
     rows[:, 32:40] = length
     rows[:, 40:] = children[:, 32:]
-    words = prefixed_row_hashes_serial(heads, rows, _node_key(), DERIVE_KEY_MATERIAL)
+    return _digests(prefixed_row_hashes_serial(heads, rows, _node_key(), DERIVE_KEY_MATERIAL))
+
+
+def _digests(words: np.ndarray) -> list[Hash32]:
+    """The 32-byte hashes of the compiled BLAKE3's (count, 8) output words."""
     digests = words.astype("<u4", copy=False).tobytes()
-    return [digests[32 * i : 32 * i + 32] for i in range(pairs)]
+    return [digests[i : i + HASH_SIZE] for i in range(0, len(digests), HASH_SIZE)]
 
 
 def tree_levels(leaves: Sequence[Hash32]) -> list[list[Hash32]]:
@@ -353,9 +357,7 @@ def _row_leaf_hashes(rows: np.ndarray, first_index: int = 0) -> list[Hash32]:
     indices = np.arange(first_index, first_index + count, dtype="<u8")
     heads[:, 8:16] = indices.view(np.uint8).reshape(count, 8)
     heads[:, 16:] = np.frombuffer(width.to_bytes(8, "little"), dtype=np.uint8)
-    words = prefixed_row_hashes(heads, rows, _leaf_key(), DERIVE_KEY_MATERIAL)
-    digests = words.astype("<u4", copy=False).tobytes()
-    return [digests[32 * i : 32 * i + 32] for i in range(count)]
+    return _digests(prefixed_row_hashes(heads, rows, _leaf_key(), DERIVE_KEY_MATERIAL))
 
 
 LANE_MIN_CHUNKS = 32

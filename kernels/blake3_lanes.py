@@ -379,6 +379,7 @@ def derive_key_words(context: bytes) -> np.ndarray:
     message wakes no thread pool, and a process whose trees need only this build loads
     no other (0.02 s here, after Numba's own start-up of ~0.4 s in a fresh process)."""
     heads = np.zeros((1, 0), dtype=np.uint8)
-    rows = np.frombuffer(context, dtype=np.uint8).reshape(1, -1).copy()  # (writable: the
-    iv = np.array(IV, dtype=np.uint32)  # one version of the build the trees use)
+    # A writable copy: the array type the trees pass, so the build loads one version.
+    rows = np.frombuffer(context, dtype=np.uint8).reshape(1, -1).copy()
+    iv = np.array(IV, dtype=np.uint32)
     return prefixed_row_hashes_serial(heads, rows, iv, DERIVE_KEY_CONTEXT)[0].copy()

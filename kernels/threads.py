@@ -87,12 +87,10 @@ def own_build(body: F, name: str) -> F:
     builds of one function object share an entry, so a process loads whichever build
     was cached first for both (a "parallel" kernel that runs on one thread). A copy
     under its own name gets its own cache file."""
-    code = cast(types.FunctionType, body)
-    copy = types.FunctionType(
-        code.__code__, code.__globals__, name, code.__defaults__, code.__closure__
-    )
+    fn = cast(types.FunctionType, body)
+    copy = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
     copy.__qualname__ = name
-    copy.__doc__ = code.__doc__
-    copy.__module__ = code.__module__
-    copy.__annotations__ = dict(code.__annotations__)
+    copy.__doc__ = fn.__doc__
+    copy.__module__ = fn.__module__
+    copy.__annotations__ = dict(fn.__annotations__)
     return cast(F, copy)
