@@ -14,6 +14,7 @@ import numpy as np
 
 from kernels.noise import NoiseFactors, add_noise, add_noise_transposed
 from kernels.params import ATTEMPT_STRIPS, TRANSCRIPT_WORDS
+from kernels.validate import check_operand
 
 
 def tile_strips(tiles: int) -> list[tuple[int, int]]:
@@ -41,7 +42,10 @@ def built_noisy_product(
     """(C', T) by ``noisy_product`` of A' and B'ᵀ, built here from the clean operands and
     their noise. With ``between_strips``, by the row strips of whole tiles ``tile_strips``
     gives (a tile's transcript depends on its own rows and columns only, so the strips
-    give the same bits), that function called between them."""
+    give the same bits), that function called between them. ValueError first if A or B
+    has an entry outside the int7 range."""
+    check_operand("A", a)
+    check_operand("B", b)
     a_noisy, bt_noisy = add_noise(a, noise_a), add_noise_transposed(b, noise_b)
     if between_strips is None:
         return noisy_product(a_noisy, bt_noisy, r, h, w)

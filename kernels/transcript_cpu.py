@@ -49,6 +49,7 @@ from kernels.params import TRANSCRIPT_WORDS
 from kernels.strips import built_noisy_product
 from kernels.threads import exclusive
 from kernels.tiles import PANEL, check_chunks, copy_block, fold_tile, padded_width
+from kernels.validate import check_operand
 
 MAX_MR = 6
 """Rows per microkernel call: 6 rows × 2 registers = 12 accumulators of the 16 ymm."""
@@ -409,6 +410,10 @@ def noisy_product_from_clean(
     build A' and call :func:`noisy_product_from_b`. ``between_strips``: computed by
     row strips, that function called between them (the VNNI path packs both operands
     once for all strips).
+
+    Every path checks that A and B lie in the int7 range (ValueError naming the
+    operand) before any tile is computed or ``between_strips`` called: the VNNI path as
+    it packs them, the others first.
     """
     if _active == VNNI and r % 4 == 0 and h == 16:
         from kernels import transcript_vnni
@@ -429,6 +434,8 @@ def noisy_product_from_clean(
         )
         return c, t
     if between_strips is None:
+        check_operand("A", a)
+        check_operand("B", b)
         return noisy_product_from_b(add_noise(a, noise_a), b, noise_b, r, h, w)
     return built_noisy_product(noisy_product, a, noise_a, b, noise_b, r, h, w, between_strips)
 

@@ -53,6 +53,7 @@ from kernels.params import TRANSCRIPT_WORDS
 from kernels.strips import tile_strips
 from kernels.threads import exclusive
 from kernels.tiles import PANEL, check_chunks, copy_block, fold_chunks16, padded_width
+from kernels.validate import check_operand
 
 # A packed B' panel (kernels.tiles.PANEL = 16 columns) is one zmm of 16 int32 lanes.
 LANES = 16
@@ -202,6 +203,13 @@ def _pack_a_strip(a_strip: np.ndarray, r: int, ap: np.ndarray, rs: np.ndarray) -
             for t in range(r):
                 for i in range(h):
                     ap[c * cq + t // 4, i, t % 4] = a_strip[i, c * r + t]
+    _shift_sums(a_strip, r, rs)
+
+
+@njit(nogil=True, cache=True)
+def _shift_sums(a_strip: np.ndarray, r: int, rs: np.ndarray) -> None:
+    """rs (k/r, h) ← 128·the row sums of each r-chunk of a_strip (h×k)."""
+    h, k = a_strip.shape
     for i in range(h):
         row = a_strip[i]
         for c in range(k // r):
@@ -320,8 +328,16 @@ def _pack_a_all(a: np.ndarray, r: int, h: int, fold: bool) -> tuple[np.ndarray, 
     nq = k // r * _quads(r)
     ap = np.empty((tm, nq, h, 4), dtype=np.int8)
     rs = np.empty((tm, k // r, h), dtype=np.int32)
+    in_words = r % 4 == 0 and h == LANES  # the miner's packing of A (no range flags here)
+    a32 = a.view(np.uint32) if in_words else np.empty((1, 1), dtype=np.uint32)
     for ti in prange(tm):
-        _pack_a_strip(a[ti * h : (ti + 1) * h], r, ap[ti], rs[ti])
+        strip = a[ti * h : (ti + 1) * h]
+        if in_words:
+            words = ap[ti].view(np.uint32).reshape(nq, h)
+            _strip_words(a32, ti * h, words, np.zeros(LANES, dtype=np.uint32))
+            _shift_sums(strip, r, rs[ti])
+        else:
+            _pack_a_strip(strip, r, ap[ti], rs[ti])
     # The plain product is one run over the whole k: one correction per row, the total.
     shifts = rs if fold else np.empty((tm, 1, h), dtype=np.int32)
     if not fold:
@@ -347,8 +363,9 @@ def _pack_b_all(bt: np.ndarray, r: int, w: int) -> np.ndarray:
 @njit(parallel=True, nogil=True, cache=True)
 def _pack_b_noisy_all(
     b: np.ndarray, lt: np.ndarray, pn: np.ndarray, qn: np.ndarray, w: int
-) -> np.ndarray:
-    """Every tile column's packed B' panels (as :func:`_pack_b_all`) from the clean B (k×n).
+) -> tuple[np.ndarray, bool]:
+    """Every tile column's packed B' panels (as :func:`_pack_b_all`) from the clean B (k×n),
+    and False if an entry of B lies outside the int7 range (checked as it is read).
 
     B'[c, j] = B[c, j] + L_B[j, p(c)] − L_B[j, q(c)] with ``lt`` = L_Bᵀ (r×n): each
     k-quad reads four whole rows of B and eight of Lᵀ into a row of words of 4 bytes,
@@ -364,16 +381,21 @@ def _pack_b_noisy_all(
     words = bp.view(np.uint32)  # [tj, q, p, jj]: the 4 k-slots of column jj of quad p
     if w % PANEL:
         bp.fill(128)  # padding columns: B' = 0
-    for group in prange((nq + B_QUADS - 1) // B_QUADS):
+    groups = (nq + B_QUADS - 1) // B_QUADS
+    bad = np.zeros(groups, dtype=np.uint8)
+    for group in prange(groups):
         p0 = group * B_QUADS
         p1 = min(nq, p0 + B_QUADS)
         rows = np.empty((B_QUADS, n), dtype=np.uint32)
+        flags = np.uint8(0)  # bit 7: a byte whose bit 6 differs, i.e. outside int7
         for p in range(p0, p1):
             b0, b1, b2, b3 = b[4 * p], b[4 * p + 1], b[4 * p + 2], b[4 * p + 3]
             u0, u1, u2, u3 = lt[pn[4 * p]], lt[pn[4 * p + 1]], lt[pn[4 * p + 2]], lt[pn[4 * p + 3]]
             v0, v1, v2, v3 = lt[qn[4 * p]], lt[qn[4 * p + 1]], lt[qn[4 * p + 2]], lt[qn[4 * p + 3]]
             row = rows[p - p0]
             for j in range(n):
+                flags |= _int7_flag(b0[j]) | _int7_flag(b1[j])
+                flags |= _int7_flag(b2[j]) | _int7_flag(b3[j])
                 x0 = np.uint32(np.uint8(b0[j] + u0[j] - v0[j]) ^ np.uint8(0x80))
                 x1 = np.uint32(np.uint8(b1[j] + u1[j] - v1[j]) ^ np.uint8(0x80))
                 x2 = np.uint32(np.uint8(b2[j] + u2[j] - v2[j]) ^ np.uint8(0x80))
@@ -387,7 +409,15 @@ def _pack_b_noisy_all(
                     src = rows[p - p0]
                     for jj in range(min(PANEL, w - q * PANEL)):
                         dst[jj] = src[j0 + jj]
-    return bp
+        bad[group] = flags & np.uint8(0x80)
+    return bp, not bad.any()
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _int7_flag(x: np.int8) -> np.uint8:
+    """Bit 7 set iff x is outside the int7 range [-64, 63] (its top two bits differ)."""
+    u = np.uint8(x)
+    return u ^ (u << np.uint8(1))
 
 
 @exclusive
@@ -453,7 +483,7 @@ def tiled_product(
     a: np.ndarray, bt: np.ndarray, r: int, h: int, w: int, fold: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """(C' m×n int32, T (m/h, n/w, 16)) over every tile in parallel; T stays 0 without ``fold``."""
-    ap, shifts = _pack_a_all(a, r, h, fold)
+    ap, shifts = _pack_a_all(np.ascontiguousarray(a), r, h, fold)
     out, t = _all_tiles(ap, shifts, _pack_b_all(bt, r, w), r, w, bt.shape[0], fold)
     return out, t
 
@@ -469,9 +499,12 @@ def tiled_product_noisy_b(
     w: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`tiled_product` with folds where B' = B + E_B is packed from B (k×n) and
-    L_Bᵀ, p_B, q_B as it goes (4 | r): the miner skips building B'ᵀ."""
-    ap, shifts = _pack_a_all(a_noisy, r, h, True)
-    bp = _pack_b_noisy_all(b, lt, pn, qn, w)
+    L_Bᵀ, p_B, q_B as it goes (4 | r): the miner skips building B'ᵀ. ValueError, before
+    any tile, if B has an entry outside the int7 range."""
+    ap, shifts = _pack_a_all(np.ascontiguousarray(a_noisy), r, h, True)
+    bp, b_in_range = _pack_b_noisy_all(b, lt, pn, qn, w)
+    if not b_in_range:
+        _name_outside_int7("B", b)
     out, t = _all_tiles(ap, shifts, bp, r, w, b.shape[1], True)
     return out, t
 
@@ -489,25 +522,52 @@ def factor_tables(L: np.ndarray) -> np.ndarray:
 @njit(parallel=True, nogil=True, cache=True)
 def _pack_a_noisy_all(
     a: np.ndarray, tab: np.ndarray, pn: np.ndarray, qn: np.ndarray, r: int, h: int
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, bool]:
     """:func:`_pack_a_all` with folds of A' = A + E_A, packed straight from the clean A
-    (m×k) and :func:`factor_tables` of L_A: A' is never built (h = 16, 4 | r)."""
+    (m×k) and :func:`factor_tables` of L_A: A' is never built (h = 16, 4 | r). The third
+    value is False if an entry of A lies outside the int7 range (checked as it is read)."""
     m, k = a.shape
     check_chunks(k, r)
     tm = m // h
     nq = k // 4
     ap = np.empty((tm, nq, h, 4), dtype=np.int8)
     rs = np.empty((tm, k // r, h), dtype=np.int32)
+    bad = np.zeros((tm, LANES), dtype=np.uint32)
     a32 = a.view(np.uint32)
     for ti in prange(tm):
         words = ap[ti].view(np.uint32).reshape(nq, h)
-        row0 = ti * h
-        for i in range(h):  # pack the clean strip (a word transpose), then add E in place
-            src = a32[row0 + i]
-            for quad in range(nq):
-                words[quad, i] = src[quad]
+        _strip_words(a32, ti * h, words, bad[ti])  # the clean strip, then E added in place
         _add_noise_packed(words, tab[ti], pn, qn, r, rs[ti])
-    return ap, rs
+    return ap, rs, not bad.any()
+
+
+@njit(nogil=True, cache=True)
+def _strip_words(a32: np.ndarray, row0: int, words: np.ndarray, bad: np.ndarray) -> None:
+    """words[quad, i] = a32[row0 + i, quad] for the 16 rows (a word transpose: a strip of A
+    as k-quads of 16 rows), 16 quads at a time in registers (:func:`_transpose_words16`;
+    scalar stores 64 bytes apart took 1.5× as long), and bad[0:16] |= bit 7 of every byte
+    read whose bit 6 differs: the int7 range check of those rows, in the same pass."""
+    nq = words.shape[0]
+    ldx = a32.shape[1]
+    x_flat = a32.reshape(-1)
+    out_flat = words.reshape(-1)
+    full = nq - nq % LANES
+    for quad in range(0, full, LANES):
+        _transpose_words16(  # type: ignore[call-arg]  # an intrinsic
+            x_flat, row0 * ldx + quad, ldx, out_flat, LANES * quad, bad
+        )
+    for i in range(LANES):  # the quads past the last 16 (k not a multiple of 64)
+        src = a32[row0 + i]
+        for quad in range(full, nq):
+            word = src[quad]
+            words[quad, i] = word
+            bad[i] |= (word ^ (word << np.uint32(1))) & np.uint32(0x80808080)
+
+
+def _name_outside_int7(name: str, x: np.ndarray) -> None:
+    """Raise :func:`check_operand`'s error for ``x``, which the packing flagged."""
+    check_operand(name, x)
+    raise RuntimeError(f"the packing flagged {name} outside int7 but its range check did not")
 
 
 def tiled_product_noisy(
@@ -526,9 +586,17 @@ def tiled_product_noisy(
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`tiled_product_noisy_b` where A' = A + E_A is packed from the clean A too
     (h = 16, 4 | r): the miner builds neither A' nor B'ᵀ. ``between_strips``: see
-    :func:`_all_tiles`."""
-    ap, shifts = _pack_a_noisy_all(a, tab_a, pa, qa, r, h)
-    bp = _pack_b_noisy_all(b, lt_b, pb, qb, w)
+    :func:`_all_tiles`.
+
+    The packing checks that A and B lie in the int7 range as it reads them (a separate
+    pass over both cost ~1 % of an attempt at 2048³): if one does not, ValueError names
+    it, before any tile is computed or ``between_strips`` called."""
+    ap, shifts, a_in_range = _pack_a_noisy_all(a, tab_a, pa, qa, r, h)
+    if not a_in_range:
+        _name_outside_int7("A", a)
+    bp, b_in_range = _pack_b_noisy_all(b, lt_b, pb, qb, w)
+    if not b_in_range:
+        _name_outside_int7("B", b)
     out, t = _all_tiles(ap, shifts, bp, r, w, b.shape[1], True, between_strips)
     return out, t
 

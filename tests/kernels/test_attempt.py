@@ -1,5 +1,6 @@
 """A whole mining attempt against the NumPy reference, recovery, and verification."""
 
+import functools
 import sys
 import types
 
@@ -383,6 +384,48 @@ def test_a_large_operand_with_one_entry_outside_int7_is_named(where: str, bad: i
     lo, hi = min(bad, rest), max(bad, rest)
     with pytest.raises(ValueError, match=rf"^{where} has values in \[{lo}, {hi}\]"):
         mining_attempt(a, b, SEED_A, SEED_B, 1, ticket_key=KEY)
+
+
+@pytest.mark.parametrize(("m", "k", "n", "r"), [(48, 256, 32, 64), (32, 72, 16, 4)])
+@pytest.mark.parametrize("value", [64, 127, -65, -128])
+def test_every_path_names_an_operand_outside_int7_before_any_strip(m, k, n, r, value) -> None:
+    """Whichever path runs the attempt (the VNNI path checks the range as it packs A and B:
+    16 quads at a time, and quad by quad past them when 16 ∤ k/4), one entry outside
+    [-64, 63] anywhere in A or B is named with its range, and no strip is computed: the
+    function a miner runs between strips is never called. The range's own ends pass."""
+    previous = transcript_cpu.active_path()
+    params = MiningParams(r=r)
+    # Corners, the middle, and k-offset k − 2: in the last quads, past the last 16.
+    spots = {
+        "A": [(0, 0), (m - 1, k - 1), (m // 2, k - 2), (m - 1, 5)],
+        "B": [(0, 0), (k - 1, n - 1), (k - 2, n // 2), (5, n - 1)],
+    }
+    calls: list[str] = []
+    try:
+        for path in transcript_cpu.available_paths():
+            transcript_cpu.select_path(path)
+            for where, (i, j) in [(w, s) for w in ("A", "B") for s in spots[w]]:
+                a, b = _operands("random", m, k, n)
+                x = a if where == "A" else b
+                x[i, j] = 0
+                lo, hi = min(value, int(x.min())), max(value, int(x.max()))
+                x[i, j] = value
+                with pytest.raises(ValueError, match=rf"^{where} has values in \[{lo}, {hi}\]"):
+                    mining_attempt(
+                        a, b, SEED_A, SEED_B, 1, params, ticket_key=KEY,
+                        between_strips=functools.partial(calls.append, path),
+                    )  # fmt: skip
+                assert calls == [], path
+                x[i, j] = 63 if value > 0 else -64
+                res = mining_attempt(
+                    a, b, SEED_A, SEED_B, 1, params, ticket_key=KEY,
+                    between_strips=functools.partial(calls.append, path),
+                )  # fmt: skip
+                assert np.array_equal(res.c, a.astype(np.int64) @ b.astype(np.int64)), path
+                assert calls, path  # the same call, valid, does run by strips
+                calls.clear()
+    finally:
+        transcript_cpu.select_path(previous)
 
 
 def test_bad_seed_and_backend_are_named():
