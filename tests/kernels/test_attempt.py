@@ -72,6 +72,20 @@ def test_attempt_matches_reference_over_shapes(tm, tn, chunks, r, seed):
     assert np.array_equal(res.c, c) and np.array_equal(res.transcripts, transcripts)
 
 
+@pytest.mark.parametrize(
+    ("r", "k"), [(4, 128), (8, 64), (16, 128), (32, 192), (64, 128), (4, 72), (16, 80)]
+)
+def test_attempt_matches_reference_at_every_rank_the_packings_take(r, k):
+    """On VBMI targets A' is packed by byte permutes of each row's L (zero-padded to 64
+    bytes when r < 64) where 64 | k, from tables elsewhere (the last two shapes): both
+    give the reference's product and transcripts, with all noise entries in play."""
+    a, b = _operands("random", 48, k, 32)
+    params = MiningParams(r=r)
+    res = mining_attempt(a, b, SEED_A, SEED_B, 1, params, ticket_key=KEY)
+    c, _, transcripts = reference_attempt(a, b, SEED_A, SEED_B, r, 16, 16)
+    assert np.array_equal(res.c, c) and np.array_equal(res.transcripts, transcripts)
+
+
 def test_a_backend_module_with_only_noisy_product_matches_the_reference(monkeypatch):
     """A kernel module with only ``noisy_product`` (the CUDA one's API) still gets the
     reference's transcripts: the backend builds A' and B'ᵀ for it."""
