@@ -522,11 +522,22 @@ def factor_tables(L: np.ndarray) -> np.ndarray:
 @exclusive
 @njit(parallel=True, nogil=True, cache=True)
 def _pack_a_noisy_all(
-    a: np.ndarray, tab: np.ndarray, pn: np.ndarray, qn: np.ndarray, r: int, h: int
+    a: np.ndarray,
+    tab: np.ndarray,
+    pn: np.ndarray,
+    qn: np.ndarray,
+    lt: np.ndarray,
+    p8: np.ndarray,
+    q8: np.ndarray,
+    r: int,
+    h: int,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """:func:`_pack_a_all` with folds of A' = A + E_A, packed straight from the clean A
-    (m×k) and :func:`factor_tables` of L_A: A' is never built (h = 16, 4 | r). The third
-    value is False if an entry of A lies outside the int7 range (checked as it is read)."""
+    (m×k): A' is never built (h = 16, 4 | r). With ``lt`` (:func:`_factor_rows64_of`
+    L_A, not empty) and ``p8``/``q8`` (the permutation as bytes) by byte permutes, as the
+    verifier packs a tile's rows (:func:`_pack_permuted`: VBMI, r ≤ 64, 64 | k); else
+    from ``tab`` (:func:`factor_tables` of L_A) and ``pn``/``qn``. The third value is
+    False if an entry of A lies outside the int7 range (checked as it is read)."""
     m, k = a.shape
     check_chunks(k, r)
     tm = m // h
@@ -535,10 +546,14 @@ def _pack_a_noisy_all(
     rs = np.empty((tm, k // r, h), dtype=np.int32)
     bad = np.zeros((tm, LANES), dtype=np.uint32)
     a32 = a.view(np.uint32)
+    permuted = lt.size > 0
     for ti in prange(tm):
         words = ap[ti].view(np.uint32).reshape(nq, h)
-        _strip_words(a32, ti * h, words, bad[ti])  # the clean strip, then E added in place
-        _add_noise_packed(words, tab[ti], pn, qn, r, rs[ti])
+        if permuted:
+            _pack_permuted(a32, ti * h, lt, p8, q8, r // 4, words, rs[ti], bad[ti])
+        else:  # the clean strip, then E added in place
+            _strip_words(a32, ti * h, words, bad[ti])
+            _add_noise_packed(words, tab[ti], pn, qn, r, rs[ti])
     return ap, rs, not bad.any()
 
 
@@ -593,15 +608,13 @@ def tiled_product_noisy(
     The packing checks that A and B lie in the int7 range as it reads them (a separate
     pass over both cost ~1 % of an attempt at 2048³): if one does not, ValueError names
     it, before any tile is computed or ``between_strips`` called."""
-    k = a.shape[1]
-    if permutable(h, r, k, PANEL):
-        ap, shifts, a_in_range = _pack_a_permuted_all(
-            a, _factor_rows64_of(noise_a.L), noise_a.p.astype(np.uint8),
-            noise_a.q.astype(np.uint8), r, h,
-        )  # fmt: skip
+    pn, qn, none = noise_a.p, noise_a.q, np.empty(0, dtype=np.uint8)
+    if permutable(h, r, a.shape[1], PANEL):
+        tab = np.empty((0, r, LANES), dtype=np.uint32)
+        lt, p8, q8 = _factor_rows64_of(noise_a.L), pn.astype(np.uint8), qn.astype(np.uint8)
     else:
-        tab = factor_tables(noise_a.L)
-        ap, shifts, a_in_range = _pack_a_noisy_all(a, tab, noise_a.p, noise_a.q, r, h)
+        tab, lt, p8, q8 = factor_tables(noise_a.L), none, none, none
+    ap, shifts, a_in_range = _pack_a_noisy_all(a, tab, pn, qn, lt, p8, q8, r, h)
     if not a_in_range:
         _name_outside_int7("A", a)
     lt_b = np.ascontiguousarray(noise_b.L.T)
@@ -621,28 +634,6 @@ def _factor_rows64_of(L: np.ndarray) -> np.ndarray:
     lt = np.zeros((rows, 64), dtype=np.uint8)
     lt[:, :r] = L.view(np.uint8)
     return lt.reshape(-1)
-
-
-@exclusive
-@njit(parallel=True, nogil=True, cache=True)
-def _pack_a_permuted_all(
-    a: np.ndarray, lt: np.ndarray, p8: np.ndarray, q8: np.ndarray, r: int, h: int
-) -> tuple[np.ndarray, np.ndarray, bool]:
-    """:func:`_pack_a_noisy_all` by byte permutes (:func:`_pack_permuted`, the verifier's
-    packing of a tile's rows) for every strip: ``lt`` is :func:`_factor_rows64_of` L_A,
-    ``p8``/``q8`` its permutation as bytes (VBMI, h = 16, 4 | r ≤ 64, 64 | k)."""
-    m, k = a.shape
-    check_chunks(k, r)
-    tm = m // h
-    nq = k // 4
-    ap = np.empty((tm, nq, h, 4), dtype=np.int8)
-    rs = np.empty((tm, k // r, h), dtype=np.int32)
-    bad = np.zeros((tm, LANES), dtype=np.uint32)
-    a32 = a.view(np.uint32)
-    for ti in prange(tm):
-        words = ap[ti].view(np.uint32).reshape(nq, h)
-        _pack_permuted(a32, ti * h, lt, p8, q8, r // 4, words, rs[ti], bad[ti])
-    return ap, rs, not bad.any()
 
 
 # ---------------------------------------------------------------- verifier
