@@ -519,41 +519,51 @@ def factor_tables(L: np.ndarray) -> np.ndarray:
     return lt.view(np.uint8).astype(np.uint32)
 
 
+@njit(nogil=True, cache=True)
+def _a_strip_buffers(m: int, k: int, r: int, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The packed A' strips (m/h, k/4, h, 4), their shift corrections (m/h, k/r, h) and
+    int7 flags (m/h, 16) that the miner's packings of A' fill."""
+    check_chunks(k, r)
+    tm = m // h
+    ap = np.empty((tm, k // 4, h, 4), dtype=np.int8)
+    rs = np.empty((tm, k // r, h), dtype=np.int32)
+    return ap, rs, np.zeros((tm, LANES), dtype=np.uint32)
+
+
 @exclusive
 @njit(parallel=True, nogil=True, cache=True)
 def _pack_a_noisy_all(
-    a: np.ndarray,
-    tab: np.ndarray,
-    pn: np.ndarray,
-    qn: np.ndarray,
-    lt: np.ndarray,
-    p8: np.ndarray,
-    q8: np.ndarray,
-    r: int,
-    h: int,
+    a: np.ndarray, tab: np.ndarray, pn: np.ndarray, qn: np.ndarray, r: int, h: int
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """:func:`_pack_a_all` with folds of A' = A + E_A, packed straight from the clean A
-    (m×k): A' is never built (h = 16, 4 | r). With ``lt`` (:func:`_factor_rows64_of`
-    L_A, not empty) and ``p8``/``q8`` (the permutation as bytes) by byte permutes, as the
-    verifier packs a tile's rows (:func:`_pack_permuted`: VBMI, r ≤ 64, 64 | k); else
-    from ``tab`` (:func:`factor_tables` of L_A) and ``pn``/``qn``. The third value is
-    False if an entry of A lies outside the int7 range (checked as it is read)."""
+    (m×k) and :func:`factor_tables` of L_A: A' is never built (h = 16, 4 | r). The third
+    value is False if an entry of A lies outside the int7 range (checked as it is read)."""
     m, k = a.shape
-    check_chunks(k, r)
-    tm = m // h
-    nq = k // 4
-    ap = np.empty((tm, nq, h, 4), dtype=np.int8)
-    rs = np.empty((tm, k // r, h), dtype=np.int32)
-    bad = np.zeros((tm, LANES), dtype=np.uint32)
+    ap, rs, bad = _a_strip_buffers(m, k, r, h)
     a32 = a.view(np.uint32)
-    permuted = lt.size > 0
-    for ti in prange(tm):
-        words = ap[ti].view(np.uint32).reshape(nq, h)
-        if permuted:
-            _pack_permuted(a32, ti * h, lt, p8, q8, r // 4, words, rs[ti], bad[ti])
-        else:  # the clean strip, then E added in place
-            _strip_words(a32, ti * h, words, bad[ti])
-            _add_noise_packed(words, tab[ti], pn, qn, r, rs[ti])
+    for ti in prange(m // h):
+        words = ap[ti].view(np.uint32).reshape(k // 4, h)
+        _strip_words(a32, ti * h, words, bad[ti])  # the clean strip, then E added in place
+        _add_noise_packed(words, tab[ti], pn, qn, r, rs[ti])
+    return ap, rs, not bad.any()
+
+
+@exclusive
+@njit(parallel=True, nogil=True, cache=True)
+def _pack_a_permuted_all(
+    a: np.ndarray, lt: np.ndarray, p8: np.ndarray, q8: np.ndarray, r: int, h: int
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """:func:`_pack_a_noisy_all` by byte permutes (:func:`_pack_permuted`, the verifier's
+    packing of a tile's rows) for every strip: ``lt`` is :func:`_factor_rows64_of` L_A,
+    ``p8``/``q8`` its permutation as bytes (VBMI, h = 16, 4 | r ≤ 64, 64 | k). Its own
+    function, not a branch of :func:`_pack_a_noisy_all`: a target without VBMI must
+    never compile ``vpermb`` (LLVM aborts the process)."""
+    m, k = a.shape
+    ap, rs, bad = _a_strip_buffers(m, k, r, h)
+    a32 = a.view(np.uint32)
+    for ti in prange(m // h):
+        words = ap[ti].view(np.uint32).reshape(k // 4, h)
+        _pack_permuted(a32, ti * h, lt, p8, q8, r // 4, words, rs[ti], bad[ti])
     return ap, rs, not bad.any()
 
 
@@ -608,13 +618,12 @@ def tiled_product_noisy(
     The packing checks that A and B lie in the int7 range as it reads them (a separate
     pass over both cost ~1 % of an attempt at 2048³): if one does not, ValueError names
     it, before any tile is computed or ``between_strips`` called."""
-    pn, qn, none = noise_a.p, noise_a.q, np.empty(0, dtype=np.uint8)
+    pn, qn = noise_a.p, noise_a.q
     if permutable(h, r, a.shape[1], PANEL):
-        tab = np.empty((0, r, LANES), dtype=np.uint32)
         lt, p8, q8 = _factor_rows64_of(noise_a.L), pn.astype(np.uint8), qn.astype(np.uint8)
+        ap, shifts, a_in_range = _pack_a_permuted_all(a, lt, p8, q8, r, h)
     else:
-        tab, lt, p8, q8 = factor_tables(noise_a.L), none, none, none
-    ap, shifts, a_in_range = _pack_a_noisy_all(a, tab, pn, qn, lt, p8, q8, r, h)
+        ap, shifts, a_in_range = _pack_a_noisy_all(a, factor_tables(noise_a.L), pn, qn, r, h)
     if not a_in_range:
         _name_outside_int7("A", a)
     lt_b = np.ascontiguousarray(noise_b.L.T)
