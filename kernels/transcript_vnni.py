@@ -54,7 +54,7 @@ from kernels.params import TRANSCRIPT_WORDS
 from kernels.strips import tile_strips
 from kernels.threads import exclusive
 from kernels.tiles import PANEL, check_chunks, copy_block, fold_chunks16, padded_width
-from kernels.validate import check_operand
+from kernels.validate import check_operand, int7_excess
 
 # A packed B' panel (kernels.tiles.PANEL = 16 columns) is one zmm of 16 int32 lanes.
 LANES = 16
@@ -388,15 +388,15 @@ def _pack_b_noisy_all(
         p0 = group * B_QUADS
         p1 = min(nq, p0 + B_QUADS)
         rows = np.empty((B_QUADS, n), dtype=np.uint32)
-        flags = np.uint8(0)  # bit 7: a byte whose bit 6 differs, i.e. outside int7
+        flags = np.uint8(0)  # bit 7: an entry outside int7
         for p in range(p0, p1):
             b0, b1, b2, b3 = b[4 * p], b[4 * p + 1], b[4 * p + 2], b[4 * p + 3]
             u0, u1, u2, u3 = lt[pn[4 * p]], lt[pn[4 * p + 1]], lt[pn[4 * p + 2]], lt[pn[4 * p + 3]]
             v0, v1, v2, v3 = lt[qn[4 * p]], lt[qn[4 * p + 1]], lt[qn[4 * p + 2]], lt[qn[4 * p + 3]]
             row = rows[p - p0]
             for j in range(n):
-                flags |= _int7_flag(b0[j]) | _int7_flag(b1[j])
-                flags |= _int7_flag(b2[j]) | _int7_flag(b3[j])
+                flags |= int7_excess(np.uint8(b0[j])) | int7_excess(np.uint8(b1[j]))
+                flags |= int7_excess(np.uint8(b2[j])) | int7_excess(np.uint8(b3[j]))
                 x0 = np.uint32(np.uint8(b0[j] + u0[j] - v0[j]) ^ np.uint8(0x80))
                 x1 = np.uint32(np.uint8(b1[j] + u1[j] - v1[j]) ^ np.uint8(0x80))
                 x2 = np.uint32(np.uint8(b2[j] + u2[j] - v2[j]) ^ np.uint8(0x80))
@@ -412,13 +412,6 @@ def _pack_b_noisy_all(
                         dst[jj] = src[j0 + jj]
         bad[group] = flags & np.uint8(0x80)
     return bp, not bad.any()
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _int7_flag(x: np.int8) -> np.uint8:
-    """Bit 7 set iff x is outside the int7 range [-64, 63] (its top two bits differ)."""
-    u = np.uint8(x)
-    return u ^ (u << np.uint8(1))
 
 
 @exclusive
@@ -1230,5 +1223,5 @@ def _int7(x: np.ndarray) -> bool:
     flat = x.reshape(-1).view(np.uint8)
     out = np.uint8(0)
     for v in flat:
-        out |= np.uint8(v + np.uint8(64))
+        out |= int7_excess(v)
     return not (out & np.uint8(0x80))

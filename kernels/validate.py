@@ -1,7 +1,9 @@
 """Boundary checks shared by every kernel entry point.
 
 Kernels never guess: a wrong dtype, shape or value range is a ``ValueError``
-that names the problem, raised before any work is done.
+that names the problem, raised before any tile is computed (the VNNI packing checks
+the int7 range as it reads the operands, with :func:`int7_excess`, and names the
+operand through :func:`check_operand`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,13 @@ _PARALLEL_MIN_ENTRIES = 1 << 18
 """Below this, NumPy's min and max beat waking Numba's thread pool."""
 
 
+@njit(nogil=True, cache=True, inline="always")
+def int7_excess(v: np.uint8) -> np.uint8:
+    """The byte v of an int8 entry + 64: its bit 7 is set iff the entry lies outside
+    [-64, 63]. ORed over many entries, one test of bit 7 checks them all."""
+    return np.uint8(v + np.uint8(64))
+
+
 @exclusive
 @njit(parallel=True, nogil=True, cache=True)
 def _outside_int7(x: np.ndarray) -> bool:
@@ -26,7 +35,7 @@ def _outside_int7(x: np.ndarray) -> bool:
     for i in prange(rows):
         bits = np.uint8(0)
         for v in x[i].view(np.uint8):
-            bits |= np.uint8(v + np.uint8(64))
+            bits |= int7_excess(v)
         row_bits[i] = bits
     bits = np.uint8(0)
     for i in range(rows):
