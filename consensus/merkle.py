@@ -47,6 +47,7 @@ from kernels.blake3_lanes import (
     derive_key_words,
     prefixed_row_hashes,
     prefixed_row_hashes_serial,
+    promoted_tree_root,
 )
 
 EMPTY_ROOT: Hash32 = tagged_hash(TAG_MERKLE_EMPTY)
@@ -178,9 +179,23 @@ def extend_levels(levels: list[list[Hash32]], leaves: Sequence[Hash32]) -> list[
 
 
 def root_of_leaves(leaves: Sequence[Hash32]) -> Hash32:
-    """Root over already hashed leaves."""
+    """Root over already hashed leaves: every level in one compiled call where there are
+    enough of them and all are hashes, else level by level as :func:`tree_levels`."""
+    if len(leaves) >= 2 * PARENTS_MIN and all(len(leaf) == HASH_SIZE for leaf in leaves):
+        return _root_of_words(np.frombuffer(b"".join(leaves), dtype="<u4").reshape(-1, 8))
     levels = tree_levels(leaves)
     return levels[-1][0] if levels else EMPTY_ROOT
+
+
+def _root_of_words(leaves: np.ndarray) -> Hash32:
+    """The root over leaf hashes given as (count, 8) little-endian words (the compiled
+    BLAKE3's output), every level hashed in one compiled call."""
+    if not len(leaves):
+        return EMPTY_ROOT
+    length = np.frombuffer(_LEN32, dtype=np.uint8).copy()
+    words = np.ascontiguousarray(leaves, dtype=np.uint32)  # a writable native copy if need be
+    root = promoted_tree_root(words, length, length, _node_key(), DERIVE_KEY_MATERIAL)
+    return root.astype("<u4").tobytes()
 
 
 def branch_of(levels: list[list[Hash32]], index: int) -> list[Hash32]:
@@ -351,13 +366,18 @@ def matrix_leaf_hashes(x: np.ndarray) -> list[Hash32]:
 def _row_leaf_hashes(rows: np.ndarray, first_index: int = 0) -> list[Hash32]:
     """``leaf_hash(first_index + i, rows[i])`` for the rows of a C-contiguous 2-D uint8
     array, compiled."""
+    return _digests(_row_leaf_words(rows, first_index))
+
+
+def _row_leaf_words(rows: np.ndarray, first_index: int = 0) -> np.ndarray:
+    """:func:`_row_leaf_hashes` as the compiled BLAKE3's (count, 8) output words."""
     count, width = rows.shape
     heads = np.empty((count, 24), dtype=np.uint8)
     heads[:, :8] = np.frombuffer(_LEN8, dtype=np.uint8)
     indices = np.arange(first_index, first_index + count, dtype="<u8")
     heads[:, 8:16] = indices.view(np.uint8).reshape(count, 8)
     heads[:, 16:] = np.frombuffer(width.to_bytes(8, "little"), dtype=np.uint8)
-    return _digests(prefixed_row_hashes(heads, rows, _leaf_key(), DERIVE_KEY_MATERIAL))
+    return prefixed_row_hashes(heads, rows, _leaf_key(), DERIVE_KEY_MATERIAL)
 
 
 LANE_MIN_CHUNKS = 32
@@ -392,8 +412,9 @@ def chunk_leaf_hashes(
 
 
 def matrix_rows_root(x: np.ndarray) -> Hash32:
-    """Commitment to a matrix by its rows (A, and C's ``result_root``)."""
-    return root_of_leaves(matrix_leaf_hashes(x))
+    """Commitment to a matrix by its rows (A, and C's ``result_root``): the leaves' words
+    go from one compiled call to the next, never through 32-byte strings."""
+    return _root_of_words(_row_leaf_words(_rows_of(x).view(np.uint8)))
 
 
 def matrix_cols_root(b: np.ndarray) -> Hash32:
