@@ -74,23 +74,25 @@ def _pmaddwd(builder: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
 
 
 def _make_microkernel(mr: int):
-    """Intrinsic ``mk(acc, acc_off, ldc, ap, a_off, lda, bp, b_off, nchunks, cpairs, xs, fold)``.
+    """Intrinsic ``mk(acc, acc_off, ldc, ap, a_off, lda, bp, b_off, nchunks, cpairs, xs, fold,
+    zero)``.
 
     For each of ``nchunks`` chunks c of ``cpairs`` k-pairs p, for i < mr, j < 16:
     acc[acc_off + i·ldc + j] += Σ_e ap[a_off + 2(p·lda + i) + e] · bp[b_off + 32p + 2j + e]
     (int32), and then, if ``fold``, xs[c, 0, :] ^= the mr×16 partial sums XORed
     lane-wise into 8 int32 (so its XOR is theirs). Offsets count elements (a_off
-    is even: a k-pair of A' is read as one int32); lda counts k-pairs.
+    is even: a k-pair of A' is read as one int32); lda counts k-pairs. With ``zero`` the
+    accumulators start at 0 instead of acc's values, which are then only written.
     """
 
     @intrinsic
-    def mk(tctx, acc, acc_off, ldc, ap, a_off, lda, bp, b_off, nchunks, cpairs, xs, fold):
+    def mk(tctx, acc, acc_off, ldc, ap, a_off, lda, bp, b_off, nchunks, cpairs, xs, fold, zero):
         ip = types.intp
-        sig = types.void(acc, ip, ip, ap, ip, ip, bp, ip, ip, ip, xs, types.boolean)
+        sig = types.void(acc, ip, ip, ap, ip, ip, bp, ip, ip, ip, xs, types.boolean, types.boolean)
 
         def codegen(context, builder, signature, args):
-            acc_off, ldc, a_off, lda, b_off, nchunks, cpairs, fold = (
-                args[i] for i in (1, 2, 4, 5, 7, 8, 9, 11)
+            acc_off, ldc, a_off, lda, b_off, nchunks, cpairs, fold, zero = (
+                args[i] for i in (1, 2, 4, 5, 7, 8, 9, 11, 12)
             )
 
             def ptr(n: int, *offsets: ir.Value, to: ir.Type) -> ir.Value:
@@ -113,8 +115,11 @@ def _make_microkernel(mr: int):
                 for half in range(2)
             ]
             acc_vars = [
-                cgutils.alloca_once_value(builder, builder.load(p, align=4)) for p in acc_ptrs
+                cgutils.alloca_once_value(builder, ir.Constant(_V8I32, [0] * 8)) for _ in acc_ptrs
             ]
+            with builder.if_then(builder.not_(zero)):  # else acc is only written: no read miss
+                for p, var in zip(acc_ptrs, acc_vars, strict=True):
+                    builder.store(builder.load(p, align=4), var)
             with cgutils.for_range(builder, nchunks) as chunk:
                 p0 = builder.mul(chunk.index, cpairs)
                 with cgutils.for_range(builder, cpairs) as loop:
@@ -157,19 +162,21 @@ _mk1, _mk2, _mk3, _mk4, _mk5, _mk6 = (_make_microkernel(mr) for mr in range(1, M
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _microkernel(mr, acc, acc_off, ldc, ap, a_off, lda, bp, b_off, nchunks, chunk_pairs, xs, fold):
+def _microkernel(
+    mr, acc, acc_off, ldc, ap, a_off, lda, bp, b_off, nchunks, chunk_pairs, xs, fold, zero
+):
     if mr == 6:
-        _mk6(acc, acc_off, ldc, ap, a_off, lda, bp, b_off, nchunks, chunk_pairs, xs, fold)
+        _mk6(acc, acc_off, ldc, ap, a_off, lda, bp, b_off, nchunks, chunk_pairs, xs, fold, zero)
     elif mr == 5:
-        _mk5(acc, acc_off, ldc, ap, a_off, lda, bp, b_off, nchunks, chunk_pairs, xs, fold)
+        _mk5(acc, acc_off, ldc, ap, a_off, lda, bp, b_off, nchunks, chunk_pairs, xs, fold, zero)
     elif mr == 4:
-        _mk4(acc, acc_off, ldc, ap, a_off, lda, bp, b_off, nchunks, chunk_pairs, xs, fold)
+        _mk4(acc, acc_off, ldc, ap, a_off, lda, bp, b_off, nchunks, chunk_pairs, xs, fold, zero)
     elif mr == 3:
-        _mk3(acc, acc_off, ldc, ap, a_off, lda, bp, b_off, nchunks, chunk_pairs, xs, fold)
+        _mk3(acc, acc_off, ldc, ap, a_off, lda, bp, b_off, nchunks, chunk_pairs, xs, fold, zero)
     elif mr == 2:
-        _mk2(acc, acc_off, ldc, ap, a_off, lda, bp, b_off, nchunks, chunk_pairs, xs, fold)
+        _mk2(acc, acc_off, ldc, ap, a_off, lda, bp, b_off, nchunks, chunk_pairs, xs, fold, zero)
     else:
-        _mk1(acc, acc_off, ldc, ap, a_off, lda, bp, b_off, nchunks, chunk_pairs, xs, fold)
+        _mk1(acc, acc_off, ldc, ap, a_off, lda, bp, b_off, nchunks, chunk_pairs, xs, fold, zero)
 
 
 # ---------------------------------------------------------------- packing
@@ -220,19 +227,42 @@ def _tile_packed(
     tile's h×w partial sums after chunk c, which is what :func:`fold_tile` folds.
     Without ``fold`` (plain product) the whole k is one run and nothing is XORed.
     """
-    h, wp = acc.shape
+    k = 2 * ap.shape[0]
+    xs = np.empty((k // r if fold else 1, 1, 8), dtype=np.int32)
+    _tile_into(ap, bp, r, acc.reshape(-1), 0, acc.shape[1], False, T, fold, xs)
+
+
+@njit(nogil=True, cache=True)
+def _tile_into(
+    ap: np.ndarray,
+    bp: np.ndarray,
+    r: int,
+    out: np.ndarray,
+    off: int,
+    ldo: int,
+    zero: bool,
+    T: np.ndarray,
+    fold: bool,
+    xs: np.ndarray,
+) -> None:
+    """:func:`_tile_packed` into out[off + i·ldo + j] (i < h, j < wp; ``out`` flat), which
+    it overwrites with ``zero`` (the tiles of C' go straight to C', never through a
+    buffer of their own) and adds to otherwise; ``xs`` (≥ chunks × 1 × 8 int32) is
+    scratch for the chunk-end XORs."""
+    h = ap.shape[1]
+    wp = bp.shape[0] * PANEL
     k = 2 * ap.shape[0]
     nchunks = k // r if fold else 1
-    xs = np.zeros((nchunks, 1, 8), dtype=np.int32)
+    xs[:nchunks] = 0
     for q in range(wp // PANEL):
         i = 0
         while i < h:  # 16 rows = 6 + 6 + 4
             mr = min(MAX_MR, h - i)
             _microkernel(
                 mr,
-                acc,
-                i * wp + q * PANEL,
-                wp,
+                out,
+                off + i * ldo + q * PANEL,
+                ldo,
                 ap,
                 2 * i,
                 h,
@@ -242,6 +272,7 @@ def _tile_packed(
                 k // 2 // nchunks,
                 xs,
                 fold,
+                zero,
             )
             i += mr
     if fold:
@@ -288,14 +319,21 @@ def _tiled_product(
     for tj in prange(tn):
         _pack_b_strip(bt[tj * w : (tj + 1) * w], bp[tj])
     out = np.empty((m, n), dtype=np.int32)
+    flat = out.reshape(-1)
     T = np.zeros((tm, tn, TRANSCRIPT_WORDS), dtype=np.uint32)
     # Row-major tile order: each thread's consecutive tiles share one A' strip (L2-resident).
+    # Where w is whole panels a tile goes straight into C'; else through a buffer, whose
+    # padding columns must not land in the next tile.
     for t in prange(tm * tn):
         ti = t // tn
         tj = t % tn
-        acc = np.zeros((h, wp), dtype=np.int32)
-        _tile_packed(ap[ti], bp[tj], r, acc, T[ti, tj], fold)
-        copy_block(acc, out, ti * h, tj * w, h, w)
+        xs = np.empty((k // r if fold else 1, 1, 8), dtype=np.int32)
+        if wp == w:
+            _tile_into(ap[ti], bp[tj], r, flat, ti * h * n + tj * w, n, True, T[ti, tj], fold, xs)
+        else:
+            acc = np.empty((h, wp), dtype=np.int32)
+            _tile_into(ap[ti], bp[tj], r, acc.reshape(-1), 0, wp, True, T[ti, tj], fold, xs)
+            copy_block(acc, out, ti * h, tj * w, h, w)
     return out, T
 
 
