@@ -193,7 +193,7 @@ def _root_of_words(leaves: np.ndarray) -> Hash32:
     if not len(leaves):
         return EMPTY_ROOT
     length = np.frombuffer(_LEN32, dtype=np.uint8).copy()
-    words = np.ascontiguousarray(leaves, dtype=np.uint32)  # a writable native copy if need be
+    words = np.array(leaves, dtype=np.uint32)  # writable: the one array type compiled
     root = promoted_tree_root(words, length, length, _node_key(), DERIVE_KEY_MATERIAL)
     return root.astype("<u4").tobytes()
 

@@ -18,6 +18,7 @@ from kernels.blake3_lanes import (
     DERIVE_KEY_MATERIAL,
     derive_key_words,
     prefixed_row_hashes,
+    promoted_tree_root,
 )
 from kernels.noise import (
     NoiseFactors,
@@ -266,6 +267,8 @@ def warm_up(params: MiningParams = MiningParams()) -> None:
         np.zeros((16, 24), dtype=np.uint8), np.zeros((16, 64), dtype=np.uint8), key,
         DERIVE_KEY_MATERIAL,
     )  # fmt: skip
+    length = np.zeros(8, dtype=np.uint8)  # and the levels above them, in one call
+    promoted_tree_root(np.zeros((3, 8), dtype=np.uint32), length, length, key, DERIVE_KEY_MATERIAL)
     noise_a, noise_b = derive_noise(seed, params.h, k, k), derive_noise(seed, params.w, k, k)
     c_noisy = np.zeros((params.h, params.w), dtype=np.int32)
     recover_product(c_noisy, rows, np.ascontiguousarray(cols.T), noise_a, noise_b)
