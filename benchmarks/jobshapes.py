@@ -107,7 +107,7 @@ def _overheads(job: Job, params: NetworkParams, attempt_s: float) -> dict[str, f
     def win() -> None:
         # A fresh commitment: the first attempt on a job computes its result_root.
         key = ResultCommitment(job).key_for(seed_a)
-        res = mining_attempt(job.a, job.b, seed_a, seed_b, 1, mp, ticket_key=key)
+        res = mining_attempt(job.a, job.b, seed_a, seed_b, 1, mp, ticket_key=key, bt=job.bt)
         matrix_rows_root(res.c)
         build_proof(job, 0, 0, params)
 

@@ -147,7 +147,8 @@ def _bench_kernels(size: int, backend: str, repeats: int | None) -> dict[str, An
     target = 1  # nothing wins: we measure the full cost of a losing attempt
 
     sgemm = measure_sgemm(m, k, n, reps)
-    result = mining_attempt(a, b, seed_a, seed_b, target, params, be, ticket_key=key)
+    # bt: a miner's job holds B's transpose too (consensus.pow.Job), and mine() passes it.
+    result = mining_attempt(a, b, seed_a, seed_b, target, params, be, ticket_key=key, bt=bt)
     c = result.c
     if not freivalds_check(a, b, c):
         raise RuntimeError("the recovered product failed Freivalds: the kernel is wrong")
@@ -172,7 +173,7 @@ def _bench_kernels(size: int, backend: str, repeats: int | None) -> dict[str, An
     plain_s, freivalds_s = statistics.median(plain_times), statistics.median(freivalds_times)
 
     def attempt() -> Any:
-        return mining_attempt(a, b, seed_a, seed_b, target, params, be, ticket_key=key)
+        return mining_attempt(a, b, seed_a, seed_b, target, params, be, ticket_key=key, bt=bt)
 
     # The attempt and the plain product alternately too, and their ratio the median of the
     # pairs' ratios: measured minutes apart, a load change on a shared box moved it by ±0.1.
@@ -211,7 +212,7 @@ def _bench_kernels(size: int, backend: str, repeats: int | None) -> dict[str, An
     result_root_s = _median_time(lambda: matrix_rows_root(c), reps)
     with_root_s = _median_time(
         lambda: mining_attempt(
-            a, b, seed_a, seed_b, target, params, be, ticket_key=matrix_rows_root
+            a, b, seed_a, seed_b, target, params, be, ticket_key=matrix_rows_root, bt=bt
         ),
         reps,
     )

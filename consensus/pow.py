@@ -193,6 +193,7 @@ def mine(
             backend,
             ticket_key=key,
             between_strips=between_strips,
+            bt=job.bt,
         )
         attempts += 1
         if on_attempt is not None:

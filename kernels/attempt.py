@@ -111,6 +111,7 @@ def mining_attempt(
     *,
     ticket_key: TicketKey,
     between_strips: Callable[[], None] | None = None,
+    bt: np.ndarray | None = None,
 ) -> AttemptResult:
     """One attempt: noise, noisy product with folds, all tickets; C = A·B via ``.c``.
 
@@ -123,8 +124,15 @@ def mining_attempt(
     and columns only, so the strips give the same C' and transcripts bit for bit):
     the caller may run other work there (a miner, a better-paying job) and this
     attempt goes on where it stopped.
+
+    ``bt``, if given, is B's transpose (n×k int8, the same values: a job holds both):
+    where it helps, B' is packed from its rows, B's columns, as A' is from A's rows.
     """
     m, k, n = check_job(a, b, params)
+    if bt is not None:
+        check_int8_matrix("Bᵀ", bt)
+        if bt.shape != (n, k):
+            raise ValueError(f"Bᵀ is {bt.shape[0]}x{bt.shape[1]} but B is {k}x{n}")
     check_seed("seed_a", seed_a)
     check_seed("seed_b", seed_b)
     if not callable(ticket_key):
@@ -132,7 +140,7 @@ def mining_attempt(
     be = get_backend(backend) if isinstance(backend, str) else backend
     noise_a = derive_noise(seed_a, m, k, params.r)
     noise_b = derive_noise(seed_b, n, k, params.r)
-    c_noisy, transcripts = _noisy_product(be, a, noise_a, b, noise_b, params, between_strips)
+    c_noisy, transcripts = _noisy_product(be, a, noise_a, b, noise_b, params, between_strips, bt)
 
     def recover() -> np.ndarray:  # from the clean B: B'ᵀ is not needed
         return recover_product(c_noisy, a, b, noise_a, noise_b)
@@ -156,11 +164,12 @@ def _noisy_product(
     noise_b: NoiseFactors,
     params: MiningParams,
     between_strips: Callable[[], None] | None,
+    bt: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(C', transcripts) of A' = A + E_A and B' = B + E_B."""
     r, h, w = params.r, params.h, params.w
     if isinstance(be, ModuleBackend):  # packs A' and B' from A and B where it can
-        return be.noisy_product_from_clean(a, noise_a, b, noise_b, r, h, w, between_strips)
+        return be.noisy_product_from_clean(a, noise_a, b, noise_b, r, h, w, between_strips, bt)
     return built_noisy_product(be.noisy_product, a, noise_a, b, noise_b, r, h, w, between_strips)
 
 

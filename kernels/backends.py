@@ -61,14 +61,15 @@ class ModuleBackend:
         h: int,
         w: int,
         between_strips: Callable[[], None] | None = None,
+        bt: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(C', T) from the clean A (m×k) and B (k×n) with their noise: modules that can
         pack A' from A directly never build it; for the others A' and B'ᵀ are built here.
         ``between_strips``: computed by row strips, that function called between them
-        (:func:`built_noisy_product`)."""
+        (:func:`built_noisy_product`). ``bt``: B's transpose, if the caller holds it."""
         mod = self._mod()
         if hasattr(mod, "noisy_product_from_clean"):
-            c, t = mod.noisy_product_from_clean(a, noise_a, b, noise_b, r, h, w, between_strips)
+            c, t = mod.noisy_product_from_clean(a, noise_a, b, noise_b, r, h, w, between_strips, bt)
             return c, t
         return built_noisy_product(
             self.noisy_product, a, noise_a, b, noise_b, r, h, w, between_strips

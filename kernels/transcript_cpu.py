@@ -439,9 +439,11 @@ def noisy_product_from_clean(
     h: int,
     w: int,
     between_strips: Callable[[], None] | None = None,
+    bt: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(C', T) of A' = A + E_A and B' = B + E_B from the clean A (m×k), B (k×n) and their
-    noise: :func:`noisy_product_from_b` without A' as an argument.
+    noise: :func:`noisy_product_from_b` without A' as an argument. ``bt``: B's transpose
+    (the same values), if the caller holds it: the VNNI path may pack B' from it.
 
     The VNNI path packs A' straight from A as well (when h = 16 and 4 | r), so neither
     noisy operand is ever built: the A' pass costs ~1 % of the product. Other paths
@@ -458,7 +460,7 @@ def noisy_product_from_clean(
 
         c, t = transcript_vnni.tiled_product_noisy(
             np.ascontiguousarray(a), noise_a, np.ascontiguousarray(b), noise_b, r, h, w,
-            between_strips,
+            between_strips, None if bt is None else np.ascontiguousarray(bt),
         )  # fmt: skip
         return c, t
     if between_strips is None:

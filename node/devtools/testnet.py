@@ -64,8 +64,9 @@ def load_kernels() -> None:
     warm_up()
     job = null_job(bytes(32), DEVNET)
     mining_attempt(
-        job.a, job.b, bytes(32), bytes(32), 1, mining_params(DEVNET), ticket_key=bytes(32)
-    )
+        job.a, job.b, bytes(32), bytes(32), 1, mining_params(DEVNET), ticket_key=bytes(32),
+        bt=job.bt,
+    )  # fmt: skip
 
 
 MINER_LABEL = "testnet-miner-"

@@ -86,6 +86,42 @@ def test_attempt_matches_reference_at_every_rank_the_packings_take(r, k):
     assert np.array_equal(res.c, c) and np.array_equal(res.transcripts, transcripts)
 
 
+@pytest.mark.parametrize(
+    ("m", "k", "n", "r", "w"),
+    [(32, 256, 48, 64, 16), (32, 128, 64, 32, 32), (16, 192, 32, 4, 16), (16, 72, 16, 4, 16)],
+)
+def test_an_attempt_given_b_transposed_is_the_same_attempt(m, k, n, r, w):
+    """A miner's job holds Bᵀ too, and the VNNI path on VBMI targets packs B' from its rows
+    by byte permutes where 64 | k (the last shape: from B's rows, as without it): on every
+    path the attempt gives the same C', transcripts and tickets as from B alone, and the
+    reference's product and transcripts, tiles of two panels (w = 32) included."""
+    previous = transcript_cpu.active_path()
+    a, b = _operands("random", m, k, n)
+    b[0, 0], b[-1, -1], b[k // 2, 0] = -64, 63, -64  # extremes: B' reaches ±127
+    bt = np.ascontiguousarray(b.T)
+    params = MiningParams(r=r, w=w)
+    c, _, transcripts = reference_attempt(a, b, SEED_A, SEED_B, r, 16, w)
+    try:
+        for path in transcript_cpu.available_paths():
+            transcript_cpu.select_path(path)
+            alone = mining_attempt(a, b, SEED_A, SEED_B, 1, params, ticket_key=KEY)
+            given = mining_attempt(a, b, SEED_A, SEED_B, 1, params, ticket_key=KEY, bt=bt)
+            assert np.array_equal(given.c_noisy, alone.c_noisy), path
+            assert np.array_equal(given.transcripts, transcripts), path
+            assert np.array_equal(given.tickets, alone.tickets), path
+            assert np.array_equal(given.c, c), path
+    finally:
+        transcript_cpu.select_path(previous)
+
+
+def test_a_b_transposed_of_the_wrong_shape_or_type_is_named():
+    a, b = _operands("random", 16, 128, 32)
+    with pytest.raises(ValueError, match=r"^Bᵀ is 32x64 but B is 128x32"):
+        mining_attempt(a, b, SEED_A, SEED_B, 1, ticket_key=KEY, bt=np.zeros((32, 64), np.int8))
+    with pytest.raises(ValueError, match=r"^Bᵀ must have dtype int8"):
+        mining_attempt(a, b, SEED_A, SEED_B, 1, ticket_key=KEY, bt=b.T.astype(np.int16))
+
+
 def test_a_backend_module_with_only_noisy_product_matches_the_reference(monkeypatch):
     """A kernel module with only ``noisy_product`` (the CUDA one's API) still gets the
     reference's transcripts: the backend builds A' and B'ᵀ for it."""
@@ -402,11 +438,15 @@ def test_a_large_operand_with_one_entry_outside_int7_is_named(where: str, bad: i
 
 @pytest.mark.parametrize(("m", "k", "n", "r"), [(48, 256, 32, 64), (32, 72, 16, 4)])
 @pytest.mark.parametrize("value", [64, 127, -65, -128])
-def test_every_path_names_an_operand_outside_int7_before_any_strip(m, k, n, r, value) -> None:
+@pytest.mark.parametrize("given_bt", [False, True])
+def test_every_path_names_an_operand_outside_int7_before_any_strip(
+    m, k, n, r, value, given_bt
+) -> None:
     """Whichever path runs the attempt (the VNNI path checks the range as it packs A and B:
-    16 quads at a time, and quad by quad past them when 16 ∤ k/4), one entry outside
-    [-64, 63] anywhere in A or B is named with its range, and no strip is computed: the
-    function a miner runs between strips is never called. The range's own ends pass."""
+    16 quads at a time, and quad by quad past them when 16 ∤ k/4; B from Bᵀ's rows when
+    the job's Bᵀ is given and 64 | k), one entry outside [-64, 63] anywhere in A or B is
+    named with its range, and no strip is computed: the function a miner runs between
+    strips is never called. The range's own ends pass."""
     previous = transcript_cpu.active_path()
     params = MiningParams(r=r)
     # Corners, the middle, and k-offset k − 2: in the last quads, past the last 16.
@@ -424,16 +464,18 @@ def test_every_path_names_an_operand_outside_int7_before_any_strip(m, k, n, r, v
                 x[i, j] = 0
                 lo, hi = min(value, int(x.min())), max(value, int(x.max()))
                 x[i, j] = value
+                bt = np.ascontiguousarray(b.T) if given_bt else None
                 with pytest.raises(ValueError, match=rf"^{where} has values in \[{lo}, {hi}\]"):
                     mining_attempt(
                         a, b, SEED_A, SEED_B, 1, params, ticket_key=KEY,
-                        between_strips=functools.partial(calls.append, path),
+                        between_strips=functools.partial(calls.append, path), bt=bt,
                     )  # fmt: skip
                 assert calls == [], path
                 x[i, j] = 63 if value > 0 else -64
+                bt = np.ascontiguousarray(b.T) if given_bt else None
                 res = mining_attempt(
                     a, b, SEED_A, SEED_B, 1, params, ticket_key=KEY,
-                    between_strips=functools.partial(calls.append, path),
+                    between_strips=functools.partial(calls.append, path), bt=bt,
                 )  # fmt: skip
                 assert np.array_equal(res.c, a.astype(np.int64) @ b.astype(np.int64)), path
                 assert calls, path  # the same call, valid, does run by strips
