@@ -182,6 +182,21 @@ def _make_microkernel(mr: int):
 _mk16, _mk8, _mk4, _mk2, _mk1 = (_make_microkernel(mr) for mr in (16, 8, 4, 2, 1))
 
 
+@intrinsic
+def _store_fence(tctx):
+    """``sfence``: the non-temporal stores before it are visible to every core before any
+    store after it (the task's end, which the thread that joins the tasks reads)."""
+
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse.sfence"
+        )
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
 @njit(nogil=True, cache=True, inline="always")
 def _block_rows(left: int) -> int:
     """Rows of the next block: 16 (16 zmm accumulators of the 32), else the largest
@@ -529,6 +544,8 @@ def _tiles_into(
                 buf = acc.reshape(-1)
                 _tile_into(ap[ti], bp[tj], shifts[ti], buf, 0, wp, OVERWRITE, T[ti, tj], fold, xs)
                 copy_block(acc, out, ti * h, tj * w, h, w)
+        if stream and wp == w:
+            _store_fence()
 
 
 def _all_tiles(
