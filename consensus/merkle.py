@@ -45,8 +45,8 @@ from consensus.hashing import (
 from kernels.blake3_lanes import (
     DERIVE_KEY_MATERIAL,
     derive_key_words,
+    pair_hashes,
     prefixed_row_hashes,
-    prefixed_row_hashes_serial,
     promoted_tree_root,
 )
 
@@ -127,22 +127,28 @@ def _parents(level: Sequence[Hash32], first: int) -> list[Hash32]:
 
 
 def _compiled_parents(level: Sequence[Hash32], start: int, pairs: int) -> list[Hash32] | None:
-    """``node_hash(level[i], level[i + 1])`` for the ``pairs`` pairs from ``start``: each
-    parent's message, len ‖ left ‖ len ‖ right, is a head (the first length) and a row.
-    None if the nodes are not all 32 bytes long (then the library hashes them as given)."""
+    """``node_hash(level[i], level[i + 1])`` for the ``pairs`` pairs from ``start``, by the
+    compiled BLAKE3 (:func:`kernels.blake3_lanes.pair_hashes`, which
+    :func:`_root_of_words` runs on every level). None if the nodes are not all 32 bytes
+    long (then the library hashes them as given)."""
     run = level[start : start + 2 * pairs]
     if any(len(node) != HASH_SIZE for node in run):
         return None
-    children = np.frombuffer(b"".join(run), dtype=np.uint8)
-    children = children.reshape(pairs, 64)
-    length = np.frombuffer(_LEN32, dtype=np.uint8)
-    heads = np.empty((pairs, 8), dtype=np.uint8)
-    heads[:] = length
-    rows = np.empty((pairs, 72), dtype=np.uint8)
-    rows[:, :32] = children[:, :32]
-    rows[:, 32:40] = length
-    rows[:, 40:] = children[:, 32:]
-    return _digests(prefixed_row_hashes_serial(heads, rows, _node_key(), DERIVE_KEY_MATERIAL))
+    return _digests(pair_hashes(_node_words(b"".join(run)), *_node_frame()))
+
+
+def _node_words(hashes: bytes) -> np.ndarray:
+    """Concatenated 32-byte hashes as (count, 8) words, writable: the one array type the
+    compiled tree functions take."""
+    return np.frombuffer(hashes, dtype="<u4").reshape(-1, 8).astype(np.uint32)
+
+
+@cache
+def _node_frame() -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """An inner node's framing for the compiled BLAKE3: its message is len ‖ left ‖ len ‖
+    right under the node tag's context key (``node_hash``'s bytes)."""
+    length = np.frombuffer(_LEN32, dtype=np.uint8).copy()
+    return length, length, _node_key(), DERIVE_KEY_MATERIAL
 
 
 def _digests(words: np.ndarray) -> list[Hash32]:
@@ -182,7 +188,7 @@ def root_of_leaves(leaves: Sequence[Hash32]) -> Hash32:
     """Root over already hashed leaves: every level in one compiled call where there are
     enough of them and all are hashes, else level by level as :func:`tree_levels`."""
     if len(leaves) >= 2 * PARENTS_MIN and all(len(leaf) == HASH_SIZE for leaf in leaves):
-        return _root_of_words(np.frombuffer(b"".join(leaves), dtype="<u4").reshape(-1, 8))
+        return _root_of_words(_node_words(b"".join(leaves)))
     levels = tree_levels(leaves)
     return levels[-1][0] if levels else EMPTY_ROOT
 
@@ -192,10 +198,7 @@ def _root_of_words(leaves: np.ndarray) -> Hash32:
     BLAKE3's output), every level hashed in one compiled call."""
     if not len(leaves):
         return EMPTY_ROOT
-    length = np.frombuffer(_LEN32, dtype=np.uint8).copy()
-    words = np.array(leaves, dtype=np.uint32)  # writable: the one array type compiled
-    root = promoted_tree_root(words, length, length, _node_key(), DERIVE_KEY_MATERIAL)
-    return root.astype("<u4").tobytes()
+    return promoted_tree_root(leaves, *_node_frame()).astype("<u4").tobytes()
 
 
 def branch_of(levels: list[list[Hash32]], index: int) -> list[Hash32]:

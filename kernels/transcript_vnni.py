@@ -544,7 +544,7 @@ def _tiles_into(
                 buf = acc.reshape(-1)
                 _tile_into(ap[ti], bp[tj], shifts[ti], buf, 0, wp, OVERWRITE, T[ti, tj], fold, xs)
                 copy_block(acc, out, ti * h, tj * w, h, w)
-        if stream and wp == w:
+        if stream:  # (only ever set where w is whole panels)
             _store_fence()  # type: ignore[call-arg]  # an intrinsic
 
 
