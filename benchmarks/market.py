@@ -72,7 +72,7 @@ from collections import Counter
 from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import pairwise
+from itertools import accumulate, pairwise
 from pathlib import Path
 from typing import Any
 
@@ -782,7 +782,8 @@ def latency_steps(
     here, its compute is within ``post_in_block``), ``claim_seen`` (→ the client sees
     a claim first seen in a block; a pending one it sees as it polls: no step of its
     own) and ``fetch_verify`` (→ C fetched and checked). Blocks are timed by node-0's
-    first sight of them."""
+    first sight of them. A step that an earlier event overtook counts 0: a claim sent
+    while its post still waited, before node-0 had the post's block."""
     parts: dict[str, list[float]] = {name: [] for name in LATENCY_PARTS}
     stream = {job_id: j for job_id, j in jobs.items() if not j.backlog and j.verified is not None}
     if not stream:
@@ -802,7 +803,10 @@ def latency_steps(
         if posted_at is None or claimed_at is None or j.claim_seen is None:
             continue  # a block node-0 keeps no first-seen time for any more
         assert j.verified is not None
-        steps = (j.sent, j.posted, posted_at, claimed_at, j.claim_seen, j.verified)
+        # Running maxima: a miner may attempt a job while its post waits and send the
+        # claim before node-0 has the post's block; that step then counts 0, never less.
+        times = (j.sent, j.posted, posted_at, claimed_at, j.claim_seen, j.verified)
+        steps = tuple(accumulate(times, max))
         for name, (a, b) in zip(LATENCY_PARTS, pairwise(steps), strict=True):
             if not (name == "claim_seen" and j.claim_pending):
                 parts[name].append(b - a)

@@ -225,6 +225,25 @@ def test_a_streamed_job_seen_claimed_by_a_pending_job_result_skips_the_claim_see
     )
 
 
+def test_a_claim_sent_before_node0_had_the_posts_block_counts_no_negative_step():
+    """A miner attempted the job while its post waited and its job_result was seen
+    pending before node-0 had the post's block: that step counts 0, and the steps
+    still add up to the job's latency."""
+    wall = time.time() - time.monotonic()
+    t = time.monotonic()
+    early = PostedJob(np.zeros(1), np.zeros(1), t, posted=t + 1.0, txid="aa")
+    early.claim_seen, early.verified, early.claim_pending = t + 2.0, t + 4.5, True
+    node0 = ChainNode([(10, wall + t - 5, []), (11, wall + t + 3.0, ["aa"])], {ONE: 0})
+    steps = latency_steps(node0, {bytes.fromhex(ONE): early}, 10)  # type: ignore[arg-type]
+    parts = step_quantiles(steps, 0.5)
+    assert parts.pop("claim_seen") is None
+    assert parts == pytest.approx(
+        {"upload": 1.0, "post_in_block": 2.0, "mined_and_claimed": 0.0, "fetch_verify": 1.5},
+        abs=0.01,
+    )
+    assert sum(v[0] for v in steps.values() if v) == pytest.approx(4.5, abs=0.01)
+
+
 class BatchNode:
     """node-0 answering a batch of getjob: each job's record, or "unknown job"."""
 
