@@ -14,7 +14,9 @@
    miners mine null jobs: a real market's queue stands before the miners
    arrive. The miners start only now, so the posting is not charged to them and
    the chain's difficulty anchor (block 1) is not set before a pause.
-3. The miners start; once every one of them has attempted a posted job and sees
+3. The miners start; once every one of them has attempted a posted job (a miner whose
+   downloads came late may find the backlog taken by the others: more jobs are
+   posted while the queue stands empty, ``_until_every_miner_joins``) and sees
    the others (they split the queue), the lead-in measures their rate for
    ``LEAD_IN_S`` (now that they download operands, store C and claim, a fraction
    of the warmup's), then the window opens: for ``duration`` seconds a stream of
@@ -180,6 +182,47 @@ def _wait_for(nodes: list[TestnetNode], counter: str, timeout: float, at_least: 
         time.sleep(0.2)
 
 
+TOPUP_WAIT_S = 2.0
+"""How long the queue stays empty (no job open, nothing in node-0's mempool) while a
+miner has mined no posted job, before ``_until_every_miner_joins`` posts more."""
+
+
+def _until_every_miner_joins(
+    nodes: list[TestnetNode], poster: _Poster, timeout: float, say: Callable[[str], None]
+) -> int:
+    """Until every node has mined on a posted job; how many jobs were posted meanwhile.
+
+    A miner whose downloads came late can find the whole backlog taken: the others help
+    with a slow owner's jobs, as they should. Waiting for it then waits for jobs that
+    never come, so whenever the queue has stood empty for ``TOPUP_WAIT_S``, a job per
+    node is posted (``topup_jobs`` in the record), until every miner has mined one."""
+    deadline = time.monotonic() + timeout
+    node0 = nodes[0]
+    posted = 0
+    empty_since: float | None = None
+    while True:
+        idle = [n.index for n in nodes if not int(n.call("getmininginfo").get("macs_jobs") or 0)]
+        if not idle:
+            return posted
+        now = time.monotonic()
+        if now > deadline:
+            raise RuntimeError(
+                f"node(s) {idle} mined no posted job in {timeout:g} s "
+                f"({posted} jobs posted after the backlog)"
+            )
+        queued = node0.call("getmarket")["jobs"]["open"] or node0.call("getinfo")["mempool"]
+        if queued:
+            empty_since = None
+        elif empty_since is None:
+            empty_since = now
+        elif now - empty_since >= TOPUP_WAIT_S:
+            say(f"the backlog is gone and node(s) {idle} mined none: posting {len(nodes)} more")
+            poster.post_backlog(len(nodes))
+            posted += len(nodes)
+            empty_since = None
+        time.sleep(0.2)
+
+
 def _total_macs(nodes: list[TestnetNode]) -> int:
     return sum(int(n.call("getmininginfo")["macs_done"]) for n in nodes)
 
@@ -220,6 +263,7 @@ class _Poster:
     stop: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
     _threads: list[threading.Thread] = field(default_factory=list)
+    _backlogs: int = 0
 
     def post_backlog(self, count: int) -> None:
         """Post ``count`` jobs at ``REWARD``, spread over the keys; returns when all are sent."""
@@ -233,6 +277,7 @@ class _Poster:
             t.start()
         for t in threads:
             t.join()
+        self._backlogs += 1
         if self.error is not None:
             raise RuntimeError(f"posting the backlog failed: {self.error}")
 
@@ -264,7 +309,7 @@ class _Poster:
             )
 
     def _backlog(self, index: int, client: MarketClient, count: int) -> None:
-        rng = np.random.default_rng(1_000 + index)
+        rng = np.random.default_rng((1_000 + index, self._backlogs))  # new operands each call
         try:
             for _ in range(index, count, len(self.clients)):
                 self._post(client, rng, REWARD, backlog=True)
@@ -393,7 +438,7 @@ def _measure(
     for n in net.nodes:
         n.call("setmining", True)
     # Every miner at work on the queue, splitting it with all the others.
-    _wait_for(net.nodes, "macs_jobs", MINING_START_S)
+    topup_jobs = _until_every_miner_joins(net.nodes, poster, MINING_START_S, say)
     _wait_for(net.nodes, "miners_seen", MINING_START_S, at_least=len(net.nodes) - 1)
     # Their downloads under way: the window measures the steady state, and the stream is
     # sized from the rate they mine the queue at (operand downloads, C stores and claims
@@ -517,8 +562,9 @@ def _measure(
     return _record(
         net, node0, params, shape, job_macs, poster, start, end, start_height, end_height,
         window_s, warmup_rate, sampler.samples, fetch_s, plot_path,
-    ) | {"backlog_jobs": backlog_jobs, "backlog_post_s": round(backlog_s, 1),
-         "lead_in_s": round(lead_in_s, 1), "lead_in_macs_per_s": round(lead_rate),
+    ) | {"backlog_jobs": backlog_jobs, "topup_jobs": topup_jobs,
+         "backlog_post_s": round(backlog_s, 1), "lead_in_s": round(lead_in_s, 1),
+         "lead_in_macs_per_s": round(lead_rate),
          "stream_jobs_per_s": round(jobs_per_s, 3)}  # fmt: skip
 
 

@@ -17,6 +17,7 @@ from benchmarks.market import (
     PostedJob,
     _Poster,
     _see_stream_claims,
+    _until_every_miner_joins,
     _verify,
     job_outcomes,
     latency_steps,
@@ -317,3 +318,69 @@ def test_a_result_the_claimants_node_lost_in_a_reorg_is_fetched_through_node0():
     assert (near.asked, far.asked) == (1, 1)
     with pytest.raises(ClaimUndone):
         _verify(near, near, bytes.fromhex(ONE), job)  # type: ignore[arg-type]
+
+
+class QueueNode:
+    """A testnet node as ``_until_every_miner_joins`` reads it: its getmininginfo
+    ``macs_jobs`` and node-0's open jobs and mempool."""
+
+    def __init__(self, index: int, market: QueueMarket) -> None:
+        self.index = index
+        self.market = market
+
+    def call(self, method: str, *args: Any) -> Any:
+        if method == "getmininginfo":
+            return {"macs_jobs": self.market.macs_jobs[self.index]}
+        if method == "getmarket":
+            return {"jobs": {"open": self.market.open}}
+        assert method == "getinfo"
+        return {"mempool": self.market.mempool}
+
+
+class QueueMarket:
+    """Jobs that the miners ``able`` mine as soon as they are posted."""
+
+    def __init__(self, nodes: int, able: set[int], open_jobs: int = 0) -> None:
+        self.macs_jobs = [0] * nodes
+        self.able = able
+        self.open = open_jobs
+        self.mempool = 0
+        self.posted: list[int] = []
+
+    def post_backlog(self, count: int) -> None:
+        self.posted.append(count)
+        for i in self.able:
+            self.macs_jobs[i] += 1
+
+
+def test_a_miner_that_found_the_backlog_taken_gets_more_jobs_posted(monkeypatch):
+    monkeypatch.setattr("benchmarks.market.TOPUP_WAIT_S", 0.1)
+    market = QueueMarket(3, able={0, 1, 2})
+    market.macs_jobs[:2] = [5, 4]  # node 2's downloads came late: the others took it all
+    said: list[str] = []
+    nodes = [QueueNode(i, market) for i in range(3)]
+    posted = _until_every_miner_joins(nodes, market, 5, said.append)  # type: ignore[arg-type]
+    assert market.posted == [3] and posted == 3
+    assert market.macs_jobs[2] == 1
+    assert any("node(s) [2]" in line for line in said)
+
+
+def test_no_job_is_added_while_the_queue_holds_any_and_a_miner_that_never_joins_is_named(
+    monkeypatch,
+):
+    monkeypatch.setattr("benchmarks.market.TOPUP_WAIT_S", 0.1)
+    market = QueueMarket(3, able={0, 1}, open_jobs=2)
+    market.macs_jobs[:2] = [5, 4]
+    nodes = [QueueNode(i, market) for i in range(3)]
+    with pytest.raises(RuntimeError, match=r"node\(s\) \[2\] mined no posted job"):
+        _until_every_miner_joins(nodes, market, 1.0, lambda _: None)  # type: ignore[arg-type]
+    assert market.posted == []
+    market.open, market.mempool = 0, 1  # a post waiting for its block is queued work too
+    with pytest.raises(RuntimeError):
+        _until_every_miner_joins(nodes, market, 1.0, lambda _: None)  # type: ignore[arg-type]
+    assert market.posted == []
+    market.mempool = 0  # the queue is empty: jobs come, but node 2 never mines one
+    with pytest.raises(RuntimeError) as failed:
+        _until_every_miner_joins(nodes, market, 1.0, lambda _: None)  # type: ignore[arg-type]
+    assert market.posted and set(market.posted) == {3}
+    assert f"({sum(market.posted)} jobs posted after the backlog)" in str(failed.value)
