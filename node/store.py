@@ -528,6 +528,14 @@ class Store:
                 (root, leaves, root),
             )
 
+    def has_blob_leaves(self, root: bytes) -> bool:
+        """Whether the leaf hashes of the stored blob ``root`` are kept."""
+        with self._blob_lock:
+            row = self._blob_db.execute(
+                "SELECT 1 FROM blob_leaves WHERE root = ?", (root,)
+            ).fetchone()
+        return row is not None
+
     def get_blob_leaves(self, root: bytes) -> tuple[int, int, bytes] | None:
         """(size, chunk size, leaf hashes) of a stored blob whose leaves are kept, or None."""
         with self._blob_lock:

@@ -488,6 +488,13 @@ the serve cache is read and hashed whole: asking in turn for blobs that together
 exceed the cache cost ~0.09 CPU-s a request, ~390 times a cached one)..."""
 MISS_BURST = 4.0
 """...and in a burst. A request past them waits for its turn; other peers' do not."""
+LEAF_MISS_COST = 0.1
+"""What a miss costs of that budget when the blob's leaves are kept (``StoredBlobTree``):
+its tree is rebuilt from 32 bytes a chunk, about a tenth of reading and hashing the blob
+(34–50 ms for 65,536 leaves against ~0.36 s for 256 MiB; 1 ms against ~12 ms for a job's
+8 MiB operand). Charged a whole miss, an honest miner fetching its share of a market
+backlog (two operands a job, most out of the cache) waited 2 s a blob past the burst
+and its requests timed out while the others took its jobs."""
 SERVE_CACHE_BYTES = MAX_BLOB_SIZE
 """Blobs kept in memory with their trees to serve chunks (LRU by bytes)."""
 _DRAIN_TIMEOUT = 30.0
@@ -620,9 +627,10 @@ class BlobExchange:
                 return tree
         task = self._building.get(root)
         if task is None and peer is not None:
-            if not await asyncio.to_thread(self.store.has_blob, root):
+            leaves = await asyncio.to_thread(self._leaves_kept, root)
+            if leaves is None:
                 return None  # a blob we lack costs nothing to say so
-            await self._pace_miss(peer)
+            await self._pace_miss(peer, LEAF_MISS_COST if leaves else 1.0)
             task = self._building.get(root)  # another request may have started it
         if task is None:
             task = asyncio.create_task(self._build(root), name=f"blob tree {root.hex()[:16]}")
@@ -630,13 +638,20 @@ class BlobExchange:
             task.add_done_callback(lambda _: self._building.pop(root, None))
         return await asyncio.shield(task)
 
-    async def _pace_miss(self, peer: PeerSession) -> None:
-        """Wait until ``peer`` may have another tree built (MISS_RATE, MISS_BURST)."""
+    def _leaves_kept(self, root: bytes) -> bool | None:
+        """Whether the stored blob ``root`` has its leaves kept (None: not stored)."""
+        if not self.store.has_blob(root):
+            return None
+        return self.store.has_blob_leaves(root)
+
+    async def _pace_miss(self, peer: PeerSession, cost: float) -> None:
+        """Wait until ``peer`` may have another tree built, costing ``cost`` whole
+        misses (MISS_RATE, MISS_BURST)."""
         bucket = self._misses.get(peer)
         if bucket is None:
             bucket = self._misses[peer] = TokenBucket(MISS_RATE, MISS_BURST)
-        while not bucket.take():
-            await asyncio.sleep((1.0 - bucket.tokens) / bucket.rate)
+        while not bucket.take(cost):
+            await asyncio.sleep((cost - bucket.tokens) / bucket.rate)
 
     async def _build(self, root: bytes) -> AnyBlobTree | None:
         async with self._builds:

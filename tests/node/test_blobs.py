@@ -436,6 +436,30 @@ async def test_a_peer_that_keeps_missing_the_serve_cache_waits_for_its_turn(node
             await p.close()
 
 
+async def test_a_miss_served_from_kept_leaves_costs_a_tenth_of_one_read_whole(nodes, monkeypatch):
+    """A miner fetches the operands of its share of a backlog, most of them out of the
+    serve cache. Uploaded blobs keep their leaves, so each miss costs LEAF_MISS_COST of
+    the budget: five in a row are served at once where, charged as whole misses, all but
+    the first would wait 4 s each (and a miner's requests time out at 10 s)."""
+    monkeypatch.setattr(blobs_module, "MISS_RATE", 0.25)
+    monkeypatch.setattr(blobs_module, "MISS_BURST", 1.0)
+    monkeypatch.setattr(blobs_module, "SERVE_CACHE_BYTES", 1)  # every request a miss
+    a = await nodes("a")
+    blobs = [os.urandom(CHUNK_SIZE + i) for i in range(5)]
+    roots = [a.blobs.put(data) for data in blobs]  # leaves kept, as an upload's
+    assert all(a.store.has_blob_leaves(root) for root in roots)
+    miner = await _evil_peer(a)
+    try:
+        for root in roots:
+            await miner.send(BlobGetRange(root, 0, 1))
+        await miner.wait_for(lambda: len(miner.of_type(BlobRange)) == 5, timeout=3.0)
+        served = {m.root: m.chunks for m in miner.of_type(BlobRange)}
+        assert served == {r: (d[:CHUNK_SIZE],) for r, d in zip(roots, blobs, strict=True)}
+        assert a.p2p.bans() == [] and not miner.closed.is_set()
+    finally:
+        await miner.close()
+
+
 async def test_a_blob_out_of_the_cache_is_served_from_its_leaves_not_read_whole(nodes, monkeypatch):
     """The first miss of a stored blob reads and hashes it whole and keeps its leaf
     hashes beside it; once the blob has left the serve cache, a range is served from
