@@ -85,7 +85,7 @@ from consensus.keys import PrivateKey, address_to_text
 from consensus.params import COIN, DEVNET, NetworkParams, with_block_time
 from consensus.transactions import TransferPayload, encode_tx, signed_transaction
 from kernels.freivalds import freivalds_check
-from node.client.market import MarketClient, WrongResult
+from node.client.market import MarketClient, ResultWithheld, WrongResult
 from node.client.rpc import RpcCallError, RpcClient
 from node.devtools.testnet import Testnet, TestnetNode, miner_key
 
@@ -126,6 +126,9 @@ that sizes the stream is measured over it."""
 MINER_STAKE = 100 * COIN
 """Given to each miner before its start, to bond its claims (a job's bond is its reward)."""
 CLAIMED = ("mined", "paid")
+WITHHELD_RETRY_S = 1.0
+"""After a fetch of C that the network could not serve (the claimant's node slow to hand
+it to node-0, say), how long the client waits to fetch it again, as a client would."""
 MINING_START_S = 300.0
 """How long the nodes may take to start mining (the kernels compile on first use)."""
 
@@ -245,6 +248,10 @@ class PostedJob:
     """Its claim was seen while a job_result still waited in node-0's mempool."""
     verified: float | None = None
     wrong: bool = False
+    withheld: int = 0
+    """Fetches of its C that the network could not serve yet (``ResultWithheld``)."""
+    retry_at: float = 0.0
+    """Not fetched again before this (``WITHHELD_RETRY_S`` after one was withheld)."""
     before_window: bool = False
     after_window: bool = False
     """Its claim was first seen after the window closed."""
@@ -528,6 +535,7 @@ def _measure(
                             for job_id, j in poster.jobs.items()
                             if j.claim_seen is not None
                             and job_id not in checking
+                            and j.retry_at <= now
                             # after the window, only a result of the window's work
                             and (not j.after_window or j.claimant in attempters[job_id])
                         ),
@@ -543,6 +551,8 @@ def _measure(
                         del checking[job_id]  # seen again when claimed again
                         poster.jobs[job_id].claim_seen = None
                         poster.jobs[job_id].claim_pending = False
+                    elif done.done() and isinstance(done.exception(), ResultLate):
+                        del checking[job_id]  # fetched again at its retry_at
                     elif done.done() and (took := done.result()) is not None:
                         fetch_s.append(took)
                         useful[0] += job_macs
@@ -587,7 +597,8 @@ def _fund_miners(node0: TestnetNode, params: NetworkParams, payer: PrivateKey, c
 def _verify(near: MarketClient, far: MarketClient, job_id: bytes, job: PostedJob) -> float | None:
     """Fetch and check one claimed job's C, from ``near`` (the claimant's node) or, while
     that node has not seen the block with the claim yet, ``far`` (node-0, which has); the
-    time it took, or None if it was wrong."""
+    time it took, or None if it was wrong; ``ResultLate`` if the network could not serve
+    C yet (fetched again ``WITHHELD_RETRY_S`` later)."""
     t = time.perf_counter()
     try:
         try:
@@ -601,6 +612,10 @@ def _verify(near: MarketClient, far: MarketClient, job_id: bytes, job: PostedJob
     except WrongResult:
         job.wrong = True
         return None
+    except ResultWithheld as e:
+        job.withheld += 1
+        job.retry_at = time.monotonic() + WITHHELD_RETRY_S
+        raise ResultLate(str(e)) from None
     took = time.perf_counter() - t
     job.verified = time.monotonic()
     return took
@@ -608,6 +623,10 @@ def _verify(near: MarketClient, far: MarketClient, job_id: bytes, job: PostedJob
 
 class ClaimUndone(Exception):
     """The block holding a job's claim left the chain before the client fetched C."""
+
+
+class ResultLate(Exception):
+    """The network could not serve a claim's C yet: it is fetched again later."""
 
 
 _DONE: Future[float | None] = Future()
@@ -771,6 +790,7 @@ def _record(
         "jobs_verified": len(verified),
         "jobs_claimed_after_window": sum(j.after_window for j in verified),
         "wrong_results": sum(j.wrong for j in jobs.values()),
+        "results_withheld": sum(j.withheld for j in jobs.values()),
         "fraud_caught": node0.call("getmarket", 1)["jobs"]["refunded"],
         "network_macs": mined,
         "useful_macs": useful,

@@ -15,6 +15,7 @@ from benchmarks.market import (
     JobOutcome,
     MinerSnapshot,
     PostedJob,
+    ResultLate,
     _Poster,
     _see_stream_claims,
     _until_every_miner_joins,
@@ -25,6 +26,7 @@ from benchmarks.market import (
     step_quantiles,
     window_attempters,
 )
+from node.client.market import ResultWithheld
 from node.client.rpc import RpcCallError
 
 ONE = "11" * 32
@@ -318,6 +320,21 @@ def test_a_result_the_claimants_node_lost_in_a_reorg_is_fetched_through_node0():
     assert (near.asked, far.asked) == (1, 1)
     with pytest.raises(ClaimUndone):
         _verify(near, near, bytes.fromhex(ONE), job)  # type: ignore[arg-type]
+
+
+def test_a_result_the_network_cannot_serve_yet_is_fetched_again_later_not_a_crash():
+    """C could not be had (the claimant's node slow to hand it over: ResultWithheld):
+    the bench counts it, waits WITHHELD_RETRY_S and fetches it again, as a client would;
+    a stalled run ended the whole bench with that exception."""
+    job = PostedJob(np.ones((1, 1)), np.ones((1, 1)), time.monotonic())
+    withheld = FakeClient(ResultWithheld("the result is not available: no answer in 10s"))
+    before = time.monotonic()
+    with pytest.raises(ResultLate, match="no answer in 10s"):
+        _verify(withheld, withheld, bytes.fromhex(ONE), job)  # type: ignore[arg-type]
+    assert job.withheld == 1 and job.retry_at >= before + 0.5 and job.verified is None
+    served = FakeClient(None)
+    took = _verify(served, served, bytes.fromhex(ONE), job)  # type: ignore[arg-type]
+    assert took is not None and job.verified is not None and not job.wrong
 
 
 class QueueNode:
