@@ -528,13 +528,16 @@ class Store:
                 (root, leaves, root),
             )
 
-    def has_blob_leaves(self, root: bytes) -> bool:
-        """Whether the leaf hashes of the stored blob ``root`` are kept."""
+    def blob_leaves_kept(self, root: bytes) -> bool | None:
+        """Whether the leaf hashes of the stored blob ``root`` are kept; None if the blob
+        is not stored."""
         with self._blob_lock:
             row = self._blob_db.execute(
-                "SELECT 1 FROM blob_leaves WHERE root = ?", (root,)
+                "SELECT EXISTS (SELECT 1 FROM blob_leaves WHERE root = ?) FROM blobs "
+                "WHERE root = ?",
+                (root, root),
             ).fetchone()
-        return row is not None
+        return None if row is None else bool(row[0])
 
     def get_blob_leaves(self, root: bytes) -> tuple[int, int, bytes] | None:
         """(size, chunk size, leaf hashes) of a stored blob whose leaves are kept, or None."""

@@ -483,9 +483,10 @@ GRANT_BYTES = RANGE_BYTES + 64 * 1024
 TREE_BUILDS = 2
 """Blob trees built at once to serve (a 256 MiB blob is read and hashed: ~0.5 GB)."""
 MISS_RATE = 0.5
-"""Trees a peer's requests may have built per second on average (a stored blob not in
-the serve cache is read and hashed whole: asking in turn for blobs that together
-exceed the cache cost ~0.09 CPU-s a request, ~390 times a cached one)..."""
+"""Whole misses a peer's requests may cost per second on average (a stored blob out of
+the serve cache whose leaves are not kept is read and hashed whole: asking in turn for
+blobs that together exceed the cache cost ~0.09 CPU-s a request, ~390 times a cached
+one)..."""
 MISS_BURST = 4.0
 """...and in a burst. A request past them waits for its turn; other peers' do not."""
 LEAF_MISS_COST = 0.1
@@ -627,7 +628,7 @@ class BlobExchange:
                 return tree
         task = self._building.get(root)
         if task is None and peer is not None:
-            leaves = await asyncio.to_thread(self._leaves_kept, root)
+            leaves = await asyncio.to_thread(self.store.blob_leaves_kept, root)
             if leaves is None:
                 return None  # a blob we lack costs nothing to say so
             await self._pace_miss(peer, LEAF_MISS_COST if leaves else 1.0)
@@ -637,12 +638,6 @@ class BlobExchange:
             self._building[root] = task
             task.add_done_callback(lambda _: self._building.pop(root, None))
         return await asyncio.shield(task)
-
-    def _leaves_kept(self, root: bytes) -> bool | None:
-        """Whether the stored blob ``root`` has its leaves kept (None: not stored)."""
-        if not self.store.has_blob(root):
-            return None
-        return self.store.has_blob_leaves(root)
 
     async def _pace_miss(self, peer: PeerSession, cost: float) -> None:
         """Wait until ``peer`` may have another tree built, costing ``cost`` whole

@@ -447,7 +447,11 @@ async def test_a_miss_served_from_kept_leaves_costs_a_tenth_of_one_read_whole(no
     a = await nodes("a")
     blobs = [os.urandom(CHUNK_SIZE + i) for i in range(5)]
     roots = [a.blobs.put(data) for data in blobs]  # leaves kept, as an upload's
-    assert all(a.store.has_blob_leaves(root) for root in roots)
+    assert all(a.store.blob_leaves_kept(root) is True for root in roots)
+    bare = os.urandom(CHUNK_SIZE)
+    a.store.put_blob(blob_root(bare), bare, CHUNK_SIZE)  # stored, leaves not kept
+    assert a.store.blob_leaves_kept(blob_root(bare)) is False
+    assert a.store.blob_leaves_kept(os.urandom(32)) is None
     miner = await _evil_peer(a)
     try:
         for root in roots:
