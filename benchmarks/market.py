@@ -557,7 +557,9 @@ def _measure(
                         fetch_s.append(took)
                         useful[0] += job_macs
                         checking[job_id] = _DONE
-                pending = any(not f.done() for f in checking.values())
+                with poster.lock:  # a withheld C waiting to be fetched again is pending too
+                    retrying = any(j.retry_at > now for j in poster.jobs.values())
+                pending = retrying or any(not f.done() for f in checking.values())
                 if end is not None and (not (pending or mining) or now > t1 + GRACE_S):
                     break
                 time.sleep(0.05)
