@@ -186,9 +186,9 @@ def tile_transcript(
 
     ``a_rows`` is h×k (rows ti·h … of A), ``b_cols`` is w×k (columns tj·w …
     of B, i.e. rows of Bᵀ). Only the noise those rows and columns touch is
-    derived: h + w rows of L and the k-long permutations, O((h + w)·k). Where the
-    kernel path has one, everything after the checks is one compiled call (VBMI
-    targets), or everything after the four XOF reads (other VNNI targets).
+    derived: h + w rows of L and the k-long permutations, O((h + w)·k). Everything
+    after the checks is one compiled call on VBMI targets and on the portable path,
+    everything after the four XOF reads on other VNNI targets.
     """
     h, w, r = params.h, params.w, params.r
     check_int8_matrix("A rows", a_rows)
@@ -220,7 +220,7 @@ def tile_transcript(
         check_operand("A rows", a_rows)  # names the operand and its range
         check_operand("B columns", b_cols)
         raise
-    if T is None:  # no one-call verifier on this path: build the noisy strips
+    if T is None:  # no one-call verifier for this tile: build the noisy strips
         check_operand("A rows", a_rows)
         check_operand("B columns", b_cols)
         pa, qa = permutation_from_stream(perm_a, r)

@@ -2,9 +2,10 @@
 
 One routine, :func:`_tile_packed`, computes one h×w hash tile over the whole
 k dimension in r-wide chunks and folds the tile (:func:`fold_tile`) after every
-chunk. The miner runs it over every tile in parallel; the verifier runs it,
-through :func:`tile_product`, over the single tile a proof opens. There is no
-second implementation of the transcript.
+chunk. The miner runs it over every tile in parallel; the verifier runs it over
+the single tile a proof opens, in one compiled call that reads the tile's noise
+streams and packs A' and B' from the clean rows (:func:`noisy_tile_transcript_generic`).
+There is no second implementation of the transcript.
 
 Speed comes from one register-blocked microkernel shared by the miner, the
 verifier and the plain baseline: ``acc[mr×16] += A'·B'`` over the whole k, built
@@ -43,8 +44,18 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from kernels.blake3_lanes import keyed_xof
 from kernels.isa import compile_target
-from kernels.noise import NoiseFactors, add_noise, add_noise_transposed
+from kernels.noise import (
+    L_BLOCK,
+    L_LABEL,
+    PERM_BLOCK,
+    PERM_LABEL,
+    NoiseFactors,
+    _permutation_into,
+    add_noise,
+    add_noise_transposed,
+)
 from kernels.params import TRANSCRIPT_WORDS
 from kernels.strips import built_noisy_product
 from kernels.threads import exclusive
@@ -302,6 +313,99 @@ def tile_product(
     copy_block(acc_p, acc, 0, 0, h, w)
 
 
+_PERM_LEN, _L_LEN = len(PERM_LABEL), len(L_LABEL)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _pack_noisy_pairs(
+    x: np.ndarray,
+    l_raw: np.ndarray,
+    l_off: int,
+    p: np.ndarray,
+    q: np.ndarray,
+    r: int,
+    out: np.ndarray,
+) -> bool:
+    """out[c // 2, i, c % 2] ← x[i, c] + E[i, c] (int16), E[i, c] = L[i, p(c)] − L[i, q(c)]
+    with row i of L the r raw XOF bytes at l_off + i·r; True if an entry of x lies outside
+    the int7 range (out is then written all the same). L = (byte & 63) − 32, so the −32s
+    cancel.
+
+    The packed layout is the microkernel's (:func:`_pack_a_strip`, one panel of
+    :func:`_pack_b_strip`): the noisy strip is never built. A k-pair's noise comes from
+    L's transposed table, whose rows hold one entry for each of x's rows (p and q are
+    unsigned, so the compiler adds no negative-index test to the loop)."""
+    rows, k = x.shape
+    lt = np.empty((r, rows), dtype=np.int16)
+    for i in range(rows):
+        for s in range(r):
+            lt[s, i] = l_raw[l_off + i * r + s] & 63
+    lo = np.int16(0)
+    hi = np.int16(0)
+    for i in range(rows):
+        for c in range(k):
+            v = np.int16(x[i, c])
+            lo = min(lo, v)
+            hi = max(hi, v)
+    for pp in range(k // 2):
+        p0, p1, q0, q1 = p[2 * pp], p[2 * pp + 1], q[2 * pp], q[2 * pp + 1]
+        for i in range(rows):
+            out[pp, i, 0] = np.int16(x[i, 2 * pp]) + lt[p0, i] - lt[q0, i]
+            out[pp, i, 1] = np.int16(x[i, 2 * pp + 1]) + lt[p1, i] - lt[q1, i]
+    return bool(lo < -64 or hi > 63)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _unsigned_permutation(raw: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """p, q (uint32) from a permutation stream (:func:`kernels.noise.permutation_from_stream`)."""
+    k = raw.shape[0] // 4
+    p = np.empty(k, dtype=np.uint32)
+    q = np.empty(k, dtype=np.uint32)
+    _permutation_into(raw, r, p, q)
+    return p, q
+
+
+@njit(nogil=True, cache=True)
+def noisy_tile_transcript_generic(
+    a_rows: np.ndarray,
+    b_cols: np.ndarray,
+    seeds: np.ndarray,
+    ti: int,
+    tj: int,
+    r: int,
+    T: np.ndarray,
+) -> bool:
+    """T ← the transcript of tile (ti, tj), A' = a_rows + E_A (h×k), B'ᵀ = b_cols + E_Bᵀ
+    (w×k), from the clean rows and columns and the two noise seeds (``seeds``: seed_A's
+    8 little-endian words, then seed_B's) in one compiled call, on the portable
+    microkernel: the permutation streams (4·k bytes each) and the tile's rows of L_A and
+    L_B (from byte ti·h·r and tj·w·r) are read by :func:`keyed_xof`, and A' and B' are
+    packed straight from the clean rows and the noise. False, with T untouched, if an
+    operand entry lies outside the int7 range."""
+    h, k = a_rows.shape
+    w = b_cols.shape[0]
+    check_chunks(k, r)
+    wp = padded_width(w)
+    ap = np.empty((k // 2, h, 2), dtype=np.int16)
+    start = ti * h * r  # L rows begin mid-block unless 64 | h·r
+    la = keyed_xof(seeds, 0, L_BLOCK, _L_LEN, start // 64, start % 64 + h * r)
+    p, q = _unsigned_permutation(keyed_xof(seeds, 0, PERM_BLOCK, _PERM_LEN, 0, 4 * k), r)
+    bad = _pack_noisy_pairs(a_rows, la, start % 64, p, q, r, ap)
+    bp = np.zeros((wp // PANEL, k // 2, PANEL, 2), dtype=np.int16)  # padding columns are 0
+    start = tj * w * r
+    lb = keyed_xof(seeds, 8, L_BLOCK, _L_LEN, start // 64, start % 64 + w * r)
+    p, q = _unsigned_permutation(keyed_xof(seeds, 8, PERM_BLOCK, _PERM_LEN, 0, 4 * k), r)
+    for panel in range(wp // PANEL):
+        lo = panel * PANEL
+        cols = b_cols[lo : min(w, lo + PANEL)]
+        bad |= _pack_noisy_pairs(cols, lb, start % 64 + lo * r, p, q, r, bp[panel])
+    if bad:
+        return False
+    acc = np.zeros((h, wp), dtype=np.int32)
+    _tile_packed(ap, bp.reshape((wp // PANEL, k // 2, 2 * PANEL)), r, acc, T, True)
+    return True
+
+
 @exclusive
 @njit(parallel=True, nogil=True, cache=True)
 def _tiled_product(
@@ -507,12 +611,15 @@ def noisy_tile_transcript_seeded(
     r: int,
 ) -> np.ndarray | None:
     """The tile's transcript from its clean rows and columns and the two noise seeds,
-    the noise streams read in the same compiled call, where the active path has it
-    (VNNI or AMX, and a tile :func:`kernels.transcript_vnni.permutable` admits); None
-    elsewhere (the caller then reads the streams: :func:`noisy_tile_transcript`).
+    the noise streams read in the same compiled call, where the active path has it:
+    the portable path for every tile (:func:`noisy_tile_transcript_generic`), VNNI or
+    AMX for a tile :func:`kernels.transcript_vnni.permutable` admits; None elsewhere
+    (the caller then reads the streams: :func:`noisy_tile_transcript`).
 
     Raises ValueError if an operand entry lies outside the int7 range.
     """
+    if _active == GENERIC:
+        return _seeded_generic(a_rows, b_cols, seed_a, seed_b, ti, tj, r)
     if _active not in (VNNI, AMX):
         return None
     vnni = _one_call_module()
@@ -522,6 +629,27 @@ def noisy_tile_transcript_seeded(
     rows, cols = np.ascontiguousarray(a_rows), np.ascontiguousarray(b_cols)  # read as words
     seeds = np.frombuffer(bytes(seed_a) + bytes(seed_b), dtype=np.uint32)  # little-endian hosts
     if not vnni.noisy_tile_transcript_seeded(rows, cols, seeds, ti, tj, r, T):
+        raise ValueError("an operand entry lies outside the int7 range [-64, 63]")
+    return T
+
+
+_MAX_STREAM_BYTE = 1 << 62
+"""Tiles whose L rows begin past this byte of the stream (a tile index no job has) are
+left to the library's XOF, whose seek refuses what 64 bits cannot hold: the compiled
+call's int64 offsets would wrap."""
+
+
+def _seeded_generic(
+    a_rows: np.ndarray, b_cols: np.ndarray, seed_a: bytes, seed_b: bytes, ti: int, tj: int, r: int
+) -> np.ndarray | None:
+    """:func:`noisy_tile_transcript_generic` for :func:`noisy_tile_transcript_seeded`."""
+    h, w = a_rows.shape[0], b_cols.shape[0]
+    if max((ti + 1) * h, (tj + 1) * w) * r >= _MAX_STREAM_BYTE:
+        return None
+    T = np.zeros(TRANSCRIPT_WORDS, dtype=np.uint32)
+    rows, cols = np.ascontiguousarray(a_rows), np.ascontiguousarray(b_cols)  # one version
+    seeds = np.frombuffer(bytes(seed_a) + bytes(seed_b), dtype=np.uint32)  # little-endian hosts
+    if not noisy_tile_transcript_generic(rows, cols, seeds, ti, tj, r, T):
         raise ValueError("an operand entry lies outside the int7 range [-64, 63]")
     return T
 

@@ -340,6 +340,71 @@ def test_one_call_verifier_equals_the_noisy_strips(kind, w, k, r):
             assert np.array_equal(T, expected)
 
 
+def _strips_transcript(a, cols, ti, tj, r):
+    """The transcript of tile (ti, tj) through the noisy strips, built in NumPy from the
+    library's XOF, and the miner's tile routine."""
+    from kernels.noise import NoiseFactors, add_noise, derive_factor_rows, derive_permutation
+    from kernels.transcript_cpu import single_tile
+
+    h, k = a.shape
+    w = cols.shape[0]
+    pa, qa = derive_permutation(SEED_A, k, r)
+    pb, qb = derive_permutation(SEED_B, k, r)
+    a_noisy = add_noise(a, NoiseFactors(derive_factor_rows(SEED_A, h * ti, h, r), pa, qa))
+    b_noisy = add_noise(cols, NoiseFactors(derive_factor_rows(SEED_B, w * tj, w, r), pb, qb))
+    return single_tile(a_noisy, b_noisy, r)[1]
+
+
+@pytest.mark.parametrize("kind", ["random", "min", "max", "zeros", "low_rank"])
+@pytest.mark.parametrize(
+    ("h", "w", "k", "r"),
+    [
+        (16, 16, 2048, 64),
+        (16, 8, 256, 64),
+        (3, 5, 64, 2),  # L rows start mid-block: 64 ∤ h·r
+        (8, 24, 128, 4),
+        (5, 17, 96, 8),  # a second, partial panel of B
+        (12, 40, 256, 128),
+        (1, 1, 2, 2),
+    ],
+)
+def test_portable_one_call_verifier_equals_the_noisy_strips(kind, h, w, k, r):
+    """On the portable path (AVX2 hosts, and any other) the verifier reads the tile's
+    noise streams and packs A' and B' from the clean rows in one compiled call, for any
+    tile shape: the transcript equals the noisy strips' through the miner's tile routine,
+    bit for bit, at tile indices whose rows of L start anywhere in an XOF block."""
+    previous = transcript_cpu.select_path(transcript_cpu.GENERIC)
+    try:
+        a, b = _operands(kind, h, k, w)
+        cols = np.ascontiguousarray(b.T)
+        for ti, tj in [(0, 0), (5, 3), (7, 11), (123457, 99991)]:
+            expected = _strips_transcript(a, cols, ti, tj, r)
+            T = transcript_cpu.noisy_tile_transcript_seeded(a, cols, SEED_A, SEED_B, ti, tj, r)
+            assert T is not None and np.array_equal(T, expected), (ti, tj)
+            params = MiningParams(r=r, h=h, w=w)
+            assert np.array_equal(tile_transcript(a, cols, ti, tj, SEED_A, SEED_B, params), T)
+    finally:
+        transcript_cpu.select_path(previous)
+
+
+def test_a_tile_whose_noise_lies_near_the_streams_end_is_verified_alike():
+    """The compiled call addresses the L stream in 64-bit integers: a tile index whose
+    rows of L begin at or past byte 2^62 goes to the library's XOF instead, and either
+    way the transcript is the noisy strips'."""
+    a, b = _operands("random", 16, 128, 16)
+    cols = np.ascontiguousarray(b.T)
+    last = (1 << 62) // (16 * 64)  # (last)·16·64 = 2^62: the first index left to the library
+    previous = transcript_cpu.select_path(transcript_cpu.GENERIC)
+    try:
+        for ti in (last - 2, last - 1, last + 5):
+            expected = _strips_transcript(a, cols, ti, 0, 64)
+            T = transcript_cpu.noisy_tile_transcript_seeded(a, cols, SEED_A, SEED_B, ti, 0, 64)
+            assert (T is None) == (ti >= last - 1), ti
+            assert np.array_equal(tile_transcript(a, cols, ti, 0, SEED_A, SEED_B), expected)
+    finally:
+        transcript_cpu.select_path(previous)
+
+
 def test_verifier_reads_rows_at_any_alignment():
     """Proof rows arrive as bytes at any address: the one-call verifier reads them as
     32-bit words, and must give the same transcript from a misaligned buffer or a view."""
@@ -366,18 +431,33 @@ def test_verifier_names_an_operand_outside_int7(w, k, r, value):
     a, b = _operands("random", 16, k, w)
     cols = np.ascontiguousarray(b.T)
     rng = np.random.default_rng(value + 1000 * w + k)
-    for rows, bad_cols, name in ((a.copy(), cols, "A rows"), (a, cols.copy(), "B columns")):
-        target = rows if name == "A rows" else bad_cols
-        i, j = rng.integers(target.shape[0]), rng.integers(k)
-        target[i, j] = value
-        with pytest.raises(ValueError, match=f"{name} has values in .*int7"):
-            tile_transcript(rows, bad_cols, 0, 0, SEED_A, SEED_B, params)
-        for one_call in _one_calls(w, k, r):  # each one the target can run refuses it
-            assert not one_call(
-                rows, bad_cols, *_streams(0, 0, w, k, r), r, np.zeros(16, np.uint32)
-            )
-        target[i, j] = 63 if value > 0 else -64  # the range's own ends pass
-        tile_transcript(rows, bad_cols, 0, 0, SEED_A, SEED_B, params)
+    previous = transcript_cpu.active_path()
+    try:
+        for path in transcript_cpu.available_paths():  # the portable one-call verifier too
+            transcript_cpu.select_path(path)
+            for rows, bad_cols, name in (
+                (a.copy(), cols, "A rows"),
+                (a, cols.copy(), "B columns"),
+            ):
+                target = rows if name == "A rows" else bad_cols
+                i, j = rng.integers(target.shape[0]), rng.integers(k)
+                target[i, j] = value
+                with pytest.raises(ValueError, match=f"{name} has values in .*int7"):
+                    tile_transcript(rows, bad_cols, 0, 0, SEED_A, SEED_B, params)
+                for one_call in _one_calls(w, k, r):  # each one the target can run refuses it
+                    assert not one_call(
+                        rows, bad_cols, *_streams(0, 0, w, k, r), r, np.zeros(16, np.uint32)
+                    )
+                seeds = np.frombuffer(SEED_A + SEED_B, dtype=np.uint32)
+                T = np.zeros(16, np.uint32)
+                assert not transcript_cpu.noisy_tile_transcript_generic(
+                    rows, bad_cols, seeds, 0, 0, r, T
+                )
+                assert not T.any()  # untouched
+                target[i, j] = 63 if value > 0 else -64  # the range's own ends pass
+                tile_transcript(rows, bad_cols, 0, 0, SEED_A, SEED_B, params)
+    finally:
+        transcript_cpu.select_path(previous)
 
 
 def test_tampered_row_or_wrong_tile_index_fails_verification():
@@ -509,6 +589,8 @@ if transcript_cpu.active_path() != transcript_cpu.GENERIC:
         if transcript_vnni.VBMI
         else transcript_vnni.noisy_tile_transcript
     )
+else:  # the portable one, streams in the call
+    loaded["one-call verifier"] = transcript_cpu.noisy_tile_transcript_generic
 missing = sorted(name for name, f in loaded.items() if not f.signatures)
 # A header's check then calls them as consensus.pow.verify_pow does, on read-only views of
 # the proof's bytes: that must find the versions loaded, or it compiles on the event loop.
