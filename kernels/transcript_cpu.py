@@ -52,9 +52,9 @@ from kernels.noise import (
     PERM_BLOCK,
     PERM_LABEL,
     NoiseFactors,
-    _permutation_into,
     add_noise,
     add_noise_transposed,
+    permutation_from_stream,
 )
 from kernels.params import TRANSCRIPT_WORDS
 from kernels.strips import built_noisy_product
@@ -333,9 +333,9 @@ def _pack_noisy_pairs(
 
     The packed layout is the microkernel's (:func:`_pack_a_strip`, one panel of
     :func:`_pack_b_strip`): the noisy strip is never built. A k-pair's noise comes from
-    L's transposed table, whose rows hold one entry for each of x's rows (p and q are
-    unsigned, so the compiler adds no negative-index test to the loop)."""
+    L's transposed table, whose rows hold one entry for each of x's rows."""
     rows, k = x.shape
+    p, q = p.view(np.uint32), q.view(np.uint32)  # in [0, r): no negative-index test in the loop
     lt = np.empty((r, rows), dtype=np.int16)
     for i in range(rows):
         for s in range(r):
@@ -353,16 +353,6 @@ def _pack_noisy_pairs(
             out[pp, i, 0] = np.int16(x[i, 2 * pp]) + lt[p0, i] - lt[q0, i]
             out[pp, i, 1] = np.int16(x[i, 2 * pp + 1]) + lt[p1, i] - lt[q1, i]
     return bool(lo < -64 or hi > 63)
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _unsigned_permutation(raw: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
-    """p, q (uint32) from a permutation stream (:func:`kernels.noise.permutation_from_stream`)."""
-    k = raw.shape[0] // 4
-    p = np.empty(k, dtype=np.uint32)
-    q = np.empty(k, dtype=np.uint32)
-    _permutation_into(raw, r, p, q)
-    return p, q
 
 
 @njit(nogil=True, cache=True)
@@ -389,12 +379,14 @@ def noisy_tile_transcript_generic(
     ap = np.empty((k // 2, h, 2), dtype=np.int16)
     start = ti * h * r  # L rows begin mid-block unless 64 | h·r
     la = keyed_xof(seeds, 0, L_BLOCK, _L_LEN, start // 64, start % 64 + h * r)
-    p, q = _unsigned_permutation(keyed_xof(seeds, 0, PERM_BLOCK, _PERM_LEN, 0, 4 * k), r)
+    perm = keyed_xof(seeds, 0, PERM_BLOCK, _PERM_LEN, 0, 4 * k)
+    p, q = permutation_from_stream(perm, r)
     bad = _pack_noisy_pairs(a_rows, la, start % 64, p, q, r, ap)
     bp = np.zeros((wp // PANEL, k // 2, PANEL, 2), dtype=np.int16)  # padding columns are 0
     start = tj * w * r
     lb = keyed_xof(seeds, 8, L_BLOCK, _L_LEN, start // 64, start % 64 + w * r)
-    p, q = _unsigned_permutation(keyed_xof(seeds, 8, PERM_BLOCK, _PERM_LEN, 0, 4 * k), r)
+    perm = keyed_xof(seeds, 8, PERM_BLOCK, _PERM_LEN, 0, 4 * k)
+    p, q = permutation_from_stream(perm, r)
     for panel in range(wp // PANEL):
         lo = panel * PANEL
         cols = b_cols[lo : min(w, lo + PANEL)]
@@ -614,44 +606,35 @@ def noisy_tile_transcript_seeded(
     the noise streams read in the same compiled call, where the active path has it:
     the portable path for every tile (:func:`noisy_tile_transcript_generic`), VNNI or
     AMX for a tile :func:`kernels.transcript_vnni.permutable` admits; None elsewhere
-    (the caller then reads the streams: :func:`noisy_tile_transcript`).
+    (the caller then reads the streams: :func:`noisy_tile_transcript`), and for a tile
+    whose rows of L reach byte :data:`_MAX_STREAM_BYTE` of the stream.
 
     Raises ValueError if an operand entry lies outside the int7 range.
     """
-    if _active == GENERIC:
-        return _seeded_generic(a_rows, b_cols, seed_a, seed_b, ti, tj, r)
-    if _active not in (VNNI, AMX):
+    h, w = a_rows.shape[0], b_cols.shape[0]
+    if max((ti + 1) * h, (tj + 1) * w) * r >= _MAX_STREAM_BYTE:
         return None
-    vnni = _one_call_module()
-    if not vnni.permutable(a_rows.shape[0], r, a_rows.shape[1], b_cols.shape[0]):
+    if _active == GENERIC:
+        one_call = noisy_tile_transcript_generic
+    elif _active in (VNNI, AMX):
+        vnni = _one_call_module()
+        if not vnni.permutable(h, r, a_rows.shape[1], w):
+            return None
+        one_call = vnni.noisy_tile_transcript_seeded
+    else:
         return None
     T = np.zeros(TRANSCRIPT_WORDS, dtype=np.uint32)
     rows, cols = np.ascontiguousarray(a_rows), np.ascontiguousarray(b_cols)  # read as words
     seeds = np.frombuffer(bytes(seed_a) + bytes(seed_b), dtype=np.uint32)  # little-endian hosts
-    if not vnni.noisy_tile_transcript_seeded(rows, cols, seeds, ti, tj, r, T):
+    if not one_call(rows, cols, seeds, ti, tj, r, T):
         raise ValueError("an operand entry lies outside the int7 range [-64, 63]")
     return T
 
 
 _MAX_STREAM_BYTE = 1 << 62
-"""Tiles whose L rows begin past this byte of the stream (a tile index no job has) are
-left to the library's XOF, whose seek refuses what 64 bits cannot hold: the compiled
-call's int64 offsets would wrap."""
-
-
-def _seeded_generic(
-    a_rows: np.ndarray, b_cols: np.ndarray, seed_a: bytes, seed_b: bytes, ti: int, tj: int, r: int
-) -> np.ndarray | None:
-    """:func:`noisy_tile_transcript_generic` for :func:`noisy_tile_transcript_seeded`."""
-    h, w = a_rows.shape[0], b_cols.shape[0]
-    if max((ti + 1) * h, (tj + 1) * w) * r >= _MAX_STREAM_BYTE:
-        return None
-    T = np.zeros(TRANSCRIPT_WORDS, dtype=np.uint32)
-    rows, cols = np.ascontiguousarray(a_rows), np.ascontiguousarray(b_cols)  # one version
-    seeds = np.frombuffer(bytes(seed_a) + bytes(seed_b), dtype=np.uint32)  # little-endian hosts
-    if not noisy_tile_transcript_generic(rows, cols, seeds, ti, tj, r, T):
-        raise ValueError("an operand entry lies outside the int7 range [-64, 63]")
-    return T
+"""Tiles whose rows of L reach this byte of the stream (a tile index no job has) are left
+to the library's XOF, whose seek refuses what 64 bits cannot hold: the compiled calls'
+int64 offsets would wrap."""
 
 
 def noisy_tile_transcript(

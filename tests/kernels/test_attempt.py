@@ -388,19 +388,30 @@ def test_portable_one_call_verifier_equals_the_noisy_strips(kind, h, w, k, r):
 
 
 def test_a_tile_whose_noise_lies_near_the_streams_end_is_verified_alike():
-    """The compiled call addresses the L stream in 64-bit integers: a tile index whose
-    rows of L begin at or past byte 2^62 goes to the library's XOF instead, and either
+    """The compiled calls address the L stream in 64-bit integers: on every path, a tile
+    index whose rows of L reach byte 2^62 goes to the library's XOF instead, and either
     way the transcript is the noisy strips'."""
     a, b = _operands("random", 16, 128, 16)
     cols = np.ascontiguousarray(b.T)
-    last = (1 << 62) // (16 * 64)  # (last)·16·64 = 2^62: the first index left to the library
-    previous = transcript_cpu.select_path(transcript_cpu.GENERIC)
+    last = (1 << 62) // (16 * 64)  # tile last − 1's rows of L end at byte 2^62
+    previous = transcript_cpu.active_path()
     try:
-        for ti in (last - 2, last - 1, last + 5):
-            expected = _strips_transcript(a, cols, ti, 0, 64)
-            T = transcript_cpu.noisy_tile_transcript_seeded(a, cols, SEED_A, SEED_B, ti, 0, 64)
-            assert (T is None) == (ti >= last - 1), ti
-            assert np.array_equal(tile_transcript(a, cols, ti, 0, SEED_A, SEED_B), expected)
+        for path in transcript_cpu.available_paths():
+            transcript_cpu.select_path(path)
+            if path == transcript_cpu.GENERIC:
+                seeded = True  # every tile shape
+            else:
+                from kernels import transcript_vnni
+
+                seeded = transcript_vnni.permutable(16, 64, 128, 16)
+            for ti in (last - 2, last - 1, last + 5):
+                expected = _strips_transcript(a, cols, ti, 0, 64)
+                T = transcript_cpu.noisy_tile_transcript_seeded(a, cols, SEED_A, SEED_B, ti, 0, 64)
+                assert (T is None) == (not seeded or ti >= last - 1), (path, ti)
+                if T is not None:
+                    assert np.array_equal(T, expected), (path, ti)
+                got = tile_transcript(a, cols, ti, 0, SEED_A, SEED_B)
+                assert np.array_equal(got, expected), (path, ti)
     finally:
         transcript_cpu.select_path(previous)
 
