@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Callable
 from typing import Any, no_type_check
 
@@ -43,7 +44,11 @@ import numba
 import numpy as np
 from numba import cuda
 
+from kernels import transcript_mma
+from kernels.noise import NoiseFactors
 from kernels.params import MAX_K, TRANSCRIPT_ROTATION, TRANSCRIPT_WORDS
+from kernels.strips import tile_strips
+from kernels.validate import check_operand
 
 # numba sets its config attributes dynamically, so mypy cannot see them.
 _SIM: bool = bool(numba.config.ENABLE_CUDASIM)  # type: ignore[attr-defined]
@@ -283,16 +288,72 @@ def _kernel(h: int, w: int, kt: int, stages_per_chunk: int, fold: bool) -> Any:
     return cuda.jit(**_JIT_OPTIONS)(_kernel_source(h, w, kt, stages_per_chunk, fold))
 
 
-def _run(
-    a: np.ndarray, bt: np.ndarray, r: int, h: int, w: int, fold: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    kt, spc = _check_params(r, h, w)
-    m, k = a.shape
-    n = bt.shape[0]
-    if bt.shape[1] != k:
-        raise ValueError(f"inner dimensions differ: A' has k={k}, B'ᵀ has k={bt.shape[1]}")
+KERNELS = ("auto", "mma", "dp4a")
+"""``mma``: the tensor-core kernel (:mod:`kernels.transcript_mma`); ``dp4a``: this
+module's; ``auto``: mma where it supports (r, h, w), else dp4a."""
+
+
+def kernel_for(r: int, h: int, w: int, kernel: str = "auto") -> str:
+    """The kernel that computes (r, h, w): ``mma`` or ``dp4a``; ValueError naming what
+    is unsupported, or an unknown ``kernel``."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown CUDA kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+    why = transcript_mma.supported(r, h, w)
+    if kernel == "mma" and why is not None:
+        raise ValueError(f"the tensor-core kernel does not support this: {why}")
+    if kernel == "mma" or (kernel == "auto" and why is None):
+        return "mma"
+    _check_params(r, h, w)
+    return "dp4a"
+
+
+def _check_shapes(m: int, k: int, n: int, kb: int, r: int, h: int, w: int) -> None:
+    if kb != k:
+        raise ValueError(f"inner dimensions differ: A' has k={k}, B'ᵀ has k={kb}")
     if m % h or n % w or k % r or k > MAX_K:
         raise ValueError(f"need m % h == n % w == k % r == 0 and k <= {MAX_K}: {m=} {n=} {k=}")
+
+
+def launch(
+    d_a32: Any,
+    d_b32: Any,
+    d_c: Any,
+    d_t: Any,
+    r: int,
+    h: int,
+    w: int,
+    fold: bool = True,
+    kernel: str = "auto",
+    stream: Any = 0,
+    shape: str = transcript_mma.DEFAULT_SHAPE,
+) -> str:
+    """Compute C' (and with ``fold`` the transcripts) of device arrays: A' as int32 words
+    (m, k/4), B'ᵀ likewise (n, k/4), into ``d_c`` int32 (m, n) and ``d_t`` uint32
+    (m/h, n/w, 16), which must hold zeros where ``fold`` (the fold starts from T = 0).
+    Asynchronous on ``stream``; returns the kernel that ran (:func:`kernel_for`).
+    ``shape``: the tensor-core kernel's block shape (:data:`kernels.transcript_mma.SHAPES`)."""
+    name = kernel_for(r, h, w, kernel)
+    m, kw = d_a32.shape
+    n = d_b32.shape[0]
+    _check_shapes(m, 4 * kw, n, 4 * d_b32.shape[1], r, h, w)
+    if name == "mma":
+        block = transcript_mma.SHAPES[shape]
+        fn = transcript_mma.kernel(block.key(), h, w, r, fold)
+        fn[transcript_mma.grid(block, m, n), block.threads, stream](d_a32, d_b32, d_c, d_t)
+    else:
+        kt, spc = _check_params(r, h, w)
+        grid = ((n + _BN - 1) // _BN, (m + _BM - 1) // _BM)
+        _kernel(h, w, kt, spc, fold)[grid, _THREADS, stream](d_a32, d_b32, d_c, d_t)
+    return name
+
+
+def _run(
+    a: np.ndarray, bt: np.ndarray, r: int, h: int, w: int, fold: bool, kernel: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
+    kernel_for(r, h, w, kernel)
+    m, k = a.shape
+    n = bt.shape[0]
+    _check_shapes(m, k, n, bt.shape[1], r, h, w)
     # Packed words: 4 consecutive int8 along k per int32 (a free host view).
     if a.dtype != np.int8 or bt.dtype != np.int8:
         raise ValueError(f"operands must be int8, got {a.dtype} and {bt.dtype}")
@@ -302,25 +363,26 @@ def _run(
     d_b = cuda.to_device(b32)
     d_c = cuda.device_array((m, n), dtype=np.int32)
     d_t = cuda.to_device(np.zeros((m // h, n // w, TRANSCRIPT_WORDS), dtype=np.uint32))
-    grid = ((n + _BN - 1) // _BN, (m + _BM - 1) // _BM)
-    _kernel(h, w, kt, spc, fold)[grid, _THREADS](d_a, d_b, d_c, d_t)
+    launch(d_a, d_b, d_c, d_t, r, h, w, fold, kernel)
     return d_c.copy_to_host(), d_t.copy_to_host()
 
 
 def noisy_product(
-    a_noisy: np.ndarray, bt_noisy: np.ndarray, r: int, h: int, w: int
+    a_noisy: np.ndarray, bt_noisy: np.ndarray, r: int, h: int, w: int, kernel: str = "auto"
 ) -> tuple[np.ndarray, np.ndarray]:
     """(C' = A'·B' as int32 m×n, transcripts uint32 (m/h, n/w, 16)), on the GPU.
 
     ``a_noisy`` is A' (m×k int8), ``bt_noisy`` is B'ᵀ (n×k int8); host arrays
-    in, host arrays out.
+    in, host arrays out. ``kernel``: see :data:`KERNELS`.
     """
-    return _run(a_noisy, bt_noisy, r, h, w, True)
+    return _run(a_noisy, bt_noisy, r, h, w, True, kernel)
 
 
-def plain_matmul(a: np.ndarray, bt: np.ndarray, r: int, h: int, w: int) -> np.ndarray:
+def plain_matmul(
+    a: np.ndarray, bt: np.ndarray, r: int, h: int, w: int, kernel: str = "auto"
+) -> np.ndarray:
     """A·B with the same kernel and no folds: the baseline an attempt is compared to."""
-    out, _ = _run(a, bt, r, h, w, False)
+    out, _ = _run(a, bt, r, h, w, False, kernel)
     return out
 
 
@@ -333,7 +395,13 @@ _KERNEL_SIG = "void(int32[:, ::1], int32[:, ::1], int32[:, ::1], uint32[:, :, ::
 
 
 def compile_ptx_for(
-    cc: tuple[int, int] = (9, 0), *, r: int = 64, h: int = 16, w: int = 16, fold: bool = True
+    cc: tuple[int, int] = (9, 0),
+    *,
+    r: int = 64,
+    h: int = 16,
+    w: int = 16,
+    fold: bool = True,
+    kernel: str = "auto",
 ) -> str:
     """PTX of the (real, non-simulator) kernel for compute capability ``cc``.
 
@@ -341,8 +409,123 @@ def compile_ptx_for(
     """
     if _SIM:
         raise RuntimeError("compile_ptx_for needs the real CUDA target, not the simulator")
-    kt, spc = _check_params(r, h, w)
-    ptx, _ = cuda.compile_ptx(
-        _kernel_source(h, w, kt, spc, fold), _KERNEL_SIG, cc=cc, **_JIT_OPTIONS
-    )
+    if kernel_for(r, h, w, kernel) == "mma":
+        shape = transcript_mma.SHAPES[transcript_mma.DEFAULT_SHAPE]
+        source = transcript_mma.kernel_source(shape, h, w, r, fold)
+        options = transcript_mma.jit_options(shape)
+    else:
+        kt, spc = _check_params(r, h, w)
+        source, options = _kernel_source(h, w, kt, spc, fold), _JIT_OPTIONS
+    ptx, _ = cuda.compile_ptx(source, _KERNEL_SIG, cc=cc, **options)
     return str(ptx)
+
+
+# ------------------------------------------------------------ noise on the device
+
+
+@no_type_check
+def _add_noise_source(x32, L, p, q, out32):
+    """out = X + E by int32 words of 4 k-bytes: E[i, c] = L[i, p[c]] − L[i, q[c]]."""
+    i = cuda.blockIdx.y
+    word = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    if word < x32.shape[1]:
+        x = np.int32(x32[i, word])
+        packed = np.int32(0)
+        for j in range(4):
+            c = 4 * word + j
+            v = (((x >> np.int32(8 * j)) & np.int32(0xFF)) ^ np.int32(0x80)) - np.int32(0x80)
+            v = v + np.int32(L[i, p[c]]) - np.int32(L[i, q[c]])
+            packed = packed | ((v & np.int32(0xFF)) << np.int32(8 * j))
+        out32[i, word] = np.int32(packed)
+
+
+_NOISE_THREADS = 128
+_add_noise_kernel = cuda.jit(_add_noise_source)
+
+
+def add_noise_device(d_x32: Any, noise: NoiseFactors, d_out32: Any, stream: Any = 0) -> None:
+    """X' = X + E on the device: ``d_x32`` the int7 operand's rows as int32 words (rows,
+    k/4), the factors uploaded here (rows·r + 8k bytes), the result into ``d_out32``."""
+    rows, kw = d_x32.shape
+    if noise.L.shape[0] != rows or noise.p.shape[0] != 4 * kw:
+        raise ValueError(
+            f"noise for {noise.L.shape[0]} rows of k={noise.p.shape[0]}, operand {rows}×{4 * kw}"
+        )
+    d_l = cuda.to_device(np.ascontiguousarray(noise.L), stream=stream)
+    d_p = cuda.to_device(np.ascontiguousarray(noise.p, dtype=np.int32), stream=stream)
+    d_q = cuda.to_device(np.ascontiguousarray(noise.q, dtype=np.int32), stream=stream)
+    grid = ((kw + _NOISE_THREADS - 1) // _NOISE_THREADS, rows)
+    _add_noise_kernel[grid, _NOISE_THREADS, stream](d_x32, d_l, d_p, d_q, d_out32)
+
+
+class _Resident(threading.local):
+    """This thread's job operands on its device (a miner thread mines one GPU): A and Bᵀ
+    as int32 words, uploaded once per job, and the buffers of its attempts."""
+
+    def __init__(self) -> None:
+        self.a: np.ndarray | None = None
+        self.b: np.ndarray | None = None
+        self.d_a: Any = None
+        self.d_bt: Any = None
+        self.d_an: Any = None
+        self.d_bn: Any = None
+        self.d_c: Any = None
+        self.d_t: Any = None
+
+
+_resident = _Resident()
+
+
+def _job_on_device(a: np.ndarray, b: np.ndarray, bt: np.ndarray | None) -> _Resident:
+    """The resident operands of the job (A, B), uploaded if they are not these objects."""
+    res = _resident
+    if res.a is not a or res.b is not b:
+        check_operand("A", a)
+        check_operand("B", b)
+        bt_host = np.ascontiguousarray(b.T) if bt is None else np.ascontiguousarray(bt)
+        res.a = res.b = None  # not resident until every buffer is there
+        res.d_a = cuda.to_device(np.ascontiguousarray(a).view(np.int32))
+        res.d_bt = cuda.to_device(bt_host.view(np.int32))
+        res.d_an = cuda.device_array_like(res.d_a)
+        res.d_bn = cuda.device_array_like(res.d_bt)
+        res.d_c = cuda.device_array((a.shape[0], b.shape[1]), dtype=np.int32)
+        res.a, res.b = a, b
+    return res
+
+
+def noisy_product_from_clean(
+    a: np.ndarray,
+    noise_a: NoiseFactors,
+    b: np.ndarray,
+    noise_b: NoiseFactors,
+    r: int,
+    h: int,
+    w: int,
+    between_strips: Callable[[], None] | None = None,
+    bt: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(C', T) of A' = A + E_A and B' = B + E_B, the noise added on the GPU.
+
+    A job's A and Bᵀ stay on the device between attempts (the same array objects: a
+    job's operands are not changed in place); an attempt uploads only its noise factors
+    (m·r + n·r + 16k bytes) and brings back C' and T. With ``between_strips``, the
+    product runs by the row strips of :func:`kernels.strips.tile_strips`, that function
+    called between them. ValueError if A or B leaves the int7 range."""
+    m, k = a.shape
+    n = b.shape[1]
+    kernel_for(r, h, w)
+    _check_shapes(m, k, n, b.shape[0], r, h, w)
+    res = _job_on_device(a, b, bt)
+    add_noise_device(res.d_a, noise_a, res.d_an)
+    add_noise_device(res.d_bt, noise_b, res.d_bn)
+    res.d_t = cuda.to_device(np.zeros((m // h, n // w, TRANSCRIPT_WORDS), dtype=np.uint32))
+    if between_strips is None:
+        launch(res.d_an, res.d_bn, res.d_c, res.d_t, r, h, w)
+    else:
+        for t0, t1 in tile_strips(m // h):
+            if t0:
+                cuda.synchronize()
+                between_strips()
+            rows = slice(t0 * h, t1 * h)
+            launch(res.d_an[rows], res.d_bn, res.d_c[rows], res.d_t[t0:t1], r, h, w)
+    return res.d_c.copy_to_host(), res.d_t.copy_to_host()

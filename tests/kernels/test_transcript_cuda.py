@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kernels import transcript_cuda
+from kernels import transcript_cuda, transcript_mma
 from tests.support.reference import reference_transcripts
 
 REPO = Path(__file__).resolve().parents[2]
@@ -137,7 +137,7 @@ def test_unsupported_parameters_are_named(r: int, h: int, w: int, name: str) -> 
 
 
 def test_ptx_for_sm90_uses_dp4a() -> None:
-    ptx = transcript_cuda.compile_ptx_for((9, 0))
+    ptx = transcript_cuda.compile_ptx_for((9, 0), kernel="dp4a")
     assert ".target sm_90" in ptx
     assert "dp4a.s32.s32" in ptx
     assert "shfl.sync.bfly" in ptx  # the in-kernel fold's warp reduction
@@ -146,7 +146,7 @@ def test_ptx_for_sm90_uses_dp4a() -> None:
 
 
 def test_ptx_of_plain_kernel_has_no_fold() -> None:
-    ptx = transcript_cuda.compile_ptx_for((9, 0), fold=False)
+    ptx = transcript_cuda.compile_ptx_for((9, 0), fold=False, kernel="dp4a")
     assert "dp4a.s32.s32" in ptx
     assert "shfl.sync" not in ptx
 
@@ -156,7 +156,191 @@ def test_gpu_kernel_matches_reference() -> None:
     rng = np.random.default_rng(7)
     a, bt = _operands(rng, 256, 512, 256)
     c_ref, t_ref = reference_transcripts(a, bt, 64, 16, 16)
-    c, t = transcript_cuda.noisy_product(a, bt, 64, 16, 16)
+    for kernel in ("dp4a", "mma"):
+        c, t = transcript_cuda.noisy_product(a, bt, 64, 16, 16, kernel=kernel)
+        np.testing.assert_array_equal(c, c_ref, err_msg=kernel)
+        np.testing.assert_array_equal(t, t_ref, err_msg=kernel)
+        plain = transcript_cuda.plain_matmul(a, bt, 64, 16, 16, kernel=kernel)
+        np.testing.assert_array_equal(plain, c_ref, err_msg=kernel)
+
+
+# --------------------------------------------------------------- the tensor-core kernel
+
+# (m, k, n, r, h, w, shape): the production block shape once (8 warps: the simulator
+# spends its time on their barriers), a one-warp block for the rest.
+MMA_CASES = [
+    (32, 64, 16, 64, 16, 16, "64x32"),  # the default shape, one ragged block
+    (32, 128, 16, 64, 16, 16, "1x1"),  # two staged k-slices per fold, two hash tiles down
+    (16, 576, 32, 32, 16, 8, "1x1"),  # r = 32: 18 chunks, T slots 0 and 1 wrap; 16×8 tiles
+    (48, 64, 32, 64, 16, 16, "1x1"),  # three blocks down, two across
+]
+
+_MMA_SIM_SCRIPT = """
+import sys
+import numpy as np
+from numba import cuda
+from kernels import transcript_cuda as tc, transcript_mma as tm
+from kernels.backends import CPU
+from kernels.noise import derive_noise
+
+assert tm._SIM, "simulator not enabled"
+shapes = dict(tm.SHAPES, **{"1x1": tm.Shape(1, 1, 16, 16)})
+inp = np.load(sys.argv[1], allow_pickle=False)
+out = {}
+for i in range(int(inp["count"])):
+    r, h, w = (int(v) for v in inp[f"rhw{i}"])
+    shape = shapes[str(inp[f"shape{i}"])]
+    a, bt = inp[f"a{i}"], inp[f"bt{i}"]
+    d_c = cuda.device_array((a.shape[0], bt.shape[0]), np.int32)
+    d_t = cuda.to_device(np.zeros((a.shape[0] // h, bt.shape[0] // w, 16), np.uint32))
+    kern = tm.kernel(shape.key(), h, w, r, True)
+    kern[tm.grid(shape, a.shape[0], bt.shape[0]), shape.threads](
+        cuda.to_device(a.view(np.int32)), cuda.to_device(bt.view(np.int32)), d_c, d_t
+    )
+    out[f"c{i}"], out[f"t{i}"] = d_c.copy_to_host(), d_t.copy_to_host()
+# An attempt's product from the clean operands, the noise added on the device, by strips.
+a, b = inp["clean_a"], inp["clean_b"]
+na = derive_noise(bytes(range(32)), a.shape[0], a.shape[1], 64)
+nb = derive_noise(bytes(range(1, 33)), b.shape[1], a.shape[1], 64)
+calls = []
+out["gpu_c"], out["gpu_t"] = tc.noisy_product_from_clean(
+    a, na, b, nb, 64, 16, 16, lambda: calls.append(1)
+)
+out["strip_calls"] = np.array(len(calls))
+out["cpu_c"], out["cpu_t"] = CPU.noisy_product_from_clean(a, na, b, nb, 64, 16, 16)
+np.savez(sys.argv[2], **out)
+"""
+
+
+@pytest.fixture(scope="module")
+def mma_sim_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+    tmp = tmp_path_factory.mktemp("mmasim")
+    rng = np.random.default_rng(20261204)
+    inp: dict[str, np.ndarray] = {"count": np.array(len(MMA_CASES))}
+    for i, (m, k, n, r, h, w, shape) in enumerate(MMA_CASES):
+        inp[f"a{i}"], inp[f"bt{i}"] = _operands(rng, m, k, n)
+        inp[f"rhw{i}"] = np.array([r, h, w])
+        inp[f"shape{i}"] = np.array(shape)
+    # Extremes of A' and B' in the first case: -127 meets -127, 126 meets -127.
+    inp["a0"][0] = -127
+    inp["bt0"][:2] = -127
+    inp["a0"][1] = 126
+    inp["clean_a"] = rng.integers(-64, 64, size=(32, 64), dtype=np.int8)  # two tile rows
+    inp["clean_b"] = rng.integers(-64, 64, size=(64, 16), dtype=np.int8)
+    np.savez(tmp / "in.npz", **inp)  # type: ignore[arg-type]
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-c", _MMA_SIM_SCRIPT, str(tmp / "in.npz"), str(tmp / "out.npz")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with np.load(tmp / "out.npz") as out:
+        return {**inp, **dict(out)}
+
+
+@pytest.mark.parametrize("case", range(len(MMA_CASES)), ids=[str(c) for c in MMA_CASES])
+def test_simulated_tensor_core_kernel_matches_reference(
+    mma_sim_run: dict[str, np.ndarray], case: int
+) -> None:
+    _m, _k, _n, r, h, w, _shape = MMA_CASES[case]
+    c_ref, t_ref = reference_transcripts(mma_sim_run[f"a{case}"], mma_sim_run[f"bt{case}"], r, h, w)
+    np.testing.assert_array_equal(mma_sim_run[f"c{case}"], c_ref)
+    np.testing.assert_array_equal(mma_sim_run[f"t{case}"], t_ref)
+
+
+def test_simulated_attempt_adds_the_noise_on_the_device(mma_sim_run: dict[str, np.ndarray]) -> None:
+    """The GPU backend's attempt from clean operands (noise added by the device kernel,
+    product by strips) gives the CPU backend's C' and transcripts bit for bit."""
+    np.testing.assert_array_equal(mma_sim_run["gpu_c"], mma_sim_run["cpu_c"])
+    np.testing.assert_array_equal(mma_sim_run["gpu_t"], mma_sim_run["cpu_t"])
+    assert int(mma_sim_run["strip_calls"]) == 1  # two tile rows, two strips
+
+
+def test_fragment_layout_reference_is_the_matrix_product() -> None:
+    """mma_reference's registers map to distinct matrix entries, and D = A·B + C there."""
+    rng = np.random.default_rng(3)
+    a_regs = rng.integers(-(2**31), 2**31, size=(32, 4), dtype=np.int64).astype(np.int32)
+    b_regs = rng.integers(-(2**31), 2**31, size=(32, 2), dtype=np.int64).astype(np.int32)
+    c_regs = rng.integers(-(2**20), 2**20, size=(32, 4), dtype=np.int32)
+    d, a, b = transcript_mma.mma_reference(a_regs, b_regs, c_regs)
+    # Every byte of every register lands once: the matrices hold exactly the bytes passed.
+    assert sorted(a.ravel().tolist()) == sorted(a_regs.view(np.int8).ravel().tolist())
+    assert sorted(b.ravel().tolist()) == sorted(b_regs.view(np.int8).ravel().tolist())
+    assert a[0, :4].tolist() == a_regs[0:1].view(np.int8)[0, :4].tolist()  # a0 of lane 0
+    assert a[9, 20:24].tolist() == a_regs[5:6].view(np.int8)[0, 12:16].tolist()  # a3, g=1 t=1
+    assert b[20:24, 3].tolist() == b_regs[13:14].view(np.int8)[0, 4:8].tolist()  # b1, g=3 t=1
+    prod = a @ b
+    assert d[6, 0] == prod[1, 4] + c_regs[6, 0]  # lane 6: g = 1, t = 2
+    assert d[6, 3] == prod[9, 5] + c_regs[6, 3]
+
+
+@pytest.mark.parametrize("cc", [(8, 0), (9, 0)])
+def test_tensor_core_kernel_compiles_to_mma_in_registers(cc: tuple[int, int]) -> None:
+    ptx = transcript_cuda.compile_ptx_for(cc, kernel="mma")
+    assert f".target sm_{cc[0]}{cc[1]}" in ptx
+    # 4×4 fragments a warp, two k-steps a 64-byte stage.
+    assert ptx.count("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32") == 32
+    assert ptx.count("shfl.sync.bfly") == 9  # the reduce-scatter fold of 8 hash tiles
+    assert ".local" not in ptx  # accumulators and fragments stay in registers
+    plain = transcript_cuda.compile_ptx_for(cc, kernel="mma", fold=False)
+    assert "shfl.sync" not in plain and "mma.sync" in plain
+
+
+def test_kernel_choice_follows_the_parameters() -> None:
+    assert transcript_cuda.kernel_for(64, 16, 16) == "mma"
+    assert transcript_cuda.kernel_for(32, 32, 32) == "mma"
+    assert transcript_cuda.kernel_for(4, 16, 16) == "dp4a"  # r = 4 < one k32 step
+    assert transcript_cuda.kernel_for(64, 8, 16) == "dp4a"  # h = 8 < one m16 fragment
+    with pytest.raises(ValueError, match="r=4"):
+        transcript_cuda.kernel_for(4, 16, 16, "mma")
+    with pytest.raises(ValueError, match="unknown CUDA kernel"):
+        transcript_cuda.kernel_for(64, 16, 16, "wgmma")
+
+
+@pytest.mark.skipif(not transcript_cuda.is_available(), reason="no CUDA GPU visible")
+def test_gpu_tensor_cores_use_the_reference_fragment_layout() -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(4):
+        a_regs = rng.integers(-(2**31), 2**31, size=(32, 4), dtype=np.int64).astype(np.int32)
+        b_regs = rng.integers(-(2**31), 2**31, size=(32, 2), dtype=np.int64).astype(np.int32)
+        c_regs = rng.integers(-(2**20), 2**20, size=(32, 4), dtype=np.int32)
+        d_ref, _, _ = transcript_mma.mma_reference(a_regs, b_regs, c_regs)
+        np.testing.assert_array_equal(transcript_mma.mma_on_device(a_regs, b_regs, c_regs), d_ref)
+
+
+@pytest.mark.skipif(not transcript_cuda.is_available(), reason="no CUDA GPU visible")
+@pytest.mark.parametrize(
+    ("m", "k", "n", "r", "h", "w"),
+    [(272, 320, 208, 64, 16, 16), (128, 2048, 256, 32, 32, 32), (64, 64, 64, 64, 16, 8)],
+)
+def test_gpu_tensor_core_kernel_matches_reference(
+    m: int, k: int, n: int, r: int, h: int, w: int
+) -> None:
+    rng = np.random.default_rng(m + k + n)
+    a, bt = _operands(rng, m, k, n)
+    a[0], bt[0] = -127, -127
+    c_ref, t_ref = reference_transcripts(a, bt, r, h, w)
+    c, t = transcript_cuda.noisy_product(a, bt, r, h, w, kernel="mma")
     np.testing.assert_array_equal(c, c_ref)
     np.testing.assert_array_equal(t, t_ref)
-    np.testing.assert_array_equal(transcript_cuda.plain_matmul(a, bt, 64, 16, 16), c_ref)
+
+
+@pytest.mark.skipif(not transcript_cuda.is_available(), reason="no CUDA GPU visible")
+def test_gpu_attempt_from_clean_operands_matches_the_cpu() -> None:
+    from kernels.backends import CPU
+    from kernels.noise import derive_noise
+
+    rng = np.random.default_rng(5)
+    a = rng.integers(-64, 64, size=(512, 1024), dtype=np.int8)
+    b = rng.integers(-64, 64, size=(1024, 384), dtype=np.int8)
+    na, nb = derive_noise(b"a" * 32, 512, 1024, 64), derive_noise(b"b" * 32, 384, 1024, 64)
+    for between in (None, lambda: None):
+        c, t = transcript_cuda.noisy_product_from_clean(a, na, b, nb, 64, 16, 16, between)
+        c_cpu, t_cpu = CPU.noisy_product_from_clean(a, na, b, nb, 64, 16, 16)
+        np.testing.assert_array_equal(c, c_cpu)
+        np.testing.assert_array_equal(t, t_cpu)
