@@ -37,7 +37,7 @@ from node.config import NodeConfig
 from node.datadir import DatadirLock, write_cookie
 from node.mempool import Mempool
 from node.metrics import Metrics, NodeCollector
-from node.miner import Miner
+from node.miner import Miner, MinerPool
 from node.net.addresses import AddressBook
 from node.net.bans import BanList
 from node.net.errors import ProtocolViolation
@@ -171,7 +171,7 @@ class Node:
         self._peers_saved = time.monotonic()
         self.sync_progress = SyncProgress(draw=config.progress)
         self._block_frames: OrderedDict[bytes, bytes] = OrderedDict()
-        self.miner: Miner | None = None
+        self.miner: Miner | MinerPool | None = None
         self.p2p_port = 0
         self.rpc_port = 0
         self.explorer_url = ""
@@ -398,21 +398,48 @@ class Node:
 
     def start_mining(self) -> None:
         if self.miner is None:
-            self.miner = Miner(
-                self.params,
-                asyncio.get_running_loop(),
-                self.work.work,
-                self.work.submit,
-                self.work.deliver,
-                self.config.backend,
-                self.config.threads,
-                self.config.miner_nice,
-                better_work=self.work.better_work,
-            )
+            self.miner = self._new_miner()
             self.chain_service.on_tip_changed(self.miner.tip_changed)
             self.market.on_job_ready(self.miner.job_ready)
             self.txs.on_admitted(self._post_admitted)
         self.miner.start()
+
+    def _new_miner(self) -> Miner | MinerPool:
+        """One miner, or with ``--devices`` a pool of one per GPU, each with its own share
+        of the work (``WorkSource.share``)."""
+        loop = asyncio.get_running_loop()
+        config = self.config
+        if config.devices is None:
+            return Miner(
+                self.params,
+                loop,
+                self.work.work,
+                self.work.submit,
+                self.work.deliver,
+                config.backend,
+                config.threads,
+                config.miner_nice,
+                better_work=self.work.better_work,
+            )
+        busy: dict[int, frozenset[bytes]] = {}
+        shares = [self.work.share(busy, slot) for slot in range(len(config.devices))]
+        return MinerPool(
+            [
+                Miner(
+                    self.params,
+                    loop,
+                    share.work,
+                    share.submit,
+                    share.deliver,
+                    config.backend,
+                    config.threads,
+                    config.miner_nice,
+                    better_work=share.better_work,
+                    device=device,
+                )
+                for share, device in zip(shares, config.devices, strict=True)
+            ]
+        )
 
     def _post_admitted(self, txid: bytes) -> None:
         if self.miner is not None and self.miner.running:

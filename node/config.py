@@ -7,9 +7,10 @@ Precedence (highest first): command-line flag, environment variable
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from consensus.keys import PrivateKey
 from consensus.params import NetworkParams
@@ -29,6 +30,66 @@ def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
     return host.strip("[]"), port
 
 
+DeviceSpec = Literal["all"] | tuple[int, ...]
+"""``--devices`` as given: every visible GPU, or these indices (in the order named)."""
+
+
+def parse_devices(spec: str | int | Sequence[int]) -> DeviceSpec:
+    """``--devices`` (``all``, or GPU indices such as ``0,2``; a config file may also give
+    an integer or a list of them) → ``"all"`` or the indices; ValueError naming the
+    option otherwise. Which GPUs are visible is ``resolve_devices``'s business."""
+    if isinstance(spec, str) and spec.strip().lower() == "all":
+        return "all"
+    shown = _shown(spec)
+    parts = spec.split(",") if isinstance(spec, str) else _as_list(spec)
+    indices: list[int] = []
+    for part in parts:
+        text = str(part).strip()
+        if not text.isdigit() or not text.isascii():
+            raise ValueError(
+                f"--devices {shown!r}: give 'all' or a comma-separated list of GPU indices "
+                "(0 or more), such as 0,2"
+            )
+        index = int(text)
+        if index in indices:
+            raise ValueError(f"--devices {shown!r}: GPU {index} is named twice")
+        indices.append(index)
+    return tuple(indices)
+
+
+def _as_list(spec: int | Sequence[int]) -> list[Any]:
+    return [spec] if isinstance(spec, int) else list(spec)
+
+
+def _shown(spec: str | int | Sequence[int]) -> str:
+    """``--devices`` as the user gave it, for an error."""
+    return spec if isinstance(spec, str) else ",".join(str(i) for i in _as_list(spec))
+
+
+def resolve_devices(spec: str | int | Sequence[int], visible_count: int) -> tuple[int, ...]:
+    """The GPUs ``--devices`` names, of the ``visible_count`` visible ones (indices as
+    CUDA numbers them: those CUDA_VISIBLE_DEVICES leaves, from 0); ValueError naming the
+    option if it is malformed, names a GPU twice or one that is not visible."""
+    parsed = parse_devices(spec)
+    shown = _shown(spec)
+    if visible_count <= 0:
+        raise ValueError(
+            f"--devices {shown!r}: no CUDA GPU is visible (a driver, the 'cuda' extra, "
+            "CUDA_VISIBLE_DEVICES)"
+        )
+    if parsed == "all":
+        return tuple(range(visible_count))
+    for index in parsed:
+        if index >= visible_count:
+            visible = (
+                "1 GPU is visible (0)"
+                if visible_count == 1
+                else f"{visible_count} GPUs are visible (0-{visible_count - 1})"
+            )
+            raise ValueError(f"--devices {shown!r}: there is no GPU {index}: {visible}")
+    return parsed
+
+
 def default_datadir(net: str) -> Path:
     return Path.home() / ".pouwnet" / net
 
@@ -46,6 +107,9 @@ class NodeConfig:
     miner_address: bytes | None = None
     miner_key: PrivateKey | None = None  # receives block rewards and signs job_result claims
     backend: str = "cpu"
+    devices: tuple[int, ...] | None = None
+    """The GPUs to mine on, a mining thread each (``--devices``); None: one miner on the
+    mining thread's current device, as without the option."""
     threads: int | None = None
     miner_nice: int = 10  # the mining thread's niceness: validation and relay come first
     max_outbound: int = 8

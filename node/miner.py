@@ -17,6 +17,11 @@ tip, job or transactions are picked up within a burst); so is a posted job whose
 result only a block can deliver (``MiningWork.repeat``: the node has no key to claim
 it by transaction). A posted job's C and root are computed once and kept for its next
 attempts (``_commitment_for``).
+
+With ``--devices`` (CUDA) a ``MinerPool`` runs one such miner per GPU, each on its own
+thread, which selects its GPU as it starts (numba-cuda's current context is per
+thread, so every kernel of that thread runs there), and each asking for its own work
+(``WorkSource.share``: a posted job one GPU attempts is not handed to another).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -92,6 +97,22 @@ class MinerCounters:
     """Attempts that a better-paying job ran inside, between their strips."""
 
 
+def visible_gpu_count() -> int:
+    """The CUDA GPUs this process sees (CUDA_VISIBLE_DEVICES applies), numbered 0 on as
+    numba-cuda numbers them; 0 without a driver, a GPU or the 'cuda' extra, and under the
+    CUDA simulator (whose one fake GPU mines nothing). Never raises."""
+    from kernels.backends import cuda_available
+
+    try:
+        if not cuda_available():
+            return 0
+        from numba import cuda
+
+        return len(cuda.gpus)
+    except Exception:  # a driver that fails to initialise: no GPU to mine on
+        return 0
+
+
 class Miner:
     """Owns one mining thread; ``start``/``stop`` from the event loop."""
 
@@ -107,12 +128,14 @@ class Miner:
         nice: int = 0,
         better_work: Callable[[MiningWork, bool], Coroutine[Any, Any, MiningWork | None]]
         | None = None,
+        device: int | None = None,
     ) -> None:
         """``better_work(current, refresh)``: asked, between the row strips of an attempt
         on a posted job, once a job paying more is ready (``job_ready``), for work on such
         a job, or, with ``refresh`` (a post paying more came: ``post_arrived``), else for
         the next job on a template made afresh (None: no such work); the attempt waits
-        while it runs."""
+        while it runs. ``device``: the GPU the thread selects as it starts, if the backend
+        is CUDA (None: the thread's current device, GPU 0)."""
         self.params = params
         self.loop = loop
         self.get_work = get_work
@@ -122,6 +145,7 @@ class Miner:
         self.backend = backend
         self.threads = threads
         self.nice = nice
+        self.device = device
         self._stop = threading.Event()
         self._new_tip = threading.Event()
         self._ready_rate = 0.0
@@ -165,7 +189,8 @@ class Miner:
         if self.running:
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="pouw-miner", daemon=True)
+        name = "pouw-miner" if self.device is None else f"pouw-miner-gpu{self.device}"
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     async def stop(self) -> None:
@@ -233,7 +258,30 @@ class Miner:
         if len(self._rate_window) > 10_000:
             del self._rate_window[:5_000]
 
+    def _select_device(self) -> bool:
+        """Make ``device`` the current CUDA device of this thread (each thread has its own
+        current context in numba-cuda: every kernel the thread runs then runs on it);
+        False if it cannot be selected (the thread then mines nothing)."""
+        if self.device is None:
+            return True
+        try:
+            from kernels.backends import get_backend
+
+            if get_backend(self.backend).name != "cuda":
+                return True  # the CPU backend runs on no GPU
+            from numba import cuda
+
+            cuda.select_device(self.device)
+        except Exception as e:
+            self.last_error = f"GPU {self.device}: {e or type(e).__name__}"
+            log.error("mining on GPU %d failed: it could not be selected: %s", self.device, e)
+            return False
+        log.info("mining on GPU %d", self.device)
+        return True
+
     def _run(self) -> None:
+        if not self._select_device():
+            return
         if self.nice:
             # Linux niceness is per thread (and inherited by threads it starts): the
             # node's event loop keeps priority over the miner, which only gets the
@@ -375,6 +423,90 @@ class Miner:
             _, dropped = kept.popitem(last=False)
             held -= 0 if dropped.product is None else dropped.product.nbytes
         return commitment
+
+
+@dataclass(frozen=True)
+class DeviceFigures:
+    """One GPU's miner's figures (``getmininginfo``'s ``devices``)."""
+
+    device: int | None
+    mining: bool
+    hashrate_macs: float
+    blocks_found: int
+    counters: MinerCounters
+    last_error: str | None
+
+
+class MinerPool:
+    """One ``Miner`` per GPU (``--devices``), each on its own thread and GPU, each with
+    its own stream of work; to the node it is one miner: ``start``, ``stop``, and the
+    notifications (a new tip, a job ready, a post arrived) reach them all, and its
+    figures are their sums (``device_figures``: each one's)."""
+
+    def __init__(self, miners: Sequence[Miner]) -> None:
+        if not miners:
+            raise ValueError("a miner pool needs a miner")
+        self.miners = tuple(miners)
+
+    @property
+    def devices(self) -> list[int | None]:
+        return [m.device for m in self.miners]
+
+    @property
+    def running(self) -> bool:
+        return any(m.running for m in self.miners)
+
+    def start(self) -> None:
+        for m in self.miners:
+            m.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(m.stop() for m in self.miners))
+
+    def tip_changed(self) -> None:
+        for m in self.miners:
+            m.tip_changed()
+
+    def job_ready(self, rate: float) -> None:
+        for m in self.miners:
+            m.job_ready(rate)
+
+    def post_arrived(self, rate: float) -> None:
+        for m in self.miners:
+            m.post_arrived(rate)
+
+    @property
+    def blocks_found(self) -> int:
+        return sum(m.blocks_found for m in self.miners)
+
+    @property
+    def last_error(self) -> str | None:
+        return next((m.last_error for m in self.miners if m.last_error), None)
+
+    def hashrate(self) -> float:
+        return sum(m.hashrate() for m in self.miners)
+
+    def counters(self) -> MinerCounters:
+        """The miners' counters added up (each one's read as of one moment);
+        ``attempted_jobs`` lists each miner's newest in turn, in device order."""
+        each = [m.counters() for m in self.miners]
+        return MinerCounters(
+            sum(c.macs_done for c in each),
+            sum(c.macs_null for c in each),
+            sum(c.macs_jobs for c in each),
+            sum(c.jobs_attempted for c in each),
+            sum(c.attempts_before_post for c in each),
+            [attempt for c in each for attempt in c.attempted_jobs],
+            sum(c.interruptions for c in each),
+        )
+
+    def device_figures(self) -> list[DeviceFigures]:
+        return [
+            DeviceFigures(
+                m.device, m.running, m.hashrate(), m.blocks_found, m.counters(), m.last_error
+            )
+            for m in self.miners
+        ]
 
 
 class _DeadlineEvent:

@@ -15,6 +15,10 @@ grows the last template
 its pace is set by the last such growth, not by the full build a new tip costs
 (timed by that, a refresh would wait past the next block and a new job or
 claim would miss a block or two).
+
+Several miners (``--devices``: one per GPU) share one source, each through a
+``WorkShare`` of its own: the same work, less the posted jobs the others are
+attempting.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -120,7 +124,7 @@ class WorkSource:
                 self._null_jobs.popitem(last=False)
         return job
 
-    async def work(self) -> MiningWork:
+    async def work(self, skip: Collection[bytes] = ()) -> MiningWork:
         """What the miner attempts next: the next posted job of the market's queue
         (one attempt each), else the null job on the tip.
 
@@ -128,30 +132,39 @@ class WorkSource:
         template (same transactions, same state root) with its job field set.
         The template is reused while the tip and mempool stay, and refreshed for
         new transactions no more often than the module docstring says.
+        ``skip``: ids of posted jobs not to hand out (other miners of this node's are
+        attempting them: ``WorkShare``).
         """
         while True:
             tip = await self._ready()
-            posted = self.market.next_job()
+            posted = self.market.next_job(skip=skip)
             if posted is not None:
                 return self._work_on(posted)
             job = await self.null_job(tip)
             if self.chain.tip.hash == tip and self._fresh(tip, False):  # else a block came
                 return self._work_on(job)
 
-    async def better_work(self, current: MiningWork, refresh: bool = False) -> MiningWork | None:
+    async def better_work(
+        self, current: MiningWork, refresh: bool = False, skip: Collection[bytes] = ()
+    ) -> MiningWork | None:
         """Work on a job paying more per MAC than ``current``'s, ready and ours to take
         (the miner runs it between the strips of its attempt on ``current``), or None.
         ``refresh``: a post paying more than the open jobs came (``Miner.post_arrived``);
         then, with no such job, the next posted job, and either way on a template rebuilt
         for the transactions come since, whatever its age: the post's owner can claim the
-        job only once a block carries its post."""
+        job only once a block carries its post. ``skip``: as ``work``'s."""
         # The template first: a job taken is marked attempted, so nothing may come between
         # taking it and handing it out.
         await self._ready(refresh)
-        job = self.market.next_job(above=current.rate)
+        job = self.market.next_job(above=current.rate, skip=skip)
         if job is None and refresh:
-            job = self.market.next_job()
+            job = self.market.next_job(skip=skip)
         return None if job is None else self._work_on(job)
+
+    def share(self, busy: dict[int, frozenset[bytes]], slot: int) -> WorkShare:
+        """Miner ``slot``'s share of this source, among those whose posted jobs in hand
+        ``busy`` holds (one dict for all the shares of a pool)."""
+        return WorkShare(self, busy, slot)
 
     def _work_on(self, job: Job) -> MiningWork:
         """``job`` on the tip's template (``_ready`` made it). A job whose job_post has not
@@ -289,6 +302,69 @@ class WorkSource:
     async def deliver(self, work: MiningWork, result_root: bytes, product: np.ndarray) -> None:
         """An attempt on a posted job that made no block: its result is kept and claimed."""
         await self.market.deliver(work.job, result_root, product)
+
+
+class WorkShare:
+    """One miner's way to a ``WorkSource`` that several share (``--devices``: a miner per
+    GPU): ``work`` and ``better_work`` as the source's, less the posted jobs the other
+    miners are attempting, so that concurrent miners take different jobs when more than
+    one is ready, and a retry of a job attempted before never lands on two GPUs at once.
+    The null job is shared (every attempt on it draws a random first nonce).
+
+    A miner asks for work when its last attempt is over, so that ask clears what it had
+    in hand; ``better_work`` adds the job it runs inside the attempt on ``current``."""
+
+    def __init__(self, source: WorkSource, busy: dict[int, frozenset[bytes]], slot: int) -> None:
+        self.source = source
+        self.slot = slot
+        self._busy = busy
+        busy[slot] = frozenset()
+        # Read when a job is picked, not when asked: another share may take one meanwhile.
+        self._others = _HeldByOthers(busy, slot)
+
+    def _ids(self, *works: MiningWork) -> frozenset[bytes]:
+        p = self.source.params
+        return frozenset(
+            w.job.spec.job_id(p.rank, p.tile_h, p.tile_w) for w in works if not w.job.null
+        )
+
+    async def work(self) -> MiningWork:
+        self._busy[self.slot] = frozenset()  # the last attempt is over
+        work = await self.source.work(skip=self._others)
+        self._busy[self.slot] = self._ids(work)
+        return work
+
+    async def better_work(self, current: MiningWork, refresh: bool = False) -> MiningWork | None:
+        better = await self.source.better_work(current, refresh, skip=self._others)
+        if better is not None:
+            self._busy[self.slot] = self._ids(current, better)
+        return better
+
+    async def submit(self, found: MinedBlock, work: MiningWork) -> None:
+        await self.source.submit(found, work)
+
+    async def deliver(self, work: MiningWork, result_root: bytes, product: np.ndarray) -> None:
+        await self.source.deliver(work, result_root, product)
+
+
+class _HeldByOthers(Collection[bytes]):
+    """The posted jobs the shares but ``slot`` hold, as of each look."""
+
+    def __init__(self, busy: dict[int, frozenset[bytes]], slot: int) -> None:
+        self._busy = busy
+        self._slot = slot
+
+    def _held(self) -> frozenset[bytes]:
+        return frozenset().union(*(ids for s, ids in self._busy.items() if s != self._slot))
+
+    def __contains__(self, job_id: object) -> bool:
+        return any(job_id in ids for s, ids in self._busy.items() if s != self._slot)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._held())
+
+    def __len__(self) -> int:
+        return len(self._held())
 
 
 def _timed_build(

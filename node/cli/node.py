@@ -19,7 +19,14 @@ from consensus.transactions import TransferPayload, encode_tx, signed_transactio
 from node import collector
 from node.amounts import BASE_UNITS, AmountType, amount_option, with_amounts
 from node.client.rpc import RpcCallError, RpcClient
-from node.config import NodeConfig, default_datadir, load_config_file, parse_hostport
+from node.config import (
+    NodeConfig,
+    default_datadir,
+    load_config_file,
+    parse_devices,
+    parse_hostport,
+    resolve_devices,
+)
 from node.datadir import DatadirInUse, DatadirLock
 from node.onboarding import banner, prefunded_accounts
 
@@ -46,6 +53,35 @@ def _setup_logging(datadir: Path, level: str) -> None:
     for handler in (logging.StreamHandler(sys.stderr), to_file):
         handler.setFormatter(fmt)
         root.addHandler(handler)
+
+
+class DevicesType(click.ParamType):
+    """``--devices``: its text, checked in the command (one line naming the option, as
+    the other checks there); a config file's list of indices (``devices = [0, 2]``) or
+    single index reads as the same text."""
+
+    name = "devices"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if isinstance(value, (list, tuple)):
+            return ",".join(str(v) for v in value)
+        return str(value)
+
+
+def _mining_devices(spec: str | None, backend: str) -> tuple[int, ...] | None:
+    """The GPUs ``--devices`` names, of those visible now; None without it (one miner, as
+    ever). ValueError naming the option if it is malformed, names a GPU twice or one not
+    visible, or comes with ``--backend cpu``."""
+    if spec is None:
+        return None
+    parse_devices(spec)  # a malformed list is one whatever the backend
+    if backend == "cpu":
+        raise ValueError(
+            f"--devices {spec!r} names GPUs to mine on: it needs --backend cuda (or auto), not cpu"
+        )
+    from node.miner import visible_gpu_count
+
+    return resolve_devices(spec, visible_gpu_count())
 
 
 class ConfigDefaults(click.Command):
@@ -143,6 +179,15 @@ class ConfigDefaults(click.Command):
     "--backend", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True
 )
 @click.option(
+    "--devices",
+    type=DevicesType(),
+    metavar="all|N[,N...]",
+    default=None,
+    help="GPUs to mine on with --backend cuda (or auto): all, or indices such as 0,2; "
+    "each gets a mining thread of its own and its own posted jobs "
+    "[default: one miner, on GPU 0 with cuda].",
+)
+@click.option(
     "--threads",
     type=click.IntRange(min=1),
     default=None,
@@ -194,6 +239,7 @@ def node_cmd(
     miner_address: str | None,
     miner_key: str | None,
     backend: str,
+    devices: str | None,
     threads: int | None,
     miner_nice: int,
     max_outbound: int,
@@ -212,6 +258,7 @@ def node_cmd(
     params = network_params(network)
     if devnet_block_time_ms is not None:
         params = with_block_time(params, devnet_block_time_ms)
+    mining_devices = _mining_devices(devices, backend)  # checked now, as the backend is
     get_backend(backend)  # a missing GPU is a clear error now, not in the miner thread
     key = None
     if miner_key is not None:
@@ -233,6 +280,7 @@ def node_cmd(
         miner_address=parse_address(miner_address) if miner_address else None,
         miner_key=key,
         backend=backend,
+        devices=mining_devices,
         threads=threads,
         miner_nice=miner_nice,
         max_outbound=max_outbound,

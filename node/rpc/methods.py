@@ -12,7 +12,7 @@ from consensus.errors import DecodeError, InvalidTransaction
 from consensus.keys import address_to_text, parse_address
 from consensus.transactions import decode_tx
 from node import collector
-from node.miner import MinerCounters
+from node.miner import DeviceFigures, MinerCounters, MinerPool
 from node.rpc.server import BATCH_YIELD, INVALID_PARAMS, REJECTED, RpcError, RpcServer, parse_hash
 from node.rpc.views import block_json, header_json, tx_json
 
@@ -44,6 +44,24 @@ def _address(text: Any) -> bytes:
         return parse_address(text)
     except ValueError as e:
         raise RpcError(INVALID_PARAMS, str(e)) from None
+
+
+def _device_json(f: DeviceFigures) -> dict[str, Any]:
+    """One GPU's row of ``getmininginfo``'s ``devices``."""
+    c = f.counters
+    return {
+        "device": f.device,
+        "mining": f.mining,
+        "hashrate_macs": f.hashrate_macs,
+        "blocks_found": f.blocks_found,
+        "macs_done": c.macs_done,
+        "macs_null": c.macs_null,
+        "macs_jobs": c.macs_jobs,
+        "jobs_attempted": c.jobs_attempted,
+        "attempts_before_post": c.attempts_before_post,
+        "attempts_interrupted": c.interruptions,
+        "last_error": f.last_error,
+    }
 
 
 def _int(value: Any, what: str) -> int:
@@ -86,7 +104,7 @@ class NodeApi(Protocol):
     def market(self) -> MarketService: ...
 
     @property
-    def miner(self) -> Miner | None: ...
+    def miner(self) -> Miner | MinerPool | None: ...
 
     @property
     def miner_address(self) -> bytes: ...
@@ -283,10 +301,20 @@ def register_methods(rpc: RpcServer, node: NodeApi) -> None:
         waited for its block; ``attempts_interrupted``: attempts that a better-paying job
         ran inside, between their row strips), the job_result claims this node sent
         (``claims_sent``) and
-        how many other miners it splits the posted jobs with (``miners_seen``)."""
+        how many other miners it splits the posted jobs with (``miners_seen``). With
+        ``--devices``, ``devices`` has each GPU's figures (the others are their sums)."""
         m = node.miner
         # One consistent read: the miner thread counts while the RPC runs.
-        counted = m.counters() if m else MinerCounters(0, 0, 0, 0, 0, [])
+        none = MinerCounters(0, 0, 0, 0, 0, [])
+        counted = m.counters() if m else none
+        per_device = {}
+        if node.config.devices is not None:
+            figures = (
+                m.device_figures()
+                if isinstance(m, MinerPool)
+                else [DeviceFigures(d, False, 0.0, 0, none, None) for d in node.config.devices]
+            )
+            per_device = {"devices": [_device_json(f) for f in figures]}
         return {
             "mining": m is not None and m.running,
             "backend": node.config.backend,
@@ -304,6 +332,7 @@ def register_methods(rpc: RpcServer, node: NodeApi) -> None:
             "target": hex(chain().next_target()),
             "miner_address": address_to_text(node.miner_address),
             "null_job_shape": list(node.params.null_job_shape),
+            **per_device,
         }
 
     async def setmining(enabled: bool) -> bool:

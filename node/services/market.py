@@ -45,7 +45,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -385,7 +385,7 @@ class MarketService:
     def _claimed(self, job_id: bytes) -> bool:
         return self.mempool.claim_of(job_id) is not None
 
-    def next_job(self, above: float | None = None) -> Job | None:
+    def next_job(self, above: float | None = None, skip: Collection[bytes] = ()) -> Job | None:
         """The posted job to attempt next, or None (mine the null job).
 
         Each job is handed out once: a job whose operands we hold, not claimed
@@ -397,16 +397,17 @@ class MarketService:
         Starts fetching the operands of the jobs that come next.
 
         ``above``: only a job paying more than that per MAC, and none again (the miner
-        runs it inside a running attempt on a job paying ``above``).
+        runs it inside a running attempt on a job paying ``above``). ``skip``: ids of jobs
+        never to hand out now (this node's other miners are attempting them, ``--devices``).
         """
         open_jobs = self.open_jobs()
         self._prefetch(open_jobs)
         now = time.monotonic()
         if above is not None:
             open_jobs = [t for t in open_jobs if t[0] > above]
-        picked = self._pick_open(open_jobs, now, retry=above is None)
+        picked = self._pick_open(open_jobs, now, retry=above is None, skip=skip)
         rate = next((r for r, job_id, _ in open_jobs if job_id == picked), above or 0.0)
-        job_id = self._pick_before_post(rate) or picked
+        job_id = self._pick_before_post(rate, skip) or picked
         if job_id is None:
             return None
         self._attempted[job_id] = now
@@ -416,14 +417,21 @@ class MarketService:
         return self.jobs[job_id]
 
     def _pick_open(
-        self, open_jobs: list[tuple[float, bytes, dict[str, Any]]], now: float, retry: bool
+        self,
+        open_jobs: list[tuple[float, bytes, dict[str, Any]]],
+        now: float,
+        retry: bool,
+        skip: Collection[bytes] = (),
     ) -> bytes | None:
         """The open job ``next_job`` takes, if any (``retry``: one attempted before, when
-        none waits)."""
+        none waits), never one in ``skip``."""
         waiting = [
             (rate, job_id)
             for rate, job_id, _ in open_jobs
-            if job_id in self.jobs and job_id not in self._attempted and not self._claimed(job_id)
+            if job_id in self.jobs
+            and job_id not in self._attempted
+            and not self._claimed(job_id)
+            and job_id not in skip
         ]
         if waiting:
             # None: others' jobs, not waiting long enough to help with
@@ -445,10 +453,11 @@ class MarketService:
             and now - when >= wait
             and job_id in self.jobs
             and not self._claimed(job_id)
+            and job_id not in skip
         ]
         return min(again)[1] if again else None
 
-    def _pick_before_post(self, rate: float) -> bytes | None:
+    def _pick_before_post(self, rate: float, skip: Collection[bytes] = ()) -> bytes | None:
         """A job of our share whose job_post is still in the mempool, paying more per MAC
         than ``rate`` (the open job we would take; 0 for the null job), its operands held
         and not attempted yet; at most ``EARLY_PER_TIP`` per tip. Never another miner's
@@ -461,7 +470,10 @@ class MarketService:
         pool = [
             (r, job_id)
             for r, job_id, _ in self.pending_posts()
-            if r > rate and job_id in self.jobs and job_id not in self._attempted
+            if r > rate
+            and job_id in self.jobs
+            and job_id not in self._attempted
+            and job_id not in skip
         ]
         picked = pick_job(pool[:PICK_POOL], self.miner_address, self.rivals(), lambda _: False)
         self._early_of = (tip, count + (picked is not None))
