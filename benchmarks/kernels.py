@@ -217,7 +217,15 @@ def _bench_kernels(size: int, backend: str, repeats: int | None) -> dict[str, An
         reps,
     )
     sgemm_s = float(sgemm["sgemm_s"])  # type: ignore[arg-type]
-    return {
+    device: dict[str, Any] = {}
+    if be.name == "cuda":  # the device work alone, beside the peer int8 GEMM (same run)
+        from benchmarks.gpu import bench_gpu
+
+        shape = {"m", "k", "n", "r", "h", "w"}
+        device = {f"device_{k}": v for k, v in bench_gpu(size).items() if k not in shape}
+        if device.get("device_attempt_vs_int8_gemm") is not None:
+            device["attempt_vs_int8_gemm"] = device["device_attempt_vs_int8_gemm"]
+    return device | {
         "backend": be.name,
         # The CPU kernel path that ran, named by its instruction set (host or NUMBA_CPU_*):
         # figures from different machines are only comparable with it beside them.

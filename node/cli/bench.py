@@ -122,6 +122,28 @@ def check_writable_file(path: str, option: str) -> None:
         raise ValueError(f"{option} {path}: the folder {parent} is not writable")
 
 
+@bench.command("gpu")
+@click.option(
+    "--size",
+    type=click.IntRange(min=128),
+    default=2048,
+    show_default=True,
+    help="Side of the square job (m = k = n); a multiple of 128.",
+)
+@click.option(
+    "--repeats", type=click.IntRange(min=1), default=20, show_default=True, help="Timed repeats."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_gpu_cmd(size: int, repeats: int, as_json: bool) -> None:
+    """Time the CUDA kernels with operands on the GPU against the peer int8 GEMM."""
+    from benchmarks.gpu import bench_gpu
+
+    if size % 128:
+        raise click.BadParameter(f"{size} is not a multiple of 128", param_hint="--size")
+    record = _measure(lambda: bench_gpu(size, repeats), ValueError)
+    _print_record(record, as_json, f"pouw bench gpu — {size}³")
+
+
 @bench.command("chain")
 @click.option("--blocks", type=int, default=20, show_default=True, help="Blocks to import.")
 @click.option(

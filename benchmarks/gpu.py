@@ -1,0 +1,182 @@
+"""`pouw bench gpu`: the CUDA kernels with their operands resident on the GPU.
+
+A mining attempt on a GPU is: add the attempt's noise to the job's A and Bᵀ (which stay
+on the device), run the noisy product with its in-kernel folds, and bring back the
+transcripts. This measures that device work with CUDA events, each figure the median of
+repeats, against a peer baseline timed in the same run: the int8 GEMM of the same shape
+through PyTorch (``torch._int_mm``, cuBLASLt), where PyTorch is installed. It also checks,
+in the same run, that the tensor-core kernel, the dp4a kernel and the peer GEMM agree bit
+for bit.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from kernels.attempt import MiningParams
+from kernels.noise import derive_noise
+from kernels.params import TRANSCRIPT_WORDS
+
+
+def _event_median(fn: Callable[[], Any], repeats: int) -> float:
+    """Median seconds of ``fn``'s device work (CUDA events around it), after a warm-up."""
+    from numba import cuda
+
+    fn()
+    cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = cuda.event(), cuda.event()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)  # ms from start to end
+    return statistics.median(times)
+
+
+def _torch_int_mm(d_a32: Any, d_bt32: Any, d_plain: Any, repeats: int) -> dict[str, Any]:
+    """The peer int8 GEMM on the same device operands (torch views of them, no copies),
+    and whether its product equals ours (``d_plain``, int32 m×n), bit for bit."""
+    try:
+        import torch
+    except ImportError:
+        return {"int8_gemm_impl": None, "int8_gemm_s": None}
+    a = torch.as_tensor(d_a32, device="cuda").view(torch.int8)
+    bt = torch.as_tensor(d_bt32, device="cuda").view(torch.int8)
+
+    def run() -> Any:
+        return torch._int_mm(a, bt.t())  # Bᵀ's rows are B's columns: k-major both
+
+    same = bool(torch.equal(run(), torch.as_tensor(d_plain, device="cuda")))
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return {
+        "int8_gemm_impl": f"torch._int_mm (torch {torch.__version__})",
+        "int8_gemm_s": statistics.median(times),
+        "int8_gemm_matches_plain": same,
+    }
+
+
+def bench_gpu(size: int, repeats: int = 20) -> dict[str, Any]:
+    """Device figures of one square job of side ``size`` (see the module docstring)."""
+    from numba import cuda
+
+    from kernels import transcript_cuda as tc
+    from kernels.attempt import mining_attempt
+
+    if not tc.is_available():
+        raise ValueError("pouw bench gpu needs a visible CUDA GPU; none was found")
+    params = MiningParams()
+    r, h, w = params.r, params.h, params.w
+    if size <= 0 or size % 128:
+        raise ValueError("--size must be a positive multiple of 128")
+    m = k = n = size
+    rng = np.random.default_rng(size)
+    a = rng.integers(-64, 64, (m, k), dtype=np.int8)
+    b = rng.integers(-64, 64, (k, n), dtype=np.int8)
+    bt = np.ascontiguousarray(b.T)
+    seed_a, seed_b = os.urandom(32), os.urandom(32)
+    noise_a, noise_b = derive_noise(seed_a, m, k, r), derive_noise(seed_b, n, k, r)
+
+    d_a, d_bt = cuda.to_device(a.view(np.int32)), cuda.to_device(bt.view(np.int32))
+    d_an, d_bn = cuda.device_array_like(d_a), cuda.device_array_like(d_bt)
+    d_c = cuda.device_array((m, n), np.int32)
+    zeros_t = cuda.to_device(np.zeros((m // h, n // w, TRANSCRIPT_WORDS), np.uint32))
+    d_t = cuda.device_array_like(zeros_t)
+
+    def noise() -> None:
+        tc.add_noise_device(d_a, noise_a, d_an)
+        tc.add_noise_device(d_bt, noise_b, d_bn)
+
+    def product(kernel: str, fold: bool) -> Callable[[], None]:
+        def run() -> None:
+            if fold:
+                d_t.copy_to_device(zeros_t)
+            tc.launch(d_an, d_bn, d_c, d_t, r, h, w, fold, kernel)
+
+        return run
+
+    def attempt(kernel: str) -> Callable[[], None]:
+        prod = product(kernel, True)
+
+        def run() -> None:
+            noise()
+            prod()
+
+        return run
+
+    noise()
+    kernel = tc.kernel_for(r, h, w)
+    # Bit-identity in this run: the two kernels' C' and T, and the plain products.
+    product("dp4a", True)()
+    c_dp4a, t_dp4a = d_c.copy_to_host(), d_t.copy_to_host()
+    product(kernel, True)()
+    identical = bool(
+        np.array_equal(d_c.copy_to_host(), c_dp4a) and np.array_equal(d_t.copy_to_host(), t_dp4a)
+    )
+    product(kernel, False)()
+    d_plain = cuda.device_array_like(d_c)
+    d_plain.copy_to_device(d_c)
+    identical = identical and bool(np.array_equal(d_plain.copy_to_host(), c_dp4a))
+    del c_dp4a, t_dp4a
+
+    dev = cuda.get_current_device()
+    name = getattr(dev, "name", "")
+    rec: dict[str, Any] = {
+        "gpu": name.decode() if isinstance(name, bytes) else str(name),
+        "compute_capability": ".".join(map(str, dev.compute_capability)),
+        "m": m,
+        "k": k,
+        "n": n,
+        "r": r,
+        "h": h,
+        "w": w,
+        "kernel": kernel,
+        "repeats": repeats,
+        "kernels_bit_identical": identical,
+    }
+    rec["noise_s"] = _event_median(noise, repeats)
+    rec["attempt_kernel_s"] = _event_median(attempt(kernel), repeats)
+    rec["fold_product_s"] = _event_median(product(kernel, True), repeats)
+    rec["plain_kernel_s"] = _event_median(product(kernel, False), repeats)
+    dp4a_reps = max(3, repeats // 4)
+    rec["dp4a_attempt_s"] = _event_median(attempt("dp4a"), dp4a_reps)
+    rec["dp4a_plain_s"] = _event_median(product("dp4a", False), dp4a_reps)
+    rec.update(_torch_int_mm(d_an, d_bn, d_plain, repeats))
+    ops = 2.0 * m * k * n
+    for name in ("attempt_kernel_s", "plain_kernel_s", "dp4a_attempt_s", "dp4a_plain_s"):
+        rec[name.removesuffix("_s") + "_tops"] = ops / rec[name] / 1e12
+    if rec["int8_gemm_s"] is not None:
+        rec["int8_gemm_tops"] = ops / rec["int8_gemm_s"] / 1e12
+        rec["attempt_vs_int8_gemm"] = rec["attempt_kernel_s"] / rec["int8_gemm_s"]
+        rec["plain_vs_int8_gemm"] = rec["plain_kernel_s"] / rec["int8_gemm_s"]
+    rec["attempt_vs_plain"] = rec["attempt_kernel_s"] / rec["plain_kernel_s"]
+    rec["dp4a_vs_attempt"] = rec["dp4a_attempt_s"] / rec["attempt_kernel_s"]
+
+    # The whole attempt as the miner runs it: host noise, uploads, kernels, C' and T
+    # brought back, every ticket hashed (on the CPU), wall clock.
+    key = os.urandom(32)
+    mining_attempt(a, b, seed_a, seed_b, 1, params, "cuda", ticket_key=key, bt=bt)
+    times = []
+    for _ in range(max(3, repeats // 4)):
+        t0 = time.perf_counter()
+        mining_attempt(a, b, seed_a, seed_b, 1, params, "cuda", ticket_key=key, bt=bt)
+        times.append(time.perf_counter() - t0)
+    rec["attempt_wall_s"] = statistics.median(times)
+    rec["attempt_wall_vs_attempt_kernel"] = rec["attempt_wall_s"] / rec["attempt_kernel_s"]
+    return rec
