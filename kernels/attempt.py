@@ -56,19 +56,26 @@ class AttemptResult:
 
     def __init__(
         self,
-        c_noisy: np.ndarray,
+        c_noisy: np.ndarray | Callable[[], np.ndarray],
         transcripts: np.ndarray,
         tickets: np.ndarray,
         winners: list[tuple[int, int]],
         recover: Callable[[], np.ndarray],
         c: np.ndarray | None = None,
     ) -> None:
-        self.c_noisy = c_noisy  # C' = A'·B', int32 (m, n)
+        self._c_noisy = c_noisy  # C' = A'·B', int32 (m, n), or a function returning it
         self.transcripts = transcripts  # uint32 (m/h, n/w, 16)
         self.tickets = tickets  # uint32 (m/h, n/w, 8), little-endian words
         self.winners = winners  # tiles with ticket ≤ target·h·w·k
         self._recover = recover
         self._c = c
+
+    @property
+    def c_noisy(self) -> np.ndarray:
+        """C' = A'·B', int32 (m, n); from a GPU backend it is copied back on first use."""
+        if callable(self._c_noisy):
+            self._c_noisy = self._c_noisy()
+        return self._c_noisy
 
     @property
     def c(self) -> np.ndarray:
@@ -140,10 +147,17 @@ def mining_attempt(
     be = get_backend(backend) if isinstance(backend, str) else backend
     noise_a = derive_noise(seed_a, m, k, params.r)
     noise_b = derive_noise(seed_b, n, k, params.r)
-    c_noisy, transcripts = _noisy_product(be, a, noise_a, b, noise_b, params, between_strips, bt)
+    # C' itself only if C is recovered: a GPU backend leaves it on the device till then.
+    fetch_c, transcripts = _noisy_product(be, a, noise_a, b, noise_b, params, between_strips, bt)
+    held: list[np.ndarray] = []
+
+    def c_noisy() -> np.ndarray:
+        if not held:
+            held.append(fetch_c())
+        return held[0]
 
     def recover() -> np.ndarray:  # from the clean B: B'ᵀ is not needed
-        return recover_product(c_noisy, a, b, noise_a, noise_b)
+        return recover_product(c_noisy(), a, b, noise_a, noise_b)
 
     c: np.ndarray | None = None
     if callable(ticket_key):
@@ -165,12 +179,13 @@ def _noisy_product(
     params: MiningParams,
     between_strips: Callable[[], None] | None,
     bt: np.ndarray | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(C', transcripts) of A' = A + E_A and B' = B + E_B."""
+) -> tuple[Callable[[], np.ndarray], np.ndarray]:
+    """(a function returning C', transcripts) of A' = A + E_A and B' = B + E_B."""
     r, h, w = params.r, params.h, params.w
     if isinstance(be, ModuleBackend):  # packs A' and B' from A and B where it can
-        return be.noisy_product_from_clean(a, noise_a, b, noise_b, r, h, w, between_strips, bt)
-    return built_noisy_product(be.noisy_product, a, noise_a, b, noise_b, r, h, w, between_strips)
+        return be.noisy_product_deferred(a, noise_a, b, noise_b, r, h, w, between_strips, bt)
+    c, t = built_noisy_product(be.noisy_product, a, noise_a, b, noise_b, r, h, w, between_strips)
+    return lambda: c, t
 
 
 def tile_transcript(

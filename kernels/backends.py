@@ -75,6 +75,29 @@ class ModuleBackend:
             self.noisy_product, a, noise_a, b, noise_b, r, h, w, between_strips
         )
 
+    def noisy_product_deferred(
+        self,
+        a: np.ndarray,
+        noise_a: NoiseFactors,
+        b: np.ndarray,
+        noise_b: NoiseFactors,
+        r: int,
+        h: int,
+        w: int,
+        between_strips: Callable[[], None] | None = None,
+        bt: np.ndarray | None = None,
+    ) -> tuple[Callable[[], np.ndarray], np.ndarray]:
+        """(a function returning C', T): :meth:`noisy_product_from_clean` where C' may stay
+        where it was computed (a GPU) until a caller asks for it (recovery of C)."""
+        mod = self._mod()
+        if hasattr(mod, "noisy_product_deferred"):
+            fetch, t = mod.noisy_product_deferred(
+                a, noise_a, b, noise_b, r, h, w, between_strips, bt
+            )
+            return fetch, t
+        c, t = self.noisy_product_from_clean(a, noise_a, b, noise_b, r, h, w, between_strips, bt)
+        return lambda: c, t
+
 
 CPU = ModuleBackend("cpu", "kernels.transcript_cpu")
 CUDA = ModuleBackend("cuda", "kernels.transcript_cuda")

@@ -460,7 +460,8 @@ def add_noise_device(d_x32: Any, noise: NoiseFactors, d_out32: Any, stream: Any 
 
 class _Resident(threading.local):
     """This thread's job operands on its device (a miner thread mines one GPU): A and Bᵀ
-    as int32 words, uploaded once per job, and the buffers of its attempts."""
+    as int32 words, uploaded once per job, and the buffers its attempts' A' and B'ᵀ
+    are built in."""
 
     def __init__(self) -> None:
         self.a: np.ndarray | None = None
@@ -469,8 +470,6 @@ class _Resident(threading.local):
         self.d_bt: Any = None
         self.d_an: Any = None
         self.d_bn: Any = None
-        self.d_c: Any = None
-        self.d_t: Any = None
 
 
 _resident = _Resident()
@@ -488,9 +487,51 @@ def _job_on_device(a: np.ndarray, b: np.ndarray, bt: np.ndarray | None) -> _Resi
         res.d_bt = cuda.to_device(bt_host.view(np.int32))
         res.d_an = cuda.device_array_like(res.d_a)
         res.d_bn = cuda.device_array_like(res.d_bt)
-        res.d_c = cuda.device_array((a.shape[0], b.shape[1]), dtype=np.int32)
         res.a, res.b = a, b
     return res
+
+
+def noisy_product_deferred(
+    a: np.ndarray,
+    noise_a: NoiseFactors,
+    b: np.ndarray,
+    noise_b: NoiseFactors,
+    r: int,
+    h: int,
+    w: int,
+    between_strips: Callable[[], None] | None = None,
+    bt: np.ndarray | None = None,
+) -> tuple[Callable[[], np.ndarray], np.ndarray]:
+    """(a function that brings C' back, T): :func:`noisy_product_from_clean` with C' left
+    on the device until asked for. An attempt needs only T for its tickets; C' (16 MiB at
+    2048², 256 MiB at 8192²) only if C is recovered, once per posted job: copying it back
+    every attempt would cost more than the product. Each attempt keeps a C' buffer of its
+    own, freed with the function."""
+    m, k = a.shape
+    n = b.shape[1]
+    kernel_for(r, h, w)
+    _check_shapes(m, k, n, b.shape[0], r, h, w)
+    res = _job_on_device(a, b, bt)
+    add_noise_device(res.d_a, noise_a, res.d_an)
+    add_noise_device(res.d_bt, noise_b, res.d_bn)
+    d_t = cuda.to_device(np.zeros((m // h, n // w, TRANSCRIPT_WORDS), dtype=np.uint32))
+    d_c = cuda.device_array((m, n), dtype=np.int32)
+    if between_strips is None:
+        launch(res.d_an, res.d_bn, d_c, d_t, r, h, w)
+    else:
+        for t0, t1 in tile_strips(m // h):
+            if t0:
+                cuda.synchronize()
+                between_strips()
+            rows = slice(t0 * h, t1 * h)
+            launch(res.d_an[rows], res.d_bn, d_c[rows], d_t[t0:t1], r, h, w)
+    transcripts = d_t.copy_to_host()
+
+    def fetch_c() -> np.ndarray:
+        c: np.ndarray = d_c.copy_to_host()
+        return c
+
+    return fetch_c, transcripts
 
 
 def noisy_product_from_clean(
@@ -511,21 +552,7 @@ def noisy_product_from_clean(
     (m·r + n·r + 16k bytes) and brings back C' and T. With ``between_strips``, the
     product runs by the row strips of :func:`kernels.strips.tile_strips`, that function
     called between them. ValueError if A or B leaves the int7 range."""
-    m, k = a.shape
-    n = b.shape[1]
-    kernel_for(r, h, w)
-    _check_shapes(m, k, n, b.shape[0], r, h, w)
-    res = _job_on_device(a, b, bt)
-    add_noise_device(res.d_a, noise_a, res.d_an)
-    add_noise_device(res.d_bt, noise_b, res.d_bn)
-    res.d_t = cuda.to_device(np.zeros((m // h, n // w, TRANSCRIPT_WORDS), dtype=np.uint32))
-    if between_strips is None:
-        launch(res.d_an, res.d_bn, res.d_c, res.d_t, r, h, w)
-    else:
-        for t0, t1 in tile_strips(m // h):
-            if t0:
-                cuda.synchronize()
-                between_strips()
-            rows = slice(t0 * h, t1 * h)
-            launch(res.d_an[rows], res.d_bn, res.d_c[rows], res.d_t[t0:t1], r, h, w)
-    return res.d_c.copy_to_host(), res.d_t.copy_to_host()
+    fetch_c, transcripts = noisy_product_deferred(
+        a, noise_a, b, noise_b, r, h, w, between_strips, bt
+    )
+    return fetch_c(), transcripts

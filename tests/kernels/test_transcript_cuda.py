@@ -344,3 +344,22 @@ def test_gpu_attempt_from_clean_operands_matches_the_cpu() -> None:
         c_cpu, t_cpu = CPU.noisy_product_from_clean(a, na, b, nb, 64, 16, 16)
         np.testing.assert_array_equal(c, c_cpu)
         np.testing.assert_array_equal(t, t_cpu)
+
+
+@pytest.mark.skipif(not transcript_cuda.is_available(), reason="no CUDA GPU visible")
+def test_gpu_mining_attempt_equals_the_cpu_one() -> None:
+    """A whole attempt on the CUDA backend (C' left on the device until C is recovered):
+    the CPU backend's transcripts, tickets, winners, C' and C."""
+    from kernels.attempt import MiningParams, mining_attempt
+
+    rng = np.random.default_rng(9)
+    a = rng.integers(-64, 64, size=(256, 512), dtype=np.int8)
+    b = rng.integers(-64, 64, size=(512, 128), dtype=np.int8)
+    args = (a, b, b"s" * 32, b"t" * 32, 2**200, MiningParams())
+    gpu = mining_attempt(*args, "cuda", ticket_key=b"k" * 32)
+    cpu = mining_attempt(*args, "cpu", ticket_key=b"k" * 32)
+    np.testing.assert_array_equal(gpu.transcripts, cpu.transcripts)
+    np.testing.assert_array_equal(gpu.tickets, cpu.tickets)
+    assert gpu.winners == cpu.winners
+    np.testing.assert_array_equal(gpu.c, cpu.c)
+    np.testing.assert_array_equal(gpu.c_noisy, cpu.c_noisy)
