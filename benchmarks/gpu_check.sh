@@ -1,0 +1,69 @@
+#!/bin/bash
+# The GPU checks in one run, for a machine with a CUDA GPU (a rig, or a short lease):
+#
+#   benchmarks/gpu_check.sh [OUTDIR] [WHEELDIR]
+#
+# 1. the CUDA tests (tensor-core fragment layout against mma_reference, both kernels
+#    against the NumPy reference, a whole CUDA attempt against the CPU one, bench gpu);
+# 2. `pouw bench gpu` at 2048³ and 8192³ (device work, dp4a, torch._int_mm, same run);
+# 3. `pouw bench kernels --backend cuda` at 2048³ (the attempt as the miner runs it);
+# 4. where the host CPU has AMX-INT8: the CPU kernel tests (they run every path the
+#    host offers, AMX included) and `pouw bench kernels --isa all`.
+#
+# Results land in OUTDIR (default ./gpu-check) as JSON and logs; every step has its own
+# time limit, so one that hangs costs its limit, not the run. Run from the repository
+# root with pouwnet importable (installed, or PYTHONPATH=.). WHEELDIR, if given, holds
+# wheels to install first into /tmp/gpu-check-site (a machine with no package index:
+# blake3, pynacl, cffi, pycparser, pytest-asyncio; numpy<2.5 where numba-cuda 0.30 meets
+# numpy 2.5, whose np.row_stack it still uses).
+set -u
+OUT=${1:-gpu-check}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+if [ -n "${2:-}" ]; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/gpu-check-site "$2"/*.whl || exit 3
+    export PYTHONPATH="$PWD:/tmp/gpu-check-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+T0=$(date +%s)
+step() { echo "== $1 (at $(($(date +%s) - T0)) s)"; }
+
+step "machine"
+{
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+    lscpu | grep -E "Model name|^CPU\(s\)"
+    grep -o -w 'amx_[a-z0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' '
+    echo
+    "$PY" -c "import numba, numba_cuda, numpy; print('numba', numba.__version__,
+'numba-cuda', numba_cuda.__version__, 'numpy', numpy.__version__)"
+} 2>&1 | tee "$OUT/machine.txt"
+
+step "CUDA tests"
+timeout 300 "$PY" -m pytest -q -p no:cacheprovider -rs \
+    tests/kernels/test_transcript_cuda.py tests/kernels/test_bench_gpu.py \
+    -k "gpu or bench" 2>&1 | tee "$OUT/cuda-tests.txt" | tail -15
+
+for size in 2048 8192; do
+    step "bench gpu $size"
+    timeout 240 "$PY" -m node.cli bench gpu --size "$size" --json \
+        >"$OUT/bench-gpu-$size.json" 2>"$OUT/bench-gpu-$size.err"
+    cat "$OUT/bench-gpu-$size.json" "$OUT/bench-gpu-$size.err" | tail -c 1500
+done
+
+step "bench kernels --backend cuda 2048"
+timeout 300 "$PY" -m node.cli bench kernels --backend cuda --size 2048 --json \
+    >"$OUT/bench-kernels-cuda.json" 2>"$OUT/bench-kernels-cuda.err"
+tail -c 800 "$OUT/bench-kernels-cuda.err"
+
+if grep -q -w amx_int8 /proc/cpuinfo; then
+    step "AMX: CPU kernel tests"
+    timeout 300 "$PY" -m pytest -q -p no:cacheprovider -x \
+        tests/kernels/test_transcript_cpu.py tests/kernels/test_codegen_targets.py \
+        2>&1 | tee "$OUT/amx-tests.txt" | tail -8
+    step "AMX: bench kernels --isa all"
+    timeout 300 "$PY" -m node.cli bench kernels --isa all --size 2048 --json \
+        >"$OUT/bench-kernels-isa-all.json" 2>"$OUT/bench-kernels-isa-all.err"
+    tail -c 800 "$OUT/bench-kernels-isa-all.err"
+fi
+step "done"
