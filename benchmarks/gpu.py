@@ -1,12 +1,12 @@
 """`pouw bench gpu`: the CUDA kernels with their operands resident on the GPU.
 
 A mining attempt on a GPU is: add the attempt's noise to the job's A and Bᵀ (which stay
-on the device), run the noisy product with its in-kernel folds, and bring back the
-transcripts. This measures that device work with CUDA events, each figure the median of
-repeats, against a peer baseline timed in the same run: the int8 GEMM of the same shape
-through PyTorch (``torch._int_mm``, cuBLASLt), where PyTorch is installed. It also checks,
-in the same run, that the tensor-core kernel, the dp4a kernel and the peer GEMM agree bit
-for bit.
+on the device), run the noisy product with its in-kernel folds, and hash every tile's
+ticket there (C' and T stay on the device unless asked for). This measures that device
+work with CUDA events, each figure the median of repeats, against a peer baseline timed
+in the same run: the int8 GEMM of the same shape through PyTorch (``torch._int_mm``,
+cuBLASLt), where PyTorch is installed. It also checks, in the same run, that the
+tensor-core kernel, the dp4a kernel and the peer GEMM agree bit for bit.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ def bench_gpu(size: int, repeats: int = 20) -> dict[str, Any]:
     """Device figures of one square job of side ``size`` (see the module docstring)."""
     from numba import cuda
 
+    from kernels import tickets_cuda
     from kernels import transcript_cuda as tc
     from kernels.attempt import mining_attempt
 
@@ -111,12 +112,18 @@ def bench_gpu(size: int, repeats: int = 20) -> dict[str, Any]:
 
         return run
 
+    ticket_key = os.urandom(32)
+
+    def tickets() -> None:
+        tickets_cuda.all_tickets_device(d_t, ticket_key)
+
     def attempt(kernel: str) -> Callable[[], None]:
         prod = product(kernel, True)
 
         def run() -> None:
             noise()
             prod()
+            tickets()
 
         return run
 
@@ -151,6 +158,7 @@ def bench_gpu(size: int, repeats: int = 20) -> dict[str, Any]:
         "kernels_bit_identical": identical,
     }
     rec["noise_s"] = _event_median(noise, repeats)
+    rec["tickets_s"] = _event_median(tickets, repeats)
     rec["attempt_kernel_s"] = _event_median(attempt(kernel), repeats)
     rec["fold_product_s"] = _event_median(product(kernel, True), repeats)
     rec["plain_kernel_s"] = _event_median(product(kernel, False), repeats)

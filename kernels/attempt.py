@@ -32,7 +32,13 @@ from kernels.noise import (
 from kernels.params import DEFAULT_RANK, DEFAULT_TILE_H, DEFAULT_TILE_W, TRANSCRIPT_WORDS
 from kernels.recover import recover_product
 from kernels.strips import built_noisy_product
-from kernels.tickets import all_tickets, ticket_of, ticket_threshold, winning_tiles
+from kernels.tickets import (
+    HeldTranscripts,
+    HostTranscripts,
+    ticket_of,
+    ticket_threshold,
+    winning_tiles,
+)
 from kernels.transcript_cpu import noisy_tile_transcript, noisy_tile_transcript_seeded, single_tile
 from kernels.validate import check_int8_matrix, check_operand, check_seed, check_shapes
 
@@ -57,18 +63,26 @@ class AttemptResult:
     def __init__(
         self,
         c_noisy: np.ndarray | Callable[[], np.ndarray],
-        transcripts: np.ndarray,
+        transcripts: np.ndarray | Callable[[], np.ndarray],
         tickets: np.ndarray,
         winners: list[tuple[int, int]],
         recover: Callable[[], np.ndarray],
         c: np.ndarray | None = None,
     ) -> None:
         self._c_noisy = c_noisy  # C' = A'·B', int32 (m, n), or a function returning it
-        self.transcripts = transcripts  # uint32 (m/h, n/w, 16)
+        self._transcripts = transcripts  # uint32 (m/h, n/w, 16), or a function returning it
         self.tickets = tickets  # uint32 (m/h, n/w, 8), little-endian words
         self.winners = winners  # tiles with ticket ≤ target·h·w·k
         self._recover = recover
         self._c = c
+
+    @property
+    def transcripts(self) -> np.ndarray:
+        """Every tile's transcript, uint32 (m/h, n/w, 16); from a GPU backend it is
+        copied back on first use (the tickets were hashed there)."""
+        if callable(self._transcripts):
+            self._transcripts = self._transcripts()
+        return self._transcripts
 
     @property
     def c_noisy(self) -> np.ndarray:
@@ -147,14 +161,15 @@ def mining_attempt(
     be = get_backend(backend) if isinstance(backend, str) else backend
     noise_a = derive_noise(seed_a, m, k, params.r)
     noise_b = derive_noise(seed_b, n, k, params.r)
-    # C' itself only if C is recovered: a GPU backend leaves it on the device till then.
+    # C' only if C is recovered, and T only if asked for: a GPU backend leaves both on the
+    # device till then (and hashes the tickets there).
     fetch_c, transcripts = _noisy_product(be, a, noise_a, b, noise_b, params, between_strips, bt)
-    held: list[np.ndarray] = []
+    fetched: list[np.ndarray] = []
 
     def c_noisy() -> np.ndarray:
-        if not held:
-            held.append(fetch_c())
-        return held[0]
+        if not fetched:
+            fetched.append(fetch_c())
+        return fetched[0]
 
     def recover() -> np.ndarray:  # from the clean B: B'ᵀ is not needed
         return recover_product(c_noisy(), a, b, noise_a, noise_b)
@@ -165,9 +180,9 @@ def mining_attempt(
         key = ticket_key(c)
     else:
         key = ticket_key
-    tickets = all_tickets(transcripts, key)
+    tickets = transcripts.tickets(key)
     winners = winning_tiles(tickets, ticket_threshold(target, params.h, params.w, k))
-    return AttemptResult(c_noisy, transcripts, tickets, winners, recover, c)
+    return AttemptResult(c_noisy, transcripts.host, tickets, winners, recover, c)
 
 
 def _noisy_product(
@@ -179,13 +194,13 @@ def _noisy_product(
     params: MiningParams,
     between_strips: Callable[[], None] | None,
     bt: np.ndarray | None,
-) -> tuple[Callable[[], np.ndarray], np.ndarray]:
-    """(a function returning C', transcripts) of A' = A + E_A and B' = B + E_B."""
+) -> tuple[Callable[[], np.ndarray], HeldTranscripts]:
+    """(a function returning C', the transcripts) of A' = A + E_A and B' = B + E_B."""
     r, h, w = params.r, params.h, params.w
     if isinstance(be, ModuleBackend):  # packs A' and B' from A and B where it can
         return be.noisy_product_deferred(a, noise_a, b, noise_b, r, h, w, between_strips, bt)
     c, t = built_noisy_product(be.noisy_product, a, noise_a, b, noise_b, r, h, w, between_strips)
-    return lambda: c, t
+    return lambda: c, HostTranscripts(t)
 
 
 def tile_transcript(

@@ -16,6 +16,7 @@ import numpy as np
 
 from kernels.noise import NoiseFactors
 from kernels.strips import built_noisy_product
+from kernels.tickets import HeldTranscripts, HostTranscripts
 
 BACKEND_NAMES = ("cpu", "cuda", "auto")
 
@@ -86,17 +87,18 @@ class ModuleBackend:
         w: int,
         between_strips: Callable[[], None] | None = None,
         bt: np.ndarray | None = None,
-    ) -> tuple[Callable[[], np.ndarray], np.ndarray]:
-        """(a function returning C', T): :meth:`noisy_product_from_clean` where C' may stay
-        where it was computed (a GPU) until a caller asks for it (recovery of C)."""
+    ) -> tuple[Callable[[], np.ndarray], HeldTranscripts]:
+        """(a function returning C', the transcripts): :meth:`noisy_product_from_clean`
+        where C' and T may stay where they were computed (a GPU, which then hashes the
+        tickets too) until a caller asks for them (C' for the recovery of C)."""
         mod = self._mod()
         if hasattr(mod, "noisy_product_deferred"):
-            fetch, t = mod.noisy_product_deferred(
+            fetch, held = mod.noisy_product_deferred(
                 a, noise_a, b, noise_b, r, h, w, between_strips, bt
             )
-            return fetch, t
+            return fetch, held
         c, t = self.noisy_product_from_clean(a, noise_a, b, noise_b, r, h, w, between_strips, bt)
-        return lambda: c, t
+        return lambda: c, HostTranscripts(t)
 
 
 CPU = ModuleBackend("cpu", "kernels.transcript_cpu")

@@ -17,6 +17,8 @@ the two agree bit for bit.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import blake3
 import numpy as np
 from llvmlite import ir
@@ -141,6 +143,32 @@ def all_tickets(T: np.ndarray, key: bytes) -> np.ndarray:
         raise ValueError(f"transcripts must be uint32 (tm, tn, 16), got {T.dtype} {T.shape}")
     key_words = np.frombuffer(bytes(key), dtype="<u4").astype(np.uint32)
     return _all_tickets(np.ascontiguousarray(T), key_words)
+
+
+class HeldTranscripts(Protocol):
+    """An attempt's transcripts where its backend computed them: the tickets are hashed
+    there, and the transcripts come to the host only if asked for."""
+
+    def tickets(self, key: bytes) -> np.ndarray:
+        """Every tile's ticket under ``key``, as :func:`all_tickets` gives them."""
+        ...
+
+    def host(self) -> np.ndarray:
+        """The transcripts, uint32 (m/h, n/w, 16), on the host."""
+        ...
+
+
+class HostTranscripts:
+    """Transcripts computed on the host: tickets by :func:`all_tickets`."""
+
+    def __init__(self, transcripts: np.ndarray) -> None:
+        self._t = transcripts
+
+    def tickets(self, key: bytes) -> np.ndarray:
+        return all_tickets(self._t, key)
+
+    def host(self) -> np.ndarray:
+        return self._t
 
 
 def tickets_to_ints(words: np.ndarray) -> list[int]:

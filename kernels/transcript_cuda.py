@@ -44,7 +44,7 @@ import numba
 import numpy as np
 from numba import cuda
 
-from kernels import transcript_mma
+from kernels import tickets_cuda, transcript_mma
 from kernels.noise import NoiseFactors
 from kernels.params import MAX_K, TRANSCRIPT_ROTATION, TRANSCRIPT_WORDS
 from kernels.strips import tile_strips
@@ -491,6 +491,24 @@ def _job_on_device(a: np.ndarray, b: np.ndarray, bt: np.ndarray | None) -> _Resi
     return res
 
 
+class DeviceTranscripts:
+    """An attempt's transcripts on the GPU: its tickets hashed there
+    (:mod:`kernels.tickets_cuda`), the transcripts copied back only if asked for."""
+
+    def __init__(self, d_t: Any) -> None:
+        self._d_t = d_t
+        self._host: np.ndarray | None = None
+
+    def tickets(self, key: bytes) -> np.ndarray:
+        out: np.ndarray = tickets_cuda.all_tickets_device(self._d_t, key).copy_to_host()
+        return out
+
+    def host(self) -> np.ndarray:
+        if self._host is None:
+            self._host = self._d_t.copy_to_host()
+        return self._host
+
+
 def noisy_product_deferred(
     a: np.ndarray,
     noise_a: NoiseFactors,
@@ -501,12 +519,12 @@ def noisy_product_deferred(
     w: int,
     between_strips: Callable[[], None] | None = None,
     bt: np.ndarray | None = None,
-) -> tuple[Callable[[], np.ndarray], np.ndarray]:
-    """(a function that brings C' back, T): :func:`noisy_product_from_clean` with C' left
-    on the device until asked for. An attempt needs only T for its tickets; C' (16 MiB at
-    2048², 256 MiB at 8192²) only if C is recovered, once per posted job: copying it back
-    every attempt would cost more than the product. Each attempt keeps a C' buffer of its
-    own, freed with the function."""
+) -> tuple[Callable[[], np.ndarray], DeviceTranscripts]:
+    """(a function that brings C' back, T on the device): :func:`noisy_product_from_clean`
+    with C' and T left on the GPU until asked for. An attempt needs only its tickets,
+    hashed on the GPU from T; C' (16 MiB at 2048², 256 MiB at 8192²) only if C is
+    recovered, once per posted job: copying it back every attempt would cost more than
+    the product. Each attempt keeps C' and T buffers of its own, freed with them."""
     m, k = a.shape
     n = b.shape[1]
     kernel_for(r, h, w)
@@ -525,13 +543,12 @@ def noisy_product_deferred(
                 between_strips()
             rows = slice(t0 * h, t1 * h)
             launch(res.d_an[rows], res.d_bn, d_c[rows], d_t[t0:t1], r, h, w)
-    transcripts = d_t.copy_to_host()
 
     def fetch_c() -> np.ndarray:
         c: np.ndarray = d_c.copy_to_host()
         return c
 
-    return fetch_c, transcripts
+    return fetch_c, DeviceTranscripts(d_t)
 
 
 def noisy_product_from_clean(
@@ -552,7 +569,5 @@ def noisy_product_from_clean(
     (m·r + n·r + 16k bytes) and brings back C' and T. With ``between_strips``, the
     product runs by the row strips of :func:`kernels.strips.tile_strips`, that function
     called between them. ValueError if A or B leaves the int7 range."""
-    fetch_c, transcripts = noisy_product_deferred(
-        a, noise_a, b, noise_b, r, h, w, between_strips, bt
-    )
-    return fetch_c(), transcripts
+    fetch_c, held = noisy_product_deferred(a, noise_a, b, noise_b, r, h, w, between_strips, bt)
+    return fetch_c(), held.host()

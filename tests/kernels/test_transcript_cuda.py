@@ -208,6 +208,15 @@ out["gpu_c"], out["gpu_t"] = tc.noisy_product_from_clean(
 )
 out["strip_calls"] = np.array(len(calls))
 out["cpu_c"], out["cpu_t"] = CPU.noisy_product_from_clean(a, na, b, nb, 64, 16, 16)
+# A whole attempt on the CUDA backend: tickets hashed on the device, C' and T fetched late.
+from kernels.attempt import MiningParams, mining_attempt
+from kernels.backends import CUDA
+
+got = mining_attempt(a, b, bytes(32), bytes(range(32)), 2**241, MiningParams(), CUDA,
+                     ticket_key=lambda c: bytes(c.tobytes()[:32]))
+out["att_tickets"], out["att_c"] = got.tickets, got.c
+out["att_t"], out["att_c_noisy"] = got.transcripts, got.c_noisy
+out["att_winners"] = np.array(got.winners, dtype=np.int64).reshape(-1, 2)
 np.savez(sys.argv[2], **out)
 """
 
@@ -259,6 +268,33 @@ def test_simulated_attempt_adds_the_noise_on_the_device(mma_sim_run: dict[str, n
     np.testing.assert_array_equal(mma_sim_run["gpu_c"], mma_sim_run["cpu_c"])
     np.testing.assert_array_equal(mma_sim_run["gpu_t"], mma_sim_run["cpu_t"])
     assert int(mma_sim_run["strip_calls"]) == 1  # two tile rows, two strips
+
+
+def test_simulated_attempt_on_the_cuda_backend_is_the_cpu_attempt(
+    mma_sim_run: dict[str, np.ndarray],
+) -> None:
+    """mining_attempt on the CUDA backend (noise added, tickets hashed and C' kept on
+    the device; the key a function of C, so C is recovered first) gives the CPU
+    backend's tickets, winners, transcripts, C' and C."""
+    from kernels.attempt import MiningParams, mining_attempt
+
+    a, b = mma_sim_run["clean_a"], mma_sim_run["clean_b"]
+    cpu = mining_attempt(
+        a,
+        b,
+        bytes(32),
+        bytes(range(32)),
+        2**241,
+        MiningParams(),
+        "cpu",
+        ticket_key=lambda c: bytes(c.tobytes()[:32]),
+    )
+    np.testing.assert_array_equal(mma_sim_run["att_tickets"], cpu.tickets)
+    np.testing.assert_array_equal(mma_sim_run["att_c"], cpu.c)
+    np.testing.assert_array_equal(mma_sim_run["att_t"], cpu.transcripts)
+    np.testing.assert_array_equal(mma_sim_run["att_c_noisy"], cpu.c_noisy)
+    # About half the tiles win at this target (ticket ≤ 2^241·h·w·k = 2^255).
+    assert [tuple(w) for w in mma_sim_run["att_winners"].tolist()] == cpu.winners
 
 
 def test_fragment_layout_reference_is_the_matrix_product() -> None:
