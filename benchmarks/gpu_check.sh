@@ -4,7 +4,8 @@
 #   benchmarks/gpu_check.sh [OUTDIR] [WHEELDIR]
 #
 # 1. the CUDA tests (tensor-core fragment layout against mma_reference, both kernels
-#    against the NumPy reference, a whole CUDA attempt against the CPU one, bench gpu);
+#    against the NumPy reference, the tickets kernel against all_tickets, a whole CUDA
+#    attempt against the CPU one, bench gpu);
 # 2. `pouw bench gpu` at 2048³ and 8192³ (device work, dp4a, torch._int_mm, same run);
 # 3. `pouw bench kernels --backend cuda` at 2048³ (the attempt as the miner runs it);
 # 4. where the host CPU has AMX-INT8: the CPU kernel tests (they run every path the
@@ -41,7 +42,8 @@ step "machine"
 
 step "CUDA tests"
 timeout 300 "$PY" -m pytest -q -p no:cacheprovider -rs \
-    tests/kernels/test_transcript_cuda.py tests/kernels/test_bench_gpu.py \
+    tests/kernels/test_transcript_cuda.py tests/kernels/test_tickets_cuda.py \
+    tests/kernels/test_bench_gpu.py \
     -k "gpu or bench" 2>&1 | tee "$OUT/cuda-tests.txt" | tail -15
 
 for size in 2048 8192; do

@@ -325,19 +325,17 @@ def launch(
     fold: bool = True,
     kernel: str = "auto",
     stream: Any = 0,
-    shape: str = transcript_mma.DEFAULT_SHAPE,
 ) -> str:
     """Compute C' (and with ``fold`` the transcripts) of device arrays: A' as int32 words
     (m, k/4), B'ᵀ likewise (n, k/4), into ``d_c`` int32 (m, n) and ``d_t`` uint32
     (m/h, n/w, 16), which must hold zeros where ``fold`` (the fold starts from T = 0).
-    Asynchronous on ``stream``; returns the kernel that ran (:func:`kernel_for`).
-    ``shape``: the tensor-core kernel's block shape (:data:`kernels.transcript_mma.SHAPES`)."""
+    Asynchronous on ``stream``; returns the kernel that ran (:func:`kernel_for`)."""
     name = kernel_for(r, h, w, kernel)
     m, kw = d_a32.shape
     n = d_b32.shape[0]
     _check_shapes(m, 4 * kw, n, 4 * d_b32.shape[1], r, h, w)
     if name == "mma":
-        block = transcript_mma.SHAPES[shape]
+        block = transcript_mma.BLOCK
         fn = transcript_mma.kernel(block.key(), h, w, r, fold)
         fn[transcript_mma.grid(block, m, n), block.threads, stream](d_a32, d_b32, d_c, d_t)
     else:
@@ -410,7 +408,7 @@ def compile_ptx_for(
     if _SIM:
         raise RuntimeError("compile_ptx_for needs the real CUDA target, not the simulator")
     if kernel_for(r, h, w, kernel) == "mma":
-        shape = transcript_mma.SHAPES[transcript_mma.DEFAULT_SHAPE]
+        shape = transcript_mma.BLOCK
         source = transcript_mma.kernel_source(shape, h, w, r, fold)
         options = transcript_mma.jit_options(shape)
     else:

@@ -89,16 +89,15 @@ class Shape:
         return f"Shape({self.warps_m}x{self.warps_n} warps of {self.wm}x{self.wn})"
 
 
-SHAPES = {
-    "64x32": Shape(2, 4, 64, 32),  # 128×128 blocks of 8 warps, 64 accumulators a lane
-    "64x64": Shape(2, 2, 64, 64),  # 128×128 blocks of 4 warps, 128 accumulators a lane
-}
-DEFAULT_SHAPE = "64x32"
+BLOCK = Shape(2, 4, 64, 32)
+"""The kernel's blocks: 128×128 of C', 8 warps of 64×32, 64 accumulators a lane (234
+registers on sm_90, no spill). Warps of 64×64 (4 a block) spilled: 255 registers and a
+416-byte stack."""
 
 
 def supported(r: int, h: int, w: int, shape: Shape | None = None) -> str | None:
     """None if the tensor-core kernel computes (r, h, w), else why it does not."""
-    s = shape or SHAPES[DEFAULT_SHAPE]
+    s = shape or BLOCK
     if r <= 0 or r % 32:
         return f"r={r} is not a positive multiple of 32 (one m16n8k32 k-step)"
     if h <= 0 or h % 16 or s.wm % h:
