@@ -452,8 +452,10 @@ def add_noise_device(d_x32: Any, noise: NoiseFactors, d_out32: Any, stream: Any 
     d_l = cuda.to_device(np.ascontiguousarray(noise.L), stream=stream)
     d_p = cuda.to_device(np.ascontiguousarray(noise.p, dtype=np.int32), stream=stream)
     d_q = cuda.to_device(np.ascontiguousarray(noise.q, dtype=np.int32), stream=stream)
-    grid = ((kw + _NOISE_THREADS - 1) // _NOISE_THREADS, rows)
-    _add_noise_kernel[grid, _NOISE_THREADS, stream](d_x32, d_l, d_p, d_q, d_out32)
+    # A row's words across a block's threads (whole warps, no more than the row needs).
+    threads = min(_NOISE_THREADS, 32 * -(-kw // 32))
+    grid = ((kw + threads - 1) // threads, rows)
+    _add_noise_kernel[grid, threads, stream](d_x32, d_l, d_p, d_q, d_out32)
 
 
 class _Resident(threading.local):
