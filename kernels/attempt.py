@@ -62,15 +62,16 @@ class AttemptResult:
 
     def __init__(
         self,
-        c_noisy: np.ndarray | Callable[[], np.ndarray],
-        transcripts: np.ndarray | Callable[[], np.ndarray],
+        c_noisy: Callable[[], np.ndarray],
+        transcripts: Callable[[], np.ndarray],
         tickets: np.ndarray,
         winners: list[tuple[int, int]],
         recover: Callable[[], np.ndarray],
         c: np.ndarray | None = None,
     ) -> None:
-        self._c_noisy = c_noisy  # C' = A'·B', int32 (m, n), or a function returning it
-        self._transcripts = transcripts  # uint32 (m/h, n/w, 16), or a function returning it
+        # Functions returning C' and T from where the backend keeps them (each fetched once).
+        self._c_noisy = c_noisy
+        self._transcripts = transcripts
         self.tickets = tickets  # uint32 (m/h, n/w, 8), little-endian words
         self.winners = winners  # tiles with ticket ≤ target·h·w·k
         self._recover = recover
@@ -80,16 +81,12 @@ class AttemptResult:
     def transcripts(self) -> np.ndarray:
         """Every tile's transcript, uint32 (m/h, n/w, 16); from a GPU backend it is
         copied back on first use (the tickets were hashed there)."""
-        if callable(self._transcripts):
-            self._transcripts = self._transcripts()
-        return self._transcripts
+        return self._transcripts()
 
     @property
     def c_noisy(self) -> np.ndarray:
         """C' = A'·B', int32 (m, n); from a GPU backend it is copied back on first use."""
-        if callable(self._c_noisy):
-            self._c_noisy = self._c_noisy()
-        return self._c_noisy
+        return self._c_noisy()
 
     @property
     def c(self) -> np.ndarray:
@@ -163,13 +160,7 @@ def mining_attempt(
     noise_b = derive_noise(seed_b, n, k, params.r)
     # C' only if C is recovered, and T only if asked for: a GPU backend leaves both on the
     # device till then (and hashes the tickets there).
-    fetch_c, transcripts = _noisy_product(be, a, noise_a, b, noise_b, params, between_strips, bt)
-    fetched: list[np.ndarray] = []
-
-    def c_noisy() -> np.ndarray:
-        if not fetched:
-            fetched.append(fetch_c())
-        return fetched[0]
+    c_noisy, transcripts = _noisy_product(be, a, noise_a, b, noise_b, params, between_strips, bt)
 
     def recover() -> np.ndarray:  # from the clean B: B'ᵀ is not needed
         return recover_product(c_noisy(), a, b, noise_a, noise_b)

@@ -68,13 +68,10 @@ class ModuleBackend:
         pack A' from A directly never build it; for the others A' and B'ᵀ are built here.
         ``between_strips``: computed by row strips, that function called between them
         (:func:`built_noisy_product`). ``bt``: B's transpose, if the caller holds it."""
-        mod = self._mod()
-        if hasattr(mod, "noisy_product_from_clean"):
-            c, t = mod.noisy_product_from_clean(a, noise_a, b, noise_b, r, h, w, between_strips, bt)
-            return c, t
-        return built_noisy_product(
-            self.noisy_product, a, noise_a, b, noise_b, r, h, w, between_strips
+        fetch_c, held = self.noisy_product_deferred(
+            a, noise_a, b, noise_b, r, h, w, between_strips, bt
         )
+        return fetch_c(), held.host()
 
     def noisy_product_deferred(
         self,
@@ -88,16 +85,22 @@ class ModuleBackend:
         between_strips: Callable[[], None] | None = None,
         bt: np.ndarray | None = None,
     ) -> tuple[Callable[[], np.ndarray], HeldTranscripts]:
-        """(a function returning C', the transcripts): :meth:`noisy_product_from_clean`
-        where C' and T may stay where they were computed (a GPU, which then hashes the
-        tickets too) until a caller asks for them (C' for the recovery of C)."""
+        """(a function returning C', the transcripts) as :meth:`noisy_product_from_clean`
+        computes them, where C' and T may stay where they were computed (a GPU, which
+        then hashes the tickets too) until a caller asks for them (C' for the recovery
+        of C)."""
         mod = self._mod()
         if hasattr(mod, "noisy_product_deferred"):
             fetch, held = mod.noisy_product_deferred(
                 a, noise_a, b, noise_b, r, h, w, between_strips, bt
             )
             return fetch, held
-        c, t = self.noisy_product_from_clean(a, noise_a, b, noise_b, r, h, w, between_strips, bt)
+        if hasattr(mod, "noisy_product_from_clean"):
+            c, t = mod.noisy_product_from_clean(a, noise_a, b, noise_b, r, h, w, between_strips, bt)
+        else:
+            c, t = built_noisy_product(
+                self.noisy_product, a, noise_a, b, noise_b, r, h, w, between_strips
+            )
         return lambda: c, HostTranscripts(t)
 
 

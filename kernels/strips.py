@@ -8,7 +8,7 @@ use this module; it imports neither.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -22,6 +22,20 @@ def tile_strips(tiles: int) -> list[tuple[int, int]]:
     interruptible attempt on ``tiles`` tile rows is computed in (fewer if ``tiles`` is)."""
     step = max(1, -(-tiles // ATTEMPT_STRIPS))
     return [(t0, min(tiles, t0 + step)) for t0 in range(0, tiles, step)]
+
+
+def strips_between(
+    tiles: int, between_strips: Callable[[], None] | None
+) -> Iterator[tuple[int, int]]:
+    """(first, end) tile rows to compute in turn: all ``tiles`` at once without
+    ``between_strips``, else the :func:`tile_strips`, that function called between them."""
+    if between_strips is None:
+        yield 0, tiles
+        return
+    for t0, t1 in tile_strips(tiles):
+        if t0:
+            between_strips()
+        yield t0, t1
 
 
 NoisyProduct = Callable[[np.ndarray, np.ndarray, int, int, int], tuple[np.ndarray, np.ndarray]]
@@ -52,9 +66,7 @@ def built_noisy_product(
     m, n = a.shape[0], b.shape[1]
     c_noisy = np.empty((m, n), dtype=np.int32)
     transcripts = np.empty((m // h, n // w, TRANSCRIPT_WORDS), dtype=np.uint32)
-    for t0, t1 in tile_strips(m // h):
-        if t0:
-            between_strips()
+    for t0, t1 in strips_between(m // h, between_strips):
         c_noisy[t0 * h : t1 * h], transcripts[t0:t1] = noisy_product(
             a_noisy[t0 * h : t1 * h], bt_noisy, r, h, w
         )

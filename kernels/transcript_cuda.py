@@ -46,9 +46,9 @@ from numba import cuda
 
 from kernels import tickets_cuda, transcript_mma
 from kernels.noise import NoiseFactors
-from kernels.params import MAX_K, TRANSCRIPT_ROTATION, TRANSCRIPT_WORDS
-from kernels.strips import tile_strips
-from kernels.validate import check_operand
+from kernels.params import TRANSCRIPT_ROTATION, TRANSCRIPT_WORDS
+from kernels.strips import strips_between
+from kernels.validate import check_operand, check_shapes
 
 # numba sets its config attributes dynamically, so mypy cannot see them.
 _SIM: bool = bool(numba.config.ENABLE_CUDASIM)  # type: ignore[attr-defined]
@@ -310,8 +310,7 @@ def kernel_for(r: int, h: int, w: int, kernel: str = "auto") -> str:
 def _check_shapes(m: int, k: int, n: int, kb: int, r: int, h: int, w: int) -> None:
     if kb != k:
         raise ValueError(f"inner dimensions differ: A' has k={k}, B'ᵀ has k={kb}")
-    if m % h or n % w or k % r or k > MAX_K:
-        raise ValueError(f"need m % h == n % w == k % r == 0 and k <= {MAX_K}: {m=} {n=} {k=}")
+    check_shapes(m, k, n, r, h, w)
 
 
 def launch(
@@ -328,8 +327,9 @@ def launch(
 ) -> str:
     """Compute C' (and with ``fold`` the transcripts) of device arrays: A' as int32 words
     (m, k/4), B'ᵀ likewise (n, k/4), into ``d_c`` int32 (m, n) and ``d_t`` uint32
-    (m/h, n/w, 16), which must hold zeros where ``fold`` (the fold starts from T = 0).
-    Asynchronous on ``stream``; returns the kernel that ran (:func:`kernel_for`)."""
+    (m/h, n/w, 16). Both kernels fold from T = 0 in shared memory and write every word of
+    ``d_t``: it needs no zeroing. Asynchronous on ``stream``; returns the kernel that ran
+    (:func:`kernel_for`)."""
     name = kernel_for(r, h, w, kernel)
     m, kw = d_a32.shape
     n = d_b32.shape[0]
@@ -347,7 +347,8 @@ def launch(
 
 def _run(
     a: np.ndarray, bt: np.ndarray, r: int, h: int, w: int, fold: bool, kernel: str = "auto"
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[Any, Any]:
+    """(C', T) as device arrays, from host A' and B'ᵀ (T is written only with ``fold``)."""
     kernel_for(r, h, w, kernel)
     m, k = a.shape
     n = bt.shape[0]
@@ -360,9 +361,9 @@ def _run(
     d_a = cuda.to_device(a32)
     d_b = cuda.to_device(b32)
     d_c = cuda.device_array((m, n), dtype=np.int32)
-    d_t = cuda.to_device(np.zeros((m // h, n // w, TRANSCRIPT_WORDS), dtype=np.uint32))
+    d_t = cuda.device_array((m // h, n // w, TRANSCRIPT_WORDS), dtype=np.uint32)
     launch(d_a, d_b, d_c, d_t, r, h, w, fold, kernel)
-    return d_c.copy_to_host(), d_t.copy_to_host()
+    return d_c, d_t
 
 
 def noisy_product(
@@ -373,15 +374,17 @@ def noisy_product(
     ``a_noisy`` is A' (m×k int8), ``bt_noisy`` is B'ᵀ (n×k int8); host arrays
     in, host arrays out. ``kernel``: see :data:`KERNELS`.
     """
-    return _run(a_noisy, bt_noisy, r, h, w, True, kernel)
+    d_c, d_t = _run(a_noisy, bt_noisy, r, h, w, True, kernel)
+    return d_c.copy_to_host(), d_t.copy_to_host()
 
 
 def plain_matmul(
     a: np.ndarray, bt: np.ndarray, r: int, h: int, w: int, kernel: str = "auto"
 ) -> np.ndarray:
     """A·B with the same kernel and no folds: the baseline an attempt is compared to."""
-    out, _ = _run(a, bt, r, h, w, False, kernel)
-    return out
+    d_c, _ = _run(a, bt, r, h, w, False, kernel)
+    c: np.ndarray = d_c.copy_to_host()
+    return c
 
 
 def is_available() -> bool:
@@ -493,7 +496,7 @@ def _job_on_device(a: np.ndarray, b: np.ndarray, bt: np.ndarray | None) -> _Resi
 
 class DeviceTranscripts:
     """An attempt's transcripts on the GPU: its tickets hashed there
-    (:mod:`kernels.tickets_cuda`), the transcripts copied back only if asked for."""
+    (:mod:`kernels.tickets_cuda`), the transcripts copied back once, if asked for."""
 
     def __init__(self, d_t: Any) -> None:
         self._d_t = d_t
@@ -520,11 +523,17 @@ def noisy_product_deferred(
     between_strips: Callable[[], None] | None = None,
     bt: np.ndarray | None = None,
 ) -> tuple[Callable[[], np.ndarray], DeviceTranscripts]:
-    """(a function that brings C' back, T on the device): :func:`noisy_product_from_clean`
-    with C' and T left on the GPU until asked for. An attempt needs only its tickets,
-    hashed on the GPU from T; C' (16 MiB at 2048², 256 MiB at 8192²) only if C is
-    recovered, once per posted job: copying it back every attempt would cost more than
-    the product. Each attempt keeps C' and T buffers of its own, freed with them."""
+    """(a function that brings C' back, once; T on the device) of A' = A + E_A and
+    B' = B + E_B, the noise added on the GPU.
+
+    A job's A and Bᵀ stay on the device between attempts (the same array objects: a
+    job's operands are not changed in place); an attempt uploads only its noise factors
+    (m·r + n·r + 16k bytes). It needs only its tickets, hashed on the GPU from T; C'
+    (16 MiB at 2048², 256 MiB at 8192²) only if C is recovered, once per posted job:
+    copying it back every attempt would cost more than the product. Each attempt keeps
+    C' and T buffers of its own, freed with them. With ``between_strips``, the product
+    runs by the row strips of :func:`kernels.strips.tile_strips`, that function called
+    between them. ValueError if A or B leaves the int7 range."""
     m, k = a.shape
     n = b.shape[1]
     kernel_for(r, h, w)
@@ -532,42 +541,17 @@ def noisy_product_deferred(
     res = _job_on_device(a, b, bt)
     add_noise_device(res.d_a, noise_a, res.d_an)
     add_noise_device(res.d_bt, noise_b, res.d_bn)
-    d_t = cuda.to_device(np.zeros((m // h, n // w, TRANSCRIPT_WORDS), dtype=np.uint32))
+    d_t = cuda.device_array((m // h, n // w, TRANSCRIPT_WORDS), dtype=np.uint32)
     d_c = cuda.device_array((m, n), dtype=np.int32)
-    if between_strips is None:
-        launch(res.d_an, res.d_bn, d_c, d_t, r, h, w)
-    else:
-        for t0, t1 in tile_strips(m // h):
-            if t0:
-                cuda.synchronize()
-                between_strips()
-            rows = slice(t0 * h, t1 * h)
-            launch(res.d_an[rows], res.d_bn, d_c[rows], d_t[t0:t1], r, h, w)
+    # The strips queue on the device; between them the caller's work runs on the host.
+    for t0, t1 in strips_between(m // h, between_strips):
+        rows = slice(t0 * h, t1 * h)
+        launch(res.d_an[rows], res.d_bn, d_c[rows], d_t[t0:t1], r, h, w)
+    fetched: list[np.ndarray] = []
 
     def fetch_c() -> np.ndarray:
-        c: np.ndarray = d_c.copy_to_host()
-        return c
+        if not fetched:
+            fetched.append(d_c.copy_to_host())
+        return fetched[0]
 
     return fetch_c, DeviceTranscripts(d_t)
-
-
-def noisy_product_from_clean(
-    a: np.ndarray,
-    noise_a: NoiseFactors,
-    b: np.ndarray,
-    noise_b: NoiseFactors,
-    r: int,
-    h: int,
-    w: int,
-    between_strips: Callable[[], None] | None = None,
-    bt: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(C', T) of A' = A + E_A and B' = B + E_B, the noise added on the GPU.
-
-    A job's A and Bᵀ stay on the device between attempts (the same array objects: a
-    job's operands are not changed in place); an attempt uploads only its noise factors
-    (m·r + n·r + 16k bytes) and brings back C' and T. With ``between_strips``, the
-    product runs by the row strips of :func:`kernels.strips.tile_strips`, that function
-    called between them. ValueError if A or B leaves the int7 range."""
-    fetch_c, held = noisy_product_deferred(a, noise_a, b, noise_b, r, h, w, between_strips, bt)
-    return fetch_c(), held.host()

@@ -95,9 +95,9 @@ registers on sm_90, no spill). Warps of 64×64 (4 a block) spilled: 255 register
 416-byte stack."""
 
 
-def supported(r: int, h: int, w: int, shape: Shape | None = None) -> str | None:
+def supported(r: int, h: int, w: int) -> str | None:
     """None if the tensor-core kernel computes (r, h, w), else why it does not."""
-    s = shape or BLOCK
+    s = BLOCK
     if r <= 0 or r % 32:
         return f"r={r} is not a positive multiple of 32 (one m16n8k32 k-step)"
     if h <= 0 or h % 16 or s.wm % h:

@@ -51,7 +51,7 @@ from kernels.noise import (
     permutation_from_stream,
 )
 from kernels.params import TRANSCRIPT_WORDS
-from kernels.strips import tile_strips
+from kernels.strips import strips_between
 from kernels.threads import exclusive
 from kernels.tiles import PANEL, check_chunks, copy_block, fold_chunks16, padded_width
 from kernels.validate import check_operand, int7_excess
@@ -567,10 +567,7 @@ def _all_tiles(
     # its rows are whole panels of 16 words.
     stream = padded_width(w) == w and n % LANES == 0 and out.ctypes.data % 64 == 0
     T = np.zeros((tm, bp.shape[0], TRANSCRIPT_WORDS), dtype=np.uint32)
-    strips = [(0, tm)] if between_strips is None else tile_strips(tm)
-    for t0, t1 in strips:
-        if t0 and between_strips is not None:
-            between_strips()
+    for t0, t1 in strips_between(tm, between_strips):
         _tiles_into(ap, shifts, bp, r, w, fold, t0, t1, out, T, stream)
     return out, T
 

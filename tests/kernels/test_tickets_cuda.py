@@ -13,19 +13,12 @@ without a GPU:
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from kernels import tickets_cuda, transcript_cuda
 from kernels.tickets import all_tickets, ticket_of, tickets_to_ints
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.cudasim import run_simulated
 
 SIM_SHAPES = [(1, 1), (2, 3), (3, 5), (1, 130)]
 """Tile grids for the simulator (~10 ms a tile): (1, 130) spans two blocks of 128
@@ -95,25 +88,9 @@ def sim_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
     inp[f"key{last}"] = np.full(32, 0xFF, dtype=np.uint8)
     inp["T_origin"] = _transcripts(rng, 2, 3)
     inp["origins"] = np.array(ORIGINS, dtype=np.int64)
-    np.savez(tmp / "in.npz", **inp)  # type: ignore[arg-type]
-
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", _SIM_SCRIPT, str(tmp / "in.npz"), str(tmp / "out.npz")],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    elapsed = time.perf_counter() - start
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    # Cheap enough for every run: the simulator is slow, so the cases stay small.
+    out, elapsed = run_simulated(_SIM_SCRIPT, inp, tmp, timeout=120)
     assert elapsed < 30, f"the simulator run took {elapsed:.1f} s"
-    with np.load(tmp / "out.npz") as out:
-        return {**inp, **dict(out)}
+    return out
 
 
 @pytest.mark.parametrize("case", range(len(SIM_SHAPES) + 1))

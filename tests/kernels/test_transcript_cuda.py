@@ -14,18 +14,12 @@ without a GPU:
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from kernels import transcript_cuda, transcript_mma
+from tests.support.cudasim import run_simulated
 from tests.support.reference import reference_transcripts
-
-REPO = Path(__file__).resolve().parents[2]
 
 # (m, k, n, r, h, w). The simulator runs ~10^5 operations a second, so sizes
 # stay small; inactive hash tiles skip their arithmetic, so the thin 144-wide
@@ -88,21 +82,7 @@ def sim_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
     )
     words[2] %= 2**20  # keep the accumulator far from int32 overflow
     inp["words"] = words
-    np.savez(tmp / "in.npz", **inp)  # type: ignore[arg-type]
-
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, "-c", _SIM_SCRIPT, str(tmp / "in.npz"), str(tmp / "out.npz")],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    with np.load(tmp / "out.npz") as out:
-        return {**inp, **dict(out)}
+    return run_simulated(_SIM_SCRIPT, inp, tmp, timeout=120)[0]
 
 
 @pytest.mark.parametrize("case", range(len(SIM_CASES)), ids=[str(c) for c in SIM_CASES])
@@ -189,12 +169,21 @@ for i in range(int(inp["count"])):
     shape = shapes[str(inp[f"shape{i}"])]
     a, bt = inp[f"a{i}"], inp[f"bt{i}"]
     d_c = cuda.device_array((a.shape[0], bt.shape[0]), np.int32)
-    d_t = cuda.to_device(np.zeros((a.shape[0] // h, bt.shape[0] // w, 16), np.uint32))
+    # Garbage in T: the kernel folds from zero in shared memory and writes every word.
+    d_t = cuda.to_device(np.full((a.shape[0] // h, bt.shape[0] // w, 16), 0xDEADBEEF, np.uint32))
     kern = tm.kernel(shape.key(), h, w, r, True)
     kern[tm.grid(shape, a.shape[0], bt.shape[0]), shape.threads](
         cuda.to_device(a.view(np.int32)), cuda.to_device(bt.view(np.int32)), d_c, d_t
     )
     out[f"c{i}"], out[f"t{i}"] = d_c.copy_to_host(), d_t.copy_to_host()
+# The dp4a kernel through launch, onto garbage too (case 0).
+r, h, w = (int(v) for v in inp["rhw0"])
+a, bt = inp["a0"], inp["bt0"]
+d_c = cuda.device_array((a.shape[0], bt.shape[0]), np.int32)
+d_t = cuda.to_device(np.full((a.shape[0] // h, bt.shape[0] // w, 16), 0xDEADBEEF, np.uint32))
+tc.launch(cuda.to_device(a.view(np.int32)), cuda.to_device(bt.view(np.int32)), d_c, d_t,
+          r, h, w, kernel="dp4a")
+out["dp4a_c0"], out["dp4a_t0"] = d_c.copy_to_host(), d_t.copy_to_host()
 # A whole attempt on the CUDA backend: the noise added on the device, the product by
 # strips, the tickets hashed there, C' and T fetched only when asked for.
 from kernels.attempt import MiningParams, mining_attempt
@@ -228,20 +217,7 @@ def mma_sim_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarra
     inp["a0"][1] = 126
     inp["clean_a"] = rng.integers(-64, 64, size=(32, 64), dtype=np.int8)  # two tile rows
     inp["clean_b"] = rng.integers(-64, 64, size=(64, 16), dtype=np.int8)
-    np.savez(tmp / "in.npz", **inp)  # type: ignore[arg-type]
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, "-c", _MMA_SIM_SCRIPT, str(tmp / "in.npz"), str(tmp / "out.npz")],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    with np.load(tmp / "out.npz") as out:
-        return {**inp, **dict(out)}
+    return run_simulated(_MMA_SIM_SCRIPT, inp, tmp, timeout=240)[0]
 
 
 @pytest.mark.parametrize("case", range(len(MMA_CASES)), ids=[str(c) for c in MMA_CASES])
@@ -252,6 +228,9 @@ def test_simulated_tensor_core_kernel_matches_reference(
     c_ref, t_ref = reference_transcripts(mma_sim_run[f"a{case}"], mma_sim_run[f"bt{case}"], r, h, w)
     np.testing.assert_array_equal(mma_sim_run[f"c{case}"], c_ref)
     np.testing.assert_array_equal(mma_sim_run[f"t{case}"], t_ref)
+    if case == 0:  # the dp4a kernel also overwrote a T full of garbage
+        np.testing.assert_array_equal(mma_sim_run["dp4a_c0"], c_ref)
+        np.testing.assert_array_equal(mma_sim_run["dp4a_t0"], t_ref)
 
 
 def test_simulated_attempt_on_the_cuda_backend_is_the_cpu_attempt(
@@ -356,7 +335,7 @@ def test_gpu_tensor_core_kernel_matches_reference(
 
 @pytest.mark.skipif(not transcript_cuda.is_available(), reason="no CUDA GPU visible")
 def test_gpu_attempt_from_clean_operands_matches_the_cpu() -> None:
-    from kernels.backends import CPU
+    from kernels.backends import CPU, CUDA
     from kernels.noise import derive_noise
 
     rng = np.random.default_rng(5)
@@ -364,7 +343,7 @@ def test_gpu_attempt_from_clean_operands_matches_the_cpu() -> None:
     b = rng.integers(-64, 64, size=(1024, 384), dtype=np.int8)
     na, nb = derive_noise(b"a" * 32, 512, 1024, 64), derive_noise(b"b" * 32, 384, 1024, 64)
     for between in (None, lambda: None):
-        c, t = transcript_cuda.noisy_product_from_clean(a, na, b, nb, 64, 16, 16, between)
+        c, t = CUDA.noisy_product_from_clean(a, na, b, nb, 64, 16, 16, between)
         c_cpu, t_cpu = CPU.noisy_product_from_clean(a, na, b, nb, 64, 16, 16)
         np.testing.assert_array_equal(c, c_cpu)
         np.testing.assert_array_equal(t, t_cpu)
