@@ -6,7 +6,8 @@ ticket there (C' and T stay on the device unless asked for). This measures that 
 work with CUDA events, each figure the median of repeats, against a peer baseline timed
 in the same run: the int8 GEMM of the same shape through PyTorch (``torch._int_mm``,
 cuBLASLt), where PyTorch is installed. It also checks, in the same run, that the
-tensor-core kernel, the dp4a kernel and the peer GEMM agree bit for bit.
+tensor-core kernel, the dp4a kernel and the peer GEMM agree bit for bit, and that the
+noise the device adds is the host's.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from kernels.attempt import MiningParams
-from kernels.noise import derive_noise
+from kernels.noise import add_noise, add_noise_transposed, derive_noise
 from kernels.params import TRANSCRIPT_WORDS
 
 
@@ -94,46 +95,42 @@ def bench_gpu(size: int, repeats: int = 20) -> dict[str, Any]:
     seed_a, seed_b = os.urandom(32), os.urandom(32)
     noise_a, noise_b = derive_noise(seed_a, m, k, r), derive_noise(seed_b, n, k, r)
 
+    # A' and B'ᵀ built on the host by the CPU path's own functions: what the device's
+    # noise must give, and the operands every kernel below is timed on.
+    a_noisy, bt_noisy = add_noise(a, noise_a), add_noise_transposed(b, noise_b)
     d_a, d_bt = cuda.to_device(a.view(np.int32)), cuda.to_device(bt.view(np.int32))
-    d_an, d_bn = cuda.device_array_like(d_a), cuda.device_array_like(d_bt)
+    d_an, d_bn = cuda.to_device(a_noisy.view(np.int32)), cuda.to_device(bt_noisy.view(np.int32))
+    d_xa, d_xb = cuda.device_array_like(d_a), cuda.device_array_like(d_bt)
     d_c = cuda.device_array((m, n), np.int32)
-    zeros_t = cuda.to_device(np.zeros((m // h, n // w, TRANSCRIPT_WORDS), np.uint32))
-    d_t = cuda.device_array_like(zeros_t)
+    d_t = cuda.device_array((m // h, n // w, TRANSCRIPT_WORDS), np.uint32)
+    ticket_key = os.urandom(32)
 
     def noise() -> None:
-        tc.add_noise_device(d_a, noise_a, d_an)
-        tc.add_noise_device(d_bt, noise_b, d_bn)
+        tc.add_noise_device(d_a, noise_a, d_xa)
+        tc.add_noise_device(d_bt, noise_b, d_xb)
 
-    def product(kernel: str, fold: bool) -> Callable[[], None]:
-        def run() -> None:
-            if fold:
-                d_t.copy_to_device(zeros_t)
-            tc.launch(d_an, d_bn, d_c, d_t, r, h, w, fold, kernel)
-
-        return run
-
-    ticket_key = os.urandom(32)
+    def product(kernel: str, fold: bool) -> Callable[[], object]:
+        return lambda: tc.launch(d_an, d_bn, d_c, d_t, r, h, w, fold, kernel)
 
     def tickets() -> None:
         tickets_cuda.all_tickets_device(d_t, ticket_key)
 
-    def attempt(kernel: str) -> Callable[[], None]:
-        prod = product(kernel, True)
+    def attempt() -> None:  # the miner's device path, job resident, tickets brought back
+        _, held = tc.noisy_product_deferred(a, noise_a, b, noise_b, r, h, w, bt=bt)
+        held.tickets(ticket_key)
 
-        def run() -> None:
-            noise()
-            prod()
-            tickets()
-
-        return run
-
-    noise()
     kernel = tc.kernel_for(r, h, w)
-    # Bit-identity in this run: the two kernels' C' and T, and the plain products.
+    # Bit-identity in this run: the device's noise, the two kernels' C' and T, the plain
+    # product's C.
+    noise()
+    identical = bool(
+        np.array_equal(d_xa.copy_to_host().view(np.int8), a_noisy)
+        and np.array_equal(d_xb.copy_to_host().view(np.int8), bt_noisy)
+    )
     product("dp4a", True)()
     c_dp4a, t_dp4a = d_c.copy_to_host(), d_t.copy_to_host()
     product(kernel, True)()
-    identical = bool(
+    identical = identical and bool(
         np.array_equal(d_c.copy_to_host(), c_dp4a) and np.array_equal(d_t.copy_to_host(), t_dp4a)
     )
     product(kernel, False)()
@@ -159,31 +156,36 @@ def bench_gpu(size: int, repeats: int = 20) -> dict[str, Any]:
     }
     rec["noise_s"] = _event_median(noise, repeats)
     rec["tickets_s"] = _event_median(tickets, repeats)
-    rec["attempt_kernel_s"] = _event_median(attempt(kernel), repeats)
+    rec["attempt_kernel_s"] = _event_median(attempt, repeats)
     rec["fold_product_s"] = _event_median(product(kernel, True), repeats)
     rec["plain_kernel_s"] = _event_median(product(kernel, False), repeats)
     dp4a_reps = max(3, repeats // 4)
-    rec["dp4a_attempt_s"] = _event_median(attempt("dp4a"), dp4a_reps)
+    rec["dp4a_fold_product_s"] = _event_median(product("dp4a", True), dp4a_reps)
     rec["dp4a_plain_s"] = _event_median(product("dp4a", False), dp4a_reps)
     rec.update(_torch_int_mm(d_an, d_bn, d_plain, repeats))
     ops = 2.0 * m * k * n
-    for name in ("attempt_kernel_s", "plain_kernel_s", "dp4a_attempt_s", "dp4a_plain_s"):
-        rec[name.removesuffix("_s") + "_tops"] = ops / rec[name] / 1e12
+    for key in (
+        "attempt_kernel_s",
+        "fold_product_s",
+        "plain_kernel_s",
+        "dp4a_fold_product_s",
+        "dp4a_plain_s",
+    ):
+        rec[key.removesuffix("_s") + "_tops"] = ops / rec[key] / 1e12
     if rec["int8_gemm_s"] is not None:
         rec["int8_gemm_tops"] = ops / rec["int8_gemm_s"] / 1e12
         rec["attempt_vs_int8_gemm"] = rec["attempt_kernel_s"] / rec["int8_gemm_s"]
         rec["plain_vs_int8_gemm"] = rec["plain_kernel_s"] / rec["int8_gemm_s"]
     rec["attempt_vs_plain"] = rec["attempt_kernel_s"] / rec["plain_kernel_s"]
-    rec["dp4a_vs_attempt"] = rec["dp4a_attempt_s"] / rec["attempt_kernel_s"]
+    rec["dp4a_vs_fold_product"] = rec["dp4a_fold_product_s"] / rec["fold_product_s"]
 
-    # The whole attempt as the miner runs it: host noise, uploads, kernels, C' and T
-    # brought back, every ticket hashed (on the CPU), wall clock.
-    key = os.urandom(32)
-    mining_attempt(a, b, seed_a, seed_b, 1, params, "cuda", ticket_key=key, bt=bt)
+    # The whole attempt as the miner runs it: the noise derived on the host too, the
+    # winners picked, wall clock.
+    mining_attempt(a, b, seed_a, seed_b, 1, params, "cuda", ticket_key=ticket_key, bt=bt)
     times = []
     for _ in range(max(3, repeats // 4)):
         t0 = time.perf_counter()
-        mining_attempt(a, b, seed_a, seed_b, 1, params, "cuda", ticket_key=key, bt=bt)
+        mining_attempt(a, b, seed_a, seed_b, 1, params, "cuda", ticket_key=ticket_key, bt=bt)
         times.append(time.perf_counter() - t0)
     rec["attempt_wall_s"] = statistics.median(times)
     rec["attempt_wall_vs_attempt_kernel"] = rec["attempt_wall_s"] / rec["attempt_kernel_s"]
