@@ -43,16 +43,13 @@ from __future__ import annotations
 import functools
 from typing import Any, no_type_check
 
-import numba
 import numpy as np
 from numba import cuda
 
 from kernels.blake3_lanes import CHUNK_END, CHUNK_START, IV, KEYED_HASH, ROOT
+from kernels.cuda_common import SIM
 from kernels.params import TRANSCRIPT_WORDS
 from kernels.validate import check_seed
-
-# numba sets its config attributes dynamically, so mypy cannot see them.
-_SIM: bool = bool(numba.config.ENABLE_CUDASIM)  # type: ignore[attr-defined]
 
 _THREADS = 128
 """Threads per block (1-D), one tile each."""
@@ -77,7 +74,7 @@ _FLAGS1 = np.uint32(KEYED_HASH | CHUNK_END | ROOT)
 # words are scalars (registers), and compile_ptx needs no GPU (a device function
 # compiled on its own asks the current device for its compute capability).
 _INLINE: dict[str, Any] = {"device": True, "inline": "always"}
-_JIT_OPTIONS: dict[str, Any] = {} if _SIM else {"launch_bounds": _THREADS}
+_JIT_OPTIONS: dict[str, Any] = {} if SIM else {"launch_bounds": _THREADS}
 
 # Device code is typed by numba, not by mypy (whose view of numba.cuda is numba's
 # legacy stub module): hence @no_type_check on kernel sources.
@@ -195,7 +192,7 @@ def _kernel() -> Any:
 
 def _device_transcripts(d_t: Any) -> Any:
     """``d_t`` as a numba device array, or ValueError if it is not on the device."""
-    if _SIM:
+    if SIM:
         from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
 
         on_device = isinstance(d_t, FakeCUDAArray)
@@ -206,7 +203,7 @@ def _device_transcripts(d_t: Any) -> Any:
             "transcripts must be a CUDA device array (all_tickets_gpu takes host arrays), "
             f"got {type(d_t).__name__}"
         )
-    if not _SIM and not cuda.cudadrv.devicearray.is_cuda_ndarray(d_t):
+    if not SIM and not cuda.cudadrv.devicearray.is_cuda_ndarray(d_t):
         d_t = cuda.as_cuda_array(d_t)  # another library's array, without a copy
     return d_t
 
@@ -266,11 +263,6 @@ def all_tickets_gpu(T: np.ndarray, key: bytes) -> np.ndarray:
     return np.asarray(all_tickets_device(d_t, key).copy_to_host())
 
 
-def is_available() -> bool:
-    """True when a real CUDA GPU is visible (never under the simulator)."""
-    return not _SIM and bool(cuda.is_available())
-
-
 _KERNEL_SIG = (
     "void(uint32[:, :, ::1], uint32[:, :, ::1], int64, int64, "
     + ", ".join(["uint32"] * TICKET_WORDS)
@@ -283,7 +275,7 @@ def compile_ptx_for(cc: tuple[int, int] = (9, 0)) -> str:
 
     Needs NVVM (the ``nvidia-cuda-nvcc-cu12`` wheel) but no GPU.
     """
-    if _SIM:
+    if SIM:
         raise RuntimeError("compile_ptx_for needs the real CUDA target, not the simulator")
     ptx, _ = cuda.compile_ptx(_tickets_kernel, _KERNEL_SIG, cc=cc, **_JIT_OPTIONS)
     return str(ptx)

@@ -40,18 +40,16 @@ import threading
 from collections.abc import Callable
 from typing import Any, no_type_check
 
-import numba
 import numpy as np
 from numba import cuda
 
 from kernels import tickets_cuda, transcript_mma
+from kernels.cuda_common import FULL_MASK, KT_MAX, SIM, fold_word
+from kernels.cuda_common import is_available as is_available  # this backend's, re-exported
 from kernels.noise import NoiseFactors
-from kernels.params import TRANSCRIPT_ROTATION, TRANSCRIPT_WORDS
+from kernels.params import TRANSCRIPT_WORDS
 from kernels.strips import strips_between
 from kernels.validate import check_operand, check_shapes
-
-# numba sets its config attributes dynamically, so mypy cannot see them.
-_SIM: bool = bool(numba.config.ENABLE_CUDASIM)  # type: ignore[attr-defined]
 
 _THREADS = 256
 """Threads per block (1-D)."""
@@ -63,18 +61,11 @@ _TM = 8
 """Rows of a thread's micro-tile."""
 _TN = 8
 """Columns of a thread's micro-tile."""
-_KT_MAX = 64
-"""Most k bytes staged in shared memory at once (16 KiB of A' and B' per stage)."""
-
-_MASK32 = np.uint64(0xFFFFFFFF)
-_ROT_L = np.uint64(TRANSCRIPT_ROTATION)
-_ROT_R = np.uint64(32 - TRANSCRIPT_ROTATION)
-_FULL_MASK = 0xFFFFFFFF
 
 
 # --------------------------------------------------------------------------- dp4a
 
-if _SIM:
+if SIM:
 
     def _dp4a(a: Any, b: Any, c: Any) -> Any:
         """c + Σ (signed byte i of a)·(signed byte i of b), as the PTX instruction does."""
@@ -129,7 +120,7 @@ def _check_params(r: int, h: int, w: int) -> tuple[int, int]:
             f"h={h}, w={w} unsupported by the CUDA kernel: h·w must be at most 2048 "
             "(the threads of a hash tile must share a warp)"
         )
-    kt = math.gcd(r, _KT_MAX)
+    kt = math.gcd(r, KT_MAX)
     return kt, r // kt
 
 
@@ -152,11 +143,11 @@ def _kernel_source(
     a_cols = _BM + 1  # shared array shapes must be plain constants, not expressions
     b_cols = _BN + 1
     # Only the simulator needs a shared scratch for its shuffle emulation.
-    scratch_len = _THREADS if _SIM else 1
+    scratch_len = _THREADS if SIM else 1
 
     # Device code is typed by numba, not by mypy (whose view of numba.cuda is
     # numba's legacy stub module): hence @no_type_check on kernel sources.
-    if _SIM:
+    if SIM:
 
         @no_type_check
         def xor_across_tile(x: Any, tid: Any, scratch: Any) -> Any:
@@ -178,7 +169,7 @@ def _kernel_source(
             """XOR of x over the p consecutive lanes of a hash tile; every lane gets it."""
             off = p // 2
             while off > 0:
-                x = np.int32(x ^ cuda.shfl_xor_sync(_FULL_MASK, x, off))
+                x = np.int32(x ^ cuda.shfl_xor_sync(FULL_MASK, x, off))
                 off //= 2
             return x
 
@@ -263,9 +254,7 @@ def _kernel_source(
                 x = xor_across_tile(x, tid, scratch)
                 if sub == 0:
                     slot = ((stage + 1) // stages_per_chunk - 1) % TRANSCRIPT_WORDS
-                    t = np.uint64(t_s[ht, slot])
-                    rot = ((t << _ROT_L) | (t >> _ROT_R)) & _MASK32
-                    t_s[ht, slot] = np.uint32(rot ^ np.uint64(np.uint32(x)))
+                    t_s[ht, slot] = fold_word(t_s[ht, slot], x)
 
         if active:
             for i in range(_TM):
@@ -280,7 +269,7 @@ def _kernel_source(
     return kernel
 
 
-_JIT_OPTIONS: dict[str, Any] = {} if _SIM else {"launch_bounds": _THREADS}
+_JIT_OPTIONS: dict[str, Any] = {} if SIM else {"launch_bounds": _THREADS}
 
 
 @functools.cache
@@ -387,11 +376,6 @@ def plain_matmul(
     return c
 
 
-def is_available() -> bool:
-    """True when a real CUDA GPU is visible (never under the simulator)."""
-    return not _SIM and bool(cuda.is_available())
-
-
 _KERNEL_SIG = "void(int32[:, ::1], int32[:, ::1], int32[:, ::1], uint32[:, :, ::1])"
 
 
@@ -408,7 +392,7 @@ def compile_ptx_for(
 
     Needs NVVM (the ``nvidia-cuda-nvcc-cu12`` wheel) but no GPU.
     """
-    if _SIM:
+    if SIM:
         raise RuntimeError("compile_ptx_for needs the real CUDA target, not the simulator")
     if kernel_for(r, h, w, kernel) == "mma":
         shape = transcript_mma.BLOCK

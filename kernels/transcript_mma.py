@@ -46,20 +46,11 @@ import math
 from collections.abc import Callable
 from typing import Any, no_type_check
 
-import numba
 import numpy as np
 from numba import cuda
 
-from kernels.params import TRANSCRIPT_ROTATION, TRANSCRIPT_WORDS
-
-_SIM: bool = bool(numba.config.ENABLE_CUDASIM)  # type: ignore[attr-defined]
-
-_KT_MAX = 64
-"""Most k bytes staged in shared memory at once."""
-_MASK32 = np.uint64(0xFFFFFFFF)
-_ROT_L = np.uint64(TRANSCRIPT_ROTATION)
-_ROT_R = np.uint64(32 - TRANSCRIPT_ROTATION)
-_FULL_MASK = 0xFFFFFFFF
+from kernels.cuda_common import FULL_MASK, KT_MAX, SIM, fold_word
+from kernels.params import TRANSCRIPT_WORDS
 
 
 class Shape:
@@ -109,7 +100,7 @@ def supported(r: int, h: int, w: int) -> str | None:
 
 # ------------------------------------------------------------------ the mma itself
 
-if not _SIM:
+if not SIM:
     from llvmlite import ir
     from numba import types as _nbtypes
     from numba.cuda.extending import intrinsic
@@ -212,10 +203,10 @@ def _kernel_source(
     a_shape = (2, bm, stride)
     b_shape = (2, bn, stride)
     t_rows = warps * nh
-    scratch_len = threads if _SIM else 1
-    frag_len = threads * 4 if _SIM else 1
+    scratch_len = threads if SIM else 1
+    frag_len = threads * 4 if SIM else 1
 
-    if _SIM:
+    if SIM:
 
         @no_type_check
         def mma(lane, warp, fa, fb, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
@@ -256,7 +247,7 @@ def _kernel_source(
         @cuda.jit(device=True, inline=True)
         @no_type_check
         def shfl_xor(x, off, tid, scratch):
-            return cuda.shfl_xor_sync(_FULL_MASK, x, off)
+            return cuda.shfl_xor_sync(FULL_MASK, x, off)
 
     @no_type_check
     def kernel(a32, b32, c_out, t_out):
@@ -405,9 +396,7 @@ def _kernel_source(
                 if lane % share == 0:
                     row_t = warp * nh + lane // share
                     slot = ((stage + 1) // stages_per_chunk - 1) % TRANSCRIPT_WORDS
-                    tv = np.uint64(t_s[row_t, slot])
-                    rot = ((tv << _ROT_L) | (tv >> _ROT_R)) & _MASK32
-                    t_s[row_t, slot] = np.uint32(rot ^ np.uint64(np.uint32(x)))
+                    t_s[row_t, slot] = fold_word(t_s[row_t, slot], x)
 
         for i in range(mt):
             for j in range(nt):
@@ -430,12 +419,12 @@ def _kernel_source(
 
 def stages(r: int) -> tuple[int, int]:
     """(KT, stages per r-chunk) for rank r."""
-    kt = math.gcd(r, _KT_MAX)
+    kt = math.gcd(r, KT_MAX)
     return kt, r // kt
 
 
 def jit_options(shape: Shape) -> dict[str, Any]:
-    return {} if _SIM else {"launch_bounds": shape.threads}
+    return {} if SIM else {"launch_bounds": shape.threads}
 
 
 @functools.cache
@@ -482,7 +471,7 @@ def _probe() -> Any:
 def mma_on_device(a_regs: np.ndarray, b_regs: np.ndarray, c_regs: np.ndarray) -> np.ndarray:
     """One warp's m16n8k32 on the GPU's tensor cores, registers in and out (a real GPU
     only): what :func:`mma_reference` is checked against on hardware."""
-    if _SIM:
+    if SIM:
         raise RuntimeError("mma_on_device runs the tensor cores; the simulator has none")
     d = cuda.device_array((32, 4), dtype=np.int32)
     args = [

@@ -33,7 +33,7 @@ import numpy as np
 from numba import cuda
 from kernels import tickets_cuda as tc
 
-assert tc._SIM, "simulator not enabled"
+assert tc.SIM, "simulator not enabled"
 inp = np.load(sys.argv[1])
 out = {}
 for i in range(int(inp["count"])):

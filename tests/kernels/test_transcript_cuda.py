@@ -42,7 +42,7 @@ import sys
 import numpy as np
 from kernels import transcript_cuda as tc
 
-assert tc._SIM, "simulator not enabled"
+assert tc.SIM, "simulator not enabled"
 inp = np.load(sys.argv[1])
 out = {}
 for i in range(int(inp["count"])):
@@ -160,7 +160,7 @@ import numpy as np
 from numba import cuda
 from kernels import transcript_cuda as tc, transcript_mma as tm
 
-assert tm._SIM, "simulator not enabled"
+assert tm.SIM, "simulator not enabled"
 shapes = {"64x32": tm.BLOCK, "1x1": tm.Shape(1, 1, 16, 16)}
 inp = np.load(sys.argv[1], allow_pickle=False)
 out = {}
