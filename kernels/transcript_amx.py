@@ -1,10 +1,14 @@
 """The AMX-INT8 path of the CPU transcript kernels (``tdpbssd`` on tile registers).
 
-NEVER EXECUTED: the machines this was written on have no AMX. It is compiled
-and its assembly checked (tests/kernels/test_codegen_targets.py), but whether
-it gives the reference's transcript bit for bit is unproven, so it is never the
-default: a host with AMX still runs the VNNI path unless this one is chosen
-explicitly (``select_path("amx_int8")``, ``pouw bench kernels --isa amx_int8``).
+Run once on real hardware: on 2026-12-04, the Xeon (Emerald Rapids, 16 CPUs) of a
+lent GPU machine passed the CPU kernel tests on this path, bit for bit with the
+reference and the other paths. There its plain product was the fastest (3.5 ms at
+2048³ against VNNI's 4.2) but its mining attempt the slowest of the two int8 paths
+(5.7 ms against 4.9: the fold stores every C tile to memory at each chunk end;
+docs/benchmarks.md), so it is not the default: a host with AMX runs the VNNI path
+unless this one is chosen (``select_path("amx_int8")``, ``pouw bench kernels --isa
+amx_int8``). The machines this was written on have no AMX: here it is compiled and
+its assembly checked (tests/kernels/test_codegen_targets.py).
 
 One ``tdpbssd`` multiplies a 16×64 int8 tile of A' by a 16×(16·4) tile of B'
 (k-quads × columns, the layout of the VNNI packing but signed: no +128 shift)

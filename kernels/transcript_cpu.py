@@ -447,7 +447,8 @@ def available_paths() -> tuple[str, ...]:
     the target has AVX-512 VNNI and BW; ``generic`` (this module's portable IR)
     everywhere. Every path gives the same C' and T, bit for bit. ``amx_int8``
     (:mod:`kernels.transcript_amx`) is listed where the target has AMX-INT8 and
-    the OS grants tiles, but never first: it has not run on real hardware yet.
+    the OS grants tiles, but never first: on the one AMX host measured its attempt was
+    slower than VNNI's (:mod:`kernels.transcript_amx`).
     """
     target = compile_target()
     if target.isa != VNNI:

@@ -26,7 +26,7 @@ def test_isa_all_measures_every_path_the_host_can_run() -> None:
     records = json.loads(run.stdout)
     assert [r["isa"] for r in records] == [path_label(p) for p in available_paths()]
     if len(available_paths()) > 1:  # the portable kernel, forced on a host with its own
-        assert records[-1]["isa"] == "generic"
+        assert "generic" in [r["isa"] for r in records[1:]]
     for r in records:
         assert r["plain_s"] > 0 and r["attempt_s"] > 0 and r["attempt_vs_plain"] > 0
         assert r["attempt_vs_plain_cpu"] > 0
@@ -40,9 +40,12 @@ def test_isa_all_measures_every_path_the_host_can_run() -> None:
 
 
 def test_isa_the_host_cannot_run_is_a_one_line_error() -> None:
-    run = _bench("--isa", "amx_int8", "--json")
+    # An AMX host runs every path there is; no host runs a name it does not know.
+    missing = [p for p in ("amx_int8", "avx512_vnni") if p not in available_paths()]
+    isa = missing[0] if missing else "sse2"
+    run = _bench("--isa", isa, "--json")
     assert run.returncode != 0 and not run.stdout
-    assert "amx_int8" in run.stderr and "generic" in run.stderr
+    assert isa in run.stderr and "generic" in run.stderr
     assert "Traceback" not in run.stderr
 
 
