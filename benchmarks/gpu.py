@@ -106,8 +106,9 @@ def bench_gpu(size: int, repeats: int = 20) -> dict[str, Any]:
     ticket_key = os.urandom(32)
 
     def noise() -> None:
-        tc.add_noise_device(d_a, noise_a, d_xa)
-        tc.add_noise_device(d_bt, noise_b, d_xb)
+        dev_a, dev_b = tc.upload_noise(noise_a, noise_b)
+        tc.add_noise_device(d_a, dev_a, d_xa)
+        tc.add_noise_device(d_bt, dev_b, d_xb)
 
     def product(kernel: str, fold: bool) -> Callable[[], object]:
         return lambda: tc.launch(d_an, d_bn, d_c, d_t, r, h, w, fold, kernel)

@@ -26,8 +26,9 @@ Kernel design
   warp's tile, the fragment registers that lie in that tile; a hash tile of
   whole fragments spans all 32 lanes, so the warp XOR-reduces its NH hash
   tiles' values together with a reduce-scatter butterfly of ``shfl.sync.bfly``
-  (log2 NH halving steps, then plain steps: 9 shuffles for NH = 8 instead of
-  5 per tile), after which lane ``i·32/NH`` holds hash tile i's XOR and updates
+  (NH − 1 shuffles in log2 NH halving steps, then 5 − log2 NH plain ones: 6
+  for the 4 hash tiles of a 32×32 warp tile instead of 5 per tile), after
+  which lane ``i·32/NH`` holds hash tile i's XOR and updates
   ``T[c % 16] = rotl32(T[c % 16], 13) ^ x`` in shared memory.
 
 Partial sums stay below 2^31 for k ≤ MAX_K, as in the dp4a kernel.
@@ -80,10 +81,13 @@ class Shape:
         return f"Shape({self.warps_m}x{self.warps_n} warps of {self.wm}x{self.wn})"
 
 
-BLOCK = Shape(2, 4, 64, 32)
-"""The kernel's blocks: 128×128 of C', 8 warps of 64×32, 64 accumulators a lane (234
-registers on sm_90, no spill). Warps of 64×64 (4 a block) spilled: 255 registers and a
-416-byte stack."""
+BLOCK = Shape(4, 4, 32, 32)
+"""The kernel's blocks: 128×128 of C', 16 warps of 32×32, 32 accumulators a lane (128
+registers on sm_90, no spill: one block of 512 threads fills an SM's register file).
+Measured on an H200 at 8192³ (docs/benchmarks.md), with the fold: 167 TOPS, against
+146 for 8 warps of 64×32 (234 registers), 132 for 8 warps of 32×32 held to 128
+registers, and 122–128 for the shapes that spilled (warps of 64×32 in blocks of 4 or
+8 × 2 warps, at 255 registers)."""
 
 
 def supported(r: int, h: int, w: int) -> str | None:

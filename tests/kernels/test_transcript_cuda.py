@@ -147,7 +147,7 @@ def test_gpu_kernel_matches_reference() -> None:
 # --------------------------------------------------------------- the tensor-core kernel
 
 # (m, k, n, r, h, w, shape): one-warp blocks (the simulator spends its time on barriers:
-# 8 warps cost 8 times as much); the kernel's own 8-warp block runs in the attempt below.
+# 16 warps cost 16 times as much); the kernel's own 16-warp block runs in the attempt below.
 MMA_CASES = [
     (32, 128, 16, 64, 16, 16, "1x1"),  # two staged k-slices per fold, two hash tiles down
     (16, 544, 16, 32, 16, 8, "1x1"),  # r = 32: 17 chunks, T slot 0 wraps; 16×8 tiles
@@ -161,7 +161,7 @@ from numba import cuda
 from kernels import transcript_cuda as tc, transcript_mma as tm
 
 assert tm.SIM, "simulator not enabled"
-shapes = {"64x32": tm.BLOCK, "1x1": tm.Shape(1, 1, 16, 16)}
+shapes = {"block": tm.BLOCK, "1x1": tm.Shape(1, 1, 16, 16)}
 inp = np.load(sys.argv[1], allow_pickle=False)
 out = {}
 for i in range(int(inp["count"])):
@@ -283,9 +283,10 @@ def test_fragment_layout_reference_is_the_matrix_product() -> None:
 def test_tensor_core_kernel_compiles_to_mma_in_registers(cc: tuple[int, int]) -> None:
     ptx = transcript_cuda.compile_ptx_for(cc, kernel="mma")
     assert f".target sm_{cc[0]}{cc[1]}" in ptx
-    # 4×4 fragments a warp, two k-steps a 64-byte stage.
-    assert ptx.count("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32") == 32
-    assert ptx.count("shfl.sync.bfly") == 9  # the reduce-scatter fold of 8 hash tiles
+    # 2×4 fragments a warp (32×32), two k-steps a 64-byte stage.
+    assert ptx.count("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32") == 16
+    # The reduce-scatter fold of the warp's 4 hash tiles: 2 + 1 halving shuffles, then 3.
+    assert ptx.count("shfl.sync.bfly") == 6
     assert ".local" not in ptx  # accumulators and fragments stay in registers
 
 
