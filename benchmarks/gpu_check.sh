@@ -12,7 +12,9 @@
 #    host offers, AMX included) and `pouw bench kernels --isa all`.
 #
 # Results land in OUTDIR (default ./gpu-check) as JSON and logs; every step has its own
-# time limit, so one that hangs costs its limit, not the run. Run from the repository
+# time limit, so one that hangs costs its limit, not the run, and GPU_CHECK_BUDGET
+# (seconds, default 1800) caps the whole: a step gets at most what is left of it, and
+# one with under 10 s left is skipped, saying so. Run from the repository
 # root with pouwnet importable (installed, or PYTHONPATH=.). WHEELDIR, if given, holds
 # wheels to install first into /tmp/gpu-check-site (a machine with no package index:
 # blake3, pynacl, cffi, pycparser, pytest-asyncio; numpy<2.5 where numba-cuda 0.30 meets
@@ -28,7 +30,17 @@ if [ -n "${2:-}" ]; then
     export PYTHONPATH="$PWD:/tmp/gpu-check-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 T0=$(date +%s)
+BUDGET=${GPU_CHECK_BUDGET:-1800}
 step() { echo "== $1 (at $(($(date +%s) - T0)) s)"; }
+# lim N: the seconds a step may take, N or what is left of the budget if less.
+lim() {
+    local left=$((BUDGET - ($(date +%s) - T0)))
+    if [ "$left" -lt 10 ]; then
+        echo "   skipped: the budget (GPU_CHECK_BUDGET=$BUDGET s) is spent" >&2
+        return 1
+    fi
+    echo $((left < $1 ? left : $1))
+}
 
 step "machine"
 {
@@ -41,30 +53,30 @@ step "machine"
 } 2>&1 | tee "$OUT/machine.txt"
 
 step "CUDA tests"
-timeout 300 "$PY" -m pytest -q -p no:cacheprovider -rs \
+L=$(lim 240) && timeout "$L" "$PY" -m pytest -q -p no:cacheprovider -rs \
     tests/kernels/test_transcript_cuda.py tests/kernels/test_tickets_cuda.py \
     tests/kernels/test_bench_gpu.py \
     -k "gpu or bench" 2>&1 | tee "$OUT/cuda-tests.txt" | tail -15
 
 for size in 2048 8192; do
     step "bench gpu $size"
-    timeout 240 "$PY" -m node.cli bench gpu --size "$size" --json \
+    L=$(lim 150) && timeout "$L" "$PY" -m node.cli bench gpu --size "$size" --json \
         >"$OUT/bench-gpu-$size.json" 2>"$OUT/bench-gpu-$size.err"
     cat "$OUT/bench-gpu-$size.json" "$OUT/bench-gpu-$size.err" | tail -c 1500
 done
 
 step "bench kernels --backend cuda 2048"
-timeout 300 "$PY" -m node.cli bench kernels --backend cuda --size 2048 --json \
+L=$(lim 150) && timeout "$L" "$PY" -m node.cli bench kernels --backend cuda --size 2048 --json \
     >"$OUT/bench-kernels-cuda.json" 2>"$OUT/bench-kernels-cuda.err"
 tail -c 800 "$OUT/bench-kernels-cuda.err"
 
 if grep -q -w amx_int8 /proc/cpuinfo; then
     step "AMX: CPU kernel tests"
-    timeout 300 "$PY" -m pytest -q -p no:cacheprovider -x \
+    L=$(lim 200) && timeout "$L" "$PY" -m pytest -q -p no:cacheprovider -x \
         tests/kernels/test_transcript_cpu.py tests/kernels/test_codegen_targets.py \
         2>&1 | tee "$OUT/amx-tests.txt" | tail -8
     step "AMX: bench kernels --isa all"
-    timeout 300 "$PY" -m node.cli bench kernels --isa all --size 2048 --json \
+    L=$(lim 150) && timeout "$L" "$PY" -m node.cli bench kernels --isa all --size 2048 --json \
         >"$OUT/bench-kernels-isa-all.json" 2>"$OUT/bench-kernels-isa-all.err"
     tail -c 800 "$OUT/bench-kernels-isa-all.err"
 fi
