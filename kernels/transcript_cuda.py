@@ -387,16 +387,19 @@ def compile_ptx_for(
     w: int = 16,
     fold: bool = True,
     kernel: str = "auto",
+    block: tuple[transcript_mma.Shape, int] | None = None,
 ) -> str:
-    """PTX of the (real, non-simulator) kernel for compute capability ``cc``.
+    """PTX of the (real, non-simulator) kernel for compute capability ``cc``; for the
+    tensor-core kernel, ``block`` = (shape, pipeline) instead of the launches' own
+    (:data:`transcript_mma.BLOCK`, registers).
 
     Needs NVVM (the ``nvidia-cuda-nvcc-cu12`` wheel) but no GPU.
     """
     if SIM:
         raise RuntimeError("compile_ptx_for needs the real CUDA target, not the simulator")
     if kernel_for(r, h, w, kernel) == "mma":
-        shape = transcript_mma.BLOCK
-        source = transcript_mma.kernel_source(shape, h, w, r, fold)
+        shape, pipeline = block or (transcript_mma.BLOCK, 0)
+        source = transcript_mma.kernel_source(shape, h, w, r, fold, pipeline)
         options = transcript_mma.jit_options(shape)
     else:
         kt, spc = _check_params(r, h, w)

@@ -31,6 +31,11 @@ Kernel design
   which lane ``i·32/NH`` holds hash tile i's XOR and updates
   ``T[c % 16] = rotl32(T[c % 16], 13) ^ x`` in shared memory.
 
+* A built variant, not yet run on a GPU: stage buffers filled by ``cp.async``
+  (global to shared memory without registers) with N − 1 stages in flight
+  (``pipeline`` N, :data:`PIPELINED`); ``pouw bench gpu`` times it beside the
+  launches' kernel, which stays the register-staged one until it is measured.
+
 Partial sums stay below 2^31 for k ≤ MAX_K, as in the dp4a kernel.
 
 Under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) there are neither tensor
@@ -90,6 +95,13 @@ registers, and 122–128 for the shapes that spilled (warps of 64×32 in blocks 
 8 × 2 warps, at 255 registers)."""
 
 
+PIPELINED = (Shape(4, 2, 32, 32), 3)
+"""The cp.async candidate ``pouw bench gpu`` times beside :data:`BLOCK`: 8 warps of 32×32
+(a 128×64 block), 3 stage buffers (48,128 bytes of shared memory with the transcripts;
+122 registers by ptxas for sm_90, no spill, so two blocks fit an SM). Not yet run on a
+GPU; the miner's launches use BLOCK."""
+
+
 def supported(r: int, h: int, w: int) -> str | None:
     """None if the tensor-core kernel computes (r, h, w), else why it does not."""
     s = BLOCK
@@ -107,6 +119,7 @@ def supported(r: int, h: int, w: int) -> str | None:
 if not SIM:
     from llvmlite import ir
     from numba import types as _nbtypes
+    from numba.core import cgutils
     from numba.cuda.extending import intrinsic
 
     @intrinsic
@@ -146,6 +159,67 @@ if not SIM:
 
         return sig, codegen
 
+    def _asm_statement(text: str) -> Any:
+        """An intrinsic of no operands that emits one PTX statement, kept in place: a side
+        effect with a memory clobber, so no shared-memory access moves across it."""
+
+        @intrinsic
+        def statement(typingctx: Any) -> Any:
+            def codegen(context: Any, builder: Any, signature: Any, llargs: Any) -> Any:
+                asm = ir.InlineAsm(
+                    ir.FunctionType(ir.VoidType(), []), text, "~{memory}", side_effect=True
+                )
+                builder.call(asm, [])
+                return context.get_dummy_value()
+
+            return _nbtypes.void(), codegen
+
+        return statement
+
+    @intrinsic
+    def _cp_async16(
+        typingctx: Any, dst: Any, d0: Any, d1: Any, d2: Any, src: Any, s0: Any, s1: Any
+    ) -> Any:
+        """``cp.async.cg.shared.global``: 16 bytes from ``src[s0, s1:s1 + 4]`` (global int32)
+        to ``dst[d0, d1, d2:d2 + 4]`` (shared int32, 16-byte aligned there), bypassing L1
+        and the registers; complete after ``cp.async.wait_group`` and a barrier."""
+        if not (isinstance(dst, _nbtypes.Array) and isinstance(src, _nbtypes.Array)):
+            return None
+        if dst.ndim != 3 or src.ndim != 2:
+            return None
+        sig = _nbtypes.void(dst, d0, d1, d2, src, s0, s1)
+
+        def codegen(context: Any, builder: Any, signature: Any, llargs: Any) -> Any:
+            tys = signature.args
+
+            def pointer(k: int, idx: tuple[int, ...]) -> Any:
+                ary = context.make_array(tys[k])(context, builder, llargs[k])
+                ind = [context.cast(builder, llargs[i], tys[i], _nbtypes.intp) for i in idx]
+                return cgutils.get_item_pointer(context, builder, tys[k], ary, ind)
+
+            i64 = ir.IntType(64)
+            asm = ir.InlineAsm(
+                ir.FunctionType(ir.VoidType(), [i64, i64]),
+                "{ .reg .u64 s, g; cvta.to.shared.u64 s, $0; cvta.to.global.u64 g, $1; "
+                "cp.async.cg.shared.global [s], [g], 16; }",
+                "l,l,~{memory}",
+                side_effect=True,
+            )
+            dst_ptr = builder.ptrtoint(pointer(0, (1, 2, 3)), i64)
+            src_ptr = builder.ptrtoint(pointer(4, (5, 6)), i64)
+            builder.call(asm, [dst_ptr, src_ptr])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    _cp_commit = _asm_statement("cp.async.commit_group;")
+
+    @functools.cache
+    def _cp_wait(pending: int) -> Any:
+        """``cp.async.wait_group pending``: this thread's copies but the last ``pending``
+        committed groups have landed."""
+        return _asm_statement(f"cp.async.wait_group {pending};")
+
 
 def mma_reference(
     a_regs: np.ndarray, b_regs: np.ndarray, c_regs: np.ndarray
@@ -184,10 +258,20 @@ def mma_reference(
 
 
 def _kernel_source(
-    shape: Shape, h: int, w: int, kt: int, stages_per_chunk: int, fold: bool
+    shape: Shape, h: int, w: int, kt: int, stages_per_chunk: int, fold: bool, pipeline: int = 0
 ) -> Callable[..., None]:
     """The kernel's Python source, specialised by closure constants (numba freezes them,
-    so shared shapes are static and the fragment loops unroll into registers)."""
+    so shared shapes are static and the fragment loops unroll into registers).
+
+    ``pipeline`` 0 (the default kernel): the next k-stage's words travel through
+    registers while the tensor cores work on this one, two stage buffers. ``pipeline``
+    N ≥ 3: N stage buffers filled by ``cp.async`` (16 bytes a copy, global to shared
+    without registers), N − 1 stages in flight, for blocks whose N buffers fit the 48
+    KiB of static shared memory (``Shape(4, 2, 32, 32)`` with 3). Built, simulated and
+    compiled in the tests, timed by ``pouw bench gpu`` beside the default, but it has
+    not run on a GPU yet: no launch of the miner uses it until it is measured faster."""
+    if pipeline and pipeline < 3:
+        raise ValueError(f"a cp.async pipeline has at least 3 stages, got {pipeline}")
     kw = kt // 4  # int32 words of k per stage
     ksteps = kw // 8  # m16n8k32 steps per stage
     stride = kw + 4  # padded row of a stage: fragment loads hit 32 banks
@@ -203,9 +287,14 @@ def _kernel_source(
     a_loads = bm * kw // threads
     b_loads = bn * kw // threads
     assert a_loads * threads == bm * kw and b_loads * threads == bn * kw
-    # Shared shapes must be plain constants.
-    a_shape = (2, bm, stride)
-    b_shape = (2, bn, stride)
+    kq = kw // 4  # 16-byte copies per row of a stage
+    a_copies, b_copies = bm * kq, bn * kq
+    a_iters, b_iters = -(-a_copies // threads), -(-b_copies // threads)
+    # Shared shapes must be plain constants; cp.async writes 16-byte aligned rows.
+    buffers = pipeline or 2
+    a_shape = (buffers, bm, stride)
+    b_shape = (buffers, bn, stride)
+    align = 16 if pipeline and not SIM else None
     t_rows = warps * nh
     scratch_len = threads if SIM else 1
     frag_len = threads * 4 if SIM else 1
@@ -241,6 +330,20 @@ def _kernel_source(
             cuda.syncthreads()
             return np.int32(y)
 
+        @no_type_check
+        def cp_async16(dst, d0, d1, d2, src, s0, s1):
+            """The copy at once (the simulator has no asynchronous copies)."""
+            for e in range(4):
+                dst[d0, d1, d2 + e] = src[s0, s1 + e]
+
+        @no_type_check
+        def cp_commit():
+            pass
+
+        @no_type_check
+        def cp_wait():
+            pass
+
     else:
 
         @cuda.jit(device=True, inline=True)
@@ -252,6 +355,37 @@ def _kernel_source(
         @no_type_check
         def shfl_xor(x, off, tid, scratch):
             return cuda.shfl_xor_sync(FULL_MASK, x, off)
+
+        cp_async16, cp_commit = _cp_async16, _cp_commit
+        cp_wait = _cp_wait(max(pipeline - 2, 0))
+
+    @no_type_check
+    def stage_in(a_s, b_s, a32, b32, buf, k0, tid, row0, col0, m, n):
+        """cp.async the k-stage at word ``k0`` into stage buffer ``buf`` (rows past m or
+        n zero-filled); one commit group per call, left to the caller."""
+        for s in range(a_iters):
+            idx = tid + s * threads
+            if idx < a_copies:
+                r_, q = idx // kq, 4 * (idx % kq)
+                gr = row0 + r_
+                if gr < m:
+                    cp_async16(a_s, buf, r_, q, a32, gr, k0 + q)
+                else:
+                    for e in range(4):
+                        a_s[buf, r_, q + e] = np.int32(0)
+        for s in range(b_iters):
+            idx = tid + s * threads
+            if idx < b_copies:
+                c_, q = idx // kq, 4 * (idx % kq)
+                gc = col0 + c_
+                if gc < n:
+                    cp_async16(b_s, buf, c_, q, b32, gc, k0 + q)
+                else:
+                    for e in range(4):
+                        b_s[buf, c_, q + e] = np.int32(0)
+
+    if not SIM:
+        stage_in = cuda.jit(device=True, inline=True)(stage_in)
 
     @no_type_check
     def kernel(a32, b32, c_out, t_out):
@@ -268,8 +402,8 @@ def _kernel_source(
         wrow = (warp // warps_n) * wm  # the warp's tile, within the block
         wcol = (warp % warps_n) * wn
 
-        a_s = cuda.shared.array(a_shape, dtype=np.int32)
-        b_s = cuda.shared.array(b_shape, dtype=np.int32)
+        a_s = cuda.shared.array(a_shape, dtype=np.int32, alignment=align)
+        b_s = cuda.shared.array(b_shape, dtype=np.int32, alignment=align)
         t_s = cuda.shared.array((t_rows, TRANSCRIPT_WORDS), dtype=np.uint32)
         scratch = cuda.shared.array(scratch_len, dtype=np.int32)
         fa = cuda.shared.array(frag_len, dtype=np.int32)
@@ -290,28 +424,49 @@ def _kernel_source(
                 t_s[tid, s] = np.uint32(0)
 
         n_stages = k_words // kw
-        # Stage 0 into buffer 0. Coalesced: consecutive threads, consecutive words of a row.
-        for s in range(a_loads):
-            idx = tid + s * threads
-            r_, q = idx // kw, idx % kw
-            gr = row0 + r_
-            pa[s] = a32[gr, q] if gr < m else np.int32(0)
-        for s in range(b_loads):
-            idx = tid + s * threads
-            c_, q = idx // kw, idx % kw
-            gc = col0 + c_
-            pb[s] = b32[gc, q] if gc < n else np.int32(0)
-        for s in range(a_loads):
-            idx = tid + s * threads
-            a_s[0, idx // kw, idx % kw] = pa[s]
-        for s in range(b_loads):
-            idx = tid + s * threads
-            b_s[0, idx // kw, idx % kw] = pb[s]
-        cuda.syncthreads()
+        if pipeline:  # stages 0 … N − 2 in flight, one commit group each
+            for s0 in range(pipeline - 1):
+                if s0 < n_stages:
+                    stage_in(a_s, b_s, a32, b32, s0, s0 * kw, tid, row0, col0, m, n)
+                cp_commit()
+        else:
+            # Stage 0 into buffer 0. Coalesced: consecutive threads, consecutive words.
+            for s in range(a_loads):
+                idx = tid + s * threads
+                r_, q = idx // kw, idx % kw
+                gr = row0 + r_
+                pa[s] = a32[gr, q] if gr < m else np.int32(0)
+            for s in range(b_loads):
+                idx = tid + s * threads
+                c_, q = idx // kw, idx % kw
+                gc = col0 + c_
+                pb[s] = b32[gc, q] if gc < n else np.int32(0)
+            for s in range(a_loads):
+                idx = tid + s * threads
+                a_s[0, idx // kw, idx % kw] = pa[s]
+            for s in range(b_loads):
+                idx = tid + s * threads
+                b_s[0, idx // kw, idx % kw] = pb[s]
+            cuda.syncthreads()
 
         for stage in range(n_stages):
-            cur = stage % 2
-            more = stage + 1 < n_stages
+            if pipeline:
+                cur = stage % pipeline
+                # This stage's group has landed (N − 2 later ones may not have), for
+                # every thread after the barrier, which also says that every warp is done
+                # with the buffer the stage N − 1 ahead goes into (the previous stage's).
+                cp_wait()
+                cuda.syncthreads()
+                ahead = stage + pipeline - 1
+                if ahead < n_stages:
+                    stage_in(
+                        a_s, b_s, a32, b32, ahead % pipeline, ahead * kw, tid, row0, col0, m, n
+                    )
+                cp_commit()  # empty groups at the end keep the count of pending ones
+                more = False
+            else:
+                cur = stage % 2
+                more = stage + 1 < n_stages
             if more:  # the next stage's words travel while the tensor cores work
                 k0 = (stage + 1) * kw
                 for s in range(a_loads):
@@ -368,7 +523,8 @@ def _kernel_source(
                 for s in range(b_loads):
                     idx = tid + s * threads
                     b_s[nxt, idx // kw, idx % kw] = pb[s]
-            cuda.syncthreads()
+            if not pipeline:  # (the pipeline's barrier opens the next stage)
+                cuda.syncthreads()
 
             if fold and (stage + 1) % stages_per_chunk == 0:
                 # This lane's share of each hash tile's XOR: the fragment registers in it.
@@ -432,16 +588,20 @@ def jit_options(shape: Shape) -> dict[str, Any]:
 
 
 @functools.cache
-def kernel(shape_key: tuple[int, int, int, int], h: int, w: int, r: int, fold: bool) -> Any:
-    """The compiled kernel for a shape, hash tile, rank and fold choice."""
+def kernel(
+    shape_key: tuple[int, int, int, int], h: int, w: int, r: int, fold: bool, pipeline: int = 0
+) -> Any:
+    """The compiled kernel for a shape, hash tile, rank, fold choice and pipeline."""
     shape = Shape(*shape_key)
     kt, spc = stages(r)
-    return cuda.jit(**jit_options(shape))(_kernel_source(shape, h, w, kt, spc, fold))
+    return cuda.jit(**jit_options(shape))(_kernel_source(shape, h, w, kt, spc, fold, pipeline))
 
 
-def kernel_source(shape: Shape, h: int, w: int, r: int, fold: bool) -> Callable[..., None]:
+def kernel_source(
+    shape: Shape, h: int, w: int, r: int, fold: bool, pipeline: int = 0
+) -> Callable[..., None]:
     kt, spc = stages(r)
-    return _kernel_source(shape, h, w, kt, spc, fold)
+    return _kernel_source(shape, h, w, kt, spc, fold, pipeline)
 
 
 def grid(shape: Shape, m: int, n: int) -> tuple[int, int]:

@@ -14,6 +14,10 @@ without a GPU:
 
 from __future__ import annotations
 
+import re
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -152,6 +156,11 @@ MMA_CASES = [
     (32, 128, 16, 64, 16, 16, "1x1"),  # two staged k-slices per fold, two hash tiles down
     (16, 544, 16, 32, 16, 8, "1x1"),  # r = 32: 17 chunks, T slot 0 wraps; 16×8 tiles
     (48, 64, 32, 64, 16, 16, "1x1"),  # three blocks down, two across
+    # The cp.async pipeline (stage buffers filled without registers, N − 1 in flight):
+    (16, 544, 16, 32, 16, 8, "1x1 p3"),  # 17 stages through 3 buffers, T slot 0 wraps
+    (48, 128, 32, 64, 16, 16, "2x1 p4"),  # 2 stages, 4 buffers: empty groups; the last
+    # block's second half of rows lies past m = 48: not read (here a read past the
+    # operand's rows raises)
 ]
 
 _MMA_SIM_SCRIPT = """
@@ -161,17 +170,18 @@ from numba import cuda
 from kernels import transcript_cuda as tc, transcript_mma as tm
 
 assert tm.SIM, "simulator not enabled"
-shapes = {"block": tm.BLOCK, "1x1": tm.Shape(1, 1, 16, 16)}
+shapes = {"block": tm.BLOCK, "1x1": tm.Shape(1, 1, 16, 16), "2x1": tm.Shape(2, 1, 16, 16)}
 inp = np.load(sys.argv[1], allow_pickle=False)
 out = {}
 for i in range(int(inp["count"])):
     r, h, w = (int(v) for v in inp[f"rhw{i}"])
-    shape = shapes[str(inp[f"shape{i}"])]
+    name, _, pipe = str(inp[f"shape{i}"]).partition(" p")
+    shape = shapes[name]
     a, bt = inp[f"a{i}"], inp[f"bt{i}"]
     d_c = cuda.device_array((a.shape[0], bt.shape[0]), np.int32)
     # Garbage in T: the kernel folds from zero in shared memory and writes every word.
     d_t = cuda.to_device(np.full((a.shape[0] // h, bt.shape[0] // w, 16), 0xDEADBEEF, np.uint32))
-    kern = tm.kernel(shape.key(), h, w, r, True)
+    kern = tm.kernel(shape.key(), h, w, r, True, int(pipe or 0))
     kern[tm.grid(shape, a.shape[0], bt.shape[0]), shape.threads](
         cuda.to_device(a.view(np.int32)), cuda.to_device(bt.view(np.int32)), d_c, d_t
     )
@@ -288,6 +298,69 @@ def test_tensor_core_kernel_compiles_to_mma_in_registers(cc: tuple[int, int]) ->
     # The reduce-scatter fold of the warp's 4 hash tiles: 2 + 1 halving shuffles, then 3.
     assert ptx.count("shfl.sync.bfly") == 6
     assert ".local" not in ptx  # accumulators and fragments stay in registers
+
+
+@pytest.mark.parametrize("cc", [(8, 0), (9, 0)])
+def test_pipelined_candidate_copies_asynchronously_within_static_shared_memory(
+    cc: tuple[int, int],
+) -> None:
+    shape, stages = transcript_mma.PIPELINED
+    ptx = transcript_cuda.compile_ptx_for(cc, kernel="mma", block=transcript_mma.PIPELINED)
+    # 128×64 blocks of 256 threads: 2 A copies and 1 B copy of 16 bytes a thread a stage,
+    # issued for stages 0 and 1 before the loop and one stage ahead inside it.
+    assert ptx.count("cp.async.cg.shared.global") == 3 * (stages - 1) + 3
+    assert f"cp.async.wait_group {stages - 2};" in ptx
+    assert ptx.count("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32") == 16
+    assert ".local" not in ptx
+    shared = [
+        int(size)
+        for align, size in re.findall(r"\.shared \.align (\d+) \.b8 \w+\[(\d+)\]", ptx)
+        if int(align) == 16
+    ]
+    stage_bytes = (shape.bm + shape.bn) * (16 + 4) * 4  # 64-byte k-stages, padded rows
+    assert sum(shared) == stages * stage_bytes  # the stage buffers, 16-byte aligned
+    # The default kernel is untouched by the pipeline's code: no cp.async in it.
+    assert "cp.async" not in transcript_cuda.compile_ptx_for(cc, kernel="mma")
+
+
+def _ptxas(ptx: str, arch: str, tmp_path: Path) -> tuple[int, int, int]:
+    """(registers, spill store bytes, shared bytes) of ``ptx`` by ptxas, from the CUDA
+    toolkit wheel the cuda extra installs (what the driver's JIT does on a GPU)."""
+    import nvidia.cuda_nvcc
+
+    ptxas = Path(next(iter(nvidia.cuda_nvcc.__path__))) / "bin" / "ptxas"
+    src = tmp_path / f"{arch}.ptx"
+    src.write_text(ptx)
+    run = subprocess.run(
+        [str(ptxas), f"-arch={arch}", "-v", str(src), "-o", str(tmp_path / f"{arch}.cubin")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    info = run.stdout + run.stderr
+    regs = re.search(r"Used (\d+) registers", info)
+    spill = re.search(r"(\d+) bytes spill stores", info)
+    smem = re.search(r"(\d+) bytes smem", info)
+    assert regs and spill and smem, info
+    return int(regs[1]), int(spill[1]), int(smem[1])
+
+
+@pytest.mark.parametrize("block", ["launches", "pipelined"])
+def test_tensor_core_blocks_fit_an_sm_without_spilling(block: str, tmp_path: Path) -> None:
+    """The launches' block (512 threads: one a Hopper SM) and the cp.async candidate (256
+    threads: two an SM, so that one block's barrier leaves the other working) keep their
+    accumulators in registers, no spill, within an SM's 65,536 registers and the static
+    48 KiB of shared memory a block may have."""
+    shape, stages, per_sm = transcript_mma.BLOCK, 0, 1
+    if block == "pipelined":
+        (shape, stages), per_sm = transcript_mma.PIPELINED, 2
+    ptx = transcript_cuda.compile_ptx_for((9, 0), kernel="mma", block=(shape, stages))
+    regs, spill, smem = _ptxas(ptx, "sm_90", tmp_path)
+    assert spill == 0
+    assert regs * shape.threads * per_sm <= 65_536
+    assert smem <= 48 * 1024
 
 
 def test_tensor_core_plain_kernel_has_no_fold() -> None:
