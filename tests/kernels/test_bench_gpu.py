@@ -42,6 +42,10 @@ def test_gpu_bench_measures_and_checks_the_kernels_or_says_why_not() -> None:
     assert rec["kernel"] == "mma" and rec["kernels_bit_identical"] is True
     assert rec["attempt_kernel_s"] > 0 and rec["dp4a_fold_product_s"] > 0
     assert rec["dp4a_vs_fold_product"] == rec["dp4a_fold_product_s"] / rec["fold_product_s"]
+    # The cp.async candidate is timed only where it ran, and then gave the same C' and T.
+    assert ("pipelined_fold_product_s" in rec) is ("pipelined_error" not in rec)
+    if "pipelined_fold_product_s" in rec:
+        assert rec["pipelined_bit_identical"] is True
     if rec["int8_gemm_s"] is not None:
         assert rec["int8_gemm_matches_plain"] is True
         assert rec["attempt_vs_int8_gemm"] == rec["attempt_kernel_s"] / rec["int8_gemm_s"]
