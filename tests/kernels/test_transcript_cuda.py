@@ -157,8 +157,8 @@ MMA_CASES = [
     (16, 544, 16, 32, 16, 8, "1x1"),  # r = 32: 17 chunks, T slot 0 wraps; 16×8 tiles
     (48, 64, 32, 64, 16, 16, "1x1"),  # three blocks down, two across
     # The cp.async pipeline (stage buffers filled without registers, N − 1 in flight):
-    (16, 544, 16, 32, 16, 8, "1x1 p3"),  # 17 stages through 3 buffers, T slot 0 wraps
-    (48, 128, 32, 64, 16, 16, "2x1 p4"),  # 2 stages, 4 buffers: empty groups; the last
+    (16, 256, 16, 32, 16, 8, "1x1 p3"),  # 8 stages through 3 buffers, round and round
+    (48, 64, 16, 64, 16, 16, "2x1 p4"),  # 1 stage, 4 buffers: empty groups; the last
     # block's second half of rows lies past m = 48: not read (here a read past the
     # operand's rows raises)
 ]
