@@ -74,21 +74,20 @@ def _torch_int_mm(d_a32: Any, d_bt32: Any, d_plain: Any, repeats: int) -> dict[s
 
 
 def _pipelined_candidate(
-    mma: Any, d_a: Any, d_bt: Any, d_c: Any, d_t: Any, r: int, h: int, w: int
+    d_a: Any, d_bt: Any, d_c: Any, d_t: Any, r: int, h: int, w: int
 ) -> tuple[Callable[[], object] | None, dict[str, Any]]:
     """The cp.async candidate (``transcript_mma.PIPELINED``), as a launch on the bench's
     operands, and the record's fields naming it; None where (r, h, w) does not fit it."""
+    from kernels import transcript_mma as mma
+
     shape, stages = mma.PIPELINED
     fields: dict[str, Any] = {"pipelined_block": f"{shape!r}, {stages} stages"}
-    if mma.supported(r, h, w) is not None or shape.wm % h or shape.wn % w:
-        fields["pipelined_error"] = f"(r, h, w) = ({r}, {h}, {w}) does not fit it"
-        return None, fields
-    m, n = d_a.shape[0], d_bt.shape[0]
-    if m % shape.bm or n % shape.bn:
-        fields["pipelined_error"] = f"{m}×{n} is not whole {shape.bm}×{shape.bn} blocks"
+    why = mma.supported(r, h, w, shape)
+    if why is not None:
+        fields["pipelined_error"] = why
         return None, fields
     fn = mma.kernel(shape.key(), h, w, r, True, stages)
-    grid = mma.grid(shape, m, n)
+    grid = mma.grid(shape, d_a.shape[0], d_bt.shape[0])
     return (lambda: fn[grid, shape.threads](d_a, d_bt, d_c, d_t)), fields
 
 
@@ -96,7 +95,7 @@ def bench_gpu(size: int, repeats: int = 20) -> dict[str, Any]:
     """Device figures of one square job of side ``size`` (see the module docstring)."""
     from numba import cuda
 
-    from kernels import tickets_cuda, transcript_mma
+    from kernels import tickets_cuda
     from kernels import transcript_cuda as tc
     from kernels.attempt import mining_attempt
 
@@ -157,7 +156,7 @@ def bench_gpu(size: int, repeats: int = 20) -> dict[str, Any]:
     d_plain = cuda.device_array_like(d_c)
     d_plain.copy_to_device(d_c)
     identical = identical and bool(np.array_equal(d_plain.copy_to_host(), c_dp4a))
-    candidate, pipelined = _pipelined_candidate(transcript_mma, d_an, d_bn, d_c, d_t, r, h, w)
+    candidate, pipelined = _pipelined_candidate(d_an, d_bn, d_c, d_t, r, h, w)
     if candidate is not None:
         try:
             candidate()

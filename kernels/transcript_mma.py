@@ -102,9 +102,8 @@ PIPELINED = (Shape(4, 2, 32, 32), 3)
 GPU; the miner's launches use BLOCK."""
 
 
-def supported(r: int, h: int, w: int) -> str | None:
-    """None if the tensor-core kernel computes (r, h, w), else why it does not."""
-    s = BLOCK
+def supported(r: int, h: int, w: int, s: Shape = BLOCK) -> str | None:
+    """None if the tensor-core kernel with blocks ``s`` computes (r, h, w), else why not."""
     if r <= 0 or r % 32:
         return f"r={r} is not a positive multiple of 32 (one m16n8k32 k-step)"
     if h <= 0 or h % 16 or s.wm % h:
@@ -267,9 +266,7 @@ def _kernel_source(
     registers while the tensor cores work on this one, two stage buffers. ``pipeline``
     N ≥ 3: N stage buffers filled by ``cp.async`` (16 bytes a copy, global to shared
     without registers), N − 1 stages in flight, for blocks whose N buffers fit the 48
-    KiB of static shared memory (``Shape(4, 2, 32, 32)`` with 3). Built, simulated and
-    compiled in the tests, timed by ``pouw bench gpu`` beside the default, but it has
-    not run on a GPU yet: no launch of the miner uses it until it is measured faster."""
+    KiB of static shared memory (:data:`PIPELINED`)."""
     if pipeline and pipeline < 3:
         raise ValueError(f"a cp.async pipeline has at least 3 stages, got {pipeline}")
     kw = kt // 4  # int32 words of k per stage
@@ -360,29 +357,28 @@ def _kernel_source(
         cp_wait = _cp_wait(max(pipeline - 2, 0))
 
     @no_type_check
-    def stage_in(a_s, b_s, a32, b32, buf, k0, tid, row0, col0, m, n):
-        """cp.async the k-stage at word ``k0`` into stage buffer ``buf`` (rows past m or
-        n zero-filled); one commit group per call, left to the caller."""
-        for s in range(a_iters):
+    def copy_rows(dst, buf, src, first, rows, copies, iters, k0, tid):
+        """cp.async one operand's k-stage at word ``k0``, its block's rows from ``first``,
+        into stage buffer ``buf`` (rows past ``rows`` zero-filled)."""
+        for s in range(iters):
             idx = tid + s * threads
-            if idx < a_copies:
+            if idx < copies:
                 r_, q = idx // kq, 4 * (idx % kq)
-                gr = row0 + r_
-                if gr < m:
-                    cp_async16(a_s, buf, r_, q, a32, gr, k0 + q)
+                if first + r_ < rows:
+                    cp_async16(dst, buf, r_, q, src, first + r_, k0 + q)
                 else:
                     for e in range(4):
-                        a_s[buf, r_, q + e] = np.int32(0)
-        for s in range(b_iters):
-            idx = tid + s * threads
-            if idx < b_copies:
-                c_, q = idx // kq, 4 * (idx % kq)
-                gc = col0 + c_
-                if gc < n:
-                    cp_async16(b_s, buf, c_, q, b32, gc, k0 + q)
-                else:
-                    for e in range(4):
-                        b_s[buf, c_, q + e] = np.int32(0)
+                        dst[buf, r_, q + e] = np.int32(0)
+
+    if not SIM:
+        copy_rows = cuda.jit(device=True, inline=True)(copy_rows)
+
+    @no_type_check
+    def stage_in(a_s, b_s, a32, b32, buf, k0, tid, row0, col0, m, n):
+        """The k-stage at word ``k0`` of A' and B' into stage buffer ``buf``; one commit
+        group per call, left to the caller."""
+        copy_rows(a_s, buf, a32, row0, m, a_copies, a_iters, k0, tid)
+        copy_rows(b_s, buf, b32, col0, n, b_copies, b_iters, k0, tid)
 
     if not SIM:
         stage_in = cuda.jit(device=True, inline=True)(stage_in)
