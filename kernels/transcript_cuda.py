@@ -459,8 +459,8 @@ def upload_noise(
     if res.noise_host is None or res.noise_host.size != total:
         res.noise_host = cuda.pinned_array(total, np.uint8)
         res.noise_dev = cuda.device_array(total, np.uint8)
-    elif res.noise_copied is not None:
-        res.noise_copied.synchronize()
+        res.noise_copied = cuda.event()
+    res.noise_copied.synchronize()  # (an event never recorded has nothing to wait for)
     host = res.noise_host
     pq = host[:words].view(np.int32)
     for i, v in enumerate((noise_a.p, noise_a.q, noise_b.p, noise_b.q)):
@@ -469,7 +469,6 @@ def upload_noise(
     host[words + la.size :] = lb.reshape(-1).view(np.uint8)
     dev = res.noise_dev
     dev.copy_to_device(host, stream=stream)
-    res.noise_copied = cuda.event()
     res.noise_copied.record(stream)
     d_pq = dev[:words].view(np.int32)
     d_la = dev[words : words + la.size].view(np.int8).reshape(la.shape)
@@ -506,7 +505,7 @@ class _Resident(threading.local):
         self.d_bn: Any = None
         self.noise_host: np.ndarray | None = None  # pinned, see upload_noise
         self.noise_dev: Any = None
-        self.noise_copied: Any = None  # an event after the last copy of noise_host
+        self.noise_copied: Any = None  # recorded after each copy of noise_host
 
 
 _resident = _Resident()
