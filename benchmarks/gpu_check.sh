@@ -72,8 +72,9 @@ tail -c 800 "$OUT/bench-kernels-cuda.err"
 
 if grep -q -w amx_int8 /proc/cpuinfo; then
     step "AMX: CPU kernel tests"
-    L=$(lim 200) && timeout "$L" "$PY" -m pytest -q -p no:cacheprovider -x \
+    L=$(lim 300) && timeout "$L" "$PY" -m pytest -q -p no:cacheprovider \
         tests/kernels/test_transcript_cpu.py tests/kernels/test_codegen_targets.py \
+        tests/kernels/test_bench_paths.py tests/kernels/test_threads.py \
         2>&1 | tee "$OUT/amx-tests.txt" | tail -8
     step "AMX: bench kernels --isa all"
     L=$(lim 150) && timeout "$L" "$PY" -m node.cli bench kernels --isa all --size 2048 --json \
