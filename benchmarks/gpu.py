@@ -73,22 +73,31 @@ def _torch_int_mm(d_a32: Any, d_bt32: Any, d_plain: Any, repeats: int) -> dict[s
     }
 
 
-def _pipelined_candidate(
+def _candidates(
     d_a: Any, d_bt: Any, d_c: Any, d_t: Any, r: int, h: int, w: int
-) -> tuple[Callable[[], object] | None, dict[str, Any]]:
-    """The cp.async candidate (``transcript_mma.PIPELINED``), as a launch on the bench's
-    operands, and the record's fields naming it; None where (r, h, w) does not fit it."""
+) -> list[tuple[Callable[[], object] | None, dict[str, Any]]]:
+    """Each cp.async candidate (``transcript_mma.CANDIDATES``) as a launch on the bench's
+    operands, with its record naming it; no launch where (r, h, w) does not fit it or
+    the launch could not be set up (``error`` says why)."""
     from kernels import transcript_mma as mma
 
-    shape, stages = mma.PIPELINED
-    fields: dict[str, Any] = {"pipelined_block": f"{shape!r}, {stages} stages"}
-    why = mma.supported(r, h, w, shape)
-    if why is not None:
-        fields["pipelined_error"] = why
-        return None, fields
-    fn = mma.kernel(shape.key(), h, w, r, True, stages)
-    grid = mma.grid(shape, d_a.shape[0], d_bt.shape[0])
-    return (lambda: fn[grid, shape.threads](d_a, d_bt, d_c, d_t)), fields
+    out: list[tuple[Callable[[], object] | None, dict[str, Any]]] = []
+    for shape, stages in mma.CANDIDATES:
+        fields: dict[str, Any] = {
+            "block": f"{shape!r}, {stages} stages",
+            "dynamic_shared_bytes": mma.dynamic_shared_bytes(shape, h, w, r, stages),
+        }
+        why = mma.supported(r, h, w, shape)
+        launch: Callable[[], object] | None = None
+        if why is not None:
+            fields["error"] = why
+        else:
+            try:
+                launch = mma.launcher(shape, stages, h, w, r, (d_a, d_bt, d_c, d_t))
+            except Exception as exc:  # an unproven kernel must not cost the bench its figures
+                fields["error"] = f"{type(exc).__name__}: {exc}"[:300]
+        out.append((launch, fields))
+    return out
 
 
 def bench_gpu(size: int, repeats: int = 20) -> dict[str, Any]:
@@ -156,17 +165,19 @@ def bench_gpu(size: int, repeats: int = 20) -> dict[str, Any]:
     d_plain = cuda.device_array_like(d_c)
     d_plain.copy_to_device(d_c)
     identical = identical and bool(np.array_equal(d_plain.copy_to_host(), c_dp4a))
-    candidate, pipelined = _pipelined_candidate(d_an, d_bn, d_c, d_t, r, h, w)
-    if candidate is not None:
+    candidates = _candidates(d_an, d_bn, d_c, d_t, r, h, w)
+    for i, (launch, fields) in enumerate(candidates):
+        if launch is None:
+            continue
         try:
-            candidate()
-            pipelined["pipelined_bit_identical"] = bool(
+            launch()
+            fields["bit_identical"] = bool(
                 np.array_equal(d_c.copy_to_host(), c_dp4a)
                 and np.array_equal(d_t.copy_to_host(), t_dp4a)
             )
         except Exception as exc:  # an unproven kernel must not cost the bench its figures
-            pipelined["pipelined_error"] = f"{type(exc).__name__}: {exc}"[:300]
-            candidate = None
+            fields["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            candidates[i] = (None, fields)
     del c_dp4a, t_dp4a
 
     dev = cuda.get_current_device()
@@ -192,22 +203,22 @@ def bench_gpu(size: int, repeats: int = 20) -> dict[str, Any]:
     dp4a_reps = max(3, repeats // 4)
     rec["dp4a_fold_product_s"] = _event_median(product("dp4a", True), dp4a_reps)
     rec["dp4a_plain_s"] = _event_median(product("dp4a", False), dp4a_reps)
-    rec.update(pipelined)
-    if candidate is not None:
-        rec["pipelined_fold_product_s"] = _event_median(candidate, repeats)
-        rec["pipelined_vs_fold_product"] = rec["pipelined_fold_product_s"] / rec["fold_product_s"]
-    rec.update(_torch_int_mm(d_an, d_bn, d_plain, repeats))
     ops = 2.0 * m * k * n
+    for launch, fields in candidates:
+        if launch is not None:
+            fields["fold_product_s"] = _event_median(launch, repeats)
+            fields["fold_product_tops"] = ops / fields["fold_product_s"] / 1e12
+            fields["vs_fold_product"] = fields["fold_product_s"] / rec["fold_product_s"]
+    rec["candidates"] = [fields for _, fields in candidates]
+    rec.update(_torch_int_mm(d_an, d_bn, d_plain, repeats))
     for key in (
         "attempt_kernel_s",
         "fold_product_s",
         "plain_kernel_s",
         "dp4a_fold_product_s",
         "dp4a_plain_s",
-        "pipelined_fold_product_s",
     ):
-        if key in rec:
-            rec[key.removesuffix("_s") + "_tops"] = ops / rec[key] / 1e12
+        rec[key.removesuffix("_s") + "_tops"] = ops / rec[key] / 1e12
     if rec["int8_gemm_s"] is not None:
         rec["int8_gemm_tops"] = ops / rec["int8_gemm_s"] / 1e12
         rec["attempt_vs_int8_gemm"] = rec["attempt_kernel_s"] / rec["int8_gemm_s"]

@@ -391,7 +391,8 @@ def compile_ptx_for(
 ) -> str:
     """PTX of the (real, non-simulator) kernel for compute capability ``cc``; for the
     tensor-core kernel, ``block`` = (shape, pipeline) instead of the launches' own
-    (:data:`transcript_mma.BLOCK`, registers).
+    (:data:`transcript_mma.BLOCK`, registers), its stage buffers in dynamic shared memory
+    where :func:`transcript_mma.dynamic_shared_bytes` says.
 
     Needs NVVM (the ``nvidia-cuda-nvcc-cu12`` wheel) but no GPU.
     """
@@ -399,7 +400,8 @@ def compile_ptx_for(
         raise RuntimeError("compile_ptx_for needs the real CUDA target, not the simulator")
     if kernel_for(r, h, w, kernel) == "mma":
         shape, pipeline = block or (transcript_mma.BLOCK, 0)
-        source = transcript_mma.kernel_source(shape, h, w, r, fold, pipeline)
+        dynamic = transcript_mma.dynamic_shared_bytes(shape, h, w, r, pipeline) > 0
+        source = transcript_mma.kernel_source(shape, h, w, r, fold, pipeline, dynamic)
         options = transcript_mma.jit_options(shape)
     else:
         kt, spc = _check_params(r, h, w)

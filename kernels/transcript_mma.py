@@ -31,10 +31,13 @@ Kernel design
   which lane ``i·32/NH`` holds hash tile i's XOR and updates
   ``T[c % 16] = rotl32(T[c % 16], 13) ^ x`` in shared memory.
 
-* A built variant, not yet run on a GPU: stage buffers filled by ``cp.async``
+* Built variants, not yet run on a GPU: stage buffers filled by ``cp.async``
   (global to shared memory without registers) with N − 1 stages in flight
-  (``pipeline`` N, :data:`PIPELINED`); ``pouw bench gpu`` times it beside the
-  launches' kernel, which stays the register-staged one until it is measured.
+  (``pipeline`` N), in static shared memory where the buffers fit its 48 KiB, else in
+  dynamic shared memory, which a block may have up to 227 KiB of on sm_90 once the
+  kernel is allowed it (:data:`CANDIDATES`, :func:`launcher`); ``pouw bench gpu``
+  times each beside the launches' kernel, which stays the register-staged one until
+  one is measured faster.
 
 Partial sums stay below 2^31 for k ≤ MAX_K, as in the dp4a kernel.
 
@@ -95,11 +98,48 @@ registers, and 122–128 for the shapes that spilled (warps of 64×32 in blocks 
 8 × 2 warps, at 255 registers)."""
 
 
-PIPELINED = (Shape(4, 2, 32, 32), 3)
-"""The cp.async candidate ``pouw bench gpu`` times beside :data:`BLOCK`: 8 warps of 32×32
-(a 128×64 block), 3 stage buffers (48,128 bytes of shared memory with the transcripts;
-122 registers by ptxas for sm_90, no spill, so two blocks fit an SM). Not yet run on a
-GPU; the miner's launches use BLOCK."""
+CANDIDATES = (
+    (Shape(4, 2, 32, 32), 3),
+    (Shape(4, 4, 32, 32), 3),
+    (Shape(4, 4, 32, 32), 4),
+)
+"""The cp.async candidates ``pouw bench gpu`` times beside :data:`BLOCK`, as (shape,
+stage buffers); none has run on a GPU yet, and the miner's launches use BLOCK.
+
+* 8 warps of 32×32 (a 128×64 block), 3 buffers: 48,128 bytes of static shared memory
+  with the transcripts; 122 registers by ptxas for sm_90, no spill, so two blocks fit
+  an SM and one block's barrier leaves the other working.
+* BLOCK's own 128×128 block of 16 warps with 3 and 4 buffers: 60 and 80 KiB of stages,
+  in dynamic shared memory (:func:`dynamic_shared_bytes`), one block an SM as BLOCK."""
+
+STATIC_SHARED_MAX = 48 * 1024
+"""The shared memory a block may declare statically (every CUDA GPU)."""
+SHARED_MAX = {(8, 0): 163 * 1024, (9, 0): 227 * 1024}
+"""The most shared memory a block may have once its kernel is allowed more than
+:data:`STATIC_SHARED_MAX` (``CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES``), per
+compute capability: the A100's and the H100/H200's."""
+
+
+def _stride(r: int) -> int:
+    """Int32 words of a stage buffer's row: the k-stage's words plus 4 of padding, so
+    that the 32 lanes of one fragment load hit 32 different banks."""
+    return stages(r)[0] // 4 + 4
+
+
+def dynamic_shared_bytes(shape: Shape, h: int, w: int, r: int, pipeline: int) -> int:
+    """The bytes of dynamic shared memory a launch of the kernel needs: its stage
+    buffers where, with the transcripts, they would not fit :data:`STATIC_SHARED_MAX`
+    (pipelined kernels only), else 0."""
+    if not pipeline:
+        return 0
+    hash_tiles = shape.warps_m * shape.warps_n * (shape.wm // h) * (shape.wn // w)
+    stages_ = stage_bytes(shape, r, pipeline)
+    return stages_ if stages_ + hash_tiles * TRANSCRIPT_WORDS * 4 > STATIC_SHARED_MAX else 0
+
+
+def stage_bytes(shape: Shape, r: int, buffers: int) -> int:
+    """The bytes of ``buffers`` stage buffers of A' and B' for blocks ``shape``."""
+    return buffers * (shape.bm + shape.bn) * _stride(r) * 4
 
 
 def supported(r: int, h: int, w: int, s: Shape = BLOCK) -> str | None:
@@ -219,6 +259,51 @@ if not SIM:
         committed groups have landed."""
         return _asm_statement(f"cp.async.wait_group {pending};")
 
+    @functools.cache
+    def _dynamic_stage_buffers(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> Any:
+        """The stage buffers in the launch's dynamic shared memory: int32 arrays of
+        ``a_shape`` (from byte 0, 16-byte aligned) and ``b_shape`` (right after it), with
+        constant shapes and strides as a static shared array has. (``cuda.shared.array(0)``
+        sliced and reshaped instead computes strides at run time, on the stack, and its
+        loads lose the shared address space.)"""
+        i32 = _nbtypes.int32
+        a_ty, b_ty = _nbtypes.Array(i32, 3, "C"), _nbtypes.Array(i32, 3, "C")
+        a_words = math.prod(a_shape)
+
+        @intrinsic
+        def stage_buffers(typingctx: Any) -> Any:
+            def codegen(context: Any, builder: Any, signature: Any, llargs: Any) -> Any:
+                i8p = ir.PointerType(ir.IntType(8))
+                smem = cgutils.add_global_variable(
+                    builder.module, ir.ArrayType(ir.IntType(32), 0), "pouw_stages", 3
+                )
+                smem.linkage = "external"  # .extern .shared: sized by the launch
+                smem.align = 16
+                base = builder.addrspacecast(smem, i8p, "generic")
+                arrays = []
+                for ty, shape, offset in ((a_ty, a_shape, 0), (b_ty, b_shape, 4 * a_words)):
+                    ptr = builder.gep(base, [ir.Constant(ir.IntType(64), offset)])
+                    strides: list[int] = []
+                    step = 4
+                    for extent in reversed(shape):
+                        strides.insert(0, step)
+                        step *= extent
+                    ary = context.make_array(ty)(context, builder)
+                    context.populate_array(
+                        ary,
+                        data=builder.bitcast(ptr, ary.data.type),
+                        shape=[context.get_constant(_nbtypes.intp, e) for e in shape],
+                        strides=[context.get_constant(_nbtypes.intp, e) for e in strides],
+                        itemsize=context.get_constant(_nbtypes.intp, 4),
+                        meminfo=None,
+                    )
+                    arrays.append(ary._getvalue())
+                return context.make_tuple(builder, signature.return_type, arrays)
+
+            return _nbtypes.Tuple((a_ty, b_ty))(), codegen
+
+        return stage_buffers
+
 
 def mma_reference(
     a_regs: np.ndarray, b_regs: np.ndarray, c_regs: np.ndarray
@@ -257,7 +342,14 @@ def mma_reference(
 
 
 def _kernel_source(
-    shape: Shape, h: int, w: int, kt: int, stages_per_chunk: int, fold: bool, pipeline: int = 0
+    shape: Shape,
+    h: int,
+    w: int,
+    kt: int,
+    stages_per_chunk: int,
+    fold: bool,
+    pipeline: int = 0,
+    dynamic: bool = False,
 ) -> Callable[..., None]:
     """The kernel's Python source, specialised by closure constants (numba freezes them,
     so shared shapes are static and the fragment loops unroll into registers).
@@ -265,10 +357,13 @@ def _kernel_source(
     ``pipeline`` 0 (the default kernel): the next k-stage's words travel through
     registers while the tensor cores work on this one, two stage buffers. ``pipeline``
     N ≥ 3: N stage buffers filled by ``cp.async`` (16 bytes a copy, global to shared
-    without registers), N − 1 stages in flight, for blocks whose N buffers fit the 48
-    KiB of static shared memory (:data:`PIPELINED`)."""
+    without registers), N − 1 stages in flight (:data:`CANDIDATES`). ``dynamic``: the
+    stage buffers are the launch's dynamic shared memory, A's first
+    (:func:`dynamic_shared_bytes` of it), not static arrays."""
     if pipeline and pipeline < 3:
         raise ValueError(f"a cp.async pipeline has at least 3 stages, got {pipeline}")
+    if dynamic and not pipeline:
+        raise ValueError("only a cp.async pipeline keeps its stages in dynamic shared memory")
     kw = kt // 4  # int32 words of k per stage
     ksteps = kw // 8  # m16n8k32 steps per stage
     stride = kw + 4  # padded row of a stage: fragment loads hit 32 banks
@@ -291,6 +386,7 @@ def _kernel_source(
     buffers = pipeline or 2
     a_shape = (buffers, bm, stride)
     b_shape = (buffers, bn, stride)
+    a_len, b_len = buffers * bm * stride, buffers * bn * stride
     align = 16 if pipeline and not SIM else None
     t_rows = warps * nh
     scratch_len = threads if SIM else 1
@@ -341,6 +437,12 @@ def _kernel_source(
         def cp_wait():
             pass
 
+        @no_type_check
+        def stage_buffers():
+            dyn = cuda.shared.array(0, dtype=np.dtype(np.int32))  # (the simulator's needs
+            # an itemsize)
+            return dyn[:a_len].reshape(a_shape), dyn[a_len : a_len + b_len].reshape(b_shape)
+
     else:
 
         @cuda.jit(device=True, inline=True)
@@ -355,6 +457,7 @@ def _kernel_source(
 
         cp_async16, cp_commit = _cp_async16, _cp_commit
         cp_wait = _cp_wait(max(pipeline - 2, 0))
+        stage_buffers = _dynamic_stage_buffers(a_shape, b_shape)
 
     @no_type_check
     def copy_rows(dst, buf, src, first, rows, copies, iters, k0, tid):
@@ -398,8 +501,11 @@ def _kernel_source(
         wrow = (warp // warps_n) * wm  # the warp's tile, within the block
         wcol = (warp % warps_n) * wn
 
-        a_s = cuda.shared.array(a_shape, dtype=np.int32, alignment=align)
-        b_s = cuda.shared.array(b_shape, dtype=np.int32, alignment=align)
+        if dynamic:  # the launch's dynamic shared memory: A's buffers, then B's
+            a_s, b_s = stage_buffers()
+        else:
+            a_s = cuda.shared.array(a_shape, dtype=np.int32, alignment=align)
+            b_s = cuda.shared.array(b_shape, dtype=np.int32, alignment=align)
         t_s = cuda.shared.array((t_rows, TRANSCRIPT_WORDS), dtype=np.uint32)
         scratch = cuda.shared.array(scratch_len, dtype=np.int32)
         fa = cuda.shared.array(frag_len, dtype=np.int32)
@@ -585,19 +691,67 @@ def jit_options(shape: Shape) -> dict[str, Any]:
 
 @functools.cache
 def kernel(
-    shape_key: tuple[int, int, int, int], h: int, w: int, r: int, fold: bool, pipeline: int = 0
+    shape_key: tuple[int, int, int, int],
+    h: int,
+    w: int,
+    r: int,
+    fold: bool,
+    pipeline: int = 0,
+    dynamic: bool = False,
 ) -> Any:
     """The compiled kernel for a shape, hash tile, rank, fold choice and pipeline."""
-    shape = Shape(*shape_key)
-    kt, spc = stages(r)
-    return cuda.jit(**jit_options(shape))(_kernel_source(shape, h, w, kt, spc, fold, pipeline))
+    return cuda.jit(**jit_options(Shape(*shape_key)))(
+        kernel_source(Shape(*shape_key), h, w, r, fold, pipeline, dynamic)
+    )
 
 
 def kernel_source(
-    shape: Shape, h: int, w: int, r: int, fold: bool, pipeline: int = 0
+    shape: Shape, h: int, w: int, r: int, fold: bool, pipeline: int = 0, dynamic: bool = False
 ) -> Callable[..., None]:
     kt, spc = stages(r)
-    return _kernel_source(shape, h, w, kt, spc, fold, pipeline)
+    return _kernel_source(shape, h, w, kt, spc, fold, pipeline, dynamic)
+
+
+def launcher(
+    shape: Shape,
+    pipeline: int,
+    h: int,
+    w: int,
+    r: int,
+    args: tuple[Any, ...],
+    stream: Any = 0,
+    dynamic: bool | None = None,
+) -> Callable[[], None]:
+    """A launch of the pipelined kernel with blocks ``shape`` on ``args`` (A', B'ᵀ, C',
+    T on the device), its stage buffers in dynamic shared memory where they need it
+    (``dynamic`` None) or as told: the kernel is compiled for those arguments' types
+    and allowed that much first, since a launch asking for more than 48 KiB is refused
+    otherwise."""
+    if not pipeline:
+        raise ValueError("launcher launches the cp.async pipelines; tc.launch the others")
+    if dynamic is None:
+        dyn = dynamic_shared_bytes(shape, h, w, r, pipeline)
+    else:
+        dyn = stage_bytes(shape, r, pipeline) if dynamic else 0
+    fn = kernel(shape.key(), h, w, r, True, pipeline, dyn > 0)
+    if dyn and not SIM:
+        from numba import typeof
+        from numba.cuda.cudadrv import driver as drv
+
+        dev = cuda.get_current_device()
+        compiled = fn.compile(tuple(typeof(a) for a in args))
+        cufunc = compiled._codelibrary.get_cufunc()
+        limit = SHARED_MAX.get(dev.compute_capability, STATIC_SHARED_MAX)
+        if dyn + cufunc.attrs.shared > limit:  # (the transcripts are static)
+            raise ValueError(
+                f"{dyn} bytes of stage buffers and {cufunc.attrs.shared} of transcripts "
+                f"exceed the {limit} bytes a block may have on this GPU"
+            )
+        attr = drv.binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        drv.driver.cuKernelSetAttribute(attr, dyn, cufunc.handle, dev.id)
+    grid_ = grid(shape, args[0].shape[0], args[1].shape[0])
+    configured = fn[grid_, shape.threads, stream, dyn]
+    return lambda: configured(*args)
 
 
 def grid(shape: Shape, m: int, n: int) -> tuple[int, int]:

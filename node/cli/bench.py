@@ -232,10 +232,23 @@ def _print_record(record: dict[str, Any], as_json: bool, title: str) -> None:
     table = Table(title=title)
     table.add_column("measure")
     table.add_column("value", justify="right")
-    for key, value in record.items():
+    for key, value in _rows(record):
         text = f"{value:,.4g}" if isinstance(value, float) else str(value)
         table.add_row(key, text)
     Console().print(table)
+
+
+def _rows(record: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The record's measures, a list of records (``bench gpu``'s candidates) one row per
+    field of each, named ``key[i].field``."""
+    rows: list[tuple[str, Any]] = []
+    for key, value in record.items():
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for i, item in enumerate(value):
+                rows.extend((f"{key}[{i}].{field}", v) for field, v in item.items())
+        else:
+            rows.append((key, value))
+    return rows
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:

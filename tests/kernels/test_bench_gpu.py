@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kernels import transcript_cuda
+from kernels import transcript_cuda, transcript_mma
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,10 +42,13 @@ def test_gpu_bench_measures_and_checks_the_kernels_or_says_why_not() -> None:
     assert rec["kernel"] == "mma" and rec["kernels_bit_identical"] is True
     assert rec["attempt_kernel_s"] > 0 and rec["dp4a_fold_product_s"] > 0
     assert rec["dp4a_vs_fold_product"] == rec["dp4a_fold_product_s"] / rec["fold_product_s"]
-    # The cp.async candidate is timed only where it ran, and then gave the same C' and T.
-    assert ("pipelined_fold_product_s" in rec) is ("pipelined_error" not in rec)
-    if "pipelined_fold_product_s" in rec:
-        assert rec["pipelined_bit_identical"] is True
+    # Each cp.async candidate is timed only where it ran, and then gave the same C' and T.
+    assert len(rec["candidates"]) == len(transcript_mma.CANDIDATES)
+    for cand in rec["candidates"]:
+        assert ("fold_product_s" in cand) is ("error" not in cand), cand
+        if "fold_product_s" in cand:
+            assert cand["bit_identical"] is True
+            assert cand["vs_fold_product"] == cand["fold_product_s"] / rec["fold_product_s"]
     if rec["int8_gemm_s"] is not None:
         assert rec["int8_gemm_matches_plain"] is True
         assert rec["attempt_vs_int8_gemm"] == rec["attempt_kernel_s"] / rec["int8_gemm_s"]

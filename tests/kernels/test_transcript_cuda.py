@@ -14,6 +14,7 @@ without a GPU:
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 from pathlib import Path
@@ -161,6 +162,8 @@ MMA_CASES = [
     (48, 64, 16, 64, 16, 16, "2x1 p4"),  # 1 stage, 4 buffers: empty groups; the last
     # block's second half of rows lies past m = 48: not read (here a read past the
     # operand's rows raises)
+    (16, 192, 16, 32, 16, 8, "1x1 p3 dynamic"),  # the buffers in the launch's dynamic
+    # shared memory, B's after A's: 6 stages through 3 buffers
 ]
 
 _MMA_SIM_SCRIPT = """
@@ -175,16 +178,18 @@ inp = np.load(sys.argv[1], allow_pickle=False)
 out = {}
 for i in range(int(inp["count"])):
     r, h, w = (int(v) for v in inp[f"rhw{i}"])
-    name, _, pipe = str(inp[f"shape{i}"]).partition(" p")
+    name, *how = str(inp[f"shape{i}"]).split()
     shape = shapes[name]
     a, bt = inp[f"a{i}"], inp[f"bt{i}"]
     d_c = cuda.device_array((a.shape[0], bt.shape[0]), np.int32)
     # Garbage in T: the kernel folds from zero in shared memory and writes every word.
     d_t = cuda.to_device(np.full((a.shape[0] // h, bt.shape[0] // w, 16), 0xDEADBEEF, np.uint32))
-    kern = tm.kernel(shape.key(), h, w, r, True, int(pipe or 0))
-    kern[tm.grid(shape, a.shape[0], bt.shape[0]), shape.threads](
-        cuda.to_device(a.view(np.int32)), cuda.to_device(bt.view(np.int32)), d_c, d_t
-    )
+    args = (cuda.to_device(a.view(np.int32)), cuda.to_device(bt.view(np.int32)), d_c, d_t)
+    if how:
+        tm.launcher(shape, int(how[0][1:]), h, w, r, args, dynamic="dynamic" in how)()
+    else:
+        tm.kernel(shape.key(), h, w, r, True)[tm.grid(shape, a.shape[0], bt.shape[0]),
+                                             shape.threads](*args)
     out[f"c{i}"], out[f"t{i}"] = d_c.copy_to_host(), d_t.copy_to_host()
 # The dp4a kernel through launch, onto garbage too (case 0).
 r, h, w = (int(v) for v in inp["rhw0"])
@@ -291,7 +296,7 @@ def test_fragment_layout_reference_is_the_matrix_product() -> None:
 
 @pytest.mark.parametrize("cc", [(8, 0), (9, 0)])
 def test_tensor_core_kernel_compiles_to_mma_in_registers(cc: tuple[int, int]) -> None:
-    ptx = transcript_cuda.compile_ptx_for(cc, kernel="mma")
+    ptx = _mma_ptx(cc)
     assert f".target sm_{cc[0]}{cc[1]}" in ptx
     # 2×4 fragments a warp (32×32), two k-steps a 64-byte stage.
     assert ptx.count("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32") == 16
@@ -300,27 +305,66 @@ def test_tensor_core_kernel_compiles_to_mma_in_registers(cc: tuple[int, int]) ->
     assert ".local" not in ptx  # accumulators and fragments stay in registers
 
 
+@functools.cache
+def _mma_ptx(cc: tuple[int, int], block: tuple[transcript_mma.Shape, int] | None = None) -> str:
+    """The tensor-core kernel's PTX (seconds each): compiled once for the tests below."""
+    return transcript_cuda.compile_ptx_for(cc, kernel="mma", block=block)
+
+
+CANDIDATE_IDS = [f"{s.warps_m}x{s.warps_n} p{p}" for s, p in transcript_mma.CANDIDATES]
+
+
 @pytest.mark.parametrize("cc", [(8, 0), (9, 0)])
-def test_pipelined_candidate_copies_asynchronously_within_static_shared_memory(
-    cc: tuple[int, int],
+@pytest.mark.parametrize("candidate", transcript_mma.CANDIDATES, ids=CANDIDATE_IDS)
+def test_pipelined_candidates_copy_asynchronously_into_aligned_shared_memory(
+    cc: tuple[int, int], candidate: tuple[transcript_mma.Shape, int]
 ) -> None:
-    shape, stages = transcript_mma.PIPELINED
-    ptx = transcript_cuda.compile_ptx_for(cc, kernel="mma", block=transcript_mma.PIPELINED)
-    # 128×64 blocks of 256 threads: 2 A copies and 1 B copy of 16 bytes a thread a stage,
-    # issued for stages 0 and 1 before the loop and one stage ahead inside it.
-    assert ptx.count("cp.async.cg.shared.global") == 3 * (stages - 1) + 3
+    shape, stages = candidate
+    ptx = _mma_ptx(cc, candidate)
+    # A's and B's rows of a stage, 16 bytes a copy: so many a thread, in every place that
+    # issues a stage (the loop's, the prologue's once or unrolled).
+    per_stage = (shape.bm + shape.bn) * 4 // shape.threads
+    copies = ptx.count("cp.async.cg.shared.global")
+    assert copies >= 2 * per_stage and copies % per_stage == 0, copies
     assert f"cp.async.wait_group {stages - 2};" in ptx
     assert ptx.count("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32") == 16
     assert ".local" not in ptx
-    shared = [
+    # The fragments are read with shared-memory loads, not generic ones, from either kind
+    # of buffer, and nothing else goes through a generic address.
+    assert ptx.count("ld.shared.u32") >= 48 and "ld.u32" not in ptx and "st.u32" not in ptx
+    static = [
         int(size)
         for align, size in re.findall(r"\.shared \.align (\d+) \.b8 \w+\[(\d+)\]", ptx)
         if int(align) == 16
     ]
-    stage_bytes = (shape.bm + shape.bn) * (16 + 4) * 4  # 64-byte k-stages, padded rows
-    assert sum(shared) == stages * stage_bytes  # the stage buffers, 16-byte aligned
+    extern = re.findall(r"\.extern \.shared \.align (\d+) \.b8 \w+\[\]", ptx)
+    stage_bytes = stages * (shape.bm + shape.bn) * (16 + 4) * 4  # 64-byte k-stages, padded
+    assert transcript_mma.stage_bytes(shape, 64, stages) == stage_bytes
+    if transcript_mma.dynamic_shared_bytes(shape, 16, 16, 64, stages):
+        assert stage_bytes > transcript_mma.STATIC_SHARED_MAX - 4096  # the transcripts' 4 KiB
+        assert extern == ["16"] and not static  # one 16-byte aligned buffer, sized at launch
+    else:
+        assert sum(static) == stage_bytes and not extern
     # The default kernel is untouched by the pipeline's code: no cp.async in it.
-    assert "cp.async" not in transcript_cuda.compile_ptx_for(cc, kernel="mma")
+    assert "cp.async" not in _mma_ptx(cc)
+
+
+def test_dynamic_shared_memory_is_asked_for_only_past_the_static_limit() -> None:
+    small, big = transcript_mma.Shape(4, 2, 32, 32), transcript_mma.Shape(4, 4, 32, 32)
+    assert transcript_mma.dynamic_shared_bytes(small, 16, 16, 64, 0) == 0
+    # 3 × 192 rows × 80 bytes = 46,080 + 2,048 of transcripts: static, 48,128 ≤ 49,152.
+    assert transcript_mma.dynamic_shared_bytes(small, 16, 16, 64, 3) == 0
+    # With 32×32 hash tiles, a quarter of the transcripts: still static.
+    assert transcript_mma.dynamic_shared_bytes(small, 32, 32, 64, 3) == 0
+    assert transcript_mma.dynamic_shared_bytes(small, 16, 16, 64, 4) == 4 * 192 * 80
+    assert transcript_mma.dynamic_shared_bytes(big, 16, 16, 64, 3) == 3 * 256 * 80
+    for shape, stages in transcript_mma.CANDIDATES:  # each fits an H100/H200's block
+        dyn = transcript_mma.dynamic_shared_bytes(shape, 16, 16, 64, stages)
+        assert dyn + 4096 <= transcript_mma.SHARED_MAX[(9, 0)]
+    with pytest.raises(ValueError, match="dynamic shared memory"):
+        transcript_mma.kernel_source(big, 16, 16, 64, True, 0, dynamic=True)
+    with pytest.raises(ValueError, match=r"cp\.async pipelines"):
+        transcript_mma.launcher(big, 0, 16, 16, 64, ())
 
 
 def _ptxas(ptx: str, arch: str, tmp_path: Path) -> tuple[int, int, int]:
@@ -347,20 +391,29 @@ def _ptxas(ptx: str, arch: str, tmp_path: Path) -> tuple[int, int, int]:
     return int(regs[1]), int(spill[1]), int(smem[1])
 
 
-@pytest.mark.parametrize("block", ["launches", "pipelined"])
-def test_tensor_core_blocks_fit_an_sm_without_spilling(block: str, tmp_path: Path) -> None:
-    """The launches' block (512 threads: one a Hopper SM) and the cp.async candidate (256
-    threads: two an SM, so that one block's barrier leaves the other working) keep their
-    accumulators in registers, no spill, within an SM's 65,536 registers and the static
-    48 KiB of shared memory a block may have."""
-    shape, stages, per_sm = transcript_mma.BLOCK, 0, 1
-    if block == "pipelined":
-        (shape, stages), per_sm = transcript_mma.PIPELINED, 2
-    ptx = transcript_cuda.compile_ptx_for((9, 0), kernel="mma", block=(shape, stages))
+@pytest.mark.parametrize(
+    "block",
+    [(transcript_mma.BLOCK, 0), *transcript_mma.CANDIDATES],
+    ids=["launches", *CANDIDATE_IDS],
+)
+def test_tensor_core_blocks_fit_an_sm_without_spilling(
+    block: tuple[transcript_mma.Shape, int], tmp_path: Path
+) -> None:
+    """The launches' block and the cp.async candidates keep their accumulators in
+    registers, no spill, within an SM's 65,536 registers: one block of 512 threads a
+    Hopper SM, two of 256 (so that one block's barrier leaves the other working); and
+    within the static 48 KiB of shared memory a block may have, the stage buffers
+    of those that need more in dynamic shared memory, within the 227 KiB a block may
+    have on sm_90."""
+    shape, stages = block
+    per_sm = 65_536 // (128 * shape.threads)  # the blocks an SM holds at 128 registers
+    ptx = _mma_ptx((9, 0), None if block == (transcript_mma.BLOCK, 0) else block)
     regs, spill, smem = _ptxas(ptx, "sm_90", tmp_path)
     assert spill == 0
     assert regs * shape.threads * per_sm <= 65_536
-    assert smem <= 48 * 1024
+    assert smem <= transcript_mma.STATIC_SHARED_MAX
+    dyn = transcript_mma.dynamic_shared_bytes(shape, 16, 16, 64, stages)
+    assert smem + dyn <= transcript_mma.SHARED_MAX[(9, 0)]
 
 
 def test_tensor_core_plain_kernel_has_no_fold() -> None:
@@ -405,6 +458,28 @@ def test_gpu_tensor_core_kernel_matches_reference(
     c, t = transcript_cuda.noisy_product(a, bt, r, h, w, kernel="mma")
     np.testing.assert_array_equal(c, c_ref)
     np.testing.assert_array_equal(t, t_ref)
+
+
+@pytest.mark.skipif(not transcript_cuda.is_available(), reason="no CUDA GPU visible")
+@pytest.mark.parametrize("candidate", transcript_mma.CANDIDATES, ids=CANDIDATE_IDS)
+def test_gpu_pipelined_candidates_match_reference(
+    candidate: tuple[transcript_mma.Shape, int],
+) -> None:
+    """Each cp.async candidate, dynamic shared memory allowed where it needs it, on
+    rows and columns that end inside its blocks."""
+    from numba import cuda
+
+    shape, stages = candidate
+    rng = np.random.default_rng(stages)
+    a, bt = _operands(rng, 272, 1088, 208)
+    a[0], bt[0] = -127, -127
+    c_ref, t_ref = reference_transcripts(a, bt, 64, 16, 16)
+    d_c = cuda.device_array((272, 208), np.int32)
+    d_t = cuda.to_device(np.full((17, 13, 16), 0xDEADBEEF, np.uint32))
+    args = (cuda.to_device(a.view(np.int32)), cuda.to_device(bt.view(np.int32)), d_c, d_t)
+    transcript_mma.launcher(shape, stages, 16, 16, 64, args)()
+    np.testing.assert_array_equal(d_c.copy_to_host(), c_ref)
+    np.testing.assert_array_equal(d_t.copy_to_host(), t_ref)
 
 
 @pytest.mark.skipif(not transcript_cuda.is_available(), reason="no CUDA GPU visible")
