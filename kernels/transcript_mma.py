@@ -117,7 +117,8 @@ STATIC_SHARED_MAX = 48 * 1024
 SHARED_MAX = {(8, 0): 163 * 1024, (9, 0): 227 * 1024}
 """The most shared memory a block may have once its kernel is allowed more than
 :data:`STATIC_SHARED_MAX` (``CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES``), per
-compute capability: the A100's and the H100/H200's."""
+compute capability: the A100's and the H100/H200's, for the checks made without a GPU;
+:func:`launcher` asks the device (99 KiB on sm_86/sm_89 cards)."""
 
 
 def _stride(r: int) -> int:
@@ -741,7 +742,7 @@ def launcher(
         dev = cuda.get_current_device()
         compiled = fn.compile(tuple(typeof(a) for a in args))
         cufunc = compiled._codelibrary.get_cufunc()
-        limit = SHARED_MAX.get(dev.compute_capability, STATIC_SHARED_MAX)
+        limit = int(dev.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)  # the device's own figure
         if dyn + cufunc.attrs.shared > limit:  # (the transcripts are static)
             raise ValueError(
                 f"{dyn} bytes of stage buffers and {cufunc.attrs.shared} of transcripts "
