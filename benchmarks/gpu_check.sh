@@ -7,9 +7,13 @@
 #    against the NumPy reference, the tickets kernel against all_tickets, a whole CUDA
 #    attempt against the CPU one, bench gpu);
 # 2. `pouw bench gpu` at 2048³ and 8192³ (device work, dp4a, torch._int_mm, same run);
-# 3. `pouw bench kernels --backend cuda` at 2048³ (the attempt as the miner runs it);
+# 3. `pouw bench kernels --backend cuda` at 2048³ (the attempt as the miner runs it),
+#    and where its host time goes (benchmarks/profile_attempt.py, cProfile);
 # 4. where the host CPU has AMX-INT8: the CPU kernel tests (they run every path the
 #    host offers, AMX included) and `pouw bench kernels --isa all`.
+#
+# machine.txt records the GPU and the host CPU's cores, threads per core and clocks:
+# what a share of either's peak is computed from.
 #
 # Results land in OUTDIR (default ./gpu-check) as JSON and logs; every step has its own
 # time limit, so one that hangs costs its limit, not the run, and GPU_CHECK_BUDGET
@@ -45,7 +49,7 @@ lim() {
 step "machine"
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
-    lscpu | grep -E "Model name|^CPU\(s\)"
+    lscpu | grep -E "Model name|^CPU\(s\)|Thread\(s\) per core|Core\(s\) per socket|Socket\(s\)|MHz|L2 cache|L3 cache"
     grep -o -w 'amx_[a-z0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' '
     echo
     "$PY" -c "import numba, numba_cuda, numpy; print('numba', numba.__version__,
@@ -69,6 +73,11 @@ step "bench kernels --backend cuda 2048"
 L=$(lim 150) && timeout "$L" "$PY" -m node.cli bench kernels --backend cuda --size 2048 --json \
     >"$OUT/bench-kernels-cuda.json" 2>"$OUT/bench-kernels-cuda.err"
 tail -c 800 "$OUT/bench-kernels-cuda.err"
+
+step "profile: a 2048³ attempt's host time on the CUDA backend"
+L=$(lim 90) && timeout "$L" "$PY" -m benchmarks.profile_attempt --size 2048 --attempts 20 \
+    --backend cuda >"$OUT/profile-attempt-cuda.txt" 2>&1
+head -40 "$OUT/profile-attempt-cuda.txt"
 
 if grep -q -w amx_int8 /proc/cpuinfo; then
     step "AMX: CPU kernel tests"
