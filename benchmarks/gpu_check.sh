@@ -57,14 +57,14 @@ step "machine"
 } 2>&1 | tee "$OUT/machine.txt"
 
 step "CUDA tests"
-L=$(lim 240) && timeout "$L" "$PY" -m pytest -q -p no:cacheprovider -rs \
+L=$(lim 360) && timeout "$L" "$PY" -m pytest -q -p no:cacheprovider -rs \
     tests/kernels/test_transcript_cuda.py tests/kernels/test_tickets_cuda.py \
     tests/kernels/test_bench_gpu.py \
     -k "gpu or bench" 2>&1 | tee "$OUT/cuda-tests.txt" | tail -15
 
 for size in 2048 8192; do
     step "bench gpu $size"
-    L=$(lim 150) && timeout "$L" "$PY" -m node.cli bench gpu --size "$size" --json \
+    L=$(lim 240) && timeout "$L" "$PY" -m node.cli bench gpu --size "$size" --json \
         >"$OUT/bench-gpu-$size.json" 2>"$OUT/bench-gpu-$size.err"
     cat "$OUT/bench-gpu-$size.json" "$OUT/bench-gpu-$size.err" | tail -c 1500
 done
