@@ -74,11 +74,12 @@ def _torch_int_mm(d_a32: Any, d_bt32: Any, d_plain: Any, repeats: int) -> dict[s
 
 
 def _candidates(
-    d_a: Any, d_bt: Any, d_c: Any, d_t: Any, r: int, h: int, w: int
+    d_a: Any, d_bt: Any, d_c: Any, d_t: Any, r: int, h: int, w: int, c_ref: Any, t_ref: Any
 ) -> list[tuple[Callable[[], object] | None, dict[str, Any]]]:
     """Each cp.async candidate (``transcript_mma.CANDIDATES``) as a launch on the bench's
-    operands, with its record naming it; no launch where (r, h, w) does not fit it or
-    the launch could not be set up (``error`` says why)."""
+    operands, run once and its C' and T checked against ``c_ref`` and ``t_ref``, with its
+    record naming it; no launch where (r, h, w) does not fit it or it failed to set up
+    or run (``error`` says why)."""
     from kernels import transcript_mma as mma
 
     out: list[tuple[Callable[[], object] | None, dict[str, Any]]] = []
@@ -94,8 +95,14 @@ def _candidates(
         else:
             try:
                 launch = mma.launcher(shape, stages, h, w, r, (d_a, d_bt, d_c, d_t))
+                launch()
+                fields["bit_identical"] = bool(
+                    np.array_equal(d_c.copy_to_host(), c_ref)
+                    and np.array_equal(d_t.copy_to_host(), t_ref)
+                )
             except Exception as exc:  # an unproven kernel must not cost the bench its figures
                 fields["error"] = f"{type(exc).__name__}: {exc}"[:300]
+                launch = None
         out.append((launch, fields))
     return out
 
@@ -165,19 +172,7 @@ def bench_gpu(size: int, repeats: int = 20) -> dict[str, Any]:
     d_plain = cuda.device_array_like(d_c)
     d_plain.copy_to_device(d_c)
     identical = identical and bool(np.array_equal(d_plain.copy_to_host(), c_dp4a))
-    candidates = _candidates(d_an, d_bn, d_c, d_t, r, h, w)
-    for i, (launch, fields) in enumerate(candidates):
-        if launch is None:
-            continue
-        try:
-            launch()
-            fields["bit_identical"] = bool(
-                np.array_equal(d_c.copy_to_host(), c_dp4a)
-                and np.array_equal(d_t.copy_to_host(), t_dp4a)
-            )
-        except Exception as exc:  # an unproven kernel must not cost the bench its figures
-            fields["error"] = f"{type(exc).__name__}: {exc}"[:300]
-            candidates[i] = (None, fields)
+    candidates = _candidates(d_an, d_bn, d_c, d_t, r, h, w, c_dp4a, t_dp4a)
     del c_dp4a, t_dp4a
 
     dev = cuda.get_current_device()

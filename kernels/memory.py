@@ -72,4 +72,5 @@ def _mallopt() -> bool:
         (M_MMAP_THRESHOLD, MMAP_THRESHOLD),
         (M_TRIM_THRESHOLD, TRIM_THRESHOLD),
     )
+    # A list, not a generator: every setting is made even where one is refused.
     return all([bool(mallopt(option, value)) for option, value in settings])

@@ -114,17 +114,17 @@ stage buffers); none has run on a GPU yet, and the miner's launches use BLOCK.
 
 STATIC_SHARED_MAX = 48 * 1024
 """The shared memory a block may declare statically (every CUDA GPU)."""
-SHARED_MAX = {(8, 0): 163 * 1024, (9, 0): 227 * 1024}
-"""The most shared memory a block may have once its kernel is allowed more than
-:data:`STATIC_SHARED_MAX` (``CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES``), per
-compute capability: the A100's and the H100/H200's, for the checks made without a GPU;
-:func:`launcher` asks the device (99 KiB on sm_86/sm_89 cards)."""
+SM90_SHARED_MAX = 227 * 1024
+"""The most shared memory a block may have on sm_90 (H100, H200) once its kernel is
+allowed more than :data:`STATIC_SHARED_MAX`
+(``CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES``): what the checks made without a
+GPU hold the candidates to; :func:`launcher` asks the device it runs on."""
 
 
-def _stride(r: int) -> int:
-    """Int32 words of a stage buffer's row: the k-stage's words plus 4 of padding, so
-    that the 32 lanes of one fragment load hit 32 different banks."""
-    return stages(r)[0] // 4 + 4
+def _row_words(kt: int) -> int:
+    """Int32 words of a stage buffer's row for k-stages of ``kt`` bytes: the stage's words
+    plus 4 of padding, so that the 32 lanes of one fragment load hit 32 different banks."""
+    return kt // 4 + 4
 
 
 def dynamic_shared_bytes(shape: Shape, h: int, w: int, r: int, pipeline: int) -> int:
@@ -140,7 +140,7 @@ def dynamic_shared_bytes(shape: Shape, h: int, w: int, r: int, pipeline: int) ->
 
 def stage_bytes(shape: Shape, r: int, buffers: int) -> int:
     """The bytes of ``buffers`` stage buffers of A' and B' for blocks ``shape``."""
-    return buffers * (shape.bm + shape.bn) * _stride(r) * 4
+    return buffers * (shape.bm + shape.bn) * _row_words(stages(r)[0]) * 4
 
 
 def supported(r: int, h: int, w: int, s: Shape = BLOCK) -> str | None:
@@ -367,7 +367,7 @@ def _kernel_source(
         raise ValueError("only a cp.async pipeline keeps its stages in dynamic shared memory")
     kw = kt // 4  # int32 words of k per stage
     ksteps = kw // 8  # m16n8k32 steps per stage
-    stride = kw + 4  # padded row of a stage: fragment loads hit 32 banks
+    stride = _row_words(kt)  # padded row of a stage: fragment loads hit 32 banks
     wm, wn, warps_n = shape.wm, shape.wn, shape.warps_n
     bm, bn, threads = shape.bm, shape.bn, shape.threads
     warps = shape.warps_m * shape.warps_n
@@ -701,9 +701,8 @@ def kernel(
     dynamic: bool = False,
 ) -> Any:
     """The compiled kernel for a shape, hash tile, rank, fold choice and pipeline."""
-    return cuda.jit(**jit_options(Shape(*shape_key)))(
-        kernel_source(Shape(*shape_key), h, w, r, fold, pipeline, dynamic)
-    )
+    shape = Shape(*shape_key)
+    return cuda.jit(**jit_options(shape))(kernel_source(shape, h, w, r, fold, pipeline, dynamic))
 
 
 def kernel_source(

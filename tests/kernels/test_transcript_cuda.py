@@ -360,7 +360,7 @@ def test_dynamic_shared_memory_is_asked_for_only_past_the_static_limit() -> None
     assert transcript_mma.dynamic_shared_bytes(big, 16, 16, 64, 3) == 3 * 256 * 80
     for shape, stages in transcript_mma.CANDIDATES:  # each fits an H100/H200's block
         dyn = transcript_mma.dynamic_shared_bytes(shape, 16, 16, 64, stages)
-        assert dyn + 4096 <= transcript_mma.SHARED_MAX[(9, 0)]
+        assert dyn + 4096 <= transcript_mma.SM90_SHARED_MAX
     with pytest.raises(ValueError, match="dynamic shared memory"):
         transcript_mma.kernel_source(big, 16, 16, 64, True, 0, dynamic=True)
     with pytest.raises(ValueError, match=r"cp\.async pipelines"):
@@ -413,7 +413,7 @@ def test_tensor_core_blocks_fit_an_sm_without_spilling(
     assert regs * shape.threads * per_sm <= 65_536
     assert smem <= transcript_mma.STATIC_SHARED_MAX
     dyn = transcript_mma.dynamic_shared_bytes(shape, 16, 16, 64, stages)
-    assert smem + dyn <= transcript_mma.SHARED_MAX[(9, 0)]
+    assert smem + dyn <= transcript_mma.SM90_SHARED_MAX
 
 
 def test_tensor_core_plain_kernel_has_no_fold() -> None:
