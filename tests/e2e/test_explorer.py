@@ -183,7 +183,21 @@ def _explorer(node: NodeProcess) -> str:
 def _open(page: Any, route: str, ready: str) -> None:
     """Show ``#/route`` in the page (the explorer is loaded) and wait for ``ready``."""
     page.evaluate("route => { location.hash = '#/' + route; }", route)
-    page.wait_for_selector(ready)
+    _wait_shown(page, ready)
+
+
+# The previous page stays in view while the next one loads: ``ready`` alone may be found
+# in it (two block pages both have #proof). The explorer marks the route it has rendered.
+_SHOWN = """ready => {
+    const view = document.getElementById("view");
+    return view.dataset.shown === location.hash && !view.classList.contains("loading")
+        && view.querySelector(ready) !== null;
+}"""
+
+
+def _wait_shown(page: Any, ready: str) -> None:
+    """Wait until the view shows the route in the address bar, rendered, with ``ready``."""
+    page.wait_for_function(_SHOWN, arg=ready)
 
 
 def _shot(page: Any, name: str) -> None:
@@ -376,7 +390,7 @@ def test_search_box_finds_each_kind_of_id(devnet, page):
         page.fill("#search-input", query)
         page.press("#search-input", "Enter")
         page.wait_for_function(f"location.hash === '#/{route}'")
-        page.wait_for_selector("main:not(.loading) h1")
+        _wait_shown(page, "h1")
         assert page.locator("#not-found").count() == 0, query
 
 

@@ -618,15 +618,19 @@ const ROUTES = {
 };
 let cleanup = null;
 
+// The route the view shows once rendered, in view.dataset.shown: whoever drives the page
+// (a test, a script) knows the content is this route's and not the previous one's, which
+// stays in place while the next page loads.
 async function route() {
   const token = ++renderToken;
+  const hash = location.hash;
   if (cleanup) { cleanup(); cleanup = null; }
-  const [kind = "", ...rest] = location.hash.replace(/^#\/?/, "").split("/");
+  const [kind = "", ...rest] = hash.replace(/^#\/?/, "").split("/");
   const arg = decodeURIComponent(rest.join("/"));
   document.querySelectorAll("nav a").forEach((a) =>
     a.classList.toggle("active", a.dataset.nav === (kind || "home") || (kind === "dataset" && a.dataset.nav === "datasets")));
   const page = ROUTES[kind];
-  if (!page) { notFound(`There is no page "${kind}".`, 404); return; }
+  if (!page) { notFound(`There is no page "${kind}".`, 404); view.dataset.shown = hash; return; }
   view.classList.add("loading");
   try {
     const result = await page(token, arg);
@@ -636,7 +640,10 @@ async function route() {
     if (e instanceof ApiError) notFound(e.message, e.status);
     else { console.error(e); notFound("This page could not be shown.", 0); }
   } finally {
-    if (token === renderToken) view.classList.remove("loading");
+    if (token === renderToken) {
+      view.classList.remove("loading");
+      view.dataset.shown = hash;
+    }
   }
   if (token === renderToken) document.title = `pouwnet explorer · ${kind || "home"}`;
 }
