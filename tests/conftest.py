@@ -10,7 +10,7 @@ import pytest
 
 from node.app import Node
 from node.config import NodeConfig
-from tests.support import older_targets
+from tests.support import cudasim, older_targets
 from tests.support.chainkit import MID
 from tests.support.framework import DocShell
 from tests.support.older_targets import OLDER_TARGET_TEST
@@ -46,15 +46,21 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected what will not run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Start the older targets' kernel runs now, in the background at the lowest CPU
-    priority, and read them last (tests/support/older_targets.py says why)."""
+    """Start the older targets' kernel runs and the CUDA simulator's long runs now, in
+    the background at the lowest CPU priority, and read the older targets last
+    (tests/support/older_targets.py and tests/support/cudasim.py say why)."""
     readers = [item for item in items if item.name.startswith(OLDER_TARGET_TEST + "[")]
     if readers:
         items[:] = [item for item in items if item not in readers] + readers
-        if not config.option.collectonly:
-            older_targets.start()
+    if config.option.collectonly:
+        return
+    if readers:
+        older_targets.start()
+    cudasim.start_background({name for item in items for name in getattr(item, "fixturenames", ())})
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     older_targets.stop()
+    cudasim.stop_background()

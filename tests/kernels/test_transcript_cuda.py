@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from kernels import transcript_cuda, transcript_mma
-from tests.support.cudasim import run_simulated
+from tests.support.cudasim import in_background
 from tests.support.reference import reference_transcripts
 
 # (m, k, n, r, h, w). The simulator runs ~10^5 operations a second, so sizes
@@ -71,10 +71,7 @@ def _operands(rng: np.random.Generator, m: int, k: int, n: int) -> tuple[np.ndar
     return a, bt
 
 
-@pytest.fixture(scope="module")
-def sim_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
-    """Inputs of every SIM_CASE plus what the simulated kernel returned for them."""
-    tmp = tmp_path_factory.mktemp("cudasim")
+def _sim_inputs() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(20240611)
     inp: dict[str, np.ndarray] = {"count": np.array(len(SIM_CASES))}
     for i, (m, k, n, r, h, w) in enumerate(SIM_CASES):
@@ -87,7 +84,16 @@ def sim_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
     )
     words[2] %= 2**20  # keep the accumulator far from int32 overflow
     inp["words"] = words
-    return run_simulated(_SIM_SCRIPT, inp, tmp, timeout=120)[0]
+    return inp
+
+
+_SIM = in_background("sim_run", _SIM_SCRIPT, _sim_inputs, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def sim_run() -> dict[str, np.ndarray]:
+    """Inputs of every SIM_CASE plus what the simulated kernel returned for them."""
+    return _SIM.result()
 
 
 @pytest.mark.parametrize("case", range(len(SIM_CASES)), ids=[str(c) for c in SIM_CASES])
@@ -217,9 +223,7 @@ np.savez(sys.argv[2], **out)
 """
 
 
-@pytest.fixture(scope="module")
-def mma_sim_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
-    tmp = tmp_path_factory.mktemp("mmasim")
+def _mma_sim_inputs() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(20261204)
     inp: dict[str, np.ndarray] = {"count": np.array(len(MMA_CASES))}
     for i, (m, k, n, r, h, w, shape) in enumerate(MMA_CASES):
@@ -232,7 +236,16 @@ def mma_sim_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarra
     inp["a0"][1] = 126
     inp["clean_a"] = rng.integers(-64, 64, size=(32, 64), dtype=np.int8)  # two tile rows
     inp["clean_b"] = rng.integers(-64, 64, size=(64, 16), dtype=np.int8)
-    return run_simulated(_MMA_SIM_SCRIPT, inp, tmp, timeout=240)[0]
+    return inp
+
+
+_MMA_SIM = in_background("mma_sim_run", _MMA_SIM_SCRIPT, _mma_sim_inputs, timeout=240)
+
+
+@pytest.fixture(scope="module")
+def mma_sim_run() -> dict[str, np.ndarray]:
+    """Inputs of every MMA_CASE and the attempt plus what the simulated kernels returned."""
+    return _MMA_SIM.result()
 
 
 @pytest.mark.parametrize("case", range(len(MMA_CASES)), ids=[str(c) for c in MMA_CASES])
