@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from numba import get_num_threads, njit, prange
 
 from benchmarks.sgemm_baseline import measure_sgemm
 from consensus.merkle import matrix_rows_root
@@ -22,7 +23,7 @@ from kernels.backends import get_backend
 from kernels.freivalds import freivalds_check
 from kernels.isa import compile_target
 from kernels.memory import kept
-from kernels.threads import threading_layer
+from kernels.threads import exclusive, threading_layer
 from kernels.transcript_cpu import GENERIC, active_path, available_paths, select_path
 
 PLOT_SIZES = (256, 512, 768, 1024, 1536, 2048)
@@ -99,6 +100,37 @@ def paired_ratio(
     return statistics.median(ratios), long_times, short_times
 
 
+@exclusive
+@njit(parallel=True, nogil=True, cache=True)
+def _xor_words(x: np.ndarray, y: np.ndarray, z: np.ndarray, blocks: int) -> np.uint64:
+    """The XOR of every word of x, y and z (uint64, 1-D), each cut into ``blocks`` runs
+    read in parallel: every byte loaded once, nothing written."""
+    folds = np.zeros(3 * blocks, dtype=np.uint64)
+    for t in prange(3 * blocks):
+        words = x if t < blocks else y if t < 2 * blocks else z
+        n = words.shape[0]
+        step = (n + blocks - 1) // blocks
+        b = t % blocks
+        s = np.uint64(0)
+        for i in range(b * step, min(n, (b + 1) * step)):
+            s ^= words[i]
+        folds[t] = s
+    acc = np.uint64(0)
+    for t in range(3 * blocks):
+        acc ^= folds[t]
+    return acc
+
+
+def read_floor(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> int:
+    """Read every byte of C, A and B once, on every thread (the XOR of their 8-byte
+    words, so no load can be left out): the least any check that reads its operands
+    once can cost, Freivalds' included. Each must be C-contiguous, whole words long."""
+    if not all(x.flags.c_contiguous for x in (c, a, b)):
+        raise ValueError("the read floor reads C-contiguous operands (a copy is no floor)")
+    wc, wa, wb = (x.reshape(-1).view(np.uint64) for x in (c, a, b))
+    return int(_xor_words(wc, wa, wb, 4 * get_num_threads()))
+
+
 def _repeats_for(size: int) -> int:
     return max(3, min(15, int(4 * (2048 / size) ** 2)))
 
@@ -171,6 +203,13 @@ def _bench_kernels(size: int, backend: str, repeats: int | None) -> dict[str, An
         plain, freivalds, pair_reps, time.process_time
     )
     plain_s, freivalds_s = statistics.median(plain_times), statistics.median(freivalds_times)
+    # Freivalds against reading its operands once, paired the same way: how much of its
+    # time is arithmetic, and the floor memory sets under freivalds_vs_plain on this host.
+    read_bytes = c.nbytes + a.nbytes + b.nbytes
+    freivalds_vs_read, _, read_times = paired_ratio(
+        freivalds, lambda: read_floor(c, a, b), pair_reps
+    )
+    read_s = statistics.median(read_times)
 
     def attempt() -> Any:
         return mining_attempt(a, b, seed_a, seed_b, target, params, be, ticket_key=key, bt=bt)
@@ -261,6 +300,11 @@ def _bench_kernels(size: int, backend: str, repeats: int | None) -> dict[str, An
         "attempt_with_result_root_s": with_root_s,
         "attempt_with_result_root_vs_attempt": with_root_s / attempt_s,
         "freivalds_vs_plain": freivalds_s / plain_s,
+        "read_bytes": read_bytes,
+        "read_s": read_s,
+        "read_gb_per_s": read_bytes / read_s / 1e9,
+        "read_vs_plain": read_s / plain_s,
+        "freivalds_vs_read": freivalds_vs_read,
         "freivalds_cpu_s": statistics.median(freivalds_cpu_times),
         "freivalds_vs_plain_cpu": statistics.median(freivalds_cpu_times) / plain_cpu_s,
         # Best samples, beside the medians (not instead): what the two reach undisturbed.

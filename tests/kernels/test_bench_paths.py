@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.kernels import paired_ratio, path_label
+import numpy as np
+import pytest
+
+from benchmarks.kernels import paired_ratio, path_label, read_floor
 from kernels.transcript_cpu import available_paths
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,6 +40,31 @@ def test_isa_all_measures_every_path_the_host_can_run() -> None:
         assert r["freivalds_vs_plain_min"] == r["freivalds_min_s"] / r["plain_min_s"] > 0
         assert r["freivalds_min_s"] <= r["freivalds_s"] and r["plain_min_s"] <= r["plain_s"]
         assert r["freivalds_vs_plain_cpu_min"] > 0
+        # Freivalds beside the bare reading of what it reads: C (int32), A and B (int8)
+        assert r["read_bytes"] == 128 * 128 * (4 + 1 + 1)
+        assert r["read_gb_per_s"] == r["read_bytes"] / r["read_s"] / 1e9 > 0
+        assert r["read_vs_plain"] == r["read_s"] / r["plain_s"] > 0
+        assert r["freivalds_vs_read"] > 0
+
+
+def test_the_read_floor_loads_every_byte_of_c_a_and_b() -> None:
+    rng = np.random.default_rng(5)
+    c = rng.integers(-(2**31), 2**31, (192, 64), dtype=np.int64).astype(np.int32)
+    a = rng.integers(-64, 64, (192, 128), dtype=np.int8)
+    b = rng.integers(-64, 64, (128, 64), dtype=np.int8)
+
+    def xor_of_words() -> int:
+        words = np.concatenate([x.reshape(-1).view(np.uint64) for x in (c, a, b)])
+        return int(np.bitwise_xor.reduce(words))
+
+    assert read_floor(c, a, b) == xor_of_words() != 0
+    for x in (c, a, b):  # a bit flipped anywhere, the last byte included, is seen
+        for at in (0, x.nbytes // 2, x.nbytes - 1):
+            before = read_floor(c, a, b)
+            x.reshape(-1).view(np.uint8)[at] ^= 0x40
+            assert read_floor(c, a, b) == before ^ (0x40 << (8 * (at % 8))) == xor_of_words()
+    with pytest.raises(ValueError, match="C-contiguous"):
+        read_floor(np.asfortranarray(c), a, b)
 
 
 def test_isa_the_host_cannot_run_is_a_one_line_error() -> None:
