@@ -169,6 +169,23 @@ def keyed_xof(
     return out.view(np.uint8)[:nbytes]
 
 
+@njit(nogil=True, cache=True, inline="always")
+def xof_group(
+    key: np.ndarray,
+    key_off: int,
+    msg: np.ndarray,
+    block_len: int,
+    first_block: int,
+    out: np.ndarray,
+    out_off: int,
+) -> None:
+    """Output blocks ``first_block … first_block + 15`` (1 KiB) of :func:`keyed_xof`'s
+    hash into ``out[out_off : out_off + 256]`` (uint32 words): one task's share of an
+    XOF spread across threads."""
+    # An intrinsic: the typing context is implicit.
+    _xof_blocks16(key, key_off, msg, block_len, first_block, out, out_off)  # type: ignore[call-arg]
+
+
 def message_block(message: bytes) -> np.ndarray:
     """The 16 little-endian words of a message of at most 64 bytes, zero-padded."""
     if len(message) > 64:

@@ -97,6 +97,22 @@ def test_noisy_operands_equal_the_numpy_gather(k, n):
         add_noise_transposed(b.T, f)
 
 
+@pytest.mark.parametrize(
+    ("rows", "r"), [(1, 2), (3, 4), (17, 64), (16, 128), (2048, 64), (5, 65536)]
+)
+@pytest.mark.parametrize("seed", [SEED, b"\xff" * 32], ids=["counting", "all-ones"])
+def test_factors_follow_the_stream_layout(rows, r, seed):
+    """L[i, s] = (byte i·r + s of the L stream & 63) − 32, the stream being the library's
+    XOF, for lengths that end mid-block and mid-task (the miner's is compiled, read
+    1 KiB a task across threads)."""
+    import blake3
+
+    raw = np.frombuffer(blake3.blake3(b"pouwnet/noise/L", key=seed).digest(length=rows * r), "u1")
+    f = derive_noise(seed, rows, 64, r)
+    assert f.L.dtype == np.int8 and f.L.shape == (rows, r)
+    assert np.array_equal(f.L, ((raw & 63).astype(np.int16) - 32).reshape(rows, r))
+
+
 @pytest.mark.parametrize("r", [2, 64, 256, 1024, 65536])
 def test_permutation_follows_the_stream_layout(r):
     """p = x mod r, q = (p + 1 + y mod (r − 1)) mod r from the perm stream's u16 pairs."""
