@@ -82,9 +82,14 @@ class BackgroundRun:
         self._dir = Path(tempfile.mkdtemp(prefix="pouw-cudasim-"))
         self._inp = self._inputs()
         np.savez(self._dir / "in.npz", **self._inp)  # type: ignore[arg-type]
+        # A Numba cache of its own, as the older targets' runs have: this child compiles
+        # CPU kernels too (the attempt's noise and recovery), and two processes compiling
+        # one parallel kernel into one cache at once can leave a gufunc's two cache files
+        # from different compiles (numba/numba#10128: a segfault on the next load).
+        env = _env() | {"NUMBA_CACHE_DIR": str(self._dir / "numba")}
         with (self._dir / "err").open("wb") as err:  # a file: nobody reads a pipe meanwhile
             self._proc = subprocess.Popen(
-                _command(self._script, self._dir), cwd=REPO, env=_env(),
+                _command(self._script, self._dir), cwd=REPO, env=env,
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                 preexec_fn=_idle_priority if idle else None,
             )  # fmt: skip
