@@ -10,7 +10,8 @@
 # 3. `pouw bench kernels --backend cuda` at 2048³ (the attempt as the miner runs it),
 #    and where its host time goes (benchmarks/profile_attempt.py, cProfile);
 # 4. where the host CPU has AMX-INT8: the CPU kernel tests (they run every path the
-#    host offers, AMX included) and `pouw bench kernels --isa all`.
+#    host offers, AMX included), `pouw bench kernels --isa all` and where a CPU
+#    attempt's time goes beside its product (profile_attempt --backend cpu).
 #
 # machine.txt records the GPU and the host CPU's cores, threads per core and clocks:
 # what a share of either's peak is computed from.
@@ -89,5 +90,11 @@ if grep -q -w amx_int8 /proc/cpuinfo; then
     L=$(lim 150) && timeout "$L" "$PY" -m node.cli bench kernels --isa all --size 2048 --json \
         >"$OUT/bench-kernels-isa-all.json" 2>"$OUT/bench-kernels-isa-all.err"
     tail -c 800 "$OUT/bench-kernels-isa-all.err"
+    # attempt_vs_plain was 1.22 in wall time there and 1.009 in CPU time: where the
+    # attempt's time goes beside its product (what runs on one thread while the others wait).
+    step "AMX host: a 2048³ attempt's time on the CPU backend (default path)"
+    L=$(lim 90) && timeout "$L" "$PY" -m benchmarks.profile_attempt --size 2048 --attempts 20 \
+        --backend cpu >"$OUT/profile-attempt-cpu.txt" 2>&1
+    head -40 "$OUT/profile-attempt-cpu.txt"
 fi
 step "done"
