@@ -18,7 +18,8 @@ claimed, so a reorg that puts one back to open drops it from the mempool, and wi
 every later transaction of ours (the next step's job posts), which then wait on a
 nonce nobody will fill. A job whose post is gone is posted again (same operands,
 same job id, the next nonce); a record that is gone is sent again once its jobs are
-claimed again.
+claimed again. A job whose claim a reorg takes back between the moment it is seen
+claimed and the fetch of its C is waited on again until a block claims it anew.
 
 Ctrl-C (KeyboardInterrupt) while a round's jobs are open sends a job_cancel
 for each once the chain takes it (after the job's expiry height, which
@@ -47,7 +48,7 @@ from kernels.training import (
     local_matmul,
     train,
 )
-from node.client.market import MarketClient, posted_spec
+from node.client.market import MarketClient, NoResult, posted_spec
 from node.client.rpc import RpcCallError
 
 JOBS_PER_STEP = 5
@@ -133,6 +134,8 @@ class NetworkMatmul:
     jobs_posted: int = 0
     jobs_reused: int = 0
     posts_resent: int = 0
+    claims_undone: int = 0
+    """Claims a reorg took back after the round saw them, before their C was fetched."""
     step: int = 0
     timings: list[JobTiming] = field(default_factory=list)
     _step_jobs: list[bytes] = field(default_factory=list)
@@ -223,10 +226,12 @@ class NetworkMatmul:
         record = self._record(job_id)
         return None if record is None else str(record["status"])
 
-    def _wait_claimed(self, posted: list[_Posted]) -> dict[bytes, float]:
+    def _wait_claimed(
+        self, posted: list[_Posted], since: float | None = None
+    ) -> dict[bytes, float]:
         """When each job was seen claimed, in a block or by a pending job_result (its C
         can be fetched and checked either way); all are polled together, and a post our
-        node let go is sent again."""
+        node let go is sent again. The timeout counts from the oldest post, or ``since``."""
         waiting = {p.job_id: p for p in posted}
         seen: dict[bytes, float] = {}
         while True:
@@ -239,7 +244,7 @@ class NetworkMatmul:
                     del waiting[job_id]
             if not waiting:
                 return seen
-            oldest = min(p.posted_at for p in waiting.values())
+            oldest = since if since is not None else min(p.posted_at for p in waiting.values())
             if time.monotonic() - oldest > self.timeout:
                 names = ", ".join(j.hex()[:16] for j in waiting)
                 raise TimeoutError(f"jobs {names} not claimed in {self.timeout:g}s")
@@ -259,7 +264,13 @@ class NetworkMatmul:
         self.posts_resent += 1
 
     def _collect(self, posted: _Posted, claimed_at: float) -> np.ndarray:
-        c = self.client.result(posted.job_id, posted.a, posted.b)
+        while True:
+            try:
+                c = self.client.result(posted.job_id, posted.a, posted.b)
+                break
+            except NoResult:  # a reorg took its claim back: the job is open until re-claimed
+                self.claims_undone += 1
+                claimed_at = self._wait_claimed([posted], since=time.monotonic())[posted.job_id]
         self._open.pop(posted.job_id, None)
         self._step_jobs.append(posted.job_id)
         m, k = posted.a.shape
@@ -436,6 +447,7 @@ class NetworkRun:
             "jobs_reused": self.matmul.jobs_reused,
             "jobs_used": len(self.matmul.timings),
             "posts_resent": self.matmul.posts_resent,
+            "claims_undone": self.matmul.claims_undone,
             "model_records": len(self.records),
             "records_resent": self.recorder.resent,
             "epochs": [

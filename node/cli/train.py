@@ -273,6 +273,11 @@ def train_cmd(
                 f"sent again after the node let them go (a reorg): {summary['posts_resent']} "
                 f"job posts, {summary['records_resent']} model records"
             )
+        if summary["claims_undone"]:
+            console.print(
+                f"claims taken back by a reorg before their C was fetched, waited on again: "
+                f"{summary['claims_undone']}"
+            )
         console.print(f"model {summary['model_id']}")
         verdict = "bit-identical" if run.bit_identical else "DIFFERENT"
         console.print(

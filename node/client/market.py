@@ -100,6 +100,16 @@ class ResultWithheld(Exception):
         self.due = due
 
 
+class NoResult(ValueError):
+    """The job has no claim to fetch C by: none on chain and none pending (it is open,
+    expired, cancelled…). A job seen claimed can be open again: a reorg that takes back
+    the block with its claim leaves it open until another block, or a pending
+    job_result, claims it."""
+
+
+NO_RESULT_STATUS = 409
+"""GET /result's answer for a job that nothing claims."""
+
 UNAVAILABLE_STATUSES = (502, 503)
 """GET /result's answers when the node could not get a C matching the claim: its peers
 did not serve it (503) or the matrix under the claim's root has the wrong size (502)."""
@@ -349,7 +359,8 @@ class MarketClient:
         ``a`` and ``b`` are the operands given to :meth:`submit`: the whole
         posted (padded) product is checked, padding included, and A·B is
         returned without it. A job claimed on chain or by a job_result still
-        pending in the mempool has a result. A wrong C under a pending claim
+        pending in the mempool has a result; :class:`NoResult` for one nothing claims
+        (a reorg may have taken its claim back since it was seen). A wrong C under a pending claim
         cannot be proved until the claim is in a block: this waits up to
         ``fraud_wait_s`` for that, checks the C the chain's claim committed to
         and proves it wrong (or returns it if that claim is another, right one);
@@ -363,7 +374,7 @@ class MarketClient:
         """
         st = self.status(job_id)
         if st["status"] not in ("mined", "paid") and not _pending(st):
-            raise ValueError(f"job {job_id.hex()[:16]} has no result: it is {st['status']}")
+            raise NoResult(f"job {job_id.hex()[:16]} has no result: it is {st['status']}")
         a8, b8 = padded_operands(a, b, self.params)
         c, where = self._fetch_checked(job_id, a8, b8, fetch_timeout_s, a.shape[0])
         if where is not None and _pending(st):
@@ -509,6 +520,8 @@ class MarketClient:
         try:
             blob = self.rpc.get_result(job_id, timeout_s)
         except RpcCallError as e:
+            if e.code == NO_RESULT_STATUS:  # its claim was taken back since the status
+                raise NoResult(f"job {job_id.hex()[:16]}: {e}") from None
             if e.code not in UNAVAILABLE_STATUSES:
                 raise
             raise self._withheld(job_id, str(e), rows_used) from None

@@ -9,11 +9,14 @@ the synchronous client library in a thread; blocks come from private chains."""
 from __future__ import annotations
 
 import asyncio
+import time
+
+import numpy as np
 
 from consensus.market import job_record
 from consensus.transactions import JobPostPayload, ModelRecordPayload
 from node.app import Node
-from node.apps.train_net import LineageRecorder, NetworkMatmul, dropped
+from node.apps.train_net import LineageRecorder, NetworkMatmul, _Posted, dropped
 from node.client.market import MarketClient
 from node.client.rpc import RpcClient
 from tests.support import claimkit
@@ -79,3 +82,35 @@ async def test_a_reorg_that_reopens_a_recorded_job_does_not_strand_the_trainer(n
     await node.process_block(claimkit.add(theirs, their_clock, [resent]), source=None)
     await asyncio.wait_for(waited, 10)
     assert recorder.resent == 1 and recorder.sent == [resent.txid.hex()]
+
+
+async def test_a_claim_taken_back_before_its_result_is_fetched_is_waited_on_again(node):
+    """The round saw JOB claimed by a block mined on it; before the trainer fetched C, a
+    reorg took that block back (a header's claim does not return to the mempool: JOB is
+    open and nothing claims it). The trainer waits for the next claim and gets the
+    Freivalds-checked C, instead of failing with 'has no result'."""
+    ours, clock = new_chain()
+    post = claimkit.add(ours, clock, [claimkit.tx(ALICE, 0, claimkit.POST)])
+    await node.process_block(post, source=None)
+    await node.process_block(claimkit.add_job_block(ours, clock, claimkit.JOB), source=None)
+    node.blobs.put_matrix(claimkit.C)  # the claimant's C, as the network would serve it
+    net = NetworkMatmul(_client(node), reward=claimkit.REWARD, timeout=30.0)
+    posted = _Posted(claimkit.JOB_ID, claimkit.A, claimkit.B, time.monotonic())
+    seen = await asyncio.to_thread(net._wait_claimed, [posted])  # the tip's header claims it
+    assert (await asyncio.to_thread(net.client.status, claimkit.JOB_ID))["pending_claim"]
+
+    theirs, their_clock = new_chain()  # heavier, from block 1, without the job block
+    theirs.add_block(post)
+    their_clock.now = clock.now
+    for _ in range(2):
+        await node.process_block(claimkit.add(theirs, their_clock), source=None)
+    assert job_record(node.chain.state, claimkit.JOB_ID)["status"] == "open"
+    assert node.mempool.claim_of(claimkit.JOB_ID) is None
+    collecting = asyncio.create_task(asyncio.to_thread(net._collect, posted, seen[claimkit.JOB_ID]))
+    await until(lambda: net.claims_undone == 1, 10)
+    assert not collecting.done()
+    claim = claimkit.claim(BOB, 0, (claimkit.JOB_ID, claimkit.C))
+    await node.process_block(claimkit.add(theirs, their_clock, [claim]), source=None)
+    c = await asyncio.wait_for(collecting, 10)
+    assert np.array_equal(c, claimkit.C)
+    assert net.claims_undone == 1 and net.step_job_ids() == (claimkit.JOB_ID,)
