@@ -269,6 +269,8 @@ class NetworkMatmul:
                 c = self.client.result(posted.job_id, posted.a, posted.b)
                 break
             except NoResult:  # a reorg took its claim back: the job is open until re-claimed
+                if self._status(posted.job_id) != "open":
+                    raise  # refunded, cancelled: no claim is coming
                 self.claims_undone += 1
                 claimed_at = self._wait_claimed([posted], since=time.monotonic())[posted.job_id]
         self._open.pop(posted.job_id, None)

@@ -360,8 +360,8 @@ class MarketClient:
         posted (padded) product is checked, padding included, and A·B is
         returned without it. A job claimed on chain or by a job_result still
         pending in the mempool has a result; :class:`NoResult` for one nothing claims
-        (a reorg may have taken its claim back since it was seen). A wrong C under a pending claim
-        cannot be proved until the claim is in a block: this waits up to
+        (a reorg may have taken its claim back since it was seen). A wrong C under a
+        pending claim cannot be proved until the claim is in a block: this waits up to
         ``fraud_wait_s`` for that, checks the C the chain's claim committed to
         and proves it wrong (or returns it if that claim is another, right one);
         WrongResult without a fraud proof if no block takes the claim in time.

@@ -12,12 +12,13 @@ import asyncio
 import time
 
 import numpy as np
+import pytest
 
 from consensus.market import job_record
 from consensus.transactions import JobPostPayload, ModelRecordPayload
 from node.app import Node
 from node.apps.train_net import LineageRecorder, NetworkMatmul, _Posted, dropped
-from node.client.market import MarketClient
+from node.client.market import MarketClient, NoResult
 from node.client.rpc import RpcClient
 from tests.support import claimkit
 from tests.support.chainkit import ALICE, BOB, MID, new_chain
@@ -114,3 +115,23 @@ async def test_a_claim_taken_back_before_its_result_is_fetched_is_waited_on_agai
     c = await asyncio.wait_for(collecting, 10)
     assert np.array_equal(c, claimkit.C)
     assert net.claims_undone == 1 and net.step_job_ids() == (claimkit.JOB_ID,)
+
+
+def test_a_job_refunded_before_its_result_is_fetched_fails_at_once() -> None:
+    """Only an open job is waited on again: one refunded (a fraud proof, an unanswered
+    challenge) will never be claimed, and the trainer says so instead of timing out."""
+
+    class RefundedJob:
+        params = MID
+
+        def result(self, job_id: bytes, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            raise NoResult(f"job {job_id.hex()[:16]} has no result: it is refunded")
+
+        def status(self, job_id: bytes) -> dict[str, str]:
+            return {"status": "refunded"}
+
+    net = NetworkMatmul(RefundedJob(), reward=claimkit.REWARD, timeout=30.0)  # type: ignore[arg-type]
+    posted = _Posted(claimkit.JOB_ID, claimkit.A, claimkit.B, time.monotonic())
+    with pytest.raises(NoResult, match="it is refunded"):
+        net._collect(posted, time.monotonic())
+    assert net.claims_undone == 0 and net.step_job_ids() == ()
