@@ -35,8 +35,10 @@ L_LABEL = b"pouwnet/noise/L"
 PERM_LABEL = b"pouwnet/noise/perm"
 L_BLOCK = message_block(L_LABEL)
 PERM_BLOCK = message_block(PERM_LABEL)
-"""The labels as message words, for :func:`kernels.blake3_lanes.keyed_xof` (compiled
-callers that read the streams themselves)."""
+L_LEN, PERM_LEN = len(L_LABEL), len(PERM_LABEL)
+"""The labels as message words and their lengths in bytes, for
+:func:`kernels.blake3_lanes.keyed_xof` (compiled callers that read the streams
+themselves)."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,7 @@ def unchecked_factor_stream(seed: bytes, first_row: int, count: int, r: int) -> 
 
 def factor_values(raw: np.ndarray, count: int, r: int) -> np.ndarray:
     """L's rows (count × r int8) from their raw stream (:func:`factor_stream`)."""
-    return _factor_values(raw.reshape(count, r))
+    return _factors_of(raw, count, r)
 
 
 def derive_factor_rows(seed: bytes, first_row: int, count: int, r: int) -> np.ndarray:
@@ -154,12 +156,6 @@ def derive_factor_rows(seed: bytes, first_row: int, count: int, r: int) -> np.nd
     return factor_values(factor_stream(seed, first_row, count, r), count, r)
 
 
-def _factor_values(raw: np.ndarray) -> np.ndarray:
-    """XOF bytes → factor entries uniform in [-32, 31]."""
-    return (raw & 63).astype(np.int8) - np.int8(32)
-
-
-_L_LEN = len(L_LABEL)
 _GROUP_WORDS = 256
 """What one task of :func:`_l_stream` reads of the L stream: 16 XOF blocks, 1 KiB."""
 
@@ -174,13 +170,14 @@ def _l_stream(key: np.ndarray, msg: np.ndarray, nbytes: int) -> np.ndarray:
     groups = (nbytes + 4 * _GROUP_WORDS - 1) // (4 * _GROUP_WORDS)
     words = np.empty(groups * _GROUP_WORDS, dtype=np.uint32)
     for g in prange(groups):
-        xof_group(key, 0, msg, _L_LEN, 16 * g, words, g * _GROUP_WORDS)
+        xof_group(key, 0, msg, L_LEN, 16 * g, words, g * _GROUP_WORDS)
     return words.view(np.uint8)[:nbytes]
 
 
 @njit(nogil=True, cache=True)
 def _factors_of(raw: np.ndarray, rows: int, r: int) -> np.ndarray:
-    """L (rows×r int8) from its stream: (byte & 63) − 32. Serial, ~4 µs for 128 KiB: as
+    """L (rows×r int8) from its stream (XOF bytes → entries uniform in [-32, 31]):
+    (byte & 63) − 32. Serial, ~4 µs for 128 KiB: as
     a loop of the parallel XOF it lost its vectorisation once loaded from Numba's cache
     (~30× slower than compiled fresh)."""
     out = np.empty(rows * r, dtype=np.int8)

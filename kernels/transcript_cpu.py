@@ -48,9 +48,9 @@ from kernels.blake3_lanes import keyed_xof
 from kernels.isa import compile_target
 from kernels.noise import (
     L_BLOCK,
-    L_LABEL,
+    L_LEN,
     PERM_BLOCK,
-    PERM_LABEL,
+    PERM_LEN,
     NoiseFactors,
     add_noise,
     add_noise_transposed,
@@ -313,9 +313,6 @@ def tile_product(
     copy_block(acc_p, acc, 0, 0, h, w)
 
 
-_PERM_LEN, _L_LEN = len(PERM_LABEL), len(L_LABEL)
-
-
 @njit(nogil=True, cache=True, inline="always")
 def _pack_noisy_pairs(
     x: np.ndarray,
@@ -378,14 +375,14 @@ def noisy_tile_transcript_generic(
     wp = padded_width(w)
     ap = np.empty((k // 2, h, 2), dtype=np.int16)
     start = ti * h * r  # L rows begin mid-block unless 64 | h·r
-    la = keyed_xof(seeds, 0, L_BLOCK, _L_LEN, start // 64, start % 64 + h * r)
-    perm = keyed_xof(seeds, 0, PERM_BLOCK, _PERM_LEN, 0, 4 * k)
+    la = keyed_xof(seeds, 0, L_BLOCK, L_LEN, start // 64, start % 64 + h * r)
+    perm = keyed_xof(seeds, 0, PERM_BLOCK, PERM_LEN, 0, 4 * k)
     p, q = permutation_from_stream(perm, r)
     bad = _pack_noisy_pairs(a_rows, la, start % 64, p, q, r, ap)
     bp = np.zeros((wp // PANEL, k // 2, PANEL, 2), dtype=np.int16)  # padding columns are 0
     start = tj * w * r
-    lb = keyed_xof(seeds, 8, L_BLOCK, _L_LEN, start // 64, start % 64 + w * r)
-    perm = keyed_xof(seeds, 8, PERM_BLOCK, _PERM_LEN, 0, 4 * k)
+    lb = keyed_xof(seeds, 8, L_BLOCK, L_LEN, start // 64, start % 64 + w * r)
+    perm = keyed_xof(seeds, 8, PERM_BLOCK, PERM_LEN, 0, 4 * k)
     p, q = permutation_from_stream(perm, r)
     for panel in range(wp // PANEL):
         lo = panel * PANEL

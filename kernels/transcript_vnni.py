@@ -43,9 +43,9 @@ from kernels.irvec import I32, V16I32, array_data, const16, splat16, transposed1
 from kernels.isa import compile_target
 from kernels.noise import (
     L_BLOCK,
-    L_LABEL,
+    L_LEN,
     PERM_BLOCK,
-    PERM_LABEL,
+    PERM_LEN,
     NoiseFactors,
     permutation_bytes,
     permutation_from_stream,
@@ -1282,9 +1282,6 @@ def noisy_tile_transcript_permuted(
     return _noisy_tile_tail(ap, bp, rs, bad, T)
 
 
-_PERM_LEN, _L_LEN = len(PERM_LABEL), len(L_LABEL)
-
-
 @njit(nogil=True, cache=True)
 def noisy_tile_transcript_seeded(
     a_rows: np.ndarray,
@@ -1303,10 +1300,10 @@ def noisy_tile_transcript_seeded(
     library calls from Python. A tile :func:`permutable` refuses raises ValueError there."""
     h, k = a_rows.shape
     w = b_cols.shape[0]
-    perm_a = keyed_xof(seeds, 0, PERM_BLOCK, _PERM_LEN, 0, 4 * k)
-    perm_b = keyed_xof(seeds, 8, PERM_BLOCK, _PERM_LEN, 0, 4 * k)
-    la = keyed_xof(seeds, 0, L_BLOCK, _L_LEN, ti * h * r // 64, h * r)
-    lb = keyed_xof(seeds, 8, L_BLOCK, _L_LEN, tj * w * r // 64, w * r)
+    perm_a = keyed_xof(seeds, 0, PERM_BLOCK, PERM_LEN, 0, 4 * k)
+    perm_b = keyed_xof(seeds, 8, PERM_BLOCK, PERM_LEN, 0, 4 * k)
+    la = keyed_xof(seeds, 0, L_BLOCK, L_LEN, ti * h * r // 64, h * r)
+    lb = keyed_xof(seeds, 8, L_BLOCK, L_LEN, tj * w * r // 64, w * r)
     return noisy_tile_transcript_permuted(a_rows, b_cols, la, perm_a, lb, perm_b, r, T)
 
 
