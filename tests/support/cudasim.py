@@ -5,8 +5,8 @@ test process has imported the real target already. The script gets the inputs' a
 the outputs' ``.npz`` paths as ``sys.argv[1:3]`` and saves its results to the second.
 
 A long run can be declared with :func:`in_background`: tests/conftest.py starts it
-when the suite is collected, if a test selected uses the fixture that reads it, at
-the lowest CPU priority as the older targets' runs are (tests/support/older_targets.py). The
+when the suite is collected, if a test selected uses the fixture that reads it, in the
+background as the older targets' runs are (tests/support/background.py). The
 simulator is one Python thread: on two cores it takes the core the rest of the suite
 leaves idle, instead of ~40 s of the suite's own time.
 """
@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from tests.support.background import BackgroundChild
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,14 +59,9 @@ def run_simulated(
     return _outputs(inp, tmp), elapsed
 
 
-def _idle_priority() -> None:
-    # SCHED_IDLE, as the older targets' runs: the child takes only what nothing else wants.
-    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-
-
 class BackgroundRun:
-    """One simulator run of ``script`` on ``inputs()``, started ahead of its tests."""
+    """One simulator run of ``script`` on ``inputs()``, started ahead of its tests
+    (:class:`tests.support.background.BackgroundChild`)."""
 
     def __init__(
         self, fixture: str, script: str, inputs: Callable[[], dict[str, np.ndarray]], timeout: float
@@ -72,50 +69,35 @@ class BackgroundRun:
         self.fixture = fixture
         self._script, self._inputs, self._timeout = script, inputs, timeout
         self._inp: dict[str, np.ndarray] | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._child: BackgroundChild | None = None
         self._dir: Path | None = None
 
     def start(self, idle: bool = True) -> None:
-        """Start the child (at SCHED_IDLE if ``idle``); a second call does nothing."""
-        if self._proc is not None:
+        """Start the child (at the lowest priority if ``idle``); a second call does nothing."""
+        if self._child is not None:
             return
         self._dir = Path(tempfile.mkdtemp(prefix="pouw-cudasim-"))
         self._inp = self._inputs()
         np.savez(self._dir / "in.npz", **self._inp)  # type: ignore[arg-type]
-        # A Numba cache of its own, as the older targets' runs have: this child compiles
-        # CPU kernels too (the attempt's noise and recovery), and two processes compiling
-        # one parallel kernel into one cache at once can leave a gufunc's two cache files
-        # from different compiles (numba/numba#10128: a segfault on the next load).
+        # A Numba cache of its own: this child compiles CPU kernels too (the attempt's
+        # noise and recovery), as the suite does on a fresh clone.
         env = _env() | {"NUMBA_CACHE_DIR": str(self._dir / "numba")}
-        with (self._dir / "err").open("wb") as err:  # a file: nobody reads a pipe meanwhile
-            self._proc = subprocess.Popen(
-                _command(self._script, self._dir), cwd=REPO, env=env,
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                preexec_fn=_idle_priority if idle else None,
-            )  # fmt: skip
+        argv = _command(self._script, self._dir)
+        self._child = BackgroundChild(self.fixture, argv, REPO, env, self._dir / "child", idle)
 
     def result(self) -> dict[str, np.ndarray]:
         """The inputs and what the script saved, merged: started now if it was not. The
         child then has ``timeout`` seconds more (it may have waited for an idle core)."""
         self.start(idle=False)
-        assert self._proc is not None and self._dir is not None and self._inp is not None
-        try:
-            self._proc.wait(timeout=self._timeout)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-            raise TimeoutError(
-                f"the simulator run took longer than {self._timeout:.0f} s more"
-            ) from None
-        err = (self._dir / "err").read_text(errors="replace")
-        assert self._proc.returncode == 0, err[-4000:]
+        assert self._child is not None and self._dir is not None and self._inp is not None
+        run = self._child.result(self._timeout)
+        assert run.returncode == 0, run.stderr[-4000:]
         return _outputs(self._inp, self._dir)
 
     def stop(self) -> None:
         """Kill the child if it still runs, and remove its files."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
+        if self._child is not None:
+            self._child.stop()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
 

@@ -20,16 +20,14 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from llvmlite import binding
 
 from kernels.isa import compile_target
+from tests.support.background import BackgroundChild, RunResult
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -102,80 +100,29 @@ def env_for(isa: str, cache: Path) -> dict[str, str]:
     }
 
 
-@dataclass(frozen=True)
-class RunResult:
-    """How one target's run ended: its return code and what it printed."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def _lowest_priority() -> None:
-    # SCHED_IDLE where there is one: nice 19 alone still took ~12 % of a core from each
-    # e2e miner (they run at nice 10), and a market test's block gap went past its bound.
-    os.nice(19)
-    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-
-
 class OlderTargetRuns:
     """Every older target's exactness run, started side by side in the background."""
 
     def __init__(self) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="pouw-older-targets-"))
-        self._procs: dict[str, subprocess.Popen[bytes]] = {}
-        # Output goes to files, not pipes: nobody reads a pipe while the rest of the
-        # suite runs, and a full one would stall its run.
+        self._runs: dict[str, BackgroundChild] = {}
         for isa in sorted(targets()):
             cache = self._dir / f"numba-{isa}"
             cache.mkdir()
-            with (
-                (self._dir / f"{isa}.out").open("wb") as out,
-                (self._dir / f"{isa}.err").open("wb") as err,
-            ):
-                self._procs[isa] = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "pytest",
-                        "-q",
-                        "-p",
-                        "no:cacheprovider",
-                        "-k",
-                        "not hypothesis",
-                        *EXACTNESS_TESTS,
-                    ],
-                    cwd=ROOT,
-                    env=env_for(isa, cache),
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    preexec_fn=_lowest_priority,
-                )
+            argv = [
+                sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                "-k", "not hypothesis", *EXACTNESS_TESTS,
+            ]  # fmt: skip
+            self._runs[isa] = BackgroundChild(isa, argv, ROOT, env_for(isa, cache), self._dir / isa)
 
     def result(self, isa: str, timeout: float = RUN_TIMEOUT_S) -> RunResult:
         """Wait for ``isa``'s run (TimeoutError after ``timeout`` s, the run killed)."""
-        proc = self._procs[isa]
-        deadline = time.monotonic() + timeout
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise TimeoutError(f"the {isa} run took longer than {timeout:.0f} s") from None
-        return RunResult(
-            proc.returncode,
-            (self._dir / f"{isa}.out").read_text(errors="replace"),
-            (self._dir / f"{isa}.err").read_text(errors="replace"),
-        )
+        return self._runs[isa].result(timeout)
 
     def stop(self) -> None:
         """Kill the runs still going and remove their files."""
-        for proc in self._procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        for run in self._runs.values():
+            run.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
