@@ -100,21 +100,31 @@ def paired_ratio(
     return statistics.median(ratios), long_times, short_times
 
 
+@njit(nogil=True, cache=True)
+def _xor_run(words: np.ndarray) -> np.uint64:
+    """The XOR of a 1-D uint64 run, in vector registers."""
+    s = np.uint64(0)
+    for i in range(words.shape[0]):
+        s ^= words[i]
+    return s
+
+
 @exclusive
 @njit(parallel=True, nogil=True, cache=True)
 def _xor_words(x: np.ndarray, y: np.ndarray, z: np.ndarray, blocks: int) -> np.uint64:
     """The XOR of every word of x, y and z (uint64, 1-D), each cut into ``blocks`` runs
-    read in parallel: every byte loaded once, nothing written."""
+    read in parallel: every byte loaded once, nothing written.
+
+    Each run is a call of :func:`_xor_run`: the same loop written inside the prange body
+    compiled to scalar loads, ~17× slower on a Zen 4 core (4.6 against 77 GB/s from L3),
+    and the floor then sat above the Freivalds check it is meant to bound."""
     folds = np.zeros(3 * blocks, dtype=np.uint64)
     for t in prange(3 * blocks):
         words = x if t < blocks else y if t < 2 * blocks else z
         n = words.shape[0]
         step = (n + blocks - 1) // blocks
         b = t % blocks
-        s = np.uint64(0)
-        for i in range(b * step, min(n, (b + 1) * step)):
-            s ^= words[i]
-        folds[t] = s
+        folds[t] = _xor_run(words[min(n, b * step) : min(n, (b + 1) * step)])
     acc = np.uint64(0)
     for t in range(3 * blocks):
         acc ^= folds[t]

@@ -63,6 +63,9 @@ def test_the_read_floor_loads_every_byte_of_c_a_and_b() -> None:
             before = read_floor(c, a, b)
             x.reshape(-1).view(np.uint8)[at] ^= 0x40
             assert read_floor(c, a, b) == before ^ (0x40 << (8 * (at % 8))) == xor_of_words()
+    # Runs that do not divide into the threads' blocks, and fewer words than blocks.
+    c, a, b = (np.ascontiguousarray(x) for x in (c[:3, :34], a[:1, :8], b[:5, :8]))
+    assert read_floor(c, a, b) == xor_of_words() != 0
     with pytest.raises(ValueError, match="C-contiguous"):
         read_floor(np.asfortranarray(c), a, b)
 
