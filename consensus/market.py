@@ -477,21 +477,34 @@ def build_fraud_proof(
     """Open row i of A, column j of B and row i of the claimed C (int32) with branches.
 
     ``claim_id`` is the job record's: the claiming block's hash or job_result's txid."""
+    (c_row,) = rows_with_branches(np.ascontiguousarray(c, dtype=np.int32), [i])
+    return fraud_proof_from_row(claim_id, job_id, a, b, RevealedRow(i, c_row.row, c_row.branch), j)
+
+
+def fraud_proof_from_row(
+    claim_id: bytes, job_id: bytes, a: np.ndarray, b: np.ndarray, c_row: RevealedRow, j: int
+) -> FraudProofPayload:
+    """:func:`build_fraud_proof` from one row of the claimed C already opened against the
+    claim's result_root (a ``result_rows`` reveal): all a poster needs when the claimant
+    serves no more of C than the rows a challenge made it reveal."""
+    i = c_row.index
     (a_row,) = rows_with_branches(a, [i])
     (b_col,) = cols_with_branches(b, [j])
-    (c_row,) = rows_with_branches(np.ascontiguousarray(c, dtype=np.int32), [i])
     return FraudProofPayload(
-        claim_id,
-        job_id,
-        i,
-        j,
-        a_row.row,
-        a_row.branch,
-        b_col.row,
-        b_col.branch,
-        c_row.row,
+        claim_id, job_id, i, j, a_row.row, a_row.branch, b_col.row, b_col.branch, c_row.row,
         c_row.branch,
-    )
+    )  # fmt: skip
+
+
+def wrong_column(a: np.ndarray, b: np.ndarray, i: int, c_row: bytes) -> int | None:
+    """The first column j where ``c_row`` (n int32 little-endian entries, a row of a claimed
+    C) differs from row i of A·B, or None if the whole row is right: O(kn)."""
+    n = b.shape[1]
+    if len(c_row) != 4 * n:
+        raise ValueError(f"a row of C has {n} int32 entries, got {len(c_row)} bytes")
+    right = (a[i].astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
+    wrong = np.flatnonzero(np.frombuffer(c_row, dtype="<i4") != right)
+    return int(wrong[0]) if wrong.size else None
 
 
 def build_result_rows(

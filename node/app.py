@@ -249,6 +249,7 @@ class Node:
             claim_key=self.claim_key,
             dishonest=self.config.dishonest_results,
             withhold=self.config.withhold_results,
+            reveal_withheld=self.config.reveal_withheld,
         )
         self.work = WorkSource(
             chain,

@@ -118,6 +118,7 @@ class NodeConfig:
     progress: bool = False  # draw a sync progress bar on stderr (a terminal)
     dishonest_results: bool = False  # tests only: commit a wrong C on posted jobs
     withhold_results: bool = False  # tests only: claim posted jobs but never serve C
+    reveal_withheld: bool = False  # tests only: withheld C kept in memory to answer challenges
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

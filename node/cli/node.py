@@ -222,6 +222,12 @@ class ConfigDefaults(click.Command):
     help="TESTS ONLY: claim posted jobs but never serve their product nor answer challenges.",
 )
 @click.option(
+    "--reveal-withheld",
+    is_flag=True,
+    hidden=True,
+    help="TESTS ONLY: with --withhold-results, answer result challenges all the same.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="INFO",
@@ -247,6 +253,7 @@ def node_cmd(
     devnet_block_time_ms: int | None,
     dishonest_results: bool,
     withhold_results: bool,
+    reveal_withheld: bool,
     log_level: str,
 ) -> None:
     """Run a node in the foreground until Ctrl-C or SIGTERM."""
@@ -288,6 +295,7 @@ def node_cmd(
         log_level=log_level,
         dishonest_results=dishonest_results,
         withhold_results=withhold_results,
+        reveal_withheld=reveal_withheld,
         progress=sys.stderr.isatty(),
     )
     if threads:

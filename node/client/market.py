@@ -24,7 +24,9 @@ A C that cannot be fetched (its claimant keeps it from the network) cannot be pr
 wrong: ``result`` then sends a result_challenge for random rows of it (once per claim,
 :meth:`MarketClient.challenge`) and raises :class:`ResultWithheld`; the claim must
 reveal those rows on chain or the job is refunded. Asked again, ``result`` says which
-rows are still unrevealed and the height at which the job is settled.
+rows are still unrevealed and the height at which the job is settled, and checks the
+rows revealed so far against A·B: a claim may reveal rows of a wrong C (they match its
+own result_root), and a wrong one is proved from the revealed row (:class:`WrongResult`).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import numpy as np
 
 from consensus.blocks import JobSpec
 from consensus.keys import PrivateKey, address_to_text
-from consensus.market import build_fraud_proof, reveal_blocks
+from consensus.market import build_fraud_proof, fraud_proof_from_row, reveal_blocks, wrong_column
 from consensus.merkle import matrix_cols_root, matrix_rows_root
 from consensus.params import NetworkParams
 from consensus.transactions import (
@@ -52,6 +54,7 @@ from consensus.transactions import (
     JobCancelPayload,
     JobPostPayload,
     ResultChallengePayload,
+    RevealedRow,
     encode_tx,
     signed_transaction,
 )
@@ -449,9 +452,19 @@ class MarketClient:
         self._challenged[job_id] = (txid, rows)
         return txid, rows
 
-    def _withheld(self, job_id: bytes, reason: str, rows_used: int | None) -> ResultWithheld:
+    def _withheld(
+        self,
+        job_id: bytes,
+        reason: str,
+        rows_used: int | None,
+        a8: np.ndarray,
+        b8: np.ndarray,
+    ) -> ResultWithheld | WrongResult:
         """What to raise when C cannot be fetched: a challenge is sent first where the
-        claim is on chain and neither we nor anyone has challenged it yet."""
+        claim is on chain and neither we nor anyone has challenged it yet. Once it was
+        challenged, the rows the claim revealed on chain are checked against A8·B8: a
+        wrong one is proved (:class:`WrongResult`, fraud proof sent); revealing rows of a
+        made-up C that match its own result_root would otherwise be paid."""
         st = self.status(job_id)
         name = job_id.hex()[:16]
         head = f"the result of job {name} cannot be had ({reason})"
@@ -466,6 +479,9 @@ class MarketClient:
         asked = st.get("challenge")
         if asked is not None:
             self._challenged.pop(job_id, None)  # on chain now: the chain says the rest
+            wrong = self._check_revealed(job_id, st["claim_id"], a8, b8)
+            if wrong is not None:
+                return wrong
             left = tuple(asked["rows_unrevealed"])
             if left:
                 return ResultWithheld(
@@ -476,8 +492,8 @@ class MarketClient:
                     due,
                 )
             return ResultWithheld(
-                f"{head}; its claim revealed the rows it was challenged for, so it is paid at "
-                f"height {due}, but its C is still not served",
+                f"{head}; its claim revealed the rows it was challenged for and they match "
+                f"A·B, so it is paid at height {due}, but its C is still not served",
                 None,
                 (),
                 due,
@@ -505,6 +521,45 @@ class MarketClient:
             due,
         )
 
+    def _check_revealed(
+        self, job_id: bytes, claim_id: str, a8: np.ndarray, b8: np.ndarray
+    ) -> WrongResult | None:
+        """The rows of C the claim ``claim_id`` has revealed on chain (``getrevealedrows``)
+        checked against A8·B8, O(kn) a row: the first wrong one is proved with its own
+        branch (a fraud proof sent) and returned as :class:`WrongResult`; None when every
+        revealed row is right (or the job's claim is no longer ``claim_id``)."""
+        got = self.rpc.call("getrevealedrows", job_id.hex())
+        if got.get("claim_id") != claim_id:
+            return None  # settled or reorganised away since the status was read
+        m, n = a8.shape[0], b8.shape[1]
+        for r in got["rows"]:
+            try:
+                row = RevealedRow(
+                    int(r["index"]),
+                    bytes.fromhex(r["row"]),
+                    tuple(bytes.fromhex(h) for h in r["branch"]),
+                )
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"the node's revealed rows are malformed: {e!r}") from None
+            if not 0 <= row.index < m or len(row.row) != 4 * n:
+                raise ValueError(
+                    f"the node's revealed row {row.index} is not a row of the {m}x{n} result"
+                )
+            j = wrong_column(a8, b8, row.index, row.row)
+            if j is None:
+                continue
+            got_value = int(np.frombuffer(row.row, dtype="<i4")[j])
+            right = int(a8[row.index].astype(np.int64) @ b8[:, j].astype(np.int64))
+            proof = fraud_proof_from_row(bytes.fromhex(claim_id), job_id, a8, b8, row, j)
+            txid = self.send(proof, 1_000)
+            return WrongResult(
+                f"the claim on job {job_id.hex()[:16]} revealed row {row.index} of its C on "
+                f"chain (tx {r['txid'][:16]}) and it is wrong: C[{row.index}, {j}] = "
+                f"{got_value}, A·B has {right}; fraud proof sent in tx {txid}",
+                txid,
+            )
+        return None
+
     def _fetch_checked(
         self,
         job_id: bytes,
@@ -524,7 +579,7 @@ class MarketClient:
                 raise NoResult(f"job {job_id.hex()[:16]}: {e}") from None
             if e.code not in UNAVAILABLE_STATUSES:
                 raise
-            raise self._withheld(job_id, str(e), rows_used) from None
+            raise self._withheld(job_id, str(e), rows_used, a8, b8) from None
         c = decode_matrix(blob)
         if c.dtype != np.int32 or c.shape != (a8.shape[0], b8.shape[1]):
             raise ValueError(f"the result has shape {c.shape} and dtype {c.dtype}")

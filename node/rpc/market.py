@@ -29,7 +29,7 @@ from consensus.market import (
     job_record,
 )
 from consensus.state import JOB_CHALLENGES, JOBS, State, iter_model_steps
-from consensus.transactions import JobResultPayload, Transaction
+from consensus.transactions import JobResultPayload, ResultRowsPayload, Transaction
 from kernels.layout import transposed
 from kernels.params import OPERAND_MAX, OPERAND_MIN
 from node.relay.blobs import (
@@ -292,6 +292,39 @@ def register_market_methods(
             }
         return out
 
+    async def getrevealedrows(job_id: str) -> dict[str, Any]:
+        """The rows of C that the claim on a job has revealed on chain (``result_rows``
+        transactions answering the poster's result_challenge), each with its branch against
+        the claim's result_root, the transaction and its height: for the poster to check
+        them against A·B (a wrong one makes a fraud proof; the client does it by itself).
+        A job without a claim on chain has none (``claim_id`` null)."""
+        jid = parse_hash(job_id, "job id")
+        rec = job_record(chain.state, jid)
+        if rec is None:
+            raise RpcError(REJECTED, f"unknown job {job_id}")
+        if rec["status"] not in (MINED, PAID, REFUNDED):
+            return {"job_id": jid.hex(), "claim_id": None, "rows": []}
+        claim_id = rec["claim_id"]
+        rows: list[dict[str, Any]] = []
+        # Reveals answer a challenge after the claim and before the due height: at most
+        # challenge_window + reveal_blocks blocks to read.
+        for height in range(rec["claim_height"], min(chain.height, rec["due"] - 1) + 1):
+            block = chain.block_at(height)
+            for tx in block.txs:
+                p = tx.payload
+                if type(p) is ResultRowsPayload and p.job_id == jid and p.claim_id == claim_id:
+                    rows.extend(
+                        {
+                            "index": r.index,
+                            "row": r.row.hex(),
+                            "branch": [h.hex() for h in r.branch],
+                            "txid": tx.txid.hex(),
+                            "height": height,
+                        }
+                        for r in p.rows
+                    )
+        return {"job_id": jid.hex(), "claim_id": claim_id.hex(), "rows": rows}
+
     def tip_claim(job_id: bytes) -> BlockHeader | None:
         """The tip's header, if it claims ``job_id`` (consensus ``header_claim``): the
         chain records that claim when the tip's child is applied (a block's state cannot
@@ -423,6 +456,7 @@ def register_market_methods(
 
     rpc.method("putoperand", putoperand, mutating=True)
     rpc.method("getjob", getjob)
+    rpc.method("getrevealedrows", getrevealedrows)
     rpc.method("listjobs", listjobs)
     rpc.method("getresult", getresult)
     rpc.method("getmarketinfo", getmarketinfo)

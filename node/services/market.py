@@ -35,7 +35,9 @@
   fraud proof takes the miner's coinbase or bond.
 * ``--withhold-results`` (tests only) claims posted jobs with the right C but never
   keeps it to serve, nor answers a result_challenge: its poster's challenge refunds
-  the job.
+  the job. With ``--reveal-withheld`` it keeps its newest C in memory, served to
+  nobody, and answers challenges from it; with ``--dishonest-results`` too, the rows it
+  reveals are those of its wrong C, which the poster's client proves wrong.
 """
 
 from __future__ import annotations
@@ -218,6 +220,7 @@ class MarketService:
         claim_key: PrivateKey | None,
         dishonest: bool = False,
         withhold: bool = False,
+        reveal_withheld: bool = False,
     ) -> None:
         """``blobs``: where operands are fetched from and results kept; ``admit_tx``:
         admits our own job_result claims to the mempool (and relays them), raising
@@ -233,6 +236,9 @@ class MarketService:
         self._job_ready_listeners: list[Callable[[float], None]] = []
         self.dishonest = dishonest
         self.withhold = withhold
+        self.reveal_withheld = reveal_withheld
+        # --withhold-results --reveal-withheld: result_root → C, served to nobody.
+        self._kept_back: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self.jobs: dict[bytes, Job] = {}  # job id → verified operands
         # Downloads under way: job id → (its task, the bytes its operands will hold).
         self._fetching: dict[bytes, tuple[asyncio.Task[None], int]] = {}
@@ -730,6 +736,7 @@ class MarketService:
             return found.header  # the null job: nobody asked for C
         if not self.withhold:
             self.blobs.put_matrix(found.product, job_id, found.header.result_root)
+        self._keep_back(found.product, found.header.result_root)
         self.jobs_mined += 1
         log.info(
             "block on job %s: result %s kept",
@@ -766,6 +773,17 @@ class MarketService:
         self._to_claim(job_id, result_root)
         if store:
             self.serve_soon(product, result_root)
+        self._keep_back(product, result_root)
+
+    def _keep_back(self, product: np.ndarray, result_root: bytes) -> None:
+        """--withhold-results --reveal-withheld (tests only): keep C where only the answers
+        to result challenges read it, the newest 8."""
+        if not (self.withhold and self.reveal_withheld):
+            return
+        self._kept_back[result_root] = product
+        self._kept_back.move_to_end(result_root)
+        while len(self._kept_back) > 8:
+            self._kept_back.popitem(last=False)
 
     def serve_soon(self, product: np.ndarray, result_root: bytes) -> None:
         """Ready C to be served (``BlobExchange.warm``), in the background: its client asks
@@ -810,7 +828,14 @@ class MarketService:
         m, n, root = rec["m"], rec["n"], rec["result_root"]
         try:
             payloads = await asyncio.to_thread(
-                self._reveal_payloads, challenge.claim_id, challenge.job_id, root, m, n, asked
+                self._reveal_payloads,
+                challenge.claim_id,
+                challenge.job_id,
+                root,
+                m,
+                n,
+                asked,
+                self._kept_back.get(root),  # --reveal-withheld (tests only)
             )
         except Exception:
             log.exception("job %s: could not read the challenged rows of our C", job)
@@ -836,15 +861,24 @@ class MarketService:
         log.info("job %s: revealed rows %s of our C, as its poster asked", job, list(asked))
 
     def _reveal_payloads(
-        self, claim_id: bytes, job_id: bytes, root: bytes, m: int, n: int, rows: tuple[int, ...]
+        self,
+        claim_id: bytes,
+        job_id: bytes,
+        root: bytes,
+        m: int,
+        n: int,
+        rows: tuple[int, ...],
+        c: np.ndarray | None = None,
     ) -> list[ResultRowsPayload] | None:
         """The result_rows transactions' payloads opening ``rows`` of the stored C
-        (``root``), as many rows a transaction as fit; None if C is not stored."""
-        found = self.blobs.store.get_blob_chunked(root)
-        if found is None:
-            return None
-        data, _ = found
-        c = np.frombuffer(data, dtype="<i4").reshape(m, n)
+        (``root``; ``c`` if given), as many rows a transaction as fit; None if C is not
+        stored."""
+        if c is None:
+            found = self.blobs.store.get_blob_chunked(root)
+            if found is None:
+                return None
+            data, _ = found
+            c = np.frombuffer(data, dtype="<i4").reshape(m, n)
         per_tx = max(1, (MAX_TX_SIZE - 4096) // (4 * n + HASH_SIZE * (m.bit_length() + 2) + 16))
         full = build_result_rows(claim_id, job_id, c, rows)
         return [

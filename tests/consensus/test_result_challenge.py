@@ -17,8 +17,10 @@ from consensus.errors import InvalidBlock, InvalidTransaction
 from consensus.market import (
     build_fraud_proof,
     build_result_rows,
+    fraud_proof_from_row,
     job_record,
     reveal_blocks,
+    wrong_column,
 )
 from consensus.pow import build_proof, mining_params, null_job, verify_pow
 from consensus.state import JOB_CHALLENGES
@@ -126,18 +128,27 @@ def test_an_honest_claim_reveals_the_rows_and_is_paid(posted):
 
 
 def test_a_wrong_revealed_row_is_proved_wrong_from_the_chain(posted):
-    """A claimant that committed a wrong C it holds reveals its rows: they are on chain
-    then, and a fraud proof built from them refunds the poster."""
+    """A claimant that committed a wrong C it keeps to itself reveals the rows a challenge
+    asks for, each matching its result_root: the poster, who holds A and B and only the
+    revealed rows, finds the wrong entry and proves it from the chain alone."""
     chain, clock = posted
     t = claim(BOB, 0, (JOB_ID, WRONG_C))  # WRONG_C[3, 5] is off by one
     add(chain, clock, [t])
-    add(chain, clock, [_challenge(t.txid, rows=(3,))])
-    reveal = build_result_rows(t.txid, JOB_ID, WRONG_C, [3])
+    add(chain, clock, [_challenge(t.txid, rows=(1, 3))])
+    reveal = build_result_rows(t.txid, JOB_ID, WRONG_C, [1, 3])
     add(chain, clock, [tx(BOB, 1, reveal)])
-    (row,) = reveal.rows
-    fixed = build_fraud_proof(t.txid, JOB_ID, A, B, WRONG_C, 3, 5)
-    assert (fixed.c_row, fixed.c_branch) == (row.row, row.branch)  # all from the chain
-    add(chain, clock, [tx(ALICE, 2, fixed)])
+    assert chain.state.get(JOB_CHALLENGES, JOB_ID) == ()  # all revealed: paid at due, unless
+    right, wrong = reveal.rows
+    assert wrong_column(A, B, right.index, right.row) is None
+    assert wrong_column(A, B, wrong.index, wrong.row) == 5
+    proof = fraud_proof_from_row(t.txid, JOB_ID, A, B, wrong, 5)
+    assert proof == build_fraud_proof(t.txid, JOB_ID, A, B, WRONG_C, 3, 5)
+    assert "is correct: no fraud" in refusal(
+        chain, [tx(ALICE, 2, fraud_proof_from_row(t.txid, JOB_ID, A, B, right, 5))]
+    )
+    with pytest.raises(ValueError, match="int32 entries"):
+        wrong_column(A, B, 3, wrong.row[:-4])
+    add(chain, clock, [tx(ALICE, 2, proof)])
     assert job_record(chain.state, JOB_ID)["status"] == "refunded"
     assert chain.state.get(JOB_CHALLENGES, JOB_ID) is None
 

@@ -252,12 +252,12 @@ def test_dishonest_result_is_caught_and_the_fraud_proof_lands(market):
 
 
 WITHHOLDER = PrivateKey.from_label("market-withholder")
+LIAR_LABEL = "devnet-5"
 
 
-@pytest.fixture
-def withholder(market, tmp_path):
-    """A fifth node, peered to the poster's, that claims posted jobs with the right C but
-    never serves it nor answers a challenge (``--withhold-results``); not mining at first."""
+def _withholding_node(market, tmp_path, *flags: str) -> NodeProcess:
+    """A fifth node, peered to the poster's, that claims posted jobs but never serves C
+    (``--withhold-results``, and ``flags``, which name its miner); not mining at first."""
     _, poster, _, _ = market
     node = NodeProcess(
         tmp_path / "withholder",
@@ -269,16 +269,40 @@ def withholder(market, tmp_path):
             "--peer",
             poster.p2p,
             "--withhold-results",
-            "--miner-address",
-            address_to_text(WITHHOLDER.address),
+            *flags,
         ],
         "withholder",
     ).start()
     try:
         wait_until(lambda: len(poster.call("getpeers")) == 3, 30, "the withholder's peering")
-        yield node
-    finally:
+    except BaseException:
         node.kill()
+        raise
+    return node
+
+
+@pytest.fixture
+def withholder(market, tmp_path):
+    """Claims posted jobs with the right C but never serves it nor answers a challenge."""
+    node = _withholding_node(
+        market, tmp_path, "--miner-address", address_to_text(WITHHOLDER.address)
+    )
+    yield node
+    node.kill()
+
+
+@pytest.fixture
+def lying_withholder(market, tmp_path):
+    """Claims posted jobs with a wrong C (``--dishonest-results``), never serves it, and
+    answers a challenge with the rows of that wrong C asked for (``--reveal-withheld``):
+    each matches the claim's result_root, so the chain accepts them. Its miner key is a
+    funded account's: the reveals cost a fee before its first coinbase matures."""
+    key = tmp_path / "liar.key"
+    key.write_text(f"label:{LIAR_LABEL}\n")
+    flags = ("--dishonest-results", "--reveal-withheld", "--miner-key", str(key))
+    node = _withholding_node(market, tmp_path, *flags)
+    yield node
+    node.kill()
 
 
 def test_a_withheld_result_is_challenged_and_the_job_refunded(market, withholder, tmp_path):
@@ -323,3 +347,42 @@ def test_a_withheld_result_is_challenged_and_the_job_refunded(market, withholder
     withholder.call("setmining", False)
     assert refunded["status"] == "refunded"
     assert poster.call("getaccount", poster_addr)["balance"] == before - 2 * 1_000
+
+
+def test_a_wrong_row_revealed_for_a_withheld_result_is_proved_and_refunded(
+    market, lying_withholder
+):
+    """A claim that keeps its C back, challenged, reveals rows matching its result_root:
+    the chain cannot tell right rows from wrong ones, so unchecked it would be paid. The
+    client checks each revealed row against A·B (the row of the wrong entry and a right
+    one), proves the wrong one from the chain's row alone, and the poster is refunded."""
+    client, poster, honest, cheat = market
+    honest.call("setmining", False)
+    cheat.call("setmining", False)
+    lying_withholder.call("setmining", True)
+    a, b = _operands()
+    poster_addr = address_to_text(POSTER.address)
+    before = poster.call("getaccount", poster_addr)["balance"]
+    job = client.submit(a, b, reward=40_000)
+    status = client.wait(job.job_id, timeout=120)
+    assert status["status"] == "mined"
+    assert status["claimant"] == address_to_text(PrivateKey.from_label(LIAR_LABEL).address)
+    m = status["m"]  # --dishonest-results makes entry (m // 2, n // 3) wrong
+    client.challenge(job.job_id, rows=(0, m // 2))
+
+    def revealed() -> bool:
+        asked = poster.call("getjob", job.job_id.hex()).get("challenge")
+        return asked is not None and asked["rows_unrevealed"] == []
+
+    wait_until(revealed, 60, "the challenged rows revealed on chain")
+    on_chain = poster.call("getrevealedrows", job.job_id.hex())
+    assert on_chain["claim_id"] == status["claim_id"]
+    assert sorted(r["index"] for r in on_chain["rows"]) == [0, m // 2]
+    with pytest.raises(WrongResult, match=rf"revealed row {m // 2} .* fraud proof sent") as wrong:
+        client.result(job.job_id, a, b, fetch_timeout_s=1.0)
+    assert wrong.value.fraud_txid
+    refunded = client.wait(job.job_id, timeout=120, until=("refunded",))
+    lying_withholder.call("setmining", False)
+    assert refunded["status"] == "refunded"
+    # Three fees spent (post, challenge, fraud proof), the reward back.
+    assert poster.call("getaccount", poster_addr)["balance"] == before - 3 * 1_000

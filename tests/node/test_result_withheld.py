@@ -11,9 +11,10 @@ import json
 import pytest
 
 from consensus.market import build_result_rows, job_record, reveal_blocks
-from consensus.transactions import MAX_CHALLENGE_ROWS, ResultChallengePayload
+from consensus.state import JOB_CHALLENGES
+from consensus.transactions import MAX_CHALLENGE_ROWS, FraudProofPayload, ResultChallengePayload
 from node.app import Node
-from node.client.market import MarketClient, ResultWithheld
+from node.client.market import MarketClient, ResultWithheld, WrongResult
 from node.client.rpc import RpcClient
 from tests.support import claimkit
 from tests.support.chainkit import ALICE, BOB, MID, new_chain
@@ -88,7 +89,73 @@ async def test_a_withheld_result_is_challenged_once_and_followed_until_revealed(
     answered = await _result(client)
     assert answered.rows == () and answered.challenge_txid is None
     assert "revealed the rows" in str(answered) and "still not served" in str(answered)
+    assert "they match A·B" in str(answered)
     assert len(node.mempool) == 0
+
+
+async def _claimed_with_wrong_c(node: Node):
+    """JOB claimed by BOB with WRONG_C (entry [3, 5] off by one), never given to the node."""
+    chain, clock = new_chain()
+    post = claimkit.add(chain, clock, [claimkit.tx(ALICE, 0, claimkit.POST)])
+    await node.process_block(post, source=None)
+    claim = claimkit.claim(BOB, 0, (claimkit.JOB_ID, claimkit.WRONG_C))
+    await node.process_block(claimkit.add(chain, clock, [claim]), source=None)
+    return chain, clock, claim.txid
+
+
+async def test_a_wrong_revealed_row_is_proved_from_the_chain_and_the_job_refunded(node):
+    """BOB keeps his C back and, challenged, reveals rows of it: they match his
+    result_root, so the chain takes them and, unchecked, would pay him. result() checks
+    each revealed row against A·B, proves the wrong one from its revealed branch, and
+    that fraud proof refunds ALICE."""
+    chain, clock, claim_id = await _claimed_with_wrong_c(node)
+    client = _client(node)
+    txid, rows = await asyncio.to_thread(client.challenge, claimkit.JOB_ID, (1, 3))
+    asked = node.mempool.get(bytes.fromhex(txid))
+    reveal = claimkit.tx(
+        BOB, 1, build_result_rows(claim_id, claimkit.JOB_ID, claimkit.WRONG_C, rows)
+    )
+    await node.process_block(claimkit.add(chain, clock, [asked]), source=None)
+    await node.process_block(claimkit.add(chain, clock, [reveal]), source=None)
+    assert node.chain.state.get(JOB_CHALLENGES, claimkit.JOB_ID) == ()  # all revealed
+
+    with pytest.raises(WrongResult, match=r"revealed row 3 .* C\[3, 5\] .* fraud proof sent") as e:
+        await asyncio.to_thread(client.result, claimkit.JOB_ID, claimkit.A, claimkit.B, 1.0, 0.3)
+    proof = node.mempool.get(bytes.fromhex(e.value.fraud_txid))
+    assert proof is not None and isinstance(proof.payload, FraudProofPayload)
+    assert (proof.payload.i, proof.payload.j) == (3, 5)
+    await node.process_block(claimkit.add(chain, clock, [proof]), source=None)
+    assert job_record(node.chain.state, claimkit.JOB_ID)["status"] == "refunded"
+
+
+async def test_revealed_rows_the_node_gives_malformed_are_an_error_and_send_nothing(node):
+    """The client checks what its node says before it signs anything on it."""
+    chain, clock, claim_id = await _claimed_with_wrong_c(node)
+    client = _client(node)
+    txid, _ = await asyncio.to_thread(client.challenge, claimkit.JOB_ID, (3,))
+    await node.process_block(
+        claimkit.add(chain, clock, [node.mempool.get(bytes.fromhex(txid))]), source=None
+    )
+    real_call = client.rpc.call
+    good_row = {"index": 3, "row": "00" * (4 * claimkit.N), "branch": [], "txid": "ab" * 32}
+    for bad, said in (
+        ({**good_row, "row": "zz"}, "malformed"),
+        ({"index": 3}, "malformed"),
+        ({**good_row, "index": claimkit.M}, "not a row"),
+        ({**good_row, "row": "00" * 4}, "not a row"),
+    ):
+
+        def call(method, *params, bad=bad):
+            if method == "getrevealedrows":
+                return {"claim_id": claim_id.hex(), "rows": [bad]}
+            return real_call(method, *params)
+
+        client.rpc.call = call  # type: ignore[method-assign]
+        with pytest.raises(ValueError, match=said):
+            await asyncio.to_thread(
+                client.result, claimkit.JOB_ID, claimkit.A, claimkit.B, 1.0, 0.3
+            )
+        assert len(node.mempool) == 0
 
 
 async def test_a_challenge_is_refused_before_sending_when_it_cannot_apply(node):

@@ -20,8 +20,11 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from consensus.chain import Chain
 from consensus.keys import address_to_text
-from consensus.merkle import matrix_cols_root, matrix_rows_root
+from consensus.market import build_result_rows
+from consensus.merkle import matrix_cols_root, matrix_rows_root, verify_branch
+from consensus.transactions import ResultChallengePayload
 from node.app import Node
 from node.cli.main import cli
 from node.client.rpc import RpcCallError, RpcClient
@@ -30,7 +33,7 @@ from node.relay.blobs import BlobError, decode_matrix, encode_matrix
 from node.rpc.market import max_operand_body
 from node.rpc.server import MAX_BATCH, MAX_BATCH_REPLY_BYTES
 from tests.support import claimkit
-from tests.support.chainkit import ALICE, BOB, MID, extend, new_chain
+from tests.support.chainkit import ALICE, BOB, MID, Clock, extend, new_chain
 
 NOT_A_KEY = "bad"
 
@@ -661,9 +664,10 @@ async def test_an_operand_over_the_cap_is_refused_and_never_read_whole(node, sto
     assert stored_blobs == []
 
 
-async def _claimed_job(node: Node) -> None:
+async def _claimed_job(node: Node) -> tuple[Chain, Clock]:
     """Blocks on the node: JOB posted and claimed (its C stored here), JOB2 posted and
-    claimed (its C nowhere), and a third job posted and left open."""
+    claimed (its C nowhere), and a third job posted and left open; the chain they were
+    built on and its clock, to build more."""
     chain, clock = new_chain()
     _, _, _, open_post, _, _ = claimkit.new_job(expiry=40)
     blocks = [
@@ -686,6 +690,7 @@ async def _claimed_job(node: Node) -> None:
     for block in blocks:
         await node.process_block(block, source=None)
     node.blobs.put_matrix(claimkit.C)
+    return chain, clock
 
 
 async def test_a_result_fetched_as_bytes_is_what_getresult_gives(node):
@@ -776,6 +781,37 @@ async def test_any_operand_body_is_stored_whole_or_refused_with_a_400(node, stor
             else:
                 assert status == 400, (body, status, reply)
                 assert "error" in json.loads(reply) and stored_blobs == []
+
+
+async def test_getrevealedrows_gives_the_rows_a_challenged_claim_revealed_on_chain(node):
+    """The rows of C a claim revealed (result_rows), each as its poster can check it and
+    prove it wrong: the row, its branch against the claim's result_root, the
+    transaction and its height; none for a claim not challenged or a job not claimed."""
+    chain, clock = await _claimed_job(node)
+    job = (await _call(node, _req("getjob", [claimkit.JOB_ID.hex()], 1)))["result"]
+    claim_id = bytes.fromhex(job["claim_id"])
+    ask = ResultChallengePayload(claim_id, claimkit.JOB_ID, (2, 5))
+    await node.process_block(claimkit.add(chain, clock, [claimkit.tx(ALICE, 3, ask)]), None)
+    reveal = build_result_rows(claim_id, claimkit.JOB_ID, claimkit.C, [2, 5])
+    block = claimkit.add(chain, clock, [claimkit.tx(BOB, 1, reveal)])
+    await node.process_block(block, source=None)
+    assert node.chain.height == block.header.height
+
+    got = (await _call(node, _req("getrevealedrows", [claimkit.JOB_ID.hex()], 1)))["result"]
+    assert got["claim_id"] == claim_id.hex()
+    m = claimkit.C.shape[0]
+    root = matrix_rows_root(claimkit.C)
+    assert [r["index"] for r in got["rows"]] == [2, 5]
+    for r in got["rows"]:
+        row = bytes.fromhex(r["row"])
+        assert row == claimkit.C[r["index"]].astype("<i4").tobytes()
+        assert verify_branch(root, r["index"], m, row, [bytes.fromhex(h) for h in r["branch"]])
+        assert (r["txid"], r["height"]) == (block.txs[-1].txid.hex(), block.header.height)
+    unasked = (await _call(node, _req("getrevealedrows", [claimkit.JOB2_ID.hex()], 1)))["result"]
+    assert unasked["claim_id"] is not None and unasked["rows"] == []
+    for job_id, error in (("ab" * 32, "unknown job"), ("xyz", "job id")):
+        reply = await _call(node, _req("getrevealedrows", [job_id], 1))
+        assert error in reply["error"]["message"]
 
 
 async def test_call_many_answers_each_call_of_one_batch_in_order(node):
