@@ -37,6 +37,7 @@ import numpy as np
 
 from consensus.blocks import noise_seeds
 from consensus.chain import Chain
+from consensus.keys import PrivateKey
 from consensus.merkle import matrix_rows_root
 from consensus.params import DEVNET, NetworkParams
 from consensus.pow import Job, ResultCommitment, build_proof, mine, mining_params, null_job
@@ -44,6 +45,8 @@ from kernels.attempt import mining_attempt
 from kernels.backends import get_backend
 from kernels.noise import add_noise, add_noise_transposed, derive_noise
 
+BENCH_POSTER = PrivateKey.from_label("bench job-shapes").address
+"""Whose jobs these would be: the poster changes the job's id, not its cost."""
 BELOW_MINIMUM = ((64, 128, 32), (16, 64, 16), (16, 4096, 1024), (2048, 64, 512), (256, 1024, 256))
 """Shapes consensus refuses: the issue's tiny job, the smallest tiling job, thin ones."""
 
@@ -102,7 +105,7 @@ def _overheads(job: Job, params: NetworkParams, attempt_s: float) -> dict[str, f
     noisy_bt = add_noise_transposed(job.b, derive_noise(seed_b, spec.n, spec.k, mp.r))
     kernel = get_backend("cpu")
     kernel_s = _best(lambda: kernel.noisy_product(noisy_a, noisy_bt, mp.r, mp.h, mp.w), 5)
-    load_s = _best(lambda: Job.from_operands(job.a, job.b), 3)
+    load_s = _best(lambda: Job.from_operands(job.a, job.b, BENCH_POSTER), 3)
 
     def win() -> None:
         # A fresh commitment: the first attempt on a job computes its result_root.
@@ -146,6 +149,7 @@ def bench_job_shapes(
         job = Job.from_operands(
             rng.integers(-64, 64, (m, k), dtype=np.int8),
             rng.integers(-64, 64, (k, n), dtype=np.int8),
+            BENCH_POSTER,
         )
         _burst(job, params, chain, 0.05)
         cpu_rate = wall_rate = null_cpu_rate = null_wall_rate = 0.0

@@ -1016,9 +1016,11 @@ def job_outcomes(
 
 def _block_job(block: dict[str, Any], params: NetworkParams) -> bytes:
     from consensus.blocks import JobSpec
+    from consensus.keys import parse_address
 
     j = block["job"]
-    spec = JobSpec(j["m"], j["k"], j["n"], bytes.fromhex(j["root_a"]), bytes.fromhex(j["root_b"]))
+    roots = bytes.fromhex(j["root_a"]), bytes.fromhex(j["root_b"])
+    spec = JobSpec(parse_address(j["poster"]), j["m"], j["k"], j["n"], *roots)
     return spec.job_id(params.rank, params.tile_h, params.tile_w)
 
 

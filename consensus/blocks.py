@@ -58,16 +58,26 @@ NULL_RESULT_ROOT = bytes(32)
 BRANCH = ListOf(HASH, max=MAX_TREE_DEPTH)
 
 
+NULL_POSTER = bytes(ADDRESS_SIZE)
+"""The poster of the null job and of genesis: an address no key signs for, so no job_post
+ever has it."""
+
+
 @dataclass(frozen=True)
 class JobSpec:
-    """The matmul a block's work was done on: shapes and operand commitments."""
+    """The matmul a block's work was done on: who posted it, shapes and operand commitments.
 
+    The poster is part of the job: two posters of the same operands post two jobs, so
+    one cannot take another's job id (PROTOCOL §2)."""
+
+    poster: bytes
     m: int
     k: int
     n: int
     root_a: bytes
     root_b: bytes
     SCHEMA: ClassVar[Schema] = (
+        Field("poster", Bytes(ADDRESS_SIZE)),
         Field("m", U32),
         Field("k", U32),
         Field("n", U32),
@@ -76,9 +86,10 @@ class JobSpec:
     )
 
     def job_id(self, rank: int, tile_h: int, tile_w: int) -> Hash32:
-        """``H(m, k, n, root_A, root_B, mining params)`` (PROTOCOL §2)."""
+        """``H(poster, m, k, n, root_A, root_B, mining params)`` (PROTOCOL §2)."""
         return tagged_hash(
             TAG_JOB_ID,
+            self.poster,
             u32_bytes(self.m),
             u32_bytes(self.k),
             u32_bytes(self.n),

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import Enum
 from functools import partial
 
-from consensus.blocks import EMPTY_PROOF, Block, BlockHeader, JobSpec, tx_root
+from consensus.blocks import EMPTY_PROOF, NULL_POSTER, Block, BlockHeader, JobSpec, tx_root
 from consensus.difficulty import block_work
 from consensus.errors import DuplicateProofOfWork, InvalidBlock
 from consensus.keys import VerifyBatch, verify_many
@@ -77,7 +77,7 @@ def make_genesis(params: NetworkParams) -> tuple[Block, State]:
         target=params.genesis_target,
         tx_root=tx_root(()),
         state_root=state.root,
-        job=JobSpec(0, 0, 0, bytes(32), bytes(32)),
+        job=JobSpec(NULL_POSTER, 0, 0, 0, bytes(32), bytes(32)),
         miner=bytes(20),
         reward=0,
         extra_nonce=params.genesis_nonce,

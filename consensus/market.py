@@ -100,8 +100,9 @@ CLAIM_BLOCK, CLAIM_TX = "block", "tx"
 _EMPTY32 = bytes(32)
 
 
-def job_id_of(p: JobPostPayload, params: NetworkParams) -> bytes:
-    spec = JobSpec(p.m, p.k, p.n, p.root_a, p.root_b)
+def job_id_of(poster: bytes, p: JobPostPayload, params: NetworkParams) -> bytes:
+    """The id of the job ``poster`` (the job_post's sender) posts with ``p``."""
+    spec = JobSpec(poster, p.m, p.k, p.n, p.root_a, p.root_b)
     return spec.job_id(params.rank, params.tile_h, params.tile_w)
 
 
@@ -150,9 +151,9 @@ def apply_job_post(
         raise InvalidTransaction(f"payload: {too_small}")
     if p.expiry_height <= height:
         raise InvalidTransaction(f"payload.expiry_height: {p.expiry_height} is not after {height}")
-    job_id = job_id_of(p, params)
+    job_id = job_id_of(tx.sender_address, p, params)
     if state.get(JOBS, job_id) is not None:
-        raise InvalidTransaction("payload: this job was already posted")
+        raise InvalidTransaction("payload: this sender already posted this job")
     _debit(state, tx.sender_address, tx.fee + p.fee, True)
     state.set(
         JOBS,

@@ -21,6 +21,7 @@ import blake3
 import numpy as np
 
 from consensus.blocks import (
+    NULL_POSTER,
     NULL_RESULT_ROOT,
     BlockHeader,
     JobSpec,
@@ -69,11 +70,13 @@ class Job:
     rest of the proof."""
 
     @classmethod
-    def from_operands(cls, a: np.ndarray, b: np.ndarray) -> Job:
+    def from_operands(cls, a: np.ndarray, b: np.ndarray, poster: bytes) -> Job:
+        """The job ``poster`` posts (or would post) on A and B."""
         m, k = a.shape
         n = b.shape[1]
         bt = transposed(b)
-        spec = JobSpec(m, k, n, matrix_rows_root(a), matrix_rows_root(bt))  # B's column root
+        # B's column root is the row root of Bᵀ.
+        spec = JobSpec(poster, m, k, n, matrix_rows_root(a), matrix_rows_root(bt))
         return cls(a=a, b=np.ascontiguousarray(b), spec=spec, bt=bt)
 
 
@@ -90,7 +93,7 @@ def null_job(prev_hash: bytes, params: NetworkParams) -> Job:
     vals = (raw & 127).astype(np.int16) - 64  # uniform over int7
     a = vals[: m * k].astype(np.int8).reshape(m, k)
     b = vals[m * k :].astype(np.int8).reshape(k, n)
-    return dataclasses.replace(Job.from_operands(a, b), null=True)
+    return dataclasses.replace(Job.from_operands(a, b, NULL_POSTER), null=True)
 
 
 def _open_rows(

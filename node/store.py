@@ -44,9 +44,11 @@ from consensus.state import (
 log = logging.getLogger("pouw.store")
 
 FILENAME = "chain.sqlite"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """3: a job's state record carries its claim (claimant, kind, id, bond): the rows of a
-version-2 datadir no longer read as job records, so such a datadir is refused."""
+version-2 datadir no longer read as job records, so such a datadir is refused.
+4: a header's job names its poster (job ids changed): a version-3 datadir holds blocks
+that no longer decode, of a chain with another genesis."""
 WORK_BYTES = 32
 
 _SCHEMA = """
@@ -167,7 +169,9 @@ class Store:
                 return
         if version != SCHEMA_VERSION:
             raise StoreError(
-                f"{self.path}: schema version {version}, this node reads version {SCHEMA_VERSION}"
+                f"{self.path}: schema version {version}, this node reads version "
+                f"{SCHEMA_VERSION}: a datadir of an earlier release, whose chain this one does "
+                "not continue (move this file aside and the node starts its network's chain anew)"
             )
         chain_id = self._meta(self._db, "chain_id")
         if chain_id != self.params.chain_id:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from consensus.blocks import Block, BlockHeader, JobSpec
+from consensus.blocks import NULL_POSTER, Block, BlockHeader, JobSpec
 from consensus.pow import Job, MinedBlock, check_job_shape, null_job
 from consensus.template import TemplateBody, build_template
 from node.miner import MiningWork
@@ -63,7 +63,7 @@ NULL_JOBS_KEPT = 8
 THREAD_BUILDS_OVERTAKEN = 2
 """Template builds in a thread that blocks may overtake in a row; the next is built on
 the event loop (see ``WorkSource._ready``)."""
-_ANY_JOB = JobSpec(0, 0, 0, bytes(32), bytes(32))
+_ANY_JOB = JobSpec(NULL_POSTER, 0, 0, 0, bytes(32), bytes(32))
 """The job a template is built with: no rule after the header reads it (the state root
 does not depend on it), and every piece of work sets its own (``_work_on``)."""
 

@@ -188,12 +188,12 @@ class NetworkMatmul:
         p = self.client.params
         # A step's matmuls are far below the minimum job: the client posts them
         # padded with zeros, and that padded job is the one to look up.
-        return posted_spec(a, b, p).job_id(p.rank, p.tile_h, p.tile_w)
+        return posted_spec(a, b, p, self.client.key.address).job_id(p.rank, p.tile_h, p.tile_w)
 
     def _post(self, a: np.ndarray, b: np.ndarray) -> _Posted:
         job_id = self._job_id(a, b)
-        # A job's id is its operands': the same product posted before cannot be
-        # posted again, but its verified result serves as well.
+        # A job's id is its poster's and its operands': the same product we posted
+        # before cannot be posted again, but its verified result serves as well.
         existing = self._status(job_id)
         if existing in ("open", *CLAIMED):
             self.jobs_reused += 1

@@ -206,11 +206,12 @@ def padded_operands(
     return a8, b8
 
 
-def posted_spec(a: np.ndarray, b: np.ndarray, params: NetworkParams) -> JobSpec:
-    """The job that :meth:`MarketClient.submit` posts for A·B (its id names the job)."""
+def posted_spec(a: np.ndarray, b: np.ndarray, params: NetworkParams, poster: bytes) -> JobSpec:
+    """The job that :meth:`MarketClient.submit` posts for A·B as ``poster`` (its id names
+    the job)."""
     a8, b8 = padded_operands(a, b, params)
     m, k = a8.shape
-    return JobSpec(m, k, b8.shape[1], matrix_rows_root(a8), matrix_cols_root(b8))
+    return JobSpec(poster, m, k, b8.shape[1], matrix_rows_root(a8), matrix_cols_root(b8))
 
 
 class MarketClient:
@@ -264,7 +265,7 @@ class MarketClient:
         with ThreadPoolExecutor(1, thread_name_prefix="upload") as uploads:
             upload_b = uploads.submit(self.rpc.put_operand, encode_matrix(bt), "rows")
             root_a = self.rpc.put_operand(encode_matrix(a8), "rows")
-            spec = JobSpec(m, k, n, matrix_rows_root(a8), matrix_rows_root(bt))
+            spec = JobSpec(self.key.address, m, k, n, matrix_rows_root(a8), matrix_rows_root(bt))
             root_b = upload_b.result()
         if (root_a, root_b) != (spec.root_a, spec.root_b):
             raise RuntimeError("the node stored the operands under other roots")

@@ -33,6 +33,7 @@ def header_json(h: BlockHeader) -> dict[str, Any]:
         "tx_root": h.tx_root.hex(),
         "state_root": h.state_root.hex(),
         "job": {
+            "poster": address_to_text(h.job.poster),
             "m": h.job.m,
             "k": h.job.k,
             "n": h.job.n,

@@ -178,9 +178,12 @@ def _job_of(spec: JobSpec, raw_a: bytes, raw_bt: bytes) -> Job:
     return Job(a=a, b=transposed(bt), spec=spec, bt=bt)
 
 
-def _post_record(p: JobPostPayload) -> dict[str, Any]:
+def _post_record(tx: Transaction) -> dict[str, Any]:
     """A job_post's job as ``open_jobs`` lists an open one (the fields the miner uses)."""
+    p = tx.payload
+    assert type(p) is JobPostPayload
     return {
+        "poster": tx.sender_address,
         "m": p.m,
         "k": p.k,
         "n": p.n,
@@ -498,7 +501,7 @@ class MarketService:
         if tx is None or type(tx.payload) is not JobPostPayload:
             return None
         p = tx.payload
-        rate = _rate(_post_record(p))
+        rate = _rate(_post_record(tx))
         open_jobs = self.open_jobs()  # (once per tip)
         # Only one that would be urgent: the others wait for the next ask, as before, and
         # a flood of posts costs the event loop a comparison each.
@@ -506,7 +509,8 @@ class MarketService:
             return None
         if open_jobs:
             self._prefetch(open_jobs)
-        if standing(self.miner_address, self.rivals(), job_id_of(p, self.params))[0] == 0:
+        job_id = job_id_of(tx.sender_address, p, self.params)
+        if standing(self.miner_address, self.rivals(), job_id)[0] == 0:
             return None
         return rate
 
@@ -549,7 +553,8 @@ class MarketService:
         for tx in mempool.admitted_since(self._posts_read, len(mempool)):
             p = tx.payload
             if type(p) is JobPostPayload:
-                self._pending_posts[job_id_of(p, self.params)] = (tx.txid, _post_record(p))
+                job_id = job_id_of(tx.sender_address, p, self.params)
+                self._pending_posts[job_id] = (tx.txid, _post_record(tx))
         self._posts_read = mempool.admissions
         for job_id, (txid, _) in list(self._pending_posts.items()):
             if txid not in mempool:  # in a block now (then open), or dropped
@@ -701,7 +706,7 @@ class MarketService:
             log.warning("operands of job %s have the wrong size", job_id.hex()[:16])
             self._unavailable[job_id] = math.inf
             return
-        spec = JobSpec(m, k, n, rec["root_a"], rec["root_b"])
+        spec = JobSpec(rec["poster"], m, k, n, rec["root_a"], rec["root_b"])
         # Off the event loop: copying and transposing megabytes of operands held it for
         # a tenth of a second per job, while it relays blocks and serves operands. (Their
         # rows were checked against the roots as they came: no need to hash them again.)

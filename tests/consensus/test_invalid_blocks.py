@@ -72,6 +72,7 @@ def _on_a_tiny_job(chain: Chain, clock: Clock) -> Block:
     job = Job.from_operands(
         rng.integers(-64, 64, (64, 128), dtype=np.int8),
         rng.integers(-64, 64, (128, 32), dtype=np.int8),
+        ALICE.address,
     )
     template, _ = chain.build_template((), MINER.address, job.spec, clock.now + MID.block_time_ms)
     return Block(remine(template, job), ())
@@ -342,7 +343,9 @@ def test_a_proof_opens_the_same_columns_whether_or_not_the_job_holds_b_transpose
     rng = np.random.default_rng(7)
     m, k, n = MID.min_job_shape
     job = Job.from_operands(
-        rng.integers(-64, 64, (m, k), dtype=np.int8), rng.integers(-64, 64, (k, n), dtype=np.int8)
+        rng.integers(-64, 64, (m, k), dtype=np.int8),
+        rng.integers(-64, 64, (k, n), dtype=np.int8),
+        ALICE.address,
     )
     assert job.bt is not None and np.array_equal(job.bt, job.b.T)
     bare = dataclasses.replace(job, bt=None)

@@ -39,9 +39,9 @@ rng = np.random.default_rng(5)
 M, K, N = MID.min_job_shape  # the smallest job the network accepts
 A = rng.integers(-64, 64, (M, K), dtype=np.int8)
 B = rng.integers(-64, 64, (K, N), dtype=np.int8)
-JOB = Job.from_operands(A, B)
+JOB = Job.from_operands(A, B, ALICE.address)  # ALICE posts it
 POST = JobPostPayload(M, K, N, JOB.spec.root_a, JOB.spec.root_b, REWARD, 30)
-JOB_ID = job_id_of(POST, MID)
+JOB_ID = job_id_of(ALICE.address, POST, MID)
 
 
 def tx(key, nonce, payload, fee=10) -> Transaction:
@@ -195,6 +195,39 @@ def test_cancel_only_after_expiry_and_only_if_unclaimed(posted):
     add(chain, clock, [cancel])
     assert chain.state.balance(ALICE.address) == before + REWARD - 10
     assert job_record(chain.state, JOB_ID)["status"] == "cancelled"
+
+
+def test_a_job_cannot_be_squatted_by_posting_its_operands_first():
+    """A job's id names its poster. BOB, who saw ALICE's job_post wait in a mempool, posts
+    the same operands first, for a reward of 1 and the nearest expiry, then cancels:
+    before, that took ALICE's job id (her post refused as "already posted", for good
+    once cancelled). Now his is another job, hers is posted and a block on it claims
+    it, and only a second post of it by ALICE herself is refused."""
+    chain, clock = new_chain()
+    squat = dataclasses.replace(POST, fee=1, expiry_height=chain.height + 2)
+    add(chain, clock, [tx(BOB, 0, squat)])
+    bob_id = job_id_of(BOB.address, squat, MID)
+    assert bob_id != JOB_ID and job_record(chain.state, bob_id)["poster"] == BOB.address
+    while chain.height <= squat.expiry_height:
+        add(chain, clock)
+    add(chain, clock, [tx(BOB, 1, JobCancelPayload(bob_id))])
+    assert job_record(chain.state, bob_id)["status"] == "cancelled"
+    add(chain, clock, [tx(ALICE, 0, POST)])
+    assert job_record(chain.state, JOB_ID)["poster"] == ALICE.address
+    block, _ = mine_job(chain, clock)  # on JOB.spec: ALICE's job
+    add(chain, clock)  # the child records the claim
+    assert job_record(chain.state, JOB_ID)["claim_id"] == block.hash
+    assert job_record(chain.state, bob_id)["status"] == "cancelled"
+    again = tx(ALICE, 1, POST)
+    header, _ = chain.build_template((), MINER.address, JOB.spec)
+    with pytest.raises(InvalidBlock, match="this sender already posted this job"):
+        apply_body(
+            chain.state,
+            Block(dataclasses.replace(header, tx_root=_root([again])), (again,)),
+            MID,
+            None,
+            chain.tip.header,
+        )
 
 
 def test_a_job_block_and_its_fraud_proof_undo_exactly(posted):

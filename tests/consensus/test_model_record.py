@@ -37,12 +37,12 @@ def _job() -> tuple[Job, JobPostPayload]:
     m, k, n = MID.min_job_shape
     a = rng.integers(-64, 64, (m, k), dtype=np.int8)
     b = rng.integers(-64, 64, (k, n), dtype=np.int8)
-    job = Job.from_operands(a, b)
+    job = Job.from_operands(a, b, ALICE.address)  # ALICE posts them
     return job, JobPostPayload(m, k, n, job.spec.root_a, job.spec.root_b, 500, 40)
 
 
 JOBS = [_job() for _ in range(3)]
-JOB_IDS = [job_id_of(post, MID) for _, post in JOBS]
+JOB_IDS = [job_id_of(ALICE.address, post, MID) for _, post in JOBS]
 
 
 def tx(key, nonce, payload) -> Transaction:
@@ -83,7 +83,9 @@ def worked() -> tuple[Chain, Clock]:
 def refused(chain: Chain, t: Transaction, reason: str) -> None:
     """Applying a block with ``t`` fails naming ``reason``, and changes nothing."""
     before = (chain.state.snapshot(), chain.state.root)
-    header, _ = chain.build_template((), MINER.address, Job.from_operands(*_ops()).spec)
+    header, _ = chain.build_template(
+        (), MINER.address, Job.from_operands(*_ops(), ALICE.address).spec
+    )
     block = Block(dataclasses.replace(header, tx_root=tx_root([t])), (t,))
     with pytest.raises(InvalidBlock, match=reason):
         apply_body(chain.state, block, MID, None, chain.tip.header)

@@ -18,7 +18,16 @@ from consensus.blocks import NULL_RESULT_ROOT, Block
 from consensus.errors import InvalidBlock
 from consensus.merkle import matrix_rows_root
 from consensus.pow import Job, ResultCommitment, mine, null_job, verify_pow
-from tests.support.chainkit import MID, MINER, K, extend, new_chain, next_block, second_winner
+from tests.support.chainkit import (
+    ALICE,
+    MID,
+    MINER,
+    K,
+    extend,
+    new_chain,
+    next_block,
+    second_winner,
+)
 
 # Each tile wins with probability 2^-10: a block is still found in about two
 # attempts, but a header whose tickets changed passes with probability 2^-10.
@@ -34,7 +43,9 @@ def _own_job() -> Job:
     m, k, n = HARD.null_job_shape
     rng = np.random.default_rng(11)
     return Job.from_operands(
-        rng.integers(-64, 64, (m, k), dtype=np.int8), rng.integers(-64, 64, (k, n), dtype=np.int8)
+        rng.integers(-64, 64, (m, k), dtype=np.int8),
+        rng.integers(-64, 64, (k, n), dtype=np.int8),
+        ALICE.address,
     )
 
 

@@ -89,7 +89,7 @@ def test_a_job_id_survives_a_timeout_and_ctrl_c_and_the_job_can_be_cancelled(
             POSTER, chain_id=PARAMS.chain_id, nonce=nonce, fee=1_000, payload=post
         )
         node.call("sendtransaction", encode_tx(tx).hex())
-        job_id = job_id_of(post, PARAMS).hex()
+        job_id = job_id_of(POSTER.address, post, PARAMS).hex()
         early = pouw("job", "cancel", job_id, *BT, datadir=d)
         assert early.returncode != 0 and "unknown job" in early.stderr  # not in a block yet
         node.call("setmining", True)

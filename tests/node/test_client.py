@@ -76,8 +76,8 @@ def test_a_tiny_product_is_posted_padded_and_its_result_is_exact():
     assert isinstance(post, JobPostPayload)
     assert (post.m, post.k, post.n) == DEVNET.min_job_shape
     assert DEVNET.job_too_small(post.m, post.k, post.n) is None
-    assert job.job_id == job_id_of(post, DEVNET)
-    assert posted_spec(a, b, DEVNET) == job.spec  # what train_net looks a job up by
+    assert job.job_id == job_id_of(POSTER.address, post, DEVNET)
+    assert posted_spec(a, b, DEVNET, POSTER.address) == job.spec  # what train_net looks a job up by
     padded_a = node.blobs[post.root_a.hex()]
     assert np.array_equal(padded_a[:64, :128], a) and not padded_a[64:].any()
     c = client.result(job.job_id, a, b)
@@ -146,5 +146,5 @@ def test_ctrl_c_while_the_post_is_sent_still_reports_the_job_it_posted():
     else:
         pytest.fail("the Ctrl-C was swallowed")
     (post,) = node.sent
-    assert posted.job_id == job_id_of(post, DEVNET)
+    assert posted.job_id == job_id_of(POSTER.address, post, DEVNET)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back

@@ -157,10 +157,11 @@ def _jobs(count: int) -> list[tuple[Job, Transaction, bytes]]:
         job = Job.from_operands(
             rng.integers(-64, 64, (M, K), dtype=np.int8),
             rng.integers(-64, 64, (K, N), dtype=np.int8),
+            ALICE.address,
         )
         post = JobPostPayload(M, K, N, job.spec.root_a, job.spec.root_b, 9_000, 1_000)
         tx = signed_transaction(ALICE, chain_id=MID.chain_id, nonce=nonce, fee=10, payload=post)
-        out.append((job, tx, job_id_of(post, MID)))
+        out.append((job, tx, job_id_of(ALICE.address, post, MID)))
     return out
 
 

@@ -741,10 +741,10 @@ def _min_shape_job() -> tuple[JobPostPayload, bytes, np.ndarray, np.ndarray, np.
     m, k, n = MID.min_job_shape
     a = _rng.integers(-64, 64, (m, k), dtype=np.int8)
     b = _rng.integers(-64, 64, (k, n), dtype=np.int8)
-    spec = Job.from_operands(a, b).spec
+    spec = Job.from_operands(a, b, ALICE.address).spec  # ALICE posts it
     post = JobPostPayload(m, k, n, spec.root_a, spec.root_b, jr.REWARD, 40)
     c = (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
-    return post, job_id_of(post, MID), a, b, c
+    return post, job_id_of(ALICE.address, post, MID), a, b, c
 
 
 async def test_getmarket_and_pouw_market_show_open_jobs_claims_payments_and_fraud(node):
@@ -859,7 +859,7 @@ async def test_pouw_job_cancel_refunds_an_expired_job_and_refuses_before_expiry(
     post, job_id, *_ = _min_shape_job()
     expiry = node.chain.height + 3
     post = dataclasses.replace(post, expiry_height=expiry)
-    job_id = job_id_of(post, MID)
+    job_id = job_id_of(ALICE.address, post, MID)
     await node.process_block(_block_for(node, (jr.tx(ALICE, 0, post),)), None)
     balance = node.chain.state.balance(ALICE.address)
     args = ["job", "cancel", job_id.hex(), "--datadir", str(node.config.datadir)]

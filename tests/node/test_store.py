@@ -363,15 +363,17 @@ def test_a_store_of_another_network_is_refused(tmp_path):
         Store(tmp_path, TESTNET)
 
 
-def test_a_datadir_of_the_job_records_before_claims_is_refused(tmp_path):
-    """Version 2 stored job records without their claim fields: they cannot be read."""
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_datadir_of_an_earlier_chain_format_is_refused(tmp_path, version):
+    """Version 2 stored job records without their claim fields, version 3 headers whose
+    job has no poster: neither can be read, and the error says what to do."""
     with Store(tmp_path, MID) as store:
         store.load_chain(lambda: 0)
     db = sqlite3.connect(tmp_path / FILENAME)
     with db:
-        db.execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'")
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (version,))
     db.close()
-    with pytest.raises(StoreError, match="schema version 2, this node reads version 3"):
+    with pytest.raises(StoreError, match=f"schema version {version}, this node reads version 4"):
         Store(tmp_path, MID)
 
 

@@ -47,19 +47,23 @@ M, K, N = MID.min_job_shape
 rng = np.random.default_rng(1515)
 
 
-def _jobs(count: int, first_nonce: int = 0) -> list[tuple[Job, Transaction, bytes]]:
-    """``count`` minimum-shape jobs and the job_post transactions (by ALICE) posting them."""
+def _jobs(
+    count: int, first_nonce: int = 0, key: PrivateKey = ALICE
+) -> list[tuple[Job, Transaction, bytes]]:
+    """``count`` minimum-shape jobs and the job_post transactions (by ``key``) posting them:
+    a job's id, and so which miner it falls to, is its poster's."""
     out = []
     for i in range(count):
         job = Job.from_operands(
             rng.integers(-64, 64, (M, K), dtype=np.int8),
             rng.integers(-64, 64, (K, N), dtype=np.int8),
+            key.address,
         )
         post = JobPostPayload(M, K, N, job.spec.root_a, job.spec.root_b, REWARD, 1_000)
         tx = signed_transaction(
-            ALICE, chain_id=MID.chain_id, nonce=first_nonce + i, fee=10, payload=post
+            key, chain_id=MID.chain_id, nonce=first_nonce + i, fee=10, payload=post
         )
-        out.append((job, tx, job_id_of(post, MID)))
+        out.append((job, tx, job_id_of(key.address, post, MID)))
     return out
 
 
@@ -153,7 +157,7 @@ async def test_jobs_fetched_ahead_of_their_block_do_not_stand_in_for_minable_one
     make blocks: an open job coming after it is fetched all the same and mined next,
     where the miner would fall back to the null job."""
     monkeypatch.setattr(market_module, "PREFETCH_AHEAD", 1)
-    [(waiting, _, waiting_id)] = _jobs(1)
+    [(waiting, _, waiting_id)] = _jobs(1, key=CAROL)
     post = JobPostPayload(M, K, N, waiting.spec.root_a, waiting.spec.root_b, 2 * REWARD, 1_000)
     node.blobs.put_matrix(waiting.a)
     node.blobs.put_matrix(np.ascontiguousarray(waiting.b.T))
@@ -797,7 +801,7 @@ def _admit_post(node: Node, job: Job, reward: int, key: PrivateKey = CAROL) -> b
     node.blobs.put_matrix(np.ascontiguousarray(job.b.T))
     tx = _pending_post(job, reward, key)
     node.txs.admit(tx, None)
-    return job_id_of(tx.payload, MID)
+    return job_id_of(tx.sender_address, tx.payload, MID)
 
 
 async def test_a_better_paying_job_is_computed_while_its_post_waits_and_claimed_as_it_lands(
@@ -897,7 +901,7 @@ async def test_a_miner_interrupted_for_a_better_paying_job_is_offered_only_such_
     for nonce, (job, reward) in enumerate(((cheap, REWARD), (dear, 3 * REWARD))):
         post = JobPostPayload(M, K, N, job.spec.root_a, job.spec.root_b, reward, 1_000)
         tx = signed_transaction(ALICE, chain_id=MID.chain_id, nonce=nonce, fee=10, payload=post)
-        posts.append((job, tx, job_id_of(post, MID)))
+        posts.append((job, tx, job_id_of(ALICE.address, post, MID)))
     dear_id = posts[1][2]
     await _post(node, posts)
     await _operands_ready(node, 2)
@@ -983,18 +987,20 @@ async def test_another_miners_better_paying_post_is_carried_by_the_next_job_at_o
     rivals = node.market.rivals()
     assert MINER.address in rivals
 
-    def share(mine: bool, count: int) -> list[tuple[Job, Transaction, bytes]]:
+    def share(mine: bool, count: int, key: PrivateKey) -> list[tuple[Job, Transaction, bytes]]:
+        """``count`` jobs posted by ``key`` that fall to this miner (``mine``) or not."""
         ranked = (
-            (market_module.standing(node.miner_address, rivals, j[2])[0], j) for j in _jobs(64)
+            (market_module.standing(node.miner_address, rivals, j[2])[0], j)
+            for j in _jobs(64, key=key)
         )
         return [j for rank, j in ranked if (rank == 0) == mine][:count]
 
-    backlog = [_repost(job, nonce) for nonce, job in enumerate(share(True, 2))]
+    backlog = [_repost(job, nonce) for nonce, job in enumerate(share(True, 2, ALICE))]
     await _post(node, backlog)
     await _operands_ready(node, 2)
     current = await node.work.work()  # a backlog job, on this tip's template
     assert current.rate == node.market.rate_of(current.job) == REWARD / (M * K * N)
-    (theirs, _, _), (ours, _, _) = share(False, 1)[0], share(True, 3)[2]
+    (theirs, _, _), (ours, _, _) = share(False, 1, CAROL)[0], share(True, 3, BOB)[2]
     posts = {  # (their operands are nowhere: none of them can be computed here)
         "theirs": _pending_post(theirs, 2 * REWARD, CAROL),
         "ours": _pending_post(ours, 2 * REWARD, BOB),
@@ -1026,7 +1032,7 @@ async def test_a_job_fetched_while_its_post_waited_is_left_to_its_owner_once_it_
     rivals = frozenset({MINER.address})
     job, job_id = next(
         (job, job_id)
-        for job, _, job_id in _jobs(32)
+        for job, _, job_id in _jobs(32, key=CAROL)  # posted by CAROL (_admit_post)
         if market_module.standing(node.miner_address, rivals, job_id)[0] == 1
     )
     _admit_post(node, job, 2 * REWARD)
@@ -1096,7 +1102,8 @@ def _txid_of_post(node: Node, job_id: bytes) -> bytes:
     return next(
         tx.txid
         for tx in node.mempool.select(100, 1 << 20)
-        if isinstance(tx.payload, JobPostPayload) and job_id_of(tx.payload, MID) == job_id
+        if isinstance(tx.payload, JobPostPayload)
+        and job_id_of(tx.sender_address, tx.payload, MID) == job_id
     )
 
 
@@ -1158,7 +1165,7 @@ async def test_operands_no_peer_served_are_fetched_again_later_wrong_ones_never(
     node.blobs.put_matrix(np.ascontiguousarray(bad.b.T))
     post = JobPostPayload(M, K, N, cut_otherwise, bad.spec.root_b, REWARD, 1_000)
     bad_tx = signed_transaction(ALICE, chain_id=MID.chain_id, nonce=1, fee=10, payload=post)
-    bad_id = job_id_of(post, MID)
+    bad_id = job_id_of(ALICE.address, post, MID)
     assert (await node.process_block(_block_for(node, (tx, bad_tx)), None)) is not None
     market = node.market
 

@@ -40,7 +40,7 @@ class ScriptedClient:
         return self.order.index(job_id) + 1
 
     def submit(self, a: np.ndarray, b: np.ndarray, reward: int, expiry_blocks: int) -> SubmittedJob:
-        spec = posted_spec(a, b, self.params)
+        spec = posted_spec(a, b, self.params, self.key.address)
         job_id = spec.job_id(self.params.rank, self.params.tile_h, self.params.tile_w)
         assert job_id not in self.jobs, "a product was posted twice"
         self.jobs[job_id] = {"polls": 0, "status": "open", "expiry": self.height + expiry_blocks}

@@ -11,7 +11,7 @@ from consensus.keys import PrivateKey
 from consensus.market import build_job_result, job_id_of
 from consensus.pow import Job, mine
 from consensus.transactions import JobPostPayload, Transaction, signed_transaction
-from tests.support.chainkit import MID, MINER, Clock, next_block
+from tests.support.chainkit import ALICE, MID, MINER, Clock, next_block
 
 REWARD = 7_000
 FEE = 10
@@ -27,10 +27,10 @@ def new_job(expiry: int) -> tuple[np.ndarray, np.ndarray, Job, JobPostPayload, b
     """A random job of the minimum shape: (A, B, job, its job_post payload, job id, C)."""
     a = rng.integers(-64, 64, (M, K), dtype=np.int8)
     b = rng.integers(-64, 64, (K, N), dtype=np.int8)
-    job = Job.from_operands(a, b)
+    job = Job.from_operands(a, b, ALICE.address)  # ALICE posts every claimkit job
     post = JobPostPayload(M, K, N, job.spec.root_a, job.spec.root_b, REWARD, expiry)
     c = (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
-    return a, b, job, post, job_id_of(post, MID), c
+    return a, b, job, post, job_id_of(ALICE.address, post, MID), c
 
 
 A, B, JOB, POST, JOB_ID, C = new_job(expiry=40)
