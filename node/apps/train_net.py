@@ -123,7 +123,8 @@ class NetworkMatmul:
     claims and checking every C; a round's jobs are posted and waited on together.
 
     A job is only ever used for exactly the operands it was posted with (its
-    id commits to them); a product posted before is reused, not reposted.
+    id commits to them and to its poster); a product this key posted before is reused,
+    not reposted.
     """
 
     client: MarketClient
