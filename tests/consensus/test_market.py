@@ -136,22 +136,15 @@ def test_a_fraud_proof_of_a_correct_entry_is_refused(posted):
     block, c = mine_job(chain, clock)
     add(chain, clock)
     proof = build_fraud_proof(block.hash, JOB_ID, A, B, c, 3, 5)
-    t = tx(BOB, 0, proof)
-    with pytest.raises(InvalidBlock, match="is correct: no fraud"):
-        header, _ = chain.build_template((), MINER.address, JOB.spec)
-        apply_body(
-            chain.state,
-            Block(dataclasses.replace(header, tx_root=_root([t])), (t,)),
-            MID,
-            None,
-            chain.tip.header,
-        )
+    _refused(chain, tx(BOB, 0, proof), "is correct: no fraud")
 
 
-def _root(txs):
-    from consensus.blocks import tx_root
-
-    return tx_root(txs)
+def _refused(chain: Chain, t: Transaction, reason: str) -> None:
+    """A block on the tip holding ``t`` is invalid, naming ``reason``."""
+    header, _ = chain.build_template((), MINER.address, JOB.spec)
+    block = Block(dataclasses.replace(header, tx_root=tx_root([t])), (t,))
+    with pytest.raises(InvalidBlock, match=reason):
+        apply_body(chain.state, block, MID, None, chain.tip.header)
 
 
 def test_fraud_after_the_window_and_on_a_tampered_opening_are_refused(posted):
@@ -160,28 +153,9 @@ def test_fraud_after_the_window_and_on_a_tampered_opening_are_refused(posted):
     add(chain, clock)
     proof = build_fraud_proof(block.hash, JOB_ID, A, B, c, 3, 5)
     tampered = dataclasses.replace(proof, a_row=bytes([1]) + proof.a_row[1:])
-    for payload, reason in [(tampered, "row of A does not match")]:
-        t = tx(BOB, 0, payload)
-        header, _ = chain.build_template((), MINER.address, JOB.spec)
-        with pytest.raises(InvalidBlock, match=reason):
-            apply_body(
-                chain.state,
-                Block(dataclasses.replace(header, tx_root=_root([t])), (t,)),
-                MID,
-                None,
-                chain.tip.header,
-            )
+    _refused(chain, tx(BOB, 0, tampered), "row of A does not match")
     extend(chain, clock, MID.challenge_window)
-    t = tx(BOB, 0, proof)
-    header, _ = chain.build_template((), MINER.address, JOB.spec)
-    with pytest.raises(InvalidBlock, match="the job is paid, not awaiting payment"):
-        apply_body(
-            chain.state,
-            Block(dataclasses.replace(header, tx_root=_root([t])), (t,)),
-            MID,
-            None,
-            chain.tip.header,
-        )
+    _refused(chain, tx(BOB, 0, proof), "the job is paid, not awaiting payment")
 
 
 def test_cancel_only_after_expiry_and_only_if_unclaimed(posted):
@@ -218,16 +192,7 @@ def test_a_job_cannot_be_squatted_by_posting_its_operands_first():
     add(chain, clock)  # the child records the claim
     assert job_record(chain.state, JOB_ID)["claim_id"] == block.hash
     assert job_record(chain.state, bob_id)["status"] == "cancelled"
-    again = tx(ALICE, 1, POST)
-    header, _ = chain.build_template((), MINER.address, JOB.spec)
-    with pytest.raises(InvalidBlock, match="this sender already posted this job"):
-        apply_body(
-            chain.state,
-            Block(dataclasses.replace(header, tx_root=_root([again])), (again,)),
-            MID,
-            None,
-            chain.tip.header,
-        )
+    _refused(chain, tx(ALICE, 1, POST), "this sender already posted this job")
 
 
 def test_a_job_block_and_its_fraud_proof_undo_exactly(posted):

@@ -305,23 +305,31 @@ def lying_withholder(market, tmp_path):
     node.kill()
 
 
+def _a_job_mined_only_by(market, miner: NodeProcess, claimant: PrivateKey):
+    """A job posted with only ``miner`` mining, waited on until claimed (by ``claimant``):
+    (the job, its status, A, B, the poster's balance before the post)."""
+    client, poster, honest, cheat = market
+    honest.call("setmining", False)
+    cheat.call("setmining", False)
+    miner.call("setmining", True)
+    a, b = _operands()
+    before = poster.call("getaccount", address_to_text(POSTER.address))["balance"]
+    job = client.submit(a, b, reward=40_000)
+    status = client.wait(job.job_id, timeout=120)
+    assert status["status"] == "mined"
+    assert status["claimant"] == address_to_text(claimant.address)
+    return job, status, a, b, before
+
+
 def test_a_withheld_result_is_challenged_and_the_job_refunded(market, withholder, tmp_path):
     """The only miner claims the job but keeps C to itself: the client cannot fetch C, so
     it challenges the claim for random rows and says so; `pouw job result` then names the
     rows still unrevealed and the due height (exit code 4); the claim never reveals them,
     and at the due height the poster gets the reward back (two fees spent: post and
     challenge)."""
-    client, poster, honest, cheat = market
-    honest.call("setmining", False)
-    cheat.call("setmining", False)
-    withholder.call("setmining", True)
-    a, b = _operands()
+    client, poster, _, _ = market
     poster_addr = address_to_text(POSTER.address)
-    before = poster.call("getaccount", poster_addr)["balance"]
-    job = client.submit(a, b, reward=40_000)
-    status = client.wait(job.job_id, timeout=120)
-    assert status["status"] == "mined"
-    assert status["claimant"] == address_to_text(WITHHOLDER.address)
+    job, _, a, b, before = _a_job_mined_only_by(market, withholder, WITHHOLDER)
     with pytest.raises(ResultWithheld, match=r"result_challenge .* sent for rows") as withheld:
         client.result(job.job_id, a, b, fetch_timeout_s=1.0)
     txid, rows = withheld.value.challenge_txid, withheld.value.rows
@@ -356,17 +364,10 @@ def test_a_wrong_row_revealed_for_a_withheld_result_is_proved_and_refunded(
     the chain cannot tell right rows from wrong ones, so unchecked it would be paid. The
     client checks each revealed row against A·B (the row of the wrong entry and a right
     one), proves the wrong one from the chain's row alone, and the poster is refunded."""
-    client, poster, honest, cheat = market
-    honest.call("setmining", False)
-    cheat.call("setmining", False)
-    lying_withholder.call("setmining", True)
-    a, b = _operands()
+    client, poster, _, _ = market
     poster_addr = address_to_text(POSTER.address)
-    before = poster.call("getaccount", poster_addr)["balance"]
-    job = client.submit(a, b, reward=40_000)
-    status = client.wait(job.job_id, timeout=120)
-    assert status["status"] == "mined"
-    assert status["claimant"] == address_to_text(PrivateKey.from_label(LIAR_LABEL).address)
+    liar = PrivateKey.from_label(LIAR_LABEL)
+    job, status, a, b, before = _a_job_mined_only_by(market, lying_withholder, liar)
     m = status["m"]  # --dishonest-results makes entry (m // 2, n // 3) wrong
     client.challenge(job.job_id, rows=(0, m // 2))
 
