@@ -267,7 +267,9 @@ class Node:
         )
         self.rpc = RpcServer(self.token, self.metrics)
         register_methods(self.rpc, self)
-        register_market_methods(self.rpc, chain, self.params, mempool, self.market, self.blobs)
+        register_market_methods(
+            self.rpc, chain, self.params, mempool, self.market, self.blobs, self.txindex
+        )
         self.data_host = DataHost(
             chain,
             self.params.chain_id,

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from node.mempool import Mempool
     from node.relay.blobs import BlobExchange
     from node.services.market import MarketService
+    from node.txindex import TxIndex
 
 log = logging.getLogger("pouw.rpc")
 
@@ -203,9 +204,11 @@ def register_market_methods(
     mempool: Mempool,
     market: MarketService,
     blobs: BlobExchange,
+    txindex: TxIndex,
 ) -> None:
     """The compute market's methods: jobs read off ``chain`` and ``mempool``, operands
-    and results kept in and fetched through ``blobs``, the miner's side from ``market``."""
+    and results kept in and fetched through ``blobs``, the miner's side from ``market``,
+    a job's revealed rows found through ``txindex``."""
 
     def store_operand(blob: bytes, layout: str) -> str:
         """Decode, check and store an operand (runs off the event loop); its root as hex."""
@@ -306,23 +309,24 @@ def register_market_methods(
             return {"job_id": jid.hex(), "claim_id": None, "rows": []}
         claim_id = rec["claim_id"]
         rows: list[dict[str, Any]] = []
-        # Reveals answer a challenge after the claim and before the due height: at most
-        # challenge_window + reveal_blocks blocks to read.
-        for height in range(rec["claim_height"], min(chain.height, rec["due"] - 1) + 1):
-            block = chain.block_at(height)
-            for tx in block.txs:
-                p = tx.payload
-                if type(p) is ResultRowsPayload and p.job_id == jid and p.claim_id == claim_id:
-                    rows.extend(
-                        {
-                            "index": r.index,
-                            "row": r.row.hex(),
-                            "branch": [h.hex() for h in r.branch],
-                            "txid": tx.txid.hex(),
-                            "height": height,
-                        }
-                        for r in p.rows
-                    )
+        for txid in txindex.reveals_of(jid):  # (a reorg may have answered another claim)
+            height = txindex.height_of(txid)
+            assert height is not None  # the index follows the active chain
+            tx = next(t for t in chain.block_at(height).txs if t.txid == txid)
+            p = tx.payload
+            assert type(p) is ResultRowsPayload
+            if p.claim_id != claim_id:
+                continue
+            rows.extend(
+                {
+                    "index": r.index,
+                    "row": r.row.hex(),
+                    "branch": [h.hex() for h in r.branch],
+                    "txid": txid.hex(),
+                    "height": height,
+                }
+                for r in p.rows
+            )
         return {"job_id": jid.hex(), "claim_id": claim_id.hex(), "rows": rows}
 
     def tip_claim(job_id: bytes) -> BlockHeader | None:

@@ -26,12 +26,14 @@ from consensus.market import build_result_rows
 from consensus.merkle import matrix_cols_root, matrix_rows_root, verify_branch
 from consensus.transactions import ResultChallengePayload
 from node.app import Node
+from node.chain_service import ChainChange
 from node.cli.main import cli
 from node.client.rpc import RpcCallError, RpcClient
 from node.config import NodeConfig
 from node.relay.blobs import BlobError, decode_matrix, encode_matrix
 from node.rpc.market import max_operand_body
 from node.rpc.server import MAX_BATCH, MAX_BATCH_REPLY_BYTES
+from node.txindex import TxIndex
 from tests.support import claimkit
 from tests.support.chainkit import ALICE, BOB, MID, Clock, extend, new_chain
 
@@ -807,6 +809,14 @@ async def test_getrevealedrows_gives_the_rows_a_challenged_claim_revealed_on_cha
         assert row == claimkit.C[r["index"]].astype("<i4").tobytes()
         assert verify_branch(root, r["index"], m, row, [bytes.fromhex(h) for h in r["branch"]])
         assert (r["txid"], r["height"]) == (block.txs[-1].txid.hex(), block.header.height)
+    # Found through the transaction index, built at start and following reorgs.
+    assert TxIndex(node.chain).reveals_of(claimkit.JOB_ID) == (block.txs[-1].txid,)
+    node.txindex.chain_changed(ChainChange(connected=(), disconnected=(block,)))
+    gone = (await _call(node, _req("getrevealedrows", [claimkit.JOB_ID.hex()], 1)))["result"]
+    assert gone["claim_id"] == claim_id.hex() and gone["rows"] == []
+    node.txindex.chain_changed(ChainChange(connected=(block,), disconnected=()))
+    back = (await _call(node, _req("getrevealedrows", [claimkit.JOB_ID.hex()], 1)))["result"]
+    assert back == got
     unasked = (await _call(node, _req("getrevealedrows", [claimkit.JOB2_ID.hex()], 1)))["result"]
     assert unasked["claim_id"] is not None and unasked["rows"] == []
     for job_id, error in (("ab" * 32, "unknown job"), ("xyz", "job id")):
