@@ -25,6 +25,15 @@ takes effect before its child's transactions). At most one pending
 with the claim that holds the job. When a block claims a job, by header or by
 ``job_result``, the pending claims of it are dropped with their senders' later
 transactions that no longer apply.
+
+Disputes of a claim: a sender has at most one pending ``fraud_proof`` and one
+``result_challenge`` of a job. Only one of either can ever apply (a refunded job
+takes no second proof, a claim no second challenge), so a second would wait for a
+block that refuses it, holding its sender's later nonces (a poster running ``pouw job
+result`` twice sent two); it is refused naming the first. Another sender's may wait
+beside it, whichever a block takes first applying: a proof held at a low fee must
+not shut out a better-paying one. The disputes of a job no longer awaiting payment
+are dropped, with their senders' later transactions that no longer apply.
 """
 
 from __future__ import annotations
@@ -36,11 +45,13 @@ from dataclasses import dataclass
 
 from consensus.blocks import Block, BlockHeader
 from consensus.errors import InvalidTransaction
-from consensus.market import OPEN, job_record
+from consensus.market import MINED, OPEN, job_record
 from consensus.params import NetworkParams
 from consensus.state import State
 from consensus.transactions import (
+    FraudProofPayload,
     JobResultPayload,
+    ResultChallengePayload,
     Transaction,
     TransferPayload,
     check_tx_form,
@@ -97,6 +108,13 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+_DISPUTES: dict[type, str] = {
+    FraudProofPayload: "fraud_proof",
+    ResultChallengePayload: "result_challenge",
+}
+"""The kinds of which a sender may have one pending transaction a job (module docstring)."""
+
+
 class Mempool:
     """Pending transactions by txid and by (sender, nonce)."""
 
@@ -119,6 +137,9 @@ class Mempool:
         self._order = 0
         self._claims: dict[bytes, bytes] = {}
         """job id → txid of the pending job_result that claims it."""
+        self._disputes: dict[tuple[type, bytes, bytes], bytes] = {}
+        """(payload type, job id, sender) → txid of the sender's pending fraud_proof or
+        result_challenge of the job's claim (``_DISPUTES``)."""
         self._tails: list[tuple[int, int, bytes, int]] = []
         """(rate, -order, sender, nonce) of each sender's last pending transaction, a heap
         with stale entries dropped lazily (``_cheapest_tail``)."""
@@ -320,11 +341,21 @@ class Mempool:
         return victims
 
     def _check_claims(self, tx: Transaction, replaced: _Pending | None) -> None:
-        """A job_result may not claim a job another pending transaction claims."""
+        """A job_result may not claim a job another pending transaction claims, nor a
+        fraud_proof or result_challenge dispute a job its sender disputes already."""
         p = tx.payload
+        replaced_txid = replaced.tx.txid if replaced is not None else None
+        if isinstance(p, FraudProofPayload | ResultChallengePayload):
+            holder = self._disputes.get((type(p), p.job_id, tx.sender_address))
+            if holder is not None and holder != replaced_txid:
+                raise InvalidTransaction(
+                    f"payload.job_id: this sender's {_DISPUTES[type(p)]} of job "
+                    f"{p.job_id.hex()[:16]} is already pending: transaction {holder.hex()} "
+                    "(only one can apply)"
+                )
+            return
         if type(p) is not JobResultPayload:
             return
-        replaced_txid = replaced.tx.txid if replaced is not None else None
         for i, claim in enumerate(p.claims):
             holder = self._claims.get(claim.job_id)
             if holder is not None and holder != replaced_txid:
@@ -403,6 +434,8 @@ class Mempool:
         if type(tx.payload) is JobResultPayload:
             for claim in tx.payload.claims:
                 self._claims[claim.job_id] = tx.txid
+        elif isinstance(tx.payload, FraudProofPayload | ResultChallengePayload):
+            self._disputes[(type(tx.payload), tx.payload.job_id, tx.sender_address)] = tx.txid
 
     def _remove(self, p: _Pending) -> None:
         self.removals += 1
@@ -411,6 +444,10 @@ class Mempool:
             for claim in p.tx.payload.claims:
                 if self._claims.get(claim.job_id) == p.tx.txid:
                     del self._claims[claim.job_id]
+        elif isinstance(p.tx.payload, FraudProofPayload | ResultChallengePayload):
+            key = (type(p.tx.payload), p.tx.payload.job_id, p.tx.sender_address)
+            if self._disputes.get(key) == p.tx.txid:
+                del self._disputes[key]
         sender = p.tx.sender_address
         queue = self._senders[sender]
         queue.take(p.tx.nonce)
@@ -540,13 +577,15 @@ class Mempool:
         self._txs.clear()
         self._senders.clear()
         self._claims.clear()
+        self._disputes.clear()
         self._tails.clear()
         self._bytes = 0
         self.removals += 1
         self._readmit([*returned, *pending], state, height, skip=in_connected)
 
     def _stale_claimants(self, state: State, height: int) -> set[bytes]:
-        """Senders of pending claims of jobs the next block cannot let them claim."""
+        """Senders of pending claims of jobs the next block cannot let them claim, and of
+        pending disputes of jobs no longer awaiting payment."""
         tip = self._tip
         p = self.params
         tip_job = tip.job.job_id(p.rank, p.tile_h, p.tile_w) if tip is not None else None
@@ -555,6 +594,10 @@ class Mempool:
             job = job_record(state, job_id)
             expired = job is not None and height + 1 > job["expiry"]
             if job is None or job["status"] != OPEN or expired or job_id == tip_job:
+                out.add(self._txs[txid].tx.sender_address)
+        for (_, job_id, _), txid in self._disputes.items():
+            job = job_record(state, job_id)
+            if job is None or job["status"] != MINED:
                 out.add(self._txs[txid].tx.sender_address)
         return out
 

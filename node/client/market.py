@@ -32,6 +32,7 @@ own result_root), and a wrong one is proved from the revealed row (:class:`Wrong
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 import signal
 import threading
@@ -51,6 +52,7 @@ from consensus.merkle import matrix_cols_root, matrix_rows_root
 from consensus.params import NetworkParams
 from consensus.transactions import (
     MAX_CHALLENGE_ROWS,
+    FraudProofPayload,
     JobCancelPayload,
     JobPostPayload,
     ResultChallengePayload,
@@ -402,10 +404,21 @@ class MarketClient:
         if st["status"] != "mined":
             raise WrongResult(f"C{list(where)} is wrong but the challenge window has closed", None)
         proof = build_fraud_proof(bytes.fromhex(st["claim_id"]), job_id, a8, b8, c, *where)
-        txid = self.send(proof, 1_000)
-        raise WrongResult(
-            f"the miner's C[{where[0]}, {where[1]}] is wrong; fraud proof sent in tx {txid}", txid
-        )
+        raise self._prove(proof, f"the miner's C[{where[0]}, {where[1]}] is wrong")
+
+    def _prove(self, proof: FraudProofPayload, what: str) -> WrongResult:
+        """Send ``proof``; the WrongResult saying ``what`` is wrong and which fraud proof is
+        on its way: this one, or ours already waiting in the node's mempool (a second
+        could never apply, and the node refuses it)."""
+        try:
+            txid = self.send(proof, 1_000)
+        except RpcCallError as e:
+            pending = _PENDING_PROOF.search(str(e))
+            if pending is None:
+                raise
+            txid = pending.group(1)
+            return WrongResult(f"{what}; a fraud proof of it already waits in tx {txid}", txid)
+        return WrongResult(f"{what}; fraud proof sent in tx {txid}", txid)
 
     def challenge(
         self,
@@ -552,12 +565,11 @@ class MarketClient:
             got_value = int(np.frombuffer(row.row, dtype="<i4")[j])
             right = int(a8[row.index].astype(np.int64) @ b8[:, j].astype(np.int64))
             proof = fraud_proof_from_row(bytes.fromhex(claim_id), job_id, a8, b8, row, j)
-            txid = self.send(proof, 1_000)
-            return WrongResult(
+            return self._prove(
+                proof,
                 f"the claim on job {job_id.hex()[:16]} revealed row {row.index} of its C on "
                 f"chain (tx {r['txid'][:16]}) and it is wrong: C[{row.index}, {j}] = "
-                f"{got_value}, A·B has {right}; fraud proof sent in tx {txid}",
-                txid,
+                f"{got_value}, A·B has {right}",
             )
         return None
 
@@ -590,6 +602,10 @@ class MarketClient:
 
 
 _CLAIM_NAMES = {"block": "the tip block", "tx": "job_result"}
+_PENDING_PROOF = re.compile(
+    r"this sender's fraud_proof of job [0-9a-f]+ is already pending: transaction ([0-9a-f]{64})"
+)
+"""The node's refusal of a fraud proof because one of ours of the job waits in its mempool."""
 
 
 def _pending(status: dict[str, Any]) -> bool:

@@ -11,8 +11,9 @@ import pytest
 from consensus.chain import Chain
 from consensus.errors import InvalidTransaction
 from consensus.keys import PrivateKey
+from consensus.market import build_fraud_proof, job_record
 from consensus.state import State
-from consensus.transactions import JobPostPayload, signed_transaction
+from consensus.transactions import JobPostPayload, ResultChallengePayload, signed_transaction
 from node import mempool as mempool_module
 from node.mempool import Mempool, min_fee, replacement_fee
 from tests.support import claimkit as jr
@@ -508,6 +509,54 @@ def test_a_claim_of_a_disconnected_block_comes_back_to_the_pool(posted_job):
     chain._disconnect_to(fork)
     mp.on_reorg([block], [chain.blocks[chain.tip.hash]], chain.state, chain.height)
     assert mp.claim_of(jr.JOB_ID) == t.txid
+
+
+@pytest.fixture
+def wrongly_claimed(posted_job) -> tuple[Chain, Clock, bytes]:
+    """JOB claimed by BOB with WRONG_C (entry [3, 5] off by one): (chain, clock, claim id)."""
+    chain, clock = posted_job
+    t = jr.claim(BOB, 0, (jr.JOB_ID, jr.WRONG_C))
+    chain.add_block(next_block(chain, clock, (t,)))
+    return chain, clock, t.txid
+
+
+def test_a_sender_s_second_dispute_of_a_job_is_refused_naming_the_first(wrongly_claimed):
+    """Only one fraud proof of a claim can apply, and one challenge: a sender's second
+    would wait for a block that refuses it, holding its later nonces, so the pool
+    refuses it naming the first (a poster asking twice is told of its proof). Another
+    sender's proof waits beside it: one held at a low fee cannot shut out another."""
+    chain, clock, claim_id = wrongly_claimed
+    mp = pool()
+    proof = build_fraud_proof(claim_id, jr.JOB_ID, jr.A, jr.B, jr.WRONG_C, 3, 5)
+    first = jr.tx(CAROL, 0, proof)
+    mp.add(first, chain.state, chain.height)
+    with pytest.raises(
+        InvalidTransaction,
+        match=rf"this sender's fraud_proof of job {jr.JOB_ID.hex()[:16]} is already pending: "
+        rf"transaction {first.txid.hex()} \(only one can apply\)",
+    ):
+        mp.add(jr.tx(CAROL, 1, proof), chain.state, chain.height)
+    better = jr.tx(CAROL, 0, proof, fee=jr.FEE + 1)  # a replacement by fee is no second
+    mp.add(better, chain.state, chain.height)
+    rival = jr.tx(DAVE, 0, proof, fee=5 * jr.FEE)
+    mp.add(rival, chain.state, chain.height)
+    ask = jr.tx(ALICE, 2, ResultChallengePayload(claim_id, jr.JOB_ID, (3,)))
+    mp.add(ask, chain.state, chain.height)
+    again = jr.tx(ALICE, 3, ResultChallengePayload(claim_id, jr.JOB_ID, (5,)))
+    with pytest.raises(InvalidTransaction, match=r"result_challenge of job .* already pending"):
+        mp.add(again, chain.state, chain.height)
+    assert set(mp.txids()) == {better.txid, rival.txid, ask.txid}
+    # DAVE's proof lands: the other disputes of the job go, with their senders'
+    # transactions behind them, and the job takes a dispute no more.
+    behind = transfer(CAROL, BOB, 5, 1)
+    mp.add(behind, chain.state, chain.height)
+    block = next_block(chain, clock, (rival,))
+    chain.add_block(block)
+    mp.on_reorg([], [block], chain.state, chain.height)
+    assert len(mp) == 0
+    assert job_record(chain.state, jr.JOB_ID)["status"] == "refunded"
+    with pytest.raises(InvalidTransaction, match="not awaiting payment"):
+        mp.add(jr.tx(CAROL, 0, proof), chain.state, chain.height)
 
 
 def test_a_fee_below_the_relay_minimum_is_refused_with_the_reason(state):

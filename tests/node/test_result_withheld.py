@@ -124,6 +124,11 @@ async def test_a_wrong_revealed_row_is_proved_from_the_chain_and_the_job_refunde
     proof = node.mempool.get(bytes.fromhex(e.value.fraud_txid))
     assert proof is not None and isinstance(proof.payload, FraudProofPayload)
     assert (proof.payload.i, proof.payload.j) == (3, 5)
+    # Asked again (`pouw job result` run twice): the node holds one proof of a job, and
+    # the client names it instead of sending another that could never apply.
+    with pytest.raises(WrongResult, match=r"a fraud proof of it already waits in tx") as again:
+        await asyncio.to_thread(client.result, claimkit.JOB_ID, claimkit.A, claimkit.B, 1.0, 0.3)
+    assert again.value.fraud_txid == e.value.fraud_txid and len(node.mempool) == 1
     await node.process_block(claimkit.add(chain, clock, [proof]), source=None)
     assert job_record(node.chain.state, claimkit.JOB_ID)["status"] == "refunded"
 
