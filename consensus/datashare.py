@@ -27,6 +27,7 @@ from typing import Any
 
 from consensus.errors import InvalidTransaction
 from consensus.hashing import Hash32, tagged_hash
+from consensus.keys import ADDRESS_SIZE, address_to_text
 from consensus.state import (
     ACCESS_LOGS,
     DATASET_MODELS,
@@ -73,6 +74,24 @@ def dataset_id_of(owner: bytes, content_root: bytes) -> Hash32:
     a duplicate and is refused.
     """
     return tagged_hash(TAG_DATASET_ID, owner, content_root)
+
+
+def owned_model_id(owner: bytes, digest: bytes) -> bytes:
+    """A model id of ``owner``: its 20-byte address, then the first 12 bytes of
+    ``digest`` (what the owner derives it from: a run's settings and randomness, or a
+    published model's weights and read)."""
+    return owner + digest[: 32 - ADDRESS_SIZE]
+
+
+def check_model_owner(model_id: bytes, sender: bytes) -> None:
+    """A model's lineage (model_record step 0) and its publication (model_publish) are
+    owned by whoever records them first; so that nobody can take another's model id from
+    a transaction waiting in a mempool, a model id begins with its owner's address."""
+    if model_id[:ADDRESS_SIZE] != sender:
+        raise InvalidTransaction(
+            f"payload.model_id: a model's id begins with its owner's address "
+            f"({address_to_text(sender)}, 20 bytes), then 12 of the owner's choice"
+        )
 
 
 def dataset_record(state: State, dataset_id: bytes) -> dict[str, Any] | None:
@@ -227,6 +246,7 @@ def apply_model_publish(state: State, tx: Transaction, p: ModelPublishPayload, h
         )
     if state.get(MODELS_PUBLISHED, p.model_id) is not None:
         raise InvalidTransaction("payload.model_id: this model is already published")
+    check_model_owner(p.model_id, tx.sender_address)
     _pay_fee(state, tx)
     state.set(
         MODELS_PUBLISHED,

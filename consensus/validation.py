@@ -198,15 +198,18 @@ def apply_model_record(state: State, tx: Transaction, p: ModelRecordPayload, hei
     """Append step ``p.step`` to model ``p.model_id``'s lineage (PROTOCOL §8, training).
 
     A lineage is only worth auditing if nobody else can write into it, it has
-    no gaps or forks, and it points at work the chain has seen verified: so the
-    first recorder owns the model, steps are consecutive from 0, each parent
+    no gaps or forks, and it points at work the chain has seen verified: so a
+    model's id begins with its owner's address (nobody can take another's id from a
+    mempool), only the owner records steps, steps are consecutive from 0, each parent
     is the previous step's weights hash, and every cited job has been claimed
     (by a block or a job_result: mined, or paid after its challenge window).
     """
     sender = tx.sender_address
     if model_step(state, p.model_id, p.step) is not None:
         raise InvalidTransaction(f"payload.step: step {p.step} of this model is already recorded")
-    if p.step > 0:
+    if p.step == 0:
+        datashare.check_model_owner(p.model_id, sender)
+    else:
         first = model_step(state, p.model_id, 0)
         if first is None:
             raise InvalidTransaction("payload.model_id: no such model (its step 0 is not recorded)")

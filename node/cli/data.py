@@ -322,7 +322,11 @@ def model_publish_command(group: click.Group) -> None:
         required=True,
         help="The request nonce of your access_log of the dataset (printed by 'data fetch').",
     )
-    @click.option("--model-id", default=None, help="64 hex [default: derived from the rest].")
+    @click.option(
+        "--model-id",
+        default=None,
+        help="64 hex, the first 40 your address's [default: derived from the rest].",
+    )
     @click.option("--meta", default="{}", help="Public metadata, a JSON object.")
     @WAIT
     def model_publish(

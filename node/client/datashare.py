@@ -37,7 +37,7 @@ import nacl.bindings as sodium
 import nacl.exceptions
 import nacl.public
 
-from consensus.datashare import dataset_id_of
+from consensus.datashare import dataset_id_of, owned_model_id
 from consensus.hashing import tagged_hash, u32_bytes, u64_bytes
 from consensus.keys import PrivateKey, address, address_to_text
 from consensus.merkle import merkle_root
@@ -487,13 +487,17 @@ class DataClient:
         """Publish a model trained on this wallet's logged read ``access_log_nonce``.
 
         Without ``model_id`` the id is derived from the publisher, the weights
-        and the read, so publishing the same thing twice is refused as a duplicate.
+        and the read, so publishing the same thing twice is refused as a duplicate. A
+        model id begins with its publisher's address (consensus: nobody can take another's).
         """
         info = self.rpc.call("getdataset", dataset_id.hex())
         content_root = bytes.fromhex(info["content_root"])
         if model_id is None:
-            model_id = tagged_hash(
-                TAG_MODEL_ID, self.key.address, weights_hash, dataset_id, access_log_nonce
+            model_id = owned_model_id(
+                self.key.address,
+                tagged_hash(
+                    TAG_MODEL_ID, self.key.address, weights_hash, dataset_id, access_log_nonce
+                ),
             )
         payload = ModelPublishPayload(
             model_id, weights_hash, dataset_id, content_root, access_log_nonce, metadata

@@ -16,6 +16,7 @@ from consensus.datashare import (
     grant_record,
     iter_access_logs,
     iter_dataset_models,
+    owned_model_id,
     published_model_record,
 )
 from consensus.errors import InvalidBlock, InvalidTransaction
@@ -174,7 +175,7 @@ def test_a_revocation_reorged_away_and_included_again_is_applied_again(granted):
 
 # ------------------------------------------------------------ model_publish
 
-MODEL = b"\x4d" * 32
+MODEL = owned_model_id(BOB.address, b"\x4d" * 32)  # BOB publishes it
 WEIGHTS = b"\x57" * 32
 READ = b"\x01" * 32
 
@@ -217,6 +218,9 @@ def test_model_publish_refusals(read):
     refused(chain, publish(BOB, 1, read=b"\x09" * 32), "no such access_log")
     # Carol cannot claim Bob's logged read as the provenance of her model.
     refused(chain, publish(CAROL, 0), "sent by someone else")
+    # Nor publish under an id that is not his own (one seen in a mempool, say).
+    theirs = owned_model_id(CAROL.address, MODEL)
+    refused(chain, publish(BOB, 1, model=theirs), "begins with its owner's address")
     add(chain, clock, [publish(BOB, 1)])
     refused(chain, publish(BOB, 2), "already published")
 
@@ -239,7 +243,7 @@ def test_model_publish_undoes_exactly(read):
     chain, clock = read
     snap = (chain.state.snapshot(), chain.state.root)
     add(chain, clock, [publish(BOB, 1)])
-    add(chain, clock, [publish(BOB, 2, model=b"\x4e" * 32)])
+    add(chain, clock, [publish(BOB, 2, model=owned_model_id(BOB.address, b"\x4e" * 32))])
     assert len(list(iter_dataset_models(chain.state, DS))) == 2
     chain._disconnect_to(chain.height - 2)
     assert (chain.state.snapshot(), chain.state.root) == snap
