@@ -11,7 +11,8 @@ The chain holds no data, only who may read what and who did:
 * ``access_log`` is the grantee's signed request to read, and hosts serve
   data only against a confirmed one: so every read is on the chain before any
   data flows. Its ``request_nonce`` is unique per dataset, so one logged read
-  cannot be replayed as another.
+  cannot be replayed as another, and begins with the grantee's address, so no other
+  grantee can take it first (:func:`check_owned`).
 * ``model_publish`` publishes a model trained on a logged read, with its
   provenance: weights hash, dataset, content root and the publisher's own
   access_log. So a dataset's audit lists its reads and the models made from them.
@@ -76,21 +77,21 @@ def dataset_id_of(owner: bytes, content_root: bytes) -> Hash32:
     return tagged_hash(TAG_DATASET_ID, owner, content_root)
 
 
-def owned_model_id(owner: bytes, digest: bytes) -> bytes:
-    """A model id of ``owner``: its 20-byte address, then the first 12 bytes of
-    ``digest`` (what the owner derives it from: a run's settings and randomness, or a
-    published model's weights and read)."""
+def owned_id(owner: bytes, digest: bytes) -> bytes:
+    """A 32-byte id of ``owner``'s: its 20-byte address, then the first 12 bytes of
+    ``digest`` (what the owner derives it from: a training run's settings and randomness,
+    a published model's weights and read, a read's randomness)."""
     return owner + digest[: 32 - ADDRESS_SIZE]
 
 
-def check_model_owner(model_id: bytes, sender: bytes) -> None:
-    """A model's lineage (model_record step 0) and its publication (model_publish) are
-    owned by whoever records them first; so that nobody can take another's model id from
-    a transaction waiting in a mempool, a model id begins with its owner's address."""
-    if model_id[:ADDRESS_SIZE] != sender:
+def check_owned(field: str, value: bytes, sender: bytes) -> None:
+    """Ids that the first sender of a transaction naming them comes to own (a model's
+    lineage and publication, a read's request nonce) begin with that sender's address,
+    so that nobody can take another's from a transaction waiting in a mempool."""
+    if value[:ADDRESS_SIZE] != sender:
         raise InvalidTransaction(
-            f"payload.model_id: a model's id begins with its owner's address "
-            f"({address_to_text(sender)}, 20 bytes), then 12 of the owner's choice"
+            f"payload.{field}: must begin with its sender's address "
+            f"({address_to_text(sender)}, 20 bytes), then 12 of the sender's choice"
         )
 
 
@@ -224,6 +225,7 @@ def apply_access_log(state: State, tx: Transaction, p: AccessLogPayload, height:
     why = grant_refusal(grant_record(state, p.dataset_id, tx.sender_address), height)
     if why is not None:
         raise InvalidTransaction(f"payload.dataset_id: the sender may not read: {why}")
+    check_owned("request_nonce", p.request_nonce, tx.sender_address)
     if state.get(ACCESS_LOGS, (p.dataset_id, p.request_nonce)) is not None:
         raise InvalidTransaction("payload.request_nonce: already used for this dataset (replay)")
     _pay_fee(state, tx)
@@ -246,7 +248,7 @@ def apply_model_publish(state: State, tx: Transaction, p: ModelPublishPayload, h
         )
     if state.get(MODELS_PUBLISHED, p.model_id) is not None:
         raise InvalidTransaction("payload.model_id: this model is already published")
-    check_model_owner(p.model_id, tx.sender_address)
+    check_owned("model_id", p.model_id, tx.sender_address)
     _pay_fee(state, tx)
     state.set(
         MODELS_PUBLISHED,

@@ -208,7 +208,7 @@ def apply_model_record(state: State, tx: Transaction, p: ModelRecordPayload, hei
     if model_step(state, p.model_id, p.step) is not None:
         raise InvalidTransaction(f"payload.step: step {p.step} of this model is already recorded")
     if p.step == 0:
-        datashare.check_model_owner(p.model_id, sender)
+        datashare.check_owned("model_id", p.model_id, sender)
     else:
         first = model_step(state, p.model_id, 0)
         if first is None:

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from consensus.datashare import owned_model_id
+from consensus.datashare import owned_id
 from consensus.hashing import tagged_hash
 from consensus.transactions import ModelRecordPayload
 from kernels.training import (
@@ -340,7 +340,7 @@ def new_model_id(owner: bytes, config: TrainConfig) -> bytes:
     """A fresh id per run: the owner's address (consensus asks it), then a digest of what
     is trained and 16 random bytes."""
     what = f"{config.dataset}/{config.hidden}/{config.epochs}/{config.batch}/{config.lr_shift}"
-    return owned_model_id(
+    return owned_id(
         owner,
         tagged_hash(
             "model-id", owner, what.encode(), config.seed.to_bytes(8, "little"), os.urandom(16)

@@ -37,7 +37,7 @@ import nacl.bindings as sodium
 import nacl.exceptions
 import nacl.public
 
-from consensus.datashare import dataset_id_of, owned_model_id
+from consensus.datashare import dataset_id_of, owned_id
 from consensus.hashing import tagged_hash, u32_bytes, u64_bytes
 from consensus.keys import PrivateKey, address, address_to_text
 from consensus.merkle import merkle_root
@@ -458,7 +458,7 @@ class DataClient:
         if not grant["live"]:
             raise DataShareError(f"the grant of {me} is no longer live (revoked or expired)")
         secret = open_secret(bytes.fromhex(grant["sealed_key"]), self.key)
-        request_nonce = os.urandom(32)
+        request_nonce = owned_id(self.key.address, os.urandom(32))  # consensus asks it
         txid = self.send(AccessLogPayload(dataset_id, request_nonce))
         height = self.wait_confirmed(txid, timeout)
         if host is None:
@@ -493,7 +493,7 @@ class DataClient:
         info = self.rpc.call("getdataset", dataset_id.hex())
         content_root = bytes.fromhex(info["content_root"])
         if model_id is None:
-            model_id = owned_model_id(
+            model_id = owned_id(
                 self.key.address,
                 tagged_hash(
                     TAG_MODEL_ID, self.key.address, weights_hash, dataset_id, access_log_nonce

@@ -16,7 +16,7 @@ from consensus.datashare import (
     grant_record,
     iter_access_logs,
     iter_dataset_models,
-    owned_model_id,
+    owned_id,
     published_model_record,
 )
 from consensus.errors import InvalidBlock, InvalidTransaction
@@ -67,8 +67,13 @@ def grant(expiry=50, grantee=BOB, nonce=1) -> Transaction:
     return tx(ALICE, nonce, AccessGrantPayload(DS, grantee.address, SEALED, expiry))
 
 
+READ = owned_id(BOB.address, b"\x01" * 32)
+"""Bob's request nonce of his read of DS (``log``'s default)."""
+
+
 def log(key, nonce, request=b"\x01" * 32, ds=DS) -> Transaction:
-    return tx(key, nonce, AccessLogPayload(ds, request))
+    """``key``'s access_log of ``ds``; its request nonce begins with ``key``'s address."""
+    return tx(key, nonce, AccessLogPayload(ds, owned_id(key.address, request)))
 
 
 @pytest.fixture
@@ -89,12 +94,12 @@ def test_register_grant_and_log_are_recorded(granted):
     assert g == {"sealed_key": SEALED, "expiry": 50, "revoked_height": 0, "granted_height": 2}
     bob_before = chain.state.balance(BOB.address)
     add(chain, clock, [log(BOB, 0)])
-    assert access_log_record(chain.state, DS, b"\x01" * 32) == {
+    assert access_log_record(chain.state, DS, READ) == {
         "grantee": BOB.address,
         "height": 3,
     }
     assert chain.state.balance(BOB.address) == bob_before - 10
-    assert [n for n, _ in iter_access_logs(chain.state, DS)] == [b"\x01" * 32]
+    assert [n for n, _ in iter_access_logs(chain.state, DS)] == [READ]
 
 
 def test_register_refuses_a_duplicate(granted):
@@ -115,6 +120,10 @@ def test_access_log_refusals(granted):
     chain, clock = granted
     refused(chain, log(CAROL, 0), "may not read: no grant")
     refused(chain, log(BOB, 0, ds=bytes(32)), "no such dataset")
+    # A request nonce begins with its grantee's address: another grantee cannot take
+    # Bob's from his access_log waiting in a mempool (and so refuse his read).
+    others = AccessLogPayload(DS, owned_id(CAROL.address, b"\x01" * 32))
+    refused(chain, tx(BOB, 0, others), "request_nonce: must begin with its sender's address")
     add(chain, clock, [log(BOB, 0)])
     refused(chain, log(BOB, 1), r"already used for this dataset \(replay\)")
 
@@ -138,7 +147,7 @@ def test_revoke_stops_reads_and_a_new_grant_restores_them(granted):
     refused(chain, tx(ALICE, 3, AccessRevokePayload(DS, BOB.address)), "revoked at height 3")
     add(chain, clock, [grant(nonce=3)])
     add(chain, clock, [log(BOB, 0)])
-    assert access_log_record(chain.state, DS, b"\x01" * 32)["height"] == 5
+    assert access_log_record(chain.state, DS, READ)["height"] == 5
 
 
 def test_datashare_blocks_undo_exactly(granted):
@@ -175,9 +184,8 @@ def test_a_revocation_reorged_away_and_included_again_is_applied_again(granted):
 
 # ------------------------------------------------------------ model_publish
 
-MODEL = owned_model_id(BOB.address, b"\x4d" * 32)  # BOB publishes it
+MODEL = owned_id(BOB.address, b"\x4d" * 32)  # BOB publishes it
 WEIGHTS = b"\x57" * 32
-READ = b"\x01" * 32
 
 
 def publish(key, nonce, model=MODEL, ds=DS, root=ROOT, read=READ) -> Transaction:
@@ -219,8 +227,8 @@ def test_model_publish_refusals(read):
     # Carol cannot claim Bob's logged read as the provenance of her model.
     refused(chain, publish(CAROL, 0), "sent by someone else")
     # Nor publish under an id that is not his own (one seen in a mempool, say).
-    theirs = owned_model_id(CAROL.address, MODEL)
-    refused(chain, publish(BOB, 1, model=theirs), "begins with its owner's address")
+    theirs = owned_id(CAROL.address, MODEL)
+    refused(chain, publish(BOB, 1, model=theirs), "must begin with its sender's address")
     add(chain, clock, [publish(BOB, 1)])
     refused(chain, publish(BOB, 2), "already published")
 
@@ -243,7 +251,7 @@ def test_model_publish_undoes_exactly(read):
     chain, clock = read
     snap = (chain.state.snapshot(), chain.state.root)
     add(chain, clock, [publish(BOB, 1)])
-    add(chain, clock, [publish(BOB, 2, model=owned_model_id(BOB.address, b"\x4e" * 32))])
+    add(chain, clock, [publish(BOB, 2, model=owned_id(BOB.address, b"\x4e" * 32))])
     assert len(list(iter_dataset_models(chain.state, DS))) == 2
     chain._disconnect_to(chain.height - 2)
     assert (chain.state.snapshot(), chain.state.root) == snap

@@ -12,7 +12,7 @@ import pytest
 
 from consensus.blocks import Block, tx_root
 from consensus.chain import Chain
-from consensus.datashare import owned_model_id
+from consensus.datashare import owned_id
 from consensus.errors import EncodeError, InvalidBlock, InvalidTransaction
 from consensus.market import job_id_of, job_record
 from consensus.pow import Job, mine
@@ -29,7 +29,7 @@ from tests.support.chainkit import ALICE, BOB, MID, MINER, Clock, new_chain, nex
 
 rng = np.random.default_rng(8)
 FEE = 10
-MODEL = owned_model_id(ALICE.address, bytes(range(1, 33)))  # ALICE's model
+MODEL = owned_id(ALICE.address, bytes(range(1, 33)))  # ALICE's model
 H0, H1, H2 = (bytes([i]) * 32 for i in (0xA0, 0xA1, 0xA2))
 ZERO = bytes(32)
 
@@ -144,12 +144,12 @@ def test_a_bad_record_is_refused_with_its_reason(worked, sender, nonce, payload,
 
 
 def test_nobody_records_a_model_under_another_owner_s_id(worked):
-    """Whoever records step 0 owns a model: a model id begins with its owner's address,
+    """Whoever records step 0 owns a model: a model id must begin with its sender's address,
     so BOB cannot take ALICE's id from her record waiting in a mempool."""
     chain, clock = worked
-    refused(chain, tx(BOB, 0, record(0, (JOB_IDS[0],), H0, ZERO)), "begins with its owner's")
+    refused(chain, tx(BOB, 0, record(0, (JOB_IDS[0],), H0, ZERO)), "must begin with its sender's")
     bobs = dataclasses.replace(
-        record(0, (JOB_IDS[0],), H0, ZERO), model_id=owned_model_id(BOB.address, MODEL)
+        record(0, (JOB_IDS[0],), H0, ZERO), model_id=owned_id(BOB.address, MODEL)
     )
     add(chain, clock, [tx(BOB, 0, bobs)])  # his own id: his model
     assert model_step(chain.state, bobs.model_id, 0).owner == BOB.address

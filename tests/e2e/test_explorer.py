@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from consensus.datashare import owned_model_id
+from consensus.datashare import owned_id
 from consensus.keys import PrivateKey, address_to_text
 from consensus.params import COIN, DEVNET, with_block_time
 from consensus.transactions import JobPostPayload, ModelRecordPayload, TransferPayload
@@ -98,7 +98,7 @@ def _populate(user: NodeProcess, root: Path) -> dict[str, Any]:
     # A training step citing the mined job, a model published from the read, and a job
     # nobody can mine (its operands were never uploaded), which stays open.
     poster = DataClient(rpc, POSTER, PARAMS, root / "poster")
-    model_id = owned_model_id(POSTER.address, bytes(range(32)))  # POSTER records it
+    model_id = owned_id(POSTER.address, bytes(range(32)))  # POSTER records it
     record = ModelRecordPayload(model_id, 0, (job.job_id,), b"\x11" * 32, bytes(32), "digits")
     published = researcher.publish_model(
         dataset_id, b"\x22" * 32, bytes.fromhex(read["request_nonce"])

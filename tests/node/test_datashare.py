@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from click.testing import CliRunner
 
-from consensus.datashare import dataset_id_of
+from consensus.datashare import dataset_id_of, owned_id
 from consensus.errors import InvalidTransaction
 from consensus.keys import PrivateKey
 from consensus.transactions import (
@@ -136,7 +136,7 @@ async def raw_read(node, owner, signer, request, claimed_key=None, reuse=None):
 
 async def test_a_grantee_with_a_confirmed_access_log_reads_the_original_bytes(hosted):
     node, owner = hosted
-    request = os.urandom(32)
+    request = owned_id(BOB.address, os.urandom(32))
     await mine(node, owner.log(BOB, request))
     chunks = await read_dataset(url(node), BOB, MID.chain_id, owner.ds, request)
     grant = node.chain.state.get("grants", (owner.ds, BOB.address))
@@ -166,7 +166,9 @@ async def test_an_access_log_a_reorg_makes_invalid_is_reported_dropped_at_once(h
     node, owner = hosted
     rpc = RpcClient(f"http://127.0.0.1:{node.rpc_port}/rpc", node.token)
     client = DataClient(rpc, BOB, MID, tmp_path / "keys")
-    txid = await asyncio.to_thread(client.send, AccessLogPayload(owner.ds, os.urandom(32)))
+    txid = await asyncio.to_thread(
+        client.send, AccessLogPayload(owner.ds, owned_id(BOB.address, os.urandom(32)))
+    )
     chain, clock = new_chain()  # the node's chain without its last block (the grant)
     for h in node.chain.active[1:-1]:
         chain.add_block(node.chain.blocks[h])
@@ -190,7 +192,7 @@ async def test_reads_the_chain_does_not_authorize_are_refused(hosted):
     pending = os.urandom(32)
     status, body, _ = await raw_read(node, owner, BOB, pending)
     assert status == 403 and b"no confirmed access_log" in body
-    confirmed = os.urandom(32)
+    confirmed = owned_id(BOB.address, os.urandom(32))
     await mine(node, owner.log(BOB, confirmed))
     # Carol presents Bob's confirmed access_log with her own key...
     status, body, _ = await raw_read(node, owner, CAROL, confirmed)
@@ -212,12 +214,12 @@ async def test_reads_the_chain_does_not_authorize_are_refused(hosted):
 async def test_an_expired_grant_is_refused(hosted):
     node, owner = hosted
     expiry = node.chain.height + 4
-    request = os.urandom(32)
+    request = owned_id(DAVE.address, os.urandom(32))
     await mine(node, owner.grant(DAVE, expiry=expiry))
     await mine(node, owner.log(DAVE, request))
     status, body, _ = await raw_read(node, owner, DAVE, request)
     assert status == 200  # live: the tip is below the expiry
-    request2 = os.urandom(32)
+    request2 = owned_id(DAVE.address, os.urandom(32))
     await mine(node, owner.log(DAVE, request2))  # confirmed while the grant is live
     await mine(node)
     assert node.chain.height == expiry
@@ -228,7 +230,7 @@ async def test_an_expired_grant_is_refused(hosted):
 
 async def test_the_audit_lists_grants_revocations_and_reads(hosted):
     node, owner = hosted
-    request = os.urandom(32)
+    request = owned_id(BOB.address, os.urandom(32))
     await mine(node, owner.log(BOB, request))
     await read_dataset(url(node), BOB, MID.chain_id, owner.ds, request)
     await mine(node, owner.tx(ALICE, AccessRevokePayload(owner.ds, BOB.address)))
@@ -491,7 +493,7 @@ async def test_a_flood_of_challenges_does_not_push_out_a_readers_challenge(hoste
     made-up or expired one is refused."""
     node, owner = hosted
     monkeypatch.setattr(data_host, "MAX_CHALLENGES", 50)
-    request = os.urandom(32)
+    request = owned_id(BOB.address, os.urandom(32))
     await mine(node, owner.log(BOB, request))
     host = node.data_host
     early = host.new_challenge()

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from consensus.datashare import owned_model_id
+from consensus.datashare import owned_id
 from consensus.market import job_record
 from consensus.transactions import JobPostPayload, ModelRecordPayload
 from node.app import Node
@@ -46,7 +46,7 @@ async def test_a_reorg_that_reopens_a_recorded_job_does_not_strand_the_trainer(n
         source=None,
     )
     client = _client(node)
-    model = owned_model_id(ALICE.address, bytes([7]) * 32)
+    model = owned_id(ALICE.address, bytes([7]) * 32)
     recorder = LineageRecorder(client, model, "breast_cancer", timeout=30.0)
     record = await asyncio.to_thread(recorder.record, 0, (claimkit.JOB_ID,), WEIGHTS)
     net = NetworkMatmul(client, reward=claimkit.REWARD, expiry_blocks=30)
