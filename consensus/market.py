@@ -497,17 +497,6 @@ def fraud_proof_from_row(
     )  # fmt: skip
 
 
-def wrong_column(a: np.ndarray, b: np.ndarray, i: int, c_row: bytes) -> int | None:
-    """The first column j where ``c_row`` (n int32 little-endian entries, a row of a claimed
-    C) differs from row i of A·B, or None if the whole row is right: O(kn)."""
-    n = b.shape[1]
-    if len(c_row) != 4 * n:
-        raise ValueError(f"a row of C has {n} int32 entries, got {len(c_row)} bytes")
-    right = (a[i].astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
-    wrong = np.flatnonzero(np.frombuffer(c_row, dtype="<i4") != right)
-    return int(wrong[0]) if wrong.size else None
-
-
 def build_result_rows(
     claim_id: bytes, job_id: bytes, c: np.ndarray, rows: Iterable[int]
 ) -> ResultRowsPayload:

@@ -223,8 +223,18 @@ def locate_error(
     residual = _matvec(np.ascontiguousarray(a), _matvec(np.ascontiguousarray(b), x))
     residual -= _matvec(np.ascontiguousarray(c), x)
     for i in np.flatnonzero(residual):
-        row = a[i].astype(np.int64) @ b.astype(np.int64)
-        wrong = np.flatnonzero(row.astype(np.int32) != c[i])
-        if wrong.size:
-            return int(i), int(wrong[0])
+        hit = wrong_entry(a, b, int(i), c[i])
+        if hit is not None:
+            return int(i), hit[0]
     return None
+
+
+def wrong_entry(a: np.ndarray, b: np.ndarray, i: int, c_row: np.ndarray) -> tuple[int, int] | None:
+    """(j, A·B[i, j]) for the first column j where ``c_row`` (row i of a claimed C, n
+    int32 entries) differs from row i of A·B; None if the whole row is right: O(kn)."""
+    n = b.shape[1]
+    if c_row.shape != (n,):
+        raise ValueError(f"a row of C has {n} int32 entries, got shape {c_row.shape}")
+    right = (a[i].astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
+    wrong = np.flatnonzero(c_row != right)
+    return (int(wrong[0]), int(right[wrong[0]])) if wrong.size else None

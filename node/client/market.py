@@ -47,7 +47,7 @@ import numpy as np
 
 from consensus.blocks import JobSpec
 from consensus.keys import PrivateKey, address_to_text
-from consensus.market import build_fraud_proof, fraud_proof_from_row, reveal_blocks, wrong_column
+from consensus.market import build_fraud_proof, fraud_proof_from_row, reveal_blocks
 from consensus.merkle import matrix_cols_root, matrix_rows_root
 from consensus.params import NetworkParams
 from consensus.transactions import (
@@ -60,7 +60,7 @@ from consensus.transactions import (
     encode_tx,
     signed_transaction,
 )
-from kernels.freivalds import freivalds_check, locate_error
+from kernels.freivalds import freivalds_check, locate_error, wrong_entry
 from kernels.layout import transposed
 from kernels.params import OPERAND_MAX, OPERAND_MIN
 from node.amounts import format_amount
@@ -559,11 +559,12 @@ class MarketClient:
                 raise ValueError(
                     f"the node's revealed row {row.index} is not a row of the {m}x{n} result"
                 )
-            j = wrong_column(a8, b8, row.index, row.row)
-            if j is None:
+            claimed = np.frombuffer(row.row, dtype="<i4")
+            hit = wrong_entry(a8, b8, row.index, claimed)
+            if hit is None:
                 continue
-            got_value = int(np.frombuffer(row.row, dtype="<i4")[j])
-            right = int(a8[row.index].astype(np.int64) @ b8[:, j].astype(np.int64))
+            j, right = hit
+            got_value = int(claimed[j])
             proof = fraud_proof_from_row(bytes.fromhex(claim_id), job_id, a8, b8, row, j)
             return self._prove(
                 proof,

@@ -20,7 +20,6 @@ from consensus.market import (
     fraud_proof_from_row,
     job_record,
     reveal_blocks,
-    wrong_column,
 )
 from consensus.pow import build_proof, mining_params, null_job, verify_pow
 from consensus.state import JOB_CHALLENGES
@@ -36,6 +35,7 @@ from consensus.transactions import (
 )
 from consensus.validation import apply_body
 from kernels.attempt import mining_attempt
+from kernels.freivalds import wrong_entry
 from tests.support.chainkit import ALICE, BOB, CAROL, MID, MINER, Clock, extend, new_chain
 from tests.support.claimkit import (
     BOND,
@@ -139,15 +139,16 @@ def test_a_wrong_revealed_row_is_proved_wrong_from_the_chain(posted):
     add(chain, clock, [tx(BOB, 1, reveal)])
     assert chain.state.get(JOB_CHALLENGES, JOB_ID) == ()  # all revealed: paid at due, unless
     right, wrong = reveal.rows
-    assert wrong_column(A, B, right.index, right.row) is None
-    assert wrong_column(A, B, wrong.index, wrong.row) == 5
+    assert wrong_entry(A, B, right.index, np.frombuffer(right.row, dtype="<i4")) is None
+    claimed = np.frombuffer(wrong.row, dtype="<i4")
+    assert wrong_entry(A, B, wrong.index, claimed) == (5, C[3, 5]) != (5, claimed[5])
     proof = fraud_proof_from_row(t.txid, JOB_ID, A, B, wrong, 5)
     assert proof == build_fraud_proof(t.txid, JOB_ID, A, B, WRONG_C, 3, 5)
     assert "is correct: no fraud" in refusal(
         chain, [tx(ALICE, 2, fraud_proof_from_row(t.txid, JOB_ID, A, B, right, 5))]
     )
     with pytest.raises(ValueError, match="int32 entries"):
-        wrong_column(A, B, 3, wrong.row[:-4])
+        wrong_entry(A, B, 3, claimed[:-1])
     add(chain, clock, [tx(ALICE, 2, proof)])
     assert job_record(chain.state, JOB_ID)["status"] == "refunded"
     assert chain.state.get(JOB_CHALLENGES, JOB_ID) is None
