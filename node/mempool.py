@@ -54,6 +54,7 @@ from consensus.transactions import (
     ResultChallengePayload,
     Transaction,
     TransferPayload,
+    TxKind,
     check_tx_form,
     check_tx_signature,
 )
@@ -108,13 +109,6 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-_DISPUTES: dict[type, str] = {
-    FraudProofPayload: "fraud_proof",
-    ResultChallengePayload: "result_challenge",
-}
-"""The kinds of which a sender may have one pending transaction a job (module docstring)."""
-
-
 class Mempool:
     """Pending transactions by txid and by (sender, nonce)."""
 
@@ -137,9 +131,9 @@ class Mempool:
         self._order = 0
         self._claims: dict[bytes, bytes] = {}
         """job id → txid of the pending job_result that claims it."""
-        self._disputes: dict[tuple[type, bytes, bytes], bytes] = {}
-        """(payload type, job id, sender) → txid of the sender's pending fraud_proof or
-        result_challenge of the job's claim (``_DISPUTES``)."""
+        self._disputes: dict[tuple[TxKind, bytes, bytes], bytes] = {}
+        """(kind, job id, sender) → txid of the sender's pending fraud_proof or
+        result_challenge of the job's claim (module docstring)."""
         self._tails: list[tuple[int, int, bytes, int]] = []
         """(rate, -order, sender, nonce) of each sender's last pending transaction, a heap
         with stale entries dropped lazily (``_cheapest_tail``)."""
@@ -346,10 +340,10 @@ class Mempool:
         p = tx.payload
         replaced_txid = replaced.tx.txid if replaced is not None else None
         if isinstance(p, FraudProofPayload | ResultChallengePayload):
-            holder = self._disputes.get((type(p), p.job_id, tx.sender_address))
+            holder = self._disputes.get((tx.kind, p.job_id, tx.sender_address))
             if holder is not None and holder != replaced_txid:
                 raise InvalidTransaction(
-                    f"payload.job_id: this sender's {_DISPUTES[type(p)]} of job "
+                    f"payload.job_id: this sender's {tx.kind.name.lower()} of job "
                     f"{p.job_id.hex()[:16]} is already pending: transaction {holder.hex()} "
                     "(only one can apply)"
                 )
@@ -435,7 +429,7 @@ class Mempool:
             for claim in tx.payload.claims:
                 self._claims[claim.job_id] = tx.txid
         elif isinstance(tx.payload, FraudProofPayload | ResultChallengePayload):
-            self._disputes[(type(tx.payload), tx.payload.job_id, tx.sender_address)] = tx.txid
+            self._disputes[(tx.kind, tx.payload.job_id, tx.sender_address)] = tx.txid
 
     def _remove(self, p: _Pending) -> None:
         self.removals += 1
@@ -445,7 +439,7 @@ class Mempool:
                 if self._claims.get(claim.job_id) == p.tx.txid:
                     del self._claims[claim.job_id]
         elif isinstance(p.tx.payload, FraudProofPayload | ResultChallengePayload):
-            key = (type(p.tx.payload), p.tx.payload.job_id, p.tx.sender_address)
+            key = (p.tx.kind, p.tx.payload.job_id, p.tx.sender_address)
             if self._disputes.get(key) == p.tx.txid:
                 del self._disputes[key]
         sender = p.tx.sender_address
