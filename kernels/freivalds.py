@@ -29,7 +29,7 @@ from numba import get_num_threads, njit, prange
 from kernels.isa import compile_target
 from kernels.threads import exclusive
 from kernels.validate import check_int8_matrix
-from kernels.zmod64 import ROW_BLOCK, eight_rows, one_row
+from kernels.zmod64 import ROW_BLOCK, eight_rows, one_row, rows_times_pair
 
 FREIVALDS_ROUNDS = 2
 MAX_VNNI_WIDTH = 65_536
@@ -114,7 +114,7 @@ def _any_residual(a: np.ndarray, bx: np.ndarray, c: np.ndarray, xs: np.ndarray) 
         i = blk * ROW_BLOCK
         for t in range(0, rounds, 2):
             if i + ROW_BLOCK <= m:
-                if eight_rows(a, i, bx[t], bx[t + 1]) != eight_rows(c, i, xs[t], xs[t + 1]):
+                if eight_rows(a, i, bx[t], bx[t + 1]) != rows_times_pair(c, i, xs, t):
                     bad[blk] = True
             else:
                 for r in range(i, m):

@@ -262,6 +262,46 @@ def test_a_times_bx_and_c_times_x_match_python_integers(m, k, n, fill):
         assert np.array_equal(cx[t], _z64(c, xs[t]))
 
 
+@pytest.mark.parametrize(("m", "n"), [(8, 1), (8, 2), (16, 7), (9, 66), (24, 129)])
+@pytest.mark.parametrize("fill", ["random", "low", "high"])
+def test_c_times_x_by_pairs_matches_python_integers(m, n, fill):
+    """C·x read two int32 entries at a time (one 8-byte load, halves split in register)
+    equals Python integers modulo 2^64 for C and x anywhere in int32 (negative x too,
+    though the check's own lie in [0, 2^31)), odd widths included: there every other
+    row's pairs sit off an 8-byte boundary and the last column is added on its own. A
+    non-contiguous C takes the entry-wise loop and gives the same values."""
+    from numba import njit
+
+    from kernels.zmod64 import rows_times_pair
+
+    @njit
+    def blocks_of_eight(c, xs):
+        out = np.zeros((2, c.shape[0]), dtype=np.int64)
+        for i in range(0, c.shape[0] - 7, 8):
+            s = rows_times_pair(c, i, xs, 0)
+            for r in range(8):
+                out[0, i + r] = s[r]
+                out[1, i + r] = s[8 + r]
+        return out
+
+    g = np.random.default_rng(m * n)
+    info = np.iinfo(np.int32)
+    if fill == "random":
+        c = g.integers(info.min, info.max, (m, n), np.int32, endpoint=True)
+        xs = g.integers(info.min, info.max, (2, n), np.int32, endpoint=True)
+    else:
+        value = info.min if fill == "low" else info.max
+        c = np.full((m, n), value, np.int32)
+        xs = np.full((2, n), value, np.int32)
+    got = blocks_of_eight(c, xs)
+    whole = 8 * (m // 8)
+    for t in range(2):
+        assert np.array_equal(got[t, :whole], _z64(c[:whole], xs[t]))
+    strided = np.zeros((m, 2 * n), np.int32)[:, ::2]
+    strided[:] = c
+    assert np.array_equal(blocks_of_eight(strided, xs), got)
+
+
 def test_vectors_cover_31_bits_and_a_forked_child_draws_its_own():
     """The check's vectors are int32 over all of [0, 2^31) (the 2^-31 a round rests on
     2^31 consecutive values), differ call to call, and a child forked from a verifier
@@ -298,7 +338,10 @@ def _vnni_or_skip():
     return freivalds_vnni
 
 
-@pytest.mark.parametrize(("m", "k", "n"), [*ODD_SHAPES, (40, 64, 48), (33, 130, 66), (64, 4, 4)])
+@pytest.mark.parametrize(
+    ("m", "k", "n"),
+    [*ODD_SHAPES, (40, 64, 48), (33, 130, 66), (64, 4, 4), (16, 3, 40), (32, 8, 300)],
+)
 @pytest.mark.parametrize("fill", ["random", "low", "high"])
 def test_vnni_kernels_give_the_portable_values(m, k, n, fill):
     """The VNNI kernels' B·x equals the portable kernel's for x's whole range, and their
