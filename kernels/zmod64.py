@@ -84,9 +84,10 @@ _HALF = np.int64(32)
 
 @intrinsic
 def word_pair(tctx, x, i, p):
-    """The int64 whose low half is x[i, 2p] and high half x[i, 2p + 1], for a C-contiguous
-    2-D int32 x: one 8-byte load, aligned only to 4 as int32 rows are (a row of odd
-    length puts every other row's pairs off an 8-byte boundary)."""
+    """The int64 whose low half is x[i, 2p] and high half x[i, 2p + 1] (little-endian,
+    as every Numba CPU target is), for a C-contiguous 2-D int32 x: one 8-byte load,
+    aligned only to 4 as int32 rows are (a row of odd length puts every other row's
+    pairs off an 8-byte boundary)."""
     if not _contiguous_int32(x):
         return None
     sig = types.int64(x, types.intp, types.intp)
