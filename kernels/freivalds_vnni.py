@@ -47,6 +47,8 @@ _I8 = ir.IntType(8)
 
 _LINE = 64
 """Bytes in a cache line: what one prefetch brings in."""
+PREFETCH_PER_QUAD = 8
+"""The most lines of C the A·y loop prefetches per k-quad (beside 16 ``vpdpbusd``)."""
 
 
 def _make_rows_dot(lanes: int, mr: int, prefetching: bool = False):
@@ -207,10 +209,12 @@ def any_residual(
     acc = np.empty((m, Y_LANES), dtype=np.int32)
     blocks = (m + ROWS - 1) // ROWS
     bad = np.zeros(blocks, dtype=np.bool_)
-    # While a block's A·y is computed, its rows of C are prefetched for C·x after it.
+    # While a block's A·y is computed, its rows of C are prefetched for C·x after it: at
+    # most PREFETCH_PER_QUAD lines per k-quad (4 at square shapes), so a C far wider
+    # than A has only its block's first lines brought in, never more than L2 holds.
     block_bytes = ROWS * c.strides[0]
     lines = (block_bytes + _LINE - 1) // _LINE
-    per_quad = (lines + nq - 1) // nq if nq else 0
+    per_quad = min(PREFETCH_PER_QUAD, (lines + nq - 1) // nq) if nq else 0
     for blk in prange(blocks):
         i0 = blk * ROWS
         if i0 + ROWS <= m:

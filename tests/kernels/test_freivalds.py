@@ -262,14 +262,10 @@ def test_a_times_bx_and_c_times_x_match_python_integers(m, k, n, fill):
         assert np.array_equal(cx[t], _z64(c, xs[t]))
 
 
-@pytest.mark.parametrize(("m", "n"), [(8, 1), (8, 2), (16, 7), (9, 66), (24, 129)])
-@pytest.mark.parametrize("fill", ["random", "low", "high"])
-def test_c_times_x_by_pairs_matches_python_integers(m, n, fill):
-    """C·x read two int32 entries at a time (one 8-byte load, halves split in register)
-    equals Python integers modulo 2^64 for C and x anywhere in int32 (negative x too,
-    though the check's own lie in [0, 2^31)), odd widths included: there every other
-    row's pairs sit off an 8-byte boundary and the last column is added on its own. A
-    non-contiguous C takes the entry-wise loop and gives the same values."""
+@functools.cache
+def _pairs_kernel():
+    """rows_times_pair over every whole block of eight rows of C, both rounds; compiled
+    once per layout of C (contiguous, strided), not once per test."""
     from numba import njit
 
     from kernels.zmod64 import rows_times_pair
@@ -284,6 +280,18 @@ def test_c_times_x_by_pairs_matches_python_integers(m, n, fill):
                 out[1, i + r] = s[8 + r]
         return out
 
+    return blocks_of_eight
+
+
+@pytest.mark.parametrize(("m", "n"), [(8, 1), (8, 2), (16, 7), (9, 66), (24, 129)])
+@pytest.mark.parametrize("fill", ["random", "low", "high"])
+def test_c_times_x_by_pairs_matches_python_integers(m, n, fill):
+    """C·x read two int32 entries at a time (one 8-byte load, halves split in register)
+    equals Python integers modulo 2^64 for C and x anywhere in int32 (negative x too,
+    though the check's own lie in [0, 2^31)), odd widths included: there every other
+    row's pairs sit off an 8-byte boundary and the last column is added on its own. A
+    non-contiguous C takes the entry-wise loop and gives the same values."""
+    blocks_of_eight = _pairs_kernel()
     g = np.random.default_rng(m * n)
     info = np.iinfo(np.int32)
     if fill == "random":
