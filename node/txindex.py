@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from consensus.transactions import ResultRowsPayload
+from consensus.transactions import ResultRowsPayload, Transaction
 
 if TYPE_CHECKING:
     from consensus.blocks import Block
@@ -39,6 +39,14 @@ class TxIndex:
     def height_of(self, txid: bytes) -> int | None:
         """The height of the active block holding ``txid``, or None."""
         return self._heights.get(txid)
+
+    def confirmed(self, txid: bytes) -> tuple[Transaction, Block] | None:
+        """The active chain's transaction ``txid`` and the block holding it, or None."""
+        height = self._heights.get(txid)
+        if height is None:
+            return None
+        block = self.chain.block_at(height)
+        return next((t, block) for t in block.txs if t.txid == txid)
 
     def public_key(self, address: bytes) -> bytes | None:
         """The public key of ``address`` if one of its transactions is on the active chain."""

@@ -310,9 +310,10 @@ def register_market_methods(
         claim_id = rec["claim_id"]
         rows: list[dict[str, Any]] = []
         for txid in txindex.reveals_of(jid):  # (a reorg may have answered another claim)
-            height = txindex.height_of(txid)
-            assert height is not None  # the index follows the active chain
-            tx = next(t for t in chain.block_at(height).txs if t.txid == txid)
+            found = txindex.confirmed(txid)
+            assert found is not None  # the index follows the active chain
+            tx, block = found
+            height = block.header.height
             p = tx.payload
             assert type(p) is ResultRowsPayload
             if p.claim_id != claim_id:

@@ -7,7 +7,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from consensus.blocks import Block
 from consensus.errors import DecodeError, InvalidTransaction
 from consensus.keys import address_to_text, parse_address
 from consensus.transactions import decode_tx
@@ -198,19 +197,17 @@ def register_methods(rpc: RpcServer, node: NodeApi) -> None:
         tx = node.mempool.get(h)
         if tx is not None:
             return {**tx_json(tx), "confirmations": 0, "block": None}
-        c = chain()
-        height = node.txindex.height_of(h)
-        if height is not None:
-            block: Block = c.block_at(height)
-            for t in block.txs:
-                if t.txid == h:
-                    return {
-                        **tx_json(t),
-                        "confirmations": c.height - height + 1,
-                        "block": block.hash.hex(),
-                        "height": height,
-                    }
-        raise RpcError(REJECTED, f"unknown transaction {txid}")
+        found = node.txindex.confirmed(h)
+        if found is None:
+            raise RpcError(REJECTED, f"unknown transaction {txid}")
+        t, block = found
+        height = block.header.height
+        return {
+            **tx_json(t),
+            "confirmations": chain().height - height + 1,
+            "block": block.hash.hex(),
+            "height": height,
+        }
 
     async def sendtransaction(tx_hex: str) -> str:
         if not isinstance(tx_hex, str):
