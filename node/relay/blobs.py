@@ -45,6 +45,7 @@ from consensus.merkle import (
     chunk_leaf_hashes,
     leaf_hashes,
     node_hash,
+    root_of_leaves,
     tree_levels,
     verify_branch,
 )
@@ -342,7 +343,14 @@ def root_from_range(
     (``range_proof``) imply; None if malformed (a proof too short or too long)."""
     if not chunks or first < 0 or first + len(chunks) > total:
         return None
-    nodes = _range_leaves(chunks, first)
+    return _root_from_leaves(first, total, _range_leaves(chunks, first), proof)
+
+
+def _root_from_leaves(
+    first: int, total: int, leaves: list[bytes], proof: tuple[bytes, ...]
+) -> bytes | None:
+    """:func:`root_from_range` from the range's leaf hashes (left as they are)."""
+    nodes = list(leaves)
     lo, count, used = first, total, 0
     while count > 1:
         hi = lo + len(nodes) - 1
@@ -365,28 +373,51 @@ def root_from_range(
     return nodes[0] if used == len(proof) else None
 
 
+def range_leaves(
+    root: bytes, first: int, total: int, chunks: tuple[bytes, ...], proof: tuple[bytes, ...]
+) -> list[bytes] | None:
+    """The leaf hashes of ``chunks`` if they are chunks ``first ..`` of the ``total``-chunk
+    blob ``root``, else None; never raises.
+
+    Every chunk is checked: each leaf commits to its index and payload, so a
+    proof that rebuilds the root proves them all. The leaves are what a fetch
+    rebuilds the whole blob's root from once every range has come (:func:`assemble`),
+    instead of hashing megabytes again.
+    """
+    if type(total) is not int or type(first) is not int or type(root) is not bytes:
+        return None
+    if not 1 <= total <= MAX_CHUNKS or len(proof) > MAX_RANGE_PROOF:
+        return None
+    if any(type(c) is not bytes or not 0 < len(c) <= MAX_CHUNK_SIZE for c in chunks):
+        return None
+    if any(type(h) is not bytes or len(h) != HASH_SIZE for h in proof):
+        return None
+    if not chunks or first < 0 or first + len(chunks) > total:
+        return None
+    leaves = _range_leaves(chunks, first)
+    implied = _root_from_leaves(first, total, leaves, proof)
+    return leaves if implied is not None and hmac.compare_digest(implied, root) else None
+
+
 def verify_range(
     root: bytes, first: int, total: int, chunks: tuple[bytes, ...], proof: tuple[bytes, ...]
 ) -> bool:
-    """True iff ``chunks`` are chunks ``first ..`` of the ``total``-chunk blob ``root``.
+    """True iff ``chunks`` are chunks ``first ..`` of the ``total``-chunk blob ``root``
+    (:func:`range_leaves`). Never raises."""
+    return range_leaves(root, first, total, chunks, proof) is not None
 
-    Every chunk is checked: each leaf commits to its index and payload, so a
-    proof that rebuilds the root proves them all. Never raises.
+
+def assemble(
+    root: bytes, total: int, chunks: dict[int, bytes], leaves: dict[int, bytes] | None = None
+) -> bytes:
+    """Join verified chunks 0..total-1; BlobError unless they make the blob ``root``.
+
+    ``leaves``: chunk i's leaf hash for every i, as its range was verified
+    (:func:`range_leaves`). Leaf i commits to index i and chunk i's bytes, so with the
+    chunk lengths checked here the root over them is the joined blob's: it is rebuilt
+    from them (a tree over 32-byte hashes) instead of hashing every chunk again, which
+    for an 8 MiB operand took ~7 ms of CPU beside ~0.5 ms for the tree.
     """
-    if type(total) is not int or type(first) is not int or type(root) is not bytes:
-        return False
-    if not 1 <= total <= MAX_CHUNKS or len(proof) > MAX_RANGE_PROOF:
-        return False
-    if any(type(c) is not bytes or not 0 < len(c) <= MAX_CHUNK_SIZE for c in chunks):
-        return False
-    if any(type(h) is not bytes or len(h) != HASH_SIZE for h in proof):
-        return False
-    implied = root_from_range(first, total, chunks, proof)
-    return implied is not None and hmac.compare_digest(implied, root)
-
-
-def assemble(root: bytes, total: int, chunks: dict[int, bytes]) -> bytes:
-    """Join verified chunks 0..total-1; BlobError unless they make the blob ``root``."""
     missing = [i for i in range(total) if i not in chunks]
     if missing:
         raise BlobError(f"blob {root.hex()[:16]}… is missing {len(missing)} of {total} chunks")
@@ -397,7 +428,11 @@ def assemble(root: bytes, total: int, chunks: dict[int, bytes]) -> bytes:
     ):
         raise BlobError(f"chunks of blob {root.hex()[:16]}… have inconsistent lengths")
     data = b"".join(chunks[i] for i in range(total))
-    if blob_root(data, chunk_size) != root:
+    if leaves is not None and all(i in leaves for i in range(total)):
+        implied = root_of_leaves([leaves[i] for i in range(total)])
+    else:
+        implied = blob_root(data, chunk_size)
+    if implied != root:
         raise BlobError(f"chunks do not reassemble into blob {root.hex()[:16]}…")
     return data
 
@@ -501,6 +536,8 @@ SERVE_CACHE_BYTES = MAX_BLOB_SIZE
 _DRAIN_TIMEOUT = 30.0
 _EXPIRED_MAX = 10_000
 _Key = tuple[PeerSession, bytes, int]
+_Verified = tuple[BlobRange, list[bytes]]
+"""A range reply and the leaf hashes of its chunks, checked against its root."""
 """(peer, blob root, first chunk) of a range request."""
 _Shape = tuple[bytes, int | None, int | None]
 """(root, chunk size, chunk count) a fetch expects (None: any)."""
@@ -536,7 +573,7 @@ class BlobExchange:
         self.request_timeout = request_timeout
         self.window = window
         # Each request with the most chunks its reply may hold.
-        self._waiting: dict[_Key, tuple[asyncio.Future[BlobRange], int]] = {}
+        self._waiting: dict[_Key, tuple[asyncio.Future[_Verified], int]] = {}
         # Requests we gave up on: a late answer is dropped, not punished as unrequested.
         self._expired: OrderedDict[_Key, None] = OrderedDict()
         self._fetches: dict[_Shape, asyncio.Task[tuple[bytes, int]]] = {}
@@ -785,12 +822,12 @@ class BlobExchange:
                 f"unrequested blob range from chunk {msg.first} of {msg.root.hex()[:16]}…"
             )
         future, asked = entry
-        reason = _range_fault(msg, asked)
-        if reason is not None:
-            _fail(future, ProtocolViolation(reason))
-            raise ProtocolViolation(reason)
+        checked = _range_leaves_or_fault(msg, asked)
+        if isinstance(checked, str):
+            _fail(future, ProtocolViolation(checked))
+            raise ProtocolViolation(checked)
         if not future.done():
-            future.set_result(msg)
+            future.set_result((msg, checked))
 
     def peer_closed(self, peer: PeerSession) -> None:
         """Fail the requests that were waiting on a peer that went away."""
@@ -876,6 +913,7 @@ class BlobExchange:
         root = shape[0]
         short = root.hex()[:16] + "…"
         chunks: dict[int, bytes] = {}  # verified chunks, whichever peer sent them
+        leaves: dict[int, bytes] = {}  # their leaf hashes, as their ranges were checked
         tried: list[PeerSession] = []
         failures: list[str] = []
         loop = asyncio.get_running_loop()
@@ -893,7 +931,7 @@ class BlobExchange:
                         raise BlobFetchError(f"blob {short} is not available: {why}")
                     tried.append(peer)
                     try:
-                        data, total = await self._fetch_from(peer, shape, chunks, urgent)
+                        data, total = await self._fetch_from(peer, shape, chunks, leaves, urgent)
                     except _PeerFailed as e:
                         failures.append(f"{peer.address}: {e}")
                         continue
@@ -921,7 +959,12 @@ class BlobExchange:
             await asyncio.sleep(0.05)
 
     async def _fetch_from(
-        self, peer: PeerSession, shape: _Shape, chunks: dict[int, bytes], urgent: bool = False
+        self,
+        peer: PeerSession,
+        shape: _Shape,
+        chunks: dict[int, bytes],
+        leaves: dict[int, bytes],
+        urgent: bool = False,
     ) -> tuple[bytes, int]:
         """Complete ``chunks`` from one peer; the blob and its chunk count.
 
@@ -941,7 +984,7 @@ class BlobExchange:
             await self._yield_to_urgent()
         loop = asyncio.get_running_loop()
         start = loop.time()
-        head = await self._request_range(peer, root, 0, MAX_RANGE_CHUNKS)
+        head, head_leaves = await self._request_range(peer, root, 0, MAX_RANGE_CHUNKS)
         total = head.total
         cut = _cut_fault(shape, len(head.chunks[0]))
         if cut is not None:
@@ -950,6 +993,7 @@ class BlobExchange:
         if count is not None:
             raise _PeerFailed(count)  # a proof may not pin the count down: ask the next
         chunks.update(enumerate(head.chunks))
+        leaves.update(enumerate(head_leaves))
         per_reply = max(1, min(MAX_RANGE_CHUNKS, RANGE_BYTES // len(head.chunks[0])))
         window = asyncio.Semaphore(self.window)
         delivered = sum(len(c) for c in head.chunks)
@@ -962,10 +1006,11 @@ class BlobExchange:
             async with window:
                 if not urgent:
                     await self._yield_to_urgent()
-                reply = await self._request_range(peer, root, first, count)
+                reply, got = await self._request_range(peer, root, first, count)
                 if reply.total != total:
                     raise _PeerFailed(f"says the blob has {reply.total} chunks, not {total}")
                 chunks.update(enumerate(reply.chunks, first))
+                leaves.update(enumerate(got, first))
                 delivered += sum(len(c) for c in reply.chunks)
                 pace.reschedule(pace_deadline())
 
@@ -987,7 +1032,7 @@ class BlobExchange:
                 f"(at least {MIN_PEER_RATE} bytes/s after {self.request_timeout:g}s)"
             ) from None
         try:
-            return await asyncio.to_thread(assemble, root, total, chunks), total
+            return await asyncio.to_thread(assemble, root, total, chunks, leaves), total
         except BlobError as e:
             raise _PeerFailed(str(e)) from None
 
@@ -1003,9 +1048,9 @@ class BlobExchange:
 
     async def _request_range(
         self, peer: PeerSession, root: bytes, first: int, count: int
-    ) -> BlobRange:
+    ) -> _Verified:
         key = (peer, root, first)
-        future: asyncio.Future[BlobRange] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[_Verified] = asyncio.get_running_loop().create_future()
         self._waiting[key] = (future, count)
         try:
             peer.grant(GRANT_BYTES)
@@ -1013,7 +1058,7 @@ class BlobExchange:
                 raise _PeerFailed("disconnected")
             try:
                 async with asyncio.timeout(self.request_timeout):
-                    reply = await future
+                    reply, leaves = await future
             except TimeoutError:
                 raise _PeerFailed(
                     f"no answer for chunks from {first} in {self.request_timeout:g}s"
@@ -1029,11 +1074,27 @@ class BlobExchange:
                     self._expired.popitem(last=False)
         if reply.total == 0:
             raise _PeerFailed("does not have it")
-        return reply
+        return reply, leaves
+
+
+def _range_leaves_or_fault(msg: BlobRange, asked: int) -> list[bytes] | str:
+    """The leaf hashes of a reply's chunks (none for a "not found" reply) if it is an
+    acceptable answer to a request for ``asked`` chunks, else why not."""
+    reason = _range_fault(msg, asked)
+    if reason is not None:
+        return reason
+    if msg.total == 0:
+        return []
+    leaves = range_leaves(msg.root, msg.first, msg.total, msg.chunks, msg.proof)
+    if leaves is None:
+        last = msg.first + len(msg.chunks) - 1
+        return f"blob chunks {msg.first}..{last}/{msg.total} fail verification against the root"
+    return leaves
 
 
 def _range_fault(msg: BlobRange, asked: int) -> str | None:
-    """Why a reply to a request for ``asked`` chunks is not acceptable, or None."""
+    """Why a reply to a request for ``asked`` chunks is not acceptable by its shape (the
+    chunks are checked against the root after this), or None."""
     n = len(msg.chunks)
     if msg.total == 0:
         if n or msg.proof:
@@ -1054,9 +1115,6 @@ def _range_fault(msg: BlobRange, asked: int) -> str | None:
     full = min(asked, MAX_RANGE_CHUNKS, msg.total - msg.first, fit)
     if n < full:
         return f"blob range holds {n} chunks where {full} were asked for and fit"
-    if not verify_range(msg.root, msg.first, msg.total, msg.chunks, msg.proof):
-        last = msg.first + n - 1
-        return f"blob chunks {msg.first}..{last}/{msg.total} fail verification against the root"
     return None
 
 
@@ -1094,6 +1152,6 @@ def _missing_runs(total: int, chunks: dict[int, bytes], longest: int) -> list[tu
     return runs
 
 
-def _fail(future: asyncio.Future[BlobRange], exc: BaseException) -> None:
+def _fail(future: asyncio.Future[_Verified], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)

@@ -29,6 +29,7 @@ from node.relay.blobs import (
     decode_matrix,
     encode_matrix,
     range_end,
+    range_leaves,
     range_proof,
     split,
     verify_chunk,
@@ -56,6 +57,33 @@ def test_empty_and_oversized_blobs_are_refused():
         blob_root(b"")
     with pytest.raises(BlobError, match="empty"):
         split(b"")
+
+
+def test_a_fetched_blob_is_rebuilt_from_the_leaves_its_ranges_were_checked_with():
+    # Enough chunks that a range's leaves are hashed as one buffer (LANE_MIN_CHUNKS).
+    data = os.urandom(300 * 1000 + 7)
+    tree = BlobTree(data, 1000)
+    root, total = tree.root, tree.total
+    chunks: dict[int, bytes] = {}
+    leaves: dict[int, bytes] = {}
+    for first in range(0, total, 40):
+        got, proof = tree.range(first, 40)
+        found = range_leaves(root, first, total, got, proof)
+        assert found is not None and len(found) == len(got)
+        chunks.update(enumerate(got, first))
+        leaves.update(enumerate(found, first))
+        tampered = (got[0][:-1] + bytes([got[0][-1] ^ 1]), *got[1:])
+        assert range_leaves(root, first, total, tampered, proof) is None
+        assert range_leaves(root, first + 1, total, got, proof) is None, "another index"
+    assert leaves == dict(enumerate(tree.levels[0]))
+    assert assemble(root, total, chunks, leaves) == data
+    with pytest.raises(BlobError, match="do not reassemble"):
+        assemble(root, total - 1, chunks, leaves)  # a count that was a lie
+    swapped = leaves | {3: leaves[4], 4: leaves[3]}
+    with pytest.raises(BlobError, match="do not reassemble"):
+        assemble(root, total, chunks, swapped)
+    # A leaf missing: the chunks are hashed again, as without leaves.
+    assert assemble(root, total, chunks, {i: h for i, h in leaves.items() if i != 5}) == data
 
 
 def test_every_chunk_verifies_and_any_tampering_fails():
