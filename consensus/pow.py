@@ -33,6 +33,7 @@ from consensus.errors import InvalidBlock
 from consensus.merkle import (
     branch_of,
     matrix_leaf_hashes,
+    matrix_rows_commitment,
     matrix_rows_root,
     tree_levels,
     verify_branch,
@@ -119,6 +120,7 @@ class MinedBlock:
     header: BlockHeader
     product: np.ndarray | None  # the useful output C = A·B (int32 m×n); None on the null job
     attempts: int
+    leaves: bytes | None = None  # the leaf hashes of the product's rows (32 bytes a row)
 
 
 class ResultCommitment:
@@ -138,6 +140,7 @@ class ResultCommitment:
         self.spec = job.spec
         self.root: bytes | None = NULL_RESULT_ROOT if job.null else None
         self.product: np.ndarray | None = None
+        self.leaves: bytes | None = None  # of the product's rows, to serve it unhashed
         self._committed = committed
 
     def key_for(self, seed_a: bytes) -> bytes | Callable[[np.ndarray], bytes]:
@@ -148,7 +151,7 @@ class ResultCommitment:
 
     def _commit(self, c: np.ndarray, seed_a: bytes) -> bytes:
         self.product = self._committed(c) if self._committed is not None else c
-        self.root = matrix_rows_root(self.product)
+        self.root, self.leaves = matrix_rows_commitment(self.product)
         return ticket_key(seed_a, self.root)
 
 
@@ -206,7 +209,12 @@ def mine(
             ti, tj = res.winners[0]
             proof = build_proof(job, ti, tj, params)
             header = dataclasses.replace(header, result_root=commitment.root, proof=proof)
-            return MinedBlock(header=header, product=commitment.product, attempts=attempts)
+            return MinedBlock(
+                header=header,
+                product=commitment.product,
+                attempts=attempts,
+                leaves=commitment.leaves,
+            )
         nonce = (nonce + 1) % 2**64
     return None
 

@@ -122,7 +122,7 @@ class Miner:
         loop: asyncio.AbstractEventLoop,
         get_work: Callable[[], Coroutine[Any, Any, MiningWork]],
         submit: Callable[[MinedBlock, MiningWork], Coroutine[Any, Any, None]],
-        deliver: Callable[[MiningWork, bytes, np.ndarray], Coroutine[Any, Any, None]],
+        deliver: Callable[[MiningWork, bytes, np.ndarray, bytes | None], Coroutine[Any, Any, None]],
         backend: str = "cpu",
         threads: int | None = None,
         nice: int = 0,
@@ -335,7 +335,7 @@ class Miner:
                 last, self._delivering = self._delivering, None
                 if last is not None:
                     last.result(60)  # (its failure is logged once, below)
-                outcome = self.deliver(work, commitment.root, commitment.product)
+                outcome = self.deliver(work, commitment.root, commitment.product, commitment.leaves)
                 self._delivering = asyncio.run_coroutine_threadsafe(outcome, self.loop)
         except Exception as e:
             if not self._stop.is_set():

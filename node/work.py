@@ -292,16 +292,19 @@ class WorkSource:
                 log.info("mined block %d %s", block.header.height, block.hash.hex()[:16])
                 await self._process_block(block, None)
                 if found.product is not None:
-                    market.serve_soon(found.product, header.result_root)
+                    market.serve_soon(found.product, header.result_root, found.leaves)
                 return
         # The tip moved while the attempt ran or C was stored: the block is stale, the
         # result is not.
         if found.product is not None:
-            await market.deliver(work.job, found.header.result_root, found.product)
+            await market.deliver(work.job, found.header.result_root, found.product, found.leaves)
 
-    async def deliver(self, work: MiningWork, result_root: bytes, product: np.ndarray) -> None:
-        """An attempt on a posted job that made no block: its result is kept and claimed."""
-        await self.market.deliver(work.job, result_root, product)
+    async def deliver(
+        self, work: MiningWork, result_root: bytes, product: np.ndarray, leaves: bytes | None
+    ) -> None:
+        """An attempt on a posted job that made no block: its result is kept and claimed
+        (``leaves``: its rows' leaf hashes, to serve it without hashing it again)."""
+        await self.market.deliver(work.job, result_root, product, leaves)
 
 
 class WorkShare:
@@ -343,8 +346,10 @@ class WorkShare:
     async def submit(self, found: MinedBlock, work: MiningWork) -> None:
         await self.source.submit(found, work)
 
-    async def deliver(self, work: MiningWork, result_root: bytes, product: np.ndarray) -> None:
-        await self.source.deliver(work, result_root, product)
+    async def deliver(
+        self, work: MiningWork, result_root: bytes, product: np.ndarray, leaves: bytes | None
+    ) -> None:
+        await self.source.deliver(work, result_root, product, leaves)
 
 
 class _HeldByOthers(Collection[bytes]):

@@ -126,11 +126,21 @@ class BlobTree:
     in_memory = True
     """Its chunks are in memory: serving them reads nothing (see StoredBlobTree)."""
 
-    def __init__(self, data: bytes, chunk_size: int = CHUNK_SIZE) -> None:
+    def __init__(
+        self, data: bytes, chunk_size: int = CHUNK_SIZE, leaves: bytes | None = None
+    ) -> None:
+        """``leaves``: the chunks' leaf hashes, concatenated, where the caller hashed them
+        already (a miner's C, whose result_root it computed): trusted to be ``data``'s."""
         self.chunks = split(data, chunk_size)
         self.chunk_size = chunk_size
         self.size = len(data)
-        self.levels = tree_levels(chunk_leaf_hashes(data, chunk_size))
+        if leaves is None:
+            hashes = chunk_leaf_hashes(data, chunk_size)
+        elif len(leaves) != len(self.chunks) * HASH_SIZE:
+            raise BlobError(f"{len(leaves)} bytes of leaf hashes for {len(self.chunks)} chunks")
+        else:
+            hashes = [leaves[i : i + HASH_SIZE] for i in range(0, len(leaves), HASH_SIZE)]
+        self.levels = tree_levels(hashes)
         self.root: bytes = self.levels[-1][0]
 
     @property
@@ -620,13 +630,14 @@ class BlobExchange:
         self.store.put_blob(root, data, row_bytes, kept_for)
         return root
 
-    def warm(self, x: np.ndarray, root: bytes) -> bool:
+    def warm(self, x: np.ndarray, root: bytes, leaves: bytes | None = None) -> bool:
         """Build the tree of matrix ``x``, stored under ``root`` by ``put_matrix`` (a
         miner's C, whose root it computed), to serve it without reading it back: its
-        client asks for it next. Off the event loop (megabytes to hash); whether ``root``
-        is ``x``'s (a wrong one is logged and never served)."""
+        client asks for it next. Off the event loop (megabytes to hash, unless ``leaves``,
+        its rows' leaf hashes, come with it); whether ``root`` is ``x``'s (a wrong one is
+        logged and never served)."""
         data, row_bytes = matrix_rows(x)
-        tree = BlobTree(data, row_bytes)
+        tree = BlobTree(data, row_bytes, leaves)
         if self._serve(tree, root) is None:
             return False
         self._keep_leaves(root, tree.leaves)

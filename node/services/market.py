@@ -750,9 +750,12 @@ class MarketService:
         )
         return found.header
 
-    async def deliver(self, job: Job, result_root: bytes, product: np.ndarray) -> None:
+    async def deliver(
+        self, job: Job, result_root: bytes, product: np.ndarray, leaves: bytes | None = None
+    ) -> None:
         """An attempt on ``job`` that made no block: keep C (its blob id is
-        ``result_root``) and claim the job by transaction at the next flush."""
+        ``result_root``; ``leaves``, its rows' leaf hashes, if the miner kept them) and
+        claim the job by transaction at the next flush."""
         if job.null:
             return
         job_id = self._job_id(job.spec)
@@ -777,7 +780,7 @@ class MarketService:
             self._retry_from_now(job_id)
         self._to_claim(job_id, result_root)
         if store:
-            self.serve_soon(product, result_root)
+            self.serve_soon(product, result_root, leaves)
         self._keep_back(product, result_root)
 
     def _keep_back(self, product: np.ndarray, result_root: bytes) -> None:
@@ -790,13 +793,16 @@ class MarketService:
         while len(self._kept_back) > 8:
             self._kept_back.popitem(last=False)
 
-    def serve_soon(self, product: np.ndarray, result_root: bytes) -> None:
+    def serve_soon(
+        self, product: np.ndarray, result_root: bytes, leaves: bytes | None = None
+    ) -> None:
         """Ready C to be served (``BlobExchange.warm``), in the background: its client asks
         for it as soon as it sees the claim, and the first ask would otherwise wait for
-        16 MiB to be read back and hashed."""
+        16 MiB to be read back and hashed. ``leaves``: its rows' leaf hashes, kept from
+        the attempt that committed its root (else its rows are hashed again)."""
         if self.withhold:  # --withhold-results: never served
             return
-        task = asyncio.create_task(asyncio.to_thread(self.blobs.warm, product, result_root))
+        task = asyncio.create_task(asyncio.to_thread(self.blobs.warm, product, result_root, leaves))
         self._warming.add(task)
         task.add_done_callback(self._warming.discard)
 

@@ -22,6 +22,7 @@ from consensus.merkle import (
     leaf_hashes,
     matrix_cols_root,
     matrix_leaf_hashes,
+    matrix_rows_commitment,
     matrix_rows_root,
     merkle_branch,
     merkle_root,
@@ -143,6 +144,8 @@ def test_fast_leaf_path_matches_leaf_hash_across_batches() -> None:
     expected = [leaf_hash(i, row.astype("<i4").tobytes()) for i, row in enumerate(c)]
     assert matrix_leaf_hashes(c) == expected
     assert matrix_leaf_hashes(c[:0]) == []
+    # The result_root a miner commits, with the leaves it serves C's tree from.
+    assert matrix_rows_commitment(c) == (matrix_rows_root(c), b"".join(expected))
 
 
 @pytest.mark.parametrize(

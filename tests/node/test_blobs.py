@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from consensus.merkle import matrix_rows_root, merkle_root
+from consensus.merkle import matrix_rows_commitment, matrix_rows_root, merkle_root
 from node import store as store_module
 from node.app import Node
 from node.config import NodeConfig
@@ -28,6 +28,7 @@ from node.relay.blobs import (
     chunk_with_branch,
     decode_matrix,
     encode_matrix,
+    matrix_rows,
     range_end,
     range_leaves,
     range_proof,
@@ -84,6 +85,18 @@ def test_a_fetched_blob_is_rebuilt_from_the_leaves_its_ranges_were_checked_with(
         assemble(root, total, chunks, swapped)
     # A leaf missing: the chunks are hashed again, as without leaves.
     assert assemble(root, total, chunks, {i: h for i, h in leaves.items() if i != 5}) == data
+
+
+def test_a_miners_c_is_served_from_the_leaves_its_result_root_was_computed_with():
+    c = np.random.default_rng(5).integers(-(2**31), 2**31, size=(70, 300), dtype=np.int32)
+    root, leaves = matrix_rows_commitment(c)
+    data, row_bytes = matrix_rows(c)
+    tree = BlobTree(data, row_bytes, leaves)
+    hashed = BlobTree(data, row_bytes)
+    assert tree.root == hashed.root == root and tree.levels == hashed.levels
+    assert tree.range(5, 9) == hashed.range(5, 9)
+    with pytest.raises(BlobError, match="leaf hashes for 70 chunks"):
+        BlobTree(data, row_bytes, leaves[:-32])
 
 
 def test_every_chunk_verifies_and_any_tampering_fails():

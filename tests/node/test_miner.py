@@ -32,9 +32,13 @@ async def test_the_next_job_is_attempted_while_the_last_result_is_stored():
             next_attempt_started.set()
         if len(seen_in_flight) == 4:
             miner._stop.set()
-        return None, SimpleNamespace(product=np.zeros((2, 2), np.int32), root=b"r" * 32)
+        return None, SimpleNamespace(
+            product=np.zeros((2, 2), np.int32), root=b"r" * 32, leaves=None
+        )
 
-    async def deliver(work: MiningWork, root: bytes, product: np.ndarray) -> None:
+    async def deliver(
+        work: MiningWork, root: bytes, product: np.ndarray, leaves: bytes | None
+    ) -> None:
         in_flight[0] += 1
         # The first store lasts until the kernel has moved on (or 5 s, if it never does).
         await loop.run_in_executor(None, next_attempt_started.wait, 5.0)
@@ -88,7 +92,9 @@ def _interrupting_miner(
         commitment.product, commitment.root = np.zeros((2, 2), np.int32), job.name.encode()
         return None
 
-    async def deliver(work: MiningWork, root: bytes, product: np.ndarray) -> None:
+    async def deliver(
+        work: MiningWork, root: bytes, product: np.ndarray, leaves: bytes | None
+    ) -> None:
         delivered.append(root.decode())
 
     async def submit(*_: object) -> None:
