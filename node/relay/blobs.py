@@ -346,20 +346,12 @@ def _range_leaves(chunks: tuple[bytes, ...] | list[bytes], first: int) -> list[b
     return leaf_hashes(chunks, first)
 
 
-def root_from_range(
-    first: int, total: int, chunks: tuple[bytes, ...] | list[bytes], proof: tuple[bytes, ...]
-) -> bytes | None:
-    """The root that ``chunks`` at ``first ..`` of a ``total``-chunk blob and ``proof``
-    (``range_proof``) imply; None if malformed (a proof too short or too long)."""
-    if not chunks or first < 0 or first + len(chunks) > total:
-        return None
-    return _root_from_leaves(first, total, _range_leaves(chunks, first), proof)
-
-
 def _root_from_leaves(
     first: int, total: int, leaves: list[bytes], proof: tuple[bytes, ...]
 ) -> bytes | None:
-    """:func:`root_from_range` from the range's leaf hashes (left as they are)."""
+    """The root that the leaves of chunks ``first ..`` of a ``total``-chunk blob and
+    ``proof`` (``range_proof``) imply; None if malformed (a proof too short or too long).
+    ``leaves`` is left as it is."""
     nodes = list(leaves)
     lo, count, used = first, total, 0
     while count > 1:
@@ -546,9 +538,9 @@ SERVE_CACHE_BYTES = MAX_BLOB_SIZE
 _DRAIN_TIMEOUT = 30.0
 _EXPIRED_MAX = 10_000
 _Key = tuple[PeerSession, bytes, int]
+"""(peer, blob root, first chunk) of a range request."""
 _Verified = tuple[BlobRange, list[bytes]]
 """A range reply and the leaf hashes of its chunks, checked against its root."""
-"""(peer, blob root, first chunk) of a range request."""
 _Shape = tuple[bytes, int | None, int | None]
 """(root, chunk size, chunk count) a fetch expects (None: any)."""
 
