@@ -368,6 +368,7 @@ class Node:
             self.work.close()
             self.blobs.close()
             self.market.close()
+            await self.market.pruning_done()  # before the store closes under it
             # Stop listening first: a peer that redials when we close its session is then
             # refused at once, instead of connecting to a server that is draining and
             # holding both nodes until its handshake times out.

@@ -262,6 +262,8 @@ class MarketService:
         self._early_results: dict[bytes, int] = {}
         self._early_of: tuple[bytes, int] = (b"", 0)  # (tip, jobs attempted early on it)
         self._pruned_at = 0  # the height of the last look
+        self._pruning: asyncio.Task[None] | None = None  # blobs of finished jobs being deleted
+        self._closed = False
         self._new_results = asyncio.Event()
         self._warming: set[asyncio.Task[bool]] = set()  # results being readied to serve
         self._revealing: set[asyncio.Task[None]] = set()  # answers to result challenges
@@ -333,7 +335,8 @@ class MarketService:
             ):
                 self._to_claim(self._job_id(h.job), h.result_root)
         height = self.chain.height
-        if abs(height - self._pruned_at) >= PRUNE_EVERY_BLOCKS:
+        pruning = self._pruning is not None and not self._pruning.done()
+        if abs(height - self._pruned_at) >= PRUNE_EVERY_BLOCKS and not pruning:
             self._pruned_at = height
             self.prune_blobs()
         if self._delivered and self._claim_task is not None:
@@ -346,10 +349,15 @@ class MarketService:
         how many. A result is kept until its job was paid or refunded a challenge window
         ago (the requester's time to fetch it), or, if another claim took the job, a
         window after that claim; operands until the job is claimed, cancelled or expired,
-        a window after that. So a miner's disk holds the work of the last few windows."""
+        a window after that. So a miner's disk holds the work of the last few windows.
+
+        The blobs are chosen here, from the chain's state, on the event loop; they are
+        deleted on a worker thread (``_pruning``; inline where no loop runs). SQLite
+        frees a 16 MiB blob's pages in 20–45 ms, so a prune of a few jobs' operands and
+        results held the loop, and every peer and RPC call with it, for a second."""
         chain = self.chain
         grace = self.params.challenge_window
-        pruned = 0
+        doomed: list[bytes] = []
         for root, job_id in self.blobs.store.kept_blobs().items():
             if job_id in self._pending_posts:
                 stored_at = self._early_results.get(root)
@@ -361,12 +369,37 @@ class MarketService:
                 rec = job_record(chain.state, job_id)
                 if rec is not None and not self._done_with(root, rec, chain.height, grace):
                     continue  # (a job no longer on the chain, after a reorg, is done with)
-            self.blobs.delete(root)  # and its record
+            doomed.append(root)
             self._early_results.pop(root, None)
-            pruned += 1
-        if pruned:
-            log.info("pruned %d blob(s) of finished jobs", pruned)
-        return pruned
+        if doomed:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._delete_blobs(doomed)
+            else:
+                work = asyncio.to_thread(self._delete_blobs, doomed)
+                self._pruning = loop.create_task(work, name="prune blobs")
+        return len(doomed)
+
+    async def pruning_done(self) -> None:
+        """Wait until the blobs of the last prune are deleted (or it stopped: the node is
+        closing)."""
+        if self._pruning is not None:
+            await asyncio.gather(self._pruning, return_exceptions=True)
+
+    def _delete_blobs(self, roots: list[bytes]) -> None:
+        """Delete ``roots`` and their records (a worker thread); stops if the node closes."""
+        deleted = 0
+        for root in roots:
+            if self._closed:
+                break
+            try:
+                self.blobs.delete(root)
+            except Exception as e:  # a disk error: the record stays, for the next prune
+                log.warning("could not delete blob %s: %s", root.hex()[:16], e)
+                continue
+            deleted += 1
+        log.info("pruned %d blob(s) of finished jobs", deleted)
 
     @staticmethod
     def _done_with(root: bytes, rec: dict[str, Any], height: int, grace: int) -> bool:
@@ -982,6 +1015,7 @@ class MarketService:
         return 0
 
     def close(self) -> None:
+        self._closed = True  # a prune under way stops after the blob it is deleting
         for task, _ in list(self._fetching.values()):
             task.cancel()
         if self._claim_task is not None:

@@ -953,6 +953,14 @@ async def test_a_result_computed_before_a_post_that_never_lands_is_not_kept(node
     never reaches a block does not leave it on disk for good."""
     monkeypatch.setattr(market_module, "PRUNE_EVERY_BLOCKS", 1)
     monkeypatch.setattr(market_module, "EARLY_RESULT_BLOCKS", 2)
+    deleted_on: list[int] = []  # the threads the store deleted blobs on
+    real_delete = node.blobs.store.delete_blob
+
+    def delete_blob(root: bytes) -> None:
+        deleted_on.append(threading.get_ident())
+        real_delete(root)
+
+    monkeypatch.setattr(node.blobs.store, "delete_blob", delete_blob)
     [(job, _, _)] = _jobs(1)
     job_id = _admit_post(node, job, 2 * REWARD)
     await _operands_ready(node, 1)
@@ -971,7 +979,10 @@ async def test_a_result_computed_before_a_post_that_never_lands_is_not_kept(node
     assert node.mempool.get(_pending_post(job, 2 * REWARD).txid) is not None
     assert (await node.process_block(_block_for(node), None)) is not None
     node.market.open_jobs()
+    await node.market.pruning_done()
     assert not node.blobs.store.has_blob(root)
+    # Off the event loop: SQLite takes tens of milliseconds to free a 16 MiB blob.
+    assert deleted_on and threading.get_ident() not in deleted_on
 
 
 async def test_another_miners_better_paying_post_is_carried_by_the_next_job_at_once(
