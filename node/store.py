@@ -476,7 +476,11 @@ class Store:
     # ------------------------------------------------------------ blobs
 
     def put_blob(
-        self, root: bytes, data: bytes, chunk_size: int, kept_for: bytes | None = None
+        self,
+        root: bytes,
+        data: bytes | memoryview,
+        chunk_size: int,
+        kept_for: bytes | None = None,
     ) -> None:
         """Keep ``data`` under its content root (the caller has checked the root).
 

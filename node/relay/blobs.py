@@ -98,7 +98,7 @@ def check_blob_size(size: int) -> None:
         raise BlobError(f"blob of {size} bytes exceeds the limit of {MAX_BLOB_SIZE}")
 
 
-def split(data: bytes, chunk_size: int = CHUNK_SIZE) -> list[bytes]:
+def split(data: bytes | memoryview, chunk_size: int = CHUNK_SIZE) -> list[bytes]:
     """The chunks of a blob, in order: ``chunk_size`` bytes each, the last possibly shorter."""
     check_blob_size(len(data))
     check_chunk_size(chunk_size)
@@ -127,7 +127,7 @@ class BlobTree:
     """Its chunks are in memory: serving them reads nothing (see StoredBlobTree)."""
 
     def __init__(
-        self, data: bytes, chunk_size: int = CHUNK_SIZE, leaves: bytes | None = None
+        self, data: bytes | memoryview, chunk_size: int = CHUNK_SIZE, leaves: bytes | None = None
     ) -> None:
         """``leaves``: the chunks' leaf hashes, concatenated, where the caller hashed them
         already (a miner's C, whose result_root it computed): trusted to be ``data``'s."""
@@ -253,8 +253,10 @@ def blob_root(data: bytes, chunk_size: int = CHUNK_SIZE) -> bytes:
     return BlobTree(data, chunk_size).root
 
 
-def matrix_rows(x: np.ndarray) -> tuple[bytes, int]:
+def matrix_rows(x: np.ndarray) -> tuple[memoryview, int]:
     """A matrix as a row-chunked blob: (little-endian row-major bytes, bytes per row).
+    The bytes are a view of the matrix (of a little-endian copy where it is not one):
+    a 2048² C is not copied whole before it is stored or cut into chunks.
 
     With one row per chunk and the consensus leaf hashing, the blob's id is the
     matrix's row root (consensus.merkle.matrix_rows_root): a job's root_a,
@@ -265,7 +267,7 @@ def matrix_rows(x: np.ndarray) -> tuple[bytes, int]:
     if x.ndim != 2 or x.dtype not in (np.int8, np.int32):
         raise BlobError("a matrix blob holds a 2-D int8 or int32 array")
     rows = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<"))
-    return rows.tobytes(), rows.shape[1] * rows.itemsize
+    return rows.data.cast("B"), rows.shape[1] * rows.itemsize
 
 
 def chunk_with_branch(data: bytes, index: int) -> tuple[bytes, int, tuple[bytes, ...]]:
@@ -596,7 +598,7 @@ class BlobExchange:
     # ------------------------------------------------------------ local
 
     def put(
-        self, data: bytes, chunk_size: int = CHUNK_SIZE, kept_for: bytes | None = None
+        self, data: bytes | memoryview, chunk_size: int = CHUNK_SIZE, kept_for: bytes | None = None
     ) -> bytes:
         """Store a blob (BlobError if empty or too big); its root. ``kept_for``: the job
         it is kept for only, to prune once that job is done with (the store records it).
@@ -604,7 +606,7 @@ class BlobExchange:
         miners ask for next: the first of them need not wait for it to be read back and
         hashed again)."""
         tree = BlobTree(data, chunk_size)
-        self.store.put_blob(tree.root, bytes(data), chunk_size, kept_for)
+        self.store.put_blob(tree.root, data, chunk_size, kept_for)
         self._keep_leaves(tree.root, tree.leaves)
         self._cache(tree)
         return tree.root
