@@ -9,7 +9,9 @@ pay nothing for them.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import os
 import platform
 import time
 from collections import Counter as Tally
@@ -31,7 +33,7 @@ from prometheus_client.registry import Collector
 from consensus.market import job_record
 from node import collector
 from node.net.wire import MsgType
-from node.store import FILENAME, blob_file
+from node.store import FILENAME, blob_dir, blob_file
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -49,6 +51,16 @@ def _version() -> str:
         return importlib.metadata.version("pouwnet")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+def _files_bytes(directory: Path) -> int:
+    """The bytes of the files in ``directory`` (0 if there is none)."""
+    total = 0
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(directory):
+            with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                total += entry.stat().st_size
+    return total
 
 
 class Metrics:
@@ -199,14 +211,21 @@ class NodeCollector(Collector):
             collector.pause_seconds(),
         )
         chain_file = self.datadir / FILENAME
+        blobs = blob_dir(chain_file)
         for name, file, what in (
-            ("pouw_db_bytes", chain_file, ""),
-            ("pouw_blob_db_bytes", blob_file(chain_file), " (job operands, results)"),
+            ("pouw_db_bytes", chain_file, " and its WAL"),
+            (
+                "pouw_blob_db_bytes",
+                blob_file(chain_file),
+                f" and its WAL, and of the files in {blobs.name}/ (job operands, results)",
+            ),
         ):
             size = 0
             for path in (file, file.with_name(file.name + "-wal")):
                 size += path.stat().st_size if path.exists() else 0
-            yield GaugeMetricFamily(name, f"Size of {file.name}{what} and its WAL", size)
+            if name == "pouw_blob_db_bytes":
+                size += _files_bytes(blobs)
+            yield GaugeMetricFamily(name, f"Size of {file.name}{what}", size)
         jobs = GaugeMetricFamily(
             "pouw_jobs",
             "Market jobs on chain by status (mined: claimed, paid, refunded…)",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import threading
 import time
 from typing import Any
@@ -25,6 +26,7 @@ from consensus.keys import address_to_text
 from consensus.market import build_result_rows
 from consensus.merkle import matrix_cols_root, matrix_rows_root, verify_branch
 from consensus.transactions import ResultChallengePayload
+from node import store as store_module
 from node.app import Node
 from node.chain_service import ChainChange
 from node.cli.main import cli
@@ -542,16 +544,16 @@ def stored_blobs(node, monkeypatch) -> list[bytes]:
     return roots
 
 
-async def test_a_full_disk_gets_a_clear_answer_stores_nothing_and_passes(node):
-    """SQLite's SQLITE_FULL (here the blob file capped at its size, as a full disk would
-    leave it): POST /operand answers 507 and putoperand a JSON-RPC error, each naming
-    the full disk; nothing is stored, the node keeps answering, and uploads work again
-    once there is room."""
+async def test_a_full_disk_gets_a_clear_answer_stores_nothing_and_passes(node, monkeypatch):
+    """A disk that would be left with less than the margin a blob must leave (here the
+    margin raised past the disk's free space, as a full disk would leave it): POST
+    /operand answers 507 and putoperand a JSON-RPC error, each naming the full disk;
+    nothing is stored, the node keeps answering, and uploads work again once there is
+    room."""
     a = _operand(rows=256, cols=256)
     store = node.store
-    with store._blob_lock:
-        pages = store._blob_db.execute("PRAGMA page_count").fetchone()[0]
-        store._blob_db.execute(f"PRAGMA max_page_count = {pages}")
+    free = shutil.disk_usage(store.blob_dir).free
+    monkeypatch.setattr(store_module, "MIN_FREE_BYTES", free + (1 << 30))
     status, reply = await _request(node, "POST", "/operand", encode_matrix(a), token=node.token)
     assert status == 507, reply
     error = json.loads(reply)["error"]
@@ -560,8 +562,7 @@ async def test_a_full_disk_gets_a_clear_answer_stores_nothing_and_passes(node):
     assert rpc["error"]["code"] == -32004 and "disk is full" in rpc["error"]["message"], rpc
     assert not store.has_blob(matrix_rows_root(a))
     assert (await _call(node, _req("getinfo", id=2)))["result"]["height"] == 0
-    with store._blob_lock:
-        store._blob_db.execute("PRAGMA max_page_count = 1073741823")
+    monkeypatch.setattr(store_module, "MIN_FREE_BYTES", 0)
     status, reply = await _request(node, "POST", "/operand", encode_matrix(a), token=node.token)
     assert status == 200 and json.loads(reply)["root"] == matrix_rows_root(a).hex(), reply
     assert store.has_blob(matrix_rows_root(a))

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -26,7 +27,8 @@ from consensus.errors import InvalidBlock
 from consensus.keys import PrivateKey
 from consensus.params import TESTNET
 from consensus.pow import null_job
-from node.store import BLOB_PAGE_SIZE, FILENAME, Store, StoreError
+from node import store as store_module
+from node.store import BLOB_PAGE_SIZE, FILENAME, DiskFull, Store, StoreError
 from tests.support.chainkit import (
     ALICE,
     BOB,
@@ -545,3 +547,54 @@ def test_a_blob_is_read_in_part_and_its_leaves_live_and_die_with_it(tmp_path):
         assert store.get_blob_leaves(root) is None
     finally:
         store.close()
+
+
+def test_a_blob_is_a_file_named_by_its_root_and_what_a_stopped_write_leaves_is_swept(tmp_path):
+    """A blob's bytes are a file of the blob directory named by its root; a file being
+    written when the process stopped (``*.tmp``) and a blob's file whose row never
+    committed are removed when the store opens again; other files are left alone."""
+    root, data = bytes([9] * 32), os.urandom(100_000)
+    with Store(tmp_path, MID) as store:
+        store.put_blob(root, data, 4096)
+        blob_dir = store.blob_dir
+    assert (blob_dir / root.hex()).read_bytes() == data
+    leftovers = [blob_dir / f"{root.hex()}.0123.tmp", blob_dir / ("ab" * 32)]
+    for path in leftovers:
+        path.write_bytes(b"half of a blob")
+    (blob_dir / "notes.txt").write_text("an operator's")
+    with Store(tmp_path, MID) as store:
+        assert store.get_blob(root) == data
+        assert store.read_blob(root, 99_990, 100) == data[99_990:]
+        store.delete_blob(root)
+        assert not store.has_blob(root) and store.read_blob(root, 0, 1) is None
+    assert sorted(p.name for p in blob_dir.iterdir()) == ["notes.txt"]
+
+
+def test_a_blob_whose_file_was_lost_or_cut_short_reads_as_missing_until_stored_again(
+    tmp_path,
+):
+    """A disk that lost a blob's file, or kept only part of it: the blob reads as not
+    stored (its fetch asks peers for it) and storing it again mends the file."""
+    root, data = bytes([3] * 32), os.urandom(50_000)
+    with Store(tmp_path, MID) as store:
+        store.put_blob(root, data, 1000)
+        path = store.blob_dir / root.hex()
+        for damage in (path.unlink, lambda: path.write_bytes(data[:-1])):
+            damage()
+            assert store.has_blob(root) and store.get_blob_chunked(root) is None
+            store.put_blob(root, data, 1000)
+            assert store.get_blob_chunked(root) == (data, 1000)
+
+
+def test_a_blob_that_would_fill_the_disk_is_refused_and_nothing_is_kept(tmp_path, monkeypatch):
+    root, data = bytes([4] * 32), os.urandom(10_000)
+    with Store(tmp_path, MID) as store:
+        free = shutil.disk_usage(store.blob_dir).free
+        monkeypatch.setattr(store_module, "MIN_FREE_BYTES", free)  # this blob would cross it
+        with pytest.raises(DiskFull, match="disk is full"):
+            store.put_blob(root, data, 1000, kept_for=bytes(32))
+        assert not store.has_blob(root) and store.kept_blobs() == {}
+        assert list(store.blob_dir.iterdir()) == []
+        monkeypatch.setattr(store_module, "MIN_FREE_BYTES", 0)
+        store.put_blob(root, data, 1000)
+        assert store.get_blob(root) == data
