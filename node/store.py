@@ -232,7 +232,8 @@ class Store:
             kept = {bytes(root).hex() for (root,) in rows.fetchall()}
         for entry in os.scandir(self.blob_dir):
             name = entry.name
-            if name.endswith(".tmp") or (len(name) == 64 and name not in kept):
+            a_blob = len(name) == 64 and not name.strip("0123456789abcdef")
+            if name.endswith(".tmp") or (a_blob and name not in kept):
                 Path(entry.path).unlink(missing_ok=True)
 
     # ------------------------------------------------------------ lifecycle

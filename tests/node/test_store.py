@@ -562,12 +562,13 @@ def test_a_blob_is_a_file_named_by_its_root_and_what_a_stopped_write_leaves_is_s
     for path in leftovers:
         path.write_bytes(b"half of a blob")
     (blob_dir / "notes.txt").write_text("an operator's")
+    (blob_dir / ("z" * 64)).write_text("not a root")
     with Store(tmp_path, MID) as store:
         assert store.get_blob(root) == data
         assert store.read_blob(root, 99_990, 100) == data[99_990:]
         store.delete_blob(root)
         assert not store.has_blob(root) and store.read_blob(root, 0, 1) is None
-    assert sorted(p.name for p in blob_dir.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in blob_dir.iterdir()) == ["notes.txt", "z" * 64]
 
 
 def test_a_blob_whose_file_was_lost_or_cut_short_reads_as_missing_until_stored_again(
