@@ -518,9 +518,9 @@ class Store:
 
         The bytes go to a file of the blob directory (written under a temporary name,
         renamed in place inside the row's transaction), its row holds the rest. As rows of
-        64 KiB pages a 16 MiB blob took 16–19 ms of CPU to store and ~21 ms to delete
+        64 KiB pages a 16 MiB blob took 18–20 ms of CPU to store and ~21 ms to delete
         (written to the WAL, copied at its checkpoint, its overflow pages walked to free
-        them); as a file ~11 ms and an unlink. DiskFull, and nothing kept, if the disk
+        them); as a file ~10 ms and an unlink. DiskFull, and nothing kept, if the disk
         would be left with less than MIN_FREE_BYTES or a write finds it full.
         """
         final = self._blob_file(root)
