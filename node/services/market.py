@@ -352,9 +352,10 @@ class MarketService:
         a window after that. So a miner's disk holds the work of the last few windows.
 
         The blobs are chosen here, from the chain's state, on the event loop; they are
-        deleted on a worker thread (``_pruning``; inline where no loop runs). SQLite
-        frees a 16 MiB blob's pages in 20–45 ms, so a prune of a few jobs' operands and
-        results held the loop, and every peer and RPC call with it, for a second."""
+        deleted on a worker thread (``_pruning``; inline where no loop runs). When their
+        bytes were SQLite rows, freeing a 16 MiB blob's pages took 20–45 ms, and a prune
+        of many jobs held the loop, and every peer and RPC call with it, for a second;
+        a blob's file is unlinked in ~1.5 ms, and the deletes stay off the loop."""
         chain = self.chain
         grace = self.params.challenge_window
         doomed: list[bytes] = []
