@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.operands import random_operands
 from consensus.blocks import noise_seeds
 from consensus.chain import Chain
 from consensus.keys import PrivateKey
@@ -146,11 +147,7 @@ def bench_job_shapes(
     records: list[dict[str, Any]] = []
     for shape in todo:
         m, k, n = shape
-        job = Job.from_operands(
-            rng.integers(-64, 64, (m, k), dtype=np.int8),
-            rng.integers(-64, 64, (k, n), dtype=np.int8),
-            BENCH_POSTER,
-        )
+        job = Job.from_operands(*random_operands(rng, m, k, n), BENCH_POSTER)
         _burst(job, params, chain, 0.05)
         cpu_rate = wall_rate = null_cpu_rate = null_wall_rate = 0.0
         attempt_s = float("inf")

@@ -80,6 +80,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.operands import random_operands
 from benchmarks.sgemm_baseline import measure_sgemm
 from consensus.keys import PrivateKey, address_to_text
 from consensus.params import COIN, DEVNET, NetworkParams, with_block_time
@@ -305,9 +306,7 @@ class _Poster:
     def _post(
         self, client: MarketClient, rng: np.random.Generator, reward: int, backlog: bool
     ) -> None:
-        m, k, n = self.shape
-        a = rng.integers(-64, 64, (m, k), dtype=np.int8)
-        b = rng.integers(-64, 64, (k, n), dtype=np.int8)
+        a, b = random_operands(rng, *self.shape)
         sent = time.monotonic()
         job = client.submit(a, b, reward, expiry_blocks=self.expiry_blocks)
         with self.lock:
@@ -1049,9 +1048,7 @@ def _verification_cost(shape: tuple[int, int, int]) -> dict[str, float]:
     float32 matmul (BLAS, timed in a child with a clean BLAS environment), exact for
     int8 operands in [-64, 63] up to k = 4,096 (every sum stays within ±2^24)."""
     m, k, n = shape
-    rng = np.random.default_rng(11)
-    a = rng.integers(-64, 64, (m, k), dtype=np.int8)
-    b = rng.integers(-64, 64, (k, n), dtype=np.int8)
+    a, b = random_operands(np.random.default_rng(11), m, k, n)
     c = (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int32)  # exact: |sums| < 2^53
     freivalds_s = _timed(lambda: freivalds_check(a, b, c), 5)
     matmul_s = float(measure_sgemm(m, k, n, 3)["sgemm_s"])  # type: ignore[arg-type]

@@ -401,3 +401,28 @@ def test_no_job_is_added_while_the_queue_holds_any_and_a_miner_that_never_joins_
         _until_every_miner_joins(nodes, market, 1.0, lambda _: None)  # type: ignore[arg-type]
     assert market.posted and set(market.posted) == {3}
     assert f"({sum(market.posted)} jobs posted after the backlog)" in str(failed.value)
+
+
+@pytest.mark.parametrize("shape", [(64, 128), (3, 5), (1, 1), (257, 33)])
+def test_posted_operands_are_int8_uniform_on_the_job_range_and_follow_the_seed(
+    shape: tuple[int, int],
+) -> None:
+    from benchmarks.operands import random_operand, random_operands
+
+    a = random_operand(np.random.default_rng(5), shape)
+    assert a.shape == shape and a.dtype == np.int8 and a.flags.c_contiguous
+    assert np.array_equal(a, random_operand(np.random.default_rng(5), shape))
+    # The whole range of a job's entries and nothing outside it, each value about as
+    # often as the others (a 7-bit mask that kept a bit too many or too few fails here).
+    big = random_operand(np.random.default_rng(6), (512, 512)).astype(np.int64)
+    assert big.min() == -64 and big.max() == 63
+    counts = np.bincount(big.ravel() + 64, minlength=128)
+    expected = big.size / 128
+    chi2 = float(((counts - expected) ** 2 / expected).sum())  # 127 degrees of freedom
+    assert counts.size == 128 and chi2 < 200  # p ≈ 1e-4 for a uniform draw
+    # Entries are not correlated with their neighbours (the bytes of one raw word).
+    x = big.ravel().astype(np.float64)
+    assert abs(np.corrcoef(x[:-1], x[1:])[0, 1]) < 0.01
+    # A job's two operands are different draws.
+    a2, b2 = random_operands(np.random.default_rng(7), 64, 64, 64)
+    assert a2.shape == b2.shape == (64, 64) and not np.array_equal(a2, b2)
