@@ -57,6 +57,7 @@ from consensus.blocks import NULL_RESULT_ROOT, BlockHeader, JobSpec
 from consensus.errors import InvalidTransaction
 from consensus.hashing import HASH_SIZE
 from consensus.market import OPEN, build_result_rows, claim_bond, job_id_of, job_record
+from consensus.merkle import matrix_rows_commitment
 from consensus.pow import Job, MinedBlock
 from consensus.state import JOB_CHALLENGES, JOBS
 from consensus.transactions import (
@@ -70,6 +71,7 @@ from consensus.transactions import (
     Transaction,
     signed_transaction,
 )
+from kernels.backends import get_backend
 from kernels.layout import transposed
 from node.relay.blobs import BlobFetchError
 
@@ -885,6 +887,15 @@ class MarketService:
         except Exception:
             log.exception("job %s: could not read the challenged rows of our C", job)
             return
+        if payloads is None and not self.withhold:
+            # The C we kept is gone (a disk fault, a machine that lost its last writes, a
+            # file removed by hand): computed again from the operands, or the bond burns.
+            c = await self._recomputed(challenge.job_id, rec)
+            if c is not None:
+                payloads = await asyncio.to_thread(
+                    self._reveal_payloads, challenge.claim_id, challenge.job_id, root, m, n,
+                    asked, c,
+                )  # fmt: skip
         if payloads is None:
             log.warning("job %s: our claim is challenged but its C is no longer stored", job)
             return
@@ -904,6 +915,48 @@ class MarketService:
                 log.warning("job %s: the answer to its result challenge was refused: %s", job, e)
                 return
         log.info("job %s: revealed rows %s of our C, as its poster asked", job, list(asked))
+
+    async def _recomputed(self, job_id: bytes, rec: dict[str, Any]) -> np.ndarray | None:
+        """C of our claim on ``job_id`` computed again, A·B from the job's operands (held
+        here, or fetched as a miner fetches them, ahead of the other fetches), and kept to
+        be served again; None, logged, if the operands cannot be had or their product is
+        not the claim's result_root (nothing can answer for such a claim)."""
+        job = job_id.hex()[:16]
+        m, k, n, root = rec["m"], rec["k"], rec["n"], rec["result_root"]
+        log.warning("job %s: the C of our challenged claim is lost; computing it again", job)
+        await asyncio.to_thread(self._keep_fetched, job_id, (rec["root_a"], rec["root_b"]))
+        try:
+            raw_a, raw_bt = await asyncio.gather(
+                self.blobs.fetch(rec["root_a"], FETCH_TIMEOUT, True, chunk_size=k, chunk_count=m),
+                self.blobs.fetch(rec["root_b"], FETCH_TIMEOUT, True, chunk_size=k, chunk_count=n),
+            )
+        except BlobFetchError as e:
+            log.warning("job %s: cannot compute C again, its operands are unavailable: %s", job, e)
+            return None
+        spec = JobSpec(rec["poster"], m, k, n, rec["root_a"], rec["root_b"])
+        c, product_root, leaves = await asyncio.to_thread(self._product, spec, raw_a, raw_bt)
+        if product_root != root:
+            log.error("job %s: A·B is not the C our claim committed to: it cannot be answered", job)
+            return None
+        try:
+            await asyncio.to_thread(self.blobs.put_matrix, c, job_id, root)
+        except Exception as e:  # a full disk: the rows are answered all the same
+            log.warning("job %s: C computed again but not kept: %s", job, e)
+        else:
+            self.serve_soon(c, root, leaves)
+        return c
+
+    def _product(
+        self, spec: JobSpec, raw_a: bytes, raw_bt: bytes
+    ) -> tuple[np.ndarray, bytes, bytes]:
+        """A·B of fetched operands, exact (the miners' kernel without noise or folds), its
+        row root and its rows' leaf hashes."""
+        job = _job_of(spec, raw_a, raw_bt)
+        assert job.bt is not None  # Bᵀ, as it came
+        p = self.params
+        c = get_backend("cpu").plain_matmul(job.a, job.bt, p.rank, p.tile_h, p.tile_w)
+        root, leaves = matrix_rows_commitment(c)
+        return c, root, leaves
 
     def _reveal_payloads(
         self,

@@ -1,0 +1,111 @@
+"""A miner whose kept C is lost before its claim is challenged: it computes C again from
+the job's operands and answers, instead of losing its bond. A real in-process node whose
+miner key (BOB) made the claim; the blocks come from a private chain as a peer's would."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from consensus.market import job_record
+from consensus.merkle import matrix_rows_root
+from consensus.state import JOB_CHALLENGES
+from consensus.transactions import ResultChallengePayload, ResultRowsPayload
+from kernels.layout import transposed
+from node.app import Node
+from node.config import NodeConfig
+from node.services import market as market_module
+from tests.support import claimkit
+from tests.support.chainkit import ALICE, BOB, MID, new_chain
+from tests.support.nodekit import until
+
+ROWS = (0, 5, claimkit.M - 1)
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    n = Node(NodeConfig(params=MID, datadir=tmp_path / "node", miner_key=BOB))
+    await n.start()
+    try:
+        yield n
+    finally:
+        await n.stop()
+
+
+async def _challenged(node: Node, c: np.ndarray, operands: bool):
+    """ALICE's job, claimed by BOB's key (this node's) with ``c``, whose C this node does
+    not hold; then ALICE's result_challenge of ROWS. ``operands``: the node holds A and
+    Bᵀ (as the miner that fetched them to compute C does)."""
+    chain, clock = new_chain()
+    await node.process_block(
+        claimkit.add(chain, clock, [claimkit.tx(ALICE, 0, claimkit.POST)]), source=None
+    )
+    if operands:
+        node.market.blobs.put_matrix(claimkit.A)
+        node.market.blobs.put_matrix(transposed(claimkit.B))
+    claim = claimkit.claim(BOB, 0, (claimkit.JOB_ID, c))
+    await node.process_block(claimkit.add(chain, clock, [claim]), source=None)
+    challenge = claimkit.tx(ALICE, 1, ResultChallengePayload(claim.txid, claimkit.JOB_ID, ROWS))
+    await node.process_block(claimkit.add(chain, clock, [challenge]), source=None)
+    return chain, clock
+
+
+def _answers(node: Node) -> list[ResultRowsPayload]:
+    return [
+        tx.payload
+        for tx in node.mempool.by_sender(BOB.address)
+        if isinstance(tx.payload, ResultRowsPayload)
+    ]
+
+
+async def test_a_lost_c_is_computed_again_and_the_challenge_answered(node):
+    """The C this miner claimed is not stored (nothing was kept, as after a lost disk
+    write), but A and B are: it computes A·B, checks it against the claim's result_root,
+    reveals the asked rows (the chain takes them: the claim will be paid) and keeps C
+    to serve it again."""
+    chain, clock = await _challenged(node, claimkit.C, operands=True)
+    root = matrix_rows_root(claimkit.C)
+    assert not node.market.blobs.store.has_blob(root)
+
+    await until(lambda: _answers(node), timeout=30)
+    (answer,) = _answers(node)
+    assert [r.index for r in answer.rows] == list(ROWS)
+    for r in answer.rows:
+        assert np.array_equal(np.frombuffer(r.row, "<i4"), claimkit.C[r.index])
+    await node.process_block(claimkit.add(chain, clock, node.mempool.by_sender(BOB.address)), None)
+    assert node.chain.state.get(JOB_CHALLENGES, claimkit.JOB_ID) == ()  # every row revealed
+    assert job_record(node.chain.state, claimkit.JOB_ID)["status"] == "mined"  # paid when due
+
+    # C is kept again, under the claim's root, for its poster to fetch.
+    data = node.market.blobs.store.get_blob_chunked(root)
+    assert data is not None
+    assert np.array_equal(np.frombuffer(data[0], "<i4").reshape(claimkit.C.shape), claimkit.C)
+
+
+async def test_a_claim_whose_product_is_not_its_root_is_not_answered(node, caplog):
+    """BOB's claim committed a wrong C: A·B computed again does not open against it, so
+    nothing is revealed (no row could be) and nothing is kept under either root."""
+    caplog.set_level(logging.INFO, logger="pouw.market")
+    await _challenged(node, claimkit.WRONG_C, operands=True)
+    await until(lambda: "A·B is not the C our claim committed to" in caplog.text, timeout=30)
+    await until(lambda: "no longer stored" in caplog.text, timeout=5)
+    assert _answers(node) == []
+    for c in (claimkit.C, claimkit.WRONG_C):
+        assert not node.market.blobs.store.has_blob(matrix_rows_root(c))
+
+
+async def test_without_the_operands_the_loss_is_said_and_nothing_sent(node, caplog, monkeypatch):
+    """Neither C nor its operands here, and no peer to fetch them from: the log names
+    why the claim goes unanswered, and no transaction is sent."""
+    monkeypatch.setattr(market_module, "FETCH_TIMEOUT", 1.0)
+    caplog.set_level(logging.INFO, logger="pouw.market")
+    await _challenged(node, claimkit.C, operands=False)
+    await until(lambda: "its operands are unavailable" in caplog.text, timeout=30)
+    await until(lambda: "no longer stored" in caplog.text, timeout=5)
+    await asyncio.sleep(0)
+    assert _answers(node) == []
