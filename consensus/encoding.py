@@ -515,9 +515,14 @@ def _lean_value(kind: Kind, value: Any) -> object:
     if tk is ListOf:
         if type(value) is tuple and len(value) <= kind.max:  # type: ignore[attr-defined]
             item = kind.item  # type: ignore[attr-defined]
-            if type(item) is Bytes and item.size is not None:
-                # Types and lengths collected at C speed: a header carries ~300 hashes.
-                if set(map(type, value)) <= _BYTES_TYPE and set(map(len, value)) <= {item.size}:
+            if type(item) is Bytes:
+                # Types and lengths collected at C speed: a header carries ~300 hashes, a
+                # blob range up to 1,024 chunks.
+                if set(map(type, value)) <= _BYTES_TYPE and (
+                    set(map(len, value)) <= {item.size}
+                    if item.size is not None
+                    else max(map(len, value), default=0) <= item.max
+                ):
                     return list(value)
                 raise _GiveUp
             return [_lean_value(item, v) for v in value]

@@ -370,3 +370,64 @@ def test_nested_empty_arrays_are_refused_without_being_built(where):
     assert ("got array" if where == "a scalar field" else "fields") in str(refused.value)
     assert elapsed < 2.0
     assert peak < 4 * len(data), f"{peak / 2**20:.0f} MiB for {len(data) / 2**20:.0f} MiB"
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """Lists of byte strings, capped and sized: a blob range's chunks, a header's hashes."""
+
+    parts: tuple[bytes, ...]
+    hashes: tuple[bytes, ...]
+    SCHEMA: ClassVar[Schema] = (
+        Field("parts", ListOf(Bytes(max=8), max=4)),
+        Field("hashes", ListOf(Bytes(4), max=3)),
+    )
+
+
+pieces = st.builds(
+    Pieces,
+    st.lists(st.binary(max_size=8), max_size=4).map(tuple),
+    st.lists(st.binary(min_size=4, max_size=4), max_size=3).map(tuple),
+)
+
+
+@given(st.data())
+def test_lists_of_byte_strings_decode_as_the_field_by_field_decoder_does(
+    data: st.DataObject,
+) -> None:
+    """The whole-buffer decoder checks a list of byte strings' types and lengths at C
+    speed; valid or mutated, its verdict is the careful decoder's."""
+    valid = bytearray(encode_record(data.draw(pieces)))
+    for _ in range(data.draw(st.integers(0, 3))):
+        position = data.draw(st.integers(0, len(valid) - 1))
+        valid[position] = data.draw(st.integers(0, 255))
+    mutated = bytes(valid[: data.draw(st.integers(0, len(valid)))])
+    try:
+        careful: object = _careful_decode(Pieces, mutated)
+    except DecodeError as e:
+        careful = e.reason
+    try:
+        fast: object = decode_record(Pieces, mutated, max_size=10_000)
+    except DecodeError as e:
+        fast = e.reason
+    assert fast == careful
+
+
+@pytest.mark.parametrize(
+    ("value", "wire", "reason"),
+    [
+        (Pieces((b"", b"123456789"), ()), [[b"", b"123456789"], []], "parts[1]: 9 bytes exceeds"),
+        (Pieces((b"ok", 5), ()), [[b"ok", 5], []], "parts[1]: expected bytes, got int"),  # type: ignore[arg-type]
+        (Pieces((), (b"abc",)), [[], [b"abc"]], "hashes[0]: expected 4 bytes, got 3"),
+        (Pieces((b"",) * 5, ()), [[b""] * 5, []], "parts: 5 items exceeds"),
+    ],
+)
+def test_a_wrong_byte_string_in_a_list_is_named(value: Pieces, wire: object, reason: str) -> None:
+    with pytest.raises(EncodeError) as err:
+        encode_record(value)
+    assert reason in str(err.value)
+    with pytest.raises(DecodeError) as derr:
+        decode_record(Pieces, p(wire), max_size=10_000)
+    assert reason in str(derr.value)
+    ok = Pieces((b"", b"12345678"), (b"abcd",))
+    assert decode_record(Pieces, encode_record(ok), max_size=10_000) == ok
