@@ -518,10 +518,11 @@ def _lean_value(kind: Kind, value: Any) -> object:
             if type(item) is Bytes:
                 # Types and lengths collected at C speed: a header carries ~300 hashes, a
                 # blob range up to 1,024 chunks.
+                size, cap = item.size, item.max  # exactly one of them is set
                 if set(map(type, value)) <= _BYTES_TYPE and (
-                    set(map(len, value)) <= {item.size}
-                    if item.size is not None
-                    else max(map(len, value), default=0) <= item.max
+                    set(map(len, value)) <= {size}
+                    if cap is None
+                    else max(map(len, value), default=0) <= cap
                 ):
                     return list(value)
                 raise _GiveUp
