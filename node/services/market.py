@@ -269,6 +269,7 @@ class MarketService:
         self._new_results = asyncio.Event()
         self._warming: set[asyncio.Task[bool]] = set()  # results being readied to serve
         self._revealing: set[asyncio.Task[None]] = set()  # answers to result challenges
+        self._recomputing = asyncio.Lock()  # one lost C computed again at a time (A, B, C held)
         self._claim_task: asyncio.Task[None] | None = None
         self._cannot_claim: str | None = None  # why the last claim was skipped (logged once)
         self.jobs_mined = 0
@@ -920,7 +921,12 @@ class MarketService:
         """C of our claim on ``job_id`` computed again, A·B from the job's operands (held
         here, or fetched as a miner fetches them, ahead of the other fetches), and kept to
         be served again; None, logged, if the operands cannot be had or their product is
-        not the claim's result_root (nothing can answer for such a claim)."""
+        not the claim's result_root (nothing can answer for such a claim). One at a time:
+        each holds its operands and its product."""
+        async with self._recomputing:
+            return await self._recompute(job_id, rec)
+
+    async def _recompute(self, job_id: bytes, rec: dict[str, Any]) -> np.ndarray | None:
         job = job_id.hex()[:16]
         m, k, n, root = rec["m"], rec["k"], rec["n"], rec["result_root"]
         log.warning("job %s: the C of our challenged claim is lost; computing it again", job)

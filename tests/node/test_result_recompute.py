@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from kernels.layout import transposed
 from node.app import Node
 from node.config import NodeConfig
 from node.services import market as market_module
+from node.services.market import MarketService
 from tests.support import claimkit
 from tests.support.chainkit import ALICE, BOB, MID, new_chain
 from tests.support.nodekit import until
@@ -109,3 +112,40 @@ async def test_without_the_operands_the_loss_is_said_and_nothing_sent(node, capl
     await until(lambda: "no longer stored" in caplog.text, timeout=5)
     await asyncio.sleep(0)
     assert _answers(node) == []
+
+
+async def test_lost_results_are_computed_again_one_at_a_time(node, monkeypatch):
+    """Two claims of this miner lost their C and are challenged in one block: both are
+    answered, one product computed at a time (each holds its operands and its C)."""
+    running, most = 0, 0
+    lock = threading.Lock()
+    product = MarketService._product
+
+    def counted(self, *args):
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        try:
+            time.sleep(0.2)  # long enough for a second product to start beside it, if it may
+            return product(self, *args)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(MarketService, "_product", counted)
+    chain, clock = new_chain()
+    posts = [claimkit.tx(ALICE, 0, claimkit.POST), claimkit.tx(ALICE, 1, claimkit.POST2)]
+    await node.process_block(claimkit.add(chain, clock, posts), source=None)
+    for x in (claimkit.A, transposed(claimkit.B), claimkit.JOB2.a, transposed(claimkit.JOB2.b)):
+        node.market.blobs.put_matrix(x)
+    claim = claimkit.claim(BOB, 0, (claimkit.JOB_ID, claimkit.C), (claimkit.JOB2_ID, claimkit.C2))
+    await node.process_block(claimkit.add(chain, clock, [claim]), source=None)
+    challenges = [
+        claimkit.tx(ALICE, 2 + i, ResultChallengePayload(claim.txid, job_id, ROWS))
+        for i, job_id in enumerate((claimkit.JOB_ID, claimkit.JOB2_ID))
+    ]
+    await node.process_block(claimkit.add(chain, clock, challenges), source=None)
+    await until(lambda: len(_answers(node)) == 2, timeout=30)
+    assert {a.job_id for a in _answers(node)} == {claimkit.JOB_ID, claimkit.JOB2_ID}
+    assert most == 1
