@@ -297,9 +297,11 @@ def register_methods(rpc: RpcServer, node: NodeApi) -> None:
         ``attempted_jobs``; ``attempts_before_post`` of them made while the job's post
         waited for its block; ``attempts_interrupted``: attempts that a better-paying job
         ran inside, between their row strips), the job_result claims this node sent
-        (``claims_sent``) and
-        how many other miners it splits the posted jobs with (``miners_seen``). With
-        ``--devices``, ``devices`` has each GPU's figures (the others are their sums)."""
+        (``claims_sent``), the result_challenges on them it answered
+        (``challenges_answered``; ``results_recomputed``: those whose kept C was lost and
+        was computed again from the job's operands) and how many other miners it splits
+        the posted jobs with (``miners_seen``). With ``--devices``, ``devices`` has each
+        GPU's figures (the others are their sums)."""
         m = node.miner
         # One consistent read: the miner thread counts while the RPC runs.
         none = MinerCounters(0, 0, 0, 0, 0, [])
@@ -324,6 +326,8 @@ def register_methods(rpc: RpcServer, node: NodeApi) -> None:
             "attempts_before_post": counted.attempts_before_post,
             "attempts_interrupted": counted.interruptions,
             "claims_sent": node.market.claims_sent,
+            "challenges_answered": node.market.challenges_answered,
+            "results_recomputed": node.market.results_recomputed,
             "miners_seen": len(node.market.rivals()),
             "attempted_jobs": [[j.hex(), n] for j, n in counted.attempted_jobs],
             "target": hex(chain().next_target()),

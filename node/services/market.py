@@ -274,6 +274,8 @@ class MarketService:
         self._cannot_claim: str | None = None  # why the last claim was skipped (logged once)
         self.jobs_mined = 0
         self.claims_sent = 0
+        self.challenges_answered = 0  # result_challenges on our claims, their rows revealed
+        self.results_recomputed = 0  # claimed Cs lost and computed again to answer one
 
     def on_job_ready(self, listener: Callable[[float], None]) -> None:
         """``listener`` hears that a job's operands are ready to mine, and what it pays
@@ -915,6 +917,7 @@ class MarketService:
             except InvalidTransaction as e:
                 log.warning("job %s: the answer to its result challenge was refused: %s", job, e)
                 return
+        self.challenges_answered += 1
         log.info("job %s: revealed rows %s of our C, as its poster asked", job, list(asked))
 
     async def _recomputed(self, job_id: bytes, rec: dict[str, Any]) -> np.ndarray | None:
@@ -950,6 +953,7 @@ class MarketService:
             log.warning("job %s: C computed again but not kept: %s", job, e)
         else:
             self.serve_soon(c, root, leaves)
+        self.results_recomputed += 1
         return c
 
     def _product(

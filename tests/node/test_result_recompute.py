@@ -25,7 +25,7 @@ from node.services import market as market_module
 from node.services.market import MarketService
 from tests.support import claimkit
 from tests.support.chainkit import ALICE, BOB, MID, new_chain
-from tests.support.nodekit import until
+from tests.support.nodekit import rpc_call, until
 
 ROWS = (0, 5, claimkit.M - 1)
 
@@ -84,6 +84,8 @@ async def test_a_lost_c_is_computed_again_and_the_challenge_answered(node):
     assert node.chain.state.get(JOB_CHALLENGES, claimkit.JOB_ID) == ()  # every row revealed
     assert job_record(node.chain.state, claimkit.JOB_ID)["status"] == "mined"  # paid when due
 
+    info = (await rpc_call(node, "getmininginfo"))["result"]
+    assert (info["challenges_answered"], info["results_recomputed"]) == (1, 1)
     # C is kept again, under the claim's root, for its poster to fetch.
     data = node.market.blobs.store.get_blob_chunked(root)
     assert data is not None
@@ -98,6 +100,8 @@ async def test_a_claim_whose_product_is_not_its_root_is_not_answered(node, caplo
     await until(lambda: "A·B is not the C our claim committed to" in caplog.text, timeout=30)
     await until(lambda: "no longer stored" in caplog.text, timeout=5)
     assert _answers(node) == []
+    info = (await rpc_call(node, "getmininginfo"))["result"]
+    assert (info["challenges_answered"], info["results_recomputed"]) == (0, 0)
     for c in (claimkit.C, claimkit.WRONG_C):
         assert not node.market.blobs.store.has_blob(matrix_rows_root(c))
 
