@@ -80,7 +80,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.operands import random_operands
+from benchmarks.operands import DrawnOperands, random_operands
 from benchmarks.sgemm_baseline import measure_sgemm
 from consensus.keys import PrivateKey, address_to_text
 from consensus.params import COIN, DEVNET, NetworkParams, with_block_time
@@ -233,10 +233,9 @@ def _total_macs(nodes: list[TestnetNode]) -> int:
 
 @dataclass
 class PostedJob:
-    """A job the bench posted: its operands, when, and what became of it."""
+    """A job the bench posted: its operands (by their seed), when, and what became of it."""
 
-    a: np.ndarray
-    b: np.ndarray
+    operands: DrawnOperands
     sent: float
     posted: float = 0.0
     """When the node admitted its job_post (``sent``: when its upload began)."""
@@ -304,26 +303,27 @@ class _Poster:
             t.join(timeout=60)
 
     def _post(
-        self, client: MarketClient, rng: np.random.Generator, reward: int, backlog: bool
+        self, client: MarketClient, seed: tuple[int, ...], reward: int, backlog: bool
     ) -> None:
-        a, b = random_operands(rng, *self.shape)
+        operands = DrawnOperands(seed, self.shape)
+        a, b = operands.draw()
         sent = time.monotonic()
         job = client.submit(a, b, reward, expiry_blocks=self.expiry_blocks)
         with self.lock:
             self.jobs[job.job_id] = PostedJob(
-                a, b, sent, time.monotonic(), job.txid, backlog=backlog
+                operands, sent, time.monotonic(), job.txid, backlog=backlog
             )
 
     def _backlog(self, index: int, client: MarketClient, count: int) -> None:
-        rng = np.random.default_rng((1_000 + index, self._backlogs))  # new operands each call
         try:
-            for _ in range(index, count, len(self.clients)):
-                self._post(client, rng, REWARD, backlog=True)
+            for j, _ in enumerate(range(index, count, len(self.clients))):
+                # New operands each job and each call (a top-up is another backlog).
+                self._post(client, (1_000 + index, self._backlogs, j), REWARD, backlog=True)
         except BaseException as e:  # reported by post_backlog
             self.error = e
 
     def _stream(self, index: int, client: MarketClient, jobs_per_s: float) -> None:
-        rng = np.random.default_rng(7 + index)
+        posted = 0
         interval = len(self.clients) / jobs_per_s  # each thread its share of the rate
         due = time.monotonic() + index * interval / len(self.clients)
         try:
@@ -331,7 +331,8 @@ class _Poster:
                 wait = due - time.monotonic()
                 if wait > 0 and self.stop.wait(wait):
                     return
-                self._post(client, rng, STREAM_REWARD, backlog=False)
+                self._post(client, (7 + index, posted), STREAM_REWARD, backlog=False)
+                posted += 1
                 due += interval
         except BaseException as e:  # reported by the main thread, which stops the testnet
             self.error = e
@@ -600,14 +601,15 @@ def _verify(near: MarketClient, far: MarketClient, job_id: bytes, job: PostedJob
     that node has not seen the block with the claim yet, ``far`` (node-0, which has); the
     time it took, or None if it was wrong; ``ResultLate`` if the network could not serve
     C yet (fetched again ``WITHHELD_RETRY_S`` later)."""
+    a, b = job.operands.draw()
     t = time.perf_counter()
     try:
         try:
-            near.result(job_id, job.a, job.b)  # Freivalds inside
+            near.result(job_id, a, b)  # Freivalds inside
         except (ValueError, RpcCallError):
             # "has no result": the claim's block has not reached it yet, or a reorg on
             # it took the claim back between the status and the fetch
-            far.result(job_id, job.a, job.b)
+            far.result(job_id, a, b)
     except (ValueError, RpcCallError) as e:  # node-0 too: a reorg took the claim back
         raise ClaimUndone(str(e)) from None
     except WrongResult:

@@ -26,6 +26,7 @@ from benchmarks.market import (
     step_quantiles,
     window_attempters,
 )
+from benchmarks.operands import DrawnOperands
 from node.client.market import ResultWithheld
 from node.client.rpc import RpcCallError
 
@@ -33,6 +34,7 @@ ONE = "11" * 32
 TWO = "22" * 32
 THREE, FOUR, FIVE, SIX, SEVEN = ("33" * 32, "44" * 32, "55" * 32, "66" * 32, "77" * 32)
 OTHERS = "99" * 32  # a job somebody else posted: not ours to account for
+TINY = DrawnOperands((0,), (1, 1, 1))  # a job's operands, 1×1 each
 
 
 class FakeNode:
@@ -148,7 +150,7 @@ def test_miners_that_do_not_report_attempts_give_no_breakdown():
 def test_outcomes_come_from_node0s_chain_and_the_clients_checks():
     """node-0's claimant and pending claim; the client's verdict; a job node-0 lost in
     a reorg (unknown) or that the bench did not post is left out (nobody's claim holds)."""
-    jobs = {bytes.fromhex(j): PostedJob(np.zeros(1), np.zeros(1), 0.0) for j in (ONE, TWO, SIX)}
+    jobs = {bytes.fromhex(j): PostedJob(TINY, 0.0) for j in (ONE, TWO, SIX)}
     jobs[bytes.fromhex(ONE)].verified = 1.0
     node0 = FakeNode({}, {ONE: "pw-a", TWO: None, OTHERS: "pw-b"}, pending={TWO})
     attempted = [bytes.fromhex(j) for j in (ONE, TWO, SIX, OTHERS)]
@@ -181,13 +183,13 @@ class ChainNode:
 def test_a_streamed_jobs_latency_is_split_into_the_steps_it_waited_on():
     wall = time.time() - time.monotonic()  # node-0's clock against the bench's
     t = time.monotonic()
-    stream = PostedJob(np.zeros(1), np.zeros(1), t, posted=t + 1.0, txid="aa")
+    stream = PostedJob(TINY, t, posted=t + 1.0, txid="aa")
     stream.claim_seen, stream.verified = t + 6.5, t + 7.0
-    backlog = PostedJob(np.zeros(1), np.zeros(1), t - 9, posted=t - 8, txid="bb", backlog=True)
+    backlog = PostedJob(TINY, t - 9, posted=t - 8, txid="bb", backlog=True)
     backlog.claim_seen, backlog.verified = t + 6.5, t + 7.0
     # A second streamed job whose claim waited five blocks more: the tail's quantile
     # shows where, the median does not move.
-    slow = PostedJob(np.zeros(1), np.zeros(1), t, posted=t + 1.0, txid="aa")
+    slow = PostedJob(TINY, t, posted=t + 1.0, txid="aa")
     slow.claim_seen, slow.verified = t + 16.5, t + 17.0
     node0 = ChainNode(
         [(10, wall + t - 5, ["bb"]), (11, wall + t + 2.5, ["aa"]), (12, wall + t + 6.0, []),
@@ -217,7 +219,7 @@ def test_a_streamed_job_seen_claimed_by_a_pending_job_result_skips_the_claim_see
     from the post's block to that sight, and no claim_seen step is counted for it."""
     wall = time.time() - time.monotonic()
     t = time.monotonic()
-    pending = PostedJob(np.zeros(1), np.zeros(1), t, posted=t + 1.0, txid="aa")
+    pending = PostedJob(TINY, t, posted=t + 1.0, txid="aa")
     pending.claim_seen, pending.verified, pending.claim_pending = t + 4.0, t + 4.5, True
     node0 = ChainNode([(10, wall + t - 5, []), (11, wall + t + 2.5, ["aa"])], {ONE: 0})
     parts = step_quantiles(latency_steps(node0, {bytes.fromhex(ONE): pending}, 10), 0.5)  # type: ignore[arg-type]
@@ -234,7 +236,7 @@ def test_a_claim_sent_before_node0_had_the_posts_block_counts_no_negative_step()
     still add up to the job's latency."""
     wall = time.time() - time.monotonic()
     t = time.monotonic()
-    early = PostedJob(np.zeros(1), np.zeros(1), t, posted=t + 1.0, txid="aa")
+    early = PostedJob(TINY, t, posted=t + 1.0, txid="aa")
     early.claim_seen, early.verified, early.claim_pending = t + 2.0, t + 4.5, True
     node0 = ChainNode([(10, wall + t - 5, []), (11, wall + t + 3.0, ["aa"])], {ONE: 0})
     steps = latency_steps(node0, {bytes.fromhex(ONE): early}, 10)  # type: ignore[arg-type]
@@ -263,7 +265,7 @@ class BatchNode:
 
 def test_the_streams_claims_are_seen_pending_or_mined_and_the_backlogs_left_alone():
     def job(backlog: bool = False) -> PostedJob:
-        return PostedJob(np.zeros(1), np.zeros(1), 0.0, backlog=backlog)
+        return PostedJob(TINY, 0.0, backlog=backlog)
 
     poster = _Poster([], (1, 1, 1), 10)
     poster.jobs = {bytes.fromhex(j): job() for j in (ONE, TWO, THREE)}
@@ -301,9 +303,11 @@ class FakeClient:
     def __init__(self, error: Exception | None) -> None:
         self.error = error
         self.asked = 0
+        self.operands: tuple[np.ndarray, np.ndarray] | None = None
 
     def result(self, job_id: bytes, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         self.asked += 1
+        self.operands = (a, b)
         if self.error is not None:
             raise self.error
         return a @ b
@@ -312,7 +316,7 @@ class FakeClient:
 def test_a_result_the_claimants_node_lost_in_a_reorg_is_fetched_through_node0():
     """The claimant's node said "mined", then (a reorg between the two calls) "open":
     the client asks node-0 instead of giving up on the job."""
-    job = PostedJob(np.ones((1, 1)), np.ones((1, 1)), time.monotonic())
+    job = PostedJob(TINY, time.monotonic())
     near = FakeClient(RpcCallError(-1, "job 11 has no result yet: it is open"))
     far = FakeClient(None)
     took = _verify(near, far, bytes.fromhex(ONE), job)  # type: ignore[arg-type]
@@ -326,7 +330,7 @@ def test_a_result_the_network_cannot_serve_yet_is_fetched_again_later_not_a_cras
     """C could not be had (the claimant's node slow to hand it over: ResultWithheld):
     the bench counts it, waits WITHHELD_RETRY_S and fetches it again, as a client would;
     a stalled run ended the whole bench with that exception."""
-    job = PostedJob(np.ones((1, 1)), np.ones((1, 1)), time.monotonic())
+    job = PostedJob(TINY, time.monotonic())
     withheld = FakeClient(ResultWithheld("the result is not available: no answer in 10s"))
     before = time.monotonic()
     with pytest.raises(ResultLate, match="no answer in 10s"):
@@ -426,3 +430,19 @@ def test_posted_operands_are_int8_uniform_on_the_job_range_and_follow_the_seed(
     # A job's two operands are different draws.
     a2, b2 = random_operands(np.random.default_rng(7), 64, 64, 64)
     assert a2.shape == b2.shape == (64, 64) and not np.array_equal(a2, b2)
+
+
+def test_a_posted_job_holds_its_seed_and_its_check_gets_the_operands_it_posted():
+    """The bench keeps a seed per posted job, not its megabytes (the backlog's operands
+    took ~12 GB at the defaults); the check draws the same A and B again."""
+    ops = DrawnOperands((3, 1, 4), (32, 64, 16))
+    a, b = ops.draw()
+    assert a.shape == (32, 64) and b.shape == (64, 16)
+    assert all(np.array_equal(x, y) for x, y in zip(ops.draw(), (a, b), strict=True))
+    assert not np.array_equal(DrawnOperands((3, 1, 5), ops.shape).draw()[0], a)
+    job = PostedJob(ops, time.monotonic())
+    assert not any(isinstance(v, np.ndarray) for v in vars(job).values())
+    client = FakeClient(None)
+    assert _verify(client, client, bytes.fromhex(ONE), job) is not None  # type: ignore[arg-type]
+    assert client.operands is not None
+    assert np.array_equal(client.operands[0], a) and np.array_equal(client.operands[1], b)
