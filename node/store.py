@@ -579,9 +579,18 @@ class Store:
         except FileNotFoundError:
             data = None
         if data is None or len(data) != size:
-            log.error("the file of blob %s is missing or damaged: fetched again", root.hex())
+            self._unreadable(root, "missing or damaged")
             return None
         return data
+
+    def _unreadable(self, root: bytes, what: str) -> None:
+        """Log the blob whose file could not be read as it should: an error if its row is
+        still there (a disk lost the file), nothing worse than a debug line if the blob was
+        deleted between the read of its row and of its file (a prune, not a loss)."""
+        if self.has_blob(root):
+            log.error("the file of blob %s is %s: fetched again", root.hex(), what)
+        else:
+            log.debug("blob %s was deleted while it was read", root.hex())
 
     def keep_blobs(self, roots: list[bytes], job_id: bytes) -> None:
         """Record that the blobs ``roots`` (stored or on their way) are kept only for
@@ -665,7 +674,7 @@ class Store:
             with open(self._blob_file(root), "rb") as f:
                 return os.pread(f.fileno(), max(0, min(length, row[2] - offset)), offset)
         except FileNotFoundError:
-            log.error("the file of blob %s is missing: fetched again", root.hex())
+            self._unreadable(root, "missing")
             return None
 
     def get_blob_chunked(self, root: bytes) -> tuple[bytes, int] | None:

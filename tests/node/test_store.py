@@ -587,6 +587,35 @@ def test_a_blob_whose_file_was_lost_or_cut_short_reads_as_missing_until_stored_a
             assert store.get_blob_chunked(root) == (data, 1000)
 
 
+def test_a_blob_deleted_while_it_is_read_reads_as_gone_without_an_error(
+    tmp_path, monkeypatch, caplog
+):
+    """A prune deletes a blob between a reader's look at its row and at its file: the
+    read says "not stored", as after the delete, and logs no lost file; a file lost
+    under a row that is still there is still an error."""
+    root, data = bytes([5] * 32), os.urandom(50_000)
+    with Store(tmp_path, MID) as store:
+        file_of = Store._blob_file
+
+        def deleted_first(self, r):  # the prune runs right after the row was read
+            monkeypatch.setattr(Store, "_blob_file", file_of)
+            self.delete_blob(r)
+            return file_of(self, r)
+
+        for read in (lambda: store.get_blob_chunked(root), lambda: store.read_blob(root, 0, 9)):
+            store.put_blob(root, data, 1000)
+            monkeypatch.setattr(Store, "_blob_file", deleted_first)
+            with caplog.at_level("DEBUG", logger="pouw.store"):
+                assert read() is None
+            assert not store.has_blob(root)
+            assert "missing" not in caplog.text and "deleted while it was read" in caplog.text
+            caplog.clear()
+        store.put_blob(root, data, 1000)
+        (store.blob_dir / root.hex()).unlink()
+        assert store.read_blob(root, 0, 9) is None and store.get_blob_chunked(root) is None
+        assert caplog.text.count("is missing") == 2
+
+
 def test_a_blob_that_would_fill_the_disk_is_refused_and_nothing_is_kept(tmp_path, monkeypatch):
     root, data = bytes([4] * 32), os.urandom(10_000)
     with Store(tmp_path, MID) as store:
