@@ -15,6 +15,7 @@ from consensus.encoding import decode_record, encode_record
 from consensus.errors import DecodeError
 from node.net.wire import MAX_FRAME, BlobChunk, BlobRange
 from node.relay.blobs import BlobError, decode_matrix, encode_matrix, verify_chunk, verify_range
+from tests.fuzz.targets import check_as_careful
 
 
 def test_one_input(data: bytes) -> None:
@@ -28,6 +29,7 @@ def test_one_input(data: bytes) -> None:
             return
         if encode_record(reply) != body:
             raise AssertionError("blob range accepted in a non-canonical encoding")
+        check_as_careful(BlobRange, body, reply)
         ok = verify_range(reply.root, reply.first, reply.total, reply.chunks, reply.proof)
         assert ok in (True, False)
         return
@@ -38,6 +40,7 @@ def test_one_input(data: bytes) -> None:
             return
         if encode_record(chunk) != body:
             raise AssertionError("blob chunk accepted in a non-canonical encoding")
+        check_as_careful(BlobChunk, body, chunk)
         ok = verify_chunk(chunk.root, chunk.index, chunk.total, chunk.data, chunk.branch)
         assert ok in (True, False)
         return

@@ -6,8 +6,9 @@ and has a hash and a header seed.
 
 from __future__ import annotations
 
-from consensus.blocks import decode_header, encode_record
+from consensus.blocks import BlockHeader, decode_header, encode_record
 from consensus.errors import DecodeError
+from tests.fuzz.targets import check_as_careful
 
 
 def test_one_input(data: bytes) -> None:
@@ -17,6 +18,7 @@ def test_one_input(data: bytes) -> None:
         return
     if encode_record(header) != data:
         raise AssertionError("header accepted in a non-canonical encoding")
+    check_as_careful(BlockHeader, data, header)
     assert len(header.hash) == 32 and len(header.header_seed) == 32
 
 

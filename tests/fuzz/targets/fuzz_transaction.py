@@ -11,7 +11,14 @@ import contextlib
 
 from consensus.errors import DecodeError, InvalidTransaction
 from consensus.params import DEVNET
-from consensus.transactions import check_tx_stateless, decode_tx, encode_record, signing_digest
+from consensus.transactions import (
+    Transaction,
+    check_tx_stateless,
+    decode_tx,
+    encode_record,
+    signing_digest,
+)
+from tests.fuzz.targets import check_as_careful
 
 
 def test_one_input(data: bytes) -> None:
@@ -21,6 +28,7 @@ def test_one_input(data: bytes) -> None:
         return
     if encode_record(tx) != data or tx.encoded != data:
         raise AssertionError("transaction accepted in a non-canonical encoding")
+    check_as_careful(Transaction, data, tx)
     assert len(tx.txid) == 32 and len(signing_digest(tx)) == 32
     for chain_id in (DEVNET.chain_id, tx.chain_id):
         with contextlib.suppress(InvalidTransaction):
