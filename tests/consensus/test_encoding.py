@@ -81,6 +81,25 @@ samples = st.builds(
 VALID = Sample(1, -1, 2**200, True, b"abcd", "hé", (Inner(7, b"x"),), None)
 
 
+@dataclass(frozen=True)
+class Pieces:
+    """Lists of byte strings, capped and sized: a blob range's chunks, a header's hashes."""
+
+    parts: tuple[bytes, ...]
+    hashes: tuple[bytes, ...]
+    SCHEMA: ClassVar[Schema] = (
+        Field("parts", ListOf(Bytes(max=8), max=4)),
+        Field("hashes", ListOf(Bytes(4), max=3)),
+    )
+
+
+pieces = st.builds(
+    Pieces,
+    st.lists(st.binary(max_size=8), max_size=4).map(tuple),
+    st.lists(st.binary(min_size=4, max_size=4), max_size=3).map(tuple),
+)
+
+
 def p(value: object) -> bytes:
     return msgpack.packb(value, use_bin_type=True)
 
@@ -251,22 +270,26 @@ def test_mutated_bytes_never_raise_anything_but_decode_error(data: st.DataObject
     assert encode_record(decoded) == mutated
 
 
+@pytest.mark.parametrize(("cls", "records"), [(Sample, samples), (Pieces, pieces)])
 @given(st.data())
-def test_the_fast_decoder_agrees_with_the_field_by_field_one(data: st.DataObject) -> None:
+def test_the_fast_decoder_agrees_with_the_field_by_field_one(
+    cls: type, records: st.SearchStrategy[object], data: st.DataObject
+) -> None:
     """decode_record first tries a whole-buffer decode; on any input, valid or
     mutated, it must give exactly what the checked field-by-field decoder gives
-    (the same record, or a DecodeError with the same reason)."""
-    valid = bytearray(encode_record(data.draw(samples)))
+    (the same record, or a DecodeError with the same reason). Pieces: lists of byte
+    strings, whose types and lengths the whole-buffer decoder checks at C speed."""
+    valid = bytearray(encode_record(data.draw(records)))
     for _ in range(data.draw(st.integers(0, 3))):
         position = data.draw(st.integers(0, len(valid) - 1))
         valid[position] = data.draw(st.integers(0, 255))
     mutated = bytes(valid[: data.draw(st.integers(0, len(valid)))])
     try:
-        careful: object = _careful_decode(Sample, mutated)
+        careful: object = _careful_decode(cls, mutated)
     except DecodeError as e:
         careful = e.reason
     try:
-        fast: object = decode_record(Sample, mutated, max_size=10_000)
+        fast: object = decode_record(cls, mutated, max_size=10_000)
     except DecodeError as e:
         fast = e.reason
     assert fast == careful
@@ -370,47 +393,6 @@ def test_nested_empty_arrays_are_refused_without_being_built(where):
     assert ("got array" if where == "a scalar field" else "fields") in str(refused.value)
     assert elapsed < 2.0
     assert peak < 4 * len(data), f"{peak / 2**20:.0f} MiB for {len(data) / 2**20:.0f} MiB"
-
-
-@dataclass(frozen=True)
-class Pieces:
-    """Lists of byte strings, capped and sized: a blob range's chunks, a header's hashes."""
-
-    parts: tuple[bytes, ...]
-    hashes: tuple[bytes, ...]
-    SCHEMA: ClassVar[Schema] = (
-        Field("parts", ListOf(Bytes(max=8), max=4)),
-        Field("hashes", ListOf(Bytes(4), max=3)),
-    )
-
-
-pieces = st.builds(
-    Pieces,
-    st.lists(st.binary(max_size=8), max_size=4).map(tuple),
-    st.lists(st.binary(min_size=4, max_size=4), max_size=3).map(tuple),
-)
-
-
-@given(st.data())
-def test_lists_of_byte_strings_decode_as_the_field_by_field_decoder_does(
-    data: st.DataObject,
-) -> None:
-    """The whole-buffer decoder checks a list of byte strings' types and lengths at C
-    speed; valid or mutated, its verdict is the careful decoder's."""
-    valid = bytearray(encode_record(data.draw(pieces)))
-    for _ in range(data.draw(st.integers(0, 3))):
-        position = data.draw(st.integers(0, len(valid) - 1))
-        valid[position] = data.draw(st.integers(0, 255))
-    mutated = bytes(valid[: data.draw(st.integers(0, len(valid)))])
-    try:
-        careful: object = _careful_decode(Pieces, mutated)
-    except DecodeError as e:
-        careful = e.reason
-    try:
-        fast: object = decode_record(Pieces, mutated, max_size=10_000)
-    except DecodeError as e:
-        fast = e.reason
-    assert fast == careful
 
 
 @pytest.mark.parametrize(
