@@ -30,6 +30,9 @@
   miner's key, several claims to one transaction (``CLAIM_FLUSH_S``, at most
   ``MAX_RESULT_CLAIMS``), each locking its bond. A miner whose spendable
   balance cannot cover the bonds and the fee skips claiming and keeps mining.
+* A ``result_challenge`` on one of our claims is answered (``result_rows``) from the
+  C we kept; a C lost from disk meanwhile is computed again from the job's operands,
+  held or fetched, one at a time, and checked against the claim's result_root first.
 * ``--dishonest-results`` (tests only) commits a wrong C, in blocks and in
   job_result claims alike, to show that the client catches it and that the
   fraud proof takes the miner's coinbase or bond.
@@ -893,7 +896,11 @@ class MarketService:
         if payloads is None and not self.withhold:
             # The C we kept is gone (a disk fault, a machine that lost its last writes, a
             # file removed by hand): computed again from the operands, or the bond burns.
-            c = await self._recomputed(challenge.job_id, rec)
+            try:
+                c = await self._recomputed(challenge.job_id, rec)
+            except Exception:
+                log.exception("job %s: computing the lost C of our claim again failed", job)
+                return
             if c is not None:
                 payloads = await asyncio.to_thread(
                     self._reveal_payloads, challenge.claim_id, challenge.job_id, root, m, n,

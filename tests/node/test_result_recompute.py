@@ -153,3 +153,22 @@ async def test_lost_results_are_computed_again_one_at_a_time(node, monkeypatch):
     await until(lambda: len(_answers(node)) == 2, timeout=30)
     assert {a.job_id for a in _answers(node)} == {claimkit.JOB_ID, claimkit.JOB2_ID}
     assert most == 1
+
+
+async def test_a_failure_computing_c_again_is_logged_and_the_node_goes_on(
+    node, caplog, monkeypatch
+):
+    """Whatever breaks while C is computed again (here the product itself) is logged with
+    its job, nothing is sent, and the node goes on importing blocks."""
+
+    def broken(self, *args):
+        raise RuntimeError("the product failed")
+
+    monkeypatch.setattr(MarketService, "_product", broken)
+    caplog.set_level(logging.INFO, logger="pouw.market")
+    chain, clock = await _challenged(node, claimkit.C, operands=True)
+    await until(lambda: "computing the lost C of our claim again failed" in caplog.text, 30)
+    assert "the product failed" in caplog.text and _answers(node) == []
+    height = node.chain.height
+    await node.process_block(claimkit.add(chain, clock), source=None)
+    assert node.chain.height == height + 1
