@@ -174,6 +174,10 @@ def pick_job(
     return None if best is None else best[3]
 
 
+class _Settled(Exception):
+    """A result challenge was answered, settled or reorganised away meanwhile."""
+
+
 def _job_of(spec: JobSpec, raw_a: bytes, raw_bt: bytes) -> Job:
     """The job of fetched operands (A's rows, B's columns, each fetched as a blob cut into
     rows of k bytes: its root, checked as it came, is then their row root, ``spec``'s).
@@ -866,12 +870,24 @@ class MarketService:
         self._revealing.add(task)
         task.add_done_callback(self._revealing.discard)
 
-    async def _answer(self, challenge: ResultChallengePayload) -> None:
-        key, state = self.claim_key, self.chain.state
+    def _still_asked(
+        self, challenge: ResultChallengePayload
+    ) -> tuple[dict[str, Any], tuple[int, ...]] | None:
+        """(the job's record, the rows still to reveal) while ``challenge`` is open at the
+        tip; None once it was answered, settled or reorganised away."""
+        state = self.chain.state
         rec = job_record(state, challenge.job_id)
         asked = state.get(JOB_CHALLENGES, challenge.job_id)
         if rec is None or not asked or rec["claim_id"] != challenge.claim_id:
+            return None
+        return rec, asked
+
+    async def _answer(self, challenge: ResultChallengePayload) -> None:
+        key = self.claim_key
+        found = self._still_asked(challenge)
+        if found is None:
             return  # answered, settled or reorganised away meanwhile
+        rec, asked = found
         if rec["claimant"] not in (self.miner_address, key.address if key else None):
             return  # another's claim
         job = challenge.job_id.hex()[:16]
@@ -897,7 +913,10 @@ class MarketService:
             # The C we kept is gone (a disk fault, a machine that lost its last writes, a
             # file removed by hand): computed again from the operands, or the bond burns.
             try:
-                c = await self._recomputed(challenge.job_id, rec)
+                c = await self._recomputed(challenge, rec)
+            except _Settled:
+                log.info("job %s: its challenge was settled while C waited to be recomputed", job)
+                return
             except Exception:
                 log.exception("job %s: computing the lost C of our claim again failed", job)
                 return
@@ -927,14 +946,20 @@ class MarketService:
         self.challenges_answered += 1
         log.info("job %s: revealed rows %s of our C, as its poster asked", job, list(asked))
 
-    async def _recomputed(self, job_id: bytes, rec: dict[str, Any]) -> np.ndarray | None:
-        """C of our claim on ``job_id`` computed again, A·B from the job's operands (held
+    async def _recomputed(
+        self, challenge: ResultChallengePayload, rec: dict[str, Any]
+    ) -> np.ndarray | None:
+        """C of our challenged claim computed again, A·B from the job's operands (held
         here, or fetched as a miner fetches them, ahead of the other fetches), and kept to
         be served again; None, logged, if the operands cannot be had or their product is
         not the claim's result_root (nothing can answer for such a claim). One at a time:
-        each holds its operands and its product."""
+        each holds its operands and its product; ``_Settled`` if the challenge was
+        answered or settled while this one waited its turn (a node catching up with the
+        chain meets challenges that later blocks settle)."""
         async with self._recomputing:
-            return await self._recompute(job_id, rec)
+            if self._still_asked(challenge) is None:
+                raise _Settled
+            return await self._recompute(challenge.job_id, rec)
 
     async def _recompute(self, job_id: bytes, rec: dict[str, Any]) -> np.ndarray | None:
         job = job_id.hex()[:16]

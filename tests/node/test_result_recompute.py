@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from consensus.market import job_record
+from consensus.market import build_result_rows, job_record
 from consensus.merkle import matrix_rows_root
 from consensus.state import JOB_CHALLENGES
 from consensus.transactions import ResultChallengePayload, ResultRowsPayload
@@ -172,3 +172,43 @@ async def test_a_failure_computing_c_again_is_logged_and_the_node_goes_on(
     height = node.chain.height
     await node.process_block(claimkit.add(chain, clock), source=None)
     assert node.chain.height == height + 1
+
+
+async def test_a_challenge_settled_while_its_c_waited_is_not_computed(node, caplog, monkeypatch):
+    """Two lost claims are challenged; while the first C is computed, a block reveals the
+    other's rows (another holder of C answered; a node catching up with the chain meets
+    challenges that later blocks settle). The second product is never computed."""
+    gate, computing = threading.Event(), []
+    product = MarketService._product
+
+    def gated(self, spec, *args):
+        computing.append(spec.root_a)
+        assert gate.wait(30)
+        return product(self, spec, *args)
+
+    monkeypatch.setattr(MarketService, "_product", gated)
+    caplog.set_level(logging.INFO, logger="pouw.market")
+    chain, clock = new_chain()
+    posts = [claimkit.tx(ALICE, 0, claimkit.POST), claimkit.tx(ALICE, 1, claimkit.POST2)]
+    await node.process_block(claimkit.add(chain, clock, posts), source=None)
+    for x in (claimkit.A, transposed(claimkit.B), claimkit.JOB2.a, transposed(claimkit.JOB2.b)):
+        node.market.blobs.put_matrix(x)
+    claim = claimkit.claim(BOB, 0, (claimkit.JOB_ID, claimkit.C), (claimkit.JOB2_ID, claimkit.C2))
+    await node.process_block(claimkit.add(chain, clock, [claim]), source=None)
+    challenges = [
+        claimkit.tx(ALICE, 2 + i, ResultChallengePayload(claim.txid, job_id, ROWS))
+        for i, job_id in enumerate((claimkit.JOB_ID, claimkit.JOB2_ID))
+    ]
+    await node.process_block(claimkit.add(chain, clock, challenges), source=None)
+    await until(lambda: computing, timeout=30)
+    jobs = [(claimkit.JOB_ID, claimkit.C), (claimkit.JOB2_ID, claimkit.C2)]
+    if computing[0] != claimkit.JOB.spec.root_a:
+        jobs.reverse()
+    (first, _), (other, other_c) = jobs
+    reveal = claimkit.tx(BOB, 1, build_result_rows(claim.txid, other, other_c, ROWS))
+    await node.process_block(claimkit.add(chain, clock, [reveal]), source=None)
+    assert node.chain.state.get(JOB_CHALLENGES, other) == ()
+    gate.set()
+    await until(lambda: "settled while C waited to be recomputed" in caplog.text, timeout=30)
+    await until(lambda: _answers(node), timeout=30)
+    assert [a.job_id for a in _answers(node)] == [first] and len(computing) == 1
