@@ -178,12 +178,20 @@ class _Settled(Exception):
     """A result challenge was answered, settled or reorganised away meanwhile."""
 
 
+def _operand_rows(
+    m: int, k: int, n: int, raw_a: bytes, raw_bt: bytes
+) -> tuple[np.ndarray, np.ndarray]:
+    """A (m×k) and Bᵀ (n×k) of fetched operands, writable copies (each fetched as a blob
+    cut into rows of k bytes: its root, checked as it came, is then their row root)."""
+    a = np.frombuffer(raw_a, dtype=np.int8).reshape(m, k).copy()
+    bt = np.frombuffer(raw_bt, dtype=np.int8).reshape(n, k).copy()
+    return a, bt
+
+
 def _job_of(spec: JobSpec, raw_a: bytes, raw_bt: bytes) -> Job:
-    """The job of fetched operands (A's rows, B's columns, each fetched as a blob cut into
-    rows of k bytes: its root, checked as it came, is then their row root, ``spec``'s).
-    Bᵀ, as it came, is the root's matrix and is kept for proofs."""
-    a = np.frombuffer(raw_a, dtype=np.int8).reshape(spec.m, spec.k).copy()
-    bt = np.frombuffer(raw_bt, dtype=np.int8).reshape(spec.n, spec.k).copy()
+    """The job of fetched operands (``_operand_rows``; their roots are ``spec``'s). Bᵀ,
+    as it came, is the root's matrix and is kept for proofs."""
+    a, bt = _operand_rows(spec.m, spec.k, spec.n, raw_a, raw_bt)
     return Job(a=a, b=transposed(bt), spec=spec, bt=bt)
 
 
@@ -739,10 +747,7 @@ class MarketService:
         # the store's lock for tens of milliseconds.
         await asyncio.to_thread(self._keep_fetched, job_id, (rec["root_a"], rec["root_b"]))
         try:
-            raw_a, raw_bt = await asyncio.gather(  # both at once: half the wait for a job
-                self.blobs.fetch(rec["root_a"], FETCH_TIMEOUT, urgent, chunk_size=k, chunk_count=m),
-                self.blobs.fetch(rec["root_b"], FETCH_TIMEOUT, urgent, chunk_size=k, chunk_count=n),
-            )
+            raw_a, raw_bt = await self._fetch_operands(rec, urgent)
         except BlobFetchError as e:
             log.info("operands of job %s unavailable: %s", job_id.hex()[:16], e)
             retry = math.inf if e.wrong else time.monotonic() + UNAVAILABLE_RETRY_S
@@ -764,6 +769,16 @@ class MarketService:
         log.info("job %s: operands %dx%d·%dx%d ready to mine", job_id.hex()[:16], m, k, k, n)
         for listener in self._job_ready_listeners:
             listener(self._pay[job_id])
+
+    async def _fetch_operands(self, rec: dict[str, Any], urgent: bool) -> tuple[bytes, bytes]:
+        """A's rows and Bᵀ's rows of the job ``rec``, from the store or peers, each checked
+        against its root as it came; BlobFetchError if they cannot be had."""
+        m, k, n = rec["m"], rec["k"], rec["n"]
+        raw_a, raw_bt = await asyncio.gather(  # both at once: half the wait for a job
+            self.blobs.fetch(rec["root_a"], FETCH_TIMEOUT, urgent, chunk_size=k, chunk_count=m),
+            self.blobs.fetch(rec["root_b"], FETCH_TIMEOUT, urgent, chunk_size=k, chunk_count=n),
+        )
+        return raw_a, raw_bt
 
     def wrong_result(self, job: Job) -> Callable[[np.ndarray], np.ndarray] | None:
         """What a ``--dishonest-results`` miner commits instead of C on a posted job
@@ -967,15 +982,12 @@ class MarketService:
         log.warning("job %s: the C of our challenged claim is lost; computing it again", job)
         await asyncio.to_thread(self._keep_fetched, job_id, (rec["root_a"], rec["root_b"]))
         try:
-            raw_a, raw_bt = await asyncio.gather(
-                self.blobs.fetch(rec["root_a"], FETCH_TIMEOUT, True, chunk_size=k, chunk_count=m),
-                self.blobs.fetch(rec["root_b"], FETCH_TIMEOUT, True, chunk_size=k, chunk_count=n),
-            )
+            raw_a, raw_bt = await self._fetch_operands(rec, urgent=True)
         except BlobFetchError as e:
             log.warning("job %s: cannot compute C again, its operands are unavailable: %s", job, e)
             return None
-        spec = JobSpec(rec["poster"], m, k, n, rec["root_a"], rec["root_b"])
-        c, product_root, leaves = await asyncio.to_thread(self._product, spec, raw_a, raw_bt)
+        shape = (m, k, n)
+        c, product_root, leaves = await asyncio.to_thread(self._product, shape, raw_a, raw_bt)
         if product_root != root:
             log.error("job %s: A·B is not the C our claim committed to: it cannot be answered", job)
             return None
@@ -989,14 +1001,14 @@ class MarketService:
         return c
 
     def _product(
-        self, spec: JobSpec, raw_a: bytes, raw_bt: bytes
+        self, shape: tuple[int, int, int], raw_a: bytes, raw_bt: bytes
     ) -> tuple[np.ndarray, bytes, bytes]:
-        """A·B of fetched operands, exact (the miners' kernel without noise or folds), its
-        row root and its rows' leaf hashes."""
-        job = _job_of(spec, raw_a, raw_bt)
-        assert job.bt is not None  # Bᵀ, as it came
+        """A·B of fetched operands (``_operand_rows``; no B is built: the kernel takes Bᵀ),
+        exact (the miners' kernel without noise or folds), its row root and its rows' leaf
+        hashes."""
+        a, bt = _operand_rows(*shape, raw_a, raw_bt)
         p = self.params
-        c = get_backend("cpu").plain_matmul(job.a, job.bt, p.rank, p.tile_h, p.tile_w)
+        c = get_backend("cpu").plain_matmul(a, bt, p.rank, p.tile_h, p.tile_w)
         root, leaves = matrix_rows_commitment(c)
         return c, root, leaves
 
