@@ -58,6 +58,26 @@ async def _challenged(node: Node, c: np.ndarray, operands: bool):
     return chain, clock
 
 
+async def _both_challenged(node: Node):
+    """Both claimkit jobs posted by ALICE, their operands held here, claimed by BOB's key
+    (this node's) in one job_result whose Cs this node does not hold, and both claims
+    challenged (ROWS) in one block. Returns the private chain, its clock and the claim's
+    id."""
+    chain, clock = new_chain()
+    posts = [claimkit.tx(ALICE, 0, claimkit.POST), claimkit.tx(ALICE, 1, claimkit.POST2)]
+    await node.process_block(claimkit.add(chain, clock, posts), source=None)
+    for x in (claimkit.A, transposed(claimkit.B), claimkit.JOB2.a, transposed(claimkit.JOB2.b)):
+        node.market.blobs.put_matrix(x)
+    claim = claimkit.claim(BOB, 0, (claimkit.JOB_ID, claimkit.C), (claimkit.JOB2_ID, claimkit.C2))
+    await node.process_block(claimkit.add(chain, clock, [claim]), source=None)
+    challenges = [
+        claimkit.tx(ALICE, 2 + i, ResultChallengePayload(claim.txid, job_id, ROWS))
+        for i, job_id in enumerate((claimkit.JOB_ID, claimkit.JOB2_ID))
+    ]
+    await node.process_block(claimkit.add(chain, clock, challenges), source=None)
+    return chain, clock, claim.txid
+
+
 def _answers(node: Node) -> list[ResultRowsPayload]:
     return [
         tx.payload
@@ -138,18 +158,7 @@ async def test_lost_results_are_computed_again_one_at_a_time(node, monkeypatch):
                 running -= 1
 
     monkeypatch.setattr(MarketService, "_product", counted)
-    chain, clock = new_chain()
-    posts = [claimkit.tx(ALICE, 0, claimkit.POST), claimkit.tx(ALICE, 1, claimkit.POST2)]
-    await node.process_block(claimkit.add(chain, clock, posts), source=None)
-    for x in (claimkit.A, transposed(claimkit.B), claimkit.JOB2.a, transposed(claimkit.JOB2.b)):
-        node.market.blobs.put_matrix(x)
-    claim = claimkit.claim(BOB, 0, (claimkit.JOB_ID, claimkit.C), (claimkit.JOB2_ID, claimkit.C2))
-    await node.process_block(claimkit.add(chain, clock, [claim]), source=None)
-    challenges = [
-        claimkit.tx(ALICE, 2 + i, ResultChallengePayload(claim.txid, job_id, ROWS))
-        for i, job_id in enumerate((claimkit.JOB_ID, claimkit.JOB2_ID))
-    ]
-    await node.process_block(claimkit.add(chain, clock, challenges), source=None)
+    await _both_challenged(node)
     await until(lambda: len(_answers(node)) == 2, timeout=30)
     assert {a.job_id for a in _answers(node)} == {claimkit.JOB_ID, claimkit.JOB2_ID}
     assert most == 1
@@ -181,31 +190,20 @@ async def test_a_challenge_settled_while_its_c_waited_is_not_computed(node, capl
     gate, computing = threading.Event(), []
     product = MarketService._product
 
-    def gated(self, spec, *args):
-        computing.append(spec.root_a)
+    def gated(self, shape, raw_a, raw_bt):
+        computing.append(bytes(raw_a))
         assert gate.wait(30)
-        return product(self, spec, *args)
+        return product(self, shape, raw_a, raw_bt)
 
     monkeypatch.setattr(MarketService, "_product", gated)
     caplog.set_level(logging.INFO, logger="pouw.market")
-    chain, clock = new_chain()
-    posts = [claimkit.tx(ALICE, 0, claimkit.POST), claimkit.tx(ALICE, 1, claimkit.POST2)]
-    await node.process_block(claimkit.add(chain, clock, posts), source=None)
-    for x in (claimkit.A, transposed(claimkit.B), claimkit.JOB2.a, transposed(claimkit.JOB2.b)):
-        node.market.blobs.put_matrix(x)
-    claim = claimkit.claim(BOB, 0, (claimkit.JOB_ID, claimkit.C), (claimkit.JOB2_ID, claimkit.C2))
-    await node.process_block(claimkit.add(chain, clock, [claim]), source=None)
-    challenges = [
-        claimkit.tx(ALICE, 2 + i, ResultChallengePayload(claim.txid, job_id, ROWS))
-        for i, job_id in enumerate((claimkit.JOB_ID, claimkit.JOB2_ID))
-    ]
-    await node.process_block(claimkit.add(chain, clock, challenges), source=None)
+    chain, clock, claim_id = await _both_challenged(node)
     await until(lambda: computing, timeout=30)
     jobs = [(claimkit.JOB_ID, claimkit.C), (claimkit.JOB2_ID, claimkit.C2)]
-    if computing[0] != claimkit.JOB.spec.root_a:
+    if computing[0] != claimkit.A.tobytes():
         jobs.reverse()
     (first, _), (other, other_c) = jobs
-    reveal = claimkit.tx(BOB, 1, build_result_rows(claim.txid, other, other_c, ROWS))
+    reveal = claimkit.tx(BOB, 1, build_result_rows(claim_id, other, other_c, ROWS))
     await node.process_block(claimkit.add(chain, clock, [reveal]), source=None)
     assert node.chain.state.get(JOB_CHALLENGES, other) == ()
     gate.set()
