@@ -590,7 +590,8 @@ from kernels.attempt import warm_up
 warm_up()
 loaded = {
     "leaf hashing": blake3_lanes.prefixed_row_hashes,
-    "recovery": recover._subtract_low_rank_blocked,
+    "recovery": recover._subtract_paired,
+    "recovery factors": recover._paired_factors,
     "recovery rows": recover._noisy_row_sums,
 }
 if transcript_cpu.active_path() != transcript_cpu.GENERIC:

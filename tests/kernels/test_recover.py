@@ -64,3 +64,80 @@ def test_recovery_is_exact_on_odd_shapes_and_ranks(m, k, n, r):
     c_noisy = (a_noisy @ add_noise_transposed(b, noise_b).astype(np.int64).T).astype(np.int32)
     expected = (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
     assert np.array_equal(recover_product(c_noisy, a, b, noise_a, noise_b), expected)
+
+
+def _reference_h(b, noise_a, noise_b) -> np.ndarray:
+    """H = R_A·B' in int64 from dense R_A and B' = B + E_B."""
+    k = b.shape[0]
+    l_b = noise_b.L.astype(np.int64)
+    b_noisy = b.astype(np.int64) + l_b[:, noise_b.p].T - l_b[:, noise_b.q].T
+    r_a = np.zeros((noise_a.rank, k), dtype=np.int64)
+    r_a[noise_a.p, np.arange(k)] += 1
+    r_a[noise_a.q, np.arange(k)] -= 1
+    return r_a @ b_noisy
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "r"), [(2048, 256, 64), (32, 40, 2), (128, 8, 64), (96, 1000, 4)]
+)
+@pytest.mark.parametrize(("parts", "width"), [(1, 64), (3, 64), (5, 1024), (8, 128)])
+def test_h_is_the_same_however_its_rows_and_columns_are_split(k, n, r, parts, width):
+    """H is summed by runs of B's rows into partial sums, each run's columns cut in
+    blocks: every split, empty runs and a last narrow block included, gives R_A·B'."""
+    from kernels.noise import derive_noise
+    from kernels.recover import _noisy_row_sums, noisy_row_sums
+
+    b = rng.integers(-64, 64, (k, n), dtype=np.int8)
+    b[0, 0], b[-1, -1] = -64, 63
+    noise_a, noise_b = derive_noise(bytes(32), 8, k, r), derive_noise(bytes(range(32)), n, k, r)
+    lt_b = np.ascontiguousarray(noise_b.L.T)
+    args = (b, lt_b, noise_b.p, noise_b.q, noise_a.p, noise_a.q)
+    expected = _reference_h(b, noise_a, noise_b)
+    assert np.array_equal(_noisy_row_sums(*args, parts, width), expected)
+    assert np.array_equal(noisy_row_sums(*args), expected)
+
+
+def test_paired_factors_are_the_narrowed_ones_and_flag_any_entry_past_int16():
+    """U and V paired in one pass equal the stacked, narrowed factors as the register
+    blocks read them; an entry of G or H one past either int16 bound is flagged (the
+    int32 path then runs), the bounds themselves are not."""
+    from kernels.recover import _narrowed, _paired_factors, _panels, _stacked
+
+    m, n, r = 48, 32, 8
+    g = rng.integers(-32768, 32768, (m, r)).astype(np.int32)
+    h = rng.integers(-32768, 32768, (r, n)).astype(np.int32)
+    l_a = rng.integers(-32, 32, (m, r), dtype=np.int8)
+    l_b = rng.integers(-32, 32, (n, r), dtype=np.int8)
+    g[0, 0], g[1, 1], h[2, 3], h[3, 4] = -32768, 32767, -32768, 32767
+    u, v = _narrowed(*_stacked(g, l_a, h, l_b))
+    uw, vp, fits = _paired_factors(g, l_a, h, l_b)
+    assert fits and u.dtype == np.int16
+    assert np.array_equal(uw, u.view(np.uint32))
+    assert np.array_equal(vp, _panels(v.view(np.uint32)))
+    for value in (32768, -32769, 2**31 - 1, -(2**31)):
+        for which in (g, h):
+            saved = which[1, 2]
+            which[1, 2] = value
+            assert not _paired_factors(g, l_a, h, l_b)[2], value
+            which[1, 2] = saved
+
+
+def test_recovery_is_exact_when_g_leaves_int16():
+    """Operands chosen against the noise push G = A·R_Bᵀ past int16 (r = 2, k = 1024:
+    every entry of a row adds up with one sign): the recovery takes the int32 factors
+    and C is still exact, on a shape the paired path would otherwise take."""
+    from kernels.noise import add_noise, add_noise_transposed, derive_noise
+    from kernels.recover import _low_rank_parts, recover_product
+
+    m, k, n, r = 16, 1024, 16, 2
+    noise_a, noise_b = derive_noise(bytes(32), m, k, r), derive_noise(bytes(range(32)), n, k, r)
+    column = np.where(noise_b.p == 0, 63, -64).astype(np.int8)
+    a = np.tile(column, (m, 1))
+    b = rng.integers(-64, 64, (k, n), dtype=np.int8)
+    g, _ = _low_rank_parts(a, b, noise_a, noise_b)
+    assert np.abs(g).max() > 32767
+    a_noisy = add_noise(a, noise_a).astype(np.int64)
+    b_noisy_t = add_noise_transposed(b, noise_b).astype(np.int64)
+    c_noisy = (a_noisy @ b_noisy_t.T).astype(np.int32)
+    expected = (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
+    assert np.array_equal(recover_product(c_noisy, a, b, noise_a, noise_b), expected)
