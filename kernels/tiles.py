@@ -1,5 +1,5 @@
 """What every CPU tile kernel shares (generic, AVX-512 VNNI, AMX): the fold, the panel
-width, the shape check and the block copy (PROTOCOL §4).
+width, the shape check, the block copy and the 64-byte aligned output (PROTOCOL §4).
 
 Each kernel module imports these from here, and ``kernels.transcript_cpu``
 chooses among the kernel modules: so the imports run one way.
@@ -22,6 +22,15 @@ _ROT_R = np.uint64(32 - TRANSCRIPT_ROTATION)
 
 PANEL = 16
 """Columns per packed B' panel (= microkernel width: two 8×int32 registers)."""
+
+
+def aligned_int32(rows: int, cols: int) -> np.ndarray:
+    """An uninitialised rows×cols int32 array whose data start on a 64-byte boundary: with
+    16 | cols every row is whole 64-byte lines, which non-temporal stores (faulting on an
+    unaligned address) may write."""
+    raw = np.empty(rows * cols + 16, dtype=np.int32)
+    skip = (-raw.ctypes.data % 64) // 4
+    return raw[skip : skip + rows * cols].reshape(rows, cols)
 
 
 @njit(nogil=True, cache=True)

@@ -53,7 +53,14 @@ from kernels.noise import (
 from kernels.params import TRANSCRIPT_WORDS
 from kernels.strips import strips_between
 from kernels.threads import exclusive
-from kernels.tiles import PANEL, check_chunks, copy_block, fold_chunks16, padded_width
+from kernels.tiles import (
+    PANEL,
+    aligned_int32,
+    check_chunks,
+    copy_block,
+    fold_chunks16,
+    padded_width,
+)
 from kernels.validate import check_operand, int7_excess
 
 # A packed B' panel (kernels.tiles.PANEL = 16 columns) is one zmm of 16 int32 lanes.
@@ -562,7 +569,7 @@ def _all_tiles(
     with ``between_strips``, in the strips of tile rows ``tile_strips`` gives, that
     function called between them (the operands are packed once for all)."""
     tm, _, h, _ = ap.shape
-    out = _aligned_int32(tm * h, n)
+    out = aligned_int32(tm * h, n)
     # Non-temporal stores fault on a row not 64-byte aligned: C' starts on a boundary and
     # its rows are whole panels of 16 words.
     stream = padded_width(w) == w and n % LANES == 0 and out.ctypes.data % 64 == 0
@@ -570,13 +577,6 @@ def _all_tiles(
     for t0, t1 in strips_between(tm, between_strips):
         _tiles_into(ap, shifts, bp, r, w, fold, t0, t1, out, T, stream)
     return out, T
-
-
-def _aligned_int32(rows: int, cols: int) -> np.ndarray:
-    """An uninitialised rows×cols int32 array whose data start on a 64-byte boundary."""
-    raw = np.empty(rows * cols + 16, dtype=np.int32)
-    skip = (-raw.ctypes.data % 64) // 4
-    return raw[skip : skip + rows * cols].reshape(rows, cols)
 
 
 def tiled_product(

@@ -590,7 +590,7 @@ from kernels.attempt import warm_up
 warm_up()
 loaded = {
     "leaf hashing": blake3_lanes.prefixed_row_hashes,
-    "recovery": recover._subtract_paired,
+    "recovery": recover._subtract_paired_into,
     "recovery factors": recover._paired_factors,
     "recovery rows": recover._noisy_row_sums,
 }
