@@ -592,6 +592,7 @@ loaded = {
     "leaf hashing": blake3_lanes.prefixed_row_hashes,
     "recovery": recover._subtract_paired_into,
     "recovery factors": recover._paired_factors,
+    "recovery columns": recover._column_sums,
     "recovery rows": recover._noisy_row_sums,
 }
 if transcript_cpu.active_path() != transcript_cpu.GENERIC:

@@ -52,8 +52,8 @@ def test_register_blocked_correction_is_exact_at_the_int16_extremes(m, n, width)
     ("m", "k", "n", "r"), [(24, 32, 40, 2), (8, 64, 16, 8), (48, 128, 8, 64), (32, 128, 48, 8)]
 )
 def test_recovery_is_exact_on_odd_shapes_and_ranks(m, k, n, r):
-    """G = A·R_Bᵀ runs on the plain int8 kernel tiled by gcd(m, 16) × gcd(r, 16), and H is
-    built from B's rows: C comes out exact whatever m, n and r are."""
+    """G = A·R_Bᵀ is summed 16 rows at a time where they are whole (64 columns at a time
+    where 4 | k), and H is built from B's rows: C comes out exact whatever m, n and r are."""
     from kernels.noise import add_noise, add_noise_transposed, derive_noise
     from kernels.recover import recover_product
 
@@ -141,3 +141,24 @@ def test_recovery_is_exact_when_g_leaves_int16():
     c_noisy = (a_noisy @ b_noisy_t.T).astype(np.int32)
     expected = (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
     assert np.array_equal(recover_product(c_noisy, a, b, noise_a, noise_b), expected)
+
+
+@pytest.mark.parametrize(
+    ("m", "k", "r"), [(2048, 2048, 64), (32, 128, 8), (40, 200, 4), (16, 66, 2), (5, 64, 8)]
+)
+def test_g_sums_a_s_columns_as_the_dense_product_does(m, k, r):
+    """G = A·R_Bᵀ from the column sums equals the product by the dense ±1 matrix R_B, at
+    A's extremes and on shapes with rows past the last 16, columns past the last 64 and
+    k not a multiple of 4 (no word view: every column one at a time)."""
+    from kernels.noise import derive_noise
+    from kernels.recover import _low_rank_parts
+
+    a = rng.integers(-64, 64, (m, k), dtype=np.int8)
+    a[0], a[-1, : k // 2] = -64, 63
+    noise_a, noise_b = derive_noise(bytes(32), m, k, r), derive_noise(bytes(range(32)), 16, k, r)
+    r_b = np.zeros((r, k), dtype=np.int64)
+    r_b[noise_b.p, np.arange(k)] += 1
+    r_b[noise_b.q, np.arange(k)] -= 1
+    b = np.zeros((k, 16), dtype=np.int8)
+    g, _ = _low_rank_parts(a, b, noise_a, noise_b)
+    assert np.array_equal(g, a.astype(np.int64) @ r_b.T)
