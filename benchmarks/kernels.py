@@ -23,6 +23,8 @@ from kernels.backends import get_backend
 from kernels.freivalds import freivalds_check
 from kernels.isa import compile_target
 from kernels.memory import kept
+from kernels.noise import derive_noise
+from kernels.recover import recover_product
 from kernels.threads import exclusive, threading_layer
 from kernels.transcript_cpu import GENERIC, active_path, available_paths, select_path
 
@@ -259,6 +261,13 @@ def _bench_kernels(size: int, backend: str, repeats: int | None) -> dict[str, An
     # and commits its rows before it hashes a ticket (once per job); the null job
     # commits zero and pays neither, i.e. costs attempt_s.
     result_root_s = _median_time(lambda: matrix_rows_root(c), reps)
+    # The recovery alone (on the host, whatever the backend: a GPU's C' is fetched first),
+    # from this attempt's C' with its operands warm: the rest of a posted job's extra cost.
+    c_noisy = np.ascontiguousarray(result.c_noisy)
+    noise_a, noise_b = derive_noise(seed_a, m, k, params.r), derive_noise(seed_b, n, k, params.r)
+    if not np.array_equal(recover_product(c_noisy, a, b, noise_a, noise_b), c):
+        raise RuntimeError("the recovery gave another C than the attempt: the kernel is wrong")
+    recovery_s = _median_time(lambda: recover_product(c_noisy, a, b, noise_a, noise_b), reps)
 
     def attempt_with_result_root() -> Any:
         return mining_attempt(
@@ -313,6 +322,8 @@ def _bench_kernels(size: int, backend: str, repeats: int | None) -> dict[str, An
         "verify_vs_attempt_cpu": verify_cpu_s / attempt_cpu_s,
         "result_root_s": result_root_s,
         "result_root_vs_attempt": result_root_s / attempt_s,
+        "recovery_s": recovery_s,
+        "recovery_vs_attempt": recovery_s / attempt_s,
         "attempt_with_result_root_s": with_root_s,
         "attempt_with_result_root_vs_attempt": with_root_vs_attempt,
         "freivalds_vs_plain": freivalds_s / plain_s,
