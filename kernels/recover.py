@@ -501,6 +501,7 @@ def recover_product(
     A job's shape (16 | m, n) with G and H inside int16, as they are but for contrived
     operands at a large k, takes the register-blocked correction on factors paired in
     one pass (:func:`_paired_factors`); anything else :func:`subtract_low_rank`."""
+    c_noisy = np.ascontiguousarray(c_noisy)  # the blocks read it as one flat run
     g, h = _low_rank_parts(a, b, noise_a, noise_b)
     m, n = c_noisy.shape
     if m % ROWS == 0 and n % ROWS == 0 and noise_a.rank % 2 == 0:
@@ -517,5 +518,6 @@ def subtract_low_rank(c_noisy: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.n
     of even width and 16 divides m and n (a job's shape), else row by row."""
     m, n = c_noisy.shape
     if u.dtype == np.int16 and u.shape[1] % 2 == 0 and m % ROWS == 0 and n % ROWS == 0:
-        return _subtract_low_rank_blocked(c_noisy, np.ascontiguousarray(u), np.ascontiguousarray(v))
+        c_flat = np.ascontiguousarray(c_noisy)  # the blocks read it as one flat run
+        return _subtract_low_rank_blocked(c_flat, np.ascontiguousarray(u), np.ascontiguousarray(v))
     return _subtract_low_rank(c_noisy, u, v)

@@ -53,7 +53,8 @@ def test_register_blocked_correction_is_exact_at_the_int16_extremes(m, n, width)
 )
 def test_recovery_is_exact_on_odd_shapes_and_ranks(m, k, n, r):
     """G = A·R_Bᵀ is summed 16 rows at a time where they are whole (64 columns at a time
-    where 4 | k), and H is built from B's rows: C comes out exact whatever m, n and r are."""
+    where 4 | k), and H is built from B's rows: C comes out exact whatever m, n and r are,
+    and whatever memory order C', A and B come in."""
     from kernels.noise import add_noise, add_noise_transposed, derive_noise
     from kernels.recover import recover_product
 
@@ -64,6 +65,11 @@ def test_recovery_is_exact_on_odd_shapes_and_ranks(m, k, n, r):
     c_noisy = (a_noisy @ add_noise_transposed(b, noise_b).astype(np.int64).T).astype(np.int32)
     expected = (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
     assert np.array_equal(recover_product(c_noisy, a, b, noise_a, noise_b), expected)
+    # Any memory order and read-only operands, as a caller may hold them.
+    c_fortran, a_fortran = np.asfortranarray(c_noisy), np.asfortranarray(a)
+    b_read_only = np.frombuffer(b.tobytes(), dtype=np.int8).reshape(b.shape)
+    recovered = recover_product(c_fortran, a_fortran, b_read_only, noise_a, noise_b)
+    assert np.array_equal(recovered, expected)
 
 
 def _reference_h(b, noise_a, noise_b) -> np.ndarray:
