@@ -220,21 +220,24 @@ ROWS = 16
 """Rows of C a correction block holds (16 accumulators of 16 int32 lanes: one panel)."""
 
 
-def _make_correction_block(stream: bool):
-    """:func:`_correction_block`, or with ``stream`` its variant that writes ``out`` by
-    non-temporal stores (every row of ``out`` 64-byte aligned)."""
+@intrinsic
+def _correction_block(tctx, out, c, uw, i0, ldu, vp, v_off, pairs, j0, ldc):
+    """out[i0 + ii, j0 + jj] = c[i0 + ii, j0 + jj] − Σ_t U[i0 + ii, t]·V[j0 + jj, t] for
+    ii, jj < 16 (wrapping int32), from U as int16 pairs ``uw`` (m × ldu words, word t2 of
+    row i = U[i, 2·t2] | U[i, 2·t2 + 1] << 16) and V's panel ``vp[v_off + 16·t2 + jj]`` (the
+    same pairs of column j0 + jj), for t2 < ``pairs``.
 
-    @intrinsic
-    def correction_block(tctx, out, c, uw, i0, ldu, vp, v_off, pairs, j0, ldc):
-        ip = types.intp
-        sig = types.void(out, c, uw, ip, ip, vp, ip, ip, ip, ip)
-        return sig, _correction_codegen(stream)
+    Per pair of t: one 64-byte load of the panel, and for each of the 16 rows a 4-byte
+    broadcast and a pairwise int16 multiply-add (sign-extend, multiply, add the even and
+    odd products: LLVM's ``vpmaddwd``, ``vpdpwssd`` where the target has AVX-512 VNNI),
+    the accumulators in registers. Target-independent IR: AVX2 runs it on ymm pairs.
 
-    return correction_block
-
-
-def _correction_codegen(stream: bool):
-    """The code of :func:`_make_correction_block`'s intrinsic."""
+    ``out`` is written by non-temporal stores (``vmovntdq``; every row of ``out`` 64-byte
+    aligned): C goes to memory without first being read into the caches, as a fresh
+    buffer's lines otherwise are. A task's blocks end with :func:`_store_fence`.
+    """
+    ip = types.intp
+    sig = types.void(out, c, uw, ip, ip, vp, ip, ip, ip, ip)
 
     def codegen(context, builder, signature, args):
         _, _, _, i0, ldu, _, v_off, pairs, j0, ldc = args
@@ -270,31 +273,11 @@ def _correction_codegen(stream: bool):
             at = builder.add(builder.mul(builder.add(i0, n(ii)), ldc), j0)
             cv = builder.load(vec(c_p, at, V16I32), align=4)
             row = vec(out_p, at, V16I32)
-            stored = builder.store(
-                builder.sub(cv, builder.load(acc)), row, align=64 if stream else 4
-            )
-            if stream:
-                stored.set_metadata("nontemporal", nontemporal)
+            stored = builder.store(builder.sub(cv, builder.load(acc)), row, align=64)
+            stored.set_metadata("nontemporal", nontemporal)
         return context.get_dummy_value()
 
-    return codegen
-
-
-_correction_block = _make_correction_block(False)
-"""out[i0 + ii, j0 + jj] = c[i0 + ii, j0 + jj] − Σ_t U[i0 + ii, t]·V[j0 + jj, t] for ii, jj <
-16 (wrapping int32), from U as int16 pairs ``uw`` (m × ldu words, word t2 of row i =
-U[i, 2·t2] | U[i, 2·t2 + 1] << 16) and V's panel ``vp[v_off + 16·t2 + jj]`` (the same pairs
-of column j0 + jj), for t2 < ``pairs``; arguments (out, c, uw, i0, ldu, vp, v_off, pairs,
-j0, ldc).
-
-Per pair of t: one 64-byte load of the panel, and for each of the 16 rows a 4-byte
-broadcast and a pairwise int16 multiply-add (sign-extend, multiply, add the even and odd
-products: LLVM's ``vpmaddwd``, ``vpdpwssd`` where the target has AVX-512 VNNI), the
-accumulators in registers. Target-independent IR: AVX2 runs it on ymm pairs."""
-_streamed_correction_block = _make_correction_block(True)
-""":data:`_correction_block` writing ``out`` by non-temporal stores (``vmovntdq``): C goes
-to memory without first being read into the caches, as a fresh buffer's lines otherwise
-are (every row of ``out`` 64-byte aligned)."""
+    return sig, codegen
 
 
 @intrinsic
@@ -326,33 +309,6 @@ def _panels(vw: np.ndarray) -> np.ndarray:
 
 @exclusive
 @njit(parallel=True, nogil=True, cache=True)
-def _subtract_low_rank_blocked(c_noisy: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """:func:`_subtract_low_rank` for int16 factors of even width when 16 | m and 16 | n,
-    by 16×16 register blocks (:func:`_correction_block`)."""
-    m, n = c_noisy.shape
-    uw = u.view(np.uint32)
-    vp = _panels(v.view(np.uint32))
-    pairs = uw.shape[1]
-    out = np.empty((m, n), dtype=np.int32)
-    u_flat, c_flat, out_flat, vp_flat = (
-        uw.reshape(-1),
-        c_noisy.reshape(-1),
-        out.reshape(-1),
-        vp.reshape(-1),
-    )
-    panels = n // 16
-    for task in prange(m // ROWS * panels):
-        i0 = task // panels * ROWS
-        p = task % panels
-        # An intrinsic: the typing context is implicit.
-        _correction_block(
-            out_flat, c_flat, u_flat, i0, pairs, vp_flat, p * pairs * 16, pairs, 16 * p, n
-        )
-    return out
-
-
-@exclusive
-@njit(parallel=True, nogil=True, cache=True)
 def _subtract_paired_into(
     c_noisy: np.ndarray, uw: np.ndarray, vp: np.ndarray, out: np.ndarray
 ) -> None:
@@ -370,10 +326,10 @@ def _subtract_paired_into(
     for strip in prange(m // ROWS):
         for p in range(n // 16):
             # Intrinsics: the typing context is implicit.
-            _streamed_correction_block(
+            _correction_block(
                 out_flat, c_flat, u_flat, strip * ROWS, pairs, vp_flat, p * pairs * 16, pairs,
                 16 * p, n,
-            )  # fmt: skip
+            )  # type: ignore[call-arg]  # fmt: skip
         _store_fence()  # type: ignore[call-arg]
 
 
@@ -386,6 +342,13 @@ def _subtract_paired(c_noisy: np.ndarray, uw: np.ndarray, vp: np.ndarray) -> np.
     out = aligned_int32(*c_noisy.shape)
     _subtract_paired_into(c_noisy, uw, vp, out)
     return out
+
+
+def _subtract_low_rank_blocked(c_noisy: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """:func:`_subtract_low_rank` for int16 factors of even width when 16 | m and 16 | n,
+    by the register blocks of :func:`_subtract_paired`, V's pairs laid out in panels."""
+    uw = np.ascontiguousarray(u).view(np.uint32)
+    return _subtract_paired(c_noisy, uw, _panels(np.ascontiguousarray(v).view(np.uint32)))
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -519,5 +482,5 @@ def subtract_low_rank(c_noisy: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.n
     m, n = c_noisy.shape
     if u.dtype == np.int16 and u.shape[1] % 2 == 0 and m % ROWS == 0 and n % ROWS == 0:
         c_flat = np.ascontiguousarray(c_noisy)  # the blocks read it as one flat run
-        return _subtract_low_rank_blocked(c_flat, np.ascontiguousarray(u), np.ascontiguousarray(v))
+        return _subtract_low_rank_blocked(c_flat, u, v)
     return _subtract_low_rank(c_noisy, u, v)
