@@ -32,7 +32,7 @@ from kernels.irvec import I32, V16I32, array_data, const16, splat16, transposed1
 from kernels.layout import transposed
 from kernels.noise import NoiseFactors
 from kernels.threads import exclusive
-from kernels.tiles import aligned_int32
+from kernels.tiles import aligned_int32, store_fence
 
 _COLUMN_BLOCK = 256
 """Columns of H a task of the final sum adds up over the partial sums."""
@@ -234,7 +234,7 @@ def _correction_block(tctx, out, c, uw, i0, ldu, vp, v_off, pairs, j0, ldc):
 
     ``out`` is written by non-temporal stores (``vmovntdq``; every row of ``out`` 64-byte
     aligned): C goes to memory without first being read into the caches, as a fresh
-    buffer's lines otherwise are. A task's blocks end with :func:`_store_fence`.
+    buffer's lines otherwise are. A task's blocks end with :func:`kernels.tiles.store_fence`.
     """
     ip = types.intp
     sig = types.void(out, c, uw, ip, ip, vp, ip, ip, ip, ip)
@@ -280,19 +280,6 @@ def _correction_block(tctx, out, c, uw, i0, ldu, vp, v_off, pairs, j0, ldc):
     return sig, codegen
 
 
-@intrinsic
-def _store_fence(tctx):
-    """A sequentially consistent fence (``mfence`` on x86): the non-temporal stores before
-    it are visible to every core before any memory access after it (a task's end, which
-    the thread that joins the tasks reads). Portable IR: no ``sfence`` intrinsic."""
-
-    def codegen(context, builder, signature, args):
-        builder.fence("seq_cst")
-        return context.get_dummy_value()
-
-    return types.void(), codegen
-
-
 @njit(nogil=True, cache=True)
 def _panels(vw: np.ndarray) -> np.ndarray:
     """V's int16 pairs (n × pairs words) as panels of 16 columns:
@@ -330,7 +317,7 @@ def _subtract_paired_into(
                 out_flat, c_flat, u_flat, strip * ROWS, pairs, vp_flat, p * pairs * 16, pairs,
                 16 * p, n,
             )  # type: ignore[call-arg]  # fmt: skip
-        _store_fence()  # type: ignore[call-arg]
+        store_fence()  # type: ignore[call-arg]
 
 
 def _subtract_paired(c_noisy: np.ndarray, uw: np.ndarray, vp: np.ndarray) -> np.ndarray:

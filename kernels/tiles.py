@@ -1,11 +1,14 @@
 """What every CPU tile kernel shares (generic, AVX-512 VNNI, AMX): the fold, the panel
-width, the shape check, the block copy and the 64-byte aligned output (PROTOCOL §4).
+width, the shape check, the block copy, and the 64-byte aligned output with the fence
+that ends its non-temporal stores (PROTOCOL §4).
 
 Each kernel module imports these from here, and ``kernels.transcript_cpu``
 chooses among the kernel modules: so the imports run one way.
 """
 
 from __future__ import annotations
+
+import platform
 
 import numpy as np
 from llvmlite import ir
@@ -31,6 +34,32 @@ def aligned_int32(rows: int, cols: int) -> np.ndarray:
     raw = np.empty(rows * cols + 16, dtype=np.int32)
     skip = (-raw.ctypes.data % 64) // 4
     return raw[skip : skip + rows * cols].reshape(rows, cols)
+
+
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+
+
+@intrinsic
+def store_fence(tctx):
+    """The fence that ends a task's non-temporal stores: they reach every core before any
+    store after it (the task's end, which the thread joining the tasks then reads).
+
+    ``sfence`` on x86. A sequentially consistent fence is not enough there: LLVM lowers it
+    to a locked ``or``, and the x86 manuals promise the ordering of non-temporal stores
+    only to ``sfence`` and ``mfence`` (Linux keeps them for that). Elsewhere that fence
+    (``dmb ish`` on 64-bit ARM) orders them."""
+
+    def codegen(context, builder, signature, args):
+        if _X86:
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse.sfence"
+            )
+            builder.call(fn, [])
+        else:
+            builder.fence("seq_cst")
+        return context.get_dummy_value()
+
+    return types.void(), codegen
 
 
 @njit(nogil=True, cache=True)

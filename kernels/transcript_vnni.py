@@ -60,6 +60,7 @@ from kernels.tiles import (
     copy_block,
     fold_chunks16,
     padded_width,
+    store_fence,
 )
 from kernels.validate import check_operand, int7_excess
 
@@ -187,21 +188,6 @@ def _make_microkernel(mr: int):
 
 
 _mk16, _mk8, _mk4, _mk2, _mk1 = (_make_microkernel(mr) for mr in (16, 8, 4, 2, 1))
-
-
-@intrinsic
-def _store_fence(tctx):
-    """``sfence``: the non-temporal stores before it are visible to every core before any
-    store after it (the task's end, which the thread that joins the tasks reads)."""
-
-    def codegen(context, builder, signature, args):
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse.sfence"
-        )
-        builder.call(fn, [])
-        return context.get_dummy_value()
-
-    return types.void(), codegen
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -552,7 +538,7 @@ def _tiles_into(
                 _tile_into(ap[ti], bp[tj], shifts[ti], buf, 0, wp, OVERWRITE, T[ti, tj], fold, xs)
                 copy_block(acc, out, ti * h, tj * w, h, w)
         if stream:  # (only ever set where w is whole panels)
-            _store_fence()  # type: ignore[call-arg]  # an intrinsic
+            store_fence()  # type: ignore[call-arg]  # an intrinsic
 
 
 def _all_tiles(

@@ -67,14 +67,28 @@ sig = (types.int8[:, ::1], types.int64[:, ::1], types.uint8[:, :, ::1], types.in
        types.int32[:, ::1])
 res.compile(sig)
 print("freivalds y:", sorted(multiply_adds(res.inspect_asm(sig))))
+# C' and the recovery's C go out by non-temporal stores, each task's ended by sfence.
+tiles = njit(tv._tiles_into.py_func)
+sig = (types.int8[:, :, :, ::1], types.int32[:, :, ::1], types.uint8[:, :, :, ::1], types.intp,
+       types.intp, types.boolean, types.intp, types.intp, types.int32[:, ::1],
+       types.uint32[:, :, ::1], types.boolean)
+tiles.compile(sig)
+from kernels import recover as rc
+paired = njit(rc._subtract_paired_into.py_func)
+psig = (types.int32[:, ::1], types.uint32[:, ::1], types.uint32[:, :, ::1], types.int32[:, ::1])
+paired.compile(psig)
+for name, asm in (("tiles", tiles.inspect_asm(sig)), ("recovery", paired.inspect_asm(psig))):
+    print(name, "stores:", sorted({w for w in ("vmovntdq", "sfence") if w in asm}))
 """
 
 
 def test_vnni_kernel_compiles_to_int8_dot_products_on_zmm() -> None:
     """Hosts without AVX-512 VNNI (Zen 3 CI) cannot run the VNNI path, but still prove that
     it compiles to vpdpbusd on zmm for a VNNI CPU, the verifier's noise to vpermb for
-    one with VBMI, and Freivalds' byte-plane products to vpdpbusd on ymm (x) and zmm
-    (y = B·x) (their exactness runs on such hosts)."""
+    one with VBMI, Freivalds' byte-plane products to vpdpbusd on ymm (x) and zmm
+    (y = B·x), and the tiles of C' and the recovery's C to non-temporal stores that each
+    task ends with sfence (a seq_cst fence is a locked or, which x86 does not promise to
+    order them by) (their exactness runs on such hosts)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         pytest.skip("an x86-64 code path")
     env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}
@@ -92,6 +106,8 @@ def test_vnni_kernel_compiles_to_int8_dot_products_on_zmm() -> None:
     assert "permutes: ['vpdpbusd', 'vpermb']" in run.stdout, run.stdout
     assert "freivalds x: [('vpdpbusd', 'ymm')]" in run.stdout, run.stdout
     assert "freivalds y: [('vpdpbusd', 'zmm')]" in run.stdout, run.stdout
+    for kernel in ("tiles", "recovery"):
+        assert f"{kernel} stores: ['sfence', 'vmovntdq']" in run.stdout, run.stdout
 
 
 AMX_PROBE = """
